@@ -1,0 +1,173 @@
+//! Wiring shared by the CLI, the benchmark and the tests: logging, starting the sandbox,
+//! filling a demo config from it, binding listeners, and running headless.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Config, Secret};
+use crate::engine::{self, EngineHandle, EngineOptions, Mode};
+use crate::sandbox::{self, Sandbox, SandboxOptions, SandboxServer};
+
+/// Logs go to a daily file under `<data dir>/logs` (never to a console's screen), and to
+/// stderr as well when `stderr` is set (headless runs under a service manager).
+pub fn init_logging(
+    data_dir: &Path,
+    level: &str,
+    stderr: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::prelude::*;
+    let dir = data_dir.join("logs");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return None;
+    }
+    let appender = tracing_appender::rolling::daily(&dir, "syncctl.log");
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let file = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer);
+    let err = stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(file)
+        .with(err)
+        .try_init();
+    Some(guard)
+}
+
+/// Binds `addr`; when it is taken and `fallback` is set, binds a free loopback port.
+pub async fn bind(addr: SocketAddr, fallback: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if fallback && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!("{addr} is in use; using a free port instead");
+            Ok(tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot listen on {addr}: {e}")),
+    }
+}
+
+/// Starts a sandbox on `listener` with `opts`.
+pub fn start_sandbox(
+    opts: &SandboxOptions,
+    listener: tokio::net::TcpListener,
+    change_interval_ms: u64,
+) -> anyhow::Result<SandboxServer> {
+    let sandbox = Sandbox::open(opts)?;
+    sandbox::serve(sandbox, listener, change_interval_ms)
+}
+
+/// Fills every Stripe/QuickBooks key the config leaves out with the sandbox's.
+pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAddr) {
+    let base = format!("http://{addr}");
+    let s = &mut config.stripe;
+    s.api_key
+        .get_or_insert_with(|| Secret::new(sandbox::STRIPE_API_KEY));
+    s.base_url.get_or_insert_with(|| base.clone());
+    s.webhook_secret
+        .get_or_insert_with(|| Secret::new(sandbox.webhook_secret()));
+    let q = &mut config.quickbooks;
+    q.base_url.get_or_insert_with(|| base.clone());
+    q.realm_id
+        .get_or_insert_with(|| sandbox::QB_REALM_ID.into());
+    q.client_id
+        .get_or_insert_with(|| sandbox::QB_CLIENT_ID.into());
+    q.client_secret
+        .get_or_insert_with(|| Secret::new(sandbox::QB_CLIENT_SECRET));
+    q.refresh_token
+        .get_or_insert_with(|| Secret::new(sandbox.lock().world.refresh_token.clone()));
+    q.token_url
+        .get_or_insert_with(|| format!("{base}/oauth2/v1/tokens/bearer"));
+}
+
+/// A running demo: the sandbox and the engine wired to it.
+pub struct Demo {
+    pub sandbox: SandboxServer,
+    pub engine: EngineHandle,
+    /// Kept so a throwaway demo's directory lives as long as the demo.
+    pub _tmp: Option<tempfile::TempDir>,
+}
+
+/// Starts the sandbox and an engine pointed at it. Engine state lives in `data_dir`,
+/// the sandbox's world in `data_dir/sandbox` (so a restarted demo continues its world).
+pub async fn start_demo(
+    mut config: Config,
+    data_dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+) -> anyhow::Result<Demo> {
+    let sandbox_dir = data_dir.join("sandbox");
+    let _ = std::fs::create_dir_all(&sandbox_dir);
+    let opts = SandboxOptions {
+        products: config.sandbox.products,
+        seed: config.sandbox.seed,
+        latency_ms: config.sandbox.latency_ms,
+        change_interval_ms: config.sandbox.change_interval_ms,
+        dir: Some(sandbox_dir),
+        webhook_url: None,
+    };
+    let sandbox_listener = bind(config.sandbox.listen, true).await?;
+    let engine_listener = bind(config.server.listen, true).await?;
+    let engine_addr = engine_listener.local_addr()?;
+    let sandbox = start_sandbox(&opts, sandbox_listener, config.sandbox.change_interval_ms)?;
+    sandbox
+        .sandbox
+        .set_webhook_url(Some(format!("http://{engine_addr}/webhooks/stripe")));
+    fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
+    let engine = engine::start(EngineOptions {
+        config,
+        data_dir,
+        mode: Mode::Sandbox,
+        listener: engine_listener,
+    })
+    .await;
+    match engine {
+        Ok(engine) => Ok(Demo {
+            sandbox,
+            engine,
+            _tmp: tmp,
+        }),
+        Err(e) => {
+            sandbox.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs until a signal, then drains the engine.
+pub async fn run_headless(engine: &mut EngineHandle) {
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("signal received; draining in-flight work");
+            eprintln!("syncctl: draining in-flight work…");
+            engine.shutdown().await;
+        }
+        _ = engine.wait() => {}
+    }
+}
+
+/// Keeps `Arc<Sandbox>` reachable for callers that only hold the server.
+pub fn sandbox_of(server: &SandboxServer) -> Arc<Sandbox> {
+    server.sandbox.clone()
+}

@@ -1,0 +1,497 @@
+//! Typed configuration: load, validate, fill in demo defaults, and locate files.
+//!
+//! Every key has a default documented in `config.example.toml`. Errors name the file,
+//! the key and the line, because an operator fixing a config at 3 a.m. needs all three.
+//! Secrets are held in [`Secret`], whose `Debug`/`Display` never print the value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A credential. Printing it in any form shows `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value itself; call only where it is sent to the service it belongs to.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sandbox: SandboxConfig,
+    pub stripe: StripeConfig,
+    pub quickbooks: QuickBooksConfig,
+    pub catalog: CatalogConfig,
+    pub console: ConsoleConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Engine HTTP server (webhooks, health). Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9870".parse().expect("static address"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Where `syncctl demo` and `syncctl sandbox` serve the simulated APIs.
+    pub listen: SocketAddr,
+    /// Catalog size of a new sandbox world.
+    pub products: usize,
+    /// Seed of the data generator (same seed, same world).
+    pub seed: u64,
+    /// Latency added to every simulated API response, in milliseconds.
+    pub latency_ms: u64,
+    /// How often the simulated catalog changes while it runs (0 = never).
+    pub change_interval_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9871".parse().expect("static address"),
+            products: 2500,
+            seed: 42,
+            latency_ms: 15,
+            change_interval_ms: 1500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StripeConfig {
+    pub api_key: Option<Secret>,
+    pub base_url: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_tolerance_secs: u64,
+    /// Products per list page (Stripe allows 1–100).
+    pub page_size: u32,
+    pub timeout_secs: u64,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: None,
+            webhook_secret: None,
+            webhook_tolerance_secs: 300,
+            page_size: 100,
+            timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuickBooksConfig {
+    pub base_url: Option<String>,
+    pub realm_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub token_url: Option<String>,
+    /// Income account every Service item books to (`IncomeAccountRef.value`).
+    pub income_account_ref: String,
+    pub minor_version: u32,
+    pub timeout_secs: u64,
+}
+
+impl Default for QuickBooksConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            realm_id: None,
+            client_id: None,
+            client_secret: None,
+            refresh_token: None,
+            token_url: None,
+            income_account_ref: "1".into(),
+            minor_version: 75,
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// How often `/v1/events` is read to catch webhooks that never arrived.
+    pub reconcile_interval_secs: u64,
+    /// Concurrent catalog workers.
+    pub workers: usize,
+    /// Attempts before a job is marked failed.
+    pub max_attempts: u32,
+    /// Lease a worker holds on a claimed job; an expired lease is claimable again.
+    pub lease_secs: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_interval_secs: 60,
+            workers: 8,
+            max_attempts: 8,
+            lease_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Most frames per second drawn while data changes (input is drawn at once).
+    pub max_fps: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { max_fps: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `syncctl=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A config problem, located as precisely as the input allows.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Environment variables that may carry secrets instead of the file.
+pub const ENV_SECRETS: &[(&str, &str)] = &[
+    ("SYNCCTL_STRIPE_API_KEY", "stripe.api_key"),
+    ("SYNCCTL_STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+    (
+        "SYNCCTL_QUICKBOOKS_CLIENT_SECRET",
+        "quickbooks.client_secret",
+    ),
+    (
+        "SYNCCTL_QUICKBOOKS_REFRESH_TOKEN",
+        "quickbooks.refresh_token",
+    ),
+];
+
+impl Config {
+    /// Parses TOML text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| locate(text, path, "", &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            locate(text, path, &key, e.inner())
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of_key(text, key),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        if !(1..=100).contains(&self.stripe.page_size) {
+            return Err(fail("stripe.page_size", "must be between 1 and 100"));
+        }
+        if self.catalog.workers == 0 || self.catalog.workers > 256 {
+            return Err(fail("catalog.workers", "must be between 1 and 256"));
+        }
+        if self.catalog.max_attempts == 0 {
+            return Err(fail("catalog.max_attempts", "must be at least 1"));
+        }
+        if self.catalog.reconcile_interval_secs == 0 {
+            return Err(fail(
+                "catalog.reconcile_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.console.max_fps == 0 || self.console.max_fps > 60 {
+            return Err(fail("console.max_fps", "must be between 1 and 60"));
+        }
+        for (key, url) in [
+            ("stripe.base_url", &self.stripe.base_url),
+            ("quickbooks.base_url", &self.quickbooks.base_url),
+            ("quickbooks.token_url", &self.quickbooks.token_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(fail(key, "must start with http:// or https://"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(fail("log.level", "is not a valid tracing filter"));
+        }
+        Ok(())
+    }
+
+    /// Takes secrets from the environment where the file left them out.
+    pub fn apply_env(&mut self) {
+        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = get("SYNCCTL_STRIPE_API_KEY") {
+            self.stripe.api_key.get_or_insert(Secret::new(v));
+        }
+        if let Some(v) = get("SYNCCTL_STRIPE_WEBHOOK_SECRET") {
+            self.stripe.webhook_secret.get_or_insert(Secret::new(v));
+        }
+        if let Some(v) = get("SYNCCTL_QUICKBOOKS_CLIENT_SECRET") {
+            self.quickbooks.client_secret.get_or_insert(Secret::new(v));
+        }
+        if let Some(v) = get("SYNCCTL_QUICKBOOKS_REFRESH_TOKEN") {
+            self.quickbooks.refresh_token.get_or_insert(Secret::new(v));
+        }
+    }
+
+    /// The keys a live (non-demo) engine cannot run without, that are missing.
+    pub fn missing_live_keys(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        let s = &self.stripe;
+        let q = &self.quickbooks;
+        let checks: [(&'static str, bool); 9] = [
+            (
+                "stripe.api_key",
+                s.api_key.as_ref().is_none_or(Secret::is_empty),
+            ),
+            ("stripe.base_url", s.base_url.is_none()),
+            (
+                "stripe.webhook_secret",
+                s.webhook_secret.as_ref().is_none_or(Secret::is_empty),
+            ),
+            ("quickbooks.base_url", q.base_url.is_none()),
+            ("quickbooks.realm_id", q.realm_id.is_none()),
+            ("quickbooks.client_id", q.client_id.is_none()),
+            (
+                "quickbooks.client_secret",
+                q.client_secret.as_ref().is_none_or(Secret::is_empty),
+            ),
+            (
+                "quickbooks.refresh_token",
+                q.refresh_token.as_ref().is_none_or(Secret::is_empty),
+            ),
+            ("quickbooks.token_url", q.token_url.is_none()),
+        ];
+        for (key, is_missing) in checks {
+            if is_missing {
+                missing.push(key);
+            }
+        }
+        missing
+    }
+
+    /// True when the file text sets any secret key (used for the permissions warning).
+    pub fn file_holds_secret(&self) -> bool {
+        self.stripe.api_key.is_some()
+            || self.stripe.webhook_secret.is_some()
+            || self.quickbooks.client_secret.is_some()
+            || self.quickbooks.refresh_token.is_some()
+    }
+}
+
+/// The warning to show when a config file holding secrets is readable by others.
+pub fn permission_warning(path: &Path, config: &Config) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        if config.file_holds_secret() && mode & 0o077 != 0 {
+            return Some(format!(
+                "warning: {} holds secrets and is readable by others (mode {:o}); run: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, config);
+    None
+}
+
+fn locate(text: &str, path: &Path, key: &str, err: &toml::de::Error) -> ConfigError {
+    let line = match err.span() {
+        Some(span) => line_at(text, span.start),
+        None if !key.is_empty() => line_of_key(text, key),
+        None => 0,
+    };
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        key: if key.is_empty() || key == "." {
+            "(document)".into()
+        } else {
+            key.to_owned()
+        },
+        message: err.message().trim().to_owned(),
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best-effort line of `section.key` in the text (for errors found after parsing).
+fn line_of_key(text: &str, dotted: &str) -> usize {
+    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_owned();
+            continue;
+        }
+        if current == section
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == key
+        {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// Where things live by default, from the XDG/OS conventions.
+pub struct Paths {
+    pub config_file: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn discover() -> Self {
+        match directories::ProjectDirs::from("com", "syncctl", "syncctl") {
+            Some(dirs) => Self {
+                config_file: dirs.config_dir().join("config.toml"),
+                data_dir: dirs.data_dir().to_owned(),
+            },
+            None => Self {
+                config_file: PathBuf::from("syncctl.toml"),
+                data_dir: PathBuf::from(".syncctl"),
+            },
+        }
+    }
+}
+
+/// The commented example config shipped with the binary (`syncctl config init`).
+pub const EXAMPLE: &str = include_str!("../config.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_with_documented_defaults() {
+        let c = Config::parse(EXAMPLE, Path::new("config.example.toml")).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9870");
+        assert_eq!(c.sandbox.listen.to_string(), "127.0.0.1:9871");
+        assert_eq!(c.stripe.webhook_tolerance_secs, 300);
+        assert_eq!(c.catalog.reconcile_interval_secs, 60);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n\n[catalog]\nworkerz = 3\n";
+        let err = Config::parse(text, Path::new("/etc/x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/x.toml:5:"), "{msg}");
+        assert!(msg.contains("workerz"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let text = "[server]\nlisten = \"not an address\"\n";
+        let msg = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("c.toml:2: key `server.listen`"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_refused_with_its_line() {
+        let text = "[catalog]\n# comment\nworkers = 0\n";
+        let msg = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "c.toml:3: key `catalog.workers`: must be between 1 and 256"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("sk_live_abcdef");
+        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
+        let mut c = Config::default();
+        c.stripe.api_key = Some(s);
+        assert!(!format!("{c:?}").contains("sk_live"));
+    }
+}

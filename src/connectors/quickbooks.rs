@@ -1,0 +1,420 @@
+//! QuickBooks Online v3 client (Items) and its OAuth 2 token keeper.
+//!
+//! Faults can arrive with HTTP 200, so the body is always inspected. Token refresh is
+//! single-flight: one refresh at a time, and a caller whose token was already replaced
+//! by another caller's refresh just takes the new one. The rotated refresh token is
+//! persisted before the new access token is used (two refreshes racing, or a crash
+//! between refresh and persist, would otherwise lock the engine out).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::config::Secret;
+use crate::store::{OAuthState, Store, now_ms};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QbError {
+    /// A Fault from QuickBooks: `code` is its error code ("5010", "6240", …).
+    #[error("quickbooks {status} fault {code}: {message}: {detail}")]
+    Fault {
+        status: u16,
+        code: String,
+        message: String,
+        detail: String,
+    },
+    #[error("quickbooks throttled (429); wait {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+    #[error("quickbooks auth: {0}")]
+    Auth(String),
+    #[error("quickbooks {0}: server error")]
+    Server(u16),
+    #[error("quickbooks transport: {0}")]
+    Transport(String),
+    #[error("quickbooks response: {0}")]
+    Decode(String),
+}
+
+impl QbError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            QbError::Fault { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+    /// Whether trying again later may succeed without changing the request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            QbError::Throttled { .. }
+            | QbError::Server(_)
+            | QbError::Transport(_)
+            | QbError::Auth(_) => true,
+            QbError::Fault { status, .. } => *status >= 500,
+            QbError::Decode(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Item {
+    pub id: String,
+    pub sync_token: String,
+    pub name: String,
+    #[serde(default)]
+    pub sku: Option<String>,
+    #[serde(default)]
+    pub unit_price: Option<f64>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// OAuth 2 refresh-token flow with single-flight refresh and persistence.
+pub struct TokenKeeper {
+    http: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    store: Store,
+    state: tokio::sync::Mutex<OAuthState>,
+    refreshes: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+}
+
+fn hash(s: &str) -> String {
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+impl TokenKeeper {
+    /// Uses the stored (newest) refresh token, unless the config now holds a different
+    /// one than the one first stored: then the operator re-authorised and it wins.
+    pub fn new(
+        http: reqwest::Client,
+        token_url: &str,
+        client_id: &str,
+        client_secret: Secret,
+        configured_refresh: &Secret,
+        store: Store,
+    ) -> anyhow::Result<Self> {
+        let configured_hash = hash(configured_refresh.expose());
+        let state = match store.oauth()? {
+            Some(s) if s.bootstrap_hash == configured_hash => s,
+            _ => {
+                let s = OAuthState {
+                    bootstrap_hash: configured_hash,
+                    refresh_token: configured_refresh.expose().to_owned(),
+                    access_token: None,
+                    access_expires_at_ms: None,
+                };
+                store.save_oauth(&s)?;
+                s
+            }
+        };
+        Ok(Self {
+            http,
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret,
+            store,
+            state: tokio::sync::Mutex::new(state),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    /// Refreshes done by this process.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// A valid access token, refreshing first if there is none or it is about to expire.
+    pub async fn access_token(&self) -> Result<String, QbError> {
+        let mut state = self.state.lock().await;
+        let fresh = state.access_token.is_some()
+            && state
+                .access_expires_at_ms
+                .is_some_and(|exp| exp - 60_000 > now_ms());
+        if fresh {
+            return Ok(state.access_token.clone().unwrap_or_default());
+        }
+        self.refresh(&mut state).await
+    }
+
+    /// Called after a 401: refreshes unless another caller already replaced `rejected`.
+    pub async fn after_rejection(&self, rejected: &str) -> Result<String, QbError> {
+        let mut state = self.state.lock().await;
+        if let Some(current) = &state.access_token
+            && current != rejected
+        {
+            return Ok(current.clone());
+        }
+        self.refresh(&mut state).await
+    }
+
+    async fn refresh(&self, state: &mut OAuthState) -> Result<String, QbError> {
+        let resp = self
+            .http
+            .post(&self.token_url)
+            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+            .header("Accept", "application/json")
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", state.refresh_token.as_str()),
+            ])
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = body["error"].as_str().unwrap_or("unknown error");
+            let hint = if error == "invalid_grant" {
+                " (the refresh token was superseded or revoked: re-authorise and set quickbooks.refresh_token)"
+            } else {
+                ""
+            };
+            return Err(QbError::Auth(format!(
+                "token refresh failed: {status} {error}{hint}"
+            )));
+        }
+        let t: TokenResponse =
+            serde_json::from_value(body).map_err(|e| QbError::Decode(e.to_string()))?;
+        state.refresh_token = t.refresh_token;
+        state.access_token = Some(t.access_token.clone());
+        state.access_expires_at_ms = Some(now_ms() + t.expires_in * 1000);
+        // Persist before use: the old refresh token is dead from now on.
+        let store = self.store.clone();
+        let snapshot = state.clone();
+        tokio::task::spawn_blocking(move || store.save_oauth(&snapshot))
+            .await
+            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?
+            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?;
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("quickbooks access token refreshed");
+        Ok(t.access_token)
+    }
+}
+
+#[derive(Clone)]
+pub struct QuickBooksClient {
+    http: reqwest::Client,
+    company_url: String,
+    minor_version: u32,
+    timeout: Duration,
+    tokens: Arc<TokenKeeper>,
+}
+
+/// Quotes a value for the QuickBooks query language (`'` → `\'`, `\` → `\\`).
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl QuickBooksClient {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        realm_id: &str,
+        minor_version: u32,
+        timeout: Duration,
+        tokens: Arc<TokenKeeper>,
+    ) -> Self {
+        Self {
+            http,
+            company_url: format!(
+                "{}/v3/company/{}",
+                base_url.trim_end_matches('/'),
+                urlencoding::encode(realm_id)
+            ),
+            minor_version,
+            timeout,
+            tokens,
+        }
+    }
+
+    pub fn tokens(&self) -> &TokenKeeper {
+        &self.tokens
+    }
+
+    /// Sends a request built by `build` with a bearer token; on a 401 refreshes (once,
+    /// single-flight) and tries again.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Value, QbError> {
+        let mut token = self.tokens.access_token().await?;
+        for attempt in 0..2 {
+            let resp = build(&token)
+                .header("Accept", "application/json")
+                .timeout(self.timeout)
+                .send()
+                .await
+                .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
+            let status = resp.status().as_u16();
+            if status == 401 && attempt == 0 {
+                token = self.tokens.after_rejection(&token).await?;
+                continue;
+            }
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
+            return parse_response(status, &text);
+        }
+        Err(QbError::Auth(
+            "access token rejected right after a refresh".into(),
+        ))
+    }
+
+    /// Items matching `Field = 'value'`, inactive ones included.
+    pub async fn find_items(&self, field: &str, value: &str) -> Result<Vec<Item>, QbError> {
+        let query = format!(
+            "select * from Item where {field} = {} and Active in (true, false)",
+            quote(value)
+        );
+        let url = format!("{}/query", self.company_url);
+        let mv = self.minor_version.to_string();
+        let v = self
+            .send(|t| {
+                self.http
+                    .get(&url)
+                    .bearer_auth(t)
+                    .query(&[("query", query.as_str()), ("minorversion", mv.as_str())])
+            })
+            .await?;
+        match v["QueryResponse"].get("Item") {
+            None => Ok(Vec::new()),
+            Some(items) => serde_json::from_value(items.clone())
+                .map_err(|e| QbError::Decode(format!("Item list: {e}"))),
+        }
+    }
+
+    pub async fn read_item(&self, id: &str) -> Result<Item, QbError> {
+        let url = format!("{}/item/{}", self.company_url, urlencoding::encode(id));
+        let mv = self.minor_version.to_string();
+        let v = self
+            .send(|t| {
+                self.http
+                    .get(&url)
+                    .bearer_auth(t)
+                    .query(&[("minorversion", mv.as_str())])
+            })
+            .await?;
+        item_of(&v)
+    }
+
+    /// Creates or (with `Id` + `SyncToken` in the body) updates an Item. `request_id`
+    /// makes a repeat of the same write return the first answer.
+    pub async fn write_item(&self, body: &Value, request_id: &str) -> Result<Item, QbError> {
+        let url = format!("{}/item", self.company_url);
+        let mv = self.minor_version.to_string();
+        let v = self
+            .send(|t| {
+                self.http
+                    .post(&url)
+                    .bearer_auth(t)
+                    .query(&[("requestid", request_id), ("minorversion", mv.as_str())])
+                    .json(body)
+            })
+            .await?;
+        item_of(&v)
+    }
+}
+
+fn item_of(v: &Value) -> Result<Item, QbError> {
+    serde_json::from_value(v["Item"].clone()).map_err(|e| QbError::Decode(format!("Item: {e}")))
+}
+
+/// Maps an HTTP answer to a value or an error; Faults may come with any status.
+pub fn parse_response(status: u16, text: &str) -> Result<Value, QbError> {
+    if status == 429 {
+        // An XML body even to a JSON request; Intuit says wait 60 s.
+        return Err(QbError::Throttled {
+            retry_after_secs: 60,
+        });
+    }
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) if status >= 500 => return Err(QbError::Server(status)),
+        Err(e) => return Err(QbError::Decode(format!("HTTP {status}: {e}"))),
+    };
+    let fault = v.get("Fault").or_else(|| v.get("fault"));
+    if let Some(f) = fault {
+        let err = f
+            .get("Error")
+            .or_else(|| f.get("error"))
+            .and_then(|e| e.get(0))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let field = |upper: &str, lower: &str| {
+            err.get(upper)
+                .or_else(|| err.get(lower))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let code = field("code", "code");
+        if status == 401 || code == "3200" {
+            return Err(QbError::Auth(field("Message", "message")));
+        }
+        return Err(QbError::Fault {
+            status,
+            code,
+            message: field("Message", "message"),
+            detail: field("Detail", "detail"),
+        });
+    }
+    if status >= 500 {
+        return Err(QbError::Server(status));
+    }
+    if !(200..300).contains(&status) {
+        return Err(QbError::Decode(format!("HTTP {status} without a Fault")));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_with_http_200_is_an_error() {
+        let body = r#"{"Fault":{"Error":[{"Message":"Duplicate Name Exists Error","Detail":"x","code":"6240"}],"type":"ValidationFault"},"time":"t"}"#;
+        assert_eq!(parse_response(200, body).unwrap_err().code(), Some("6240"));
+    }
+
+    #[test]
+    fn lowercase_401_fault_is_an_auth_error() {
+        let body = r#"{"fault":{"error":[{"message":"message=AuthenticationFailed","detail":"Token expired","code":"3200"}],"type":"AUTHENTICATION"}}"#;
+        assert!(matches!(parse_response(401, body), Err(QbError::Auth(_))));
+    }
+
+    #[test]
+    fn xml_429_is_throttling_with_sixty_seconds() {
+        let body = r#"<IntuitResponse><Fault type="SERVICE"><Error code="3001"><Message>message=ThrottleExceeded</Message></Error></Fault></IntuitResponse>"#;
+        assert!(matches!(
+            parse_response(429, body),
+            Err(QbError::Throttled {
+                retry_after_secs: 60
+            })
+        ));
+    }
+
+    #[test]
+    fn quote_escapes_apostrophes_and_backslashes() {
+        assert_eq!(quote(r"O'Brien\x"), r"'O\'Brien\\x'");
+    }
+}

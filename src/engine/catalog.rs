@@ -1,0 +1,849 @@
+//! Catalog sync: Stripe products → QuickBooks Items.
+//!
+//! Three producers write jobs (one per product, coalesced while queued): the full sync
+//! (paginated, cursor checkpointed in the same transaction as the jobs it wrote, and
+//! never running far ahead of the workers), verified webhooks, and a periodic read of
+//! `/v1/events`. Workers claim jobs with a lease and upsert Items so that no product
+//! ever gets two: a create is recorded as pending with its `requestid` before it is
+//! sent, and a pending create is replayed, never re-invented.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::item::{self, DesiredItem};
+use crate::connectors::quickbooks::{QbError, QuickBooksClient};
+use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
+use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
+
+pub const JOB_KIND: &str = "catalog.product";
+const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
+const EVENTS_CURSOR: &str = "catalog.events";
+const PAUSED_CURSOR: &str = "catalog.paused";
+
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    pub workers: usize,
+    pub page_size: u32,
+    pub max_attempts: u32,
+    pub lease_ms: i64,
+    pub reconcile_interval: Duration,
+    pub income_account: String,
+}
+
+/// Progress of the full sync, stored as the cursor's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullSyncState {
+    pub after: Option<String>,
+    pub pages: u64,
+    pub listed: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorLine {
+    pub at_ms: i64,
+    pub entity: String,
+    pub message: String,
+}
+
+/// Live counters the snapshot reads.
+#[derive(Default)]
+pub struct CatalogMetrics {
+    pub completed: AtomicU64,
+    pub errors: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub webhooks_accepted: AtomicU64,
+    pub webhooks_duplicate: AtomicU64,
+    pub webhooks_rejected: AtomicU64,
+    pub last_reconcile_ms: AtomicU64,
+    pub full_sync: Mutex<FullSyncState>,
+    pub recent_errors: Mutex<VecDeque<ErrorLine>>,
+}
+
+impl CatalogMetrics {
+    fn error(&self, entity: &str, message: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut e = self.recent_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() >= 50 {
+            e.pop_back();
+        }
+        e.push_front(ErrorLine {
+            at_ms: now_ms(),
+            entity: entity.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+}
+
+/// What a worker did with a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Created { item_id: String, name: String },
+    Adopted { item_id: String, name: String },
+    Updated { item_id: String, name: String },
+    Unchanged,
+    Stale,
+    Gone,
+}
+
+#[derive(Debug)]
+enum JobError {
+    Transient(String, Option<Duration>),
+    Permanent(String),
+}
+
+impl From<QbError> for JobError {
+    fn from(e: QbError) -> Self {
+        match &e {
+            QbError::Throttled { retry_after_secs } => {
+                JobError::Transient(e.to_string(), Some(Duration::from_secs(*retry_after_secs)))
+            }
+            _ if e.is_transient() => JobError::Transient(e.to_string(), None),
+            _ => JobError::Permanent(e.to_string()),
+        }
+    }
+}
+
+impl From<StripeError> for JobError {
+    fn from(e: StripeError) -> Self {
+        if e.is_transient() {
+            JobError::Transient(e.to_string(), None)
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<crate::store::SqlError> for JobError {
+    fn from(e: crate::store::SqlError) -> Self {
+        JobError::Transient(format!("store: {e}"), None)
+    }
+}
+
+pub struct Catalog {
+    pub store: Store,
+    stripe: StripeClient,
+    qb: QuickBooksClient,
+    settings: CatalogSettings,
+    pub metrics: CatalogMetrics,
+    paused: watch::Sender<bool>,
+    work: Notify,
+    prices: Mutex<HashMap<String, Price>>,
+}
+
+/// A job derived from a Stripe event.
+pub struct EventJob {
+    pub key: String,
+    pub payload: Option<String>,
+    pub version: i64,
+}
+
+/// The catalog job an event calls for, if any (product.* and price.* events).
+pub fn job_for_event(kind: &str, created: i64, object: &Value) -> Option<EventJob> {
+    match kind {
+        "product.created" | "product.updated" | "product.deleted" => {
+            let mut object = object.clone();
+            if kind == "product.deleted" {
+                object["deleted"] = Value::Bool(true);
+                object["active"] = Value::Bool(false);
+            }
+            let product: Product = serde_json::from_value(object.clone()).ok()?;
+            Some(EventJob {
+                key: product.id,
+                version: product.updated.max(if kind == "product.deleted" {
+                    created
+                } else {
+                    0
+                }),
+                payload: Some(object.to_string()),
+            })
+        }
+        // A price change shows in the product; refetch it (payload None).
+        "price.created" | "price.updated" | "price.deleted" => Some(EventJob {
+            key: object["product"].as_str()?.to_owned(),
+            payload: None,
+            version: created,
+        }),
+        _ => None,
+    }
+}
+
+impl Catalog {
+    pub fn new(
+        store: Store,
+        stripe: StripeClient,
+        qb: QuickBooksClient,
+        settings: CatalogSettings,
+    ) -> anyhow::Result<Self> {
+        let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
+        let full = store
+            .cursor(FULL_SYNC_CURSOR)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        let metrics = CatalogMetrics {
+            full_sync: Mutex::new(full),
+            ..Default::default()
+        };
+        Ok(Self {
+            store,
+            stripe,
+            qb,
+            settings,
+            metrics,
+            paused: watch::Sender::new(paused),
+            work: Notify::new(),
+            prices: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &CatalogSettings {
+        &self.settings
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub fn qb(&self) -> &QuickBooksClient {
+        &self.qb
+    }
+
+    /// Pauses or resumes claiming and listing (in-flight jobs finish). Persisted.
+    pub fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        self.store
+            .set_cursor(PAUSED_CURSOR, if paused { "true" } else { "false" })?;
+        self.paused.send_replace(paused);
+        if !paused {
+            self.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn wait_unpaused(&self, cancel: &CancellationToken) -> bool {
+        let mut rx = self.paused.subscribe();
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = rx.wait_for(|p| !*p) => r.is_ok(),
+        }
+    }
+
+    /// Writes the job for a verified event in the same transaction as its id.
+    /// Returns false for an event id already seen.
+    pub fn ingest_event(
+        &self,
+        id: &str,
+        kind: &str,
+        created: i64,
+        object: &Value,
+        via: &str,
+    ) -> anyhow::Result<bool> {
+        let job = job_for_event(kind, created, object);
+        let jobs: Vec<NewJob<'_>> = job
+            .iter()
+            .map(|j| NewJob {
+                kind: JOB_KIND,
+                key: &j.key,
+                payload: j.payload.as_deref(),
+                version: j.version,
+            })
+            .collect();
+        let new = self.store.ingest(&jobs, None, Some((id, kind, via)))?;
+        if new && !jobs.is_empty() {
+            self.work.notify_waiters();
+        }
+        Ok(new)
+    }
+
+    /// Lists every product into jobs, resuming from the stored cursor.
+    pub async fn full_sync(&self, cancel: CancellationToken) {
+        let mut state = self
+            .metrics
+            .full_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if state.done {
+            return;
+        }
+        if let Err(e) = self.ensure_events_checkpoint(&cancel).await {
+            tracing::warn!("could not set the events checkpoint: {e}");
+        }
+        if state.pages == 0 {
+            let _ = self
+                .store
+                .audit("sync", "catalog", "engine", "full sync started");
+        } else {
+            let _ = self.store.audit(
+                "sync",
+                "catalog",
+                "engine",
+                &format!(
+                    "full sync resumed after page {} ({} products listed)",
+                    state.pages, state.listed
+                ),
+            );
+        }
+        let mut failures = 0u32;
+        while !state.done {
+            if !self.wait_unpaused(&cancel).await {
+                return;
+            }
+            // Stream: do not list further ahead than the workers can drain.
+            let limit = (self.settings.page_size as u64 * 2).max(50);
+            loop {
+                let queued = self.store.catalog_counts().map(|c| c.queued).unwrap_or(0);
+                if queued < limit {
+                    break;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            let cursor = match &state.after {
+                Some(id) => Cursor::After(id.clone()),
+                None => Cursor::Start,
+            };
+            let page = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = self.stripe.list_products(&cursor, self.settings.page_size) => p,
+            };
+            let page = match page {
+                Ok(p) => {
+                    failures = 0;
+                    p
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.error("full sync", &e.to_string());
+                    tracing::warn!("full sync page failed: {e}");
+                    let wait = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            let payloads: Vec<(String, String, i64)> = page
+                .data
+                .iter()
+                .map(|p| {
+                    (
+                        p.id.clone(),
+                        serde_json::to_string(p).unwrap_or_default(),
+                        p.updated,
+                    )
+                })
+                .collect();
+            let jobs: Vec<NewJob<'_>> = payloads
+                .iter()
+                .map(|(key, payload, version)| NewJob {
+                    kind: JOB_KIND,
+                    key,
+                    payload: Some(payload),
+                    version: *version,
+                })
+                .collect();
+            let mut next = state.clone();
+            next.pages += 1;
+            next.listed += jobs.len() as u64;
+            next.after = page.data.last().map(|p| p.id.clone()).or(next.after);
+            next.done = !page.has_more;
+            let value = serde_json::to_string(&next).unwrap_or_default();
+            if let Err(e) = self
+                .store
+                .ingest(&jobs, Some((FULL_SYNC_CURSOR, &value)), None)
+            {
+                self.metrics.error("full sync", &format!("store: {e}"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            state = next;
+            *self
+                .metrics
+                .full_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = state.clone();
+            self.work.notify_waiters();
+        }
+        let _ = self.store.audit(
+            "sync",
+            "catalog",
+            "engine",
+            &format!(
+                "full sync listed {} products in {} pages",
+                state.listed, state.pages
+            ),
+        );
+    }
+
+    /// The reconciliation reads events after the checkpoint; set it before listing so
+    /// nothing that changes during the full sync is missed.
+    async fn ensure_events_checkpoint(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        if self.store.cursor(EVENTS_CURSOR)?.is_some() {
+            return Ok(());
+        }
+        let page = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            p = self.stripe.list_events(&Cursor::Start, 1) => p?,
+        };
+        let newest = page.data.first().map(|e| e.id.clone()).unwrap_or_default();
+        self.store.set_cursor(EVENTS_CURSOR, &newest)?;
+        Ok(())
+    }
+
+    /// Periodically reads `/v1/events` after the checkpoint to catch missed webhooks.
+    pub async fn reconcile_loop(&self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.reconcile_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.is_paused() {
+                continue;
+            }
+            match self.reconcile_once().await {
+                Ok(n) => {
+                    self.metrics
+                        .last_reconcile_ms
+                        .store(now_ms() as u64, Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = self.store.audit(
+                            "sync",
+                            "catalog",
+                            "engine",
+                            &format!("reconciliation found {n} events no webhook delivered"),
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.metrics.error("reconcile", &e.to_string());
+                    tracing::warn!("reconciliation failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// One pass over new events; returns how many were not seen before.
+    pub async fn reconcile_once(&self) -> anyhow::Result<usize> {
+        let Some(checkpoint) = self.store.cursor(EVENTS_CURSOR)? else {
+            return Ok(0);
+        };
+        let mut fresh = 0;
+        if checkpoint.is_empty() {
+            // No event existed at the start: read them all, oldest first.
+            let mut all = Vec::new();
+            let mut cursor = Cursor::Start;
+            loop {
+                let page = self.stripe.list_events(&cursor, 100).await?;
+                let more = page.has_more;
+                if let Some(last) = page.data.last() {
+                    cursor = Cursor::After(last.id.clone());
+                }
+                all.extend(page.data);
+                if !more {
+                    break;
+                }
+            }
+            for e in all.iter().rev() {
+                fresh += self.ingest_reconciled(e)? as usize;
+            }
+            return Ok(fresh);
+        }
+        let mut cursor = checkpoint;
+        loop {
+            let page = match self
+                .stripe
+                .list_events(&Cursor::Before(cursor.clone()), 100)
+                .await
+            {
+                Ok(p) => p,
+                Err(StripeError::Api {
+                    code: Some(code), ..
+                }) if code == "resource_missing" => {
+                    // The checkpoint fell out of Stripe's 30-day window: start again from now.
+                    tracing::warn!("events checkpoint expired; resetting to the newest event");
+                    self.store.set_cursor(EVENTS_CURSOR, "")?;
+                    self.store.set_cursor(EVENTS_CURSOR, &{
+                        let p = self.stripe.list_events(&Cursor::Start, 1).await?;
+                        p.data.first().map(|e| e.id.clone()).unwrap_or_default()
+                    })?;
+                    return Ok(fresh);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if page.data.is_empty() {
+                return Ok(fresh);
+            }
+            for e in page.data.iter().rev() {
+                fresh += self.ingest_reconciled(e)? as usize;
+            }
+            cursor = page.data[0].id.clone();
+            if !page.has_more {
+                return Ok(fresh);
+            }
+        }
+    }
+
+    fn ingest_reconciled(&self, e: &crate::connectors::stripe::Event) -> anyhow::Result<bool> {
+        let new = self.ingest_event(&e.id, &e.kind, e.created, &e.data.object, "reconcile")?;
+        self.store.set_cursor(EVENTS_CURSOR, &e.id)?;
+        Ok(new)
+    }
+
+    /// One worker: claims a job at a time until cancelled; a job in hand is finished
+    /// before the worker stops (drain).
+    pub async fn worker(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            if !self.wait_unpaused(&cancel).await {
+                return;
+            }
+            let store = self.store.clone();
+            let lease = self.settings.lease_ms;
+            let claimed =
+                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, 1, lease)).await;
+            let job = match claimed {
+                Ok(Ok(mut jobs)) if !jobs.is_empty() => jobs.remove(0),
+                Ok(Err(e)) => {
+                    self.metrics.error("store", &e.to_string());
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+                _ => {
+                    let notified = self.work.notified();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = notified => continue,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    }
+                }
+            };
+            if cancel.is_cancelled() || self.is_paused() {
+                let _ = self.store.release(job.id);
+                continue;
+            }
+            self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = self.process(&job).await;
+            self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.finish(&job, result);
+        }
+    }
+
+    fn finish(&self, job: &Job, result: Result<Outcome, JobError>) {
+        let entity = job.key.as_str();
+        match result {
+            Ok(outcome) => {
+                let _ = self.store.complete(job.id);
+                self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+                let line = match &outcome {
+                    Outcome::Created { item_id, name } => {
+                        Some(format!("created Item {item_id} \"{name}\""))
+                    }
+                    Outcome::Adopted { item_id, name } => {
+                        Some(format!("adopted existing Item {item_id} \"{name}\""))
+                    }
+                    Outcome::Updated { item_id, name } => {
+                        Some(format!("updated Item {item_id} \"{name}\""))
+                    }
+                    Outcome::Unchanged | Outcome::Stale | Outcome::Gone => None,
+                };
+                if let Some(line) = line {
+                    let _ = self.store.audit("item", entity, "engine", &line);
+                }
+            }
+            Err(JobError::Transient(msg, wait)) => {
+                let attempt = job.attempts.max(1);
+                let backoff = wait.unwrap_or_else(|| backoff(attempt, job.id));
+                let failed = self
+                    .store
+                    .retry_later(
+                        job.id,
+                        &msg,
+                        backoff.as_millis() as i64,
+                        self.settings.max_attempts,
+                    )
+                    .unwrap_or(false);
+                self.metrics.error(entity, &msg);
+                if failed {
+                    let _ = self.store.audit(
+                        "error",
+                        entity,
+                        "engine",
+                        &format!("failed after {attempt} attempts: {msg}"),
+                    );
+                }
+            }
+            Err(JobError::Permanent(reason)) => {
+                let _ = self.store.reject(job.id, &reason);
+                let mut m = self
+                    .store
+                    .mapping(entity)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| ItemMapping {
+                        product_id: entity.to_owned(),
+                        ..Default::default()
+                    });
+                m.status = "rejected".into();
+                m.reason = Some(reason.clone());
+                let _ = self.store.save_mapping(&m);
+                self.metrics.error(entity, &reason);
+                let _ = self.store.audit("rejected", entity, "engine", &reason);
+            }
+        }
+    }
+
+    async fn price(&self, id: &str) -> Result<Price, JobError> {
+        if let Some(p) = self
+            .prices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(p.clone());
+        }
+        let p = self.stripe.price(id).await?;
+        let mut cache = self.prices.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        // Prices are immutable in Stripe (a change is a new price), so caching is safe.
+        cache.insert(id.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    /// Brings the product's Item in line with the product.
+    async fn process(&self, job: &Job) -> Result<Outcome, JobError> {
+        let product: Product = match &job.payload {
+            Some(p) => serde_json::from_str(p)
+                .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?,
+            None => match self.stripe.product(&job.key).await {
+                Ok(p) => p,
+                Err(StripeError::Api { status: 404, .. }) => return Ok(Outcome::Gone),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let price = match &product.default_price {
+            Some(PriceRef::Id(id)) => Some(self.price(id).await?),
+            _ => None,
+        };
+        let desired = DesiredItem::from_product(&product, price.as_ref())
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        let mut m = self
+            .store
+            .mapping(&product.id)?
+            .unwrap_or_else(|| ItemMapping {
+                product_id: product.id.clone(),
+                status: "new".into(),
+                ..Default::default()
+            });
+        if m.source_updated.is_some_and(|seen| seen > product.updated) {
+            // An older version than the one already written (events arrive out of order).
+            return Ok(Outcome::Stale);
+        }
+        let hash = desired.hash();
+        let mut outcome = None;
+        if m.item_id.is_none() {
+            let (item, how) = self.find_or_create(&m, &desired).await?;
+            m.item_id = Some(item.id.clone());
+            m.sync_token = Some(item.sync_token.clone());
+            m.item_name = Some(item.name.clone());
+            let matches = item.name == desired.name
+                || item.name == item::disambiguated_name(&desired.name, &desired.sku);
+            let in_line = matches
+                && item.active == desired.active
+                && item.unit_price.unwrap_or(0.0) == desired.unit_price.unwrap_or(0.0)
+                && item.sku.as_deref() == Some(desired.sku.as_str());
+            if in_line && how == "created" {
+                m.synced_hash = Some(hash.clone());
+            }
+            // Record the Item at once, so a crash below never loses the mapping.
+            m.status = "pending".into();
+            self.store.save_mapping(&m)?;
+            outcome = Some(match how {
+                "created" => Outcome::Created {
+                    item_id: item.id,
+                    name: item.name,
+                },
+                _ => Outcome::Adopted {
+                    item_id: item.id,
+                    name: item.name,
+                },
+            });
+        }
+        if m.synced_hash.as_deref() != Some(hash.as_str()) {
+            let (item_id, name) = self.update(&mut m, &desired).await?;
+            if outcome.is_none() {
+                outcome = Some(Outcome::Updated { item_id, name });
+            }
+        }
+        m.synced_hash = Some(hash);
+        m.source_updated = Some(product.updated.max(m.source_updated.unwrap_or(0)));
+        m.status = "synced".into();
+        m.reason = None;
+        self.store.save_mapping(&m)?;
+        Ok(outcome.unwrap_or(Outcome::Unchanged))
+    }
+
+    /// Finds this product's Item (a pending create replayed, or one found by name that
+    /// is not another product's), or creates it.
+    async fn find_or_create(
+        &self,
+        m: &ItemMapping,
+        desired: &DesiredItem,
+    ) -> Result<(crate::connectors::quickbooks::Item, &'static str), JobError> {
+        let pid = desired.sku.as_str();
+        if let (Some(rid), Some(body)) = (&m.pending_request_id, &m.pending_body) {
+            let body: Value = serde_json::from_str(body)
+                .map_err(|e| JobError::Permanent(format!("pending body: {e}")))?;
+            match self.qb.write_item(&body, rid).await {
+                Ok(item) => return Ok((item, "created")),
+                Err(e) if e.code() == Some("6240") => {} // fall through to the lookup
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        let names = [
+            desired.name.clone(),
+            item::disambiguated_name(&desired.name, pid),
+        ];
+        for name in &names {
+            for _ in 0..2 {
+                let found = self.qb.find_items("Name", name).await?;
+                if let Some(item) = found.into_iter().next() {
+                    let ours = item.sku.as_deref() == Some(pid);
+                    let free = item.sku.as_deref().is_none_or(str::is_empty)
+                        && self.store.product_of_item(&item.id)?.is_none();
+                    if ours || free {
+                        return Ok((item, "adopted"));
+                    }
+                    break; // held by another product: try the next name
+                }
+                let body = desired
+                    .with_name(name.clone())
+                    .create_body(&self.settings.income_account);
+                let rid = item::create_request_id(pid, &body);
+                self.store
+                    .mark_create_pending(pid, &rid, &body.to_string())?;
+                match self.qb.write_item(&body, &rid).await {
+                    Ok(item) => return Ok((item, "created")),
+                    // Taken between our lookup and our create: look again.
+                    Err(e) if e.code() == Some("6240") => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Err(JobError::Permanent(format!(
+            "no free QuickBooks name for {pid}: both {:?} and {:?} belong to other products",
+            names[0], names[1]
+        )))
+    }
+
+    /// Writes the desired fields to the mapped Item (5010 → re-read once; 6240 → the
+    /// disambiguated name).
+    async fn update(
+        &self,
+        m: &mut ItemMapping,
+        desired: &DesiredItem,
+    ) -> Result<(String, String), JobError> {
+        let id = m.item_id.clone().unwrap_or_default();
+        let alt = item::disambiguated_name(&desired.name, &desired.sku);
+        let mut name = if m.item_name.as_deref() == Some(alt.as_str()) {
+            alt.clone()
+        } else {
+            desired.name.clone()
+        };
+        let mut token = m.sync_token.clone().unwrap_or_else(|| "0".into());
+        let (mut reread, mut renamed) = (false, name == alt);
+        loop {
+            let body = desired.with_name(name.clone()).update_body(&id, &token);
+            match self
+                .qb
+                .write_item(&body, &item::update_request_id(&id, &body))
+                .await
+            {
+                Ok(item) => {
+                    m.sync_token = Some(item.sync_token);
+                    m.item_name = Some(item.name.clone());
+                    return Ok((id, item.name));
+                }
+                Err(e) if e.code() == Some("5010") && !reread => {
+                    token = self.qb.read_item(&id).await?.sync_token;
+                    reread = true;
+                }
+                Err(e) if e.code() == Some("6240") && !renamed => {
+                    name = alt.clone();
+                    renamed = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn counts_changed(&self) {
+        self.work.notify_waiters();
+    }
+}
+
+/// Exponential backoff with full jitter inside the cap (the resilience layer will
+/// replace this with per-downstream policies and budgets).
+fn backoff(attempt: u32, seed: i64) -> Duration {
+    let cap_ms = 300_000u64;
+    let expo = (1000u64 << attempt.min(20)).min(cap_ms);
+    let mut x = (seed as u64 ^ (attempt as u64) << 32).wrapping_add(now_ms() as u64);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    Duration::from_millis(x % (expo + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_inside_the_cap() {
+        for attempt in 0..40 {
+            assert!(backoff(attempt, 7) <= Duration::from_secs(300));
+        }
+    }
+
+    #[test]
+    fn price_events_refetch_their_product() {
+        let job = job_for_event(
+            "price.created",
+            5,
+            &serde_json::json!({"id": "price_1", "product": "prod_1"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (job.key.as_str(), job.payload, job.version),
+            ("prod_1", None, 5)
+        );
+        assert!(job_for_event("customer.created", 5, &serde_json::json!({})).is_none());
+    }
+
+    #[test]
+    fn deleted_product_becomes_inactive() {
+        let job = job_for_event(
+            "product.deleted",
+            9,
+            &serde_json::json!({"id": "prod_1", "name": "x", "active": true, "updated": 3}),
+        )
+        .unwrap();
+        let p: Product = serde_json::from_str(job.payload.as_deref().unwrap()).unwrap();
+        assert!(p.deleted && !p.active);
+    }
+}

@@ -1,0 +1,393 @@
+//! The sync engine. Knows nothing of terminals: it is started with a config and returns
+//! an [`EngineHandle`] — commands in; the latest [`Snapshot`] (a `watch`, republished
+//! only when something changed) and a broadcast of discrete events out. Every change an
+//! operator makes arrives as a [`Command`], so it is audited the same way from the
+//! console, the HTTP API or an attached console.
+
+pub mod catalog;
+pub mod item;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Secret};
+use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
+use crate::connectors::stripe::StripeClient;
+use crate::store::{AuditEntry, CatalogCounts, DataDirLock, Store};
+use catalog::{Catalog, CatalogSettings, ErrorLine, FullSyncState};
+
+/// Which services the engine talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Live,
+    Sandbox,
+}
+
+/// Who did something: OS user, and SSH client address when there is one.
+pub fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    match std::env::var("SSH_CLIENT")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+    {
+        Some(addr) => format!("{user}@{addr}"),
+        None => user,
+    }
+}
+
+#[derive(Debug)]
+pub enum Command {
+    PauseCatalog {
+        actor: String,
+    },
+    ResumeCatalog {
+        actor: String,
+    },
+    /// Stop claiming work, finish what is in flight, then stop.
+    Shutdown,
+}
+
+/// Discrete things that happened, for live feeds.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    Audit(AuditEntry),
+}
+
+/// The view model: everything the console draws, cheap to compare.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub mode: Mode,
+    pub server_addr: String,
+    pub catalog: CatalogView,
+    pub recent_errors: Vec<ErrorLine>,
+    /// Newest first.
+    pub audit: Vec<AuditEntry>,
+    pub token_refreshes: u64,
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatalogView {
+    pub paused: bool,
+    pub counts: CatalogCounts,
+    pub full_sync: FullSyncState,
+    pub workers: usize,
+    pub in_flight: usize,
+    /// Jobs completed per second, oldest first, one entry per second.
+    pub per_second: Vec<u64>,
+    pub completed: u64,
+    pub errors: u64,
+    pub webhooks_accepted: u64,
+    pub webhooks_duplicate: u64,
+    pub webhooks_rejected: u64,
+    pub last_reconcile_ms: Option<i64>,
+}
+
+impl CatalogView {
+    /// Items per second over the last complete second.
+    pub fn rate(&self) -> u64 {
+        self.per_second.last().copied().unwrap_or(0)
+    }
+}
+
+pub struct EngineHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub events: broadcast::Sender<EngineEvent>,
+    pub server_addr: std::net::SocketAddr,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl EngineHandle {
+    /// Asks the engine to drain and stop, and waits until it has.
+    pub async fn shutdown(&mut self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        self.wait().await;
+    }
+
+    /// Waits until the engine has stopped.
+    pub async fn wait(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+pub struct EngineOptions {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub mode: Mode,
+    /// The engine server's socket, bound by the caller (so it can tell the sandbox).
+    pub listener: tokio::net::TcpListener,
+}
+
+fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
+    v.as_ref()
+        .ok_or_else(|| anyhow::anyhow!("config key `{key}` is required"))
+}
+
+/// Starts the engine: store, clients, catalog pipeline, HTTP server, snapshot publisher.
+pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
+    let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
+    let store = Store::open(&opts.data_dir)?;
+    let requeued = store.requeue_leased()?;
+    if requeued > 0 {
+        tracing::info!("re-queued {requeued} jobs leased by a previous run");
+        store.audit(
+            "sync",
+            "catalog",
+            "engine",
+            &format!("re-queued {requeued} jobs left in flight by the previous run"),
+        )?;
+    }
+    let cfg = &opts.config;
+    let http = crate::connectors::http_client()?;
+    let stripe = StripeClient::new(
+        http.clone(),
+        required(&cfg.stripe.base_url, "stripe.base_url")?,
+        required(&cfg.stripe.api_key, "stripe.api_key")?.clone(),
+    );
+    let tokens = Arc::new(TokenKeeper::new(
+        http.clone(),
+        required(&cfg.quickbooks.token_url, "quickbooks.token_url")?,
+        required(&cfg.quickbooks.client_id, "quickbooks.client_id")?,
+        required(&cfg.quickbooks.client_secret, "quickbooks.client_secret")?.clone(),
+        required(&cfg.quickbooks.refresh_token, "quickbooks.refresh_token")?,
+        store.clone(),
+    )?);
+    let qb = QuickBooksClient::new(
+        http,
+        required(&cfg.quickbooks.base_url, "quickbooks.base_url")?,
+        required(&cfg.quickbooks.realm_id, "quickbooks.realm_id")?,
+        cfg.quickbooks.minor_version,
+        Duration::from_secs(cfg.quickbooks.timeout_secs),
+        tokens,
+    );
+    let settings = CatalogSettings {
+        workers: cfg.catalog.workers,
+        page_size: cfg.stripe.page_size,
+        max_attempts: cfg.catalog.max_attempts,
+        lease_ms: cfg.catalog.lease_secs as i64 * 1000,
+        reconcile_interval: Duration::from_secs(cfg.catalog.reconcile_interval_secs),
+        income_account: cfg.quickbooks.income_account_ref.clone(),
+    };
+    let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
+    let webhook_secret: Secret =
+        required(&cfg.stripe.webhook_secret, "stripe.webhook_secret")?.clone();
+
+    let cancel = CancellationToken::new();
+    let server_addr = opts.listener.local_addr()?;
+    let server_cancel = CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve(
+        opts.listener,
+        crate::server::ServerState {
+            catalog: catalog.clone(),
+            webhook_secret,
+            tolerance_secs: cfg.stripe.webhook_tolerance_secs,
+            mode: opts.mode,
+        },
+        server_cancel.clone(),
+    ));
+
+    let workers = tokio_util::task::TaskTracker::new();
+    for _ in 0..catalog.settings().workers {
+        workers.spawn(catalog.clone().worker(cancel.clone()));
+    }
+    {
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.full_sync(k).await });
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.reconcile_loop(k).await });
+    }
+    workers.close();
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (events_tx, _) = broadcast::channel(1024);
+    let (done_tx, done_rx) = oneshot::channel();
+    let mut publisher = Publisher::new(catalog.clone(), opts.mode, server_addr.to_string());
+    publisher.publish(&snap_tx, &events_tx, false);
+    store.audit(
+        "engine",
+        "engine",
+        &operator(),
+        &format!(
+            "engine started ({})",
+            match opts.mode {
+                Mode::Live => "live",
+                Mode::Sandbox => "sandbox",
+            }
+        ),
+    )?;
+
+    let events = events_tx.clone();
+    tokio::spawn(async move {
+        let _lock = lock;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::PauseCatalog { actor }) => apply_pause(&catalog, true, &actor),
+                    Some(Command::ResumeCatalog { actor }) => apply_pause(&catalog, false, &actor),
+                    Some(Command::Shutdown) | None => break,
+                },
+            }
+            publisher.publish(&snap_tx, &events_tx, false);
+        }
+        // Drain: stop claiming, let in-flight jobs finish (bounded), then stop serving.
+        publisher.publish(&snap_tx, &events_tx, true);
+        cancel.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                tokio::select! {
+                    _ = workers.wait() => break,
+                    _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, true),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timed out; unfinished jobs will be re-queued at next start");
+        }
+        let _ = catalog
+            .store
+            .audit("engine", "engine", "engine", "engine stopped");
+        publisher.publish(&snap_tx, &events_tx, true);
+        server_cancel.cancel();
+        let _ = server.await;
+        let _ = done_tx.send(());
+    });
+
+    Ok(EngineHandle {
+        commands: cmd_tx,
+        snapshot: snap_rx,
+        events,
+        server_addr,
+        done: Some(done_rx),
+    })
+}
+
+fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) {
+    let what = if paused {
+        "paused catalog pipeline"
+    } else {
+        "resumed catalog pipeline"
+    };
+    let result = catalog.set_paused(paused);
+    let message = match &result {
+        Ok(()) => what.to_owned(),
+        Err(e) => format!("{what}: failed: {e}"),
+    };
+    let _ = catalog.store.audit("operator", "catalog", actor, &message);
+}
+
+/// Builds snapshots from the engine's parts and publishes them when they changed.
+struct Publisher {
+    catalog: Arc<Catalog>,
+    mode: Mode,
+    server_addr: String,
+    last_completed: u64,
+    per_second: std::collections::VecDeque<u64>,
+    second_started: tokio::time::Instant,
+    audit: std::collections::VecDeque<AuditEntry>,
+    last_audit_id: i64,
+}
+
+const SERIES_SECONDS: usize = 120;
+const AUDIT_KEPT: usize = 500;
+
+impl Publisher {
+    fn new(catalog: Arc<Catalog>, mode: Mode, server_addr: String) -> Self {
+        Self {
+            catalog,
+            mode,
+            server_addr,
+            last_completed: 0,
+            per_second: std::collections::VecDeque::from(vec![0; SERIES_SECONDS]),
+            second_started: tokio::time::Instant::now(),
+            audit: std::collections::VecDeque::new(),
+            last_audit_id: 0,
+        }
+    }
+
+    fn publish(
+        &mut self,
+        tx: &watch::Sender<Arc<Snapshot>>,
+        events: &broadcast::Sender<EngineEvent>,
+        draining: bool,
+    ) {
+        let m = &self.catalog.metrics;
+        let completed = m.completed.load(Ordering::Relaxed);
+        while self.second_started.elapsed() >= Duration::from_secs(1) {
+            self.second_started += Duration::from_secs(1);
+            self.per_second.pop_front();
+            self.per_second.push_back(completed - self.last_completed);
+            self.last_completed = completed;
+        }
+        let store = &self.catalog.store;
+        if let Ok(mut fresh) = store.recent_audit(AUDIT_KEPT, self.last_audit_id) {
+            fresh.reverse();
+            for e in fresh {
+                self.last_audit_id = e.id;
+                let _ = events.send(EngineEvent::Audit(e.clone()));
+                if self.audit.len() >= AUDIT_KEPT {
+                    self.audit.pop_back();
+                }
+                self.audit.push_front(e);
+            }
+        }
+        let counts = store.catalog_counts().unwrap_or_default();
+        let last_reconcile = m.last_reconcile_ms.load(Ordering::Relaxed);
+        let snap = Snapshot {
+            mode: self.mode,
+            server_addr: self.server_addr.clone(),
+            catalog: CatalogView {
+                paused: self.catalog.is_paused(),
+                counts,
+                full_sync: m
+                    .full_sync
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                workers: self.catalog.settings().workers,
+                in_flight: m.in_flight.load(Ordering::Relaxed),
+                per_second: self.per_second.iter().copied().collect(),
+                completed,
+                errors: m.errors.load(Ordering::Relaxed),
+                webhooks_accepted: m.webhooks_accepted.load(Ordering::Relaxed),
+                webhooks_duplicate: m.webhooks_duplicate.load(Ordering::Relaxed),
+                webhooks_rejected: m.webhooks_rejected.load(Ordering::Relaxed),
+                last_reconcile_ms: (last_reconcile > 0).then_some(last_reconcile as i64),
+            },
+            recent_errors: m
+                .recent_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .take(20)
+                .cloned()
+                .collect(),
+            audit: self.audit.iter().cloned().collect(),
+            token_refreshes: self.catalog.qb().tokens().refreshes(),
+            draining,
+        };
+        tx.send_if_modified(|current| {
+            if **current == snap {
+                false
+            } else {
+                *current = Arc::new(snap);
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,450 @@
+//! CLI only: parse, load config, start engine / console / sandbox. Exit codes: 0 ok,
+//! 1 runtime failure, 2 usage or config error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use syncctl::app;
+use syncctl::config::{self, Config, Paths};
+use syncctl::engine::{self, EngineOptions, Mode};
+use syncctl::sandbox::SandboxOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "syncctl",
+    version,
+    about = "Operations console for the Stripe → QuickBooks / DIAN sync engine"
+)]
+struct Cli {
+    /// Config file (default: the XDG config path; see `syncctl config path`).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: database, logs, and in demos the sandbox's world.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args, Clone)]
+struct WorldArgs {
+    /// Catalog size of a new sandbox world.
+    #[arg(long, value_name = "N")]
+    products: Option<usize>,
+    /// Seed of the sandbox data generator.
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Console + engine against the built-in sandbox (no config needed).
+    Demo {
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// The engine without a console (for a service manager); SIGINT/SIGTERM drain.
+    Run {
+        /// Run against the built-in sandbox.
+        #[arg(long)]
+        demo: bool,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Only the simulated Stripe / QuickBooks APIs, as their own process.
+    Sandbox {
+        /// Address to serve on (default: sandbox.listen, 127.0.0.1:9871).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Print the engine config that points at this sandbox, and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// Where to deliver signed Stripe webhooks (e.g. http://127.0.0.1:9870/webhooks/stripe).
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// Write, check or locate the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Write the commented example config (mode 600).
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a config file; names file, key and line on error (exit 2).
+    Check,
+    /// Print where the config, data and logs live.
+    Path,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
+    Catalog {
+        #[arg(long, default_value_t = 2000)]
+        products: usize,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    syncctl::connectors::install_crypto();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("syncctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("syncctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A usage or config error: message to stderr, exit 2.
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("syncctl: {msg}");
+    ExitCode::from(2)
+}
+
+/// Loads `--config` if given (required to exist), else `default` if `use_default`.
+fn load_config(explicit: Option<&PathBuf>) -> Result<Option<(Config, PathBuf)>, ExitCode> {
+    let Some(path) = explicit else {
+        return Ok(None);
+    };
+    match Config::load(path) {
+        Ok(mut c) => {
+            if let Some(w) = config::permission_warning(path, &c) {
+                eprintln!("{w}");
+                tracing::warn!("{w}");
+            }
+            c.apply_env();
+            Ok(Some((c, path.clone())))
+        }
+        Err(e) => Err(usage(e)),
+    }
+}
+
+fn apply_world(config: &mut Config, world: &WorldArgs) {
+    if let Some(n) = world.products {
+        config.sandbox.products = n;
+    }
+    if let Some(s) = world.seed {
+        config.sandbox.seed = s;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let paths = Paths::discover();
+    match cli.command {
+        None => console_live(&cli.config, cli.data_dir, &paths).await,
+        Some(Command::Demo { world }) => {
+            demo(cli.config.as_ref(), cli.data_dir, &world, true).await
+        }
+        Some(Command::Run { demo: true, world }) => {
+            demo(cli.config.as_ref(), cli.data_dir, &world, false).await
+        }
+        Some(Command::Run { demo: false, .. }) => run_live(cli.config, cli.data_dir, &paths).await,
+        Some(Command::Sandbox {
+            listen,
+            print_config,
+            webhook_url,
+            world,
+        }) => {
+            sandbox(
+                cli.config.as_ref(),
+                cli.data_dir,
+                listen,
+                print_config,
+                webhook_url,
+                &world,
+            )
+            .await
+        }
+        Some(Command::Config { command }) => Ok(config_command(command, cli.config, &paths)),
+        Some(Command::Bench {
+            command:
+                BenchCommand::Catalog {
+                    products,
+                    workers,
+                    seed,
+                },
+        }) => {
+            syncctl::bench::catalog(products, workers, seed).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn demo(
+    config_path: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    world: &WorldArgs,
+    console: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut config = match load_config(config_path) {
+        Ok(c) => c.map(|(c, _)| c).unwrap_or_default(),
+        Err(code) => return Ok(code),
+    };
+    apply_world(&mut config, world);
+    let (dir, tmp) = match data_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix("syncctl-demo-").tempdir()?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let _guard = app::init_logging(&dir, &config.log.level, !console);
+    let max_fps = config.console.max_fps;
+    let mut demo = match app::start_demo(config, dir, tmp).await {
+        Ok(d) => d,
+        Err(e) => return Ok(usage(format!("{e:#}"))),
+    };
+    if console {
+        let result = syncctl::ui::run(&mut demo.engine, max_fps).await;
+        demo.sandbox.shutdown().await;
+        result?;
+    } else {
+        eprintln!(
+            "syncctl: engine on http://{}, sandbox on http://{}; Ctrl-C drains and stops",
+            demo.engine.server_addr, demo.sandbox.addr
+        );
+        app::run_headless(&mut demo.engine).await;
+        demo.sandbox.shutdown().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves the live config: `--config`, else the default path; says where it looked.
+fn live_config(explicit: &Option<PathBuf>, paths: &Paths) -> Result<Config, ExitCode> {
+    let path = explicit
+        .clone()
+        .unwrap_or_else(|| paths.config_file.clone());
+    if !path.exists() {
+        return Err(usage(format!(
+            "no config file at {}\n  to try syncctl on the built-in sandbox:  syncctl demo\n  to write a config to fill in:           syncctl config init",
+            path.display()
+        )));
+    }
+    let (config, _) = load_config(Some(&path))?.expect("path given");
+    let missing = config.missing_live_keys();
+    if !missing.is_empty() {
+        return Err(usage(format!(
+            "{}: missing keys for a live run: {} (secrets may come from the environment; see config.example.toml)",
+            path.display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(config)
+}
+
+async fn start_live(
+    config: Config,
+    data_dir: Option<PathBuf>,
+    paths: &Paths,
+    stderr_logs: bool,
+) -> anyhow::Result<
+    Result<
+        (
+            engine::EngineHandle,
+            Option<tracing_appender::non_blocking::WorkerGuard>,
+            u32,
+        ),
+        ExitCode,
+    >,
+> {
+    let dir = data_dir.unwrap_or_else(|| paths.data_dir.clone());
+    let guard = app::init_logging(&dir, &config.log.level, stderr_logs);
+    let listener = match app::bind(config.server.listen, false).await {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(usage(format!("{e:#} (server.listen)")))),
+    };
+    let fps = config.console.max_fps;
+    match engine::start(EngineOptions {
+        config,
+        data_dir: dir,
+        mode: Mode::Live,
+        listener,
+    })
+    .await
+    {
+        Ok(e) => Ok(Ok((e, guard, fps))),
+        Err(e) => Ok(Err(usage(format!("{e:#}")))),
+    }
+}
+
+async fn console_live(
+    config: &Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    paths: &Paths,
+) -> anyhow::Result<ExitCode> {
+    let config = match live_config(config, paths) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let (mut engine, _guard, fps) = match start_live(config, data_dir, paths, false).await? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    syncctl::ui::run(&mut engine, fps).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_live(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    paths: &Paths,
+) -> anyhow::Result<ExitCode> {
+    let config = match live_config(&config, paths) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let (mut engine, _guard, _) = match start_live(config, data_dir, paths, true).await? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    eprintln!(
+        "syncctl: engine on http://{}; Ctrl-C drains and stops",
+        engine.server_addr
+    );
+    app::run_headless(&mut engine).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sandbox(
+    config_path: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    print_config: bool,
+    webhook_url: Option<String>,
+    world: &WorldArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut config = match load_config(config_path) {
+        Ok(c) => c.map(|(c, _)| c).unwrap_or_default(),
+        Err(code) => return Ok(code),
+    };
+    apply_world(&mut config, world);
+    let addr = listen.unwrap_or(config.sandbox.listen);
+    let opts = SandboxOptions {
+        products: config.sandbox.products,
+        seed: config.sandbox.seed,
+        latency_ms: config.sandbox.latency_ms,
+        change_interval_ms: config.sandbox.change_interval_ms,
+        dir: data_dir.clone(),
+        webhook_url,
+    };
+    if print_config {
+        let sandbox = syncctl::sandbox::Sandbox::open(&opts)?;
+        print!("{}", sandbox.engine_config(addr));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _guard = data_dir
+        .as_deref()
+        .and_then(|d| app::init_logging(d, &config.log.level, true));
+    let listener = match app::bind(addr, false).await {
+        Ok(l) => l,
+        Err(e) => return Ok(usage(format!("{e:#}"))),
+    };
+    let _lock = match &data_dir {
+        Some(d) => match syncctl::store::DataDirLock::acquire(d, "sandbox") {
+            Ok(l) => Some(l),
+            Err(e) => return Ok(usage(e)),
+        },
+        None => None,
+    };
+    let server = app::start_sandbox(&opts, listener, config.sandbox.change_interval_ms)?;
+    eprintln!(
+        "syncctl sandbox on http://{} (print the engine config with --print-config)",
+        server.addr
+    );
+    app::shutdown_signal().await;
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_command(command: ConfigCommand, explicit: Option<PathBuf>, paths: &Paths) -> ExitCode {
+    let path = explicit.unwrap_or_else(|| paths.config_file.clone());
+    match command {
+        ConfigCommand::Path => {
+            println!("config  {}", paths.config_file.display());
+            println!("data    {}", paths.data_dir.display());
+            println!("logs    {}", paths.data_dir.join("logs").display());
+            ExitCode::SUCCESS
+        }
+        ConfigCommand::Init { force } => {
+            if path.exists() && !force {
+                return usage(format!(
+                    "{} already exists (use --force to overwrite)",
+                    path.display()
+                ));
+            }
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+                && let Err(e) = std::fs::create_dir_all(parent)
+            {
+                return usage(format!("{}: {e}", parent.display()));
+            }
+            if let Err(e) = write_private(&path, config::EXAMPLE) {
+                return usage(format!("{}: {e}", path.display()));
+            }
+            println!("wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        ConfigCommand::Check => match Config::load(&path) {
+            Ok(mut c) => {
+                if let Some(w) = config::permission_warning(&path, &c) {
+                    eprintln!("{w}");
+                }
+                c.apply_env();
+                println!("{}: ok", path.display());
+                let missing = c.missing_live_keys();
+                if !missing.is_empty() {
+                    println!(
+                        "  not set (needed for a live run, not for `syncctl demo`): {}",
+                        missing.join(", ")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(e),
+        },
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(text.as_bytes())
+}

@@ -1,0 +1,992 @@
+//! The built-in simulator of Stripe and QuickBooks Online (Alegra/DIAN come later):
+//! same paths, auth, pagination, error shapes and quirks as the real APIs (see
+//! docs/apis.md), under one loopback base URL. The engine cannot tell it from the real
+//! services except by that URL. It must never take shortcuts into the engine.
+//!
+//! Real paths do not collide (`/v1/…` Stripe, `/v3/company/…` QuickBooks,
+//! `/oauth2/v1/tokens/bearer` Intuit OAuth), so every service is mounted at the root.
+//! `/_sandbox/…` reads counters and turns knobs.
+//!
+//! Its world survives restarts when given a directory: a JSON snapshot plus an
+//! append-only journal written before each response, so even a `kill -9` keeps every
+//! write a client saw acknowledged, as a real service would.
+
+pub mod data;
+mod quickbooks;
+mod stripe;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use data::Rng;
+
+pub const STRIPE_API_KEY: &str = "sk_test_syncctl_sandbox";
+pub const QB_CLIENT_ID: &str = "ABsandboxClientId";
+pub const QB_CLIENT_SECRET: &str = "sandbox-client-secret";
+pub const QB_REALM_ID: &str = "9341453050289485";
+pub const ACCESS_TOKEN_TTL_SECS: i64 = 3600;
+
+/// How a sandbox world is made and behaves.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub products: usize,
+    pub seed: u64,
+    pub latency_ms: u64,
+    pub change_interval_ms: u64,
+    pub dir: Option<PathBuf>,
+    pub webhook_url: Option<String>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            products: 100,
+            seed: 42,
+            latency_ms: 0,
+            change_interval_ms: 0,
+            dir: None,
+            webhook_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub active: bool,
+    pub default_price: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Price {
+    pub id: String,
+    pub product: String,
+    pub unit_amount: i64,
+    pub currency: String,
+    pub active: bool,
+    pub created: i64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub created: i64,
+    pub object: Value,
+    pub previous: Option<Value>,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Item {
+    pub id: u64,
+    pub sync_token: u64,
+    pub name: String,
+    pub sku: Option<String>,
+    pub description: Option<String>,
+    pub unit_price: Option<f64>,
+    pub active: bool,
+    pub item_type: String,
+    pub income_account: Option<String>,
+    pub created: String,
+    pub updated: String,
+}
+
+/// Counters `/_sandbox/stats` reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub stripe_requests: u64,
+    pub stripe_list_pages: u64,
+    pub webhooks_sent: u64,
+    pub webhooks_failed: u64,
+    pub qb_requests: u64,
+    pub qb_creates: u64,
+    pub qb_updates: u64,
+    pub qb_replays: u64,
+    pub qb_queries: u64,
+    pub qb_auth_failures: u64,
+    pub token_refreshes: u64,
+}
+
+/// Everything the simulated services hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct World {
+    pub rng: Rng,
+    pub seed: u64,
+    pub seq: u64,
+    pub clock_offset_secs: i64,
+    pub webhook_secret: String,
+    pub products: Vec<Product>,
+    pub prices: Vec<Price>,
+    pub events: Vec<Event>,
+    pub items: Vec<Item>,
+    /// QuickBooks `requestid` → (HTTP status, body) of the first answer.
+    pub request_ids: HashMap<String, (u16, Value)>,
+    pub refresh_token: String,
+    pub access_tokens: HashMap<String, i64>,
+    pub counters: Counters,
+    /// Lower-cased Item name → index in `items` (QuickBooks names are unique
+    /// case-insensitively, inactive Items included). Rebuilt at load.
+    #[serde(skip)]
+    pub name_index: HashMap<String, usize>,
+}
+
+/// One journal line: an upsert of one object, replayed in order at load.
+#[derive(Debug, Serialize, Deserialize)]
+enum Entry {
+    Product(Product),
+    Price(Price),
+    Event(Event),
+    Item(Item),
+    Request(String, u16, Value),
+    Meta {
+        rng: Rng,
+        seq: u64,
+        clock_offset_secs: i64,
+        refresh_token: String,
+        access_tokens: HashMap<String, i64>,
+        counters: Counters,
+    },
+}
+
+impl World {
+    /// A new world of `products` products from `seed`.
+    pub fn generate(products: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let webhook_secret = format!("whsec_{}", rng.hex(16));
+        let refresh_token = format!("AB11{}", rng.hex(20));
+        let mut world = World {
+            rng,
+            seed,
+            seq: 0,
+            clock_offset_secs: 0,
+            webhook_secret,
+            products: Vec::with_capacity(products),
+            prices: Vec::with_capacity(products),
+            events: Vec::new(),
+            items: Vec::new(),
+            request_ids: HashMap::new(),
+            refresh_token,
+            access_tokens: HashMap::new(),
+            counters: Counters::default(),
+            name_index: HashMap::new(),
+        };
+        let start = world.now() - products as i64 - 86_400;
+        for i in 0..products {
+            let g = data::product(&mut world.rng, i);
+            let created = start + i as i64;
+            let id = world.rng.stripe_id("prod");
+            let default_price = g.price.map(|(amount, currency)| {
+                let price_id = world.rng.stripe_id("price");
+                world.seq += 1;
+                world.prices.push(Price {
+                    id: price_id.clone(),
+                    product: id.clone(),
+                    unit_amount: amount,
+                    currency: currency.into(),
+                    active: true,
+                    created,
+                    seq: world.seq,
+                });
+                price_id
+            });
+            world.seq += 1;
+            world.products.push(Product {
+                id,
+                name: g.name,
+                description: g.description,
+                active: g.active,
+                default_price,
+                created,
+                updated: created,
+                seq: world.seq,
+            });
+        }
+        world
+    }
+
+    /// The sandbox's clock: wall time plus what `/_sandbox/clock` advanced it by.
+    pub fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp() + self.clock_offset_secs
+    }
+
+    fn reindex(&mut self) {
+        self.name_index = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.name.to_lowercase(), i))
+            .collect();
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn product(&self, id: &str) -> Option<&Product> {
+        self.products.iter().find(|p| p.id == id)
+    }
+
+    pub fn price(&self, id: &str) -> Option<&Price> {
+        self.prices.iter().find(|p| p.id == id)
+    }
+
+    fn meta(&self) -> Entry {
+        Entry::Meta {
+            rng: self.rng.clone(),
+            seq: self.seq,
+            clock_offset_secs: self.clock_offset_secs,
+            refresh_token: self.refresh_token.clone(),
+            access_tokens: self.access_tokens.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        match entry {
+            Entry::Product(p) => match self.products.iter_mut().find(|x| x.id == p.id) {
+                Some(x) => *x = p,
+                None => self.products.push(p),
+            },
+            Entry::Price(p) => match self.prices.iter_mut().find(|x| x.id == p.id) {
+                Some(x) => *x = p,
+                None => self.prices.push(p),
+            },
+            Entry::Event(e) => self.events.push(e),
+            Entry::Item(item) => {
+                let idx = item.id as usize - 1;
+                if idx < self.items.len() {
+                    self.items[idx] = item;
+                } else {
+                    self.items.push(item);
+                }
+            }
+            Entry::Request(id, status, body) => {
+                self.request_ids.insert(id, (status, body));
+            }
+            Entry::Meta {
+                rng,
+                seq,
+                clock_offset_secs,
+                refresh_token,
+                access_tokens,
+                counters,
+            } => {
+                self.rng = rng;
+                self.seq = seq;
+                self.clock_offset_secs = clock_offset_secs;
+                self.refresh_token = refresh_token;
+                self.access_tokens = access_tokens;
+                self.counters = counters;
+            }
+        }
+    }
+
+    /// Product JSON as Stripe renders it (`expand` inlines the default price).
+    pub fn product_json(&self, p: &Product, expand_price: bool) -> Value {
+        let default_price = match (&p.default_price, expand_price) {
+            (Some(id), true) => self
+                .price(id)
+                .map(price_json)
+                .unwrap_or(Value::String(id.clone())),
+            (Some(id), false) => Value::String(id.clone()),
+            (None, _) => Value::Null,
+        };
+        json!({
+            "id": p.id, "object": "product", "active": p.active, "created": p.created,
+            "default_price": default_price, "description": p.description, "images": [],
+            "livemode": false, "metadata": {}, "name": p.name, "type": "service",
+            "updated": p.updated, "url": null,
+        })
+    }
+
+    /// Names held by more than one Item, case-insensitively.
+    pub fn duplicate_names(&self) -> usize {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for item in &self.items {
+            *counts.entry(item.name.to_lowercase()).or_default() += 1;
+        }
+        counts.values().filter(|&&n| n > 1).count()
+    }
+
+    pub fn stats(&self) -> Value {
+        let c = &self.counters;
+        json!({
+            "stripe": {
+                "products_total": self.products.len(),
+                "products_active": self.products.iter().filter(|p| p.active).count(),
+                "prices_total": self.prices.len(),
+                "events_total": self.events.len(),
+                "requests": c.stripe_requests,
+                "list_pages": c.stripe_list_pages,
+                "webhooks_sent": c.webhooks_sent,
+                "webhooks_failed": c.webhooks_failed,
+            },
+            "quickbooks": {
+                "items_total": self.items.len(),
+                "items_active": self.items.iter().filter(|i| i.active).count(),
+                "duplicate_names": self.duplicate_names(),
+                "creates": c.qb_creates,
+                "updates": c.qb_updates,
+                "replays": c.qb_replays,
+                "queries": c.qb_queries,
+                "requests": c.qb_requests,
+                "auth_failures": c.qb_auth_failures,
+                "token_refreshes": c.token_refreshes,
+            },
+            "clock_offset_secs": self.clock_offset_secs,
+        })
+    }
+}
+
+pub fn price_json(p: &Price) -> Value {
+    json!({
+        "id": p.id, "object": "price", "active": p.active, "created": p.created,
+        "currency": p.currency, "livemode": false, "metadata": {}, "product": p.product,
+        "recurring": null, "type": "one_time", "unit_amount": p.unit_amount,
+        "unit_amount_decimal": p.unit_amount.to_string(),
+    })
+}
+
+/// Shared state behind every route.
+pub struct Sandbox {
+    world: Mutex<World>,
+    journal: Mutex<Option<Journal>>,
+    pub latency_ms: std::sync::atomic::AtomicU64,
+    webhook_url: Mutex<Option<String>>,
+    outbox: tokio::sync::mpsc::UnboundedSender<Event>,
+    outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+}
+
+struct Journal {
+    file: std::fs::File,
+    dir: PathBuf,
+    entries: usize,
+}
+
+/// A world lock that journals what it changed when dropped via [`WorldTx::commit`].
+pub struct WorldTx<'a> {
+    pub world: MutexGuard<'a, World>,
+    sandbox: &'a Sandbox,
+    pending: Vec<Entry>,
+}
+
+impl WorldTx<'_> {
+    fn record(&mut self, entry: Entry) {
+        self.pending.push(entry);
+    }
+    /// Writes the changes to the journal (before the response leaves), then unlocks.
+    pub fn commit(mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.push(self.world.meta());
+        let mut journal = self
+            .sandbox
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = journal.as_mut() {
+            let mut buf = Vec::new();
+            for e in &self.pending {
+                if serde_json::to_writer(&mut buf, e).is_ok() {
+                    buf.push(b'\n');
+                }
+            }
+            if let Err(e) = j.file.write_all(&buf) {
+                tracing::error!("sandbox journal write failed: {e}");
+            }
+            j.entries += self.pending.len();
+            if j.entries > 200_000 {
+                match compact(&j.dir, &self.world) {
+                    Ok(file) => {
+                        j.file = file;
+                        j.entries = 0;
+                    }
+                    Err(e) => tracing::error!("sandbox journal compaction failed: {e}"),
+                }
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+impl Sandbox {
+    /// Opens the world in `opts.dir` (or generates a new one) and returns the sandbox.
+    pub fn open(opts: &SandboxOptions) -> anyhow::Result<Arc<Self>> {
+        let (world, journal) = match &opts.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let world = load(dir)?.unwrap_or_else(|| World::generate(opts.products, opts.seed));
+                let file = compact(dir, &world)?;
+                (
+                    world,
+                    Some(Journal {
+                        file,
+                        dir: dir.clone(),
+                        entries: 0,
+                    }),
+                )
+            }
+            None => (World::generate(opts.products, opts.seed), None),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Arc::new(Self {
+            world: Mutex::new(world),
+            journal: Mutex::new(journal),
+            latency_ms: opts.latency_ms.into(),
+            webhook_url: Mutex::new(opts.webhook_url.clone()),
+            outbox: tx,
+            outbox_rx: Mutex::new(Some(rx)),
+        }))
+    }
+
+    pub fn lock(&self) -> WorldTx<'_> {
+        WorldTx {
+            world: self.world.lock().unwrap_or_else(|p| p.into_inner()),
+            sandbox: self,
+            pending: Vec::new(),
+        }
+    }
+
+    fn count_delivery(&self, ok: bool) {
+        let mut tx = self.lock();
+        if ok {
+            tx.world.counters.webhooks_sent += 1;
+        } else {
+            tx.world.counters.webhooks_failed += 1;
+        }
+        let meta = tx.world.meta();
+        tx.record(meta);
+        tx.commit();
+    }
+
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        *self.webhook_url.lock().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    pub fn webhook_secret(&self) -> String {
+        self.lock().world.webhook_secret.clone()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.lock().world.stats()
+    }
+
+    /// The engine config (TOML) that points at this sandbox listening on `addr`.
+    pub fn engine_config(&self, addr: SocketAddr) -> String {
+        let w = self.lock();
+        format!(
+            "# Engine config for the syncctl sandbox at http://{addr}\n\
+             # (credentials the sandbox accepts; the refresh token rotates on use)\n\
+             [stripe]\n\
+             api_key = \"{STRIPE_API_KEY}\"\n\
+             base_url = \"http://{addr}\"\n\
+             webhook_secret = \"{}\"\n\n\
+             [quickbooks]\n\
+             base_url = \"http://{addr}\"\n\
+             realm_id = \"{QB_REALM_ID}\"\n\
+             client_id = \"{QB_CLIENT_ID}\"\n\
+             client_secret = \"{QB_CLIENT_SECRET}\"\n\
+             refresh_token = \"{}\"\n\
+             token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n",
+            w.world.webhook_secret, w.world.refresh_token
+        )
+    }
+
+    /// Records an event (and queues its webhook).
+    fn emit(&self, tx: &mut WorldTx<'_>, kind: &str, object: Value, previous: Option<Value>) {
+        let id = tx.world.rng.stripe_id("evt");
+        let seq = tx.world.next_seq();
+        let created = tx.world.now();
+        let event = Event {
+            id,
+            kind: kind.into(),
+            created,
+            object,
+            previous,
+            seq,
+        };
+        tx.world.events.push(event.clone());
+        tx.record(Entry::Event(event.clone()));
+        let _ = self.outbox.send(event);
+    }
+
+    /// Applies one random catalog change, as a merchant editing Stripe would.
+    pub fn random_change(&self) {
+        let mut tx = self.lock();
+        let roll = tx.world.rng.below(100);
+        let n = tx.world.products.len();
+        if n == 0 || roll < 25 {
+            let i = n + 1_000_000;
+            let g = data::product(&mut tx.world.rng, i);
+            self.create_product(&mut tx, g.name, g.price.map(|(a, c)| (a, c.to_string())));
+        } else {
+            let idx = tx.world.rng.below(n as u64) as usize;
+            let id = tx.world.products[idx].id.clone();
+            let change = match roll {
+                25..=54 => {
+                    let g = data::product(&mut tx.world.rng, idx + 2_000_000);
+                    ProductChange {
+                        name: Some(g.name),
+                        ..Default::default()
+                    }
+                }
+                55..=84 => {
+                    let (amount, currency) = data::price(&mut tx.world.rng);
+                    ProductChange {
+                        price: Some((amount, currency.to_string())),
+                        ..Default::default()
+                    }
+                }
+                _ => {
+                    let active = !tx.world.products[idx].active;
+                    ProductChange {
+                        active: Some(active),
+                        ..Default::default()
+                    }
+                }
+            };
+            self.update_product(&mut tx, &id, change);
+        }
+        tx.commit();
+    }
+
+    fn create_product(
+        &self,
+        tx: &mut WorldTx<'_>,
+        name: String,
+        price: Option<(i64, String)>,
+    ) -> String {
+        let now = tx.world.now();
+        let id = tx.world.rng.stripe_id("prod");
+        let default_price = price.map(|(amount, currency)| {
+            let price = Price {
+                id: tx.world.rng.stripe_id("price"),
+                product: id.clone(),
+                unit_amount: amount,
+                currency,
+                active: true,
+                created: now,
+                seq: tx.world.next_seq(),
+            };
+            tx.world.prices.push(price.clone());
+            tx.record(Entry::Price(price.clone()));
+            self.emit(tx, "price.created", price_json(&price), None);
+            price.id
+        });
+        let product = Product {
+            id: id.clone(),
+            name,
+            description: None,
+            active: true,
+            default_price,
+            created: now,
+            updated: now,
+            seq: tx.world.next_seq(),
+        };
+        tx.world.products.push(product.clone());
+        tx.record(Entry::Product(product.clone()));
+        let object = tx.world.product_json(&product, false);
+        self.emit(tx, "product.created", object, None);
+        id
+    }
+
+    /// Changes a product (a new price is a new Price object, as in Stripe).
+    pub fn update_product(&self, tx: &mut WorldTx<'_>, id: &str, change: ProductChange) -> bool {
+        let now = tx.world.now();
+        let Some(idx) = tx.world.products.iter().position(|p| p.id == id) else {
+            return false;
+        };
+        let mut previous = serde_json::Map::new();
+        if let Some((amount, currency)) = change.price {
+            let price = Price {
+                id: tx.world.rng.stripe_id("price"),
+                product: id.into(),
+                unit_amount: amount,
+                currency,
+                active: true,
+                created: now,
+                seq: tx.world.next_seq(),
+            };
+            tx.world.prices.push(price.clone());
+            tx.record(Entry::Price(price.clone()));
+            self.emit(tx, "price.created", price_json(&price), None);
+            let p = &mut tx.world.products[idx];
+            previous.insert("default_price".into(), json!(p.default_price));
+            p.default_price = Some(price.id);
+        }
+        let p = &mut tx.world.products[idx];
+        if let Some(name) = change.name {
+            previous.insert("name".into(), json!(p.name));
+            p.name = name;
+        }
+        if let Some(active) = change.active {
+            previous.insert("active".into(), json!(p.active));
+            p.active = active;
+        }
+        // Stripe's `updated` only moves forward; keep it strictly increasing per product
+        // so a consumer ordering by it never sees two versions with the same stamp.
+        p.updated = now.max(p.updated + 1);
+        let product = p.clone();
+        tx.record(Entry::Product(product.clone()));
+        let object = tx.world.product_json(&product, false);
+        self.emit(tx, "product.updated", object, Some(Value::Object(previous)));
+        true
+    }
+}
+
+/// A change to a product, as the `/_sandbox/stripe/products/{id}` knob takes it.
+#[derive(Debug, Default, Deserialize)]
+pub struct ProductChange {
+    pub name: Option<String>,
+    pub active: Option<bool>,
+    #[serde(skip)]
+    pub price: Option<(i64, String)>,
+}
+
+fn load(dir: &Path) -> anyhow::Result<Option<World>> {
+    let snap = dir.join("world.json");
+    if !snap.exists() {
+        return Ok(None);
+    }
+    let mut world: World =
+        serde_json::from_reader(std::io::BufReader::new(std::fs::File::open(&snap)?))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", snap.display()))?;
+    let journal = dir.join("journal.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&journal) {
+        for line in text.lines() {
+            // A torn last line (killed mid-write) is the only line that can fail.
+            match serde_json::from_str::<Entry>(line) {
+                Ok(entry) => world.apply(entry),
+                Err(_) => break,
+            }
+        }
+    }
+    world.reindex();
+    Ok(Some(world))
+}
+
+/// Writes a fresh snapshot and returns an emptied journal opened for appending.
+fn compact(dir: &Path, world: &World) -> anyhow::Result<std::fs::File> {
+    let tmp = dir.join("world.json.tmp");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut f, world)?;
+        f.flush()?;
+        f.get_ref().sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("world.json"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.join("journal.jsonl"))?;
+    Ok(file)
+}
+
+/// A running sandbox server.
+pub struct SandboxServer {
+    pub addr: SocketAddr,
+    pub sandbox: Arc<Sandbox>,
+    cancel: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl SandboxServer {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits for background tasks.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Serves `sandbox` on `listener`: APIs, knobs, catalog changes and webhook delivery.
+pub fn serve(
+    sandbox: Arc<Sandbox>,
+    listener: tokio::net::TcpListener,
+    change_interval_ms: u64,
+) -> anyhow::Result<SandboxServer> {
+    let addr = listener.local_addr()?;
+    let cancel = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let app = router(sandbox.clone());
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await;
+    });
+    if change_interval_ms > 0 {
+        let (s, c) = (sandbox.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(change_interval_ms));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => break,
+                    _ = tick.tick() => s.random_change(),
+                }
+            }
+        });
+    }
+    let rx = sandbox
+        .outbox_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(rx) = rx {
+        tasks.spawn(deliver_webhooks(sandbox.clone(), rx, cancel.clone()));
+    }
+    Ok(SandboxServer {
+        addr,
+        sandbox,
+        cancel,
+        tasks,
+    })
+}
+
+fn router(sandbox: Arc<Sandbox>) -> Router {
+    let apis =
+        stripe::routes()
+            .merge(quickbooks::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                sandbox.clone(),
+                latency,
+            ));
+    apis.merge(knobs()).with_state(sandbox)
+}
+
+/// Adds the configured latency to every API response (not to `/_sandbox` knobs).
+async fn latency(State(s): State<Arc<Sandbox>>, req: Request, next: Next) -> Response {
+    let ms = s.latency_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    next.run(req).await
+}
+
+fn knobs() -> Router<Arc<Sandbox>> {
+    use axum::Json;
+    use axum::extract::Path as UrlPath;
+    use axum::routing::{get, post};
+    Router::new()
+        .route(
+            "/_sandbox/stats",
+            get(|State(s): State<Arc<Sandbox>>| async move { Json(s.stats()) }),
+        )
+        .route(
+            "/_sandbox/quickbooks/items",
+            get(|State(s): State<Arc<Sandbox>>| async move {
+                let w = s.lock();
+                Json(Value::Array(
+                    w.world.items.iter().map(quickbooks::item_json).collect(),
+                ))
+            }),
+        )
+        .route(
+            "/_sandbox/clock",
+            post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    let mut tx = s.lock();
+                    tx.world.clock_offset_secs += body["advance_secs"].as_i64().unwrap_or(0);
+                    let meta = tx.world.meta();
+                    tx.record(meta);
+                    let offset = tx.world.clock_offset_secs;
+                    tx.commit();
+                    Json(json!({ "clock_offset_secs": offset }))
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/latency",
+            post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    let ms = body["latency_ms"].as_u64().unwrap_or(0);
+                    s.latency_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+                    Json(json!({ "latency_ms": ms }))
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/webhooks",
+            post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    let url = body["url"].as_str().map(str::to_owned);
+                    s.set_webhook_url(url.clone());
+                    Json(json!({ "url": url }))
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/catalog/changes",
+            post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    let n = body["count"].as_u64().unwrap_or(1).min(10_000);
+                    for _ in 0..n {
+                        s.random_change();
+                    }
+                    Json(json!({ "changes": n }))
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/stripe/products/{id}",
+            post(
+                |State(s): State<Arc<Sandbox>>,
+                 UrlPath(id): UrlPath<String>,
+                 Json(body): Json<Value>| async move {
+                    let mut change: ProductChange =
+                        serde_json::from_value(body.clone()).unwrap_or_default();
+                    if let (Some(amount), Some(currency)) =
+                        (body["unit_amount"].as_i64(), body["currency"].as_str())
+                    {
+                        change.price = Some((amount, currency.to_lowercase()));
+                    }
+                    let mut tx = s.lock();
+                    let found = s.update_product(&mut tx, &id, change);
+                    let out = tx
+                        .world
+                        .product(&id)
+                        .map(|p| tx.world.product_json(p, true));
+                    tx.commit();
+                    if found {
+                        (axum::http::StatusCode::OK, Json(out.unwrap_or(Value::Null)))
+                    } else {
+                        (
+                            axum::http::StatusCode::NOT_FOUND,
+                            Json(json!({"error": "no such product"})),
+                        )
+                    }
+                },
+            ),
+        )
+}
+
+/// Signs a webhook body the way Stripe does: `t=…,v1=hex(HMAC-SHA256(secret, "t.body"))`.
+pub fn sign_webhook(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+pub fn event_json(e: &Event) -> Value {
+    let mut data = json!({ "object": e.object });
+    if let Some(prev) = &e.previous {
+        data["previous_attributes"] = prev.clone();
+    }
+    json!({
+        "id": e.id, "object": "event", "api_version": "2024-06-20", "created": e.created,
+        "data": data, "livemode": false, "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null }, "type": e.kind,
+    })
+}
+
+/// Delivers events to the webhook URL, signed, with Stripe's habits: occasionally twice,
+/// sometimes out of order (each delivery waits a random short delay), retried on failure.
+async fn deliver_webhooks(
+    sandbox: Arc<Sandbox>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    cancel: CancellationToken,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("sandbox webhook client: {e}");
+            return;
+        }
+    };
+    let mut rng = Rng::new(sandbox.lock().world.seed ^ 0xABCD);
+    let in_flight = tokio_util::task::TaskTracker::new();
+    let mut backlog: VecDeque<Event> = VecDeque::new();
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            e = rx.recv() => match e { Some(e) => e, None => break },
+        };
+        backlog.push_back(event);
+        while let Some(event) = backlog.pop_front() {
+            let Some(url) = sandbox
+                .webhook_url
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            else {
+                continue;
+            };
+            let copies = if rng.chance(0.05) { 2 } else { 1 };
+            for _ in 0..copies {
+                let delay = Duration::from_millis(rng.below(400));
+                let (client, url, s, c) =
+                    (client.clone(), url.clone(), sandbox.clone(), cancel.clone());
+                let body = serde_json::to_vec(&event_json(&event)).unwrap_or_default();
+                in_flight.spawn(async move {
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    for attempt in 0..5u32 {
+                        let (secret, now) = {
+                            let w = s.lock();
+                            (w.world.webhook_secret.clone(), w.world.now())
+                        };
+                        let sig = sign_webhook(&secret, now, &body);
+                        let ok = client
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .header("Stripe-Signature", sig)
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false);
+                        s.count_delivery(ok);
+                        if ok {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = c.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500 << attempt)) => {}
+                        }
+                    }
+                });
+            }
+        }
+    }
+    in_flight.close();
+    in_flight.wait().await;
+}

@@ -1,0 +1,678 @@
+//! Simulated QuickBooks Online v3 Items and Intuit OAuth 2.
+//!
+//! Faithful quirks: SyncToken optimistic locking (5010), case-insensitive unique names
+//! reserved by inactive Items too (6240), `requestid` replay of the first answer, the
+//! query subset `select * from Item where Field = '…'` with `\'` escapes and an absent
+//! `Item` key on no match, Faults in the body, the lowercase 401 fault once an access
+//! token expires, and rotating refresh tokens (`invalid_grant` for a superseded one).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ACCESS_TOKEN_TTL_SECS, Entry, Item, QB_CLIENT_ID, QB_CLIENT_SECRET, QB_REALM_ID, Sandbox, World,
+};
+
+pub fn routes() -> Router<Arc<Sandbox>> {
+    Router::new()
+        .route("/v3/company/{realm}/item", post(write_item))
+        .route("/v3/company/{realm}/item/{id}", get(read_item))
+        .route("/v3/company/{realm}/query", get(query))
+        .route("/oauth2/v1/tokens/bearer", post(token))
+}
+
+fn timestamp(w: &World) -> String {
+    time::OffsetDateTime::from_unix_timestamp(w.now())
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+pub fn item_json(i: &Item) -> Value {
+    let mut v = json!({
+        "Id": i.id.to_string(), "SyncToken": i.sync_token.to_string(), "Name": i.name,
+        "FullyQualifiedName": i.name, "Active": i.active, "Type": i.item_type,
+        "domain": "QBO", "sparse": false,
+        "MetaData": { "CreateTime": i.created, "LastUpdatedTime": i.updated },
+    });
+    if let Some(p) = i.unit_price {
+        v["UnitPrice"] = json!(p);
+    }
+    if let Some(s) = &i.sku {
+        v["Sku"] = json!(s);
+    }
+    if let Some(d) = &i.description {
+        v["Description"] = json!(d);
+    }
+    if let Some(a) = &i.income_account {
+        v["IncomeAccountRef"] = json!({ "value": a, "name": "Sales of Product Income" });
+    }
+    v
+}
+
+fn fault(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    detail: &str,
+    element: Option<&str>,
+    time: &str,
+) -> (StatusCode, Value) {
+    let kind = if status == StatusCode::UNAUTHORIZED {
+        "AUTHENTICATION"
+    } else {
+        "ValidationFault"
+    };
+    let mut error = json!({ "Message": message, "Detail": detail, "code": code });
+    if let Some(e) = element {
+        error["element"] = json!(e);
+    }
+    (
+        status,
+        json!({ "Fault": { "Error": [error], "type": kind }, "time": time }),
+    )
+}
+
+/// The lowercase variant QuickBooks sends with a 401.
+fn auth_fault() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({
+            "warnings": null, "intuitObject": null,
+            "fault": { "error": [{ "message": "message=AuthenticationFailed; errorCode=003200; statusCode=401",
+                                   "detail": "Token expired", "code": "3200", "element": null }],
+                       "type": "AUTHENTICATION" },
+            "report": null, "queryResponse": [], "batchItemResponse": [], "attachableResponse": [],
+            "syncErrorResponse": null, "requestId": null, "time": 0, "status": null, "cdcresponse": []
+        })),
+    )
+        .into_response()
+}
+
+/// Counts the request, checks realm and bearer token.
+fn authorize(s: &Sandbox, headers: &HeaderMap, realm: &str) -> Result<(), Response> {
+    let mut tx = s.lock();
+    tx.world.counters.qb_requests += 1;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let now = tx.world.now();
+    let valid = token
+        .and_then(|t| tx.world.access_tokens.get(t))
+        .is_some_and(|&exp| now < exp);
+    if !valid {
+        tx.world.counters.qb_auth_failures += 1;
+        return Err(auth_fault());
+    }
+    if realm != QB_REALM_ID {
+        let t = timestamp(&tx.world);
+        let (st, body) = fault(
+            StatusCode::FORBIDDEN,
+            "3100",
+            "ApplicationAuthorizationFailed",
+            "The realm is not connected to this app",
+            None,
+            &t,
+        );
+        return Err((st, axum::Json(body)).into_response());
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct WriteParams {
+    requestid: Option<String>,
+}
+
+async fn write_item(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(realm): Path<String>,
+    Query(params): Query<WriteParams>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &realm) {
+        return r;
+    }
+    let mut tx = s.lock();
+    if let Some(rid) = &params.requestid {
+        if rid.len() > 50 {
+            let t = timestamp(&tx.world);
+            let (st, b) = fault(
+                StatusCode::BAD_REQUEST,
+                "2050",
+                "String length exceeds limit",
+                "requestid is longer than 50 characters",
+                Some("requestid"),
+                &t,
+            );
+            return (st, axum::Json(b)).into_response();
+        }
+        if let Some((status, body)) = tx.world.request_ids.get(rid).cloned() {
+            tx.world.counters.qb_replays += 1;
+            let meta = tx.world.meta();
+            tx.record(meta);
+            tx.commit();
+            return (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                axum::Json(body),
+            )
+                .into_response();
+        }
+    }
+    let (status, answer) = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => apply_write(&mut tx.world, &v),
+        Err(e) => {
+            let t = timestamp(&tx.world);
+            fault(
+                StatusCode::BAD_REQUEST,
+                "2010",
+                "Request has invalid or unsupported property",
+                &format!("Unparseable JSON: {e}"),
+                None,
+                &t,
+            )
+        }
+    };
+    if status.is_success()
+        && let Some(id) = answer["Item"]["Id"]
+            .as_str()
+            .and_then(|i| i.parse::<usize>().ok())
+    {
+        let item = tx.world.items[id - 1].clone();
+        tx.record(Entry::Item(item));
+    }
+    if let Some(rid) = params.requestid {
+        tx.world
+            .request_ids
+            .insert(rid.clone(), (status.as_u16(), answer.clone()));
+        tx.record(Entry::Request(rid, status.as_u16(), answer.clone()));
+    }
+    let meta = tx.world.meta();
+    tx.record(meta);
+    tx.commit();
+    (status, axum::Json(answer)).into_response()
+}
+
+fn invalid_name(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("Name is required and cannot be blank")
+    } else if name.chars().count() > 100 {
+        Some(
+            "String length is either shorter or longer than supported by specification. Min:1 Max:100",
+        )
+    } else if name.contains(':') {
+        Some("Name cannot contain a colon (:)")
+    } else if name.chars().any(char::is_control) {
+        Some("Name cannot contain tab, newline or other control characters")
+    } else {
+        None
+    }
+}
+
+/// Creates or updates an Item; returns the HTTP status and body to send.
+fn apply_write(w: &mut World, v: &Value) -> (StatusCode, Value) {
+    let t = timestamp(w);
+    let existing = match v.get("Id").and_then(Value::as_str) {
+        Some(id) => match id
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i >= 1 && i <= w.items.len())
+        {
+            Some(i) => Some(i - 1),
+            None => {
+                return fault(
+                    StatusCode::BAD_REQUEST,
+                    "610",
+                    "Object Not Found",
+                    &format!(
+                        "Something you're trying to use has been made inactive. Check the fields with accounts, customers, items, vendors or employees. Id={id}"
+                    ),
+                    None,
+                    &t,
+                );
+            }
+        },
+        None => None,
+    };
+    let name = match v.get("Name").and_then(Value::as_str) {
+        Some(n) => n.to_owned(),
+        None => {
+            return fault(
+                StatusCode::BAD_REQUEST,
+                "2020",
+                "Required param missing, need to supply the required value for the API",
+                "Required parameter Name is missing in the request",
+                Some("Name"),
+                &t,
+            );
+        }
+    };
+    if let Some(why) = invalid_name(&name) {
+        return fault(
+            StatusCode::BAD_REQUEST,
+            "2170",
+            "Invalid String Data",
+            why,
+            Some("Name"),
+            &t,
+        );
+    }
+    let unit_price = match v.get("UnitPrice") {
+        None | Some(Value::Null) => None,
+        Some(p) => match p.as_f64().filter(|x| *x >= 0.0 && x.is_finite()) {
+            Some(x) => Some(x),
+            None => {
+                return fault(
+                    StatusCode::BAD_REQUEST,
+                    "2080",
+                    "Invalid Number",
+                    "UnitPrice must be a non-negative number",
+                    Some("UnitPrice"),
+                    &t,
+                );
+            }
+        },
+    };
+    let lower = name.to_lowercase();
+    if let Some(&holder) = w.name_index.get(&lower)
+        && Some(holder) != existing
+    {
+        let other = &w.items[holder];
+        return fault(
+            StatusCode::BAD_REQUEST,
+            "6240",
+            "Duplicate Name Exists Error",
+            &format!(
+                "The name supplied already exists. : Another product or service is already using this name. Please use a different name. Id={}",
+                other.id
+            ),
+            None,
+            &t,
+        );
+    }
+    let item_type = v
+        .get("Type")
+        .and_then(Value::as_str)
+        .unwrap_or("Service")
+        .to_owned();
+    let income = v["IncomeAccountRef"]["value"].as_str().map(str::to_owned);
+    let sparse = v.get("sparse").and_then(Value::as_bool).unwrap_or(false);
+    match existing {
+        Some(idx) => {
+            let token = v.get("SyncToken").and_then(Value::as_str).unwrap_or("");
+            if token != w.items[idx].sync_token.to_string() {
+                return fault(
+                    StatusCode::BAD_REQUEST,
+                    "5010",
+                    "Stale Object Error",
+                    &format!(
+                        "Stale Object Error : You and {} were working on this at the same time. {} finished before you did, so your work was not saved.",
+                        "another user", "Another user"
+                    ),
+                    None,
+                    &t,
+                );
+            }
+            let old_lower = w.items[idx].name.to_lowercase();
+            let item = &mut w.items[idx];
+            item.name = name;
+            item.sync_token += 1;
+            item.updated = t.clone();
+            // A full update replaces every field; a sparse one only those sent.
+            if !sparse || v.get("UnitPrice").is_some() {
+                item.unit_price = unit_price;
+            }
+            if !sparse || v.get("Sku").is_some() {
+                item.sku = v["Sku"].as_str().map(str::to_owned);
+            }
+            if !sparse || v.get("Description").is_some() {
+                item.description = v["Description"].as_str().map(str::to_owned);
+            }
+            if !sparse || v.get("Active").is_some() {
+                item.active = v["Active"].as_bool().unwrap_or(true);
+            }
+            if income.is_some() {
+                item.income_account = income;
+            }
+            w.name_index.remove(&old_lower);
+            w.name_index.insert(lower, idx);
+            w.counters.qb_updates += 1;
+            (
+                StatusCode::OK,
+                json!({ "Item": item_json(&w.items[idx]), "time": t }),
+            )
+        }
+        None => {
+            if item_type == "Service" && income.is_none() {
+                return fault(
+                    StatusCode::BAD_REQUEST,
+                    "2020",
+                    "Required param missing, need to supply the required value for the API",
+                    "Required parameter IncomeAccountRef is missing in the request",
+                    Some("IncomeAccountRef"),
+                    &t,
+                );
+            }
+            let item = Item {
+                id: w.items.len() as u64 + 1,
+                sync_token: 0,
+                name,
+                sku: v["Sku"].as_str().map(str::to_owned),
+                description: v["Description"].as_str().map(str::to_owned),
+                unit_price,
+                active: v["Active"].as_bool().unwrap_or(true),
+                item_type,
+                income_account: income,
+                created: t.clone(),
+                updated: t.clone(),
+            };
+            w.name_index.insert(lower, w.items.len());
+            w.items.push(item);
+            w.counters.qb_creates += 1;
+            (
+                StatusCode::OK,
+                json!({ "Item": item_json(w.items.last().expect("just pushed")), "time": t }),
+            )
+        }
+    }
+}
+
+async fn read_item(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path((realm, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &realm) {
+        return r;
+    }
+    let tx = s.lock();
+    let t = timestamp(&tx.world);
+    match id
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| tx.world.items.get(i))
+    {
+        Some(item) => axum::Json(json!({ "Item": item_json(item), "time": t })).into_response(),
+        None => {
+            let (st, b) = fault(
+                StatusCode::BAD_REQUEST,
+                "610",
+                "Object Not Found",
+                &format!(
+                    "Object Not Found : Something you're trying to use has been made inactive. Id={id}"
+                ),
+                None,
+                &t,
+            );
+            (st, axum::Json(b)).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct QueryParams {
+    query: Option<String>,
+}
+
+/// A parsed query of the supported subset.
+#[derive(Debug, PartialEq)]
+pub struct ItemQuery {
+    pub field: Option<(String, String)>,
+    pub include_inactive: bool,
+    pub start: usize,
+    pub max: usize,
+}
+
+/// Parses `select * from Item [where F = 'v' [and Active in (true, false)]]
+/// [startposition n] [maxresults m]` (keywords case-insensitive, `\'` escapes).
+pub fn parse_query(q: &str) -> Result<ItemQuery, String> {
+    let mut rest = q.trim();
+    let take_kw = |rest: &mut &str, kw: &str| -> bool {
+        let r = rest.trim_start();
+        if r.len() >= kw.len() && r[..kw.len()].eq_ignore_ascii_case(kw) {
+            *rest = &r[kw.len()..];
+            true
+        } else {
+            false
+        }
+    };
+    if !(take_kw(&mut rest, "select")
+        && take_kw(&mut rest, "*")
+        && take_kw(&mut rest, "from")
+        && take_kw(&mut rest, "item"))
+    {
+        return Err("only `select * from Item` is supported".into());
+    }
+    let mut out = ItemQuery {
+        field: None,
+        include_inactive: false,
+        start: 1,
+        max: 100,
+    };
+    if take_kw(&mut rest, "where") {
+        let r = rest.trim_start();
+        let end = r
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(r.len());
+        let field = r[..end].to_owned();
+        rest = &r[end..];
+        if !take_kw(&mut rest, "=") {
+            return Err(format!("expected = after {field}"));
+        }
+        let r = rest.trim_start();
+        let Some(body) = r.strip_prefix('\'') else {
+            return Err("expected a quoted value".into());
+        };
+        let mut value = String::new();
+        let mut chars = body.char_indices();
+        let mut closed = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, n)) => value.push(n),
+                    None => return Err("dangling escape".into()),
+                },
+                '\'' => {
+                    closed = Some(i + 1);
+                    break;
+                }
+                _ => value.push(c),
+            }
+        }
+        let Some(after) = closed else {
+            return Err("unterminated string".into());
+        };
+        rest = &body[after..];
+        out.field = Some((field, value));
+        if take_kw(&mut rest, "and") {
+            let compact: String = rest
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_lowercase();
+            let consumed = [
+                "active in(true,false)",
+                "activein(true,false)",
+                "activein(false,true)",
+            ]
+            .iter()
+            .find(|p| compact.starts_with(&p.replace(' ', "")));
+            if consumed.is_none() {
+                return Err("only `and Active in (true, false)` is supported after where".into());
+            }
+            out.include_inactive = true;
+            let close = rest.find(')').map(|i| i + 1).unwrap_or(rest.len());
+            rest = &rest[close..];
+        }
+    }
+    if take_kw(&mut rest, "startposition") {
+        let r = rest.trim_start();
+        let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+        out.start = r[..end].parse().map_err(|_| "bad STARTPOSITION")?;
+        rest = &r[end..];
+    }
+    if take_kw(&mut rest, "maxresults") {
+        let r = rest.trim_start();
+        let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+        out.max = r[..end].parse().map_err(|_| "bad MAXRESULTS")?;
+        out.max = out.max.min(1000);
+        rest = &r[end..];
+    }
+    if !rest.trim().is_empty() {
+        return Err(format!("unexpected `{}`", rest.trim()));
+    }
+    Ok(out)
+}
+
+async fn query(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(realm): Path<String>,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &realm) {
+        return r;
+    }
+    let mut tx = s.lock();
+    tx.world.counters.qb_queries += 1;
+    let t = timestamp(&tx.world);
+    let parsed = match parse_query(params.query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            let (st, b) = fault(
+                StatusCode::BAD_REQUEST,
+                "4000",
+                "Error parsing query",
+                &format!("QueryParserError: {e}"),
+                None,
+                &t,
+            );
+            return (st, axum::Json(b)).into_response();
+        }
+    };
+    let w = &tx.world;
+    let matches: Vec<&Item> = match &parsed.field {
+        // Name lookups use the index (names compare case-insensitively).
+        Some((f, v)) if f.eq_ignore_ascii_case("Name") => w
+            .name_index
+            .get(&v.to_lowercase())
+            .map(|&i| &w.items[i])
+            .filter(|i| i.name == *v || i.name.to_lowercase() == v.to_lowercase())
+            .into_iter()
+            .collect(),
+        Some((f, v)) => w
+            .items
+            .iter()
+            .filter(|i| match f.to_ascii_lowercase().as_str() {
+                "id" => i.id.to_string() == *v,
+                "sku" => i.sku.as_deref() == Some(v.as_str()),
+                _ => false,
+            })
+            .collect(),
+        None => w.items.iter().collect(),
+    };
+    let found: Vec<Value> = matches
+        .into_iter()
+        .filter(|i| parsed.include_inactive || i.active)
+        .skip(parsed.start.saturating_sub(1))
+        .take(parsed.max)
+        .map(item_json)
+        .collect();
+    let mut qr = json!({});
+    if !found.is_empty() {
+        qr = json!({ "Item": found, "startPosition": parsed.start, "maxResults": found.len() });
+    }
+    axum::Json(json!({ "QueryResponse": qr, "time": t })).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    refresh_token: Option<String>,
+}
+
+async fn token(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<TokenForm>,
+) -> Response {
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(format!("{QB_CLIENT_ID}:{QB_CLIENT_SECRET}"));
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "));
+    if basic != Some(expected.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": "invalid_client" })),
+        )
+            .into_response();
+    }
+    if form.grant_type.as_deref() != Some("refresh_token") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": "unsupported_grant_type" })),
+        )
+            .into_response();
+    }
+    let mut tx = s.lock();
+    if form.refresh_token.as_deref() != Some(tx.world.refresh_token.as_str()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": "invalid_grant" })),
+        )
+            .into_response();
+    }
+    let access = format!("eyJ{}", tx.world.rng.hex(24));
+    let refresh = format!("AB11{}", tx.world.rng.hex(20));
+    let now = tx.world.now();
+    tx.world.access_tokens.retain(|_, &mut exp| exp > now);
+    tx.world
+        .access_tokens
+        .insert(access.clone(), now + ACCESS_TOKEN_TTL_SECS);
+    tx.world.refresh_token = refresh.clone();
+    tx.world.counters.token_refreshes += 1;
+    let meta = tx.world.meta();
+    tx.record(meta);
+    tx.commit();
+    axum::Json(json!({
+        "access_token": access, "refresh_token": refresh, "token_type": "bearer",
+        "expires_in": ACCESS_TOKEN_TTL_SECS, "x_refresh_token_expires_in": 8_726_400,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_with_escaped_quote_and_inactive_filter() {
+        let q = parse_query(r"select * from Item where Name = 'O\'Brien\'s' and Active in (true, false) MAXRESULTS 5").unwrap();
+        assert_eq!(q.field, Some(("Name".into(), "O'Brien's".into())));
+        assert!(q.include_inactive);
+        assert_eq!(q.max, 5);
+    }
+
+    #[test]
+    fn unsupported_query_is_an_error() {
+        assert!(parse_query("select * from Item where Name = 'a' or Name = 'b'").is_err());
+        assert!(parse_query("select * from Customer").is_err());
+        assert!(parse_query("select * from Item where Name = 'open").is_err());
+    }
+}

@@ -1,0 +1,701 @@
+//! The only place that persists engine state: SQLite in WAL mode.
+//!
+//! One writer connection (behind a mutex, so writes are serialised) and one reader
+//! connection for snapshots. Work is a row before it is work: ingest writes a job in the
+//! same transaction as what produced it (a webhook event id, a list-page cursor). Jobs
+//! are claimed with a lease; leases left by a dead process are re-queued at start.
+//! Nothing here knows HTTP, terminals or the sandbox.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+pub use rusqlite::Error as SqlError;
+
+pub type Result<T> = std::result::Result<T, SqlError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// A job claimed by a worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub key: String,
+    pub payload: Option<String>,
+    pub attempts: u32,
+    pub idempotency_key: String,
+}
+
+/// What a worker knows about one product's QuickBooks Item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemMapping {
+    pub product_id: String,
+    pub item_id: Option<String>,
+    pub sync_token: Option<String>,
+    pub item_name: Option<String>,
+    pub synced_hash: Option<String>,
+    pub source_updated: Option<i64>,
+    pub pending_request_id: Option<String>,
+    pub pending_body: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub entity: String,
+    pub actor: String,
+    pub message: String,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub kind: &'a str,
+    pub key: &'a str,
+    pub payload: Option<&'a str>,
+    /// Ordering stamp of the payload (the object's own `updated`); a queued job keeps
+    /// the newest payload.
+    pub version: i64,
+}
+
+/// Counts for the console and /health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogCounts {
+    pub products_seen: u64,
+    pub synced: u64,
+    pub queued: u64,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub rejected: u64,
+}
+
+/// OAuth state kept so a restart never reuses a superseded refresh token.
+#[derive(Debug, Clone, Default)]
+pub struct OAuthState {
+    pub bootstrap_hash: String,
+    pub refresh_token: String,
+    pub access_token: Option<String>,
+    pub access_expires_at_ms: Option<i64>,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database under `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("syncctl.db");
+        let mut writer = Connection::open(&path)?;
+        configure(&writer)?;
+        schema::migrate(&mut writer)?;
+        let reader = Connection::open(&path)?;
+        configure(&reader)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                path,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn w(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn r(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Start-up recovery: a lease held by a process that is gone goes back to the queue.
+    pub fn requeue_leased(&self) -> Result<usize> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = tx
+            .prepare("SELECT id FROM jobs WHERE state='leased'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_>>()?;
+        for id in &ids {
+            requeue(&tx, *id, 0, None, false)?;
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Enqueues jobs, all in one transaction together with an optional cursor write and
+    /// optional Stripe event ids; returns how many events were new. An event id already
+    /// seen makes the whole batch a no-op for that event (dedupe).
+    pub fn ingest(
+        &self,
+        jobs: &[NewJob<'_>],
+        cursor: Option<(&str, &str)>,
+        event: Option<(&str, &str, &str)>,
+    ) -> Result<bool> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        if let Some((id, kind, via)) = event {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
+                params![id, kind, now, via],
+            )?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at, idempotency_key, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)
+                 ON CONFLICT(kind, key) WHERE state = 'queued' DO UPDATE SET
+                   payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload ELSE jobs.payload END,
+                   version = MAX(excluded.version, jobs.version),
+                   updated_at = excluded.updated_at",
+            )?;
+            for job in jobs {
+                insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+            }
+        }
+        if let Some((name, value)) = cursor {
+            tx.execute(
+                "INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![name, value, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Claims up to `limit` due jobs of `kind`, never two jobs for the same key at once.
+    pub fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
+        let now = now_ms();
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        // An expired lease (a hung worker) is claimable again.
+        let expired: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM jobs WHERE state='leased' AND lease_until < ?1")?
+            .query_map(params![now], |r| r.get(0))?
+            .collect::<Result<_>>()?;
+        for id in expired {
+            requeue(&tx, id, 0, Some("lease expired"), false)?;
+        }
+        let jobs = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
+                 WHERE id IN (
+                   SELECT q.id FROM jobs q
+                   WHERE q.kind = ?1 AND q.state = 'queued' AND q.next_attempt_at <= ?2
+                     AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
+                   ORDER BY q.next_attempt_at, q.id LIMIT ?4)
+                 RETURNING id, kind, key, payload, attempts, idempotency_key",
+            )?;
+            stmt.query_map(params![kind, now, now + lease_ms, limit as i64], |row| {
+                Ok(Job {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    key: row.get(2)?,
+                    payload: row.get(3)?,
+                    attempts: row.get(4)?,
+                    idempotency_key: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>>>()?
+        };
+        // Two queued jobs of one key could both be picked in one claim; keep the first.
+        let mut seen = std::collections::HashSet::new();
+        let mut keep = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if seen.insert(job.key.clone()) {
+                keep.push(job);
+            } else {
+                requeue(&tx, job.id, 0, None, true)?;
+            }
+        }
+        tx.commit()?;
+        Ok(keep)
+    }
+
+    pub fn complete(&self, job_id: i64) -> Result<()> {
+        self.w().execute(
+            "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
+            params![job_id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a job back with a delay, or marks it failed when it has no attempts left.
+    pub fn retry_later(
+        &self,
+        job_id: i64,
+        error: &str,
+        delay_ms: i64,
+        max_attempts: u32,
+    ) -> Result<bool> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let attempts: Option<u32> = tx
+            .query_row(
+                "SELECT attempts FROM jobs WHERE id=?1",
+                params![job_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let failed = match attempts {
+            Some(a) if a >= max_attempts => {
+                tx.execute(
+                    "UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
+                    params![job_id, error, now_ms()],
+                )?;
+                true
+            }
+            Some(_) => {
+                requeue(&tx, job_id, delay_ms, Some(error), false)?;
+                false
+            }
+            None => false,
+        };
+        tx.commit()?;
+        Ok(failed)
+    }
+
+    /// A job that can never succeed as is (invalid data): kept with its reason.
+    pub fn reject(&self, job_id: i64, reason: &str) -> Result<()> {
+        self.w().execute(
+            "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
+            params![job_id, reason, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Gives a claimed job back untouched (shutdown before it started).
+    pub fn release(&self, job_id: i64) -> Result<()> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        requeue(&tx, job_id, 0, None, true)?;
+        tx.commit()
+    }
+
+    pub fn cursor(&self, name: &str) -> Result<Option<String>> {
+        self.r()
+            .query_row(
+                "SELECT value FROM cursors WHERE name=?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    pub fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
+        self.ingest(&[], Some((name, value)), None).map(|_| ())
+    }
+
+    pub fn mapping(&self, product_id: &str) -> Result<Option<ItemMapping>> {
+        self.w()
+            .query_row(
+                "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
+                        pending_request_id, pending_body, status, reason
+                 FROM item_map WHERE product_id=?1",
+                params![product_id],
+                row_to_mapping,
+            )
+            .optional()
+    }
+
+    /// The product an Item is mapped to, if any.
+    pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
+        self.w()
+            .query_row(
+                "SELECT product_id FROM item_map WHERE item_id=?1",
+                params![item_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// Records a create about to be sent, so a crash before its answer is replayed with
+    /// the same request id instead of creating a second Item.
+    pub fn mark_create_pending(
+        &self,
+        product_id: &str,
+        request_id: &str,
+        body: &str,
+    ) -> Result<()> {
+        self.w().execute(
+            "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+             VALUES (?1, 'pending', ?2, ?3)
+             ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
+               pending_body=excluded.pending_body",
+            params![product_id, request_id, body],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the Item now mirroring the product, clearing any pending create.
+    pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
+        self.w().execute(
+            "INSERT INTO item_map(product_id, item_id, sync_token, item_name, synced_hash, source_updated,
+                                  pending_request_id, pending_body, status, reason, synced_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)
+             ON CONFLICT(product_id) DO UPDATE SET item_id=excluded.item_id, sync_token=excluded.sync_token,
+               item_name=excluded.item_name, synced_hash=excluded.synced_hash,
+               source_updated=excluded.source_updated, pending_request_id=NULL, pending_body=NULL,
+               status=excluded.status, reason=excluded.reason, synced_at=excluded.synced_at",
+            params![
+                m.product_id,
+                m.item_id,
+                m.sync_token,
+                m.item_name,
+                m.synced_hash,
+                m.source_updated,
+                m.status,
+                m.reason,
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
+        let conn = self.w();
+        conn.execute(
+            "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), kind, entity, actor, message],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Newest audit entries first, optionally only those after `after_id`.
+    pub fn recent_audit(&self, limit: usize, after_id: i64) -> Result<Vec<AuditEntry>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, kind, entity, actor, message FROM audit WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        stmt.query_map(params![after_id, limit as i64], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                kind: r.get(2)?,
+                entity: r.get(3)?,
+                actor: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?
+        .collect()
+    }
+
+    pub fn catalog_counts(&self) -> Result<CatalogCounts> {
+        let conn = self.r();
+        let (queued, in_flight, failed, rejected, seen): (i64, i64, i64, i64, i64) = conn.query_row(
+            "SELECT
+               COALESCE(SUM(state='queued'),0), COALESCE(SUM(state='leased'),0),
+               (SELECT COUNT(DISTINCT key) FROM jobs f WHERE f.kind='catalog.product' AND f.state='failed'
+                  AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')),
+               (SELECT COUNT(*) FROM item_map WHERE status='rejected'),
+               (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product')
+             FROM jobs WHERE kind='catalog.product' AND state IN ('queued','leased')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let synced: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM item_map WHERE status='synced'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(CatalogCounts {
+            products_seen: seen as u64,
+            synced: synced as u64,
+            queued: queued as u64,
+            in_flight: in_flight as u64,
+            failed: failed as u64,
+            rejected: rejected as u64,
+        })
+    }
+
+    /// Latest error per failed or rejected product, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<(String, String, i64)>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, last_error, updated_at FROM jobs
+             WHERE kind='catalog.product' AND last_error IS NOT NULL AND state IN ('failed','rejected','queued')
+             ORDER BY updated_at DESC LIMIT ?1",
+        )?;
+        stmt.query_map(params![limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect()
+    }
+
+    pub fn oauth(&self) -> Result<Option<OAuthState>> {
+        self.w()
+            .query_row(
+                "SELECT bootstrap_hash, refresh_token, access_token, access_expires_at FROM oauth WHERE id=1",
+                [],
+                |r| {
+                    Ok(OAuthState {
+                        bootstrap_hash: r.get(0)?,
+                        refresh_token: r.get(1)?,
+                        access_token: r.get(2)?,
+                        access_expires_at_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    /// Persists rotated tokens; called before the new access token is used.
+    pub fn save_oauth(&self, s: &OAuthState) -> Result<()> {
+        self.w().execute(
+            "INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET bootstrap_hash=excluded.bootstrap_hash,
+               refresh_token=excluded.refresh_token, access_token=excluded.access_token,
+               access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at",
+            params![
+                s.bootstrap_hash,
+                s.refresh_token,
+                s.access_token,
+                s.access_expires_at_ms,
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Puts a job back in the queue. When a newer job for the same key was queued in the
+/// meantime, the two merge: the queued one keeps the newest payload and this one ends.
+fn requeue(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    delay_ms: i64,
+    error: Option<&str>,
+    refund_attempt: bool,
+) -> Result<()> {
+    let now = now_ms();
+    let Some((kind, key, payload, version)) = tx
+        .query_row(
+            "SELECT kind, key, payload, version FROM jobs WHERE id=?1",
+            params![job_id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let merged = tx.execute(
+        "UPDATE jobs SET
+           payload = CASE WHEN ?4 > version THEN ?3 ELSE payload END,
+           version = MAX(version, ?4), updated_at = ?5
+         WHERE kind=?1 AND key=?2 AND state='queued' AND id != ?6",
+        params![kind, key, payload, version, now, job_id],
+    )?;
+    if merged > 0 {
+        tx.execute(
+            "UPDATE jobs SET state='done', lease_until=NULL, last_error='merged into a newer job', updated_at=?2 WHERE id=?1",
+            params![job_id, now],
+        )?;
+    } else {
+        tx.execute(
+            "UPDATE jobs SET state='queued', lease_until=NULL, next_attempt_at=?2,
+               last_error=COALESCE(?3, last_error),
+               attempts = CASE WHEN ?4 THEN MAX(attempts-1, 0) ELSE attempts END, updated_at=?5
+             WHERE id=?1",
+            params![job_id, now + delay_ms, error, refund_attempt, now],
+        )?;
+    }
+    Ok(())
+}
+
+fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
+    Ok(ItemMapping {
+        product_id: r.get(0)?,
+        item_id: r.get(1)?,
+        sync_token: r.get(2)?,
+        item_name: r.get(3)?,
+        synced_hash: r.get(4)?,
+        source_updated: r.get(5)?,
+        pending_request_id: r.get(6)?,
+        pending_body: r.get(7)?,
+        status: r.get(8)?,
+        reason: r.get(9)?,
+    })
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode survives a process kill; only power loss can drop the last commits.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// An exclusive lock on a data dir, held for the life of the process.
+pub struct DataDirLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Fails with a message naming the dir when another process holds it.
+    pub fn acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{what}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                use std::io::Write;
+                let mut f = &file;
+                let _ = f.set_len(0);
+                let _ = writeln!(f, "{}", std::process::id());
+                Ok(Self { _file: file, path })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another syncctl {what} (pid {}) is already using data dir {}; stop it, attach to it, or pass a different --data-dir",
+                    pid.trim(),
+                    dir.display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    fn job<'a>(key: &'a str, payload: &'a str, version: i64) -> NewJob<'a> {
+        NewJob {
+            kind: "catalog.product",
+            key,
+            payload: Some(payload),
+            version,
+        }
+    }
+
+    #[test]
+    fn queued_job_keeps_the_newest_payload_whatever_the_arrival_order() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "v2", 2)], None, None).unwrap();
+        s.ingest(&[job("p1", "v1", 1)], None, None).unwrap();
+        let claimed = s.claim("catalog.product", 10, 60_000).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].payload.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn repeated_event_id_enqueues_once() {
+        let (_d, s) = store();
+        let ev = Some(("evt_1", "product.updated", "webhook"));
+        assert!(s.ingest(&[job("p1", "a", 1)], None, ev).unwrap());
+        s.claim("catalog.product", 10, 60_000).unwrap();
+        assert!(!s.ingest(&[job("p1", "a", 1)], None, ev).unwrap());
+        assert!(s.claim("catalog.product", 10, 60_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_key_being_worked_on_is_not_claimed_twice() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
+        let first = s.claim("catalog.product", 10, 60_000).unwrap();
+        s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
+        assert!(s.claim("catalog.product", 10, 60_000).unwrap().is_empty());
+        s.complete(first[0].id).unwrap();
+        let second = s.claim("catalog.product", 10, 60_000).unwrap();
+        assert_eq!(second[0].payload.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn leased_jobs_are_requeued_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.ingest(&[job("p1", "a", 1)], Some(("full", "p1")), None)
+                .unwrap();
+            assert_eq!(s.claim("catalog.product", 10, 60_000).unwrap().len(), 1);
+        } // dropped without completing: the "crash"
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.claim("catalog.product", 10, 60_000).unwrap().is_empty());
+        assert_eq!(s.requeue_leased().unwrap(), 1);
+        assert_eq!(s.claim("catalog.product", 10, 60_000).unwrap().len(), 1);
+        assert_eq!(s.cursor("full").unwrap().as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn job_fails_after_its_last_attempt() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        assert!(!s.retry_later(j.id, "boom", 0, 2).unwrap());
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        assert!(s.retry_later(j.id, "boom", 0, 2).unwrap());
+        assert_eq!(s.catalog_counts().unwrap().failed, 1);
+    }
+
+    #[test]
+    fn a_second_holder_of_the_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDirLock::acquire(dir.path(), "engine").unwrap();
+        let err = DataDirLock::acquire(dir.path(), "engine")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("already using data dir"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! Versioned migrations, applied in order; `PRAGMA user_version` records the last one.
+//! A migration is never edited once shipped: add a new one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: job queue, catalog mapping, event dedupe, cursors, audit, oauth.
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT,
+        version INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('queued','leased','done','failed','rejected')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        lease_until INTEGER,
+        last_error TEXT,
+        idempotency_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE UNIQUE INDEX jobs_one_queued_per_key ON jobs(kind, key) WHERE state = 'queued';
+     CREATE INDEX jobs_due ON jobs(kind, state, next_attempt_at);
+     CREATE INDEX jobs_key_state ON jobs(kind, key, state);
+     CREATE TABLE item_map (
+        product_id TEXT PRIMARY KEY,
+        item_id TEXT,
+        sync_token TEXT,
+        item_name TEXT,
+        synced_hash TEXT,
+        source_updated INTEGER,
+        pending_request_id TEXT,
+        pending_body TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        synced_at INTEGER
+     );
+     CREATE UNIQUE INDEX item_map_item ON item_map(item_id) WHERE item_id IS NOT NULL;
+     CREATE TABLE stripe_events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        via TEXT NOT NULL
+     );
+     CREATE TABLE cursors (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX audit_kind_at ON audit(kind, at);
+     CREATE TABLE oauth (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        bootstrap_hash TEXT NOT NULL,
+        refresh_token TEXT NOT NULL,
+        access_token TEXT,
+        access_expires_at INTEGER,
+        updated_at INTEGER NOT NULL
+     );",
+];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+}

@@ -85,6 +85,7 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
 pub struct Demo {
     pub sandbox: SandboxServer,
     pub engine: EngineHandle,
+    _sandbox_lock: crate::store::DataDirLock,
     /// Kept so a throwaway demo's directory lives as long as the demo.
     pub _tmp: Option<tempfile::TempDir>,
 }
@@ -97,7 +98,8 @@ pub async fn start_demo(
     tmp: Option<tempfile::TempDir>,
 ) -> anyhow::Result<Demo> {
     let sandbox_dir = data_dir.join("sandbox");
-    let _ = std::fs::create_dir_all(&sandbox_dir);
+    // Before anything opens the world: a second demo on this dir stops here.
+    let sandbox_lock = crate::store::DataDirLock::acquire(&sandbox_dir, "sandbox")?;
     let opts = SandboxOptions {
         products: config.sandbox.products,
         seed: config.sandbox.seed,
@@ -125,6 +127,7 @@ pub async fn start_demo(
         Ok(engine) => Ok(Demo {
             sandbox,
             engine,
+            _sandbox_lock: sandbox_lock,
             _tmp: tmp,
         }),
         Err(e) => {

@@ -361,8 +361,8 @@ async fn sandbox(
         webhook_url,
     };
     if print_config {
-        let sandbox = syncctl::sandbox::Sandbox::open(&opts)?;
-        print!("{}", sandbox.engine_config(addr));
+        let world = syncctl::sandbox::peek_world(&opts)?;
+        print!("{}", syncctl::sandbox::engine_config(&world, addr));
         return Ok(ExitCode::SUCCESS);
     }
     let _guard = data_dir

@@ -11,6 +11,10 @@
 //! append-only journal written before each response, so even a `kill -9` keeps every
 //! write a client saw acknowledged, as a real service would.
 
+// Handlers return `Result<_, Response>` to answer early with an API error, the usual
+// axum shape; the error is the response itself, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod data;
 mod quickbooks;
 mod stripe;
@@ -496,23 +500,7 @@ impl Sandbox {
 
     /// The engine config (TOML) that points at this sandbox listening on `addr`.
     pub fn engine_config(&self, addr: SocketAddr) -> String {
-        let w = self.lock();
-        format!(
-            "# Engine config for the syncctl sandbox at http://{addr}\n\
-             # (credentials the sandbox accepts; the refresh token rotates on use)\n\
-             [stripe]\n\
-             api_key = \"{STRIPE_API_KEY}\"\n\
-             base_url = \"http://{addr}\"\n\
-             webhook_secret = \"{}\"\n\n\
-             [quickbooks]\n\
-             base_url = \"http://{addr}\"\n\
-             realm_id = \"{QB_REALM_ID}\"\n\
-             client_id = \"{QB_CLIENT_ID}\"\n\
-             client_secret = \"{QB_CLIENT_SECRET}\"\n\
-             refresh_token = \"{}\"\n\
-             token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n",
-            w.world.webhook_secret, w.world.refresh_token
-        )
+        engine_config(&self.lock().world, addr)
     }
 
     /// Records an event (and queues its webhook).
@@ -655,6 +643,35 @@ impl Sandbox {
         self.emit(tx, "product.updated", object, Some(Value::Object(previous)));
         true
     }
+}
+
+/// The world `opts` describes, read without writing anything (for `--print-config`
+/// while another process may be serving it).
+pub fn peek_world(opts: &SandboxOptions) -> anyhow::Result<World> {
+    match &opts.dir {
+        Some(dir) => Ok(load(dir)?.unwrap_or_else(|| World::generate(opts.products, opts.seed))),
+        None => Ok(World::generate(opts.products, opts.seed)),
+    }
+}
+
+/// The engine config (TOML) that points at a sandbox holding `world` on `addr`.
+pub fn engine_config(world: &World, addr: SocketAddr) -> String {
+    format!(
+        "# Engine config for the syncctl sandbox at http://{addr}\n\
+         # (credentials the sandbox accepts; the refresh token rotates on use)\n\
+         [stripe]\n\
+         api_key = \"{STRIPE_API_KEY}\"\n\
+         base_url = \"http://{addr}\"\n\
+         webhook_secret = \"{}\"\n\n\
+         [quickbooks]\n\
+         base_url = \"http://{addr}\"\n\
+         realm_id = \"{QB_REALM_ID}\"\n\
+         client_id = \"{QB_CLIENT_ID}\"\n\
+         client_secret = \"{QB_CLIENT_SECRET}\"\n\
+         refresh_token = \"{}\"\n\
+         token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n",
+        world.webhook_secret, world.refresh_token
+    )
 }
 
 /// A change to a product, as the `/_sandbox/stripe/products/{id}` knob takes it.

@@ -1,3 +1,134 @@
-pub async fn run(_e: &mut crate::engine::EngineHandle, _fps: u32) -> anyhow::Result<()> {
+//! The console: reads engine snapshots, sends commands, never touches the engine's
+//! internals. Redraws at once after input; otherwise only when the snapshot changed,
+//! at most `max_fps` times a second, and not at all while nothing changes (what an
+//! operator pays for over SSH). The terminal is restored on exit, error and panic.
+
+pub mod keymap;
+pub mod state;
+pub mod theme;
+pub mod views;
+
+use std::io::{BufWriter, Stdout, Write};
+use std::time::Duration;
+
+use crossterm::event::{Event, EventStream, KeyEventKind};
+use crossterm::{execute, terminal};
+use futures_util::StreamExt;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use tokio::time::Instant;
+
+use crate::engine::{Command, EngineHandle};
+use state::App;
+use theme::Theme;
+
+type Term = Terminal<CrosstermBackend<BufWriter<Stdout>>>;
+
+fn setup() -> anyhow::Result<Term> {
+    terminal::enable_raw_mode()?;
+    let mut out = std::io::stdout();
+    if let Err(e) = execute!(out, terminal::EnterAlternateScreen) {
+        restore();
+        return Err(e.into());
+    }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        hook(info);
+    }));
+    let mut term = Terminal::new(CrosstermBackend::new(BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    )))?;
+    term.hide_cursor()?;
+    term.clear()?;
+    Ok(term)
+}
+
+/// Puts the terminal back the way the shell expects it. Safe to call twice.
+pub fn restore() {
+    let _ = terminal::disable_raw_mode();
+    let mut out = std::io::stdout();
+    let _ = execute!(out, terminal::LeaveAlternateScreen, crossterm::cursor::Show);
+    let _ = out.flush();
+}
+
+fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
+    // Synchronized update: the terminal shows the whole frame at once, never half of it.
+    execute!(term.backend_mut(), terminal::BeginSynchronizedUpdate)?;
+    term.draw(|f| views::draw(f, app))?;
+    execute!(term.backend_mut(), terminal::EndSynchronizedUpdate)?;
+    term.backend_mut().flush()?;
     Ok(())
+}
+
+/// Runs the console until the operator quits (and the engine has drained) or the
+/// engine stops on its own.
+pub async fn run(engine: &mut EngineHandle, max_fps: u32) -> anyhow::Result<()> {
+    let mut term = setup()?;
+    let result = event_loop(&mut term, engine, max_fps).await;
+    restore();
+    if result.is_err() {
+        // The console failed; do not leave the engine running without anyone watching.
+        engine.shutdown().await;
+    }
+    result
+}
+
+async fn event_loop(
+    term: &mut Term,
+    engine: &mut EngineHandle,
+    max_fps: u32,
+) -> anyhow::Result<()> {
+    let mut snapshots = engine.snapshot.clone();
+    let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env());
+    let mut input = EventStream::new();
+    let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
+    let mut last_draw = Instant::now() - frame_gap;
+    let mut dirty = true;
+    let mut urgent = true;
+    loop {
+        if dirty && (urgent || last_draw.elapsed() >= frame_gap) {
+            draw(term, &app)?;
+            last_draw = Instant::now();
+            dirty = false;
+            urgent = false;
+        }
+        let next_frame = last_draw + frame_gap;
+        tokio::select! {
+            ev = input.next() => match ev {
+                Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
+                    if let Some(cmd) = app.on_key(key) {
+                        send(engine, cmd, &mut app).await;
+                    }
+                    dirty = true;
+                    urgent = true;
+                }
+                Some(Ok(Event::Resize(_, _))) => {
+                    term.autoresize()?;
+                    dirty = true;
+                    urgent = true;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The engine has stopped (drained after a quit, or on its own).
+                    return Ok(());
+                }
+                if app.on_snapshot(snapshots.borrow_and_update().clone()) {
+                    dirty = true;
+                }
+            }
+            _ = tokio::time::sleep_until(next_frame), if dirty => {}
+        }
+    }
+}
+
+async fn send(engine: &EngineHandle, cmd: Command, app: &mut App) {
+    if engine.commands.send(cmd).await.is_err() {
+        app.flash = Some("the engine is not running; the command was not sent".into());
+    }
 }

@@ -1,0 +1,207 @@
+//! The one table of key bindings. It maps keys to actions, draws the hints bar and
+//! generates the `?` help, so the three can never disagree.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::state::Tab;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    NextTab,
+    PrevTab,
+    GoTab(Tab),
+    TogglePause,
+    ToggleFreeze,
+    Help,
+    Quit,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    Back,
+}
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Lists,
+}
+
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    /// How the keys are written in hints and help.
+    pub label: &'static str,
+    pub action: Action,
+    pub scope: Scope,
+    /// Short word for the hints bar; `None` keeps it to the help only.
+    pub hint: Option<&'static str>,
+    pub help: &'static str,
+}
+
+pub const BINDINGS: &[Binding] = &[
+    Binding {
+        keys: &[KeyCode::Char('1')],
+        label: "1",
+        action: Action::GoTab(Tab::Overview),
+        scope: Scope::Global,
+        hint: None,
+        help: "Overview",
+    },
+    Binding {
+        keys: &[KeyCode::Char('2')],
+        label: "2",
+        action: Action::GoTab(Tab::Events),
+        scope: Scope::Global,
+        hint: None,
+        help: "Events (audit trail)",
+    },
+    Binding {
+        keys: &[KeyCode::Tab],
+        label: "Tab",
+        action: Action::NextTab,
+        scope: Scope::Global,
+        hint: Some("tabs"),
+        help: "next tab",
+    },
+    Binding {
+        keys: &[KeyCode::BackTab],
+        label: "S-Tab",
+        action: Action::PrevTab,
+        scope: Scope::Global,
+        hint: None,
+        help: "previous tab",
+    },
+    Binding {
+        keys: &[KeyCode::Char('p')],
+        label: "p",
+        action: Action::TogglePause,
+        scope: Scope::Global,
+        hint: Some("pause"),
+        help: "pause / resume the catalog pipeline (in-flight work finishes)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('f')],
+        label: "f",
+        action: Action::ToggleFreeze,
+        scope: Scope::Global,
+        hint: Some("freeze"),
+        help: "freeze / unfreeze the display (the engine keeps running)",
+    },
+    Binding {
+        keys: &[KeyCode::Up, KeyCode::Char('k')],
+        label: "↑/k",
+        action: Action::Up,
+        scope: Scope::Lists,
+        hint: None,
+        help: "scroll up",
+    },
+    Binding {
+        keys: &[KeyCode::Down, KeyCode::Char('j')],
+        label: "↓/j",
+        action: Action::Down,
+        scope: Scope::Lists,
+        hint: Some("scroll"),
+        help: "scroll down",
+    },
+    Binding {
+        keys: &[KeyCode::PageUp],
+        label: "PgUp",
+        action: Action::PageUp,
+        scope: Scope::Lists,
+        hint: None,
+        help: "page up",
+    },
+    Binding {
+        keys: &[KeyCode::PageDown],
+        label: "PgDn",
+        action: Action::PageDown,
+        scope: Scope::Lists,
+        hint: None,
+        help: "page down",
+    },
+    Binding {
+        keys: &[KeyCode::Char('g'), KeyCode::Home],
+        label: "g",
+        action: Action::Top,
+        scope: Scope::Lists,
+        hint: None,
+        help: "newest (follow live)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('G'), KeyCode::End],
+        label: "G",
+        action: Action::Bottom,
+        scope: Scope::Lists,
+        hint: None,
+        help: "oldest",
+    },
+    Binding {
+        keys: &[KeyCode::Char('?')],
+        label: "?",
+        action: Action::Help,
+        scope: Scope::Global,
+        hint: Some("help"),
+        help: "this help",
+    },
+    Binding {
+        keys: &[KeyCode::Esc],
+        label: "Esc",
+        action: Action::Back,
+        scope: Scope::Global,
+        hint: None,
+        help: "close / back",
+    },
+    Binding {
+        keys: &[KeyCode::Char('q')],
+        label: "q",
+        action: Action::Quit,
+        scope: Scope::Global,
+        hint: Some("quit"),
+        help: "quit (asks first; drains in-flight work)",
+    },
+];
+
+/// The action bound to `key` where `lists` says whether a list screen is shown.
+pub fn action_for(key: &KeyEvent, lists: bool) -> Option<Action> {
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        return Some(Action::Quit);
+    }
+    BINDINGS
+        .iter()
+        .filter(|b| b.scope == Scope::Global || lists)
+        .find(|b| b.keys.contains(&key.code))
+        .map(|b| b.action)
+}
+
+/// `(keys, hint)` pairs for the hints bar on the current screen.
+pub fn hints(lists: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    BINDINGS
+        .iter()
+        .filter(move |b| b.scope == Scope::Global || lists)
+        .filter_map(|b| b.hint.map(|h| (b.label, h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_is_bound_twice_in_one_scope() {
+        let mut seen = std::collections::HashSet::new();
+        for b in BINDINGS {
+            for k in b.keys {
+                assert!(seen.insert(format!("{k:?}")), "{k:?} bound twice");
+            }
+        }
+    }
+
+    #[test]
+    fn list_keys_only_act_on_list_screens() {
+        let j = KeyEvent::from(KeyCode::Char('j'));
+        assert_eq!(action_for(&j, false), None);
+        assert_eq!(action_for(&j, true), Some(Action::Down));
+    }
+}

@@ -1,0 +1,495 @@
+//! Drawing: free functions over `&App`, one per screen region. Nothing here mutates.
+//!
+//! ```text
+//! ┌ header: SANDBOX/LIVE badge · pipeline state · engine address · tabs ┐
+//! │ body: the current tab                                                │
+//! │   Overview: Catalog counts │ Items/s sparkline                       │
+//! │             Sources (full sync, webhooks, reconciliation)            │
+//! │             Latest errors                                            │
+//! │   Events:   the audit trail, newest first, scrollable                │
+//! └ hints bar (from the key table) or the flash line                     ┘
+//! ```
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Gauge, Paragraph, Row, Sparkline, Table, Wrap,
+};
+
+use super::keymap::{self, BINDINGS};
+use super::state::{App, Tab};
+use crate::engine::Mode;
+
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        too_small(frame, area);
+        return;
+    }
+    let [header, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(frame, header, app);
+    match app.tab {
+        Tab::Overview => draw_overview(frame, body, app),
+        Tab::Events => draw_events(frame, body, app),
+    }
+    draw_footer(frame, footer, app);
+    if app.help {
+        draw_help(frame, area, app);
+    }
+    if app.confirm.is_some() {
+        draw_confirm(frame, area, app);
+    }
+}
+
+fn too_small(frame: &mut Frame, area: Rect) {
+    let text = vec![
+        Line::from("terminal too small"),
+        Line::from(format!(
+            "{}×{} — need at least {MIN_WIDTH}×{MIN_HEIGHT}",
+            area.width, area.height
+        )),
+    ];
+    let y = area.height.saturating_sub(2) / 2;
+    let rect = Rect {
+        x: area.x,
+        y: area.y + y,
+        width: area.width,
+        height: area.height.min(2),
+    };
+    frame.render_widget(
+        Paragraph::new(text)
+            .alignment(Alignment::Center)
+            .wrap(Wrap { trim: true }),
+        rect,
+    );
+}
+
+/// `12 345` — thin grouping keeps big counts readable at a glance.
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `HH:MM:SS` in UTC from unix milliseconds.
+pub fn clock(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let s = &app.snapshot;
+    let (badge, badge_style) = match s.mode {
+        Mode::Sandbox => (" SANDBOX ", t.badge_sandbox),
+        Mode::Live => (" LIVE ", t.badge_live),
+    };
+    let (state, state_style) = if s.draining || app.quitting {
+        ("■ draining", t.warn)
+    } else if s.catalog.paused {
+        ("‖ paused", t.warn)
+    } else {
+        ("▶ running", t.ok)
+    };
+    let mut left = vec![
+        Span::styled(" syncctl ", t.title),
+        Span::styled(badge, badge_style),
+        Span::raw(" catalog "),
+        Span::styled(state, state_style),
+    ];
+    if app.frozen {
+        left.push(Span::raw(" "));
+        left.push(Span::styled(" FROZEN ", t.badge_sandbox));
+    }
+    let mut right = Vec::new();
+    for (i, tab) in Tab::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, tab.title());
+        right.push(Span::styled(
+            label,
+            if *tab == app.tab { t.tab_active } else { t.dim },
+        ));
+    }
+    let right_width: u16 = right.iter().map(|s| s.width() as u16).sum();
+    let [l, r] =
+        Layout::horizontal([Constraint::Min(0), Constraint::Length(right_width)]).areas(area);
+    frame.render_widget(Paragraph::new(Line::from(left)), l);
+    frame.render_widget(Paragraph::new(Line::from(right)), r);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    if let Some(flash) = &app.flash {
+        frame.render_widget(
+            Paragraph::new(Span::styled(format!(" {flash}"), t.flash)),
+            area,
+        );
+        return;
+    }
+    let mut spans = vec![Span::raw(" ")];
+    for (keys, hint) in keymap::hints(app.shows_list()) {
+        spans.push(Span::styled(keys, t.key));
+        spans.push(Span::styled(format!(" {hint}  "), t.dim));
+    }
+    spans.push(Span::styled("1-2", t.key));
+    spans.push(Span::styled(" screens", t.dim));
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn block<'a>(title: &'a str, app: &App) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(app.theme.dim)
+        .title(Span::styled(format!(" {title} "), app.theme.title))
+}
+
+fn draw_overview(frame: &mut Frame, area: Rect, app: &App) {
+    let [top, sources, errors] = Layout::vertical([
+        Constraint::Length(9),
+        Constraint::Length(5),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let [counts, chart] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
+    draw_counts(frame, counts, app);
+    draw_rate(frame, chart, app);
+    draw_sources(frame, sources, app);
+    draw_errors(frame, errors, app);
+}
+
+fn draw_counts(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let c = &app.snapshot.catalog;
+    let n = &c.counts;
+    let total = n.products_seen.max(n.synced);
+    let inner = block("Catalog  Stripe → QuickBooks", app);
+    let inner_area = inner.inner(area);
+    frame.render_widget(inner, area);
+    let row = |label: &str, value: u64, style: Style, note: String| {
+        Line::from(vec![
+            Span::styled(format!("{label:<10}"), t.dim),
+            Span::styled(format!("{:>9}", group(value)), style),
+            Span::styled(format!("  {note}"), t.dim),
+        ])
+    };
+    let failed_style = if n.failed > 0 { t.error } else { t.base };
+    let rejected_style = if n.rejected > 0 { t.warn } else { t.base };
+    let lines = vec![
+        row(
+            "Products",
+            total,
+            t.title,
+            if c.full_sync.done {
+                "in Stripe".into()
+            } else {
+                "listed so far".into()
+            },
+        ),
+        row("Synced", n.synced, t.ok, String::new()),
+        row("Queued", n.queued, t.base, String::new()),
+        row(
+            "In flight",
+            c.in_flight as u64,
+            t.base,
+            format!("{} workers", c.workers),
+        ),
+        row(
+            "Failed",
+            n.failed,
+            failed_style,
+            if n.failed > 0 {
+                "✗ needs attention".into()
+            } else {
+                String::new()
+            },
+        ),
+        row(
+            "Rejected",
+            n.rejected,
+            rejected_style,
+            if n.rejected > 0 {
+                "invalid data".into()
+            } else {
+                String::new()
+            },
+        ),
+    ];
+    let [text, gauge] =
+        Layout::vertical([Constraint::Length(6), Constraint::Length(1)]).areas(inner_area);
+    frame.render_widget(Paragraph::new(lines), text);
+    let ratio = if total == 0 {
+        0.0
+    } else {
+        (n.synced as f64 / total as f64).min(1.0)
+    };
+    frame.render_widget(
+        Gauge::default()
+            .ratio(ratio)
+            .label(format!("{:.1}% synced", ratio * 100.0))
+            .gauge_style(t.chart)
+            .use_unicode(true),
+        gauge,
+    );
+}
+
+fn draw_rate(frame: &mut Frame, area: Rect, app: &App) {
+    let c = &app.snapshot.catalog;
+    let width = area.width.saturating_sub(2) as usize;
+    let series: Vec<u64> = c
+        .per_second
+        .iter()
+        .rev()
+        .take(width)
+        .rev()
+        .copied()
+        .collect();
+    let peak = series.iter().copied().max().unwrap_or(0);
+    let title = format!(
+        "Items/s  now {} · peak {} · last {} s",
+        c.rate(),
+        peak,
+        series.len()
+    );
+    let b = block(&title, app);
+    frame.render_widget(
+        Sparkline::default()
+            .block(b)
+            .data(&series)
+            .style(app.theme.chart),
+        area,
+    );
+}
+
+fn draw_sources(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let c = &app.snapshot.catalog;
+    let f = &c.full_sync;
+    let full = if f.done {
+        Span::styled(
+            format!("✓ done · {} products in {} pages", group(f.listed), f.pages),
+            t.ok,
+        )
+    } else if f.pages == 0 {
+        Span::styled("… starting".to_string(), t.dim)
+    } else {
+        Span::styled(
+            format!("◐ page {} · {} listed", f.pages, group(f.listed)),
+            t.base,
+        )
+    };
+    let reconcile = match c.last_reconcile_ms {
+        Some(ms) => format!("last {} UTC", clock(ms)),
+        None => "not yet".into(),
+    };
+    let hooks_style = if c.webhooks_rejected > 0 {
+        t.warn
+    } else {
+        t.base
+    };
+    let lines = vec![
+        Line::from(vec![Span::styled("Full sync   ", t.dim), full]),
+        Line::from(vec![
+            Span::styled("Webhooks    ", t.dim),
+            Span::styled(
+                format!(
+                    "{} accepted · {} duplicate · {} rejected",
+                    c.webhooks_accepted, c.webhooks_duplicate, c.webhooks_rejected
+                ),
+                hooks_style,
+            ),
+        ]),
+        Line::from(vec![
+            Span::styled("Reconcile   ", t.dim),
+            Span::raw(format!("/v1/events {reconcile}")),
+        ]),
+    ];
+    frame.render_widget(Paragraph::new(lines).block(block("Sources", app)), area);
+}
+
+fn draw_errors(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let errors = &app.snapshot.recent_errors;
+    let title = format!("Latest errors ({} total)", app.snapshot.catalog.errors);
+    if errors.is_empty() {
+        let p = Paragraph::new(Span::styled("✓ none", t.ok)).block(block(&title, app));
+        frame.render_widget(p, area);
+        return;
+    }
+    // Wrapped, not cut: the end of an error message is usually the part that says why.
+    let lines: Vec<Line> = errors
+        .iter()
+        .map(|e| {
+            Line::from(vec![
+                Span::styled(format!("{} ", clock(e.at_ms)), t.dim),
+                Span::raw(format!("{} ", e.entity)),
+                Span::styled(e.message.clone(), t.error),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(&title, app)),
+        area,
+    );
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let audit = &app.snapshot.audit;
+    let visible = area.height.saturating_sub(3) as usize;
+    let offset = app.events_offset.min(audit.len().saturating_sub(1));
+    let follow = if offset == 0 {
+        "live"
+    } else {
+        "scrolled — g for live"
+    };
+    let title = format!(
+        "Events  {} shown · newest first · {follow} · times UTC",
+        audit.len()
+    );
+    // Narrow terminals drop the "who" column and name a person in the message instead.
+    let wide = area.width >= 100;
+    let rows = audit.iter().skip(offset).take(visible).map(|e| {
+        let kind_style = match e.kind.as_str() {
+            "error" => t.error,
+            "rejected" => t.warn,
+            "operator" => t.key,
+            _ => t.base,
+        };
+        let mut cells = vec![
+            Cell::from(Span::styled(clock(e.at_ms), t.dim)),
+            Cell::from(Span::styled(e.kind.clone(), kind_style)),
+            Cell::from(e.entity.clone()),
+        ];
+        if wide {
+            cells.push(Cell::from(Span::styled(e.actor.clone(), t.dim)));
+            cells.push(Cell::from(e.message.clone()));
+        } else if e.actor != "engine" {
+            cells.push(Cell::from(Line::from(vec![
+                Span::styled(format!("{} ", e.actor), t.key),
+                Span::raw(e.message.clone()),
+            ])));
+        } else {
+            cells.push(Cell::from(e.message.clone()));
+        }
+        Row::new(cells)
+    });
+    let (header, widths) = if wide {
+        (
+            Row::new(vec!["time", "kind", "entity", "who", "what"]),
+            vec![
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(19),
+                Constraint::Length(16),
+                Constraint::Min(10),
+            ],
+        )
+    } else {
+        (
+            Row::new(vec!["time", "kind", "entity", "what"]),
+            vec![
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(19),
+                Constraint::Min(10),
+            ],
+        )
+    };
+    let table = Table::new(rows, widths)
+        .header(header.style(t.title))
+        .block(block(&title, app));
+    frame.render_widget(table, area);
+}
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let w = width.min(area.width);
+    let h = height.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let mut lines: Vec<Line> = BINDINGS
+        .iter()
+        .map(|b| {
+            Line::from(vec![
+                Span::styled(format!("{:>6}  ", b.label), t.key),
+                Span::raw(b.help),
+            ])
+        })
+        .collect();
+    lines.push(Line::from(""));
+    lines.push(Line::from(Span::styled("any key closes this help", t.dim)));
+    let rect = centered(area, 72, lines.len() as u16 + 2);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(Paragraph::new(lines).block(block("Keys", app)), rect);
+}
+
+fn draw_confirm(frame: &mut Frame, area: Rect, app: &App) {
+    let Some(confirm) = &app.confirm else { return };
+    let t = &app.theme;
+    let rect = centered(area, 60, 8);
+    frame.render_widget(Clear, rect);
+    let b = block(confirm.title(), app);
+    let inner = b.inner(rect);
+    frame.render_widget(b, rect);
+    let [text, buttons] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
+    frame.render_widget(
+        Paragraph::new(confirm.effect()).wrap(Wrap { trim: true }),
+        text,
+    );
+    let (cancel_style, ok_style) = if app.confirm_focus_ok {
+        (t.base, t.button_focus)
+    } else {
+        (t.button_focus, t.base)
+    };
+    let line = Line::from(vec![
+        Span::styled(" [ Cancel ] ", cancel_style),
+        Span::raw("   "),
+        Span::styled(format!(" [ {} ] ", confirm.action_word()), ok_style),
+        Span::styled("   ←/→ choose · Enter · y/n", t.dim),
+    ]);
+    frame.render_widget(Paragraph::new(line).alignment(Alignment::Center), buttons);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(1234), "1 234");
+        assert_eq!(group(1234567), "1 234 567");
+    }
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(0), "00:00:00");
+        assert_eq!(clock((3600 * 13 + 61) * 1000), "13:01:01");
+    }
+}

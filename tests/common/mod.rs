@@ -1,0 +1,180 @@
+//! Helpers shared by the integration tests: a sandbox and an engine on loopback, and
+//! waiting for a condition on real HTTP work (polled; never a fixed sleep standing in
+//! for a result).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::Value;
+use syncctl::app;
+use syncctl::config::Config;
+use syncctl::engine::{self, EngineHandle, EngineOptions, Mode};
+use syncctl::sandbox::{SandboxOptions, SandboxServer};
+
+pub async fn sandbox(products: usize, seed: u64) -> SandboxServer {
+    syncctl::connectors::install_crypto();
+    let opts = SandboxOptions {
+        products,
+        seed,
+        ..Default::default()
+    };
+    let listener = app::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    app::start_sandbox(&opts, listener, 0).unwrap()
+}
+
+/// An engine config pointing at `sandbox`, on a free port.
+pub fn config_for(sandbox: &SandboxServer) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.catalog.reconcile_interval_secs = 3600;
+    app::fill_from_sandbox(&mut c, &sandbox.sandbox, sandbox.addr);
+    c
+}
+
+pub async fn engine(config: Config, dir: &std::path::Path) -> EngineHandle {
+    let listener = app::bind(config.server.listen, false).await.unwrap();
+    engine::start(EngineOptions {
+        config,
+        data_dir: dir.to_owned(),
+        mode: Mode::Sandbox,
+        listener,
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the engine has listed everything and has nothing queued or in flight.
+pub async fn until_idle(engine: &EngineHandle, expected_synced: u64) {
+    let mut rx = engine.snapshot.clone();
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                let c = &s.catalog.counts;
+                if s.catalog.full_sync.done
+                    && c.queued == 0
+                    && c.in_flight == 0
+                    && c.synced >= expected_synced
+                {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                panic!("engine stopped");
+            }
+        }
+    })
+    .await;
+    if result.is_err() {
+        panic!(
+            "engine not idle in time: {:?}",
+            engine.snapshot.borrow().catalog
+        );
+    }
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Every product in the sandbox's Stripe, through the Stripe API itself.
+pub async fn all_products(base: &str) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("limit", "100".to_string()),
+            ("expand[]", "data.default_price".into()),
+        ];
+        if let Some(a) = &after {
+            q.push(("starting_after", a.clone()));
+        }
+        let page: Value = client
+            .get(format!("{base}/v1/products"))
+            .bearer_auth(syncctl::sandbox::STRIPE_API_KEY)
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let data = page["data"].as_array().unwrap().clone();
+        after = data.last().map(|p| p["id"].as_str().unwrap().to_owned());
+        out.extend(data);
+        if !page["has_more"].as_bool().unwrap() {
+            return out;
+        }
+    }
+}
+
+/// Asserts each product has exactly one Item (by Sku = product id), at the right price
+/// and active flag, with a valid name, and that no two Items share a name.
+pub async fn assert_one_item_per_product(base: &str) {
+    let products = all_products(base).await;
+    let items: Vec<Value> = get_json(&format!("{base}/_sandbox/quickbooks/items"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut by_sku: std::collections::HashMap<&str, Vec<&Value>> = Default::default();
+    for item in &items {
+        by_sku
+            .entry(item["Sku"].as_str().unwrap_or(""))
+            .or_default()
+            .push(item);
+    }
+    for p in &products {
+        let id = p["id"].as_str().unwrap();
+        let found = by_sku.get(id).map(Vec::len).unwrap_or(0);
+        assert_eq!(found, 1, "product {id} ({:?}) has {found} Items", p["name"]);
+        let item = by_sku[id][0];
+        let expected = match &p["default_price"] {
+            Value::Null => 0.0,
+            price => {
+                let amount = price["unit_amount"].as_i64().unwrap() as f64;
+                match price["currency"].as_str().unwrap() {
+                    "jpy" | "clp" => amount,
+                    _ => amount / 100.0,
+                }
+            }
+        };
+        assert_eq!(
+            item["UnitPrice"].as_f64().unwrap_or(0.0),
+            expected,
+            "price of {id}"
+        );
+        assert_eq!(item["Active"], p["active"], "active flag of {id}");
+        let name = item["Name"].as_str().unwrap();
+        assert!(
+            name.chars().count() <= 100 && !name.contains(':') && !name.is_empty(),
+            "invalid name {name:?}"
+        );
+    }
+    assert_eq!(items.len(), products.len(), "no Item without a product");
+    let stats = get_json(&format!("{base}/_sandbox/stats")).await;
+    assert_eq!(stats["quickbooks"]["duplicate_names"], 0);
+}

@@ -1,0 +1,281 @@
+//! The console drawn on ratatui's TestBackend from a fixed snapshot: each screen at
+//! 80×24 and 120×40 compared with committed text snapshots (regenerate with
+//! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling.
+
+use std::sync::Arc;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+use syncctl::engine::catalog::{ErrorLine, FullSyncState};
+use syncctl::engine::{CatalogView, Command, Mode, Snapshot};
+use syncctl::store::{AuditEntry, CatalogCounts};
+use syncctl::ui::state::{App, Tab};
+use syncctl::ui::theme::Theme;
+use syncctl::ui::views;
+
+const T0: i64 = 1_795_000_000_000; // a fixed instant (ms)
+
+fn snapshot() -> Snapshot {
+    let audit = (0..40)
+        .map(|i| AuditEntry {
+            id: 100 - i,
+            at_ms: T0 - i * 1000,
+            kind: if i == 3 {
+                "operator".into()
+            } else {
+                "item".into()
+            },
+            entity: format!("prod_{:014}", i),
+            actor: if i == 3 {
+                "ana@10.0.0.7".into()
+            } else {
+                "engine".into()
+            },
+            message: if i == 3 {
+                "paused catalog pipeline".into()
+            } else {
+                format!("created Item {} \"Café Premium #{i}\"", 500 - i)
+            },
+        })
+        .collect();
+    Snapshot {
+        mode: Mode::Sandbox,
+        server_addr: "127.0.0.1:9870".into(),
+        catalog: CatalogView {
+            paused: false,
+            counts: CatalogCounts {
+                products_seen: 2500,
+                synced: 1234,
+                queued: 180,
+                in_flight: 8,
+                failed: 2,
+                rejected: 1,
+            },
+            full_sync: FullSyncState {
+                after: Some("prod_x".into()),
+                pages: 14,
+                listed: 1400,
+                done: false,
+            },
+            workers: 8,
+            in_flight: 8,
+            per_second: (0..120).map(|i| (i % 17) * 10).collect(),
+            completed: 1240,
+            errors: 3,
+            webhooks_accepted: 12,
+            webhooks_duplicate: 1,
+            webhooks_rejected: 0,
+            last_reconcile_ms: Some(T0 - 30_000),
+        },
+        recent_errors: vec![ErrorLine {
+            at_ms: T0 - 5000,
+            entity: "prod_00000000000042".into(),
+            message:
+                "quickbooks 400 fault 2170: Invalid String Data: Name cannot contain a colon (:)"
+                    .into(),
+        }],
+        audit,
+        token_refreshes: 1,
+        draining: false,
+    }
+}
+
+fn app() -> App {
+    App::new(Arc::new(snapshot()), Theme::ansi())
+}
+
+fn render(app: &App, w: u16, h: u16) -> (String, ratatui::buffer::Buffer) {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| views::draw(f, app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut text = String::new();
+    for y in 0..h {
+        let mut line = String::new();
+        for x in 0..w {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    (text, buf)
+}
+
+fn check_snapshot(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}; run with UPDATE_SNAPSHOTS=1", path.display()));
+    assert_eq!(
+        text,
+        expected,
+        "screen {name} differs from {}",
+        path.display()
+    );
+}
+
+#[test]
+fn overview_at_80x24_and_120x40() {
+    let app = app();
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        assert!(text.contains("SANDBOX"));
+        assert!(text.contains("1 234") && text.contains("2 500"), "{text}");
+        assert!(
+            text.contains("✗ needs attention"),
+            "failed jobs are flagged in words: {text}"
+        );
+        assert!(text.contains("Name cannot contain a colon"), "{text}");
+        assert!(text.contains("q quit") && text.contains("? help"), "{text}");
+        check_snapshot(&format!("overview_{w}x{h}"), &text);
+    }
+}
+
+#[test]
+fn events_at_80x24_and_120x40() {
+    let mut app = app();
+    app.tab = Tab::Events;
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        assert!(
+            text.contains("ana@10.0.0.7") && text.contains("paused catalog pipeline"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scroll"),
+            "list keys show in the hints bar: {text}"
+        );
+        check_snapshot(&format!("events_{w}x{h}"), &text);
+    }
+}
+
+#[test]
+fn live_mode_is_shown_as_live() {
+    let mut s = snapshot();
+    s.mode = Mode::Live;
+    let app = App::new(Arc::new(s), Theme::ansi());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains(" LIVE ") && !text.contains("SANDBOX"));
+}
+
+#[test]
+fn a_tiny_terminal_gets_a_message_not_garbage() {
+    let (text, _) = render(&app(), 40, 10);
+    assert!(
+        text.contains("terminal too small") && text.contains("40×10"),
+        "{text}"
+    );
+    assert!(!text.contains("Catalog"));
+}
+
+#[test]
+fn no_color_theme_uses_no_colour_and_keeps_state_in_words() {
+    let app = App::new(Arc::new(snapshot()), Theme::monochrome());
+    let (text, buf) = render(&app, 80, 24);
+    for cell in buf.content() {
+        assert_eq!(cell.fg, Color::Reset);
+        assert_eq!(cell.bg, Color::Reset);
+    }
+    assert!(text.contains("▶ running") && text.contains("SANDBOX"));
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::from(c)
+}
+
+#[test]
+fn quit_asks_first_with_focus_on_cancel() {
+    let mut app = app();
+    assert!(app.on_key(key(KeyCode::Char('q'))).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("Quit syncctl?") && text.contains("[ Cancel ]") && text.contains("[ Quit ]"),
+        "{text}"
+    );
+    // Enter on the default focus (Cancel) does nothing.
+    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(app.confirm.is_none() && !app.quitting);
+    // Choosing Quit sends a drain-and-stop.
+    app.on_key(key(KeyCode::Char('q')));
+    app.on_key(key(KeyCode::Right));
+    assert!(matches!(
+        app.on_key(key(KeyCode::Enter)),
+        Some(Command::Shutdown)
+    ));
+    assert!(app.quitting);
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("draining"), "{text}");
+}
+
+#[test]
+fn p_pauses_and_resumes_as_the_operator() {
+    let mut app = app();
+    match app.on_key(key(KeyCode::Char('p'))) {
+        Some(Command::PauseCatalog { actor }) => assert!(!actor.is_empty()),
+        other => panic!("expected a pause, got {other:?}"),
+    }
+    let mut paused = snapshot();
+    paused.catalog.paused = true;
+    app.on_snapshot(Arc::new(paused));
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("‖ paused"), "{text}");
+    assert!(matches!(
+        app.on_key(key(KeyCode::Char('p'))),
+        Some(Command::ResumeCatalog { .. })
+    ));
+}
+
+#[test]
+fn help_lists_every_binding_from_the_key_table() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('?')));
+    let (text, _) = render(&app, 120, 40);
+    for b in syncctl::ui::keymap::BINDINGS {
+        assert!(text.contains(b.help), "help lacks {:?}", b.help);
+    }
+    app.on_key(key(KeyCode::Char('x')));
+    assert!(!app.help);
+}
+
+#[test]
+fn scrolled_events_stay_put_while_new_ones_arrive() {
+    let mut app = app();
+    app.tab = Tab::Events;
+    app.on_key(key(KeyCode::Char('j')));
+    app.on_key(key(KeyCode::Char('j')));
+    let reading = app.snapshot.audit[app.events_offset].id;
+    let mut next = snapshot();
+    next.audit.insert(
+        0,
+        AuditEntry {
+            id: 101,
+            at_ms: T0 + 1000,
+            kind: "item".into(),
+            entity: "prod_new".into(),
+            actor: "engine".into(),
+            message: "new".into(),
+        },
+    );
+    app.on_snapshot(Arc::new(next));
+    assert_eq!(app.snapshot.audit[app.events_offset].id, reading);
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.events_offset, 0);
+}
+
+#[test]
+fn frozen_display_ignores_new_snapshots() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('f')));
+    let mut next = snapshot();
+    next.catalog.counts.synced = 9999;
+    assert!(!app.on_snapshot(Arc::new(next)));
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("FROZEN") && text.contains("1 234"));
+}

@@ -1,0 +1,167 @@
+//! A real `kill -9` of the engine process mid-sync, then a restart: the sync resumes
+//! from its cursor (it does not list again from the start), and ends with exactly one
+//! Item per product. The sandbox runs as its own process, as the real services would.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when the test ends, whatever happens.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn stats(base: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("{base}/_sandbox/stats"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+async fn health(engine: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("{engine}/health"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_mid_sync_resumes_from_its_cursor_without_duplicates() {
+    syncctl::connectors::install_crypto();
+    let products = 2000u64;
+    let root = tempfile::tempdir().unwrap();
+    let (sandbox_dir, engine_dir) = (root.path().join("sandbox"), root.path().join("engine"));
+    let (sp, ep) = (free_port(), free_port());
+    let sandbox_addr = format!("127.0.0.1:{sp}");
+    let base = format!("http://{sandbox_addr}");
+    let engine_url = format!("http://127.0.0.1:{ep}");
+
+    // A little latency so the kill lands mid-sync; no background catalog changes.
+    let sandbox_cfg = root.path().join("sandbox.toml");
+    std::fs::write(
+        &sandbox_cfg,
+        "[sandbox]\nlatency_ms = 3\nchange_interval_ms = 0\n",
+    )
+    .unwrap();
+    let common_args = [
+        "--config",
+        sandbox_cfg.to_str().unwrap(),
+        "--data-dir",
+        sandbox_dir.to_str().unwrap(),
+        "--products",
+        "2000",
+        "--seed",
+        "21",
+    ];
+    let printed = Command::new(BIN)
+        .arg("sandbox")
+        .arg("--listen")
+        .arg(&sandbox_addr)
+        .arg("--print-config")
+        .args(common_args)
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let engine_cfg = root.path().join("engine.toml");
+    {
+        let mut f = std::fs::File::create(&engine_cfg).unwrap();
+        f.write_all(&printed.stdout).unwrap();
+        write!(f, "\n[server]\nlisten = \"127.0.0.1:{ep}\"\n\n[catalog]\nworkers = 4\nreconcile_interval_secs = 3600\n").unwrap();
+    }
+    let mut sandbox_args = vec!["sandbox", "--listen", &sandbox_addr];
+    sandbox_args.extend(common_args);
+    let _sandbox = spawn(&sandbox_args);
+    common::eventually(30, "the sandbox to answer", || stats(&base)).await;
+
+    let run = [
+        "run",
+        "--config",
+        engine_cfg.to_str().unwrap(),
+        "--data-dir",
+        engine_dir.to_str().unwrap(),
+    ];
+    let mut first = spawn(&run);
+    let at_kill = common::eventually(60, "400 Items created", || async {
+        let s = stats(&base).await?;
+        (s["quickbooks"]["items_total"].as_u64()? >= 400).then_some(s)
+    })
+    .await;
+    first.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    first.0.wait().unwrap();
+    let pages_at_kill = at_kill["stripe"]["list_pages"].as_u64().unwrap();
+    assert!(
+        pages_at_kill < products / 100,
+        "the full sync must still be running at the kill (listed {pages_at_kill} pages)"
+    );
+
+    let mut second = spawn(&run);
+    let h = common::eventually(120, "the restarted engine to finish", || async {
+        let h = health(&engine_url).await?;
+        let c = &h["catalog"];
+        let done = c["full_sync"]["done"] == true
+            && c["queued"] == 0
+            && c["in_flight"] == 0
+            && c["synced"].as_u64()? >= products;
+        done.then_some(h)
+    })
+    .await;
+    assert_eq!(h["catalog"]["failed"], 0);
+    let s = stats(&base).await.unwrap();
+    assert_eq!(s["quickbooks"]["items_total"], products);
+    assert_eq!(s["quickbooks"]["duplicate_names"], 0);
+    // Resumed from the cursor: 20 pages in all (plus the page in flight at the kill),
+    // not 20 more.
+    let pages = s["stripe"]["list_pages"].as_u64().unwrap();
+    assert!(
+        pages <= products / 100 + 2,
+        "listed {pages} pages: the restart started over"
+    );
+    common::assert_one_item_per_product(&base).await;
+
+    // SIGTERM drains and exits 0.
+    let pid = second.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = second.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
+}

@@ -80,6 +80,7 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
     // Load generator: the same client, the same concurrency, the same kind of request
     // (an Item query by name, what every new product costs first).
     let http = crate::connectors::http_client()?;
+    let refresh = sandbox.sandbox.lock().world.refresh_token.clone();
     let token = {
         let resp: serde_json::Value = http
             .post(format!("{}/oauth2/v1/tokens/bearer", sandbox.base_url()))
@@ -89,10 +90,7 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
             )
             .form(&[
                 ("grant_type", "refresh_token"),
-                (
-                    "refresh_token",
-                    sandbox.sandbox.lock().world.refresh_token.as_str(),
-                ),
+                ("refresh_token", refresh.as_str()),
             ])
             .send()
             .await?

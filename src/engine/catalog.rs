@@ -135,6 +135,8 @@ pub struct Catalog {
     pub metrics: CatalogMetrics,
     paused: watch::Sender<bool>,
     work: Notify,
+    /// Signalled when a worker finishes a job (the full sync waits on it for room).
+    progress: Notify,
     prices: Mutex<HashMap<String, Price>>,
 }
 
@@ -199,6 +201,7 @@ impl Catalog {
             metrics,
             paused: watch::Sender::new(paused),
             work: Notify::new(),
+            progress: Notify::new(),
             prices: Mutex::new(HashMap::new()),
         })
     }
@@ -296,15 +299,17 @@ impl Catalog {
                 return;
             }
             // Stream: do not list further ahead than the workers can drain.
-            let limit = (self.settings.page_size as u64 * 2).max(50);
+            let limit = (self.settings.page_size as u64 * 4).max(100);
             loop {
-                let queued = self.store.catalog_counts().map(|c| c.queued).unwrap_or(0);
+                let progressed = self.progress.notified();
+                let queued = self.store.queued(JOB_KIND).unwrap_or(0);
                 if queued < limit {
                     break;
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = progressed => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
             let cursor = match &state.after {
@@ -538,15 +543,14 @@ impl Catalog {
             let result = self.process(&job).await;
             self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.finish(&job, result);
+            self.progress.notify_waiters();
         }
     }
 
-    fn finish(&self, job: &Job, result: Result<Outcome, JobError>) {
+    fn finish(&self, job: &Job, result: Result<(Outcome, Option<ItemMapping>), JobError>) {
         let entity = job.key.as_str();
         match result {
-            Ok(outcome) => {
-                let _ = self.store.complete(job.id);
-                self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+            Ok((outcome, mapping)) => {
                 let line = match &outcome {
                     Outcome::Created { item_id, name } => {
                         Some(format!("created Item {item_id} \"{name}\""))
@@ -559,8 +563,16 @@ impl Catalog {
                     }
                     Outcome::Unchanged | Outcome::Stale | Outcome::Gone => None,
                 };
-                if let Some(line) = line {
-                    let _ = self.store.audit("item", entity, "engine", &line);
+                let audit = line.as_deref().map(|l| ("item", entity, "engine", l));
+                match self.store.finish_job(job.id, mapping.as_ref(), audit) {
+                    Ok(()) => {
+                        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // The write happened but was not recorded: the job stays leased
+                        // and is retried after its lease; the retry finds the Item.
+                        self.metrics.error(entity, &format!("store: {e}"));
+                    }
                 }
             }
             Err(JobError::Transient(msg, wait)) => {
@@ -625,13 +637,13 @@ impl Catalog {
     }
 
     /// Brings the product's Item in line with the product.
-    async fn process(&self, job: &Job) -> Result<Outcome, JobError> {
+    async fn process(&self, job: &Job) -> Result<(Outcome, Option<ItemMapping>), JobError> {
         let product: Product = match &job.payload {
             Some(p) => serde_json::from_str(p)
                 .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?,
             None => match self.stripe.product(&job.key).await {
                 Ok(p) => p,
-                Err(StripeError::Api { status: 404, .. }) => return Ok(Outcome::Gone),
+                Err(StripeError::Api { status: 404, .. }) => return Ok((Outcome::Gone, None)),
                 Err(e) => return Err(e.into()),
             },
         };
@@ -651,7 +663,7 @@ impl Catalog {
             });
         if m.source_updated.is_some_and(|seen| seen > product.updated) {
             // An older version than the one already written (events arrive out of order).
-            return Ok(Outcome::Stale);
+            return Ok((Outcome::Stale, None));
         }
         let hash = desired.hash();
         let mut outcome = None;
@@ -669,9 +681,12 @@ impl Catalog {
             if in_line && how == "created" {
                 m.synced_hash = Some(hash.clone());
             }
-            // Record the Item at once, so a crash below never loses the mapping.
-            m.status = "pending".into();
-            self.store.save_mapping(&m)?;
+            if m.synced_hash.as_deref() != Some(hash.as_str()) {
+                // An update follows: record the Item first, so a crash in between never
+                // loses it. (A create alone needs no such step: its replay finds it.)
+                m.status = "pending".into();
+                self.store.save_mapping(&m)?;
+            }
             outcome = Some(match how {
                 "created" => Outcome::Created {
                     item_id: item.id,
@@ -693,8 +708,7 @@ impl Catalog {
         m.source_updated = Some(product.updated.max(m.source_updated.unwrap_or(0)));
         m.status = "synced".into();
         m.reason = None;
-        self.store.save_mapping(&m)?;
-        Ok(outcome.unwrap_or(Outcome::Unchanged))
+        Ok((outcome.unwrap_or(Outcome::Unchanged), Some(m)))
     }
 
     /// Finds this product's Item (a pending create replayed, or one found by name that

@@ -209,8 +209,10 @@ impl Store {
         let tx = conn.transaction()?;
         // An expired lease (a hung worker) is claimable again.
         let expired: Vec<i64> = tx
-            .prepare_cached("SELECT id FROM jobs WHERE state='leased' AND lease_until < ?1")?
-            .query_map(params![now], |r| r.get(0))?
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE kind=?1 AND state='leased' AND lease_until < ?2",
+            )?
+            .query_map(params![kind, now], |r| r.get(0))?
             .collect::<Result<_>>()?;
         for id in expired {
             requeue(&tx, id, 0, Some("lease expired"), false)?;
@@ -257,6 +259,33 @@ impl Store {
             params![job_id, now_ms()],
         )?;
         Ok(())
+    }
+
+    /// Ends a job in one transaction: marks it done, stores the product's mapping (if
+    /// any) and writes the audit line (if any).
+    pub fn finish_job(
+        &self,
+        job_id: i64,
+        mapping: Option<&ItemMapping>,
+        audit: Option<(&str, &str, &str, &str)>,
+    ) -> Result<()> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        if let Some(m) = mapping {
+            save_mapping(&tx, m, now)?;
+        }
+        tx.execute(
+            "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
+            params![job_id, now],
+        )?;
+        if let Some((kind, entity, actor, message)) = audit {
+            tx.execute(
+                "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now, kind, entity, actor, message],
+            )?;
+        }
+        tx.commit()
     }
 
     /// Puts a job back with a delay, or marks it failed when it has no attempts left.
@@ -368,27 +397,7 @@ impl Store {
 
     /// Stores the Item now mirroring the product, clearing any pending create.
     pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
-        self.w().execute(
-            "INSERT INTO item_map(product_id, item_id, sync_token, item_name, synced_hash, source_updated,
-                                  pending_request_id, pending_body, status, reason, synced_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)
-             ON CONFLICT(product_id) DO UPDATE SET item_id=excluded.item_id, sync_token=excluded.sync_token,
-               item_name=excluded.item_name, synced_hash=excluded.synced_hash,
-               source_updated=excluded.source_updated, pending_request_id=NULL, pending_body=NULL,
-               status=excluded.status, reason=excluded.reason, synced_at=excluded.synced_at",
-            params![
-                m.product_id,
-                m.item_id,
-                m.sync_token,
-                m.item_name,
-                m.synced_hash,
-                m.source_updated,
-                m.status,
-                m.reason,
-                now_ms()
-            ],
-        )?;
-        Ok(())
+        save_mapping(&self.w(), m, now_ms())
     }
 
     pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
@@ -417,6 +426,15 @@ impl Store {
             })
         })?
         .collect()
+    }
+
+    /// Jobs of `kind` waiting to be claimed.
+    pub fn queued(&self, kind: &str) -> Result<u64> {
+        self.r().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state='queued'",
+            params![kind],
+            |r| r.get::<_, i64>(0).map(|n| n as u64),
+        )
     }
 
     pub fn catalog_counts(&self) -> Result<CatalogCounts> {
@@ -546,6 +564,30 @@ fn requeue(
             params![job_id, now + delay_ms, error, refund_attempt, now],
         )?;
     }
+    Ok(())
+}
+
+fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO item_map(product_id, item_id, sync_token, item_name, synced_hash, source_updated,
+                              pending_request_id, pending_body, status, reason, synced_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)
+         ON CONFLICT(product_id) DO UPDATE SET item_id=excluded.item_id, sync_token=excluded.sync_token,
+           item_name=excluded.item_name, synced_hash=excluded.synced_hash,
+           source_updated=excluded.source_updated, pending_request_id=NULL, pending_body=NULL,
+           status=excluded.status, reason=excluded.reason, synced_at=excluded.synced_at",
+    )?
+    .execute(params![
+        m.product_id,
+        m.item_id,
+        m.sync_token,
+        m.item_name,
+        m.synced_hash,
+        m.source_updated,
+        m.status,
+        m.reason,
+        now
+    ])?;
     Ok(())
 }
 

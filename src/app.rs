@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::config::{Config, Secret};
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
@@ -168,9 +167,4 @@ pub async fn run_headless(engine: &mut EngineHandle) {
         }
         _ = engine.wait() => {}
     }
-}
-
-/// Keeps `Arc<Sandbox>` reachable for callers that only hold the server.
-pub fn sandbox_of(server: &SandboxServer) -> Arc<Sandbox> {
-    server.sandbox.clone()
 }

@@ -805,10 +805,6 @@ impl Catalog {
             }
         }
     }
-
-    pub fn counts_changed(&self) {
-        self.work.notify_waiters();
-    }
 }
 
 /// Exponential backoff with full jitter inside the cap (the resilience layer will

@@ -239,26 +239,8 @@ impl Store {
             })?
             .collect::<Result<Vec<_>>>()?
         };
-        // Two queued jobs of one key could both be picked in one claim; keep the first.
-        let mut seen = std::collections::HashSet::new();
-        let mut keep = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if seen.insert(job.key.clone()) {
-                keep.push(job);
-            } else {
-                requeue(&tx, job.id, 0, None, true)?;
-            }
-        }
         tx.commit()?;
-        Ok(keep)
-    }
-
-    pub fn complete(&self, job_id: i64) -> Result<()> {
-        self.w().execute(
-            "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
-            params![job_id, now_ms()],
-        )?;
-        Ok(())
+        Ok(jobs)
     }
 
     /// Ends a job in one transaction: marks it done, stores the product's mapping (if
@@ -463,20 +445,6 @@ impl Store {
             failed: failed as u64,
             rejected: rejected as u64,
         })
-    }
-
-    /// Latest error per failed or rejected product, newest first.
-    pub fn recent_failures(&self, limit: usize) -> Result<Vec<(String, String, i64)>> {
-        let conn = self.r();
-        let mut stmt = conn.prepare_cached(
-            "SELECT key, last_error, updated_at FROM jobs
-             WHERE kind='catalog.product' AND last_error IS NOT NULL AND state IN ('failed','rejected','queued')
-             ORDER BY updated_at DESC LIMIT ?1",
-        )?;
-        stmt.query_map(params![limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect()
     }
 
     pub fn oauth(&self) -> Result<Option<OAuthState>> {
@@ -698,7 +666,7 @@ mod tests {
         let first = s.claim("catalog.product", 10, 60_000).unwrap();
         s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
         assert!(s.claim("catalog.product", 10, 60_000).unwrap().is_empty());
-        s.complete(first[0].id).unwrap();
+        s.finish_job(first[0].id, None, None).unwrap();
         let second = s.claim("catalog.product", 10, 60_000).unwrap();
         assert_eq!(second[0].payload.as_deref(), Some("b"));
     }

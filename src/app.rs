@@ -26,7 +26,13 @@ pub fn init_logging(
     let file = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(writer);
-    let err = stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colour only for a person at a terminal, not for journald or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let err = stderr.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(file)

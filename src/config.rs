@@ -383,16 +383,63 @@ fn locate(text: &str, path: &Path, key: &str, err: &toml::de::Error) -> ConfigEr
         None if !key.is_empty() => line_of_key(text, key),
         None => 0,
     };
+    let key = if key.is_empty() || key == "." {
+        key_at_line(text, line).unwrap_or_else(|| "(document)".into())
+    } else {
+        key.to_owned()
+    };
+    let mut message = err.message().trim().to_owned();
+    if SECRET_KEYS.contains(&key.as_str()) {
+        message = redact_quoted(&message);
+    }
     ConfigError::Invalid {
         path: path.to_owned(),
         line,
-        key: if key.is_empty() || key == "." {
-            "(document)".into()
-        } else {
-            key.to_owned()
-        },
-        message: err.message().trim().to_owned(),
+        key,
+        message,
     }
+}
+
+const SECRET_KEYS: &[&str] = &[
+    "stripe.api_key",
+    "stripe.webhook_secret",
+    "quickbooks.client_secret",
+    "quickbooks.refresh_token",
+];
+
+/// Replaces every `` `…` `` quoted value in a message (serde quotes the offending value).
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        out.push_str(if i % 2 == 0 { "[redacted]" } else { part });
+    }
+    out
+}
+
+/// `section.key` of the assignment on 1-based `line`, if that line is one.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.trim().to_owned();
+        }
+        if i + 1 == line {
+            let (k, _) = t.split_once('=')?;
+            let k = k.trim();
+            return Some(if section.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{section}.{k}")
+            });
+        }
+    }
+    None
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
@@ -484,6 +531,25 @@ mod tests {
             msg,
             "c.toml:3: key `catalog.workers`: must be between 1 and 256"
         );
+    }
+
+    #[test]
+    fn a_mistyped_secret_is_not_echoed_in_the_error() {
+        let text = "[stripe]\napi_key = 12345678\n";
+        let msg = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("c.toml:2: key `stripe.api_key`"), "{msg}");
+        assert!(!msg.contains("12345678"), "{msg}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_key_on_its_line() {
+        let text = "[stripe]\nbase_url = https://api.stripe.com\n";
+        let msg = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("c.toml:2: key `stripe.base_url`"), "{msg}");
     }
 
     #[test]

@@ -226,6 +226,10 @@ fn p_pauses_and_resumes_as_the_operator() {
     app.on_snapshot(Arc::new(paused));
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("‖ paused"), "{text}");
+    assert!(
+        text.contains("catalog pipeline paused — p resumes"),
+        "the flash confirms the new state: {text}"
+    );
     assert!(matches!(
         app.on_key(key(KeyCode::Char('p'))),
         Some(Command::ResumeCatalog { .. })

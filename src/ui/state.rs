@@ -104,6 +104,13 @@ impl App {
             self.events_offset =
                 (self.events_offset + arrived).min(s.audit.len().saturating_sub(1));
         }
+        if s.catalog.paused != self.snapshot.catalog.paused {
+            self.flash = Some(if s.catalog.paused {
+                "catalog pipeline paused — p resumes".into()
+            } else {
+                "catalog pipeline resumed".into()
+            });
+        }
         self.snapshot = s;
         true
     }

@@ -117,6 +117,10 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         left.push(Span::raw(" "));
         left.push(Span::styled(" FROZEN ", t.badge_sandbox));
     }
+    // Where Stripe must send webhooks; wide terminals only.
+    if area.width >= 100 && !s.server_addr.is_empty() {
+        left.push(Span::styled(format!("  http://{}", s.server_addr), t.dim));
+    }
     let mut right = Vec::new();
     for (i, tab) in Tab::ALL.iter().enumerate() {
         let label = format!(" {} {} ", i + 1, tab.title());

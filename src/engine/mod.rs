@@ -251,7 +251,6 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
 
     let events = events_tx.clone();
     tokio::spawn(async move {
-        let _lock = lock;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -286,6 +285,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         publisher.publish(&snap_tx, &events_tx, true);
         server_cancel.cancel();
         let _ = server.await;
+        // Release everything (the data-dir lock last) before saying we are done, so a
+        // caller may start a new engine on the same dir the moment `shutdown` returns.
+        drop(publisher);
+        drop(catalog);
+        drop(lock);
         let _ = done_tx.send(());
     });
 

@@ -23,6 +23,8 @@ use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, 
 use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
 
 pub const JOB_KIND: &str = "catalog.product";
+/// Jobs a worker claims in one transaction (the resilience work makes this adaptive).
+const CLAIM_BATCH: usize = 4;
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
 const EVENTS_CURSOR: &str = "catalog.events";
 const PAUSED_CURSOR: &str = "catalog.paused";
@@ -516,9 +518,10 @@ impl Catalog {
             let store = self.store.clone();
             let lease = self.settings.lease_ms;
             let claimed =
-                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, 1, lease)).await;
-            let job = match claimed {
-                Ok(Ok(mut jobs)) if !jobs.is_empty() => jobs.remove(0),
+                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, CLAIM_BATCH, lease))
+                    .await;
+            let jobs = match claimed {
+                Ok(Ok(jobs)) if !jobs.is_empty() => jobs,
                 Ok(Err(e)) => {
                     self.metrics.error("store", &e.to_string());
                     tokio::select! {
@@ -535,15 +538,18 @@ impl Catalog {
                     }
                 }
             };
-            if cancel.is_cancelled() || self.is_paused() {
-                let _ = self.store.release(job.id);
-                continue;
+            for job in jobs {
+                // Jobs not started when a pause or shutdown arrives go back untouched.
+                if cancel.is_cancelled() || self.is_paused() {
+                    let _ = self.store.release(job.id);
+                    continue;
+                }
+                self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                let result = self.process(&job).await;
+                self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.finish(&job, result);
+                self.progress.notify_waiters();
             }
-            self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result = self.process(&job).await;
-            self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.finish(&job, result);
-            self.progress.notify_waiters();
         }
     }
 

@@ -265,7 +265,7 @@ fn draw_rate(frame: &mut Frame, area: Rect, app: &App) {
         .collect();
     let peak = series.iter().copied().max().unwrap_or(0);
     let title = format!(
-        "Items/s  now {} · peak {} · last {} s",
+        "Items/s  now {} · peak {} · {} s",
         c.rate(),
         peak,
         series.len()

@@ -421,25 +421,32 @@ fn redact_quoted(message: &str) -> String {
     out
 }
 
-/// `section.key` of the assignment on 1-based `line`, if that line is one.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
+/// Every `key = value` line of the text as (1-based line, `section.key`). A plain
+/// line scan, enough to point at a line; the parser has already judged the syntax.
+fn assignments(text: &str) -> impl Iterator<Item = (usize, String)> + '_ {
     let mut section = String::new();
-    for (i, l) in text.lines().enumerate() {
+    text.lines().enumerate().filter_map(move |(i, l)| {
         let t = l.trim();
         if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             section = name.trim().to_owned();
+            return None;
         }
-        if i + 1 == line {
-            let (k, _) = t.split_once('=')?;
-            let k = k.trim();
-            return Some(if section.is_empty() {
+        let (k, _) = t.split_once('=')?;
+        let k = k.trim();
+        Some((
+            i + 1,
+            if section.is_empty() {
                 k.to_owned()
             } else {
                 format!("{section}.{k}")
-            });
-        }
-    }
-    None
+            },
+        ))
+    })
+}
+
+/// `section.key` of the assignment on 1-based `line`, if that line is one.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    assignments(text).find(|(n, _)| *n == line).map(|(_, k)| k)
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
@@ -448,22 +455,9 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// Best-effort line of `section.key` in the text (for errors found after parsing).
 fn line_of_key(text: &str, dotted: &str) -> usize {
-    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = name.trim().to_owned();
-            continue;
-        }
-        if current == section
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == key
-        {
-            return i + 1;
-        }
-    }
-    0
+    assignments(text)
+        .find(|(_, k)| k == dotted)
+        .map_or(0, |(n, _)| n)
 }
 
 /// Where things live by default, from the XDG/OS conventions.

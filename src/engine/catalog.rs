@@ -369,8 +369,10 @@ impl Catalog {
                 .ingest(&jobs, Some((FULL_SYNC_CURSOR, &value)), None)
             {
                 self.metrics.error("full sync", &format!("store: {e}"));
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
             state = next;
             *self
@@ -515,6 +517,9 @@ impl Catalog {
             if !self.wait_unpaused(&cancel).await {
                 return;
             }
+            // Registered before the claim: a notify between an empty claim and the
+            // wait below still wakes this worker.
+            let notified = self.work.notified();
             let store = self.store.clone();
             let lease = self.settings.lease_ms;
             let claimed =
@@ -530,7 +535,6 @@ impl Catalog {
                     }
                 }
                 _ => {
-                    let notified = self.work.notified();
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = notified => continue,

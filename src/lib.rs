@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod connectors;
 pub mod engine;
+pub mod resilience;
 pub mod sandbox;
 pub mod server;
 pub mod store;

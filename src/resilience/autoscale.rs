@@ -1,0 +1,442 @@
+//! Worker auto-scaling (AIMD on measured latency) and adaptive batch sizing.
+//!
+//! Each tick the pipeline reports what it measured. The target grows by one worker
+//! when there is a backlog, at least half of the workers are busy and latency is within
+//! `tolerance` × baseline; it shrinks ×0.9 on a 429, a timeout, or latency beyond the
+//! tolerance. The baseline is the lowest smoothed latency seen, and it may only rise
+//! while the target sits at its floor — so sustained overload can never be mistaken for
+//! the new normal (the upward drift of Gradient2 that docs/resilience.md describes).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleConfig {
+    pub min: u32,
+    pub max: u32,
+    /// Latency above `tolerance` × baseline means we are queueing somewhere.
+    pub tolerance: f64,
+    /// Multiplicative decrease.
+    pub decrease: f64,
+    /// EWMA weight of the newest latency sample.
+    pub smoothing: f64,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 32,
+            tolerance: 1.25,
+            decrease: 0.9,
+            smoothing: 0.5,
+        }
+    }
+}
+
+/// What a pipeline measured over one tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// Mean latency of the work finished in the tick (None when nothing finished).
+    pub latency: Option<Duration>,
+    pub completed: u64,
+    /// Mean number of busy workers over the tick.
+    pub busy: f64,
+    pub queued: u64,
+    pub throttled: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub at_ms: i64,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    cfg: AutoscaleConfig,
+    target: u32,
+    smoothed: Option<f64>,
+    baseline: Option<f64>,
+    decisions: VecDeque<Decision>,
+    /// Why the target is what it is right now (also when nothing changed).
+    pub status: String,
+}
+
+impl Autoscaler {
+    pub fn new(cfg: AutoscaleConfig, initial: u32) -> Self {
+        let target = initial.clamp(cfg.min.max(1), cfg.max.max(cfg.min.max(1)));
+        Self {
+            cfg,
+            target,
+            smoothed: None,
+            baseline: None,
+            decisions: VecDeque::new(),
+            status: "waiting for measurements".into(),
+        }
+    }
+
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    pub fn config(&self) -> &AutoscaleConfig {
+        &self.cfg
+    }
+
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(Duration::from_secs_f64)
+    }
+
+    /// New bounds from an operator; the target is clamped into them at once.
+    pub fn set_bounds(&mut self, min: u32, max: u32, at_ms: i64) -> Option<Decision> {
+        self.cfg.min = min.max(1);
+        self.cfg.max = max.max(self.cfg.min);
+        let to = self.target.clamp(self.cfg.min, self.cfg.max);
+        self.change(to, at_ms, format!("bounds set to {}–{}", self.cfg.min, self.cfg.max))
+    }
+
+    /// Newest first.
+    pub fn decisions(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().rev()
+    }
+
+    fn change(&mut self, to: u32, at_ms: i64, reason: String) -> Option<Decision> {
+        self.status = reason.clone();
+        if to == self.target {
+            return None;
+        }
+        let d = Decision {
+            at_ms,
+            from: self.target,
+            to,
+            reason,
+        };
+        self.target = to;
+        if self.decisions.len() >= 20 {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(d.clone());
+        Some(d)
+    }
+
+    fn decreased(&self) -> u32 {
+        let t = ((self.target as f64) * self.cfg.decrease).floor() as u32;
+        t.min(self.target.saturating_sub(1)).max(self.cfg.min)
+    }
+
+    /// One tick's measurements in; a decision out when the target changed.
+    pub fn observe(&mut self, s: &Sample, at_ms: i64) -> Option<Decision> {
+        if s.throttled > 0 || s.timeouts > 0 {
+            let to = self.decreased();
+            let why = match (s.throttled, s.timeouts) {
+                (t, 0) => format!("{t} throttled (429)"),
+                (0, t) => format!("{t} timed out"),
+                (t, o) => format!("{t} throttled (429), {o} timed out"),
+            };
+            return self.change(to, at_ms, why);
+        }
+        let Some(lat) = s.latency.map(|d| d.as_secs_f64()) else {
+            let why = if s.queued == 0 {
+                "idle: nothing queued".to_owned()
+            } else {
+                format!("nothing finished; {} queued", s.queued)
+            };
+            return self.change(self.target, at_ms, why);
+        };
+        let a = self.cfg.smoothing.clamp(0.01, 1.0);
+        let smoothed = match self.smoothed {
+            None => lat,
+            Some(prev) => prev + a * (lat - prev),
+        };
+        self.smoothed = Some(smoothed);
+        let baseline = match self.baseline {
+            None => smoothed,
+            Some(b) if smoothed < b => smoothed,
+            // Only at the floor can slower work be the service's new normal.
+            Some(b) if self.target <= self.cfg.min => b + 0.1 * (smoothed - b),
+            Some(b) => b,
+        };
+        self.baseline = Some(baseline);
+        let ms = |x: f64| format!("{:.0} ms", x * 1000.0);
+        if smoothed > self.cfg.tolerance * baseline {
+            let to = self.decreased();
+            return self.change(
+                to,
+                at_ms,
+                format!(
+                    "latency {} > {:.2} × baseline {}",
+                    ms(smoothed),
+                    self.cfg.tolerance,
+                    ms(baseline)
+                ),
+            );
+        }
+        let half_busy = s.busy * 2.0 >= self.target as f64;
+        if s.queued > 0 && half_busy && self.target < self.cfg.max {
+            let to = self.target + 1;
+            return self.change(
+                to,
+                at_ms,
+                format!(
+                    "latency {} within {:.2} × baseline, {} queued, {:.1} of {} busy",
+                    ms(smoothed),
+                    self.cfg.tolerance,
+                    s.queued,
+                    s.busy,
+                    self.target
+                ),
+            );
+        }
+        let why = if s.queued == 0 {
+            format!("light load: nothing queued, {:.1} busy", s.busy)
+        } else if !half_busy {
+            format!("{:.1} of {} busy: no need for more", s.busy, self.target)
+        } else {
+            format!("at the upper bound {}", self.cfg.max)
+        };
+        self.change(self.target, at_ms, why)
+    }
+}
+
+/// Batch size (list pages, job claims): grows additively while under the latency
+/// target, shrinks by a step above it, halves on 429 / 413 / timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchSizer {
+    pub min: u32,
+    pub max: u32,
+    pub step: u32,
+    pub current: u32,
+    pub target_ms: u64,
+}
+
+impl BatchSizer {
+    pub fn new(min: u32, max: u32, step: u32, initial: u32, target: Duration) -> Self {
+        let min = min.max(1);
+        let max = max.max(min);
+        Self {
+            min,
+            max,
+            step: step.max(1),
+            current: initial.clamp(min, max),
+            target_ms: target.as_millis() as u64,
+        }
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        if latency.as_millis() as u64 <= self.target_ms {
+            self.current = (self.current + self.step).min(self.max);
+        } else {
+            self.current = self.current.saturating_sub(self.step).max(self.min);
+        }
+    }
+
+    pub fn cut(&mut self) {
+        self.current = (self.current / 2).max(self.min);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server with capacity `c` concurrent requests and 100 ms service time; beyond
+    /// capacity requests queue (latency grows with the excess), throughput is capped.
+    fn serve(limit: u32, c: u32) -> (Duration, f64) {
+        let s = 0.1;
+        let lat = s * (limit as f64 / c as f64).max(1.0);
+        let throughput = limit.min(c) as f64 / s;
+        (Duration::from_secs_f64(lat), throughput)
+    }
+
+    fn busy_sample(limit: u32, c: u32) -> Sample {
+        let (lat, tp) = serve(limit, c);
+        Sample {
+            latency: Some(lat),
+            completed: tp as u64,
+            busy: limit as f64,
+            queued: 10_000,
+            ..Sample::default()
+        }
+    }
+
+    fn scaler() -> Autoscaler {
+        Autoscaler::new(
+            AutoscaleConfig {
+                min: 1,
+                max: 500,
+                ..AutoscaleConfig::default()
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn against_a_simulated_server_the_limit_stays_near_capacity_for_ten_minutes() {
+        let c = 50;
+        let mut a = scaler();
+        let (mut sum, mut n, mut done, mut best) = (0.0, 0.0, 0.0, 0.0);
+        let mut lats = vec![];
+        for t in 0..600 {
+            let (lat, tp) = serve(a.target(), c);
+            if t >= 120 {
+                // after warm-up
+                sum += a.target() as f64;
+                n += 1.0;
+                done += tp;
+                best += serve(c, c).1;
+                lats.push(lat);
+            }
+            a.observe(&busy_sample(a.target(), c), t);
+        }
+        let mean = sum / n;
+        assert!(
+            (0.8 * c as f64..=1.3 * c as f64).contains(&mean),
+            "mean limit {mean}"
+        );
+        assert!(done / best >= 0.9, "throughput {:.2} of max", done / best);
+        lats.sort();
+        let p99 = lats[lats.len() * 99 / 100];
+        assert!(p99 <= Duration::from_millis(150), "p99 {p99:?}");
+    }
+
+    #[test]
+    fn under_sustained_overload_the_limit_does_not_drift_upward() {
+        let c = 50;
+        let mut a = scaler();
+        let mut at_120 = 0;
+        for t in 0..600 {
+            if t == 120 {
+                at_120 = a.target();
+            }
+            a.observe(&busy_sample(a.target(), c), t);
+        }
+        assert!(a.target() <= (1.3 * c as f64) as u32, "{} at 600 s", a.target());
+        assert!(a.target() <= at_120 + 10, "{} vs {at_120} at 120 s", a.target());
+    }
+
+    #[test]
+    fn follows_a_drop_of_capacity_to_half_within_seconds() {
+        let mut a = scaler();
+        for t in 0..300 {
+            a.observe(&busy_sample(a.target(), 50), t);
+        }
+        assert!(a.target() >= 45);
+        let mut took = None;
+        for t in 0..60 {
+            a.observe(&busy_sample(a.target(), 25), 300 + t);
+            if a.target() as f64 <= 1.3 * 25.0 {
+                took = Some(t);
+                break;
+            }
+        }
+        let took = took.expect("followed the drop");
+        assert!(took <= 10, "took {took} ticks");
+        let mut sum = 0.0;
+        for t in 0..120 {
+            a.observe(&busy_sample(a.target(), 25), 400 + t);
+            sum += a.target() as f64;
+        }
+        let mean = sum / 120.0;
+        assert!((20.0..=32.5).contains(&mean), "mean after drop {mean}");
+    }
+
+    #[test]
+    fn never_grows_under_light_load() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 2);
+        for t in 0..600 {
+            // Two jobs a second, each done in 50 ms: mostly idle, nothing waiting.
+            let s = Sample {
+                latency: Some(Duration::from_millis(50)),
+                completed: 2,
+                busy: 0.1,
+                queued: (t % 7 == 0) as u64,
+                ..Sample::default()
+            };
+            assert_eq!(a.observe(&s, t), None);
+        }
+        assert_eq!(a.target(), 2);
+        assert!(a.status.contains("busy") || a.status.contains("light"));
+    }
+
+    #[test]
+    fn throttling_or_timeouts_cut_the_target_multiplicatively_and_say_why() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 20);
+        let d = a
+            .observe(
+                &Sample {
+                    throttled: 3,
+                    ..Sample::default()
+                },
+                1,
+            )
+            .unwrap();
+        assert_eq!((d.from, d.to), (20, 18));
+        assert!(d.reason.contains("3 throttled"));
+        let d = a
+            .observe(
+                &Sample {
+                    timeouts: 1,
+                    ..Sample::default()
+                },
+                2,
+            )
+            .unwrap();
+        assert_eq!(d.to, 16);
+        assert_eq!(a.decisions().next().unwrap().to, 16, "newest first");
+    }
+
+    #[test]
+    fn bounds_are_respected_and_an_operator_change_clamps_at_once() {
+        let mut a = Autoscaler::new(
+            AutoscaleConfig {
+                min: 2,
+                max: 4,
+                ..AutoscaleConfig::default()
+            },
+            9,
+        );
+        assert_eq!(a.target(), 4);
+        for t in 0..50 {
+            a.observe(&busy_sample(a.target(), 100), t);
+        }
+        assert_eq!(a.target(), 4);
+        let d = a.set_bounds(1, 2, 60).unwrap();
+        assert_eq!((d.from, d.to), (4, 2));
+        for _ in 0..10 {
+            a.observe(
+                &Sample {
+                    throttled: 1,
+                    ..Sample::default()
+                },
+                70,
+            );
+        }
+        assert_eq!(a.target(), 1);
+    }
+
+    #[test]
+    fn batch_grows_additively_under_target_and_halves_on_throttling() {
+        let mut b = BatchSizer::new(1, 16, 2, 4, Duration::from_millis(100));
+        b.record(Duration::from_millis(20));
+        b.record(Duration::from_millis(20));
+        assert_eq!(b.current, 8);
+        b.record(Duration::from_millis(200));
+        assert_eq!(b.current, 6);
+        b.cut();
+        assert_eq!(b.current, 3);
+        for _ in 0..20 {
+            b.record(Duration::ZERO);
+        }
+        assert_eq!(b.current, 16);
+        for _ in 0..10 {
+            b.cut();
+        }
+        assert_eq!(b.current, 1);
+    }
+}

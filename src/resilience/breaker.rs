@@ -1,0 +1,954 @@
+//! Circuit breaker with count- or time-based sliding windows, failure- and slow-call
+//! rate thresholds, HALF_OPEN with exactly N trial permits, operator states, and one
+//! event per transition carrying its reason (semantics: docs/resilience.md).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::SharedClock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    Disabled,
+    MetricsOnly,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "CLOSED",
+            State::Open => "OPEN",
+            State::HalfOpen => "HALF_OPEN",
+            State::ForcedOpen => "FORCED_OPEN",
+            State::Disabled => "DISABLED",
+            State::MetricsOnly => "METRICS_ONLY",
+        }
+    }
+    /// A symbol, so state is readable without colour.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            State::Closed => "●",
+            State::Open => "✖",
+            State::HalfOpen => "◐",
+            State::ForcedOpen => "⊘",
+            State::Disabled => "○",
+            State::MetricsOnly => "◇",
+        }
+    }
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::Disabled,
+            State::MetricsOnly,
+        ]
+        .into_iter()
+        .find(|st| st.name().eq_ignore_ascii_case(s.trim()))
+    }
+    /// Whether `self → to` is a legal transition (self-transitions are no-ops, not errors).
+    pub fn can_become(self, to: State) -> bool {
+        use State::*;
+        match (self, to) {
+            (a, b) if a == b => true,
+            (_, ForcedOpen | Disabled | MetricsOnly) => true,
+            (_, Closed) => true,
+            (Closed | HalfOpen, Open) => true,
+            (Open, HalfOpen) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// The last N outcomes.
+    Count,
+    /// N one-second buckets.
+    Time,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub window: WindowKind,
+    /// Outcomes (count window) or seconds (time window).
+    pub window_size: u32,
+    pub minimum_calls: u32,
+    /// Percent; trips at `>=`.
+    pub failure_rate: f64,
+    /// Percent; trips at `>=`.
+    pub slow_call_rate: f64,
+    /// A call is slow when strictly longer than this.
+    pub slow_call: Duration,
+    pub open_wait: Duration,
+    /// Each consecutive open multiplies the wait, up to `open_wait_max`.
+    pub open_wait_multiplier: f64,
+    pub open_wait_max: Duration,
+    pub half_open_permits: u32,
+}
+
+impl Default for BreakerConfig {
+    /// Defaults for a few requests per second: a 30-second window, 10 calls minimum.
+    fn default() -> Self {
+        Self {
+            window: WindowKind::Time,
+            window_size: 30,
+            minimum_calls: 10,
+            failure_rate: 50.0,
+            slow_call_rate: 100.0,
+            slow_call: Duration::from_secs(10),
+            open_wait: Duration::from_secs(15),
+            open_wait_multiplier: 2.0,
+            open_wait_max: Duration::from_secs(300),
+            half_open_permits: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    /// Clock time of the transition.
+    pub at: Duration,
+    /// Wall time (ms since the epoch), for display.
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("illegal breaker transition {from} → {to}")]
+pub struct IllegalTransition {
+    pub from: State,
+    pub to: State,
+}
+
+/// Why a call was not let through.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("circuit {0} is OPEN; retry in {1:?}")]
+    Open(String, Duration),
+    #[error("circuit {0} is FORCED_OPEN by an operator")]
+    ForcedOpen(String),
+    #[error("circuit {0} is HALF_OPEN and its trial calls are taken")]
+    HalfOpenFull(String),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    second: u64,
+    calls: u32,
+    failures: u32,
+    slow: u32,
+}
+
+/// Sliding-window totals.
+#[derive(Debug, Clone)]
+struct Window {
+    kind: WindowKind,
+    size: usize,
+    /// Count window: one entry per outcome (failed, slow). Time window: per-second buckets.
+    outcomes: VecDeque<(bool, bool)>,
+    buckets: VecDeque<Bucket>,
+    calls: u32,
+    failures: u32,
+    slow: u32,
+}
+
+impl Window {
+    fn new(kind: WindowKind, size: u32) -> Self {
+        Self {
+            kind,
+            size: size.max(1) as usize,
+            outcomes: VecDeque::new(),
+            buckets: VecDeque::new(),
+            calls: 0,
+            failures: 0,
+            slow: 0,
+        }
+    }
+
+    fn expire(&mut self, now: Duration) {
+        if self.kind != WindowKind::Time {
+            return;
+        }
+        let second = now.as_secs();
+        while let Some(b) = self.buckets.front() {
+            if b.second + (self.size as u64) <= second {
+                self.calls -= b.calls;
+                self.failures -= b.failures;
+                self.slow -= b.slow;
+                self.buckets.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn record(&mut self, now: Duration, failed: bool, slow: bool) {
+        self.calls += 1;
+        self.failures += failed as u32;
+        self.slow += slow as u32;
+        match self.kind {
+            WindowKind::Count => {
+                self.outcomes.push_back((failed, slow));
+                if self.outcomes.len() > self.size
+                    && let Some((f, s)) = self.outcomes.pop_front()
+                {
+                    self.calls -= 1;
+                    self.failures -= f as u32;
+                    self.slow -= s as u32;
+                }
+            }
+            WindowKind::Time => {
+                self.expire(now);
+                let second = now.as_secs();
+                match self.buckets.back_mut() {
+                    Some(b) if b.second == second => {
+                        b.calls += 1;
+                        b.failures += failed as u32;
+                        b.slow += slow as u32;
+                    }
+                    _ => self.buckets.push_back(Bucket {
+                        second,
+                        calls: 1,
+                        failures: failed as u32,
+                        slow: slow as u32,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn rates(&self) -> (f64, f64) {
+        if self.calls == 0 {
+            return (0.0, 0.0);
+        }
+        let c = self.calls as f64;
+        (
+            self.failures as f64 * 100.0 / c,
+            self.slow as f64 * 100.0 / c,
+        )
+    }
+}
+
+/// What the console and the API show of one breaker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerView {
+    pub name: String,
+    pub state: State,
+    pub calls: u32,
+    pub failures: u32,
+    pub slow_calls: u32,
+    /// None below the minimum number of calls ("not enough data").
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub failure_threshold: f64,
+    pub slow_call_threshold: f64,
+    pub minimum_calls: u32,
+    pub rejections: u64,
+    pub half_open_permits: u32,
+    pub half_open_in_use: u32,
+    /// Until the next trial (OPEN only).
+    pub until_half_open_ms: Option<u64>,
+    pub open_wait_ms: u64,
+    pub last_transition: Option<TransitionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransitionView {
+    pub from: State,
+    pub to: State,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+struct Inner {
+    state: State,
+    window: Window,
+    opened_at: Duration,
+    wait: Duration,
+    consecutive_opens: u32,
+    trial_issued: u32,
+    trial_done: u32,
+    trial_failures: u32,
+    trial_slow: u32,
+    rejections: u64,
+    transitions: VecDeque<Transition>,
+}
+
+type Listener = Box<dyn Fn(&str, &Transition) + Send + Sync>;
+
+pub struct Breaker {
+    name: String,
+    cfg: Mutex<BreakerConfig>,
+    clock: SharedClock,
+    inner: Mutex<Inner>,
+    listener: Mutex<Option<Listener>>,
+}
+
+fn wall_ms() -> i64 {
+    crate::store::now_ms()
+}
+
+impl Breaker {
+    pub fn new(name: &str, cfg: BreakerConfig, clock: SharedClock) -> Arc<Self> {
+        let window = Window::new(cfg.window, cfg.window_size);
+        let wait = cfg.open_wait;
+        Arc::new(Self {
+            name: name.to_owned(),
+            cfg: Mutex::new(cfg),
+            clock,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                window,
+                opened_at: Duration::ZERO,
+                wait,
+                consecutive_opens: 0,
+                trial_issued: 0,
+                trial_done: 0,
+                trial_failures: 0,
+                trial_slow: 0,
+                rejections: 0,
+                transitions: VecDeque::new(),
+            }),
+            listener: Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Called once per transition (not for self-transitions).
+    pub fn on_transition(&self, f: impl Fn(&str, &Transition) + Send + Sync + 'static) {
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    fn cfg(&self) -> BreakerConfig {
+        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> BreakerConfig {
+        self.cfg()
+    }
+
+    /// Applies new thresholds; the window restarts if its shape changed.
+    pub fn set_config(&self, cfg: BreakerConfig) {
+        let mut inner = self.lock();
+        let old = self.cfg();
+        if old.window != cfg.window || old.window_size != cfg.window_size {
+            inner.window = Window::new(cfg.window, cfg.window_size);
+        }
+        *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.lock().transitions.iter().cloned().collect()
+    }
+
+    /// Asks to make a call. An OPEN or FORCED_OPEN breaker answers at once, without I/O.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Rejected> {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        match inner.state {
+            State::Closed | State::MetricsOnly | State::Disabled => Ok(self.permit(false, now)),
+            State::ForcedOpen => {
+                inner.rejections += 1;
+                Err(Rejected::ForcedOpen(self.name.clone()))
+            }
+            State::Open => {
+                let elapsed = now.saturating_sub(inner.opened_at);
+                if elapsed > inner.wait {
+                    let reason = format!("waited {} in OPEN", fmt_duration(inner.wait));
+                    self.transition_locked(&mut inner, &cfg, State::HalfOpen, reason, now);
+                    inner.trial_issued = 1;
+                    Ok(self.permit(true, now))
+                } else {
+                    inner.rejections += 1;
+                    Err(Rejected::Open(self.name.clone(), inner.wait - elapsed))
+                }
+            }
+            State::HalfOpen => {
+                if inner.trial_issued < cfg.half_open_permits.max(1) {
+                    inner.trial_issued += 1;
+                    Ok(self.permit(true, now))
+                } else {
+                    inner.rejections += 1;
+                    Err(Rejected::HalfOpenFull(self.name.clone()))
+                }
+            }
+        }
+    }
+
+    fn permit(self: &Arc<Self>, trial: bool, now: Duration) -> Permit {
+        Permit {
+            breaker: Some(self.clone()),
+            trial,
+            started: now,
+        }
+    }
+
+    fn record(&self, trial: bool, outcome: Option<Outcome>, duration: Duration) {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let Some(outcome) = outcome else {
+            // Cancelled, or an error that does not count: a trial gives its permit back.
+            if trial && inner.state == State::HalfOpen {
+                inner.trial_issued = inner.trial_issued.saturating_sub(1);
+            }
+            return;
+        };
+        let failed = outcome == Outcome::Failure;
+        let slow = duration > cfg.slow_call;
+        match inner.state {
+            State::Disabled | State::ForcedOpen | State::Open => {}
+            State::Closed | State::MetricsOnly => {
+                if trial {
+                    return; // a trial from a half-open period that has since ended
+                }
+                inner.window.record(now, failed, slow);
+                if inner.state == State::MetricsOnly {
+                    return;
+                }
+                let min = match cfg.window {
+                    WindowKind::Count => cfg.minimum_calls.min(cfg.window_size),
+                    WindowKind::Time => cfg.minimum_calls,
+                }
+                .max(1);
+                if inner.window.calls < min {
+                    return;
+                }
+                let (fr, sr) = inner.window.rates();
+                let reason = if fr >= cfg.failure_rate {
+                    Some(format!(
+                        "failure rate {fr:.0}% ≥ {:.0}% over {} calls",
+                        cfg.failure_rate, inner.window.calls
+                    ))
+                } else if sr >= cfg.slow_call_rate {
+                    Some(format!(
+                        "slow-call rate {sr:.0}% ≥ {:.0}% over {} calls",
+                        cfg.slow_call_rate, inner.window.calls
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    self.transition_locked(&mut inner, &cfg, State::Open, reason, now);
+                }
+            }
+            State::HalfOpen => {
+                if !trial {
+                    return;
+                }
+                inner.trial_done += 1;
+                inner.trial_failures += failed as u32;
+                inner.trial_slow += slow as u32;
+                let permits = cfg.half_open_permits.max(1);
+                if inner.trial_done >= permits {
+                    let n = inner.trial_done as f64;
+                    let fr = inner.trial_failures as f64 * 100.0 / n;
+                    let sr = inner.trial_slow as f64 * 100.0 / n;
+                    if fr >= cfg.failure_rate || sr >= cfg.slow_call_rate {
+                        let reason = format!(
+                            "{} of {} trial calls failed, {} slow",
+                            inner.trial_failures, inner.trial_done, inner.trial_slow
+                        );
+                        self.transition_locked(&mut inner, &cfg, State::Open, reason, now);
+                    } else {
+                        let reason = format!(
+                            "{} trial calls passed ({} failed)",
+                            inner.trial_done, inner.trial_failures
+                        );
+                        self.transition_locked(&mut inner, &cfg, State::Closed, reason, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An operator's (or the API's) transition. Self-transitions do nothing.
+    pub fn transition(&self, to: State, reason: &str) -> Result<bool, IllegalTransition> {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let from = inner.state;
+        if !from.can_become(to) {
+            return Err(IllegalTransition { from, to });
+        }
+        if from == to {
+            return Ok(false);
+        }
+        self.transition_locked(&mut inner, &cfg, to, reason.to_owned(), now);
+        Ok(true)
+    }
+
+    /// Back to CLOSED with empty metrics and the initial wait (an operator's reset).
+    pub fn reset(&self, reason: &str) {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.rejections = 0;
+        inner.consecutive_opens = 0;
+        inner.wait = cfg.open_wait;
+        if inner.state != State::Closed {
+            self.transition_locked(&mut inner, &cfg, State::Closed, reason.to_owned(), now);
+        } else {
+            inner.window = Window::new(cfg.window, cfg.window_size);
+        }
+    }
+
+    fn transition_locked(
+        &self,
+        inner: &mut Inner,
+        cfg: &BreakerConfig,
+        to: State,
+        reason: String,
+        now: Duration,
+    ) {
+        let from = inner.state;
+        if from == to {
+            return;
+        }
+        inner.state = to;
+        // Every transition starts with fresh metrics.
+        inner.window = Window::new(cfg.window, cfg.window_size);
+        inner.trial_issued = 0;
+        inner.trial_done = 0;
+        inner.trial_failures = 0;
+        inner.trial_slow = 0;
+        match to {
+            State::Open => {
+                inner.consecutive_opens += 1;
+                let factor = cfg
+                    .open_wait_multiplier
+                    .max(1.0)
+                    .powi(inner.consecutive_opens.saturating_sub(1).min(30) as i32);
+                inner.wait = cfg.open_wait.mul_f64(factor).min(cfg.open_wait_max.max(cfg.open_wait));
+                inner.opened_at = now;
+            }
+            State::Closed => {
+                inner.consecutive_opens = 0;
+                inner.wait = cfg.open_wait;
+            }
+            _ => {}
+        }
+        let t = Transition {
+            from,
+            to,
+            at: now,
+            at_ms: wall_ms(),
+            reason,
+        };
+        if inner.transitions.len() >= 32 {
+            inner.transitions.pop_front();
+        }
+        inner.transitions.push_back(t.clone());
+        if let Some(f) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
+            f(&self.name, &t);
+        }
+    }
+
+    pub fn view(&self) -> BreakerView {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.window.expire(now);
+        let min = match cfg.window {
+            WindowKind::Count => cfg.minimum_calls.min(cfg.window_size),
+            WindowKind::Time => cfg.minimum_calls,
+        };
+        let (fr, sr) = inner.window.rates();
+        let enough = inner.window.calls >= min.max(1);
+        BreakerView {
+            name: self.name.clone(),
+            state: inner.state,
+            calls: inner.window.calls,
+            failures: inner.window.failures,
+            slow_calls: inner.window.slow,
+            failure_rate: enough.then_some(fr),
+            slow_call_rate: enough.then_some(sr),
+            failure_threshold: cfg.failure_rate,
+            slow_call_threshold: cfg.slow_call_rate,
+            minimum_calls: min,
+            rejections: inner.rejections,
+            half_open_permits: cfg.half_open_permits,
+            half_open_in_use: inner.trial_issued,
+            until_half_open_ms: (inner.state == State::Open).then(|| {
+                (inner.opened_at + inner.wait)
+                    .saturating_sub(now)
+                    .as_millis() as u64
+            }),
+            open_wait_ms: inner.wait.as_millis() as u64,
+            last_transition: inner.transitions.back().map(|t| TransitionView {
+                from: t.from,
+                to: t.to,
+                at_ms: t.at_ms,
+                reason: t.reason.clone(),
+            }),
+        }
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Leave to make one call. Report how it went with [`Permit::success`] /
+/// [`Permit::failure`] / [`Permit::ignore`]; dropping it unreported counts as cancelled
+/// (a trial permit is given back).
+pub struct Permit {
+    breaker: Option<Arc<Breaker>>,
+    trial: bool,
+    started: Duration,
+}
+
+impl Permit {
+    pub fn started(&self) -> Duration {
+        self.started
+    }
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+    pub fn success(mut self, duration: Duration) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, Some(Outcome::Success), duration);
+        }
+    }
+    pub fn failure(mut self, duration: Duration) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, Some(Outcome::Failure), duration);
+        }
+    }
+    /// An outcome that is not the service's fault (4xx of ours, 429): not counted.
+    pub fn ignore(mut self) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, None, Duration::ZERO);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, None, Duration::ZERO);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn count_breaker(min: u32) -> (Arc<Breaker>, Arc<super::super::clock::ManualClock>) {
+        let (clock, manual) = SharedClock::manual();
+        let cfg = BreakerConfig {
+            window: WindowKind::Count,
+            window_size: 10,
+            minimum_calls: min,
+            failure_rate: 50.0,
+            slow_call_rate: 100.0,
+            slow_call: Duration::from_secs(1),
+            open_wait: Duration::from_secs(10),
+            open_wait_multiplier: 2.0,
+            open_wait_max: Duration::from_secs(30),
+            half_open_permits: 2,
+        };
+        (Breaker::new("qb", cfg, clock), manual)
+    }
+
+    fn call(b: &Arc<Breaker>, ok: bool) {
+        let p = b.try_acquire().expect("permitted");
+        if ok {
+            p.success(Duration::from_millis(10))
+        } else {
+            p.failure(Duration::from_millis(10))
+        }
+    }
+
+    fn open(b: &Arc<Breaker>) {
+        for _ in 0..5 {
+            call(b, false);
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn fffss_opens_on_the_fifth_call_a_success_at_sixty_percent() {
+        let (b, _) = count_breaker(5);
+        for ok in [false, false, false, true] {
+            call(&b, ok);
+            assert_eq!(b.state(), State::Closed);
+        }
+        call(&b, true);
+        assert_eq!(b.state(), State::Open);
+        assert!(b.transitions()[0].reason.contains("60%"));
+    }
+
+    #[test]
+    fn sssff_stays_closed_at_forty_percent_and_one_more_failure_opens_at_fifty() {
+        let (b, _) = count_breaker(5);
+        for ok in [true, true, true, false, false] {
+            call(&b, ok);
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.view().failure_rate, Some(40.0));
+        call(&b, false);
+        assert_eq!(b.state(), State::Open);
+        assert!(b.transitions()[0].reason.contains("50%"));
+    }
+
+    #[test]
+    fn below_minimum_calls_reads_not_enough_data() {
+        let (b, _) = count_breaker(5);
+        for _ in 0..4 {
+            call(&b, false);
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.view().failure_rate, None);
+    }
+
+    #[test]
+    fn count_window_caps_minimum_calls_at_window_size() {
+        let (b, _) = count_breaker(100);
+        for _ in 0..9 {
+            call(&b, false);
+        }
+        assert_eq!(b.state(), State::Closed);
+        call(&b, false);
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn slow_call_is_strictly_longer_than_the_threshold() {
+        let (clock, _) = SharedClock::manual();
+        let cfg = BreakerConfig {
+            window: WindowKind::Count,
+            window_size: 4,
+            minimum_calls: 4,
+            slow_call_rate: 50.0,
+            slow_call: Duration::from_secs(1),
+            ..BreakerConfig::default()
+        };
+        let b = Breaker::new("s", cfg, clock);
+        for _ in 0..4 {
+            b.try_acquire().unwrap().success(Duration::from_secs(1));
+        }
+        assert_eq!(b.state(), State::Closed, "exactly at the threshold is not slow");
+        b.try_acquire().unwrap().success(Duration::from_millis(1001));
+        assert_eq!(b.state(), State::Closed, "25% slow");
+        b.try_acquire().unwrap().success(Duration::from_millis(1001));
+        assert_eq!(b.state(), State::Open, "50% slow trips at >=");
+        assert!(b.transitions()[0].reason.contains("slow-call"));
+    }
+
+    #[test]
+    fn time_window_forgets_outcomes_older_than_its_seconds() {
+        let (clock, manual) = SharedClock::manual();
+        let cfg = BreakerConfig {
+            window: WindowKind::Time,
+            window_size: 10,
+            minimum_calls: 4,
+            ..BreakerConfig::default()
+        };
+        let b = Breaker::new("t", cfg, clock);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        manual.advance(Duration::from_secs(11));
+        assert_eq!(b.view().calls, 0);
+        b.try_acquire().unwrap().failure(Duration::ZERO);
+        assert_eq!(b.state(), State::Closed, "old failures expired");
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn open_rejects_and_counts_rejections_until_strictly_after_the_wait() {
+        let (b, clock) = count_breaker(5);
+        open(&b);
+        clock.advance(Duration::from_secs(10));
+        assert!(matches!(b.try_acquire(), Err(Rejected::Open(..))));
+        assert_eq!(b.view().rejections, 1);
+        clock.advance(Duration::from_millis(1));
+        let p = b.try_acquire().expect("a trial after the wait");
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(p.is_trial());
+    }
+
+    #[test]
+    fn half_open_admits_exactly_the_permitted_trials() {
+        let (b, clock) = count_breaker(5);
+        open(&b);
+        clock.advance(Duration::from_secs(11));
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        assert!(matches!(b.try_acquire(), Err(Rejected::HalfOpenFull(_))));
+        p1.success(Duration::ZERO);
+        assert_eq!(b.state(), State::HalfOpen, "decides once all trials complete");
+        p2.success(Duration::ZERO);
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.view().calls, 0, "closed with an empty window");
+    }
+
+    #[test]
+    fn failed_trials_reopen_with_a_longer_wait_capped() {
+        let (b, clock) = count_breaker(5);
+        open(&b);
+        assert_eq!(b.view().open_wait_ms, 10_000);
+        for expected in [20_000, 30_000, 30_000] {
+            clock.advance(Duration::from_secs(31));
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+            assert_eq!(b.state(), State::Open);
+            assert_eq!(b.view().open_wait_ms, expected);
+        }
+    }
+
+    #[test]
+    fn cancelled_or_ignored_trial_gives_its_permit_back() {
+        let (b, clock) = count_breaker(5);
+        open(&b);
+        clock.advance(Duration::from_secs(11));
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        drop(p1); // cancelled
+        p2.ignore(); // a 4xx of ours
+        assert_eq!(b.state(), State::HalfOpen);
+        let p3 = b.try_acquire().expect("permit returned");
+        let p4 = b.try_acquire().expect("permit returned");
+        p3.success(Duration::ZERO);
+        p4.success(Duration::ZERO);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn forced_open_rejects_all_and_never_half_opens() {
+        let (b, clock) = count_breaker(5);
+        b.transition(State::ForcedOpen, "operator").unwrap();
+        clock.advance(Duration::from_secs(3600));
+        assert!(matches!(b.try_acquire(), Err(Rejected::ForcedOpen(_))));
+        assert_eq!(b.state(), State::ForcedOpen);
+    }
+
+    #[test]
+    fn disabled_permits_all_and_records_nothing() {
+        let (b, _) = count_breaker(5);
+        b.transition(State::Disabled, "operator").unwrap();
+        for _ in 0..20 {
+            call(&b, false);
+        }
+        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.view().calls, 0);
+    }
+
+    #[test]
+    fn metrics_only_records_but_never_trips() {
+        let (b, _) = count_breaker(5);
+        b.transition(State::MetricsOnly, "operator").unwrap();
+        for _ in 0..20 {
+            call(&b, false);
+        }
+        assert_eq!(b.state(), State::MetricsOnly);
+        assert_eq!(b.view().failure_rate, Some(100.0));
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused_not_applied() {
+        let (b, _) = count_breaker(5);
+        assert_eq!(
+            b.transition(State::HalfOpen, "x"),
+            Err(IllegalTransition {
+                from: State::Closed,
+                to: State::HalfOpen
+            })
+        );
+        assert_eq!(b.state(), State::Closed);
+        b.transition(State::Disabled, "x").unwrap();
+        assert!(b.transition(State::Open, "x").is_err());
+        assert!(b.transition(State::HalfOpen, "x").is_err());
+        assert_eq!(b.state(), State::Disabled);
+    }
+
+    #[test]
+    fn one_event_per_transition_with_its_reason_and_none_for_self_transitions() {
+        let (b, clock) = count_breaker(5);
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        b.on_transition(move |name, t| {
+            assert_eq!(name, "qb");
+            assert!(!t.reason.is_empty());
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        open(&b);
+        assert_eq!(b.transition(State::Open, "again"), Ok(false));
+        clock.advance(Duration::from_secs(11));
+        let p = b.try_acquire().unwrap();
+        let q = b.try_acquire().unwrap();
+        p.success(Duration::ZERO);
+        q.success(Duration::ZERO);
+        let kinds: Vec<_> = b.transitions().iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Closed)
+            ]
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn every_transition_starts_with_fresh_metrics() {
+        let (b, _) = count_breaker(5);
+        for _ in 0..4 {
+            call(&b, false);
+        }
+        b.transition(State::MetricsOnly, "op").unwrap();
+        assert_eq!(b.view().calls, 0);
+    }
+}

@@ -1,0 +1,433 @@
+//! The resilience layer: one [`Downstream`] policy object per service (stripe,
+//! quickbooks, alegra) guards every call to it — circuit breaker, rate and concurrency
+//! limits, retries with a shared budget — and keeps the figures the console shows.
+//! Connectors stay plain clients; this wraps them from outside.
+
+pub mod autoscale;
+pub mod breaker;
+pub mod clock;
+pub mod limiter;
+pub mod retry;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerView, Rejected, State};
+pub use clock::SharedClock;
+pub use limiter::{Limiter, LimiterConfig, LimiterView};
+pub use retry::{BudgetConfig, RetryBudget, RetryPolicy, Rng};
+
+/// How an outcome counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Success,
+    /// Transport errors and 5xx: the service's fault.
+    Failure,
+    /// The request timed out: a failure, and a signal to slow down.
+    Timeout,
+    /// 4xx caused by our request: not the service's fault, not counted.
+    Ignored,
+    /// 429: a rate signal for the limiter, never a breaker failure.
+    Throttled(Option<Duration>),
+}
+
+/// Errors of a connector, as the resilience layer needs to see them.
+pub trait Classify: Sized {
+    fn class(&self) -> Class;
+    /// Whether the same request may succeed if sent again.
+    fn retryable(&self) -> bool;
+    /// The error for a call the breaker refused (no request was sent).
+    fn rejected(r: Rejected) -> Self;
+}
+
+#[derive(Debug, Clone)]
+pub struct DownstreamConfig {
+    pub breaker: BreakerConfig,
+    pub limiter: LimiterConfig,
+    pub retry: RetryPolicy,
+    pub budget: BudgetConfig,
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+    ignored: AtomicU64,
+    throttled: AtomicU64,
+    rejected: AtomicU64,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+/// Recent durations, for percentiles.
+struct Ring {
+    v: VecDeque<Duration>,
+    cap: usize,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Self {
+        Self {
+            v: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+    fn push(&mut self, d: Duration) {
+        if self.v.len() == self.cap {
+            self.v.pop_front();
+        }
+        self.v.push_back(d);
+    }
+    fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.v.is_empty() {
+            return None;
+        }
+        let mut s: Vec<_> = self.v.iter().copied().collect();
+        s.sort_unstable();
+        let i = ((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1;
+        Some(s[i])
+    }
+}
+
+pub struct Downstream {
+    name: String,
+    pub breaker: Arc<Breaker>,
+    pub limiter: Arc<Limiter>,
+    retry: Mutex<RetryPolicy>,
+    pub budget: RetryBudget,
+    clock: SharedClock,
+    counters: Counters,
+    latencies: Mutex<Ring>,
+    rejections: Mutex<Ring>,
+    rng: Mutex<Rng>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DownstreamView {
+    pub name: String,
+    pub breaker: BreakerView,
+    pub limiter: LimiterView,
+    pub calls: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    pub ignored: u64,
+    pub throttled: u64,
+    pub rejected: u64,
+    pub retries: u64,
+    pub budget_exhausted: u64,
+    pub budget_available: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub rejection_p99_us: Option<f64>,
+}
+
+impl Downstream {
+    pub fn new(name: &str, cfg: DownstreamConfig, clock: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            breaker: Breaker::new(name, cfg.breaker, clock.clone()),
+            limiter: Limiter::new(name, cfg.limiter, clock.clone()),
+            retry: Mutex::new(cfg.retry),
+            budget: RetryBudget::new(cfg.budget, clock.clone()),
+            clock,
+            counters: Counters::default(),
+            latencies: Mutex::new(Ring::new(2048)),
+            rejections: Mutex::new(Ring::new(2048)),
+            rng: Mutex::new(Rng::from_time()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `op` under the breaker and the limits, retrying what may be retried (only
+    /// when `idempotent`: a request that is safe to send twice) within the policy's
+    /// attempts and the downstream's budget, waiting max(backoff, pushback) between.
+    pub async fn call<T, E, F, Fut>(&self, idempotent: bool, mut op: F) -> Result<T, E>
+    where
+        E: Classify,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let policy = self.retry_policy();
+        self.budget.deposit();
+        let mut prev = policy.base;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let asked = self.clock.now();
+            let permit = match self.breaker.try_acquire() {
+                Ok(p) => p,
+                Err(r) => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.lock_ring(&self.rejections)
+                        .push(self.clock.now().saturating_sub(asked));
+                    return Err(E::rejected(r));
+                }
+            };
+            let slot = self.limiter.acquire().await;
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            let started = self.clock.now();
+            let result = op().await;
+            let took = self.clock.now().saturating_sub(started);
+            drop(slot);
+            let class = match &result {
+                Ok(_) => Class::Success,
+                Err(e) => e.class(),
+            };
+            let mut pushback = None;
+            match class {
+                Class::Success => {
+                    self.counters.successes.fetch_add(1, Ordering::Relaxed);
+                    self.lock_ring(&self.latencies).push(took);
+                    permit.success(took);
+                    self.limiter.on_success();
+                }
+                Class::Failure | Class::Timeout => {
+                    let c = if class == Class::Timeout {
+                        &self.counters.timeouts
+                    } else {
+                        &self.counters.failures
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    self.lock_ring(&self.latencies).push(took);
+                    permit.failure(took);
+                }
+                Class::Ignored => {
+                    self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                    self.lock_ring(&self.latencies).push(took);
+                    permit.ignore();
+                }
+                Class::Throttled(p) => {
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    permit.ignore();
+                    self.limiter.on_throttle(p);
+                    pushback = p;
+                }
+            }
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !idempotent || !err.retryable() || attempt >= policy.max_attempts {
+                return Err(err);
+            }
+            if !self.budget.try_withdraw() {
+                self.counters
+                    .budget_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(err);
+            }
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            let backoff = {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                policy.delay(attempt, prev, &mut rng)
+            };
+            prev = backoff;
+            // A 429's pushback is already enforced by the limiter's pause.
+            let wait = if matches!(class, Class::Throttled(_)) {
+                backoff
+            } else {
+                retry::wait_before_retry(backoff, pushback)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn lock_ring<'a>(&self, r: &'a Mutex<Ring>) -> std::sync::MutexGuard<'a, Ring> {
+        r.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn throttled(&self) -> u64 {
+        self.counters.throttled.load(Ordering::Relaxed)
+    }
+
+    pub fn timeouts(&self) -> u64 {
+        self.counters.timeouts.load(Ordering::Relaxed)
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.counters.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn view(&self) -> DownstreamView {
+        let c = &self.counters;
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let lat = self.lock_ring(&self.latencies);
+        let rej = self.lock_ring(&self.rejections);
+        DownstreamView {
+            name: self.name.clone(),
+            breaker: self.breaker.view(),
+            limiter: self.limiter.view(),
+            calls: c.calls.load(Ordering::Relaxed),
+            successes: c.successes.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
+            throttled: c.throttled.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
+            budget_available: self.budget.available(),
+            p50_ms: ms(lat.quantile(0.5)),
+            p99_ms: ms(lat.quantile(0.99)),
+            rejection_p99_us: rej.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Server,
+        BadRequest,
+        Throttled,
+        Rejected,
+    }
+
+    impl Classify for E {
+        fn class(&self) -> Class {
+            match self {
+                E::Server => Class::Failure,
+                E::BadRequest => Class::Ignored,
+                E::Throttled => Class::Throttled(Some(Duration::from_secs(5))),
+                E::Rejected => Class::Ignored,
+            }
+        }
+        fn retryable(&self) -> bool {
+            matches!(self, E::Server | E::Throttled)
+        }
+        fn rejected(_: Rejected) -> Self {
+            E::Rejected
+        }
+    }
+
+    fn downstream(max_attempts: u32) -> Arc<Downstream> {
+        downstream_with_reserve(max_attempts, 0)
+    }
+
+    fn downstream_with_reserve(max_attempts: u32, reserve: u32) -> Arc<Downstream> {
+        Downstream::new(
+            "svc",
+            DownstreamConfig {
+                breaker: BreakerConfig {
+                    window: breaker::WindowKind::Count,
+                    window_size: 10,
+                    minimum_calls: 4,
+                    ..BreakerConfig::default()
+                },
+                limiter: LimiterConfig::default(),
+                retry: RetryPolicy {
+                    max_attempts,
+                    ..RetryPolicy::default()
+                },
+                budget: BudgetConfig {
+                    ttl: Duration::from_secs(10),
+                    min_retries_per_sec: reserve,
+                    percent_can_retry: 0.5,
+                },
+            },
+            SharedClock::tokio(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_rejects_without_calling_the_service() {
+        let d = downstream(1);
+        let sent = AtomicU32::new(0);
+        for _ in 0..4 {
+            let r: Result<(), E> = d
+                .call(true, || async {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    Err(E::Server)
+                })
+                .await;
+            assert_eq!(r, Err(E::Server));
+        }
+        assert_eq!(d.breaker.state(), State::Open);
+        let r: Result<(), E> = d
+            .call(true, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await;
+        assert_eq!(r, Err(E::Rejected));
+        assert_eq!(sent.load(Ordering::SeqCst), 4, "no request while OPEN");
+        assert_eq!(d.view().rejected, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_and_429s_never_open_the_breaker() {
+        let d = downstream(1);
+        for _ in 0..20 {
+            let _: Result<(), E> = d.call(true, || async { Err(E::BadRequest) }).await;
+            let _: Result<(), E> = d.call(true, || async { Err(E::Throttled) }).await;
+        }
+        assert_eq!(d.breaker.state(), State::Closed);
+        assert_eq!(d.view().breaker.calls, 0);
+        assert_eq!(d.view().throttled, 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_idempotent_requests_are_retried() {
+        let d = downstream_with_reserve(3, 10);
+        let sent = AtomicU32::new(0);
+        let _: Result<(), E> = d
+            .call(false, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                Err(E::Server)
+            })
+            .await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        let _: Result<(), E> = d
+            .call(true, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                Err(E::Server)
+            })
+            .await;
+        assert_eq!(sent.load(Ordering::SeqCst), 4, "1 + 3 attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_stops_retries_for_every_caller() {
+        let d = downstream(5);
+        let sent = AtomicU32::new(0);
+        // Budget: 50 % of requests, no reserve. Two requests → one retry in all.
+        for _ in 0..2 {
+            let _: Result<(), E> = d
+                .call(true, || async {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    Err(E::Server)
+                })
+                .await;
+        }
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        assert_eq!(d.view().budget_exhausted, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_the_next_call_for_the_pushback() {
+        let d = downstream(1);
+        let _: Result<(), E> = d.call(true, || async { Err(E::Throttled) }).await;
+        let start = tokio::time::Instant::now();
+        let _: Result<(), E> = d.call(true, || async { Ok(()) }).await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+}

@@ -84,6 +84,20 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
         .get_or_insert_with(|| Secret::new(sandbox.lock().world.refresh_token.clone()));
     q.token_url
         .get_or_insert_with(|| format!("{base}/oauth2/v1/tokens/bearer"));
+    // The sandbox publishes its quotas as the real services do; the engine keeps to them.
+    let quota = |name: &str| {
+        let f = sandbox.faults.get(name).unwrap_or_default();
+        (f.rate_limit_per_min, f.max_concurrent)
+    };
+    let (r, c) = quota("stripe");
+    config.stripe.rate_limit_per_min = r;
+    config.stripe.max_concurrent = c;
+    let (r, c) = quota("quickbooks");
+    config.quickbooks.rate_limit_per_min = r;
+    config.quickbooks.max_concurrent = c;
+    let (r, c) = quota("alegra");
+    config.alegra.rate_limit_per_min = r;
+    config.alegra.max_concurrent = c;
 }
 
 /// A running demo: the sandbox and the engine wired to it.
@@ -112,6 +126,7 @@ pub async fn start_demo(
         change_interval_ms: config.sandbox.change_interval_ms,
         dir: Some(sandbox_dir),
         webhook_url: None,
+        faults: config.sandbox.faults.clone(),
     };
     let sandbox_listener = bind(config.sandbox.listen, true).await?;
     let engine_listener = bind(config.server.listen, true).await?;

@@ -25,6 +25,7 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
         change_interval_ms: 0,
         dir: None,
         webhook_url: None,
+        faults: Default::default(),
     };
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
     app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);

@@ -7,8 +7,17 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::resilience::autoscale::AutoscaleConfig;
+use crate::resilience::breaker::{BreakerConfig, WindowKind};
+use crate::resilience::retry::{Backoff, BudgetConfig, Jitter, RetryPolicy};
+use crate::resilience::{DownstreamConfig, LimiterConfig};
+pub use crate::sandbox::faults::FaultSettings;
 
 /// A credential. Printing it in any form shows `[redacted]`.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -47,6 +56,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub stripe: StripeConfig,
     pub quickbooks: QuickBooksConfig,
+    pub alegra: AlegraConfig,
     pub catalog: CatalogConfig,
     pub console: ConsoleConfig,
     pub log: LogConfig,
@@ -80,6 +90,9 @@ pub struct SandboxConfig {
     pub latency_ms: u64,
     /// How often the simulated catalog changes while it runs (0 = never).
     pub change_interval_ms: u64,
+    /// Faults per simulated service (`stripe`, `quickbooks`, `alegra`, `dian`), as
+    /// `POST /_sandbox/faults` sets them at run time.
+    pub faults: BTreeMap<String, FaultSettings>,
 }
 
 impl Default for SandboxConfig {
@@ -90,6 +103,7 @@ impl Default for SandboxConfig {
             seed: 42,
             latency_ms: 15,
             change_interval_ms: 1500,
+            faults: default_sandbox_faults(),
         }
     }
 }
@@ -104,6 +118,14 @@ pub struct StripeConfig {
     /// Products per list page (Stripe allows 1–100).
     pub page_size: u32,
     pub timeout_secs: u64,
+    /// Requests per minute the engine allows itself (0 = no limit).
+    pub rate_limit_per_min: u32,
+    /// Requests in flight at once (0 = no cap).
+    pub max_concurrent: u32,
+    /// Pause after a 429 that carries no `Retry-After`.
+    pub throttle_pause_secs: u64,
+    pub breaker: BreakerSettings,
+    pub retry: RetrySettings,
 }
 
 impl Default for StripeConfig {
@@ -115,6 +137,11 @@ impl Default for StripeConfig {
             webhook_tolerance_secs: 300,
             page_size: 100,
             timeout_secs: 30,
+            rate_limit_per_min: 6000,
+            max_concurrent: 0,
+            throttle_pause_secs: 1,
+            breaker: BreakerSettings::default(),
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -132,6 +159,14 @@ pub struct QuickBooksConfig {
     pub income_account_ref: String,
     pub minor_version: u32,
     pub timeout_secs: u64,
+    /// Requests per minute the engine allows itself (Intuit: 500 per company).
+    pub rate_limit_per_min: u32,
+    /// Requests in flight at once (Intuit: 10 per app and company).
+    pub max_concurrent: u32,
+    /// Pause after a 429 (Intuit says 60 s).
+    pub throttle_pause_secs: u64,
+    pub breaker: BreakerSettings,
+    pub retry: RetrySettings,
 }
 
 impl Default for QuickBooksConfig {
@@ -146,6 +181,11 @@ impl Default for QuickBooksConfig {
             income_account_ref: "1".into(),
             minor_version: 75,
             timeout_secs: 60,
+            rate_limit_per_min: 500,
+            max_concurrent: 10,
+            throttle_pause_secs: 60,
+            breaker: BreakerSettings::default(),
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -161,6 +201,15 @@ pub struct CatalogConfig {
     pub max_attempts: u32,
     /// Lease a worker holds on a claimed job; an expired lease is claimable again.
     pub lease_secs: u64,
+    /// Workers the auto-scaler may not go below / above.
+    pub workers_min: usize,
+    pub workers_max: usize,
+    /// Follow measured latency and throughput (false: always `workers`).
+    pub autoscale: bool,
+    /// Latency above this × the baseline counts as overload.
+    pub latency_tolerance: f64,
+    /// Most jobs one worker claims at once (the batch adapts between 1 and this).
+    pub claim_batch_max: u32,
 }
 
 impl Default for CatalogConfig {
@@ -170,8 +219,225 @@ impl Default for CatalogConfig {
             workers: 8,
             max_attempts: 8,
             lease_secs: 120,
+            workers_min: 1,
+            workers_max: 32,
+            autoscale: true,
+            latency_tolerance: 1.25,
+            claim_batch_max: 8,
         }
     }
+}
+
+/// Alegra (e-invoicing provider). The compliance pipeline adds its credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlegraConfig {
+    /// Requests per minute the engine allows itself (Alegra: 150 per user).
+    pub rate_limit_per_min: u32,
+    /// Requests in flight at once (0 = no cap).
+    pub max_concurrent: u32,
+    /// Pause after a 429 without `Retry-After` (Alegra's window is a minute).
+    pub throttle_pause_secs: u64,
+    pub breaker: BreakerSettings,
+    pub retry: RetrySettings,
+}
+
+impl Default for AlegraConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_min: 150,
+            max_concurrent: 0,
+            throttle_pause_secs: 60,
+            breaker: BreakerSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
+}
+
+/// `[<service>.breaker]`: the circuit breaker guarding one downstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// `count` (the last `window_size` calls) or `time` (the last `window_size` seconds).
+    pub window: WindowKind,
+    pub window_size: u32,
+    /// No verdict below this many calls in the window.
+    pub minimum_calls: u32,
+    /// Percent of failed calls that opens the breaker (at `>=`).
+    pub failure_rate_threshold: f64,
+    /// Percent of slow calls that opens the breaker (at `>=`; 100 = only all slow).
+    pub slow_call_rate_threshold: f64,
+    /// A call is slow when it takes longer than this.
+    pub slow_call_ms: u64,
+    /// Wait in OPEN before trial calls.
+    pub open_wait_secs: u64,
+    /// Each consecutive open multiplies the wait by this, up to `open_wait_max_secs`.
+    pub open_wait_multiplier: f64,
+    pub open_wait_max_secs: u64,
+    /// Trial calls let through in HALF_OPEN.
+    pub half_open_permits: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        let b = BreakerConfig::default();
+        Self {
+            window: b.window,
+            window_size: b.window_size,
+            minimum_calls: b.minimum_calls,
+            failure_rate_threshold: b.failure_rate,
+            slow_call_rate_threshold: b.slow_call_rate,
+            slow_call_ms: b.slow_call.as_millis() as u64,
+            open_wait_secs: b.open_wait.as_secs(),
+            open_wait_multiplier: b.open_wait_multiplier,
+            open_wait_max_secs: b.open_wait_max.as_secs(),
+            half_open_permits: b.half_open_permits,
+        }
+    }
+}
+
+impl BreakerSettings {
+    pub fn to_config(&self) -> BreakerConfig {
+        BreakerConfig {
+            window: self.window,
+            window_size: self.window_size,
+            minimum_calls: self.minimum_calls,
+            failure_rate: self.failure_rate_threshold,
+            slow_call_rate: self.slow_call_rate_threshold,
+            slow_call: Duration::from_millis(self.slow_call_ms),
+            open_wait: Duration::from_millis(self.open_wait_ms()),
+            open_wait_multiplier: self.open_wait_multiplier,
+            open_wait_max: Duration::from_secs(self.open_wait_max_secs),
+            half_open_permits: self.half_open_permits,
+        }
+    }
+    fn open_wait_ms(&self) -> u64 {
+        self.open_wait_secs * 1000
+    }
+}
+
+/// `[<service>.retry]`: how calls to one downstream are retried.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// `exponential`, `linear` or `fibonacci`.
+    pub backoff: Backoff,
+    /// `none`, `full`, `equal` or `decorrelated`.
+    pub jitter: Jitter,
+    pub base_ms: u64,
+    pub cap_ms: u64,
+    /// Attempts in all, the first included (only idempotent requests are retried).
+    pub max_attempts: u32,
+    /// Retries allowed as a percentage of requests, over `budget_ttl_secs`.
+    pub budget_percent: f64,
+    /// Retries always allowed per second, even with little traffic.
+    pub budget_min_per_sec: u32,
+    pub budget_ttl_secs: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let r = RetryPolicy::default();
+        let b = BudgetConfig::default();
+        Self {
+            backoff: r.backoff,
+            jitter: r.jitter,
+            base_ms: r.base.as_millis() as u64,
+            cap_ms: r.cap.as_millis() as u64,
+            max_attempts: r.max_attempts,
+            budget_percent: b.percent_can_retry * 100.0,
+            budget_min_per_sec: b.min_retries_per_sec,
+            budget_ttl_secs: b.ttl.as_secs(),
+        }
+    }
+}
+
+/// The resilience policy of one downstream, from its section.
+pub fn downstream_config(
+    breaker: &BreakerSettings,
+    retry: &RetrySettings,
+    rate_limit_per_min: u32,
+    max_concurrent: u32,
+    throttle_pause_secs: u64,
+) -> DownstreamConfig {
+    DownstreamConfig {
+        breaker: breaker.to_config(),
+        limiter: LimiterConfig {
+            rate_per_min: rate_limit_per_min,
+            max_concurrent,
+            default_pushback: Duration::from_secs(throttle_pause_secs),
+            ..LimiterConfig::default()
+        },
+        retry: RetryPolicy {
+            backoff: retry.backoff,
+            jitter: retry.jitter,
+            base: Duration::from_millis(retry.base_ms),
+            cap: Duration::from_millis(retry.cap_ms),
+            max_attempts: retry.max_attempts.max(1),
+        },
+        budget: BudgetConfig {
+            ttl: Duration::from_secs(retry.budget_ttl_secs.max(1)),
+            min_retries_per_sec: retry.budget_min_per_sec,
+            percent_can_retry: retry.budget_percent / 100.0,
+        },
+    }
+}
+
+impl Config {
+    pub fn stripe_downstream(&self) -> DownstreamConfig {
+        let s = &self.stripe;
+        downstream_config(
+            &s.breaker,
+            &s.retry,
+            s.rate_limit_per_min,
+            s.max_concurrent,
+            s.throttle_pause_secs,
+        )
+    }
+    pub fn quickbooks_downstream(&self) -> DownstreamConfig {
+        let s = &self.quickbooks;
+        downstream_config(
+            &s.breaker,
+            &s.retry,
+            s.rate_limit_per_min,
+            s.max_concurrent,
+            s.throttle_pause_secs,
+        )
+    }
+    pub fn alegra_downstream(&self) -> DownstreamConfig {
+        let s = &self.alegra;
+        downstream_config(
+            &s.breaker,
+            &s.retry,
+            s.rate_limit_per_min,
+            s.max_concurrent,
+            s.throttle_pause_secs,
+        )
+    }
+    pub fn catalog_autoscale(&self) -> AutoscaleConfig {
+        let c = &self.catalog;
+        AutoscaleConfig {
+            min: c.workers_min as u32,
+            max: c.workers_max as u32,
+            tolerance: c.latency_tolerance,
+            ..AutoscaleConfig::default()
+        }
+    }
+}
+
+/// The demo's quotas: QuickBooks' shape (10 in flight, 429 with XML 3001) at a rate
+/// scaled up so a 2,500-product sync takes about a minute, not thirteen.
+pub fn default_sandbox_faults() -> BTreeMap<String, FaultSettings> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "quickbooks".to_owned(),
+        FaultSettings {
+            rate_limit_per_min: 6000,
+            max_concurrent: 10,
+            ..FaultSettings::default()
+        },
+    );
+    m
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -274,6 +540,97 @@ impl Config {
                 "catalog.reconcile_interval_secs",
                 "must be at least 1",
             ));
+        }
+        let c = &self.catalog;
+        if c.workers_min == 0 || c.workers_min > c.workers_max {
+            return Err(fail(
+                "catalog.workers_min",
+                "must be at least 1 and at most catalog.workers_max",
+            ));
+        }
+        if c.workers_max > 256 {
+            return Err(fail("catalog.workers_max", "must be at most 256"));
+        }
+        if c.latency_tolerance <= 1.0 || !c.latency_tolerance.is_finite() {
+            return Err(fail(
+                "catalog.latency_tolerance",
+                "must be greater than 1.0",
+            ));
+        }
+        if c.claim_batch_max == 0 || c.claim_batch_max > 100 {
+            return Err(fail("catalog.claim_batch_max", "must be between 1 and 100"));
+        }
+        for (service, b, r) in [
+            ("stripe", &self.stripe.breaker, &self.stripe.retry),
+            (
+                "quickbooks",
+                &self.quickbooks.breaker,
+                &self.quickbooks.retry,
+            ),
+            ("alegra", &self.alegra.breaker, &self.alegra.retry),
+        ] {
+            for (key, v) in [
+                ("failure_rate_threshold", b.failure_rate_threshold),
+                ("slow_call_rate_threshold", b.slow_call_rate_threshold),
+            ] {
+                if !(v > 0.0 && v <= 100.0) {
+                    return Err(fail(
+                        &format!("{service}.breaker.{key}"),
+                        "must be a percentage above 0 and at most 100",
+                    ));
+                }
+            }
+            if b.window_size == 0 {
+                return Err(fail(
+                    &format!("{service}.breaker.window_size"),
+                    "must be at least 1",
+                ));
+            }
+            if b.half_open_permits == 0 {
+                return Err(fail(
+                    &format!("{service}.breaker.half_open_permits"),
+                    "must be at least 1",
+                ));
+            }
+            if b.open_wait_multiplier < 1.0 || !b.open_wait_multiplier.is_finite() {
+                return Err(fail(
+                    &format!("{service}.breaker.open_wait_multiplier"),
+                    "must be at least 1.0",
+                ));
+            }
+            if r.max_attempts == 0 {
+                return Err(fail(
+                    &format!("{service}.retry.max_attempts"),
+                    "must be at least 1",
+                ));
+            }
+            if r.cap_ms < r.base_ms {
+                return Err(fail(
+                    &format!("{service}.retry.cap_ms"),
+                    "must be at least retry.base_ms",
+                ));
+            }
+            if !(0.0..=100.0).contains(&r.budget_percent) {
+                return Err(fail(
+                    &format!("{service}.retry.budget_percent"),
+                    "must be between 0 and 100",
+                ));
+            }
+        }
+        for (service, f) in &self.sandbox.faults {
+            if !crate::sandbox::faults::SERVICES.contains(&service.as_str()) {
+                return Err(fail(
+                    &format!("sandbox.faults.{service}"),
+                    &format!(
+                        "unknown service (one of {})",
+                        crate::sandbox::faults::SERVICES.join(", ")
+                    ),
+                ));
+            }
+            if let Err(e) = f.validate() {
+                let key = e.split_whitespace().next().unwrap_or("");
+                return Err(fail(&format!("sandbox.faults.{service}.{key}"), &e));
+            }
         }
         if self.console.max_fps == 0 || self.console.max_fps > 60 {
             return Err(fail("console.max_fps", "must be between 1 and 60"));

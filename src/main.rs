@@ -36,6 +36,10 @@ struct WorldArgs {
     /// Seed of the sandbox data generator.
     #[arg(long, value_name = "S")]
     seed: Option<u64>,
+    /// A sandbox fault at start, e.g. `quickbooks.outage=true`, `stripe.error_rate=0.1`,
+    /// `quickbooks.max_concurrent=5` (repeatable; same fields as POST /_sandbox/faults).
+    #[arg(long = "fault", value_name = "SERVICE.FIELD=VALUE")]
+    faults: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -152,13 +156,33 @@ fn load_config(explicit: Option<&PathBuf>) -> Result<Option<(Config, PathBuf)>, 
     }
 }
 
-fn apply_world(config: &mut Config, world: &WorldArgs) {
+fn apply_world(config: &mut Config, world: &WorldArgs) -> Result<(), String> {
     if let Some(n) = world.products {
         config.sandbox.products = n;
     }
     if let Some(s) = world.seed {
         config.sandbox.seed = s;
     }
+    for f in &world.faults {
+        let (service, field, value) = f
+            .split_once('=')
+            .and_then(|(k, v)| k.split_once('.').map(|(s, f)| (s, f, v)))
+            .ok_or_else(|| format!("--fault {f}: expected SERVICE.FIELD=VALUE"))?;
+        let value: serde_json::Value = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_owned()));
+        let patch: syncctl::sandbox::faults::FaultPatch =
+            serde_json::from_value(serde_json::json!({ "service": service, field: value }))
+                .map_err(|e| format!("--fault {f}: {e}"))?;
+        let settings = config.sandbox.faults.entry(service.to_owned()).or_default();
+        patch.apply(settings);
+        settings
+            .validate()
+            .map_err(|e| format!("--fault {f}: {e}"))?;
+        if !syncctl::sandbox::faults::SERVICES.contains(&service) {
+            return Err(format!("--fault {f}: unknown service {service:?}"));
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -213,7 +237,9 @@ async fn demo(
         Ok(c) => c.map(|(c, _)| c).unwrap_or_default(),
         Err(code) => return Ok(code),
     };
-    apply_world(&mut config, world);
+    if let Err(e) = apply_world(&mut config, world) {
+        return Ok(usage(e));
+    }
     let (dir, tmp) = match data_dir {
         Some(d) => (d, None),
         None => {
@@ -350,7 +376,9 @@ async fn sandbox(
         Ok(c) => c.map(|(c, _)| c).unwrap_or_default(),
         Err(code) => return Ok(code),
     };
-    apply_world(&mut config, world);
+    if let Err(e) = apply_world(&mut config, world) {
+        return Ok(usage(e));
+    }
     let addr = listen.unwrap_or(config.sandbox.listen);
     let opts = SandboxOptions {
         products: config.sandbox.products,
@@ -359,10 +387,14 @@ async fn sandbox(
         change_interval_ms: config.sandbox.change_interval_ms,
         dir: data_dir.clone(),
         webhook_url,
+        faults: config.sandbox.faults.clone(),
     };
     if print_config {
         let world = syncctl::sandbox::peek_world(&opts)?;
-        print!("{}", syncctl::sandbox::engine_config(&world, addr));
+        print!(
+            "{}",
+            syncctl::sandbox::engine_config(&world, addr, &config.sandbox.faults)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let _guard = data_dir

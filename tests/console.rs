@@ -52,6 +52,7 @@ fn snapshot() -> Snapshot {
                 in_flight: 8,
                 failed: 2,
                 rejected: 1,
+                oldest_queued_ms: Some(T0 - 42_000),
             },
             full_sync: FullSyncState {
                 after: Some("prod_x".into()),
@@ -68,6 +69,7 @@ fn snapshot() -> Snapshot {
             webhooks_duplicate: 1,
             webhooks_rejected: 0,
             last_reconcile_ms: Some(T0 - 30_000),
+            ..resilience_view()
         },
         recent_errors: vec![ErrorLine {
             at_ms: T0 - 5000,
@@ -79,6 +81,8 @@ fn snapshot() -> Snapshot {
         audit,
         token_refreshes: 1,
         draining: false,
+        downstreams: downstreams(),
+        notice: Default::default(),
     }
 }
 
@@ -282,4 +286,116 @@ fn frozen_display_ignores_new_snapshots() {
     assert!(!app.on_snapshot(Arc::new(next)));
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("FROZEN") && text.contains("1 234"));
+}
+
+/// Workers and batch figures as the engine publishes them mid-sync.
+fn resilience_view() -> CatalogView {
+    use syncctl::resilience::autoscale::Decision;
+    CatalogView {
+        workers_target: 6,
+        workers_min: 1,
+        workers_max: 32,
+        autoscale: true,
+        autoscale_status: "latency 212 ms > 1.25 × baseline 160 ms".into(),
+        decisions: vec![
+            Decision {
+                at_ms: T0 - 2_000,
+                from: 7,
+                to: 6,
+                reason: "latency 212 ms > 1.25 × baseline 160 ms".into(),
+            },
+            Decision {
+                at_ms: T0 - 9_000,
+                from: 6,
+                to: 7,
+                reason: "latency 158 ms within 1.25 × baseline, 180 queued, 5.8 of 6 busy".into(),
+            },
+        ],
+        claim_batch: 5,
+        page_size: 100,
+        deferred: 12,
+        ..CatalogView::default()
+    }
+}
+
+/// Three circuits: Stripe closed, QuickBooks open after an outage, Alegra forced open.
+fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
+    use syncctl::resilience::breaker::{BreakerView, State, TransitionView};
+    use syncctl::resilience::{DownstreamView, LimiterView};
+    let breaker = |name: &str, state: State, calls: u32, failures: u32| BreakerView {
+        name: name.into(),
+        state,
+        calls,
+        failures,
+        slow_calls: 0,
+        failure_rate: (calls >= 10).then(|| failures as f64 * 100.0 / calls as f64),
+        slow_call_rate: (calls >= 10).then_some(0.0),
+        failure_threshold: 50.0,
+        slow_call_threshold: 100.0,
+        minimum_calls: 10,
+        rejections: if state == State::Closed { 0 } else { 214 },
+        half_open_permits: 3,
+        half_open_in_use: 0,
+        until_half_open_ms: (state == State::Open).then_some(11_400),
+        open_wait_ms: 15_000,
+        last_transition: (state != State::Closed).then(|| TransitionView {
+            from: State::Closed,
+            to: state,
+            at_ms: T0 - 3_600,
+            reason: if state == State::Open {
+                "failure rate 100% ≥ 50% over 12 calls".into()
+            } else {
+                "operator alice@10.0.0.7".into()
+            },
+        }),
+    };
+    let limiter = |rate: u32, eff: u32, conc: u32, paused: u64| LimiterView {
+        rate_per_min: rate,
+        effective_per_min: eff,
+        max_concurrent: conc,
+        effective_concurrent: conc,
+        in_flight: 0,
+        paused_for_ms: paused,
+        throttles: if paused > 0 { 3 } else { 0 },
+        rate_waits: 120,
+        granted: 5_000,
+    };
+    let d = |name: &str, b: BreakerView, l: LimiterView| DownstreamView {
+        name: name.into(),
+        breaker: b,
+        limiter: l,
+        calls: 5_000,
+        successes: 4_950,
+        failures: 12,
+        timeouts: 0,
+        ignored: 38,
+        throttled: l_throttles(name),
+        rejected: 214,
+        retries: 20,
+        budget_exhausted: 0,
+        budget_available: 100,
+        p50_ms: Some(52.0),
+        p99_ms: Some(180.0),
+        rejection_p99_us: Some(4.0),
+    };
+    fn l_throttles(name: &str) -> u64 {
+        if name == "quickbooks" { 3 } else { 0 }
+    }
+    vec![
+        d(
+            "stripe",
+            breaker("stripe", State::Closed, 40, 0),
+            limiter(6000, 6000, 0, 0),
+        ),
+        d(
+            "quickbooks",
+            breaker("quickbooks", State::Open, 0, 0),
+            limiter(500, 250, 5, 41_000),
+        ),
+        d(
+            "alegra",
+            breaker("alegra", State::ForcedOpen, 0, 0),
+            limiter(150, 150, 0, 0),
+        ),
+    ]
 }

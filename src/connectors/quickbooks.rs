@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::config::Secret;
+use crate::resilience::{Class, Classify, Downstream, Rejected};
 use crate::store::{OAuthState, Store, now_ms};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,6 +36,11 @@ pub enum QbError {
     Server(u16),
     #[error("quickbooks transport: {0}")]
     Transport(String),
+    #[error("quickbooks request timed out: {0}")]
+    Timeout(String),
+    /// Not sent: the circuit breaker refused it.
+    #[error("quickbooks not called: {message}")]
+    Rejected { message: String, retry_in_ms: u64 },
     #[error("quickbooks response: {0}")]
     Decode(String),
 }
@@ -52,10 +58,49 @@ impl QbError {
             QbError::Throttled { .. }
             | QbError::Server(_)
             | QbError::Transport(_)
+            | QbError::Timeout(_)
+            | QbError::Rejected { .. }
             | QbError::Auth(_) => true,
             QbError::Fault { status, .. } => *status >= 500,
             QbError::Decode(_) => false,
         }
+    }
+}
+
+impl Classify for QbError {
+    fn class(&self) -> Class {
+        match self {
+            // No Retry-After on QuickBooks' 429: the limiter's configured pause applies.
+            QbError::Throttled { .. } => Class::Throttled(None),
+            QbError::Server(_) | QbError::Transport(_) | QbError::Decode(_) => Class::Failure,
+            QbError::Timeout(_) => Class::Timeout,
+            QbError::Fault { status, .. } if *status >= 500 => Class::Failure,
+            QbError::Fault { .. } | QbError::Auth(_) | QbError::Rejected { .. } => Class::Ignored,
+        }
+    }
+    fn retryable(&self) -> bool {
+        match self {
+            QbError::Auth(_) | QbError::Rejected { .. } => false,
+            _ => self.is_transient(),
+        }
+    }
+    fn rejected(r: Rejected) -> Self {
+        let retry_in_ms = match &r {
+            Rejected::Open(_, d) => d.as_millis() as u64,
+            _ => 1000,
+        };
+        QbError::Rejected {
+            message: r.to_string(),
+            retry_in_ms,
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> QbError {
+    if e.is_timeout() {
+        QbError::Timeout(e.without_url().to_string())
+    } else {
+        QbError::Transport(e.without_url().to_string())
     }
 }
 
@@ -216,6 +261,7 @@ pub struct QuickBooksClient {
     minor_version: u32,
     timeout: Duration,
     tokens: Arc<TokenKeeper>,
+    guard: Option<Arc<Downstream>>,
 }
 
 /// Quotes a value for the QuickBooks query language (`'` → `\'`, `\` → `\\`).
@@ -242,18 +288,41 @@ impl QuickBooksClient {
             minor_version,
             timeout,
             tokens,
+            guard: None,
         }
+    }
+
+    /// Every call goes through `guard` (breaker, limits, retries).
+    pub fn with_guard(mut self, guard: Arc<Downstream>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn guard(&self) -> Option<&Arc<Downstream>> {
+        self.guard.as_ref()
     }
 
     pub fn tokens(&self) -> &TokenKeeper {
         &self.tokens
     }
 
-    /// Sends a request built by `build` with a bearer token; on a 401 refreshes (once,
-    /// single-flight) and tries again.
+    /// Sends a request through the guard. Every QuickBooks call here is safe to repeat:
+    /// reads, and writes carrying a `requestid`.
     async fn send(
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Value, QbError> {
+        match &self.guard {
+            Some(g) => g.call(true, || self.send_once(&build)).await,
+            None => self.send_once(&build).await,
+        }
+    }
+
+    /// One exchange with a bearer token; on a 401 refreshes (once, single-flight) and
+    /// tries again.
+    async fn send_once(
+        &self,
+        build: &impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<Value, QbError> {
         let mut token = self.tokens.access_token().await?;
         for attempt in 0..2 {
@@ -262,16 +331,13 @@ impl QuickBooksClient {
                 .timeout(self.timeout)
                 .send()
                 .await
-                .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
+                .map_err(transport)?;
             let status = resp.status().as_u16();
             if status == 401 && attempt == 0 {
                 token = self.tokens.after_rejection(&token).await?;
                 continue;
             }
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
+            let text = resp.text().await.map_err(transport)?;
             return parse_response(status, &text);
         }
         Err(QbError::Auth(

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Secret;
+use crate::resilience::{Class, Classify, Downstream, Rejected, retry::parse_retry_after};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StripeError {
@@ -17,9 +18,15 @@ pub enum StripeError {
         code: Option<String>,
         message: String,
         should_retry: Option<bool>,
+        retry_after: Option<Duration>,
     },
     #[error("stripe transport: {0}")]
     Transport(String),
+    #[error("stripe request timed out: {0}")]
+    Timeout(String),
+    /// Not sent: the circuit breaker refused it.
+    #[error("stripe not called: {message}")]
+    Rejected { message: String, retry_in_ms: u64 },
     #[error("stripe response: {0}")]
     Decode(String),
 }
@@ -33,9 +40,48 @@ impl StripeError {
                 should_retry,
                 ..
             } => should_retry.unwrap_or(*status == 409 || *status == 429 || *status >= 500),
-            StripeError::Transport(_) => true,
+            StripeError::Transport(_) | StripeError::Timeout(_) | StripeError::Rejected { .. } => {
+                true
+            }
             StripeError::Decode(_) => false,
         }
+    }
+}
+
+impl Classify for StripeError {
+    fn class(&self) -> Class {
+        match self {
+            StripeError::Api {
+                status: 429,
+                retry_after,
+                ..
+            } => Class::Throttled(*retry_after),
+            StripeError::Api { status, .. } if *status >= 500 => Class::Failure,
+            StripeError::Api { .. } | StripeError::Rejected { .. } => Class::Ignored,
+            StripeError::Transport(_) | StripeError::Decode(_) => Class::Failure,
+            StripeError::Timeout(_) => Class::Timeout,
+        }
+    }
+    fn retryable(&self) -> bool {
+        !matches!(self, StripeError::Rejected { .. }) && self.is_transient()
+    }
+    fn rejected(r: Rejected) -> Self {
+        let retry_in_ms = match &r {
+            Rejected::Open(_, d) => d.as_millis() as u64,
+            _ => 1000,
+        };
+        StripeError::Rejected {
+            message: r.to_string(),
+            retry_in_ms,
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> StripeError {
+    if e.is_timeout() {
+        StripeError::Timeout(e.without_url().to_string())
+    } else {
+        StripeError::Transport(e.without_url().to_string())
     }
 }
 
@@ -110,6 +156,8 @@ pub struct StripeClient {
     http: reqwest::Client,
     base: String,
     key: Secret,
+    timeout: Duration,
+    guard: Option<std::sync::Arc<Downstream>>,
 }
 
 impl StripeClient {
@@ -118,10 +166,39 @@ impl StripeClient {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
             key,
+            timeout: Duration::from_secs(30),
+            guard: None,
         }
     }
 
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Every call goes through `guard` (breaker, limits, retries).
+    pub fn with_guard(mut self, guard: std::sync::Arc<Downstream>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn guard(&self) -> Option<&std::sync::Arc<Downstream>> {
+        self.guard.as_ref()
+    }
+
+    /// Reads are idempotent: the guard may retry them.
     async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, StripeError> {
+        match &self.guard {
+            Some(g) => g.call(true, || self.get_once(path, query)).await,
+            None => self.get_once(path, query).await,
+        }
+    }
+
+    async fn get_once<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -131,20 +208,22 @@ impl StripeClient {
             .get(format!("{}{path}", self.base))
             .bearer_auth(self.key.expose())
             .query(query)
-            .timeout(Duration::from_secs(30))
+            .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| StripeError::Transport(e.without_url().to_string()))?;
+            .map_err(transport)?;
         let status = resp.status();
         let should_retry = resp
             .headers()
             .get("stripe-should-retry")
             .and_then(|v| v.to_str().ok())
             .map(|v| v == "true");
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| StripeError::Transport(e.without_url().to_string()))?;
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let e = &v["error"];
@@ -157,6 +236,7 @@ impl StripeClient {
                     .unwrap_or("no error message")
                     .to_owned(),
                 should_retry,
+                retry_after,
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| StripeError::Decode(e.to_string()))

@@ -20,18 +20,21 @@ use tokio_util::sync::CancellationToken;
 use super::item::{self, DesiredItem};
 use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
+use crate::resilience::State as BreakerState;
+use crate::resilience::autoscale::{AutoscaleConfig, Autoscaler, BatchSizer, Decision, Sample};
 use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
 
 pub const JOB_KIND: &str = "catalog.product";
-/// Jobs a worker claims in one transaction (the resilience work makes this adaptive).
-const CLAIM_BATCH: usize = 4;
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
 const EVENTS_CURSOR: &str = "catalog.events";
 const PAUSED_CURSOR: &str = "catalog.paused";
 
 #[derive(Debug, Clone)]
 pub struct CatalogSettings {
+    /// Workers at start; the auto-scaler moves between the bounds of `autoscale`.
     pub workers: usize,
+    pub autoscale: Option<AutoscaleConfig>,
+    pub claim_batch_max: u32,
     pub page_size: u32,
     pub max_attempts: u32,
     pub lease_ms: i64,
@@ -65,6 +68,11 @@ pub struct CatalogMetrics {
     pub webhooks_duplicate: AtomicU64,
     pub webhooks_rejected: AtomicU64,
     pub last_reconcile_ms: AtomicU64,
+    /// Sum of job durations (ns) and jobs finished, for the auto-scaler's latency.
+    pub busy_nanos: AtomicU64,
+    pub jobs_timed: AtomicU64,
+    /// Jobs put back untouched because the QuickBooks circuit refused them.
+    pub deferred: AtomicU64,
     pub full_sync: Mutex<FullSyncState>,
     pub recent_errors: Mutex<VecDeque<ErrorLine>>,
 }
@@ -99,11 +107,17 @@ pub enum Outcome {
 enum JobError {
     Transient(String, Option<Duration>),
     Permanent(String),
+    /// Not attempted (an open circuit): back to the queue without using an attempt.
+    Deferred(String, Duration),
 }
 
 impl From<QbError> for JobError {
     fn from(e: QbError) -> Self {
         match &e {
+            QbError::Rejected { retry_in_ms, .. } => JobError::Deferred(
+                e.to_string(),
+                Duration::from_millis((*retry_in_ms).clamp(250, 60_000)),
+            ),
             QbError::Throttled { retry_after_secs } => {
                 JobError::Transient(e.to_string(), Some(Duration::from_secs(*retry_after_secs)))
             }
@@ -115,6 +129,12 @@ impl From<QbError> for JobError {
 
 impl From<StripeError> for JobError {
     fn from(e: StripeError) -> Self {
+        if let StripeError::Rejected { retry_in_ms, .. } = &e {
+            return JobError::Deferred(
+                e.to_string(),
+                Duration::from_millis((*retry_in_ms).clamp(250, 60_000)),
+            );
+        }
         if e.is_transient() {
             JobError::Transient(e.to_string(), None)
         } else {
@@ -140,6 +160,11 @@ pub struct Catalog {
     /// Signalled when a worker finishes a job (the full sync waits on it for room).
     progress: Notify,
     prices: Mutex<HashMap<String, Price>>,
+    /// Workers that may run now (the auto-scaler's target).
+    target: watch::Sender<usize>,
+    pub scaler: Mutex<Option<Autoscaler>>,
+    pub claim_batch: Mutex<BatchSizer>,
+    pub page: Mutex<BatchSizer>,
 }
 
 /// A job derived from a Stripe event.
@@ -195,6 +220,27 @@ impl Catalog {
             full_sync: Mutex::new(full),
             ..Default::default()
         };
+        let scaler = settings
+            .autoscale
+            .clone()
+            .map(|cfg| Autoscaler::new(cfg, settings.workers as u32));
+        let initial = scaler
+            .as_ref()
+            .map_or(settings.workers, |s| s.target() as usize);
+        let claim_batch = BatchSizer::new(
+            1,
+            settings.claim_batch_max,
+            1,
+            4.min(settings.claim_batch_max),
+            Duration::from_millis(50),
+        );
+        let page = BatchSizer::new(
+            10.min(settings.page_size),
+            100,
+            10,
+            settings.page_size,
+            Duration::from_secs(2),
+        );
         Ok(Self {
             store,
             stripe,
@@ -205,6 +251,10 @@ impl Catalog {
             work: Notify::new(),
             progress: Notify::new(),
             prices: Mutex::new(HashMap::new()),
+            target: watch::Sender::new(initial),
+            scaler: Mutex::new(scaler),
+            claim_batch: Mutex::new(claim_batch),
+            page: Mutex::new(page),
         })
     }
 
@@ -218,6 +268,146 @@ impl Catalog {
 
     pub fn qb(&self) -> &QuickBooksClient {
         &self.qb
+    }
+
+    pub fn stripe(&self) -> &StripeClient {
+        &self.stripe
+    }
+
+    /// Worker tasks to spawn: the upper bound (the target decides how many run).
+    pub fn max_workers(&self) -> usize {
+        self.settings
+            .autoscale
+            .as_ref()
+            .map_or(self.settings.workers, |a| a.max as usize)
+            .max(self.settings.workers)
+            .max(1)
+    }
+
+    pub fn workers_target(&self) -> usize {
+        *self.target.borrow()
+    }
+
+    /// An operator's new bounds: applied at once, audited by the caller.
+    pub fn set_worker_bounds(&self, min: u32, max: u32) -> Result<Option<Decision>, String> {
+        if min == 0 || max < min || max as usize > self.max_workers() {
+            return Err(format!(
+                "worker bounds must satisfy 1 ≤ min ≤ max ≤ {}",
+                self.max_workers()
+            ));
+        }
+        let mut s = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(scaler) = s.as_mut() else {
+            return Err("auto-scaling is off (catalog.autoscale = false)".into());
+        };
+        let d = scaler.set_bounds(min, max, now_ms());
+        self.target.send_replace(scaler.target() as usize);
+        self.work.notify_waiters();
+        Ok(d)
+    }
+
+    /// Measures the last tick and lets the auto-scaler decide; call once a second.
+    pub fn autoscale_tick(&self, last: &mut AutoscaleMarks) {
+        let m = &self.metrics;
+        let busy = m.busy_nanos.load(Ordering::Relaxed);
+        let jobs = m.jobs_timed.load(Ordering::Relaxed);
+        let (throttled, timeouts) = self
+            .qb
+            .guard()
+            .map_or((0, 0), |g| (g.throttled(), g.timeouts()));
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(last.at).as_secs_f64().max(1e-3);
+        let done = jobs - last.jobs;
+        let busy_ns = busy - last.busy;
+        let sample = Sample {
+            latency: (done > 0).then(|| Duration::from_nanos(busy_ns / done)),
+            completed: done,
+            busy: busy_ns as f64 / 1e9 / elapsed,
+            queued: self.store.queued(JOB_KIND).unwrap_or(0),
+            throttled: throttled - last.throttled,
+            timeouts: timeouts - last.timeouts,
+        };
+        *last = AutoscaleMarks {
+            at: now,
+            busy,
+            jobs,
+            throttled,
+            timeouts,
+        };
+        let mut s = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(scaler) = s.as_mut()
+            && scaler.observe(&sample, now_ms()).is_some()
+        {
+            self.target.send_replace(scaler.target() as usize);
+            self.work.notify_waiters();
+        }
+        if sample.throttled > 0 || sample.timeouts > 0 {
+            self.claim_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cut();
+        }
+    }
+
+    fn marks(&self) -> AutoscaleMarks {
+        let (throttled, timeouts) = self
+            .qb
+            .guard()
+            .map_or((0, 0), |g| (g.throttled(), g.timeouts()));
+        AutoscaleMarks {
+            at: tokio::time::Instant::now(),
+            busy: self.metrics.busy_nanos.load(Ordering::Relaxed),
+            jobs: self.metrics.jobs_timed.load(Ordering::Relaxed),
+            throttled,
+            timeouts,
+        }
+    }
+
+    /// Runs the auto-scaler until cancelled.
+    pub async fn autoscale_loop(&self, cancel: CancellationToken) {
+        let mut marks = self.marks();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.is_paused() {
+                marks = self.marks();
+                continue;
+            }
+            self.autoscale_tick(&mut marks);
+        }
+    }
+
+    /// While the QuickBooks circuit refuses calls, waits (rather than claiming jobs only
+    /// to put them back). Returns false when cancelled.
+    async fn wait_for_circuit(&self, cancel: &CancellationToken) -> bool {
+        let Some(g) = self.qb.guard() else {
+            return true;
+        };
+        loop {
+            let v = g.breaker.view();
+            let wait = match v.state {
+                // The wait is over: the next call is a trial, so go and make it.
+                BreakerState::Open if v.until_half_open_ms.unwrap_or(0) == 0 => return true,
+                BreakerState::Open => {
+                    Duration::from_millis(v.until_half_open_ms.unwrap_or(0).min(1000) + 1)
+                }
+                BreakerState::ForcedOpen => Duration::from_millis(500),
+                // HALF_OPEN with every trial taken: wait for a verdict.
+                BreakerState::HalfOpen if v.half_open_in_use >= v.half_open_permits => {
+                    Duration::from_millis(100)
+                }
+                _ => return true,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Pauses or resumes claiming and listing (in-flight jobs finish). Persisted.
@@ -318,16 +508,32 @@ impl Catalog {
                 Some(id) => Cursor::After(id.clone()),
                 None => Cursor::Start,
             };
+            let size = self.page.lock().unwrap_or_else(|p| p.into_inner()).current;
+            let asked = tokio::time::Instant::now();
             let page = tokio::select! {
                 _ = cancel.cancelled() => return,
-                p = self.stripe.list_products(&cursor, self.settings.page_size) => p,
+                p = self.stripe.list_products(&cursor, size) => p,
             };
             let page = match page {
                 Ok(p) => {
                     failures = 0;
+                    self.page
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(asked.elapsed());
                     p
                 }
                 Err(e) => {
+                    if matches!(
+                        e,
+                        StripeError::Timeout(_)
+                            | StripeError::Api {
+                                status: 429 | 413,
+                                ..
+                            }
+                    ) {
+                        self.page.lock().unwrap_or_else(|p| p.into_inner()).cut();
+                    }
                     failures += 1;
                     self.metrics.error("full sync", &e.to_string());
                     tracing::warn!("full sync page failed: {e}");
@@ -512,9 +718,20 @@ impl Catalog {
 
     /// One worker: claims a job at a time until cancelled; a job in hand is finished
     /// before the worker stops (drain).
-    pub async fn worker(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn worker(self: Arc<Self>, index: usize, cancel: CancellationToken) {
+        let mut target = self.target.subscribe();
         loop {
             if !self.wait_unpaused(&cancel).await {
+                return;
+            }
+            // Workers above the auto-scaler's target wait until it grows.
+            if index >= *target.borrow_and_update() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = target.changed() => continue,
+                }
+            }
+            if !self.wait_for_circuit(&cancel).await {
                 return;
             }
             // Registered before the claim: a notify between an empty claim and the
@@ -522,9 +739,21 @@ impl Catalog {
             let notified = self.work.notified();
             let store = self.store.clone();
             let lease = self.settings.lease_ms;
+            let batch = self
+                .claim_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .current as usize;
+            let asked = tokio::time::Instant::now();
             let claimed =
-                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, CLAIM_BATCH, lease))
-                    .await;
+                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, batch, lease)).await;
+            if matches!(&claimed, Ok(Ok(jobs)) if jobs.len() == batch) {
+                // A full batch: grow while claiming stays quick.
+                self.claim_batch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(asked.elapsed());
+            }
             let jobs = match claimed {
                 Ok(Ok(jobs)) if !jobs.is_empty() => jobs,
                 Ok(Err(e)) => {
@@ -543,13 +772,22 @@ impl Catalog {
                 }
             };
             for job in jobs {
-                // Jobs not started when a pause or shutdown arrives go back untouched.
-                if cancel.is_cancelled() || self.is_paused() {
+                // Jobs not started when a pause, shutdown or scale-down arrives, or while
+                // the circuit is open, go back untouched.
+                let open = self.qb.guard().is_some_and(|g| g.breaker.rejects_now());
+                if cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open {
                     let _ = self.store.release(job.id);
                     continue;
                 }
                 self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                let started = tokio::time::Instant::now();
                 let result = self.process(&job).await;
+                if !matches!(result, Err(JobError::Deferred(..))) {
+                    self.metrics
+                        .busy_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
+                }
                 self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 self.finish(&job, result);
                 self.progress.notify_waiters();
@@ -605,6 +843,12 @@ impl Catalog {
                         "engine",
                         &format!("failed after {attempt} attempts: {msg}"),
                     );
+                }
+            }
+            Err(JobError::Deferred(msg, wait)) => {
+                self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.store.defer(job.id, &msg, wait.as_millis() as i64) {
+                    self.metrics.error(entity, &format!("store: {e}"));
                 }
             }
             Err(JobError::Permanent(reason)) => {
@@ -817,8 +1061,17 @@ impl Catalog {
     }
 }
 
-/// Exponential backoff with full jitter inside the cap (the resilience layer will
-/// replace this with per-downstream policies and budgets).
+/// Where the last auto-scaler tick left the counters.
+pub struct AutoscaleMarks {
+    at: tokio::time::Instant,
+    busy: u64,
+    jobs: u64,
+    throttled: u64,
+    timeouts: u64,
+}
+
+/// Job-level backoff (after the per-call retries of the resilience layer gave up):
+/// exponential with full jitter inside the cap.
 fn backoff(attempt: u32, seed: i64) -> Duration {
     let cap_ms = 300_000u64;
     let expo = (1000u64 << attempt.min(20)).min(cap_ms);

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
+use crate::resilience::autoscale::Decision;
+use crate::resilience::{Downstream, DownstreamView, SharedClock, State as BreakerState};
 use crate::store::{AuditEntry, CatalogCounts, DataDirLock, Store};
 use catalog::{Catalog, CatalogSettings, ErrorLine, FullSyncState};
 
@@ -72,6 +74,23 @@ pub enum Command {
     ResumeCatalog {
         actor: String,
     },
+    /// An operator's breaker state: CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY.
+    SetBreaker {
+        service: String,
+        state: BreakerState,
+        actor: String,
+    },
+    /// CLOSED with empty metrics and the initial wait.
+    ResetBreaker {
+        service: String,
+        actor: String,
+    },
+    SetWorkerBounds {
+        pipeline: String,
+        min: u32,
+        max: u32,
+        actor: String,
+    },
     /// Stop claiming work, finish what is in flight, then stop.
     Shutdown,
 }
@@ -80,6 +99,18 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
     Audit(AuditEntry),
+    Breaker {
+        service: String,
+        transition: crate::resilience::breaker::Transition,
+    },
+}
+
+/// The result of the last operator command, for the console's flash line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Notice {
+    pub seq: u64,
+    pub ok: bool,
+    pub message: String,
 }
 
 /// The view model: everything the console draws, cheap to compare.
@@ -93,6 +124,9 @@ pub struct Snapshot {
     pub audit: Vec<AuditEntry>,
     pub token_refreshes: u64,
     pub draining: bool,
+    /// stripe, quickbooks, alegra — in that order.
+    pub downstreams: Vec<DownstreamView>,
+    pub notice: Notice,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,6 +144,18 @@ pub struct CatalogView {
     pub webhooks_duplicate: u64,
     pub webhooks_rejected: u64,
     pub last_reconcile_ms: Option<i64>,
+    pub workers_target: usize,
+    pub workers_min: usize,
+    pub workers_max: usize,
+    pub autoscale: bool,
+    /// Why the target is what it is.
+    pub autoscale_status: String,
+    /// Newest first.
+    pub decisions: Vec<Decision>,
+    pub claim_batch: u32,
+    pub page_size: u32,
+    /// Jobs put back because the circuit refused them (no attempt used).
+    pub deferred: u64,
 }
 
 impl CatalogView {
@@ -171,11 +217,30 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     }
     let cfg = &opts.config;
     let http = crate::connectors::http_client()?;
+    let clock = SharedClock::tokio();
+    let downstreams = vec![
+        Downstream::new("stripe", cfg.stripe_downstream(), clock.clone()),
+        Downstream::new("quickbooks", cfg.quickbooks_downstream(), clock.clone()),
+        Downstream::new("alegra", cfg.alegra_downstream(), clock.clone()),
+    ];
+    // Breaker transitions become audit entries and live events (written off the
+    // caller's path: the listener runs under the breaker's lock).
+    let (transitions_tx, mut transitions_rx) =
+        mpsc::unbounded_channel::<(String, crate::resilience::breaker::Transition)>();
+    for d in &downstreams {
+        let tx = transitions_tx.clone();
+        d.breaker.on_transition(move |name, t| {
+            let _ = tx.send((name.to_owned(), t.clone()));
+        });
+    }
+    drop(transitions_tx);
     let stripe = StripeClient::new(
         http.clone(),
         required(&cfg.stripe.base_url, "stripe.base_url")?,
         required(&cfg.stripe.api_key, "stripe.api_key")?.clone(),
-    );
+    )
+    .with_timeout(Duration::from_secs(cfg.stripe.timeout_secs))
+    .with_guard(downstreams[0].clone());
     let tokens = Arc::new(TokenKeeper::new(
         http.clone(),
         required(&cfg.quickbooks.token_url, "quickbooks.token_url")?,
@@ -191,9 +256,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         cfg.quickbooks.minor_version,
         Duration::from_secs(cfg.quickbooks.timeout_secs),
         tokens,
-    );
+    )
+    .with_guard(downstreams[1].clone());
     let settings = CatalogSettings {
         workers: cfg.catalog.workers,
+        autoscale: cfg.catalog.autoscale.then(|| cfg.catalog_autoscale()),
+        claim_batch_max: cfg.catalog.claim_batch_max,
         page_size: cfg.stripe.page_size,
         max_attempts: cfg.catalog.max_attempts,
         lease_ms: cfg.catalog.lease_secs as i64 * 1000,
@@ -219,10 +287,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     ));
 
     let workers = tokio_util::task::TaskTracker::new();
-    for _ in 0..catalog.settings().workers {
-        workers.spawn(catalog.clone().worker(cancel.clone()));
+    for index in 0..catalog.max_workers() {
+        workers.spawn(catalog.clone().worker(index, cancel.clone()));
     }
     {
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.autoscale_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.full_sync(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
@@ -234,7 +304,30 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (events_tx, _) = broadcast::channel(1024);
     let (done_tx, done_rx) = oneshot::channel();
-    let mut publisher = Publisher::new(catalog.clone(), opts.mode, server_addr.to_string());
+    let mut publisher = Publisher::new(
+        catalog.clone(),
+        downstreams.clone(),
+        opts.mode,
+        server_addr.to_string(),
+    );
+    {
+        let (store, events) = (store.clone(), events_tx.clone());
+        tokio::spawn(async move {
+            while let Some((service, t)) = transitions_rx.recv().await {
+                let line = format!("circuit {} → {}: {}", t.from, t.to, t.reason);
+                if t.to == BreakerState::Open {
+                    tracing::warn!("{service}: {line}");
+                } else {
+                    tracing::info!("{service}: {line}");
+                }
+                let _ = store.audit("circuit", &service, "engine", &line);
+                let _ = events.send(EngineEvent::Breaker {
+                    service,
+                    transition: t,
+                });
+            }
+        });
+    }
     publisher.publish(&snap_tx, &events_tx, false);
     store.audit(
         "engine",
@@ -257,8 +350,26 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             tokio::select! {
                 _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
                 cmd = cmd_rx.recv() => match cmd {
-                    Some(Command::PauseCatalog { actor }) => apply_pause(&catalog, true, &actor),
-                    Some(Command::ResumeCatalog { actor }) => apply_pause(&catalog, false, &actor),
+                    Some(Command::PauseCatalog { actor }) => {
+                        let r = apply_pause(&catalog, true, &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::ResumeCatalog { actor }) => {
+                        let r = apply_pause(&catalog, false, &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::SetBreaker { service, state, actor }) => {
+                        let r = apply_breaker(&downstreams, &catalog.store, &service, Some(state), &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::ResetBreaker { service, actor }) => {
+                        let r = apply_breaker(&downstreams, &catalog.store, &service, None, &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::SetWorkerBounds { pipeline, min, max, actor }) => {
+                        let r = apply_bounds(&catalog, &pipeline, min, max, &actor);
+                        publisher.notify(r);
+                    }
                     Some(Command::Shutdown) | None => break,
                 },
             }
@@ -302,7 +413,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     })
 }
 
-fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) {
+fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) -> Result<String, String> {
     let what = if paused {
         "paused catalog pipeline"
     } else {
@@ -314,11 +425,72 @@ fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) {
         Err(e) => format!("{what}: failed: {e}"),
     };
     let _ = catalog.store.audit("operator", "catalog", actor, &message);
+    result.map(|_| what.to_owned()).map_err(|_| message)
+}
+
+/// Sets (or, with `None`, resets) a breaker's state on an operator's word; audited.
+pub fn apply_breaker(
+    downstreams: &[Arc<Downstream>],
+    store: &Store,
+    service: &str,
+    state: Option<BreakerState>,
+    actor: &str,
+) -> Result<String, String> {
+    let Some(d) = downstreams.iter().find(|d| d.name() == service) else {
+        return Err(format!("no circuit named {service:?}"));
+    };
+    let reason = format!("operator {actor}");
+    let result = match state {
+        None => {
+            d.breaker.reset(&reason);
+            Ok(format!("reset circuit {service} (CLOSED, metrics cleared)"))
+        }
+        Some(s @ (BreakerState::Open | BreakerState::HalfOpen)) => Err(format!(
+            "{s} is reached by the breaker itself; an operator may set CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY"
+        )),
+        Some(s) => match d.breaker.transition(s, &reason) {
+            Ok(true) => Ok(format!("circuit {service} set to {s}")),
+            Ok(false) => Ok(format!("circuit {service} already {s}")),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let line = match &result {
+        Ok(m) => m.clone(),
+        Err(e) => format!("circuit {service}: refused: {e}"),
+    };
+    let _ = store.audit("operator", service, actor, &line);
+    result
+}
+
+fn apply_bounds(
+    catalog: &Catalog,
+    pipeline: &str,
+    min: u32,
+    max: u32,
+    actor: &str,
+) -> Result<String, String> {
+    let result = if pipeline != "catalog" {
+        Err(format!(
+            "no pipeline named {pipeline:?} has workers to bound"
+        ))
+    } else {
+        catalog
+            .set_worker_bounds(min, max)
+            .map(|_| format!("catalog workers bounded to {min}–{max}"))
+    };
+    let line = match &result {
+        Ok(m) => m.clone(),
+        Err(e) => format!("worker bounds {min}–{max}: refused: {e}"),
+    };
+    let _ = catalog.store.audit("operator", pipeline, actor, &line);
+    result
 }
 
 /// Builds snapshots from the engine's parts and publishes them when they changed.
 struct Publisher {
     catalog: Arc<Catalog>,
+    downstreams: Vec<Arc<Downstream>>,
+    notice: Notice,
     mode: Mode,
     server_addr: String,
     last_completed: u64,
@@ -332,9 +504,16 @@ const SERIES_SECONDS: usize = 120;
 const AUDIT_KEPT: usize = 500;
 
 impl Publisher {
-    fn new(catalog: Arc<Catalog>, mode: Mode, server_addr: String) -> Self {
+    fn new(
+        catalog: Arc<Catalog>,
+        downstreams: Vec<Arc<Downstream>>,
+        mode: Mode,
+        server_addr: String,
+    ) -> Self {
         Self {
             catalog,
+            downstreams,
+            notice: Notice::default(),
             mode,
             server_addr,
             last_completed: 0,
@@ -343,6 +522,14 @@ impl Publisher {
             audit: std::collections::VecDeque::new(),
             last_audit_id: 0,
         }
+    }
+
+    fn notify(&mut self, result: Result<String, String>) {
+        self.notice = Notice {
+            seq: self.notice.seq + 1,
+            ok: result.is_ok(),
+            message: result.unwrap_or_else(|e| e),
+        };
     }
 
     fn publish(
@@ -372,6 +559,12 @@ impl Publisher {
             }
         }
         let counts = store.catalog_counts().unwrap_or_default();
+        let scaler = self
+            .catalog
+            .scaler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let last_reconcile = m.last_reconcile_ms.load(Ordering::Relaxed);
         let snap = Snapshot {
             mode: self.mode,
@@ -384,7 +577,7 @@ impl Publisher {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
-                workers: self.catalog.settings().workers,
+                workers: self.catalog.max_workers(),
                 in_flight: m.in_flight.load(Ordering::Relaxed),
                 per_second: self.per_second.iter().copied().collect(),
                 completed,
@@ -393,6 +586,34 @@ impl Publisher {
                 webhooks_duplicate: m.webhooks_duplicate.load(Ordering::Relaxed),
                 webhooks_rejected: m.webhooks_rejected.load(Ordering::Relaxed),
                 last_reconcile_ms: (last_reconcile > 0).then_some(last_reconcile as i64),
+                workers_target: self.catalog.workers_target(),
+                workers_min: scaler
+                    .as_ref()
+                    .map_or(self.catalog.settings().workers, |s| s.config().min as usize),
+                workers_max: scaler
+                    .as_ref()
+                    .map_or(self.catalog.settings().workers, |s| s.config().max as usize),
+                autoscale: scaler.is_some(),
+                autoscale_status: scaler.as_ref().map_or_else(
+                    || "fixed (catalog.autoscale = false)".to_owned(),
+                    |s| s.status.clone(),
+                ),
+                decisions: scaler
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.decisions().take(10).cloned().collect()),
+                claim_batch: self
+                    .catalog
+                    .claim_batch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current,
+                page_size: self
+                    .catalog
+                    .page
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current,
+                deferred: m.deferred.load(Ordering::Relaxed),
             },
             recent_errors: m
                 .recent_errors
@@ -405,6 +626,8 @@ impl Publisher {
             audit: self.audit.iter().cloned().collect(),
             token_refreshes: self.catalog.qb().tokens().refreshes(),
             draining,
+            downstreams: self.downstreams.iter().map(|d| d.view()).collect(),
+            notice: self.notice.clone(),
         };
         tx.send_if_modified(|current| {
             if **current == snap {

@@ -98,7 +98,11 @@ impl Autoscaler {
         self.cfg.min = min.max(1);
         self.cfg.max = max.max(self.cfg.min);
         let to = self.target.clamp(self.cfg.min, self.cfg.max);
-        self.change(to, at_ms, format!("bounds set to {}–{}", self.cfg.min, self.cfg.max))
+        self.change(
+            to,
+            at_ms,
+            format!("bounds set to {}–{}", self.cfg.min, self.cfg.max),
+        )
     }
 
     /// Newest first.
@@ -316,8 +320,16 @@ mod tests {
             }
             a.observe(&busy_sample(a.target(), c), t);
         }
-        assert!(a.target() <= (1.3 * c as f64) as u32, "{} at 600 s", a.target());
-        assert!(a.target() <= at_120 + 10, "{} vs {at_120} at 120 s", a.target());
+        assert!(
+            a.target() <= (1.3 * c as f64) as u32,
+            "{} at 600 s",
+            a.target()
+        );
+        assert!(
+            a.target() <= at_120 + 10,
+            "{} vs {at_120} at 120 s",
+            a.target()
+        );
     }
 
     #[test]

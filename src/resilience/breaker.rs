@@ -374,6 +374,18 @@ impl Breaker {
         self.lock().state
     }
 
+    /// Whether a call made now would be refused outright (FORCED_OPEN, or OPEN with
+    /// its wait not yet over). Lets callers hold work back instead of spending it.
+    pub fn rejects_now(&self) -> bool {
+        let now = self.clock.now();
+        let inner = self.lock();
+        match inner.state {
+            State::ForcedOpen => true,
+            State::Open => now.saturating_sub(inner.opened_at) <= inner.wait,
+            _ => false,
+        }
+    }
+
     pub fn transitions(&self) -> Vec<Transition> {
         self.lock().transitions.iter().cloned().collect()
     }
@@ -557,7 +569,10 @@ impl Breaker {
                     .open_wait_multiplier
                     .max(1.0)
                     .powi(inner.consecutive_opens.saturating_sub(1).min(30) as i32);
-                inner.wait = cfg.open_wait.mul_f64(factor).min(cfg.open_wait_max.max(cfg.open_wait));
+                inner.wait = cfg
+                    .open_wait
+                    .mul_f64(factor)
+                    .min(cfg.open_wait_max.max(cfg.open_wait));
                 inner.opened_at = now;
             }
             State::Closed => {
@@ -627,7 +642,7 @@ pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms} ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{:.1} s", d.as_secs_f64())
@@ -775,10 +790,18 @@ mod tests {
         for _ in 0..4 {
             b.try_acquire().unwrap().success(Duration::from_secs(1));
         }
-        assert_eq!(b.state(), State::Closed, "exactly at the threshold is not slow");
-        b.try_acquire().unwrap().success(Duration::from_millis(1001));
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "exactly at the threshold is not slow"
+        );
+        b.try_acquire()
+            .unwrap()
+            .success(Duration::from_millis(1001));
         assert_eq!(b.state(), State::Closed, "25% slow");
-        b.try_acquire().unwrap().success(Duration::from_millis(1001));
+        b.try_acquire()
+            .unwrap()
+            .success(Duration::from_millis(1001));
         assert_eq!(b.state(), State::Open, "50% slow trips at >=");
         assert!(b.transitions()[0].reason.contains("slow-call"));
     }
@@ -828,7 +851,11 @@ mod tests {
         let p2 = b.try_acquire().unwrap();
         assert!(matches!(b.try_acquire(), Err(Rejected::HalfOpenFull(_))));
         p1.success(Duration::ZERO);
-        assert_eq!(b.state(), State::HalfOpen, "decides once all trials complete");
+        assert_eq!(
+            b.state(),
+            State::HalfOpen,
+            "decides once all trials complete"
+        );
         p2.success(Duration::ZERO);
         assert_eq!(b.state(), State::Closed);
         assert_eq!(b.view().calls, 0, "closed with an empty window");

@@ -453,6 +453,9 @@ mod tests {
         }
         // 11 requests at 10/s: the 11th goes at 1 s.
         let took = start.elapsed();
-        assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1100), "{took:?}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1100),
+            "{took:?}"
+        );
     }
 }

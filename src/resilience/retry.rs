@@ -129,7 +129,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") parses as RFC 2822 once GMT is +0000.
     let normalized = v.replace(" GMT", " +0000").replace(" UTC", " +0000");
     let at = time::OffsetDateTime::parse(&normalized, &fmt).ok()?;
-    let at = SystemTime::UNIX_EPOCH + Duration::try_from(at - time::OffsetDateTime::UNIX_EPOCH).ok()?;
+    let at =
+        SystemTime::UNIX_EPOCH + Duration::try_from(at - time::OffsetDateTime::UNIX_EPOCH).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 

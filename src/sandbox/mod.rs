@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod data;
+pub mod faults;
 mod quickbooks;
 mod stripe;
 
@@ -53,6 +54,7 @@ pub struct SandboxOptions {
     pub change_interval_ms: u64,
     pub dir: Option<PathBuf>,
     pub webhook_url: Option<String>,
+    pub faults: std::collections::BTreeMap<String, faults::FaultSettings>,
 }
 
 impl Default for SandboxOptions {
@@ -64,6 +66,7 @@ impl Default for SandboxOptions {
             change_interval_ms: 0,
             dir: None,
             webhook_url: None,
+            faults: Default::default(),
         }
     }
 }
@@ -381,6 +384,7 @@ pub struct Sandbox {
     webhook_url: Mutex<Option<String>>,
     outbox: tokio::sync::mpsc::UnboundedSender<Event>,
     outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+    pub faults: faults::Faults,
 }
 
 struct Journal {
@@ -463,6 +467,7 @@ impl Sandbox {
             webhook_url: Mutex::new(opts.webhook_url.clone()),
             outbox: tx,
             outbox_rx: Mutex::new(Some(rx)),
+            faults: faults::Faults::new(&opts.faults).map_err(anyhow::Error::msg)?,
         }))
     }
 
@@ -495,12 +500,30 @@ impl Sandbox {
     }
 
     pub fn stats(&self) -> Value {
-        self.lock().world.stats()
+        let mut v = self.lock().world.stats();
+        for name in faults::SERVICES {
+            let (requests, throttled, injected) = self.faults.counters(name);
+            let entry = &mut v[name];
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            if let Some(handled) = entry.get("requests").cloned() {
+                entry["handled"] = handled;
+            }
+            entry["requests"] = json!(requests);
+            entry["throttled"] = json!(throttled);
+            entry["errors_injected"] = json!(injected);
+        }
+        v
     }
 
     /// The engine config (TOML) that points at this sandbox listening on `addr`.
     pub fn engine_config(&self, addr: SocketAddr) -> String {
-        engine_config(&self.lock().world, addr)
+        let faults: std::collections::BTreeMap<String, faults::FaultSettings> = faults::SERVICES
+            .iter()
+            .filter_map(|s| self.faults.get(s).map(|f| ((*s).to_owned(), f)))
+            .collect();
+        engine_config(&self.lock().world, addr, &faults)
     }
 
     /// Records an event (and queues its webhook).
@@ -655,8 +678,20 @@ pub fn peek_world(opts: &SandboxOptions) -> anyhow::Result<World> {
 }
 
 /// The engine config (TOML) that points at a sandbox holding `world` on `addr`.
-pub fn engine_config(world: &World, addr: SocketAddr) -> String {
-    format!(
+pub fn engine_config(
+    world: &World,
+    addr: SocketAddr,
+    faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
+) -> String {
+    // The engine keeps to the quotas the sandbox enforces, as it would to Intuit's.
+    let limits = |name: &str| {
+        let f = faults.get(name).cloned().unwrap_or_default();
+        format!(
+            "rate_limit_per_min = {}\nmax_concurrent = {}\n",
+            f.rate_limit_per_min, f.max_concurrent
+        )
+    };
+    let mut out = format!(
         "# Engine config for the syncctl sandbox at http://{addr}\n\
          # (credentials the sandbox accepts; the refresh token rotates on use)\n\
          [stripe]\n\
@@ -671,7 +706,16 @@ pub fn engine_config(world: &World, addr: SocketAddr) -> String {
          refresh_token = \"{}\"\n\
          token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n",
         world.webhook_secret, world.refresh_token
-    )
+    );
+    // Insert each section's limits right after its header block.
+    out = out.replacen(
+        "\n\n[quickbooks]\n",
+        &format!("\n{}\n[quickbooks]\n", limits("stripe")),
+        1,
+    );
+    out.push_str(&limits("quickbooks"));
+    out.push_str(&format!("\n[alegra]\n{}", limits("alegra")));
+    out
 }
 
 /// A change to a product, as the `/_sandbox/stripe/products/{id}` knob takes it.
@@ -790,13 +834,16 @@ pub fn serve(
 }
 
 fn router(sandbox: Arc<Sandbox>) -> Router {
-    let apis =
-        stripe::routes()
-            .merge(quickbooks::routes())
-            .layer(axum::middleware::from_fn_with_state(
-                sandbox.clone(),
-                latency,
-            ));
+    let apis = stripe::routes()
+        .merge(quickbooks::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            sandbox.clone(),
+            faults::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            sandbox.clone(),
+            latency,
+        ));
     apis.merge(knobs()).with_state(sandbox)
 }
 
@@ -817,6 +864,30 @@ fn knobs() -> Router<Arc<Sandbox>> {
         .route(
             "/_sandbox/stats",
             get(|State(s): State<Arc<Sandbox>>| async move { Json(s.stats()) }),
+        )
+        .route(
+            "/_sandbox/faults",
+            get(|State(s): State<Arc<Sandbox>>| async move { Json(s.faults.all()) }).post(
+                |State(s): State<Arc<Sandbox>>, body: axum::body::Bytes| async move {
+                    let patch: Result<faults::FaultPatch, _> = serde_json::from_slice(&body);
+                    let result = patch
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| s.faults.patch(&p).map(|_| p.service));
+                    match result {
+                        Ok(service) => {
+                            tracing::info!(
+                                "sandbox faults for {service}: {:?}",
+                                s.faults.get(&service)
+                            );
+                            (axum::http::StatusCode::OK, Json(s.faults.all()))
+                        }
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Json(json!({"error": e})),
+                        ),
+                    }
+                },
+            ),
         )
         .route(
             "/_sandbox/quickbooks/items",

@@ -94,6 +94,8 @@ pub struct CatalogCounts {
     pub in_flight: u64,
     pub failed: u64,
     pub rejected: u64,
+    /// When the oldest queued job was written (ms since the epoch).
+    pub oldest_queued_ms: Option<i64>,
 }
 
 /// OAuth state kept so a restart never reuses a superseded refresh token.
@@ -315,6 +317,15 @@ impl Store {
     }
 
     /// Gives a claimed job back untouched (shutdown before it started).
+    /// Puts a job back for later without counting the attempt (the call was never
+    /// made: e.g. an open circuit refused it).
+    pub fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> Result<()> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        requeue(&tx, job_id, delay_ms, Some(reason), true)?;
+        tx.commit()
+    }
+
     pub fn release(&self, job_id: i64) -> Result<()> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
@@ -421,16 +432,17 @@ impl Store {
 
     pub fn catalog_counts(&self) -> Result<CatalogCounts> {
         let conn = self.r();
-        let (queued, in_flight, failed, rejected, seen): (i64, i64, i64, i64, i64) = conn.query_row(
+        let (queued, in_flight, failed, rejected, seen, oldest): (i64, i64, i64, i64, i64, Option<i64>) = conn.query_row(
             "SELECT
                COALESCE(SUM(state='queued'),0), COALESCE(SUM(state='leased'),0),
                (SELECT COUNT(DISTINCT key) FROM jobs f WHERE f.kind='catalog.product' AND f.state='failed'
                   AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')),
                (SELECT COUNT(*) FROM item_map WHERE status='rejected'),
-               (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product')
+               (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product'),
+               MIN(CASE WHEN state='queued' THEN created_at END)
              FROM jobs WHERE kind='catalog.product' AND state IN ('queued','leased')",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
         let synced: i64 = conn.query_row(
             "SELECT COUNT(*) FROM item_map WHERE status='synced'",
@@ -444,6 +456,7 @@ impl Store {
             in_flight: in_flight as u64,
             failed: failed as u64,
             rejected: rejected as u64,
+            oldest_queued_ms: oldest,
         })
     }
 

@@ -1,0 +1,527 @@
+//! Injected faults, per simulated service: outage, error rate, latency distributions,
+//! timeouts, connection resets, and quotas enforced the way the real APIs enforce them
+//! (QuickBooks: 429 with the XML 3001 body above the in-flight cap or over the rate;
+//! Stripe: 429 `rate_limit`; Alegra: 429 with `X-Rate-Limit-*` headers).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Sandbox;
+use crate::resilience::Rng;
+
+pub const SERVICES: [&str; 4] = ["stripe", "quickbooks", "alegra", "dian"];
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Exactly `latency_ms`.
+    #[default]
+    Fixed,
+    /// Normal around `latency_ms` with standard deviation `latency_jitter_ms`.
+    Normal,
+    /// `latency_ms` plus a Pareto tail scaled by `latency_jitter_ms` (rare, very slow).
+    LongTail,
+}
+
+/// One service's faults; also the shape of `[sandbox.faults.<service>]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    /// Every request fails with 503.
+    pub outage: bool,
+    /// Share of requests answered with a 500 (0.0–1.0).
+    pub error_rate: f64,
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub latency_distribution: Distribution,
+    /// Share of requests that hang until the client gives up (0.0–1.0).
+    pub timeout_rate: f64,
+    /// Share of requests whose connection is cut mid-response (0.0–1.0).
+    pub reset_rate: f64,
+    /// Requests per minute before 429 (0 = the service's own default, none here).
+    pub rate_limit_per_min: u32,
+    /// Requests in flight before 429 (0 = no cap).
+    pub max_concurrent: u32,
+}
+
+impl FaultSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("error_rate", self.error_rate),
+            ("timeout_rate", self.timeout_rate),
+            ("reset_rate", self.reset_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                return Err(format!("{name} must be between 0.0 and 1.0, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A partial update: fields left out keep their value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultPatch {
+    pub service: String,
+    pub outage: Option<bool>,
+    pub error_rate: Option<f64>,
+    pub latency_ms: Option<u64>,
+    pub latency_jitter_ms: Option<u64>,
+    pub latency_distribution: Option<Distribution>,
+    pub timeout_rate: Option<f64>,
+    pub reset_rate: Option<f64>,
+    pub rate_limit_per_min: Option<u32>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl FaultPatch {
+    pub fn apply(&self, s: &mut FaultSettings) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { s.$f = v; } )* };
+        }
+        set!(
+            outage,
+            error_rate,
+            latency_ms,
+            latency_jitter_ms,
+            latency_distribution,
+            timeout_rate,
+            reset_rate,
+            rate_limit_per_min,
+            max_concurrent
+        );
+    }
+}
+
+#[derive(Default)]
+struct ServiceState {
+    settings: Mutex<FaultSettings>,
+    gcra: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
+    /// Alegra-style fixed window: (window start, count).
+    window: Mutex<Option<(Instant, u32)>>,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    throttled: AtomicU64,
+    errors_injected: AtomicU64,
+}
+
+pub struct Faults {
+    services: BTreeMap<&'static str, ServiceState>,
+    rng: Mutex<Rng>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            services: SERVICES
+                .iter()
+                .map(|s| (*s, ServiceState::default()))
+                .collect(),
+            rng: Mutex::new(Rng::from_time()),
+        }
+    }
+}
+
+/// How long a "timeout" hangs: past QuickBooks' own 120 s limit, so clients give up first.
+const HANG: Duration = Duration::from_secs(130);
+
+impl Faults {
+    pub fn new(initial: &BTreeMap<String, FaultSettings>) -> Result<Self, String> {
+        let f = Self::default();
+        for (name, s) in initial {
+            f.set(name, s.clone())?;
+        }
+        Ok(f)
+    }
+
+    fn service(&self, name: &str) -> Result<&ServiceState, String> {
+        self.services
+            .get(name)
+            .ok_or_else(|| format!("unknown service {name:?} (one of {})", SERVICES.join(", ")))
+    }
+
+    pub fn get(&self, name: &str) -> Option<FaultSettings> {
+        self.services
+            .get(name)
+            .map(|s| s.settings.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    pub fn set(&self, name: &str, settings: FaultSettings) -> Result<(), String> {
+        settings.validate()?;
+        let s = self.service(name)?;
+        *s.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        Ok(())
+    }
+
+    pub fn patch(&self, patch: &FaultPatch) -> Result<FaultSettings, String> {
+        let s = self.service(&patch.service)?;
+        let mut next = s.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        patch.apply(&mut next);
+        next.validate()?;
+        self.set(&patch.service, next.clone())?;
+        Ok(next)
+    }
+
+    pub fn all(&self) -> Value {
+        Value::Object(
+            self.services
+                .iter()
+                .map(|(k, s)| {
+                    let v = serde_json::to_value(
+                        &*s.settings.lock().unwrap_or_else(|p| p.into_inner()),
+                    )
+                    .unwrap_or(Value::Null);
+                    ((*k).to_owned(), v)
+                })
+                .collect(),
+        )
+    }
+
+    /// Per service: requests received, 429s sent, errors injected.
+    pub fn counters(&self, name: &str) -> (u64, u64, u64) {
+        self.services.get(name).map_or((0, 0, 0), |s| {
+            (
+                s.requests.load(Ordering::Relaxed),
+                s.throttled.load(Ordering::Relaxed),
+                s.errors_injected.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    fn unit(&self) -> f64 {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).unit()
+    }
+
+    fn delay(&self, s: &FaultSettings) -> Duration {
+        let base = s.latency_ms as f64;
+        let j = s.latency_jitter_ms as f64;
+        let ms = match s.latency_distribution {
+            Distribution::Fixed => base,
+            Distribution::Normal => {
+                // Box–Muller.
+                let (u1, u2) = (self.unit().max(1e-12), self.unit());
+                base + j * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+            }
+            Distribution::LongTail => {
+                let u = self.unit().max(1e-9);
+                base + (j * (u.powf(-1.0 / 1.5) - 1.0)).min(j * 200.0)
+            }
+        };
+        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+    }
+
+    /// Whether a request over the rate arrives now.
+    fn over_rate(&self, st: &ServiceState, name: &str, per_min: u32) -> bool {
+        if per_min == 0 {
+            return false;
+        }
+        if name == "alegra" {
+            // Alegra counts requests in a fixed one-minute window.
+            let mut w = st.window.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let (start, n) = match *w {
+                Some((start, n)) if now.duration_since(start) < Duration::from_secs(60) => {
+                    (start, n)
+                }
+                _ => (now, 0),
+            };
+            if n >= per_min {
+                *w = Some((start, n));
+                return true;
+            }
+            *w = Some((start, n + 1));
+            return false;
+        }
+        let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let limiter = match &*g {
+            Some((rate, l)) if *rate == per_min => l.clone(),
+            _ => {
+                // Up to a second's worth back to back (QuickBooks: 10/s beside 500/min).
+                let burst = NonZeroU32::new((per_min / 60).max(1)).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(Duration::from_secs_f64(60.0 / per_min as f64))
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                    .allow_burst(burst);
+                let l = Arc::new(RateLimiter::direct(quota));
+                *g = Some((per_min, l.clone()));
+                l
+            }
+        };
+        limiter.check().is_err()
+    }
+
+    fn alegra_window(&self, st: &ServiceState, per_min: u32) -> (u32, u64) {
+        let w = st.window.lock().unwrap_or_else(|p| p.into_inner());
+        match *w {
+            Some((start, n)) => (
+                per_min.saturating_sub(n),
+                60u64.saturating_sub(start.elapsed().as_secs()),
+            ),
+            None => (per_min, 60),
+        }
+    }
+}
+
+/// Which simulated service a path belongs to.
+pub fn service_of(path: &str) -> Option<&'static str> {
+    if path.starts_with("/v1/") {
+        Some("stripe")
+    } else if path.starts_with("/v3/company") {
+        Some("quickbooks")
+    } else if path.starts_with("/api/v1/") {
+        Some("alegra")
+    } else {
+        None
+    }
+}
+
+fn throttle_response(service: &str) -> Response {
+    match service {
+        "quickbooks" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("content-type", "application/xml")],
+            concat!(
+                r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
+                r#"<IntuitResponse xmlns="http://schema.intuit.com/finance/v3" time="2026-01-01T00:00:00.000-08:00">"#,
+                r#"<Fault type="SERVICE"><Error code="3001"><Message>message=ThrottleExceeded; errorCode=003001; statusCode=429</Message>"#,
+                r#"<Detail>The request limit was reached.</Detail></Error></Fault></IntuitResponse>"#
+            ),
+        )
+            .into_response(),
+        "stripe" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"error": {
+                "type": "invalid_request_error", "code": "rate_limit",
+                "message": "Too many requests hit the API too quickly."}})),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"code": 429, "message": "Too Many Requests"})),
+        )
+            .into_response(),
+    }
+}
+
+fn error_response(service: &str, status: StatusCode, what: &str) -> Response {
+    match service {
+        "stripe" => (
+            status,
+            axum::Json(json!({"error": {"type": "api_error", "message": what}})),
+        )
+            .into_response(),
+        "quickbooks" if status == StatusCode::INTERNAL_SERVER_ERROR => (
+            status,
+            axum::Json(
+                json!({"Fault": {"Error": [{"Message": "An application error has occurred",
+                "Detail": what, "code": "10000"}], "type": "SystemFault"}, "time": "t"}),
+            ),
+        )
+            .into_response(),
+        "quickbooks" => (
+            status,
+            [("content-type", "text/html")],
+            "<html><body>Service Unavailable</body></html>",
+        )
+            .into_response(),
+        _ => (
+            status,
+            axum::Json(json!({"code": status.as_u16(), "message": what})),
+        )
+            .into_response(),
+    }
+}
+
+struct InFlight<'a>(&'a AtomicU32);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The fault layer in front of every simulated API.
+pub async fn layer(State(sb): State<Arc<Sandbox>>, req: Request, next: Next) -> Response {
+    let Some(name) = service_of(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let faults = &sb.faults;
+    let Ok(st) = faults.service(name) else {
+        return next.run(req).await;
+    };
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let s = st
+        .settings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let in_flight = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight(&st.in_flight);
+    let over_conc = s.max_concurrent > 0 && in_flight > s.max_concurrent;
+    if over_conc || faults.over_rate(st, name, s.rate_limit_per_min) {
+        st.throttled.fetch_add(1, Ordering::Relaxed);
+        let mut r = throttle_response(name);
+        if name == "alegra" {
+            alegra_headers(&mut r, faults, st, s.rate_limit_per_min);
+        }
+        return r;
+    }
+    if s.outage {
+        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        return error_response(name, StatusCode::SERVICE_UNAVAILABLE, "simulated outage");
+    }
+    let delay = faults.delay(&s);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if s.timeout_rate > 0.0 && faults.unit() < s.timeout_rate {
+        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(HANG).await;
+        return error_response(name, StatusCode::GATEWAY_TIMEOUT, "simulated timeout");
+    }
+    if s.error_rate > 0.0 && faults.unit() < s.error_rate {
+        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        return error_response(name, StatusCode::INTERNAL_SERVER_ERROR, "simulated error");
+    }
+    if s.reset_rate > 0.0 && faults.unit() < s.reset_rate {
+        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        // Headers go out, then the body stream fails: the connection is cut mid-response.
+        let stream = futures_util::stream::iter([
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"partial\":")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated connection reset",
+            )),
+        ]);
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let mut r = next.run(req).await;
+    if name == "alegra" {
+        alegra_headers(&mut r, faults, st, s.rate_limit_per_min);
+    }
+    r
+}
+
+fn alegra_headers(r: &mut Response, faults: &Faults, st: &ServiceState, per_min: u32) {
+    let limit = if per_min == 0 { 150 } else { per_min };
+    let (remaining, reset) = faults.alegra_window(st, limit);
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("x-rate-limit-limit", limit as u64),
+        ("x-rate-limit-remaining", remaining as u64),
+        ("x-rate-limit-reset", reset),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+            h.insert(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_keeps_fields_left_out() {
+        let f = Faults::default();
+        f.patch(&FaultPatch {
+            service: "quickbooks".into(),
+            latency_ms: Some(50),
+            max_concurrent: Some(10),
+            ..FaultPatch::default()
+        })
+        .unwrap();
+        let s = f
+            .patch(&FaultPatch {
+                service: "quickbooks".into(),
+                outage: Some(true),
+                ..FaultPatch::default()
+            })
+            .unwrap();
+        assert_eq!((s.latency_ms, s.max_concurrent, s.outage), (50, 10, true));
+    }
+
+    #[test]
+    fn bad_rates_and_unknown_services_are_refused() {
+        let f = Faults::default();
+        let e = f
+            .patch(&FaultPatch {
+                service: "quickbooks".into(),
+                error_rate: Some(1.5),
+                ..FaultPatch::default()
+            })
+            .unwrap_err();
+        assert!(e.contains("error_rate"), "{e}");
+        assert_eq!(f.get("quickbooks").unwrap().error_rate, 0.0);
+        assert!(
+            f.patch(&FaultPatch {
+                service: "paypal".into(),
+                ..FaultPatch::default()
+            })
+            .unwrap_err()
+            .contains("unknown service")
+        );
+    }
+
+    #[test]
+    fn latency_distributions_centre_on_their_settings() {
+        let f = Faults::default();
+        let mut s = FaultSettings {
+            latency_ms: 50,
+            latency_jitter_ms: 10,
+            latency_distribution: Distribution::Normal,
+            ..FaultSettings::default()
+        };
+        let mean = |f: &Faults, s: &FaultSettings| {
+            (0..4000).map(|_| f.delay(s).as_secs_f64()).sum::<f64>() / 4000.0 * 1000.0
+        };
+        let m = mean(&f, &s);
+        assert!((48.0..52.0).contains(&m), "normal mean {m}");
+        s.latency_distribution = Distribution::LongTail;
+        let mut d: Vec<_> = (0..4000).map(|_| f.delay(&s)).collect();
+        d.sort();
+        assert!(d[0] >= Duration::from_millis(50));
+        assert!(
+            d[3960] > d[2000] * 2,
+            "a long tail: p99 {:?} vs p50 {:?}",
+            d[3960],
+            d[2000]
+        );
+        s.latency_distribution = Distribution::Fixed;
+        assert_eq!(f.delay(&s), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn quickbooks_rate_allows_a_seconds_burst_then_throttles() {
+        let f = Faults::default();
+        let st = f.service("quickbooks").unwrap();
+        let granted = (0..50)
+            .filter(|_| !f.over_rate(st, "quickbooks", 600))
+            .count();
+        assert_eq!(granted, 10, "600/min: a burst of 10");
+    }
+
+    #[test]
+    fn alegra_counts_a_fixed_minute_window() {
+        let f = Faults::default();
+        let st = f.service("alegra").unwrap();
+        let granted = (0..200).filter(|_| !f.over_rate(st, "alegra", 150)).count();
+        assert_eq!(granted, 150);
+        assert_eq!(f.alegra_window(st, 150).0, 0);
+    }
+}

@@ -254,7 +254,12 @@ async fn demo(
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
     if console {
-        let result = syncctl::ui::run(&mut demo.engine, max_fps).await;
+        let result = syncctl::ui::run(
+            &mut demo.engine,
+            max_fps,
+            Some(demo.sandbox.sandbox.clone()),
+        )
+        .await;
         demo.sandbox.shutdown().await;
         result?;
     } else {
@@ -339,7 +344,7 @@ async fn console_live(
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    syncctl::ui::run(&mut engine, fps).await?;
+    syncctl::ui::run(&mut engine, fps, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 

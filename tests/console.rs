@@ -399,3 +399,125 @@ fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
         ),
     ]
 }
+
+#[test]
+fn circuits_at_80x24_and_120x40() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('3')));
+    assert_eq!(app.tab, Tab::Circuits);
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        assert!(text.contains("✖ OPEN"), "state as symbol + word:\n{text}");
+        assert!(text.contains("⊘ FORCED_OPEN"));
+        assert!(text.contains("in 11s"), "time until half-open:\n{text}");
+        check_snapshot(&format!("circuits_{w}x{h}"), &text);
+    }
+    app.on_key(key(KeyCode::Down));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("failure rate 100% ≥ 50% over 12 calls"),
+        "why:\n{text}"
+    );
+    assert!(
+        text.contains("▶ quickbooks"),
+        "the selection moved:\n{text}"
+    );
+}
+
+#[test]
+fn workers_at_80x24_and_120x40() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('4')));
+    assert_eq!(app.tab, Tab::Workers);
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        assert!(text.contains("8 busy / 6 target"), "{text}");
+        assert!(text.contains("paused 41s"), "pushback:\n{text}");
+        assert!(text.contains("▼  7 → 6"), "decisions:\n{text}");
+        check_snapshot(&format!("workers_{w}x{h}"), &text);
+    }
+}
+
+#[test]
+fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('3')));
+    app.on_key(key(KeyCode::Down));
+    assert_eq!(app.selected_service().as_deref(), Some("quickbooks"));
+    assert!(app.on_key(key(KeyCode::Char('o'))).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("Set the quickbooks circuit to FORCED_OPEN?"),
+        "{text}"
+    );
+    // Focus starts on Cancel: Enter cancels.
+    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(app.confirm.is_none());
+    app.on_key(key(KeyCode::Char('o')));
+    match app.on_key(key(KeyCode::Char('y'))) {
+        Some(Command::SetBreaker { service, state, .. }) => {
+            assert_eq!(
+                (service.as_str(), state),
+                ("quickbooks", syncctl::resilience::State::ForcedOpen)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    app.on_key(key(KeyCode::Char('x')));
+    assert!(matches!(
+        app.on_key(key(KeyCode::Char('y'))),
+        Some(Command::ResetBreaker { .. })
+    ));
+}
+
+#[test]
+fn worker_bounds_prompt_validates_and_keeps_the_old_bounds_on_a_typo() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('4')));
+    app.on_key(key(KeyCode::Char('b')));
+    assert_eq!(app.prompt.as_deref(), Some("1-32"));
+    for _ in 0..4 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "9-2".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(app.confirm.is_none(), "invalid bounds are not applied");
+    assert!(app.flash.as_deref().unwrap_or("").contains("MIN-MAX"));
+    assert!(app.prompt.is_some(), "the prompt stays open to fix it");
+    for _ in 0..3 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "2-6".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(
+        app.confirm,
+        Some(syncctl::ui::state::Confirm::Bounds { min: 2, max: 6 })
+    );
+    match app.on_key(key(KeyCode::Char('y'))) {
+        Some(Command::SetWorkerBounds { min: 2, max: 6, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_engine_notice_is_flashed_once() {
+    let mut app = app();
+    let mut s = snapshot();
+    s.notice = syncctl::engine::Notice {
+        seq: 1,
+        ok: false,
+        message: "illegal breaker transition CLOSED → HALF_OPEN".into(),
+    };
+    app.on_snapshot(Arc::new(s.clone()));
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("refused: illegal breaker transition CLOSED → HALF_OPEN")
+    );
+    app.flash = None;
+    app.on_snapshot(Arc::new(s));
+    assert_eq!(app.flash, None);
+}

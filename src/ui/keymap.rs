@@ -21,13 +21,34 @@ pub enum Action {
     Top,
     Bottom,
     Back,
+    ForceOpen,
+    CloseCircuit,
+    DisableCircuit,
+    MetricsOnly,
+    ResetCircuit,
+    ToggleOutage,
+    SetBounds,
 }
 
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
+    /// Screens with a list to move through (Circuits, Events).
     Lists,
+    Circuits,
+    Workers,
+}
+
+impl Scope {
+    fn applies(self, tab: Tab) -> bool {
+        match self {
+            Scope::Global => true,
+            Scope::Lists => matches!(tab, Tab::Events | Tab::Circuits),
+            Scope::Circuits => tab == Tab::Circuits,
+            Scope::Workers => tab == Tab::Workers,
+        }
+    }
 }
 
 pub struct Binding {
@@ -51,12 +72,84 @@ pub const BINDINGS: &[Binding] = &[
         help: "Overview",
     },
     Binding {
-        keys: &[KeyCode::Char('2')],
-        label: "2",
+        keys: &[KeyCode::Char('3')],
+        label: "3",
+        action: Action::GoTab(Tab::Circuits),
+        scope: Scope::Global,
+        hint: None,
+        help: "Circuits (breaker per downstream)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('4')],
+        label: "4",
+        action: Action::GoTab(Tab::Workers),
+        scope: Scope::Global,
+        hint: None,
+        help: "Workers & queues (auto-scaler, limits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('7')],
+        label: "7",
         action: Action::GoTab(Tab::Events),
         scope: Scope::Global,
         hint: None,
         help: "Events (audit trail)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('o')],
+        label: "o",
+        action: Action::ForceOpen,
+        scope: Scope::Circuits,
+        hint: Some("force open"),
+        help: "force the selected circuit open (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('C')],
+        label: "C",
+        action: Action::CloseCircuit,
+        scope: Scope::Circuits,
+        hint: Some("close"),
+        help: "close the selected circuit (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('d')],
+        label: "d",
+        action: Action::DisableCircuit,
+        scope: Scope::Circuits,
+        hint: Some("disable"),
+        help: "disable: let all calls through, record nothing (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('m')],
+        label: "m",
+        action: Action::MetricsOnly,
+        scope: Scope::Circuits,
+        hint: None,
+        help: "metrics only: record, never trip (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('x')],
+        label: "x",
+        action: Action::ResetCircuit,
+        scope: Scope::Circuits,
+        hint: Some("reset"),
+        help: "reset: CLOSED with metrics cleared (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('O')],
+        label: "O",
+        action: Action::ToggleOutage,
+        scope: Scope::Circuits,
+        hint: None,
+        help: "demo: simulate / end an outage of the service (Circuits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('b')],
+        label: "b",
+        action: Action::SetBounds,
+        scope: Scope::Workers,
+        hint: Some("worker bounds"),
+        help: "set catalog worker bounds MIN-MAX (Workers)",
     },
     Binding {
         keys: &[KeyCode::Tab],
@@ -164,23 +257,28 @@ pub const BINDINGS: &[Binding] = &[
     },
 ];
 
-/// The action bound to `key` where `lists` says whether a list screen is shown.
-pub fn action_for(key: &KeyEvent, lists: bool) -> Option<Action> {
+/// The action bound to `key` on the screen `tab`.
+pub fn action_for(key: &KeyEvent, tab: Tab) -> Option<Action> {
     if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
         return Some(Action::Quit);
     }
     BINDINGS
         .iter()
-        .filter(|b| b.scope == Scope::Global || lists)
+        .filter(|b| b.scope.applies(tab))
         .find(|b| b.keys.contains(&key.code))
         .map(|b| b.action)
 }
 
-/// `(keys, hint)` pairs for the hints bar on the current screen.
-pub fn hints(lists: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
-    BINDINGS
+/// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first).
+pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let local = BINDINGS.iter().filter(move |b| {
+        matches!(b.scope, Scope::Circuits | Scope::Workers) && b.scope.applies(tab)
+    });
+    let rest = BINDINGS
         .iter()
-        .filter(move |b| b.scope == Scope::Global || lists)
+        .filter(move |b| matches!(b.scope, Scope::Global | Scope::Lists) && b.scope.applies(tab));
+    local
+        .chain(rest)
         .filter_map(|b| b.hint.map(|h| (b.label, h)))
 }
 
@@ -201,7 +299,10 @@ mod tests {
     #[test]
     fn list_keys_only_act_on_list_screens() {
         let j = KeyEvent::from(KeyCode::Char('j'));
-        assert_eq!(action_for(&j, false), None);
-        assert_eq!(action_for(&j, true), Some(Action::Down));
+        assert_eq!(action_for(&j, Tab::Overview), None);
+        assert_eq!(action_for(&j, Tab::Events), Some(Action::Down));
+        let o = KeyEvent::from(KeyCode::Char('o'));
+        assert_eq!(action_for(&o, Tab::Events), None);
+        assert_eq!(action_for(&o, Tab::Circuits), Some(Action::ForceOpen));
     }
 }

@@ -64,9 +64,13 @@ fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
 
 /// Runs the console until the operator quits (and the engine has drained) or the
 /// engine stops on its own.
-pub async fn run(engine: &mut EngineHandle, max_fps: u32) -> anyhow::Result<()> {
+pub async fn run(
+    engine: &mut EngineHandle,
+    max_fps: u32,
+    sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
+) -> anyhow::Result<()> {
     let mut term = setup()?;
-    let result = event_loop(&mut term, engine, max_fps).await;
+    let result = event_loop(&mut term, engine, max_fps, sandbox).await;
     restore();
     if result.is_err() {
         // The console failed; do not leave the engine running without anyone watching.
@@ -79,9 +83,11 @@ async fn event_loop(
     term: &mut Term,
     engine: &mut EngineHandle,
     max_fps: u32,
+    sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
 ) -> anyhow::Result<()> {
     let mut snapshots = engine.snapshot.clone();
     let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env());
+    app.sandbox = sandbox;
     let mut input = EventStream::new();
     let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
     let mut last_draw = Instant::now() - frame_gap;

@@ -9,19 +9,34 @@ use crossterm::event::{KeyCode, KeyEvent};
 use super::keymap::{self, Action};
 use super::theme::Theme;
 use crate::engine::{Command, Snapshot, operator};
+use crate::resilience::State as BreakerState;
+use crate::sandbox::Sandbox;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Overview,
+    Circuits,
+    Workers,
     Events,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 2] = [Tab::Overview, Tab::Events];
+    pub const ALL: [Tab; 4] = [Tab::Overview, Tab::Circuits, Tab::Workers, Tab::Events];
     pub fn title(self) -> &'static str {
         match self {
             Tab::Overview => "Overview",
+            Tab::Circuits => "Circuits",
+            Tab::Workers => "Workers",
             Tab::Events => "Events",
+        }
+    }
+    /// The screen's number key (fixed across versions, as docs/console.md lists them).
+    pub fn key(self) -> char {
+        match self {
+            Tab::Overview => '1',
+            Tab::Circuits => '3',
+            Tab::Workers => '4',
+            Tab::Events => '7',
         }
     }
     fn index(self) -> usize {
@@ -33,24 +48,45 @@ impl Tab {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
     Quit,
+    /// Set a circuit's state (`None`: reset to CLOSED with empty metrics).
+    Breaker {
+        service: String,
+        to: Option<BreakerState>,
+    },
+    Bounds {
+        min: u32,
+        max: u32,
+    },
 }
 
 impl Confirm {
-    pub fn title(&self) -> &'static str {
+    pub fn title(&self) -> String {
         match self {
-            Confirm::Quit => "Quit syncctl?",
+            Confirm::Quit => "Quit syncctl?".into(),
+            Confirm::Breaker { service, to: None } => format!("Reset the {service} circuit?"),
+            Confirm::Breaker {
+                service,
+                to: Some(s),
+            } => format!("Set the {service} circuit to {s}?"),
+            Confirm::Bounds { .. } => "Change catalog worker bounds?".into(),
         }
     }
-    pub fn effect(&self) -> &'static str {
+    pub fn effect(&self) -> String {
         match self {
-            Confirm::Quit => {
-                "The engine stops claiming work, finishes what is in flight, then exits. Queued work stays queued for the next start."
-            }
+            Confirm::Quit => "The engine stops claiming work, finishes what is in flight, then exits. Queued work stays queued for the next start.".into(),
+            Confirm::Breaker { service, to: None } => format!("Every call to {service} is let through again: the circuit goes CLOSED with an empty window and the initial open wait."),
+            Confirm::Breaker { service, to: Some(BreakerState::ForcedOpen) } => format!("Every call to {service} is refused without touching the network until you close it. Work waits in its queue."),
+            Confirm::Breaker { service, to: Some(BreakerState::Disabled) } => format!("Every call to {service} is let through and nothing is recorded: the circuit can no longer protect it."),
+            Confirm::Breaker { service, to: Some(BreakerState::MetricsOnly) } => format!("Calls to {service} are measured but the circuit never opens."),
+            Confirm::Breaker { service, to: Some(s) } => format!("The {service} circuit goes {s}; calls are let through and judged afresh."),
+            Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
         }
     }
     pub fn action_word(&self) -> &'static str {
         match self {
             Confirm::Quit => "Quit",
+            Confirm::Breaker { to: None, .. } => "Reset",
+            Confirm::Breaker { .. } | Confirm::Bounds { .. } => "Apply",
         }
     }
 }
@@ -69,6 +105,13 @@ pub struct App {
     pub flash: Option<String>,
     pub quitting: bool,
     pub actor: String,
+    /// Row selected on the Circuits screen.
+    pub circuit: usize,
+    /// Text typed at the worker-bounds prompt (`Some` while it is open).
+    pub prompt: Option<String>,
+    /// The demo's sandbox, for the outage toggle (None on a live engine).
+    pub sandbox: Option<Arc<Sandbox>>,
+    last_notice: u64,
 }
 
 impl App {
@@ -85,11 +128,65 @@ impl App {
             flash: None,
             quitting: false,
             actor: operator(),
+            circuit: 0,
+            prompt: None,
+            sandbox: None,
+            last_notice: 0,
         }
     }
 
     pub fn shows_list(&self) -> bool {
-        self.tab == Tab::Events
+        matches!(self.tab, Tab::Events | Tab::Circuits)
+    }
+
+    /// The service of the selected circuit.
+    pub fn selected_service(&self) -> Option<String> {
+        self.snapshot
+            .downstreams
+            .get(self.circuit)
+            .map(|d| d.name.clone())
+    }
+
+    /// Whether the demo's sandbox simulates an outage of `service` right now.
+    pub fn sandbox_outage(&self, service: &str) -> Option<bool> {
+        self.sandbox
+            .as_ref()
+            .and_then(|s| s.faults.get(service))
+            .map(|f| f.outage)
+    }
+
+    fn on_prompt_key(&mut self, key: KeyEvent) -> Option<Command> {
+        let text = self.prompt.as_mut()?;
+        match key.code {
+            KeyCode::Esc => self.prompt = None,
+            KeyCode::Backspace => {
+                text.pop();
+            }
+            KeyCode::Char(c) if (c.is_ascii_digit() || c == '-' || c == ' ') && text.len() < 12 => {
+                text.push(c)
+            }
+            KeyCode::Enter => {
+                let parsed = text.split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                });
+                let limit = self.snapshot.catalog.workers as u32;
+                match parsed {
+                    Some((min, max)) if min >= 1 && min <= max && max <= limit => {
+                        self.prompt = None;
+                        self.confirm = Some(Confirm::Bounds { min, max });
+                        self.confirm_focus_ok = false;
+                    }
+                    _ => {
+                        // The old bounds stay; the prompt stays open to fix the typo.
+                        self.flash = Some(format!(
+                            "bounds must read MIN-MAX with 1 ≤ MIN ≤ MAX ≤ {limit}, e.g. 2-16"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        None
     }
 
     /// A new snapshot from the engine; ignored while frozen (except to learn of draining).
@@ -104,7 +201,16 @@ impl App {
             self.events_offset =
                 (self.events_offset + arrived).min(s.audit.len().saturating_sub(1));
         }
-        if s.catalog.paused != self.snapshot.catalog.paused {
+        if s.notice.seq != self.last_notice {
+            self.last_notice = s.notice.seq;
+            if s.notice.seq > 0 {
+                self.flash = Some(if s.notice.ok {
+                    s.notice.message.clone()
+                } else {
+                    format!("refused: {}", s.notice.message)
+                });
+            }
+        } else if s.catalog.paused != self.snapshot.catalog.paused {
             self.flash = Some(if s.catalog.paused {
                 "catalog pipeline paused — p resumes".into()
             } else {
@@ -127,8 +233,17 @@ impl App {
             self.help = false;
             return None;
         }
+        if self.prompt.is_some() {
+            return self.on_prompt_key(key);
+        }
         self.flash = None;
-        let action = keymap::action_for(&key, self.shows_list())?;
+        let action = keymap::action_for(&key, self.tab)?;
+        let circuit = |app: &mut Self, to: Option<BreakerState>| {
+            if let Some(service) = app.selected_service() {
+                app.confirm = Some(Confirm::Breaker { service, to });
+                app.confirm_focus_ok = false;
+            }
+        };
         let page = 10;
         match action {
             Action::NextTab => self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()],
@@ -160,6 +275,23 @@ impl App {
                     Command::PauseCatalog { actor }
                 });
             }
+            Action::ForceOpen => circuit(self, Some(BreakerState::ForcedOpen)),
+            Action::CloseCircuit => circuit(self, Some(BreakerState::Closed)),
+            Action::DisableCircuit => circuit(self, Some(BreakerState::Disabled)),
+            Action::MetricsOnly => circuit(self, Some(BreakerState::MetricsOnly)),
+            Action::ResetCircuit => circuit(self, None),
+            Action::ToggleOutage => self.toggle_outage(),
+            Action::SetBounds => {
+                let c = &self.snapshot.catalog;
+                self.prompt = Some(format!("{}-{}", c.workers_min, c.workers_max));
+            }
+            Action::Up if self.tab == Tab::Circuits => {
+                self.circuit = self.circuit.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Circuits => {
+                self.circuit =
+                    (self.circuit + 1).min(self.snapshot.downstreams.len().saturating_sub(1))
+            }
             Action::Up => self.events_offset = self.events_offset.saturating_sub(1),
             Action::Down => self.events_offset = self.clamp_offset(self.events_offset + 1),
             Action::PageUp => self.events_offset = self.events_offset.saturating_sub(page),
@@ -168,6 +300,30 @@ impl App {
             Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
         }
         None
+    }
+
+    /// Demo only: simulates (or ends) an outage of the selected service in the sandbox.
+    fn toggle_outage(&mut self) {
+        let Some(service) = self.selected_service() else {
+            return;
+        };
+        let Some(sandbox) = self.sandbox.clone() else {
+            self.flash = Some("outages can only be simulated in the demo (syncctl demo)".into());
+            return;
+        };
+        let on = !self.sandbox_outage(&service).unwrap_or(false);
+        let patch = crate::sandbox::faults::FaultPatch {
+            service: service.clone(),
+            outage: Some(on),
+            ..Default::default()
+        };
+        self.flash = Some(match sandbox.faults.patch(&patch) {
+            Ok(_) if on => format!(
+                "sandbox: {service} is DOWN (every request answers 503) — O again restores it"
+            ),
+            Ok(_) => format!("sandbox: {service} restored"),
+            Err(e) => format!("sandbox: {e}"),
+        });
     }
 
     fn clamp_offset(&self, offset: usize) -> usize {
@@ -195,6 +351,7 @@ impl App {
             }
             KeyCode::Enter | KeyCode::Char('y') => {
                 self.confirm = None;
+                let actor = self.actor.clone();
                 match confirm {
                     Confirm::Quit => {
                         self.quitting = true;
@@ -202,6 +359,23 @@ impl App {
                         self.flash = Some("draining in-flight work…".into());
                         Some(Command::Shutdown)
                     }
+                    Confirm::Breaker { service, to: None } => {
+                        Some(Command::ResetBreaker { service, actor })
+                    }
+                    Confirm::Breaker {
+                        service,
+                        to: Some(state),
+                    } => Some(Command::SetBreaker {
+                        service,
+                        state,
+                        actor,
+                    }),
+                    Confirm::Bounds { min, max } => Some(Command::SetWorkerBounds {
+                        pipeline: "catalog".into(),
+                        min,
+                        max,
+                        actor,
+                    }),
                 }
             }
             _ => None,

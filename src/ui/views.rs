@@ -21,6 +21,7 @@ use ratatui::widgets::{
 use super::keymap::{self, BINDINGS};
 use super::state::{App, Tab};
 use crate::engine::Mode;
+use crate::resilience::State as BreakerState;
 
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 16;
@@ -40,6 +41,8 @@ pub fn draw(frame: &mut Frame, app: &App) {
     draw_header(frame, header, app);
     match app.tab {
         Tab::Overview => draw_overview(frame, body, app),
+        Tab::Circuits => draw_circuits(frame, body, app),
+        Tab::Workers => draw_workers(frame, body, app),
         Tab::Events => draw_events(frame, body, app),
     }
     draw_footer(frame, footer, app);
@@ -110,7 +113,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     let mut left = vec![
         Span::styled(" syncctl ", t.title),
         Span::styled(badge, badge_style),
-        Span::raw(" catalog "),
+        Span::raw(if area.width >= 100 { " catalog " } else { " " }),
         Span::styled(state, state_style),
     ];
     if app.frozen {
@@ -122,8 +125,13 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         left.push(Span::styled(format!("  http://{}", s.server_addr), t.dim));
     }
     let mut right = Vec::new();
-    for (i, tab) in Tab::ALL.iter().enumerate() {
-        let label = format!(" {} {} ", i + 1, tab.title());
+    for tab in Tab::ALL.iter() {
+        // Narrow terminals name only the current screen; the others show their key.
+        let label = if area.width >= 100 || *tab == app.tab {
+            format!(" {} {} ", tab.key(), tab.title())
+        } else {
+            format!(" {} ", tab.key())
+        };
         right.push(Span::styled(
             label,
             if *tab == app.tab { t.tab_active } else { t.dim },
@@ -138,6 +146,18 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
+    if let Some(text) = &app.prompt {
+        let mut spans = vec![
+            Span::styled(" catalog workers MIN-MAX: ", t.title),
+            Span::styled(format!("{text}▏"), t.key),
+            Span::styled("  Enter apply · Esc cancel", t.dim),
+        ];
+        if let Some(flash) = &app.flash {
+            spans.push(Span::styled(format!("  {flash}"), t.flash));
+        }
+        frame.render_widget(Paragraph::new(Line::from(spans)), area);
+        return;
+    }
     if let Some(flash) = &app.flash {
         frame.render_widget(
             Paragraph::new(Span::styled(format!(" {flash}"), t.flash)),
@@ -146,11 +166,11 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let mut spans = vec![Span::raw(" ")];
-    for (keys, hint) in keymap::hints(app.shows_list()) {
+    for (keys, hint) in keymap::hints(app.tab) {
         spans.push(Span::styled(keys, t.key));
         spans.push(Span::styled(format!(" {hint}  "), t.dim));
     }
-    spans.push(Span::styled("1-2", t.key));
+    spans.push(Span::styled("1 3 4 7", t.key));
     spans.push(Span::styled(" screens", t.dim));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -423,6 +443,307 @@ fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(table, area);
 }
 
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0}%"))
+}
+
+fn secs(ms: u64) -> String {
+    if ms >= 10_000 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+fn state_style(app: &App, state: BreakerState) -> Style {
+    let t = &app.theme;
+    match state {
+        BreakerState::Closed => t.ok,
+        BreakerState::HalfOpen | BreakerState::MetricsOnly | BreakerState::Disabled => t.warn,
+        BreakerState::Open | BreakerState::ForcedOpen => t.error,
+    }
+}
+
+fn draw_circuits(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let s = &app.snapshot;
+    let table_h = (s.downstreams.len() as u16 + 3).min(area.height / 2);
+    let [table_area, detail] =
+        Layout::vertical([Constraint::Length(table_h), Constraint::Min(4)]).areas(area);
+    let header = Row::new([
+        "",
+        "circuit",
+        "state",
+        "fail/thr",
+        "slow/thr",
+        "calls",
+        "rejected",
+        "half-open",
+    ])
+    .style(t.title);
+    let rows = s.downstreams.iter().enumerate().map(|(i, d)| {
+        let b = &d.breaker;
+        let marker = if i == app.circuit { "▶" } else { " " };
+        let half = match b.until_half_open_ms {
+            Some(ms) => format!("in {}", secs(ms)),
+            None if b.state == BreakerState::HalfOpen => {
+                format!("{}/{} trials", b.half_open_in_use, b.half_open_permits)
+            }
+            None => "–".into(),
+        };
+        let mut name = d.name.clone();
+        if app.sandbox_outage(&d.name) == Some(true) {
+            name.push_str(" ⚡");
+        }
+        let row = Row::new(vec![
+            Cell::from(marker),
+            Cell::from(name),
+            Cell::from(Span::styled(
+                format!("{} {}", b.state.symbol(), b.state.name()),
+                state_style(app, b.state),
+            )),
+            Cell::from(format!(
+                "{}/{:.0}%",
+                pct(b.failure_rate),
+                b.failure_threshold
+            )),
+            Cell::from(format!(
+                "{}/{:.0}%",
+                pct(b.slow_call_rate),
+                b.slow_call_threshold
+            )),
+            Cell::from(format!("{}", b.calls)),
+            Cell::from(group(b.rejections)),
+            Cell::from(half),
+        ]);
+        if i == app.circuit {
+            row.style(t.tab_active)
+        } else {
+            row
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(1),
+            Constraint::Length(12),
+            Constraint::Length(14),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(6),
+            Constraint::Length(8),
+            Constraint::Min(9),
+        ],
+    )
+    .header(header)
+    .block(block(
+        "Circuits — window rates vs thresholds (– = fewer calls than the minimum)",
+        app,
+    ));
+    frame.render_widget(table, table_area);
+    let Some(d) = s.downstreams.get(app.circuit) else {
+        return;
+    };
+    let b = &d.breaker;
+    let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"));
+    let mut lines = vec![Line::from(vec![
+        Span::styled(format!("{} ", d.name), t.title),
+        Span::raw(format!(
+            "{} calls · {} ok · {} failed · {} timed out · {} client errors · {} throttled · {} retries · p50 {} · p99 {}",
+            group(d.calls),
+            group(d.successes),
+            group(d.failures),
+            group(d.timeouts),
+            group(d.ignored),
+            group(d.throttled),
+            group(d.retries),
+            ms(d.p50_ms),
+            ms(d.p99_ms)
+        )),
+    ])];
+    lines.push(Line::from(match &b.last_transition {
+        Some(tr) => vec![
+            Span::styled("last transition ", t.dim),
+            Span::raw(format!("{} {} → {}: ", clock(tr.at_ms), tr.from, tr.to)),
+            Span::styled(tr.reason.clone(), t.warn),
+        ],
+        None => vec![Span::styled("no transition since start", t.dim)],
+    }));
+    lines.push(Line::from(vec![
+        Span::styled("policy ", t.dim),
+        Span::raw(format!(
+            "opens at ≥{:.0}% failed or ≥{:.0}% slow over ≥{} calls · waits {} in OPEN · {} trial calls",
+            b.failure_threshold,
+            b.slow_call_threshold,
+            b.minimum_calls,
+            secs(b.open_wait_ms),
+            b.half_open_permits
+        )),
+    ]));
+    if app.sandbox.is_some() {
+        let on = app.sandbox_outage(&d.name) == Some(true);
+        lines.push(Line::from(vec![
+            Span::styled("sandbox ", t.dim),
+            Span::raw(if on {
+                "outage ON ⚡ — "
+            } else {
+                "healthy — "
+            }),
+            Span::styled("O", t.key),
+            Span::raw(if on {
+                " ends the outage"
+            } else {
+                " simulates an outage of this service"
+            }),
+        ]));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(block("Selected", app)),
+        detail,
+    );
+}
+
+fn draw_workers(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let s = &app.snapshot;
+    let c = &s.catalog;
+    let [pipe, limits, decisions] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Length(s.downstreams.len() as u16 + 3),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let lines = vec![
+        Line::from(vec![
+            Span::styled("queue ", t.dim),
+            Span::raw(format!(
+                "{} queued · oldest since {} · {} in flight · {} deferred (circuit open)",
+                group(c.counts.queued),
+                c.counts
+                    .oldest_queued_ms
+                    .map_or_else(|| "–".to_owned(), clock),
+                c.in_flight,
+                group(c.deferred)
+            )),
+        ]),
+        Line::from(vec![
+            Span::styled("workers ", t.dim),
+            Span::styled(
+                format!("{} busy / {} target", c.in_flight, c.workers_target),
+                t.title,
+            ),
+            Span::raw(format!(
+                " · bounds {}–{}{}",
+                c.workers_min,
+                c.workers_max,
+                if c.autoscale { "" } else { " (fixed)" }
+            )),
+        ]),
+        Line::from(vec![
+            Span::styled("why ", t.dim),
+            Span::raw(c.autoscale_status.clone()),
+        ]),
+        Line::from(vec![
+            Span::styled("batches ", t.dim),
+            Span::raw(format!(
+                "claim {} jobs · list page {} products",
+                c.claim_batch, c.page_size
+            )),
+        ]),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines).block(block(
+            if c.paused {
+                "Catalog pipeline — paused"
+            } else {
+                "Catalog pipeline"
+            },
+            app,
+        )),
+        pipe,
+    );
+    let header = Row::new([
+        "downstream",
+        "rate/min",
+        "in flight",
+        "pushback",
+        "429s",
+        "budget",
+    ])
+    .style(t.title);
+    let rows = s.downstreams.iter().map(|d| {
+        let l = &d.limiter;
+        let rate = if l.rate_per_min == 0 {
+            "no limit".to_owned()
+        } else if l.effective_per_min < l.rate_per_min {
+            format!(
+                "{} of {}",
+                group(l.effective_per_min as u64),
+                group(l.rate_per_min as u64)
+            )
+        } else {
+            group(l.rate_per_min as u64)
+        };
+        let conc = match (l.max_concurrent, l.effective_concurrent) {
+            (0, 0) => format!("{} / –", l.in_flight),
+            (_, e) => format!("{} / {}", l.in_flight, e),
+        };
+        let pushback = if l.paused_for_ms > 0 {
+            Span::styled(format!("paused {}", secs(l.paused_for_ms)), t.warn)
+        } else {
+            Span::raw("–")
+        };
+        Row::new(vec![
+            Cell::from(d.name.clone()),
+            Cell::from(rate),
+            Cell::from(conc),
+            Cell::from(pushback),
+            Cell::from(group(d.throttled)),
+            Cell::from(format!("{} left", d.budget_available)),
+        ])
+    });
+    frame.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(12),
+                Constraint::Length(14),
+                Constraint::Length(10),
+                Constraint::Length(14),
+                Constraint::Length(6),
+                Constraint::Min(8),
+            ],
+        )
+        .header(header)
+        .block(block(
+            "Rate limits (proactive GCRA + in-flight cap; halved on 429)",
+            app,
+        )),
+        limits,
+    );
+    let items: Vec<Line> = if c.decisions.is_empty() {
+        vec![Line::from(Span::styled("no scaling decision yet", t.dim))]
+    } else {
+        c.decisions
+            .iter()
+            .map(|d| {
+                let arrow = if d.to > d.from { "▲" } else { "▼" };
+                Line::from(vec![
+                    Span::styled(format!("{} ", clock(d.at_ms)), t.dim),
+                    Span::styled(format!("{arrow} {:>2} → {:<2} ", d.from, d.to), t.title),
+                    Span::raw(d.reason.clone()),
+                ])
+            })
+            .collect()
+    };
+    frame.render_widget(
+        Paragraph::new(items).block(block("Auto-scaler decisions (newest first)", app)),
+        decisions,
+    );
+}
+
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
     let h = height.min(area.height);
@@ -457,7 +778,8 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let rect = centered(area, 60, 8);
     frame.render_widget(Clear, rect);
-    let b = block(confirm.title(), app);
+    let title = confirm.title();
+    let b = block(&title, app);
     let inner = b.inner(rect);
     frame.render_widget(b, rect);
     let [text, buttons] =

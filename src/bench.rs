@@ -143,3 +143,153 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
     sandbox.shutdown().await;
     Ok(())
 }
+
+/// `syncctl bench resilience`: a catalog sync against a sandbox enforcing a QuickBooks
+/// quota (rate, in-flight cap, latency), printing utilisation of the bound and the share
+/// of requests throttled; then an outage, printing how fast an open breaker rejects.
+pub async fn resilience(
+    products: usize,
+    rate_per_sec: u32,
+    max_concurrent: u32,
+    latency_ms: u64,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("syncctl-bench-")
+        .tempdir()?;
+    let mut faults = std::collections::BTreeMap::new();
+    faults.insert(
+        "quickbooks".to_owned(),
+        crate::sandbox::faults::FaultSettings {
+            rate_limit_per_min: rate_per_sec * 60,
+            max_concurrent,
+            latency_ms,
+            ..Default::default()
+        },
+    );
+    let opts = SandboxOptions {
+        products,
+        seed: 42,
+        latency_ms: 0,
+        change_interval_ms: 0,
+        dir: None,
+        webhook_url: None,
+        faults,
+    };
+    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.catalog.reconcile_interval_secs = 3600;
+    config.quickbooks.throttle_pause_secs = 1;
+    config.quickbooks.breaker.open_wait_secs = 2;
+    app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
+    let bound =
+        (rate_per_sec as f64).min(max_concurrent as f64 * 1000.0 / latency_ms.max(1) as f64);
+    println!(
+        "syncctl bench resilience: {products} products; sandbox QuickBooks quota {rate_per_sec}/s, {max_concurrent} in flight, {latency_ms} ms latency → bound {bound:.0} req/s"
+    );
+    let listener = app::bind(config.server.listen, false).await?;
+    let mut engine = crate::engine::start(crate::engine::EngineOptions {
+        config,
+        data_dir: tmp.path().to_owned(),
+        mode: crate::engine::Mode::Sandbox,
+        listener,
+    })
+    .await?;
+    // Steady state: measure between 10 % and 90 % of the Items created.
+    let items =
+        |s: &crate::sandbox::Sandbox| s.stats()["quickbooks"]["items_total"].as_u64().unwrap_or(0);
+    let counts = |s: &crate::sandbox::Sandbox| {
+        let v = s.stats();
+        (
+            v["quickbooks"]["requests"].as_u64().unwrap_or(0),
+            v["quickbooks"]["throttled"].as_u64().unwrap_or(0),
+        )
+    };
+    let sb = sandbox.sandbox.clone();
+    let wait_items = |n: u64| {
+        let sb = sb.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while items(&sb) < n {
+                anyhow::ensure!(Instant::now() < deadline, "sync stalled below {n} Items");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    };
+    wait_items(products as u64 / 10).await?;
+    let (r0, t0, s0) = {
+        let (r, t) = counts(&sb);
+        (r, t, Instant::now())
+    };
+    wait_items(products as u64 * 9 / 10).await?;
+    let (r1, t1) = counts(&sb);
+    let secs = s0.elapsed().as_secs_f64();
+    let rate = (r1 - r0) as f64 / secs;
+    println!(
+        "  steady state: {} QuickBooks requests in {secs:.1} s = {rate:.1} req/s → utilisation {:.1} % of the bound",
+        r1 - r0,
+        rate * 100.0 / bound
+    );
+    println!(
+        "  throttled: {} of {} requests = {:.2} %",
+        t1 - t0,
+        r1 - r0,
+        (t1 - t0) as f64 * 100.0 / (r1 - r0).max(1) as f64
+    );
+    let snap = engine.snapshot.borrow().catalog.clone();
+    println!(
+        "  workers: target {} (bounds {}–{}); last decision: {}",
+        snap.workers_target,
+        snap.workers_min,
+        snap.workers_max,
+        snap.decisions.first().map_or("none".into(), |d| format!(
+            "{} → {}: {}",
+            d.from, d.to, d.reason
+        ))
+    );
+    // Outage: the breaker opens; rejections are measured inside the policy object.
+    let patch = |outage: bool| crate::sandbox::faults::FaultPatch {
+        service: "quickbooks".into(),
+        outage: Some(outage),
+        ..Default::default()
+    };
+    sb.faults.patch(&patch(true)).map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let view = loop {
+        let v = engine
+            .snapshot
+            .borrow()
+            .downstreams
+            .iter()
+            .find(|d| d.name == "quickbooks")
+            .cloned();
+        if let Some(v) = v
+            && v.breaker.state == crate::resilience::State::Open
+            && v.rejected > 0
+        {
+            break v;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the breaker did not open and reject a call in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "  outage: breaker {} after {:.1} s; {} calls rejected without network I/O; p99 rejection latency {:.1} µs",
+        view.breaker.state,
+        started.elapsed().as_secs_f64(),
+        view.rejected,
+        view.rejection_p99_us.unwrap_or(0.0)
+    );
+    sb.faults.patch(&patch(false)).map_err(anyhow::Error::msg)?;
+    wait_items(products as u64).await?;
+    println!(
+        "  recovered: {} Items, duplicate names {}",
+        items(&sb),
+        sb.stats()["quickbooks"]["duplicate_names"]
+    );
+    engine.shutdown().await;
+    Ok(())
+}

@@ -365,6 +365,9 @@ pub fn downstream_config(
         limiter: LimiterConfig {
             rate_per_min: rate_limit_per_min,
             max_concurrent,
+            // Half a second's worth back to back: slots lost while no worker was ready
+            // are made up, and a service allowing a second's burst never sees a 429.
+            burst: (rate_limit_per_min / 120).max(1),
             default_pushback: Duration::from_secs(throttle_pause_secs),
             ..LimiterConfig::default()
         },

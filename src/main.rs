@@ -108,6 +108,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Catalog sync under a QuickBooks quota (utilisation, throttled %), then an outage
+    /// (p99 latency of a rejection by the open breaker).
+    Resilience {
+        #[arg(long, default_value_t = 2000)]
+        products: usize,
+        /// The sandbox's QuickBooks rate quota, requests per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        max_concurrent: u32,
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -222,6 +235,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         }) => {
             syncctl::bench::catalog(products, workers, seed).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            command:
+                BenchCommand::Resilience {
+                    products,
+                    rate,
+                    max_concurrent,
+                    latency_ms,
+                },
+        }) => {
+            syncctl::bench::resilience(products, rate, max_concurrent, latency_ms).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -105,11 +105,12 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
-    /// Defaults for a few requests per second: a 30-second window, 10 calls minimum.
+    /// Defaults for a few requests per second: a 10-second window, 10 calls minimum
+    /// (a short window so an outage after a long healthy run trips in seconds).
     fn default() -> Self {
         Self {
             window: WindowKind::Time,
-            window_size: 30,
+            window_size: 10,
             minimum_calls: 10,
             failure_rate: 50.0,
             slow_call_rate: 100.0,

@@ -8,16 +8,34 @@ use std::time::{Duration, Instant};
 
 use crate::app;
 use crate::config::Config;
-use crate::sandbox::SandboxOptions;
+use crate::sandbox::{SandboxOptions, SandboxServer};
+
+/// An engine pointed at `sandbox` (which it keeps to the quotas of), on a free port,
+/// with no periodic reconciliation; `tune` adjusts the config before it starts.
+async fn engine_on(
+    sandbox: &SandboxServer,
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut Config),
+) -> anyhow::Result<crate::engine::EngineHandle> {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.catalog.reconcile_interval_secs = 3600;
+    app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
+    tune(&mut config);
+    let listener = app::bind(config.server.listen, false).await?;
+    crate::engine::start(crate::engine::EngineOptions {
+        config,
+        data_dir: dir.to_owned(),
+        mode: crate::engine::Mode::Sandbox,
+        listener,
+    })
+    .await
+}
 
 pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("syncctl-bench-")
         .tempdir()?;
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse()?;
-    config.catalog.workers = workers;
-    config.catalog.reconcile_interval_secs = 3600;
     let opts = SandboxOptions {
         products,
         seed,
@@ -28,20 +46,11 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
         faults: Default::default(),
     };
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
-    app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
-    let listener = app::bind(config.server.listen, false).await?;
-
     println!(
         "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
     );
     let started = Instant::now();
-    let mut engine = crate::engine::start(crate::engine::EngineOptions {
-        config,
-        data_dir: tmp.path().to_owned(),
-        mode: crate::engine::Mode::Sandbox,
-        listener,
-    })
-    .await?;
+    let mut engine = engine_on(&sandbox, tmp.path(), |c| c.catalog.workers = workers).await?;
     let mut snap = engine.snapshot.clone();
     loop {
         let done = {
@@ -176,23 +185,14 @@ pub async fn resilience(
         faults,
     };
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse()?;
-    config.catalog.reconcile_interval_secs = 3600;
-    config.quickbooks.throttle_pause_secs = 1;
-    config.quickbooks.breaker.open_wait_secs = 2;
-    app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
     let bound =
         (rate_per_sec as f64).min(max_concurrent as f64 * 1000.0 / latency_ms.max(1) as f64);
     println!(
         "syncctl bench resilience: {products} products; sandbox QuickBooks quota {rate_per_sec}/s, {max_concurrent} in flight, {latency_ms} ms latency → bound {bound:.0} req/s"
     );
-    let listener = app::bind(config.server.listen, false).await?;
-    let mut engine = crate::engine::start(crate::engine::EngineOptions {
-        config,
-        data_dir: tmp.path().to_owned(),
-        mode: crate::engine::Mode::Sandbox,
-        listener,
+    let mut engine = engine_on(&sandbox, tmp.path(), |c| {
+        c.quickbooks.throttle_pause_secs = 1;
+        c.quickbooks.breaker.open_wait_secs = 2;
     })
     .await?;
     // Steady state: measure between 10 % and 90 % of the Items created.

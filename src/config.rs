@@ -352,71 +352,73 @@ impl Default for RetrySettings {
     }
 }
 
-/// The resilience policy of one downstream, from its section.
-pub fn downstream_config(
-    breaker: &BreakerSettings,
-    retry: &RetrySettings,
-    rate_limit_per_min: u32,
-    max_concurrent: u32,
-    throttle_pause_secs: u64,
-) -> DownstreamConfig {
+/// The resilience policy of one downstream, from its section's keys.
+pub fn downstream_config(k: &ServiceKeys<'_>) -> DownstreamConfig {
     DownstreamConfig {
-        breaker: breaker.to_config(),
+        breaker: k.breaker.to_config(),
         limiter: LimiterConfig {
-            rate_per_min: rate_limit_per_min,
-            max_concurrent,
+            rate_per_min: k.rate_limit_per_min,
+            max_concurrent: k.max_concurrent,
             // Half a second's worth back to back: slots lost while no worker was ready
             // are made up, and a service allowing a second's burst never sees a 429.
-            burst: (rate_limit_per_min / 120).max(1),
-            default_pushback: Duration::from_secs(throttle_pause_secs),
+            burst: (k.rate_limit_per_min / 120).max(1),
+            default_pushback: Duration::from_secs(k.throttle_pause_secs),
             ..LimiterConfig::default()
         },
         retry: RetryPolicy {
-            backoff: retry.backoff,
-            jitter: retry.jitter,
-            base: Duration::from_millis(retry.base_ms),
-            cap: Duration::from_millis(retry.cap_ms),
-            max_attempts: retry.max_attempts.max(1),
+            backoff: k.retry.backoff,
+            jitter: k.retry.jitter,
+            base: Duration::from_millis(k.retry.base_ms),
+            cap: Duration::from_millis(k.retry.cap_ms),
+            max_attempts: k.retry.max_attempts.max(1),
         },
         budget: BudgetConfig {
-            ttl: Duration::from_secs(retry.budget_ttl_secs.max(1)),
-            min_retries_per_sec: retry.budget_min_per_sec,
-            percent_can_retry: retry.budget_percent / 100.0,
+            ttl: Duration::from_secs(k.retry.budget_ttl_secs.max(1)),
+            min_retries_per_sec: k.retry.budget_min_per_sec,
+            percent_can_retry: k.retry.budget_percent / 100.0,
         },
     }
 }
 
+/// The resilience keys every downstream's section has.
+pub struct ServiceKeys<'a> {
+    pub breaker: &'a BreakerSettings,
+    pub retry: &'a RetrySettings,
+    pub rate_limit_per_min: u32,
+    pub max_concurrent: u32,
+    pub throttle_pause_secs: u64,
+}
+
+/// The downstreams with a resilience policy, in display order.
+pub const DOWNSTREAMS: [&str; 3] = ["stripe", "quickbooks", "alegra"];
+
 impl Config {
-    pub fn stripe_downstream(&self) -> DownstreamConfig {
-        let s = &self.stripe;
-        downstream_config(
-            &s.breaker,
-            &s.retry,
-            s.rate_limit_per_min,
-            s.max_concurrent,
-            s.throttle_pause_secs,
-        )
+    /// The resilience keys of `[stripe]`, `[quickbooks]` or `[alegra]`.
+    pub fn service_keys(&self, name: &str) -> Option<ServiceKeys<'_>> {
+        macro_rules! keys {
+            ($s:expr) => {
+                ServiceKeys {
+                    breaker: &$s.breaker,
+                    retry: &$s.retry,
+                    rate_limit_per_min: $s.rate_limit_per_min,
+                    max_concurrent: $s.max_concurrent,
+                    throttle_pause_secs: $s.throttle_pause_secs,
+                }
+            };
+        }
+        Some(match name {
+            "stripe" => keys!(self.stripe),
+            "quickbooks" => keys!(self.quickbooks),
+            "alegra" => keys!(self.alegra),
+            _ => return None,
+        })
     }
-    pub fn quickbooks_downstream(&self) -> DownstreamConfig {
-        let s = &self.quickbooks;
-        downstream_config(
-            &s.breaker,
-            &s.retry,
-            s.rate_limit_per_min,
-            s.max_concurrent,
-            s.throttle_pause_secs,
-        )
+
+    /// The resilience policy of one downstream (see [`DOWNSTREAMS`]).
+    pub fn downstream(&self, name: &str) -> Option<DownstreamConfig> {
+        self.service_keys(name).map(|k| downstream_config(&k))
     }
-    pub fn alegra_downstream(&self) -> DownstreamConfig {
-        let s = &self.alegra;
-        downstream_config(
-            &s.breaker,
-            &s.retry,
-            s.rate_limit_per_min,
-            s.max_concurrent,
-            s.throttle_pause_secs,
-        )
-    }
+
     pub fn catalog_autoscale(&self) -> AutoscaleConfig {
         let c = &self.catalog;
         AutoscaleConfig {
@@ -563,15 +565,15 @@ impl Config {
         if c.claim_batch_max == 0 || c.claim_batch_max > 100 {
             return Err(fail("catalog.claim_batch_max", "must be between 1 and 100"));
         }
-        for (service, b, r) in [
-            ("stripe", &self.stripe.breaker, &self.stripe.retry),
-            (
-                "quickbooks",
-                &self.quickbooks.breaker,
-                &self.quickbooks.retry,
-            ),
-            ("alegra", &self.alegra.breaker, &self.alegra.retry),
-        ] {
+        for service in DOWNSTREAMS {
+            let Some(ServiceKeys {
+                breaker: b,
+                retry: r,
+                ..
+            }) = self.service_keys(service)
+            else {
+                continue;
+            };
             for (key, v) in [
                 ("failure_rate_threshold", b.failure_rate_threshold),
                 ("slow_call_rate_threshold", b.slow_call_rate_threshold),

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use super::item::{self, DesiredItem};
 use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
-use crate::resilience::State as BreakerState;
 use crate::resilience::autoscale::{AutoscaleConfig, Autoscaler, BatchSizer, Decision, Sample};
 use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
 
@@ -111,13 +110,20 @@ enum JobError {
     Deferred(String, Duration),
 }
 
+impl JobError {
+    /// A call the circuit refused: back to the queue once the circuit may admit it.
+    fn deferred(e: &dyn std::fmt::Display, retry_in_ms: u64) -> Self {
+        JobError::Deferred(
+            e.to_string(),
+            Duration::from_millis(retry_in_ms.clamp(250, 60_000)),
+        )
+    }
+}
+
 impl From<QbError> for JobError {
     fn from(e: QbError) -> Self {
         match &e {
-            QbError::Rejected { retry_in_ms, .. } => JobError::Deferred(
-                e.to_string(),
-                Duration::from_millis((*retry_in_ms).clamp(250, 60_000)),
-            ),
+            QbError::Rejected { retry_in_ms, .. } => JobError::deferred(&e, *retry_in_ms),
             QbError::Throttled { retry_after_secs } => {
                 JobError::Transient(e.to_string(), Some(Duration::from_secs(*retry_after_secs)))
             }
@@ -130,10 +136,7 @@ impl From<QbError> for JobError {
 impl From<StripeError> for JobError {
     fn from(e: StripeError) -> Self {
         if let StripeError::Rejected { retry_in_ms, .. } = &e {
-            return JobError::Deferred(
-                e.to_string(),
-                Duration::from_millis((*retry_in_ms).clamp(250, 60_000)),
-            );
+            return JobError::deferred(&e, *retry_in_ms);
         }
         if e.is_transient() {
             JobError::Transient(e.to_string(), None)
@@ -270,10 +273,6 @@ impl Catalog {
         &self.qb
     }
 
-    pub fn stripe(&self) -> &StripeClient {
-        &self.stripe
-    }
-
     /// Worker tasks to spawn: the upper bound (the target decides how many run).
     pub fn max_workers(&self) -> usize {
         self.settings
@@ -308,32 +307,19 @@ impl Catalog {
 
     /// Measures the last tick and lets the auto-scaler decide; call once a second.
     pub fn autoscale_tick(&self, last: &mut AutoscaleMarks) {
-        let m = &self.metrics;
-        let busy = m.busy_nanos.load(Ordering::Relaxed);
-        let jobs = m.jobs_timed.load(Ordering::Relaxed);
-        let (throttled, timeouts) = self
-            .qb
-            .guard()
-            .map_or((0, 0), |g| (g.throttled(), g.timeouts()));
-        let now = tokio::time::Instant::now();
-        let elapsed = now.duration_since(last.at).as_secs_f64().max(1e-3);
-        let done = jobs - last.jobs;
-        let busy_ns = busy - last.busy;
+        let now = self.marks();
+        let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        let done = now.jobs - last.jobs;
+        let busy_ns = now.busy - last.busy;
         let sample = Sample {
             latency: (done > 0).then(|| Duration::from_nanos(busy_ns / done)),
             completed: done,
             busy: busy_ns as f64 / 1e9 / elapsed,
             queued: self.store.queued(JOB_KIND).unwrap_or(0),
-            throttled: throttled - last.throttled,
-            timeouts: timeouts - last.timeouts,
+            throttled: now.throttled - last.throttled,
+            timeouts: now.timeouts - last.timeouts,
         };
-        *last = AutoscaleMarks {
-            at: now,
-            busy,
-            jobs,
-            throttled,
-            timeouts,
-        };
+        *last = now;
         let mut s = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(scaler) = s.as_mut()
             && scaler.observe(&sample, now_ms()).is_some()
@@ -389,19 +375,12 @@ impl Catalog {
             return true;
         };
         loop {
-            let v = g.breaker.view();
-            let wait = match v.state {
-                // The wait is over: the next call is a trial, so go and make it.
-                BreakerState::Open if v.until_half_open_ms.unwrap_or(0) == 0 => return true,
-                BreakerState::Open => {
-                    Duration::from_millis(v.until_half_open_ms.unwrap_or(0).min(1000) + 1)
-                }
-                BreakerState::ForcedOpen => Duration::from_millis(500),
-                // HALF_OPEN with every trial taken: wait for a verdict.
-                BreakerState::HalfOpen if v.half_open_in_use >= v.half_open_permits => {
-                    Duration::from_millis(100)
-                }
-                _ => return true,
+            // Once OPEN's wait is over the next call is a trial: go and make it. Otherwise
+            // sleep until the wait ends, or poll (FORCED_OPEN, HALF_OPEN awaiting a verdict).
+            let wait = match g.breaker.admits_now() {
+                (true, _) => return true,
+                (false, Some(left)) => left.min(Duration::from_secs(1)) + Duration::from_millis(1),
+                (false, None) => Duration::from_millis(100),
             };
             tokio::select! {
                 _ = cancel.cancelled() => return false,
@@ -774,7 +753,7 @@ impl Catalog {
             for job in jobs {
                 // Jobs not started when a pause, shutdown or scale-down arrives, or while
                 // the circuit is open, go back untouched.
-                let open = self.qb.guard().is_some_and(|g| g.breaker.rejects_now());
+                let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
                 if cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open {
                     let _ = self.store.release(job.id);
                     continue;

@@ -218,11 +218,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let cfg = &opts.config;
     let http = crate::connectors::http_client()?;
     let clock = SharedClock::tokio();
-    let downstreams = vec![
-        Downstream::new("stripe", cfg.stripe_downstream(), clock.clone()),
-        Downstream::new("quickbooks", cfg.quickbooks_downstream(), clock.clone()),
-        Downstream::new("alegra", cfg.alegra_downstream(), clock.clone()),
-    ];
+    // In DOWNSTREAMS order: stripe, quickbooks, alegra.
+    let downstreams: Vec<Arc<Downstream>> = crate::config::DOWNSTREAMS
+        .iter()
+        .filter_map(|name| Some(Downstream::new(name, cfg.downstream(name)?, clock.clone())))
+        .collect();
     // Breaker transitions become audit entries and live events (written off the
     // caller's path: the listener runs under the breaker's lock).
     let (transitions_tx, mut transitions_rx) =
@@ -234,13 +234,20 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         });
     }
     drop(transitions_tx);
+    let guard = |name: &str| {
+        downstreams
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no resilience policy for {name}"))
+    };
     let stripe = StripeClient::new(
         http.clone(),
         required(&cfg.stripe.base_url, "stripe.base_url")?,
         required(&cfg.stripe.api_key, "stripe.api_key")?.clone(),
     )
     .with_timeout(Duration::from_secs(cfg.stripe.timeout_secs))
-    .with_guard(downstreams[0].clone());
+    .with_guard(guard("stripe")?);
     let tokens = Arc::new(TokenKeeper::new(
         http.clone(),
         required(&cfg.quickbooks.token_url, "quickbooks.token_url")?,
@@ -257,7 +264,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         Duration::from_secs(cfg.quickbooks.timeout_secs),
         tokens,
     )
-    .with_guard(downstreams[1].clone());
+    .with_guard(guard("quickbooks")?);
     let settings = CatalogSettings {
         workers: cfg.catalog.workers,
         autoscale: cfg.catalog.autoscale.then(|| cfg.catalog_autoscale()),

@@ -89,10 +89,6 @@ impl Autoscaler {
         &self.cfg
     }
 
-    pub fn baseline(&self) -> Option<Duration> {
-        self.baseline.map(Duration::from_secs_f64)
-    }
-
     /// New bounds from an operator; the target is clamped into them at once.
     pub fn set_bounds(&mut self, min: u32, max: u32, at_ms: i64) -> Option<Decision> {
         self.cfg.min = min.max(1);

@@ -104,6 +104,17 @@ pub struct BreakerConfig {
     pub half_open_permits: u32,
 }
 
+impl BreakerConfig {
+    /// Calls needed for a verdict: for a count window, capped at the window size.
+    fn effective_minimum(&self) -> u32 {
+        match self.window {
+            WindowKind::Count => self.minimum_calls.min(self.window_size),
+            WindowKind::Time => self.minimum_calls,
+        }
+        .max(1)
+    }
+}
+
 impl Default for BreakerConfig {
     /// Defaults for a few requests per second: a 10-second window, 10 calls minimum
     /// (a short window so an outage after a long healthy run trips in seconds).
@@ -305,7 +316,7 @@ type Listener = Box<dyn Fn(&str, &Transition) + Send + Sync>;
 
 pub struct Breaker {
     name: String,
-    cfg: Mutex<BreakerConfig>,
+    cfg: BreakerConfig,
     clock: SharedClock,
     inner: Mutex<Inner>,
     listener: Mutex<Option<Listener>>,
@@ -321,7 +332,7 @@ impl Breaker {
         let wait = cfg.open_wait;
         Arc::new(Self {
             name: name.to_owned(),
-            cfg: Mutex::new(cfg),
+            cfg,
             clock,
             inner: Mutex::new(Inner {
                 state: State::Closed,
@@ -349,24 +360,6 @@ impl Breaker {
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
     }
 
-    fn cfg(&self) -> BreakerConfig {
-        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn config(&self) -> BreakerConfig {
-        self.cfg()
-    }
-
-    /// Applies new thresholds; the window restarts if its shape changed.
-    pub fn set_config(&self, cfg: BreakerConfig) {
-        let mut inner = self.lock();
-        let old = self.cfg();
-        if old.window != cfg.window || old.window_size != cfg.window_size {
-            inner.window = Window::new(cfg.window, cfg.window_size);
-        }
-        *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -375,15 +368,20 @@ impl Breaker {
         self.lock().state
     }
 
-    /// Whether a call made now would be refused outright (FORCED_OPEN, or OPEN with
-    /// its wait not yet over). Lets callers hold work back instead of spending it.
-    pub fn rejects_now(&self) -> bool {
+    /// Whether a call made now would be let through (CLOSED, an OPEN whose wait is
+    /// over, a HALF_OPEN with a trial permit free…). Lets callers hold work back instead
+    /// of spending it on a refusal; when not, also how long until the wait ends (OPEN).
+    pub fn admits_now(&self) -> (bool, Option<Duration>) {
         let now = self.clock.now();
         let inner = self.lock();
         match inner.state {
-            State::ForcedOpen => true,
-            State::Open => now.saturating_sub(inner.opened_at) <= inner.wait,
-            _ => false,
+            State::ForcedOpen => (false, None),
+            State::Open => {
+                let elapsed = now.saturating_sub(inner.opened_at);
+                (elapsed > inner.wait, inner.wait.checked_sub(elapsed))
+            }
+            State::HalfOpen => (inner.trial_issued < self.cfg.half_open_permits.max(1), None),
+            _ => (true, None),
         }
     }
 
@@ -393,11 +391,11 @@ impl Breaker {
 
     /// Asks to make a call. An OPEN or FORCED_OPEN breaker answers at once, without I/O.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Rejected> {
-        let cfg = self.cfg();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let mut inner = self.lock();
         match inner.state {
-            State::Closed | State::MetricsOnly | State::Disabled => Ok(self.permit(false, now)),
+            State::Closed | State::MetricsOnly | State::Disabled => Ok(self.permit(false)),
             State::ForcedOpen => {
                 inner.rejections += 1;
                 Err(Rejected::ForcedOpen(self.name.clone()))
@@ -406,9 +404,9 @@ impl Breaker {
                 let elapsed = now.saturating_sub(inner.opened_at);
                 if elapsed > inner.wait {
                     let reason = format!("waited {} in OPEN", fmt_duration(inner.wait));
-                    self.transition_locked(&mut inner, &cfg, State::HalfOpen, reason, now);
+                    self.transition_locked(&mut inner, cfg, State::HalfOpen, reason, now);
                     inner.trial_issued = 1;
-                    Ok(self.permit(true, now))
+                    Ok(self.permit(true))
                 } else {
                     inner.rejections += 1;
                     Err(Rejected::Open(self.name.clone(), inner.wait - elapsed))
@@ -417,7 +415,7 @@ impl Breaker {
             State::HalfOpen => {
                 if inner.trial_issued < cfg.half_open_permits.max(1) {
                     inner.trial_issued += 1;
-                    Ok(self.permit(true, now))
+                    Ok(self.permit(true))
                 } else {
                     inner.rejections += 1;
                     Err(Rejected::HalfOpenFull(self.name.clone()))
@@ -426,16 +424,15 @@ impl Breaker {
         }
     }
 
-    fn permit(self: &Arc<Self>, trial: bool, now: Duration) -> Permit {
+    fn permit(self: &Arc<Self>, trial: bool) -> Permit {
         Permit {
             breaker: Some(self.clone()),
             trial,
-            started: now,
         }
     }
 
     fn record(&self, trial: bool, outcome: Option<Outcome>, duration: Duration) {
-        let cfg = self.cfg();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let mut inner = self.lock();
         let Some(outcome) = outcome else {
@@ -457,12 +454,7 @@ impl Breaker {
                 if inner.state == State::MetricsOnly {
                     return;
                 }
-                let min = match cfg.window {
-                    WindowKind::Count => cfg.minimum_calls.min(cfg.window_size),
-                    WindowKind::Time => cfg.minimum_calls,
-                }
-                .max(1);
-                if inner.window.calls < min {
+                if inner.window.calls < cfg.effective_minimum() {
                     return;
                 }
                 let (fr, sr) = inner.window.rates();
@@ -480,7 +472,7 @@ impl Breaker {
                     None
                 };
                 if let Some(reason) = reason {
-                    self.transition_locked(&mut inner, &cfg, State::Open, reason, now);
+                    self.transition_locked(&mut inner, cfg, State::Open, reason, now);
                 }
             }
             State::HalfOpen => {
@@ -500,13 +492,13 @@ impl Breaker {
                             "{} of {} trial calls failed, {} slow",
                             inner.trial_failures, inner.trial_done, inner.trial_slow
                         );
-                        self.transition_locked(&mut inner, &cfg, State::Open, reason, now);
+                        self.transition_locked(&mut inner, cfg, State::Open, reason, now);
                     } else {
                         let reason = format!(
                             "{} trial calls passed ({} failed)",
                             inner.trial_done, inner.trial_failures
                         );
-                        self.transition_locked(&mut inner, &cfg, State::Closed, reason, now);
+                        self.transition_locked(&mut inner, cfg, State::Closed, reason, now);
                     }
                 }
             }
@@ -515,7 +507,7 @@ impl Breaker {
 
     /// An operator's (or the API's) transition. Self-transitions do nothing.
     pub fn transition(&self, to: State, reason: &str) -> Result<bool, IllegalTransition> {
-        let cfg = self.cfg();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let mut inner = self.lock();
         let from = inner.state;
@@ -525,20 +517,20 @@ impl Breaker {
         if from == to {
             return Ok(false);
         }
-        self.transition_locked(&mut inner, &cfg, to, reason.to_owned(), now);
+        self.transition_locked(&mut inner, cfg, to, reason.to_owned(), now);
         Ok(true)
     }
 
     /// Back to CLOSED with empty metrics and the initial wait (an operator's reset).
     pub fn reset(&self, reason: &str) {
-        let cfg = self.cfg();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.rejections = 0;
         inner.consecutive_opens = 0;
         inner.wait = cfg.open_wait;
         if inner.state != State::Closed {
-            self.transition_locked(&mut inner, &cfg, State::Closed, reason.to_owned(), now);
+            self.transition_locked(&mut inner, cfg, State::Closed, reason.to_owned(), now);
         } else {
             inner.window = Window::new(cfg.window, cfg.window_size);
         }
@@ -599,16 +591,13 @@ impl Breaker {
     }
 
     pub fn view(&self) -> BreakerView {
-        let cfg = self.cfg();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.window.expire(now);
-        let min = match cfg.window {
-            WindowKind::Count => cfg.minimum_calls.min(cfg.window_size),
-            WindowKind::Time => cfg.minimum_calls,
-        };
+        let min = cfg.effective_minimum();
         let (fr, sr) = inner.window.rates();
-        let enough = inner.window.calls >= min.max(1);
+        let enough = inner.window.calls >= min;
         BreakerView {
             name: self.name.clone(),
             state: inner.state,
@@ -656,13 +645,9 @@ pub fn fmt_duration(d: Duration) -> String {
 pub struct Permit {
     breaker: Option<Arc<Breaker>>,
     trial: bool,
-    started: Duration,
 }
 
 impl Permit {
-    pub fn started(&self) -> Duration {
-        self.started
-    }
     pub fn is_trial(&self) -> bool {
         self.trial
     }

@@ -77,7 +77,7 @@ struct LState {
 
 pub struct Limiter {
     name: String,
-    cfg: Mutex<LimiterConfig>,
+    cfg: LimiterConfig,
     clock: SharedClock,
     st: Mutex<LState>,
     gcra: Mutex<Option<Arc<Gcra>>>,
@@ -127,7 +127,7 @@ impl Limiter {
                 rate_waits: 0,
                 granted: 0,
             }),
-            cfg: Mutex::new(cfg),
+            cfg,
             clock,
             gcra: Mutex::new(None),
             freed: Notify::new(),
@@ -137,32 +137,12 @@ impl Limiter {
         l
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, LState> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn config(&self) -> LimiterConfig {
-        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// New limits (operator or config reload); the reactive state starts over.
-    pub fn set_config(&self, cfg: LimiterConfig) {
-        *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg.clone();
-        {
-            let mut st = self.lock();
-            st.factor = 1.0;
-            st.conc_cap = cfg.max_concurrent;
-        }
-        self.rebuild(1.0);
-        self.freed.notify_waiters();
-    }
-
     fn rebuild(&self, factor: f64) {
-        let cfg = self.config();
+        let cfg = &self.cfg;
         let g = (cfg.rate_per_min > 0).then(|| {
             let per_min = (cfg.rate_per_min as f64 * factor).max(1.0);
             let period = Duration::from_secs_f64(60.0 / per_min);
@@ -232,7 +212,7 @@ impl Limiter {
     /// A 429: pause every caller for the pushback, and halve the limits (once per
     /// pushback, however many in-flight calls report it).
     pub fn on_throttle(&self, pushback: Option<Duration>) {
-        let cfg = self.config();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let pushback = pushback.unwrap_or(cfg.default_pushback);
         let factor = {
@@ -269,7 +249,7 @@ impl Limiter {
     /// A success: after each quiet `recovery_interval`, win back a step of rate and one
     /// in-flight slot.
     pub fn on_success(&self) {
-        let cfg = self.config();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let factor = {
             let mut st = self.lock();
@@ -308,7 +288,7 @@ impl Limiter {
     }
 
     pub fn view(&self) -> LimiterView {
-        let cfg = self.config();
+        let cfg = &self.cfg;
         let now = self.clock.now();
         let st = self.lock();
         LimiterView {
@@ -324,11 +304,6 @@ impl Limiter {
             rate_waits: st.rate_waits,
             granted: st.granted,
         }
-    }
-
-    /// The clock's time (for callers measuring with the same clock).
-    pub fn now(&self) -> Duration {
-        self.clock.now()
     }
 }
 

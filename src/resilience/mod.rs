@@ -100,7 +100,7 @@ pub struct Downstream {
     name: String,
     pub breaker: Arc<Breaker>,
     pub limiter: Arc<Limiter>,
-    retry: Mutex<RetryPolicy>,
+    retry: RetryPolicy,
     pub budget: RetryBudget,
     clock: SharedClock,
     counters: Counters,
@@ -135,7 +135,7 @@ impl Downstream {
             name: name.to_owned(),
             breaker: Breaker::new(name, cfg.breaker, clock.clone()),
             limiter: Limiter::new(name, cfg.limiter, clock.clone()),
-            retry: Mutex::new(cfg.retry),
+            retry: cfg.retry,
             budget: RetryBudget::new(cfg.budget, clock.clone()),
             clock,
             counters: Counters::default(),
@@ -149,10 +149,6 @@ impl Downstream {
         &self.name
     }
 
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.retry.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Runs `op` under the breaker and the limits, retrying what may be retried (only
     /// when `idempotent`: a request that is safe to send twice) within the policy's
     /// attempts and the downstream's budget, waiting max(backoff, pushback) between.
@@ -162,7 +158,7 @@ impl Downstream {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let policy = self.retry_policy();
+        let policy = &self.retry;
         self.budget.deposit();
         let mut prev = policy.base;
         let mut attempt = 0;
@@ -257,10 +253,6 @@ impl Downstream {
 
     pub fn timeouts(&self) -> u64 {
         self.counters.timeouts.load(Ordering::Relaxed)
-    }
-
-    pub fn calls(&self) -> u64 {
-        self.counters.calls.load(Ordering::Relaxed)
     }
 
     pub fn view(&self) -> DownstreamView {

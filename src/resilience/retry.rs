@@ -200,35 +200,30 @@ impl RetryBudget {
         });
     }
 
+    /// Retries the window still allows: reserve + percent × requests − retries.
+    fn left(&self, b: &VecDeque<(u64, u64, u64)>) -> f64 {
+        let (req, ret) = b
+            .iter()
+            .fold((0u64, 0u64), |(a, r), (_, x, y)| (a + x, r + y));
+        self.cfg.min_retries_per_sec as f64 * self.cfg.ttl.as_secs_f64()
+            + self.cfg.percent_can_retry * req as f64
+            - ret as f64
+    }
+
     /// Takes one retry from the budget; false when it is spent.
     pub fn try_withdraw(&self) -> bool {
-        let reserve = self.cfg.min_retries_per_sec as f64 * self.cfg.ttl.as_secs_f64();
-        let pct = self.cfg.percent_can_retry;
         self.with(|b, _| {
-            let (req, ret) = b
-                .iter()
-                .fold((0u64, 0u64), |(a, r), (_, x, y)| (a + x, r + y));
-            if (ret + 1) as f64 <= reserve + pct * req as f64 {
-                if let Some(last) = b.back_mut() {
-                    last.2 += 1;
-                }
-                true
-            } else {
-                false
+            let ok = self.left(b) >= 1.0;
+            if ok && let Some(last) = b.back_mut() {
+                last.2 += 1;
             }
+            ok
         })
     }
 
     /// Retries still available now.
     pub fn available(&self) -> u64 {
-        let reserve = self.cfg.min_retries_per_sec as f64 * self.cfg.ttl.as_secs_f64();
-        let pct = self.cfg.percent_can_retry;
-        self.with(|b, _| {
-            let (req, ret) = b
-                .iter()
-                .fold((0u64, 0u64), |(a, r), (_, x, y)| (a + x, r + y));
-            (reserve + pct * req as f64 - ret as f64).max(0.0) as u64
-        })
+        self.with(|b, _| self.left(b).max(0.0) as u64)
     }
 }
 

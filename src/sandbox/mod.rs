@@ -518,14 +518,6 @@ impl Sandbox {
     }
 
     /// The engine config (TOML) that points at this sandbox listening on `addr`.
-    pub fn engine_config(&self, addr: SocketAddr) -> String {
-        let faults: std::collections::BTreeMap<String, faults::FaultSettings> = faults::SERVICES
-            .iter()
-            .filter_map(|s| self.faults.get(s).map(|f| ((*s).to_owned(), f)))
-            .collect();
-        engine_config(&self.lock().world, addr, &faults)
-    }
-
     /// Records an event (and queues its webhook).
     fn emit(&self, tx: &mut WorldTx<'_>, kind: &str, object: Value, previous: Option<Value>) {
         let id = tx.world.rng.stripe_id("evt");
@@ -691,31 +683,30 @@ pub fn engine_config(
             f.rate_limit_per_min, f.max_concurrent
         )
     };
-    let mut out = format!(
+    format!(
         "# Engine config for the syncctl sandbox at http://{addr}\n\
          # (credentials the sandbox accepts; the refresh token rotates on use)\n\
          [stripe]\n\
          api_key = \"{STRIPE_API_KEY}\"\n\
          base_url = \"http://{addr}\"\n\
-         webhook_secret = \"{}\"\n\n\
+         webhook_secret = \"{}\"\n\
+         {}\n\
          [quickbooks]\n\
          base_url = \"http://{addr}\"\n\
          realm_id = \"{QB_REALM_ID}\"\n\
          client_id = \"{QB_CLIENT_ID}\"\n\
          client_secret = \"{QB_CLIENT_SECRET}\"\n\
          refresh_token = \"{}\"\n\
-         token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n",
-        world.webhook_secret, world.refresh_token
-    );
-    // Insert each section's limits right after its header block.
-    out = out.replacen(
-        "\n\n[quickbooks]\n",
-        &format!("\n{}\n[quickbooks]\n", limits("stripe")),
-        1,
-    );
-    out.push_str(&limits("quickbooks"));
-    out.push_str(&format!("\n[alegra]\n{}", limits("alegra")));
-    out
+         token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n\
+         {}\n\
+         [alegra]\n\
+         {}",
+        world.webhook_secret,
+        limits("stripe"),
+        world.refresh_token,
+        limits("quickbooks"),
+        limits("alegra"),
+    )
 }
 
 /// A change to a product, as the `/_sandbox/stripe/products/{id}` knob takes it.

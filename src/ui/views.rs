@@ -619,7 +619,7 @@ fn draw_workers(frame: &mut Frame, area: Rect, app: &App) {
         Line::from(vec![
             Span::styled("queue ", t.dim),
             Span::raw(format!(
-                "{} queued · oldest since {} · {} in flight · {} deferred (circuit open)",
+                "{} queued · oldest since {} · {} in flight · {} held back",
                 group(c.counts.queued),
                 c.counts
                     .oldest_queued_ms

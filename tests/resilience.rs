@@ -113,8 +113,8 @@ async fn sandbox_faults_contract_get_post_validation_and_stats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_keeps_to_the_quickbooks_quota_with_at_most_one_percent_throttled() {
-    let sb = common::sandbox(400, 7).await;
+async fn sync_runs_at_95_percent_of_the_quickbooks_quota_with_at_most_one_percent_throttled() {
+    let sb = common::sandbox(600, 7).await;
     let base = sb.base_url();
     // QuickBooks' quota scaled for a test: 200 req/s, 10 in flight, 20 ms latency.
     faults(
@@ -132,13 +132,36 @@ async fn sync_keeps_to_the_quickbooks_quota_with_at_most_one_percent_throttled()
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let engine = common::engine(cfg, dir.path()).await;
-    common::until_idle(&engine, 400).await;
+    // Utilisation is measured in the steady state: from the 150th Item to the 450th,
+    // past the first list page and the auto-scaler's ramp, before the tail drains.
+    let at_items = |n: u64| {
+        let base = base.clone();
+        async move {
+            common::eventually(60, "Items to be created", || async {
+                let s = common::get_json(&format!("{base}/_sandbox/stats")).await;
+                (s["quickbooks"]["items_total"].as_u64()? >= n)
+                    .then(|| (Instant::now(), s["quickbooks"]["requests"].as_u64().unwrap()))
+            })
+            .await
+        }
+    };
+    let (t0, r0) = at_items(150).await;
+    let (t1, r1) = at_items(450).await;
+    let steady = (r1 - r0) as f64 / (t1 - t0).as_secs_f64();
+    common::until_idle(&engine, 600).await;
     let took = started.elapsed().as_secs_f64();
     let (requests, throttled) = qb_stats(&base).await;
-    let rate = requests as f64 / took;
     println!(
-        "{requests} QuickBooks requests in {took:.2} s = {rate:.0}/s of a 200/s bound ({:.0} %), {throttled} throttled",
-        rate / 2.0
+        "steady state: {} requests in {:.2} s = {steady:.0}/s of a 200/s bound ({:.1} %); \
+         whole run: {requests} requests in {took:.2} s, {throttled} throttled",
+        r1 - r0,
+        (t1 - t0).as_secs_f64(),
+        steady / 2.0
+    );
+    assert!(
+        steady >= 0.95 * 200.0,
+        "steady state at {:.1} % of the bound",
+        steady / 2.0
     );
     assert!(
         throttled as f64 <= requests as f64 * 0.01,

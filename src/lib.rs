@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod compliance;
 pub mod config;
 pub mod connectors;
 pub mod engine;

@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// DIAN tools: compute or verify the CUFE of an invoice.
+    Dian {
+        #[command(subcommand)]
+        command: DianCommand,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -95,6 +100,19 @@ enum ConfigCommand {
     Check,
     /// Print where the config, data and logs live.
     Path,
+}
+
+#[derive(Subcommand)]
+enum DianCommand {
+    /// Reads invoice fields as JSON on stdin and prints the CUFE. Fields (strings, as
+    /// written on the invoice): number, date, time, subtotal, iva, inc, ica, total,
+    /// issuer_nit, buyer_id, technical_key, environment. Amounts are truncated to two
+    /// decimals. Exit 2 naming the field on bad input.
+    Cufe {
+        /// Compare with the CUFE printed on the invoice: exit 0 if equal, 1 if not.
+        #[arg(long, value_name = "CUFE")]
+        check: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,6 +244,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Some(Command::Config { command }) => Ok(config_command(command, cli.config, &paths)),
+        Some(Command::Dian {
+            command: DianCommand::Cufe { check },
+        }) => Ok(dian_cufe(check.as_deref())),
         Some(Command::Bench {
             command:
                 BenchCommand::Catalog {
@@ -496,6 +517,31 @@ fn config_command(command: ConfigCommand, explicit: Option<PathBuf>, paths: &Pat
             }
             Err(e) => usage(e),
         },
+    }
+}
+
+fn dian_cufe(check: Option<&str>) -> ExitCode {
+    use std::io::Read;
+    use syncctl::compliance::cufe::CufeFields;
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        return usage(format!("cannot read stdin: {e}"));
+    }
+    let cufe = match CufeFields::from_json(&input).and_then(|f| f.cufe()) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    println!("{cufe}");
+    match check.map(|c| c.trim().to_lowercase()) {
+        None => ExitCode::SUCCESS,
+        Some(expected) if expected == cufe => {
+            eprintln!("matches the CUFE given");
+            ExitCode::SUCCESS
+        }
+        Some(_) => {
+            eprintln!("differs from the CUFE given");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -184,3 +184,63 @@ fn a_second_engine_on_the_same_data_dir_refuses_to_start() {
     let err = stderr(&second);
     assert!(err.contains("already using data dir"), "{err}");
 }
+
+fn dian_cufe(input: &str, extra: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["dian", "cufe"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const ANNEX: &str = r#"{"number":"323200000129","date":"2019-01-16","time":"10:53:10-05:00",
+  "subtotal":"1500000.00","iva":"285000.00","inc":"0.00","ica":"0.00","total":"1785000.00",
+  "issuer_nit":"700085371","buyer_id":"800199436",
+  "technical_key":"693ff6f2a553c3646a063436fd4dd9ded0311471","environment":"1"}"#;
+const ANNEX_CUFE: &str = "8bb918b19ba22a694f1da11c643b5e9de39adf60311cf179179e9b33381030bcd4c3c3f156c506ed5908f9276f5bd9b4";
+
+#[test]
+fn dian_cufe_prints_the_annex_cufe_and_checks_a_printed_one() {
+    let o = dian_cufe(ANNEX, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), ANNEX_CUFE);
+    // Amounts with more decimals are truncated by the tool itself.
+    let o = dian_cufe(&ANNEX.replace("285000.00", "285000.009"), &[]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), ANNEX_CUFE);
+    let o = dian_cufe(ANNEX, &["--check", &ANNEX_CUFE.to_uppercase()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = dian_cufe(ANNEX, &["--check", &ANNEX_CUFE.replace('8', "9")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("differs"));
+}
+
+#[test]
+fn dian_cufe_names_the_bad_field_and_exits_2() {
+    for (input, field) in [
+        (ANNEX.replace("\"1785000.00\"", "1785000"), "total"),
+        (ANNEX.replace("2019-01-16", "16/01/2019"), "date"),
+        (ANNEX.replace(",\"environment\":\"1\"", ""), "environment"),
+        (ANNEX.replace("\"iva\"", "\"vat\""), "vat"),
+        ("not json".to_owned(), "(input)"),
+    ] {
+        let o = dian_cufe(&input, &[]);
+        assert_eq!(o.status.code(), Some(2), "{field}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("`{field}`")),
+            "{field}: {}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty());
+    }
+}

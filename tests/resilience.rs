@@ -139,8 +139,12 @@ async fn sync_runs_at_95_percent_of_the_quickbooks_quota_with_at_most_one_percen
         async move {
             common::eventually(60, "Items to be created", || async {
                 let s = common::get_json(&format!("{base}/_sandbox/stats")).await;
-                (s["quickbooks"]["items_total"].as_u64()? >= n)
-                    .then(|| (Instant::now(), s["quickbooks"]["requests"].as_u64().unwrap()))
+                (s["quickbooks"]["items_total"].as_u64()? >= n).then(|| {
+                    (
+                        Instant::now(),
+                        s["quickbooks"]["requests"].as_u64().unwrap(),
+                    )
+                })
             })
             .await
         }

@@ -1,0 +1,4 @@
+//! The invoice compliance pipeline's domain: CUFE, the compliance state machine,
+//! contingency and the same-day rule (DIAN's rules in docs/apis.md).
+
+pub mod cufe;

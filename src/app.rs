@@ -84,6 +84,17 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
         .get_or_insert_with(|| Secret::new(sandbox.lock().world.refresh_token.clone()));
     q.token_url
         .get_or_insert_with(|| format!("{base}/oauth2/v1/tokens/bearer"));
+    let a = &mut config.alegra;
+    a.base_url.get_or_insert_with(|| format!("{base}/api/v1"));
+    a.email
+        .get_or_insert_with(|| sandbox::alegra::ALEGRA_EMAIL.into());
+    a.token
+        .get_or_insert_with(|| Secret::new(sandbox::alegra::ALEGRA_TOKEN));
+    a.issuer_nit
+        .get_or_insert_with(|| sandbox::alegra::ISSUER_NIT.into());
+    a.technical_key
+        .get_or_insert_with(|| Secret::new(sandbox::alegra::TECHNICAL_KEY));
+    a.environment = sandbox::alegra::ENVIRONMENT.into();
     // The sandbox publishes its quotas as the real services do; the engine keeps to them.
     let quota = |name: &str| {
         let f = sandbox.faults.get(name).unwrap_or_default();

@@ -58,6 +58,7 @@ pub struct Config {
     pub quickbooks: QuickBooksConfig,
     pub alegra: AlegraConfig,
     pub catalog: CatalogConfig,
+    pub compliance: ComplianceConfig,
     pub console: ConsoleConfig,
     pub log: LogConfig,
 }
@@ -232,6 +233,21 @@ impl Default for CatalogConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlegraConfig {
+    /// API base, e.g. `https://api.alegra.com/api/v1`. Unset: no compliance pipeline.
+    pub base_url: Option<String>,
+    /// Basic auth user (the account's email) and API token.
+    pub email: Option<String>,
+    pub token: Option<Secret>,
+    /// The issuer's NIT without check digit, and the numbering range's technical key
+    /// (used to verify the CUFE Alegra returns).
+    pub issuer_nit: Option<String>,
+    pub technical_key: Option<Secret>,
+    /// DIAN environment: `1` production, `2` test.
+    pub environment: String,
+    /// Invoice numbers: prefix and first consecutive of the authorised range.
+    pub number_prefix: String,
+    pub number_start: u64,
+    pub timeout_secs: u64,
     /// Requests per minute the engine allows itself (Alegra: 150 per user).
     pub rate_limit_per_min: u32,
     /// Requests in flight at once (0 = no cap).
@@ -245,6 +261,15 @@ pub struct AlegraConfig {
 impl Default for AlegraConfig {
     fn default() -> Self {
         Self {
+            base_url: None,
+            email: None,
+            token: None,
+            issuer_nit: None,
+            technical_key: None,
+            environment: "2".into(),
+            number_prefix: "SETP".into(),
+            number_start: 990_000_001,
+            timeout_secs: 30,
             rate_limit_per_min: 150,
             max_concurrent: 0,
             throttle_pause_secs: 60,
@@ -442,7 +467,52 @@ pub fn default_sandbox_faults() -> BTreeMap<String, FaultSettings> {
             ..FaultSettings::default()
         },
     );
+    // Alegra's 150/min per user, scaled the same way.
+    m.insert(
+        "alegra".to_owned(),
+        FaultSettings {
+            rate_limit_per_min: 1500,
+            ..FaultSettings::default()
+        },
+    );
     m
+}
+
+/// The invoice compliance pipeline (Stripe invoices → Alegra → DIAN).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComplianceConfig {
+    /// Waits before each retry of an invoice DIAN has not accepted, in seconds; after
+    /// the last one the invoice is FAILED and needs an operator.
+    pub retry_schedule_secs: Vec<u64>,
+    /// How often an invoice awaiting DIAN's answer is read again.
+    pub poll_secs: u64,
+    /// Sends in flight at once (within Alegra's rate limit).
+    pub workers: usize,
+    /// How often Stripe's paid invoices are listed (webhooks that never came).
+    pub list_interval_secs: u64,
+    /// DIAN outage confirmation: this many failed probes, this far apart.
+    pub contingency_probes: u32,
+    pub contingency_probe_interval_secs: u64,
+    /// Contingency invoices must reach DIAN within this many hours of restoration.
+    pub contingency_deadline_hours: u64,
+    /// Backups of pending invoices and old records are removed after this many days.
+    pub retention_days: u64,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule_secs: vec![60, 300, 900],
+            poll_secs: 5,
+            workers: 4,
+            list_interval_secs: 300,
+            contingency_probes: 4,
+            contingency_probe_interval_secs: 20,
+            contingency_deadline_hours: 48,
+            retention_days: 90,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -565,6 +635,53 @@ impl Config {
         if c.claim_batch_max == 0 || c.claim_batch_max > 100 {
             return Err(fail("catalog.claim_batch_max", "must be between 1 and 100"));
         }
+        let k = &self.compliance;
+        if k.retry_schedule_secs.is_empty() || k.retry_schedule_secs.len() > 20 {
+            return Err(fail(
+                "compliance.retry_schedule_secs",
+                "must list 1 to 20 waits in seconds, e.g. [60, 300, 900]",
+            ));
+        }
+        for (key, v) in [
+            ("compliance.poll_secs", k.poll_secs),
+            ("compliance.list_interval_secs", k.list_interval_secs),
+            (
+                "compliance.contingency_probe_interval_secs",
+                k.contingency_probe_interval_secs,
+            ),
+            (
+                "compliance.contingency_deadline_hours",
+                k.contingency_deadline_hours,
+            ),
+            ("compliance.retention_days", k.retention_days),
+            ("compliance.contingency_probes", k.contingency_probes as u64),
+            ("alegra.timeout_secs", self.alegra.timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(fail(key, "must be at least 1"));
+            }
+        }
+        if k.workers == 0 || k.workers > 64 {
+            return Err(fail("compliance.workers", "must be between 1 and 64"));
+        }
+        if !matches!(self.alegra.environment.as_str(), "1" | "2") {
+            return Err(fail(
+                "alegra.environment",
+                "must be \"1\" (production) or \"2\" (test)",
+            ));
+        }
+        if self.alegra.number_prefix.len() > 4
+            || !self
+                .alegra
+                .number_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(fail(
+                "alegra.number_prefix",
+                "must be up to 4 letters or digits (DIAN's prefix)",
+            ));
+        }
         for service in DOWNSTREAMS {
             let Some(ServiceKeys {
                 breaker: b,
@@ -672,6 +789,9 @@ impl Config {
         if let Some(v) = get("SYNCCTL_QUICKBOOKS_REFRESH_TOKEN") {
             self.quickbooks.refresh_token.get_or_insert(Secret::new(v));
         }
+        if let Some(v) = get("SYNCCTL_ALEGRA_TOKEN") {
+            self.alegra.token.get_or_insert(Secret::new(v));
+        }
     }
 
     /// The keys a live (non-demo) engine cannot run without, that are missing.
@@ -716,6 +836,8 @@ impl Config {
             || self.stripe.webhook_secret.is_some()
             || self.quickbooks.client_secret.is_some()
             || self.quickbooks.refresh_token.is_some()
+            || self.alegra.token.is_some()
+            || self.alegra.technical_key.is_some()
     }
 }
 

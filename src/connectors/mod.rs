@@ -1,6 +1,7 @@
 //! Plain clients of one API each: request/response types and error mapping. Resilience
 //! (breakers, limits, retries) wraps them from outside, per downstream.
 
+pub mod alegra;
 pub mod quickbooks;
 pub mod stripe;
 

@@ -285,4 +285,16 @@ impl StripeClient {
         self.get("/v1/events", &Self::cursor_params(cursor, limit))
             .await
     }
+
+    /// One page of paid invoices, newest first (raw: the compliance pipeline reads them).
+    pub async fn list_paid_invoices(
+        &self,
+        cursor: &Cursor,
+        limit: u32,
+    ) -> Result<List<Value>, StripeError> {
+        let mut q = Self::cursor_params(cursor, limit);
+        q.push(("status", "paid".into()));
+        q.push(("expand[]", "data.total_tax_amounts.tax_rate".into()));
+        self.get("/v1/invoices", &q).await
+    }
 }

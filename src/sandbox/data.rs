@@ -143,6 +143,31 @@ pub fn price(rng: &mut Rng) -> (i64, &'static str) {
     }
 }
 
+const BUYERS: &[(&str, &str)] = &[
+    ("Comercializadora Andina S.A.S.", "900123456"),
+    ("Distribuciones El Dorado Ltda.", "800199436"),
+    ("Café Montaña S.A.S.", "901555210"),
+    ("Ferretería La Ñ", "830045771"),
+    ("Panadería Doña Inés", "79654123"),
+    ("Transportes Río Magdalena S.A.", "890903938"),
+];
+
+/// A buyer of a paid invoice: name and tax id (NIT or cédula). About one in twenty is a
+/// consumer without one (DIAN's generic final consumer applies).
+pub fn buyer(rng: &mut Rng) -> (&'static str, Option<&'static str>) {
+    if rng.chance(0.05) {
+        ("Consumidor final", None)
+    } else {
+        let (name, id) = rng.pick(BUYERS);
+        (name, Some(id))
+    }
+}
+
+/// A line amount in COP cents: 10.000–2.000.000 pesos.
+pub fn line_amount(rng: &mut Rng) -> i64 {
+    (rng.below(1_990) as i64 + 10) * 1_000 * 100
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,21 @@ impl Faults {
     }
 
     /// Per service: requests received, 429s sent, errors injected.
+    /// Counts a request to a service not reached by path (DIAN, behind Alegra).
+    pub fn count_request(&self, name: &str) {
+        if let Ok(st) = self.service(name) {
+            st.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request answered with an injected error.
+    pub fn count_injected(&self, name: &str) {
+        if let Ok(st) = self.service(name) {
+            st.requests.fetch_add(1, Ordering::Relaxed);
+            st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn counters(&self, name: &str) -> (u64, u64, u64) {
         self.services.get(name).map_or((0, 0, 0), |s| {
             (

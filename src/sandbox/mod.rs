@@ -15,6 +15,7 @@
 // axum shape; the error is the response itself, so boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod alegra;
 pub mod data;
 pub mod faults;
 mod quickbooks;
@@ -104,6 +105,86 @@ pub struct Event {
     pub seq: u64,
 }
 
+/// A paid Stripe invoice in COP (amounts in cents).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    pub number: String,
+    pub customer: String,
+    pub customer_name: String,
+    pub tax_id: Option<String>,
+    pub lines: Vec<InvoiceLine>,
+    /// `IVA` (19 %) or `INC` (8 %, restaurants).
+    pub tax_name: String,
+    pub tax_percent: u32,
+    pub created: i64,
+    pub paid_at: i64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub id: String,
+    pub product: String,
+    pub price: Option<String>,
+    pub description: String,
+    pub quantity: i64,
+    pub amount: i64,
+}
+
+/// Tax on an amount in cents, half up (Stripe and the sandbox's Alegra both round so).
+pub fn tax_cents(amount: i64, percent: u32) -> i64 {
+    (amount * percent as i64 + 50) / 100
+}
+
+impl Invoice {
+    pub fn subtotal(&self) -> i64 {
+        self.lines.iter().map(|l| l.amount).sum()
+    }
+    pub fn tax(&self) -> i64 {
+        self.lines
+            .iter()
+            .map(|l| tax_cents(l.amount, self.tax_percent))
+            .sum()
+    }
+    /// The invoice as Stripe renders it (tax rates expanded).
+    pub fn json(&self) -> Value {
+        let (subtotal, tax) = (self.subtotal(), self.tax());
+        let tax_rate = json!({
+            "id": format!("txr_{}{}", self.tax_name.to_lowercase(), self.tax_percent),
+            "object": "tax_rate", "display_name": self.tax_name, "country": "CO",
+            "inclusive": false, "percentage": self.tax_percent as f64,
+        });
+        let lines: Vec<Value> = self
+            .lines
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": l.id, "object": "line_item", "amount": l.amount, "currency": "cop",
+                    "description": l.description, "quantity": l.quantity,
+                    "price": l.price.as_ref().map(|p| json!({"id": p, "object": "price", "product": l.product})),
+                    "tax_amounts": [{"amount": tax_cents(l.amount, self.tax_percent), "inclusive": false, "tax_rate": tax_rate["id"]}],
+                })
+            })
+            .collect();
+        let tax_ids: Vec<Value> = self
+            .tax_id
+            .iter()
+            .map(|v| json!({"type": "co_nit", "value": v}))
+            .collect();
+        json!({
+            "id": self.id, "object": "invoice", "number": self.number, "customer": self.customer,
+            "customer_name": self.customer_name, "customer_tax_ids": tax_ids,
+            "currency": "cop", "status": "paid", "paid": true, "livemode": false,
+            "subtotal": subtotal, "tax": tax, "total": subtotal + tax, "amount_paid": subtotal + tax,
+            "total_tax_amounts": [{"amount": tax, "inclusive": false, "tax_rate": tax_rate}],
+            "lines": {"object": "list", "data": lines, "has_more": false, "url": format!("/v1/invoices/{}/lines", self.id)},
+            "created": self.created, "status_transitions": {"paid_at": self.paid_at, "finalized_at": self.created},
+            "metadata": {},
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Item {
     pub id: u64,
@@ -121,6 +202,7 @@ pub struct Item {
 
 /// Counters `/_sandbox/stats` reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub stripe_requests: u64,
     pub stripe_list_pages: u64,
@@ -133,6 +215,9 @@ pub struct Counters {
     pub qb_queries: u64,
     pub qb_auth_failures: u64,
     pub token_refreshes: u64,
+    /// Documents Alegra transmitted to DIAN (each stamp that reached it).
+    pub alegra_stamped: u64,
+    pub alegra_requests: u64,
 }
 
 /// Everything the simulated services hold.
@@ -147,6 +232,10 @@ pub struct World {
     pub prices: Vec<Price>,
     pub events: Vec<Event>,
     pub items: Vec<Item>,
+    #[serde(default)]
+    pub invoices: Vec<Invoice>,
+    #[serde(default)]
+    pub alegra: Vec<alegra::Document>,
     /// QuickBooks `requestid` → (HTTP status, body) of the first answer.
     pub request_ids: HashMap<String, (u16, Value)>,
     pub refresh_token: String,
@@ -165,6 +254,8 @@ enum Entry {
     Price(Price),
     Event(Event),
     Item(Item),
+    Invoice(Invoice),
+    Alegra(alegra::Document),
     Request(String, u16, Value),
     Meta {
         rng: Rng,
@@ -192,6 +283,8 @@ impl World {
             prices: Vec::with_capacity(products),
             events: Vec::new(),
             items: Vec::new(),
+            invoices: Vec::new(),
+            alegra: Vec::new(),
             request_ids: HashMap::new(),
             refresh_token,
             access_tokens: HashMap::new(),
@@ -289,6 +382,15 @@ impl World {
                     self.items.push(item);
                 }
             }
+            Entry::Invoice(i) => self.invoices.push(i),
+            Entry::Alegra(d) => {
+                let idx = d.id as usize - 1;
+                if idx < self.alegra.len() {
+                    self.alegra[idx] = d;
+                } else {
+                    self.alegra.push(d);
+                }
+            }
             Entry::Request(id, status, body) => {
                 self.request_ids.insert(id, (status, body));
             }
@@ -349,6 +451,7 @@ impl World {
                 "list_pages": c.stripe_list_pages,
                 "webhooks_sent": c.webhooks_sent,
                 "webhooks_failed": c.webhooks_failed,
+                "invoices_total": self.invoices.len(),
             },
             "quickbooks": {
                 "items_total": self.items.len(),
@@ -362,6 +465,7 @@ impl World {
                 "auth_failures": c.qb_auth_failures,
                 "token_refreshes": c.token_refreshes,
             },
+            "alegra": self.alegra_stats(),
             "clock_offset_secs": self.clock_offset_secs,
         })
     }
@@ -385,6 +489,7 @@ pub struct Sandbox {
     outbox: tokio::sync::mpsc::UnboundedSender<Event>,
     outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
     pub faults: faults::Faults,
+    alegra_knobs: Mutex<alegra::Knobs>,
 }
 
 struct Journal {
@@ -468,6 +573,7 @@ impl Sandbox {
             outbox: tx,
             outbox_rx: Mutex::new(Some(rx)),
             faults: faults::Faults::new(&opts.faults).map_err(anyhow::Error::msg)?,
+            alegra_knobs: Mutex::new(alegra::Knobs::default()),
         }))
     }
 
@@ -534,6 +640,61 @@ impl Sandbox {
         tx.world.events.push(event.clone());
         tx.record(Entry::Event(event.clone()));
         let _ = self.outbox.send(event);
+    }
+
+    /// Makes `n` paid invoices of products with a price, each with its `invoice.paid`
+    /// event (and webhook).
+    pub fn create_invoices(&self, n: usize) -> Vec<String> {
+        let mut tx = self.lock();
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let w: &mut World = &mut tx.world;
+            let now = w.now();
+            let (customer_name, tax_id) = data::buyer(&mut w.rng);
+            let customer = w.rng.stripe_id("cus");
+            let restaurant = w.rng.chance(0.1);
+            let count = 1 + w.rng.below(3) as usize;
+            let mut lines = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (product, price, description) = if w.products.is_empty() {
+                    ("prod_none".to_owned(), None, "Servicio".to_owned())
+                } else {
+                    let i = w.rng.below(w.products.len() as u64) as usize;
+                    let p = &w.products[i];
+                    (p.id.clone(), p.default_price.clone(), p.name.clone())
+                };
+                let quantity = 1 + w.rng.below(3) as i64;
+                let amount = data::line_amount(&mut w.rng) * quantity;
+                lines.push(InvoiceLine {
+                    id: w.rng.stripe_id("il"),
+                    product,
+                    price,
+                    description,
+                    quantity,
+                    amount,
+                });
+            }
+            let number = format!("SBX-{:06}", w.invoices.len() + 1);
+            let invoice = Invoice {
+                id: w.rng.stripe_id("in"),
+                number,
+                customer,
+                customer_name: customer_name.to_owned(),
+                tax_id: tax_id.map(str::to_owned),
+                lines,
+                tax_name: if restaurant { "INC" } else { "IVA" }.to_owned(),
+                tax_percent: if restaurant { 8 } else { 19 },
+                created: now,
+                paid_at: now,
+                seq: w.next_seq(),
+            };
+            w.invoices.push(invoice.clone());
+            tx.record(Entry::Invoice(invoice.clone()));
+            ids.push(invoice.id.clone());
+            self.emit(&mut tx, "invoice.paid", invoice.json(), None);
+        }
+        tx.commit();
+        ids
     }
 
     /// Applies one random catalog change, as a merchant editing Stripe would.
@@ -700,11 +861,22 @@ pub fn engine_config(
          token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n\
          {}\n\
          [alegra]\n\
+         base_url = \"http://{addr}/api/v1\"\n\
+         email = \"{}\"\n\
+         token = \"{}\"\n\
+         issuer_nit = \"{}\"\n\
+         technical_key = \"{}\"\n\
+         environment = \"{}\"\n\
          {}",
         world.webhook_secret,
         limits("stripe"),
         world.refresh_token,
         limits("quickbooks"),
+        alegra::ALEGRA_EMAIL,
+        alegra::ALEGRA_TOKEN,
+        alegra::ISSUER_NIT,
+        alegra::TECHNICAL_KEY,
+        alegra::ENVIRONMENT,
         limits("alegra"),
     )
 }
@@ -800,10 +972,15 @@ pub fn serve(
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(change_interval_ms));
             tick.tick().await;
-            loop {
+            // A paid invoice every fourth tick, as a shop selling its catalog would.
+            for n in 1u64.. {
                 tokio::select! {
                     _ = c.cancelled() => break,
-                    _ = tick.tick() => s.random_change(),
+                    _ = tick.tick() => if n % 4 == 0 {
+                        s.create_invoices(1);
+                    } else {
+                        s.random_change();
+                    },
                 }
             }
         });
@@ -827,6 +1004,7 @@ pub fn serve(
 fn router(sandbox: Arc<Sandbox>) -> Router {
     let apis = stripe::routes()
         .merge(quickbooks::routes())
+        .merge(alegra::routes())
         .layer(axum::middleware::from_fn_with_state(
             sandbox.clone(),
             faults::layer,
@@ -881,6 +1059,29 @@ fn knobs() -> Router<Arc<Sandbox>> {
             ),
         )
         .route(
+            "/_sandbox/alegra",
+            get(|State(s): State<Arc<Sandbox>>| async move { Json(json!(s.alegra_knobs())) }).post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    match s.patch_alegra_knobs(&body) {
+                        Ok(k) => (axum::http::StatusCode::OK, Json(json!(k))),
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Json(json!({"error": e})),
+                        ),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/alegra/invoices",
+            get(|State(s): State<Arc<Sandbox>>| async move {
+                let w = s.lock();
+                Json(Value::Array(
+                    w.world.alegra.iter().map(|d| d.json()).collect(),
+                ))
+            }),
+        )
+        .route(
             "/_sandbox/quickbooks/items",
             get(|State(s): State<Arc<Sandbox>>| async move {
                 let w = s.lock();
@@ -932,6 +1133,15 @@ fn knobs() -> Router<Arc<Sandbox>> {
                         s.random_change();
                     }
                     Json(json!({ "changes": n }))
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/stripe/invoices",
+            post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    let n = body["count"].as_u64().unwrap_or(1).min(10_000) as usize;
+                    Json(json!({ "created": s.create_invoices(n) }))
                 },
             ),
         )

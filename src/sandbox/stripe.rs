@@ -19,6 +19,8 @@ pub fn routes() -> Router<Arc<Sandbox>> {
         .route("/v1/products/{id}", get(get_product))
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{id}", get(get_price))
+        .route("/v1/invoices", get(list_invoices))
+        .route("/v1/invoices/{id}", get(get_invoice))
         .route("/v1/events", get(list_events))
         .route("/v1/events/{id}", get(get_event))
 }
@@ -346,6 +348,62 @@ async fn get_event(
     let tx = s.lock();
     match tx.world.events.iter().find(|e| e.id == id) {
         Some(e) => axum::Json(event_json(e)).into_response(),
+        None => missing(&id),
+    }
+}
+
+async fn list_invoices(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let p = match parse_list(q) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let filter = |k: &str| {
+        p.filters
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    // Every sandbox invoice is paid; other statuses list nothing.
+    let status_ok = filter("status").is_none_or(|v| v == "paid");
+    let created_gte = filter("created[gte]").and_then(|v| v.parse::<i64>().ok());
+    let mut tx = s.lock();
+    tx.world.counters.stripe_list_pages += 1;
+    let w = &tx.world;
+    let newest_first: Vec<&super::Invoice> = w
+        .invoices
+        .iter()
+        .rev()
+        .filter(|_| status_ok)
+        .filter(|i| created_gte.is_none_or(|t| i.created >= t))
+        .collect();
+    match page(&newest_first, |x| x.id.as_str(), &p) {
+        Ok((idx, more)) => list_body(
+            "/v1/invoices",
+            idx.into_iter().map(|i| newest_first[i].json()).collect(),
+            more,
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn get_invoice(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let tx = s.lock();
+    match tx.world.invoices.iter().find(|i| i.id == id) {
+        Some(i) => axum::Json(i.json()).into_response(),
         None => missing(&id),
     }
 }

@@ -403,7 +403,7 @@ impl Sandbox {
         };
         w.alegra[idx].stamp = Some(stamp);
         let doc = w.alegra[idx].clone();
-        tx.record(Entry::Alegra(doc));
+        tx.record(Entry::Alegra(Box::new(doc)));
         Transmit::Done
     }
 
@@ -417,7 +417,7 @@ impl Sandbox {
             s.warnings = s.outcome_warnings.clone();
             s.errors = s.outcome_errors.clone();
             let doc = doc.clone();
-            tx.record(Entry::Alegra(doc));
+            tx.record(Entry::Alegra(Box::new(doc)));
         }
     }
 
@@ -512,7 +512,7 @@ async fn create(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
             created: now,
         };
         tx.world.alegra.push(doc.clone());
-        tx.record(Entry::Alegra(doc));
+        tx.record(Entry::Alegra(Box::new(doc)));
         let idx = id as usize - 1;
         let result = if new.generate_stamp {
             s.transmit(&mut tx, idx)

@@ -255,7 +255,7 @@ enum Entry {
     Event(Event),
     Item(Item),
     Invoice(Invoice),
-    Alegra(alegra::Document),
+    Alegra(Box<alegra::Document>),
     Request(String, u16, Value),
     Meta {
         rng: Rng,
@@ -384,6 +384,7 @@ impl World {
             }
             Entry::Invoice(i) => self.invoices.push(i),
             Entry::Alegra(d) => {
+                let d = *d;
                 let idx = d.id as usize - 1;
                 if idx < self.alegra.len() {
                     self.alegra[idx] = d;

@@ -83,6 +83,7 @@ fn snapshot() -> Snapshot {
         draining: false,
         downstreams: downstreams(),
         notice: Default::default(),
+        compliance: Default::default(),
     }
 }
 

@@ -2,3 +2,5 @@
 //! contingency and the same-day rule (DIAN's rules in docs/apis.md).
 
 pub mod cufe;
+pub mod invoice;
+pub mod machine;

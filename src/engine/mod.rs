@@ -5,6 +5,7 @@
 //! console, the HTTP API or an attached console.
 
 pub mod catalog;
+pub mod compliance;
 pub mod item;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::compliance::machine::Status;
 use crate::config::{Config, Secret};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
@@ -91,6 +93,25 @@ pub enum Command {
         max: u32,
         actor: String,
     },
+    PauseCompliance {
+        actor: String,
+    },
+    ResumeCompliance {
+        actor: String,
+    },
+    /// Send one invoice again (by Stripe id, DIAN number or CUFE).
+    RetryInvoice {
+        key: String,
+        actor: String,
+    },
+    /// Send every FAILED invoice again.
+    RetryFailedInvoices {
+        actor: String,
+    },
+    /// The invoice whose full history the snapshot carries (None: none).
+    FocusInvoice {
+        key: Option<String>,
+    },
     /// Stop claiming work, finish what is in flight, then stop.
     Shutdown,
 }
@@ -127,6 +148,32 @@ pub struct Snapshot {
     /// stripe, quickbooks, alegra — in that order.
     pub downstreams: Vec<DownstreamView>,
     pub notice: Notice,
+    pub compliance: ComplianceView,
+}
+
+/// The DIAN queue, for the console.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComplianceView {
+    /// False when `[alegra]` is not configured.
+    pub enabled: bool,
+    pub paused: bool,
+    pub counts: crate::store::ComplianceCounts,
+    /// Newest first (the most recent few hundred, plus every one needing attention).
+    pub invoices: Vec<crate::store::InvoiceRecord>,
+    pub sends: u64,
+    pub validated: u64,
+    pub in_flight: usize,
+    /// Alegra's rate window from its last response headers.
+    pub window: crate::connectors::alegra::RateWindow,
+    pub focus: Option<InvoiceDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoiceDetail {
+    pub record: crate::store::InvoiceRecord,
+    pub history: Vec<crate::store::HistoryEntry>,
+    /// The body Alegra is (or would be) sent, pretty-printed.
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -257,7 +304,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         store.clone(),
     )?);
     let qb = QuickBooksClient::new(
-        http,
+        http.clone(),
         required(&cfg.quickbooks.base_url, "quickbooks.base_url")?,
         required(&cfg.quickbooks.realm_id, "quickbooks.realm_id")?,
         cfg.quickbooks.minor_version,
@@ -275,6 +322,39 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         reconcile_interval: Duration::from_secs(cfg.catalog.reconcile_interval_secs),
         income_account: cfg.quickbooks.income_account_ref.clone(),
     };
+    let compliance = match &cfg.alegra.base_url {
+        None => None,
+        Some(base) => {
+            let alegra = crate::connectors::alegra::AlegraClient::new(
+                http.clone(),
+                base,
+                required(&cfg.alegra.email, "alegra.email")?,
+                required(&cfg.alegra.token, "alegra.token")?.clone(),
+                Duration::from_secs(cfg.alegra.timeout_secs),
+            )
+            .with_guard(guard("alegra")?);
+            let k = &cfg.compliance;
+            Some(Arc::new(compliance::Compliance::new(
+                store.clone(),
+                alegra,
+                stripe.clone(),
+                compliance::ComplianceSettings {
+                    workers: k.workers,
+                    list_interval: Duration::from_secs(k.list_interval_secs),
+                    number_prefix: cfg.alegra.number_prefix.clone(),
+                    number_start: cfg.alegra.number_start,
+                    policy: crate::compliance::machine::Policy {
+                        schedule_ms: k
+                            .retry_schedule_secs
+                            .iter()
+                            .map(|s| *s as i64 * 1000)
+                            .collect(),
+                        poll_ms: k.poll_secs as i64 * 1000,
+                    },
+                },
+            )?))
+        }
+    };
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
     let webhook_secret: Secret =
         required(&cfg.stripe.webhook_secret, "stripe.webhook_secret")?.clone();
@@ -286,6 +366,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         opts.listener,
         crate::server::ServerState {
             catalog: catalog.clone(),
+            compliance: compliance.clone(),
             webhook_secret,
             tolerance_secs: cfg.stripe.webhook_tolerance_secs,
             mode: opts.mode,
@@ -304,6 +385,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(async move { c.full_sync(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.reconcile_loop(k).await });
+        if let Some(c) = &compliance {
+            let (c2, k) = (c.clone(), cancel.clone());
+            workers.spawn(async move { c2.run(k).await });
+            let (c2, k) = (c.clone(), cancel.clone());
+            workers.spawn(async move { c2.list_loop(k).await });
+        }
     }
     workers.close();
 
@@ -313,6 +400,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let (done_tx, done_rx) = oneshot::channel();
     let mut publisher = Publisher::new(
         catalog.clone(),
+        compliance.clone(),
         downstreams.clone(),
         opts.mode,
         server_addr.to_string(),
@@ -377,6 +465,29 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         let r = apply_bounds(&catalog, &pipeline, min, max, &actor);
                         publisher.notify(r);
                     }
+                    Some(Command::PauseCompliance { actor }) => {
+                        let r = apply_compliance_pause(compliance.as_deref(), &catalog.store, true, &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::ResumeCompliance { actor }) => {
+                        let r = apply_compliance_pause(compliance.as_deref(), &catalog.store, false, &actor);
+                        publisher.notify(r);
+                    }
+                    Some(Command::RetryInvoice { key, actor }) => {
+                        let r = match &compliance {
+                            Some(c) => c.retry(&key, &actor),
+                            None => Err("the compliance pipeline is off ([alegra] base_url not set)".into()),
+                        };
+                        publisher.notify(r);
+                    }
+                    Some(Command::RetryFailedInvoices { actor }) => {
+                        let r = match &compliance {
+                            Some(c) => c.retry_failed(&actor),
+                            None => Err("the compliance pipeline is off ([alegra] base_url not set)".into()),
+                        };
+                        publisher.notify(r);
+                    }
+                    Some(Command::FocusInvoice { key }) => publisher.focus = key,
                     Some(Command::Shutdown) | None => break,
                 },
             }
@@ -418,6 +529,25 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         server_addr,
         done: Some(done_rx),
     })
+}
+
+fn apply_compliance_pause(
+    compliance: Option<&compliance::Compliance>,
+    store: &Store,
+    paused: bool,
+    actor: &str,
+) -> Result<String, String> {
+    let Some(c) = compliance else {
+        return Err("the compliance pipeline is off ([alegra] base_url not set)".into());
+    };
+    c.set_paused(paused);
+    let what = if paused {
+        "paused compliance pipeline (invoices wait; nothing is sent to DIAN)"
+    } else {
+        "resumed compliance pipeline"
+    };
+    let _ = store.audit("operator", "compliance", actor, what);
+    Ok(what.to_owned())
 }
 
 fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) -> Result<String, String> {
@@ -496,6 +626,8 @@ fn apply_bounds(
 /// Builds snapshots from the engine's parts and publishes them when they changed.
 struct Publisher {
     catalog: Arc<Catalog>,
+    compliance: Option<Arc<compliance::Compliance>>,
+    focus: Option<String>,
     downstreams: Vec<Arc<Downstream>>,
     notice: Notice,
     mode: Mode,
@@ -510,15 +642,81 @@ struct Publisher {
 const SERIES_SECONDS: usize = 120;
 const AUDIT_KEPT: usize = 500;
 
+const INVOICES_SHOWN: usize = 300;
+
 impl Publisher {
+    fn compliance_view(&self) -> ComplianceView {
+        let Some(c) = &self.compliance else {
+            return ComplianceView::default();
+        };
+        let store = &c.store;
+        let mut invoices = store.invoices(None, "", INVOICES_SHOWN).unwrap_or_default();
+        // Everything needing attention is listed even when older than the newest few.
+        for s in [
+            Status::Failed,
+            Status::Rejected,
+            Status::Fallback,
+            Status::Unknown,
+        ] {
+            for r in store
+                .invoices(Some(s), "", INVOICES_SHOWN)
+                .unwrap_or_default()
+            {
+                if !invoices.iter().any(|x| x.stripe_id == r.stripe_id) {
+                    invoices.push(r);
+                }
+            }
+        }
+        invoices.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then(b.number.cmp(&a.number))
+        });
+        let focus = self.focus.as_deref().and_then(|key| {
+            let record = store.invoice(key).ok().flatten()?;
+            let history = store.invoice_history(&record.stripe_id).unwrap_or_default();
+            let (prefix, consecutive) = record.number.split_at(
+                record
+                    .number
+                    .find(|ch: char| ch.is_ascii_digit())
+                    .unwrap_or(0),
+            );
+            let payload = serde_json::to_string_pretty(&record.invoice.alegra_body(
+                prefix,
+                consecutive,
+                &record.issue_date,
+            ))
+            .unwrap_or_default();
+            Some(InvoiceDetail {
+                record,
+                history,
+                payload,
+            })
+        });
+        ComplianceView {
+            enabled: true,
+            paused: c.is_paused(),
+            counts: store.compliance_counts().unwrap_or_default(),
+            invoices,
+            sends: c.metrics.sends.load(Ordering::Relaxed),
+            validated: c.metrics.validated.load(Ordering::Relaxed),
+            in_flight: c.in_flight(),
+            window: c.alegra().window(),
+            focus,
+        }
+    }
+
     fn new(
         catalog: Arc<Catalog>,
+        compliance: Option<Arc<compliance::Compliance>>,
         downstreams: Vec<Arc<Downstream>>,
         mode: Mode,
         server_addr: String,
     ) -> Self {
         Self {
             catalog,
+            compliance,
+            focus: None,
             downstreams,
             notice: Notice::default(),
             mode,
@@ -635,6 +833,7 @@ impl Publisher {
             draining,
             downstreams: self.downstreams.iter().map(|d| d.view()).collect(),
             notice: self.notice.clone(),
+            compliance: self.compliance_view(),
         };
         tx.send_if_modified(|current| {
             if **current == snap {

@@ -205,7 +205,9 @@ pub struct Item {
 #[serde(default)]
 pub struct Counters {
     pub stripe_requests: u64,
+    /// Catalog list pages (products, prices, events); invoice pages are counted apart.
     pub stripe_list_pages: u64,
+    pub stripe_invoice_pages: u64,
     pub webhooks_sent: u64,
     pub webhooks_failed: u64,
     pub qb_requests: u64,
@@ -453,6 +455,7 @@ impl World {
                 "webhooks_sent": c.webhooks_sent,
                 "webhooks_failed": c.webhooks_failed,
                 "invoices_total": self.invoices.len(),
+                "invoice_list_pages": c.stripe_invoice_pages,
             },
             "quickbooks": {
                 "items_total": self.items.len(),

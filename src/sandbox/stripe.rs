@@ -374,7 +374,7 @@ async fn list_invoices(
     let status_ok = filter("status").is_none_or(|v| v == "paid");
     let created_gte = filter("created[gte]").and_then(|v| v.parse::<i64>().ok());
     let mut tx = s.lock();
-    tx.world.counters.stripe_list_pages += 1;
+    tx.world.counters.stripe_invoice_pages += 1;
     let w = &tx.world;
     let newest_first: Vec<&super::Invoice> = w
         .invoices

@@ -22,6 +22,7 @@ use crate::engine::catalog::Catalog;
 #[derive(Clone)]
 pub struct ServerState {
     pub catalog: Arc<Catalog>,
+    pub compliance: Option<Arc<crate::engine::compliance::Compliance>>,
     pub webhook_secret: Secret,
     pub tolerance_secs: u64,
     pub mode: Mode,
@@ -105,9 +106,20 @@ async fn stripe_webhook(
         kind.to_owned(),
         event["data"]["object"].clone(),
     );
-    let handled = crate::engine::catalog::job_for_event(&kind, created, &object).is_some();
-    let result = tokio::task::spawn_blocking(move || {
-        catalog.ingest_event(&id, &kind, created, &object, "webhook")
+    let compliance = state.compliance.clone().filter(|_| kind == "invoice.paid");
+    let handled = compliance.is_some()
+        || crate::engine::catalog::job_for_event(&kind, created, &object).is_some();
+    let result = tokio::task::spawn_blocking(move || match compliance {
+        // A paid invoice becomes a compliance record, with its event id, in one step.
+        Some(c) => {
+            let new = c.ingest(&object, Some((&id, &kind, "webhook")))?;
+            if new {
+                c.metrics.webhooks.fetch_add(1, Ordering::Relaxed);
+            }
+            // A known event or an invoice already listed: a duplicate either way.
+            Ok(new)
+        }
+        None => catalog.ingest_event(&id, &kind, created, &object, "webhook"),
     })
     .await;
     match result {

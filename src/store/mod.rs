@@ -6,7 +6,10 @@
 //! are claimed with a lease; leases left by a dead process are re-queued at start.
 //! Nothing here knows HTTP, terminals or the sandbox.
 
+mod invoices;
 mod schema;
+
+pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

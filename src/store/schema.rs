@@ -65,6 +65,47 @@ const MIGRATIONS: &[&str] = &[
         access_expires_at INTEGER,
         updated_at INTEGER NOT NULL
      );",
+    // 2: invoice compliance records and their history; named counters.
+    "CREATE TABLE invoices (
+        stripe_id TEXT PRIMARY KEY,
+        number TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL DEFAULT 'invoice',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER,
+        sending INTEGER NOT NULL DEFAULT 0,
+        alegra_id TEXT,
+        cufe TEXT,
+        issue_date TEXT NOT NULL,
+        buyer_id TEXT NOT NULL,
+        buyer_name TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        last_code TEXT,
+        last_message TEXT,
+        contingency INTEGER NOT NULL DEFAULT 0,
+        deadline_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        validated_at INTEGER
+     );
+     CREATE INDEX invoices_due ON invoices(status, next_at);
+     CREATE TABLE invoice_history (
+        id INTEGER PRIMARY KEY,
+        stripe_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        from_status TEXT,
+        to_status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        code TEXT,
+        message TEXT NOT NULL,
+        actor TEXT NOT NULL
+     );
+     CREATE INDEX invoice_history_of ON invoice_history(stripe_id, id);
+     CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

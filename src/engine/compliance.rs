@@ -1,0 +1,506 @@
+//! The invoice compliance pipeline: paid Stripe invoices (webhooks and a periodic
+//! listing) become durable records; workers send them to Alegra/DIAN and follow the
+//! answers through the state machine in `compliance::machine`. A send is marked in the
+//! store before it leaves, so a crash mid-send leaves an UNKNOWN record that is read at
+//! Alegra before anything is sent again (Alegra has no idempotency key).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::compliance::invoice::{self, LocalInvoice};
+use crate::compliance::machine::{Decision, Policy, Status};
+use crate::connectors::alegra::{AlegraClient, AlegraError, AlegraInvoice, StampResult};
+use crate::connectors::stripe::{Cursor, StripeClient};
+use crate::store::{Change, InvoiceRecord, Store, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct ComplianceSettings {
+    pub workers: usize,
+    pub list_interval: Duration,
+    pub number_prefix: String,
+    pub number_start: u64,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Default)]
+pub struct ComplianceMetrics {
+    pub sends: AtomicU64,
+    pub validated: AtomicU64,
+    pub checks: AtomicU64,
+    pub webhooks: AtomicU64,
+    pub listed: AtomicU64,
+}
+
+pub struct Compliance {
+    pub store: Store,
+    alegra: AlegraClient,
+    stripe: StripeClient,
+    settings: ComplianceSettings,
+    work: Notify,
+    in_flight: Mutex<HashSet<String>>,
+    paused: AtomicBool,
+    pub metrics: ComplianceMetrics,
+}
+
+/// Today in Colombia (UTC−5), `YYYY-MM-DD`, at `now_ms`.
+pub fn colombia_date(now_ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(time::macros::offset!(-5));
+    format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day())
+}
+
+/// `SETP990000001` → (`SETP`, `990000001`).
+fn split_number(number: &str) -> (&str, &str) {
+    let at = number
+        .find(|c: char| c.is_ascii_digit())
+        .unwrap_or(number.len());
+    number.split_at(at)
+}
+
+impl Compliance {
+    pub fn new(
+        store: Store,
+        alegra: AlegraClient,
+        stripe: StripeClient,
+        settings: ComplianceSettings,
+    ) -> anyhow::Result<Self> {
+        let recovered = store.recover_sending()?;
+        if recovered > 0 {
+            store.audit(
+                "sync",
+                "compliance",
+                "engine",
+                &format!("{recovered} invoice sends were cut short by the previous run; each is read at Alegra before any resend"),
+            )?;
+        }
+        Ok(Self {
+            store,
+            alegra,
+            stripe,
+            settings,
+            work: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            paused: AtomicBool::new(false),
+            metrics: ComplianceMetrics::default(),
+        })
+    }
+
+    pub fn alegra(&self) -> &AlegraClient {
+        &self.alegra
+    }
+
+    pub fn settings(&self) -> &ComplianceSettings {
+        &self.settings
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        self.work.notify_waiters();
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn local(&self, object: &Value) -> Result<LocalInvoice, String> {
+        invoice::from_stripe(object, |product| {
+            self.store
+                .mapping(product)
+                .ok()
+                .flatten()
+                .and_then(|m| m.item_id)
+        })
+    }
+
+    /// Records one Stripe invoice (from an event or a list page). Ok(false): already
+    /// known. Err: it cannot be an e-invoice (said in the audit trail, nothing stored).
+    pub fn ingest(
+        &self,
+        object: &Value,
+        event: Option<(&str, &str, &str)>,
+    ) -> anyhow::Result<bool> {
+        let inv = match self.local(object) {
+            Ok(i) => i,
+            Err(why) => {
+                if let Some((id, kind, via)) = event {
+                    // Remember the event so it is not read again, then say why.
+                    self.store.ingest(&[], None, Some((id, kind, via)))?;
+                }
+                self.store.audit(
+                    "sync",
+                    "compliance",
+                    "engine",
+                    &format!("not sent to DIAN: {why}"),
+                )?;
+                return Ok(false);
+            }
+        };
+        let new = self.store.ingest_invoice(
+            &inv,
+            &colombia_date(now_ms()),
+            &self.settings.number_prefix,
+            self.settings.number_start,
+            event,
+        )?;
+        if new {
+            self.work.notify_waiters();
+        }
+        Ok(new)
+    }
+
+    /// Lists Stripe's paid invoices now and then (webhooks can be lost): every page
+    /// until one holds nothing new.
+    pub async fn list_loop(&self, cancel: CancellationToken) {
+        loop {
+            let mut cursor = Cursor::Start;
+            loop {
+                let page = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    p = self.stripe.list_paid_invoices(&cursor, 100) => p,
+                };
+                let page = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("listing Stripe invoices: {e}");
+                        break;
+                    }
+                };
+                let mut fresh = 0;
+                for inv in &page.data {
+                    match self.ingest(inv, None) {
+                        Ok(true) => fresh += 1,
+                        Ok(false) => {}
+                        Err(e) => tracing::error!("storing an invoice: {e}"),
+                    }
+                }
+                self.metrics.listed.fetch_add(fresh, Ordering::Relaxed);
+                match page.data.last().and_then(|v| v["id"].as_str()) {
+                    Some(last) if page.has_more && fresh > 0 => {
+                        cursor = Cursor::After(last.to_owned())
+                    }
+                    _ => break,
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.list_interval) => {}
+            }
+        }
+    }
+
+    /// Sends and follows invoices until cancelled, at most `workers` at once.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let tasks = tokio_util::task::TaskTracker::new();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let free = self.settings.workers.saturating_sub(self.in_flight());
+            let due = if self.is_paused() || free == 0 {
+                Vec::new()
+            } else {
+                let skip: Vec<String> = self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                self.store
+                    .due_invoices(now_ms(), free, &skip)
+                    .unwrap_or_else(|e| {
+                        tracing::error!("reading due invoices: {e}");
+                        Vec::new()
+                    })
+            };
+            for rec in due {
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rec.stripe_id.clone());
+                let me = self.clone();
+                tasks.spawn(async move {
+                    let id = rec.stripe_id.clone();
+                    me.process(rec).await;
+                    me.in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    me.work.notify_waiters();
+                });
+            }
+            // Sleep until something is due, new work arrives, or a send ends.
+            let wait = match self.store.next_invoice_due() {
+                Ok(Some(at)) => (at - now_ms()).clamp(10, 1000) as u64,
+                _ => 1000,
+            };
+            let notified = self.work.notified();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    fn apply(&self, rec: &InvoiceRecord, d: &Decision, found: Option<&AlegraInvoice>) {
+        let cufe = found
+            .and_then(|f| f.stamp.as_ref())
+            .and_then(|s| s.cufe.as_deref());
+        let change = Change {
+            to: Some(d.to),
+            next_at_ms: Some(d.after_ms),
+            code: d.code.as_deref(),
+            message: &d.message,
+            actor: "engine",
+            alegra_id: found.map(|f| f.id.as_str()),
+            cufe,
+            refund_attempt: d.refund_attempt,
+            ..Default::default()
+        };
+        if let Err(e) = self.store.change_invoice(&rec.stripe_id, &change) {
+            tracing::error!("recording invoice {}: {e}", rec.number);
+            return;
+        }
+        if d.to == Status::Validated {
+            self.metrics.validated.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(d.to, Status::Failed | Status::Rejected) && d.to != rec.status {
+            let _ = self.store.audit(
+                "compliance",
+                &rec.number,
+                "engine",
+                &format!("invoice {} {}: {}", rec.number, d.to, d.message),
+            );
+        }
+    }
+
+    async fn process(&self, rec: InvoiceRecord) {
+        match rec.status {
+            Status::Pending | Status::Retry | Status::Fallback => self.send(&rec).await,
+            Status::Unknown => self.check(&rec).await,
+            Status::Sent => match &rec.alegra_id {
+                Some(id) => match self.alegra.invoice(id).await {
+                    Ok(found) => {
+                        let d = match &found.stamp {
+                            Some(s) => self.settings.policy.on_stamp(s),
+                            None => self.settings.policy.on_check(rec.attempts, None, true),
+                        };
+                        self.apply(&rec, &d, Some(&found));
+                    }
+                    Err(e) => self.postpone(&rec, &e),
+                },
+                None => self.check(&rec).await,
+            },
+            _ => {}
+        }
+    }
+
+    fn postpone(&self, rec: &InvoiceRecord, e: &AlegraError) {
+        let after = match e {
+            AlegraError::Rejected { retry_in_ms, .. } => (*retry_in_ms as i64).max(1000),
+            _ => self.settings.policy.poll_ms,
+        };
+        let _ = self
+            .store
+            .postpone_invoice(&rec.stripe_id, after, &format!("waiting: {e}"));
+    }
+
+    /// Sends: stamps the document already at Alegra, or creates it with its stamp.
+    async fn send(&self, rec: &InvoiceRecord) {
+        // While the circuit refuses calls, hold the invoice without spending an attempt.
+        if let Some(g) = self.alegra.guard() {
+            let (admits, wait) = g.breaker.admits_now();
+            if !admits {
+                let after = wait.map_or(1000, |w| w.as_millis() as i64).max(250);
+                let _ = self.store.postpone_invoice(
+                    &rec.stripe_id,
+                    after,
+                    "held: the Alegra circuit is open",
+                );
+                return;
+            }
+        }
+        let attempts = match self.store.begin_send(&rec.stripe_id) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("marking a send of {}: {e}", rec.number);
+                return;
+            }
+        };
+        self.metrics.sends.fetch_add(1, Ordering::Relaxed);
+        let result = match &rec.alegra_id {
+            Some(id) => match self.alegra.stamp(std::slice::from_ref(id)).await {
+                Ok(mut list) => match list.pop() {
+                    Some(StampResult::Invoice(inv)) => Ok(inv),
+                    Some(StampResult::Error { code, message, .. }) => Err(AlegraError::Api {
+                        status: 400,
+                        code,
+                        message,
+                        retry_after: None,
+                    }),
+                    None => Err(AlegraError::Decode("empty stamp answer".into())),
+                },
+                Err(e) => Err(e),
+            },
+            None => {
+                let (prefix, consecutive) = split_number(&rec.number);
+                let body = rec
+                    .invoice
+                    .alegra_body(prefix, consecutive, &rec.issue_date);
+                self.alegra.create_and_stamp(&body).await
+            }
+        };
+        let policy = &self.settings.policy;
+        match result {
+            Ok(found) => {
+                let d = match &found.stamp {
+                    Some(s) => policy.on_stamp(s),
+                    None => policy.on_check(attempts, None, true),
+                };
+                self.apply(rec, &d, Some(&found));
+            }
+            Err(e) => {
+                let d = policy.on_send_error(&e);
+                self.apply(rec, &d, None);
+            }
+        }
+    }
+
+    /// Resolves an UNKNOWN send by reading Alegra before anything is sent again.
+    async fn check(&self, rec: &InvoiceRecord) {
+        self.metrics.checks.fetch_add(1, Ordering::Relaxed);
+        let found = match &rec.alegra_id {
+            Some(id) => self.alegra.invoice(id).await.map(|d| vec![d]),
+            None => self.alegra.find_by_number(&rec.number).await,
+        };
+        let docs = match found {
+            Ok(d) => d,
+            Err(e) => return self.postpone(rec, &e),
+        };
+        // The accepted one if any (a duplicate made elsewhere must not hide it).
+        let best = docs
+            .iter()
+            .find(|d| {
+                d.stamp
+                    .as_ref()
+                    .is_some_and(|s| s.legal_status.starts_with("STAMPED_AND_ACCEPTED"))
+            })
+            .or_else(|| docs.first());
+        let d = self.settings.policy.on_check(
+            rec.attempts,
+            best.and_then(|b| b.stamp.as_ref()),
+            best.is_some(),
+        );
+        self.apply(rec, &d, best);
+    }
+
+    /// An operator's retry of one invoice (FAILED, REJECTED or RETRY): a document
+    /// already at Alegra is read first, otherwise it is sent afresh. Audited.
+    pub fn retry(&self, key: &str, actor: &str) -> Result<String, String> {
+        let rec = self
+            .store
+            .invoice(key)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no invoice {key:?}"))?;
+        let result = self.retry_record(&rec, actor);
+        let line = match &result {
+            Ok(m) => m.clone(),
+            Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
+        };
+        let _ = self.store.audit("operator", &rec.number, actor, &line);
+        self.work.notify_waiters();
+        result
+    }
+
+    fn retry_record(&self, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
+        if !rec.status.is_retryable_by_operator() {
+            return Err(format!(
+                "it is {}; only FAILED, REJECTED or RETRY invoices are retried",
+                rec.status
+            ));
+        }
+        let (to, how) = if rec.alegra_id.is_some() {
+            (Status::Unknown, "read at Alegra, then sent if needed")
+        } else {
+            (Status::Pending, "sent afresh")
+        };
+        let message = format!("operator {actor} retried it: {how}");
+        self.store
+            .change_invoice(
+                &rec.stripe_id,
+                &Change {
+                    to: Some(to),
+                    next_at_ms: Some(Some(0)),
+                    message: &message,
+                    actor,
+                    reset_attempts: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(format!("retrying invoice {} ({how})", rec.number))
+    }
+
+    /// How many invoices "retry all failed" would touch.
+    pub fn failed_count(&self) -> usize {
+        self.store
+            .invoices_in(Status::Failed)
+            .map_or(0, |v| v.len())
+    }
+
+    /// Retries every FAILED invoice. Audited once, with the count.
+    pub fn retry_failed(&self, actor: &str) -> Result<String, String> {
+        let ids = self
+            .store
+            .invoices_in(Status::Failed)
+            .map_err(|e| e.to_string())?;
+        let mut done = 0;
+        for id in &ids {
+            if let Ok(Some(rec)) = self.store.invoice(id)
+                && self.retry_record(&rec, actor).is_ok()
+            {
+                done += 1;
+            }
+        }
+        let line = format!("retried {done} of {} FAILED invoices", ids.len());
+        let _ = self.store.audit("operator", "compliance", actor, &line);
+        self.work.notify_waiters();
+        Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colombia_date_turns_at_five_utc() {
+        // 2026-11-22 04:59:59 UTC is still the 21st in Bogotá; 05:00:00 is the 22nd.
+        let t = time::macros::datetime!(2026-11-22 04:59:59 UTC).unix_timestamp() * 1000;
+        assert_eq!(colombia_date(t), "2026-11-21");
+        assert_eq!(colombia_date(t + 1000), "2026-11-22");
+    }
+
+    #[test]
+    fn numbers_split_into_prefix_and_consecutive() {
+        assert_eq!(split_number("SETP990000001"), ("SETP", "990000001"));
+        assert_eq!(split_number("12"), ("", "12"));
+    }
+}

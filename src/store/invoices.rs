@@ -1,0 +1,429 @@
+//! Compliance records: one row per Stripe invoice (its DIAN number, status, attempts,
+//! Alegra id, CUFE, the data to send it again) and its history, every change written
+//! with its history line in one transaction.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Result, Store, now_ms};
+use crate::compliance::invoice::LocalInvoice;
+use crate::compliance::machine::Status;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoiceRecord {
+    pub stripe_id: String,
+    pub number: String,
+    pub kind: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub next_at_ms: Option<i64>,
+    /// A send began and its outcome was never recorded (the process stopped).
+    pub sending: bool,
+    pub alegra_id: Option<String>,
+    pub cufe: Option<String>,
+    pub issue_date: String,
+    pub buyer_id: String,
+    pub buyer_name: String,
+    pub total: i64,
+    pub invoice: LocalInvoice,
+    pub last_code: Option<String>,
+    pub last_message: Option<String>,
+    pub contingency: bool,
+    pub deadline_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub validated_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at_ms: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub attempt: u32,
+    pub code: Option<String>,
+    pub message: String,
+    pub actor: String,
+}
+
+/// A change of a record, written with its history line.
+#[derive(Debug, Clone, Default)]
+pub struct Change<'a> {
+    pub to: Option<Status>,
+    pub next_at_ms: Option<Option<i64>>,
+    pub code: Option<&'a str>,
+    pub message: &'a str,
+    pub actor: &'a str,
+    pub alegra_id: Option<&'a str>,
+    pub cufe: Option<&'a str>,
+    pub issue_date: Option<&'a str>,
+    pub refund_attempt: bool,
+    /// An operator's retry starts the schedule afresh.
+    pub reset_attempts: bool,
+    pub contingency: Option<bool>,
+    pub deadline_at_ms: Option<Option<i64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComplianceCounts {
+    /// Indexed like [`Status::ALL`].
+    pub by_status: Vec<(Status, u64)>,
+    pub total: u64,
+    pub oldest_active_ms: Option<i64>,
+    pub earliest_deadline_ms: Option<i64>,
+}
+
+impl ComplianceCounts {
+    pub fn get(&self, s: Status) -> u64 {
+        self.by_status
+            .iter()
+            .find(|(x, _)| *x == s)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+const COLUMNS: &str = "stripe_id, number, kind, status, attempts, next_at, sending, alegra_id, cufe, issue_date,
+    buyer_id, buyer_name, total, data, last_code, last_message, contingency, deadline_at, created_at, updated_at, validated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRecord> {
+    let status: String = r.get(3)?;
+    let data: String = r.get(13)?;
+    Ok(InvoiceRecord {
+        stripe_id: r.get(0)?,
+        number: r.get(1)?,
+        kind: r.get(2)?,
+        status: Status::parse(&status).unwrap_or(Status::Unknown),
+        attempts: r.get(4)?,
+        next_at_ms: r.get(5)?,
+        sending: r.get(6)?,
+        alegra_id: r.get(7)?,
+        cufe: r.get(8)?,
+        issue_date: r.get(9)?,
+        buyer_id: r.get(10)?,
+        buyer_name: r.get(11)?,
+        total: r.get(12)?,
+        invoice: serde_json::from_str(&data).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        last_code: r.get(14)?,
+        last_message: r.get(15)?,
+        contingency: r.get(16)?,
+        deadline_at_ms: r.get(17)?,
+        created_at_ms: r.get(18)?,
+        updated_at_ms: r.get(19)?,
+        validated_at_ms: r.get(20)?,
+    })
+}
+
+impl Store {
+    /// Records a paid invoice as PENDING with the next DIAN number of the range, in one
+    /// transaction with its Stripe event id (when it came as an event). Returns false
+    /// when the event or the invoice was already known (nothing changes).
+    pub fn ingest_invoice(
+        &self,
+        inv: &LocalInvoice,
+        issue_date: &str,
+        number_prefix: &str,
+        number_start: u64,
+        event: Option<(&str, &str, &str)>,
+    ) -> Result<bool> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let via = match event {
+            Some((id, kind, via)) => {
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, kind, now, via],
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                via
+            }
+            None => "list",
+        };
+        let known: bool = tx
+            .query_row(
+                "SELECT 1 FROM invoices WHERE stripe_id=?1",
+                params![inv.stripe_id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if known {
+            tx.commit()?;
+            return Ok(false);
+        }
+        let seq: i64 = tx.query_row(
+            "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+            [],
+            |r| r.get(0),
+        )?;
+        let number = format!("{number_prefix}{}", number_start + seq as u64);
+        let data = serde_json::to_string(inv)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        tx.execute(
+            "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, issue_date, buyer_id,
+                                  buyer_name, total, data, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'PENDING', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?4, ?4)",
+            params![
+                inv.stripe_id,
+                number,
+                inv.kind,
+                now,
+                issue_date,
+                inv.buyer_id,
+                inv.buyer_name,
+                inv.total,
+                data
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, NULL, 'PENDING', 0, NULL, ?3, 'engine')",
+            params![
+                inv.stripe_id,
+                now,
+                format!(
+                    "paid invoice {} received via {via}; DIAN number {number}",
+                    inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id)
+                )
+            ],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Invoices the engine should act on now (due, not being sent), oldest deadline
+    /// first, then oldest due.
+    pub fn due_invoices(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &[String],
+    ) -> Result<Vec<InvoiceRecord>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices
+             WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK') AND next_at IS NOT NULL AND next_at <= ?1
+             ORDER BY deadline_at IS NULL, deadline_at, next_at LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![now, (limit + skip.len()) as i64], row)?
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| !skip.contains(&r.stripe_id))
+            .take(limit)
+            .collect())
+    }
+
+    /// The earliest time something becomes due (to sleep until it).
+    pub fn next_invoice_due(&self) -> Result<Option<i64>> {
+        self.r().query_row(
+            "SELECT MIN(next_at) FROM invoices WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK')",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    pub fn invoice(&self, key: &str) -> Result<Option<InvoiceRecord>> {
+        self.r()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM invoices WHERE stripe_id=?1 OR number=?1 OR cufe=?1"
+                ),
+                params![key],
+                row,
+            )
+            .optional()
+    }
+
+    /// Invoices newest first, optionally of one status and matching `search` (number,
+    /// CUFE or Stripe id, case-insensitive substring).
+    pub fn invoices(
+        &self,
+        status: Option<Status>,
+        search: &str,
+        limit: usize,
+    ) -> Result<Vec<InvoiceRecord>> {
+        let conn = self.r();
+        let like = format!("%{}%", search.trim().to_lowercase());
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices
+             WHERE (?1 IS NULL OR status = ?1)
+               AND (?2 = '%%' OR lower(number) LIKE ?2 OR lower(stripe_id) LIKE ?2 OR lower(COALESCE(cufe,'')) LIKE ?2)
+             ORDER BY created_at DESC, number DESC LIMIT ?3"
+        ))?;
+        stmt.query_map(params![status.map(Status::name), like, limit as i64], row)?
+            .collect()
+    }
+
+    pub fn invoice_history(&self, stripe_id: &str) -> Result<Vec<HistoryEntry>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, from_status, to_status, attempt, code, message, actor FROM invoice_history
+             WHERE stripe_id=?1 ORDER BY id",
+        )?;
+        stmt.query_map(params![stripe_id], |r| {
+            Ok(HistoryEntry {
+                at_ms: r.get(0)?,
+                from: r.get(1)?,
+                to: r.get(2)?,
+                attempt: r.get(3)?,
+                code: r.get(4)?,
+                message: r.get(5)?,
+                actor: r.get(6)?,
+            })
+        })?
+        .collect()
+    }
+
+    /// Marks a send as begun (durably, before the request leaves) and counts it.
+    pub fn begin_send(&self, stripe_id: &str) -> Result<u32> {
+        self.w().query_row(
+            "UPDATE invoices SET sending=1, attempts=attempts+1, updated_at=?2 WHERE stripe_id=?1 RETURNING attempts",
+            params![stripe_id, now_ms()],
+            |r| r.get(0),
+        )
+    }
+
+    /// Applies `change` and writes its history line, in one transaction.
+    pub fn change_invoice(&self, stripe_id: &str, change: &Change<'_>) -> Result<()> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let Some((from, attempts)) = tx
+            .query_row(
+                "SELECT status, attempts FROM invoices WHERE stripe_id=?1",
+                params![stripe_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)),
+            )
+            .optional()?
+        else {
+            return Ok(());
+        };
+        let attempts = if change.reset_attempts {
+            0
+        } else if change.refund_attempt {
+            attempts.saturating_sub(1)
+        } else {
+            attempts
+        };
+        let to = change
+            .to
+            .map(Status::name)
+            .unwrap_or(from.as_str())
+            .to_owned();
+        let validated = change.to == Some(Status::Validated);
+        tx.execute(
+            "UPDATE invoices SET status=?2, attempts=?3, sending=0,
+               next_at = CASE WHEN ?4 THEN ?5 ELSE next_at END,
+               last_code=?6, last_message=?7,
+               alegra_id=COALESCE(?8, alegra_id), cufe=COALESCE(?9, cufe),
+               issue_date=COALESCE(?10, issue_date),
+               contingency=COALESCE(?11, contingency),
+               deadline_at = CASE WHEN ?12 THEN ?13 ELSE deadline_at END,
+               validated_at = CASE WHEN ?14 THEN ?15 ELSE validated_at END,
+               updated_at=?15
+             WHERE stripe_id=?1",
+            params![
+                stripe_id,
+                to,
+                attempts,
+                change.next_at_ms.is_some(),
+                change.next_at_ms.flatten().map(|after| now + after),
+                change.code,
+                change.message,
+                change.alegra_id,
+                change.cufe,
+                change.issue_date,
+                change.contingency,
+                change.deadline_at_ms.is_some(),
+                change.deadline_at_ms.flatten(),
+                validated,
+                now,
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![stripe_id, now, from, to, attempts, change.code, change.message, change.actor],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Looks again later without a history line (waiting on a breaker or a read that
+    /// failed); the reason stays visible as the last message.
+    pub fn postpone_invoice(&self, stripe_id: &str, after_ms: i64, why: &str) -> Result<()> {
+        let now = now_ms();
+        self.w().execute(
+            "UPDATE invoices SET next_at=?2, sending=0, last_message=?3, updated_at=?4 WHERE stripe_id=?1",
+            params![stripe_id, now + after_ms, why, now],
+        )?;
+        Ok(())
+    }
+
+    /// Start-up recovery: a send the previous process began and never recorded has an
+    /// unknown outcome; it is read at the provider before anything is sent again.
+    pub fn recover_sending(&self) -> Result<usize> {
+        let ids: Vec<String> = {
+            let conn = self.r();
+            let mut stmt = conn.prepare("SELECT stripe_id FROM invoices WHERE sending=1")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_>>()?
+        };
+        for id in &ids {
+            self.change_invoice(
+                id,
+                &Change {
+                    to: Some(Status::Unknown),
+                    next_at_ms: Some(Some(0)),
+                    message: "the engine stopped during a send: outcome unknown, will read it at Alegra first",
+                    actor: "engine",
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(ids.len())
+    }
+
+    pub fn compliance_counts(&self) -> Result<ComplianceCounts> {
+        let conn = self.r();
+        let mut stmt =
+            conn.prepare_cached("SELECT status, COUNT(*) FROM invoices GROUP BY status")?;
+        let mut by: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut total = 0;
+        for r in stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            let (s, n) = r?;
+            total += n;
+            if let Some(e) = Status::parse(&s).and_then(|s| by.iter_mut().find(|(x, _)| *x == s)) {
+                e.1 = n;
+            }
+        }
+        let (oldest, deadline): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT MIN(created_at), MIN(deadline_at) FROM invoices
+             WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(ComplianceCounts {
+            by_status: by,
+            total,
+            oldest_active_ms: oldest,
+            earliest_deadline_ms: deadline,
+        })
+    }
+
+    /// Stripe ids of every invoice in `status`.
+    pub fn invoices_in(&self, status: Status) -> Result<Vec<String>> {
+        let conn = self.r();
+        let mut stmt = conn
+            .prepare_cached("SELECT stripe_id FROM invoices WHERE status=?1 ORDER BY created_at")?;
+        stmt.query_map(params![status.name()], |r| r.get(0))?
+            .collect()
+    }
+}

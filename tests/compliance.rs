@@ -1,0 +1,268 @@
+//! The invoice compliance pipeline against the sandbox's Stripe, Alegra and DIAN, over
+//! real HTTP: each state path, check-before-resend, operator retries.
+
+mod common;
+
+use serde_json::{Value, json};
+use syncctl::compliance::machine::Status;
+use syncctl::engine::{Command, EngineHandle};
+
+async fn post(base: &str, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn alegra_stats(base: &str) -> Value {
+    common::get_json(&format!("{base}/_sandbox/stats")).await["alegra"].clone()
+}
+
+/// A sandbox with a few products, and an engine whose retries come after a second.
+async fn setup(
+    schedule: Vec<u64>,
+) -> (
+    syncctl::sandbox::SandboxServer,
+    EngineHandle,
+    tempfile::TempDir,
+) {
+    let sb = common::sandbox(5, 21).await;
+    let mut cfg = common::config_for(&sb);
+    cfg.compliance.retry_schedule_secs = schedule;
+    cfg.compliance.poll_secs = 1;
+    cfg.alegra.timeout_secs = 2;
+    // Breaker verdicts are not under test here: DIAN failures must reach the machine.
+    cfg.alegra.breaker.minimum_calls = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::engine(cfg, dir.path()).await;
+    sb.sandbox.set_webhook_url(Some(format!(
+        "http://{}/webhooks/stripe",
+        engine.server_addr
+    )));
+    (sb, engine, dir)
+}
+
+async fn make_invoices(base: &str, n: usize) -> Vec<String> {
+    let v = post(base, "/_sandbox/stripe/invoices", json!({ "count": n })).await;
+    v["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the invoice reaches `status`; returns its record.
+async fn until_status(
+    engine: &EngineHandle,
+    stripe_id: &str,
+    status: Status,
+    secs: u64,
+) -> syncctl::store::InvoiceRecord {
+    common::eventually(secs, &format!("{stripe_id} to be {status}"), || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .find(|r| r.stripe_id == stripe_id && r.status == status)
+            .cloned()
+    })
+    .await
+}
+
+async fn history(engine: &EngineHandle, stripe_id: &str) -> Vec<String> {
+    engine
+        .commands
+        .send(Command::FocusInvoice {
+            key: Some(stripe_id.to_owned()),
+        })
+        .await
+        .unwrap();
+    common::eventually(5, "the focused invoice", || async {
+        let s = engine.snapshot.borrow().clone();
+        let d = s.compliance.focus.as_ref()?;
+        (d.record.stripe_id == stripe_id).then(|| {
+            d.history
+                .iter()
+                .map(|h| format!("{} {}", h.to, h.message))
+                .collect()
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_invoices_arrive_by_webhook_and_are_validated_once_with_the_cufe() {
+    let (sb, engine, _dir) = setup(vec![1, 1, 1]).await;
+    let base = sb.base_url();
+    let ids = make_invoices(&base, 5).await;
+    for id in &ids {
+        let r = until_status(&engine, id, Status::Validated, 30).await;
+        let cufe = r.cufe.expect("a CUFE");
+        assert_eq!(cufe.len(), 96, "{cufe}");
+        assert!(r.number.starts_with("SETP99"));
+    }
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["invoices_total"], 5, "{a}");
+    assert_eq!(a["stamped"], 5, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    // Each CUFE is DIAN's formula over the document's own fields.
+    let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
+    let doc = &docs[0];
+    let fields = syncctl::compliance::cufe::CufeFields {
+        number: doc["numberTemplate"]["fullNumber"].as_str().unwrap().into(),
+        date: doc["date"].as_str().unwrap().into(),
+        time: doc["datetime"].as_str().unwrap()[11..].into(),
+        subtotal: doc["subtotal"].as_str().unwrap().into(),
+        iva: doc["taxes"]["iva"].as_str().unwrap().into(),
+        inc: doc["taxes"]["inc"].as_str().unwrap().into(),
+        ica: doc["taxes"]["ica"].as_str().unwrap().into(),
+        total: doc["total"].as_str().unwrap().into(),
+        issuer_nit: syncctl::sandbox::alegra::ISSUER_NIT.into(),
+        buyer_id: doc["client"]["identification"].as_str().unwrap().into(),
+        technical_key: syncctl::sandbox::alegra::TECHNICAL_KEY.into(),
+        environment: "2".into(),
+    };
+    assert_eq!(
+        doc["stamp"]["cufe"].as_str().unwrap(),
+        fields.cufe().unwrap()
+    );
+    let h = history(&engine, &ids[0]).await;
+    assert!(h[0].starts_with("PENDING paid invoice"), "{h:?}");
+    assert!(
+        h.last().unwrap().starts_with("VALIDATED accepted by DIAN"),
+        "{h:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_timed_out_but_was_accepted_is_read_never_resent() {
+    let (sb, engine, _dir) = setup(vec![1, 1, 1]).await;
+    let base = sb.base_url();
+    // The first answer is lost past the client's 2 s timeout; the second comes back
+    // at once as a 504 EPR503. DIAN accepted both documents.
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"lost_responses": 1, "lost_response_ms": 3000}),
+    )
+    .await;
+    let first = make_invoices(&base, 1).await.remove(0);
+    let r = until_status(&engine, &first, Status::Validated, 30).await;
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"lost_responses": 1, "lost_response_ms": 0}),
+    )
+    .await;
+    let second = make_invoices(&base, 1).await.remove(0);
+    until_status(&engine, &second, Status::Validated, 30).await;
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["invoices_total"], 2, "{a}");
+    assert_eq!(a["stamped"], 2, "one stamp each: {a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    assert_eq!(r.attempts, 1);
+    for id in [&first, &second] {
+        let h = history(&engine, id).await;
+        assert!(
+            h.iter().any(|l| l.starts_with("UNKNOWN")),
+            "went through UNKNOWN: {h:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_waiting_and_numbering_paths() {
+    let (sb, engine, _dir) = setup(vec![1, 1, 1]).await;
+    let base = sb.base_url();
+    post(&base, "/_sandbox/alegra", json!({"reject_rate": 1.0})).await;
+    let rejected = make_invoices(&base, 1).await.remove(0);
+    let r = until_status(&engine, &rejected, Status::Rejected, 30).await;
+    assert_eq!(r.last_code.as_deref(), Some("99"));
+    assert!(r.last_message.unwrap().contains("Regla:"));
+
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"reject_rate": 0.0, "waiting_ms": 1500}),
+    )
+    .await;
+    let waiting = make_invoices(&base, 1).await.remove(0);
+    until_status(&engine, &waiting, Status::Sent, 30).await;
+    until_status(&engine, &waiting, Status::Validated, 30).await;
+
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"waiting_ms": 0, "numbering_rejections": 1}),
+    )
+    .await;
+    let numbering = make_invoices(&base, 1).await.remove(0);
+    let r = until_status(&engine, &numbering, Status::Failed, 30).await;
+    assert_eq!(r.last_code.as_deref(), Some("AEP6009"));
+    assert!(r.last_message.unwrap().contains("numbering"));
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dian_down_retries_on_schedule_then_fails_and_an_operator_retry_validates() {
+    let (sb, engine, _dir) = setup(vec![1, 1]).await;
+    let base = sb.base_url();
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": true}),
+    )
+    .await;
+    let id = make_invoices(&base, 1).await.remove(0);
+    let r = until_status(&engine, &id, Status::Failed, 60).await;
+    assert_eq!(r.attempts, 3, "the first send and two retries");
+    let h = history(&engine, &id).await;
+    for expected in ["UNKNOWN", "RETRY", "FAILED"] {
+        assert!(
+            h.iter().any(|l| l.starts_with(expected)),
+            "{expected} in {h:?}"
+        );
+    }
+    // Only one document was ever created: retries stamp it, never re-create it.
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["invoices_total"], 1, "{a}");
+
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": false}),
+    )
+    .await;
+    engine
+        .commands
+        .send(Command::RetryFailedInvoices {
+            actor: "ana@10.0.0.7".into(),
+        })
+        .await
+        .unwrap();
+    until_status(&engine, &id, Status::Validated, 30).await;
+    let a = alegra_stats(&base).await;
+    assert_eq!(
+        (
+            a["invoices_total"].as_u64(),
+            a["duplicate_documents"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{a}"
+    );
+    let audit = common::eventually(5, "the operator's retry in the audit trail", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.audit
+            .iter()
+            .find(|e| e.kind == "operator" && e.message.contains("retried 1 of 1 FAILED"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(audit.actor, "ana@10.0.0.7");
+}

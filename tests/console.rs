@@ -522,3 +522,115 @@ fn an_engine_notice_is_flashed_once() {
     app.on_snapshot(Arc::new(s));
     assert_eq!(app.flash, None);
 }
+
+fn dian_app() -> App {
+    use syncctl::compliance::invoice::{Line, LocalInvoice};
+    use syncctl::compliance::machine::Status;
+    use syncctl::store::{ComplianceCounts, InvoiceRecord};
+    let record = |n: u64, status: Status, code: Option<&str>| InvoiceRecord {
+        stripe_id: format!("in_{n:014}"),
+        number: format!("SETP{}", 990000000 + n),
+        kind: "invoice".into(),
+        status,
+        attempts: 3,
+        next_at_ms: None,
+        sending: false,
+        alegra_id: Some(n.to_string()),
+        cufe: None,
+        issue_date: "2026-11-22".into(),
+        buyer_id: "900123456".into(),
+        buyer_name: "Comercializadora Andina S.A.S.".into(),
+        total: 178_500_000,
+        invoice: LocalInvoice {
+            stripe_id: format!("in_{n:014}"),
+            stripe_number: None,
+            buyer_id: "900123456".into(),
+            buyer_name: "Comercializadora Andina S.A.S.".into(),
+            lines: vec![Line {
+                product: None,
+                item_id: None,
+                description: "Café".into(),
+                quantity: 1,
+                unit: 150_000_000,
+            }],
+            taxes: vec![],
+            subtotal: 150_000_000,
+            iva: 28_500_000,
+            inc: 0,
+            ica: 0,
+            total: 178_500_000,
+            kind: "invoice".into(),
+        },
+        last_code: code.map(str::to_owned),
+        last_message: None,
+        contingency: false,
+        deadline_at_ms: None,
+        created_at_ms: T0,
+        updated_at_ms: T0,
+        validated_at_ms: None,
+    };
+    let mut s = snapshot();
+    s.compliance.enabled = true;
+    s.compliance.invoices = vec![
+        record(3, Status::Failed, Some("EPR503")),
+        record(2, Status::Validated, Some("00")),
+        record(1, Status::Failed, Some("AEP6009")),
+    ];
+    s.compliance.counts = ComplianceCounts {
+        by_status: vec![(Status::Failed, 2), (Status::Validated, 1)],
+        total: 3,
+        ..Default::default()
+    };
+    let mut app = App::new(Arc::new(s), Theme::ansi());
+    app.tab = Tab::Dian;
+    app
+}
+
+#[test]
+fn dian_queue_lists_invoices_with_state_words_and_explained_codes_at_80x24() {
+    let app = dian_app();
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("✗ FAILED 2"), "{text}");
+    assert!(text.contains("SETP990000003"), "{text}");
+    assert!(text.contains("1 785 000,00"), "{text}");
+    assert!(text.contains("EPR503"), "{text}");
+    assert!(
+        text.contains("r retry"),
+        "the hints name the DIAN keys: {text}"
+    );
+    // Wider, each code is explained in words.
+    let (text, _) = render(&app, 140, 30);
+    assert!(text.contains("EPR503 DIAN did not answer"), "{text}");
+}
+
+#[test]
+fn dian_filter_search_and_retry_keys() {
+    let mut app = dian_app();
+    // `s` filters to the first state; FAILED is the sixth in the cycle.
+    for _ in 0..6 {
+        app.on_key(key(KeyCode::Char('s')));
+    }
+    assert_eq!(app.dian_rows().len(), 2);
+    app.on_key(key(KeyCode::Char('/')));
+    for c in "0001".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    let rows = app.dian_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].number, "SETP990000001");
+    match app.on_key(key(KeyCode::Char('r'))) {
+        Some(Command::RetryInvoice { key, .. }) => assert_eq!(key, "in_00000000000001"),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    // R previews the count and waits for a confirmation (focus on Cancel).
+    assert!(app.on_key(key(KeyCode::Char('R'))).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("Retry 2 FAILED invoices?"), "{text}");
+    assert!(app.on_key(key(KeyCode::Enter)).is_none(), "Enter on Cancel");
+    app.on_key(key(KeyCode::Char('R')));
+    assert!(matches!(
+        app.on_key(key(KeyCode::Char('y'))),
+        Some(Command::RetryFailedInvoices { .. })
+    ));
+}

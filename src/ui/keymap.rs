@@ -28,6 +28,11 @@ pub enum Action {
     ResetCircuit,
     ToggleOutage,
     SetBounds,
+    RetryInvoice,
+    RetryFailed,
+    CycleStatus,
+    Search,
+    TogglePayload,
 }
 
 /// Where a binding applies.
@@ -38,15 +43,17 @@ pub enum Scope {
     Lists,
     Circuits,
     Workers,
+    Dian,
 }
 
 impl Scope {
     fn applies(self, tab: Tab) -> bool {
         match self {
             Scope::Global => true,
-            Scope::Lists => matches!(tab, Tab::Events | Tab::Circuits),
+            Scope::Lists => matches!(tab, Tab::Events | Tab::Circuits | Tab::Dian),
             Scope::Circuits => tab == Tab::Circuits,
             Scope::Workers => tab == Tab::Workers,
+            Scope::Dian => tab == Tab::Dian,
         }
     }
 }
@@ -86,6 +93,54 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "Workers & queues (auto-scaler, limits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('6')],
+        label: "6",
+        action: Action::GoTab(Tab::Dian),
+        scope: Scope::Global,
+        hint: None,
+        help: "DIAN queue (invoice compliance)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('r')],
+        label: "r",
+        action: Action::RetryInvoice,
+        scope: Scope::Dian,
+        hint: Some("retry"),
+        help: "retry the selected invoice (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('R')],
+        label: "R",
+        action: Action::RetryFailed,
+        scope: Scope::Dian,
+        hint: Some("retry failed"),
+        help: "retry every FAILED invoice, after a preview of how many (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('s')],
+        label: "s",
+        action: Action::CycleStatus,
+        scope: Scope::Dian,
+        hint: Some("state"),
+        help: "filter by state: all, then each state in turn (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('/')],
+        label: "/",
+        action: Action::Search,
+        scope: Scope::Dian,
+        hint: Some("search"),
+        help: "search by number, CUFE or Stripe id; Esc clears (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('v')],
+        label: "v",
+        action: Action::TogglePayload,
+        scope: Scope::Dian,
+        hint: None,
+        help: "detail pane: history or the payload sent to Alegra (DIAN)",
     },
     Binding {
         keys: &[KeyCode::Char('7')],
@@ -272,7 +327,7 @@ pub fn action_for(key: &KeyEvent, tab: Tab) -> Option<Action> {
 /// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first).
 pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
     let local = BINDINGS.iter().filter(move |b| {
-        matches!(b.scope, Scope::Circuits | Scope::Workers) && b.scope.applies(tab)
+        matches!(b.scope, Scope::Circuits | Scope::Workers | Scope::Dian) && b.scope.applies(tab)
     });
     let rest = BINDINGS
         .iter()

@@ -8,25 +8,35 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::keymap::{self, Action};
 use super::theme::Theme;
+use crate::compliance::machine::Status as InvoiceStatus;
 use crate::engine::{Command, Snapshot, operator};
 use crate::resilience::State as BreakerState;
 use crate::sandbox::Sandbox;
+use crate::store::InvoiceRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Overview,
     Circuits,
     Workers,
+    Dian,
     Events,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Overview, Tab::Circuits, Tab::Workers, Tab::Events];
+    pub const ALL: [Tab; 5] = [
+        Tab::Overview,
+        Tab::Circuits,
+        Tab::Workers,
+        Tab::Dian,
+        Tab::Events,
+    ];
     pub fn title(self) -> &'static str {
         match self {
             Tab::Overview => "Overview",
             Tab::Circuits => "Circuits",
             Tab::Workers => "Workers",
+            Tab::Dian => "DIAN",
             Tab::Events => "Events",
         }
     }
@@ -36,6 +46,7 @@ impl Tab {
             Tab::Overview => '1',
             Tab::Circuits => '3',
             Tab::Workers => '4',
+            Tab::Dian => '6',
             Tab::Events => '7',
         }
     }
@@ -57,6 +68,10 @@ pub enum Confirm {
         min: u32,
         max: u32,
     },
+    /// Retry every FAILED invoice; the count is what the operator saw.
+    RetryFailed {
+        count: u64,
+    },
 }
 
 impl Confirm {
@@ -69,6 +84,7 @@ impl Confirm {
                 to: Some(s),
             } => format!("Set the {service} circuit to {s}?"),
             Confirm::Bounds { .. } => "Change catalog worker bounds?".into(),
+            Confirm::RetryFailed { count } => format!("Retry {count} FAILED invoices?"),
         }
     }
     pub fn effect(&self) -> String {
@@ -79,6 +95,7 @@ impl Confirm {
             Confirm::Breaker { service, to: Some(BreakerState::Disabled) } => format!("Every call to {service} is let through and nothing is recorded: the circuit can no longer protect it."),
             Confirm::Breaker { service, to: Some(BreakerState::MetricsOnly) } => format!("Calls to {service} are measured but the circuit never opens."),
             Confirm::Breaker { service, to: Some(s) } => format!("The {service} circuit goes {s}; calls are let through and judged afresh."),
+            Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
         }
     }
@@ -87,6 +104,7 @@ impl Confirm {
             Confirm::Quit => "Quit",
             Confirm::Breaker { to: None, .. } => "Reset",
             Confirm::Breaker { .. } | Confirm::Bounds { .. } => "Apply",
+            Confirm::RetryFailed { .. } => "Retry",
         }
     }
 }
@@ -111,6 +129,13 @@ pub struct App {
     pub prompt: Option<String>,
     /// The demo's sandbox, for the outage toggle (None on a live engine).
     pub sandbox: Option<Arc<Sandbox>>,
+    /// DIAN queue: selected row, state filter, search text (`search_open` while typed),
+    /// and whether the detail pane shows the payload instead of the history.
+    pub dian_row: usize,
+    pub dian_filter: Option<InvoiceStatus>,
+    pub dian_search: String,
+    pub search_open: bool,
+    pub show_payload: bool,
     last_notice: u64,
 }
 
@@ -131,12 +156,67 @@ impl App {
             circuit: 0,
             prompt: None,
             sandbox: None,
+            dian_row: 0,
+            dian_filter: None,
+            dian_search: String::new(),
+            search_open: false,
+            show_payload: false,
             last_notice: 0,
         }
     }
 
     pub fn shows_list(&self) -> bool {
-        matches!(self.tab, Tab::Events | Tab::Circuits)
+        matches!(self.tab, Tab::Events | Tab::Circuits | Tab::Dian)
+    }
+
+    /// The DIAN queue's rows after the state filter and the search.
+    pub fn dian_rows(&self) -> Vec<&InvoiceRecord> {
+        let q = self.dian_search.trim().to_lowercase();
+        self.snapshot
+            .compliance
+            .invoices
+            .iter()
+            .filter(|r| self.dian_filter.is_none_or(|f| r.status == f))
+            .filter(|r| {
+                q.is_empty()
+                    || r.number.to_lowercase().contains(&q)
+                    || r.stripe_id.to_lowercase().contains(&q)
+                    || r.cufe.as_deref().is_some_and(|c| c.contains(&q))
+            })
+            .collect()
+    }
+
+    /// The selected invoice's Stripe id.
+    pub fn selected_invoice(&self) -> Option<String> {
+        let rows = self.dian_rows();
+        rows.get(self.dian_row.min(rows.len().saturating_sub(1)))
+            .map(|r| r.stripe_id.clone())
+    }
+
+    /// Asks the engine for the selected invoice's history.
+    fn focus_selected(&self) -> Option<Command> {
+        Some(Command::FocusInvoice {
+            key: self.selected_invoice(),
+        })
+    }
+
+    fn on_search_key(&mut self, key: KeyEvent) -> Option<Command> {
+        match key.code {
+            KeyCode::Esc => {
+                self.dian_search.clear();
+                self.search_open = false;
+            }
+            KeyCode::Enter => self.search_open = false,
+            KeyCode::Backspace => {
+                self.dian_search.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && self.dian_search.len() < 96 => {
+                self.dian_search.push(c)
+            }
+            _ => return None,
+        }
+        self.dian_row = 0;
+        self.focus_selected()
     }
 
     /// The service of the selected circuit.
@@ -236,6 +316,9 @@ impl App {
         if self.prompt.is_some() {
             return self.on_prompt_key(key);
         }
+        if self.search_open {
+            return self.on_search_key(key);
+        }
         self.flash = None;
         let action = keymap::action_for(&key, self.tab)?;
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
@@ -246,11 +329,20 @@ impl App {
         };
         let page = 10;
         match action {
-            Action::NextTab => self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()],
-            Action::PrevTab => {
-                self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
+            Action::NextTab | Action::PrevTab | Action::GoTab(_) => {
+                self.tab = match action {
+                    Action::NextTab => Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()],
+                    Action::PrevTab => {
+                        Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
+                    }
+                    Action::GoTab(t) => t,
+                    _ => self.tab,
+                };
+                // The DIAN queue opens with the selected invoice's history loaded.
+                if self.tab == Tab::Dian {
+                    return self.focus_selected();
+                }
             }
-            Action::GoTab(t) => self.tab = t,
             Action::Help => self.help = true,
             Action::Back => {}
             Action::Quit => {
@@ -284,6 +376,65 @@ impl App {
             Action::SetBounds => {
                 let c = &self.snapshot.catalog;
                 self.prompt = Some(format!("{}-{}", c.workers_min, c.workers_max));
+            }
+            Action::RetryInvoice => {
+                let Some(id) = self.selected_invoice() else {
+                    self.flash = Some("no invoice selected".into());
+                    return None;
+                };
+                self.flash = Some("retrying…".into());
+                return Some(Command::RetryInvoice {
+                    key: id,
+                    actor: self.actor.clone(),
+                });
+            }
+            Action::RetryFailed => {
+                let count = self.snapshot.compliance.counts.get(InvoiceStatus::Failed);
+                if count == 0 {
+                    self.flash = Some("no FAILED invoices to retry".into());
+                } else {
+                    self.confirm = Some(Confirm::RetryFailed { count });
+                    self.confirm_focus_ok = false;
+                }
+            }
+            Action::CycleStatus => {
+                let all = InvoiceStatus::ALL;
+                self.dian_filter = match self.dian_filter {
+                    None => Some(all[0]),
+                    Some(s) => all
+                        .iter()
+                        .position(|x| *x == s)
+                        .and_then(|i| all.get(i + 1).copied()),
+                };
+                self.dian_row = 0;
+                return self.focus_selected();
+            }
+            Action::Search => self.search_open = true,
+            Action::TogglePayload => self.show_payload = !self.show_payload,
+            Action::Up if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_row.saturating_sub(1);
+                return self.focus_selected();
+            }
+            Action::Down if self.tab == Tab::Dian => {
+                self.dian_row = (self.dian_row + 1).min(self.dian_rows().len().saturating_sub(1));
+                return self.focus_selected();
+            }
+            Action::PageUp if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_row.saturating_sub(page);
+                return self.focus_selected();
+            }
+            Action::PageDown if self.tab == Tab::Dian => {
+                self.dian_row =
+                    (self.dian_row + page).min(self.dian_rows().len().saturating_sub(1));
+                return self.focus_selected();
+            }
+            Action::Top if self.tab == Tab::Dian => {
+                self.dian_row = 0;
+                return self.focus_selected();
+            }
+            Action::Bottom if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_rows().len().saturating_sub(1);
+                return self.focus_selected();
             }
             Action::Up if self.tab == Tab::Circuits => {
                 self.circuit = self.circuit.saturating_sub(1)
@@ -370,6 +521,7 @@ impl App {
                         state,
                         actor,
                     }),
+                    Confirm::RetryFailed { .. } => Some(Command::RetryFailedInvoices { actor }),
                     Confirm::Bounds { min, max } => Some(Command::SetWorkerBounds {
                         pipeline: "catalog".into(),
                         min,

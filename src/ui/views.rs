@@ -20,6 +20,7 @@ use ratatui::widgets::{
 
 use super::keymap::{self, BINDINGS};
 use super::state::{App, Tab};
+use crate::compliance::machine::{Status as InvoiceStatus, explain};
 use crate::engine::Mode;
 use crate::resilience::State as BreakerState;
 
@@ -43,6 +44,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Tab::Overview => draw_overview(frame, body, app),
         Tab::Circuits => draw_circuits(frame, body, app),
         Tab::Workers => draw_workers(frame, body, app),
+        Tab::Dian => draw_dian(frame, body, app),
         Tab::Events => draw_events(frame, body, app),
     }
     draw_footer(frame, footer, app);
@@ -170,7 +172,8 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
         spans.push(Span::styled(keys, t.key));
         spans.push(Span::styled(format!(" {hint}  "), t.dim));
     }
-    spans.push(Span::styled("1 3 4 7", t.key));
+    let keys: Vec<String> = Tab::ALL.iter().map(|t| t.key().to_string()).collect();
+    spans.push(Span::styled(keys.join(" "), t.key));
     spans.push(Span::styled(" screens", t.dim));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -741,6 +744,272 @@ fn draw_workers(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(
         Paragraph::new(items).block(block("Auto-scaler decisions (newest first)", app)),
         decisions,
+    );
+}
+
+/// `1 785 000,00` — pesos from cents, grouped, Colombian decimal comma.
+fn pesos(cents: i64) -> String {
+    format!(
+        "{},{:02}",
+        group((cents / 100).max(0) as u64),
+        cents.rem_euclid(100)
+    )
+}
+
+fn invoice_style(app: &App, s: InvoiceStatus) -> Style {
+    let t = &app.theme;
+    match s {
+        InvoiceStatus::Validated => t.ok,
+        InvoiceStatus::Failed | InvoiceStatus::Rejected => t.error,
+        InvoiceStatus::Unknown | InvoiceStatus::Retry | InvoiceStatus::Fallback => t.warn,
+        InvoiceStatus::Pending | InvoiceStatus::Sent => t.base,
+    }
+}
+
+fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let c = &app.snapshot.compliance;
+    if !c.enabled {
+        frame.render_widget(
+            Paragraph::new(vec![
+                Line::from("The invoice compliance pipeline is off."),
+                Line::from(Span::styled(
+                    "Set [alegra] base_url, email and token in the config to send paid invoices to DIAN.",
+                    t.dim,
+                )),
+            ])
+            .wrap(Wrap { trim: true })
+            .block(block("DIAN queue", app)),
+            area,
+        );
+        return;
+    }
+    let detail_h = (area.height / 3).clamp(6, 14);
+    let [summary, table_area, detail] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(4),
+        Constraint::Length(detail_h),
+    ])
+    .areas(area);
+    // Counts by state, each with its symbol (readable without colour).
+    // States with invoices in them (and the filtered one), so it fits 80 columns.
+    let mut spans = Vec::new();
+    for s in InvoiceStatus::ALL {
+        let n = c.counts.get(s);
+        let active = app.dian_filter == Some(s);
+        if n == 0 && !active {
+            continue;
+        }
+        let style = invoice_style(app, s);
+        spans.push(Span::styled(
+            format!("{} {} {}", s.symbol(), s.name(), group(n)),
+            if active {
+                style.patch(t.tab_active)
+            } else {
+                style
+            },
+        ));
+        spans.push(Span::raw("  "));
+    }
+    if c.counts.total == 0 {
+        spans.push(Span::styled("no paid invoices yet", t.dim));
+    }
+    let mut second = vec![Span::styled(
+        format!(
+            "{} sends · {} validated · {} in flight",
+            group(c.sends),
+            group(c.validated),
+            c.in_flight
+        ),
+        t.dim,
+    )];
+    if c.window.limit > 0 {
+        second.push(Span::styled(
+            format!(
+                " · Alegra quota {}/{} left, resets in {} s",
+                c.window.remaining, c.window.limit, c.window.reset_secs
+            ),
+            t.dim,
+        ));
+    }
+    if c.paused {
+        second.push(Span::styled(" · PAUSED", t.warn));
+    }
+    if app.search_open || !app.dian_search.is_empty() {
+        second.push(Span::styled(
+            format!(
+                " · search: {}{}",
+                app.dian_search,
+                if app.search_open { "▏" } else { "" }
+            ),
+            t.title,
+        ));
+    }
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(spans), Line::from(second)]),
+        summary,
+    );
+
+    let rows = app.dian_rows();
+    let selected = app.dian_row.min(rows.len().saturating_sub(1));
+    let wide = area.width >= 120;
+    let mut header = vec![
+        "",
+        "number",
+        "buyer",
+        "total COP",
+        "state",
+        "att",
+        "next",
+        "last",
+    ];
+    if wide {
+        header.push("CUFE");
+    }
+    let visible = table_area.height.saturating_sub(3) as usize;
+    let first = selected.saturating_sub(visible.saturating_sub(1));
+    let body = rows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(visible.max(1))
+        .map(|(i, r)| {
+            let next = match (r.status.is_active(), r.next_at_ms) {
+                (true, Some(at)) => clock(at),
+                _ => "–".into(),
+            };
+            let last = match r.last_code.as_deref() {
+                Some(code) => {
+                    let words = explain(code);
+                    if words.is_empty() {
+                        code.to_owned()
+                    } else {
+                        format!("{code} {words}")
+                    }
+                }
+                None => r.last_message.clone().unwrap_or_default(),
+            };
+            let mut cells = vec![
+                Cell::from(if i == selected { "▶" } else { " " }),
+                Cell::from(r.number.clone()),
+                Cell::from(r.buyer_name.clone()),
+                Cell::from(Line::from(pesos(r.total)).alignment(Alignment::Right)),
+                Cell::from(Span::styled(
+                    format!("{} {}", r.status.symbol(), r.status.name()),
+                    invoice_style(app, r.status),
+                )),
+                Cell::from(r.attempts.to_string()),
+                Cell::from(next),
+                Cell::from(last),
+            ];
+            if wide {
+                cells.push(Cell::from(r.cufe.as_deref().map_or_else(
+                    || "–".to_owned(),
+                    |c| format!("{}…", &c[..c.len().min(16)]),
+                )));
+            }
+            let row = Row::new(cells);
+            if i == selected {
+                row.style(t.tab_active)
+            } else {
+                row
+            }
+        });
+    let mut widths = vec![
+        Constraint::Length(1),
+        Constraint::Length(13),
+        Constraint::Min(10),
+        Constraint::Length(13),
+        Constraint::Length(11),
+        Constraint::Length(3),
+        Constraint::Length(8),
+        Constraint::Min(12),
+    ];
+    if wide {
+        widths.push(Constraint::Length(17));
+    }
+    let filter = app
+        .dian_filter
+        .map_or("all".to_owned(), |f| f.name().to_owned());
+    let title = format!(
+        "DIAN queue — {} of {} ({filter})",
+        rows.len(),
+        group(c.counts.total)
+    );
+    frame.render_widget(
+        Table::new(body, widths)
+            .header(Row::new(header).style(t.title))
+            .block(block(&title, app)),
+        table_area,
+    );
+
+    // Detail: the selected invoice's history (or payload), once the engine sent it.
+    let focus = c.focus.as_ref().filter(|d| {
+        rows.get(selected)
+            .is_some_and(|r| r.stripe_id == d.record.stripe_id)
+    });
+    let lines: Vec<Line> = match (focus, rows.get(selected)) {
+        (_, None) => vec![Line::from(Span::styled("no invoice matches", t.dim))],
+        (None, Some(r)) => vec![
+            Line::from(format!("{} · {} · {}", r.number, r.stripe_id, r.buyer_id)),
+            Line::from(Span::styled("↑/↓ to load the history", t.dim)),
+        ],
+        (Some(d), _) if app.show_payload => d
+            .payload
+            .lines()
+            .map(|l| Line::from(l.to_owned()))
+            .collect(),
+        (Some(d), _) => {
+            let r = &d.record;
+            let mut out = vec![Line::from(vec![
+                Span::styled(format!("{} ", r.number), t.title),
+                Span::raw(format!(
+                    "{} · buyer {} {} · issued {} · CUFE {}",
+                    r.stripe_id,
+                    r.buyer_id,
+                    r.buyer_name,
+                    r.issue_date,
+                    r.cufe.as_deref().unwrap_or("–")
+                )),
+            ])];
+            // Newest last; keep the end in view.
+            let room = detail_h.saturating_sub(3) as usize;
+            let skip = d.history.len().saturating_sub(room);
+            for h in d.history.iter().skip(skip) {
+                let code = h.code.as_deref().unwrap_or("");
+                let words = explain(code);
+                let mut line = vec![
+                    Span::styled(format!("{} ", clock(h.at_ms)), t.dim),
+                    Span::raw(format!(
+                        "{}→{} #{} ",
+                        h.from.as_deref().unwrap_or("·"),
+                        h.to,
+                        h.attempt
+                    )),
+                ];
+                if !code.is_empty() {
+                    line.push(Span::styled(format!("{code} "), t.warn));
+                }
+                line.push(Span::raw(h.message.clone()));
+                if !words.is_empty() && !h.message.contains(words) {
+                    line.push(Span::styled(format!(" ({words})"), t.dim));
+                }
+                line.push(Span::styled(format!(" — {}", h.actor), t.dim));
+                out.push(Line::from(line));
+            }
+            out
+        }
+    };
+    let title = if app.show_payload {
+        "Payload for Alegra (v: history)"
+    } else {
+        "History (v: payload)"
+    };
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(title, app)),
+        detail,
     );
 }
 

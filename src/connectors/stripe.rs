@@ -66,10 +66,7 @@ impl Classify for StripeError {
         !matches!(self, StripeError::Rejected { .. }) && self.is_transient()
     }
     fn rejected(r: Rejected) -> Self {
-        let retry_in_ms = match &r {
-            Rejected::Open(_, d) => d.as_millis() as u64,
-            _ => 1000,
-        };
+        let retry_in_ms = r.retry_in_ms();
         StripeError::Rejected {
             message: r.to_string(),
             retry_in_ms,

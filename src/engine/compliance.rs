@@ -45,6 +45,8 @@ pub struct Compliance {
     work: Notify,
     in_flight: Mutex<HashSet<String>>,
     paused: AtomicBool,
+    /// Bumped on every change of a record, so readers rebuild views only then.
+    version: AtomicU64,
     pub metrics: ComplianceMetrics,
 }
 
@@ -54,6 +56,13 @@ pub fn colombia_date(now_ms: i64) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(time::macros::offset!(-5));
     format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day())
+}
+
+/// The body Alegra is sent for `rec`: its number split into prefix and consecutive.
+pub fn alegra_body(rec: &InvoiceRecord) -> Value {
+    let (prefix, consecutive) = split_number(&rec.number);
+    rec.invoice
+        .alegra_body(prefix, consecutive, &rec.issue_date)
 }
 
 /// `SETP990000001` → (`SETP`, `990000001`).
@@ -88,6 +97,7 @@ impl Compliance {
             work: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
             paused: AtomicBool::new(false),
+            version: AtomicU64::new(0),
             metrics: ComplianceMetrics::default(),
         })
     }
@@ -106,6 +116,17 @@ impl Compliance {
 
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+        self.work.notify_waiters();
+    }
+
+    /// Changes with every record change (for caching what is read from the store).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// A record changed: wake the dispatcher and invalidate readers' copies.
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
         self.work.notify_waiters();
     }
 
@@ -157,7 +178,7 @@ impl Compliance {
             event,
         )?;
         if new {
-            self.work.notify_waiters();
+            self.changed();
         }
         Ok(new)
     }
@@ -240,7 +261,7 @@ impl Compliance {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
-                    me.work.notify_waiters();
+                    me.changed();
                 });
             }
             // Sleep until something is due, new work arrives, or a send ends.
@@ -425,7 +446,7 @@ impl Compliance {
             Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
         };
         let _ = self.store.audit("operator", &rec.number, actor, &line);
-        self.work.notify_waiters();
+        self.changed();
         result
     }
 
@@ -481,7 +502,7 @@ impl Compliance {
         }
         let line = format!("retried {done} of {} FAILED invoices", ids.len());
         let _ = self.store.audit("operator", "compliance", actor, &line);
-        self.work.notify_waiters();
+        self.changed();
         Ok(line)
     }
 }

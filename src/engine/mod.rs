@@ -628,6 +628,8 @@ struct Publisher {
     catalog: Arc<Catalog>,
     compliance: Option<Arc<compliance::Compliance>>,
     focus: Option<String>,
+    compliance_key: Option<(u64, Option<String>)>,
+    compliance_cache: ComplianceView,
     downstreams: Vec<Arc<Downstream>>,
     notice: Notice,
     mode: Mode,
@@ -645,10 +647,29 @@ const AUDIT_KEPT: usize = 500;
 const INVOICES_SHOWN: usize = 300;
 
 impl Publisher {
-    fn compliance_view(&self) -> ComplianceView {
-        let Some(c) = &self.compliance else {
+    /// The DIAN queue view. What comes from the store is re-read only when a record or
+    /// the focused invoice changed, not on every publish tick.
+    fn compliance_view(&mut self) -> ComplianceView {
+        let Some(c) = self.compliance.clone() else {
             return ComplianceView::default();
         };
+        let key = (c.version(), self.focus.clone());
+        if self.compliance_key.as_ref() != Some(&key) {
+            self.compliance_cache = self.read_compliance(&c);
+            self.compliance_key = Some(key);
+        }
+        ComplianceView {
+            enabled: true,
+            paused: c.is_paused(),
+            sends: c.metrics.sends.load(Ordering::Relaxed),
+            validated: c.metrics.validated.load(Ordering::Relaxed),
+            in_flight: c.in_flight(),
+            window: c.alegra().window(),
+            ..self.compliance_cache.clone()
+        }
+    }
+
+    fn read_compliance(&self, c: &compliance::Compliance) -> ComplianceView {
         let store = &c.store;
         let mut invoices = store.invoices(None, "", INVOICES_SHOWN).unwrap_or_default();
         // Everything needing attention is listed even when older than the newest few.
@@ -675,18 +696,8 @@ impl Publisher {
         let focus = self.focus.as_deref().and_then(|key| {
             let record = store.invoice(key).ok().flatten()?;
             let history = store.invoice_history(&record.stripe_id).unwrap_or_default();
-            let (prefix, consecutive) = record.number.split_at(
-                record
-                    .number
-                    .find(|ch: char| ch.is_ascii_digit())
-                    .unwrap_or(0),
-            );
-            let payload = serde_json::to_string_pretty(&record.invoice.alegra_body(
-                prefix,
-                consecutive,
-                &record.issue_date,
-            ))
-            .unwrap_or_default();
+            let payload =
+                serde_json::to_string_pretty(&compliance::alegra_body(&record)).unwrap_or_default();
             Some(InvoiceDetail {
                 record,
                 history,
@@ -694,15 +705,10 @@ impl Publisher {
             })
         });
         ComplianceView {
-            enabled: true,
-            paused: c.is_paused(),
             counts: store.compliance_counts().unwrap_or_default(),
             invoices,
-            sends: c.metrics.sends.load(Ordering::Relaxed),
-            validated: c.metrics.validated.load(Ordering::Relaxed),
-            in_flight: c.in_flight(),
-            window: c.alegra().window(),
             focus,
+            ..Default::default()
         }
     }
 
@@ -717,6 +723,8 @@ impl Publisher {
             catalog,
             compliance,
             focus: None,
+            compliance_key: None,
+            compliance_cache: ComplianceView::default(),
             downstreams,
             notice: Notice::default(),
             mode,
@@ -743,6 +751,7 @@ impl Publisher {
         events: &broadcast::Sender<EngineEvent>,
         draining: bool,
     ) {
+        let compliance = self.compliance_view();
         let m = &self.catalog.metrics;
         let completed = m.completed.load(Ordering::Relaxed);
         while self.second_started.elapsed() >= Duration::from_secs(1) {
@@ -833,7 +842,7 @@ impl Publisher {
             draining,
             downstreams: self.downstreams.iter().map(|d| d.view()).collect(),
             notice: self.notice.clone(),
-            compliance: self.compliance_view(),
+            compliance,
         };
         tx.send_if_modified(|current| {
             if **current == snap {

@@ -169,6 +169,16 @@ pub enum Rejected {
     HalfOpenFull(String),
 }
 
+impl Rejected {
+    /// When a caller should try again: the wait left in OPEN, else a second.
+    pub fn retry_in_ms(&self) -> u64 {
+        match self {
+            Rejected::Open(_, d) => d.as_millis() as u64,
+            _ => 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     second: u64,

@@ -654,7 +654,6 @@ impl Config {
                 k.contingency_deadline_hours,
             ),
             ("compliance.retention_days", k.retention_days),
-            ("compliance.contingency_probes", k.contingency_probes as u64),
             ("alegra.timeout_secs", self.alegra.timeout_secs),
         ] {
             if v == 0 {

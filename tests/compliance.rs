@@ -30,6 +30,17 @@ async fn setup(
     EngineHandle,
     tempfile::TempDir,
 ) {
+    setup_with(schedule, |_| {}).await
+}
+
+async fn setup_with(
+    schedule: Vec<u64>,
+    tune: impl FnOnce(&mut syncctl::config::Config),
+) -> (
+    syncctl::sandbox::SandboxServer,
+    EngineHandle,
+    tempfile::TempDir,
+) {
     let sb = common::sandbox(5, 21).await;
     let mut cfg = common::config_for(&sb);
     cfg.compliance.retry_schedule_secs = schedule;
@@ -37,6 +48,7 @@ async fn setup(
     cfg.alegra.timeout_secs = 2;
     // Breaker verdicts are not under test here: DIAN failures must reach the machine.
     cfg.alegra.breaker.minimum_calls = 1000;
+    tune(&mut cfg);
     let dir = tempfile::tempdir().unwrap();
     let engine = common::engine(cfg, dir.path()).await;
     sb.sandbox.set_webhook_url(Some(format!(
@@ -210,8 +222,9 @@ async fn rejected_waiting_and_numbering_paths() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dian_down_retries_on_schedule_then_fails_and_an_operator_retry_validates() {
-    let (sb, engine, _dir) = setup(vec![1, 1]).await;
+async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_operator_retry_validates()
+ {
+    let (sb, engine, _dir) = setup_with(vec![1, 1], |c| c.compliance.contingency_probes = 0).await;
     let base = sb.base_url();
     post(
         &base,
@@ -265,4 +278,128 @@ async fn dian_down_retries_on_schedule_then_fails_and_an_operator_retry_validate
     })
     .await;
     assert_eq!(audit.actor, "ana@10.0.0.7");
+}
+
+/// Every record in the engine's store (read beside the running engine).
+fn records(dir: &std::path::Path) -> Vec<syncctl::store::InvoiceRecord> {
+    let store = syncctl::store::Store::open(dir).unwrap();
+    store.invoices(None, "", 100_000).unwrap()
+}
+
+fn count(engine: &EngineHandle, status: Status) -> u64 {
+    engine.snapshot.borrow().compliance.counts.get(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dian_outage_with_500_invoices_ends_with_each_validated_once_inside_its_deadline() {
+    const N: u64 = 500;
+    // Alegra's 150/min per user, scaled up 20× so the drain takes seconds, not minutes.
+    const RATE_PER_MIN: u32 = 3000;
+    let (sb, engine, dir) = setup_with(vec![60, 300, 900], |c| {
+        c.compliance.contingency_probe_interval_secs = 1;
+        c.compliance.workers = 8;
+        c.alegra.rate_limit_per_min = RATE_PER_MIN;
+    })
+    .await;
+    let base = sb.base_url();
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "alegra", "rate_limit_per_min": RATE_PER_MIN, "latency_ms": 20}),
+    )
+    .await;
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": true}),
+    )
+    .await;
+    make_invoices(&base, N as usize).await;
+
+    // 4 failed transmissions 1 s apart confirm the outage; every invoice falls back
+    // (but the one a probe is transmitting now and then: UNKNOWN until read back).
+    common::eventually(60, "all invoices in FALLBACK", || async {
+        let s = engine.snapshot.borrow().clone();
+        let c = &s.compliance.counts;
+        (s.compliance.contingency.phase == "OUTAGE"
+            && c.get(Status::Fallback) + c.get(Status::Unknown) == N
+            && c.get(Status::Fallback) >= N - 1)
+            .then_some(())
+    })
+    .await;
+    let c = engine.snapshot.borrow().compliance.contingency.clone();
+    assert!(c.evidence.len() >= 4, "the failures are kept: {c:?}");
+    assert!(c.evidence.iter().all(|e| e.code == "EPR503"), "{c:?}");
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["stamped"], 0, "nothing reached DIAN: {a}");
+    let recs = records(dir.path());
+    assert!(
+        recs.iter()
+            .filter(|r| r.status == Status::Fallback)
+            .all(|r| r.contingency && r.deadline_at_ms.is_none()),
+        "held without a deadline"
+    );
+    assert!(
+        recs.iter().filter(|r| r.attempts > 0).count() <= 1,
+        "no attempt spent but the probe's in flight"
+    );
+
+    // DIAN is back: the backlog drains, oldest deadline first, within Alegra's rate.
+    let before = common::get_json(&format!("{base}/_sandbox/stats")).await["alegra"].clone();
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": false}),
+    )
+    .await;
+    common::eventually(120, "all invoices VALIDATED", || async {
+        (count(&engine, Status::Validated) == N).then_some(())
+    })
+    .await;
+    let after = common::get_json(&format!("{base}/_sandbox/stats")).await["alegra"].clone();
+
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["invoices_total"], N, "{a}");
+    assert_eq!(a["stamped"], N, "each transmitted once: {a}");
+    assert_eq!(a["accepted"], N, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    let throttled = after["throttled"].as_u64().unwrap() - before["throttled"].as_u64().unwrap();
+    assert!(throttled <= 2, "no burst of 429s: {throttled}");
+
+    let recs = records(dir.path());
+    assert_eq!(recs.len() as u64, N);
+    let restored = engine
+        .snapshot
+        .borrow()
+        .compliance
+        .contingency
+        .restored_at_ms
+        .expect("restoration recorded");
+    let mut done: Vec<i64> = Vec::new();
+    for r in &recs {
+        assert_eq!(r.status, Status::Validated);
+        let Some(deadline) = r.deadline_at_ms else {
+            let h = syncctl::store::Store::open(dir.path())
+                .unwrap()
+                .invoice_history(&r.stripe_id)
+                .unwrap();
+            panic!("no deadline: {r:?} {h:#?}");
+        };
+        assert_eq!(deadline, restored + 48 * 3_600_000);
+        let at = r.validated_at_ms.unwrap();
+        assert!(at <= deadline, "{} validated after its deadline", r.number);
+        done.push(at);
+    }
+    // The drain's pace, between the 10th and 90th percentile of completions: each
+    // contingency invoice is one request (create and stamp), so it is Alegra's rate.
+    done.sort();
+    let (lo, hi) = (done[N as usize / 10], done[N as usize * 9 / 10]);
+    let per_sec = (N as f64 * 0.8) / ((hi - lo) as f64 / 1000.0);
+    let bound = RATE_PER_MIN as f64 / 60.0;
+    eprintln!(
+        "drain: {per_sec:.1} invoices/s of a {bound:.0}/s bound ({:.1} %), {throttled} throttled",
+        per_sec / bound * 100.0
+    );
+    assert!(per_sec >= 0.9 * bound, "{per_sec:.1}/s of {bound}/s");
+    assert!(per_sec <= 1.1 * bound, "{per_sec:.1}/s of {bound}/s");
 }

@@ -270,6 +270,51 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// RETRY at once.
+    pub fn retry_now(&self, why: &str) -> Decision {
+        Decision::new(Status::Retry, Some(0), None, why.to_owned())
+    }
+
+    /// DIAN did not answer while an outage is suspected (`outage` false) or confirmed:
+    /// the attempt is given back. Confirmed, an invoice takes the contingency path
+    /// (FALLBACK, held until DIAN is back); a credit note never does, it waits.
+    pub fn on_dian_down(
+        &self,
+        outage: bool,
+        credit_note: bool,
+        code: Option<&str>,
+        recheck_ms: i64,
+    ) -> Decision {
+        let decision = if outage && !credit_note {
+            Decision::new(
+                Status::Fallback,
+                None,
+                code,
+                "DIAN outage confirmed: issued in contingency, to be transmitted within the deadline after DIAN is back".into(),
+            )
+        } else if outage {
+            Decision::new(
+                Status::Retry,
+                Some(recheck_ms),
+                code,
+                "DIAN is down and credit notes have no contingency path: waiting for DIAN (no attempt spent)".into(),
+            )
+        } else {
+            Decision::new(
+                Status::Retry,
+                Some(recheck_ms),
+                code,
+                "DIAN is not answering (confirming an outage): held, no attempt spent".into(),
+            )
+        };
+        Decision {
+            refund_attempt: true,
+            ..decision
+        }
+    }
+}
+
 pub fn is_rule_90(error: &str) -> bool {
     let e = error.to_lowercase();
     e.contains("regla: 90") || e.contains("procesado anteriormente")
@@ -351,6 +396,22 @@ mod tests {
             message: "m".into(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn dian_down_holds_without_spending_and_credit_notes_never_fall_back() {
+        let p = policy();
+        let suspected = p.on_dian_down(false, false, Some("EPR503"), 20_000);
+        assert_eq!(
+            (suspected.to, suspected.after_ms, suspected.refund_attempt),
+            (Status::Retry, Some(20_000), true)
+        );
+        let outage = p.on_dian_down(true, false, Some("EPR503"), 20_000);
+        assert_eq!((outage.to, outage.after_ms), (Status::Fallback, None));
+        assert!(outage.refund_attempt);
+        let note = p.on_dian_down(true, true, Some("EPR503"), 20_000);
+        assert_eq!(note.to, Status::Retry, "{}", note.message);
+        assert!(note.message.contains("credit notes"));
     }
 
     #[test]

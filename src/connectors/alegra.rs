@@ -54,6 +54,8 @@ impl AlegraError {
     }
 }
 
+use crate::compliance::contingency::is_dian_unavailable;
+
 impl Classify for AlegraError {
     fn class(&self) -> Class {
         match self {
@@ -62,6 +64,9 @@ impl Classify for AlegraError {
                 retry_after,
                 ..
             } => Class::Throttled(*retry_after),
+            // Alegra answered; DIAN did not. DIAN's availability is the contingency
+            // procedure's business, and an open Alegra circuit would stop its probes.
+            AlegraError::Api { code, .. } if is_dian_unavailable(Some(code)) => Class::Ignored,
             AlegraError::Api { status, .. } if *status >= 500 => Class::Failure,
             AlegraError::Api { .. } | AlegraError::Rejected { .. } => Class::Ignored,
             AlegraError::Transport(_) | AlegraError::Decode(_) => Class::Failure,
@@ -70,6 +75,8 @@ impl Classify for AlegraError {
     }
     fn retryable(&self) -> bool {
         match self {
+            // Not repeated within a call: the contingency procedure paces DIAN's probes.
+            AlegraError::Api { code, .. } if is_dian_unavailable(Some(code)) => false,
             AlegraError::Api { status, .. } => *status == 429 || *status >= 500,
             AlegraError::Transport(_) | AlegraError::Timeout(_) => true,
             AlegraError::Rejected { .. } | AlegraError::Decode(_) => false,

@@ -13,11 +13,12 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::compliance::contingency::{self, ContingencyConfig, Event, Evidence, Monitor, Phase};
 use crate::compliance::invoice::{self, LocalInvoice};
 use crate::compliance::machine::{Decision, Policy, Status};
 use crate::connectors::alegra::{AlegraClient, AlegraError, AlegraInvoice, StampResult};
 use crate::connectors::stripe::{Cursor, StripeClient};
-use crate::store::{Change, InvoiceRecord, Store, now_ms};
+use crate::store::{Change, InvoiceRecord, Store};
 
 #[derive(Debug, Clone)]
 pub struct ComplianceSettings {
@@ -26,6 +27,23 @@ pub struct ComplianceSettings {
     pub number_prefix: String,
     pub number_start: u64,
     pub policy: Policy,
+    pub contingency: ContingencyConfig,
+}
+
+/// The contingency procedure as the console shows it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContingencyView {
+    /// NORMAL, PROBING or OUTAGE.
+    pub phase: &'static str,
+    pub failures: u32,
+    pub probes: u32,
+    pub probe_interval_ms: i64,
+    /// When DIAN stopped answering (first failed transmission).
+    pub since_ms: Option<i64>,
+    pub confirmed_at_ms: Option<i64>,
+    pub next_probe_ms: Option<i64>,
+    pub restored_at_ms: Option<i64>,
+    pub evidence: Vec<Evidence>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +65,7 @@ pub struct Compliance {
     paused: AtomicBool,
     /// Bumped on every change of a record, so readers rebuild views only then.
     version: AtomicU64,
+    monitor: Mutex<Monitor>,
     pub metrics: ComplianceMetrics,
 }
 
@@ -63,6 +82,22 @@ pub fn alegra_body(rec: &InvoiceRecord) -> Value {
     let (prefix, consecutive) = split_number(&rec.number);
     rec.invoice
         .alegra_body(prefix, consecutive, &rec.issue_date)
+}
+
+/// A time as an operator in Colombia reads it.
+fn clock_time(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(time::macros::offset!(-5));
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} COT",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// `SETP990000001` → (`SETP`, `990000001`).
@@ -89,7 +124,20 @@ impl Compliance {
                 &format!("{recovered} invoice sends were cut short by the previous run; each is read at Alegra before any resend"),
             )?;
         }
+        let monitor = match store.unfinished_outage()? {
+            Some(since) => {
+                store.audit(
+                    "compliance",
+                    "dian",
+                    "engine",
+                    "contingency invoices from the previous run still wait for DIAN: probing for its return",
+                )?;
+                Monitor::resume_outage(settings.contingency, since, store.now_ms())
+            }
+            None => Monitor::new(settings.contingency),
+        };
         Ok(Self {
+            monitor: Mutex::new(monitor),
             store,
             alegra,
             stripe,
@@ -128,6 +176,127 @@ impl Compliance {
     fn changed(&self) {
         self.version.fetch_add(1, Ordering::Relaxed);
         self.work.notify_waiters();
+    }
+
+    fn monitor(&self) -> std::sync::MutexGuard<'_, Monitor> {
+        self.monitor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn contingency_view(&self) -> ContingencyView {
+        let m = self.monitor();
+        let cfg = m.config();
+        let mut v = ContingencyView {
+            phase: m.phase().name(),
+            probes: cfg.probes,
+            probe_interval_ms: cfg.probe_interval_ms,
+            next_probe_ms: m.next_probe_at(),
+            restored_at_ms: m.restored_at(),
+            evidence: m.evidence().cloned().collect(),
+            ..Default::default()
+        };
+        match m.phase() {
+            Phase::Normal => {}
+            Phase::Probing {
+                failures, first_at, ..
+            } => {
+                v.failures = failures;
+                v.since_ms = Some(first_at);
+            }
+            Phase::Outage {
+                since,
+                confirmed_at,
+                ..
+            } => {
+                v.failures = cfg.probes;
+                v.since_ms = Some(since);
+                v.confirmed_at_ms = Some(confirmed_at);
+            }
+        }
+        v
+    }
+
+    /// A transmission failed because DIAN did not answer.
+    fn dian_failed(&self, e: &AlegraError) {
+        let now = self.store.now_ms();
+        let code = e.code().unwrap_or_default();
+        let event = self.monitor().dian_failed(now, code, &e.to_string());
+        if let Some(ev) = event {
+            self.on_contingency(ev, Some(e));
+        }
+    }
+
+    /// A transmission reached DIAN.
+    fn dian_answered(&self) {
+        let now = self.store.now_ms();
+        let event = self.monitor().dian_answered(now);
+        if let Some(ev) = event {
+            self.on_contingency(ev, None);
+        }
+    }
+
+    /// Writes what the contingency procedure decided: audit lines with the evidence,
+    /// and the records' moves into and out of FALLBACK.
+    fn on_contingency(&self, ev: Event, e: Option<&AlegraError>) {
+        let cfg = self.settings.contingency;
+        let evidence = e.map(|e| format!(" ({e})")).unwrap_or_default();
+        let line = match &ev {
+            Event::Suspected => format!(
+                "DIAN did not answer a transmission{evidence}: sends held; probing every {} s to confirm an outage (1 of {})",
+                cfg.probe_interval_ms / 1000,
+                cfg.probes
+            ),
+            Event::ProbeFailed { failures } => {
+                format!("DIAN probe failed{evidence}: {failures} of {}", cfg.probes)
+            }
+            Event::Confirmed { since } => {
+                let hours = cfg.deadline_ms / 3_600_000;
+                let message = format!(
+                    "DIAN outage confirmed ({} failed transmissions {} s apart, since {}): contingency invoice, to be transmitted within {hours} h after DIAN is back",
+                    cfg.probes,
+                    cfg.probe_interval_ms / 1000,
+                    clock_time(*since)
+                );
+                let moved = self.store.enter_fallback(&message).unwrap_or_else(|e| {
+                    tracing::error!("moving invoices to contingency: {e}");
+                    0
+                });
+                format!(
+                    "DIAN outage confirmed after {} failed transmissions {} s apart{evidence}, since {}: {moved} invoices take the contingency path (FALLBACK)",
+                    cfg.probes,
+                    cfg.probe_interval_ms / 1000,
+                    clock_time(*since)
+                )
+            }
+            Event::Cleared => {
+                "DIAN answered again before an outage was confirmed: sends resume".to_owned()
+            }
+            Event::Restored { at, deadline } => {
+                let message = format!(
+                    "DIAN is back at {}: transmit by {} ({} h)",
+                    clock_time(*at),
+                    clock_time(*deadline),
+                    cfg.deadline_ms / 3_600_000
+                );
+                let n = self
+                    .store
+                    .restore_fallback(*deadline, &message)
+                    .unwrap_or_else(|e| {
+                        tracing::error!("scheduling contingency invoices: {e}");
+                        0
+                    });
+                format!(
+                    "DIAN is back at {}: {n} contingency invoices to transmit by {}, oldest deadline first",
+                    clock_time(*at),
+                    clock_time(*deadline)
+                )
+            }
+        };
+        match ev {
+            Event::Confirmed { .. } | Event::Suspected => tracing::warn!("{line}"),
+            _ => tracing::info!("{line}"),
+        }
+        let _ = self.store.audit("compliance", "dian", "engine", &line);
+        self.changed();
     }
 
     pub fn in_flight(&self) -> usize {
@@ -172,7 +341,7 @@ impl Compliance {
         };
         let new = self.store.ingest_invoice(
             &inv,
-            &colombia_date(now_ms()),
+            &colombia_date(self.store.now_ms()),
             &self.settings.number_prefix,
             self.settings.number_start,
             event,
@@ -230,24 +399,59 @@ impl Compliance {
             if cancel.is_cancelled() {
                 break;
             }
+            let now = self.store.now_ms();
+            let (holds, outage, probe_at) = {
+                let m = self.monitor();
+                (m.holds_sends(), m.in_outage(), m.next_probe_at())
+            };
+            if outage {
+                // New invoices, and those read back unstamped, join the contingency.
+                match self.store.enter_fallback(
+                    "DIAN is down (outage confirmed): issued in contingency, to be transmitted within the deadline after DIAN is back",
+                ) {
+                    Ok(0) => {}
+                    Ok(_) => self.changed(),
+                    Err(e) => tracing::error!("moving invoices to contingency: {e}"),
+                }
+            }
             let free = self.settings.workers.saturating_sub(self.in_flight());
-            let due = if self.is_paused() || free == 0 {
+            let skip: Vec<String> = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            let mut due = if self.is_paused() || free == 0 {
                 Vec::new()
             } else {
-                let skip: Vec<String> = self
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
                 self.store
-                    .due_invoices(now_ms(), free, &skip)
+                    .due_invoices(now, free, &skip, holds)
                     .unwrap_or_else(|e| {
                         tracing::error!("reading due invoices: {e}");
                         Vec::new()
                     })
             };
+            // While DIAN is suspected down, one transmission per interval probes it.
+            if holds
+                && !self.is_paused()
+                && due.len() < free
+                && probe_at.is_some_and(|at| now >= at)
+            {
+                let statuses: &[Status] = if outage {
+                    &[Status::Fallback]
+                } else {
+                    &[Status::Retry, Status::Pending]
+                };
+                match self.store.probe_candidate(statuses, &skip) {
+                    Ok(Some(rec)) => {
+                        self.monitor().probe_sent(now);
+                        due.push(rec);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!("choosing a probe: {e}"),
+                }
+            }
             for rec in due {
                 self.in_flight
                     .lock()
@@ -265,10 +469,12 @@ impl Compliance {
                 });
             }
             // Sleep until something is due, new work arrives, or a send ends.
-            let wait = match self.store.next_invoice_due() {
-                Ok(Some(at)) => (at - now_ms()).clamp(10, 1000) as u64,
-                _ => 1000,
+            let next = self.store.next_invoice_due(holds).ok().flatten();
+            let next = match (next, self.monitor().next_probe_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
+            let wait = next.map_or(1000, |at| (at - self.store.now_ms()).clamp(10, 1000) as u64);
             let notified = self.work.notified();
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -293,6 +499,7 @@ impl Compliance {
             alegra_id: found.map(|f| f.id.as_str()),
             cufe,
             refund_attempt: d.refund_attempt,
+            contingency: (d.to == Status::Fallback).then_some(true),
             ..Default::default()
         };
         if let Err(e) = self.store.change_invoice(&rec.stripe_id, &change) {
@@ -392,12 +599,19 @@ impl Compliance {
         match result {
             Ok(found) => {
                 let d = match &found.stamp {
-                    Some(s) => policy.on_stamp(s),
-                    None => policy.on_check(attempts, None, true),
+                    Some(s) => {
+                        // DIAN answered (contingency records get their deadline first).
+                        self.dian_answered();
+                        policy.on_stamp(s)
+                    }
+                    None => self.unstamped(rec, attempts, None),
                 };
                 self.apply(rec, &d, Some(&found));
             }
             Err(e) => {
+                if contingency::is_dian_unavailable(e.code()) {
+                    self.dian_failed(&e);
+                }
                 let d = policy.on_send_error(&e);
                 self.apply(rec, &d, None);
             }
@@ -424,12 +638,55 @@ impl Compliance {
                     .is_some_and(|s| s.legal_status.starts_with("STAMPED_AND_ACCEPTED"))
             })
             .or_else(|| docs.first());
-        let d = self.settings.policy.on_check(
-            rec.attempts,
-            best.and_then(|b| b.stamp.as_ref()),
-            best.is_some(),
-        );
+        let d = match best.and_then(|b| b.stamp.as_ref()) {
+            Some(stamp) => {
+                // DIAN stamped what we sent: it was answering, whatever we were told.
+                self.dian_answered();
+                self.settings.policy.on_stamp(stamp)
+            }
+            None => self.unstamped(rec, rec.attempts, best),
+        };
         self.apply(rec, &d, best);
+    }
+
+    /// DIAN has not stamped the invoice (its document, `found`, is unstamped or absent).
+    /// While an outage is suspected or confirmed the attempt is given back and the
+    /// invoice is held (or takes the contingency path); otherwise the schedule runs.
+    fn unstamped(
+        &self,
+        rec: &InvoiceRecord,
+        attempts: u32,
+        found: Option<&AlegraInvoice>,
+    ) -> Decision {
+        let (holds, outage, restored) = {
+            let m = self.monitor();
+            (m.holds_sends(), m.in_outage(), m.restored_at())
+        };
+        let failed_in_outage = contingency::is_dian_unavailable(rec.last_code.as_deref())
+            && restored.is_some_and(|at| rec.updated_at_ms <= at);
+        if failed_in_outage && !holds {
+            // Its send failed during the outage that has since ended: again now.
+            Decision {
+                refund_attempt: true,
+                ..self
+                    .settings
+                    .policy
+                    .retry_now("DIAN is back: the send that failed in the outage goes again (no attempt spent)")
+            }
+        } else if holds {
+            self.settings.policy.on_dian_down(
+                outage,
+                rec.kind == "credit_note",
+                rec.last_code.as_deref(),
+                self.settings.contingency.probe_interval_ms,
+            )
+        } else {
+            self.settings.policy.on_check(
+                attempts,
+                None,
+                found.is_some() || rec.alegra_id.is_some(),
+            )
+        }
     }
 
     /// An operator's retry of one invoice (FAILED, REJECTED or RETRY): a document

@@ -166,6 +166,10 @@ pub struct ComplianceView {
     /// Alegra's rate window from its last response headers.
     pub window: crate::connectors::alegra::RateWindow,
     pub focus: Option<InvoiceDetail>,
+    /// DIAN's contingency procedure: probing, outage, restoration.
+    pub contingency: compliance::ContingencyView,
+    /// The records' wall clock, to the second (deadlines count down against it).
+    pub now_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +221,8 @@ pub struct EngineHandle {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub events: broadcast::Sender<EngineEvent>,
     pub server_addr: std::net::SocketAddr,
+    /// The compliance records' wall clock (tests move it across Colombian midnights).
+    pub wall_clock: crate::store::WallClock,
     done: Option<oneshot::Receiver<()>>,
 }
 
@@ -251,7 +257,8 @@ fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
 /// Starts the engine: store, clients, catalog pipeline, HTTP server, snapshot publisher.
 pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
-    let store = Store::open(&opts.data_dir)?;
+    let wall_clock = crate::store::WallClock::default();
+    let store = Store::open_with_clock(&opts.data_dir, wall_clock.clone())?;
     let requeued = store.requeue_leased()?;
     if requeued > 0 {
         tracing::info!("re-queued {requeued} jobs leased by a previous run");
@@ -350,6 +357,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                             .map(|s| *s as i64 * 1000)
                             .collect(),
                         poll_ms: k.poll_secs as i64 * 1000,
+                    },
+                    contingency: crate::compliance::contingency::ContingencyConfig {
+                        probes: k.contingency_probes,
+                        probe_interval_ms: k.contingency_probe_interval_secs as i64 * 1000,
+                        deadline_ms: k.contingency_deadline_hours as i64 * 3_600_000,
                     },
                 },
             )?))
@@ -527,6 +539,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         snapshot: snap_rx,
         events,
         server_addr,
+        wall_clock,
         done: Some(done_rx),
     })
 }
@@ -665,6 +678,8 @@ impl Publisher {
             validated: c.metrics.validated.load(Ordering::Relaxed),
             in_flight: c.in_flight(),
             window: c.alegra().window(),
+            contingency: c.contingency_view(),
+            now_ms: c.store.now_ms() / 1000 * 1000,
             ..self.compliance_cache.clone()
         }
     }

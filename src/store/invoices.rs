@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Result, Store, now_ms};
+use super::{Result, Store};
 use crate::compliance::invoice::LocalInvoice;
 use crate::compliance::machine::Status;
 
@@ -114,6 +114,15 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRecord> {
     })
 }
 
+/// The statuses the engine works on by itself, as an SQL list.
+fn active(reads_only: bool) -> &'static str {
+    if reads_only {
+        "'UNKNOWN','SENT'"
+    } else {
+        "'PENDING','RETRY','UNKNOWN','SENT','FALLBACK'"
+    }
+}
+
 impl Store {
     /// Records a paid invoice as PENDING with the next DIAN number of the range, in one
     /// transaction with its Stripe event id (when it came as an event). Returns false
@@ -128,7 +137,7 @@ impl Store {
     ) -> Result<bool> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let via = match event {
             Some((id, kind, via)) => {
                 let n = tx.execute(
@@ -196,18 +205,21 @@ impl Store {
     }
 
     /// Invoices the engine should act on now (due, not being sent), oldest deadline
-    /// first, then oldest due.
+    /// first, then oldest due. `reads_only`: only those whose next step is a read at
+    /// Alegra (UNKNOWN, SENT), while sends are held.
     pub fn due_invoices(
         &self,
         now: i64,
         limit: usize,
         skip: &[String],
+        reads_only: bool,
     ) -> Result<Vec<InvoiceRecord>> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM invoices
-             WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK') AND next_at IS NOT NULL AND next_at <= ?1
-             ORDER BY deadline_at IS NULL, deadline_at, next_at LIMIT ?2"
+             WHERE status IN ({}) AND next_at IS NOT NULL AND next_at <= ?1
+             ORDER BY deadline_at IS NULL, deadline_at, next_at LIMIT ?2",
+            active(reads_only)
         ))?;
         let rows = stmt
             .query_map(params![now, (limit + skip.len()) as i64], row)?
@@ -220,9 +232,105 @@ impl Store {
     }
 
     /// The earliest time something becomes due (to sleep until it).
-    pub fn next_invoice_due(&self) -> Result<Option<i64>> {
+    pub fn next_invoice_due(&self, reads_only: bool) -> Result<Option<i64>> {
         self.r().query_row(
-            "SELECT MIN(next_at) FROM invoices WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK')",
+            &format!(
+                "SELECT MIN(next_at) FROM invoices WHERE status IN ({})",
+                active(reads_only)
+            ),
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// The invoice a contingency probe transmits: the oldest in `statuses`, one with a
+    /// document at Alegra first (a probe then creates nothing new).
+    pub fn probe_candidate(
+        &self,
+        statuses: &[Status],
+        skip: &[String],
+    ) -> Result<Option<InvoiceRecord>> {
+        let list = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.name()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices WHERE status IN ({list}) AND kind != 'credit_note'
+             ORDER BY alegra_id IS NULL, created_at LIMIT ?1"
+        ))?;
+        let rows = stmt
+            .query_map(params![(1 + skip.len()) as i64], row)?
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rows.into_iter().find(|r| !skip.contains(&r.stripe_id)))
+    }
+
+    /// A confirmed DIAN outage: every invoice waiting to be sent (PENDING, RETRY; never
+    /// a credit note) takes the contingency path, held until DIAN is back. One
+    /// transaction, a history line each. Returns how many.
+    pub fn enter_fallback(&self, message: &str) -> Result<usize> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = self.now_ms();
+        let which = "status IN ('PENDING','RETRY') AND kind != 'credit_note' AND sending = 0";
+        tx.execute(
+            &format!(
+                "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+                 SELECT stripe_id, ?1, status, 'FALLBACK', attempts, last_code, ?2, 'engine' FROM invoices WHERE {which}"
+            ),
+            params![now, message],
+        )?;
+        let n = tx.execute(
+            &format!(
+                "UPDATE invoices SET status='FALLBACK', contingency=1, deadline_at=NULL, next_at=NULL,
+                   last_message=?2, updated_at=?1 WHERE {which}"
+            ),
+            params![now, message],
+        )?;
+        // A send in flight now is a contingency invoice too if DIAN does not stamp it.
+        tx.execute(
+            "UPDATE invoices SET contingency=1 WHERE sending=1 AND kind != 'credit_note'
+               AND status IN ('PENDING','RETRY','UNKNOWN')",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// DIAN is back: contingency invoices without a deadline get `deadline_ms`, and
+    /// those in FALLBACK are due now. Returns how many.
+    pub fn restore_fallback(&self, deadline_ms: i64, message: &str) -> Result<usize> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = self.now_ms();
+        // Every unfinished contingency invoice gets the deadline, the one a probe is
+        // reading back included; those held in FALLBACK are due now.
+        let which = "contingency=1 AND deadline_at IS NULL
+            AND status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK')";
+        tx.execute(
+            &format!(
+                "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+                 SELECT stripe_id, ?1, status, status, attempts, last_code, ?2, 'engine' FROM invoices WHERE {which}"
+            ),
+            params![now, message],
+        )?;
+        let n = tx.execute(
+            &format!(
+                "UPDATE invoices SET deadline_at=?2, last_message=?3, updated_at=?1,
+                   next_at = CASE WHEN status='FALLBACK' THEN ?1 ELSE next_at END WHERE {which}"
+            ),
+            params![now, deadline_ms, message],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// When the oldest contingency invoice still waiting for DIAN's return was made
+    /// (None: no outage left unfinished).
+    pub fn unfinished_outage(&self) -> Result<Option<i64>> {
+        self.r().query_row(
+            "SELECT MIN(created_at) FROM invoices WHERE status='FALLBACK' AND deadline_at IS NULL",
             [],
             |r| r.get(0),
         )
@@ -284,7 +392,7 @@ impl Store {
     pub fn begin_send(&self, stripe_id: &str) -> Result<u32> {
         self.w().query_row(
             "UPDATE invoices SET sending=1, attempts=attempts+1, updated_at=?2 WHERE stripe_id=?1 RETURNING attempts",
-            params![stripe_id, now_ms()],
+            params![stripe_id, self.now_ms()],
             |r| r.get(0),
         )
     }
@@ -293,7 +401,7 @@ impl Store {
     pub fn change_invoice(&self, stripe_id: &str, change: &Change<'_>) -> Result<()> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let Some((from, attempts)) = tx
             .query_row(
                 "SELECT status, attempts FROM invoices WHERE stripe_id=?1",
@@ -358,7 +466,7 @@ impl Store {
     /// Looks again later without a history line (waiting on a breaker or a read that
     /// failed); the reason stays visible as the last message.
     pub fn postpone_invoice(&self, stripe_id: &str, after_ms: i64, why: &str) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.w().execute(
             "UPDATE invoices SET next_at=?2, sending=0, last_message=?3, updated_at=?4 WHERE stripe_id=?1",
             params![stripe_id, now + after_ms, why, now],
@@ -425,5 +533,91 @@ impl Store {
             .prepare_cached("SELECT stripe_id FROM invoices WHERE status=?1 ORDER BY created_at")?;
         stmt.query_map(params![status.name()], |r| r.get(0))?
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoice(id: &str, kind: &str) -> LocalInvoice {
+        LocalInvoice {
+            stripe_id: id.into(),
+            stripe_number: None,
+            buyer_id: "900123456".into(),
+            buyer_name: "Buyer".into(),
+            lines: vec![],
+            taxes: vec![],
+            subtotal: 100_00,
+            iva: 19_00,
+            inc: 0,
+            ica: 0,
+            total: 119_00,
+            kind: kind.into(),
+        }
+    }
+
+    #[test]
+    fn an_outage_falls_back_invoices_but_never_credit_notes_and_drains_oldest_deadline_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::store::WallClock::default();
+        let s = Store::open_with_clock(dir.path(), clock.clone()).unwrap();
+        for (id, kind) in [
+            ("in_a", "invoice"),
+            ("cn_1", "credit_note"),
+            ("in_b", "invoice"),
+        ] {
+            assert!(
+                s.ingest_invoice(&invoice(id, kind), "2026-11-22", "SETP", 1, None)
+                    .unwrap()
+            );
+        }
+        assert_eq!(s.enter_fallback("outage").unwrap(), 2);
+        let status = |id: &str| s.invoice(id).unwrap().unwrap();
+        assert_eq!(status("cn_1").status, Status::Pending);
+        assert!(!status("cn_1").contingency);
+        let a = status("in_a");
+        assert_eq!(
+            (a.status, a.contingency, a.next_at_ms),
+            (Status::Fallback, true, None)
+        );
+        assert_eq!(s.unfinished_outage().unwrap(), Some(a.created_at_ms));
+        // Held: nothing in FALLBACK is due until DIAN is back.
+        let due = s.due_invoices(clock.now_ms() + 1, 10, &[], false).unwrap();
+        assert_eq!(
+            due.iter().map(|r| r.stripe_id.as_str()).collect::<Vec<_>>(),
+            ["cn_1"]
+        );
+
+        // B gets an earlier deadline (an earlier outage) than A: B drains first.
+        s.change_invoice(
+            "in_b",
+            &Change {
+                deadline_at_ms: Some(Some(1_000)),
+                message: "earlier outage",
+                actor: "test",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let deadline = clock.now_ms() + 48 * 3_600_000;
+        assert_eq!(s.restore_fallback(deadline, "DIAN is back").unwrap(), 1);
+        assert_eq!(status("in_a").deadline_at_ms, Some(deadline));
+        assert_eq!(s.unfinished_outage().unwrap(), None);
+        s.postpone_invoice("in_b", 0, "due").unwrap();
+        let due = s.due_invoices(clock.now_ms() + 1, 10, &[], false).unwrap();
+        let order: Vec<&str> = due.iter().map(|r| r.stripe_id.as_str()).collect();
+        assert_eq!(order, ["in_b", "in_a", "cn_1"]);
+        // While sends are held only reads are due.
+        assert!(
+            s.due_invoices(clock.now_ms() + 1, 10, &[], true)
+                .unwrap()
+                .is_empty()
+        );
+        let h = s.invoice_history("in_a").unwrap();
+        assert_eq!(
+            h.iter().map(|e| e.message.as_str()).collect::<Vec<_>>()[1..],
+            ["outage", "DIAN is back"]
+        );
     }
 }

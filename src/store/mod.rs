@@ -30,6 +30,28 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock time as the compliance records see it: the system's, shifted by a skew
+/// tests set (DIAN's rules turn on Colombian calendar days, which a test cannot wait for).
+#[derive(Clone, Default)]
+pub struct WallClock {
+    skew_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl WallClock {
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.skew_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// From now on the clock reads `at_ms`, then moves on with the system's.
+    pub fn set(&self, at_ms: i64) {
+        self.skew_ms
+            .store(at_ms - now_ms(), std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn advance(&self, by_ms: i64) {
+        self.skew_ms
+            .fetch_add(by_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -39,6 +61,7 @@ struct Inner {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    clock: WallClock,
 }
 
 /// A job claimed by a worker.
@@ -113,6 +136,11 @@ pub struct OAuthState {
 impl Store {
     /// Opens (creating and migrating) the database under `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with_clock(dir, WallClock::default())
+    }
+
+    /// Opens the store whose compliance records read time from `clock`.
+    pub fn open_with_clock(dir: &Path, clock: WallClock) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("syncctl.db");
         let mut writer = Connection::open(&path)?;
@@ -125,12 +153,23 @@ impl Store {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 path,
+                clock,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The compliance records' clock.
+    pub fn clock(&self) -> &WallClock {
+        &self.inner.clock
+    }
+
+    /// Now, by [`Store::clock`].
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     fn w(&self) -> MutexGuard<'_, Connection> {

@@ -548,11 +548,11 @@ mod tests {
             buyer_name: "Buyer".into(),
             lines: vec![],
             taxes: vec![],
-            subtotal: 100_00,
-            iva: 19_00,
+            subtotal: 10_000,
+            iva: 1_900,
             inc: 0,
             ica: 0,
-            total: 119_00,
+            total: 11_900,
             kind: kind.into(),
         }
     }

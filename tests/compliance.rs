@@ -403,3 +403,112 @@ async fn a_dian_outage_with_500_invoices_ends_with_each_validated_once_inside_it
     assert!(per_sec >= 0.9 * bound, "{per_sec:.1}/s of {bound}/s");
     assert!(per_sec <= 1.1 * bound, "{per_sec:.1}/s of {bound}/s");
 }
+
+/// Colombia's next midnight after `now_ms`, in ms since the epoch.
+fn next_colombian_midnight(now_ms: i64) -> i64 {
+    let day = 86_400_000;
+    let offset = 5 * 3_600_000; // UTC−5
+    (now_ms - offset).div_euclid(day) * day + day + offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_unsent_at_colombian_midnight_is_regenerated_with_the_new_date_and_cufe() {
+    // No contingency here: DIAN's failures run the (long) schedule.
+    let (sb, engine, _dir) = setup_with(vec![1; 20], |c| c.compliance.contingency_probes = 0).await;
+    let base = sb.base_url();
+    let midnight = next_colombian_midnight(syncctl::store::now_ms());
+    engine.wall_clock.set(midnight - 60_000);
+    let before = syncctl::engine::compliance::colombia_date(midnight - 60_000);
+    let after = syncctl::engine::compliance::colombia_date(midnight + 60_000);
+    assert_ne!(before, after);
+
+    // A: its document is at Alegra, unstamped (DIAN down), dated before midnight.
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": true}),
+    )
+    .await;
+    let a = make_invoices(&base, 1).await.remove(0);
+    common::eventually(30, "A at Alegra, waiting to be retried", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .any(|r| r.stripe_id == a && r.status == Status::Retry && r.alegra_id.is_some())
+            .then_some(())
+    })
+    .await;
+    engine
+        .commands
+        .send(Command::PauseCompliance {
+            actor: "test".into(),
+        })
+        .await
+        .unwrap();
+    // B: received before midnight, not sent yet.
+    let b = make_invoices(&base, 1).await.remove(0);
+    let rec_b = until_status(&engine, &b, Status::Pending, 10).await;
+    assert_eq!(rec_b.issue_date, before);
+
+    // Midnight passes with both unsent; DIAN is back.
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": false}),
+    )
+    .await;
+    engine.wall_clock.advance(120_000);
+    engine
+        .commands
+        .send(Command::ResumeCompliance {
+            actor: "test".into(),
+        })
+        .await
+        .unwrap();
+
+    let docs_of = |docs: &Value, number: &str| -> Value {
+        docs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["numberTemplate"]["fullNumber"] == number)
+            .cloned()
+            .collect()
+    };
+    for id in [&a, &b] {
+        let r = until_status(&engine, id, Status::Validated, 30).await;
+        assert_eq!(r.issue_date, after, "{}", r.number);
+        let h = history(&engine, id).await;
+        assert!(
+            h.iter().any(
+                |l| l.contains(&format!("regenerated with date {after} (was {before})"))
+                    && l.contains("midnight")
+            ),
+            "{h:?}"
+        );
+        // One document, dated the new day, its CUFE over the new date.
+        let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
+        let mine = docs_of(&docs, &r.number);
+        let mine = mine.as_array().unwrap();
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        let doc = &mine[0];
+        assert_eq!(doc["date"], after.as_str());
+        let fields = syncctl::compliance::cufe::CufeFields {
+            number: r.number.clone(),
+            date: after.clone(),
+            time: doc["datetime"].as_str().unwrap()[11..].into(),
+            subtotal: doc["subtotal"].as_str().unwrap().into(),
+            iva: doc["taxes"]["iva"].as_str().unwrap().into(),
+            inc: doc["taxes"]["inc"].as_str().unwrap().into(),
+            ica: doc["taxes"]["ica"].as_str().unwrap().into(),
+            total: doc["total"].as_str().unwrap().into(),
+            issuer_nit: syncctl::sandbox::alegra::ISSUER_NIT.into(),
+            buyer_id: doc["client"]["identification"].as_str().unwrap().into(),
+            technical_key: syncctl::sandbox::alegra::TECHNICAL_KEY.into(),
+            environment: "2".into(),
+        };
+        assert_eq!(r.cufe.as_deref(), Some(fields.cufe().unwrap().as_str()));
+    }
+    let s = alegra_stats(&base).await;
+    assert_eq!(s["duplicate_documents"], 0, "{s}");
+}

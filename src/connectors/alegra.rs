@@ -322,6 +322,22 @@ impl AlegraClient {
         AlegraInvoice::from_json(&v)
     }
 
+    /// Changes the date of a document DIAN has not stamped (the same-day rule: a new
+    /// date, hence a new CUFE when it is stamped). Safe to repeat.
+    pub async fn update_date(&self, id: &str, date: &str) -> Result<AlegraInvoice, AlegraError> {
+        let body = serde_json::json!({ "date": date, "dueDate": date });
+        let v = self
+            .call(
+                true,
+                reqwest::Method::PUT,
+                &format!("/invoices/{}", urlencoding::encode(id)),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        AlegraInvoice::from_json(&v)
+    }
+
     /// The documents holding a full number (prefix + consecutive), oldest first.
     pub async fn find_by_number(&self, number: &str) -> Result<Vec<AlegraInvoice>, AlegraError> {
         let v = self

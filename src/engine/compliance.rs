@@ -84,6 +84,13 @@ pub fn alegra_body(rec: &InvoiceRecord) -> Value {
         .alegra_body(prefix, consecutive, &rec.issue_date)
 }
 
+/// DIAN's same-day rule: an invoice not yet signed whose date is no longer today in
+/// Colombia must be regenerated — unless it is on the contingency path, whose invoices
+/// keep the date they were issued with.
+pub fn needs_regeneration(rec: &InvoiceRecord, today: &str) -> bool {
+    !rec.contingency && rec.cufe.is_none() && rec.issue_date.as_str() != today
+}
+
 /// A time as an operator in Colombia reads it.
 fn clock_time(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
@@ -565,6 +572,20 @@ impl Compliance {
                 return;
             }
         }
+        // The same-day rule: generated and signed the same day in Colombia.
+        let today = colombia_date(self.store.now_ms());
+        let regenerated;
+        let rec = if needs_regeneration(rec, &today) {
+            match self.regenerate(rec, &today).await {
+                Some(r) => {
+                    regenerated = r;
+                    &regenerated
+                }
+                None => return,
+            }
+        } else {
+            rec
+        };
         let attempts = match self.store.begin_send(&rec.stripe_id) {
             Ok(n) => n,
             Err(e) => {
@@ -616,6 +637,71 @@ impl Compliance {
                 self.apply(rec, &d, None);
             }
         }
+    }
+
+    /// Gives an invoice still unsent after local midnight today's date (at Alegra too
+    /// when its document is there), so it is signed the day it is dated: a new CUFE.
+    /// None: Alegra could not be told; it is looked at again later.
+    async fn regenerate(&self, rec: &InvoiceRecord, today: &str) -> Option<InvoiceRecord> {
+        if let Some(id) = &rec.alegra_id {
+            match self.alegra.update_date(id, today).await {
+                Ok(doc) if doc.stamp.is_some() => {
+                    // Stamped after all (a late answer): read it, never resend.
+                    let _ = self.store.change_invoice(
+                        &rec.stripe_id,
+                        &Change {
+                            to: Some(Status::Unknown),
+                            next_at_ms: Some(Some(0)),
+                            message: "its document turned out stamped: read at Alegra before anything else",
+                            actor: "engine",
+                            ..Default::default()
+                        },
+                    );
+                    return None;
+                }
+                Ok(_) => {}
+                Err(AlegraError::Api { status: 400, .. }) => {
+                    // Alegra refuses to edit a stamped document: read it, never resend.
+                    let _ = self.store.change_invoice(
+                        &rec.stripe_id,
+                        &Change {
+                            to: Some(Status::Unknown),
+                            next_at_ms: Some(Some(0)),
+                            message: "Alegra would not change its date (already stamped?): read at Alegra before anything else",
+                            actor: "engine",
+                            ..Default::default()
+                        },
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.postpone(rec, &e);
+                    return None;
+                }
+            }
+        }
+        let message = format!(
+            "regenerated with date {today} (was {}): still unsent at local midnight (UTC−5), and DIAN requires the generation and signing dates to be the same day; new date, new CUFE",
+            rec.issue_date
+        );
+        if let Err(e) = self.store.change_invoice(
+            &rec.stripe_id,
+            &Change {
+                issue_date: Some(today),
+                code: rec.last_code.as_deref(),
+                message: &message,
+                actor: "engine",
+                ..Default::default()
+            },
+        ) {
+            tracing::error!("regenerating {}: {e}", rec.number);
+            return None;
+        }
+        self.changed();
+        Some(InvoiceRecord {
+            issue_date: today.to_owned(),
+            ..rec.clone()
+        })
     }
 
     /// Resolves an UNKNOWN send by reading Alegra before anything is sent again.
@@ -774,6 +860,62 @@ mod tests {
         let t = time::macros::datetime!(2026-11-22 04:59:59 UTC).unix_timestamp() * 1000;
         assert_eq!(colombia_date(t), "2026-11-21");
         assert_eq!(colombia_date(t + 1000), "2026-11-22");
+    }
+
+    #[test]
+    fn only_unsigned_non_contingency_invoices_of_an_earlier_day_are_regenerated() {
+        let inv = crate::compliance::invoice::LocalInvoice {
+            stripe_id: "in_1".into(),
+            stripe_number: None,
+            buyer_id: "1".into(),
+            buyer_name: "B".into(),
+            lines: vec![],
+            taxes: vec![],
+            subtotal: 0,
+            iva: 0,
+            inc: 0,
+            ica: 0,
+            total: 0,
+            kind: "invoice".into(),
+        };
+        let rec = InvoiceRecord {
+            stripe_id: "in_1".into(),
+            number: "SETP1".into(),
+            kind: "invoice".into(),
+            status: Status::Retry,
+            attempts: 1,
+            next_at_ms: None,
+            sending: false,
+            alegra_id: None,
+            cufe: None,
+            issue_date: "2026-11-21".into(),
+            buyer_id: "1".into(),
+            buyer_name: "B".into(),
+            total: 0,
+            invoice: inv,
+            last_code: None,
+            last_message: None,
+            contingency: false,
+            deadline_at_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            validated_at_ms: None,
+        };
+        assert!(needs_regeneration(&rec, "2026-11-22"));
+        assert!(!needs_regeneration(&rec, "2026-11-21"), "same day");
+        let contingency = InvoiceRecord {
+            contingency: true,
+            ..rec.clone()
+        };
+        assert!(
+            !needs_regeneration(&contingency, "2026-11-22"),
+            "contingency keeps its date"
+        );
+        let signed = InvoiceRecord {
+            cufe: Some("c".into()),
+            ..rec
+        };
+        assert!(!needs_regeneration(&signed, "2026-11-22"));
     }
 
     #[test]

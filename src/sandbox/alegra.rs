@@ -155,7 +155,7 @@ pub fn routes() -> Router<Arc<Sandbox>> {
     Router::new()
         .route("/api/v1/invoices", post(create).get(list))
         .route("/api/v1/invoices/stamp", post(stamp_batch))
-        .route("/api/v1/invoices/{id}", get(read))
+        .route("/api/v1/invoices/{id}", get(read).put(update))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -554,6 +554,69 @@ async fn read(
     let doc = tx.world.alegra[idx].json();
     tx.commit();
     axum::Json(doc).into_response()
+}
+
+/// `PUT /invoices/{id}`: edits a document DIAN has not stamped (here: its date).
+async fn update(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let date = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match v["date"].as_str() {
+            Some(d)
+                if time::Date::parse(
+                    d,
+                    time::macros::format_description!("[year]-[month]-[day]"),
+                )
+                .is_ok() =>
+            {
+                d.to_owned()
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "400",
+                    "date debe tener el formato AAAA-MM-DD",
+                );
+            }
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "400",
+                &format!("JSON inválido: {e}"),
+            );
+        }
+    };
+    let mut tx = s.lock();
+    let idx = id
+        .parse::<usize>()
+        .ok()
+        .filter(|i| (1..=tx.world.alegra.len()).contains(i))
+        .map(|i| i - 1);
+    let Some(idx) = idx else {
+        drop(tx);
+        return error(StatusCode::NOT_FOUND, "404", "La factura no existe");
+    };
+    if tx.world.alegra[idx].stamp.is_some() {
+        drop(tx);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400",
+            "La factura ya fue emitida electrónicamente y no se puede editar",
+        );
+    }
+    tx.world.alegra[idx].date = date;
+    let doc = tx.world.alegra[idx].clone();
+    let json = doc.json();
+    tx.record(Entry::Alegra(Box::new(doc)));
+    tx.commit();
+    axum::Json(json).into_response()
 }
 
 async fn list(

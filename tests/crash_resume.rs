@@ -165,3 +165,143 @@ async fn engine_killed_mid_sync_resumes_from_its_cursor_without_duplicates() {
     let status = second.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
 }
+
+async fn post(base: &str, path: &str, body: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}
+
+/// A real `kill -9` while the backlog of a DIAN outage drains, then a restart: every
+/// invoice ends VALIDATED once (no document twice, no transmission twice), inside
+/// its deadline. The sends cut short are read at Alegra before anything is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_during_the_contingency_drain_loses_and_duplicates_nothing() {
+    use syncctl::compliance::machine::Status;
+    const N: u64 = 80;
+    let sb = common::sandbox(5, 21).await;
+    let base = sb.base_url();
+    // Slow answers (so sends are in flight at the kill) at 10 requests/s.
+    post(
+        &base,
+        "/_sandbox/faults",
+        serde_json::json!({"service": "alegra", "rate_limit_per_min": 600, "latency_ms": 300}),
+    )
+    .await;
+    post(
+        &base,
+        "/_sandbox/faults",
+        serde_json::json!({"service": "dian", "outage": true}),
+    )
+    .await;
+    // Paid before the engine starts: its listing finds them.
+    post(
+        &base,
+        "/_sandbox/stripe/invoices",
+        serde_json::json!({"count": N}),
+    )
+    .await;
+
+    let root = tempfile::tempdir().unwrap();
+    let engine_dir = root.path().join("engine");
+    let ep = free_port();
+    let faults: std::collections::BTreeMap<_, _> = ["stripe", "quickbooks", "alegra"]
+        .iter()
+        .filter_map(|n| Some((n.to_string(), sb.sandbox.faults.get(n)?)))
+        .collect();
+    let printed = {
+        let tx = sb.sandbox.lock();
+        syncctl::sandbox::engine_config(&tx.world, sb.addr, &faults)
+    };
+    let engine_cfg = root.path().join("engine.toml");
+    std::fs::write(
+        &engine_cfg,
+        format!(
+            "{printed}timeout_secs = 10\n\n[server]\nlisten = \"127.0.0.1:{ep}\"\n\n\
+             [catalog]\nreconcile_interval_secs = 3600\n\n\
+             [compliance]\nretry_schedule_secs = [1, 1, 1]\npoll_secs = 1\nlist_interval_secs = 1\n\
+             workers = 4\ncontingency_probes = 2\ncontingency_probe_interval_secs = 1\n"
+        ),
+    )
+    .unwrap();
+    let run = [
+        "run",
+        "--config",
+        engine_cfg.to_str().unwrap(),
+        "--data-dir",
+        engine_dir.to_str().unwrap(),
+    ];
+    let engine_url = format!("http://127.0.0.1:{ep}");
+    let mut first = spawn(&run);
+    common::eventually(30, "the engine to answer", || health(&engine_url)).await;
+    let store = syncctl::store::Store::open(&engine_dir).unwrap();
+    let counts = || store.compliance_counts().unwrap();
+
+    common::eventually(
+        60,
+        "the outage confirmed, every invoice in FALLBACK",
+        || async {
+            let c = counts();
+            (c.get(Status::Fallback) + c.get(Status::Unknown) == N
+                && c.get(Status::Fallback) >= N - 1)
+                .then_some(())
+        },
+    )
+    .await;
+    post(
+        &base,
+        "/_sandbox/faults",
+        serde_json::json!({"service": "dian", "outage": false}),
+    )
+    .await;
+    common::eventually(60, "a quarter of the backlog drained", || async {
+        (counts().get(Status::Validated) >= N / 4).then_some(())
+    })
+    .await;
+    first.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    first.0.wait().unwrap();
+    let at_kill = store.invoices(None, "", 1000).unwrap();
+    let cut_short = at_kill.iter().filter(|r| r.sending).count();
+    let validated_at_kill = at_kill
+        .iter()
+        .filter(|r| r.status == Status::Validated)
+        .count() as u64;
+    assert!(
+        cut_short >= 1,
+        "the kill must land while sends are in flight"
+    );
+    assert!(validated_at_kill < N, "the kill must land mid-drain");
+
+    let _second = spawn(&run);
+    common::eventually(120, "every invoice VALIDATED after the restart", || async {
+        (counts().get(Status::Validated) == N).then_some(())
+    })
+    .await;
+    let s = stats(&base).await.unwrap();
+    let a = &s["alegra"];
+    assert_eq!(a["invoices_total"], N, "{a}");
+    assert_eq!(a["stamped"], N, "each transmitted to DIAN once: {a}");
+    assert_eq!(a["accepted"], N, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    for r in store.invoices(None, "", 1000).unwrap() {
+        assert!(r.contingency, "{}", r.number);
+        let deadline = r.deadline_at_ms.expect("a deadline");
+        assert!(r.validated_at_ms.unwrap() <= deadline, "{}", r.number);
+    }
+    let recovered = store
+        .recent_audit(1000, 0)
+        .unwrap()
+        .into_iter()
+        .any(|e| e.message.contains("cut short by the previous run"));
+    assert!(
+        recovered,
+        "the restart says it read the cut-short sends first"
+    );
+    eprintln!(
+        "killed with {cut_short} sends in flight and {validated_at_kill} of {N} validated; all {N} validated once after the restart"
+    );
+}

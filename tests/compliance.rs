@@ -344,6 +344,26 @@ async fn a_dian_outage_with_500_invoices_ends_with_each_validated_once_inside_it
         "no attempt spent but the probe's in flight"
     );
 
+    // Each waiting invoice is backed up, gzip-compressed, under the data dir.
+    common::eventually(15, "a backup of every contingency invoice", || async {
+        let n = std::fs::read_dir(dir.path().join("backups/invoices"))
+            .ok()?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json.gz"))
+            })
+            .count() as u64;
+        (n == N).then_some(())
+    })
+    .await;
+    let today = syncctl::engine::compliance::colombia_date(syncctl::store::now_ms());
+    assert!(
+        dir.path()
+            .join(format!("reports/compliance-{today}.json"))
+            .exists(),
+        "the day's compliance report"
+    );
+
     // DIAN is back: the backlog drains, oldest deadline first, within Alegra's rate.
     let before = common::get_json(&format!("{base}/_sandbox/stats")).await["alegra"].clone();
     post(

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod compliance;
+pub mod housekeeping;
 pub mod item;
 
 use std::path::PathBuf;
@@ -402,6 +403,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             workers.spawn(async move { c2.run(k).await });
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.list_loop(k).await });
+            let house = housekeeping::Housekeeping::new(
+                store.clone(),
+                &opts.data_dir,
+                cfg.compliance.retention_days,
+            );
+            workers.spawn(housekeeping_loop(house, cancel.clone()));
         }
     }
     workers.close();
@@ -543,6 +550,45 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         done: Some(done_rx),
     })
 }
+
+/// Backups every few seconds; retention and the daily report at start, then every
+/// minute (written off the async threads).
+async fn housekeeping_loop(house: housekeeping::Housekeeping, cancel: CancellationToken) {
+    let house = Arc::new(std::sync::Mutex::new(house));
+    let full_every = (HOUSEKEEPING_EVERY.as_secs() / BACKUP_EVERY.as_secs()).max(1);
+    for round in 0u64.. {
+        let h = house.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if round % full_every == 0 {
+                h.pass()
+            } else {
+                h.backup_pass().map(|n| housekeeping::PassSummary {
+                    backed_up: n,
+                    ..Default::default()
+                })
+            }
+        })
+        .await;
+        match pass {
+            Ok(Ok(s)) if s.records_purged > 0 || s.backups_removed > 0 => tracing::info!(
+                "retention: {} validated records and {} backups older than the retention removed",
+                s.records_purged,
+                s.backups_removed
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("compliance housekeeping: {e:#}"),
+            Err(e) => tracing::error!("compliance housekeeping stopped: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BACKUP_EVERY) => {}
+        }
+    }
+}
+
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+const BACKUP_EVERY: Duration = Duration::from_secs(5);
 
 fn apply_compliance_pause(
     compliance: Option<&compliance::Compliance>,

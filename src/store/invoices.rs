@@ -153,7 +153,8 @@ impl Store {
         };
         let known: bool = tx
             .query_row(
-                "SELECT 1 FROM invoices WHERE stripe_id=?1",
+                "SELECT 1 FROM invoices WHERE stripe_id=?1
+                 UNION ALL SELECT 1 FROM purged_invoices WHERE stripe_id=?1",
                 params![inv.stripe_id],
                 |_| Ok(true),
             )
@@ -524,6 +525,62 @@ impl Store {
             oldest_active_ms: oldest,
             earliest_deadline_ms: deadline,
         })
+    }
+
+    /// Records changed at or after `since_ms` that are not VALIDATED (to back up).
+    pub fn invoices_changed_since(&self, since_ms: i64) -> Result<Vec<InvoiceRecord>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices WHERE updated_at >= ?1 AND status != 'VALIDATED' ORDER BY updated_at"
+        ))?;
+        stmt.query_map(params![since_ms], row)?.collect()
+    }
+
+    /// Records created in `[from_ms, to_ms)`, for the daily report.
+    pub fn invoices_created_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<InvoiceRecord>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices WHERE created_at >= ?1 AND created_at < ?2"
+        ))?;
+        stmt.query_map(params![from_ms, to_ms], row)?.collect()
+    }
+
+    /// The oldest invoice the engine still works on (PENDING, SENT, UNKNOWN, RETRY,
+    /// FALLBACK) or that waits for a person (FAILED, REJECTED).
+    pub fn oldest_unvalidated(&self) -> Result<Option<InvoiceRecord>> {
+        self.r()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM invoices WHERE status != 'VALIDATED' ORDER BY created_at LIMIT 1"
+                ),
+                [],
+                row,
+            )
+            .optional()
+    }
+
+    /// Retention: VALIDATED records (and their history) validated before `before_ms`
+    /// are deleted, leaving a tombstone (Stripe id, number, CUFE) so the invoice is
+    /// never issued again. Nothing that still needs DIAN or a person is ever removed.
+    pub fn purge_validated_before(&self, before_ms: i64) -> Result<usize> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO purged_invoices(stripe_id, number, cufe, purged_at)
+             SELECT stripe_id, number, cufe, ?2 FROM invoices WHERE status='VALIDATED' AND validated_at < ?1",
+            params![before_ms, self.now_ms()],
+        )?;
+        tx.execute(
+            "DELETE FROM invoice_history WHERE stripe_id IN
+               (SELECT stripe_id FROM invoices WHERE status='VALIDATED' AND validated_at < ?1)",
+            params![before_ms],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM invoices WHERE status='VALIDATED' AND validated_at < ?1",
+            params![before_ms],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// Stripe ids of every invoice in `status`.

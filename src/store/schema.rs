@@ -106,6 +106,13 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
      );",
+    // 3: invoices removed by retention, so a late event or listing never issues one again.
+    "CREATE TABLE purged_invoices (
+        stripe_id TEXT PRIMARY KEY,
+        number TEXT NOT NULL,
+        cufe TEXT,
+        purged_at INTEGER NOT NULL
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -113,6 +113,29 @@ enum DianCommand {
         #[arg(long, value_name = "CUFE")]
         check: Option<String>,
     },
+    /// An invoice's compliance record and full history (by Stripe id, DIAN number or
+    /// CUFE), from the data dir.
+    History {
+        #[arg(value_name = "INVOICE")]
+        key: String,
+    },
+    /// Retry one FAILED, REJECTED or RETRY invoice, or every FAILED one (`--failed`,
+    /// which first says how many). The engine, running or next started, sends them;
+    /// audited with your user and SSH address.
+    Retry {
+        #[arg(
+            value_name = "INVOICE",
+            required_unless_present = "failed",
+            conflicts_with = "failed"
+        )]
+        key: Option<String>,
+        /// Every FAILED invoice.
+        #[arg(long)]
+        failed: bool,
+        /// Do not ask before retrying every FAILED invoice.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -247,6 +270,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
+        Some(Command::Dian { command }) => {
+            let dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| paths.data_dir.clone());
+            Ok(dian_records(command, &dir))
+        }
         Some(Command::Bench {
             command:
                 BenchCommand::Catalog {
@@ -541,6 +571,158 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
         Some(_) => {
             eprintln!("differs from the CUFE given");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dian history` and `dian retry`: straight on the data dir's store (SQLite lets the
+/// engine run meanwhile; it picks the retried invoices up within a second).
+fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
+    use syncctl::compliance::machine::explain;
+    use syncctl::engine::compliance::{operator_retry, retry_all_failed};
+    if !dir.join("syncctl.db").exists() {
+        return usage(format!(
+            "no syncctl data in {} (pass --data-dir, or run the engine first)",
+            dir.display()
+        ));
+    }
+    let store = match syncctl::store::Store::open(dir) {
+        Ok(s) => s,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let find = |key: &str| match store.invoice(key) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(usage(format!(
+            "no invoice {key:?} (a Stripe id, DIAN number or CUFE)"
+        ))),
+        Err(e) => Err(usage(e)),
+    };
+    let when = |ms: i64| {
+        time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+            .map(|t| {
+                let t = t.to_offset(time::macros::offset!(-5));
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                    t.year(),
+                    t.month() as u8,
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            })
+            .unwrap_or_default()
+    };
+    let actor = syncctl::engine::operator();
+    match command {
+        DianCommand::Cufe { .. } => ExitCode::SUCCESS,
+        DianCommand::History { key } => {
+            let rec = match find(&key) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            println!(
+                "{}  {}  {}  stripe {}  buyer {} {}  total COP {}.{:02}",
+                rec.number,
+                rec.status.symbol(),
+                rec.status,
+                rec.stripe_id,
+                rec.buyer_id,
+                rec.buyer_name,
+                rec.total / 100,
+                rec.total % 100
+            );
+            println!(
+                "dated {}  attempts {}  alegra {}  cufe {}",
+                rec.issue_date,
+                rec.attempts,
+                rec.alegra_id.as_deref().unwrap_or("-"),
+                rec.cufe.as_deref().unwrap_or("-")
+            );
+            if rec.contingency {
+                println!(
+                    "contingency invoice; transmit by {}",
+                    rec.deadline_at_ms
+                        .map_or("(when DIAN is back + deadline)".into(), |d| when(d)
+                            + " COT")
+                );
+            }
+            println!();
+            for h in store.invoice_history(&rec.stripe_id).unwrap_or_default() {
+                let code = h.code.as_deref().unwrap_or("");
+                let words = explain(code);
+                println!(
+                    "{}  {:>9} → {:<9} #{} {:<7} {}  [{}]{}",
+                    when(h.at_ms),
+                    h.from.as_deref().unwrap_or(""),
+                    h.to,
+                    h.attempt,
+                    code,
+                    h.message,
+                    h.actor,
+                    if words.is_empty() || h.message.contains(words) {
+                        String::new()
+                    } else {
+                        format!("\n{:>31}{code}: {words}", "")
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        DianCommand::Retry {
+            key: Some(key),
+            failed: false,
+            ..
+        } => {
+            let rec = match find(&key) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let result = operator_retry(&store, &rec, &actor);
+            let line = match &result {
+                Ok(m) => m.clone(),
+                Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
+            };
+            let _ = store.audit("operator", &rec.number, &actor, &line);
+            match result {
+                Ok(m) => {
+                    println!("{m}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("syncctl: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        DianCommand::Retry { yes, .. } => {
+            let failed = store
+                .invoices_in(syncctl::compliance::machine::Status::Failed)
+                .unwrap_or_default();
+            println!("{} FAILED invoices", failed.len());
+            if failed.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            if !yes {
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    return usage("pass --yes to retry them without a terminal to confirm on");
+                }
+                eprint!("Retry {} FAILED invoices? [y/N] ", failed.len());
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    println!("nothing retried");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            match retry_all_failed(&store, &actor) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage(e),
+            }
         }
     }
 }

@@ -244,3 +244,166 @@ fn dian_cufe_names_the_bad_field_and_exits_2() {
         assert!(o.stdout.is_empty());
     }
 }
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A data dir holding two invoices: one FAILED, one VALIDATED.
+fn compliance_data(dir: &std::path::Path) -> syncctl::store::Store {
+    use syncctl::compliance::invoice::LocalInvoice;
+    use syncctl::compliance::machine::Status;
+    use syncctl::store::{Change, Store};
+    let store = Store::open(dir).unwrap();
+    for id in ["in_failed", "in_ok"] {
+        let inv = LocalInvoice {
+            stripe_id: id.into(),
+            stripe_number: None,
+            buyer_id: "900123456".into(),
+            buyer_name: "Buyer SAS".into(),
+            lines: vec![],
+            taxes: vec![],
+            subtotal: 10_000,
+            iva: 1_900,
+            inc: 0,
+            ica: 0,
+            total: 11_900,
+            kind: "invoice".into(),
+        };
+        store
+            .ingest_invoice(&inv, "2026-11-22", "SETP", 990000001, None)
+            .unwrap();
+    }
+    for (id, to, code, message) in [
+        (
+            "in_failed",
+            Status::Failed,
+            "AEP6009",
+            "numbering not authorized",
+        ),
+        ("in_ok", Status::Validated, "00", "accepted by DIAN"),
+    ] {
+        store
+            .change_invoice(
+                id,
+                &Change {
+                    to: Some(to),
+                    code: Some(code),
+                    message,
+                    actor: "engine",
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    store
+}
+
+#[test]
+fn dian_history_and_retry_work_on_the_data_dir_and_are_audited() {
+    use syncctl::compliance::machine::Status;
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("engine");
+    let store = compliance_data(&data);
+    let dd = data.to_str().unwrap();
+
+    let out = syncctl(
+        &["--data-dir", dd, "dian", "history", "in_failed"],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("SETP990000001") && text.contains("FAILED"),
+        "{text}"
+    );
+    assert!(text.contains("numbering not authorized"), "{text}");
+    assert!(
+        text.contains("AEP6009: the invoice numbering was rejected"),
+        "the code in words: {text}"
+    );
+    // By DIAN number too; an unknown key is a usage error.
+    let out = syncctl(
+        &["--data-dir", dd, "dian", "history", "SETP990000002"],
+        home.path(),
+    );
+    assert!(stdout(&out).contains("VALIDATED"));
+    let out = syncctl(&["--data-dir", dd, "dian", "history", "nope"], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no invoice \"nope\""));
+
+    // A validated invoice is not retried.
+    let out = syncctl(&["--data-dir", dd, "dian", "retry", "in_ok"], home.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("only FAILED, REJECTED or RETRY"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Retry all FAILED says how many first; without a terminal it wants --yes.
+    let out = syncctl(
+        &["--data-dir", dd, "dian", "retry", "--failed"],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("1 FAILED invoices"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("--yes"));
+    assert_eq!(
+        store.invoice("in_failed").unwrap().unwrap().status,
+        Status::Failed
+    );
+
+    let out = Command::new(BIN)
+        .args(["--data-dir", dd, "dian", "retry", "--failed", "--yes"])
+        .env("HOME", home.path())
+        .env("USER", "ana")
+        .env("SSH_CLIENT", "10.0.0.7 51234 22")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("retried 1 of 1 FAILED invoices"));
+    let rec = store.invoice("in_failed").unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempts), (Status::Pending, 0));
+    let audit = store.recent_audit(10, 0).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "ana@10.0.0.7" && e.message == "retried 1 of 1 FAILED invoices"),
+        "{audit:?}"
+    );
+    let h = store.invoice_history("in_failed").unwrap();
+    assert!(
+        h.last()
+            .unwrap()
+            .message
+            .contains("operator ana@10.0.0.7 retried it")
+    );
+}
+
+#[test]
+fn dian_history_without_data_says_where_it_looked() {
+    let home = tempfile::tempdir().unwrap();
+    let missing = home.path().join("none");
+    let out = syncctl(
+        &[
+            "--data-dir",
+            missing.to_str().unwrap(),
+            "dian",
+            "history",
+            "x",
+        ],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no syncctl data in"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!missing.exists(), "nothing created");
+}

@@ -794,32 +794,7 @@ impl Compliance {
     }
 
     fn retry_record(&self, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
-        if !rec.status.is_retryable_by_operator() {
-            return Err(format!(
-                "it is {}; only FAILED, REJECTED or RETRY invoices are retried",
-                rec.status
-            ));
-        }
-        let (to, how) = if rec.alegra_id.is_some() {
-            (Status::Unknown, "read at Alegra, then sent if needed")
-        } else {
-            (Status::Pending, "sent afresh")
-        };
-        let message = format!("operator {actor} retried it: {how}");
-        self.store
-            .change_invoice(
-                &rec.stripe_id,
-                &Change {
-                    to: Some(to),
-                    next_at_ms: Some(Some(0)),
-                    message: &message,
-                    actor,
-                    reset_attempts: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(format!("retrying invoice {} ({how})", rec.number))
+        operator_retry(&self.store, rec, actor)
     }
 
     /// How many invoices "retry all failed" would touch.
@@ -831,23 +806,60 @@ impl Compliance {
 
     /// Retries every FAILED invoice. Audited once, with the count.
     pub fn retry_failed(&self, actor: &str) -> Result<String, String> {
-        let ids = self
-            .store
-            .invoices_in(Status::Failed)
-            .map_err(|e| e.to_string())?;
-        let mut done = 0;
-        for id in &ids {
-            if let Ok(Some(rec)) = self.store.invoice(id)
-                && self.retry_record(&rec, actor).is_ok()
-            {
-                done += 1;
-            }
-        }
-        let line = format!("retried {done} of {} FAILED invoices", ids.len());
-        let _ = self.store.audit("operator", "compliance", actor, &line);
+        let line = retry_all_failed(&self.store, actor)?;
         self.changed();
         Ok(line)
     }
+}
+
+/// An operator's retry of `rec` (FAILED, REJECTED or RETRY), written to the store (the
+/// engine, running or next started, acts on it): a document already at Alegra is read
+/// first, otherwise it is sent afresh; the schedule starts again.
+pub fn operator_retry(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
+    if !rec.status.is_retryable_by_operator() {
+        return Err(format!(
+            "it is {}; only FAILED, REJECTED or RETRY invoices are retried",
+            rec.status
+        ));
+    }
+    let (to, how) = if rec.alegra_id.is_some() {
+        (Status::Unknown, "read at Alegra, then sent if needed")
+    } else {
+        (Status::Pending, "sent afresh")
+    };
+    let message = format!("operator {actor} retried it: {how}");
+    store
+        .change_invoice(
+            &rec.stripe_id,
+            &Change {
+                to: Some(to),
+                next_at_ms: Some(Some(0)),
+                message: &message,
+                actor,
+                reset_attempts: true,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(format!("retrying invoice {} ({how})", rec.number))
+}
+
+/// Retries every FAILED invoice in `store`; one audit line with the count.
+pub fn retry_all_failed(store: &Store, actor: &str) -> Result<String, String> {
+    let ids = store
+        .invoices_in(Status::Failed)
+        .map_err(|e| e.to_string())?;
+    let mut done = 0;
+    for id in &ids {
+        if let Ok(Some(rec)) = store.invoice(id)
+            && operator_retry(store, &rec, actor).is_ok()
+        {
+            done += 1;
+        }
+    }
+    let line = format!("retried {done} of {} FAILED invoices", ids.len());
+    let _ = store.audit("operator", "compliance", actor, &line);
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -634,3 +634,52 @@ fn dian_filter_search_and_retry_keys() {
         Some(Command::RetryFailedInvoices { .. })
     ));
 }
+
+#[test]
+fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
+    use syncctl::compliance::machine::Status;
+    let mut app = dian_app();
+    let now = T0 + 3_600_000;
+    let mut s = (*app.snapshot).clone();
+    s.compliance.now_ms = now;
+    s.compliance.contingency = syncctl::engine::compliance::ContingencyView {
+        phase: "OUTAGE",
+        failures: 4,
+        probes: 4,
+        probe_interval_ms: 20_000,
+        since_ms: Some(T0),
+        confirmed_at_ms: Some(T0 + 60_000),
+        next_probe_ms: Some(now + 12_000),
+        ..Default::default()
+    };
+    s.compliance.invoices[0].status = Status::Fallback;
+    s.compliance.invoices[0].contingency = true;
+    app.on_snapshot(Arc::new(s.clone()));
+    let (text, _) = render(&app, 100, 30);
+    assert!(text.contains("⚑ DIAN OUTAGE since"), "{text}");
+    assert!(text.contains("next probe 12s"), "{text}");
+    assert!(
+        text.contains("held"),
+        "no deadline before DIAN is back: {text}"
+    );
+
+    // DIAN is back: 48 h to transmit, counting down on the engine's clock.
+    s.compliance.contingency.phase = "NORMAL";
+    s.compliance.contingency.next_probe_ms = None;
+    s.compliance.contingency.restored_at_ms = Some(now);
+    let deadline = now + 48 * 3_600_000;
+    s.compliance.invoices[0].deadline_at_ms = Some(deadline);
+    s.compliance.counts.earliest_deadline_ms = Some(deadline);
+    s.compliance.now_ms = now + 65 * 60_000;
+    app.on_snapshot(Arc::new(s.clone()));
+    let (text, _) = render(&app, 100, 30);
+    assert!(text.contains("first deadline in 46h55m"), "{text}");
+    assert!(text.contains("DIAN back since"), "{text}");
+    assert!(text.contains("46h55m"), "the countdown: {text}");
+    let (small, _) = render(&app, 80, 24);
+    assert!(small.contains("46h55m"), "fits 80×24: {small}");
+    s.compliance.now_ms = deadline + 60_000;
+    app.on_snapshot(Arc::new(s));
+    let (text, _) = render(&app, 100, 30);
+    assert!(text.contains("late 1m00s"), "{text}");
+}

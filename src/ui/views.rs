@@ -93,6 +93,20 @@ pub fn group(n: u64) -> String {
 }
 
 /// `HH:MM:SS` in UTC from unix milliseconds.
+/// Time left, compact: `47h05m`, `12m30s`, `45s`; `late 3m` once past.
+pub fn countdown(ms: i64) -> String {
+    let late = ms < 0;
+    let s = ms.unsigned_abs().div_ceil(1000);
+    let text = if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    };
+    if late { format!("late {text}") } else { text }
+}
+
 pub fn clock(ms: i64) -> String {
     let secs = ms.div_euclid(1000).rem_euclid(86_400);
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
@@ -766,6 +780,83 @@ fn invoice_style(app: &App, s: InvoiceStatus) -> Style {
     }
 }
 
+/// `HH:MM` in Colombia, with the day when it is not the same day as now.
+fn clock_cot(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(time::macros::offset!(-5));
+    format!(
+        "{:02}-{:02} {:02}:{:02} COT",
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// Red past the deadline or within the last 6 h, yellow within 24 h.
+fn deadline_style(app: &App, left_ms: i64) -> Style {
+    let t = &app.theme;
+    if left_ms < 6 * 3_600_000 {
+        t.error
+    } else if left_ms < 24 * 3_600_000 {
+        t.warn
+    } else {
+        t.ok
+    }
+}
+
+/// DIAN's contingency state, when there is anything to say.
+fn contingency_line(app: &App) -> Option<Line<'static>> {
+    let t = &app.theme;
+    let c = &app.snapshot.compliance;
+    let k = &c.contingency;
+    let next = k
+        .next_probe_ms
+        .map(|at| format!(" · next probe {}", countdown((at - c.now_ms).max(0))))
+        .unwrap_or_default();
+    match k.phase {
+        "PROBING" => Some(Line::from(Span::styled(
+            format!(
+                "⚠ DIAN not answering: {} of {} failed probes{next} · sends held",
+                k.failures, k.probes
+            ),
+            t.warn,
+        ))),
+        "OUTAGE" => Some(Line::from(Span::styled(
+            format!(
+                "⚑ DIAN OUTAGE since {}{next} · contingency: invoices held until DIAN is back",
+                k.since_ms.map(clock_cot).unwrap_or_default()
+            ),
+            t.error,
+        ))),
+        _ => {
+            let deadline = c.counts.earliest_deadline_ms?;
+            let left = deadline - c.now_ms;
+            Some(Line::from(vec![
+                Span::styled(
+                    format!(
+                        "⚑ contingency: {} to transmit, first deadline in ",
+                        c.counts.get(InvoiceStatus::Fallback)
+                    ),
+                    t.warn,
+                ),
+                Span::styled(countdown(left), deadline_style(app, left)),
+                Span::styled(
+                    format!(
+                        " ({}) · DIAN back since {}",
+                        clock_cot(deadline),
+                        k.restored_at_ms
+                            .map(clock_cot)
+                            .unwrap_or_else(|| "–".into())
+                    ),
+                    t.warn,
+                ),
+            ]))
+        }
+    }
+}
+
 fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let c = &app.snapshot.compliance;
@@ -785,8 +876,9 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let detail_h = (area.height / 3).clamp(6, 14);
+    let contingency = contingency_line(app);
     let [summary, table_area, detail] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(2 + contingency.is_some() as u16),
         Constraint::Min(4),
         Constraint::Length(detail_h),
     ])
@@ -845,10 +937,9 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
             t.title,
         ));
     }
-    frame.render_widget(
-        Paragraph::new(vec![Line::from(spans), Line::from(second)]),
-        summary,
-    );
+    let mut summary_lines = vec![Line::from(spans), Line::from(second)];
+    summary_lines.extend(contingency);
+    frame.render_widget(Paragraph::new(summary_lines), summary);
 
     let rows = app.dian_rows();
     let selected = app.dian_row.min(rows.len().saturating_sub(1));
@@ -874,9 +965,15 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
         .skip(first)
         .take(visible.max(1))
         .map(|(i, r)| {
-            let next = match (r.status.is_active(), r.next_at_ms) {
-                (true, Some(at)) => clock(at),
-                _ => "–".into(),
+            // Contingency invoices count down to their deadline instead.
+            let next = match (r.status, r.deadline_at_ms, r.next_at_ms) {
+                (s, Some(deadline), _) if s.is_active() && r.contingency => Span::styled(
+                    countdown(deadline - c.now_ms),
+                    deadline_style(app, deadline - c.now_ms),
+                ),
+                (InvoiceStatus::Fallback, None, _) => Span::styled("held", t.warn),
+                (s, _, Some(at)) if s.is_active() => Span::raw(clock(at)),
+                _ => Span::raw("–"),
             };
             let last = match r.last_code.as_deref() {
                 Some(code) => {
@@ -899,7 +996,7 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
                     invoice_style(app, r.status),
                 )),
                 Cell::from(r.attempts.to_string()),
-                Cell::from(next),
+                Cell::from(Line::from(next)),
                 Cell::from(last),
             ];
             if wide {
@@ -922,7 +1019,7 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(13),
         Constraint::Length(11),
         Constraint::Length(3),
-        Constraint::Length(8),
+        Constraint::Length(10),
         Constraint::Min(12),
     ];
     if wide {
@@ -961,7 +1058,7 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
             .collect(),
         (Some(d), _) => {
             let r = &d.record;
-            let mut out = vec![Line::from(vec![
+            let mut head = vec![
                 Span::styled(format!("{} ", r.number), t.title),
                 Span::raw(format!(
                     "{} · buyer {} {} · issued {} · CUFE {}",
@@ -971,7 +1068,24 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
                     r.issue_date,
                     r.cufe.as_deref().unwrap_or("–")
                 )),
-            ])];
+            ];
+            if r.contingency {
+                head.push(Span::styled(
+                    match (r.status, r.deadline_at_ms) {
+                        (InvoiceStatus::Validated, _) => {
+                            " · contingency invoice, validated".to_owned()
+                        }
+                        (_, Some(d)) => format!(
+                            " · contingency: transmit by {} ({})",
+                            clock_cot(d),
+                            countdown(d - c.now_ms)
+                        ),
+                        (_, None) => " · contingency: deadline set when DIAN is back".to_owned(),
+                    },
+                    t.warn,
+                ));
+            }
+            let mut out = vec![Line::from(head)];
             // Newest last; keep the end in view.
             let room = detail_h.saturating_sub(3) as usize;
             let skip = d.history.len().saturating_sub(room);
@@ -1080,6 +1194,15 @@ mod tests {
         assert_eq!(group(0), "0");
         assert_eq!(group(1234), "1 234");
         assert_eq!(group(1234567), "1 234 567");
+    }
+
+    #[test]
+    fn countdowns_read_short_and_say_late() {
+        assert_eq!(countdown(48 * 3_600_000), "48h00m");
+        assert_eq!(countdown(3_600_000 + 5 * 60_000 + 1), "1h05m");
+        assert_eq!(countdown(750_000), "12m30s");
+        assert_eq!(countdown(45_000), "45s");
+        assert_eq!(countdown(-180_000), "late 3m00s");
     }
 
     #[test]

@@ -597,22 +597,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
         ))),
         Err(e) => Err(usage(e)),
     };
-    let when = |ms: i64| {
-        time::OffsetDateTime::from_unix_timestamp(ms / 1000)
-            .map(|t| {
-                let t = t.to_offset(time::macros::offset!(-5));
-                format!(
-                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                    t.year(),
-                    t.month() as u8,
-                    t.day(),
-                    t.hour(),
-                    t.minute(),
-                    t.second()
-                )
-            })
-            .unwrap_or_default()
-    };
+    let when = syncctl::engine::compliance::clock_time;
     let actor = syncctl::engine::operator();
     match command {
         DianCommand::Cufe { .. } => ExitCode::SUCCESS,

@@ -91,8 +91,8 @@ pub fn needs_regeneration(rec: &InvoiceRecord, today: &str) -> bool {
     !rec.contingency && rec.cufe.is_none() && rec.issue_date.as_str() != today
 }
 
-/// A time as an operator in Colombia reads it.
-fn clock_time(ms: i64) -> String {
+/// A time as an operator in Colombia reads it: `2026-11-22 14:05:09 COT`.
+pub fn clock_time(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(time::macros::offset!(-5));

@@ -639,6 +639,22 @@ impl Compliance {
         }
     }
 
+    /// UNKNOWN now: read at Alegra before anything else is sent.
+    fn read_first(&self, rec: &InvoiceRecord, why: &str) {
+        let message = format!("{why}: read at Alegra before anything else");
+        let _ = self.store.change_invoice(
+            &rec.stripe_id,
+            &Change {
+                to: Some(Status::Unknown),
+                next_at_ms: Some(Some(0)),
+                message: &message,
+                actor: "engine",
+                ..Default::default()
+            },
+        );
+        self.changed();
+    }
+
     /// Gives an invoice still unsent after local midnight today's date (at Alegra too
     /// when its document is there), so it is signed the day it is dated: a new CUFE.
     /// None: Alegra could not be told; it is looked at again later.
@@ -647,31 +663,12 @@ impl Compliance {
             match self.alegra.update_date(id, today).await {
                 Ok(doc) if doc.stamp.is_some() => {
                     // Stamped after all (a late answer): read it, never resend.
-                    let _ = self.store.change_invoice(
-                        &rec.stripe_id,
-                        &Change {
-                            to: Some(Status::Unknown),
-                            next_at_ms: Some(Some(0)),
-                            message: "its document turned out stamped: read at Alegra before anything else",
-                            actor: "engine",
-                            ..Default::default()
-                        },
-                    );
+                    self.read_first(rec, "its document turned out stamped");
                     return None;
                 }
                 Ok(_) => {}
                 Err(AlegraError::Api { status: 400, .. }) => {
-                    // Alegra refuses to edit a stamped document: read it, never resend.
-                    let _ = self.store.change_invoice(
-                        &rec.stripe_id,
-                        &Change {
-                            to: Some(Status::Unknown),
-                            next_at_ms: Some(Some(0)),
-                            message: "Alegra would not change its date (already stamped?): read at Alegra before anything else",
-                            actor: "engine",
-                            ..Default::default()
-                        },
-                    );
+                    self.read_first(rec, "Alegra would not change its date (already stamped?)");
                     return None;
                 }
                 Err(e) => {

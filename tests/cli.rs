@@ -256,20 +256,7 @@ fn compliance_data(dir: &std::path::Path) -> syncctl::store::Store {
     use syncctl::store::{Change, Store};
     let store = Store::open(dir).unwrap();
     for id in ["in_failed", "in_ok"] {
-        let inv = LocalInvoice {
-            stripe_id: id.into(),
-            stripe_number: None,
-            buyer_id: "900123456".into(),
-            buyer_name: "Buyer SAS".into(),
-            lines: vec![],
-            taxes: vec![],
-            subtotal: 10_000,
-            iva: 1_900,
-            inc: 0,
-            ica: 0,
-            total: 11_900,
-            kind: "invoice".into(),
-        };
+        let inv = LocalInvoice::example(id, "invoice");
         store
             .ingest_invoice(&inv, "2026-11-22", "SETP", 990000001, None)
             .unwrap();

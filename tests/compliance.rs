@@ -7,15 +7,27 @@ use serde_json::{Value, json};
 use syncctl::compliance::machine::Status;
 use syncctl::engine::{Command, EngineHandle};
 
-async fn post(base: &str, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
+use common::post_json as post;
+
+/// DIAN's CUFE over an Alegra document's own fields (as the sandbox serves it).
+fn cufe_of(doc: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    syncctl::compliance::cufe::CufeFields {
+        number: text(&doc["numberTemplate"]["fullNumber"]),
+        date: text(&doc["date"]),
+        time: doc["datetime"].as_str().unwrap()[11..].into(),
+        subtotal: text(&doc["subtotal"]),
+        iva: text(&doc["taxes"]["iva"]),
+        inc: text(&doc["taxes"]["inc"]),
+        ica: text(&doc["taxes"]["ica"]),
+        total: text(&doc["total"]),
+        issuer_nit: syncctl::sandbox::alegra::ISSUER_NIT.into(),
+        buyer_id: text(&doc["client"]["identification"]),
+        technical_key: syncctl::sandbox::alegra::TECHNICAL_KEY.into(),
+        environment: "2".into(),
+    }
+    .cufe()
+    .unwrap()
 }
 
 async fn alegra_stats(base: &str) -> Value {
@@ -125,24 +137,7 @@ async fn paid_invoices_arrive_by_webhook_and_are_validated_once_with_the_cufe() 
     // Each CUFE is DIAN's formula over the document's own fields.
     let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
     let doc = &docs[0];
-    let fields = syncctl::compliance::cufe::CufeFields {
-        number: doc["numberTemplate"]["fullNumber"].as_str().unwrap().into(),
-        date: doc["date"].as_str().unwrap().into(),
-        time: doc["datetime"].as_str().unwrap()[11..].into(),
-        subtotal: doc["subtotal"].as_str().unwrap().into(),
-        iva: doc["taxes"]["iva"].as_str().unwrap().into(),
-        inc: doc["taxes"]["inc"].as_str().unwrap().into(),
-        ica: doc["taxes"]["ica"].as_str().unwrap().into(),
-        total: doc["total"].as_str().unwrap().into(),
-        issuer_nit: syncctl::sandbox::alegra::ISSUER_NIT.into(),
-        buyer_id: doc["client"]["identification"].as_str().unwrap().into(),
-        technical_key: syncctl::sandbox::alegra::TECHNICAL_KEY.into(),
-        environment: "2".into(),
-    };
-    assert_eq!(
-        doc["stamp"]["cufe"].as_str().unwrap(),
-        fields.cufe().unwrap()
-    );
+    assert_eq!(doc["stamp"]["cufe"].as_str().unwrap(), cufe_of(doc));
     let h = history(&engine, &ids[0]).await;
     assert!(h[0].starts_with("PENDING paid invoice"), "{h:?}");
     assert!(
@@ -513,21 +508,7 @@ async fn an_invoice_unsent_at_colombian_midnight_is_regenerated_with_the_new_dat
         assert_eq!(mine.len(), 1, "{mine:?}");
         let doc = &mine[0];
         assert_eq!(doc["date"], after.as_str());
-        let fields = syncctl::compliance::cufe::CufeFields {
-            number: r.number.clone(),
-            date: after.clone(),
-            time: doc["datetime"].as_str().unwrap()[11..].into(),
-            subtotal: doc["subtotal"].as_str().unwrap().into(),
-            iva: doc["taxes"]["iva"].as_str().unwrap().into(),
-            inc: doc["taxes"]["inc"].as_str().unwrap().into(),
-            ica: doc["taxes"]["ica"].as_str().unwrap().into(),
-            total: doc["total"].as_str().unwrap().into(),
-            issuer_nit: syncctl::sandbox::alegra::ISSUER_NIT.into(),
-            buyer_id: doc["client"]["identification"].as_str().unwrap().into(),
-            technical_key: syncctl::sandbox::alegra::TECHNICAL_KEY.into(),
-            environment: "2".into(),
-        };
-        assert_eq!(r.cufe.as_deref(), Some(fields.cufe().unwrap().as_str()));
+        assert_eq!(r.cufe, Some(cufe_of(doc)), "the CUFE over the new date");
     }
     let s = alegra_stats(&base).await;
     assert_eq!(s["duplicate_documents"], 0, "{s}");

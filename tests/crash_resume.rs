@@ -166,15 +166,7 @@ async fn engine_killed_mid_sync_resumes_from_its_cursor_without_duplicates() {
     assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
 }
 
-async fn post(base: &str, path: &str, body: serde_json::Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-}
+use common::post_json as post;
 
 /// A real `kill -9` while the backlog of a DIAN outage drains, then a restart: every
 /// invoice ends VALIDATED once (no document twice, no transmission twice), inside

@@ -5,19 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use syncctl::engine::EngineHandle;
 use syncctl::resilience::State;
 
-async fn faults(base: &str, body: Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/_sandbox/faults"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-}
+use common::faults;
 
 async fn qb_stats(base: &str) -> (u64, u64) {
     let s = common::get_json(&format!("{base}/_sandbox/stats")).await;

@@ -151,6 +151,34 @@ pub fn from_stripe(
 }
 
 impl LocalInvoice {
+    /// One line of COP 100.00 with IVA 19 % to a company buyer: a fixture for tests and
+    /// examples (`kind`: `invoice` or `credit_note`).
+    pub fn example(stripe_id: &str, kind: &str) -> Self {
+        Self {
+            stripe_id: stripe_id.into(),
+            stripe_number: None,
+            buyer_id: "900123456".into(),
+            buyer_name: "Buyer SAS".into(),
+            lines: vec![Line {
+                product: None,
+                item_id: None,
+                description: "Café".into(),
+                quantity: 1,
+                unit: 10_000,
+            }],
+            taxes: vec![Tax {
+                name: "IVA".into(),
+                percent: 19,
+            }],
+            subtotal: 10_000,
+            iva: 1_900,
+            inc: 0,
+            ica: 0,
+            total: 11_900,
+            kind: kind.into(),
+        }
+    }
+
     /// The `POST /invoices` body for Alegra, issued on `date` as `number`.
     pub fn alegra_body(&self, prefix: &str, consecutive: &str, date: &str) -> Value {
         let tax: Vec<Value> = self

@@ -873,20 +873,7 @@ mod tests {
 
     #[test]
     fn only_unsigned_non_contingency_invoices_of_an_earlier_day_are_regenerated() {
-        let inv = crate::compliance::invoice::LocalInvoice {
-            stripe_id: "in_1".into(),
-            stripe_number: None,
-            buyer_id: "1".into(),
-            buyer_name: "B".into(),
-            lines: vec![],
-            taxes: vec![],
-            subtotal: 0,
-            iva: 0,
-            inc: 0,
-            ica: 0,
-            total: 0,
-            kind: "invoice".into(),
-        };
+        let inv = crate::compliance::invoice::LocalInvoice::example("in_1", "invoice");
         let rec = InvoiceRecord {
             stripe_id: "in_1".into(),
             number: "SETP1".into(),

@@ -252,23 +252,6 @@ mod tests {
     use crate::store::{Change, WallClock};
     use std::io::Read;
 
-    fn invoice(id: &str) -> LocalInvoice {
-        LocalInvoice {
-            stripe_id: id.into(),
-            stripe_number: None,
-            buyer_id: "900123456".into(),
-            buyer_name: "Buyer".into(),
-            lines: vec![],
-            taxes: vec![],
-            subtotal: 10_000,
-            iva: 1_900,
-            inc: 0,
-            ica: 0,
-            total: 11_900,
-            kind: "invoice".into(),
-        }
-    }
-
     fn to(s: &Store, id: &str, status: Status) {
         s.change_invoice(
             id,
@@ -298,8 +281,14 @@ mod tests {
         clock.set(day_start_ms("2026-11-20").unwrap() + 12 * 3_600_000);
         let s = Store::open_with_clock(dir.path(), clock.clone()).unwrap();
         for id in ["in_1", "in_2", "in_3", "in_4"] {
-            s.ingest_invoice(&invoice(id), "2026-11-20", "SETP", 1, None)
-                .unwrap();
+            s.ingest_invoice(
+                &LocalInvoice::example(id, "invoice"),
+                "2026-11-20",
+                "SETP",
+                1,
+                None,
+            )
+            .unwrap();
         }
         clock.advance(10_000);
         to(&s, "in_1", Status::Validated);
@@ -360,8 +349,14 @@ mod tests {
             "FAILED is never purged"
         );
         assert!(
-            !s.ingest_invoice(&invoice("in_1"), "2026-11-20", "SETP", 1, None)
-                .unwrap(),
+            !s.ingest_invoice(
+                &LocalInvoice::example("in_1", "invoice"),
+                "2026-11-20",
+                "SETP",
+                1,
+                None
+            )
+            .unwrap(),
             "a purged invoice is not issued again"
         );
     }

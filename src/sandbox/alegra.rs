@@ -461,6 +461,14 @@ impl super::World {
     }
 }
 
+/// Where document `id` (Alegra's ids are 1, 2, …) sits in the world.
+fn doc_index(w: &super::World, id: &str) -> Option<usize> {
+    id.parse::<usize>()
+        .ok()
+        .filter(|i| (1..=w.alegra.len()).contains(i))
+        .map(|i| i - 1)
+}
+
 async fn lost(delay_ms: u64) -> Response {
     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     error(
@@ -541,12 +549,7 @@ async fn read(
         return r;
     }
     let mut tx = s.lock();
-    let idx = id
-        .parse::<usize>()
-        .ok()
-        .filter(|i| (1..=tx.world.alegra.len()).contains(i))
-        .map(|i| i - 1);
-    let Some(idx) = idx else {
+    let Some(idx) = doc_index(&tx.world, &id) else {
         drop(tx);
         return error(StatusCode::NOT_FOUND, "404", "La factura no existe");
     };
@@ -594,12 +597,7 @@ async fn update(
         }
     };
     let mut tx = s.lock();
-    let idx = id
-        .parse::<usize>()
-        .ok()
-        .filter(|i| (1..=tx.world.alegra.len()).contains(i))
-        .map(|i| i - 1);
-    let Some(idx) = idx else {
+    let Some(idx) = doc_index(&tx.world, &id) else {
         drop(tx);
         return error(StatusCode::NOT_FOUND, "404", "La factura no existe");
     };
@@ -707,12 +705,7 @@ async fn stamp_batch(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: By
     {
         let mut tx = s.lock();
         for id in &ids {
-            let Some(idx) = id
-                .parse::<usize>()
-                .ok()
-                .filter(|i| (1..=tx.world.alegra.len()).contains(i))
-                .map(|i| i - 1)
-            else {
+            let Some(idx) = doc_index(&tx.world, id) else {
                 out.push(
                     json!({"id": id, "error": {"code": "404", "message": "La factura no existe"}}),
                 );

@@ -597,23 +597,6 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn invoice(id: &str, kind: &str) -> LocalInvoice {
-        LocalInvoice {
-            stripe_id: id.into(),
-            stripe_number: None,
-            buyer_id: "900123456".into(),
-            buyer_name: "Buyer".into(),
-            lines: vec![],
-            taxes: vec![],
-            subtotal: 10_000,
-            iva: 1_900,
-            inc: 0,
-            ica: 0,
-            total: 11_900,
-            kind: kind.into(),
-        }
-    }
-
     #[test]
     fn an_outage_falls_back_invoices_but_never_credit_notes_and_drains_oldest_deadline_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -625,8 +608,14 @@ mod tests {
             ("in_b", "invoice"),
         ] {
             assert!(
-                s.ingest_invoice(&invoice(id, kind), "2026-11-22", "SETP", 1, None)
-                    .unwrap()
+                s.ingest_invoice(
+                    &LocalInvoice::example(id, kind),
+                    "2026-11-22",
+                    "SETP",
+                    1,
+                    None
+                )
+                .unwrap()
             );
         }
         assert_eq!(s.enter_fallback("outage").unwrap(), 2);

@@ -99,6 +99,25 @@ pub async fn get_json(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
+/// POSTs `body` as JSON to `base` + `path`; the answer must be a success.
+pub async fn post_json(base: &str, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Sets a sandbox fault (`POST /_sandbox/faults`).
+pub async fn faults(base: &str, body: Value) {
+    post_json(base, "/_sandbox/faults", body).await;
+}
+
 /// Every product in the sandbox's Stripe, through the Stripe API itself.
 pub async fn all_products(base: &str) -> Vec<Value> {
     let client = reqwest::Client::new();

@@ -579,7 +579,7 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
 /// engine run meanwhile; it picks the retried invoices up within a second).
 fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
     use syncctl::compliance::machine::explain;
-    use syncctl::engine::compliance::{operator_retry, retry_all_failed};
+    use syncctl::engine::compliance::{retry_all_failed, retry_audited};
     if !dir.join("syncctl.db").exists() {
         return usage(format!(
             "no syncctl data in {} (pass --data-dir, or run the engine first)",
@@ -663,13 +663,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let result = operator_retry(&store, &rec, &actor);
-            let line = match &result {
-                Ok(m) => m.clone(),
-                Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
-            };
-            let _ = store.audit("operator", &rec.number, &actor, &line);
-            match result {
+            match retry_audited(&store, &rec, &actor) {
                 Ok(m) => {
                     println!("{m}");
                     ExitCode::SUCCESS

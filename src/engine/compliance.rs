@@ -402,6 +402,7 @@ impl Compliance {
     /// Sends and follows invoices until cancelled, at most `workers` at once.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let tasks = tokio_util::task::TaskTracker::new();
+        let mut fallback_checked = u64::MAX;
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -411,8 +412,10 @@ impl Compliance {
                 let m = self.monitor();
                 (m.holds_sends(), m.in_outage(), m.next_probe_at())
             };
-            if outage {
-                // New invoices, and those read back unstamped, join the contingency.
+            // New invoices, and those read back unstamped, join the contingency (looked
+            // for only when a record changed).
+            if outage && self.version() != fallback_checked {
+                fallback_checked = self.version();
                 match self.store.enter_fallback(
                     "DIAN is down (outage confirmed): issued in contingency, to be transmitted within the deadline after DIAN is back",
                 ) {
@@ -780,18 +783,9 @@ impl Compliance {
             .invoice(key)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no invoice {key:?}"))?;
-        let result = self.retry_record(&rec, actor);
-        let line = match &result {
-            Ok(m) => m.clone(),
-            Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
-        };
-        let _ = self.store.audit("operator", &rec.number, actor, &line);
+        let result = retry_audited(&self.store, &rec, actor);
         self.changed();
         result
-    }
-
-    fn retry_record(&self, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
-        operator_retry(&self.store, rec, actor)
     }
 
     /// How many invoices "retry all failed" would touch.
@@ -839,6 +833,17 @@ pub fn operator_retry(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result
         )
         .map_err(|e| e.to_string())?;
     Ok(format!("retrying invoice {} ({how})", rec.number))
+}
+
+/// [`operator_retry`] with its outcome (done or refused) in the audit trail.
+pub fn retry_audited(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
+    let result = operator_retry(store, rec, actor);
+    let line = match &result {
+        Ok(m) => m.clone(),
+        Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
+    };
+    let _ = store.audit("operator", &rec.number, actor, &line);
+    result
 }
 
 /// Retries every FAILED invoice in `store`; one audit line with the count.

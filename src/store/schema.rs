@@ -113,6 +113,9 @@ const MIGRATIONS: &[&str] = &[
         cufe TEXT,
         purged_at INTEGER NOT NULL
      );",
+    // 4: housekeeping reads by change time (backups) and creation time (daily report).
+    "CREATE INDEX invoices_updated ON invoices(updated_at);
+     CREATE INDEX invoices_created ON invoices(created_at);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -825,7 +825,7 @@ fn contingency_line(app: &App) -> Option<Line<'static>> {
         ))),
         "OUTAGE" => Some(Line::from(Span::styled(
             format!(
-                "⚑ DIAN OUTAGE since {}{next} · contingency: invoices held until DIAN is back",
+                "⚑ DIAN OUTAGE since {}{next} · contingency, invoices held",
                 k.since_ms.map(clock_cot).unwrap_or_default()
             ),
             t.error,
@@ -1019,7 +1019,8 @@ fn draw_dian(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(13),
         Constraint::Length(11),
         Constraint::Length(3),
-        Constraint::Length(10),
+        // Room for "late 1m00s" when there is room at all; the number comes first.
+        Constraint::Length(if area.width >= 100 { 10 } else { 8 }),
         Constraint::Min(12),
     ];
     if wide {

@@ -61,6 +61,10 @@ pub struct Config {
     pub compliance: ComplianceConfig,
     pub console: ConsoleConfig,
     pub log: LogConfig,
+    pub alerts: AlertsConfig,
+    pub anomaly: AnomalyConfig,
+    pub cache: CacheConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -68,14 +72,375 @@ pub struct Config {
 pub struct ServerConfig {
     /// Engine HTTP server (webhooks, health). Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Bearer tokens of the control API and the WebSocket feeds.
+    pub tokens: Vec<TokenConfig>,
+    /// UDP address (host:port) StatsD lines are sent to every second; none when unset.
+    pub statsd: Option<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9870".parse().expect("static address"),
+            tokens: Vec::new(),
+            statsd: None,
         }
     }
+}
+
+/// One `[[server.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (shown in the audit trail and `/api/v1/ws/connections`).
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+    /// Requests per minute this token may make (0 = no limit).
+    #[serde(default = "default_token_rate")]
+    pub rate_limit_per_min: u32,
+}
+
+fn default_token_rate() -> u32 {
+    600
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May read and act.
+    Operator,
+    /// May only read.
+    Viewer,
+}
+
+/// Alert thresholds (tunable at run time; see [`THRESHOLDS`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// A condition must hold this long before its alert fires.
+    pub for_secs: u64,
+    /// After a notification, the same alert stays quiet this long.
+    pub cooldown_secs: u64,
+    /// An alert resolves when its value falls below this share of its threshold.
+    pub clear_ratio: f64,
+    pub error_rate_percent: f64,
+    pub latency_p95_ms: f64,
+    pub cache_miss_rate_percent: f64,
+    pub consecutive_failures: f64,
+    pub queue_depth: f64,
+    pub dian_failure_rate_percent: f64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            for_secs: 30,
+            cooldown_secs: 300,
+            clear_ratio: 0.8,
+            error_rate_percent: 10.0,
+            latency_p95_ms: 5000.0,
+            cache_miss_rate_percent: 50.0,
+            consecutive_failures: 5.0,
+            queue_depth: 100.0,
+            dian_failure_rate_percent: 10.0,
+        }
+    }
+}
+
+/// Anomaly detection on the 1-second series.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// |z| at or above which a point is anomalous (error rate, throughput, queues).
+    pub z_threshold: f64,
+    /// Modified z (median/MAD) at or above which a latency point is anomalous.
+    pub mad_threshold: f64,
+    /// Points of baseline before any verdict.
+    pub min_samples: u64,
+    /// Anomalous points in a row before an anomaly is reported.
+    pub consecutive: u64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            z_threshold: 3.0,
+            mad_threshold: 3.5,
+            min_samples: 30,
+            consecutive: 3,
+        }
+    }
+}
+
+/// The cache of QuickBooks lookups.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub ttl_secs: u64,
+    /// Entries kept at most (least recently used go first).
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 300,
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// The audit trail (sync events and operator actions).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries older than this are removed.
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 90 }
+    }
+}
+
+/// A threshold the operator may tune at run time: its config key, its bounds, and
+/// what it means. `PUT /api/v1/thresholds`, `:set` and the Settings view use these names.
+pub struct Threshold {
+    pub name: &'static str,
+    pub min: f64,
+    pub max: f64,
+    /// Whole numbers only.
+    pub integer: bool,
+    pub help: &'static str,
+}
+
+pub const THRESHOLDS: &[Threshold] = &[
+    Threshold {
+        name: "alerts.error_rate_percent",
+        min: 0.1,
+        max: 100.0,
+        integer: false,
+        help: "error rate of a downstream over the last minute (%)",
+    },
+    Threshold {
+        name: "alerts.latency_p95_ms",
+        min: 1.0,
+        max: 600_000.0,
+        integer: false,
+        help: "p95 latency of a downstream (ms)",
+    },
+    Threshold {
+        name: "alerts.cache_miss_rate_percent",
+        min: 0.1,
+        max: 100.0,
+        integer: false,
+        help: "cache misses over the last minute (%)",
+    },
+    Threshold {
+        name: "alerts.consecutive_failures",
+        min: 1.0,
+        max: 10_000.0,
+        integer: true,
+        help: "failed calls in a row to one downstream",
+    },
+    Threshold {
+        name: "alerts.queue_depth",
+        min: 1.0,
+        max: 10_000_000.0,
+        integer: true,
+        help: "jobs or invoices waiting in a queue",
+    },
+    Threshold {
+        name: "alerts.dian_failure_rate_percent",
+        min: 0.1,
+        max: 100.0,
+        integer: false,
+        help: "DIAN sends not accepted over 5 minutes (%)",
+    },
+    Threshold {
+        name: "alerts.for_secs",
+        min: 0.0,
+        max: 86_400.0,
+        integer: true,
+        help: "how long a condition holds before firing (s)",
+    },
+    Threshold {
+        name: "alerts.cooldown_secs",
+        min: 0.0,
+        max: 86_400.0,
+        integer: true,
+        help: "quiet time after a notification (s)",
+    },
+    Threshold {
+        name: "alerts.clear_ratio",
+        min: 0.1,
+        max: 1.0,
+        integer: false,
+        help: "resolve below this share of the threshold",
+    },
+    Threshold {
+        name: "anomaly.z_threshold",
+        min: 1.0,
+        max: 100.0,
+        integer: false,
+        help: "|z| that marks a point anomalous",
+    },
+    Threshold {
+        name: "anomaly.mad_threshold",
+        min: 1.0,
+        max: 100.0,
+        integer: false,
+        help: "modified z (MAD) for latency",
+    },
+    Threshold {
+        name: "anomaly.min_samples",
+        min: 3.0,
+        max: 3600.0,
+        integer: true,
+        help: "baseline points before any verdict",
+    },
+    Threshold {
+        name: "anomaly.consecutive",
+        min: 1.0,
+        max: 600.0,
+        integer: true,
+        help: "anomalous points in a row to report",
+    },
+];
+
+impl Config {
+    /// A threshold's current value.
+    pub fn threshold(&self, name: &str) -> Option<f64> {
+        let (a, n) = (&self.alerts, &self.anomaly);
+        Some(match name {
+            "alerts.error_rate_percent" => a.error_rate_percent,
+            "alerts.latency_p95_ms" => a.latency_p95_ms,
+            "alerts.cache_miss_rate_percent" => a.cache_miss_rate_percent,
+            "alerts.consecutive_failures" => a.consecutive_failures,
+            "alerts.queue_depth" => a.queue_depth,
+            "alerts.dian_failure_rate_percent" => a.dian_failure_rate_percent,
+            "alerts.for_secs" => a.for_secs as f64,
+            "alerts.cooldown_secs" => a.cooldown_secs as f64,
+            "alerts.clear_ratio" => a.clear_ratio,
+            "anomaly.z_threshold" => n.z_threshold,
+            "anomaly.mad_threshold" => n.mad_threshold,
+            "anomaly.min_samples" => n.min_samples as f64,
+            "anomaly.consecutive" => n.consecutive as f64,
+            _ => return None,
+        })
+    }
+
+    /// Every threshold, in [`THRESHOLDS`] order.
+    pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
+        THRESHOLDS
+            .iter()
+            .map(|t| (t.name, self.threshold(t.name).unwrap_or(f64::NAN)))
+            .collect()
+    }
+
+    /// Sets thresholds all or nothing: an unknown name or a value out of bounds is an
+    /// error naming it, and then nothing changed.
+    pub fn set_thresholds(&mut self, changes: &[(String, f64)]) -> Result<(), String> {
+        let mut next = self.clone();
+        for (name, v) in changes {
+            let t = check_threshold(name, *v)?;
+            let (a, n) = (&mut next.alerts, &mut next.anomaly);
+            match t.name {
+                "alerts.error_rate_percent" => a.error_rate_percent = *v,
+                "alerts.latency_p95_ms" => a.latency_p95_ms = *v,
+                "alerts.cache_miss_rate_percent" => a.cache_miss_rate_percent = *v,
+                "alerts.consecutive_failures" => a.consecutive_failures = *v,
+                "alerts.queue_depth" => a.queue_depth = *v,
+                "alerts.dian_failure_rate_percent" => a.dian_failure_rate_percent = *v,
+                "alerts.for_secs" => a.for_secs = *v as u64,
+                "alerts.cooldown_secs" => a.cooldown_secs = *v as u64,
+                "alerts.clear_ratio" => a.clear_ratio = *v,
+                "anomaly.z_threshold" => n.z_threshold = *v,
+                "anomaly.mad_threshold" => n.mad_threshold = *v,
+                "anomaly.min_samples" => n.min_samples = *v as u64,
+                "anomaly.consecutive" => n.consecutive = *v as u64,
+                other => return Err(format!("unknown threshold {other:?}")),
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+/// Checks one threshold's name and value against [`THRESHOLDS`].
+pub fn check_threshold(name: &str, v: f64) -> Result<&'static Threshold, String> {
+    let Some(t) = THRESHOLDS.iter().find(|t| t.name == name) else {
+        return Err(format!(
+            "unknown threshold {name:?} (known: {})",
+            THRESHOLDS
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if !v.is_finite() || v < t.min || v > t.max {
+        return Err(format!(
+            "{name}: {v} is out of range ({} to {})",
+            t.min, t.max
+        ));
+    }
+    if t.integer && v.fract() != 0.0 {
+        return Err(format!("{name}: {v} must be a whole number"));
+    }
+    Ok(t)
+}
+
+/// Writes thresholds into the config file at `path`, keeping its comments, its layout
+/// and every other key (the file is created if missing). Written to a temporary file
+/// and renamed, so a crash never leaves half a file.
+pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(anyhow::anyhow!("{}: cannot read: {e}", path.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (name, v) in values {
+        let t = check_threshold(name, *v).map_err(|e| anyhow::anyhow!(e))?;
+        let (section, key) = name.split_once('.').expect("dotted threshold name");
+        if !doc.contains_key(section) {
+            doc[section] = toml_edit::table();
+        }
+        let Some(table) = doc[section].as_table_like_mut() else {
+            anyhow::bail!("{}: `{section}` is not a table", path.display());
+        };
+        let value = if t.integer {
+            toml_edit::value(*v as i64)
+        } else {
+            toml_edit::value(*v)
+        };
+        match table.get_mut(key) {
+            // Keep the key's own decoration (comments above it, spacing).
+            Some(item) => {
+                let decor = item.as_value().map(|x| x.decor().clone());
+                *item = value;
+                if let (Some(d), Some(x)) = (decor, item.as_value_mut()) {
+                    *x.decor_mut() = d;
+                }
+            }
+            None => {
+                table.insert(key, value);
+            }
+        }
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, doc.to_string())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -770,6 +1135,38 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(fail("log.level", "is not a valid tracing filter"));
         }
+        for (name, v) in self.thresholds() {
+            if let Err(e) = check_threshold(name, v) {
+                return Err(fail(name, &e));
+            }
+        }
+        for (i, t) in self.server.tokens.iter().enumerate() {
+            if t.token.expose().len() < 16 {
+                return Err(fail(
+                    "server.tokens.token",
+                    &format!(
+                        "token {:?} (entry {}) must be at least 16 characters",
+                        t.name,
+                        i + 1
+                    ),
+                ));
+            }
+            if self.server.tokens[..i]
+                .iter()
+                .any(|o| o.token.expose() == t.token.expose())
+            {
+                return Err(fail(
+                    "server.tokens.token",
+                    &format!("token {:?} repeats another entry's token", t.name),
+                ));
+            }
+        }
+        if self.cache.max_entries == 0 {
+            return Err(fail("cache.max_entries", "must be at least 1"));
+        }
+        if self.audit.retention_days == 0 {
+            return Err(fail("audit.retention_days", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -837,6 +1234,7 @@ impl Config {
             || self.quickbooks.refresh_token.is_some()
             || self.alegra.token.is_some()
             || self.alegra.technical_key.is_some()
+            || !self.server.tokens.is_empty()
     }
 }
 
@@ -978,6 +1376,70 @@ mod tests {
         assert_eq!(c.sandbox.listen.to_string(), "127.0.0.1:9871");
         assert_eq!(c.stripe.webhook_tolerance_secs, 300);
         assert_eq!(c.catalog.reconcile_interval_secs, 60);
+        assert_eq!(c.alerts, AlertsConfig::default());
+        assert_eq!(c.anomaly, AnomalyConfig::default());
+        assert_eq!(c.cache, CacheConfig::default());
+    }
+
+    #[test]
+    fn thresholds_are_set_all_or_nothing() {
+        let mut c = Config::default();
+        let err = c
+            .set_thresholds(&[
+                ("alerts.error_rate_percent".into(), 12.0),
+                ("alerts.queue_depth".into(), -1.0),
+            ])
+            .unwrap_err();
+        assert!(err.contains("alerts.queue_depth"), "{err}");
+        assert_eq!(c.alerts.error_rate_percent, 10.0, "nothing applied");
+        let err = c
+            .set_thresholds(&[("alerts.nope".into(), 1.0)])
+            .unwrap_err();
+        assert!(err.contains("alerts.nope"), "{err}");
+        let err = c
+            .set_thresholds(&[("anomaly.min_samples".into(), 30.5)])
+            .unwrap_err();
+        assert!(err.contains("whole number"), "{err}");
+        c.set_thresholds(&[("alerts.error_rate_percent".into(), 12.0)])
+            .unwrap();
+        assert_eq!(c.threshold("alerts.error_rate_percent"), Some(12.0));
+    }
+
+    #[test]
+    fn persisted_thresholds_keep_comments_and_other_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = "# my ops box\n[server]\nlisten = \"127.0.0.1:1\" # the port\n\n[alerts]\n# paged at this\nerror_rate_percent = 10.0 # default\nqueue_depth = 100\n";
+        std::fs::write(&path, text).unwrap();
+        persist_thresholds(
+            &path,
+            &[
+                ("alerts.error_rate_percent".into(), 12.5),
+                ("alerts.queue_depth".into(), 250.0),
+                ("anomaly.z_threshold".into(), 4.0),
+            ],
+        )
+        .unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        for kept in [
+            "# my ops box",
+            "listen = \"127.0.0.1:1\" # the port",
+            "# paged at this",
+        ] {
+            assert!(after.contains(kept), "{kept:?} lost:\n{after}");
+        }
+        assert!(
+            after.contains("error_rate_percent = 12.5 # default"),
+            "{after}"
+        );
+        assert!(
+            after.contains("queue_depth = 250\n"),
+            "an integer stays one: {after}"
+        );
+        let c = Config::parse(&after, &path).unwrap();
+        assert_eq!(c.alerts.error_rate_percent, 12.5);
+        assert_eq!(c.alerts.queue_depth, 250.0);
+        assert_eq!(c.anomaly.z_threshold, 4.0);
     }
 
     #[test]

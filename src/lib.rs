@@ -15,4 +15,5 @@ pub mod resilience;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod ui;

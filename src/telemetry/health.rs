@@ -1,0 +1,289 @@
+//! The health score: each component scored 0–100, the whole is the **minimum** (a mean
+//! would let two healthy services hide a dead one), with the reasons kept.
+//!
+//! A downstream's score is the lowest of its error-rate, latency and saturation scores,
+//! less 15 per open anomaly; an OPEN (or FORCED_OPEN) breaker caps it at 0, HALF_OPEN at 50.
+//! Levels: excellent ≥ 90, good ≥ 75, fair ≥ 50, poor ≥ 25, else critical.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Excellent,
+    Good,
+    Fair,
+    Poor,
+    Critical,
+}
+
+impl Level {
+    pub fn of(score: u8) -> Self {
+        match score {
+            90.. => Level::Excellent,
+            75.. => Level::Good,
+            50.. => Level::Fair,
+            25.. => Level::Poor,
+            _ => Level::Critical,
+        }
+    }
+
+    /// `/health`'s status word: ok (excellent, good), degraded (fair, poor), down.
+    pub fn status(self) -> &'static str {
+        match self {
+            Level::Excellent | Level::Good => "ok",
+            Level::Fair | Level::Poor => "degraded",
+            Level::Critical => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Excellent => "excellent",
+            Level::Good => "good",
+            Level::Fair => "fair",
+            Level::Poor => "poor",
+            Level::Critical => "critical",
+        })
+    }
+}
+
+/// What a downstream looked like over the last minute.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DownstreamSignals {
+    pub name: String,
+    /// "CLOSED", "OPEN", "HALF_OPEN", "FORCED_OPEN", "DISABLED", "METRICS_ONLY".
+    pub breaker: String,
+    /// Percent of calls in the last minute that failed (None: no calls).
+    pub error_rate: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub in_flight: u64,
+    /// 0 = no cap.
+    pub concurrency_limit: u64,
+    pub open_anomalies: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    /// Error rate (percent) that scores 50.
+    pub error_rate: f64,
+    /// p95 latency (ms) that scores 50.
+    pub latency_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub score: u8,
+    pub level: Level,
+    /// Why it is not 100, one line per cause.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub score: u8,
+    pub level: Level,
+    pub status: &'static str,
+    pub checks: Vec<Check>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    pub recommendations: Vec<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            score: 100,
+            level: Level::Excellent,
+            status: "ok",
+            checks: Vec::new(),
+            warnings: Vec::new(),
+            errors: Vec::new(),
+            recommendations: Vec::new(),
+        }
+    }
+}
+
+/// 100 at or below `good`, 50 at `target`, 0 at twice the target; linear between.
+fn against(value: f64, good: f64, target: f64) -> f64 {
+    if value <= good {
+        100.0
+    } else if value <= target {
+        100.0 - 50.0 * (value - good) / (target - good).max(f64::MIN_POSITIVE)
+    } else {
+        (50.0 - 50.0 * (value - target) / target.max(f64::MIN_POSITIVE)).max(0.0)
+    }
+}
+
+pub fn downstream(s: &DownstreamSignals, t: &Targets) -> Check {
+    let mut score: f64 = 100.0;
+    let mut notes = Vec::new();
+    if let Some(e) = s.error_rate {
+        let v = against(e, 0.0, t.error_rate);
+        if v < 100.0 {
+            notes.push(format!("error rate {e:.1} % (alert at {} %)", t.error_rate));
+        }
+        score = score.min(v);
+    }
+    if let Some(p) = s.p95_ms {
+        let v = against(p, t.latency_ms / 2.0, t.latency_ms);
+        if v < 100.0 {
+            notes.push(format!("p95 {p:.0} ms (target {} ms)", t.latency_ms));
+        }
+        score = score.min(v);
+    }
+    if s.concurrency_limit > 0 {
+        let sat = s.in_flight as f64 / s.concurrency_limit as f64;
+        // Running at the cap is normal in a backlog: it costs a little, not a lot.
+        let v = if sat >= 1.0 { 80.0 } else { 100.0 };
+        if v < 100.0 {
+            notes.push(format!(
+                "saturated: {}/{} in flight",
+                s.in_flight, s.concurrency_limit
+            ));
+        }
+        score = score.min(v);
+    }
+    if s.open_anomalies > 0 {
+        score -= 15.0 * s.open_anomalies as f64;
+        notes.push(format!("{} open anomalies", s.open_anomalies));
+    }
+    match s.breaker.as_str() {
+        "OPEN" | "FORCED_OPEN" => {
+            score = 0.0;
+            notes.push(format!("circuit {}", s.breaker));
+        }
+        "HALF_OPEN" => {
+            score = score.min(50.0);
+            notes.push("circuit HALF_OPEN (trial calls)".into());
+        }
+        _ => {}
+    }
+    check(&s.name, score, notes)
+}
+
+pub fn check(name: &str, score: f64, notes: Vec<String>) -> Check {
+    let score = score.clamp(0.0, 100.0).round() as u8;
+    Check {
+        name: name.to_owned(),
+        score,
+        level: Level::of(score),
+        notes,
+    }
+}
+
+/// The whole: the minimum of the checks.
+pub fn combine(
+    checks: Vec<Check>,
+    warnings: Vec<String>,
+    errors: Vec<String>,
+    recommendations: Vec<String>,
+) -> Health {
+    let score = checks.iter().map(|c| c.score).min().unwrap_or(100);
+    let level = Level::of(score);
+    Health {
+        score,
+        level,
+        status: level.status(),
+        checks,
+        warnings,
+        errors,
+        recommendations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Targets {
+        Targets {
+            error_rate: 10.0,
+            latency_ms: 5000.0,
+        }
+    }
+
+    fn healthy(name: &str) -> DownstreamSignals {
+        DownstreamSignals {
+            name: name.into(),
+            breaker: "CLOSED".into(),
+            error_rate: Some(0.0),
+            p95_ms: Some(100.0),
+            in_flight: 2,
+            concurrency_limit: 10,
+            open_anomalies: 0,
+        }
+    }
+
+    #[test]
+    fn levels_follow_the_seed_boundaries() {
+        let l: Vec<Level> = [100, 90, 89, 75, 74, 50, 49, 25, 24, 0]
+            .into_iter()
+            .map(Level::of)
+            .collect();
+        use Level::*;
+        assert_eq!(
+            l,
+            [
+                Excellent, Excellent, Good, Good, Fair, Fair, Poor, Poor, Critical, Critical
+            ]
+        );
+    }
+
+    #[test]
+    fn error_rate_scores_50_at_the_alert_threshold_and_0_at_twice() {
+        let mut s = healthy("alegra");
+        s.error_rate = Some(10.0);
+        assert_eq!(downstream(&s, &t()).score, 50);
+        s.error_rate = Some(20.0);
+        assert_eq!(downstream(&s, &t()).score, 0);
+        s.error_rate = Some(5.0);
+        assert_eq!(downstream(&s, &t()).score, 75);
+    }
+
+    #[test]
+    fn breaker_states_cap_the_score() {
+        let mut s = healthy("quickbooks");
+        s.breaker = "OPEN".into();
+        assert_eq!(downstream(&s, &t()).score, 0);
+        s.breaker = "HALF_OPEN".into();
+        assert_eq!(downstream(&s, &t()).score, 50);
+        s.breaker = "CLOSED".into();
+        assert_eq!(downstream(&s, &t()).score, 100);
+    }
+
+    #[test]
+    fn the_whole_is_the_minimum_not_the_mean() {
+        let mut dead = healthy("alegra");
+        dead.breaker = "OPEN".into();
+        let h = combine(
+            vec![
+                downstream(&healthy("stripe"), &t()),
+                downstream(&healthy("quickbooks"), &t()),
+                downstream(&dead, &t()),
+            ],
+            vec![],
+            vec![],
+            vec![],
+        );
+        assert_eq!(h.score, 0);
+        assert_eq!(h.level, Level::Critical);
+        assert_eq!(h.status, "down");
+        assert!(h.checks[2].notes.iter().any(|n| n.contains("OPEN")));
+    }
+
+    #[test]
+    fn anomalies_and_latency_lower_the_score() {
+        let mut s = healthy("stripe");
+        s.open_anomalies = 1;
+        assert_eq!(downstream(&s, &t()).score, 85);
+        let mut s = healthy("stripe");
+        s.p95_ms = Some(5000.0);
+        assert_eq!(downstream(&s, &t()).score, 50);
+        s.p95_ms = Some(2000.0);
+        assert_eq!(downstream(&s, &t()).score, 100);
+    }
+}

@@ -1,0 +1,641 @@
+//! Telemetry: once a second the engine hands a [`Sample`] of its counters to
+//! [`Telemetry::tick`], which keeps the 1-second series (an hour, fixed memory), runs the
+//! anomaly detectors, evaluates the alert rules and scores health. Pure: time comes in
+//! the sample, so tests drive it on simulated time.
+
+pub mod alerts;
+pub mod anomaly;
+pub mod cache;
+pub mod health;
+pub mod metrics;
+pub mod prom;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::config::{AlertsConfig, AnomalyConfig};
+use alerts::{Alert, Alerts, Notification, Rule, Severity, Silence};
+use anomaly::{Detector, DetectorConfig, Method};
+use cache::CacheStats;
+use health::{Check, DownstreamSignals, Health, Targets};
+use metrics::{Reduce, Series, Summary, Window};
+
+/// One downstream's cumulative counters and the latency of the last second.
+#[derive(Debug, Clone, Default)]
+pub struct DownstreamSample {
+    pub name: String,
+    pub calls: u64,
+    /// Failures and timeouts.
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub interval: Summary,
+    /// p95 of the most recent calls (ms).
+    pub recent_p95_ms: Option<f64>,
+    pub breaker: String,
+    pub in_flight: u64,
+    pub limit: u64,
+}
+
+/// The engine's counters at one second.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub now_ms: i64,
+    /// Cumulative catalog jobs done and invoices validated.
+    pub items_done: u64,
+    pub invoices_validated: u64,
+    /// Cumulative DIAN sends and the ones that did not end accepted.
+    pub dian_sends: u64,
+    pub dian_failures: u64,
+    pub downstreams: Vec<DownstreamSample>,
+    pub catalog_queue: u64,
+    pub catalog_in_flight: u64,
+    pub catalog_paused: bool,
+    /// None when the compliance pipeline is off.
+    pub dian_queue: Option<u64>,
+    pub cache: CacheStats,
+    /// Pipeline checks the engine scored itself (catalog, compliance, store).
+    pub checks: Vec<Check>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    pub recommendations: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Anomaly {
+    pub metric: String,
+    pub value: f64,
+    pub baseline: f64,
+    pub score: f64,
+    pub method: Method,
+    pub at_ms: i64,
+    /// When the metric was back to normal (None: still anomalous).
+    pub ended_ms: Option<i64>,
+}
+
+/// Something to push to the feeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    Anomaly(Anomaly),
+    Alert(Notification),
+}
+
+/// A chart's points over the three windows the console offers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Chart {
+    pub name: String,
+    /// 60 points of 1 s.
+    pub m1: Vec<Option<f64>>,
+    /// 100 points of 3 s.
+    pub m5: Vec<Option<f64>>,
+    /// 120 points of 30 s.
+    pub h1: Vec<Option<f64>>,
+}
+
+/// What the snapshot carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetryView {
+    pub health: Health,
+    pub alerts: Vec<Alert>,
+    /// Newest first.
+    pub notifications: Vec<Notification>,
+    /// Newest first.
+    pub anomalies: Vec<Anomaly>,
+    pub open_anomalies: usize,
+    pub silences: Vec<Silence>,
+    pub charts: Vec<Chart>,
+    pub thresholds: Vec<(String, f64)>,
+    pub cache: CacheStats,
+    pub items_per_sec: f64,
+    pub invoices_per_sec: f64,
+}
+
+const KEPT: usize = 200;
+
+pub struct Telemetry {
+    alerts_cfg: AlertsConfig,
+    anomaly_cfg: AnomalyConfig,
+    series: BTreeMap<String, Series>,
+    windows: BTreeMap<String, Window>,
+    detectors: BTreeMap<String, Detector>,
+    open: BTreeMap<String, Anomaly>,
+    anomalies: VecDeque<Anomaly>,
+    pub alerts: Alerts,
+    health: Health,
+    last: Option<Sample>,
+}
+
+impl Telemetry {
+    pub fn new(alerts_cfg: AlertsConfig, anomaly_cfg: AnomalyConfig) -> Self {
+        Self {
+            alerts: Alerts::new(rules(&alerts_cfg)),
+            alerts_cfg,
+            anomaly_cfg,
+            series: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            detectors: BTreeMap::new(),
+            open: BTreeMap::new(),
+            anomalies: VecDeque::new(),
+            health: Health::default(),
+            last: None,
+        }
+    }
+
+    /// New thresholds: rules rebuilt (alerts keep their state), detectors keep their
+    /// baselines.
+    pub fn configure(&mut self, alerts_cfg: AlertsConfig, anomaly_cfg: AnomalyConfig) {
+        self.alerts.set_rules(rules(&alerts_cfg));
+        self.alerts_cfg = alerts_cfg;
+        self.anomaly_cfg = anomaly_cfg;
+        let cfgs: Vec<(String, DetectorConfig)> = self
+            .detectors
+            .keys()
+            .map(|k| (k.clone(), self.detector_config(k)))
+            .collect();
+        for (k, c) in cfgs {
+            if let Some(d) = self.detectors.get_mut(&k) {
+                d.reconfigure(c);
+            }
+        }
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn series(&self, name: &str) -> Option<&Series> {
+        self.series.get(name)
+    }
+
+    fn detector_config(&self, metric: &str) -> DetectorConfig {
+        let a = &self.anomaly_cfg;
+        let (min, k) = (a.min_samples as usize, a.consecutive as usize);
+        let family = metric.split(':').next().unwrap_or(metric);
+        match family {
+            "latency_p95" => DetectorConfig::mad(a.mad_threshold, min, k, 5.0),
+            "error_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 2.0),
+            "queue" => DetectorConfig::zscore(a.z_threshold, min, k, 10.0),
+            "cache_miss_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 5.0),
+            _ => DetectorConfig::zscore(a.z_threshold, min, k, 1.0),
+        }
+    }
+
+    fn push(&mut self, name: &str, v: Option<f64>) {
+        self.series
+            .entry(name.to_owned())
+            .or_default()
+            .push(v.unwrap_or(f64::NAN));
+    }
+
+    fn window(&mut self, name: &str, secs: usize, cumulative: u64) -> &Window {
+        let w = self
+            .windows
+            .entry(name.to_owned())
+            .or_insert_with(|| Window::new(secs));
+        w.push(cumulative);
+        w
+    }
+
+    /// Runs the detector of `metric` on `v`; opens or closes its anomaly.
+    fn detect(&mut self, metric: &str, v: Option<f64>, now: i64, out: &mut Vec<Signal>) {
+        let Some(v) = v else { return };
+        if !self.detectors.contains_key(metric) {
+            let cfg = self.detector_config(metric);
+            self.detectors.insert(metric.to_owned(), Detector::new(cfg));
+        }
+        let d = self.detectors.get_mut(metric).expect("inserted");
+        let method = d.config().method;
+        let Some(verdict) = d.observe(v) else { return };
+        if verdict.anomaly && !self.open.contains_key(metric) {
+            let a = Anomaly {
+                metric: metric.to_owned(),
+                value: verdict.value,
+                baseline: verdict.baseline,
+                score: verdict.score,
+                method,
+                at_ms: now,
+                ended_ms: None,
+            };
+            self.open.insert(metric.to_owned(), a.clone());
+            if self.anomalies.len() == KEPT {
+                self.anomalies.pop_front();
+            }
+            self.anomalies.push_back(a.clone());
+            out.push(Signal::Anomaly(a));
+        } else if !verdict.anomalous
+            && let Some(a) = self.open.remove(metric)
+            && let Some(h) = self
+                .anomalies
+                .iter_mut()
+                .rev()
+                .find(|h| h.metric == a.metric && h.at_ms == a.at_ms)
+        {
+            h.ended_ms = Some(now);
+        }
+    }
+
+    /// One second: series, anomalies, alerts, health. Returns what the feeds push.
+    pub fn tick(&mut self, s: Sample) -> Vec<Signal> {
+        let now = s.now_ms;
+        let mut out = Vec::new();
+        let mut values: Vec<(String, String, f64)> = Vec::new();
+        let mut value = |m: &str, l: &str, v: f64| values.push((m.into(), l.into(), v));
+
+        let items = self.window("items", 2, s.items_done).last_second() as f64;
+        let invoices = self
+            .window("invoices", 2, s.invoices_validated)
+            .last_second() as f64;
+        self.push("items_per_sec", Some(items));
+        self.push("invoices_per_sec", Some(invoices));
+        self.detect("items_per_sec", Some(items), now, &mut out);
+
+        let mut signals = Vec::new();
+        for d in &s.downstreams {
+            let calls = self
+                .window(&format!("calls:{}", d.name), 60, d.calls)
+                .increase();
+            let failures = self
+                .window(&format!("failures:{}", d.name), 60, d.failures)
+                .increase();
+            let error_rate = (calls > 0).then(|| failures as f64 * 100.0 / calls as f64);
+            let i = &d.interval;
+            let lat = |v: f64| (i.count > 0).then_some(v);
+            self.push(&format!("latency_p50:{}", d.name), lat(i.p50_ms));
+            self.push(&format!("latency_p95:{}", d.name), lat(i.p95_ms));
+            self.push(&format!("latency_p99:{}", d.name), lat(i.p99_ms));
+            self.push(&format!("error_rate:{}", d.name), error_rate);
+            self.detect(&format!("error_rate:{}", d.name), error_rate, now, &mut out);
+            self.detect(
+                &format!("latency_p95:{}", d.name),
+                lat(i.p95_ms),
+                now,
+                &mut out,
+            );
+            if let Some(e) = error_rate {
+                value("error_rate", &d.name, e);
+            }
+            if calls > 0
+                && let Some(p) = d.recent_p95_ms
+            {
+                value("latency_p95", &d.name, p);
+            }
+            value(
+                "consecutive_failures",
+                &d.name,
+                d.consecutive_failures as f64,
+            );
+            signals.push(DownstreamSignals {
+                name: d.name.clone(),
+                breaker: d.breaker.clone(),
+                error_rate,
+                p95_ms: if calls > 0 { d.recent_p95_ms } else { None },
+                in_flight: d.in_flight,
+                concurrency_limit: d.limit,
+                open_anomalies: 0,
+            });
+        }
+
+        let catalog_queue = s.catalog_queue as f64;
+        self.push("queue:catalog", Some(catalog_queue));
+        self.detect("queue:catalog", Some(catalog_queue), now, &mut out);
+        value("queue_depth", "catalog", catalog_queue);
+        // Work waiting, nothing in flight and nothing done for a minute: stalled.
+        let done_minute = self.window("items_minute", 60, s.items_done).increase();
+        let stalled = s.catalog_queue > 0
+            && !s.catalog_paused
+            && s.catalog_in_flight == 0
+            && done_minute == 0
+            && self.windows["items_minute"].len() > 60;
+        value(
+            "no_active_workers",
+            "catalog",
+            if stalled { 1.0 } else { 0.0 },
+        );
+        if let Some(q) = s.dian_queue {
+            self.push("queue:dian", Some(q as f64));
+            self.detect("queue:dian", Some(q as f64), now, &mut out);
+            value("queue_depth", "dian", q as f64);
+            let sends = self.window("dian_sends", 300, s.dian_sends).increase();
+            let failed = self
+                .window("dian_failures", 300, s.dian_failures)
+                .increase();
+            if sends >= 3 {
+                value(
+                    "dian_failure_rate",
+                    "",
+                    failed as f64 * 100.0 / sends as f64,
+                );
+            }
+        }
+        let hits = self.window("cache_hits", 60, s.cache.hits).increase();
+        let misses = self.window("cache_misses", 60, s.cache.misses).increase();
+        let lookups = hits + misses;
+        let miss_rate = (lookups > 0).then(|| misses as f64 * 100.0 / lookups as f64);
+        self.push("cache_miss_rate", miss_rate);
+        self.detect("cache_miss_rate", miss_rate, now, &mut out);
+        if lookups >= 20
+            && let Some(m) = miss_rate
+        {
+            value("cache_miss_rate", "", m);
+        }
+        for metric in self.open.keys() {
+            value("anomaly", metric, 1.0);
+        }
+
+        for n in self.alerts.evaluate(now, &values) {
+            out.push(Signal::Alert(n));
+        }
+        self.alerts.refresh_silences(now);
+
+        // Health: downstreams, then the pipelines' own checks.
+        let targets = Targets {
+            error_rate: self.alerts_cfg.error_rate_percent,
+            latency_ms: self.alerts_cfg.latency_p95_ms,
+        };
+        let mut recommendations = s.recommendations.clone();
+        let mut checks: Vec<Check> = signals
+            .iter_mut()
+            .map(|sig| {
+                sig.open_anomalies = self
+                    .open
+                    .keys()
+                    .filter(|m| m.ends_with(&format!(":{}", sig.name)))
+                    .count();
+                let c = health::downstream(sig, &targets);
+                if matches!(sig.breaker.as_str(), "OPEN" | "FORCED_OPEN") {
+                    recommendations.push(format!(
+                        "{}: the circuit is {}; check the service's status page — the engine tries again after the wait (force CLOSED in Circuits only if you know it is back)",
+                        sig.name, sig.breaker
+                    ));
+                } else if sig.error_rate.is_some_and(|e| e >= targets.error_rate) {
+                    recommendations.push(format!(
+                        "{}: {:.0} % of calls fail; see Events for the errors",
+                        sig.name,
+                        sig.error_rate.unwrap_or(0.0)
+                    ));
+                }
+                c
+            })
+            .collect();
+        checks.extend(s.checks.iter().cloned());
+        if miss_rate.is_some_and(|m| m >= self.alerts_cfg.cache_miss_rate_percent) && lookups >= 20
+        {
+            recommendations
+                .push("cache: most lookups miss; raise cache.ttl_secs or cache.max_entries".into());
+        }
+        let mut warnings = s.warnings.clone();
+        let mut errors = s.errors.clone();
+        for a in self.alerts.active() {
+            if a.phase != alerts::Phase::Firing {
+                continue;
+            }
+            let line = format!(
+                "alert {}{}: {}",
+                a.id,
+                if a.acked_by.is_some() {
+                    " (acknowledged)"
+                } else {
+                    ""
+                },
+                a.summary
+            );
+            match a.severity {
+                Severity::Critical => errors.push(line),
+                _ => warnings.push(line),
+            }
+        }
+        self.health = health::combine(checks, warnings, errors, recommendations);
+        self.last = Some(s);
+        out
+    }
+
+    pub fn view(&self, now_ms: i64) -> TelemetryView {
+        let chart = |name: &str, how: Reduce| {
+            self.series.get(name).map(|s| Chart {
+                name: name.to_owned(),
+                m1: s.downsample(60, 60, how),
+                m5: s.downsample(300, 100, how),
+                h1: s.downsample(3600, 120, how),
+            })
+        };
+        let mut charts = Vec::new();
+        for name in ["items_per_sec", "invoices_per_sec"] {
+            charts.extend(chart(name, Reduce::Mean));
+        }
+        let names: Vec<&String> = self
+            .series
+            .keys()
+            .filter(|k| k.starts_with("latency_") || k.starts_with("error_rate:"))
+            .collect();
+        for n in names {
+            charts.extend(chart(n, Reduce::Max));
+        }
+        for name in ["queue:catalog", "queue:dian", "cache_miss_rate"] {
+            charts.extend(chart(name, Reduce::Mean));
+        }
+        let rate = |name: &str| {
+            self.series
+                .get(name)
+                .map(|s| {
+                    let t = s.tail(10);
+                    let v: Vec<f64> = t.into_iter().filter(|v| !v.is_nan()).collect();
+                    if v.is_empty() {
+                        0.0
+                    } else {
+                        v.iter().sum::<f64>() / v.len() as f64
+                    }
+                })
+                .unwrap_or(0.0)
+        };
+        TelemetryView {
+            health: self.health.clone(),
+            alerts: self.alerts.active(),
+            notifications: self.alerts.history().take(50).cloned().collect(),
+            anomalies: self.anomalies.iter().rev().take(50).cloned().collect(),
+            open_anomalies: self.open.len(),
+            silences: self.alerts.silences(now_ms),
+            charts,
+            thresholds: Vec::new(),
+            cache: self.last.as_ref().map(|s| s.cache).unwrap_or_default(),
+            items_per_sec: rate("items_per_sec"),
+            invoices_per_sec: rate("invoices_per_sec"),
+        }
+    }
+
+    pub fn anomalies(&self) -> impl Iterator<Item = &Anomaly> {
+        self.anomalies.iter().rev()
+    }
+}
+
+/// The default rules, from the thresholds.
+pub fn rules(c: &AlertsConfig) -> Vec<Rule> {
+    let for_ms = c.for_secs as i64 * 1000;
+    let cooldown_ms = c.cooldown_secs as i64 * 1000;
+    let rule = |name: &str, severity, fire: f64, summary: String| Rule {
+        name: name.into(),
+        metric: name.into(),
+        severity,
+        fire,
+        clear: fire * c.clear_ratio,
+        for_ms,
+        cooldown_ms,
+        summary,
+    };
+    vec![
+        rule(
+            "error_rate",
+            Severity::Warning,
+            c.error_rate_percent,
+            format!(
+                "error rate over the last minute ≥ {} %",
+                c.error_rate_percent
+            ),
+        ),
+        rule(
+            "latency_p95",
+            Severity::Warning,
+            c.latency_p95_ms,
+            format!("p95 latency ≥ {} ms", c.latency_p95_ms),
+        ),
+        rule(
+            "cache_miss_rate",
+            Severity::Info,
+            c.cache_miss_rate_percent,
+            format!("cache misses ≥ {} % of lookups", c.cache_miss_rate_percent),
+        ),
+        Rule {
+            // A count: it resolves at the first success, not at a ratio of it.
+            clear: 1.0,
+            for_ms: 0,
+            ..rule(
+                "consecutive_failures",
+                Severity::Critical,
+                c.consecutive_failures,
+                format!("{} or more failed calls in a row", c.consecutive_failures),
+            )
+        },
+        rule(
+            "queue_depth",
+            Severity::Warning,
+            c.queue_depth,
+            format!("queue deeper than {}", c.queue_depth),
+        ),
+        Rule {
+            clear: 1.0,
+            ..rule(
+                "no_active_workers",
+                Severity::Critical,
+                1.0,
+                "work is waiting and no worker has done any for a minute".into(),
+            )
+        },
+        rule(
+            "dian_failure_rate",
+            Severity::Critical,
+            c.dian_failure_rate_percent,
+            format!(
+                "DIAN did not accept ≥ {} % of sends over 5 minutes",
+                c.dian_failure_rate_percent
+            ),
+        ),
+        Rule {
+            clear: 1.0,
+            for_ms: 0,
+            ..rule(
+                "anomaly",
+                Severity::Info,
+                1.0,
+                "a metric left its usual band (see Anomalies)".into(),
+            )
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: i64, calls: u64, failures: u64) -> Sample {
+        Sample {
+            now_ms: t * 1000,
+            downstreams: vec![DownstreamSample {
+                name: "alegra".into(),
+                calls,
+                failures,
+                breaker: "CLOSED".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_error_burst_fires_an_alert_after_its_for_and_lowers_health() {
+        let cfg = AlertsConfig {
+            for_secs: 10,
+            ..AlertsConfig::default()
+        };
+        let mut t = Telemetry::new(cfg, AnomalyConfig::default());
+        let mut calls = 0;
+        let mut failures = 0;
+        for s in 0..60 {
+            calls += 10;
+            t.tick(sample(s, calls, failures));
+        }
+        assert_eq!(t.health().score, 100);
+        let mut fired_at = None;
+        for s in 60..90 {
+            calls += 10;
+            failures += 5;
+            let out = t.tick(sample(s, calls, failures));
+            if out
+                .iter()
+                .any(|x| matches!(x, Signal::Alert(n) if n.rule == "error_rate"))
+            {
+                fired_at.get_or_insert(s);
+            }
+        }
+        // 5 failures a second against 600 calls a minute: 10 % at the 12th second of
+        // errors (60/600, s = 71), pending for 10 s, then firing.
+        assert_eq!(fired_at, Some(81));
+        assert!(t.health().score < 50, "{:?}", t.health());
+        assert!(
+            t.anomalies().any(|a| a.metric == "error_rate:alegra"),
+            "the burst is an anomaly too"
+        );
+        let v = t.view(90_000);
+        assert_eq!(v.alerts[0].id, "error_rate/alegra");
+        assert!(v.charts.iter().any(|c| c.name == "error_rate:alegra"));
+    }
+
+    #[test]
+    fn new_thresholds_apply_at_once_and_keep_the_alert_state() {
+        let mut t = Telemetry::new(
+            AlertsConfig {
+                for_secs: 0,
+                ..AlertsConfig::default()
+            },
+            AnomalyConfig::default(),
+        );
+        let (mut calls, mut failures) = (0, 0);
+        for s in 0..5 {
+            calls += 100;
+            failures += 8; // 8 %
+            t.tick(sample(s, calls, failures));
+        }
+        assert_eq!(t.alerts.firing(), 0);
+        t.configure(
+            AlertsConfig {
+                for_secs: 0,
+                error_rate_percent: 5.0,
+                ..AlertsConfig::default()
+            },
+            AnomalyConfig::default(),
+        );
+        calls += 100;
+        failures += 8;
+        let out = t.tick(sample(5, calls, failures));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(t.alerts.firing(), 1);
+    }
+}

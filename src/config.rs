@@ -65,6 +65,9 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     pub cache: CacheConfig,
     pub audit: AuditConfig,
+    /// The file this was loaded from (thresholds tuned at run time are saved there).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -956,7 +959,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut c = Self::parse(&text, path)?;
+        c.source = Some(path.to_owned());
+        Ok(c)
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {

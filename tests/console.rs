@@ -20,6 +20,7 @@ const T0: i64 = 1_795_000_000_000; // a fixed instant (ms)
 fn snapshot() -> Snapshot {
     let audit = (0..40)
         .map(|i| AuditEntry {
+            trace_id: None,
             id: 100 - i,
             at_ms: T0 - i * 1000,
             kind: if i == 3 {
@@ -264,6 +265,7 @@ fn scrolled_events_stay_put_while_new_ones_arrive() {
     next.audit.insert(
         0,
         AuditEntry {
+            trace_id: None,
             id: 101,
             at_ms: T0 + 1000,
             kind: "item".into(),

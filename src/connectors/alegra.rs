@@ -248,6 +248,9 @@ impl AlegraClient {
             .basic_auth(&self.email, Some(self.token.expose()))
             .query(query)
             .timeout(self.timeout);
+        if let Some(tp) = crate::telemetry::trace::traceparent() {
+            req = req.header("traceparent", tp);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

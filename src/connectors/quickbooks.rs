@@ -323,9 +323,13 @@ impl QuickBooksClient {
     ) -> Result<Value, QbError> {
         let mut token = self.tokens.access_token().await?;
         for attempt in 0..2 {
-            let resp = build(&token)
+            let mut req = build(&token)
                 .header("Accept", "application/json")
-                .timeout(self.timeout)
+                .timeout(self.timeout);
+            if let Some(tp) = crate::telemetry::trace::traceparent() {
+                req = req.header("traceparent", tp);
+            }
+            let resp = req
                 .send()
                 .await
                 .map_err(transport)?;

@@ -200,12 +200,16 @@ impl StripeClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, StripeError> {
-        let resp = self
+        let mut req = self
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(self.key.expose())
             .query(query)
-            .timeout(self.timeout)
+            .timeout(self.timeout);
+        if let Some(tp) = crate::telemetry::trace::traceparent() {
+            req = req.header("traceparent", tp);
+        }
+        let resp = req
             .send()
             .await
             .map_err(transport)?;

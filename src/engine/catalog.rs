@@ -22,6 +22,7 @@ use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
 use crate::resilience::autoscale::{AutoscaleConfig, Autoscaler, BatchSizer, Decision, Sample};
 use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
+use crate::telemetry::cache::Cache;
 
 pub const JOB_KIND: &str = "catalog.product";
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
@@ -39,6 +40,9 @@ pub struct CatalogSettings {
     pub lease_ms: i64,
     pub reconcile_interval: Duration,
     pub income_account: String,
+    /// The QuickBooks lookup cache: entries kept, and their lifetime.
+    pub cache_max_entries: usize,
+    pub cache_ttl_ms: i64,
 }
 
 /// Progress of the full sync, stored as the cursor's value.
@@ -72,6 +76,8 @@ pub struct CatalogMetrics {
     pub jobs_timed: AtomicU64,
     /// Jobs put back untouched because the QuickBooks circuit refused them.
     pub deferred: AtomicU64,
+    /// Job durations (the `catalog.item_sync` operation).
+    pub latency: crate::telemetry::metrics::Latency,
     pub full_sync: Mutex<FullSyncState>,
     pub recent_errors: Mutex<VecDeque<ErrorLine>>,
 }
@@ -168,6 +174,9 @@ pub struct Catalog {
     pub scaler: Mutex<Option<Autoscaler>>,
     pub claim_batch: Mutex<BatchSizer>,
     pub page: Mutex<BatchSizer>,
+    /// QuickBooks Items by name and by id (`item:name:…`, `item:id:…`; tags `item` and
+    /// `product:<id>`). Only Items QuickBooks returned are kept, never "not found".
+    pub cache: Mutex<Cache<crate::connectors::quickbooks::Item>>,
 }
 
 /// A job derived from a Stripe event.
@@ -214,6 +223,7 @@ impl Catalog {
         qb: QuickBooksClient,
         settings: CatalogSettings,
     ) -> anyhow::Result<Self> {
+        let settings_cache = (settings.cache_max_entries, settings.cache_ttl_ms);
         let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
         let full = store
             .cursor(FULL_SYNC_CURSOR)?
@@ -258,6 +268,10 @@ impl Catalog {
             scaler: Mutex::new(scaler),
             claim_batch: Mutex::new(claim_batch),
             page: Mutex::new(page),
+            cache: Mutex::new(Cache::new(
+                settings_cache.0,
+                settings_cache.1,
+            )),
         })
     }
 
@@ -760,8 +774,9 @@ impl Catalog {
                 }
                 self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                 let started = tokio::time::Instant::now();
-                let result = self.process(&job).await;
+                let result = crate::telemetry::trace::scope(self.process(&job)).await;
                 if !matches!(result, Err(JobError::Deferred(..))) {
+                    self.metrics.latency.record(started.elapsed());
                     self.metrics
                         .busy_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -944,6 +959,25 @@ impl Catalog {
         Ok((outcome.unwrap_or(Outcome::Unchanged), Some(m)))
     }
 
+    fn cached(&self, key: &str) -> Option<crate::connectors::quickbooks::Item> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key, now_ms())
+    }
+
+    /// Keeps what QuickBooks just said about an Item (its name may have changed: the
+    /// old name's entry goes with the product's tag).
+    fn remember(&self, item: &crate::connectors::quickbooks::Item, product: &str) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let tag = format!("product:{product}");
+        c.invalidate_tag(&tag);
+        let now = now_ms();
+        for key in [format!("item:name:{}", item.name), format!("item:id:{}", item.id)] {
+            c.put(&key, item.clone(), &["item", &tag], now);
+        }
+    }
+
     /// Finds this product's Item (a pending create replayed, or one found by name that
     /// is not another product's), or creates it.
     async fn find_or_create(
@@ -968,8 +1002,12 @@ impl Catalog {
         ];
         for name in &names {
             for _ in 0..2 {
-                let found = self.qb.find_items("Name", name).await?;
+                let found = match self.cached(&format!("item:name:{name}")) {
+                    Some(item) => vec![item],
+                    None => self.qb.find_items("Name", name).await?,
+                };
                 if let Some(item) = found.into_iter().next() {
+                    self.remember(&item, pid);
                     let ours = item.sku.as_deref() == Some(pid);
                     let free = item.sku.as_deref().is_none_or(str::is_empty)
                         && self.store.product_of_item(&item.id)?.is_none();
@@ -985,7 +1023,10 @@ impl Catalog {
                 self.store
                     .mark_create_pending(pid, &rid, &body.to_string())?;
                 match self.qb.write_item(&body, &rid).await {
-                    Ok(item) => return Ok((item, "created")),
+                    Ok(item) => {
+                        self.remember(&item, pid);
+                        return Ok((item, "created"));
+                    }
                     // Taken between our lookup and our create: look again.
                     Err(e) if e.code() == Some("6240") => continue,
                     Err(e) => return Err(e.into()),
@@ -1022,6 +1063,7 @@ impl Catalog {
                 .await
             {
                 Ok(item) => {
+                    self.remember(&item, &desired.sku);
                     m.sync_token = Some(item.sync_token);
                     m.item_name = Some(item.name.clone());
                     return Ok((id, item.name));

@@ -53,6 +53,10 @@ pub struct ComplianceMetrics {
     pub checks: AtomicU64,
     pub webhooks: AtomicU64,
     pub listed: AtomicU64,
+    /// Sends that did not end accepted (rejected, an error, no answer).
+    pub dian_failures: AtomicU64,
+    /// Duration of each send (the `compliance.send` operation).
+    pub send_latency: crate::telemetry::metrics::Latency,
 }
 
 pub struct Compliance {
@@ -470,7 +474,7 @@ impl Compliance {
                 let me = self.clone();
                 tasks.spawn(async move {
                     let id = rec.stripe_id.clone();
-                    me.process(rec).await;
+                    crate::telemetry::trace::scope(me.process(rec)).await;
                     me.in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -597,6 +601,7 @@ impl Compliance {
             }
         };
         self.metrics.sends.fetch_add(1, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
         let result = match &rec.alegra_id {
             Some(id) => match self.alegra.stamp(std::slice::from_ref(id)).await {
                 Ok(mut list) => match list.pop() {
@@ -619,6 +624,7 @@ impl Compliance {
                 self.alegra.create_and_stamp(&body).await
             }
         };
+        self.metrics.send_latency.record(started.elapsed());
         let policy = &self.settings.policy;
         match result {
             Ok(found) => {
@@ -630,9 +636,13 @@ impl Compliance {
                     }
                     None => self.unstamped(rec, attempts, None),
                 };
+                if d.to != Status::Validated {
+                    self.metrics.dian_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 self.apply(rec, &d, Some(&found));
             }
             Err(e) => {
+                self.metrics.dian_failures.fetch_add(1, Ordering::Relaxed);
                 if contingency::is_dian_unavailable(e.code()) {
                     self.dian_failed(&e);
                 }

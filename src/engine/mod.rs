@@ -113,8 +113,55 @@ pub enum Command {
     FocusInvoice {
         key: Option<String>,
     },
+    /// Acknowledges the alerts whose id starts with `matcher`.
+    AckAlerts {
+        matcher: String,
+        actor: String,
+    },
+    /// Mutes the alerts whose id starts with `matcher` for `secs` seconds.
+    SilenceAlerts {
+        matcher: String,
+        secs: u64,
+        actor: String,
+    },
+    /// Sets thresholds (all or nothing) and saves them to the config file.
+    SetThresholds {
+        changes: Vec<(String, f64)>,
+        actor: String,
+    },
+    /// Drops cached QuickBooks lookups.
+    InvalidateCache {
+        scope: CacheScope,
+        actor: String,
+    },
+    /// Runs `command` and answers its result (for the HTTP API).
+    Reply {
+        command: Box<Command>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Stop claiming work, finish what is in flight, then stop.
     Shutdown,
+}
+
+/// Which cache entries to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheScope {
+    All,
+    Key(String),
+    /// `*` globs; without one, a prefix.
+    Pattern(String),
+    Tag(String),
+}
+
+impl std::fmt::Display for CacheScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheScope::All => f.write_str("all entries"),
+            CacheScope::Key(k) => write!(f, "key {k:?}"),
+            CacheScope::Pattern(p) => write!(f, "pattern {p:?}"),
+            CacheScope::Tag(t) => write!(f, "tag {t:?}"),
+        }
+    }
 }
 
 /// Discrete things that happened, for live feeds.
@@ -125,6 +172,8 @@ pub enum EngineEvent {
         service: String,
         transition: crate::resilience::breaker::Transition,
     },
+    Alert(crate::telemetry::alerts::Notification),
+    Anomaly(crate::telemetry::Anomaly),
 }
 
 /// The result of the last operator command, for the console's flash line.
@@ -150,6 +199,18 @@ pub struct Snapshot {
     pub downstreams: Vec<DownstreamView>,
     pub notice: Notice,
     pub compliance: ComplianceView,
+    /// Series, anomalies, alerts, health, thresholds, cache.
+    pub telemetry: crate::telemetry::TelemetryView,
+    /// Operations by p95, slowest first (since start).
+    pub profile: Vec<Operation>,
+}
+
+/// One operation's latency since start (the profile summary).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Operation {
+    pub name: String,
+    #[serde(flatten)]
+    pub summary: crate::telemetry::metrics::Summary,
 }
 
 /// The DIAN queue, for the console.
@@ -329,6 +390,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         lease_ms: cfg.catalog.lease_secs as i64 * 1000,
         reconcile_interval: Duration::from_secs(cfg.catalog.reconcile_interval_secs),
         income_account: cfg.quickbooks.income_account_ref.clone(),
+        cache_max_entries: cfg.cache.max_entries,
+        cache_ttl_ms: cfg.cache.ttl_secs as i64 * 1000,
     };
     let compliance = match &cfg.alegra.base_url {
         None => None,
@@ -423,6 +486,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         downstreams.clone(),
         opts.mode,
         server_addr.to_string(),
+        opts.config.clone(),
     );
     {
         let (store, events) = (store.clone(), events_tx.clone());
@@ -457,6 +521,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     )?;
 
     let events = events_tx.clone();
+    let ctx = Ctx {
+        catalog: catalog.clone(),
+        compliance: compliance.clone(),
+        downstreams: downstreams.clone(),
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -464,50 +533,18 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             tokio::select! {
                 _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
                 cmd = cmd_rx.recv() => match cmd {
-                    Some(Command::PauseCatalog { actor }) => {
-                        let r = apply_pause(&catalog, true, &actor);
-                        publisher.notify(r);
+                    None | Some(Command::Shutdown) => break,
+                    Some(Command::Reply { command, reply }) => {
+                        if matches!(*command, Command::Shutdown) {
+                            let _ = reply.send(Ok("draining and stopping".into()));
+                            break;
+                        }
+                        let r = ctx.execute(&mut publisher, *command);
+                        let _ = reply.send(r.unwrap_or_else(|| Ok(String::new())));
                     }
-                    Some(Command::ResumeCatalog { actor }) => {
-                        let r = apply_pause(&catalog, false, &actor);
-                        publisher.notify(r);
+                    Some(cmd) => {
+                        ctx.execute(&mut publisher, cmd);
                     }
-                    Some(Command::SetBreaker { service, state, actor }) => {
-                        let r = apply_breaker(&downstreams, &catalog.store, &service, Some(state), &actor);
-                        publisher.notify(r);
-                    }
-                    Some(Command::ResetBreaker { service, actor }) => {
-                        let r = apply_breaker(&downstreams, &catalog.store, &service, None, &actor);
-                        publisher.notify(r);
-                    }
-                    Some(Command::SetWorkerBounds { pipeline, min, max, actor }) => {
-                        let r = apply_bounds(&catalog, &pipeline, min, max, &actor);
-                        publisher.notify(r);
-                    }
-                    Some(Command::PauseCompliance { actor }) => {
-                        let r = apply_compliance_pause(compliance.as_deref(), &catalog.store, true, &actor);
-                        publisher.notify(r);
-                    }
-                    Some(Command::ResumeCompliance { actor }) => {
-                        let r = apply_compliance_pause(compliance.as_deref(), &catalog.store, false, &actor);
-                        publisher.notify(r);
-                    }
-                    Some(Command::RetryInvoice { key, actor }) => {
-                        let r = match &compliance {
-                            Some(c) => c.retry(&key, &actor),
-                            None => Err("the compliance pipeline is off ([alegra] base_url not set)".into()),
-                        };
-                        publisher.notify(r);
-                    }
-                    Some(Command::RetryFailedInvoices { actor }) => {
-                        let r = match &compliance {
-                            Some(c) => c.retry_failed(&actor),
-                            None => Err("the compliance pipeline is off ([alegra] base_url not set)".into()),
-                        };
-                        publisher.notify(r);
-                    }
-                    Some(Command::FocusInvoice { key }) => publisher.focus = key,
-                    Some(Command::Shutdown) | None => break,
                 },
             }
             publisher.publish(&snap_tx, &events_tx, false);
@@ -549,6 +586,133 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         wall_clock,
         done: Some(done_rx),
     })
+}
+
+/// What commands act on.
+struct Ctx {
+    catalog: Arc<Catalog>,
+    compliance: Option<Arc<compliance::Compliance>>,
+    downstreams: Vec<Arc<Downstream>>,
+}
+
+const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
+
+impl Ctx {
+    /// Runs one command; its result is also the console's flash line.
+    fn execute(&self, publisher: &mut Publisher, cmd: Command) -> Option<Result<String, String>> {
+        let store = &self.catalog.store;
+        let r = match cmd {
+            Command::PauseCatalog { actor } => apply_pause(&self.catalog, true, &actor),
+            Command::ResumeCatalog { actor } => apply_pause(&self.catalog, false, &actor),
+            Command::SetBreaker {
+                service,
+                state,
+                actor,
+            } => apply_breaker(&self.downstreams, store, &service, Some(state), &actor),
+            Command::ResetBreaker { service, actor } => {
+                apply_breaker(&self.downstreams, store, &service, None, &actor)
+            }
+            Command::SetWorkerBounds {
+                pipeline,
+                min,
+                max,
+                actor,
+            } => apply_bounds(&self.catalog, &pipeline, min, max, &actor),
+            Command::PauseCompliance { actor } => {
+                apply_compliance_pause(self.compliance.as_deref(), store, true, &actor)
+            }
+            Command::ResumeCompliance { actor } => {
+                apply_compliance_pause(self.compliance.as_deref(), store, false, &actor)
+            }
+            Command::RetryInvoice { key, actor } => match &self.compliance {
+                Some(c) => c.retry(&key, &actor),
+                None => Err(COMPLIANCE_OFF.into()),
+            },
+            Command::RetryFailedInvoices { actor } => match &self.compliance {
+                Some(c) => c.retry_failed(&actor),
+                None => Err(COMPLIANCE_OFF.into()),
+            },
+            Command::FocusInvoice { key } => {
+                publisher.focus = key;
+                return None;
+            }
+            Command::AckAlerts { matcher, actor } => {
+                let n = publisher.telemetry.alerts.acknowledge(&matcher, &actor);
+                let r = if n == 0 {
+                    Err(format!("no unacknowledged alert matches {matcher:?}"))
+                } else {
+                    Ok(format!("acknowledged {n} alert(s) matching {matcher:?}"))
+                };
+                audit_result(store, "operator", "alerts", &actor, &r);
+                r
+            }
+            Command::SilenceAlerts {
+                matcher,
+                secs,
+                actor,
+            } => {
+                let until = store.now_ms() + secs as i64 * 1000;
+                publisher.telemetry.alerts.silence(&matcher, until, &actor);
+                let r = Ok(format!(
+                    "silenced alerts matching {:?} for {}",
+                    if matcher.is_empty() { "*" } else { &matcher },
+                    human_secs(secs)
+                ));
+                audit_result(store, "operator", "alerts", &actor, &r);
+                r
+            }
+            Command::SetThresholds { changes, actor } => {
+                let r = publisher.set_thresholds(&changes);
+                audit_result(store, "operator", "thresholds", &actor, &r);
+                r
+            }
+            Command::InvalidateCache { scope, actor } => {
+                let mut c = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let n = match &scope {
+                    CacheScope::All => c.clear(),
+                    CacheScope::Key(k) => c.invalidate_key(k),
+                    CacheScope::Pattern(p) => c.invalidate_pattern(p),
+                    CacheScope::Tag(t) => c.invalidate_tag(t),
+                };
+                drop(c);
+                let r = Ok(format!("cache: dropped {n} entries ({scope})"));
+                audit_result(store, "operator", "cache", &actor, &r);
+                r
+            }
+            Command::Reply { command, reply } => {
+                let r = self.execute(publisher, *command);
+                let _ = reply.send(r.clone().unwrap_or_else(|| Ok(String::new())));
+                return r;
+            }
+            Command::Shutdown => return None,
+        };
+        publisher.notify(r.clone());
+        Some(r)
+    }
+}
+
+/// `90` → "1m30s", `3600` → "1h".
+pub fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+fn audit_result(store: &Store, kind: &str, entity: &str, actor: &str, r: &Result<String, String>) {
+    let line = match r {
+        Ok(m) => m.clone(),
+        Err(e) => format!("refused: {e}"),
+    };
+    let _ = store.audit(kind, entity, actor, &line);
 }
 
 /// Backups every few seconds; retention and the daily report at start, then every
@@ -698,6 +862,9 @@ struct Publisher {
     second_started: tokio::time::Instant,
     audit: std::collections::VecDeque<AuditEntry>,
     last_audit_id: i64,
+    telemetry: crate::telemetry::Telemetry,
+    /// The thresholds in force, and the file they are saved to.
+    config: Config,
 }
 
 const SERIES_SECONDS: usize = 120;
@@ -779,8 +946,14 @@ impl Publisher {
         downstreams: Vec<Arc<Downstream>>,
         mode: Mode,
         server_addr: String,
+        config: Config,
     ) -> Self {
         Self {
+            telemetry: crate::telemetry::Telemetry::new(
+                config.alerts.clone(),
+                config.anomaly.clone(),
+            ),
+            config,
             catalog,
             compliance,
             focus: None,
@@ -798,6 +971,191 @@ impl Publisher {
         }
     }
 
+    /// One second of telemetry: a sample of every counter, then series, anomalies,
+    /// alerts and health. What fired goes to the feeds and the audit trail.
+    fn telemetry_tick(&mut self, compliance: &ComplianceView, events: &broadcast::Sender<EngineEvent>) {
+        use crate::telemetry::health::check;
+        let store = &self.catalog.store;
+        let m = &self.catalog.metrics;
+        let counts = store.catalog_counts().unwrap_or_default();
+        let mut checks = Vec::new();
+        let (mut warnings, errors, mut recommendations) = (Vec::new(), Vec::new(), Vec::new());
+        let mut notes = Vec::new();
+        let mut score: f64 = 100.0;
+        if counts.failed > 0 {
+            notes.push(format!("{} jobs failed", counts.failed));
+            warnings.push(format!("{} catalog jobs failed", counts.failed));
+            score = score.min(75.0);
+        }
+        if counts.rejected > 0 {
+            warnings.push(format!("{} products rejected as invalid", counts.rejected));
+        }
+        if self.catalog.is_paused() {
+            notes.push("paused".into());
+            warnings.push("catalog pipeline paused".into());
+            score = score.min(90.0);
+        }
+        checks.push(check("catalog", score, notes));
+        if compliance.enabled {
+            let mut notes = Vec::new();
+            let mut score: f64 = 100.0;
+            let stuck = compliance.counts.get(Status::Failed) + compliance.counts.get(Status::Rejected);
+            if stuck > 0 {
+                notes.push(format!("{stuck} invoices FAILED or REJECTED"));
+                warnings.push(format!("{stuck} invoices need an operator (FAILED or REJECTED)"));
+                recommendations.push("compliance: fix the cause shown in the DIAN tab, then retry the failed invoices (R, or POST /api/v1/compliance/retry-failed)".into());
+                score = score.min(60.0);
+            }
+            match compliance.contingency.phase {
+                "OUTAGE" => {
+                    notes.push("DIAN outage: contingency".into());
+                    warnings.push("DIAN is down: invoices wait in contingency".into());
+                    score = score.min(40.0);
+                }
+                "PROBING" => {
+                    notes.push("DIAN not answering: probing".into());
+                    score = score.min(60.0);
+                }
+                _ => {}
+            }
+            if compliance.paused {
+                notes.push("paused".into());
+                warnings.push("compliance pipeline paused".into());
+                score = score.min(90.0);
+            }
+            checks.push(check("compliance", score, notes));
+        }
+        let dian_queue = compliance.enabled.then(|| {
+            [Status::Pending, Status::Retry, Status::Unknown, Status::Fallback, Status::Sent]
+                .into_iter()
+                .map(|s| compliance.counts.get(s))
+                .sum()
+        });
+        let downstreams = self
+            .downstreams
+            .iter()
+            .map(|d| {
+                let v = d.view();
+                crate::telemetry::DownstreamSample {
+                    name: v.name.clone(),
+                    calls: v.calls,
+                    failures: v.failures + v.timeouts,
+                    consecutive_failures: v.consecutive_failures,
+                    interval: d.latency.take_interval(),
+                    recent_p95_ms: v.p95_ms,
+                    breaker: v.breaker.state.to_string(),
+                    in_flight: v.limiter.in_flight as u64,
+                    limit: v.limiter.max_concurrent as u64,
+                }
+            })
+            .collect();
+        let cache = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        let sample = crate::telemetry::Sample {
+            now_ms: store.now_ms(),
+            items_done: m.completed.load(Ordering::Relaxed),
+            invoices_validated: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.validated.load(Ordering::Relaxed)),
+            dian_sends: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.sends.load(Ordering::Relaxed)),
+            dian_failures: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.dian_failures.load(Ordering::Relaxed)),
+            downstreams,
+            catalog_queue: counts.queued,
+            catalog_in_flight: m.in_flight.load(Ordering::Relaxed) as u64,
+            catalog_paused: self.catalog.is_paused(),
+            dian_queue,
+            cache,
+            checks,
+            warnings,
+            errors,
+            recommendations,
+        };
+        for signal in self.telemetry.tick(sample) {
+            match signal {
+                crate::telemetry::Signal::Alert(n) => {
+                    if n.phase == crate::telemetry::alerts::Phase::Firing {
+                        tracing::warn!("alert: {}", n.message);
+                    } else {
+                        tracing::info!("alert: {}", n.message);
+                    }
+                    let _ = store.audit("alert", &n.id, "engine", &n.message);
+                    let _ = events.send(EngineEvent::Alert(n));
+                }
+                crate::telemetry::Signal::Anomaly(a) => {
+                    let line = format!(
+                        "anomaly on {}: {:.2} against a baseline of {:.2} (score {:.1})",
+                        a.metric, a.value, a.baseline, a.score
+                    );
+                    tracing::info!("{line}");
+                    let _ = store.audit("anomaly", &a.metric, "engine", &line);
+                    let _ = events.send(EngineEvent::Anomaly(a));
+                }
+            }
+        }
+    }
+
+    /// Operations by p95 since start, slowest first.
+    fn profile(&self) -> Vec<Operation> {
+        let mut ops: Vec<Operation> = self
+            .downstreams
+            .iter()
+            .map(|d| Operation {
+                name: format!("http.{}", d.name()),
+                summary: d.latency.summary(),
+            })
+            .collect();
+        ops.push(Operation {
+            name: "catalog.item_sync".into(),
+            summary: self.catalog.metrics.latency.summary(),
+        });
+        if let Some(c) = &self.compliance {
+            ops.push(Operation {
+                name: "compliance.send".into(),
+                summary: c.metrics.send_latency.summary(),
+            });
+        }
+        ops.retain(|o| o.summary.count > 0);
+        ops.sort_by(|a, b| b.summary.p95_ms.total_cmp(&a.summary.p95_ms));
+        ops
+    }
+
+    /// Applies thresholds (all or nothing), saves them to the config file, and
+    /// reconfigures the rules. A file that cannot be written leaves everything as it was.
+    fn set_thresholds(&mut self, changes: &[(String, f64)]) -> Result<String, String> {
+        if changes.is_empty() {
+            return Err("no threshold given".into());
+        }
+        let mut next = self.config.clone();
+        next.set_thresholds(changes)?;
+        let diff: Vec<String> = changes
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} → {v}",
+                    self.config.threshold(k).map_or("?".into(), |o| o.to_string())
+                )
+            })
+            .collect();
+        let saved = match &self.config.source {
+            Some(path) => {
+                crate::config::persist_thresholds(path, changes)
+                    .map_err(|e| format!("not applied: {e:#}"))?;
+                format!("saved to {}", path.display())
+            }
+            None => "not saved: no config file (start with --config FILE to keep them)".into(),
+        };
+        self.telemetry
+            .configure(next.alerts.clone(), next.anomaly.clone());
+        self.config = next;
+        Ok(format!("thresholds: {} ({saved})", diff.join(", ")))
+    }
+
     fn notify(&mut self, result: Result<String, String>) {
         self.notice = Notice {
             seq: self.notice.seq + 1,
@@ -813,14 +1171,15 @@ impl Publisher {
         draining: bool,
     ) {
         let compliance = self.compliance_view();
-        let m = &self.catalog.metrics;
-        let completed = m.completed.load(Ordering::Relaxed);
+        let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
         while self.second_started.elapsed() >= Duration::from_secs(1) {
             self.second_started += Duration::from_secs(1);
             self.per_second.pop_front();
             self.per_second.push_back(completed - self.last_completed);
             self.last_completed = completed;
+            self.telemetry_tick(&compliance, events);
         }
+        let m = &self.catalog.metrics;
         let store = &self.catalog.store;
         if let Ok(mut fresh) = store.recent_audit(AUDIT_KEPT, self.last_audit_id) {
             fresh.reverse();
@@ -903,6 +1262,16 @@ impl Publisher {
             draining,
             downstreams: self.downstreams.iter().map(|d| d.view()).collect(),
             notice: self.notice.clone(),
+            telemetry: crate::telemetry::TelemetryView {
+                thresholds: self
+                    .config
+                    .thresholds()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                ..self.telemetry.view(store.now_ms())
+            },
+            profile: self.profile(),
             compliance,
         };
         tx.send_if_modified(|current| {

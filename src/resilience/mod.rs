@@ -64,6 +64,8 @@ struct Counters {
     rejected: AtomicU64,
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
+    /// Failures and timeouts since the last success.
+    consecutive_failures: AtomicU64,
 }
 
 /// Recent durations, for percentiles.
@@ -107,6 +109,8 @@ pub struct Downstream {
     latencies: Mutex<Ring>,
     rejections: Mutex<Ring>,
     rng: Mutex<Rng>,
+    /// Every answered call's duration (HDR), for `/metrics`, the profile and the series.
+    pub latency: crate::telemetry::metrics::Latency,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -125,7 +129,9 @@ pub struct DownstreamView {
     pub budget_exhausted: u64,
     pub budget_available: u64,
     pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub consecutive_failures: u64,
     pub rejection_p99_us: Option<f64>,
 }
 
@@ -142,6 +148,7 @@ impl Downstream {
             latencies: Mutex::new(Ring::new(2048)),
             rejections: Mutex::new(Ring::new(2048)),
             rng: Mutex::new(Rng::from_time()),
+            latency: Default::default(),
         })
     }
 
@@ -188,6 +195,8 @@ impl Downstream {
             match class {
                 Class::Success => {
                     self.counters.successes.fetch_add(1, Ordering::Relaxed);
+                    self.counters.consecutive_failures.store(0, Ordering::Relaxed);
+                    self.latency.record(took);
                     self.lock_ring(&self.latencies).push(took);
                     permit.success(took);
                     self.limiter.on_success();
@@ -199,11 +208,16 @@ impl Downstream {
                         &self.counters.failures
                     };
                     c.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .consecutive_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.latency.record(took);
                     self.lock_ring(&self.latencies).push(took);
                     permit.failure(took);
                 }
                 Class::Ignored => {
                     self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                    self.latency.record(took);
                     self.lock_ring(&self.latencies).push(took);
                     permit.ignore();
                 }
@@ -275,7 +289,9 @@ impl Downstream {
             budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
             budget_available: self.budget.available(),
             p50_ms: ms(lat.quantile(0.5)),
+            p95_ms: ms(lat.quantile(0.95)),
             p99_ms: ms(lat.quantile(0.99)),
+            consecutive_failures: c.consecutive_failures.load(Ordering::Relaxed),
             rejection_p99_us: rej.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
         }
     }

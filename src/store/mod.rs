@@ -98,6 +98,23 @@ pub struct AuditEntry {
     pub entity: String,
     pub actor: String,
     pub message: String,
+    /// The W3C trace of the work that wrote it (its outbound requests carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// `kind` equals one of these (any when empty).
+    pub kinds: Vec<String>,
+    /// `entity` equals this.
+    pub entity: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Entries with a smaller id (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: usize,
 }
 
 /// A job to enqueue.
@@ -438,8 +455,15 @@ impl Store {
     pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
         let conn = self.w();
         conn.execute(
-            "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms(), kind, entity, actor, message],
+            "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                now_ms(),
+                kind,
+                entity,
+                actor,
+                message,
+                crate::telemetry::trace::current_id()
+            ],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -448,19 +472,53 @@ impl Store {
     pub fn recent_audit(&self, limit: usize, after_id: i64) -> Result<Vec<AuditEntry>> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, at, kind, entity, actor, message FROM audit WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT id, at, kind, entity, actor, message, trace_id FROM audit WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
         )?;
-        stmt.query_map(params![after_id, limit as i64], |r| {
-            Ok(AuditEntry {
-                id: r.get(0)?,
-                at_ms: r.get(1)?,
-                kind: r.get(2)?,
-                entity: r.get(3)?,
-                actor: r.get(4)?,
-                message: r.get(5)?,
-            })
-        })?
-        .collect()
+        stmt.query_map(params![after_id, limit as i64], audit_row)?
+            .collect()
+    }
+
+    /// Audit entries matching `f`, newest first.
+    pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut sql = String::from(
+            "SELECT id, at, kind, entity, actor, message, trace_id FROM audit WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if !f.kinds.is_empty() {
+            sql.push_str(&format!(
+                " AND kind IN ({})",
+                vec!["?"; f.kinds.len()].join(",")
+            ));
+            args.extend(f.kinds.iter().map(|k| k.clone().into()));
+        }
+        if let Some(e) = &f.entity {
+            sql.push_str(" AND entity = ?");
+            args.push(e.clone().into());
+        }
+        if let Some(t) = f.since_ms {
+            sql.push_str(" AND at >= ?");
+            args.push(t.into());
+        }
+        if let Some(t) = f.until_ms {
+            sql.push_str(" AND at < ?");
+            args.push(t.into());
+        }
+        if let Some(id) = f.before_id {
+            sql.push_str(" AND id < ?");
+            args.push(id.into());
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push((f.limit.clamp(1, 10_000) as i64).into());
+        let conn = self.r();
+        let mut stmt = conn.prepare(&sql)?;
+        stmt.query_map(rusqlite::params_from_iter(args), audit_row)?
+            .collect()
+    }
+
+    /// Removes audit entries older than `before_ms`; how many.
+    pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
+        self.w()
+            .execute("DELETE FROM audit WHERE at < ?1", params![before_ms])
     }
 
     /// Jobs of `kind` waiting to be claimed.
@@ -639,6 +697,18 @@ fn configure(conn: &Connection) -> Result<()> {
 }
 
 /// An exclusive lock on a data dir, held for the life of the process.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        kind: r.get(2)?,
+        entity: r.get(3)?,
+        actor: r.get(4)?,
+        message: r.get(5)?,
+        trace_id: r.get(6)?,
+    })
+}
+
 pub struct DataDirLock {
     _file: std::fs::File,
     pub path: PathBuf,

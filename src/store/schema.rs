@@ -116,6 +116,11 @@ const MIGRATIONS: &[&str] = &[
     // 4: housekeeping reads by change time (backups) and creation time (daily report).
     "CREATE INDEX invoices_updated ON invoices(updated_at);
      CREATE INDEX invoices_created ON invoices(created_at);",
+    // 5: the audit trail records the trace of the work that wrote it, and is read by
+    // time and by entity.
+    "ALTER TABLE audit ADD COLUMN trace_id TEXT;
+     CREATE INDEX audit_at ON audit(at);
+     CREATE INDEX audit_entity ON audit(entity, at);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -129,6 +129,12 @@ pub struct Latency {
 
 const MAX_US: u64 = 3_600_000_000;
 
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Latency").field(&self.summary()).finish()
+    }
+}
+
 impl Default for Latency {
     fn default() -> Self {
         let h = || Histogram::new_with_bounds(1, MAX_US, 3).expect("valid HDR bounds");

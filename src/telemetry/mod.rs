@@ -9,6 +9,7 @@ pub mod cache;
 pub mod health;
 pub mod metrics;
 pub mod prom;
+pub mod trace;
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenConfig>,
     /// UDP address (host:port) StatsD lines are sent to every second; none when unset.
     pub statsd: Option<String>,
+    /// Seconds between heartbeats on the WebSocket feeds.
+    pub ws_heartbeat_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +89,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:9870".parse().expect("static address"),
             tokens: Vec::new(),
             statsd: None,
+            ws_heartbeat_secs: 30,
         }
     }
 }

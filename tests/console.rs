@@ -85,6 +85,8 @@ fn snapshot() -> Snapshot {
         downstreams: downstreams(),
         notice: Default::default(),
         compliance: Default::default(),
+        telemetry: Default::default(),
+        profile: Vec::new(),
     }
 }
 
@@ -378,7 +380,9 @@ fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
         budget_exhausted: 0,
         budget_available: 100,
         p50_ms: Some(52.0),
+        p95_ms: Some(120.0),
         p99_ms: Some(180.0),
+        consecutive_failures: 0,
         rejection_p99_us: Some(4.0),
     };
     fn l_throttles(name: &str) -> u64 {

@@ -329,10 +329,7 @@ impl QuickBooksClient {
             if let Some(tp) = crate::telemetry::trace::traceparent() {
                 req = req.header("traceparent", tp);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(transport)?;
+            let resp = req.send().await.map_err(transport)?;
             let status = resp.status().as_u16();
             if status == 401 && attempt == 0 {
                 token = self.tokens.after_rejection(&token).await?;

@@ -209,10 +209,7 @@ impl StripeClient {
         if let Some(tp) = crate::telemetry::trace::traceparent() {
             req = req.header("traceparent", tp);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(transport)?;
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let should_retry = resp
             .headers()

@@ -268,10 +268,7 @@ impl Catalog {
             scaler: Mutex::new(scaler),
             claim_batch: Mutex::new(claim_batch),
             page: Mutex::new(page),
-            cache: Mutex::new(Cache::new(
-                settings_cache.0,
-                settings_cache.1,
-            )),
+            cache: Mutex::new(Cache::new(settings_cache.0, settings_cache.1)),
         })
     }
 
@@ -773,17 +770,21 @@ impl Catalog {
                     continue;
                 }
                 self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                let started = tokio::time::Instant::now();
-                let result = crate::telemetry::trace::scope(self.process(&job)).await;
-                if !matches!(result, Err(JobError::Deferred(..))) {
-                    self.metrics.latency.record(started.elapsed());
-                    self.metrics
-                        .busy_nanos
-                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
-                }
-                self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                self.finish(&job, result);
+                // One trace per job: its requests carry it, its audit lines record it.
+                crate::telemetry::trace::scope(async {
+                    let started = tokio::time::Instant::now();
+                    let result = self.process(&job).await;
+                    if !matches!(result, Err(JobError::Deferred(..))) {
+                        self.metrics.latency.record(started.elapsed());
+                        self.metrics
+                            .busy_nanos
+                            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    self.finish(&job, result);
+                })
+                .await;
                 self.progress.notify_waiters();
             }
         }
@@ -973,7 +974,10 @@ impl Catalog {
         let tag = format!("product:{product}");
         c.invalidate_tag(&tag);
         let now = now_ms();
-        for key in [format!("item:name:{}", item.name), format!("item:id:{}", item.id)] {
+        for key in [
+            format!("item:name:{}", item.name),
+            format!("item:id:{}", item.id),
+        ] {
             c.put(&key, item.clone(), &["item", &tag], now);
         }
     }

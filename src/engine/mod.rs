@@ -435,6 +435,9 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let webhook_secret: Secret =
         required(&cfg.stripe.webhook_secret, "stripe.webhook_secret")?.clone();
 
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (events_tx, _) = broadcast::channel(1024);
     let cancel = CancellationToken::new();
     let server_addr = opts.listener.local_addr()?;
     let server_cancel = CancellationToken::new();
@@ -446,6 +449,15 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             webhook_secret,
             tolerance_secs: cfg.stripe.webhook_tolerance_secs,
             mode: opts.mode,
+            control: Arc::new(crate::server::Control {
+                commands: cmd_tx.clone(),
+                snapshot: snap_rx.clone(),
+                events: events_tx.clone(),
+                store: store.clone(),
+                auth: crate::server::auth::Auth::new(cfg.server.tokens.clone()),
+                ws: Default::default(),
+                heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
+            }),
         },
         server_cancel.clone(),
     ));
@@ -476,9 +488,6 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     }
     workers.close();
 
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let (events_tx, _) = broadcast::channel(1024);
     let (done_tx, done_rx) = oneshot::channel();
     let mut publisher = Publisher::new(
         catalog.clone(),
@@ -595,7 +604,7 @@ struct Ctx {
     downstreams: Vec<Arc<Downstream>>,
 }
 
-const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
+pub const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
 
 impl Ctx {
     /// Runs one command; its result is also the console's flash line.
@@ -863,6 +872,7 @@ struct Publisher {
     audit: std::collections::VecDeque<AuditEntry>,
     last_audit_id: i64,
     telemetry: crate::telemetry::Telemetry,
+    ticked: bool,
     /// The thresholds in force, and the file they are saved to.
     config: Config,
 }
@@ -954,6 +964,7 @@ impl Publisher {
                 config.anomaly.clone(),
             ),
             config,
+            ticked: false,
             catalog,
             compliance,
             focus: None,
@@ -973,7 +984,11 @@ impl Publisher {
 
     /// One second of telemetry: a sample of every counter, then series, anomalies,
     /// alerts and health. What fired goes to the feeds and the audit trail.
-    fn telemetry_tick(&mut self, compliance: &ComplianceView, events: &broadcast::Sender<EngineEvent>) {
+    fn telemetry_tick(
+        &mut self,
+        compliance: &ComplianceView,
+        events: &broadcast::Sender<EngineEvent>,
+    ) {
         use crate::telemetry::health::check;
         let store = &self.catalog.store;
         let m = &self.catalog.metrics;
@@ -999,10 +1014,13 @@ impl Publisher {
         if compliance.enabled {
             let mut notes = Vec::new();
             let mut score: f64 = 100.0;
-            let stuck = compliance.counts.get(Status::Failed) + compliance.counts.get(Status::Rejected);
+            let stuck =
+                compliance.counts.get(Status::Failed) + compliance.counts.get(Status::Rejected);
             if stuck > 0 {
                 notes.push(format!("{stuck} invoices FAILED or REJECTED"));
-                warnings.push(format!("{stuck} invoices need an operator (FAILED or REJECTED)"));
+                warnings.push(format!(
+                    "{stuck} invoices need an operator (FAILED or REJECTED)"
+                ));
                 recommendations.push("compliance: fix the cause shown in the DIAN tab, then retry the failed invoices (R, or POST /api/v1/compliance/retry-failed)".into());
                 score = score.min(60.0);
             }
@@ -1026,10 +1044,16 @@ impl Publisher {
             checks.push(check("compliance", score, notes));
         }
         let dian_queue = compliance.enabled.then(|| {
-            [Status::Pending, Status::Retry, Status::Unknown, Status::Fallback, Status::Sent]
-                .into_iter()
-                .map(|s| compliance.counts.get(s))
-                .sum()
+            [
+                Status::Pending,
+                Status::Retry,
+                Status::Unknown,
+                Status::Fallback,
+                Status::Sent,
+            ]
+            .into_iter()
+            .map(|s| compliance.counts.get(s))
+            .sum()
         });
         let downstreams = self
             .downstreams
@@ -1049,7 +1073,12 @@ impl Publisher {
                 }
             })
             .collect();
-        let cache = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        let cache = self
+            .catalog
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats();
         let sample = crate::telemetry::Sample {
             now_ms: store.now_ms(),
             items_done: m.completed.load(Ordering::Relaxed),
@@ -1138,7 +1167,9 @@ impl Publisher {
             .map(|(k, v)| {
                 format!(
                     "{k} {} → {v}",
-                    self.config.threshold(k).map_or("?".into(), |o| o.to_string())
+                    self.config
+                        .threshold(k)
+                        .map_or("?".into(), |o| o.to_string())
                 )
             })
             .collect();
@@ -1172,6 +1203,11 @@ impl Publisher {
     ) {
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
+        if !self.ticked {
+            // Health and thresholds from the first snapshot on.
+            self.ticked = true;
+            self.telemetry_tick(&compliance, events);
+        }
         while self.second_started.elapsed() >= Duration::from_secs(1) {
             self.second_started += Duration::from_secs(1);
             self.per_second.pop_front();
@@ -1269,6 +1305,12 @@ impl Publisher {
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), v))
                     .collect(),
+                cache: self
+                    .catalog
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stats(),
                 ..self.telemetry.view(store.now_ms())
             },
             profile: self.profile(),

@@ -195,7 +195,9 @@ impl Downstream {
             match class {
                 Class::Success => {
                     self.counters.successes.fetch_add(1, Ordering::Relaxed);
-                    self.counters.consecutive_failures.store(0, Ordering::Relaxed);
+                    self.counters
+                        .consecutive_failures
+                        .store(0, Ordering::Relaxed);
                     self.latency.record(took);
                     self.lock_ring(&self.latencies).push(took);
                     permit.success(took);

@@ -1,7 +1,12 @@
-//! The engine's HTTP server: Stripe webhooks and health. (The control API, metrics and
-//! WebSocket feeds join it later.) It hands work to the engine and never touches SQL.
+//! The engine's HTTP server: Stripe webhooks, `/health`, `/metrics`, the control API
+//! and its WebSocket feeds (DESIGN.md §4). It hands work to the engine as commands and
+//! reads the engine's snapshots; it never touches SQL.
 
+pub mod api;
+pub mod auth;
+pub mod metrics;
 pub mod webhook;
+pub mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
@@ -26,6 +32,19 @@ pub struct ServerState {
     pub webhook_secret: Secret,
     pub tolerance_secs: u64,
     pub mode: Mode,
+    pub control: Arc<Control>,
+}
+
+/// What the API and the feeds need of the engine.
+pub struct Control {
+    pub commands: mpsc::Sender<crate::engine::Command>,
+    pub snapshot: watch::Receiver<Arc<crate::engine::Snapshot>>,
+    pub events: broadcast::Sender<crate::engine::EngineEvent>,
+    /// Read-only uses: the audit trail and the DIAN queue.
+    pub store: crate::store::Store,
+    pub auth: auth::Auth,
+    pub ws: ws::Registry,
+    pub heartbeat: std::time::Duration,
 }
 
 pub async fn serve(
@@ -33,16 +52,95 @@ pub async fn serve(
     state: ServerState,
     cancel: CancellationToken,
 ) {
-    let app = Router::new()
-        .route("/webhooks/stripe", post(stripe_webhook))
-        .route("/health", get(health))
-        .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let app = router(state);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await
     {
         tracing::error!("engine server stopped: {e}");
     }
+}
+
+pub fn router(state: ServerState) -> Router {
+    let api = Router::new()
+        .route("/resilience/circuit-breakers", get(api::breakers))
+        .route(
+            "/resilience/circuit-breakers/{service}",
+            get(api::breaker).post(api::set_breaker),
+        )
+        .route("/compliance", get(api::compliance))
+        .route("/compliance/retry-failed", post(api::retry_failed))
+        .route("/compliance/{id}/retry", post(api::retry_invoice))
+        .route("/cache/invalidate", post(api::invalidate))
+        .route("/thresholds", get(api::thresholds).put(api::set_thresholds))
+        .route("/pipelines/{name}/{action}", post(api::pipeline))
+        .route("/events", get(api::events))
+        .route("/alerts", get(api::alerts))
+        .route("/alerts/ack", post(api::ack_alerts))
+        .route("/alerts/silence", post(api::silence_alerts))
+        .route("/anomalies", get(api::anomalies))
+        .route("/profile", get(api::profile))
+        .route("/snapshot", get(api::snapshot_json))
+        .route("/ws/connections", get(ws::connections))
+        .route("/ws/notifications", get(ws::notifications))
+        .route("/ws/alerts", get(ws::alerts))
+        .fallback(api::not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::guard,
+        ));
+    Router::new()
+        .route("/webhooks/stripe", post(stripe_webhook))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .nest("/api/v1", api)
+        .with_state(state)
+}
+
+async fn prometheus(State(state): State<ServerState>) -> Response {
+    let snap = state.control.snapshot.borrow().clone();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&snap),
+    )
+        .into_response()
+}
+
+/// The snapshot as JSON, for `GET /api/v1/snapshot` and `syncctl status --json`.
+pub fn snapshot_value(s: &crate::engine::Snapshot) -> Value {
+    let c = &s.catalog;
+    let t = &s.telemetry;
+    json!({
+        "mode": match s.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
+        "health": t.health,
+        "catalog": {
+            "paused": c.paused,
+            "synced": c.counts.synced, "queued": c.counts.queued, "in_flight": c.counts.in_flight,
+            "failed": c.counts.failed, "rejected": c.counts.rejected,
+            "workers": c.workers_target, "workers_min": c.workers_min, "workers_max": c.workers_max,
+            "completed": c.completed, "errors": c.errors,
+            "items_per_sec": t.items_per_sec,
+        },
+        "compliance": {
+            "enabled": s.compliance.enabled,
+            "paused": s.compliance.paused,
+            "counts": s.compliance.counts.by_status.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "contingency": s.compliance.contingency.phase,
+            "invoices_per_sec": t.invoices_per_sec,
+        },
+        "circuit_breakers": s.downstreams,
+        "alerts": t.alerts,
+        "anomalies": t.anomalies.iter().filter(|a| a.ended_ms.is_none()).collect::<Vec<_>>(),
+        "cache": t.cache,
+        "thresholds": t.thresholds.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "profile": s.profile,
+    })
 }
 
 fn reject(state: &ServerState, status: StatusCode, message: &str) -> Response {
@@ -194,9 +292,36 @@ async fn health(State(state): State<ServerState>) -> Response {
     if state.catalog.is_paused() {
         warnings.push("catalog pipeline paused".to_owned());
     }
-    let status = if counts.failed > 0 { "degraded" } else { "ok" };
+    let snap = state.control.snapshot.borrow().clone();
+    let h = &snap.telemetry.health;
+    for w in &h.warnings {
+        if !warnings.contains(w) {
+            warnings.push(w.clone());
+        }
+    }
+    let status = match (h.status, counts.failed > 0) {
+        ("ok", true) => "degraded",
+        (s, _) => s,
+    };
     axum::Json(json!({
         "status": status,
+        "score": h.score,
+        "level": h.level,
+        "checks": h.checks,
+        "errors": h.errors,
+        "recommendations": h.recommendations,
+        "queues": {
+            "catalog": counts.queued,
+            "dian": snap.compliance.enabled.then(|| {
+                use crate::compliance::machine::Status;
+                [Status::Pending, Status::Retry, Status::Unknown, Status::Fallback, Status::Sent]
+                    .into_iter()
+                    .map(|st| snap.compliance.counts.get(st))
+                    .sum::<u64>()
+            }),
+        },
+        "alerts_firing": snap.telemetry.alerts.iter().filter(|a| a.phase == crate::telemetry::alerts::Phase::Firing).count(),
+        "anomalies_open": snap.telemetry.open_anomalies,
         "mode": match state.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
         "version": env!("CARGO_PKG_VERSION"),
         "warnings": warnings,

@@ -324,8 +324,15 @@ impl Store {
         )?;
         if let Some((kind, entity, actor, message)) = audit {
             tx.execute(
-                "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![now, kind, entity, actor, message],
+                "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now,
+                    kind,
+                    entity,
+                    actor,
+                    message,
+                    crate::telemetry::trace::current_id()
+                ],
             )?;
         }
         tx.commit()

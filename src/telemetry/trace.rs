@@ -17,7 +17,8 @@ fn random_u64() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = t ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+    let mut x = t
+        ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
         ^ ((std::process::id() as u64) << 32);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -65,7 +66,11 @@ pub fn parse(header: &str) -> Option<(String, String)> {
     let [version, trace, span, flags] = parts[..] else {
         return None;
     };
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     (version == "00"
         && hex(trace, 32)
         && hex(span, 16)
@@ -82,7 +87,14 @@ mod tests {
     #[tokio::test]
     async fn a_scope_gives_every_request_the_same_trace_and_a_new_span() {
         assert_eq!(traceparent(), None, "outside a scope");
-        let (a, b, id) = scope(async { (traceparent().unwrap(), traceparent().unwrap(), current_id().unwrap()) }).await;
+        let (a, b, id) = scope(async {
+            (
+                traceparent().unwrap(),
+                traceparent().unwrap(),
+                current_id().unwrap(),
+            )
+        })
+        .await;
         let (ta, sa) = parse(&a).expect("valid header");
         let (tb, sb) = parse(&b).expect("valid header");
         assert_eq!(ta, id);

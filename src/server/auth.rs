@@ -1,0 +1,220 @@
+//! Bearer tokens, roles and per-token rate limits for `/api` and the WebSocket feeds.
+//!
+//! - No token → 401; an unknown token → 401 (the same answer: no oracle).
+//! - A `viewer` may read (GET); anything else needs an `operator` → 403.
+//! - Each token has its own window of `rate_limit_per_min` requests per minute. Every
+//!   answer to an authenticated request carries `X-RateLimit-Limit`,
+//!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the window
+//!   resets); past the limit, 429 with `Retry-After`.
+//! - Tokens are compared in constant time and never logged or echoed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::{Role, TokenConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+    pub limit: u32,
+}
+
+/// Where a caller stands against its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// 401
+    Unauthenticated(&'static str),
+    /// 429
+    RateLimited(Quota),
+}
+
+pub struct Auth {
+    tokens: Vec<TokenConfig>,
+    /// Per token name: (window start, requests in it).
+    windows: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+const WINDOW_MS: i64 = 60_000;
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Auth {
+    pub fn new(tokens: Vec<TokenConfig>) -> Self {
+        Self {
+            tokens,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn configured(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Who holds `token` (checked against every entry, in constant time each).
+    pub fn identify(&self, token: Option<&str>) -> Result<Caller, Denied> {
+        if self.tokens.is_empty() {
+            return Err(Denied::Unauthenticated(
+                "the control API is off: no [[server.tokens]] in the config",
+            ));
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(Denied::Unauthenticated(
+                "missing bearer token (Authorization: Bearer …, or ?token= on WebSockets)",
+            ));
+        };
+        let mut found = None;
+        for t in &self.tokens {
+            if same(t.token.expose().as_bytes(), token.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        let t = found.ok_or(Denied::Unauthenticated("unknown token"))?;
+        Ok(Caller {
+            name: t.name.clone(),
+            role: t.role,
+            limit: t.rate_limit_per_min,
+        })
+    }
+
+    /// Counts one request of `caller` at `now_ms`; its quota after it, or 429.
+    pub fn admit(&self, caller: &Caller, now_ms: i64) -> Result<Option<Quota>, Denied> {
+        if caller.limit == 0 {
+            return Ok(None);
+        }
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = w.entry(caller.name.clone()).or_insert((now_ms, 0));
+        if now_ms - entry.0 >= WINDOW_MS {
+            *entry = (now_ms, 0);
+        }
+        let reset_secs = ((entry.0 + WINDOW_MS - now_ms).max(0) as u64).div_ceil(1000);
+        if entry.1 >= caller.limit {
+            return Err(Denied::RateLimited(Quota {
+                limit: caller.limit,
+                remaining: 0,
+                reset_secs,
+            }));
+        }
+        entry.1 += 1;
+        Ok(Some(Quota {
+            limit: caller.limit,
+            remaining: caller.limit - entry.1,
+            reset_secs,
+        }))
+    }
+}
+
+/// The token of a request: `Authorization: Bearer …`, else (when allowed) `?token=`.
+pub fn bearer(
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+    allow_query: bool,
+) -> Option<String> {
+    if let Some(h) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(rest.trim().to_owned());
+        }
+    }
+    if !allow_query {
+        return None;
+    }
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "token").then(|| {
+            urlencoding::decode(v)
+                .map(|s| s.into_owned())
+                .unwrap_or_default()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn auth() -> Auth {
+        Auth::new(vec![
+            TokenConfig {
+                name: "ops".into(),
+                token: Secret::new("operator-token-0123456789"),
+                role: Role::Operator,
+                rate_limit_per_min: 3,
+            },
+            TokenConfig {
+                name: "dash".into(),
+                token: Secret::new("viewer-token-0123456789"),
+                role: Role::Viewer,
+                rate_limit_per_min: 0,
+            },
+        ])
+    }
+
+    #[test]
+    fn tokens_identify_their_holder() {
+        let a = auth();
+        assert_eq!(
+            a.identify(Some("operator-token-0123456789")).unwrap().role,
+            Role::Operator
+        );
+        assert_eq!(
+            a.identify(Some("viewer-token-0123456789")).unwrap().name,
+            "dash"
+        );
+        assert!(matches!(a.identify(None), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(
+            a.identify(Some("operator-token-012345678")),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn each_token_has_its_own_window() {
+        let a = auth();
+        let ops = a.identify(Some("operator-token-0123456789")).unwrap();
+        let q: Vec<u32> = (0..3)
+            .map(|_| a.admit(&ops, 1_000).unwrap().unwrap().remaining)
+            .collect();
+        assert_eq!(q, [2, 1, 0]);
+        match a.admit(&ops, 31_000) {
+            Err(Denied::RateLimited(q)) => assert_eq!((q.remaining, q.reset_secs), (0, 30)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.admit(&ops, 61_000).unwrap().unwrap().remaining,
+            2,
+            "a new window"
+        );
+        let dash = a.identify(Some("viewer-token-0123456789")).unwrap();
+        assert_eq!(a.admit(&dash, 1_000).unwrap(), None, "0 = no limit");
+    }
+
+    #[test]
+    fn bearer_from_header_or_query() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(
+            bearer(&h, Some("a=1&token=abc%20d"), true).as_deref(),
+            Some("abc d")
+        );
+        assert_eq!(bearer(&h, Some("token=abc"), false), None);
+        h.insert("authorization", "Bearer xyz".parse().unwrap());
+        assert_eq!(bearer(&h, Some("token=abc"), true).as_deref(), Some("xyz"));
+    }
+}

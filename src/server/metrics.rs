@@ -1,0 +1,322 @@
+//! `GET /metrics`: the engine's snapshot in the Prometheus text format.
+
+use crate::engine::Snapshot;
+use crate::telemetry::prom::{Exposition, Kind};
+
+pub fn render(s: &Snapshot) -> String {
+    let mut e = Exposition::default();
+    let c = &s.catalog;
+
+    e.family(
+        "syncctl_catalog_jobs_completed_total",
+        Kind::Counter,
+        "Catalog jobs finished (items synced or found unchanged).",
+    )
+    .sample(
+        "syncctl_catalog_jobs_completed_total",
+        &[],
+        c.completed as f64,
+    );
+    e.family(
+        "syncctl_catalog_job_errors_total",
+        Kind::Counter,
+        "Catalog job attempts that ended in an error.",
+    )
+    .sample("syncctl_catalog_job_errors_total", &[], c.errors as f64);
+    e.family(
+        "syncctl_webhooks_total",
+        Kind::Counter,
+        "Stripe webhooks received, by result.",
+    );
+    for (result, n) in [
+        ("accepted", c.webhooks_accepted),
+        ("duplicate", c.webhooks_duplicate),
+        ("rejected", c.webhooks_rejected),
+    ] {
+        e.sample("syncctl_webhooks_total", &[("result", result)], n as f64);
+    }
+    e.family(
+        "syncctl_queue_depth",
+        Kind::Gauge,
+        "Work waiting, by queue.",
+    )
+    .sample(
+        "syncctl_queue_depth",
+        &[("queue", "catalog")],
+        c.counts.queued as f64,
+    );
+    if s.compliance.enabled {
+        use crate::compliance::machine::Status;
+        let waiting: u64 = [
+            Status::Pending,
+            Status::Retry,
+            Status::Unknown,
+            Status::Fallback,
+            Status::Sent,
+        ]
+        .into_iter()
+        .map(|st| s.compliance.counts.get(st))
+        .sum();
+        e.sample("syncctl_queue_depth", &[("queue", "dian")], waiting as f64);
+    }
+    e.family(
+        "syncctl_workers",
+        Kind::Gauge,
+        "Catalog workers: target of the auto-scaler and bounds.",
+    );
+    for (kind, n) in [
+        ("target", c.workers_target),
+        ("min", c.workers_min),
+        ("max", c.workers_max),
+    ] {
+        e.sample(
+            "syncctl_workers",
+            &[("pipeline", "catalog"), ("kind", kind)],
+            n as f64,
+        );
+    }
+    e.family(
+        "syncctl_in_flight",
+        Kind::Gauge,
+        "Jobs or sends in progress, by pipeline.",
+    )
+    .sample(
+        "syncctl_in_flight",
+        &[("pipeline", "catalog")],
+        c.in_flight as f64,
+    );
+    if s.compliance.enabled {
+        e.sample(
+            "syncctl_in_flight",
+            &[("pipeline", "compliance")],
+            s.compliance.in_flight as f64,
+        );
+    }
+    e.family(
+        "syncctl_pipeline_paused",
+        Kind::Gauge,
+        "1 when the pipeline is paused by an operator.",
+    )
+    .sample(
+        "syncctl_pipeline_paused",
+        &[("pipeline", "catalog")],
+        f64::from(u8::from(c.paused)),
+    );
+    if s.compliance.enabled {
+        e.sample(
+            "syncctl_pipeline_paused",
+            &[("pipeline", "compliance")],
+            f64::from(u8::from(s.compliance.paused)),
+        );
+        e.family(
+            "syncctl_dian_invoices",
+            Kind::Gauge,
+            "Invoices in the compliance store, by state.",
+        );
+        for (st, n) in &s.compliance.counts.by_status {
+            e.sample("syncctl_dian_invoices", &[("status", st.name())], *n as f64);
+        }
+        e.family(
+            "syncctl_dian_sends_total",
+            Kind::Counter,
+            "Transmissions to DIAN through Alegra.",
+        )
+        .sample("syncctl_dian_sends_total", &[], s.compliance.sends as f64);
+        e.family(
+            "syncctl_dian_validated_total",
+            Kind::Counter,
+            "Invoices DIAN accepted.",
+        )
+        .sample(
+            "syncctl_dian_validated_total",
+            &[],
+            s.compliance.validated as f64,
+        );
+    }
+
+    let ds = &s.downstreams;
+    let counter = |e: &mut Exposition,
+                   name: &str,
+                   help: &str,
+                   f: &dyn Fn(&crate::resilience::DownstreamView) -> u64| {
+        e.family(name, Kind::Counter, help);
+        for d in ds {
+            e.sample(name, &[("service", &d.name)], f(d) as f64);
+        }
+    };
+    counter(
+        &mut e,
+        "syncctl_downstream_calls_total",
+        "Requests sent to a downstream.",
+        &|d| d.calls,
+    );
+    counter(
+        &mut e,
+        "syncctl_downstream_failures_total",
+        "Requests that failed (transport errors and 5xx).",
+        &|d| d.failures,
+    );
+    counter(
+        &mut e,
+        "syncctl_downstream_timeouts_total",
+        "Requests that timed out.",
+        &|d| d.timeouts,
+    );
+    counter(
+        &mut e,
+        "syncctl_downstream_throttled_total",
+        "Requests answered 429.",
+        &|d| d.throttled,
+    );
+    counter(
+        &mut e,
+        "syncctl_downstream_rejected_total",
+        "Calls the open circuit refused without sending.",
+        &|d| d.rejected,
+    );
+    counter(
+        &mut e,
+        "syncctl_downstream_retries_total",
+        "Retries made within the retry budget.",
+        &|d| d.retries,
+    );
+    e.family(
+        "syncctl_circuit_state",
+        Kind::Gauge,
+        "1 for the circuit's current state, 0 for the others.",
+    );
+    for d in ds {
+        for st in [
+            "CLOSED",
+            "OPEN",
+            "HALF_OPEN",
+            "FORCED_OPEN",
+            "DISABLED",
+            "METRICS_ONLY",
+        ] {
+            let on = d.breaker.state.name() == st;
+            e.sample(
+                "syncctl_circuit_state",
+                &[("service", &d.name), ("state", st)],
+                f64::from(u8::from(on)),
+            );
+        }
+    }
+    e.family(
+        "syncctl_rate_limit_per_minute",
+        Kind::Gauge,
+        "Requests per minute the limiter allows now.",
+    );
+    for d in ds {
+        e.sample(
+            "syncctl_rate_limit_per_minute",
+            &[("service", &d.name)],
+            d.limiter.effective_per_min as f64,
+        );
+    }
+
+    e.family(
+        "syncctl_operation_duration_seconds",
+        Kind::Summary,
+        "Duration of operations since start (HDR histogram).",
+    );
+    for op in &s.profile {
+        let l = [("operation", op.name.as_str())];
+        for (q, v) in [
+            ("0.5", op.summary.p50_ms),
+            ("0.95", op.summary.p95_ms),
+            ("0.99", op.summary.p99_ms),
+        ] {
+            e.sample(
+                "syncctl_operation_duration_seconds",
+                &[l[0], ("quantile", q)],
+                v / 1000.0,
+            );
+        }
+        e.sample(
+            "syncctl_operation_duration_seconds_sum",
+            &l,
+            op.summary.sum_ms / 1000.0,
+        );
+        e.sample(
+            "syncctl_operation_duration_seconds_count",
+            &l,
+            op.summary.count as f64,
+        );
+    }
+
+    let t = &s.telemetry;
+    e.family(
+        "syncctl_health_score",
+        Kind::Gauge,
+        "Health score 0-100 (the minimum of the components).",
+    )
+    .sample("syncctl_health_score", &[], t.health.score as f64);
+    e.family(
+        "syncctl_alerts",
+        Kind::Gauge,
+        "Alerts pending or firing, by severity and state.",
+    );
+    for sev in ["info", "warning", "critical"] {
+        for phase in ["pending", "firing"] {
+            let n = t
+                .alerts
+                .iter()
+                .filter(|a| a.severity.to_string() == sev && a.phase.to_string() == phase)
+                .count();
+            e.sample(
+                "syncctl_alerts",
+                &[("severity", sev), ("state", phase)],
+                n as f64,
+            );
+        }
+    }
+    e.family(
+        "syncctl_anomalies_open",
+        Kind::Gauge,
+        "Metrics outside their usual band now.",
+    )
+    .sample("syncctl_anomalies_open", &[], t.open_anomalies as f64);
+    e.family(
+        "syncctl_cache_lookups_total",
+        Kind::Counter,
+        "QuickBooks lookup cache, by result.",
+    );
+    e.sample(
+        "syncctl_cache_lookups_total",
+        &[("result", "hit")],
+        t.cache.hits as f64,
+    );
+    e.sample(
+        "syncctl_cache_lookups_total",
+        &[("result", "miss")],
+        t.cache.misses as f64,
+    );
+    e.family(
+        "syncctl_cache_evictions_total",
+        Kind::Counter,
+        "Entries dropped for room (LRU).",
+    )
+    .sample(
+        "syncctl_cache_evictions_total",
+        &[],
+        t.cache.evictions as f64,
+    );
+    e.family(
+        "syncctl_cache_invalidations_total",
+        Kind::Counter,
+        "Entries dropped by an operator's invalidation.",
+    )
+    .sample(
+        "syncctl_cache_invalidations_total",
+        &[],
+        t.cache.invalidations as f64,
+    );
+    e.family(
+        "syncctl_cache_entries",
+        Kind::Gauge,
+        "Entries in the lookup cache.",
+    )
+    .sample("syncctl_cache_entries", &[], t.cache.entries as f64);
+    e.finish()
+}

@@ -1,0 +1,181 @@
+//! WebSocket feeds: `/api/v1/ws/notifications` (everything the engine reports: audit
+//! entries, breaker transitions, alerts, anomalies) and `/api/v1/ws/alerts` (alert
+//! notifications only). JSON text frames with a `type`; a heartbeat every 30 s;
+//! `{"type":"ping"}` is answered with `{"type":"pong"}`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::ServerState;
+use super::api::Actor;
+use crate::engine::EngineEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feed {
+    Notifications,
+    Alerts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    pub id: u64,
+    pub feed: Feed,
+    /// The token's name.
+    pub token: String,
+    pub remote: String,
+    pub connected_at_ms: i64,
+    pub sent: u64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, Connection>>,
+}
+
+impl Registry {
+    pub fn list(&self) -> Vec<Connection> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Connection>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, feed: Feed, token: &str, remote: SocketAddr) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(
+            id,
+            Connection {
+                id,
+                feed,
+                token: token.to_owned(),
+                remote: remote.to_string(),
+                connected_at_ms: crate::store::now_ms(),
+                sent: 0,
+            },
+        );
+        id
+    }
+
+    fn sent(&self, id: u64) {
+        if let Some(c) = self.lock().get_mut(&id) {
+            c.sent += 1;
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+pub async fn connections(State(st): State<ServerState>) -> Response {
+    let list = st.control.ws.list();
+    axum::Json(json!({ "count": list.len(), "connections": list })).into_response()
+}
+
+pub async fn notifications(
+    ws: WebSocketUpgrade,
+    State(st): State<ServerState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Response {
+    ws.on_upgrade(move |socket| serve(socket, st, Feed::Notifications, actor, addr))
+}
+
+pub async fn alerts(
+    ws: WebSocketUpgrade,
+    State(st): State<ServerState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Response {
+    ws.on_upgrade(move |socket| serve(socket, st, Feed::Alerts, actor, addr))
+}
+
+/// The JSON frame for an event on a feed (None: not for this feed).
+pub fn frame(feed: Feed, e: &EngineEvent) -> Option<Value> {
+    match (feed, e) {
+        (_, EngineEvent::Alert(n)) => Some(json!({ "type": "alert", "alert": n })),
+        (Feed::Alerts, _) => None,
+        (_, EngineEvent::Audit(a)) => Some(json!({ "type": "audit", "entry": a })),
+        (
+            _,
+            EngineEvent::Breaker {
+                service,
+                transition,
+            },
+        ) => Some(json!({
+            "type": "breaker",
+            "service": service,
+            "from": transition.from,
+            "to": transition.to,
+            "reason": transition.reason,
+        })),
+        (_, EngineEvent::Anomaly(a)) => Some(json!({ "type": "anomaly", "anomaly": a })),
+    }
+}
+
+async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, addr: SocketAddr) {
+    let id = st.control.ws.add(feed, &actor.caller.name, addr);
+    let mut events = st.control.events.subscribe();
+    let (mut tx, mut rx) = socket.split();
+    let heartbeat = st.control.heartbeat;
+    let hello = {
+        let snap = st.control.snapshot.borrow().clone();
+        json!({
+            "type": "hello",
+            "feed": feed,
+            "connection": id,
+            "heartbeat_secs": heartbeat.as_secs_f64(),
+            "active_alerts": snap.telemetry.alerts,
+        })
+    };
+    let mut ok = tx
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_ok();
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut seq = 0u64;
+    while ok {
+        let out = tokio::select! {
+            _ = beat.tick() => {
+                seq += 1;
+                Some(json!({ "type": "heartbeat", "seq": seq, "at_ms": crate::store::now_ms() }))
+            }
+            e = events.recv() => match e {
+                Ok(e) => frame(feed, &e),
+                Err(RecvError::Lagged(n)) => Some(json!({ "type": "lagged", "missed": n })),
+                Err(RecvError::Closed) => break,
+            },
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    match v.get("type").and_then(Value::as_str) {
+                        Some("ping") => Some(json!({ "type": "pong", "at_ms": crate::store::now_ms() })),
+                        _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => None,
+            },
+        };
+        if let Some(v) = out {
+            ok = tx.send(Message::Text(v.to_string().into())).await.is_ok();
+            if ok {
+                st.control.ws.sent(id);
+            }
+        }
+    }
+    st.control.ws.remove(id);
+}

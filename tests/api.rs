@@ -1,0 +1,645 @@
+//! The control API and its feeds over real HTTP and WebSockets: auth, roles, rate-limit
+//! headers and 429, JSON error shapes, every endpoint, an alert pushed to a WebSocket
+//! client by a fault injected in the sandbox, `/metrics` under promtool, and thresholds
+//! that survive a restart with the config file's comments kept.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use syncctl::config::{Config, Role, Secret, TokenConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+const OPS: &str = "ops-token-0123456789abcdef";
+const VIEW: &str = "viewer-token-0123456789abcdef";
+const TINY: &str = "tiny-token-0123456789abcdef";
+
+fn tokens() -> Vec<TokenConfig> {
+    let t = |name: &str, token: &str, role, limit| TokenConfig {
+        name: name.into(),
+        token: Secret::new(token),
+        role,
+        rate_limit_per_min: limit,
+    };
+    vec![
+        t("ops", OPS, Role::Operator, 10_000),
+        t("dashboard", VIEW, Role::Viewer, 10_000),
+        t("tiny", TINY, Role::Operator, 3),
+    ]
+}
+
+fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
+    let mut cfg = common::config_for(sb);
+    cfg.server.tokens = tokens();
+    cfg.server.ws_heartbeat_secs = 1;
+    cfg.alerts.for_secs = 0;
+    cfg
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(engine: &syncctl::engine::EngineHandle) -> Self {
+        Self {
+            base: format!("http://{}", engine.server_addr),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, v)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (s, _, v) = self.call("GET", path, Some(OPS), None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, _, v) = self.call("POST", path, Some(OPS), Some(body)).await;
+        (s, v)
+    }
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_roles_and_error_shapes() {
+    let sb = common::sandbox(10, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let api = Api::new(&engine);
+
+    let (s, h, v) = api.call("GET", "/api/v1/alerts", None, None).await;
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    assert_eq!(h["www-authenticate"], "Bearer");
+    let (s, _, v) = api
+        .call("GET", "/api/v1/alerts", Some("not-a-token-at-all"), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    assert!(
+        !v.to_string().contains("not-a-token"),
+        "the token is not echoed"
+    );
+
+    // A viewer reads, and is refused an action with 403.
+    let (s, h, _) = api.call("GET", "/api/v1/alerts", Some(VIEW), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-ratelimit-limit"], "10000");
+    let (s, _, v) = api
+        .call("POST", "/api/v1/pipelines/catalog/pause", Some(VIEW), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (403, "forbidden"));
+    assert!(!engine.snapshot.borrow().catalog.paused);
+
+    // An operator acts; the action is audited with the token's name and address.
+    let (s, v) = api.post("/api/v1/pipelines/catalog/pause", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ok"], true);
+    common::eventually(5, "paused", || async {
+        engine.snapshot.borrow().catalog.paused.then_some(())
+    })
+    .await;
+    let ev = api.get("/api/v1/events?type=operator&limit=5").await;
+    let first = &ev["events"][0];
+    assert_eq!(first["actor"], "api:ops@127.0.0.1", "{ev}");
+    assert_eq!(first["message"], "paused catalog pipeline");
+
+    // JSON errors everywhere: unknown path, bad body, bad value.
+    let (s, _, v) = api.call("GET", "/api/v1/nope", Some(OPS), None).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let (s, v) = api.post("/api/v1/cache/invalidate", json!("x")).await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    let (s, _, v) = api
+        .call("POST", "/api/v1/pipelines/nope/pause", Some(OPS), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_has_a_rate_limit_with_headers_and_429() {
+    let sb = common::sandbox(5, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let api = Api::new(&engine);
+    for remaining in ["2", "1", "0"] {
+        let (s, h, _) = api
+            .call("GET", "/api/v1/thresholds", Some(TINY), None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], remaining);
+        let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "reset {reset}");
+    }
+    let (s, h, v) = api
+        .call("GET", "/api/v1/thresholds", Some(TINY), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (429, "rate_limited"));
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert!(h.contains_key("retry-after"));
+    // Another token is not affected.
+    let (s, _, _) = api.call("GET", "/api/v1/thresholds", Some(OPS), None).await;
+    assert_eq!(s, 200);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_its_contract() {
+    let sb = common::sandbox(20, 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    common::until_idle(&engine, 20).await;
+    let api = Api::new(&engine);
+
+    // Circuit breakers.
+    let all = api.get("/api/v1/resilience/circuit-breakers").await;
+    let names: Vec<&str> = all["circuit_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stripe", "quickbooks", "alegra"]);
+    let qb = api
+        .get("/api/v1/resilience/circuit-breakers/quickbooks")
+        .await;
+    assert_eq!(qb["breaker"]["state"], "CLOSED");
+    let (s, v) = api
+        .post(
+            "/api/v1/resilience/circuit-breakers/quickbooks",
+            json!({"state": "FORCED_OPEN"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let qb = api
+        .get("/api/v1/resilience/circuit-breakers/quickbooks")
+        .await;
+    assert_eq!(qb["breaker"]["state"], "FORCED_OPEN");
+    let (s, _) = api
+        .post(
+            "/api/v1/resilience/circuit-breakers/quickbooks",
+            json!({"state": "CLOSED"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api
+        .post(
+            "/api/v1/resilience/circuit-breakers/quickbooks",
+            json!({"state": "HALF_OPEN"}),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    let (s, _, v) = api
+        .call(
+            "GET",
+            "/api/v1/resilience/circuit-breakers/nope",
+            Some(OPS),
+            None,
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+
+    // The DIAN queue.
+    let q = api.get("/api/v1/compliance?status=FAILED").await;
+    assert!(q["invoices"].as_array().unwrap().is_empty());
+    assert!(q["counts"].is_object());
+    let (s, _, v) = api
+        .call("GET", "/api/v1/compliance?status=LOST", Some(OPS), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("LOST"));
+    let (s, v) = api.post("/api/v1/compliance/FE-404/retry", json!({})).await;
+    assert_eq!((s, error_code(&v)), (409, "refused"));
+    let (s, v) = api.post("/api/v1/compliance/retry-failed", json!({})).await;
+    assert!(s == 200 || s == 409, "{s} {v}");
+
+    // The cache: all, pattern, tag; the synced items were cached.
+    let snap = api.get("/api/v1/snapshot").await;
+    let entries = snap["cache"]["entries"].as_u64().unwrap();
+    assert!(
+        entries >= 20,
+        "every created Item is cached by name and id: {snap}"
+    );
+    let (s, v) = api
+        .post("/api/v1/cache/invalidate", json!({"pattern": "item:id:*"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("dropped {} entries", entries / 2)),
+        "{v}"
+    );
+    let (_, v) = api
+        .post("/api/v1/cache/invalidate", json!({"tag": "item"}))
+        .await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("dropped {} entries", entries / 2)),
+        "{v}"
+    );
+    let (s, v) = api.post("/api/v1/cache/invalidate", json!({})).await;
+    assert_eq!(s, 200);
+    assert!(
+        v["message"].as_str().unwrap().contains("dropped 0 entries"),
+        "{v}"
+    );
+    let (s, v) = api
+        .post("/api/v1/cache/invalidate", json!({"tag": 3}))
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+
+    // Thresholds: the full set; a bad change names its key and applies nothing.
+    let t = api.get("/api/v1/thresholds").await;
+    assert_eq!(t["alerts.error_rate_percent"], 10.0);
+    let (s, _, v) = api
+        .call(
+            "PUT",
+            "/api/v1/thresholds",
+            Some(OPS),
+            Some(json!({"alerts.error_rate_percent": 12, "alerts.nope": 1})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alerts.nope")
+    );
+    let (s, _, v) = api
+        .call(
+            "PUT",
+            "/api/v1/thresholds",
+            Some(OPS),
+            Some(json!({"alerts.error_rate_percent": 12, "alerts.queue_depth": -5})),
+        )
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alerts.queue_depth")
+    );
+    assert_eq!(
+        api.get("/api/v1/thresholds").await["alerts.error_rate_percent"],
+        10.0
+    );
+    let (s, _, v) = api
+        .call(
+            "PUT",
+            "/api/v1/thresholds",
+            Some(OPS),
+            Some(json!({"alerts.error_rate_percent": 12})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["alerts.error_rate_percent"], 12.0);
+    assert_eq!(v["alerts.queue_depth"], 100.0, "the full set");
+    let (s, _, _) = api
+        .call(
+            "PUT",
+            "/api/v1/thresholds",
+            Some(VIEW),
+            Some(json!({"alerts.queue_depth": 5})),
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Alerts, anomalies, profile, events filters, connections.
+    let a = api.get("/api/v1/alerts").await;
+    assert!(a["active"].is_array() && a["history"].is_array() && a["silences"].is_array());
+    let (s, v) = api
+        .post(
+            "/api/v1/alerts/silence",
+            json!({"matcher": "queue_depth", "secs": 600}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let a = api.get("/api/v1/alerts").await;
+    assert_eq!(a["silences"][0]["matcher"], "queue_depth");
+    assert_eq!(a["silences"][0]["by"], "api:ops@127.0.0.1");
+    let (s, v) = api
+        .post("/api/v1/alerts/silence", json!({"matcher": "x"}))
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    let (s, v) = api
+        .post("/api/v1/alerts/ack", json!({"matcher": "nothing"}))
+        .await;
+    assert_eq!((s, error_code(&v)), (409, "refused"));
+    let an = api.get("/api/v1/anomalies").await;
+    assert!(an["open"].is_array() && an["recent"].is_array());
+    let p = api.get("/api/v1/profile").await;
+    let ops: Vec<&str> = p["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        ops.contains(&"http.quickbooks") && ops.contains(&"catalog.item_sync"),
+        "{p}"
+    );
+    let p95: Vec<f64> = p["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["p95_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        p95.windows(2).all(|w| w[0] >= w[1]),
+        "slowest first: {p95:?}"
+    );
+    let ev = api
+        .get("/api/v1/events?type=operator,circuit&limit=50")
+        .await;
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"operator") && kinds.contains(&"circuit"),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().all(|k| *k == "operator" || *k == "circuit"));
+    let ev = api.get("/api/v1/events?entity=thresholds").await;
+    assert_eq!(ev["events"].as_array().unwrap().len(), 1, "{ev}");
+    assert!(
+        ev["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alerts.error_rate_percent 10 → 12")
+    );
+    let ev = api.get("/api/v1/events?since=2999-01-01T00:00:00Z").await;
+    assert!(ev["events"].as_array().unwrap().is_empty());
+    let (s, _, v) = api
+        .call("GET", "/api/v1/events?since=yesterday", Some(OPS), None)
+        .await;
+    assert_eq!((s, error_code(&v)), (400, "bad_request"));
+    // Work done inside a job carries its trace id into the trail.
+    let ev = api.get("/api/v1/events?type=item&limit=200").await;
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["trace_id"].as_str().is_some_and(|t| t.len() == 32)),
+        "{ev}"
+    );
+    let c = api.get("/api/v1/ws/connections").await;
+    assert_eq!(c["count"], 0);
+
+    // /health and /metrics need no token.
+    let h = common::get_json(&format!("{}/health", api.base)).await;
+    assert!(h["score"].as_u64().unwrap() <= 100);
+    assert!(
+        ["excellent", "good", "fair", "poor", "critical"].contains(&h["level"].as_str().unwrap())
+    );
+    assert!(
+        h["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "quickbooks"),
+        "{h}"
+    );
+    let m = reqwest::get(format!("{}/metrics", api.base)).await.unwrap();
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = m.text().await.unwrap();
+    assert!(text.contains("syncctl_downstream_calls_total{service=\"quickbooks\"}"));
+    assert!(text.contains(
+        "syncctl_operation_duration_seconds{operation=\"http.quickbooks\",quantile=\"0.95\"}"
+    ));
+    engine.shutdown().await;
+}
+
+/// The sandbox's QuickBooks goes down; the engine's failed calls in a row fire the
+/// critical alert, which a WebSocket client on `/api/v1/ws/alerts` receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_receives_the_alert_a_sandbox_fault_causes() {
+    let sb = common::sandbox(30, 8).await;
+    let base = format!("http://{}", sb.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    sb.sandbox.set_webhook_url(Some(format!(
+        "http://{}/webhooks/stripe",
+        engine.server_addr
+    )));
+    common::until_idle(&engine, 30).await;
+    let api = Api::new(&engine);
+    let url = format!("ws://{}/api/v1/ws/alerts?token={OPS}", engine.server_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let hello: Value = {
+        let m = ws.next().await.unwrap().unwrap();
+        serde_json::from_str(m.to_text().unwrap()).unwrap()
+    };
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["feed"], "alerts");
+    let c = api.get("/api/v1/ws/connections").await;
+    assert_eq!(c["count"], 1, "{c}");
+    assert_eq!(c["connections"][0]["token"], "ops");
+    assert_eq!(c["connections"][0]["feed"], "alerts");
+
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    let mut saw = (false, false, None::<Value>);
+    common::faults(&base, json!({"service": "quickbooks", "outage": true})).await;
+    // Catalog changes reach the engine by webhook; syncing them fails.
+    common::post_json(&base, "/_sandbox/catalog/changes", json!({"count": 20})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while saw.2.is_none() || !saw.0 || !saw.1 {
+        assert!(tokio::time::Instant::now() < deadline, "no alert: {saw:?}");
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("frames keep coming (heartbeat)")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "pong" => saw.0 = true,
+            "heartbeat" => saw.1 = true,
+            "alert" if v["alert"]["rule"] == "consecutive_failures" => saw.2 = Some(v),
+            "alert" => {}
+            other => panic!("the alerts feed sent {other}: {v}"),
+        }
+    }
+    let alert = saw.2.unwrap();
+    assert_eq!(alert["alert"]["phase"], "firing");
+    assert_eq!(alert["alert"]["severity"], "critical");
+    assert_eq!(alert["alert"]["label"], "quickbooks");
+    // Also listed as active, and in the audit trail.
+    let a = api.get("/api/v1/alerts").await;
+    assert!(
+        a["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "consecutive_failures/quickbooks")
+    );
+    let ev = api.get("/api/v1/events?type=alert").await;
+    assert!(
+        ev["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("critical firing on quickbooks")
+    );
+    ws.close(None).await.unwrap();
+    common::eventually(5, "the connection to leave the list", || async {
+        (api.get("/api/v1/ws/connections").await["count"] == 0).then_some(())
+    })
+    .await;
+    // A WebSocket without a token is refused before the upgrade.
+    let bare = format!("ws://{}/api/v1/ws/notifications", engine.server_addr);
+    assert!(tokio_tungstenite::connect_async(&bare).await.is_err());
+    engine.shutdown().await;
+}
+
+/// Thresholds changed over the API are saved into the config file, which keeps its
+/// comments, and are in force after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_survive_a_restart_and_the_config_keeps_its_comments() {
+    let sb = common::sandbox(5, 9).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncctl.toml");
+    std::fs::write(
+        &path,
+        "# ops box config — do not lose this line\n[alerts]\n# paged above this\nerror_rate_percent = 10.0\n",
+    )
+    .unwrap();
+    let mut cfg = config(&sb);
+    cfg.source = Some(path.clone());
+    let data = dir.path().join("data");
+    let mut engine = common::engine(cfg.clone(), &data).await;
+    let api = Api::new(&engine);
+    let (s, _, v) = api
+        .call(
+            "PUT",
+            "/api/v1/thresholds",
+            Some(OPS),
+            Some(json!({"alerts.error_rate_percent": 7.5, "anomaly.min_samples": 60})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    engine.shutdown().await;
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("# ops box config — do not lose this line"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# paged above this\nerror_rate_percent = 7.5"),
+        "{text}"
+    );
+    let loaded = Config::load(&path).unwrap();
+    assert_eq!(loaded.alerts.error_rate_percent, 7.5);
+    assert_eq!(loaded.anomaly.min_samples, 60);
+    let mut cfg2 = config(&sb);
+    cfg2.alerts = loaded.alerts.clone();
+    cfg2.anomaly = loaded.anomaly.clone();
+    cfg2.source = loaded.source.clone();
+    let mut engine = common::engine(cfg2, &data).await;
+    let api = Api::new(&engine);
+    let t = api.get("/api/v1/thresholds").await;
+    assert_eq!(t["alerts.error_rate_percent"], 7.5);
+    assert_eq!(t["anomaly.min_samples"], 60.0);
+    engine.shutdown().await;
+}
+
+/// `/metrics` is clean under Prometheus' own linter. CI installs promtool; elsewhere
+/// the test says it was skipped unless SYNCCTL_REQUIRE_PROMTOOL is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_check() {
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    if promtool.is_err() {
+        assert!(
+            std::env::var_os("SYNCCTL_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required (SYNCCTL_REQUIRE_PROMTOOL) but not installed"
+        );
+        eprintln!("promtool not installed: metrics_pass_promtool_check skipped");
+        return;
+    }
+    let sb = common::sandbox(20, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    common::until_idle(&engine, 20).await;
+    let text = reqwest::get(format!("http://{}/metrics", engine.server_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    assert!(
+        text.contains("syncctl_catalog_jobs_completed_total 20"),
+        "{text}"
+    );
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}

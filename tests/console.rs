@@ -85,7 +85,7 @@ fn snapshot() -> Snapshot {
         downstreams: downstreams(),
         notice: Default::default(),
         compliance: Default::default(),
-        telemetry: Default::default(),
+        telemetry: telemetry(),
         profile: Vec::new(),
     }
 }
@@ -127,6 +127,245 @@ fn check_snapshot(name: &str, text: &str) {
         "screen {name} differs from {}",
         path.display()
     );
+}
+
+/// Three minutes of a real `Telemetry` on simulated time: steady traffic, then
+/// QuickBooks fails half its calls and slows down.
+fn telemetry() -> syncctl::telemetry::TelemetryView {
+    use syncctl::config::{AlertsConfig, AnomalyConfig, Config};
+    use syncctl::telemetry::metrics::Summary;
+    use syncctl::telemetry::{DownstreamSample, Sample, Telemetry};
+    let mut t = Telemetry::new(
+        AlertsConfig {
+            for_secs: 10,
+            ..Default::default()
+        },
+        AnomalyConfig::default(),
+    );
+    let start = T0 - 180_000;
+    let (mut items, mut calls, mut failures) = (0u64, 0u64, 0u64);
+    for s in 0..180i64 {
+        let burst = s >= 150;
+        items += if burst { 2 } else { 20 + (s % 7) as u64 };
+        calls += 20;
+        if burst {
+            failures += 10;
+        }
+        let p50 = if burst { 900.0 } else { 40.0 + (s % 5) as f64 };
+        let lat = Summary {
+            count: 20,
+            sum_ms: p50 * 20.0,
+            p50_ms: p50,
+            p95_ms: p50 * 2.0,
+            p99_ms: p50 * 3.0,
+            max_ms: p50 * 4.0,
+        };
+        let ds = |name: &str, calls: u64, failures: u64, lat: Summary| DownstreamSample {
+            name: name.into(),
+            calls,
+            failures,
+            consecutive_failures: 0,
+            interval: lat,
+            recent_p95_ms: Some(lat.p95_ms),
+            breaker: "CLOSED".into(),
+            in_flight: 2,
+            limit: 10,
+        };
+        let steady = Summary {
+            p50_ms: 30.0,
+            p95_ms: 60.0,
+            p99_ms: 90.0,
+            ..lat
+        };
+        t.tick(Sample {
+            now_ms: start + s * 1000,
+            items_done: items,
+            downstreams: vec![
+                ds("stripe", calls / 10, 0, steady),
+                ds("quickbooks", calls, failures, lat),
+                ds("alegra", calls / 20, 0, steady),
+            ],
+            catalog_queue: 180,
+            dian_queue: Some(3),
+            ..Default::default()
+        });
+    }
+    let mut v = t.view(T0);
+    v.thresholds = Config::default()
+        .thresholds()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    v
+}
+
+#[test]
+fn throughput_alerts_and_settings_at_80x24_and_120x40() {
+    let mut app = app();
+    for (tab, name) in [
+        (Tab::Throughput, "throughput"),
+        (Tab::Alerts, "alerts"),
+        (Tab::Settings, "settings"),
+    ] {
+        app.tab = tab;
+        for (w, h) in [(80, 24), (120, 40)] {
+            let (text, _) = render(&app, w, h);
+            match tab {
+                Tab::Throughput => {
+                    assert!(text.contains("Items/s · 1 min"), "{text}");
+                    assert!(text.contains("quickbooks ms  p50 900"), "{text}");
+                    assert!(text.contains("p95 1800"), "the last point: {text}");
+                    assert!(text.contains("errors % · 25.0"), "{text}");
+                }
+                Tab::Alerts => {
+                    assert!(text.contains("error_rate/quickbooks"), "{text}");
+                    assert!(
+                        text.contains("▲ warning") && text.contains("firing"),
+                        "{text}"
+                    );
+                    assert!(text.contains("◉ open"), "{text}");
+                }
+                _ => {
+                    assert!(text.contains("alerts.error_rate_percent"), "{text}");
+                    assert!(
+                        text.contains("Enter edit") && text.contains("A apply"),
+                        "{text}"
+                    );
+                }
+            }
+            check_snapshot(&format!("{name}_{w}x{h}"), &text);
+        }
+    }
+    // The window key cycles 1 min → 5 min → 1 h.
+    app.tab = Tab::Throughput;
+    app.on_key(key(KeyCode::Char('w')));
+    assert!(render(&app, 80, 24).0.contains("Items/s · 5 min"));
+    app.on_key(key(KeyCode::Char('w')));
+    assert!(render(&app, 80, 24).0.contains("Items/s · 1 h"));
+}
+
+#[test]
+fn alerts_are_acknowledged_and_silenced_from_the_alerts_screen() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('5')));
+    assert_eq!(app.tab, Tab::Alerts);
+    let first = app.selected_alert().expect("an alert");
+    match app.on_key(key(KeyCode::Char('a'))) {
+        Some(Command::AckAlerts { matcher, .. }) => assert_eq!(matcher, first),
+        other => panic!("{other:?}"),
+    }
+    assert!(app.on_key(key(KeyCode::Char('z'))).is_none());
+    for _ in 0..2 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "soon".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert!(app.on_key(key(KeyCode::Enter)).is_none(), "not a duration");
+    assert!(app.flash.as_deref().unwrap().contains("30m"));
+    for _ in 0..4 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "30m".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    match app.on_key(key(KeyCode::Enter)) {
+        Some(Command::SilenceAlerts { matcher, secs, .. }) => {
+            assert_eq!((matcher.as_str(), secs), (first.as_str(), 1800))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_threshold_is_refused_in_the_console_and_the_old_value_kept() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('8')));
+    assert_eq!(app.tab, Tab::Settings);
+    assert_eq!(
+        app.selected_setting().unwrap().0,
+        "alerts.error_rate_percent"
+    );
+    app.on_key(key(KeyCode::Enter));
+    for _ in 0..4 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "250".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    let flash = app.flash.clone().unwrap();
+    assert!(flash.contains("out of range"), "{flash}");
+    assert!(app.prompt.is_some(), "the prompt stays open to fix it");
+    assert!(app.staged.is_empty());
+    app.on_key(key(KeyCode::Esc));
+    // Nothing staged: A says so.
+    assert!(app.on_key(key(KeyCode::Char('A'))).is_none());
+    assert!(app.confirm.is_none());
+    // A good value is staged, shown as a diff, applied after confirmation.
+    app.on_key(key(KeyCode::Enter));
+    for _ in 0..4 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "12.5".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(
+        app.staged,
+        vec![("alerts.error_rate_percent".to_owned(), 12.5)]
+    );
+    assert!(render(&app, 80, 24).0.contains("→ 12.5"));
+    assert!(app.on_key(key(KeyCode::Char('A'))).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("alerts.error_rate_percent: 10 → 12.5"),
+        "{text}"
+    );
+    assert!(
+        app.on_key(key(KeyCode::Enter)).is_none(),
+        "focus starts on Cancel"
+    );
+    assert_eq!(app.staged.len(), 1, "cancel keeps the staged value");
+    app.on_key(key(KeyCode::Char('A')));
+    match app.on_key(key(KeyCode::Char('y'))) {
+        Some(Command::SetThresholds { changes, .. }) => {
+            assert_eq!(
+                changes,
+                vec![("alerts.error_rate_percent".to_owned(), 12.5)]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(app.staged.is_empty());
+}
+
+#[test]
+fn c_invalidates_the_cache_after_a_confirmation() {
+    let mut app = app();
+    assert!(app.on_key(key(KeyCode::Char('c'))).is_none());
+    assert!(render(&app, 80, 24).0.contains("invalidate cache"));
+    for c in "tag:product:prod_9".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(render(&app, 80, 24).0.contains("Invalidate cache: tag"));
+    match app.on_key(key(KeyCode::Char('y'))) {
+        Some(Command::InvalidateCache { scope, .. }) => assert_eq!(
+            scope,
+            syncctl::engine::CacheScope::Tag("product:prod_9".into())
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Empty: everything.
+    app.on_key(key(KeyCode::Char('c')));
+    app.on_key(key(KeyCode::Enter));
+    match app.on_key(key(KeyCode::Char('y'))) {
+        Some(Command::InvalidateCache { scope, .. }) => {
+            assert_eq!(scope, syncctl::engine::CacheScope::All)
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -246,14 +485,31 @@ fn p_pauses_and_resumes_as_the_operator() {
 
 #[test]
 fn help_lists_every_binding_from_the_key_table() {
-    let mut app = app();
-    app.on_key(key(KeyCode::Char('?')));
-    let (text, _) = render(&app, 120, 40);
-    for b in syncctl::ui::keymap::BINDINGS {
-        assert!(text.contains(b.help), "help lacks {:?}", b.help);
+    // Each screen's help holds every binding that acts there, and fits 80×24.
+    for tab in Tab::ALL {
+        let mut app = app();
+        app.tab = tab;
+        app.on_key(key(KeyCode::Char('?')));
+        let (text, _) = render(&app, 120, 40);
+        let (small, _) = render(&app, 80, 24);
+        for b in syncctl::ui::keymap::BINDINGS {
+            if !b.scope.applies(tab) {
+                continue;
+            }
+            let shown = match b.action {
+                syncctl::ui::keymap::Action::GoTab(t) => format!("{} {}", t.key(), t.title()),
+                _ if b.scope == syncctl::ui::keymap::Scope::Lists => b.label.to_owned(),
+                _ => b.help.to_owned(),
+            };
+            assert!(text.contains(&shown), "{tab:?} help lacks {shown:?}");
+        }
+        assert!(
+            small.contains("any key closes"),
+            "{tab:?} at 80×24:\n{small}"
+        );
+        app.on_key(key(KeyCode::Char('x')));
+        assert!(!app.help);
     }
-    app.on_key(key(KeyCode::Char('x')));
-    assert!(!app.help);
 }
 
 #[test]

@@ -33,6 +33,14 @@ pub enum Action {
     CycleStatus,
     Search,
     TogglePayload,
+    InvalidateCache,
+    ChartWindow,
+    AckAlert,
+    SilenceAlert,
+    EditSetting,
+    UndoSetting,
+    ApplySettings,
+    Tune,
 }
 
 /// Where a binding applies.
@@ -44,16 +52,25 @@ pub enum Scope {
     Circuits,
     Workers,
     Dian,
+    Throughput,
+    Alerts,
+    Settings,
 }
 
 impl Scope {
-    fn applies(self, tab: Tab) -> bool {
+    pub fn applies(self, tab: Tab) -> bool {
         match self {
             Scope::Global => true,
-            Scope::Lists => matches!(tab, Tab::Events | Tab::Circuits | Tab::Dian),
+            Scope::Lists => matches!(
+                tab,
+                Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings
+            ),
             Scope::Circuits => tab == Tab::Circuits,
             Scope::Workers => tab == Tab::Workers,
             Scope::Dian => tab == Tab::Dian,
+            Scope::Throughput => tab == Tab::Throughput,
+            Scope::Alerts => tab == Tab::Alerts,
+            Scope::Settings => tab == Tab::Settings,
         }
     }
 }
@@ -79,6 +96,14 @@ pub const BINDINGS: &[Binding] = &[
         help: "Overview",
     },
     Binding {
+        keys: &[KeyCode::Char('2')],
+        label: "2",
+        action: Action::GoTab(Tab::Throughput),
+        scope: Scope::Global,
+        hint: None,
+        help: "Throughput (items/s, invoices/s, latency, errors)",
+    },
+    Binding {
         keys: &[KeyCode::Char('3')],
         label: "3",
         action: Action::GoTab(Tab::Circuits),
@@ -93,6 +118,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "Workers & queues (auto-scaler, limits)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('5')],
+        label: "5",
+        action: Action::GoTab(Tab::Alerts),
+        scope: Scope::Global,
+        hint: None,
+        help: "Anomalies & alerts",
     },
     Binding {
         keys: &[KeyCode::Char('6')],
@@ -149,6 +182,78 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "Events (audit trail)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('8')],
+        label: "8",
+        action: Action::GoTab(Tab::Settings),
+        scope: Scope::Global,
+        hint: None,
+        help: "Settings (thresholds)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('t')],
+        label: "t",
+        action: Action::Tune,
+        scope: Scope::Global,
+        hint: None,
+        help: "tune thresholds (opens Settings)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('c')],
+        label: "c",
+        action: Action::InvalidateCache,
+        scope: Scope::Global,
+        hint: None,
+        help: "invalidate cached QuickBooks lookups: all, a pattern or a tag (asks first)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('w')],
+        label: "w",
+        action: Action::ChartWindow,
+        scope: Scope::Throughput,
+        hint: Some("window 1m/5m/1h"),
+        help: "charts over 1 minute, 5 minutes or 1 hour (Throughput)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('a')],
+        label: "a",
+        action: Action::AckAlert,
+        scope: Scope::Alerts,
+        hint: Some("acknowledge"),
+        help: "acknowledge the selected alert: no more notifications while it fires (Alerts)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('z')],
+        label: "z",
+        action: Action::SilenceAlert,
+        scope: Scope::Alerts,
+        hint: Some("silence"),
+        help: "silence the selected alert for a while (30m, 2h, 1d) (Alerts)",
+    },
+    Binding {
+        keys: &[KeyCode::Enter, KeyCode::Char('e')],
+        label: "Enter",
+        action: Action::EditSetting,
+        scope: Scope::Settings,
+        hint: Some("edit"),
+        help: "edit the selected threshold (checked before it is staged) (Settings)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('u')],
+        label: "u",
+        action: Action::UndoSetting,
+        scope: Scope::Settings,
+        hint: Some("undo"),
+        help: "drop the selected threshold's staged value (Settings)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('A')],
+        label: "A",
+        action: Action::ApplySettings,
+        scope: Scope::Settings,
+        hint: Some("apply"),
+        help: "apply the staged thresholds, after the diff; saved to the config file (Settings)",
     },
     Binding {
         keys: &[KeyCode::Char('o')],
@@ -327,7 +432,15 @@ pub fn action_for(key: &KeyEvent, tab: Tab) -> Option<Action> {
 /// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first).
 pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
     let local = BINDINGS.iter().filter(move |b| {
-        matches!(b.scope, Scope::Circuits | Scope::Workers | Scope::Dian) && b.scope.applies(tab)
+        matches!(
+            b.scope,
+            Scope::Circuits
+                | Scope::Workers
+                | Scope::Dian
+                | Scope::Throughput
+                | Scope::Alerts
+                | Scope::Settings
+        ) && b.scope.applies(tab)
     });
     let rest = BINDINGS
         .iter()

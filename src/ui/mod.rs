@@ -4,6 +4,7 @@
 //! operator pays for over SSH). The terminal is restored on exit, error and panic.
 
 pub mod keymap;
+pub mod screens;
 pub mod state;
 pub mod theme;
 pub mod views;

@@ -9,7 +9,16 @@ use crossterm::event::{KeyCode, KeyEvent};
 use super::keymap::{self, Action};
 use super::theme::Theme;
 use crate::compliance::machine::Status as InvoiceStatus;
-use crate::engine::{Command, Snapshot, operator};
+use crate::engine::{CacheScope, Command, Snapshot, operator};
+
+/// A threshold as the console writes it: no trailing zeros.
+pub fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
 use crate::resilience::State as BreakerState;
 use crate::sandbox::Sandbox;
 use crate::store::InvoiceRecord;
@@ -17,37 +26,49 @@ use crate::store::InvoiceRecord;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Overview,
+    Throughput,
     Circuits,
     Workers,
+    Alerts,
     Dian,
     Events,
+    Settings,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Overview,
+        Tab::Throughput,
         Tab::Circuits,
         Tab::Workers,
+        Tab::Alerts,
         Tab::Dian,
         Tab::Events,
+        Tab::Settings,
     ];
     pub fn title(self) -> &'static str {
         match self {
             Tab::Overview => "Overview",
+            Tab::Throughput => "Throughput",
             Tab::Circuits => "Circuits",
             Tab::Workers => "Workers",
+            Tab::Alerts => "Alerts",
             Tab::Dian => "DIAN",
             Tab::Events => "Events",
+            Tab::Settings => "Settings",
         }
     }
     /// The screen's number key (fixed across versions, as docs/console.md lists them).
     pub fn key(self) -> char {
         match self {
             Tab::Overview => '1',
+            Tab::Throughput => '2',
             Tab::Circuits => '3',
             Tab::Workers => '4',
+            Tab::Alerts => '5',
             Tab::Dian => '6',
             Tab::Events => '7',
+            Tab::Settings => '8',
         }
     }
     fn index(self) -> usize {
@@ -56,7 +77,7 @@ impl Tab {
 }
 
 /// A question that needs an answer before anything happens; focus starts on Cancel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Confirm {
     Quit,
     /// Set a circuit's state (`None`: reset to CLOSED with empty metrics).
@@ -72,6 +93,54 @@ pub enum Confirm {
     RetryFailed {
         count: u64,
     },
+    /// Drop cached QuickBooks lookups; `entries` is how many the cache holds now.
+    InvalidateCache {
+        scope: CacheScope,
+        entries: usize,
+    },
+    /// Apply the thresholds staged in Settings: (name, old, new).
+    Thresholds {
+        changes: Vec<(String, f64, f64)>,
+    },
+}
+
+/// What the one-line prompt in the footer is asking for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptKind {
+    /// Catalog worker bounds `MIN-MAX`.
+    Bounds,
+    /// A cache pattern, `tag:NAME`, or nothing for all.
+    Cache,
+    /// How long to silence the selected alert (`30m`, `2h`, `90s`).
+    Silence { matcher: String },
+    /// A new value for a threshold.
+    Threshold { name: String },
+}
+
+impl PromptKind {
+    pub fn label(&self) -> String {
+        match self {
+            PromptKind::Bounds => "catalog workers MIN-MAX".into(),
+            PromptKind::Cache => "invalidate cache (empty = all, item:* pattern, tag:NAME)".into(),
+            PromptKind::Silence { matcher } => format!("silence {matcher} for (30m, 2h, 1d)"),
+            PromptKind::Threshold { name } => name.clone(),
+        }
+    }
+}
+
+/// `90s`, `30m`, `2h`, `1d` (or plain seconds) → seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(n * mult).filter(|s| (1..=7 * 86_400).contains(s))
 }
 
 impl Confirm {
@@ -85,6 +154,10 @@ impl Confirm {
             } => format!("Set the {service} circuit to {s}?"),
             Confirm::Bounds { .. } => "Change catalog worker bounds?".into(),
             Confirm::RetryFailed { count } => format!("Retry {count} FAILED invoices?"),
+            Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
+            Confirm::Thresholds { changes } => {
+                format!("Apply {} threshold change(s)?", changes.len())
+            }
         }
     }
     pub fn effect(&self) -> String {
@@ -97,14 +170,23 @@ impl Confirm {
             Confirm::Breaker { service, to: Some(s) } => format!("The {service} circuit goes {s}; calls are let through and judged afresh."),
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
+            Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
+            Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
+            Confirm::Thresholds { changes } => {
+                let diff: Vec<String> = changes.iter().map(|(n, old, new)| format!("{n}: {} → {}", num(*old), num(*new))).collect();
+                format!("{}. Alerts are judged against the new values at once, and they are saved to the config file (comments kept).", diff.join("; "))
+            }
         }
     }
     pub fn action_word(&self) -> &'static str {
         match self {
             Confirm::Quit => "Quit",
             Confirm::Breaker { to: None, .. } => "Reset",
-            Confirm::Breaker { .. } | Confirm::Bounds { .. } => "Apply",
+            Confirm::Breaker { .. } | Confirm::Bounds { .. } | Confirm::Thresholds { .. } => {
+                "Apply"
+            }
             Confirm::RetryFailed { .. } => "Retry",
+            Confirm::InvalidateCache { .. } => "Invalidate",
         }
     }
 }
@@ -125,8 +207,16 @@ pub struct App {
     pub actor: String,
     /// Row selected on the Circuits screen.
     pub circuit: usize,
-    /// Text typed at the worker-bounds prompt (`Some` while it is open).
+    /// Text typed at the footer prompt (`Some` while it is open), and what it asks.
     pub prompt: Option<String>,
+    pub prompt_kind: PromptKind,
+    /// Throughput: the charts' window (0: 1 min, 1: 5 min, 2: 1 h).
+    pub chart_window: usize,
+    /// Alerts screen: the selected alert.
+    pub alert_row: usize,
+    /// Settings: the selected threshold, and the values staged but not applied.
+    pub setting_row: usize,
+    pub staged: Vec<(String, f64)>,
     /// The demo's sandbox, for the outage toggle (None on a live engine).
     pub sandbox: Option<Arc<Sandbox>>,
     /// DIAN queue: selected row, state filter, search text (`search_open` while typed),
@@ -155,6 +245,11 @@ impl App {
             actor: operator(),
             circuit: 0,
             prompt: None,
+            prompt_kind: PromptKind::Bounds,
+            chart_window: 0,
+            alert_row: 0,
+            setting_row: 0,
+            staged: Vec::new(),
             sandbox: None,
             dian_row: 0,
             dian_filter: None,
@@ -166,7 +261,34 @@ impl App {
     }
 
     pub fn shows_list(&self) -> bool {
-        matches!(self.tab, Tab::Events | Tab::Circuits | Tab::Dian)
+        matches!(
+            self.tab,
+            Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings
+        )
+    }
+
+    /// The selected alert's id.
+    pub fn selected_alert(&self) -> Option<String> {
+        let a = &self.snapshot.telemetry.alerts;
+        a.get(self.alert_row.min(a.len().saturating_sub(1)))
+            .map(|a| a.id.clone())
+    }
+
+    /// The selected threshold's name and value in force.
+    pub fn selected_setting(&self) -> Option<(String, f64)> {
+        let t = &self.snapshot.telemetry.thresholds;
+        t.get(self.setting_row.min(t.len().saturating_sub(1)))
+            .cloned()
+    }
+
+    /// The value staged for `name`, if any.
+    pub fn staged(&self, name: &str) -> Option<f64> {
+        self.staged.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    fn open_prompt(&mut self, kind: PromptKind, text: String) {
+        self.prompt = Some(text);
+        self.prompt_kind = kind;
     }
 
     /// The DIAN queue's rows after the state filter and the search.
@@ -236,16 +358,36 @@ impl App {
     }
 
     fn on_prompt_key(&mut self, key: KeyEvent) -> Option<Command> {
+        let kind = self.prompt_kind.clone();
         let text = self.prompt.as_mut()?;
         match key.code {
-            KeyCode::Esc => self.prompt = None,
+            KeyCode::Esc => {
+                self.prompt = None;
+                self.flash = None;
+                return None;
+            }
             KeyCode::Backspace => {
                 text.pop();
+                return None;
             }
-            KeyCode::Char(c) if (c.is_ascii_digit() || c == '-' || c == ' ') && text.len() < 12 => {
-                text.push(c)
+            KeyCode::Char(c) if !c.is_control() && text.len() < 96 => {
+                let allowed = match kind {
+                    PromptKind::Bounds => c.is_ascii_digit() || c == '-' || c == ' ',
+                    PromptKind::Threshold { .. } => c.is_ascii_digit() || c == '.' || c == '-',
+                    PromptKind::Silence { .. } => c.is_ascii_alphanumeric(),
+                    PromptKind::Cache => true,
+                };
+                if allowed {
+                    text.push(c);
+                }
+                return None;
             }
-            KeyCode::Enter => {
+            KeyCode::Enter => {}
+            _ => return None,
+        }
+        let text = text.trim().to_owned();
+        match kind {
+            PromptKind::Bounds => {
                 let parsed = text.split_once('-').and_then(|(a, b)| {
                     Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
                 });
@@ -263,10 +405,70 @@ impl App {
                         ));
                     }
                 }
+                None
             }
-            _ => {}
+            PromptKind::Cache => {
+                let scope = match text.as_str() {
+                    "" | "*" => CacheScope::All,
+                    t => match t.strip_prefix("tag:") {
+                        Some(tag) if !tag.is_empty() => CacheScope::Tag(tag.to_owned()),
+                        _ => CacheScope::Pattern(t.to_owned()),
+                    },
+                };
+                self.prompt = None;
+                self.confirm = Some(Confirm::InvalidateCache {
+                    scope,
+                    entries: self.snapshot.telemetry.cache.entries,
+                });
+                self.confirm_focus_ok = false;
+                None
+            }
+            PromptKind::Silence { matcher } => match parse_duration(&text) {
+                Some(secs) => {
+                    self.prompt = None;
+                    self.flash = Some(format!("silencing {matcher}…"));
+                    Some(Command::SilenceAlerts {
+                        matcher,
+                        secs,
+                        actor: self.actor.clone(),
+                    })
+                }
+                None => {
+                    self.flash = Some("a duration such as 30m, 2h or 1d (at most 7d)".into());
+                    None
+                }
+            },
+            PromptKind::Threshold { name } => {
+                let checked = text
+                    .parse::<f64>()
+                    .map_err(|_| format!("{name}: {text:?} is not a number"))
+                    .and_then(|v| crate::config::check_threshold(&name, v).map(|_| v));
+                match checked {
+                    Ok(v) => {
+                        self.prompt = None;
+                        self.staged.retain(|(n, _)| *n != name);
+                        let current = self
+                            .snapshot
+                            .telemetry
+                            .thresholds
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map(|(_, v)| *v);
+                        if current != Some(v) {
+                            self.staged.push((name.clone(), v));
+                        }
+                        self.flash = Some(format!(
+                            "{name} staged at {} — A applies {} change(s)",
+                            num(v),
+                            self.staged.len()
+                        ));
+                    }
+                    // The value in force stays; the prompt stays open to fix it.
+                    Err(e) => self.flash = Some(e),
+                }
+                None
+            }
         }
-        None
     }
 
     /// A new snapshot from the engine; ignored while frozen (except to learn of draining).
@@ -375,8 +577,60 @@ impl App {
             Action::ToggleOutage => self.toggle_outage(),
             Action::SetBounds => {
                 let c = &self.snapshot.catalog;
-                self.prompt = Some(format!("{}-{}", c.workers_min, c.workers_max));
+                let text = format!("{}-{}", c.workers_min, c.workers_max);
+                self.open_prompt(PromptKind::Bounds, text);
             }
+            Action::InvalidateCache => self.open_prompt(PromptKind::Cache, String::new()),
+            Action::ChartWindow => self.chart_window = (self.chart_window + 1) % 3,
+            Action::AckAlert => {
+                let Some(id) = self.selected_alert() else {
+                    self.flash = Some("no alert selected".into());
+                    return None;
+                };
+                return Some(Command::AckAlerts {
+                    matcher: id,
+                    actor: self.actor.clone(),
+                });
+            }
+            Action::SilenceAlert => {
+                let Some(id) = self.selected_alert() else {
+                    self.flash = Some("no alert selected".into());
+                    return None;
+                };
+                self.open_prompt(PromptKind::Silence { matcher: id }, "1h".into());
+            }
+            Action::EditSetting => {
+                if let Some((name, v)) = self.selected_setting() {
+                    let text = num(self.staged(&name).unwrap_or(v));
+                    self.open_prompt(PromptKind::Threshold { name }, text);
+                }
+            }
+            Action::UndoSetting => {
+                if let Some((name, _)) = self.selected_setting() {
+                    self.staged.retain(|(n, _)| *n != name);
+                }
+            }
+            Action::ApplySettings => {
+                if self.staged.is_empty() {
+                    self.flash = Some("nothing staged: Enter edits the selected threshold".into());
+                    return None;
+                }
+                let current = &self.snapshot.telemetry.thresholds;
+                let changes = self
+                    .staged
+                    .iter()
+                    .map(|(n, v)| {
+                        let old = current
+                            .iter()
+                            .find(|(c, _)| c == n)
+                            .map_or(f64::NAN, |c| c.1);
+                        (n.clone(), old, *v)
+                    })
+                    .collect();
+                self.confirm = Some(Confirm::Thresholds { changes });
+                self.confirm_focus_ok = false;
+            }
+            Action::Tune => self.tab = Tab::Settings,
             Action::RetryInvoice => {
                 let Some(id) = self.selected_invoice() else {
                     self.flash = Some("no invoice selected".into());
@@ -435,6 +689,20 @@ impl App {
             Action::Bottom if self.tab == Tab::Dian => {
                 self.dian_row = self.dian_rows().len().saturating_sub(1);
                 return self.focus_selected();
+            }
+            Action::Up if self.tab == Tab::Alerts => {
+                self.alert_row = self.alert_row.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Alerts => {
+                self.alert_row =
+                    (self.alert_row + 1).min(self.snapshot.telemetry.alerts.len().saturating_sub(1))
+            }
+            Action::Up if self.tab == Tab::Settings => {
+                self.setting_row = self.setting_row.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Settings => {
+                self.setting_row = (self.setting_row + 1)
+                    .min(self.snapshot.telemetry.thresholds.len().saturating_sub(1))
             }
             Action::Up if self.tab == Tab::Circuits => {
                 self.circuit = self.circuit.saturating_sub(1)
@@ -522,6 +790,18 @@ impl App {
                         actor,
                     }),
                     Confirm::RetryFailed { .. } => Some(Command::RetryFailedInvoices { actor }),
+                    Confirm::InvalidateCache { scope, .. } => {
+                        self.flash = Some("invalidating…".into());
+                        Some(Command::InvalidateCache { scope, actor })
+                    }
+                    Confirm::Thresholds { changes } => {
+                        self.staged.clear();
+                        self.flash = Some("applying thresholds…".into());
+                        Some(Command::SetThresholds {
+                            changes: changes.into_iter().map(|(n, _, v)| (n, v)).collect(),
+                            actor,
+                        })
+                    }
                     Confirm::Bounds { min, max } => Some(Command::SetWorkerBounds {
                         pipeline: "catalog".into(),
                         min,

@@ -42,6 +42,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
     draw_header(frame, header, app);
     match app.tab {
         Tab::Overview => draw_overview(frame, body, app),
+        Tab::Throughput => super::screens::draw_throughput(frame, body, app),
+        Tab::Alerts => super::screens::draw_alerts(frame, body, app),
+        Tab::Settings => super::screens::draw_settings(frame, body, app),
         Tab::Circuits => draw_circuits(frame, body, app),
         Tab::Workers => draw_workers(frame, body, app),
         Tab::Dian => draw_dian(frame, body, app),
@@ -143,7 +146,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     let mut right = Vec::new();
     for tab in Tab::ALL.iter() {
         // Narrow terminals name only the current screen; the others show their key.
-        let label = if area.width >= 100 || *tab == app.tab {
+        let label = if area.width >= 160 || *tab == app.tab {
             format!(" {} {} ", tab.key(), tab.title())
         } else {
             format!(" {} ", tab.key())
@@ -164,7 +167,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     if let Some(text) = &app.prompt {
         let mut spans = vec![
-            Span::styled(" catalog workers MIN-MAX: ", t.title),
+            Span::styled(format!(" {}: ", app.prompt_kind.label()), t.title),
             Span::styled(format!("{text}▏"), t.key),
             Span::styled("  Enter apply · Esc cancel", t.dim),
         ];
@@ -192,7 +195,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn block<'a>(title: &'a str, app: &App) -> Block<'a> {
+pub(super) fn block<'a>(title: &'a str, app: &App) -> Block<'a> {
     Block::default()
         .borders(Borders::ALL)
         .border_style(app.theme.dim)
@@ -200,12 +203,14 @@ fn block<'a>(title: &'a str, app: &App) -> Block<'a> {
 }
 
 fn draw_overview(frame: &mut Frame, area: Rect, app: &App) {
-    let [top, sources, errors] = Layout::vertical([
+    let [top, health, sources, errors] = Layout::vertical([
         Constraint::Length(9),
+        Constraint::Length(4),
         Constraint::Length(5),
         Constraint::Min(3),
     ])
     .areas(area);
+    super::screens::draw_health_tiles(frame, health, app);
     let [counts, chart] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
     draw_counts(frame, counts, app);
@@ -1139,22 +1144,55 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
     }
 }
 
+/// Help for the current screen, from the key table: the screen's own keys, the list
+/// keys (on one line), then the global ones; the screen numbers on one line.
 fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
+    use super::keymap::{Action, Scope};
     let t = &app.theme;
-    let mut lines: Vec<Line> = BINDINGS
+    let applies: Vec<_> = BINDINGS
         .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>6}  ", b.label), t.key),
-                Span::raw(b.help),
-            ])
-        })
+        .filter(|b| b.scope.applies(app.tab))
         .collect();
-    lines.push(Line::from(""));
-    lines.push(Line::from(Span::styled("any key closes this help", t.dim)));
-    let rect = centered(area, 72, lines.len() as u16 + 2);
+    let line = |label: &str, help: &str| {
+        Line::from(vec![
+            Span::styled(format!("{label:>6}  "), t.key),
+            Span::raw(help.to_owned()),
+        ])
+    };
+    let screens: Vec<String> = Tab::ALL
+        .iter()
+        .map(|tab| format!("{} {}", tab.key(), tab.title()))
+        .collect();
+    let mut lines = vec![
+        line("1–4", &screens[..4].join(" · ")),
+        line("5–8", &screens[4..].join(" · ")),
+    ];
+    for b in applies
+        .iter()
+        .filter(|b| !matches!(b.scope, Scope::Global | Scope::Lists))
+    {
+        lines.push(line(b.label, b.help));
+    }
+    let lists: Vec<&&super::keymap::Binding> =
+        applies.iter().filter(|b| b.scope == Scope::Lists).collect();
+    if !lists.is_empty() {
+        let labels: Vec<&str> = lists.iter().map(|b| b.label).collect();
+        lines.push(line(
+            &labels.join(" "),
+            "move: up, down, a page, newest, oldest",
+        ));
+    }
+    for b in applies
+        .iter()
+        .filter(|b| b.scope == Scope::Global && !matches!(b.action, Action::GoTab(_)))
+    {
+        lines.push(line(b.label, b.help));
+    }
+    let title = format!("Keys — {} (any key closes)", app.tab.title());
+    let width = area.width.saturating_sub(2).min(96);
+    let rect = centered(area, width, (lines.len() as u16 + 2).min(area.height));
     frame.render_widget(Clear, rect);
-    frame.render_widget(Paragraph::new(lines).block(block("Keys", app)), rect);
+    frame.render_widget(Paragraph::new(lines).block(block(&title, app)), rect);
 }
 
 fn draw_confirm(frame: &mut Frame, area: Rect, app: &App) {

@@ -242,7 +242,7 @@ pub const THRESHOLDS: &[Threshold] = &[
         min: 0.1,
         max: 100.0,
         integer: false,
-        help: "cache misses over the last minute (%)",
+        help: "avoidable cache misses over the last minute (%)",
     },
     Threshold {
         name: "alerts.consecutive_failures",
@@ -1168,6 +1168,20 @@ impl Config {
                     &format!("token {:?} repeats another entry's token", t.name),
                 ));
             }
+        }
+        if let Some(addr) = &self.server.statsd {
+            let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(fail(
+                    "server.statsd",
+                    "must be HOST:PORT, e.g. \"127.0.0.1:8125\"",
+                ));
+            }
+        }
+        if self.server.ws_heartbeat_secs == 0 {
+            return Err(fail("server.ws_heartbeat_secs", "must be at least 1"));
         }
         if self.cache.max_entries == 0 {
             return Err(fail("cache.max_entries", "must be at least 1"));

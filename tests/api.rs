@@ -643,3 +643,38 @@ async fn metrics_pass_promtool_check() {
         "promtool: {said}\n{text}"
     );
 }
+
+/// With `server.statsd` set, a datagram of StatsD lines arrives every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statsd_lines_reach_the_configured_address() {
+    let sb = common::sandbox(10, 11).await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(&sb);
+    cfg.server.statsd = Some(udp.local_addr().unwrap().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let mut buf = vec![0u8; 2048];
+    let mut seen = String::new();
+    // Datagrams until one carries the calls QuickBooks answered during the sync.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.lines().any(|l| {
+        l.strip_prefix("syncctl.http.quickbooks.calls:")
+            .and_then(|v| v.strip_suffix("|c"))
+            .is_some_and(|n| n != "0")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "{seen}");
+        let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+            .await
+            .expect("a datagram a second")
+            .unwrap();
+        seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+        for line in seen.lines() {
+            let (name, rest) = line.split_once(':').unwrap_or_else(|| panic!("{line}"));
+            assert!(name.starts_with("syncctl."), "{line}");
+            assert!(rest.ends_with("|g") || rest.ends_with("|c"), "{line}");
+        }
+    }
+    assert!(seen.contains("syncctl.health.score:"), "{seen}");
+    assert!(seen.contains("syncctl.queue.catalog:"), "{seen}");
+    engine.shutdown().await;
+}

@@ -469,6 +469,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     {
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.autoscale_loop(k).await });
+        workers.spawn(audit_retention_loop(
+            store.clone(),
+            cfg.audit.retention_days,
+            cancel.clone(),
+        ));
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.full_sync(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
@@ -724,6 +729,27 @@ fn audit_result(store: &Store, kind: &str, entity: &str, actor: &str, r: &Result
     let _ = store.audit(kind, entity, actor, &line);
 }
 
+/// Removes audit entries older than `audit.retention_days`, at start and hourly.
+async fn audit_retention_loop(store: Store, days: u64, cancel: CancellationToken) {
+    loop {
+        let s = store.clone();
+        let cutoff = store.now_ms() - days as i64 * 86_400_000;
+        match tokio::task::spawn_blocking(move || s.purge_audit_before(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!("audit retention: {n} entries older than {days} days removed")
+            }
+            Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_RETENTION_EVERY) => {}
+        }
+    }
+}
+
+const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
 /// Backups every few seconds; retention and the daily report at start, then every
 /// minute (written off the async threads).
 async fn housekeeping_loop(house: housekeeping::Housekeeping, cancel: CancellationToken) {
@@ -873,6 +899,8 @@ struct Publisher {
     last_audit_id: i64,
     telemetry: crate::telemetry::Telemetry,
     ticked: bool,
+    /// Connected to `server.statsd` when set.
+    statsd: Option<std::net::UdpSocket>,
     /// The thresholds in force, and the file they are saved to.
     config: Config,
 }
@@ -963,6 +991,16 @@ impl Publisher {
                 config.alerts.clone(),
                 config.anomaly.clone(),
             ),
+            statsd: config.server.statsd.as_deref().and_then(|addr| {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                match sock.connect(addr).and_then(|_| sock.set_nonblocking(true)) {
+                    Ok(()) => Some(sock),
+                    Err(e) => {
+                        tracing::warn!("server.statsd = {addr:?}: {e}; StatsD off");
+                        None
+                    }
+                }
+            }),
             config,
             ticked: false,
             catalog,
@@ -1105,6 +1143,8 @@ impl Publisher {
             errors,
             recommendations,
         };
+        let prev = self.telemetry.last_sample().cloned();
+        let sample_copy = self.statsd.is_some().then(|| sample.clone());
         for signal in self.telemetry.tick(sample) {
             match signal {
                 crate::telemetry::Signal::Alert(n) => {
@@ -1126,6 +1166,34 @@ impl Publisher {
                     let _ = events.send(EngineEvent::Anomaly(a));
                 }
             }
+        }
+        if let Some(sample) = sample_copy {
+            self.send_statsd(&sample, prev.as_ref());
+        }
+    }
+
+    /// StatsD: one datagram (or a few, each under 1400 bytes) a second; a lost one is
+    /// just lost (UDP), never an error for the engine.
+    fn send_statsd(
+        &self,
+        sample: &crate::telemetry::Sample,
+        prev: Option<&crate::telemetry::Sample>,
+    ) {
+        let Some(sock) = &self.statsd else { return };
+        let view = self.telemetry.view(sample.now_ms);
+        let mut packet = String::new();
+        for line in crate::telemetry::statsd_lines(sample, prev, &view) {
+            if packet.len() + line.len() + 1 > 1400 {
+                let _ = sock.send(packet.as_bytes());
+                packet.clear();
+            }
+            if !packet.is_empty() {
+                packet.push('\n');
+            }
+            packet.push_str(&line);
+        }
+        if !packet.is_empty() {
+            let _ = sock.send(packet.as_bytes());
         }
     }
 

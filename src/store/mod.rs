@@ -762,6 +762,92 @@ mod tests {
         (dir, s)
     }
 
+    #[test]
+    fn the_audit_trail_filters_by_kind_entity_and_time_and_keeps_its_retention() {
+        let (_d, s) = store();
+        s.audit("operator", "catalog", "ana@10.0.0.7", "paused")
+            .unwrap();
+        s.audit("circuit", "quickbooks", "engine", "CLOSED → OPEN")
+            .unwrap();
+        s.audit("operator", "quickbooks", "ana", "reset").unwrap();
+        let all = s
+            .audit_query(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].message, "reset", "newest first");
+        let q = |f: AuditFilter| s.audit_query(&f).unwrap().len();
+        let kinds = |k: &[&str]| k.iter().map(|x| x.to_string()).collect();
+        assert_eq!(
+            q(AuditFilter {
+                kinds: kinds(&["operator"]),
+                limit: 10,
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(AuditFilter {
+                kinds: kinds(&["operator", "circuit"]),
+                entity: Some("quickbooks".into()),
+                limit: 10,
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(AuditFilter {
+                before_id: Some(all[0].id),
+                limit: 10,
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(AuditFilter {
+                since_ms: Some(all[0].at_ms + 1),
+                limit: 10,
+                ..Default::default()
+            }),
+            0
+        );
+        assert_eq!(
+            q(AuditFilter {
+                until_ms: Some(all[2].at_ms),
+                limit: 10,
+                ..Default::default()
+            }),
+            0
+        );
+        assert_eq!(
+            q(AuditFilter {
+                limit: 1,
+                ..Default::default()
+            }),
+            1
+        );
+        // Retention: everything older than the cutoff goes, the rest stays.
+        assert_eq!(s.purge_audit_before(all[2].at_ms).unwrap(), 0);
+        assert_eq!(s.purge_audit_before(now_ms() + 1).unwrap(), 3);
+        assert!(s.recent_audit(10, 0).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_audit_line_written_in_a_trace_records_its_id() {
+        let (_d, s) = store();
+        let id = crate::telemetry::trace::scope(async {
+            s.audit("item", "prod_1", "engine", "created").unwrap();
+            crate::telemetry::trace::current_id().unwrap()
+        })
+        .await;
+        s.audit("operator", "catalog", "ana", "paused").unwrap();
+        let e = s.recent_audit(10, 0).unwrap();
+        assert_eq!(e[1].trace_id.as_deref(), Some(id.as_str()));
+        assert_eq!(e[0].trace_id, None);
+    }
+
     fn job<'a>(key: &'a str, payload: &'a str, version: i64) -> NewJob<'a> {
         NewJob {
             kind: "catalog.product",

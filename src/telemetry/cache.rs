@@ -14,6 +14,8 @@ pub struct CacheStats {
     pub capacity: usize,
     pub hits: u64,
     pub misses: u64,
+    /// Misses of keys never cached before (first lookups): no cache could have hit.
+    pub cold_misses: u64,
     pub evictions: u64,
     pub expirations: u64,
     pub invalidations: u64,
@@ -24,6 +26,12 @@ impl CacheStats {
     pub fn hit_rate(&self) -> Option<f64> {
         let n = self.hits + self.misses;
         (n > 0).then(|| self.hits as f64 * 100.0 / n as f64)
+    }
+
+    /// Misses a cache could have avoided: of keys cached before, since expired,
+    /// evicted or invalidated.
+    pub fn warm_misses(&self) -> u64 {
+        self.misses - self.cold_misses
     }
 }
 
@@ -40,6 +48,8 @@ pub struct Cache<V> {
     /// Use order: tick → key (the smallest tick is the least recently used).
     order: BTreeMap<u64, String>,
     tags: HashMap<String, HashSet<String>>,
+    /// Keys ever cached (bounded: forgotten past 4× the capacity), to tell cold misses.
+    seen: HashSet<String>,
     tick: u64,
     ttl_ms: i64,
     stats: CacheStats,
@@ -51,6 +61,7 @@ impl<V: Clone> Cache<V> {
             entries: HashMap::new(),
             order: BTreeMap::new(),
             tags: HashMap::new(),
+            seen: HashSet::new(),
             tick: 0,
             ttl_ms,
             stats: CacheStats {
@@ -71,6 +82,9 @@ impl<V: Clone> Cache<V> {
         let expired = match self.entries.get(key) {
             None => {
                 self.stats.misses += 1;
+                if !self.seen.contains(key) {
+                    self.stats.cold_misses += 1;
+                }
                 return None;
             }
             Some(e) => e.expires_ms <= now_ms,
@@ -101,6 +115,10 @@ impl<V: Clone> Cache<V> {
             self.stats.evictions += 1;
         }
         self.tick += 1;
+        if self.seen.len() >= self.stats.capacity * 4 {
+            self.seen.clear();
+        }
+        self.seen.insert(key.to_owned());
         for t in tags {
             self.tags
                 .entry((*t).to_owned())
@@ -208,9 +226,19 @@ mod tests {
         c.put("item:name:Mug", 1, &[], 0);
         assert_eq!(c.get("item:name:Mug", 999), Some(1));
         assert_eq!(c.get("item:name:Mug", 1000), None);
+        assert_eq!(c.get("item:name:Cap", 1000), None);
         let s = c.stats();
-        assert_eq!((s.hits, s.misses, s.expirations, s.entries), (1, 1, 1, 0));
-        assert_eq!(s.hit_rate(), Some(50.0));
+        assert_eq!((s.hits, s.misses, s.expirations, s.entries), (1, 2, 1, 0));
+        assert_eq!(
+            s.cold_misses, 1,
+            "Cap was never cached: nothing could have hit"
+        );
+        assert_eq!(
+            s.warm_misses(),
+            1,
+            "Mug expired: a longer TTL would have hit"
+        );
+        assert!((s.hit_rate().unwrap() - 100.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -328,8 +328,12 @@ impl Telemetry {
                 );
             }
         }
+        // Only misses a cache could have avoided count: a cold start (every lookup new)
+        // is not a cache problem.
         let hits = self.window("cache_hits", 60, s.cache.hits).increase();
-        let misses = self.window("cache_misses", 60, s.cache.misses).increase();
+        let misses = self
+            .window("cache_misses", 60, s.cache.warm_misses())
+            .increase();
         let lookups = hits + misses;
         let miss_rate = (lookups > 0).then(|| misses as f64 * 100.0 / lookups as f64);
         self.push("cache_miss_rate", miss_rate);
@@ -463,9 +467,59 @@ impl Telemetry {
         }
     }
 
+    /// The sample of the last tick.
+    pub fn last_sample(&self) -> Option<&Sample> {
+        self.last.as_ref()
+    }
+
     pub fn anomalies(&self) -> impl Iterator<Item = &Anomaly> {
         self.anomalies.iter().rev()
     }
+}
+
+/// StatsD lines for one second: gauges of the rates, queues, health and alerts, and
+/// counters of the calls and failures per downstream since the previous second.
+pub fn statsd_lines(s: &Sample, prev: Option<&Sample>, view: &TelemetryView) -> Vec<String> {
+    let mut out = vec![
+        format!("syncctl.items_per_sec:{}|g", view.items_per_sec),
+        format!("syncctl.invoices_per_sec:{}|g", view.invoices_per_sec),
+        format!("syncctl.queue.catalog:{}|g", s.catalog_queue),
+        format!("syncctl.health.score:{}|g", view.health.score),
+        format!(
+            "syncctl.alerts.firing:{}|g",
+            view.alerts
+                .iter()
+                .filter(|a| a.phase == alerts::Phase::Firing)
+                .count()
+        ),
+        format!("syncctl.anomalies.open:{}|g", view.open_anomalies),
+        format!("syncctl.cache.entries:{}|g", view.cache.entries),
+    ];
+    if let Some(q) = s.dian_queue {
+        out.push(format!("syncctl.queue.dian:{q}|g"));
+    }
+    for d in &s.downstreams {
+        let before = prev.and_then(|p| p.downstreams.iter().find(|x| x.name == d.name));
+        let delta =
+            |now: u64, f: fn(&DownstreamSample) -> u64| now - before.map_or(now, f).min(now);
+        out.push(format!(
+            "syncctl.http.{}.calls:{}|c",
+            d.name,
+            delta(d.calls, |x| x.calls)
+        ));
+        out.push(format!(
+            "syncctl.http.{}.failures:{}|c",
+            d.name,
+            delta(d.failures, |x| x.failures)
+        ));
+        if d.interval.count > 0 {
+            out.push(format!(
+                "syncctl.http.{}.p95_ms:{}|g",
+                d.name, d.interval.p95_ms
+            ));
+        }
+    }
+    out
 }
 
 /// The default rules, from the thresholds.
@@ -502,7 +556,10 @@ pub fn rules(c: &AlertsConfig) -> Vec<Rule> {
             "cache_miss_rate",
             Severity::Info,
             c.cache_miss_rate_percent,
-            format!("cache misses ≥ {} % of lookups", c.cache_miss_rate_percent),
+            format!(
+                "avoidable cache misses ≥ {} % of lookups (keys cached before, since expired or evicted)",
+                c.cache_miss_rate_percent
+            ),
         ),
         Rule {
             // A count: it resolves at the first success, not at a ratio of it.

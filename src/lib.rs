@@ -14,6 +14,7 @@ pub mod engine;
 pub mod resilience;
 pub mod sandbox;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

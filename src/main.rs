@@ -81,6 +81,28 @@ enum Command {
         #[command(subcommand)]
         command: DianCommand,
     },
+    /// A running engine's health, queues and alerts, without the console. Exit 0 when
+    /// healthy, 1 when degraded or down, 3 when the engine cannot be reached.
+    Status {
+        /// The engine's address (default: server.listen from the config, else
+        /// http://127.0.0.1:9870).
+        #[arg(value_name = "URL")]
+        url: Option<String>,
+        /// Print JSON (with --watch: one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Look again every SECS seconds (default 2) until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+        /// An API token, to list the alerts too (or SYNCCTL_TOKEN).
+        #[arg(
+            long,
+            env = "SYNCCTL_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        token: Option<String>,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -186,6 +208,75 @@ fn main() -> ExitCode {
     }
 }
 
+async fn status(
+    url: Option<String>,
+    json: bool,
+    watch: Option<u64>,
+    token: Option<String>,
+    config: Option<&PathBuf>,
+    paths: &Paths,
+) -> ExitCode {
+    use syncctl::status;
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            // The engine this config describes (an explicit --config must load).
+            let cfg = match config {
+                Some(p) => match load_config(Some(p)) {
+                    Ok(c) => c.map(|(c, _)| c),
+                    Err(code) => return code,
+                },
+                None => Config::load(&paths.config_file).ok(),
+            };
+            let listen = cfg.map_or_else(|| Config::default().server.listen, |c| c.server.listen);
+            format!("http://{listen}")
+        }
+    };
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        return usage(format!("{base}: expected an http:// or https:// URL"));
+    }
+    if watch == Some(0) {
+        return usage("--watch: at least 1 second");
+    }
+    let http = match syncctl::connectors::http_client() {
+        Ok(h) => h,
+        Err(e) => return usage(e),
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let code = match status::read(&http, &base, token.as_deref()).await {
+            Ok(r) => {
+                let text = if json {
+                    status::json_text(&r, watch.is_some())
+                } else {
+                    status::render(&base, &r)
+                };
+                if watch.is_some() && tty && !json {
+                    // Home and clear: the look replaces the previous one.
+                    print!("\x1b[H\x1b[2J");
+                }
+                println!("{}", text.trim_end());
+                if r.healthy() {
+                    0
+                } else {
+                    status::EXIT_UNHEALTHY
+                }
+            }
+            Err(e) => {
+                eprintln!("syncctl status: {e}");
+                status::EXIT_UNREACHABLE
+            }
+        };
+        let Some(secs) = watch else {
+            return ExitCode::from(code);
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::from(code),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(secs)) => {}
+        }
+    }
+}
+
 /// A usage or config error: message to stderr, exit 2.
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("syncctl: {msg}");
@@ -267,6 +358,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Some(Command::Config { command }) => Ok(config_command(command, cli.config, &paths)),
+        Some(Command::Status {
+            url,
+            json,
+            watch,
+            token,
+        }) => Ok(status(url, json, watch, token, cli.config.as_ref(), &paths).await),
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),

@@ -678,3 +678,108 @@ async fn statsd_lines_reach_the_configured_address() {
     assert!(seen.contains("syncctl.queue.catalog:"), "{seen}");
     engine.shutdown().await;
 }
+
+/// `syncctl status` against a running engine: text, `--json`, `--watch`, exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_a_running_engine() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+    let sb = common::sandbox(10, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    common::until_idle(&engine, 10).await;
+    let url = format!("http://{}", engine.server_addr);
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg("status")
+                .arg(&url)
+                .args(args)
+                .env_remove("SYNCCTL_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec![]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("syncctl {url} (sandbox) — OK")),
+        "{text}"
+    );
+    assert!(text.contains("synced 10 · queued 0"), "{text}");
+    assert!(text.contains("compliance  running"), "{text}");
+    assert!(!text.contains(OPS), "no token was given, none printed");
+
+    let out = run(vec!["--json".into(), "--token".into(), OPS.into()])
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["catalog"]["synced"], 10);
+    assert!(
+        v["alerts"]["active"].is_array(),
+        "the token adds the alerts: {v}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(OPS));
+
+    // A bad token is an error naming the endpoint, not a silent partial look.
+    let out = run(vec!["--token".into(), "wrong-token-000000000000".into()])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // --watch --json: one object per line, again and again.
+    let mut child = Command::new(BIN)
+        .args(["status", &url, "--json", "--watch", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["status"], "ok");
+    }
+    assert_eq!(lines.len(), 2);
+
+    // Degraded: a paused pipeline is a warning, FORCED_OPEN QuickBooks scores 0.
+    let api = Api::new(&engine);
+    api.post(
+        "/api/v1/resilience/circuit-breakers/quickbooks",
+        json!({"state": "FORCED_OPEN"}),
+    )
+    .await;
+    common::eventually(10, "health to see the open circuit", || async {
+        let h = common::get_json(&format!("{url}/health")).await;
+        (h["status"] == "down").then_some(())
+    })
+    .await;
+    let out = run(vec![]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("DOWN") && text.contains("quickbooks 0 (circuit FORCED_OPEN)"),
+        "{text}"
+    );
+    assert!(text.contains("recommend"), "{text}");
+    engine.shutdown().await;
+
+    // Nobody there: exit 3 and a message naming the address.
+    let out = run(vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not reachable"));
+}

@@ -320,6 +320,12 @@ async fn health(State(state): State<ServerState>) -> Response {
                     .sum::<u64>()
             }),
         },
+        "compliance": {
+            "enabled": snap.compliance.enabled,
+            "paused": snap.compliance.paused,
+            "counts": snap.compliance.counts.by_status.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "contingency": snap.compliance.contingency.phase,
+        },
         "alerts_firing": snap.telemetry.alerts.iter().filter(|a| a.phase == crate::telemetry::alerts::Phase::Firing).count(),
         "anomalies_open": snap.telemetry.open_anomalies,
         "mode": match state.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },

@@ -152,13 +152,14 @@ pub fn downstream(s: &DownstreamSignals, t: &Targets) -> Check {
         notes.push(format!("{} open anomalies", s.open_anomalies));
     }
     match s.breaker.as_str() {
+        // The circuit's state explains the rest: it comes first.
         "OPEN" | "FORCED_OPEN" => {
             score = 0.0;
-            notes.push(format!("circuit {}", s.breaker));
+            notes.insert(0, format!("circuit {}", s.breaker));
         }
         "HALF_OPEN" => {
             score = score.min(50.0);
-            notes.push("circuit HALF_OPEN (trial calls)".into());
+            notes.insert(0, "circuit HALF_OPEN (trial calls)".into());
         }
         _ => {}
     }

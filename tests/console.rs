@@ -87,6 +87,7 @@ fn snapshot() -> Snapshot {
         compliance: Default::default(),
         telemetry: telemetry(),
         profile: Vec::new(),
+        config_file: Some("/home/ana/.config/syncctl/config.toml".into()),
     }
 }
 

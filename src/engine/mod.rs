@@ -203,6 +203,8 @@ pub struct Snapshot {
     pub telemetry: crate::telemetry::TelemetryView,
     /// Operations by p95, slowest first (since start).
     pub profile: Vec<Operation>,
+    /// Where tuned thresholds are saved (None: no config file, they last until exit).
+    pub config_file: Option<String>,
 }
 
 /// One operation's latency since start (the profile summary).
@@ -1247,7 +1249,7 @@ impl Publisher {
                     .map_err(|e| format!("not applied: {e:#}"))?;
                 format!("saved to {}", path.display())
             }
-            None => "not saved: no config file (start with --config FILE to keep them)".into(),
+            None => "not saved: no config file; start with --config FILE to keep them".into(),
         };
         self.telemetry
             .configure(next.alerts.clone(), next.anomaly.clone());
@@ -1382,6 +1384,7 @@ impl Publisher {
                 ..self.telemetry.view(store.now_ms())
             },
             profile: self.profile(),
+            config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             compliance,
         };
         tx.send_if_modified(|current| {

@@ -242,8 +242,12 @@ pub fn draw_alerts(frame: &mut Frame, area: Rect, app: &App) {
                     flags.push("silenced".into());
                 }
                 let style = if i == sel { t.tab_active } else { t.base };
+                let mark = if i == sel { "▶ " } else { "  " };
                 Row::new(vec![
-                    Cell::from(Line::from(severity_span(app, a.severity))),
+                    Cell::from(Line::from(vec![
+                        Span::raw(mark),
+                        severity_span(app, a.severity),
+                    ])),
                     Cell::from(a.phase.to_string()),
                     Cell::from(a.id.clone()),
                     Cell::from(format!("{} / {}", value(a.value), value(a.threshold))),
@@ -256,15 +260,15 @@ pub fn draw_alerts(frame: &mut Frame, area: Rect, app: &App) {
         let table = Table::new(
             rows,
             [
-                Constraint::Length(10),
+                Constraint::Length(12),
                 Constraint::Length(7),
-                Constraint::Min(22),
+                Constraint::Min(20),
                 Constraint::Length(11),
                 Constraint::Length(8),
                 Constraint::Length(12),
             ],
         )
-        .header(Row::new(["severity", "state", "alert", "value/limit", "since", ""]).style(t.dim))
+        .header(Row::new(["  severity", "state", "alert", "value/limit", "since", ""]).style(t.dim))
         .block(block(&title, app));
         frame.render_widget(table, alerts);
     }
@@ -362,8 +366,9 @@ pub fn draw_settings(frame: &mut Frame, area: Rect, app: &App) {
                 .find(|x| x.name == name)
                 .map_or("", |x| x.help);
             let row_style = if i == sel { t.tab_active } else { t.base };
+            let mark = if i == sel { "▶ " } else { "  " };
             Row::new(vec![
-                Cell::from(name.clone()),
+                Cell::from(format!("{mark}{name}")),
                 Cell::from(num(*v)),
                 Cell::from(Span::styled(new, style)),
                 Cell::from(Span::styled(help, t.dim)),
@@ -384,17 +389,22 @@ pub fn draw_settings(frame: &mut Frame, area: Rect, app: &App) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(32),
-            Constraint::Length(8),
+            Constraint::Length(34),
+            Constraint::Length(7),
             Constraint::Length(10),
             Constraint::Min(10),
         ],
     )
-    .header(Row::new(["threshold", "value", "staged", "meaning"]).style(t.dim))
+    .header(Row::new(["  threshold", "value", "staged", "meaning"]).style(t.dim))
     .block(block(&title, app));
     frame.render_widget(table, table_area);
-    let note = "Enter edits (the value is checked first; a bad one leaves the old in force). \
-                Applied values are saved to the config file, comments kept. Also: PUT /api/v1/thresholds.";
+    let saved = match &app.snapshot.config_file {
+        Some(f) => format!("Applied values are saved to {f}, comments kept."),
+        None => "No config file: applied values last until the engine stops (start with --config FILE to keep them).".into(),
+    };
+    let note = format!(
+        "Enter edits (checked first: a bad value leaves the old one in force). {saved} Also: PUT /api/v1/thresholds."
+    );
     frame.render_widget(
         Paragraph::new(Span::styled(note, t.dim)).wrap(Wrap { trim: true }),
         foot,

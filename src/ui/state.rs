@@ -98,9 +98,11 @@ pub enum Confirm {
         scope: CacheScope,
         entries: usize,
     },
-    /// Apply the thresholds staged in Settings: (name, old, new).
+    /// Apply the thresholds staged in Settings: (name, old, new), and the file they
+    /// are saved to.
     Thresholds {
         changes: Vec<(String, f64, f64)>,
+        file: Option<String>,
     },
 }
 
@@ -155,7 +157,7 @@ impl Confirm {
             Confirm::Bounds { .. } => "Change catalog worker bounds?".into(),
             Confirm::RetryFailed { count } => format!("Retry {count} FAILED invoices?"),
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
-            Confirm::Thresholds { changes } => {
+            Confirm::Thresholds { changes, .. } => {
                 format!("Apply {} threshold change(s)?", changes.len())
             }
         }
@@ -172,9 +174,13 @@ impl Confirm {
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
-            Confirm::Thresholds { changes } => {
+            Confirm::Thresholds { changes, file } => {
                 let diff: Vec<String> = changes.iter().map(|(n, old, new)| format!("{n}: {} → {}", num(*old), num(*new))).collect();
-                format!("{}. Alerts are judged against the new values at once, and they are saved to the config file (comments kept).", diff.join("; "))
+                let saved = match file {
+                    Some(f) => format!("saved to {f} (comments kept)"),
+                    None => "NOT saved: no config file, so they last until the engine stops".into(),
+                };
+                format!("{}. Alerts are judged against the new values at once; {saved}.", diff.join("; "))
             }
         }
     }
@@ -627,7 +633,10 @@ impl App {
                         (n.clone(), old, *v)
                     })
                     .collect();
-                self.confirm = Some(Confirm::Thresholds { changes });
+                self.confirm = Some(Confirm::Thresholds {
+                    changes,
+                    file: self.snapshot.config_file.clone(),
+                });
                 self.confirm_focus_ok = false;
             }
             Action::Tune => self.tab = Tab::Settings,
@@ -794,7 +803,7 @@ impl App {
                         self.flash = Some("invalidating…".into());
                         Some(Command::InvalidateCache { scope, actor })
                     }
-                    Confirm::Thresholds { changes } => {
+                    Confirm::Thresholds { changes, .. } => {
                         self.staged.clear();
                         self.flash = Some("applying thresholds…".into());
                         Some(Command::SetThresholds {

@@ -783,3 +783,94 @@ async fn status_reads_a_running_engine() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not reachable"));
 }
+
+/// The operator edits a threshold in the console's Settings tab; the command goes to a
+/// real engine, which saves it into the config file; after a restart the console
+/// shows it in force, and the file kept its comments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_changed_in_the_console_survives_a_restart() {
+    use crossterm::event::{KeyCode, KeyEvent};
+    use ratatui::{Terminal, backend::TestBackend};
+    use syncctl::ui::state::{App, Tab};
+    let sb = common::sandbox(5, 13).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncctl.toml");
+    let original = "# Ops box — keep this comment\n\n[alerts]\n# page someone above this\nqueue_depth = 100 # jobs\n";
+    std::fs::write(&path, original).unwrap();
+    let mut cfg = config(&sb);
+    cfg.source = Some(path.clone());
+    let data = dir.path().join("data");
+    let mut engine = common::engine(cfg, &data).await;
+    let snap = engine.snapshot.borrow().clone();
+    let mut app = App::new(snap, syncctl::ui::theme::Theme::monochrome());
+    let key = |c| KeyEvent::from(c);
+    app.on_key(key(KeyCode::Char('t')));
+    assert_eq!(app.tab, Tab::Settings);
+    while app.selected_setting().unwrap().0 != "alerts.queue_depth" {
+        app.on_key(key(KeyCode::Down));
+    }
+    app.on_key(key(KeyCode::Enter));
+    for _ in 0..3 {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    for c in "250".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    app.on_key(key(KeyCode::Char('A')));
+    let cmd = app.on_key(key(KeyCode::Char('y'))).expect("a command");
+    engine.commands.send(cmd).await.unwrap();
+    let mut rx = engine.snapshot.clone();
+    let notice = common::eventually(10, "the engine's answer", || {
+        let s = rx.borrow_and_update().clone();
+        async move { (s.notice.seq > 0).then(|| s.notice.clone()) }
+    })
+    .await;
+    assert!(notice.ok, "{notice:?}");
+    assert!(
+        notice.message.contains("alerts.queue_depth 100 → 250"),
+        "{notice:?}"
+    );
+    assert!(
+        notice.message.contains(&path.display().to_string()),
+        "{notice:?}"
+    );
+    engine.shutdown().await;
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("# Ops box — keep this comment\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# page someone above this\nqueue_depth = 250 # jobs\n"),
+        "{text}"
+    );
+    let loaded = Config::load(&path).unwrap();
+    let mut cfg = config(&sb);
+    cfg.alerts = loaded.alerts;
+    cfg.source = loaded.source;
+    let mut engine = common::engine(cfg, &data).await;
+    let mut app = App::new(
+        engine.snapshot.borrow().clone(),
+        syncctl::ui::theme::Theme::monochrome(),
+    );
+    app.tab = Tab::Settings;
+    let mut term = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    term.draw(|f| syncctl::ui::views::draw(f, &app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let screen: String = (0..30)
+        .map(|y| {
+            (0..100)
+                .map(|x| buf[(x, y)].symbol().to_owned())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    let row = screen
+        .lines()
+        .find(|l| l.contains("alerts.queue_depth"))
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(row.contains(" 250 "), "{row}");
+    engine.shutdown().await;
+}

@@ -556,6 +556,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                             break;
                         }
                         let r = ctx.execute(&mut publisher, *command);
+                        // Published before the answer: a read right after it sees the change.
+                        publisher.publish(&snap_tx, &events_tx, false);
                         let _ = reply.send(r.unwrap_or_else(|| Ok(String::new())));
                     }
                     Some(cmd) => {

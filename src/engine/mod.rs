@@ -1085,18 +1085,7 @@ impl Publisher {
             }
             checks.push(check("compliance", score, notes));
         }
-        let dian_queue = compliance.enabled.then(|| {
-            [
-                Status::Pending,
-                Status::Retry,
-                Status::Unknown,
-                Status::Fallback,
-                Status::Sent,
-            ]
-            .into_iter()
-            .map(|s| compliance.counts.get(s))
-            .sum()
-        });
+        let dian_queue = compliance.enabled.then(|| compliance.counts.waiting());
         let downstreams = self
             .downstreams
             .iter()

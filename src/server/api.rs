@@ -152,6 +152,14 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The `matcher` of an alerts action ("" matches every alert).
+fn matcher(body: &Map<String, Value>) -> String {
+    body.get("matcher")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
 fn snapshot(st: &ServerState) -> Arc<crate::engine::Snapshot> {
     st.control.snapshot.borrow().clone()
 }
@@ -277,15 +285,8 @@ pub async fn compliance(
             );
         }
     };
-    let counts: Map<String, Value> = snap
-        .compliance
-        .counts
-        .by_status
-        .iter()
-        .map(|(s, n)| (s.name().to_owned(), json!(n)))
-        .collect();
     axum::Json(json!({
-        "counts": counts,
+        "counts": snap.compliance.counts.by_name(),
         "contingency": { "phase": snap.compliance.contingency.phase },
         "invoices": invoices.iter().map(invoice_json).collect::<Vec<_>>(),
     }))
@@ -538,11 +539,7 @@ pub async fn ack_alerts(
         Ok(b) => b,
         Err(m) => return bad(m),
     };
-    let matcher = body
-        .get("matcher")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let matcher = matcher(&body);
     act(
         &st,
         Command::AckAlerts {
@@ -562,11 +559,7 @@ pub async fn silence_alerts(
         Ok(b) => b,
         Err(m) => return bad(m),
     };
-    let matcher = body
-        .get("matcher")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let matcher = matcher(&body);
     let Some(secs) = body
         .get("secs")
         .and_then(Value::as_u64)

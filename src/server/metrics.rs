@@ -46,17 +46,7 @@ pub fn render(s: &Snapshot) -> String {
         c.counts.queued as f64,
     );
     if s.compliance.enabled {
-        use crate::compliance::machine::Status;
-        let waiting: u64 = [
-            Status::Pending,
-            Status::Retry,
-            Status::Unknown,
-            Status::Fallback,
-            Status::Sent,
-        ]
-        .into_iter()
-        .map(|st| s.compliance.counts.get(st))
-        .sum();
+        let waiting = s.compliance.counts.waiting();
         e.sample("syncctl_queue_depth", &[("queue", "dian")], waiting as f64);
     }
     e.family(

@@ -130,7 +130,7 @@ pub fn snapshot_value(s: &crate::engine::Snapshot) -> Value {
         "compliance": {
             "enabled": s.compliance.enabled,
             "paused": s.compliance.paused,
-            "counts": s.compliance.counts.by_status.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "counts": s.compliance.counts.by_name(),
             "contingency": s.compliance.contingency.phase,
             "invoices_per_sec": t.invoices_per_sec,
         },
@@ -312,18 +312,12 @@ async fn health(State(state): State<ServerState>) -> Response {
         "recommendations": h.recommendations,
         "queues": {
             "catalog": counts.queued,
-            "dian": snap.compliance.enabled.then(|| {
-                use crate::compliance::machine::Status;
-                [Status::Pending, Status::Retry, Status::Unknown, Status::Fallback, Status::Sent]
-                    .into_iter()
-                    .map(|st| snap.compliance.counts.get(st))
-                    .sum::<u64>()
-            }),
+            "dian": snap.compliance.enabled.then(|| snap.compliance.counts.waiting()),
         },
         "compliance": {
             "enabled": snap.compliance.enabled,
             "paused": snap.compliance.paused,
-            "counts": snap.compliance.counts.by_status.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "counts": snap.compliance.counts.by_name(),
             "contingency": snap.compliance.contingency.phase,
         },
         "alerts_firing": snap.telemetry.alerts.iter().filter(|a| a.phase == crate::telemetry::alerts::Phase::Firing).count(),

@@ -73,6 +73,29 @@ pub struct ComplianceCounts {
 }
 
 impl ComplianceCounts {
+    /// Invoices still on their way to DIAN (not validated, failed nor rejected): the
+    /// DIAN queue's depth.
+    pub fn waiting(&self) -> u64 {
+        [
+            Status::Pending,
+            Status::Retry,
+            Status::Unknown,
+            Status::Fallback,
+            Status::Sent,
+        ]
+        .into_iter()
+        .map(|s| self.get(s))
+        .sum()
+    }
+
+    /// `{"PENDING": n, …}` for JSON answers.
+    pub fn by_name(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.by_status
+            .iter()
+            .map(|(s, n)| (s.name().to_owned(), serde_json::json!(n)))
+            .collect()
+    }
+
     pub fn get(&self, s: Status) -> u64 {
         self.by_status
             .iter()

@@ -58,13 +58,16 @@ pub async fn guard(
     let auth = &st.control.auth;
     let caller = match auth.identify(token.as_deref()) {
         Ok(c) => c,
-        Err(Denied::Unauthenticated(m)) => {
+        Err(denied) => {
+            let m = match denied {
+                Denied::Unauthenticated(m) => m,
+                Denied::RateLimited(_) => "rate limited",
+            };
             let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", m);
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
-        Err(Denied::RateLimited(_)) => unreachable!("identify never rate-limits"),
     };
     let quota = match auth.admit(&caller, crate::store::now_ms()) {
         Ok(q) => q,

@@ -946,3 +946,40 @@ fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
     let (text, _) = render(&app, 100, 30);
     assert!(text.contains("late 1m00s"), "{text}");
 }
+
+#[test]
+fn events_are_filtered_by_the_words_typed_after_slash() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('7')));
+    let all = app.events_rows().len();
+    app.on_key(key(KeyCode::Char('/')));
+    for c in "ANA paused".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    let rows = app.events_rows();
+    assert!(
+        !rows.is_empty() && rows.len() < all,
+        "{} of {all}",
+        rows.len()
+    );
+    assert!(
+        rows.iter()
+            .all(|e| e.actor.contains("ana") && e.message.contains("paused"))
+    );
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains(&format!("filter: ANA paused▏ · {} of {all}", rows.len())),
+        "{text}"
+    );
+    app.on_key(key(KeyCode::Enter));
+    assert!(!app.search_open);
+    assert!(render(&app, 80, 24).0.contains("filter: ANA paused ·"));
+    // j scrolls within the filtered rows only.
+    for _ in 0..50 {
+        app.on_key(key(KeyCode::Char('j')));
+    }
+    assert!(app.events_offset < app.events_rows().len());
+    app.on_key(key(KeyCode::Char('/')));
+    app.on_key(key(KeyCode::Esc));
+    assert_eq!(app.events_rows().len(), all, "Esc clears the filter");
+}

@@ -55,6 +55,8 @@ pub enum Scope {
     Throughput,
     Alerts,
     Settings,
+    /// Screens with a search or filter (DIAN, Events).
+    Searchable,
 }
 
 impl Scope {
@@ -71,6 +73,7 @@ impl Scope {
             Scope::Throughput => tab == Tab::Throughput,
             Scope::Alerts => tab == Tab::Alerts,
             Scope::Settings => tab == Tab::Settings,
+            Scope::Searchable => matches!(tab, Tab::Dian | Tab::Events),
         }
     }
 }
@@ -163,9 +166,9 @@ pub const BINDINGS: &[Binding] = &[
         keys: &[KeyCode::Char('/')],
         label: "/",
         action: Action::Search,
-        scope: Scope::Dian,
+        scope: Scope::Searchable,
         hint: Some("search"),
-        help: "search by number, CUFE or Stripe id; Esc clears (DIAN)",
+        help: "search: DIAN by number, CUFE or Stripe id; Events by any words; Esc clears",
     },
     Binding {
         keys: &[KeyCode::Char('v')],
@@ -440,6 +443,7 @@ pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
                 | Scope::Throughput
                 | Scope::Alerts
                 | Scope::Settings
+                | Scope::Searchable
         ) && b.scope.applies(tab)
     });
     let rest = BINDINGS

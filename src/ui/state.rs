@@ -231,6 +231,8 @@ pub struct App {
     pub dian_filter: Option<InvoiceStatus>,
     pub dian_search: String,
     pub search_open: bool,
+    /// Events: the filter typed after `/`.
+    pub events_filter: String,
     pub show_payload: bool,
     last_notice: u64,
 }
@@ -261,6 +263,7 @@ impl App {
             dian_filter: None,
             dian_search: String::new(),
             search_open: false,
+            events_filter: String::new(),
             show_payload: false,
             last_notice: 0,
         }
@@ -329,22 +332,51 @@ impl App {
     }
 
     fn on_search_key(&mut self, key: KeyEvent) -> Option<Command> {
+        let events = self.tab == Tab::Events;
+        let text = if events {
+            &mut self.events_filter
+        } else {
+            &mut self.dian_search
+        };
         match key.code {
             KeyCode::Esc => {
-                self.dian_search.clear();
+                text.clear();
                 self.search_open = false;
             }
             KeyCode::Enter => self.search_open = false,
             KeyCode::Backspace => {
-                self.dian_search.pop();
+                text.pop();
             }
-            KeyCode::Char(c) if !c.is_control() && self.dian_search.len() < 96 => {
-                self.dian_search.push(c)
-            }
+            KeyCode::Char(c) if !c.is_control() && text.len() < 96 => text.push(c),
             _ => return None,
+        }
+        if events {
+            self.events_offset = 0;
+            return None;
         }
         self.dian_row = 0;
         self.focus_selected()
+    }
+
+    /// The Events rows after the filter: every word of it must appear in the entry's
+    /// kind, entity, actor or message (case-insensitive).
+    pub fn events_rows(&self) -> Vec<&crate::store::AuditEntry> {
+        let words: Vec<String> = self
+            .events_filter
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect();
+        self.snapshot
+            .audit
+            .iter()
+            .filter(|e| {
+                words.is_empty() || {
+                    let hay =
+                        format!("{} {} {} {}", e.kind, e.entity, e.actor, e.message).to_lowercase();
+                    words.iter().all(|w| hay.contains(w))
+                }
+            })
+            .collect()
     }
 
     /// The service of the selected circuit.
@@ -755,7 +787,7 @@ impl App {
     }
 
     fn clamp_offset(&self, offset: usize) -> usize {
-        offset.min(self.snapshot.audit.len().saturating_sub(1))
+        offset.min(self.events_rows().len().saturating_sub(1))
     }
 
     fn on_confirm_key(&mut self, confirm: Confirm, key: KeyEvent) -> Option<Command> {

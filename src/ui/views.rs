@@ -398,7 +398,7 @@ fn draw_errors(frame: &mut Frame, area: Rect, app: &App) {
 
 fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
-    let audit = &app.snapshot.audit;
+    let audit = app.events_rows();
     let visible = area.height.saturating_sub(3) as usize;
     let offset = app.events_offset.min(audit.len().saturating_sub(1));
     let follow = if offset == 0 {
@@ -406,10 +406,21 @@ fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         "scrolled — g for live"
     };
-    let title = format!(
-        "Events  {} shown · newest first · {follow} · times UTC",
-        audit.len()
-    );
+    let filtering = app.search_open || !app.events_filter.is_empty();
+    let title = if filtering {
+        format!(
+            "Events  filter: {}{} · {} of {} · {follow}",
+            app.events_filter,
+            if app.search_open { "▏" } else { "" },
+            audit.len(),
+            app.snapshot.audit.len()
+        )
+    } else {
+        format!(
+            "Events  {} shown · newest first · {follow} · times UTC",
+            audit.len()
+        )
+    };
     // Narrow terminals drop the "who" column and name a person in the message instead.
     let wide = area.width >= 100;
     let rows = audit.iter().skip(offset).take(visible).map(|e| {

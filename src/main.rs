@@ -162,6 +162,13 @@ enum DianCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The cost of the once-a-second telemetry tick, the snapshot's view, an HDR
+    /// record and a cache lookup; the fixed memory of an hour of series.
+    Telemetry {
+        /// Simulated seconds (at least 3600, so every series is full).
+        #[arg(long, default_value_t = 7200)]
+        ticks: usize,
+    },
     /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
     Catalog {
         #[arg(long, default_value_t = 2000)]
@@ -373,6 +380,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| paths.data_dir.clone());
             Ok(dian_records(command, &dir))
+        }
+        Some(Command::Bench {
+            command: BenchCommand::Telemetry { ticks },
+        }) => {
+            syncctl::bench::telemetry(ticks)?;
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench {
             command:

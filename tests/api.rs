@@ -874,3 +874,55 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     assert!(row.contains(" 250 "), "{row}");
     engine.shutdown().await;
 }
+
+/// The notifications feed, authenticated by header, carries breaker transitions and
+/// the audit lines of operator actions, as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifications_feed_carries_breaker_and_audit_events() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let sb = common::sandbox(5, 14).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let api = Api::new(&engine);
+    let mut req = format!("ws://{}/api/v1/ws/notifications", engine.server_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {VIEW}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let hello: Value =
+        serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(hello["feed"], "notifications");
+    let c = api.get("/api/v1/ws/connections").await;
+    assert_eq!(c["connections"][0]["token"], "dashboard", "{c}");
+    let (s, _) = api
+        .post(
+            "/api/v1/resilience/circuit-breakers/alegra",
+            json!({"state": "FORCED_OPEN"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (mut breaker, mut audit) = (None, None);
+    while breaker.is_none() || audit.is_none() {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the events within 10 s")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "breaker" if v["service"] == "alegra" => breaker = Some(v),
+            "audit" if v["entry"]["kind"] == "operator" => audit = Some(v),
+            _ => {}
+        }
+    }
+    let b = breaker.unwrap();
+    assert_eq!(
+        (b["from"].as_str(), b["to"].as_str()),
+        (Some("CLOSED"), Some("FORCED_OPEN"))
+    );
+    let a = audit.unwrap();
+    assert_eq!(a["entry"]["actor"], "api:ops@127.0.0.1");
+    assert_eq!(a["entry"]["message"], "circuit alegra set to FORCED_OPEN");
+    engine.shutdown().await;
+}

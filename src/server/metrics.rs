@@ -235,6 +235,18 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    e.family(
+        "syncctl_operation_duration_max_seconds",
+        Kind::Gauge,
+        "Longest duration of an operation since start.",
+    );
+    for op in &s.profile {
+        e.sample(
+            "syncctl_operation_duration_max_seconds",
+            &[("operation", op.name.as_str())],
+            op.summary.max_ms / 1000.0,
+        );
+    }
     let t = &s.telemetry;
     e.family(
         "syncctl_health_score",

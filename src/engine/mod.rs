@@ -548,22 +548,30 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         loop {
             tokio::select! {
                 _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
-                cmd = cmd_rx.recv() => match cmd {
-                    None | Some(Command::Shutdown) => break,
-                    Some(Command::Reply { command, reply }) => {
-                        if matches!(*command, Command::Shutdown) {
-                            let _ = reply.send(Ok("draining and stopping".into()));
+                cmd = cmd_rx.recv() => {
+                    // A command from the API carries where its answer goes.
+                    let (cmd, reply) = match cmd {
+                        Some(Command::Reply { command, reply }) => (Some(*command), Some(reply)),
+                        other => (other, None),
+                    };
+                    match cmd {
+                        None | Some(Command::Shutdown) => {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok("draining and stopping".into()));
+                            }
                             break;
                         }
-                        let r = ctx.execute(&mut publisher, *command);
-                        // Published before the answer: a read right after it sees the change.
-                        publisher.publish(&snap_tx, &events_tx, false);
-                        let _ = reply.send(r.unwrap_or_else(|| Ok(String::new())));
+                        Some(cmd) => {
+                            let r = ctx.execute(&mut publisher, cmd);
+                            if let Some(reply) = reply {
+                                // Published before the answer: a read right after it sees
+                                // the change.
+                                publisher.publish(&snap_tx, &events_tx, false);
+                                let _ = reply.send(r.unwrap_or_else(|| Ok(String::new())));
+                            }
+                        }
                     }
-                    Some(cmd) => {
-                        ctx.execute(&mut publisher, cmd);
-                    }
-                },
+                }
             }
             publisher.publish(&snap_tx, &events_tx, false);
         }
@@ -697,13 +705,10 @@ impl Ctx {
                 audit_result(store, "operator", "cache", &actor, &r);
                 r
             }
-            Command::Reply { command, reply } => {
-                let r = self.execute(publisher, *command);
-                let _ = reply.send(r.clone().unwrap_or_else(|| Ok(String::new())));
-                return r;
-            }
-            Command::Shutdown => return None,
+            // The loop answers replies and stops on Shutdown.
+            Command::Reply { .. } | Command::Shutdown => return None,
         };
+        publisher.refresh_view();
         publisher.notify(r.clone());
         Some(r)
     }
@@ -902,6 +907,9 @@ struct Publisher {
     audit: std::collections::VecDeque<AuditEntry>,
     last_audit_id: i64,
     telemetry: crate::telemetry::Telemetry,
+    /// The telemetry as the snapshot shows it, rebuilt on each tick and after an
+    /// operator changed alerts or thresholds (not on every publish).
+    telemetry_view: crate::telemetry::TelemetryView,
     ticked: bool,
     /// Connected to `server.statsd` when set.
     statsd: Option<std::net::UdpSocket>,
@@ -1005,6 +1013,7 @@ impl Publisher {
                     }
                 }
             }),
+            telemetry_view: Default::default(),
             config,
             ticked: false,
             catalog,
@@ -1029,12 +1038,13 @@ impl Publisher {
     fn telemetry_tick(
         &mut self,
         compliance: &ComplianceView,
+        counts: &CatalogCounts,
+        views: &[DownstreamView],
         events: &broadcast::Sender<EngineEvent>,
     ) {
         use crate::telemetry::health::check;
         let store = &self.catalog.store;
         let m = &self.catalog.metrics;
-        let counts = store.catalog_counts().unwrap_or_default();
         let mut checks = Vec::new();
         let (mut warnings, errors, mut recommendations) = (Vec::new(), Vec::new(), Vec::new());
         let mut notes = Vec::new();
@@ -1089,19 +1099,17 @@ impl Publisher {
         let downstreams = self
             .downstreams
             .iter()
-            .map(|d| {
-                let v = d.view();
-                crate::telemetry::DownstreamSample {
-                    name: v.name.clone(),
-                    calls: v.calls,
-                    failures: v.failures + v.timeouts,
-                    consecutive_failures: v.consecutive_failures,
-                    interval: d.latency.take_interval(),
-                    recent_p95_ms: v.p95_ms,
-                    breaker: v.breaker.state.to_string(),
-                    in_flight: v.limiter.in_flight as u64,
-                    limit: v.limiter.max_concurrent as u64,
-                }
+            .zip(views)
+            .map(|(d, v)| crate::telemetry::DownstreamSample {
+                name: v.name.clone(),
+                calls: v.calls,
+                failures: v.failures + v.timeouts,
+                consecutive_failures: v.consecutive_failures,
+                interval: d.latency.take_interval(),
+                recent_p95_ms: v.p95_ms,
+                breaker: v.breaker.state.to_string(),
+                in_flight: v.limiter.in_flight as u64,
+                limit: v.limiter.max_concurrent as u64,
             })
             .collect();
         let cache = self
@@ -1160,9 +1168,23 @@ impl Publisher {
                 }
             }
         }
+        self.refresh_view();
         if let Some(sample) = sample_copy {
             self.send_statsd(&sample, prev.as_ref());
         }
+    }
+
+    /// Rebuilds the telemetry the snapshot carries (charts, alerts, thresholds…).
+    fn refresh_view(&mut self) {
+        self.telemetry_view = crate::telemetry::TelemetryView {
+            thresholds: self
+                .config
+                .thresholds()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            ..self.telemetry.view(self.catalog.store.now_ms())
+        };
     }
 
     /// StatsD: one datagram (or a few, each under 1400 bytes) a second; a lost one is
@@ -1173,9 +1195,8 @@ impl Publisher {
         prev: Option<&crate::telemetry::Sample>,
     ) {
         let Some(sock) = &self.statsd else { return };
-        let view = self.telemetry.view(sample.now_ms);
         let mut packet = String::new();
-        for line in crate::telemetry::statsd_lines(sample, prev, &view) {
+        for line in crate::telemetry::statsd_lines(sample, prev, &self.telemetry_view) {
             if packet.len() + line.len() + 1 > 1400 {
                 let _ = sock.send(packet.as_bytes());
                 packet.clear();
@@ -1264,17 +1285,19 @@ impl Publisher {
     ) {
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
+        let counts = self.catalog.store.catalog_counts().unwrap_or_default();
+        let downstreams: Vec<DownstreamView> = self.downstreams.iter().map(|d| d.view()).collect();
         if !self.ticked {
             // Health and thresholds from the first snapshot on.
             self.ticked = true;
-            self.telemetry_tick(&compliance, events);
+            self.telemetry_tick(&compliance, &counts, &downstreams, events);
         }
         while self.second_started.elapsed() >= Duration::from_secs(1) {
             self.second_started += Duration::from_secs(1);
             self.per_second.pop_front();
             self.per_second.push_back(completed - self.last_completed);
             self.last_completed = completed;
-            self.telemetry_tick(&compliance, events);
+            self.telemetry_tick(&compliance, &counts, &downstreams, events);
         }
         let m = &self.catalog.metrics;
         let store = &self.catalog.store;
@@ -1289,7 +1312,6 @@ impl Publisher {
                 self.audit.push_front(e);
             }
         }
-        let counts = store.catalog_counts().unwrap_or_default();
         let scaler = self
             .catalog
             .scaler
@@ -1357,22 +1379,17 @@ impl Publisher {
             audit: self.audit.iter().cloned().collect(),
             token_refreshes: self.catalog.qb().tokens().refreshes(),
             draining,
-            downstreams: self.downstreams.iter().map(|d| d.view()).collect(),
+            downstreams,
             notice: self.notice.clone(),
             telemetry: crate::telemetry::TelemetryView {
-                thresholds: self
-                    .config
-                    .thresholds()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
+                // Live: an invalidation shows at once, not at the next tick.
                 cache: self
                     .catalog
                     .cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .stats(),
-                ..self.telemetry.view(store.now_ms())
+                ..self.telemetry_view.clone()
             },
             profile: self.profile(),
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),

@@ -1052,7 +1052,8 @@ impl Publisher {
         if counts.failed > 0 {
             notes.push(format!("{} jobs failed", counts.failed));
             warnings.push(format!("{} catalog jobs failed", counts.failed));
-            score = score.min(75.0);
+            // Work given up on needs a person: degraded (fair), as FAILED invoices are.
+            score = score.min(60.0);
         }
         if counts.rejected > 0 {
             warnings.push(format!("{} products rejected as invalid", counts.rejected));

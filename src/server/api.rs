@@ -144,6 +144,20 @@ fn bad(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// A JSON object body (an empty body reads as `{}`); anything else is a JSON 400.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonObject {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        object(&bytes).map(JsonObject).map_err(bad)
+    }
+}
+
 fn object(body: &Bytes) -> Result<Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
@@ -188,12 +202,8 @@ pub async fn set_breaker(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
     Path(service): Path<String>,
-    body: Bytes,
+    JsonObject(body): JsonObject,
 ) -> Response {
-    let body = match object(&body) {
-        Ok(b) => b,
-        Err(m) => return bad(m),
-    };
     if !snapshot(&st).downstreams.iter().any(|d| d.name == service) {
         return error(
             StatusCode::NOT_FOUND,
@@ -369,12 +379,8 @@ pub async fn pipeline(
 pub async fn invalidate(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
-    body: Bytes,
+    JsonObject(body): JsonObject,
 ) -> Response {
-    let body = match object(&body) {
-        Ok(b) => b,
-        Err(m) => return bad(m),
-    };
     let text = |k: &'static str| body.get(k).map(|v| v.as_str().map(str::to_owned).ok_or(k));
     let scope = match (text("pattern"), text("tag"), text("key")) {
         (None, None, None) if body.is_empty() => CacheScope::All,
@@ -413,12 +419,8 @@ pub async fn thresholds(State(st): State<ServerState>) -> Response {
 pub async fn set_thresholds(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
-    body: Bytes,
+    JsonObject(body): JsonObject,
 ) -> Response {
-    let body = match object(&body) {
-        Ok(b) => b,
-        Err(m) => return bad(m),
-    };
     if body.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -536,12 +538,8 @@ pub async fn alerts(State(st): State<ServerState>) -> Response {
 pub async fn ack_alerts(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
-    body: Bytes,
+    JsonObject(body): JsonObject,
 ) -> Response {
-    let body = match object(&body) {
-        Ok(b) => b,
-        Err(m) => return bad(m),
-    };
     let matcher = matcher(&body);
     act(
         &st,
@@ -556,12 +554,8 @@ pub async fn ack_alerts(
 pub async fn silence_alerts(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
-    body: Bytes,
+    JsonObject(body): JsonObject,
 ) -> Response {
-    let body = match object(&body) {
-        Ok(b) => b,
-        Err(m) => return bad(m),
-    };
     let matcher = matcher(&body);
     let Some(secs) = body
         .get("secs")

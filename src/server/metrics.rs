@@ -7,22 +7,18 @@ pub fn render(s: &Snapshot) -> String {
     let mut e = Exposition::default();
     let c = &s.catalog;
 
-    e.family(
+    e.one(
         "syncctl_catalog_jobs_completed_total",
         Kind::Counter,
         "Catalog jobs finished (items synced or found unchanged).",
-    )
-    .sample(
-        "syncctl_catalog_jobs_completed_total",
-        &[],
         c.completed as f64,
     );
-    e.family(
+    e.one(
         "syncctl_catalog_job_errors_total",
         Kind::Counter,
         "Catalog job attempts that ended in an error.",
-    )
-    .sample("syncctl_catalog_job_errors_total", &[], c.errors as f64);
+        c.errors as f64,
+    );
     e.family(
         "syncctl_webhooks_total",
         Kind::Counter,
@@ -33,21 +29,17 @@ pub fn render(s: &Snapshot) -> String {
         ("duplicate", c.webhooks_duplicate),
         ("rejected", c.webhooks_rejected),
     ] {
-        e.sample("syncctl_webhooks_total", &[("result", result)], n as f64);
+        e.with(&[("result", result)], n as f64);
     }
     e.family(
         "syncctl_queue_depth",
         Kind::Gauge,
         "Work waiting, by queue.",
     )
-    .sample(
-        "syncctl_queue_depth",
-        &[("queue", "catalog")],
-        c.counts.queued as f64,
-    );
+    .with(&[("queue", "catalog")], c.counts.queued as f64);
     if s.compliance.enabled {
         let waiting = s.compliance.counts.waiting();
-        e.sample("syncctl_queue_depth", &[("queue", "dian")], waiting as f64);
+        e.with(&[("queue", "dian")], waiting as f64);
     }
     e.family(
         "syncctl_workers",
@@ -59,42 +51,25 @@ pub fn render(s: &Snapshot) -> String {
         ("min", c.workers_min),
         ("max", c.workers_max),
     ] {
-        e.sample(
-            "syncctl_workers",
-            &[("pipeline", "catalog"), ("kind", kind)],
-            n as f64,
-        );
+        e.with(&[("pipeline", "catalog"), ("kind", kind)], n as f64);
     }
     e.family(
         "syncctl_in_flight",
         Kind::Gauge,
         "Jobs or sends in progress, by pipeline.",
     )
-    .sample(
-        "syncctl_in_flight",
-        &[("pipeline", "catalog")],
-        c.in_flight as f64,
-    );
+    .with(&[("pipeline", "catalog")], c.in_flight as f64);
     if s.compliance.enabled {
-        e.sample(
-            "syncctl_in_flight",
-            &[("pipeline", "compliance")],
-            s.compliance.in_flight as f64,
-        );
+        e.with(&[("pipeline", "compliance")], s.compliance.in_flight as f64);
     }
     e.family(
         "syncctl_pipeline_paused",
         Kind::Gauge,
         "1 when the pipeline is paused by an operator.",
     )
-    .sample(
-        "syncctl_pipeline_paused",
-        &[("pipeline", "catalog")],
-        f64::from(u8::from(c.paused)),
-    );
+    .with(&[("pipeline", "catalog")], f64::from(u8::from(c.paused)));
     if s.compliance.enabled {
-        e.sample(
-            "syncctl_pipeline_paused",
+        e.with(
             &[("pipeline", "compliance")],
             f64::from(u8::from(s.compliance.paused)),
         );
@@ -104,22 +79,18 @@ pub fn render(s: &Snapshot) -> String {
             "Invoices in the compliance store, by state.",
         );
         for (st, n) in &s.compliance.counts.by_status {
-            e.sample("syncctl_dian_invoices", &[("status", st.name())], *n as f64);
+            e.with(&[("status", st.name())], *n as f64);
         }
-        e.family(
+        e.one(
             "syncctl_dian_sends_total",
             Kind::Counter,
             "Transmissions to DIAN through Alegra.",
-        )
-        .sample("syncctl_dian_sends_total", &[], s.compliance.sends as f64);
-        e.family(
+            s.compliance.sends as f64,
+        );
+        e.one(
             "syncctl_dian_validated_total",
             Kind::Counter,
             "Invoices DIAN accepted.",
-        )
-        .sample(
-            "syncctl_dian_validated_total",
-            &[],
             s.compliance.validated as f64,
         );
     }
@@ -131,7 +102,7 @@ pub fn render(s: &Snapshot) -> String {
                    f: &dyn Fn(&crate::resilience::DownstreamView) -> u64| {
         e.family(name, Kind::Counter, help);
         for d in ds {
-            e.sample(name, &[("service", &d.name)], f(d) as f64);
+            e.with(&[("service", &d.name)], f(d) as f64);
         }
     };
     counter(
@@ -185,8 +156,7 @@ pub fn render(s: &Snapshot) -> String {
             "METRICS_ONLY",
         ] {
             let on = d.breaker.state.name() == st;
-            e.sample(
-                "syncctl_circuit_state",
+            e.with(
                 &[("service", &d.name), ("state", st)],
                 f64::from(u8::from(on)),
             );
@@ -198,11 +168,7 @@ pub fn render(s: &Snapshot) -> String {
         "Requests per minute the limiter allows now.",
     );
     for d in ds {
-        e.sample(
-            "syncctl_rate_limit_per_minute",
-            &[("service", &d.name)],
-            d.limiter.effective_per_min as f64,
-        );
+        e.with(&[("service", &d.name)], d.limiter.effective_per_min as f64);
     }
 
     e.family(
@@ -217,11 +183,7 @@ pub fn render(s: &Snapshot) -> String {
             ("0.95", op.summary.p95_ms),
             ("0.99", op.summary.p99_ms),
         ] {
-            e.sample(
-                "syncctl_operation_duration_seconds",
-                &[l[0], ("quantile", q)],
-                v / 1000.0,
-            );
+            e.with(&[l[0], ("quantile", q)], v / 1000.0);
         }
         e.sample(
             "syncctl_operation_duration_seconds_sum",
@@ -241,19 +203,18 @@ pub fn render(s: &Snapshot) -> String {
         "Longest duration of an operation since start.",
     );
     for op in &s.profile {
-        e.sample(
-            "syncctl_operation_duration_max_seconds",
+        e.with(
             &[("operation", op.name.as_str())],
             op.summary.max_ms / 1000.0,
         );
     }
     let t = &s.telemetry;
-    e.family(
+    e.one(
         "syncctl_health_score",
         Kind::Gauge,
         "Health score 0-100 (the minimum of the components).",
-    )
-    .sample("syncctl_health_score", &[], t.health.score as f64);
+        t.health.score as f64,
+    );
     e.family(
         "syncctl_alerts",
         Kind::Gauge,
@@ -266,59 +227,39 @@ pub fn render(s: &Snapshot) -> String {
                 .iter()
                 .filter(|a| a.severity.to_string() == sev && a.phase.to_string() == phase)
                 .count();
-            e.sample(
-                "syncctl_alerts",
-                &[("severity", sev), ("state", phase)],
-                n as f64,
-            );
+            e.with(&[("severity", sev), ("state", phase)], n as f64);
         }
     }
-    e.family(
+    e.one(
         "syncctl_anomalies_open",
         Kind::Gauge,
         "Metrics outside their usual band now.",
-    )
-    .sample("syncctl_anomalies_open", &[], t.open_anomalies as f64);
+        t.open_anomalies as f64,
+    );
     e.family(
         "syncctl_cache_lookups_total",
         Kind::Counter,
         "QuickBooks lookup cache, by result.",
     );
-    e.sample(
-        "syncctl_cache_lookups_total",
-        &[("result", "hit")],
-        t.cache.hits as f64,
-    );
-    e.sample(
-        "syncctl_cache_lookups_total",
-        &[("result", "miss")],
-        t.cache.misses as f64,
-    );
-    e.family(
+    e.with(&[("result", "hit")], t.cache.hits as f64);
+    e.with(&[("result", "miss")], t.cache.misses as f64);
+    e.one(
         "syncctl_cache_evictions_total",
         Kind::Counter,
         "Entries dropped for room (LRU).",
-    )
-    .sample(
-        "syncctl_cache_evictions_total",
-        &[],
         t.cache.evictions as f64,
     );
-    e.family(
+    e.one(
         "syncctl_cache_invalidations_total",
         Kind::Counter,
         "Entries dropped by an operator's invalidation.",
-    )
-    .sample(
-        "syncctl_cache_invalidations_total",
-        &[],
         t.cache.invalidations as f64,
     );
-    e.family(
+    e.one(
         "syncctl_cache_entries",
         Kind::Gauge,
         "Entries in the lookup cache.",
-    )
-    .sample("syncctl_cache_entries", &[], t.cache.entries as f64);
+        t.cache.entries as f64,
+    );
     e.finish()
 }

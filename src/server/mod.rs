@@ -85,8 +85,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/profile", get(api::profile))
         .route("/snapshot", get(api::snapshot_json))
         .route("/ws/connections", get(ws::connections))
-        .route("/ws/notifications", get(ws::notifications))
-        .route("/ws/alerts", get(ws::alerts))
+        .route("/ws/notifications", get(ws::subscribe::<false>))
+        .route("/ws/alerts", get(ws::subscribe::<true>))
         .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -282,27 +282,11 @@ async fn health(State(state): State<ServerState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let mut warnings = Vec::new();
-    if counts.failed > 0 {
-        warnings.push(format!("{} catalog jobs failed", counts.failed));
-    }
-    if counts.rejected > 0 {
-        warnings.push(format!("{} products rejected as invalid", counts.rejected));
-    }
-    if state.catalog.is_paused() {
-        warnings.push("catalog pipeline paused".to_owned());
-    }
+    // Status, warnings and checks are the engine's health score (one judgement for
+    // /health, the console and `syncctl status`); the store read above proves liveness.
     let snap = state.control.snapshot.borrow().clone();
     let h = &snap.telemetry.health;
-    for w in &h.warnings {
-        if !warnings.contains(w) {
-            warnings.push(w.clone());
-        }
-    }
-    let status = match (h.status, counts.failed > 0) {
-        ("ok", true) => "degraded",
-        (s, _) => s,
-    };
+    let (status, warnings) = (h.status, &h.warnings);
     axum::Json(json!({
         "status": status,
         "score": h.score,

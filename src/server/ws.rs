@@ -85,22 +85,19 @@ pub async fn connections(State(st): State<ServerState>) -> Response {
     axum::Json(json!({ "count": list.len(), "connections": list })).into_response()
 }
 
-pub async fn notifications(
+/// `WS /api/v1/ws/notifications` (`ALERTS = false`) and `WS /api/v1/ws/alerts`.
+pub async fn subscribe<const ALERTS: bool>(
     ws: WebSocketUpgrade,
     State(st): State<ServerState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, st, Feed::Notifications, actor, addr))
-}
-
-pub async fn alerts(
-    ws: WebSocketUpgrade,
-    State(st): State<ServerState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, st, Feed::Alerts, actor, addr))
+    let feed = if ALERTS {
+        Feed::Alerts
+    } else {
+        Feed::Notifications
+    };
+    ws.on_upgrade(move |socket| serve(socket, st, feed, actor, addr))
 }
 
 /// The JSON frame for an event on a feed (None: not for this feed).

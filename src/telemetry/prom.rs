@@ -34,6 +34,18 @@ impl Exposition {
         self
     }
 
+    /// A family of one unlabelled sample.
+    pub fn one(&mut self, name: &str, kind: Kind, help: &str, value: f64) -> &mut Self {
+        self.family(name, kind, help).sample(name, &[], value)
+    }
+
+    /// A sample of the family started last (summaries name their `_sum` and `_count`
+    /// with [`Exposition::sample`]).
+    pub fn with(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        let name = self.families.last().cloned().unwrap_or_default();
+        self.sample(&name, labels, value)
+    }
+
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         self.out.push_str(name);
         if !labels.is_empty() {

@@ -38,6 +38,20 @@ fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
     cfg
 }
 
+/// A new engine on `data` with the thresholds saved in the config file at `path`.
+async fn restart_from(
+    sb: &syncctl::sandbox::SandboxServer,
+    path: &std::path::Path,
+    data: &std::path::Path,
+) -> syncctl::engine::EngineHandle {
+    let loaded = Config::load(path).unwrap();
+    let mut cfg = config(sb);
+    cfg.alerts = loaded.alerts;
+    cfg.anomaly = loaded.anomaly;
+    cfg.source = loaded.source;
+    common::engine(cfg, data).await
+}
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -576,11 +590,7 @@ async fn thresholds_survive_a_restart_and_the_config_keeps_its_comments() {
     let loaded = Config::load(&path).unwrap();
     assert_eq!(loaded.alerts.error_rate_percent, 7.5);
     assert_eq!(loaded.anomaly.min_samples, 60);
-    let mut cfg2 = config(&sb);
-    cfg2.alerts = loaded.alerts.clone();
-    cfg2.anomaly = loaded.anomaly.clone();
-    cfg2.source = loaded.source.clone();
-    let mut engine = common::engine(cfg2, &data).await;
+    let mut engine = restart_from(&sb, &path, &data).await;
     let api = Api::new(&engine);
     let t = api.get("/api/v1/thresholds").await;
     assert_eq!(t["alerts.error_rate_percent"], 7.5);
@@ -846,11 +856,7 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
         text.contains("# page someone above this\nqueue_depth = 250 # jobs\n"),
         "{text}"
     );
-    let loaded = Config::load(&path).unwrap();
-    let mut cfg = config(&sb);
-    cfg.alerts = loaded.alerts;
-    cfg.source = loaded.source;
-    let mut engine = common::engine(cfg, &data).await;
+    let mut engine = restart_from(&sb, &path, &data).await;
     let mut app = App::new(
         engine.snapshot.borrow().clone(),
         syncctl::ui::theme::Theme::monochrome(),

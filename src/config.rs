@@ -317,27 +317,6 @@ pub const THRESHOLDS: &[Threshold] = &[
 ];
 
 impl Config {
-    /// A threshold's current value.
-    pub fn threshold(&self, name: &str) -> Option<f64> {
-        let (a, n) = (&self.alerts, &self.anomaly);
-        Some(match name {
-            "alerts.error_rate_percent" => a.error_rate_percent,
-            "alerts.latency_p95_ms" => a.latency_p95_ms,
-            "alerts.cache_miss_rate_percent" => a.cache_miss_rate_percent,
-            "alerts.consecutive_failures" => a.consecutive_failures,
-            "alerts.queue_depth" => a.queue_depth,
-            "alerts.dian_failure_rate_percent" => a.dian_failure_rate_percent,
-            "alerts.for_secs" => a.for_secs as f64,
-            "alerts.cooldown_secs" => a.cooldown_secs as f64,
-            "alerts.clear_ratio" => a.clear_ratio,
-            "anomaly.z_threshold" => n.z_threshold,
-            "anomaly.mad_threshold" => n.mad_threshold,
-            "anomaly.min_samples" => n.min_samples as f64,
-            "anomaly.consecutive" => n.consecutive as f64,
-            _ => return None,
-        })
-    }
-
     /// Every threshold, in [`THRESHOLDS`] order.
     pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
         THRESHOLDS
@@ -352,27 +331,52 @@ impl Config {
         let mut next = self.clone();
         for (name, v) in changes {
             let t = check_threshold(name, *v)?;
-            let (a, n) = (&mut next.alerts, &mut next.anomaly);
-            match t.name {
-                "alerts.error_rate_percent" => a.error_rate_percent = *v,
-                "alerts.latency_p95_ms" => a.latency_p95_ms = *v,
-                "alerts.cache_miss_rate_percent" => a.cache_miss_rate_percent = *v,
-                "alerts.consecutive_failures" => a.consecutive_failures = *v,
-                "alerts.queue_depth" => a.queue_depth = *v,
-                "alerts.dian_failure_rate_percent" => a.dian_failure_rate_percent = *v,
-                "alerts.for_secs" => a.for_secs = *v as u64,
-                "alerts.cooldown_secs" => a.cooldown_secs = *v as u64,
-                "alerts.clear_ratio" => a.clear_ratio = *v,
-                "anomaly.z_threshold" => n.z_threshold = *v,
-                "anomaly.mad_threshold" => n.mad_threshold = *v,
-                "anomaly.min_samples" => n.min_samples = *v as u64,
-                "anomaly.consecutive" => n.consecutive = *v as u64,
-                other => return Err(format!("unknown threshold {other:?}")),
-            }
+            next.set_threshold(t.name, *v);
         }
         *self = next;
         Ok(())
     }
+}
+
+/// One table from threshold names to config fields, for reading and writing them.
+macro_rules! threshold_fields {
+    ($($name:literal => $section:ident . $field:ident : $ty:ty),* $(,)?) => {
+        impl Config {
+            /// A threshold's current value.
+            #[allow(clippy::unnecessary_cast)]
+            pub fn threshold(&self, name: &str) -> Option<f64> {
+                match name {
+                    $($name => Some(self.$section.$field as f64),)*
+                    _ => None,
+                }
+            }
+
+            /// Sets a threshold already checked by [`check_threshold`].
+            #[allow(clippy::unnecessary_cast)]
+            fn set_threshold(&mut self, name: &str, v: f64) {
+                match name {
+                    $($name => self.$section.$field = v as $ty,)*
+                    _ => {}
+                }
+            }
+        }
+    };
+}
+
+threshold_fields! {
+    "alerts.error_rate_percent" => alerts.error_rate_percent: f64,
+    "alerts.latency_p95_ms" => alerts.latency_p95_ms: f64,
+    "alerts.cache_miss_rate_percent" => alerts.cache_miss_rate_percent: f64,
+    "alerts.consecutive_failures" => alerts.consecutive_failures: f64,
+    "alerts.queue_depth" => alerts.queue_depth: f64,
+    "alerts.dian_failure_rate_percent" => alerts.dian_failure_rate_percent: f64,
+    "alerts.for_secs" => alerts.for_secs: u64,
+    "alerts.cooldown_secs" => alerts.cooldown_secs: u64,
+    "alerts.clear_ratio" => alerts.clear_ratio: f64,
+    "anomaly.z_threshold" => anomaly.z_threshold: f64,
+    "anomaly.mad_threshold" => anomaly.mad_threshold: f64,
+    "anomaly.min_samples" => anomaly.min_samples: u64,
+    "anomaly.consecutive" => anomaly.consecutive: u64,
 }
 
 /// Checks one threshold's name and value against [`THRESHOLDS`].
@@ -1401,6 +1405,18 @@ mod tests {
         assert_eq!(c.alerts, AlertsConfig::default());
         assert_eq!(c.anomaly, AnomalyConfig::default());
         assert_eq!(c.cache, CacheConfig::default());
+    }
+
+    #[test]
+    fn every_tunable_threshold_reads_and_writes_its_config_field() {
+        for t in THRESHOLDS {
+            let mut c = Config::default();
+            assert!(c.threshold(t.name).is_some(), "{} has no field", t.name);
+            let mid = (t.min + t.max) / 2.0;
+            let v = if t.integer { mid.round() } else { mid };
+            c.set_thresholds(&[(t.name.to_owned(), v)]).unwrap();
+            assert_eq!(c.threshold(t.name), Some(v), "{}", t.name);
+        }
     }
 
     #[test]

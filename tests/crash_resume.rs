@@ -178,15 +178,13 @@ async fn engine_killed_during_the_contingency_drain_loses_and_duplicates_nothing
     let sb = common::sandbox(5, 21).await;
     let base = sb.base_url();
     // Slow answers (so sends are in flight at the kill) at 10 requests/s.
-    post(
+    common::faults(
         &base,
-        "/_sandbox/faults",
         serde_json::json!({"service": "alegra", "rate_limit_per_min": 600, "latency_ms": 300}),
     )
     .await;
-    post(
+    common::faults(
         &base,
-        "/_sandbox/faults",
         serde_json::json!({"service": "dian", "outage": true}),
     )
     .await;
@@ -244,9 +242,8 @@ async fn engine_killed_during_the_contingency_drain_loses_and_duplicates_nothing
         },
     )
     .await;
-    post(
+    common::faults(
         &base,
-        "/_sandbox/faults",
         serde_json::json!({"service": "dian", "outage": false}),
     )
     .await;

@@ -501,8 +501,12 @@ impl App {
                             self.staged.len()
                         ));
                     }
-                    // The value in force stays; the prompt stays open to fix it.
-                    Err(e) => self.flash = Some(e),
+                    // The value in force stays; the prompt stays open to fix it. (The
+                    // prompt already names the threshold.)
+                    Err(e) => {
+                        let prefix = format!("{name}: ");
+                        self.flash = Some(e.strip_prefix(&prefix).unwrap_or(&e).to_owned());
+                    }
                 }
                 None
             }

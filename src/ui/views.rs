@@ -169,10 +169,11 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
         let mut spans = vec![
             Span::styled(format!(" {}: ", app.prompt_kind.label()), t.title),
             Span::styled(format!("{text}▏"), t.key),
-            Span::styled("  Enter apply · Esc cancel", t.dim),
         ];
-        if let Some(flash) = &app.flash {
-            spans.push(Span::styled(format!("  {flash}"), t.flash));
+        // A problem with what was typed replaces the key hints: it must be read.
+        match &app.flash {
+            Some(flash) => spans.push(Span::styled(format!("  {flash}"), t.flash)),
+            None => spans.push(Span::styled("  Enter apply · Esc cancel", t.dim)),
         }
         frame.render_widget(Paragraph::new(Line::from(spans)), area);
         return;

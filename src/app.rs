@@ -126,6 +126,7 @@ pub async fn start_demo(
     mut config: Config,
     data_dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
+    fresh_store: bool,
 ) -> anyhow::Result<Demo> {
     let sandbox_dir = data_dir.join("sandbox");
     // Before anything opens the world: a second demo on this dir stops here.
@@ -152,6 +153,7 @@ pub async fn start_demo(
         data_dir,
         mode: Mode::Sandbox,
         listener: engine_listener,
+        fresh_store,
     })
     .await;
     match engine {

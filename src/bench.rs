@@ -28,6 +28,7 @@ async fn engine_on(
         data_dir: dir.to_owned(),
         mode: crate::engine::Mode::Sandbox,
         listener,
+        fresh_store: false,
     })
     .await
 }

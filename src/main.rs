@@ -24,6 +24,12 @@ struct Cli {
     /// Data directory: database, logs, and in demos the sandbox's world.
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start over on purpose where the data dir shows its database was lost: Alegra's
+    /// documents are adopted by their Stripe invoices and the numbering continues after
+    /// the highest used; QuickBooks Items are found by Sku. Without it such a start is
+    /// refused.
+    #[arg(long, global = true)]
+    fresh_store: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -340,14 +346,30 @@ fn apply_world(config: &mut Config, world: &WorldArgs) -> Result<(), String> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let paths = Paths::discover();
     match cli.command {
-        None => console_live(&cli.config, cli.data_dir, &paths).await,
+        None => console_live(&cli.config, cli.data_dir, cli.fresh_store, &paths).await,
         Some(Command::Demo { world }) => {
-            demo(cli.config.as_ref(), cli.data_dir, &world, true).await
+            demo(
+                cli.config.as_ref(),
+                cli.data_dir,
+                cli.fresh_store,
+                &world,
+                true,
+            )
+            .await
         }
         Some(Command::Run { demo: true, world }) => {
-            demo(cli.config.as_ref(), cli.data_dir, &world, false).await
+            demo(
+                cli.config.as_ref(),
+                cli.data_dir,
+                cli.fresh_store,
+                &world,
+                false,
+            )
+            .await
         }
-        Some(Command::Run { demo: false, .. }) => run_live(cli.config, cli.data_dir, &paths).await,
+        Some(Command::Run { demo: false, .. }) => {
+            run_live(cli.config, cli.data_dir, cli.fresh_store, &paths).await
+        }
         Some(Command::Sandbox {
             listen,
             print_config,
@@ -416,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn demo(
     config_path: Option<&PathBuf>,
     data_dir: Option<PathBuf>,
+    fresh_store: bool,
     world: &WorldArgs,
     console: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -435,7 +458,7 @@ async fn demo(
     };
     let _guard = app::init_logging(&dir, &config.log.level, !console);
     let max_fps = config.console.max_fps;
-    let mut demo = match app::start_demo(config, dir, tmp).await {
+    let mut demo = match app::start_demo(config, dir, tmp, fresh_store).await {
         Ok(d) => d,
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
@@ -485,6 +508,7 @@ fn live_config(explicit: &Option<PathBuf>, paths: &Paths) -> Result<Config, Exit
 async fn start_live(
     config: Config,
     data_dir: Option<PathBuf>,
+    fresh_store: bool,
     paths: &Paths,
     stderr_logs: bool,
 ) -> anyhow::Result<
@@ -509,6 +533,7 @@ async fn start_live(
         data_dir: dir,
         mode: Mode::Live,
         listener,
+        fresh_store,
     })
     .await
     {
@@ -520,16 +545,18 @@ async fn start_live(
 async fn console_live(
     config: &Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    fresh_store: bool,
     paths: &Paths,
 ) -> anyhow::Result<ExitCode> {
     let config = match live_config(config, paths) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let (mut engine, _guard, fps) = match start_live(config, data_dir, paths, false).await? {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
-    };
+    let (mut engine, _guard, fps) =
+        match start_live(config, data_dir, fresh_store, paths, false).await? {
+            Ok(x) => x,
+            Err(code) => return Ok(code),
+        };
     syncctl::ui::run(&mut engine, fps, None).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -537,16 +564,18 @@ async fn console_live(
 async fn run_live(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    fresh_store: bool,
     paths: &Paths,
 ) -> anyhow::Result<ExitCode> {
     let config = match live_config(&config, paths) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let (mut engine, _guard, _) = match start_live(config, data_dir, paths, true).await? {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
-    };
+    let (mut engine, _guard, _) =
+        match start_live(config, data_dir, fresh_store, paths, true).await? {
+            Ok(x) => x,
+            Err(code) => return Ok(code),
+        };
     eprintln!(
         "syncctl: engine on http://{}; Ctrl-C drains and stops",
         engine.server_addr

@@ -104,7 +104,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(to: Status, after_ms: Option<i64>, code: Option<&str>, message: String) -> Self {
+    pub fn new(to: Status, after_ms: Option<i64>, code: Option<&str>, message: String) -> Self {
         Self {
             to,
             after_ms,

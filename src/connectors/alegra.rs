@@ -124,9 +124,30 @@ pub struct AlegraInvoice {
     pub number: String,
     pub date: String,
     pub stamp: Option<StampInfo>,
+    /// The issuer's note; syncctl writes `stripe:<invoice id>` there.
+    pub anotation: Option<String>,
 }
 
 impl AlegraInvoice {
+    /// Whether this document was issued for Stripe invoice `stripe_id` (its annotation).
+    pub fn is_for(&self, stripe_id: &str) -> bool {
+        self.anotation
+            .as_deref()
+            .and_then(|a| a.strip_prefix("stripe:"))
+            .is_some_and(|id| id == stripe_id)
+    }
+
+    /// The Stripe invoice this document was issued for, by its annotation.
+    pub fn stripe_id(&self) -> Option<&str> {
+        self.anotation.as_deref()?.strip_prefix("stripe:")
+    }
+
+    pub fn accepted(&self) -> bool {
+        self.stamp
+            .as_ref()
+            .is_some_and(|s| s.legal_status.starts_with("STAMPED_AND_ACCEPTED"))
+    }
+
     pub fn from_json(v: &Value) -> Result<Self, AlegraError> {
         let id = match &v["id"] {
             Value::String(s) => s.clone(),
@@ -161,6 +182,7 @@ impl AlegraInvoice {
                 .to_owned(),
             date: v["date"].as_str().unwrap_or("").to_owned(),
             stamp,
+            anotation: v["anotation"].as_str().map(str::to_owned),
         })
     }
 }
@@ -349,6 +371,31 @@ impl AlegraClient {
                 reqwest::Method::GET,
                 "/invoices",
                 &[("number", number.to_owned()), ("limit", "30".into())],
+                None,
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| AlegraError::Decode("expected a list of invoices".into()))?
+            .iter()
+            .map(AlegraInvoice::from_json)
+            .collect()
+    }
+
+    /// One page of documents (`start`, at most 30), in Alegra's order.
+    pub async fn list_invoices(
+        &self,
+        start: usize,
+        limit: usize,
+    ) -> Result<Vec<AlegraInvoice>, AlegraError> {
+        let v = self
+            .call(
+                true,
+                reqwest::Method::GET,
+                "/invoices",
+                &[
+                    ("start", start.to_string()),
+                    ("limit", limit.min(30).to_string()),
+                ],
                 None,
             )
             .await?;

@@ -284,14 +284,19 @@ impl StripeClient {
             .await
     }
 
-    /// One page of paid invoices, newest first (raw: the compliance pipeline reads them).
+    /// One page of paid invoices, newest first, created at or after `created_gte` (unix
+    /// seconds) when given (raw: the compliance pipeline reads them).
     pub async fn list_paid_invoices(
         &self,
         cursor: &Cursor,
         limit: u32,
+        created_gte: Option<i64>,
     ) -> Result<List<Value>, StripeError> {
         let mut q = Self::cursor_params(cursor, limit);
         q.push(("status", "paid".into()));
+        if let Some(t) = created_gte {
+            q.push(("created[gte]", t.to_string()));
+        }
         q.push(("expand[]", "data.total_tax_amounts.tax_rate".into()));
         self.get("/v1/invoices", &q).await
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,8 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::compliance::Compliance;
+use super::ingest::Ingested;
 use super::item::{self, DesiredItem};
 use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
@@ -69,6 +71,8 @@ pub struct CatalogMetrics {
     pub in_flight: AtomicUsize,
     pub webhooks_accepted: AtomicU64,
     pub webhooks_duplicate: AtomicU64,
+    /// Verified and recorded, with no effect (said why in the answer and the audit).
+    pub webhooks_ignored: AtomicU64,
     pub webhooks_rejected: AtomicU64,
     pub last_reconcile_ms: AtomicU64,
     /// Sum of job durations (ns) and jobs finished, for the auto-scaler's latency.
@@ -177,6 +181,13 @@ pub struct Catalog {
     /// QuickBooks Items by name and by id (`item:name:…`, `item:id:…`; tags `item` and
     /// `product:<id>`). Only Items QuickBooks returned are kept, never "not found".
     pub cache: Mutex<Cache<crate::connectors::quickbooks::Item>>,
+    /// The compliance pipeline, which takes `invoice.paid` events.
+    invoices: OnceLock<Arc<Compliance>>,
+    /// The store held no mapping at start (a first start, or a lost store started over):
+    /// before the first create, every Item is read once and those whose Sku is a
+    /// product id are adopted by it — a renamed product never gets a second Item.
+    adopt_by_sku: bool,
+    by_sku: tokio::sync::OnceCell<Mutex<HashMap<String, crate::connectors::quickbooks::Item>>>,
 }
 
 /// A job derived from a Stripe event.
@@ -224,6 +235,7 @@ impl Catalog {
         settings: CatalogSettings,
     ) -> anyhow::Result<Self> {
         let settings_cache = (settings.cache_max_entries, settings.cache_ttl_ms);
+        let store_has_no_mapping = store.mapping_count()? == 0;
         let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
         let full = store
             .cursor(FULL_SYNC_CURSOR)?
@@ -269,6 +281,9 @@ impl Catalog {
             claim_batch: Mutex::new(claim_batch),
             page: Mutex::new(page),
             cache: Mutex::new(Cache::new(settings_cache.0, settings_cache.1)),
+            invoices: OnceLock::new(),
+            adopt_by_sku: store_has_no_mapping,
+            by_sku: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -419,8 +434,14 @@ impl Catalog {
         }
     }
 
-    /// Writes the job for a verified event in the same transaction as its id.
-    /// Returns false for an event id already seen.
+    /// Where paid invoices go (set once by the engine when compliance is configured).
+    pub fn route_invoices_to(&self, compliance: Arc<Compliance>) {
+        let _ = self.invoices.set(compliance);
+    }
+
+    /// Takes one verified Stripe event, from a webhook or the events reconciliation:
+    /// its effect (a catalog job, or the compliance record of a paid invoice) is written
+    /// in the same transaction as its id, so an id is never seen without its effect.
     pub fn ingest_event(
         &self,
         id: &str,
@@ -428,7 +449,12 @@ impl Catalog {
         created: i64,
         object: &Value,
         via: &str,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Ingested> {
+        if kind == "invoice.paid"
+            && let Some(c) = self.invoices.get()
+        {
+            return c.ingest(object, Some((id, kind, via)));
+        }
         let job = job_for_event(kind, created, object);
         let jobs: Vec<NewJob<'_>> = job
             .iter()
@@ -440,10 +466,19 @@ impl Catalog {
             })
             .collect();
         let new = self.store.ingest(&jobs, None, Some((id, kind, via)))?;
-        if new && !jobs.is_empty() {
-            self.work.notify_waiters();
+        if !new {
+            return Ok(Ingested::Duplicate);
         }
-        Ok(new)
+        if jobs.is_empty() {
+            let why = if kind == "invoice.paid" {
+                "compliance is not configured (no [alegra] section): the periodic listing takes paid invoices once it is".to_owned()
+            } else {
+                format!("{kind} events call for no work")
+            };
+            return Ok(Ingested::Ignored(why));
+        }
+        self.work.notify_waiters();
+        Ok(Ingested::New)
     }
 
     /// Lists every product into jobs, resuming from the stored cursor.
@@ -700,10 +735,12 @@ impl Catalog {
         }
     }
 
+    /// One event read back: taken like a webhook's, then the checkpoint moves past it
+    /// (an event that could not be stored stops the pass where it is).
     fn ingest_reconciled(&self, e: &crate::connectors::stripe::Event) -> anyhow::Result<bool> {
-        let new = self.ingest_event(&e.id, &e.kind, e.created, &e.data.object, "reconcile")?;
+        let got = self.ingest_event(&e.id, &e.kind, e.created, &e.data.object, "reconcile")?;
         self.store.set_cursor(EVENTS_CURSOR, &e.id)?;
-        Ok(new)
+        Ok(got.is_new())
     }
 
     /// One worker: claims a job at a time until cancelled; a job in hand is finished
@@ -1000,6 +1037,17 @@ impl Catalog {
                 Err(_) => {}
             }
         }
+        if self.adopt_by_sku {
+            let items = self
+                .by_sku
+                .get_or_try_init(|| self.read_items_by_sku())
+                .await?;
+            let found = items.lock().unwrap_or_else(|p| p.into_inner()).remove(pid);
+            if let Some(item) = found {
+                self.remember(&item, pid);
+                return Ok((item, "adopted"));
+            }
+        }
         let names = [
             desired.name.clone(),
             item::disambiguated_name(&desired.name, pid),
@@ -1041,6 +1089,39 @@ impl Catalog {
             "no free QuickBooks name for {pid}: both {:?} and {:?} belong to other products",
             names[0], names[1]
         )))
+    }
+
+    /// Every Item whose Sku is a Stripe product id (1,000 a request).
+    async fn read_items_by_sku(
+        &self,
+    ) -> Result<Mutex<HashMap<String, crate::connectors::quickbooks::Item>>, JobError> {
+        let mut out = HashMap::new();
+        let mut start = 1;
+        loop {
+            let page = self.qb.all_items(start, 1000).await?;
+            let n = page.len();
+            for item in page {
+                if let Some(sku) = item.sku.clone().filter(|s| s.starts_with("prod_")) {
+                    out.insert(sku, item);
+                }
+            }
+            if n < 1000 {
+                break;
+            }
+            start += n;
+        }
+        if !out.is_empty() {
+            let _ = self.store.audit(
+                "sync",
+                "catalog",
+                "engine",
+                &format!(
+                    "the store had no mapping: {} QuickBooks Items carry a Stripe product id as Sku and are adopted by their products (never created twice)",
+                    out.len()
+                ),
+            );
+        }
+        Ok(Mutex::new(out))
     }
 
     /// Writes the desired fields to the mapped Item (5010 → re-read once; 6240 → the

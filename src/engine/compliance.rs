@@ -4,6 +4,10 @@
 //! store before it leaves, so a crash mid-send leaves an UNKNOWN record that is read at
 //! Alegra before anything is sent again (Alegra has no idempotency key).
 
+mod numbering;
+
+pub use numbering::Numbering;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,12 +17,19 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::ingest::{Ingested, NotNow};
 use crate::compliance::contingency::{self, ContingencyConfig, Event, Evidence, Monitor, Phase};
 use crate::compliance::invoice::{self, LocalInvoice};
 use crate::compliance::machine::{Decision, Policy, Status};
 use crate::connectors::alegra::{AlegraClient, AlegraError, AlegraInvoice, StampResult};
 use crate::connectors::stripe::{Cursor, StripeClient};
 use crate::store::{Change, InvoiceRecord, Store};
+
+/// The paid-invoice listing's durable cursor: the newest `created` (unix seconds) of a
+/// walk that was stored whole.
+const LIST_CURSOR: &str = "compliance.list_created";
+/// Each walk reads back this far before the cursor.
+const LIST_OVERLAP_SECS: i64 = 86_400;
 
 #[derive(Debug, Clone)]
 pub struct ComplianceSettings {
@@ -28,6 +39,9 @@ pub struct ComplianceSettings {
     pub number_start: u64,
     pub policy: Policy,
     pub contingency: ContingencyConfig,
+    /// The store was started over on purpose (`--fresh-store`): before the first number,
+    /// every document of the range at Alegra is read and adopted by its Stripe invoice.
+    pub adopt_documents: bool,
 }
 
 /// The contingency procedure as the console shows it.
@@ -71,6 +85,10 @@ pub struct Compliance {
     version: AtomicU64,
     monitor: Mutex<Monitor>,
     pub metrics: ComplianceMetrics,
+    numbering: Mutex<Numbering>,
+    numbering_confirmed: AtomicBool,
+    /// Listed invoices that cannot be e-invoices, said once per run.
+    ignored: Mutex<HashSet<String>>,
 }
 
 /// Today in Colombia (UTC−5), `YYYY-MM-DD`, at `now_ms`.
@@ -111,6 +129,16 @@ pub fn clock_time(ms: i64) -> String {
     )
 }
 
+/// A DIAN answer of rule 90: some document with this number was accepted before.
+fn says_rule_90(d: &AlegraInvoice) -> bool {
+    d.stamp.as_ref().is_some_and(|s| {
+        s.legal_status == "STAMPED_AND_REJECTED"
+            && s.errors
+                .iter()
+                .any(|e| crate::compliance::machine::is_rule_90(e))
+    })
+}
+
 /// `SETP990000001` → (`SETP`, `990000001`).
 fn split_number(number: &str) -> (&str, &str) {
     let at = number
@@ -147,7 +175,17 @@ impl Compliance {
             }
             None => Monitor::new(settings.contingency),
         };
+        let numbering = if store.numbering_started()? {
+            Numbering::Ready
+        } else {
+            Numbering::Checking(
+                "no invoice is numbered until Alegra confirms the numbering range".into(),
+            )
+        };
         Ok(Self {
+            numbering: Mutex::new(numbering),
+            numbering_confirmed: AtomicBool::new(false),
+            ignored: Mutex::new(HashSet::new()),
             monitor: Mutex::new(monitor),
             store,
             alegra,
@@ -327,19 +365,27 @@ impl Compliance {
         })
     }
 
-    /// Records one Stripe invoice (from an event or a list page). Ok(false): already
-    /// known. Err: it cannot be an e-invoice (said in the audit trail, nothing stored).
+    /// Records one Stripe invoice (from an event or a list page) as a compliance record,
+    /// in one transaction with the event id when it came as an event. An invoice that
+    /// cannot be an e-invoice is Ignored (its event recorded, the reason audited).
     pub fn ingest(
         &self,
         object: &Value,
         event: Option<(&str, &str, &str)>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Ingested> {
+        if let Some(why) = self.numbering_hold() {
+            return Err(NotNow(why).into());
+        }
         let inv = match self.local(object) {
             Ok(i) => i,
             Err(why) => {
-                if let Some((id, kind, via)) = event {
+                let new = match event {
                     // Remember the event so it is not read again, then say why.
-                    self.store.ingest(&[], None, Some((id, kind, via)))?;
+                    Some((id, kind, via)) => self.store.ingest(&[], None, Some((id, kind, via)))?,
+                    None => !self.ignored_seen(object),
+                };
+                if !new {
+                    return Ok(Ingested::Duplicate);
                 }
                 self.store.audit(
                     "sync",
@@ -347,7 +393,7 @@ impl Compliance {
                     "engine",
                     &format!("not sent to DIAN: {why}"),
                 )?;
-                return Ok(false);
+                return Ok(Ingested::Ignored(why));
             }
         };
         let new = self.store.ingest_invoice(
@@ -359,48 +405,96 @@ impl Compliance {
         )?;
         if new {
             self.changed();
+            Ok(Ingested::New)
+        } else {
+            Ok(Ingested::Duplicate)
         }
-        Ok(new)
     }
 
-    /// Lists Stripe's paid invoices now and then (webhooks can be lost): every page
-    /// until one holds nothing new.
+    /// A listing meets the same unusable invoice on every walk: say why once per run.
+    fn ignored_seen(&self, object: &Value) -> bool {
+        let id = object["id"].as_str().unwrap_or_default().to_owned();
+        !self
+            .ignored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    /// Lists Stripe's paid invoices now and then (webhooks and events can be missed).
     pub async fn list_loop(&self, cancel: CancellationToken) {
         loop {
-            let mut cursor = Cursor::Start;
-            loop {
-                let page = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    p = self.stripe.list_paid_invoices(&cursor, 100) => p,
-                };
-                let page = match page {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!("listing Stripe invoices: {e}");
-                        break;
-                    }
-                };
-                let mut fresh = 0;
-                for inv in &page.data {
-                    match self.ingest(inv, None) {
-                        Ok(true) => fresh += 1,
-                        Ok(false) => {}
-                        Err(e) => tracing::error!("storing an invoice: {e}"),
-                    }
+            let walk = tokio::select! {
+                _ = cancel.cancelled() => return,
+                w = self.list_once() => w,
+            };
+            match walk {
+                Ok(0) => {}
+                Ok(n) => {
+                    let _ = self.store.audit(
+                        "sync",
+                        "compliance",
+                        "engine",
+                        &format!("the paid-invoice listing found {n} invoices no event delivered"),
+                    );
                 }
-                self.metrics.listed.fetch_add(fresh, Ordering::Relaxed);
-                match page.data.last().and_then(|v| v["id"].as_str()) {
-                    Some(last) if page.has_more && fresh > 0 => {
-                        cursor = Cursor::After(last.to_owned())
-                    }
-                    _ => break,
-                }
+                Err(e) => tracing::warn!("listing Stripe's paid invoices: {e}"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.list_interval) => {}
             }
         }
+    }
+
+    /// Walks every page of paid invoices created since the durable cursor (less an
+    /// overlap, for invoices created just before it and listed late), taking each one.
+    /// The cursor moves only when the whole walk was stored: an invoice that could not
+    /// be written (disk full, store refusing writes) is met again on the next walk.
+    /// Returns how many invoices were new.
+    pub async fn list_once(&self) -> anyhow::Result<u64> {
+        let since = self
+            .store
+            .cursor(LIST_CURSOR)?
+            .and_then(|v| v.parse::<i64>().ok());
+        let from = since.map(|s| s - LIST_OVERLAP_SECS);
+        let mut cursor = Cursor::Start;
+        let mut newest = since;
+        let mut fresh = 0;
+        let mut failed: Option<anyhow::Error> = None;
+        loop {
+            let page = self.stripe.list_paid_invoices(&cursor, 100, from).await?;
+            let before = fresh;
+            for inv in &page.data {
+                match self.ingest(inv, None) {
+                    Ok(Ingested::New) => fresh += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        continue;
+                    }
+                }
+                if let Some(created) = inv["created"].as_i64() {
+                    newest = newest.max(Some(created));
+                }
+            }
+            self.metrics
+                .listed
+                .fetch_add(fresh - before, Ordering::Relaxed);
+            match page.data.last().and_then(|v| v["id"].as_str()) {
+                Some(last) if page.has_more => cursor = Cursor::After(last.to_owned()),
+                _ => break,
+            }
+        }
+        if let Some(e) = failed {
+            return Err(
+                e.context("some paid invoices were not stored; the next walk takes them again")
+            );
+        }
+        if let Some(newest) = newest.filter(|n| Some(*n) != since) {
+            self.store.set_cursor(LIST_CURSOR, &newest.to_string())?;
+        }
+        Ok(fresh)
     }
 
     /// Sends and follows invoices until cancelled, at most `workers` at once.
@@ -539,6 +633,7 @@ impl Compliance {
             Status::Unknown => self.check(&rec).await,
             Status::Sent => match &rec.alegra_id {
                 Some(id) => match self.alegra.invoice(id).await {
+                    Ok(found) if says_rule_90(&found) => self.check(&rec).await,
                     Ok(found) => {
                         let d = match &found.stamp {
                             Some(s) => self.settings.policy.on_stamp(s),
@@ -627,6 +722,18 @@ impl Compliance {
         self.metrics.send_latency.record(started.elapsed());
         let policy = &self.settings.policy;
         match result {
+            Ok(found) if says_rule_90(&found) => {
+                // "Processed before": by this invoice's document, or another's with the
+                // same number? Read at Alegra before anything is recorded as accepted.
+                self.dian_answered();
+                let d = Decision::new(
+                    Status::Unknown,
+                    Some(0),
+                    Some("90"),
+                    "DIAN answered rule 90 (a document with this number was processed before): which document holds it is read at Alegra".into(),
+                );
+                self.apply(rec, &d, Some(&found));
+            }
             Ok(found) => {
                 let d = match &found.stamp {
                     Some(s) => {
@@ -714,35 +821,86 @@ impl Compliance {
         })
     }
 
-    /// Resolves an UNKNOWN send by reading Alegra before anything is sent again.
+    /// Resolves an UNKNOWN send by reading Alegra before anything is sent again. Only a
+    /// document issued for this invoice (its `stripe:` annotation) counts as ours: a
+    /// number held by another invoice's document is never taken for this one's.
     async fn check(&self, rec: &InvoiceRecord) {
         self.metrics.checks.fetch_add(1, Ordering::Relaxed);
         let found = match &rec.alegra_id {
             Some(id) => self.alegra.invoice(id).await.map(|d| vec![d]),
             None => self.alegra.find_by_number(&rec.number).await,
         };
-        let docs = match found {
+        let mut docs = match found {
             Ok(d) => d,
             Err(e) => return self.postpone(rec, &e),
         };
+        // DIAN's rule 90 ("processed before") says some document with this number was
+        // accepted: which one is read at Alegra.
+        if rec.alegra_id.is_some() && docs.iter().any(says_rule_90) {
+            docs = match self.alegra.find_by_number(&rec.number).await {
+                Ok(d) => d,
+                Err(e) => return self.postpone(rec, &e),
+            };
+        }
+        let (ours, theirs): (Vec<&AlegraInvoice>, Vec<&AlegraInvoice>) =
+            docs.iter().partition(|d| d.is_for(&rec.stripe_id));
         // The accepted one if any (a duplicate made elsewhere must not hide it).
-        let best = docs
+        let best = ours
             .iter()
-            .find(|d| {
-                d.stamp
-                    .as_ref()
-                    .is_some_and(|s| s.legal_status.starts_with("STAMPED_AND_ACCEPTED"))
-            })
-            .or_else(|| docs.first());
-        let d = match best.and_then(|b| b.stamp.as_ref()) {
-            Some(stamp) => {
+            .find(|d| d.accepted())
+            .or_else(|| ours.iter().find(|d| !says_rule_90(d)))
+            .or_else(|| ours.first())
+            .copied();
+        if best.is_none_or(|b| !b.accepted()) && theirs.iter().any(|d| d.stamp.is_some()) {
+            // Another invoice's document holds the number at DIAN: this one needs its own.
+            let holder = theirs
+                .iter()
+                .find(|d| d.stamp.is_some())
+                .and_then(|d| d.anotation.clone())
+                .unwrap_or_else(|| "no annotation".into());
+            return self
+                .renumber(
+                    rec,
+                    &format!(
+                        "{} is already used at DIAN by another document ({holder}); this invoice was never accepted under it",
+                        rec.number
+                    ),
+                )
+                .await;
+        }
+        let d = match best.and_then(|b| b.stamp.as_ref().map(|s| (b, s))) {
+            Some((b, stamp)) if !says_rule_90(b) => {
                 // DIAN stamped what we sent: it was answering, whatever we were told.
                 self.dian_answered();
                 self.settings.policy.on_stamp(stamp)
             }
-            None => self.unstamped(rec, rec.attempts, best),
+            _ => self.unstamped(rec, rec.attempts, best),
         };
         self.apply(rec, &d, best);
+    }
+
+    /// Gives `rec` the next free number (Alegra asked first), to be sent afresh.
+    async fn renumber(&self, rec: &InvoiceRecord, why: &str) {
+        if let Err(e) = self.skip_used_numbers().await {
+            return self.postpone(rec, &e);
+        }
+        match self.store.renumber_invoice(
+            &rec.stripe_id,
+            &self.settings.number_prefix,
+            self.settings.number_start,
+            why,
+        ) {
+            Ok(number) => {
+                let _ = self.store.audit(
+                    "compliance",
+                    &number,
+                    "engine",
+                    &format!("invoice {} renumbered {number}: {why}", rec.number),
+                );
+                self.changed();
+            }
+            Err(e) => tracing::error!("renumbering {}: {e}", rec.number),
+        }
     }
 
     /// DIAN has not stamped the invoice (its document, `found`, is unstamped or absent).

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod compliance;
 pub mod housekeeping;
+pub mod ingest;
 pub mod item;
 
 use std::path::PathBuf;
@@ -234,6 +235,9 @@ pub struct ComplianceView {
     pub contingency: compliance::ContingencyView,
     /// The records' wall clock, to the second (deadlines count down against it).
     pub now_ms: i64,
+    /// Why no invoice is numbered now (Alegra not yet asked about the range, or a lost
+    /// store found there); None when numbering works.
+    pub numbering_hold: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +261,8 @@ pub struct CatalogView {
     pub errors: u64,
     pub webhooks_accepted: u64,
     pub webhooks_duplicate: u64,
+    /// Verified, recorded, and of no effect (the reason is in the audit trail).
+    pub webhooks_ignored: u64,
     pub webhooks_rejected: u64,
     pub last_reconcile_ms: Option<i64>,
     pub workers_target: usize,
@@ -311,6 +317,9 @@ pub struct EngineOptions {
     pub mode: Mode,
     /// The engine server's socket, bound by the caller (so it can tell the sandbox).
     pub listener: tokio::net::TcpListener,
+    /// Start over on purpose where the data dir shows a store was lost (`--fresh-store`):
+    /// Alegra's documents are adopted, QuickBooks' Items found by Sku.
+    pub fresh_store: bool,
 }
 
 fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
@@ -322,7 +331,8 @@ fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
 pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
     let wall_clock = crate::store::WallClock::default();
-    let store = Store::open_with_clock(&opts.data_dir, wall_clock.clone())?;
+    let (store, _opened) =
+        Store::open_checked(&opts.data_dir, wall_clock.clone(), opts.fresh_store)?;
     let requeued = store.requeue_leased()?;
     if requeued > 0 {
         tracing::info!("re-queued {requeued} jobs leased by a previous run");
@@ -429,11 +439,27 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         probe_interval_ms: k.contingency_probe_interval_secs as i64 * 1000,
                         deadline_ms: k.contingency_deadline_hours as i64 * 3_600_000,
                     },
+                    adopt_documents: opts.fresh_store && !store.numbering_started()?,
                 },
             )?))
         }
     };
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
+    if let Some(c) = &compliance {
+        catalog.route_invoices_to(c.clone());
+        // A store that has issued no number asks Alegra first, and is refused here when
+        // Alegra holds this engine's documents (a lost store). If Alegra does not answer
+        // in time, no number is issued until it does (the check goes on in the background).
+        if !store.numbering_started()? {
+            let confirmed =
+                tokio::time::timeout(Duration::from_secs(10), c.confirm_numbering()).await;
+            if let Ok(Ok(())) = confirmed
+                && let compliance::Numbering::Refused(why) = c.numbering()
+            {
+                anyhow::bail!("refusing to start: {why}");
+            }
+        }
+    }
     let webhook_secret: Secret =
         required(&cfg.stripe.webhook_secret, "stripe.webhook_secret")?.clone();
 
@@ -485,6 +511,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             workers.spawn(async move { c2.run(k).await });
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.list_loop(k).await });
+            let (c2, k) = (c.clone(), cancel.clone());
+            workers.spawn(async move { c2.numbering_loop(k).await });
             let house = housekeeping::Housekeeping::new(
                 store.clone(),
                 &opts.data_dir,
@@ -943,6 +971,7 @@ impl Publisher {
             window: c.alegra().window(),
             contingency: c.contingency_view(),
             now_ms: c.store.now_ms() / 1000 * 1000,
+            numbering_hold: c.numbering_hold(),
             ..self.compliance_cache.clone()
         }
     }
@@ -1338,6 +1367,7 @@ impl Publisher {
                 errors: m.errors.load(Ordering::Relaxed),
                 webhooks_accepted: m.webhooks_accepted.load(Ordering::Relaxed),
                 webhooks_duplicate: m.webhooks_duplicate.load(Ordering::Relaxed),
+                webhooks_ignored: m.webhooks_ignored.load(Ordering::Relaxed),
                 webhooks_rejected: m.webhooks_rejected.load(Ordering::Relaxed),
                 last_reconcile_ms: (last_reconcile > 0).then_some(last_reconcile as i64),
                 workers_target: self.catalog.workers_target(),

@@ -1257,6 +1257,13 @@ async fn deliver_webhooks(
                             let w = s.lock();
                             (w.world.webhook_secret.clone(), w.world.now())
                         };
+                        // Like Stripe, a retry goes to the endpoint as it is configured now.
+                        let url = s
+                            .webhook_url
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone()
+                            .unwrap_or_else(|| url.clone());
                         let sig = sign_webhook(&secret, now, &body);
                         let ok = client
                             .post(&url)

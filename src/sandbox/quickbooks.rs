@@ -463,7 +463,30 @@ pub fn parse_query(q: &str) -> Result<ItemQuery, String> {
         start: 1,
         max: 100,
     };
-    if take_kw(&mut rest, "where") {
+    let active_in = |rest: &mut &str| -> bool {
+        let compact: String = rest
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        let known = ["activein(true,false)", "activein(false,true)"]
+            .iter()
+            .any(|p| compact.starts_with(p));
+        if known {
+            let close = rest.find(')').map(|i| i + 1).unwrap_or(rest.len());
+            *rest = &rest[close..];
+        }
+        known
+    };
+    if take_kw(&mut rest, "where") && {
+        // `where Active in (true, false)` alone: every Item.
+        if active_in(&mut rest) {
+            out.include_inactive = true;
+            false
+        } else {
+            true
+        }
+    } {
         let r = rest.trim_start();
         let end = r
             .find(|c: char| !c.is_ascii_alphanumeric())
@@ -672,6 +695,14 @@ mod tests {
     #[test]
     fn unsupported_query_is_an_error() {
         assert!(parse_query("select * from Item where Name = 'a' or Name = 'b'").is_err());
+        let all = parse_query(
+            "select * from Item where Active in (true, false) STARTPOSITION 1001 MAXRESULTS 1000",
+        )
+        .unwrap();
+        assert_eq!(
+            (all.field, all.include_inactive, all.start, all.max),
+            (None, true, 1001, 1000)
+        );
         assert!(parse_query("select * from Customer").is_err());
         assert!(parse_query("select * from Item where Name = 'open").is_err());
     }

@@ -27,6 +27,7 @@ pub fn render(s: &Snapshot) -> String {
     for (result, n) in [
         ("accepted", c.webhooks_accepted),
         ("duplicate", c.webhooks_duplicate),
+        ("ignored", c.webhooks_ignored),
         ("rejected", c.webhooks_rejected),
     ] {
         e.with(&[("result", result)], n as f64);

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Secret;
 use crate::engine::Mode;
 use crate::engine::catalog::Catalog;
+use crate::engine::ingest::{Ingested, NotNow};
 
 #[derive(Clone)]
 pub struct ServerState {
@@ -204,53 +205,55 @@ async fn stripe_webhook(
         kind.to_owned(),
         event["data"]["object"].clone(),
     );
-    let compliance = state.compliance.clone().filter(|_| kind == "invoice.paid");
-    let handled = compliance.is_some()
-        || crate::engine::catalog::job_for_event(&kind, created, &object).is_some();
-    let result = tokio::task::spawn_blocking(move || match compliance {
-        // A paid invoice becomes a compliance record, with its event id, in one step.
-        Some(c) => {
-            let new = c.ingest(&object, Some((&id, &kind, "webhook")))?;
-            if new {
-                c.metrics.webhooks.fetch_add(1, Ordering::Relaxed);
-            }
-            // A known event or an invoice already listed: a duplicate either way.
-            Ok(new)
-        }
-        None => catalog.ingest_event(&id, &kind, created, &object, "webhook"),
+    // One way in for every fact (webhook, events reconciliation, listing): the engine
+    // routes it and writes its effect with its id.
+    let result = tokio::task::spawn_blocking(move || {
+        catalog.ingest_event(&id, &kind, created, &object, "webhook")
     })
     .await;
+    let metrics = &state.catalog.metrics;
     match result {
-        Ok(Ok(true)) => {
-            state
-                .catalog
-                .metrics
-                .webhooks_accepted
-                .fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(Ingested::New)) => {
+            metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = &state.compliance
+                && event["type"] == "invoice.paid"
+            {
+                c.metrics.webhooks.fetch_add(1, Ordering::Relaxed);
+            }
             (
                 StatusCode::OK,
-                axum::Json(json!({ "received": true, "handled": handled })),
+                axum::Json(json!({ "received": true, "handled": true })),
             )
                 .into_response()
         }
-        Ok(Ok(false)) => {
-            state
-                .catalog
-                .metrics
-                .webhooks_duplicate
-                .fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(Ingested::Duplicate)) => {
+            metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
             (
                 StatusCode::OK,
                 axum::Json(json!({ "received": true, "duplicate": true })),
             )
                 .into_response()
         }
+        Ok(Ok(Ingested::Ignored(reason))) => {
+            metrics.webhooks_ignored.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "received": true, "ignored": true, "reason": reason })),
+            )
+                .into_response()
+        }
         // Not stored: a 5xx makes Stripe deliver it again later.
         Ok(Err(e)) => {
-            tracing::error!("webhook not stored: {e}");
+            let message = match e.downcast_ref::<NotNow>() {
+                Some(why) => format!("not taken now: {why}; retry"),
+                None => {
+                    tracing::error!("webhook not stored: {e:#}");
+                    "could not store the event; retry".to_owned()
+                }
+            };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "error": { "message": "could not store the event; retry" } })),
+                axum::Json(json!({ "error": { "message": message } })),
             )
                 .into_response()
         }
@@ -317,6 +320,7 @@ async fn health(State(state): State<ServerState>) -> Response {
             "webhooks": {
                 "accepted": state.catalog.metrics.webhooks_accepted.load(Ordering::Relaxed),
                 "duplicate": state.catalog.metrics.webhooks_duplicate.load(Ordering::Relaxed),
+                "ignored": state.catalog.metrics.webhooks_ignored.load(Ordering::Relaxed),
                 "rejected": state.catalog.metrics.webhooks_rejected.load(Ordering::Relaxed),
             },
         },

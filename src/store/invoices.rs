@@ -187,6 +187,55 @@ impl Store {
             tx.commit()?;
             return Ok(false);
         }
+        // A document found at Alegra for this invoice when the store was rebuilt: adopted
+        // (read there before anything is sent), never given a second number.
+        let found: Option<(String, String)> = tx
+            .query_row(
+                "SELECT number, alegra_id FROM alegra_documents WHERE stripe_id=?1
+                 ORDER BY (legal_status LIKE 'STAMPED_AND_ACCEPTED%') DESC, number LIMIT 1",
+                params![inv.stripe_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((number, alegra_id)) = found {
+            let data = serde_json::to_string(inv)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.execute(
+                "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, alegra_id, issue_date,
+                                      buyer_id, buyer_name, total, data, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'UNKNOWN', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?4, ?4)",
+                params![
+                    inv.stripe_id,
+                    number,
+                    inv.kind,
+                    now,
+                    alegra_id,
+                    issue_date,
+                    inv.buyer_id,
+                    inv.buyer_name,
+                    inv.total,
+                    data
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+                 VALUES (?1, ?2, NULL, 'UNKNOWN', 0, NULL, ?3, 'engine')",
+                params![
+                    inv.stripe_id,
+                    now,
+                    format!(
+                        "paid invoice {} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when the store was rebuilt: adopted with its number, read there before anything is sent",
+                        inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id)
+                    )
+                ],
+            )?;
+            tx.execute(
+                "DELETE FROM alegra_documents WHERE stripe_id=?1",
+                params![inv.stripe_id],
+            )?;
+            tx.commit()?;
+            return Ok(true);
+        }
         let seq: i64 = tx.query_row(
             "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
              ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
@@ -226,6 +275,52 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Gives an invoice whose number turned out to be another document's at Alegra the
+    /// next number of the range; it is sent afresh (nothing of ours holds the old number
+    /// but, at most, a document DIAN rejected). Returns the new number.
+    pub fn renumber_invoice(
+        &self,
+        stripe_id: &str,
+        number_prefix: &str,
+        number_start: u64,
+        why: &str,
+    ) -> Result<String> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = self.now_ms();
+        let (old, status, attempts): (String, String, u32) = tx.query_row(
+            "SELECT number, status, attempts FROM invoices WHERE stripe_id=?1",
+            params![stripe_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let seq: i64 = tx.query_row(
+            "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+            [],
+            |r| r.get(0),
+        )?;
+        let number = format!("{number_prefix}{}", number_start + seq as u64);
+        tx.execute(
+            "UPDATE invoices SET number=?2, status='PENDING', next_at=?3, sending=0, alegra_id=NULL,
+                                 cufe=NULL, last_code=NULL, last_message=?4, updated_at=?3
+             WHERE stripe_id=?1",
+            params![stripe_id, number, now, why],
+        )?;
+        tx.execute(
+            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, ?3, 'PENDING', ?4, NULL, ?5, 'engine')",
+            params![
+                stripe_id,
+                now,
+                status,
+                attempts,
+                format!("renumbered {old} → {number}: {why}")
+            ],
+        )?;
+        tx.commit()?;
+        Ok(number)
     }
 
     /// Invoices the engine should act on now (due, not being sent), oldest deadline

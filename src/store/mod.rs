@@ -7,9 +7,11 @@
 //! Nothing here knows HTTP, terminals or the sandbox.
 
 mod invoices;
+mod recovery;
 mod schema;
 
 pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
+pub use recovery::{FoundDocument, MARKER, Opened};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,21 +160,29 @@ impl Store {
 
     /// Opens the store whose compliance records read time from `clock`.
     pub fn open_with_clock(dir: &Path, clock: WallClock) -> anyhow::Result<Self> {
+        Ok(Self::open_inner(dir, clock)?.0)
+    }
+
+    /// Opens (creating and migrating) the database; true when it was created now (the
+    /// file was missing or empty).
+    fn open_inner(dir: &Path, clock: WallClock) -> anyhow::Result<(Self, bool)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("syncctl.db");
         let mut writer = Connection::open(&path)?;
         configure(&writer)?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         schema::migrate(&mut writer)?;
         let reader = Connection::open(&path)?;
         configure(&reader)?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 path,
                 clock,
             }),
-        })
+        };
+        Ok((store, version == 0))
     }
 
     pub fn path(&self) -> &Path {
@@ -426,6 +436,13 @@ impl Store {
     }
 
     /// The product an Item is mapped to, if any.
+    /// How many products have a mapping row.
+    pub fn mapping_count(&self) -> Result<u64> {
+        self.r()
+            .query_row("SELECT COUNT(*) FROM item_map", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
         self.w()
             .query_row(

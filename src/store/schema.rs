@@ -121,6 +121,23 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE audit ADD COLUMN trace_id TEXT;
      CREATE INDEX audit_at ON audit(at);
      CREATE INDEX audit_entity ON audit(entity, at);",
+    // 6: the store's identity (matched against the marker file beside it, so a lost or
+    // emptied database is noticed), and the documents found at Alegra when a store is
+    // rebuilt on purpose (each adopted by its Stripe invoice, never issued again).
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     INSERT INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+     CREATE TABLE alegra_documents (
+        number TEXT PRIMARY KEY,
+        alegra_id TEXT NOT NULL,
+        stripe_id TEXT,
+        legal_status TEXT,
+        cufe TEXT,
+        found_at INTEGER NOT NULL
+     );
+     CREATE INDEX alegra_documents_stripe ON alegra_documents(stripe_id);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

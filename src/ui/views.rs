@@ -354,10 +354,20 @@ fn draw_sources(frame: &mut Frame, area: Rect, app: &App) {
         Line::from(vec![
             Span::styled("Webhooks    ", t.dim),
             Span::styled(
-                format!(
-                    "{} accepted · {} duplicate · {} rejected",
-                    c.webhooks_accepted, c.webhooks_duplicate, c.webhooks_rejected
-                ),
+                if c.webhooks_ignored > 0 {
+                    format!(
+                        "{} accepted · {} duplicate · {} ignored · {} rejected",
+                        c.webhooks_accepted,
+                        c.webhooks_duplicate,
+                        c.webhooks_ignored,
+                        c.webhooks_rejected
+                    )
+                } else {
+                    format!(
+                        "{} accepted · {} duplicate · {} rejected",
+                        c.webhooks_accepted, c.webhooks_duplicate, c.webhooks_rejected
+                    )
+                },
                 hooks_style,
             ),
         ]),

@@ -42,6 +42,7 @@ pub async fn engine(config: Config, dir: &std::path::Path) -> EngineHandle {
         data_dir: dir.to_owned(),
         mode: Mode::Sandbox,
         listener,
+        fresh_store: false,
     })
     .await
     .unwrap()

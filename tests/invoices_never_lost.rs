@@ -1,0 +1,411 @@
+//! Issue 20: never lose and never reissue an invoice. Every path by which a paid invoice
+//! reaches the engine (webhook, events reconciliation, listing) ends in a compliance
+//! record; a lost store is refused, and a deliberate fresh start adopts what Alegra and
+//! QuickBooks hold instead of issuing it again. All over real HTTP against the sandbox.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use syncctl::compliance::machine::Status;
+use syncctl::config::Config;
+use syncctl::engine::{self, EngineHandle, EngineOptions, Mode};
+use syncctl::sandbox::SandboxServer;
+
+use common::post_json as post;
+
+const DEAD_URL: &str = "http://127.0.0.1:9/webhooks/stripe";
+
+fn config(sb: &SandboxServer, tune: impl FnOnce(&mut Config)) -> Config {
+    let mut cfg = common::config_for(sb);
+    cfg.compliance.retry_schedule_secs = vec![1, 1, 1];
+    cfg.compliance.poll_secs = 1;
+    cfg.alegra.timeout_secs = 2;
+    cfg.alegra.breaker.minimum_calls = 1000;
+    cfg.compliance.list_interval_secs = 3600;
+    tune(&mut cfg);
+    cfg
+}
+
+async fn start(cfg: Config, dir: &Path, fresh_store: bool) -> anyhow::Result<EngineHandle> {
+    let listener = syncctl::app::bind(cfg.server.listen, false).await?;
+    engine::start(EngineOptions {
+        config: cfg,
+        data_dir: dir.to_owned(),
+        mode: Mode::Sandbox,
+        listener,
+        fresh_store,
+    })
+    .await
+}
+
+fn hook_to(sb: &SandboxServer, engine: &EngineHandle) {
+    sb.sandbox.set_webhook_url(Some(format!(
+        "http://{}/webhooks/stripe",
+        engine.server_addr
+    )));
+}
+
+async fn make_invoices(base: &str, n: usize) -> Vec<String> {
+    let v = post(base, "/_sandbox/stripe/invoices", json!({ "count": n })).await;
+    v["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until every one of `ids` is VALIDATED; returns Stripe id → DIAN number.
+async fn until_validated(
+    engine: &EngineHandle,
+    ids: &[String],
+    secs: u64,
+) -> HashMap<String, String> {
+    common::eventually(
+        secs,
+        &format!("{} invoices VALIDATED", ids.len()),
+        || async {
+            let s = engine.snapshot.borrow().clone();
+            let done: HashMap<String, String> = s
+                .compliance
+                .invoices
+                .iter()
+                .filter(|r| r.status == Status::Validated && ids.contains(&r.stripe_id))
+                .map(|r| (r.stripe_id.clone(), r.number.clone()))
+                .collect();
+            (done.len() == ids.len()).then_some(done)
+        },
+    )
+    .await
+}
+
+async fn alegra(base: &str) -> Value {
+    common::get_json(&format!("{base}/_sandbox/stats")).await["alegra"].clone()
+}
+
+/// Each invoice has exactly one accepted document at Alegra, and no number is accepted
+/// twice.
+async fn assert_one_document_each(base: &str, ids: &[String]) {
+    let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
+    let docs = docs.as_array().unwrap();
+    let mut by_invoice: HashMap<String, usize> = HashMap::new();
+    let mut numbers: HashMap<String, usize> = HashMap::new();
+    for d in docs {
+        if d["stamp"]["legalStatus"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("STAMPED_AND_ACCEPTED"))
+        {
+            let a = d["anotation"].as_str().unwrap_or("").to_owned();
+            *by_invoice.entry(a).or_default() += 1;
+            *numbers
+                .entry(
+                    d["numberTemplate"]["fullNumber"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+                .or_default() += 1;
+        }
+    }
+    for id in ids {
+        assert_eq!(
+            by_invoice
+                .get(&format!("stripe:{id}"))
+                .copied()
+                .unwrap_or(0),
+            1,
+            "one accepted Alegra document for {id}: {by_invoice:?}"
+        );
+    }
+    assert!(
+        numbers.values().all(|n| *n == 1),
+        "a number accepted twice: {numbers:?}"
+    );
+}
+
+/// Posts Stripe's events of `type` again, signed, as Stripe's retries would; returns
+/// the engine's answers.
+async fn redeliver(sb: &SandboxServer, engine: &EngineHandle, kind: &str) -> Vec<Value> {
+    let base = sb.base_url();
+    let page: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(syncctl::sandbox::STRIPE_API_KEY)
+        .query(&[("limit", "100"), ("type", kind)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = sb.sandbox.webhook_secret();
+    let mut answers = Vec::new();
+    for e in page["data"].as_array().unwrap() {
+        let body = serde_json::to_vec(e).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/webhooks/stripe", engine.server_addr))
+            .header(
+                "Stripe-Signature",
+                syncctl::sandbox::sign_webhook(&secret, now, &body),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        answers.push(r.json().await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_whose_webhooks_failed_are_taken_by_the_events_reconciliation() {
+    let sb = common::sandbox(5, 31).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(
+        config(&sb, |c| c.catalog.reconcile_interval_secs = 1),
+        dir.path(),
+        false,
+    )
+    .await
+    .unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 5).await;
+    // Stripe cannot reach the engine while the invoices are paid.
+    sb.sandbox.set_webhook_url(Some(DEAD_URL.into()));
+    let ids = make_invoices(&base, 5).await;
+    let numbers = until_validated(&engine, &ids, 60).await;
+    // Stripe's retries arrive once the endpoint works again: known, nothing new.
+    hook_to(&sb, &engine);
+    for a in redeliver(&sb, &engine, "invoice.paid").await {
+        assert_eq!(a["duplicate"], true, "{a}");
+    }
+    let h = common::get_json(&format!("http://{}/health", engine.server_addr)).await;
+    assert_eq!(
+        h["compliance"]["counts"]["VALIDATED"].as_u64(),
+        Some(5),
+        "{h}"
+    );
+    let a = alegra(&base).await;
+    assert_eq!(a["invoices_total"], 5, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    assert_one_document_each(&base, &ids).await;
+    assert_eq!(numbers.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_walks_every_page_since_its_cursor() {
+    let sb = common::sandbox(3, 32).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    // No events reconciliation: the listing alone must find what the webhooks missed.
+    let cfg = config(&sb, |c| c.catalog.reconcile_interval_secs = 3600);
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    // 150 invoices paid while webhooks failed, then 120 delivered: the newest page holds
+    // only known invoices, the missed ones are on the pages after it.
+    sb.sandbox.set_webhook_url(Some(DEAD_URL.into()));
+    let missed = make_invoices(&base, 150).await;
+    hook_to(&sb, &engine);
+    let delivered = make_invoices(&base, 120).await;
+    until_validated(&engine, &delivered, 120).await;
+    engine.shutdown().await;
+    // The listing runs when the engine starts.
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let all: Vec<String> = missed.iter().chain(&delivered).cloned().collect();
+    until_validated(&engine, &all, 180).await;
+    let a = alegra(&base).await;
+    assert_eq!(a["invoices_total"], 270, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_paid_while_the_store_refused_writes_are_taken_when_it_writes_again() {
+    let sb = common::sandbox(3, 33).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(
+        config(&sb, |c| {
+            c.catalog.reconcile_interval_secs = 1;
+            c.compliance.list_interval_secs = 2;
+        }),
+        dir.path(),
+        false,
+    )
+    .await
+    .unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    // Another process holds the database's write lock: every write of the engine fails
+    // (after its busy timeout), as with a full disk.
+    let blocker = rusqlite::Connection::open(dir.path().join("syncctl.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let ids = make_invoices(&base, 3).await;
+    common::eventually(60, "failed webhook deliveries", || async {
+        let s = common::get_json(&format!("{base}/_sandbox/stats")).await;
+        (s["stripe"]["webhooks_failed"].as_u64().unwrap_or(0) >= 3).then_some(())
+    })
+    .await;
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    until_validated(&engine, &ids, 90).await;
+    let a = alegra(&base).await;
+    assert_eq!(a["invoices_total"], 3, "{a}");
+    assert_one_document_each(&base, &ids).await;
+}
+
+/// Removes the database (and its WAL) as an operator or a failing disk might.
+fn delete_db(dir: &Path) {
+    for f in ["syncctl.db", "syncctl.db-wal", "syncctl.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_is_refused_and_a_fresh_start_adopts_documents_and_items() {
+    let sb = common::sandbox(12, 34).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 12).await;
+    let ids = make_invoices(&base, 20).await;
+    let numbers = until_validated(&engine, &ids, 90).await;
+    engine.shutdown().await;
+    // Four products renamed in Stripe while the engine is down: their Items keep the old
+    // names, so only their Sku ties them to their products.
+    let products = common::all_products(&base).await;
+    for p in products.iter().take(4) {
+        let id = p["id"].as_str().unwrap();
+        post(
+            &base,
+            &format!("/_sandbox/stripe/products/{id}"),
+            json!({"name": format!("Renamed {id}")}),
+        )
+        .await;
+    }
+
+    // Deleted: refused, nothing sent.
+    delete_db(dir.path());
+    let e = start(cfg.clone(), dir.path(), false)
+        .await
+        .err()
+        .expect("refused");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("--fresh-store") && msg.contains("store.id"),
+        "{msg}"
+    );
+    // Emptied (truncated): refused as well.
+    std::fs::write(dir.path().join("syncctl.db"), b"").unwrap();
+    assert!(start(cfg.clone(), dir.path(), false).await.is_err());
+    // The whole data dir gone: Alegra's documents are the evidence.
+    let empty = tempfile::tempdir().unwrap();
+    let e = start(cfg.clone(), empty.path(), false)
+        .await
+        .err()
+        .expect("refused");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("Alegra already holds") && msg.contains("--fresh-store"),
+        "{msg}"
+    );
+    assert_eq!(alegra(&base).await["invoices_total"], 20);
+
+    // On purpose: everything adopted, nothing issued again. (QuickBooks' refresh token
+    // rotated with the lost store: the operator re-authorises, i.e. a config with the
+    // token QuickBooks holds now.)
+    let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
+    let engine = start(cfg.clone(), dir.path(), true).await.unwrap();
+    hook_to(&sb, &engine);
+    let again = until_validated(&engine, &ids, 120).await;
+    assert_eq!(again, numbers, "each invoice keeps its number");
+    common::until_idle(&engine, 12).await;
+    common::assert_one_item_per_product(&base).await;
+    // New invoices continue the numbering after the highest used.
+    let more = make_invoices(&base, 2).await;
+    let next = until_validated(&engine, &more, 60).await;
+    let highest = numbers.values().max().unwrap();
+    for n in next.values() {
+        assert!(
+            n.len() == highest.len() && n > highest,
+            "{n} after {highest}"
+        );
+    }
+    let a = alegra(&base).await;
+    assert_eq!(a["invoices_total"], 22, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    let all: Vec<String> = ids.iter().chain(&more).cloned().collect();
+    assert_one_document_each(&base, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_90_counts_as_accepted_only_for_this_invoices_own_document() {
+    let sb = common::sandbox(3, 35).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(&sb, |_| {}), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    // Another system takes the engine's next number at Alegra (after the engine checked
+    // the range at start), and DIAN accepts it.
+    let first = syncctl::store::Store::open(dir.path()).unwrap();
+    let next = first.next_number_seq().unwrap();
+    drop(first);
+    let taken = format!("{}", 990_000_001 + next);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/invoices"))
+        .basic_auth(
+            syncctl::sandbox::alegra::ALEGRA_EMAIL,
+            Some(syncctl::sandbox::alegra::ALEGRA_TOKEN),
+        )
+        .json(&json!({
+            "date": time::OffsetDateTime::now_utc().date().to_string(),
+            "numberTemplate": {"prefix": "SETP", "number": taken},
+            "client": {"identification": "222222222222", "name": "Otro"},
+            "items": [{"name": "x", "price": 1000, "quantity": 1}],
+            "anotation": "issued by hand",
+            "stamp": {"generateStamp": true},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let ids = make_invoices(&base, 1).await;
+    let numbers = until_validated(&engine, &ids, 60).await;
+    let number = &numbers[&ids[0]];
+    assert_ne!(
+        number,
+        &format!("SETP{taken}"),
+        "never validated on another's number"
+    );
+    let s = engine.snapshot.borrow().clone();
+    let rec = s
+        .compliance
+        .invoices
+        .iter()
+        .find(|r| r.stripe_id == ids[0])
+        .unwrap()
+        .clone();
+    assert_eq!(rec.cufe.as_ref().map(String::len), Some(96));
+    assert_one_document_each(&base, &ids).await;
+    let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
+    let ours = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["anotation"] == format!("stripe:{}", ids[0])
+                && d["stamp"]["legalStatus"] == "STAMPED_AND_ACCEPTED"
+        })
+        .expect("our accepted document");
+    assert_eq!(ours["stamp"]["cufe"].as_str(), rec.cufe.as_deref());
+}

@@ -725,6 +725,15 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
             dir.display()
         ));
     }
+    // Never create a database here: an empty one beside a lost store's marker would
+    // only hide the loss.
+    let db = dir.join("syncctl.db");
+    if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
+        return usage(format!(
+            "no store at {} (is --data-dir right? a lost store is restored from a backup, or rebuilt by starting the engine with --fresh-store)",
+            db.display()
+        ));
+    }
     let store = match syncctl::store::Store::open(dir) {
         Ok(s) => s,
         Err(e) => return usage(format!("{e:#}")),

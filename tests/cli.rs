@@ -394,3 +394,77 @@ fn dian_history_without_data_says_where_it_looked() {
     );
     assert!(!missing.exists(), "nothing created");
 }
+
+/// Starts `syncctl run --demo` on `data` and waits until it serves; the caller kills it.
+fn serving_demo(
+    cfg: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .args(["run", "--demo", "--config", cfg.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("engine on http://"));
+    assert!(ready, "the engine did not start");
+    child
+}
+
+#[test]
+fn an_engine_whose_database_was_lost_refuses_to_start_until_told_to_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 10\nchange_interval_ms = 0\n",
+    )
+    .unwrap();
+    let mut first = serving_demo(&cfg, &data, &[]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(data.join("store.id").exists());
+    for f in ["syncctl.db", "syncctl.db-wal", "syncctl.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    // Reading records never creates a database.
+    let out = syncctl(
+        &["dian", "history", "x", "--data-dir", data.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no syncctl data"), "{}", stderr(&out));
+    assert!(!data.join("syncctl.db").exists());
+    let args = [
+        "run",
+        "--demo",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let second = syncctl(&args, dir.path());
+    assert_eq!(second.status.code(), Some(2));
+    let err = stderr(&second);
+    assert!(
+        err.contains("refusing to start")
+            && err.contains("store.id")
+            && err.contains("--fresh-store"),
+        "{err}"
+    );
+    let mut third = serving_demo(&cfg, &data, &["--fresh-store"]);
+    let _ = third.kill();
+    let _ = third.wait();
+    // Started over once: the next start is an ordinary one.
+    let mut fourth = serving_demo(&cfg, &data, &[]);
+    let _ = fourth.kill();
+    let _ = fourth.wait();
+}

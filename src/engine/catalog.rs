@@ -649,9 +649,8 @@ impl Catalog {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if self.is_paused() {
-                continue;
-            }
+            // Even while the catalog is paused: paid invoices come this way too (catalog
+            // jobs just wait in the queue).
             match self.reconcile_once().await {
                 Ok(n) => {
                     self.metrics

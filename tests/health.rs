@@ -377,3 +377,56 @@ fn a_damaged_database_is_refused_at_start_naming_the_file_and_the_fix() {
         "{err}"
     );
 }
+
+/// Case 4c: work waiting and nothing finishing for 5 minutes (QuickBooks answers after
+/// 15 s; the records' clock is moved on) is degraded with the reason; once jobs finish
+/// again, the reason goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_that_stops_finishing_jobs_is_degraded_with_the_reason() {
+    let products = 20;
+    let sandbox = common::sandbox(products, 11).await;
+    let base = sandbox.base_url();
+    common::faults(
+        &base,
+        json!({"service": "quickbooks", "latency_ms": 15_000}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(common::config_for(&sandbox), dir.path()).await;
+    let url = format!("http://{}", engine.server_addr);
+    common::eventually(10, "jobs waiting", || async {
+        let s = engine.snapshot.borrow().clone();
+        let c = &s.catalog.counts;
+        (s.catalog.full_sync.done && c.queued + c.in_flight > 0).then_some(())
+    })
+    .await;
+    let (code, h) = common::eventually(10, "/health to say the catalog stalled", || async {
+        // Five minutes and a bit pass on the clock health reads, nothing finishing.
+        engine.wall_clock.advance(301_000);
+        let (code, h) = health(&url).await?;
+        check(&h, "catalog")["notes"]
+            .to_string()
+            .contains("no job finished")
+            .then_some((code, h))
+    })
+    .await;
+    assert_eq!((code, h["status"].as_str()), (200, Some("degraded")), "{h}");
+    assert!(h["warnings"].to_string().contains("catalog stalled"), "{h}");
+    // The console's judgement is the same one.
+    let snap = engine.snapshot.borrow().clone();
+    assert_eq!(snap.telemetry.health.status, "degraded");
+    assert!(words(&overview(snap, 100, 40)).contains("no job finished"));
+
+    common::faults(&base, json!({"service": "quickbooks", "latency_ms": 0})).await;
+    common::until_idle(&engine, products as u64).await;
+    common::eventually(30, "the stall to clear", || async {
+        let (_, h) = health(&url).await?;
+        (!check(&h, "catalog")["notes"]
+            .to_string()
+            .contains("no job finished"))
+        .then_some(())
+    })
+    .await;
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+}

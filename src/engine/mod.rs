@@ -1129,16 +1129,17 @@ impl Publisher {
         };
         // Work waiting and nothing finished for 5 minutes, with no reason already said
         // (paused, an open circuit, refused credentials): stalled.
-        let waiting = counts.queued > 0
+        let waiting = counts.queued + counts.in_flight > 0
             && !self.catalog.is_paused()
             && !circuit_open(qb_view)
             && auth.is_none();
         let finished = m.completed.load(Ordering::Relaxed) + counts.failed + counts.rejected;
         if let Some(ms) = self.catalog_progress.stalled(now, finished, waiting) {
             let line = format!(
-                "no job finished for {} with {} queued",
+                "no job finished for {} with {} queued, {} in flight",
                 human_secs(ms as u64 / 1000),
-                counts.queued
+                counts.queued,
+                counts.in_flight
             );
             warnings.push(format!("catalog stalled: {line}"));
             recommendations.push("catalog: work is waiting and nothing finishes; see Workers and Events for what the workers are doing".into());

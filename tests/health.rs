@@ -220,6 +220,11 @@ async fn a_superseded_refresh_token_is_said_everywhere_and_cleared_by_a_new_one(
     assert_eq!((c.failed, c.synced), (0, 0), "{c:?}");
     let steps = 1 + started.elapsed().as_secs() / 15;
     let asked = token_requests(&sandbox);
+    eprintln!(
+        "{asked} token requests in {:?}; /health {code}: {}",
+        started.elapsed(),
+        serde_json::to_string_pretty(&h["problems"]).unwrap()
+    );
     assert!(
         (1..=steps).contains(&asked),
         "{asked} token requests in {:?}",
@@ -276,6 +281,7 @@ async fn a_store_that_cannot_write_is_down_everywhere_and_recovers() {
     })
     .await;
     let noticed = blocked_at.elapsed();
+    eprintln!("store write failure noticed by /health after {noticed:?}");
     assert!(
         noticed < Duration::from_secs(10),
         "noticed after {noticed:?}"

@@ -1170,6 +1170,7 @@ impl Publisher {
                 "writes failing for {}: {err}",
                 human_secs((crate::store::now_ms() - since).max(0) as u64 / 1000)
             ));
+            recommendations.push(format!("store: {STORE_WRITE_FIX}"));
             problems.push(crate::telemetry::health::Problem {
                 component: "store".into(),
                 reason: format!("cannot write to {path}: {err}"),

@@ -61,9 +61,6 @@ pub struct Store {
 struct Inner {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-    /// Its own connection with a short busy timeout, so a probe neither waits behind
-    /// the writer's mutex nor for the writer's long busy timeout.
-    probe: Mutex<Connection>,
     path: PathBuf,
     clock: WallClock,
     writes: Mutex<WriteHealth>,
@@ -209,14 +206,10 @@ impl Store {
         schema::migrate(&mut writer)?;
         let reader = Connection::open(&path)?;
         configure(&reader)?;
-        let probe = Connection::open(&path)?;
-        configure(&probe)?;
-        probe.busy_timeout(PROBE_BUSY)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
-                probe: Mutex::new(probe),
                 path,
                 clock,
                 writes: Mutex::new(WriteHealth::default()),
@@ -270,20 +263,22 @@ impl Store {
         r
     }
 
-    /// A small real write (one row) on the probe connection, so health knows whether
-    /// the store can write even while nothing else writes, and sees it recover.
+    /// A small real write (one row), so health knows whether the store can write even
+    /// while nothing else writes, and sees it recover. On the writer connection (one
+    /// writer: a second one would make the writer's transactions fail with
+    /// SQLITE_BUSY_SNAPSHOT), waiting [`PROBE_BUSY`] for the lock instead of the usual 10 s.
     pub fn probe_write(&self) -> Result<()> {
-        let r = self
-            .inner
-            .probe
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .execute(
+        let conn = self.w();
+        let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {
+            conn.execute(
                 "INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
                  ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 params![now_ms()],
             )
-            .map(|_| ());
+        });
+        let _ = conn.busy_timeout(WRITE_BUSY);
+        drop(conn);
+        let r = r.map(|_| ());
         self.wrote(r)
     }
 
@@ -830,8 +825,11 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
     })
 }
 
+/// How long a statement waits for a lock another connection holds.
+const WRITE_BUSY: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(WRITE_BUSY)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process kill; only power loss can drop the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")?;

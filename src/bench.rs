@@ -370,6 +370,7 @@ pub fn telemetry(ticks: usize) -> anyhow::Result<()> {
             breaker: "CLOSED".into(),
             in_flight: 3,
             limit: 10,
+            auth: None,
         };
         Sample {
             now_ms: s as i64 * 1000,

@@ -171,6 +171,7 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
             breaker: "CLOSED".into(),
             in_flight: 2,
             limit: 10,
+            auth: None,
         };
         let steady = Summary {
             p50_ms: 30.0,

@@ -5,6 +5,13 @@
 //! by another caller's refresh just takes the new one. The rotated refresh token is
 //! persisted before the new access token is used (two refreshes racing, or a crash
 //! between refresh and persist, would otherwise lock the engine out).
+//!
+//! A refresh token QuickBooks refuses (`invalid_grant`: superseded or revoked) is not a
+//! glitch a retry fixes: it needs a person. The keeper then stops asking — the token
+//! endpoint is tried again after 15 s, 30 s, 60 s … up to 5 minutes between attempts —
+//! and meanwhile every call fails at once with [`QbError::AuthBlocked`], without any
+//! network. The block lives in memory: a restart (with a new `quickbooks.refresh_token`,
+//! or the same one) starts with one attempt.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +22,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::config::Secret;
+use crate::resilience::clock::SharedClock;
 use crate::resilience::{Class, Classify, Downstream, Rejected};
 use crate::store::{OAuthState, Store, now_ms};
 
@@ -32,6 +40,10 @@ pub enum QbError {
     Throttled { retry_after_secs: u64 },
     #[error("quickbooks auth: {0}")]
     Auth(String),
+    /// Not sent: the refresh token was refused and an operator must re-authorise; the
+    /// token endpoint is tried again in `retry_in_ms`.
+    #[error("quickbooks not called: authorisation needed ({reason})")]
+    AuthBlocked { reason: String, retry_in_ms: u64 },
     #[error("quickbooks {0}: server error")]
     Server(u16),
     #[error("quickbooks transport: {0}")]
@@ -60,6 +72,7 @@ impl QbError {
             | QbError::Transport(_)
             | QbError::Timeout(_)
             | QbError::Rejected { .. }
+            | QbError::AuthBlocked { .. }
             | QbError::Auth(_) => true,
             QbError::Fault { status, .. } => *status >= 500,
             QbError::Decode(_) => false,
@@ -75,12 +88,15 @@ impl Classify for QbError {
             QbError::Server(_) | QbError::Transport(_) | QbError::Decode(_) => Class::Failure,
             QbError::Timeout(_) => Class::Timeout,
             QbError::Fault { status, .. } if *status >= 500 => Class::Failure,
-            QbError::Fault { .. } | QbError::Auth(_) | QbError::Rejected { .. } => Class::Ignored,
+            QbError::Fault { .. }
+            | QbError::Auth(_)
+            | QbError::AuthBlocked { .. }
+            | QbError::Rejected { .. } => Class::Ignored,
         }
     }
     fn retryable(&self) -> bool {
         match self {
-            QbError::Auth(_) | QbError::Rejected { .. } => false,
+            QbError::Auth(_) | QbError::AuthBlocked { .. } | QbError::Rejected { .. } => false,
             _ => self.is_transient(),
         }
     }
@@ -128,6 +144,46 @@ pub struct TokenKeeper {
     store: Store,
     state: tokio::sync::Mutex<OAuthState>,
     refreshes: AtomicU64,
+    /// Requests sent to the token endpoint (refused ones included).
+    attempts: AtomicU64,
+    clock: SharedClock,
+    /// Set while the refresh token is refused (read without the async lock).
+    blocked: std::sync::Mutex<Option<Block>>,
+}
+
+/// First wait after a refused refresh token, and the longest.
+pub const AUTH_BACKOFF_FIRST: Duration = Duration::from_secs(15);
+pub const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What the operator does about a refused refresh token.
+pub const AUTH_FIX: &str = "re-authorise the app in Intuit's developer portal, put the new refresh token in quickbooks.refresh_token in the config file (or SYNCCTL_QUICKBOOKS_REFRESH_TOKEN when the file has none), then restart syncctl";
+
+#[derive(Debug, Clone)]
+struct Block {
+    reason: String,
+    /// Wall-clock ms of the first refusal.
+    since_ms: i64,
+    /// Refusals in a row.
+    refusals: u32,
+    /// On the keeper's clock: no token request before this.
+    retry_at: Duration,
+}
+
+/// Why QuickBooks cannot be called until an operator acts (for health and the console).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuthProblem {
+    pub reason: String,
+    pub since_ms: i64,
+    pub refusals: u32,
+    /// Until the token endpoint is tried again.
+    pub retry_in_ms: u64,
+    pub fix: &'static str,
+}
+
+/// The wait after `refusals` refusals in a row: 15 s, 30 s, 60 s … capped at 5 min.
+pub fn auth_backoff(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    (AUTH_BACKOFF_FIRST * 2u32.pow(doublings)).min(AUTH_BACKOFF_MAX)
 }
 
 #[derive(Deserialize)]
@@ -174,12 +230,52 @@ impl TokenKeeper {
             store,
             state: tokio::sync::Mutex::new(state),
             refreshes: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            clock: SharedClock::tokio(),
+            blocked: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The clock the back-off after a refused refresh token runs on (tests: a manual one).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Refreshes done by this process.
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// Requests this process sent to the token endpoint, refused ones included.
+    pub fn refresh_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    fn block(&self) -> std::sync::MutexGuard<'_, Option<Block>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Set while QuickBooks refuses the refresh token: calls wait for an operator.
+    pub fn problem(&self) -> Option<AuthProblem> {
+        let now = self.clock.now();
+        self.block().as_ref().map(|b| AuthProblem {
+            reason: b.reason.clone(),
+            since_ms: b.since_ms,
+            refusals: b.refusals,
+            retry_in_ms: b.retry_at.saturating_sub(now).as_millis() as u64,
+            fix: AUTH_FIX,
+        })
+    }
+
+    /// How long until the token endpoint may be asked again (None: not blocked, or the
+    /// wait is over and the next caller makes the attempt).
+    pub fn blocked_for(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        self.block()
+            .as_ref()
+            .map(|b| b.retry_at.saturating_sub(now))
+            .filter(|left| !left.is_zero())
     }
 
     /// A valid access token, refreshing first if there is none or it is about to expire.
@@ -206,7 +302,22 @@ impl TokenKeeper {
         self.refresh(&mut state).await
     }
 
+    /// The error for a call made while blocked, if the wait is not over.
+    fn still_blocked(&self) -> Option<QbError> {
+        let now = self.clock.now();
+        let b = self.block();
+        let b = b.as_ref()?;
+        (b.retry_at > now).then(|| QbError::AuthBlocked {
+            reason: b.reason.clone(),
+            retry_in_ms: (b.retry_at - now).as_millis() as u64,
+        })
+    }
+
     async fn refresh(&self, state: &mut OAuthState) -> Result<String, QbError> {
+        if let Some(e) = self.still_blocked() {
+            return Err(e);
+        }
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .http
             .post(&self.token_url)
@@ -222,15 +333,27 @@ impl TokenKeeper {
             .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_client_error() {
+            // Refused: our token or client credentials are wrong. Asking again changes
+            // nothing until someone acts, so stop asking (with a back-off).
+            let error = body["error"].as_str().unwrap_or("unknown error");
+            let reason = match error {
+                "invalid_grant" => format!(
+                    "token refresh refused ({} invalid_grant): the refresh token was superseded or revoked",
+                    status.as_u16()
+                ),
+                "invalid_client" => format!(
+                    "token refresh refused ({} invalid_client): check quickbooks.client_id and client_secret",
+                    status.as_u16()
+                ),
+                other => format!("token refresh refused ({} {other})", status.as_u16()),
+            };
+            return Err(self.refused(reason));
+        }
         if !status.is_success() {
             let error = body["error"].as_str().unwrap_or("unknown error");
-            let hint = if error == "invalid_grant" {
-                " (the refresh token was superseded or revoked: re-authorise and set quickbooks.refresh_token)"
-            } else {
-                ""
-            };
             return Err(QbError::Auth(format!(
-                "token refresh failed: {status} {error}{hint}"
+                "token refresh failed: {status} {error}"
             )));
         }
         let t: TokenResponse =
@@ -246,8 +369,39 @@ impl TokenKeeper {
             .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?
             .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("quickbooks access token refreshed");
+        if self.block().take().is_some() {
+            tracing::info!("quickbooks token refresh accepted again: calls resume");
+        } else {
+            tracing::info!("quickbooks access token refreshed");
+        }
         Ok(t.access_token)
+    }
+
+    /// Records a refusal: blocks calls for the next back-off step.
+    fn refused(&self, reason: String) -> QbError {
+        let mut b = self.block();
+        let refusals = b.as_ref().map_or(0, |b| b.refusals) + 1;
+        let wait = auth_backoff(refusals);
+        if refusals == 1 {
+            tracing::error!(
+                "quickbooks: {reason}; QuickBooks calls stop until an operator acts: {AUTH_FIX}"
+            );
+        } else {
+            tracing::warn!(
+                "quickbooks: {reason} (refusal {refusals}); next attempt in {} s",
+                wait.as_secs()
+            );
+        }
+        *b = Some(Block {
+            since_ms: b.as_ref().map_or_else(now_ms, |b| b.since_ms),
+            reason: reason.clone(),
+            refusals,
+            retry_at: self.clock.now() + wait,
+        });
+        QbError::AuthBlocked {
+            reason,
+            retry_in_ms: wait.as_millis() as u64,
+        }
     }
 }
 

@@ -133,7 +133,9 @@ impl JobError {
 impl From<QbError> for JobError {
     fn from(e: QbError) -> Self {
         match &e {
-            QbError::Rejected { retry_in_ms, .. } => JobError::deferred(&e, *retry_in_ms),
+            QbError::Rejected { retry_in_ms, .. } | QbError::AuthBlocked { retry_in_ms, .. } => {
+                JobError::deferred(&e, *retry_in_ms)
+            }
             QbError::Throttled { retry_after_secs } => {
                 JobError::Transient(e.to_string(), Some(Duration::from_secs(*retry_after_secs)))
             }
@@ -413,6 +415,18 @@ impl Catalog {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// While QuickBooks refuses our refresh token, jobs stay queued (no attempt used);
+    /// when the back-off ends, the next job makes the one token request.
+    async fn wait_for_authorisation(&self, cancel: &CancellationToken) -> bool {
+        while let Some(left) = self.qb.tokens().blocked_for() {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+            }
+        }
+        true
     }
 
     /// Pauses or resumes claiming and listing (in-flight jobs finish). Persisted.
@@ -757,7 +771,8 @@ impl Catalog {
                     _ = target.changed() => continue,
                 }
             }
-            if !self.wait_for_circuit(&cancel).await {
+            if !self.wait_for_circuit(&cancel).await || !self.wait_for_authorisation(&cancel).await
+            {
                 return;
             }
             // Registered before the claim: a notify between an empty claim and the

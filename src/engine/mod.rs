@@ -524,6 +524,37 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     workers.close();
 
     let (done_tx, done_rx) = oneshot::channel();
+    // The publisher's audit lines (alerts, anomalies), written in order off its task.
+    let (audit_tx, mut audit_rx) = mpsc::unbounded_channel::<(String, String, String)>();
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            while let Some((kind, entity, message)) = audit_rx.recv().await {
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    store.audit(&kind, &entity, "engine", &message)
+                })
+                .await;
+            }
+        });
+    }
+    // Health must know the store cannot write even when nothing else writes, and see
+    // it recover: a one-row write every few seconds.
+    {
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STORE_PROBE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.probe_write()).await;
+            }
+        });
+    }
     let mut publisher = Publisher::new(
         catalog.clone(),
         compliance.clone(),
@@ -531,6 +562,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         opts.mode,
         server_addr.to_string(),
         opts.config.clone(),
+        audit_tx,
     );
     {
         let (store, events) = (store.clone(), events_tx.clone());
@@ -943,7 +975,22 @@ struct Publisher {
     statsd: Option<std::net::UdpSocket>,
     /// The thresholds in force, and the file they are saved to.
     config: Config,
+    /// Audit lines written off the publisher's task (a store that cannot write must not
+    /// stop snapshots): kind, entity, message.
+    audit_tx: mpsc::UnboundedSender<(String, String, String)>,
+    /// The last catalog counts read, kept while the store cannot be read.
+    counts: CatalogCounts,
+    /// Set while the store cannot be read.
+    read_error: Option<String>,
+    catalog_progress: crate::telemetry::health::Progress,
+    compliance_progress: crate::telemetry::health::Progress,
 }
+
+/// What to do when the store cannot write.
+const STORE_WRITE_FIX: &str = "free space on the data dir's filesystem, make sure the file is writable (not read-only, not immutable) and that no other process holds a lock on it; the engine keeps trying and recovers by itself once a write succeeds";
+
+/// How often the store's write probe runs.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(3);
 
 const SERIES_SECONDS: usize = 120;
 const AUDIT_KEPT: usize = 500;
@@ -1026,8 +1073,14 @@ impl Publisher {
         mode: Mode,
         server_addr: String,
         config: Config,
+        audit_tx: mpsc::UnboundedSender<(String, String, String)>,
     ) -> Self {
         Self {
+            audit_tx,
+            counts: CatalogCounts::default(),
+            read_error: None,
+            catalog_progress: Default::default(),
+            compliance_progress: Default::default(),
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -1075,7 +1128,7 @@ impl Publisher {
         let store = &self.catalog.store;
         let m = &self.catalog.metrics;
         let mut checks = Vec::new();
-        let (mut warnings, errors, mut recommendations) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut warnings, mut errors, mut recommendations) = (Vec::new(), Vec::new(), Vec::new());
         let mut notes = Vec::new();
         let mut score: f64 = 100.0;
         if counts.failed > 0 {
@@ -1092,7 +1145,80 @@ impl Publisher {
             warnings.push("catalog pipeline paused".into());
             score = score.min(90.0);
         }
+        let now = store.now_ms();
+        let qb_view = views.iter().find(|v| v.name == "quickbooks");
+        let auth = self.catalog.qb().tokens().problem();
+        let circuit_open = |v: Option<&DownstreamView>| {
+            v.is_some_and(|v| {
+                matches!(
+                    v.breaker.state,
+                    BreakerState::Open | BreakerState::ForcedOpen
+                )
+            })
+        };
+        // Work waiting and nothing finished for 5 minutes, with no reason already said
+        // (paused, an open circuit, refused credentials): stalled.
+        let waiting = counts.queued + counts.in_flight > 0
+            && !self.catalog.is_paused()
+            && !circuit_open(qb_view)
+            && auth.is_none();
+        let finished = m.completed.load(Ordering::Relaxed) + counts.failed + counts.rejected;
+        if let Some(ms) = self.catalog_progress.stalled(now, finished, waiting) {
+            let line = format!(
+                "no job finished for {} with {} queued, {} in flight",
+                human_secs(ms as u64 / 1000),
+                counts.queued,
+                counts.in_flight
+            );
+            warnings.push(format!("catalog stalled: {line}"));
+            recommendations.push("catalog: work is waiting and nothing finishes; see Workers and Events for what the workers are doing".into());
+            notes.push(line);
+            score = score.min(40.0);
+        }
         checks.push(check("catalog", score, notes));
+        let mut problems = Vec::new();
+        if let Some(p) = &auth {
+            recommendations.push(format!("quickbooks: {}", p.fix));
+            problems.push(crate::telemetry::health::Problem {
+                component: "quickbooks".into(),
+                reason: format!(
+                    "{} — catalog jobs wait (none lost); next token attempt in {}",
+                    p.reason,
+                    human_secs(p.retry_in_ms.div_ceil(1000))
+                ),
+                fix: p.fix.into(),
+            });
+        }
+        // The store: writes (their outcomes and the probe's) and the publisher's reads.
+        let mut store_notes = Vec::new();
+        let path = store.path().display().to_string();
+        let wh = store.write_health();
+        if let Some(since) = wh.failing_since_ms {
+            let err = wh.last_error.clone().unwrap_or_default();
+            store_notes.push(format!(
+                "writes failing for {}: {err}",
+                human_secs((crate::store::now_ms() - since).max(0) as u64 / 1000)
+            ));
+            recommendations.push(format!("store: {STORE_WRITE_FIX}"));
+            problems.push(crate::telemetry::health::Problem {
+                component: "store".into(),
+                reason: format!("cannot write to {path}: {err}"),
+                fix: STORE_WRITE_FIX.into(),
+            });
+        }
+        if let Some(err) = &self.read_error {
+            store_notes.push(format!("reads failing: {err}"));
+            problems.push(crate::telemetry::health::Problem {
+                component: "store".into(),
+                reason: format!("cannot read {path}: {err}"),
+                fix: format!("stop syncctl and check the file (sqlite3 {path} \"PRAGMA quick_check\"); restore it from a backup, or recover it with sqlite3 {path} \".recover\""),
+            });
+        }
+        for n in &store_notes {
+            errors.push(format!("store: {n}"));
+        }
+        let store_score = if store_notes.is_empty() { 100.0 } else { 0.0 };
+        checks.push(check("store", store_score, store_notes));
         if compliance.enabled {
             let mut notes = Vec::new();
             let mut score: f64 = 100.0;
@@ -1123,6 +1249,29 @@ impl Publisher {
                 warnings.push("compliance pipeline paused".into());
                 score = score.min(90.0);
             }
+            if let Some(c) = &self.compliance {
+                let due = c
+                    .store
+                    .next_invoice_due(false)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|at| at <= now);
+                let alegra_open = circuit_open(views.iter().find(|v| v.name == "alegra"));
+                let waiting = due
+                    && !compliance.paused
+                    && compliance.contingency.phase != "OUTAGE"
+                    && !alegra_open;
+                let progressed = c.version() + c.metrics.sends.load(Ordering::Relaxed);
+                if let Some(ms) = self.compliance_progress.stalled(now, progressed, waiting) {
+                    let line = format!(
+                        "invoices due and none progressed for {}",
+                        human_secs(ms as u64 / 1000)
+                    );
+                    warnings.push(format!("compliance stalled: {line}"));
+                    notes.push(line);
+                    score = score.min(40.0);
+                }
+            }
             checks.push(check("compliance", score, notes));
         }
         let dian_queue = compliance.enabled.then(|| compliance.counts.waiting());
@@ -1140,6 +1289,9 @@ impl Publisher {
                 breaker: v.breaker.state.to_string(),
                 in_flight: v.limiter.in_flight as u64,
                 limit: v.limiter.max_concurrent as u64,
+                auth: (v.name == "quickbooks")
+                    .then(|| auth.as_ref().map(|p| p.reason.clone()))
+                    .flatten(),
             })
             .collect();
         let cache = self
@@ -1173,6 +1325,7 @@ impl Publisher {
             warnings,
             errors,
             recommendations,
+            problems,
         };
         let prev = self.telemetry.last_sample().cloned();
         let sample_copy = self.statsd.is_some().then(|| sample.clone());
@@ -1184,7 +1337,9 @@ impl Publisher {
                     } else {
                         tracing::info!("alert: {}", n.message);
                     }
-                    let _ = store.audit("alert", &n.id, "engine", &n.message);
+                    let _ = self
+                        .audit_tx
+                        .send(("alert".into(), n.id.clone(), n.message.clone()));
                     let _ = events.send(EngineEvent::Alert(n));
                 }
                 crate::telemetry::Signal::Anomaly(a) => {
@@ -1193,7 +1348,9 @@ impl Publisher {
                         a.metric, a.value, a.baseline, a.score
                     );
                     tracing::info!("{line}");
-                    let _ = store.audit("anomaly", &a.metric, "engine", &line);
+                    let _ = self
+                        .audit_tx
+                        .send(("anomaly".into(), a.metric.clone(), line));
                     let _ = events.send(EngineEvent::Anomaly(a));
                 }
             }
@@ -1315,7 +1472,24 @@ impl Publisher {
     ) {
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
-        let counts = self.catalog.store.catalog_counts().unwrap_or_default();
+        // A store that cannot be read keeps the last counts and says so in health.
+        let counts = match self.catalog.store.catalog_counts() {
+            Ok(c) => {
+                self.read_error = None;
+                self.counts = c.clone();
+                c
+            }
+            Err(e) => {
+                if self.read_error.is_none() {
+                    tracing::error!(
+                        "store: cannot read {}: {e}",
+                        self.catalog.store.path().display()
+                    );
+                }
+                self.read_error = Some(e.to_string());
+                self.counts.clone()
+            }
+        };
         let downstreams: Vec<DownstreamView> = self.downstreams.iter().map(|d| d.view()).collect();
         if !self.ticked {
             // Health and thresholds from the first snapshot on.

@@ -217,6 +217,9 @@ pub struct Counters {
     pub qb_queries: u64,
     pub qb_auth_failures: u64,
     pub token_refreshes: u64,
+    /// Requests to the token endpoint, and those refused with `invalid_grant`.
+    pub token_requests: u64,
+    pub token_rejected: u64,
     /// Documents Alegra transmitted to DIAN (each stamp that reached it).
     pub alegra_stamped: u64,
     pub alegra_requests: u64,
@@ -468,6 +471,8 @@ impl World {
                 "requests": c.qb_requests,
                 "auth_failures": c.qb_auth_failures,
                 "token_refreshes": c.token_refreshes,
+                "token_requests": c.token_requests,
+                "token_rejected": c.token_rejected,
             },
             "alegra": self.alegra_stats(),
             "clock_offset_secs": self.clock_offset_secs,
@@ -1093,6 +1098,10 @@ fn knobs() -> Router<Arc<Sandbox>> {
                     w.world.items.iter().map(quickbooks::item_json).collect(),
                 ))
             }),
+        )
+        .route(
+            "/_sandbox/quickbooks/revoke",
+            post(|State(s): State<Arc<Sandbox>>| async move { Json(quickbooks::revoke(&s)) }),
         )
         .route(
             "/_sandbox/clock",

@@ -654,7 +654,12 @@ async fn token(
             .into_response();
     }
     let mut tx = s.lock();
+    tx.world.counters.token_requests += 1;
     if form.refresh_token.as_deref() != Some(tx.world.refresh_token.as_str()) {
+        tx.world.counters.token_rejected += 1;
+        let meta = tx.world.meta();
+        tx.record(meta);
+        tx.commit();
         return (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "error": "invalid_grant" })),
@@ -678,6 +683,21 @@ async fn token(
         "expires_in": ACCESS_TOKEN_TTL_SECS, "x_refresh_token_expires_in": 8_726_400,
     }))
     .into_response()
+}
+
+/// `POST /_sandbox/quickbooks/revoke`: what happens when the app is re-authorised
+/// elsewhere (or its connection revoked): the refresh token the engine holds is
+/// superseded and every access token dies. Answers the new refresh token, as Intuit's
+/// developer portal would show it to whoever re-authorised.
+pub fn revoke(s: &Sandbox) -> Value {
+    let mut tx = s.lock();
+    let refresh = format!("AB11{}", tx.world.rng.hex(20));
+    tx.world.refresh_token = refresh.clone();
+    tx.world.access_tokens.clear();
+    let meta = tx.world.meta();
+    tx.record(meta);
+    tx.commit();
+    json!({ "refresh_token": refresh })
 }
 
 #[cfg(test)]

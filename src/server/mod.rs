@@ -264,37 +264,26 @@ async fn stripe_webhook(
     }
 }
 
-/// `GET /health`: a first version — pipeline state and queue counts. (Scores,
-/// per-component checks and recommendations come with the telemetry work.)
+/// `GET /health`: the engine's one health judgement — the snapshot's, which the console
+/// and `syncctl status` show too — with the queues. It never reads the store itself (a
+/// second, diverging verdict): a store that cannot be read or written is a check of that
+/// judgement. 503 when the status is down.
 async fn health(State(state): State<ServerState>) -> Response {
-    let catalog = state.catalog.clone();
-    let counts = match tokio::task::spawn_blocking(move || catalog.store.catalog_counts()).await {
-        Ok(Ok(c)) => c,
-        _ => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "status": "down", "errors": ["store unreadable"] })),
-            )
-                .into_response();
-        }
-    };
-    let full = state
-        .catalog
-        .metrics
-        .full_sync
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    // Status, warnings and checks are the engine's health score (one judgement for
-    // /health, the console and `syncctl status`); the store read above proves liveness.
     let snap = state.control.snapshot.borrow().clone();
     let h = &snap.telemetry.health;
-    let (status, warnings) = (h.status, &h.warnings);
-    axum::Json(json!({
-        "status": status,
+    let c = &snap.catalog;
+    let counts = &c.counts;
+    let code = if h.status == "down" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = axum::Json(json!({
+        "status": h.status,
         "score": h.score,
         "level": h.level,
         "checks": h.checks,
+        "problems": h.problems,
         "errors": h.errors,
         "recommendations": h.recommendations,
         "queues": {
@@ -311,12 +300,12 @@ async fn health(State(state): State<ServerState>) -> Response {
         "anomalies_open": snap.telemetry.open_anomalies,
         "mode": match state.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
         "version": env!("CARGO_PKG_VERSION"),
-        "warnings": warnings,
+        "warnings": h.warnings,
         "catalog": {
-            "paused": state.catalog.is_paused(),
+            "paused": c.paused,
             "synced": counts.synced, "queued": counts.queued, "in_flight": counts.in_flight,
             "failed": counts.failed, "rejected": counts.rejected, "products_seen": counts.products_seen,
-            "full_sync": { "done": full.done, "pages": full.pages, "listed": full.listed },
+            "full_sync": { "done": c.full_sync.done, "pages": c.full_sync.pages, "listed": c.full_sync.listed },
             "webhooks": {
                 "accepted": state.catalog.metrics.webhooks_accepted.load(Ordering::Relaxed),
                 "duplicate": state.catalog.metrics.webhooks_duplicate.load(Ordering::Relaxed),
@@ -324,6 +313,6 @@ async fn health(State(state): State<ServerState>) -> Response {
                 "rejected": state.catalog.metrics.webhooks_rejected.load(Ordering::Relaxed),
             },
         },
-    }))
-    .into_response()
+    }));
+    (code, body).into_response()
 }

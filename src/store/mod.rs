@@ -6,6 +6,7 @@
 //! are claimed with a lease; leases left by a dead process are re-queued at start.
 //! Nothing here knows HTTP, terminals or the sandbox.
 
+mod integrity;
 mod invoices;
 mod recovery;
 mod schema;
@@ -64,6 +65,45 @@ struct Inner {
     reader: Mutex<Connection>,
     path: PathBuf,
     clock: WallClock,
+    writes: Mutex<WriteHealth>,
+}
+
+/// Whether the store can write, from the outcome of its latest writes (health reads it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteHealth {
+    /// When (ms since the epoch) a write last succeeded.
+    pub last_ok_ms: Option<i64>,
+    /// Set while writes fail: since when, and the latest error.
+    pub failing_since_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Writes failed since the last one that succeeded.
+    pub failures: u64,
+}
+
+/// How long a probe waits for the write lock before it counts as a failed write.
+const PROBE_BUSY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Errors that say the database cannot take writes (locked, full, read-only, I/O,
+/// damaged), as opposed to a statement of ours being refused (a constraint).
+fn storage_error(e: &SqlError) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        SqlError::SqliteFailure(f, _) => matches!(
+            f.code,
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | ReadOnly
+                | DatabaseCorrupt
+                | NotADatabase
+                | CannotOpen
+                | PermissionDenied
+                | FileLockingProtocolFailed
+                | OutOfMemory
+        ),
+        _ => false,
+    }
 }
 
 /// A job claimed by a worker.
@@ -170,6 +210,7 @@ impl Store {
         let path = dir.join("syncctl.db");
         let mut writer = Connection::open(&path)?;
         configure(&writer)?;
+        integrity::check(&writer, &path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         schema::migrate(&mut writer)?;
         let reader = Connection::open(&path)?;
@@ -180,9 +221,75 @@ impl Store {
                 reader: Mutex::new(reader),
                 path,
                 clock,
+                writes: Mutex::new(WriteHealth::default()),
             }),
         };
         Ok((store, version == 0))
+    }
+
+    /// Whether writes currently succeed (see [`Store::probe_write`]).
+    pub fn write_health(&self) -> WriteHealth {
+        self.inner
+            .writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs a write and records its outcome.
+    fn recorded<T>(&self, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.wrote(write())
+    }
+
+    /// Records a write's outcome; hands it back unchanged.
+    fn wrote<T>(&self, r: Result<T>) -> Result<T> {
+        let failed = match &r {
+            Ok(_) => None,
+            Err(e) if storage_error(e) => Some(e.to_string()),
+            // Our statement refused (a constraint): the store itself is fine.
+            Err(_) => return r,
+        };
+        let now = now_ms();
+        let mut w = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner());
+        match failed {
+            None => {
+                if w.failing_since_ms.is_some() {
+                    tracing::info!("store: writes succeed again");
+                }
+                w.last_ok_ms = Some(now);
+                w.failing_since_ms = None;
+                w.last_error = None;
+                w.failures = 0;
+            }
+            Some(e) => {
+                if w.failing_since_ms.is_none() {
+                    tracing::error!("store: a write to {} failed: {e}", self.path().display());
+                }
+                w.failing_since_ms.get_or_insert(now);
+                w.last_error = Some(e);
+                w.failures += 1;
+            }
+        }
+        r
+    }
+
+    /// A small real write (one row), so health knows whether the store can write even
+    /// while nothing else writes, and sees it recover. On the writer connection (one
+    /// writer: a second one would make the writer's transactions fail with
+    /// SQLITE_BUSY_SNAPSHOT), waiting [`PROBE_BUSY`] for the lock instead of the usual 10 s.
+    pub fn probe_write(&self) -> Result<()> {
+        let conn = self.w();
+        let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {
+            conn.execute(
+                "INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![now_ms()],
+            )
+        });
+        let _ = conn.busy_timeout(WRITE_BUSY);
+        drop(conn);
+        let r = r.map(|_| ());
+        self.wrote(r)
     }
 
     pub fn path(&self) -> &Path {
@@ -215,17 +322,19 @@ impl Store {
 
     /// Start-up recovery: a lease held by a process that is gone goes back to the queue.
     pub fn requeue_leased(&self) -> Result<usize> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        let ids: Vec<i64> = tx
-            .prepare("SELECT id FROM jobs WHERE state='leased'")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_>>()?;
-        for id in &ids {
-            requeue(&tx, *id, 0, None, false)?;
-        }
-        tx.commit()?;
-        Ok(ids.len())
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let ids: Vec<i64> = tx
+                .prepare("SELECT id FROM jobs WHERE state='leased'")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_>>()?;
+            for id in &ids {
+                requeue(&tx, *id, 0, None, false)?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
     }
 
     /// Enqueues jobs, all in one transaction together with an optional cursor write and
@@ -237,81 +346,85 @@ impl Store {
         cursor: Option<(&str, &str)>,
         event: Option<(&str, &str, &str)>,
     ) -> Result<bool> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        if let Some((id, kind, via)) = event {
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
-                params![id, kind, now, via],
-            )?;
-            if inserted == 0 {
-                return Ok(false);
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            if let Some((id, kind, via)) = event {
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, kind, now, via],
+                )?;
+                if inserted == 0 {
+                    return Ok(false);
+                }
             }
-        }
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at, idempotency_key, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)
-                 ON CONFLICT(kind, key) WHERE state = 'queued' DO UPDATE SET
-                   payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload ELSE jobs.payload END,
-                   version = MAX(excluded.version, jobs.version),
-                   updated_at = excluded.updated_at",
-            )?;
-            for job in jobs {
-                insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at, idempotency_key, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)
+                     ON CONFLICT(kind, key) WHERE state = 'queued' DO UPDATE SET
+                       payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload ELSE jobs.payload END,
+                       version = MAX(excluded.version, jobs.version),
+                       updated_at = excluded.updated_at",
+                )?;
+                for job in jobs {
+                    insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+                }
             }
-        }
-        if let Some((name, value)) = cursor {
-            tx.execute(
-                "INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![name, value, now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(true)
+            if let Some((name, value)) = cursor {
+                tx.execute(
+                    "INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    params![name, value, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// Claims up to `limit` due jobs of `kind`, never two jobs for the same key at once.
     pub fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
-        let now = now_ms();
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        // An expired lease (a hung worker) is claimable again.
-        let expired: Vec<i64> = tx
-            .prepare_cached(
-                "SELECT id FROM jobs WHERE kind=?1 AND state='leased' AND lease_until < ?2",
-            )?
-            .query_map(params![kind, now], |r| r.get(0))?
-            .collect::<Result<_>>()?;
-        for id in expired {
-            requeue(&tx, id, 0, Some("lease expired"), false)?;
-        }
-        let jobs = {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
-                 WHERE id IN (
-                   SELECT q.id FROM jobs q
-                   WHERE q.kind = ?1 AND q.state = 'queued' AND q.next_attempt_at <= ?2
-                     AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
-                   ORDER BY q.next_attempt_at, q.id LIMIT ?4)
-                 RETURNING id, kind, key, payload, attempts, idempotency_key",
-            )?;
-            stmt.query_map(params![kind, now, now + lease_ms, limit as i64], |row| {
-                Ok(Job {
-                    id: row.get(0)?,
-                    kind: row.get(1)?,
-                    key: row.get(2)?,
-                    payload: row.get(3)?,
-                    attempts: row.get(4)?,
-                    idempotency_key: row.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>>>()?
-        };
-        tx.commit()?;
-        Ok(jobs)
+        self.recorded(|| {
+            let now = now_ms();
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            // An expired lease (a hung worker) is claimable again.
+            let expired: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE kind=?1 AND state='leased' AND lease_until < ?2",
+                )?
+                .query_map(params![kind, now], |r| r.get(0))?
+                .collect::<Result<_>>()?;
+            for id in expired {
+                requeue(&tx, id, 0, Some("lease expired"), false)?;
+            }
+            let jobs = {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
+                     WHERE id IN (
+                       SELECT q.id FROM jobs q
+                       WHERE q.kind = ?1 AND q.state = 'queued' AND q.next_attempt_at <= ?2
+                         AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
+                       ORDER BY q.next_attempt_at, q.id LIMIT ?4)
+                     RETURNING id, kind, key, payload, attempts, idempotency_key",
+                )?;
+                stmt.query_map(params![kind, now, now + lease_ms, limit as i64], |row| {
+                    Ok(Job {
+                        id: row.get(0)?,
+                        kind: row.get(1)?,
+                        key: row.get(2)?,
+                        payload: row.get(3)?,
+                        attempts: row.get(4)?,
+                        idempotency_key: row.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(jobs)
+        })
     }
 
     /// Ends a job in one transaction: marks it done, stores the product's mapping (if
@@ -322,30 +435,32 @@ impl Store {
         mapping: Option<&ItemMapping>,
         audit: Option<(&str, &str, &str, &str)>,
     ) -> Result<()> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        if let Some(m) = mapping {
-            save_mapping(&tx, m, now)?;
-        }
-        tx.execute(
-            "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
-            params![job_id, now],
-        )?;
-        if let Some((kind, entity, actor, message)) = audit {
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            if let Some(m) = mapping {
+                save_mapping(&tx, m, now)?;
+            }
             tx.execute(
-                "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    now,
-                    kind,
-                    entity,
-                    actor,
-                    message,
-                    crate::telemetry::trace::current_id()
-                ],
+                "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
+                params![job_id, now],
             )?;
-        }
-        tx.commit()
+            if let Some((kind, entity, actor, message)) = audit {
+                tx.execute(
+                    "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        now,
+                        kind,
+                        entity,
+                        actor,
+                        message,
+                        crate::telemetry::trace::current_id()
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     /// Puts a job back with a delay, or marks it failed when it has no attempts left.
@@ -356,57 +471,65 @@ impl Store {
         delay_ms: i64,
         max_attempts: u32,
     ) -> Result<bool> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        let attempts: Option<u32> = tx
-            .query_row(
-                "SELECT attempts FROM jobs WHERE id=?1",
-                params![job_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let failed = match attempts {
-            Some(a) if a >= max_attempts => {
-                tx.execute(
-                    "UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-                    params![job_id, error, now_ms()],
-                )?;
-                true
-            }
-            Some(_) => {
-                requeue(&tx, job_id, delay_ms, Some(error), false)?;
-                false
-            }
-            None => false,
-        };
-        tx.commit()?;
-        Ok(failed)
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let attempts: Option<u32> = tx
+                .query_row(
+                    "SELECT attempts FROM jobs WHERE id=?1",
+                    params![job_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let failed = match attempts {
+                Some(a) if a >= max_attempts => {
+                    tx.execute(
+                        "UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
+                        params![job_id, error, now_ms()],
+                    )?;
+                    true
+                }
+                Some(_) => {
+                    requeue(&tx, job_id, delay_ms, Some(error), false)?;
+                    false
+                }
+                None => false,
+            };
+            tx.commit()?;
+            Ok(failed)
+        })
     }
 
     /// A job that can never succeed as is (invalid data): kept with its reason.
     pub fn reject(&self, job_id: i64, reason: &str) -> Result<()> {
-        self.w().execute(
-            "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-            params![job_id, reason, now_ms()],
-        )?;
-        Ok(())
+        self.recorded(|| {
+            self.w().execute(
+                "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
+                params![job_id, reason, now_ms()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Gives a claimed job back untouched (shutdown before it started).
     /// Puts a job back for later without counting the attempt (the call was never
     /// made: e.g. an open circuit refused it).
     pub fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> Result<()> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        requeue(&tx, job_id, delay_ms, Some(reason), true)?;
-        tx.commit()
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            requeue(&tx, job_id, delay_ms, Some(reason), true)?;
+            tx.commit()
+        })
     }
 
     pub fn release(&self, job_id: i64) -> Result<()> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
-        requeue(&tx, job_id, 0, None, true)?;
-        tx.commit()
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            requeue(&tx, job_id, 0, None, true)?;
+            tx.commit()
+        })
     }
 
     pub fn cursor(&self, name: &str) -> Result<Option<String>> {
@@ -461,35 +584,39 @@ impl Store {
         request_id: &str,
         body: &str,
     ) -> Result<()> {
-        self.w().execute(
-            "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
-             VALUES (?1, 'pending', ?2, ?3)
-             ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
-               pending_body=excluded.pending_body",
-            params![product_id, request_id, body],
-        )?;
-        Ok(())
+        self.recorded(|| {
+            self.w().execute(
+                "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+                 VALUES (?1, 'pending', ?2, ?3)
+                 ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
+                   pending_body=excluded.pending_body",
+                params![product_id, request_id, body],
+            )?;
+            Ok(())
+        })
     }
 
     /// Stores the Item now mirroring the product, clearing any pending create.
     pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
-        save_mapping(&self.w(), m, now_ms())
+        self.recorded(|| save_mapping(&self.w(), m, now_ms()))
     }
 
     pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
-        let conn = self.w();
-        conn.execute(
-            "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now_ms(),
-                kind,
-                entity,
-                actor,
-                message,
-                crate::telemetry::trace::current_id()
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.recorded(|| {
+            let conn = self.w();
+            conn.execute(
+                "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now_ms(),
+                    kind,
+                    entity,
+                    actor,
+                    message,
+                    crate::telemetry::trace::current_id()
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     /// Newest audit entries first, optionally only those after `after_id`.
@@ -541,8 +668,10 @@ impl Store {
 
     /// Removes audit entries older than `before_ms`; how many.
     pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
-        self.w()
-            .execute("DELETE FROM audit WHERE at < ?1", params![before_ms])
+        self.recorded(|| {
+            self.w()
+                .execute("DELETE FROM audit WHERE at < ?1", params![before_ms])
+        })
     }
 
     /// Jobs of `kind` waiting to be claimed.
@@ -603,21 +732,23 @@ impl Store {
 
     /// Persists rotated tokens; called before the new access token is used.
     pub fn save_oauth(&self, s: &OAuthState) -> Result<()> {
-        self.w().execute(
-            "INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET bootstrap_hash=excluded.bootstrap_hash,
-               refresh_token=excluded.refresh_token, access_token=excluded.access_token,
-               access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at",
-            params![
-                s.bootstrap_hash,
-                s.refresh_token,
-                s.access_token,
-                s.access_expires_at_ms,
-                now_ms()
-            ],
-        )?;
-        Ok(())
+        self.recorded(|| {
+            self.w().execute(
+                "INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET bootstrap_hash=excluded.bootstrap_hash,
+                   refresh_token=excluded.refresh_token, access_token=excluded.access_token,
+                   access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at",
+                params![
+                    s.bootstrap_hash,
+                    s.refresh_token,
+                    s.access_token,
+                    s.access_expires_at_ms,
+                    now_ms()
+                ],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -711,8 +842,11 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
     })
 }
 
+/// How long a statement waits for a lock another connection holds.
+const WRITE_BUSY: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(WRITE_BUSY)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process kill; only power loss can drop the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")?;

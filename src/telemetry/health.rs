@@ -63,6 +63,8 @@ pub struct DownstreamSignals {
     /// 0 = no cap.
     pub concurrency_limit: u64,
     pub open_anomalies: usize,
+    /// Set when the service refuses our credentials: calls wait for an operator.
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +84,15 @@ pub struct Check {
     pub notes: Vec<String>,
 }
 
+/// Something the engine cannot fix by itself: what is wrong and what a person does
+/// about it. The console's Overview shows these as a banner; `/health` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub component: String,
+    pub reason: String,
+    pub fix: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Health {
     pub score: u8,
@@ -91,6 +102,8 @@ pub struct Health {
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
     pub recommendations: Vec<String>,
+    /// Problems that need a person (see [`Problem`]).
+    pub problems: Vec<Problem>,
 }
 
 impl Default for Health {
@@ -103,7 +116,41 @@ impl Default for Health {
             warnings: Vec::new(),
             errors: Vec::new(),
             recommendations: Vec::new(),
+            problems: Vec::new(),
         }
+    }
+}
+
+/// A pipeline with work waiting that stops making progress for this long is degraded.
+pub const STALL_MS: i64 = 5 * 60_000;
+
+/// Tells a pipeline that stopped making progress with work waiting from one that is
+/// idle, paused or waiting for a reason already reported (an open circuit, an outage).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// When the current stretch of waiting-without-progress began.
+    since_ms: Option<i64>,
+    mark: u64,
+}
+
+impl Progress {
+    /// `mark` grows whenever the pipeline makes progress; `waiting`: work is due and
+    /// nothing excuses the wait. Returns how long (ms) it has waited without progress.
+    pub fn observe(&mut self, now_ms: i64, mark: u64, waiting: bool) -> Option<i64> {
+        match self.since_ms {
+            Some(since) if waiting && mark == self.mark => Some(now_ms - since),
+            _ => {
+                self.since_ms = Some(now_ms);
+                self.mark = mark;
+                None
+            }
+        }
+    }
+
+    /// The stall, if it has lasted [`STALL_MS`].
+    pub fn stalled(&mut self, now_ms: i64, mark: u64, waiting: bool) -> Option<i64> {
+        self.observe(now_ms, mark, waiting)
+            .filter(|ms| *ms >= STALL_MS)
     }
 }
 
@@ -151,6 +198,11 @@ pub fn downstream(s: &DownstreamSignals, t: &Targets) -> Check {
         score -= 15.0 * s.open_anomalies as f64;
         notes.push(format!("{} open anomalies", s.open_anomalies));
     }
+    if let Some(reason) = &s.auth {
+        // Nothing gets through until someone acts: down, and the reason first.
+        score = 0.0;
+        notes.insert(0, format!("authorisation: {reason}"));
+    }
     match s.breaker.as_str() {
         // The circuit's state explains the rest: it comes first.
         "OPEN" | "FORCED_OPEN" => {
@@ -193,6 +245,7 @@ pub fn combine(
         warnings,
         errors,
         recommendations,
+        problems: Vec::new(),
     }
 }
 
@@ -216,7 +269,33 @@ mod tests {
             in_flight: 2,
             concurrency_limit: 10,
             open_anomalies: 0,
+            auth: None,
         }
+    }
+
+    #[test]
+    fn a_refused_credential_takes_the_service_down_with_its_reason_first() {
+        let mut s = healthy("quickbooks");
+        s.auth = Some("token refresh refused (400 invalid_grant)".into());
+        let c = downstream(&s, &t());
+        assert_eq!((c.score, c.level), (0, Level::Critical));
+        assert!(c.notes[0].contains("invalid_grant"), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn progress_is_stalled_only_with_work_waiting_and_nothing_done_for_five_minutes() {
+        let mut p = Progress::default();
+        let min = 60_000;
+        assert_eq!(p.stalled(0, 0, true), None);
+        assert_eq!(p.stalled(4 * min, 0, true), None);
+        assert_eq!(p.stalled(5 * min, 0, true), Some(5 * min));
+        // Progress restarts the count; so does a stretch with nothing waiting.
+        assert_eq!(p.stalled(6 * min, 1, true), None);
+        assert_eq!(p.stalled(10 * min, 1, true), None);
+        assert_eq!(p.stalled(11 * min, 1, true), Some(5 * min));
+        assert_eq!(p.stalled(12 * min, 1, false), None);
+        assert_eq!(p.stalled(16 * min, 1, true), None);
+        assert_eq!(p.stalled(17 * min, 1, true), Some(5 * min));
     }
 
     #[test]

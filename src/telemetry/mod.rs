@@ -36,6 +36,8 @@ pub struct DownstreamSample {
     pub breaker: String,
     pub in_flight: u64,
     pub limit: u64,
+    /// Set while the service refuses our credentials (the reason).
+    pub auth: Option<String>,
 }
 
 /// The engine's counters at one second.
@@ -60,6 +62,8 @@ pub struct Sample {
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
     pub recommendations: Vec<String>,
+    /// What needs a person (health lists them; the console shows a banner).
+    pub problems: Vec<health::Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -285,6 +289,7 @@ impl Telemetry {
                 &d.name,
                 d.consecutive_failures as f64,
             );
+            value("auth", &d.name, if d.auth.is_some() { 1.0 } else { 0.0 });
             signals.push(DownstreamSignals {
                 name: d.name.clone(),
                 breaker: d.breaker.clone(),
@@ -293,6 +298,7 @@ impl Telemetry {
                 in_flight: d.in_flight,
                 concurrency_limit: d.limit,
                 open_anomalies: 0,
+                auth: d.auth.clone(),
             });
         }
 
@@ -409,7 +415,10 @@ impl Telemetry {
                 _ => warnings.push(line),
             }
         }
-        self.health = health::combine(checks, warnings, errors, recommendations);
+        self.health = health::Health {
+            problems: s.problems.clone(),
+            ..health::combine(checks, warnings, errors, recommendations)
+        };
         self.last = Some(s);
         out
     }
@@ -578,6 +587,17 @@ pub fn rules(c: &AlertsConfig) -> Vec<Rule> {
             c.queue_depth,
             format!("queue deeper than {}", c.queue_depth),
         ),
+        Rule {
+            // Refused credentials: nothing a retry fixes; at once, until they work.
+            clear: 1.0,
+            for_ms: 0,
+            ..rule(
+                "auth",
+                Severity::Critical,
+                1.0,
+                "the service refuses our credentials: calls wait for an operator (see /health for the fix)".into(),
+            )
+        },
         Rule {
             clear: 1.0,
             ..rule(

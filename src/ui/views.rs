@@ -203,7 +203,62 @@ pub(super) fn block<'a>(title: &'a str, app: &App) -> Block<'a> {
         .title(Span::styled(format!(" {title} "), app.theme.title))
 }
 
+/// Problems that need a person, above everything else on the Overview: what is wrong
+/// and the fix, in words (the health score alone does not say what to do).
+fn draw_banner(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let mut lines = Vec::new();
+    for p in &app.snapshot.telemetry.health.problems {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{}: ", p.component), t.error),
+            Span::raw(p.reason.clone()),
+        ]));
+        lines.push(Line::from(vec![
+            Span::styled("fix: ", t.key),
+            Span::raw(p.fix.clone()),
+        ]));
+    }
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: true }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_style(t.error)
+                .title(Span::styled(" ACTION NEEDED ", t.error)),
+        ),
+        area,
+    );
+}
+
+/// Rows the banner needs at `width` (its text wrapped, plus the border), at most `max`.
+fn banner_height(app: &App, width: u16, max: u16) -> u16 {
+    let inner = width.saturating_sub(2).max(1) as usize;
+    let rows: usize = app
+        .snapshot
+        .telemetry
+        .health
+        .problems
+        .iter()
+        .map(|p| {
+            let reason = p.component.chars().count() + 2 + p.reason.chars().count();
+            let fix = 5 + p.fix.chars().count();
+            // Word wrapping leaves ends of lines short: allow a little slack.
+            (reason * 11 / 10).div_ceil(inner) + (fix * 11 / 10).div_ceil(inner)
+        })
+        .sum();
+    (rows as u16 + 2).min(max)
+}
+
 fn draw_overview(frame: &mut Frame, area: Rect, app: &App) {
+    let area = if app.snapshot.telemetry.health.problems.is_empty() {
+        area
+    } else {
+        let h = banner_height(app, area.width, area.height / 2);
+        let [banner, rest] =
+            Layout::vertical([Constraint::Length(h), Constraint::Min(0)]).areas(area);
+        draw_banner(frame, banner, app);
+        rest
+    };
     let [top, health, sources, errors] = Layout::vertical([
         Constraint::Length(9),
         Constraint::Length(4),

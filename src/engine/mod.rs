@@ -1250,6 +1250,24 @@ impl Publisher {
                 score = score.min(90.0);
             }
             if let Some(c) = &self.compliance {
+                match c.numbering() {
+                    compliance::Numbering::Ready => {}
+                    compliance::Numbering::Checking(why) => {
+                        notes.push("numbering not confirmed with Alegra".into());
+                        warnings.push(format!("compliance: {why}"));
+                        score = score.min(60.0);
+                    }
+                    compliance::Numbering::Refused(why) => {
+                        notes.push("lost store: no invoice is numbered".into());
+                        errors.push(format!("compliance: {why}"));
+                        problems.push(crate::telemetry::health::Problem {
+                            component: "compliance".into(),
+                            reason: why,
+                            fix: "restore syncctl.db from a backup, or restart once with --fresh-store to adopt Alegra's documents".into(),
+                        });
+                        score = 0.0;
+                    }
+                }
                 let due = c
                     .store
                     .next_invoice_due(false)

@@ -452,7 +452,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         // in time, no number is issued until it does (the check goes on in the background).
         if !store.numbering_started()? {
             let confirmed =
-                tokio::time::timeout(Duration::from_secs(10), c.confirm_numbering()).await;
+                tokio::time::timeout(Duration::from_secs(5), c.confirm_numbering()).await;
             if let Ok(Ok(())) = confirmed
                 && let compliance::Numbering::Refused(why) = c.numbering()
             {

@@ -68,7 +68,7 @@ fn evidence(dir: &Path, db_id: &str, created: bool) -> Vec<String> {
         ] {
             let n = files_in(&dir.join(&sub));
             if n > 0 {
-                found.push(format!("{n} {what} in {}", dir.join(sub).display()));
+                found.push(format!("{what}: {n} files in {}", dir.join(sub).display()));
             }
         }
     }
@@ -92,7 +92,8 @@ impl Store {
                 "refusing to start: the store {} is {}, but this data dir held one:\n  - {}\n\
                  An engine that starts from nothing would number and send every paid invoice again. Nothing was sent.\n\
                  To recover: stop, restore syncctl.db (with syncctl.db-wal if there is one) from your backup into {}, and start again;\n\
-                 or rebuild it from what Alegra and QuickBooks hold (documents adopted by their stripe: annotation, numbering continued after the highest used, Items found by Sku): start once with --fresh-store (e.g. `syncctl run --fresh-store`).",
+                 or rebuild it from what Alegra and QuickBooks hold (documents adopted by their stripe: annotation, numbering continued after the highest used, Items found by Sku): start once with --fresh-store (e.g. `syncctl run --fresh-store`).\n\
+                 QuickBooks' refresh token rotated with the lost store: if the engine then reports invalid_grant, re-authorise and set quickbooks.refresh_token.",
                 store.path().display(),
                 if created {
                     "missing or empty"
@@ -286,7 +287,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("1 invoice backups"), "{e}");
+        assert!(e.contains("invoice backups: 1 files"), "{e}");
     }
 
     #[test]

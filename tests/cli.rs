@@ -164,19 +164,7 @@ fn a_second_engine_on_the_same_data_dir_refuses_to_start() {
         "--data-dir",
         data.to_str().unwrap(),
     ];
-    let mut first = Command::new(BIN)
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the first one says it is serving.
-    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("engine on http://"));
-    assert!(ready);
+    let mut first = serving_demo(&cfg, &data, &[]);
     let second = syncctl(&args, dir.path());
     let _ = first.kill();
     let _ = first.wait();

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use syncctl::compliance::machine::Status;
 use syncctl::engine::{Command, EngineHandle};
 
+use common::make_invoices;
 use common::post_json as post;
 
 /// DIAN's CUFE over an Alegra document's own fields (as the sandbox serves it).
@@ -68,16 +69,6 @@ async fn setup_with(
         engine.server_addr
     )));
     (sb, engine, dir)
-}
-
-async fn make_invoices(base: &str, n: usize) -> Vec<String> {
-    let v = post(base, "/_sandbox/stripe/invoices", json!({ "count": n })).await;
-    v["created"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Waits until the invoice reaches `status`; returns its record.

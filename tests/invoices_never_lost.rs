@@ -14,6 +14,7 @@ use syncctl::config::Config;
 use syncctl::engine::{self, EngineHandle, EngineOptions, Mode};
 use syncctl::sandbox::SandboxServer;
 
+use common::make_invoices;
 use common::post_json as post;
 
 const DEAD_URL: &str = "http://127.0.0.1:9/webhooks/stripe";
@@ -46,16 +47,6 @@ fn hook_to(sb: &SandboxServer, engine: &EngineHandle) {
         "http://{}/webhooks/stripe",
         engine.server_addr
     )));
-}
-
-async fn make_invoices(base: &str, n: usize) -> Vec<String> {
-    let v = post(base, "/_sandbox/stripe/invoices", json!({ "count": n })).await;
-    v["created"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Waits until every one of `ids` is VALIDATED; returns Stripe id → DIAN number.

@@ -365,20 +365,8 @@ impl AlegraClient {
 
     /// The documents holding a full number (prefix + consecutive), oldest first.
     pub async fn find_by_number(&self, number: &str) -> Result<Vec<AlegraInvoice>, AlegraError> {
-        let v = self
-            .call(
-                true,
-                reqwest::Method::GET,
-                "/invoices",
-                &[("number", number.to_owned()), ("limit", "30".into())],
-                None,
-            )
-            .await?;
-        v.as_array()
-            .ok_or_else(|| AlegraError::Decode("expected a list of invoices".into()))?
-            .iter()
-            .map(AlegraInvoice::from_json)
-            .collect()
+        self.list(&[("number", number.to_owned()), ("limit", "30".into())])
+            .await
     }
 
     /// One page of documents (`start`, at most 30), in Alegra's order.
@@ -387,17 +375,16 @@ impl AlegraClient {
         start: usize,
         limit: usize,
     ) -> Result<Vec<AlegraInvoice>, AlegraError> {
+        self.list(&[
+            ("start", start.to_string()),
+            ("limit", limit.min(30).to_string()),
+        ])
+        .await
+    }
+
+    async fn list(&self, query: &[(&str, String)]) -> Result<Vec<AlegraInvoice>, AlegraError> {
         let v = self
-            .call(
-                true,
-                reqwest::Method::GET,
-                "/invoices",
-                &[
-                    ("start", start.to_string()),
-                    ("limit", limit.min(30).to_string()),
-                ],
-                None,
-            )
+            .call(true, reqwest::Method::GET, "/invoices", query, None)
             .await?;
         v.as_array()
             .ok_or_else(|| AlegraError::Decode("expected a list of invoices".into()))?

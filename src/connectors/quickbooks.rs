@@ -499,33 +499,23 @@ impl QuickBooksClient {
 
     /// One page of every Item, inactive ones included (`start` from 1, at most 1,000).
     pub async fn all_items(&self, start: usize, max: usize) -> Result<Vec<Item>, QbError> {
-        let query = format!(
+        self.query_items(&format!(
             "select * from Item where Active in (true, false) STARTPOSITION {start} MAXRESULTS {}",
             max.min(1000)
-        );
-        let url = format!("{}/query", self.company_url);
-        let mv = self.minor_version.to_string();
-        let v = self
-            .send(|t| {
-                self.http
-                    .get(&url)
-                    .bearer_auth(t)
-                    .query(&[("query", query.as_str()), ("minorversion", mv.as_str())])
-            })
-            .await?;
-        match v["QueryResponse"].get("Item") {
-            None => Ok(Vec::new()),
-            Some(items) => serde_json::from_value(items.clone())
-                .map_err(|e| QbError::Decode(format!("Item list: {e}"))),
-        }
+        ))
+        .await
     }
 
     /// Items matching `Field = 'value'`, inactive ones included.
     pub async fn find_items(&self, field: &str, value: &str) -> Result<Vec<Item>, QbError> {
-        let query = format!(
+        self.query_items(&format!(
             "select * from Item where {field} = {} and Active in (true, false)",
             quote(value)
-        );
+        ))
+        .await
+    }
+
+    async fn query_items(&self, query: &str) -> Result<Vec<Item>, QbError> {
         let url = format!("{}/query", self.company_url);
         let mv = self.minor_version.to_string();
         let v = self
@@ -533,7 +523,7 @@ impl QuickBooksClient {
                 self.http
                     .get(&url)
                     .bearer_auth(t)
-                    .query(&[("query", query.as_str()), ("minorversion", mv.as_str())])
+                    .query(&[("query", query), ("minorversion", mv.as_str())])
             })
             .await?;
         match v["QueryResponse"].get("Item") {

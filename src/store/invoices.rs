@@ -146,6 +146,17 @@ fn active(reads_only: bool) -> &'static str {
     }
 }
 
+/// Takes the next DIAN number of the range from the counter.
+fn next_number(tx: &rusqlite::Transaction<'_>, prefix: &str, start: u64) -> Result<String> {
+    let seq: i64 = tx.query_row(
+        "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
+         ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(format!("{prefix}{}", start + seq as u64))
+}
+
 impl Store {
     /// Records a paid invoice as PENDING with the next DIAN number of the range, in one
     /// transaction with its Stripe event id (when it came as an event). Returns false
@@ -187,6 +198,7 @@ impl Store {
             tx.commit()?;
             return Ok(false);
         }
+        let name = inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id);
         // A document found at Alegra for this invoice when the store was rebuilt: adopted
         // (read there before anything is sent), never given a second number.
         let found: Option<(String, String)> = tx
@@ -197,63 +209,37 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if let Some((number, alegra_id)) = found {
-            let data = serde_json::to_string(inv)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            tx.execute(
-                "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, alegra_id, issue_date,
-                                      buyer_id, buyer_name, total, data, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'UNKNOWN', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?4, ?4)",
-                params![
-                    inv.stripe_id,
-                    number,
-                    inv.kind,
-                    now,
-                    alegra_id,
-                    issue_date,
-                    inv.buyer_id,
-                    inv.buyer_name,
-                    inv.total,
-                    data
-                ],
-            )?;
-            tx.execute(
-                "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
-                 VALUES (?1, ?2, NULL, 'UNKNOWN', 0, NULL, ?3, 'engine')",
-                params![
-                    inv.stripe_id,
-                    now,
-                    format!(
-                        "paid invoice {} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when the store was rebuilt: adopted with its number, read there before anything is sent",
-                        inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id)
-                    )
-                ],
-            )?;
-            tx.execute(
-                "DELETE FROM alegra_documents WHERE stripe_id=?1",
-                params![inv.stripe_id],
-            )?;
-            tx.commit()?;
-            return Ok(true);
-        }
-        let seq: i64 = tx.query_row(
-            "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-            [],
-            |r| r.get(0),
-        )?;
-        let number = format!("{number_prefix}{}", number_start + seq as u64);
+        let (number, status, alegra_id, message) = match found {
+            Some((number, alegra_id)) => {
+                tx.execute(
+                    "DELETE FROM alegra_documents WHERE stripe_id=?1",
+                    params![inv.stripe_id],
+                )?;
+                let message = format!(
+                    "paid invoice {name} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when the store was rebuilt: adopted with its number, read there before anything is sent"
+                );
+                (number, Status::Unknown, Some(alegra_id), message)
+            }
+            None => {
+                let number = next_number(&tx, number_prefix, number_start)?;
+                let message =
+                    format!("paid invoice {name} received via {via}; DIAN number {number}");
+                (number, Status::Pending, None, message)
+            }
+        };
         let data = serde_json::to_string(inv)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         tx.execute(
-            "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, issue_date, buyer_id,
-                                  buyer_name, total, data, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'PENDING', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?4, ?4)",
+            "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, alegra_id, issue_date,
+                                  buyer_id, buyer_name, total, data, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5, ?5)",
             params![
                 inv.stripe_id,
                 number,
                 inv.kind,
+                status.name(),
                 now,
+                alegra_id,
                 issue_date,
                 inv.buyer_id,
                 inv.buyer_name,
@@ -263,15 +249,8 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
-             VALUES (?1, ?2, NULL, 'PENDING', 0, NULL, ?3, 'engine')",
-            params![
-                inv.stripe_id,
-                now,
-                format!(
-                    "paid invoice {} received via {via}; DIAN number {number}",
-                    inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id)
-                )
-            ],
+             VALUES (?1, ?2, NULL, ?3, 0, NULL, ?4, 'engine')",
+            params![inv.stripe_id, now, status.name(), message],
         )?;
         tx.commit()?;
         Ok(true)
@@ -295,13 +274,7 @@ impl Store {
             params![stripe_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let seq: i64 = tx.query_row(
-            "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-            [],
-            |r| r.get(0),
-        )?;
-        let number = format!("{number_prefix}{}", number_start + seq as u64);
+        let number = next_number(&tx, number_prefix, number_start)?;
         tx.execute(
             "UPDATE invoices SET number=?2, status='PENDING', next_at=?3, sending=0, alegra_id=NULL,
                                  cufe=NULL, last_code=NULL, last_message=?4, updated_at=?3

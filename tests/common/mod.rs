@@ -114,6 +114,22 @@ pub async fn post_json(base: &str, path: &str, body: Value) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
+/// Pays `n` new invoices in the sandbox's Stripe; their ids.
+pub async fn make_invoices(base: &str, n: usize) -> Vec<String> {
+    let v = post_json(
+        base,
+        "/_sandbox/stripe/invoices",
+        serde_json::json!({ "count": n }),
+    )
+    .await;
+    v["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Sets a sandbox fault (`POST /_sandbox/faults`).
 pub async fn faults(base: &str, body: Value) {
     post_json(base, "/_sandbox/faults", body).await;

@@ -406,3 +406,149 @@ async fn rule_90_counts_as_accepted_only_for_this_invoices_own_document() {
         .expect("our accepted document");
     assert_eq!(ours["stamp"]["cufe"].as_str(), rec.cufe.as_deref());
 }
+
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["syncctl.db", "syncctl.db-wal", "syncctl.db-shm"] {
+        let _ = std::fs::remove_file(to.join(f));
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+}
+
+/// A document of the engine's range issued by another system (no `stripe:` annotation).
+async fn foreign_document(base: &str, number: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/invoices"))
+        .basic_auth(
+            syncctl::sandbox::alegra::ALEGRA_EMAIL,
+            Some(syncctl::sandbox::alegra::ALEGRA_TOKEN),
+        )
+        .json(&json!({
+            "date": time::OffsetDateTime::now_utc().date().to_string(),
+            "numberTemplate": {"prefix": "SETP", "number": number},
+            "client": {"identification": "222222222222", "name": "Otro"},
+            "items": [{"name": "x", "price": 1000, "quantity": 1}],
+            "anotation": "issued by hand",
+            "stamp": {"generateStamp": true},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_an_old_backup_reissues_nothing() {
+    let sb = common::sandbox(3, 41).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let first = make_invoices(&base, 3).await;
+    until_validated(&engine, &first, 60).await;
+    engine.shutdown().await;
+    copy_db(dir.path(), backup.path());
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let later = make_invoices(&base, 3).await;
+    let numbers = until_validated(&engine, &later, 60).await;
+    engine.shutdown().await;
+    // The disk dies; last night's backup comes back: it knows nothing of `later`.
+    copy_db(backup.path(), dir.path());
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let all: Vec<String> = first.iter().chain(&later).cloned().collect();
+    let again = until_validated(&engine, &all, 60).await;
+    for id in &later {
+        assert_eq!(again[id], numbers[id], "{id} adopted with its number");
+    }
+    let a = alegra(&base).await;
+    assert_eq!(a["invoices_total"], 6, "{a}");
+    assert_eq!(a["rejected"], 0, "no stale number sent: {a}");
+    assert_one_document_each(&base, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_is_refused_whatever_holds_the_first_number_or_when_only_emptied() {
+    let sb = common::sandbox(3, 42).await;
+    let base = sb.base_url();
+    // Another system took the range's first number; Alegra refuses the engine's first
+    // create (numbering not yet authorised), so its first number is never at Alegra.
+    foreign_document(&base, "990000001").await;
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"numbering_rejections": 1}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let refused = make_invoices(&base, 1).await;
+    until_status(&engine, &refused[0], Status::Failed).await;
+    let ids = make_invoices(&base, 4).await;
+    until_validated(&engine, &ids, 60).await;
+    engine.shutdown().await;
+    // The whole data dir lost.
+    let empty = tempfile::tempdir().unwrap();
+    let e = start(cfg.clone(), empty.path(), false)
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{e:#}").contains("issued by syncctl"), "{e:#}");
+    // The database kept, its invoices deleted.
+    let c = rusqlite::Connection::open(dir.path().join("syncctl.db")).unwrap();
+    c.execute_batch("DELETE FROM invoice_history; DELETE FROM invoices;")
+        .unwrap();
+    drop(c);
+    let e = start(cfg, dir.path(), false).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("--fresh-store"), "{e:#}");
+    assert_eq!(alegra(&base).await["invoices_total"], 5);
+}
+
+async fn until_status(engine: &EngineHandle, id: &str, status: Status) {
+    common::eventually(60, &format!("{id} {status}"), || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .any(|r| r.stripe_id == id && r.status == status)
+            .then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_start_cut_short_still_adopts_items_by_sku() {
+    let sb = common::sandbox(12, 46).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = start(config(&sb, |_| {}), dir.path(), false).await.unwrap();
+    common::until_idle(&engine, 12).await;
+    engine.shutdown().await;
+    for p in common::all_products(&base).await {
+        let id = p["id"].as_str().unwrap();
+        let renamed = json!({"name": format!("Renamed {id}")});
+        post(&base, &format!("/_sandbox/stripe/products/{id}"), renamed).await;
+    }
+    delete_db(dir.path());
+    common::faults(&base, json!({"service": "quickbooks", "latency_ms": 700})).await;
+    // Re-authorised (the lost store held the rotated refresh token).
+    let mut engine = start(config(&sb, |_| {}), dir.path(), true).await.unwrap();
+    common::eventually(60, "a few products synced", || async {
+        (engine.snapshot.borrow().catalog.counts.synced >= 2).then_some(())
+    })
+    .await;
+    engine.shutdown().await;
+    common::faults(&base, json!({"service": "quickbooks", "latency_ms": 0})).await;
+    let engine = start(config(&sb, |_| {}), dir.path(), false).await.unwrap();
+    common::until_idle(&engine, 12).await;
+    common::assert_one_item_per_product(&base).await;
+}

@@ -333,7 +333,8 @@ impl TokenKeeper {
             .map_err(|e| QbError::Transport(e.without_url().to_string()))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_client_error() {
+        // 429 (and 408) say "not now", not "no": retried like a server error.
+        if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
             // Refused: our token or client credentials are wrong. Asking again changes
             // nothing until someone acts, so stop asking (with a back-off).
             let error = body["error"].as_str().unwrap_or("unknown error");

@@ -30,6 +30,8 @@ pub const JOB_KIND: &str = "catalog.product";
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
 const EVENTS_CURSOR: &str = "catalog.events";
 const PAUSED_CURSOR: &str = "catalog.paused";
+/// Set while a store that started with no mapping has not finished a full sync.
+const ADOPT_BY_SKU: &str = "catalog.adopt_by_sku";
 
 #[derive(Debug, Clone)]
 pub struct CatalogSettings {
@@ -237,7 +239,12 @@ impl Catalog {
         settings: CatalogSettings,
     ) -> anyhow::Result<Self> {
         let settings_cache = (settings.cache_max_entries, settings.cache_ttl_ms);
-        let store_has_no_mapping = store.mapping_count()? == 0;
+        // Kept until a full sync completes, so a start cut short keeps adopting by Sku.
+        let store_has_no_mapping =
+            store.mapping_count()? == 0 || store.meta(ADOPT_BY_SKU)?.as_deref() == Some("1");
+        if store_has_no_mapping {
+            store.set_meta(ADOPT_BY_SKU, "1")?;
+        }
         let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
         let full = store
             .cursor(FULL_SYNC_CURSOR)?
@@ -504,7 +511,7 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if state.done {
-            return;
+            return self.end_sku_adoption(&cancel).await;
         }
         if let Err(e) = self.ensure_events_checkpoint(&cancel).await {
             tracing::warn!("could not set the events checkpoint: {e}");
@@ -636,6 +643,28 @@ impl Catalog {
                 state.listed, state.pages
             ),
         );
+        self.end_sku_adoption(&cancel).await;
+    }
+
+    /// After a full sync every product is queued or mapped: what the Sku read was for is
+    /// done once the queue has drained (a job still queued keeps it for a restart).
+    async fn end_sku_adoption(&self, cancel: &CancellationToken) {
+        if !self.adopt_by_sku {
+            return;
+        }
+        loop {
+            let left = self.store.queued(JOB_KIND).unwrap_or(1)
+                + self.metrics.in_flight.load(Ordering::Relaxed) as u64;
+            if left == 0 {
+                let _ = self.store.set_meta(ADOPT_BY_SKU, "0");
+                return;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.progress.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
     }
 
     /// The reconciliation reads events after the checkpoint; set it before listing so

@@ -39,8 +39,8 @@ pub struct ComplianceSettings {
     pub number_start: u64,
     pub policy: Policy,
     pub contingency: ContingencyConfig,
-    /// The store was started over on purpose (`--fresh-store`): before the first number,
-    /// every document of the range at Alegra is read and adopted by its Stripe invoice.
+    /// Started over on purpose (`--fresh-store`): a store with no invoice records adopts
+    /// the documents of the range found at Alegra instead of refusing to number.
     pub adopt_documents: bool,
 }
 
@@ -175,13 +175,9 @@ impl Compliance {
             }
             None => Monitor::new(settings.contingency),
         };
-        let numbering = if store.numbering_started()? {
-            Numbering::Ready
-        } else {
-            Numbering::Checking(
-                "no invoice is numbered until Alegra confirms the numbering range".into(),
-            )
-        };
+        let numbering = Numbering::Checking(
+            "no invoice is numbered until Alegra confirms the numbering range".into(),
+        );
         Ok(Self {
             numbering: Mutex::new(numbering),
             numbering_confirmed: AtomicBool::new(false),
@@ -851,22 +847,15 @@ impl Compliance {
             .or_else(|| ours.iter().find(|d| !says_rule_90(d)))
             .or_else(|| ours.first())
             .copied();
-        if best.is_none_or(|b| !b.accepted()) && theirs.iter().any(|d| d.stamp.is_some()) {
-            // Another invoice's document holds the number at DIAN: this one needs its own.
-            let holder = theirs
-                .iter()
-                .find(|d| d.stamp.is_some())
-                .and_then(|d| d.anotation.clone())
+        if best.is_none_or(|b| !b.accepted())
+            && let Some(holder) = theirs.iter().find(|d| d.accepted())
+        {
+            // Another invoice's document holds the number at DIAN.
+            let holder = holder
+                .anotation
+                .clone()
                 .unwrap_or_else(|| "no annotation".into());
-            return self
-                .renumber(
-                    rec,
-                    &format!(
-                        "{} is already used at DIAN by another document ({holder}); this invoice was never accepted under it",
-                        rec.number
-                    ),
-                )
-                .await;
+            return self.number_taken(rec, &holder).await;
         }
         let d = match best.and_then(|b| b.stamp.as_ref().map(|s| (b, s))) {
             Some((b, stamp)) if !says_rule_90(b) => {
@@ -877,30 +866,6 @@ impl Compliance {
             _ => self.unstamped(rec, rec.attempts, best),
         };
         self.apply(rec, &d, best);
-    }
-
-    /// Gives `rec` the next free number (Alegra asked first), to be sent afresh.
-    async fn renumber(&self, rec: &InvoiceRecord, why: &str) {
-        if let Err(e) = self.skip_used_numbers().await {
-            return self.postpone(rec, &e);
-        }
-        match self.store.renumber_invoice(
-            &rec.stripe_id,
-            &self.settings.number_prefix,
-            self.settings.number_start,
-            why,
-        ) {
-            Ok(number) => {
-                let _ = self.store.audit(
-                    "compliance",
-                    &number,
-                    "engine",
-                    &format!("invoice {} renumbered {number}: {why}", rec.number),
-                );
-                self.changed();
-            }
-            Err(e) => tracing::error!("renumbering {}: {e}", rec.number),
-        }
     }
 
     /// DIAN has not stamped the invoice (its document, `found`, is unstamped or absent).

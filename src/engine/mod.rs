@@ -439,7 +439,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         probe_interval_ms: k.contingency_probe_interval_secs as i64 * 1000,
                         deadline_ms: k.contingency_deadline_hours as i64 * 3_600_000,
                     },
-                    adopt_documents: opts.fresh_store && !store.numbering_started()?,
+                    adopt_documents: opts.fresh_store,
                 },
             )?))
         }
@@ -447,17 +447,15 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
     if let Some(c) = &compliance {
         catalog.route_invoices_to(c.clone());
-        // A store that has issued no number asks Alegra first, and is refused here when
-        // Alegra holds this engine's documents (a lost store). If Alegra does not answer
-        // in time, no number is issued until it does (the check goes on in the background).
-        if !store.numbering_started()? {
-            let confirmed =
-                tokio::time::timeout(Duration::from_secs(5), c.confirm_numbering()).await;
-            if let Ok(Ok(())) = confirmed
-                && let compliance::Numbering::Refused(why) = c.numbering()
-            {
-                anyhow::bail!("refusing to start: {why}");
-            }
+        // No number is issued before Alegra confirms the range; a store that cannot
+        // account for Alegra's documents (a lost one) is refused here. If Alegra does not
+        // answer in time, the check goes on in the background and nothing is numbered
+        // (paid invoices wait at Stripe: webhooks answer 503, the listing comes back).
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), c.confirm_numbering()).await;
+        if let Ok(Ok(())) = confirmed
+            && let compliance::Numbering::Refused(why) = c.numbering()
+        {
+            anyhow::bail!("refusing to start: {why}");
         }
     }
     let webhook_secret: Secret =

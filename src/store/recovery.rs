@@ -205,6 +205,48 @@ impl Store {
         tx.commit()
     }
 
+    /// Invoice records this store holds or held (purged by retention included).
+    pub fn invoice_rows(&self) -> Result<u64> {
+        self.r()
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM invoices) + (SELECT COUNT(*) FROM purged_invoices)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+    }
+
+    /// Gives `stripe_id`'s record its own document found at Alegra under another number:
+    /// read there (UNKNOWN) before anything else.
+    pub fn adopt_document(
+        &self,
+        stripe_id: &str,
+        number: &str,
+        alegra_id: &str,
+        why: &str,
+    ) -> Result<()> {
+        let mut conn = self.w();
+        let tx = conn.transaction()?;
+        let now = self.now_ms();
+        let (status, attempts): (String, u32) = tx.query_row(
+            "SELECT status, attempts FROM invoices WHERE stripe_id=?1",
+            params![stripe_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute(
+            "UPDATE invoices SET number=?2, alegra_id=?3, status='UNKNOWN', next_at=?4, sending=0,
+                                 cufe=NULL, last_message=?5, updated_at=?4
+             WHERE stripe_id=?1",
+            params![stripe_id, number, alegra_id, now, why],
+        )?;
+        tx.execute(
+            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, ?3, 'UNKNOWN', ?4, NULL, ?5, 'engine')",
+            params![stripe_id, now, status, attempts, why],
+        )?;
+        tx.commit()
+    }
+
     /// How many documents found at Alegra wait for their Stripe invoice.
     pub fn found_documents(&self) -> Result<u64> {
         self.r()

@@ -248,14 +248,14 @@ const MAX_TEXT: usize = 200;
 
 /// Refuses a body with a field the action does not know: a typo must never widen an
 /// action (`{"matchr": "x"}` is not "every alert").
-fn only(body: &Map<String, Value>, known: &[&str]) -> Result<(), Response> {
+fn only(body: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {
         None => Ok(()),
-        Some(k) => Err(bad(format!(
+        Some(k) => Err(format!(
             "{}: unknown field (expected {})",
             shown(k),
             known.join(", ")
-        ))),
+        )),
     }
 }
 
@@ -282,32 +282,30 @@ fn kind(v: &Value) -> &'static str {
 
 /// A text field: absent → None; a string of 1 to [`MAX_TEXT`] printable characters;
 /// anything else is a 400 naming the field.
-fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, Response> {
+fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
     let Some(v) = body.get(name) else {
         return Ok(None);
     };
     let Some(t) = v.as_str() else {
-        return Err(bad(format!("{name}: expected a string, got {}", kind(v))));
+        return Err(format!("{name}: expected a string, got {}", kind(v)));
     };
     if t.trim().is_empty() {
-        return Err(bad(format!("{name}: empty")));
+        return Err(format!("{name}: empty"));
     }
     if t.chars().count() > MAX_TEXT {
-        return Err(bad(format!("{name}: longer than {MAX_TEXT} characters")));
+        return Err(format!("{name}: longer than {MAX_TEXT} characters"));
     }
     if t.chars().any(char::is_control) {
-        return Err(bad(format!("{name}: contains control characters")));
+        return Err(format!("{name}: contains control characters"));
     }
     Ok(Some(t.to_owned()))
 }
 
 /// The `matcher` of an alerts action: required, an alert id prefix, or `"*"` for
 /// every alert (never by omission or by a value of the wrong type).
-fn matcher(body: &Map<String, Value>) -> Result<String, Response> {
+fn matcher(body: &Map<String, Value>) -> Result<String, String> {
     match text_field(body, "matcher")? {
-        None => Err(bad(
-            "matcher: required (an alert id prefix, or \"*\" for every alert)",
-        )),
+        None => Err("matcher: required (an alert id prefix, or \"*\" for every alert)".into()),
         Some(m) if m == "*" => Ok(String::new()),
         Some(m) => Ok(m),
     }
@@ -347,8 +345,8 @@ pub async fn set_breaker(
             format!("no circuit named {service:?}"),
         );
     }
-    if let Err(r) = only(&body, &["state"]) {
-        return r;
+    if let Err(m) = only(&body, &["state"]) {
+        return bad(m);
     }
     let state = body
         .get("state")
@@ -520,13 +518,13 @@ pub async fn invalidate(
     axum::Extension(actor): axum::Extension<Actor>,
     JsonObject(body): JsonObject,
 ) -> Response {
-    if let Err(r) = only(&body, &["pattern", "tag", "key"]) {
-        return r;
+    if let Err(m) = only(&body, &["pattern", "tag", "key"]) {
+        return bad(m);
     }
     let field = |k: &str| text_field(&body, k);
     let (pattern, tag, key) = match (field("pattern"), field("tag"), field("key")) {
         (Ok(p), Ok(t), Ok(k)) => (p, t, k),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => return bad(m),
     };
     let scope = match (pattern, tag, key) {
         (None, None, None) => CacheScope::All,
@@ -684,7 +682,7 @@ pub async fn ack_alerts(
 ) -> Response {
     let matcher = match only(&body, &["matcher"]).and_then(|()| matcher(&body)) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     act(
         &st,
@@ -703,7 +701,7 @@ pub async fn silence_alerts(
 ) -> Response {
     let matcher = match only(&body, &["matcher", "secs"]).and_then(|()| matcher(&body)) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let Some(secs) = body
         .get("secs")

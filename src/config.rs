@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub statsd: Option<String>,
     /// Seconds between heartbeats on the WebSocket feeds.
     pub ws_heartbeat_secs: u64,
+    /// Host names the server answers to besides IP addresses and `localhost` (a
+    /// `Host` header naming anything else is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             statsd: None,
             ws_heartbeat_secs: 30,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -1137,11 +1141,12 @@ impl Config {
             ("stripe.base_url", &self.stripe.base_url),
             ("quickbooks.base_url", &self.quickbooks.base_url),
             ("quickbooks.token_url", &self.quickbooks.token_url),
+            ("alegra.base_url", &self.alegra.base_url),
         ] {
             if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
+                && let Err(e) = check_url(url)
             {
-                return Err(fail(key, "must start with http:// or https://"));
+                return Err(fail(key, &e));
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -1153,23 +1158,71 @@ impl Config {
             }
         }
         for (i, t) in self.server.tokens.iter().enumerate() {
-            if t.token.expose().len() < 16 {
-                return Err(fail(
-                    "server.tokens.token",
-                    &format!(
-                        "token {:?} (entry {}) must be at least 16 characters",
-                        t.name,
-                        i + 1
+            // Each entry's error points at its own line.
+            let at = |field: &str, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of_entry_key(text, "server.tokens", i, field),
+                key: format!("server.tokens.{field}"),
+                message,
+            };
+            let entry = i + 1;
+            let name = t.name.trim();
+            if name.is_empty()
+                || t.name.chars().count() > 64
+                || t.name.chars().any(char::is_control)
+            {
+                return Err(at(
+                    "name",
+                    format!("entry {entry}: must be 1 to 64 printable characters"),
+                ));
+            }
+            if self.server.tokens[..i]
+                .iter()
+                .any(|o| o.name.trim() == name)
+            {
+                return Err(at(
+                    "name",
+                    format!(
+                        "entry {entry}: {:?} is already another entry's name (the audit trail tells tokens apart by name)",
+                        t.name
+                    ),
+                ));
+            }
+            let secret = t.token.expose();
+            if secret.chars().count() < 16 || secret.chars().count() > 256 {
+                return Err(at(
+                    "token",
+                    format!(
+                        "token {:?} (entry {entry}) must be 16 to 256 characters",
+                        t.name
+                    ),
+                ));
+            }
+            if !secret.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(at(
+                    "token",
+                    format!(
+                        "token {:?} (entry {entry}) must be printable ASCII without spaces",
+                        t.name
                     ),
                 ));
             }
             if self.server.tokens[..i]
                 .iter()
-                .any(|o| o.token.expose() == t.token.expose())
+                .any(|o| o.token.expose() == secret)
             {
-                return Err(fail(
-                    "server.tokens.token",
-                    &format!("token {:?} repeats another entry's token", t.name),
+                return Err(at(
+                    "token",
+                    format!("token {:?} repeats another entry's token", t.name),
+                ));
+            }
+            if t.rate_limit_per_min > 1_000_000 {
+                return Err(at(
+                    "rate_limit_per_min",
+                    format!(
+                        "entry {entry}: must be between 0 (no limit) and 1000000, got {}",
+                        t.rate_limit_per_min
+                    ),
                 ));
             }
         }
@@ -1193,7 +1246,263 @@ impl Config {
         if self.audit.retention_days == 0 {
             return Err(fail("audit.retention_days", "must be at least 1"));
         }
+        self.validate_ranges(&fail)
+    }
+
+    /// Every numeric key within a range the engine works in, and every text key in its
+    /// form: a value that parses but would break the engine (a zero timeout fails every
+    /// call, a zero lease lets several workers take the same product) is refused here.
+    fn validate_ranges(&self, fail: &dyn Fn(&str, &str) -> ConfigError) -> Result<(), ConfigError> {
+        const DAY: u64 = 86_400;
+        let range = |key: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(fail(
+                    key,
+                    &format!("must be between {min} and {max}, got {v}"),
+                ))
+            }
+        };
+        let s = &self.server;
+        range("server.ws_heartbeat_secs", s.ws_heartbeat_secs, 1, 3600)?;
+        for h in &s.allowed_hosts {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !ok {
+                return Err(fail(
+                    "server.allowed_hosts",
+                    &format!(
+                        "{:?} is not a host name (letters, digits, dots and dashes)",
+                        h.chars().take(60).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        let sb = &self.sandbox;
+        range("sandbox.products", sb.products as u64, 0, 1_000_000)?;
+        range("sandbox.latency_ms", sb.latency_ms, 0, 60_000)?;
+        range(
+            "sandbox.change_interval_ms",
+            sb.change_interval_ms,
+            0,
+            DAY * 1000,
+        )?;
+        range(
+            "stripe.webhook_tolerance_secs",
+            self.stripe.webhook_tolerance_secs,
+            0,
+            DAY,
+        )?;
+        for (service, timeout) in [
+            ("stripe", self.stripe.timeout_secs),
+            ("quickbooks", self.quickbooks.timeout_secs),
+            ("alegra", self.alegra.timeout_secs),
+        ] {
+            range(&format!("{service}.timeout_secs"), timeout, 1, 600)?;
+            let Some(k) = self.service_keys(service) else {
+                continue;
+            };
+            let key = |k: &str| format!("{service}.{k}");
+            range(
+                &key("rate_limit_per_min"),
+                u64::from(k.rate_limit_per_min),
+                0,
+                1_000_000,
+            )?;
+            range(&key("max_concurrent"), u64::from(k.max_concurrent), 0, 1000)?;
+            range(&key("throttle_pause_secs"), k.throttle_pause_secs, 1, 3600)?;
+            let b = k.breaker;
+            range(
+                &key("breaker.window_size"),
+                u64::from(b.window_size),
+                1,
+                10_000,
+            )?;
+            range(
+                &key("breaker.minimum_calls"),
+                u64::from(b.minimum_calls),
+                1,
+                10_000,
+            )?;
+            range(&key("breaker.slow_call_ms"), b.slow_call_ms, 1, 3_600_000)?;
+            range(&key("breaker.open_wait_secs"), b.open_wait_secs, 1, DAY)?;
+            if b.open_wait_multiplier > 100.0 {
+                return Err(fail(
+                    &key("breaker.open_wait_multiplier"),
+                    "must be between 1.0 and 100.0",
+                ));
+            }
+            range(
+                &key("breaker.open_wait_max_secs"),
+                b.open_wait_max_secs,
+                b.open_wait_secs,
+                7 * DAY,
+            )?;
+            range(
+                &key("breaker.half_open_permits"),
+                u64::from(b.half_open_permits),
+                1,
+                1000,
+            )?;
+            let r = k.retry;
+            range(&key("retry.base_ms"), r.base_ms, 1, 3_600_000)?;
+            range(&key("retry.cap_ms"), r.cap_ms, r.base_ms.max(1), DAY * 1000)?;
+            range(
+                &key("retry.max_attempts"),
+                u64::from(r.max_attempts),
+                1,
+                100,
+            )?;
+            range(
+                &key("retry.budget_min_per_sec"),
+                u64::from(r.budget_min_per_sec),
+                0,
+                100_000,
+            )?;
+            range(&key("retry.budget_ttl_secs"), r.budget_ttl_secs, 1, 3600)?;
+        }
+        let q = &self.quickbooks;
+        range(
+            "quickbooks.minor_version",
+            u64::from(q.minor_version),
+            1,
+            999,
+        )?;
+        for (key, v) in [
+            (
+                "quickbooks.income_account_ref",
+                Some(q.income_account_ref.as_str()),
+            ),
+            ("quickbooks.realm_id", q.realm_id.as_deref()),
+            ("quickbooks.client_id", q.client_id.as_deref()),
+            ("alegra.email", self.alegra.email.as_deref()),
+            ("alegra.issuer_nit", self.alegra.issuer_nit.as_deref()),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.len() > 256 || !v.chars().all(|c| c.is_ascii_graphic()))
+            {
+                return Err(fail(
+                    key,
+                    "must be 1 to 256 printable characters without spaces",
+                ));
+            }
+        }
+        if let Some(e) = &self.alegra.email
+            && !e.contains('@')
+        {
+            return Err(fail("alegra.email", "must be an email address"));
+        }
+        for (key, secret) in [
+            ("stripe.api_key", &self.stripe.api_key),
+            ("stripe.webhook_secret", &self.stripe.webhook_secret),
+            ("quickbooks.client_secret", &self.quickbooks.client_secret),
+            ("quickbooks.refresh_token", &self.quickbooks.refresh_token),
+            ("alegra.token", &self.alegra.token),
+            ("alegra.technical_key", &self.alegra.technical_key),
+        ] {
+            if secret
+                .as_ref()
+                .is_some_and(|s| s.expose().trim().is_empty())
+            {
+                return Err(fail(
+                    key,
+                    "is empty: give the value, or leave the key out (and use the environment)",
+                ));
+            }
+        }
+        range(
+            "alegra.number_start",
+            self.alegra.number_start,
+            1,
+            9_999_999_999,
+        )?;
+        let c = &self.catalog;
+        range(
+            "catalog.reconcile_interval_secs",
+            c.reconcile_interval_secs,
+            1,
+            DAY,
+        )?;
+        range("catalog.max_attempts", u64::from(c.max_attempts), 1, 100)?;
+        // A lease shorter than one QuickBooks call lets a second worker take the same
+        // product while the first still writes it.
+        let min_lease = MIN_LEASE_SECS.max(q.timeout_secs + 1);
+        if c.lease_secs < min_lease || c.lease_secs > DAY {
+            return Err(fail(
+                "catalog.lease_secs",
+                &format!(
+                    "must be between {min_lease} (longer than quickbooks.timeout_secs, and at least {MIN_LEASE_SECS}) and {DAY}, got {}",
+                    c.lease_secs
+                ),
+            ));
+        }
+        if c.latency_tolerance > 100.0 {
+            return Err(fail(
+                "catalog.latency_tolerance",
+                "must be greater than 1.0 and at most 100",
+            ));
+        }
+        let k = &self.compliance;
+        for w in &k.retry_schedule_secs {
+            range("compliance.retry_schedule_secs", *w, 1, 7 * DAY)?;
+        }
+        range("compliance.poll_secs", k.poll_secs, 1, 3600)?;
+        range(
+            "compliance.list_interval_secs",
+            k.list_interval_secs,
+            1,
+            DAY,
+        )?;
+        range(
+            "compliance.contingency_probes",
+            u64::from(k.contingency_probes),
+            1,
+            100,
+        )?;
+        range(
+            "compliance.contingency_probe_interval_secs",
+            k.contingency_probe_interval_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "compliance.contingency_deadline_hours",
+            k.contingency_deadline_hours,
+            1,
+            720,
+        )?;
+        range("compliance.retention_days", k.retention_days, 1, 3650)?;
+        range("cache.ttl_secs", self.cache.ttl_secs, 1, 30 * DAY)?;
+        range(
+            "cache.max_entries",
+            self.cache.max_entries as u64,
+            1,
+            10_000_000,
+        )?;
+        range("audit.retention_days", self.audit.retention_days, 1, 3650)?;
+        if self.log.level.trim().is_empty() {
+            return Err(fail("log.level", "is empty (e.g. \"info\")"));
+        }
         Ok(())
+    }
+
+    /// Warnings about a config that is valid but risky (shown by `config check` and at
+    /// start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let ip = self.server.listen.ip();
+        if !ip.is_loopback() {
+            out.push(format!(
+                "warning: server.listen = \"{}\" is reachable from other machines: /health, /metrics and \
+                 the webhook are open to them, and the control API to anyone holding a token; \
+                 prefer 127.0.0.1 behind a reverse proxy",
+                self.server.listen
+            ));
+        }
+        out
     }
 
     /// Takes secrets from the environment where the file left them out.
@@ -1328,13 +1637,76 @@ fn redact_quoted(message: &str) -> String {
     out
 }
 
+/// Shortest `catalog.lease_secs` accepted.
+pub const MIN_LEASE_SECS: u64 = 10;
+
+/// An API base URL: `http` or `https`, a host, no spaces or control characters, no
+/// credentials (they belong in the secret keys, never in a URL that gets logged).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "must start with http:// or https:// (not {}://)",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host, e.g. https://api.example.com".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(())
+}
+
+/// Line of `field` in the `index`-th (0-based) `[[array]]` entry; else that entry's
+/// header line; else the line of an inline `array = [...]`.
+fn line_of_entry_key(text: &str, array: &str, index: usize, field: &str) -> usize {
+    let header = format!("[[{array}]]");
+    let mut seen = 0usize;
+    let mut inside = false;
+    let mut header_line = 0;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            if t.replace(' ', "") == header {
+                inside = seen == index;
+                if inside {
+                    header_line = i + 1;
+                }
+                seen += 1;
+            } else {
+                inside = false;
+            }
+            continue;
+        }
+        if inside
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == field
+        {
+            return i + 1;
+        }
+    }
+    if header_line > 0 {
+        return header_line;
+    }
+    line_of_key(text, array)
+}
+
 /// Every `key = value` line of the text as (1-based line, `section.key`). A plain
 /// line scan, enough to point at a line; the parser has already judged the syntax.
 fn assignments(text: &str) -> impl Iterator<Item = (usize, String)> + '_ {
     let mut section = String::new();
     text.lines().enumerate().filter_map(move |(i, l)| {
         let t = l.trim();
-        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| t.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+        {
             section = name.trim().to_owned();
             return None;
         }
@@ -1361,10 +1733,24 @@ fn line_at(text: &str, offset: usize) -> usize {
 }
 
 /// Best-effort line of `section.key` in the text (for errors found after parsing).
+/// A key left at its default is not in the text: then the line of its section's header
+/// (the place to add it), or 0.
 fn line_of_key(text: &str, dotted: &str) -> usize {
-    assignments(text)
-        .find(|(_, k)| k == dotted)
-        .map_or(0, |(n, _)| n)
+    if let Some((n, _)) = assignments(text).find(|(_, k)| k == dotted) {
+        return n;
+    }
+    let mut section = dotted;
+    while let Some((parent, _)) = section.rsplit_once('.') {
+        section = parent;
+        let found = text.lines().position(|l| {
+            let t = l.trim().trim_start_matches('[').trim_end_matches(']');
+            l.trim().starts_with('[') && t.trim() == section
+        });
+        if let Some(i) = found {
+            return i + 1;
+        }
+    }
+    0
 }
 
 /// Where things live by default, from the XDG/OS conventions.

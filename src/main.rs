@@ -303,7 +303,10 @@ fn load_config(explicit: Option<&PathBuf>) -> Result<Option<(Config, PathBuf)>, 
     };
     match Config::load(path) {
         Ok(mut c) => {
-            if let Some(w) = config::permission_warning(path, &c) {
+            for w in config::permission_warning(path, &c)
+                .into_iter()
+                .chain(c.warnings())
+            {
                 eprintln!("{w}");
                 tracing::warn!("{w}");
             }
@@ -670,7 +673,10 @@ fn config_command(command: ConfigCommand, explicit: Option<PathBuf>, paths: &Pat
         }
         ConfigCommand::Check => match Config::load(&path) {
             Ok(mut c) => {
-                if let Some(w) = config::permission_warning(&path, &c) {
+                for w in config::permission_warning(&path, &c)
+                    .into_iter()
+                    .chain(c.warnings())
+                {
                     eprintln!("{w}");
                 }
                 c.apply_env();

@@ -984,3 +984,43 @@ fn events_are_filtered_by_the_words_typed_after_slash() {
     app.on_key(key(KeyCode::Esc));
     assert_eq!(app.events_rows().len(), all, "Esc clears the filter");
 }
+
+#[test]
+fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('5')));
+    let first = app.selected_alert().expect("an alert");
+    let mut silence_for = |text: &str| {
+        assert!(app.on_key(key(KeyCode::Char('z'))).is_none());
+        for _ in 0..8 {
+            app.on_key(key(KeyCode::Backspace));
+        }
+        for c in text.chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        let cmd = app.on_key(key(KeyCode::Enter));
+        let flash = app.flash.clone().unwrap_or_default();
+        app.on_key(key(KeyCode::Esc));
+        (cmd, flash)
+    };
+    // 213503982334602 days × 86400 wraps a u64 into about 17 hours.
+    for text in [
+        "213503982334602d",
+        "18446744073709551616",
+        "8d",
+        "169h",
+        "604801",
+    ] {
+        let (cmd, flash) = silence_for(text);
+        assert!(cmd.is_none(), "{text}: {cmd:?}");
+        assert!(flash.contains("at most 7d"), "{text}: {flash}");
+    }
+    let (cmd, flash) = silence_for("0m");
+    assert!(cmd.is_none() && flash.contains("at least"), "{flash}");
+    match silence_for("7d").0 {
+        Some(Command::SilenceAlerts { matcher, secs, .. }) => {
+            assert_eq!((matcher.as_str(), secs), (first.as_str(), 604_800))
+        }
+        other => panic!("{other:?}"),
+    }
+}

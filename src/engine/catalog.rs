@@ -106,12 +106,23 @@ impl CatalogMetrics {
 /// What a worker did with a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Created { item_id: String, name: String },
-    Adopted { item_id: String, name: String },
-    Updated { item_id: String, name: String },
+    Created {
+        item_id: String,
+        name: String,
+    },
+    Adopted {
+        item_id: String,
+        name: String,
+    },
+    Updated {
+        item_id: String,
+        name: String,
+    },
     Unchanged,
     Stale,
     Gone,
+    /// Deleted in Stripe before any Item was written for it: nothing to do.
+    DeletedUnsynced,
 }
 
 #[derive(Debug)]
@@ -884,6 +895,10 @@ impl Catalog {
                     Outcome::Updated { item_id, name } => {
                         Some(format!("updated Item {item_id} \"{name}\""))
                     }
+                    Outcome::DeletedUnsynced => Some(
+                        "deleted in Stripe before it was ever synced: nothing to do, no Item created"
+                            .to_owned(),
+                    ),
                     Outcome::Unchanged | Outcome::Stale | Outcome::Gone => None,
                 };
                 let audit = line.as_deref().map(|l| ("item", entity, "engine", l));
@@ -993,6 +1008,14 @@ impl Catalog {
         if m.source_updated.is_some_and(|seen| seen > product.updated) {
             // An older version than the one already written (events arrive out of order).
             return Ok((Outcome::Stale, None));
+        }
+        if product.deleted && m.item_id.is_none() && m.pending_request_id.is_none() {
+            // Never written to QuickBooks: there is no Item to deactivate, and creating
+            // one for a product that no longer exists is a write no one asked for.
+            m.status = "deleted".into();
+            m.reason = None;
+            m.source_updated = Some(product.updated.max(m.source_updated.unwrap_or(0)));
+            return Ok((Outcome::DeletedUnsynced, Some(m)));
         }
         let hash = desired.hash();
         let mut outcome = None;

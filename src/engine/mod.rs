@@ -483,6 +483,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                 auth: crate::server::auth::Auth::new(cfg.server.tokens.clone()),
                 ws: Default::default(),
                 heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
+                hosts: cfg.server.allowed_hosts.clone(),
             }),
         },
         server_cancel.clone(),
@@ -679,6 +680,9 @@ struct Ctx {
     downstreams: Vec<Arc<Downstream>>,
 }
 
+/// Longest silence an operator may set (console, API, `ctl`): 7 days.
+pub const MAX_SILENCE_SECS: u64 = 7 * 86_400;
+
 pub const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
 
 impl Ctx {
@@ -735,13 +739,24 @@ impl Ctx {
                 secs,
                 actor,
             } => {
-                let until = store.now_ms() + secs as i64 * 1000;
-                publisher.telemetry.alerts.silence(&matcher, until, &actor);
-                let r = Ok(format!(
-                    "silenced alerts matching {:?} for {}",
-                    if matcher.is_empty() { "*" } else { &matcher },
-                    human_secs(secs)
-                ));
+                let until = (1..=MAX_SILENCE_SECS)
+                    .contains(&secs)
+                    .then(|| store.now_ms().checked_add(secs as i64 * 1000))
+                    .flatten();
+                let r = match until {
+                    Some(until) => {
+                        publisher.telemetry.alerts.silence(&matcher, until, &actor);
+                        Ok(format!(
+                            "silenced alerts matching {:?} for {}",
+                            if matcher.is_empty() { "*" } else { &matcher },
+                            human_secs(secs)
+                        ))
+                    }
+                    None => Err(format!(
+                        "a silence lasts 1 s to {} (asked {secs} s)",
+                        human_secs(MAX_SILENCE_SECS)
+                    )),
+                };
                 audit_result(store, "operator", "alerts", &actor, &r);
                 r
             }

@@ -44,7 +44,22 @@ fn quota_headers(resp: &mut Response, q: &Quota) {
     h.insert("x-ratelimit-reset", HeaderValue::from(q.reset_secs));
 }
 
-/// Authentication, rate limit and role, before every `/api` route.
+/// The WebSocket feeds (paths as seen inside `/api/v1`): the only routes where a
+/// token may come in the query string, and only on a real upgrade request.
+const WS_FEEDS: &[&str] = &["/ws/notifications", "/ws/alerts"];
+
+fn is_ws_upgrade(req: &Request) -> bool {
+    req.method() == Method::GET
+        && WS_FEEDS.contains(&req.uri().path())
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Authentication, rate limit and role, before every `/api` path (unknown ones too: a
+/// caller without a token learns nothing of which paths exist).
 pub async fn guard(
     State(st): State<ServerState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -52,24 +67,40 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     // (Nested under /api/v1: the path seen here has that prefix removed.)
-    let path = req.uri().path();
-    let ws = path.contains("/ws/") && !path.ends_with("/ws/connections");
-    let token = super::auth::bearer(req.headers(), req.uri().query(), ws);
+    let token = super::auth::bearer(req.headers(), req.uri().query(), is_ws_upgrade(&req));
     let auth = &st.control.auth;
-    let caller = match auth.identify(token.as_deref()) {
+    let now = crate::store::now_ms();
+    let unauthorized = |m: &str| {
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let identified = auth
+        .check_lockout(addr.ip(), now)
+        .and_then(|()| auth.identify(token.as_deref()));
+    let caller = match identified {
         Ok(c) => c,
-        Err(denied) => {
-            let m = match denied {
-                Denied::Unauthenticated(m) => m,
-                Denied::RateLimited(_) => "rate limited",
-            };
-            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        Err(Denied::TooManyFailures(wait)) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many wrong tokens from this address; try again in {wait} s"),
+            );
             r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return r;
         }
+        Err(Denied::UnknownToken) => {
+            auth.record_failure(addr.ip(), now);
+            tracing::warn!("control API: wrong token from {}", addr.ip());
+            tokio::time::sleep(super::auth::FAILURE_DELAY).await;
+            return unauthorized("unknown token");
+        }
+        Err(Denied::Unauthenticated(m)) => return unauthorized(m),
+        Err(Denied::RateLimited(_)) => return unauthorized("rate limited"),
     };
-    let quota = match auth.admit(&caller, crate::store::now_ms()) {
+    let quota = match auth.admit(&caller, now) {
         Ok(q) => q,
         Err(Denied::RateLimited(q)) => {
             let mut r = error(
@@ -85,11 +116,10 @@ pub async fn guard(
                 .insert(header::RETRY_AFTER, HeaderValue::from(q.reset_secs));
             return r;
         }
-        Err(Denied::Unauthenticated(m)) => {
-            return error(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        }
+        Err(_) => return unauthorized("unknown token"),
     };
-    let mut resp = if req.method() != Method::GET && caller.role != Role::Operator {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut resp = if !reads && caller.role != Role::Operator {
         error(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -98,12 +128,55 @@ pub async fn guard(
     } else {
         let who = format!("api:{}@{}", caller.name, addr.ip());
         req.extensions_mut().insert(Actor { caller, who });
-        next.run(req).await
+        json_errors(next.run(req).await).await
     };
     if let Some(q) = quota {
         quota_headers(&mut resp, &q);
     }
     resp
+}
+
+/// Every error answer of the API in the JSON shape, including the ones axum writes as
+/// plain text (a body over the size limit, a malformed query, a wrong method, a plain
+/// GET on a WebSocket feed).
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "bad_request",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("body: larger than {} bytes", super::API_BODY_LIMIT)
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut out = error(status, code, message);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }
 
 pub async fn not_found() -> Response {
@@ -151,9 +224,10 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonObject {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) => return Err(json_errors(e.into_response()).await),
+        };
         object(&bytes).map(JsonObject).map_err(bad)
     }
 }
@@ -169,12 +243,72 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, String> {
     }
 }
 
-/// The `matcher` of an alerts action ("" matches every alert).
-fn matcher(body: &Map<String, Value>) -> String {
-    body.get("matcher")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned()
+/// Longest text a field of an action may hold.
+const MAX_TEXT: usize = 200;
+
+/// Refuses a body with a field the action does not know: a typo must never widen an
+/// action (`{"matchr": "x"}` is not "every alert").
+fn only(body: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "{}: unknown field (expected {})",
+            shown(k),
+            known.join(", ")
+        )),
+    }
+}
+
+/// A field name or value fit to echo: short, without control characters.
+fn shown(s: &str) -> String {
+    let mut t: String = s.chars().take(40).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    format!("{t:?}")
+}
+
+/// The JSON type of a value, for "expected X, got Y".
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A text field: absent → None; a string of 1 to [`MAX_TEXT`] printable characters;
+/// anything else is a 400 naming the field.
+fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    let Some(v) = body.get(name) else {
+        return Ok(None);
+    };
+    let Some(t) = v.as_str() else {
+        return Err(format!("{name}: expected a string, got {}", kind(v)));
+    };
+    if t.trim().is_empty() {
+        return Err(format!("{name}: empty"));
+    }
+    if t.chars().count() > MAX_TEXT {
+        return Err(format!("{name}: longer than {MAX_TEXT} characters"));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(format!("{name}: contains control characters"));
+    }
+    Ok(Some(t.to_owned()))
+}
+
+/// The `matcher` of an alerts action: required, an alert id prefix, or `"*"` for
+/// every alert (never by omission or by a value of the wrong type).
+fn matcher(body: &Map<String, Value>) -> Result<String, String> {
+    match text_field(body, "matcher")? {
+        None => Err("matcher: required (an alert id prefix, or \"*\" for every alert)".into()),
+        Some(m) if m == "*" => Ok(String::new()),
+        Some(m) => Ok(m),
+    }
 }
 
 fn snapshot(st: &ServerState) -> Arc<crate::engine::Snapshot> {
@@ -210,6 +344,9 @@ pub async fn set_breaker(
             "not_found",
             format!("no circuit named {service:?}"),
         );
+    }
+    if let Err(m) = only(&body, &["state"]) {
+        return bad(m);
     }
     let state = body
         .get("state")
@@ -381,19 +518,22 @@ pub async fn invalidate(
     axum::Extension(actor): axum::Extension<Actor>,
     JsonObject(body): JsonObject,
 ) -> Response {
-    let text = |k: &'static str| body.get(k).map(|v| v.as_str().map(str::to_owned).ok_or(k));
-    let scope = match (text("pattern"), text("tag"), text("key")) {
-        (None, None, None) if body.is_empty() => CacheScope::All,
-        (Some(Ok(p)), None, None) if p == "*" => CacheScope::All,
-        (Some(Ok(p)), None, None) => CacheScope::Pattern(p),
-        (None, Some(Ok(t)), None) => CacheScope::Tag(t),
-        (None, None, Some(Ok(k))) => CacheScope::Key(k),
+    if let Err(m) = only(&body, &["pattern", "tag", "key"]) {
+        return bad(m);
+    }
+    let field = |k: &str| text_field(&body, k);
+    let (pattern, tag, key) = match (field("pattern"), field("tag"), field("key")) {
+        (Ok(p), Ok(t), Ok(k)) => (p, t, k),
+        (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => return bad(m),
+    };
+    let scope = match (pattern, tag, key) {
+        (None, None, None) => CacheScope::All,
+        (Some(p), None, None) if p == "*" => CacheScope::All,
+        (Some(p), None, None) => CacheScope::Pattern(p),
+        (None, Some(t), None) => CacheScope::Tag(t),
+        (None, None, Some(k)) => CacheScope::Key(k),
         _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "expected one of {\"pattern\": \"…\"}, {\"tag\": \"…\"}, {\"key\": \"…\"}, or {} for all",
-            );
+            return bad("pattern, tag, key: give one of them, or {} for all");
         }
     };
     act(
@@ -431,11 +571,11 @@ pub async fn set_thresholds(
     let mut changes = Vec::new();
     for (name, v) in &body {
         let Some(v) = v.as_f64() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("{name}: expected a number, got {v}"),
-            );
+            return bad(format!(
+                "{}: expected a number, got {}",
+                shown(name),
+                kind(v)
+            ));
         };
         if let Err(e) = crate::config::check_threshold(name, v) {
             return error(StatusCode::BAD_REQUEST, "bad_request", e);
@@ -540,7 +680,10 @@ pub async fn ack_alerts(
     axum::Extension(actor): axum::Extension<Actor>,
     JsonObject(body): JsonObject,
 ) -> Response {
-    let matcher = matcher(&body);
+    let matcher = match only(&body, &["matcher"]).and_then(|()| matcher(&body)) {
+        Ok(m) => m,
+        Err(m) => return bad(m),
+    };
     act(
         &st,
         Command::AckAlerts {
@@ -556,17 +699,19 @@ pub async fn silence_alerts(
     axum::Extension(actor): axum::Extension<Actor>,
     JsonObject(body): JsonObject,
 ) -> Response {
-    let matcher = matcher(&body);
+    let matcher = match only(&body, &["matcher", "secs"]).and_then(|()| matcher(&body)) {
+        Ok(m) => m,
+        Err(m) => return bad(m),
+    };
     let Some(secs) = body
         .get("secs")
         .and_then(Value::as_u64)
-        .filter(|s| (1..=7 * 86_400).contains(s))
+        .filter(|s| (1..=crate::engine::MAX_SILENCE_SECS).contains(s))
     else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "secs: expected 1 to 604800 seconds",
-        );
+        return bad(format!(
+            "secs: expected whole seconds from 1 to {} (7 days)",
+            crate::engine::MAX_SILENCE_SECS
+        ));
     };
     act(
         &st,

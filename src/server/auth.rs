@@ -7,8 +7,12 @@
 //!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the window
 //!   resets); past the limit, 429 with `Retry-After`.
 //! - Tokens are compared in constant time and never logged or echoed.
+//! - Guessing is slow: each wrong token is answered after [`FAILURE_DELAY`], and an
+//!   address that sent [`MAX_FAILURES`] wrong tokens in a minute gets 429 for every
+//!   token, right or wrong, until its window ends (no oracle while locked out).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::config::{Role, TokenConfig};
@@ -33,6 +37,10 @@ pub struct Quota {
 pub enum Denied {
     /// 401
     Unauthenticated(&'static str),
+    /// 401, and counted against the caller's address: a token that is no one's.
+    UnknownToken,
+    /// 429: this address sent too many wrong tokens; seconds until it may try again.
+    TooManyFailures(u64),
     /// 429
     RateLimited(Quota),
 }
@@ -41,9 +49,18 @@ pub struct Auth {
     tokens: Vec<TokenConfig>,
     /// Per token name: (window start, requests in it).
     windows: Mutex<HashMap<String, (i64, u32)>>,
+    /// Per client address: (window start, wrong tokens in it).
+    failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
 }
 
 const WINDOW_MS: i64 = 60_000;
+/// Wrong tokens an address may send in a minute before it is locked out for the rest
+/// of that minute.
+pub const MAX_FAILURES: u32 = 10;
+/// How long a wrong token waits for its 401.
+pub const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Addresses tracked at most (a flood from many addresses cannot grow the map forever).
+const MAX_TRACKED: usize = 10_000;
 
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -57,7 +74,41 @@ impl Auth {
         Self {
             tokens,
             windows: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `Err(TooManyFailures)` while `ip` is locked out for sending wrong tokens.
+    pub fn check_lockout(&self, ip: IpAddr, now_ms: i64) -> Result<(), Denied> {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match f.get(&ip) {
+            Some(&(start, n)) if n >= MAX_FAILURES && now_ms - start < WINDOW_MS => {
+                Err(Denied::TooManyFailures(
+                    ((start + WINDOW_MS - now_ms).max(0) as u64).div_ceil(1000),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one wrong token from `ip`.
+    pub fn record_failure(&self, ip: IpAddr, now_ms: i64) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() >= MAX_TRACKED && !f.contains_key(&ip) {
+            f.retain(|_, (start, _)| now_ms - *start < WINDOW_MS);
+            if f.len() >= MAX_TRACKED {
+                // Still full of live windows: forget the oldest half rather than grow.
+                let mut starts: Vec<i64> = f.values().map(|(s, _)| *s).collect();
+                starts.sort_unstable();
+                let cut = starts[starts.len() / 2];
+                f.retain(|_, (start, _)| *start > cut);
+            }
+        }
+        let entry = f.entry(ip).or_insert((now_ms, 0));
+        if now_ms - entry.0 >= WINDOW_MS {
+            *entry = (now_ms, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
     }
 
     pub fn configured(&self) -> bool {
@@ -82,7 +133,7 @@ impl Auth {
                 found = Some(t);
             }
         }
-        let t = found.ok_or(Denied::Unauthenticated("unknown token"))?;
+        let t = found.ok_or(Denied::UnknownToken)?;
         Ok(Caller {
             name: t.name.clone(),
             role: t.role,
@@ -135,6 +186,7 @@ pub fn bearer(
     if !allow_query {
         return None;
     }
+    // Only where a browser cannot send a header: the WebSocket handshake.
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == "token").then(|| {
@@ -181,8 +233,25 @@ mod tests {
         assert!(matches!(a.identify(None), Err(Denied::Unauthenticated(_))));
         assert!(matches!(
             a.identify(Some("operator-token-012345678")),
-            Err(Denied::Unauthenticated(_))
+            Err(Denied::UnknownToken)
         ));
+    }
+
+    #[test]
+    fn an_address_sending_wrong_tokens_is_locked_out_for_the_rest_of_its_minute() {
+        let a = auth();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let other: IpAddr = "10.0.0.8".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(a.check_lockout(ip, 1_000), Ok(()));
+            a.record_failure(ip, 1_000);
+        }
+        assert_eq!(
+            a.check_lockout(ip, 31_000),
+            Err(Denied::TooManyFailures(30))
+        );
+        assert_eq!(a.check_lockout(other, 31_000), Ok(()), "per address");
+        assert_eq!(a.check_lockout(ip, 61_000), Ok(()), "a new minute");
     }
 
     #[test]

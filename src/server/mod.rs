@@ -46,7 +46,13 @@ pub struct Control {
     pub auth: auth::Auth,
     pub ws: ws::Registry,
     pub heartbeat: std::time::Duration,
+    /// Host names (besides IP literals and `localhost`) the engine answers to
+    /// (`server.allowed_hosts`).
+    pub hosts: Vec<String>,
 }
+
+/// Largest body the control API reads.
+pub const API_BODY_LIMIT: usize = 64 * 1024;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -89,16 +95,75 @@ pub fn router(state: ServerState) -> Router {
         .route("/ws/notifications", get(ws::subscribe::<false>))
         .route("/ws/alerts", get(ws::subscribe::<true>))
         .fallback(api::not_found)
-        .route_layer(axum::middleware::from_fn_with_state(
+        .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
+        // `layer`, not `route_layer`: unknown paths are behind the token too.
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::guard,
         ));
-    Router::new()
-        .route("/webhooks/stripe", post(stripe_webhook))
+    // What a web page could read by DNS rebinding checks the Host header first; the
+    // webhook does not (Stripe names the public host, and the signature guards it).
+    let local = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .nest("/api/v1", api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            host_guard,
+        ));
+    Router::new()
+        .route("/webhooks/stripe", post(stripe_webhook))
+        .merge(local)
         .with_state(state)
+}
+
+/// Whether a `Host` header names this engine: an IP literal, `localhost`, or a name
+/// listed in `server.allowed_hosts` (no header at all: not a browser).
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+}
+
+async fn host_guard(
+    State(st): State<ServerState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    if host_allowed(host.as_deref(), &st.control.hosts) {
+        return next.run(req).await;
+    }
+    let shown: String = host.unwrap_or_default().chars().take(60).collect();
+    api::error(
+        StatusCode::MISDIRECTED_REQUEST,
+        "unknown_host",
+        format!(
+            "Host {shown:?} is not a name of this engine: use its address, localhost, \
+             or list the name in server.allowed_hosts"
+        ),
+    )
 }
 
 async fn prometheus(State(state): State<ServerState>) -> Response {

@@ -420,9 +420,15 @@ pub const BINDINGS: &[Binding] = &[
     },
 ];
 
+/// Ctrl-C: in raw mode a key like any other, which must still mean "quit?".
+pub fn is_interrupt(key: &KeyEvent) -> bool {
+    key.modifiers.contains(KeyModifiers::CONTROL)
+        && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('C'))
+}
+
 /// The action bound to `key` on the screen `tab`.
 pub fn action_for(key: &KeyEvent, tab: Tab) -> Option<Action> {
-    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+    if is_interrupt(key) {
         return Some(Action::Quit);
     }
     BINDINGS

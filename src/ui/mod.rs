@@ -70,8 +70,10 @@ pub async fn run(
     max_fps: u32,
     sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
 ) -> anyhow::Result<()> {
+    // Caught before the terminal turns raw, so no signal can leave it raw.
+    let signals = Signals::new()?;
     let mut term = setup()?;
-    let result = event_loop(&mut term, engine, max_fps, sandbox).await;
+    let result = event_loop(&mut term, engine, max_fps, sandbox, signals).await;
     restore();
     if result.is_err() {
         // The console failed; do not leave the engine running without anyone watching.
@@ -85,6 +87,7 @@ async fn event_loop(
     engine: &mut EngineHandle,
     max_fps: u32,
     sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let mut snapshots = engine.snapshot.clone();
     let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env());
@@ -94,8 +97,10 @@ async fn event_loop(
     let mut last_draw = Instant::now() - frame_gap;
     let mut dirty = true;
     let mut urgent = true;
+    // After a hangup there is no terminal to draw on or read from: drain quietly.
+    let mut hung_up = false;
     loop {
-        if dirty && (urgent || last_draw.elapsed() >= frame_gap) {
+        if dirty && !hung_up && (urgent || last_draw.elapsed() >= frame_gap) {
             draw(term, &app)?;
             last_draw = Instant::now();
             dirty = false;
@@ -103,7 +108,22 @@ async fn event_loop(
         }
         let next_frame = last_draw + frame_gap;
         tokio::select! {
-            ev = input.next() => match ev {
+            sig = signals.next() => {
+                hung_up |= sig == Stop::Hangup;
+                if !app.quitting {
+                    // The same path as `q` confirmed: stop claiming, drain, exit.
+                    app.quitting = true;
+                    app.confirm = None;
+                    app.prompt = None;
+                    app.frozen = false;
+                    app.flash = Some(format!("{}: draining in-flight work…", sig.name()));
+                    tracing::info!("{}: draining in-flight work", sig.name());
+                    send(engine, Command::Shutdown, &mut app).await;
+                }
+                dirty = true;
+                urgent = true;
+            }
+            ev = input.next(), if !hung_up => match ev {
                 Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
                     if let Some(cmd) = app.on_key(key) {
                         send(engine, cmd, &mut app).await;
@@ -130,6 +150,69 @@ async fn event_loop(
                 }
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
+        }
+    }
+}
+
+/// A signal that asks the console to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Terminate,
+    Hangup,
+    Interrupt,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Terminate => "SIGTERM",
+            Stop::Hangup => "SIGHUP",
+            Stop::Interrupt => "SIGINT",
+        }
+    }
+}
+
+/// SIGTERM, SIGHUP and SIGINT (from `kill`; Ctrl-C typed in raw mode is a key),
+/// caught so that each drains the engine and restores the terminal instead of killing
+/// the process with the terminal left raw.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Stop {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = self.term.recv() => Stop::Terminate,
+                Some(()) = self.hup.recv() => Stop::Hangup,
+                Some(()) = self.int.recv() => Stop::Interrupt,
+                else => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Stop::Interrupt
         }
     }
 }

@@ -130,19 +130,31 @@ impl PromptKind {
     }
 }
 
-/// `90s`, `30m`, `2h`, `1d` (or plain seconds) → seconds.
-pub fn parse_duration(text: &str) -> Option<u64> {
+/// `90s`, `30m`, `2h`, `1d` (or plain seconds) → seconds, from 1 s to 7 days
+/// ([`crate::engine::MAX_SILENCE_SECS`]); anything else is an error to show.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    const FORM: &str = "a duration such as 30m, 2h or 1d";
+    let max = crate::engine::MAX_SILENCE_SECS;
     let t = text.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
+    let mult: u64 = match unit.trim() {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return None,
+        _ => return Err(format!("{t:?} is not {FORM}")),
     };
-    Some(n * mult).filter(|s| (1..=7 * 86_400).contains(s))
+    if num.is_empty() {
+        return Err(format!("{t:?} is not {FORM}"));
+    }
+    let too_long = || format!("{t} is too long: a silence lasts at most 7d");
+    // Checked all the way: a huge number is refused, never wrapped into a short one.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("a silence lasts at least 1s".into()),
+        Some(secs) if secs <= max => Ok(secs),
+        _ => Err(too_long()),
+    }
 }
 
 impl Confirm {
@@ -462,7 +474,7 @@ impl App {
                 None
             }
             PromptKind::Silence { matcher } => match parse_duration(&text) {
-                Some(secs) => {
+                Ok(secs) => {
                     self.prompt = None;
                     self.flash = Some(format!("silencing {matcher}…"));
                     Some(Command::SilenceAlerts {
@@ -471,8 +483,8 @@ impl App {
                         actor: self.actor.clone(),
                     })
                 }
-                None => {
-                    self.flash = Some("a duration such as 30m, 2h or 1d (at most 7d)".into());
+                Err(why) => {
+                    self.flash = Some(why);
                     None
                 }
             },
@@ -548,6 +560,15 @@ impl App {
     /// Applies a key; returns the command to send to the engine, if any.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Command> {
         if self.quitting {
+            return None;
+        }
+        if keymap::is_interrupt(&key) {
+            // Ctrl-C asks like `q`, from anywhere: a prompt, a search, another dialog.
+            self.prompt = None;
+            self.search_open = false;
+            self.help = false;
+            self.confirm = Some(Confirm::Quit);
+            self.confirm_focus_ok = false;
             return None;
         }
         if let Some(confirm) = self.confirm.clone() {

@@ -1,0 +1,291 @@
+//! The console binary in a pseudo-terminal: SIGTERM and SIGHUP drain the engine and
+//! give the terminal back (cooked mode, main screen, cursor shown) with exit 0, and
+//! Ctrl-C (a key in raw mode) asks like `q`, from anywhere, instead of being ignored.
+
+#![cfg(unix)]
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+/// Leave the alternate screen; show the cursor.
+const LEAVE_ALT: &[u8] = b"\x1b[?1049l";
+const SHOW_CURSOR: &[u8] = b"\x1b[?25h";
+
+struct Console {
+    child: Child,
+    master: std::fs::File,
+    /// Our own handle on the terminal, to read its mode after the console is gone.
+    slave: OwnedFd,
+    output: Arc<Mutex<Vec<u8>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn openpty() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the locals; null name and termios
+    // are allowed.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+impl Console {
+    /// `syncctl demo` on a fresh pseudo-terminal, on free ports.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("demo.toml");
+        std::fs::write(
+            &config,
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 20\nlatency_ms = 1\n",
+        )
+        .unwrap();
+        let (master, slave) = openpty();
+        let fd = slave.as_raw_fd();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["demo", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_DATA_HOME", dir.path().join("xdg"))
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A session of its own with this terminal as its controlling terminal,
+                // as a login shell would give it.
+                if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let master = std::fs::File::from(master);
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let mut answer = master.try_clone().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            // Ends with EIO once every holder of the slave side is gone.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut out = sink.lock().unwrap();
+                let start = out.len().saturating_sub(3);
+                out.extend_from_slice(&buf[..n]);
+                // Answer cursor-position queries as a terminal does.
+                let asked = out[start..].windows(4).filter(|w| w == b"\x1b[6n").count();
+                for _ in 0..asked {
+                    let _ = answer.write_all(b"\x1b[1;1R");
+                }
+            }
+        });
+        let mut c = Console {
+            child,
+            master,
+            slave,
+            output,
+            _dir: dir,
+        };
+        c.wait_for_text("quit", 60);
+        c
+    }
+
+    fn output_len(&self) -> usize {
+        self.output.lock().unwrap().len()
+    }
+
+    /// Waits until what the console wrote since `from` contains `text` (a polled
+    /// condition with a timeout).
+    fn wait_for_text_after(&mut self, from: usize, text: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                let seen = String::from_utf8_lossy(&out[from.min(out.len())..]).into_owned();
+                if seen.contains(text) {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    panic!("{text:?} never appeared; the console wrote:\n{seen}");
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                let out = String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned();
+                panic!("the console exited ({status}) before showing {text:?}:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_text(&mut self, text: &str, secs: u64) {
+        self.wait_for_text_after(0, text, secs);
+    }
+
+    fn type_keys(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill with a child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// The exit status, waiting at most `secs` (polled).
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the console did not exit within {secs} s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the terminal is back in cooked mode (line editing and echo on).
+    fn terminal_is_cooked(&self) -> bool {
+        // SAFETY: tcgetattr fills a termios for an open terminal descriptor.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) };
+        assert_eq!(rc, 0);
+        t.c_lflag & libc::ICANON != 0 && t.c_lflag & libc::ECHO != 0
+    }
+
+    /// Everything written after the last time the console entered the alternate screen
+    /// ends by leaving it and showing the cursor (nothing drawn after the restore).
+    fn ends_restored(&self) -> bool {
+        let out = self.output.lock().unwrap();
+        let Some(at) = find_last(&out, LEAVE_ALT) else {
+            return false;
+        };
+        let tail = &out[at..];
+        find_last(tail, SHOW_CURSOR).is_some() && !contains(tail, b"\x1b[?1049h")
+    }
+}
+
+fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn a_signal_drains_and_restores_the_terminal(sig: libc::c_int, name: &str) {
+    let mut console = Console::start();
+    assert!(
+        !console.terminal_is_cooked(),
+        "the console runs in raw mode"
+    );
+    let from = console.output_len();
+    console.signal(sig);
+    let status = console.wait_exit(60);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{name}: drained and exited 0, not killed by the signal ({status})"
+    );
+    assert!(
+        console.terminal_is_cooked(),
+        "{name}: terminal left in raw mode"
+    );
+    assert!(
+        console.ends_restored(),
+        "{name}: no leave-alternate-screen / show-cursor at the end"
+    );
+    // The drain is logged (after a hangup there is no screen to say it on).
+    let logged = files_under(&console._dir.path().join("data"))
+        .iter()
+        .any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| t.contains(&format!("{name}: draining")))
+        });
+    assert!(logged, "{name}: the drain is in the log");
+    if sig == libc::SIGTERM {
+        let tail = String::from_utf8_lossy(&console.output.lock().unwrap()[from..]).into_owned();
+        assert!(
+            tail.contains("draining"),
+            "{name}: the console said it drains: {tail}"
+        );
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_drains_the_engine_and_gives_the_terminal_back() {
+    a_signal_drains_and_restores_the_terminal(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sighup_drains_the_engine_and_gives_the_terminal_back() {
+    a_signal_drains_and_restores_the_terminal(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn ctrl_c_asks_like_q_even_from_a_prompt() {
+    let mut console = Console::start();
+    // On the main screen.
+    let from = console.output_len();
+    console.type_keys(b"\x03");
+    console.wait_for_text_after(from, "Quit syncctl?", 10);
+    // Cancel (focus is on Cancel), then from inside a prompt: Ctrl-C is not a letter.
+    console.type_keys(b"\x1b");
+    std::thread::sleep(Duration::from_millis(100)); // Esc alone, not the start of a sequence
+    console.type_keys(b"c");
+    console.wait_for_text("invalidate cache", 10);
+    let from = console.output_len();
+    console.type_keys(b"\x03");
+    console.wait_for_text_after(from, "Quit syncctl?", 10);
+    // Confirm: drains and exits 0 with the terminal given back.
+    console.type_keys(b"y");
+    let status = console.wait_exit(60);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(console.terminal_is_cooked());
+    assert!(console.ends_restored());
+}

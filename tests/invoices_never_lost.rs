@@ -552,3 +552,190 @@ async fn a_fresh_start_cut_short_still_adopts_items_by_sku() {
     common::until_idle(&engine, 12).await;
     common::assert_one_item_per_product(&base).await;
 }
+
+/// The Stripe id → (number, status) of every compliance record.
+fn records(engine: &EngineHandle) -> HashMap<String, (String, Status)> {
+    engine
+        .snapshot
+        .borrow()
+        .compliance
+        .invoices
+        .iter()
+        .map(|r| (r.stripe_id.clone(), (r.number.clone(), r.status)))
+        .collect()
+}
+
+/// A newer copy of the store burned more numbers than are asked one by one (a day-one
+/// burst of AEP6009 refusals: no document at Alegra), then issued more. Restoring the
+/// older backup must still find those documents (Alegra's newest, read first) and adopt
+/// them, not number their invoices again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_finds_documents_past_a_gap_of_unused_numbers() {
+    let sb = common::sandbox(3, 51).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let first = make_invoices(&base, 1).await;
+    until_validated(&engine, &first, 60).await;
+    engine.shutdown().await;
+    copy_db(dir.path(), backup.path());
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"numbering_rejections": 12}),
+    )
+    .await;
+    let refused = make_invoices(&base, 12).await;
+    common::eventually(60, "12 invoices FAILED", || async {
+        let r = records(&engine);
+        let failed = refused
+            .iter()
+            .filter(|id| r.get(*id).is_some_and(|x| x.1 == Status::Failed))
+            .count();
+        (failed == 12).then_some(())
+    })
+    .await;
+    let later = make_invoices(&base, 3).await;
+    let numbers = until_validated(&engine, &later, 60).await;
+    engine.shutdown().await;
+    copy_db(backup.path(), dir.path());
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let again = until_validated(&engine, &later, 60).await;
+    assert_eq!(again, numbers, "adopted with their numbers");
+    // The refused ones never reached DIAN: the restored store issues them now.
+    let all: Vec<String> = first
+        .iter()
+        .chain(&refused)
+        .chain(&later)
+        .cloned()
+        .collect();
+    until_validated(&engine, &all, 60).await;
+    assert_one_document_each(&base, &all).await;
+    assert_eq!(alegra(&base).await["accepted"], 16);
+}
+
+/// The backup holds invoice X unsent at number N. Later N turned out another system's
+/// and the newer store renumbered X to M, whose document DIAN had not answered yet
+/// (`waiting`) or had accepted. The restored backup adopts X's document at M: X is
+/// never issued a third time.
+async fn restored_backup_adopts_a_renumbered_invoice(seed: u64, waiting: bool) {
+    let sb = common::sandbox(3, seed).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |_| {});
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let a = make_invoices(&base, 1).await;
+    until_validated(&engine, &a, 60).await;
+    common::faults(&base, json!({"service": "alegra", "outage": true})).await;
+    let x = make_invoices(&base, 1).await;
+    let n = common::eventually(30, "X numbered", || async {
+        records(&engine).get(&x[0]).map(|r| r.0.clone())
+    })
+    .await;
+    engine.shutdown().await;
+    common::faults(&base, json!({"service": "alegra", "outage": false})).await;
+    copy_db(dir.path(), backup.path());
+    foreign_document(&base, n.trim_start_matches("SETP")).await;
+    if waiting {
+        post(&base, "/_sandbox/alegra", json!({"waiting_ms": 2000})).await;
+    }
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let want = if waiting {
+        Status::Sent
+    } else {
+        Status::Validated
+    };
+    let m = common::eventually(60, "X renumbered and sent", || async {
+        records(&engine)
+            .get(&x[0])
+            .filter(|r| r.0 != n && r.1 == want)
+            .map(|r| r.0.clone())
+    })
+    .await;
+    engine.shutdown().await;
+    copy_db(backup.path(), dir.path());
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    let again = until_validated(&engine, &x, 60).await;
+    assert_eq!(again[&x[0]], m, "X keeps its document at {m}");
+    let all: Vec<String> = a.iter().chain(&x).cloned().collect();
+    assert_one_document_each(&base, &all).await;
+    let history = syncctl::store::Store::open(dir.path())
+        .unwrap()
+        .invoice_history(&x[0])
+        .unwrap();
+    assert!(
+        history.iter().any(|h| h.message.contains("adopted")),
+        "{history:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_adopts_an_invoice_renumbered_after_it() {
+    restored_backup_adopts_a_renumbered_invoice(52, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_adopts_a_renumbered_document_dian_has_not_answered() {
+    restored_backup_adopts_a_renumbered_invoice(53, true).await;
+}
+
+/// An invoice this store has accepted at DIAN shows a second document under a number
+/// past this store's counter: a second engine issues the range. Nothing more is
+/// numbered: the start is refused, saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_issuer_of_the_range_stops_the_numbering() {
+    let sb = common::sandbox(3, 54).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |_| {});
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let ids = make_invoices(&base, 2).await;
+    let numbers = until_validated(&engine, &ids, 60).await;
+    engine.shutdown().await;
+    // Another engine (another data dir on the same accounts) issued ids[0] again.
+    let highest = numbers
+        .values()
+        .map(|n| n.trim_start_matches("SETP").parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/invoices"))
+        .basic_auth(
+            syncctl::sandbox::alegra::ALEGRA_EMAIL,
+            Some(syncctl::sandbox::alegra::ALEGRA_TOKEN),
+        )
+        .json(&json!({
+            "date": time::OffsetDateTime::now_utc().date().to_string(),
+            "numberTemplate": {"prefix": "SETP", "number": (highest + 1).to_string()},
+            "client": {"identification": "222222222222", "name": "Otro"},
+            "items": [{"name": "x", "price": 1000, "quantity": 1}],
+            "anotation": format!("stripe:{}", ids[0]),
+            "stamp": {"generateStamp": true},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let e = start(cfg, dir.path(), false).await.err().expect("refused");
+    let e = format!("{e:#}");
+    assert!(e.contains("another engine") && e.contains(&ids[0]), "{e}");
+    assert_eq!(
+        alegra(&base).await["invoices_total"],
+        3,
+        "nothing more sent"
+    );
+}

@@ -382,6 +382,21 @@ impl AlegraClient {
         .await
     }
 
+    /// One page of documents, newest first (`order_field=id`, `order_direction=DESC`).
+    pub async fn newest_invoices(
+        &self,
+        start: usize,
+        limit: usize,
+    ) -> Result<Vec<AlegraInvoice>, AlegraError> {
+        self.list(&[
+            ("start", start.to_string()),
+            ("limit", limit.min(30).to_string()),
+            ("order_field", "id".into()),
+            ("order_direction", "DESC".into()),
+        ])
+        .await
+    }
+
     async fn list(&self, query: &[(&str, String)]) -> Result<Vec<AlegraInvoice>, AlegraError> {
         let v = self
             .call(true, reqwest::Method::GET, "/invoices", query, None)

@@ -664,7 +664,8 @@ impl Catalog {
             return;
         }
         loop {
-            let left = self.store.queued(JOB_KIND).unwrap_or(1)
+            // A failed job is a product not yet created: retried, it must still adopt.
+            let left = self.store.unfinished(JOB_KIND).unwrap_or(1)
                 + self.metrics.in_flight.load(Ordering::Relaxed) as u64;
             if left == 0 {
                 let _ = self.store.set_meta(ADOPT_BY_SKU, "0");

@@ -85,7 +85,7 @@ pub struct Compliance {
     version: AtomicU64,
     monitor: Mutex<Monitor>,
     pub metrics: ComplianceMetrics,
-    numbering: Mutex<Numbering>,
+    numbering: tokio::sync::watch::Sender<Numbering>,
     numbering_confirmed: AtomicBool,
     /// Listed invoices that cannot be e-invoices, said once per run.
     ignored: Mutex<HashSet<String>>,
@@ -179,7 +179,7 @@ impl Compliance {
             "no invoice is numbered until Alegra confirms the numbering range".into(),
         );
         Ok(Self {
-            numbering: Mutex::new(numbering),
+            numbering: tokio::sync::watch::Sender::new(numbering),
             numbering_confirmed: AtomicBool::new(false),
             ignored: Mutex::new(HashSet::new()),
             monitor: Mutex::new(monitor),
@@ -392,6 +392,9 @@ impl Compliance {
                 return Ok(Ingested::Ignored(why));
             }
         };
+        if let Some(why) = self.refuse_on_clash(&inv.stripe_id) {
+            return Err(NotNow(why).into());
+        }
         let new = self.store.ingest_invoice(
             &inv,
             &colombia_date(self.store.now_ms()),
@@ -526,11 +529,14 @@ impl Compliance {
                 .iter()
                 .cloned()
                 .collect();
+            // Until Alegra confirms the numbering (or while it is refused) nothing is sent:
+            // a store behind Alegra would send what a newer copy already issued. Reads go on.
+            let numbering_ok = self.numbering() == Numbering::Ready;
             let mut due = if self.is_paused() || free == 0 {
                 Vec::new()
             } else {
                 self.store
-                    .due_invoices(now, free, &skip, holds)
+                    .due_invoices(now, free, &skip, holds || !numbering_ok)
                     .unwrap_or_else(|e| {
                         tracing::error!("reading due invoices: {e}");
                         Vec::new()
@@ -538,6 +544,7 @@ impl Compliance {
             };
             // While DIAN is suspected down, one transmission per interval probes it.
             if holds
+                && numbering_ok
                 && !self.is_paused()
                 && due.len() < free
                 && probe_at.is_some_and(|at| now >= at)
@@ -573,7 +580,11 @@ impl Compliance {
                 });
             }
             // Sleep until something is due, new work arrives, or a send ends.
-            let next = self.store.next_invoice_due(holds).ok().flatten();
+            let next = self
+                .store
+                .next_invoice_due(holds || !numbering_ok)
+                .ok()
+                .flatten();
             let next = match (next, self.monitor().next_probe_at()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

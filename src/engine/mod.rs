@@ -445,16 +445,28 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         }
     };
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
+    let cancel = CancellationToken::new();
+    let mut numbering_task = None;
     if let Some(c) = &compliance {
         catalog.route_invoices_to(c.clone());
         // No number is issued before Alegra confirms the range; a store that cannot
         // account for Alegra's documents (a lost one) is refused here. If Alegra does not
-        // answer in time, the check goes on in the background and nothing is numbered
-        // (paid invoices wait at Stripe: webhooks answer 503, the listing comes back).
-        let confirmed = tokio::time::timeout(Duration::from_secs(5), c.confirm_numbering()).await;
-        if let Ok(Ok(())) = confirmed
-            && let compliance::Numbering::Refused(why) = c.numbering()
-        {
+        // answer in 5 s, the same check goes on in the background and nothing is
+        // numbered meanwhile (paid invoices wait at Stripe: webhooks answer 503, the
+        // listing comes back).
+        let (c2, k) = (c.clone(), cancel.clone());
+        numbering_task = Some(tokio::spawn(async move { c2.numbering_loop(k).await }));
+        let mut changes = c.watch_numbering();
+        let settled = async {
+            while matches!(c.numbering(), compliance::Numbering::Checking(_)) {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
+        if let compliance::Numbering::Refused { why, .. } = c.numbering() {
+            cancel.cancel();
             anyhow::bail!("refusing to start: {why}");
         }
     }
@@ -464,7 +476,6 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (events_tx, _) = broadcast::channel(1024);
-    let cancel = CancellationToken::new();
     let server_addr = opts.listener.local_addr()?;
     let server_cancel = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
@@ -510,8 +521,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             workers.spawn(async move { c2.run(k).await });
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.list_loop(k).await });
-            let (c2, k) = (c.clone(), cancel.clone());
-            workers.spawn(async move { c2.numbering_loop(k).await });
+            if let Some(task) = numbering_task.take() {
+                workers.spawn(async move {
+                    let _ = task.await;
+                });
+            }
             let house = housekeeping::Housekeeping::new(
                 store.clone(),
                 &opts.data_dir,
@@ -1270,13 +1284,13 @@ impl Publisher {
                         warnings.push(format!("compliance: {why}"));
                         score = score.min(60.0);
                     }
-                    compliance::Numbering::Refused(why) => {
-                        notes.push("lost store: no invoice is numbered".into());
+                    compliance::Numbering::Refused { why, fix } => {
+                        notes.push("numbering refused: no invoice is numbered".into());
                         errors.push(format!("compliance: {why}"));
                         problems.push(crate::telemetry::health::Problem {
                             component: "compliance".into(),
                             reason: why,
-                            fix: "restore syncctl.db from a backup, or restart once with --fresh-store to adopt Alegra's documents".into(),
+                            fix,
                         });
                         score = 0.0;
                     }

@@ -626,6 +626,7 @@ async fn list(
         return r;
     }
     let (mut start, mut limit, mut number, mut anotation) = (0usize, 30usize, None, None);
+    let mut newest_first = false;
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = urlencoding::decode(v)
@@ -645,11 +646,19 @@ async fn list(
             },
             "number" => number = Some(v),
             "anotation" => anotation = Some(v),
+            // Documents are kept in creation (id) order; `order_field` other than id is
+            // not simulated.
+            "order_direction" => newest_first = v.eq_ignore_ascii_case("DESC"),
             _ => {}
         }
     }
     let mut tx = s.lock();
-    let idx: Vec<usize> = (0..tx.world.alegra.len())
+    let all: Box<dyn Iterator<Item = usize>> = if newest_first {
+        Box::new((0..tx.world.alegra.len()).rev())
+    } else {
+        Box::new(0..tx.world.alegra.len())
+    };
+    let idx: Vec<usize> = all
         .filter(|&i| {
             let d = &tx.world.alegra[i];
             number.as_ref().is_none_or(|n| &d.full_number() == n)

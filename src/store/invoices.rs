@@ -201,22 +201,27 @@ impl Store {
         let name = inv.stripe_number.as_deref().unwrap_or(&inv.stripe_id);
         // A document found at Alegra for this invoice when the store was rebuilt: adopted
         // (read there before anything is sent), never given a second number.
-        let found: Option<(String, String)> = tx
+        let found: Option<(String, String, String)> = tx
             .query_row(
-                "SELECT number, alegra_id FROM alegra_documents WHERE stripe_id=?1
+                "SELECT number, alegra_id, date FROM alegra_documents
+                 WHERE stripe_id=?1 AND coalesce(legal_status, '') <> 'STAMPED_AND_REJECTED'
                  ORDER BY (legal_status LIKE 'STAMPED_AND_ACCEPTED%') DESC, number LIMIT 1",
                 params![inv.stripe_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
+        let mut issue_date = issue_date.to_owned();
         let (number, status, alegra_id, message) = match found {
-            Some((number, alegra_id)) => {
+            Some((number, alegra_id, date)) => {
+                if !date.is_empty() {
+                    issue_date = date;
+                }
                 tx.execute(
                     "DELETE FROM alegra_documents WHERE stripe_id=?1",
                     params![inv.stripe_id],
                 )?;
                 let message = format!(
-                    "paid invoice {name} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when the store was rebuilt: adopted with its number, read there before anything is sent"
+                    "paid invoice {name} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when this store was checked against it: adopted with its number, read there before anything is sent"
                 );
                 (number, Status::Unknown, Some(alegra_id), message)
             }

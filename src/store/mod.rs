@@ -675,6 +675,15 @@ impl Store {
     }
 
     /// Jobs of `kind` waiting to be claimed.
+    /// Jobs of `kind` not done: queued, or failed (an operator may retry them).
+    pub fn unfinished(&self, kind: &str) -> Result<u64> {
+        self.r().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state IN ('queued', 'failed')",
+            params![kind],
+            |r| r.get::<_, i64>(0).map(|n| n as u64),
+        )
+    }
+
     pub fn queued(&self, kind: &str) -> Result<u64> {
         self.r().query_row(
             "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state='queued'",

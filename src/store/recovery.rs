@@ -32,6 +32,8 @@ pub struct FoundDocument {
     pub stripe_id: Option<String>,
     pub legal_status: Option<String>,
     pub cufe: Option<String>,
+    /// The document's date (`YYYY-MM-DD`): an adopted invoice keeps it.
+    pub date: String,
 }
 
 fn files_in(dir: &Path) -> usize {
@@ -185,11 +187,11 @@ impl Store {
         let now = self.now_ms();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO alegra_documents(number, alegra_id, stripe_id, legal_status, cufe, found_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO alegra_documents(number, alegra_id, stripe_id, legal_status, cufe, date, found_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(number) DO UPDATE SET alegra_id = excluded.alegra_id,
                    stripe_id = excluded.stripe_id, legal_status = excluded.legal_status,
-                   cufe = excluded.cufe, found_at = excluded.found_at",
+                   cufe = excluded.cufe, date = excluded.date, found_at = excluded.found_at",
             )?;
             for d in docs {
                 insert.execute(params![
@@ -198,6 +200,7 @@ impl Store {
                     d.stripe_id,
                     d.legal_status,
                     d.cufe,
+                    d.date,
                     now
                 ])?;
             }
@@ -216,28 +219,54 @@ impl Store {
             .map(|n| n as u64)
     }
 
-    /// Gives `stripe_id`'s record its own document found at Alegra under another number:
-    /// read there (UNKNOWN) before anything else.
-    pub fn adopt_document(
-        &self,
-        stripe_id: &str,
-        number: &str,
-        alegra_id: &str,
-        why: &str,
-    ) -> Result<()> {
+    /// The invoice record holding `number`, if any.
+    pub fn holder_of_number(&self, number: &str) -> Result<Option<String>> {
+        self.r()
+            .query_row(
+                "SELECT stripe_id FROM invoices WHERE number=?1",
+                params![number],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// A document kept for `stripe_id` (found at Alegra) whose number another invoice
+    /// record of this store holds: (number, that invoice). Only two issuers of one range
+    /// lead here.
+    pub fn found_document_clash(&self, stripe_id: &str) -> Result<Option<(String, String)>> {
+        self.r()
+            .query_row(
+                "SELECT d.number, i.stripe_id FROM alegra_documents d
+                 JOIN invoices i ON i.number = d.number AND i.stripe_id <> d.stripe_id
+                 WHERE d.stripe_id=?1 AND coalesce(d.legal_status, '') <> 'STAMPED_AND_REJECTED'
+                 LIMIT 1",
+                params![stripe_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Gives `stripe_id`'s record its own document found at Alegra under another number
+    /// (with the document's date): read there (UNKNOWN) before anything else.
+    pub fn adopt_document(&self, stripe_id: &str, doc: &FoundDocument, why: &str) -> Result<()> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
         let now = self.now_ms();
-        let (status, attempts): (String, u32) = tx.query_row(
-            "SELECT status, attempts FROM invoices WHERE stripe_id=?1",
+        let (status, attempts, date): (String, u32, String) = tx.query_row(
+            "SELECT status, attempts, issue_date FROM invoices WHERE stripe_id=?1",
             params![stripe_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
+        let date = if doc.date.is_empty() {
+            date
+        } else {
+            doc.date.clone()
+        };
         tx.execute(
             "UPDATE invoices SET number=?2, alegra_id=?3, status='UNKNOWN', next_at=?4, sending=0,
-                                 cufe=NULL, last_message=?5, updated_at=?4
+                                 cufe=NULL, issue_date=?6, last_message=?5, updated_at=?4
              WHERE stripe_id=?1",
-            params![stripe_id, number, alegra_id, now, why],
+            params![stripe_id, doc.number, doc.alegra_id, now, why, date],
         )?;
         tx.execute(
             "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)

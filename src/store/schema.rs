@@ -135,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
         stripe_id TEXT,
         legal_status TEXT,
         cufe TEXT,
+        date TEXT NOT NULL DEFAULT '',
         found_at INTEGER NOT NULL
      );
      CREATE INDEX alegra_documents_stripe ON alegra_documents(stripe_id);",

@@ -7,18 +7,23 @@
 //!   annotations) mean a store was lost: refused, unless started over on purpose
 //!   (`--fresh-store`), when each is adopted by its Stripe invoice instead of issued
 //!   again. The counter continues after the highest number used.
-//! - A store with records asks whether its next numbers are used (a few beyond it too,
-//!   for gaps). If they are, the store is behind Alegra (a restored backup, another
-//!   issuer): every document is read, those of invoices the store does not know are kept
-//!   for adoption, and the counter moves past the highest.
+//! - A store with records reads Alegra's newest documents and asks whether its next
+//!   numbers are used (a few beyond it too, for gaps). If a number at or after the
+//!   counter is used, the store is behind Alegra (a restored backup, another issuer):
+//!   every document is read; those of invoices the store does not know are kept for
+//!   adoption, an invoice it knows whose document is under another number (renumbered
+//!   after the backup) adopts that document, and the counter moves past the highest.
 //!
 //! A number found taken at DIAN by another syncctl document later on (rule 90) is
-//! resolved the same way, and if this store's own invoices turn out issued elsewhere
-//! under other numbers, another engine issues this range: numbering stops (refused).
+//! resolved the same way. Evidence that a second engine issues the range (an invoice this
+//! store accepted under one number with a document under another, or two invoices on one
+//! number) stops the numbering (refused), since each engine would issue what the other
+//! did.
 
 use std::time::Duration;
 
 use super::Compliance;
+use crate::compliance::machine::Status;
 use crate::connectors::alegra::{AlegraError, AlegraInvoice};
 use crate::store::{FoundDocument, InvoiceRecord};
 
@@ -30,8 +35,11 @@ pub enum Numbering {
     /// No number is issued until Alegra has answered; why.
     Checking(String),
     /// Alegra holds documents this store cannot account for: nothing is issued.
-    Refused(String),
+    Refused { why: String, fix: String },
 }
+
+const FIX_LOST: &str = "restore syncctl.db from a backup, or restart once with --fresh-store to adopt Alegra's documents";
+const FIX_TWO_ENGINES: &str = "stop the other engine (or the copy of this store) that issues this numbering range, then restart this one";
 
 /// After the next number, this many more are looked at (numbers sent out of order, or
 /// held in a queue when a store was lost, leave gaps).
@@ -56,31 +64,55 @@ fn accepted(d: &FoundDocument) -> bool {
         .is_some_and(|s| s.starts_with("STAMPED_AND_ACCEPTED"))
 }
 
+/// Rejected by DIAN: it issued nothing (rule 90 answers included).
+fn rejected(d: &FoundDocument) -> bool {
+    d.legal_status.as_deref() == Some("STAMPED_AND_REJECTED")
+}
+
+/// Pages of newest documents read at start for a number past the counter.
+const NEWEST_PAGES: usize = 4;
+
 impl Compliance {
     pub fn numbering(&self) -> Numbering {
-        self.numbering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.numbering.borrow().clone()
+    }
+
+    /// Follows the numbering's state.
+    pub fn watch_numbering(&self) -> tokio::sync::watch::Receiver<Numbering> {
+        self.numbering.subscribe()
     }
 
     fn set_numbering(&self, n: Numbering) {
-        *self.numbering.lock().unwrap_or_else(|p| p.into_inner()) = n;
+        self.numbering.send_replace(n);
         self.changed();
     }
 
-    fn refuse(&self, why: String) {
+    fn refuse(&self, why: String, fix: &str) {
         let _ = self.store.audit("compliance", "numbering", "engine", &why);
         tracing::error!("{why}");
-        self.set_numbering(Numbering::Refused(why));
+        self.set_numbering(Numbering::Refused {
+            why,
+            fix: fix.to_owned(),
+        });
     }
 
     /// Why invoices cannot be taken now, if they cannot.
     pub fn numbering_hold(&self) -> Option<String> {
         match self.numbering() {
             Numbering::Ready => None,
-            Numbering::Checking(why) | Numbering::Refused(why) => Some(why),
+            Numbering::Checking(why) | Numbering::Refused { why, .. } => Some(why),
         }
+    }
+
+    /// Sequence (number − start) of a number of this range.
+    fn seq_of(&self, number: &str) -> Option<i64> {
+        let start = self.settings.number_start as i64;
+        number
+            .strip_prefix(self.settings.number_prefix.as_str())?
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= start)
+            .map(|n| n - start)
     }
 
     fn full(&self, seq: i64) -> String {
@@ -119,11 +151,11 @@ impl Compliance {
                     });
                 self.refuse(format!(
                     "Alegra already holds {ours} documents of this numbering range issued by syncctl for Stripe invoices{first}, but this store has no invoice: its store was lost or emptied. Nothing is numbered or sent. Restore syncctl.db from a backup, or start once with --fresh-store to adopt Alegra's documents and continue the numbering"
-                ));
+                ), FIX_LOST);
                 return Ok(());
             }
             self.keep(&scan, "store rebuilt").map_err(store_err)?;
-        } else if self.skip_used_numbers().await? {
+        } else if self.behind_alegra().await? {
             // Behind Alegra: documents beyond this store's counter. Read them all.
             let scan = self.scan().await?;
             self.keep(
@@ -131,8 +163,8 @@ impl Compliance {
                 "this store was behind Alegra (a restored backup, or another issuer)",
             )
             .map_err(store_err)?;
-            if let Some(why) = self.issued_elsewhere(&scan) {
-                self.refuse(why);
+            if let Err(why) = self.settle_known(&scan) {
+                self.refuse(why, FIX_TWO_ENGINES);
                 return Ok(());
             }
         }
@@ -142,9 +174,28 @@ impl Compliance {
         Ok(())
     }
 
-    /// Whether Alegra uses numbers from the store's next one on (the next few, for gaps).
-    pub(super) async fn skip_used_numbers(&self) -> Result<bool, AlegraError> {
+    /// Whether Alegra holds a number at or after the store's counter: among its newest
+    /// documents (a gap of numbers that never reached Alegra does not hide them), or
+    /// among the next few numbers asked one by one (the order of a listing is not
+    /// relied on alone).
+    pub(super) async fn behind_alegra(&self) -> Result<bool, AlegraError> {
         let next = self.store.next_number_seq().unwrap_or(0);
+        for page in 0..NEWEST_PAGES {
+            let docs = self.alegra.newest_invoices(page * 30, 30).await?;
+            let mut ours = docs
+                .iter()
+                .filter_map(|d| self.seq_of(&d.number))
+                .peekable();
+            if ours.peek().is_some() {
+                if ours.any(|seq| seq >= next) {
+                    return Ok(true);
+                }
+                break;
+            }
+            if docs.len() < 30 {
+                break;
+            }
+        }
         for k in 0..=GAP {
             if self.used(next + k).await? {
                 return Ok(true);
@@ -155,23 +206,16 @@ impl Compliance {
 
     /// Reads every document at Alegra (30 a request); keeps those of this range.
     async fn scan(&self) -> Result<Scan, AlegraError> {
-        let prefix = &self.settings.number_prefix;
-        let start = self.settings.number_start as i64;
         let mut found = Vec::new();
         let mut highest: Option<i64> = None;
         let mut at = 0;
         loop {
             let page = self.alegra.list_invoices(at, 30).await?;
             for d in &page {
-                let Some(n) = d
-                    .number
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .filter(|n| *n >= start)
-                else {
+                let Some(seq) = self.seq_of(&d.number) else {
                     continue;
                 };
-                highest = highest.max(Some(n - start));
+                highest = highest.max(Some(seq));
                 found.push(found_document(d));
             }
             if page.len() < 30 {
@@ -217,58 +261,111 @@ impl Compliance {
         Ok(())
     }
 
-    /// Another engine issues this range when an invoice this store numbered is accepted at
-    /// DIAN under a number the store did not give it.
-    fn issued_elsewhere(&self, scan: &Scan) -> Option<String> {
-        let clash = scan.found.iter().filter(|d| accepted(d)).find(|d| {
-            let Some(id) = d.stripe_id.as_deref() else {
-                return false;
+    /// Invoices this store knows whose document Alegra holds under another number than
+    /// the store's. One not accepted here adopts that document (renumbered after a
+    /// restored backup was taken; a document DIAN rejected never counts). Err (why the
+    /// numbering stops) where only a second issuer explains it: an invoice accepted here
+    /// with a document under another number too, two documents in flight for one invoice,
+    /// or a document on a number this store gave another invoice.
+    fn settle_known(&self, scan: &Scan) -> Result<(), String> {
+        use std::collections::HashMap;
+        let mut by_invoice: HashMap<&str, Vec<&FoundDocument>> = HashMap::new();
+        for d in scan.found.iter().filter(|d| !rejected(d)) {
+            if let Some(id) = d.stripe_id.as_deref() {
+                by_invoice.entry(id).or_default().push(d);
+            }
+        }
+        let mut ids: Vec<&str> = by_invoice.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let docs = &by_invoice[id];
+            let Ok(Some(rec)) = self.store.invoice(id) else {
+                continue;
             };
-            self.store
-                .invoice(id)
-                .ok()
-                .flatten()
-                .is_some_and(|rec| rec.number != d.number)
-        })?;
-        Some(format!(
-            "Stripe invoice {} is accepted at DIAN as {}, a number this store did not give it: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered until only one engine uses it; then restart",
-            clash.stripe_id.as_deref().unwrap_or_default(),
-            clash.number
-        ))
+            let (here, elsewhere): (Vec<&FoundDocument>, Vec<&FoundDocument>) =
+                docs.iter().partition(|d| d.number == rec.number);
+            // Accepted first.
+            let Some(best) = elsewhere
+                .iter()
+                .find(|d| accepted(d))
+                .or_else(|| elsewhere.first())
+            else {
+                continue;
+            };
+            if rec.status == Status::Validated || here.iter().any(|d| accepted(d)) {
+                return Err(format!(
+                    "Stripe invoice {id} is accepted at DIAN as {} and has another document, {} ({}), that this store did not issue: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
+                    rec.number,
+                    best.number,
+                    best.legal_status.as_deref().unwrap_or("not yet stamped")
+                ));
+            }
+            if !here.is_empty() {
+                return Err(format!(
+                    "Stripe invoice {id} has two documents in flight at Alegra, {} and {}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
+                    rec.number, best.number
+                ));
+            }
+            match self.store.holder_of_number(&best.number) {
+                Ok(Some(other)) if other != id => {
+                    return Err(format!(
+                        "Alegra holds {} for Stripe invoice {id}, but this store gave that number to {other}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
+                        best.number
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!("reading the holder of {}: {e}", best.number);
+                    continue;
+                }
+                _ => {}
+            }
+            let why = format!(
+                "{}'s own document is at Alegra as {} ({}), numbered by a newer copy of this store: adopted, read there (never issued again under {})",
+                rec.number,
+                best.number,
+                best.legal_status.as_deref().unwrap_or("not yet stamped"),
+                rec.number
+            );
+            match self.store.adopt_document(id, best, &why) {
+                Ok(()) => {
+                    let _ = self.store.audit("compliance", &best.number, "engine", &why);
+                    self.changed();
+                }
+                Err(e) => tracing::error!("adopting {} for {}: {e}", best.number, rec.number),
+            }
+        }
+        Ok(())
     }
 
-    /// `rec`'s number is taken at DIAN by another invoice's document. Its own document,
-    /// if Alegra holds one under another number, is adopted; otherwise it gets the next
-    /// free number. Either way the range is read again first (a store behind Alegra, or
-    /// a second engine, shows here).
+    /// `rec`'s number is taken at DIAN by another invoice's document. The range is read
+    /// again (a store behind Alegra, or a second engine, shows here); this invoice's own
+    /// document under another number is adopted (see [`Self::settle_known`]); otherwise
+    /// it gets the next free number.
     pub(super) async fn number_taken(&self, rec: &InvoiceRecord, holder: &str) {
+        if self.numbering() != Numbering::Ready {
+            // Nothing is numbered until the range is confirmed; read again later.
+            let _ = self.store.postpone_invoice(
+                &rec.stripe_id,
+                self.settings.policy.poll_ms,
+                &format!("{} is another document's at DIAN ({holder}); renumbered once the numbering is confirmed", rec.number),
+            );
+            return;
+        }
         let scan = match self.scan().await {
             Ok(s) => s,
             Err(e) => return self.postpone(rec, &e),
         };
-        let own = scan.found.iter().rev().find(|d| {
-            d.stripe_id.as_deref() == Some(rec.stripe_id.as_str()) && d.number != rec.number
-        });
-        if let Some(own) = own.filter(|d| accepted(d)) {
-            let why = format!(
-                "{} is another document's at DIAN ({holder}); this invoice's own document {} is at Alegra: adopted, read there",
-                rec.number, own.number
-            );
-            match self
-                .store
-                .adopt_document(&rec.stripe_id, &own.number, &own.alegra_id, &why)
-            {
-                Ok(()) => self.changed(),
-                Err(e) => tracing::error!("adopting {} for {}: {e}", own.number, rec.number),
-            }
-            return;
-        }
         if let Err(e) = self.keep(&scan, "a number was found taken at DIAN") {
             tracing::error!("keeping Alegra's documents: {e}");
             return;
         }
-        if let Some(why) = self.issued_elsewhere(&scan) {
-            return self.refuse(why);
+        if let Err(why) = self.settle_known(&scan) {
+            return self.refuse(why, FIX_TWO_ENGINES);
+        }
+        match self.store.invoice(&rec.stripe_id) {
+            Ok(Some(now)) if now.number != rec.number => return, // adopted its own
+            Ok(_) => {}
+            Err(e) => return tracing::error!("reading {}: {e}", rec.number),
         }
         let why = format!(
             "{} is already used at DIAN by another document ({holder}); this invoice was never accepted under it",
@@ -293,11 +390,22 @@ impl Compliance {
         }
     }
 
+    /// A document kept for an invoice about to be recorded sits on a number this store
+    /// gave another invoice: a second issuer. Refuses and says so.
+    pub(super) fn refuse_on_clash(&self, stripe_id: &str) -> Option<String> {
+        let (number, other) = self.store.found_document_clash(stripe_id).ok().flatten()?;
+        let why = format!(
+            "Alegra holds {number} for Stripe invoice {stripe_id}, but this store gave that number to {other}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered"
+        );
+        self.refuse(why.clone(), FIX_TWO_ENGINES);
+        Some(why)
+    }
+
     /// Confirms the numbering until Alegra answers (backing off), then stops.
     pub async fn numbering_loop(&self, cancel: tokio_util::sync::CancellationToken) {
         let mut wait = Duration::from_secs(2);
         loop {
-            if matches!(self.numbering(), Numbering::Refused(_))
+            if matches!(self.numbering(), Numbering::Refused { .. })
                 || self
                     .numbering_confirmed
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -326,5 +434,6 @@ fn found_document(d: &AlegraInvoice) -> FoundDocument {
         stripe_id: d.stripe_id().map(str::to_owned),
         legal_status: d.stamp.as_ref().map(|s| s.legal_status.clone()),
         cufe: d.stamp.as_ref().and_then(|s| s.cufe.clone()),
+        date: d.date.clone(),
     }
 }

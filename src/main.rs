@@ -466,7 +466,7 @@ async fn demo(
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
     if console {
-        let result = syncctl::ui::run(
+        let result = syncctl::console::run(
             &mut demo.engine,
             max_fps,
             Some(demo.sandbox.sandbox.clone()),
@@ -560,7 +560,7 @@ async fn console_live(
             Ok(x) => x,
             Err(code) => return Ok(code),
         };
-    syncctl::ui::run(&mut engine, fps, None).await?;
+    syncctl::console::run(&mut engine, fps, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 

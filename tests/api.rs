@@ -829,7 +829,15 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     app.on_key(key(KeyCode::Enter));
     app.on_key(key(KeyCode::Char('A')));
     let cmd = app.on_key(key(KeyCode::Char('y'))).expect("a command");
-    engine.commands.send(cmd).await.unwrap();
+    {
+        // Sent the way the console sends it: through the in-process engine's link.
+        use syncctl::protocol::Link;
+        let link = syncctl::app::LocalEngine {
+            engine: &mut engine,
+            sandbox: None,
+        };
+        link.send(cmd).await.unwrap();
+    }
     let mut rx = engine.snapshot.clone();
     let notice = common::eventually(10, "the engine's answer", || {
         let s = rx.borrow_and_update().clone();
@@ -863,7 +871,8 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     );
     app.tab = Tab::Settings;
     let mut term = Terminal::new(TestBackend::new(100, 30)).unwrap();
-    term.draw(|f| syncctl::console::views::draw(f, &app)).unwrap();
+    term.draw(|f| syncctl::console::views::draw(f, &app))
+        .unwrap();
     let buf = term.backend().buffer().clone();
     let screen: String = (0..30)
         .map(|y| {

@@ -8,12 +8,13 @@ use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
-use syncctl::engine::catalog::{ErrorLine, FullSyncState};
-use syncctl::engine::{CatalogView, Command, Mode, Snapshot};
-use syncctl::store::{AuditEntry, CatalogCounts};
+use syncctl::console::Command;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
 use syncctl::console::views;
+use syncctl::protocol::{
+    AuditEntry, CatalogCounts, CatalogView, ErrorLine, FullSyncState, Mode, Snapshot,
+};
 
 const T0: i64 = 1_795_000_000_000; // a fixed instant (ms)
 
@@ -355,7 +356,7 @@ fn c_invalidates_the_cache_after_a_confirmation() {
     match app.on_key(key(KeyCode::Char('y'))) {
         Some(Command::InvalidateCache { scope, .. }) => assert_eq!(
             scope,
-            syncctl::engine::CacheScope::Tag("product:prod_9".into())
+            syncctl::console::CacheScope::Tag("product:prod_9".into())
         ),
         other => panic!("{other:?}"),
     }
@@ -364,7 +365,7 @@ fn c_invalidates_the_cache_after_a_confirmation() {
     app.on_key(key(KeyCode::Enter));
     match app.on_key(key(KeyCode::Char('y'))) {
         Some(Command::InvalidateCache { scope, .. }) => {
-            assert_eq!(scope, syncctl::engine::CacheScope::All)
+            assert_eq!(scope, syncctl::console::CacheScope::All)
         }
         other => panic!("{other:?}"),
     }

@@ -10,8 +10,8 @@
 //! FAILED / REJECTED ─operator retry─▶ PENDING          FALLBACK: contingency
 //! ```
 
-pub use crate::protocol::{Status, explain};
 use crate::connectors::alegra::{AlegraError, StampInfo};
+pub use crate::protocol::{Status, explain};
 
 /// What the machine decided: the next status, when to look again, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,9 @@ pub mod telemetry;
 pub mod thresholds;
 mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use events::*;
 pub use faults::*;
 pub use invoices::*;

@@ -34,3 +34,11 @@ fn user_from_uid() -> Option<String> {
     #[cfg(not(unix))]
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_operator_has_a_name_even_without_user_in_the_environment() {
+        assert!(super::user_from_uid().is_some_and(|u| !u.is_empty()));
+    }
+}

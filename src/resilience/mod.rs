@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-
 pub use breaker::{Breaker, BreakerConfig, BreakerView, Rejected, State};
 pub use clock::SharedClock;
 pub use limiter::{Limiter, LimiterConfig, LimiterView};

@@ -13,7 +13,6 @@
 pub use crate::protocol::Method;
 use std::collections::VecDeque;
 
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectorConfig {
     pub method: Method,

@@ -7,7 +7,6 @@
 pub use crate::protocol::CacheStats;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-
 struct Entry<V> {
     value: V,
     expires_ms: i64,

@@ -14,7 +14,6 @@ pub mod trace;
 pub use crate::protocol::{Anomaly, Chart, TelemetryView};
 use std::collections::{BTreeMap, VecDeque};
 
-
 use crate::config::{AlertsConfig, AnomalyConfig};
 use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};

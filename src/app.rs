@@ -1,11 +1,18 @@
 //! Wiring shared by the CLI, the benchmark and the tests: logging, starting the sandbox,
-//! filling a demo config from it, binding listeners, and running headless.
+//! filling a demo config from it, binding listeners, running headless, and the
+//! in-process engine as the console's [`Link`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
+use crate::console;
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
+use crate::protocol::{Disconnected, FaultPatch, Link, SandboxFaults, Snapshot};
 use crate::sandbox::{self, Sandbox, SandboxOptions, SandboxServer};
 
 /// Logs go to a daily file under `<data dir>/logs` (never to a console's screen), and to
@@ -200,5 +207,107 @@ pub async fn run_headless(engine: &mut EngineHandle) {
             engine.shutdown().await;
         }
         _ = engine.wait() => {}
+    }
+}
+
+/// The in-process engine as a console's [`Link`]: its snapshot watch, its command
+/// channel, and (in the demo) the sandbox.
+pub struct LocalEngine<'a> {
+    pub engine: &'a mut EngineHandle,
+    pub sandbox: Option<Arc<Sandbox>>,
+}
+
+impl Link<console::Command> for LocalEngine<'_> {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.engine.snapshot.clone()
+    }
+
+    fn send(
+        &self,
+        command: console::Command,
+    ) -> impl Future<Output = Result<(), Disconnected>> + Send {
+        let commands = self.engine.commands.clone();
+        async move {
+            commands
+                .send(engine_command(command))
+                .await
+                .map_err(|_| Disconnected)
+        }
+    }
+
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send {
+        self.engine.shutdown()
+    }
+
+    fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
+        self.sandbox.clone().map(|s| s as Arc<dyn SandboxFaults>)
+    }
+}
+
+impl SandboxFaults for Sandbox {
+    fn outage(&self, service: &str) -> Option<bool> {
+        self.faults.get(service).map(|f| f.outage)
+    }
+
+    fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String> {
+        self.faults.patch(patch).map(|_| ())
+    }
+}
+
+/// A console command as the engine's own. Goes away with `protocol::Command`, which
+/// both will speak.
+pub fn engine_command(c: console::Command) -> engine::Command {
+    use console::Command as C;
+    use engine::Command as E;
+    match c {
+        C::PauseCatalog { actor } => E::PauseCatalog { actor },
+        C::ResumeCatalog { actor } => E::ResumeCatalog { actor },
+        C::SetBreaker {
+            service,
+            state,
+            actor,
+        } => E::SetBreaker {
+            service,
+            state,
+            actor,
+        },
+        C::ResetBreaker { service, actor } => E::ResetBreaker { service, actor },
+        C::SetWorkerBounds {
+            pipeline,
+            min,
+            max,
+            actor,
+        } => E::SetWorkerBounds {
+            pipeline,
+            min,
+            max,
+            actor,
+        },
+        C::PauseCompliance { actor } => E::PauseCompliance { actor },
+        C::ResumeCompliance { actor } => E::ResumeCompliance { actor },
+        C::RetryInvoice { key, actor } => E::RetryInvoice { key, actor },
+        C::RetryFailedInvoices { actor } => E::RetryFailedInvoices { actor },
+        C::FocusInvoice { key } => E::FocusInvoice { key },
+        C::AckAlerts { matcher, actor } => E::AckAlerts { matcher, actor },
+        C::SilenceAlerts {
+            matcher,
+            secs,
+            actor,
+        } => E::SilenceAlerts {
+            matcher,
+            secs,
+            actor,
+        },
+        C::SetThresholds { changes, actor } => E::SetThresholds { changes, actor },
+        C::InvalidateCache { scope, actor } => E::InvalidateCache {
+            scope: match scope {
+                console::CacheScope::All => engine::CacheScope::All,
+                console::CacheScope::Key(k) => engine::CacheScope::Key(k),
+                console::CacheScope::Pattern(p) => engine::CacheScope::Pattern(p),
+                console::CacheScope::Tag(t) => engine::CacheScope::Tag(t),
+            },
+            actor,
+        },
+        C::Shutdown => E::Shutdown,
     }
 }

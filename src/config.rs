@@ -4,6 +4,7 @@
 //! the key and the line, because an operator fixing a config at 3 a.m. needs all three.
 //! Secrets are held in [`Secret`], whose `Debug`/`Display` never print the value.
 
+pub use crate::protocol::{THRESHOLDS, Threshold, check_threshold};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -215,111 +216,6 @@ impl Default for AuditConfig {
     }
 }
 
-/// A threshold the operator may tune at run time: its config key, its bounds, and
-/// what it means. `PUT /api/v1/thresholds`, `:set` and the Settings view use these names.
-pub struct Threshold {
-    pub name: &'static str,
-    pub min: f64,
-    pub max: f64,
-    /// Whole numbers only.
-    pub integer: bool,
-    pub help: &'static str,
-}
-
-pub const THRESHOLDS: &[Threshold] = &[
-    Threshold {
-        name: "alerts.error_rate_percent",
-        min: 0.1,
-        max: 100.0,
-        integer: false,
-        help: "error rate of a downstream over the last minute (%)",
-    },
-    Threshold {
-        name: "alerts.latency_p95_ms",
-        min: 1.0,
-        max: 600_000.0,
-        integer: false,
-        help: "p95 latency of a downstream (ms)",
-    },
-    Threshold {
-        name: "alerts.cache_miss_rate_percent",
-        min: 0.1,
-        max: 100.0,
-        integer: false,
-        help: "avoidable cache misses over the last minute (%)",
-    },
-    Threshold {
-        name: "alerts.consecutive_failures",
-        min: 1.0,
-        max: 10_000.0,
-        integer: true,
-        help: "failed calls in a row to one downstream",
-    },
-    Threshold {
-        name: "alerts.queue_depth",
-        min: 1.0,
-        max: 10_000_000.0,
-        integer: true,
-        help: "jobs or invoices waiting in a queue",
-    },
-    Threshold {
-        name: "alerts.dian_failure_rate_percent",
-        min: 0.1,
-        max: 100.0,
-        integer: false,
-        help: "DIAN sends not accepted over 5 minutes (%)",
-    },
-    Threshold {
-        name: "alerts.for_secs",
-        min: 0.0,
-        max: 86_400.0,
-        integer: true,
-        help: "how long a condition holds before firing (s)",
-    },
-    Threshold {
-        name: "alerts.cooldown_secs",
-        min: 0.0,
-        max: 86_400.0,
-        integer: true,
-        help: "quiet time after a notification (s)",
-    },
-    Threshold {
-        name: "alerts.clear_ratio",
-        min: 0.1,
-        max: 1.0,
-        integer: false,
-        help: "resolve below this share of the threshold",
-    },
-    Threshold {
-        name: "anomaly.z_threshold",
-        min: 1.0,
-        max: 100.0,
-        integer: false,
-        help: "|z| that marks a point anomalous",
-    },
-    Threshold {
-        name: "anomaly.mad_threshold",
-        min: 1.0,
-        max: 100.0,
-        integer: false,
-        help: "modified z (MAD) for latency",
-    },
-    Threshold {
-        name: "anomaly.min_samples",
-        min: 3.0,
-        max: 3600.0,
-        integer: true,
-        help: "baseline points before any verdict",
-    },
-    Threshold {
-        name: "anomaly.consecutive",
-        min: 1.0,
-        max: 600.0,
-        integer: true,
-        help: "anomalous points in a row to report",
-    },
-];
-
 impl Config {
     /// Every threshold, in [`THRESHOLDS`] order.
     pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
@@ -381,30 +277,6 @@ threshold_fields! {
     "anomaly.mad_threshold" => anomaly.mad_threshold: f64,
     "anomaly.min_samples" => anomaly.min_samples: u64,
     "anomaly.consecutive" => anomaly.consecutive: u64,
-}
-
-/// Checks one threshold's name and value against [`THRESHOLDS`].
-pub fn check_threshold(name: &str, v: f64) -> Result<&'static Threshold, String> {
-    let Some(t) = THRESHOLDS.iter().find(|t| t.name == name) else {
-        return Err(format!(
-            "unknown threshold {name:?} (known: {})",
-            THRESHOLDS
-                .iter()
-                .map(|t| t.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    };
-    if !v.is_finite() || v < t.min || v > t.max {
-        return Err(format!(
-            "{name}: {v} is out of range ({} to {})",
-            t.min, t.max
-        ));
-    }
-    if t.integer && v.fract() != 0.0 {
-        return Err(format!("{name}: {v} must be a whole number"));
-    }
-    Ok(t)
 }
 
 /// Writes thresholds into the config file at `path`, keeping its comments, its layout

@@ -466,12 +466,11 @@ async fn demo(
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
     if console {
-        let result = syncctl::ui::run(
-            &mut demo.engine,
-            max_fps,
-            Some(demo.sandbox.sandbox.clone()),
-        )
-        .await;
+        let mut link = app::LocalEngine {
+            engine: &mut demo.engine,
+            sandbox: Some(demo.sandbox.sandbox.clone()),
+        };
+        let result = syncctl::console::run(&mut link, max_fps).await;
         demo.sandbox.shutdown().await;
         result?;
     } else {
@@ -560,7 +559,11 @@ async fn console_live(
             Ok(x) => x,
             Err(code) => return Ok(code),
         };
-    syncctl::ui::run(&mut engine, fps, None).await?;
+    let mut link = app::LocalEngine {
+        engine: &mut engine,
+        sandbox: None,
+    };
+    syncctl::console::run(&mut link, fps).await?;
     Ok(ExitCode::SUCCESS)
 }
 

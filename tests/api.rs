@@ -801,7 +801,7 @@ async fn status_reads_a_running_engine() {
 async fn a_threshold_changed_in_the_console_survives_a_restart() {
     use crossterm::event::{KeyCode, KeyEvent};
     use ratatui::{Terminal, backend::TestBackend};
-    use syncctl::ui::state::{App, Tab};
+    use syncctl::console::state::{App, Tab};
     let sb = common::sandbox(5, 13).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("syncctl.toml");
@@ -812,7 +812,7 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     let data = dir.path().join("data");
     let mut engine = common::engine(cfg, &data).await;
     let snap = engine.snapshot.borrow().clone();
-    let mut app = App::new(snap, syncctl::ui::theme::Theme::monochrome());
+    let mut app = App::new(snap, syncctl::console::theme::Theme::monochrome());
     let key = |c| KeyEvent::from(c);
     app.on_key(key(KeyCode::Char('t')));
     assert_eq!(app.tab, Tab::Settings);
@@ -829,7 +829,15 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     app.on_key(key(KeyCode::Enter));
     app.on_key(key(KeyCode::Char('A')));
     let cmd = app.on_key(key(KeyCode::Char('y'))).expect("a command");
-    engine.commands.send(cmd).await.unwrap();
+    {
+        // Sent the way the console sends it: through the in-process engine's link.
+        use syncctl::protocol::Link;
+        let link = syncctl::app::LocalEngine {
+            engine: &mut engine,
+            sandbox: None,
+        };
+        link.send(cmd).await.unwrap();
+    }
     let mut rx = engine.snapshot.clone();
     let notice = common::eventually(10, "the engine's answer", || {
         let s = rx.borrow_and_update().clone();
@@ -859,11 +867,12 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     let mut engine = restart_from(&sb, &path, &data).await;
     let mut app = App::new(
         engine.snapshot.borrow().clone(),
-        syncctl::ui::theme::Theme::monochrome(),
+        syncctl::console::theme::Theme::monochrome(),
     );
     app.tab = Tab::Settings;
     let mut term = Terminal::new(TestBackend::new(100, 30)).unwrap();
-    term.draw(|f| syncctl::ui::views::draw(f, &app)).unwrap();
+    term.draw(|f| syncctl::console::views::draw(f, &app))
+        .unwrap();
     let buf = term.backend().buffer().clone();
     let screen: String = (0..30)
         .map(|y| {

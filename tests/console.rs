@@ -8,12 +8,13 @@ use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
-use syncctl::engine::catalog::{ErrorLine, FullSyncState};
-use syncctl::engine::{CatalogView, Command, Mode, Snapshot};
-use syncctl::store::{AuditEntry, CatalogCounts};
-use syncctl::ui::state::{App, Tab};
-use syncctl::ui::theme::Theme;
-use syncctl::ui::views;
+use syncctl::console::Command;
+use syncctl::console::state::{App, Tab};
+use syncctl::console::theme::Theme;
+use syncctl::console::views;
+use syncctl::protocol::{
+    AuditEntry, CatalogCounts, CatalogView, ErrorLine, FullSyncState, Mode, Snapshot,
+};
 
 const T0: i64 = 1_795_000_000_000; // a fixed instant (ms)
 
@@ -355,7 +356,7 @@ fn c_invalidates_the_cache_after_a_confirmation() {
     match app.on_key(key(KeyCode::Char('y'))) {
         Some(Command::InvalidateCache { scope, .. }) => assert_eq!(
             scope,
-            syncctl::engine::CacheScope::Tag("product:prod_9".into())
+            syncctl::console::CacheScope::Tag("product:prod_9".into())
         ),
         other => panic!("{other:?}"),
     }
@@ -364,7 +365,7 @@ fn c_invalidates_the_cache_after_a_confirmation() {
     app.on_key(key(KeyCode::Enter));
     match app.on_key(key(KeyCode::Char('y'))) {
         Some(Command::InvalidateCache { scope, .. }) => {
-            assert_eq!(scope, syncctl::engine::CacheScope::All)
+            assert_eq!(scope, syncctl::console::CacheScope::All)
         }
         other => panic!("{other:?}"),
     }
@@ -494,13 +495,13 @@ fn help_lists_every_binding_from_the_key_table() {
         app.on_key(key(KeyCode::Char('?')));
         let (text, _) = render(&app, 120, 40);
         let (small, _) = render(&app, 80, 24);
-        for b in syncctl::ui::keymap::BINDINGS {
+        for b in syncctl::console::keymap::BINDINGS {
             if !b.scope.applies(tab) {
                 continue;
             }
             let shown = match b.action {
-                syncctl::ui::keymap::Action::GoTab(t) => format!("{} {}", t.key(), t.title()),
-                _ if b.scope == syncctl::ui::keymap::Scope::Lists => b.label.to_owned(),
+                syncctl::console::keymap::Action::GoTab(t) => format!("{} {}", t.key(), t.title()),
+                _ if b.scope == syncctl::console::keymap::Scope::Lists => b.label.to_owned(),
                 _ => b.help.to_owned(),
             };
             assert!(text.contains(&shown), "{tab:?} help lacks {shown:?}");
@@ -760,7 +761,7 @@ fn worker_bounds_prompt_validates_and_keeps_the_old_bounds_on_a_typo() {
     app.on_key(key(KeyCode::Enter));
     assert_eq!(
         app.confirm,
-        Some(syncctl::ui::state::Confirm::Bounds { min: 2, max: 6 })
+        Some(syncctl::console::state::Confirm::Bounds { min: 2, max: 6 })
     );
     match app.on_key(key(KeyCode::Char('y'))) {
         Some(Command::SetWorkerBounds { min: 2, max: 6, .. }) => {}

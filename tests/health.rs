@@ -131,9 +131,10 @@ fn check<'a>(h: &'a Value, name: &str) -> &'a Value {
 fn overview(snapshot: Arc<syncctl::engine::Snapshot>, w: u16, h: u16) -> String {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    let app = syncctl::ui::state::App::new(snapshot, syncctl::ui::theme::Theme::ansi());
+    let app = syncctl::console::state::App::new(snapshot, syncctl::console::theme::Theme::ansi());
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| syncctl::ui::views::draw(f, &app)).unwrap();
+    term.draw(|f| syncctl::console::views::draw(f, &app))
+        .unwrap();
     let buf = term.backend().buffer().clone();
     let mut text = String::new();
     for y in 0..h {

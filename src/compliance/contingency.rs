@@ -13,6 +13,7 @@
 //! on a DIAN that is down); one probe transmission goes out every interval. The
 //! failures that confirmed the outage are kept as evidence, as the procedure asks.
 
+pub use crate::protocol::Evidence;
 use std::collections::VecDeque;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +60,6 @@ impl Phase {
             Phase::Outage { .. } => "OUTAGE",
         }
     }
-}
-
-/// One failed transmission kept as evidence of the outage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evidence {
-    pub at_ms: i64,
-    pub code: String,
-    pub message: String,
 }
 
 /// What changed, for the audit trail and the records.

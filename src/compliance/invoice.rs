@@ -2,49 +2,13 @@
 //! QuickBooks Items, subtotal, IVA / INC / ICA and total (COP cents), and the Alegra
 //! request body built from it.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::cufe::cents;
+pub use crate::protocol::{Line, LocalInvoice, Tax};
 
 /// DIAN's generic buyer for a final consumer without a tax id.
 pub const FINAL_CONSUMER_ID: &str = "222222222222";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Line {
-    pub product: Option<String>,
-    /// The QuickBooks Item the product maps to (through the catalog mapping), if synced.
-    pub item_id: Option<String>,
-    pub description: String,
-    pub quantity: i64,
-    /// Unit price in cents.
-    pub unit: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tax {
-    /// `IVA`, `INC` or `ICA`.
-    pub name: String,
-    pub percent: u32,
-}
-
-/// The local invoice: everything needed to send it again, durable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalInvoice {
-    pub stripe_id: String,
-    pub stripe_number: Option<String>,
-    pub buyer_id: String,
-    pub buyer_name: String,
-    pub lines: Vec<Line>,
-    pub taxes: Vec<Tax>,
-    pub subtotal: i64,
-    pub iva: i64,
-    pub inc: i64,
-    pub ica: i64,
-    pub total: i64,
-    /// `invoice` or `credit_note` (credit notes never take the contingency path).
-    pub kind: String,
-}
 
 fn tax_name(display: &str) -> Option<&'static str> {
     let d = display.to_uppercase();
@@ -150,37 +114,15 @@ pub fn from_stripe(
     })
 }
 
-impl LocalInvoice {
-    /// One line of COP 100.00 with IVA 19 % to a company buyer: a fixture for tests and
-    /// examples (`kind`: `invoice` or `credit_note`).
-    pub fn example(stripe_id: &str, kind: &str) -> Self {
-        Self {
-            stripe_id: stripe_id.into(),
-            stripe_number: None,
-            buyer_id: "900123456".into(),
-            buyer_name: "Buyer SAS".into(),
-            lines: vec![Line {
-                product: None,
-                item_id: None,
-                description: "Café".into(),
-                quantity: 1,
-                unit: 10_000,
-            }],
-            taxes: vec![Tax {
-                name: "IVA".into(),
-                percent: 19,
-            }],
-            subtotal: 10_000,
-            iva: 1_900,
-            inc: 0,
-            ica: 0,
-            total: 11_900,
-            kind: kind.into(),
-        }
-    }
-
+/// The Alegra request body built from a [`LocalInvoice`] (the data lives in
+/// `protocol`; building the body is this domain's).
+pub trait AlegraBody {
     /// The `POST /invoices` body for Alegra, issued on `date` as `number`.
-    pub fn alegra_body(&self, prefix: &str, consecutive: &str, date: &str) -> Value {
+    fn alegra_body(&self, prefix: &str, consecutive: &str, date: &str) -> Value;
+}
+
+impl AlegraBody for LocalInvoice {
+    fn alegra_body(&self, prefix: &str, consecutive: &str, date: &str) -> Value {
         let tax: Vec<Value> = self
             .taxes
             .iter()
@@ -210,7 +152,6 @@ impl LocalInvoice {
         })
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

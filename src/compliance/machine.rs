@@ -10,86 +10,8 @@
 //! FAILED / REJECTED ─operator retry─▶ PENDING          FALLBACK: contingency
 //! ```
 
-use std::fmt;
-
 use crate::connectors::alegra::{AlegraError, StampInfo};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Status {
-    Pending,
-    Sent,
-    Unknown,
-    Validated,
-    Retry,
-    Failed,
-    Rejected,
-    Fallback,
-}
-
-impl Status {
-    pub const ALL: [Status; 8] = [
-        Status::Pending,
-        Status::Sent,
-        Status::Unknown,
-        Status::Retry,
-        Status::Fallback,
-        Status::Failed,
-        Status::Rejected,
-        Status::Validated,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::Sent => "SENT",
-            Status::Unknown => "UNKNOWN",
-            Status::Validated => "VALIDATED",
-            Status::Retry => "RETRY",
-            Status::Failed => "FAILED",
-            Status::Rejected => "REJECTED",
-            Status::Fallback => "FALLBACK",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL
-            .into_iter()
-            .find(|x| x.name().eq_ignore_ascii_case(s.trim()))
-    }
-
-    /// The engine works on it by itself (as opposed to done, or waiting for a person).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Status::Pending | Status::Sent | Status::Unknown | Status::Retry | Status::Fallback
-        )
-    }
-
-    /// An operator may send it again.
-    pub fn is_retryable_by_operator(self) -> bool {
-        matches!(self, Status::Failed | Status::Rejected | Status::Retry)
-    }
-
-    /// A symbol that reads without colour.
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Status::Pending => "…",
-            Status::Sent => "→",
-            Status::Unknown => "?",
-            Status::Validated => "✓",
-            Status::Retry => "↻",
-            Status::Failed => "✗",
-            Status::Rejected => "⊘",
-            Status::Fallback => "⚑",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::protocol::{Status, explain};
 
 /// What the machine decided: the next status, when to look again, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,32 +261,6 @@ fn describe(e: &AlegraError) -> String {
             }
         }
         other => other.to_string(),
-    }
-}
-
-/// A provider or DIAN code in words, for the operator.
-pub fn explain(code: &str) -> &'static str {
-    match code {
-        "EPR503" => {
-            "DIAN did not answer in time (timeout or outage); the document may have been accepted anyway"
-        }
-        "EPR500" => {
-            "communication error between Alegra and DIAN; the document may have been accepted anyway"
-        }
-        "AEP2011" => "DIAN is already processing this document; its answer is awaited",
-        "AEP6009" | "AEP6011" => {
-            "the invoice numbering was rejected (prefix or range not authorised, or expired): fix the resolution in Alegra"
-        }
-        "AEP1005" => "the digital signature certificate has expired: renew it in Alegra",
-        "00" => "accepted by DIAN",
-        "90" => "DIAN had already processed this document: it counts as accepted",
-        "98" => "DIAN is still processing the document",
-        "99" => {
-            "DIAN rejected the document (rule errors listed); it needs a fix before it is sent again"
-        }
-        "401" => "Alegra refused the credentials (alegra.email / alegra.token)",
-        "429" => "Alegra's rate limit was reached; the request was not processed",
-        _ => "",
     }
 }
 

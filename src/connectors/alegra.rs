@@ -4,6 +4,7 @@
 //! (EPR503, EPR500, AEP2011, AEP6009…). Alegra has no idempotency key, so only reads
 //! are ever retried by the guard; a failed send is resolved by reading first.
 
+pub use crate::protocol::RateWindow;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -97,14 +98,6 @@ fn transport(e: reqwest::Error) -> AlegraError {
     } else {
         AlegraError::Transport(e.without_url().to_string())
     }
-}
-
-/// Alegra's rate-limit window as its headers last told it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateWindow {
-    pub limit: u32,
-    pub remaining: u32,
-    pub reset_secs: u64,
 }
 
 /// What DIAN said of a document, from Alegra's `stamp`.

@@ -7,12 +7,12 @@
 //! ever gets two: a create is recorded as pending with its `requestid` before it is
 //! sent, and a pending create is replayed, never re-invented.
 
+pub use crate::protocol::{ErrorLine, FullSyncState};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -47,22 +47,6 @@ pub struct CatalogSettings {
     /// The QuickBooks lookup cache: entries kept, and their lifetime.
     pub cache_max_entries: usize,
     pub cache_ttl_ms: i64,
-}
-
-/// Progress of the full sync, stored as the cursor's value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FullSyncState {
-    pub after: Option<String>,
-    pub pages: u64,
-    pub listed: u64,
-    pub done: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorLine {
-    pub at_ms: i64,
-    pub entity: String,
-    pub message: String,
 }
 
 /// Live counters the snapshot reads.

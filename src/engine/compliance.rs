@@ -8,6 +8,7 @@ mod numbering;
 
 pub use numbering::Numbering;
 
+pub use crate::protocol::ContingencyView;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Ingested, NotNow};
-use crate::compliance::contingency::{self, ContingencyConfig, Event, Evidence, Monitor, Phase};
-use crate::compliance::invoice::{self, LocalInvoice};
+use crate::compliance::contingency::{self, ContingencyConfig, Event, Monitor, Phase};
+use crate::compliance::invoice::{self, AlegraBody, LocalInvoice};
 use crate::compliance::machine::{Decision, Policy, Status};
 use crate::connectors::alegra::{AlegraClient, AlegraError, AlegraInvoice, StampResult};
 use crate::connectors::stripe::{Cursor, StripeClient};
@@ -42,22 +43,6 @@ pub struct ComplianceSettings {
     /// Started over on purpose (`--fresh-store`): a store with no invoice records adopts
     /// the documents of the range found at Alegra instead of refusing to number.
     pub adopt_documents: bool,
-}
-
-/// The contingency procedure as the console shows it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ContingencyView {
-    /// NORMAL, PROBING or OUTAGE.
-    pub phase: &'static str,
-    pub failures: u32,
-    pub probes: u32,
-    pub probe_interval_ms: i64,
-    /// When DIAN stopped answering (first failed transmission).
-    pub since_ms: Option<i64>,
-    pub confirmed_at_ms: Option<i64>,
-    pub next_probe_ms: Option<i64>,
-    pub restored_at_ms: Option<i64>,
-    pub evidence: Vec<Evidence>,
 }
 
 #[derive(Debug, Default)]

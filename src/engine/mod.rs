@@ -10,6 +10,10 @@ pub mod housekeeping;
 pub mod ingest;
 pub mod item;
 
+pub use crate::protocol::{
+    CatalogView, ComplianceView, EngineEvent, InvoiceDetail, MAX_SILENCE_SECS, Mode, Notice,
+    Operation, Snapshot, operator,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,53 +26,9 @@ use crate::compliance::machine::Status;
 use crate::config::{Config, Secret};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
-use crate::resilience::autoscale::Decision;
 use crate::resilience::{Downstream, DownstreamView, SharedClock, State as BreakerState};
 use crate::store::{AuditEntry, CatalogCounts, DataDirLock, Store};
-use catalog::{Catalog, CatalogSettings, ErrorLine, FullSyncState};
-
-/// Which services the engine talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    #[default]
-    Live,
-    Sandbox,
-}
-
-/// Who did something: OS user, and SSH client address when there is one.
-pub fn operator() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(user_from_uid)
-        .unwrap_or_else(|| "unknown".into());
-    match std::env::var("SSH_CLIENT")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-    {
-        Some(addr) => format!("{user}@{addr}"),
-        None => user,
-    }
-}
-
-/// The name of the process's user from /etc/passwd (when the environment has none).
-fn user_from_uid() -> Option<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let uid = std::fs::metadata("/proc/self").ok()?.uid();
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let name = passwd.lines().find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            (f.nth(1)? == uid.to_string()).then(|| name.to_owned())
-        });
-        Some(name.unwrap_or_else(|| format!("uid {uid}")))
-    }
-    #[cfg(not(unix))]
-    None
-}
+use catalog::{Catalog, CatalogSettings};
 
 #[derive(Debug)]
 pub enum Command {
@@ -162,127 +122,6 @@ impl std::fmt::Display for CacheScope {
             CacheScope::Pattern(p) => write!(f, "pattern {p:?}"),
             CacheScope::Tag(t) => write!(f, "tag {t:?}"),
         }
-    }
-}
-
-/// Discrete things that happened, for live feeds.
-#[derive(Debug, Clone)]
-pub enum EngineEvent {
-    Audit(AuditEntry),
-    Breaker {
-        service: String,
-        transition: crate::resilience::breaker::Transition,
-    },
-    Alert(crate::telemetry::alerts::Notification),
-    Anomaly(crate::telemetry::Anomaly),
-}
-
-/// The result of the last operator command, for the console's flash line.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Notice {
-    pub seq: u64,
-    pub ok: bool,
-    pub message: String,
-}
-
-/// The view model: everything the console draws, cheap to compare.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub mode: Mode,
-    pub server_addr: String,
-    pub catalog: CatalogView,
-    pub recent_errors: Vec<ErrorLine>,
-    /// Newest first.
-    pub audit: Vec<AuditEntry>,
-    pub token_refreshes: u64,
-    pub draining: bool,
-    /// stripe, quickbooks, alegra — in that order.
-    pub downstreams: Vec<DownstreamView>,
-    pub notice: Notice,
-    pub compliance: ComplianceView,
-    /// Series, anomalies, alerts, health, thresholds, cache.
-    pub telemetry: crate::telemetry::TelemetryView,
-    /// Operations by p95, slowest first (since start).
-    pub profile: Vec<Operation>,
-    /// Where tuned thresholds are saved (None: no config file, they last until exit).
-    pub config_file: Option<String>,
-}
-
-/// One operation's latency since start (the profile summary).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Operation {
-    pub name: String,
-    #[serde(flatten)]
-    pub summary: crate::telemetry::metrics::Summary,
-}
-
-/// The DIAN queue, for the console.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ComplianceView {
-    /// False when `[alegra]` is not configured.
-    pub enabled: bool,
-    pub paused: bool,
-    pub counts: crate::store::ComplianceCounts,
-    /// Newest first (the most recent few hundred, plus every one needing attention).
-    pub invoices: Vec<crate::store::InvoiceRecord>,
-    pub sends: u64,
-    pub validated: u64,
-    pub in_flight: usize,
-    /// Alegra's rate window from its last response headers.
-    pub window: crate::connectors::alegra::RateWindow,
-    pub focus: Option<InvoiceDetail>,
-    /// DIAN's contingency procedure: probing, outage, restoration.
-    pub contingency: compliance::ContingencyView,
-    /// The records' wall clock, to the second (deadlines count down against it).
-    pub now_ms: i64,
-    /// Why no invoice is numbered now (Alegra not yet asked about the range, or a lost
-    /// store found there); None when numbering works.
-    pub numbering_hold: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvoiceDetail {
-    pub record: crate::store::InvoiceRecord,
-    pub history: Vec<crate::store::HistoryEntry>,
-    /// The body Alegra is (or would be) sent, pretty-printed.
-    pub payload: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CatalogView {
-    pub paused: bool,
-    pub counts: CatalogCounts,
-    pub full_sync: FullSyncState,
-    pub workers: usize,
-    pub in_flight: usize,
-    /// Jobs completed per second, oldest first, one entry per second.
-    pub per_second: Vec<u64>,
-    pub completed: u64,
-    pub errors: u64,
-    pub webhooks_accepted: u64,
-    pub webhooks_duplicate: u64,
-    /// Verified, recorded, and of no effect (the reason is in the audit trail).
-    pub webhooks_ignored: u64,
-    pub webhooks_rejected: u64,
-    pub last_reconcile_ms: Option<i64>,
-    pub workers_target: usize,
-    pub workers_min: usize,
-    pub workers_max: usize,
-    pub autoscale: bool,
-    /// Why the target is what it is.
-    pub autoscale_status: String,
-    /// Newest first.
-    pub decisions: Vec<Decision>,
-    pub claim_batch: u32,
-    pub page_size: u32,
-    /// Jobs put back because the circuit refused them (no attempt used).
-    pub deferred: u64,
-}
-
-impl CatalogView {
-    /// Items per second over the last complete second.
-    pub fn rate(&self) -> u64 {
-        self.per_second.last().copied().unwrap_or(0)
     }
 }
 
@@ -693,9 +532,6 @@ struct Ctx {
     compliance: Option<Arc<compliance::Compliance>>,
     downstreams: Vec<Arc<Downstream>>,
 }
-
-/// Longest silence an operator may set (console, API, `ctl`): 7 days.
-pub const MAX_SILENCE_SECS: u64 = 7 * 86_400;
 
 pub const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
 
@@ -1653,13 +1489,5 @@ impl Publisher {
                 true
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_operator_has_a_name_even_without_user_in_the_environment() {
-        assert!(super::user_from_uid().is_some_and(|u| !u.is_empty()));
     }
 }

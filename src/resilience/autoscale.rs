@@ -7,6 +7,7 @@
 //! while the target sits at its floor — so sustained overload can never be mistaken for
 //! the new normal (the upward drift of Gradient2 that docs/resilience.md describes).
 
+pub use crate::protocol::ScaleDecision as Decision;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -47,14 +48,6 @@ pub struct Sample {
     pub queued: u64,
     pub throttled: u64,
     pub timeouts: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
-    pub at_ms: i64,
-    pub from: u32,
-    pub to: u32,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone)]

@@ -2,79 +2,14 @@
 //! rate thresholds, HALF_OPEN with exactly N trial permits, operator states, and one
 //! event per transition carrying its reason (semantics: docs/resilience.md).
 
+pub use crate::protocol::{BreakerView, State, Transition, TransitionView};
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::clock::SharedClock;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    Closed,
-    Open,
-    HalfOpen,
-    ForcedOpen,
-    Disabled,
-    MetricsOnly,
-}
-
-impl State {
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Closed => "CLOSED",
-            State::Open => "OPEN",
-            State::HalfOpen => "HALF_OPEN",
-            State::ForcedOpen => "FORCED_OPEN",
-            State::Disabled => "DISABLED",
-            State::MetricsOnly => "METRICS_ONLY",
-        }
-    }
-    /// A symbol, so state is readable without colour.
-    pub fn symbol(self) -> &'static str {
-        match self {
-            State::Closed => "●",
-            State::Open => "✖",
-            State::HalfOpen => "◐",
-            State::ForcedOpen => "⊘",
-            State::Disabled => "○",
-            State::MetricsOnly => "◇",
-        }
-    }
-    pub fn parse(s: &str) -> Option<State> {
-        [
-            State::Closed,
-            State::Open,
-            State::HalfOpen,
-            State::ForcedOpen,
-            State::Disabled,
-            State::MetricsOnly,
-        ]
-        .into_iter()
-        .find(|st| st.name().eq_ignore_ascii_case(s.trim()))
-    }
-    /// Whether `self → to` is a legal transition (self-transitions are no-ops, not errors).
-    pub fn can_become(self, to: State) -> bool {
-        use State::*;
-        match (self, to) {
-            (a, b) if a == b => true,
-            (_, ForcedOpen | Disabled | MetricsOnly) => true,
-            (_, Closed) => true,
-            (Closed | HalfOpen, Open) => true,
-            (Open, HalfOpen) => true,
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,17 +73,6 @@ impl Default for BreakerConfig {
 pub enum Outcome {
     Success,
     Failure,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
-    pub from: State,
-    pub to: State,
-    /// Clock time of the transition.
-    pub at: Duration,
-    /// Wall time (ms since the epoch), for display.
-    pub at_ms: i64,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -275,37 +199,6 @@ impl Window {
             self.slow as f64 * 100.0 / c,
         )
     }
-}
-
-/// What the console and the API show of one breaker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BreakerView {
-    pub name: String,
-    pub state: State,
-    pub calls: u32,
-    pub failures: u32,
-    pub slow_calls: u32,
-    /// None below the minimum number of calls ("not enough data").
-    pub failure_rate: Option<f64>,
-    pub slow_call_rate: Option<f64>,
-    pub failure_threshold: f64,
-    pub slow_call_threshold: f64,
-    pub minimum_calls: u32,
-    pub rejections: u64,
-    pub half_open_permits: u32,
-    pub half_open_in_use: u32,
-    /// Until the next trial (OPEN only).
-    pub until_half_open_ms: Option<u64>,
-    pub open_wait_ms: u64,
-    pub last_transition: Option<TransitionView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TransitionView {
-    pub from: State,
-    pub to: State,
-    pub at_ms: i64,
-    pub reason: String,
 }
 
 struct Inner {

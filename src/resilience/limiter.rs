@@ -3,12 +3,12 @@
 //! ends (then a jittered resume). Both limits fall multiplicatively on a 429 and climb
 //! back additively while calls succeed.
 
+pub use crate::protocol::LimiterView;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{Quota, RateLimiter};
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::clock::SharedClock;
@@ -83,19 +83,6 @@ pub struct Limiter {
     gcra: Mutex<Option<Arc<Gcra>>>,
     freed: Notify,
     rng: Mutex<Rng>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LimiterView {
-    pub rate_per_min: u32,
-    pub effective_per_min: u32,
-    pub max_concurrent: u32,
-    pub effective_concurrent: u32,
-    pub in_flight: u32,
-    pub paused_for_ms: u64,
-    pub throttles: u64,
-    pub rate_waits: u64,
-    pub granted: u64,
 }
 
 /// One in-flight slot; freed on drop.

@@ -9,13 +9,12 @@ pub mod clock;
 pub mod limiter;
 pub mod retry;
 
+pub use crate::protocol::DownstreamView;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use serde::Serialize;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerView, Rejected, State};
 pub use clock::SharedClock;
@@ -111,28 +110,6 @@ pub struct Downstream {
     rng: Mutex<Rng>,
     /// Every answered call's duration (HDR), for `/metrics`, the profile and the series.
     pub latency: crate::telemetry::metrics::Latency,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DownstreamView {
-    pub name: String,
-    pub breaker: BreakerView,
-    pub limiter: LimiterView,
-    pub calls: u64,
-    pub successes: u64,
-    pub failures: u64,
-    pub timeouts: u64,
-    pub ignored: u64,
-    pub throttled: u64,
-    pub rejected: u64,
-    pub retries: u64,
-    pub budget_exhausted: u64,
-    pub budget_available: u64,
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub consecutive_failures: u64,
-    pub rejection_p99_us: Option<f64>,
 }
 
 impl Downstream {

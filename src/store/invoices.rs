@@ -2,48 +2,12 @@
 //! Alegra id, CUFE, the data to send it again) and its history, every change written
 //! with its history line in one transaction.
 
+pub use crate::protocol::{ComplianceCounts, HistoryEntry, InvoiceRecord};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Result, Store};
 use crate::compliance::invoice::LocalInvoice;
 use crate::compliance::machine::Status;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvoiceRecord {
-    pub stripe_id: String,
-    pub number: String,
-    pub kind: String,
-    pub status: Status,
-    pub attempts: u32,
-    pub next_at_ms: Option<i64>,
-    /// A send began and its outcome was never recorded (the process stopped).
-    pub sending: bool,
-    pub alegra_id: Option<String>,
-    pub cufe: Option<String>,
-    pub issue_date: String,
-    pub buyer_id: String,
-    pub buyer_name: String,
-    pub total: i64,
-    pub invoice: LocalInvoice,
-    pub last_code: Option<String>,
-    pub last_message: Option<String>,
-    pub contingency: bool,
-    pub deadline_at_ms: Option<i64>,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-    pub validated_at_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub at_ms: i64,
-    pub from: Option<String>,
-    pub to: String,
-    pub attempt: u32,
-    pub code: Option<String>,
-    pub message: String,
-    pub actor: String,
-}
 
 /// A change of a record, written with its history line.
 #[derive(Debug, Clone, Default)]
@@ -61,47 +25,6 @@ pub struct Change<'a> {
     pub reset_attempts: bool,
     pub contingency: Option<bool>,
     pub deadline_at_ms: Option<Option<i64>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ComplianceCounts {
-    /// Indexed like [`Status::ALL`].
-    pub by_status: Vec<(Status, u64)>,
-    pub total: u64,
-    pub oldest_active_ms: Option<i64>,
-    pub earliest_deadline_ms: Option<i64>,
-}
-
-impl ComplianceCounts {
-    /// Invoices still on their way to DIAN (not validated, failed nor rejected): the
-    /// DIAN queue's depth.
-    pub fn waiting(&self) -> u64 {
-        [
-            Status::Pending,
-            Status::Retry,
-            Status::Unknown,
-            Status::Fallback,
-            Status::Sent,
-        ]
-        .into_iter()
-        .map(|s| self.get(s))
-        .sum()
-    }
-
-    /// `{"PENDING": n, …}` for JSON answers.
-    pub fn by_name(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.by_status
-            .iter()
-            .map(|(s, n)| (s.name().to_owned(), serde_json::json!(n)))
-            .collect()
-    }
-
-    pub fn get(&self, s: Status) -> u64 {
-        self.by_status
-            .iter()
-            .find(|(x, _)| *x == s)
-            .map_or(0, |(_, n)| *n)
-    }
 }
 
 const COLUMNS: &str = "stripe_id, number, kind, status, attempts, next_at, sending, alegra_id, cufe, issue_date,

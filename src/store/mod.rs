@@ -14,12 +14,12 @@ mod schema;
 pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
+pub use crate::protocol::{AuditEntry, CatalogCounts};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 pub use rusqlite::Error as SqlError;
 
@@ -132,19 +132,6 @@ pub struct ItemMapping {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at_ms: i64,
-    pub kind: String,
-    pub entity: String,
-    pub actor: String,
-    pub message: String,
-    /// The W3C trace of the work that wrote it (its outbound requests carry it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-}
-
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -168,19 +155,6 @@ pub struct NewJob<'a> {
     /// Ordering stamp of the payload (the object's own `updated`); a queued job keeps
     /// the newest payload.
     pub version: i64,
-}
-
-/// Counts for the console and /health.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CatalogCounts {
-    pub products_seen: u64,
-    pub synced: u64,
-    pub queued: u64,
-    pub in_flight: u64,
-    pub failed: u64,
-    pub rejected: u64,
-    /// When the oldest queued job was written (ms since the epoch).
-    pub oldest_queued_ms: Option<i64>,
 }
 
 /// OAuth state kept so a restart never reuses a superseded refresh token.

@@ -12,27 +12,10 @@
 //! - A rule may apply to several series (`error_rate` for each downstream): one alert
 //!   per label, with id `rule/label`.
 
+pub use crate::protocol::{Alert, Notification, Phase, Severity, Silence};
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rule {
@@ -48,65 +31,6 @@ pub struct Rule {
     pub cooldown_ms: i64,
     /// What it means, for people: "error rate above 10 %".
     pub summary: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Pending,
-    Firing,
-    Resolved,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Phase::Pending => "pending",
-            Phase::Firing => "firing",
-            Phase::Resolved => "resolved",
-        })
-    }
-}
-
-/// One alert (a rule on one label) as it stands.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Alert {
-    pub id: String,
-    pub rule: String,
-    pub label: String,
-    pub severity: Severity,
-    pub phase: Phase,
-    /// When the current phase began.
-    pub since_ms: i64,
-    pub value: f64,
-    pub threshold: f64,
-    pub summary: String,
-    pub acked_by: Option<String>,
-    pub silenced_until_ms: Option<i64>,
-}
-
-/// A notification: what the feeds push and the history keeps.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Notification {
-    pub id: String,
-    pub rule: String,
-    pub label: String,
-    pub severity: Severity,
-    pub phase: Phase,
-    pub at_ms: i64,
-    pub value: f64,
-    pub threshold: f64,
-    pub message: String,
-    /// Recorded but not sent (silenced, acknowledged or inside the cooldown), and why.
-    pub quiet: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Silence {
-    /// Alert ids starting with this are muted (`error_rate` or `error_rate/alegra`).
-    pub matcher: String,
-    pub until_ms: i64,
-    pub by: String,
 }
 
 #[derive(Debug, Clone)]

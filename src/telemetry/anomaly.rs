@@ -10,18 +10,8 @@
 //! - `floor` is the smallest spread believed, so a flat metric does not alert on noise.
 //! - An anomaly is reported after `consecutive` anomalous points in a row.
 
+pub use crate::protocol::Method;
 use std::collections::VecDeque;
-
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Mean and standard deviation.
-    ZScore,
-    /// Median and median absolute deviation.
-    Mad,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectorConfig {

@@ -4,36 +4,8 @@
 //! Invalidation by key, by pattern (`item:*`, `*` anywhere; a plain string is a prefix)
 //! and by tag; every count (hits, misses, evictions, expirations, invalidations) is kept.
 
+pub use crate::protocol::CacheStats;
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct CacheStats {
-    pub entries: usize,
-    pub capacity: usize,
-    pub hits: u64,
-    pub misses: u64,
-    /// Misses of keys never cached before (first lookups): no cache could have hit.
-    pub cold_misses: u64,
-    pub evictions: u64,
-    pub expirations: u64,
-    pub invalidations: u64,
-}
-
-impl CacheStats {
-    /// Hits over lookups, in percent (None before the first lookup).
-    pub fn hit_rate(&self) -> Option<f64> {
-        let n = self.hits + self.misses;
-        (n > 0).then(|| self.hits as f64 * 100.0 / n as f64)
-    }
-
-    /// Misses a cache could have avoided: of keys cached before, since expired,
-    /// evicted or invalidated.
-    pub fn warm_misses(&self) -> u64 {
-        self.misses - self.cold_misses
-    }
-}
 
 struct Entry<V> {
     value: V,

@@ -5,50 +5,7 @@
 //! less 15 per open anomaly; an OPEN (or FORCED_OPEN) breaker caps it at 0, HALF_OPEN at 50.
 //! Levels: excellent ≥ 90, good ≥ 75, fair ≥ 50, poor ≥ 25, else critical.
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Excellent,
-    Good,
-    Fair,
-    Poor,
-    Critical,
-}
-
-impl Level {
-    pub fn of(score: u8) -> Self {
-        match score {
-            90.. => Level::Excellent,
-            75.. => Level::Good,
-            50.. => Level::Fair,
-            25.. => Level::Poor,
-            _ => Level::Critical,
-        }
-    }
-
-    /// `/health`'s status word: ok (excellent, good), degraded (fair, poor), down.
-    pub fn status(self) -> &'static str {
-        match self {
-            Level::Excellent | Level::Good => "ok",
-            Level::Fair | Level::Poor => "degraded",
-            Level::Critical => "down",
-        }
-    }
-}
-
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Level::Excellent => "excellent",
-            Level::Good => "good",
-            Level::Fair => "fair",
-            Level::Poor => "poor",
-            Level::Critical => "critical",
-        })
-    }
-}
+pub use crate::protocol::{Check, Health, Level, Problem};
 
 /// What a downstream looked like over the last minute.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,52 +30,6 @@ pub struct Targets {
     pub error_rate: f64,
     /// p95 latency (ms) that scores 50.
     pub latency_ms: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub score: u8,
-    pub level: Level,
-    /// Why it is not 100, one line per cause.
-    pub notes: Vec<String>,
-}
-
-/// Something the engine cannot fix by itself: what is wrong and what a person does
-/// about it. The console's Overview shows these as a banner; `/health` lists them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Problem {
-    pub component: String,
-    pub reason: String,
-    pub fix: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Health {
-    pub score: u8,
-    pub level: Level,
-    pub status: &'static str,
-    pub checks: Vec<Check>,
-    pub warnings: Vec<String>,
-    pub errors: Vec<String>,
-    pub recommendations: Vec<String>,
-    /// Problems that need a person (see [`Problem`]).
-    pub problems: Vec<Problem>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            score: 100,
-            level: Level::Excellent,
-            status: "ok",
-            checks: Vec::new(),
-            warnings: Vec::new(),
-            errors: Vec::new(),
-            recommendations: Vec::new(),
-            problems: Vec::new(),
-        }
-    }
 }
 
 /// A pipeline with work waiting that stops making progress for this long is degraded.

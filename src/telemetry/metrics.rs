@@ -1,11 +1,11 @@
 //! Metric storage: fixed-memory 1-second series kept for an hour, and HDR latency
 //! histograms (cumulative for export, per-second for the series).
 
+pub use crate::protocol::Summary;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 /// One hour of 1-second points.
 pub const SERIES_LEN: usize = 3600;
@@ -101,17 +101,6 @@ impl Series {
 pub enum Reduce {
     Mean,
     Max,
-}
-
-/// Percentiles of a histogram, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Summary {
-    pub count: u64,
-    pub sum_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
 }
 
 struct Pair {

@@ -11,13 +11,12 @@ pub mod metrics;
 pub mod prom;
 pub mod trace;
 
+pub use crate::protocol::{Anomaly, Chart, TelemetryView};
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
-
 use crate::config::{AlertsConfig, AnomalyConfig};
-use alerts::{Alert, Alerts, Notification, Rule, Severity, Silence};
-use anomaly::{Detector, DetectorConfig, Method};
+use alerts::{Alerts, Notification, Rule, Severity};
+use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
 use metrics::{Reduce, Series, Summary, Window};
@@ -66,53 +65,11 @@ pub struct Sample {
     pub problems: Vec<health::Problem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Anomaly {
-    pub metric: String,
-    pub value: f64,
-    pub baseline: f64,
-    pub score: f64,
-    pub method: Method,
-    pub at_ms: i64,
-    /// When the metric was back to normal (None: still anomalous).
-    pub ended_ms: Option<i64>,
-}
-
 /// Something to push to the feeds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Signal {
     Anomaly(Anomaly),
     Alert(Notification),
-}
-
-/// A chart's points over the three windows the console offers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Chart {
-    pub name: String,
-    /// 60 points of 1 s.
-    pub m1: Vec<Option<f64>>,
-    /// 100 points of 3 s.
-    pub m5: Vec<Option<f64>>,
-    /// 120 points of 30 s.
-    pub h1: Vec<Option<f64>>,
-}
-
-/// What the snapshot carries.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TelemetryView {
-    pub health: Health,
-    pub alerts: Vec<Alert>,
-    /// Newest first.
-    pub notifications: Vec<Notification>,
-    /// Newest first.
-    pub anomalies: Vec<Anomaly>,
-    pub open_anomalies: usize,
-    pub silences: Vec<Silence>,
-    pub charts: Vec<Chart>,
-    pub thresholds: Vec<(String, f64)>,
-    pub cache: CacheStats,
-    pub items_per_sec: f64,
-    pub invoices_per_sec: f64,
 }
 
 const KEPT: usize = 200;

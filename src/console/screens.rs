@@ -12,10 +12,7 @@ use ratatui::widgets::{
 
 use super::state::{App, num};
 use super::views::{block, clock};
-use crate::config::THRESHOLDS;
-use crate::telemetry::Chart as Series;
-use crate::telemetry::alerts::{Phase, Severity};
-use crate::telemetry::health::Level;
+use crate::protocol::{Chart as Series, Level, Phase, Severity, THRESHOLDS};
 
 const WINDOWS: [&str; 3] = ["1 min", "5 min", "1 h"];
 

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent};
 
+use super::command::{CacheScope, Command};
 use super::keymap::{self, Action};
 use super::theme::Theme;
-use crate::compliance::machine::Status as InvoiceStatus;
-use crate::engine::{CacheScope, Command, Snapshot, operator};
+use crate::protocol::{
+    AuditEntry, FaultPatch, InvoiceRecord, MAX_SILENCE_SECS, SandboxFaults, Snapshot,
+    State as BreakerState, Status as InvoiceStatus, check_threshold, operator,
+};
 
 /// A threshold as the console writes it: no trailing zeros.
 pub fn num(v: f64) -> String {
@@ -19,9 +22,6 @@ pub fn num(v: f64) -> String {
         format!("{v}")
     }
 }
-use crate::resilience::State as BreakerState;
-use crate::sandbox::Sandbox;
-use crate::store::InvoiceRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -131,10 +131,10 @@ impl PromptKind {
 }
 
 /// `90s`, `30m`, `2h`, `1d` (or plain seconds) → seconds, from 1 s to 7 days
-/// ([`crate::engine::MAX_SILENCE_SECS`]); anything else is an error to show.
+/// ([`MAX_SILENCE_SECS`]); anything else is an error to show.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     const FORM: &str = "a duration such as 30m, 2h or 1d";
-    let max = crate::engine::MAX_SILENCE_SECS;
+    let max = MAX_SILENCE_SECS;
     let t = text.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let mult: u64 = match unit.trim() {
@@ -236,7 +236,7 @@ pub struct App {
     pub setting_row: usize,
     pub staged: Vec<(String, f64)>,
     /// The demo's sandbox, for the outage toggle (None on a live engine).
-    pub sandbox: Option<Arc<Sandbox>>,
+    pub sandbox: Option<Arc<dyn SandboxFaults>>,
     /// DIAN queue: selected row, state filter, search text (`search_open` while typed),
     /// and whether the detail pane shows the payload instead of the history.
     pub dian_row: usize,
@@ -372,7 +372,7 @@ impl App {
 
     /// The Events rows after the filter: every word of it must appear in the entry's
     /// kind, entity, actor or message (case-insensitive).
-    pub fn events_rows(&self) -> Vec<&crate::store::AuditEntry> {
+    pub fn events_rows(&self) -> Vec<&AuditEntry> {
         let words: Vec<String> = self
             .events_filter
             .split_whitespace()
@@ -401,10 +401,7 @@ impl App {
 
     /// Whether the demo's sandbox simulates an outage of `service` right now.
     pub fn sandbox_outage(&self, service: &str) -> Option<bool> {
-        self.sandbox
-            .as_ref()
-            .and_then(|s| s.faults.get(service))
-            .map(|f| f.outage)
+        self.sandbox.as_ref().and_then(|s| s.outage(service))
     }
 
     fn on_prompt_key(&mut self, key: KeyEvent) -> Option<Command> {
@@ -492,7 +489,7 @@ impl App {
                 let checked = text
                     .parse::<f64>()
                     .map_err(|_| format!("{name}: {text:?} is not a number"))
-                    .and_then(|v| crate::config::check_threshold(&name, v).map(|_| v));
+                    .and_then(|v| check_threshold(&name, v).map(|_| v));
                 match checked {
                     Ok(v) => {
                         self.prompt = None;
@@ -797,12 +794,12 @@ impl App {
             return;
         };
         let on = !self.sandbox_outage(&service).unwrap_or(false);
-        let patch = crate::sandbox::faults::FaultPatch {
+        let patch = FaultPatch {
             service: service.clone(),
             outage: Some(on),
             ..Default::default()
         };
-        self.flash = Some(match sandbox.faults.patch(&patch) {
+        self.flash = Some(match sandbox.patch_faults(&patch) {
             Ok(_) if on => format!(
                 "sandbox: {service} is DOWN (every request answers 503) — O again restores it"
             ),

@@ -1,8 +1,10 @@
 //! The console: reads engine snapshots, sends commands, never touches the engine's
-//! internals. Redraws at once after input; otherwise only when the snapshot changed,
+//! internals — it imports `crate::protocol` only, and drives an engine through a
+//! [`Link`] (the in-process one is in `app.rs`). Redraws at once after input; otherwise only when the snapshot changed,
 //! at most `max_fps` times a second, and not at all while nothing changes (what an
 //! operator pays for over SSH). The terminal is restored on exit, error and panic.
 
+pub mod command;
 pub mod keymap;
 pub mod screens;
 pub mod state;
@@ -19,7 +21,9 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use tokio::time::Instant;
 
-use crate::engine::{Command, EngineHandle};
+pub use command::{CacheScope, Command};
+
+use crate::protocol::Link;
 use state::App;
 use theme::Theme;
 
@@ -65,15 +69,11 @@ fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
 
 /// Runs the console until the operator quits (and the engine has drained) or the
 /// engine stops on its own.
-pub async fn run(
-    engine: &mut EngineHandle,
-    max_fps: u32,
-    sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
-) -> anyhow::Result<()> {
+pub async fn run<L: Link<Command>>(engine: &mut L, max_fps: u32) -> anyhow::Result<()> {
     // Caught before the terminal turns raw, so no signal can leave it raw.
     let signals = Signals::new()?;
     let mut term = setup()?;
-    let result = event_loop(&mut term, engine, max_fps, sandbox, signals).await;
+    let result = event_loop(&mut term, engine, max_fps, signals).await;
     restore();
     if result.is_err() {
         // The console failed; do not leave the engine running without anyone watching.
@@ -82,16 +82,15 @@ pub async fn run(
     result
 }
 
-async fn event_loop(
+async fn event_loop<L: Link<Command>>(
     term: &mut Term,
-    engine: &mut EngineHandle,
+    engine: &mut L,
     max_fps: u32,
-    sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>,
     mut signals: Signals,
 ) -> anyhow::Result<()> {
-    let mut snapshots = engine.snapshot.clone();
+    let mut snapshots = engine.snapshots();
     let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env());
-    app.sandbox = sandbox;
+    app.sandbox = engine.sandbox();
     let mut input = EventStream::new();
     let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
     let mut last_draw = Instant::now() - frame_gap;
@@ -217,8 +216,8 @@ impl Signals {
     }
 }
 
-async fn send(engine: &EngineHandle, cmd: Command, app: &mut App) {
-    if engine.commands.send(cmd).await.is_err() {
+async fn send<L: Link<Command>>(engine: &L, cmd: Command, app: &mut App) {
+    if engine.send(cmd).await.is_err() {
         app.flash = Some("the engine is not running; the command was not sent".into());
     }
 }

@@ -20,9 +20,7 @@ use ratatui::widgets::{
 
 use super::keymap::{self, BINDINGS};
 use super::state::{App, Tab};
-use crate::compliance::machine::{Status as InvoiceStatus, explain};
-use crate::engine::Mode;
-use crate::resilience::State as BreakerState;
+use crate::protocol::{Mode, State as BreakerState, Status as InvoiceStatus, explain};
 
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 16;

@@ -1,0 +1,36 @@
+//! What crosses the engine boundary, serializable: the snapshot (the view model the
+//! engine publishes), the events it pushes, the threshold specs front-ends check values
+//! against, the sandbox's fault patch, who is acting, and the [`Link`] a front-end
+//! drives an engine through.
+//!
+//! This module imports nothing of the crate but itself (only std and external crates),
+//! so a console in another process — or another program — can depend on it alone. The
+//! domain modules re-export these types (`engine::Snapshot`, `store::AuditEntry`,
+//! `resilience::State`…); behaviour that needs engine internals stays there, as free
+//! functions or extension traits over this data.
+
+// commands: see command.rs
+
+pub mod events;
+pub mod faults;
+pub mod invoices;
+pub mod link;
+pub mod operator;
+pub mod resilience;
+pub mod snapshot;
+pub mod telemetry;
+pub mod thresholds;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use events::*;
+pub use faults::*;
+pub use invoices::*;
+pub use link::*;
+pub use operator::*;
+pub use resilience::*;
+pub use snapshot::*;
+pub use telemetry::*;
+pub use thresholds::*;

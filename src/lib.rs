@@ -11,6 +11,7 @@ pub mod compliance;
 pub mod config;
 pub mod connectors;
 pub mod engine;
+pub mod protocol;
 pub mod resilience;
 pub mod sandbox;
 pub mod server;

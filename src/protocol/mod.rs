@@ -9,8 +9,7 @@
 //! `resilience::State`…); behaviour that needs engine internals stays there, as free
 //! functions or extension traits over this data.
 
-// commands: see command.rs
-
+pub mod command;
 pub mod events;
 pub mod faults;
 pub mod invoices;
@@ -25,6 +24,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use command::*;
 pub use events::*;
 pub use faults::*;
 pub use invoices::*;

@@ -3,9 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Longest silence an operator may set (console, API, `ctl`): 7 days.
-pub const MAX_SILENCE_SECS: u64 = 7 * 86_400;
-
 /// A threshold the operator may tune at run time: its config key, its bounds, and
 /// what it means. `PUT /api/v1/thresholds`, `:set` and the Settings view use these names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

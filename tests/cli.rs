@@ -342,8 +342,10 @@ fn dian_history_and_retry_work_on_the_data_dir_and_are_audited() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("retried 1 of 1 FAILED invoices"));
+    // Read at Alegra before anything is sent again (a restored backup may not know the
+    // document a newer copy sent for this number).
     let rec = store.invoice("in_failed").unwrap().unwrap();
-    assert_eq!((rec.status, rec.attempts), (Status::Pending, 0));
+    assert_eq!((rec.status, rec.attempts), (Status::Unknown, 0));
     let audit = store.recent_audit(10, 0).unwrap();
     assert!(
         audit

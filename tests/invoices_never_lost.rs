@@ -565,10 +565,33 @@ fn records(engine: &EngineHandle) -> HashMap<String, (String, Status)> {
         .collect()
 }
 
+/// A document at Alegra, made by hand or by another system.
+async fn document(base: &str, prefix: &str, number: &str, anotation: &str, stamp: bool) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/invoices"))
+        .basic_auth(
+            syncctl::sandbox::alegra::ALEGRA_EMAIL,
+            Some(syncctl::sandbox::alegra::ALEGRA_TOKEN),
+        )
+        .json(&json!({
+            "date": time::OffsetDateTime::now_utc().date().to_string(),
+            "numberTemplate": {"prefix": prefix, "number": number},
+            "client": {"identification": "222222222222", "name": "Otro"},
+            "items": [{"name": "x", "price": 1000, "quantity": 1}],
+            "anotation": anotation,
+            "stamp": {"generateStamp": stamp},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
 /// A newer copy of the store burned more numbers than are asked one by one (a day-one
-/// burst of AEP6009 refusals: no document at Alegra), then issued more. Restoring the
-/// older backup must still find those documents (Alegra's newest, read first) and adopt
-/// them, not number their invoices again.
+/// burst of AEP6009 refusals: no document at Alegra), then issued more, and other
+/// numberings of the account issued many more documents since. Restoring the older
+/// backup must still find those documents (Alegra's newest, read first until this
+/// range shows) and adopt them, not number their invoices again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_finds_documents_past_a_gap_of_unused_numbers() {
     let sb = common::sandbox(3, 51).await;
@@ -604,6 +627,11 @@ async fn a_restored_backup_finds_documents_past_a_gap_of_unused_numbers() {
     let later = make_invoices(&base, 3).await;
     let numbers = until_validated(&engine, &later, 60).await;
     engine.shutdown().await;
+    // The company's other numbering (a till) keeps issuing at Alegra: more than four
+    // pages of newest documents are not this range's.
+    for i in 0..121 {
+        document(&base, "POS", &(1000 + i).to_string(), "pos sale", false).await;
+    }
     copy_db(backup.path(), dir.path());
     let engine = start(cfg, dir.path(), false).await.unwrap();
     hook_to(&sb, &engine);
@@ -738,4 +766,133 @@ async fn a_second_issuer_of_the_range_stops_the_numbering() {
         3,
         "nothing more sent"
     );
+}
+
+/// Documents at Alegra for `id` (any status).
+async fn documents_for(base: &str, id: &str) -> Vec<String> {
+    let docs = common::get_json(&format!("{base}/_sandbox/alegra/invoices")).await;
+    docs.as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["anotation"].as_str() == Some(&format!("stripe:{id}")))
+        .map(|d| {
+            d["numberTemplate"]["fullNumber"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The backup holds X FAILED (AEP6009: no document). A newer copy retried it and DIAN
+/// had not answered yet when the backup was restored; the operator, seeing X FAILED,
+/// retries it again. The retry reads Alegra first: the newer copy's document is found
+/// and followed, never a second one created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retry_on_a_restored_backup_reads_alegra_before_sending() {
+    const TOKEN: &str = "ops-token-0123456789abcdef";
+    let sb = common::sandbox(3, 55).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| {
+        c.server.tokens = vec![syncctl::config::TokenConfig {
+            name: "ops".into(),
+            token: syncctl::config::Secret::new(TOKEN),
+            role: syncctl::config::Role::Operator,
+            rate_limit_per_min: 1000,
+        }];
+    });
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    post(
+        &base,
+        "/_sandbox/alegra",
+        json!({"numbering_rejections": 1}),
+    )
+    .await;
+    let x = make_invoices(&base, 1).await;
+    until_status(&engine, &x[0], Status::Failed).await;
+    engine.shutdown().await;
+    copy_db(dir.path(), backup.path());
+    // The operator retries X through the API, as from a console.
+    let retry = |engine: &EngineHandle| {
+        let url = format!(
+            "http://{}/api/v1/compliance/{}/retry",
+            engine.server_addr, x[0]
+        );
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "retry: {}", r.status());
+        }
+    };
+    post(&base, "/_sandbox/alegra", json!({"waiting_ms": 2000})).await;
+    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    retry(&engine).await;
+    until_status(&engine, &x[0], Status::Sent).await;
+    engine.shutdown().await;
+    // The backup comes back: X is FAILED there, and the operator retries it again.
+    copy_db(backup.path(), dir.path());
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    retry(&engine).await;
+    until_validated(&engine, &x, 60).await;
+    assert_eq!(
+        documents_for(&base, &x[0]).await.len(),
+        1,
+        "one document for X"
+    );
+}
+
+/// One engine. Another system takes its next number; DIAN is down when the engine's
+/// create reaches Alegra, so its document there stays unstamped; the invoice is
+/// renumbered and accepted. The same happens to a later invoice: the range is read
+/// again, and the engine's own abandoned (never stamped) document is no evidence of a
+/// second engine: numbering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_unstamped_document_of_this_engine_is_no_second_issuer() {
+    let sb = common::sandbox(3, 56).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sb, |c| {
+        c.compliance.contingency_probes = 2;
+        c.compliance.contingency_probe_interval_secs = 1;
+    });
+    let engine = start(cfg, dir.path(), false).await.unwrap();
+    hook_to(&sb, &engine);
+    common::until_idle(&engine, 3).await;
+    let next = || {
+        let s = syncctl::store::Store::open(dir.path()).unwrap();
+        (990_000_001 + s.next_number_seq().unwrap()).to_string()
+    };
+    let n = next();
+    foreign_document(&base, &n).await;
+    common::faults(&base, json!({"service": "dian", "outage": true})).await;
+    let x = make_invoices(&base, 1).await;
+    common::eventually(60, "X renumbered", || async {
+        records(&engine)
+            .get(&x[0])
+            .filter(|r| r.0 != format!("SETP{n}"))
+            .map(|_| ())
+    })
+    .await;
+    common::faults(&base, json!({"service": "dian", "outage": false})).await;
+    until_validated(&engine, &x, 60).await;
+    foreign_document(&base, &next()).await;
+    let y = make_invoices(&base, 1).await;
+    until_validated(&engine, &y, 60).await;
+    let hold = engine.snapshot.borrow().compliance.numbering_hold.clone();
+    assert!(
+        hold.is_none(),
+        "numbering refused in a single-engine run: {hold:?}"
+    );
+    assert_one_document_each(&base, &[x[0].clone(), y[0].clone()]).await;
 }

@@ -942,11 +942,9 @@ pub fn operator_retry(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result
             rec.status
         ));
     }
-    let (to, how) = if rec.alegra_id.is_some() {
-        (Status::Unknown, "read at Alegra, then sent if needed")
-    } else {
-        (Status::Pending, "sent afresh")
-    };
+    // Read at Alegra first even without a document id: a copy of this store (a restored
+    // backup) may not know the document a newer copy sent for this number.
+    let (to, how) = (Status::Unknown, "read at Alegra, then sent if needed");
     let message = format!("operator {actor} retried it: {how}");
     store
         .change_invoice(

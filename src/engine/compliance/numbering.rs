@@ -69,8 +69,9 @@ fn rejected(d: &FoundDocument) -> bool {
     d.legal_status.as_deref() == Some("STAMPED_AND_REJECTED")
 }
 
-/// Pages of newest documents read at start for a number past the counter.
-const NEWEST_PAGES: usize = 4;
+/// At most this many pages of newest documents (30 each) are read at start to find the
+/// newest of this range (other numberings of the account may come first).
+const NEWEST_PAGES: usize = 100;
 
 impl Compliance {
     pub fn numbering(&self) -> Numbering {
@@ -180,6 +181,7 @@ impl Compliance {
     /// relied on alone).
     pub(super) async fn behind_alegra(&self) -> Result<bool, AlegraError> {
         let next = self.store.next_number_seq().unwrap_or(0);
+        // Newest first, until a page holds documents of this range.
         for page in 0..NEWEST_PAGES {
             let docs = self.alegra.newest_invoices(page * 30, 30).await?;
             let mut ours = docs
@@ -263,14 +265,17 @@ impl Compliance {
 
     /// Invoices this store knows whose document Alegra holds under another number than
     /// the store's. One not accepted here adopts that document (renumbered after a
-    /// restored backup was taken; a document DIAN rejected never counts). Err (why the
-    /// numbering stops) where only a second issuer explains it: an invoice accepted here
-    /// with a document under another number too, two documents in flight for one invoice,
-    /// or a document on a number this store gave another invoice.
+    /// restored backup was taken). Only documents sent to DIAN and not rejected count: an
+    /// unstamped one issued nothing (this engine leaves one behind when it renumbers an
+    /// invoice whose create met a DIAN outage). Err (why the numbering stops) where only
+    /// a second issuer explains it: an invoice accepted here with a document under
+    /// another number too, two documents in flight for one invoice, or a document on a
+    /// number this store gave another invoice.
     fn settle_known(&self, scan: &Scan) -> Result<(), String> {
         use std::collections::HashMap;
         let mut by_invoice: HashMap<&str, Vec<&FoundDocument>> = HashMap::new();
-        for d in scan.found.iter().filter(|d| !rejected(d)) {
+        let sent = |d: &&FoundDocument| d.legal_status.is_some() && !rejected(d);
+        for d in scan.found.iter().filter(sent) {
             if let Some(id) = d.stripe_id.as_deref() {
                 by_invoice.entry(id).or_default().push(d);
             }
@@ -346,7 +351,7 @@ impl Compliance {
             // Nothing is numbered until the range is confirmed; read again later.
             let _ = self.store.postpone_invoice(
                 &rec.stripe_id,
-                self.settings.policy.poll_ms,
+                self.settings.policy.poll_ms.max(60_000),
                 &format!("{} is another document's at DIAN ({holder}); renumbered once the numbering is confirmed", rec.number),
             );
             return;

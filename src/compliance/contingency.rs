@@ -251,11 +251,9 @@ impl Monitor {
     }
 }
 
-/// The provider codes that mean DIAN itself did not answer (the document may exist at
-/// Alegra unstamped): evidence for the contingency procedure.
-pub fn is_dian_unavailable(code: Option<&str>) -> bool {
-    matches!(code, Some("EPR503" | "EPR500"))
-}
+/// The provider codes that mean DIAN itself did not answer: evidence for the
+/// contingency procedure (Alegra's codes, so they live with its client).
+pub use crate::connectors::alegra::is_dian_unavailable;
 
 #[cfg(test)]
 mod tests {

@@ -55,7 +55,11 @@ impl AlegraError {
     }
 }
 
-use crate::compliance::contingency::is_dian_unavailable;
+/// The provider codes that mean DIAN itself did not answer (the document may exist at
+/// Alegra unstamped): evidence for the contingency procedure.
+pub fn is_dian_unavailable(code: Option<&str>) -> bool {
+    matches!(code, Some("EPR503" | "EPR500"))
+}
 
 impl Classify for AlegraError {
     fn class(&self) -> Class {

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The services the sandbox can break (`[sandbox.faults.<service>]`, the fault patch).
+pub const FAULT_SERVICES: [&str; 4] = ["stripe", "quickbooks", "alegra", "dian"];
+
 /// A partial update: fields left out keep their value.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -226,7 +226,9 @@ pub struct Breaker {
 }
 
 fn wall_ms() -> i64 {
-    crate::store::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Breaker {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::Sandbox;
 use crate::resilience::Rng;
 
-pub const SERVICES: [&str; 4] = ["stripe", "quickbooks", "alegra", "dian"];
+pub use crate::protocol::FAULT_SERVICES as SERVICES;
 
 #[derive(Default)]
 struct ServiceState {

@@ -6,8 +6,7 @@ pub use crate::protocol::{ComplianceCounts, HistoryEntry, InvoiceRecord};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Result, Store};
-use crate::compliance::invoice::LocalInvoice;
-use crate::compliance::machine::Status;
+use crate::protocol::{LocalInvoice, Status};
 
 /// A change of a record, written with its history line.
 #[derive(Debug, Clone, Default)]

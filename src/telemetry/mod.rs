@@ -9,17 +9,18 @@ pub mod cache;
 pub mod health;
 pub mod metrics;
 pub mod prom;
+pub mod settings;
 pub mod trace;
 
 pub use crate::protocol::{Anomaly, Chart, TelemetryView};
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::config::{AlertsConfig, AnomalyConfig};
 use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
 use metrics::{Reduce, Series, Summary, Window};
+use settings::{AlertsConfig, AnomalyConfig};
 
 /// One downstream's cumulative counters and the latency of the last second.
 #[derive(Debug, Clone, Default)]

@@ -86,7 +86,7 @@ fn short(e: &reqwest::Error) -> String {
 
 fn n(v: &Value) -> String {
     match v.as_u64() {
-        Some(x) => crate::console::views::group(x),
+        Some(x) => crate::protocol::text::group(x),
         None => v.to_string(),
     }
 }

@@ -871,7 +871,7 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
     );
     app.tab = Tab::Settings;
     let mut term = Terminal::new(TestBackend::new(100, 30)).unwrap();
-    term.draw(|f| syncctl::console::views::draw(f, &app))
+    term.draw(|f| syncctl::console::screens::draw(f, &app))
         .unwrap();
     let buf = term.backend().buffer().clone();
     let screen: String = (0..30)

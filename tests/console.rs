@@ -9,9 +9,9 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 use syncctl::console::Command;
+use syncctl::console::screens;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
-use syncctl::console::views;
 use syncctl::protocol::{
     AuditEntry, CatalogCounts, CatalogView, ErrorLine, FullSyncState, Mode, Snapshot,
 };
@@ -98,7 +98,7 @@ fn app() -> App {
 
 fn render(app: &App, w: u16, h: u16) -> (String, ratatui::buffer::Buffer) {
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| views::draw(f, app)).unwrap();
+    term.draw(|f| screens::draw(f, app)).unwrap();
     let buf = term.backend().buffer().clone();
     let mut text = String::new();
     for y in 0..h {

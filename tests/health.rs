@@ -133,7 +133,7 @@ fn overview(snapshot: Arc<syncctl::engine::Snapshot>, w: u16, h: u16) -> String 
     use ratatui::backend::TestBackend;
     let app = syncctl::console::state::App::new(snapshot, syncctl::console::theme::Theme::ansi());
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| syncctl::console::views::draw(f, &app))
+    term.draw(|f| syncctl::console::screens::draw(f, &app))
         .unwrap();
     let buf = term.backend().buffer().clone();
     let mut text = String::new();

@@ -4,12 +4,12 @@
 //! at most `max_fps` times a second, and not at all while nothing changes (what an
 //! operator pays for over SSH). The terminal is restored on exit, error and panic.
 
+pub mod chrome;
 pub mod command;
 pub mod keymap;
 pub mod screens;
 pub mod state;
 pub mod theme;
-pub mod views;
 
 use std::io::{BufWriter, Stdout, Write};
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub fn restore() {
 fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
     // Synchronized update: the terminal shows the whole frame at once, never half of it.
     execute!(term.backend_mut(), terminal::BeginSynchronizedUpdate)?;
-    term.draw(|f| views::draw(f, app))?;
+    term.draw(|f| screens::draw(f, app))?;
     execute!(term.backend_mut(), terminal::EndSynchronizedUpdate)?;
     term.backend_mut().flush()?;
     Ok(())

@@ -18,6 +18,7 @@ pub mod operator;
 pub mod resilience;
 pub mod snapshot;
 pub mod telemetry;
+pub mod text;
 pub mod thresholds;
 mod wire;
 

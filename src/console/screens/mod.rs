@@ -1,0 +1,64 @@
+//! Drawing: free functions over `&App`, one file per screen, each starting with its
+//! layout. [`draw`] lays out the frame, lets the chrome draw the header and footer,
+//! hands the body to the current screen, then draws the overlays on top. Nothing here
+//! mutates.
+//!
+//! ```text
+//! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row
+//! │ body: the current tab's screen, one file each: overview,       │  the rest
+//! │       throughput, circuits, workers, alerts, dian, events,     │
+//! │       settings                                                 │
+//! │              ┌ help (?) / confirm, centred ┐                   │  overlays (chrome)
+//! │              └─────────────────────────────┘                   │
+//! └ footer (chrome::footer): prompt │ flash │ key hints ───────────┘  1 row
+//! ```
+//!
+//! Below [`chrome::MIN_WIDTH`]×[`chrome::MIN_HEIGHT`] only "terminal too small" is shown.
+
+mod alerts;
+mod circuits;
+mod dian;
+mod events;
+mod overview;
+mod settings;
+mod throughput;
+mod workers;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout};
+
+use crate::console::chrome;
+use crate::console::state::{App, Tab};
+
+/// The whole frame for the current state.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if chrome::is_too_small(area) {
+        chrome::too_small(frame, area);
+        return;
+    }
+    let [header, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    chrome::header::draw(frame, header, app);
+    match app.tab {
+        Tab::Overview => overview::draw(frame, body, app),
+        Tab::Throughput => throughput::draw(frame, body, app),
+        Tab::Circuits => circuits::draw(frame, body, app),
+        Tab::Workers => workers::draw(frame, body, app),
+        Tab::Alerts => alerts::draw(frame, body, app),
+        Tab::Dian => dian::draw(frame, body, app),
+        Tab::Events => events::draw(frame, body, app),
+        Tab::Settings => settings::draw(frame, body, app),
+    }
+    chrome::footer::draw(frame, footer, app);
+    if app.help {
+        chrome::help::draw(frame, area, app);
+    }
+    if app.confirm.is_some() {
+        chrome::confirm::draw(frame, area, app);
+    }
+}

@@ -147,7 +147,8 @@ async fn auth_roles_and_error_shapes() {
     let ev = api.get("/api/v1/events?type=operator&limit=5").await;
     let first = &ev["events"][0];
     assert_eq!(first["actor"], "api:ops@127.0.0.1", "{ev}");
-    assert_eq!(first["message"], "paused catalog pipeline");
+    // Audited as the command's text and its outcome, whoever sent it.
+    assert_eq!(first["message"], "pause catalog: paused catalog pipeline");
 
     // JSON errors everywhere: unknown path, bad body, bad value.
     let (s, _, v) = api.call("GET", "/api/v1/nope", Some(OPS), None).await;
@@ -254,8 +255,9 @@ async fn every_endpoint_answers_its_contract() {
         .await;
     assert_eq!((s, error_code(&v)), (400, "bad_request"));
     assert!(v["error"]["message"].as_str().unwrap().contains("LOST"));
+    // An unknown invoice is not found (404), not a conflict.
     let (s, v) = api.post("/api/v1/compliance/FE-404/retry", json!({})).await;
-    assert_eq!((s, error_code(&v)), (409, "refused"));
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
     let (s, v) = api.post("/api/v1/compliance/retry-failed", json!({})).await;
     assert!(s == 200 || s == 409, "{s} {v}");
 
@@ -836,23 +838,23 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
             engine: &mut engine,
             sandbox: None,
         };
-        link.send(cmd).await.unwrap();
+        let reply = link
+            .send(syncctl::protocol::Request::new(app.actor.clone(), cmd.clone()))
+            .await
+            .unwrap();
+        // The engine's answer comes back to this sender, not through the snapshot.
+        let outcome = reply.await.unwrap().expect("applied");
+        app.on_reply(&cmd, Ok(outcome.clone()));
+        assert_eq!(app.flash.as_deref(), Some(outcome.message.as_str()));
+        assert!(
+            outcome.message.contains("alerts.queue_depth 100 → 250"),
+            "{outcome:?}"
+        );
+        assert!(
+            outcome.message.contains(&path.display().to_string()),
+            "{outcome:?}"
+        );
     }
-    let mut rx = engine.snapshot.clone();
-    let notice = common::eventually(10, "the engine's answer", || {
-        let s = rx.borrow_and_update().clone();
-        async move { (s.notice.seq > 0).then(|| s.notice.clone()) }
-    })
-    .await;
-    assert!(notice.ok, "{notice:?}");
-    assert!(
-        notice.message.contains("alerts.queue_depth 100 → 250"),
-        "{notice:?}"
-    );
-    assert!(
-        notice.message.contains(&path.display().to_string()),
-        "{notice:?}"
-    );
     engine.shutdown().await;
 
     let text = std::fs::read_to_string(&path).unwrap();
@@ -938,6 +940,9 @@ async fn the_notifications_feed_carries_breaker_and_audit_events() {
     );
     let a = audit.unwrap();
     assert_eq!(a["entry"]["actor"], "api:ops@127.0.0.1");
-    assert_eq!(a["entry"]["message"], "circuit alegra set to FORCED_OPEN");
+    assert_eq!(
+        a["entry"]["message"],
+        "breaker alegra force-open: circuit alegra set to FORCED_OPEN"
+    );
     engine.shutdown().await;
 }

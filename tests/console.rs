@@ -802,10 +802,16 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
     app.on_snapshot(Arc::new(snapshot()));
     assert_eq!(app.flash, None);
     app.on_reply(&cmd, Ok(Outcome::new("circuit quickbooks set to CLOSED")));
-    assert_eq!(app.flash.as_deref(), Some("circuit quickbooks set to CLOSED"));
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("circuit quickbooks set to CLOSED")
+    );
     // The reply to a quit keeps the drain message.
     app.flash = Some("draining in-flight work…".into());
-    app.on_reply(&Command::Shutdown {}, Ok(Outcome::new("draining and stopping")));
+    app.on_reply(
+        &Command::Shutdown {},
+        Ok(Outcome::new("draining and stopping")),
+    );
     assert_eq!(app.flash.as_deref(), Some("draining in-flight work…"));
 }
 
@@ -1045,4 +1051,55 @@ fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The open invoice's detail is a query the console asks for the selected row and
+/// keeps for itself: the snapshot carries no one's focus.
+#[test]
+fn the_dian_detail_is_asked_for_the_selected_invoice_and_shown_when_answered() {
+    use syncctl::protocol::{Answer, CommandError, HistoryEntry, InvoiceDetail};
+    let mut app = dian_app();
+    let key = app
+        .detail_wanted()
+        .expect("the DIAN screen wants the selected invoice");
+    assert_eq!(Some(key.clone()), app.selected_invoice());
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("to load the history"), "{text}");
+    let record = app
+        .dian_rows()
+        .into_iter()
+        .find(|r| r.stripe_id == key)
+        .unwrap()
+        .clone();
+    let detail = InvoiceDetail {
+        record,
+        history: vec![HistoryEntry {
+            at_ms: T0,
+            from: Some("PENDING".into()),
+            to: "RETRY".into(),
+            attempt: 1,
+            code: Some("EPR503".into()),
+            message: "DIAN did not answer".into(),
+            actor: "engine".into(),
+        }],
+        payload: "{\"numberTemplate\": 1}".into(),
+    };
+    // An answer for another invoice (the selection moved on) is not shown.
+    let mut other = detail.clone();
+    other.record.stripe_id = "in_elsewhere".into();
+    other.record.number = "SETP0".into();
+    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(other)))));
+    assert!(app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail.clone())))));
+    assert_eq!(app.detail.as_ref(), Some(&detail));
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("DIAN did not answer"), "{text}");
+    // The same answer again changes nothing on screen.
+    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail)))));
+    // An engine that cannot answer now keeps what is shown; a gone invoice clears it.
+    assert!(!app.on_detail(&key, Err(CommandError::unavailable("stopping"))));
+    assert!(app.on_detail(&key, Err(CommandError::not_found("invoice"))));
+    assert!(app.detail.is_none());
+    // Other screens ask for nothing.
+    app.tab = Tab::Overview;
+    assert_eq!(app.detail_wanted(), None);
 }

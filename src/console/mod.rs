@@ -263,7 +263,12 @@ struct DetailPoll {
 }
 
 impl DetailPoll {
-    async fn ask<L: Link>(&mut self, engine: &L, key: Option<String>, back: &mpsc::UnboundedSender<Back>) {
+    async fn ask<L: Link>(
+        &mut self,
+        engine: &L,
+        key: Option<String>,
+        back: &mpsc::UnboundedSender<Back>,
+    ) {
         let Some(key) = key else { return };
         self.asked = Some(key.clone());
         let query = Query::InvoiceDetail { key: key.clone() };
@@ -284,7 +289,12 @@ fn stopped() -> CommandError {
 }
 
 /// Sends `cmd` as this console's operator; its reply comes back on `back`.
-async fn send<L: Link>(engine: &L, cmd: Command, app: &mut App, back: &mpsc::UnboundedSender<Back>) {
+async fn send<L: Link>(
+    engine: &L,
+    cmd: Command,
+    app: &mut App,
+    back: &mpsc::UnboundedSender<Back>,
+) {
     let request = Request::new(app.actor.clone(), cmd.clone());
     match engine.send(request).await {
         Ok(rx) => {

@@ -11,10 +11,10 @@ use crossterm::event::{KeyCode, KeyEvent};
 use super::keymap::{self, Action};
 use super::theme::Theme;
 use crate::protocol::{
-    AlertMatcher, Answer, AuditEntry, BreakerAction, CacheScope, Command, CommandError,
-    FaultPatch, InvoiceDetail, InvoiceRecord, MAX_SILENCE_SECS, Pipeline, QueryReply, Reply,
-    SandboxFaults, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    ThresholdChange, check_threshold, operator,
+    AlertMatcher, Answer, AuditEntry, BreakerAction, CacheScope, Command, CommandError, FaultPatch,
+    InvoiceDetail, InvoiceRecord, MAX_SILENCE_SECS, Pipeline, QueryReply, Reply, SandboxFaults,
+    Service, Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange,
+    check_threshold, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.

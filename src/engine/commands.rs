@@ -19,8 +19,8 @@ use super::compliance::{self, Compliance};
 use super::{COMPLIANCE_OFF, Publisher, human_secs};
 use crate::protocol::{
     AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, Disconnected,
-    InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service,
-    ThresholdChange, check_threshold,
+    InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service, ThresholdChange,
+    check_threshold,
 };
 use crate::resilience::{Downstream, State as BreakerState};
 use crate::store::Store;
@@ -232,7 +232,10 @@ impl Ctx {
                     CacheScope::Tag(t) => c.invalidate_tag(t),
                 };
                 drop(c);
-                Ok(Outcome::new(format!("cache: dropped {n} entries ({scope})")).with_count(n as u64))
+                Ok(
+                    Outcome::new(format!("cache: dropped {n} entries ({scope})"))
+                        .with_count(n as u64),
+                )
             }
             // The loop stops once this is answered.
             Command::Shutdown {} => Ok(Outcome::new("draining and stopping")),
@@ -353,9 +356,8 @@ impl Publisher {
             .collect();
         let saved = match &self.config.source {
             Some(path) => {
-                crate::config::persist_thresholds(path, &pairs).map_err(|e| {
-                    CommandError::unavailable(format!("not applied: {e:#}"))
-                })?;
+                crate::config::persist_thresholds(path, &pairs)
+                    .map_err(|e| CommandError::unavailable(format!("not applied: {e:#}")))?;
                 format!("saved to {}", path.display())
             }
             None => "not saved: no config file; start with --config FILE to keep them".into(),
@@ -363,7 +365,10 @@ impl Publisher {
         self.telemetry
             .configure(next.alerts.clone(), next.anomaly.clone());
         self.config = next;
-        Ok(Outcome::new(format!("thresholds: {} ({saved})", diff.join(", "))).with_count(pairs.len() as u64))
+        Ok(
+            Outcome::new(format!("thresholds: {} ({saved})", diff.join(", ")))
+                .with_count(pairs.len() as u64),
+        )
     }
 }
 

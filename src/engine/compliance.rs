@@ -1022,7 +1022,13 @@ pub fn retry_each_failed(store: &Store, actor: &str) -> Result<Outcome, CommandE
 /// the CLI).
 pub fn retry_all_failed(store: &Store, actor: &str) -> Result<Outcome, CommandError> {
     let result = retry_each_failed(store, actor);
-    audit_command(store, "compliance", actor, &Command::RetryFailed {}, &result);
+    audit_command(
+        store,
+        "compliance",
+        actor,
+        &Command::RetryFailed {},
+        &result,
+    );
     result
 }
 

@@ -13,8 +13,7 @@ pub mod ingest;
 pub mod item;
 
 pub use crate::protocol::{
-    CatalogView, ComplianceView, EngineEvent, MAX_SILENCE_SECS, Mode, Operation, Snapshot,
-    operator,
+    CatalogView, ComplianceView, EngineEvent, MAX_SILENCE_SECS, Mode, Operation, Snapshot, operator,
 };
 pub use commands::Commands;
 use std::path::PathBuf;

@@ -11,12 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
 use super::ServerState;
 use super::auth::{Caller, Denied, Quota};
 use crate::config::Role;
@@ -24,6 +18,12 @@ use crate::protocol::{
     AlertMatcher, BreakerAction, CacheScope, Command, CommandError, Pipeline, Service,
     ThresholdChange,
 };
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
 
 /// Who is calling: the token's name and the client's address, for the audit trail.
 #[derive(Debug, Clone)]
@@ -188,8 +188,7 @@ pub async fn not_found() -> Response {
 
 /// A refused command as the API answers it: its status and `{"error": body}`.
 pub fn command_error(e: &CommandError) -> Response {
-    let status =
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(json!({ "error": e.body() }))).into_response()
 }
 

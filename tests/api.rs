@@ -775,11 +775,27 @@ async fn status_reads_a_running_engine() {
         json!({"state": "FORCED_OPEN"}),
     )
     .await;
-    common::eventually(10, "health to see the open circuit", || async {
+    let h = common::eventually(10, "health to see the open circuit", || async {
         let h = common::get_json(&format!("{url}/health")).await;
-        (h["status"] == "down").then_some(())
+        (h["status"] == "down").then_some(h)
     })
     .await;
+    // Recommendations are data (component, reason, command), worded here for HTTP.
+    let qb = h["recommended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["component"] == "quickbooks")
+        .unwrap_or_else(|| panic!("{h}"));
+    assert_eq!(qb["command"], "breaker quickbooks close", "{h}");
+    assert_eq!(qb["action"]["verb"], "breaker", "{h}");
+    assert!(
+        h["recommendations"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("POST /api/v1/resilience/circuit-breakers/quickbooks")),
+        "{h}"
+    );
     let out = run(vec![]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");

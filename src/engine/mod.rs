@@ -28,6 +28,7 @@ use crate::compliance::machine::Status;
 use crate::config::{Config, Secret};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
+use crate::protocol::Recommendation;
 use crate::resilience::{Downstream, DownstreamView, SharedClock, State as BreakerState};
 use crate::store::{AuditEntry, CatalogCounts, DataDirLock, Store};
 use catalog::{Catalog, CatalogSettings};
@@ -722,14 +723,17 @@ impl Publisher {
                 counts.in_flight
             );
             warnings.push(format!("catalog stalled: {line}"));
-            recommendations.push("catalog: work is waiting and nothing finishes; see Workers and Events for what the workers are doing".into());
+            recommendations.push(Recommendation::new(
+                "catalog",
+                "work is waiting and nothing finishes; the workers' activity and the event log show what they are doing",
+            ));
             notes.push(line);
             score = score.min(40.0);
         }
         checks.push(check("catalog", score, notes));
         let mut problems = Vec::new();
         if let Some(p) = &auth {
-            recommendations.push(format!("quickbooks: {}", p.fix));
+            recommendations.push(Recommendation::new("quickbooks", p.fix));
             problems.push(crate::telemetry::health::Problem {
                 component: "quickbooks".into(),
                 reason: format!(
@@ -750,7 +754,7 @@ impl Publisher {
                 "writes failing for {}: {err}",
                 human_secs((crate::store::now_ms() - since).max(0) as u64 / 1000)
             ));
-            recommendations.push(format!("store: {STORE_WRITE_FIX}"));
+            recommendations.push(Recommendation::new("store", STORE_WRITE_FIX));
             problems.push(crate::telemetry::health::Problem {
                 component: "store".into(),
                 reason: format!("cannot write to {path}: {err}"),
@@ -780,7 +784,13 @@ impl Publisher {
                 warnings.push(format!(
                     "{stuck} invoices need an operator (FAILED or REJECTED)"
                 ));
-                recommendations.push("compliance: fix the cause shown in the DIAN tab, then retry the failed invoices (R, or POST /api/v1/compliance/retry-failed)".into());
+                recommendations.push(
+                    Recommendation::new(
+                        "compliance",
+                        "fix the cause shown in each invoice's history, then retry the failed invoices",
+                    )
+                    .with_action(crate::protocol::Command::RetryFailed {}),
+                );
                 score = score.min(60.0);
             }
             match compliance.contingency.phase {

@@ -99,7 +99,10 @@ fn telemetry() -> TelemetryView {
             }],
             warnings: vec!["w".into()],
             errors: vec!["e".into()],
-            recommendations: vec!["r".into()],
+            recommendations: vec![
+                Recommendation::new("compliance", "r").with_action(Command::RetryFailed {}),
+                Recommendation::new("cache", "raise cache.ttl_secs"),
+            ],
             problems: vec![Problem {
                 component: "quickbooks".into(),
                 reason: "credentials refused".into(),

@@ -211,6 +211,39 @@ fn bad(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// How a command is sent over this API, for recommendations worded for HTTP clients:
+/// `POST /api/v1/compliance/retry-failed`, `POST … {"state": "CLOSED"}`.
+pub fn http_form(command: &Command) -> String {
+    let p = "/api/v1";
+    match command {
+        Command::Pause { pipeline } => format!("POST {p}/pipelines/{pipeline}/pause"),
+        Command::Resume { pipeline } => format!("POST {p}/pipelines/{pipeline}/resume"),
+        Command::Breaker { service, action } => match action.state_name() {
+            Some(state) => {
+                format!("POST {p}/resilience/circuit-breakers/{service} {{\"state\": \"{state}\"}}")
+            }
+            None => format!("syncctl ctl {command}"),
+        },
+        Command::RetryInvoice { key } => {
+            format!("POST {p}/compliance/{}/retry", urlencoding::encode(key))
+        }
+        Command::RetryFailed {} => format!("POST {p}/compliance/retry-failed"),
+        Command::AckAlerts { .. } => format!("POST {p}/alerts/ack"),
+        Command::SilenceAlerts { .. } => format!("POST {p}/alerts/silence"),
+        Command::SetThresholds { .. } => format!("PUT {p}/thresholds"),
+        Command::InvalidateCache { .. } => format!("POST {p}/cache/invalidate"),
+        Command::WorkerBounds { .. } | Command::Shutdown {} => format!("syncctl ctl {command}"),
+    }
+}
+
+/// A health recommendation as a line for HTTP clients: `component: reason (how)`.
+pub fn recommendation_line(r: &crate::protocol::Recommendation) -> String {
+    match &r.action {
+        Some(c) => format!("{}: {} ({})", r.component, r.reason, http_form(c)),
+        None => format!("{}: {}", r.component, r.reason),
+    }
+}
+
 /// A JSON object body (an empty body reads as `{}`); anything else is a JSON 400.
 pub struct JsonObject(pub Map<String, Value>);
 

@@ -350,7 +350,15 @@ async fn health(State(state): State<ServerState>) -> Response {
         "checks": h.checks,
         "problems": h.problems,
         "errors": h.errors,
-        "recommendations": h.recommendations,
+        // Worded for HTTP clients; the same as data (component, reason, command) in
+        // `recommended`.
+        "recommendations": h.recommendations.iter().map(api::recommendation_line).collect::<Vec<_>>(),
+        "recommended": h.recommendations.iter().map(|r| json!({
+            "component": r.component,
+            "reason": r.reason,
+            "command": r.action.as_ref().map(ToString::to_string),
+            "action": r.action,
+        })).collect::<Vec<_>>(),
         "queues": {
             "catalog": counts.queued,
             "dian": snap.compliance.enabled.then(|| snap.compliance.counts.waiting()),

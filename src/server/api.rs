@@ -123,11 +123,11 @@ pub async fn guard(
     };
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     let mut resp = if !reads && caller.role != Role::Operator {
-        error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("token {:?} is a viewer: it may read, not act", caller.name),
-        )
+        // Every action is a command: a viewer's is refused as one (403).
+        command_error(&CommandError::forbidden(format!(
+            "token {:?} is a viewer: it may read, not act",
+            caller.name
+        )))
     } else {
         let who = format!("api:{}@{}", caller.name, addr.ip());
         req.extensions_mut().insert(Actor { caller, who });

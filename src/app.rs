@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, Secret};
-use crate::console;
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
-use crate::protocol::{Disconnected, FaultPatch, Link, SandboxFaults, Snapshot};
+use crate::protocol::{
+    Disconnected, FaultPatch, Link, Query, QueryReply, Reply, Request, SandboxFaults, Snapshot,
+};
 use crate::sandbox::{self, Sandbox, SandboxOptions, SandboxServer};
 
 /// Logs go to a daily file under `<data dir>/logs` (never to a console's screen), and to
@@ -217,22 +218,25 @@ pub struct LocalEngine<'a> {
     pub sandbox: Option<Arc<Sandbox>>,
 }
 
-impl Link<console::Command> for LocalEngine<'_> {
+impl Link for LocalEngine<'_> {
     fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.engine.snapshot.clone()
     }
 
     fn send(
         &self,
-        command: console::Command,
-    ) -> impl Future<Output = Result<(), Disconnected>> + Send {
+        request: Request,
+    ) -> impl Future<Output = Result<oneshot::Receiver<Reply>, Disconnected>> + Send {
         let commands = self.engine.commands.clone();
-        async move {
-            commands
-                .send(engine_command(command))
-                .await
-                .map_err(|_| Disconnected)
-        }
+        async move { commands.send(request).await }
+    }
+
+    fn query(
+        &self,
+        query: Query,
+    ) -> impl Future<Output = Result<oneshot::Receiver<QueryReply>, Disconnected>> + Send {
+        let commands = self.engine.commands.clone();
+        async move { commands.send_query(query).await }
     }
 
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send {
@@ -251,63 +255,5 @@ impl SandboxFaults for Sandbox {
 
     fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String> {
         self.faults.patch(patch).map(|_| ())
-    }
-}
-
-/// A console command as the engine's own. Goes away with `protocol::Command`, which
-/// both will speak.
-pub fn engine_command(c: console::Command) -> engine::Command {
-    use console::Command as C;
-    use engine::Command as E;
-    match c {
-        C::PauseCatalog { actor } => E::PauseCatalog { actor },
-        C::ResumeCatalog { actor } => E::ResumeCatalog { actor },
-        C::SetBreaker {
-            service,
-            state,
-            actor,
-        } => E::SetBreaker {
-            service,
-            state,
-            actor,
-        },
-        C::ResetBreaker { service, actor } => E::ResetBreaker { service, actor },
-        C::SetWorkerBounds {
-            pipeline,
-            min,
-            max,
-            actor,
-        } => E::SetWorkerBounds {
-            pipeline,
-            min,
-            max,
-            actor,
-        },
-        C::PauseCompliance { actor } => E::PauseCompliance { actor },
-        C::ResumeCompliance { actor } => E::ResumeCompliance { actor },
-        C::RetryInvoice { key, actor } => E::RetryInvoice { key, actor },
-        C::RetryFailedInvoices { actor } => E::RetryFailedInvoices { actor },
-        C::FocusInvoice { key } => E::FocusInvoice { key },
-        C::AckAlerts { matcher, actor } => E::AckAlerts { matcher, actor },
-        C::SilenceAlerts {
-            matcher,
-            secs,
-            actor,
-        } => E::SilenceAlerts {
-            matcher,
-            secs,
-            actor,
-        },
-        C::SetThresholds { changes, actor } => E::SetThresholds { changes, actor },
-        C::InvalidateCache { scope, actor } => E::InvalidateCache {
-            scope: match scope {
-                console::CacheScope::All => engine::CacheScope::All,
-                console::CacheScope::Key(k) => engine::CacheScope::Key(k),
-                console::CacheScope::Pattern(p) => engine::CacheScope::Pattern(p),
-                console::CacheScope::Tag(t) => engine::CacheScope::Tag(t),
-            },
-            actor,
-        },
-        C::Shutdown => E::Shutdown,
     }
 }

@@ -147,7 +147,8 @@ async fn auth_roles_and_error_shapes() {
     let ev = api.get("/api/v1/events?type=operator&limit=5").await;
     let first = &ev["events"][0];
     assert_eq!(first["actor"], "api:ops@127.0.0.1", "{ev}");
-    assert_eq!(first["message"], "paused catalog pipeline");
+    // Audited as the command's text and its outcome, whoever sent it.
+    assert_eq!(first["message"], "pause catalog: paused catalog pipeline");
 
     // JSON errors everywhere: unknown path, bad body, bad value.
     let (s, _, v) = api.call("GET", "/api/v1/nope", Some(OPS), None).await;
@@ -254,8 +255,9 @@ async fn every_endpoint_answers_its_contract() {
         .await;
     assert_eq!((s, error_code(&v)), (400, "bad_request"));
     assert!(v["error"]["message"].as_str().unwrap().contains("LOST"));
+    // An unknown invoice is not found (404), not a conflict.
     let (s, v) = api.post("/api/v1/compliance/FE-404/retry", json!({})).await;
-    assert_eq!((s, error_code(&v)), (409, "refused"));
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
     let (s, v) = api.post("/api/v1/compliance/retry-failed", json!({})).await;
     assert!(s == 200 || s == 409, "{s} {v}");
 
@@ -773,11 +775,27 @@ async fn status_reads_a_running_engine() {
         json!({"state": "FORCED_OPEN"}),
     )
     .await;
-    common::eventually(10, "health to see the open circuit", || async {
+    let h = common::eventually(10, "health to see the open circuit", || async {
         let h = common::get_json(&format!("{url}/health")).await;
-        (h["status"] == "down").then_some(())
+        (h["status"] == "down").then_some(h)
     })
     .await;
+    // Recommendations are data (component, reason, command), worded here for HTTP.
+    let qb = h["recommended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["component"] == "quickbooks")
+        .unwrap_or_else(|| panic!("{h}"));
+    assert_eq!(qb["command"], "breaker quickbooks close", "{h}");
+    assert_eq!(qb["action"]["verb"], "breaker", "{h}");
+    assert!(
+        h["recommendations"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("POST /api/v1/resilience/circuit-breakers/quickbooks")),
+        "{h}"
+    );
     let out = run(vec![]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -836,23 +854,26 @@ async fn a_threshold_changed_in_the_console_survives_a_restart() {
             engine: &mut engine,
             sandbox: None,
         };
-        link.send(cmd).await.unwrap();
+        let reply = link
+            .send(syncctl::protocol::Request::new(
+                app.actor.clone(),
+                cmd.clone(),
+            ))
+            .await
+            .unwrap();
+        // The engine's answer comes back to this sender, not through the snapshot.
+        let outcome = reply.await.unwrap().expect("applied");
+        app.on_reply(&cmd, Ok(outcome.clone()));
+        assert_eq!(app.flash.as_deref(), Some(outcome.message.as_str()));
+        assert!(
+            outcome.message.contains("alerts.queue_depth 100 → 250"),
+            "{outcome:?}"
+        );
+        assert!(
+            outcome.message.contains(&path.display().to_string()),
+            "{outcome:?}"
+        );
     }
-    let mut rx = engine.snapshot.clone();
-    let notice = common::eventually(10, "the engine's answer", || {
-        let s = rx.borrow_and_update().clone();
-        async move { (s.notice.seq > 0).then(|| s.notice.clone()) }
-    })
-    .await;
-    assert!(notice.ok, "{notice:?}");
-    assert!(
-        notice.message.contains("alerts.queue_depth 100 → 250"),
-        "{notice:?}"
-    );
-    assert!(
-        notice.message.contains(&path.display().to_string()),
-        "{notice:?}"
-    );
     engine.shutdown().await;
 
     let text = std::fs::read_to_string(&path).unwrap();
@@ -938,6 +959,204 @@ async fn the_notifications_feed_carries_breaker_and_audit_events() {
     );
     let a = audit.unwrap();
     assert_eq!(a["entry"]["actor"], "api:ops@127.0.0.1");
-    assert_eq!(a["entry"]["message"], "circuit alegra set to FORCED_OPEN");
+    assert_eq!(
+        a["entry"]["message"],
+        "breaker alegra force-open: circuit alegra set to FORCED_OPEN"
+    );
+    engine.shutdown().await;
+}
+
+/// A refused command answers its typed error's status with the JSON error shape:
+/// an unknown invoice is 404, a bad threshold 400 naming it, a viewer acting 403, a
+/// state that refuses it 409. Nothing refused is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_command_errors_answer_404_400_403_409_with_the_json_error() {
+    let sb = common::sandbox(5, 21).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let api = Api::new(&engine);
+
+    // Retrying an invoice nobody knows: 404, naming it.
+    let (s, v) = api
+        .post("/api/v1/compliance/SETP990999999/retry", json!({}))
+        .await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SETP990999999"),
+        "{v}"
+    );
+    // Audited as refused, with the command's text.
+    let ev = api.get("/api/v1/events?type=operator&limit=5").await;
+    assert_eq!(
+        ev["events"][0]["message"],
+        "retry SETP990999999: refused: invoice \"SETP990999999\" not found",
+        "{ev}"
+    );
+
+    // A bad threshold: 400 naming the field; nothing applied.
+    for body in [
+        json!({"alerts.queue_depth": -5}),
+        json!({"alerts.error_rate_percent": 12, "alerts.nope": 1}),
+    ] {
+        let (s, _, v) = api
+            .call("PUT", "/api/v1/thresholds", Some(OPS), Some(body.clone()))
+            .await;
+        assert_eq!((s, error_code(&v)), (400, "bad_request"), "{body}: {v}");
+        let field = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| *k != "alerts.error_rate_percent")
+            .unwrap()
+            .clone();
+        assert_eq!(v["error"]["field"], json!(field), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(&field),
+            "{v}"
+        );
+    }
+    let t = api.get("/api/v1/thresholds").await;
+    assert_eq!(t["alerts.error_rate_percent"], 10.0);
+    assert_eq!(t["alerts.queue_depth"], 100.0);
+
+    // A viewer acting: 403 on every action, and nothing happens.
+    for (method, path, body) in [
+        ("POST", "/api/v1/compliance/SETP990999999/retry", json!({})),
+        ("POST", "/api/v1/compliance/retry-failed", json!({})),
+        (
+            "PUT",
+            "/api/v1/thresholds",
+            json!({"alerts.queue_depth": 5}),
+        ),
+        ("POST", "/api/v1/pipelines/compliance/pause", json!({})),
+        (
+            "POST",
+            "/api/v1/resilience/circuit-breakers/alegra",
+            json!({"state": "FORCED_OPEN"}),
+        ),
+    ] {
+        let (s, _, v) = api.call(method, path, Some(VIEW), Some(body)).await;
+        assert_eq!((s, error_code(&v)), (403, "forbidden"), "{path}: {v}");
+    }
+    let snap = engine.snapshot.borrow().clone();
+    assert!(!snap.compliance.paused);
+    assert_eq!(
+        snap.downstreams[2].breaker.state,
+        syncctl::resilience::State::Closed
+    );
+
+    // The engine's state refuses it: 409.
+    let (s, v) = api
+        .post("/api/v1/alerts/ack", json!({"matcher": "nothing"}))
+        .await;
+    assert_eq!((s, error_code(&v)), (409, "refused"), "{v}");
+
+    // A success answers the outcome.
+    let (s, v) = api.post("/api/v1/compliance/retry-failed", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["count"].as_u64()),
+        (Some(true), Some(0))
+    );
+    engine.shutdown().await;
+}
+
+/// Each sender gets its own reply: a command sent through the console's link and one
+/// sent by another front-end at the same time are each answered to their sender, and
+/// the detail query is answered to whoever asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_through_the_console_link_gets_its_own_reply() {
+    use syncctl::protocol::{
+        BreakerAction, Command, CommandError, Link, Pipeline, Query, Request, Service,
+    };
+    let sb = common::sandbox(5, 22).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    // Another front-end (the API holds one like it).
+    let other = engine.commands.clone();
+    let link = syncctl::app::LocalEngine {
+        engine: &mut engine,
+        sandbox: None,
+    };
+    for round in 0..20 {
+        // Both in flight before either is read; read in the other order.
+        let mine = link
+            .send(Request::new(
+                "console:ana",
+                Command::RetryInvoice {
+                    key: format!("FE-{round}"),
+                },
+            ))
+            .await
+            .unwrap();
+        let (pipeline, verb_pause) = (Pipeline::Catalog, round % 2 == 0);
+        let theirs = other
+            .send(Request::new(
+                "api:ops",
+                if verb_pause {
+                    Command::Pause { pipeline }
+                } else {
+                    Command::Resume { pipeline }
+                },
+            ))
+            .await
+            .unwrap();
+        let theirs = theirs.await.unwrap().expect("the other sender's command");
+        let expected = if verb_pause { "paused" } else { "resumed" };
+        assert!(theirs.message.starts_with(expected), "{theirs:?}");
+        match mine.await.unwrap() {
+            Err(CommandError::NotFound { what }) => assert!(what.contains(&format!("FE-{round}"))),
+            other => panic!("the console got someone else's reply: {other:?}"),
+        }
+    }
+    // Two senders through the same link: each its own.
+    let a = link
+        .send(Request::new(
+            "console:ana",
+            Command::Breaker {
+                service: Service::Alegra,
+                action: BreakerAction::ForceOpen,
+            },
+        ))
+        .await
+        .unwrap();
+    let b = link
+        .send(Request::new(
+            "console:ana",
+            Command::Breaker {
+                service: Service::Alegra,
+                action: BreakerAction::ForceOpen,
+            },
+        ))
+        .await
+        .unwrap();
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert!(a.changed && !b.changed, "{a:?} {b:?}");
+    assert!(b.message.contains("already"), "{b:?}");
+    // A query is answered to whoever asked, with NotFound for an unknown invoice.
+    let q = link
+        .query(Query::InvoiceDetail {
+            key: "FE-nope".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(q.await.unwrap(), Err(CommandError::NotFound { .. })),
+        "an unknown invoice's detail"
+    );
+    // Invalid before applied, whoever sends it.
+    let r = other
+        .request(Request::new(
+            "api:ops",
+            Command::SilenceAlerts {
+                matcher: syncctl::protocol::AlertMatcher::All,
+                secs: 0,
+            },
+        ))
+        .await;
+    assert_eq!(r.unwrap_err().field(), Some("duration"));
     engine.shutdown().await;
 }

@@ -350,7 +350,9 @@ fn dian_history_and_retry_work_on_the_data_dir_and_are_audited() {
     assert!(
         audit
             .iter()
-            .any(|e| e.actor == "ana@10.0.0.7" && e.message == "retried 1 of 1 FAILED invoices"),
+            // Audited as the engine audits the same command: its text, then its outcome.
+            .any(|e| e.actor == "ana@10.0.0.7"
+                && e.message == "retry-failed: retried 1 of 1 FAILED invoices"),
         "{audit:?}"
     );
     let h = store.invoice_history("in_failed").unwrap();

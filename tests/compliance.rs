@@ -5,7 +5,8 @@ mod common;
 
 use serde_json::{Value, json};
 use syncctl::compliance::machine::Status;
-use syncctl::engine::{Command, EngineHandle};
+use syncctl::engine::EngineHandle;
+use syncctl::protocol::{Answer, Command, Pipeline, Query, Request};
 
 use common::make_invoices;
 use common::post_json as post;
@@ -90,24 +91,20 @@ async fn until_status(
 }
 
 async fn history(engine: &EngineHandle, stripe_id: &str) -> Vec<String> {
-    engine
+    // The invoice's detail is a query answered to whoever asks it.
+    let answer = engine
         .commands
-        .send(Command::FocusInvoice {
-            key: Some(stripe_id.to_owned()),
+        .query(Query::InvoiceDetail {
+            key: stripe_id.to_owned(),
         })
         .await
         .unwrap();
-    common::eventually(5, "the focused invoice", || async {
-        let s = engine.snapshot.borrow().clone();
-        let d = s.compliance.focus.as_ref()?;
-        (d.record.stripe_id == stripe_id).then(|| {
-            d.history
-                .iter()
-                .map(|h| format!("{} {}", h.to, h.message))
-                .collect()
-        })
-    })
-    .await
+    let Answer::InvoiceDetail(d) = answer;
+    assert_eq!(d.record.stripe_id, stripe_id);
+    d.history
+        .iter()
+        .map(|h| format!("{} {}", h.to, h.message))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,9 +237,7 @@ async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_ope
     .await;
     engine
         .commands
-        .send(Command::RetryFailedInvoices {
-            actor: "ana@10.0.0.7".into(),
-        })
+        .request(Request::new("ana@10.0.0.7", Command::RetryFailed {}))
         .await
         .unwrap();
     until_status(&engine, &id, Status::Validated, 30).await;
@@ -447,9 +442,12 @@ async fn an_invoice_unsent_at_colombian_midnight_is_regenerated_with_the_new_dat
     .await;
     engine
         .commands
-        .send(Command::PauseCompliance {
-            actor: "test".into(),
-        })
+        .request(Request::new(
+            "test",
+            Command::Pause {
+                pipeline: Pipeline::Compliance,
+            },
+        ))
         .await
         .unwrap();
     // B: received before midnight, not sent yet.
@@ -467,9 +465,12 @@ async fn an_invoice_unsent_at_colombian_midnight_is_regenerated_with_the_new_dat
     engine.wall_clock.advance(120_000);
     engine
         .commands
-        .send(Command::ResumeCompliance {
-            actor: "test".into(),
-        })
+        .request(Request::new(
+            "test",
+            Command::Resume {
+                pipeline: Pipeline::Compliance,
+            },
+        ))
         .await
         .unwrap();
 

@@ -8,12 +8,12 @@ use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
-use syncctl::console::Command;
 use syncctl::console::screens;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
 use syncctl::protocol::{
-    AuditEntry, CatalogCounts, CatalogView, ErrorLine, FullSyncState, Mode, Snapshot,
+    AlertMatcher, AuditEntry, BreakerAction, CacheScope, CatalogCounts, CatalogView, Command,
+    ErrorLine, FullSyncState, Mode, Pipeline, Service, Snapshot, ThresholdChange,
 };
 
 const T0: i64 = 1_795_000_000_000; // a fixed instant (ms)
@@ -84,7 +84,6 @@ fn snapshot() -> Snapshot {
         token_refreshes: 1,
         draining: false,
         downstreams: downstreams(),
-        notice: Default::default(),
         compliance: Default::default(),
         telemetry: telemetry(),
         profile: Vec::new(),
@@ -254,7 +253,9 @@ fn alerts_are_acknowledged_and_silenced_from_the_alerts_screen() {
     assert_eq!(app.tab, Tab::Alerts);
     let first = app.selected_alert().expect("an alert");
     match app.on_key(key(KeyCode::Char('a'))) {
-        Some(Command::AckAlerts { matcher, .. }) => assert_eq!(matcher, first),
+        Some(Command::AckAlerts { matcher }) => {
+            assert_eq!(matcher, AlertMatcher::Prefix(first.clone()))
+        }
         other => panic!("{other:?}"),
     }
     assert!(app.on_key(key(KeyCode::Char('z'))).is_none());
@@ -273,8 +274,8 @@ fn alerts_are_acknowledged_and_silenced_from_the_alerts_screen() {
         app.on_key(key(KeyCode::Char(c)));
     }
     match app.on_key(key(KeyCode::Enter)) {
-        Some(Command::SilenceAlerts { matcher, secs, .. }) => {
-            assert_eq!((matcher.as_str(), secs), (first.as_str(), 1800))
+        Some(Command::SilenceAlerts { matcher, secs }) => {
+            assert_eq!((matcher.prefix(), secs), (first.as_str(), 1800))
         }
         other => panic!("{other:?}"),
     }
@@ -332,10 +333,10 @@ fn a_bad_threshold_is_refused_in_the_console_and_the_old_value_kept() {
     assert_eq!(app.staged.len(), 1, "cancel keeps the staged value");
     app.on_key(key(KeyCode::Char('A')));
     match app.on_key(key(KeyCode::Char('y'))) {
-        Some(Command::SetThresholds { changes, .. }) => {
+        Some(Command::SetThresholds { changes }) => {
             assert_eq!(
                 changes,
-                vec![("alerts.error_rate_percent".to_owned(), 12.5)]
+                vec![ThresholdChange::new("alerts.error_rate_percent", 12.5)]
             )
         }
         other => panic!("{other:?}"),
@@ -354,19 +355,16 @@ fn c_invalidates_the_cache_after_a_confirmation() {
     assert!(app.on_key(key(KeyCode::Enter)).is_none());
     assert!(render(&app, 80, 24).0.contains("Invalidate cache: tag"));
     match app.on_key(key(KeyCode::Char('y'))) {
-        Some(Command::InvalidateCache { scope, .. }) => assert_eq!(
-            scope,
-            syncctl::console::CacheScope::Tag("product:prod_9".into())
-        ),
+        Some(Command::InvalidateCache { scope }) => {
+            assert_eq!(scope, CacheScope::Tag("product:prod_9".into()))
+        }
         other => panic!("{other:?}"),
     }
     // Empty: everything.
     app.on_key(key(KeyCode::Char('c')));
     app.on_key(key(KeyCode::Enter));
     match app.on_key(key(KeyCode::Char('y'))) {
-        Some(Command::InvalidateCache { scope, .. }) => {
-            assert_eq!(scope, syncctl::console::CacheScope::All)
-        }
+        Some(Command::InvalidateCache { scope }) => assert_eq!(scope, CacheScope::All),
         other => panic!("{other:?}"),
     }
 }
@@ -457,7 +455,7 @@ fn quit_asks_first_with_focus_on_cancel() {
     app.on_key(key(KeyCode::Right));
     assert!(matches!(
         app.on_key(key(KeyCode::Enter)),
-        Some(Command::Shutdown)
+        Some(Command::Shutdown {})
     ));
     assert!(app.quitting);
     let (text, _) = render(&app, 80, 24);
@@ -468,7 +466,10 @@ fn quit_asks_first_with_focus_on_cancel() {
 fn p_pauses_and_resumes_as_the_operator() {
     let mut app = app();
     match app.on_key(key(KeyCode::Char('p'))) {
-        Some(Command::PauseCatalog { actor }) => assert!(!actor.is_empty()),
+        // Sent as this operator: the console wraps it in a Request with its actor.
+        Some(Command::Pause {
+            pipeline: Pipeline::Catalog,
+        }) => assert!(!app.actor.is_empty()),
         other => panic!("expected a pause, got {other:?}"),
     }
     let mut paused = snapshot();
@@ -482,7 +483,9 @@ fn p_pauses_and_resumes_as_the_operator() {
     );
     assert!(matches!(
         app.on_key(key(KeyCode::Char('p'))),
-        Some(Command::ResumeCatalog { .. })
+        Some(Command::Resume {
+            pipeline: Pipeline::Catalog
+        })
     ));
 }
 
@@ -721,10 +724,10 @@ fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
     assert!(app.confirm.is_none());
     app.on_key(key(KeyCode::Char('o')));
     match app.on_key(key(KeyCode::Char('y'))) {
-        Some(Command::SetBreaker { service, state, .. }) => {
+        Some(Command::Breaker { service, action }) => {
             assert_eq!(
-                (service.as_str(), state),
-                ("quickbooks", syncctl::resilience::State::ForcedOpen)
+                (service, action),
+                (Service::QuickBooks, BreakerAction::ForceOpen)
             )
         }
         other => panic!("{other:?}"),
@@ -732,7 +735,10 @@ fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
     app.on_key(key(KeyCode::Char('x')));
     assert!(matches!(
         app.on_key(key(KeyCode::Char('y'))),
-        Some(Command::ResetBreaker { .. })
+        Some(Command::Breaker {
+            action: BreakerAction::Reset,
+            ..
+        })
     ));
 }
 
@@ -764,28 +770,49 @@ fn worker_bounds_prompt_validates_and_keeps_the_old_bounds_on_a_typo() {
         Some(syncctl::console::state::Confirm::Bounds { min: 2, max: 6 })
     );
     match app.on_key(key(KeyCode::Char('y'))) {
-        Some(Command::SetWorkerBounds { min: 2, max: 6, .. }) => {}
+        Some(Command::WorkerBounds {
+            pipeline: Pipeline::Catalog,
+            min: 2,
+            max: 6,
+        }) => {}
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
-fn an_engine_notice_is_flashed_once() {
+fn the_engine_reply_to_this_console_command_is_flashed_once() {
+    use syncctl::protocol::{CommandError, Outcome};
     let mut app = app();
-    let mut s = snapshot();
-    s.notice = syncctl::engine::Notice {
-        seq: 1,
-        ok: false,
-        message: "illegal breaker transition CLOSED → HALF_OPEN".into(),
+    let cmd = Command::Breaker {
+        service: Service::QuickBooks,
+        action: BreakerAction::Close,
     };
-    app.on_snapshot(Arc::new(s.clone()));
+    app.on_reply(
+        &cmd,
+        Err(CommandError::conflict(
+            "illegal breaker transition CLOSED → HALF_OPEN",
+        )),
+    );
     assert_eq!(
         app.flash.as_deref(),
         Some("refused: illegal breaker transition CLOSED → HALF_OPEN")
     );
+    // Snapshots carry no one's replies: a new one leaves the flash line alone.
     app.flash = None;
-    app.on_snapshot(Arc::new(s));
+    app.on_snapshot(Arc::new(snapshot()));
     assert_eq!(app.flash, None);
+    app.on_reply(&cmd, Ok(Outcome::new("circuit quickbooks set to CLOSED")));
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("circuit quickbooks set to CLOSED")
+    );
+    // The reply to a quit keeps the drain message.
+    app.flash = Some("draining in-flight work…".into());
+    app.on_reply(
+        &Command::Shutdown {},
+        Ok(Outcome::new("draining and stopping")),
+    );
+    assert_eq!(app.flash.as_deref(), Some("draining in-flight work…"));
 }
 
 fn dian_app() -> App {
@@ -885,7 +912,7 @@ fn dian_filter_search_and_retry_keys() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].number, "SETP990000001");
     match app.on_key(key(KeyCode::Char('r'))) {
-        Some(Command::RetryInvoice { key, .. }) => assert_eq!(key, "in_00000000000001"),
+        Some(Command::RetryInvoice { key }) => assert_eq!(key, "in_00000000000001"),
         other => panic!("expected a retry, got {other:?}"),
     }
     // R previews the count and waits for a confirmation (focus on Cancel).
@@ -896,7 +923,7 @@ fn dian_filter_search_and_retry_keys() {
     app.on_key(key(KeyCode::Char('R')));
     assert!(matches!(
         app.on_key(key(KeyCode::Char('y'))),
-        Some(Command::RetryFailedInvoices { .. })
+        Some(Command::RetryFailed {})
     ));
 }
 
@@ -1019,9 +1046,60 @@ fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
     let (cmd, flash) = silence_for("0m");
     assert!(cmd.is_none() && flash.contains("at least"), "{flash}");
     match silence_for("7d").0 {
-        Some(Command::SilenceAlerts { matcher, secs, .. }) => {
-            assert_eq!((matcher.as_str(), secs), (first.as_str(), 604_800))
+        Some(Command::SilenceAlerts { matcher, secs }) => {
+            assert_eq!((matcher.prefix(), secs), (first.as_str(), 604_800))
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The open invoice's detail is a query the console asks for the selected row and
+/// keeps for itself: the snapshot carries no one's focus.
+#[test]
+fn the_dian_detail_is_asked_for_the_selected_invoice_and_shown_when_answered() {
+    use syncctl::protocol::{Answer, CommandError, HistoryEntry, InvoiceDetail};
+    let mut app = dian_app();
+    let key = app
+        .detail_wanted()
+        .expect("the DIAN screen wants the selected invoice");
+    assert_eq!(Some(key.clone()), app.selected_invoice());
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("to load the history"), "{text}");
+    let record = app
+        .dian_rows()
+        .into_iter()
+        .find(|r| r.stripe_id == key)
+        .unwrap()
+        .clone();
+    let detail = InvoiceDetail {
+        record,
+        history: vec![HistoryEntry {
+            at_ms: T0,
+            from: Some("PENDING".into()),
+            to: "RETRY".into(),
+            attempt: 1,
+            code: Some("EPR503".into()),
+            message: "DIAN did not answer".into(),
+            actor: "engine".into(),
+        }],
+        payload: "{\"numberTemplate\": 1}".into(),
+    };
+    // An answer for another invoice (the selection moved on) is not shown.
+    let mut other = detail.clone();
+    other.record.stripe_id = "in_elsewhere".into();
+    other.record.number = "SETP0".into();
+    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(other)))));
+    assert!(app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail.clone())))));
+    assert_eq!(app.detail.as_ref(), Some(&detail));
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("DIAN did not answer"), "{text}");
+    // The same answer again changes nothing on screen.
+    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail)))));
+    // An engine that cannot answer now keeps what is shown; a gone invoice clears it.
+    assert!(!app.on_detail(&key, Err(CommandError::unavailable("stopping"))));
+    assert!(app.on_detail(&key, Err(CommandError::not_found("invoice"))));
+    assert!(app.detail.is_none());
+    // Other screens ask for nothing.
+    app.tab = Tab::Overview;
+    assert_eq!(app.detail_wanted(), None);
 }

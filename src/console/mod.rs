@@ -1,11 +1,13 @@
 //! The console: reads engine snapshots, sends commands, never touches the engine's
 //! internals — it imports `crate::protocol` only, and drives an engine through a
-//! [`Link`] (the in-process one is in `app.rs`). Redraws at once after input; otherwise only when the snapshot changed,
+//! [`Link`] (the in-process one is in `app.rs`). Each command's reply comes back to
+//! this console alone and becomes its flash line; the open invoice's detail is a query
+//! it asks when the selection changes and once a second while the DIAN screen is open.
+//! Redraws at once after input; otherwise only when the snapshot changed,
 //! at most `max_fps` times a second, and not at all while nothing changes (what an
 //! operator pays for over SSH). The terminal is restored on exit, error and panic.
 
 pub mod chrome;
-pub mod command;
 pub mod keymap;
 pub mod screens;
 pub mod state;
@@ -21,9 +23,9 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use tokio::time::Instant;
 
-pub use command::{CacheScope, Command};
+use tokio::sync::mpsc;
 
-use crate::protocol::Link;
+use crate::protocol::{Command, CommandError, Link, Query, QueryReply, Reply, Request};
 use state::App;
 use theme::Theme;
 
@@ -69,7 +71,7 @@ fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
 
 /// Runs the console until the operator quits (and the engine has drained) or the
 /// engine stops on its own.
-pub async fn run<L: Link<Command>>(engine: &mut L, max_fps: u32) -> anyhow::Result<()> {
+pub async fn run<L: Link>(engine: &mut L, max_fps: u32) -> anyhow::Result<()> {
     // Caught before the terminal turns raw, so no signal can leave it raw.
     let signals = Signals::new()?;
     let mut term = setup()?;
@@ -82,7 +84,7 @@ pub async fn run<L: Link<Command>>(engine: &mut L, max_fps: u32) -> anyhow::Resu
     result
 }
 
-async fn event_loop<L: Link<Command>>(
+async fn event_loop<L: Link>(
     term: &mut Term,
     engine: &mut L,
     max_fps: u32,
@@ -98,7 +100,19 @@ async fn event_loop<L: Link<Command>>(
     let mut urgent = true;
     // After a hangup there is no terminal to draw on or read from: drain quietly.
     let mut hung_up = false;
+    // Replies to this console's commands and answers to its queries.
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Back>();
+    let mut detail = DetailPoll::default();
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        let wanted = app.detail_wanted();
+        if wanted.is_some() && wanted != detail.asked && !detail.pending {
+            // A newly selected invoice: ask for its detail now.
+            detail.ask(engine, wanted.clone(), &back_tx).await;
+        } else if wanted.is_none() {
+            detail.asked = None;
+        }
         if dirty && !hung_up && (urgent || last_draw.elapsed() >= frame_gap) {
             draw(term, &app)?;
             last_draw = Instant::now();
@@ -117,7 +131,7 @@ async fn event_loop<L: Link<Command>>(
                     app.frozen = false;
                     app.flash = Some(format!("{}: draining in-flight work…", sig.name()));
                     tracing::info!("{}: draining in-flight work", sig.name());
-                    send(engine, Command::Shutdown, &mut app).await;
+                    send(engine, Command::Shutdown {}, &mut app, &back_tx).await;
                 }
                 dirty = true;
                 urgent = true;
@@ -125,7 +139,7 @@ async fn event_loop<L: Link<Command>>(
             ev = input.next(), if !hung_up => match ev {
                 Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
                     if let Some(cmd) = app.on_key(key) {
-                        send(engine, cmd, &mut app).await;
+                        send(engine, cmd, &mut app, &back_tx).await;
                     }
                     dirty = true;
                     urgent = true;
@@ -147,6 +161,23 @@ async fn event_loop<L: Link<Command>>(
                 if app.on_snapshot(snapshots.borrow_and_update().clone()) {
                     dirty = true;
                 }
+            }
+            Some(back) = back_rx.recv() => match back {
+                Back::Reply(command, reply) => {
+                    app.on_reply(&command, reply);
+                    dirty = true;
+                    urgent = true;
+                }
+                Back::Detail(key, reply) => {
+                    detail.pending = false;
+                    if app.on_detail(&key, reply) {
+                        dirty = true;
+                    }
+                }
+            },
+            _ = poll.tick(), if wanted.is_some() && !app.frozen && !detail.pending => {
+                // The open invoice moves on (a retry, DIAN's answer): ask again.
+                detail.ask(engine, wanted, &back_tx).await;
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
         }
@@ -216,8 +247,65 @@ impl Signals {
     }
 }
 
-async fn send<L: Link<Command>>(engine: &L, cmd: Command, app: &mut App) {
-    if engine.send(cmd).await.is_err() {
-        app.flash = Some("the engine is not running; the command was not sent".into());
+/// What comes back to this console: a reply to one of its commands, or the answer to
+/// its detail query for an invoice.
+enum Back {
+    Reply(Command, Reply),
+    Detail(String, QueryReply),
+}
+
+/// The DIAN detail's query: which invoice was last asked for, and whether an answer
+/// is still awaited (one query at a time).
+#[derive(Default)]
+struct DetailPoll {
+    asked: Option<String>,
+    pending: bool,
+}
+
+impl DetailPoll {
+    async fn ask<L: Link>(
+        &mut self,
+        engine: &L,
+        key: Option<String>,
+        back: &mpsc::UnboundedSender<Back>,
+    ) {
+        let Some(key) = key else { return };
+        self.asked = Some(key.clone());
+        let query = Query::InvoiceDetail { key: key.clone() };
+        let Ok(rx) = engine.query(query).await else {
+            return;
+        };
+        self.pending = true;
+        let back = back.clone();
+        tokio::spawn(async move {
+            let answer = rx.await.unwrap_or_else(|_| Err(stopped()));
+            let _ = back.send(Back::Detail(key, answer));
+        });
+    }
+}
+
+fn stopped() -> CommandError {
+    CommandError::unavailable("the engine stopped before answering")
+}
+
+/// Sends `cmd` as this console's operator; its reply comes back on `back`.
+async fn send<L: Link>(
+    engine: &L,
+    cmd: Command,
+    app: &mut App,
+    back: &mpsc::UnboundedSender<Back>,
+) {
+    let request = Request::new(app.actor.clone(), cmd.clone());
+    match engine.send(request).await {
+        Ok(rx) => {
+            let back = back.clone();
+            tokio::spawn(async move {
+                let reply = rx.await.unwrap_or_else(|_| Err(stopped()));
+                let _ = back.send(Back::Reply(cmd, reply));
+            });
+        }
+        Err(_) => {
+            app.flash = Some("the engine is not running; the command was not sent".into());
+        }
     }
 }

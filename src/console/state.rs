@@ -1,17 +1,20 @@
 //! Console state and its one `update` path. Rendering reads this; only `update`
 //! changes it, and it never does I/O: what should reach the engine comes back as a
-//! [`Command`] for the caller to send.
+//! [`Command`] for the caller to send, and the engine's replies and query answers come
+//! in through [`App::on_reply`] and [`App::on_detail`]. Per-operator state — the flash
+//! line, the selection, the open invoice's detail — lives here, never in the engine.
 
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent};
 
-use super::command::{CacheScope, Command};
 use super::keymap::{self, Action};
 use super::theme::Theme;
 use crate::protocol::{
-    AuditEntry, FaultPatch, InvoiceRecord, MAX_SILENCE_SECS, SandboxFaults, Snapshot,
-    State as BreakerState, Status as InvoiceStatus, check_threshold, operator,
+    AlertMatcher, Answer, AuditEntry, BreakerAction, CacheScope, Command, CommandError, FaultPatch,
+    InvoiceDetail, InvoiceRecord, MAX_SILENCE_SECS, Pipeline, QueryReply, Reply, SandboxFaults,
+    Service, Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange,
+    check_threshold, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -246,7 +249,9 @@ pub struct App {
     /// Events: the filter typed after `/`.
     pub events_filter: String,
     pub show_payload: bool,
-    last_notice: u64,
+    /// The open invoice's record and history, as the engine last answered the query
+    /// for it (shown only while that invoice is the selected one).
+    pub detail: Option<InvoiceDetail>,
 }
 
 impl App {
@@ -277,7 +282,7 @@ impl App {
             search_open: false,
             events_filter: String::new(),
             show_payload: false,
-            last_notice: 0,
+            detail: None,
         }
     }
 
@@ -336,11 +341,41 @@ impl App {
             .map(|r| r.stripe_id.clone())
     }
 
-    /// Asks the engine for the selected invoice's history.
-    fn focus_selected(&self) -> Option<Command> {
-        Some(Command::FocusInvoice {
-            key: self.selected_invoice(),
-        })
+    /// The invoice whose detail the DIAN screen shows, for the caller to ask the
+    /// engine about (`Query::InvoiceDetail`): the selected one, while that screen is
+    /// open.
+    pub fn detail_wanted(&self) -> Option<String> {
+        (self.tab == Tab::Dian)
+            .then(|| self.selected_invoice())
+            .flatten()
+    }
+
+    /// The engine's answer to the detail query for `key`; true when the screen changes.
+    /// An invoice that is gone clears the pane; other errors keep what it shows.
+    pub fn on_detail(&mut self, key: &str, reply: QueryReply) -> bool {
+        let is_key = |d: &InvoiceDetail| d.record.stripe_id == key || d.record.number == key;
+        let detail = match reply {
+            Ok(Answer::InvoiceDetail(d)) if is_key(&d) => Some(*d),
+            Err(CommandError::NotFound { .. }) if self.detail.as_ref().is_some_and(is_key) => None,
+            _ => return false,
+        };
+        if self.detail == detail {
+            return false;
+        }
+        self.detail = detail;
+        true
+    }
+
+    /// The engine's reply to a command this console sent: the flash line says what
+    /// happened (the reply to a quit is not shown: the drain message stays).
+    pub fn on_reply(&mut self, command: &Command, reply: Reply) {
+        if matches!(command, Command::Shutdown {}) {
+            return;
+        }
+        self.flash = Some(match reply {
+            Ok(outcome) => outcome.message,
+            Err(e) => format!("refused: {e}"),
+        });
     }
 
     fn on_search_key(&mut self, key: KeyEvent) -> Option<Command> {
@@ -367,7 +402,7 @@ impl App {
             return None;
         }
         self.dian_row = 0;
-        self.focus_selected()
+        None
     }
 
     /// The Events rows after the filter: every word of it must appear in the entry's
@@ -475,9 +510,8 @@ impl App {
                     self.prompt = None;
                     self.flash = Some(format!("silencing {matcher}…"));
                     Some(Command::SilenceAlerts {
-                        matcher,
+                        matcher: AlertMatcher::Prefix(matcher),
                         secs,
-                        actor: self.actor.clone(),
                     })
                 }
                 Err(why) => {
@@ -534,16 +568,7 @@ impl App {
             self.events_offset =
                 (self.events_offset + arrived).min(s.audit.len().saturating_sub(1));
         }
-        if s.notice.seq != self.last_notice {
-            self.last_notice = s.notice.seq;
-            if s.notice.seq > 0 {
-                self.flash = Some(if s.notice.ok {
-                    s.notice.message.clone()
-                } else {
-                    format!("refused: {}", s.notice.message)
-                });
-            }
-        } else if s.catalog.paused != self.snapshot.catalog.paused {
+        if s.catalog.paused != self.snapshot.catalog.paused {
             self.flash = Some(if s.catalog.paused {
                 "catalog pipeline paused — p resumes".into()
             } else {
@@ -600,10 +625,7 @@ impl App {
                     Action::GoTab(t) => t,
                     _ => self.tab,
                 };
-                // The DIAN queue opens with the selected invoice's history loaded.
-                if self.tab == Tab::Dian {
-                    return self.focus_selected();
-                }
+                // (The DIAN queue's detail is asked for by the caller: `detail_wanted`.)
             }
             Action::Help => self.help = true,
             Action::Back => {}
@@ -620,13 +642,13 @@ impl App {
                 });
             }
             Action::TogglePause => {
-                let actor = self.actor.clone();
+                let pipeline = Pipeline::Catalog;
                 return Some(if self.snapshot.catalog.paused {
                     self.flash = Some("resuming catalog pipeline…".into());
-                    Command::ResumeCatalog { actor }
+                    Command::Resume { pipeline }
                 } else {
                     self.flash = Some("pausing catalog pipeline (in-flight work finishes)…".into());
-                    Command::PauseCatalog { actor }
+                    Command::Pause { pipeline }
                 });
             }
             Action::ForceOpen => circuit(self, Some(BreakerState::ForcedOpen)),
@@ -648,8 +670,7 @@ impl App {
                     return None;
                 };
                 return Some(Command::AckAlerts {
-                    matcher: id,
-                    actor: self.actor.clone(),
+                    matcher: AlertMatcher::Prefix(id),
                 });
             }
             Action::SilenceAlert => {
@@ -700,10 +721,7 @@ impl App {
                     return None;
                 };
                 self.flash = Some("retrying…".into());
-                return Some(Command::RetryInvoice {
-                    key: id,
-                    actor: self.actor.clone(),
-                });
+                return Some(Command::RetryInvoice { key: id });
             }
             Action::RetryFailed => {
                 let count = self.snapshot.compliance.counts.get(InvoiceStatus::Failed);
@@ -724,34 +742,27 @@ impl App {
                         .and_then(|i| all.get(i + 1).copied()),
                 };
                 self.dian_row = 0;
-                return self.focus_selected();
             }
             Action::Search => self.search_open = true,
             Action::TogglePayload => self.show_payload = !self.show_payload,
             Action::Up if self.tab == Tab::Dian => {
                 self.dian_row = self.dian_row.saturating_sub(1);
-                return self.focus_selected();
             }
             Action::Down if self.tab == Tab::Dian => {
                 self.dian_row = (self.dian_row + 1).min(self.dian_rows().len().saturating_sub(1));
-                return self.focus_selected();
             }
             Action::PageUp if self.tab == Tab::Dian => {
                 self.dian_row = self.dian_row.saturating_sub(page);
-                return self.focus_selected();
             }
             Action::PageDown if self.tab == Tab::Dian => {
                 self.dian_row =
                     (self.dian_row + page).min(self.dian_rows().len().saturating_sub(1));
-                return self.focus_selected();
             }
             Action::Top if self.tab == Tab::Dian => {
                 self.dian_row = 0;
-                return self.focus_selected();
             }
             Action::Bottom if self.tab == Tab::Dian => {
                 self.dian_row = self.dian_rows().len().saturating_sub(1);
-                return self.focus_selected();
             }
             Action::Up if self.tab == Tab::Alerts => {
                 self.alert_row = self.alert_row.saturating_sub(1)
@@ -833,43 +844,46 @@ impl App {
             }
             KeyCode::Enter | KeyCode::Char('y') => {
                 self.confirm = None;
-                let actor = self.actor.clone();
                 match confirm {
                     Confirm::Quit => {
                         self.quitting = true;
                         self.frozen = false;
                         self.flash = Some("draining in-flight work…".into());
-                        Some(Command::Shutdown)
+                        Some(Command::Shutdown {})
                     }
-                    Confirm::Breaker { service, to: None } => {
-                        Some(Command::ResetBreaker { service, actor })
+                    Confirm::Breaker { service, to } => {
+                        let Ok(service) = service.parse::<Service>() else {
+                            self.flash = Some(format!("no circuit named {service:?}"));
+                            return None;
+                        };
+                        let action = match to {
+                            None => BreakerAction::Reset,
+                            Some(BreakerState::ForcedOpen) => BreakerAction::ForceOpen,
+                            Some(BreakerState::Disabled) => BreakerAction::Disable,
+                            Some(BreakerState::MetricsOnly) => BreakerAction::MetricsOnly,
+                            Some(_) => BreakerAction::Close,
+                        };
+                        Some(Command::Breaker { service, action })
                     }
-                    Confirm::Breaker {
-                        service,
-                        to: Some(state),
-                    } => Some(Command::SetBreaker {
-                        service,
-                        state,
-                        actor,
-                    }),
-                    Confirm::RetryFailed { .. } => Some(Command::RetryFailedInvoices { actor }),
+                    Confirm::RetryFailed { .. } => Some(Command::RetryFailed {}),
                     Confirm::InvalidateCache { scope, .. } => {
                         self.flash = Some("invalidating…".into());
-                        Some(Command::InvalidateCache { scope, actor })
+                        Some(Command::InvalidateCache { scope })
                     }
                     Confirm::Thresholds { changes, .. } => {
                         self.staged.clear();
                         self.flash = Some("applying thresholds…".into());
                         Some(Command::SetThresholds {
-                            changes: changes.into_iter().map(|(n, _, v)| (n, v)).collect(),
-                            actor,
+                            changes: changes
+                                .into_iter()
+                                .map(|(n, _, v)| ThresholdChange::new(n, v))
+                                .collect(),
                         })
                     }
-                    Confirm::Bounds { min, max } => Some(Command::SetWorkerBounds {
-                        pipeline: "catalog".into(),
+                    Confirm::Bounds { min, max } => Some(Command::WorkerBounds {
+                        pipeline: Pipeline::Catalog,
                         min,
                         max,
-                        actor,
                     }),
                 }
             }

@@ -904,15 +904,16 @@ impl Compliance {
         }
     }
 
+    /// An invoice by Stripe id, DIAN number or CUFE.
+    pub fn find(&self, key: &str) -> Result<InvoiceRecord, CommandError> {
+        find_invoice(&self.store, key)
+    }
+
     /// An operator's retry of one invoice (FAILED, REJECTED or RETRY): a document
-    /// already at Alegra is read first, otherwise it is sent afresh. Audited.
-    pub fn retry(&self, key: &str, actor: &str) -> Result<String, String> {
-        let rec = self
-            .store
-            .invoice(key)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no invoice {key:?}"))?;
-        let result = retry_audited(&self.store, &rec, actor);
+    /// already at Alegra is read first, otherwise it is sent afresh. (The engine's
+    /// command wrapper audits it.)
+    pub fn retry(&self, rec: &InvoiceRecord, actor: &str) -> Result<Outcome, CommandError> {
+        let result = operator_retry(&self.store, rec, actor);
         self.changed();
         result
     }
@@ -924,23 +925,43 @@ impl Compliance {
             .map_or(0, |v| v.len())
     }
 
-    /// Retries every FAILED invoice. Audited once, with the count.
-    pub fn retry_failed(&self, actor: &str) -> Result<String, String> {
-        let line = retry_all_failed(&self.store, actor)?;
+    /// Retries every FAILED invoice. (The engine's command wrapper audits it.)
+    pub fn retry_failed(&self, actor: &str) -> Result<Outcome, CommandError> {
+        let outcome = retry_each_failed(&self.store, actor)?;
         self.changed();
-        Ok(line)
+        Ok(outcome)
     }
+}
+
+// Operator commands on the DIAN queue (kept together, apart from the pipeline above).
+use super::commands::audit_command;
+use crate::protocol::{Command, CommandError, Outcome};
+
+fn store_error(e: impl std::fmt::Display) -> CommandError {
+    CommandError::unavailable(format!("the store: {e}"))
+}
+
+/// An invoice by Stripe id, DIAN number or CUFE; [`CommandError::NotFound`] if none.
+pub fn find_invoice(store: &Store, key: &str) -> Result<InvoiceRecord, CommandError> {
+    store
+        .invoice(key)
+        .map_err(store_error)?
+        .ok_or_else(|| CommandError::not_found(format!("invoice {key:?}")))
 }
 
 /// An operator's retry of `rec` (FAILED, REJECTED or RETRY), written to the store (the
 /// engine, running or next started, acts on it): a document already at Alegra is read
 /// first, otherwise it is sent afresh; the schedule starts again.
-pub fn operator_retry(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
+pub fn operator_retry(
+    store: &Store,
+    rec: &InvoiceRecord,
+    actor: &str,
+) -> Result<Outcome, CommandError> {
     if !rec.status.is_retryable_by_operator() {
-        return Err(format!(
+        return Err(CommandError::conflict(format!(
             "it is {}; only FAILED, REJECTED or RETRY invoices are retried",
             rec.status
-        ));
+        )));
     }
     // Read at Alegra first even without a document id: a copy of this store (a restored
     // backup) may not know the document a newer copy sent for this number.
@@ -958,26 +979,31 @@ pub fn operator_retry(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result
                 ..Default::default()
             },
         )
-        .map_err(|e| e.to_string())?;
-    Ok(format!("retrying invoice {} ({how})", rec.number))
+        .map_err(store_error)?;
+    Ok(Outcome::new(format!(
+        "retrying invoice {} ({how})",
+        rec.number
+    )))
 }
 
-/// [`operator_retry`] with its outcome (done or refused) in the audit trail.
-pub fn retry_audited(store: &Store, rec: &InvoiceRecord, actor: &str) -> Result<String, String> {
+/// [`operator_retry`] audited as the engine audits the command `retry <number>` (for
+/// the CLI, acting on the store when no engine runs).
+pub fn retry_audited(
+    store: &Store,
+    rec: &InvoiceRecord,
+    actor: &str,
+) -> Result<Outcome, CommandError> {
     let result = operator_retry(store, rec, actor);
-    let line = match &result {
-        Ok(m) => m.clone(),
-        Err(e) => format!("retry of invoice {} refused: {e}", rec.number),
+    let command = Command::RetryInvoice {
+        key: rec.number.clone(),
     };
-    let _ = store.audit("operator", &rec.number, actor, &line);
+    audit_command(store, &rec.number, actor, &command, &result);
     result
 }
 
-/// Retries every FAILED invoice in `store`; one audit line with the count.
-pub fn retry_all_failed(store: &Store, actor: &str) -> Result<String, String> {
-    let ids = store
-        .invoices_in(Status::Failed)
-        .map_err(|e| e.to_string())?;
+/// Retries every FAILED invoice in `store`; the outcome counts them.
+pub fn retry_each_failed(store: &Store, actor: &str) -> Result<Outcome, CommandError> {
+    let ids = store.invoices_in(Status::Failed).map_err(store_error)?;
     let mut done = 0;
     for id in &ids {
         if let Ok(Some(rec)) = store.invoice(id)
@@ -987,8 +1013,21 @@ pub fn retry_all_failed(store: &Store, actor: &str) -> Result<String, String> {
         }
     }
     let line = format!("retried {done} of {} FAILED invoices", ids.len());
-    let _ = store.audit("operator", "compliance", actor, &line);
-    Ok(line)
+    Ok(Outcome::new(line).with_count(done))
+}
+
+/// [`retry_each_failed`] audited as the engine audits the command `retry-failed` (for
+/// the CLI).
+pub fn retry_all_failed(store: &Store, actor: &str) -> Result<Outcome, CommandError> {
+    let result = retry_each_failed(store, actor);
+    audit_command(
+        store,
+        "compliance",
+        actor,
+        &Command::RetryFailed {},
+        &result,
+    );
+    result
 }
 
 #[cfg(test)]

@@ -1,19 +1,21 @@
 //! The sync engine. Knows nothing of terminals: it is started with a config and returns
-//! an [`EngineHandle`] — commands in; the latest [`Snapshot`] (a `watch`, republished
-//! only when something changed) and a broadcast of discrete events out. Every change an
-//! operator makes arrives as a [`Command`], so it is audited the same way from the
-//! console, the HTTP API or an attached console.
+//! an [`EngineHandle`] — commands and queries in (each answered to its sender); the
+//! latest [`Snapshot`] (a `watch`, republished only when something changed) and a
+//! broadcast of discrete events out. Every change an operator makes arrives as a
+//! [`crate::protocol::Request`], so it is validated and audited the same way from the
+//! console, the HTTP API or an attached console (see [`commands`]).
 
 pub mod catalog;
+pub mod commands;
 pub mod compliance;
 pub mod housekeeping;
 pub mod ingest;
 pub mod item;
 
 pub use crate::protocol::{
-    CatalogView, ComplianceView, EngineEvent, InvoiceDetail, MAX_SILENCE_SECS, Mode, Notice,
-    Operation, Snapshot, operator,
+    CatalogView, ComplianceView, EngineEvent, MAX_SILENCE_SECS, Mode, Operation, Snapshot, operator,
 };
+pub use commands::Commands;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,107 +28,14 @@ use crate::compliance::machine::Status;
 use crate::config::{Config, Secret};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
+use crate::protocol::Recommendation;
 use crate::resilience::{Downstream, DownstreamView, SharedClock, State as BreakerState};
 use crate::store::{AuditEntry, CatalogCounts, DataDirLock, Store};
 use catalog::{Catalog, CatalogSettings};
 
-#[derive(Debug)]
-pub enum Command {
-    PauseCatalog {
-        actor: String,
-    },
-    ResumeCatalog {
-        actor: String,
-    },
-    /// An operator's breaker state: CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY.
-    SetBreaker {
-        service: String,
-        state: BreakerState,
-        actor: String,
-    },
-    /// CLOSED with empty metrics and the initial wait.
-    ResetBreaker {
-        service: String,
-        actor: String,
-    },
-    SetWorkerBounds {
-        pipeline: String,
-        min: u32,
-        max: u32,
-        actor: String,
-    },
-    PauseCompliance {
-        actor: String,
-    },
-    ResumeCompliance {
-        actor: String,
-    },
-    /// Send one invoice again (by Stripe id, DIAN number or CUFE).
-    RetryInvoice {
-        key: String,
-        actor: String,
-    },
-    /// Send every FAILED invoice again.
-    RetryFailedInvoices {
-        actor: String,
-    },
-    /// The invoice whose full history the snapshot carries (None: none).
-    FocusInvoice {
-        key: Option<String>,
-    },
-    /// Acknowledges the alerts whose id starts with `matcher`.
-    AckAlerts {
-        matcher: String,
-        actor: String,
-    },
-    /// Mutes the alerts whose id starts with `matcher` for `secs` seconds.
-    SilenceAlerts {
-        matcher: String,
-        secs: u64,
-        actor: String,
-    },
-    /// Sets thresholds (all or nothing) and saves them to the config file.
-    SetThresholds {
-        changes: Vec<(String, f64)>,
-        actor: String,
-    },
-    /// Drops cached QuickBooks lookups.
-    InvalidateCache {
-        scope: CacheScope,
-        actor: String,
-    },
-    /// Runs `command` and answers its result (for the HTTP API).
-    Reply {
-        command: Box<Command>,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// Stop claiming work, finish what is in flight, then stop.
-    Shutdown,
-}
-
-/// Which cache entries to drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CacheScope {
-    All,
-    Key(String),
-    /// `*` globs; without one, a prefix.
-    Pattern(String),
-    Tag(String),
-}
-
-impl std::fmt::Display for CacheScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheScope::All => f.write_str("all entries"),
-            CacheScope::Key(k) => write!(f, "key {k:?}"),
-            CacheScope::Pattern(p) => write!(f, "pattern {p:?}"),
-            CacheScope::Tag(t) => write!(f, "tag {t:?}"),
-        }
-    }
-}
-
 pub struct EngineHandle {
-    pub commands: mpsc::Sender<Command>,
+    /// Commands and queries, each answered to whoever sent it.
+    pub commands: Commands,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub events: broadcast::Sender<EngineEvent>,
     pub server_addr: std::net::SocketAddr,
@@ -138,7 +47,7 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Asks the engine to drain and stop, and waits until it has.
     pub async fn shutdown(&mut self) {
-        let _ = self.commands.send(Command::Shutdown).await;
+        self.commands.stop().await;
         self.wait().await;
     }
 
@@ -312,7 +221,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let webhook_secret: Secret =
         required(&cfg.stripe.webhook_secret, "stripe.webhook_secret")?.clone();
 
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<commands::Message>(64);
+    let cmd_tx = Commands::new(cmd_tx);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (events_tx, _) = broadcast::channel(1024);
     let server_addr = opts.listener.local_addr()?;
@@ -449,7 +359,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     )?;
 
     let events = events_tx.clone();
-    let ctx = Ctx {
+    let ctx = commands::Ctx {
         catalog: catalog.clone(),
         compliance: compliance.clone(),
         downstreams: downstreams.clone(),
@@ -460,30 +370,33 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         loop {
             tokio::select! {
                 _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
-                cmd = cmd_rx.recv() => {
-                    // A command from the API carries where its answer goes.
-                    let (cmd, reply) = match cmd {
-                        Some(Command::Reply { command, reply }) => (Some(*command), Some(reply)),
-                        other => (other, None),
-                    };
-                    match cmd {
-                        None | Some(Command::Shutdown) => {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Ok("draining and stopping".into()));
-                            }
+                msg = cmd_rx.recv() => match msg {
+                    None | Some(commands::Message::Shutdown) => break,
+                    Some(commands::Message::Request { request, reply }) => {
+                        let stop = matches!(request.command, crate::protocol::Command::Shutdown {});
+                        let r = ctx.run(&mut publisher, request);
+                        // Published before the answer: a read right after it sees the
+                        // change.
+                        publisher.publish(&snap_tx, &events_tx, false);
+                        let stopping = stop && r.is_ok();
+                        let _ = reply.send(r);
+                        if stopping {
                             break;
                         }
-                        Some(cmd) => {
-                            let r = ctx.execute(&mut publisher, cmd);
-                            if let Some(reply) = reply {
-                                // Published before the answer: a read right after it sees
-                                // the change.
-                                publisher.publish(&snap_tx, &events_tx, false);
-                                let _ = reply.send(r.unwrap_or_else(|| Ok(String::new())));
-                            }
-                        }
                     }
-                }
+                    Some(commands::Message::Query { query, reply }) => {
+                        // Answered off the loop: it reads the store.
+                        let c = ctx.compliance.clone();
+                        tokio::spawn(async move {
+                            let answer = tokio::task::spawn_blocking(move || {
+                                commands::answer(c.as_deref(), query)
+                            })
+                            .await
+                            .unwrap_or_else(|_| Err(commands::stopping()));
+                            let _ = reply.send(answer);
+                        });
+                    }
+                },
             }
             publisher.publish(&snap_tx, &events_tx, false);
         }
@@ -526,116 +439,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     })
 }
 
-/// What commands act on.
-struct Ctx {
-    catalog: Arc<Catalog>,
-    compliance: Option<Arc<compliance::Compliance>>,
-    downstreams: Vec<Arc<Downstream>>,
-}
-
+/// Why a compliance command or query is refused when `[alegra]` is not configured.
 pub const COMPLIANCE_OFF: &str = "the compliance pipeline is off ([alegra] base_url not set)";
-
-impl Ctx {
-    /// Runs one command; its result is also the console's flash line.
-    fn execute(&self, publisher: &mut Publisher, cmd: Command) -> Option<Result<String, String>> {
-        let store = &self.catalog.store;
-        let r = match cmd {
-            Command::PauseCatalog { actor } => apply_pause(&self.catalog, true, &actor),
-            Command::ResumeCatalog { actor } => apply_pause(&self.catalog, false, &actor),
-            Command::SetBreaker {
-                service,
-                state,
-                actor,
-            } => apply_breaker(&self.downstreams, store, &service, Some(state), &actor),
-            Command::ResetBreaker { service, actor } => {
-                apply_breaker(&self.downstreams, store, &service, None, &actor)
-            }
-            Command::SetWorkerBounds {
-                pipeline,
-                min,
-                max,
-                actor,
-            } => apply_bounds(&self.catalog, &pipeline, min, max, &actor),
-            Command::PauseCompliance { actor } => {
-                apply_compliance_pause(self.compliance.as_deref(), store, true, &actor)
-            }
-            Command::ResumeCompliance { actor } => {
-                apply_compliance_pause(self.compliance.as_deref(), store, false, &actor)
-            }
-            Command::RetryInvoice { key, actor } => match &self.compliance {
-                Some(c) => c.retry(&key, &actor),
-                None => Err(COMPLIANCE_OFF.into()),
-            },
-            Command::RetryFailedInvoices { actor } => match &self.compliance {
-                Some(c) => c.retry_failed(&actor),
-                None => Err(COMPLIANCE_OFF.into()),
-            },
-            Command::FocusInvoice { key } => {
-                publisher.focus = key;
-                return None;
-            }
-            Command::AckAlerts { matcher, actor } => {
-                let n = publisher.telemetry.alerts.acknowledge(&matcher, &actor);
-                let r = if n == 0 {
-                    Err(format!("no unacknowledged alert matches {matcher:?}"))
-                } else {
-                    Ok(format!("acknowledged {n} alert(s) matching {matcher:?}"))
-                };
-                audit_result(store, "operator", "alerts", &actor, &r);
-                r
-            }
-            Command::SilenceAlerts {
-                matcher,
-                secs,
-                actor,
-            } => {
-                let until = (1..=MAX_SILENCE_SECS)
-                    .contains(&secs)
-                    .then(|| store.now_ms().checked_add(secs as i64 * 1000))
-                    .flatten();
-                let r = match until {
-                    Some(until) => {
-                        publisher.telemetry.alerts.silence(&matcher, until, &actor);
-                        Ok(format!(
-                            "silenced alerts matching {:?} for {}",
-                            if matcher.is_empty() { "*" } else { &matcher },
-                            human_secs(secs)
-                        ))
-                    }
-                    None => Err(format!(
-                        "a silence lasts 1 s to {} (asked {secs} s)",
-                        human_secs(MAX_SILENCE_SECS)
-                    )),
-                };
-                audit_result(store, "operator", "alerts", &actor, &r);
-                r
-            }
-            Command::SetThresholds { changes, actor } => {
-                let r = publisher.set_thresholds(&changes);
-                audit_result(store, "operator", "thresholds", &actor, &r);
-                r
-            }
-            Command::InvalidateCache { scope, actor } => {
-                let mut c = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
-                let n = match &scope {
-                    CacheScope::All => c.clear(),
-                    CacheScope::Key(k) => c.invalidate_key(k),
-                    CacheScope::Pattern(p) => c.invalidate_pattern(p),
-                    CacheScope::Tag(t) => c.invalidate_tag(t),
-                };
-                drop(c);
-                let r = Ok(format!("cache: dropped {n} entries ({scope})"));
-                audit_result(store, "operator", "cache", &actor, &r);
-                r
-            }
-            // The loop answers replies and stops on Shutdown.
-            Command::Reply { .. } | Command::Shutdown => return None,
-        };
-        publisher.refresh_view();
-        publisher.notify(r.clone());
-        Some(r)
-    }
-}
 
 /// `90` → "1m30s", `3600` → "1h".
 pub fn human_secs(secs: u64) -> String {
@@ -651,14 +456,6 @@ pub fn human_secs(secs: u64) -> String {
         out.push_str(&format!("{s}s"));
     }
     out
-}
-
-fn audit_result(store: &Store, kind: &str, entity: &str, actor: &str, r: &Result<String, String>) {
-    let line = match r {
-        Ok(m) => m.clone(),
-        Err(e) => format!("refused: {e}"),
-    };
-    let _ = store.audit(kind, entity, actor, &line);
 }
 
 /// Removes audit entries older than `audit.retention_days`, at start and hourly.
@@ -721,107 +518,13 @@ async fn housekeeping_loop(house: housekeeping::Housekeeping, cancel: Cancellati
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 const BACKUP_EVERY: Duration = Duration::from_secs(5);
 
-fn apply_compliance_pause(
-    compliance: Option<&compliance::Compliance>,
-    store: &Store,
-    paused: bool,
-    actor: &str,
-) -> Result<String, String> {
-    let Some(c) = compliance else {
-        return Err("the compliance pipeline is off ([alegra] base_url not set)".into());
-    };
-    c.set_paused(paused);
-    let what = if paused {
-        "paused compliance pipeline (invoices wait; nothing is sent to DIAN)"
-    } else {
-        "resumed compliance pipeline"
-    };
-    let _ = store.audit("operator", "compliance", actor, what);
-    Ok(what.to_owned())
-}
-
-fn apply_pause(catalog: &Catalog, paused: bool, actor: &str) -> Result<String, String> {
-    let what = if paused {
-        "paused catalog pipeline"
-    } else {
-        "resumed catalog pipeline"
-    };
-    let result = catalog.set_paused(paused);
-    let message = match &result {
-        Ok(()) => what.to_owned(),
-        Err(e) => format!("{what}: failed: {e}"),
-    };
-    let _ = catalog.store.audit("operator", "catalog", actor, &message);
-    result.map(|_| what.to_owned()).map_err(|_| message)
-}
-
-/// Sets (or, with `None`, resets) a breaker's state on an operator's word; audited.
-pub fn apply_breaker(
-    downstreams: &[Arc<Downstream>],
-    store: &Store,
-    service: &str,
-    state: Option<BreakerState>,
-    actor: &str,
-) -> Result<String, String> {
-    let Some(d) = downstreams.iter().find(|d| d.name() == service) else {
-        return Err(format!("no circuit named {service:?}"));
-    };
-    let reason = format!("operator {actor}");
-    let result = match state {
-        None => {
-            d.breaker.reset(&reason);
-            Ok(format!("reset circuit {service} (CLOSED, metrics cleared)"))
-        }
-        Some(s @ (BreakerState::Open | BreakerState::HalfOpen)) => Err(format!(
-            "{s} is reached by the breaker itself; an operator may set CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY"
-        )),
-        Some(s) => match d.breaker.transition(s, &reason) {
-            Ok(true) => Ok(format!("circuit {service} set to {s}")),
-            Ok(false) => Ok(format!("circuit {service} already {s}")),
-            Err(e) => Err(e.to_string()),
-        },
-    };
-    let line = match &result {
-        Ok(m) => m.clone(),
-        Err(e) => format!("circuit {service}: refused: {e}"),
-    };
-    let _ = store.audit("operator", service, actor, &line);
-    result
-}
-
-fn apply_bounds(
-    catalog: &Catalog,
-    pipeline: &str,
-    min: u32,
-    max: u32,
-    actor: &str,
-) -> Result<String, String> {
-    let result = if pipeline != "catalog" {
-        Err(format!(
-            "no pipeline named {pipeline:?} has workers to bound"
-        ))
-    } else {
-        catalog
-            .set_worker_bounds(min, max)
-            .map(|_| format!("catalog workers bounded to {min}–{max}"))
-    };
-    let line = match &result {
-        Ok(m) => m.clone(),
-        Err(e) => format!("worker bounds {min}–{max}: refused: {e}"),
-    };
-    let _ = catalog.store.audit("operator", pipeline, actor, &line);
-    result
-}
-
 /// Builds snapshots from the engine's parts and publishes them when they changed.
 struct Publisher {
     catalog: Arc<Catalog>,
     compliance: Option<Arc<compliance::Compliance>>,
-    focus: Option<String>,
-    compliance_key: Option<(u64, Option<String>)>,
+    compliance_key: Option<u64>,
     compliance_cache: ComplianceView,
     downstreams: Vec<Arc<Downstream>>,
-    notice: Notice,
     mode: Mode,
     server_addr: String,
     last_completed: u64,
@@ -861,14 +564,14 @@ const AUDIT_KEPT: usize = 500;
 const INVOICES_SHOWN: usize = 300;
 
 impl Publisher {
-    /// The DIAN queue view. What comes from the store is re-read only when a record or
-    /// the focused invoice changed, not on every publish tick.
+    /// The DIAN queue view. What comes from the store is re-read only when a record
+    /// changed, not on every publish tick.
     fn compliance_view(&mut self) -> ComplianceView {
         let Some(c) = self.compliance.clone() else {
             return ComplianceView::default();
         };
-        let key = (c.version(), self.focus.clone());
-        if self.compliance_key.as_ref() != Some(&key) {
+        let key = c.version();
+        if self.compliance_key != Some(key) {
             self.compliance_cache = self.read_compliance(&c);
             self.compliance_key = Some(key);
         }
@@ -910,21 +613,9 @@ impl Publisher {
                 .cmp(&a.created_at_ms)
                 .then(b.number.cmp(&a.number))
         });
-        let focus = self.focus.as_deref().and_then(|key| {
-            let record = store.invoice(key).ok().flatten()?;
-            let history = store.invoice_history(&record.stripe_id).unwrap_or_default();
-            let payload =
-                serde_json::to_string_pretty(&compliance::alegra_body(&record)).unwrap_or_default();
-            Some(InvoiceDetail {
-                record,
-                history,
-                payload,
-            })
-        });
         ComplianceView {
             counts: store.compliance_counts().unwrap_or_default(),
             invoices,
-            focus,
             ..Default::default()
         }
     }
@@ -963,11 +654,9 @@ impl Publisher {
             ticked: false,
             catalog,
             compliance,
-            focus: None,
             compliance_key: None,
             compliance_cache: ComplianceView::default(),
             downstreams,
-            notice: Notice::default(),
             mode,
             server_addr,
             last_completed: 0,
@@ -1034,14 +723,17 @@ impl Publisher {
                 counts.in_flight
             );
             warnings.push(format!("catalog stalled: {line}"));
-            recommendations.push("catalog: work is waiting and nothing finishes; see Workers and Events for what the workers are doing".into());
+            recommendations.push(Recommendation::new(
+                "catalog",
+                "work is waiting and nothing finishes; the workers' activity and the event log show what they are doing",
+            ));
             notes.push(line);
             score = score.min(40.0);
         }
         checks.push(check("catalog", score, notes));
         let mut problems = Vec::new();
         if let Some(p) = &auth {
-            recommendations.push(format!("quickbooks: {}", p.fix));
+            recommendations.push(Recommendation::new("quickbooks", p.fix));
             problems.push(crate::telemetry::health::Problem {
                 component: "quickbooks".into(),
                 reason: format!(
@@ -1062,7 +754,7 @@ impl Publisher {
                 "writes failing for {}: {err}",
                 human_secs((crate::store::now_ms() - since).max(0) as u64 / 1000)
             ));
-            recommendations.push(format!("store: {STORE_WRITE_FIX}"));
+            recommendations.push(Recommendation::new("store", STORE_WRITE_FIX));
             problems.push(crate::telemetry::health::Problem {
                 component: "store".into(),
                 reason: format!("cannot write to {path}: {err}"),
@@ -1092,7 +784,13 @@ impl Publisher {
                 warnings.push(format!(
                     "{stuck} invoices need an operator (FAILED or REJECTED)"
                 ));
-                recommendations.push("compliance: fix the cause shown in the DIAN tab, then retry the failed invoices (R, or POST /api/v1/compliance/retry-failed)".into());
+                recommendations.push(
+                    Recommendation::new(
+                        "compliance",
+                        "fix the cause shown in each invoice's history, then retry the failed invoices",
+                    )
+                    .with_action(crate::protocol::Command::RetryFailed {}),
+                );
                 score = score.min(60.0);
             }
             match compliance.contingency.phase {
@@ -1304,47 +1002,6 @@ impl Publisher {
         ops
     }
 
-    /// Applies thresholds (all or nothing), saves them to the config file, and
-    /// reconfigures the rules. A file that cannot be written leaves everything as it was.
-    fn set_thresholds(&mut self, changes: &[(String, f64)]) -> Result<String, String> {
-        if changes.is_empty() {
-            return Err("no threshold given".into());
-        }
-        let mut next = self.config.clone();
-        next.set_thresholds(changes)?;
-        let diff: Vec<String> = changes
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k} {} → {v}",
-                    self.config
-                        .threshold(k)
-                        .map_or("?".into(), |o| o.to_string())
-                )
-            })
-            .collect();
-        let saved = match &self.config.source {
-            Some(path) => {
-                crate::config::persist_thresholds(path, changes)
-                    .map_err(|e| format!("not applied: {e:#}"))?;
-                format!("saved to {}", path.display())
-            }
-            None => "not saved: no config file; start with --config FILE to keep them".into(),
-        };
-        self.telemetry
-            .configure(next.alerts.clone(), next.anomaly.clone());
-        self.config = next;
-        Ok(format!("thresholds: {} ({saved})", diff.join(", ")))
-    }
-
-    fn notify(&mut self, result: Result<String, String>) {
-        self.notice = Notice {
-            seq: self.notice.seq + 1,
-            ok: result.is_ok(),
-            message: result.unwrap_or_else(|e| e),
-        };
-    }
-
     fn publish(
         &mut self,
         tx: &watch::Sender<Arc<Snapshot>>,
@@ -1466,7 +1123,6 @@ impl Publisher {
             token_refreshes: self.catalog.qb().tokens().refreshes(),
             draining,
             downstreams,
-            notice: self.notice.clone(),
             telemetry: crate::telemetry::TelemetryView {
                 // Live: an invalidation shows at once, not at the next tick.
                 cache: self

@@ -21,7 +21,6 @@ pub struct ComplianceView {
     pub in_flight: usize,
     /// Alegra's rate window from its last response headers.
     pub window: RateWindow,
-    pub focus: Option<InvoiceDetail>,
     /// DIAN's contingency procedure: probing, outage, restoration.
     pub contingency: ContingencyView,
     /// The records' wall clock, to the second (deadlines count down against it).
@@ -31,6 +30,7 @@ pub struct ComplianceView {
     pub numbering_hold: Option<String>,
 }
 
+/// One invoice in full, the answer to [`Query::InvoiceDetail`](super::Query::InvoiceDetail).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoiceDetail {
     pub record: InvoiceRecord,

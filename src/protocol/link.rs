@@ -1,13 +1,16 @@
-//! How a front-end drives an engine: the latest snapshot, a way to send commands, and
+//! How a front-end drives an engine: the latest snapshot, a way to send commands and
+//! queries (each answered to its sender), and
 //! (in the demo) the sandbox's faults. The in-process engine implements it (`app.rs`);
 //! an attached console will implement it over the network.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
+use super::command::{Query, Reply, Request};
 use super::faults::FaultPatch;
+use super::query::QueryReply;
 use super::snapshot::Snapshot;
 
 /// The engine no longer takes commands (it has stopped).
@@ -24,16 +27,27 @@ impl std::error::Error for Disconnected {}
 
 /// A front-end's connection to one engine.
 ///
-/// Generic over the command type `C` for now: the commands are still the engine's own
-/// (`engine::Command`), which this module may not name, so the console sends its own
-/// command type and the implementation translates. The next step replaces `C` with
-/// `protocol::Command` (see command.rs) and drops the parameter.
-pub trait Link<C>: Send {
+/// Commands and queries are answered to whoever sent them: [`send`](Link::send) hands
+/// the [`Request`] over and returns the receiver its own [`Reply`] arrives on, so two
+/// front-ends (or two commands of one) never see each other's answers. A receiver whose
+/// sender is dropped means the engine stopped before answering.
+pub trait Link: Send {
     /// The latest snapshot; `changed()` fails once the engine has stopped.
     fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>>;
 
-    /// Sends one command; an error when the engine no longer runs.
-    fn send(&self, command: C) -> impl Future<Output = Result<(), Disconnected>> + Send;
+    /// Sends one command; the receiver gets its reply. An error when the engine no
+    /// longer runs (nothing was sent).
+    fn send(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<oneshot::Receiver<Reply>, Disconnected>> + Send;
+
+    /// Asks one query; the receiver gets its answer. An error when the engine no
+    /// longer runs.
+    fn query(
+        &self,
+        query: Query,
+    ) -> impl Future<Output = Result<oneshot::Receiver<QueryReply>, Disconnected>> + Send;
 
     /// Asks the engine to drain and stop, and waits until it has (the console calls it
     /// when it fails, so no engine runs on without anyone watching).

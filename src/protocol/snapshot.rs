@@ -22,7 +22,6 @@ pub struct Snapshot {
     pub draining: bool,
     /// stripe, quickbooks, alegra — in that order.
     pub downstreams: Vec<DownstreamView>,
-    pub notice: Notice,
     pub compliance: ComplianceView,
     /// Series, anomalies, alerts, health, thresholds, cache.
     pub telemetry: TelemetryView,
@@ -38,14 +37,6 @@ pub enum Mode {
     #[default]
     Live,
     Sandbox,
-}
-
-/// The result of the last operator command, for the console's flash line.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Notice {
-    pub seq: u64,
-    pub ok: bool,
-    pub message: String,
 }
 
 /// One operation's latency since start (the profile summary).

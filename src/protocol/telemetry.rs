@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::command::Command;
 use super::wire::{Word, one_of};
 
 /// What the snapshot carries.
@@ -171,6 +172,39 @@ pub struct Silence {
     pub by: String,
 }
 
+/// Something health recommends a person do, as data: the component, why, and — where
+/// one command does it — that command. Each front-end words it its own way (a key
+/// and a screen in the console, a path over HTTP, a line of the grammar for `ctl`);
+/// the engine names none of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// What it is about: `catalog`, `compliance`, `quickbooks`, `store`, `cache`…
+    pub component: String,
+    /// Why, and what to look at or fix, in words that name no front-end.
+    pub reason: String,
+    /// The command that carries it out, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Command>,
+}
+
+impl Recommendation {
+    /// A recommendation without a command.
+    pub fn new(component: impl Into<String>, reason: impl Into<String>) -> Self {
+        Recommendation {
+            component: component.into(),
+            reason: reason.into(),
+            action: None,
+        }
+    }
+
+    /// With the command that carries it out.
+    #[must_use]
+    pub fn with_action(mut self, action: Command) -> Self {
+        self.action = Some(action);
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     pub score: u8,
@@ -181,7 +215,7 @@ pub struct Health {
     pub checks: Vec<Check>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
-    pub recommendations: Vec<String>,
+    pub recommendations: Vec<Recommendation>,
     /// Problems that need a person (see [`Problem`]).
     pub problems: Vec<Problem>,
 }

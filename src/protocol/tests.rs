@@ -99,7 +99,10 @@ fn telemetry() -> TelemetryView {
             }],
             warnings: vec!["w".into()],
             errors: vec!["e".into()],
-            recommendations: vec!["r".into()],
+            recommendations: vec![
+                Recommendation::new("compliance", "r").with_action(Command::RetryFailed {}),
+                Recommendation::new("cache", "raise cache.ttl_secs"),
+            ],
             problems: vec![Problem {
                 component: "quickbooks".into(),
                 reason: "credentials refused".into(),
@@ -234,11 +237,6 @@ fn populated() -> Snapshot {
         token_refreshes: 3,
         draining: true,
         downstreams: vec![downstream()],
-        notice: Notice {
-            seq: 4,
-            ok: false,
-            message: "refused".into(),
-        },
         compliance: ComplianceView {
             enabled: true,
             paused: false,
@@ -257,19 +255,6 @@ fn populated() -> Snapshot {
                 remaining: 12,
                 reset_secs: 30,
             },
-            focus: Some(InvoiceDetail {
-                record: rec,
-                history: vec![HistoryEntry {
-                    at_ms: 1,
-                    from: Some("PENDING".into()),
-                    to: "FALLBACK".into(),
-                    attempt: 1,
-                    code: Some("EPR503".into()),
-                    message: "outage".into(),
-                    actor: "engine".into(),
-                }],
-                payload: "{}".into(),
-            }),
             contingency: ContingencyView {
                 phase: "OUTAGE",
                 failures: 4,
@@ -362,4 +347,27 @@ fn events_thresholds_and_fault_patches_round_trip() {
     };
     let back: FaultPatch = serde_json::from_str(&serde_json::to_string(&patch).unwrap()).unwrap();
     assert_eq!(format!("{back:?}"), format!("{patch:?}"));
+}
+
+#[test]
+fn a_query_answer_round_trips_through_json() {
+    let answer = Answer::InvoiceDetail(Box::new(InvoiceDetail {
+        record: record(),
+        history: vec![HistoryEntry {
+            at_ms: 1,
+            from: Some("PENDING".into()),
+            to: "FALLBACK".into(),
+            attempt: 1,
+            code: Some("EPR503".into()),
+            message: "outage".into(),
+            actor: "engine".into(),
+        }],
+        payload: "{}".into(),
+    }));
+    let json = serde_json::to_string(&answer).unwrap();
+    assert!(json.contains("\"answer\":\"invoice-detail\""), "{json}");
+    assert_eq!(serde_json::from_str::<Answer>(&json).unwrap(), answer);
+    let reply: QueryReply = Err(CommandError::not_found("invoice \"FE-404\""));
+    let json = serde_json::to_string(&reply).unwrap();
+    assert_eq!(serde_json::from_str::<QueryReply>(&json).unwrap(), reply);
 }

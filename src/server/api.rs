@@ -1,26 +1,29 @@
 //! The control API (`/api/v1/…`, DESIGN.md §4). Reads come from the engine's latest
 //! snapshot (or the store, for the audit trail and the DIAN queue); every action is a
-//! [`Command`] sent to the engine and answered with its result, so it is audited
-//! exactly like the same action taken in the console.
+//! [`Request`](crate::protocol::Request) sent to the engine and answered to this caller
+//! with its typed reply, so it is validated and audited exactly like the same action
+//! taken in the console.
 //!
-//! Errors are JSON: `{"error": {"code": "…", "message": "…"}}`.
+//! Errors are JSON: `{"error": {"code": "…", "message": "…"}}` (and `"field"` when a
+//! value is at fault). A refused command answers its [`CommandError`]'s status: 404
+//! not found, 409 conflict, 400 invalid, 403 forbidden, 503 unavailable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::ServerState;
+use super::auth::{Caller, Denied, Quota};
+use crate::config::Role;
+use crate::protocol::{
+    AlertMatcher, BreakerAction, CacheScope, Command, CommandError, Pipeline, Service,
+    ThresholdChange,
+};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
-
-use super::ServerState;
-use super::auth::{Caller, Denied, Quota};
-use crate::config::Role;
-use crate::engine::{CacheScope, Command};
-use crate::resilience::State as BreakerState;
 
 /// Who is calling: the token's name and the client's address, for the audit trail.
 #[derive(Debug, Clone)]
@@ -120,11 +123,11 @@ pub async fn guard(
     };
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     let mut resp = if !reads && caller.role != Role::Operator {
-        error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("token {:?} is a viewer: it may read, not act", caller.name),
-        )
+        // Every action is a command: a viewer's is refused as one (403).
+        command_error(&CommandError::forbidden(format!(
+            "token {:?} is a viewer: it may read, not act",
+            caller.name
+        )))
     } else {
         let who = format!("api:{}@{}", caller.name, addr.ip());
         req.extensions_mut().insert(Actor { caller, who });
@@ -183,38 +186,62 @@ pub async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such API path")
 }
 
-/// Sends a command and answers its result.
-async fn act(st: &ServerState, command: Command) -> Response {
-    let (tx, rx) = oneshot::channel();
-    let sent = st
-        .control
-        .commands
-        .send(Command::Reply {
-            command: Box::new(command),
-            reply: tx,
-        })
-        .await;
-    if sent.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "the engine is stopping",
-        );
-    }
-    match rx.await {
-        Ok(Ok(message)) => axum::Json(json!({ "ok": true, "message": message })).into_response(),
-        Ok(Err(message)) => error(StatusCode::CONFLICT, "refused", message),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "the engine is stopping",
-        ),
+/// A refused command as the API answers it: its status and `{"error": body}`.
+pub fn command_error(e: &CommandError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(json!({ "error": e.body() }))).into_response()
+}
+
+/// Sends a command as `actor` and answers its reply: `{"ok": true, "message": …}` (with
+/// the outcome's other fields), or the typed error.
+async fn act(st: &ServerState, actor: Actor, command: Command) -> Response {
+    let request = crate::protocol::Request::new(actor.who, command);
+    match st.control.commands.request(request).await {
+        Ok(outcome) => {
+            let mut v = json!(outcome);
+            v["ok"] = json!(true);
+            axum::Json(v).into_response()
+        }
+        Err(e) => command_error(&e),
     }
 }
 
 /// A JSON object body (or an empty body, as `{}`).
 fn bad(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// How a command is sent over this API, for recommendations worded for HTTP clients:
+/// `POST /api/v1/compliance/retry-failed`, `POST … {"state": "CLOSED"}`.
+pub fn http_form(command: &Command) -> String {
+    let p = "/api/v1";
+    match command {
+        Command::Pause { pipeline } => format!("POST {p}/pipelines/{pipeline}/pause"),
+        Command::Resume { pipeline } => format!("POST {p}/pipelines/{pipeline}/resume"),
+        Command::Breaker { service, action } => match action.state_name() {
+            Some(state) => {
+                format!("POST {p}/resilience/circuit-breakers/{service} {{\"state\": \"{state}\"}}")
+            }
+            None => format!("syncctl ctl {command}"),
+        },
+        Command::RetryInvoice { key } => {
+            format!("POST {p}/compliance/{}/retry", urlencoding::encode(key))
+        }
+        Command::RetryFailed {} => format!("POST {p}/compliance/retry-failed"),
+        Command::AckAlerts { .. } => format!("POST {p}/alerts/ack"),
+        Command::SilenceAlerts { .. } => format!("POST {p}/alerts/silence"),
+        Command::SetThresholds { .. } => format!("PUT {p}/thresholds"),
+        Command::InvalidateCache { .. } => format!("POST {p}/cache/invalidate"),
+        Command::WorkerBounds { .. } | Command::Shutdown {} => format!("syncctl ctl {command}"),
+    }
+}
+
+/// A health recommendation as a line for HTTP clients: `component: reason (how)`.
+pub fn recommendation_line(r: &crate::protocol::Recommendation) -> String {
+    match &r.action {
+        Some(c) => format!("{}: {} ({})", r.component, r.reason, http_form(c)),
+        None => format!("{}: {}", r.component, r.reason),
+    }
 }
 
 /// A JSON object body (an empty body reads as `{}`); anything else is a JSON 400.
@@ -303,11 +330,11 @@ fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, S
 
 /// The `matcher` of an alerts action: required, an alert id prefix, or `"*"` for
 /// every alert (never by omission or by a value of the wrong type).
-fn matcher(body: &Map<String, Value>) -> Result<String, String> {
+fn matcher(body: &Map<String, Value>) -> Result<AlertMatcher, String> {
     match text_field(body, "matcher")? {
         None => Err("matcher: required (an alert id prefix, or \"*\" for every alert)".into()),
-        Some(m) if m == "*" => Ok(String::new()),
-        Some(m) => Ok(m),
+        Some(m) if m == "*" => Ok(AlertMatcher::All),
+        Some(m) => Ok(AlertMatcher::Prefix(m)),
     }
 }
 
@@ -348,28 +375,21 @@ pub async fn set_breaker(
     if let Err(m) = only(&body, &["state"]) {
         return bad(m);
     }
-    let state = body
+    // The path names a circuit the snapshot lists, so it is a service's word.
+    let Ok(service) = service.parse::<Service>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no circuit named {service:?}"),
+        );
+    };
+    let action = body
         .get("state")
         .and_then(Value::as_str)
-        .and_then(BreakerState::parse);
-    match state {
-        Some(
-            s @ (BreakerState::Closed
-            | BreakerState::ForcedOpen
-            | BreakerState::Disabled
-            | BreakerState::MetricsOnly),
-        ) => {
-            act(
-                &st,
-                Command::SetBreaker {
-                    service,
-                    state: s,
-                    actor: actor.who,
-                },
-            )
-            .await
-        }
-        _ => error(
+        .and_then(BreakerAction::from_state_name);
+    match action {
+        Some(action) => act(&st, actor, Command::Breaker { service, action }).await,
+        None => error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "state: expected \"CLOSED\", \"FORCED_OPEN\", \"DISABLED\" or \"METRICS_ONLY\"",
@@ -472,21 +492,14 @@ pub async fn retry_invoice(
     axum::Extension(actor): axum::Extension<Actor>,
     Path(id): Path<String>,
 ) -> Response {
-    act(
-        &st,
-        Command::RetryInvoice {
-            key: id,
-            actor: actor.who,
-        },
-    )
-    .await
+    act(&st, actor, Command::RetryInvoice { key: id }).await
 }
 
 pub async fn retry_failed(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
-    act(&st, Command::RetryFailedInvoices { actor: actor.who }).await
+    act(&st, actor, Command::RetryFailed {}).await
 }
 
 // ---- pipelines, cache ----
@@ -496,12 +509,14 @@ pub async fn pipeline(
     axum::Extension(actor): axum::Extension<Actor>,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    let actor = actor.who;
-    let cmd = match (name.as_str(), action.as_str()) {
-        ("catalog", "pause") => Command::PauseCatalog { actor },
-        ("catalog", "resume") => Command::ResumeCatalog { actor },
-        ("compliance", "pause") => Command::PauseCompliance { actor },
-        ("compliance", "resume") => Command::ResumeCompliance { actor },
+    let pipeline = match name.as_str() {
+        "catalog" => Some(Pipeline::Catalog),
+        "compliance" => Some(Pipeline::Compliance),
+        _ => None,
+    };
+    let cmd = match (pipeline, action.as_str()) {
+        (Some(pipeline), "pause") => Command::Pause { pipeline },
+        (Some(pipeline), "resume") => Command::Resume { pipeline },
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -510,7 +525,7 @@ pub async fn pipeline(
             );
         }
     };
-    act(&st, cmd).await
+    act(&st, actor, cmd).await
 }
 
 pub async fn invalidate(
@@ -536,14 +551,7 @@ pub async fn invalidate(
             return bad("pattern, tag, key: give one of them, or {} for all");
         }
     };
-    act(
-        &st,
-        Command::InvalidateCache {
-            scope,
-            actor: actor.who,
-        },
-    )
-    .await
+    act(&st, actor, Command::InvalidateCache { scope }).await
 }
 
 // ---- thresholds ----
@@ -578,25 +586,28 @@ pub async fn set_thresholds(
             ));
         };
         if let Err(e) = crate::config::check_threshold(name, v) {
-            return error(StatusCode::BAD_REQUEST, "bad_request", e);
+            // Named by the threshold, as the engine names it.
+            let prefix = format!("{name}: ");
+            let reason = e.strip_prefix(&prefix).unwrap_or(&e);
+            return command_error(&CommandError::invalid(name.clone(), reason));
         }
-        changes.push((name.clone(), v));
+        changes.push(ThresholdChange::new(name.clone(), v));
     }
     let mut full = snapshot(&st).telemetry.thresholds.clone();
     let resp = act(
         &st,
+        actor,
         Command::SetThresholds {
             changes: changes.clone(),
-            actor: actor.who,
         },
     )
     .await;
     if resp.status() != StatusCode::OK {
         return resp;
     }
-    for (k, v) in changes {
-        if let Some(e) = full.iter_mut().find(|(n, _)| *n == k) {
-            e.1 = v;
+    for c in changes {
+        if let Some(e) = full.iter_mut().find(|(n, _)| *n == c.name) {
+            e.1 = c.value;
         }
     }
     axum::Json(thresholds_json(&full)).into_response()
@@ -684,14 +695,7 @@ pub async fn ack_alerts(
         Ok(m) => m,
         Err(m) => return bad(m),
     };
-    act(
-        &st,
-        Command::AckAlerts {
-            matcher,
-            actor: actor.who,
-        },
-    )
-    .await
+    act(&st, actor, Command::AckAlerts { matcher }).await
 }
 
 pub async fn silence_alerts(
@@ -713,15 +717,7 @@ pub async fn silence_alerts(
             crate::engine::MAX_SILENCE_SECS
         ));
     };
-    act(
-        &st,
-        Command::SilenceAlerts {
-            matcher,
-            secs,
-            actor: actor.who,
-        },
-    )
-    .await
+    act(&st, actor, Command::SilenceAlerts { matcher, secs }).await
 }
 
 pub async fn anomalies(State(st): State<ServerState>) -> Response {

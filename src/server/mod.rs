@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
@@ -38,7 +38,7 @@ pub struct ServerState {
 
 /// What the API and the feeds need of the engine.
 pub struct Control {
-    pub commands: mpsc::Sender<crate::engine::Command>,
+    pub commands: crate::engine::Commands,
     pub snapshot: watch::Receiver<Arc<crate::engine::Snapshot>>,
     pub events: broadcast::Sender<crate::engine::EngineEvent>,
     /// Read-only uses: the audit trail and the DIAN queue.
@@ -350,7 +350,15 @@ async fn health(State(state): State<ServerState>) -> Response {
         "checks": h.checks,
         "problems": h.problems,
         "errors": h.errors,
-        "recommendations": h.recommendations,
+        // Worded for HTTP clients; the same as data (component, reason, command) in
+        // `recommended`.
+        "recommendations": h.recommendations.iter().map(api::recommendation_line).collect::<Vec<_>>(),
+        "recommended": h.recommendations.iter().map(|r| json!({
+            "component": r.component,
+            "reason": r.reason,
+            "command": r.action.as_ref().map(ToString::to_string),
+            "action": r.action,
+        })).collect::<Vec<_>>(),
         "queues": {
             "catalog": counts.queued,
             "dian": snap.compliance.enabled.then(|| snap.compliance.counts.waiting()),

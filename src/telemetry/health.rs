@@ -144,7 +144,7 @@ pub fn combine(
     checks: Vec<Check>,
     warnings: Vec<String>,
     errors: Vec<String>,
-    recommendations: Vec<String>,
+    recommendations: Vec<crate::protocol::Recommendation>,
 ) -> Health {
     let score = checks.iter().map(|c| c.score).min().unwrap_or(100);
     let level = Level::of(score);

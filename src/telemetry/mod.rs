@@ -15,6 +15,7 @@ pub mod trace;
 pub use crate::protocol::{Anomaly, Chart, TelemetryView};
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::protocol::{BreakerAction, Command, Recommendation, Service};
 use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
@@ -61,7 +62,7 @@ pub struct Sample {
     pub checks: Vec<Check>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
-    pub recommendations: Vec<String>,
+    pub recommendations: Vec<crate::protocol::Recommendation>,
     /// What needs a person (health lists them; the console shows a banner).
     pub problems: Vec<health::Problem>,
 }
@@ -332,15 +333,27 @@ impl Telemetry {
                     .count();
                 let c = health::downstream(sig, &targets);
                 if matches!(sig.breaker.as_str(), "OPEN" | "FORCED_OPEN") {
-                    recommendations.push(format!(
-                        "{}: the circuit is {}; check the service's status page — the engine tries again after the wait (force CLOSED in Circuits only if you know it is back)",
-                        sig.name, sig.breaker
-                    ));
+                    let r = Recommendation::new(
+                        sig.name.clone(),
+                        format!(
+                            "the circuit is {}; check the service's status page — the engine tries again after the wait (close the circuit only if you know the service is back)",
+                            sig.breaker
+                        ),
+                    );
+                    recommendations.push(match sig.name.parse::<Service>() {
+                        Ok(service) => r.with_action(Command::Breaker {
+                            service,
+                            action: BreakerAction::Close,
+                        }),
+                        Err(_) => r,
+                    });
                 } else if sig.error_rate.is_some_and(|e| e >= targets.error_rate) {
-                    recommendations.push(format!(
-                        "{}: {:.0} % of calls fail; see Events for the errors",
-                        sig.name,
-                        sig.error_rate.unwrap_or(0.0)
+                    recommendations.push(Recommendation::new(
+                        sig.name.clone(),
+                        format!(
+                            "{:.0} % of calls fail; the event log shows the errors",
+                            sig.error_rate.unwrap_or(0.0)
+                        ),
                     ));
                 }
                 c
@@ -349,8 +362,10 @@ impl Telemetry {
         checks.extend(s.checks.iter().cloned());
         if miss_rate.is_some_and(|m| m >= self.alerts_cfg.cache_miss_rate_percent) && lookups >= 20
         {
-            recommendations
-                .push("cache: most lookups miss; raise cache.ttl_secs or cache.max_entries".into());
+            recommendations.push(Recommendation::new(
+                "cache",
+                "most lookups miss; raise cache.ttl_secs or cache.max_entries",
+            ));
         }
         let mut warnings = s.warnings.clone();
         let mut errors = s.errors.clone();

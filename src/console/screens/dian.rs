@@ -219,7 +219,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
 
     // Detail: the selected invoice's history (or payload), once the engine sent it.
-    let focus = c.focus.as_ref().filter(|d| {
+    let focus = app.detail.as_ref().filter(|d| {
         rows.get(selected)
             .is_some_and(|r| r.stripe_id == d.record.stripe_id)
     });

@@ -1,0 +1,394 @@
+//! Operator commands and queries: how a [`Request`] reaches the engine, the one audited
+//! wrapper every command goes through, and what each command does.
+//!
+//! Whoever sends a command (the console's keys, the HTTP API, `syncctl ctl`, an
+//! attached console) gets its own [`Reply`] on its own oneshot: an [`Outcome`] or a
+//! typed [`CommandError`]. Every command is validated ([`Command::validate`]), applied,
+//! and audited as `kind = "operator"`, the actor, the entity it acted on, and a line
+//! `<command text>: <outcome>` or `<command text>: refused: <why>` — the command's
+//! [`Display`](std::fmt::Display) form, the same grammar `:` mode and `ctl` read.
+//! [`audit_command`] writes that line, so a command applied to the store without an
+//! engine (the CLI's `dian retry`) is audited the same way.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::catalog::Catalog;
+use super::compliance::{self, Compliance};
+use super::{COMPLIANCE_OFF, Publisher, human_secs};
+use crate::protocol::{
+    AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, Disconnected,
+    InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service, ThresholdChange,
+    check_threshold,
+};
+use crate::resilience::{Downstream, State as BreakerState};
+use crate::store::Store;
+
+/// What the engine's loop receives: a command or a query with where its answer goes,
+/// or the engine's own request to stop (signals, a failed console), not audited.
+pub(super) enum Message {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Reply>,
+    },
+    Query {
+        query: Query,
+        reply: oneshot::Sender<QueryReply>,
+    },
+    Shutdown,
+}
+
+/// Sends commands and queries to a running engine; cheap to clone (the console's
+/// link, the HTTP API and the tests each hold one).
+#[derive(Clone)]
+pub struct Commands {
+    tx: mpsc::Sender<Message>,
+}
+
+/// The error a command gets when the engine stops before (or instead of) answering.
+pub fn stopping() -> CommandError {
+    CommandError::unavailable("the engine is stopping")
+}
+
+impl Commands {
+    pub(super) fn new(tx: mpsc::Sender<Message>) -> Self {
+        Commands { tx }
+    }
+
+    /// Sends one command; its reply arrives on the receiver (dropped unanswered only
+    /// when the engine stops first).
+    pub async fn send(&self, request: Request) -> Result<oneshot::Receiver<Reply>, Disconnected> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Request { request, reply })
+            .await
+            .map_err(|_| Disconnected)?;
+        Ok(rx)
+    }
+
+    /// Sends one command and waits for its reply.
+    pub async fn request(&self, request: Request) -> Reply {
+        match self.send(request).await {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(stopping())),
+            Err(Disconnected) => Err(stopping()),
+        }
+    }
+
+    /// Asks one query; its answer arrives on the receiver.
+    pub async fn send_query(
+        &self,
+        query: Query,
+    ) -> Result<oneshot::Receiver<QueryReply>, Disconnected> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Query { query, reply })
+            .await
+            .map_err(|_| Disconnected)?;
+        Ok(rx)
+    }
+
+    /// Asks one query and waits for its answer.
+    pub async fn query(&self, query: Query) -> QueryReply {
+        match self.send_query(query).await {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(stopping())),
+            Err(Disconnected) => Err(stopping()),
+        }
+    }
+
+    /// The engine's own stop (a signal, a console that failed): drain, then stop.
+    /// Not an operator command, so not audited as one.
+    pub(super) async fn stop(&self) {
+        let _ = self.tx.send(Message::Shutdown).await;
+    }
+}
+
+/// The audit trail's line for one command and its reply (see the module doc).
+pub fn audit_line(command: &Command, reply: &Reply) -> String {
+    match reply {
+        Ok(o) => format!("{command}: {}", o.message),
+        Err(e) => format!("{command}: refused: {e}"),
+    }
+}
+
+/// Writes one command's audit entry: `operator`, `entity`, `actor`, [`audit_line`].
+pub fn audit_command(store: &Store, entity: &str, actor: &str, command: &Command, reply: &Reply) {
+    let _ = store.audit("operator", entity, actor, &audit_line(command, reply));
+}
+
+/// What a command's audit entry names, before the engine resolves it (a retried
+/// invoice is named by its number once found).
+fn entity(command: &Command) -> String {
+    match command {
+        Command::Pause { pipeline }
+        | Command::Resume { pipeline }
+        | Command::WorkerBounds { pipeline, .. } => pipeline.name().to_owned(),
+        Command::Breaker { service, .. } => service.name().to_owned(),
+        Command::RetryInvoice { key } => key.clone(),
+        Command::RetryFailed {} => "compliance".into(),
+        Command::AckAlerts { .. } | Command::SilenceAlerts { .. } => "alerts".into(),
+        Command::SetThresholds { .. } => "thresholds".into(),
+        Command::InvalidateCache { .. } => "cache".into(),
+        Command::Shutdown {} => "engine".into(),
+    }
+}
+
+/// What commands act on.
+pub(super) struct Ctx {
+    pub catalog: Arc<Catalog>,
+    pub compliance: Option<Arc<Compliance>>,
+    pub downstreams: Vec<Arc<Downstream>>,
+}
+
+impl Ctx {
+    /// The one audited wrapper: validates, applies and audits one request, and returns
+    /// its reply (for whoever sent it).
+    pub fn run(&self, publisher: &mut Publisher, request: Request) -> Reply {
+        let Request { actor, command } = request;
+        let mut entity = entity(&command);
+        let reply = command
+            .validate()
+            .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
+        audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
+        publisher.refresh_view();
+        reply
+    }
+
+    fn compliance(&self) -> Result<&Compliance, CommandError> {
+        self.compliance
+            .as_deref()
+            .ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))
+    }
+
+    fn apply(
+        &self,
+        publisher: &mut Publisher,
+        command: &Command,
+        actor: &str,
+        entity: &mut String,
+    ) -> Reply {
+        let store = &self.catalog.store;
+        match command {
+            Command::Pause { pipeline } => self.pause(*pipeline, true),
+            Command::Resume { pipeline } => self.pause(*pipeline, false),
+            Command::Breaker { service, action } => {
+                apply_breaker(&self.downstreams, *service, *action, actor)
+            }
+            Command::WorkerBounds { pipeline, min, max } => {
+                apply_bounds(&self.catalog, *pipeline, *min, *max)
+            }
+            Command::RetryInvoice { key } => {
+                let c = self.compliance()?;
+                let rec = c.find(key)?;
+                entity.clone_from(&rec.number);
+                c.retry(&rec, actor)
+            }
+            Command::RetryFailed {} => self.compliance()?.retry_failed(actor),
+            Command::AckAlerts { matcher } => {
+                let n = publisher
+                    .telemetry
+                    .alerts
+                    .acknowledge(matcher.prefix(), actor);
+                if n == 0 {
+                    Err(CommandError::conflict(format!(
+                        "no unacknowledged alert matches {:?}",
+                        matcher.prefix()
+                    )))
+                } else {
+                    Ok(Outcome::new(format!(
+                        "acknowledged {n} alert(s) matching {:?}",
+                        matcher.prefix()
+                    ))
+                    .with_count(n as u64))
+                }
+            }
+            Command::SilenceAlerts { matcher, secs } => {
+                let until = i64::try_from(*secs)
+                    .ok()
+                    .and_then(|s| s.checked_mul(1000))
+                    .and_then(|ms| store.now_ms().checked_add(ms))
+                    .ok_or_else(|| CommandError::invalid("duration", "too long"))?;
+                publisher
+                    .telemetry
+                    .alerts
+                    .silence(matcher.prefix(), until, actor);
+                let shown = match matcher {
+                    AlertMatcher::All => "*",
+                    AlertMatcher::Prefix(p) => p,
+                };
+                Ok(Outcome::new(format!(
+                    "silenced alerts matching {shown:?} for {}",
+                    human_secs(*secs)
+                ))
+                .with_until_ms(until))
+            }
+            Command::SetThresholds { changes } => publisher.set_thresholds(changes),
+            Command::InvalidateCache { scope } => {
+                let mut c = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let n = match scope {
+                    CacheScope::All => c.clear(),
+                    CacheScope::Key(k) => c.invalidate_key(k),
+                    CacheScope::Pattern(p) => c.invalidate_pattern(p),
+                    CacheScope::Tag(t) => c.invalidate_tag(t),
+                };
+                drop(c);
+                Ok(
+                    Outcome::new(format!("cache: dropped {n} entries ({scope})"))
+                        .with_count(n as u64),
+                )
+            }
+            // The loop stops once this is answered.
+            Command::Shutdown {} => Ok(Outcome::new("draining and stopping")),
+        }
+    }
+
+    fn pause(&self, pipeline: Pipeline, paused: bool) -> Reply {
+        match pipeline {
+            Pipeline::Catalog => {
+                let was = self.catalog.is_paused();
+                let what = if paused {
+                    "paused catalog pipeline"
+                } else {
+                    "resumed catalog pipeline"
+                };
+                self.catalog
+                    .set_paused(paused)
+                    .map_err(|e| CommandError::unavailable(format!("{what}: failed: {e}")))?;
+                Ok(changed(Outcome::new(what), was != paused))
+            }
+            Pipeline::Compliance => {
+                let c = self.compliance()?;
+                let was = c.is_paused();
+                c.set_paused(paused);
+                let what = if paused {
+                    "paused compliance pipeline (invoices wait; nothing is sent to DIAN)"
+                } else {
+                    "resumed compliance pipeline"
+                };
+                Ok(changed(Outcome::new(what), was != paused))
+            }
+        }
+    }
+}
+
+fn changed(outcome: Outcome, changed: bool) -> Outcome {
+    Outcome { changed, ..outcome }
+}
+
+/// An operator's word on a breaker: a state (CLOSED, FORCED_OPEN, DISABLED,
+/// METRICS_ONLY) or a reset.
+pub fn apply_breaker(
+    downstreams: &[Arc<Downstream>],
+    service: Service,
+    action: BreakerAction,
+    actor: &str,
+) -> Reply {
+    let name = service.name();
+    let Some(d) = downstreams.iter().find(|d| d.name() == name) else {
+        return Err(CommandError::not_found(format!("circuit {name:?}")));
+    };
+    let reason = format!("operator {actor}");
+    let Some(state) = action.state_name().and_then(BreakerState::parse) else {
+        d.breaker.reset(&reason);
+        return Ok(Outcome::new(format!(
+            "reset circuit {name} (CLOSED, metrics cleared)"
+        )));
+    };
+    match d.breaker.transition(state, &reason) {
+        Ok(true) => Ok(Outcome::new(format!("circuit {name} set to {state}"))),
+        Ok(false) => Ok(Outcome::unchanged(format!(
+            "circuit {name} already {state}"
+        ))),
+        Err(e) => Err(CommandError::conflict(e.to_string())),
+    }
+}
+
+fn apply_bounds(catalog: &Catalog, pipeline: Pipeline, min: u32, max: u32) -> Reply {
+    if pipeline != Pipeline::Catalog {
+        return Err(CommandError::invalid(
+            "pipeline",
+            format!("the {pipeline} pipeline has no scaled workers to bound"),
+        ));
+    }
+    let limit = catalog.max_workers();
+    if max as usize > limit {
+        return Err(CommandError::invalid(
+            "max",
+            format!("worker bounds must satisfy 1 ≤ min ≤ max ≤ {limit}"),
+        ));
+    }
+    catalog
+        .set_worker_bounds(min, max)
+        .map_err(CommandError::conflict)?;
+    Ok(Outcome::new(format!(
+        "catalog workers bounded to {min}–{max}"
+    )))
+}
+
+impl Publisher {
+    /// Applies thresholds (all or nothing), saves them to the config file, and
+    /// reconfigures the rules. A file that cannot be written leaves everything as it was.
+    pub(super) fn set_thresholds(&mut self, changes: &[ThresholdChange]) -> Reply {
+        if changes.is_empty() {
+            return Err(CommandError::invalid("changes", "no threshold given"));
+        }
+        for c in changes {
+            check_threshold(&c.name, c.value).map_err(|e| {
+                let prefix = format!("{}: ", c.name);
+                let reason = e.strip_prefix(&prefix).unwrap_or(&e).to_owned();
+                CommandError::invalid(c.name.clone(), reason)
+            })?;
+        }
+        let pairs: Vec<(String, f64)> = changes.iter().map(|c| (c.name.clone(), c.value)).collect();
+        let mut next = self.config.clone();
+        next.set_thresholds(&pairs)
+            .map_err(|e| CommandError::invalid("changes", e))?;
+        let diff: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} → {v}",
+                    self.config
+                        .threshold(k)
+                        .map_or("?".into(), |o| o.to_string())
+                )
+            })
+            .collect();
+        let saved = match &self.config.source {
+            Some(path) => {
+                crate::config::persist_thresholds(path, &pairs)
+                    .map_err(|e| CommandError::unavailable(format!("not applied: {e:#}")))?;
+                format!("saved to {}", path.display())
+            }
+            None => "not saved: no config file; start with --config FILE to keep them".into(),
+        };
+        self.telemetry
+            .configure(next.alerts.clone(), next.anomaly.clone());
+        self.config = next;
+        Ok(
+            Outcome::new(format!("thresholds: {} ({saved})", diff.join(", ")))
+                .with_count(pairs.len() as u64),
+        )
+    }
+}
+
+/// Answers one query (off the engine's loop: it reads the store).
+pub(super) fn answer(compliance: Option<&Compliance>, query: Query) -> QueryReply {
+    match query {
+        Query::InvoiceDetail { key } => {
+            let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
+            let record = c.find(&key)?;
+            let history = c
+                .store
+                .invoice_history(&record.stripe_id)
+                .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?;
+            let payload =
+                serde_json::to_string_pretty(&compliance::alegra_body(&record)).unwrap_or_default();
+            Ok(Answer::InvoiceDetail(Box::new(InvoiceDetail {
+                record,
+                history,
+                payload,
+            })))
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The console drawn on ratatui's TestBackend from a fixed snapshot: each screen at
 //! 80×24 and 120×40 compared with committed text snapshots (regenerate with
-//! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling.
+//! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling — every change
+//! goes through the console's one `update(msg) -> effects` path, as in the run loop.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use ratatui::style::Color;
 use syncctl::console::screens;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
+use syncctl::console::update::{Effect, Msg, update};
 use syncctl::protocol::{
     AlertMatcher, AuditEntry, BreakerAction, CacheScope, CatalogCounts, CatalogView, Command,
     ErrorLine, FullSyncState, Mode, Pipeline, Service, Snapshot, ThresholdChange,
@@ -240,40 +242,40 @@ fn throughput_alerts_and_settings_at_80x24_and_120x40() {
     }
     // The window key cycles 1 min → 5 min → 1 h.
     app.tab = Tab::Throughput;
-    app.on_key(key(KeyCode::Char('w')));
+    press(&mut app, KeyCode::Char('w'));
     assert!(render(&app, 80, 24).0.contains("Items/s · 5 min"));
-    app.on_key(key(KeyCode::Char('w')));
+    press(&mut app, KeyCode::Char('w'));
     assert!(render(&app, 80, 24).0.contains("Items/s · 1 h"));
 }
 
 #[test]
 fn alerts_are_acknowledged_and_silenced_from_the_alerts_screen() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('5')));
+    press(&mut app, KeyCode::Char('5'));
     assert_eq!(app.tab, Tab::Alerts);
     let first = app.selected_alert().expect("an alert");
-    match app.on_key(key(KeyCode::Char('a'))) {
+    match press(&mut app, KeyCode::Char('a')) {
         Some(Command::AckAlerts { matcher }) => {
             assert_eq!(matcher, AlertMatcher::Prefix(first.clone()))
         }
         other => panic!("{other:?}"),
     }
-    assert!(app.on_key(key(KeyCode::Char('z'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('z')).is_none());
     for _ in 0..2 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "soon".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    assert!(app.on_key(key(KeyCode::Enter)).is_none(), "not a duration");
+    assert!(press(&mut app, KeyCode::Enter).is_none(), "not a duration");
     assert!(app.flash.as_deref().unwrap().contains("30m"));
     for _ in 0..4 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "30m".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    match app.on_key(key(KeyCode::Enter)) {
+    match press(&mut app, KeyCode::Enter) {
         Some(Command::SilenceAlerts { matcher, secs }) => {
             assert_eq!((matcher.prefix(), secs), (first.as_str(), 1800))
         }
@@ -284,55 +286,55 @@ fn alerts_are_acknowledged_and_silenced_from_the_alerts_screen() {
 #[test]
 fn a_bad_threshold_is_refused_in_the_console_and_the_old_value_kept() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('8')));
+    press(&mut app, KeyCode::Char('8'));
     assert_eq!(app.tab, Tab::Settings);
     assert_eq!(
         app.selected_setting().unwrap().0,
         "alerts.error_rate_percent"
     );
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     for _ in 0..4 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "250".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(press(&mut app, KeyCode::Enter).is_none());
     let flash = app.flash.clone().unwrap();
     assert!(flash.contains("out of range"), "{flash}");
     assert!(app.prompt.is_some(), "the prompt stays open to fix it");
     assert!(app.staged.is_empty());
-    app.on_key(key(KeyCode::Esc));
+    press(&mut app, KeyCode::Esc);
     // Nothing staged: A says so.
-    assert!(app.on_key(key(KeyCode::Char('A'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('A')).is_none());
     assert!(app.confirm.is_none());
     // A good value is staged, shown as a diff, applied after confirmation.
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     for _ in 0..4 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "12.5".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     assert_eq!(
         app.staged,
         vec![("alerts.error_rate_percent".to_owned(), 12.5)]
     );
     assert!(render(&app, 80, 24).0.contains("→ 12.5"));
-    assert!(app.on_key(key(KeyCode::Char('A'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('A')).is_none());
     let (text, _) = render(&app, 80, 24);
     assert!(
         text.contains("alerts.error_rate_percent: 10 → 12.5"),
         "{text}"
     );
     assert!(
-        app.on_key(key(KeyCode::Enter)).is_none(),
+        press(&mut app, KeyCode::Enter).is_none(),
         "focus starts on Cancel"
     );
     assert_eq!(app.staged.len(), 1, "cancel keeps the staged value");
-    app.on_key(key(KeyCode::Char('A')));
-    match app.on_key(key(KeyCode::Char('y'))) {
+    press(&mut app, KeyCode::Char('A'));
+    match press(&mut app, KeyCode::Char('y')) {
         Some(Command::SetThresholds { changes }) => {
             assert_eq!(
                 changes,
@@ -347,23 +349,23 @@ fn a_bad_threshold_is_refused_in_the_console_and_the_old_value_kept() {
 #[test]
 fn c_invalidates_the_cache_after_a_confirmation() {
     let mut app = app();
-    assert!(app.on_key(key(KeyCode::Char('c'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('c')).is_none());
     assert!(render(&app, 80, 24).0.contains("invalidate cache"));
     for c in "tag:product:prod_9".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(render(&app, 80, 24).0.contains("Invalidate cache: tag"));
-    match app.on_key(key(KeyCode::Char('y'))) {
+    match press(&mut app, KeyCode::Char('y')) {
         Some(Command::InvalidateCache { scope }) => {
             assert_eq!(scope, CacheScope::Tag("product:prod_9".into()))
         }
         other => panic!("{other:?}"),
     }
     // Empty: everything.
-    app.on_key(key(KeyCode::Char('c')));
-    app.on_key(key(KeyCode::Enter));
-    match app.on_key(key(KeyCode::Char('y'))) {
+    press(&mut app, KeyCode::Char('c'));
+    press(&mut app, KeyCode::Enter);
+    match press(&mut app, KeyCode::Char('y')) {
         Some(Command::InvalidateCache { scope }) => assert_eq!(scope, CacheScope::All),
         other => panic!("{other:?}"),
     }
@@ -438,23 +440,56 @@ fn key(c: KeyCode) -> KeyEvent {
     KeyEvent::from(c)
 }
 
+/// Presses a key through `update`; the command it sends to the engine, if any.
+fn press(app: &mut App, c: KeyCode) -> Option<Command> {
+    sent(update(app, Msg::Key(key(c))))
+}
+
+/// The command among `effects`, checked to be sent as this console's operator.
+fn sent(effects: Vec<Effect>) -> Option<Command> {
+    let mut sends = effects.into_iter().filter_map(|e| match e {
+        Effect::Send(request) => Some(request),
+        _ => None,
+    });
+    let request = sends.next()?;
+    assert!(sends.next().is_none(), "one command per message");
+    assert!(!request.actor.is_empty(), "sent as the operator");
+    Some(request.command)
+}
+
+/// The invoices whose detail `effects` ask the engine for.
+fn asks(effects: Vec<Effect>) -> Vec<String> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Ask(syncctl::protocol::Query::InvoiceDetail { key }) => Some(key),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `effects` ask for the frame to be drawn again.
+fn redraws(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| matches!(e, Effect::Redraw { .. }))
+}
+
 #[test]
 fn quit_asks_first_with_focus_on_cancel() {
     let mut app = app();
-    assert!(app.on_key(key(KeyCode::Char('q'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('q')).is_none());
     let (text, _) = render(&app, 80, 24);
     assert!(
         text.contains("Quit syncctl?") && text.contains("[ Cancel ]") && text.contains("[ Quit ]"),
         "{text}"
     );
     // Enter on the default focus (Cancel) does nothing.
-    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none() && !app.quitting);
     // Choosing Quit sends a drain-and-stop.
-    app.on_key(key(KeyCode::Char('q')));
-    app.on_key(key(KeyCode::Right));
+    press(&mut app, KeyCode::Char('q'));
+    press(&mut app, KeyCode::Right);
     assert!(matches!(
-        app.on_key(key(KeyCode::Enter)),
+        press(&mut app, KeyCode::Enter),
         Some(Command::Shutdown {})
     ));
     assert!(app.quitting);
@@ -465,7 +500,7 @@ fn quit_asks_first_with_focus_on_cancel() {
 #[test]
 fn p_pauses_and_resumes_as_the_operator() {
     let mut app = app();
-    match app.on_key(key(KeyCode::Char('p'))) {
+    match press(&mut app, KeyCode::Char('p')) {
         // Sent as this operator: the console wraps it in a Request with its actor.
         Some(Command::Pause {
             pipeline: Pipeline::Catalog,
@@ -474,7 +509,7 @@ fn p_pauses_and_resumes_as_the_operator() {
     }
     let mut paused = snapshot();
     paused.catalog.paused = true;
-    app.on_snapshot(Arc::new(paused));
+    update(&mut app, Msg::Snapshot(Arc::new(paused)));
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("‖ paused"), "{text}");
     assert!(
@@ -482,7 +517,7 @@ fn p_pauses_and_resumes_as_the_operator() {
         "the flash confirms the new state: {text}"
     );
     assert!(matches!(
-        app.on_key(key(KeyCode::Char('p'))),
+        press(&mut app, KeyCode::Char('p')),
         Some(Command::Resume {
             pipeline: Pipeline::Catalog
         })
@@ -495,7 +530,7 @@ fn help_lists_every_binding_from_the_key_table() {
     for tab in Tab::ALL {
         let mut app = app();
         app.tab = tab;
-        app.on_key(key(KeyCode::Char('?')));
+        press(&mut app, KeyCode::Char('?'));
         let (text, _) = render(&app, 120, 40);
         let (small, _) = render(&app, 80, 24);
         for b in syncctl::console::keymap::BINDINGS {
@@ -513,7 +548,7 @@ fn help_lists_every_binding_from_the_key_table() {
             small.contains("any key closes"),
             "{tab:?} at 80×24:\n{small}"
         );
-        app.on_key(key(KeyCode::Char('x')));
+        press(&mut app, KeyCode::Char('x'));
         assert!(!app.help);
     }
 }
@@ -522,8 +557,8 @@ fn help_lists_every_binding_from_the_key_table() {
 fn scrolled_events_stay_put_while_new_ones_arrive() {
     let mut app = app();
     app.tab = Tab::Events;
-    app.on_key(key(KeyCode::Char('j')));
-    app.on_key(key(KeyCode::Char('j')));
+    press(&mut app, KeyCode::Char('j'));
+    press(&mut app, KeyCode::Char('j'));
     let reading = app.snapshot.audit[app.events_offset].id;
     let mut next = snapshot();
     next.audit.insert(
@@ -538,19 +573,19 @@ fn scrolled_events_stay_put_while_new_ones_arrive() {
             message: "new".into(),
         },
     );
-    app.on_snapshot(Arc::new(next));
+    update(&mut app, Msg::Snapshot(Arc::new(next)));
     assert_eq!(app.snapshot.audit[app.events_offset].id, reading);
-    app.on_key(key(KeyCode::Char('g')));
+    press(&mut app, KeyCode::Char('g'));
     assert_eq!(app.events_offset, 0);
 }
 
 #[test]
 fn frozen_display_ignores_new_snapshots() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('f')));
+    press(&mut app, KeyCode::Char('f'));
     let mut next = snapshot();
     next.catalog.counts.synced = 9999;
-    assert!(!app.on_snapshot(Arc::new(next)));
+    assert!(!redraws(&update(&mut app, Msg::Snapshot(Arc::new(next)))));
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("FROZEN") && text.contains("1 234"));
 }
@@ -672,7 +707,7 @@ fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
 #[test]
 fn circuits_at_80x24_and_120x40() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('3')));
+    press(&mut app, KeyCode::Char('3'));
     assert_eq!(app.tab, Tab::Circuits);
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
@@ -681,7 +716,7 @@ fn circuits_at_80x24_and_120x40() {
         assert!(text.contains("in 11s"), "time until half-open:\n{text}");
         check_snapshot(&format!("circuits_{w}x{h}"), &text);
     }
-    app.on_key(key(KeyCode::Down));
+    press(&mut app, KeyCode::Down);
     let (text, _) = render(&app, 120, 40);
     assert!(
         text.contains("failure rate 100% ≥ 50% over 12 calls"),
@@ -696,7 +731,7 @@ fn circuits_at_80x24_and_120x40() {
 #[test]
 fn workers_at_80x24_and_120x40() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('4')));
+    press(&mut app, KeyCode::Char('4'));
     assert_eq!(app.tab, Tab::Workers);
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
@@ -710,20 +745,20 @@ fn workers_at_80x24_and_120x40() {
 #[test]
 fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('3')));
-    app.on_key(key(KeyCode::Down));
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Down);
     assert_eq!(app.selected_service().as_deref(), Some("quickbooks"));
-    assert!(app.on_key(key(KeyCode::Char('o'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('o')).is_none());
     let (text, _) = render(&app, 80, 24);
     assert!(
         text.contains("Set the quickbooks circuit to FORCED_OPEN?"),
         "{text}"
     );
     // Focus starts on Cancel: Enter cancels.
-    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none());
-    app.on_key(key(KeyCode::Char('o')));
-    match app.on_key(key(KeyCode::Char('y'))) {
+    press(&mut app, KeyCode::Char('o'));
+    match press(&mut app, KeyCode::Char('y')) {
         Some(Command::Breaker { service, action }) => {
             assert_eq!(
                 (service, action),
@@ -732,9 +767,9 @@ fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
         }
         other => panic!("{other:?}"),
     }
-    app.on_key(key(KeyCode::Char('x')));
+    press(&mut app, KeyCode::Char('x'));
     assert!(matches!(
-        app.on_key(key(KeyCode::Char('y'))),
+        press(&mut app, KeyCode::Char('y')),
         Some(Command::Breaker {
             action: BreakerAction::Reset,
             ..
@@ -745,31 +780,31 @@ fn forcing_a_circuit_open_asks_first_then_sends_the_command() {
 #[test]
 fn worker_bounds_prompt_validates_and_keeps_the_old_bounds_on_a_typo() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('4')));
-    app.on_key(key(KeyCode::Char('b')));
+    press(&mut app, KeyCode::Char('4'));
+    press(&mut app, KeyCode::Char('b'));
     assert_eq!(app.prompt.as_deref(), Some("1-32"));
     for _ in 0..4 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "9-2".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    assert!(app.on_key(key(KeyCode::Enter)).is_none());
+    assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none(), "invalid bounds are not applied");
     assert!(app.flash.as_deref().unwrap_or("").contains("MIN-MAX"));
     assert!(app.prompt.is_some(), "the prompt stays open to fix it");
     for _ in 0..3 {
-        app.on_key(key(KeyCode::Backspace));
+        press(&mut app, KeyCode::Backspace);
     }
     for c in "2-6".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     assert_eq!(
         app.confirm,
         Some(syncctl::console::state::Confirm::Bounds { min: 2, max: 6 })
     );
-    match app.on_key(key(KeyCode::Char('y'))) {
+    match press(&mut app, KeyCode::Char('y')) {
         Some(Command::WorkerBounds {
             pipeline: Pipeline::Catalog,
             min: 2,
@@ -787,11 +822,14 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
         service: Service::QuickBooks,
         action: BreakerAction::Close,
     };
-    app.on_reply(
-        &cmd,
-        Err(CommandError::conflict(
-            "illegal breaker transition CLOSED → HALF_OPEN",
-        )),
+    update(
+        &mut app,
+        Msg::Reply {
+            command: cmd.clone(),
+            reply: Err(CommandError::conflict(
+                "illegal breaker transition CLOSED → HALF_OPEN",
+            )),
+        },
     );
     assert_eq!(
         app.flash.as_deref(),
@@ -799,18 +837,27 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
     );
     // Snapshots carry no one's replies: a new one leaves the flash line alone.
     app.flash = None;
-    app.on_snapshot(Arc::new(snapshot()));
+    update(&mut app, Msg::Snapshot(Arc::new(snapshot())));
     assert_eq!(app.flash, None);
-    app.on_reply(&cmd, Ok(Outcome::new("circuit quickbooks set to CLOSED")));
+    update(
+        &mut app,
+        Msg::Reply {
+            command: cmd,
+            reply: Ok(Outcome::new("circuit quickbooks set to CLOSED")),
+        },
+    );
     assert_eq!(
         app.flash.as_deref(),
         Some("circuit quickbooks set to CLOSED")
     );
     // The reply to a quit keeps the drain message.
     app.flash = Some("draining in-flight work…".into());
-    app.on_reply(
-        &Command::Shutdown {},
-        Ok(Outcome::new("draining and stopping")),
+    update(
+        &mut app,
+        Msg::Reply {
+            command: Command::Shutdown {},
+            reply: Ok(Outcome::new("draining and stopping")),
+        },
     );
     assert_eq!(app.flash.as_deref(), Some("draining in-flight work…"));
 }
@@ -900,29 +947,29 @@ fn dian_filter_search_and_retry_keys() {
     let mut app = dian_app();
     // `s` filters to the first state; FAILED is the sixth in the cycle.
     for _ in 0..6 {
-        app.on_key(key(KeyCode::Char('s')));
+        press(&mut app, KeyCode::Char('s'));
     }
     assert_eq!(app.dian_rows().len(), 2);
-    app.on_key(key(KeyCode::Char('/')));
+    press(&mut app, KeyCode::Char('/'));
     for c in "0001".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     let rows = app.dian_rows();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].number, "SETP990000001");
-    match app.on_key(key(KeyCode::Char('r'))) {
+    match press(&mut app, KeyCode::Char('r')) {
         Some(Command::RetryInvoice { key }) => assert_eq!(key, "in_00000000000001"),
         other => panic!("expected a retry, got {other:?}"),
     }
     // R previews the count and waits for a confirmation (focus on Cancel).
-    assert!(app.on_key(key(KeyCode::Char('R'))).is_none());
+    assert!(press(&mut app, KeyCode::Char('R')).is_none());
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("Retry 2 FAILED invoices?"), "{text}");
-    assert!(app.on_key(key(KeyCode::Enter)).is_none(), "Enter on Cancel");
-    app.on_key(key(KeyCode::Char('R')));
+    assert!(press(&mut app, KeyCode::Enter).is_none(), "Enter on Cancel");
+    press(&mut app, KeyCode::Char('R'));
     assert!(matches!(
-        app.on_key(key(KeyCode::Char('y'))),
+        press(&mut app, KeyCode::Char('y')),
         Some(Command::RetryFailed {})
     ));
 }
@@ -946,7 +993,7 @@ fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
     };
     s.compliance.invoices[0].status = Status::Fallback;
     s.compliance.invoices[0].contingency = true;
-    app.on_snapshot(Arc::new(s.clone()));
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
     let (text, _) = render(&app, 100, 30);
     assert!(text.contains("⚑ DIAN OUTAGE since"), "{text}");
     assert!(text.contains("next probe 12s"), "{text}");
@@ -963,7 +1010,7 @@ fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
     s.compliance.invoices[0].deadline_at_ms = Some(deadline);
     s.compliance.counts.earliest_deadline_ms = Some(deadline);
     s.compliance.now_ms = now + 65 * 60_000;
-    app.on_snapshot(Arc::new(s.clone()));
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
     let (text, _) = render(&app, 100, 30);
     assert!(text.contains("first deadline in 46h55m"), "{text}");
     assert!(text.contains("DIAN back since"), "{text}");
@@ -971,7 +1018,7 @@ fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
     let (small, _) = render(&app, 80, 24);
     assert!(small.contains("46h55m"), "fits 80×24: {small}");
     s.compliance.now_ms = deadline + 60_000;
-    app.on_snapshot(Arc::new(s));
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
     let (text, _) = render(&app, 100, 30);
     assert!(text.contains("late 1m00s"), "{text}");
 }
@@ -979,11 +1026,11 @@ fn dian_view_shows_an_outage_then_contingency_deadlines_counting_down() {
 #[test]
 fn events_are_filtered_by_the_words_typed_after_slash() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('7')));
+    press(&mut app, KeyCode::Char('7'));
     let all = app.events_rows().len();
-    app.on_key(key(KeyCode::Char('/')));
+    press(&mut app, KeyCode::Char('/'));
     for c in "ANA paused".chars() {
-        app.on_key(key(KeyCode::Char(c)));
+        press(&mut app, KeyCode::Char(c));
     }
     let rows = app.events_rows();
     assert!(
@@ -1000,35 +1047,35 @@ fn events_are_filtered_by_the_words_typed_after_slash() {
         text.contains(&format!("filter: ANA paused▏ · {} of {all}", rows.len())),
         "{text}"
     );
-    app.on_key(key(KeyCode::Enter));
+    press(&mut app, KeyCode::Enter);
     assert!(!app.search_open);
     assert!(render(&app, 80, 24).0.contains("filter: ANA paused ·"));
     // j scrolls within the filtered rows only.
     for _ in 0..50 {
-        app.on_key(key(KeyCode::Char('j')));
+        press(&mut app, KeyCode::Char('j'));
     }
     assert!(app.events_offset < app.events_rows().len());
-    app.on_key(key(KeyCode::Char('/')));
-    app.on_key(key(KeyCode::Esc));
+    press(&mut app, KeyCode::Char('/'));
+    press(&mut app, KeyCode::Esc);
     assert_eq!(app.events_rows().len(), all, "Esc clears the filter");
 }
 
 #[test]
 fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
     let mut app = app();
-    app.on_key(key(KeyCode::Char('5')));
+    press(&mut app, KeyCode::Char('5'));
     let first = app.selected_alert().expect("an alert");
     let mut silence_for = |text: &str| {
-        assert!(app.on_key(key(KeyCode::Char('z'))).is_none());
+        assert!(press(&mut app, KeyCode::Char('z')).is_none());
         for _ in 0..8 {
-            app.on_key(key(KeyCode::Backspace));
+            press(&mut app, KeyCode::Backspace);
         }
         for c in text.chars() {
-            app.on_key(key(KeyCode::Char(c)));
+            press(&mut app, KeyCode::Char(c));
         }
-        let cmd = app.on_key(key(KeyCode::Enter));
+        let cmd = press(&mut app, KeyCode::Enter);
         let flash = app.flash.clone().unwrap_or_default();
-        app.on_key(key(KeyCode::Esc));
+        press(&mut app, KeyCode::Esc);
         (cmd, flash)
     };
     // 213503982334602 days × 86400 wraps a u64 into about 17 hours.
@@ -1057,7 +1104,7 @@ fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
 /// keeps for itself: the snapshot carries no one's focus.
 #[test]
 fn the_dian_detail_is_asked_for_the_selected_invoice_and_shown_when_answered() {
-    use syncctl::protocol::{Answer, CommandError, HistoryEntry, InvoiceDetail};
+    use syncctl::protocol::{Answer, CommandError, HistoryEntry, InvoiceDetail, Query};
     let mut app = dian_app();
     let key = app
         .detail_wanted()
@@ -1084,22 +1131,162 @@ fn the_dian_detail_is_asked_for_the_selected_invoice_and_shown_when_answered() {
         }],
         payload: "{\"numberTemplate\": 1}".into(),
     };
+    // The screen asks for the selected invoice, one query at a time.
+    assert_eq!(asks(update(&mut app, Msg::Tick)), vec![key.clone()]);
+    assert!(
+        asks(update(&mut app, Msg::Tick)).is_empty(),
+        "one at a time"
+    );
+    let answer = |app: &mut App, reply| {
+        let query = Query::InvoiceDetail { key: key.clone() };
+        redraws(&update(app, Msg::Answer { query, reply }))
+    };
     // An answer for another invoice (the selection moved on) is not shown.
     let mut other = detail.clone();
     other.record.stripe_id = "in_elsewhere".into();
     other.record.number = "SETP0".into();
-    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(other)))));
-    assert!(app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail.clone())))));
+    assert!(!answer(
+        &mut app,
+        Ok(Answer::InvoiceDetail(Box::new(other)))
+    ));
+    assert!(answer(
+        &mut app,
+        Ok(Answer::InvoiceDetail(Box::new(detail.clone())))
+    ));
     assert_eq!(app.detail.as_ref(), Some(&detail));
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("DIAN did not answer"), "{text}");
     // The same answer again changes nothing on screen.
-    assert!(!app.on_detail(&key, Ok(Answer::InvoiceDetail(Box::new(detail)))));
+    assert!(!answer(
+        &mut app,
+        Ok(Answer::InvoiceDetail(Box::new(detail)))
+    ));
     // An engine that cannot answer now keeps what is shown; a gone invoice clears it.
-    assert!(!app.on_detail(&key, Err(CommandError::unavailable("stopping"))));
-    assert!(app.on_detail(&key, Err(CommandError::not_found("invoice"))));
+    assert!(!answer(
+        &mut app,
+        Err(CommandError::unavailable("stopping"))
+    ));
+    assert!(answer(&mut app, Err(CommandError::not_found("invoice"))));
     assert!(app.detail.is_none());
+    // Answered, the open invoice is asked about again on the next tick (it moves on).
+    assert_eq!(asks(update(&mut app, Msg::Tick)), vec![key.clone()]);
     // Other screens ask for nothing.
-    app.tab = Tab::Overview;
+    assert!(
+        asks(update(
+            &mut app,
+            Msg::Key(KeyEvent::from(KeyCode::Char('1')))
+        ))
+        .is_empty()
+    );
     assert_eq!(app.detail_wanted(), None);
+    assert!(asks(update(&mut app, Msg::Tick)).is_empty());
+}
+
+/// SIGTERM, SIGHUP and SIGINT take the same path as `q` confirmed, once; after a
+/// hangup there is nothing left to draw on.
+#[test]
+fn a_signal_drains_once_and_a_hangup_stops_drawing() {
+    use syncctl::console::update::Signal;
+    let mut app = app();
+    press(&mut app, KeyCode::Char('q'));
+    assert!(app.confirm.is_some());
+    assert!(matches!(
+        sent(update(&mut app, Msg::Signal(Signal::Terminate))),
+        Some(Command::Shutdown {})
+    ));
+    assert!(app.quitting && app.confirm.is_none() && !app.hung_up);
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("SIGTERM: draining in-flight work…")
+    );
+    // A second signal sends nothing more; a hangup only stops the drawing.
+    assert_eq!(sent(update(&mut app, Msg::Signal(Signal::Hangup))), None);
+    assert!(app.hung_up);
+    assert_eq!(
+        press(&mut app, KeyCode::Char('p')),
+        None,
+        "keys do nothing now"
+    );
+    // The engine drained: the console ends.
+    assert!(matches!(
+        update(&mut app, Msg::EngineStopped).as_slice(),
+        [Effect::Exit]
+    ));
+}
+
+#[test]
+fn a_command_the_engine_cannot_take_is_said_on_the_flash_line() {
+    let mut app = app();
+    let cmd = press(&mut app, KeyCode::Char('p')).expect("a pause");
+    assert!(redraws(&update(&mut app, Msg::NotSent(cmd))));
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("the engine is not running; the command was not sent")
+    );
+}
+
+/// The demo's outage toggle is a fault patch for the run loop to apply; outside the
+/// demo it is refused in words.
+#[test]
+fn the_outage_toggle_patches_the_sandbox_and_says_how_it_went() {
+    use std::sync::Mutex;
+    use syncctl::protocol::{FaultPatch, SandboxFaults};
+    #[derive(Default)]
+    struct Faults(Mutex<bool>);
+    impl SandboxFaults for Faults {
+        fn outage(&self, _: &str) -> Option<bool> {
+            Some(*self.0.lock().unwrap())
+        }
+        fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String> {
+            *self.0.lock().unwrap() = patch.outage.unwrap_or(false);
+            Ok(())
+        }
+    }
+    let outage = |app: &mut App| {
+        update(app, Msg::Key(key(KeyCode::Char('O'))))
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::PatchFaults(patch) => Some(patch),
+                _ => None,
+            })
+    };
+    let mut app = app();
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Down);
+    assert_eq!(outage(&mut app).map(|p| p.service), None);
+    assert!(
+        app.flash
+            .as_deref()
+            .unwrap()
+            .contains("only be simulated in the demo")
+    );
+
+    let faults = Arc::new(Faults::default());
+    let mut app = App::new(Arc::new(snapshot()), Theme::ansi()).with_sandbox(Some(faults.clone()));
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Down);
+    let patch = outage(&mut app).expect("a patch");
+    assert_eq!(
+        (patch.service.as_str(), patch.outage),
+        ("quickbooks", Some(true))
+    );
+    assert!(!*faults.0.lock().unwrap(), "update applies nothing itself");
+    let result = faults.patch_faults(&patch);
+    update(&mut app, Msg::FaultsPatched { patch, result });
+    assert!(
+        app.flash.as_deref().unwrap().contains("quickbooks is DOWN"),
+        "{:?}",
+        app.flash
+    );
+    // Down now: O again restores it.
+    let patch = outage(&mut app).expect("a patch");
+    assert_eq!(patch.outage, Some(false));
+    update(
+        &mut app,
+        Msg::FaultsPatched {
+            patch,
+            result: Err("no such service".into()),
+        },
+    );
+    assert_eq!(app.flash.as_deref(), Some("sandbox: no such service"));
 }

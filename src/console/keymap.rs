@@ -1,9 +1,11 @@
-//! The one table of key bindings. It maps keys to actions, draws the hints bar and
-//! generates the `?` help, so the three can never disagree.
+//! The one table of key bindings: (key, screen) → [`Action`], as data. The same table
+//! feeds `update` (which interprets the action), the hints bar and the `?` help, so the
+//! three can never disagree. Pure: it names screens ([`Tab`]) and nothing else of the
+//! console, and changes nothing.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::state::Tab;
+use super::tab::Tab;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

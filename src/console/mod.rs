@@ -6,13 +6,30 @@
 //! Redraws at once after input; otherwise only when the snapshot changed,
 //! at most `max_fps` times a second, and not at all while nothing changes (what an
 //! operator pays for over SSH). The terminal is restored on exit, error and panic.
+//!
+//! The run loop here turns what happens (keys, resizes, snapshots, replies, answers,
+//! signals) into [`update::Msg`]s, hands each to [`update::update`] — the one place
+//! the console's state changes — and carries out the [`update::Effect`]s it returns
+//! through the [`Link`]. It decides nothing itself but when to draw.
+//!
+//! Who uses whom; no edge runs back up:
+//!
+//! ```text
+//! run loop (this file) ─┬─▶ update ──┬─▶ keymap ─▶ tab
+//!                       │            └─▶ state ──▶ tab, theme
+//!                       └─▶ screens ─┬─▶ chrome ─▶ keymap, state
+//!                                    └─▶ state
+//! ```
 
 pub mod chrome;
 pub mod keymap;
 pub mod screens;
 pub mod state;
+pub mod tab;
 pub mod theme;
+pub mod update;
 
+use std::collections::VecDeque;
 use std::io::{BufWriter, Stdout, Write};
 use std::time::Duration;
 
@@ -25,9 +42,10 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{Command, CommandError, Link, Query, QueryReply, Reply, Request};
+use crate::protocol::{CommandError, Link, Query, Request};
 use state::App;
 use theme::Theme;
+use update::{Effect, Msg, Signal, update};
 
 type Term = Terminal<CrosstermBackend<BufWriter<Stdout>>>;
 
@@ -91,114 +109,77 @@ async fn event_loop<L: Link>(
     mut signals: Signals,
 ) -> anyhow::Result<()> {
     let mut snapshots = engine.snapshots();
-    let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env());
-    app.sandbox = engine.sandbox();
+    let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env())
+        .with_sandbox(engine.sandbox());
     let mut input = EventStream::new();
     let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
     let mut last_draw = Instant::now() - frame_gap;
     let mut dirty = true;
     let mut urgent = true;
-    // After a hangup there is no terminal to draw on or read from: drain quietly.
-    let mut hung_up = false;
-    // Replies to this console's commands and answers to its queries.
-    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Back>();
-    let mut detail = DetailPoll::default();
+    // Replies to this console's commands and answers to its queries, as messages.
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Msg>();
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Messages waiting for `update`: the one just received, then what its effects
+    // bring back at once (a command the engine could not take, the sandbox's answer).
+    let mut inbox = VecDeque::new();
     loop {
-        let wanted = app.detail_wanted();
-        if wanted.is_some() && wanted != detail.asked && !detail.pending {
-            // A newly selected invoice: ask for its detail now.
-            detail.ask(engine, wanted.clone(), &back_tx).await;
-        } else if wanted.is_none() {
-            detail.asked = None;
+        while let Some(msg) = inbox.pop_front() {
+            for effect in update(&mut app, msg) {
+                match effect {
+                    Effect::Send(request) => send(engine, request, &back_tx, &mut inbox).await,
+                    Effect::Ask(query) => ask(engine, query, &back_tx, &mut inbox).await,
+                    Effect::PatchFaults(patch) => {
+                        let result = match &app.sandbox {
+                            Some(sandbox) => sandbox.patch_faults(&patch),
+                            None => Err("no sandbox runs".into()),
+                        };
+                        inbox.push_back(Msg::FaultsPatched { patch, result });
+                    }
+                    Effect::Redraw { urgent: now } => {
+                        dirty = true;
+                        urgent |= now;
+                    }
+                    Effect::Exit => return Ok(()),
+                }
+            }
         }
-        if dirty && !hung_up && (urgent || last_draw.elapsed() >= frame_gap) {
+        // After a hangup there is no terminal to draw on or read from: drain quietly.
+        if dirty && !app.hung_up && (urgent || last_draw.elapsed() >= frame_gap) {
             draw(term, &app)?;
             last_draw = Instant::now();
             dirty = false;
             urgent = false;
         }
         let next_frame = last_draw + frame_gap;
-        tokio::select! {
-            sig = signals.next() => {
-                hung_up |= sig == Stop::Hangup;
-                if !app.quitting {
-                    // The same path as `q` confirmed: stop claiming, drain, exit.
-                    app.quitting = true;
-                    app.confirm = None;
-                    app.prompt = None;
-                    app.frozen = false;
-                    app.flash = Some(format!("{}: draining in-flight work…", sig.name()));
-                    tracing::info!("{}: draining in-flight work", sig.name());
-                    send(engine, Command::Shutdown {}, &mut app, &back_tx).await;
-                }
-                dirty = true;
-                urgent = true;
-            }
-            ev = input.next(), if !hung_up => match ev {
-                Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
-                    if let Some(cmd) = app.on_key(key) {
-                        send(engine, cmd, &mut app, &back_tx).await;
-                    }
-                    dirty = true;
-                    urgent = true;
-                }
-                Some(Ok(Event::Resize(_, _))) => {
-                    term.autoresize()?;
-                    dirty = true;
-                    urgent = true;
-                }
-                Some(Ok(_)) => {}
+        let msg = tokio::select! {
+            signal = signals.next() => Msg::Signal(signal),
+            ev = input.next(), if !app.hung_up => match ev {
+                Some(Ok(event)) => match message(event) {
+                    Some(msg) => msg,
+                    None => continue,
+                },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    // The engine has stopped (drained after a quit, or on its own).
-                    return Ok(());
-                }
-                if app.on_snapshot(snapshots.borrow_and_update().clone()) {
-                    dirty = true;
-                }
-            }
-            Some(back) = back_rx.recv() => match back {
-                Back::Reply(command, reply) => {
-                    app.on_reply(&command, reply);
-                    dirty = true;
-                    urgent = true;
-                }
-                Back::Detail(key, reply) => {
-                    detail.pending = false;
-                    if app.on_detail(&key, reply) {
-                        dirty = true;
-                    }
-                }
+            changed = snapshots.changed() => match changed {
+                Ok(()) => Msg::Snapshot(snapshots.borrow_and_update().clone()),
+                Err(_) => Msg::EngineStopped,
             },
-            _ = poll.tick(), if wanted.is_some() && !app.frozen && !detail.pending => {
-                // The open invoice moves on (a retry, DIAN's answer): ask again.
-                detail.ask(engine, wanted, &back_tx).await;
-            }
-            _ = tokio::time::sleep_until(next_frame), if dirty => {}
-        }
+            Some(msg) = back_rx.recv() => msg,
+            _ = poll.tick(), if app.polls_detail() => Msg::Tick,
+            _ = tokio::time::sleep_until(next_frame), if dirty => continue,
+        };
+        inbox.push_back(msg);
     }
 }
 
-/// A signal that asks the console to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Terminate,
-    Hangup,
-    Interrupt,
-}
-
-impl Stop {
-    fn name(self) -> &'static str {
-        match self {
-            Stop::Terminate => "SIGTERM",
-            Stop::Hangup => "SIGHUP",
-            Stop::Interrupt => "SIGINT",
-        }
+/// The terminal event as a message (`None`: nothing the console acts on).
+fn message(event: Event) -> Option<Msg> {
+    match event {
+        Event::Key(key) if key.kind != KeyEventKind::Release => Some(Msg::Key(key)),
+        Event::Resize(width, height) => Some(Msg::Resize { width, height }),
+        _ => None,
     }
 }
 
@@ -229,58 +210,21 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn next(&mut self) -> Stop {
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             tokio::select! {
-                Some(()) = self.term.recv() => Stop::Terminate,
-                Some(()) = self.hup.recv() => Stop::Hangup,
-                Some(()) = self.int.recv() => Stop::Interrupt,
+                Some(()) = self.term.recv() => Signal::Terminate,
+                Some(()) = self.hup.recv() => Signal::Hangup,
+                Some(()) = self.int.recv() => Signal::Interrupt,
                 else => std::future::pending().await,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            Stop::Interrupt
+            Signal::Interrupt
         }
-    }
-}
-
-/// What comes back to this console: a reply to one of its commands, or the answer to
-/// its detail query for an invoice.
-enum Back {
-    Reply(Command, Reply),
-    Detail(String, QueryReply),
-}
-
-/// The DIAN detail's query: which invoice was last asked for, and whether an answer
-/// is still awaited (one query at a time).
-#[derive(Default)]
-struct DetailPoll {
-    asked: Option<String>,
-    pending: bool,
-}
-
-impl DetailPoll {
-    async fn ask<L: Link>(
-        &mut self,
-        engine: &L,
-        key: Option<String>,
-        back: &mpsc::UnboundedSender<Back>,
-    ) {
-        let Some(key) = key else { return };
-        self.asked = Some(key.clone());
-        let query = Query::InvoiceDetail { key: key.clone() };
-        let Ok(rx) = engine.query(query).await else {
-            return;
-        };
-        self.pending = true;
-        let back = back.clone();
-        tokio::spawn(async move {
-            let answer = rx.await.unwrap_or_else(|_| Err(stopped()));
-            let _ = back.send(Back::Detail(key, answer));
-        });
     }
 }
 
@@ -288,24 +232,46 @@ fn stopped() -> CommandError {
     CommandError::unavailable("the engine stopped before answering")
 }
 
-/// Sends `cmd` as this console's operator; its reply comes back on `back`.
+/// Sends `request`; its reply comes back on `back` (at once in `inbox` when the engine
+/// no longer runs).
 async fn send<L: Link>(
     engine: &L,
-    cmd: Command,
-    app: &mut App,
-    back: &mpsc::UnboundedSender<Back>,
+    request: Request,
+    back: &mpsc::UnboundedSender<Msg>,
+    inbox: &mut VecDeque<Msg>,
 ) {
-    let request = Request::new(app.actor.clone(), cmd.clone());
+    let command = request.command.clone();
     match engine.send(request).await {
         Ok(rx) => {
             let back = back.clone();
             tokio::spawn(async move {
                 let reply = rx.await.unwrap_or_else(|_| Err(stopped()));
-                let _ = back.send(Back::Reply(cmd, reply));
+                let _ = back.send(Msg::Reply { command, reply });
             });
         }
-        Err(_) => {
-            app.flash = Some("the engine is not running; the command was not sent".into());
+        Err(_) => inbox.push_back(Msg::NotSent(command)),
+    }
+}
+
+/// Asks `query`; its answer comes back on `back` (at once in `inbox`, as an error,
+/// when the engine no longer runs).
+async fn ask<L: Link>(
+    engine: &L,
+    query: Query,
+    back: &mpsc::UnboundedSender<Msg>,
+    inbox: &mut VecDeque<Msg>,
+) {
+    match engine.query(query.clone()).await {
+        Ok(rx) => {
+            let back = back.clone();
+            tokio::spawn(async move {
+                let reply = rx.await.unwrap_or_else(|_| Err(stopped()));
+                let _ = back.send(Msg::Answer { query, reply });
+            });
         }
+        Err(_) => inbox.push_back(Msg::Answer {
+            query,
+            reply: Err(stopped()),
+        }),
     }
 }

@@ -1,0 +1,738 @@
+//! The one path by which the console's state changes: [`update`] takes a [`Msg`] —
+//! a key, a resize, a tick of the detail clock, a new snapshot, the reply to a command,
+//! the answer to a query, the sandbox's answer, a signal — changes the [`App`], and
+//! returns the [`Effect`]s for the run loop (`console/mod.rs`) to carry out: send a
+//! request, ask a query, patch the sandbox's faults, redraw, exit. It never does I/O
+//! and never waits; what comes back from an effect comes back as another `Msg`.
+//!
+//! ```text
+//!   crossterm / snapshot watch / replies / signals ──Msg──▶ update(&mut App) ──▶ Vec<Effect>
+//!            ▲                                                                       │
+//!            └──────────── the run loop executes each Effect through the Link ◀──────┘
+//! ```
+
+use std::sync::Arc;
+
+use crossterm::event::{KeyCode, KeyEvent};
+
+use super::keymap::{self, Action};
+use super::state::{App, Confirm, PromptKind, Tab, num, parse_duration};
+use crate::protocol::{
+    AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, FaultPatch,
+    InvoiceDetail, Pipeline, Query, QueryReply, Reply, Request, Service, Snapshot,
+    State as BreakerState, Status as InvoiceStatus, ThresholdChange, check_threshold,
+};
+
+/// Something that happened, for [`update`] to take in.
+#[derive(Debug)]
+pub enum Msg {
+    /// A key pressed (or repeated) at the terminal.
+    Key(KeyEvent),
+    /// The terminal's new size.
+    Resize { width: u16, height: u16 },
+    /// The detail clock (once a second while [`App::polls_detail`]): the open invoice
+    /// moves on, so its detail is asked again.
+    Tick,
+    /// The engine published a new snapshot.
+    Snapshot(Arc<Snapshot>),
+    /// The engine stopped publishing: drained after a quit, or stopped on its own.
+    EngineStopped,
+    /// The engine's reply to a command this console sent.
+    Reply { command: Command, reply: Reply },
+    /// A command that could not be sent: the engine no longer runs.
+    NotSent(Command),
+    /// The engine's answer to a query this console asked (an error if it could not be
+    /// asked).
+    Answer { query: Query, reply: QueryReply },
+    /// The sandbox's answer to a fault patch.
+    FaultsPatched {
+        patch: FaultPatch,
+        result: Result<(), String>,
+    },
+    /// A signal asking the console to stop.
+    Signal(Signal),
+}
+
+/// Something for the run loop to do, as [`update`] decided.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Send a command as this console's operator; the reply comes back as
+    /// [`Msg::Reply`] (or [`Msg::NotSent`]). A [`Command::Shutdown`] is the drain.
+    Send(Request),
+    /// Ask the engine a query; the answer comes back as [`Msg::Answer`].
+    Ask(Query),
+    /// Demo only: patch the sandbox's faults; the result comes back as
+    /// [`Msg::FaultsPatched`].
+    PatchFaults(FaultPatch),
+    /// Draw the frame: at once after input (`urgent`), otherwise at the frame rate.
+    Redraw { urgent: bool },
+    /// Leave the run loop: the engine has stopped.
+    Exit,
+}
+
+/// A signal that asks the console to stop (SIGTERM, SIGHUP, SIGINT from `kill`;
+/// Ctrl-C typed in raw mode is a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Hangup,
+    Interrupt,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Terminate => "SIGTERM",
+            Signal::Hangup => "SIGHUP",
+            Signal::Interrupt => "SIGINT",
+        }
+    }
+}
+
+/// Takes in one message: the only place the console's state changes.
+pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    let redraw = |urgent| Effect::Redraw { urgent };
+    match msg {
+        Msg::Key(key) => {
+            effects.extend(app.apply_key(key));
+            effects.push(redraw(true));
+        }
+        Msg::Resize { .. } => effects.push(redraw(true)),
+        Msg::Tick => {
+            if app.polls_detail()
+                && let Some(key) = app.detail_wanted()
+            {
+                effects.push(app.ask_detail(key));
+            }
+        }
+        Msg::Snapshot(snapshot) => {
+            if app.apply_snapshot(snapshot) {
+                effects.push(redraw(false));
+            }
+        }
+        Msg::EngineStopped => return vec![Effect::Exit],
+        Msg::Reply { command, reply } => {
+            app.apply_reply(&command, reply);
+            effects.push(redraw(true));
+        }
+        Msg::NotSent(_) => {
+            app.flash = Some("the engine is not running; the command was not sent".into());
+            effects.push(redraw(true));
+        }
+        Msg::Answer { query, reply } => {
+            let Query::InvoiceDetail { key } = query;
+            app.detail_pending = false;
+            if app.apply_detail(&key, reply) {
+                effects.push(redraw(false));
+            }
+        }
+        Msg::FaultsPatched { patch, result } => {
+            app.apply_faults_patched(&patch, result);
+            effects.push(redraw(true));
+        }
+        Msg::Signal(signal) => {
+            effects.extend(app.apply_signal(signal));
+            effects.push(redraw(true));
+        }
+    }
+    effects.extend(app.follow_detail());
+    effects
+}
+
+impl App {
+    /// `update(Msg::Key(key))` for a caller that drives the console without its run
+    /// loop (tests/api.rs sends the command through a real engine): the command it
+    /// would send, if any.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Command> {
+        update(self, Msg::Key(key))
+            .into_iter()
+            .find_map(|effect| match effect {
+                Effect::Send(request) => Some(request.command),
+                _ => None,
+            })
+    }
+
+    /// `update(Msg::Reply { .. })`, for the same callers.
+    pub fn on_reply(&mut self, command: &Command, reply: Reply) {
+        let command = command.clone();
+        update(self, Msg::Reply { command, reply });
+    }
+
+    /// `command` as a request from this console's operator.
+    fn send(&self, command: Command) -> Option<Effect> {
+        Some(Effect::Send(Request::new(self.actor.clone(), command)))
+    }
+
+    /// Asks for `key`'s detail (one query at a time).
+    fn ask_detail(&mut self, key: String) -> Effect {
+        self.detail_asked = Some(key.clone());
+        self.detail_pending = true;
+        Effect::Ask(Query::InvoiceDetail { key })
+    }
+
+    /// A newly selected invoice on the DIAN screen: ask for its detail now.
+    fn follow_detail(&mut self) -> Option<Effect> {
+        let wanted = self.detail_wanted();
+        match wanted {
+            Some(key) if self.detail_asked.as_ref() != Some(&key) && !self.detail_pending => {
+                Some(self.ask_detail(key))
+            }
+            Some(_) => None,
+            None => {
+                self.detail_asked = None;
+                None
+            }
+        }
+    }
+
+    /// SIGTERM, SIGHUP or SIGINT: the same path as `q` confirmed — stop claiming,
+    /// drain, exit. After a hangup there is no terminal to draw on or read from.
+    fn apply_signal(&mut self, signal: Signal) -> Option<Effect> {
+        self.hung_up |= signal == Signal::Hangup;
+        if self.quitting {
+            return None;
+        }
+        self.quitting = true;
+        self.confirm = None;
+        self.prompt = None;
+        self.frozen = false;
+        self.flash = Some(format!("{}: draining in-flight work…", signal.name()));
+        tracing::info!("{}: draining in-flight work", signal.name());
+        self.send(Command::Shutdown {})
+    }
+
+    fn open_prompt(&mut self, kind: PromptKind, text: String) {
+        self.prompt = Some(text);
+        self.prompt_kind = kind;
+    }
+
+    /// The engine's answer to the detail query for `key`; true when the screen changes.
+    /// An invoice that is gone clears the pane; other errors keep what it shows.
+    fn apply_detail(&mut self, key: &str, reply: QueryReply) -> bool {
+        let is_key = |d: &InvoiceDetail| d.record.stripe_id == key || d.record.number == key;
+        let detail = match reply {
+            Ok(Answer::InvoiceDetail(d)) if is_key(&d) => Some(*d),
+            Err(CommandError::NotFound { .. }) if self.detail.as_ref().is_some_and(is_key) => None,
+            _ => return false,
+        };
+        if self.detail == detail {
+            return false;
+        }
+        self.detail = detail;
+        true
+    }
+
+    /// The engine's reply to a command this console sent: the flash line says what
+    /// happened (the reply to a quit is not shown: the drain message stays).
+    fn apply_reply(&mut self, command: &Command, reply: Reply) {
+        if matches!(command, Command::Shutdown {}) {
+            return;
+        }
+        self.flash = Some(match reply {
+            Ok(outcome) => outcome.message,
+            Err(e) => format!("refused: {e}"),
+        });
+    }
+
+    fn apply_search_key(&mut self, key: KeyEvent) -> Option<Effect> {
+        let events = self.tab == Tab::Events;
+        let text = if events {
+            &mut self.events_filter
+        } else {
+            &mut self.dian_search
+        };
+        match key.code {
+            KeyCode::Esc => {
+                text.clear();
+                self.search_open = false;
+            }
+            KeyCode::Enter => self.search_open = false,
+            KeyCode::Backspace => {
+                text.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && text.len() < 96 => text.push(c),
+            _ => return None,
+        }
+        if events {
+            self.events_offset = 0;
+            return None;
+        }
+        self.dian_row = 0;
+        None
+    }
+
+    fn apply_prompt_key(&mut self, key: KeyEvent) -> Option<Effect> {
+        let kind = self.prompt_kind.clone();
+        let text = self.prompt.as_mut()?;
+        match key.code {
+            KeyCode::Esc => {
+                self.prompt = None;
+                self.flash = None;
+                return None;
+            }
+            KeyCode::Backspace => {
+                text.pop();
+                return None;
+            }
+            KeyCode::Char(c) if !c.is_control() && text.len() < 96 => {
+                let allowed = match kind {
+                    PromptKind::Bounds => c.is_ascii_digit() || c == '-' || c == ' ',
+                    PromptKind::Threshold { .. } => c.is_ascii_digit() || c == '.' || c == '-',
+                    PromptKind::Silence { .. } => c.is_ascii_alphanumeric(),
+                    PromptKind::Cache => true,
+                };
+                if allowed {
+                    text.push(c);
+                }
+                return None;
+            }
+            KeyCode::Enter => {}
+            _ => return None,
+        }
+        let text = text.trim().to_owned();
+        match kind {
+            PromptKind::Bounds => {
+                let parsed = text.split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                });
+                let limit = self.snapshot.catalog.workers as u32;
+                match parsed {
+                    Some((min, max)) if min >= 1 && min <= max && max <= limit => {
+                        self.prompt = None;
+                        self.confirm = Some(Confirm::Bounds { min, max });
+                        self.confirm_focus_ok = false;
+                    }
+                    _ => {
+                        // The old bounds stay; the prompt stays open to fix the typo.
+                        self.flash = Some(format!(
+                            "bounds must read MIN-MAX with 1 ≤ MIN ≤ MAX ≤ {limit}, e.g. 2-16"
+                        ));
+                    }
+                }
+                None
+            }
+            PromptKind::Cache => {
+                let scope = match text.as_str() {
+                    "" | "*" => CacheScope::All,
+                    t => match t.strip_prefix("tag:") {
+                        Some(tag) if !tag.is_empty() => CacheScope::Tag(tag.to_owned()),
+                        _ => CacheScope::Pattern(t.to_owned()),
+                    },
+                };
+                self.prompt = None;
+                self.confirm = Some(Confirm::InvalidateCache {
+                    scope,
+                    entries: self.snapshot.telemetry.cache.entries,
+                });
+                self.confirm_focus_ok = false;
+                None
+            }
+            PromptKind::Silence { matcher } => match parse_duration(&text) {
+                Ok(secs) => {
+                    self.prompt = None;
+                    self.flash = Some(format!("silencing {matcher}…"));
+                    self.send(Command::SilenceAlerts {
+                        matcher: AlertMatcher::Prefix(matcher),
+                        secs,
+                    })
+                }
+                Err(why) => {
+                    self.flash = Some(why);
+                    None
+                }
+            },
+            PromptKind::Threshold { name } => {
+                let checked = text
+                    .parse::<f64>()
+                    .map_err(|_| format!("{name}: {text:?} is not a number"))
+                    .and_then(|v| check_threshold(&name, v).map(|_| v));
+                match checked {
+                    Ok(v) => {
+                        self.prompt = None;
+                        self.staged.retain(|(n, _)| *n != name);
+                        let current = self
+                            .snapshot
+                            .telemetry
+                            .thresholds
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map(|(_, v)| *v);
+                        if current != Some(v) {
+                            self.staged.push((name.clone(), v));
+                        }
+                        self.flash = Some(format!(
+                            "{name} staged at {} — A applies {} change(s)",
+                            num(v),
+                            self.staged.len()
+                        ));
+                    }
+                    // The value in force stays; the prompt stays open to fix it. (The
+                    // prompt already names the threshold.)
+                    Err(e) => {
+                        let prefix = format!("{name}: ");
+                        self.flash = Some(e.strip_prefix(&prefix).unwrap_or(&e).to_owned());
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// A new snapshot from the engine; ignored while frozen (except to learn of draining).
+    fn apply_snapshot(&mut self, s: Arc<Snapshot>) -> bool {
+        if self.frozen && !s.draining {
+            return false;
+        }
+        if !self.snapshot.audit.is_empty() && self.events_offset > 0 {
+            // Keep the rows the operator is reading in place as new ones arrive on top.
+            let newest_before = self.snapshot.audit[0].id;
+            let arrived = s.audit.iter().take_while(|e| e.id > newest_before).count();
+            self.events_offset =
+                (self.events_offset + arrived).min(s.audit.len().saturating_sub(1));
+        }
+        if s.catalog.paused != self.snapshot.catalog.paused {
+            self.flash = Some(if s.catalog.paused {
+                "catalog pipeline paused — p resumes".into()
+            } else {
+                "catalog pipeline resumed".into()
+            });
+        }
+        self.snapshot = s;
+        true
+    }
+
+    /// Applies a key; returns what should reach the engine or the sandbox, if anything.
+    fn apply_key(&mut self, key: KeyEvent) -> Option<Effect> {
+        if self.quitting {
+            return None;
+        }
+        if keymap::is_interrupt(&key) {
+            // Ctrl-C asks like `q`, from anywhere: a prompt, a search, another dialog.
+            self.prompt = None;
+            self.search_open = false;
+            self.help = false;
+            self.confirm = Some(Confirm::Quit);
+            self.confirm_focus_ok = false;
+            return None;
+        }
+        if let Some(confirm) = self.confirm.clone() {
+            return self.apply_confirm_key(confirm, key);
+        }
+        if self.help {
+            self.help = false;
+            return None;
+        }
+        if self.prompt.is_some() {
+            return self.apply_prompt_key(key);
+        }
+        if self.search_open {
+            return self.apply_search_key(key);
+        }
+        self.flash = None;
+        let action = keymap::action_for(&key, self.tab)?;
+        self.apply_action(action)
+    }
+
+    /// The action the key table found for a key on the current screen.
+    fn apply_action(&mut self, action: Action) -> Option<Effect> {
+        let circuit = |app: &mut Self, to: Option<BreakerState>| {
+            if let Some(service) = app.selected_service() {
+                app.confirm = Some(Confirm::Breaker { service, to });
+                app.confirm_focus_ok = false;
+            }
+        };
+        match action {
+            Action::NextTab | Action::PrevTab | Action::GoTab(_) => {
+                self.tab = match action {
+                    Action::NextTab => self.tab.next(),
+                    Action::PrevTab => self.tab.prev(),
+                    Action::GoTab(t) => t,
+                    _ => self.tab,
+                };
+                // (The DIAN queue's detail is asked for after every message: `follow_detail`.)
+            }
+            Action::Help => self.help = true,
+            Action::Back => {}
+            Action::Quit => {
+                self.confirm = Some(Confirm::Quit);
+                self.confirm_focus_ok = false;
+            }
+            Action::ToggleFreeze => {
+                self.frozen = !self.frozen;
+                self.flash = Some(if self.frozen {
+                    "display frozen (engine keeps running); f to unfreeze".into()
+                } else {
+                    "display live".into()
+                });
+            }
+            Action::TogglePause => {
+                let pipeline = Pipeline::Catalog;
+                let command = if self.snapshot.catalog.paused {
+                    self.flash = Some("resuming catalog pipeline…".into());
+                    Command::Resume { pipeline }
+                } else {
+                    self.flash = Some("pausing catalog pipeline (in-flight work finishes)…".into());
+                    Command::Pause { pipeline }
+                };
+                return self.send(command);
+            }
+            Action::ForceOpen => circuit(self, Some(BreakerState::ForcedOpen)),
+            Action::CloseCircuit => circuit(self, Some(BreakerState::Closed)),
+            Action::DisableCircuit => circuit(self, Some(BreakerState::Disabled)),
+            Action::MetricsOnly => circuit(self, Some(BreakerState::MetricsOnly)),
+            Action::ResetCircuit => circuit(self, None),
+            Action::ToggleOutage => return self.toggle_outage(),
+            Action::SetBounds => {
+                let c = &self.snapshot.catalog;
+                let text = format!("{}-{}", c.workers_min, c.workers_max);
+                self.open_prompt(PromptKind::Bounds, text);
+            }
+            Action::InvalidateCache => self.open_prompt(PromptKind::Cache, String::new()),
+            Action::ChartWindow => self.chart_window = (self.chart_window + 1) % 3,
+            Action::AckAlert => {
+                let Some(id) = self.selected_alert() else {
+                    self.flash = Some("no alert selected".into());
+                    return None;
+                };
+                return self.send(Command::AckAlerts {
+                    matcher: AlertMatcher::Prefix(id),
+                });
+            }
+            Action::SilenceAlert => {
+                let Some(id) = self.selected_alert() else {
+                    self.flash = Some("no alert selected".into());
+                    return None;
+                };
+                self.open_prompt(PromptKind::Silence { matcher: id }, "1h".into());
+            }
+            Action::EditSetting => {
+                if let Some((name, v)) = self.selected_setting() {
+                    let text = num(self.staged(&name).unwrap_or(v));
+                    self.open_prompt(PromptKind::Threshold { name }, text);
+                }
+            }
+            Action::UndoSetting => {
+                if let Some((name, _)) = self.selected_setting() {
+                    self.staged.retain(|(n, _)| *n != name);
+                }
+            }
+            Action::ApplySettings => {
+                if self.staged.is_empty() {
+                    self.flash = Some("nothing staged: Enter edits the selected threshold".into());
+                    return None;
+                }
+                let current = &self.snapshot.telemetry.thresholds;
+                let changes = self
+                    .staged
+                    .iter()
+                    .map(|(n, v)| {
+                        let old = current
+                            .iter()
+                            .find(|(c, _)| c == n)
+                            .map_or(f64::NAN, |c| c.1);
+                        (n.clone(), old, *v)
+                    })
+                    .collect();
+                self.confirm = Some(Confirm::Thresholds {
+                    changes,
+                    file: self.snapshot.config_file.clone(),
+                });
+                self.confirm_focus_ok = false;
+            }
+            Action::Tune => self.tab = Tab::Settings,
+            Action::RetryInvoice => {
+                let Some(id) = self.selected_invoice() else {
+                    self.flash = Some("no invoice selected".into());
+                    return None;
+                };
+                self.flash = Some("retrying…".into());
+                return self.send(Command::RetryInvoice { key: id });
+            }
+            Action::RetryFailed => {
+                let count = self.snapshot.compliance.counts.get(InvoiceStatus::Failed);
+                if count == 0 {
+                    self.flash = Some("no FAILED invoices to retry".into());
+                } else {
+                    self.confirm = Some(Confirm::RetryFailed { count });
+                    self.confirm_focus_ok = false;
+                }
+            }
+            Action::CycleStatus => {
+                let all = InvoiceStatus::ALL;
+                self.dian_filter = match self.dian_filter {
+                    None => Some(all[0]),
+                    Some(s) => all
+                        .iter()
+                        .position(|x| *x == s)
+                        .and_then(|i| all.get(i + 1).copied()),
+                };
+                self.dian_row = 0;
+            }
+            Action::Search => self.search_open = true,
+            Action::TogglePayload => self.show_payload = !self.show_payload,
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom => self.scroll(action),
+        }
+        None
+    }
+
+    /// Moves the current screen's selection (or the Events scroll) by one, a page of
+    /// ten, or to either end.
+    fn scroll(&mut self, action: Action) {
+        let page = 10;
+        match action {
+            Action::Up if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_row.saturating_sub(1);
+            }
+            Action::Down if self.tab == Tab::Dian => {
+                self.dian_row = (self.dian_row + 1).min(self.dian_rows().len().saturating_sub(1));
+            }
+            Action::PageUp if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_row.saturating_sub(page);
+            }
+            Action::PageDown if self.tab == Tab::Dian => {
+                self.dian_row =
+                    (self.dian_row + page).min(self.dian_rows().len().saturating_sub(1));
+            }
+            Action::Top if self.tab == Tab::Dian => {
+                self.dian_row = 0;
+            }
+            Action::Bottom if self.tab == Tab::Dian => {
+                self.dian_row = self.dian_rows().len().saturating_sub(1);
+            }
+            Action::Up if self.tab == Tab::Alerts => {
+                self.alert_row = self.alert_row.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Alerts => {
+                self.alert_row =
+                    (self.alert_row + 1).min(self.snapshot.telemetry.alerts.len().saturating_sub(1))
+            }
+            Action::Up if self.tab == Tab::Settings => {
+                self.setting_row = self.setting_row.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Settings => {
+                self.setting_row = (self.setting_row + 1)
+                    .min(self.snapshot.telemetry.thresholds.len().saturating_sub(1))
+            }
+            Action::Up if self.tab == Tab::Circuits => {
+                self.circuit = self.circuit.saturating_sub(1)
+            }
+            Action::Down if self.tab == Tab::Circuits => {
+                self.circuit =
+                    (self.circuit + 1).min(self.snapshot.downstreams.len().saturating_sub(1))
+            }
+            Action::Up => self.events_offset = self.events_offset.saturating_sub(1),
+            Action::Down => self.events_offset = self.clamp_offset(self.events_offset + 1),
+            Action::PageUp => self.events_offset = self.events_offset.saturating_sub(page),
+            Action::PageDown => self.events_offset = self.clamp_offset(self.events_offset + page),
+            Action::Top => self.events_offset = 0,
+            Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
+            _ => {}
+        }
+    }
+
+    /// Demo only: asks the sandbox to simulate (or end) an outage of the selected
+    /// service; [`Msg::FaultsPatched`] says how it went.
+    fn toggle_outage(&mut self) -> Option<Effect> {
+        let service = self.selected_service()?;
+        if self.sandbox.is_none() {
+            self.flash = Some("outages can only be simulated in the demo (syncctl demo)".into());
+            return None;
+        }
+        let on = !self.sandbox_outage(&service).unwrap_or(false);
+        Some(Effect::PatchFaults(FaultPatch {
+            service,
+            outage: Some(on),
+            ..Default::default()
+        }))
+    }
+
+    /// The sandbox's answer to an outage patch, on the flash line.
+    fn apply_faults_patched(&mut self, patch: &FaultPatch, result: Result<(), String>) {
+        let service = &patch.service;
+        self.flash = Some(match result {
+            Ok(()) if patch.outage == Some(true) => format!(
+                "sandbox: {service} is DOWN (every request answers 503) — O again restores it"
+            ),
+            Ok(()) => format!("sandbox: {service} restored"),
+            Err(e) => format!("sandbox: {e}"),
+        });
+    }
+
+    fn clamp_offset(&self, offset: usize) -> usize {
+        offset.min(self.events_rows().len().saturating_sub(1))
+    }
+
+    fn apply_confirm_key(&mut self, confirm: Confirm, key: KeyEvent) -> Option<Effect> {
+        match key.code {
+            KeyCode::Left
+            | KeyCode::Right
+            | KeyCode::Tab
+            | KeyCode::BackTab
+            | KeyCode::Char('h')
+            | KeyCode::Char('l') => {
+                self.confirm_focus_ok = !self.confirm_focus_ok;
+                None
+            }
+            KeyCode::Esc | KeyCode::Char('n') => {
+                self.confirm = None;
+                None
+            }
+            KeyCode::Enter if !self.confirm_focus_ok => {
+                self.confirm = None;
+                None
+            }
+            KeyCode::Enter | KeyCode::Char('y') => {
+                self.confirm = None;
+                match confirm {
+                    Confirm::Quit => {
+                        self.quitting = true;
+                        self.frozen = false;
+                        self.flash = Some("draining in-flight work…".into());
+                        self.send(Command::Shutdown {})
+                    }
+                    Confirm::Breaker { service, to } => {
+                        let Ok(service) = service.parse::<Service>() else {
+                            self.flash = Some(format!("no circuit named {service:?}"));
+                            return None;
+                        };
+                        let action = match to {
+                            None => BreakerAction::Reset,
+                            Some(BreakerState::ForcedOpen) => BreakerAction::ForceOpen,
+                            Some(BreakerState::Disabled) => BreakerAction::Disable,
+                            Some(BreakerState::MetricsOnly) => BreakerAction::MetricsOnly,
+                            Some(_) => BreakerAction::Close,
+                        };
+                        self.send(Command::Breaker { service, action })
+                    }
+                    Confirm::RetryFailed { .. } => self.send(Command::RetryFailed {}),
+                    Confirm::InvalidateCache { scope, .. } => {
+                        self.flash = Some("invalidating…".into());
+                        self.send(Command::InvalidateCache { scope })
+                    }
+                    Confirm::Thresholds { changes, .. } => {
+                        self.staged.clear();
+                        self.flash = Some("applying thresholds…".into());
+                        self.send(Command::SetThresholds {
+                            changes: changes
+                                .into_iter()
+                                .map(|(n, _, v)| ThresholdChange::new(n, v))
+                                .collect(),
+                        })
+                    }
+                    Confirm::Bounds { min, max } => self.send(Command::WorkerBounds {
+                        pipeline: Pipeline::Catalog,
+                        min,
+                        max,
+                    }),
+                }
+            }
+            _ => None,
+        }
+    }
+}

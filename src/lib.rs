@@ -1,11 +1,31 @@
-//! syncctl: a terminal operations console hosting a Stripe → QuickBooks (and, later,
-//! Alegra/DIAN) sync engine in-process, with a built-in simulator of those APIs.
+//! syncctl: a terminal operations console hosting a sync engine (Stripe products →
+//! QuickBooks Items; paid invoices → Alegra → DIAN), with a built-in simulator of those
+//! APIs.
 //!
-//! Layers (see DESIGN.md): `protocol` holds what crosses the engine boundary
-//! (serializable, importing nothing else of the crate); `engine` knows nothing of
-//! terminals; `console` only reads snapshots and sends commands, and imports `protocol`
-//! only; `store` is the only place that persists; `connectors` are plain API clients;
-//! `sandbox` simulates the APIs over real HTTP.
+//! # Layout
+//!
+//! One package (the product card fixes the top level); its layers are kept by
+//! `tests/layering.rs`, which reads every `crate::` path and fails on an edge its table
+//! does not allow or on an import cycle. From the bottom up:
+//!
+//! | module | may use | what it is |
+//! |---|---|---|
+//! | `protocol` | nothing | what crosses the engine boundary, serializable: snapshot, events, commands, replies, queries, threshold specs, the `Link` a front-end drives an engine through |
+//! | `telemetry` | protocol | series, anomalies, alerts, health scoring: computations over numbers |
+//! | `resilience` | protocol, telemetry | breakers, retries, limiters, the autoscaler |
+//! | `config` | protocol, resilience, telemetry | the typed config file and its checks |
+//! | `store` | protocol, telemetry | SQLite: jobs, mappings, compliance records, audit |
+//! | `connectors` | protocol, config, resilience, telemetry, store | Stripe, QuickBooks, Alegra clients |
+//! | `compliance` | protocol, connectors | DIAN's rules: state machine, CUFE, contingency |
+//! | `engine` | the above | the pipelines, the command path, the snapshot publisher; never the server, console or sandbox |
+//! | `server` | protocol, engine, config, telemetry | HTTP over an engine's handle: webhooks, `/health`, `/metrics`, the control API |
+//! | `console` | protocol | the terminal UI: draws snapshots, sends commands through a `Link` |
+//! | `sandbox` | protocol, compliance, resilience | the simulated APIs, over real HTTP; never the engine |
+//! | `app`, `status`, `bench`, `main` | anything | wiring: the CLI, the demo, benchmarks |
+//!
+//! Why: a console in another process (attach) needs only `protocol`; the engine runs
+//! as a service with or without any front-end; the sandbox stays a stand-in for the real
+//! services, which know nothing of us.
 
 pub mod app;
 pub mod bench;

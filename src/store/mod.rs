@@ -250,7 +250,7 @@ impl Store {
     /// A small real write (one row), so health knows whether the store can write even
     /// while nothing else writes, and sees it recover. On the writer connection (one
     /// writer: a second one would make the writer's transactions fail with
-    /// SQLITE_BUSY_SNAPSHOT), waiting [`PROBE_BUSY`] for the lock instead of the usual 10 s.
+    /// SQLITE_BUSY_SNAPSHOT), waiting `PROBE_BUSY` for the lock instead of the usual 10 s.
     pub fn probe_write(&self) -> Result<()> {
         let conn = self.w();
         let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {

@@ -382,12 +382,12 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             status,
             search,
             limit,
-        } => Ok(Answer::Invoices(
-            store.invoices(status, &search, limit).map_err(unreadable)?,
-        )),
-        Query::Audit { filter } => Ok(Answer::Audit(
-            store.audit_query(&filter).map_err(unreadable)?,
-        )),
+        } => Ok(Answer::Invoices {
+            invoices: store.invoices(status, &search, limit).map_err(unreadable)?,
+        }),
+        Query::Audit { filter } => Ok(Answer::Audit {
+            entries: store.audit_query(&filter).map_err(unreadable)?,
+        }),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

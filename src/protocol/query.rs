@@ -16,9 +16,9 @@ pub enum Answer {
     /// history and the body Alegra is (or would be) sent.
     InvoiceDetail(Box<InvoiceDetail>),
     /// [`Query::Invoices`](super::Query::Invoices): the records found.
-    Invoices(Vec<InvoiceRecord>),
+    Invoices { invoices: Vec<InvoiceRecord> },
     /// [`Query::Audit`](super::Query::Audit): the entries found.
-    Audit(Vec<AuditEntry>),
+    Audit { entries: Vec<AuditEntry> },
 }
 
 /// Which audit entries to read.

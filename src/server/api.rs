@@ -445,7 +445,7 @@ pub async fn compliance(
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let invoices = match st.engine.query(query).await {
-        Ok(crate::protocol::Answer::Invoices(v)) => v,
+        Ok(crate::protocol::Answer::Invoices { invoices }) => invoices,
         _ => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -669,7 +669,7 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         .query(crate::protocol::Query::Audit { filter })
         .await
     {
-        Ok(crate::protocol::Answer::Audit(events)) => {
+        Ok(crate::protocol::Answer::Audit { entries: events }) => {
             axum::Json(json!({ "events": events })).into_response()
         }
         _ => error(

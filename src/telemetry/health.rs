@@ -519,4 +519,64 @@ mod tests {
         s.p95_ms = Some(2000.0);
         assert_eq!(downstream(&s, &t()).score, 100);
     }
+
+    #[test]
+    fn pipelines_score_what_the_engine_gathered() {
+        let quiet = pipelines(&PipelineSignals::default());
+        let scores: Vec<(&str, u8)> = quiet
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.score))
+            .collect();
+        assert_eq!(scores, [("catalog", 100), ("store", 100)]);
+        assert!(quiet.warnings.is_empty() && quiet.problems.is_empty());
+
+        let v = pipelines(&PipelineSignals {
+            catalog: CatalogSignals {
+                queued: 4,
+                stalled_ms: Some(STALL_MS),
+                ..Default::default()
+            },
+            store: StoreSignals {
+                path: "/d/syncctl.db".into(),
+                write_failing: Some((90_000, "disk full".into())),
+                read_error: None,
+            },
+            compliance: Some(ComplianceSignals {
+                stuck: 2,
+                numbering: NumberingSignal::Refused {
+                    why: "a document Alegra has is missing here".into(),
+                    fix: "start with --fresh-store".into(),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let scores: Vec<(&str, u8)> = v
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.score))
+            .collect();
+        assert_eq!(scores, [("catalog", 40), ("store", 0), ("compliance", 0)]);
+        assert_eq!(
+            v.warnings[0],
+            "catalog stalled: no job finished for 5m with 4 queued, 0 in flight"
+        );
+        assert_eq!(v.errors[0], "store: writes failing for 1m30s: disk full");
+        let components: Vec<&str> = v.problems.iter().map(|p| p.component.as_str()).collect();
+        assert_eq!(components, ["store", "compliance"]);
+        let retry = v
+            .recommendations
+            .iter()
+            .find(|r| r.component == "compliance")
+            .and_then(|r| r.action.clone());
+        assert_eq!(retry, Some(crate::protocol::Command::RetryFailed {}));
+    }
+
+    #[test]
+    fn human_secs_words_durations() {
+        assert_eq!(human_secs(0), "0s");
+        assert_eq!(human_secs(90), "1m30s");
+        assert_eq!(human_secs(3600), "1h");
+    }
 }

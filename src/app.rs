@@ -1,13 +1,16 @@
 //! Wiring shared by the CLI, the benchmark and the tests: logging, starting the sandbox,
-//! filling a demo config from it, binding listeners, running headless, and the
-//! in-process engine as the console's [`Link`].
+//! filling a demo config from it, binding listeners, an engine and the HTTP server that
+//! serves it ([`serve_engine`]), running headless, and the in-process engine as the
+//! console's [`Link`].
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Secret};
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
@@ -119,10 +122,81 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
     config.alegra.max_concurrent = c;
 }
 
+/// An engine and the HTTP server serving it. Derefs to the [`EngineHandle`]
+/// (`snapshot`, `events`, `commands`, `wall_clock`); [`Served::shutdown`] drains the
+/// engine (the server answers meanwhile), then stops the server.
+pub struct Served {
+    pub engine: EngineHandle,
+    /// Where the server listens.
+    pub server_addr: SocketAddr,
+    server: Option<tokio::task::JoinHandle<()>>,
+    server_cancel: CancellationToken,
+}
+
+impl Deref for Served {
+    type Target = EngineHandle;
+
+    fn deref(&self) -> &EngineHandle {
+        &self.engine
+    }
+}
+
+impl DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut EngineHandle {
+        &mut self.engine
+    }
+}
+
+impl Served {
+    /// Asks the engine to drain and stop, waits until it has, then stops the server.
+    pub async fn shutdown(&mut self) {
+        self.engine.shutdown().await;
+        self.stop_server().await;
+    }
+
+    /// Waits until the engine has stopped (a command, a signal), then stops the server.
+    pub async fn wait(&mut self) {
+        self.engine.wait().await;
+        self.stop_server().await;
+    }
+
+    async fn stop_server(&mut self) {
+        self.server_cancel.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+/// Starts an engine with `opts`, then serves it on `listener` (its address is the one
+/// the engine's snapshots show).
+pub async fn serve_engine(
+    mut opts: EngineOptions,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<Served> {
+    let server_addr = listener.local_addr()?;
+    let settings = crate::server::Settings::from_config(&opts.config)?;
+    opts.server_addr = Some(server_addr);
+    let engine = engine::start(opts).await?;
+    let server_cancel = CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        engine.frontend(),
+        settings,
+        server_cancel.clone(),
+    ));
+    Ok(Served {
+        engine,
+        server_addr,
+        server: Some(server),
+        server_cancel,
+    })
+}
+
 /// A running demo: the sandbox and the engine wired to it.
 pub struct Demo {
     pub sandbox: SandboxServer,
-    pub engine: EngineHandle,
+    pub engine: Served,
     _sandbox_lock: crate::store::DataDirLock,
     /// Kept so a throwaway demo's directory lives as long as the demo.
     pub _tmp: Option<tempfile::TempDir>,
@@ -156,13 +230,16 @@ pub async fn start_demo(
         .sandbox
         .set_webhook_url(Some(format!("http://{engine_addr}/webhooks/stripe")));
     fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
-    let engine = engine::start(EngineOptions {
-        config,
-        data_dir,
-        mode: Mode::Sandbox,
-        listener: engine_listener,
-        fresh_store,
-    })
+    let engine = serve_engine(
+        EngineOptions {
+            config,
+            data_dir,
+            mode: Mode::Sandbox,
+            server_addr: None,
+            fresh_store,
+        },
+        engine_listener,
+    )
     .await;
     match engine {
         Ok(engine) => Ok(Demo {
@@ -200,7 +277,7 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs until a signal, then drains the engine.
-pub async fn run_headless(engine: &mut EngineHandle) {
+pub async fn run_headless(engine: &mut Served) {
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("signal received; draining in-flight work");
@@ -214,7 +291,7 @@ pub async fn run_headless(engine: &mut EngineHandle) {
 /// The in-process engine as a console's [`Link`]: its snapshot watch, its command
 /// channel, and (in the demo) the sandbox.
 pub struct LocalEngine<'a> {
-    pub engine: &'a mut EngineHandle,
+    pub engine: &'a mut Served,
     pub sandbox: Option<Arc<Sandbox>>,
 }
 

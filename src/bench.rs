@@ -16,20 +16,23 @@ async fn engine_on(
     sandbox: &SandboxServer,
     dir: &std::path::Path,
     tune: impl FnOnce(&mut Config),
-) -> anyhow::Result<crate::engine::EngineHandle> {
+) -> anyhow::Result<app::Served> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse()?;
     config.catalog.reconcile_interval_secs = 3600;
     app::fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
     tune(&mut config);
     let listener = app::bind(config.server.listen, false).await?;
-    crate::engine::start(crate::engine::EngineOptions {
-        config,
-        data_dir: dir.to_owned(),
-        mode: crate::engine::Mode::Sandbox,
+    app::serve_engine(
+        crate::engine::EngineOptions {
+            config,
+            data_dir: dir.to_owned(),
+            mode: crate::engine::Mode::Sandbox,
+            server_addr: None,
+            fresh_store: false,
+        },
         listener,
-        fresh_store: false,
-    })
+    )
     .await
 }
 

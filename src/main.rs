@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use syncctl::app;
 use syncctl::config::{self, Config, Paths};
-use syncctl::engine::{self, EngineOptions, Mode};
+use syncctl::engine::{EngineOptions, Mode};
 use syncctl::sandbox::SandboxOptions;
 
 #[derive(Parser)]
@@ -516,7 +516,7 @@ async fn start_live(
 ) -> anyhow::Result<
     Result<
         (
-            engine::EngineHandle,
+            app::Served,
             Option<tracing_appender::non_blocking::WorkerGuard>,
             u32,
         ),
@@ -530,13 +530,16 @@ async fn start_live(
         Err(e) => return Ok(Err(usage(format!("{e:#} (server.listen)")))),
     };
     let fps = config.console.max_fps;
-    match engine::start(EngineOptions {
-        config,
-        data_dir: dir,
-        mode: Mode::Live,
+    match app::serve_engine(
+        EngineOptions {
+            config,
+            data_dir: dir,
+            mode: Mode::Live,
+            server_addr: None,
+            fresh_store,
+        },
         listener,
-        fresh_store,
-    })
+    )
     .await
     {
         Ok(e) => Ok(Ok((e, guard, fps))),

@@ -43,7 +43,7 @@ async fn restart_from(
     sb: &syncctl::sandbox::SandboxServer,
     path: &std::path::Path,
     data: &std::path::Path,
-) -> syncctl::engine::EngineHandle {
+) -> syncctl::app::Served {
     let loaded = Config::load(path).unwrap();
     let mut cfg = config(sb);
     cfg.alerts = loaded.alerts;
@@ -58,7 +58,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(engine: &syncctl::engine::EngineHandle) -> Self {
+    fn new(engine: &syncctl::app::Served) -> Self {
         Self {
             base: format!("http://{}", engine.server_addr),
             http: reqwest::Client::new(),

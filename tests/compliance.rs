@@ -4,6 +4,7 @@
 mod common;
 
 use serde_json::{Value, json};
+use syncctl::app::Served;
 use syncctl::compliance::machine::Status;
 use syncctl::engine::EngineHandle;
 use syncctl::protocol::{Answer, Command, Pipeline, Query, Request};
@@ -37,24 +38,14 @@ async fn alegra_stats(base: &str) -> Value {
 }
 
 /// A sandbox with a few products, and an engine whose retries come after a second.
-async fn setup(
-    schedule: Vec<u64>,
-) -> (
-    syncctl::sandbox::SandboxServer,
-    EngineHandle,
-    tempfile::TempDir,
-) {
+async fn setup(schedule: Vec<u64>) -> (syncctl::sandbox::SandboxServer, Served, tempfile::TempDir) {
     setup_with(schedule, |_| {}).await
 }
 
 async fn setup_with(
     schedule: Vec<u64>,
     tune: impl FnOnce(&mut syncctl::config::Config),
-) -> (
-    syncctl::sandbox::SandboxServer,
-    EngineHandle,
-    tempfile::TempDir,
-) {
+) -> (syncctl::sandbox::SandboxServer, Served, tempfile::TempDir) {
     let sb = common::sandbox(5, 21).await;
     let mut cfg = common::config_for(&sb);
     cfg.compliance.retry_schedule_secs = schedule;
@@ -99,7 +90,9 @@ async fn history(engine: &EngineHandle, stripe_id: &str) -> Vec<String> {
         })
         .await
         .unwrap();
-    let Answer::InvoiceDetail(d) = answer;
+    let Answer::InvoiceDetail(d) = answer else {
+        panic!("not an invoice's detail: {answer:?}");
+    };
     assert_eq!(d.record.stripe_id, stripe_id);
     d.history
         .iter()

@@ -36,7 +36,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(engine: &syncctl::engine::EngineHandle) -> Self {
+    fn new(engine: &syncctl::app::Served) -> Self {
         Self {
             base: format!("http://{}", engine.server_addr),
             http: reqwest::Client::new(),
@@ -98,7 +98,7 @@ fn error_message(v: &Value) -> &str {
 async fn engine_with_an_alert() -> (
     syncctl::sandbox::SandboxServer,
     tempfile::TempDir,
-    syncctl::engine::EngineHandle,
+    syncctl::app::Served,
 ) {
     let sb = common::sandbox(20, 21).await;
     common::faults(

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
+use syncctl::app::Served;
 use syncctl::compliance::machine::Status;
 use syncctl::config::Config;
-use syncctl::engine::{self, EngineHandle, EngineOptions, Mode};
+use syncctl::engine::{EngineHandle, EngineOptions, Mode};
 use syncctl::sandbox::SandboxServer;
 
 use common::make_invoices;
@@ -30,19 +31,22 @@ fn config(sb: &SandboxServer, tune: impl FnOnce(&mut Config)) -> Config {
     cfg
 }
 
-async fn start(cfg: Config, dir: &Path, fresh_store: bool) -> anyhow::Result<EngineHandle> {
+async fn start(cfg: Config, dir: &Path, fresh_store: bool) -> anyhow::Result<Served> {
     let listener = syncctl::app::bind(cfg.server.listen, false).await?;
-    engine::start(EngineOptions {
-        config: cfg,
-        data_dir: dir.to_owned(),
-        mode: Mode::Sandbox,
+    syncctl::app::serve_engine(
+        EngineOptions {
+            config: cfg,
+            data_dir: dir.to_owned(),
+            mode: Mode::Sandbox,
+            server_addr: None,
+            fresh_store,
+        },
         listener,
-        fresh_store,
-    })
+    )
     .await
 }
 
-fn hook_to(sb: &SandboxServer, engine: &EngineHandle) {
+fn hook_to(sb: &SandboxServer, engine: &Served) {
     sb.sandbox.set_webhook_url(Some(format!(
         "http://{}/webhooks/stripe",
         engine.server_addr
@@ -119,7 +123,7 @@ async fn assert_one_document_each(base: &str, ids: &[String]) {
 
 /// Posts Stripe's events of `type` again, signed, as Stripe's retries would; returns
 /// the engine's answers.
-async fn redeliver(sb: &SandboxServer, engine: &EngineHandle, kind: &str) -> Vec<Value> {
+async fn redeliver(sb: &SandboxServer, engine: &Served, kind: &str) -> Vec<Value> {
     let base = sb.base_url();
     let page: Value = reqwest::Client::new()
         .get(format!("{base}/v1/events"))
@@ -817,7 +821,7 @@ async fn an_operator_retry_on_a_restored_backup_reads_alegra_before_sending() {
     engine.shutdown().await;
     copy_db(dir.path(), backup.path());
     // The operator retries X through the API, as from a console.
-    let retry = |engine: &EngineHandle| {
+    let retry = |engine: &Served| {
         let url = format!(
             "http://{}/api/v1/compliance/{}/retry",
             engine.server_addr, x[0]

@@ -120,13 +120,17 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.flash = Some("the engine is not running; the command was not sent".into());
             effects.push(redraw(true));
         }
-        Msg::Answer { query, reply } => {
-            let Query::InvoiceDetail { key } = query;
+        Msg::Answer {
+            query: Query::InvoiceDetail { key },
+            reply,
+        } => {
             app.detail_pending = false;
             if app.apply_detail(&key, reply) {
                 effects.push(redraw(false));
             }
         }
+        // The console asks no other query.
+        Msg::Answer { .. } => {}
         Msg::FaultsPatched { patch, result } => {
             app.apply_faults_patched(&patch, result);
             effects.push(redraw(true));

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::Catalog;
 use super::compliance::{self, Compliance};
-use super::{COMPLIANCE_OFF, Publisher, human_secs};
+use super::publisher::Publisher;
+use super::{COMPLIANCE_OFF, human_secs};
 use crate::protocol::{
     AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, Disconnected,
     InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service, ThresholdChange,
@@ -373,8 +374,20 @@ impl Publisher {
 }
 
 /// Answers one query (off the engine's loop: it reads the store).
-pub(super) fn answer(compliance: Option<&Compliance>, query: Query) -> QueryReply {
+pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Query) -> QueryReply {
+    let unreadable =
+        |e: crate::store::SqlError| CommandError::unavailable(format!("the store: {e}"));
     match query {
+        Query::Invoices {
+            status,
+            search,
+            limit,
+        } => Ok(Answer::Invoices {
+            invoices: store.invoices(status, &search, limit).map_err(unreadable)?,
+        }),
+        Query::Audit { filter } => Ok(Answer::Audit {
+            entries: store.audit_query(&filter).map_err(unreadable)?,
+        }),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

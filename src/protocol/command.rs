@@ -265,6 +265,15 @@ pub enum Query {
         /// The invoice: its Stripe id, DIAN number or CUFE.
         key: String,
     },
+    /// The compliance records, newest first: those in `status` (any when unset) whose
+    /// Stripe id, number, buyer or CUFE contains `search`, at most `limit`.
+    Invoices {
+        status: Option<super::invoices::Status>,
+        search: String,
+        limit: usize,
+    },
+    /// The audit trail, newest first, as the filter says.
+    Audit { filter: super::query::AuditFilter },
 }
 
 /// What a command did.

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::CommandError;
-use super::invoices::InvoiceDetail;
+use super::invoices::{InvoiceDetail, InvoiceRecord};
+use super::snapshot::AuditEntry;
 
 /// The answer to one query, in the shape of the query that asked it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,6 +15,25 @@ pub enum Answer {
     /// [`Query::InvoiceDetail`](super::Query::InvoiceDetail): the record, its full
     /// history and the body Alegra is (or would be) sent.
     InvoiceDetail(Box<InvoiceDetail>),
+    /// [`Query::Invoices`](super::Query::Invoices): the records found.
+    Invoices { invoices: Vec<InvoiceRecord> },
+    /// [`Query::Audit`](super::Query::Audit): the entries found.
+    Audit { entries: Vec<AuditEntry> },
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditFilter {
+    /// `kind` equals one of these (any when empty).
+    pub kinds: Vec<String>,
+    /// `entity` equals this.
+    pub entity: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Entries with a smaller id (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: usize,
 }
 
 /// What a query returns to whoever sent it: the answer, or why not

@@ -371,3 +371,31 @@ fn a_query_answer_round_trips_through_json() {
     let json = serde_json::to_string(&reply).unwrap();
     assert_eq!(serde_json::from_str::<QueryReply>(&json).unwrap(), reply);
 }
+
+#[test]
+fn the_api_reads_are_queries_in_json() {
+    let q = Query::Audit {
+        filter: AuditFilter {
+            kinds: vec!["operator".into()],
+            limit: 10,
+            ..Default::default()
+        },
+    };
+    let json = serde_json::to_value(&q).unwrap();
+    assert_eq!(json["query"], "audit");
+    assert_eq!(serde_json::from_value::<Query>(json).unwrap(), q);
+    let q = Query::Invoices {
+        status: Some(Status::Failed),
+        search: "SETP".into(),
+        limit: 100,
+    };
+    let json = serde_json::to_value(&q).unwrap();
+    assert_eq!(json["query"], "invoices");
+    assert_eq!(json["status"], "FAILED");
+    assert_eq!(serde_json::from_value::<Query>(json).unwrap(), q);
+    let answer = Answer::Invoices {
+        invoices: vec![record()],
+    };
+    let json = serde_json::to_string(&answer).unwrap();
+    assert_eq!(serde_json::from_str::<Answer>(&json).unwrap(), answer);
+}

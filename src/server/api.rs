@@ -72,7 +72,7 @@ pub async fn guard(
     // (Nested under /api/v1: the path seen here has that prefix removed.)
     let token = super::auth::bearer(req.headers(), req.uri().query(), is_ws_upgrade(&req));
     let auth = &st.control.auth;
-    let now = crate::store::now_ms();
+    let now = super::now_ms();
     let unauthorized = |m: &str| {
         let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", m);
         r.headers_mut()
@@ -196,7 +196,7 @@ pub fn command_error(e: &CommandError) -> Response {
 /// the outcome's other fields), or the typed error.
 async fn act(st: &ServerState, actor: Actor, command: Command) -> Response {
     let request = crate::protocol::Request::new(actor.who, command);
-    match st.control.commands.request(request).await {
+    match st.engine.request(request).await {
         Ok(outcome) => {
             let mut v = json!(outcome);
             v["ok"] = json!(true);
@@ -338,8 +338,8 @@ fn matcher(body: &Map<String, Value>) -> Result<AlertMatcher, String> {
     }
 }
 
-fn snapshot(st: &ServerState) -> Arc<crate::engine::Snapshot> {
-    st.control.snapshot.borrow().clone()
+fn snapshot(st: &ServerState) -> Arc<crate::protocol::Snapshot> {
+    st.engine.latest()
 }
 
 // ---- resilience ----
@@ -410,7 +410,7 @@ pub async fn compliance(
     State(st): State<ServerState>,
     Query(q): Query<ComplianceQuery>,
 ) -> Response {
-    use crate::compliance::machine::Status;
+    use crate::protocol::Status;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match Status::parse(s) {
@@ -439,14 +439,13 @@ pub async fn compliance(
             crate::engine::COMPLIANCE_OFF,
         );
     }
-    let store = st.control.store.clone();
-    let (search, limit) = (
-        q.q.unwrap_or_default(),
-        q.limit.unwrap_or(100).clamp(1, 1000),
-    );
-    let read = tokio::task::spawn_blocking(move || store.invoices(status, &search, limit)).await;
-    let invoices = match read {
-        Ok(Ok(v)) => v,
+    let query = crate::protocol::Query::Invoices {
+        status,
+        search: q.q.unwrap_or_default(),
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let invoices = match st.engine.query(query).await {
+        Ok(crate::protocol::Answer::Invoices { invoices }) => invoices,
         _ => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -463,7 +462,7 @@ pub async fn compliance(
     .into_response()
 }
 
-fn invoice_json(r: &crate::store::InvoiceRecord) -> Value {
+fn invoice_json(r: &crate::protocol::InvoiceRecord) -> Value {
     json!({
         "stripe_id": r.stripe_id,
         "number": r.number,
@@ -649,7 +648,7 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         (Ok(a), Ok(b)) => (a, b),
         (Err(m), _) | (_, Err(m)) => return bad(m),
     };
-    let filter = crate::store::AuditFilter {
+    let filter = crate::protocol::AuditFilter {
         kinds: q
             .kind
             .map(|k| {
@@ -665,9 +664,14 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         before_id: q.before,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
-    let store = st.control.store.clone();
-    match tokio::task::spawn_blocking(move || store.audit_query(&filter)).await {
-        Ok(Ok(events)) => axum::Json(json!({ "events": events })).into_response(),
+    match st
+        .engine
+        .query(crate::protocol::Query::Audit { filter })
+        .await
+    {
+        Ok(crate::protocol::Answer::Audit { entries: events }) => {
+            axum::Json(json!({ "events": events })).into_response()
+        }
         _ => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "store",
@@ -710,11 +714,11 @@ pub async fn silence_alerts(
     let Some(secs) = body
         .get("secs")
         .and_then(Value::as_u64)
-        .filter(|s| (1..=crate::engine::MAX_SILENCE_SECS).contains(s))
+        .filter(|s| (1..=crate::protocol::MAX_SILENCE_SECS).contains(s))
     else {
         return bad(format!(
             "secs: expected whole seconds from 1 to {} (7 days)",
-            crate::engine::MAX_SILENCE_SECS
+            crate::protocol::MAX_SILENCE_SECS
         ));
     };
     act(&st, actor, Command::SilenceAlerts { matcher, secs }).await

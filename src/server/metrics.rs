@@ -1,6 +1,6 @@
 //! `GET /metrics`: the engine's snapshot in the Prometheus text format.
 
-use crate::engine::Snapshot;
+use crate::protocol::Snapshot;
 use crate::telemetry::prom::{Exposition, Kind};
 
 pub fn render(s: &Snapshot) -> String {
@@ -100,7 +100,7 @@ pub fn render(s: &Snapshot) -> String {
     let counter = |e: &mut Exposition,
                    name: &str,
                    help: &str,
-                   f: &dyn Fn(&crate::resilience::DownstreamView) -> u64| {
+                   f: &dyn Fn(&crate::protocol::DownstreamView) -> u64| {
         e.family(name, Kind::Counter, help);
         for d in ds {
             e.with(&[("service", &d.name)], f(d) as f64);

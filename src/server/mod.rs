@@ -1,6 +1,7 @@
 //! The engine's HTTP server: Stripe webhooks, `/health`, `/metrics`, the control API
-//! and its WebSocket feeds (DESIGN.md §4). It hands work to the engine as commands and
-//! reads the engine's snapshots; it never touches SQL.
+//! and its WebSocket feeds (DESIGN.md §4). It serves an engine through its
+//! [`Frontend`]: it hands work to the engine as commands, verified events and queries,
+//! and reads the engine's snapshots; it never touches SQL nor the pipelines.
 
 pub mod api;
 pub mod auth;
@@ -9,7 +10,7 @@ pub mod webhook;
 pub mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,48 +19,96 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
-use crate::engine::Mode;
-use crate::engine::catalog::Catalog;
-use crate::engine::ingest::{Ingested, NotNow};
+use crate::config::{Config, Secret, TokenConfig};
+use crate::engine::{Frontend, IngestError, Ingested, VerifiedEvent};
+use crate::protocol::{Mode, Phase, Snapshot};
+
+/// What the server needs besides the engine: who may call it, which host names it
+/// answers to, and how Stripe's webhooks are verified.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `server.tokens`.
+    pub tokens: Vec<TokenConfig>,
+    /// Host names (besides IP literals and `localhost`) the engine answers to
+    /// (`server.allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
+    /// `stripe.webhook_secret`.
+    pub webhook_secret: Secret,
+    /// `stripe.webhook_tolerance_secs`.
+    pub webhook_tolerance_secs: u64,
+    /// `server.ws_heartbeat_secs`.
+    pub ws_heartbeat: Duration,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
+        Ok(Settings {
+            tokens: cfg.server.tokens.clone(),
+            allowed_hosts: cfg.server.allowed_hosts.clone(),
+            webhook_secret: cfg
+                .stripe
+                .webhook_secret
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("config key `stripe.webhook_secret` is required"))?,
+            webhook_tolerance_secs: cfg.stripe.webhook_tolerance_secs,
+            ws_heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
+        })
+    }
+}
 
 #[derive(Clone)]
 pub struct ServerState {
-    pub catalog: Arc<Catalog>,
-    pub compliance: Option<Arc<crate::engine::compliance::Compliance>>,
+    /// The engine served.
+    pub engine: Frontend,
     pub webhook_secret: Secret,
     pub tolerance_secs: u64,
-    pub mode: Mode,
     pub control: Arc<Control>,
 }
 
-/// What the API and the feeds need of the engine.
+/// The server's own state: callers, feeds, host names.
 pub struct Control {
-    pub commands: crate::engine::Commands,
-    pub snapshot: watch::Receiver<Arc<crate::engine::Snapshot>>,
-    pub events: broadcast::Sender<crate::engine::EngineEvent>,
-    /// Read-only uses: the audit trail and the DIAN queue.
-    pub store: crate::store::Store,
     pub auth: auth::Auth,
     pub ws: ws::Registry,
-    pub heartbeat: std::time::Duration,
+    pub heartbeat: Duration,
     /// Host names (besides IP literals and `localhost`) the engine answers to
     /// (`server.allowed_hosts`).
     pub hosts: Vec<String>,
 }
 
+impl ServerState {
+    pub fn new(engine: Frontend, settings: Settings) -> Self {
+        ServerState {
+            engine,
+            webhook_secret: settings.webhook_secret,
+            tolerance_secs: settings.webhook_tolerance_secs,
+            control: Arc::new(Control {
+                auth: auth::Auth::new(settings.tokens),
+                ws: Default::default(),
+                heartbeat: settings.ws_heartbeat,
+                hosts: settings.allowed_hosts,
+            }),
+        }
+    }
+}
+
+/// Milliseconds since the epoch (the feeds' stamps, the API's quota windows).
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Largest body the control API reads.
 pub const API_BODY_LIMIT: usize = 64 * 1024;
 
+/// Serves `engine` on `listener` until `cancel`, then lets open requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: ServerState,
+    engine: Frontend,
+    settings: Settings,
     cancel: CancellationToken,
 ) {
-    let app = router(state);
+    let app = router(ServerState::new(engine, settings));
     if let Err(e) = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -167,7 +216,7 @@ async fn host_guard(
 }
 
 async fn prometheus(State(state): State<ServerState>) -> Response {
-    let snap = state.control.snapshot.borrow().clone();
+    let snap = state.engine.latest();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -179,7 +228,7 @@ async fn prometheus(State(state): State<ServerState>) -> Response {
 }
 
 /// The snapshot as JSON, for `GET /api/v1/snapshot` and `syncctl status --json`.
-pub fn snapshot_value(s: &crate::engine::Snapshot) -> Value {
+pub fn snapshot_value(s: &Snapshot) -> Value {
     let c = &s.catalog;
     let t = &s.telemetry;
     json!({
@@ -210,11 +259,7 @@ pub fn snapshot_value(s: &crate::engine::Snapshot) -> Value {
 }
 
 fn reject(state: &ServerState, status: StatusCode, message: &str) -> Response {
-    state
-        .catalog
-        .metrics
-        .webhooks_rejected
-        .fetch_add(1, Ordering::Relaxed);
+    state.engine.webhook_rejected();
     tracing::warn!("webhook rejected: {message}");
     (
         status,
@@ -223,8 +268,9 @@ fn reject(state: &ServerState, status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// `POST /webhooks/stripe`: verify on the raw body, then record the event id and its job
-/// in one transaction; a repeated id is acknowledged and ignored.
+/// `POST /webhooks/stripe`: verify on the raw body, then hand the event to the engine,
+/// which records its id and its effect in one transaction; a repeated id is
+/// acknowledged and ignored.
 async fn stripe_webhook(
     State(state): State<ServerState>,
     headers: HeaderMap,
@@ -263,69 +309,37 @@ async fn stripe_webhook(
     let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
         return reject(&state, StatusCode::BAD_REQUEST, "event has no id or type");
     };
-    let created = event["created"].as_i64().unwrap_or(now);
-    let catalog = state.catalog.clone();
-    let (id, kind, object) = (
-        id.to_owned(),
-        kind.to_owned(),
-        event["data"]["object"].clone(),
-    );
+    let verified = VerifiedEvent {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        created: event["created"].as_i64().unwrap_or(now),
+        object: event["data"]["object"].clone(),
+    };
     // One way in for every fact (webhook, events reconciliation, listing): the engine
-    // routes it and writes its effect with its id.
-    let result = tokio::task::spawn_blocking(move || {
-        catalog.ingest_event(&id, &kind, created, &object, "webhook")
-    })
-    .await;
-    let metrics = &state.catalog.metrics;
-    match result {
-        Ok(Ok(Ingested::New)) => {
-            metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
-            if let Some(c) = &state.compliance
-                && event["type"] == "invoice.paid"
-            {
-                c.metrics.webhooks.fetch_add(1, Ordering::Relaxed);
-            }
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "received": true, "handled": true })),
-            )
-                .into_response()
-        }
-        Ok(Ok(Ingested::Duplicate)) => {
-            metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "received": true, "duplicate": true })),
-            )
-                .into_response()
-        }
-        Ok(Ok(Ingested::Ignored(reason))) => {
-            metrics.webhooks_ignored.fetch_add(1, Ordering::Relaxed);
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "received": true, "ignored": true, "reason": reason })),
-            )
-                .into_response()
-        }
+    // routes it, writes its effect with its id, and counts it.
+    match state.engine.ingest(verified).await {
+        Ok(Ingested::New) => (
+            StatusCode::OK,
+            axum::Json(json!({ "received": true, "handled": true })),
+        )
+            .into_response(),
+        Ok(Ingested::Duplicate) => (
+            StatusCode::OK,
+            axum::Json(json!({ "received": true, "duplicate": true })),
+        )
+            .into_response(),
+        Ok(Ingested::Ignored(reason)) => (
+            StatusCode::OK,
+            axum::Json(json!({ "received": true, "ignored": true, "reason": reason })),
+        )
+            .into_response(),
         // Not stored: a 5xx makes Stripe deliver it again later.
-        Ok(Err(e)) => {
-            let message = match e.downcast_ref::<NotNow>() {
-                Some(why) => format!("not taken now: {why}; retry"),
-                None => {
-                    tracing::error!("webhook not stored: {e:#}");
-                    "could not store the event; retry".to_owned()
-                }
-            };
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "error": { "message": message } })),
-            )
-                .into_response()
-        }
-        Err(e) => {
-            tracing::error!("webhook task failed: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
+        Err(e @ (IngestError::NotNow(_) | IngestError::Store)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": { "message": e.to_string() } })),
+        )
+            .into_response(),
+        Err(IngestError::Failed) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -334,7 +348,8 @@ async fn stripe_webhook(
 /// second, diverging verdict): a store that cannot be read or written is a check of that
 /// judgement. 503 when the status is down.
 async fn health(State(state): State<ServerState>) -> Response {
-    let snap = state.control.snapshot.borrow().clone();
+    let snap = state.engine.latest();
+    let webhooks = state.engine.webhooks();
     let h = &snap.telemetry.health;
     let c = &snap.catalog;
     let counts = &c.counts;
@@ -369,9 +384,9 @@ async fn health(State(state): State<ServerState>) -> Response {
             "counts": snap.compliance.counts.by_name(),
             "contingency": snap.compliance.contingency.phase,
         },
-        "alerts_firing": snap.telemetry.alerts.iter().filter(|a| a.phase == crate::telemetry::alerts::Phase::Firing).count(),
+        "alerts_firing": snap.telemetry.alerts.iter().filter(|a| a.phase == Phase::Firing).count(),
         "anomalies_open": snap.telemetry.open_anomalies,
-        "mode": match state.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
+        "mode": match snap.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
         "version": env!("CARGO_PKG_VERSION"),
         "warnings": h.warnings,
         "catalog": {
@@ -380,10 +395,10 @@ async fn health(State(state): State<ServerState>) -> Response {
             "failed": counts.failed, "rejected": counts.rejected, "products_seen": counts.products_seen,
             "full_sync": { "done": c.full_sync.done, "pages": c.full_sync.pages, "listed": c.full_sync.listed },
             "webhooks": {
-                "accepted": state.catalog.metrics.webhooks_accepted.load(Ordering::Relaxed),
-                "duplicate": state.catalog.metrics.webhooks_duplicate.load(Ordering::Relaxed),
-                "ignored": state.catalog.metrics.webhooks_ignored.load(Ordering::Relaxed),
-                "rejected": state.catalog.metrics.webhooks_rejected.load(Ordering::Relaxed),
+                "accepted": webhooks.accepted,
+                "duplicate": webhooks.duplicate,
+                "ignored": webhooks.ignored,
+                "rejected": webhooks.rejected,
             },
         },
     }));

@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::ServerState;
 use super::api::Actor;
-use crate::engine::EngineEvent;
+use crate::protocol::EngineEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,7 +62,7 @@ impl Registry {
                 feed,
                 token: token.to_owned(),
                 remote: remote.to_string(),
-                connected_at_ms: crate::store::now_ms(),
+                connected_at_ms: super::now_ms(),
                 sent: 0,
             },
         );
@@ -125,11 +125,11 @@ pub fn frame(feed: Feed, e: &EngineEvent) -> Option<Value> {
 
 async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, addr: SocketAddr) {
     let id = st.control.ws.add(feed, &actor.caller.name, addr);
-    let mut events = st.control.events.subscribe();
+    let mut events = st.engine.events.subscribe();
     let (mut tx, mut rx) = socket.split();
     let heartbeat = st.control.heartbeat;
     let hello = {
-        let snap = st.control.snapshot.borrow().clone();
+        let snap = st.engine.latest();
         json!({
             "type": "hello",
             "feed": feed,
@@ -148,7 +148,7 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
         let out = tokio::select! {
             _ = beat.tick() => {
                 seq += 1;
-                Some(json!({ "type": "heartbeat", "seq": seq, "at_ms": crate::store::now_ms() }))
+                Some(json!({ "type": "heartbeat", "seq": seq, "at_ms": super::now_ms() }))
             }
             e = events.recv() => match e {
                 Ok(e) => frame(feed, &e),
@@ -159,7 +159,7 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                     match v.get("type").and_then(Value::as_str) {
-                        Some("ping") => Some(json!({ "type": "pong", "at_ms": crate::store::now_ms() })),
+                        Some("ping") => Some(json!({ "type": "pong", "at_ms": super::now_ms() })),
                         _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
                     }
                 }

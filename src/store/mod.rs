@@ -14,7 +14,7 @@ mod schema;
 pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
-pub use crate::protocol::{AuditEntry, CatalogCounts};
+pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -130,20 +130,6 @@ pub struct ItemMapping {
     pub pending_body: Option<String>,
     pub status: String,
     pub reason: Option<String>,
-}
-
-/// Which audit entries to read.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    /// `kind` equals one of these (any when empty).
-    pub kinds: Vec<String>,
-    /// `entity` equals this.
-    pub entity: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    /// Entries with a smaller id (paging backwards).
-    pub before_id: Option<i64>,
-    pub limit: usize,
 }
 
 /// A job to enqueue.

@@ -160,6 +160,248 @@ pub fn combine(
     }
 }
 
+/// `90` → "1m30s", `3600` → "1h".
+pub fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// What to do when the store cannot write.
+pub const STORE_WRITE_FIX: &str = "free space on the data dir's filesystem, make sure the file is writable (not read-only, not immutable) and that no other process holds a lock on it; the engine keeps trying and recovers by itself once a write succeeds";
+
+/// What the engine gathered about its pipelines and its store for one health tick: plain
+/// numbers and reasons; [`pipelines`] scores them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineSignals {
+    pub catalog: CatalogSignals,
+    /// Set while QuickBooks refuses our credentials.
+    pub quickbooks_auth: Option<AuthSignal>,
+    pub store: StoreSignals,
+    /// Set when the compliance pipeline runs.
+    pub compliance: Option<ComplianceSignals>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatalogSignals {
+    pub failed: u64,
+    pub rejected: u64,
+    pub paused: bool,
+    pub queued: u64,
+    pub in_flight: u64,
+    /// How long (ms) work has waited with no job finishing (see [`Progress::stalled`]).
+    pub stalled_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthSignal {
+    pub reason: String,
+    pub fix: String,
+    /// Until the token endpoint is tried again.
+    pub retry_in_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreSignals {
+    /// The store's file, as shown.
+    pub path: String,
+    /// Writes failing: for how long (ms), and the last error.
+    pub write_failing: Option<(i64, String)>,
+    /// Reads failing: the error.
+    pub read_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComplianceSignals {
+    /// Invoices FAILED or REJECTED.
+    pub stuck: u64,
+    /// The contingency phase ("OUTAGE", "PROBING", …).
+    pub contingency: String,
+    pub paused: bool,
+    pub numbering: NumberingSignal,
+    /// How long (ms) invoices were due with none progressing.
+    pub stalled_ms: Option<i64>,
+}
+
+/// Whether the numbering range is confirmed with Alegra.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum NumberingSignal {
+    #[default]
+    Ready,
+    Checking(String),
+    Refused {
+        why: String,
+        fix: String,
+    },
+}
+
+/// The pipelines' and the store's part of the health judgement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineVerdict {
+    pub checks: Vec<Check>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    pub recommendations: Vec<crate::protocol::Recommendation>,
+    pub problems: Vec<Problem>,
+}
+
+/// Scores the catalog and compliance pipelines and the store from what the engine saw.
+pub fn pipelines(s: &PipelineSignals) -> PipelineVerdict {
+    use crate::protocol::Recommendation;
+    let mut v = PipelineVerdict::default();
+    let c = &s.catalog;
+    let mut notes = Vec::new();
+    let mut score: f64 = 100.0;
+    if c.failed > 0 {
+        notes.push(format!("{} jobs failed", c.failed));
+        v.warnings.push(format!("{} catalog jobs failed", c.failed));
+        // Work given up on needs a person: degraded (fair), as FAILED invoices are.
+        score = score.min(60.0);
+    }
+    if c.rejected > 0 {
+        v.warnings
+            .push(format!("{} products rejected as invalid", c.rejected));
+    }
+    if c.paused {
+        notes.push("paused".into());
+        v.warnings.push("catalog pipeline paused".into());
+        score = score.min(90.0);
+    }
+    if let Some(ms) = c.stalled_ms {
+        let line = format!(
+            "no job finished for {} with {} queued, {} in flight",
+            human_secs(ms as u64 / 1000),
+            c.queued,
+            c.in_flight
+        );
+        v.warnings.push(format!("catalog stalled: {line}"));
+        v.recommendations.push(Recommendation::new(
+            "catalog",
+            "work is waiting and nothing finishes; the workers' activity and the event log show what they are doing",
+        ));
+        notes.push(line);
+        score = score.min(40.0);
+    }
+    v.checks.push(check("catalog", score, notes));
+    if let Some(p) = &s.quickbooks_auth {
+        v.recommendations
+            .push(Recommendation::new("quickbooks", p.fix.clone()));
+        v.problems.push(Problem {
+            component: "quickbooks".into(),
+            reason: format!(
+                "{} — catalog jobs wait (none lost); next token attempt in {}",
+                p.reason,
+                human_secs(p.retry_in_ms.div_ceil(1000))
+            ),
+            fix: p.fix.clone(),
+        });
+    }
+    // The store: writes (their outcomes and the probe's) and the publisher's reads.
+    let mut store_notes = Vec::new();
+    let path = &s.store.path;
+    if let Some((for_ms, err)) = &s.store.write_failing {
+        store_notes.push(format!(
+            "writes failing for {}: {err}",
+            human_secs((*for_ms).max(0) as u64 / 1000)
+        ));
+        v.recommendations
+            .push(Recommendation::new("store", STORE_WRITE_FIX));
+        v.problems.push(Problem {
+            component: "store".into(),
+            reason: format!("cannot write to {path}: {err}"),
+            fix: STORE_WRITE_FIX.into(),
+        });
+    }
+    if let Some(err) = &s.store.read_error {
+        store_notes.push(format!("reads failing: {err}"));
+        v.problems.push(Problem {
+            component: "store".into(),
+            reason: format!("cannot read {path}: {err}"),
+            fix: format!("stop syncctl and check the file (sqlite3 {path} \"PRAGMA quick_check\"); restore it from a backup, or recover it with sqlite3 {path} \".recover\""),
+        });
+    }
+    for n in &store_notes {
+        v.errors.push(format!("store: {n}"));
+    }
+    let store_score = if store_notes.is_empty() { 100.0 } else { 0.0 };
+    v.checks.push(check("store", store_score, store_notes));
+    if let Some(k) = &s.compliance {
+        let mut notes = Vec::new();
+        let mut score: f64 = 100.0;
+        if k.stuck > 0 {
+            notes.push(format!("{} invoices FAILED or REJECTED", k.stuck));
+            v.warnings.push(format!(
+                "{} invoices need an operator (FAILED or REJECTED)",
+                k.stuck
+            ));
+            v.recommendations.push(
+                Recommendation::new(
+                    "compliance",
+                    "fix the cause shown in each invoice's history, then retry the failed invoices",
+                )
+                .with_action(crate::protocol::Command::RetryFailed {}),
+            );
+            score = score.min(60.0);
+        }
+        match k.contingency.as_str() {
+            "OUTAGE" => {
+                notes.push("DIAN outage: contingency".into());
+                v.warnings
+                    .push("DIAN is down: invoices wait in contingency".into());
+                score = score.min(40.0);
+            }
+            "PROBING" => {
+                notes.push("DIAN not answering: probing".into());
+                score = score.min(60.0);
+            }
+            _ => {}
+        }
+        if k.paused {
+            notes.push("paused".into());
+            v.warnings.push("compliance pipeline paused".into());
+            score = score.min(90.0);
+        }
+        match &k.numbering {
+            NumberingSignal::Ready => {}
+            NumberingSignal::Checking(why) => {
+                notes.push("numbering not confirmed with Alegra".into());
+                v.warnings.push(format!("compliance: {why}"));
+                score = score.min(60.0);
+            }
+            NumberingSignal::Refused { why, fix } => {
+                notes.push("numbering refused: no invoice is numbered".into());
+                v.errors.push(format!("compliance: {why}"));
+                v.problems.push(Problem {
+                    component: "compliance".into(),
+                    reason: why.clone(),
+                    fix: fix.clone(),
+                });
+                score = 0.0;
+            }
+        }
+        if let Some(ms) = k.stalled_ms {
+            let line = format!(
+                "invoices due and none progressed for {}",
+                human_secs(ms as u64 / 1000)
+            );
+            v.warnings.push(format!("compliance stalled: {line}"));
+            notes.push(line);
+            score = score.min(40.0);
+        }
+        v.checks.push(check("compliance", score, notes));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +518,65 @@ mod tests {
         assert_eq!(downstream(&s, &t()).score, 50);
         s.p95_ms = Some(2000.0);
         assert_eq!(downstream(&s, &t()).score, 100);
+    }
+
+    #[test]
+    fn pipelines_score_what_the_engine_gathered() {
+        let quiet = pipelines(&PipelineSignals::default());
+        let scores: Vec<(&str, u8)> = quiet
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.score))
+            .collect();
+        assert_eq!(scores, [("catalog", 100), ("store", 100)]);
+        assert!(quiet.warnings.is_empty() && quiet.problems.is_empty());
+
+        let v = pipelines(&PipelineSignals {
+            catalog: CatalogSignals {
+                queued: 4,
+                stalled_ms: Some(STALL_MS),
+                ..Default::default()
+            },
+            store: StoreSignals {
+                path: "/d/syncctl.db".into(),
+                write_failing: Some((90_000, "disk full".into())),
+                read_error: None,
+            },
+            compliance: Some(ComplianceSignals {
+                stuck: 2,
+                numbering: NumberingSignal::Refused {
+                    why: "a document Alegra has is missing here".into(),
+                    fix: "start with --fresh-store".into(),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let scores: Vec<(&str, u8)> = v
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.score))
+            .collect();
+        assert_eq!(scores, [("catalog", 40), ("store", 0), ("compliance", 0)]);
+        assert_eq!(
+            v.warnings[0],
+            "catalog stalled: no job finished for 5m with 4 queued, 0 in flight"
+        );
+        assert_eq!(v.errors[0], "store: writes failing for 1m30s: disk full");
+        let components: Vec<&str> = v.problems.iter().map(|p| p.component.as_str()).collect();
+        assert_eq!(components, ["store", "compliance"]);
+        let retry = v
+            .recommendations
+            .iter()
+            .find(|r| r.component == "compliance")
+            .and_then(|r| r.action.clone());
+        assert_eq!(retry, Some(crate::protocol::Command::RetryFailed {}));
+    }
+
+    #[test]
+    fn human_secs_words_durations() {
+        assert_eq!(human_secs(0), "0s");
+        assert_eq!(human_secs(90), "1m30s");
+        assert_eq!(human_secs(3600), "1h");
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use syncctl::app;
+use syncctl::app::Served;
 use syncctl::config::Config;
-use syncctl::engine::{self, EngineHandle, EngineOptions, Mode};
+use syncctl::engine::{EngineHandle, EngineOptions, Mode};
 use syncctl::sandbox::{SandboxOptions, SandboxServer};
 
 pub async fn sandbox(products: usize, seed: u64) -> SandboxServer {
@@ -35,15 +36,19 @@ pub fn config_for(sandbox: &SandboxServer) -> Config {
     c
 }
 
-pub async fn engine(config: Config, dir: &std::path::Path) -> EngineHandle {
+/// An engine on `dir` and its HTTP server, as the binary wires them.
+pub async fn engine(config: Config, dir: &std::path::Path) -> Served {
     let listener = app::bind(config.server.listen, false).await.unwrap();
-    engine::start(EngineOptions {
-        config,
-        data_dir: dir.to_owned(),
-        mode: Mode::Sandbox,
+    app::serve_engine(
+        EngineOptions {
+            config,
+            data_dir: dir.to_owned(),
+            mode: Mode::Sandbox,
+            server_addr: None,
+            fresh_store: false,
+        },
         listener,
-        fresh_store: false,
-    })
+    )
     .await
     .unwrap()
 }

@@ -1,0 +1,133 @@
+//! The engine's periodic and background tasks: audit retention, compliance
+//! housekeeping (backups, retention, the daily report), the store's write probe, and
+//! the writers that turn breaker transitions and the publisher's lines into audit
+//! entries off the callers' paths.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::housekeeping;
+use crate::protocol::EngineEvent;
+use crate::resilience::State as BreakerState;
+use crate::resilience::breaker::Transition;
+use crate::store::Store;
+
+/// Removes audit entries older than `audit.retention_days`, at start and hourly.
+pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: CancellationToken) {
+    loop {
+        let s = store.clone();
+        let cutoff = store.now_ms() - days as i64 * 86_400_000;
+        match tokio::task::spawn_blocking(move || s.purge_audit_before(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!("audit retention: {n} entries older than {days} days removed")
+            }
+            Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_RETENTION_EVERY) => {}
+        }
+    }
+}
+
+const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Backups every few seconds; retention and the daily report at start, then every
+/// minute (written off the async threads).
+pub(super) async fn housekeeping_loop(
+    house: housekeeping::Housekeeping,
+    cancel: CancellationToken,
+) {
+    let house = Arc::new(std::sync::Mutex::new(house));
+    let full_every = (HOUSEKEEPING_EVERY.as_secs() / BACKUP_EVERY.as_secs()).max(1);
+    for round in 0u64.. {
+        let h = house.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if round % full_every == 0 {
+                h.pass()
+            } else {
+                h.backup_pass().map(|n| housekeeping::PassSummary {
+                    backed_up: n,
+                    ..Default::default()
+                })
+            }
+        })
+        .await;
+        match pass {
+            Ok(Ok(s)) if s.records_purged > 0 || s.backups_removed > 0 => tracing::info!(
+                "retention: {} validated records and {} backups older than the retention removed",
+                s.records_purged,
+                s.backups_removed
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("compliance housekeeping: {e:#}"),
+            Err(e) => tracing::error!("compliance housekeeping stopped: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BACKUP_EVERY) => {}
+        }
+    }
+}
+
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+const BACKUP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the store's write probe runs.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(3);
+
+/// Health must know the store cannot write even when nothing else writes, and see it
+/// recover: a one-row write every few seconds.
+pub(super) async fn store_probe_loop(store: Store, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(STORE_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.probe_write()).await;
+    }
+}
+
+/// Breaker transitions become audit entries and live events (written off the caller's
+/// path: the listener runs under the breaker's lock).
+pub(super) async fn transitions_loop(
+    store: Store,
+    events: broadcast::Sender<EngineEvent>,
+    mut transitions: mpsc::UnboundedReceiver<(String, Transition)>,
+) {
+    while let Some((service, t)) = transitions.recv().await {
+        let line = format!("circuit {} → {}: {}", t.from, t.to, t.reason);
+        if t.to == BreakerState::Open {
+            tracing::warn!("{service}: {line}");
+        } else {
+            tracing::info!("{service}: {line}");
+        }
+        let _ = store.audit("circuit", &service, "engine", &line);
+        let _ = events.send(EngineEvent::Breaker {
+            service,
+            transition: t,
+        });
+    }
+}
+
+/// The publisher's audit lines (alerts, anomalies): kind, entity, message, written in
+/// order off its task.
+pub(super) async fn audit_writer(
+    store: Store,
+    mut lines: mpsc::UnboundedReceiver<(String, String, String)>,
+) {
+    while let Some((kind, entity, message)) = lines.recv().await {
+        let store = store.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || store.audit(&kind, &entity, "engine", &message))
+                .await;
+    }
+}

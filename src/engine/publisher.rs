@@ -1,0 +1,553 @@
+//! Builds [`Snapshot`]s from the engine's parts and publishes them when they changed,
+//! and runs the once-a-second telemetry tick: a sample of every counter, the signals
+//! health is judged on (scored in [`crate::telemetry::health`]), alerts, anomalies and
+//! StatsD.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::catalog::Catalog;
+use super::compliance;
+use super::{CatalogView, ComplianceView, EngineEvent, Mode, Operation, Snapshot};
+use crate::compliance::machine::Status;
+use crate::config::Config;
+use crate::resilience::{Downstream, DownstreamView, State as BreakerState};
+use crate::store::{AuditEntry, CatalogCounts};
+
+/// Builds snapshots from the engine's parts and publishes them when they changed.
+pub(super) struct Publisher {
+    catalog: Arc<Catalog>,
+    compliance: Option<Arc<compliance::Compliance>>,
+    compliance_key: Option<u64>,
+    compliance_cache: ComplianceView,
+    downstreams: Vec<Arc<Downstream>>,
+    mode: Mode,
+    server_addr: String,
+    last_completed: u64,
+    per_second: std::collections::VecDeque<u64>,
+    second_started: tokio::time::Instant,
+    audit: std::collections::VecDeque<AuditEntry>,
+    last_audit_id: i64,
+    pub(super) telemetry: crate::telemetry::Telemetry,
+    /// The telemetry as the snapshot shows it, rebuilt on each tick and after an
+    /// operator changed alerts or thresholds (not on every publish).
+    telemetry_view: crate::telemetry::TelemetryView,
+    ticked: bool,
+    /// Connected to `server.statsd` when set.
+    statsd: Option<std::net::UdpSocket>,
+    /// The thresholds in force, and the file they are saved to.
+    pub(super) config: Config,
+    /// Audit lines written off the publisher's task (a store that cannot write must not
+    /// stop snapshots): kind, entity, message.
+    audit_tx: mpsc::UnboundedSender<(String, String, String)>,
+    /// The last catalog counts read, kept while the store cannot be read.
+    counts: CatalogCounts,
+    /// Set while the store cannot be read.
+    read_error: Option<String>,
+    catalog_progress: crate::telemetry::health::Progress,
+    compliance_progress: crate::telemetry::health::Progress,
+}
+
+const SERIES_SECONDS: usize = 120;
+const AUDIT_KEPT: usize = 500;
+
+const INVOICES_SHOWN: usize = 300;
+
+impl Publisher {
+    /// The DIAN queue view. What comes from the store is re-read only when a record
+    /// changed, not on every publish tick.
+    fn compliance_view(&mut self) -> ComplianceView {
+        let Some(c) = self.compliance.clone() else {
+            return ComplianceView::default();
+        };
+        let key = c.version();
+        if self.compliance_key != Some(key) {
+            self.compliance_cache = self.read_compliance(&c);
+            self.compliance_key = Some(key);
+        }
+        ComplianceView {
+            enabled: true,
+            paused: c.is_paused(),
+            sends: c.metrics.sends.load(Ordering::Relaxed),
+            validated: c.metrics.validated.load(Ordering::Relaxed),
+            in_flight: c.in_flight(),
+            window: c.alegra().window(),
+            contingency: c.contingency_view(),
+            now_ms: c.store.now_ms() / 1000 * 1000,
+            numbering_hold: c.numbering_hold(),
+            ..self.compliance_cache.clone()
+        }
+    }
+
+    fn read_compliance(&self, c: &compliance::Compliance) -> ComplianceView {
+        let store = &c.store;
+        let mut invoices = store.invoices(None, "", INVOICES_SHOWN).unwrap_or_default();
+        // Everything needing attention is listed even when older than the newest few.
+        for s in [
+            Status::Failed,
+            Status::Rejected,
+            Status::Fallback,
+            Status::Unknown,
+        ] {
+            for r in store
+                .invoices(Some(s), "", INVOICES_SHOWN)
+                .unwrap_or_default()
+            {
+                if !invoices.iter().any(|x| x.stripe_id == r.stripe_id) {
+                    invoices.push(r);
+                }
+            }
+        }
+        invoices.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then(b.number.cmp(&a.number))
+        });
+        ComplianceView {
+            counts: store.compliance_counts().unwrap_or_default(),
+            invoices,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn new(
+        catalog: Arc<Catalog>,
+        compliance: Option<Arc<compliance::Compliance>>,
+        downstreams: Vec<Arc<Downstream>>,
+        mode: Mode,
+        server_addr: String,
+        config: Config,
+        audit_tx: mpsc::UnboundedSender<(String, String, String)>,
+    ) -> Self {
+        Self {
+            audit_tx,
+            counts: CatalogCounts::default(),
+            read_error: None,
+            catalog_progress: Default::default(),
+            compliance_progress: Default::default(),
+            telemetry: crate::telemetry::Telemetry::new(
+                config.alerts.clone(),
+                config.anomaly.clone(),
+            ),
+            statsd: config.server.statsd.as_deref().and_then(|addr| {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                match sock.connect(addr).and_then(|_| sock.set_nonblocking(true)) {
+                    Ok(()) => Some(sock),
+                    Err(e) => {
+                        tracing::warn!("server.statsd = {addr:?}: {e}; StatsD off");
+                        None
+                    }
+                }
+            }),
+            telemetry_view: Default::default(),
+            config,
+            ticked: false,
+            catalog,
+            compliance,
+            compliance_key: None,
+            compliance_cache: ComplianceView::default(),
+            downstreams,
+            mode,
+            server_addr,
+            last_completed: 0,
+            per_second: std::collections::VecDeque::from(vec![0; SERIES_SECONDS]),
+            second_started: tokio::time::Instant::now(),
+            audit: std::collections::VecDeque::new(),
+            last_audit_id: 0,
+        }
+    }
+
+    /// One second of telemetry: a sample of every counter, then series, anomalies,
+    /// alerts and health. What fired goes to the feeds and the audit trail.
+    fn telemetry_tick(
+        &mut self,
+        compliance: &ComplianceView,
+        counts: &CatalogCounts,
+        views: &[DownstreamView],
+        events: &broadcast::Sender<EngineEvent>,
+    ) {
+        use crate::telemetry::health;
+        let store = &self.catalog.store;
+        let m = &self.catalog.metrics;
+        let now = store.now_ms();
+        let qb_view = views.iter().find(|v| v.name == "quickbooks");
+        let auth = self.catalog.qb().tokens().problem();
+        let circuit_open = |v: Option<&DownstreamView>| {
+            v.is_some_and(|v| {
+                matches!(
+                    v.breaker.state,
+                    BreakerState::Open | BreakerState::ForcedOpen
+                )
+            })
+        };
+        // Work waiting and nothing finished for 5 minutes, with no reason already said
+        // (paused, an open circuit, refused credentials): stalled.
+        let waiting = counts.queued + counts.in_flight > 0
+            && !self.catalog.is_paused()
+            && !circuit_open(qb_view)
+            && auth.is_none();
+        let finished = m.completed.load(Ordering::Relaxed) + counts.failed + counts.rejected;
+        let catalog = health::CatalogSignals {
+            failed: counts.failed,
+            rejected: counts.rejected,
+            paused: self.catalog.is_paused(),
+            queued: counts.queued,
+            in_flight: counts.in_flight,
+            stalled_ms: self.catalog_progress.stalled(now, finished, waiting),
+        };
+        let wh = store.write_health();
+        let store_signals = health::StoreSignals {
+            path: store.path().display().to_string(),
+            write_failing: wh.failing_since_ms.map(|since| {
+                (
+                    crate::store::now_ms() - since,
+                    wh.last_error.clone().unwrap_or_default(),
+                )
+            }),
+            read_error: self.read_error.clone(),
+        };
+        let compliance_signals = match &self.compliance {
+            Some(c) if compliance.enabled => {
+                let due = c
+                    .store
+                    .next_invoice_due(false)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|at| at <= now);
+                let alegra_open = circuit_open(views.iter().find(|v| v.name == "alegra"));
+                let waiting = due
+                    && !compliance.paused
+                    && compliance.contingency.phase != "OUTAGE"
+                    && !alegra_open;
+                let numbering = match c.numbering() {
+                    compliance::Numbering::Ready => health::NumberingSignal::Ready,
+                    compliance::Numbering::Checking(why) => health::NumberingSignal::Checking(why),
+                    compliance::Numbering::Refused { why, fix } => {
+                        health::NumberingSignal::Refused { why, fix }
+                    }
+                };
+                let progressed = c.version() + c.metrics.sends.load(Ordering::Relaxed);
+                Some(health::ComplianceSignals {
+                    stuck: compliance.counts.get(Status::Failed)
+                        + compliance.counts.get(Status::Rejected),
+                    contingency: compliance.contingency.phase.to_string(),
+                    paused: compliance.paused,
+                    numbering,
+                    stalled_ms: self.compliance_progress.stalled(now, progressed, waiting),
+                })
+            }
+            _ => None,
+        };
+        let health::PipelineVerdict {
+            checks,
+            warnings,
+            errors,
+            recommendations,
+            problems,
+        } = health::pipelines(&health::PipelineSignals {
+            catalog,
+            quickbooks_auth: auth.as_ref().map(|p| health::AuthSignal {
+                reason: p.reason.clone(),
+                fix: p.fix.to_owned(),
+                retry_in_ms: p.retry_in_ms,
+            }),
+            store: store_signals,
+            compliance: compliance_signals,
+        });
+        let dian_queue = compliance.enabled.then(|| compliance.counts.waiting());
+        let downstreams = self
+            .downstreams
+            .iter()
+            .zip(views)
+            .map(|(d, v)| crate::telemetry::DownstreamSample {
+                name: v.name.clone(),
+                calls: v.calls,
+                failures: v.failures + v.timeouts,
+                consecutive_failures: v.consecutive_failures,
+                interval: d.latency.take_interval(),
+                recent_p95_ms: v.p95_ms,
+                breaker: v.breaker.state.to_string(),
+                in_flight: v.limiter.in_flight as u64,
+                limit: v.limiter.max_concurrent as u64,
+                auth: (v.name == "quickbooks")
+                    .then(|| auth.as_ref().map(|p| p.reason.clone()))
+                    .flatten(),
+            })
+            .collect();
+        let cache = self
+            .catalog
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats();
+        let sample = crate::telemetry::Sample {
+            now_ms: store.now_ms(),
+            items_done: m.completed.load(Ordering::Relaxed),
+            invoices_validated: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.validated.load(Ordering::Relaxed)),
+            dian_sends: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.sends.load(Ordering::Relaxed)),
+            dian_failures: self
+                .compliance
+                .as_ref()
+                .map_or(0, |c| c.metrics.dian_failures.load(Ordering::Relaxed)),
+            downstreams,
+            catalog_queue: counts.queued,
+            catalog_in_flight: m.in_flight.load(Ordering::Relaxed) as u64,
+            catalog_paused: self.catalog.is_paused(),
+            dian_queue,
+            cache,
+            checks,
+            warnings,
+            errors,
+            recommendations,
+            problems,
+        };
+        let prev = self.telemetry.last_sample().cloned();
+        let sample_copy = self.statsd.is_some().then(|| sample.clone());
+        for signal in self.telemetry.tick(sample) {
+            match signal {
+                crate::telemetry::Signal::Alert(n) => {
+                    if n.phase == crate::telemetry::alerts::Phase::Firing {
+                        tracing::warn!("alert: {}", n.message);
+                    } else {
+                        tracing::info!("alert: {}", n.message);
+                    }
+                    let _ = self
+                        .audit_tx
+                        .send(("alert".into(), n.id.clone(), n.message.clone()));
+                    let _ = events.send(EngineEvent::Alert(n));
+                }
+                crate::telemetry::Signal::Anomaly(a) => {
+                    let line = format!(
+                        "anomaly on {}: {:.2} against a baseline of {:.2} (score {:.1})",
+                        a.metric, a.value, a.baseline, a.score
+                    );
+                    tracing::info!("{line}");
+                    let _ = self
+                        .audit_tx
+                        .send(("anomaly".into(), a.metric.clone(), line));
+                    let _ = events.send(EngineEvent::Anomaly(a));
+                }
+            }
+        }
+        self.refresh_view();
+        if let Some(sample) = sample_copy {
+            self.send_statsd(&sample, prev.as_ref());
+        }
+    }
+
+    /// Rebuilds the telemetry the snapshot carries (charts, alerts, thresholds…).
+    pub(super) fn refresh_view(&mut self) {
+        self.telemetry_view = crate::telemetry::TelemetryView {
+            thresholds: self
+                .config
+                .thresholds()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            ..self.telemetry.view(self.catalog.store.now_ms())
+        };
+    }
+
+    /// StatsD: one datagram (or a few, each under 1400 bytes) a second; a lost one is
+    /// just lost (UDP), never an error for the engine.
+    fn send_statsd(
+        &self,
+        sample: &crate::telemetry::Sample,
+        prev: Option<&crate::telemetry::Sample>,
+    ) {
+        let Some(sock) = &self.statsd else { return };
+        let mut packet = String::new();
+        for line in crate::telemetry::statsd_lines(sample, prev, &self.telemetry_view) {
+            if packet.len() + line.len() + 1 > 1400 {
+                let _ = sock.send(packet.as_bytes());
+                packet.clear();
+            }
+            if !packet.is_empty() {
+                packet.push('\n');
+            }
+            packet.push_str(&line);
+        }
+        if !packet.is_empty() {
+            let _ = sock.send(packet.as_bytes());
+        }
+    }
+
+    /// Operations by p95 since start, slowest first.
+    fn profile(&self) -> Vec<Operation> {
+        let mut ops: Vec<Operation> = self
+            .downstreams
+            .iter()
+            .map(|d| Operation {
+                name: format!("http.{}", d.name()),
+                summary: d.latency.summary(),
+            })
+            .collect();
+        ops.push(Operation {
+            name: "catalog.item_sync".into(),
+            summary: self.catalog.metrics.latency.summary(),
+        });
+        if let Some(c) = &self.compliance {
+            ops.push(Operation {
+                name: "compliance.send".into(),
+                summary: c.metrics.send_latency.summary(),
+            });
+        }
+        ops.retain(|o| o.summary.count > 0);
+        ops.sort_by(|a, b| b.summary.p95_ms.total_cmp(&a.summary.p95_ms));
+        ops
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        tx: &watch::Sender<Arc<Snapshot>>,
+        events: &broadcast::Sender<EngineEvent>,
+        draining: bool,
+    ) {
+        let compliance = self.compliance_view();
+        let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
+        // A store that cannot be read keeps the last counts and says so in health.
+        let counts = match self.catalog.store.catalog_counts() {
+            Ok(c) => {
+                self.read_error = None;
+                self.counts = c.clone();
+                c
+            }
+            Err(e) => {
+                if self.read_error.is_none() {
+                    tracing::error!(
+                        "store: cannot read {}: {e}",
+                        self.catalog.store.path().display()
+                    );
+                }
+                self.read_error = Some(e.to_string());
+                self.counts.clone()
+            }
+        };
+        let downstreams: Vec<DownstreamView> = self.downstreams.iter().map(|d| d.view()).collect();
+        if !self.ticked {
+            // Health and thresholds from the first snapshot on.
+            self.ticked = true;
+            self.telemetry_tick(&compliance, &counts, &downstreams, events);
+        }
+        while self.second_started.elapsed() >= Duration::from_secs(1) {
+            self.second_started += Duration::from_secs(1);
+            self.per_second.pop_front();
+            self.per_second.push_back(completed - self.last_completed);
+            self.last_completed = completed;
+            self.telemetry_tick(&compliance, &counts, &downstreams, events);
+        }
+        let m = &self.catalog.metrics;
+        let store = &self.catalog.store;
+        if let Ok(mut fresh) = store.recent_audit(AUDIT_KEPT, self.last_audit_id) {
+            fresh.reverse();
+            for e in fresh {
+                self.last_audit_id = e.id;
+                let _ = events.send(EngineEvent::Audit(e.clone()));
+                if self.audit.len() >= AUDIT_KEPT {
+                    self.audit.pop_back();
+                }
+                self.audit.push_front(e);
+            }
+        }
+        let scaler = self
+            .catalog
+            .scaler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let last_reconcile = m.last_reconcile_ms.load(Ordering::Relaxed);
+        let snap = Snapshot {
+            mode: self.mode,
+            server_addr: self.server_addr.clone(),
+            catalog: CatalogView {
+                paused: self.catalog.is_paused(),
+                counts,
+                full_sync: m
+                    .full_sync
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                workers: self.catalog.max_workers(),
+                in_flight: m.in_flight.load(Ordering::Relaxed),
+                per_second: self.per_second.iter().copied().collect(),
+                completed,
+                errors: m.errors.load(Ordering::Relaxed),
+                webhooks_accepted: m.webhooks_accepted.load(Ordering::Relaxed),
+                webhooks_duplicate: m.webhooks_duplicate.load(Ordering::Relaxed),
+                webhooks_ignored: m.webhooks_ignored.load(Ordering::Relaxed),
+                webhooks_rejected: m.webhooks_rejected.load(Ordering::Relaxed),
+                last_reconcile_ms: (last_reconcile > 0).then_some(last_reconcile as i64),
+                workers_target: self.catalog.workers_target(),
+                workers_min: scaler
+                    .as_ref()
+                    .map_or(self.catalog.settings().workers, |s| s.config().min as usize),
+                workers_max: scaler
+                    .as_ref()
+                    .map_or(self.catalog.settings().workers, |s| s.config().max as usize),
+                autoscale: scaler.is_some(),
+                autoscale_status: scaler.as_ref().map_or_else(
+                    || "fixed (catalog.autoscale = false)".to_owned(),
+                    |s| s.status.clone(),
+                ),
+                decisions: scaler
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.decisions().take(10).cloned().collect()),
+                claim_batch: self
+                    .catalog
+                    .claim_batch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current,
+                page_size: self
+                    .catalog
+                    .page
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current,
+                deferred: m.deferred.load(Ordering::Relaxed),
+            },
+            recent_errors: m
+                .recent_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .take(20)
+                .cloned()
+                .collect(),
+            audit: self.audit.iter().cloned().collect(),
+            token_refreshes: self.catalog.qb().tokens().refreshes(),
+            draining,
+            downstreams,
+            telemetry: crate::telemetry::TelemetryView {
+                // Live: an invalidation shows at once, not at the next tick.
+                cache: self
+                    .catalog
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stats(),
+                ..self.telemetry_view.clone()
+            },
+            profile: self.profile(),
+            config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
+            compliance,
+        };
+        tx.send_if_modified(|current| {
+            if **current == snap {
+                false
+            } else {
+                *current = Arc::new(snap);
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,329 @@
+//! Starting an engine: the store, the clients and their resilience policies, the
+//! catalog and compliance pipelines, their workers and periodic tasks, the publisher,
+//! and the loop that answers commands and queries until it is asked to stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{Catalog, CatalogSettings};
+use super::commands::{self, Commands};
+use super::handle::{EngineHandle, Intake};
+use super::publisher::Publisher;
+use super::{EngineOptions, Mode, Snapshot, compliance, housekeeping, operator, periodic};
+use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
+use crate::connectors::stripe::StripeClient;
+use crate::resilience::{Downstream, SharedClock};
+use crate::store::{DataDirLock, Store};
+
+pub(super) fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
+    v.as_ref()
+        .ok_or_else(|| anyhow::anyhow!("config key `{key}` is required"))
+}
+
+/// Starts the engine: store, clients, the pipelines, their tasks, the snapshot
+/// publisher and the loop that answers commands. Serving it (HTTP) is the caller's.
+pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
+    let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
+    let wall_clock = crate::store::WallClock::default();
+    let (store, _opened) =
+        Store::open_checked(&opts.data_dir, wall_clock.clone(), opts.fresh_store)?;
+    let requeued = store.requeue_leased()?;
+    if requeued > 0 {
+        tracing::info!("re-queued {requeued} jobs leased by a previous run");
+        store.audit(
+            "sync",
+            "catalog",
+            "engine",
+            &format!("re-queued {requeued} jobs left in flight by the previous run"),
+        )?;
+    }
+    let cfg = &opts.config;
+    let http = crate::connectors::http_client()?;
+    let clock = SharedClock::tokio();
+    // In DOWNSTREAMS order: stripe, quickbooks, alegra.
+    let downstreams: Vec<Arc<Downstream>> = crate::config::DOWNSTREAMS
+        .iter()
+        .filter_map(|name| Some(Downstream::new(name, cfg.downstream(name)?, clock.clone())))
+        .collect();
+    // Breaker transitions become audit entries and live events (written off the
+    // caller's path: the listener runs under the breaker's lock).
+    let (transitions_tx, transitions_rx) =
+        mpsc::unbounded_channel::<(String, crate::resilience::breaker::Transition)>();
+    for d in &downstreams {
+        let tx = transitions_tx.clone();
+        d.breaker.on_transition(move |name, t| {
+            let _ = tx.send((name.to_owned(), t.clone()));
+        });
+    }
+    drop(transitions_tx);
+    let guard = |name: &str| {
+        downstreams
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no resilience policy for {name}"))
+    };
+    let stripe = StripeClient::new(
+        http.clone(),
+        required(&cfg.stripe.base_url, "stripe.base_url")?,
+        required(&cfg.stripe.api_key, "stripe.api_key")?.clone(),
+    )
+    .with_timeout(Duration::from_secs(cfg.stripe.timeout_secs))
+    .with_guard(guard("stripe")?);
+    let tokens = Arc::new(TokenKeeper::new(
+        http.clone(),
+        required(&cfg.quickbooks.token_url, "quickbooks.token_url")?,
+        required(&cfg.quickbooks.client_id, "quickbooks.client_id")?,
+        required(&cfg.quickbooks.client_secret, "quickbooks.client_secret")?.clone(),
+        required(&cfg.quickbooks.refresh_token, "quickbooks.refresh_token")?,
+        store.clone(),
+    )?);
+    let qb = QuickBooksClient::new(
+        http.clone(),
+        required(&cfg.quickbooks.base_url, "quickbooks.base_url")?,
+        required(&cfg.quickbooks.realm_id, "quickbooks.realm_id")?,
+        cfg.quickbooks.minor_version,
+        Duration::from_secs(cfg.quickbooks.timeout_secs),
+        tokens,
+    )
+    .with_guard(guard("quickbooks")?);
+    let settings = CatalogSettings {
+        workers: cfg.catalog.workers,
+        autoscale: cfg.catalog.autoscale.then(|| cfg.catalog_autoscale()),
+        claim_batch_max: cfg.catalog.claim_batch_max,
+        page_size: cfg.stripe.page_size,
+        max_attempts: cfg.catalog.max_attempts,
+        lease_ms: cfg.catalog.lease_secs as i64 * 1000,
+        reconcile_interval: Duration::from_secs(cfg.catalog.reconcile_interval_secs),
+        income_account: cfg.quickbooks.income_account_ref.clone(),
+        cache_max_entries: cfg.cache.max_entries,
+        cache_ttl_ms: cfg.cache.ttl_secs as i64 * 1000,
+    };
+    let compliance = match &cfg.alegra.base_url {
+        None => None,
+        Some(base) => {
+            let alegra = crate::connectors::alegra::AlegraClient::new(
+                http.clone(),
+                base,
+                required(&cfg.alegra.email, "alegra.email")?,
+                required(&cfg.alegra.token, "alegra.token")?.clone(),
+                Duration::from_secs(cfg.alegra.timeout_secs),
+            )
+            .with_guard(guard("alegra")?);
+            let k = &cfg.compliance;
+            Some(Arc::new(compliance::Compliance::new(
+                store.clone(),
+                alegra,
+                stripe.clone(),
+                compliance::ComplianceSettings {
+                    workers: k.workers,
+                    list_interval: Duration::from_secs(k.list_interval_secs),
+                    number_prefix: cfg.alegra.number_prefix.clone(),
+                    number_start: cfg.alegra.number_start,
+                    policy: crate::compliance::machine::Policy {
+                        schedule_ms: k
+                            .retry_schedule_secs
+                            .iter()
+                            .map(|s| *s as i64 * 1000)
+                            .collect(),
+                        poll_ms: k.poll_secs as i64 * 1000,
+                    },
+                    contingency: crate::compliance::contingency::ContingencyConfig {
+                        probes: k.contingency_probes,
+                        probe_interval_ms: k.contingency_probe_interval_secs as i64 * 1000,
+                        deadline_ms: k.contingency_deadline_hours as i64 * 3_600_000,
+                    },
+                    adopt_documents: opts.fresh_store,
+                },
+            )?))
+        }
+    };
+    let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
+    let cancel = CancellationToken::new();
+    let mut numbering_task = None;
+    if let Some(c) = &compliance {
+        catalog.route_invoices_to(c.clone());
+        // No number is issued before Alegra confirms the range; a store that cannot
+        // account for Alegra's documents (a lost one) is refused here. If Alegra does not
+        // answer in 5 s, the same check goes on in the background and nothing is
+        // numbered meanwhile (paid invoices wait at Stripe: webhooks answer 503, the
+        // listing comes back).
+        let (c2, k) = (c.clone(), cancel.clone());
+        numbering_task = Some(tokio::spawn(async move { c2.numbering_loop(k).await }));
+        let mut changes = c.watch_numbering();
+        let settled = async {
+            while matches!(c.numbering(), compliance::Numbering::Checking(_)) {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
+        if let compliance::Numbering::Refused { why, .. } = c.numbering() {
+            cancel.cancel();
+            anyhow::bail!("refusing to start: {why}");
+        }
+    }
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<commands::Message>(64);
+    let cmd_tx = Commands::new(cmd_tx);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (events_tx, _) = broadcast::channel(1024);
+    let workers = tokio_util::task::TaskTracker::new();
+    for index in 0..catalog.max_workers() {
+        workers.spawn(catalog.clone().worker(index, cancel.clone()));
+    }
+    {
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.autoscale_loop(k).await });
+        workers.spawn(periodic::audit_retention_loop(
+            store.clone(),
+            cfg.audit.retention_days,
+            cancel.clone(),
+        ));
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.full_sync(k).await });
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.reconcile_loop(k).await });
+        if let Some(c) = &compliance {
+            let (c2, k) = (c.clone(), cancel.clone());
+            workers.spawn(async move { c2.run(k).await });
+            let (c2, k) = (c.clone(), cancel.clone());
+            workers.spawn(async move { c2.list_loop(k).await });
+            if let Some(task) = numbering_task.take() {
+                workers.spawn(async move {
+                    let _ = task.await;
+                });
+            }
+            let house = housekeeping::Housekeeping::new(
+                store.clone(),
+                &opts.data_dir,
+                cfg.compliance.retention_days,
+            );
+            workers.spawn(periodic::housekeeping_loop(house, cancel.clone()));
+        }
+    }
+    workers.close();
+
+    let (done_tx, done_rx) = oneshot::channel();
+    // The publisher's audit lines (alerts, anomalies), written in order off its task.
+    let (audit_tx, audit_rx) = mpsc::unbounded_channel::<(String, String, String)>();
+    tokio::spawn(periodic::audit_writer(store.clone(), audit_rx));
+    tokio::spawn(periodic::store_probe_loop(store.clone(), cancel.clone()));
+    let mut publisher = Publisher::new(
+        catalog.clone(),
+        compliance.clone(),
+        downstreams.clone(),
+        opts.mode,
+        opts.server_addr.map(|a| a.to_string()).unwrap_or_default(),
+        opts.config.clone(),
+        audit_tx,
+    );
+    tokio::spawn(periodic::transitions_loop(
+        store.clone(),
+        events_tx.clone(),
+        transitions_rx,
+    ));
+    publisher.publish(&snap_tx, &events_tx, false);
+    store.audit(
+        "engine",
+        "engine",
+        &operator(),
+        &format!(
+            "engine started ({})",
+            match opts.mode {
+                Mode::Live => "live",
+                Mode::Sandbox => "sandbox",
+            }
+        ),
+    )?;
+
+    let events = events_tx.clone();
+    let intake = Arc::new(Intake {
+        catalog: catalog.clone(),
+        compliance: compliance.clone(),
+        released: AtomicBool::new(false),
+    });
+    let handle_intake = intake.clone();
+    let ctx = commands::Ctx {
+        catalog: catalog.clone(),
+        compliance: compliance.clone(),
+        downstreams: downstreams.clone(),
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, false),
+                msg = cmd_rx.recv() => match msg {
+                    None | Some(commands::Message::Shutdown) => break,
+                    Some(commands::Message::Request { request, reply }) => {
+                        let stop = matches!(request.command, crate::protocol::Command::Shutdown {});
+                        let r = ctx.run(&mut publisher, request);
+                        // Published before the answer: a read right after it sees the
+                        // change.
+                        publisher.publish(&snap_tx, &events_tx, false);
+                        let stopping = stop && r.is_ok();
+                        let _ = reply.send(r);
+                        if stopping {
+                            break;
+                        }
+                    }
+                    Some(commands::Message::Query { query, reply }) => {
+                        // Answered off the loop: it reads the store.
+                        let (store, c) = (ctx.catalog.store.clone(), ctx.compliance.clone());
+                        tokio::spawn(async move {
+                            let answer = tokio::task::spawn_blocking(move || {
+                                commands::answer(&store, c.as_deref(), query)
+                            })
+                            .await
+                            .unwrap_or_else(|_| Err(commands::stopping()));
+                            let _ = reply.send(answer);
+                        });
+                    }
+                },
+            }
+            publisher.publish(&snap_tx, &events_tx, false);
+        }
+        // Drain: stop claiming, let in-flight jobs finish (bounded), then stop serving.
+        publisher.publish(&snap_tx, &events_tx, true);
+        cancel.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                tokio::select! {
+                    _ = workers.wait() => break,
+                    _ = tick.tick() => publisher.publish(&snap_tx, &events_tx, true),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timed out; unfinished jobs will be re-queued at next start");
+        }
+        let _ = catalog
+            .store
+            .audit("engine", "engine", "engine", "engine stopped");
+        publisher.publish(&snap_tx, &events_tx, true);
+        // Whatever front-end still serves this engine stores nothing from here on.
+        intake.released.store(true, Ordering::Release);
+        // Release everything (the data-dir lock last) before saying we are done, so a
+        // caller may start a new engine on the same dir the moment `shutdown` returns.
+        drop(publisher);
+        drop(catalog);
+        drop(lock);
+        let _ = done_tx.send(());
+    });
+
+    Ok(EngineHandle {
+        commands: cmd_tx,
+        snapshot: snap_rx,
+        events,
+        wall_clock,
+        intake: handle_intake,
+        done: Some(done_rx),
+    })
+}

@@ -726,8 +726,9 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
     }
 }
 
-/// `dian history` and `dian retry`: straight on the data dir's store (SQLite lets the
-/// engine run meanwhile; it picks the retried invoices up within a second).
+/// `dian history` (straight from the data dir's store; SQLite lets the engine run
+/// meanwhile) and `dian retry` (through the running engine's command path, or on the
+/// store when none runs).
 fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
     use syncctl::compliance::machine::explain;
     use syncctl::engine::compliance::{retry_all_failed, retry_audited};
@@ -759,6 +760,12 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
     };
     let when = syncctl::engine::compliance::clock_time;
     let actor = syncctl::engine::operator();
+    // A running engine takes the retry through its command path (the store is not
+    // written under it); with none, the store is.
+    let engine = match running_engine(dir) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
     match command {
         DianCommand::Cufe { .. } => ExitCode::SUCCESS,
         DianCommand::History { key } => {
@@ -814,6 +821,12 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        DianCommand::Retry { .. } if engine.is_some() => {
+            let Some(control) = engine else {
+                return ExitCode::FAILURE;
+            };
+            retry_through_engine(command, &control, &store, &actor)
+        }
         DianCommand::Retry {
             key: Some(key),
             failed: false,
@@ -862,6 +875,116 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 }
                 Err(e) => usage(e),
             }
+        }
+    }
+}
+
+/// The engine serving `dir`, if one runs (it holds the data dir's lock): its control
+/// file.
+fn running_engine(
+    dir: &std::path::Path,
+) -> Result<Option<syncctl::server::local::Control>, String> {
+    if syncctl::store::DataDirLock::acquire(dir, "engine").is_ok() {
+        return Ok(None);
+    }
+    syncctl::server::local::read(dir).map(Some).ok_or_else(|| {
+        format!(
+            "an engine runs on {} but its control file ({}) is missing or unreadable: retry from its console or its API",
+            dir.display(),
+            syncctl::server::local::CONTROL_FILE
+        )
+    })
+}
+
+/// `dian retry` through a running engine's API, with the control file's token, as the
+/// person running the command (audited as the engine audits any command).
+fn retry_through_engine(
+    command: DianCommand,
+    control: &syncctl::server::local::Control,
+    store: &syncctl::store::Store,
+    actor: &str,
+) -> ExitCode {
+    let (path, confirm) = match command {
+        DianCommand::Retry {
+            key: Some(key),
+            failed: false,
+            ..
+        } => (
+            format!("/api/v1/compliance/{}/retry", urlencoding::encode(&key)),
+            None,
+        ),
+        DianCommand::Retry { yes, .. } => {
+            let failed = store
+                .invoices_in(syncctl::compliance::machine::Status::Failed)
+                .map(|v| v.len())
+                .unwrap_or_default();
+            println!("{failed} FAILED invoices");
+            if failed == 0 {
+                return ExitCode::SUCCESS;
+            }
+            (
+                "/api/v1/compliance/retry-failed".to_owned(),
+                (!yes).then_some(failed),
+            )
+        }
+        _ => return ExitCode::FAILURE,
+    };
+    if let Some(n) = confirm {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return usage("pass --yes to retry them without a terminal to confirm on");
+        }
+        eprint!("Retry {n} FAILED invoices? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing retried");
+            return ExitCode::SUCCESS;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage(e),
+    };
+    let url = format!("{}{path}", control.url);
+    let answer = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&control.token)
+            .header(syncctl::server::local::ACTOR_HEADER, actor)
+            .json(&serde_json::json!({}))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!("{}", body["message"].as_str().unwrap_or("done"));
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let message = body["error"]["message"].as_str().unwrap_or("refused");
+            eprintln!("syncctl: {message}");
+            if status == reqwest::StatusCode::NOT_FOUND
+                || status == reqwest::StatusCode::BAD_REQUEST
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "syncctl: the engine on this data dir did not answer at {} ({e}); nothing was retried",
+                control.url
+            );
+            ExitCode::FAILURE
         }
     }
 }

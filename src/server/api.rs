@@ -129,7 +129,17 @@ pub async fn guard(
             caller.name
         )))
     } else {
-        let who = format!("api:{}@{}", caller.name, addr.ip());
+        // The local CLI names its person (audited as the store path would); any other
+        // caller is its token and address.
+        let named = req
+            .headers()
+            .get(super::local::ACTOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::local::actor_from_header);
+        let who = match named {
+            Some(person) if caller.local => person,
+            _ => format!("api:{}@{}", caller.name, addr.ip()),
+        };
         req.extensions_mut().insert(Actor { caller, who });
         json_errors(next.run(req).await).await
     };

@@ -22,7 +22,14 @@ pub struct Caller {
     pub name: String,
     pub role: Role,
     pub limit: u32,
+    /// The CLI on this machine, with the token of the data dir's control file: it names
+    /// the person acting itself (see [`super::local`]).
+    pub local: bool,
 }
+
+/// The local caller's name and limit.
+pub const LOCAL: &str = "local";
+const LOCAL_LIMIT_PER_MIN: u32 = 600;
 
 /// Where a caller stands against its rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,8 @@ pub enum Denied {
 
 pub struct Auth {
     tokens: Vec<TokenConfig>,
+    /// The control file's token, while the engine serves (see [`super::local`]).
+    local: Option<crate::config::Secret>,
     /// Per token name: (window start, requests in it).
     windows: Mutex<HashMap<String, (i64, u32)>>,
     /// Per client address: (window start, wrong tokens in it).
@@ -73,9 +82,16 @@ impl Auth {
     pub fn new(tokens: Vec<TokenConfig>) -> Self {
         Self {
             tokens,
+            local: None,
             windows: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also accepts the control file's token, as the local operator.
+    pub fn with_local(mut self, token: crate::config::Secret) -> Self {
+        self.local = Some(token);
+        self
     }
 
     /// `Err(TooManyFailures)` while `ip` is locked out for sending wrong tokens.
@@ -112,12 +128,12 @@ impl Auth {
     }
 
     pub fn configured(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.tokens.is_empty() || self.local.is_some()
     }
 
     /// Who holds `token` (checked against every entry, in constant time each).
     pub fn identify(&self, token: Option<&str>) -> Result<Caller, Denied> {
-        if self.tokens.is_empty() {
+        if !self.configured() {
             return Err(Denied::Unauthenticated(
                 "the control API is off: no [[server.tokens]] in the config",
             ));
@@ -127,6 +143,16 @@ impl Auth {
                 "missing bearer token (Authorization: Bearer …, or ?token= on WebSockets)",
             ));
         };
+        if let Some(local) = &self.local
+            && same(local.expose().as_bytes(), token.as_bytes())
+        {
+            return Ok(Caller {
+                name: LOCAL.into(),
+                role: Role::Operator,
+                limit: LOCAL_LIMIT_PER_MIN,
+                local: true,
+            });
+        }
         let mut found = None;
         for t in &self.tokens {
             if same(t.token.expose().as_bytes(), token.as_bytes()) {
@@ -138,6 +164,7 @@ impl Auth {
             name: t.name.clone(),
             role: t.role,
             limit: t.rate_limit_per_min,
+            local: false,
         })
     }
 

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod local;
 pub mod metrics;
 pub mod webhook;
 pub mod ws;

@@ -131,6 +131,8 @@ pub struct Served {
     pub server_addr: SocketAddr,
     server: Option<tokio::task::JoinHandle<()>>,
     server_cancel: CancellationToken,
+    /// The data dir's control file, removed once the server has stopped.
+    local: Option<crate::server::local::LocalAccess>,
 }
 
 impl Deref for Served {
@@ -165,6 +167,7 @@ impl Served {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        self.local = None;
     }
 }
 
@@ -175,9 +178,19 @@ pub async fn serve_engine(
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<Served> {
     let server_addr = listener.local_addr()?;
-    let settings = crate::server::Settings::from_config(&opts.config)?;
+    let mut settings = crate::server::Settings::from_config(&opts.config)?;
     opts.server_addr = Some(server_addr);
+    let data_dir = opts.data_dir.clone();
     let engine = engine::start(opts).await?;
+    // The engine holds the data dir's lock now: the CLI on this machine reaches it
+    // through the control file.
+    let local = crate::server::local::LocalAccess::create(&data_dir, server_addr).map_err(|e| {
+        anyhow::anyhow!(
+            "writing {}: {e}",
+            data_dir.join(crate::server::local::CONTROL_FILE).display()
+        )
+    })?;
+    settings.local_token = Some(local.token().clone());
     let server_cancel = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
         listener,
@@ -190,6 +203,7 @@ pub async fn serve_engine(
         server_addr,
         server: Some(server),
         server_cancel,
+        local: Some(local),
     })
 }
 

@@ -404,7 +404,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| paths.data_dir.clone());
-            Ok(dian_records(command, &dir))
+            // Blocking file and store work; a retry through a running engine waits on
+            // this runtime for its answer.
+            Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))
         }
         Some(Command::Bench {
             command: BenchCommand::Telemetry { ticks },
@@ -942,15 +944,8 @@ fn retry_through_engine(
             return ExitCode::SUCCESS;
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return usage(e),
-    };
     let url = format!("{}{path}", control.url);
-    let answer = rt.block_on(async {
+    let answer = tokio::runtime::Handle::current().block_on(async {
         let r = reqwest::Client::new()
             .post(&url)
             .bearer_auth(&control.token)

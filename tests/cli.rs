@@ -460,3 +460,94 @@ fn an_engine_whose_database_was_lost_refuses_to_start_until_told_to_start_over()
     let _ = fourth.kill();
     let _ = fourth.wait();
 }
+
+/// `syncctl run --demo` on `data`, on free ports; waits for its control file.
+fn running_engine(home: &std::path::Path, data: &std::path::Path) -> std::process::Child {
+    let config = home.join("run.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 5\nlatency_ms = 1\n",
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--demo", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("xdg"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !data.join("control.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no control file");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn dian_retry_goes_through_a_running_engine_and_is_audited_as_the_person() {
+    use syncctl::compliance::machine::Status;
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("engine");
+    let store = compliance_data(&data);
+    drop(store);
+    let dd = data.to_str().unwrap().to_owned();
+    let mut engine = running_engine(home.path(), &data);
+    let control = std::fs::read_to_string(data.join("control.json")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("control.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let retry = |key: &str| {
+        Command::new(BIN)
+            .args(["--data-dir", &dd, "dian", "retry", key])
+            .env("HOME", home.path())
+            .env("USER", "ana")
+            .env("SSH_CLIENT", "10.0.0.7 51234 22")
+            .output()
+            .unwrap()
+    };
+    // An unknown invoice: the engine's 404, a usage error here.
+    let out = retry("in_nobody");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = retry("in_failed");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let store = syncctl::store::Store::open(&data).unwrap();
+    let audit = store.recent_audit(20, 0).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "ana@10.0.0.7" && e.message.starts_with("retry in_failed")),
+        "{audit:?}"
+    );
+    assert_ne!(
+        store.invoice("in_failed").unwrap().unwrap().status,
+        Status::Failed
+    );
+    // It went through the engine's API: a control file with a wrong token is refused.
+    std::fs::write(
+        data.join("control.json"),
+        control.replace("\"token\": \"", "\"token\": \"x"),
+    )
+    .unwrap();
+    let out = retry("SETP990000002");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("token"), "{}", stderr(&out));
+    // Stopped: the control file goes with the engine, and the store is written directly.
+    std::fs::write(data.join("control.json"), control).unwrap();
+    let _ = Command::new("kill").arg(engine.id().to_string()).status();
+    let status = engine.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!data.join("control.json").exists());
+}

@@ -133,15 +133,13 @@ impl Auth {
 
     /// Who holds `token` (checked against every entry, in constant time each).
     pub fn identify(&self, token: Option<&str>) -> Result<Caller, Denied> {
-        if !self.configured() {
-            return Err(Denied::Unauthenticated(
-                "the control API is off: no [[server.tokens]] in the config",
-            ));
-        }
+        const OFF: &str = "the control API is off: no [[server.tokens]] in the config";
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(Denied::Unauthenticated(
-                "missing bearer token (Authorization: Bearer …, or ?token= on WebSockets)",
-            ));
+            return Err(Denied::Unauthenticated(if !self.configured() {
+                OFF
+            } else {
+                "missing bearer token (Authorization: Bearer …, or ?token= on WebSockets)"
+            }));
         };
         if let Some(local) = &self.local
             && same(local.expose().as_bytes(), token.as_bytes())
@@ -152,6 +150,9 @@ impl Auth {
                 limit: LOCAL_LIMIT_PER_MIN,
                 local: true,
             });
+        }
+        if self.tokens.is_empty() && self.local.is_none() {
+            return Err(Denied::Unauthenticated(OFF));
         }
         let mut found = None;
         for t in &self.tokens {
@@ -312,5 +313,18 @@ mod tests {
         assert_eq!(bearer(&h, Some("token=abc"), false), None);
         h.insert("authorization", "Bearer xyz".parse().unwrap());
         assert_eq!(bearer(&h, Some("token=abc"), true).as_deref(), Some("xyz"));
+    }
+
+    #[test]
+    fn the_local_token_is_the_local_operator_even_with_no_configured_token() {
+        let auth = Auth::new(vec![]).with_local(crate::config::Secret::new("local-secret-123"));
+        let c = auth.identify(Some("local-secret-123")).unwrap();
+        assert!(c.local && c.role == Role::Operator && c.name == LOCAL);
+        assert_eq!(auth.identify(Some("guess")), Err(Denied::UnknownToken));
+        let off = Auth::new(vec![]);
+        assert!(matches!(
+            off.identify(Some("local-secret-123")),
+            Err(Denied::Unauthenticated(m)) if m.contains("off")
+        ));
     }
 }

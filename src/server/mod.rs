@@ -41,6 +41,9 @@ pub struct Settings {
     pub webhook_tolerance_secs: u64,
     /// `server.ws_heartbeat_secs`.
     pub ws_heartbeat: Duration,
+    /// The token of the data dir's control file (see [`local`]), for the CLI on this
+    /// machine; None: no local access.
+    pub local_token: Option<Secret>,
 }
 
 impl Settings {
@@ -55,6 +58,7 @@ impl Settings {
                 .ok_or_else(|| anyhow::anyhow!("config key `stripe.webhook_secret` is required"))?,
             webhook_tolerance_secs: cfg.stripe.webhook_tolerance_secs,
             ws_heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
+            local_token: None,
         })
     }
 }
@@ -85,7 +89,10 @@ impl ServerState {
             webhook_secret: settings.webhook_secret,
             tolerance_secs: settings.webhook_tolerance_secs,
             control: Arc::new(Control {
-                auth: auth::Auth::new(settings.tokens),
+                auth: match settings.local_token {
+                    Some(token) => auth::Auth::new(settings.tokens).with_local(token),
+                    None => auth::Auth::new(settings.tokens),
+                },
                 ws: Default::default(),
                 heartbeat: settings.ws_heartbeat,
                 hosts: settings.allowed_hosts,

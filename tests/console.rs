@@ -2,6 +2,8 @@
 //! 80×24 and 120×40 compared with committed text snapshots (regenerate with
 //! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent};

@@ -3,6 +3,8 @@
 //! client by a fault injected in the sandbox, `/metrics` under promtool, and thresholds
 //! that survive a restart with the config file's comments kept.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::time::Duration;

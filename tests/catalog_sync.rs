@@ -1,6 +1,8 @@
 //! Catalog sync end to end over real HTTP on loopback: sandbox Stripe and QuickBooks,
 //! the real engine, signed webhooks.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::sync::Arc;

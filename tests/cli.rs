@@ -1,5 +1,7 @@
 //! The binary's command line: exit codes, messages, config handling, data-dir locking.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 

@@ -1,6 +1,8 @@
 //! The invoice compliance pipeline against the sandbox's Stripe, Alegra and DIAN, over
 //! real HTTP: each state path, check-before-resend, operator retries.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use serde_json::{Value, json};

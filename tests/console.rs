@@ -3,6 +3,8 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling — every change
 //! goes through the console's one `update(msg) -> effects` path, as in the run loop.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent};

@@ -2,12 +2,14 @@
 //! give the terminal back (cooked mode, main screen, cursor shown) with exit 0, and
 //! Ctrl-C (a key in raw mode) asks like `q`, from anywhere, instead of being ignored.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
 #![cfg(unix)]
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::Signal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,27 +28,14 @@ struct Console {
 }
 
 fn openpty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    let size = libc::winsize {
+    let size = nix::pty::Winsize {
         ws_row: 30,
         ws_col: 100,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: openpty writes two descriptors into the locals; null name and termios
-    // are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    (pty.master, pty.slave)
 }
 
 impl Console {
@@ -60,9 +49,11 @@ impl Console {
         )
         .unwrap();
         let (master, slave) = openpty();
-        let fd = slave.as_raw_fd();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["demo", "--config"])
+        // A session of its own with this terminal as its controlling terminal, as a
+        // login shell would give it: `setsid --ctty` (util-linux) execs the console in
+        // place, so the child's pid is the console's.
+        let mut cmd = Command::new("setsid");
+        cmd.args(["--ctty", BIN, "demo", "--config"])
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -73,17 +64,6 @@ impl Console {
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave.try_clone().unwrap()));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // A session of its own with this terminal as its controlling terminal,
-                // as a login shell would give it.
-                if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let child = cmd.spawn().unwrap();
         let master = std::fs::File::from(master);
         let output = Arc::new(Mutex::new(Vec::new()));
@@ -156,10 +136,9 @@ impl Console {
         self.master.flush().unwrap();
     }
 
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill with a child's pid and a valid signal number.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
+    fn signal(&self, sig: Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, sig).expect("kill");
     }
 
     /// The exit status, waiting at most `secs` (polled).
@@ -179,11 +158,10 @@ impl Console {
 
     /// Whether the terminal is back in cooked mode (line editing and echo on).
     fn terminal_is_cooked(&self) -> bool {
-        // SAFETY: tcgetattr fills a termios for an open terminal descriptor.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) };
-        assert_eq!(rc, 0);
-        t.c_lflag & libc::ICANON != 0 && t.c_lflag & libc::ECHO != 0
+        use nix::sys::termios::LocalFlags;
+        let t = nix::sys::termios::tcgetattr(&self.slave).expect("tcgetattr");
+        t.local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO)
     }
 
     /// Everything written after the last time the console entered the alternate screen
@@ -206,7 +184,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn a_signal_drains_and_restores_the_terminal(sig: libc::c_int, name: &str) {
+fn a_signal_drains_and_restores_the_terminal(sig: Signal, name: &str) {
     let mut console = Console::start();
     assert!(
         !console.terminal_is_cooked(),
@@ -235,7 +213,7 @@ fn a_signal_drains_and_restores_the_terminal(sig: libc::c_int, name: &str) {
             std::fs::read_to_string(f).is_ok_and(|t| t.contains(&format!("{name}: draining")))
         });
     assert!(logged, "{name}: the drain is in the log");
-    if sig == libc::SIGTERM {
+    if sig == Signal::SIGTERM {
         let tail = String::from_utf8_lossy(&console.output.lock().unwrap()[from..]).into_owned();
         assert!(
             tail.contains("draining"),
@@ -259,12 +237,12 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn sigterm_drains_the_engine_and_gives_the_terminal_back() {
-    a_signal_drains_and_restores_the_terminal(libc::SIGTERM, "SIGTERM");
+    a_signal_drains_and_restores_the_terminal(Signal::SIGTERM, "SIGTERM");
 }
 
 #[test]
 fn sighup_drains_the_engine_and_gives_the_terminal_back() {
-    a_signal_drains_and_restores_the_terminal(libc::SIGHUP, "SIGHUP");
+    a_signal_drains_and_restores_the_terminal(Signal::SIGHUP, "SIGHUP");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! from its cursor (it does not list again from the start), and ends with exactly one
 //! Item per product. The sandbox runs as its own process, as the real services would.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::io::Write;

@@ -3,6 +3,8 @@
 //! Through real interfaces: the engine against the sandbox over loopback, `/health` over
 //! HTTP, the binary's CLI, and the console drawn on ratatui's TestBackend.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! tokens in URLs, path enumeration, token guessing, DNS rebinding, error shapes, a
 //! viewer's HEAD, and a signed deletion of a product the engine never saw.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::time::Instant;

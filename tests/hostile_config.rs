@@ -2,6 +2,8 @@
 //! `syncctl run`): every value that parses but would break the engine is refused with
 //! exit 2 and `file:line: key`, and nothing starts.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncctl");

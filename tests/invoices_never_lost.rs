@@ -3,6 +3,8 @@
 //! record; a lost store is refused, and a deliberate fresh start adopts what Alegra and
 //! QuickBooks hold instead of issuing it again. All over real HTTP against the sandbox.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::collections::HashMap;

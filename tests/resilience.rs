@@ -1,6 +1,8 @@
 //! The resilience layer against a faulty sandbox, over real HTTP: quotas, capacity
 //! changes, light load, and an outage in the middle of a sync.
 
+#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+
 mod common;
 
 use std::time::{Duration, Instant};

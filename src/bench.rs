@@ -36,6 +36,10 @@ async fn engine_on(
     .await
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark's setup, run and report in order"
+)]
 pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("syncctl-bench-")
@@ -160,6 +164,10 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
 /// `syncctl bench resilience`: a catalog sync against a sandbox enforcing a QuickBooks
 /// quota (rate, in-flight cap, latency), printing utilisation of the bound and the share
 /// of requests throttled; then an outage, printing how fast an open breaker rejects.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark's setup, run and report in order"
+)]
 pub async fn resilience(
     products: usize,
     rate_per_sec: u32,
@@ -347,6 +355,10 @@ async fn rejection_latency(base: &str) -> anyhow::Result<(f64, f64)> {
 /// `syncctl bench telemetry`: what the once-a-second telemetry costs — a tick (series,
 /// detectors, alerts, health) with three downstreams, the view the snapshot carries,
 /// an HDR record, the lookup cache — and the fixed memory of an hour of series.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark's setup, run and report in order"
+)]
 pub fn telemetry(ticks: usize) -> anyhow::Result<()> {
     use crate::config::{AlertsConfig, AnomalyConfig};
     use crate::telemetry::cache::Cache;

@@ -790,6 +790,10 @@ impl Config {
         Ok(c)
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "every key's check in the order of the file"
+    )]
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
         let fail = |key: &str, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
@@ -1067,6 +1071,10 @@ impl Config {
     /// Every numeric key within a range the engine works in, and every text key in its
     /// form: a value that parses but would break the engine (a zero timeout fails every
     /// call, a zero lease lets several workers take the same product) is refused here.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "every key's check in the order of the file"
+    )]
     fn validate_ranges(&self, fail: &dyn Fn(&str, &str) -> ConfigError) -> Result<(), ConfigError> {
         const DAY: u64 = 86_400;
         let range = |key: &str, v: u64, min: u64, max: u64| {

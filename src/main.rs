@@ -732,7 +732,6 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
 /// meanwhile) and `dian retry` (through the running engine's command path, or on the
 /// store when none runs).
 fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
-    use syncctl::compliance::machine::explain;
     use syncctl::engine::compliance::{retry_all_failed, retry_audited};
     if !dir.join("syncctl.db").exists() {
         return usage(format!(
@@ -760,7 +759,6 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
         ))),
         Err(e) => Err(usage(e)),
     };
-    let when = syncctl::engine::compliance::clock_time;
     let actor = syncctl::engine::operator();
     // A running engine takes the retry through its command path (the store is not
     // written under it); with none, the store is.
@@ -775,52 +773,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            println!(
-                "{}  {}  {}  stripe {}  buyer {} {}  total COP {}.{:02}",
-                rec.number,
-                rec.status.symbol(),
-                rec.status,
-                rec.stripe_id,
-                rec.buyer_id,
-                rec.buyer_name,
-                rec.total / 100,
-                rec.total % 100
-            );
-            println!(
-                "dated {}  attempts {}  alegra {}  cufe {}",
-                rec.issue_date,
-                rec.attempts,
-                rec.alegra_id.as_deref().unwrap_or("-"),
-                rec.cufe.as_deref().unwrap_or("-")
-            );
-            if rec.contingency {
-                println!(
-                    "contingency invoice; transmit by {}",
-                    rec.deadline_at_ms
-                        .map_or("(when DIAN is back + deadline)".into(), |d| when(d)
-                            + " COT")
-                );
-            }
-            println!();
-            for h in store.invoice_history(&rec.stripe_id).unwrap_or_default() {
-                let code = h.code.as_deref().unwrap_or("");
-                let words = explain(code);
-                println!(
-                    "{}  {:>9} → {:<9} #{} {:<7} {}  [{}]{}",
-                    when(h.at_ms),
-                    h.from.as_deref().unwrap_or(""),
-                    h.to,
-                    h.attempt,
-                    code,
-                    h.message,
-                    h.actor,
-                    if words.is_empty() || h.message.contains(words) {
-                        String::new()
-                    } else {
-                        format!("\n{:>31}{code}: {words}", "")
-                    }
-                );
-            }
+            print_history(&store, &rec);
             ExitCode::SUCCESS
         }
         DianCommand::Retry { .. } if engine.is_some() => {
@@ -878,6 +831,58 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Err(e) => usage(e),
             }
         }
+    }
+}
+
+/// `dian history`: the record, then every step of its history, codes in words.
+fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRecord) {
+    use syncctl::compliance::machine::explain;
+    let when = syncctl::engine::compliance::clock_time;
+    println!(
+        "{}  {}  {}  stripe {}  buyer {} {}  total COP {}.{:02}",
+        rec.number,
+        rec.status.symbol(),
+        rec.status,
+        rec.stripe_id,
+        rec.buyer_id,
+        rec.buyer_name,
+        rec.total / 100,
+        rec.total % 100
+    );
+    println!(
+        "dated {}  attempts {}  alegra {}  cufe {}",
+        rec.issue_date,
+        rec.attempts,
+        rec.alegra_id.as_deref().unwrap_or("-"),
+        rec.cufe.as_deref().unwrap_or("-")
+    );
+    if rec.contingency {
+        println!(
+            "contingency invoice; transmit by {}",
+            rec.deadline_at_ms
+                .map_or("(when DIAN is back + deadline)".into(), |d| when(d)
+                    + " COT")
+        );
+    }
+    println!();
+    for h in store.invoice_history(&rec.stripe_id).unwrap_or_default() {
+        let code = h.code.as_deref().unwrap_or("");
+        let words = explain(code);
+        println!(
+            "{}  {:>9} → {:<9} #{} {:<7} {}  [{}]{}",
+            when(h.at_ms),
+            h.from.as_deref().unwrap_or(""),
+            h.to,
+            h.attempt,
+            code,
+            h.message,
+            h.actor,
+            if words.is_empty() || h.message.contains(words) {
+                String::new()
+            } else {
+                format!("\n{:>31}{code}: {words}", "")
+            }
+        );
     }
 }
 

@@ -92,6 +92,10 @@ fn n(v: &Value) -> String {
 }
 
 /// The text a person reads.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the status report, printed section by section"
+)]
 pub fn render(base: &str, r: &Reading) -> String {
     let h = &r.health;
     let mut out = String::new();

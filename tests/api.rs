@@ -3,7 +3,11 @@
 //! client by a fault injected in the sandbox, `/metrics` under promtool, and thresholds
 //! that survive a restart with the config file's comments kept.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

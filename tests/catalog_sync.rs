@@ -1,7 +1,11 @@
 //! Catalog sync end to end over real HTTP on loopback: sandbox Stripe and QuickBooks,
 //! the real engine, signed webhooks.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

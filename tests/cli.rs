@@ -1,6 +1,10 @@
 //! The binary's command line: exit codes, messages, config handling, data-dir locking.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

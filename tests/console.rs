@@ -3,7 +3,11 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test --test console`), plus key handling — every change
 //! goes through the console's one `update(msg) -> effects` path, as in the run loop.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 use std::sync::Arc;
 

@@ -2,7 +2,11 @@
 //! give the terminal back (cooked mode, main screen, cursor shown) with exit 0, and
 //! Ctrl-C (a key in raw mode) asks like `q`, from anywhere, instead of being ignored.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 #![cfg(unix)]
 
 use std::io::{Read, Write};

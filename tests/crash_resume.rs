@@ -2,7 +2,11 @@
 //! from its cursor (it does not list again from the start), and ends with exactly one
 //! Item per product. The sandbox runs as its own process, as the real services would.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

@@ -3,7 +3,11 @@
 //! Through real interfaces: the engine against the sandbox over loopback, `/health` over
 //! HTTP, the binary's CLI, and the console drawn on ratatui's TestBackend.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

@@ -3,7 +3,11 @@
 //! tokens in URLs, path enumeration, token guessing, DNS rebinding, error shapes, a
 //! viewer's HEAD, and a signed deletion of a product the engine never saw.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

@@ -2,7 +2,11 @@
 //! `syncctl run`): every value that parses but would break the engine is refused with
 //! exit 2 and `file:line: key`, and nothing starts.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 use std::process::{Command, Output};
 

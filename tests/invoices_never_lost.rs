@@ -3,7 +3,11 @@
 //! record; a lost store is refused, and a deliberate fresh start adopts what Alegra and
 //! QuickBooks hold instead of issuing it again. All over real HTTP against the sandbox.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

@@ -1,7 +1,11 @@
 //! The resilience layer against a faulty sandbox, over real HTTP: quotas, capacity
 //! changes, light load, and an outage in the middle of a sync.
 
-#![allow(clippy::unwrap_used, reason = "a test that fails says where")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
 
 mod common;
 

@@ -266,6 +266,10 @@ impl App {
         None
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match over the actions; each arm is a line or two"
+    )]
     fn apply_prompt_key(&mut self, key: KeyEvent) -> Option<Effect> {
         let kind = self.prompt_kind.clone();
         let text = self.prompt.as_mut()?;
@@ -439,6 +443,10 @@ impl App {
     }
 
     /// The action the key table found for a key on the current screen.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match over the actions; each arm is a line or two"
+    )]
     fn apply_action(&mut self, action: Action) -> Option<Effect> {
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
             if let Some(service) = app.selected_service() {

@@ -498,6 +498,10 @@ impl Catalog {
     }
 
     /// Lists every product into jobs, resuming from the stored cursor.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the full sync's resumable walk in one place"
+    )]
     pub async fn full_sync(&self, cancel: CancellationToken) {
         let mut state = self
             .metrics

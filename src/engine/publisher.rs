@@ -162,6 +162,10 @@ impl Publisher {
 
     /// One second of telemetry: a sample of every counter, then series, anomalies,
     /// alerts and health. What fired goes to the feeds and the audit trail.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one snapshot assembled field by field"
+    )]
     fn telemetry_tick(
         &mut self,
         compliance: &ComplianceView,
@@ -406,6 +410,10 @@ impl Publisher {
         ops
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one snapshot assembled field by field"
+    )]
     pub(super) fn publish(
         &mut self,
         tx: &watch::Sender<Arc<Snapshot>>,

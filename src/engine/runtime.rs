@@ -26,6 +26,10 @@ pub(super) fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a
 
 /// Starts the engine: store, clients, the pipelines, their tasks, the snapshot
 /// publisher and the loop that answers commands. Serving it (HTTP) is the caller's.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the engine's start: every part built and spawned in dependency order"
+)]
 pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
     let wall_clock = crate::store::WallClock::default();

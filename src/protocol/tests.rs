@@ -173,6 +173,10 @@ fn telemetry() -> TelemetryView {
 
 /// A snapshot with every part filled (no field left at a default that could hide a
 /// field lost on the way).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one fully populated snapshot, field by field"
+)]
 fn populated() -> Snapshot {
     let rec = record();
     Snapshot {

@@ -3,6 +3,10 @@
 use crate::protocol::Snapshot;
 use crate::telemetry::prom::{Exposition, Kind};
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the Prometheus exposition, family by family"
+)]
 pub fn render(s: &Snapshot) -> String {
     let mut e = Exposition::default();
     let c = &s.catalog;

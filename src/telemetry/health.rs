@@ -255,6 +255,10 @@ pub struct PipelineVerdict {
 }
 
 /// Scores the catalog and compliance pipelines and the store from what the engine saw.
+#[expect(
+    clippy::too_many_lines,
+    reason = "every check's signals and scores in one place"
+)]
 pub fn pipelines(s: &PipelineSignals) -> PipelineVerdict {
     use crate::protocol::Recommendation;
     let mut v = PipelineVerdict::default();

@@ -199,6 +199,10 @@ impl Telemetry {
     }
 
     /// One second: series, anomalies, alerts, health. Returns what the feeds push.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "every check's signals and scores in one place"
+    )]
     pub fn tick(&mut self, s: Sample) -> Vec<Signal> {
         let now = s.now_ms;
         let mut out = Vec::new();

@@ -49,6 +49,10 @@ fn value(v: f64) -> String {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one screen's layout, read top to bottom as drawn"
+)]
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let tel = &app.snapshot.telemetry;

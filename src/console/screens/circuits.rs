@@ -45,6 +45,10 @@ fn state_style(app: &App, state: BreakerState) -> Style {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one screen's layout, read top to bottom as drawn"
+)]
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let s = &app.snapshot;

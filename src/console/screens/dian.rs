@@ -34,6 +34,10 @@ use crate::console::chrome::{block, clock, countdown, group};
 use crate::console::state::App;
 use crate::protocol::{Status as InvoiceStatus, explain};
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one screen's layout, read top to bottom as drawn"
+)]
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let c = &app.snapshot.compliance;

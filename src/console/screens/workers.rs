@@ -33,6 +33,10 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use crate::console::chrome::{block, clock, group, secs};
 use crate::console::state::App;
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one screen's layout, read top to bottom as drawn"
+)]
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let s = &app.snapshot;

@@ -375,6 +375,8 @@ fn a_damaged_database_is_refused_at_start_naming_the_file_and_the_fix() {
         &Default::default(),
     )
     .replace("127.0.0.1:9870", "127.0.0.1:0");
+    // Any free port: the default one may be taken by an engine already running here.
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{text}");
     std::fs::write(&cfg, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
         .args(["run", "--config", cfg.to_str().unwrap(), "--data-dir"])

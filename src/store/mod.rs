@@ -635,10 +635,13 @@ impl Store {
     }
 
     /// Jobs of `kind` waiting to be claimed.
-    /// Jobs of `kind` not done: queued, or failed (an operator may retry them).
+    /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
+    /// failed with no later success for their key (an operator may retry them).
     pub fn unfinished(&self, kind: &str) -> Result<u64> {
         self.r().query_row(
-            "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state IN ('queued', 'failed')",
+            "SELECT COUNT(*) FROM jobs j WHERE j.kind=?1 AND (j.state IN ('queued', 'leased')
+               OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs d
+                    WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
             params![kind],
             |r| r.get::<_, i64>(0).map(|n| n as u64),
         )
@@ -1007,6 +1010,19 @@ mod tests {
         s.finish_job(first[0].id, None, None).unwrap();
         let second = s.claim("catalog.product", 10, 60_000).unwrap();
         assert_eq!(second[0].payload.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_claimed_job_not_yet_started_is_unfinished() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
+        assert_eq!(s.unfinished("catalog.product").unwrap(), 1);
+        let claimed = s.claim("catalog.product", 10, 60_000).unwrap();
+        // Leased: neither queued nor in a worker's hands yet, still not done.
+        assert_eq!(s.queued("catalog.product").unwrap(), 0);
+        assert_eq!(s.unfinished("catalog.product").unwrap(), 1);
+        s.finish_job(claimed[0].id, None, None).unwrap();
+        assert_eq!(s.unfinished("catalog.product").unwrap(), 0);
     }
 
     #[test]

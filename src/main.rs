@@ -762,9 +762,12 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
     let actor = syncctl::engine::operator();
     // A running engine takes the retry through its command path (the store is not
     // written under it); with none, the store is.
-    let engine = match running_engine(dir) {
-        Ok(e) => e,
-        Err(e) => return usage(e),
+    let engine = match &command {
+        DianCommand::Retry { .. } => match running_engine(dir) {
+            Ok(e) => e,
+            Err(e) => return usage(e),
+        },
+        _ => None,
     };
     match command {
         DianCommand::Cufe { .. } => ExitCode::SUCCESS,

@@ -550,6 +550,14 @@ fn dian_retry_goes_through_a_running_engine_and_is_audited_as_the_person() {
     let out = retry("SETP990000002");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("token"), "{}", stderr(&out));
+    // Reading the history needs no engine access, whoever may read the control file.
+    std::fs::remove_file(data.join("control.json")).unwrap();
+    let out = Command::new(BIN)
+        .args(["--data-dir", &dd, "dian", "history", "in_failed"])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Stopped: the control file goes with the engine, and the store is written directly.
     std::fs::write(data.join("control.json"), control).unwrap();
     let _ = Command::new("kill").arg(engine.id().to_string()).status();

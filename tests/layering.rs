@@ -88,7 +88,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ),
     (
         "status",
-        &["protocol", "config", "console", "store"],
+        &["protocol", "config", "store"],
         "`syncctl status`: reads a running engine's API or the store",
     ),
     (
@@ -211,6 +211,27 @@ fn code_only(text: &str) -> String {
         }
     }
     out
+}
+
+/// Code with paths in one spelling: no whitespace around `::`, no raw identifiers
+/// (`r#server`), no `self::` before `super::` or `crate::`, and `::syncctl::` as
+/// `syncctl::`.
+fn normalized(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("::") {
+        out.push_str(rest[..at].trim_end());
+        out.push_str("::");
+        rest = rest[at + 2..].trim_start();
+    }
+    out.push_str(rest);
+    let mut s = out.replace("r#", "");
+    for (from, to) in [("self::super::", "super::"), ("self::crate::", "crate::")] {
+        while s.contains(from) {
+            s = s.replace(from, to);
+        }
+    }
+    s.replace("::syncctl::", " syncctl::")
 }
 
 fn ident_at(s: &str) -> &str {
@@ -362,12 +383,11 @@ fn edges(src: &Path) -> BTreeMap<(String, String), BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).expect("source");
-        let code = code_only(&text);
+        let code = normalized(&code_only(&text));
         let mut heads = BTreeSet::new();
         heads_after(&code, "crate::", &mut heads);
-        if top == "main" {
-            heads_after(&code, "syncctl::", &mut heads);
-        }
+        // The library's own name reaches its root from anywhere (in main.rs, the way).
+        heads_after(&code, "syncctl::", &mut heads);
         super_heads(&code, depth, &mut heads);
         for h in heads {
             if h != top && top_level.contains(&h) {
@@ -507,4 +527,47 @@ fn an_engine_file_importing_the_server_or_the_console_would_fail() {
             .find(|(m, _, _)| *m == "protocol")
             .is_some_and(|(_, may, _)| may.is_empty())
     );
+}
+
+/// Ways to reach a module that a reader of paths would not see: an alias of the crate
+/// root, the crate named as an extern crate, a module file loaded from elsewhere.
+#[test]
+fn no_path_hides_from_the_reader() {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    for file in files {
+        let code = normalized(&code_only(&std::fs::read_to_string(&file).expect("source")));
+        let squeezed: String = code.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (pattern, why) in [
+            ("crate as ", "an alias of the crate root"),
+            ("crate::{self", "an alias of the crate root"),
+            ("extern crate", "the crate named again"),
+            ("#[path", "a module file loaded from another place"),
+            ("syncctl as ", "an alias of the crate"),
+        ] {
+            assert!(
+                !squeezed.contains(pattern),
+                "{} uses `{pattern}…` ({why}): the layering check could not follow it",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn spellings_of_a_path_are_all_read() {
+    for (text, want) in [
+        ("fn f() { self::super::super::server::x(); }", "server"),
+        ("fn f() { crate :: server :: x(); }", "server"),
+        ("fn f() { crate::r#server::x(); }", "server"),
+        ("fn f() { ::syncctl::console::x(); }", "console"),
+        ("fn f() { syncctl::sandbox::x(); }", "sandbox"),
+    ] {
+        let code = normalized(&code_only(text));
+        let mut heads = BTreeSet::new();
+        heads_after(&code, "crate::", &mut heads);
+        heads_after(&code, "syncctl::", &mut heads);
+        super_heads(&code, 1, &mut heads);
+        assert!(heads.contains(want), "{text}: {heads:?}");
+    }
 }

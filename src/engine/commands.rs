@@ -114,7 +114,31 @@ pub fn audit_line(command: &Command, reply: &Reply) -> String {
 
 /// Writes one command's audit entry: `operator`, `entity`, `actor`, [`audit_line`].
 pub fn audit_command(store: &Store, entity: &str, actor: &str, command: &Command, reply: &Reply) {
-    let _ = store.audit("operator", entity, actor, &audit_line(command, reply));
+    // What a caller typed is written bounded and with control characters escaped: a
+    // refused request cannot fill the trail or carry terminal sequences into it.
+    let _ = store.audit(
+        "operator",
+        &bounded(entity, 120),
+        &bounded(actor, 120),
+        &bounded(&audit_line(command, reply), 1000),
+    );
+}
+
+/// `text` with control characters escaped, cut to `max` characters (`…` when cut).
+fn bounded(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What a command's audit entry names, before the engine resolves it (a retried
@@ -403,5 +427,17 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
                 payload,
             })))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_a_caller_typed_is_audited_bounded_and_escaped() {
+        assert_eq!(super::bounded("a\nb\u{0}c", 100), "a\\nb\\u{0}c");
+        let long = "x".repeat(60_000);
+        let b = super::bounded(&long, 120);
+        assert_eq!(b.chars().count(), 121);
+        assert!(b.ends_with('…'));
     }
 }

@@ -81,7 +81,15 @@ pub async fn guard(
     };
     let identified = auth
         .check_lockout(addr.ip(), now)
-        .and_then(|()| auth.identify(token.as_deref()));
+        .and_then(|()| auth.identify(token.as_deref()))
+        // The local CLI's token is good on this machine only (loopback).
+        .and_then(|c| {
+            if c.local && !addr.ip().is_loopback() {
+                Err(Denied::UnknownToken)
+            } else {
+                Ok(c)
+            }
+        });
     let caller = match identified {
         Ok(c) => c,
         Err(Denied::TooManyFailures(wait)) => {

@@ -135,7 +135,7 @@ impl Auth {
     pub fn identify(&self, token: Option<&str>) -> Result<Caller, Denied> {
         const OFF: &str = "the control API is off: no [[server.tokens]] in the config";
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(Denied::Unauthenticated(if !self.configured() {
+            return Err(Denied::Unauthenticated(if self.tokens.is_empty() {
                 OFF
             } else {
                 "missing bearer token (Authorization: Bearer …, or ?token= on WebSockets)"
@@ -151,7 +151,8 @@ impl Auth {
                 local: true,
             });
         }
-        if self.tokens.is_empty() && self.local.is_none() {
+        if self.tokens.is_empty() {
+            // Only the local CLI's token is known: to anyone else the API is off.
             return Err(Denied::Unauthenticated(OFF));
         }
         let mut found = None;
@@ -320,7 +321,10 @@ mod tests {
         let auth = Auth::new(vec![]).with_local(crate::config::Secret::new("local-secret-123"));
         let c = auth.identify(Some("local-secret-123")).unwrap();
         assert!(c.local && c.role == Role::Operator && c.name == LOCAL);
-        assert_eq!(auth.identify(Some("guess")), Err(Denied::UnknownToken));
+        assert!(matches!(
+            auth.identify(Some("guess")),
+            Err(Denied::Unauthenticated(m)) if m.contains("off")
+        ));
         let off = Auth::new(vec![]);
         assert!(matches!(
             off.identify(Some("local-secret-123")),

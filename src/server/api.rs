@@ -240,7 +240,8 @@ pub fn http_form(command: &Command) -> String {
             Some(state) => {
                 format!("POST {p}/resilience/circuit-breakers/{service} {{\"state\": \"{state}\"}}")
             }
-            None => format!("syncctl ctl {command}"),
+            // No HTTP form yet: the command in the console's words.
+            None => format!("in the console: {command}"),
         },
         Command::RetryInvoice { key } => {
             format!("POST {p}/compliance/{}/retry", urlencoding::encode(key))
@@ -250,7 +251,7 @@ pub fn http_form(command: &Command) -> String {
         Command::SilenceAlerts { .. } => format!("POST {p}/alerts/silence"),
         Command::SetThresholds { .. } => format!("PUT {p}/thresholds"),
         Command::InvalidateCache { .. } => format!("POST {p}/cache/invalidate"),
-        Command::WorkerBounds { .. } | Command::Shutdown {} => format!("syncctl ctl {command}"),
+        Command::WorkerBounds { .. } | Command::Shutdown {} => format!("in the console: {command}"),
     }
 }
 

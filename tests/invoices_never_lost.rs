@@ -429,24 +429,7 @@ fn copy_db(from: &Path, to: &Path) {
 
 /// A document of the engine's range issued by another system (no `stripe:` annotation).
 async fn foreign_document(base: &str, number: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/v1/invoices"))
-        .basic_auth(
-            syncctl::sandbox::alegra::ALEGRA_EMAIL,
-            Some(syncctl::sandbox::alegra::ALEGRA_TOKEN),
-        )
-        .json(&json!({
-            "date": time::OffsetDateTime::now_utc().date().to_string(),
-            "numberTemplate": {"prefix": "SETP", "number": number},
-            "client": {"identification": "222222222222", "name": "Otro"},
-            "items": [{"name": "x", "price": 1000, "quantity": 1}],
-            "anotation": "issued by hand",
-            "stamp": {"generateStamp": true},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    document(base, "SETP", number, "issued by hand", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -372,11 +372,7 @@ impl AlegraClient {
         start: usize,
         limit: usize,
     ) -> Result<Vec<AlegraInvoice>, AlegraError> {
-        self.list(&[
-            ("start", start.to_string()),
-            ("limit", limit.min(30).to_string()),
-        ])
-        .await
+        self.page(start, limit, &[]).await
     }
 
     /// One page of documents, newest first (`order_field=id`, `order_direction=DESC`).
@@ -385,13 +381,22 @@ impl AlegraClient {
         start: usize,
         limit: usize,
     ) -> Result<Vec<AlegraInvoice>, AlegraError> {
-        self.list(&[
+        let order = [("order_field", "id"), ("order_direction", "DESC")];
+        self.page(start, limit, &order).await
+    }
+
+    async fn page(
+        &self,
+        start: usize,
+        limit: usize,
+        more: &[(&str, &str)],
+    ) -> Result<Vec<AlegraInvoice>, AlegraError> {
+        let mut query = vec![
             ("start", start.to_string()),
             ("limit", limit.min(30).to_string()),
-            ("order_field", "id".into()),
-            ("order_direction", "DESC".into()),
-        ])
-        .await
+        ];
+        query.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        self.list(&query).await
     }
 
     async fn list(&self, query: &[(&str, String)]) -> Result<Vec<AlegraInvoice>, AlegraError> {

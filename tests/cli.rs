@@ -467,29 +467,46 @@ fn an_engine_whose_database_was_lost_refuses_to_start_until_told_to_start_over()
     let _ = fourth.wait();
 }
 
+/// A child process killed if the test ends early (a failed assertion).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `syncctl run --demo` on `data`, on free ports; waits for its control file.
-fn running_engine(home: &std::path::Path, data: &std::path::Path) -> std::process::Child {
+fn running_engine(home: &std::path::Path, data: &std::path::Path) -> Reaped {
     let config = home.join("run.toml");
     std::fs::write(
         &config,
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 5\nlatency_ms = 1\n",
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--demo", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("xdg"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["run", "--demo", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data)
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("xdg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !data.join("control.json").exists() {
-        assert!(std::time::Instant::now() < deadline, "no control file");
+        assert!(
+            std::time::Instant::now() < deadline && child.0.try_wait().unwrap().is_none(),
+            "no control file"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child
@@ -560,8 +577,8 @@ fn dian_retry_goes_through_a_running_engine_and_is_audited_as_the_person() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Stopped: the control file goes with the engine, and the store is written directly.
     std::fs::write(data.join("control.json"), control).unwrap();
-    let _ = Command::new("kill").arg(engine.id().to_string()).status();
-    let status = engine.wait().unwrap();
+    let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
+    let status = engine.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!data.join("control.json").exists());
 }

@@ -109,6 +109,34 @@ enum Command {
         )]
         token: Option<String>,
     },
+    /// One operator command to a running engine, in the console's grammar (e.g.
+    /// `syncctl ctl pause compliance`, `syncctl ctl retry SETP990000012`). Exit 0 done,
+    /// 1 refused, 2 not a command, 3 no engine reached. Without URL, the engine serving
+    /// the data dir (its control file, as you).
+    Ctl {
+        /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// An operator token for --url (or SYNCCTL_TOKEN).
+        #[arg(
+            long,
+            env = "SYNCCTL_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        token: Option<String>,
+        /// Print the engine's reply as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The command, word by word.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        words: Vec<String>,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -399,6 +427,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
+        Some(Command::Ctl {
+            url,
+            token,
+            json,
+            words,
+        }) => {
+            let dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| paths.data_dir.clone());
+            Ok(ctl(&dir, url, token, json, words).await)
+        }
         Some(Command::Dian { command }) => {
             let dir = cli
                 .data_dir
@@ -886,6 +926,75 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
                 format!("\n{:>31}{code}: {words}", "")
             }
         );
+    }
+}
+
+/// `syncctl ctl`: parses the words as a command (exit 2 if they are not one), sends it
+/// to the engine at `url` with `token`, or to the one serving `dir` as this user, and
+/// says its answer (exit 0 done, 1 refused, 3 unreachable).
+async fn ctl(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    words: Vec<String>,
+) -> ExitCode {
+    let command = match syncctl::protocol::Command::from_words(words) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let (base, token, local) = match (url, token) {
+        (Some(url), Some(token)) => (url.trim_end_matches('/').to_owned(), token, false),
+        (Some(_), None) => return usage("--url needs --token (or SYNCCTL_TOKEN)"),
+        (None, _) => match syncctl::server::local::read(dir) {
+            Some(c) if syncctl::store::DataDirLock::acquire(dir, "engine").is_err() => {
+                (c.url, c.token, true)
+            }
+            _ => {
+                eprintln!(
+                    "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
+                    dir.display()
+                );
+                return ExitCode::from(3);
+            }
+        },
+    };
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/api/v1/commands"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "command": command.to_string() }))
+        .timeout(std::time::Duration::from_secs(30));
+    if local {
+        request = request.header(
+            syncctl::server::local::ACTOR_HEADER,
+            syncctl::engine::operator(),
+        );
+    }
+    let (status, body) = match request.send().await {
+        Ok(r) => {
+            let status = r.status();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+        Err(e) => {
+            eprintln!("syncctl: the engine at {base} did not answer ({e}); nothing was done");
+            return ExitCode::from(3);
+        }
+    };
+    if json {
+        println!("{body}");
+    }
+    if status.is_success() {
+        if !json {
+            println!("{}", body["message"].as_str().unwrap_or("done"));
+        }
+        ExitCode::SUCCESS
+    } else {
+        let message = body["error"]["message"].as_str().unwrap_or("refused");
+        eprintln!("syncctl: {command}: {message}");
+        ExitCode::FAILURE
     }
 }
 

@@ -582,3 +582,52 @@ fn dian_retry_goes_through_a_running_engine_and_is_audited_as_the_person() {
     assert!(status.success(), "{status:?}");
     assert!(!data.join("control.json").exists());
 }
+
+#[test]
+fn ctl_sends_one_command_in_the_console_grammar_with_exit_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("engine");
+    drop(compliance_data(&data));
+    let dd = data.to_str().unwrap().to_owned();
+    let ctl = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--data-dir", &dd, "ctl"])
+            .args(args)
+            .env("HOME", home.path())
+            .env("USER", "ana")
+            .env_remove("SYNCCTL_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // No engine: 3, nothing done.
+    let out = ctl(&["pause", "compliance"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let mut engine = running_engine(home.path(), &data);
+    // Not a command: 2, naming the word.
+    let out = ctl(&["pause", "everything"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pipeline"), "{}", stderr(&out));
+    // Done: 0 and the engine's words; --json prints its reply.
+    let out = ctl(&["pause", "compliance"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("paused"), "{}", stdout(&out));
+    let out = ctl(&["--json", "resume", "compliance"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    // Refused by the engine: 1 with its reason.
+    let out = ctl(&["retry", "in_nobody"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    // Audited as the person, in the grammar.
+    let store = syncctl::store::Store::open(&data).unwrap();
+    let audit = store.recent_audit(20, 0).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "ana" && e.message.starts_with("pause compliance")),
+        "{audit:?}"
+    );
+    let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
+    let _ = engine.0.wait();
+}

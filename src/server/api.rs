@@ -709,6 +709,25 @@ pub async fn alerts(State(st): State<ServerState>) -> Response {
     .into_response()
 }
 
+/// `POST /api/v1/commands {"command": "pause compliance"}`: any command in the text
+/// grammar (`syncctl ctl`, scripts), answered like the dedicated routes; a word that
+/// does not parse is a 400 naming it.
+pub async fn command(
+    State(st): State<ServerState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    JsonObject(body): JsonObject,
+) -> Response {
+    let text = match only(&body, &["command"]).and_then(|()| text_field(&body, "command")) {
+        Ok(Some(t)) => t,
+        Ok(None) => return bad("command: expected the command as text, e.g. \"pause compliance\""),
+        Err(m) => return bad(m),
+    };
+    match text.parse::<Command>() {
+        Ok(command) => act(&st, actor, command).await,
+        Err(e) => command_error(&e),
+    }
+}
+
 pub async fn ack_alerts(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,

@@ -143,6 +143,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/pipelines/{name}/{action}", post(api::pipeline))
         .route("/events", get(api::events))
         .route("/alerts", get(api::alerts))
+        .route("/commands", post(api::command))
         .route("/alerts/ack", post(api::ack_alerts))
         .route("/alerts/silence", post(api::silence_alerts))
         .route("/anomalies", get(api::anomalies))

@@ -376,6 +376,11 @@ fn apply_world(config: &mut Config, world: &WorldArgs) -> Result<(), String> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let paths = Paths::discover();
+    // The data dir of commands that read or reach an engine's (`dian`, `ctl`).
+    let default_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| paths.data_dir.clone());
     match cli.command {
         None => console_live(&cli.config, cli.data_dir, cli.fresh_store, &paths).await,
         Some(Command::Demo { world }) => {
@@ -432,18 +437,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             json,
             words,
-        }) => {
-            let dir = cli
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| paths.data_dir.clone());
-            Ok(ctl(&dir, url, token, json, words).await)
-        }
+        }) => Ok(ctl(&default_dir, url, token, json, words).await),
         Some(Command::Dian { command }) => {
-            let dir = cli
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| paths.data_dir.clone());
+            let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
             // this runtime for its answer.
             Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))

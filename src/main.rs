@@ -100,14 +100,8 @@ enum Command {
         /// Look again every SECS seconds (default 2) until interrupted.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
-        /// An API token, to list the alerts too (or SYNCCTL_TOKEN).
-        #[arg(
-            long,
-            env = "SYNCCTL_TOKEN",
-            hide_env_values = true,
-            value_name = "TOKEN"
-        )]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// One operator command to a running engine, in the console's grammar (e.g.
     /// `syncctl ctl pause compliance`, `syncctl ctl retry SETP990000012`). Exit 0 done,
@@ -117,14 +111,8 @@ enum Command {
         /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
-        /// An operator token for --url (or SYNCCTL_TOKEN).
-        #[arg(
-            long,
-            env = "SYNCCTL_TOKEN",
-            hide_env_values = true,
-            value_name = "TOKEN"
-        )]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// Print the engine's reply as JSON.
         #[arg(long)]
         json: bool,
@@ -142,6 +130,20 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+/// An API token for a running engine's control API (`status`: to list the alerts too;
+/// `ctl --url`: an operator's).
+#[derive(Args)]
+struct TokenArg {
+    /// An API token (or SYNCCTL_TOKEN).
+    #[arg(
+        long,
+        env = "SYNCCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -428,7 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             watch,
             token,
-        }) => Ok(status(url, json, watch, token, cli.config.as_ref(), &paths).await),
+        }) => Ok(status(url, json, watch, token.token, cli.config.as_ref(), &paths).await),
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
@@ -437,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             json,
             words,
-        }) => Ok(ctl(&default_dir, url, token, json, words).await),
+        }) => Ok(ctl(&default_dir, url, token.token, json, words).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on

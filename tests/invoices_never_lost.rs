@@ -59,6 +59,31 @@ fn hook_to(sb: &SandboxServer, engine: &Served) {
     )));
 }
 
+/// An engine on `dir` with its webhooks delivered and the catalog synced.
+async fn ready(sb: &SandboxServer, cfg: &Config, dir: &Path) -> Served {
+    let engine = start(cfg.clone(), dir, false).await.unwrap();
+    hook_to(sb, &engine);
+    common::until_idle(&engine, 3).await;
+    engine
+}
+
+/// An engine on `dir` validates `n` paid invoices and stops; its store is copied to
+/// `backup` (last night's backup). Returns the invoices.
+async fn validated_then_backed_up(
+    sb: &SandboxServer,
+    cfg: &Config,
+    dir: &Path,
+    backup: &Path,
+    n: usize,
+) -> Vec<String> {
+    let mut engine = ready(sb, cfg, dir).await;
+    let ids = make_invoices(&sb.base_url(), n).await;
+    until_validated(&engine, &ids, 60).await;
+    engine.shutdown().await;
+    copy_db(dir, backup);
+    ids
+}
+
 /// Waits until every one of `ids` is VALIDATED; returns Stripe id → DIAN number.
 async fn until_validated(
     engine: &EngineHandle,
@@ -206,9 +231,7 @@ async fn the_listing_walks_every_page_since_its_cursor() {
     let dir = tempfile::tempdir().unwrap();
     // No events reconciliation: the listing alone must find what the webhooks missed.
     let cfg = config(&sb, |c| c.catalog.reconcile_interval_secs = 3600);
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
+    let mut engine = ready(&sb, &cfg, dir.path()).await;
     // 150 invoices paid while webhooks failed, then 120 delivered: the newest page holds
     // only known invoices, the missed ones are on the pages after it.
     sb.sandbox.set_webhook_url(Some(DEAD_URL.into()));
@@ -439,13 +462,7 @@ async fn restoring_an_old_backup_reissues_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
     let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
-    let first = make_invoices(&base, 3).await;
-    until_validated(&engine, &first, 60).await;
-    engine.shutdown().await;
-    copy_db(dir.path(), backup.path());
+    let first = validated_then_backed_up(&sb, &cfg, dir.path(), backup.path(), 3).await;
     let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
     hook_to(&sb, &engine);
     let later = make_invoices(&base, 3).await;
@@ -481,9 +498,7 @@ async fn a_lost_store_is_refused_whatever_holds_the_first_number_or_when_only_em
     .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
+    let mut engine = ready(&sb, &cfg, dir.path()).await;
     let refused = make_invoices(&base, 1).await;
     until_status(&engine, &refused[0], Status::Failed).await;
     let ids = make_invoices(&base, 4).await;
@@ -592,13 +607,7 @@ async fn a_restored_backup_finds_documents_past_a_gap_of_unused_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
     let cfg = config(&sb, |c| c.compliance.list_interval_secs = 1);
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
-    let first = make_invoices(&base, 1).await;
-    until_validated(&engine, &first, 60).await;
-    engine.shutdown().await;
-    copy_db(dir.path(), backup.path());
+    let first = validated_then_backed_up(&sb, &cfg, dir.path(), backup.path(), 1).await;
     let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
     hook_to(&sb, &engine);
     post(
@@ -652,9 +661,7 @@ async fn restored_backup_adopts_a_renumbered_invoice(seed: u64, waiting: bool) {
     let dir = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
     let cfg = config(&sb, |_| {});
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
+    let mut engine = ready(&sb, &cfg, dir.path()).await;
     let a = make_invoices(&base, 1).await;
     until_validated(&engine, &a, 60).await;
     common::faults(&base, json!({"service": "alegra", "outage": true})).await;
@@ -721,9 +728,7 @@ async fn a_second_issuer_of_the_range_stops_the_numbering() {
     let base = sb.base_url();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&sb, |_| {});
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
+    let mut engine = ready(&sb, &cfg, dir.path()).await;
     let ids = make_invoices(&base, 2).await;
     let numbers = until_validated(&engine, &ids, 60).await;
     engine.shutdown().await;
@@ -796,9 +801,7 @@ async fn an_operator_retry_on_a_restored_backup_reads_alegra_before_sending() {
             rate_limit_per_min: 1000,
         }];
     });
-    let mut engine = start(cfg.clone(), dir.path(), false).await.unwrap();
-    hook_to(&sb, &engine);
-    common::until_idle(&engine, 3).await;
+    let mut engine = ready(&sb, &cfg, dir.path()).await;
     post(
         &base,
         "/_sandbox/alegra",

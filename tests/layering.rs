@@ -274,6 +274,18 @@ fn group_heads(s: &str) -> Vec<String> {
     heads
 }
 
+/// The first segments a path names after its root: one, or each of a `{…}` group.
+fn heads_of(rest: &str, out: &mut BTreeSet<String>) {
+    if rest.starts_with('{') {
+        out.extend(group_heads(rest));
+    } else {
+        let id = ident_at(rest);
+        if !id.is_empty() {
+            out.insert(id.to_owned());
+        }
+    }
+}
+
 /// The top-level modules `code` names through `root` (`crate::` or `syncctl::`).
 fn heads_after(code: &str, root: &str, out: &mut BTreeSet<String>) {
     let mut at = 0;
@@ -284,15 +296,7 @@ fn heads_after(code: &str, root: &str, out: &mut BTreeSet<String>) {
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
-        let rest = &code[at..];
-        if rest.starts_with('{') {
-            out.extend(group_heads(rest));
-        } else {
-            let id = ident_at(rest);
-            if !id.is_empty() {
-                out.insert(id.to_owned());
-            }
-        }
+        heads_of(&code[at..], out);
     }
 }
 
@@ -314,14 +318,7 @@ fn super_heads(code: &str, depth: usize, out: &mut BTreeSet<String>) {
             rest = r;
         }
         if ups > depth {
-            if rest.starts_with('{') {
-                out.extend(group_heads(rest));
-            } else {
-                let id = ident_at(rest);
-                if !id.is_empty() {
-                    out.insert(id.to_owned());
-                }
-            }
+            heads_of(rest, out);
         }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, MAX_SILENCE_SECS, SandboxFaults,
-    Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
+    AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, SandboxFaults, Snapshot,
+    State as BreakerState, Status as InvoiceStatus, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -73,33 +73,6 @@ impl PromptKind {
             PromptKind::Silence { matcher } => format!("silence {matcher} for (30m, 2h, 1d)"),
             PromptKind::Threshold { name } => name.clone(),
         }
-    }
-}
-
-/// `90s`, `30m`, `2h`, `1d` (or plain seconds) → seconds, from 1 s to 7 days
-/// ([`MAX_SILENCE_SECS`]); anything else is an error to show.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    const FORM: &str = "a duration such as 30m, 2h or 1d";
-    let max = MAX_SILENCE_SECS;
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let mult: u64 = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{t:?} is not {FORM}")),
-    };
-    if num.is_empty() {
-        return Err(format!("{t:?} is not {FORM}"));
-    }
-    let too_long = || format!("{t} is too long: a silence lasts at most 7d");
-    // Checked all the way: a huge number is refused, never wrapped into a short one.
-    let n: u64 = num.parse().map_err(|_| too_long())?;
-    match n.checked_mul(mult) {
-        Some(0) => Err("a silence lasts at least 1s".into()),
-        Some(secs) if secs <= max => Ok(secs),
-        _ => Err(too_long()),
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crossterm::event::{KeyCode, KeyEvent};
 
 use super::keymap::{self, Action};
-use super::state::{App, Confirm, PromptKind, Tab, num, parse_duration};
+use super::state::{App, Confirm, PromptKind, Tab, num};
 use crate::protocol::{
     AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, FaultPatch,
     InvoiceDetail, Pipeline, Query, QueryReply, Reply, Request, Service, Snapshot,
@@ -336,7 +336,7 @@ impl App {
                 self.confirm_focus_ok = false;
                 None
             }
-            PromptKind::Silence { matcher } => match parse_duration(&text) {
+            PromptKind::Silence { matcher } => match crate::protocol::parse_duration(&text) {
                 Ok(secs) => {
                     self.prompt = None;
                     self.flash = Some(format!("silencing {matcher}…"));
@@ -346,7 +346,7 @@ impl App {
                     })
                 }
                 Err(why) => {
-                    self.flash = Some(why);
+                    self.flash = Some(why.to_string());
                     None
                 }
             },

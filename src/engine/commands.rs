@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::COMPLIANCE_OFF;
 use super::catalog::Catalog;
 use super::compliance::{self, Compliance};
 use super::publisher::Publisher;
-use super::{COMPLIANCE_OFF, human_secs};
 use crate::protocol::{
     AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, Disconnected,
     InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service, ThresholdChange,
@@ -243,7 +243,7 @@ impl Ctx {
                 };
                 Ok(Outcome::new(format!(
                     "silenced alerts matching {shown:?} for {}",
-                    human_secs(*secs)
+                    crate::protocol::format_duration(*secs)
                 ))
                 .with_until_ms(until))
             }

@@ -71,7 +71,6 @@ pub struct Compliance {
     monitor: Mutex<Monitor>,
     pub metrics: ComplianceMetrics,
     numbering: tokio::sync::watch::Sender<Numbering>,
-    numbering_confirmed: AtomicBool,
     /// Listed invoices that cannot be e-invoices, said once per run.
     ignored: Mutex<HashSet<String>>,
 }
@@ -165,7 +164,6 @@ impl Compliance {
         );
         Ok(Self {
             numbering: tokio::sync::watch::Sender::new(numbering),
-            numbering_confirmed: AtomicBool::new(false),
             ignored: Mutex::new(HashSet::new()),
             monitor: Mutex::new(monitor),
             store,

@@ -31,7 +31,6 @@ use std::path::PathBuf;
 pub use crate::protocol::{
     CatalogView, ComplianceView, EngineEvent, MAX_SILENCE_SECS, Mode, Operation, Snapshot, operator,
 };
-pub use crate::telemetry::health::human_secs;
 pub use commands::Commands;
 pub use handle::{EngineHandle, Frontend, IngestError, VerifiedEvent, WebhookCounts};
 pub use ingest::Ingested;

@@ -291,7 +291,6 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                     }
                 },
             }
-            publisher.publish(&snap_tx, &events_tx, false);
         }
         // Drain: stop claiming, let in-flight jobs finish (bounded), then stop serving.
         publisher.publish(&snap_tx, &events_tx, true);

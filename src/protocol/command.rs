@@ -915,7 +915,7 @@ impl Word {
 }
 
 /// A text fit to echo in an error: quoted, short, control characters escaped.
-fn shown(s: &str) -> String {
+pub fn shown(s: &str) -> String {
     let mut t: String = s.chars().take(40).collect();
     if t.len() < s.len() {
         t.push('…');

@@ -25,6 +25,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::protocol::shown;
+
 /// Who is calling: the token's name and the client's address, for the audit trail.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -303,15 +305,6 @@ fn only(body: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
             known.join(", ")
         )),
     }
-}
-
-/// A field name or value fit to echo: short, without control characters.
-fn shown(s: &str) -> String {
-    let mut t: String = s.chars().take(40).collect();
-    if t.len() < s.len() {
-        t.push('…');
-    }
-    format!("{t:?}")
 }
 
 /// The JSON type of a value, for "expected X, got Y".

@@ -219,17 +219,6 @@ impl Store {
             .map(|n| n as u64)
     }
 
-    /// The invoice record holding `number`, if any.
-    pub fn holder_of_number(&self, number: &str) -> Result<Option<String>> {
-        self.r()
-            .query_row(
-                "SELECT stripe_id FROM invoices WHERE number=?1",
-                params![number],
-                |r| r.get(0),
-            )
-            .optional()
-    }
-
     /// A document kept for `stripe_id` (found at Alegra) whose number another invoice
     /// record of this store holds: (number, that invoice). Only two issuers of one range
     /// lead here.

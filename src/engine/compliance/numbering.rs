@@ -169,8 +169,6 @@ impl Compliance {
                 return Ok(());
             }
         }
-        self.numbering_confirmed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.set_numbering(Numbering::Ready);
         Ok(())
     }
@@ -298,25 +296,22 @@ impl Compliance {
                 continue;
             };
             if rec.status == Status::Validated || here.iter().any(|d| accepted(d)) {
-                return Err(format!(
-                    "Stripe invoice {id} is accepted at DIAN as {} and has another document, {} ({}), that this store did not issue: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
+                return Err(second_issuer(&format!(
+                    "Stripe invoice {id} is accepted at DIAN as {} and has another document, {} ({}), that this store did not issue",
                     rec.number,
                     best.number,
                     best.legal_status.as_deref().unwrap_or("not yet stamped")
-                ));
+                )));
             }
             if !here.is_empty() {
-                return Err(format!(
-                    "Stripe invoice {id} has two documents in flight at Alegra, {} and {}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
+                return Err(second_issuer(&format!(
+                    "Stripe invoice {id} has two documents in flight at Alegra, {} and {}",
                     rec.number, best.number
-                ));
+                )));
             }
-            match self.store.holder_of_number(&best.number) {
-                Ok(Some(other)) if other != id => {
-                    return Err(format!(
-                        "Alegra holds {} for Stripe invoice {id}, but this store gave that number to {other}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered",
-                        best.number
-                    ));
+            match self.store.invoice(&best.number) {
+                Ok(Some(other)) if other.stripe_id != id => {
+                    return Err(number_given_to_another(&best.number, id, &other.stripe_id));
                 }
                 Err(e) => {
                     tracing::error!("reading the holder of {}: {e}", best.number);
@@ -399,9 +394,7 @@ impl Compliance {
     /// gave another invoice: a second issuer. Refuses and says so.
     pub(super) fn refuse_on_clash(&self, stripe_id: &str) -> Option<String> {
         let (number, other) = self.store.found_document_clash(stripe_id).ok().flatten()?;
-        let why = format!(
-            "Alegra holds {number} for Stripe invoice {stripe_id}, but this store gave that number to {other}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered"
-        );
+        let why = number_given_to_another(&number, stripe_id, &other);
         self.refuse(why.clone(), FIX_TWO_ENGINES);
         Some(why)
     }
@@ -410,11 +403,7 @@ impl Compliance {
     pub async fn numbering_loop(&self, cancel: tokio_util::sync::CancellationToken) {
         let mut wait = Duration::from_secs(2);
         loop {
-            if matches!(self.numbering(), Numbering::Refused { .. })
-                || self
-                    .numbering_confirmed
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            {
+            if !matches!(self.numbering(), Numbering::Checking(_)) {
                 return;
             }
             if let Err(e) = self.confirm_numbering().await {
@@ -430,6 +419,19 @@ impl Compliance {
             wait = (wait * 2).min(Duration::from_secs(60));
         }
     }
+}
+
+/// Why the numbering stops: `evidence` that only a second issuer of the range explains.
+fn second_issuer(evidence: &str) -> String {
+    format!(
+        "{evidence}: another engine (or a copy of this store) issues this numbering range. Nothing more is numbered"
+    )
+}
+
+fn number_given_to_another(number: &str, stripe_id: &str, other: &str) -> String {
+    second_issuer(&format!(
+        "Alegra holds {number} for Stripe invoice {stripe_id}, but this store gave that number to {other}"
+    ))
 }
 
 fn found_document(d: &AlegraInvoice) -> FoundDocument {

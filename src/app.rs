@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
 use crate::protocol::{
-    Disconnected, FaultPatch, Link, Query, QueryReply, Reply, Request, SandboxFaults, Snapshot,
+    AttachedConsole, Disconnected, FaultPatch, Link, Query, QueryReply, Reply, Request,
+    SandboxFaults, Snapshot,
 };
 use crate::sandbox::{self, Sandbox, SandboxOptions, SandboxServer};
 
@@ -133,6 +134,8 @@ pub struct Served {
     server_cancel: CancellationToken,
     /// The data dir's control file, removed once the server has stopped.
     local: Option<crate::server::local::LocalAccess>,
+    /// The consoles attached over the network.
+    pub consoles: watch::Receiver<Vec<AttachedConsole>>,
 }
 
 impl Deref for Served {
@@ -191,6 +194,7 @@ pub async fn serve_engine(
         )
     })?;
     settings.local_token = Some(local.token().clone());
+    let consoles = settings.consoles.subscribe();
     let server_cancel = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
         listener,
@@ -204,6 +208,7 @@ pub async fn serve_engine(
         server: Some(server),
         server_cancel,
         local: Some(local),
+        consoles,
     })
 }
 
@@ -336,6 +341,10 @@ impl Link for LocalEngine<'_> {
 
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
         self.sandbox.clone().map(|s| s as Arc<dyn SandboxFaults>)
+    }
+
+    fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
+        self.engine.consoles.clone()
     }
 }
 

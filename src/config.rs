@@ -116,14 +116,7 @@ fn default_token_rate() -> u32 {
     600
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// May read and act.
-    Operator,
-    /// May only read.
-    Viewer,
-}
+pub use crate::protocol::Role;
 
 pub use crate::telemetry::settings::{AlertsConfig, AnomalyConfig};
 

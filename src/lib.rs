@@ -28,6 +28,7 @@
 //! services, which know nothing of us.
 
 pub mod app;
+pub mod attach;
 pub mod bench;
 pub mod compliance;
 pub mod config;

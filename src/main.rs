@@ -125,6 +125,20 @@ enum Command {
         )]
         words: Vec<String>,
     },
+    /// The console on a running engine, over its WebSocket: `q` detaches and the engine
+    /// keeps running. Without URL, the engine serving the data dir (its control file, as
+    /// you). Exit 3 when no engine is reached, 1 when it refuses the console.
+    Attach {
+        /// The engine's address (e.g. http://10.0.0.5:9870); needs --token.
+        #[arg(value_name = "URL")]
+        url: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        /// Watch only: the engine refuses this console's commands, and its keys for
+        /// actions are hidden.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -384,7 +398,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| paths.data_dir.clone());
     match cli.command {
-        None => console_live(&cli.config, cli.data_dir, cli.fresh_store, &paths).await,
+        None => {
+            // The engine of this data dir runs already (as a service): attach to it.
+            if matches!(running_engine(&default_dir), Ok(Some(_))) {
+                let fps = max_fps(cli.config.as_ref());
+                return Ok(attach(None, None, false, &default_dir, fps).await);
+            }
+            console_live(&cli.config, cli.data_dir, cli.fresh_store, &paths).await
+        }
+        Some(Command::Attach {
+            url,
+            token,
+            read_only,
+        }) => {
+            let fps = max_fps(cli.config.as_ref());
+            Ok(attach(url, token.token, read_only, &default_dir, fps).await)
+        }
         Some(Command::Demo { world }) => {
             demo(
                 cli.config.as_ref(),
@@ -993,6 +1022,93 @@ async fn ctl(
         let message = body["error"]["message"].as_str().unwrap_or("refused");
         eprintln!("syncctl: {command}: {message}");
         ExitCode::FAILURE
+    }
+}
+
+/// The console's frame rate from `--config` (the default without one, or when it does
+/// not load: attaching needs no config).
+fn max_fps(config: Option<&PathBuf>) -> u32 {
+    config
+        .and_then(|p| Config::load(p).ok())
+        .unwrap_or_default()
+        .console
+        .max_fps
+}
+
+/// Where the engine serving `dir` is, from its control file (read again on every
+/// reconnect: a restarted engine writes a new token).
+fn local_endpoint(dir: &std::path::Path) -> Result<syncctl::attach::Endpoint, String> {
+    let control = syncctl::server::local::read(dir).ok_or_else(|| {
+        format!(
+            "no engine serves {} (no readable {} there): start one with `syncctl run`, or give its URL",
+            dir.display(),
+            syncctl::server::local::CONTROL_FILE
+        )
+    })?;
+    Ok(syncctl::attach::Endpoint {
+        url: syncctl::attach::console_url(&control.url)?,
+        token: Some(control.token),
+    })
+}
+
+/// `syncctl attach [URL]`, and plain `syncctl` on a data dir whose engine runs: the
+/// console over the engine's WebSocket until `q` detaches.
+async fn attach(
+    url: Option<String>,
+    token: Option<String>,
+    read_only: bool,
+    dir: &std::path::Path,
+    fps: u32,
+) -> ExitCode {
+    use syncctl::attach::{AttachError, Endpoint, RemoteEngine, Resolve, console_url};
+    let resolve: Resolve = match url {
+        None => {
+            let dir = dir.to_path_buf();
+            std::sync::Arc::new(move || local_endpoint(&dir))
+        }
+        Some(given) => {
+            let url = match console_url(&given) {
+                Ok(u) => u,
+                Err(e) => return usage(e),
+            };
+            // The data dir's own engine, named by its address: its control file's token.
+            let local = local_endpoint(dir).ok().filter(|e| e.url == url);
+            let Some(token) = token.or_else(|| local.and_then(|e| e.token)) else {
+                return usage(format!(
+                    "attaching to {given} needs a token: --token TOKEN or SYNCCTL_TOKEN (one of that engine's [[server.tokens]])"
+                ));
+            };
+            std::sync::Arc::new(move || {
+                Ok(Endpoint {
+                    url: url.clone(),
+                    token: Some(token.clone()),
+                })
+            })
+        }
+    };
+    let mut engine = match RemoteEngine::connect(resolve, syncctl::attach::hello(read_only)).await {
+        Ok(e) => e,
+        Err(e @ (AttachError::Unreachable(_) | AttachError::NotFound(_))) => {
+            eprintln!("syncctl: {e}");
+            return ExitCode::from(3);
+        }
+        Err(e @ AttachError::Refused(_)) => {
+            eprintln!("syncctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = syncctl::console::run(&mut engine, fps).await;
+    let to = engine.to();
+    engine.detach().await;
+    match result {
+        Ok(()) => {
+            eprintln!("syncctl: detached from the engine at {to}; it keeps running");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncctl: console failed: {e:#} (detached; the engine keeps running)");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -75,6 +75,11 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ),
     ("console", &["protocol"], "draws snapshots, sends commands"),
     (
+        "attach",
+        &["protocol"],
+        "a console's link to an engine in another process: speaks the protocol only",
+    ),
+    (
         "sandbox",
         &["protocol", "compliance", "resilience"],
         "simulates the APIs (DIAN's CUFE rules, a clock); never the engine",
@@ -96,6 +101,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         &[
             "protocol",
             "app",
+            "attach",
             "config",
             "connectors",
             "engine",
@@ -110,6 +116,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         &[
             "protocol",
             "app",
+            "attach",
             "bench",
             "config",
             "console",

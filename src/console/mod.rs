@@ -108,9 +108,19 @@ async fn event_loop<L: Link>(
     max_fps: u32,
     mut signals: Signals,
 ) -> anyhow::Result<()> {
+    // Messages waiting for `update`: the one just received, then what its effects
+    // bring back at once (a command the engine could not take, the sandbox's answer).
+    let mut inbox = VecDeque::new();
     let mut snapshots = engine.snapshots();
     let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env())
         .with_sandbox(engine.sandbox());
+    // Where the console stands with its engine, and who else is attached: followed
+    // while their senders live (an engine in this process has fixed answers).
+    let mut link = engine.state();
+    let mut consoles = engine.consoles();
+    let (mut follow_link, mut follow_consoles) = (true, true);
+    inbox.push_back(Msg::Link(link.borrow_and_update().clone()));
+    inbox.push_back(Msg::Consoles(consoles.borrow_and_update().clone()));
     let mut input = EventStream::new();
     let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
     let mut last_draw = Instant::now() - frame_gap;
@@ -120,9 +130,6 @@ async fn event_loop<L: Link>(
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Msg>();
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // Messages waiting for `update`: the one just received, then what its effects
-    // bring back at once (a command the engine could not take, the sandbox's answer).
-    let mut inbox = VecDeque::new();
     loop {
         while let Some(msg) = inbox.pop_front() {
             for effect in update(&mut app, msg) {
@@ -167,6 +174,14 @@ async fn event_loop<L: Link>(
                 Err(_) => Msg::EngineStopped,
             },
             Some(msg) = back_rx.recv() => msg,
+            changed = link.changed(), if follow_link => match changed {
+                Ok(()) => Msg::Link(link.borrow_and_update().clone()),
+                Err(_) => { follow_link = false; continue; }
+            },
+            changed = consoles.changed(), if follow_consoles => match changed {
+                Ok(()) => Msg::Consoles(consoles.borrow_and_update().clone()),
+                Err(_) => { follow_consoles = false; continue; }
+            },
             _ = poll.tick(), if app.polls_detail() => Msg::Tick,
             _ = tokio::time::sleep_until(next_frame), if dirty => continue,
         };

@@ -9,8 +9,8 @@ use std::sync::Arc;
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, SandboxFaults, Snapshot,
-    State as BreakerState, Status as InvoiceStatus, operator,
+    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, LinkState,
+    SandboxFaults, Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -175,6 +175,10 @@ pub struct App {
     /// The terminal hung up (SIGHUP): nothing to draw on or read from while the
     /// engine drains.
     pub hung_up: bool,
+    /// Where this console stands with its engine: hosting it, attached, reconnecting.
+    pub link: LinkState,
+    /// The consoles attached to the engine over the network.
+    pub consoles: Vec<AttachedConsole>,
 }
 
 impl App {
@@ -209,6 +213,8 @@ impl App {
             detail_asked: None,
             detail_pending: false,
             hung_up: false,
+            link: LinkState::Hosted,
+            consoles: Vec::new(),
         }
     }
 

@@ -18,9 +18,9 @@ use crossterm::event::{KeyCode, KeyEvent};
 use super::keymap::{self, Action};
 use super::state::{App, Confirm, PromptKind, Tab, num};
 use crate::protocol::{
-    AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, FaultPatch,
-    InvoiceDetail, Pipeline, Query, QueryReply, Reply, Request, Service, Snapshot,
-    State as BreakerState, Status as InvoiceStatus, ThresholdChange, check_threshold,
+    AlertMatcher, Answer, AttachedConsole, BreakerAction, CacheScope, Command, CommandError,
+    FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply, Reply, Request, Service,
+    Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange, check_threshold,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -51,6 +51,10 @@ pub enum Msg {
     },
     /// A signal asking the console to stop.
     Signal(Signal),
+    /// Where the console stands with its engine (hosting it, attached, reconnecting).
+    Link(LinkState),
+    /// The consoles attached to the engine now.
+    Consoles(Vec<AttachedConsole>),
 }
 
 /// Something for the run loop to do, as [`update`] decided.
@@ -66,7 +70,7 @@ pub enum Effect {
     PatchFaults(FaultPatch),
     /// Draw the frame: at once after input (`urgent`), otherwise at the frame rate.
     Redraw { urgent: bool },
-    /// Leave the run loop: the engine has stopped.
+    /// Leave the run loop: the engine has stopped, or this attached console detaches.
     Exit,
 }
 
@@ -112,6 +116,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             }
         }
         Msg::EngineStopped => return vec![Effect::Exit],
+        Msg::Link(state) => {
+            app.apply_link(state);
+            effects.push(redraw(true));
+        }
+        Msg::Consoles(consoles) => {
+            app.consoles = consoles;
+            effects.push(redraw(false));
+        }
         Msg::Reply { command, reply } => {
             app.apply_reply(&command, reply);
             effects.push(redraw(true));
@@ -190,10 +202,29 @@ impl App {
         }
     }
 
+    /// Where the console stands with its engine now: an attached console's role decides
+    /// whether it may act.
+    fn apply_link(&mut self, state: LinkState) {
+        match (&self.link, &state) {
+            (LinkState::Reconnecting { .. }, LinkState::Attached(a)) => {
+                self.flash = Some(format!("reconnected to the engine at {}", a.to));
+            }
+            (LinkState::Attached(_), LinkState::Reconnecting { why, .. }) => {
+                self.flash = Some(format!("lost the engine ({why}); reconnecting…"));
+            }
+            _ => {}
+        }
+        self.link = state;
+    }
+
     /// SIGTERM, SIGHUP or SIGINT: the same path as `q` confirmed — stop claiming,
     /// drain, exit. After a hangup there is no terminal to draw on or read from.
     fn apply_signal(&mut self, signal: Signal) -> Option<Effect> {
         self.hung_up |= signal == Signal::Hangup;
+        if !self.link.hosted() {
+            // An attached console only lets go; the engine runs on.
+            return Some(Effect::Exit);
+        }
         if self.quitting {
             return None;
         }
@@ -415,6 +446,10 @@ impl App {
         if self.quitting {
             return None;
         }
+        if keymap::is_interrupt(&key) && !self.link.hosted() {
+            // An attached console detaches at once: nothing is lost, the engine runs on.
+            return Some(Effect::Exit);
+        }
         if keymap::is_interrupt(&key) {
             // Ctrl-C asks like `q`, from anywhere: a prompt, a search, another dialog.
             self.prompt = None;
@@ -466,6 +501,8 @@ impl App {
             }
             Action::Help => self.help = true,
             Action::Back => {}
+            // An attached console detaches at once: nothing is lost, the engine runs on.
+            Action::Quit if !self.link.hosted() => return Some(Effect::Exit),
             Action::Quit => {
                 self.confirm = Some(Confirm::Quit);
                 self.confirm_focus_ok = false;

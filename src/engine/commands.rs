@@ -20,8 +20,8 @@ use super::compliance::{self, Compliance};
 use super::publisher::Publisher;
 use crate::protocol::{
     AlertMatcher, Answer, BreakerAction, CacheScope, Command, CommandError, Disconnected,
-    InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Service, ThresholdChange,
-    check_threshold,
+    InvoiceDetail, Outcome, Pipeline, Query, QueryReply, Reply, Request, Role, Service,
+    ThresholdChange, check_threshold,
 };
 use crate::resilience::{Downstream, State as BreakerState};
 use crate::store::Store;
@@ -169,10 +169,14 @@ impl Ctx {
     /// The one audited wrapper: validates, applies and audits one request, and returns
     /// its reply (for whoever sent it).
     pub fn run(&self, publisher: &mut Publisher, request: Request) -> Reply {
-        let Request { actor, command } = request;
+        let Request {
+            actor,
+            command,
+            role,
+        } = request;
         let mut entity = entity(&command);
-        let reply = command
-            .validate()
+        let reply = allowed(role, &actor)
+            .and_then(|()| command.validate())
             .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
         audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
         publisher.refresh_view();
@@ -293,6 +297,17 @@ impl Ctx {
                 Ok(changed(Outcome::new(what), was != paused))
             }
         }
+    }
+}
+
+/// Whether a caller of `role` may act: a viewer (a viewer token, a console attached
+/// read-only) may not, whichever front-end sent its command.
+fn allowed(role: Role, actor: &str) -> Result<(), CommandError> {
+    match role {
+        Role::Operator => Ok(()),
+        Role::Viewer => Err(CommandError::forbidden(format!(
+            "{actor} is a viewer: it may read, not act"
+        ))),
     }
 }
 

@@ -81,15 +81,28 @@ pub struct Request {
     pub actor: String,
     /// What they ask for.
     pub command: Command,
+    /// What the sender may do, as the front-end that authenticated it says (a token's
+    /// role, a console attached read-only). The engine refuses a viewer's command —
+    /// the one place that decides, whatever a client sends.
+    #[serde(default)]
+    pub role: super::operator::Role,
 }
 
 impl Request {
-    /// A request by `actor`.
+    /// A request by `actor`, an operator.
     pub fn new(actor: impl Into<String>, command: Command) -> Self {
         Request {
             actor: actor.into(),
             command,
+            role: super::operator::Role::Operator,
         }
+    }
+
+    /// The same request, by a caller of `role`.
+    #[must_use]
+    pub fn with_role(mut self, role: super::operator::Role) -> Self {
+        self.role = role;
+        self
     }
 }
 

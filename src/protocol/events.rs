@@ -7,7 +7,7 @@ use super::snapshot::AuditEntry;
 use super::telemetry::{Anomaly, Notification};
 
 /// Discrete things that happened, for live feeds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EngineEvent {
     Audit(AuditEntry),
     Breaker {

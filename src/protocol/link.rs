@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 
+use super::attach::AttachedConsole;
 use super::command::{Query, Reply, Request};
 use super::faults::FaultPatch;
+use super::operator::Role;
 use super::query::QueryReply;
 use super::snapshot::Snapshot;
 
@@ -56,6 +58,67 @@ pub trait Link: Send {
     /// The demo's sandbox faults (None on a live engine).
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
         None
+    }
+
+    /// Where this front-end stands with its engine: hosting it, attached, or
+    /// reconnecting. An engine in this process is always [`LinkState::Hosted`].
+    fn state(&self) -> watch::Receiver<LinkState> {
+        watch::Sender::new(LinkState::Hosted).subscribe()
+    }
+
+    /// The consoles attached to the engine over the network, changing as they come
+    /// and go.
+    fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
+        watch::Sender::new(Vec::new()).subscribe()
+    }
+}
+
+/// Where a front-end stands with its engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkState {
+    /// The engine runs in this process; quitting drains it.
+    Hosted,
+    /// Attached over the network; quitting detaches and the engine keeps running.
+    Attached(Attached),
+    /// The connection was lost: what is shown is as of `since_ms`, and the console is
+    /// trying again by itself.
+    Reconnecting {
+        /// The connection that was lost.
+        was: Attached,
+        /// When the engine was last heard from (ms since the epoch).
+        since_ms: i64,
+        /// Attempts made so far.
+        attempt: u32,
+        /// Why the last connection ended or the last attempt failed.
+        why: String,
+    },
+}
+
+/// An attached console's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// Where the engine is (`127.0.0.1:9870`).
+    pub to: String,
+    /// What this console may do (a viewer: a viewer token or `--read-only`).
+    pub role: Role,
+    /// How the engine's audit trail names this console's actions.
+    pub actor: String,
+}
+
+impl LinkState {
+    /// Whether the engine runs in this process.
+    pub fn hosted(&self) -> bool {
+        matches!(self, LinkState::Hosted)
+    }
+
+    /// Whether this console may only read.
+    pub fn read_only(&self) -> bool {
+        match self {
+            LinkState::Hosted => false,
+            LinkState::Attached(a) | LinkState::Reconnecting { was: a, .. } => {
+                a.role == Role::Viewer
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! `resilience::State`…); behaviour that needs engine internals stays there, as free
 //! functions or extension traits over this data.
 
+pub mod attach;
 pub mod command;
 pub mod events;
 pub mod faults;
@@ -26,6 +27,10 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use attach::{
+    AttachedConsole, COMPRESS_OVER, CONSOLE_PATH, Change, ClientFrame, Hello, PROTOCOL_VERSION,
+    ServerFrame, Welcome,
+};
 pub use command::*;
 pub use events::*;
 pub use faults::*;

@@ -1,4 +1,17 @@
-//! Who is acting: the operator's name as audits record it.
+//! Who is acting: the operator's name as audits record it, and what a caller may do.
+
+use serde::{Deserialize, Serialize};
+
+/// What a caller may do: a token's role, or a console attached read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May read and act.
+    #[default]
+    Operator,
+    /// May only read: the engine refuses its commands.
+    Viewer,
+}
 
 /// Who did something: OS user, and SSH client address when there is one.
 pub fn operator() -> String {

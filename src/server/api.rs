@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use super::ServerState;
 use super::auth::{Caller, Denied, Quota};
-use crate::config::Role;
 use crate::protocol::{
     AlertMatcher, BreakerAction, CacheScope, Command, CommandError, Pipeline, Service,
     ThresholdChange,
@@ -51,7 +50,7 @@ fn quota_headers(resp: &mut Response, q: &Quota) {
 
 /// The WebSocket feeds (paths as seen inside `/api/v1`): the only routes where a
 /// token may come in the query string, and only on a real upgrade request.
-const WS_FEEDS: &[&str] = &["/ws/notifications", "/ws/alerts"];
+const WS_FEEDS: &[&str] = &["/ws/notifications", "/ws/alerts", "/ws/console"];
 
 fn is_ws_upgrade(req: &Request) -> bool {
     req.method() == Method::GET
@@ -131,28 +130,22 @@ pub async fn guard(
         }
         Err(_) => return unauthorized("unknown token"),
     };
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
-    let mut resp = if !reads && caller.role != Role::Operator {
-        // Every action is a command: a viewer's is refused as one (403).
-        command_error(&CommandError::forbidden(format!(
-            "token {:?} is a viewer: it may read, not act",
-            caller.name
-        )))
-    } else {
-        // The local CLI names its person (audited as the store path would); any other
-        // caller is its token and address.
-        let named = req
-            .headers()
-            .get(super::local::ACTOR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(super::local::actor_from_header);
-        let who = match named {
-            Some(person) if caller.local => person,
-            _ => format!("api:{}@{}", caller.name, addr.ip()),
-        };
-        req.extensions_mut().insert(Actor { caller, who });
-        json_errors(next.run(req).await).await
+    // A viewer's actions reach the engine like anyone's: the engine refuses them (403),
+    // the one place that decides, and audits the attempt.
+    //
+    // The local CLI names its person (audited as the store path would); any other
+    // caller is its token and address.
+    let named = req
+        .headers()
+        .get(super::local::ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::local::actor_from_header);
+    let who = match named {
+        Some(person) if caller.local => person,
+        _ => format!("api:{}@{}", caller.name, addr.ip()),
     };
+    req.extensions_mut().insert(Actor { caller, who });
+    let mut resp = json_errors(next.run(req).await).await;
     if let Some(q) = quota {
         quota_headers(&mut resp, &q);
     }
@@ -215,7 +208,7 @@ pub fn command_error(e: &CommandError) -> Response {
 /// Sends a command as `actor` and answers its reply: `{"ok": true, "message": …}` (with
 /// the outcome's other fields), or the typed error.
 async fn act(st: &ServerState, actor: Actor, command: Command) -> Response {
-    let request = crate::protocol::Request::new(actor.who, command);
+    let request = crate::protocol::Request::new(actor.who, command).with_role(actor.caller.role);
     match st.engine.request(request).await {
         Ok(outcome) => {
             let mut v = json!(outcome);

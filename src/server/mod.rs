@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod local;
 pub mod metrics;
 pub mod webhook;
@@ -44,6 +45,9 @@ pub struct Settings {
     /// The token of the data dir's control file (see [`local`]), for the CLI on this
     /// machine; None: no local access.
     pub local_token: Option<Secret>,
+    /// Where the server publishes the consoles attached to it (the hosting console
+    /// follows it; see [`ws::Registry::consoles`]).
+    pub consoles: tokio::sync::watch::Sender<Vec<crate::protocol::AttachedConsole>>,
 }
 
 impl Settings {
@@ -59,6 +63,7 @@ impl Settings {
             webhook_tolerance_secs: cfg.stripe.webhook_tolerance_secs,
             ws_heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
             local_token: None,
+            consoles: tokio::sync::watch::Sender::new(Vec::new()),
         })
     }
 }
@@ -93,7 +98,7 @@ impl ServerState {
                     Some(token) => auth::Auth::new(settings.tokens).with_local(token),
                     None => auth::Auth::new(settings.tokens),
                 },
-                ws: Default::default(),
+                ws: ws::Registry::new(settings.consoles),
                 heartbeat: settings.ws_heartbeat,
                 hosts: settings.allowed_hosts,
             }),
@@ -152,6 +157,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/ws/connections", get(ws::connections))
         .route("/ws/notifications", get(ws::subscribe::<false>))
         .route("/ws/alerts", get(ws::subscribe::<true>))
+        .route("/ws/console", get(console::attach))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
         // `layer`, not `route_layer`: unknown paths are behind the token too.

@@ -15,16 +15,19 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use super::ServerState;
 use super::api::Actor;
-use crate::protocol::EngineEvent;
+use crate::protocol::{AttachedConsole, EngineEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Feed {
     Notifications,
     Alerts,
+    /// An attached console (see [`super::console`]).
+    Console,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,25 +38,76 @@ pub struct Connection {
     pub token: String,
     pub remote: String,
     pub connected_at_ms: i64,
+    /// Frames sent.
     pub sent: u64,
+    /// Bytes sent (consoles).
+    pub bytes: u64,
+    /// An attached console's person, as its hello named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console: Option<AttachedConsole>,
 }
 
-#[derive(Default)]
+/// The open feeds, and the attached consoles as a watch every console (the one hosting
+/// the engine too) follows.
 pub struct Registry {
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Connection>>,
+    consoles: watch::Sender<Vec<AttachedConsole>>,
 }
 
 impl Registry {
+    /// A registry publishing its attached consoles on `consoles`.
+    pub fn new(consoles: watch::Sender<Vec<AttachedConsole>>) -> Self {
+        Registry {
+            next: AtomicU64::new(0),
+            open: Mutex::new(BTreeMap::new()),
+            consoles,
+        }
+    }
+
     pub fn list(&self) -> Vec<Connection> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The attached consoles, changing as they come and go.
+    pub fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
+        self.consoles.subscribe()
+    }
+
+    fn publish_consoles(&self, open: &BTreeMap<u64, Connection>) {
+        let now: Vec<AttachedConsole> = open.values().filter_map(|c| c.console.clone()).collect();
+        self.consoles.send_if_modified(|list| {
+            let changed = *list != now;
+            *list = now;
+            changed
+        });
+    }
+
+    /// Registers an attached console; its number is `console.connection`.
+    pub fn add_console(&self, console: &mut AttachedConsole, remote: SocketAddr) -> u64 {
+        let id = self.add(Feed::Console, &console.token, remote);
+        console.connection = id;
+        let mut open = self.lock();
+        if let Some(c) = open.get_mut(&id) {
+            c.console = Some(console.clone());
+        }
+        self.publish_consoles(&open);
+        id
+    }
+
+    /// Counts one frame of `bytes` sent on connection `id`.
+    pub fn sent_bytes(&self, id: u64, bytes: usize) {
+        if let Some(c) = self.lock().get_mut(&id) {
+            c.sent += 1;
+            c.bytes += bytes as u64;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Connection>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, feed: Feed, token: &str, remote: SocketAddr) -> u64 {
+    pub(super) fn add(&self, feed: Feed, token: &str, remote: SocketAddr) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock().insert(
             id,
@@ -64,6 +118,8 @@ impl Registry {
                 remote: remote.to_string(),
                 connected_at_ms: super::now_ms(),
                 sent: 0,
+                bytes: 0,
+                console: None,
             },
         );
         id
@@ -75,8 +131,11 @@ impl Registry {
         }
     }
 
-    fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+    pub fn remove(&self, id: u64) {
+        let mut open = self.lock();
+        if open.remove(&id).is_some_and(|c| c.console.is_some()) {
+            self.publish_consoles(&open);
+        }
     }
 }
 
@@ -103,6 +162,7 @@ pub async fn subscribe<const ALERTS: bool>(
 /// The JSON frame for an event on a feed (None: not for this feed).
 pub fn frame(feed: Feed, e: &EngineEvent) -> Option<Value> {
     match (feed, e) {
+        (Feed::Console, _) => None,
         (_, EngineEvent::Alert(n)) => Some(json!({ "type": "alert", "alert": n })),
         (Feed::Alerts, _) => None,
         (_, EngineEvent::Audit(a)) => Some(json!({ "type": "audit", "entry": a })),

@@ -865,7 +865,7 @@ impl DataDirLock {
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&path).unwrap_or_default();
                 anyhow::bail!(
-                    "another syncctl {what} (pid {}) is already using data dir {}; stop it, attach to it, or pass a different --data-dir",
+                    "another syncctl {what} (pid {}) is already using data dir {}; stop it, attach to it (`syncctl attach`), or pass a different --data-dir",
                     pid.trim(),
                     dir.display()
                 )

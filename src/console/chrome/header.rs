@@ -5,8 +5,9 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
+use super::format::clock;
 use crate::console::state::{App, Tab};
-use crate::protocol::Mode;
+use crate::protocol::{LinkState, Mode};
 
 /// The top line: name, SANDBOX/LIVE badge, pipeline state, FROZEN, the webhook
 /// address (wide terminals) and the tabs, the current one named.
@@ -34,8 +35,35 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         left.push(Span::raw(" "));
         left.push(Span::styled(" FROZEN ", t.badge_sandbox));
     }
-    // Where Stripe must send webhooks; wide terminals only.
-    if area.width >= 100 && !s.server_addr.is_empty() {
+    let wide = area.width >= 100;
+    match &app.link {
+        LinkState::Hosted => {}
+        LinkState::Attached(a) => {
+            left.push(Span::raw(" "));
+            left.push(Span::styled(" ATTACHED ", t.badge_live));
+            if wide {
+                left.push(Span::styled(format!(" {}", a.to), t.dim));
+            }
+        }
+        LinkState::Reconnecting { since_ms, .. } => {
+            // What the screens show is as of the last word from the engine: say so.
+            left.push(Span::raw(" "));
+            left.push(Span::styled(" RECONNECTING… ", t.badge_sandbox));
+            left.push(Span::styled(
+                format!(
+                    " {}as of {}",
+                    if wide { "stale: " } else { "" },
+                    clock(*since_ms)
+                ),
+                t.warn,
+            ));
+        }
+    }
+    if app.link.read_only() {
+        left.push(Span::styled(" READ-ONLY", t.warn));
+    }
+    // Where Stripe must send webhooks; wide terminals only, when hosting.
+    if wide && app.link.hosted() && !s.server_addr.is_empty() {
         left.push(Span::styled(format!("  http://{}", s.server_addr), t.dim));
     }
     let mut right = Vec::new();

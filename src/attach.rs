@@ -1,0 +1,533 @@
+//! A console's connection to an engine in another process: [`RemoteEngine`], the
+//! [`Link`] over `WS /api/v1/ws/console` (the protocol is in
+//! [`crate::protocol::attach`]). It speaks the protocol only — it knows nothing of the
+//! engine's insides — so the console drives it exactly as it drives an engine in its
+//! own process.
+//!
+//! The first connection is made by [`RemoteEngine::connect`], so a wrong token, another
+//! protocol version or an engine that is not there are errors before any console
+//! opens. After that a background task keeps the link: it applies the engine's deltas
+//! to its copy of the snapshot, matches replies to the commands that asked them, and
+//! when the connection drops it says so ([`LinkState::Reconnecting`]) and tries again
+//! by itself, asking its [`Resolve`] where the engine is each time (a restarted engine
+//! writes a new control file with a new token).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::attach::{self, lost_reply};
+use crate::protocol::{
+    Attached, AttachedConsole, ClientFrame, CommandError, Disconnected, Hello, Link, LinkState,
+    PROTOCOL_VERSION, Query, QueryReply, Reply, Request, ServerFrame, Snapshot,
+};
+
+/// Where the engine is and the token to show it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `ws://127.0.0.1:9870/api/v1/ws/console`.
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Endpoint").field("url", &self.url).finish()
+    }
+}
+
+/// Finds the engine, each time the link (re)connects.
+pub type Resolve = Arc<dyn Fn() -> Result<Endpoint, String> + Send + Sync>;
+
+/// The console URL of an engine given as `host:port`, `http://host:port`,
+/// `ws://host:port` (with or without a path; `https`/`wss` keep their TLS scheme).
+pub fn console_url(given: &str) -> Result<String, String> {
+    let given = given.trim().trim_end_matches('/');
+    let (scheme, rest) = match given.split_once("://") {
+        Some(("http" | "ws", rest)) => ("ws", rest),
+        Some(("https" | "wss", rest)) => ("wss", rest),
+        Some((other, _)) => {
+            return Err(format!(
+                "{other:?}: not an engine URL (use http://HOST:PORT or ws://HOST:PORT)"
+            ));
+        }
+        None => ("ws", given),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        return Err(format!("{given:?}: no host in the engine URL"));
+    }
+    Ok(format!("{scheme}://{authority}{}", attach::CONSOLE_PATH))
+}
+
+/// Why attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Nothing answers there (exit 3 for the CLI).
+    #[error("no engine reachable at {0}")]
+    Unreachable(String),
+    /// The engine answered and said no: a token, a protocol version.
+    #[error("{0}")]
+    Refused(String),
+    /// Where the engine is could not be found.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Commands and queries the console hands the link, with where their answers go.
+enum Outgoing {
+    Command(Request, oneshot::Sender<Reply>),
+    Query(Query, oneshot::Sender<QueryReply>),
+}
+
+/// An engine in another process, attached over its console WebSocket.
+pub struct RemoteEngine {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    state: watch::Receiver<LinkState>,
+    consoles: watch::Receiver<Vec<AttachedConsole>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connection that has said hello and holds the first snapshot.
+struct Session {
+    socket: Socket,
+    welcome: crate::protocol::Welcome,
+    doc: Value,
+    snapshot: Snapshot,
+    seq: u64,
+    to: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The `host:port` of a console URL (what the header shows).
+fn authority(url: &str) -> String {
+    url.split_once("://")
+        .map_or(url, |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn send_frame(socket: &mut Socket, frame: &ClientFrame) -> Result<(), String> {
+    let (bytes, binary) = attach::encode(frame);
+    let msg = if binary {
+        Message::Binary(bytes.into())
+    } else {
+        Message::Text(String::from_utf8(bytes).map_err(|e| e.to_string())?.into())
+    };
+    socket.send(msg).await.map_err(|e| e.to_string())
+}
+
+/// The next frame from the engine (None: the connection ended, with why).
+async fn next_frame(socket: &mut Socket) -> Result<ServerFrame, String> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(t))) => return attach::decode(t.as_bytes(), false),
+            Some(Ok(Message::Binary(b))) => return attach::decode(&b, true),
+            Some(Ok(Message::Close(c))) => {
+                return Err(match c {
+                    Some(c) if !c.reason.is_empty() => format!("the engine closed: {}", c.reason),
+                    _ => "the engine closed the connection".into(),
+                });
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("connection lost: {e}")),
+            None => return Err("connection lost".into()),
+        }
+    }
+}
+
+/// Connects, says hello, and reads the welcome and the first snapshot.
+async fn open(endpoint: &Endpoint, hello: &Hello) -> Result<Session, AttachError> {
+    let to = authority(&endpoint.url);
+    let mut request = endpoint
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AttachError::NotFound(format!("{}: {e}", endpoint.url)))?;
+    if let Some(token) = &endpoint.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| AttachError::Refused("the token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(s) => s,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(AttachError::Refused(format!(
+                "the engine at {to} refused the console: {status}{}{body}",
+                if body.is_empty() { "" } else { ": " }
+            )));
+        }
+        Err(e) => return Err(AttachError::Unreachable(format!("{to} ({e})"))),
+    };
+    send_frame(&mut socket, &ClientFrame::Hello(hello.clone()))
+        .await
+        .map_err(|e| AttachError::Unreachable(format!("{to} ({e})")))?;
+    let welcome = match next_frame(&mut socket)
+        .await
+        .map_err(AttachError::Refused)?
+    {
+        ServerFrame::Welcome(w) => w,
+        ServerFrame::Refused { message } => return Err(AttachError::Refused(message)),
+        other => {
+            return Err(AttachError::Refused(format!(
+                "the engine at {to} did not welcome the console (first frame: {other:?})"
+            )));
+        }
+    };
+    attach::check_version(welcome.protocol, "engine").map_err(AttachError::Refused)?;
+    match next_frame(&mut socket)
+        .await
+        .map_err(AttachError::Refused)?
+    {
+        ServerFrame::Snapshot { seq, snapshot } => {
+            let doc = serde_json::to_value(&*snapshot).unwrap_or(Value::Null);
+            Ok(Session {
+                socket,
+                welcome,
+                doc,
+                snapshot: *snapshot,
+                seq,
+                to,
+            })
+        }
+        other => Err(AttachError::Refused(format!(
+            "the engine at {to} sent no snapshot (got {other:?})"
+        ))),
+    }
+}
+
+impl RemoteEngine {
+    /// Attaches to the engine `resolve` names, as `hello` says; the error says why not.
+    pub async fn connect(resolve: Resolve, hello: Hello) -> Result<Self, AttachError> {
+        let endpoint = resolve().map_err(AttachError::NotFound)?;
+        let session = open(&endpoint, &hello).await?;
+        let attached = attached(&session);
+        let (snap_tx, snapshots) = watch::channel(Arc::new(session.snapshot.clone()));
+        let (state_tx, state) = watch::channel(LinkState::Attached(attached));
+        let (consoles_tx, consoles) = watch::channel(Vec::new());
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let keeper = Keeper {
+            resolve,
+            hello,
+            snapshots: snap_tx,
+            state: state_tx,
+            consoles: consoles_tx,
+            out: out_rx,
+            cancel: cancel.clone(),
+        };
+        let task = tokio::spawn(keeper.run(session));
+        Ok(RemoteEngine {
+            snapshots,
+            state,
+            consoles,
+            out,
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    /// Where the engine is (`127.0.0.1:9870`).
+    pub fn to(&self) -> String {
+        match &*self.state.borrow() {
+            LinkState::Attached(a) | LinkState::Reconnecting { was: a, .. } => a.to.clone(),
+            LinkState::Hosted => String::new(),
+        }
+    }
+
+    /// Closes the connection (the engine keeps running).
+    pub async fn detach(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn attached(session: &Session) -> Attached {
+    Attached {
+        to: session.to.clone(),
+        role: session.welcome.role,
+        actor: session.welcome.actor.clone(),
+    }
+}
+
+impl Drop for RemoteEngine {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Link for RemoteEngine {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    fn send(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<oneshot::Receiver<Reply>, Disconnected>> + Send {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.out.send(Outgoing::Command(request, tx));
+        async move { sent.map(|()| rx).map_err(|_| Disconnected) }
+    }
+
+    fn query(
+        &self,
+        query: Query,
+    ) -> impl Future<Output = Result<oneshot::Receiver<QueryReply>, Disconnected>> + Send {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.out.send(Outgoing::Query(query, tx));
+        async move { sent.map(|()| rx).map_err(|_| Disconnected) }
+    }
+
+    /// An attached console does not stop the engine: it detaches.
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send {
+        self.detach()
+    }
+
+    fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
+        self.consoles.clone()
+    }
+}
+
+/// The background task keeping the link.
+struct Keeper {
+    resolve: Resolve,
+    hello: Hello,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    state: watch::Sender<LinkState>,
+    consoles: watch::Sender<Vec<AttachedConsole>>,
+    out: mpsc::UnboundedReceiver<Outgoing>,
+    cancel: CancellationToken,
+}
+
+/// Waits between attempts: 0.25 s, doubling to at most 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
+}
+
+fn not_connected(why: &str) -> CommandError {
+    CommandError::unavailable(format!(
+        "not connected to the engine ({why}); reconnecting — nothing was sent"
+    ))
+}
+
+impl Keeper {
+    async fn run(mut self, mut session: Session) {
+        loop {
+            let was = attached(&session);
+            let why = self.serve(session).await;
+            let Some(why) = why else { return };
+            let since_ms = now_ms();
+            let mut attempt = 0u32;
+            session = loop {
+                self.state.send_replace(LinkState::Reconnecting {
+                    was: was.clone(),
+                    since_ms,
+                    attempt,
+                    why: why.clone(),
+                });
+                if !self.wait(backoff(attempt), &why).await {
+                    return;
+                }
+                attempt += 1;
+                let opened = match (self.resolve)() {
+                    Ok(endpoint) => open(&endpoint, &self.hello).await,
+                    Err(e) => Err(AttachError::NotFound(e)),
+                };
+                match opened {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        self.state.send_replace(LinkState::Reconnecting {
+                            was: was.clone(),
+                            since_ms,
+                            attempt,
+                            why: e.to_string(),
+                        });
+                    }
+                }
+            };
+            self.snapshots
+                .send_replace(Arc::new(session.snapshot.clone()));
+            self.state
+                .send_replace(LinkState::Attached(attached(&session)));
+        }
+    }
+
+    /// Waits `gap`, answering what the console sends meanwhile (nothing can be sent);
+    /// false when the console detached.
+    async fn wait(&mut self, gap: Duration, why: &str) -> bool {
+        let until = tokio::time::Instant::now() + gap;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(until) => return true,
+                o = self.out.recv() => match o {
+                    Some(Outgoing::Command(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
+                    Some(Outgoing::Query(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Serves one connection until it ends: None when the console detached, else why
+    /// it ended.
+    async fn serve(&mut self, mut s: Session) -> Option<String> {
+        let heartbeat = Duration::from_secs_f64(s.welcome.heartbeat_secs.clamp(0.1, 300.0));
+        let mut commands: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
+        let mut queries: HashMap<u64, oneshot::Sender<QueryReply>> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut heard = tokio::time::Instant::now();
+        let why = loop {
+            let silence = heard + heartbeat * 3;
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    let _ = s.socket.close(None).await;
+                    return None;
+                }
+                () = tokio::time::sleep_until(silence) => {
+                    break format!("no word from the engine for {} s", (heartbeat * 3).as_secs());
+                }
+                o = self.out.recv() => {
+                    let Some(o) = o else {
+                        let _ = s.socket.close(None).await;
+                        return None;
+                    };
+                    next_id += 1;
+                    let frame = match o {
+                        Outgoing::Command(request, tx) => {
+                            commands.insert(next_id, tx);
+                            ClientFrame::Command { id: next_id, command: request.command }
+                        }
+                        Outgoing::Query(query, tx) => {
+                            queries.insert(next_id, tx);
+                            ClientFrame::Query { id: next_id, query }
+                        }
+                    };
+                    if let Err(e) = send_frame(&mut s.socket, &frame).await {
+                        break format!("connection lost: {e}");
+                    }
+                }
+                f = next_frame(&mut s.socket) => {
+                    heard = tokio::time::Instant::now();
+                    let frame = match f {
+                        Ok(f) => f,
+                        Err(e) => break e,
+                    };
+                    if let Err(e) = self.take(&mut s, frame, &mut commands, &mut queries).await {
+                        break e;
+                    }
+                }
+            }
+        };
+        // What was asked and not answered: say so, never leave it waiting.
+        for (_, tx) in commands {
+            let _ = tx.send(Err(lost_reply()));
+        }
+        for (_, tx) in queries {
+            let _ = tx.send(Err(CommandError::unavailable(
+                "the connection to the engine dropped",
+            )));
+        }
+        Some(why)
+    }
+
+    async fn take(
+        &self,
+        s: &mut Session,
+        frame: ServerFrame,
+        commands: &mut HashMap<u64, oneshot::Sender<Reply>>,
+        queries: &mut HashMap<u64, oneshot::Sender<QueryReply>>,
+    ) -> Result<(), String> {
+        match frame {
+            ServerFrame::Snapshot { seq, snapshot } => {
+                s.doc = serde_json::to_value(&*snapshot).map_err(|e| e.to_string())?;
+                s.seq = seq;
+                self.snapshots.send_replace(Arc::new(*snapshot));
+            }
+            ServerFrame::Delta { seq, changes } => {
+                if seq != s.seq + 1 {
+                    return Err(format!("out of step: delta {seq} after {}", s.seq));
+                }
+                attach::apply(&mut s.doc, &changes).map_err(|e| e.to_string())?;
+                let snap: Snapshot = serde_json::from_value(s.doc.clone())
+                    .map_err(|e| format!("bad snapshot: {e}"))?;
+                s.seq = seq;
+                self.snapshots.send_replace(Arc::new(snap));
+            }
+            ServerFrame::Reply { id, reply } => {
+                if let Some(tx) = commands.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            ServerFrame::Answer { id, reply } => {
+                if let Some(tx) = queries.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            ServerFrame::Consoles { consoles } => {
+                self.consoles.send_replace(consoles);
+            }
+            ServerFrame::Ping => {
+                send_frame(&mut s.socket, &ClientFrame::Pong).await?;
+            }
+            ServerFrame::Refused { message } => return Err(format!("refused: {message}")),
+            ServerFrame::Welcome(_) | ServerFrame::Event { .. } | ServerFrame::Pong => {}
+        }
+        Ok(())
+    }
+}
+
+/// The hello of a console run by this process's user (`SSH_CONNECTION`/`SSH_CLIENT`
+/// name the SSH address).
+pub fn hello(read_only: bool) -> Hello {
+    let ssh = std::env::var("SSH_CONNECTION")
+        .or_else(|_| std::env::var("SSH_CLIENT"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned));
+    let user = crate::protocol::operator();
+    let user = user.split('@').next().unwrap_or(&user).to_owned();
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        client: env!("CARGO_PKG_VERSION").into(),
+        user,
+        ssh,
+        read_only,
+    }
+}

@@ -1,0 +1,328 @@
+//! `WS /api/v1/ws/console`: attached consoles (the protocol is in
+//! [`crate::protocol::attach`]). Bearer auth as the other feeds; the console's hello
+//! names its person; then the whole snapshot, and after each publish what changed.
+//! Commands and queries are answered to the console that sent them, as the sender's
+//! role allows: a viewer token or a console attached `--read-only` sends its commands
+//! as a viewer, and the engine refuses them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::ServerState;
+use super::api::Actor;
+use crate::protocol::attach::{self, check_version, diff};
+use crate::protocol::{
+    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Request,
+    Role, ServerFrame, Welcome,
+};
+
+/// How long a console has to send its hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// The console heartbeat: at most this, or the configured feed heartbeat if shorter.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
+/// A console silent for this many heartbeats is taken for gone.
+const SILENT_BEATS: u32 = 3;
+
+pub async fn attach(
+    ws: WebSocketUpgrade,
+    State(st): State<ServerState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Response {
+    ws.on_upgrade(move |socket| serve(socket, st, actor, addr))
+}
+
+type Tx = SplitSink<WebSocket, Message>;
+
+/// Sends one frame; its size in bytes, or None when the console is gone.
+async fn send(tx: &mut Tx, frame: &ServerFrame) -> Option<usize> {
+    let (bytes, binary) = attach::encode(frame);
+    let n = bytes.len();
+    let msg = if binary {
+        Message::Binary(bytes.into())
+    } else {
+        Message::Text(String::from_utf8(bytes).ok()?.into())
+    };
+    tx.send(msg).await.ok().map(|()| n)
+}
+
+/// How the audit trail names an attached console's person: the OS user and SSH
+/// address its hello gave, and the token it holds (the control file's token is this
+/// machine's own operator, named as the CLI names it).
+fn actor_name(hello: &Hello, token: &str, local: bool, addr: SocketAddr) -> String {
+    let user = super::local::actor_from_header(&hello.user).unwrap_or_else(|| "unknown".into());
+    let at = hello
+        .ssh
+        .as_deref()
+        .and_then(super::local::actor_from_header);
+    match (local, at) {
+        (true, Some(at)) => format!("{user}@{at}"),
+        (true, None) => user,
+        (false, Some(at)) => format!("{user}@{at} via {token}"),
+        (false, None) => format!("{user}@{} via {token}", addr.ip()),
+    }
+}
+
+async fn read_hello(
+    rx: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Result<Hello, String> {
+    let first = tokio::time::timeout(HELLO_WITHIN, rx.next())
+        .await
+        .map_err(|_| "no hello within 10 s".to_owned())?;
+    let frame: ClientFrame = match first {
+        Some(Ok(Message::Text(t))) => attach::decode(t.as_bytes(), false)?,
+        Some(Ok(Message::Binary(b))) => attach::decode(&b, true)?,
+        _ => return Err("the console left before its hello".into()),
+    };
+    match frame {
+        ClientFrame::Hello(h) => {
+            check_version(h.protocol, "console")?;
+            Ok(h)
+        }
+        _ => Err(format!(
+            "the first frame must be a hello (console protocol {PROTOCOL_VERSION})"
+        )),
+    }
+}
+
+async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAddr) {
+    let (mut tx, mut rx) = socket.split();
+    let hello = match read_hello(&mut rx).await {
+        Ok(h) => h,
+        Err(message) => {
+            tracing::info!("console from {} refused: {message}", addr.ip());
+            let _ = send(&mut tx, &ServerFrame::Refused { message }).await;
+            let _ = tx.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let role = if hello.read_only {
+        Role::Viewer
+    } else {
+        actor.caller.role
+    };
+    let name = actor_name(&hello, &actor.caller.name, actor.caller.local, addr);
+    let mut me = AttachedConsole {
+        connection: 0,
+        token: actor.caller.name.clone(),
+        user: super::local::actor_from_header(&hello.user).unwrap_or_else(|| "unknown".into()),
+        ssh: hello
+            .ssh
+            .as_deref()
+            .and_then(super::local::actor_from_header),
+        remote: addr.to_string(),
+        role,
+        since_ms: super::now_ms(),
+    };
+    let id = st.control.ws.add_console(&mut me, addr);
+    tracing::info!("console attached: {} (connection {id})", me.label());
+    let session = Session {
+        st: &st,
+        id,
+        name,
+        role,
+        caller: actor.caller,
+    };
+    session.run(&mut tx, &mut rx).await;
+    st.control.ws.remove(id);
+    tracing::info!("console detached: {} (connection {id})", me.label());
+}
+
+struct Session<'a> {
+    st: &'a ServerState,
+    id: u64,
+    /// How the audit trail names this console's actions.
+    name: String,
+    role: Role,
+    caller: super::auth::Caller,
+}
+
+impl Session<'_> {
+    async fn send(&self, tx: &mut Tx, frame: &ServerFrame) -> bool {
+        match send(tx, frame).await {
+            Some(n) => {
+                self.st.control.ws.sent_bytes(self.id, n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn run(&self, tx: &mut Tx, rx: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let heartbeat = self.st.control.heartbeat.min(MAX_HEARTBEAT);
+        let welcome = ServerFrame::Welcome(Welcome {
+            protocol: PROTOCOL_VERSION,
+            engine: env!("CARGO_PKG_VERSION").into(),
+            connection: self.id,
+            heartbeat_secs: heartbeat.as_secs_f64(),
+            role: self.role,
+            actor: self.name.clone(),
+        });
+        let mut snapshots = self.st.engine.snapshot.clone();
+        let first = snapshots.borrow_and_update().clone();
+        let mut shown = serde_json::to_value(&*first).unwrap_or(Value::Null);
+        let mut seq = 1;
+        let mut consoles = self.st.control.ws.consoles();
+        let listed = consoles.borrow_and_update().clone();
+        if !(self.send(tx, &welcome).await
+            && self
+                .send(
+                    tx,
+                    &ServerFrame::Snapshot {
+                        seq,
+                        snapshot: Box::new((*first).clone()),
+                    },
+                )
+                .await
+            && self
+                .send(tx, &ServerFrame::Consoles { consoles: listed })
+                .await)
+        {
+            return;
+        }
+        let mut events = self.st.engine.events.subscribe();
+        // Replies and answers come back here from the tasks awaiting them.
+        let (back_tx, mut back) = mpsc::unbounded_channel::<ServerFrame>();
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut silent = 0u32;
+        loop {
+            let out = tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snapshots.borrow_and_update().clone();
+                    let now = serde_json::to_value(&*snap).unwrap_or(Value::Null);
+                    let changes = diff(&shown, &now);
+                    shown = now;
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    seq += 1;
+                    ServerFrame::Delta { seq, changes }
+                }
+                changed = consoles.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    ServerFrame::Consoles { consoles: consoles.borrow_and_update().clone() }
+                }
+                e = events.recv() => match e {
+                    // Audit entries reach the console in the snapshot already.
+                    Ok(EngineEvent::Audit(_)) | Err(RecvError::Lagged(_)) => continue,
+                    Ok(event) => ServerFrame::Event { event },
+                    Err(RecvError::Closed) => break,
+                },
+                Some(frame) = back.recv() => frame,
+                _ = beat.tick() => {
+                    silent += 1;
+                    if silent > SILENT_BEATS {
+                        tracing::info!("console {}: silent for {silent} heartbeats; dropped", self.id);
+                        break;
+                    }
+                    ServerFrame::Ping
+                }
+                m = rx.next() => {
+                    silent = 0;
+                    match m {
+                        Some(Ok(Message::Text(t))) => match self.take(t.as_bytes(), false, &back_tx) {
+                            Some(f) => f,
+                            None => continue,
+                        },
+                        Some(Ok(Message::Binary(b))) => match self.take(&b, true, &back_tx) {
+                            Some(f) => f,
+                            None => continue,
+                        },
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            };
+            if !self.send(tx, &out).await {
+                break;
+            }
+        }
+    }
+
+    /// Takes one frame from the console; what to answer at once (a pong, the error of
+    /// a frame that does not read), or None (the answer comes later on `back`).
+    fn take(
+        &self,
+        bytes: &[u8],
+        binary: bool,
+        back: &mpsc::UnboundedSender<ServerFrame>,
+    ) -> Option<ServerFrame> {
+        let frame: ClientFrame = match attach::decode(bytes, binary) {
+            Ok(f) => f,
+            Err(e) => return self.unreadable(bytes, binary, &e),
+        };
+        match frame {
+            ClientFrame::Ping => Some(ServerFrame::Pong),
+            ClientFrame::Pong | ClientFrame::Hello(_) => None,
+            ClientFrame::Command { id, command } => {
+                let reply = match self.st.control.auth.admit(&self.caller, super::now_ms()) {
+                    Err(_) => {
+                        return Some(ServerFrame::Reply {
+                            id,
+                            reply: Err(CommandError::unavailable(format!(
+                                "token {:?} is over its rate limit; try again in a minute",
+                                self.caller.name
+                            ))),
+                        });
+                    }
+                    Ok(_) => {
+                        let request = Request::new(self.name.clone(), command).with_role(self.role);
+                        let engine = self.st.engine.clone();
+                        async move { engine.request(request).await }
+                    }
+                };
+                let back = back.clone();
+                tokio::spawn(async move {
+                    let reply = reply.await;
+                    let _ = back.send(ServerFrame::Reply { id, reply });
+                });
+                None
+            }
+            ClientFrame::Query { id, query } => {
+                let engine = self.st.engine.clone();
+                let back = back.clone();
+                tokio::spawn(async move {
+                    let reply = engine.query(query).await;
+                    let _ = back.send(ServerFrame::Answer { id, reply });
+                });
+                None
+            }
+        }
+    }
+
+    /// A frame that does not read: a command's reply naming why, when its id can be
+    /// read, else a refusal that leaves the connection open.
+    fn unreadable(&self, bytes: &[u8], binary: bool, why: &str) -> Option<ServerFrame> {
+        tracing::debug!("console {}: unreadable frame: {why}", self.id);
+        let raw: Value = attach::decode(bytes, binary).unwrap_or(Value::Null);
+        let error = CommandError::invalid("frame", why.chars().take(300).collect::<String>());
+        match (
+            raw.get("type").and_then(Value::as_str),
+            raw.get("id").and_then(Value::as_u64),
+        ) {
+            (Some("command"), Some(id)) => Some(ServerFrame::Reply {
+                id,
+                reply: Err(error),
+            }),
+            (Some("query"), Some(id)) => Some(ServerFrame::Answer {
+                id,
+                reply: Err(error),
+            }),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Consoles attached to a headless engine over its real WebSocket
+//! (`/api/v1/ws/console`), through the same [`RemoteEngine`] link `syncctl attach`
+//! uses: five consoles see one's action, who is attached, a viewer refused by the
+//! engine even when it writes raw frames, a console of another protocol version
+//! refused, and a console that reconnects by itself when its engine restarts.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use syncctl::attach::{AttachError, Endpoint, RemoteEngine, Resolve, console_url};
+use syncctl::config::{Role, Secret, TokenConfig};
+use syncctl::protocol::{
+    Command, CommandError, Hello, Link, LinkState, PROTOCOL_VERSION, Pipeline, Request, ServerFrame,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+const OPS: &str = "ops-token-0123456789abcdef";
+const VIEW: &str = "viewer-token-0123456789abcdef";
+
+fn tokens() -> Vec<TokenConfig> {
+    let t = |name: &str, token: &str, role| TokenConfig {
+        name: name.into(),
+        token: Secret::new(token),
+        role,
+        rate_limit_per_min: 10_000,
+    };
+    vec![
+        t("ops", OPS, Role::Operator),
+        t("dashboard", VIEW, Role::Viewer),
+    ]
+}
+
+fn hello(user: &str, read_only: bool) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        client: "test".into(),
+        user: user.into(),
+        ssh: Some(format!("10.0.0.{}", user.len())),
+        read_only,
+    }
+}
+
+fn at(engine: &syncctl::app::Served, token: &str) -> Resolve {
+    let url = console_url(&format!("http://{}", engine.server_addr)).unwrap();
+    let token = token.to_owned();
+    Arc::new(move || {
+        Ok(Endpoint {
+            url: url.clone(),
+            token: Some(token.clone()),
+        })
+    })
+}
+
+async fn send(link: &RemoteEngine, command: Command) -> syncctl::protocol::Reply {
+    let rx = link.send(Request::new("ignored", command)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("a reply")
+        .unwrap()
+}
+
+async fn paused_within(link: &RemoteEngine, paused: bool, within: Duration) -> bool {
+    let mut rx = link.snapshots();
+    tokio::time::timeout(within, rx.wait_for(|s| s.catalog.paused == paused))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_consoles_see_one_consoles_action_and_who_is_attached() {
+    let sb = common::sandbox(40, 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    let mut engine = common::engine(cfg, dir.path()).await;
+
+    let mut consoles = Vec::new();
+    for n in 0..5 {
+        let user = format!("user{n}");
+        consoles.push(
+            RemoteEngine::connect(at(&engine, OPS), hello(&user, false))
+                .await
+                .unwrap(),
+        );
+    }
+    // Who is attached: each console hears of all five, with the person and the token.
+    for c in &consoles {
+        let mut rx = c.consoles();
+        let list = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.len() == 5))
+            .await
+            .expect("five consoles listed")
+            .unwrap()
+            .clone();
+        assert!(
+            list.iter()
+                .all(|a| a.token == "ops" && a.role == Role::Operator)
+        );
+        let users: Vec<_> = list.iter().map(|a| a.user.as_str()).collect();
+        assert_eq!(users, ["user0", "user1", "user2", "user3", "user4"]);
+        assert_eq!(list[0].label(), "user0@10.0.0.5 (ops)");
+    }
+    // The hosting side sees them too (the server's watch), and the connections list.
+    assert_eq!(engine.consoles.borrow().len(), 5);
+    let v: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/ws/connections",
+            engine.server_addr
+        ))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&Value> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["feed"] == "console")
+        .collect();
+    assert_eq!(listed.len(), 5, "{v}");
+    assert_eq!(listed[2]["console"]["user"], "user2");
+    assert!(listed[2]["bytes"].as_u64().unwrap() > 0);
+
+    // One console pauses: every console sees it within a second of the engine.
+    let reply = send(
+        &consoles[3],
+        Command::Pause {
+            pipeline: Pipeline::Catalog,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(reply.changed, "{reply:?}");
+    for (n, c) in consoles.iter().enumerate() {
+        assert!(
+            paused_within(c, true, Duration::from_secs(1)).await,
+            "console {n} did not see the pause within a second"
+        );
+    }
+    // Audited once, as the person and the token.
+    let audit = engine.snapshot.borrow().audit.clone();
+    let lines: Vec<_> = audit
+        .iter()
+        .filter(|a| a.kind == "operator" && a.message.starts_with("pause catalog"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].actor, "user3@10.0.0.5 via ops");
+
+    // A console that leaves is gone from the others' list.
+    let mut gone = consoles.pop().unwrap();
+    gone.detach().await;
+    let mut rx = consoles[0].consoles();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.len() == 4))
+        .await
+        .expect("four consoles after one left")
+        .unwrap();
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// A raw WebSocket client: connects with `token`, says `hello`, returns the socket and
+/// the first frame answered.
+async fn raw(
+    engine: &syncctl::app::Served,
+    token: &str,
+    hello: Value,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ServerFrame,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/api/v1/ws/console", engine.server_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let first = next(&mut ws).await;
+    (ws, first)
+}
+
+async fn next(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> ServerFrame {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .unwrap();
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Binary(b) => {
+                return syncctl::protocol::attach::decode(&b, true).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The reply to command `id`, skipping the snapshot, deltas and pushes before it.
+async fn reply_to(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    id: u64,
+) -> syncctl::protocol::Reply {
+    loop {
+        if let ServerFrame::Reply { id: got, reply } = next(ws).await
+            && got == id
+        {
+            return reply;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
+    let sb = common::sandbox(10, 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let pause =
+        json!({"type": "command", "id": 7, "command": {"verb": "pause", "pipeline": "catalog"}});
+
+    // A viewer token, whose console claims nothing about being read-only.
+    let hello_rw = json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "mallory", "read_only": false});
+    let (mut ws, first) = raw(&engine, VIEW, hello_rw.clone()).await;
+    let ServerFrame::Welcome(w) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(w.role, Role::Viewer);
+    ws.send(Message::Text(pause.to_string().into()))
+        .await
+        .unwrap();
+    let reply = reply_to(&mut ws, 7).await;
+    assert!(
+        matches!(&reply, Err(CommandError::Forbidden { .. })),
+        "{reply:?}"
+    );
+    // An operator token on a console attached read-only: a viewer too.
+    let hello_ro = json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "ana", "read_only": true});
+    let (mut ws2, first) = raw(&engine, OPS, hello_ro).await;
+    assert!(matches!(first, ServerFrame::Welcome(ref w) if w.role == Role::Viewer));
+    ws2.send(Message::Text(pause.to_string().into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        reply_to(&mut ws2, 7).await,
+        Err(CommandError::Forbidden { .. })
+    ));
+    assert!(!engine.snapshot.borrow().catalog.paused, "nothing happened");
+    // The engine audited both refusals, naming who tried.
+    let audit = engine.snapshot.borrow().audit.clone();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|a| a.kind == "operator" && a.message.contains("refused"))
+        .map(|a| a.actor.clone())
+        .collect();
+    assert!(
+        refused.contains(&"mallory@127.0.0.1 via dashboard".to_owned()),
+        "{refused:?}"
+    );
+    assert!(refused.iter().any(|a| a.starts_with("ana@")), "{refused:?}");
+
+    // A frame that does not read gets an answer naming the fault, and the console stays.
+    ws2.send(Message::Text(
+        json!({"type": "command", "id": 9, "command": {"verb": "explode"}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let bad = reply_to(&mut ws2, 9).await;
+    assert!(
+        matches!(&bad, Err(CommandError::Invalid { field, .. }) if field == "frame"),
+        "{bad:?}"
+    );
+
+    // An operator's raw command is carried out.
+    let (mut ws3, _) = raw(
+        &engine,
+        OPS,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "ops1"}),
+    )
+    .await;
+    ws3.send(Message::Text(pause.to_string().into()))
+        .await
+        .unwrap();
+    assert!(reply_to(&mut ws3, 7).await.is_ok());
+    assert!(engine.snapshot.borrow().catalog.paused);
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consoles_of_another_protocol_version_and_bad_tokens_are_refused_clearly() {
+    let sb = common::sandbox(10, 9).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    let mut engine = common::engine(cfg, dir.path()).await;
+
+    let (_, first) = raw(
+        &engine,
+        OPS,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION + 1, "client": "future", "user": "x"}),
+    )
+    .await;
+    let ServerFrame::Refused { message } = first else {
+        panic!("{first:?}")
+    };
+    assert!(message.contains("upgrade this syncctl"), "{message}");
+
+    let (_, first) = raw(&engine, OPS, json!({"type": "ping"})).await;
+    assert!(
+        matches!(&first, ServerFrame::Refused { message } if message.contains("hello")),
+        "{first:?}"
+    );
+
+    // Through the link: the token is refused before any console opens.
+    let wrong = RemoteEngine::connect(at(&engine, "wrong-token-0123456789"), hello("x", false))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&wrong, AttachError::Refused(m) if m.contains("401") && !m.contains("wrong-token")),
+        "{wrong}"
+    );
+    // Nothing listening: unreachable (the CLI's exit 3).
+    let nowhere: Resolve = Arc::new(|| {
+        Ok(Endpoint {
+            url: "ws://127.0.0.1:9/api/v1/ws/console".into(),
+            token: None,
+        })
+    });
+    assert!(matches!(
+        RemoteEngine::connect(nowhere, hello("x", false)).await,
+        Err(AttachError::Unreachable(_))
+    ));
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_console_reconnects_by_itself_when_its_engine_restarts() {
+    let sb = common::sandbox(20, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config_for(&sb);
+    let mut engine = common::engine(cfg.clone(), dir.path()).await;
+    // As plain `syncctl` does: the data dir's control file, read again on each attempt
+    // (a restarted engine has a new port and a new token).
+    let data = dir.path().to_owned();
+    let resolve: Resolve = Arc::new(move || {
+        let c = syncctl::server::local::read(&data).ok_or("no control file")?;
+        Ok(Endpoint {
+            url: console_url(&c.url)?,
+            token: Some(c.token),
+        })
+    });
+    let link = RemoteEngine::connect(resolve, hello("ana", false))
+        .await
+        .unwrap();
+    let first_port = engine.server_addr.port();
+    let mut state = link.state();
+    assert!(
+        matches!(&*state.borrow(), LinkState::Attached(a) if a.to.ends_with(&first_port.to_string()))
+    );
+
+    engine.shutdown().await;
+    let lost = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| matches!(s, LinkState::Reconnecting { .. })),
+    )
+    .await
+    .expect("the console says it is reconnecting")
+    .unwrap()
+    .clone();
+    let LinkState::Reconnecting { since_ms, .. } = lost else {
+        unreachable!()
+    };
+    assert!(since_ms > 0);
+    // Meanwhile a command is refused at once, saying nothing was sent.
+    let meanwhile = send(
+        &link,
+        Command::Pause {
+            pipeline: Pipeline::Catalog,
+        },
+    )
+    .await;
+    assert!(
+        matches!(&meanwhile, Err(CommandError::Unavailable { reason }) if reason.contains("nothing was sent")),
+        "{meanwhile:?}"
+    );
+
+    let mut again = common::engine(cfg, dir.path()).await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| matches!(s, LinkState::Attached(_))),
+    )
+    .await
+    .expect("the console reattached by itself")
+    .unwrap();
+    // And it works: a command from it reaches the new engine.
+    assert!(
+        send(
+            &link,
+            Command::Pause {
+                pipeline: Pipeline::Catalog,
+            }
+        )
+        .await
+        .is_ok()
+    );
+    assert!(paused_within(&link, true, Duration::from_secs(2)).await);
+    assert!(again.snapshot.borrow().catalog.paused);
+    again.shutdown().await;
+    sb.shutdown().await;
+}

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::attach::{self, lost_reply};
+use crate::protocol::attach::{self, Shown, Unpacker, lost_reply};
 use crate::protocol::{
     Attached, AttachedConsole, ClientFrame, CommandError, Disconnected, Hello, Link, LinkState,
     PROTOCOL_VERSION, Query, QueryReply, Reply, Request, ServerFrame, Snapshot,
@@ -87,6 +88,7 @@ pub enum AttachError {
 enum Outgoing {
     Command(Request, oneshot::Sender<Reply>),
     Query(Query, oneshot::Sender<QueryReply>),
+    Show(Shown),
 }
 
 /// An engine in another process, attached over its console WebSocket.
@@ -97,6 +99,7 @@ pub struct RemoteEngine {
     out: mpsc::UnboundedSender<Outgoing>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    received: Arc<AtomicU64>,
 }
 
 type Socket =
@@ -105,6 +108,8 @@ type Socket =
 /// A connection that has said hello and holds the first snapshot.
 struct Session {
     socket: Socket,
+    /// The engine's compressed stream, read.
+    unpacker: Unpacker,
     welcome: crate::protocol::Welcome,
     doc: Value,
     snapshot: Snapshot,
@@ -130,21 +135,39 @@ fn authority(url: &str) -> String {
 }
 
 async fn send_frame(socket: &mut Socket, frame: &ClientFrame) -> Result<(), String> {
-    let (bytes, binary) = attach::encode(frame);
-    let msg = if binary {
-        Message::Binary(bytes.into())
-    } else {
-        Message::Text(String::from_utf8(bytes).map_err(|e| e.to_string())?.into())
-    };
-    socket.send(msg).await.map_err(|e| e.to_string())
+    let text = String::from_utf8(attach::encode(frame)).map_err(|e| e.to_string())?;
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())
 }
 
-/// The next frame from the engine (None: the connection ended, with why).
-async fn next_frame(socket: &mut Socket) -> Result<ServerFrame, String> {
+/// Bytes a WebSocket frame of `payload` bytes takes on the wire from the server (its
+/// header: 2 bytes, 4 from 126 bytes, 10 from 64 KiB; server frames are not masked).
+fn wire_bytes(payload: usize) -> u64 {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    (payload + header) as u64
+}
+
+/// The next frame from the engine (an error: the connection ended, and why); counts
+/// the bytes received.
+async fn next_frame(
+    socket: &mut Socket,
+    unpacker: &mut Unpacker,
+    received: &AtomicU64,
+) -> Result<ServerFrame, String> {
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(t))) => return attach::decode(t.as_bytes(), false),
-            Some(Ok(Message::Binary(b))) => return attach::decode(&b, true),
+        let m = socket.next().await;
+        if let Some(Ok(m)) = &m {
+            received.fetch_add(wire_bytes(m.len()), Ordering::Relaxed);
+        }
+        match m {
+            Some(Ok(Message::Text(t))) => return attach::decode(t.as_bytes()),
+            Some(Ok(Message::Binary(b))) => return unpacker.unpack(&b),
             Some(Ok(Message::Close(c))) => {
                 return Err(match c {
                     Some(c) if !c.reason.is_empty() => format!("the engine closed: {}", c.reason),
@@ -159,7 +182,11 @@ async fn next_frame(socket: &mut Socket) -> Result<ServerFrame, String> {
 }
 
 /// Connects, says hello, and reads the welcome and the first snapshot.
-async fn open(endpoint: &Endpoint, hello: &Hello) -> Result<Session, AttachError> {
+async fn open(
+    endpoint: &Endpoint,
+    hello: &Hello,
+    received: &AtomicU64,
+) -> Result<Session, AttachError> {
     let to = authority(&endpoint.url);
     let mut request = endpoint
         .url
@@ -189,10 +216,11 @@ async fn open(endpoint: &Endpoint, hello: &Hello) -> Result<Session, AttachError
         }
         Err(e) => return Err(AttachError::Unreachable(format!("{to} ({e})"))),
     };
+    let mut unpacker = Unpacker::default();
     send_frame(&mut socket, &ClientFrame::Hello(hello.clone()))
         .await
         .map_err(|e| AttachError::Unreachable(format!("{to} ({e})")))?;
-    let welcome = match next_frame(&mut socket)
+    let welcome = match next_frame(&mut socket, &mut unpacker, received)
         .await
         .map_err(AttachError::Refused)?
     {
@@ -205,7 +233,7 @@ async fn open(endpoint: &Endpoint, hello: &Hello) -> Result<Session, AttachError
         }
     };
     attach::check_version(welcome.protocol, "engine").map_err(AttachError::Refused)?;
-    match next_frame(&mut socket)
+    match next_frame(&mut socket, &mut unpacker, received)
         .await
         .map_err(AttachError::Refused)?
     {
@@ -213,6 +241,7 @@ async fn open(endpoint: &Endpoint, hello: &Hello) -> Result<Session, AttachError
             let doc = serde_json::to_value(&*snapshot).unwrap_or(Value::Null);
             Ok(Session {
                 socket,
+                unpacker,
                 welcome,
                 doc,
                 snapshot: *snapshot,
@@ -230,7 +259,8 @@ impl RemoteEngine {
     /// Attaches to the engine `resolve` names, as `hello` says; the error says why not.
     pub async fn connect(resolve: Resolve, hello: Hello) -> Result<Self, AttachError> {
         let endpoint = resolve().map_err(AttachError::NotFound)?;
-        let session = open(&endpoint, &hello).await?;
+        let received = Arc::new(AtomicU64::new(0));
+        let session = open(&endpoint, &hello, &received).await?;
         let attached = attached(&session);
         let (snap_tx, snapshots) = watch::channel(Arc::new(session.snapshot.clone()));
         let (state_tx, state) = watch::channel(LinkState::Attached(attached));
@@ -245,6 +275,8 @@ impl RemoteEngine {
             consoles: consoles_tx,
             out: out_rx,
             cancel: cancel.clone(),
+            received: received.clone(),
+            shown: Shown::default(),
         };
         let task = tokio::spawn(keeper.run(session));
         Ok(RemoteEngine {
@@ -254,6 +286,7 @@ impl RemoteEngine {
             out,
             cancel,
             task: Some(task),
+            received,
         })
     }
 
@@ -263,6 +296,11 @@ impl RemoteEngine {
             LinkState::Attached(a) | LinkState::Reconnecting { was: a, .. } => a.to.clone(),
             LinkState::Hosted => String::new(),
         }
+    }
+
+    /// Bytes received from the engine so far (WebSocket frames, headers included).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Closes the connection (the engine keeps running).
@@ -320,6 +358,10 @@ impl Link for RemoteEngine {
         self.state.clone()
     }
 
+    fn show(&self, shown: Shown) {
+        let _ = self.out.send(Outgoing::Show(shown));
+    }
+
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         self.consoles.clone()
     }
@@ -334,6 +376,10 @@ struct Keeper {
     consoles: watch::Sender<Vec<AttachedConsole>>,
     out: mpsc::UnboundedReceiver<Outgoing>,
     cancel: CancellationToken,
+    received: Arc<AtomicU64>,
+    /// What the console shows of the parts sent on demand (said again after a
+    /// reconnect).
+    shown: Shown,
 }
 
 /// Waits between attempts: 0.25 s, doubling to at most 5 s.
@@ -367,7 +413,7 @@ impl Keeper {
                 }
                 attempt += 1;
                 let opened = match (self.resolve)() {
-                    Ok(endpoint) => open(&endpoint, &self.hello).await,
+                    Ok(endpoint) => open(&endpoint, &self.hello, &self.received).await,
                     Err(e) => Err(AttachError::NotFound(e)),
                 };
                 match opened {
@@ -400,6 +446,7 @@ impl Keeper {
                 o = self.out.recv() => match o {
                     Some(Outgoing::Command(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
                     Some(Outgoing::Query(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
+                    Some(Outgoing::Show(shown)) => self.shown = shown,
                     None => return false,
                 },
             }
@@ -414,6 +461,11 @@ impl Keeper {
         let mut queries: HashMap<u64, oneshot::Sender<QueryReply>> = HashMap::new();
         let mut next_id = 0u64;
         let mut heard = tokio::time::Instant::now();
+        if self.shown != Shown::default()
+            && let Err(e) = send_frame(&mut s.socket, &ClientFrame::Show(self.shown)).await
+        {
+            return Some(format!("connection lost: {e}"));
+        }
         let why = loop {
             let silence = heard + heartbeat * 3;
             tokio::select! {
@@ -439,12 +491,16 @@ impl Keeper {
                             queries.insert(next_id, tx);
                             ClientFrame::Query { id: next_id, query }
                         }
+                        Outgoing::Show(shown) => {
+                            self.shown = shown;
+                            ClientFrame::Show(shown)
+                        }
                     };
                     if let Err(e) = send_frame(&mut s.socket, &frame).await {
                         break format!("connection lost: {e}");
                     }
                 }
-                f = next_frame(&mut s.socket) => {
+                f = next_frame(&mut s.socket, &mut s.unpacker, &self.received) => {
                     heard = tokio::time::Instant::now();
                     let frame = match f {
                         Ok(f) => f,
@@ -515,8 +571,8 @@ impl Keeper {
 }
 
 /// The hello of a console run by this process's user (`SSH_CONNECTION`/`SSH_CLIENT`
-/// name the SSH address).
-pub fn hello(read_only: bool) -> Hello {
+/// name the SSH address), drawing at most `max_fps` frames a second.
+pub fn hello(read_only: bool, max_fps: u32) -> Hello {
     let ssh = std::env::var("SSH_CONNECTION")
         .or_else(|_| std::env::var("SSH_CLIENT"))
         .ok()
@@ -529,5 +585,6 @@ pub fn hello(read_only: bool) -> Hello {
         user,
         ssh,
         read_only,
+        max_fps: Some(max_fps),
     }
 }

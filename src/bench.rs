@@ -465,3 +465,264 @@ pub fn telemetry(ticks: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// What an attached console's terminal would receive: bytes counted, nothing kept.
+#[derive(Clone, Default)]
+struct CountingTerminal(Arc<AtomicU64>);
+
+impl std::io::Write for CountingTerminal {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An attached console as `syncctl attach` runs it — the [`RemoteEngine`] link, the
+/// console's `update` and its screens drawn at `max_fps` on a 100×30 terminal whose
+/// bytes are counted — with, for each frame drawn, when it was drawn and the catalog's
+/// `completed` and `paused` it showed.
+struct BenchConsole {
+    drawn: Arc<std::sync::Mutex<Vec<(Instant, u64, bool)>>>,
+    written: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn bench_console(link: &crate::attach::RemoteEngine, max_fps: u32) -> anyhow::Result<BenchConsole> {
+    use crate::console::{screens, state::App, theme::Theme, update};
+    use crate::protocol::Link;
+    use ratatui::layout::Rect;
+    use ratatui::{Terminal, TerminalOptions, Viewport};
+    let written = Arc::new(AtomicU64::new(0));
+    let backend = ratatui::backend::CrosstermBackend::new(CountingTerminal(written.clone()));
+    let mut term = Terminal::with_options(
+        backend,
+        TerminalOptions {
+            viewport: Viewport::Fixed(Rect::new(0, 0, 100, 30)),
+        },
+    )?;
+    let mut snapshots = link.snapshots();
+    let drawn = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = drawn.clone();
+    let gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
+    let task = tokio::spawn(async move {
+        let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::monochrome());
+        let mut last = tokio::time::Instant::now() - gap;
+        let mut dirty = true;
+        loop {
+            if dirty && last.elapsed() >= gap {
+                if term.draw(|f| screens::draw(f, &app)).is_err() {
+                    return;
+                }
+                last = tokio::time::Instant::now();
+                dirty = false;
+                let c = &app.snapshot.catalog;
+                if let Ok(mut log) = log.lock() {
+                    log.push((Instant::now(), c.completed, c.paused));
+                }
+            }
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let s = snapshots.borrow_and_update().clone();
+                    for e in update::update(&mut app, update::Msg::Snapshot(s)) {
+                        dirty |= matches!(e, update::Effect::Redraw { .. });
+                    }
+                }
+                () = tokio::time::sleep_until(last + gap), if dirty => {}
+            }
+        }
+    });
+    Ok(BenchConsole {
+        drawn,
+        written,
+        task,
+    })
+}
+
+/// The `q`-th quantile of `v` (sorted in place), in milliseconds.
+fn quantile_ms(v: &mut [Duration], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1000.0
+}
+
+/// `syncctl bench attach`: the bytes per second one attached console receives over its
+/// WebSocket while a catalog sync runs and while the engine is idle, next to the bytes
+/// that console writes to its own terminal (what SSH carries either way); and the
+/// time from an engine publishing a change to an attached console drawing it.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark's setup, run and report in order"
+)]
+pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
+    use crate::attach::{Endpoint, RemoteEngine};
+    use crate::protocol::{Command, Pipeline, Request};
+    let tmp = tempfile::Builder::new()
+        .prefix("syncctl-bench-")
+        .tempdir()?;
+    let opts = SandboxOptions {
+        products,
+        seed: 42,
+        latency_ms: 20,
+        change_interval_ms: 0,
+        dir: None,
+        webhook_url: None,
+        faults: Default::default(),
+    };
+    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    let max_fps = Config::default().console.max_fps;
+    println!(
+        "syncctl bench attach: {products} products, one console attached over WebSocket, drawn at {max_fps} fps on 100×30"
+    );
+    let mut engine = engine_on(&sandbox, tmp.path(), |c| c.catalog.workers = 8).await?;
+    let control = crate::attach::console_url(&format!("http://{}", engine.server_addr))
+        .map_err(anyhow::Error::msg)?;
+    let token = std::fs::read_to_string(tmp.path().join("control.json"))?;
+    let token: serde_json::Value = serde_json::from_str(&token)?;
+    let token = token["token"].as_str().unwrap_or_default().to_owned();
+    let link = RemoteEngine::connect(
+        Arc::new(move || {
+            Ok(Endpoint {
+                url: control.clone(),
+                token: Some(token.clone()),
+            })
+        }),
+        crate::attach::hello(false, max_fps),
+    )
+    .await?;
+    let console = bench_console(&link, max_fps)?;
+
+    // The engine's side: when each `completed` count and pause state was published.
+    let published = Arc::new(std::sync::Mutex::new(Vec::<(Instant, u64, bool)>::new()));
+    let mut watch = engine.snapshot.clone();
+    let log = published.clone();
+    let watcher = tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            let c = watch.borrow_and_update().catalog.clone();
+            if let Ok(mut log) = log.lock() {
+                log.push((Instant::now(), c.completed, c.paused));
+            }
+        }
+    });
+
+    // 1. The sync.
+    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
+    let started = Instant::now();
+    let mut snap = engine.snapshot.clone();
+    loop {
+        let done = {
+            let s = snap.borrow_and_update();
+            s.catalog.full_sync.done
+                && s.catalog.counts.queued == 0
+                && s.catalog.counts.in_flight == 0
+                && s.catalog.counts.synced + s.catalog.counts.rejected + s.catalog.counts.failed
+                    >= products as u64
+        };
+        if done {
+            break;
+        }
+        if tokio::time::timeout(Duration::from_secs(120), snap.changed())
+            .await
+            .is_err()
+        {
+            anyhow::bail!("sync did not finish within 120 s of the last change");
+        }
+    }
+    let sync_secs = started.elapsed().as_secs_f64();
+    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
+    // Engine event → drawn, during the sync: each published `completed` count, until the
+    // first frame drawn showing at least it.
+    let mut sync_lat = latencies(&published, &console.drawn, |p, d| d.1 >= p.1);
+    println!(
+        "  sync:    {products} items in {sync_secs:.1} s; the console received {:.0} B/s over its WebSocket, and wrote {:.0} B/s to its terminal",
+        (rx1 - rx0) as f64 / sync_secs,
+        (tx1 - tx0) as f64 / sync_secs
+    );
+    println!(
+        "           engine change → drawn: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} changes)",
+        quantile_ms(&mut sync_lat, 0.5),
+        quantile_ms(&mut sync_lat, 0.99),
+        quantile_ms(&mut sync_lat, 1.0),
+        sync_lat.len()
+    );
+
+    // 2. Idle: nothing to sync, nobody acting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let idle = idle_started.elapsed().as_secs_f64();
+    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
+    println!(
+        "  idle:    {idle:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
+        (rx1 - rx0) as f64 / idle,
+        (tx1 - tx0) as f64 / idle
+    );
+
+    // 3. An operator's action, idle engine: pause/resume from another front-end, until
+    // the attached console draws it.
+    if let Ok(mut p) = published.lock() {
+        p.clear();
+    }
+    let toggles = 30;
+    for n in 0..toggles {
+        let command = if n % 2 == 0 {
+            Command::Pause {
+                pipeline: Pipeline::Catalog,
+            }
+        } else {
+            Command::Resume {
+                pipeline: Pipeline::Catalog,
+            }
+        };
+        let _ = engine
+            .commands
+            .request(Request::new("bench", command))
+            .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let mut act_lat = latencies(&published, &console.drawn, |p, d| d.2 == p.2 && d.0 >= p.0);
+    println!(
+        "  action:  pause/resume ×{toggles} → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        quantile_ms(&mut act_lat, 0.5),
+        quantile_ms(&mut act_lat, 0.99),
+        quantile_ms(&mut act_lat, 1.0)
+    );
+    console.task.abort();
+    watcher.abort();
+    drop(link);
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+type Seen = Arc<std::sync::Mutex<Vec<(Instant, u64, bool)>>>;
+
+/// For each engine publish, the time until the first frame drawn after it that `shows`
+/// it (publishes never drawn are left out: a later one superseded them).
+fn latencies(
+    published: &Seen,
+    drawn: &Seen,
+    shows: impl Fn(&(Instant, u64, bool), &(Instant, u64, bool)) -> bool,
+) -> Vec<Duration> {
+    let published = published.lock().map(|p| p.clone()).unwrap_or_default();
+    let drawn = drawn.lock().map(|d| d.clone()).unwrap_or_default();
+    published
+        .iter()
+        .filter_map(|p| {
+            drawn
+                .iter()
+                .find(|d| d.0 >= p.0 && shows(p, d))
+                .map(|d| d.0 - p.0)
+        })
+        .collect()
+}

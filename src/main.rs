@@ -219,6 +219,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7200)]
         ticks: usize,
     },
+    /// One attached console: bytes per second it receives over its WebSocket (during a
+    /// catalog sync, idle) next to what it writes to its terminal; engine change → drawn.
+    Attach {
+        #[arg(long, default_value_t = 3000)]
+        products: usize,
+        /// Seconds of idle engine measured.
+        #[arg(long, default_value_t = 20)]
+        idle_secs: u64,
+    },
     /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
     Catalog {
         #[arg(long, default_value_t = 2000)]
@@ -475,35 +484,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // this runtime for its answer.
             Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))
         }
-        Some(Command::Bench {
-            command: BenchCommand::Telemetry { ticks },
-        }) => {
-            syncctl::bench::telemetry(ticks)?;
+        Some(Command::Bench { command }) => {
+            bench(command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench {
-            command:
-                BenchCommand::Catalog {
-                    products,
-                    workers,
-                    seed,
-                },
-        }) => {
-            syncctl::bench::catalog(products, workers, seed).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Command::Bench {
-            command:
-                BenchCommand::Resilience {
-                    products,
-                    rate,
-                    max_concurrent,
-                    latency_ms,
-                },
-        }) => {
-            syncctl::bench::resilience(products, rate, max_concurrent, latency_ms).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+    }
+}
+
+/// `syncctl bench …`: figures printed.
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Attach {
+            products,
+            idle_secs,
+        } => syncctl::bench::attach(products, idle_secs).await,
+        BenchCommand::Telemetry { ticks } => syncctl::bench::telemetry(ticks),
+        BenchCommand::Catalog {
+            products,
+            workers,
+            seed,
+        } => syncctl::bench::catalog(products, workers, seed).await,
+        BenchCommand::Resilience {
+            products,
+            rate,
+            max_concurrent,
+            latency_ms,
+        } => syncctl::bench::resilience(products, rate, max_concurrent, latency_ms).await,
     }
 }
 
@@ -1086,17 +1092,18 @@ async fn attach(
             })
         }
     };
-    let mut engine = match RemoteEngine::connect(resolve, syncctl::attach::hello(read_only)).await {
-        Ok(e) => e,
-        Err(e @ (AttachError::Unreachable(_) | AttachError::NotFound(_))) => {
-            eprintln!("syncctl: {e}");
-            return ExitCode::from(3);
-        }
-        Err(e @ AttachError::Refused(_)) => {
-            eprintln!("syncctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut engine =
+        match RemoteEngine::connect(resolve, syncctl::attach::hello(read_only, fps)).await {
+            Ok(e) => e,
+            Err(e @ (AttachError::Unreachable(_) | AttachError::NotFound(_))) => {
+                eprintln!("syncctl: {e}");
+                return ExitCode::from(3);
+            }
+            Err(e @ AttachError::Refused(_)) => {
+                eprintln!("syncctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let result = syncctl::console::run(&mut engine, fps).await;
     let to = engine.to();
     engine.detach().await;

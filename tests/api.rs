@@ -427,9 +427,15 @@ async fn every_endpoint_answers_its_contract() {
     let ev = api.get("/api/v1/events?entity=thresholds").await;
     assert_eq!(ev["events"].as_array().unwrap().len(), 2, "{ev}");
     let message = |n: usize| ev["events"][n]["message"].as_str().unwrap().to_owned();
-    assert!(message(0).contains("refused") && message(0).contains("viewer"), "{ev}");
+    assert!(
+        message(0).contains("refused") && message(0).contains("viewer"),
+        "{ev}"
+    );
     assert_eq!(ev["events"][0]["actor"], "api:dashboard@127.0.0.1");
-    assert!(message(1).contains("alerts.error_rate_percent 10 → 12"), "{ev}");
+    assert!(
+        message(1).contains("alerts.error_rate_percent 10 → 12"),
+        "{ev}"
+    );
     let ev = api.get("/api/v1/events?since=2999-01-01T00:00:00Z").await;
     assert!(ev["events"].as_array().unwrap().is_empty());
     let (s, _, v) = api

@@ -47,6 +47,7 @@ fn hello(user: &str, read_only: bool) -> Hello {
         user: user.into(),
         ssh: Some(format!("10.0.0.{}", user.len())),
         read_only,
+        max_fps: None,
     }
 }
 
@@ -170,63 +171,65 @@ async fn five_consoles_see_one_consoles_action_and_who_is_attached() {
     sb.shutdown().await;
 }
 
-/// A raw WebSocket client: connects with `token`, says `hello`, returns the socket and
-/// the first frame answered.
-async fn raw(
-    engine: &syncctl::app::Served,
-    token: &str,
-    hello: Value,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    ServerFrame,
-) {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket client writing frames by hand, reading the engine's compressed
+/// stream.
+struct Raw {
+    ws: Ws,
+    unpacker: syncctl::protocol::attach::Unpacker,
+}
+
+/// Connects with `token`, says `hello`; the client and the first frame answered.
+async fn raw(engine: &syncctl::app::Served, token: &str, hello: Value) -> (Raw, ServerFrame) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{}/api/v1/ws/console", engine.server_addr)
         .into_client_request()
         .unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    let first = next(&mut ws).await;
-    (ws, first)
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut raw = Raw {
+        ws,
+        unpacker: Default::default(),
+    };
+    raw.send(hello).await;
+    let first = raw.next().await;
+    (raw, first)
 }
 
-async fn next(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> ServerFrame {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+impl Raw {
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
             .await
-            .expect("a frame")
-            .expect("open")
             .unwrap();
-        match m {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Binary(b) => {
-                return syncctl::protocol::attach::decode(&b, true).unwrap();
+    }
+
+    async fn next(&mut self) -> ServerFrame {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame")
+                .expect("open")
+                .unwrap();
+            match m {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Binary(b) => return self.unpacker.unpack(&b).unwrap(),
+                _ => {}
             }
-            _ => {}
         }
     }
-}
 
-/// The reply to command `id`, skipping the snapshot, deltas and pushes before it.
-async fn reply_to(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    id: u64,
-) -> syncctl::protocol::Reply {
-    loop {
-        if let ServerFrame::Reply { id: got, reply } = next(ws).await
-            && got == id
-        {
-            return reply;
+    /// The reply to command `id`, skipping the snapshot, deltas and pushes before it.
+    async fn reply_to(&mut self, id: u64) -> syncctl::protocol::Reply {
+        loop {
+            if let ServerFrame::Reply { id: got, reply } = self.next().await
+                && got == id
+            {
+                return reply;
+            }
         }
     }
 }
@@ -248,10 +251,8 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
         panic!("{first:?}")
     };
     assert_eq!(w.role, Role::Viewer);
-    ws.send(Message::Text(pause.to_string().into()))
-        .await
-        .unwrap();
-    let reply = reply_to(&mut ws, 7).await;
+    ws.send(pause.clone()).await;
+    let reply = ws.reply_to(7).await;
     assert!(
         matches!(&reply, Err(CommandError::Forbidden { .. })),
         "{reply:?}"
@@ -260,11 +261,9 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
     let hello_ro = json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "ana", "read_only": true});
     let (mut ws2, first) = raw(&engine, OPS, hello_ro).await;
     assert!(matches!(first, ServerFrame::Welcome(ref w) if w.role == Role::Viewer));
-    ws2.send(Message::Text(pause.to_string().into()))
-        .await
-        .unwrap();
+    ws2.send(pause.clone()).await;
     assert!(matches!(
-        reply_to(&mut ws2, 7).await,
+        ws2.reply_to(7).await,
         Err(CommandError::Forbidden { .. })
     ));
     assert!(!engine.snapshot.borrow().catalog.paused, "nothing happened");
@@ -282,14 +281,9 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
     assert!(refused.iter().any(|a| a.starts_with("ana@")), "{refused:?}");
 
     // A frame that does not read gets an answer naming the fault, and the console stays.
-    ws2.send(Message::Text(
-        json!({"type": "command", "id": 9, "command": {"verb": "explode"}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let bad = reply_to(&mut ws2, 9).await;
+    ws2.send(json!({"type": "command", "id": 9, "command": {"verb": "explode"}}))
+        .await;
+    let bad = ws2.reply_to(9).await;
     assert!(
         matches!(&bad, Err(CommandError::Invalid { field, .. }) if field == "frame"),
         "{bad:?}"
@@ -302,10 +296,8 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
         json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "ops1"}),
     )
     .await;
-    ws3.send(Message::Text(pause.to_string().into()))
-        .await
-        .unwrap();
-    assert!(reply_to(&mut ws3, 7).await.is_ok());
+    ws3.send(pause.clone()).await;
+    assert!(ws3.reply_to(7).await.is_ok());
     assert!(engine.snapshot.borrow().catalog.paused);
     engine.shutdown().await;
     sb.shutdown().await;

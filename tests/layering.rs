@@ -104,6 +104,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
             "attach",
             "config",
             "connectors",
+            "console",
             "engine",
             "resilience",
             "sandbox",

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{CommandError, Link, Query, Request};
+use crate::protocol::{CommandError, Link, Query, Request, Shown};
 use state::App;
 use theme::Theme;
 use update::{Effect, Msg, Signal, update};
@@ -119,6 +119,7 @@ async fn event_loop<L: Link>(
     let mut link = engine.state();
     let mut consoles = engine.consoles();
     let (mut follow_link, mut follow_consoles) = (true, true);
+    let mut shown = Shown::default();
     inbox.push_back(Msg::Link(link.borrow_and_update().clone()));
     inbox.push_back(Msg::Consoles(consoles.borrow_and_update().clone()));
     let mut input = EventStream::new();
@@ -150,6 +151,11 @@ async fn event_loop<L: Link>(
                     Effect::Exit => return Ok(()),
                 }
             }
+        }
+        // An engine over the network sends some parts only while they are shown.
+        if app.shown() != shown {
+            shown = app.shown();
+            engine.show(shown);
         }
         // After a hangup there is no terminal to draw on or read from: drain quietly.
         if dirty && !app.hung_up && (urgent || last_draw.elapsed() >= frame_gap) {

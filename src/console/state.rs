@@ -10,7 +10,7 @@ pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
     AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, LinkState,
-    SandboxFaults, Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
+    SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -287,6 +287,15 @@ impl App {
     /// query at a time.
     pub fn polls_detail(&self) -> bool {
         !self.frozen && !self.detail_pending && self.detail_wanted().is_some()
+    }
+
+    /// What the open screen shows of the parts an engine over the network sends only
+    /// on demand.
+    pub fn shown(&self) -> Shown {
+        Shown {
+            audit: self.tab == Tab::Events,
+            charts: self.tab == Tab::Throughput,
+        }
     }
 
     /// The Events rows after the filter: every word of it must appear in the entry's

@@ -12,12 +12,16 @@
 //!    │◀─ Reply {id, reply} ───────────────────────│  to this console only
 //!    │── Query {id, query} ──────────────────────▶│
 //!    │◀─ Answer {id, reply} ──────────────────────│
+//!    │── Show {audit, charts} ───────────────────▶│  those parts only while shown
+//!    │── Show {audit, charts} ───────────────────▶│  those parts only while shown
 //!    │◀─ Event {event} / Consoles {consoles} ─────│  pushed
 //!    │◀▶ Ping / Pong ─────────────────────────────│  heartbeat, either way
 //! ```
 //!
-//! Frames are JSON text; a frame larger than [`COMPRESS_OVER`] bytes goes as a binary
-//! frame holding the same JSON, deflated (the first snapshot, a burst of changes).
+//! A console sends JSON text frames. The engine sends binary frames: JSON deflated in
+//! one stream per connection ([`Packer`], [`Unpacker`]), so what repeats across frames
+//! costs little. The engine sends changes no faster than the console draws
+//! ([`Hello::max_fps`]).
 //! Versioned: both sides send [`PROTOCOL_VERSION`] and refuse a different one with a
 //! message that says which side to upgrade.
 //!
@@ -43,9 +47,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Where an engine serves attached consoles.
 pub const CONSOLE_PATH: &str = "/api/v1/ws/console";
 
-/// Frames larger than this many bytes of JSON are sent deflated, as binary frames.
-pub const COMPRESS_OVER: usize = 4096;
-
 /// What a console sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -62,6 +63,8 @@ pub enum ClientFrame {
         id: u64,
         query: Query,
     },
+    /// What the console shows now of the parts sent only on demand.
+    Show(Shown),
     Ping,
     Pong,
 }
@@ -81,7 +84,45 @@ pub struct Hello {
     /// Attached with `--read-only`: the engine treats it as a viewer whatever its token.
     #[serde(default)]
     pub read_only: bool,
+    /// How many frames a second the console draws: the engine sends changes no faster
+    /// (None: [`DEFAULT_FPS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fps: Option<u32>,
 }
+
+/// The parts of the snapshot an engine sends a console only while it shows them: they
+/// change all the time (during a sync the audit trail grows by every item; every chart
+/// moves every second) and only one screen draws each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shown {
+    /// The audit trail (`audit`): the Events screen.
+    #[serde(default)]
+    pub audit: bool,
+    /// The charts (`telemetry.charts`): the Throughput screen.
+    #[serde(default)]
+    pub charts: bool,
+}
+
+impl Shown {
+    /// `snapshot` (as JSON) without the parts not shown.
+    pub fn strip(self, snapshot: &mut Value) {
+        if !self.audit
+            && let Some(v) = snapshot.get_mut("audit")
+        {
+            *v = Value::Array(Vec::new());
+        }
+        if !self.charts
+            && let Some(v) = snapshot
+                .get_mut("telemetry")
+                .and_then(|t| t.get_mut("charts"))
+        {
+            *v = Value::Array(Vec::new());
+        }
+    }
+}
+
+/// The draw rate assumed of a console that does not say.
+pub const DEFAULT_FPS: u32 = 4;
 
 /// What an engine sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,7 +228,8 @@ pub fn check_version(theirs: u32, them: &str) -> Result<(), String> {
     }
 }
 
-/// One change of a delta. `path` names object fields from the root.
+/// One change of a delta. `path` names object fields from the root (and, in lists of
+/// records that kept their places, items by index).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
@@ -195,10 +237,13 @@ pub enum Change {
     Set { path: Vec<String>, value: Value },
     /// A field is gone.
     Remove { path: Vec<String> },
-    /// The list at `path` lost `drop` items at its front and gained `items` at its end.
+    /// The list at `path` lost `drop` items at its front and `cut` at its end, then
+    /// gained `items` at its end (a window that moved on and whose newest bucket grew).
     Push {
         path: Vec<String>,
         drop: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cut: usize,
         items: Vec<Value>,
     },
     /// The list at `path` gained `items` at its front and was cut to `len` items.
@@ -207,6 +252,10 @@ pub enum Change {
         len: usize,
         items: Vec<Value>,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What turns `old` into `new`.
@@ -239,7 +288,17 @@ fn diff_at(path: &mut Vec<String>, old: &Value, new: &Value, out: &mut Vec<Chang
                 out.push(Change::Remove { path: p });
             }
         }
-        (Value::Array(a), Value::Array(b)) => out.push(list_change(path, a, b)),
+        (Value::Array(a), Value::Array(b)) => match list_change(path, a, b) {
+            // Records that kept their places (the charts): item by item.
+            Change::Set { .. } if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) => {
+                for (n, (x, y)) in a.iter().zip(b).enumerate() {
+                    path.push(n.to_string());
+                    diff_at(path, x, y, out);
+                    path.pop();
+                }
+            }
+            change => out.push(change),
+        },
         _ => out.push(Change::Set {
             path: path.clone(),
             value: new.clone(),
@@ -250,19 +309,28 @@ fn diff_at(path: &mut Vec<String>, old: &Value, new: &Value, out: &mut Vec<Chang
 /// The smallest of: the list as a window that moved forward (Push), as a stack with
 /// new items on top (Unshift), or whole (Set).
 fn list_change(path: &[String], a: &[Value], b: &[Value]) -> Change {
-    // Push: b = a[drop..] + items, for the smallest drop that fits (only where a's item
-    // equals b's first is a start worth checking).
+    // Push: b = a[drop..len - cut] + items, with the fewest items (only where a's item
+    // equals b's first is a start worth checking; the first few such starts).
+    let mut best: Option<(usize, usize, usize)> = None;
     if let Some(first) = b.first() {
-        for drop in (0..a.len()).filter(|&d| a[d] == *first) {
+        for drop in (0..a.len()).filter(|&d| a[d] == *first).take(8) {
             let kept = &a[drop..];
-            if kept.len() <= b.len() && b.starts_with(kept) {
-                return Change::Push {
-                    path: path.to_vec(),
-                    drop,
-                    items: b[kept.len()..].to_vec(),
-                };
+            let same = kept.iter().zip(b).take_while(|(x, y)| x == y).count();
+            let fresh = b.len() - same;
+            if best.is_none_or(|(_, _, f)| fresh < f) {
+                best = Some((drop, kept.len() - same, fresh));
             }
         }
+    }
+    if let Some((drop, cut, fresh)) = best
+        && fresh < b.len()
+    {
+        return Change::Push {
+            path: path.to_vec(),
+            drop,
+            cut,
+            items: b[b.len() - fresh..].to_vec(),
+        };
     }
     // Unshift: b = items + a[..], cut to b's length, for the fewest new items.
     if let Some(top) = a.first() {
@@ -299,9 +367,7 @@ pub fn apply(doc: &mut Value, changes: &[Change]) -> Result<(), OutOfStep> {
         match c {
             Change::Set { path, value } => match path.split_last() {
                 None => *doc = value.clone(),
-                Some((last, parent)) => {
-                    object_at(doc, parent)?.insert(last.clone(), value.clone());
-                }
+                Some((last, parent)) => set_at(doc, parent, last, value.clone())?,
             },
             Change::Remove { path } => {
                 let (last, parent) = path
@@ -309,12 +375,18 @@ pub fn apply(doc: &mut Value, changes: &[Change]) -> Result<(), OutOfStep> {
                     .ok_or_else(|| OutOfStep("remove of the root".into()))?;
                 object_at(doc, parent)?.remove(last);
             }
-            Change::Push { path, drop, items } => {
+            Change::Push {
+                path,
+                drop,
+                cut,
+                items,
+            } => {
                 let list = list_at(doc, path)?;
-                if *drop > list.len() {
-                    return Err(OutOfStep(format!("{}: drop past the end", path.join("."))));
+                if drop + cut > list.len() {
+                    return Err(OutOfStep(format!("{}: cut past the end", path.join("."))));
                 }
                 list.drain(..*drop);
+                list.truncate(list.len() - cut);
                 list.extend(items.iter().cloned());
             }
             Change::Unshift { path, len, items } => {
@@ -327,14 +399,34 @@ pub fn apply(doc: &mut Value, changes: &[Change]) -> Result<(), OutOfStep> {
     Ok(())
 }
 
+/// The value at `path`: object fields by name, list items by their index.
 fn walk<'a>(doc: &'a mut Value, path: &[String]) -> Result<&'a mut Value, OutOfStep> {
     let mut at = doc;
     for (n, k) in path.iter().enumerate() {
-        at = at
-            .get_mut(k.as_str())
-            .ok_or_else(|| OutOfStep(format!("no {}", path[..=n].join("."))))?;
+        let next = match at {
+            Value::Array(list) => k.parse::<usize>().ok().and_then(|i| list.get_mut(i)),
+            other => other.get_mut(k.as_str()),
+        };
+        at = next.ok_or_else(|| OutOfStep(format!("no {}", path[..=n].join("."))))?;
     }
     Ok(at)
+}
+
+/// Sets the field or list item `last` of the value at `parent`.
+fn set_at(doc: &mut Value, parent: &[String], last: &str, value: Value) -> Result<(), OutOfStep> {
+    match walk(doc, parent)? {
+        Value::Object(map) => {
+            map.insert(last.to_owned(), value);
+            Ok(())
+        }
+        Value::Array(list) => {
+            let slot = last.parse::<usize>().ok().and_then(|i| list.get_mut(i));
+            *slot.ok_or_else(|| OutOfStep(format!("no item {last} in {}", parent.join("."))))? =
+                value;
+            Ok(())
+        }
+        _ => Err(OutOfStep(format!("{} holds no fields", parent.join(".")))),
+    }
 }
 
 fn object_at<'a>(
@@ -352,34 +444,92 @@ fn list_at<'a>(doc: &'a mut Value, path: &[String]) -> Result<&'a mut Vec<Value>
         .ok_or_else(|| OutOfStep(format!("{} is not a list", path.join("."))))
 }
 
-/// A frame as bytes on the wire: JSON text, or deflated JSON when larger than
-/// [`COMPRESS_OVER`] (`true`: binary).
-pub fn encode<T: Serialize>(frame: &T) -> (Vec<u8>, bool) {
-    let json = serde_json::to_vec(frame).unwrap_or_default();
-    if json.len() <= COMPRESS_OVER {
-        return (json, false);
-    }
-    use std::io::Write;
-    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    match z.write_all(&json).and_then(|()| z.finish()) {
-        Ok(packed) => (packed, true),
-        Err(_) => (json, false),
+/// A console's frame as bytes on the wire: JSON text (consoles send little).
+pub fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
+    serde_json::to_vec(frame).unwrap_or_default()
+}
+
+/// Reads a JSON frame sent as text.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("bad frame: {e}"))
+}
+
+/// Largest frame read (a snapshot is far smaller).
+const MAX_FRAME: usize = 64 << 20;
+
+/// The engine's side of one connection's compression: every frame is JSON deflated in
+/// one stream kept for the connection's life (each frame flushed, so it reads alone on
+/// arrival), so what repeats from frame to frame — field names, an audit entry's
+/// shape — costs a few bytes after its first time.
+pub struct Packer {
+    z: flate2::Compress,
+}
+
+impl Default for Packer {
+    fn default() -> Self {
+        Packer {
+            z: flate2::Compress::new(flate2::Compression::fast(), false),
+        }
     }
 }
 
-/// Reads a frame sent by [`encode`].
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], binary: bool) -> Result<T, String> {
-    if binary {
-        use std::io::Read;
-        let mut json = Vec::new();
-        flate2::read::DeflateDecoder::new(bytes)
-            // A frame is a snapshot at most: 64 MiB is far beyond any.
-            .take(64 << 20)
-            .read_to_end(&mut json)
-            .map_err(|e| format!("bad compressed frame: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| format!("bad frame: {e}"))
-    } else {
-        serde_json::from_slice(bytes).map_err(|e| format!("bad frame: {e}"))
+impl Packer {
+    /// `frame` as the bytes of one binary WebSocket frame.
+    pub fn pack<T: Serialize>(&mut self, frame: &T) -> Result<Vec<u8>, String> {
+        let json = serde_json::to_vec(frame).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(json.len() / 4 + 64);
+        let before = self.z.total_in();
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(256));
+            }
+            let taken = (self.z.total_in() - before) as usize;
+            self.z
+                .compress_vec(&json[taken..], &mut out, flate2::FlushCompress::Sync)
+                .map_err(|e| e.to_string())?;
+            // Flushed once all is taken and the output had room to spare.
+            if (self.z.total_in() - before) as usize == json.len() && out.len() < out.capacity() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The console's side of [`Packer`]: one stream for the connection's life.
+pub struct Unpacker {
+    z: flate2::Decompress,
+}
+
+impl Default for Unpacker {
+    fn default() -> Self {
+        Unpacker {
+            z: flate2::Decompress::new(false),
+        }
+    }
+}
+
+impl Unpacker {
+    /// Reads one binary frame [`Packer::pack`] wrote.
+    pub fn unpack<T: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<T, String> {
+        let mut json = Vec::with_capacity(bytes.len() * 4 + 64);
+        let before = self.z.total_in();
+        loop {
+            if json.capacity() - json.len() < 64 {
+                json.reserve(json.capacity().max(256));
+            }
+            let taken = (self.z.total_in() - before) as usize;
+            self.z
+                .decompress_vec(&bytes[taken..], &mut json, flate2::FlushDecompress::Sync)
+                .map_err(|e| format!("bad compressed frame: {e}"))?;
+            if (self.z.total_in() - before) as usize == bytes.len() && json.len() < json.capacity()
+            {
+                break;
+            }
+            if json.len() > MAX_FRAME {
+                return Err("compressed frame larger than 64 MiB".into());
+            }
+        }
+        decode(&json)
     }
 }
 
@@ -415,8 +565,20 @@ mod tests {
             [Change::Push {
                 path: vec!["s".into()],
                 drop: 1,
+                cut: 0,
                 items: vec![json!(6)]
             }]
+        );
+    }
+
+    #[test]
+    fn a_window_whose_newest_bucket_grew_sends_the_bucket_and_the_new_one() {
+        let old = json!({"h1": [0, 0, 0, 0, 7]});
+        let new = json!({"h1": [0, 0, 0, 9, 1]});
+        let c = round_trip(&old, &new);
+        assert!(
+            matches!(&c[..], [Change::Push { items, .. }] if *items == [json!(9), json!(1)]),
+            "{c:?}"
         );
     }
 
@@ -433,6 +595,27 @@ mod tests {
                 items: vec![json!({"id": 5}), json!({"id": 4})]
             }]
         );
+    }
+
+    #[test]
+    fn records_in_a_list_that_kept_its_places_are_diffed_item_by_item() {
+        let old =
+            json!({"charts": [{"name": "a", "m1": [1, 2, 3]}, {"name": "b", "m1": [0, 0, 0]}]});
+        let new =
+            json!({"charts": [{"name": "a", "m1": [2, 3, 4]}, {"name": "b", "m1": [0, 0, 0]}]});
+        let c = round_trip(&old, &new);
+        assert_eq!(
+            c,
+            [Change::Push {
+                path: vec!["charts".into(), "0".into(), "m1".into()],
+                drop: 1,
+                cut: 0,
+                items: vec![json!(4)]
+            }]
+        );
+        let renamed =
+            json!({"charts": [{"name": "z", "m1": [2, 3, 4]}, {"name": "b", "m1": [0, 0, 0]}]});
+        round_trip(&new, &renamed);
     }
 
     #[test]
@@ -456,7 +639,7 @@ mod tests {
             let list: Vec<Value> = (0..len).map(|_| json!(next(4))).collect();
             let old = json!({"l": list, "o": {"k": next(3)}, "v": next(2)});
             let mut new = old.clone();
-            match next(5) {
+            match next(6) {
                 0 => new["l"].as_array_mut().unwrap().push(json!(next(4))),
                 1 => {
                     let l = new["l"].as_array_mut().unwrap();
@@ -466,6 +649,12 @@ mod tests {
                 }
                 2 => new["l"].as_array_mut().unwrap().insert(0, json!(next(4))),
                 3 => new["o"]["k"] = json!(next(3)),
+                4 => {
+                    let l = new["l"].as_array_mut().unwrap();
+                    if let Some(last) = l.last_mut() {
+                        *last = json!(next(4));
+                    }
+                }
                 _ => new["v"] = Value::Null,
             }
             round_trip(&old, &new);
@@ -478,6 +667,7 @@ mod tests {
         let c = [Change::Push {
             path: vec!["a".into()],
             drop: 0,
+            cut: 0,
             items: vec![],
         }];
         assert!(apply(&mut doc, &c).is_err());
@@ -489,20 +679,40 @@ mod tests {
     }
 
     #[test]
-    fn large_frames_are_deflated_and_read_back() {
-        let frame = ServerFrame::Snapshot {
-            seq: 1,
-            snapshot: Box::default(),
+    fn a_compressed_stream_reads_frame_by_frame_and_repeats_cost_little() {
+        let (mut packer, mut unpacker) = (Packer::default(), Unpacker::default());
+        let entry = |n: u64| ServerFrame::Delta {
+            seq: n,
+            changes: vec![Change::Unshift {
+                path: vec!["audit".into()],
+                len: 500,
+                items: vec![json!({"id": n, "kind": "item", "actor": "engine",
+                    "message": format!("updated Item {n} \"Plan Básico #{n}\"")})],
+            }],
         };
-        let (bytes, binary) = encode(&frame);
-        assert!(!binary, "a small frame stays text");
-        assert_eq!(decode::<ServerFrame>(&bytes, false).unwrap(), frame);
+        let first = packer.pack(&entry(1)).unwrap();
+        assert_eq!(unpacker.unpack::<ServerFrame>(&first).unwrap(), entry(1));
+        let mut later = 0;
+        for n in 2..50 {
+            let bytes = packer.pack(&entry(n)).unwrap();
+            later = bytes.len();
+            assert_eq!(unpacker.unpack::<ServerFrame>(&bytes).unwrap(), entry(n));
+        }
+        let plain = encode(&entry(49)).len();
+        assert!(
+            later * 3 < plain,
+            "{later} bytes compressed vs {plain} plain"
+        );
         let big = ServerFrame::Refused {
-            message: "x".repeat(COMPRESS_OVER * 4),
+            message: "x".repeat(200_000),
         };
-        let (bytes, binary) = encode(&big);
-        assert!(binary && bytes.len() < COMPRESS_OVER);
-        assert_eq!(decode::<ServerFrame>(&bytes, true).unwrap(), big);
+        let bytes = packer.pack(&big).unwrap();
+        assert!(bytes.len() < 2_000);
+        assert_eq!(unpacker.unpack::<ServerFrame>(&bytes).unwrap(), big);
+        assert!(
+            Unpacker::default().unpack::<ServerFrame>(&bytes).is_err(),
+            "mid-stream alone"
+        );
     }
 
     #[test]

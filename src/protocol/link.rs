@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 
-use super::attach::AttachedConsole;
+use super::attach::{AttachedConsole, Shown};
 use super::command::{Query, Reply, Request};
 use super::faults::FaultPatch;
 use super::operator::Role;
@@ -65,6 +65,10 @@ pub trait Link: Send {
     fn state(&self) -> watch::Receiver<LinkState> {
         watch::Sender::new(LinkState::Hosted).subscribe()
     }
+
+    /// What the console shows now of the parts an engine over the network sends only
+    /// on demand (an engine in this process shares them for free).
+    fn show(&self, _shown: Shown) {}
 
     /// The consoles attached to the engine over the network, changing as they come
     /// and go.

@@ -28,8 +28,8 @@ mod wire;
 mod tests;
 
 pub use attach::{
-    AttachedConsole, COMPRESS_OVER, CONSOLE_PATH, Change, ClientFrame, Hello, PROTOCOL_VERSION,
-    ServerFrame, Welcome,
+    AttachedConsole, CONSOLE_PATH, Change, ClientFrame, Hello, PROTOCOL_VERSION, ServerFrame,
+    Shown, Welcome,
 };
 pub use command::*;
 pub use events::*;

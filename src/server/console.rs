@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 
 use super::ServerState;
 use super::api::Actor;
-use crate::protocol::attach::{self, check_version, diff};
+use crate::protocol::attach::{self, DEFAULT_FPS, Packer, check_version, diff};
 use crate::protocol::{
     AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Request,
-    Role, ServerFrame, Welcome,
+    Role, ServerFrame, Shown, Snapshot, Welcome,
 };
 
 /// How long a console has to send its hello.
@@ -43,16 +43,11 @@ pub async fn attach(
 
 type Tx = SplitSink<WebSocket, Message>;
 
-/// Sends one frame; its size in bytes, or None when the console is gone.
-async fn send(tx: &mut Tx, frame: &ServerFrame) -> Option<usize> {
-    let (bytes, binary) = attach::encode(frame);
-    let n = bytes.len();
-    let msg = if binary {
-        Message::Binary(bytes.into())
-    } else {
-        Message::Text(String::from_utf8(bytes).ok()?.into())
-    };
-    tx.send(msg).await.ok().map(|()| n)
+/// Sends one frame as plain JSON text (a refusal, before any stream began).
+async fn send_plain(tx: &mut Tx, frame: &ServerFrame) {
+    if let Ok(text) = String::from_utf8(attach::encode(frame)) {
+        let _ = tx.send(Message::Text(text.into())).await;
+    }
 }
 
 /// How the audit trail names an attached console's person: the OS user and SSH
@@ -79,8 +74,8 @@ async fn read_hello(
         .await
         .map_err(|_| "no hello within 10 s".to_owned())?;
     let frame: ClientFrame = match first {
-        Some(Ok(Message::Text(t))) => attach::decode(t.as_bytes(), false)?,
-        Some(Ok(Message::Binary(b))) => attach::decode(&b, true)?,
+        Some(Ok(Message::Text(t))) => attach::decode(t.as_bytes())?,
+        Some(Ok(Message::Binary(b))) => attach::decode(&b)?,
         _ => return Err("the console left before its hello".into()),
     };
     match frame {
@@ -100,7 +95,7 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         Ok(h) => h,
         Err(message) => {
             tracing::info!("console from {} refused: {message}", addr.ip());
-            let _ = send(&mut tx, &ServerFrame::Refused { message }).await;
+            send_plain(&mut tx, &ServerFrame::Refused { message }).await;
             let _ = tx.send(Message::Close(None)).await;
             return;
         }
@@ -125,12 +120,16 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
     };
     let id = st.control.ws.add_console(&mut me, addr);
     tracing::info!("console attached: {} (connection {id})", me.label());
-    let session = Session {
+    let gap = Duration::from_secs(1) / hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60);
+    let mut session = Session {
         st: &st,
         id,
         name,
         role,
         caller: actor.caller,
+        packer: Packer::default(),
+        gap,
+        shown: Shown::default(),
     };
     session.run(&mut tx, &mut rx).await;
     st.control.ws.remove(id);
@@ -144,21 +143,31 @@ struct Session<'a> {
     name: String,
     role: Role,
     caller: super::auth::Caller,
+    /// This connection's compressed stream.
+    packer: Packer,
+    /// The least time between two deltas: the console draws no faster.
+    gap: Duration,
+    /// What the console shows of the parts sent only on demand.
+    shown: Shown,
 }
 
 impl Session<'_> {
-    async fn send(&self, tx: &mut Tx, frame: &ServerFrame) -> bool {
-        match send(tx, frame).await {
-            Some(n) => {
-                self.st.control.ws.sent_bytes(self.id, n);
-                true
-            }
-            None => false,
+    /// Sends one frame on the compressed stream; false when the console is gone.
+    async fn send(&mut self, tx: &mut Tx, frame: &ServerFrame) -> bool {
+        let Ok(bytes) = self.packer.pack(frame) else {
+            return false;
+        };
+        let n = bytes.len();
+        if tx.send(Message::Binary(bytes.into())).await.is_err() {
+            return false;
         }
+        self.st.control.ws.sent_bytes(self.id, n);
+        true
     }
 
-    async fn run(&self, tx: &mut Tx, rx: &mut futures_util::stream::SplitStream<WebSocket>) {
-        let heartbeat = self.st.control.heartbeat.min(MAX_HEARTBEAT);
+    /// The welcome, the whole view and who is attached; the view sent, or None when the
+    /// console is gone.
+    async fn greet(&mut self, tx: &mut Tx, heartbeat: Duration, first: &Snapshot) -> Option<Value> {
         let welcome = ServerFrame::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
             engine: env!("CARGO_PKG_VERSION").into(),
@@ -167,46 +176,57 @@ impl Session<'_> {
             role: self.role,
             actor: self.name.clone(),
         });
-        let mut snapshots = self.st.engine.snapshot.clone();
-        let first = snapshots.borrow_and_update().clone();
-        let mut shown = serde_json::to_value(&*first).unwrap_or(Value::Null);
-        let mut seq = 1;
-        let mut consoles = self.st.control.ws.consoles();
-        let listed = consoles.borrow_and_update().clone();
-        if !(self.send(tx, &welcome).await
-            && self
-                .send(
-                    tx,
-                    &ServerFrame::Snapshot {
-                        seq,
-                        snapshot: Box::new((*first).clone()),
-                    },
-                )
-                .await
+        let shown = self.view(first);
+        let snapshot = ServerFrame::Snapshot {
+            seq: 1,
+            snapshot: Box::new(serde_json::from_value(shown.clone()).unwrap_or_default()),
+        };
+        let listed = self.st.control.ws.consoles().borrow().clone();
+        (self.send(tx, &welcome).await
+            && self.send(tx, &snapshot).await
             && self
                 .send(tx, &ServerFrame::Consoles { consoles: listed })
                 .await)
-        {
+            .then_some(shown)
+    }
+
+    async fn run(&mut self, tx: &mut Tx, rx: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let heartbeat = self.st.control.heartbeat.min(MAX_HEARTBEAT);
+        let mut snapshots = self.st.engine.snapshot.clone();
+        let mut consoles = self.st.control.ws.consoles();
+        consoles.borrow_and_update();
+        let first = snapshots.borrow_and_update().clone();
+        let Some(mut shown) = self.greet(tx, heartbeat, &first).await else {
             return;
-        }
+        };
+        let mut seq = 1;
         let mut events = self.st.engine.events.subscribe();
         // Replies and answers come back here from the tasks awaiting them.
         let (back_tx, mut back) = mpsc::unbounded_channel::<ServerFrame>();
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut silent = 0u32;
+        // A change waits until `next_delta`: the console draws no faster.
+        let mut next_delta = tokio::time::Instant::now();
+        let mut pending = false;
         loop {
             let out = tokio::select! {
-                changed = snapshots.changed() => {
+                changed = snapshots.changed(), if !pending => {
                     if changed.is_err() {
                         break;
                     }
+                    pending = true;
+                    continue;
+                }
+                () = tokio::time::sleep_until(next_delta), if pending => {
+                    pending = false;
                     let snap = snapshots.borrow_and_update().clone();
-                    let now = serde_json::to_value(&*snap).unwrap_or(Value::Null);
+                    let now = self.view(&snap);
                     let changes = diff(&shown, &now);
                     shown = now;
                     if changes.is_empty() {
                         continue;
                     }
+                    next_delta = tokio::time::Instant::now() + self.gap;
                     seq += 1;
                     ServerFrame::Delta { seq, changes }
                 }
@@ -234,11 +254,16 @@ impl Session<'_> {
                 m = rx.next() => {
                     silent = 0;
                     match m {
-                        Some(Ok(Message::Text(t))) => match self.take(t.as_bytes(), false, &back_tx) {
+                        Some(Ok(Message::Text(t))) if self.shows(t.as_bytes()) => {
+                            // What it shows changed: the next delta brings (or drops) it.
+                            pending = true;
+                            continue;
+                        }
+                        Some(Ok(Message::Text(t))) => match self.take(t.as_bytes(), &back_tx) {
                             Some(f) => f,
                             None => continue,
                         },
-                        Some(Ok(Message::Binary(b))) => match self.take(&b, true, &back_tx) {
+                        Some(Ok(Message::Binary(b))) => match self.take(&b, &back_tx) {
                             Some(f) => f,
                             None => continue,
                         },
@@ -253,21 +278,34 @@ impl Session<'_> {
         }
     }
 
+    /// The snapshot as this console is sent it: without the parts it does not show.
+    fn view(&self, snap: &crate::protocol::Snapshot) -> Value {
+        let mut v = serde_json::to_value(snap).unwrap_or(Value::Null);
+        self.shown.strip(&mut v);
+        v
+    }
+
+    /// Takes a [`ClientFrame::Show`]: true when `bytes` was one.
+    fn shows(&mut self, bytes: &[u8]) -> bool {
+        match attach::decode::<ClientFrame>(bytes) {
+            Ok(ClientFrame::Show(shown)) => {
+                self.shown = shown;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes one frame from the console; what to answer at once (a pong, the error of
     /// a frame that does not read), or None (the answer comes later on `back`).
-    fn take(
-        &self,
-        bytes: &[u8],
-        binary: bool,
-        back: &mpsc::UnboundedSender<ServerFrame>,
-    ) -> Option<ServerFrame> {
-        let frame: ClientFrame = match attach::decode(bytes, binary) {
+    fn take(&self, bytes: &[u8], back: &mpsc::UnboundedSender<ServerFrame>) -> Option<ServerFrame> {
+        let frame: ClientFrame = match attach::decode(bytes) {
             Ok(f) => f,
-            Err(e) => return self.unreadable(bytes, binary, &e),
+            Err(e) => return self.unreadable(bytes, &e),
         };
         match frame {
             ClientFrame::Ping => Some(ServerFrame::Pong),
-            ClientFrame::Pong | ClientFrame::Hello(_) => None,
+            ClientFrame::Pong | ClientFrame::Hello(_) | ClientFrame::Show(_) => None,
             ClientFrame::Command { id, command } => {
                 let reply = match self.st.control.auth.admit(&self.caller, super::now_ms()) {
                     Err(_) => {
@@ -306,9 +344,9 @@ impl Session<'_> {
 
     /// A frame that does not read: a command's reply naming why, when its id can be
     /// read, else a refusal that leaves the connection open.
-    fn unreadable(&self, bytes: &[u8], binary: bool, why: &str) -> Option<ServerFrame> {
+    fn unreadable(&self, bytes: &[u8], why: &str) -> Option<ServerFrame> {
         tracing::debug!("console {}: unreadable frame: {why}", self.id);
-        let raw: Value = attach::decode(bytes, binary).unwrap_or(Value::Null);
+        let raw: Value = attach::decode(bytes).unwrap_or(Value::Null);
         let error = CommandError::invalid("frame", why.chars().take(300).collect::<String>());
         match (
             raw.get("type").and_then(Value::as_str),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use syncctl::app::Served;
 use syncctl::compliance::machine::Status;
 use syncctl::engine::EngineHandle;
-use syncctl::protocol::{Answer, Command, Pipeline, Query, Request};
+use syncctl::protocol::{Answer, Command, CommandError, Pipeline, Query, Request};
 
 use common::make_invoices;
 use common::post_json as post;
@@ -53,20 +53,57 @@ async fn setup_with(
     tune: impl FnOnce(&mut syncctl::config::Config),
 ) -> (syncctl::sandbox::SandboxServer, Served, tempfile::TempDir) {
     let sb = common::sandbox(5, 21).await;
-    let mut cfg = common::config_for(&sb);
+    let mut cfg = config(&sb, schedule);
+    tune(&mut cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&sb, cfg, dir.path()).await;
+    (sb, engine, dir)
+}
+
+/// The engine config of these tests: retries after `schedule`, a 2 s Alegra timeout.
+fn config(sb: &syncctl::sandbox::SandboxServer, schedule: Vec<u64>) -> syncctl::config::Config {
+    let mut cfg = common::config_for(sb);
     cfg.compliance.retry_schedule_secs = schedule;
     cfg.compliance.poll_secs = 1;
     cfg.alegra.timeout_secs = 2;
     // Breaker verdicts are not under test here: DIAN failures must reach the machine.
     cfg.alegra.breaker.minimum_calls = 1000;
-    tune(&mut cfg);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = common::engine(cfg, dir.path()).await;
+    cfg
+}
+
+/// An engine on `dir`, the sandbox's Stripe sending its webhooks to it.
+async fn start(
+    sb: &syncctl::sandbox::SandboxServer,
+    cfg: syncctl::config::Config,
+    dir: &std::path::Path,
+) -> Served {
+    let engine = common::engine(cfg, dir).await;
     sb.sandbox.set_webhook_url(Some(format!(
         "http://{}/webhooks/stripe",
         engine.server_addr
     )));
-    (sb, engine, dir)
+    engine
+}
+
+/// Pauses (or resumes) the compliance pipeline as an operator would.
+async fn pause_compliance(engine: &EngineHandle, paused: bool) -> syncctl::protocol::Reply {
+    let pipeline = Pipeline::Compliance;
+    let command = if paused {
+        Command::Pause { pipeline }
+    } else {
+        Command::Resume { pipeline }
+    };
+    engine.commands.request(Request::new("test", command)).await
+}
+
+/// The first snapshot with the compliance pipeline in it (a fresh engine publishes an
+/// empty one first).
+async fn compliance_view(engine: &EngineHandle) -> syncctl::protocol::ComplianceView {
+    common::eventually(10, "the compliance view", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance.enabled.then(|| s.compliance.clone())
+    })
+    .await
 }
 
 /// Waits until the invoice reaches `status`; returns its record.
@@ -503,4 +540,80 @@ async fn an_invoice_unsent_at_colombian_midnight_is_regenerated_with_the_new_dat
     }
     let s = alegra_stats(&base).await;
     assert_eq!(s["duplicate_documents"], 0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compliance_pause_survives_a_restart_and_so_does_the_resume() {
+    let sb = common::sandbox(5, 22).await;
+    let base = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = start(&sb, config(&sb, vec![1]), dir.path()).await;
+    assert!(!compliance_view(&engine).await.paused);
+    let reply = pause_compliance(&engine, true).await.unwrap();
+    assert!(reply.changed, "{reply:?}");
+    // Paid while paused: taken and kept, not sent.
+    let waiting = make_invoices(&base, 2).await;
+    for id in &waiting {
+        until_status(&engine, id, Status::Pending, 10).await;
+    }
+    engine.shutdown().await;
+
+    let mut engine = start(&sb, config(&sb, vec![1]), dir.path()).await;
+    let view = compliance_view(&engine).await;
+    assert!(view.paused, "the pause outlived the restart");
+    // Still taking paid invoices, once numbering is confirmed; still sending none.
+    common::eventually(10, "numbering confirmed", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance.numbering_hold.is_none().then_some(())
+    })
+    .await;
+    let late = make_invoices(&base, 1).await;
+    until_status(&engine, &late[0], Status::Pending, 10).await;
+    assert_eq!(alegra_stats(&base).await["invoices_total"], 0);
+    for id in &waiting {
+        until_status(&engine, id, Status::Pending, 1).await;
+    }
+    assert!(pause_compliance(&engine, false).await.unwrap().changed);
+    let all: Vec<String> = waiting.iter().chain(&late).cloned().collect();
+    for id in &all {
+        until_status(&engine, id, Status::Validated, 30).await;
+    }
+    engine.shutdown().await;
+
+    let mut engine = start(&sb, config(&sb, vec![1]), dir.path()).await;
+    assert!(
+        !compliance_view(&engine).await.paused,
+        "the resume outlived the restart"
+    );
+    let after = make_invoices(&base, 1).await;
+    until_status(&engine, &after[0], Status::Validated, 30).await;
+    let a = alegra_stats(&base).await;
+    assert_eq!(a["invoices_total"], 4, "{a}");
+    assert_eq!(a["duplicate_documents"], 0, "{a}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compliance_pause_the_store_cannot_keep_is_refused_and_nothing_changes() {
+    let (_sb, mut engine, dir) = setup(vec![1]).await;
+    assert!(!compliance_view(&engine).await.paused);
+    // Another process holds the database's write lock: the pause cannot be written
+    // (after the store's busy timeout), as with a full disk.
+    let blocker = rusqlite::Connection::open(dir.path().join("syncctl.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let reply = pause_compliance(&engine, true).await;
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    match reply {
+        Err(CommandError::Unavailable { reason }) => assert!(
+            reason.starts_with("could not pause the compliance pipeline (it stays running)"),
+            "{reason}"
+        ),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(!engine.snapshot.borrow().compliance.paused);
+    // Once the store writes again, so does the pause.
+    assert!(pause_compliance(&engine, true).await.unwrap().changed);
+    assert!(engine.snapshot.borrow().compliance.paused);
+    engine.shutdown().await;
 }

@@ -531,18 +531,83 @@ fn p_pauses_and_resumes_as_the_operator() {
 }
 
 #[test]
+fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
+    let mut app = dian_app();
+    let (text, _) = render(&app, 80, 24);
+    let hints = text.lines().last().unwrap();
+    assert!(hints.contains("p pause DIAN sending"), "{hints}");
+    assert_eq!(
+        hints.matches("p pause").count(),
+        1,
+        "one p hint on DIAN: {hints}"
+    );
+    assert!(!text.contains("DIAN ‖ paused"), "{text}");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('p')),
+        Some(Command::Pause {
+            pipeline: Pipeline::Compliance
+        })
+    );
+    assert!(
+        render(&app, 80, 24).0.contains("pausing DIAN sending"),
+        "the flash says what p does here"
+    );
+
+    // The engine says it is paused: the header (every screen) and the DIAN line show it.
+    let mut paused = (*app.snapshot).clone();
+    paused.compliance.paused = true;
+    update(&mut app, Msg::Snapshot(Arc::new(paused)));
+    let (text, _) = render(&app, 80, 24);
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("▶ running  DIAN ‖ paused"), "{header}");
+    assert!(text.contains("PAUSED (p resumes sending)"), "{text}");
+    assert!(
+        text.contains("DIAN sending paused (paid invoices wait)"),
+        "{text}"
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('p')),
+        Some(Command::Resume {
+            pipeline: Pipeline::Compliance
+        })
+    );
+
+    // Elsewhere `p` is still the catalog's, and the header still shows DIAN paused.
+    press(&mut app, KeyCode::Char('1'));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("catalog ▶ running  DIAN ‖ paused"),
+        "{text}"
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('p')),
+        Some(Command::Pause {
+            pipeline: Pipeline::Catalog
+        })
+    );
+
+    // The DIAN help names p for DIAN, not for the catalog.
+    press(&mut app, KeyCode::Char('6'));
+    press(&mut app, KeyCode::Char('?'));
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("pause / resume sending to DIAN"), "{text}");
+    assert!(!text.contains("pause / resume the catalog"), "{text}");
+}
+
+#[test]
 fn help_lists_every_binding_from_the_key_table() {
-    // Each screen's help holds every binding that acts there, and fits 80×24.
+    // Each screen's help holds every binding that acts there (a screen's own key
+    // shadowing a global one), and fits 80×24.
     for tab in Tab::ALL {
         let mut app = app();
         app.tab = tab;
         press(&mut app, KeyCode::Char('?'));
         let (text, _) = render(&app, 120, 40);
         let (small, _) = render(&app, 80, 24);
-        for b in syncctl::console::keymap::BINDINGS {
-            if !b.scope.applies(tab) {
-                continue;
-            }
+        for b in syncctl::console::keymap::bindings_on(tab) {
             let shown = match b.action {
                 syncctl::console::keymap::Action::GoTab(t) => format!("{} {}", t.key(), t.title()),
                 _ if b.scope == syncctl::console::keymap::Scope::Lists => b.label.to_owned(),

@@ -13,6 +13,8 @@ pub enum Action {
     PrevTab,
     GoTab(Tab),
     TogglePause,
+    /// `p` on the DIAN screen: pause / resume sending to DIAN (the compliance pipeline).
+    ToggleCompliancePause,
     ToggleFreeze,
     Help,
     Quit,
@@ -62,6 +64,11 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// One screen's own keys (or a few screens'), as opposed to global and list keys.
+    fn is_screen(self) -> bool {
+        !matches!(self, Scope::Global | Scope::Lists)
+    }
+
     pub fn applies(self, tab: Tab) -> bool {
         match self {
             Scope::Global => true,
@@ -179,6 +186,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Dian,
         hint: None,
         help: "detail pane: history or the payload sent to Alegra (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('p')],
+        label: "p",
+        action: Action::ToggleCompliancePause,
+        scope: Scope::Dian,
+        hint: Some("pause DIAN sending"),
+        help: "pause / resume sending to DIAN; paid invoices still arrive and wait (DIAN)",
     },
     Binding {
         keys: &[KeyCode::Char('7')],
@@ -433,30 +448,32 @@ pub fn action_for(key: &KeyEvent, tab: Tab) -> Option<Action> {
     if is_interrupt(key) {
         return Some(Action::Quit);
     }
-    BINDINGS
-        .iter()
-        .filter(|b| b.scope.applies(tab))
+    bindings_on(tab)
         .find(|b| b.keys.contains(&key.code))
         .map(|b| b.action)
 }
 
+/// The bindings in force on the screen `tab`, in table order. A screen's own binding of
+/// a key shadows a global or list one: `p` on DIAN pauses what DIAN shows, not the
+/// catalog, and its hint and help are the ones shown there.
+pub fn bindings_on(tab: Tab) -> impl Iterator<Item = &'static Binding> {
+    BINDINGS
+        .iter()
+        .filter(move |b| b.scope.applies(tab) && !shadowed(b, tab))
+}
+
+/// Whether a screen binding on `tab` takes one of `b`'s keys.
+fn shadowed(b: &Binding, tab: Tab) -> bool {
+    !b.scope.is_screen()
+        && BINDINGS.iter().any(|o| {
+            o.scope.is_screen() && o.scope.applies(tab) && o.keys.iter().any(|k| b.keys.contains(k))
+        })
+}
+
 /// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first).
 pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let local = BINDINGS.iter().filter(move |b| {
-        matches!(
-            b.scope,
-            Scope::Circuits
-                | Scope::Workers
-                | Scope::Dian
-                | Scope::Throughput
-                | Scope::Alerts
-                | Scope::Settings
-                | Scope::Searchable
-        ) && b.scope.applies(tab)
-    });
-    let rest = BINDINGS
-        .iter()
-        .filter(move |b| matches!(b.scope, Scope::Global | Scope::Lists) && b.scope.applies(tab));
+    let local = bindings_on(tab).filter(|b| b.scope.is_screen());
+    let rest = bindings_on(tab).filter(|b| !b.scope.is_screen());
     local
         .chain(rest)
         .filter_map(|b| b.hint.map(|h| (b.label, h)))
@@ -467,13 +484,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_key_is_bound_twice_in_one_scope() {
-        let mut seen = std::collections::HashSet::new();
-        for b in BINDINGS {
-            for k in b.keys {
-                assert!(seen.insert(format!("{k:?}")), "{k:?} bound twice");
+    fn no_key_is_bound_twice_on_one_screen() {
+        for tab in Tab::ALL {
+            let mut seen = std::collections::HashSet::new();
+            for b in bindings_on(tab) {
+                for k in b.keys {
+                    assert!(seen.insert(*k), "{k:?} bound twice on {tab:?}");
+                }
             }
         }
+        // Nor twice in one scope, where shadowing cannot choose.
+        for (i, a) in BINDINGS.iter().enumerate() {
+            for b in &BINDINGS[i + 1..] {
+                let shared = a.keys.iter().find(|k| b.keys.contains(k));
+                assert!(
+                    a.scope != b.scope || shared.is_none(),
+                    "{shared:?} bound twice in {:?}",
+                    a.scope
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn p_pauses_what_the_screen_shows_and_its_hint_says_which() {
+        let p = KeyEvent::from(KeyCode::Char('p'));
+        assert_eq!(
+            action_for(&p, Tab::Dian),
+            Some(Action::ToggleCompliancePause)
+        );
+        for tab in Tab::ALL.into_iter().filter(|t| *t != Tab::Dian) {
+            assert_eq!(action_for(&p, tab), Some(Action::TogglePause), "{tab:?}");
+        }
+        let on = |tab| hints(tab).filter(|(k, _)| *k == "p").collect::<Vec<_>>();
+        assert_eq!(on(Tab::Dian), [("p", "pause DIAN sending")]);
+        assert_eq!(on(Tab::Overview), [("p", "pause")]);
     }
 
     #[test]

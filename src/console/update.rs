@@ -437,6 +437,13 @@ impl App {
                 "catalog pipeline resumed".into()
             });
         }
+        if s.compliance.paused != self.snapshot.compliance.paused {
+            self.flash = Some(if s.compliance.paused {
+                "DIAN sending paused (paid invoices wait) — p on the DIAN screen resumes".into()
+            } else {
+                "DIAN sending resumed".into()
+            });
+        }
         self.snapshot = s;
         true
     }
@@ -515,17 +522,8 @@ impl App {
                     "display live".into()
                 });
             }
-            Action::TogglePause => {
-                let pipeline = Pipeline::Catalog;
-                let command = if self.snapshot.catalog.paused {
-                    self.flash = Some("resuming catalog pipeline…".into());
-                    Command::Resume { pipeline }
-                } else {
-                    self.flash = Some("pausing catalog pipeline (in-flight work finishes)…".into());
-                    Command::Pause { pipeline }
-                };
-                return self.send(command);
-            }
+            Action::TogglePause => return self.toggle_pause(Pipeline::Catalog),
+            Action::ToggleCompliancePause => return self.toggle_pause(Pipeline::Compliance),
             Action::ForceOpen => circuit(self, Some(BreakerState::ForcedOpen)),
             Action::CloseCircuit => circuit(self, Some(BreakerState::Closed)),
             Action::DisableCircuit => circuit(self, Some(BreakerState::Disabled)),
@@ -683,6 +681,30 @@ impl App {
             Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
             _ => {}
         }
+    }
+
+    /// Pauses `pipeline` if the snapshot shows it running, resumes it otherwise.
+    fn toggle_pause(&mut self, pipeline: Pipeline) -> Option<Effect> {
+        let (paused, name, pausing) = match pipeline {
+            Pipeline::Catalog => (
+                self.snapshot.catalog.paused,
+                "catalog pipeline",
+                "in-flight work finishes",
+            ),
+            Pipeline::Compliance => (
+                self.snapshot.compliance.paused,
+                "DIAN sending",
+                "sends under way finish; paid invoices wait",
+            ),
+        };
+        let command = if paused {
+            self.flash = Some(format!("resuming {name}…"));
+            Command::Resume { pipeline }
+        } else {
+            self.flash = Some(format!("pausing {name} ({pausing})…"));
+            Command::Pause { pipeline }
+        };
+        self.send(command)
     }
 
     /// Demo only: asks the sandbox to simulate (or end) an outage of the selected

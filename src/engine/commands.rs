@@ -288,12 +288,18 @@ impl Ctx {
             Pipeline::Compliance => {
                 let c = self.compliance()?;
                 let was = c.is_paused();
-                c.set_paused(paused);
                 let what = if paused {
                     "paused compliance pipeline (invoices wait; nothing is sent to DIAN)"
                 } else {
                     "resumed compliance pipeline"
                 };
+                c.set_paused(paused).map_err(|e| {
+                    let verb = if paused { "pause" } else { "resume" };
+                    let stays = if was { "paused" } else { "running" };
+                    CommandError::unavailable(format!(
+                        "could not {verb} the compliance pipeline (it stays {stays}): {e}"
+                    ))
+                })?;
                 Ok(changed(Outcome::new(what), was != paused))
             }
         }

@@ -31,6 +31,8 @@ use crate::store::{Change, InvoiceRecord, Store};
 const LIST_CURSOR: &str = "compliance.list_created";
 /// Each walk reads back this far before the cursor.
 const LIST_OVERLAP_SECS: i64 = 86_400;
+/// The operator's pause (`"true"` / `"false"`), kept across restarts like the catalog's.
+const PAUSED_CURSOR: &str = "compliance.paused";
 
 #[derive(Debug, Clone)]
 pub struct ComplianceSettings {
@@ -162,6 +164,7 @@ impl Compliance {
         let numbering = Numbering::Checking(
             "no invoice is numbered until Alegra confirms the numbering range".into(),
         );
+        let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
         Ok(Self {
             numbering: tokio::sync::watch::Sender::new(numbering),
             ignored: Mutex::new(HashSet::new()),
@@ -172,7 +175,7 @@ impl Compliance {
             settings,
             work: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
-            paused: AtomicBool::new(false),
+            paused: AtomicBool::new(paused),
             version: AtomicU64::new(0),
             metrics: ComplianceMetrics::default(),
         })
@@ -190,9 +193,15 @@ impl Compliance {
         self.paused.load(Ordering::Relaxed)
     }
 
-    pub fn set_paused(&self, paused: bool) {
+    /// Pauses or resumes sending to DIAN (sends under way finish). Persisted first, so
+    /// a store that refuses the write leaves the pipeline as it was. Paid invoices are
+    /// still taken while paused: they wait as records until the pipeline resumes.
+    pub fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        self.store
+            .set_cursor(PAUSED_CURSOR, if paused { "true" } else { "false" })?;
         self.paused.store(paused, Ordering::Relaxed);
         self.work.notify_waiters();
+        Ok(())
     }
 
     /// Changes with every record change (for caching what is read from the store).

@@ -9,8 +9,9 @@ use super::format::clock;
 use crate::console::state::{App, Tab};
 use crate::protocol::{LinkState, Mode};
 
-/// The top line: name, SANDBOX/LIVE badge, pipeline state, FROZEN, the webhook
-/// address (wide terminals) and the tabs, the current one named.
+/// The top line: name, SANDBOX/LIVE badge, the catalog pipeline's state, DIAN sending
+/// when paused, FROZEN, the webhook address (wide terminals) and the tabs, the current
+/// one named.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let s = &app.snapshot;
@@ -31,6 +32,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Span::raw(if area.width >= 100 { " catalog " } else { " " }),
         Span::styled(state, state_style),
     ];
+    // The compliance pipeline is named only while paused (nothing goes to DIAN then).
+    if s.compliance.paused && !s.draining && !app.quitting {
+        left.push(Span::raw("  DIAN "));
+        left.push(Span::styled("‖ paused", t.warn));
+    }
     if app.frozen {
         left.push(Span::raw(" "));
         left.push(Span::styled(" FROZEN ", t.badge_sandbox));

@@ -6,17 +6,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
 
 use super::widgets::{block, centered};
-use crate::console::keymap::{Action, BINDINGS, Binding, Scope};
+use crate::console::keymap::{Action, Binding, Scope, bindings_on};
 use crate::console::state::{App, Tab};
 
 /// Help for the current screen, from the key table: the screen's own keys, the list
-/// keys (on one line), then the global ones; the screen numbers on one line.
+/// keys (on one line), then the global ones not shadowed by a screen key; the screen
+/// numbers on one line.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
-    let applies: Vec<_> = BINDINGS
-        .iter()
-        .filter(|b| b.scope.applies(app.tab))
-        .collect();
+    let applies: Vec<_> = bindings_on(app.tab).collect();
     let line = |label: &str, help: &str| {
         Line::from(vec![
             Span::styled(format!("{label:>6}  "), t.key),

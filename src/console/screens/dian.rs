@@ -1,13 +1,14 @@
 //! DIAN queue (6): the electronic invoices — counts by state, Alegra's quota and DIAN's
 //! contingency state, the invoices (filtered by state, searched), and the selected one's
-//! history or payload. Actions (key table): retry one, retry all failed, filter, search.
+//! history or payload. Actions (key table): retry one, retry all failed, filter, search,
+//! pause / resume sending to DIAN (`p` here; the catalog's `p` elsewhere).
 //!
 //! At 100×30 (header and footer are the chrome's):
 //!
 //! ```text
 //!  header (chrome): syncctl · SANDBOX · ▶ running · http://…   1  2  3  4  5  6 DIAN  7  8              row 0
 //! ✓ VALIDATED 2  ↻ RETRY 1  …  (counts by state, the filtered one highlighted)                          2–3 rows
-//! 2 sends · 2 validated · 0 in flight · Alegra quota 1497/1500 left, resets in 48 s · PAUSED · search: …
+//! 2 sends · 2 validated · 0 in flight · PAUSED (p resumes sending) · Alegra quota 1497/1500 left, resets in 48 s · search: …
 //! ⚑ contingency / ⚠ DIAN not answering / ⚑ DIAN OUTAGE …  (only when there is one)
 //! ┌ DIAN queue — 2 of 2 (all) ───────────────────────────────────────────────────────────────────────┐  the rest (17 rows, 16 with the third line); CUFE ≥120 cols
 //! │  number        buyer                total COP     state       att next       last                │
@@ -96,6 +97,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ),
         t.dim,
     )];
+    // Before the quota, so 80 columns still show it.
+    if c.paused {
+        second.push(Span::styled(" · PAUSED (p resumes sending)", t.warn));
+    }
     if c.window.limit > 0 {
         second.push(Span::styled(
             format!(
@@ -104,9 +109,6 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             ),
             t.dim,
         ));
-    }
-    if c.paused {
-        second.push(Span::styled(" · PAUSED", t.warn));
     }
     if app.search_open || !app.dian_search.is_empty() {
         second.push(Span::styled(

@@ -34,6 +34,7 @@ pub enum Action {
     RetryFailed,
     CycleStatus,
     Search,
+    ToggleJournal,
     TogglePayload,
     InvalidateCache,
     ChartWindow,
@@ -57,6 +58,7 @@ pub enum Scope {
     Throughput,
     Alerts,
     Settings,
+    Events,
     /// Screens with a search or filter (DIAN, Events).
     Searchable,
 }
@@ -75,6 +77,7 @@ impl Scope {
             Scope::Throughput => tab == Tab::Throughput,
             Scope::Alerts => tab == Tab::Alerts,
             Scope::Settings => tab == Tab::Settings,
+            Scope::Events => tab == Tab::Events,
             Scope::Searchable => matches!(tab, Tab::Dian | Tab::Events),
         }
     }
@@ -171,6 +174,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Searchable,
         hint: Some("search"),
         help: "search: DIAN by number, CUFE or Stripe id; Events by any words; Esc clears",
+    },
+    Binding {
+        keys: &[KeyCode::Char('J')],
+        label: "J",
+        action: Action::ToggleJournal,
+        scope: Scope::Events,
+        hint: Some("journal"),
+        help: "journal: operators' actions only, with who, result, `syncctl ctl` line (Events)",
     },
     Binding {
         keys: &[KeyCode::Char('v')],
@@ -451,6 +462,7 @@ pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
                 | Scope::Throughput
                 | Scope::Alerts
                 | Scope::Settings
+                | Scope::Events
                 | Scope::Searchable
         ) && b.scope.applies(tab)
     });

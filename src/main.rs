@@ -463,16 +463,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             token,
             json,
-            journal: Some(CtlJournal::Journal { limit }),
-            ..
-        }) => Ok(ctl_journal(&default_dir, url, token.token, json, limit.into()).await),
-        Some(Command::Ctl {
-            url,
-            token,
-            json,
+            journal,
             words,
-            ..
-        }) => Ok(ctl(&default_dir, url, token.token, json, words).await),
+        }) => Ok(ctl(&default_dir, url, token.token, json, journal, words).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
@@ -962,14 +955,19 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
 
 /// `syncctl ctl`: parses the words as a command (exit 2 if they are not one), sends it
 /// to the engine at `url` with `token`, or to the one serving `dir` as this user, and
-/// says its answer (exit 0 done, 1 refused, 3 unreachable).
+/// says its answer (exit 0 done, 1 refused, 3 unreachable). `syncctl ctl journal`:
+/// [`ctl_journal`].
 async fn ctl(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
     json: bool,
+    journal: Option<CtlJournal>,
     words: Vec<String>,
 ) -> ExitCode {
+    if let Some(CtlJournal::Journal { limit }) = journal {
+        return ctl_journal(dir, url, token, json, limit.into()).await;
+    }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
         Ok(c) => c,
         Err(e) => return usage(e),

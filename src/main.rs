@@ -104,18 +104,27 @@ enum Command {
         token: TokenArg,
     },
     /// One operator command to a running engine, in the console's grammar (e.g.
-    /// `syncctl ctl pause compliance`, `syncctl ctl retry SETP990000012`). Exit 0 done,
-    /// 1 refused, 2 not a command, 3 no engine reached. Without URL, the engine serving
-    /// the data dir (its control file, as you).
+    /// `syncctl ctl pause compliance`, `syncctl ctl retry SETP990000012`, or the whole
+    /// line as one argument: `syncctl ctl 'ack "*"'`). Exit 0 done, 1 refused, 2 not a
+    /// command, 3 no engine reached. Without URL, the engine serving the data dir (its
+    /// control file, as you). `syncctl ctl journal` lists the operators' actions.
+    #[command(
+        subcommand_negates_reqs = true,
+        subcommand_help_heading = "Instead of a command",
+        disable_help_subcommand = true,
+        override_usage = "syncctl ctl [OPTIONS] <COMMAND>...\n       syncctl ctl journal [--limit N] [OPTIONS]"
+    )]
     Ctl {
         /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", global = true)]
         url: Option<String>,
         #[command(flatten)]
         token: TokenArg,
-        /// Print the engine's reply as JSON.
-        #[arg(long)]
+        /// Print the engine's reply (the journal) as JSON.
+        #[arg(long, global = true)]
         json: bool,
+        #[command(subcommand)]
+        journal: Option<CtlJournal>,
         /// The command, word by word.
         #[arg(
             required = true,
@@ -153,11 +162,27 @@ struct TokenArg {
     /// An API token (or SYNCCTL_TOKEN).
     #[arg(
         long,
+        global = true,
         env = "SYNCCTL_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
     )]
     token: Option<String>,
+}
+
+/// `syncctl ctl journal`.
+#[derive(Subcommand)]
+enum CtlJournal {
+    /// Every operator action (console, API, `ctl`, attached consoles), newest last:
+    /// time (UTC), who, done or refused, the `syncctl ctl …` line that does the same,
+    /// and the engine's words. From the running engine (as `ctl` finds it), or with
+    /// none running on the data dir, from its store. Exit 3 when neither is reached.
+    Journal {
+        /// The newest N actions (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+    },
 }
 
 #[derive(Subcommand)]
@@ -476,8 +501,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             token,
             json,
+            journal,
             words,
-        }) => Ok(ctl(&default_dir, url, token.token, json, words).await),
+        }) => Ok(ctl(&default_dir, url, token.token, json, journal, words).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
@@ -964,33 +990,33 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
 
 /// `syncctl ctl`: parses the words as a command (exit 2 if they are not one), sends it
 /// to the engine at `url` with `token`, or to the one serving `dir` as this user, and
-/// says its answer (exit 0 done, 1 refused, 3 unreachable).
+/// says its answer (exit 0 done, 1 refused, 3 unreachable). `syncctl ctl journal`:
+/// [`ctl_journal`].
 async fn ctl(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
     json: bool,
+    journal: Option<CtlJournal>,
     words: Vec<String>,
 ) -> ExitCode {
-    let command = match syncctl::protocol::Command::from_words(words) {
+    if let Some(CtlJournal::Journal { limit }) = journal {
+        return ctl_journal(dir, url, token, json, limit.into()).await;
+    }
+    let command = match syncctl::protocol::Command::from_cli_args(&words) {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    let (base, token, local) = match (url, token) {
-        (Some(url), Some(token)) => (url.trim_end_matches('/').to_owned(), token, false),
-        (Some(_), None) => return usage("--url needs --token (or SYNCCTL_TOKEN)"),
-        (None, _) => match syncctl::server::local::read(dir) {
-            Some(c) if syncctl::store::DataDirLock::acquire(dir, "engine").is_err() => {
-                (c.url, c.token, true)
-            }
-            _ => {
-                eprintln!(
-                    "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
-                    dir.display()
-                );
-                return ExitCode::from(3);
-            }
-        },
+    let (base, token, local) = match ctl_engine(dir, url, token) {
+        Ok(Some(engine)) => engine,
+        Ok(None) => {
+            eprintln!(
+                "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
+                dir.display()
+            );
+            return ExitCode::from(3);
+        }
+        Err(code) => return code,
     };
     let mut request = reqwest::Client::new()
         .post(format!("{base}/api/v1/commands"))
@@ -1117,6 +1143,144 @@ async fn attach(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The engine `ctl` reaches: `--url` with its token, or the one serving `dir` (its
+/// control file) as `(base URL, token, local)` — `local`: the caller names the person
+/// acting. `None` when no engine serves `dir`; a usage error for `--url` alone.
+fn ctl_engine(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+) -> Result<Option<(String, String, bool)>, ExitCode> {
+    match (url, token) {
+        (Some(url), Some(token)) => Ok(Some((url.trim_end_matches('/').to_owned(), token, false))),
+        (Some(_), None) => Err(usage("--url needs --token (or SYNCCTL_TOKEN)")),
+        (None, _) => Ok(syncctl::server::local::read(dir)
+            .filter(|_| syncctl::store::DataDirLock::acquire(dir, "engine").is_err())
+            .map(|c| (c.url, c.token, true))),
+    }
+}
+
+/// `syncctl ctl journal`: the newest `limit` operator actions, newest last, from the
+/// engine `ctl` reaches, or from the store of `dir` when no engine serves it. Exit 0,
+/// 1 when the engine refuses to answer, 3 when there is neither an engine nor a store.
+async fn ctl_journal(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    limit: usize,
+) -> ExitCode {
+    use syncctl::protocol::{JournalEntry, utc_time};
+    let read = match ctl_engine(dir, url, token) {
+        Err(code) => return code,
+        Ok(Some((base, token, _))) => journal_from_engine(&base, &token, limit).await,
+        Ok(None) => tokio::task::block_in_place(|| journal_from_store(dir, limit)),
+    };
+    let audit = match read {
+        Ok(a) => a,
+        Err((code, message)) => {
+            eprintln!("syncctl: {message}");
+            return ExitCode::from(code);
+        }
+    };
+    let journal: Vec<JournalEntry> = audit
+        .iter()
+        .rev()
+        .filter_map(JournalEntry::from_audit)
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&journal).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let who = journal.iter().map(|e| e.actor.chars().count()).max();
+    for e in &journal {
+        println!(
+            "{}  {:who$}  {:<7}  {}  — {}",
+            utc_time(e.at_ms),
+            e.actor,
+            e.result.word(),
+            e.what(),
+            e.message,
+            who = who.unwrap_or_default()
+        );
+    }
+    if journal.is_empty() {
+        eprintln!("no operator actions yet");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The newest `limit` operator entries of a running engine's audit trail
+/// (`GET /api/v1/events?type=operator`); on failure the exit code (3: no answer, 1: a
+/// refusal) and what went wrong.
+async fn journal_from_engine(
+    base: &str,
+    token: &str,
+    limit: usize,
+) -> Result<Vec<syncctl::protocol::AuditEntry>, (u8, String)> {
+    let answer = reqwest::Client::new()
+        .get(format!("{base}/api/v1/events"))
+        .query(&[
+            ("type", syncctl::protocol::OPERATOR),
+            ("limit", &limit.to_string()),
+        ])
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| (3, format!("the engine at {base} did not answer ({e})")))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("refused");
+        return Err((1, format!("the engine at {base} refused: {message}")));
+    }
+    serde_json::from_value(body["events"].clone()).map_err(|e| {
+        (
+            1,
+            format!("{base}/api/v1/events: not a syncctl engine's answer ({e})"),
+        )
+    })
+}
+
+/// The newest `limit` operator entries of the store in `dir`, read with no engine
+/// running on it; `Err` (exit 3) when there is no store to read.
+fn journal_from_store(
+    dir: &std::path::Path,
+    limit: usize,
+) -> Result<Vec<syncctl::protocol::AuditEntry>, (u8, String)> {
+    let unreachable = |why: String| {
+        (
+            3,
+            format!(
+                "no engine runs on {} and {why} (start one with `syncctl run`, or pass --url and --token)",
+                dir.display()
+            ),
+        )
+    };
+    // Never create a database here (see `dian_records`).
+    let db = dir.join("syncctl.db");
+    if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
+        return Err(unreachable(format!(
+            "there is no store at {}",
+            db.display()
+        )));
+    }
+    let store = syncctl::store::Store::open(dir)
+        .map_err(|e| unreachable(format!("its store cannot be read ({e:#})")))?;
+    let filter = syncctl::protocol::AuditFilter {
+        kinds: vec![syncctl::protocol::OPERATOR.into()],
+        limit,
+        ..Default::default()
+    };
+    store
+        .audit_query(&filter)
+        .map_err(|e| unreachable(format!("its store cannot be read ({e})")))
 }
 
 /// The engine serving `dir`, if one runs (it holds the data dir's lock): its control

@@ -631,3 +631,108 @@ fn ctl_sends_one_command_in_the_console_grammar_with_exit_codes() {
     let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
     let _ = engine.0.wait();
 }
+
+#[test]
+fn ctl_journal_lists_each_action_with_its_actor_result_and_cli_equivalent() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("engine");
+    drop(compliance_data(&data));
+    let dd = data.to_str().unwrap().to_owned();
+    let ctl = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--data-dir", &dd, "ctl"])
+            .args(args)
+            .env("HOME", home.path())
+            .env("USER", "ana")
+            .env("SSH_CLIENT", "10.0.0.7 51234 22")
+            .env_remove("SYNCCTL_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // Nothing reachable: no engine at the URL, or neither an engine nor a store.
+    let out = ctl(&["journal", "--url", "http://127.0.0.1:1", "--token", "x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let empty = home.path().join("empty");
+    let out = syncctl(
+        &["--data-dir", empty.to_str().unwrap(), "ctl", "journal"],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!empty.join("syncctl.db").exists(), "no store is created");
+    let mut engine = running_engine(home.path(), &data);
+    assert_eq!(ctl(&["pause", "compliance"]).status.code(), Some(0));
+    assert_eq!(ctl(&["retry", "INV: 12"]).status.code(), Some(1));
+    // A quoted keyword goes as the whole line in one argument.
+    let out = ctl(&[r#"ack "*""#]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = ctl(&["journal"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    // Newest last: time (UTC, ISO), who, result, the CLI equivalent, the engine's words.
+    let time = lines[0].split(' ').next().unwrap();
+    assert!(
+        time.len() == 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+        "{time}"
+    );
+    for (line, words) in lines.iter().zip([
+        &[
+            "ana@10.0.0.7",
+            "done",
+            "syncctl ctl pause compliance",
+            "— paused compliance pipeline",
+        ],
+        &[
+            "ana@10.0.0.7",
+            "refused",
+            "syncctl ctl retry 'INV: 12'",
+            "— invoice \"INV: 12\" not found",
+        ],
+        &[
+            "ana@10.0.0.7",
+            "refused",
+            r#"syncctl ctl 'ack "*"'"#,
+            "— no unacknowledged alert matches \"*\"",
+        ],
+    ]) {
+        for w in words {
+            assert!(line.contains(w), "{w:?} not in {line}");
+        }
+    }
+    // --json: the same entries, parseable; --limit keeps the newest.
+    let out = ctl(&["journal", "--json", "--limit", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let journal: Vec<syncctl::protocol::JournalEntry> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    assert_eq!(journal.len(), 2);
+    assert!(journal[0].id < journal[1].id, "newest last");
+    assert_eq!(journal[0].command, "retry \"INV: 12\"");
+    assert_eq!(journal[0].result, syncctl::protocol::JournalResult::Refused);
+    // The equivalent, pasted into a shell, is the same command.
+    let cli = journal[0].cli.clone().unwrap();
+    let script = cli.replacen("syncctl ctl", "\"$BIN\" --data-dir \"$DD\" ctl", 1);
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env("BIN", BIN)
+        .env("DD", &dd)
+        .env("HOME", home.path())
+        .env("USER", "bo")
+        .env_remove("SSH_CLIENT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{script}: {}", stderr(&out));
+    let out = ctl(&["journal", "--json", "--limit", "1"]);
+    let newest: Vec<syncctl::protocol::JournalEntry> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (newest[0].actor.as_str(), newest[0].command.as_str()),
+        ("bo", "retry \"INV: 12\"")
+    );
+    // Stopped: the journal is read from the store.
+    let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
+    assert!(engine.0.wait().unwrap().success());
+    let out = ctl(&["journal"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
+    assert!(stdout(&out).contains("syncctl ctl pause compliance"));
+}

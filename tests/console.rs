@@ -1132,6 +1132,88 @@ fn events_are_filtered_by_the_words_typed_after_slash() {
 }
 
 #[test]
+fn shift_j_shows_the_operator_journal_with_who_result_and_the_cli_line() {
+    let mut s = snapshot();
+    let operator = |id: i64, actor: &str, message: &str| AuditEntry {
+        trace_id: None,
+        id,
+        at_ms: T0 + id * 1000,
+        kind: "operator".into(),
+        entity: "catalog".into(),
+        actor: actor.into(),
+        message: message.into(),
+    };
+    s.audit.splice(
+        0..0,
+        [
+            operator(
+                203,
+                "ana@10.0.0.7 via ops",
+                "pause catalog: paused catalog pipeline",
+            ),
+            operator(
+                202,
+                "api:ops@10.0.0.7",
+                "retry \"INV 12\": refused: invoice \"INV 12\" not found",
+            ),
+            operator(
+                201,
+                "ana@10.0.0.7",
+                "silence queue: 1h: silenced alerts matching \"queue:\" for 1h",
+            ),
+        ],
+    );
+    let mut app = App::new(Arc::new(s), Theme::ansi());
+    press(&mut app, KeyCode::Char('7'));
+    let all = app.events_rows().len();
+    press(&mut app, KeyCode::Char('j'));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("created Item") && text.contains("J journal"),
+        "{text}"
+    );
+    assert_eq!(press(&mut app, KeyCode::Char('J')), None);
+    assert_eq!(app.events_offset, 0, "the journal starts at the newest");
+    let rows = app.events_rows();
+    assert_eq!(rows.len(), 4, "three actions and the fixture's older line");
+    assert!(rows.iter().all(|e| e.kind == "operator"));
+    for (w, h) in [(120, 40), (80, 24)] {
+        let (text, _) = render(&app, w, h);
+        assert!(!text.contains("created Item"), "{text}");
+        for shown in [
+            "Events  journal: operator actions · 4 shown",
+            "ana@10.0.0.7 via ops",
+            "syncctl ctl pause catalog",
+            "api:ops@10.0.0.7",
+            "refused",
+            "syncctl ctl retry 'INV 12'",
+            "syncctl ctl silence queue: 1h",
+            // The older line has no CLI equivalent: its text as it is.
+            "paused catalog pipeline",
+        ] {
+            assert!(text.contains(shown), "{shown:?} at {w}x{h}:\n{text}");
+        }
+        check_snapshot(&format!("events_journal_{w}x{h}"), &text);
+    }
+    // `/` filters the journal, counted against it.
+    press(&mut app, KeyCode::Char('/'));
+    for c in "api".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    assert_eq!(app.events_rows().len(), 1);
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("Events  journal  filter: api▏ · 1 of 4 · live"),
+        "{text}"
+    );
+    press(&mut app, KeyCode::Esc);
+    // J again: the whole trail.
+    press(&mut app, KeyCode::Char('J'));
+    assert_eq!(app.events_rows().len(), all);
+    assert!(render(&app, 120, 40).0.contains("created Item"));
+}
+
+#[test]
 fn a_silence_beyond_seven_days_is_refused_with_a_message_not_wrapped() {
     let mut app = app();
     press(&mut app, KeyCode::Char('5'));

@@ -36,6 +36,7 @@ pub enum Action {
     RetryFailed,
     CycleStatus,
     Search,
+    ToggleJournal,
     TogglePayload,
     InvalidateCache,
     ChartWindow,
@@ -59,6 +60,7 @@ pub enum Scope {
     Throughput,
     Alerts,
     Settings,
+    Events,
     /// Screens with a search or filter (DIAN, Events).
     Searchable,
 }
@@ -82,6 +84,7 @@ impl Scope {
             Scope::Throughput => tab == Tab::Throughput,
             Scope::Alerts => tab == Tab::Alerts,
             Scope::Settings => tab == Tab::Settings,
+            Scope::Events => tab == Tab::Events,
             Scope::Searchable => matches!(tab, Tab::Dian | Tab::Events),
         }
     }
@@ -178,6 +181,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Searchable,
         hint: Some("search"),
         help: "search: DIAN by number, CUFE or Stripe id; Events by any words; Esc clears",
+    },
+    Binding {
+        keys: &[KeyCode::Char('J')],
+        label: "J",
+        action: Action::ToggleJournal,
+        scope: Scope::Events,
+        hint: Some("journal"),
+        help: "journal: operators' actions only, with who, result, `syncctl ctl` line (Events)",
     },
     Binding {
         keys: &[KeyCode::Char('v')],

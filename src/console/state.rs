@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, LinkState,
+    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, LinkState, OPERATOR,
     SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
 };
 
@@ -164,6 +164,8 @@ pub struct App {
     pub search_open: bool,
     /// Events: the filter typed after `/`.
     pub events_filter: String,
+    /// Events: the operator journal only (`J`).
+    pub events_journal: bool,
     pub show_payload: bool,
     /// The open invoice's record and history, as the engine last answered the query
     /// for it (shown only while that invoice is the selected one).
@@ -208,6 +210,7 @@ impl App {
             dian_search: String::new(),
             search_open: false,
             events_filter: String::new(),
+            events_journal: false,
             show_payload: false,
             detail: None,
             detail_asked: None,
@@ -299,7 +302,8 @@ impl App {
     }
 
     /// The Events rows after the filter: every word of it must appear in the entry's
-    /// kind, entity, actor or message (case-insensitive).
+    /// kind, entity, actor or message (case-insensitive); in the journal view, only
+    /// operators' actions.
     pub fn events_rows(&self) -> Vec<&AuditEntry> {
         let words: Vec<String> = self
             .events_filter
@@ -309,6 +313,7 @@ impl App {
         self.snapshot
             .audit
             .iter()
+            .filter(|e| !self.events_journal || e.kind == OPERATOR)
             .filter(|e| {
                 words.is_empty() || {
                     let hay =

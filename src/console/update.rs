@@ -617,6 +617,10 @@ impl App {
                 self.dian_row = 0;
             }
             Action::Search => self.search_open = true,
+            Action::ToggleJournal => {
+                self.events_journal = !self.events_journal;
+                self.events_offset = 0;
+            }
             Action::TogglePayload => self.show_payload = !self.show_payload,
             Action::Up
             | Action::Down

@@ -8,7 +8,9 @@
 //! `<command text>: <outcome>` or `<command text>: refused: <why>` — the command's
 //! [`Display`](std::fmt::Display) form, the same grammar `:` mode and `ctl` read.
 //! [`audit_command`] writes that line, so a command applied to the store without an
-//! engine (the CLI's `dian retry`) is audited the same way.
+//! engine (the CLI's `dian retry`) is audited the same way. The operator journal (the
+//! console's Events screen, `syncctl ctl journal`) reads it back with
+//! [`JournalEntry::from_audit`](crate::protocol::JournalEntry::from_audit).
 
 use std::sync::Arc;
 
@@ -453,6 +455,50 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
 
 #[cfg(test)]
 mod tests {
+    use crate::protocol::{
+        AlertMatcher, AuditEntry, Command, CommandError, JournalEntry, JournalResult, Outcome,
+    };
+
+    #[test]
+    fn the_journal_reads_back_what_the_audit_line_says() {
+        let silence = Command::SilenceAlerts {
+            matcher: AlertMatcher::Prefix("queue: depth".into()),
+            secs: 5400,
+        };
+        let cases = [
+            (
+                Ok(Outcome::new(
+                    "silenced alerts matching \"queue: depth\" for 1h30m",
+                )),
+                JournalResult::Done,
+                "silenced alerts matching \"queue: depth\" for 1h30m",
+            ),
+            (
+                Err(CommandError::invalid("duration", "too long")),
+                JournalResult::Refused,
+                "duration: too long",
+            ),
+        ];
+        for (reply, result, message) in cases {
+            let entry = AuditEntry {
+                id: 1,
+                at_ms: 0,
+                kind: "operator".into(),
+                entity: "alerts".into(),
+                actor: "api:ops@10.0.0.7".into(),
+                message: super::audit_line(&silence, &reply),
+                trace_id: None,
+            };
+            let j = JournalEntry::from_audit(&entry).unwrap_or_else(|| panic!("{entry:?}"));
+            assert_eq!(j.command, "silence \"queue: depth\" 1h30m");
+            assert_eq!((j.result, j.message.as_str()), (result, message));
+            assert_eq!(
+                j.cli.as_deref(),
+                Some("syncctl ctl silence 'queue: depth' 1h30m")
+            );
+        }
+    }
+
     #[test]
     fn what_a_caller_typed_is_audited_bounded_and_escaped() {
         assert_eq!(super::bounded("a\nb\u{0}c", 100), "a\\nb\\u{0}c");

@@ -914,8 +914,8 @@ fn check_changes(changes: &[ThresholdChange]) -> Result<(), CommandError> {
 
 /// One word of a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Word {
-    text: String,
+pub(super) struct Word {
+    pub(super) text: String,
     /// Written in quotes: never a keyword.
     quoted: bool,
 }
@@ -938,7 +938,7 @@ pub fn shown(s: &str) -> String {
 
 /// Splits a line into words: runs of non-whitespace, or double-quoted strings with
 /// `\"`, `\\`, `\n`, `\t`, `\r` and `\u{…}` escapes.
-fn split_words(line: &str) -> Result<Vec<Word>, CommandError> {
+pub(super) fn split_words(line: &str) -> Result<Vec<Word>, CommandError> {
     let syntax = |reason: String| CommandError::invalid("command", reason);
     let mut words = Vec::new();
     let mut chars = line.chars().peekable();
@@ -1449,7 +1449,7 @@ pub fn complete(line: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<Command, CommandError> {
@@ -1498,8 +1498,8 @@ mod tests {
         "-x",
     ];
 
-    /// Every variant, with plain and awkward values.
-    fn every_command() -> Vec<Command> {
+    /// Every variant, with plain and awkward values (the journal's tests use it too).
+    pub(crate) fn every_command() -> Vec<Command> {
         let mut all = Vec::new();
         for &pipeline in Pipeline::ALL {
             all.push(Command::Pause { pipeline });

@@ -1,7 +1,7 @@
 //! What crosses the engine boundary, serializable: the snapshot (the view model the
 //! engine publishes), the events it pushes, the threshold specs front-ends check values
-//! against, the sandbox's fault patch, who is acting, and the [`Link`] a front-end
-//! drives an engine through.
+//! against, the sandbox's fault patch, who is acting, the operator journal read from the
+//! audit trail, and the [`Link`] a front-end drives an engine through.
 //!
 //! This module imports nothing of the crate but itself (only std and external crates),
 //! so a console in another process — or another program — can depend on it alone. The
@@ -14,6 +14,7 @@ pub mod command;
 pub mod events;
 pub mod faults;
 pub mod invoices;
+pub mod journal;
 pub mod link;
 pub mod operator;
 pub mod query;
@@ -35,6 +36,7 @@ pub use command::*;
 pub use events::*;
 pub use faults::*;
 pub use invoices::*;
+pub use journal::*;
 pub use link::*;
 pub use operator::*;
 pub use query::*;

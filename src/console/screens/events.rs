@@ -15,6 +15,21 @@
 //! ```
 //!
 //! With `/` the title shows the filter instead: `Events  filter: text▏ · 12 of 500 · live`.
+//!
+//! `J` toggles the operator journal: only operators' actions (from any front-end), each
+//! with who, the result, and the `syncctl ctl …` line that does the same from a shell
+//! (the command's text, dim, when it has none):
+//!
+//! ```text
+//! ┌ Events  journal: operator actions · 3 shown · newest first · live · times UTC ──────────────────┐
+//! │time     who                    result  syncctl ctl …                   what                      │
+//! │HH:MM:SS ana@10.0.0.7 via ops   done    syncctl ctl pause catalog       paused catalog pipeline   │
+//! │HH:MM:SS api:ops@10.0.0.7       refused syncctl ctl retry 'INV 12'      invoice "INV 12" not found│
+//! │(below 100 cols: time, result, then who, the line and the engine's words in one column)           │
+//! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! With `/` there: `Events  journal  filter: ana▏ · 2 of 3 · live`.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
@@ -23,9 +38,9 @@ use ratatui::widgets::{Cell, Row, Table};
 
 use crate::console::chrome::{block, clock};
 use crate::console::state::App;
+use crate::protocol::{AuditEntry, JournalEntry, JournalResult, OPERATOR};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
-    let t = &app.theme;
     let audit = app.events_rows();
     let visible = area.height.saturating_sub(3) as usize;
     let offset = app.events_offset.min(audit.len().saturating_sub(1));
@@ -34,28 +49,55 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         "scrolled — g for live"
     };
+    // What the filter is counted against: the journal holds operators' actions only.
+    let (view, total) = if app.events_journal {
+        let operators = app.snapshot.audit.iter().filter(|e| e.kind == OPERATOR);
+        ("Events  journal", operators.count())
+    } else {
+        ("Events", app.snapshot.audit.len())
+    };
     let filtering = app.search_open || !app.events_filter.is_empty();
     let title = if filtering {
         format!(
-            "Events  filter: {}{} · {} of {} · {follow}",
+            "{view}  filter: {}{} · {} of {total} · {follow}",
             app.events_filter,
             if app.search_open { "▏" } else { "" },
             audit.len(),
-            app.snapshot.audit.len()
+        )
+    } else if app.events_journal {
+        format!(
+            "{view}: operator actions · {} shown · newest first · {follow} · times UTC",
+            audit.len()
         )
     } else {
         format!(
-            "Events  {} shown · newest first · {follow} · times UTC",
+            "{view}  {} shown · newest first · {follow} · times UTC",
             audit.len()
         )
     };
     // Narrow terminals drop the "who" column and name a person in the message instead.
     let wide = area.width >= 100;
-    let rows = audit.iter().skip(offset).take(visible).map(|e| {
+    let shown = audit.iter().skip(offset).take(visible).copied();
+    let table = if app.events_journal {
+        journal(shown.filter_map(JournalEntry::from_audit), wide, app)
+    } else {
+        trail(shown, wide, app)
+    };
+    frame.render_widget(table.block(block(&title, app)), area);
+}
+
+/// The audit trail's rows: time, kind, entity, who, what.
+fn trail<'a>(
+    entries: impl Iterator<Item = &'a AuditEntry>,
+    wide: bool,
+    app: &App,
+) -> Table<'static> {
+    let t = &app.theme;
+    let rows = entries.map(|e| {
         let kind_style = match e.kind.as_str() {
             "error" => t.error,
             "rejected" => t.warn,
-            "operator" => t.key,
+            OPERATOR => t.key,
             _ => t.base,
         };
         let mut cells = vec![
@@ -98,8 +140,70 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             ],
         )
     };
-    let table = Table::new(rows, widths)
-        .header(header.style(t.title))
-        .block(block(&title, app));
-    frame.render_widget(table, area);
+    Table::new(rows, widths).header(header.style(t.title))
+}
+
+/// The journal's rows: time, who, result, the `syncctl ctl …` line, what came of it.
+fn journal(entries: impl Iterator<Item = JournalEntry>, wide: bool, app: &App) -> Table<'static> {
+    let t = &app.theme;
+    let rows = entries.map(|e| {
+        let result = match e.result {
+            JournalResult::Done => Span::styled(e.result.word(), t.ok),
+            JournalResult::Refused => Span::styled(e.result.word(), t.warn),
+        };
+        // The line to type again, or the command's text when it has none.
+        let what = match &e.cli {
+            Some(cli) => Span::raw(cli.clone()),
+            None => Span::styled(e.command.clone(), t.dim),
+        };
+        let time = Cell::from(Span::styled(clock(e.at_ms), t.dim));
+        if wide {
+            Row::new(vec![
+                time,
+                Cell::from(e.actor.clone()),
+                Cell::from(result),
+                Cell::from(what),
+                Cell::from(Span::styled(e.message.clone(), t.dim)),
+            ])
+        } else {
+            Row::new(vec![
+                time,
+                Cell::from(result),
+                Cell::from(Line::from(vec![
+                    Span::styled(format!("{}  ", e.actor), t.key),
+                    what,
+                    Span::styled(
+                        if e.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" — {}", e.message)
+                        },
+                        t.dim,
+                    ),
+                ])),
+            ])
+        }
+    });
+    let (header, widths) = if wide {
+        (
+            Row::new(vec!["time", "who", "result", "syncctl ctl …", "what"]),
+            vec![
+                Constraint::Length(8),
+                Constraint::Length(22),
+                Constraint::Length(7),
+                Constraint::Fill(1),
+                Constraint::Fill(1),
+            ],
+        )
+    } else {
+        (
+            Row::new(vec!["time", "result", "who  syncctl ctl … — what"]),
+            vec![
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Min(10),
+            ],
+        )
+    };
+    Table::new(rows, widths).header(header.style(t.title))
 }

@@ -67,13 +67,6 @@ impl CommandLine {
         Self::default()
     }
 
-    /// A line holding `text`, the cursor at its end.
-    pub fn with_text(text: &str) -> Self {
-        let mut line = Self::new();
-        line.set_text(text.to_owned());
-        line
-    }
-
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -369,6 +362,13 @@ mod tests {
         KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
     }
 
+    /// A line holding `text`, the cursor at its end.
+    fn with_text(text: &str) -> CommandLine {
+        let mut line = CommandLine::new();
+        line.set_text(text.to_owned());
+        line
+    }
+
     fn none(_: &str) -> Vec<String> {
         Vec::new()
     }
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn enter_submits_esc_and_backspace_on_empty_cancel() {
-        let mut l = CommandLine::with_text("retry X");
+        let mut l = with_text("retry X");
         assert_eq!(
             press(&mut l, k(KeyCode::Enter)),
             LineEvent::Submit("retry X".into())
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn an_error_lasts_until_the_text_changes() {
-        let mut l = CommandLine::with_text("pause x");
+        let mut l = with_text("pause x");
         l.error = Some("pipeline: expected catalog or compliance, got \"x\"".into());
         press(&mut l, k(KeyCode::Left));
         assert!(l.error.is_some(), "moving to the word keeps the error");
@@ -442,7 +442,7 @@ mod tests {
     fn tab_completes_one_candidate_and_cycles_through_several() {
         let complete = |s: &str| crate::protocol::complete(s);
         let h = History::default();
-        let mut l = CommandLine::with_text("pau");
+        let mut l = with_text("pau");
         l.key(k(KeyCode::Tab), &h, complete);
         assert_eq!(l.text(), "pause ");
         assert!(l.candidates().is_none());
@@ -465,14 +465,14 @@ mod tests {
     #[test]
     fn tab_completes_before_the_cursor_and_keeps_the_rest() {
         let h = History::default();
-        let mut l = CommandLine::with_text("breaker q force-open");
+        let mut l = with_text("breaker q force-open");
         for _ in 0.." force-open".len() {
             press(&mut l, k(KeyCode::Left));
         }
         l.key(k(KeyCode::Tab), &h, crate::protocol::complete);
         assert_eq!(l.text(), "breaker quickbooks  force-open");
         assert_eq!(l.cursor(), "breaker quickbooks ".len());
-        let mut nothing = CommandLine::with_text("xyz");
+        let mut nothing = with_text("xyz");
         nothing.key(k(KeyCode::Tab), &h, crate::protocol::complete);
         assert_eq!(nothing.text(), "xyz");
         assert!(nothing.found_no_completion());
@@ -493,8 +493,8 @@ mod tests {
             h.push(line);
         }
         assert_eq!(h.len(), 3, "consecutive repeats and blanks are kept once");
-        let mut l = CommandLine::with_text("ret");
-        let mut key = |l: &mut CommandLine, code| {
+        let mut l = with_text("ret");
+        let key = |l: &mut CommandLine, code| {
             l.key(k(code), &h, none);
             l.text().to_owned()
         };
@@ -512,7 +512,7 @@ mod tests {
         assert_eq!(key(&mut l, KeyCode::Down), "ret");
         assert_eq!(l.cursor(), 3);
         // An empty history leaves the line alone.
-        let mut fresh = CommandLine::with_text("x");
+        let mut fresh = with_text("x");
         press(&mut fresh, k(KeyCode::Up));
         assert_eq!(fresh.text(), "x");
     }
@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_long_line_scrolls_to_keep_the_cursor_in_view() {
-        let mut l = CommandLine::with_text(&"x".repeat(100));
+        let mut l = with_text(&"x".repeat(100));
         assert_eq!(l.scroll(40), 100 + 1 - 40);
         press(&mut l, k(KeyCode::Home));
         assert_eq!(l.scroll(40), 0);

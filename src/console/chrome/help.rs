@@ -8,7 +8,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
 
 use super::widgets::{block, centered};
-use crate::console::command_line::local_words;
 use crate::console::keymap::{Action, BINDINGS, Binding, Scope};
 use crate::console::state::{App, Tab};
 use crate::protocol::grammar;
@@ -86,9 +85,10 @@ pub fn draw_commands(frame: &mut Frame, area: Rect, app: &App) {
             }
         }
     }
+    let screens: Vec<String> = Tab::ALL.iter().map(|t| t.title().to_lowercase()).collect();
     lines.push(Line::from(vec![
-        Span::styled(format!(" {}", local_words().join(" · ")), t.key),
-        Span::raw("  (the console's own: help, quit, go to a screen)"),
+        Span::styled(" help · quit · a screen's name", t.key),
+        Span::raw(format!("  ({})", screens.join(" "))),
     ]));
     overlay(
         frame,

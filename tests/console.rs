@@ -1664,3 +1664,16 @@ fn a_read_only_console_hides_and_refuses_actions() {
     press(&mut app, KeyCode::Char('q'));
     assert_eq!(app.confirm, Some(syncctl::console::state::Confirm::Quit));
 }
+
+#[test]
+fn a_signal_closes_the_line_so_the_drain_is_shown() {
+    let mut app = app();
+    command_line(&mut app, "pause cat");
+    let effects = update(
+        &mut app,
+        Msg::Signal(syncctl::console::update::Signal::Terminate),
+    );
+    assert_eq!(sent(effects), Some(Command::Shutdown {}));
+    assert!(app.command_line.is_none());
+    assert!(render(&app, 80, 24).0.contains("SIGTERM: draining"));
+}

@@ -201,6 +201,7 @@ impl App {
         self.quitting = true;
         self.confirm = None;
         self.prompt = None;
+        self.command_line = None;
         self.frozen = false;
         self.flash = Some(format!("{}: draining in-flight work…", signal.name()));
         tracing::info!("{}: draining in-flight work", signal.name());

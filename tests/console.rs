@@ -1443,3 +1443,384 @@ fn the_outage_toggle_patches_the_sandbox_and_says_how_it_went() {
     );
     assert_eq!(app.flash.as_deref(), Some("sandbox: no such service"));
 }
+
+/// Presses each character of `text` through `update`; the commands they sent.
+fn type_text(app: &mut App, text: &str) -> Vec<Command> {
+    text.chars()
+        .filter_map(|c| press(app, KeyCode::Char(c)))
+        .collect()
+}
+
+/// Opens the `:` line and types `text` into it (nothing is sent while typing).
+fn command_line(app: &mut App, text: &str) {
+    assert!(press(app, KeyCode::Char(':')).is_none());
+    assert!(type_text(app, text).is_empty(), "typing sends nothing");
+}
+
+/// The `:` line's text while it is open.
+fn line_text(app: &App) -> &str {
+    app.command_line
+        .as_ref()
+        .expect("the : line is open")
+        .text()
+}
+
+#[test]
+fn a_typed_command_is_sent_once_as_the_operator_and_its_reply_flashed() {
+    let mut app = app();
+    command_line(&mut app, "pause compliance");
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with(" :pause compliance"),
+        "{text}"
+    );
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Enter)));
+    assert_eq!(
+        sent(effects),
+        Some(Command::Pause {
+            pipeline: Pipeline::Compliance
+        })
+    );
+    assert!(app.command_line.is_none(), "the line closes once sent");
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("pause compliance…"), "{text}");
+    app.on_reply(
+        &Command::Pause {
+            pipeline: Pipeline::Compliance,
+        },
+        Ok(syncctl::protocol::Outcome::new(
+            "compliance pipeline paused",
+        )),
+    );
+    assert!(
+        render(&app, 80, 24)
+            .0
+            .contains("compliance pipeline paused")
+    );
+    // An empty line closes and sends nothing; so does Esc.
+    command_line(&mut app, "  ");
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    assert!(app.command_line.is_none());
+    command_line(&mut app, "retry-failed");
+    assert_eq!(press(&mut app, KeyCode::Esc), None);
+    assert!(app.command_line.is_none());
+}
+
+#[test]
+fn a_bad_word_is_named_in_place_and_the_line_stays_to_fix_it() {
+    let mut app = app();
+    command_line(&mut app, "pause catalogue");
+    assert_eq!(press(&mut app, KeyCode::Enter), None, "nothing is sent");
+    assert_eq!(line_text(&app), "pause catalogue", "the text stays");
+    for (w, h) in [(100, 30), (80, 24)] {
+        let (text, _) = render(&app, w, h);
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(
+            rows[rows.len() - 1].starts_with(" :pause catalogue"),
+            "{text}"
+        );
+        assert!(
+            rows[rows.len() - 2]
+                .contains("pipeline: expected catalog or compliance, got \"catalogue\""),
+            "{w}×{h}: the error names the word, above the line:\n{text}"
+        );
+    }
+    // Fixing the word clears the error; Enter then sends.
+    update(
+        &mut app,
+        Msg::Key(KeyEvent::new(
+            KeyCode::Char('w'),
+            crossterm::event::KeyModifiers::CONTROL,
+        )),
+    );
+    assert!(app.command_line.as_ref().unwrap().error.is_none());
+    type_text(&mut app, "catalog");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        Some(Command::Pause {
+            pipeline: Pipeline::Catalog
+        })
+    );
+    // An unknown verb is named too, and a long error wraps at 80 columns.
+    command_line(&mut app, "frobnicate now");
+    press(&mut app, KeyCode::Enter);
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("unknown command \"frobnicate\""), "{text}");
+}
+
+#[test]
+fn tab_completes_verbs_then_cycles_through_pipelines() {
+    let mut app = app();
+    command_line(&mut app, "pau");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "pause ");
+    type_text(&mut app, "c");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "pause catalog");
+    // The candidates show above the line while cycling, at 80 columns too.
+    let (text, _) = render(&app, 80, 24);
+    let above = text.lines().rev().nth(1).unwrap();
+    assert!(
+        above.contains("catalog") && above.contains("compliance"),
+        "{text}"
+    );
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "pause compliance");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "pause catalog");
+    press(&mut app, KeyCode::BackTab);
+    assert_eq!(line_text(&app), "pause compliance");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        Some(Command::Pause {
+            pipeline: Pipeline::Compliance
+        })
+    );
+}
+
+#[test]
+fn tab_completes_invoices_thresholds_and_the_consoles_own_words() {
+    let mut app = dian_app();
+    command_line(&mut app, "retry setp");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "retry SETP990000003");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "retry SETP990000002");
+    press(&mut app, KeyCode::Esc);
+    command_line(&mut app, "set alerts.error_r");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "set alerts.error_rate_percent ");
+    press(&mut app, KeyCode::Esc);
+    command_line(&mut app, "ev");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "events");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.tab, Tab::Events, ":events goes to the screen");
+    command_line(&mut app, "zz");
+    press(&mut app, KeyCode::Tab);
+    assert!(render(&app, 80, 24).0.contains("no completion"));
+}
+
+#[test]
+fn history_recalls_the_commands_of_this_session() {
+    let mut app = app();
+    for line in ["pause catalog", "resume catalog", "resume catalog"] {
+        command_line(&mut app, line);
+        assert!(press(&mut app, KeyCode::Enter).is_some());
+    }
+    command_line(&mut app, "ack");
+    press(&mut app, KeyCode::Up);
+    assert_eq!(line_text(&app), "resume catalog");
+    press(&mut app, KeyCode::Up);
+    assert_eq!(line_text(&app), "pause catalog", "repeats are kept once");
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Down);
+    assert_eq!(line_text(&app), "ack", "what was typed comes back");
+    press(&mut app, KeyCode::Up);
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        Some(Command::Resume {
+            pipeline: Pipeline::Catalog
+        })
+    );
+}
+
+#[test]
+fn keys_typed_in_the_line_fire_no_shortcut() {
+    let mut app = app();
+    command_line(&mut app, "?q3jpf");
+    assert_eq!(line_text(&app), "?q3jpf");
+    assert!(!app.help && app.confirm.is_none() && !app.frozen);
+    assert_eq!(app.tab, Tab::Overview);
+    // A long line scrolls to keep the cursor in view at 80 columns.
+    type_text(&mut app, &"x".repeat(120));
+    let (text, _) = render(&app, 80, 24);
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with(" :xxxx") && last.chars().count() <= 80,
+        "{last:?}"
+    );
+    press(&mut app, KeyCode::Esc);
+    assert!(app.command_line.is_none() && app.tab == Tab::Overview);
+}
+
+#[test]
+fn typed_commands_at_scale_ask_first_like_their_keys() {
+    let mut app = app();
+    command_line(&mut app, "breaker stripe force-open");
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("[ Cancel ]") && text.contains("stripe"),
+        "{text}"
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::Breaker {
+            service: Service::Stripe,
+            action: BreakerAction::ForceOpen
+        })
+    );
+    command_line(&mut app, "set alerts.error_rate_percent 12");
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    assert!(
+        render(&app, 120, 40)
+            .0
+            .contains("Apply 1 threshold change(s)?")
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::SetThresholds {
+            changes: vec![ThresholdChange::new("alerts.error_rate_percent", 12.0)]
+        })
+    );
+    // `shutdown` is the quit's drain: the same question.
+    command_line(&mut app, "shutdown");
+    press(&mut app, KeyCode::Enter);
+    assert!(render(&app, 80, 24).0.contains("Quit syncctl?"));
+}
+
+#[test]
+fn colon_help_lists_the_grammar_and_the_help_overlay_mentions_colon() {
+    let mut app = app();
+    command_line(&mut app, "help");
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    let (text, _) = render(&app, 120, 40);
+    for (usage, _) in syncctl::protocol::grammar() {
+        assert!(text.contains(usage), "{usage}:\n{text}");
+    }
+    let (small, _) = render(&app, 80, 24);
+    assert!(
+        small.contains("retry <invoice>") && small.contains("shutdown"),
+        "{small}"
+    );
+    press(&mut app, KeyCode::Char('x'));
+    assert!(!app.commands_help);
+    press(&mut app, KeyCode::Char('?'));
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("type a command"), "{text}");
+}
+
+/// The hints bar (last row) of `app` drawn at `w`×`h`.
+fn hints_row(app: &App, w: u16, h: u16) -> String {
+    render(app, w, h).0.lines().last().unwrap().to_owned()
+}
+
+#[test]
+fn a_read_only_console_hides_and_refuses_actions() {
+    let mut app = dian_app().with_read_only(true);
+    let actions = [
+        "p pause",
+        "r retry",
+        "R retry failed",
+        "o force open",
+        "C close",
+        "x reset",
+        "b worker bounds",
+        "a acknowledge",
+        "z silence",
+        "Enter edit",
+        "A apply",
+    ];
+    for tab in Tab::ALL {
+        app.tab = tab;
+        for (w, h) in [(100, 30), (80, 24)] {
+            let row = hints_row(&app, w, h);
+            for hint in actions {
+                assert!(!row.contains(hint), "{tab:?} {w}×{h} shows {hint:?}: {row}");
+            }
+            assert!(row.contains("? help") && row.contains("q quit"), "{row}");
+            assert!(row.contains(": command"), "{row}");
+        }
+    }
+    // A writable console shows them (the test above can fail).
+    let mut writable = dian_app();
+    assert!(hints_row(&writable, 100, 30).contains("r retry"));
+    writable.tab = Tab::Circuits;
+    assert!(hints_row(&writable, 100, 30).contains("o force open"));
+
+    // The help lists no action, and says why.
+    app.tab = Tab::Circuits;
+    press(&mut app, KeyCode::Char('?'));
+    let (help, _) = render(&app, 100, 30);
+    assert!(help.contains("read-only console"), "{help}");
+    assert!(!help.contains("force the selected circuit open"), "{help}");
+    assert!(help.contains("freeze"), "views stay: {help}");
+    press(&mut app, KeyCode::Esc);
+
+    // An action key sends nothing and says so; views still work.
+    app.tab = Tab::Dian;
+    for k in ['p', 'r', 'R'] {
+        let effects = update(&mut app, Msg::Key(key(KeyCode::Char(k))));
+        assert_eq!(sent(effects), None, "{k}");
+        assert!(app.confirm.is_none(), "{k} asks nothing");
+        let flash = app.flash.clone().unwrap_or_default();
+        assert!(
+            flash.starts_with("read-only console: ")
+                && flash.ends_with("is not allowed (attached with --read-only or a viewer token)"),
+            "{k}: {flash}"
+        );
+    }
+    assert_eq!(
+        app.flash.as_deref(),
+        Some(
+            "read-only console: retrying failed invoices is not allowed (attached with --read-only or a viewer token)"
+        )
+    );
+    assert!(
+        render(&app, 80, 24)
+            .0
+            .contains("read-only console: retrying")
+    );
+    press(&mut app, KeyCode::Char('s'));
+    assert!(app.dian_filter.is_some(), "filtering is a view");
+    app.tab = Tab::Circuits;
+    press(&mut app, KeyCode::Char('o'));
+    assert!(app.confirm.is_none());
+
+    // The `:` line refuses commands with the same words, but takes help and screens.
+    command_line(&mut app, "pause compliance");
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    assert_eq!(
+        app.flash.as_deref(),
+        Some(
+            "read-only console: `pause compliance` is not allowed (attached with --read-only or a viewer token)"
+        )
+    );
+    command_line(&mut app, "pau");
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(line_text(&app), "pau", "no command is offered");
+    press(&mut app, KeyCode::Esc);
+    command_line(&mut app, "help");
+    press(&mut app, KeyCode::Enter);
+    assert!(app.commands_help);
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("read-only console") && !text.contains("retry-failed"),
+        "{text}"
+    );
+    press(&mut app, KeyCode::Esc);
+    command_line(&mut app, "dian");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.tab, Tab::Dian);
+
+    // q still quits (the drain is the console's own end, not an operator's action).
+    press(&mut app, KeyCode::Char('q'));
+    assert_eq!(app.confirm, Some(syncctl::console::state::Confirm::Quit));
+}
+
+#[test]
+fn a_signal_closes_the_line_so_the_drain_is_shown() {
+    let mut app = app();
+    command_line(&mut app, "pause cat");
+    let effects = update(
+        &mut app,
+        Msg::Signal(syncctl::console::update::Signal::Terminate),
+    );
+    assert_eq!(sent(effects), Some(Command::Shutdown {}));
+    assert!(app.command_line.is_none());
+    assert!(render(&app, 80, 24).0.contains("SIGTERM: draining"));
+}

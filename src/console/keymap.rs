@@ -46,6 +46,62 @@ pub enum Action {
     UndoSetting,
     ApplySettings,
     Tune,
+    CommandLine,
+}
+
+impl Action {
+    /// What the action does to the engine, as the read-only refusal says it
+    /// ("pausing"); `None` for what only changes this console's view (screens, moves,
+    /// search, freeze, help) and for quitting it. A read-only console neither shows
+    /// nor carries out the actions this names.
+    pub fn engine_action(self) -> Option<&'static str> {
+        match self {
+            Action::TogglePause => Some("pausing or resuming a pipeline"),
+            Action::ToggleCompliancePause => Some("pausing or resuming DIAN sending"),
+            Action::ForceOpen => Some("forcing a circuit open"),
+            Action::CloseCircuit => Some("closing a circuit"),
+            Action::DisableCircuit => Some("disabling a circuit"),
+            Action::MetricsOnly => Some("setting a circuit to metrics only"),
+            Action::ResetCircuit => Some("resetting a circuit"),
+            Action::ToggleOutage => Some("simulating an outage"),
+            Action::SetBounds => Some("changing worker bounds"),
+            Action::RetryInvoice => Some("retrying an invoice"),
+            Action::RetryFailed => Some("retrying failed invoices"),
+            Action::InvalidateCache => Some("invalidating the cache"),
+            Action::AckAlert => Some("acknowledging alerts"),
+            Action::SilenceAlert => Some("silencing alerts"),
+            Action::EditSetting | Action::UndoSetting => Some("editing thresholds"),
+            Action::ApplySettings => Some("applying thresholds"),
+            Action::NextTab
+            | Action::PrevTab
+            | Action::GoTab(_)
+            | Action::ToggleFreeze
+            | Action::Help
+            | Action::Quit
+            | Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom
+            | Action::Back
+            | Action::CycleStatus
+            | Action::Search
+            | Action::TogglePayload
+            | Action::ChartWindow
+            | Action::Tune
+            | Action::ToggleJournal
+            | Action::CommandLine => None,
+        }
+    }
+}
+
+/// The flash line when a read-only console is asked for `what` (an action's
+/// [`Action::engine_action`], or a command typed at the `:` line).
+pub fn read_only_refusal(what: &str) -> String {
+    format!(
+        "read-only console: {what} is not allowed (attached with --read-only or a viewer token)"
+    )
 }
 
 /// Where a binding applies.
@@ -99,6 +155,14 @@ pub struct Binding {
     /// Short word for the hints bar; `None` keeps it to the help only.
     pub hint: Option<&'static str>,
     pub help: &'static str,
+}
+
+impl Binding {
+    /// Whether hints and help show the binding: not an engine action on a read-only
+    /// console.
+    pub fn shown(&self, read_only: bool) -> bool {
+        !read_only || self.action.engine_action().is_none()
+    }
 }
 
 pub const BINDINGS: &[Binding] = &[
@@ -343,6 +407,14 @@ pub const BINDINGS: &[Binding] = &[
         help: "set catalog worker bounds MIN-MAX (Workers)",
     },
     Binding {
+        keys: &[KeyCode::Char(':')],
+        label: ":",
+        action: Action::CommandLine,
+        scope: Scope::Global,
+        hint: Some("command"),
+        help: "type a command, e.g. pause compliance; Tab completes, :help lists",
+    },
+    Binding {
         keys: &[KeyCode::Tab],
         label: "Tab",
         action: Action::NextTab,
@@ -481,12 +553,14 @@ fn shadowed(b: &Binding, tab: Tab) -> bool {
         })
 }
 
-/// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first).
-pub fn hints(tab: Tab) -> impl Iterator<Item = (&'static str, &'static str)> {
+/// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first;
+/// no engine action on a read-only console).
+pub fn hints(tab: Tab, read_only: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
     let local = bindings_on(tab).filter(|b| b.scope.is_screen());
     let rest = bindings_on(tab).filter(|b| !b.scope.is_screen());
     local
         .chain(rest)
+        .filter(move |b| b.shown(read_only))
         .filter_map(|b| b.hint.map(|h| (b.label, h)))
 }
 
@@ -540,5 +614,19 @@ mod tests {
         let o = KeyEvent::from(KeyCode::Char('o'));
         assert_eq!(action_for(&o, Tab::Events), None);
         assert_eq!(action_for(&o, Tab::Circuits), Some(Action::ForceOpen));
+    }
+
+    #[test]
+    fn read_only_hints_hold_no_engine_action() {
+        for tab in Tab::ALL {
+            let all: Vec<_> = hints(tab, false).collect();
+            let read_only: Vec<_> = hints(tab, true).collect();
+            for (label, hint) in &all {
+                let b = BINDINGS.iter().find(|b| b.label == *label);
+                let acts = b.is_some_and(|b| b.action.engine_action().is_some());
+                assert_eq!(read_only.contains(&(label, hint)), !acts, "{tab:?} {label}");
+            }
+            assert!(read_only.contains(&("q", "quit")) && read_only.contains(&(":", "command")));
+        }
     }
 }

@@ -16,12 +16,14 @@
 //!
 //! ```text
 //! run loop (this file) ─┬─▶ update ──┬─▶ keymap ─▶ tab
-//!                       │            └─▶ state ──▶ tab, theme
-//!                       └─▶ screens ─┬─▶ chrome ─▶ keymap, state
+//!                       │            ├─▶ command_line ─▶ tab
+//!                       │            └─▶ state ──▶ command_line, tab, theme
+//!                       └─▶ screens ─┬─▶ chrome ─▶ keymap, state, command_line
 //!                                    └─▶ state
 //! ```
 
 pub mod chrome;
+pub mod command_line;
 pub mod keymap;
 pub mod screens;
 pub mod state;

@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
+use super::command_line::{self, CommandLine, History};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, LinkState, OPERATOR,
-    SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus, operator,
+    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, KnownValues, LinkState,
+    OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus,
+    complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -181,6 +183,14 @@ pub struct App {
     pub link: LinkState,
     /// The consoles attached to the engine over the network.
     pub consoles: Vec<AttachedConsole>,
+    /// The `:` line while it is open, and the lines run from it this session.
+    pub command_line: Option<CommandLine>,
+    pub history: History,
+    /// The commands the `:` line takes are shown (`:help`); any key closes them.
+    pub commands_help: bool,
+    /// Read-only: the engine actions of the key table are neither shown nor carried
+    /// out, and the `:` line sends no command (`--read-only`, a viewer token).
+    pub read_only: bool,
 }
 
 impl App {
@@ -218,7 +228,54 @@ impl App {
             hung_up: false,
             link: LinkState::Hosted,
             consoles: Vec::new(),
+            command_line: None,
+            history: History::default(),
+            commands_help: false,
+            read_only: false,
         }
+    }
+
+    /// Read-only (`--read-only`, or attached with a viewer token): actions are hidden
+    /// and refused, views and `q` still work.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Tab completion for the `:` line: the console's own words (`help`, `quit`,
+    /// screens) and, unless read-only, the engine's commands, with the invoices,
+    /// alerts and thresholds the snapshot names.
+    pub fn command_completions(&self, line: &str) -> Vec<String> {
+        let s = &self.snapshot;
+        let invoices: Vec<&str> = s
+            .compliance
+            .invoices
+            .iter()
+            .map(|r| r.number.as_str())
+            .collect();
+        let alerts: Vec<&str> = s.telemetry.alerts.iter().map(|a| a.id.as_str()).collect();
+        let thresholds: Vec<&str> = s
+            .telemetry
+            .thresholds
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut lines = if self.read_only {
+            Vec::new()
+        } else {
+            let known = KnownValues {
+                invoices: &invoices,
+                alerts: &alerts,
+                thresholds: &thresholds,
+            };
+            complete_with(line, known)
+        };
+        lines.extend(command_line::local_words().into_iter().filter(|w| {
+            !line.contains(char::is_whitespace)
+                && w.get(..line.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(line))
+        }));
+        lines
     }
 
     /// The demo's sandbox, for the outage toggle and the Circuits screen.

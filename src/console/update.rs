@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent};
 
+use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
 use super::state::{App, Confirm, PromptKind, Tab, num};
 use crate::protocol::{
@@ -205,6 +206,10 @@ impl App {
     /// Where the console stands with its engine now: an attached console's role decides
     /// whether it may act.
     fn apply_link(&mut self, state: LinkState) {
+        if !state.hosted() {
+            // What the engine granted: a viewer token or `--read-only` may only read.
+            self.read_only = state.read_only();
+        }
         match (&self.link, &state) {
             (LinkState::Reconnecting { .. }, LinkState::Attached(a)) => {
                 self.flash = Some(format!("reconnected to the engine at {}", a.to));
@@ -231,6 +236,7 @@ impl App {
         self.quitting = true;
         self.confirm = None;
         self.prompt = None;
+        self.command_line = None;
         self.frozen = false;
         self.flash = Some(format!("{}: draining in-flight work…", signal.name()));
         tracing::info!("{}: draining in-flight work", signal.name());
@@ -462,6 +468,8 @@ impl App {
             self.prompt = None;
             self.search_open = false;
             self.help = false;
+            self.commands_help = false;
+            self.command_line = None;
             self.confirm = Some(Confirm::Quit);
             self.confirm_focus_ok = false;
             return None;
@@ -469,9 +477,13 @@ impl App {
         if let Some(confirm) = self.confirm.clone() {
             return self.apply_confirm_key(confirm, key);
         }
-        if self.help {
+        if self.help || self.commands_help {
             self.help = false;
+            self.commands_help = false;
             return None;
+        }
+        if self.command_line.is_some() {
+            return self.apply_command_line_key(key);
         }
         if self.prompt.is_some() {
             return self.apply_prompt_key(key);
@@ -490,6 +502,13 @@ impl App {
         reason = "one match over the actions; each arm is a line or two"
     )]
     fn apply_action(&mut self, action: Action) -> Option<Effect> {
+        // The one place a read-only console refuses what the key table marks as acting.
+        if self.read_only
+            && let Some(what) = action.engine_action()
+        {
+            self.flash = Some(keymap::read_only_refusal(what));
+            return None;
+        }
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
             if let Some(service) = app.selected_service() {
                 app.confirm = Some(Confirm::Breaker { service, to });
@@ -621,6 +640,7 @@ impl App {
                 self.events_journal = !self.events_journal;
                 self.events_offset = 0;
             }
+            Action::CommandLine => self.command_line = Some(CommandLine::new()),
             Action::TogglePayload => self.show_payload = !self.show_payload,
             Action::Up
             | Action::Down
@@ -791,7 +811,9 @@ impl App {
                         self.send(Command::InvalidateCache { scope })
                     }
                     Confirm::Thresholds { changes, .. } => {
-                        self.staged.clear();
+                        // (Applied from a `:set`, the other staged values stay staged.)
+                        self.staged
+                            .retain(|(n, _)| !changes.iter().any(|(c, _, _)| c == n));
                         self.flash = Some("applying thresholds…".into());
                         self.send(Command::SetThresholds {
                             changes: changes
@@ -809,5 +831,125 @@ impl App {
             }
             _ => None,
         }
+    }
+}
+
+/// The `:` line: its keys, and what a submitted line runs.
+impl App {
+    /// A key while the `:` line is open: every key edits the line (no screen
+    /// shortcut fires); Enter runs it, Esc closes it.
+    fn apply_command_line_key(&mut self, key: KeyEvent) -> Option<Effect> {
+        let mut line = self.command_line.take()?;
+        match line.key(key, &self.history, |text| self.command_completions(text)) {
+            LineEvent::Edited => {
+                self.command_line = Some(line);
+                None
+            }
+            LineEvent::Cancel => None,
+            LineEvent::Submit(text) => self.run_line(line, &text),
+        }
+    }
+
+    /// A submitted line: one of the console's own words, or a command of the
+    /// protocol's grammar. A line that does not parse stays open with the error,
+    /// which names the word at fault; a read-only console sends nothing.
+    fn run_line(&mut self, mut line: CommandLine, text: &str) -> Option<Effect> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        if let Some(local) = command_line::local(text) {
+            self.history.push(text);
+            match local {
+                Local::Help => self.commands_help = true,
+                // An attached console detaches at once; the engine runs on.
+                Local::Quit if !self.link.hosted() => return Some(Effect::Exit),
+                Local::Quit => {
+                    self.confirm = Some(Confirm::Quit);
+                    self.confirm_focus_ok = false;
+                }
+                Local::Screen(tab) => self.tab = tab,
+            }
+            return None;
+        }
+        let command = match text.parse::<Command>() {
+            Ok(command) => command,
+            Err(e) => {
+                line.error = Some(e.to_string());
+                self.command_line = Some(line);
+                return None;
+            }
+        };
+        self.history.push(text);
+        if self.read_only {
+            self.flash = Some(keymap::read_only_refusal(&format!("`{command}`")));
+            return None;
+        }
+        self.run_typed(command)
+    }
+
+    /// A typed command, as its key would run it: what changes the engine at scale
+    /// (retry every failed invoice, invalidate, a breaker, thresholds) and `shutdown`
+    /// (the quit's drain) ask first in the same dialog, the exact effect spelled out;
+    /// the rest is sent at once. The reply comes back to the flash line.
+    fn run_typed(&mut self, command: Command) -> Option<Effect> {
+        if matches!(command, Command::Shutdown {}) && !self.link.hosted() {
+            // Only the console hosting the engine drains it.
+            self.flash = Some(
+                "an attached console does not stop the engine: q detaches; stop the engine \
+                 where it runs (e.g. systemctl stop syncctl)"
+                    .into(),
+            );
+            return None;
+        }
+        let confirm = match &command {
+            Command::Shutdown {} => Confirm::Quit,
+            Command::RetryFailed {} => {
+                let count = self.snapshot.compliance.counts.get(InvoiceStatus::Failed);
+                if count == 0 {
+                    self.flash = Some("no FAILED invoices to retry".into());
+                    return None;
+                }
+                Confirm::RetryFailed { count }
+            }
+            Command::InvalidateCache { scope } => Confirm::InvalidateCache {
+                scope: scope.clone(),
+                entries: self.snapshot.telemetry.cache.entries,
+            },
+            Command::Breaker { service, action } => Confirm::Breaker {
+                service: service.to_string(),
+                to: match action {
+                    BreakerAction::ForceOpen => Some(BreakerState::ForcedOpen),
+                    BreakerAction::Close => Some(BreakerState::Closed),
+                    BreakerAction::Disable => Some(BreakerState::Disabled),
+                    BreakerAction::MetricsOnly => Some(BreakerState::MetricsOnly),
+                    BreakerAction::Reset => None,
+                },
+            },
+            Command::SetThresholds { changes } => Confirm::Thresholds {
+                changes: changes
+                    .iter()
+                    .map(|c| (c.name.clone(), self.threshold(&c.name), c.value))
+                    .collect(),
+                file: self.snapshot.config_file.clone(),
+            },
+            _ => {
+                self.flash = Some(format!("{command}…"));
+                return self.send(command);
+            }
+        };
+        self.confirm = Some(confirm);
+        self.confirm_focus_ok = false;
+        None
+    }
+
+    /// The value in force of threshold `name` (NaN when the snapshot has none).
+    fn threshold(&self, name: &str) -> f64 {
+        self.snapshot
+            .telemetry
+            .thresholds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(f64::NAN, |(_, v)| *v)
     }
 }

@@ -805,7 +805,7 @@ impl Command {
     /// Checks what can be checked without the engine's state: texts are 1 to
     /// [`MAX_TEXT`] characters without control characters, 1 ≤ min ≤ max, a silence
     /// lasts 1 s to [`MAX_SILENCE_SECS`], thresholds are well-named, finite, each given
-    /// once. (Known threshold names, their ranges and the workers limit are the
+    /// once. (KnownValues threshold names, their ranges and the workers limit are the
     /// engine's to check.)
     ///
     /// # Errors
@@ -1408,11 +1408,33 @@ pub fn grammar() -> &'static [(&'static str, &'static str)] {
     ]
 }
 
+/// Values a front-end knows of (from the snapshot it shows), for completing the words
+/// the grammar leaves open: the invoice of `retry`, the alert of `ack` and `silence`,
+/// the thresholds of `set`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KnownValues<'a> {
+    /// Invoices, as the key `retry` takes (DIAN numbers, Stripe ids).
+    pub invoices: &'a [&'a str],
+    /// Alert ids.
+    pub alerts: &'a [&'a str],
+    /// Threshold names (`section.key`).
+    pub thresholds: &'a [&'a str],
+}
+
 /// Tab completion for a `:` command line: the whole lines `line` may become, the
 /// word being typed completed (a verb, then a pipeline, service, breaker action or
 /// cache scope). A candidate ends with a space when more words follow it. Values
-/// (keys, alerts, thresholds) are not completed: an empty list.
+/// (keys, alerts, thresholds) are not completed: an empty list ([`complete_with`]
+/// completes those a front-end knows of).
 pub fn complete(line: &str) -> Vec<String> {
+    complete_with(line, KnownValues::default())
+}
+
+/// [`complete`], and the values in `known` where the grammar wants a value: an
+/// invoice after `retry`, an alert (or `*`) after `ack` and `silence`, a threshold
+/// name (each at most once) where `set` wants one. Values are written as the grammar
+/// reads them back (quoted when they must be) and matched case-insensitively.
+pub fn complete_with(line: &str, known: KnownValues<'_>) -> Vec<String> {
     let cut = line
         .char_indices()
         .rev()
@@ -1422,19 +1444,45 @@ pub fn complete(line: &str) -> Vec<String> {
     let Ok(done) = split_words(head) else {
         return Vec::new();
     };
-    let candidates: Vec<(&str, &str)> = match done.as_slice() {
+    let values = |values: &[&str], then: &'static str| -> Vec<(String, &'static str)> {
+        values
+            .iter()
+            .map(|v| (AsWord(v).to_string(), then))
+            .collect()
+    };
+    let words = |words: Vec<(&'static str, &'static str)>| -> Vec<(String, &'static str)> {
+        words.into_iter().map(|(w, t)| (w.to_owned(), t)).collect()
+    };
+    let candidates: Vec<(String, &str)> = match done.as_slice() {
         [] => VERBS
             .iter()
-            .map(|(v, more)| (*v, if *more { " " } else { "" }))
+            .map(|(v, more)| ((*v).to_owned(), if *more { " " } else { "" }))
             .collect(),
-        [verb] if verb.is("pause") || verb.is("resume") => all::<Pipeline>(""),
-        [verb] if verb.is("workers") => all::<Pipeline>(" "),
-        [verb] if verb.is("breaker") => all::<Service>(" "),
-        [verb] if verb.is("invalidate") => vec![("all", ""), ("key", " "), ("tag:", "")],
-        [verb] if verb.is("ack") => vec![("*", "")],
-        [verb] if verb.is("silence") => vec![("*", " ")],
+        [verb] if verb.is("pause") || verb.is("resume") => words(all::<Pipeline>("")),
+        [verb] if verb.is("workers") => words(all::<Pipeline>(" ")),
+        [verb] if verb.is("breaker") => words(all::<Service>(" ")),
+        [verb] if verb.is("invalidate") => words(vec![("all", ""), ("key", " "), ("tag:", "")]),
+        [verb] if verb.is("retry") => values(known.invoices, ""),
+        [verb] if verb.is("ack") => [("*".to_owned(), "")]
+            .into_iter()
+            .chain(values(known.alerts, ""))
+            .collect(),
+        [verb] if verb.is("silence") => [("*".to_owned(), " ")]
+            .into_iter()
+            .chain(values(known.alerts, " "))
+            .collect(),
         [verb, service] if verb.is("breaker") && keyword::<Service>(&service.text).is_ok() => {
-            all::<BreakerAction>("")
+            words(all::<BreakerAction>(""))
+        }
+        [verb, rest @ ..] if verb.is("set") && rest.len() % 2 == 0 => {
+            let named: Vec<&str> = rest.iter().step_by(2).map(|w| w.text.as_str()).collect();
+            let left: Vec<&str> = known
+                .thresholds
+                .iter()
+                .copied()
+                .filter(|t| !named.contains(t))
+                .collect();
+            values(&left, " ")
         }
         _ => Vec::new(),
     };
@@ -2158,6 +2206,38 @@ pub(super) mod tests {
         for (usage, what) in grammar() {
             assert!(!usage.is_empty() && !what.is_empty());
         }
+    }
+
+    #[test]
+    fn completion_of_known_values() {
+        let known = KnownValues {
+            invoices: &["SETP990000001", "SETP990000002", "in 3"],
+            alerts: &["queue_depth", "error_rate"],
+            thresholds: &["alerts.queue_depth", "alerts.error_rate_percent"],
+        };
+        let c = |s: &str| complete_with(s, known);
+        assert_eq!(
+            c("retry setp"),
+            ["retry SETP990000001", "retry SETP990000002"]
+        );
+        // A value with a space is written in quotes, and reads back as one word.
+        assert_eq!(c("retry \"in"), ["retry \"in 3\""]);
+        assert_eq!(
+            p(&c("retry \"in")[0]),
+            Ok(Command::RetryInvoice { key: "in 3".into() })
+        );
+        assert_eq!(c("ack "), ["ack *", "ack queue_depth", "ack error_rate"]);
+        assert_eq!(c("silence q"), ["silence queue_depth "]);
+        assert_eq!(c("set alerts.q"), ["set alerts.queue_depth "]);
+        // A threshold is named at most once; a value is not completed.
+        assert_eq!(
+            c("set alerts.queue_depth 5 "),
+            ["set alerts.queue_depth 5 alerts.error_rate_percent "]
+        );
+        assert!(c("set alerts.queue_depth ").is_empty());
+        // Keywords still complete as without values.
+        assert_eq!(c("pause c"), complete("pause c"));
+        assert!(complete("retry S").is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The footer line, one of three things in this order: the prompt being typed (with a
-//! problem in what was typed, if any), the flash line with the result of the last
-//! action, or the hints bar built from the key table.
+//! The footer line, one of four things in this order: the `:` command line (see
+//! [`super::command_line`]), the prompt being typed (with a problem in what was
+//! typed, if any), the flash line with the result of the last action, or the hints
+//! bar built from the key table.
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -11,7 +12,9 @@ use crate::console::keymap;
 use crate::console::state::{App, Tab};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
-    if let Some(text) = &app.prompt {
+    if let Some(line) = &app.command_line {
+        super::command_line::draw(frame, area, app, line);
+    } else if let Some(text) = &app.prompt {
         prompt(frame, area, app, text);
     } else if let Some(flash) = &app.flash {
         let line = Span::styled(format!(" {flash}"), app.theme.flash);
@@ -40,7 +43,7 @@ fn prompt(frame: &mut Frame, area: Rect, app: &App, text: &str) {
 fn hints(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let mut spans = vec![Span::raw(" ")];
-    for (keys, hint) in keymap::hints(app.tab) {
+    for (keys, hint) in keymap::hints(app.tab, app.read_only) {
         spans.push(Span::styled(keys, t.key));
         spans.push(Span::styled(format!(" {hint}  "), t.dim));
     }

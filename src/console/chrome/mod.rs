@@ -9,9 +9,11 @@
 //! │ body: the current screen (see `screens/`)                                       │
 //! │                    ┌ help (?) or confirm dialog, centred ┐                      │
 //! │                    └─────────────────────────────────────┘                      │
-//! └ footer: prompt being typed │ flash line │ key hints from the key table          ┘
+//! │ the `:` line's error or completions, over the body's last row                   │
+//! └ footer: `:` line │ prompt being typed │ flash line │ hints from the key table   ┘
 //! ```
 
+pub mod command_line;
 pub mod confirm;
 pub mod footer;
 pub mod format;

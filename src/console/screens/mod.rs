@@ -8,7 +8,7 @@
 //! │ body: the current tab's screen, one file each: overview,       │  the rest
 //! │       throughput, circuits, workers, alerts, dian, events,     │
 //! │       settings                                                 │
-//! │              ┌ help (?) / confirm, centred ┐                   │  overlays (chrome)
+//! │              ┌ help (?, :help) / confirm ┐                     │  overlays (chrome)
 //! │              └─────────────────────────────┘                   │
 //! └ footer (chrome::footer): prompt │ flash │ key hints ───────────┘  1 row
 //! ```
@@ -57,6 +57,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
     chrome::footer::draw(frame, footer, app);
     if app.help {
         chrome::help::draw(frame, area, app);
+    }
+    if app.commands_help {
+        chrome::help::draw_commands(frame, area, app);
     }
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);

@@ -601,7 +601,11 @@ mod tests {
         for tab in Tab::ALL.into_iter().filter(|t| *t != Tab::Dian) {
             assert_eq!(action_for(&p, tab), Some(Action::TogglePause), "{tab:?}");
         }
-        let on = |tab| hints(tab, false).filter(|(k, _)| *k == "p").collect::<Vec<_>>();
+        let on = |tab| {
+            hints(tab, false)
+                .filter(|(k, _)| *k == "p")
+                .collect::<Vec<_>>()
+        };
         assert_eq!(on(Tab::Dian), [("p", "pause DIAN sending")]);
         assert_eq!(on(Tab::Overview), [("p", "pause")]);
     }

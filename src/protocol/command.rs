@@ -2107,7 +2107,7 @@ pub(super) mod tests {
         let r = Request::new("ana", Command::RetryFailed {});
         assert_eq!(
             serde_json::to_value(&r).unwrap_or_default(),
-            json!({"actor": "ana", "command": {"verb": "retry-failed"}})
+            json!({"actor": "ana", "command": {"verb": "retry-failed"}, "role": "operator"})
         );
         // A typo never widens an action.
         for bad in [

@@ -36,29 +36,9 @@ async fn engine_on(
     .await
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "a benchmark's setup, run and report in order"
-)]
-pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
-    let opts = SandboxOptions {
-        products,
-        seed,
-        latency_ms: 0,
-        change_interval_ms: 0,
-        dir: None,
-        webhook_url: None,
-        faults: Default::default(),
-    };
-    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
-    println!(
-        "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
-    );
-    let started = Instant::now();
-    let mut engine = engine_on(&sandbox, tmp.path(), |c| c.catalog.workers = workers).await?;
+/// Waits until `engine` has listed and settled all `products` (120 s at most between
+/// two changes).
+async fn synced(engine: &app::Served, products: usize) -> anyhow::Result<()> {
     let mut snap = engine.snapshot.clone();
     loop {
         let done = {
@@ -79,6 +59,29 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
             anyhow::bail!("sync did not finish within 120 s of the last change");
         }
     }
+    Ok(())
+}
+
+pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("syncctl-bench-")
+        .tempdir()?;
+    let opts = SandboxOptions {
+        products,
+        seed,
+        latency_ms: 0,
+        change_interval_ms: 0,
+        dir: None,
+        webhook_url: None,
+        faults: Default::default(),
+    };
+    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    println!(
+        "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
+    );
+    let started = Instant::now();
+    let mut engine = engine_on(&sandbox, tmp.path(), |c| c.catalog.workers = workers).await?;
+    synced(&engine, products).await?;
     let elapsed = started.elapsed();
     let stats = sandbox.sandbox.stats();
     engine.shutdown().await;
@@ -617,26 +620,7 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     // 1. The sync.
     let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
     let started = Instant::now();
-    let mut snap = engine.snapshot.clone();
-    loop {
-        let done = {
-            let s = snap.borrow_and_update();
-            s.catalog.full_sync.done
-                && s.catalog.counts.queued == 0
-                && s.catalog.counts.in_flight == 0
-                && s.catalog.counts.synced + s.catalog.counts.rejected + s.catalog.counts.failed
-                    >= products as u64
-        };
-        if done {
-            break;
-        }
-        if tokio::time::timeout(Duration::from_secs(120), snap.changed())
-            .await
-            .is_err()
-        {
-            anyhow::bail!("sync did not finish within 120 s of the last change");
-        }
-    }
+    synced(&engine, products).await?;
     let sync_secs = started.elapsed().as_secs_f64();
     let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
     // Engine event → drawn, during the sync: each published `completed` count, until the

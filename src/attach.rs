@@ -115,6 +115,40 @@ struct Session {
     snapshot: Snapshot,
     seq: u64,
     to: String,
+    /// The engine's clock as its snapshot gave it, and when that arrived: the console
+    /// keeps the engine's time from there (deltas never carry it).
+    clock: Option<(i64, tokio::time::Instant)>,
+}
+
+impl Session {
+    /// The whole view arrived: the engine clock starts from it.
+    fn whole(&mut self, seq: u64, snapshot: Snapshot) {
+        self.doc = serde_json::to_value(&snapshot).unwrap_or(Value::Null);
+        self.clock = attach::clock_ms(&self.doc).map(|ms| (ms, tokio::time::Instant::now()));
+        self.snapshot = snapshot;
+        self.seq = seq;
+    }
+
+    /// The engine's time now, in whole seconds as the engine gives it.
+    fn engine_now_ms(&self) -> Option<i64> {
+        self.clock.map(|(ms, at)| {
+            let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+            ms.saturating_add(elapsed / 1000 * 1000)
+        })
+    }
+
+    /// Brings the view's clock to the engine's time; true when it moved.
+    fn keep_time(&mut self) -> bool {
+        let Some(now) = self.engine_now_ms() else {
+            return false;
+        };
+        if attach::clock_ms(&self.doc) == Some(now) {
+            return false;
+        }
+        attach::set_clock_ms(&mut self.doc, now);
+        self.snapshot.compliance.now_ms = now;
+        true
+    }
 }
 
 fn now_ms() -> i64 {
@@ -238,16 +272,18 @@ async fn open(
         .map_err(AttachError::Refused)?
     {
         ServerFrame::Snapshot { seq, snapshot } => {
-            let doc = serde_json::to_value(&*snapshot).unwrap_or(Value::Null);
-            Ok(Session {
+            let mut session = Session {
                 socket,
                 unpacker,
                 welcome,
-                doc,
-                snapshot: *snapshot,
+                doc: Value::Null,
+                snapshot: Snapshot::default(),
                 seq,
                 to,
-            })
+                clock: None,
+            };
+            session.whole(seq, *snapshot);
+            Ok(session)
         }
         other => Err(AttachError::Refused(format!(
             "the engine at {to} sent no snapshot (got {other:?})"
@@ -317,6 +353,7 @@ fn attached(session: &Session) -> Attached {
         to: session.to.clone(),
         role: session.welcome.role,
         actor: session.welcome.actor.clone(),
+        connection: session.welcome.connection,
     }
 }
 
@@ -461,6 +498,12 @@ impl Keeper {
         let mut queries: HashMap<u64, oneshot::Sender<QueryReply>> = HashMap::new();
         let mut next_id = 0u64;
         let mut heard = tokio::time::Instant::now();
+        // The engine's clock, kept here between deltas (countdowns, ages).
+        let mut second = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         if self.shown != Shown::default()
             && let Err(e) = send_frame(&mut s.socket, &ClientFrame::Show(self.shown)).await
         {
@@ -472,6 +515,11 @@ impl Keeper {
                 () = self.cancel.cancelled() => {
                     let _ = s.socket.close(None).await;
                     return None;
+                }
+                _ = second.tick() => {
+                    if s.keep_time() {
+                        self.snapshots.send_replace(Arc::new(s.snapshot.clone()));
+                    }
                 }
                 () = tokio::time::sleep_until(silence) => {
                     break format!("no word from the engine for {} s", (heartbeat * 3).as_secs());
@@ -533,19 +581,19 @@ impl Keeper {
     ) -> Result<(), String> {
         match frame {
             ServerFrame::Snapshot { seq, snapshot } => {
-                s.doc = serde_json::to_value(&*snapshot).map_err(|e| e.to_string())?;
-                s.seq = seq;
-                self.snapshots.send_replace(Arc::new(*snapshot));
+                s.whole(seq, *snapshot);
+                self.snapshots.send_replace(Arc::new(s.snapshot.clone()));
             }
             ServerFrame::Delta { seq, changes } => {
                 if seq != s.seq + 1 {
                     return Err(format!("out of step: delta {seq} after {}", s.seq));
                 }
                 attach::apply(&mut s.doc, &changes).map_err(|e| e.to_string())?;
-                let snap: Snapshot = serde_json::from_value(s.doc.clone())
+                s.keep_time();
+                s.snapshot = serde_json::from_value(s.doc.clone())
                     .map_err(|e| format!("bad snapshot: {e}"))?;
                 s.seq = seq;
-                self.snapshots.send_replace(Arc::new(snap));
+                self.snapshots.send_replace(Arc::new(s.snapshot.clone()));
             }
             ServerFrame::Reply { id, reply } => {
                 if let Some(tx) = commands.remove(&id) {

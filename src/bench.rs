@@ -510,17 +510,17 @@ fn bench_console(link: &crate::attach::RemoteEngine, max_fps: u32) -> anyhow::Re
     let mut snapshots = link.snapshots();
     let drawn = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = drawn.clone();
-    let gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
     let task = tokio::spawn(async move {
         let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::monochrome());
-        let mut last = tokio::time::Instant::now() - gap;
+        // Paced as the console's run loop paces its frames.
+        let mut pace = crate::protocol::Pacer::new(max_fps, tokio::time::Instant::now());
         let mut dirty = true;
         loop {
-            if dirty && last.elapsed() >= gap {
+            if dirty && pace.ready(tokio::time::Instant::now()) {
                 if term.draw(|f| screens::draw(f, &app)).is_err() {
                     return;
                 }
-                last = tokio::time::Instant::now();
+                pace.sent(tokio::time::Instant::now());
                 dirty = false;
                 let c = &app.snapshot.catalog;
                 if let Ok(mut log) = log.lock() {
@@ -537,7 +537,7 @@ fn bench_console(link: &crate::attach::RemoteEngine, max_fps: u32) -> anyhow::Re
                         dirty |= matches!(e, update::Effect::Redraw { .. });
                     }
                 }
-                () = tokio::time::sleep_until(last + gap), if dirty => {}
+                () = tokio::time::sleep_until(pace.next_at()), if dirty => {}
             }
         }
     });
@@ -625,31 +625,58 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
     // Engine event → drawn, during the sync: each published `completed` count, until the
     // first frame drawn showing at least it.
-    let mut sync_lat = latencies(&published, &console.drawn, |p, d| d.1 >= p.1);
+    let (mut sync_lat, sync_skipped) =
+        latencies(&published, &console.drawn, |p| p.1, |p, d| d.1 >= p.1);
     println!(
         "  sync:    {products} items in {sync_secs:.1} s; the console received {:.0} B/s over its WebSocket, and wrote {:.0} B/s to its terminal",
         (rx1 - rx0) as f64 / sync_secs,
         (tx1 - tx0) as f64 / sync_secs
     );
     println!(
-        "           engine change → drawn: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} changes)",
+        "           engine change → drawn: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} changes drawn, {} superseded before a frame)",
         quantile_ms(&mut sync_lat, 0.5),
         quantile_ms(&mut sync_lat, 0.99),
         quantile_ms(&mut sync_lat, 1.0),
-        sync_lat.len()
+        sync_lat.len(),
+        sync_skipped
     );
 
-    // 2. Idle: nothing to sync, nobody acting.
+    // 2. Idle: nothing to sync, nobody acting; first while the last minute's charts
+    // still move, then once they have settled (every per-second window at zero).
+    let idle_rate = |label: &str, rx: (u64, u64), tx: (u64, u64), secs: f64| {
+        println!(
+            "  {label} {secs:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
+            (rx.1 - rx.0) as f64 / secs,
+            (tx.1 - tx.0) as f64 / secs
+        );
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
     let idle_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let idle = idle_started.elapsed().as_secs_f64();
     let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
-    println!(
-        "  idle:    {idle:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
-        (rx1 - rx0) as f64 / idle,
-        (tx1 - tx0) as f64 / idle
+    idle_rate(
+        "idle:    (charts moving)",
+        (rx0, rx1),
+        (tx0, tx1),
+        idle_started.elapsed().as_secs_f64(),
+    );
+    let mut settled = engine.snapshot.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(120),
+        settled.wait_for(|s| s.catalog.per_second.iter().all(|&n| n == 0)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
+    idle_rate(
+        "idle:    (settled)",
+        (rx0, rx1),
+        (tx0, tx1),
+        idle_started.elapsed().as_secs_f64(),
     );
 
     // 3. An operator's action, idle engine: pause/resume from another front-end, until
@@ -674,9 +701,10 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
             .await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    let mut act_lat = latencies(&published, &console.drawn, |p, d| d.2 == p.2 && d.0 >= p.0);
+    let (mut act_lat, act_skipped) =
+        latencies(&published, &console.drawn, |p| p.2, |p, d| d.2 == p.2);
     println!(
-        "  action:  pause/resume ×{toggles} → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "  action:  pause/resume ×{toggles} → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({act_skipped} never drawn)",
         quantile_ms(&mut act_lat, 0.5),
         quantile_ms(&mut act_lat, 0.99),
         quantile_ms(&mut act_lat, 1.0)
@@ -691,22 +719,34 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
 
 type Seen = Arc<std::sync::Mutex<Vec<(Instant, u64, bool)>>>;
 
-/// For each engine publish, the time until the first frame drawn after it that `shows`
-/// it (publishes never drawn are left out: a later one superseded them).
-fn latencies(
+/// For each engine publish that changed what `key` reads, the time until the first
+/// frame drawn after it that `shows` it; and how many such publishes no frame showed
+/// before the next change (superseded: a console drawing at its rate skips some).
+fn latencies<K: PartialEq>(
     published: &Seen,
     drawn: &Seen,
+    key: impl Fn(&(Instant, u64, bool)) -> K,
     shows: impl Fn(&(Instant, u64, bool), &(Instant, u64, bool)) -> bool,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, usize) {
     let published = published.lock().map(|p| p.clone()).unwrap_or_default();
     let drawn = drawn.lock().map(|d| d.clone()).unwrap_or_default();
-    published
+    let changes: Vec<_> = published
         .iter()
-        .filter_map(|p| {
-            drawn
-                .iter()
-                .find(|d| d.0 >= p.0 && shows(p, d))
-                .map(|d| d.0 - p.0)
-        })
-        .collect()
+        .enumerate()
+        .filter(|(i, p)| *i == 0 || key(&published[i - 1]) != key(p))
+        .map(|(_, p)| *p)
+        .collect();
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for (i, p) in changes.iter().enumerate() {
+        let next = changes.get(i + 1).map(|n| n.0);
+        match drawn
+            .iter()
+            .find(|d| d.0 >= p.0 && next.is_none_or(|n| d.0 < n) && shows(p, d))
+        {
+            Some(d) => out.push(d.0 - p.0),
+            None => skipped += 1,
+        }
+    }
+    (out, skipped)
 }

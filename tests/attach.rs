@@ -1,6 +1,7 @@
 //! Consoles attached to a headless engine over its real WebSocket
 //! (`/api/v1/ws/console`), through the same [`RemoteEngine`] link `syncctl attach`
-//! uses: five consoles see one's action, who is attached, a viewer refused by the
+//! uses: five consoles see one's action, who is attached (and the console's panel of
+//! them), a viewer refused by the
 //! engine even when it writes raw frames, a console of another protocol version
 //! refused, and a console that reconnects by itself when its engine restarts.
 
@@ -167,8 +168,56 @@ async fn five_consoles_see_one_consoles_action_and_who_is_attached() {
         .await
         .expect("four consoles after one left")
         .unwrap();
+
+    // The console's panel of who is attached (`W`), fed by this link: the four left,
+    // the person, token and role of each, and which one is this console.
+    let panel = who_panel(&consoles[0], 110, 30);
+    assert!(panel.contains("Attached consoles: 4"), "{panel}");
+    for user in ["user0@10.0.0.5", "user1@10.0.0.5", "user2@10.0.0.5"] {
+        assert!(panel.contains(user), "{user} listed:\n{panel}");
+    }
+    assert!(
+        !panel.contains("user4@"),
+        "the one that left is gone:\n{panel}"
+    );
+    let mine = panel
+        .lines()
+        .find(|l| l.contains("user0@10.0.0.5") && l.contains("token"))
+        .unwrap();
+    assert!(
+        mine.contains("operator") && mine.contains("token ops") && mine.contains("▶"),
+        "{mine}"
+    );
+    assert!(
+        panel.contains("this console: #1 to") && panel.contains("acting as user0@10.0.0.5 via ops"),
+        "{panel}"
+    );
+    assert_eq!(
+        panel.matches('▶').count(),
+        2,
+        "one console marked as this one:\n{panel}"
+    );
     engine.shutdown().await;
     sb.shutdown().await;
+}
+
+/// The console (its `update` and screens, as `syncctl attach` runs them) on `link`,
+/// after `W`: the text of the frame drawn at `w`×`h`.
+fn who_panel(link: &RemoteEngine, w: u16, h: u16) -> String {
+    use crossterm::event::{KeyCode, KeyEvent};
+    use syncctl::console::update::{Msg, update};
+    use syncctl::console::{screens, state::App, theme::Theme};
+    let mut app = App::new(link.snapshots().borrow().clone(), Theme::monochrome());
+    update(&mut app, Msg::Link(link.state().borrow().clone()));
+    update(&mut app, Msg::Consoles(link.consoles().borrow().clone()));
+    update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char('W'))));
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    term.draw(|f| screens::draw(f, &app)).unwrap();
+    let buf = term.backend().buffer();
+    (0..h)
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 type Ws =

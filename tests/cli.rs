@@ -6,8 +6,12 @@
     reason = "a test that fails says where; a scenario reads top to bottom"
 )]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
+
+use common::running_engine;
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
 
@@ -465,51 +469,6 @@ fn an_engine_whose_database_was_lost_refuses_to_start_until_told_to_start_over()
     let mut fourth = serving_demo(&cfg, &data, &[]);
     let _ = fourth.kill();
     let _ = fourth.wait();
-}
-
-/// A child process killed if the test ends early (a failed assertion).
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// `syncctl run --demo` on `data`, on free ports; waits for its control file.
-fn running_engine(home: &std::path::Path, data: &std::path::Path) -> Reaped {
-    let config = home.join("run.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 5\nlatency_ms = 1\n",
-    )
-    .unwrap();
-    let mut child = Reaped(
-        Command::new(BIN)
-            .args(["run", "--demo", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data)
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("XDG_DATA_HOME", home.join("xdg"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !data.join("control.json").exists() {
-        assert!(
-            std::time::Instant::now() < deadline && child.0.try_wait().unwrap().is_none(),
-            "no control file"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child
 }
 
 #[test]

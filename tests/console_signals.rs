@@ -1,6 +1,8 @@
 //! The console binary in a pseudo-terminal: SIGTERM and SIGHUP drain the engine and
 //! give the terminal back (cooked mode, main screen, cursor shown) with exit 0, and
 //! Ctrl-C (a key in raw mode) asks like `q`, from anywhere, instead of being ignored.
+//! Plain `syncctl` on the data dir of an engine that runs as a service attaches to it,
+//! acts as its operator, and `q` detaches, leaving the engine running.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,6 +10,8 @@
     reason = "a test that fails says where; a scenario reads top to bottom"
 )]
 #![cfg(unix)]
+
+mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -52,19 +56,37 @@ impl Console {
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 20\nlatency_ms = 1\n",
         )
         .unwrap();
+        let data = dir.path().join("data");
+        let mut args = vec!["demo".into(), "--config".into(), config.into_os_string()];
+        args.extend(["--data-dir".into(), data.into_os_string()]);
+        let mut c = Self::spawn(&args, dir);
+        c.wait_for_text("quit", 60);
+        c
+    }
+
+    /// `syncctl ARGS…` on a fresh pseudo-terminal, with `dir` as its HOME.
+    fn spawn(args: &[std::ffi::OsString], dir: tempfile::TempDir) -> Self {
+        Self::spawn_with(args, dir, &[])
+    }
+
+    /// As [`Console::spawn`], with `env` set.
+    fn spawn_with(
+        args: &[std::ffi::OsString],
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
         let (master, slave) = openpty();
         // A session of its own with this terminal as its controlling terminal, as a
         // login shell would give it: `setsid --ctty` (util-linux) execs the console in
         // place, so the child's pid is the console's.
         let mut cmd = Command::new("setsid");
-        cmd.args(["--ctty", BIN, "demo", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
+        cmd.args(["--ctty", BIN])
+            .args(args)
             .env("HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .env("XDG_DATA_HOME", dir.path().join("xdg"))
             .env("TERM", "xterm-256color")
+            .envs(env.iter().copied())
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave.try_clone().unwrap()));
@@ -91,15 +113,13 @@ impl Console {
                 }
             }
         });
-        let mut c = Console {
+        Console {
             child,
             master,
             slave,
             output,
             _dir: dir,
-        };
-        c.wait_for_text("quit", 60);
-        c
+        }
     }
 
     fn output_len(&self) -> usize {
@@ -270,4 +290,59 @@ fn ctrl_c_asks_like_q_even_from_a_prompt() {
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(console.terminal_is_cooked());
     assert!(console.ends_restored());
+}
+
+#[test]
+fn plain_syncctl_attaches_to_the_engine_of_its_data_dir_and_q_detaches() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("engine");
+    let mut engine = common::running_engine(home.path(), &data);
+    // The operator's shell: the same data dir, no config, SSH'd in.
+    let console_home = tempfile::tempdir().unwrap();
+    let args = ["--data-dir".into(), data.clone().into_os_string()];
+    let mut console = Console::spawn_with(
+        &args,
+        console_home,
+        &[
+            ("USER", "ana"),
+            ("SSH_CONNECTION", "10.1.2.3 50022 10.0.0.1 22"),
+        ],
+    );
+    console.wait_for_text("ATTACHED", 30);
+    console.wait_for_text("127.0.0.1:", 10);
+    // An action from the attached console: the engine takes it, as ana from her address.
+    let from = console.output_len();
+    console.type_keys(b"p");
+    console.wait_for_text_after(from, "paused", 10);
+    let journal = Command::new(BIN)
+        .args(["--data-dir"])
+        .arg(&data)
+        .args(["ctl", "journal", "--json"])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let journal = String::from_utf8_lossy(&journal.stdout).into_owned();
+    assert!(
+        journal.contains("ana@10.1.2.3") && journal.contains("pause catalog"),
+        "the pause is audited as ana from her SSH address: {journal}"
+    );
+    // `q` detaches at once (nothing to drain: the engine is not this console's) and
+    // says so; the engine keeps running.
+    console.type_keys(b"q");
+    let status = console.wait_exit(30);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(console.terminal_is_cooked());
+    assert!(console.ends_restored());
+    let out = String::from_utf8_lossy(&console.output.lock().unwrap()).into_owned();
+    assert!(
+        out.contains("detached from the engine") && out.contains("it keeps running"),
+        "{out}"
+    );
+    assert!(
+        engine.0.try_wait().unwrap().is_none(),
+        "the engine still runs after the console detached"
+    );
+    assert!(data.join("control.json").exists());
+    let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
+    let _ = engine.0.wait();
 }

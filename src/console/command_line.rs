@@ -321,11 +321,13 @@ pub enum Local {
     Help,
     /// `quit` (or `q`): as the `q` key.
     Quit,
+    /// `who`: the consoles attached to the engine.
+    Who,
     /// A screen's name (`dian`, `events`…): go there.
     Screen(Tab),
 }
 
-/// `help`, `quit` or a screen's name, in any case.
+/// `help`, `quit`, `who` or a screen's name, in any case.
 pub fn local(line: &str) -> Option<Local> {
     let word = line.trim();
     if word.eq_ignore_ascii_case("help") {
@@ -334,16 +336,19 @@ pub fn local(line: &str) -> Option<Local> {
     if word.eq_ignore_ascii_case("quit") || word.eq_ignore_ascii_case("q") {
         return Some(Local::Quit);
     }
+    if word.eq_ignore_ascii_case("who") {
+        return Some(Local::Who);
+    }
     Tab::ALL
         .iter()
         .find(|t| t.title().eq_ignore_ascii_case(word))
         .map(|t| Local::Screen(*t))
 }
 
-/// The console's own words, for completion and help: `help`, `quit`, then the
+/// The console's own words, for completion and help: `help`, `quit`, `who`, then the
 /// screens' names in lower case.
 pub fn local_words() -> Vec<String> {
-    ["help", "quit"]
+    ["help", "quit", "who"]
         .into_iter()
         .map(str::to_owned)
         .chain(Tab::ALL.iter().map(|t| t.title().to_lowercase()))

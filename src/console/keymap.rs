@@ -47,6 +47,8 @@ pub enum Action {
     ApplySettings,
     Tune,
     CommandLine,
+    /// `W`: who is attached to the engine.
+    Who,
 }
 
 impl Action {
@@ -91,7 +93,8 @@ impl Action {
             | Action::ChartWindow
             | Action::Tune
             | Action::ToggleJournal
-            | Action::CommandLine => None,
+            | Action::CommandLine
+            | Action::Who => None,
         }
     }
 }
@@ -293,6 +296,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "tune thresholds (opens Settings)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('W')],
+        label: "W",
+        action: Action::Who,
+        scope: Scope::Global,
+        hint: None,
+        help: "who is attached: every console on this engine (user, SSH address, token, role)",
     },
     Binding {
         keys: &[KeyCode::Char('c')],

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{CommandError, Link, Query, Request, Shown};
+use crate::protocol::{CommandError, Link, Pacer, Query, Request, Shown};
 use state::App;
 use theme::Theme;
 use update::{Effect, Msg, Signal, update};
@@ -125,8 +125,9 @@ async fn event_loop<L: Link>(
     inbox.push_back(Msg::Link(link.borrow_and_update().clone()));
     inbox.push_back(Msg::Consoles(consoles.borrow_and_update().clone()));
     let mut input = EventStream::new();
-    let frame_gap = Duration::from_millis(1000 / u64::from(max_fps.max(1)));
-    let mut last_draw = Instant::now() - frame_gap;
+    // At most `max_fps` frames a second, but one between two regular ones (an
+    // operator's action seen just after a tick) drawn at once.
+    let mut pace = Pacer::new(max_fps, Instant::now());
     let mut dirty = true;
     let mut urgent = true;
     // Replies to this console's commands and answers to its queries, as messages.
@@ -160,13 +161,13 @@ async fn event_loop<L: Link>(
             engine.show(shown);
         }
         // After a hangup there is no terminal to draw on or read from: drain quietly.
-        if dirty && !app.hung_up && (urgent || last_draw.elapsed() >= frame_gap) {
+        if dirty && !app.hung_up && (urgent || pace.ready(Instant::now())) {
             draw(term, &app)?;
-            last_draw = Instant::now();
+            pace.sent(Instant::now());
             dirty = false;
             urgent = false;
         }
-        let next_frame = last_draw + frame_gap;
+        let next_frame = pace.next_at();
         let msg = tokio::select! {
             signal = signals.next() => Msg::Signal(signal),
             ev = input.next(), if !app.hung_up => match ev {

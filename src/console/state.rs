@@ -135,6 +135,8 @@ pub struct App {
     pub tab: Tab,
     pub theme: Theme,
     pub help: bool,
+    /// The panel of who is attached (`W`, `:who`).
+    pub who: bool,
     pub confirm: Option<Confirm>,
     /// True when focus is on the confirming button (starts on Cancel).
     pub confirm_focus_ok: bool,
@@ -231,6 +233,7 @@ impl App {
             command_line: None,
             history: History::default(),
             commands_help: false,
+            who: false,
             read_only: false,
         }
     }
@@ -355,6 +358,7 @@ impl App {
         Shown {
             audit: self.tab == Tab::Events,
             charts: self.tab == Tab::Throughput,
+            downstreams: matches!(self.tab, Tab::Circuits | Tab::Throughput | Tab::Workers),
         }
     }
 

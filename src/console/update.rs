@@ -469,6 +469,7 @@ impl App {
             self.search_open = false;
             self.help = false;
             self.commands_help = false;
+            self.who = false;
             self.command_line = None;
             self.confirm = Some(Confirm::Quit);
             self.confirm_focus_ok = false;
@@ -477,9 +478,10 @@ impl App {
         if let Some(confirm) = self.confirm.clone() {
             return self.apply_confirm_key(confirm, key);
         }
-        if self.help || self.commands_help {
+        if self.help || self.commands_help || self.who {
             self.help = false;
             self.commands_help = false;
+            self.who = false;
             return None;
         }
         if self.command_line.is_some() {
@@ -526,6 +528,7 @@ impl App {
                 // (The DIAN queue's detail is asked for after every message: `follow_detail`.)
             }
             Action::Help => self.help = true,
+            Action::Who => self.who = true,
             Action::Back => {}
             // An attached console detaches at once: nothing is lost, the engine runs on.
             Action::Quit if !self.link.hosted() => return Some(Effect::Exit),
@@ -862,6 +865,7 @@ impl App {
             self.history.push(text);
             match local {
                 Local::Help => self.commands_help = true,
+                Local::Who => self.who = true,
                 // An attached console detaches at once; the engine runs on.
                 Local::Quit if !self.link.hosted() => return Some(Effect::Exit),
                 Local::Quit => {

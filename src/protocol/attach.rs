@@ -101,11 +101,19 @@ pub struct Shown {
     /// The charts (`telemetry.charts`): the Throughput screen.
     #[serde(default)]
     pub charts: bool,
+    /// Each downstream's breaker, limiter, counters and latency (`downstreams`): the
+    /// Circuits, Throughput and Workers screens.
+    #[serde(default)]
+    pub downstreams: bool,
 }
 
 impl Shown {
-    /// `snapshot` (as JSON) without the parts not shown.
+    /// `snapshot` (as JSON) without the parts not shown, nor those no console shows
+    /// (`profile`, the slowest operations, is for the API and `status`).
     pub fn strip(self, snapshot: &mut Value) {
+        if let Some(v) = snapshot.get_mut("profile") {
+            *v = Value::Array(Vec::new());
+        }
         if !self.audit
             && let Some(v) = snapshot.get_mut("audit")
         {
@@ -118,6 +126,29 @@ impl Shown {
         {
             *v = Value::Array(Vec::new());
         }
+        if !self.downstreams
+            && let Some(v) = snapshot.get_mut("downstreams")
+        {
+            *v = Value::Array(Vec::new());
+        }
+    }
+}
+
+/// Where the engine's clock is in a snapshot (as JSON): `compliance.now_ms`, whole
+/// seconds. It is sent in the whole snapshot only, never in a delta: the console keeps
+/// the engine's clock from there on its own, so an idle engine sends nothing each
+/// second. [`clock_ms`] reads it, [`set_clock_ms`] sets it.
+pub const CLOCK: [&str; 2] = ["compliance", "now_ms"];
+
+/// The engine clock in `snapshot`.
+pub fn clock_ms(snapshot: &Value) -> Option<i64> {
+    snapshot.get(CLOCK[0])?.get(CLOCK[1])?.as_i64()
+}
+
+/// Sets the engine clock in `snapshot` (when it has one).
+pub fn set_clock_ms(snapshot: &mut Value, ms: i64) {
+    if let Some(v) = snapshot.get_mut(CLOCK[0]).and_then(|c| c.get_mut(CLOCK[1])) {
+        *v = Value::from(ms);
     }
 }
 
@@ -288,22 +319,34 @@ fn diff_at(path: &mut Vec<String>, old: &Value, new: &Value, out: &mut Vec<Chang
                 out.push(Change::Remove { path: p });
             }
         }
-        (Value::Array(a), Value::Array(b)) => match list_change(path, a, b) {
-            // Records that kept their places (the charts): item by item.
-            Change::Set { .. } if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) => {
+        (Value::Array(a), Value::Array(b)) => {
+            let whole = list_change(path, a, b);
+            // Records that may have kept their places (the charts, the downstreams):
+            // item by item, when that is the smaller.
+            if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) {
+                let mut each = Vec::new();
                 for (n, (x, y)) in a.iter().zip(b).enumerate() {
                     path.push(n.to_string());
-                    diff_at(path, x, y, out);
+                    diff_at(path, x, y, &mut each);
                     path.pop();
                 }
+                if encoded_len(&each) <= encoded_len(std::slice::from_ref(&whole)) {
+                    out.extend(each);
+                    return;
+                }
             }
-            change => out.push(change),
-        },
+            out.push(whole);
+        }
         _ => out.push(Change::Set {
             path: path.clone(),
             value: new.clone(),
         }),
     }
+}
+
+/// How long `changes` are on the wire (before compression).
+fn encoded_len(changes: &[Change]) -> usize {
+    serde_json::to_vec(changes).map_or(usize::MAX, |v| v.len())
 }
 
 /// The smallest of: the list as a window that moved forward (Push), as a stack with
@@ -468,7 +511,7 @@ pub struct Packer {
 impl Default for Packer {
     fn default() -> Self {
         Packer {
-            z: flate2::Compress::new(flate2::Compression::fast(), false),
+            z: flate2::Compress::new(flate2::Compression::best(), false),
         }
     }
 }

@@ -107,6 +107,8 @@ pub struct Attached {
     pub role: Role,
     /// How the engine's audit trail names this console's actions.
     pub actor: String,
+    /// This console's connection, as the list of attached consoles numbers it.
+    pub connection: u64,
 }
 
 impl LinkState {

@@ -21,8 +21,8 @@ use super::ServerState;
 use super::api::Actor;
 use crate::protocol::attach::{self, DEFAULT_FPS, Packer, check_version, diff};
 use crate::protocol::{
-    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Request,
-    Role, ServerFrame, Shown, Snapshot, Welcome,
+    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Pacer,
+    Request, Role, ServerFrame, Shown, Snapshot, Welcome,
 };
 
 /// How long a console has to send its hello.
@@ -120,7 +120,6 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
     };
     let id = st.control.ws.add_console(&mut me, addr);
     tracing::info!("console attached: {} (connection {id})", me.label());
-    let gap = Duration::from_secs(1) / hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60);
     let mut session = Session {
         st: &st,
         id,
@@ -128,8 +127,9 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         role,
         caller: actor.caller,
         packer: Packer::default(),
-        gap,
+        max_fps: hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60),
         shown: Shown::default(),
+        clock: None,
     };
     session.run(&mut tx, &mut rx).await;
     st.control.ws.remove(id);
@@ -145,10 +145,12 @@ struct Session<'a> {
     caller: super::auth::Caller,
     /// This connection's compressed stream.
     packer: Packer,
-    /// The least time between two deltas: the console draws no faster.
-    gap: Duration,
+    /// Deltas a second, on average: the console draws no faster.
+    max_fps: u32,
     /// What the console shows of the parts sent only on demand.
     shown: Shown,
+    /// The engine clock the console was sent in its snapshot (it keeps time itself).
+    clock: Option<i64>,
 }
 
 impl Session<'_> {
@@ -199,14 +201,17 @@ impl Session<'_> {
         let Some(mut shown) = self.greet(tx, heartbeat, &first).await else {
             return;
         };
+        // The console keeps the engine's clock from the snapshot: never in a delta.
+        self.clock = attach::clock_ms(&shown);
         let mut seq = 1;
         let mut events = self.st.engine.events.subscribe();
         // Replies and answers come back here from the tasks awaiting them.
         let (back_tx, mut back) = mpsc::unbounded_channel::<ServerFrame>();
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut silent = 0u32;
-        // A change waits until `next_delta`: the console draws no faster.
-        let mut next_delta = tokio::time::Instant::now();
+        // A change waits for its turn: the console draws no faster (but a change
+        // between two regular ones, as an operator's action, goes at once).
+        let mut pace = Pacer::new(self.max_fps, tokio::time::Instant::now());
         let mut pending = false;
         loop {
             let out = tokio::select! {
@@ -217,7 +222,7 @@ impl Session<'_> {
                     pending = true;
                     continue;
                 }
-                () = tokio::time::sleep_until(next_delta), if pending => {
+                () = tokio::time::sleep_until(pace.next_at()), if pending => {
                     pending = false;
                     let snap = snapshots.borrow_and_update().clone();
                     let now = self.view(&snap);
@@ -226,7 +231,7 @@ impl Session<'_> {
                     if changes.is_empty() {
                         continue;
                     }
-                    next_delta = tokio::time::Instant::now() + self.gap;
+                    pace.sent(tokio::time::Instant::now());
                     seq += 1;
                     ServerFrame::Delta { seq, changes }
                 }
@@ -282,6 +287,9 @@ impl Session<'_> {
     fn view(&self, snap: &crate::protocol::Snapshot) -> Value {
         let mut v = serde_json::to_value(snap).unwrap_or(Value::Null);
         self.shown.strip(&mut v);
+        if let Some(ms) = self.clock {
+            attach::set_clock_ms(&mut v, ms);
+        }
         v
     }
 

@@ -219,3 +219,49 @@ pub async fn assert_one_item_per_product(base: &str) {
     let stats = get_json(&format!("{base}/_sandbox/stats")).await;
     assert_eq!(stats["quickbooks"]["duplicate_names"], 0);
 }
+
+/// A child process killed if the test ends early (a failed assertion).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The binary under test, run as a service would run it: `syncctl run --demo` on
+/// `data`, on free ports, with `home` as its HOME; waits for its control file.
+pub fn running_engine(home: &std::path::Path, data: &std::path::Path) -> Reaped {
+    let config = home.join("run.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[sandbox]\nlisten = \"127.0.0.1:0\"\nproducts = 5\nlatency_ms = 1\n",
+    )
+    .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
+            .args(["run", "--demo", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data)
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("xdg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !data.join("control.json").exists() {
+        assert!(
+            std::time::Instant::now() < deadline && child.0.try_wait().unwrap().is_none(),
+            "no control file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}

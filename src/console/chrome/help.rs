@@ -87,7 +87,7 @@ pub fn draw_commands(frame: &mut Frame, area: Rect, app: &App) {
     }
     let screens: Vec<String> = Tab::ALL.iter().map(|t| t.title().to_lowercase()).collect();
     lines.push(Line::from(vec![
-        Span::styled(" help · quit · a screen's name", t.key),
+        Span::styled(" help · quit · who · a screen's name", t.key),
         Span::raw(format!("  ({})", screens.join(" "))),
     ]));
     overlay(
@@ -108,7 +108,7 @@ fn read_only_line(app: &App) -> Line<'static> {
 }
 
 /// `lines` in a box with `title`, centred, as wide as fits (at most 96 columns).
-fn overlay(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line<'_>>) {
+pub(super) fn overlay(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line<'_>>) {
     let width = area.width.saturating_sub(2).min(96);
     let rect = centered(area, width, (lines.len() as u16 + 2).min(area.height));
     frame.render_widget(Clear, rect);

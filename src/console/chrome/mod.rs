@@ -19,6 +19,7 @@ pub mod footer;
 pub mod format;
 pub mod header;
 pub mod help;
+pub mod who;
 pub mod widgets;
 
 use ratatui::Frame;

@@ -61,6 +61,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if app.commands_help {
         chrome::help::draw_commands(frame, area, app);
     }
+    if app.who {
+        chrome::who::draw(frame, area, app);
+    }
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);
     }

@@ -15,7 +15,7 @@ use crate::resilience::{Class, Classify, Downstream, Rejected, retry::parse_retr
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AlegraError {
     /// Alegra answered with an error; `code` is the provider's (e.g. `EPR503`).
-    #[error("alegra {status}: {code}: {message}")]
+    #[error("alegra {status}: {}", code_and_message(code, message))]
     Api {
         status: u16,
         code: String,
@@ -31,6 +31,20 @@ pub enum AlegraError {
     Rejected { message: String, retry_in_ms: u64 },
     #[error("alegra response: {0}")]
     Decode(String),
+}
+
+/// `CODE: message`, the code said once: Alegra's own messages often start with it
+/// (`EPR503: La DIAN no respondió…`).
+pub fn code_and_message(code: &str, message: &str) -> String {
+    let m = message.trim_start();
+    let repeats = m
+        .strip_prefix(code)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', ' ', '-']));
+    if code.is_empty() || repeats {
+        m.to_owned()
+    } else {
+        format!("{code}: {m}")
+    }
 }
 
 impl AlegraError {

@@ -85,12 +85,18 @@ pub struct IllegalTransition {
 /// Why a call was not let through.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejected {
-    #[error("circuit {0} is OPEN; retry in {1:?}")]
+    #[error("circuit {0} is OPEN; retry in {wait}", wait = wait_words(*.1))]
     Open(String, Duration),
     #[error("circuit {0} is FORCED_OPEN by an operator")]
     ForcedOpen(String),
     #[error("circuit {0} is HALF_OPEN and its trial calls are taken")]
     HalfOpenFull(String),
+}
+
+/// A wait as an operator reads it: whole seconds, rounded up (`28s`, `4m59s`).
+pub fn wait_words(d: Duration) -> String {
+    let secs = d.as_millis().div_ceil(1000) as u64;
+    crate::protocol::format_duration(secs.max(1))
 }
 
 impl Rejected {

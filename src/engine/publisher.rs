@@ -49,6 +49,8 @@ pub(super) struct Publisher {
     read_error: Option<String>,
     catalog_progress: crate::telemetry::health::Progress,
     compliance_progress: crate::telemetry::health::Progress,
+    /// REJECTED invoices by rule, re-read when a record changed: (version, count, groups).
+    rejected: (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
 }
 
 const SERIES_SECONDS: usize = 120;
@@ -57,6 +59,32 @@ const AUDIT_KEPT: usize = 500;
 const INVOICES_SHOWN: usize = 300;
 
 impl Publisher {
+    /// The REJECTED invoices grouped by the DIAN rule that rejected them (re-read from
+    /// the store only when a record changed).
+    fn rejected_by_rule(
+        cache: &mut (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
+        c: &compliance::Compliance,
+        count: u64,
+    ) -> Vec<crate::telemetry::health::RejectedByRule> {
+        let version = c.version();
+        if count == 0 {
+            *cache = (version, 0, Vec::new());
+        } else if cache.0 != version || cache.1 != count {
+            let recs = c
+                .store
+                .invoices(Some(Status::Rejected), "", 1000)
+                .unwrap_or_default();
+            let groups = crate::telemetry::health::RejectedByRule::group(recs.iter().map(|r| {
+                (
+                    r.number.as_str(),
+                    r.last_message.as_deref().unwrap_or_default(),
+                )
+            }));
+            *cache = (version, count, groups);
+        }
+        cache.2.clone()
+    }
+
     /// The DIAN queue view. What comes from the store is re-read only when a record
     /// changed, not on every publish tick.
     fn compliance_view(&mut self) -> ComplianceView {
@@ -128,6 +156,7 @@ impl Publisher {
             read_error: None,
             catalog_progress: Default::default(),
             compliance_progress: Default::default(),
+            rejected: (u64::MAX, 0, Vec::new()),
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -235,8 +264,12 @@ impl Publisher {
                 };
                 let progressed = c.version() + c.metrics.sends.load(Ordering::Relaxed);
                 Some(health::ComplianceSignals {
-                    stuck: compliance.counts.get(Status::Failed)
-                        + compliance.counts.get(Status::Rejected),
+                    failed: compliance.counts.get(Status::Failed),
+                    rejected: Self::rejected_by_rule(
+                        &mut self.rejected,
+                        c,
+                        compliance.counts.get(Status::Rejected),
+                    ),
                     contingency: compliance.contingency.phase.to_string(),
                     paused: compliance.paused,
                     numbering,

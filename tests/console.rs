@@ -174,8 +174,9 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
             calls,
             failures,
             consecutive_failures: 0,
-            interval: lat,
-            recent_p95_ms: Some(lat.p95_ms),
+            p50_ms: Some(lat.p50_ms),
+            p95_ms: Some(lat.p95_ms),
+            p99_ms: Some(lat.p99_ms),
             breaker: "CLOSED".into(),
             in_flight: 2,
             limit: 10,
@@ -1844,7 +1845,9 @@ fn failed_catalog_jobs_and_a_full_sync_are_run_again_after_a_confirmation() {
     assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none());
     assert!(
-        render(&app, 80, 24).0.contains("a full sync is already running"),
+        render(&app, 80, 24)
+            .0
+            .contains("a full sync is already running"),
         "{}",
         render(&app, 80, 24).0
     );
@@ -1855,5 +1858,8 @@ fn failed_catalog_jobs_and_a_full_sync_are_run_again_after_a_confirmation() {
     assert!(press(&mut app, KeyCode::Enter).is_none());
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("Run the full sync again?"), "{text}");
-    assert_eq!(press(&mut app, KeyCode::Char('y')), Some(Command::Resync {}));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::Resync {})
+    );
 }

@@ -299,19 +299,11 @@ impl Publisher {
             .downstreams
             .iter()
             .zip(views)
-            .map(|(d, v)| crate::telemetry::DownstreamSample {
-                name: v.name.clone(),
-                calls: v.calls,
-                failures: v.failures + v.timeouts,
-                consecutive_failures: v.consecutive_failures,
-                interval: d.latency.take_interval(),
-                recent_p95_ms: v.p95_ms,
-                breaker: v.breaker.state.to_string(),
-                in_flight: v.limiter.in_flight as u64,
-                limit: v.limiter.max_concurrent as u64,
+            .map(|(_, v)| crate::telemetry::DownstreamSample {
                 auth: (v.name == "quickbooks")
                     .then(|| auth.as_ref().map(|p| p.reason.clone()))
                     .flatten(),
+                ..crate::telemetry::DownstreamSample::from_view(v)
             })
             .collect();
         let cache = self

@@ -20,10 +20,12 @@ use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
-use metrics::{Reduce, Series, Summary, Window};
+use metrics::{Reduce, Series, Window};
 use settings::{AlertsConfig, AnomalyConfig};
 
-/// One downstream's cumulative counters and the latency of the last second.
+/// One downstream's cumulative counters and its latency percentiles over the
+/// resilience layer's time window (the same figures the Circuits screen and the API
+/// show: [`crate::resilience::LATENCY_WINDOW`]).
 #[derive(Debug, Clone, Default)]
 pub struct DownstreamSample {
     pub name: String,
@@ -31,14 +33,35 @@ pub struct DownstreamSample {
     /// Failures and timeouts.
     pub failures: u64,
     pub consecutive_failures: u64,
-    pub interval: Summary,
-    /// p95 of the most recent calls (ms).
-    pub recent_p95_ms: Option<f64>,
+    /// p50, p95, p99 (ms) of the calls in the window; None without calls in it.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     pub breaker: String,
     pub in_flight: u64,
     pub limit: u64,
     /// Set while the service refuses our credentials (the reason).
     pub auth: Option<String>,
+}
+
+impl DownstreamSample {
+    /// The sample of a downstream as its view shows it (breaker, limits, the latency
+    /// window); credentials are the caller's to add.
+    pub fn from_view(v: &crate::protocol::DownstreamView) -> Self {
+        Self {
+            name: v.name.clone(),
+            calls: v.calls,
+            failures: v.failures + v.timeouts,
+            consecutive_failures: v.consecutive_failures,
+            p50_ms: v.p50_ms,
+            p95_ms: v.p95_ms,
+            p99_ms: v.p99_ms,
+            breaker: v.breaker.state.to_string(),
+            in_flight: v.limiter.in_flight as u64,
+            limit: v.limiter.max_concurrent as u64,
+            auth: None,
+        }
+    }
 }
 
 /// The engine's counters at one second.
@@ -226,25 +249,17 @@ impl Telemetry {
                 .window(&format!("failures:{}", d.name), 60, d.failures)
                 .increase();
             let error_rate = (calls > 0).then(|| failures as f64 * 100.0 / calls as f64);
-            let i = &d.interval;
-            let lat = |v: f64| (i.count > 0).then_some(v);
-            self.push(&format!("latency_p50:{}", d.name), lat(i.p50_ms));
-            self.push(&format!("latency_p95:{}", d.name), lat(i.p95_ms));
-            self.push(&format!("latency_p99:{}", d.name), lat(i.p99_ms));
+            // One latency source: the window the Circuits screen and the API show.
+            self.push(&format!("latency_p50:{}", d.name), d.p50_ms);
+            self.push(&format!("latency_p95:{}", d.name), d.p95_ms);
+            self.push(&format!("latency_p99:{}", d.name), d.p99_ms);
             self.push(&format!("error_rate:{}", d.name), error_rate);
             self.detect(&format!("error_rate:{}", d.name), error_rate, now, &mut out);
-            self.detect(
-                &format!("latency_p95:{}", d.name),
-                lat(i.p95_ms),
-                now,
-                &mut out,
-            );
+            self.detect(&format!("latency_p95:{}", d.name), d.p95_ms, now, &mut out);
             if let Some(e) = error_rate {
                 value("error_rate", &d.name, e);
             }
-            if calls > 0
-                && let Some(p) = d.recent_p95_ms
-            {
+            if let Some(p) = d.p95_ms {
                 value("latency_p95", &d.name, p);
             }
             value(
@@ -257,7 +272,7 @@ impl Telemetry {
                 name: d.name.clone(),
                 breaker: d.breaker.clone(),
                 error_rate,
-                p95_ms: if calls > 0 { d.recent_p95_ms } else { None },
+                p95_ms: d.p95_ms,
                 in_flight: d.in_flight,
                 concurrency_limit: d.limit,
                 open_anomalies: 0,
@@ -498,11 +513,8 @@ pub fn statsd_lines(s: &Sample, prev: Option<&Sample>, view: &TelemetryView) -> 
             d.name,
             delta(d.failures, |x| x.failures)
         ));
-        if d.interval.count > 0 {
-            out.push(format!(
-                "syncctl.http.{}.p95_ms:{}|g",
-                d.name, d.interval.p95_ms
-            ));
+        if let Some(p95) = d.p95_ms {
+            out.push(format!("syncctl.http.{}.p95_ms:{p95}|g", d.name));
         }
     }
     out

@@ -439,3 +439,27 @@ async fn failed_catalog_jobs_are_retried_one_and_all_and_a_full_sync_runs_again(
     engine.shutdown().await;
     sandbox.shutdown().await;
 }
+
+/// Issue 15 point 11: a healthy full sync of 3,000 products raises no warning or
+/// critical alert — with `for` at 0, so any condition that held even a second would
+/// have fired (a deep queue that drains is work going as it should).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_full_sync_of_three_thousand_products_raises_no_warning() {
+    let sandbox = common::sandbox(3000, 15).await;
+    let mut cfg = common::config_for(&sandbox);
+    cfg.alerts.for_secs = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    common::until_idle(&engine, 3000).await;
+    let store = syncctl::store::Store::open(dir.path()).unwrap();
+    let alerts: Vec<String> = store
+        .recent_audit(10_000, 0)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "alert" && !e.message.starts_with("info"))
+        .map(|e| format!("{}: {}", e.entity, e.message))
+        .collect();
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+}

@@ -147,6 +147,8 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
     let mut t = Telemetry::new(
         AlertsConfig {
             for_secs: 10,
+            // Depth alone, as this fixture's queue alert was drawn with.
+            queue_drain_secs: 0.0,
             ..Default::default()
         },
         AnomalyConfig::default(),

@@ -255,6 +255,7 @@ async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_ope
     let r = until_status(&engine, &id, Status::Failed, 60).await;
     assert_eq!(r.attempts, 3, "the first send and two retries");
     let h = history(&engine, &id).await;
+    assert!(!h.iter().any(|l| garbled(l)), "{h:#?}");
     for expected in ["UNKNOWN", "RETRY", "FAILED"] {
         assert!(
             h.iter().any(|l| l.starts_with(expected)),
@@ -295,6 +296,25 @@ async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_ope
     })
     .await;
     assert_eq!(audit.actor, "ana@10.0.0.7");
+}
+
+/// A message an operator should not read: a raw duration (`27.999391431s`) or a
+/// provider code said twice (`EPR503: EPR503:`).
+fn garbled(message: &str) -> bool {
+    let raw = message
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .any(|w| {
+            w.strip_suffix('s').is_some_and(|n| {
+                n.split_once('.').is_some_and(|(a, b)| {
+                    a.parse::<u64>().is_ok() && b.len() >= 3 && b.parse::<u64>().is_ok()
+                })
+            })
+        });
+    let words: Vec<&str> = message.split_whitespace().collect();
+    let doubled = words
+        .windows(2)
+        .any(|w| w[0].ends_with(':') && w[0].len() > 1 && w[0] == w[1]);
+    raw || doubled
 }
 
 /// Every record in the engine's store (read beside the running engine).
@@ -656,6 +676,10 @@ async fn an_operator_close_of_the_alegra_circuit_releases_held_invoices_at_once(
                         .is_some_and(|m| m.contains("circuit is open"))
             })
             .count();
+        for r in &s.compliance.invoices {
+            let m = r.last_message.as_deref().unwrap_or_default();
+            assert!(!garbled(m), "{m}");
+        }
         (open && held == ids.len()).then_some(())
     })
     .await;

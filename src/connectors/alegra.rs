@@ -487,6 +487,20 @@ fn provider_code(code: &str, message: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Issue 15 point 10: Alegra's messages start with their code; it is said once.
+    #[test]
+    fn a_code_is_said_once() {
+        let e = AlegraError::Api {
+            status: 504,
+            code: "EPR503".into(),
+            message: "EPR503: La DIAN no respondió".into(),
+            retry_after: None,
+        };
+        assert_eq!(e.to_string(), "alegra 504: EPR503: La DIAN no respondió");
+        assert_eq!(code_and_message("X1", "boom"), "X1: boom");
+        assert_eq!(code_and_message("X1", "X12 is not X1"), "X1: X12 is not X1");
+    }
+
     #[test]
     fn provider_codes_come_from_the_code_or_the_message() {
         assert_eq!(provider_code("EPR503", "x"), "EPR503");

@@ -182,7 +182,8 @@ impl Publisher {
             mode,
             server_addr,
             last_completed: 0,
-            per_second: std::collections::VecDeque::from(vec![0; SERIES_SECONDS]),
+            // Only the seconds there were: a chart one second old says "1 s".
+            per_second: std::collections::VecDeque::with_capacity(SERIES_SECONDS),
             second_started: tokio::time::Instant::now(),
             audit: std::collections::VecDeque::new(),
             last_audit_id: 0,
@@ -473,7 +474,9 @@ impl Publisher {
         }
         while self.second_started.elapsed() >= Duration::from_secs(1) {
             self.second_started += Duration::from_secs(1);
-            self.per_second.pop_front();
+            if self.per_second.len() >= SERIES_SECONDS {
+                self.per_second.pop_front();
+            }
             self.per_second.push_back(completed - self.last_completed);
             self.last_completed = completed;
             self.telemetry_tick(&compliance, &counts, &downstreams, events);

@@ -591,6 +591,15 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 point 10: a wait reads in whole seconds, never `27.999391431s`.
+    #[test]
+    fn a_refusal_says_its_wait_in_whole_seconds() {
+        let r = Rejected::Open("alegra".into(), Duration::from_nanos(27_999_391_431));
+        assert_eq!(r.to_string(), "circuit alegra is OPEN; retry in 28s");
+        let r = Rejected::Open("alegra".into(), Duration::from_millis(298_998));
+        assert_eq!(r.to_string(), "circuit alegra is OPEN; retry in 4m59s");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn count_breaker(min: u32) -> (Arc<Breaker>, Arc<super::super::clock::ManualClock>) {

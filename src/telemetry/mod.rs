@@ -807,4 +807,56 @@ mod tests {
         let fired = fired.expect("a stopped queue alerts");
         assert!((375 + 63..=375 + 67).contains(&fired), "fired at {fired}");
     }
+
+    /// Issue 15 point 10: an alert resolved because its series stopped (no calls) says
+    /// so, instead of showing its last value above the threshold as what resolved it.
+    #[test]
+    fn an_alert_whose_series_stops_resolves_as_no_data() {
+        let mut t = Telemetry::new(
+            AlertsConfig {
+                for_secs: 0,
+                cooldown_secs: 0,
+                ..AlertsConfig::default()
+            },
+            AnomalyConfig::default(),
+        );
+        let slow = |s: i64, p95: Option<f64>| Sample {
+            now_ms: s * 1000,
+            downstreams: vec![DownstreamSample {
+                name: "quickbooks".into(),
+                p95_ms: p95,
+                breaker: "CLOSED".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        t.tick(slow(0, Some(6021.0)));
+        assert_eq!(t.alerts.firing(), 1);
+        let out = t.tick(slow(1, None));
+        let resolved = out
+            .iter()
+            .find_map(|x| match x {
+                Signal::Alert(n) if n.phase == alerts::Phase::Resolved => Some(n.clone()),
+                _ => None,
+            })
+            .expect("resolved");
+        assert!(resolved.no_data, "{resolved:?}");
+        assert!(
+            resolved.message.contains("no data") && !resolved.message.contains("(value 6021"),
+            "{}",
+            resolved.message
+        );
+        // A series that comes back below the threshold resolves with that value.
+        t.tick(slow(2, Some(6021.0)));
+        let out = t.tick(slow(3, Some(40.0)));
+        let resolved = out
+            .iter()
+            .find_map(|x| match x {
+                Signal::Alert(n) if n.phase == alerts::Phase::Resolved => Some(n.clone()),
+                _ => None,
+            })
+            .expect("resolved again");
+        assert!(!resolved.no_data);
+        assert_eq!(resolved.value, 40.0);
+    }
 }

@@ -500,11 +500,6 @@ impl Catalog {
         Ok(Ingested::New)
     }
 
-    /// Lists every product into jobs, resuming from the stored cursor.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the full sync's resumable walk in one place"
-    )]
     /// The full sync, then again each time an operator asks for it ([`Self::resync`]),
     /// until `cancel`.
     pub async fn full_sync_loop(&self, cancel: CancellationToken) {
@@ -562,6 +557,11 @@ impl Catalog {
         Ok(keys)
     }
 
+    /// Lists every product into jobs, resuming from the stored cursor.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the full sync's resumable walk in one place"
+    )]
     pub async fn full_sync(&self, cancel: CancellationToken) {
         let mut state = self
             .metrics

@@ -205,6 +205,7 @@ threshold_fields! {
     "alerts.cache_miss_rate_percent" => alerts.cache_miss_rate_percent: f64,
     "alerts.consecutive_failures" => alerts.consecutive_failures: f64,
     "alerts.queue_depth" => alerts.queue_depth: f64,
+    "alerts.queue_drain_secs" => alerts.queue_drain_secs: f64,
     "alerts.dian_failure_rate_percent" => alerts.dian_failure_rate_percent: f64,
     "alerts.for_secs" => alerts.for_secs: u64,
     "alerts.cooldown_secs" => alerts.cooldown_secs: u64,

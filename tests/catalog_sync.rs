@@ -316,3 +316,150 @@ async fn expired_access_token_is_refreshed_exactly_once_under_concurrent_calls()
     assert_eq!(stored, sandbox.sandbox.lock().world.refresh_token);
     sandbox.shutdown().await;
 }
+
+/// Runs `syncctl ctl ARGS` against the engine at `url` as an operator token.
+async fn ctl(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["ctl", "--url", url, "--token", token];
+    all.extend_from_slice(args);
+    let all: Vec<String> = all.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
+            .args(&all)
+            .env("USER", "ana")
+            .env_remove("SYNCCTL_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn counts(engine: &syncctl::engine::EngineHandle) -> syncctl::protocol::CatalogCounts {
+    engine.snapshot.borrow().catalog.counts.clone()
+}
+
+/// Issue 15 point 6: catalog jobs that failed past their last attempt are retried one
+/// and all (`syncctl ctl`, the API), and a full sync runs again; each is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_catalog_jobs_are_retried_one_and_all_and_a_full_sync_runs_again() {
+    const TOKEN: &str = "ops-token-0123456789abcdef";
+    let sandbox = common::sandbox(5, 4).await;
+    let base = sandbox.base_url();
+    common::faults(&base, json!({"service": "quickbooks", "error_rate": 1.0})).await;
+    let mut cfg = common::config_for(&sandbox);
+    cfg.catalog.max_attempts = 1;
+    cfg.quickbooks.breaker.minimum_calls = 10_000;
+    cfg.server.tokens = vec![syncctl::config::TokenConfig {
+        name: "ops".into(),
+        token: syncctl::config::Secret::new(TOKEN),
+        role: syncctl::config::Role::Operator,
+        rate_limit_per_min: 10_000,
+    }];
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let url = format!("http://{}", engine.server_addr);
+    common::eventually(60, "every catalog job failed", || async {
+        let c = counts(&engine);
+        (c.failed == 5 && c.queued == 0 && c.in_flight == 0).then_some(())
+    })
+    .await;
+    common::faults(&base, json!({"service": "quickbooks", "error_rate": 0.0})).await;
+
+    // One, by product id.
+    let pid = common::all_products(&base).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = ctl(&url, TOKEN, &["retry-job", &pid]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::eventually(30, "the one retried job synced", || async {
+        let c = counts(&engine);
+        (c.synced == 1 && c.failed == 4).then_some(())
+    })
+    .await;
+    // The same product again: nothing failed left for it.
+    let out = ctl(&url, TOKEN, &["retry-job", &pid]).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    // All, with the count in the answer.
+    let out = ctl(&url, TOKEN, &["retry-failed-jobs"]).await;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("re-queued 4 failed catalog job"), "{said}");
+    common::until_idle(&engine, 5).await;
+    assert_eq!(counts(&engine).failed, 0);
+    // None left: the API says so.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/pipelines/catalog/retry-failed"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+
+    // The full sync again, through the API: every product listed again, no Item twice.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/pipelines/catalog/resync"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let listed = common::eventually(30, "the second full sync", || async {
+        let store = syncctl::store::Store::open(dir.path()).ok()?;
+        let audit = store.recent_audit(200, 0).ok()?;
+        let n = audit
+            .iter()
+            .filter(|e| e.message.starts_with("full sync listed 5 products"))
+            .count();
+        (n == 2).then_some(audit)
+    })
+    .await;
+    common::until_idle(&engine, 5).await;
+    common::assert_one_item_per_product(&base).await;
+    // Each action audited as the token that sent it, in the grammar.
+    for line in [
+        format!("retry-job {pid}: re-queued"),
+        "retry-failed-jobs: re-queued 4".to_owned(),
+        "resync: full sync started again".to_owned(),
+    ] {
+        assert!(
+            listed
+                .iter()
+                .any(|e| e.kind == "operator" && e.message.starts_with(&line)),
+            "{line} in {:#?}",
+            listed.iter().map(|e| &e.message).collect::<Vec<_>>()
+        );
+    }
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+}
+
+/// Issue 15 point 11: a healthy full sync of 3,000 products raises no warning or
+/// critical alert — with `for` at 0, so any condition that held even a second would
+/// have fired (a deep queue that drains is work going as it should).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_full_sync_of_three_thousand_products_raises_no_warning() {
+    let sandbox = common::sandbox(3000, 15).await;
+    let mut cfg = common::config_for(&sandbox);
+    cfg.alerts.for_secs = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    common::until_idle(&engine, 3000).await;
+    let store = syncctl::store::Store::open(dir.path()).unwrap();
+    let alerts: Vec<String> = store
+        .recent_audit(10_000, 0)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "alert" && !e.message.starts_with("info"))
+        .map(|e| format!("{}: {}", e.entity, e.message))
+        .collect();
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+}

@@ -255,6 +255,7 @@ async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_ope
     let r = until_status(&engine, &id, Status::Failed, 60).await;
     assert_eq!(r.attempts, 3, "the first send and two retries");
     let h = history(&engine, &id).await;
+    assert!(!h.iter().any(|l| garbled(l)), "{h:#?}");
     for expected in ["UNKNOWN", "RETRY", "FAILED"] {
         assert!(
             h.iter().any(|l| l.starts_with(expected)),
@@ -295,6 +296,25 @@ async fn without_contingency_dian_down_retries_on_schedule_then_fails_and_an_ope
     })
     .await;
     assert_eq!(audit.actor, "ana@10.0.0.7");
+}
+
+/// A message an operator should not read: a raw duration (`27.999391431s`) or a
+/// provider code said twice (`EPR503: EPR503:`).
+fn garbled(message: &str) -> bool {
+    let raw = message
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .any(|w| {
+            w.strip_suffix('s').is_some_and(|n| {
+                n.split_once('.').is_some_and(|(a, b)| {
+                    a.parse::<u64>().is_ok() && b.len() >= 3 && b.parse::<u64>().is_ok()
+                })
+            })
+        });
+    let words: Vec<&str> = message.split_whitespace().collect();
+    let doubled = words
+        .windows(2)
+        .any(|w| w[0].ends_with(':') && w[0].len() > 1 && w[0] == w[1]);
+    raw || doubled
 }
 
 /// Every record in the engine's store (read beside the running engine).
@@ -616,4 +636,150 @@ async fn a_compliance_pause_the_store_cannot_keep_is_refused_and_nothing_changes
     assert!(pause_compliance(&engine, true).await.unwrap().changed);
     assert!(engine.snapshot.borrow().compliance.paused);
     engine.shutdown().await;
+}
+
+/// Issue 15 point 5: an operator's CLOSE of the Alegra circuit releases at once what
+/// its OPEN state held (300 s of OPEN wait here), and the held message goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_close_of_the_alegra_circuit_releases_held_invoices_at_once() {
+    let (sb, engine, _dir) = setup_with(vec![1, 1, 1, 1, 1, 1], |c| {
+        c.compliance.contingency_probes = 0;
+        c.alegra.breaker.minimum_calls = 2;
+        c.alegra.breaker.failure_rate_threshold = 50.0;
+        c.alegra.breaker.open_wait_secs = 300;
+        c.alegra.breaker.open_wait_max_secs = 300;
+    })
+    .await;
+    let base = sb.base_url();
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "alegra", "outage": true}),
+    )
+    .await;
+    let ids = make_invoices(&base, 3).await;
+    // The circuit trips and the invoices wait on it.
+    common::eventually(30, "invoices held by the open Alegra circuit", || async {
+        let s = engine.snapshot.borrow().clone();
+        let open = s
+            .downstreams
+            .iter()
+            .any(|d| d.name == "alegra" && d.breaker.state == syncctl::resilience::State::Open);
+        let held = s
+            .compliance
+            .invoices
+            .iter()
+            .filter(|r| {
+                ids.contains(&r.stripe_id)
+                    && r.last_message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("circuit is open"))
+            })
+            .count();
+        for r in &s.compliance.invoices {
+            let m = r.last_message.as_deref().unwrap_or_default();
+            assert!(!garbled(m), "{m}");
+        }
+        (open && held == ids.len()).then_some(())
+    })
+    .await;
+    post(
+        &base,
+        "/_sandbox/faults",
+        json!({"service": "alegra", "outage": false}),
+    )
+    .await;
+    engine
+        .commands
+        .request(Request::new(
+            "ana",
+            Command::Breaker {
+                service: syncctl::protocol::Service::Alegra,
+                action: syncctl::protocol::BreakerAction::Close,
+            },
+        ))
+        .await
+        .unwrap();
+    // Well inside the 300 s the OPEN timer would have held them.
+    for id in &ids {
+        let r = until_status(&engine, id, Status::Validated, 20).await;
+        assert!(
+            !r.last_message
+                .as_deref()
+                .is_some_and(|m| m.contains("circuit is open")),
+            "{r:?}"
+        );
+    }
+}
+
+/// Issue 15 point 7: with only REJECTED invoices, `/health` and `syncctl status` do not
+/// recommend retrying the failed ones (a retry touches only FAILED, and a REJECTED one
+/// reads the same rejection again): they name the rule, in words, and where to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rejected_invoices_recommend_fixing_the_rule_not_retrying_failed() {
+    let (sb, engine, _dir) = setup(vec![1, 1, 1]).await;
+    let base = sb.base_url();
+    post(&base, "/_sandbox/alegra", json!({"reject_rate": 1.0})).await;
+    let ids = make_invoices(&base, 2).await;
+    let mut rules = Vec::new();
+    for id in &ids {
+        let r = until_status(&engine, id, Status::Rejected, 30).await;
+        let message = r.last_message.unwrap();
+        let (rule, _) = syncctl::protocol::dian_rule(&message).unwrap();
+        rules.push((rule.to_owned(), r.number.clone()));
+    }
+    let url = format!("http://{}", engine.server_addr);
+    let h = common::eventually(10, "the rejections in /health", || async {
+        let h = common::get_json(&format!("{url}/health")).await;
+        let text = h["recommendations"].to_string();
+        rules
+            .iter()
+            .all(|(rule, _)| text.contains(&format!("rule {rule}")))
+            .then_some(h)
+    })
+    .await;
+    let lines: Vec<String> = h["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("retry-failed")
+            || l.contains("retry the failed")
+            || l.contains("FAILED invoice")),
+        "{lines:#?}"
+    );
+    for (rule, number) in &rules {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("rule {rule}")))
+            .unwrap();
+        assert!(line.contains("REJECTED by DIAN"), "{line}");
+        assert!(line.contains(number.as_str()), "{line}");
+        assert!(line.contains("Fix:") && line.contains("Alegra"), "{line}");
+    }
+    assert!(
+        h["recommended"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["action"].is_null()),
+        "{h}"
+    );
+    // The same words from the CLI.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
+            .args(["status", &url])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("retry the failed"), "{text}");
+    for (rule, _) in &rules {
+        assert!(text.contains(&format!("rule {rule}")), "{text}");
+    }
 }

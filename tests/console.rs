@@ -147,6 +147,8 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
     let mut t = Telemetry::new(
         AlertsConfig {
             for_secs: 10,
+            // Depth alone, as this fixture's queue alert was drawn with.
+            queue_drain_secs: 0.0,
             ..Default::default()
         },
         AnomalyConfig::default(),
@@ -174,8 +176,9 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
             calls,
             failures,
             consecutive_failures: 0,
-            interval: lat,
-            recent_p95_ms: Some(lat.p95_ms),
+            p50_ms: Some(lat.p50_ms),
+            p95_ms: Some(lat.p95_ms),
+            p99_ms: Some(lat.p99_ms),
             breaker: "CLOSED".into(),
             in_flight: 2,
             limit: 10,
@@ -1823,4 +1826,42 @@ fn a_signal_closes_the_line_so_the_drain_is_shown() {
     assert_eq!(sent(effects), Some(Command::Shutdown {}));
     assert!(app.command_line.is_none());
     assert!(render(&app, 80, 24).0.contains("SIGTERM: draining"));
+}
+
+/// Issue 15 point 6: on Workers, `F` retries every failed catalog job after a
+/// confirmation that says how many; `:resync` re-runs the full sync after one, and is
+/// refused in place while a full sync runs.
+#[test]
+fn failed_catalog_jobs_and_a_full_sync_are_run_again_after_a_confirmation() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('4'));
+    assert!(press(&mut app, KeyCode::Char('F')).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("Retry 2 failed catalog jobs?"), "{text}");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::RetryFailedJobs {})
+    );
+    // While the full sync runs, a resync is refused where it is asked.
+    command_line(&mut app, "resync");
+    assert!(press(&mut app, KeyCode::Enter).is_none());
+    assert!(app.confirm.is_none());
+    assert!(
+        render(&app, 80, 24)
+            .0
+            .contains("a full sync is already running"),
+        "{}",
+        render(&app, 80, 24).0
+    );
+    let mut s = (*app.snapshot).clone();
+    s.catalog.full_sync.done = true;
+    app.snapshot = std::sync::Arc::new(s);
+    command_line(&mut app, "resync");
+    assert!(press(&mut app, KeyCode::Enter).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("Run the full sync again?"), "{text}");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::Resync {})
+    );
 }

@@ -445,3 +445,41 @@ async fn a_catalog_that_stops_finishing_jobs_is_degraded_with_the_reason() {
     engine.shutdown().await;
     sandbox.shutdown().await;
 }
+
+/// Issue 15 point 10, on the Overview of a real engine: the workers it counts are the
+/// auto-scaler's target (not the 32 tasks spawned for its upper bound), and the Items/s
+/// chart says how many seconds it holds (not 58 s one second after the start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_the_target_workers_and_only_the_seconds_there_were() {
+    let sandbox = common::sandbox(20, 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let mut engine = common::engine(common::config_for(&sandbox), dir.path()).await;
+    let snapshot = common::eventually(10, "a first second of items", || async {
+        let s = engine.snapshot.borrow().clone();
+        (!s.catalog.per_second.is_empty()).then_some(s)
+    })
+    .await;
+    let held = snapshot.catalog.per_second.len() as u64;
+    assert!(
+        held <= started.elapsed().as_secs() + 1,
+        "{held} seconds of items after {:?}",
+        started.elapsed()
+    );
+    let c = &snapshot.catalog;
+    assert!(
+        c.workers > c.workers_target,
+        "{} vs {}",
+        c.workers,
+        c.workers_target
+    );
+    let text = words(&overview(snapshot.clone(), 120, 40));
+    assert!(
+        text.contains(&format!("{} workers", c.workers_target)),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("{} workers", c.workers)), "{text}");
+    assert!(text.contains(&format!("· {held} s")), "{text}");
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+}

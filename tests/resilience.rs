@@ -352,3 +352,119 @@ async fn quickbooks_outage_mid_sync_opens_the_breaker_then_recovers_and_the_sync
         "the transition is in the audit trail with its reason"
     );
 }
+
+/// An error for calls made straight through a [`syncctl::resilience::Downstream`].
+#[derive(Debug)]
+struct Refused;
+
+impl syncctl::resilience::Classify for Refused {
+    fn class(&self) -> syncctl::resilience::Class {
+        syncctl::resilience::Class::Ignored
+    }
+    fn retryable(&self) -> bool {
+        false
+    }
+    fn rejected(_: syncctl::resilience::Rejected) -> Self {
+        Refused
+    }
+}
+
+/// Issue 15 point 9: every QuickBooks call goes from 20 ms to 6 s. The p95 the
+/// Circuits screen and the API show (the downstream's view), the Throughput chart's
+/// point and the latency alert's value are one figure, and the alert fires within its
+/// `for` of the window filling with slow calls — on the test clock.
+#[tokio::test(start_paused = true)]
+async fn one_latency_window_feeds_every_view_and_the_alert_fires_within_its_for() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use syncctl::resilience::{
+        BreakerConfig, BudgetConfig, Downstream, DownstreamConfig, LATENCY_WINDOW, LimiterConfig,
+        RetryPolicy, SharedClock,
+    };
+    use syncctl::telemetry::settings::{AlertsConfig, AnomalyConfig};
+    use syncctl::telemetry::{DownstreamSample, Sample, Signal, Telemetry};
+
+    let d = Downstream::new(
+        "quickbooks",
+        DownstreamConfig {
+            breaker: BreakerConfig::default(),
+            limiter: LimiterConfig::default(),
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            budget: BudgetConfig::default(),
+        },
+        SharedClock::tokio(),
+    );
+    // Slowness is under test here, not the breaker's verdict on it.
+    d.breaker.transition(State::MetricsOnly, "test").unwrap();
+    let latency_ms = Arc::new(AtomicU64::new(20));
+    for _ in 0..10 {
+        let (d, latency_ms) = (d.clone(), latency_ms.clone());
+        tokio::spawn(async move {
+            loop {
+                let ms = latency_ms.load(Ordering::Relaxed);
+                let _: Result<(), Refused> = d
+                    .call(true, || async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(())
+                    })
+                    .await;
+            }
+        });
+    }
+    let for_secs = 30;
+    let mut telemetry = Telemetry::new(
+        AlertsConfig {
+            for_secs,
+            latency_p95_ms: 5000.0,
+            ..AlertsConfig::default()
+        },
+        AnomalyConfig::default(),
+    );
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let slow_from = Duration::from_secs(60);
+    let mut fired = None;
+    while fired.is_none() {
+        tick.tick().await;
+        let at = start.elapsed();
+        assert!(
+            at < Duration::from_secs(600),
+            "the latency alert never fired"
+        );
+        if at >= slow_from {
+            latency_ms.store(6000, Ordering::Relaxed);
+        }
+        let view = d.view();
+        let signals = telemetry.tick(Sample {
+            now_ms: at.as_millis() as i64,
+            downstreams: vec![DownstreamSample::from_view(&view)],
+            ..Sample::default()
+        });
+        // One figure: the chart's point is the view's p95 (Circuits, the API).
+        let charted = telemetry
+            .series("latency_p95:quickbooks")
+            .and_then(|s| s.last());
+        assert_eq!(charted, view.p95_ms, "at {at:?}");
+        if at < slow_from {
+            assert!(view.p95_ms.unwrap_or(0.0) < 100.0, "{view:?}");
+        }
+        for s in signals {
+            if let Signal::Alert(n) = s
+                && n.id == "latency_p95/quickbooks"
+            {
+                assert_eq!(Some(n.value), view.p95_ms);
+                fired = Some(at);
+            }
+        }
+    }
+    let late = fired.unwrap() - slow_from;
+    // Slow calls take 6 s to answer, fill the window, then the condition holds `for`.
+    let bound = LATENCY_WINDOW + Duration::from_secs(6 + for_secs + 2);
+    assert!(
+        late <= bound,
+        "fired {late:?} after the calls slowed (at most {bound:?})"
+    );
+}

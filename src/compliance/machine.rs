@@ -255,7 +255,7 @@ fn describe(e: &AlegraError) -> String {
         AlegraError::Api { code, message, .. } => {
             let what = explain(code);
             if what.is_empty() {
-                format!("{code}: {message}")
+                crate::connectors::alegra::code_and_message(code, message)
             } else {
                 format!("{code}: {what}")
             }

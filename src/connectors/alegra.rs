@@ -15,7 +15,7 @@ use crate::resilience::{Class, Classify, Downstream, Rejected, retry::parse_retr
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AlegraError {
     /// Alegra answered with an error; `code` is the provider's (e.g. `EPR503`).
-    #[error("alegra {status}: {code}: {message}")]
+    #[error("alegra {status}: {}", code_and_message(code, message))]
     Api {
         status: u16,
         code: String,
@@ -31,6 +31,20 @@ pub enum AlegraError {
     Rejected { message: String, retry_in_ms: u64 },
     #[error("alegra response: {0}")]
     Decode(String),
+}
+
+/// `CODE: message`, the code said once: Alegra's own messages often start with it
+/// (`EPR503: La DIAN no respondió…`).
+pub fn code_and_message(code: &str, message: &str) -> String {
+    let m = message.trim_start();
+    let repeats = m
+        .strip_prefix(code)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', ' ', '-']));
+    if code.is_empty() || repeats {
+        m.to_owned()
+    } else {
+        format!("{code}: {m}")
+    }
 }
 
 impl AlegraError {
@@ -472,6 +486,20 @@ fn provider_code(code: &str, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 point 10: Alegra's messages start with their code; it is said once.
+    #[test]
+    fn a_code_is_said_once() {
+        let e = AlegraError::Api {
+            status: 504,
+            code: "EPR503".into(),
+            message: "EPR503: La DIAN no respondió".into(),
+            retry_after: None,
+        };
+        assert_eq!(e.to_string(), "alegra 504: EPR503: La DIAN no respondió");
+        assert_eq!(code_and_message("X1", "boom"), "X1: boom");
+        assert_eq!(code_and_message("X1", "X12 is not X1"), "X1: X12 is not X1");
+    }
 
     #[test]
     fn provider_codes_come_from_the_code_or_the_message() {

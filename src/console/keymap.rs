@@ -34,6 +34,10 @@ pub enum Action {
     SetBounds,
     RetryInvoice,
     RetryFailed,
+    /// `F` on Workers: queue again every catalog job that failed (after a preview).
+    RetryFailedJobs,
+    /// `S` on Workers: run the catalog's full sync again (after a preview).
+    Resync,
     CycleStatus,
     Search,
     ToggleJournal,
@@ -69,6 +73,8 @@ impl Action {
             Action::SetBounds => Some("changing worker bounds"),
             Action::RetryInvoice => Some("retrying an invoice"),
             Action::RetryFailed => Some("retrying failed invoices"),
+            Action::RetryFailedJobs => Some("retrying failed catalog jobs"),
+            Action::Resync => Some("re-running the full sync"),
             Action::InvalidateCache => Some("invalidating the cache"),
             Action::AckAlert => Some("acknowledging alerts"),
             Action::SilenceAlert => Some("silencing alerts"),
@@ -416,6 +422,22 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Workers,
         hint: Some("worker bounds"),
         help: "set catalog worker bounds MIN-MAX (Workers)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('F')],
+        label: "F",
+        action: Action::RetryFailedJobs,
+        scope: Scope::Workers,
+        hint: None,
+        help: "retry every failed catalog job, after a preview of how many (Workers)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('S')],
+        label: "S",
+        action: Action::Resync,
+        scope: Scope::Workers,
+        hint: None,
+        help: "run the catalog's full sync again, after a preview (Workers)",
     },
     Binding {
         keys: &[KeyCode::Char(':')],

@@ -41,6 +41,14 @@ pub enum Confirm {
     RetryFailed {
         count: u64,
     },
+    /// Queue again every catalog job that failed; the count is what the operator saw.
+    RetryFailedJobs {
+        count: u64,
+    },
+    /// Run the catalog's full sync again; `products` is how many the store knows of.
+    Resync {
+        products: u64,
+    },
     /// Drop cached QuickBooks lookups; `entries` is how many the cache holds now.
     InvalidateCache {
         scope: CacheScope,
@@ -89,6 +97,10 @@ impl Confirm {
             } => format!("Set the {service} circuit to {s}?"),
             Confirm::Bounds { .. } => "Change catalog worker bounds?".into(),
             Confirm::RetryFailed { count } => format!("Retry {count} FAILED invoices?"),
+            Confirm::RetryFailedJobs { count } => {
+                format!("Retry {count} failed catalog jobs?")
+            }
+            Confirm::Resync { .. } => "Run the full sync again?".into(),
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
             Confirm::Thresholds { changes, .. } => {
                 format!("Apply {} threshold change(s)?", changes.len())
@@ -104,6 +116,8 @@ impl Confirm {
             Confirm::Breaker { service, to: Some(BreakerState::MetricsOnly) } => format!("Calls to {service} are measured but the circuit never opens."),
             Confirm::Breaker { service, to: Some(s) } => format!("The {service} circuit goes {s}; calls are let through and judged afresh."),
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
+            Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
+            Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
@@ -124,7 +138,8 @@ impl Confirm {
             Confirm::Breaker { .. } | Confirm::Bounds { .. } | Confirm::Thresholds { .. } => {
                 "Apply"
             }
-            Confirm::RetryFailed { .. } => "Retry",
+            Confirm::RetryFailed { .. } | Confirm::RetryFailedJobs { .. } => "Retry",
+            Confirm::Resync { .. } => "Sync",
             Confirm::InvalidateCache { .. } => "Invalidate",
         }
     }

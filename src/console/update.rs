@@ -627,6 +627,8 @@ impl App {
                     self.confirm_focus_ok = false;
                 }
             }
+            Action::RetryFailedJobs => return self.run_typed(Command::RetryFailedJobs {}),
+            Action::Resync => return self.run_typed(Command::Resync {}),
             Action::CycleStatus => {
                 let all = InvoiceStatus::ALL;
                 self.dian_filter = match self.dian_filter {
@@ -809,6 +811,8 @@ impl App {
                         self.send(Command::Breaker { service, action })
                     }
                     Confirm::RetryFailed { .. } => self.send(Command::RetryFailed {}),
+                    Confirm::RetryFailedJobs { .. } => self.send(Command::RetryFailedJobs {}),
+                    Confirm::Resync { .. } => self.send(Command::Resync {}),
                     Confirm::InvalidateCache { scope, .. } => {
                         self.flash = Some("invalidating…".into());
                         self.send(Command::InvalidateCache { scope })
@@ -915,6 +919,23 @@ impl App {
                     return None;
                 }
                 Confirm::RetryFailed { count }
+            }
+            Command::RetryFailedJobs {} => {
+                let count = self.snapshot.catalog.counts.failed;
+                if count == 0 {
+                    self.flash = Some("no failed catalog jobs to retry".into());
+                    return None;
+                }
+                Confirm::RetryFailedJobs { count }
+            }
+            Command::Resync {} => {
+                if !self.snapshot.catalog.full_sync.done {
+                    self.flash = Some("a full sync is already running".into());
+                    return None;
+                }
+                Confirm::Resync {
+                    products: self.snapshot.catalog.counts.products_seen,
+                }
             }
             Command::InvalidateCache { scope } => Confirm::InvalidateCache {
                 scope: scope.clone(),

@@ -171,6 +171,8 @@ pub struct Catalog {
     work: Notify,
     /// Signalled when a worker finishes a job (the full sync waits on it for room).
     progress: Notify,
+    /// An operator asked for the full sync to run again (one permit kept).
+    resync: Notify,
     prices: Mutex<HashMap<String, Price>>,
     /// Workers that may run now (the auto-scaler's target).
     target: watch::Sender<usize>,
@@ -279,6 +281,7 @@ impl Catalog {
             paused: watch::Sender::new(paused),
             work: Notify::new(),
             progress: Notify::new(),
+            resync: Notify::new(),
             prices: Mutex::new(HashMap::new()),
             target: watch::Sender::new(initial),
             scaler: Mutex::new(scaler),
@@ -495,6 +498,63 @@ impl Catalog {
         }
         self.work.notify_waiters();
         Ok(Ingested::New)
+    }
+
+    /// The full sync, then again each time an operator asks for it ([`Self::resync`]),
+    /// until `cancel`.
+    pub async fn full_sync_loop(&self, cancel: CancellationToken) {
+        loop {
+            self.full_sync(cancel.clone()).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.resync.notified() => {}
+            }
+        }
+    }
+
+    /// An operator's re-run of the full sync: every Stripe product is listed again and
+    /// queued (an Item that matches is left as it is). Refused while one is running.
+    /// (The engine's command wrapper audits it.)
+    pub fn resync(&self) -> Result<crate::protocol::FullSyncState, String> {
+        let mut state = self
+            .metrics
+            .full_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !state.done {
+            return Err(format!(
+                "a full sync is already running ({} pages, {} products listed so far)",
+                state.pages, state.listed
+            ));
+        }
+        let previous = state.clone();
+        let fresh = crate::protocol::FullSyncState::default();
+        let value = serde_json::to_string(&fresh).unwrap_or_default();
+        self.store
+            .set_cursor(FULL_SYNC_CURSOR, &value)
+            .map_err(|e| format!("the store: {e}"))?;
+        *state = fresh;
+        drop(state);
+        self.resync.notify_one();
+        Ok(previous)
+    }
+
+    /// Products whose job failed past its last attempt (and is not queued again).
+    pub fn failed_jobs(&self) -> Vec<String> {
+        self.store.failed_job_keys(JOB_KIND).unwrap_or_default()
+    }
+
+    /// An operator's retry of failed jobs: one product's, or every one (`None`); they go
+    /// back to the queue with fresh attempts. The products re-queued.
+    pub fn retry_failed_jobs(&self, key: Option<&str>) -> Result<Vec<String>, String> {
+        let keys = self
+            .store
+            .requeue_failed(JOB_KIND, key)
+            .map_err(|e| format!("the store: {e}"))?;
+        if !keys.is_empty() {
+            self.work.notify_waiters();
+        }
+        Ok(keys)
     }
 
     /// Lists every product into jobs, resuming from the stored cursor.

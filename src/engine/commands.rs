@@ -153,6 +153,8 @@ fn entity(command: &Command) -> String {
         Command::Breaker { service, .. } => service.name().to_owned(),
         Command::RetryInvoice { key } => key.clone(),
         Command::RetryFailed {} => "compliance".into(),
+        Command::RetryJob { key } => key.clone(),
+        Command::RetryFailedJobs {} | Command::Resync {} => "catalog".into(),
         Command::AckAlerts { .. } | Command::SilenceAlerts { .. } => "alerts".into(),
         Command::SetThresholds { .. } => "thresholds".into(),
         Command::InvalidateCache { .. } => "cache".into(),
@@ -215,6 +217,9 @@ impl Ctx {
                 c.retry(&rec, actor)
             }
             Command::RetryFailed {} => self.compliance()?.retry_failed(actor),
+            Command::RetryJob { .. } | Command::RetryFailedJobs {} | Command::Resync {} => {
+                self.catalog_command(command)
+            }
             Command::AckAlerts { matcher } => {
                 let n = publisher
                     .telemetry
@@ -270,6 +275,53 @@ impl Ctx {
             }
             // The loop stops once this is answered.
             Command::Shutdown {} => Ok(Outcome::new("draining and stopping")),
+        }
+    }
+
+    /// The catalog's operator commands: retry failed jobs (one, all), run the full
+    /// sync again.
+    fn catalog_command(&self, command: &Command) -> Reply {
+        match command {
+            Command::RetryJob { key } => {
+                let keys = self
+                    .catalog
+                    .retry_failed_jobs(Some(key))
+                    .map_err(CommandError::unavailable)?;
+                if keys.is_empty() {
+                    return Err(CommandError::not_found(format!(
+                        "a failed catalog job for {key:?} (only jobs past their last attempt, not queued again, can be retried)"
+                    )));
+                }
+                Ok(Outcome::new(format!(
+                    "re-queued the failed catalog job of {key} with fresh attempts"
+                ))
+                .with_count(1))
+            }
+            Command::RetryFailedJobs {} => {
+                let keys = self
+                    .catalog
+                    .retry_failed_jobs(None)
+                    .map_err(CommandError::unavailable)?;
+                let n = keys.len() as u64;
+                if n == 0 {
+                    return Err(CommandError::conflict("no failed catalog job to retry"));
+                }
+                let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
+                let more = if keys.len() > 5 { ", …" } else { "" };
+                Ok(Outcome::new(format!(
+                    "re-queued {n} failed catalog job(s) with fresh attempts ({}{more})",
+                    shown.join(", ")
+                ))
+                .with_count(n))
+            }
+            Command::Resync {} => {
+                let before = self.catalog.resync().map_err(CommandError::conflict)?;
+                Ok(Outcome::new(format!(
+                    "full sync started again (the last one listed {} products in {} pages)",
+                    before.listed, before.pages
+                )))
+            }
+            _ => Err(CommandError::invalid("verb", "not a catalog command")),
         }
     }
 

@@ -33,6 +33,8 @@ const LIST_CURSOR: &str = "compliance.list_created";
 const LIST_OVERLAP_SECS: i64 = 86_400;
 /// The operator's pause (`"true"` / `"false"`), kept across restarts like the catalog's.
 const PAUSED_CURSOR: &str = "compliance.paused";
+/// The message of an invoice held (no attempt spent) while the Alegra circuit refuses.
+pub const HELD_BY_CIRCUIT: &str = "held: the Alegra circuit is open";
 
 #[derive(Debug, Clone)]
 pub struct ComplianceSettings {
@@ -202,6 +204,21 @@ impl Compliance {
         self.paused.store(paused, Ordering::Relaxed);
         self.work.notify_waiters();
         Ok(())
+    }
+
+    /// The Alegra circuit changed state (any transition: an operator's CLOSE, a trip,
+    /// a half-open): what its OPEN state held is looked at again now, not when the old
+    /// OPEN timer would have ended. Still refused, it is held again with the new wait.
+    pub fn circuit_changed(&self, to: crate::resilience::breaker::State) {
+        let why = format!("released: the Alegra circuit became {to}; looked at again now");
+        match self.store.release_held(HELD_BY_CIRCUIT, &why) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("{n} invoices held by the Alegra circuit released ({to})");
+                self.changed();
+            }
+            Err(e) => tracing::error!("releasing invoices held by the circuit: {e}"),
+        }
     }
 
     /// Changes with every record change (for caching what is read from the store).
@@ -649,13 +666,15 @@ impl Compliance {
     }
 
     fn postpone(&self, rec: &InvoiceRecord, e: &AlegraError) {
-        let after = match e {
-            AlegraError::Rejected { retry_in_ms, .. } => (*retry_in_ms as i64).max(1000),
-            _ => self.settings.policy.poll_ms,
+        let (after, why) = match e {
+            // The circuit refused the read: held like a send (released when it changes).
+            AlegraError::Rejected { retry_in_ms, .. } => (
+                (*retry_in_ms as i64).max(1000),
+                format!("{HELD_BY_CIRCUIT}: reading it at Alegra waits ({e})"),
+            ),
+            _ => (self.settings.policy.poll_ms, format!("waiting: {e}")),
         };
-        let _ = self
-            .store
-            .postpone_invoice(&rec.stripe_id, after, &format!("waiting: {e}"));
+        let _ = self.store.postpone_invoice(&rec.stripe_id, after, &why);
     }
 
     /// Sends: stamps the document already at Alegra, or creates it with its stamp.
@@ -665,11 +684,9 @@ impl Compliance {
             let (admits, wait) = g.breaker.admits_now();
             if !admits {
                 let after = wait.map_or(1000, |w| w.as_millis() as i64).max(250);
-                let _ = self.store.postpone_invoice(
-                    &rec.stripe_id,
-                    after,
-                    "held: the Alegra circuit is open",
-                );
+                let _ = self
+                    .store
+                    .postpone_invoice(&rec.stripe_id, after, HELD_BY_CIRCUIT);
                 return;
             }
         }

@@ -102,8 +102,14 @@ pub(super) async fn transitions_loop(
     store: Store,
     events: broadcast::Sender<EngineEvent>,
     mut transitions: mpsc::UnboundedReceiver<(String, Transition)>,
+    compliance: Option<Arc<super::compliance::Compliance>>,
 ) {
     while let Some((service, t)) = transitions.recv().await {
+        if service == "alegra"
+            && let Some(c) = &compliance
+        {
+            c.circuit_changed(t.to);
+        }
         let line = format!("circuit {} → {}: {}", t.from, t.to, t.reason);
         if t.to == BreakerState::Open {
             tracing::warn!("{service}: {line}");

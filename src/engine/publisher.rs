@@ -49,6 +49,8 @@ pub(super) struct Publisher {
     read_error: Option<String>,
     catalog_progress: crate::telemetry::health::Progress,
     compliance_progress: crate::telemetry::health::Progress,
+    /// REJECTED invoices by rule, re-read when a record changed: (version, count, groups).
+    rejected: (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
 }
 
 const SERIES_SECONDS: usize = 120;
@@ -57,6 +59,32 @@ const AUDIT_KEPT: usize = 500;
 const INVOICES_SHOWN: usize = 300;
 
 impl Publisher {
+    /// The REJECTED invoices grouped by the DIAN rule that rejected them (re-read from
+    /// the store only when a record changed).
+    fn rejected_by_rule(
+        cache: &mut (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
+        c: &compliance::Compliance,
+        count: u64,
+    ) -> Vec<crate::telemetry::health::RejectedByRule> {
+        let version = c.version();
+        if count == 0 {
+            *cache = (version, 0, Vec::new());
+        } else if cache.0 != version || cache.1 != count {
+            let recs = c
+                .store
+                .invoices(Some(Status::Rejected), "", 1000)
+                .unwrap_or_default();
+            let groups = crate::telemetry::health::RejectedByRule::group(recs.iter().map(|r| {
+                (
+                    r.number.as_str(),
+                    r.last_message.as_deref().unwrap_or_default(),
+                )
+            }));
+            *cache = (version, count, groups);
+        }
+        cache.2.clone()
+    }
+
     /// The DIAN queue view. What comes from the store is re-read only when a record
     /// changed, not on every publish tick.
     fn compliance_view(&mut self) -> ComplianceView {
@@ -128,6 +156,7 @@ impl Publisher {
             read_error: None,
             catalog_progress: Default::default(),
             compliance_progress: Default::default(),
+            rejected: (u64::MAX, 0, Vec::new()),
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -153,7 +182,8 @@ impl Publisher {
             mode,
             server_addr,
             last_completed: 0,
-            per_second: std::collections::VecDeque::from(vec![0; SERIES_SECONDS]),
+            // Only the seconds there were: a chart one second old says "1 s".
+            per_second: std::collections::VecDeque::with_capacity(SERIES_SECONDS),
             second_started: tokio::time::Instant::now(),
             audit: std::collections::VecDeque::new(),
             last_audit_id: 0,
@@ -235,8 +265,12 @@ impl Publisher {
                 };
                 let progressed = c.version() + c.metrics.sends.load(Ordering::Relaxed);
                 Some(health::ComplianceSignals {
-                    stuck: compliance.counts.get(Status::Failed)
-                        + compliance.counts.get(Status::Rejected),
+                    failed: compliance.counts.get(Status::Failed),
+                    rejected: Self::rejected_by_rule(
+                        &mut self.rejected,
+                        c,
+                        compliance.counts.get(Status::Rejected),
+                    ),
                     contingency: compliance.contingency.phase.to_string(),
                     paused: compliance.paused,
                     numbering,
@@ -266,19 +300,11 @@ impl Publisher {
             .downstreams
             .iter()
             .zip(views)
-            .map(|(d, v)| crate::telemetry::DownstreamSample {
-                name: v.name.clone(),
-                calls: v.calls,
-                failures: v.failures + v.timeouts,
-                consecutive_failures: v.consecutive_failures,
-                interval: d.latency.take_interval(),
-                recent_p95_ms: v.p95_ms,
-                breaker: v.breaker.state.to_string(),
-                in_flight: v.limiter.in_flight as u64,
-                limit: v.limiter.max_concurrent as u64,
+            .map(|(_, v)| crate::telemetry::DownstreamSample {
                 auth: (v.name == "quickbooks")
                     .then(|| auth.as_ref().map(|p| p.reason.clone()))
                     .flatten(),
+                ..crate::telemetry::DownstreamSample::from_view(v)
             })
             .collect();
         let cache = self
@@ -448,7 +474,9 @@ impl Publisher {
         }
         while self.second_started.elapsed() >= Duration::from_secs(1) {
             self.second_started += Duration::from_secs(1);
-            self.per_second.pop_front();
+            if self.per_second.len() >= SERIES_SECONDS {
+                self.per_second.pop_front();
+            }
             self.per_second.push_back(completed - self.last_completed);
             self.last_completed = completed;
             self.telemetry_tick(&compliance, &counts, &downstreams, events);

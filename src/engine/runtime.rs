@@ -189,7 +189,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             cancel.clone(),
         ));
         let (c, k) = (catalog.clone(), cancel.clone());
-        workers.spawn(async move { c.full_sync(k).await });
+        workers.spawn(async move { c.full_sync_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.reconcile_loop(k).await });
         if let Some(c) = &compliance {
@@ -230,6 +230,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         store.clone(),
         events_tx.clone(),
         transitions_rx,
+        compliance.clone(),
     ));
     publisher.publish(&snap_tx, &events_tx, false);
     store.audit(

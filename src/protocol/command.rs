@@ -19,6 +19,9 @@
 //! workers <catalog|compliance> <MIN>-<MAX>           workers catalog 2-16
 //! retry <invoice>                                    retry SETP990000012
 //! retry-failed
+//! retry-job <product>                                retry-job prod_0042
+//! retry-failed-jobs
+//! resync
 //! ack <alert|*>                                      ack queue_depth
 //! silence <alert|*> <duration>                       silence queue_depth 1h30m
 //! set <threshold> <value> [<threshold> <value>…]     set alerts.error_rate_percent 12
@@ -153,6 +156,18 @@ pub enum Command {
     /// that JSON with any field besides `verb` is refused like everywhere else (serde
     /// ignores extra fields beside a unit variant's tag).
     RetryFailed {},
+    /// `retry-job <product>`: queue again a catalog job that failed past its last
+    /// attempt, by Stripe product id, with fresh attempts.
+    RetryJob {
+        /// The Stripe product id of the failed job.
+        key: String,
+    },
+    /// `retry-failed-jobs`: queue again every catalog job that failed past its last
+    /// attempt. (`Command::RetryFailedJobs {}`: see [`Command::RetryFailed`].)
+    RetryFailedJobs {},
+    /// `resync`: run the catalog's full sync again (every Stripe product listed and
+    /// checked against its Item); refused while one runs. (`Command::Resync {}`.)
+    Resync {},
     /// `ack <matcher>`: acknowledge the active alerts the matcher selects.
     #[serde(rename = "ack")]
     AckAlerts {
@@ -794,6 +809,9 @@ impl Command {
             Command::WorkerBounds { .. } => "workers",
             Command::RetryInvoice { .. } => "retry",
             Command::RetryFailed {} => "retry-failed",
+            Command::RetryJob { .. } => "retry-job",
+            Command::RetryFailedJobs {} => "retry-failed-jobs",
+            Command::Resync {} => "resync",
             Command::AckAlerts { .. } => "ack",
             Command::SilenceAlerts { .. } => "silence",
             Command::SetThresholds { .. } => "set",
@@ -817,9 +835,11 @@ impl Command {
             | Command::Resume { .. }
             | Command::Breaker { .. }
             | Command::RetryFailed {}
+            | Command::RetryFailedJobs {}
+            | Command::Resync {}
             | Command::Shutdown {} => Ok(()),
             Command::WorkerBounds { min, max, .. } => check_bounds(*min, *max),
-            Command::RetryInvoice { key } => check_text("key", key),
+            Command::RetryInvoice { key } | Command::RetryJob { key } => check_text("key", key),
             Command::AckAlerts { matcher } => check_matcher(matcher),
             Command::SilenceAlerts { matcher, secs } => {
                 check_matcher(matcher)?;
@@ -1094,11 +1114,14 @@ impl Display for Command {
             Command::WorkerBounds { pipeline, min, max } => {
                 write!(f, " {pipeline} {min}-{max}")
             }
-            Command::RetryInvoice { key } => {
+            Command::RetryInvoice { key } | Command::RetryJob { key } => {
                 f.write_char(' ')?;
                 write_word(f, key, false)
             }
-            Command::RetryFailed {} | Command::Shutdown {} => Ok(()),
+            Command::RetryFailed {}
+            | Command::RetryFailedJobs {}
+            | Command::Resync {}
+            | Command::Shutdown {} => Ok(()),
             Command::AckAlerts { matcher } => write_matcher(f, matcher),
             Command::SilenceAlerts { matcher, secs } => {
                 write_matcher(f, matcher)?;
@@ -1202,6 +1225,7 @@ impl Words {
 }
 
 const INVOICE: &str = "an invoice (its Stripe id, DIAN number or CUFE)";
+const PRODUCT: &str = "a Stripe product id whose catalog job failed, e.g. prod_0042";
 const MATCHER: &str = "an alert id prefix, or * for every alert";
 const SCOPE: &str = "all, key KEY, tag:TAG or a pattern such as item:name:*";
 
@@ -1238,6 +1262,11 @@ fn parse(words: Vec<Word>) -> Result<Command, CommandError> {
             key: w.next("key", INVOICE)?.text,
         },
         "retry-failed" => Command::RetryFailed {},
+        "retry-job" => Command::RetryJob {
+            key: w.next("key", PRODUCT)?.text,
+        },
+        "retry-failed-jobs" => Command::RetryFailedJobs {},
+        "resync" => Command::Resync {},
         "ack" => Command::AckAlerts {
             matcher: matcher(w.next("matcher", MATCHER)?),
         },
@@ -1337,13 +1366,16 @@ fn all<K: Keyword>(then: &'static str) -> Vec<(&'static str, &'static str)> {
 }
 
 /// Every verb, and whether more words follow it.
-const VERBS: [(&str, bool); 11] = [
+const VERBS: [(&str, bool); 14] = [
     ("pause", true),
     ("resume", true),
     ("breaker", true),
     ("workers", true),
     ("retry", true),
     ("retry-failed", false),
+    ("retry-job", true),
+    ("retry-failed-jobs", false),
+    ("resync", false),
     ("ack", true),
     ("silence", true),
     ("set", true),
@@ -1376,6 +1408,18 @@ pub fn grammar() -> &'static [(&'static str, &'static str)] {
             "send one invoice again, by Stripe id, DIAN number or CUFE",
         ),
         ("retry-failed", "send every FAILED invoice again"),
+        (
+            "retry-job <product>",
+            "queue again one catalog job that failed past its last attempt, by Stripe product id",
+        ),
+        (
+            "retry-failed-jobs",
+            "queue again every catalog job that failed past its last attempt, with fresh attempts",
+        ),
+        (
+            "resync",
+            "run the catalog's full sync again: every Stripe product listed and checked against its Item",
+        ),
         (
             "ack <alert|*>",
             "acknowledge the alerts whose id starts with <alert> (* for all)",
@@ -1569,6 +1613,11 @@ pub(super) mod tests {
             }
         }
         all.push(Command::RetryFailed {});
+        all.push(Command::RetryFailedJobs {});
+        all.push(Command::Resync {});
+        all.push(Command::RetryJob {
+            key: "prod_0042".into(),
+        });
         all.push(Command::Shutdown {});
         all.push(Command::AckAlerts {
             matcher: AlertMatcher::All,
@@ -1581,6 +1630,9 @@ pub(super) mod tests {
         }
         for text in AWKWARD {
             all.push(Command::RetryInvoice {
+                key: (*text).into(),
+            });
+            all.push(Command::RetryJob {
                 key: (*text).into(),
             });
             all.push(Command::AckAlerts {
@@ -1646,6 +1698,14 @@ pub(super) mod tests {
                 },
             ),
             ("retry-failed", Command::RetryFailed {}),
+            (
+                "retry-job prod_0042",
+                Command::RetryJob {
+                    key: "prod_0042".into(),
+                },
+            ),
+            ("retry-failed-jobs", Command::RetryFailedJobs {}),
+            ("resync", Command::Resync {}),
             (
                 "pause compliance",
                 Command::Pause {
@@ -2244,8 +2304,16 @@ pub(super) mod tests {
     fn completion() {
         let c = |s: &str| complete(s);
         assert_eq!(c("pa"), ["pause "]);
-        assert_eq!(c("re"), ["resume ", "retry ", "retry-failed"]);
-        assert_eq!(c("RE"), ["resume ", "retry ", "retry-failed"]);
+        let re = [
+            "resume ",
+            "retry ",
+            "retry-failed",
+            "retry-job ",
+            "retry-failed-jobs",
+            "resync",
+        ];
+        assert_eq!(c("re"), re);
+        assert_eq!(c("RE"), re);
         assert_eq!(c("").len(), VERBS.len());
         assert_eq!(c("pause "), ["pause catalog", "pause compliance"]);
         assert_eq!(c("pause  com"), ["pause  compliance"]);

@@ -221,6 +221,56 @@ pub fn explain(code: &str) -> &'static str {
     }
 }
 
+/// The DIAN rule a rejection names, from its message (`… Regla: FAJ43b, Rechazo: …`):
+/// the rule's code and DIAN's own words.
+pub fn dian_rule(message: &str) -> Option<(&str, &str)> {
+    let at = message.find("Regla:")?;
+    let rest = message[at + "Regla:".len()..].trim_start();
+    let (code, words) = rest.split_once(',').unwrap_or((rest, ""));
+    let words = words.trim();
+    let words = words
+        .split_once(':')
+        .map_or(words, |(_, w)| w)
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let code = code.trim();
+    (!code.is_empty()).then_some((code, words))
+}
+
+/// What fixes a rejection by DIAN rule `code`: what the rule checks, in words, and
+/// where the data it judged comes from. A retry alone reads the same rejection (the
+/// document at Alegra is what DIAN judged): the data must change first.
+pub fn rule_fix(code: &str) -> (&'static str, &'static str) {
+    match code {
+        "FAJ43b" => (
+            "the buyer's name is not the name registered in the RUT",
+            "correct the customer's name (or legal name) in Stripe to the one in the buyer's RUT, and the same on the document at Alegra, then retry it",
+        ),
+        "FAJ44b" => (
+            "the buyer's NIT is not registered in the RUT",
+            "correct the customer's tax id (NIT) in Stripe, and on the document at Alegra, then retry it",
+        ),
+        "FAU14" => (
+            "the invoice total is not the sum of its lines",
+            "check the Stripe invoice's line amounts, discounts and taxes (the total is computed from them), correct the document at Alegra, then retry it",
+        ),
+        "FAD09e" => (
+            "the issue date is later than the validation date",
+            "check this machine's clock and time zone, and the document's issue date at Alegra, then retry it",
+        ),
+        "FAK24" => (
+            "the buyer's e-mail is missing",
+            "add the customer's e-mail in Stripe, and on the document at Alegra, then retry it",
+        ),
+        _ => (
+            "DIAN refused the document's data",
+            "fix what DIAN's words name at its source (the Stripe invoice or customer) and on the document at Alegra, then retry it",
+        ),
+    }
+}
+
 /// The local invoice: everything needed to send it again, durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalInvoice {

@@ -162,6 +162,10 @@ pub struct Notification {
     pub message: String,
     /// Recorded but not sent (silenced, acknowledged or inside the cooldown), and why.
     pub quiet: Option<String>,
+    /// Resolved because its series stopped reporting (no calls, no queue): `value` is
+    /// the last one it read, not what resolved it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -133,6 +133,7 @@ fn telemetry() -> TelemetryView {
             threshold: 10.0,
             message: "resolved".into(),
             quiet: Some("silenced".into()),
+            no_data: false,
         }],
         anomalies: vec![Anomaly {
             metric: "latency".into(),

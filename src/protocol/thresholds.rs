@@ -49,7 +49,14 @@ pub const THRESHOLDS: &[Threshold] = &[
         min: 1.0,
         max: 10_000_000.0,
         integer: true,
-        help: "jobs or invoices waiting in a queue",
+        help: "jobs or invoices waiting in a queue that is not draining",
+    },
+    Threshold {
+        name: "alerts.queue_drain_secs",
+        min: 0.0,
+        max: 86_400.0,
+        integer: true,
+        help: "a queue is not draining past this time to empty (s)",
     },
     Threshold {
         name: "alerts.dian_failure_rate_percent",

@@ -85,12 +85,18 @@ pub struct IllegalTransition {
 /// Why a call was not let through.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejected {
-    #[error("circuit {0} is OPEN; retry in {1:?}")]
+    #[error("circuit {0} is OPEN; retry in {wait}", wait = wait_words(*.1))]
     Open(String, Duration),
     #[error("circuit {0} is FORCED_OPEN by an operator")]
     ForcedOpen(String),
     #[error("circuit {0} is HALF_OPEN and its trial calls are taken")]
     HalfOpenFull(String),
+}
+
+/// A wait as an operator reads it: whole seconds, rounded up (`28s`, `4m59s`).
+pub fn wait_words(d: Duration) -> String {
+    let secs = d.as_millis().div_ceil(1000) as u64;
+    crate::protocol::format_duration(secs.max(1))
 }
 
 impl Rejected {
@@ -585,6 +591,15 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 point 10: a wait reads in whole seconds, never `27.999391431s`.
+    #[test]
+    fn a_refusal_says_its_wait_in_whole_seconds() {
+        let r = Rejected::Open("alegra".into(), Duration::from_nanos(27_999_391_431));
+        assert_eq!(r.to_string(), "circuit alegra is OPEN; retry in 28s");
+        let r = Rejected::Open("alegra".into(), Duration::from_millis(298_998));
+        assert_eq!(r.to_string(), "circuit alegra is OPEN; retry in 4m59s");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn count_breaker(min: u32) -> (Arc<Breaker>, Arc<super::super::clock::ManualClock>) {

@@ -67,6 +67,58 @@ struct Counters {
     consecutive_failures: AtomicU64,
 }
 
+/// How far back a downstream's latency percentiles look: the one latency source of the
+/// Circuits screen, the API, the Throughput charts, health and the latency alert.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(15);
+/// At most this many calls are kept in the window (a busier window keeps the newest).
+const LATENCY_WINDOW_CALLS: usize = 16_384;
+
+/// The durations of the calls answered in the last [`LATENCY_WINDOW`], by the
+/// downstream's clock: percentiles that follow what the service does now, whatever
+/// the call rate (a ring of the last N calls lags by minutes when calls slow down).
+struct LatencyWindow {
+    /// (answered at, took), oldest first.
+    v: VecDeque<(Duration, Duration)>,
+}
+
+impl LatencyWindow {
+    fn new() -> Self {
+        Self { v: VecDeque::new() }
+    }
+
+    fn expire(&mut self, now: Duration) {
+        while self
+            .v
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > LATENCY_WINDOW)
+        {
+            self.v.pop_front();
+        }
+    }
+
+    fn push(&mut self, now: Duration, took: Duration) {
+        self.expire(now);
+        if self.v.len() == LATENCY_WINDOW_CALLS {
+            self.v.pop_front();
+        }
+        self.v.push_back((now, took));
+    }
+
+    /// p50, p95, p99 of the window at `now` (None without calls in it).
+    fn quantiles(&mut self, now: Duration) -> [Option<Duration>; 3] {
+        self.expire(now);
+        if self.v.is_empty() {
+            return [None; 3];
+        }
+        let mut s: Vec<Duration> = self.v.iter().map(|(_, d)| *d).collect();
+        s.sort_unstable();
+        [0.5, 0.95, 0.99].map(|q| {
+            let i = ((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1;
+            Some(s[i])
+        })
+    }
+}
+
 /// Recent durations, for percentiles.
 struct Ring {
     v: VecDeque<Duration>,
@@ -105,7 +157,7 @@ pub struct Downstream {
     pub budget: RetryBudget,
     clock: SharedClock,
     counters: Counters,
-    latencies: Mutex<Ring>,
+    latencies: Mutex<LatencyWindow>,
     rejections: Mutex<Ring>,
     rng: Mutex<Rng>,
     /// Every answered call's duration (HDR), for `/metrics`, the profile and the series.
@@ -122,7 +174,7 @@ impl Downstream {
             budget: RetryBudget::new(cfg.budget, clock.clone()),
             clock,
             counters: Counters::default(),
-            latencies: Mutex::new(Ring::new(2048)),
+            latencies: Mutex::new(LatencyWindow::new()),
             rejections: Mutex::new(Ring::new(2048)),
             rng: Mutex::new(Rng::from_time()),
             latency: Default::default(),
@@ -175,8 +227,7 @@ impl Downstream {
                     self.counters
                         .consecutive_failures
                         .store(0, Ordering::Relaxed);
-                    self.latency.record(took);
-                    self.lock_ring(&self.latencies).push(took);
+                    self.record_latency(took);
                     permit.success(took);
                     self.limiter.on_success();
                 }
@@ -190,14 +241,12 @@ impl Downstream {
                     self.counters
                         .consecutive_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    self.latency.record(took);
-                    self.lock_ring(&self.latencies).push(took);
+                    self.record_latency(took);
                     permit.failure(took);
                 }
                 Class::Ignored => {
                     self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                    self.latency.record(took);
-                    self.lock_ring(&self.latencies).push(took);
+                    self.record_latency(took);
                     permit.ignore();
                 }
                 Class::Throttled(p) => {
@@ -240,6 +289,16 @@ impl Downstream {
         r.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// One answered call's duration: the cumulative histogram (`/metrics`) and the
+    /// window every view's percentiles come from.
+    fn record_latency(&self, took: Duration) {
+        self.latency.record(took);
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.clock.now(), took);
+    }
+
     pub fn throttled(&self) -> u64 {
         self.counters.throttled.load(Ordering::Relaxed)
     }
@@ -251,7 +310,11 @@ impl Downstream {
     pub fn view(&self) -> DownstreamView {
         let c = &self.counters;
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-        let lat = self.lock_ring(&self.latencies);
+        let [p50, p95, p99] = self
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quantiles(self.clock.now());
         let rej = self.lock_ring(&self.rejections);
         DownstreamView {
             name: self.name.clone(),
@@ -267,9 +330,9 @@ impl Downstream {
             retries: c.retries.load(Ordering::Relaxed),
             budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
             budget_available: self.budget.available(),
-            p50_ms: ms(lat.quantile(0.5)),
-            p95_ms: ms(lat.quantile(0.95)),
-            p99_ms: ms(lat.quantile(0.99)),
+            p50_ms: ms(p50),
+            p95_ms: ms(p95),
+            p99_ms: ms(p99),
             consecutive_failures: c.consecutive_failures.load(Ordering::Relaxed),
             rejection_p99_us: rej.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
         }

@@ -242,6 +242,11 @@ pub fn http_form(command: &Command) -> String {
             format!("POST {p}/compliance/{}/retry", urlencoding::encode(key))
         }
         Command::RetryFailed {} => format!("POST {p}/compliance/retry-failed"),
+        Command::RetryJob { key } => {
+            format!("POST {p}/catalog/jobs/{}/retry", urlencoding::encode(key))
+        }
+        Command::RetryFailedJobs {} => format!("POST {p}/pipelines/catalog/retry-failed"),
+        Command::Resync {} => format!("POST {p}/pipelines/catalog/resync"),
         Command::AckAlerts { .. } => format!("POST {p}/alerts/ack"),
         Command::SilenceAlerts { .. } => format!("POST {p}/alerts/silence"),
         Command::SetThresholds { .. } => format!("PUT {p}/thresholds"),
@@ -499,6 +504,14 @@ pub async fn retry_invoice(
     act(&st, actor, Command::RetryInvoice { key: id }).await
 }
 
+pub async fn retry_job(
+    State(st): State<ServerState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(product): Path<String>,
+) -> Response {
+    act(&st, actor, Command::RetryJob { key: product }).await
+}
+
 pub async fn retry_failed(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
@@ -521,11 +534,13 @@ pub async fn pipeline(
     let cmd = match (pipeline, action.as_str()) {
         (Some(pipeline), "pause") => Command::Pause { pipeline },
         (Some(pipeline), "resume") => Command::Resume { pipeline },
+        (Some(Pipeline::Catalog), "retry-failed") => Command::RetryFailedJobs {},
+        (Some(Pipeline::Catalog), "resync") => Command::Resync {},
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "expected /api/v1/pipelines/{catalog|compliance}/{pause|resume}",
+                "expected /api/v1/pipelines/{catalog|compliance}/{pause|resume} or /api/v1/pipelines/catalog/{retry-failed|resync}",
             );
         }
     };

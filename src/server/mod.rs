@@ -143,6 +143,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/compliance", get(api::compliance))
         .route("/compliance/retry-failed", post(api::retry_failed))
         .route("/compliance/{id}/retry", post(api::retry_invoice))
+        .route("/catalog/jobs/{product}/retry", post(api::retry_job))
         .route("/cache/invalidate", post(api::invalidate))
         .route("/thresholds", get(api::thresholds).put(api::set_thresholds))
         .route("/pipelines/{name}/{action}", post(api::pipeline))

@@ -493,6 +493,19 @@ impl Store {
         Ok(())
     }
 
+    /// Makes due at once every invoice held back with a last message starting with `held` (and
+    /// not being sent), saying `why`; how many. (A hold is a wait, not a verdict: when
+    /// what held it changes, what it held is looked at again.)
+    pub fn release_held(&self, held: &str, why: &str) -> Result<usize> {
+        let now = self.now_ms();
+        let n = self.w().execute(
+            "UPDATE invoices SET next_at=?3, last_message=?2, updated_at=?3
+             WHERE substr(last_message, 1, length(?1)) = ?1 AND sending=0 AND next_at IS NOT NULL AND next_at > ?3",
+            params![held, why, now],
+        )?;
+        Ok(n)
+    }
+
     /// Start-up recovery: a send the previous process began and never recorded has an
     /// unknown outcome; it is read at the provider before anything is sent again.
     pub fn recover_sending(&self) -> Result<usize> {

@@ -25,6 +25,12 @@ pub use rusqlite::Error as SqlError;
 
 pub type Result<T> = std::result::Result<T, SqlError>;
 
+/// A job `f` (of kind `?1`) that failed past its last attempt and still stands: no
+/// later job of its key succeeded, and none is queued or in flight again.
+const FAILED_STILL: &str = "f.kind = ?1 AND f.state = 'failed'
+    AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
+    AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -423,6 +429,41 @@ impl Store {
         })
     }
 
+    /// Keys of `kind` whose jobs failed past their last attempt, with no later success
+    /// and not queued or in flight again: what "retry failed jobs" would touch, oldest
+    /// failure first.
+    pub fn failed_job_keys(&self, kind: &str) -> Result<Vec<String>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT f.key FROM jobs f WHERE {FAILED_STILL} GROUP BY f.key ORDER BY MIN(f.updated_at), f.key"
+        ))?;
+        stmt.query_map(params![kind], |r| r.get(0))?.collect()
+    }
+
+    /// Puts failed jobs of `kind` (one key, or all with `None`) back in the queue with
+    /// fresh attempts, due now: the newest failed job of each key is the one re-queued.
+    /// Returns the keys re-queued, in one transaction.
+    pub fn requeue_failed(&self, kind: &str, key: Option<&str>) -> Result<Vec<String>> {
+        self.recorded(|| {
+            let now = now_ms();
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let keys = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?3, lease_until=NULL,
+                       last_error='retried by an operator after: ' || COALESCE(last_error, '?'), updated_at=?3
+                     WHERE id IN (SELECT MAX(f.id) FROM jobs f WHERE {FAILED_STILL}
+                                    AND (?2 IS NULL OR f.key = ?2) GROUP BY f.key)
+                     RETURNING key"
+                ))?;
+                stmt.query_map(params![kind, key, now], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(keys)
+        })
+    }
+
     /// Puts a job back with a delay, or marks it failed when it has no attempts left.
     pub fn retry_later(
         &self,
@@ -661,7 +702,8 @@ impl Store {
             "SELECT
                COALESCE(SUM(state='queued'),0), COALESCE(SUM(state='leased'),0),
                (SELECT COUNT(DISTINCT key) FROM jobs f WHERE f.kind='catalog.product' AND f.state='failed'
-                  AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')),
+                  AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')
+                  AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.key=f.key AND q.kind=f.kind AND q.state IN ('queued','leased'))),
                (SELECT COUNT(*) FROM item_map WHERE status='rejected'),
                (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product'),
                MIN(CASE WHEN state='queued' THEN created_at END)

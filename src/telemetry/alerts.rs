@@ -196,6 +196,22 @@ impl Alerts {
             Phase::Firing if value < rule.clear => {
                 let announced = t.announced;
                 let mut n = self.notification(&id, Phase::Resolved, now);
+                if value == f64::NEG_INFINITY {
+                    // The series stopped: its last value is not what resolved it.
+                    n.no_data = true;
+                    n.message = format!(
+                        "{} resolved{}: {} (no data: the series stopped reporting; it last read {}, threshold {})",
+                        n.severity,
+                        if n.label.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" on {}", n.label)
+                        },
+                        self.active[&id].alert.summary,
+                        round(n.value),
+                        round(n.threshold)
+                    );
+                }
                 if !announced {
                     n.quiet = Some("its firing was not announced".into());
                 } else if let Some(s) = self.silenced(&id, now) {
@@ -269,6 +285,7 @@ impl Alerts {
                 round(a.threshold)
             ),
             quiet: None,
+            no_data: false,
         }
     }
 

@@ -222,14 +222,78 @@ pub struct StoreSignals {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComplianceSignals {
-    /// Invoices FAILED or REJECTED.
-    pub stuck: u64,
+    /// Invoices FAILED (their retries ran out: a retry sends them again).
+    pub failed: u64,
+    /// Invoices REJECTED by DIAN, by the rule that rejected them (a retry alone reads
+    /// the same rejection: the data must be fixed first).
+    pub rejected: Vec<RejectedByRule>,
     /// The contingency phase ("OUTAGE", "PROBING", …).
     pub contingency: String,
     pub paused: bool,
     pub numbering: NumberingSignal,
     /// How long (ms) invoices were due with none progressing.
     pub stalled_ms: Option<i64>,
+}
+
+/// REJECTED invoices that one DIAN rule rejected.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RejectedByRule {
+    /// The rule's code (`FAJ43b`), or empty when the rejection named none.
+    pub rule: String,
+    /// DIAN's own words for it.
+    pub words: String,
+    /// How many invoices, and the numbers of the first few.
+    pub count: u64,
+    pub numbers: Vec<String>,
+}
+
+impl RejectedByRule {
+    /// Groups REJECTED invoices (number, last message) by rule, largest group first.
+    pub fn group<'a>(invoices: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Self> {
+        let mut groups: Vec<RejectedByRule> = Vec::new();
+        for (number, message) in invoices {
+            let (rule, words) = crate::protocol::dian_rule(message).unwrap_or(("", ""));
+            let g = match groups.iter().position(|g| g.rule == rule) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push(RejectedByRule {
+                        rule: rule.to_owned(),
+                        words: words.to_owned(),
+                        ..Default::default()
+                    });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            g.count += 1;
+            if g.numbers.len() < 5 {
+                g.numbers.push(number.to_owned());
+            }
+        }
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
+        groups
+    }
+
+    /// The recommendation: the rule, what it checks in words, and where to fix it.
+    fn recommendation(&self) -> String {
+        let (meaning, fix) = crate::protocol::rule_fix(&self.rule);
+        let rule = if self.rule.is_empty() {
+            "a rejection that names no rule".to_owned()
+        } else if self.words.is_empty() {
+            format!("rule {}", self.rule)
+        } else {
+            format!("rule {} ({})", self.rule, self.words)
+        };
+        let more = if self.count > self.numbers.len() as u64 {
+            format!(" and {} more", self.count - self.numbers.len() as u64)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} invoice(s) REJECTED by DIAN, {rule}: {meaning}. Fix: {fix} (a retry alone reads the same rejection). Invoices: {}{more}",
+            self.count,
+            self.numbers.join(", ")
+        )
+    }
 }
 
 /// Whether the numbering range is confirmed with Alegra.
@@ -268,6 +332,13 @@ pub fn pipelines(s: &PipelineSignals) -> PipelineVerdict {
     if c.failed > 0 {
         notes.push(format!("{} jobs failed", c.failed));
         v.warnings.push(format!("{} catalog jobs failed", c.failed));
+        v.recommendations.push(
+            Recommendation::new(
+                "catalog",
+                "fix the cause in each failed product's last error (Events), then retry the failed catalog jobs",
+            )
+            .with_action(crate::protocol::Command::RetryFailedJobs {}),
+        );
         // Work given up on needs a person: degraded (fair), as FAILED invoices are.
         score = score.min(60.0);
     }
@@ -341,19 +412,31 @@ pub fn pipelines(s: &PipelineSignals) -> PipelineVerdict {
     if let Some(k) = &s.compliance {
         let mut notes = Vec::new();
         let mut score: f64 = 100.0;
-        if k.stuck > 0 {
-            notes.push(format!("{} invoices FAILED or REJECTED", k.stuck));
+        let rejected: u64 = k.rejected.iter().map(|g| g.count).sum();
+        if k.failed > 0 {
+            notes.push(format!("{} invoices FAILED", k.failed));
             v.warnings.push(format!(
-                "{} invoices need an operator (FAILED or REJECTED)",
-                k.stuck
+                "{} invoices FAILED: their retries ran out",
+                k.failed
             ));
             v.recommendations.push(
                 Recommendation::new(
                     "compliance",
-                    "fix the cause shown in each invoice's history, then retry the failed invoices",
+                    "fix the cause shown in each FAILED invoice's history, then retry the failed invoices",
                 )
                 .with_action(crate::protocol::Command::RetryFailed {}),
             );
+            score = score.min(60.0);
+        }
+        if rejected > 0 {
+            notes.push(format!("{rejected} invoices REJECTED by DIAN"));
+            v.warnings.push(format!(
+                "{rejected} invoices REJECTED by DIAN: their data must be fixed"
+            ));
+            for g in &k.rejected {
+                v.recommendations
+                    .push(Recommendation::new("compliance", g.recommendation()));
+            }
             score = score.min(60.0);
         }
         match k.contingency.as_str() {
@@ -547,7 +630,7 @@ mod tests {
                 read_error: None,
             },
             compliance: Some(ComplianceSignals {
-                stuck: 2,
+                failed: 2,
                 numbering: NumberingSignal::Refused {
                     why: "a document Alegra has is missing here".into(),
                     fix: "start with --fresh-store".into(),

@@ -20,10 +20,12 @@ use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
-use metrics::{Reduce, Series, Summary, Window};
+use metrics::{Reduce, Series, Window};
 use settings::{AlertsConfig, AnomalyConfig};
 
-/// One downstream's cumulative counters and the latency of the last second.
+/// One downstream's cumulative counters and its latency percentiles over the
+/// resilience layer's time window (the same figures the Circuits screen and the API
+/// show: [`crate::resilience::LATENCY_WINDOW`]).
 #[derive(Debug, Clone, Default)]
 pub struct DownstreamSample {
     pub name: String,
@@ -31,14 +33,35 @@ pub struct DownstreamSample {
     /// Failures and timeouts.
     pub failures: u64,
     pub consecutive_failures: u64,
-    pub interval: Summary,
-    /// p95 of the most recent calls (ms).
-    pub recent_p95_ms: Option<f64>,
+    /// p50, p95, p99 (ms) of the calls in the window; None without calls in it.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     pub breaker: String,
     pub in_flight: u64,
     pub limit: u64,
     /// Set while the service refuses our credentials (the reason).
     pub auth: Option<String>,
+}
+
+impl DownstreamSample {
+    /// The sample of a downstream as its view shows it (breaker, limits, the latency
+    /// window); credentials are the caller's to add.
+    pub fn from_view(v: &crate::protocol::DownstreamView) -> Self {
+        Self {
+            name: v.name.clone(),
+            calls: v.calls,
+            failures: v.failures + v.timeouts,
+            consecutive_failures: v.consecutive_failures,
+            p50_ms: v.p50_ms,
+            p95_ms: v.p95_ms,
+            p99_ms: v.p99_ms,
+            breaker: v.breaker.state.to_string(),
+            in_flight: v.limiter.in_flight as u64,
+            limit: v.limiter.max_concurrent as u64,
+            auth: None,
+        }
+    }
 }
 
 /// The engine's counters at one second.
@@ -87,6 +110,8 @@ pub struct Telemetry {
     pub alerts: Alerts,
     health: Health,
     last: Option<Sample>,
+    /// Per queue: when it was last empty or last saw work leave it (ms).
+    queue_progress: BTreeMap<String, i64>,
 }
 
 impl Telemetry {
@@ -102,6 +127,7 @@ impl Telemetry {
             anomalies: VecDeque::new(),
             health: Health::default(),
             last: None,
+            queue_progress: BTreeMap::new(),
         }
     }
 
@@ -158,6 +184,43 @@ impl Telemetry {
             .or_insert_with(|| Window::new(secs));
         w.push(cumulative);
         w
+    }
+
+    /// How long the queue `name` (`depth` deep, `done` items left it so far) needs to
+    /// empty, in seconds: at the rate work left it over the last minute, and at least as
+    /// long as nothing has left it (a queue that does not move grows this by the second).
+    fn queue_drain_secs(&mut self, name: &str, depth: u64, done: u64, now: i64) -> f64 {
+        let w = self.window(&format!("drain:{name}"), 60, done);
+        let full = w.len() > 60;
+        let (left, moved, secs) = (w.increase(), w.last_second() > 0, w.len().max(2) - 1);
+        let since = self.queue_progress.entry(name.to_owned()).or_insert(now);
+        if depth == 0 || moved {
+            *since = now;
+        }
+        if depth == 0 {
+            return 0.0;
+        }
+        let still = (now - *since).max(0) as f64 / 1000.0;
+        if left == 0 && full {
+            // Nothing left it for a whole minute: at this rate it never empties.
+            f64::INFINITY
+        } else if left == 0 {
+            still
+        } else {
+            (depth as f64 * secs as f64 / left as f64).max(still)
+        }
+    }
+
+    /// The `queue_depth` alert's value: the depth while the queue is not draining
+    /// (see [`AlertsConfig::queue_drain_secs`]), else 0 — a deep queue that drains, as
+    /// a full sync's does, is work going as it should.
+    fn queue_alert_value(&mut self, name: &str, depth: u64, done: u64, now: i64) -> f64 {
+        let drain = self.queue_drain_secs(name, depth, done, now);
+        if drain >= self.alerts_cfg.queue_drain_secs {
+            depth as f64
+        } else {
+            0.0
+        }
     }
 
     /// Runs the detector of `metric` on `v`; opens or closes its anomaly.
@@ -226,25 +289,17 @@ impl Telemetry {
                 .window(&format!("failures:{}", d.name), 60, d.failures)
                 .increase();
             let error_rate = (calls > 0).then(|| failures as f64 * 100.0 / calls as f64);
-            let i = &d.interval;
-            let lat = |v: f64| (i.count > 0).then_some(v);
-            self.push(&format!("latency_p50:{}", d.name), lat(i.p50_ms));
-            self.push(&format!("latency_p95:{}", d.name), lat(i.p95_ms));
-            self.push(&format!("latency_p99:{}", d.name), lat(i.p99_ms));
+            // One latency source: the window the Circuits screen and the API show.
+            self.push(&format!("latency_p50:{}", d.name), d.p50_ms);
+            self.push(&format!("latency_p95:{}", d.name), d.p95_ms);
+            self.push(&format!("latency_p99:{}", d.name), d.p99_ms);
             self.push(&format!("error_rate:{}", d.name), error_rate);
             self.detect(&format!("error_rate:{}", d.name), error_rate, now, &mut out);
-            self.detect(
-                &format!("latency_p95:{}", d.name),
-                lat(i.p95_ms),
-                now,
-                &mut out,
-            );
+            self.detect(&format!("latency_p95:{}", d.name), d.p95_ms, now, &mut out);
             if let Some(e) = error_rate {
                 value("error_rate", &d.name, e);
             }
-            if calls > 0
-                && let Some(p) = d.recent_p95_ms
-            {
+            if let Some(p) = d.p95_ms {
                 value("latency_p95", &d.name, p);
             }
             value(
@@ -257,7 +312,7 @@ impl Telemetry {
                 name: d.name.clone(),
                 breaker: d.breaker.clone(),
                 error_rate,
-                p95_ms: if calls > 0 { d.recent_p95_ms } else { None },
+                p95_ms: d.p95_ms,
                 in_flight: d.in_flight,
                 concurrency_limit: d.limit,
                 open_anomalies: 0,
@@ -268,7 +323,10 @@ impl Telemetry {
         let catalog_queue = s.catalog_queue as f64;
         self.push("queue:catalog", Some(catalog_queue));
         self.detect("queue:catalog", Some(catalog_queue), now, &mut out);
-        value("queue_depth", "catalog", catalog_queue);
+        // A paused pipeline's queue waits on purpose (health says it is paused).
+        let depth = if s.catalog_paused { 0 } else { s.catalog_queue };
+        let v = self.queue_alert_value("catalog", depth, s.items_done, now);
+        value("queue_depth", "catalog", v);
         // Work waiting, nothing in flight and nothing done for a minute: stalled.
         let done_minute = self.window("items_minute", 60, s.items_done).increase();
         let stalled = s.catalog_queue > 0
@@ -284,7 +342,8 @@ impl Telemetry {
         if let Some(q) = s.dian_queue {
             self.push("queue:dian", Some(q as f64));
             self.detect("queue:dian", Some(q as f64), now, &mut out);
-            value("queue_depth", "dian", q as f64);
+            let v = self.queue_alert_value("dian", q, s.invoices_validated, now);
+            value("queue_depth", "dian", v);
             let sends = self.window("dian_sends", 300, s.dian_sends).increase();
             let failed = self
                 .window("dian_failures", 300, s.dian_failures)
@@ -498,11 +557,8 @@ pub fn statsd_lines(s: &Sample, prev: Option<&Sample>, view: &TelemetryView) -> 
             d.name,
             delta(d.failures, |x| x.failures)
         ));
-        if d.interval.count > 0 {
-            out.push(format!(
-                "syncctl.http.{}.p95_ms:{}|g",
-                d.name, d.interval.p95_ms
-            ));
+        if let Some(p95) = d.p95_ms {
+            out.push(format!("syncctl.http.{}.p95_ms:{p95}|g", d.name));
         }
     }
     out
@@ -562,7 +618,15 @@ pub fn rules(c: &AlertsConfig) -> Vec<Rule> {
             "queue_depth",
             Severity::Warning,
             c.queue_depth,
-            format!("queue deeper than {}", c.queue_depth),
+            if c.queue_drain_secs > 0.0 {
+                format!(
+                    "queue deeper than {} and not draining (more than {} to empty at the current rate)",
+                    c.queue_depth,
+                    crate::protocol::format_duration(c.queue_drain_secs as u64)
+                )
+            } else {
+                format!("queue deeper than {}", c.queue_depth)
+            },
         ),
         Rule {
             // Refused credentials: nothing a retry fixes; at once, until they work.
@@ -692,5 +756,107 @@ mod tests {
         let out = t.tick(sample(5, calls, failures));
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(t.alerts.firing(), 1);
+    }
+
+    /// Issue 15 point 11: a full sync's deep queue that drains never alerts; a queue
+    /// that stops draining alerts once it has not moved for `queue_drain_secs`.
+    #[test]
+    fn a_deep_queue_alerts_only_when_it_is_not_draining() {
+        let mut t = Telemetry::new(
+            AlertsConfig {
+                for_secs: 30,
+                queue_drain_secs: 120.0,
+                ..AlertsConfig::default()
+            },
+            AnomalyConfig::default(),
+        );
+        let queue_alerts = |out: &[Signal]| {
+            out.iter()
+                .filter(|x| matches!(x, Signal::Alert(n) if n.rule == "queue_depth"))
+                .count()
+        };
+        // A full sync of 3,000 products: the queue holds 400 and 8 a second leave it.
+        let mut done = 0;
+        for s in 0..375 {
+            done += 8;
+            let queue = 3000u64.saturating_sub(done).min(400);
+            let out = t.tick(Sample {
+                now_ms: s * 1000,
+                items_done: done,
+                catalog_queue: queue,
+                ..Default::default()
+            });
+            assert_eq!(queue_alerts(&out), 0, "at {s} s with {queue} queued");
+        }
+        // Then nothing leaves a queue of 400: not draining.
+        let mut fired = None;
+        for s in 375..1000 {
+            let out = t.tick(Sample {
+                now_ms: s * 1000,
+                items_done: done,
+                catalog_queue: 400,
+                ..Default::default()
+            });
+            if queue_alerts(&out) > 0 {
+                fired = Some(s);
+                break;
+            }
+        }
+        // At the last minute's rate it empties in 400 × 60 / (8 × (60 − x)) s, beyond
+        // 120 s from x = 35 s after it stopped; then its `for` of 30 s.
+        let fired = fired.expect("a stopped queue alerts");
+        assert!((375 + 63..=375 + 67).contains(&fired), "fired at {fired}");
+    }
+
+    /// Issue 15 point 10: an alert resolved because its series stopped (no calls) says
+    /// so, instead of showing its last value above the threshold as what resolved it.
+    #[test]
+    fn an_alert_whose_series_stops_resolves_as_no_data() {
+        let mut t = Telemetry::new(
+            AlertsConfig {
+                for_secs: 0,
+                cooldown_secs: 0,
+                ..AlertsConfig::default()
+            },
+            AnomalyConfig::default(),
+        );
+        let slow = |s: i64, p95: Option<f64>| Sample {
+            now_ms: s * 1000,
+            downstreams: vec![DownstreamSample {
+                name: "quickbooks".into(),
+                p95_ms: p95,
+                breaker: "CLOSED".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        t.tick(slow(0, Some(6021.0)));
+        assert_eq!(t.alerts.firing(), 1);
+        let out = t.tick(slow(1, None));
+        let resolved = out
+            .iter()
+            .find_map(|x| match x {
+                Signal::Alert(n) if n.phase == alerts::Phase::Resolved => Some(n.clone()),
+                _ => None,
+            })
+            .expect("resolved");
+        assert!(resolved.no_data, "{resolved:?}");
+        assert!(
+            resolved.message.contains("no data") && !resolved.message.contains("(value 6021"),
+            "{}",
+            resolved.message
+        );
+        // A series that comes back below the threshold resolves with that value.
+        t.tick(slow(2, Some(6021.0)));
+        let out = t.tick(slow(3, Some(40.0)));
+        let resolved = out
+            .iter()
+            .find_map(|x| match x {
+                Signal::Alert(n) if n.phase == alerts::Phase::Resolved => Some(n.clone()),
+                _ => None,
+            })
+            .expect("resolved again");
+        assert!(!resolved.no_data);
+        assert_eq!(resolved.value, 40.0);
     }
 }

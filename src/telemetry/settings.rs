@@ -17,6 +17,10 @@ pub struct AlertsConfig {
     pub latency_p95_ms: f64,
     pub cache_miss_rate_percent: f64,
     pub consecutive_failures: f64,
+    /// A queue at least `queue_depth` deep alerts only when it is not draining: at the
+    /// current rate it would take longer than this to empty, or nothing has left it for
+    /// this long (s). 0 alerts on depth alone.
+    pub queue_drain_secs: f64,
     pub queue_depth: f64,
     pub dian_failure_rate_percent: f64,
 }
@@ -32,6 +36,7 @@ impl Default for AlertsConfig {
             cache_miss_rate_percent: 50.0,
             consecutive_failures: 5.0,
             queue_depth: 100.0,
+            queue_drain_secs: 600.0,
             dian_failure_rate_percent: 10.0,
         }
     }

@@ -150,7 +150,8 @@ fn draw_counts(frame: &mut Frame, area: Rect, app: &App) {
             "In flight",
             c.in_flight as u64,
             t.base,
-            format!("{} workers", c.workers),
+            // The auto-scaler's target, not the tasks spawned for its upper bound.
+            format!("{} workers", c.workers_target),
         ),
         row(
             "Failed",

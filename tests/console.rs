@@ -1824,3 +1824,134 @@ fn a_signal_closes_the_line_so_the_drain_is_shown() {
     assert!(app.command_line.is_none());
     assert!(render(&app, 80, 24).0.contains("SIGTERM: draining"));
 }
+
+// ---- issue 15: the terminal ----
+
+/// What no cell may hold: halves of flags, joiners, variation selectors, skin tones,
+/// tags, the keycap mark.
+fn unclean(c: char) -> bool {
+    matches!(
+        c,
+        '\u{1F1E6}'..='\u{1F1FF}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{20E3}'
+            | '\u{1F3FB}'..='\u{1F3FF}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+/// Every cell holds one grapheme of one code point (or a letter with its accents), of
+/// the width a terminal draws it at, and a wide one is followed by the blank it covers.
+fn assert_clean_cells(buf: &ratatui::buffer::Buffer, what: &str) {
+    use unicode_segmentation::UnicodeSegmentation;
+    use unicode_width::UnicodeWidthStr;
+    let area = buf.area;
+    for y in 0..area.height {
+        for x in 0..area.width {
+            let s = buf[(x, y)].symbol();
+            assert!(
+                !s.chars().any(unclean),
+                "{what}: cell ({x},{y}) holds {s:?}"
+            );
+            assert_eq!(s.graphemes(true).count(), 1, "{what}: cell ({x},{y}) {s:?}");
+            let w = s.width();
+            assert!(w <= 2, "{what}: cell ({x},{y}) {s:?} is {w} wide");
+            if w == 2 && x + 1 < area.width {
+                assert_eq!(
+                    buf[(x + 1, y)].symbol(),
+                    " ",
+                    "{what}: the cell after the wide {s:?} at ({x},{y})"
+                );
+            }
+        }
+    }
+}
+
+/// The product names of the sandbox that end in an emoji, and the other kinds of
+/// multi-code-point emoji an operator's data can hold.
+fn hard_names() -> Vec<String> {
+    use syncctl::sandbox::data::{EMOJI, Rng, product};
+    let mut rng = Rng::new(1);
+    let mut names: Vec<String> = (0..400)
+        .map(|i| product(&mut rng, i).name)
+        .filter(|n| EMOJI.iter().any(|e| n.ends_with(e)))
+        .collect();
+    for e in EMOJI {
+        if !names.iter().any(|n| n.ends_with(e)) {
+            names.push(format!("Ajiaco Año Nuevo {e}"));
+        }
+    }
+    for e in [
+        "👩\u{200D}💻",
+        "👍🏽",
+        "❤\u{FE0F}",
+        "1\u{FE0F}\u{20E3}",
+        "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        "🇨🇴🇨🇴",
+    ] {
+        names.push(format!("Tamal Jalapeño {e} x"));
+    }
+    names
+}
+
+/// Flag emoji and other multi-code-point emoji in product names, buyers, errors,
+/// alerts and typed text: every screen at 80×24 and 120×40, drawn one after another on
+/// one terminal as an operator switches, holds no cell a terminal draws at a width of
+/// its own; flags read as their letters.
+#[test]
+fn hard_names_leave_no_stray_cells_on_any_screen() {
+    use syncctl::protocol::{AuditEntry, ErrorLine};
+    let names = hard_names();
+    assert!(
+        names.iter().any(|n| n.contains('\u{1F1E8}')),
+        "a flag among {names:?}"
+    );
+    let mut app = dian_app();
+    let mut s = (*app.snapshot).clone();
+    s.audit = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| AuditEntry {
+            trace_id: None,
+            id: 1000 - i as i64,
+            at_ms: T0 - i as i64 * 1000,
+            kind: "item".into(),
+            entity: format!("prod_{i:014}"),
+            actor: "engine".into(),
+            message: format!("created Item {i} \"{n}\""),
+        })
+        .collect();
+    s.recent_errors = names
+        .iter()
+        .map(|n| ErrorLine {
+            at_ms: T0,
+            entity: "prod_1".into(),
+            message: format!("quickbooks 400: {n}"),
+        })
+        .collect();
+    for (r, n) in s.compliance.invoices.iter_mut().zip(names.iter().rev()) {
+        r.buyer_name = n.clone();
+        r.last_message = Some(n.clone());
+        r.last_code = None;
+    }
+    for (n, name) in s.telemetry.notifications.iter_mut().zip(&names) {
+        n.message = name.clone();
+    }
+    app.snapshot = Arc::new(s);
+    for (w, h) in [(120, 40), (80, 24)] {
+        let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+        for tab in Tab::ALL {
+            app.tab = tab;
+            app.flash = (tab == Tab::Settings).then(|| names[0].clone());
+            // The frame as sent (TestBackend keeps what a wide grapheme's second cell
+            // held before; a terminal draws the grapheme over it).
+            let frame = term.draw(|f| screens::draw(f, &app)).unwrap();
+            assert_clean_cells(frame.buffer, &format!("{tab:?} at {w}x{h}"));
+        }
+    }
+    // The flags read as their country's letters.
+    app.tab = Tab::Events;
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("Jalapeño COCO x"), "{text}");
+}

@@ -14,6 +14,8 @@
 //! ```
 //!
 //! Below [`chrome::MIN_WIDTH`]×[`chrome::MIN_HEIGHT`] only "terminal too small" is shown.
+//! Every frame's cells are cleaned last ([`chrome::cells`]): no emoji a terminal draws
+//! at a width of its own reaches it.
 
 mod alerts;
 mod circuits;
@@ -64,4 +66,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);
     }
+    // Last: whatever any string put in a cell, the terminal gets graphemes of the
+    // width ratatui laid out.
+    chrome::cells::clean_buffer(frame.buffer_mut());
 }

@@ -535,7 +535,7 @@ fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
     let mut app = dian_app();
     let (text, _) = render(&app, 80, 24);
     let hints = text.lines().last().unwrap();
-    assert!(hints.contains("p pause DIAN sending"), "{hints}");
+    assert!(hints.contains("p pause sending"), "{hints}");
     assert_eq!(
         hints.matches("p pause").count(),
         1,
@@ -579,7 +579,7 @@ fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
         text.lines()
             .next()
             .unwrap()
-            .contains("catalog ▶ running  DIAN ‖ paused"),
+            .contains("▶ running  DIAN ‖ paused"),
         "{text}"
     );
     assert_eq!(
@@ -1954,4 +1954,99 @@ fn hard_names_leave_no_stray_cells_on_any_screen() {
     app.tab = Tab::Events;
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("Jalapeño COCO x"), "{text}");
+}
+
+/// The header names all eight screens (short below 100 columns) beside or above the
+/// status, which keeps SANDBOX, the catalog's state and where the console stands
+/// whole; the hints bar fits, most useful first, `? help` and `q quit` always — on
+/// every screen at 80×24 and 120×40, hosting, read-only, attached and reconnecting.
+#[test]
+fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
+    const SHORT: [&str; 8] = [
+        "Over", "Thru", "Circ", "Work", "Alert", "DIAN", "Event", "Set",
+    ];
+    use syncctl::protocol::{Attached, LinkState, Role};
+    let attached = |role| Attached {
+        to: "10.0.0.5:9870".into(),
+        role,
+        actor: "ana@10.0.0.7".into(),
+    };
+    let links: [(&str, LinkState, &[&str]); 5] = [
+        ("hosted", LinkState::Hosted, &[]),
+        ("read-only", LinkState::Hosted, &["READ-ONLY"]),
+        (
+            "attached",
+            LinkState::Attached(attached(Role::Operator)),
+            &["ATTACHED"],
+        ),
+        (
+            "viewer",
+            LinkState::Attached(attached(Role::Viewer)),
+            &["ATTACHED", "READ-ONLY"],
+        ),
+        (
+            "reconnecting viewer",
+            LinkState::Reconnecting {
+                was: attached(Role::Viewer),
+                since_ms: T0,
+                attempt: 2,
+                why: "connection reset".into(),
+            },
+            &["RECONNECTING…", "as of 11:06:40", "READ-ONLY"],
+        ),
+    ];
+    for (what, link, badges) in links {
+        let mut app = dian_app().with_read_only(what == "read-only");
+        update(&mut app, Msg::Link(link));
+        for tab in Tab::ALL {
+            app.tab = tab;
+            for (w, h) in [(80, 24), (120, 40)] {
+                let (text, _) = render(&app, w, h);
+                let lines: Vec<&str> = text.lines().collect();
+                // The header: one row, or two when the status needs a row of its own.
+                let header = if lines[1].contains("1 Over") || lines[1].contains("1 Overview") {
+                    format!("{}\n{}", lines[0], lines[1])
+                } else {
+                    lines[0].to_owned()
+                };
+                let ctx = format!("{what} {tab:?} {w}×{h}:\n{text}");
+                assert!(
+                    header.contains("SANDBOX") && header.contains("▶ running"),
+                    "{ctx}"
+                );
+                for b in badges {
+                    assert!(header.contains(b), "{b} in the header, {ctx}");
+                }
+                // In full from 100 columns (hosting, always; attached, when they fit
+                // beside the status), else short.
+                let named = |full: bool| {
+                    Tab::ALL.iter().zip(SHORT).all(|(t, short)| {
+                        let name = if full { t.title() } else { short };
+                        header.contains(&format!("{} {name}", t.key()))
+                    })
+                };
+                let full = w >= 100 && (what == "hosted" || named(true));
+                assert!(named(full), "all eight named (full: {full}), {ctx}");
+                let hints = lines.last().unwrap();
+                assert!(
+                    hints.contains("? help") && hints.ends_with("q quit"),
+                    "{ctx}"
+                );
+                // Most useful first: the screen's own first key leads.
+                let (key, hint) = syncctl::console::keymap::hints(tab, app.read_only)
+                    .next()
+                    .unwrap();
+                assert!(
+                    hints.starts_with(&format!(" {key} {hint}")),
+                    "{key} {hint} first: {ctx}"
+                );
+            }
+        }
+        // Hosting at 80 columns, the status and all eight names share one row.
+        if what == "hosted" {
+            app.tab = Tab::Overview;
+            let (text, _) = render(&app, 80, 24);
+            assert!(text.lines().next().unwrap().contains("8 Set"), "{text}");
+        }
+    }
 }

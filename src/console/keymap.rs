@@ -96,6 +96,14 @@ impl Action {
     }
 }
 
+impl Action {
+    /// Whether the hints bar shows the action however narrow the terminal: the way
+    /// out and the way to every other key.
+    pub fn always_hinted(self) -> bool {
+        matches!(self, Action::Help | Action::Quit)
+    }
+}
+
 /// The flash line when a read-only console is asked for `what` (an action's
 /// [`Action::engine_action`], or a command typed at the `:` line).
 pub fn read_only_refusal(what: &str) -> String {
@@ -267,7 +275,7 @@ pub const BINDINGS: &[Binding] = &[
         label: "p",
         action: Action::ToggleCompliancePause,
         scope: Scope::Dian,
-        hint: Some("pause DIAN sending"),
+        hint: Some("pause sending"),
         help: "pause / resume sending to DIAN; paid invoices still arrive and wait (DIAN)",
     },
     Binding {
@@ -553,15 +561,22 @@ fn shadowed(b: &Binding, tab: Tab) -> bool {
         })
 }
 
-/// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first;
-/// no engine action on a read-only console).
-pub fn hints(tab: Tab, read_only: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+/// The bindings with a hint on the current screen, most useful first: the screen's
+/// own keys, then the list keys, then the global ones, each in table order (no engine action on a
+/// read-only console).
+pub fn hinted(tab: Tab, read_only: bool) -> impl Iterator<Item = &'static Binding> {
     let local = bindings_on(tab).filter(|b| b.scope.is_screen());
-    let rest = bindings_on(tab).filter(|b| !b.scope.is_screen());
+    let lists = bindings_on(tab).filter(|b| b.scope == Scope::Lists);
+    let global = bindings_on(tab).filter(|b| b.scope == Scope::Global);
     local
-        .chain(rest)
-        .filter(move |b| b.shown(read_only))
-        .filter_map(|b| b.hint.map(|h| (b.label, h)))
+        .chain(lists)
+        .chain(global)
+        .filter(move |b| b.shown(read_only) && b.hint.is_some())
+}
+
+/// `(keys, hint)` pairs for the hints bar on the current screen, as [`hinted`].
+pub fn hints(tab: Tab, read_only: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    hinted(tab, read_only).filter_map(|b| b.hint.map(|h| (b.label, h)))
 }
 
 #[cfg(test)]
@@ -606,7 +621,7 @@ mod tests {
                 .filter(|(k, _)| *k == "p")
                 .collect::<Vec<_>>()
         };
-        assert_eq!(on(Tab::Dian), [("p", "pause DIAN sending")]);
+        assert_eq!(on(Tab::Dian), [("p", "pause sending")]);
         assert_eq!(on(Tab::Overview), [("p", "pause")]);
     }
 

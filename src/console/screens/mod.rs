@@ -4,7 +4,7 @@
 //! mutates.
 //!
 //! ```text
-//! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row
+//! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row (2 when narrow)
 //! │ body: the current tab's screen, one file each: overview,       │  the rest
 //! │       throughput, circuits, workers, alerts, dian, events,     │
 //! │       settings                                                 │
@@ -40,7 +40,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         return;
     }
     let [header, body, footer] = Layout::vertical([
-        Constraint::Length(1),
+        Constraint::Length(chrome::header::height(app, area.width)),
         Constraint::Min(0),
         Constraint::Length(1),
     ])

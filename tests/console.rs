@@ -2050,3 +2050,106 @@ fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
         }
     }
 }
+
+/// The DIAN queue's selection is the invoice, not the row: a new invoice on top does
+/// not change what `r` retries; once the selected invoice leaves the view (validated
+/// out of the FAILED filter) `r` retries nothing and the screen says why; ↓ then
+/// selects the invoice now at its place.
+#[test]
+fn dian_keys_act_on_the_selected_invoice_however_the_queue_moves() {
+    use syncctl::compliance::machine::Status;
+    let mut app = dian_app();
+    while app.dian_filter != Some(Status::Failed) {
+        press(&mut app, KeyCode::Char('s'));
+    }
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000001"));
+    // A new failed invoice arrives on top of the queue.
+    let mut s = (*app.snapshot).clone();
+    let mut newer = s.compliance.invoices[0].clone();
+    newer.stripe_id = "in_00000000000004".into();
+    newer.number = "SETP990000004".into();
+    s.compliance.invoices.insert(0, newer);
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
+    let (text, _) = render(&app, 120, 40);
+    let marked: Vec<&str> = text.lines().filter(|l| l.starts_with("│▶")).collect();
+    assert!(
+        marked.len() == 1 && marked[0].contains("SETP990000001"),
+        "{text}"
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('r')),
+        Some(Command::RetryInvoice {
+            key: "in_00000000000001".into()
+        })
+    );
+    // DIAN accepts it: it leaves the FAILED view, and r acts on nothing.
+    let i = s
+        .compliance
+        .invoices
+        .iter()
+        .position(|r| r.number == "SETP990000001");
+    s.compliance.invoices[i.unwrap()].status = Status::Validated;
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    assert_eq!(app.selected_invoice(), None);
+    assert_eq!(press(&mut app, KeyCode::Char('r')), None);
+    let flash = app.flash.clone().unwrap_or_default();
+    assert_eq!(
+        flash,
+        "SETP990000001 is VALIDATED now, out of this view: nothing retried — ↑/↓ selects another"
+    );
+    app.flash = None;
+    let (text, _) = render(&app, 120, 40);
+    assert!(!text.contains("│▶"), "no row is selected: {text}");
+    assert!(
+        text.contains("SETP990000001 is VALIDATED now, out of this view."),
+        "{text}"
+    );
+    // ↓ selects the invoice now where it was.
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000003"));
+}
+
+/// The Alerts selection is the alert, not the row: re-sorted, `a` still acknowledges
+/// the one selected; resolved, `a` and `z` act on nothing and the title says so.
+#[test]
+fn alert_keys_act_on_the_selected_alert_however_the_list_moves() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('5'));
+    press(&mut app, KeyCode::Char('j'));
+    let chosen = app.selected_alert().expect("an alert");
+    assert_eq!(chosen, app.snapshot.telemetry.alerts[1].id);
+    // The engine re-sorts the alerts.
+    let mut s = (*app.snapshot).clone();
+    s.telemetry.alerts.reverse();
+    assert!(s.telemetry.alerts[1].id != chosen, "the list did move");
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('a')),
+        Some(Command::AckAlerts {
+            matcher: AlertMatcher::Prefix(chosen.clone())
+        })
+    );
+    // It resolves: gone from the list.
+    s.telemetry.alerts.retain(|a| a.id != chosen);
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    assert_eq!(press(&mut app, KeyCode::Char('a')), None);
+    assert_eq!(
+        app.flash.as_deref(),
+        Some(
+            format!(
+                "{chosen} is no longer pending or firing: nothing acknowledged — ↑/↓ selects another"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(press(&mut app, KeyCode::Char('z')), None);
+    assert!(app.prompt.is_none(), "no silence is asked for");
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains(&format!("{chosen} is no longer pending or firing")),
+        "{text}"
+    );
+    press(&mut app, KeyCode::Char('k'));
+    assert!(app.selected_alert().is_some());
+}

@@ -17,7 +17,7 @@
 //! ```text
 //! run loop (this file) ─┬─▶ update ──┬─▶ keymap ─▶ tab
 //!                       │            ├─▶ command_line ─▶ tab
-//!                       │            └─▶ state ──▶ command_line, tab, theme
+//!                       │            └─▶ state ──▶ command_line, selection, tab, theme
 //!                       └─▶ screens ─┬─▶ chrome ─▶ keymap, state, command_line
 //!                                    └─▶ state
 //! ```
@@ -26,6 +26,7 @@ pub mod chrome;
 pub mod command_line;
 pub mod keymap;
 pub mod screens;
+pub mod selection;
 pub mod state;
 pub mod tab;
 pub mod theme;

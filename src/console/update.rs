@@ -17,7 +17,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
-use super::state::{App, Confirm, PromptKind, Tab, num};
+use super::state::{App, Confirm, PromptKind, Step, Tab, num};
 use crate::protocol::{
     AlertMatcher, Answer, AttachedConsole, BreakerAction, CacheScope, Command, CommandError,
     FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply, Reply, Request, Service,
@@ -153,6 +153,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             effects.push(redraw(true));
         }
     }
+    app.follow_selections();
     effects.extend(app.follow_detail());
     effects
 }
@@ -186,6 +187,15 @@ impl App {
         self.detail_asked = Some(key.clone());
         self.detail_pending = true;
         Effect::Ask(Query::InvoiceDetail { key })
+    }
+
+    /// Keeps each list's selection on the item it names as the lists move (and pins
+    /// the first row where nothing is chosen yet), so keys act on what is drawn.
+    fn follow_selections(&mut self) {
+        let ids = owned(self.dian_ids());
+        self.dian_sel.follow(&ids);
+        let ids = owned(self.alert_ids());
+        self.alert_sel.follow(&ids);
     }
 
     /// A newly selected invoice on the DIAN screen: ask for its detail now.
@@ -299,7 +309,8 @@ impl App {
             self.events_offset = 0;
             return None;
         }
-        self.dian_row = 0;
+        // A new view: its first row.
+        self.dian_sel.reset();
         None
     }
 
@@ -558,7 +569,7 @@ impl App {
             Action::ChartWindow => self.chart_window = (self.chart_window + 1) % 3,
             Action::AckAlert => {
                 let Some(id) = self.selected_alert() else {
-                    self.flash = Some("no alert selected".into());
+                    self.flash = Some(self.nothing_selected(self.alert_left(), "acknowledged"));
                     return None;
                 };
                 return self.send(Command::AckAlerts {
@@ -567,7 +578,7 @@ impl App {
             }
             Action::SilenceAlert => {
                 let Some(id) = self.selected_alert() else {
-                    self.flash = Some("no alert selected".into());
+                    self.flash = Some(self.nothing_selected(self.alert_left(), "silenced"));
                     return None;
                 };
                 self.open_prompt(PromptKind::Silence { matcher: id }, "1h".into());
@@ -609,7 +620,7 @@ impl App {
             Action::Tune => self.tab = Tab::Settings,
             Action::RetryInvoice => {
                 let Some(id) = self.selected_invoice() else {
-                    self.flash = Some("no invoice selected".into());
+                    self.flash = Some(self.nothing_selected(self.dian_left(), "retried"));
                     return None;
                 };
                 self.flash = Some("retrying…".into());
@@ -633,7 +644,7 @@ impl App {
                         .position(|x| *x == s)
                         .and_then(|i| all.get(i + 1).copied()),
                 };
-                self.dian_row = 0;
+                self.dian_sel.reset();
             }
             Action::Search => self.search_open = true,
             Action::ToggleJournal => {
@@ -657,31 +668,29 @@ impl App {
     fn scroll(&mut self, action: Action) {
         let page = 10;
         match action {
-            Action::Up if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_row.saturating_sub(1);
-            }
-            Action::Down if self.tab == Tab::Dian => {
-                self.dian_row = (self.dian_row + 1).min(self.dian_rows().len().saturating_sub(1));
-            }
-            Action::PageUp if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_row.saturating_sub(page);
-            }
-            Action::PageDown if self.tab == Tab::Dian => {
-                self.dian_row =
-                    (self.dian_row + page).min(self.dian_rows().len().saturating_sub(1));
-            }
-            Action::Top if self.tab == Tab::Dian => {
-                self.dian_row = 0;
-            }
-            Action::Bottom if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_rows().len().saturating_sub(1);
-            }
-            Action::Up if self.tab == Tab::Alerts => {
-                self.alert_row = self.alert_row.saturating_sub(1)
-            }
-            Action::Down if self.tab == Tab::Alerts => {
-                self.alert_row =
-                    (self.alert_row + 1).min(self.snapshot.telemetry.alerts.len().saturating_sub(1))
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom
+                if matches!(self.tab, Tab::Dian | Tab::Alerts) =>
+            {
+                let step = match action {
+                    Action::Up => Step::Up(1),
+                    Action::Down => Step::Down(1),
+                    Action::PageUp => Step::Up(page),
+                    Action::PageDown => Step::Down(page),
+                    Action::Top => Step::First,
+                    _ => Step::Last,
+                };
+                if self.tab == Tab::Dian {
+                    let ids = owned(self.dian_ids());
+                    self.dian_sel.step(&ids, step);
+                } else {
+                    let ids = owned(self.alert_ids());
+                    self.alert_sel.step(&ids, step);
+                }
             }
             Action::Up if self.tab == Tab::Settings => {
                 self.setting_row = self.setting_row.saturating_sub(1)
@@ -704,6 +713,15 @@ impl App {
             Action::Top => self.events_offset = 0,
             Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
             _ => {}
+        }
+    }
+
+    /// The flash line when a key that acts on the selected item finds none: the
+    /// selected one has left the view (`left` says how), or the list is empty.
+    fn nothing_selected(&self, left: Option<String>, done: &str) -> String {
+        match left {
+            Some(left) => format!("{left}: nothing {done} — ↑/↓ selects another"),
+            None => format!("nothing selected: nothing {done}"),
         }
     }
 
@@ -952,4 +970,9 @@ impl App {
             .find(|(n, _)| n == name)
             .map_or(f64::NAN, |(_, v)| *v)
     }
+}
+
+/// A list's ids, owned, so its selection can move while they are read.
+fn owned(ids: Vec<&str>) -> Vec<String> {
+    ids.into_iter().map(str::to_owned).collect()
 }

@@ -2153,3 +2153,89 @@ fn alert_keys_act_on_the_selected_alert_however_the_list_moves() {
     press(&mut app, KeyCode::Char('k'));
     assert!(app.selected_alert().is_some());
 }
+
+/// `tag:` without a name is refused at the cache prompt, which stays open with the
+/// reason; nothing is asked or sent. (The same grammar as `:invalidate`.)
+#[test]
+fn the_cache_prompt_refuses_an_empty_tag() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('c'));
+    assert!(type_text(&mut app, "tag:").is_empty());
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    assert!(
+        app.confirm.is_none(),
+        "nothing to confirm: {:?}",
+        app.confirm
+    );
+    assert_eq!(
+        app.prompt.as_deref(),
+        Some("tag:"),
+        "the prompt stays to fix it"
+    );
+    let (text, _) = render(&app, 120, 40);
+    let footer = text.lines().last().unwrap();
+    assert!(
+        footer.contains("tag: empty") && footer.contains("tag:NAME"),
+        "{footer}"
+    );
+    // Fixed, it asks as before.
+    type_text(&mut app, "prices");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        app.confirm,
+        Some(syncctl::console::state::Confirm::InvalidateCache {
+            scope: CacheScope::Tag("prices".into()),
+            entries: app.snapshot.telemetry.cache.entries,
+        })
+    );
+}
+
+/// The payload pane scrolls with `[` and `]`: a payload longer than the pane shows its
+/// last lines after scrolling, and its first again after scrolling back.
+#[test]
+fn the_payload_pane_scrolls() {
+    use syncctl::protocol::{Answer, InvoiceDetail, Query};
+    let mut app = dian_app();
+    update(&mut app, Msg::Tick);
+    let key = app.selected_invoice().unwrap();
+    let record = app
+        .dian_rows()
+        .into_iter()
+        .find(|r| r.stripe_id == key)
+        .unwrap()
+        .clone();
+    let payload: Vec<String> = (1..=60)
+        .map(|i| format!("  \"line_{i:02}\": {i},"))
+        .collect();
+    let detail = InvoiceDetail {
+        record,
+        history: Vec::new(),
+        payload: format!("{{\n{}\n}}", payload.join("\n")),
+    };
+    let query = Query::InvoiceDetail { key: key.clone() };
+    let reply = Ok(Answer::InvoiceDetail(Box::new(detail)));
+    update(&mut app, Msg::Answer { query, reply });
+    press(&mut app, KeyCode::Char('v'));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("\"line_01\"") && !text.contains("\"line_60\""),
+        "{text}"
+    );
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Char(']'));
+    }
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("\"line_60\"") && !text.contains("\"line_01\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("of 62)"),
+        "the title says which rows show: {text}"
+    );
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Char('['));
+    }
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("\"line_01\""), "{text}");
+}

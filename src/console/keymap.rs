@@ -38,6 +38,9 @@ pub enum Action {
     Search,
     ToggleJournal,
     TogglePayload,
+    /// Scroll the DIAN detail pane's payload up / down a few rows.
+    PayloadUp,
+    PayloadDown,
     InvalidateCache,
     ChartWindow,
     AckAlert,
@@ -88,6 +91,8 @@ impl Action {
             | Action::CycleStatus
             | Action::Search
             | Action::TogglePayload
+            | Action::PayloadUp
+            | Action::PayloadDown
             | Action::ChartWindow
             | Action::Tune
             | Action::ToggleJournal
@@ -269,6 +274,22 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Dian,
         hint: None,
         help: "detail pane: history or the payload sent to Alegra (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('[')],
+        label: "[",
+        action: Action::PayloadUp,
+        scope: Scope::Dian,
+        hint: None,
+        help: "scroll the payload up (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char(']')],
+        label: "]",
+        action: Action::PayloadDown,
+        scope: Scope::Dian,
+        hint: None,
+        help: "scroll the payload down (DIAN)",
     },
     Binding {
         keys: &[KeyCode::Char('p')],

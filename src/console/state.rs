@@ -171,6 +171,8 @@ pub struct App {
     /// Events: the operator journal only (`J`).
     pub events_journal: bool,
     pub show_payload: bool,
+    /// The payload's first row shown (`[` / `]`); back to the top for another invoice.
+    pub payload_scroll: u16,
     /// The open invoice's record and history, as the engine last answered the query
     /// for it (shown only while that invoice is the selected one).
     pub detail: Option<InvoiceDetail>,
@@ -224,6 +226,7 @@ impl App {
             events_filter: String::new(),
             events_journal: false,
             show_payload: false,
+            payload_scroll: 0,
             detail: None,
             detail_asked: None,
             detail_pending: false,

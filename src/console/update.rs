@@ -203,6 +203,8 @@ impl App {
         let wanted = self.detail_wanted();
         match wanted {
             Some(key) if self.detail_asked.as_ref() != Some(&key) && !self.detail_pending => {
+                // Another invoice: its payload from the top.
+                self.payload_scroll = 0;
                 Some(self.ask_detail(key))
             }
             Some(_) => None,
@@ -369,12 +371,15 @@ impl App {
                 None
             }
             PromptKind::Cache => {
-                let scope = match text.as_str() {
-                    "" | "*" => CacheScope::All,
-                    t => match t.strip_prefix("tag:") {
-                        Some(tag) if !tag.is_empty() => CacheScope::Tag(tag.to_owned()),
-                        _ => CacheScope::Pattern(t.to_owned()),
-                    },
+                let scope = match cache_scope(&text) {
+                    Ok(scope) => scope,
+                    Err(e) => {
+                        // Nothing is dropped; the prompt stays open to fix it.
+                        self.flash = Some(format!(
+                            "{e} — a tag after tag: (tag:NAME), a pattern (item:*), or nothing for all"
+                        ));
+                        return None;
+                    }
                 };
                 self.prompt = None;
                 self.confirm = Some(Confirm::InvalidateCache {
@@ -652,7 +657,11 @@ impl App {
                 self.events_offset = 0;
             }
             Action::CommandLine => self.command_line = Some(CommandLine::new()),
-            Action::TogglePayload => self.show_payload = !self.show_payload,
+            Action::TogglePayload => {
+                self.show_payload = !self.show_payload;
+                self.payload_scroll = 0;
+            }
+            Action::PayloadUp | Action::PayloadDown => self.scroll_payload(action),
             Action::Up
             | Action::Down
             | Action::PageUp
@@ -714,6 +723,26 @@ impl App {
             Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
             _ => {}
         }
+    }
+
+    /// `[` / `]` on the DIAN screen: the payload moves by a few rows, within its
+    /// lines (the pane keeps the last ones in view).
+    fn scroll_payload(&mut self, action: Action) {
+        if !self.show_payload {
+            self.flash = Some("v shows the payload; [ and ] scroll it".into());
+            return;
+        }
+        let step = 5;
+        let lines = self
+            .detail
+            .as_ref()
+            .map_or(0, |d| d.payload.lines().count());
+        let last = u16::try_from(lines.saturating_sub(1)).unwrap_or(u16::MAX);
+        self.payload_scroll = if action == Action::PayloadUp {
+            self.payload_scroll.saturating_sub(step)
+        } else {
+            self.payload_scroll.saturating_add(step).min(last)
+        };
     }
 
     /// The flash line when a key that acts on the selected item finds none: the
@@ -975,4 +1004,21 @@ impl App {
 /// A list's ids, owned, so its selection can move while they are read.
 fn owned(ids: Vec<&str>) -> Vec<String> {
     ids.into_iter().map(str::to_owned).collect()
+}
+
+/// The cache prompt's text as the scope `:invalidate` would take it (the same
+/// grammar and checks): nothing is all; `tag:` needs a name.
+fn cache_scope(text: &str) -> Result<CacheScope, CommandError> {
+    if text.is_empty() {
+        return Ok(CacheScope::All);
+    }
+    let command = Command::from_words(["invalidate", text])?;
+    command.validate()?;
+    match command {
+        Command::InvalidateCache { scope } => Ok(scope),
+        other => Err(CommandError::invalid(
+            "scope",
+            format!("{text:?} reads as {other}, not a cache scope"),
+        )),
+    }
 }

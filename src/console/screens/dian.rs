@@ -310,15 +310,35 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             out
         }
     };
-    let title = if app.show_payload {
-        "Payload for Alegra (v: history)"
+    // The payload scrolls (`[` / `]`) within its rows once wrapped, the last ones
+    // staying in view; the title says which rows show.
+    let inner_width = usize::from(detail.width.saturating_sub(2)).max(1);
+    let inner_height = detail.height.saturating_sub(2);
+    let (title, scroll) = if app.show_payload && focus.is_some() {
+        let rows: usize = lines
+            .iter()
+            .map(|l| l.width().div_ceil(inner_width).max(1))
+            .sum();
+        let rows = u16::try_from(rows).unwrap_or(u16::MAX);
+        let scroll = app.payload_scroll.min(rows.saturating_sub(inner_height));
+        let shown_to = rows.min(scroll + inner_height);
+        (
+            format!(
+                "Payload for Alegra (v: history · [ ] scroll · rows {}–{shown_to} of {rows})",
+                scroll + 1
+            ),
+            scroll,
+        )
+    } else if app.show_payload {
+        ("Payload for Alegra (v: history)".to_owned(), 0)
     } else {
-        "History (v: payload)"
+        ("History (v: payload)".to_owned(), 0)
     };
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
-            .block(block(title, app)),
+            .scroll((scroll, 0))
+            .block(block(&title, app)),
         detail,
     );
 }

@@ -189,13 +189,21 @@ impl App {
         Effect::Ask(Query::InvoiceDetail { key })
     }
 
-    /// Keeps each list's selection on the item it names as the lists move (and pins
-    /// the first row where nothing is chosen yet), so keys act on what is drawn.
+    /// Keeps the shown list's selection on the item it names as the list moves (and
+    /// pins the first row where nothing is chosen yet), so keys act on what is drawn.
+    /// A list not on screen is left alone: opened, it selects its first row then.
     fn follow_selections(&mut self) {
-        let ids = owned(self.dian_ids());
-        self.dian_sel.follow(&ids);
-        let ids = owned(self.alert_ids());
-        self.alert_sel.follow(&ids);
+        match self.tab {
+            Tab::Dian => {
+                let ids = owned(self.dian_ids());
+                self.dian_sel.follow(&ids);
+            }
+            Tab::Alerts => {
+                let ids = owned(self.alert_ids());
+                self.alert_sel.follow(&ids);
+            }
+            _ => {}
+        }
     }
 
     /// A newly selected invoice on the DIAN screen: ask for its detail now.

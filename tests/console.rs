@@ -2239,3 +2239,19 @@ fn the_payload_pane_scrolls() {
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("\"line_01\""), "{text}");
 }
+
+/// A list is pinned when its screen shows it: invoices that arrive while the operator
+/// is elsewhere do not leave the DIAN screen, once opened, on an old one.
+#[test]
+fn the_dian_screen_opened_later_selects_its_newest_invoice() {
+    let mut app = dian_app();
+    press(&mut app, KeyCode::Char('1'));
+    let mut s = (*app.snapshot).clone();
+    let mut newer = s.compliance.invoices[0].clone();
+    newer.stripe_id = "in_00000000000004".into();
+    newer.number = "SETP990000004".into();
+    s.compliance.invoices.insert(0, newer);
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    press(&mut app, KeyCode::Char('6'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000004"));
+}

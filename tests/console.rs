@@ -538,7 +538,7 @@ fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
     let mut app = dian_app();
     let (text, _) = render(&app, 80, 24);
     let hints = text.lines().last().unwrap();
-    assert!(hints.contains("p pause DIAN sending"), "{hints}");
+    assert!(hints.contains("p pause sending"), "{hints}");
     assert_eq!(
         hints.matches("p pause").count(),
         1,
@@ -582,7 +582,7 @@ fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
         text.lines()
             .next()
             .unwrap()
-            .contains("catalog ▶ running  DIAN ‖ paused"),
+            .contains("▶ running  DIAN ‖ paused"),
         "{text}"
     );
     assert_eq!(
@@ -1864,4 +1864,435 @@ fn failed_catalog_jobs_and_a_full_sync_are_run_again_after_a_confirmation() {
         press(&mut app, KeyCode::Char('y')),
         Some(Command::Resync {})
     );
+}
+// ---- issue 15: the terminal ----
+
+/// What no cell may hold: halves of flags, joiners, variation selectors, skin tones,
+/// tags, the keycap mark.
+fn unclean(c: char) -> bool {
+    matches!(
+        c,
+        '\u{1F1E6}'..='\u{1F1FF}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{20E3}'
+            | '\u{1F3FB}'..='\u{1F3FF}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+/// Every cell holds one grapheme of one code point (or a letter with its accents), of
+/// the width a terminal draws it at, and a wide one is followed by the blank it covers.
+fn assert_clean_cells(buf: &ratatui::buffer::Buffer, what: &str) {
+    use unicode_segmentation::UnicodeSegmentation;
+    use unicode_width::UnicodeWidthStr;
+    let area = buf.area;
+    for y in 0..area.height {
+        for x in 0..area.width {
+            let s = buf[(x, y)].symbol();
+            assert!(
+                !s.chars().any(unclean),
+                "{what}: cell ({x},{y}) holds {s:?}"
+            );
+            assert_eq!(s.graphemes(true).count(), 1, "{what}: cell ({x},{y}) {s:?}");
+            let w = s.width();
+            assert!(w <= 2, "{what}: cell ({x},{y}) {s:?} is {w} wide");
+            if w == 2 && x + 1 < area.width {
+                assert_eq!(
+                    buf[(x + 1, y)].symbol(),
+                    " ",
+                    "{what}: the cell after the wide {s:?} at ({x},{y})"
+                );
+            }
+        }
+    }
+}
+
+/// The product names of the sandbox that end in an emoji, and the other kinds of
+/// multi-code-point emoji an operator's data can hold.
+fn hard_names() -> Vec<String> {
+    use syncctl::sandbox::data::{EMOJI, Rng, product};
+    let mut rng = Rng::new(1);
+    let mut names: Vec<String> = (0..400)
+        .map(|i| product(&mut rng, i).name)
+        .filter(|n| EMOJI.iter().any(|e| n.ends_with(e)))
+        .collect();
+    for e in EMOJI {
+        if !names.iter().any(|n| n.ends_with(e)) {
+            names.push(format!("Ajiaco Año Nuevo {e}"));
+        }
+    }
+    for e in [
+        "👩\u{200D}💻",
+        "👍🏽",
+        "❤\u{FE0F}",
+        "1\u{FE0F}\u{20E3}",
+        "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        "🇨🇴🇨🇴",
+    ] {
+        names.push(format!("Tamal Jalapeño {e} x"));
+    }
+    names
+}
+
+/// Flag emoji and other multi-code-point emoji in product names, buyers, errors,
+/// alerts and typed text: every screen at 80×24 and 120×40, drawn one after another on
+/// one terminal as an operator switches, holds no cell a terminal draws at a width of
+/// its own; flags read as their letters.
+#[test]
+fn hard_names_leave_no_stray_cells_on_any_screen() {
+    use syncctl::protocol::{AuditEntry, ErrorLine};
+    let names = hard_names();
+    assert!(
+        names.iter().any(|n| n.contains('\u{1F1E8}')),
+        "a flag among {names:?}"
+    );
+    let mut app = dian_app();
+    let mut s = (*app.snapshot).clone();
+    s.audit = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| AuditEntry {
+            trace_id: None,
+            id: 1000 - i as i64,
+            at_ms: T0 - i as i64 * 1000,
+            kind: "item".into(),
+            entity: format!("prod_{i:014}"),
+            actor: "engine".into(),
+            message: format!("created Item {i} \"{n}\""),
+        })
+        .collect();
+    s.recent_errors = names
+        .iter()
+        .map(|n| ErrorLine {
+            at_ms: T0,
+            entity: "prod_1".into(),
+            message: format!("quickbooks 400: {n}"),
+        })
+        .collect();
+    for (r, n) in s.compliance.invoices.iter_mut().zip(names.iter().rev()) {
+        r.buyer_name = n.clone();
+        r.last_message = Some(n.clone());
+        r.last_code = None;
+    }
+    for (n, name) in s.telemetry.notifications.iter_mut().zip(&names) {
+        n.message = name.clone();
+    }
+    app.snapshot = Arc::new(s);
+    for (w, h) in [(120, 40), (80, 24)] {
+        let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+        for tab in Tab::ALL {
+            app.tab = tab;
+            app.flash = (tab == Tab::Settings).then(|| names[0].clone());
+            // The frame as sent (TestBackend keeps what a wide grapheme's second cell
+            // held before; a terminal draws the grapheme over it).
+            let frame = term.draw(|f| screens::draw(f, &app)).unwrap();
+            assert_clean_cells(frame.buffer, &format!("{tab:?} at {w}x{h}"));
+        }
+    }
+    // The flags read as their country's letters.
+    app.tab = Tab::Events;
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("Jalapeño COCO x"), "{text}");
+}
+
+/// The header names all eight screens (short below 100 columns) beside or above the
+/// status, which keeps SANDBOX, the catalog's state and where the console stands
+/// whole; the hints bar fits, most useful first, `? help` and `q quit` always — on
+/// every screen at 80×24 and 120×40, hosting, read-only, attached and reconnecting.
+#[test]
+fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
+    const SHORT: [&str; 8] = [
+        "Over", "Thru", "Circ", "Work", "Alert", "DIAN", "Event", "Set",
+    ];
+    use syncctl::protocol::{Attached, LinkState, Role};
+    let attached = |role| Attached {
+        to: "10.0.0.5:9870".into(),
+        role,
+        actor: "ana@10.0.0.7".into(),
+        connection: 3,
+    };
+    let links: [(&str, LinkState, &[&str]); 5] = [
+        ("hosted", LinkState::Hosted, &[]),
+        ("read-only", LinkState::Hosted, &["READ-ONLY"]),
+        (
+            "attached",
+            LinkState::Attached(attached(Role::Operator)),
+            &["ATTACHED", "10.0.0.5:9870"],
+        ),
+        (
+            "viewer",
+            LinkState::Attached(attached(Role::Viewer)),
+            &["ATTACHED", "10.0.0.5:9870", "READ-ONLY"],
+        ),
+        (
+            "reconnecting viewer",
+            LinkState::Reconnecting {
+                was: attached(Role::Viewer),
+                since_ms: T0,
+                attempt: 2,
+                why: "connection reset".into(),
+            },
+            &["RECONNECTING…", "as of 11:06:40", "READ-ONLY"],
+        ),
+    ];
+    for (what, link, badges) in links {
+        let mut app = dian_app().with_read_only(what == "read-only");
+        update(&mut app, Msg::Link(link));
+        for tab in Tab::ALL {
+            app.tab = tab;
+            for (w, h) in [(80, 24), (120, 40)] {
+                let (text, _) = render(&app, w, h);
+                let lines: Vec<&str> = text.lines().collect();
+                // The header: one row, or two when the status needs a row of its own.
+                let header = if lines[1].contains("1 Over") || lines[1].contains("1 Overview") {
+                    format!("{}\n{}", lines[0], lines[1])
+                } else {
+                    lines[0].to_owned()
+                };
+                let ctx = format!("{what} {tab:?} {w}×{h}:\n{text}");
+                assert!(
+                    header.contains("SANDBOX") && header.contains("▶ running"),
+                    "{ctx}"
+                );
+                for b in badges {
+                    assert!(header.contains(b), "{b} in the header, {ctx}");
+                }
+                // In full from 100 columns (hosting, always; attached, when they fit
+                // beside the status), else short.
+                let named = |full: bool| {
+                    Tab::ALL.iter().zip(SHORT).all(|(t, short)| {
+                        let name = if full { t.title() } else { short };
+                        header.contains(&format!("{} {name}", t.key()))
+                    })
+                };
+                let full = w >= 100 && (what == "hosted" || named(true));
+                assert!(named(full), "all eight named (full: {full}), {ctx}");
+                let hints = lines.last().unwrap();
+                assert!(
+                    hints.contains("? help") && hints.ends_with("q quit"),
+                    "{ctx}"
+                );
+                // Most useful first: the screen's own first key leads.
+                let (key, hint) = syncctl::console::keymap::hints(tab, app.read_only)
+                    .next()
+                    .unwrap();
+                assert!(
+                    hints.starts_with(&format!(" {key} {hint}")),
+                    "{key} {hint} first: {ctx}"
+                );
+            }
+        }
+        // Hosting at 80 columns, the status and all eight names share one row.
+        if what == "hosted" {
+            app.tab = Tab::Overview;
+            let (text, _) = render(&app, 80, 24);
+            assert!(text.lines().next().unwrap().contains("8 Set"), "{text}");
+        }
+    }
+}
+
+/// The DIAN queue's selection is the invoice, not the row: a new invoice on top does
+/// not change what `r` retries; once the selected invoice leaves the view (validated
+/// out of the FAILED filter) `r` retries nothing and the screen says why; ↓ then
+/// selects the invoice now at its place.
+#[test]
+fn dian_keys_act_on_the_selected_invoice_however_the_queue_moves() {
+    use syncctl::compliance::machine::Status;
+    let mut app = dian_app();
+    while app.dian_filter != Some(Status::Failed) {
+        press(&mut app, KeyCode::Char('s'));
+    }
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000001"));
+    // A new failed invoice arrives on top of the queue.
+    let mut s = (*app.snapshot).clone();
+    let mut newer = s.compliance.invoices[0].clone();
+    newer.stripe_id = "in_00000000000004".into();
+    newer.number = "SETP990000004".into();
+    s.compliance.invoices.insert(0, newer);
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
+    let (text, _) = render(&app, 120, 40);
+    let marked: Vec<&str> = text.lines().filter(|l| l.starts_with("│▶")).collect();
+    assert!(
+        marked.len() == 1 && marked[0].contains("SETP990000001"),
+        "{text}"
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('r')),
+        Some(Command::RetryInvoice {
+            key: "in_00000000000001".into()
+        })
+    );
+    // DIAN accepts it: it leaves the FAILED view, and r acts on nothing.
+    let i = s
+        .compliance
+        .invoices
+        .iter()
+        .position(|r| r.number == "SETP990000001");
+    s.compliance.invoices[i.unwrap()].status = Status::Validated;
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    assert_eq!(app.selected_invoice(), None);
+    assert_eq!(press(&mut app, KeyCode::Char('r')), None);
+    let flash = app.flash.clone().unwrap_or_default();
+    assert_eq!(
+        flash,
+        "SETP990000001 is VALIDATED now, out of this view: nothing retried — ↑/↓ selects another"
+    );
+    app.flash = None;
+    let (text, _) = render(&app, 120, 40);
+    assert!(!text.contains("│▶"), "no row is selected: {text}");
+    assert!(
+        text.contains("SETP990000001 is VALIDATED now, out of this view."),
+        "{text}"
+    );
+    // ↓ selects the invoice now where it was.
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000003"));
+}
+
+/// The Alerts selection is the alert, not the row: re-sorted, `a` still acknowledges
+/// the one selected; resolved, `a` and `z` act on nothing and the title says so.
+#[test]
+fn alert_keys_act_on_the_selected_alert_however_the_list_moves() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('5'));
+    press(&mut app, KeyCode::Char('j'));
+    let chosen = app.selected_alert().expect("an alert");
+    assert_eq!(chosen, app.snapshot.telemetry.alerts[1].id);
+    // The engine re-sorts the alerts.
+    let mut s = (*app.snapshot).clone();
+    s.telemetry.alerts.reverse();
+    assert!(s.telemetry.alerts[1].id != chosen, "the list did move");
+    update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('a')),
+        Some(Command::AckAlerts {
+            matcher: AlertMatcher::Prefix(chosen.clone())
+        })
+    );
+    // It resolves: gone from the list.
+    s.telemetry.alerts.retain(|a| a.id != chosen);
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    assert_eq!(press(&mut app, KeyCode::Char('a')), None);
+    assert_eq!(
+        app.flash.as_deref(),
+        Some(
+            format!(
+                "{chosen} is no longer pending or firing: nothing acknowledged — ↑/↓ selects another"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(press(&mut app, KeyCode::Char('z')), None);
+    assert!(app.prompt.is_none(), "no silence is asked for");
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains(&format!("{chosen} is no longer pending or firing")),
+        "{text}"
+    );
+    press(&mut app, KeyCode::Char('k'));
+    assert!(app.selected_alert().is_some());
+}
+
+/// `tag:` without a name is refused at the cache prompt, which stays open with the
+/// reason; nothing is asked or sent. (The same grammar as `:invalidate`.)
+#[test]
+fn the_cache_prompt_refuses_an_empty_tag() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('c'));
+    assert!(type_text(&mut app, "tag:").is_empty());
+    assert_eq!(press(&mut app, KeyCode::Enter), None);
+    assert!(
+        app.confirm.is_none(),
+        "nothing to confirm: {:?}",
+        app.confirm
+    );
+    assert_eq!(
+        app.prompt.as_deref(),
+        Some("tag:"),
+        "the prompt stays to fix it"
+    );
+    let (text, _) = render(&app, 120, 40);
+    let footer = text.lines().last().unwrap();
+    assert!(
+        footer.contains("tag: empty") && footer.contains("tag:NAME"),
+        "{footer}"
+    );
+    // Fixed, it asks as before.
+    type_text(&mut app, "prices");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        app.confirm,
+        Some(syncctl::console::state::Confirm::InvalidateCache {
+            scope: CacheScope::Tag("prices".into()),
+            entries: app.snapshot.telemetry.cache.entries,
+        })
+    );
+}
+
+/// The payload pane scrolls with `[` and `]`: a payload longer than the pane shows its
+/// last lines after scrolling, and its first again after scrolling back.
+#[test]
+fn the_payload_pane_scrolls() {
+    use syncctl::protocol::{Answer, InvoiceDetail, Query};
+    let mut app = dian_app();
+    update(&mut app, Msg::Tick);
+    let key = app.selected_invoice().unwrap();
+    let record = app
+        .dian_rows()
+        .into_iter()
+        .find(|r| r.stripe_id == key)
+        .unwrap()
+        .clone();
+    let payload: Vec<String> = (1..=60)
+        .map(|i| format!("  \"line_{i:02}\": {i},"))
+        .collect();
+    let detail = InvoiceDetail {
+        record,
+        history: Vec::new(),
+        payload: format!("{{\n{}\n}}", payload.join("\n")),
+    };
+    let query = Query::InvoiceDetail { key: key.clone() };
+    let reply = Ok(Answer::InvoiceDetail(Box::new(detail)));
+    update(&mut app, Msg::Answer { query, reply });
+    press(&mut app, KeyCode::Char('v'));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("\"line_01\"") && !text.contains("\"line_60\""),
+        "{text}"
+    );
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Char(']'));
+    }
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("\"line_60\"") && !text.contains("\"line_01\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("of 62)"),
+        "the title says which rows show: {text}"
+    );
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Char('['));
+    }
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("\"line_01\""), "{text}");
+}
+
+/// A list is pinned when its screen shows it: invoices that arrive while the operator
+/// is elsewhere do not leave the DIAN screen, once opened, on an old one.
+#[test]
+fn the_dian_screen_opened_later_selects_its_newest_invoice() {
+    let mut app = dian_app();
+    press(&mut app, KeyCode::Char('1'));
+    let mut s = (*app.snapshot).clone();
+    let mut newer = s.compliance.invoices[0].clone();
+    newer.stripe_id = "in_00000000000004".into();
+    newer.number = "SETP990000004".into();
+    s.compliance.invoices.insert(0, newer);
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    press(&mut app, KeyCode::Char('6'));
+    assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000004"));
 }

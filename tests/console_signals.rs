@@ -346,3 +346,75 @@ fn plain_syncctl_attaches_to_the_engine_of_its_data_dir_and_q_detaches() {
     let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
     let _ = engine.0.wait();
 }
+
+/// Begin and end of a synchronized update (DEC mode 2026).
+const BEGIN_SYNC: &[u8] = b"\x1b[?2026h";
+const END_SYNC: &[u8] = b"\x1b[?2026l";
+
+/// `bytes` without its escape sequences (CSI `ESC [ … final`, and two-byte `ESC x`).
+fn without_escapes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == 0x1b {
+            if bytes.get(i + 1) == Some(&b'[') {
+                i += 2;
+                while i < bytes.len() && !(0x40..=0x7e).contains(&bytes[i]) {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        } else {
+            out.push(bytes[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every frame the console draws is one synchronized update: what the binary writes
+/// to its terminal, from the first frame to the restore, is begin … end pairs, never
+/// nested, with nothing drawn between or around them (so SSH never shows a
+/// half-drawn frame).
+#[test]
+fn every_frame_is_one_synchronized_update() {
+    let mut console = Console::start();
+    // Each screen in turn: a frame at once after each key.
+    for key in [b"7", b"6", b"3", b"1"] {
+        let from = console.output_len();
+        console.type_keys(key);
+        console.wait_for_text_after(from, "\x1b[?2026l", 10);
+    }
+    console.signal(Signal::SIGTERM);
+    assert_eq!(console.wait_exit(60).code(), Some(0));
+    let out = console.output.lock().unwrap().clone();
+    let mut frames = 0;
+    let mut at = 0;
+    let mut outside = Vec::new();
+    while let Some(begin) = find_from(&out, BEGIN_SYNC, at) {
+        outside.extend_from_slice(&out[at..begin]);
+        let end = find_from(&out, END_SYNC, begin).expect("every begin has its end");
+        assert!(
+            find_from(&out[..end], BEGIN_SYNC, begin + 1).is_none(),
+            "a frame begins inside another at byte {begin}"
+        );
+        frames += 1;
+        at = end + END_SYNC.len();
+    }
+    outside.extend_from_slice(&out[at..]);
+    assert!(frames >= 5, "{frames} frames");
+    let drawn = without_escapes(&outside);
+    assert!(
+        drawn.iter().all(u8::is_ascii_whitespace),
+        "drawn outside a synchronized update: {:?}",
+        String::from_utf8_lossy(&drawn)
+    );
+}
+
+fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}

@@ -42,6 +42,9 @@ pub enum Action {
     Search,
     ToggleJournal,
     TogglePayload,
+    /// Scroll the DIAN detail pane's payload up / down a few rows.
+    PayloadUp,
+    PayloadDown,
     InvalidateCache,
     ChartWindow,
     AckAlert,
@@ -96,12 +99,22 @@ impl Action {
             | Action::CycleStatus
             | Action::Search
             | Action::TogglePayload
+            | Action::PayloadUp
+            | Action::PayloadDown
             | Action::ChartWindow
             | Action::Tune
             | Action::ToggleJournal
             | Action::CommandLine
             | Action::Who => None,
         }
+    }
+}
+
+impl Action {
+    /// Whether the hints bar shows the action however narrow the terminal: the way
+    /// out and the way to every other key.
+    pub fn always_hinted(self) -> bool {
+        matches!(self, Action::Help | Action::Quit)
     }
 }
 
@@ -272,11 +285,27 @@ pub const BINDINGS: &[Binding] = &[
         help: "detail pane: history or the payload sent to Alegra (DIAN)",
     },
     Binding {
+        keys: &[KeyCode::Char('[')],
+        label: "[",
+        action: Action::PayloadUp,
+        scope: Scope::Dian,
+        hint: None,
+        help: "scroll the payload up (DIAN)",
+    },
+    Binding {
+        keys: &[KeyCode::Char(']')],
+        label: "]",
+        action: Action::PayloadDown,
+        scope: Scope::Dian,
+        hint: None,
+        help: "scroll the payload down (DIAN)",
+    },
+    Binding {
         keys: &[KeyCode::Char('p')],
         label: "p",
         action: Action::ToggleCompliancePause,
         scope: Scope::Dian,
-        hint: Some("pause DIAN sending"),
+        hint: Some("pause sending"),
         help: "pause / resume sending to DIAN; paid invoices still arrive and wait (DIAN)",
     },
     Binding {
@@ -586,15 +615,22 @@ fn shadowed(b: &Binding, tab: Tab) -> bool {
         })
 }
 
-/// `(keys, hint)` pairs for the hints bar on the current screen (screen keys first;
-/// no engine action on a read-only console).
-pub fn hints(tab: Tab, read_only: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+/// The bindings with a hint on the current screen, most useful first: the screen's
+/// own keys, then the list keys, then the global ones, each in table order (no engine action on a
+/// read-only console).
+pub fn hinted(tab: Tab, read_only: bool) -> impl Iterator<Item = &'static Binding> {
     let local = bindings_on(tab).filter(|b| b.scope.is_screen());
-    let rest = bindings_on(tab).filter(|b| !b.scope.is_screen());
+    let lists = bindings_on(tab).filter(|b| b.scope == Scope::Lists);
+    let global = bindings_on(tab).filter(|b| b.scope == Scope::Global);
     local
-        .chain(rest)
-        .filter(move |b| b.shown(read_only))
-        .filter_map(|b| b.hint.map(|h| (b.label, h)))
+        .chain(lists)
+        .chain(global)
+        .filter(move |b| b.shown(read_only) && b.hint.is_some())
+}
+
+/// `(keys, hint)` pairs for the hints bar on the current screen, as [`hinted`].
+pub fn hints(tab: Tab, read_only: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    hinted(tab, read_only).filter_map(|b| b.hint.map(|h| (b.label, h)))
 }
 
 #[cfg(test)]
@@ -639,7 +675,7 @@ mod tests {
                 .filter(|(k, _)| *k == "p")
                 .collect::<Vec<_>>()
         };
-        assert_eq!(on(Tab::Dian), [("p", "pause DIAN sending")]);
+        assert_eq!(on(Tab::Dian), [("p", "pause sending")]);
         assert_eq!(on(Tab::Overview), [("p", "pause")]);
     }
 

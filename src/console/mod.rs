@@ -17,7 +17,7 @@
 //! ```text
 //! run loop (this file) ─┬─▶ update ──┬─▶ keymap ─▶ tab
 //!                       │            ├─▶ command_line ─▶ tab
-//!                       │            └─▶ state ──▶ command_line, tab, theme
+//!                       │            └─▶ state ──▶ command_line, selection, tab, theme
 //!                       └─▶ screens ─┬─▶ chrome ─▶ keymap, state, command_line
 //!                                    └─▶ state
 //! ```
@@ -26,6 +26,7 @@ pub mod chrome;
 pub mod command_line;
 pub mod keymap;
 pub mod screens;
+pub mod selection;
 pub mod state;
 pub mod tab;
 pub mod theme;
@@ -36,7 +37,7 @@ use std::io::{BufWriter, Stdout, Write};
 use std::time::Duration;
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
-use crossterm::{execute, terminal};
+use crossterm::{execute, queue, terminal};
 use futures_util::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -80,12 +81,13 @@ pub fn restore() {
     let _ = out.flush();
 }
 
+/// One frame as one synchronized update: the terminal shows the whole frame at once,
+/// never half of it (over SSH a frame arrives in several packets). The begin goes out
+/// in the same write as the frame; nothing is written between frames.
 fn draw(term: &mut Term, app: &App) -> anyhow::Result<()> {
-    // Synchronized update: the terminal shows the whole frame at once, never half of it.
-    execute!(term.backend_mut(), terminal::BeginSynchronizedUpdate)?;
+    queue!(term.backend_mut(), terminal::BeginSynchronizedUpdate)?;
     term.draw(|f| screens::draw(f, app))?;
     execute!(term.backend_mut(), terminal::EndSynchronizedUpdate)?;
-    term.backend_mut().flush()?;
     Ok(())
 }
 

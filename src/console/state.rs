@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::command_line::{self, CommandLine, History};
+pub use super::selection::{Selection, Step};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
@@ -168,16 +169,17 @@ pub struct App {
     pub prompt_kind: PromptKind,
     /// Throughput: the charts' window (0: 1 min, 1: 5 min, 2: 1 h).
     pub chart_window: usize,
-    /// Alerts screen: the selected alert.
-    pub alert_row: usize,
+    /// Alerts screen: the selected alert, by id.
+    pub alert_sel: Selection,
     /// Settings: the selected threshold, and the values staged but not applied.
     pub setting_row: usize,
     pub staged: Vec<(String, f64)>,
     /// The demo's sandbox, for the outage toggle (None on a live engine).
     pub sandbox: Option<Arc<dyn SandboxFaults>>,
-    /// DIAN queue: selected row, state filter, search text (`search_open` while typed),
-    /// and whether the detail pane shows the payload instead of the history.
-    pub dian_row: usize,
+    /// DIAN queue: the selected invoice (by Stripe id), state filter, search text
+    /// (`search_open` while typed), and whether the detail pane shows the payload
+    /// instead of the history.
+    pub dian_sel: Selection,
     pub dian_filter: Option<InvoiceStatus>,
     pub dian_search: String,
     pub search_open: bool,
@@ -186,6 +188,8 @@ pub struct App {
     /// Events: the operator journal only (`J`).
     pub events_journal: bool,
     pub show_payload: bool,
+    /// The payload's first row shown (`[` / `]`); back to the top for another invoice.
+    pub payload_scroll: u16,
     /// The open invoice's record and history, as the engine last answered the query
     /// for it (shown only while that invoice is the selected one).
     pub detail: Option<InvoiceDetail>,
@@ -228,17 +232,18 @@ impl App {
             prompt: None,
             prompt_kind: PromptKind::Bounds,
             chart_window: 0,
-            alert_row: 0,
+            alert_sel: Selection::default(),
             setting_row: 0,
             staged: Vec::new(),
             sandbox: None,
-            dian_row: 0,
+            dian_sel: Selection::default(),
             dian_filter: None,
             dian_search: String::new(),
             search_open: false,
             events_filter: String::new(),
             events_journal: false,
             show_payload: false,
+            payload_scroll: 0,
             detail: None,
             detail_asked: None,
             detail_pending: false,
@@ -309,11 +314,25 @@ impl App {
         )
     }
 
-    /// The selected alert's id.
+    /// The ids of the alerts pending or firing, as listed.
+    pub fn alert_ids(&self) -> Vec<&str> {
+        let alerts = &self.snapshot.telemetry.alerts;
+        alerts.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    /// The selected alert's id (`None` when it has left the list: see
+    /// [`App::alert_left`]).
     pub fn selected_alert(&self) -> Option<String> {
-        let a = &self.snapshot.telemetry.alerts;
-        a.get(self.alert_row.min(a.len().saturating_sub(1)))
-            .map(|a| a.id.clone())
+        let ids = self.alert_ids();
+        self.alert_sel.row_in(&ids).map(|i| ids[i].to_owned())
+    }
+
+    /// What the Alerts screen and its keys say when the selected alert is no longer
+    /// pending or firing.
+    pub fn alert_left(&self) -> Option<String> {
+        let ids = self.alert_ids();
+        let id = self.alert_sel.gone(&ids)?;
+        Some(format!("{id} is no longer pending or firing"))
     }
 
     /// The selected threshold's name and value in force.
@@ -345,11 +364,36 @@ impl App {
             .collect()
     }
 
-    /// The selected invoice's Stripe id.
+    /// The Stripe ids of the DIAN queue's rows, in order.
+    pub fn dian_ids(&self) -> Vec<&str> {
+        self.dian_rows()
+            .into_iter()
+            .map(|r| r.stripe_id.as_str())
+            .collect()
+    }
+
+    /// The selected invoice's row in [`App::dian_rows`] (`None` when it has left the
+    /// view: see [`App::dian_left`]).
+    pub fn dian_selected_row(&self) -> Option<usize> {
+        self.dian_sel.row_in(&self.dian_ids())
+    }
+
+    /// The selected invoice's Stripe id (`None` when it has left the view).
     pub fn selected_invoice(&self) -> Option<String> {
-        let rows = self.dian_rows();
-        rows.get(self.dian_row.min(rows.len().saturating_sub(1)))
-            .map(|r| r.stripe_id.clone())
+        let ids = self.dian_ids();
+        self.dian_sel.row_in(&ids).map(|i| ids[i].to_owned())
+    }
+
+    /// What the DIAN screen and its keys say when the selected invoice has left the
+    /// view: its number, and its state now or that it is gone from the queue.
+    pub fn dian_left(&self) -> Option<String> {
+        let ids = self.dian_ids();
+        let key = self.dian_sel.gone(&ids)?;
+        let invoices = &self.snapshot.compliance.invoices;
+        Some(match invoices.iter().find(|r| r.stripe_id == key) {
+            Some(r) => format!("{} is {} now, out of this view", r.number, r.status.name()),
+            None => format!("{key} is no longer in the queue"),
+        })
     }
 
     /// The invoice whose detail the DIAN screen shows, for `update` to ask the engine

@@ -38,6 +38,19 @@ impl Tab {
             Tab::Settings => "Settings",
         }
     }
+    /// The title in a few letters, for the tabs of a narrow terminal.
+    pub fn short(self) -> &'static str {
+        match self {
+            Tab::Overview => "Over",
+            Tab::Throughput => "Thru",
+            Tab::Circuits => "Circ",
+            Tab::Workers => "Work",
+            Tab::Alerts => "Alert",
+            Tab::Dian => "DIAN",
+            Tab::Events => "Event",
+            Tab::Settings => "Set",
+        }
+    }
     /// The screen's number key (fixed across versions, as docs/console.md lists them).
     pub fn key(self) -> char {
         match self {

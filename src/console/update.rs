@@ -17,7 +17,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
-use super::state::{App, Confirm, PromptKind, Tab, num};
+use super::state::{App, Confirm, PromptKind, Step, Tab, num};
 use crate::protocol::{
     AlertMatcher, Answer, AttachedConsole, BreakerAction, CacheScope, Command, CommandError,
     FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply, Reply, Request, Service,
@@ -153,6 +153,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             effects.push(redraw(true));
         }
     }
+    app.follow_selections();
     effects.extend(app.follow_detail());
     effects
 }
@@ -188,11 +189,30 @@ impl App {
         Effect::Ask(Query::InvoiceDetail { key })
     }
 
+    /// Keeps the shown list's selection on the item it names as the list moves (and
+    /// pins the first row where nothing is chosen yet), so keys act on what is drawn.
+    /// A list not on screen is left alone: opened, it selects its first row then.
+    fn follow_selections(&mut self) {
+        match self.tab {
+            Tab::Dian => {
+                let ids = owned(self.dian_ids());
+                self.dian_sel.follow(&ids);
+            }
+            Tab::Alerts => {
+                let ids = owned(self.alert_ids());
+                self.alert_sel.follow(&ids);
+            }
+            _ => {}
+        }
+    }
+
     /// A newly selected invoice on the DIAN screen: ask for its detail now.
     fn follow_detail(&mut self) -> Option<Effect> {
         let wanted = self.detail_wanted();
         match wanted {
             Some(key) if self.detail_asked.as_ref() != Some(&key) && !self.detail_pending => {
+                // Another invoice: its payload from the top.
+                self.payload_scroll = 0;
                 Some(self.ask_detail(key))
             }
             Some(_) => None,
@@ -299,7 +319,8 @@ impl App {
             self.events_offset = 0;
             return None;
         }
-        self.dian_row = 0;
+        // A new view: its first row.
+        self.dian_sel.reset();
         None
     }
 
@@ -358,12 +379,15 @@ impl App {
                 None
             }
             PromptKind::Cache => {
-                let scope = match text.as_str() {
-                    "" | "*" => CacheScope::All,
-                    t => match t.strip_prefix("tag:") {
-                        Some(tag) if !tag.is_empty() => CacheScope::Tag(tag.to_owned()),
-                        _ => CacheScope::Pattern(t.to_owned()),
-                    },
+                let scope = match cache_scope(&text) {
+                    Ok(scope) => scope,
+                    Err(e) => {
+                        // Nothing is dropped; the prompt stays open to fix it.
+                        self.flash = Some(format!(
+                            "{e} — a tag after tag: (tag:NAME), a pattern (item:*), or nothing for all"
+                        ));
+                        return None;
+                    }
                 };
                 self.prompt = None;
                 self.confirm = Some(Confirm::InvalidateCache {
@@ -561,7 +585,7 @@ impl App {
             Action::ChartWindow => self.chart_window = (self.chart_window + 1) % 3,
             Action::AckAlert => {
                 let Some(id) = self.selected_alert() else {
-                    self.flash = Some("no alert selected".into());
+                    self.flash = Some(self.nothing_selected(self.alert_left(), "acknowledged"));
                     return None;
                 };
                 return self.send(Command::AckAlerts {
@@ -570,7 +594,7 @@ impl App {
             }
             Action::SilenceAlert => {
                 let Some(id) = self.selected_alert() else {
-                    self.flash = Some("no alert selected".into());
+                    self.flash = Some(self.nothing_selected(self.alert_left(), "silenced"));
                     return None;
                 };
                 self.open_prompt(PromptKind::Silence { matcher: id }, "1h".into());
@@ -612,7 +636,7 @@ impl App {
             Action::Tune => self.tab = Tab::Settings,
             Action::RetryInvoice => {
                 let Some(id) = self.selected_invoice() else {
-                    self.flash = Some("no invoice selected".into());
+                    self.flash = Some(self.nothing_selected(self.dian_left(), "retried"));
                     return None;
                 };
                 self.flash = Some("retrying…".into());
@@ -638,7 +662,7 @@ impl App {
                         .position(|x| *x == s)
                         .and_then(|i| all.get(i + 1).copied()),
                 };
-                self.dian_row = 0;
+                self.dian_sel.reset();
             }
             Action::Search => self.search_open = true,
             Action::ToggleJournal => {
@@ -646,7 +670,11 @@ impl App {
                 self.events_offset = 0;
             }
             Action::CommandLine => self.command_line = Some(CommandLine::new()),
-            Action::TogglePayload => self.show_payload = !self.show_payload,
+            Action::TogglePayload => {
+                self.show_payload = !self.show_payload;
+                self.payload_scroll = 0;
+            }
+            Action::PayloadUp | Action::PayloadDown => self.scroll_payload(action),
             Action::Up
             | Action::Down
             | Action::PageUp
@@ -662,31 +690,29 @@ impl App {
     fn scroll(&mut self, action: Action) {
         let page = 10;
         match action {
-            Action::Up if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_row.saturating_sub(1);
-            }
-            Action::Down if self.tab == Tab::Dian => {
-                self.dian_row = (self.dian_row + 1).min(self.dian_rows().len().saturating_sub(1));
-            }
-            Action::PageUp if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_row.saturating_sub(page);
-            }
-            Action::PageDown if self.tab == Tab::Dian => {
-                self.dian_row =
-                    (self.dian_row + page).min(self.dian_rows().len().saturating_sub(1));
-            }
-            Action::Top if self.tab == Tab::Dian => {
-                self.dian_row = 0;
-            }
-            Action::Bottom if self.tab == Tab::Dian => {
-                self.dian_row = self.dian_rows().len().saturating_sub(1);
-            }
-            Action::Up if self.tab == Tab::Alerts => {
-                self.alert_row = self.alert_row.saturating_sub(1)
-            }
-            Action::Down if self.tab == Tab::Alerts => {
-                self.alert_row =
-                    (self.alert_row + 1).min(self.snapshot.telemetry.alerts.len().saturating_sub(1))
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom
+                if matches!(self.tab, Tab::Dian | Tab::Alerts) =>
+            {
+                let step = match action {
+                    Action::Up => Step::Up(1),
+                    Action::Down => Step::Down(1),
+                    Action::PageUp => Step::Up(page),
+                    Action::PageDown => Step::Down(page),
+                    Action::Top => Step::First,
+                    _ => Step::Last,
+                };
+                if self.tab == Tab::Dian {
+                    let ids = owned(self.dian_ids());
+                    self.dian_sel.step(&ids, step);
+                } else {
+                    let ids = owned(self.alert_ids());
+                    self.alert_sel.step(&ids, step);
+                }
             }
             Action::Up if self.tab == Tab::Settings => {
                 self.setting_row = self.setting_row.saturating_sub(1)
@@ -709,6 +735,35 @@ impl App {
             Action::Top => self.events_offset = 0,
             Action::Bottom => self.events_offset = self.clamp_offset(usize::MAX),
             _ => {}
+        }
+    }
+
+    /// `[` / `]` on the DIAN screen: the payload moves by a few rows, within its
+    /// lines (the pane keeps the last ones in view).
+    fn scroll_payload(&mut self, action: Action) {
+        if !self.show_payload {
+            self.flash = Some("v shows the payload; [ and ] scroll it".into());
+            return;
+        }
+        let step = 5;
+        let lines = self
+            .detail
+            .as_ref()
+            .map_or(0, |d| d.payload.lines().count());
+        let last = u16::try_from(lines.saturating_sub(1)).unwrap_or(u16::MAX);
+        self.payload_scroll = if action == Action::PayloadUp {
+            self.payload_scroll.saturating_sub(step)
+        } else {
+            self.payload_scroll.saturating_add(step).min(last)
+        };
+    }
+
+    /// The flash line when a key that acts on the selected item finds none: the
+    /// selected one has left the view (`left` says how), or the list is empty.
+    fn nothing_selected(&self, left: Option<String>, done: &str) -> String {
+        match left {
+            Some(left) => format!("{left}: nothing {done} — ↑/↓ selects another"),
+            None => format!("nothing selected: nothing {done}"),
         }
     }
 
@@ -976,5 +1031,27 @@ impl App {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(f64::NAN, |(_, v)| *v)
+    }
+}
+
+/// A list's ids, owned, so its selection can move while they are read.
+fn owned(ids: Vec<&str>) -> Vec<String> {
+    ids.into_iter().map(str::to_owned).collect()
+}
+
+/// The cache prompt's text as the scope `:invalidate` would take it (the same
+/// grammar and checks): nothing is all; `tag:` needs a name.
+fn cache_scope(text: &str) -> Result<CacheScope, CommandError> {
+    if text.is_empty() {
+        return Ok(CacheScope::All);
+    }
+    let command = Command::from_words(["invalidate", text])?;
+    command.validate()?;
+    match command {
+        Command::InvalidateCache { scope } => Ok(scope),
+        other => Err(CommandError::invalid(
+            "scope",
+            format!("{text:?} reads as {other}, not a cache scope"),
+        )),
     }
 }

@@ -81,7 +81,9 @@ const NOUNS: &[&str] = &[
     "Bandeja Paisa",
     "Ajiaco",
 ];
-const EMOJI: &[&str] = &["☕", "🌮", "🚀", "🇨🇴", "✨", "🎧", "📦"];
+/// The emoji that end some product names (a hard case for every terminal: 🇨🇴 is two
+/// code points); public for the console's rendering tests.
+pub const EMOJI: &[&str] = &["☕", "🌮", "🚀", "🇨🇴", "✨", "🎧", "📦"];
 const QUOTED: &[&str] = &[
     "O'Brien's Blend",
     "Señor's 'Best' Roast",

@@ -1,7 +1,8 @@
 //! The footer line, one of four things in this order: the `:` command line (see
 //! [`super::command_line`]), the prompt being typed (with a problem in what was
 //! typed, if any), the flash line with the result of the last action, or the hints
-//! bar built from the key table.
+//! bar built from the key table (as many as fit, most useful first; `?` and `q`
+//! always).
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -9,7 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use crate::console::keymap;
-use crate::console::state::{App, Tab};
+use unicode_width::UnicodeWidthStr;
+
+use crate::console::state::App;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if let Some(line) = &app.command_line {
@@ -39,16 +42,44 @@ fn prompt(frame: &mut Frame, area: Rect, app: &App, text: &str) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-/// The current screen's keys, then the global ones, then the screen numbers.
+/// The current screen's keys, then the global ones, as many as fit, most useful
+/// first; help and quit always. (The screen numbers are on the header's tabs.)
 fn hints(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
+    let shown = fitting_hints(app, usize::from(area.width));
     let mut spans = vec![Span::raw(" ")];
-    for (keys, hint) in keymap::hints(app.tab, app.read_only) {
+    for (i, (keys, hint)) in shown.into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw("  "));
+        }
         spans.push(Span::styled(keys, t.key));
-        spans.push(Span::styled(format!(" {hint}  "), t.dim));
+        spans.push(Span::styled(format!(" {hint}"), t.dim));
     }
-    let keys: Vec<String> = Tab::ALL.iter().map(|t| t.key().to_string()).collect();
-    spans.push(Span::styled(keys.join(" "), t.key));
-    spans.push(Span::styled(" screens", t.dim));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The hints that fit in `width` columns, in the key table's order of usefulness:
+/// those that must always show, then the others while they fit.
+fn fitting_hints(app: &App, width: usize) -> Vec<(&'static str, &'static str)> {
+    let all: Vec<_> = keymap::hinted(app.tab, app.read_only).collect();
+    // `keys hint` and the two columns before the next.
+    let cost = |b: &keymap::Binding| b.label.width() + 1 + b.hint.map_or(0, str::width) + 2;
+    let mut room = width.saturating_sub(1) + 2;
+    room = room.saturating_sub(
+        all.iter()
+            .filter(|b| b.action.always_hinted())
+            .map(|b| cost(b))
+            .sum(),
+    );
+    let mut shown = Vec::new();
+    for b in all {
+        if !b.action.always_hinted() {
+            if cost(b) > room {
+                continue;
+            }
+            room -= cost(b);
+        }
+        shown.push((b.label, b.hint.unwrap_or_default()));
+    }
+    shown
 }

@@ -13,6 +13,7 @@
 //! └ footer: `:` line │ prompt being typed │ flash line │ hints from the key table   ┘
 //! ```
 
+pub mod cells;
 pub mod command_line;
 pub mod confirm;
 pub mod footer;

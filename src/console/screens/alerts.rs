@@ -24,7 +24,7 @@
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
 use crate::console::chrome::{block, clock, severity_span};
 use crate::console::state::App;
@@ -73,11 +73,17 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .iter()
         .filter(|a| a.phase == Phase::Firing)
         .count();
-    let title = format!(
+    let mut title = format!(
         "Alerts  {firing} firing · {} pending · {} silences",
         tel.alerts.len() - firing,
         tel.silences.len()
     );
+    // The selected alert by identity: none while it has left the list, and the title
+    // says so (a and z act on nothing then).
+    let sel = app.alert_sel.row_in(&app.alert_ids());
+    if let Some(left) = app.alert_left() {
+        title.push_str(&format!(" · {left}: a/z act on nothing, ↑/↓ selects"));
+    }
     if tel.alerts.is_empty() {
         frame.render_widget(
             Paragraph::new(Span::styled("✓ no alert pending or firing", t.ok))
@@ -85,7 +91,6 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             alerts,
         );
     } else {
-        let sel = app.alert_row.min(tel.alerts.len() - 1);
         let rows: Vec<Row> = tel
             .alerts
             .iter()
@@ -98,8 +103,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 if a.silenced_until_ms.is_some() {
                     flags.push("silenced".into());
                 }
-                let style = if i == sel { t.tab_active } else { t.base };
-                let mark = if i == sel { "▶ " } else { "  " };
+                let style = if Some(i) == sel { t.tab_active } else { t.base };
+                let mark = if Some(i) == sel { "▶ " } else { "  " };
                 Row::new(vec![
                     Cell::from(Line::from(vec![
                         Span::raw(mark),
@@ -127,7 +132,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         )
         .header(Row::new(["  severity", "state", "alert", "value/limit", "since", ""]).style(t.dim))
         .block(block(&title, app));
-        frame.render_widget(table, alerts);
+        // Scrolled so the selected alert stays in view.
+        let mut state = TableState::default().with_selected(sel);
+        frame.render_stateful_widget(table, alerts, &mut state);
     }
 
     let title = format!("Anomalies  {} open", tel.open_anomalies);

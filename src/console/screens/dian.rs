@@ -125,7 +125,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(summary_lines), summary);
 
     let rows = app.dian_rows();
-    let selected = app.dian_row.min(rows.len().saturating_sub(1));
+    // The selected invoice by identity: none while it has left the view.
+    let selected = app.dian_selected_row();
+    let anchor = app.dian_sel.anchor(&app.dian_ids());
     let wide = area.width >= 120;
     let mut header = vec![
         "",
@@ -141,7 +143,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         header.push("CUFE");
     }
     let visible = table_area.height.saturating_sub(3) as usize;
-    let first = selected.saturating_sub(visible.saturating_sub(1));
+    let first = anchor.saturating_sub(visible.saturating_sub(1));
     let body = rows
         .iter()
         .enumerate()
@@ -170,7 +172,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 None => r.last_message.clone().unwrap_or_default(),
             };
             let mut cells = vec![
-                Cell::from(if i == selected { "▶" } else { " " }),
+                Cell::from(if Some(i) == selected { "▶" } else { " " }),
                 Cell::from(r.number.clone()),
                 Cell::from(r.buyer_name.clone()),
                 Cell::from(Line::from(pesos(r.total)).alignment(Alignment::Right)),
@@ -189,7 +191,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 )));
             }
             let row = Row::new(cells);
-            if i == selected {
+            if Some(i) == selected {
                 row.style(t.tab_active)
             } else {
                 row
@@ -225,12 +227,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
 
     // Detail: the selected invoice's history (or payload), once the engine sent it.
-    let focus = app.detail.as_ref().filter(|d| {
-        rows.get(selected)
-            .is_some_and(|r| r.stripe_id == d.record.stripe_id)
-    });
-    let lines: Vec<Line> = match (focus, rows.get(selected)) {
-        (_, None) => vec![Line::from(Span::styled("no invoice matches", t.dim))],
+    let chosen = selected.and_then(|i| rows.get(i));
+    let focus = app
+        .detail
+        .as_ref()
+        .filter(|d| chosen.is_some_and(|r| r.stripe_id == d.record.stripe_id));
+    let lines: Vec<Line> = match (focus, chosen) {
+        (_, None) => match app.dian_left() {
+            Some(left) => vec![
+                Line::from(Span::styled(format!("{left}."), t.warn)),
+                Line::from(Span::styled(
+                    "r acts on nothing until ↑/↓ selects another invoice",
+                    t.dim,
+                )),
+            ],
+            None => vec![Line::from(Span::styled("no invoice matches", t.dim))],
+        },
         (None, Some(r)) => vec![
             Line::from(format!("{} · {} · {}", r.number, r.stripe_id, r.buyer_id)),
             Line::from(Span::styled("↑/↓ to load the history", t.dim)),
@@ -298,15 +310,35 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             out
         }
     };
-    let title = if app.show_payload {
-        "Payload for Alegra (v: history)"
+    // The payload scrolls (`[` / `]`) within its rows once wrapped, the last ones
+    // staying in view; the title says which rows show.
+    let inner_width = usize::from(detail.width.saturating_sub(2)).max(1);
+    let inner_height = detail.height.saturating_sub(2);
+    let (title, scroll) = if app.show_payload && focus.is_some() {
+        let rows: usize = lines
+            .iter()
+            .map(|l| l.width().div_ceil(inner_width).max(1))
+            .sum();
+        let rows = u16::try_from(rows).unwrap_or(u16::MAX);
+        let scroll = app.payload_scroll.min(rows.saturating_sub(inner_height));
+        let shown_to = rows.min(scroll + inner_height);
+        (
+            format!(
+                "Payload for Alegra (v: history · [ ] scroll · rows {}–{shown_to} of {rows})",
+                scroll + 1
+            ),
+            scroll,
+        )
+    } else if app.show_payload {
+        ("Payload for Alegra (v: history)".to_owned(), 0)
     } else {
-        "History (v: payload)"
+        ("History (v: payload)".to_owned(), 0)
     };
     frame.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
-            .block(block(title, app)),
+            .scroll((scroll, 0))
+            .block(block(&title, app)),
         detail,
     );
 }

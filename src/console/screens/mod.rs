@@ -4,7 +4,7 @@
 //! mutates.
 //!
 //! ```text
-//! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row
+//! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row (2 when narrow)
 //! │ body: the current tab's screen, one file each: overview,       │  the rest
 //! │       throughput, circuits, workers, alerts, dian, events,     │
 //! │       settings                                                 │
@@ -14,6 +14,8 @@
 //! ```
 //!
 //! Below [`chrome::MIN_WIDTH`]×[`chrome::MIN_HEIGHT`] only "terminal too small" is shown.
+//! Every frame's cells are cleaned last ([`chrome::cells`]): no emoji a terminal draws
+//! at a width of its own reaches it.
 
 mod alerts;
 mod circuits;
@@ -38,7 +40,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         return;
     }
     let [header, body, footer] = Layout::vertical([
-        Constraint::Length(1),
+        Constraint::Length(chrome::header::height(app, area.width)),
         Constraint::Min(0),
         Constraint::Length(1),
     ])
@@ -67,4 +69,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);
     }
+    // Last: whatever any string put in a cell, the terminal gets graphemes of the
+    // width ratatui laid out.
+    chrome::cells::clean_buffer(frame.buffer_mut());
 }

@@ -273,7 +273,14 @@ fn draw_sources(frame: &mut Frame, area: Rect, app: &App) {
             Span::raw(format!("/v1/events {reconcile}")),
         ]),
     ];
-    frame.render_widget(Paragraph::new(lines).block(block("Sources", app)), area);
+    // Where Stripe must send webhooks, when hosting (the header has room for it only
+    // on wide terminals).
+    let title = if app.link.hosted() && !app.snapshot.server_addr.is_empty() {
+        format!("Sources  webhooks to http://{}", app.snapshot.server_addr)
+    } else {
+        "Sources".to_owned()
+    };
+    frame.render_widget(Paragraph::new(lines).block(block(&title, app)), area);
 }
 
 fn draw_errors(frame: &mut Frame, area: Rect, app: &App) {

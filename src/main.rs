@@ -279,6 +279,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    app::harden_process();
     syncctl::connectors::install_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::compliance::machine::Status;
-use crate::store::{InvoiceRecord, Store};
+use crate::store::{InvoiceRecord, Store, private};
 
 use super::compliance::{alegra_body, colombia_date};
 
@@ -89,7 +89,7 @@ impl Housekeeping {
     fn backup(&mut self, now: i64) -> anyhow::Result<usize> {
         let records = self.store.invoices_changed_since(self.backed_up_to)?;
         let dir = self.backup_dir();
-        std::fs::create_dir_all(&dir)?;
+        private::create_dir(&dir)?;
         for rec in &records {
             let history = self.store.invoice_history(&rec.stripe_id)?;
             let doc = json!({
@@ -156,11 +156,9 @@ impl Housekeeping {
         let path = self.report_path(day);
         let doc = self.report(day, now)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            private::create_dir(parent)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
-        std::fs::rename(&tmp, &path)?;
+        private::write_atomic(&path, "json.tmp", &serde_json::to_vec_pretty(&doc)?)?;
         Ok(path)
     }
 }
@@ -234,14 +232,9 @@ pub fn report(
 }
 
 fn write_gz(path: &Path, doc: &Value) -> anyhow::Result<()> {
-    let tmp = path.with_extension("gz.tmp");
-    {
-        let f = std::fs::File::create(&tmp)?;
-        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        gz.write_all(&serde_json::to_vec(doc)?)?;
-        gz.finish()?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&serde_json::to_vec(doc)?)?;
+    private::write_atomic(path, "gz.tmp", &gz.finish()?)?;
     Ok(())
 }
 

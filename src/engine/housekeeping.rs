@@ -2,7 +2,10 @@
 //!
 //! - `backups/invoices/<number>.json.gz`: every invoice not yet VALIDATED, its Alegra
 //!   payload, compliance metadata and history, rewritten (atomically) when it changes;
-//!   enough to issue it by hand if the database were lost.
+//!   enough to issue it by hand if the database were lost. An invoice's backup goes the
+//!   moment it is VALIDATED ([`remove_backup`], called by the pipeline), and any pass
+//!   removes the backup of a record it finds VALIDATED: a file that still said PENDING
+//!   or FALLBACK for an invoice DIAN accepted would have it issued twice.
 //! - retention: backup files and VALIDATED records older than `retention_days` go
 //!   (a tombstone keeps a purged invoice from being issued again).
 //! - `reports/compliance-<day>.json`: the day's invoices by state, % validated, mean
@@ -53,7 +56,7 @@ impl Housekeeping {
     }
 
     pub fn backup_dir(&self) -> PathBuf {
-        self.dir.join("backups").join("invoices")
+        backup_dir(&self.dir)
     }
 
     pub fn report_path(&self, day: &str) -> PathBuf {
@@ -90,7 +93,13 @@ impl Housekeeping {
         let records = self.store.invoices_changed_since(self.backed_up_to)?;
         let dir = self.backup_dir();
         private::create_dir(&dir)?;
+        let mut written = 0;
         for rec in &records {
+            if rec.status == Status::Validated {
+                remove_backup(&self.dir, &rec.number)?;
+                continue;
+            }
+            written += 1;
             let history = self.store.invoice_history(&rec.stripe_id)?;
             let doc = json!({
                 "stripe_id": rec.stripe_id,
@@ -119,7 +128,7 @@ impl Housekeeping {
         // `now` was read before the query: a change in that very millisecond is
         // written again by the next pass, never missed.
         self.backed_up_to = now;
-        Ok(records.len())
+        Ok(written)
     }
 
     fn remove_old_backups(&self) -> anyhow::Result<usize> {
@@ -160,6 +169,21 @@ impl Housekeeping {
         }
         private::write_atomic(&path, "json.tmp", &serde_json::to_vec_pretty(&doc)?)?;
         Ok(path)
+    }
+}
+
+/// Where the invoice backups of data dir `data_dir` are.
+pub fn backup_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("backups").join("invoices")
+}
+
+/// Removes invoice `number`'s backup (it is VALIDATED: nothing is to be issued from
+/// it); true when there was one.
+pub fn remove_backup(data_dir: &Path, number: &str) -> std::io::Result<bool> {
+    match std::fs::remove_file(backup_dir(data_dir).join(format!("{number}.json.gz"))) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -234,7 +234,31 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         engine.snapshot.borrow().compliance.enabled.then_some(())
     })
     .await;
+    // A real paid invoice, recorded.
+    sb.sandbox
+        .set_webhook_url(Some(format!("{url}/webhooks/stripe")));
+    let real = common::make_invoices(&sb.base_url(), 1).await.remove(0);
+    let recorded: Value = common::eventually(20, "the real invoice recorded", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .any(|r| r.stripe_id == real)
+            .then(|| json!(real))
+    })
+    .await;
+    let hooks = common::get_json(&format!("{url}/health")).await["catalog"]["webhooks"].clone();
+    let (ignored0, duplicate0) = (
+        hooks["ignored"].as_u64().unwrap(),
+        hooks["duplicate"].as_u64().unwrap(),
+    );
+    let line = json!({"amount": 1000, "quantity": 1, "description": "x"});
     let cases = [
+        // The recorded invoice's id on an object that is not a paid invoice: not "the
+        // invoice we have" (a duplicate), but not an invoice to take at all.
+        ("evt_bad_reused", json!({"id": recorded, "object": "invoice", "currency": "cop", "status": "draft", "paid": false, "lines": {"data": [line]}})),
+        ("evt_bad_open", json!({"id": "in_bad_open", "object": "invoice", "currency": "cop", "status": "open", "lines": {"data": [line]}})),
+        ("evt_bad_negative", json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "lines": {"data": [{"amount": -5000, "quantity": 1}]}})),
         ("evt_bad_usd", json!({"id": "in_bad_usd", "object": "invoice", "currency": "usd", "lines": {"data": [{"amount": 1000}]}})),
         ("evt_bad_noid", json!({"object": "invoice", "currency": "cop"})),
         ("evt_bad_nolines", json!({"id": "in_bad_nolines", "object": "invoice", "currency": "cop", "lines": {"data": []}})),
@@ -248,8 +272,12 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         assert!(!reason.is_empty(), "{id}: says why: {first}");
         let health = common::get_json(&format!("{url}/health")).await;
         let hooks = &health["catalog"]["webhooks"];
-        assert_eq!(hooks["ignored"], n as u64 + 1, "{hooks}");
-        assert_eq!(hooks["duplicate"], n as u64, "only the redeliveries: {hooks}");
+        assert_eq!(hooks["ignored"], ignored0 + n as u64 + 1, "{hooks}");
+        assert_eq!(
+            hooks["duplicate"],
+            duplicate0 + n as u64,
+            "only the redeliveries: {hooks}"
+        );
         let again = send(object.clone(), id).await;
         assert_eq!(again["duplicate"], true, "{id}: {again}");
         // Audited with the reason.

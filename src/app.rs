@@ -383,11 +383,53 @@ impl Link for LocalEngine<'_> {
     }
 
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
-        self.sandbox.clone().map(|s| s as Arc<dyn SandboxFaults>)
+        let frontend = self.engine.frontend();
+        self.sandbox.clone().map(|sandbox| {
+            Arc::new(AuditedSandbox { sandbox, frontend }) as Arc<dyn SandboxFaults>
+        })
     }
 
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         self.engine.consoles.clone()
+    }
+}
+
+/// The demo's sandbox as the console's outage toggle reaches it: each patch is audited
+/// in the engine's trail (who, which service, down or restored, or why not).
+struct AuditedSandbox {
+    sandbox: Arc<Sandbox>,
+    frontend: engine::Frontend,
+}
+
+impl SandboxFaults for AuditedSandbox {
+    fn outage(&self, service: &str) -> Option<bool> {
+        self.sandbox.outage(service)
+    }
+
+    fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String> {
+        self.patch_faults_as("console", patch)
+    }
+
+    fn patch_faults_as(&self, actor: &str, patch: &FaultPatch) -> Result<(), String> {
+        let result = self.sandbox.patch_faults(patch);
+        let service = &patch.service;
+        let what = match patch.outage {
+            Some(true) => format!("sandbox outage {service} on"),
+            Some(false) => format!("sandbox outage {service} off"),
+            None => format!("sandbox faults {service}"),
+        };
+        let done = match patch.outage {
+            Some(true) => format!("sandbox {service} is down (every request answers 503)"),
+            Some(false) => format!("sandbox {service} restored"),
+            None => format!("sandbox {service} faults changed"),
+        };
+        self.frontend.audit_operator(
+            actor,
+            service,
+            &what,
+            result.as_ref().map(|()| done.as_str()).map_err(String::as_str),
+        );
+        result
     }
 }
 

@@ -292,3 +292,91 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
     }
     engine.shutdown().await;
 }
+
+/// Point 8: the demo's outage toggle (`O` on Circuits), as the console's run loop
+/// applies it through its link, leaves an operator line in the engine's audit trail —
+/// who, which service, down or restored — read back in the operator journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_outage_toggle_is_audited() {
+    use syncctl::protocol::{FaultPatch, JournalEntry, JournalResult, Link};
+    syncctl::connectors::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = syncctl::config::Config::default();
+    cfg.sandbox.products = 5;
+    cfg.sandbox.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    let mut demo = syncctl::app::start_demo(cfg, dir.path().to_owned(), None, false)
+        .await
+        .unwrap();
+    let sandbox_url = demo.sandbox.base_url();
+    let sandbox = demo.sandbox.sandbox.clone();
+    {
+        let link = syncctl::app::LocalEngine {
+            engine: &mut demo.engine,
+            sandbox: Some(sandbox),
+        };
+        let faults = link.sandbox().expect("the demo's sandbox");
+        for on in [true, false] {
+            faults
+                .patch_faults_as(
+                    "ana@tty1",
+                    &FaultPatch {
+                        service: "quickbooks".into(),
+                        outage: Some(on),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let f = common::get_json(&format!("{sandbox_url}/_sandbox/faults")).await;
+            assert_eq!(f["quickbooks"]["outage"], on, "{f}");
+        }
+        // A patch the sandbox refuses is audited as refused.
+        assert!(
+            faults
+                .patch_faults_as(
+                    "ana@tty1",
+                    &FaultPatch {
+                        service: "nosuch".into(),
+                        outage: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .is_err()
+        );
+    }
+    let journal: Vec<JournalEntry> = common::eventually(5, "three audit lines", || async {
+        let s = demo.engine.snapshot.borrow().clone();
+        let j: Vec<JournalEntry> = s
+            .audit
+            .iter()
+            .rev()
+            .filter_map(JournalEntry::from_audit)
+            .filter(|e| e.command.starts_with("sandbox outage"))
+            .collect();
+        (j.len() == 3).then_some(j)
+    })
+    .await;
+    let shown: Vec<(&str, &str, &str, JournalResult)> = journal
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.entity.as_str(),
+                e.command.as_str(),
+                e.result,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("ana@tty1", "quickbooks", "sandbox outage quickbooks on", JournalResult::Done),
+            ("ana@tty1", "quickbooks", "sandbox outage quickbooks off", JournalResult::Done),
+            ("ana@tty1", "nosuch", "sandbox outage nosuch on", JournalResult::Refused),
+        ],
+        "{journal:#?}"
+    );
+    assert!(journal[0].message.contains("down"), "{journal:#?}");
+    demo.engine.shutdown().await;
+    demo.sandbox.shutdown().await;
+}

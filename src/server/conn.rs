@@ -508,9 +508,10 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     r
 }
 
-/// Answers a connection over the cap with 503 and closes it, reading what the client
-/// sent meanwhile (closing on unread bytes would reset the connection before the
-/// answer is read).
+/// Answers a connection over the cap with 503 and closes it: its request's head is
+/// read first (for a second at most: a client that has not sent one does not get an
+/// answer it did not ask for), then what else it sent meanwhile (closing on unread
+/// bytes would reset the connection before the answer is read).
 async fn shed(mut stream: TcpStream) {
     let body = r#"{"error":{"code":"overloaded","message":"the engine is serving as many connections as it may (server.max_connections); retry shortly"}}"#;
     let response = format!(
@@ -518,10 +519,18 @@ async fn shed(mut stream: TcpStream) {
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
+        while stream.read(&mut buf).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })
     .await;

@@ -118,13 +118,15 @@ async fn health_and_webhooks_answer_while_1100_clients_stall() {
         .build()
         .unwrap();
 
+    // (An engine keeping one descriptor per stalled client leaves this process too few
+    // to open them all: counted, asserted after `/health`.)
     let mut attack = Vec::new();
     for n in 0..1100 {
         if let Some(s) = stalled(engine.server_addr, n).await {
             attack.push(s);
         }
     }
-    assert_eq!(attack.len(), 1100, "the attack's connections opened");
+    let opened = attack.len();
 
     for round in 0..5 {
         let r = http
@@ -139,6 +141,7 @@ async fn health_and_webhooks_answer_while_1100_clients_stall() {
         assert_eq!(c["max"], 64, "{c}");
         assert!(c["open"].as_u64().unwrap() <= 65, "within the cap: {c}");
         assert!(c["evicted"].as_u64().unwrap() >= 1000, "stalled ones made room: {c}");
+        assert_eq!(opened, 1100, "the attack's connections all opened");
         assert_eq!(
             signed_webhook(&http, &url, &secret, &format!("evt_during_attack_{round}")).await,
             200,

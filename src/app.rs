@@ -384,9 +384,9 @@ impl Link for LocalEngine<'_> {
 
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
         let frontend = self.engine.frontend();
-        self.sandbox.clone().map(|sandbox| {
-            Arc::new(AuditedSandbox { sandbox, frontend }) as Arc<dyn SandboxFaults>
-        })
+        self.sandbox
+            .clone()
+            .map(|sandbox| Arc::new(AuditedSandbox { sandbox, frontend }) as Arc<dyn SandboxFaults>)
     }
 
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
@@ -427,7 +427,10 @@ impl SandboxFaults for AuditedSandbox {
             actor,
             service,
             &what,
-            result.as_ref().map(|()| done.as_str()).map_err(String::as_str),
+            result
+                .as_ref()
+                .map(|()| done.as_str())
+                .map_err(String::as_str),
         );
         result
     }

@@ -730,7 +730,11 @@ async fn sandbox(
                     "syncctl: no sandbox listens at {addr}: this config is computed from the flags (seed {}, {} products{}); start the sandbox with the same ones",
                     opts.seed,
                     opts.products,
-                    if opts.dir.is_some() { ", the world in --data-dir" } else { "" }
+                    if opts.dir.is_some() {
+                        ", the world in --data-dir"
+                    } else {
+                        ""
+                    }
                 );
                 let world = syncctl::sandbox::peek_world(&opts)?;
                 print!(

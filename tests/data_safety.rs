@@ -182,7 +182,9 @@ async fn the_data_dir_is_private_and_a_validated_invoice_keeps_no_backup() {
     common::faults(&base, json!({"service": "dian", "outage": false})).await;
     common::eventually(60, "every invoice VALIDATED", || async {
         let s = engine.snapshot.borrow().clone();
-        (s.compliance.counts.get(syncctl::compliance::machine::Status::Validated)
+        (s.compliance
+            .counts
+            .get(syncctl::compliance::machine::Status::Validated)
             == ids.len() as u64)
             .then_some(())
     })
@@ -256,12 +258,30 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
     let cases = [
         // The recorded invoice's id on an object that is not a paid invoice: not "the
         // invoice we have" (a duplicate), but not an invoice to take at all.
-        ("evt_bad_reused", json!({"id": recorded, "object": "invoice", "currency": "cop", "status": "draft", "paid": false, "lines": {"data": [line]}})),
-        ("evt_bad_open", json!({"id": "in_bad_open", "object": "invoice", "currency": "cop", "status": "open", "lines": {"data": [line]}})),
-        ("evt_bad_negative", json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "lines": {"data": [{"amount": -5000, "quantity": 1}]}})),
-        ("evt_bad_usd", json!({"id": "in_bad_usd", "object": "invoice", "currency": "usd", "lines": {"data": [{"amount": 1000}]}})),
-        ("evt_bad_noid", json!({"object": "invoice", "currency": "cop"})),
-        ("evt_bad_nolines", json!({"id": "in_bad_nolines", "object": "invoice", "currency": "cop", "lines": {"data": []}})),
+        (
+            "evt_bad_reused",
+            json!({"id": recorded, "object": "invoice", "currency": "cop", "status": "draft", "paid": false, "lines": {"data": [line]}}),
+        ),
+        (
+            "evt_bad_open",
+            json!({"id": "in_bad_open", "object": "invoice", "currency": "cop", "status": "open", "lines": {"data": [line]}}),
+        ),
+        (
+            "evt_bad_negative",
+            json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "lines": {"data": [{"amount": -5000, "quantity": 1}]}}),
+        ),
+        (
+            "evt_bad_usd",
+            json!({"id": "in_bad_usd", "object": "invoice", "currency": "usd", "lines": {"data": [{"amount": 1000}]}}),
+        ),
+        (
+            "evt_bad_noid",
+            json!({"object": "invoice", "currency": "cop"}),
+        ),
+        (
+            "evt_bad_nolines",
+            json!({"id": "in_bad_nolines", "object": "invoice", "currency": "cop", "lines": {"data": []}}),
+        ),
         ("evt_bad_null", Value::Null),
     ];
     for (n, (id, object)) in cases.iter().enumerate() {
@@ -370,9 +390,24 @@ async fn the_sandbox_outage_toggle_is_audited() {
     assert_eq!(
         shown,
         vec![
-            ("ana@tty1", "quickbooks", "sandbox outage quickbooks on", JournalResult::Done),
-            ("ana@tty1", "quickbooks", "sandbox outage quickbooks off", JournalResult::Done),
-            ("ana@tty1", "nosuch", "sandbox outage nosuch on", JournalResult::Refused),
+            (
+                "ana@tty1",
+                "quickbooks",
+                "sandbox outage quickbooks on",
+                JournalResult::Done
+            ),
+            (
+                "ana@tty1",
+                "quickbooks",
+                "sandbox outage quickbooks off",
+                JournalResult::Done
+            ),
+            (
+                "ana@tty1",
+                "nosuch",
+                "sandbox outage nosuch on",
+                JournalResult::Refused
+            ),
         ],
         "{journal:#?}"
     );

@@ -84,7 +84,7 @@ async fn signed_webhook(http: &reqwest::Client, url: &str, secret: &str, id: &st
 /// its headers and a sliver of a large body.
 async fn stalled(addr: std::net::SocketAddr, n: usize) -> Option<TcpStream> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    let partial = if n % 2 == 0 {
+    let partial = if n.is_multiple_of(2) {
         "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl".to_owned()
     } else {
         "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"id\":".to_owned()
@@ -140,7 +140,10 @@ async fn health_and_webhooks_answer_while_1100_clients_stall() {
         let c = &h["connections"];
         assert_eq!(c["max"], 64, "{c}");
         assert!(c["open"].as_u64().unwrap() <= 65, "within the cap: {c}");
-        assert!(c["evicted"].as_u64().unwrap() >= 1000, "stalled ones made room: {c}");
+        assert!(
+            c["evicted"].as_u64().unwrap() >= 1000,
+            "stalled ones made room: {c}"
+        );
         assert_eq!(opened, 1100, "the attack's connections all opened");
         assert_eq!(
             signed_webhook(&http, &url, &secret, &format!("evt_during_attack_{round}")).await,
@@ -210,7 +213,10 @@ async fn stalled_requests_time_out_and_a_full_server_sheds_with_503() {
     assert!(said.starts_with("HTTP/1.1 408"), "{said}");
     assert!(said.contains("server.body_timeout_secs"), "{said}");
     let said = until_closed(&mut idle, Duration::from_secs(10)).await;
-    assert!(said.starts_with("HTTP/1.1 200"), "answered, then closed idle: {said}");
+    assert!(
+        said.starts_with("HTTP/1.1 200"),
+        "answered, then closed idle: {said}"
+    );
     let h = common::get_json(&format!("{url}/health")).await;
     assert!(h["connections"]["timed_out"].as_u64().unwrap() >= 3, "{h}");
 

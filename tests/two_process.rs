@@ -100,7 +100,15 @@ async fn print_config_asks_the_sandbox_that_listens() {
 
     let mut child = Reaped(
         Command::new(BIN)
-            .args(["sandbox", "--listen", &addr, "--seed", "7", "--products", "5"])
+            .args([
+                "sandbox",
+                "--listen",
+                &addr,
+                "--seed",
+                "7",
+                "--products",
+                "5",
+            ])
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join("config"))
             .env("XDG_DATA_HOME", home.path().join("data"))
@@ -209,7 +217,10 @@ async fn a_refused_refresh_token_is_an_error_on_health_and_the_overview() {
             .collect();
         assert!(text.contains("ACTION NEEDED"), "{w}×{h}:\n{text}");
         assert!(text.contains("invalid_grant"), "{w}×{h}:\n{text}");
-        assert!(text.contains("quickbooks.refresh_token"), "{w}×{h}:\n{text}");
+        assert!(
+            text.contains("quickbooks.refresh_token"),
+            "{w}×{h}:\n{text}"
+        );
         assert!(
             text.contains("--print-config"),
             "the sandbox's way out too: {w}×{h}:\n{text}"

@@ -23,17 +23,15 @@ fn tax_name(display: &str) -> Option<&'static str> {
     }
 }
 
-/// Reads a Stripe invoice object (from `invoice.paid` or `/v1/invoices`). `item_of`
-/// maps a product id to its QuickBooks Item id.
-pub fn from_stripe(
-    v: &Value,
-    item_of: impl Fn(&str) -> Option<String>,
-) -> Result<LocalInvoice, String> {
+/// The id of `v` when it is a paid Stripe invoice; otherwise why it is not one.
+fn paid_invoice_id(v: &Value) -> Result<&str, String> {
     if !v.is_object() {
         return Err("the event's data.object is not an invoice object".into());
     }
     if let Some(kind) = v["object"].as_str().filter(|k| *k != "invoice") {
-        return Err(format!("the event's data.object is a {kind:?}, not an invoice"));
+        return Err(format!(
+            "the event's data.object is a {kind:?}, not an invoice"
+        ));
     }
     let id = v["id"]
         .as_str()
@@ -51,6 +49,16 @@ pub fn from_stripe(
             return Err(format!("invoice {id} has a negative {key} ({})", v[key]));
         }
     }
+    Ok(id)
+}
+
+/// Reads a Stripe invoice object (from `invoice.paid` or `/v1/invoices`). `item_of`
+/// maps a product id to its QuickBooks Item id.
+pub fn from_stripe(
+    v: &Value,
+    item_of: impl Fn(&str) -> Option<String>,
+) -> Result<LocalInvoice, String> {
+    let id = paid_invoice_id(v)?;
     let currency = v["currency"].as_str().unwrap_or("");
     if !currency.eq_ignore_ascii_case("cop") {
         return Err(format!(
@@ -94,12 +102,19 @@ pub fn from_stripe(
         }
     }
     let mut lines = Vec::new();
-    for (n, l) in v["lines"]["data"].as_array().into_iter().flatten().enumerate() {
-        let amount = match l["amount"].as_i64() {
-            Some(a) if a >= 0 => a,
-            Some(a) => return Err(format!("invoice {id}: line {} has a negative amount ({a})", n + 1)),
-            None => return Err(format!("invoice {id}: line {} has no integer amount", n + 1)),
-        };
+    for (n, l) in v["lines"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let amount = l["amount"].as_i64().filter(|a| *a >= 0).ok_or_else(|| {
+            format!(
+                "invoice {id}: line {} has no amount of zero or more ({})",
+                n + 1,
+                l["amount"]
+            )
+        })?;
         let quantity = l["quantity"].as_i64().filter(|q| *q > 0).unwrap_or(1);
         let product = l["price"]["product"].as_str().map(str::to_owned);
         let description = l["description"].as_str().unwrap_or("").trim().to_owned();

@@ -842,7 +842,17 @@ pub fn peek_world(opts: &SandboxOptions) -> anyhow::Result<World> {
 /// The engine config (TOML) that points at a sandbox holding `world` on `addr`.
 pub fn engine_config(
     world: &World,
-    addr: impl std::fmt::Display,
+    addr: SocketAddr,
+    faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
+) -> String {
+    engine_config_at(world, &addr.to_string(), faults)
+}
+
+/// [`engine_config`] for a sandbox reached at `addr` (`host:port`, as a `Host` header
+/// names it).
+pub fn engine_config_at(
+    world: &World,
+    addr: &str,
     faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
 ) -> String {
     // The engine keeps to the quotas the sandbox enforces, as it would to Intuit's.
@@ -1070,7 +1080,7 @@ fn knobs() -> Router<Arc<Sandbox>> {
                             .iter()
                             .filter_map(|n| Some(((*n).to_owned(), s.faults.get(n)?)))
                             .collect();
-                    let text = engine_config(&s.lock().world, host, &faults);
+                    let text = engine_config_at(&s.lock().world, host, &faults);
                     (axum::http::StatusCode::OK, text)
                 },
             ),

@@ -753,6 +753,16 @@ async fn sandbox(
         Ok(l) => l,
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
+    // The world holds the webhook secret and the refresh tokens: private, as an
+    // engine's data dir is.
+    if let Some(d) = &data_dir
+        && let Err(e) = syncctl::store::private::secure_tree(d)
+    {
+        return Ok(usage(format!(
+            "{}: cannot make it private: {e}",
+            d.display()
+        )));
+    }
     let _lock = match &data_dir {
         Some(d) => match syncctl::store::DataDirLock::acquire(d, "sandbox") {
             Ok(l) => Some(l),

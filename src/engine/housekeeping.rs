@@ -95,8 +95,16 @@ impl Housekeeping {
         private::create_dir(&dir)?;
         let mut written = 0;
         for rec in &records {
+            // Under the backups' lock, the record as it is now: a validation (which
+            // removes the file under this lock, after storing the state) can come
+            // between the query and the write, and must not leave a stale file behind.
+            let _guard = BACKUPS.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(rec) = self.store.invoice(&rec.stripe_id)? else {
+                continue;
+            };
+            let rec = &rec;
             if rec.status == Status::Validated {
-                remove_backup(&self.dir, &rec.number)?;
+                remove_backup_locked(&self.dir, &rec.number)?;
                 continue;
             }
             written += 1;
@@ -177,9 +185,17 @@ pub fn backup_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("backups").join("invoices")
 }
 
+/// Backups are written and removed one at a time (see [`Housekeeping::backup`]).
+static BACKUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Removes invoice `number`'s backup (it is VALIDATED: nothing is to be issued from
-/// it); true when there was one.
+/// it); true when there was one. Call it after the VALIDATED state is stored.
 pub fn remove_backup(data_dir: &Path, number: &str) -> std::io::Result<bool> {
+    let _guard = BACKUPS.lock().unwrap_or_else(|p| p.into_inner());
+    remove_backup_locked(data_dir, number)
+}
+
+fn remove_backup_locked(data_dir: &Path, number: &str) -> std::io::Result<bool> {
     match std::fs::remove_file(backup_dir(data_dir).join(format!("{number}.json.gz"))) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

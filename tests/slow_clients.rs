@@ -143,7 +143,9 @@ async fn health_and_webhooks_answer_while_1100_clients_stall() {
         let h: Value = r.json().await.unwrap();
         let c = &h["connections"];
         assert_eq!(c["max"], 64, "{c}");
-        assert!(c["open"].as_u64().unwrap() <= 65, "within the cap: {c}");
+        // Connections closed to make room end a moment later (their task runs):
+        // never near the attack's 1,100, and within the cap once they have.
+        assert!(c["open"].as_u64().unwrap() < 300, "near the cap: {c}");
         assert!(
             c["evicted"].as_u64().unwrap() >= 1000,
             "stalled ones made room: {c}"
@@ -154,6 +156,12 @@ async fn health_and_webhooks_answer_while_1100_clients_stall() {
             200,
             "a signed webhook during the attack"
         );
+        common::eventually(10, "open connections within the cap", || async {
+            let r = http.get(format!("{url}/health")).send().await.ok()?;
+            let h: Value = r.json().await.ok()?;
+            (h["connections"]["open"].as_u64()? <= 65).then_some(())
+        })
+        .await;
         // The attack goes on: more stalled clients between the rounds.
         for n in 0..50 {
             if let Some(s) = stalled(engine.server_addr, n).await {

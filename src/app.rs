@@ -29,7 +29,7 @@ pub fn init_logging(
 ) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::prelude::*;
     let dir = data_dir.join("logs");
-    if std::fs::create_dir_all(&dir).is_err() {
+    if crate::store::private::create_dir(&dir).is_err() {
         return None;
     }
     let appender = tracing_appender::rolling::daily(&dir, "syncctl.log");
@@ -51,6 +51,49 @@ pub fn init_logging(
         .with(err)
         .try_init();
     Some(guard)
+}
+
+/// What [`harden_process`] did, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// The soft limit on open files before and after.
+    pub files_before: Option<u64>,
+    pub files_after: Option<u64>,
+}
+
+/// Process-wide settings at start, before anything opens a file or a socket:
+/// - umask `077`: whatever this process creates (logs, the sandbox's world, a database)
+///   is its user's alone;
+/// - the soft limit on open files raised to the hard one (capped at 1,048,576): every
+///   connection is a descriptor, and the default 1,024 is too few for an engine under
+///   load (the server sheds connections above `server.max_connections` well before).
+pub fn harden_process() -> ProcessLimits {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit, umask};
+        let _ = umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let before = getrlimit(Resource::Nofile);
+        let want = before.maximum.unwrap_or(1 << 20).min(1 << 20);
+        let mut after = before.current;
+        if before.current.is_some_and(|c| c < want) {
+            let raised = Rlimit {
+                current: Some(want),
+                maximum: before.maximum,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                after = Some(want);
+            }
+        }
+        ProcessLimits {
+            files_before: before.current,
+            files_after: after,
+        }
+    }
+    #[cfg(not(unix))]
+    ProcessLimits {
+        files_before: None,
+        files_after: None,
+    }
 }
 
 /// Binds `addr`; when it is taken and `fallback` is set, binds a free loopback port.
@@ -340,11 +383,56 @@ impl Link for LocalEngine<'_> {
     }
 
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
-        self.sandbox.clone().map(|s| s as Arc<dyn SandboxFaults>)
+        let frontend = self.engine.frontend();
+        self.sandbox
+            .clone()
+            .map(|sandbox| Arc::new(AuditedSandbox { sandbox, frontend }) as Arc<dyn SandboxFaults>)
     }
 
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         self.engine.consoles.clone()
+    }
+}
+
+/// The demo's sandbox as the console's outage toggle reaches it: each patch is audited
+/// in the engine's trail (who, which service, down or restored, or why not).
+struct AuditedSandbox {
+    sandbox: Arc<Sandbox>,
+    frontend: engine::Frontend,
+}
+
+impl SandboxFaults for AuditedSandbox {
+    fn outage(&self, service: &str) -> Option<bool> {
+        self.sandbox.outage(service)
+    }
+
+    fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String> {
+        self.patch_faults_as("console", patch)
+    }
+
+    fn patch_faults_as(&self, actor: &str, patch: &FaultPatch) -> Result<(), String> {
+        let result = self.sandbox.patch_faults(patch);
+        let service = &patch.service;
+        let what = match patch.outage {
+            Some(true) => format!("sandbox outage {service} on"),
+            Some(false) => format!("sandbox outage {service} off"),
+            None => format!("sandbox faults {service}"),
+        };
+        let done = match patch.outage {
+            Some(true) => format!("sandbox {service} is down (every request answers 503)"),
+            Some(false) => format!("sandbox {service} restored"),
+            None => format!("sandbox {service} faults changed"),
+        };
+        self.frontend.audit_operator(
+            actor,
+            service,
+            &what,
+            result
+                .as_ref()
+                .map(|()| done.as_str())
+                .map_err(String::as_str),
+        );
+        result
     }
 }
 

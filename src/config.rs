@@ -85,6 +85,18 @@ pub struct ServerConfig {
     /// Host names the server answers to besides IP addresses and `localhost` (a
     /// `Host` header naming anything else is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Connections served at once; above it the longest-waiting connection that has not
+    /// sent a whole request is closed, or, when every one is busy, the new one is
+    /// answered 503 (kept well under the process's open-file limit).
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection is kept waiting for its next request).
+    pub header_timeout_secs: u64,
+    /// Seconds a request may take to send its body once its headers are in (408 after).
+    pub body_timeout_secs: u64,
+    /// Seconds a connection with no request being handled may stay without a byte read
+    /// or written (a client that stopped reading its response) before it is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +107,10 @@ impl Default for ServerConfig {
             statsd: None,
             ws_heartbeat_secs: 30,
             allowed_hosts: Vec::new(),
+            max_connections: 512,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -260,10 +276,49 @@ pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Resu
     if let Some(d) = dir {
         std::fs::create_dir_all(d)?;
     }
+    replace_keeping_mode(path, doc.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+}
+
+/// Replaces the file at `path` with `bytes` through a temporary file beside it and a
+/// rename, so a crash never leaves half a file. The new file keeps the old one's mode
+/// and (where the process may set it) its owner and group; a file created here is
+/// `0600` (a config holds API tokens and secrets). The umask never widens it.
+pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let old = std::fs::metadata(path).ok();
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, doc.to_string())?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Nobody else can read the temporary file while it is written.
+        opts.mode(0o600);
+    }
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let mode = old.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
+            if let Some(m) = &old {
+                // Only root may give a file away; anyone may keep their own group. Not
+                // being allowed is fine: the file stays ours, with the old mode.
+                let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+            }
+            // After the chown (which may clear set-id bits), exactly the old mode.
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1083,6 +1138,15 @@ impl Config {
         };
         let s = &self.server;
         range("server.ws_heartbeat_secs", s.ws_heartbeat_secs, 1, 3600)?;
+        range(
+            "server.max_connections",
+            s.max_connections as u64,
+            4,
+            100_000,
+        )?;
+        range("server.header_timeout_secs", s.header_timeout_secs, 1, 600)?;
+        range("server.body_timeout_secs", s.body_timeout_secs, 1, 3600)?;
+        range("server.idle_timeout_secs", s.idle_timeout_secs, 1, 86_400)?;
         for h in &s.allowed_hosts {
             let ok = !h.is_empty()
                 && h.len() <= 253

@@ -279,6 +279,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    app::harden_process();
     syncctl::connectors::install_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -720,11 +721,29 @@ async fn sandbox(
         faults: config.sandbox.faults.clone(),
     };
     if print_config {
-        let world = syncctl::sandbox::peek_world(&opts)?;
-        print!(
-            "{}",
-            syncctl::sandbox::engine_config(&world, addr, &config.sandbox.faults)
-        );
+        // The sandbox listening there knows its world (its seed, the refresh token as
+        // last rotated); flags only describe a sandbox that is not running.
+        match running_sandbox_config(addr).await {
+            Ok(Some(text)) => print!("{text}"),
+            Ok(None) => {
+                eprintln!(
+                    "syncctl: no sandbox listens at {addr}: this config is computed from the flags (seed {}, {} products{}); start the sandbox with the same ones",
+                    opts.seed,
+                    opts.products,
+                    if opts.dir.is_some() {
+                        ", the world in --data-dir"
+                    } else {
+                        ""
+                    }
+                );
+                let world = syncctl::sandbox::peek_world(&opts)?;
+                print!(
+                    "{}",
+                    syncctl::sandbox::engine_config(&world, addr, &config.sandbox.faults)
+                );
+            }
+            Err(e) => return Ok(usage(e)),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let _guard = data_dir
@@ -734,6 +753,16 @@ async fn sandbox(
         Ok(l) => l,
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };
+    // The world holds the webhook secret and the refresh tokens: private, as an
+    // engine's data dir is.
+    if let Some(d) = &data_dir
+        && let Err(e) = syncctl::store::private::secure_tree(d)
+    {
+        return Ok(usage(format!(
+            "{}: cannot make it private: {e}",
+            d.display()
+        )));
+    }
     let _lock = match &data_dir {
         Some(d) => match syncctl::store::DataDirLock::acquire(d, "sandbox") {
             Ok(l) => Some(l),
@@ -749,6 +778,35 @@ async fn sandbox(
     app::shutdown_signal().await;
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine config the sandbox listening at `addr` gives (`GET /_sandbox/config`);
+/// `None` when nothing listens there; an error when something answers that is not a
+/// sandbox that can say it.
+async fn running_sandbox_config(addr: std::net::SocketAddr) -> Result<Option<String>, String> {
+    let url = format!("http://{addr}/_sandbox/config");
+    let http = syncctl::connectors::http_client().map_err(|e| format!("{e:#}"))?;
+    let response = match http
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) => return Err(format!("{url}: {}", e.without_url())),
+    };
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("{url}: {}", e.without_url()))?;
+    if !status.is_success() || !text.contains("[quickbooks]") {
+        return Err(format!(
+            "{addr} answers, but not as a syncctl sandbox that can give its config ({url}: {status}); stop what listens there or pass another --listen"
+        ));
+    }
+    Ok(Some(text))
 }
 
 fn config_command(command: ConfigCommand, explicit: Option<PathBuf>, paths: &Paths) -> ExitCode {

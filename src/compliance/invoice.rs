@@ -23,13 +23,42 @@ fn tax_name(display: &str) -> Option<&'static str> {
     }
 }
 
+/// The id of `v` when it is a paid Stripe invoice; otherwise why it is not one.
+fn paid_invoice_id(v: &Value) -> Result<&str, String> {
+    if !v.is_object() {
+        return Err("the event's data.object is not an invoice object".into());
+    }
+    if let Some(kind) = v["object"].as_str().filter(|k| *k != "invoice") {
+        return Err(format!(
+            "the event's data.object is a {kind:?}, not an invoice"
+        ));
+    }
+    let id = v["id"]
+        .as_str()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or("invoice without id")?;
+    // Only a paid invoice is a sale to report; an object that says otherwise is not one.
+    if let Some(status) = v["status"].as_str().filter(|s| *s != "paid") {
+        return Err(format!("invoice {id} is {status:?}, not paid"));
+    }
+    if v["paid"].as_bool() == Some(false) {
+        return Err(format!("invoice {id} says paid: false"));
+    }
+    for key in ["subtotal", "total"] {
+        if v[key].as_i64().is_some_and(|n| n < 0) {
+            return Err(format!("invoice {id} has a negative {key} ({})", v[key]));
+        }
+    }
+    Ok(id)
+}
+
 /// Reads a Stripe invoice object (from `invoice.paid` or `/v1/invoices`). `item_of`
 /// maps a product id to its QuickBooks Item id.
 pub fn from_stripe(
     v: &Value,
     item_of: impl Fn(&str) -> Option<String>,
 ) -> Result<LocalInvoice, String> {
-    let id = v["id"].as_str().ok_or("invoice without id")?;
+    let id = paid_invoice_id(v)?;
     let currency = v["currency"].as_str().unwrap_or("");
     if !currency.eq_ignore_ascii_case("cop") {
         return Err(format!(
@@ -73,8 +102,19 @@ pub fn from_stripe(
         }
     }
     let mut lines = Vec::new();
-    for l in v["lines"]["data"].as_array().into_iter().flatten() {
-        let amount = l["amount"].as_i64().unwrap_or(0);
+    for (n, l) in v["lines"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let amount = l["amount"].as_i64().filter(|a| *a >= 0).ok_or_else(|| {
+            format!(
+                "invoice {id}: line {} has no amount of zero or more ({})",
+                n + 1,
+                l["amount"]
+            )
+        })?;
         let quantity = l["quantity"].as_i64().filter(|q| *q > 0).unwrap_or(1);
         let product = l["price"]["product"].as_str().map(str::to_owned);
         let description = l["description"].as_str().unwrap_or("").trim().to_owned();

@@ -177,7 +177,7 @@ pub struct AuthProblem {
     pub refusals: u32,
     /// Until the token endpoint is tried again.
     pub retry_in_ms: u64,
-    pub fix: &'static str,
+    pub fix: String,
 }
 
 /// The wait after `refusals` refusals in a row: 15 s, 30 s, 60 s … capped at 5 min.
@@ -264,8 +264,27 @@ impl TokenKeeper {
             since_ms: b.since_ms,
             refusals: b.refusals,
             retry_in_ms: b.retry_at.saturating_sub(now).as_millis() as u64,
-            fix: AUTH_FIX,
+            fix: self.fix(),
         })
+    }
+
+    /// [`AUTH_FIX`]; for a token endpoint on this machine (the `syncctl sandbox` of a
+    /// two-process setup), also how to get the token that sandbox accepts now.
+    fn fix(&self) -> String {
+        let local = reqwest::Url::parse(&self.token_url).ok().and_then(|u| {
+            let host = u.host_str()?.trim_matches(['[', ']']).to_owned();
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            loopback.then(|| format!("{host}:{}", u.port_or_known_default().unwrap_or(80)))
+        });
+        match local {
+            Some(addr) => format!(
+                "{AUTH_FIX}; against a syncctl sandbox at {addr}, `syncctl sandbox --listen {addr} --print-config` prints the refresh token it accepts now"
+            ),
+            None => AUTH_FIX.to_owned(),
+        }
     }
 
     /// How long until the token endpoint may be asked again (None: not blocked, or the

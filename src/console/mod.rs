@@ -144,7 +144,7 @@ async fn event_loop<L: Link>(
                     Effect::Ask(query) => ask(engine, query, &back_tx, &mut inbox).await,
                     Effect::PatchFaults(patch) => {
                         let result = match &app.sandbox {
-                            Some(sandbox) => sandbox.patch_faults(&patch),
+                            Some(sandbox) => sandbox.patch_faults_as(&app.actor, &patch),
                             None => Err("no sandbox runs".into()),
                         };
                         inbox.push_back(Msg::FaultsPatched { patch, result });

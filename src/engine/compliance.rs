@@ -632,6 +632,7 @@ impl Compliance {
         }
         if d.to == Status::Validated {
             self.metrics.validated.fetch_add(1, Ordering::Relaxed);
+            self.drop_backup(&rec.number);
         }
         if matches!(d.to, Status::Failed | Status::Rejected) && d.to != rec.status {
             let _ = self.store.audit(
@@ -640,6 +641,17 @@ impl Compliance {
                 "engine",
                 &format!("invoice {} {}: {}", rec.number, d.to, d.message),
             );
+        }
+    }
+
+    /// A VALIDATED invoice's backup goes at once: issuing it again by hand from a file
+    /// that says it is not validated would duplicate an accepted invoice.
+    fn drop_backup(&self, number: &str) {
+        let Some(dir) = self.store.path().parent() else {
+            return;
+        };
+        if let Err(e) = super::housekeeping::remove_backup(dir, number) {
+            tracing::error!("removing the backup of validated invoice {number}: {e}");
         }
     }
 

@@ -135,6 +135,30 @@ impl Frontend {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Writes an operator's action the engine did not carry out itself (the demo's
+    /// sandbox outage toggle) into the audit trail, as kind `operator` with the line
+    /// `<what>: <outcome>` or `<what>: refused: <why>` (see `protocol::journal`).
+    pub fn audit_operator(
+        &self,
+        actor: &str,
+        entity: &str,
+        what: &str,
+        outcome: Result<&str, &str>,
+    ) {
+        let line = match outcome {
+            Ok(done) => format!("{what}: {done}"),
+            Err(why) => format!("{what}: refused: {why}"),
+        };
+        if let Err(e) =
+            self.intake
+                .catalog
+                .store
+                .audit(crate::protocol::OPERATOR, entity, actor, &line)
+        {
+            tracing::error!("auditing {line:?}: {e}");
+        }
+    }
+
     /// The webhook counters as they are now.
     pub fn webhooks(&self) -> WebhookCounts {
         let m = &self.intake.catalog.metrics;

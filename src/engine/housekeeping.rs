@@ -2,7 +2,10 @@
 //!
 //! - `backups/invoices/<number>.json.gz`: every invoice not yet VALIDATED, its Alegra
 //!   payload, compliance metadata and history, rewritten (atomically) when it changes;
-//!   enough to issue it by hand if the database were lost.
+//!   enough to issue it by hand if the database were lost. An invoice's backup goes the
+//!   moment it is VALIDATED ([`remove_backup`], called by the pipeline), and any pass
+//!   removes the backup of a record it finds VALIDATED: a file that still said PENDING
+//!   or FALLBACK for an invoice DIAN accepted would have it issued twice.
 //! - retention: backup files and VALIDATED records older than `retention_days` go
 //!   (a tombstone keeps a purged invoice from being issued again).
 //! - `reports/compliance-<day>.json`: the day's invoices by state, % validated, mean
@@ -16,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::compliance::machine::Status;
-use crate::store::{InvoiceRecord, Store};
+use crate::store::{InvoiceRecord, Store, private};
 
 use super::compliance::{alegra_body, colombia_date};
 
@@ -53,7 +56,7 @@ impl Housekeeping {
     }
 
     pub fn backup_dir(&self) -> PathBuf {
-        self.dir.join("backups").join("invoices")
+        backup_dir(&self.dir)
     }
 
     pub fn report_path(&self, day: &str) -> PathBuf {
@@ -89,8 +92,22 @@ impl Housekeeping {
     fn backup(&mut self, now: i64) -> anyhow::Result<usize> {
         let records = self.store.invoices_changed_since(self.backed_up_to)?;
         let dir = self.backup_dir();
-        std::fs::create_dir_all(&dir)?;
+        private::create_dir(&dir)?;
+        let mut written = 0;
         for rec in &records {
+            // Under the backups' lock, the record as it is now: a validation (which
+            // removes the file under this lock, after storing the state) can come
+            // between the query and the write, and must not leave a stale file behind.
+            let _guard = BACKUPS.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(rec) = self.store.invoice(&rec.stripe_id)? else {
+                continue;
+            };
+            let rec = &rec;
+            if rec.status == Status::Validated {
+                remove_backup_locked(&self.dir, &rec.number)?;
+                continue;
+            }
+            written += 1;
             let history = self.store.invoice_history(&rec.stripe_id)?;
             let doc = json!({
                 "stripe_id": rec.stripe_id,
@@ -119,7 +136,7 @@ impl Housekeeping {
         // `now` was read before the query: a change in that very millisecond is
         // written again by the next pass, never missed.
         self.backed_up_to = now;
-        Ok(records.len())
+        Ok(written)
     }
 
     fn remove_old_backups(&self) -> anyhow::Result<usize> {
@@ -156,12 +173,33 @@ impl Housekeeping {
         let path = self.report_path(day);
         let doc = self.report(day, now)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            private::create_dir(parent)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
-        std::fs::rename(&tmp, &path)?;
+        private::write_atomic(&path, "json.tmp", &serde_json::to_vec_pretty(&doc)?)?;
         Ok(path)
+    }
+}
+
+/// Where the invoice backups of data dir `data_dir` are.
+pub fn backup_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("backups").join("invoices")
+}
+
+/// Backups are written and removed one at a time (see [`Housekeeping::backup`]).
+static BACKUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Removes invoice `number`'s backup (it is VALIDATED: nothing is to be issued from
+/// it); true when there was one. Call it after the VALIDATED state is stored.
+pub fn remove_backup(data_dir: &Path, number: &str) -> std::io::Result<bool> {
+    let _guard = BACKUPS.lock().unwrap_or_else(|p| p.into_inner());
+    remove_backup_locked(data_dir, number)
+}
+
+fn remove_backup_locked(data_dir: &Path, number: &str) -> std::io::Result<bool> {
+    match std::fs::remove_file(backup_dir(data_dir).join(format!("{number}.json.gz"))) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -234,14 +272,9 @@ pub fn report(
 }
 
 fn write_gz(path: &Path, doc: &Value) -> anyhow::Result<()> {
-    let tmp = path.with_extension("gz.tmp");
-    {
-        let f = std::fs::File::create(&tmp)?;
-        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        gz.write_all(&serde_json::to_vec(doc)?)?;
-        gz.finish()?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&serde_json::to_vec(doc)?)?;
+    private::write_atomic(path, "gz.tmp", &gz.finish()?)?;
     Ok(())
 }
 

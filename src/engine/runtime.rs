@@ -31,6 +31,19 @@ pub(super) fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a
     reason = "the engine's start: every part built and spawned in dependency order"
 )]
 pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
+    // The data dir holds tokens and buyers' data: 0700, its files 0600, whatever an
+    // older version or the umask left.
+    match crate::store::private::secure_tree(&opts.data_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "data dir {}: {n} files or folders were readable by others; made private (folders 0700, files 0600)",
+            opts.data_dir.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "data dir {}: cannot make it private (0700, files 0600): {e}",
+            opts.data_dir.display()
+        ),
+    }
     let lock = DataDirLock::acquire(&opts.data_dir, "engine")?;
     let wall_clock = crate::store::WallClock::default();
     let (store, _opened) =

@@ -135,4 +135,12 @@ pub trait SandboxFaults: Send + Sync {
 
     /// Applies a patch (all or nothing); the error says why it was refused.
     fn patch_faults(&self, patch: &FaultPatch) -> Result<(), String>;
+
+    /// [`patch_faults`](Self::patch_faults) as operator `actor` did it: where an engine
+    /// runs beside the sandbox, the engine's audit trail says who broke or restored
+    /// what, like every other action.
+    fn patch_faults_as(&self, actor: &str, patch: &FaultPatch) -> Result<(), String> {
+        let _ = actor;
+        self.patch_faults(patch)
+    }
 }

@@ -845,6 +845,16 @@ pub fn engine_config(
     addr: SocketAddr,
     faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
 ) -> String {
+    engine_config_at(world, &addr.to_string(), faults)
+}
+
+/// [`engine_config`] for a sandbox reached at `addr` (`host:port`, as a `Host` header
+/// names it).
+pub fn engine_config_at(
+    world: &World,
+    addr: &str,
+    faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
+) -> String {
     // The engine keeps to the quotas the sandbox enforces, as it would to Intuit's.
     let limits = |name: &str| {
         let f = faults.get(name).cloned().unwrap_or_default();
@@ -1046,6 +1056,34 @@ fn knobs() -> Router<Arc<Sandbox>> {
         .route(
             "/_sandbox/stats",
             get(|State(s): State<Arc<Sandbox>>| async move { Json(s.stats()) }),
+        )
+        .route(
+            // The engine config pointing at this sandbox as it is now — its seed, its
+            // world, the refresh token as last rotated — at the address it was asked
+            // on (`syncctl sandbox --print-config` asks here first).
+            "/_sandbox/config",
+            get(
+                |State(s): State<Arc<Sandbox>>, headers: axum::http::HeaderMap| async move {
+                    let Some(host) = headers
+                        .get(axum::http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .filter(|h| !h.is_empty())
+                    else {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            "send a Host header: the config names the address it was asked on\n"
+                                .to_owned(),
+                        );
+                    };
+                    let faults: std::collections::BTreeMap<String, faults::FaultSettings> =
+                        faults::SERVICES
+                            .iter()
+                            .filter_map(|n| Some(((*n).to_owned(), s.faults.get(n)?)))
+                            .collect();
+                    let text = engine_config_at(&s.lock().world, host, &faults);
+                    (axum::http::StatusCode::OK, text)
+                },
+            ),
         )
         .route(
             "/_sandbox/faults",

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod console;
 pub mod local;
 pub mod metrics;
@@ -48,6 +49,8 @@ pub struct Settings {
     /// Where the server publishes the consoles attached to it (the hosting console
     /// follows it; see [`ws::Registry::consoles`]).
     pub consoles: tokio::sync::watch::Sender<Vec<crate::protocol::AttachedConsole>>,
+    /// Connection cap and timeouts (`server.max_connections`, `…_timeout_secs`).
+    pub limits: conn::Limits,
 }
 
 impl Settings {
@@ -64,6 +67,12 @@ impl Settings {
             ws_heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
             local_token: None,
             consoles: tokio::sync::watch::Sender::new(Vec::new()),
+            limits: conn::Limits {
+                max_connections: cfg.server.max_connections,
+                header_timeout: Duration::from_secs(cfg.server.header_timeout_secs),
+                body_timeout: Duration::from_secs(cfg.server.body_timeout_secs),
+                idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
+            },
         })
     }
 }
@@ -85,6 +94,8 @@ pub struct Control {
     /// Host names (besides IP literals and `localhost`) the engine answers to
     /// (`server.allowed_hosts`).
     pub hosts: Vec<String>,
+    /// What the server's connections did (shown in `/health`).
+    pub connections: Arc<conn::ConnStats>,
 }
 
 impl ServerState {
@@ -101,6 +112,7 @@ impl ServerState {
                 ws: ws::Registry::new(settings.consoles),
                 heartbeat: settings.ws_heartbeat,
                 hosts: settings.allowed_hosts,
+                connections: Arc::default(),
             }),
         }
     }
@@ -114,23 +126,27 @@ pub fn now_ms() -> i64 {
 /// Largest body the control API reads.
 pub const API_BODY_LIMIT: usize = 64 * 1024;
 
-/// Serves `engine` on `listener` until `cancel`, then lets open requests finish.
+/// Serves `engine` on `listener` until `cancel`, then lets open requests finish (see
+/// [`conn`] for the connection cap and timeouts).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Frontend,
     settings: Settings,
     cancel: CancellationToken,
 ) {
-    let app = router(ServerState::new(engine, settings));
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { cancel.cancelled().await })
-    .await
-    {
-        tracing::error!("engine server stopped: {e}");
+    let files = conn::open_files_limit();
+    let limits = settings.limits.within(files);
+    if limits.max_connections < settings.limits.max_connections {
+        tracing::warn!(
+            "server.max_connections {} lowered to {}: the process may open {} files",
+            settings.limits.max_connections,
+            limits.max_connections,
+            files.unwrap_or_default()
+        );
     }
+    let state = ServerState::new(engine, settings);
+    let stats = state.control.connections.clone();
+    conn::serve(listener, router(state), limits, stats, cancel).await;
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -404,6 +420,7 @@ async fn health(State(state): State<ServerState>) -> Response {
         "anomalies_open": snap.telemetry.open_anomalies,
         "mode": match snap.mode { Mode::Live => "live", Mode::Sandbox => "sandbox" },
         "version": env!("CARGO_PKG_VERSION"),
+        "connections": state.control.connections.counts(),
         "warnings": h.warnings,
         "catalog": {
             "paused": c.paused,

@@ -558,11 +558,12 @@ impl Store {
         })
     }
 
-    /// Records changed at or after `since_ms` that are not VALIDATED (to back up).
+    /// Records changed at or after `since_ms` (to back up, or to drop the backup of once
+    /// VALIDATED).
     pub fn invoices_changed_since(&self, since_ms: i64) -> Result<Vec<InvoiceRecord>> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM invoices WHERE updated_at >= ?1 AND status != 'VALIDATED' ORDER BY updated_at"
+            "SELECT {COLUMNS} FROM invoices WHERE updated_at >= ?1 ORDER BY updated_at"
         ))?;
         stmt.query_map(params![since_ms], row)?.collect()
     }

@@ -8,6 +8,7 @@
 
 mod integrity;
 mod invoices;
+pub mod private;
 mod recovery;
 mod schema;
 
@@ -172,8 +173,14 @@ impl Store {
     /// Opens (creating and migrating) the database; true when it was created now (the
     /// file was missing or empty).
     fn open_inner(dir: &Path, clock: WallClock) -> anyhow::Result<(Self, bool)> {
-        std::fs::create_dir_all(dir)?;
+        private::create_dir(dir)?;
         let path = dir.join("syncctl.db");
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode.
+        private::file_options()
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut writer = Connection::open(&path)?;
         configure(&writer)?;
         integrity::check(&writer, &path)?;
@@ -889,13 +896,9 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Fails with a message naming the dir when another process holds it.
     pub fn acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        private::create_dir(dir)?;
         let path = dir.join(format!("{what}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        let file = private::file_options().truncate(false).open(&path)?;
         match file.try_lock() {
             Ok(()) => {
                 use std::io::Write;

@@ -368,6 +368,9 @@ pub fn pipelines(s: &PipelineSignals) -> PipelineVerdict {
     }
     v.checks.push(check("catalog", score, notes));
     if let Some(p) = &s.quickbooks_auth {
+        // An error, not only a problem: nothing reaches QuickBooks until someone acts.
+        v.errors
+            .push(format!("quickbooks: {} — fix: {}", p.reason, p.fix));
         v.recommendations
             .push(Recommendation::new("quickbooks", p.fix.clone()));
         v.problems.push(Problem {

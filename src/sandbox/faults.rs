@@ -2,10 +2,15 @@
 //! timeouts, connection resets, and quotas enforced the way the real APIs enforce them
 //! (QuickBooks: 429 with the XML 3001 body above the in-flight cap or over the rate;
 //! Stripe: 429 `rate_limit`; Alegra: 429 with `X-Rate-Limit-*` headers).
+//!
+//! QuickBooks batches: a `POST …/batch` passes this layer as one request, then
+//! [`Faults::admit_batch`] applies the batch throttle (40 batch requests a minute per
+//! company at Intuit's 500 requests a minute, scaled with the configured rate) and
+//! counts each operation beyond the first toward the ordinary per-minute quota: the
+//! requests that follow wait for them, as if each had been sent alone.
 
 pub use crate::protocol::{Distribution, FaultPatch, FaultSettings};
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +20,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
 use super::Sandbox;
@@ -26,7 +30,9 @@ pub use crate::protocol::FAULT_SERVICES as SERVICES;
 #[derive(Default)]
 struct ServiceState {
     settings: Mutex<FaultSettings>,
-    gcra: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
+    gcra: Mutex<Option<Gcra>>,
+    /// QuickBooks only: the batch-request throttle.
+    batch_gcra: Mutex<Option<Gcra>>,
     /// Alegra-style fixed window: (window start, count).
     window: Mutex<Option<(Instant, u32)>>,
     in_flight: AtomicU32,
@@ -34,6 +40,64 @@ struct ServiceState {
     throttled: AtomicU64,
     errors_injected: AtomicU64,
 }
+
+/// A generic cell rate algorithm whose cells can be charged after admission: a batch
+/// is admitted as one request, and its other operations then push the theoretical
+/// arrival time further, so the quota per minute counts every operation.
+struct Gcra {
+    per_min: u32,
+    period: Duration,
+    /// How far ahead of now the arrival time may run (burst − 1 periods).
+    tolerance: Duration,
+    tat: Instant,
+}
+
+impl Gcra {
+    fn new(per_min: u32, burst: u32) -> Self {
+        let period = Duration::from_secs_f64(60.0 / f64::from(per_min.max(1)));
+        Self {
+            per_min,
+            period,
+            tolerance: period * burst.max(1).saturating_sub(1),
+            tat: Instant::now(),
+        }
+    }
+
+    /// One request now: admitted (and counted) or not.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.tat > now + self.tolerance {
+            return false;
+        }
+        self.tat = self.tat.max(now) + self.period;
+        true
+    }
+
+    /// `cells` more, already admitted: later requests wait for them.
+    fn charge(&mut self, now: Instant, cells: u32) {
+        self.tat = self.tat.max(now) + self.period * cells;
+    }
+}
+
+/// The slot of `g` for `per_min` (rebuilt when the rate changed) with `burst`.
+fn gcra_for(g: &mut Option<Gcra>, per_min: u32, burst: u32) -> &mut Gcra {
+    if g.as_ref().is_none_or(|g| g.per_min != per_min) {
+        *g = Some(Gcra::new(per_min, burst));
+    }
+    g.as_mut().expect("just set")
+}
+
+/// QuickBooks' batch throttle for an ordinary quota of `per_min` requests a minute:
+/// 40 batch requests a minute at Intuit's 500, scaled the same way (0: none).
+pub fn batch_limit_per_min(per_min: u32) -> u32 {
+    if per_min == 0 {
+        0
+    } else {
+        (u64::from(per_min) * 40 / 500).max(1) as u32
+    }
+}
+
+/// Operations at most in one QuickBooks batch request.
+pub const QB_BATCH_MAX: usize = 30;
 
 pub struct Faults {
     services: BTreeMap<&'static str, ServiceState>,
@@ -178,20 +242,39 @@ impl Faults {
             return false;
         }
         let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
-        let limiter = match &*g {
-            Some((rate, l)) if *rate == per_min => l.clone(),
-            _ => {
-                // Up to a second's worth back to back (QuickBooks: 10/s beside 500/min).
-                let burst = NonZeroU32::new((per_min / 60).max(1)).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::with_period(Duration::from_secs_f64(60.0 / per_min as f64))
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                    .allow_burst(burst);
-                let l = Arc::new(RateLimiter::direct(quota));
-                *g = Some((per_min, l.clone()));
-                l
-            }
+        // Up to a second's worth back to back (QuickBooks: 10/s beside 500/min).
+        !gcra_for(&mut g, per_min, (per_min / 60).max(1)).admit(Instant::now())
+    }
+
+    /// A QuickBooks batch of `ops` operations, already admitted as one request: refused
+    /// with the XML 429 over the batch throttle; otherwise its other operations are
+    /// counted toward the per-minute quota.
+    pub fn admit_batch(&self, ops: usize) -> Result<(), Response> {
+        let Ok(st) = self.service("quickbooks") else {
+            return Ok(());
         };
-        limiter.check().is_err()
+        let per_min = st
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate_limit_per_min;
+        let batches = batch_limit_per_min(per_min);
+        if batches == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let admitted = {
+            let mut g = st.batch_gcra.lock().unwrap_or_else(|p| p.into_inner());
+            gcra_for(&mut g, batches, (batches / 60).max(2)).admit(now)
+        };
+        if !admitted {
+            st.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(throttle_response("quickbooks"));
+        }
+        let extra = u32::try_from(ops.saturating_sub(1)).unwrap_or(u32::MAX);
+        let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
+        gcra_for(&mut g, per_min, (per_min / 60).max(1)).charge(now, extra);
+        Ok(())
     }
 
     fn alegra_window(&self, st: &ServiceState, per_min: u32) -> (u32, u64) {
@@ -446,6 +529,29 @@ mod tests {
             .filter(|_| !f.over_rate(st, "quickbooks", 600))
             .count();
         assert_eq!(granted, 10, "600/min: a burst of 10");
+    }
+
+    #[test]
+    fn a_quickbooks_batch_counts_each_operation_and_has_its_own_throttle() {
+        let f = Faults::default();
+        f.patch(&FaultPatch {
+            service: "quickbooks".into(),
+            rate_limit_per_min: Some(600),
+            ..FaultPatch::default()
+        })
+        .unwrap();
+        let st = f.service("quickbooks").unwrap();
+        // The batch passes as one request, then its 29 other operations are charged:
+        // nothing else gets through for about three seconds.
+        assert!(!f.over_rate(st, "quickbooks", 600));
+        assert!(f.admit_batch(30).is_ok());
+        assert!(f.over_rate(st, "quickbooks", 600), "the quota is spent");
+        // 600/min → 48 batches a minute, two back to back at most.
+        assert_eq!(batch_limit_per_min(500), 40);
+        assert_eq!(batch_limit_per_min(6000), 480);
+        assert_eq!(batch_limit_per_min(0), 0);
+        assert!(f.admit_batch(1).is_ok());
+        assert!(f.admit_batch(1).is_err(), "the batch throttle");
     }
 
     #[test]

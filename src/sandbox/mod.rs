@@ -216,6 +216,12 @@ pub struct Counters {
     pub qb_replays: u64,
     pub qb_queries: u64,
     pub qb_auth_failures: u64,
+    /// `POST …/batch` requests executed (replays and refusals left out), and the
+    /// operations they carried.
+    pub qb_batch_requests: u64,
+    pub qb_batch_operations: u64,
+    /// `GET …/cdc` requests answered.
+    pub qb_cdc_requests: u64,
     pub token_refreshes: u64,
     /// Requests to the token endpoint, and those refused with `invalid_grant`.
     pub token_requests: u64,
@@ -470,6 +476,12 @@ impl World {
                 "queries": c.qb_queries,
                 "requests": c.qb_requests,
                 "auth_failures": c.qb_auth_failures,
+                "batch_requests": c.qb_batch_requests,
+                "batch_operations": c.qb_batch_operations,
+                "cdc_requests": c.qb_cdc_requests,
+                // What the company's per-minute quota was charged: each request, a
+                // batch counting as its operations.
+                "quota_units": (c.qb_requests + c.qb_batch_operations).saturating_sub(c.qb_batch_requests),
                 "token_refreshes": c.token_refreshes,
                 "token_requests": c.token_requests,
                 "token_rejected": c.token_rejected,

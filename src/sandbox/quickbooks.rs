@@ -5,6 +5,9 @@
 //! query subset `select * from Item where Field = '…'` with `\'` escapes and an absent
 //! `Item` key on no match, Faults in the body, the lowercase 401 fault once an access
 //! token expires, and rotating refresh tokens (`invalid_grant` for a superseded one).
+//! Bulk: `Name IN (…)` queries, STARTPOSITION/MAXRESULTS pages of ≤ 1,000, batches of
+//! ≤ 30 operations answered one by one (with their own throttle, see `faults`), and
+//! change data capture over the last 30 days.
 
 use std::sync::Arc;
 
@@ -26,6 +29,8 @@ pub fn routes() -> Router<Arc<Sandbox>> {
         .route("/v3/company/{realm}/item", post(write_item))
         .route("/v3/company/{realm}/item/{id}", get(read_item))
         .route("/v3/company/{realm}/query", get(query))
+        .route("/v3/company/{realm}/batch", post(batch))
+        .route("/v3/company/{realm}/cdc", get(cdc))
         .route("/oauth2/v1/tokens/bearer", post(token))
 }
 
@@ -435,14 +440,36 @@ struct QueryParams {
 /// A parsed query of the supported subset.
 #[derive(Debug, PartialEq)]
 pub struct ItemQuery {
-    pub field: Option<(String, String)>,
+    /// `Field = 'v'` (one value) or `Field IN ('a', 'b', …)`.
+    pub field: Option<(String, Vec<String>)>,
     pub include_inactive: bool,
     pub start: usize,
     pub max: usize,
 }
 
-/// Parses `select * from Item [where F = 'v' [and Active in (true, false)]]
-/// [startposition n] [maxresults m]` (keywords case-insensitive, `\'` escapes).
+/// A single-quoted value at the start of `r` (`\'` and `\\` escapes) and what follows it.
+fn quoted(r: &str) -> Result<(String, &str), String> {
+    let Some(body) = r.trim_start().strip_prefix('\'') else {
+        return Err("expected a quoted value".into());
+    };
+    let mut value = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, n)) => value.push(n),
+                None => return Err("dangling escape".into()),
+            },
+            '\'' => return Ok((value, &body[i + 1..])),
+            _ => value.push(c),
+        }
+    }
+    Err("unterminated string".into())
+}
+
+/// Parses `select * from Item [where F = 'v' | F in ('a', 'b', …) [and Active in
+/// (true, false)]] [startposition n] [maxresults m]` (keywords case-insensitive, `\'`
+/// escapes; MAXRESULTS at most 1,000).
 #[expect(
     clippy::too_many_lines,
     reason = "one simulated endpoint's rules in the order the real service applies them"
@@ -501,34 +528,34 @@ pub fn parse_query(q: &str) -> Result<ItemQuery, String> {
             .unwrap_or(r.len());
         let field = r[..end].to_owned();
         rest = &r[end..];
-        if !take_kw(&mut rest, "=") {
-            return Err(format!("expected = after {field}"));
-        }
-        let r = rest.trim_start();
-        let Some(body) = r.strip_prefix('\'') else {
-            return Err("expected a quoted value".into());
-        };
-        let mut value = String::new();
-        let mut chars = body.char_indices();
-        let mut closed = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, n)) => value.push(n),
-                    None => return Err("dangling escape".into()),
-                },
-                '\'' => {
-                    closed = Some(i + 1);
+        let values = if take_kw(&mut rest, "=") {
+            let (value, after) = quoted(rest)?;
+            rest = after;
+            vec![value]
+        } else if take_kw(&mut rest, "in") {
+            let Some(mut r) = rest.trim_start().strip_prefix('(') else {
+                return Err(format!("expected ( after {field} IN"));
+            };
+            let mut values = Vec::new();
+            loop {
+                let (value, after) = quoted(r)?;
+                values.push(value);
+                let after = after.trim_start();
+                if let Some(a) = after.strip_prefix(',') {
+                    r = a;
+                } else if let Some(a) = after.strip_prefix(')') {
+                    r = a;
                     break;
+                } else {
+                    return Err(format!("expected , or ) in the IN list of {field}"));
                 }
-                _ => value.push(c),
             }
-        }
-        let Some(after) = closed else {
-            return Err("unterminated string".into());
+            rest = r;
+            values
+        } else {
+            return Err(format!("expected = or IN after {field}"));
         };
-        rest = &body[after..];
-        out.field = Some((field, value));
+        out.field = Some((field, values));
         if take_kw(&mut rest, "and") {
             let compact: String = rest
                 .chars()
@@ -554,19 +581,65 @@ pub fn parse_query(q: &str) -> Result<ItemQuery, String> {
         let r = rest.trim_start();
         let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
         out.start = r[..end].parse().map_err(|_| "bad STARTPOSITION")?;
+        if out.start == 0 {
+            return Err("STARTPOSITION counts from 1".into());
+        }
         rest = &r[end..];
     }
     if take_kw(&mut rest, "maxresults") {
         let r = rest.trim_start();
         let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
         out.max = r[..end].parse().map_err(|_| "bad MAXRESULTS")?;
-        out.max = out.max.min(1000);
+        if out.max > 1000 {
+            return Err(format!(
+                "MAXRESULTS {} is too large: at most 1000 objects a response",
+                out.max
+            ));
+        }
         rest = &r[end..];
     }
     if !rest.trim().is_empty() {
         return Err(format!("unexpected `{}`", rest.trim()));
     }
     Ok(out)
+}
+
+/// Runs a query of the supported subset: the `QueryResponse` object, or the parse error.
+fn run_query(w: &World, query: &str) -> Result<Value, String> {
+    let parsed = parse_query(query)?;
+    let mut matches: Vec<&Item> = match &parsed.field {
+        // Name lookups use the index (names compare case-insensitively).
+        Some((f, values)) if f.eq_ignore_ascii_case("Name") => {
+            let mut at: Vec<usize> = values
+                .iter()
+                .filter_map(|v| w.name_index.get(&v.to_lowercase()).copied())
+                .collect();
+            at.sort_unstable();
+            at.dedup();
+            at.into_iter().map(|i| &w.items[i]).collect()
+        }
+        Some((f, values)) => w
+            .items
+            .iter()
+            .filter(|i| match f.to_ascii_lowercase().as_str() {
+                "id" => values.iter().any(|v| i.id.to_string() == *v),
+                "sku" => values.iter().any(|v| i.sku.as_deref() == Some(v.as_str())),
+                _ => false,
+            })
+            .collect(),
+        None => w.items.iter().collect(),
+    };
+    matches.retain(|i| parsed.include_inactive || i.active);
+    let found: Vec<Value> = matches
+        .into_iter()
+        .skip(parsed.start.saturating_sub(1))
+        .take(parsed.max)
+        .map(item_json)
+        .collect();
+    if found.is_empty() {
+        return Ok(json!({}));
+    }
+    Ok(json!({ "Item": found, "startPosition": parsed.start, "maxResults": found.len() }))
 }
 
 async fn query(
@@ -581,8 +654,8 @@ async fn query(
     let mut tx = s.lock();
     tx.world.counters.qb_queries += 1;
     let t = timestamp(&tx.world);
-    let parsed = match parse_query(params.query.as_deref().unwrap_or("")) {
-        Ok(q) => q,
+    match run_query(&tx.world, params.query.as_deref().unwrap_or("")) {
+        Ok(qr) => axum::Json(json!({ "QueryResponse": qr, "time": t })).into_response(),
         Err(e) => {
             let (st, b) = fault(
                 StatusCode::BAD_REQUEST,
@@ -592,42 +665,363 @@ async fn query(
                 None,
                 &t,
             );
-            return (st, axum::Json(b)).into_response();
+            (st, axum::Json(b)).into_response()
+        }
+    }
+}
+
+/// One operation of a batch, as sent.
+enum BatchOp<'a> {
+    Write { create: bool, item: &'a Value },
+    Query(&'a str),
+}
+
+/// A 400 answer with one Fault (the whole request refused).
+fn refuse(w: &World, code: &str, message: &str, detail: &str, element: Option<&str>) -> Response {
+    let t = timestamp(w);
+    let (st, b) = fault(StatusCode::BAD_REQUEST, code, message, detail, element, &t);
+    (st, axum::Json(b)).into_response()
+}
+
+/// The per-operation Fault of a batch answer.
+fn item_fault(code: &str, message: &str, detail: &str) -> Value {
+    json!({ "type": "ValidationFault",
+            "Error": [{ "Message": message, "Detail": detail, "code": code }] })
+}
+
+/// `POST /v3/company/{realm}/batch`: up to 30 operations (Item create/update, Query),
+/// each answered on its own under its `bId`. With a `requestid` (≤ 36 characters, then
+/// each `bId` ≤ 10) a repeat gets the first answer. Queries run before the writes (the
+/// order inside a batch is not guaranteed, and what a batch creates is not visible to
+/// its own operations); the writes run last to first.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one simulated endpoint's rules in the order the real service applies them"
+)]
+async fn batch(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(realm): Path<String>,
+    Query(params): Query<WriteParams>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &realm) {
+        return r;
+    }
+    let mut tx = s.lock();
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                &tx.world,
+                "2010",
+                "Request has invalid or unsupported property",
+                &format!("Unparseable JSON: {e}"),
+                None,
+            );
         }
     };
-    let w = &tx.world;
-    let matches: Vec<&Item> = match &parsed.field {
-        // Name lookups use the index (names compare case-insensitively).
-        Some((f, v)) if f.eq_ignore_ascii_case("Name") => w
-            .name_index
-            .get(&v.to_lowercase())
-            .map(|&i| &w.items[i])
-            .filter(|i| i.name == *v || i.name.to_lowercase() == v.to_lowercase())
-            .into_iter()
-            .collect(),
-        Some((f, v)) => w
-            .items
-            .iter()
-            .filter(|i| match f.to_ascii_lowercase().as_str() {
-                "id" => i.id.to_string() == *v,
-                "sku" => i.sku.as_deref() == Some(v.as_str()),
-                _ => false,
-            })
-            .collect(),
-        None => w.items.iter().collect(),
+    let Some(items) = request.get("BatchItemRequest").and_then(Value::as_array) else {
+        return refuse(
+            &tx.world,
+            "2020",
+            "Required param missing, need to supply the required value for the API",
+            "Required parameter BatchItemRequest is missing in the request",
+            Some("BatchItemRequest"),
+        );
     };
-    let found: Vec<Value> = matches
+    if items.is_empty() || items.len() > super::faults::QB_BATCH_MAX {
+        return refuse(
+            &tx.world,
+            "2050",
+            "Batch size out of range",
+            &format!(
+                "A batch carries 1 to {} BatchItemRequest items; this one has {}",
+                super::faults::QB_BATCH_MAX,
+                items.len()
+            ),
+            Some("BatchItemRequest"),
+        );
+    }
+    if let Some(rid) = &params.requestid
+        && rid.chars().count() > 36
+    {
+        return refuse(
+            &tx.world,
+            "2050",
+            "String length exceeds limit",
+            "requestid is longer than 36 characters (the limit on a batch request)",
+            Some("requestid"),
+        );
+    }
+    let mut ops = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::new();
+    for it in items {
+        let Some(bid) = it
+            .get("bId")
+            .and_then(Value::as_str)
+            .filter(|b| !b.is_empty())
+        else {
+            return refuse(
+                &tx.world,
+                "2020",
+                "Required param missing, need to supply the required value for the API",
+                "Every BatchItemRequest needs a bId",
+                Some("bId"),
+            );
+        };
+        if params.requestid.is_some() && bid.chars().count() > 10 {
+            return refuse(
+                &tx.world,
+                "2050",
+                "String length exceeds limit",
+                &format!("bId {bid:?} is longer than 10 characters (with a requestid)"),
+                Some("bId"),
+            );
+        }
+        if !seen.insert(bid) {
+            return refuse(
+                &tx.world,
+                "2010",
+                "Request has invalid or unsupported property",
+                &format!("bId {bid:?} appears twice in the batch"),
+                Some("bId"),
+            );
+        }
+        let op = if let Some(q) = it.get("Query").and_then(Value::as_str) {
+            Ok(BatchOp::Query(q))
+        } else if let Some(item) = it.get("Item") {
+            match it.get("operation").and_then(Value::as_str) {
+                Some("create") => Ok(BatchOp::Write { create: true, item }),
+                Some("update") => Ok(BatchOp::Write {
+                    create: false,
+                    item,
+                }),
+                Some(other) => Err(item_fault(
+                    "2010",
+                    "Request has invalid or unsupported property",
+                    &format!(
+                        "operation {other:?} is not supported on Item (Items are never deleted: set Active false)"
+                    ),
+                )),
+                None => Err(item_fault(
+                    "2020",
+                    "Required param missing, need to supply the required value for the API",
+                    "operation is required on an Item batch request",
+                )),
+            }
+        } else {
+            Err(item_fault(
+                "2010",
+                "Request has invalid or unsupported property",
+                "only Item operations and Query are supported in this batch",
+            ))
+        };
+        ops.push((bid.to_owned(), op));
+    }
+    if let Some(rid) = &params.requestid
+        && let Some((status, body)) = tx.world.request_ids.get(rid).cloned()
+    {
+        tx.world.counters.qb_replays += 1;
+        let meta = tx.world.meta();
+        tx.record(meta);
+        tx.commit();
+        return (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            axum::Json(body),
+        )
+            .into_response();
+    }
+    if let Err(throttled) = s.faults.admit_batch(ops.len()) {
+        return throttled;
+    }
+    tx.world.counters.qb_batch_requests += 1;
+    tx.world.counters.qb_batch_operations += ops.len() as u64;
+    let mut answers: Vec<Option<Value>> = vec![None; ops.len()];
+    // Queries first: they see the company as it was when the batch arrived.
+    for (i, (bid, op)) in ops.iter().enumerate() {
+        match op {
+            Ok(BatchOp::Query(q)) => {
+                tx.world.counters.qb_queries += 1;
+                answers[i] = Some(match run_query(&tx.world, q) {
+                    Ok(qr) => json!({ "bId": bid, "QueryResponse": qr }),
+                    Err(e) => json!({ "bId": bid, "Fault": item_fault(
+                        "4000", "Error parsing query", &format!("QueryParserError: {e}")) }),
+                });
+            }
+            Err(f) => answers[i] = Some(json!({ "bId": bid, "Fault": f })),
+            Ok(BatchOp::Write { .. }) => {}
+        }
+    }
+    let mut written = Vec::new();
+    for (i, (bid, op)) in ops.iter().enumerate().rev() {
+        let Ok(BatchOp::Write { create, item }) = op else {
+            continue;
+        };
+        let has_id = item.get("Id").is_some_and(|v| !v.is_null());
+        let (status, answer) = if *create && has_id {
+            let t = timestamp(&tx.world);
+            fault(
+                StatusCode::BAD_REQUEST,
+                "2010",
+                "Request has invalid or unsupported property",
+                "Id is read-only: a create cannot carry one",
+                Some("Id"),
+                &t,
+            )
+        } else if !*create && !has_id {
+            let t = timestamp(&tx.world);
+            fault(
+                StatusCode::BAD_REQUEST,
+                "2020",
+                "Required param missing, need to supply the required value for the API",
+                "Required parameter Id is missing in the request",
+                Some("Id"),
+                &t,
+            )
+        } else {
+            apply_write(&mut tx.world, item)
+        };
+        answers[i] = Some(if status.is_success() {
+            if let Some(id) = answer["Item"]["Id"]
+                .as_str()
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                written.push(id);
+            }
+            json!({ "bId": bid, "Item": answer["Item"] })
+        } else {
+            json!({ "bId": bid, "Fault": answer["Fault"] })
+        });
+    }
+    let t = timestamp(&tx.world);
+    let answer = json!({
+        "BatchItemResponse": answers.into_iter().flatten().collect::<Vec<_>>(),
+        "time": t,
+    });
+    for id in written {
+        let item = tx.world.items[id - 1].clone();
+        tx.record(Entry::Item(item));
+    }
+    if let Some(rid) = params.requestid {
+        tx.world
+            .request_ids
+            .insert(rid.clone(), (200, answer.clone()));
+        tx.record(Entry::Request(rid, 200, answer.clone()));
+    }
+    let meta = tx.world.meta();
+    tx.record(meta);
+    tx.commit();
+    axum::Json(answer).into_response()
+}
+
+#[derive(Deserialize)]
+struct CdcParams {
+    entities: Option<String>,
+    #[serde(rename = "changedSince")]
+    changed_since: Option<String>,
+}
+
+/// How far back a change data capture may look.
+const CDC_WINDOW_SECS: i64 = 30 * 86_400;
+
+fn rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
+/// `GET /v3/company/{realm}/cdc?entities=Item&changedSince=<RFC 3339>`: the Items
+/// changed since then (inactive ones too), oldest change first, at most 1,000; at most
+/// 30 days back.
+async fn cdc(
+    State(s): State<Arc<Sandbox>>,
+    headers: HeaderMap,
+    Path(realm): Path<String>,
+    Query(params): Query<CdcParams>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, &realm) {
+        return r;
+    }
+    let mut tx = s.lock();
+    let entities: Vec<&str> = params
+        .entities
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entities.is_empty() {
+        return refuse(
+            &tx.world,
+            "2020",
+            "Required param missing, need to supply the required value for the API",
+            "Required parameter entities is missing in the request",
+            Some("entities"),
+        );
+    }
+    if let Some(other) = entities.iter().find(|e| !e.eq_ignore_ascii_case("Item")) {
+        return refuse(
+            &tx.world,
+            "2010",
+            "Request has invalid or unsupported property",
+            &format!("entity {other:?} is not supported by this sandbox (Item only)"),
+            Some("entities"),
+        );
+    }
+    let Some(since) = params.changed_since.as_deref() else {
+        return refuse(
+            &tx.world,
+            "2020",
+            "Required param missing, need to supply the required value for the API",
+            "Required parameter changedSince is missing in the request",
+            Some("changedSince"),
+        );
+    };
+    let Some(since) = rfc3339(since) else {
+        return refuse(
+            &tx.world,
+            "2010",
+            "Request has invalid or unsupported property",
+            &format!("changedSince {since:?} is not an RFC 3339 date-time"),
+            Some("changedSince"),
+        );
+    };
+    let now = tx.world.now();
+    if now - since > CDC_WINDOW_SECS {
+        return refuse(
+            &tx.world,
+            "2010",
+            "Request has invalid or unsupported property",
+            "changedSince is more than 30 days ago: read the whole list with a query instead",
+            Some("changedSince"),
+        );
+    }
+    tx.world.counters.qb_cdc_requests += 1;
+    let mut changed: Vec<(i64, &Item)> = tx
+        .world
+        .items
+        .iter()
+        .filter_map(|i| rfc3339(&i.updated).map(|u| (u, i)))
+        .filter(|(u, _)| *u >= since)
+        .collect();
+    changed.sort_by_key(|(u, i)| (*u, i.id));
+    let found: Vec<Value> = changed
         .into_iter()
-        .filter(|i| parsed.include_inactive || i.active)
-        .skip(parsed.start.saturating_sub(1))
-        .take(parsed.max)
-        .map(item_json)
+        .take(1000)
+        .map(|(_, i)| item_json(i))
         .collect();
     let mut qr = json!({});
     if !found.is_empty() {
-        qr = json!({ "Item": found, "startPosition": parsed.start, "maxResults": found.len() });
+        qr = json!({ "Item": found, "startPosition": 1, "maxResults": found.len() });
     }
-    axum::Json(json!({ "QueryResponse": qr, "time": t })).into_response()
+    let t = timestamp(&tx.world);
+    let answer = json!({ "CDCResponse": [{ "QueryResponse": [qr] }], "time": t });
+    let meta = tx.world.meta();
+    tx.record(meta);
+    tx.commit();
+    axum::Json(answer).into_response()
 }
 
 #[derive(Deserialize)]
@@ -715,9 +1109,23 @@ mod tests {
     #[test]
     fn query_with_escaped_quote_and_inactive_filter() {
         let q = parse_query(r"select * from Item where Name = 'O\'Brien\'s' and Active in (true, false) MAXRESULTS 5").unwrap();
-        assert_eq!(q.field, Some(("Name".into(), "O'Brien's".into())));
+        assert_eq!(q.field, Some(("Name".into(), vec!["O'Brien's".into()])));
         assert!(q.include_inactive);
         assert_eq!(q.max, 5);
+    }
+
+    #[test]
+    fn in_lists_and_page_bounds() {
+        let q = parse_query(r"select * from Item where Name in ('a', 'O\'B' ,'c') and Active in (true,false) STARTPOSITION 3 MAXRESULTS 1000").unwrap();
+        assert_eq!(
+            q.field,
+            Some(("Name".into(), vec!["a".into(), "O'B".into(), "c".into()]))
+        );
+        assert_eq!((q.include_inactive, q.start, q.max), (true, 3, 1000));
+        assert!(parse_query("select * from Item MAXRESULTS 1001").is_err());
+        assert!(parse_query("select * from Item STARTPOSITION 0").is_err());
+        assert!(parse_query("select * from Item where Name in ('a' 'b')").is_err());
+        assert!(parse_query("select * from Item where Name in 'a'").is_err());
     }
 
     #[test]

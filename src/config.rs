@@ -452,7 +452,8 @@ pub struct CatalogConfig {
     pub autoscale: bool,
     /// Latency above this × the baseline counts as overload.
     pub latency_tolerance: f64,
-    /// Most jobs one worker claims at once (the batch adapts between 1 and this).
+    /// Most jobs one worker claims at once (the batch adapts between 1 and this); their
+    /// writes leave as QuickBooks batches (≤ 30 operations each).
     pub claim_batch_max: u32,
 }
 
@@ -467,7 +468,7 @@ impl Default for CatalogConfig {
             workers_max: 32,
             autoscale: true,
             latency_tolerance: 1.25,
-            claim_batch_max: 8,
+            claim_batch_max: 30,
         }
     }
 }

@@ -6,6 +6,13 @@
 //! `/v1/events`. Workers claim jobs with a lease and upsert Items so that no product
 //! ever gets two: a create is recorded as pending with its `requestid` before it is
 //! sent, and a pending create is replayed, never re-invented.
+//!
+//! A worker claims up to 30 jobs at once. When two or more of them need a write, they
+//! go the bulk way ([`bulk`]): the company's Items are read in pages of 1,000 (not one
+//! query per product) and the creates and updates leave in one batch request; a single
+//! change (a webhook) keeps the single calls, where a batch would add nothing.
+
+mod bulk;
 
 pub use crate::protocol::{ErrorLine, FullSyncState};
 use std::collections::{HashMap, VecDeque};
@@ -109,6 +116,59 @@ pub enum Outcome {
     DeletedUnsynced,
 }
 
+/// What a job ends with: its outcome and the mapping to store, or why not.
+type JobResult = Result<(Outcome, Option<ItemMapping>), JobError>;
+
+/// A prepared job: done already, or a plan of writes.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "short-lived, one per job in hand"
+)]
+enum Step {
+    Done(Outcome, Option<ItemMapping>),
+    Write(Box<Plan>),
+}
+
+/// The writes one product needs: its desired Item, its mapping as it stands (an
+/// adopted or created Item is filled in as it becomes known), the hash to record once
+/// in line.
+struct Plan {
+    product_updated: i64,
+    desired: DesiredItem,
+    m: ItemMapping,
+    hash: String,
+    /// Created or adopted on the way (an update alone is `Updated`).
+    outcome: Option<Outcome>,
+}
+
+impl Plan {
+    fn is_synced(&self) -> bool {
+        self.m.synced_hash.as_deref() == Some(self.hash.as_str())
+    }
+
+    /// The outcome, and the mapping of a product now in line.
+    fn done(self) -> (Outcome, Option<ItemMapping>) {
+        let mut m = self.m;
+        m.synced_hash = Some(self.hash);
+        m.source_updated = Some(self.product_updated.max(m.source_updated.unwrap_or(0)));
+        m.status = "synced".into();
+        m.reason = None;
+        (self.outcome.unwrap_or(Outcome::Unchanged), Some(m))
+    }
+}
+
+/// Whether `item` already is what `desired` asks for (its plain or disambiguated name,
+/// Sku, active flag, price, description): adopting it needs no write.
+fn in_line(item: &crate::connectors::quickbooks::Item, desired: &DesiredItem) -> bool {
+    let named = item.name == desired.name
+        || item.name == item::disambiguated_name(&desired.name, &desired.sku);
+    named
+        && item.active == desired.active
+        && item.unit_price.unwrap_or(0.0) == desired.unit_price.unwrap_or(0.0)
+        && item.sku.as_deref() == Some(desired.sku.as_str())
+        && item.description.as_deref().unwrap_or("") == desired.description.as_deref().unwrap_or("")
+}
+
 #[derive(Debug)]
 enum JobError {
     Transient(String, Option<Duration>),
@@ -188,7 +248,8 @@ pub struct Catalog {
     /// before the first create, every Item is read once and those whose Sku is a
     /// product id are adopted by it — a renamed product never gets a second Item.
     adopt_by_sku: bool,
-    by_sku: tokio::sync::OnceCell<Mutex<HashMap<String, crate::connectors::quickbooks::Item>>>,
+    /// The company's Items read in bulk, for batches (and the Sku adoption above).
+    index: tokio::sync::Mutex<Option<bulk::ItemIndex>>,
 }
 
 /// A job derived from a Stripe event.
@@ -290,7 +351,7 @@ impl Catalog {
             cache: Mutex::new(Cache::new(settings_cache.0, settings_cache.1)),
             invoices: OnceLock::new(),
             adopt_by_sku: store_has_no_mapping,
-            by_sku: tokio::sync::OnceCell::new(),
+            index: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -901,33 +962,71 @@ impl Catalog {
                     }
                 }
             };
-            for job in jobs {
-                // Jobs not started when a pause, shutdown or scale-down arrives, or while
-                // the circuit is open, go back untouched.
-                let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
-                if cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open {
+            // Jobs not started when a pause, shutdown or scale-down arrives, or while
+            // the circuit is open, go back untouched.
+            let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
+            let stop =
+                cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open;
+            if stop {
+                for job in &jobs {
                     let _ = self.store.release(job.id);
-                    continue;
                 }
-                self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                // One trace per job: its requests carry it, its audit lines record it.
-                crate::telemetry::trace::scope(async {
-                    let started = tokio::time::Instant::now();
-                    let result = self.process(&job).await;
+                continue;
+            }
+            let n = jobs.len();
+            self.metrics.in_flight.fetch_add(n, Ordering::Relaxed);
+            // One trace per claim: its requests carry it, its audit lines record it.
+            crate::telemetry::trace::scope(async {
+                let started = tokio::time::Instant::now();
+                let results = self.process_group(&jobs).await;
+                // Each job is charged its share of the time the group took.
+                let share = started.elapsed() / n.max(1) as u32;
+                for (job, result) in jobs.iter().zip(results) {
                     if !matches!(result, Err(JobError::Deferred(..))) {
-                        self.metrics.latency.record(started.elapsed());
+                        self.metrics.latency.record(share);
                         self.metrics
                             .busy_nanos
-                            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                            .fetch_add(share.as_nanos() as u64, Ordering::Relaxed);
                         self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
                     }
                     self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    self.finish(&job, result);
-                })
-                .await;
-                self.progress.notify_waiters();
+                    self.finish(job, result);
+                }
+            })
+            .await;
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Brings a claimed group of products in line: each job is prepared; two or more
+    /// writes go in batches ([`bulk`]), fewer as single calls. One result per job, in
+    /// order.
+    async fn process_group(&self, jobs: &[Job]) -> Vec<JobResult> {
+        let mut results: Vec<Option<JobResult>> = jobs.iter().map(|_| None).collect();
+        let mut plans = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            match self.prepare(job).await {
+                Ok(Step::Done(outcome, mapping)) => results[i] = Some(Ok((outcome, mapping))),
+                Ok(Step::Write(plan)) => plans.push((i, plan)),
+                Err(e) => results[i] = Some(Err(e)),
             }
         }
+        if plans.len() >= bulk::BATCH_MIN {
+            while !plans.is_empty() {
+                let rest = plans.split_off(plans.len().min(bulk::BATCH_MAX));
+                for (i, r) in self.write_batch(std::mem::replace(&mut plans, rest)).await {
+                    results[i] = Some(r);
+                }
+            }
+        } else {
+            for (i, plan) in plans {
+                results[i] = Some(self.complete(plan).await);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(JobError::Transient("not processed".into(), None))))
+            .collect()
     }
 
     fn finish(&self, job: &Job, result: Result<(Outcome, Option<ItemMapping>), JobError>) {
@@ -1029,14 +1128,17 @@ impl Catalog {
         Ok(p)
     }
 
-    /// Brings the product's Item in line with the product.
-    async fn process(&self, job: &Job) -> Result<(Outcome, Option<ItemMapping>), JobError> {
+    /// Reads what the job asks for and decides: nothing to write (done), or a plan of
+    /// the Item write(s) that bring the product's Item in line.
+    async fn prepare(&self, job: &Job) -> Result<Step, JobError> {
         let product: Product = match &job.payload {
             Some(p) => serde_json::from_str(p)
                 .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?,
             None => match self.stripe.product(&job.key).await {
                 Ok(p) => p,
-                Err(StripeError::Api { status: 404, .. }) => return Ok((Outcome::Gone, None)),
+                Err(StripeError::Api { status: 404, .. }) => {
+                    return Ok(Step::Done(Outcome::Gone, None));
+                }
                 Err(e) => return Err(e.into()),
             },
         };
@@ -1056,7 +1158,7 @@ impl Catalog {
             });
         if m.source_updated.is_some_and(|seen| seen > product.updated) {
             // An older version than the one already written (events arrive out of order).
-            return Ok((Outcome::Stale, None));
+            return Ok(Step::Done(Outcome::Stale, None));
         }
         if product.deleted && m.item_id.is_none() && m.pending_request_id.is_none() {
             // Never written to QuickBooks: there is no Item to deactivate, and creating
@@ -1064,31 +1166,40 @@ impl Catalog {
             m.status = "deleted".into();
             m.reason = None;
             m.source_updated = Some(product.updated.max(m.source_updated.unwrap_or(0)));
-            return Ok((Outcome::DeletedUnsynced, Some(m)));
+            return Ok(Step::Done(Outcome::DeletedUnsynced, Some(m)));
         }
-        let hash = desired.hash();
-        let mut outcome = None;
-        if m.item_id.is_none() {
-            let (item, how) = self.find_or_create(&m, &desired).await?;
-            m.item_id = Some(item.id.clone());
-            m.sync_token = Some(item.sync_token.clone());
-            m.item_name = Some(item.name.clone());
-            let matches = item.name == desired.name
-                || item.name == item::disambiguated_name(&desired.name, &desired.sku);
-            let in_line = matches
-                && item.active == desired.active
-                && item.unit_price.unwrap_or(0.0) == desired.unit_price.unwrap_or(0.0)
-                && item.sku.as_deref() == Some(desired.sku.as_str());
-            if in_line && how == "created" {
-                m.synced_hash = Some(hash.clone());
+        let plan = Plan {
+            product_updated: product.updated,
+            hash: desired.hash(),
+            desired,
+            m,
+            outcome: None,
+        };
+        if plan.m.item_id.is_some() && plan.is_synced() {
+            let (outcome, mapping) = plan.done();
+            return Ok(Step::Done(outcome, mapping));
+        }
+        Ok(Step::Write(Box::new(plan)))
+    }
+
+    /// Carries a plan out with single calls: finds or creates the Item, then updates it.
+    async fn complete(&self, mut plan: Box<Plan>) -> JobResult {
+        let p = &mut *plan;
+        if p.m.item_id.is_none() {
+            let (item, how) = self.find_or_create(&p.m, &p.desired).await?;
+            p.m.item_id = Some(item.id.clone());
+            p.m.sync_token = Some(item.sync_token.clone());
+            p.m.item_name = Some(item.name.clone());
+            if in_line(&item, &p.desired) {
+                p.m.synced_hash = Some(p.hash.clone());
             }
-            if m.synced_hash.as_deref() != Some(hash.as_str()) {
+            if !p.is_synced() {
                 // An update follows: record the Item first, so a crash in between never
                 // loses it. (A create alone needs no such step: its replay finds it.)
-                m.status = "pending".into();
-                self.store.save_mapping(&m)?;
+                p.m.status = "pending".into();
+                self.store.save_mapping(&p.m)?;
             }
-            outcome = Some(match how {
+            p.outcome = Some(match how {
                 "created" => Outcome::Created {
                     item_id: item.id,
                     name: item.name,
@@ -1099,17 +1210,13 @@ impl Catalog {
                 },
             });
         }
-        if m.synced_hash.as_deref() != Some(hash.as_str()) {
-            let (item_id, name) = self.update(&mut m, &desired).await?;
-            if outcome.is_none() {
-                outcome = Some(Outcome::Updated { item_id, name });
+        if !p.is_synced() {
+            let (item_id, name) = self.update(&mut p.m, &p.desired).await?;
+            if p.outcome.is_none() {
+                p.outcome = Some(Outcome::Updated { item_id, name });
             }
         }
-        m.synced_hash = Some(hash);
-        m.source_updated = Some(product.updated.max(m.source_updated.unwrap_or(0)));
-        m.status = "synced".into();
-        m.reason = None;
-        Ok((outcome.unwrap_or(Outcome::Unchanged), Some(m)))
+        Ok(plan.done())
     }
 
     fn cached(&self, key: &str) -> Option<crate::connectors::quickbooks::Item> {
@@ -1152,16 +1259,11 @@ impl Catalog {
                 Err(_) => {}
             }
         }
-        if self.adopt_by_sku {
-            let items = self
-                .by_sku
-                .get_or_try_init(|| self.read_items_by_sku())
-                .await?;
-            let found = items.lock().unwrap_or_else(|p| p.into_inner()).remove(pid);
-            if let Some(item) = found {
-                self.remember(&item, pid);
-                return Ok((item, "adopted"));
-            }
+        if self.adopt_by_sku
+            && let Some(item) = self.item_by_sku(pid).await?
+        {
+            self.remember(&item, pid);
+            return Ok((item, "adopted"));
         }
         let names = [
             desired.name.clone(),
@@ -1204,39 +1306,6 @@ impl Catalog {
             "no free QuickBooks name for {pid}: both {:?} and {:?} belong to other products",
             names[0], names[1]
         )))
-    }
-
-    /// Every Item whose Sku is a Stripe product id (1,000 a request).
-    async fn read_items_by_sku(
-        &self,
-    ) -> Result<Mutex<HashMap<String, crate::connectors::quickbooks::Item>>, JobError> {
-        let mut out = HashMap::new();
-        let mut start = 1;
-        loop {
-            let page = self.qb.all_items(start, 1000).await?;
-            let n = page.len();
-            for item in page {
-                if let Some(sku) = item.sku.clone().filter(|s| s.starts_with("prod_")) {
-                    out.insert(sku, item);
-                }
-            }
-            if n < 1000 {
-                break;
-            }
-            start += n;
-        }
-        if !out.is_empty() {
-            let _ = self.store.audit(
-                "sync",
-                "catalog",
-                "engine",
-                &format!(
-                    "the store had no mapping: {} QuickBooks Items carry a Stripe product id as Sku and are adopted by their products (never created twice)",
-                    out.len()
-                ),
-            );
-        }
-        Ok(Mutex::new(out))
     }
 
     /// Writes the desired fields to the mapped Item (5010 → re-read once; 6240 → the

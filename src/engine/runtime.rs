@@ -107,7 +107,18 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         Duration::from_secs(cfg.quickbooks.timeout_secs),
         tokens,
     )
-    .with_guard(guard("quickbooks")?);
+    .with_guard(guard("quickbooks")?)
+    .with_batch_pace(crate::resilience::Limiter::new(
+        "quickbooks batches",
+        crate::resilience::LimiterConfig {
+            rate_per_min: crate::connectors::quickbooks::batch_limit_per_min(
+                cfg.quickbooks.rate_limit_per_min,
+            ),
+            burst: 1,
+            ..Default::default()
+        },
+        clock.clone(),
+    ));
     let settings = CatalogSettings {
         workers: cfg.catalog.workers,
         autoscale: cfg.catalog.autoscale.then(|| cfg.catalog_autoscale()),

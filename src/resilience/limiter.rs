@@ -196,6 +196,34 @@ impl Limiter {
         }
     }
 
+    /// Takes `cells` more of the rate without an in-flight slot: what a request that
+    /// carries several operations (a QuickBooks batch, each operation counted toward
+    /// the per-minute quota) spends beyond its own slot. Waits through any pause, then
+    /// for each cell in turn (a burst smaller than `cells` still works).
+    pub async fn acquire_cells(self: &Arc<Self>, cells: u32) {
+        let mut left = cells;
+        while left > 0 {
+            let now = self.clock.now();
+            let paused = self.lock().paused_until.filter(|u| now < *u);
+            if let Some(until) = paused {
+                tokio::time::sleep(until - now).await;
+                continue;
+            }
+            let gcra = self.gcra.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let Some(g) = gcra else {
+                return;
+            };
+            match g.check() {
+                Ok(()) => left -= 1,
+                Err(not_until) => {
+                    self.lock().rate_waits += 1;
+                    let d = not_until.wait_time_from(self.clock.now());
+                    tokio::time::sleep(d.max(Duration::from_micros(100))).await;
+                }
+            }
+        }
+    }
+
     /// A 429: pause every caller for the pushback, and halve the limits (once per
     /// pushback, however many in-flight calls report it).
     pub fn on_throttle(&self, pushback: Option<Duration>) {

@@ -188,7 +188,24 @@ impl Downstream {
     /// Runs `op` under the breaker and the limits, retrying what may be retried (only
     /// when `idempotent`: a request that is safe to send twice) within the policy's
     /// attempts and the downstream's budget, waiting max(backoff, pushback) between.
-    pub async fn call<T, E, F, Fut>(&self, idempotent: bool, mut op: F) -> Result<T, E>
+    pub async fn call<T, E, F, Fut>(&self, idempotent: bool, op: F) -> Result<T, E>
+    where
+        E: Classify,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_weighted(1, idempotent, op).await
+    }
+
+    /// [`Self::call`] for a request that counts as `units` requests toward the rate (a
+    /// QuickBooks batch of `units` operations): each attempt takes `units` cells of the
+    /// rate and one in-flight slot.
+    pub async fn call_weighted<T, E, F, Fut>(
+        &self,
+        units: u32,
+        idempotent: bool,
+        mut op: F,
+    ) -> Result<T, E>
     where
         E: Classify,
         F: FnMut() -> Fut,
@@ -210,6 +227,9 @@ impl Downstream {
                     return Err(E::rejected(r));
                 }
             };
+            if units > 1 {
+                self.limiter.acquire_cells(units - 1).await;
+            }
             let slot = self.limiter.acquire().await;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = self.clock.now();

@@ -604,6 +604,30 @@ impl Store {
         })
     }
 
+    /// [`Self::mark_create_pending`] for many creates (a batch), in one transaction:
+    /// (product id, request id, body) each.
+    pub fn mark_creates_pending(&self, creates: &[(String, String, String)]) -> Result<()> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+                     VALUES (?1, 'pending', ?2, ?3)
+                     ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
+                       pending_body=excluded.pending_body",
+                )?;
+                for (pid, rid, body) in creates {
+                    stmt.execute(params![pid, rid, body])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Stores the Item now mirroring the product, clearing any pending create.
     pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
         self.recorded(|| save_mapping(&self.w(), m, now_ms()))

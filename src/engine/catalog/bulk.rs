@@ -1,0 +1,524 @@
+//! The bulk way of the catalog sync: many products at once, in the fewest QuickBooks
+//! requests and quota units. The company's Items are read in pages of 1,000 into an
+//! [`ItemIndex`], so a product's Item is found without a query of its own; creates and
+//! updates then leave in batches of up to 30, under a `requestid` derived from the
+//! batch's own writes (a resend of the same batch is answered from the first).
+//!
+//! It must never give a product two Items, whatever crashes when: each create is
+//! recorded as pending before its batch is sent (as a single create is), a name is
+//! reserved in the index before a create of it leaves (two batches in flight never race
+//! for one name), and an Item a lost batch did create is found again — by its Sku in a
+//! fresh index after a restart, or by its name when the create comes back 6240 (then
+//! the single calls' lookup adopts it as this product's own).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use sha2::Digest;
+
+use super::{Catalog, JobError, JobResult, Outcome, Plan, in_line};
+use crate::connectors::quickbooks::{BatchAnswer, BatchOp, Item, QbError};
+use crate::engine::item::{self, DesiredItem};
+
+pub use crate::connectors::quickbooks::BATCH_MAX;
+
+/// Fewer writes than this go as single calls: a batch of one saves nothing.
+pub const BATCH_MIN: usize = 2;
+/// Items read whole at most (20 requests); a larger company is asked by name instead,
+/// one `Name IN (…)` query per batch.
+const INDEX_MAX_ITEMS: usize = 20_000;
+/// How long a read of the company's Items is trusted. Others write too: an Item they
+/// created since shows up as a 6240 and is looked up then.
+const INDEX_TTL: Duration = Duration::from_secs(600);
+
+/// The company's Items as read in bulk and kept up to date with this engine's writes:
+/// by Sku, and by name lower-cased (QuickBooks compares names case-insensitively).
+pub struct ItemIndex {
+    read_at: tokio::time::Instant,
+    /// Every Item was read (else names not seen are asked for).
+    complete: bool,
+    by_name: HashMap<String, Named>,
+    by_sku: HashMap<String, Item>,
+    /// Names asked for with `Name IN (…)` and free then (an incomplete index only).
+    absent: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Named {
+    Item(Item),
+    /// A create of this name by this product is on its way.
+    Reserved(String),
+}
+
+impl ItemIndex {
+    fn empty() -> Self {
+        Self {
+            read_at: tokio::time::Instant::now(),
+            complete: false,
+            by_name: HashMap::new(),
+            by_sku: HashMap::new(),
+            absent: HashSet::new(),
+        }
+    }
+
+    fn learn(&mut self, item: Item) {
+        let key = item.name.to_lowercase();
+        self.absent.remove(&key);
+        if let Some(sku) = item.sku.clone().filter(|s| !s.is_empty()) {
+            self.by_sku.insert(sku, item.clone());
+        }
+        self.by_name.insert(key, Named::Item(item));
+    }
+
+    /// What QuickBooks answered to our write of `item` (renamed from `old_name`).
+    fn wrote(&mut self, item: &Item, old_name: Option<&str>) {
+        if let Some(old) = old_name.map(str::to_lowercase)
+            && old != item.name.to_lowercase()
+            && matches!(self.by_name.get(&old), Some(Named::Item(i)) if i.id == item.id)
+        {
+            self.by_name.remove(&old);
+        }
+        self.learn(item.clone());
+    }
+
+    /// Frees a name this product reserved (its create failed for good or was refused
+    /// as a duplicate: the name's holder is looked up by the single calls).
+    fn release(&mut self, name: &str, pid: &str) {
+        let key = name.to_lowercase();
+        if matches!(self.by_name.get(&key), Some(Named::Reserved(p)) if p == pid) {
+            self.by_name.remove(&key);
+        }
+    }
+
+    /// Whether `name` belongs to an Item or a create other than `pid`'s Item `item_id`.
+    fn held_by_other(&self, name: &str, pid: &str, item_id: &str) -> bool {
+        match self.by_name.get(&name.to_lowercase()) {
+            Some(Named::Reserved(p)) => p != pid,
+            Some(Named::Item(i)) => i.id != item_id,
+            None => false,
+        }
+    }
+}
+
+/// Where a product without an Item stands, by the index.
+enum Found {
+    Adopt(Item),
+    /// Create it with this name (now reserved for it).
+    Create(String),
+    /// Both names belong to other products' Items.
+    NoName([String; 2]),
+    /// The index cannot tell: the single calls look it up.
+    Unknown,
+}
+
+/// One write of a batch and what it was for.
+enum Write {
+    Create { name: String },
+    Update { old_name: Option<String> },
+}
+
+/// The `requestid` of a batch: derived from its jobs' products and the writes it
+/// carries (never from the attempt), 36 characters.
+fn batch_request_id(items: &[(&str, &BatchOp)]) -> String {
+    let mut h = sha2::Sha256::new();
+    for (pid, op) in items {
+        h.update(pid.as_bytes());
+        h.update([0]);
+        let (kind, body) = match op {
+            BatchOp::Create(b) => ("c", b.to_string()),
+            BatchOp::Update(b) => ("u", b.to_string()),
+            BatchOp::Query(q) => ("q", q.clone()),
+        };
+        h.update(kind.as_bytes());
+        h.update(body.as_bytes());
+        h.update([0]);
+    }
+    format!("b-{}", &hex::encode(h.finalize())[..34])
+}
+
+fn no_free_name(pid: &str, names: &[String; 2]) -> JobError {
+    JobError::Permanent(format!(
+        "no free QuickBooks name for {pid}: both {:?} and {:?} belong to other products",
+        names[0], names[1]
+    ))
+}
+
+impl Catalog {
+    /// The index, read first when there is none or it is older than [`INDEX_TTL`];
+    /// the lock is held while reading, so concurrent workers read it once.
+    async fn item_index(&self) -> Result<tokio::sync::MutexGuard<'_, Option<ItemIndex>>, QbError> {
+        let mut guard = self.index.lock().await;
+        let fresh = guard
+            .as_ref()
+            .is_some_and(|i| i.read_at.elapsed() < INDEX_TTL);
+        if !fresh {
+            let first = guard.is_none();
+            let mut idx = self.read_index().await?;
+            if let Some(old) = guard.take() {
+                // Creates still on their way keep their names.
+                for (key, named) in old.by_name {
+                    if matches!(named, Named::Reserved(_)) {
+                        idx.by_name.entry(key).or_insert(named);
+                    }
+                }
+            }
+            if first && self.adopt_by_sku {
+                let n = idx.by_sku.keys().filter(|s| s.starts_with("prod_")).count();
+                if n > 0 {
+                    let _ = self.store.audit(
+                        "sync",
+                        "catalog",
+                        "engine",
+                        &format!(
+                            "the store had no mapping: {n} QuickBooks Items carry a Stripe product id as Sku and are adopted by their products (never created twice)"
+                        ),
+                    );
+                }
+            }
+            *guard = Some(idx);
+        }
+        Ok(guard)
+    }
+
+    /// Every Item (inactive ones too, they hold their names), 1,000 a request, up to
+    /// [`INDEX_MAX_ITEMS`].
+    async fn read_index(&self) -> Result<ItemIndex, QbError> {
+        let mut idx = ItemIndex::empty();
+        let mut start = 1;
+        loop {
+            let page = self.qb.all_items(start, 1000).await?;
+            let n = page.len();
+            for item in page {
+                idx.learn(item);
+            }
+            if n < 1000 {
+                idx.complete = true;
+                break;
+            }
+            start += n;
+            if start > INDEX_MAX_ITEMS {
+                tracing::info!(
+                    "quickbooks holds more than {INDEX_MAX_ITEMS} Items: names are asked for a batch at a time"
+                );
+                break;
+            }
+        }
+        idx.read_at = tokio::time::Instant::now();
+        Ok(idx)
+    }
+
+    /// The Item whose Sku is `pid`, by the index (read first if need be).
+    pub(super) async fn item_by_sku(&self, pid: &str) -> Result<Option<Item>, QbError> {
+        let guard = self.item_index().await?;
+        Ok(guard.as_ref().and_then(|i| i.by_sku.get(pid).cloned()))
+    }
+
+    /// For an incomplete index: asks for the names `plans` may take that it has not
+    /// seen (one `Name IN (…)` per 100 names).
+    async fn ask_names(
+        &self,
+        idx: &mut ItemIndex,
+        plans: &[(usize, Box<Plan>)],
+    ) -> Result<(), QbError> {
+        let mut wanted: Vec<String> = Vec::new();
+        for (_, p) in plans.iter().filter(|(_, p)| p.m.item_id.is_none()) {
+            for name in [
+                p.desired.name.clone(),
+                item::disambiguated_name(&p.desired.name, &p.desired.sku),
+            ] {
+                let key = name.to_lowercase();
+                if !idx.by_name.contains_key(&key) && !idx.absent.contains(&key) {
+                    wanted.push(name);
+                }
+            }
+        }
+        for chunk in wanted.chunks(100) {
+            let found = self.qb.find_items_named(chunk).await?;
+            for name in chunk {
+                idx.absent.insert(name.to_lowercase());
+            }
+            for item in found {
+                idx.learn(item);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a product without an Item stands: its own Item (by Sku, or a free one by
+    /// name) to adopt, or a free name to create (reserved for it now).
+    fn resolve(&self, idx: &mut ItemIndex, desired: &DesiredItem) -> Result<Found, JobError> {
+        let pid = desired.sku.as_str();
+        if let Some(item) = idx.by_sku.get(pid) {
+            return Ok(Found::Adopt(item.clone()));
+        }
+        let names = [
+            desired.name.clone(),
+            item::disambiguated_name(&desired.name, pid),
+        ];
+        for name in &names {
+            let key = name.to_lowercase();
+            match idx.by_name.get(&key).cloned() {
+                Some(Named::Reserved(holder)) => {
+                    if holder == pid {
+                        return Ok(Found::Create(name.clone()));
+                    }
+                }
+                Some(Named::Item(item)) => {
+                    let ours = item.sku.as_deref() == Some(pid);
+                    let free = item.sku.as_deref().is_none_or(str::is_empty)
+                        && self.store.product_of_item(&item.id)?.is_none();
+                    if ours || free {
+                        // Held by this product from now on (its update sets the Sku).
+                        let mut held = item.clone();
+                        held.sku = Some(pid.to_owned());
+                        idx.by_sku.insert(pid.to_owned(), held.clone());
+                        idx.by_name.insert(key, Named::Item(held));
+                        return Ok(Found::Adopt(item));
+                    }
+                }
+                None if idx.complete || idx.absent.contains(&key) => {
+                    idx.by_name.insert(key, Named::Reserved(pid.to_owned()));
+                    return Ok(Found::Create(name.clone()));
+                }
+                None => return Ok(Found::Unknown),
+            }
+        }
+        Ok(Found::NoName(names))
+    }
+
+    /// Writes `plans` (at most [`BATCH_MAX`]) in one batch request: finds each
+    /// product's Item in the index, creates the missing ones and updates the rest.
+    /// Each operation's Fault is handled as a single call's would be: 6240 on a create
+    /// → the single calls look the name up and adopt or disambiguate, 5010 → read again
+    /// and update, a validation Fault → rejected with its reason.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one batch from lookup to outcomes, in order"
+    )]
+    pub(super) async fn write_batch(
+        &self,
+        plans: Vec<(usize, Box<Plan>)>,
+    ) -> Vec<(usize, JobResult)> {
+        let mut out: Vec<(usize, JobResult)> = Vec::new();
+        // Left to the single calls, after the batch.
+        let mut single: Vec<(usize, Box<Plan>)> = Vec::new();
+        let mut creates: Vec<(usize, Box<Plan>, String)> = Vec::new();
+        let mut updates: Vec<(usize, Box<Plan>)> = Vec::new();
+        let mut named_updates: Vec<(usize, Box<Plan>, String)> = Vec::new();
+        {
+            let needs_index = plans.iter().any(|(_, p)| p.m.item_id.is_none());
+            let mut guard = if needs_index {
+                match self.item_index().await {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        return plans
+                            .into_iter()
+                            .map(|(i, _)| (i, Err(JobError::from(e.clone()))))
+                            .collect();
+                    }
+                }
+            } else {
+                self.index.try_lock().ok()
+            };
+            let mut idx = guard.as_mut().and_then(|g| g.as_mut());
+            if let Some(idx) = idx.as_deref_mut()
+                && needs_index
+                && !idx.complete
+                && let Err(e) = self.ask_names(idx, &plans).await
+            {
+                return plans
+                    .into_iter()
+                    .map(|(i, _)| (i, Err(JobError::from(e.clone()))))
+                    .collect();
+            }
+            for (i, mut p) in plans {
+                if p.m.item_id.is_some() {
+                    updates.push((i, p));
+                    continue;
+                }
+                let Some(idx) = idx.as_deref_mut() else {
+                    single.push((i, p));
+                    continue;
+                };
+                let pid = p.desired.sku.clone();
+                match self.resolve(idx, &p.desired) {
+                    Err(e) => out.push((i, Err(e))),
+                    Ok(Found::Adopt(item)) => {
+                        self.remember(&item, &pid);
+                        p.m.item_id = Some(item.id.clone());
+                        p.m.sync_token = Some(item.sync_token.clone());
+                        p.m.item_name = Some(item.name.clone());
+                        p.outcome = Some(Outcome::Adopted {
+                            item_id: item.id.clone(),
+                            name: item.name.clone(),
+                        });
+                        if in_line(&item, &p.desired) {
+                            p.m.synced_hash = Some(p.hash.clone());
+                            out.push((i, Ok(p.done())));
+                        } else {
+                            updates.push((i, p));
+                        }
+                    }
+                    Ok(Found::Create(name)) => creates.push((i, p, name)),
+                    Ok(Found::NoName(names)) => out.push((i, Err(no_free_name(&pid, &names)))),
+                    Ok(Found::Unknown) => single.push((i, p)),
+                }
+            }
+            // Updates take the disambiguated name where the plain one is another's.
+            for (i, p) in updates.drain(..) {
+                let alt = item::disambiguated_name(&p.desired.name, &p.desired.sku);
+                let id = p.m.item_id.clone().unwrap_or_default();
+                let taken = idx
+                    .as_deref()
+                    .is_some_and(|x| x.held_by_other(&p.desired.name, &p.desired.sku, &id));
+                let name = if taken || p.m.item_name.as_deref() == Some(alt.as_str()) {
+                    alt
+                } else {
+                    p.desired.name.clone()
+                };
+                named_updates.push((i, p, name));
+            }
+        }
+        // Recorded before anything is sent: a pending create is found again after a
+        // crash, and an adopted Item is this product's before its update leaves.
+        let mut ops: Vec<BatchOp> = Vec::new();
+        let mut sent: Vec<(usize, Box<Plan>, Write)> = Vec::new();
+        let mut pending = Vec::new();
+        for (i, mut p, name) in creates {
+            let body = p
+                .desired
+                .with_name(name.clone())
+                .create_body(&self.settings.income_account);
+            let rid = item::create_request_id(&p.desired.sku, &body);
+            pending.push((p.desired.sku.clone(), rid.clone(), body.to_string()));
+            p.m.pending_request_id = Some(rid);
+            p.m.pending_body = Some(body.to_string());
+            ops.push(BatchOp::Create(body));
+            sent.push((i, p, Write::Create { name }));
+        }
+        if let Err(e) = self.store.mark_creates_pending(&pending) {
+            let mut idx = self.index.lock().await;
+            for (i, p, w) in sent {
+                if let (Some(idx), Write::Create { name }) = (idx.as_mut(), &w) {
+                    idx.release(name, &p.desired.sku);
+                }
+                out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
+            }
+            return out;
+        }
+        for (i, mut p, name) in named_updates {
+            if p.outcome.is_some() {
+                p.m.status = "pending".into();
+                if let Err(e) = self.store.save_mapping(&p.m) {
+                    out.push((i, Err(e.into())));
+                    continue;
+                }
+            }
+            let id = p.m.item_id.clone().unwrap_or_default();
+            let token = p.m.sync_token.clone().unwrap_or_else(|| "0".into());
+            ops.push(BatchOp::Update(
+                p.desired.with_name(name).update_body(&id, &token),
+            ));
+            let old_name = p.m.item_name.clone();
+            sent.push((i, p, Write::Update { old_name }));
+        }
+        if !ops.is_empty() {
+            let keyed: Vec<(&str, &BatchOp)> = sent
+                .iter()
+                .map(|(_, p, _)| p.desired.sku.as_str())
+                .zip(ops.iter())
+                .collect();
+            let rid = batch_request_id(&keyed);
+            match self.qb.batch(&ops, &rid).await {
+                Err(e) => {
+                    // Creates stay pending (and their names reserved): the retry finds
+                    // what this batch did, if it did anything.
+                    for (i, _, _) in sent {
+                        out.push((i, Err(JobError::from(e.clone()))));
+                    }
+                }
+                Ok(answers) => {
+                    let mut idx = self.index.lock().await;
+                    for ((i, mut p, write), answer) in sent.into_iter().zip(answers) {
+                        let pid = p.desired.sku.clone();
+                        match (write, answer) {
+                            (Write::Create { .. }, BatchAnswer::Item(item)) => {
+                                if let Some(idx) = idx.as_mut() {
+                                    idx.wrote(&item, None);
+                                }
+                                self.remember(&item, &pid);
+                                p.m.pending_request_id = None;
+                                p.m.pending_body = None;
+                                p.m.item_id = Some(item.id.clone());
+                                p.m.sync_token = Some(item.sync_token.clone());
+                                p.m.item_name = Some(item.name.clone());
+                                if in_line(&item, &p.desired) {
+                                    p.m.synced_hash = Some(p.hash.clone());
+                                }
+                                p.outcome = Some(Outcome::Created {
+                                    item_id: item.id,
+                                    name: item.name,
+                                });
+                                if p.is_synced() {
+                                    out.push((i, Ok(p.done())));
+                                } else {
+                                    single.push((i, p));
+                                }
+                            }
+                            (Write::Create { name }, BatchAnswer::Fault(e)) => {
+                                if let Some(idx) = idx.as_mut() {
+                                    idx.release(&name, &pid);
+                                }
+                                if e.code() == Some("6240") {
+                                    // Taken since the index was read (by another, or by
+                                    // a batch of ours that was lost): look it up.
+                                    p.m.pending_request_id = None;
+                                    p.m.pending_body = None;
+                                    single.push((i, p));
+                                } else {
+                                    out.push((i, Err(e.into())));
+                                }
+                            }
+                            (Write::Update { old_name }, BatchAnswer::Item(item)) => {
+                                if let Some(idx) = idx.as_mut() {
+                                    idx.wrote(&item, old_name.as_deref());
+                                }
+                                self.remember(&item, &pid);
+                                p.m.sync_token = Some(item.sync_token.clone());
+                                p.m.item_name = Some(item.name.clone());
+                                p.m.synced_hash = Some(p.hash.clone());
+                                if p.outcome.is_none() {
+                                    p.outcome = Some(Outcome::Updated {
+                                        item_id: item.id,
+                                        name: item.name,
+                                    });
+                                }
+                                out.push((i, Ok(p.done())));
+                            }
+                            (Write::Update { .. }, BatchAnswer::Fault(e))
+                                if matches!(e.code(), Some("5010" | "6240")) =>
+                            {
+                                // Stale SyncToken, or the name taken: the single
+                                // update reads again or takes the other name.
+                                single.push((i, p));
+                            }
+                            (Write::Update { .. }, BatchAnswer::Fault(e)) => {
+                                out.push((i, Err(e.into())));
+                            }
+                            (_, BatchAnswer::Items(_)) => out.push((
+                                i,
+                                Err(JobError::from(QbError::Decode(
+                                    "a query's answer to a write".into(),
+                                ))),
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        for (i, p) in single {
+            out.push((i, self.complete(p).await));
+        }
+        out
+    }
+}

@@ -172,6 +172,168 @@ async fn engine_killed_mid_sync_resumes_from_its_cursor_without_duplicates() {
     assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
 }
 
+/// Creates recorded as pending in the engine's store (sent, or about to be, in a batch
+/// whose answer the engine has not recorded): their product ids.
+fn pending_creates(db: &std::path::Path) -> Vec<String> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = conn.prepare(
+        "SELECT product_id FROM item_map WHERE pending_request_id IS NOT NULL AND item_id IS NULL",
+    ) else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| r.get(0))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+/// A real `kill -9` right after QuickBooks executed a batch of creates and before the
+/// engine recorded its answer (the Items exist, the engine's store says "pending"),
+/// then a restart: every product ends with exactly one Item, and no name twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
+    syncctl::connectors::install_crypto();
+    let products = 3000u64;
+    let root = tempfile::tempdir().unwrap();
+    let (sandbox_dir, engine_dir) = (root.path().join("sandbox"), root.path().join("engine"));
+    let (sp, ep) = (free_port(), free_port());
+    let sandbox_addr = format!("127.0.0.1:{sp}");
+    let base = format!("http://{sandbox_addr}");
+    let engine_url = format!("http://127.0.0.1:{ep}");
+    let sandbox_cfg = root.path().join("sandbox.toml");
+    std::fs::write(
+        &sandbox_cfg,
+        "[sandbox]\nlatency_ms = 60\nchange_interval_ms = 0\n",
+    )
+    .unwrap();
+    let common_args = [
+        "--config",
+        sandbox_cfg.to_str().unwrap(),
+        "--data-dir",
+        sandbox_dir.to_str().unwrap(),
+        "--products",
+        "3000",
+        "--seed",
+        "23",
+    ];
+    let printed = Command::new(BIN)
+        .args(["sandbox", "--listen", &sandbox_addr, "--print-config"])
+        .args(common_args)
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let engine_cfg = root.path().join("engine.toml");
+    {
+        let mut f = std::fs::File::create(&engine_cfg).unwrap();
+        f.write_all(&printed.stdout).unwrap();
+        write!(f, "\n[server]\nlisten = \"127.0.0.1:{ep}\"\n\n[catalog]\nworkers = 4\nreconcile_interval_secs = 3600\n").unwrap();
+    }
+    let mut sandbox_args = vec!["sandbox", "--listen", &sandbox_addr];
+    sandbox_args.extend(common_args);
+    let _sandbox = spawn(&sandbox_args);
+    common::eventually(30, "the sandbox to answer", || stats(&base)).await;
+    let run = [
+        "run",
+        "--config",
+        engine_cfg.to_str().unwrap(),
+        "--data-dir",
+        engine_dir.to_str().unwrap(),
+    ];
+    let db = engine_dir.join("syncctl.db");
+
+    // Up to three kills, each the moment a new batch has been executed while creates
+    // are pending in the store, until one lands between QuickBooks' execution and the
+    // engine's record of it.
+    let mut orphans = Vec::new();
+    for attempt in 1..=3 {
+        let mut engine = spawn(&run);
+        // Polled back to back: a batch counted since the previous look was executed
+        // moments ago, its answer still on the way (the sandbox's latency is split).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut prev = u64::MAX;
+        let pending = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no batch executed with creates pending"
+            );
+            let Some(s) = stats(&base).await else {
+                continue;
+            };
+            let q = &s["quickbooks"];
+            let batches = q["batch_requests"].as_u64().unwrap_or(0);
+            if batches > prev && q["items_total"].as_u64().unwrap_or(0) >= 300 {
+                let pending = pending_creates(&db);
+                if !pending.is_empty() {
+                    break pending;
+                }
+            }
+            prev = batches;
+        };
+        engine.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+        engine.0.wait().unwrap();
+        let items: Vec<serde_json::Value> =
+            reqwest::get(format!("{base}/_sandbox/quickbooks/items"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let made: std::collections::HashSet<&str> =
+            items.iter().filter_map(|i| i["Sku"].as_str()).collect();
+        // Pending in the store, yet created at QuickBooks: the batch's answer was lost.
+        orphans = pending_creates(&db)
+            .into_iter()
+            .filter(|p| made.contains(p.as_str()))
+            .collect();
+        let s = stats(&base).await.unwrap();
+        eprintln!(
+            "kill {attempt}: {} creates pending, {} of them already created at QuickBooks; {} Items, {} batches",
+            pending.len(),
+            orphans.len(),
+            s["quickbooks"]["items_total"],
+            s["quickbooks"]["batch_requests"]
+        );
+        assert!(
+            s["quickbooks"]["items_total"].as_u64().unwrap() < products,
+            "the kill must land mid-sync"
+        );
+        if !orphans.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !orphans.is_empty(),
+        "no kill landed between a batch's execution and its record"
+    );
+
+    let mut engine = spawn(&run);
+    let h = common::eventually(120, "the restarted engine to finish", || async {
+        let h = health(&engine_url).await?;
+        let c = &h["catalog"];
+        let done = c["full_sync"]["done"] == true
+            && c["queued"] == 0
+            && c["in_flight"] == 0
+            && c["synced"].as_u64()? >= products;
+        done.then_some(h)
+    })
+    .await;
+    assert_eq!(h["catalog"]["failed"], 0);
+    let s = stats(&base).await.unwrap();
+    assert_eq!(s["quickbooks"]["items_total"], products);
+    assert_eq!(s["quickbooks"]["duplicate_names"], 0);
+    assert!(s["quickbooks"]["batch_requests"].as_u64().unwrap() > 0);
+    common::assert_one_item_per_product(&base).await;
+    assert!(
+        pending_creates(&db).is_empty(),
+        "every pending create resolved"
+    );
+    engine.0.kill().unwrap();
+    engine.0.wait().unwrap();
+}
+
 use common::post_json as post;
 
 /// A real `kill -9` while the backlog of a DIAN outage drains, then a restart: every

@@ -1047,13 +1047,21 @@ fn router(sandbox: Arc<Sandbox>) -> Router {
     apis.merge(knobs()).with_state(sandbox)
 }
 
-/// Adds the configured latency to every API response (not to `/_sandbox` knobs).
+/// Adds the configured latency to every API response (not to `/_sandbox` knobs): half
+/// on the way in, half on the way out, as over a real network — a write is done a while
+/// before its answer arrives (and a client that dies meanwhile never hears of it).
 async fn latency(State(s): State<Arc<Sandbox>>, req: Request, next: Next) -> Response {
     let ms = s.latency_ms.load(std::sync::atomic::Ordering::Relaxed);
-    if ms > 0 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let way_in = Duration::from_millis(ms / 2);
+    if !way_in.is_zero() {
+        tokio::time::sleep(way_in).await;
     }
-    next.run(req).await
+    let answer = next.run(req).await;
+    let way_out = Duration::from_millis(ms - ms / 2);
+    if !way_out.is_zero() {
+        tokio::time::sleep(way_out).await;
+    }
+    answer
 }
 
 #[expect(

@@ -1229,6 +1229,12 @@ impl Catalog {
     /// Keeps what QuickBooks just said about an Item (its name may have changed: the
     /// old name's entry goes with the product's tag).
     fn remember(&self, item: &crate::connectors::quickbooks::Item, product: &str) {
+        // The bulk index too, unless a batch holds it (and records the Item itself).
+        if let Ok(mut index) = self.index.try_lock()
+            && let Some(index) = index.as_mut()
+        {
+            index.learn(item.clone());
+        }
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let tag = format!("product:{product}");
         c.invalidate_tag(&tag);

@@ -39,6 +39,8 @@ pub struct ItemIndex {
     complete: bool,
     by_name: HashMap<String, Named>,
     by_sku: HashMap<String, Item>,
+    /// Item id → its name's key in `by_name` (a rename frees the old name).
+    name_of: HashMap<String, String>,
     /// Names asked for with `Name IN (…)` and free then (an incomplete index only).
     absent: HashSet<String>,
 }
@@ -57,28 +59,25 @@ impl ItemIndex {
             complete: false,
             by_name: HashMap::new(),
             by_sku: HashMap::new(),
+            name_of: HashMap::new(),
             absent: HashSet::new(),
         }
     }
 
-    fn learn(&mut self, item: Item) {
+    /// What QuickBooks says an Item is now (read, or answered to a write of ours).
+    pub(super) fn learn(&mut self, item: Item) {
         let key = item.name.to_lowercase();
         self.absent.remove(&key);
-        if let Some(sku) = item.sku.clone().filter(|s| !s.is_empty()) {
-            self.by_sku.insert(sku, item.clone());
-        }
-        self.by_name.insert(key, Named::Item(item));
-    }
-
-    /// What QuickBooks answered to our write of `item` (renamed from `old_name`).
-    fn wrote(&mut self, item: &Item, old_name: Option<&str>) {
-        if let Some(old) = old_name.map(str::to_lowercase)
-            && old != item.name.to_lowercase()
+        if let Some(old) = self.name_of.insert(item.id.clone(), key.clone())
+            && old != key
             && matches!(self.by_name.get(&old), Some(Named::Item(i)) if i.id == item.id)
         {
             self.by_name.remove(&old);
         }
-        self.learn(item.clone());
+        if let Some(sku) = item.sku.clone().filter(|s| !s.is_empty()) {
+            self.by_sku.insert(sku, item.clone());
+        }
+        self.by_name.insert(key, Named::Item(item));
     }
 
     /// Frees a name this product reserved (its create failed for good or was refused
@@ -114,7 +113,7 @@ enum Found {
 /// One write of a batch and what it was for.
 enum Write {
     Create { name: String },
-    Update { old_name: Option<String> },
+    Update,
 }
 
 /// The `requestid` of a batch: derived from its jobs' products and the writes it
@@ -419,8 +418,7 @@ impl Catalog {
             ops.push(BatchOp::Update(
                 p.desired.with_name(name).update_body(&id, &token),
             ));
-            let old_name = p.m.item_name.clone();
-            sent.push((i, p, Write::Update { old_name }));
+            sent.push((i, p, Write::Update));
         }
         if !ops.is_empty() {
             let keyed: Vec<(&str, &BatchOp)> = sent
@@ -444,7 +442,7 @@ impl Catalog {
                         match (write, answer) {
                             (Write::Create { .. }, BatchAnswer::Item(item)) => {
                                 if let Some(idx) = idx.as_mut() {
-                                    idx.wrote(&item, None);
+                                    idx.learn(item.clone());
                                 }
                                 self.remember(&item, &pid);
                                 p.m.pending_request_id = None;
@@ -479,9 +477,9 @@ impl Catalog {
                                     out.push((i, Err(e.into())));
                                 }
                             }
-                            (Write::Update { old_name }, BatchAnswer::Item(item)) => {
+                            (Write::Update, BatchAnswer::Item(item)) => {
                                 if let Some(idx) = idx.as_mut() {
-                                    idx.wrote(&item, old_name.as_deref());
+                                    idx.learn(item.clone());
                                 }
                                 self.remember(&item, &pid);
                                 p.m.sync_token = Some(item.sync_token.clone());
@@ -495,14 +493,14 @@ impl Catalog {
                                 }
                                 out.push((i, Ok(p.done())));
                             }
-                            (Write::Update { .. }, BatchAnswer::Fault(e))
+                            (Write::Update, BatchAnswer::Fault(e))
                                 if matches!(e.code(), Some("5010" | "6240")) =>
                             {
                                 // Stale SyncToken, or the name taken: the single
                                 // update reads again or takes the other name.
                                 single.push((i, p));
                             }
-                            (Write::Update { .. }, BatchAnswer::Fault(e)) => {
+                            (Write::Update, BatchAnswer::Fault(e)) => {
                                 out.push((i, Err(e.into())));
                             }
                             (_, BatchAnswer::Items(_)) => out.push((
@@ -520,5 +518,57 @@ impl Catalog {
             out.push((i, self.complete(p).await));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, name: &str, sku: Option<&str>) -> Item {
+        Item {
+            id: id.into(),
+            sync_token: "0".into(),
+            name: name.into(),
+            sku: sku.map(str::to_owned),
+            unit_price: None,
+            description: None,
+            active: true,
+        }
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_a_rename_frees_the_old_one() {
+        let mut idx = ItemIndex::empty();
+        idx.learn(item("1", "Café Latte", Some("prod_1")));
+        assert!(idx.held_by_other("CAFÉ LATTE", "prod_2", "9"));
+        assert!(!idx.held_by_other("café latte", "prod_1", "1"));
+        assert_eq!(idx.by_sku["prod_1"].id, "1");
+        idx.learn(item("1", "Mocha", Some("prod_1")));
+        assert!(!idx.held_by_other("Café Latte", "prod_2", "9"), "freed");
+        assert!(idx.held_by_other("mocha", "prod_2", "9"));
+        // A reservation holds a name for its product only, until released.
+        idx.by_name
+            .insert("té".into(), Named::Reserved("prod_3".into()));
+        assert!(idx.held_by_other("Té", "prod_2", "9"));
+        assert!(!idx.held_by_other("Té", "prod_3", ""));
+        idx.release("TÉ", "prod_2");
+        assert!(
+            idx.held_by_other("Té", "prod_2", "9"),
+            "not prod_2's to release"
+        );
+        idx.release("TÉ", "prod_3");
+        assert!(!idx.held_by_other("Té", "prod_2", "9"));
+    }
+
+    #[test]
+    fn a_batch_request_id_follows_its_writes_and_fits_quickbooks_limit() {
+        let a = BatchOp::Create(serde_json::json!({"Name": "a"}));
+        let b = BatchOp::Update(serde_json::json!({"Id": "1", "SyncToken": "0"}));
+        let one = batch_request_id(&[("prod_1", &a), ("prod_2", &b)]);
+        assert_eq!(one.chars().count(), 36);
+        assert_eq!(one, batch_request_id(&[("prod_1", &a), ("prod_2", &b)]));
+        assert_ne!(one, batch_request_id(&[("prod_2", &b), ("prod_1", &a)]));
+        assert_ne!(one, batch_request_id(&[("prod_1", &a)]));
     }
 }

@@ -206,7 +206,7 @@ async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
     let sandbox_cfg = root.path().join("sandbox.toml");
     std::fs::write(
         &sandbox_cfg,
-        "[sandbox]\nlatency_ms = 60\nchange_interval_ms = 0\n",
+        "[sandbox]\nlatency_ms = 200\nchange_interval_ms = 0\n",
     )
     .unwrap();
     let common_args = [
@@ -244,11 +244,11 @@ async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
     ];
     let db = engine_dir.join("syncctl.db");
 
-    // Up to three kills, each the moment a new batch has been executed while creates
+    // Up to five kills, each the moment a new batch has been executed while creates
     // are pending in the store, until one lands between QuickBooks' execution and the
-    // engine's record of it.
+    // engine's record of it (a 100 ms window: the answer's half of the latency).
     let mut orphans = Vec::new();
-    for attempt in 1..=3 {
+    for attempt in 1..=5 {
         let mut engine = spawn(&run);
         // Polled back to back: a batch counted since the previous look was executed
         // moments ago, its answer still on the way (the sandbox's latency is split).
@@ -290,11 +290,12 @@ async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
             .collect();
         let s = stats(&base).await.unwrap();
         eprintln!(
-            "kill {attempt}: {} creates pending, {} of them already created at QuickBooks; {} Items, {} batches",
+            "kill {attempt}: {} creates pending, {} of them already created at QuickBooks; {} Items, {} batches, {} throttled",
             pending.len(),
             orphans.len(),
             s["quickbooks"]["items_total"],
-            s["quickbooks"]["batch_requests"]
+            s["quickbooks"]["batch_requests"],
+            s["quickbooks"]["throttled"]
         );
         assert!(
             s["quickbooks"]["items_total"].as_u64().unwrap() < products,
@@ -309,6 +310,7 @@ async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
         "no kill landed between a batch's execution and its record"
     );
 
+    let restarted = std::time::Instant::now();
     let mut engine = spawn(&run);
     let h = common::eventually(120, "the restarted engine to finish", || async {
         let h = health(&engine_url).await?;
@@ -322,6 +324,11 @@ async fn engine_killed_mid_batch_gives_no_product_a_second_item() {
     .await;
     assert_eq!(h["catalog"]["failed"], 0);
     let s = stats(&base).await.unwrap();
+    eprintln!(
+        "finished {:.1} s after the restart: {}",
+        restarted.elapsed().as_secs_f64(),
+        s["quickbooks"]
+    );
     assert_eq!(s["quickbooks"]["items_total"], products);
     assert_eq!(s["quickbooks"]["duplicate_names"], 0);
     assert!(s["quickbooks"]["batch_requests"].as_u64().unwrap() > 0);

@@ -3,11 +3,12 @@
 //! (QuickBooks: 429 with the XML 3001 body above the in-flight cap or over the rate;
 //! Stripe: 429 `rate_limit`; Alegra: 429 with `X-Rate-Limit-*` headers).
 //!
-//! QuickBooks batches: a `POST …/batch` passes this layer as one request, then
-//! [`Faults::admit_batch`] applies the batch throttle (40 batch requests a minute per
-//! company at Intuit's 500 requests a minute, scaled with the configured rate) and
-//! counts each operation beyond the first toward the ordinary per-minute quota: the
-//! requests that follow wait for them, as if each had been sent alone.
+//! QuickBooks has two shapes of quota: a second's worth back to back (10/s beside
+//! 500/min) per request, and the minute's quota itself. A `POST …/batch` passes this
+//! layer as one request, then [`Faults::admit_batch`] applies the batch throttle (40
+//! batch requests a minute per company at Intuit's 500 requests a minute, scaled with
+//! the configured rate) and counts each operation beyond the first toward the minute's
+//! quota (not toward the per-second shape, or no batch of 30 could ever pass).
 
 pub use crate::protocol::{Distribution, FaultPatch, FaultSettings};
 use std::collections::BTreeMap;
@@ -31,6 +32,9 @@ pub use crate::protocol::FAULT_SERVICES as SERVICES;
 struct ServiceState {
     settings: Mutex<FaultSettings>,
     gcra: Mutex<Option<Gcra>>,
+    /// QuickBooks only: the minute's quota (a minute's worth back to back), charged by
+    /// every request and by each operation of a batch.
+    minute_gcra: Mutex<Option<Gcra>>,
     /// QuickBooks only: the batch-request throttle.
     batch_gcra: Mutex<Option<Gcra>>,
     /// Alegra-style fixed window: (window start, count).
@@ -41,39 +45,32 @@ struct ServiceState {
     errors_injected: AtomicU64,
 }
 
-/// A generic cell rate algorithm whose cells can be charged after admission: a batch
-/// is admitted as one request, and its other operations then push the theoretical
-/// arrival time further, so the quota per minute counts every operation.
+/// A generic cell rate algorithm over `per_min` cells a minute with `burst` of them
+/// back to back; a request may take several cells at once (a batch's operations).
 struct Gcra {
     per_min: u32,
     period: Duration,
-    /// How far ahead of now the arrival time may run (burst − 1 periods).
-    tolerance: Duration,
+    burst: u32,
+    /// Theoretical arrival time of the next cell.
     tat: Instant,
 }
 
 impl Gcra {
     fn new(per_min: u32, burst: u32) -> Self {
-        let period = Duration::from_secs_f64(60.0 / f64::from(per_min.max(1)));
         Self {
             per_min,
-            period,
-            tolerance: period * burst.max(1).saturating_sub(1),
+            period: Duration::from_secs_f64(60.0 / f64::from(per_min.max(1))),
+            burst: burst.max(1),
             tat: Instant::now(),
         }
     }
 
-    /// One request now: admitted (and counted) or not.
-    fn admit(&mut self, now: Instant) -> bool {
-        if self.tat > now + self.tolerance {
-            return false;
-        }
-        self.tat = self.tat.max(now) + self.period;
-        true
+    /// Whether `cells` more fit now.
+    fn fits(&self, now: Instant, cells: u32) -> bool {
+        self.tat.max(now) + self.period * cells <= now + self.period * self.burst
     }
 
-    /// `cells` more, already admitted: later requests wait for them.
-    fn charge(&mut self, now: Instant, cells: u32) {
+    fn take(&mut self, now: Instant, cells: u32) {
         self.tat = self.tat.max(now) + self.period * cells;
     }
 }
@@ -241,14 +238,31 @@ impl Faults {
             *w = Some((start, n + 1));
             return false;
         }
+        let now = Instant::now();
         let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
         // Up to a second's worth back to back (QuickBooks: 10/s beside 500/min).
-        !gcra_for(&mut g, per_min, (per_min / 60).max(1)).admit(Instant::now())
+        let second = gcra_for(&mut g, per_min, (per_min / 60).max(1));
+        if name != "quickbooks" {
+            let fits = second.fits(now, 1);
+            if fits {
+                second.take(now, 1);
+            }
+            return !fits;
+        }
+        // QuickBooks: and the minute's quota, which batches' operations spend too.
+        let mut m = st.minute_gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let minute = gcra_for(&mut m, per_min, per_min);
+        if !(second.fits(now, 1) && minute.fits(now, 1)) {
+            return true;
+        }
+        second.take(now, 1);
+        minute.take(now, 1);
+        false
     }
 
     /// A QuickBooks batch of `ops` operations, already admitted as one request: refused
-    /// with the XML 429 over the batch throttle; otherwise its other operations are
-    /// counted toward the per-minute quota.
+    /// with the XML 429 over the batch throttle or when its other operations do not fit
+    /// in the minute's quota; otherwise they are counted toward it.
     pub fn admit_batch(&self, ops: usize) -> Result<(), Response> {
         let Ok(st) = self.service("quickbooks") else {
             return Ok(());
@@ -263,17 +277,17 @@ impl Faults {
             return Ok(());
         }
         let now = Instant::now();
-        let admitted = {
-            let mut g = st.batch_gcra.lock().unwrap_or_else(|p| p.into_inner());
-            gcra_for(&mut g, batches, (batches / 60).max(2)).admit(now)
-        };
-        if !admitted {
+        let extra = u32::try_from(ops.saturating_sub(1)).unwrap_or(u32::MAX);
+        let mut b = st.batch_gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = gcra_for(&mut b, batches, (batches / 60).max(2));
+        let mut m = st.minute_gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let minute = gcra_for(&mut m, per_min, per_min);
+        if !(batch.fits(now, 1) && minute.fits(now, extra)) {
             st.throttled.fetch_add(1, Ordering::Relaxed);
             return Err(throttle_response("quickbooks"));
         }
-        let extra = u32::try_from(ops.saturating_sub(1)).unwrap_or(u32::MAX);
-        let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
-        gcra_for(&mut g, per_min, (per_min / 60).max(1)).charge(now, extra);
+        batch.take(now, 1);
+        minute.take(now, extra);
         Ok(())
     }
 
@@ -532,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quickbooks_batch_counts_each_operation_and_has_its_own_throttle() {
+    fn a_quickbooks_batch_has_its_own_throttle() {
         let f = Faults::default();
         f.patch(&FaultPatch {
             service: "quickbooks".into(),
@@ -541,17 +555,45 @@ mod tests {
         })
         .unwrap();
         let st = f.service("quickbooks").unwrap();
-        // The batch passes as one request, then its 29 other operations are charged:
-        // nothing else gets through for about three seconds.
         assert!(!f.over_rate(st, "quickbooks", 600));
-        assert!(f.admit_batch(30).is_ok());
-        assert!(f.over_rate(st, "quickbooks", 600), "the quota is spent");
         // 600/min → 48 batches a minute, two back to back at most.
         assert_eq!(batch_limit_per_min(500), 40);
         assert_eq!(batch_limit_per_min(6000), 480);
         assert_eq!(batch_limit_per_min(0), 0);
+        assert!(f.admit_batch(30).is_ok());
         assert!(f.admit_batch(1).is_ok());
         assert!(f.admit_batch(1).is_err(), "the batch throttle");
+        // The batch's operations do not count toward the per-second shape.
+        assert!(!f.over_rate(st, "quickbooks", 600));
+    }
+
+    #[test]
+    fn the_minute_quota_takes_a_minutes_worth_of_operations_then_paces_them() {
+        // 600 a minute: 20 batches of 30 fit at once, the 21st not, and it fits again
+        // once 30 cells (3 s) have passed.
+        let mut minute = Gcra::new(600, 600);
+        let t0 = minute.tat;
+        for _ in 0..20 {
+            assert!(minute.fits(t0, 30));
+            minute.take(t0, 30);
+        }
+        assert!(!minute.fits(t0, 30));
+        assert!(!minute.fits(t0, 1));
+        assert!(!minute.fits(t0 + Duration::from_millis(2900), 30));
+        assert!(minute.fits(t0 + Duration::from_secs(3), 30));
+        // The per-second shape: a second's worth back to back.
+        let mut second = Gcra::new(600, 10);
+        second.tat = t0;
+        let granted = (0..50)
+            .filter(|_| {
+                let ok = second.fits(t0, 1);
+                if ok {
+                    second.take(t0, 1);
+                }
+                ok
+            })
+            .count();
+        assert_eq!(granted, 10);
     }
 
     #[test]

@@ -643,6 +643,19 @@ impl QuickBooksClient {
         .await
     }
 
+    /// The Items with these ids (up to 1,000), inactive ones included: one request.
+    pub async fn items_by_id(&self, ids: &[String]) -> Result<Vec<Item>, QbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = ids.iter().map(|n| quote(n)).collect();
+        self.query_items(&format!(
+            "select * from Item where Id in ({}) and Active in (true, false) MAXRESULTS 1000",
+            list.join(", ")
+        ))
+        .await
+    }
+
     /// Sends up to [`BATCH_MAX`] operations in one request; each gets its own answer,
     /// in the order given. `request_id` (≤ 36 characters) makes a repeat of the same
     /// batch return the first answer. The request counts as one request per operation

@@ -288,16 +288,52 @@ impl Catalog {
     /// Writes `plans` (at most [`BATCH_MAX`]) in one batch request: finds each
     /// product's Item in the index, creates the missing ones and updates the rest.
     /// Each operation's Fault is handled as a single call's would be: 6240 on a create
-    /// → the single calls look the name up and adopt or disambiguate, 5010 → read again
-    /// and update, a validation Fault → rejected with its reason.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one batch from lookup to outcomes, in order"
-    )]
+    /// → the single calls look the name up and adopt or disambiguate, 5010 → the stale
+    /// ones read again in one `Id IN (…)` query and sent in one more batch, a validation
+    /// Fault → rejected with its reason.
     pub(super) async fn write_batch(
         &self,
         plans: Vec<(usize, Box<Plan>)>,
     ) -> Vec<(usize, JobResult)> {
+        let (mut out, mut stale) = self.batch_pass(plans).await;
+        if stale.is_empty() {
+            return out;
+        }
+        // Stale SyncTokens (another writer since we read): read them all again in one
+        // query, then one more batch; what is still stale goes the single way.
+        let ids: Vec<String> = stale
+            .iter()
+            .filter_map(|(_, p)| p.m.item_id.clone())
+            .collect();
+        if let Ok(items) = self.qb.items_by_id(&ids).await {
+            let tokens: HashMap<String, String> =
+                items.into_iter().map(|i| (i.id, i.sync_token)).collect();
+            for (_, p) in &mut stale {
+                if let Some(t) = p.m.item_id.as_ref().and_then(|id| tokens.get(id)) {
+                    p.m.sync_token = Some(t.clone());
+                }
+            }
+            let (more, still) = self.batch_pass(stale).await;
+            out.extend(more);
+            stale = still;
+        }
+        for (i, p) in stale {
+            out.push((i, self.complete(p).await));
+        }
+        out
+    }
+
+    /// One batch request for `plans`; the updates refused for a stale SyncToken are
+    /// handed back.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one batch from lookup to outcomes, in order"
+    )]
+    async fn batch_pass(
+        &self,
+        plans: Vec<(usize, Box<Plan>)>,
+    ) -> (Vec<(usize, JobResult)>, Vec<(usize, Box<Plan>)>) {
+        let mut stale: Vec<(usize, Box<Plan>)> = Vec::new();
         let mut out: Vec<(usize, JobResult)> = Vec::new();
         // Left to the single calls, after the batch.
         let mut single: Vec<(usize, Box<Plan>)> = Vec::new();
@@ -310,10 +346,11 @@ impl Catalog {
                 match self.item_index().await {
                     Ok(g) => Some(g),
                     Err(e) => {
-                        return plans
+                        let out = plans
                             .into_iter()
                             .map(|(i, _)| (i, Err(JobError::from(e.clone()))))
                             .collect();
+                        return (out, stale);
                     }
                 }
             } else {
@@ -325,10 +362,11 @@ impl Catalog {
                 && !idx.complete
                 && let Err(e) = self.ask_names(idx, &plans).await
             {
-                return plans
+                let out = plans
                     .into_iter()
                     .map(|(i, _)| (i, Err(JobError::from(e.clone()))))
                     .collect();
+                return (out, stale);
             }
             for (i, mut p) in plans {
                 if p.m.item_id.is_some() {
@@ -403,7 +441,7 @@ impl Catalog {
                 }
                 out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
             }
-            return out;
+            return (out, stale);
         }
         for (i, mut p, name) in named_updates {
             if p.outcome.is_some() {
@@ -493,11 +531,12 @@ impl Catalog {
                                 }
                                 out.push((i, Ok(p.done())));
                             }
-                            (Write::Update, BatchAnswer::Fault(e))
-                                if matches!(e.code(), Some("5010" | "6240")) =>
-                            {
-                                // Stale SyncToken, or the name taken: the single
-                                // update reads again or takes the other name.
+                            (Write::Update, BatchAnswer::Fault(e)) if e.code() == Some("5010") => {
+                                stale.push((i, p));
+                            }
+                            (Write::Update, BatchAnswer::Fault(e)) if e.code() == Some("6240") => {
+                                // The name taken since: the single update takes the
+                                // other one.
                                 single.push((i, p));
                             }
                             (Write::Update, BatchAnswer::Fault(e)) => {
@@ -517,7 +556,7 @@ impl Catalog {
         for (i, p) in single {
             out.push((i, self.complete(p).await));
         }
-        out
+        (out, stale)
     }
 }
 

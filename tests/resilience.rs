@@ -112,7 +112,7 @@ async fn sandbox_faults_contract_get_post_validation_and_stats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_runs_at_95_percent_of_the_quickbooks_quota_with_at_most_one_percent_throttled() {
-    let sb = common::sandbox(600, 7).await;
+    let sb = common::sandbox(2000, 7).await;
     let base = sb.base_url();
     // QuickBooks' quota scaled for a test: 200 req/s, 10 in flight, 20 ms latency.
     faults(
@@ -130,9 +130,10 @@ async fn sync_runs_at_95_percent_of_the_quickbooks_quota_with_at_most_one_percen
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let engine = common::engine(cfg, dir.path()).await;
-    // Utilisation is measured in the steady state: from the 150th Item to the 450th,
+    // Utilisation is measured in the steady state: from the 300th Item to the 1,700th,
     // past the first list page and the auto-scaler's ramp, before the tail drains. The
-    // quota counts units: a request, or each operation of a batch.
+    // quota counts units: a request, or each operation of a batch (Items appear up to
+    // 30 at a time, hence a long window).
     let at_items = |n: u64| {
         let base = base.clone();
         async move {
@@ -148,10 +149,10 @@ async fn sync_runs_at_95_percent_of_the_quickbooks_quota_with_at_most_one_percen
             .await
         }
     };
-    let (t0, r0) = at_items(150).await;
-    let (t1, r1) = at_items(450).await;
+    let (t0, r0) = at_items(300).await;
+    let (t1, r1) = at_items(1700).await;
     let steady = (r1 - r0) as f64 / (t1 - t0).as_secs_f64();
-    common::until_idle(&engine, 600).await;
+    common::until_idle(&engine, 2000).await;
     let took = started.elapsed().as_secs_f64();
     let (http_requests, throttled) = qb_stats(&base).await;
     let requests =

@@ -302,6 +302,10 @@ async fn quickbooks_outage_mid_sync_opens_the_breaker_then_recovers_and_the_sync
     cfg.quickbooks.retry.max_attempts = 2;
     cfg.quickbooks.retry.base_ms = 20;
     cfg.quickbooks.retry.cap_ms = 100;
+    // One job a claim: single calls fill the breaker's 20-call window within a second
+    // of the outage (batches make ~30× fewer calls, so a window of calls fills slowly:
+    // issue 14's consecutive-failures trigger is for that).
+    cfg.catalog.claim_batch_max = 1;
     let dir = tempfile::tempdir().unwrap();
     let engine = common::engine(cfg, dir.path()).await;
     common::eventually(60, "150 Items", || async {

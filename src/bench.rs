@@ -644,24 +644,23 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
 
     // 2. Idle: nothing to sync, nobody acting; first while the last minute's charts
     // still move, then once they have settled (every per-second window at zero).
-    let idle_rate = |label: &str, rx: (u64, u64), tx: (u64, u64), secs: f64| {
-        println!(
-            "  {label} {secs:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
-            (rx.1 - rx.0) as f64 / secs,
-            (tx.1 - tx.0) as f64 / secs
-        );
+    // What the console received and wrote over `idle_secs` of nobody acting.
+    let idle = |label: &'static str| {
+        let (link, written) = (&link, &console.written);
+        async move {
+            let (rx0, tx0) = (link.received(), written.load(Ordering::Relaxed));
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "  idle:    ({label}) {secs:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
+                (link.received() - rx0) as f64 / secs,
+                (written.load(Ordering::Relaxed) - tx0) as f64 / secs
+            );
+        }
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
-    let idle_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
-    idle_rate(
-        "idle:    (charts moving)",
-        (rx0, rx1),
-        (tx0, tx1),
-        idle_started.elapsed().as_secs_f64(),
-    );
+    idle("charts moving").await;
     let mut settled = engine.snapshot.clone();
     let _ = tokio::time::timeout(
         Duration::from_secs(120),
@@ -669,23 +668,14 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
-    let idle_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
-    idle_rate(
-        "idle:    (settled)",
-        (rx0, rx1),
-        (tx0, tx1),
-        idle_started.elapsed().as_secs_f64(),
-    );
+    idle("settled").await;
 
     // 3. An operator's action, idle engine: pause/resume from another front-end, until
     // the attached console draws it.
     if let Ok(mut p) = published.lock() {
         p.clear();
     }
-    let toggles = 30;
+    let toggles = 50;
     for n in 0..toggles {
         let command = if n % 2 == 0 {
             Command::Pause {

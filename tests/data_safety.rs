@@ -268,7 +268,7 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         ),
         (
             "evt_bad_negative",
-            json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "lines": {"data": [{"amount": -5000, "quantity": 1}]}}),
+            json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "total": -5000, "lines": {"data": [{"amount": -5000, "quantity": 1}]}}),
         ),
         (
             "evt_bad_usd",
@@ -310,6 +310,23 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         })
         .await;
     }
+    // A paid invoice with a credit line (a proration) is a sale to report: taken into
+    // the DIAN queue, never "ignored" where only the audit trail would say so.
+    let credited = json!({"id": "in_credited", "object": "invoice", "currency": "cop",
+        "status": "paid", "paid": true, "total": 8000,
+        "lines": {"data": [{"amount": 10000, "quantity": 1, "description": "plan"},
+                           {"amount": -2000, "quantity": 1, "description": "unused time"}]}});
+    let taken = send(credited, "evt_credited").await;
+    assert!(taken.get("ignored").is_none(), "{taken}");
+    common::eventually(10, "the credited invoice in the DIAN queue", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .any(|r| r.stripe_id == "in_credited")
+            .then_some(())
+    })
+    .await;
     engine.shutdown().await;
 }
 

@@ -569,6 +569,11 @@ impl Keeper {
                         Ok(f) => f,
                         Err(e) => break e,
                     };
+                    // A view that arrived brought the clock along: the next tick of
+                    // our own is a second from now (no extra frame while deltas flow).
+                    if matches!(frame, ServerFrame::Delta { .. } | ServerFrame::Snapshot { .. }) {
+                        second.reset();
+                    }
                     if let Err(e) = self.take(&mut s, frame, &mut commands, &mut queries).await {
                         break e;
                     }

@@ -670,14 +670,13 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     idle("settled").await;
 
-    // 3. An operator's action, idle engine: pause/resume from another front-end, until
-    // the attached console draws it.
-    if let Ok(mut p) = published.lock() {
-        p.clear();
-    }
+    // 3. An operator's action, idle engine: pause/resume from another front-end, from
+    // the moment it is asked until the attached console draws its result.
+    let asked: Seen = Arc::default();
     let toggles = 50;
     for n in 0..toggles {
-        let command = if n % 2 == 0 {
+        let paused = n % 2 == 0;
+        let command = if paused {
             Command::Pause {
                 pipeline: Pipeline::Catalog,
             }
@@ -686,16 +685,18 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
                 pipeline: Pipeline::Catalog,
             }
         };
+        if let Ok(mut a) = asked.lock() {
+            a.push((Instant::now(), 0, paused));
+        }
         let _ = engine
             .commands
             .request(Request::new("bench", command))
             .await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    let (mut act_lat, act_skipped) =
-        latencies(&published, &console.drawn, |p| p.2, |p, d| d.2 == p.2);
+    let (mut act_lat, act_skipped) = latencies(&asked, &console.drawn, |p| p.2, |p, d| d.2 == p.2);
     println!(
-        "  action:  pause/resume ×{toggles} → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({act_skipped} never drawn)",
+        "  action:  pause/resume ×{toggles} asked → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({act_skipped} not drawn before the next)",
         quantile_ms(&mut act_lat, 0.5),
         quantile_ms(&mut act_lat, 0.99),
         quantile_ms(&mut act_lat, 1.0)
@@ -710,9 +711,10 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
 
 type Seen = Arc<std::sync::Mutex<Vec<(Instant, u64, bool)>>>;
 
-/// For each engine publish that changed what `key` reads, the time until the first
-/// frame drawn after it that `shows` it; and how many such publishes no frame showed
-/// before the next change (superseded: a console drawing at its rate skips some).
+/// For each event (an engine publish, an operator's ask) that changed what `key`
+/// reads, the time until the first frame drawn after it that `shows` it; and how many
+/// such events no frame showed before the next change (superseded: a console drawing
+/// at its rate skips some).
 fn latencies<K: PartialEq>(
     published: &Seen,
     drawn: &Seen,

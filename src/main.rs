@@ -1214,8 +1214,9 @@ fn ctl_engine(
     match (url, token) {
         (Some(url), Some(token)) => Ok(Some((url.trim_end_matches('/').to_owned(), token, false))),
         (Some(_), None) => Err(usage("--url needs --token (or SYNCCTL_TOKEN)")),
-        (None, _) => Ok(syncctl::server::local::read(dir)
-            .filter(|_| syncctl::store::DataDirLock::acquire(dir, "engine").is_err())
+        (None, _) => Ok(running_engine(dir)
+            .ok()
+            .flatten()
             .map(|c| (c.url, c.token, true))),
     }
 }

@@ -1932,6 +1932,10 @@ fn hard_names() -> Vec<String> {
     ] {
         names.push(format!("Tamal Jalapeño {e} x"));
     }
+    // Invisible characters pasted after a wide one (a zero-width space, a bidi
+    // override): ratatui's table puts each in the wide one's second cell.
+    names.push("Bandeja 🇨🇴\u{200B}\u{202E}paisa".into());
+    names.push("Café 日\u{200B}本 x".into());
     names
 }
 
@@ -1994,6 +1998,10 @@ fn hard_names_leave_no_stray_cells_on_any_screen() {
     app.tab = Tab::Events;
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("Jalapeño COCO x"), "{text}");
+    // Nothing invisible after a wide grapheme takes its letters or the grapheme away.
+    assert!(text.contains("Bandeja COpaisa"), "{text}");
+    // (Each wide grapheme here followed by the blank cell it covers.)
+    assert!(text.contains("Café 日 本  x"), "{text}");
 }
 
 /// The header names all eight screens (short below 100 columns) beside or above the

@@ -369,7 +369,12 @@ async fn consoles_of_another_protocol_version_and_bad_tokens_are_refused_clearly
     let ServerFrame::Refused { message } = first else {
         panic!("{first:?}")
     };
-    assert!(message.contains("upgrade this syncctl"), "{message}");
+    // The console shows the engine's words to its operator: they name the side to
+    // upgrade (the engine here), not "this" one, which the operator reads as theirs.
+    assert!(
+        message.contains("upgrade the engine's syncctl") && !message.contains("this"),
+        "{message}"
+    );
 
     let (_, first) = raw(&engine, OPS, json!({"type": "ping"})).await;
     assert!(

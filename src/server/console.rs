@@ -80,7 +80,7 @@ async fn read_hello(
     };
     match frame {
         ClientFrame::Hello(h) => {
-            check_version(h.protocol, "console")?;
+            check_version(h.protocol, "console", "engine")?;
             Ok(h)
         }
         _ => Err(format!(

@@ -533,6 +533,49 @@ fn p_pauses_and_resumes_as_the_operator() {
     ));
 }
 
+/// A key with Ctrl is not that key: Ctrl-P (a shell's history habit) does not pause the
+/// catalog, Ctrl-R (reverse search) does not retry an invoice, Ctrl-Y does not confirm
+/// a dialog, and Ctrl-U in a prompt does not type a `u`. Ctrl-C still asks to quit.
+#[test]
+fn control_keys_are_not_their_letters() {
+    use crossterm::event::KeyModifiers;
+    let ctrl = |c| Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL));
+    let mut app = app();
+    assert_eq!(
+        sent(update(&mut app, ctrl('p'))),
+        None,
+        "Ctrl-P paused the catalog"
+    );
+    let mut app = dian_app();
+    for c in ['r', 'R', 's', 'p'] {
+        assert_eq!(sent(update(&mut app, ctrl(c))), None, "Ctrl-{c} acted");
+    }
+    assert!(
+        app.confirm.is_none() && app.prompt.is_none(),
+        "Ctrl-R asked"
+    );
+    // In a dialog, Ctrl-Y is not `y`.
+    press(&mut app, KeyCode::Char('R'));
+    assert!(app.confirm.is_some(), "R asks first");
+    assert_eq!(sent(update(&mut app, ctrl('y'))), None, "Ctrl-Y confirmed");
+    assert!(app.confirm.is_some(), "the dialog is still open");
+    press(&mut app, KeyCode::Esc);
+    // In a prompt, Ctrl-U types nothing.
+    press(&mut app, KeyCode::Char('c'));
+    update(&mut app, ctrl('u'));
+    assert_eq!(
+        app.prompt.as_deref(),
+        Some(""),
+        "Ctrl-U typed into the cache prompt"
+    );
+    // Ctrl-C still asks to quit, and shifted letters are still their keys.
+    update(&mut app, ctrl('c'));
+    assert!(matches!(
+        app.confirm,
+        Some(syncctl::console::state::Confirm::Quit)
+    ));
+}
+
 #[test]
 fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
     let mut app = dian_app();

@@ -481,3 +481,98 @@ async fn an_attached_console_reconnects_by_itself_when_its_engine_restarts() {
     again.shutdown().await;
     sb.shutdown().await;
 }
+
+/// A console that stops reading (a client that reads nothing on purpose, or one whose
+/// window never opens again) while the engine has frames for it must not hold its
+/// connection, and the slot of `server.max_connections` it takes, for ever: a frame
+/// the console does not take within the heartbeat's allowance of silence ends the
+/// connection, as silence does. (A viewer token was enough to hold slots until the
+/// engine answered every new connection 503, `/health` and webhooks included.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_that_stops_reading_is_dropped_not_kept_for_ever() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let products = 1200;
+    let sb = common::sandbox(products, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    cfg.server.ws_heartbeat_secs = 1;
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    // An audit trail long enough that the answers below fill every buffer on the way.
+    let mut snapshots = engine.snapshot.clone();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        snapshots
+            .wait_for(|s| s.catalog.full_sync.done && s.catalog.counts.synced >= products as u64),
+    )
+    .await
+    .expect("the catalog synced")
+    .unwrap();
+
+    // A console whose socket takes little and is never read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(engine.server_addr).await.unwrap();
+    let mut req = format!("ws://{}/api/v1/ws/console", engine.server_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {VIEW}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let (mut sink, never_read) = ws.split();
+    let hello =
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "stalled"});
+    sink.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    // It keeps asking (the engine reads its frames as long as it is not itself stuck).
+    let asking = tokio::spawn(async move {
+        for id in 0..4000u64 {
+            let q = json!({"type": "query", "id": id, "query": {"query": "audit", "filter": {
+                "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+                "before_id": null, "limit": 1000}}});
+            if sink
+                .send(Message::Text(q.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        sink
+    });
+    let listed = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/ws/connections"))
+            .bearer_auth(VIEW)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(
+            v["connections"]
+                .as_array()?
+                .iter()
+                .any(|c| c["console"]["user"] == "stalled"),
+        )
+    };
+    common::eventually(30, "the stalled console to attach", || async {
+        listed().await?.then_some(())
+    })
+    .await;
+    // Heartbeat 1 s, silent for 3 beats: dropped within seconds, not kept while the
+    // socket stays open.
+    common::eventually(
+        60,
+        "the engine to drop the console that does not read",
+        || async { (!listed().await?).then_some(()) },
+    )
+    .await;
+    drop(never_read);
+    asking.abort();
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

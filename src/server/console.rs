@@ -130,6 +130,7 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         max_fps: hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60),
         shown: Shown::default(),
         clock: None,
+        stall: st.control.heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1),
     };
     session.run(&mut tx, &mut rx).await;
     st.control.ws.remove(id);
@@ -151,17 +152,31 @@ struct Session<'a> {
     shown: Shown,
     /// The engine clock the console was sent in its snapshot (it keeps time itself).
     clock: Option<i64>,
+    /// How long a frame may wait for the console to take it: as long as the console
+    /// may stay silent.
+    stall: Duration,
 }
 
 impl Session<'_> {
-    /// Sends one frame on the compressed stream; false when the console is gone.
+    /// Sends one frame on the compressed stream; false when the console is gone, or
+    /// does not take the frame within [`Session::stall`] (it stopped reading: while
+    /// this waits nothing else of the connection runs, its heartbeat included).
     async fn send(&mut self, tx: &mut Tx, frame: &ServerFrame) -> bool {
         let Ok(bytes) = self.packer.pack(frame) else {
             return false;
         };
         let n = bytes.len();
-        if tx.send(Message::Binary(bytes.into())).await.is_err() {
-            return false;
+        match tokio::time::timeout(self.stall, tx.send(Message::Binary(bytes.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                tracing::info!(
+                    "console {}: took no frame for {:?}; dropped",
+                    self.id,
+                    self.stall
+                );
+                return false;
+            }
         }
         self.st.control.ws.sent_bytes(self.id, n);
         true

@@ -576,3 +576,55 @@ async fn a_console_that_stops_reading_is_dropped_not_kept_for_ever() {
     engine.shutdown().await;
     sb.shutdown().await;
 }
+
+/// A console's frames are small (a command, a query, a hello): one far larger is
+/// refused by closing the connection, not read whole. (The WebSocket default took up
+/// to 64 MiB a message: sixteen viewer consoles sending 15 MB each grew the engine by
+/// 400 MB; a few hundred would have it killed for memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_console_frame_closes_the_connection_unread() {
+    let sb = common::sandbox(5, 13).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let (mut ws, first) = raw(
+        &engine,
+        VIEW,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "big"}),
+    )
+    .await;
+    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    let huge = "A".repeat(2 << 20);
+    ws.send(json!({"type": "command", "id": 1, "command": {"verb": "retry", "key": huge}}))
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Binary(b))) => {
+                    if let Ok(f @ ServerFrame::Reply { .. }) = ws.unpacker.unpack(&b) {
+                        return Some(f);
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the engine ends the connection");
+    assert!(
+        ended.is_none(),
+        "the 2 MiB frame was read and answered: {ended:?}"
+    );
+    // The engine goes on serving others.
+    let (_, first) = raw(
+        &engine,
+        VIEW,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "next"}),
+    )
+    .await;
+    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

@@ -31,6 +31,9 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A console silent for this many heartbeats is taken for gone.
 const SILENT_BEATS: u32 = 3;
+/// The largest frame a console may send (a command, a query, its hello: well under a
+/// kilobyte); a larger one closes the connection unread.
+pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
 
 pub async fn attach(
     ws: WebSocketUpgrade,
@@ -38,7 +41,9 @@ pub async fn attach(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, st, actor, addr))
+    ws.max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| serve(socket, st, actor, addr))
 }
 
 type Tx = SplitSink<WebSocket, Message>;

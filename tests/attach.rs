@@ -628,3 +628,62 @@ async fn a_huge_console_frame_closes_the_connection_unread() {
     engine.shutdown().await;
     sb.shutdown().await;
 }
+
+/// A console has a few queries in flight at most; more at once are answered at once
+/// with why, not all run and their answers held for it. (Each audit query's answer is
+/// hundreds of kilobytes: a console that asked thousands and read slowly had the
+/// engine hold them all, 600 MB for one console.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_has_a_few_queries_in_flight_not_thousands() {
+    let sb = common::sandbox(5, 14).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let (mut ws, first) = raw(
+        &engine,
+        VIEW,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "asker"}),
+    )
+    .await;
+    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    let n = 200;
+    for id in 0..n {
+        ws.send(
+            json!({"type": "query", "id": id, "query": {"query": "audit", "filter": {
+            "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+            "before_id": null, "limit": 1000}}}),
+        )
+        .await;
+    }
+    let (mut answered, mut busy) = (0, 0);
+    while answered + busy < n {
+        if let ServerFrame::Answer { reply, .. } = ws.next().await {
+            match reply {
+                Ok(_) => answered += 1,
+                Err(CommandError::Unavailable { reason }) => {
+                    assert!(reason.contains("in flight"), "{reason}");
+                    busy += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    assert!(answered >= 1, "some were answered");
+    assert!(busy >= 1, "all {n} queries ran at once");
+    // Once answered, the console may ask again.
+    ws.send(
+        json!({"type": "query", "id": 999, "query": {"query": "audit", "filter": {
+        "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+        "before_id": null, "limit": 10}}}),
+    )
+    .await;
+    loop {
+        if let ServerFrame::Answer { id: 999, reply } = ws.next().await {
+            assert!(reply.is_ok(), "{reply:?}");
+            break;
+        }
+    }
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

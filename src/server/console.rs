@@ -6,6 +6,7 @@
 //! as a viewer, and the engine refuses them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -34,6 +35,9 @@ const SILENT_BEATS: u32 = 3;
 /// The largest frame a console may send (a command, a query, its hello: well under a
 /// kilobyte); a larger one closes the connection unread.
 pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
+/// Queries of one console asked and not yet answered to it; more are refused at once
+/// with why (each answer waits in memory until the console takes it).
+const QUERIES_IN_FLIGHT: usize = 8;
 
 pub async fn attach(
     ws: WebSocketUpgrade,
@@ -136,6 +140,7 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         shown: Shown::default(),
         clock: None,
         stall: st.control.heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1),
+        queries: AtomicUsize::new(0),
     };
     session.run(&mut tx, &mut rx).await;
     st.control.ws.remove(id);
@@ -160,6 +165,9 @@ struct Session<'a> {
     /// How long a frame may wait for the console to take it: as long as the console
     /// may stay silent.
     stall: Duration,
+    /// Its queries asked and not yet sent their answer (an answer waits in memory
+    /// until the console takes it).
+    queries: AtomicUsize,
 }
 
 impl Session<'_> {
@@ -267,7 +275,12 @@ impl Session<'_> {
                     Ok(event) => ServerFrame::Event { event },
                     Err(RecvError::Closed) => break,
                 },
-                Some(frame) = back.recv() => frame,
+                Some(frame) = back.recv() => {
+                    if matches!(frame, ServerFrame::Answer { .. }) {
+                        self.queries.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    frame
+                }
                 _ = beat.tick() => {
                     silent += 1;
                     if silent > SILENT_BEATS {
@@ -359,6 +372,16 @@ impl Session<'_> {
                 None
             }
             ClientFrame::Query { id, query } => {
+                if self.queries.load(Ordering::Relaxed) >= QUERIES_IN_FLIGHT {
+                    return Some(ServerFrame::Answer {
+                        id,
+                        reply: Err(CommandError::unavailable(format!(
+                            "{QUERIES_IN_FLIGHT} queries of this console are in flight; \
+                             ask again once they are answered"
+                        ))),
+                    });
+                }
+                self.queries.fetch_add(1, Ordering::Relaxed);
                 let engine = self.st.engine.clone();
                 let back = back.clone();
                 tokio::spawn(async move {

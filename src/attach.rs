@@ -281,7 +281,7 @@ async fn open(
             )));
         }
     };
-    attach::check_version(welcome.protocol, "engine").map_err(AttachError::Refused)?;
+    attach::check_version(welcome.protocol, "engine", "console").map_err(AttachError::Refused)?;
     match next_frame(&mut socket, &mut unpacker, received)
         .await
         .map_err(AttachError::Refused)?

@@ -283,9 +283,12 @@ pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Resu
 /// Replaces the file at `path` with `bytes` through a temporary file beside it and a
 /// rename, so a crash never leaves half a file. The new file keeps the old one's mode
 /// and (where the process may set it) its owner and group; a file created here is
-/// `0600` (a config holds API tokens and secrets). The umask never widens it.
+/// `0600` (a config holds API tokens and secrets). The umask never widens it. A path
+/// that is a symlink has the file it points at replaced; the link stays.
 pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let resolved = std::fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let old = std::fs::metadata(path).ok();
     let tmp = path.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp);

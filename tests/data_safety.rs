@@ -119,6 +119,44 @@ async fn saving_thresholds_keeps_the_config_files_mode() {
             "no temporary file left"
         );
     }
+
+    // A config reached through a symlink (dotfiles, /etc managed by a tool): the file
+    // it points at is saved, and the link stays a link. Replacing the link with a copy
+    // would leave the real config unchanged and the two diverging from then on.
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.toml");
+    let link = dir.path().join("syncctl.toml");
+    std::fs::write(&real, "[alerts]\nerror_rate_percent = 10.0\n").unwrap();
+    set_mode(&real, 0o600);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = vec![TokenConfig {
+        name: "ops".into(),
+        token: Secret::new(OPS),
+        role: Role::Operator,
+        rate_limit_per_min: 0,
+    }];
+    cfg.source = Some(link.clone());
+    let mut engine = common::engine(cfg, &dir.path().join("data")).await;
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
+        .bearer_auth(OPS)
+        .json(&json!({"alerts.error_rate_percent": 6.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    engine.shutdown().await;
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the config's symlink was replaced by a file"
+    );
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(text.contains("error_rate_percent = 6.5"), "{text}");
+    assert_eq!(mode(&real), 0o600);
 }
 
 /// Points 2 and 3: a data dir an older version left readable (0755, a 0644 log) is

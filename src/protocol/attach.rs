@@ -247,20 +247,19 @@ impl AttachedConsole {
     }
 }
 
-/// Whether a console of protocol `theirs` may talk to this side; the message says who
-/// should upgrade.
-pub fn check_version(theirs: u32, them: &str) -> Result<(), String> {
-    match theirs.cmp(&PROTOCOL_VERSION) {
-        std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Less => Err(format!(
-            "the {them} speaks console protocol {theirs}, this side {PROTOCOL_VERSION}: \
-             upgrade the {them}'s syncctl"
-        )),
-        std::cmp::Ordering::Greater => Err(format!(
-            "the {them} speaks console protocol {theirs}, this side {PROTOCOL_VERSION}: \
-             upgrade this syncctl"
-        )),
-    }
+/// Whether `them` (the console or the engine), of protocol `theirs`, may talk to `us`
+/// (the other); the message names the side that should upgrade, never "this" one: the
+/// engine's refusal is read by the console's operator.
+pub fn check_version(theirs: u32, them: &str, us: &str) -> Result<(), String> {
+    let upgrade = match theirs.cmp(&PROTOCOL_VERSION) {
+        std::cmp::Ordering::Equal => return Ok(()),
+        std::cmp::Ordering::Less => them,
+        std::cmp::Ordering::Greater => us,
+    };
+    Err(format!(
+        "the {them} speaks console protocol {theirs}, the {us} {PROTOCOL_VERSION}: \
+         upgrade the {upgrade}'s syncctl"
+    ))
 }
 
 /// One change of a delta. `path` names object fields from the root (and, in lists of
@@ -822,10 +821,14 @@ mod tests {
 
     #[test]
     fn versions_refuse_each_other_saying_who_upgrades() {
-        assert!(check_version(PROTOCOL_VERSION, "console").is_ok());
-        let old = check_version(PROTOCOL_VERSION - 1, "console").unwrap_err();
+        assert!(check_version(PROTOCOL_VERSION, "console", "engine").is_ok());
+        let old = check_version(PROTOCOL_VERSION - 1, "console", "engine").unwrap_err();
         assert!(old.contains("upgrade the console's syncctl"), "{old}");
-        let new = check_version(PROTOCOL_VERSION + 1, "engine").unwrap_err();
-        assert!(new.contains("upgrade this syncctl"), "{new}");
+        // A newer console, refused by the engine: the engine is the one to upgrade.
+        let new = check_version(PROTOCOL_VERSION + 1, "console", "engine").unwrap_err();
+        assert!(new.contains("upgrade the engine's syncctl"), "{new}");
+        // A newer engine, refused by the console.
+        let new = check_version(PROTOCOL_VERSION + 1, "engine", "console").unwrap_err();
+        assert!(new.contains("upgrade the console's syncctl"), "{new}");
     }
 }

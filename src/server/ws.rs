@@ -156,7 +156,11 @@ pub async fn subscribe<const ALERTS: bool>(
     } else {
         Feed::Notifications
     };
-    ws.on_upgrade(move |socket| serve(socket, st, feed, actor, addr))
+    // A feed takes only pings: nothing large is read from it.
+    let max = super::console::MAX_CLIENT_FRAME;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(socket, st, feed, actor, addr))
 }
 
 /// The JSON frame for an event on a feed (None: not for this feed).

@@ -45,9 +45,15 @@ pub async fn attach(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
+    let Some(slot) = st.control.ws.admit(st.control.max_websockets) else {
+        return super::ws::too_many(st.control.max_websockets);
+    };
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| serve(socket, st, actor, addr))
+        .on_upgrade(move |socket| async move {
+            serve(socket, st, actor, addr).await;
+            drop(slot);
+        })
 }
 
 type Tx = SplitSink<WebSocket, Message>;

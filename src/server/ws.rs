@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -53,6 +53,17 @@ pub struct Registry {
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Connection>>,
     consoles: watch::Sender<Vec<AttachedConsole>>,
+    /// WebSockets held now (see [`Registry::admit`]).
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One WebSocket's place among those the server holds; freed when dropped.
+pub struct WsSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -62,7 +73,21 @@ impl Registry {
             next: AtomicU64::new(0),
             open: Mutex::new(BTreeMap::new()),
             consoles,
+            held: Arc::default(),
         }
+    }
+
+    /// A place for one more WebSocket, if fewer than `cap` are held (upgrading or
+    /// open): each keeps a connection slot for as long as it lives, so they may take
+    /// only part of the server's (`server.max_websockets`), never the slots `/health`
+    /// and Stripe's webhooks need.
+    pub fn admit(&self, cap: usize) -> Option<WsSlot> {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WsSlot(self.held.clone()))
     }
 
     pub fn list(&self) -> Vec<Connection> {
@@ -156,11 +181,33 @@ pub async fn subscribe<const ALERTS: bool>(
     } else {
         Feed::Notifications
     };
+    let Some(slot) = st.control.ws.admit(st.control.max_websockets) else {
+        return too_many(st.control.max_websockets);
+    };
     // A feed takes only pings: nothing large is read from it.
     let max = super::console::MAX_CLIENT_FRAME;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(socket, st, feed, actor, addr))
+        .on_upgrade(move |socket| async move {
+            serve(socket, st, feed, actor, addr).await;
+            drop(slot);
+        })
+}
+
+/// The answer to a WebSocket over the cap: 503, try again later.
+pub fn too_many(cap: usize) -> Response {
+    let mut r = super::api::error(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_websockets",
+        format!(
+            "the engine holds {cap} WebSockets, as many as it may (server.max_websockets); close a console or feed, or raise the cap"
+        ),
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    r
 }
 
 /// The JSON frame for an event on a feed (None: not for this feed).

@@ -717,3 +717,26 @@ fn ctl_journal_lists_each_action_with_its_actor_result_and_cli_equivalent() {
     assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
     assert!(stdout(&out).contains("syncctl ctl pause compliance"));
 }
+
+/// Asking whether an engine serves a data dir creates nothing there (it took the
+/// data-dir lock, which made the directory, and could hold the lock an engine starting
+/// at that instant needed).
+#[test]
+fn asking_for_an_engine_creates_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("nothing-here");
+    let out = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "ctl",
+            "pause",
+            "catalog",
+        ])
+        .env("HOME", home.path())
+        .env_remove("SYNCCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!data.exists(), "the data dir was created by asking");
+}

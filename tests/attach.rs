@@ -80,11 +80,7 @@ async fn paused_within(link: &RemoteEngine, paused: bool, within: Duration) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_consoles_see_one_consoles_action_and_who_is_attached() {
-    let sb = common::sandbox(40, 7).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(40, 7, |_| {}).await;
 
     let mut consoles = Vec::new();
     for n in 0..5 {
@@ -220,6 +216,38 @@ fn who_panel(link: &RemoteEngine, w: u16, h: u16) -> String {
         .join("\n")
 }
 
+/// A sandbox of `products` and a headless engine on it with the test tokens (and
+/// `tune` applied to its config).
+async fn engine_with_tokens(
+    products: usize,
+    seed: u64,
+    tune: impl FnOnce(&mut syncctl::config::Config),
+) -> (
+    syncctl::sandbox::SandboxServer,
+    tempfile::TempDir,
+    syncctl::app::Served,
+) {
+    let sb = common::sandbox(products, seed).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    tune(&mut cfg);
+    let engine = common::engine(cfg, dir.path()).await;
+    (sb, dir, engine)
+}
+
+/// A raw console with the viewer token, past its hello and the engine's welcome.
+async fn welcomed_viewer(engine: &syncctl::app::Served, user: &str) -> Raw {
+    let (ws, first) = raw(
+        engine,
+        VIEW,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": user}),
+    )
+    .await;
+    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    ws
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -285,11 +313,7 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
-    let sb = common::sandbox(10, 8).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(10, 8, |_| {}).await;
     let pause =
         json!({"type": "command", "id": 7, "command": {"verb": "pause", "pipeline": "catalog"}});
 
@@ -354,11 +378,7 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consoles_of_another_protocol_version_and_bad_tokens_are_refused_clearly() {
-    let sb = common::sandbox(10, 9).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(10, 9, |_| {}).await;
 
     let (_, first) = raw(
         &engine,
@@ -492,12 +512,8 @@ async fn an_attached_console_reconnects_by_itself_when_its_engine_restarts() {
 async fn a_console_that_stops_reading_is_dropped_not_kept_for_ever() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let products = 1200;
-    let sb = common::sandbox(products, 12).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    cfg.server.ws_heartbeat_secs = 1;
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) =
+        engine_with_tokens(products, 12, |c| c.server.ws_heartbeat_secs = 1).await;
     let base = format!("http://{}", engine.server_addr);
     // An audit trail long enough that the answers below fill every buffer on the way.
     let mut snapshots = engine.snapshot.clone();
@@ -583,18 +599,8 @@ async fn a_console_that_stops_reading_is_dropped_not_kept_for_ever() {
 /// 400 MB; a few hundred would have it killed for memory.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_console_frame_closes_the_connection_unread() {
-    let sb = common::sandbox(5, 13).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
-    let (mut ws, first) = raw(
-        &engine,
-        VIEW,
-        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "big"}),
-    )
-    .await;
-    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    let (sb, _dir, mut engine) = engine_with_tokens(5, 13, |_| {}).await;
+    let mut ws = welcomed_viewer(&engine, "big").await;
     let huge = "A".repeat(2 << 20);
     ws.send(json!({"type": "command", "id": 1, "command": {"verb": "retry", "key": huge}}))
         .await;
@@ -618,13 +624,7 @@ async fn a_huge_console_frame_closes_the_connection_unread() {
         "the 2 MiB frame was read and answered: {ended:?}"
     );
     // The engine goes on serving others.
-    let (_, first) = raw(
-        &engine,
-        VIEW,
-        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "next"}),
-    )
-    .await;
-    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    welcomed_viewer(&engine, "next").await;
     engine.shutdown().await;
     sb.shutdown().await;
 }
@@ -635,18 +635,8 @@ async fn a_huge_console_frame_closes_the_connection_unread() {
 /// engine hold them all, 600 MB for one console.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_has_a_few_queries_in_flight_not_thousands() {
-    let sb = common::sandbox(5, 14).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
-    let (mut ws, first) = raw(
-        &engine,
-        VIEW,
-        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "asker"}),
-    )
-    .await;
-    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    let (sb, _dir, mut engine) = engine_with_tokens(5, 14, |_| {}).await;
+    let mut ws = welcomed_viewer(&engine, "asker").await;
     let n = 200;
     for id in 0..n {
         ws.send(

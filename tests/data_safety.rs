@@ -75,6 +75,36 @@ fn backups(dir: &Path) -> Vec<(String, Value)> {
 }
 
 /// Point 1: `PUT /api/v1/thresholds` rewrites the config through a temporary file; the
+
+/// An engine on `sb` whose config was read from `config` saves one tuned threshold
+/// (`alerts.error_rate_percent`) through the API, then stops.
+async fn save_threshold(
+    sb: &syncctl::sandbox::SandboxServer,
+    config: &std::path::Path,
+    data: &std::path::Path,
+    value: f64,
+) {
+    let mut cfg = common::config_for(sb);
+    cfg.server.tokens = vec![TokenConfig {
+        name: "ops".into(),
+        token: Secret::new(OPS),
+        role: Role::Operator,
+        rate_limit_per_min: 0,
+    }];
+    cfg.source = Some(config.to_owned());
+    let mut engine = common::engine(cfg, data).await;
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
+        .bearer_auth(OPS)
+        .json(&json!({ "alerts.error_rate_percent": value }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    engine.shutdown().await;
+}
+
 /// file keeps the mode it had (0600 stays 0600, 0640 stays 0640), never the umask's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saving_thresholds_keeps_the_config_files_mode() {
@@ -88,25 +118,7 @@ async fn saving_thresholds_keeps_the_config_files_mode() {
         )
         .unwrap();
         set_mode(&path, original);
-        let mut cfg = common::config_for(&sb);
-        cfg.server.tokens = vec![TokenConfig {
-            name: "ops".into(),
-            token: Secret::new(OPS),
-            role: Role::Operator,
-            rate_limit_per_min: 0,
-        }];
-        cfg.source = Some(path.clone());
-        let mut engine = common::engine(cfg, &dir.path().join("data")).await;
-        let r = reqwest::Client::new()
-            .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
-            .bearer_auth(OPS)
-            .json(&json!({"alerts.error_rate_percent": 7.5}))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert_eq!(status, 200, "{}", r.text().await.unwrap());
-        engine.shutdown().await;
+        save_threshold(&sb, &path, &dir.path().join("data"), 7.5).await;
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("error_rate_percent = 7.5"), "{text}");
         assert_eq!(
@@ -129,24 +141,7 @@ async fn saving_thresholds_keeps_the_config_files_mode() {
     std::fs::write(&real, "[alerts]\nerror_rate_percent = 10.0\n").unwrap();
     set_mode(&real, 0o600);
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        token: Secret::new(OPS),
-        role: Role::Operator,
-        rate_limit_per_min: 0,
-    }];
-    cfg.source = Some(link.clone());
-    let mut engine = common::engine(cfg, &dir.path().join("data")).await;
-    let r = reqwest::Client::new()
-        .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
-        .bearer_auth(OPS)
-        .json(&json!({"alerts.error_rate_percent": 6.5}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    engine.shutdown().await;
+    save_threshold(&sb, &link, &dir.path().join("data"), 6.5).await;
     assert!(
         std::fs::symlink_metadata(&link)
             .unwrap()

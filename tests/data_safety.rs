@@ -74,8 +74,6 @@ fn backups(dir: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Point 1: `PUT /api/v1/thresholds` rewrites the config through a temporary file; the
-
 /// An engine on `sb` whose config was read from `config` saves one tuned threshold
 /// (`alerts.error_rate_percent`) through the API, then stops.
 async fn save_threshold(
@@ -105,6 +103,7 @@ async fn save_threshold(
     engine.shutdown().await;
 }
 
+/// Point 1: `PUT /api/v1/thresholds` rewrites the config through a temporary file; the
 /// file keeps the mode it had (0600 stays 0600, 0640 stays 0640), never the umask's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saving_thresholds_keeps_the_config_files_mode() {

@@ -677,3 +677,68 @@ async fn a_console_has_a_few_queries_in_flight_not_thousands() {
     engine.shutdown().await;
     sb.shutdown().await;
 }
+
+/// A feed client (notifications) that stops reading is let go: it answers no ping
+/// (a WebSocket client answers them by itself while it reads), and after as long as a
+/// silent console is kept, its slot is free again — not held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_stops_reading_is_dropped_not_kept_for_ever() {
+    let (sb, _dir, mut engine) =
+        engine_with_tokens(5, 15, |c| c.server.ws_heartbeat_secs = 1).await;
+    let base = format!("http://{}", engine.server_addr);
+    let url = format!(
+        "ws://{}/api/v1/ws/notifications?token={VIEW}",
+        engine.server_addr
+    );
+    let feeds = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/ws/connections"))
+            .bearer_auth(VIEW)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(
+            v["connections"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["feed"] == "notifications")
+                .filter_map(|c| c["id"].as_u64())
+                .collect::<Vec<_>>(),
+        )
+    };
+    // One that reads (and so answers pings) and one that never reads.
+    let (mut reading, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut frames = 0;
+        while let Some(Ok(_)) = reading.next().await {
+            frames += 1;
+        }
+        frames
+    });
+    let (never_read, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let both = common::eventually(10, "both feeds listed", || async {
+        feeds().await.filter(|f| f.len() == 2)
+    })
+    .await;
+    // Heartbeat 1 s: the silent one (the later) is gone within seconds; the reading
+    // one, pinged all along, stays.
+    let left = common::eventually(
+        30,
+        "the engine to drop the feed that does not read",
+        || async { feeds().await.filter(|f| f.len() == 1) },
+    )
+    .await;
+    assert_eq!(
+        left,
+        [both[0]],
+        "the reading feed is kept, the silent one dropped"
+    );
+    assert!(!reader.is_finished(), "the reading feed is still served");
+    drop(never_read);
+    reader.abort();
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

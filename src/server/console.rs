@@ -32,6 +32,12 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A console silent for this many heartbeats is taken for gone.
 const SILENT_BEATS: u32 = 3;
+
+/// How long a frame may wait for a WebSocket client to take it (console or feed) before
+/// the client is taken for gone: as long as a console may stay silent.
+pub fn stall_after(heartbeat: Duration) -> Duration {
+    heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1)
+}
 /// The largest frame a console may send (a command, a query, its hello: well under a
 /// kilobyte); a larger one closes the connection unread.
 pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
@@ -145,7 +151,7 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         max_fps: hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60),
         shown: Shown::default(),
         clock: None,
-        stall: st.control.heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1),
+        stall: stall_after(st.control.heartbeat),
         queries: AtomicUsize::new(0),
     };
     session.run(&mut tx, &mut rx).await;

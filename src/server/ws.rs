@@ -254,10 +254,22 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
         .await
         .is_ok();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let stall = super::console::stall_after(heartbeat);
+    // Any frame from the client (a WebSocket client answers our pings by itself while
+    // it reads) says it is there; one that stops reading is let go after `stall`.
+    let mut heard = tokio::time::Instant::now();
     let mut seq = 0u64;
     while ok {
         let out = tokio::select! {
             _ = beat.tick() => {
+                if heard.elapsed() > stall {
+                    tracing::info!("{feed:?} feed {id}: no answer for {stall:?}; dropped");
+                    break;
+                }
+                let ping = tokio::time::timeout(stall, tx.send(Message::Ping(Vec::new().into())));
+                if !matches!(ping.await, Ok(Ok(()))) {
+                    break;
+                }
                 seq += 1;
                 Some(json!({ "type": "heartbeat", "seq": seq, "at_ms": super::now_ms() }))
             }
@@ -266,20 +278,33 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
                 Err(RecvError::Lagged(n)) => Some(json!({ "type": "lagged", "missed": n })),
                 Err(RecvError::Closed) => break,
             },
-            m = rx.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-                    match v.get("type").and_then(Value::as_str) {
-                        Some("ping") => Some(json!({ "type": "pong", "at_ms": super::now_ms() })),
-                        _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
+            m = rx.next() => {
+                heard = tokio::time::Instant::now();
+                match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                        match v.get("type").and_then(Value::as_str) {
+                            Some("ping") => Some(json!({ "type": "pong", "at_ms": super::now_ms() })),
+                            _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
+                        }
                     }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => None,
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => None,
             },
         };
         if let Some(v) = out {
-            ok = tx.send(Message::Text(v.to_string().into())).await.is_ok();
+            // A client that stops reading is let go once a frame waits as long as a
+            // console may stay silent: it would hold its slot for ever.
+            ok = match tokio::time::timeout(stall, tx.send(Message::Text(v.to_string().into())))
+                .await
+            {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    tracing::info!("{feed:?} feed {id}: took no frame for {stall:?}; dropped");
+                    false
+                }
+            };
             if ok {
                 st.control.ws.sent(id);
             }

@@ -31,11 +31,11 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 /// The console heartbeat: at most this, or the configured feed heartbeat if shorter.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A console silent for this many heartbeats is taken for gone.
-const SILENT_BEATS: u32 = 3;
+pub(super) const SILENT_BEATS: u32 = 3;
 
-/// How long a frame may wait for a WebSocket client to take it (console or feed) before
+/// How long a frame may wait for a console to take it before
 /// the client is taken for gone: as long as a console may stay silent.
-pub fn stall_after(heartbeat: Duration) -> Duration {
+fn stall_after(heartbeat: Duration) -> Duration {
     heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1)
 }
 /// The largest frame a console may send (a command, a query, its hello: well under a

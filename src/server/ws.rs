@@ -254,9 +254,10 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
         .await
         .is_ok();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let stall = super::console::stall_after(heartbeat);
     // Any frame from the client (a WebSocket client answers our pings by itself while
-    // it reads) says it is there; one that stops reading is let go after `stall`.
+    // it reads) says it is there; one that stops reading is let go after as many
+    // heartbeats as a silent console (a frame waits for it no longer either).
+    let stall = heartbeat * (super::console::SILENT_BEATS + 1);
     let mut heard = tokio::time::Instant::now();
     let mut seq = 0u64;
     while ok {

@@ -33,11 +33,12 @@ const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A console silent for this many heartbeats is taken for gone.
 pub(super) const SILENT_BEATS: u32 = 3;
 
-/// How long a frame may wait for a console to take it before
-/// the client is taken for gone: as long as a console may stay silent.
+/// How long a frame may wait for a console to take it before the console is taken
+/// for gone: as long as it may stay silent.
 fn stall_after(heartbeat: Duration) -> Duration {
     heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1)
 }
+
 /// The largest frame a console may send (a command, a query, its hello: well under a
 /// kilobyte); a larger one closes the connection unread.
 pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;

@@ -115,31 +115,46 @@ struct Session {
     snapshot: Snapshot,
     seq: u64,
     to: String,
-    /// The engine's clock as its snapshot gave it, and when that arrived: the console
-    /// keeps the engine's time from there (deltas never carry it).
-    clock: Option<(i64, tokio::time::Instant)>,
+    /// The engine's clock as its snapshot gave it: the console keeps the engine's time
+    /// from there (deltas never carry it).
+    clock: Option<EngineClock>,
+}
+
+/// The engine's time as this console keeps it: what the snapshot said, and how long
+/// ago that arrived.
+#[derive(Debug, Clone, Copy)]
+struct EngineClock {
+    ms: i64,
+    at: tokio::time::Instant,
+}
+
+impl EngineClock {
+    fn starting(ms: i64) -> Self {
+        Self {
+            ms,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The engine's time now, in whole seconds as the engine gives it.
+    fn now_ms(self) -> i64 {
+        let elapsed = i64::try_from(self.at.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.ms.saturating_add(elapsed / 1000 * 1000)
+    }
 }
 
 impl Session {
     /// The whole view arrived: the engine clock starts from it.
     fn whole(&mut self, seq: u64, snapshot: Snapshot) {
         self.doc = serde_json::to_value(&snapshot).unwrap_or(Value::Null);
-        self.clock = attach::clock_ms(&self.doc).map(|ms| (ms, tokio::time::Instant::now()));
+        self.clock = attach::clock_ms(&self.doc).map(EngineClock::starting);
         self.snapshot = snapshot;
         self.seq = seq;
     }
 
-    /// The engine's time now, in whole seconds as the engine gives it.
-    fn engine_now_ms(&self) -> Option<i64> {
-        self.clock.map(|(ms, at)| {
-            let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
-            ms.saturating_add(elapsed / 1000 * 1000)
-        })
-    }
-
     /// Brings the view's clock to the engine's time; true when it moved.
     fn keep_time(&mut self) -> bool {
-        let Some(now) = self.engine_now_ms() else {
+        let Some(now) = self.clock.map(EngineClock::now_ms) else {
             return false;
         };
         if attach::clock_ms(&self.doc) == Some(now) {
@@ -266,7 +281,7 @@ async fn open(
             )));
         }
     };
-    attach::check_version(welcome.protocol, "engine").map_err(AttachError::Refused)?;
+    attach::check_version(welcome.protocol, "engine", "console").map_err(AttachError::Refused)?;
     match next_frame(&mut socket, &mut unpacker, received)
         .await
         .map_err(AttachError::Refused)?
@@ -554,6 +569,11 @@ impl Keeper {
                         Ok(f) => f,
                         Err(e) => break e,
                     };
+                    // A view that arrived brought the clock along: the next tick of
+                    // our own is a second from now (no extra frame while deltas flow).
+                    if matches!(frame, ServerFrame::Delta { .. } | ServerFrame::Snapshot { .. }) {
+                        second.reset();
+                    }
                     if let Err(e) = self.take(&mut s, frame, &mut commands, &mut queries).await {
                         break e;
                     }
@@ -634,5 +654,22 @@ pub fn hello(read_only: bool, max_fps: u32) -> Hello {
         ssh,
         read_only,
         max_fps: Some(max_fps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_engine_clock_is_kept_in_whole_seconds_from_the_snapshot() {
+        let clock = EngineClock::starting(1_796_123_535_000);
+        assert_eq!(clock.now_ms(), 1_796_123_535_000);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(clock.now_ms(), 1_796_123_535_000);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(clock.now_ms(), 1_796_123_536_000);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(clock.now_ms(), 1_796_127_136_000);
     }
 }

@@ -658,24 +658,23 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
 
     // 2. Idle: nothing to sync, nobody acting; first while the last minute's charts
     // still move, then once they have settled (every per-second window at zero).
-    let idle_rate = |label: &str, rx: (u64, u64), tx: (u64, u64), secs: f64| {
-        println!(
-            "  {label} {secs:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
-            (rx.1 - rx.0) as f64 / secs,
-            (tx.1 - tx.0) as f64 / secs
-        );
+    // What the console received and wrote over `idle_secs` of nobody acting.
+    let idle = |label: &'static str| {
+        let (link, written) = (&link, &console.written);
+        async move {
+            let (rx0, tx0) = (link.received(), written.load(Ordering::Relaxed));
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "  idle:    ({label}) {secs:.0} s; the console received {:.1} B/s over its WebSocket (heartbeat every 5 s), and wrote {:.1} B/s to its terminal",
+                (link.received() - rx0) as f64 / secs,
+                (written.load(Ordering::Relaxed) - tx0) as f64 / secs
+            );
+        }
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
-    let idle_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
-    idle_rate(
-        "idle:    (charts moving)",
-        (rx0, rx1),
-        (tx0, tx1),
-        idle_started.elapsed().as_secs_f64(),
-    );
+    idle("charts moving").await;
     let mut settled = engine.snapshot.clone();
     let _ = tokio::time::timeout(
         Duration::from_secs(120),
@@ -683,25 +682,15 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rx0, tx0) = (link.received(), console.written.load(Ordering::Relaxed));
-    let idle_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let (rx1, tx1) = (link.received(), console.written.load(Ordering::Relaxed));
-    idle_rate(
-        "idle:    (settled)",
-        (rx0, rx1),
-        (tx0, tx1),
-        idle_started.elapsed().as_secs_f64(),
-    );
+    idle("settled").await;
 
-    // 3. An operator's action, idle engine: pause/resume from another front-end, until
-    // the attached console draws it.
-    if let Ok(mut p) = published.lock() {
-        p.clear();
-    }
-    let toggles = 30;
+    // 3. An operator's action, idle engine: pause/resume from another front-end, from
+    // the moment it is asked until the attached console draws its result.
+    let asked: Seen = Arc::default();
+    let toggles = 50;
     for n in 0..toggles {
-        let command = if n % 2 == 0 {
+        let paused = n % 2 == 0;
+        let command = if paused {
             Command::Pause {
                 pipeline: Pipeline::Catalog,
             }
@@ -710,16 +699,18 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
                 pipeline: Pipeline::Catalog,
             }
         };
+        if let Ok(mut a) = asked.lock() {
+            a.push((Instant::now(), 0, paused));
+        }
         let _ = engine
             .commands
             .request(Request::new("bench", command))
             .await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    let (mut act_lat, act_skipped) =
-        latencies(&published, &console.drawn, |p| p.2, |p, d| d.2 == p.2);
+    let (mut act_lat, act_skipped) = latencies(&asked, &console.drawn, |p| p.2, |p, d| d.2 == p.2);
     println!(
-        "  action:  pause/resume ×{toggles} → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({act_skipped} never drawn)",
+        "  action:  pause/resume ×{toggles} asked → drawn in the attached console: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({act_skipped} not drawn before the next)",
         quantile_ms(&mut act_lat, 0.5),
         quantile_ms(&mut act_lat, 0.99),
         quantile_ms(&mut act_lat, 1.0)
@@ -734,9 +725,10 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
 
 type Seen = Arc<std::sync::Mutex<Vec<(Instant, u64, bool)>>>;
 
-/// For each engine publish that changed what `key` reads, the time until the first
-/// frame drawn after it that `shows` it; and how many such publishes no frame showed
-/// before the next change (superseded: a console drawing at its rate skips some).
+/// For each event (an engine publish, an operator's ask) that changed what `key`
+/// reads, the time until the first frame drawn after it that `shows` it; and how many
+/// such events no frame showed before the next change (superseded: a console drawing
+/// at its rate skips some).
 fn latencies<K: PartialEq>(
     published: &Seen,
     drawn: &Seen,

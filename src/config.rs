@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// sent a whole request is closed, or, when every one is busy, the new one is
     /// answered 503 (kept well under the process's open-file limit).
     pub max_connections: usize,
+    /// WebSockets (console and feeds) held at once; each keeps its connection while
+    /// open. 0: half of `max_connections`. A WebSocket above it is answered 503.
+    pub max_websockets: usize,
     /// Seconds a connection may take to send a request's headers (also how long an idle
     /// keep-alive connection is kept waiting for its next request).
     pub header_timeout_secs: u64,
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             ws_heartbeat_secs: 30,
             allowed_hosts: Vec::new(),
             max_connections: 512,
+            max_websockets: 0,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             idle_timeout_secs: 60,
@@ -283,9 +287,12 @@ pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Resu
 /// Replaces the file at `path` with `bytes` through a temporary file beside it and a
 /// rename, so a crash never leaves half a file. The new file keeps the old one's mode
 /// and (where the process may set it) its owner and group; a file created here is
-/// `0600` (a config holds API tokens and secrets). The umask never widens it.
+/// `0600` (a config holds API tokens and secrets). The umask never widens it. A path
+/// that is a symlink has the file it points at replaced; the link stays.
 pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let resolved = std::fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let old = std::fs::metadata(path).ok();
     let tmp = path.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -1145,6 +1152,15 @@ impl Config {
             4,
             100_000,
         )?;
+        if s.max_websockets >= s.max_connections {
+            return Err(fail(
+                "server.max_websockets",
+                &format!(
+                    "must be below server.max_connections ({}), or 0 for half of it: WebSockets must leave room for /health and webhooks",
+                    s.max_connections
+                ),
+            ));
+        }
         range("server.header_timeout_secs", s.header_timeout_secs, 1, 600)?;
         range("server.body_timeout_secs", s.body_timeout_secs, 1, 3600)?;
         range("server.idle_timeout_secs", s.idle_timeout_secs, 1, 86_400)?;

@@ -435,9 +435,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             // The engine of this data dir runs already (as a service): attach to it.
-            if matches!(running_engine(&default_dir), Ok(Some(_))) {
-                let fps = max_fps(cli.config.as_ref());
-                return Ok(attach(None, None, false, &default_dir, fps).await);
+            match running_engine(&default_dir) {
+                Ok(Some(_)) => {
+                    let fps = max_fps(cli.config.as_ref());
+                    return Ok(attach(None, None, false, &default_dir, fps).await);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    eprintln!("syncctl: {why}");
+                    return Ok(ExitCode::from(3));
+                }
             }
             console_live(&cli.config, cli.data_dir, cli.fresh_store, &paths).await
         }
@@ -1214,9 +1221,13 @@ fn ctl_engine(
     match (url, token) {
         (Some(url), Some(token)) => Ok(Some((url.trim_end_matches('/').to_owned(), token, false))),
         (Some(_), None) => Err(usage("--url needs --token (or SYNCCTL_TOKEN)")),
-        (None, _) => Ok(syncctl::server::local::read(dir)
-            .filter(|_| syncctl::store::DataDirLock::acquire(dir, "engine").is_err())
-            .map(|c| (c.url, c.token, true))),
+        (None, _) => match running_engine(dir) {
+            Ok(found) => Ok(found.map(|c| (c.url, c.token, true))),
+            Err(why) => {
+                eprintln!("syncctl: {why}");
+                Err(ExitCode::from(3))
+            }
+        },
     }
 }
 
@@ -1346,6 +1357,21 @@ fn journal_from_store(
 fn running_engine(
     dir: &std::path::Path,
 ) -> Result<Option<syncctl::server::local::Control>, String> {
+    // No control file: no engine serves (or one is only starting). Asked before the
+    // lock, so that asking creates nothing and never holds the lock an engine starting
+    // at this instant needs.
+    match std::fs::metadata(dir.join(syncctl::server::local::CONTROL_FILE)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "{} is not readable by you ({}): the engine's data dir is private to the user it runs as; run as that user (`sudo -u USER syncctl --data-dir {}`) or attach by URL with a token (`SYNCCTL_TOKEN=… syncctl attach URL`)",
+                dir.display(),
+                syncctl::protocol::operator(),
+                dir.display()
+            ));
+        }
+        Err(_) => return Ok(None),
+    }
     if syncctl::store::DataDirLock::acquire(dir, "engine").is_ok() {
         return Ok(None);
     }

@@ -80,11 +80,7 @@ async fn paused_within(link: &RemoteEngine, paused: bool, within: Duration) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_consoles_see_one_consoles_action_and_who_is_attached() {
-    let sb = common::sandbox(40, 7).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(40, 7, |_| {}).await;
 
     let mut consoles = Vec::new();
     for n in 0..5 {
@@ -220,6 +216,38 @@ fn who_panel(link: &RemoteEngine, w: u16, h: u16) -> String {
         .join("\n")
 }
 
+/// A sandbox of `products` and a headless engine on it with the test tokens (and
+/// `tune` applied to its config).
+async fn engine_with_tokens(
+    products: usize,
+    seed: u64,
+    tune: impl FnOnce(&mut syncctl::config::Config),
+) -> (
+    syncctl::sandbox::SandboxServer,
+    tempfile::TempDir,
+    syncctl::app::Served,
+) {
+    let sb = common::sandbox(products, seed).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.server.tokens = tokens();
+    tune(&mut cfg);
+    let engine = common::engine(cfg, dir.path()).await;
+    (sb, dir, engine)
+}
+
+/// A raw console with the viewer token, past its hello and the engine's welcome.
+async fn welcomed_viewer(engine: &syncctl::app::Served, user: &str) -> Raw {
+    let (ws, first) = raw(
+        engine,
+        VIEW,
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": user}),
+    )
+    .await;
+    assert!(matches!(first, ServerFrame::Welcome(_)), "{first:?}");
+    ws
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -285,11 +313,7 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
-    let sb = common::sandbox(10, 8).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(10, 8, |_| {}).await;
     let pause =
         json!({"type": "command", "id": 7, "command": {"verb": "pause", "pipeline": "catalog"}});
 
@@ -354,11 +378,7 @@ async fn a_viewer_is_refused_by_the_engine_even_writing_raw_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consoles_of_another_protocol_version_and_bad_tokens_are_refused_clearly() {
-    let sb = common::sandbox(10, 9).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config_for(&sb);
-    cfg.server.tokens = tokens();
-    let mut engine = common::engine(cfg, dir.path()).await;
+    let (sb, _dir, mut engine) = engine_with_tokens(10, 9, |_| {}).await;
 
     let (_, first) = raw(
         &engine,
@@ -369,7 +389,12 @@ async fn consoles_of_another_protocol_version_and_bad_tokens_are_refused_clearly
     let ServerFrame::Refused { message } = first else {
         panic!("{first:?}")
     };
-    assert!(message.contains("upgrade this syncctl"), "{message}");
+    // The console shows the engine's words to its operator: they name the side to
+    // upgrade (the engine here), not "this" one, which the operator reads as theirs.
+    assert!(
+        message.contains("upgrade the engine's syncctl") && !message.contains("this"),
+        "{message}"
+    );
 
     let (_, first) = raw(&engine, OPS, json!({"type": "ping"})).await;
     assert!(
@@ -474,5 +499,246 @@ async fn an_attached_console_reconnects_by_itself_when_its_engine_restarts() {
     assert!(paused_within(&link, true, Duration::from_secs(2)).await);
     assert!(again.snapshot.borrow().catalog.paused);
     again.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// A console that stops reading (a client that reads nothing on purpose, or one whose
+/// window never opens again) while the engine has frames for it must not hold its
+/// connection, and the slot of `server.max_connections` it takes, for ever: a frame
+/// the console does not take within the heartbeat's allowance of silence ends the
+/// connection, as silence does. (A viewer token was enough to hold slots until the
+/// engine answered every new connection 503, `/health` and webhooks included.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_that_stops_reading_is_dropped_not_kept_for_ever() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let products = 1200;
+    let (sb, _dir, mut engine) =
+        engine_with_tokens(products, 12, |c| c.server.ws_heartbeat_secs = 1).await;
+    let base = format!("http://{}", engine.server_addr);
+    // An audit trail long enough that the answers below fill every buffer on the way.
+    let mut snapshots = engine.snapshot.clone();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        snapshots
+            .wait_for(|s| s.catalog.full_sync.done && s.catalog.counts.synced >= products as u64),
+    )
+    .await
+    .expect("the catalog synced")
+    .unwrap();
+
+    // A console whose socket takes little and is never read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(engine.server_addr).await.unwrap();
+    let mut req = format!("ws://{}/api/v1/ws/console", engine.server_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {VIEW}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let (mut sink, never_read) = ws.split();
+    let hello =
+        json!({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "raw", "user": "stalled"});
+    sink.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    // It keeps asking (the engine reads its frames as long as it is not itself stuck).
+    let asking = tokio::spawn(async move {
+        for id in 0..4000u64 {
+            let q = json!({"type": "query", "id": id, "query": {"query": "audit", "filter": {
+                "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+                "before_id": null, "limit": 1000}}});
+            if sink
+                .send(Message::Text(q.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        sink
+    });
+    let listed = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/ws/connections"))
+            .bearer_auth(VIEW)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(
+            v["connections"]
+                .as_array()?
+                .iter()
+                .any(|c| c["console"]["user"] == "stalled"),
+        )
+    };
+    common::eventually(30, "the stalled console to attach", || async {
+        listed().await?.then_some(())
+    })
+    .await;
+    // Heartbeat 1 s, silent for 3 beats: dropped within seconds, not kept while the
+    // socket stays open.
+    common::eventually(
+        60,
+        "the engine to drop the console that does not read",
+        || async { (!listed().await?).then_some(()) },
+    )
+    .await;
+    drop(never_read);
+    asking.abort();
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// A console's frames are small (a command, a query, a hello): one far larger is
+/// refused by closing the connection, not read whole. (The WebSocket default took up
+/// to 64 MiB a message: sixteen viewer consoles sending 15 MB each grew the engine by
+/// 400 MB; a few hundred would have it killed for memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_console_frame_closes_the_connection_unread() {
+    let (sb, _dir, mut engine) = engine_with_tokens(5, 13, |_| {}).await;
+    let mut ws = welcomed_viewer(&engine, "big").await;
+    let huge = "A".repeat(2 << 20);
+    ws.send(json!({"type": "command", "id": 1, "command": {"verb": "retry", "key": huge}}))
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Binary(b))) => {
+                    if let Ok(f @ ServerFrame::Reply { .. }) = ws.unpacker.unpack(&b) {
+                        return Some(f);
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the engine ends the connection");
+    assert!(
+        ended.is_none(),
+        "the 2 MiB frame was read and answered: {ended:?}"
+    );
+    // The engine goes on serving others.
+    welcomed_viewer(&engine, "next").await;
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// A console has a few queries in flight at most; more at once are answered at once
+/// with why, not all run and their answers held for it. (Each audit query's answer is
+/// hundreds of kilobytes: a console that asked thousands and read slowly had the
+/// engine hold them all, 600 MB for one console.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_has_a_few_queries_in_flight_not_thousands() {
+    let (sb, _dir, mut engine) = engine_with_tokens(5, 14, |_| {}).await;
+    let mut ws = welcomed_viewer(&engine, "asker").await;
+    let n = 200;
+    for id in 0..n {
+        ws.send(
+            json!({"type": "query", "id": id, "query": {"query": "audit", "filter": {
+            "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+            "before_id": null, "limit": 1000}}}),
+        )
+        .await;
+    }
+    let (mut answered, mut busy) = (0, 0);
+    while answered + busy < n {
+        if let ServerFrame::Answer { reply, .. } = ws.next().await {
+            match reply {
+                Ok(_) => answered += 1,
+                Err(CommandError::Unavailable { reason }) => {
+                    assert!(reason.contains("in flight"), "{reason}");
+                    busy += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    assert!(answered >= 1, "some were answered");
+    assert!(busy >= 1, "all {n} queries ran at once");
+    // Once answered, the console may ask again.
+    ws.send(
+        json!({"type": "query", "id": 999, "query": {"query": "audit", "filter": {
+        "kinds": [], "entity": null, "since_ms": null, "until_ms": null,
+        "before_id": null, "limit": 10}}}),
+    )
+    .await;
+    loop {
+        if let ServerFrame::Answer { id: 999, reply } = ws.next().await {
+            assert!(reply.is_ok(), "{reply:?}");
+            break;
+        }
+    }
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+/// A feed client (notifications) that stops reading is let go: it answers no ping
+/// (a WebSocket client answers them by itself while it reads), and after as long as a
+/// silent console is kept, its slot is free again — not held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_stops_reading_is_dropped_not_kept_for_ever() {
+    let (sb, _dir, mut engine) =
+        engine_with_tokens(5, 15, |c| c.server.ws_heartbeat_secs = 1).await;
+    let base = format!("http://{}", engine.server_addr);
+    let url = format!(
+        "ws://{}/api/v1/ws/notifications?token={VIEW}",
+        engine.server_addr
+    );
+    let feeds = || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/ws/connections"))
+            .bearer_auth(VIEW)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(
+            v["connections"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["feed"] == "notifications")
+                .filter_map(|c| c["id"].as_u64())
+                .collect::<Vec<_>>(),
+        )
+    };
+    // One that reads (and so answers pings) and one that never reads.
+    let (mut reading, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut frames = 0;
+        while let Some(Ok(_)) = reading.next().await {
+            frames += 1;
+        }
+        frames
+    });
+    let (never_read, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let both = common::eventually(10, "both feeds listed", || async {
+        feeds().await.filter(|f| f.len() == 2)
+    })
+    .await;
+    // Heartbeat 1 s: the silent one (the later) is gone within seconds; the reading
+    // one, pinged all along, stays.
+    let left = common::eventually(
+        30,
+        "the engine to drop the feed that does not read",
+        || async { feeds().await.filter(|f| f.len() == 1) },
+    )
+    .await;
+    assert_eq!(
+        left,
+        [both[0]],
+        "the reading feed is kept, the silent one dropped"
+    );
+    assert!(!reader.is_finished(), "the reading feed is still served");
+    drop(never_read);
+    reader.abort();
+    engine.shutdown().await;
     sb.shutdown().await;
 }

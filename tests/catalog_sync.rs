@@ -326,6 +326,7 @@ async fn ctl(url: &str, token: &str, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
             .args(&all)
             .env("USER", "ana")
+            .env_remove("SUDO_USER")
             .env_remove("SYNCCTL_TOKEN")
             .output()
             .unwrap()

@@ -347,6 +347,7 @@ fn dian_history_and_retry_work_on_the_data_dir_and_are_audited() {
         .args(["--data-dir", dd, "dian", "retry", "--failed", "--yes"])
         .env("HOME", home.path())
         .env("USER", "ana")
+        .env_remove("SUDO_USER")
         .env("SSH_CLIENT", "10.0.0.7 51234 22")
         .output()
         .unwrap();
@@ -495,6 +496,7 @@ fn dian_retry_goes_through_a_running_engine_and_is_audited_as_the_person() {
             .args(["--data-dir", &dd, "dian", "retry", key])
             .env("HOME", home.path())
             .env("USER", "ana")
+            .env_remove("SUDO_USER")
             .env("SSH_CLIENT", "10.0.0.7 51234 22")
             .output()
             .unwrap()
@@ -554,6 +556,7 @@ fn ctl_sends_one_command_in_the_console_grammar_with_exit_codes() {
             .args(args)
             .env("HOME", home.path())
             .env("USER", "ana")
+            .env_remove("SUDO_USER")
             .env_remove("SYNCCTL_TOKEN")
             .output()
             .unwrap()
@@ -578,6 +581,17 @@ fn ctl_sends_one_command_in_the_console_grammar_with_exit_codes() {
     let out = ctl(&["retry", "in_nobody"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    // Under `sudo -u` (the service's user, to reach its data dir) the person is the
+    // one who ran sudo.
+    let out = Command::new(BIN)
+        .args(["--data-dir", &dd, "ctl", "resume", "compliance"])
+        .env("HOME", home.path())
+        .env("USER", "syncctl")
+        .env("SUDO_USER", "cleo")
+        .env_remove("SYNCCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Audited as the person, in the grammar.
     let store = syncctl::store::Store::open(&data).unwrap();
     let audit = store.recent_audit(20, 0).unwrap();
@@ -585,6 +599,12 @@ fn ctl_sends_one_command_in_the_console_grammar_with_exit_codes() {
         audit
             .iter()
             .any(|e| e.actor == "ana" && e.message.starts_with("pause compliance")),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "cleo" && e.message.starts_with("resume compliance")),
         "{audit:?}"
     );
     let _ = Command::new("kill").arg(engine.0.id().to_string()).status();
@@ -603,6 +623,7 @@ fn ctl_journal_lists_each_action_with_its_actor_result_and_cli_equivalent() {
             .args(args)
             .env("HOME", home.path())
             .env("USER", "ana")
+            .env_remove("SUDO_USER")
             .env("SSH_CLIENT", "10.0.0.7 51234 22")
             .env_remove("SYNCCTL_TOKEN")
             .output()
@@ -677,6 +698,7 @@ fn ctl_journal_lists_each_action_with_its_actor_result_and_cli_equivalent() {
         .env("DD", &dd)
         .env("HOME", home.path())
         .env("USER", "bo")
+        .env_remove("SUDO_USER")
         .env_remove("SSH_CLIENT")
         .output()
         .unwrap();
@@ -694,4 +716,27 @@ fn ctl_journal_lists_each_action_with_its_actor_result_and_cli_equivalent() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
     assert!(stdout(&out).contains("syncctl ctl pause compliance"));
+}
+
+/// Asking whether an engine serves a data dir creates nothing there (it took the
+/// data-dir lock, which made the directory, and could hold the lock an engine starting
+/// at that instant needed).
+#[test]
+fn asking_for_an_engine_creates_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("nothing-here");
+    let out = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "ctl",
+            "pause",
+            "catalog",
+        ])
+        .env("HOME", home.path())
+        .env_remove("SYNCCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!data.exists(), "the data dir was created by asking");
 }

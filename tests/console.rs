@@ -533,6 +533,49 @@ fn p_pauses_and_resumes_as_the_operator() {
     ));
 }
 
+/// A key with Ctrl is not that key: Ctrl-P (a shell's history habit) does not pause the
+/// catalog, Ctrl-R (reverse search) does not retry an invoice, Ctrl-Y does not confirm
+/// a dialog, and Ctrl-U in a prompt does not type a `u`. Ctrl-C still asks to quit.
+#[test]
+fn control_keys_are_not_their_letters() {
+    use crossterm::event::KeyModifiers;
+    let ctrl = |c| Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL));
+    let mut app = app();
+    assert_eq!(
+        sent(update(&mut app, ctrl('p'))),
+        None,
+        "Ctrl-P paused the catalog"
+    );
+    let mut app = dian_app();
+    for c in ['r', 'R', 's', 'p'] {
+        assert_eq!(sent(update(&mut app, ctrl(c))), None, "Ctrl-{c} acted");
+    }
+    assert!(
+        app.confirm.is_none() && app.prompt.is_none(),
+        "Ctrl-R asked"
+    );
+    // In a dialog, Ctrl-Y is not `y`.
+    press(&mut app, KeyCode::Char('R'));
+    assert!(app.confirm.is_some(), "R asks first");
+    assert_eq!(sent(update(&mut app, ctrl('y'))), None, "Ctrl-Y confirmed");
+    assert!(app.confirm.is_some(), "the dialog is still open");
+    press(&mut app, KeyCode::Esc);
+    // In a prompt, Ctrl-U types nothing.
+    press(&mut app, KeyCode::Char('c'));
+    update(&mut app, ctrl('u'));
+    assert_eq!(
+        app.prompt.as_deref(),
+        Some(""),
+        "Ctrl-U typed into the cache prompt"
+    );
+    // Ctrl-C still asks to quit, and shifted letters are still their keys.
+    update(&mut app, ctrl('c'));
+    assert!(matches!(
+        app.confirm,
+        Some(syncctl::console::state::Confirm::Quit)
+    ));
+}
+
 #[test]
 fn p_on_the_dian_screen_pauses_dian_sending_and_the_header_says_so() {
     let mut app = dian_app();
@@ -1932,6 +1975,10 @@ fn hard_names() -> Vec<String> {
     ] {
         names.push(format!("Tamal Jalapeño {e} x"));
     }
+    // Invisible characters pasted after a wide one (a zero-width space, a bidi
+    // override): ratatui's table puts each in the wide one's second cell.
+    names.push("Bandeja 🇨🇴\u{200B}\u{202E}paisa".into());
+    names.push("Café 日\u{200B}本 x".into());
     names
 }
 
@@ -1994,6 +2041,10 @@ fn hard_names_leave_no_stray_cells_on_any_screen() {
     app.tab = Tab::Events;
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("Jalapeño COCO x"), "{text}");
+    // Nothing invisible after a wide grapheme takes its letters or the grapheme away.
+    assert!(text.contains("Bandeja COpaisa"), "{text}");
+    // (Each wide grapheme here followed by the blank cell it covers.)
+    assert!(text.contains("Café 日 本  x"), "{text}");
 }
 
 /// The header names all eight screens (short below 100 columns) beside or above the

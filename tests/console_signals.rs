@@ -86,6 +86,7 @@ impl Console {
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .env("XDG_DATA_HOME", dir.path().join("xdg"))
             .env("TERM", "xterm-256color")
+            .env_remove("SUDO_USER")
             .envs(env.iter().copied())
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))

@@ -74,6 +74,35 @@ fn backups(dir: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// An engine on `sb` whose config was read from `config` saves one tuned threshold
+/// (`alerts.error_rate_percent`) through the API, then stops.
+async fn save_threshold(
+    sb: &syncctl::sandbox::SandboxServer,
+    config: &std::path::Path,
+    data: &std::path::Path,
+    value: f64,
+) {
+    let mut cfg = common::config_for(sb);
+    cfg.server.tokens = vec![TokenConfig {
+        name: "ops".into(),
+        token: Secret::new(OPS),
+        role: Role::Operator,
+        rate_limit_per_min: 0,
+    }];
+    cfg.source = Some(config.to_owned());
+    let mut engine = common::engine(cfg, data).await;
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
+        .bearer_auth(OPS)
+        .json(&json!({ "alerts.error_rate_percent": value }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    engine.shutdown().await;
+}
+
 /// Point 1: `PUT /api/v1/thresholds` rewrites the config through a temporary file; the
 /// file keeps the mode it had (0600 stays 0600, 0640 stays 0640), never the umask's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,25 +117,7 @@ async fn saving_thresholds_keeps_the_config_files_mode() {
         )
         .unwrap();
         set_mode(&path, original);
-        let mut cfg = common::config_for(&sb);
-        cfg.server.tokens = vec![TokenConfig {
-            name: "ops".into(),
-            token: Secret::new(OPS),
-            role: Role::Operator,
-            rate_limit_per_min: 0,
-        }];
-        cfg.source = Some(path.clone());
-        let mut engine = common::engine(cfg, &dir.path().join("data")).await;
-        let r = reqwest::Client::new()
-            .put(format!("http://{}/api/v1/thresholds", engine.server_addr))
-            .bearer_auth(OPS)
-            .json(&json!({"alerts.error_rate_percent": 7.5}))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert_eq!(status, 200, "{}", r.text().await.unwrap());
-        engine.shutdown().await;
+        save_threshold(&sb, &path, &dir.path().join("data"), 7.5).await;
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("error_rate_percent = 7.5"), "{text}");
         assert_eq!(
@@ -119,6 +130,27 @@ async fn saving_thresholds_keeps_the_config_files_mode() {
             "no temporary file left"
         );
     }
+
+    // A config reached through a symlink (dotfiles, /etc managed by a tool): the file
+    // it points at is saved, and the link stays a link. Replacing the link with a copy
+    // would leave the real config unchanged and the two diverging from then on.
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.toml");
+    let link = dir.path().join("syncctl.toml");
+    std::fs::write(&real, "[alerts]\nerror_rate_percent = 10.0\n").unwrap();
+    set_mode(&real, 0o600);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    save_threshold(&sb, &link, &dir.path().join("data"), 6.5).await;
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the config's symlink was replaced by a file"
+    );
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(text.contains("error_rate_percent = 6.5"), "{text}");
+    assert_eq!(mode(&real), 0o600);
 }
 
 /// Points 2 and 3: a data dir an older version left readable (0755, a 0644 log) is
@@ -268,7 +300,7 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         ),
         (
             "evt_bad_negative",
-            json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "lines": {"data": [{"amount": -5000, "quantity": 1}]}}),
+            json!({"id": "in_bad_negative", "object": "invoice", "currency": "cop", "status": "paid", "total": -5000, "lines": {"data": [{"amount": -5000, "quantity": 1}]}}),
         ),
         (
             "evt_bad_usd",
@@ -310,6 +342,23 @@ async fn an_invalid_paid_invoice_is_answered_ignored_with_its_reason() {
         })
         .await;
     }
+    // A paid invoice with a credit line (a proration) is a sale to report: taken into
+    // the DIAN queue, never "ignored" where only the audit trail would say so.
+    let credited = json!({"id": "in_credited", "object": "invoice", "currency": "cop",
+        "status": "paid", "paid": true, "total": 8000,
+        "lines": {"data": [{"amount": 10000, "quantity": 1, "description": "plan"},
+                           {"amount": -2000, "quantity": 1, "description": "unused time"}]}});
+    let taken = send(credited, "evt_credited").await;
+    assert!(taken.get("ignored").is_none(), "{taken}");
+    common::eventually(10, "the credited invoice in the DIAN queue", || async {
+        let s = engine.snapshot.borrow().clone();
+        s.compliance
+            .invoices
+            .iter()
+            .any(|r| r.stripe_id == "in_credited")
+            .then_some(())
+    })
+    .await;
     engine.shutdown().await;
 }
 

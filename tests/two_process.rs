@@ -15,27 +15,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use common::{Reaped, free_port};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
-
-/// A child process killed when the test ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn print_config(addr: &str, home: &std::path::Path) -> (String, String) {
     let out = Command::new(BIN)

@@ -108,9 +108,12 @@ pub fn from_stripe(
         .flatten()
         .enumerate()
     {
-        let amount = l["amount"].as_i64().filter(|a| *a >= 0).ok_or_else(|| {
+        // A negative line (a proration credit, a manual credit item) is a real part of
+        // a paid invoice: it goes on, and Alegra's validation says what it makes of it
+        // (a REJECTED the operator sees), never dropped here as "not an invoice".
+        let amount = l["amount"].as_i64().ok_or_else(|| {
             format!(
-                "invoice {id}: line {} has no amount of zero or more ({})",
+                "invoice {id}: line {} has no integer amount ({})",
                 n + 1,
                 l["amount"]
             )

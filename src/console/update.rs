@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crossterm::event::{KeyCode, KeyEvent};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
@@ -497,6 +497,12 @@ impl App {
             self.command_line = None;
             self.confirm = Some(Confirm::Quit);
             self.confirm_focus_ok = false;
+            return None;
+        }
+        // Ctrl with a key is not that key: Ctrl-P (a shell's history habit) must not
+        // pause a pipeline, Ctrl-R retry an invoice, Ctrl-Y confirm, Ctrl-U type a `u`.
+        // Only the command line, which edits with them (Ctrl-A, E, U, W), takes them.
+        if key.modifiers.contains(KeyModifiers::CONTROL) && self.command_line.is_none() {
             return None;
         }
         if let Some(confirm) = self.confirm.clone() {

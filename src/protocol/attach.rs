@@ -12,8 +12,7 @@
 //!    │◀─ Reply {id, reply} ───────────────────────│  to this console only
 //!    │── Query {id, query} ──────────────────────▶│
 //!    │◀─ Answer {id, reply} ──────────────────────│
-//!    │── Show {audit, charts} ───────────────────▶│  those parts only while shown
-//!    │── Show {audit, charts} ───────────────────▶│  those parts only while shown
+//!    │── Show {audit, charts, downstreams} ──────▶│  those parts only while shown
 //!    │◀─ Event {event} / Consoles {consoles} ─────│  pushed
 //!    │◀▶ Ping / Pong ─────────────────────────────│  heartbeat, either way
 //! ```
@@ -21,15 +20,20 @@
 //! A console sends JSON text frames. The engine sends binary frames: JSON deflated in
 //! one stream per connection ([`Packer`], [`Unpacker`]), so what repeats across frames
 //! costs little. The engine sends changes no faster than the console draws
-//! ([`Hello::max_fps`]).
+//! ([`Hello::max_fps`], paced by [`crate::protocol::Pacer`]: a change between two
+//! regular ones, as an operator's action, goes at once). The engine's clock
+//! (`compliance.now_ms`) comes in the snapshot only; the console keeps time from it, so
+//! an idle engine sends nothing but the heartbeat.
 //! Versioned: both sides send [`PROTOCOL_VERSION`] and refuse a different one with a
 //! message that says which side to upgrade.
 //!
 //! Deltas are computed on the snapshot's JSON form ([`diff`], [`apply`]): objects are
 //! compared field by field, a list that moved as a window (a series that gained its
 //! newest second and lost its oldest, an audit trail with new entries on top) is sent
-//! as the new items only, anything else whole. Applying every delta in order to the
-//! first snapshot gives exactly the engine's snapshot (`seq` checks the order).
+//! as the new items only, records that kept their places (the downstreams, the charts)
+//! field by field when that is smaller, anything else whole. Applying every delta in order to the
+//! first snapshot gives exactly the engine's snapshot as this console is sent it (`seq`
+//! checks the order): without the parts it does not show, and with the clock it keeps.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -243,20 +247,19 @@ impl AttachedConsole {
     }
 }
 
-/// Whether a console of protocol `theirs` may talk to this side; the message says who
-/// should upgrade.
-pub fn check_version(theirs: u32, them: &str) -> Result<(), String> {
-    match theirs.cmp(&PROTOCOL_VERSION) {
-        std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Less => Err(format!(
-            "the {them} speaks console protocol {theirs}, this side {PROTOCOL_VERSION}: \
-             upgrade the {them}'s syncctl"
-        )),
-        std::cmp::Ordering::Greater => Err(format!(
-            "the {them} speaks console protocol {theirs}, this side {PROTOCOL_VERSION}: \
-             upgrade this syncctl"
-        )),
-    }
+/// Whether `them` (the console or the engine), of protocol `theirs`, may talk to `us`
+/// (the other); the message names the side that should upgrade, never "this" one: the
+/// engine's refusal is read by the console's operator.
+pub fn check_version(theirs: u32, them: &str, us: &str) -> Result<(), String> {
+    let upgrade = match theirs.cmp(&PROTOCOL_VERSION) {
+        std::cmp::Ordering::Equal => return Ok(()),
+        std::cmp::Ordering::Less => them,
+        std::cmp::Ordering::Greater => us,
+    };
+    Err(format!(
+        "the {them} speaks console protocol {theirs}, the {us} {PROTOCOL_VERSION}: \
+         upgrade the {upgrade}'s syncctl"
+    ))
 }
 
 /// One change of a delta. `path` names object fields from the root (and, in lists of
@@ -662,6 +665,64 @@ mod tests {
     }
 
     #[test]
+    fn counters_of_records_whose_first_is_unchanged_are_sent_alone() {
+        // The downstreams: the first unchanged made the list look like a window that
+        // kept its front, and the others were sent whole.
+        let rec = |name: &str, calls: u64| {
+            json!({"name": name, "breaker": {"state": "closed", "calls": calls},
+                   "limiter": {"granted": calls, "in_flight": 0}, "p50_ms": 12.5})
+        };
+        let old =
+            json!({"downstreams": [rec("stripe", 5), rec("quickbooks", 100), rec("alegra", 7)]});
+        let new =
+            json!({"downstreams": [rec("stripe", 5), rec("quickbooks", 104), rec("alegra", 7)]});
+        let c = round_trip(&old, &new);
+        let paths: Vec<String> = c
+            .iter()
+            .map(|c| match c {
+                Change::Set { path, .. } => path.join("."),
+                other => panic!("only counters set: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "downstreams.1.breaker.calls",
+                "downstreams.1.limiter.granted"
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_not_shown_is_not_sent() {
+        let snapshot = json!({
+            "audit": [{"id": 1}], "profile": [{"op": "x"}], "downstreams": [{"name": "a"}],
+            "telemetry": {"charts": [{"name": "c"}], "cache": {"entries": 3}},
+            "catalog": {"paused": false}
+        });
+        let mut v = snapshot.clone();
+        Shown::default().strip(&mut v);
+        assert_eq!(
+            v,
+            json!({"audit": [], "profile": [], "downstreams": [],
+                   "telemetry": {"charts": [], "cache": {"entries": 3}},
+                   "catalog": {"paused": false}})
+        );
+        let mut v = snapshot.clone();
+        Shown {
+            audit: true,
+            charts: true,
+            downstreams: true,
+        }
+        .strip(&mut v);
+        // No console shows the profile (it is for the API and `status`).
+        assert_eq!(v["profile"], json!([]));
+        assert_eq!(v["downstreams"], snapshot["downstreams"]);
+        assert_eq!(v["audit"], snapshot["audit"]);
+        assert_eq!(v["telemetry"], snapshot["telemetry"]);
+    }
+
+    #[test]
     fn fields_set_removed_and_nulled_round_trip() {
         let old = json!({"a": {"b": 1, "c": null, "gone": true}, "l": [1, 2], "x": "s"});
         let new = json!({"a": {"b": 2, "c": 5, "new": [1]}, "l": [9], "x": null});
@@ -760,10 +821,14 @@ mod tests {
 
     #[test]
     fn versions_refuse_each_other_saying_who_upgrades() {
-        assert!(check_version(PROTOCOL_VERSION, "console").is_ok());
-        let old = check_version(PROTOCOL_VERSION - 1, "console").unwrap_err();
+        assert!(check_version(PROTOCOL_VERSION, "console", "engine").is_ok());
+        let old = check_version(PROTOCOL_VERSION - 1, "console", "engine").unwrap_err();
         assert!(old.contains("upgrade the console's syncctl"), "{old}");
-        let new = check_version(PROTOCOL_VERSION + 1, "engine").unwrap_err();
-        assert!(new.contains("upgrade this syncctl"), "{new}");
+        // A newer console, refused by the engine: the engine is the one to upgrade.
+        let new = check_version(PROTOCOL_VERSION + 1, "console", "engine").unwrap_err();
+        assert!(new.contains("upgrade the engine's syncctl"), "{new}");
+        // A newer engine, refused by the console.
+        let new = check_version(PROTOCOL_VERSION + 1, "engine", "console").unwrap_err();
+        assert!(new.contains("upgrade the console's syncctl"), "{new}");
     }
 }

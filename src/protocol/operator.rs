@@ -13,9 +13,12 @@ pub enum Role {
     Viewer,
 }
 
-/// Who did something: OS user, and SSH client address when there is one.
+/// Who did something: OS user, and SSH client address when there is one. Under
+/// `sudo -u syncctl …` (the service's user, to reach its data dir) the person is the
+/// one who ran sudo, not the service account.
 pub fn operator() -> String {
-    let user = std::env::var("USER")
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
         .filter(|u| !u.is_empty())

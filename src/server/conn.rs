@@ -49,6 +49,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// WebSockets at most (0: half the connections), so that feeds and consoles, which
+    /// hold their slot while open, never take the slots `/health` and webhooks need.
+    pub max_websockets: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
@@ -58,6 +61,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            max_websockets: 0,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -66,6 +70,17 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// WebSockets held at once, at most: `max_websockets`, or half the connections;
+    /// always fewer than the connections.
+    pub fn websockets(&self) -> usize {
+        let half = self.max_connections / 2;
+        match self.max_websockets {
+            0 => half,
+            n => n.min(self.max_connections.saturating_sub(1)),
+        }
+        .max(1)
+    }
+
     /// The cap kept under the process's open-file limit `files` (the database, the
     /// outbound calls and the logs need descriptors too).
     pub fn within(mut self, files: Option<u64>) -> Self {

@@ -6,6 +6,7 @@
 //! as a viewer, and the engine refuses them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -30,7 +31,20 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 /// The console heartbeat: at most this, or the configured feed heartbeat if shorter.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
 /// A console silent for this many heartbeats is taken for gone.
-const SILENT_BEATS: u32 = 3;
+pub(super) const SILENT_BEATS: u32 = 3;
+
+/// How long a frame may wait for a console to take it before the console is taken
+/// for gone: as long as it may stay silent.
+fn stall_after(heartbeat: Duration) -> Duration {
+    heartbeat.min(MAX_HEARTBEAT) * (SILENT_BEATS + 1)
+}
+
+/// The largest frame a console may send (a command, a query, its hello: well under a
+/// kilobyte); a larger one closes the connection unread.
+pub(super) const MAX_CLIENT_FRAME: usize = 64 << 10;
+/// Queries of one console asked and not yet answered to it; more are refused at once
+/// with why (each answer waits in memory until the console takes it).
+const QUERIES_IN_FLIGHT: usize = 8;
 
 pub async fn attach(
     ws: WebSocketUpgrade,
@@ -38,7 +52,15 @@ pub async fn attach(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, st, actor, addr))
+    let Some(slot) = st.control.ws.admit(st.control.max_websockets) else {
+        return super::ws::too_many(st.control.max_websockets);
+    };
+    ws.max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            serve(socket, st, actor, addr).await;
+            drop(slot);
+        })
 }
 
 type Tx = SplitSink<WebSocket, Message>;
@@ -80,7 +102,7 @@ async fn read_hello(
     };
     match frame {
         ClientFrame::Hello(h) => {
-            check_version(h.protocol, "console")?;
+            check_version(h.protocol, "console", "engine")?;
             Ok(h)
         }
         _ => Err(format!(
@@ -130,6 +152,8 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
         max_fps: hello.max_fps.unwrap_or(DEFAULT_FPS).clamp(1, 60),
         shown: Shown::default(),
         clock: None,
+        stall: stall_after(st.control.heartbeat),
+        queries: AtomicUsize::new(0),
     };
     session.run(&mut tx, &mut rx).await;
     st.control.ws.remove(id);
@@ -151,17 +175,34 @@ struct Session<'a> {
     shown: Shown,
     /// The engine clock the console was sent in its snapshot (it keeps time itself).
     clock: Option<i64>,
+    /// How long a frame may wait for the console to take it: as long as the console
+    /// may stay silent.
+    stall: Duration,
+    /// Its queries asked and not yet sent their answer (an answer waits in memory
+    /// until the console takes it).
+    queries: AtomicUsize,
 }
 
 impl Session<'_> {
-    /// Sends one frame on the compressed stream; false when the console is gone.
+    /// Sends one frame on the compressed stream; false when the console is gone, or
+    /// does not take the frame within [`Session::stall`] (it stopped reading: while
+    /// this waits nothing else of the connection runs, its heartbeat included).
     async fn send(&mut self, tx: &mut Tx, frame: &ServerFrame) -> bool {
         let Ok(bytes) = self.packer.pack(frame) else {
             return false;
         };
         let n = bytes.len();
-        if tx.send(Message::Binary(bytes.into())).await.is_err() {
-            return false;
+        match tokio::time::timeout(self.stall, tx.send(Message::Binary(bytes.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                tracing::info!(
+                    "console {}: took no frame for {:?}; dropped",
+                    self.id,
+                    self.stall
+                );
+                return false;
+            }
         }
         self.st.control.ws.sent_bytes(self.id, n);
         true
@@ -247,7 +288,12 @@ impl Session<'_> {
                     Ok(event) => ServerFrame::Event { event },
                     Err(RecvError::Closed) => break,
                 },
-                Some(frame) = back.recv() => frame,
+                Some(frame) = back.recv() => {
+                    if matches!(frame, ServerFrame::Answer { .. }) {
+                        self.queries.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    frame
+                }
                 _ = beat.tick() => {
                     silent += 1;
                     if silent > SILENT_BEATS {
@@ -339,6 +385,16 @@ impl Session<'_> {
                 None
             }
             ClientFrame::Query { id, query } => {
+                if self.queries.load(Ordering::Relaxed) >= QUERIES_IN_FLIGHT {
+                    return Some(ServerFrame::Answer {
+                        id,
+                        reply: Err(CommandError::unavailable(format!(
+                            "{QUERIES_IN_FLIGHT} queries of this console are in flight; \
+                             ask again once they are answered"
+                        ))),
+                    });
+                }
+                self.queries.fetch_add(1, Ordering::Relaxed);
                 let engine = self.st.engine.clone();
                 let back = back.clone();
                 tokio::spawn(async move {

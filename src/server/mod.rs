@@ -69,6 +69,7 @@ impl Settings {
             consoles: tokio::sync::watch::Sender::new(Vec::new()),
             limits: conn::Limits {
                 max_connections: cfg.server.max_connections,
+                max_websockets: cfg.server.max_websockets,
                 header_timeout: Duration::from_secs(cfg.server.header_timeout_secs),
                 body_timeout: Duration::from_secs(cfg.server.body_timeout_secs),
                 idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
@@ -96,6 +97,8 @@ pub struct Control {
     pub hosts: Vec<String>,
     /// What the server's connections did (shown in `/health`).
     pub connections: Arc<conn::ConnStats>,
+    /// WebSockets held at once, at most (part of the connection cap).
+    pub max_websockets: usize,
 }
 
 impl ServerState {
@@ -113,6 +116,7 @@ impl ServerState {
                 heartbeat: settings.ws_heartbeat,
                 hosts: settings.allowed_hosts,
                 connections: Arc::default(),
+                max_websockets: settings.limits.websockets(),
             }),
         }
     }
@@ -144,7 +148,7 @@ pub async fn serve(
             files.unwrap_or_default()
         );
     }
-    let state = ServerState::new(engine, settings);
+    let state = ServerState::new(engine, Settings { limits, ..settings });
     let stats = state.control.connections.clone();
     conn::serve(listener, router(state), limits, stats, cancel).await;
 }

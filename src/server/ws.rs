@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -53,6 +53,17 @@ pub struct Registry {
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Connection>>,
     consoles: watch::Sender<Vec<AttachedConsole>>,
+    /// WebSockets held now (see [`Registry::admit`]).
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One WebSocket's place among those the server holds; freed when dropped.
+pub struct WsSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -62,7 +73,21 @@ impl Registry {
             next: AtomicU64::new(0),
             open: Mutex::new(BTreeMap::new()),
             consoles,
+            held: Arc::default(),
         }
+    }
+
+    /// A place for one more WebSocket, if fewer than `cap` are held (upgrading or
+    /// open): each keeps a connection slot for as long as it lives, so they may take
+    /// only part of the server's (`server.max_websockets`), never the slots `/health`
+    /// and Stripe's webhooks need.
+    pub fn admit(&self, cap: usize) -> Option<WsSlot> {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WsSlot(self.held.clone()))
     }
 
     pub fn list(&self) -> Vec<Connection> {
@@ -156,7 +181,33 @@ pub async fn subscribe<const ALERTS: bool>(
     } else {
         Feed::Notifications
     };
-    ws.on_upgrade(move |socket| serve(socket, st, feed, actor, addr))
+    let Some(slot) = st.control.ws.admit(st.control.max_websockets) else {
+        return too_many(st.control.max_websockets);
+    };
+    // A feed takes only pings: nothing large is read from it.
+    let max = super::console::MAX_CLIENT_FRAME;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            serve(socket, st, feed, actor, addr).await;
+            drop(slot);
+        })
+}
+
+/// The answer to a WebSocket over the cap: 503, try again later.
+pub fn too_many(cap: usize) -> Response {
+    let mut r = super::api::error(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_websockets",
+        format!(
+            "the engine holds {cap} WebSockets, as many as it may (server.max_websockets); close a console or feed, or raise the cap"
+        ),
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    r
 }
 
 /// The JSON frame for an event on a feed (None: not for this feed).
@@ -203,10 +254,23 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
         .await
         .is_ok();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    // Any frame from the client (a WebSocket client answers our pings by itself while
+    // it reads) says it is there; one that stops reading is let go after as many
+    // heartbeats as a silent console (a frame waits for it no longer either).
+    let stall = heartbeat * (super::console::SILENT_BEATS + 1);
+    let mut heard = tokio::time::Instant::now();
     let mut seq = 0u64;
     while ok {
         let out = tokio::select! {
             _ = beat.tick() => {
+                if heard.elapsed() > stall {
+                    tracing::info!("{feed:?} feed {id}: no answer for {stall:?}; dropped");
+                    break;
+                }
+                let ping = tokio::time::timeout(stall, tx.send(Message::Ping(Vec::new().into())));
+                if !matches!(ping.await, Ok(Ok(()))) {
+                    break;
+                }
                 seq += 1;
                 Some(json!({ "type": "heartbeat", "seq": seq, "at_ms": super::now_ms() }))
             }
@@ -215,20 +279,33 @@ async fn serve(socket: WebSocket, st: ServerState, feed: Feed, actor: Actor, add
                 Err(RecvError::Lagged(n)) => Some(json!({ "type": "lagged", "missed": n })),
                 Err(RecvError::Closed) => break,
             },
-            m = rx.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-                    match v.get("type").and_then(Value::as_str) {
-                        Some("ping") => Some(json!({ "type": "pong", "at_ms": super::now_ms() })),
-                        _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
+            m = rx.next() => {
+                heard = tokio::time::Instant::now();
+                match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                        match v.get("type").and_then(Value::as_str) {
+                            Some("ping") => Some(json!({ "type": "pong", "at_ms": super::now_ms() })),
+                            _ => Some(json!({ "type": "error", "message": "unknown message: send {\"type\":\"ping\"}" })),
+                        }
                     }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => None,
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => None,
             },
         };
         if let Some(v) = out {
-            ok = tx.send(Message::Text(v.to_string().into())).await.is_ok();
+            // A client that stops reading is let go once a frame waits as long as a
+            // console may stay silent: it would hold its slot for ever.
+            ok = match tokio::time::timeout(stall, tx.send(Message::Text(v.to_string().into())))
+                .await
+            {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    tracing::info!("{feed:?} feed {id}: took no frame for {stall:?}; dropped");
+                    false
+                }
+            };
             if ok {
                 st.control.ws.sent(id);
             }

@@ -220,6 +220,15 @@ pub async fn assert_one_item_per_product(base: &str) {
     assert_eq!(stats["quickbooks"]["duplicate_names"], 0);
 }
 
+/// A port free on loopback now (for a child process told where to listen).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A child process killed if the test ends early (a failed assertion).
 pub struct Reaped(pub std::process::Child);
 

@@ -50,6 +50,11 @@ fn dropped(c: char) -> bool {
     ) || c.is_control()
 }
 
+/// A cell that shows nothing: a blank, or only characters [`clean`] drops.
+fn invisible(s: &str) -> bool {
+    s.chars().all(|c| c == ' ' || dropped(c))
+}
+
 /// Whether `s` holds anything [`clean`] would change.
 pub fn needs_cleaning(s: &str) -> bool {
     s.chars()
@@ -83,9 +88,11 @@ pub fn clean_buffer(buf: &mut Buffer) {
             let cell = &buf[(x, y)];
             let original = cell.symbol();
             let want = x.saturating_add(original.width().max(1) as u16);
-            // The cells the original covers: itself and the blanks after it.
+            // The cells the original covers: itself and the blanks after it (a cell
+            // holding only what no cell shows is one: ratatui's lines put a zero-width
+            // space or a bidi control after a wide grapheme in its second cell).
             let mut end = x + 1;
-            while end < want.min(area.right()) && buf[(end, y)].symbol() == " " {
+            while end < want.min(area.right()) && invisible(buf[(end, y)].symbol()) {
                 end += 1;
             }
             // A wide grapheme that another widget has drawn over (a table column

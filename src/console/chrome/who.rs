@@ -34,28 +34,41 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if app.consoles.is_empty() {
         lines.push(Line::raw(" no console is attached over the network"));
     }
+    // The person's column as wide as the longest (at most 28); the address each
+    // connection comes from only where the row has room for it.
+    let person = |c: &crate::protocol::AttachedConsole| match &c.ssh {
+        Some(at) => format!("{}@{at}", c.user),
+        None => c.user.clone(),
+    };
+    let wide = app
+        .consoles
+        .iter()
+        .map(|c| person(c).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(28);
+    let room = usize::from(area.width.saturating_sub(2).min(96)).saturating_sub(2);
     for c in &app.consoles {
-        let person = match &c.ssh {
-            Some(at) => format!("{}@{at}", c.user),
-            None => c.user.clone(),
-        };
+        let this = Some(c.connection) == me;
         let role = match c.role {
             Role::Operator => Span::raw("operator"),
             Role::Viewer => Span::styled("viewer  ", t.warn),
         };
-        let this = Some(c.connection) == me;
-        let spans = vec![
+        let head = format!("#{:<4}", c.connection);
+        let body = format!("{:<wide$}  ", person(c));
+        let tail = format!("  token {}  since {}", c.token, clock(c.since_ms));
+        let from = format!("  from {}", c.remote);
+        let used = 2 + head.chars().count() + body.chars().count() + 8 + tail.chars().count();
+        let mut spans = vec![
             Span::styled(if this { " ▶" } else { "  " }, t.key),
-            Span::styled(format!("#{:<4}", c.connection), t.key),
-            Span::raw(format!("{person:<24} ")),
+            Span::styled(head, t.key),
+            Span::raw(body),
             role,
-            Span::raw(format!(
-                "  token {:<10} since {}  from {}",
-                c.token,
-                clock(c.since_ms),
-                c.remote
-            )),
+            Span::raw(tail),
         ];
+        if used + from.chars().count() <= room {
+            spans.push(Span::styled(from, t.dim));
+        }
         lines.push(Line::from(spans));
     }
     let title = format!("Attached consoles: {} (any key closes)", app.consoles.len());

@@ -344,8 +344,16 @@ impl Catalog {
         let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         let done = now.jobs - last.jobs;
         let busy_ns = now.busy - last.busy;
+        // Waiting for a QuickBooks permit is queueing in front of the quota, not the
+        // service's latency.
+        let waited_ns = (now.waited - last.waited).min(busy_ns);
         let sample = Sample {
-            latency: (done > 0).then(|| Duration::from_nanos(busy_ns / done)),
+            latency: (done > 0).then(|| Duration::from_nanos((busy_ns - waited_ns) / done)),
+            limited: if busy_ns > 0 {
+                waited_ns as f64 / busy_ns as f64
+            } else {
+                0.0
+            },
             completed: done,
             busy: busy_ns as f64 / 1e9 / elapsed,
             queued: self.store.queued(JOB_KIND).unwrap_or(0),
@@ -369,11 +377,15 @@ impl Catalog {
     }
 
     fn marks(&self) -> AutoscaleMarks {
-        let (throttled, timeouts) = self
-            .qb
-            .guard()
-            .map_or((0, 0), |g| (g.throttled(), g.timeouts()));
+        let (throttled, timeouts, waited) = self.qb.guard().map_or((0, 0, 0), |g| {
+            (
+                g.throttled(),
+                g.timeouts(),
+                g.permit_wait().as_nanos() as u64,
+            )
+        });
         AutoscaleMarks {
+            waited,
             at: tokio::time::Instant::now(),
             busy: self.metrics.busy_nanos.load(Ordering::Relaxed),
             jobs: self.metrics.jobs_timed.load(Ordering::Relaxed),
@@ -1289,6 +1301,8 @@ pub struct AutoscaleMarks {
     jobs: u64,
     throttled: u64,
     timeouts: u64,
+    /// QuickBooks permit waits so far (ns).
+    waited: u64,
 }
 
 /// Job-level backoff (after the per-call retries of the resilience layer gave up):

@@ -2,8 +2,12 @@
 //!
 //! Each tick the pipeline reports what it measured. The target grows by one worker
 //! when there is a backlog, at least half of the workers are busy and latency is within
-//! `tolerance` × baseline; it shrinks ×0.9 on a 429, a timeout, or latency beyond the
-//! tolerance. The baseline is the lowest smoothed latency seen, and it may only rise
+//! `tolerance` × baseline; it shrinks ×0.9 on a 429, on timeouts outnumbering the work
+//! done (a service that stopped answering, not one that drops a call now and then), or
+//! latency beyond the tolerance. Latency is the service's: time spent waiting for a
+//! rate-limiter permit is queueing in front of the quota, and when it is a large share
+//! of the work ([`RATE_BOUND`]) the limiter is the bottleneck — more workers would only
+//! queue, fewer would not go faster — so the target holds and says so. The baseline is the lowest smoothed latency seen, and it may only rise
 //! while the target sits at its floor — so sustained overload can never be mistaken for
 //! the new normal (the upward drift of Gradient2 that docs/resilience.md describes).
 
@@ -37,11 +41,18 @@ impl Default for AutoscaleConfig {
     }
 }
 
+/// The share of job time spent waiting for a limiter permit above which the pipeline
+/// is rate-bound.
+pub const RATE_BOUND: f64 = 0.25;
+
 /// What a pipeline measured over one tick.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
-    /// Mean latency of the work finished in the tick (None when nothing finished).
+    /// Mean latency of the work finished in the tick, waits for a limiter permit
+    /// excluded (None when nothing finished).
     pub latency: Option<Duration>,
+    /// Share (0–1) of the tick's job time spent waiting for a limiter permit.
+    pub limited: f64,
     pub completed: u64,
     /// Mean number of busy workers over the tick.
     pub busy: f64,
@@ -125,12 +136,15 @@ impl Autoscaler {
 
     /// One tick's measurements in; a decision out when the target changed.
     pub fn observe(&mut self, s: &Sample, at_ms: i64) -> Option<Decision> {
-        if s.throttled > 0 || s.timeouts > 0 {
+        // Timeouts are a load signal when they outnumber the work done; a few hanging
+        // calls among many answers are the service's, and fewer workers would not help.
+        let stalled = s.timeouts > 0 && s.timeouts >= s.completed;
+        if s.throttled > 0 || stalled {
             let to = self.decreased();
-            let why = match (s.throttled, s.timeouts) {
-                (t, 0) => format!("{t} throttled (429)"),
-                (0, t) => format!("{t} timed out"),
-                (t, o) => format!("{t} throttled (429), {o} timed out"),
+            let why = match (s.throttled, stalled) {
+                (t, false) => format!("{t} throttled (429)"),
+                (0, true) => format!("{} timed out, {} done", s.timeouts, s.completed),
+                (t, true) => format!("{t} throttled (429), {} timed out", s.timeouts),
             };
             return self.change(to, at_ms, why);
         }
@@ -167,6 +181,17 @@ impl Autoscaler {
                     ms(smoothed),
                     self.cfg.tolerance,
                     ms(baseline)
+                ),
+            );
+        }
+        if s.limited >= RATE_BOUND && s.queued > 0 {
+            return self.change(
+                self.target,
+                at_ms,
+                format!(
+                    "rate-bound: {:.0}% of job time waits for a limiter permit; more workers would only queue (latency {})",
+                    s.limited * 100.0,
+                    ms(smoothed)
                 ),
             );
         }

@@ -37,9 +37,38 @@ pub struct BreakerConfig {
     pub open_wait_multiplier: f64,
     pub open_wait_max: Duration,
     pub half_open_permits: u32,
+    /// A run of this many failures in a row opens the circuit at once, whatever the
+    /// window holds (Envoy's consecutive-5xx outlier detection): a total outage after a
+    /// long healthy run trips in a second at full rate, not after the window turns over.
+    /// The run needed grows with the failure rate seen before it, so a service failing
+    /// at random (30 % of calls) does not trip on an unlucky streak. 0 = off.
+    pub consecutive_failures: u32,
 }
 
+/// How unlikely a run of failures must be, given the failure rate seen before it, to
+/// open the circuit: one streak in ten thousand.
+const STREAK_ODDS: f64 = 1e-4;
+
 impl BreakerConfig {
+    /// The run of consecutive failures that opens the circuit when a share
+    /// `baseline` (0–1) of the calls before it failed: the configured run for a
+    /// healthy service, longer when random failures make a streak likely (30 % → 8),
+    /// never more than four times the configured run.
+    pub fn streak_needed(&self, baseline: f64) -> u32 {
+        let min = self.consecutive_failures;
+        if min == 0 {
+            return u32::MAX;
+        }
+        let by_odds = if baseline <= 0.0 {
+            0.0
+        } else if baseline >= 1.0 {
+            f64::INFINITY
+        } else {
+            (STREAK_ODDS.ln() / baseline.ln()).ceil()
+        };
+        (by_odds.min(f64::from(min) * 4.0) as u32).max(min)
+    }
+
     /// Calls needed for a verdict: for a count window, capped at the window size.
     fn effective_minimum(&self) -> u32 {
         match self.window {
@@ -65,6 +94,7 @@ impl Default for BreakerConfig {
             open_wait_multiplier: 2.0,
             open_wait_max: Duration::from_secs(300),
             half_open_permits: 3,
+            consecutive_failures: 5,
         }
     }
 }
@@ -218,6 +248,8 @@ struct Inner {
     trial_failures: u32,
     trial_slow: u32,
     rejections: u64,
+    /// Failures in a row while CLOSED (a success ends the run).
+    streak: u32,
     transitions: VecDeque<Transition>,
 }
 
@@ -256,6 +288,7 @@ impl Breaker {
                 trial_failures: 0,
                 trial_slow: 0,
                 rejections: 0,
+                streak: 0,
                 transitions: VecDeque::new(),
             }),
             listener: Mutex::new(None),
@@ -365,23 +398,13 @@ impl Breaker {
                 if inner.state == State::MetricsOnly {
                     return;
                 }
-                if inner.window.calls < cfg.effective_minimum() {
-                    return;
-                }
-                let (fr, sr) = inner.window.rates();
-                let reason = if fr >= cfg.failure_rate {
-                    Some(format!(
-                        "failure rate {fr:.0}% ≥ {:.0}% over {} calls",
-                        cfg.failure_rate, inner.window.calls
-                    ))
-                } else if sr >= cfg.slow_call_rate {
-                    Some(format!(
-                        "slow-call rate {sr:.0}% ≥ {:.0}% over {} calls",
-                        cfg.slow_call_rate, inner.window.calls
-                    ))
-                } else {
+                inner.streak = if failed { inner.streak + 1 } else { 0 };
+                let reason = if inner.window.calls < cfg.effective_minimum() {
                     None
-                };
+                } else {
+                    Self::rate_verdict(&inner.window, cfg)
+                }
+                .or_else(|| Self::streak_verdict(&inner, cfg));
                 if let Some(reason) = reason {
                     self.transition_locked(&mut inner, cfg, State::Open, reason, now);
                 }
@@ -416,6 +439,45 @@ impl Breaker {
         }
     }
 
+    /// The rate trigger: failure or slow-call rate at or above its threshold.
+    fn rate_verdict(w: &Window, cfg: &BreakerConfig) -> Option<String> {
+        let (fr, sr) = w.rates();
+        if fr >= cfg.failure_rate {
+            Some(format!(
+                "failure rate {fr:.0}% ≥ {:.0}% over {} calls",
+                cfg.failure_rate, w.calls
+            ))
+        } else if sr >= cfg.slow_call_rate {
+            Some(format!(
+                "slow-call rate {sr:.0}% ≥ {:.0}% over {} calls",
+                cfg.slow_call_rate, w.calls
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The streak trigger: a run of failures too long to be chance at the failure rate
+    /// of the calls before it (those still in the window; none counts as healthy).
+    fn streak_verdict(inner: &Inner, cfg: &BreakerConfig) -> Option<String> {
+        let w = &inner.window;
+        let before = w.calls.saturating_sub(inner.streak);
+        let failed_before = w.failures.saturating_sub(inner.streak);
+        let baseline = if before >= 10 {
+            f64::from(failed_before) / f64::from(before)
+        } else {
+            0.0
+        };
+        let needed = cfg.streak_needed(baseline);
+        (inner.streak >= needed).then(|| {
+            format!(
+                "{} consecutive failures (≥ {needed} at the {:.0}% failure rate before them)",
+                inner.streak,
+                baseline * 100.0
+            )
+        })
+    }
+
     /// An operator's (or the API's) transition. Self-transitions do nothing.
     pub fn transition(&self, to: State, reason: &str) -> Result<bool, IllegalTransition> {
         let cfg = &self.cfg;
@@ -444,6 +506,7 @@ impl Breaker {
             self.transition_locked(&mut inner, cfg, State::Closed, reason.to_owned(), now);
         } else {
             inner.window = Window::new(cfg.window, cfg.window_size);
+            inner.streak = 0;
         }
     }
 
@@ -462,6 +525,7 @@ impl Breaker {
         inner.state = to;
         // Every transition starts with fresh metrics.
         inner.window = Window::new(cfg.window, cfg.window_size);
+        inner.streak = 0;
         inner.trial_issued = 0;
         inner.trial_done = 0;
         inner.trial_failures = 0;
@@ -615,6 +679,8 @@ mod tests {
             open_wait_multiplier: 2.0,
             open_wait_max: Duration::from_secs(30),
             half_open_permits: 2,
+            // The rate trigger alone (the streak trigger has its own tests).
+            consecutive_failures: 0,
         };
         (Breaker::new("qb", cfg, clock), manual)
     }
@@ -719,6 +785,7 @@ mod tests {
             window: WindowKind::Time,
             window_size: 10,
             minimum_calls: 4,
+            consecutive_failures: 0,
             ..BreakerConfig::default()
         };
         let b = Breaker::new("t", cfg, clock);
@@ -873,6 +940,75 @@ mod tests {
             ]
         );
         assert_eq!(seen.load(Ordering::SeqCst), 3);
+    }
+
+    /// Issue 14 point 4: a 10-second window full of successes no longer hides an
+    /// outage for seconds; five failures in a row open the circuit.
+    #[test]
+    fn a_run_of_failures_after_a_healthy_window_opens_at_once() {
+        let (clock, manual) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for _ in 0..80 {
+            b.try_acquire().unwrap().success(Duration::from_millis(100));
+            manual.advance(Duration::from_millis(120));
+        }
+        for i in 1..=5 {
+            assert_eq!(b.state(), State::Closed, "open before failure {i}");
+            b.try_acquire().unwrap().failure(Duration::from_millis(5));
+        }
+        assert_eq!(b.state(), State::Open);
+        let why = &b.transitions()[0].reason;
+        assert!(why.contains("5 consecutive failures"), "{why}");
+    }
+
+    #[test]
+    fn a_success_ends_the_run_and_random_failures_need_a_longer_one() {
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        // 30 % of calls fail at random: seven in a row is still chance (needs 8).
+        for i in 0..100 {
+            let p = b.try_acquire().unwrap();
+            if i % 10 < 3 {
+                p.failure(Duration::ZERO)
+            } else {
+                p.success(Duration::ZERO)
+            }
+        }
+        assert_eq!(b.state(), State::Closed);
+        for _ in 0..7 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        assert_eq!(b.state(), State::Closed, "{:?}", b.view());
+        b.try_acquire().unwrap().failure(Duration::ZERO);
+        assert_eq!(b.state(), State::Open);
+        assert!(b.transitions()[0].reason.contains("≥ 8 at the"));
+        // On a healthy service a success ends the run.
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for ok in [false, false, false, false, true, false, false, false, false] {
+            let p = b.try_acquire().unwrap();
+            if ok {
+                p.success(Duration::ZERO)
+            } else {
+                p.failure(Duration::ZERO)
+            }
+        }
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn the_streak_needed_grows_with_the_failure_rate_and_is_capped() {
+        let cfg = BreakerConfig::default();
+        assert_eq!(cfg.streak_needed(0.0), 5);
+        assert_eq!(cfg.streak_needed(0.1), 5);
+        assert_eq!(cfg.streak_needed(0.3), 8);
+        assert_eq!(cfg.streak_needed(0.45), 12);
+        assert_eq!(cfg.streak_needed(0.99), 20);
+        let off = BreakerConfig {
+            consecutive_failures: 0,
+            ..cfg
+        };
+        assert_eq!(off.streak_needed(0.0), u32::MAX);
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub trait Classify: Sized {
     fn retryable(&self) -> bool;
     /// The error for a call the breaker refused (no request was sent).
     fn rejected(r: Rejected) -> Self;
+    /// The error for a call given up after `after` without an answer (the downstream's
+    /// adaptive timeout). None: this kind of call keeps only its client's own timeout.
+    fn timed_out(after: Duration) -> Option<Self> {
+        let _ = after;
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +56,23 @@ pub struct DownstreamConfig {
     pub limiter: LimiterConfig,
     pub retry: RetryPolicy,
     pub budget: BudgetConfig,
+    /// The longest any call may take (the service's `timeout_secs`); calls are given up
+    /// much sooner once the service's latency is known (see [`Downstream::timeout`]).
+    pub timeout: Duration,
 }
+
+/// An attempt is given up after `TIMEOUT_P99S` × the p99 of the service's recent
+/// successful calls…
+pub const TIMEOUT_P99S: u32 = 4;
+/// …but never sooner than this…
+pub const TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
+/// …and only once this many successes in [`OK_WINDOW`] tell what the p99 is.
+const TIMEOUT_MIN_SAMPLES: usize = 20;
+/// How far back the successes behind the adaptive timeout look.
+const OK_WINDOW: Duration = Duration::from_secs(60);
+/// A call in flight checks its deadline this often (a deadline learned meanwhile —
+/// the first answers after a start — applies to calls already waiting).
+const DEADLINE_SLICE: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Counters {
@@ -65,6 +87,49 @@ struct Counters {
     budget_exhausted: AtomicU64,
     /// Failures and timeouts since the last success.
     consecutive_failures: AtomicU64,
+    /// Time callers spent waiting for a limiter permit (nanoseconds, all callers).
+    permit_wait_nanos: AtomicU64,
+}
+
+/// The successful calls of the last [`OK_WINDOW`] and the timeout they give, worked out
+/// again at most every [`DEADLINE_SLICE`].
+struct OkWindow {
+    v: VecDeque<(Duration, Duration)>,
+    computed_at: Option<Duration>,
+    p99: Option<Duration>,
+}
+
+impl OkWindow {
+    fn push(&mut self, now: Duration, took: Duration) {
+        if self.v.len() == LATENCY_WINDOW_CALLS {
+            self.v.pop_front();
+        }
+        self.v.push_back((now, took));
+    }
+
+    /// The p99 of the window's successes (None below the minimum of samples).
+    fn p99(&mut self, now: Duration) -> Option<Duration> {
+        if self
+            .computed_at
+            .is_some_and(|at| now.saturating_sub(at) < DEADLINE_SLICE)
+        {
+            return self.p99;
+        }
+        while self
+            .v
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > OK_WINDOW)
+        {
+            self.v.pop_front();
+        }
+        self.computed_at = Some(now);
+        self.p99 = (self.v.len() >= TIMEOUT_MIN_SAMPLES).then(|| {
+            let mut s: Vec<Duration> = self.v.iter().map(|(_, d)| *d).collect();
+            let i = ((s.len() as f64 * 0.99).ceil() as usize).clamp(1, s.len()) - 1;
+            *s.select_nth_unstable(i).1
+        });
+        self.p99
+    }
 }
 
 /// How far back a downstream's latency percentiles look: the one latency source of the
@@ -157,6 +222,8 @@ pub struct Downstream {
     pub budget: RetryBudget,
     clock: SharedClock,
     counters: Counters,
+    timeout: Duration,
+    ok: Mutex<OkWindow>,
     latencies: Mutex<LatencyWindow>,
     rejections: Mutex<Ring>,
     rng: Mutex<Rng>,
@@ -174,6 +241,12 @@ impl Downstream {
             budget: RetryBudget::new(cfg.budget, clock.clone()),
             clock,
             counters: Counters::default(),
+            timeout: cfg.timeout,
+            ok: Mutex::new(OkWindow {
+                v: VecDeque::new(),
+                computed_at: None,
+                p99: None,
+            }),
             latencies: Mutex::new(LatencyWindow::new()),
             rejections: Mutex::new(Ring::new(2048)),
             rng: Mutex::new(Rng::from_time()),
@@ -210,10 +283,17 @@ impl Downstream {
                     return Err(E::rejected(r));
                 }
             };
+            let waiting = self.clock.now();
             let slot = self.limiter.acquire().await;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = self.clock.now();
-            let result = op().await;
+            self.counters.permit_wait_nanos.fetch_add(
+                started.saturating_sub(waiting).as_nanos() as u64,
+                Ordering::Relaxed,
+            );
+            let result = self
+                .within_deadline(op(), started, attempt, permit.is_trial())
+                .await;
             let took = self.clock.now().saturating_sub(started);
             drop(slot);
             let class = match &result {
@@ -228,6 +308,10 @@ impl Downstream {
                         .consecutive_failures
                         .store(0, Ordering::Relaxed);
                     self.record_latency(took);
+                    self.ok
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(self.clock.now(), took);
                     permit.success(took);
                     self.limiter.on_success();
                 }
@@ -283,6 +367,68 @@ impl Downstream {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// How long an attempt may take: [`TIMEOUT_P99S`] × the p99 of the recent successes
+    /// (at least [`TIMEOUT_FLOOR`]), doubled for each retry of the same call, never more
+    /// than the configured timeout — which is all a half-open trial or a service with
+    /// too few recent answers gets. A hanging request then costs a fraction of a second
+    /// of a slot, not the whole configured minute.
+    pub fn timeout(&self, attempt: u32, trial: bool) -> Duration {
+        if trial {
+            return self.timeout;
+        }
+        let p99 = self
+            .ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .p99(self.clock.now());
+        let Some(p99) = p99 else {
+            return self.timeout;
+        };
+        (p99 * TIMEOUT_P99S)
+            .max(TIMEOUT_FLOOR)
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.timeout)
+    }
+
+    /// Runs one attempt until it answers or its deadline passes (the deadline is read
+    /// again while waiting: it shortens as the first answers arrive).
+    async fn within_deadline<T, E, Fut>(
+        &self,
+        fut: Fut,
+        started: Duration,
+        attempt: u32,
+        trial: bool,
+    ) -> Result<T, E>
+    where
+        E: Classify,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if E::timed_out(Duration::ZERO).is_none() {
+            return fut.await;
+        }
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let limit = self.timeout(attempt, trial);
+            let elapsed = self.clock.now().saturating_sub(started);
+            if elapsed >= limit
+                && let Some(e) = E::timed_out(limit)
+            {
+                return Err(e);
+            }
+            let slice = limit.saturating_sub(elapsed).min(DEADLINE_SLICE);
+            tokio::select! {
+                r = &mut fut => return r,
+                () = tokio::time::sleep(slice.max(Duration::from_millis(1))) => {}
+            }
+        }
+    }
+
+    /// Time every caller spent waiting for a limiter permit so far: queueing in front
+    /// of the quota, not the service's latency.
+    pub fn permit_wait(&self) -> Duration {
+        Duration::from_nanos(self.counters.permit_wait_nanos.load(Ordering::Relaxed))
     }
 
     fn lock_ring<'a>(&self, r: &'a Mutex<Ring>) -> std::sync::MutexGuard<'a, Ring> {
@@ -393,6 +539,7 @@ mod tests {
                     min_retries_per_sec: reserve,
                     percent_can_retry: 0.5,
                 },
+                timeout: Duration::from_secs(60),
             },
             SharedClock::tokio(),
         )

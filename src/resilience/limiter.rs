@@ -184,17 +184,29 @@ impl Limiter {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A GCRA at the new rate that starts with the burst the old one had left: a rate
+    /// change is never a fresh burst (one every probe would pile up at the service).
     fn rebuild(&self, factor: f64) {
         let cfg = &self.cfg;
-        let g = (cfg.rate_per_min > 0).then(|| {
+        let burst = cfg.burst.max(1);
+        let mut slot = self.gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let left = slot.as_ref().map_or(burst, |old| {
+            let mut n = 0;
+            while n < burst && old.check().is_ok() {
+                n += 1;
+            }
+            n
+        });
+        *slot = (cfg.rate_per_min > 0).then(|| {
             let per_min = (cfg.rate_per_min as f64 * factor).max(1.0);
             let period = Duration::from_secs_f64(60.0 / per_min);
             let quota = Quota::with_period(period)
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(cfg.burst.max(1)).unwrap_or(NonZeroU32::MIN));
-            Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+            let g = Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()));
+            Self::drain(&g, burst - left);
+            g
         });
-        *self.gcra.lock().unwrap_or_else(|p| p.into_inner()) = g;
     }
 
     /// Takes a slot now, or says why and for how long not.

@@ -64,6 +64,8 @@ pub struct CatalogMetrics {
     /// Sum of job durations (ns) and jobs finished, for the auto-scaler's latency.
     pub busy_nanos: AtomicU64,
     pub jobs_timed: AtomicU64,
+    /// Of `busy_nanos`, the time spent waiting for rate-limiter permits.
+    pub permit_wait_nanos: AtomicU64,
     /// Jobs put back untouched because the QuickBooks circuit refused them.
     pub deferred: AtomicU64,
     /// Job durations (the `catalog.item_sync` operation).
@@ -344,13 +346,18 @@ impl Catalog {
         let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         let done = now.jobs - last.jobs;
         let busy_ns = now.busy - last.busy;
-        // Waiting for a QuickBooks permit is queueing in front of the quota, not the
-        // service's latency.
+        // Waiting for a permit is queueing in front of a quota, not the service's
+        // latency.
         let waited_ns = (now.waited - last.waited).min(busy_ns);
         let sample = Sample {
             latency: (done > 0).then(|| Duration::from_nanos((busy_ns - waited_ns) / done)),
             limited: if busy_ns > 0 {
                 waited_ns as f64 / busy_ns as f64
+            } else {
+                0.0
+            },
+            rate_use: if now.rate_per_sec > 0.0 {
+                (now.calls - last.calls) as f64 / elapsed / now.rate_per_sec
             } else {
                 0.0
             },
@@ -377,15 +384,19 @@ impl Catalog {
     }
 
     fn marks(&self) -> AutoscaleMarks {
-        let (throttled, timeouts, waited) = self.qb.guard().map_or((0, 0, 0), |g| {
-            (
-                g.throttled(),
-                g.timeouts(),
-                g.permit_wait().as_nanos() as u64,
-            )
-        });
+        let (throttled, timeouts, calls, rate_per_sec) =
+            self.qb.guard().map_or((0, 0, 0, 0.0), |g| {
+                (
+                    g.throttled(),
+                    g.timeouts(),
+                    g.calls(),
+                    f64::from(g.limiter.view().effective_per_min) / 60.0,
+                )
+            });
         AutoscaleMarks {
-            waited,
+            waited: self.metrics.permit_wait_nanos.load(Ordering::Relaxed),
+            calls,
+            rate_per_sec,
             at: tokio::time::Instant::now(),
             busy: self.metrics.busy_nanos.load(Ordering::Relaxed),
             jobs: self.metrics.jobs_timed.load(Ordering::Relaxed),
@@ -925,12 +936,16 @@ impl Catalog {
                 // One trace per job: its requests carry it, its audit lines record it.
                 crate::telemetry::trace::scope(async {
                     let started = tokio::time::Instant::now();
-                    let result = self.process(&job).await;
+                    let (result, waited) =
+                        crate::resilience::measuring_permit_wait(self.process(&job)).await;
                     if !matches!(result, Err(JobError::Deferred(..))) {
                         self.metrics.latency.record(started.elapsed());
                         self.metrics
                             .busy_nanos
                             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        self.metrics
+                            .permit_wait_nanos
+                            .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
                         self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
                     }
                     self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -1301,8 +1316,10 @@ pub struct AutoscaleMarks {
     jobs: u64,
     throttled: u64,
     timeouts: u64,
-    /// QuickBooks permit waits so far (ns).
+    /// Jobs' permit waits so far (ns); QuickBooks requests sent, and its rate now.
     waited: u64,
+    calls: u64,
+    rate_per_sec: f64,
 }
 
 /// Job-level backoff (after the per-call retries of the resilience layer gave up):

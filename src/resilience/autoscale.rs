@@ -6,8 +6,9 @@
 //! done (a service that stopped answering, not one that drops a call now and then), or
 //! latency beyond the tolerance. Latency is the service's: time spent waiting for a
 //! rate-limiter permit is queueing in front of the quota, and when it is a large share
-//! of the work ([`RATE_BOUND`]) the limiter is the bottleneck — more workers would only
-//! queue, fewer would not go faster — so the target holds and says so. The baseline is the lowest smoothed latency seen, and it may only rise
+//! of the work ([`RATE_BOUND`]), or the limiter's rate is nearly all used
+//! ([`RATE_USED`]), the limiter is the bottleneck — more workers would only queue, fewer
+//! would not go faster — so the target holds and says so. The baseline is the lowest smoothed latency seen, and it may only rise
 //! while the target sits at its floor — so sustained overload can never be mistaken for
 //! the new normal (the upward drift of Gradient2 that docs/resilience.md describes).
 
@@ -42,8 +43,10 @@ impl Default for AutoscaleConfig {
 }
 
 /// The share of job time spent waiting for a limiter permit above which the pipeline
-/// is rate-bound.
+/// is rate-bound…
 pub const RATE_BOUND: f64 = 0.25;
+/// …or the share of the limiter's rate used.
+pub const RATE_USED: f64 = 0.9;
 
 /// What a pipeline measured over one tick.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +56,8 @@ pub struct Sample {
     pub latency: Option<Duration>,
     /// Share (0–1) of the tick's job time spent waiting for a limiter permit.
     pub limited: f64,
+    /// Share (0–1) of the limiter's rate the tick's requests used (0 without a limit).
+    pub rate_use: f64,
     pub completed: u64,
     /// Mean number of busy workers over the tick.
     pub busy: f64,
@@ -171,6 +176,23 @@ impl Autoscaler {
         };
         self.baseline = Some(baseline);
         let ms = |x: f64| format!("{:.0} ms", x * 1000.0);
+        // The quota is the bottleneck: the limiter's rate is (nearly) all used, or the
+        // workers spend a good share of their time waiting for it. More workers would
+        // only queue; fewer could leave permits unused; the service's latency (which
+        // swings with its own noise) says nothing about either.
+        let rate_bound = s.rate_use >= RATE_USED || s.limited >= RATE_BOUND;
+        if rate_bound && s.queued > 0 {
+            return self.change(
+                self.target,
+                at_ms,
+                format!(
+                    "rate-bound: {:.0}% of the rate limit used, {:.0}% of job time waiting for a permit; holding (latency {})",
+                    s.rate_use * 100.0,
+                    s.limited * 100.0,
+                    ms(smoothed)
+                ),
+            );
+        }
         if smoothed > self.cfg.tolerance * baseline {
             let to = self.decreased();
             return self.change(
@@ -181,17 +203,6 @@ impl Autoscaler {
                     ms(smoothed),
                     self.cfg.tolerance,
                     ms(baseline)
-                ),
-            );
-        }
-        if s.limited >= RATE_BOUND && s.queued > 0 {
-            return self.change(
-                self.target,
-                at_ms,
-                format!(
-                    "rate-bound: {:.0}% of job time waits for a limiter permit; more workers would only queue (latency {})",
-                    s.limited * 100.0,
-                    ms(smoothed)
                 ),
             );
         }
@@ -415,6 +426,56 @@ mod tests {
             .unwrap();
         assert_eq!(d.to, 16);
         assert_eq!(a.decisions().next().unwrap().to, 16, "newest first");
+    }
+
+    /// Issue 14 point 5: at the quota, job latency swings with the wait for a permit
+    /// and the service's noise; the target holds and says why.
+    #[test]
+    fn a_rate_bound_pipeline_holds_and_says_the_rate_is_the_bottleneck() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 6);
+        let mut changes = 0;
+        for t in 0..120 {
+            // 90 ms ± 30 ms of service time; the quota used in full.
+            let noise = [0.0, 0.03, -0.02, 0.025, -0.03, 0.01][t % 6];
+            let s = Sample {
+                latency: Some(Duration::from_secs_f64(0.09 + noise)),
+                limited: 0.4,
+                rate_use: 0.98,
+                completed: 4,
+                busy: 6.0,
+                queued: 500,
+                ..Sample::default()
+            };
+            changes += a.observe(&s, t as i64).is_some() as u32;
+        }
+        assert_eq!(changes, 0, "{:?}", a.decisions().collect::<Vec<_>>());
+        assert!(a.status.starts_with("rate-bound"), "{}", a.status);
+    }
+
+    /// Issue 18 point 1: a service that hangs on one call in five times out every tick;
+    /// fewer workers would not help, so that alone does not cut the target.
+    #[test]
+    fn a_few_hanging_calls_do_not_cut_the_target_but_a_stalled_service_does() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 10);
+        let hanging = Sample {
+            latency: Some(Duration::from_millis(50)),
+            completed: 40,
+            busy: 8.0,
+            queued: 500,
+            timeouts: 10,
+            ..Sample::default()
+        };
+        for t in 0..30 {
+            a.observe(&hanging, t);
+        }
+        assert!(a.target() >= 10, "{}", a.target());
+        let stalled = Sample {
+            completed: 1,
+            timeouts: 8,
+            ..hanging
+        };
+        let d = a.observe(&stalled, 31).unwrap();
+        assert!(d.to < d.from && d.reason.contains("8 timed out"), "{d:?}");
     }
 
     #[test]

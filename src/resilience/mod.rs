@@ -21,6 +21,23 @@ pub use clock::SharedClock;
 pub use limiter::{Limiter, LimiterConfig, LimiterView};
 pub use retry::{BudgetConfig, RetryBudget, RetryPolicy, Rng};
 
+tokio::task_local! {
+    /// Permit waits of the calls made under [`measuring_permit_wait`] (nanoseconds).
+    static PERMIT_WAIT: std::cell::Cell<u64>;
+}
+
+/// Runs `f`, and says how long its calls waited for limiter permits (of any
+/// downstream): queueing in front of a quota, to tell apart from the service's latency.
+pub async fn measuring_permit_wait<F: Future>(f: F) -> (F::Output, Duration) {
+    PERMIT_WAIT
+        .scope(std::cell::Cell::new(0), async {
+            let out = f.await;
+            let waited = PERMIT_WAIT.with(std::cell::Cell::get);
+            (out, Duration::from_nanos(waited))
+        })
+        .await
+}
+
 /// How an outcome counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -87,8 +104,6 @@ struct Counters {
     budget_exhausted: AtomicU64,
     /// Failures and timeouts since the last success.
     consecutive_failures: AtomicU64,
-    /// Time callers spent waiting for a limiter permit (nanoseconds, all callers).
-    permit_wait_nanos: AtomicU64,
 }
 
 /// The successful calls of the last [`OK_WINDOW`] and the timeout they give, worked out
@@ -287,10 +302,8 @@ impl Downstream {
             let slot = self.limiter.acquire().await;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = self.clock.now();
-            self.counters.permit_wait_nanos.fetch_add(
-                started.saturating_sub(waiting).as_nanos() as u64,
-                Ordering::Relaxed,
-            );
+            let waited = started.saturating_sub(waiting).as_nanos() as u64;
+            let _ = PERMIT_WAIT.try_with(|w| w.set(w.get() + waited));
             let result = self
                 .within_deadline(op(), started, attempt, permit.is_trial())
                 .await;
@@ -425,12 +438,6 @@ impl Downstream {
         }
     }
 
-    /// Time every caller spent waiting for a limiter permit so far: queueing in front
-    /// of the quota, not the service's latency.
-    pub fn permit_wait(&self) -> Duration {
-        Duration::from_nanos(self.counters.permit_wait_nanos.load(Ordering::Relaxed))
-    }
-
     fn lock_ring<'a>(&self, r: &'a Mutex<Ring>) -> std::sync::MutexGuard<'a, Ring> {
         r.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -447,6 +454,11 @@ impl Downstream {
 
     pub fn throttled(&self) -> u64 {
         self.counters.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent so far (attempts that got a permit).
+    pub fn calls(&self) -> u64 {
+        self.counters.calls.load(Ordering::Relaxed)
     }
 
     pub fn timeouts(&self) -> u64 {

@@ -544,8 +544,9 @@ pub struct BreakerSettings {
     pub open_wait_max_secs: u64,
     /// Trial calls let through in HALF_OPEN.
     pub half_open_permits: u32,
-    /// Failures in a row that open the circuit at once (more when failures were
-    /// already common); 0 = only the rates open it.
+    /// Answered failures in a row that open the circuit at once (more when failures
+    /// were already common; timeouts neither extend nor end a run); 0 = only the
+    /// rates open it.
     pub consecutive_failures: u32,
 }
 

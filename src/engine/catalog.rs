@@ -349,8 +349,17 @@ impl Catalog {
         // Waiting for a permit is queueing in front of a quota, not the service's
         // latency.
         let waited_ns = (now.waited - last.waited).min(busy_ns);
+        // The service's latency: its answers' own durations when it answered in the
+        // tick (hung calls, backoff and permit waits are not its latency), else the
+        // jobs' time without their permit waits.
+        let answered = now.ok_calls - last.ok_calls;
+        let latency = if answered > 0 {
+            Some(Duration::from_nanos((now.ok_nanos - last.ok_nanos) / answered))
+        } else {
+            (done > 0).then(|| Duration::from_nanos((busy_ns - waited_ns) / done))
+        };
         let sample = Sample {
-            latency: (done > 0).then(|| Duration::from_nanos((busy_ns - waited_ns) / done)),
+            latency: latency.filter(|_| done > 0),
             limited: if busy_ns > 0 {
                 waited_ns as f64 / busy_ns as f64
             } else {
@@ -384,16 +393,19 @@ impl Catalog {
     }
 
     fn marks(&self) -> AutoscaleMarks {
-        let (throttled, timeouts, calls, rate_per_sec) =
-            self.qb.guard().map_or((0, 0, 0, 0.0), |g| {
+        let (throttled, timeouts, calls, rate_per_sec, (ok_calls, ok)) =
+            self.qb.guard().map_or((0, 0, 0, 0.0, (0, Duration::ZERO)), |g| {
                 (
                     g.throttled(),
                     g.timeouts(),
                     g.calls(),
                     f64::from(g.limiter.view().effective_per_min) / 60.0,
+                    g.answered(),
                 )
             });
         AutoscaleMarks {
+            ok_calls,
+            ok_nanos: ok.as_nanos() as u64,
             waited: self.metrics.permit_wait_nanos.load(Ordering::Relaxed),
             calls,
             rate_per_sec,
@@ -1320,6 +1332,9 @@ pub struct AutoscaleMarks {
     waited: u64,
     calls: u64,
     rate_per_sec: f64,
+    /// QuickBooks' answered calls and their summed durations (ns).
+    ok_calls: u64,
+    ok_nanos: u64,
 }
 
 /// Job-level backoff (after the per-call retries of the resilience layer gave up):

@@ -37,23 +37,29 @@ pub struct BreakerConfig {
     pub open_wait_multiplier: f64,
     pub open_wait_max: Duration,
     pub half_open_permits: u32,
-    /// A run of this many failures in a row opens the circuit at once, whatever the
-    /// window holds (Envoy's consecutive-5xx outlier detection): a total outage after a
-    /// long healthy run trips in a second at full rate, not after the window turns over.
-    /// The run needed grows with the failure rate seen before it, so a service failing
-    /// at random (30 % of calls) does not trip on an unlucky streak. 0 = off.
+    /// A run of this many answered failures in a row (5xx, resets, refused
+    /// connections) opens the circuit at once, whatever the window holds (Envoy's
+    /// consecutive-5xx outlier detection): a total outage after a long healthy run trips
+    /// in a second at full rate, not after the window turns over. The run needed grows
+    /// with the failure rate seen before it, so a service failing at random (30 % of
+    /// calls) does not trip on an unlucky streak. Timeouts count in the window but
+    /// neither extend nor end a run: a burst of them can be our own stall (a loaded
+    /// box), not the service's outage. 0 = off.
     pub consecutive_failures: u32,
 }
 
 /// How unlikely a run of failures must be, given the failure rate seen before it, to
-/// open the circuit: one streak in ten thousand.
-const STREAK_ODDS: f64 = 1e-4;
+/// open the circuit: one streak in a million.
+const STREAK_ODDS: f64 = 1e-6;
+/// Weight of each answered call in the failure rate a run is judged against (about
+/// the last 20 calls; kept across transitions).
+const BASELINE_WEIGHT: f64 = 0.05;
 
 impl BreakerConfig {
     /// The run of consecutive failures that opens the circuit when a share
     /// `baseline` (0–1) of the calls before it failed: the configured run for a
-    /// healthy service, longer when random failures make a streak likely (30 % → 8),
-    /// never more than four times the configured run.
+    /// healthy service, longer when random failures make a streak likely (10 % → 6,
+    /// 30 % → 12), never more than four times the configured run.
     pub fn streak_needed(&self, baseline: f64) -> u32 {
         let min = self.consecutive_failures;
         if min == 0 {
@@ -103,6 +109,8 @@ impl Default for BreakerConfig {
 pub enum Outcome {
     Success,
     Failure,
+    /// No answer in time: a failure in the window, neutral for a run of failures.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -248,8 +256,10 @@ struct Inner {
     trial_failures: u32,
     trial_slow: u32,
     rejections: u64,
-    /// Failures in a row while CLOSED (a success ends the run).
+    /// Answered failures in a row while CLOSED (a success ends the run).
     streak: u32,
+    /// The answered calls' failure rate before the current run (an EWMA).
+    baseline: f64,
     transitions: VecDeque<Transition>,
 }
 
@@ -289,6 +299,7 @@ impl Breaker {
                 trial_slow: 0,
                 rejections: 0,
                 streak: 0,
+                baseline: 0.0,
                 transitions: VecDeque::new(),
             }),
             listener: Mutex::new(None),
@@ -386,7 +397,7 @@ impl Breaker {
             }
             return;
         };
-        let failed = outcome == Outcome::Failure;
+        let failed = outcome != Outcome::Success;
         let slow = duration > cfg.slow_call;
         match inner.state {
             State::Disabled | State::ForcedOpen | State::Open => {}
@@ -398,7 +409,17 @@ impl Breaker {
                 if inner.state == State::MetricsOnly {
                     return;
                 }
-                inner.streak = if failed { inner.streak + 1 } else { 0 };
+                match outcome {
+                    Outcome::Failure => inner.streak += 1,
+                    Outcome::Timeout => {}
+                    Outcome::Success => {
+                        // The run is over: it joins the baseline the next one is judged by.
+                        let keep = 1.0 - BASELINE_WEIGHT;
+                        let f = keep.powi(inner.streak.min(1000) as i32);
+                        inner.baseline = (1.0 - (1.0 - inner.baseline) * f) * keep;
+                        inner.streak = 0;
+                    }
+                }
                 let reason = if inner.window.calls < cfg.effective_minimum() {
                     None
                 } else {
@@ -457,23 +478,15 @@ impl Breaker {
         }
     }
 
-    /// The streak trigger: a run of failures too long to be chance at the failure rate
-    /// of the calls before it (those still in the window; none counts as healthy).
+    /// The streak trigger: a run of answered failures too long to be chance at the
+    /// failure rate of the answered calls before it.
     fn streak_verdict(inner: &Inner, cfg: &BreakerConfig) -> Option<String> {
-        let w = &inner.window;
-        let before = w.calls.saturating_sub(inner.streak);
-        let failed_before = w.failures.saturating_sub(inner.streak);
-        let baseline = if before >= 10 {
-            f64::from(failed_before) / f64::from(before)
-        } else {
-            0.0
-        };
-        let needed = cfg.streak_needed(baseline);
+        let needed = cfg.streak_needed(inner.baseline);
         (inner.streak >= needed).then(|| {
             format!(
                 "{} consecutive failures (≥ {needed} at the {:.0}% failure rate before them)",
                 inner.streak,
-                baseline * 100.0
+                inner.baseline * 100.0
             )
         })
     }
@@ -634,6 +647,12 @@ impl Permit {
     pub fn failure(mut self, duration: Duration) {
         if let Some(b) = self.breaker.take() {
             b.record(self.trial, Some(Outcome::Failure), duration);
+        }
+    }
+    /// No answer in time: a failure, but no part of a run of failures.
+    pub fn timed_out(mut self, duration: Duration) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, Some(Outcome::Timeout), duration);
         }
     }
     /// An outcome that is not the service's fault (4xx of ours, 429): not counted.
@@ -965,7 +984,7 @@ mod tests {
     fn a_success_ends_the_run_and_random_failures_need_a_longer_one() {
         let (clock, _) = SharedClock::manual();
         let b = Breaker::new("qb", BreakerConfig::default(), clock);
-        // 30 % of calls fail at random: seven in a row is still chance (needs 8).
+        // 30 % of calls fail at random: five, seven, nine in a row are still chance.
         for i in 0..100 {
             let p = b.try_acquire().unwrap();
             if i % 10 < 3 {
@@ -975,13 +994,14 @@ mod tests {
             }
         }
         assert_eq!(b.state(), State::Closed);
-        for _ in 0..7 {
+        let mut run = 0;
+        while b.state() == State::Closed {
             b.try_acquire().unwrap().failure(Duration::ZERO);
+            run += 1;
         }
-        assert_eq!(b.state(), State::Closed, "{:?}", b.view());
-        b.try_acquire().unwrap().failure(Duration::ZERO);
-        assert_eq!(b.state(), State::Open);
-        assert!(b.transitions()[0].reason.contains("≥ 8 at the"));
+        assert!((10..=20).contains(&run), "opened after {run}");
+        let why = &b.transitions()[0].reason;
+        assert!(why.contains("% failure rate before them"), "{why}");
         // On a healthy service a success ends the run.
         let (clock, _) = SharedClock::manual();
         let b = Breaker::new("qb", BreakerConfig::default(), clock);
@@ -996,13 +1016,38 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
     }
 
+    /// Timeouts fill the window, but a burst of them (our own stall, or a service
+    /// hanging on some calls) is no run of failures.
+    #[test]
+    fn timeouts_count_in_the_window_but_neither_make_nor_break_a_run() {
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for _ in 0..40 {
+            b.try_acquire().unwrap().success(Duration::ZERO);
+        }
+        for _ in 0..12 {
+            b.try_acquire().unwrap().timed_out(Duration::from_millis(250));
+        }
+        assert_eq!(b.state(), State::Closed, "twelve timeouts in a row");
+        assert_eq!(b.view().failures, 12);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        b.try_acquire().unwrap().timed_out(Duration::ZERO);
+        for _ in 0..2 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        assert_eq!(b.state(), State::Open, "five answered failures, a timeout between");
+    }
+
     #[test]
     fn the_streak_needed_grows_with_the_failure_rate_and_is_capped() {
         let cfg = BreakerConfig::default();
         assert_eq!(cfg.streak_needed(0.0), 5);
-        assert_eq!(cfg.streak_needed(0.1), 5);
-        assert_eq!(cfg.streak_needed(0.3), 8);
-        assert_eq!(cfg.streak_needed(0.45), 12);
+        assert_eq!(cfg.streak_needed(0.05), 5);
+        assert_eq!(cfg.streak_needed(0.1), 6);
+        assert_eq!(cfg.streak_needed(0.3), 12);
+        assert_eq!(cfg.streak_needed(0.45), 18);
         assert_eq!(cfg.streak_needed(0.99), 20);
         let off = BreakerConfig {
             consecutive_failures: 0,

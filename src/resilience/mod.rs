@@ -79,14 +79,19 @@ pub struct DownstreamConfig {
 }
 
 /// An attempt is given up after `TIMEOUT_P99S` × the p99 of the service's recent
-/// successful calls…
+/// successful calls (twice that while fewer than [`TIMEOUT_SAMPLES`] tell the p99)…
 pub const TIMEOUT_P99S: u32 = 4;
 /// …but never sooner than this…
 pub const TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
-/// …and only once this many successes in [`OK_WINDOW`] tell what the p99 is.
-const TIMEOUT_MIN_SAMPLES: usize = 20;
+/// …nor, before [`TIMEOUT_MIN_SAMPLES`] successes, later than this (a first call that
+/// hangs must not hold everything waiting on it for the configured minute).
+pub const TIMEOUT_COLD: Duration = Duration::from_secs(5);
+const TIMEOUT_MIN_SAMPLES: usize = 5;
+const TIMEOUT_SAMPLES: usize = 20;
 /// How far back the successes behind the adaptive timeout look.
 const OK_WINDOW: Duration = Duration::from_secs(60);
+/// How long the in-flight slot of a request given up at its deadline stays taken.
+const ABANDONED_HOLD: Duration = Duration::from_millis(100);
 /// A call in flight checks its deadline this often (a deadline learned meanwhile —
 /// the first answers after a start — applies to calls already waiting).
 const DEADLINE_SLICE: Duration = Duration::from_millis(100);
@@ -104,6 +109,8 @@ struct Counters {
     budget_exhausted: AtomicU64,
     /// Failures and timeouts since the last success.
     consecutive_failures: AtomicU64,
+    /// Sum of the successful calls' durations (nanoseconds).
+    ok_nanos: AtomicU64,
 }
 
 /// The successful calls of the last [`OK_WINDOW`] and the timeout they give, worked out
@@ -112,6 +119,7 @@ struct OkWindow {
     v: VecDeque<(Duration, Duration)>,
     computed_at: Option<Duration>,
     p99: Option<Duration>,
+    samples: usize,
 }
 
 impl OkWindow {
@@ -138,6 +146,7 @@ impl OkWindow {
             self.v.pop_front();
         }
         self.computed_at = Some(now);
+        self.samples = self.v.len();
         self.p99 = (self.v.len() >= TIMEOUT_MIN_SAMPLES).then(|| {
             let mut s: Vec<Duration> = self.v.iter().map(|(_, d)| *d).collect();
             let i = ((s.len() as f64 * 0.99).ceil() as usize).clamp(1, s.len()) - 1;
@@ -261,6 +270,7 @@ impl Downstream {
                 v: VecDeque::new(),
                 computed_at: None,
                 p99: None,
+                samples: 0,
             }),
             latencies: Mutex::new(LatencyWindow::new()),
             rejections: Mutex::new(Ring::new(2048)),
@@ -308,15 +318,28 @@ impl Downstream {
                 .within_deadline(op(), started, attempt, permit.is_trial())
                 .await;
             let took = self.clock.now().saturating_sub(started);
-            drop(slot);
             let class = match &result {
                 Ok(_) => Class::Success,
                 Err(e) => e.class(),
             };
+            if class == Class::Timeout && took < self.timeout {
+                // Given up by us, not answered: the service frees its slot only once it
+                // sees the connection close, so ours is held a moment longer (else the
+                // next request can find the service's in-flight cap still full: a 429).
+                tokio::spawn(async move {
+                    tokio::time::sleep(ABANDONED_HOLD).await;
+                    drop(slot);
+                });
+            } else {
+                drop(slot);
+            }
             let mut pushback = None;
             match class {
                 Class::Success => {
                     self.counters.successes.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .ok_nanos
+                        .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
                     self.counters
                         .consecutive_failures
                         .store(0, Ordering::Relaxed);
@@ -339,7 +362,11 @@ impl Downstream {
                         .consecutive_failures
                         .fetch_add(1, Ordering::Relaxed);
                     self.record_latency(took);
-                    permit.failure(took);
+                    if class == Class::Timeout {
+                        permit.timed_out(took);
+                    } else {
+                        permit.failure(took);
+                    }
                 }
                 Class::Ignored => {
                     self.counters.ignored.fetch_add(1, Ordering::Relaxed);
@@ -383,25 +410,25 @@ impl Downstream {
     }
 
     /// How long an attempt may take: [`TIMEOUT_P99S`] × the p99 of the recent successes
-    /// (at least [`TIMEOUT_FLOOR`]), doubled for each retry of the same call, never more
-    /// than the configured timeout — which is all a half-open trial or a service with
-    /// too few recent answers gets. A hanging request then costs a fraction of a second
-    /// of a slot, not the whole configured minute.
+    /// (at least [`TIMEOUT_FLOOR`]; [`TIMEOUT_COLD`] before a few answers), doubled for
+    /// each retry of the same call (and for a half-open trial), never more than the
+    /// configured timeout. A hanging request then costs a fraction of a second of a
+    /// slot, not the whole configured minute. A service that became slow is timed out
+    /// until its successes leave the [`OK_WINDOW`]; from then on it gets the cold
+    /// timeout, and its answers set the new p99.
     pub fn timeout(&self, attempt: u32, trial: bool) -> Duration {
-        if trial {
-            return self.timeout;
-        }
-        let p99 = self
-            .ok
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .p99(self.clock.now());
-        let Some(p99) = p99 else {
-            return self.timeout;
+        let attempt = attempt + u32::from(trial);
+        let (p99, samples) = {
+            let mut ok = self.ok.lock().unwrap_or_else(|p| p.into_inner());
+            (ok.p99(self.clock.now()), ok.samples)
         };
-        (p99 * TIMEOUT_P99S)
-            .max(TIMEOUT_FLOOR)
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        let base = match p99 {
+            None => TIMEOUT_COLD,
+            // A few samples understate the p99: twice the margin.
+            Some(p) if samples < TIMEOUT_SAMPLES => (p * TIMEOUT_P99S * 2).max(TIMEOUT_FLOOR),
+            Some(p) => (p * TIMEOUT_P99S).max(TIMEOUT_FLOOR),
+        };
+        base.saturating_mul(1 << attempt.saturating_sub(1).min(16))
             .min(self.timeout)
     }
 
@@ -461,6 +488,15 @@ impl Downstream {
         self.counters.calls.load(Ordering::Relaxed)
     }
 
+    /// Successful calls so far, and the sum of their durations: the service's own
+    /// latency (no permit waits, no hung calls, no backoff).
+    pub fn answered(&self) -> (u64, Duration) {
+        (
+            self.counters.successes.load(Ordering::Relaxed),
+            Duration::from_nanos(self.counters.ok_nanos.load(Ordering::Relaxed)),
+        )
+    }
+
     pub fn timeouts(&self) -> u64 {
         self.counters.timeouts.load(Ordering::Relaxed)
     }
@@ -508,6 +544,7 @@ mod tests {
         BadRequest,
         Throttled,
         Rejected,
+        TimedOut(Duration),
     }
 
     impl Classify for E {
@@ -517,14 +554,59 @@ mod tests {
                 E::BadRequest => Class::Ignored,
                 E::Throttled => Class::Throttled(Some(Duration::from_secs(5))),
                 E::Rejected => Class::Ignored,
+                E::TimedOut(_) => Class::Timeout,
             }
         }
         fn retryable(&self) -> bool {
-            matches!(self, E::Server | E::Throttled)
+            matches!(self, E::Server | E::Throttled | E::TimedOut(_))
         }
         fn rejected(_: Rejected) -> Self {
             E::Rejected
         }
+        fn timed_out(after: Duration) -> Option<Self> {
+            Some(E::TimedOut(after))
+        }
+    }
+
+    /// Issue 18 point 1: a call that hangs is given up at 4 × the p99 of the recent
+    /// answers (at least 250 ms), its retry gets twice that, and before any answer a
+    /// hanging call waits 5 s, not the configured minute.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_is_given_up_at_the_adaptive_timeout_and_retried() {
+        let d = downstream(2);
+        let hang = || async {
+            tokio::time::sleep(Duration::from_secs(130)).await;
+            Ok::<(), E>(())
+        };
+        let start = tokio::time::Instant::now();
+        let r = d.call(false, hang).await;
+        assert_eq!(r, Err(E::TimedOut(TIMEOUT_COLD)), "before any answer");
+        assert_eq!(start.elapsed(), TIMEOUT_COLD);
+        for _ in 0..30 {
+            let r: Result<(), E> = d
+                .call(true, || async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(())
+                })
+                .await;
+            assert!(r.is_ok());
+        }
+        assert_eq!(d.timeout(1, false), Duration::from_millis(250), "the floor");
+        assert_eq!(d.timeout(2, false), Duration::from_millis(500), "a retry");
+        let sent = std::sync::atomic::AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r: Result<(), E> = d
+            .call(true, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(130)).await;
+                Ok(())
+            })
+            .await;
+        assert_eq!(r, Err(E::TimedOut(Duration::from_millis(500))));
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "sent again once");
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert_eq!(d.view().timeouts, 3);
+        assert_eq!(d.breaker.state(), State::Closed, "timeouts make no run");
     }
 
     fn downstream(max_attempts: u32) -> Arc<Downstream> {

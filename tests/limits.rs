@@ -548,3 +548,57 @@ async fn with_one_call_in_five_hanging_the_sync_keeps_half_its_throughput_and_co
     assert!(hanging >= healthy * 0.5, "{hanging:.1} of {healthy:.1} Items/s");
     assert!(done.is_some(), "not done in {limit:?}");
 }
+
+/// Issue 18 point 2: after a QuickBooks outage ends, Items are created again within
+/// the half-open probe interval (the breaker's `open_wait_secs`, 3 s here; the open
+/// wait no longer doubles with each failed probe, so a long outage is not followed by
+/// a long silence). Today: 24 s after a 30 s outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_ends_work_resumes_within_the_probe_interval() {
+    let sb = common::sandbox(3000, 61).await;
+    let base = sb.base_url();
+    common::faults(
+        &base,
+        json!({"service": "quickbooks", "latency_ms": 15, "rate_limit_per_min": 6000,
+               "max_concurrent": 10}),
+    )
+    .await;
+    let mut cfg = common::config_for(&sb);
+    cfg.quickbooks.breaker.open_wait_secs = 3;
+    let probe = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::engine(cfg, dir.path()).await;
+    common::eventually(60, "300 Items", || async {
+        let s = stats(&base).await?;
+        (qb(&s, "items_total") >= 300).then_some(())
+    })
+    .await;
+    common::faults(&base, json!({"service": "quickbooks", "outage": true})).await;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = stats(&base).await.unwrap();
+    common::faults(&base, json!({"service": "quickbooks", "outage": false})).await;
+    let ended = Instant::now();
+    let items0 = qb(&during, "items_total");
+    let resumed = common::eventually(60, "Items after the outage", || async {
+        let s = stats(&base).await?;
+        (qb(&s, "items_total") > items0).then(|| ended.elapsed())
+    })
+    .await;
+    let v = qb_view(&engine);
+    println!(
+        "15 s outage: Items again {:.2} s after it ended (probe interval {} s); {} requests \
+         reached the dead service; breaker {:?}",
+        resumed.as_secs_f64(),
+        probe.as_secs(),
+        qb(&during, "errors_injected"),
+        v.breaker.state
+    );
+    assert!(
+        resumed <= probe + Duration::from_millis(500),
+        "resumed {resumed:?} after the outage"
+    );
+    assert_eq!(v.breaker.state, State::Closed);
+}

@@ -87,7 +87,9 @@ impl BreakerConfig {
 
 impl Default for BreakerConfig {
     /// Defaults for a few requests per second: a 10-second window, 10 calls minimum
-    /// (a short window so an outage after a long healthy run trips in seconds).
+    /// (a short window so an outage after a long healthy run trips in seconds), five
+    /// answered failures in a row trip at once, and a probe every 15 s while OPEN (work
+    /// resumes within 15 s of the service's return).
     fn default() -> Self {
         Self {
             window: WindowKind::Time,
@@ -97,7 +99,10 @@ impl Default for BreakerConfig {
             slow_call_rate: 100.0,
             slow_call: Duration::from_secs(10),
             open_wait: Duration::from_secs(15),
-            open_wait_multiplier: 2.0,
+            // No backoff between probes: a probe costs `half_open_permits` calls per
+            // `open_wait` (3 per 15 s), and a wait that doubled with each failed probe
+            // left a long silence after a long outage (24 s after a 30 s one).
+            open_wait_multiplier: 1.0,
             open_wait_max: Duration::from_secs(300),
             half_open_permits: 3,
             consecutive_failures: 5,

@@ -283,7 +283,11 @@ async fn a_total_outage_opens_the_breaker_within_a_second_at_full_rate() {
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
     let v = d.view();
-    assert!(v.successes >= 240, "at the full rate: {} calls in 30 s", v.successes);
+    assert!(
+        v.successes >= 240,
+        "at the full rate: {} calls in 30 s",
+        v.successes
+    );
     down.store(true, Ordering::SeqCst);
     let outage = tokio::time::Instant::now();
     while d.breaker.state() != State::Open {
@@ -504,7 +508,12 @@ async fn sync_rate(products: usize, fault: Value, limit: Duration) -> (f64, Opti
         let c = engine.snapshot.borrow().catalog.clone();
         println!(
             "  workers {} ({}), counts {:?}, limiter {:?}, budget exhausted {}, decisions {:?}",
-            c.workers_target, c.autoscale_status, c.counts, v.limiter, v.budget_exhausted, c.decisions
+            c.workers_target,
+            c.autoscale_status,
+            c.counts,
+            v.limiter,
+            v.budget_exhausted,
+            c.decisions
         );
     }
     if done.is_some() {
@@ -545,7 +554,10 @@ async fn with_one_call_in_five_hanging_the_sync_keeps_half_its_throughput_and_co
             |d| format!("done in {:.1} s", d.as_secs_f64())
         )
     );
-    assert!(hanging >= healthy * 0.5, "{hanging:.1} of {healthy:.1} Items/s");
+    assert!(
+        hanging >= healthy * 0.5,
+        "{hanging:.1} of {healthy:.1} Items/s"
+    );
     assert!(done.is_some(), "not done in {limit:?}");
 }
 

@@ -106,10 +106,14 @@ impl Classify for QbError {
             message: r.to_string(),
             retry_in_ms,
         }
-    }    /// Every call is safe to repeat (reads, and writes carrying their idempotency
+    }
+    /// Every call is safe to repeat (reads, and writes carrying their idempotency
     /// key), so a call that hangs is given up at the adaptive timeout and sent again.
     fn timed_out(after: std::time::Duration) -> Option<Self> {
-        Some(QbError::Timeout(format!("no answer in {} ms", after.as_millis())))
+        Some(QbError::Timeout(format!(
+            "no answer in {} ms",
+            after.as_millis()
+        )))
     }
 }
 

@@ -353,11 +353,10 @@ impl Catalog {
         // tick (hung calls, backoff and permit waits are not its latency), else the
         // jobs' time without their permit waits.
         let answered = now.ok_calls - last.ok_calls;
-        let latency = if answered > 0 {
-            Some(Duration::from_nanos((now.ok_nanos - last.ok_nanos) / answered))
-        } else {
-            (done > 0).then(|| Duration::from_nanos((busy_ns - waited_ns) / done))
-        };
+        let latency = (now.ok_nanos - last.ok_nanos)
+            .checked_div(answered)
+            .or_else(|| (busy_ns - waited_ns).checked_div(done))
+            .map(Duration::from_nanos);
         let sample = Sample {
             latency: latency.filter(|_| done > 0),
             limited: if busy_ns > 0 {
@@ -394,15 +393,17 @@ impl Catalog {
 
     fn marks(&self) -> AutoscaleMarks {
         let (throttled, timeouts, calls, rate_per_sec, (ok_calls, ok)) =
-            self.qb.guard().map_or((0, 0, 0, 0.0, (0, Duration::ZERO)), |g| {
-                (
-                    g.throttled(),
-                    g.timeouts(),
-                    g.calls(),
-                    f64::from(g.limiter.view().effective_per_min) / 60.0,
-                    g.answered(),
-                )
-            });
+            self.qb
+                .guard()
+                .map_or((0, 0, 0, 0.0, (0, Duration::ZERO)), |g| {
+                    (
+                        g.throttled(),
+                        g.timeouts(),
+                        g.calls(),
+                        f64::from(g.limiter.view().effective_per_min) / 60.0,
+                        g.answered(),
+                    )
+                });
         AutoscaleMarks {
             ok_calls,
             ok_nanos: ok.as_nanos() as u64,

@@ -1031,7 +1031,9 @@ mod tests {
             b.try_acquire().unwrap().success(Duration::ZERO);
         }
         for _ in 0..12 {
-            b.try_acquire().unwrap().timed_out(Duration::from_millis(250));
+            b.try_acquire()
+                .unwrap()
+                .timed_out(Duration::from_millis(250));
         }
         assert_eq!(b.state(), State::Closed, "twelve timeouts in a row");
         assert_eq!(b.view().failures, 12);
@@ -1042,7 +1044,11 @@ mod tests {
         for _ in 0..2 {
             b.try_acquire().unwrap().failure(Duration::ZERO);
         }
-        assert_eq!(b.state(), State::Open, "five answered failures, a timeout between");
+        assert_eq!(
+            b.state(),
+            State::Open,
+            "five answered failures, a timeout between"
+        );
     }
 
     #[test]

@@ -561,13 +561,19 @@ mod tests {
         }
         let v = l.view();
         assert_eq!(
-            (v.effective_per_min, v.ceiling_per_min, v.effective_concurrent),
+            (
+                v.effective_per_min,
+                v.ceiling_per_min,
+                v.effective_concurrent
+            ),
             (480, Some(600), 5)
         );
         assert_eq!(v.throttles, 5);
         manual.advance(Duration::from_secs(2));
         // The pause saved up a burst of 5; only one request goes, then the spacing.
-        let _first = l.try_acquire().expect("one request at the end of the pause");
+        let _first = l
+            .try_acquire()
+            .expect("one request at the end of the pause");
         assert!(
             matches!(l.try_acquire(), Err(Wait::Rate(_))),
             "a burst after the pause"
@@ -598,8 +604,14 @@ mod tests {
         // 2 % of the rate per probe interval (5 minutes) up to 90 % of the ceiling, then
         // a quarter of that.
         assert_eq!(rates, [480, 492, 504, 516, 528, 540, 543, 546]);
-        assert_eq!(changed_at[0], 300, "the first probe a probe interval after the pause");
-        assert!(changed_at.windows(2).all(|w| w[1] - w[0] == 300), "{changed_at:?}");
+        assert_eq!(
+            changed_at[0], 300,
+            "the first probe a probe interval after the pause"
+        );
+        assert!(
+            changed_at.windows(2).all(|w| w[1] - w[0] == 300),
+            "{changed_at:?}"
+        );
         assert_eq!(l.view().ceiling_per_min, Some(600), "remembered");
     }
 

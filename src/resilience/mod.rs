@@ -322,64 +322,7 @@ impl Downstream {
                 Ok(_) => Class::Success,
                 Err(e) => e.class(),
             };
-            if class == Class::Timeout && took < self.timeout {
-                // Given up by us, not answered: the service frees its slot only once it
-                // sees the connection close, so ours is held a moment longer (else the
-                // next request can find the service's in-flight cap still full: a 429).
-                tokio::spawn(async move {
-                    tokio::time::sleep(ABANDONED_HOLD).await;
-                    drop(slot);
-                });
-            } else {
-                drop(slot);
-            }
-            let mut pushback = None;
-            match class {
-                Class::Success => {
-                    self.counters.successes.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .ok_nanos
-                        .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-                    self.counters
-                        .consecutive_failures
-                        .store(0, Ordering::Relaxed);
-                    self.record_latency(took);
-                    self.ok
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(self.clock.now(), took);
-                    permit.success(took);
-                    self.limiter.on_success();
-                }
-                Class::Failure | Class::Timeout => {
-                    let c = if class == Class::Timeout {
-                        &self.counters.timeouts
-                    } else {
-                        &self.counters.failures
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .consecutive_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.record_latency(took);
-                    if class == Class::Timeout {
-                        permit.timed_out(took);
-                    } else {
-                        permit.failure(took);
-                    }
-                }
-                Class::Ignored => {
-                    self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                    self.record_latency(took);
-                    permit.ignore();
-                }
-                Class::Throttled(p) => {
-                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    permit.ignore();
-                    self.limiter.on_throttle(p);
-                    pushback = p;
-                }
-            }
+            let pushback = self.settle(class, took, permit, slot);
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -407,6 +350,75 @@ impl Downstream {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Counts one attempt's outcome, tells the breaker and the limiter, and frees the
+    /// in-flight slot; a 429's pushback, if any.
+    fn settle(
+        &self,
+        class: Class,
+        took: Duration,
+        permit: breaker::Permit,
+        slot: limiter::Slot,
+    ) -> Option<Duration> {
+        if class == Class::Timeout && took < self.timeout {
+            // Given up by us, not answered: the service frees its slot only once it
+            // sees the connection close, so ours is held a moment longer (else the
+            // next request can find the service's in-flight cap still full: a 429).
+            tokio::spawn(async move {
+                tokio::time::sleep(ABANDONED_HOLD).await;
+                drop(slot);
+            });
+        } else {
+            drop(slot);
+        }
+        match class {
+            Class::Success => {
+                self.counters.successes.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ok_nanos
+                    .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                self.counters
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
+                self.record_latency(took);
+                self.ok
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.clock.now(), took);
+                permit.success(took);
+                self.limiter.on_success();
+            }
+            Class::Failure | Class::Timeout => {
+                let c = if class == Class::Timeout {
+                    &self.counters.timeouts
+                } else {
+                    &self.counters.failures
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.record_latency(took);
+                if class == Class::Timeout {
+                    permit.timed_out(took);
+                } else {
+                    permit.failure(took);
+                }
+            }
+            Class::Ignored => {
+                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                self.record_latency(took);
+                permit.ignore();
+            }
+            Class::Throttled(p) => {
+                self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                permit.ignore();
+                self.limiter.on_throttle(p);
+                return p;
+            }
+        }
+        None
     }
 
     /// How long an attempt may take: [`TIMEOUT_P99S`] × the p99 of the recent successes
@@ -604,7 +616,11 @@ mod tests {
             .await;
         assert_eq!(r, Err(E::TimedOut(Duration::from_millis(500))));
         assert_eq!(sent.load(Ordering::SeqCst), 2, "sent again once");
-        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(d.view().timeouts, 3);
         assert_eq!(d.breaker.state(), State::Closed, "timeouts make no run");
     }

@@ -135,7 +135,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(pushback),
             Cell::from(group(d.throttled)),
             // The rate the last 429 answered (learned, kept across restarts).
-            Cell::from(l.ceiling_per_min.map_or_else(|| "–".to_owned(), |c| group(c as u64))),
+            Cell::from(
+                l.ceiling_per_min
+                    .map_or_else(|| "–".to_owned(), |c| group(c as u64)),
+            ),
             Cell::from(format!("{} left", d.budget_available)),
         ])
     });

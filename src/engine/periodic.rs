@@ -51,6 +51,7 @@ pub(super) async fn limiter_state_loop(
     d: Arc<crate::resilience::Downstream>,
     cancel: CancellationToken,
 ) {
+    let mut last: Option<crate::resilience::limiter::Persisted> = None;
     loop {
         let stop = tokio::select! {
             _ = cancel.cancelled() => true,
@@ -58,6 +59,17 @@ pub(super) async fn limiter_state_loop(
             _ = d.limiter.throttled() => false,
         };
         let p = d.limiter.persisted(crate::store::now_ms());
+        // Idle and unchanged since the last write: nothing new to keep.
+        let idle = |x: &crate::resilience::limiter::Persisted| {
+            x.recent == 0
+                && x.paused_until_ms.is_none()
+                && x.factor == p.factor
+                && x.ceiling_per_min == p.ceiling_per_min
+        };
+        if !stop && idle(&p) && last.as_ref().is_some_and(idle) {
+            continue;
+        }
+        last = Some(p.clone());
         let row = crate::store::LimiterState {
             service: d.name().to_owned(),
             at_ms: p.at_ms,

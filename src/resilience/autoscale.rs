@@ -46,7 +46,7 @@ impl Default for AutoscaleConfig {
 /// is rate-bound…
 pub const RATE_BOUND: f64 = 0.25;
 /// …or the share of the limiter's rate used.
-pub const RATE_USED: f64 = 0.9;
+pub const RATE_USED: f64 = 0.98;
 
 /// What a pipeline measured over one tick.
 #[derive(Debug, Clone, Default, PartialEq)]

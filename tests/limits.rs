@@ -591,6 +591,8 @@ async fn after_an_outage_ends_work_resumes_within_the_probe_interval() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let during = stats(&base).await.unwrap();
+    // After 15 s of failed probes the next one is still a probe interval away.
+    let wait_at_end = qb_view(&engine).breaker.open_wait_ms;
     common::faults(&base, json!({"service": "quickbooks", "outage": false})).await;
     let ended = Instant::now();
     let items0 = qb(&during, "items_total");
@@ -602,12 +604,17 @@ async fn after_an_outage_ends_work_resumes_within_the_probe_interval() {
     .await;
     let v = qb_view(&engine);
     println!(
-        "15 s outage: 20 Items again {:.2} s after it ended (probe interval {} s); {} requests \
-         reached the dead service; breaker {:?}",
+        "15 s outage: 20 Items again {:.2} s after it ended (probe interval {} s, open wait \
+         at the end {wait_at_end} ms); {} requests reached the dead service; breaker {:?}",
         resumed.as_secs_f64(),
         probe.as_secs(),
         qb(&during, "errors_injected"),
         v.breaker.state
+    );
+    assert_eq!(
+        wait_at_end,
+        probe.as_millis() as u64,
+        "the wait in OPEN grew with the outage"
     );
     assert!(
         resumed <= probe + Duration::from_millis(1500),

@@ -552,6 +552,10 @@ pub struct BreakerSettings {
     pub open_wait_max_secs: u64,
     /// Trial calls let through in HALF_OPEN.
     pub half_open_permits: u32,
+    /// Answered failures in a row that open the circuit at once (more when failures
+    /// were already common; timeouts neither extend nor end a run); 0 = only the
+    /// rates open it.
+    pub consecutive_failures: u32,
 }
 
 impl Default for BreakerSettings {
@@ -568,6 +572,7 @@ impl Default for BreakerSettings {
             open_wait_multiplier: b.open_wait_multiplier,
             open_wait_max_secs: b.open_wait_max.as_secs(),
             half_open_permits: b.half_open_permits,
+            consecutive_failures: b.consecutive_failures,
         }
     }
 }
@@ -585,6 +590,7 @@ impl BreakerSettings {
             open_wait_multiplier: self.open_wait_multiplier,
             open_wait_max: Duration::from_secs(self.open_wait_max_secs),
             half_open_permits: self.half_open_permits,
+            consecutive_failures: self.consecutive_failures,
         }
     }
     fn open_wait_ms(&self) -> u64 {
@@ -653,6 +659,7 @@ pub fn downstream_config(k: &ServiceKeys<'_>) -> DownstreamConfig {
             min_retries_per_sec: k.retry.budget_min_per_sec,
             percent_can_retry: k.retry.budget_percent / 100.0,
         },
+        timeout: Duration::from_secs(k.timeout_secs.max(1)),
     }
 }
 
@@ -663,6 +670,7 @@ pub struct ServiceKeys<'a> {
     pub rate_limit_per_min: u32,
     pub max_concurrent: u32,
     pub throttle_pause_secs: u64,
+    pub timeout_secs: u64,
 }
 
 /// The downstreams with a resilience policy, in display order.
@@ -679,6 +687,7 @@ impl Config {
                     rate_limit_per_min: $s.rate_limit_per_min,
                     max_concurrent: $s.max_concurrent,
                     throttle_pause_secs: $s.throttle_pause_secs,
+                    timeout_secs: $s.timeout_secs,
                 }
             };
         }
@@ -1244,6 +1253,12 @@ impl Config {
                 u64::from(b.half_open_permits),
                 1,
                 1000,
+            )?;
+            range(
+                &key("breaker.consecutive_failures"),
+                u64::from(b.consecutive_failures),
+                0,
+                10_000,
             )?;
             let r = k.retry;
             range(&key("retry.base_ms"), r.base_ms, 1, 3_600_000)?;

@@ -350,6 +350,7 @@ async fn failed_catalog_jobs_are_retried_one_and_all_and_a_full_sync_runs_again(
     let mut cfg = common::config_for(&sandbox);
     cfg.catalog.max_attempts = 1;
     cfg.quickbooks.breaker.minimum_calls = 10_000;
+    cfg.quickbooks.breaker.consecutive_failures = 0;
     cfg.server.tokens = vec![syncctl::config::TokenConfig {
         name: "ops".into(),
         token: syncctl::config::Secret::new(TOKEN),

@@ -68,6 +68,7 @@ fn config(sb: &syncctl::sandbox::SandboxServer, schedule: Vec<u64>) -> syncctl::
     cfg.alegra.timeout_secs = 2;
     // Breaker verdicts are not under test here: DIAN failures must reach the machine.
     cfg.alegra.breaker.minimum_calls = 1000;
+    cfg.alegra.breaker.consecutive_failures = 0;
     cfg
 }
 

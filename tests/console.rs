@@ -778,6 +778,7 @@ fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
         throttles: if paused > 0 { 3 } else { 0 },
         rate_waits: 120,
         granted: 5_000,
+        ceiling_per_min: (paused > 0).then_some(rate * 9 / 10),
     };
     let d = |name: &str, b: BreakerView, l: LimiterView| DownstreamView {
         name: name.into(),

@@ -176,6 +176,7 @@ async fn the_data_dir_is_private_and_a_validated_invoice_keeps_no_backup() {
     cfg.compliance.contingency_probe_interval_secs = 1;
     cfg.alegra.timeout_secs = 2;
     cfg.alegra.breaker.minimum_calls = 1000;
+    cfg.alegra.breaker.consecutive_failures = 0;
     common::faults(&base, json!({"service": "dian", "outage": true})).await;
     let mut engine = common::engine(cfg, &data).await;
     sb.sandbox.set_webhook_url(Some(format!(

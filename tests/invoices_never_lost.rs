@@ -32,6 +32,7 @@ fn config(sb: &SandboxServer, tune: impl FnOnce(&mut Config)) -> Config {
     cfg.compliance.poll_secs = 1;
     cfg.alegra.timeout_secs = 2;
     cfg.alegra.breaker.minimum_calls = 1000;
+    cfg.alegra.breaker.consecutive_failures = 0;
     cfg.compliance.list_interval_secs = 3600;
     tune(&mut cfg);
     cfg

@@ -407,6 +407,7 @@ async fn one_latency_window_feeds_every_view_and_the_alert_fires_within_its_for(
                 ..RetryPolicy::default()
             },
             budget: BudgetConfig::default(),
+            timeout: Duration::from_secs(60),
         },
         SharedClock::tokio(),
     );

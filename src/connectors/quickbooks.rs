@@ -107,6 +107,14 @@ impl Classify for QbError {
             retry_in_ms,
         }
     }
+    /// Every call is safe to repeat (reads, and writes carrying their idempotency
+    /// key), so a call that hangs is given up at the adaptive timeout and sent again.
+    fn timed_out(after: std::time::Duration) -> Option<Self> {
+        Some(QbError::Timeout(format!(
+            "no answer in {} ms",
+            after.as_millis()
+        )))
+    }
 }
 
 fn transport(e: reqwest::Error) -> QbError {

@@ -72,6 +72,14 @@ impl Classify for StripeError {
             retry_in_ms,
         }
     }
+    /// Every call is safe to repeat (reads, and writes carrying their idempotency
+    /// key), so a call that hangs is given up at the adaptive timeout and sent again.
+    fn timed_out(after: std::time::Duration) -> Option<Self> {
+        Some(StripeError::Timeout(format!(
+            "no answer in {} ms",
+            after.as_millis()
+        )))
+    }
 }
 
 fn transport(e: reqwest::Error) -> StripeError {

@@ -71,6 +71,8 @@ pub struct CatalogMetrics {
     /// Sum of job durations (ns) and jobs finished, for the auto-scaler's latency.
     pub busy_nanos: AtomicU64,
     pub jobs_timed: AtomicU64,
+    /// Of `busy_nanos`, the time spent waiting for rate-limiter permits.
+    pub permit_wait_nanos: AtomicU64,
     /// Jobs put back untouched because the QuickBooks circuit refused them.
     pub deferred: AtomicU64,
     /// Job durations (the `catalog.item_sync` operation).
@@ -405,8 +407,29 @@ impl Catalog {
         let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         let done = now.jobs - last.jobs;
         let busy_ns = now.busy - last.busy;
+        // Waiting for a permit is queueing in front of a quota, not the service's
+        // latency.
+        let waited_ns = (now.waited - last.waited).min(busy_ns);
+        // The service's latency: its answers' own durations when it answered in the
+        // tick (hung calls, backoff and permit waits are not its latency), else the
+        // jobs' time without their permit waits.
+        let answered = now.ok_calls - last.ok_calls;
+        let latency = (now.ok_nanos - last.ok_nanos)
+            .checked_div(answered)
+            .or_else(|| (busy_ns - waited_ns).checked_div(done))
+            .map(Duration::from_nanos);
         let sample = Sample {
-            latency: (done > 0).then(|| Duration::from_nanos(busy_ns / done)),
+            latency: latency.filter(|_| done > 0),
+            limited: if busy_ns > 0 {
+                waited_ns as f64 / busy_ns as f64
+            } else {
+                0.0
+            },
+            rate_use: if now.rate_per_sec > 0.0 {
+                (now.calls - last.calls) as f64 / elapsed / now.rate_per_sec
+            } else {
+                0.0
+            },
             completed: done,
             busy: busy_ns as f64 / 1e9 / elapsed,
             queued: self.store.queued(JOB_KIND).unwrap_or(0),
@@ -430,11 +453,24 @@ impl Catalog {
     }
 
     fn marks(&self) -> AutoscaleMarks {
-        let (throttled, timeouts) = self
-            .qb
-            .guard()
-            .map_or((0, 0), |g| (g.throttled(), g.timeouts()));
+        let (throttled, timeouts, calls, rate_per_sec, (ok_calls, ok)) =
+            self.qb
+                .guard()
+                .map_or((0, 0, 0, 0.0, (0, Duration::ZERO)), |g| {
+                    (
+                        g.throttled(),
+                        g.timeouts(),
+                        g.calls(),
+                        f64::from(g.limiter.view().effective_per_min) / 60.0,
+                        g.answered(),
+                    )
+                });
         AutoscaleMarks {
+            ok_calls,
+            ok_nanos: ok.as_nanos() as u64,
+            waited: self.metrics.permit_wait_nanos.load(Ordering::Relaxed),
+            calls,
+            rate_per_sec,
             at: tokio::time::Instant::now(),
             busy: self.metrics.busy_nanos.load(Ordering::Relaxed),
             jobs: self.metrics.jobs_timed.load(Ordering::Relaxed),
@@ -978,15 +1014,21 @@ impl Catalog {
             // One trace per claim: its requests carry it, its audit lines record it.
             crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
-                let results = self.process_group(&jobs).await;
-                // Each job is charged its share of the time the group took.
+                let (results, waited) =
+                    crate::resilience::measuring_permit_wait(self.process_group(&jobs)).await;
+                // Each job is charged its share of the time the group took, and of the
+                // time it waited for limiter permits.
                 let share = started.elapsed() / n.max(1) as u32;
+                let waited = waited / n.max(1) as u32;
                 for (job, result) in jobs.iter().zip(results) {
                     if !matches!(result, Err(JobError::Deferred(..))) {
                         self.metrics.latency.record(share);
                         self.metrics
                             .busy_nanos
                             .fetch_add(share.as_nanos() as u64, Ordering::Relaxed);
+                        self.metrics
+                            .permit_wait_nanos
+                            .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
                         self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
                     }
                     self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -1364,6 +1406,13 @@ pub struct AutoscaleMarks {
     jobs: u64,
     throttled: u64,
     timeouts: u64,
+    /// Jobs' permit waits so far (ns); QuickBooks requests sent, and its rate now.
+    waited: u64,
+    calls: u64,
+    rate_per_sec: f64,
+    /// QuickBooks' answered calls and their summed durations (ns).
+    ok_calls: u64,
+    ok_nanos: u64,
 }
 
 /// Job-level backoff (after the per-call retries of the resilience layer gave up):

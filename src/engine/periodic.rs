@@ -15,6 +15,81 @@ use crate::resilience::State as BreakerState;
 use crate::resilience::breaker::Transition;
 use crate::store::Store;
 
+/// Gives each downstream's limiter what the previous process left of it (see
+/// [`limiter_state_loop`]); a state the store cannot read is left alone.
+pub(super) fn restore_limiters(store: &Store, downstreams: &[Arc<crate::resilience::Downstream>]) {
+    let now = crate::store::now_ms();
+    for d in downstreams {
+        match store.limiter_state(d.name()) {
+            Ok(Some(s)) => {
+                let p = crate::resilience::limiter::Persisted {
+                    at_ms: s.at_ms,
+                    recent: s.recent,
+                    paused_until_ms: s.paused_until_ms,
+                    factor: s.factor,
+                    ceiling_per_min: s.ceiling_per_min,
+                };
+                d.limiter.restore(&p, now);
+                if let Some(until) = s.paused_until_ms.filter(|u| *u > now) {
+                    tracing::info!(
+                        "{}: the previous run's 429 pushback holds {} ms more",
+                        d.name(),
+                        until - now
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{}: limiter state unreadable: {e}", d.name()),
+        }
+    }
+}
+
+/// Writes one downstream's limiter state every second, at once after a 429, and once
+/// more when the engine stops: what the next process starts its limiter from.
+pub(super) async fn limiter_state_loop(
+    store: Store,
+    d: Arc<crate::resilience::Downstream>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<crate::resilience::limiter::Persisted> = None;
+    loop {
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = d.limiter.throttled() => false,
+        };
+        let p = d.limiter.persisted(crate::store::now_ms());
+        // Idle and unchanged since the last write: nothing new to keep.
+        let idle = |x: &crate::resilience::limiter::Persisted| {
+            x.recent == 0
+                && x.paused_until_ms.is_none()
+                && x.factor == p.factor
+                && x.ceiling_per_min == p.ceiling_per_min
+        };
+        if !stop && idle(&p) && last.as_ref().is_some_and(idle) {
+            continue;
+        }
+        last = Some(p.clone());
+        let row = crate::store::LimiterState {
+            service: d.name().to_owned(),
+            at_ms: p.at_ms,
+            recent: p.recent,
+            paused_until_ms: p.paused_until_ms,
+            factor: p.factor,
+            ceiling_per_min: p.ceiling_per_min,
+        };
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.save_limiter_state(&row)).await {
+            Ok(Err(e)) => tracing::warn!("{}: limiter state not saved: {e}", d.name()),
+            Err(e) => tracing::warn!("{}: limiter state not saved: {e}", d.name()),
+            Ok(Ok(())) => {}
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
 /// Removes audit entries older than `audit.retention_days`, at start and hourly.
 pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: CancellationToken) {
     loop {

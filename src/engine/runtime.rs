@@ -66,6 +66,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         .iter()
         .filter_map(|name| Some(Downstream::new(name, cfg.downstream(name)?, clock.clone())))
         .collect();
+    // A restart starts each limiter where the previous process left it.
+    periodic::restore_limiters(&store, &downstreams);
     // Breaker transitions become audit entries and live events (written off the
     // caller's path: the listener runs under the breaker's lock).
     let (transitions_tx, transitions_rx) =
@@ -212,6 +214,13 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             cfg.audit.retention_days,
             cancel.clone(),
         ));
+        for d in &downstreams {
+            workers.spawn(periodic::limiter_state_loop(
+                store.clone(),
+                d.clone(),
+                cancel.clone(),
+            ));
+        }
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.full_sync_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());

@@ -70,6 +70,10 @@ pub struct LimiterView {
     pub throttles: u64,
     pub rate_waits: u64,
     pub granted: u64,
+    /// The rate (per minute) the last 429 answered: the quota as learned, remembered
+    /// across restarts (None before any 429).
+    #[serde(default)]
+    pub ceiling_per_min: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

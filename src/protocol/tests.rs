@@ -66,6 +66,7 @@ fn downstream() -> DownstreamView {
             throttles: 1,
             rate_waits: 2,
             granted: 99,
+            ceiling_per_min: Some(300),
         },
         calls: 100,
         successes: 90,

@@ -2,8 +2,13 @@
 //!
 //! Each tick the pipeline reports what it measured. The target grows by one worker
 //! when there is a backlog, at least half of the workers are busy and latency is within
-//! `tolerance` × baseline; it shrinks ×0.9 on a 429, a timeout, or latency beyond the
-//! tolerance. The baseline is the lowest smoothed latency seen, and it may only rise
+//! `tolerance` × baseline; it shrinks ×0.9 on a 429, on timeouts outnumbering the work
+//! done (a service that stopped answering, not one that drops a call now and then), or
+//! latency beyond the tolerance. Latency is the service's: time spent waiting for a
+//! rate-limiter permit is queueing in front of the quota, and when it is a large share
+//! of the work ([`RATE_BOUND`]), or the limiter's rate is nearly all used
+//! ([`RATE_USED`]), the limiter is the bottleneck — more workers would only queue, fewer
+//! would not go faster — so the target holds and says so. The baseline is the lowest smoothed latency seen, and it may only rise
 //! while the target sits at its floor — so sustained overload can never be mistaken for
 //! the new normal (the upward drift of Gradient2 that docs/resilience.md describes).
 
@@ -37,11 +42,22 @@ impl Default for AutoscaleConfig {
     }
 }
 
+/// The share of job time spent waiting for a limiter permit above which the pipeline
+/// is rate-bound…
+pub const RATE_BOUND: f64 = 0.25;
+/// …or the share of the limiter's rate used.
+pub const RATE_USED: f64 = 0.98;
+
 /// What a pipeline measured over one tick.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
-    /// Mean latency of the work finished in the tick (None when nothing finished).
+    /// Mean latency of the work finished in the tick, waits for a limiter permit
+    /// excluded (None when nothing finished).
     pub latency: Option<Duration>,
+    /// Share (0–1) of the tick's job time spent waiting for a limiter permit.
+    pub limited: f64,
+    /// Share (0–1) of the limiter's rate the tick's requests used (0 without a limit).
+    pub rate_use: f64,
     pub completed: u64,
     /// Mean number of busy workers over the tick.
     pub busy: f64,
@@ -125,12 +141,15 @@ impl Autoscaler {
 
     /// One tick's measurements in; a decision out when the target changed.
     pub fn observe(&mut self, s: &Sample, at_ms: i64) -> Option<Decision> {
-        if s.throttled > 0 || s.timeouts > 0 {
+        // Timeouts are a load signal when they outnumber the work done; a few hanging
+        // calls among many answers are the service's, and fewer workers would not help.
+        let stalled = s.timeouts > 0 && s.timeouts >= s.completed;
+        if s.throttled > 0 || stalled {
             let to = self.decreased();
-            let why = match (s.throttled, s.timeouts) {
-                (t, 0) => format!("{t} throttled (429)"),
-                (0, t) => format!("{t} timed out"),
-                (t, o) => format!("{t} throttled (429), {o} timed out"),
+            let why = match (s.throttled, stalled) {
+                (t, false) => format!("{t} throttled (429)"),
+                (0, true) => format!("{} timed out, {} done", s.timeouts, s.completed),
+                (t, true) => format!("{t} throttled (429), {} timed out", s.timeouts),
             };
             return self.change(to, at_ms, why);
         }
@@ -157,6 +176,23 @@ impl Autoscaler {
         };
         self.baseline = Some(baseline);
         let ms = |x: f64| format!("{:.0} ms", x * 1000.0);
+        // The quota is the bottleneck: the limiter's rate is (nearly) all used, or the
+        // workers spend a good share of their time waiting for it. More workers would
+        // only queue; fewer could leave permits unused; the service's latency (which
+        // swings with its own noise) says nothing about either.
+        let rate_bound = s.rate_use >= RATE_USED || s.limited >= RATE_BOUND;
+        if rate_bound && s.queued > 0 {
+            return self.change(
+                self.target,
+                at_ms,
+                format!(
+                    "rate-bound: {:.0}% of the rate limit used, {:.0}% of job time waiting for a permit; holding (latency {})",
+                    s.rate_use * 100.0,
+                    s.limited * 100.0,
+                    ms(smoothed)
+                ),
+            );
+        }
         if smoothed > self.cfg.tolerance * baseline {
             let to = self.decreased();
             return self.change(
@@ -390,6 +426,56 @@ mod tests {
             .unwrap();
         assert_eq!(d.to, 16);
         assert_eq!(a.decisions().next().unwrap().to, 16, "newest first");
+    }
+
+    /// Issue 14 point 5: at the quota, job latency swings with the wait for a permit
+    /// and the service's noise; the target holds and says why.
+    #[test]
+    fn a_rate_bound_pipeline_holds_and_says_the_rate_is_the_bottleneck() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 6);
+        let mut changes = 0;
+        for t in 0..120 {
+            // 90 ms ± 30 ms of service time; the quota used in full.
+            let noise = [0.0, 0.03, -0.02, 0.025, -0.03, 0.01][t % 6];
+            let s = Sample {
+                latency: Some(Duration::from_secs_f64(0.09 + noise)),
+                limited: 0.4,
+                rate_use: 0.98,
+                completed: 4,
+                busy: 6.0,
+                queued: 500,
+                ..Sample::default()
+            };
+            changes += a.observe(&s, t as i64).is_some() as u32;
+        }
+        assert_eq!(changes, 0, "{:?}", a.decisions().collect::<Vec<_>>());
+        assert!(a.status.starts_with("rate-bound"), "{}", a.status);
+    }
+
+    /// Issue 18 point 1: a service that hangs on one call in five times out every tick;
+    /// fewer workers would not help, so that alone does not cut the target.
+    #[test]
+    fn a_few_hanging_calls_do_not_cut_the_target_but_a_stalled_service_does() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 10);
+        let hanging = Sample {
+            latency: Some(Duration::from_millis(50)),
+            completed: 40,
+            busy: 8.0,
+            queued: 500,
+            timeouts: 10,
+            ..Sample::default()
+        };
+        for t in 0..30 {
+            a.observe(&hanging, t);
+        }
+        assert!(a.target() >= 10, "{}", a.target());
+        let stalled = Sample {
+            completed: 1,
+            timeouts: 8,
+            ..hanging
+        };
+        let d = a.observe(&stalled, 31).unwrap();
+        assert!(d.to < d.from && d.reason.contains("8 timed out"), "{d:?}");
     }
 
     #[test]

@@ -37,9 +37,44 @@ pub struct BreakerConfig {
     pub open_wait_multiplier: f64,
     pub open_wait_max: Duration,
     pub half_open_permits: u32,
+    /// A run of this many answered failures in a row (5xx, resets, refused
+    /// connections) opens the circuit at once, whatever the window holds (Envoy's
+    /// consecutive-5xx outlier detection): a total outage after a long healthy run trips
+    /// in a second at full rate, not after the window turns over. The run needed grows
+    /// with the failure rate seen before it, so a service failing at random (30 % of
+    /// calls) does not trip on an unlucky streak. Timeouts count in the window but
+    /// neither extend nor end a run: a burst of them can be our own stall (a loaded
+    /// box), not the service's outage. 0 = off.
+    pub consecutive_failures: u32,
 }
 
+/// How unlikely a run of failures must be, given the failure rate seen before it, to
+/// open the circuit: one streak in a million.
+const STREAK_ODDS: f64 = 1e-6;
+/// Weight of each answered call in the failure rate a run is judged against (about
+/// the last 20 calls; kept across transitions).
+const BASELINE_WEIGHT: f64 = 0.05;
+
 impl BreakerConfig {
+    /// The run of consecutive failures that opens the circuit when a share
+    /// `baseline` (0–1) of the calls before it failed: the configured run for a
+    /// healthy service, longer when random failures make a streak likely (10 % → 6,
+    /// 30 % → 12), never more than four times the configured run.
+    pub fn streak_needed(&self, baseline: f64) -> u32 {
+        let min = self.consecutive_failures;
+        if min == 0 {
+            return u32::MAX;
+        }
+        let by_odds = if baseline <= 0.0 {
+            0.0
+        } else if baseline >= 1.0 {
+            f64::INFINITY
+        } else {
+            (STREAK_ODDS.ln() / baseline.ln()).ceil()
+        };
+        (by_odds.min(f64::from(min) * 4.0) as u32).max(min)
+    }
+
     /// Calls needed for a verdict: for a count window, capped at the window size.
     fn effective_minimum(&self) -> u32 {
         match self.window {
@@ -52,7 +87,9 @@ impl BreakerConfig {
 
 impl Default for BreakerConfig {
     /// Defaults for a few requests per second: a 10-second window, 10 calls minimum
-    /// (a short window so an outage after a long healthy run trips in seconds).
+    /// (a short window so an outage after a long healthy run trips in seconds), five
+    /// answered failures in a row trip at once, and a probe every 15 s while OPEN (work
+    /// resumes within 15 s of the service's return).
     fn default() -> Self {
         Self {
             window: WindowKind::Time,
@@ -62,9 +99,13 @@ impl Default for BreakerConfig {
             slow_call_rate: 100.0,
             slow_call: Duration::from_secs(10),
             open_wait: Duration::from_secs(15),
-            open_wait_multiplier: 2.0,
+            // No backoff between probes: a probe costs `half_open_permits` calls per
+            // `open_wait` (3 per 15 s), and a wait that doubled with each failed probe
+            // left a long silence after a long outage (24 s after a 30 s one).
+            open_wait_multiplier: 1.0,
             open_wait_max: Duration::from_secs(300),
             half_open_permits: 3,
+            consecutive_failures: 5,
         }
     }
 }
@@ -73,6 +114,8 @@ impl Default for BreakerConfig {
 pub enum Outcome {
     Success,
     Failure,
+    /// No answer in time: a failure in the window, neutral for a run of failures.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -218,6 +261,10 @@ struct Inner {
     trial_failures: u32,
     trial_slow: u32,
     rejections: u64,
+    /// Answered failures in a row while CLOSED (a success ends the run).
+    streak: u32,
+    /// The answered calls' failure rate before the current run (an EWMA).
+    baseline: f64,
     transitions: VecDeque<Transition>,
 }
 
@@ -256,6 +303,8 @@ impl Breaker {
                 trial_failures: 0,
                 trial_slow: 0,
                 rejections: 0,
+                streak: 0,
+                baseline: 0.0,
                 transitions: VecDeque::new(),
             }),
             listener: Mutex::new(None),
@@ -353,7 +402,7 @@ impl Breaker {
             }
             return;
         };
-        let failed = outcome == Outcome::Failure;
+        let failed = outcome != Outcome::Success;
         let slow = duration > cfg.slow_call;
         match inner.state {
             State::Disabled | State::ForcedOpen | State::Open => {}
@@ -365,23 +414,23 @@ impl Breaker {
                 if inner.state == State::MetricsOnly {
                     return;
                 }
-                if inner.window.calls < cfg.effective_minimum() {
-                    return;
+                match outcome {
+                    Outcome::Failure => inner.streak += 1,
+                    Outcome::Timeout => {}
+                    Outcome::Success => {
+                        // The run is over: it joins the baseline the next one is judged by.
+                        let keep = 1.0 - BASELINE_WEIGHT;
+                        let f = keep.powi(inner.streak.min(1000) as i32);
+                        inner.baseline = (1.0 - (1.0 - inner.baseline) * f) * keep;
+                        inner.streak = 0;
+                    }
                 }
-                let (fr, sr) = inner.window.rates();
-                let reason = if fr >= cfg.failure_rate {
-                    Some(format!(
-                        "failure rate {fr:.0}% ≥ {:.0}% over {} calls",
-                        cfg.failure_rate, inner.window.calls
-                    ))
-                } else if sr >= cfg.slow_call_rate {
-                    Some(format!(
-                        "slow-call rate {sr:.0}% ≥ {:.0}% over {} calls",
-                        cfg.slow_call_rate, inner.window.calls
-                    ))
-                } else {
+                let reason = if inner.window.calls < cfg.effective_minimum() {
                     None
-                };
+                } else {
+                    Self::rate_verdict(&inner.window, cfg)
+                }
+                .or_else(|| Self::streak_verdict(&inner, cfg));
                 if let Some(reason) = reason {
                     self.transition_locked(&mut inner, cfg, State::Open, reason, now);
                 }
@@ -416,6 +465,37 @@ impl Breaker {
         }
     }
 
+    /// The rate trigger: failure or slow-call rate at or above its threshold.
+    fn rate_verdict(w: &Window, cfg: &BreakerConfig) -> Option<String> {
+        let (fr, sr) = w.rates();
+        if fr >= cfg.failure_rate {
+            Some(format!(
+                "failure rate {fr:.0}% ≥ {:.0}% over {} calls",
+                cfg.failure_rate, w.calls
+            ))
+        } else if sr >= cfg.slow_call_rate {
+            Some(format!(
+                "slow-call rate {sr:.0}% ≥ {:.0}% over {} calls",
+                cfg.slow_call_rate, w.calls
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The streak trigger: a run of answered failures too long to be chance at the
+    /// failure rate of the answered calls before it.
+    fn streak_verdict(inner: &Inner, cfg: &BreakerConfig) -> Option<String> {
+        let needed = cfg.streak_needed(inner.baseline);
+        (inner.streak >= needed).then(|| {
+            format!(
+                "{} consecutive failures (≥ {needed} at the {:.0}% failure rate before them)",
+                inner.streak,
+                inner.baseline * 100.0
+            )
+        })
+    }
+
     /// An operator's (or the API's) transition. Self-transitions do nothing.
     pub fn transition(&self, to: State, reason: &str) -> Result<bool, IllegalTransition> {
         let cfg = &self.cfg;
@@ -444,6 +524,7 @@ impl Breaker {
             self.transition_locked(&mut inner, cfg, State::Closed, reason.to_owned(), now);
         } else {
             inner.window = Window::new(cfg.window, cfg.window_size);
+            inner.streak = 0;
         }
     }
 
@@ -462,6 +543,7 @@ impl Breaker {
         inner.state = to;
         // Every transition starts with fresh metrics.
         inner.window = Window::new(cfg.window, cfg.window_size);
+        inner.streak = 0;
         inner.trial_issued = 0;
         inner.trial_done = 0;
         inner.trial_failures = 0;
@@ -572,6 +654,12 @@ impl Permit {
             b.record(self.trial, Some(Outcome::Failure), duration);
         }
     }
+    /// No answer in time: a failure, but no part of a run of failures.
+    pub fn timed_out(mut self, duration: Duration) {
+        if let Some(b) = self.breaker.take() {
+            b.record(self.trial, Some(Outcome::Timeout), duration);
+        }
+    }
     /// An outcome that is not the service's fault (4xx of ours, 429): not counted.
     pub fn ignore(mut self) {
         if let Some(b) = self.breaker.take() {
@@ -615,6 +703,8 @@ mod tests {
             open_wait_multiplier: 2.0,
             open_wait_max: Duration::from_secs(30),
             half_open_permits: 2,
+            // The rate trigger alone (the streak trigger has its own tests).
+            consecutive_failures: 0,
         };
         (Breaker::new("qb", cfg, clock), manual)
     }
@@ -719,6 +809,7 @@ mod tests {
             window: WindowKind::Time,
             window_size: 10,
             minimum_calls: 4,
+            consecutive_failures: 0,
             ..BreakerConfig::default()
         };
         let b = Breaker::new("t", cfg, clock);
@@ -873,6 +964,107 @@ mod tests {
             ]
         );
         assert_eq!(seen.load(Ordering::SeqCst), 3);
+    }
+
+    /// Issue 14 point 4: a 10-second window full of successes no longer hides an
+    /// outage for seconds; five failures in a row open the circuit.
+    #[test]
+    fn a_run_of_failures_after_a_healthy_window_opens_at_once() {
+        let (clock, manual) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for _ in 0..80 {
+            b.try_acquire().unwrap().success(Duration::from_millis(100));
+            manual.advance(Duration::from_millis(120));
+        }
+        for i in 1..=5 {
+            assert_eq!(b.state(), State::Closed, "open before failure {i}");
+            b.try_acquire().unwrap().failure(Duration::from_millis(5));
+        }
+        assert_eq!(b.state(), State::Open);
+        let why = &b.transitions()[0].reason;
+        assert!(why.contains("5 consecutive failures"), "{why}");
+    }
+
+    #[test]
+    fn a_success_ends_the_run_and_random_failures_need_a_longer_one() {
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        // 30 % of calls fail at random: five, seven, nine in a row are still chance.
+        for i in 0..100 {
+            let p = b.try_acquire().unwrap();
+            if i % 10 < 3 {
+                p.failure(Duration::ZERO)
+            } else {
+                p.success(Duration::ZERO)
+            }
+        }
+        assert_eq!(b.state(), State::Closed);
+        let mut run = 0;
+        while b.state() == State::Closed {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+            run += 1;
+        }
+        assert!((10..=20).contains(&run), "opened after {run}");
+        let why = &b.transitions()[0].reason;
+        assert!(why.contains("% failure rate before them"), "{why}");
+        // On a healthy service a success ends the run.
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for ok in [false, false, false, false, true, false, false, false, false] {
+            let p = b.try_acquire().unwrap();
+            if ok {
+                p.success(Duration::ZERO)
+            } else {
+                p.failure(Duration::ZERO)
+            }
+        }
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    /// Timeouts fill the window, but a burst of them (our own stall, or a service
+    /// hanging on some calls) is no run of failures.
+    #[test]
+    fn timeouts_count_in_the_window_but_neither_make_nor_break_a_run() {
+        let (clock, _) = SharedClock::manual();
+        let b = Breaker::new("qb", BreakerConfig::default(), clock);
+        for _ in 0..40 {
+            b.try_acquire().unwrap().success(Duration::ZERO);
+        }
+        for _ in 0..12 {
+            b.try_acquire()
+                .unwrap()
+                .timed_out(Duration::from_millis(250));
+        }
+        assert_eq!(b.state(), State::Closed, "twelve timeouts in a row");
+        assert_eq!(b.view().failures, 12);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        b.try_acquire().unwrap().timed_out(Duration::ZERO);
+        for _ in 0..2 {
+            b.try_acquire().unwrap().failure(Duration::ZERO);
+        }
+        assert_eq!(
+            b.state(),
+            State::Open,
+            "five answered failures, a timeout between"
+        );
+    }
+
+    #[test]
+    fn the_streak_needed_grows_with_the_failure_rate_and_is_capped() {
+        let cfg = BreakerConfig::default();
+        assert_eq!(cfg.streak_needed(0.0), 5);
+        assert_eq!(cfg.streak_needed(0.05), 5);
+        assert_eq!(cfg.streak_needed(0.1), 6);
+        assert_eq!(cfg.streak_needed(0.3), 12);
+        assert_eq!(cfg.streak_needed(0.45), 18);
+        assert_eq!(cfg.streak_needed(0.99), 20);
+        let off = BreakerConfig {
+            consecutive_failures: 0,
+            ..cfg
+        };
+        assert_eq!(off.streak_needed(0.0), u32::MAX);
     }
 
     #[test]

@@ -1,9 +1,21 @@
 //! Rate limits per downstream: a proactive GCRA (`governor`) at the published quota, a
 //! concurrency cap, and a reactive pause of every caller on 429 until the pushback
-//! ends (then a jittered resume). Both limits fall multiplicatively on a 429 and climb
-//! back additively while calls succeed.
+//! ends (then a jittered resume, without a burst).
+//!
+//! A 429 teaches the limiter a **ceiling**: the rate that was throttled. It resumes at
+//! [`RESUME_SHARE`] of that rate and probes upward by [`PROBE_STEP`] of the configured
+//! rate once per probe interval ([`PROBE_PAUSES`] × the pushback), a quarter step once
+//! within [`NEAR_CEILING`] of the ceiling — so a configured rate above the real quota
+//! costs a 429 per many probe intervals instead of a 60 s pause a minute.
+//! The in-flight cap halves on a 429 and wins back a slot per quiet second.
+//!
+//! What a restart needs (the requests of the last minute, a pushback still running,
+//! the ceiling) is read with [`Limiter::persisted`] and given back to a new limiter
+//! with [`Limiter::restore`]: a fresh process does not open with a burst the service's
+//! window cannot take.
 
 pub use crate::protocol::LimiterView;
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +50,34 @@ pub struct LimiterConfig {
     pub recovery_interval: Duration,
 }
 
+/// After a 429, the rate resumes at this share of the rate that was throttled.
+pub const RESUME_SHARE: f64 = 0.8;
+/// Each probe interval without a 429 wins back this share of the configured rate…
+pub const PROBE_STEP: f64 = 0.02;
+/// …a quarter of it once the rate is within this share of the ceiling, where the next
+/// 429 is likely: the ceiling is approached slowly, and found again seldom.
+pub const NEAR_CEILING: f64 = 0.9;
+/// The probe interval, in pushbacks: a probe that finds the ceiling costs one pause,
+/// a small share of the time between probes.
+pub const PROBE_PAUSES: u32 = 5;
+/// How far back the requests sent are remembered (the quota windows are a minute).
+const RECENT_WINDOW_SECS: u64 = 60;
+
+/// What a limiter hands to the next process (see [`Limiter::persisted`]); times are
+/// wall-clock milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persisted {
+    pub at_ms: i64,
+    /// Requests granted in the minute before `at_ms`.
+    pub recent: u32,
+    /// A 429's pushback in force until then.
+    pub paused_until_ms: Option<i64>,
+    /// The share of the configured rate in force.
+    pub factor: f64,
+    /// The learned ceiling, requests per minute.
+    pub ceiling_per_min: Option<f64>,
+}
+
 impl Default for LimiterConfig {
     fn default() -> Self {
         Self {
@@ -68,8 +108,17 @@ struct LState {
     conc_cap: u32,
     in_flight: u32,
     paused_until: Option<Duration>,
+    /// When the in-flight cap last changed (it wins a slot back per quiet interval).
     last_change: Duration,
     last_decrease: Option<Duration>,
+    /// The rate (per minute) a 429 answered, lowest recent first.
+    ceiling: Option<f64>,
+    /// The rate may step up at this time (a probe).
+    probe_at: Duration,
+    /// The GCRA's burst is used up when the pause ends: the rate resumes evenly.
+    drain_on_resume: bool,
+    /// Requests granted per second (second, count), the last minute's.
+    recent: VecDeque<(u64, u32)>,
     throttles: u64,
     rate_waits: u64,
     granted: u64,
@@ -82,6 +131,8 @@ pub struct Limiter {
     st: Mutex<LState>,
     gcra: Mutex<Option<Arc<Gcra>>>,
     freed: Notify,
+    /// Woken on each 429 that changes the limits (the state is persisted at once).
+    throttle_seen: Notify,
     rng: Mutex<Rng>,
 }
 
@@ -110,6 +161,10 @@ impl Limiter {
                 paused_until: None,
                 last_change: clock.now(),
                 last_decrease: None,
+                ceiling: None,
+                probe_at: clock.now(),
+                drain_on_resume: false,
+                recent: VecDeque::new(),
                 throttles: 0,
                 rate_waits: 0,
                 granted: 0,
@@ -118,6 +173,7 @@ impl Limiter {
             clock,
             gcra: Mutex::new(None),
             freed: Notify::new(),
+            throttle_seen: Notify::new(),
             rng: Mutex::new(Rng::from_time()),
         });
         l.rebuild(1.0);
@@ -128,17 +184,29 @@ impl Limiter {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A GCRA at the new rate that starts with the burst the old one had left: a rate
+    /// change is never a fresh burst (one every probe would pile up at the service).
     fn rebuild(&self, factor: f64) {
         let cfg = &self.cfg;
-        let g = (cfg.rate_per_min > 0).then(|| {
+        let burst = cfg.burst.max(1);
+        let mut slot = self.gcra.lock().unwrap_or_else(|p| p.into_inner());
+        let left = slot.as_ref().map_or(burst, |old| {
+            let mut n = 0;
+            while n < burst && old.check().is_ok() {
+                n += 1;
+            }
+            n
+        });
+        *slot = (cfg.rate_per_min > 0).then(|| {
             let per_min = (cfg.rate_per_min as f64 * factor).max(1.0);
             let period = Duration::from_secs_f64(60.0 / per_min);
             let quota = Quota::with_period(period)
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(cfg.burst.max(1)).unwrap_or(NonZeroU32::MIN));
-            Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+            let g = Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()));
+            Self::drain(&g, burst - left);
+            g
         });
-        *self.gcra.lock().unwrap_or_else(|p| p.into_inner()) = g;
     }
 
     /// Takes a slot now, or says why and for how long not.
@@ -155,6 +223,13 @@ impl Limiter {
             return Err(Wait::Concurrency);
         }
         let gcra = self.gcra.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(g) = &gcra
+            && std::mem::take(&mut st.drain_on_resume)
+        {
+            // The burst the pause saved up is not spent: one request now, then the
+            // rate's spacing.
+            Self::drain(g, self.cfg.burst.saturating_sub(1));
+        }
         if let Some(g) = gcra
             && let Err(not_until) = g.check()
         {
@@ -163,9 +238,41 @@ impl Limiter {
         }
         st.in_flight += 1;
         st.granted += 1;
+        let second = now.as_secs();
+        match st.recent.back_mut() {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => st.recent.push_back((second, 1)),
+        }
+        while st
+            .recent
+            .front()
+            .is_some_and(|(s, _)| s + RECENT_WINDOW_SECS <= second)
+        {
+            st.recent.pop_front();
+        }
         Ok(Slot {
             limiter: self.clone(),
         })
+    }
+
+    /// Resolves at the next 429 that changes the limits (or at once if one came since
+    /// the last wait).
+    pub async fn throttled(&self) {
+        self.throttle_seen.notified().await;
+    }
+
+    /// Uses up to `n` cells of the GCRA's burst.
+    fn drain(g: &Gcra, n: u32) {
+        for _ in 0..n {
+            if g.check().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The probe interval: [`PROBE_PAUSES`] pushbacks (at least a recovery interval).
+    fn probe_interval(&self) -> Duration {
+        (self.cfg.default_pushback * PROBE_PAUSES).max(self.cfg.recovery_interval)
     }
 
     /// Waits for a slot: through any pause (resuming with jitter), a free in-flight
@@ -224,17 +331,19 @@ impl Limiter {
         }
     }
 
-    /// A 429: pause every caller for the pushback, and halve the limits (once per
-    /// pushback, however many in-flight calls report it).
+    /// A 429: pause every caller for the pushback; learn the ceiling (the rate that
+    /// was throttled), resume at [`RESUME_SHARE`] of it, and halve the in-flight cap —
+    /// once per pushback, however many in-flight calls report it.
     pub fn on_throttle(&self, pushback: Option<Duration>) {
         let cfg = &self.cfg;
         let now = self.clock.now();
         let pushback = pushback.unwrap_or(cfg.default_pushback);
-        let factor = {
+        let (factor, ceiling) = {
             let mut st = self.lock();
             st.throttles += 1;
             let until = now + pushback;
             st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
+            st.drain_on_resume = true;
             let recent = st
                 .last_decrease
                 .is_some_and(|t| now.saturating_sub(t) < pushback.max(cfg.recovery_interval));
@@ -243,44 +352,45 @@ impl Limiter {
             }
             st.last_decrease = Some(now);
             st.last_change = until;
-            st.factor = (st.factor * 0.5).max(cfg.min_factor);
+            st.probe_at = until + self.probe_interval();
+            let throttled_at = f64::from(cfg.rate_per_min) * st.factor;
+            if cfg.rate_per_min > 0 {
+                st.ceiling = Some(throttled_at);
+            }
+            st.factor = (st.factor * RESUME_SHARE).max(cfg.min_factor);
             if st.conc_cap > 0 {
                 st.conc_cap = (st.conc_cap / 2).max(1);
             } else if cfg.max_concurrent == 0 && st.in_flight > 1 {
                 // No configured cap: start capping at half of what was in flight.
                 st.conc_cap = (st.in_flight / 2).max(1);
             }
-            st.factor
+            (st.factor, throttled_at)
         };
+        self.throttle_seen.notify_one();
         tracing::warn!(
-            "{}: throttled (429); pausing {:?}, limits now {:.0}%",
+            "{}: throttled (429) at {:.0}/min; pausing {:?}, then {:.0}/min and probing up",
             self.name,
+            ceiling,
             pushback,
-            factor * 100.0
+            f64::from(cfg.rate_per_min) * factor
         );
         self.rebuild(factor);
     }
 
-    /// A success: after each quiet `recovery_interval`, win back a step of rate and one
-    /// in-flight slot.
+    /// A success: after each quiet `recovery_interval`, win back an in-flight slot;
+    /// after each quiet probe interval, a [`PROBE_STEP`] of rate (above the ceiling too:
+    /// a quota may grow back).
     pub fn on_success(&self) {
         let cfg = &self.cfg;
         let now = self.clock.now();
         let factor = {
             let mut st = self.lock();
-            if now.saturating_sub(st.last_change) < cfg.recovery_interval
-                || st.paused_until.is_some_and(|u| now < u)
-            {
+            if st.paused_until.is_some_and(|u| now < u) {
                 return;
             }
             let full_conc = st.conc_cap == cfg.max_concurrent;
-            if st.factor >= 1.0 && full_conc {
-                return;
-            }
-            st.last_change = now;
-            let before = st.factor;
-            st.factor = (st.factor + cfg.recovery_step).min(1.0);
-            if !full_conc {
+            if !full_conc && now.saturating_sub(st.last_change) >= cfg.recovery_interval {
+                st.last_change = now;
                 if cfg.max_concurrent == 0 {
                     st.conc_cap += 1;
                     if st.conc_cap > 64 {
@@ -289,16 +399,82 @@ impl Limiter {
                 } else {
                     st.conc_cap = (st.conc_cap + 1).min(cfg.max_concurrent);
                 }
+                self.freed.notify_waiters();
             }
-            if st.factor == before {
-                None
-            } else {
-                Some(st.factor)
+            if st.factor >= 1.0 || now < st.probe_at {
+                return;
             }
+            st.probe_at = now + self.probe_interval();
+            let rate = f64::from(cfg.rate_per_min) * st.factor;
+            let near = st.ceiling.is_some_and(|c| rate >= NEAR_CEILING * c);
+            let step = if near { PROBE_STEP / 4.0 } else { PROBE_STEP };
+            st.factor = (st.factor + step).min(1.0);
+            st.factor
         };
-        self.freed.notify_waiters();
-        if let Some(f) = factor {
-            self.rebuild(f);
+        self.rebuild(factor);
+    }
+
+    /// What the next process needs to start where this one stands, at wall-clock
+    /// `wall_ms` (now).
+    pub fn persisted(&self, wall_ms: i64) -> Persisted {
+        let now = self.clock.now();
+        let st = self.lock();
+        let second = now.as_secs();
+        let recent = st
+            .recent
+            .iter()
+            .filter(|(s, _)| s + RECENT_WINDOW_SECS > second)
+            .map(|(_, n)| *n)
+            .sum();
+        Persisted {
+            at_ms: wall_ms,
+            recent,
+            paused_until_ms: st
+                .paused_until
+                .filter(|u| *u > now)
+                .map(|u| wall_ms + (u - now).as_millis() as i64),
+            factor: st.factor,
+            ceiling_per_min: st.ceiling,
+        }
+    }
+
+    /// Starts from what a previous process left (at wall-clock `wall_ms`, now): the
+    /// pushback still running, the learned rate and ceiling, and a burst no larger
+    /// than the quota minute still has room for after the requests already sent in it.
+    pub fn restore(&self, p: &Persisted, wall_ms: i64) {
+        let cfg = &self.cfg;
+        let now = self.clock.now();
+        let factor = {
+            let mut st = self.lock();
+            if let Some(until) = p.paused_until_ms.filter(|u| *u > wall_ms) {
+                st.paused_until = Some(now + Duration::from_millis((until - wall_ms) as u64));
+                st.drain_on_resume = true;
+            }
+            st.factor = p.factor.clamp(cfg.min_factor, 1.0);
+            st.ceiling = p.ceiling_per_min;
+            st.probe_at = st.paused_until.unwrap_or(now) + self.probe_interval();
+            st.factor
+        };
+        self.rebuild(factor);
+        let ago = Duration::from_millis(wall_ms.saturating_sub(p.at_ms).max(0) as u64);
+        let window = Duration::from_secs(RECENT_WINDOW_SECS);
+        if cfg.rate_per_min == 0 || ago >= window {
+            return;
+        }
+        // The previous process's requests still in the service's minute, if they were
+        // spread evenly over the minute before it stopped.
+        let rate = f64::from(cfg.rate_per_min) * factor;
+        let mut still_counted = f64::from(p.recent) * (window - ago).as_secs_f64() / 60.0;
+        if p.recent > 0 {
+            // It was working: add what it may have sent after its last save (a second).
+            still_counted += rate / 60.0;
+        }
+        let room = rate - still_counted;
+        let burst = cfg.burst.max(1);
+        let take = (f64::from(burst) - room.max(0.0)).clamp(0.0, f64::from(burst)) as u32;
+        let gcra = self.gcra.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(g) = gcra {
+            Self::drain(&g, take);
         }
     }
 
@@ -318,6 +494,7 @@ impl Limiter {
             throttles: st.throttles,
             rate_waits: st.rate_waits,
             granted: st.granted,
+            ceiling_per_min: st.ceiling.map(|c| c.round() as u32),
         }
     }
 }
@@ -392,27 +569,129 @@ mod tests {
         assert!(l.try_acquire().is_ok());
     }
 
+    /// Issue 14 point 6: a 429 teaches the ceiling; the rate resumes below it, evenly.
     #[test]
-    fn throttle_halves_limits_once_per_pushback_and_recovers_additively() {
-        let (l, clock) = limiter(600, 10);
+    fn a_429_sets_the_ceiling_and_the_rate_resumes_below_it_without_a_burst() {
+        let (clock, manual) = SharedClock::manual();
+        let l = Limiter::new(
+            "qb",
+            LimiterConfig {
+                rate_per_min: 600,
+                max_concurrent: 10,
+                burst: 5,
+                default_pushback: Duration::from_secs(2),
+                ..LimiterConfig::default()
+            },
+            clock,
+        );
         for _ in 0..5 {
-            l.on_throttle(Some(Duration::from_secs(2))); // five in-flight calls see the 429
+            l.on_throttle(None); // five in-flight calls see the 429
         }
         let v = l.view();
-        assert_eq!((v.effective_per_min, v.effective_concurrent), (300, 5));
+        assert_eq!(
+            (
+                v.effective_per_min,
+                v.ceiling_per_min,
+                v.effective_concurrent
+            ),
+            (480, Some(600), 5)
+        );
         assert_eq!(v.throttles, 5);
-        // Recovery starts after the pause, one step per quiet second.
-        clock.advance(Duration::from_secs(2));
-        l.on_success();
-        assert_eq!(l.view().effective_per_min, 300);
-        let mut seen = vec![];
-        for _ in 0..6 {
+        manual.advance(Duration::from_secs(2));
+        // The pause saved up a burst of 5; only one request goes, then the spacing.
+        let _first = l
+            .try_acquire()
+            .expect("one request at the end of the pause");
+        assert!(
+            matches!(l.try_acquire(), Err(Wait::Rate(_))),
+            "a burst after the pause"
+        );
+    }
+
+    #[test]
+    fn the_rate_probes_up_a_step_per_probe_interval_and_concurrency_per_second() {
+        let (l, clock) = limiter(600, 10); // pushback 60 s: a probe every 5 minutes
+        l.on_throttle(None);
+        clock.advance(Duration::from_secs(60));
+        let mut rates = vec![480];
+        let mut concs = vec![];
+        let mut changed_at = vec![];
+        for s in 1..=2200 {
             clock.advance(Duration::from_secs(1));
             l.on_success();
-            seen.push(l.view().effective_per_min);
+            let r = l.view().effective_per_min;
+            if rates.last() != Some(&r) {
+                rates.push(r);
+                changed_at.push(s);
+            }
+            if s <= 6 {
+                concs.push(l.view().effective_concurrent);
+            }
         }
-        assert_eq!(seen, [360, 420, 480, 540, 600, 600]);
-        assert_eq!(l.view().effective_concurrent, 10);
+        assert_eq!(concs, [6, 7, 8, 9, 10, 10]);
+        // 2 % of the rate per probe interval (5 minutes) up to 90 % of the ceiling, then
+        // a quarter of that.
+        assert_eq!(rates, [480, 492, 504, 516, 528, 540, 543, 546]);
+        assert_eq!(
+            changed_at[0], 300,
+            "the first probe a probe interval after the pause"
+        );
+        assert!(
+            changed_at.windows(2).all(|w| w[1] - w[0] == 300),
+            "{changed_at:?}"
+        );
+        assert_eq!(l.view().ceiling_per_min, Some(600), "remembered");
+    }
+
+    /// Issue 14 point 3: what a restart needs survives it.
+    #[test]
+    fn a_restored_limiter_keeps_the_pushback_the_ceiling_and_spends_no_burst() {
+        let cfg = LimiterConfig {
+            rate_per_min: 600,
+            max_concurrent: 10,
+            burst: 5,
+            default_pushback: Duration::from_secs(60),
+            ..LimiterConfig::default()
+        };
+        let (clock, manual) = SharedClock::manual();
+        let old = Limiter::new("qb", cfg.clone(), clock);
+        // A full minute at the rate, then a 429.
+        for _ in 0..600 {
+            drop(old.try_acquire().unwrap());
+            manual.advance(Duration::from_millis(100));
+        }
+        old.on_throttle(None);
+        manual.advance(Duration::from_secs(10));
+        let p = old.persisted(1_000_000);
+        assert_eq!(p.paused_until_ms, Some(1_050_000));
+        // The minute before the save: 50 s of the run (the last 10 s paused).
+        assert!((490..=501).contains(&p.recent), "{p:?}");
+        // The new process starts 2 s later: 48 s of pushback left, the learned rate.
+        let (clock, _) = SharedClock::manual();
+        let new = Limiter::new("qb", cfg.clone(), clock);
+        new.restore(&p, 1_002_000);
+        assert!(matches!(new.try_acquire(), Err(Wait::Paused(d)) if d == Duration::from_secs(48)));
+        let v = new.view();
+        assert_eq!((v.effective_per_min, v.ceiling_per_min), (480, Some(600)));
+        // Without a pushback, a second after a full-rate minute: no burst, the rate's
+        // spacing.
+        let p = crate::resilience::limiter::Persisted {
+            at_ms: 1_001_000,
+            recent: 600,
+            paused_until_ms: None,
+            factor: 1.0,
+            ceiling_per_min: None,
+        };
+        let (clock, _) = SharedClock::manual();
+        let new = Limiter::new("qb", cfg.clone(), clock);
+        new.restore(&p, 1_002_000);
+        assert!(matches!(new.try_acquire(), Err(Wait::Rate(_))));
+        // An hour later, the whole burst.
+        let (clock, _) = SharedClock::manual();
+        let new = Limiter::new("qb", cfg, clock);
+        new.restore(&p, 1_000_000 + 3_600_000);
+        let slots: Vec<_> = (0..5).map(|_| new.try_acquire().unwrap()).collect();
+        assert_eq!(slots.len(), 5);
     }
 
     #[test]

@@ -21,6 +21,23 @@ pub use clock::SharedClock;
 pub use limiter::{Limiter, LimiterConfig, LimiterView};
 pub use retry::{BudgetConfig, RetryBudget, RetryPolicy, Rng};
 
+tokio::task_local! {
+    /// Permit waits of the calls made under [`measuring_permit_wait`] (nanoseconds).
+    static PERMIT_WAIT: std::cell::Cell<u64>;
+}
+
+/// Runs `f`, and says how long its calls waited for limiter permits (of any
+/// downstream): queueing in front of a quota, to tell apart from the service's latency.
+pub async fn measuring_permit_wait<F: Future>(f: F) -> (F::Output, Duration) {
+    PERMIT_WAIT
+        .scope(std::cell::Cell::new(0), async {
+            let out = f.await;
+            let waited = PERMIT_WAIT.with(std::cell::Cell::get);
+            (out, Duration::from_nanos(waited))
+        })
+        .await
+}
+
 /// How an outcome counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -42,6 +59,12 @@ pub trait Classify: Sized {
     fn retryable(&self) -> bool;
     /// The error for a call the breaker refused (no request was sent).
     fn rejected(r: Rejected) -> Self;
+    /// The error for a call given up after `after` without an answer (the downstream's
+    /// adaptive timeout). None: this kind of call keeps only its client's own timeout.
+    fn timed_out(after: Duration) -> Option<Self> {
+        let _ = after;
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +73,28 @@ pub struct DownstreamConfig {
     pub limiter: LimiterConfig,
     pub retry: RetryPolicy,
     pub budget: BudgetConfig,
+    /// The longest any call may take (the service's `timeout_secs`); calls are given up
+    /// much sooner once the service's latency is known (see [`Downstream::timeout`]).
+    pub timeout: Duration,
 }
+
+/// An attempt is given up after `TIMEOUT_P99S` × the p99 of the service's recent
+/// successful calls (twice that while fewer than [`TIMEOUT_SAMPLES`] tell the p99)…
+pub const TIMEOUT_P99S: u32 = 4;
+/// …but never sooner than this…
+pub const TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
+/// …nor, before [`TIMEOUT_MIN_SAMPLES`] successes, later than this (a first call that
+/// hangs must not hold everything waiting on it for the configured minute).
+pub const TIMEOUT_COLD: Duration = Duration::from_secs(5);
+const TIMEOUT_MIN_SAMPLES: usize = 5;
+const TIMEOUT_SAMPLES: usize = 20;
+/// How far back the successes behind the adaptive timeout look.
+const OK_WINDOW: Duration = Duration::from_secs(60);
+/// How long the in-flight slot of a request given up at its deadline stays taken.
+const ABANDONED_HOLD: Duration = Duration::from_millis(100);
+/// A call in flight checks its deadline this often (a deadline learned meanwhile —
+/// the first answers after a start — applies to calls already waiting).
+const DEADLINE_SLICE: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Counters {
@@ -65,6 +109,51 @@ struct Counters {
     budget_exhausted: AtomicU64,
     /// Failures and timeouts since the last success.
     consecutive_failures: AtomicU64,
+    /// Sum of the successful calls' durations (nanoseconds).
+    ok_nanos: AtomicU64,
+}
+
+/// The successful calls of the last [`OK_WINDOW`] and the timeout they give, worked out
+/// again at most every [`DEADLINE_SLICE`].
+struct OkWindow {
+    v: VecDeque<(Duration, Duration)>,
+    computed_at: Option<Duration>,
+    p99: Option<Duration>,
+    samples: usize,
+}
+
+impl OkWindow {
+    fn push(&mut self, now: Duration, took: Duration) {
+        if self.v.len() == LATENCY_WINDOW_CALLS {
+            self.v.pop_front();
+        }
+        self.v.push_back((now, took));
+    }
+
+    /// The p99 of the window's successes (None below the minimum of samples).
+    fn p99(&mut self, now: Duration) -> Option<Duration> {
+        if self
+            .computed_at
+            .is_some_and(|at| now.saturating_sub(at) < DEADLINE_SLICE)
+        {
+            return self.p99;
+        }
+        while self
+            .v
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > OK_WINDOW)
+        {
+            self.v.pop_front();
+        }
+        self.computed_at = Some(now);
+        self.samples = self.v.len();
+        self.p99 = (self.v.len() >= TIMEOUT_MIN_SAMPLES).then(|| {
+            let mut s: Vec<Duration> = self.v.iter().map(|(_, d)| *d).collect();
+            let i = ((s.len() as f64 * 0.99).ceil() as usize).clamp(1, s.len()) - 1;
+            *s.select_nth_unstable(i).1
+        });
+        self.p99
+    }
 }
 
 /// How far back a downstream's latency percentiles look: the one latency source of the
@@ -157,6 +246,8 @@ pub struct Downstream {
     pub budget: RetryBudget,
     clock: SharedClock,
     counters: Counters,
+    timeout: Duration,
+    ok: Mutex<OkWindow>,
     latencies: Mutex<LatencyWindow>,
     rejections: Mutex<Ring>,
     rng: Mutex<Rng>,
@@ -174,6 +265,13 @@ impl Downstream {
             budget: RetryBudget::new(cfg.budget, clock.clone()),
             clock,
             counters: Counters::default(),
+            timeout: cfg.timeout,
+            ok: Mutex::new(OkWindow {
+                v: VecDeque::new(),
+                computed_at: None,
+                p99: None,
+                samples: 0,
+            }),
             latencies: Mutex::new(LatencyWindow::new()),
             rejections: Mutex::new(Ring::new(2048)),
             rng: Mutex::new(Rng::from_time()),
@@ -227,55 +325,25 @@ impl Downstream {
                     return Err(E::rejected(r));
                 }
             };
+            // The wait for the rate (a batch's extra cells too) is waiting, not latency.
+            let waiting = self.clock.now();
             if units > 1 {
                 self.limiter.acquire_cells(units - 1).await;
             }
             let slot = self.limiter.acquire().await;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = self.clock.now();
-            let result = op().await;
+            let waited = started.saturating_sub(waiting).as_nanos() as u64;
+            let _ = PERMIT_WAIT.try_with(|w| w.set(w.get() + waited));
+            let result = self
+                .within_deadline(op(), started, attempt, permit.is_trial())
+                .await;
             let took = self.clock.now().saturating_sub(started);
-            drop(slot);
             let class = match &result {
                 Ok(_) => Class::Success,
                 Err(e) => e.class(),
             };
-            let mut pushback = None;
-            match class {
-                Class::Success => {
-                    self.counters.successes.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .consecutive_failures
-                        .store(0, Ordering::Relaxed);
-                    self.record_latency(took);
-                    permit.success(took);
-                    self.limiter.on_success();
-                }
-                Class::Failure | Class::Timeout => {
-                    let c = if class == Class::Timeout {
-                        &self.counters.timeouts
-                    } else {
-                        &self.counters.failures
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .consecutive_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.record_latency(took);
-                    permit.failure(took);
-                }
-                Class::Ignored => {
-                    self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                    self.record_latency(took);
-                    permit.ignore();
-                }
-                Class::Throttled(p) => {
-                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    permit.ignore();
-                    self.limiter.on_throttle(p);
-                    pushback = p;
-                }
-            }
+            let pushback = self.settle(class, took, permit, slot);
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -305,6 +373,131 @@ impl Downstream {
         }
     }
 
+    /// Counts one attempt's outcome, tells the breaker and the limiter, and frees the
+    /// in-flight slot; a 429's pushback, if any.
+    fn settle(
+        &self,
+        class: Class,
+        took: Duration,
+        permit: breaker::Permit,
+        slot: limiter::Slot,
+    ) -> Option<Duration> {
+        if class == Class::Timeout && took < self.timeout {
+            // Given up by us, not answered: the service frees its slot only once it
+            // sees the connection close, so ours is held a moment longer (else the
+            // next request can find the service's in-flight cap still full: a 429).
+            tokio::spawn(async move {
+                tokio::time::sleep(ABANDONED_HOLD).await;
+                drop(slot);
+            });
+        } else {
+            drop(slot);
+        }
+        match class {
+            Class::Success => {
+                self.counters.successes.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ok_nanos
+                    .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                self.counters
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
+                self.record_latency(took);
+                self.ok
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.clock.now(), took);
+                permit.success(took);
+                self.limiter.on_success();
+            }
+            Class::Failure | Class::Timeout => {
+                let c = if class == Class::Timeout {
+                    &self.counters.timeouts
+                } else {
+                    &self.counters.failures
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.record_latency(took);
+                if class == Class::Timeout {
+                    permit.timed_out(took);
+                } else {
+                    permit.failure(took);
+                }
+            }
+            Class::Ignored => {
+                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                self.record_latency(took);
+                permit.ignore();
+            }
+            Class::Throttled(p) => {
+                self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                permit.ignore();
+                self.limiter.on_throttle(p);
+                return p;
+            }
+        }
+        None
+    }
+
+    /// How long an attempt may take: [`TIMEOUT_P99S`] × the p99 of the recent successes
+    /// (at least [`TIMEOUT_FLOOR`]; [`TIMEOUT_COLD`] before a few answers), doubled for
+    /// each retry of the same call (and for a half-open trial), never more than the
+    /// configured timeout. A hanging request then costs a fraction of a second of a
+    /// slot, not the whole configured minute. A service that became slow is timed out
+    /// until its successes leave the [`OK_WINDOW`]; from then on it gets the cold
+    /// timeout, and its answers set the new p99.
+    pub fn timeout(&self, attempt: u32, trial: bool) -> Duration {
+        let attempt = attempt + u32::from(trial);
+        let (p99, samples) = {
+            let mut ok = self.ok.lock().unwrap_or_else(|p| p.into_inner());
+            (ok.p99(self.clock.now()), ok.samples)
+        };
+        let base = match p99 {
+            None => TIMEOUT_COLD,
+            // A few samples understate the p99: twice the margin.
+            Some(p) if samples < TIMEOUT_SAMPLES => (p * TIMEOUT_P99S * 2).max(TIMEOUT_FLOOR),
+            Some(p) => (p * TIMEOUT_P99S).max(TIMEOUT_FLOOR),
+        };
+        base.saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.timeout)
+    }
+
+    /// Runs one attempt until it answers or its deadline passes (the deadline is read
+    /// again while waiting: it shortens as the first answers arrive).
+    async fn within_deadline<T, E, Fut>(
+        &self,
+        fut: Fut,
+        started: Duration,
+        attempt: u32,
+        trial: bool,
+    ) -> Result<T, E>
+    where
+        E: Classify,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if E::timed_out(Duration::ZERO).is_none() {
+            return fut.await;
+        }
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let limit = self.timeout(attempt, trial);
+            let elapsed = self.clock.now().saturating_sub(started);
+            if elapsed >= limit
+                && let Some(e) = E::timed_out(limit)
+            {
+                return Err(e);
+            }
+            let slice = limit.saturating_sub(elapsed).min(DEADLINE_SLICE);
+            tokio::select! {
+                r = &mut fut => return r,
+                () = tokio::time::sleep(slice.max(Duration::from_millis(1))) => {}
+            }
+        }
+    }
+
     fn lock_ring<'a>(&self, r: &'a Mutex<Ring>) -> std::sync::MutexGuard<'a, Ring> {
         r.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -321,6 +514,20 @@ impl Downstream {
 
     pub fn throttled(&self) -> u64 {
         self.counters.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent so far (attempts that got a permit).
+    pub fn calls(&self) -> u64 {
+        self.counters.calls.load(Ordering::Relaxed)
+    }
+
+    /// Successful calls so far, and the sum of their durations: the service's own
+    /// latency (no permit waits, no hung calls, no backoff).
+    pub fn answered(&self) -> (u64, Duration) {
+        (
+            self.counters.successes.load(Ordering::Relaxed),
+            Duration::from_nanos(self.counters.ok_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn timeouts(&self) -> u64 {
@@ -370,6 +577,7 @@ mod tests {
         BadRequest,
         Throttled,
         Rejected,
+        TimedOut(Duration),
     }
 
     impl Classify for E {
@@ -379,14 +587,63 @@ mod tests {
                 E::BadRequest => Class::Ignored,
                 E::Throttled => Class::Throttled(Some(Duration::from_secs(5))),
                 E::Rejected => Class::Ignored,
+                E::TimedOut(_) => Class::Timeout,
             }
         }
         fn retryable(&self) -> bool {
-            matches!(self, E::Server | E::Throttled)
+            matches!(self, E::Server | E::Throttled | E::TimedOut(_))
         }
         fn rejected(_: Rejected) -> Self {
             E::Rejected
         }
+        fn timed_out(after: Duration) -> Option<Self> {
+            Some(E::TimedOut(after))
+        }
+    }
+
+    /// Issue 18 point 1: a call that hangs is given up at 4 × the p99 of the recent
+    /// answers (at least 250 ms), its retry gets twice that, and before any answer a
+    /// hanging call waits 5 s, not the configured minute.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_is_given_up_at_the_adaptive_timeout_and_retried() {
+        let d = downstream(2);
+        let hang = || async {
+            tokio::time::sleep(Duration::from_secs(130)).await;
+            Ok::<(), E>(())
+        };
+        let start = tokio::time::Instant::now();
+        let r = d.call(false, hang).await;
+        assert_eq!(r, Err(E::TimedOut(TIMEOUT_COLD)), "before any answer");
+        assert_eq!(start.elapsed(), TIMEOUT_COLD);
+        for _ in 0..30 {
+            let r: Result<(), E> = d
+                .call(true, || async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(())
+                })
+                .await;
+            assert!(r.is_ok());
+        }
+        assert_eq!(d.timeout(1, false), Duration::from_millis(250), "the floor");
+        assert_eq!(d.timeout(2, false), Duration::from_millis(500), "a retry");
+        let sent = std::sync::atomic::AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r: Result<(), E> = d
+            .call(true, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(130)).await;
+                Ok(())
+            })
+            .await;
+        assert_eq!(r, Err(E::TimedOut(Duration::from_millis(500))));
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "sent again once");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(d.view().timeouts, 3);
+        assert_eq!(d.breaker.state(), State::Closed, "timeouts make no run");
     }
 
     fn downstream(max_attempts: u32) -> Arc<Downstream> {
@@ -413,6 +670,7 @@ mod tests {
                     min_retries_per_sec: reserve,
                     percent_can_retry: 0.5,
                 },
+                timeout: Duration::from_secs(60),
             },
             SharedClock::tokio(),
         )

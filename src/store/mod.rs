@@ -159,6 +159,20 @@ pub struct OAuthState {
     pub access_expires_at_ms: Option<i64>,
 }
 
+/// One downstream's rate limiter as a process left it (wall-clock milliseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimiterState {
+    pub service: String,
+    pub at_ms: i64,
+    /// Requests granted in the minute before `at_ms`.
+    pub recent: u32,
+    pub paused_until_ms: Option<i64>,
+    /// Share of the configured rate in force.
+    pub factor: f64,
+    /// The rate a 429 answered, per minute.
+    pub ceiling_per_min: Option<f64>,
+}
+
 impl Store {
     /// Opens (creating and migrating) the database under `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
@@ -769,6 +783,50 @@ impl Store {
                         refresh_token: r.get(1)?,
                         access_token: r.get(2)?,
                         access_expires_at_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    /// A downstream's rate limiter as this process leaves it (written every second and
+    /// on each 429; see `limiter_state`).
+    pub fn save_limiter_state(&self, s: &LimiterState) -> Result<()> {
+        self.recorded(|| {
+            self.w().execute(
+                "INSERT INTO limiter_state(service, at, recent, paused_until, factor, ceiling)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(service) DO UPDATE SET at=excluded.at, recent=excluded.recent,
+                   paused_until=excluded.paused_until, factor=excluded.factor,
+                   ceiling=excluded.ceiling",
+                params![
+                    s.service,
+                    s.at_ms,
+                    s.recent,
+                    s.paused_until_ms,
+                    s.factor,
+                    s.ceiling_per_min
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The limiter a previous process left for `service`, if any.
+    pub fn limiter_state(&self, service: &str) -> Result<Option<LimiterState>> {
+        self.r()
+            .query_row(
+                "SELECT service, at, recent, paused_until, factor, ceiling FROM limiter_state
+                 WHERE service = ?1",
+                [service],
+                |r| {
+                    Ok(LimiterState {
+                        service: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        recent: r.get(2)?,
+                        paused_until_ms: r.get(3)?,
+                        factor: r.get(4)?,
+                        ceiling_per_min: r.get(5)?,
                     })
                 },
             )

@@ -139,6 +139,17 @@ const MIGRATIONS: &[&str] = &[
         found_at INTEGER NOT NULL
      );
      CREATE INDEX alegra_documents_stripe ON alegra_documents(stripe_id);",
+    // 7: each downstream's rate limiter as the last process left it (requests in its
+    // last minute, a 429's pushback still running, the learned rate and ceiling), so a
+    // restart does not open with a burst the service's window cannot take.
+    "CREATE TABLE limiter_state (
+        service TEXT PRIMARY KEY,
+        at INTEGER NOT NULL,
+        recent INTEGER NOT NULL,
+        paused_until INTEGER,
+        factor REAL NOT NULL,
+        ceiling REAL
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -12,11 +12,11 @@
 //! │why the autoscaler's current reason                                                               │
 //! │batches claim 8 jobs · list page 100 products                                                     │
 //! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
-//! ┌ Rate limits (proactive GCRA + in-flight cap; halved on 429) ─────────────────────────────────────┐  downstreams + 3 rows
-//! │downstream   rate/min       in flight  pushback       429s   budget                               │
-//! │stripe       no limit       0 / –      –              0      101 left                             │
-//! │quickbooks   3 000 of 6 000 2 / 10     paused 2.0s    4      290 left                             │
-//! │alegra       1 500          0 / –      –              0      100 left                             │
+//! ┌ Rate limits (GCRA + in-flight cap; a 429 sets the ceiling) ──────────────────────────────────────┐  downstreams + 3 rows
+//! │downstream   rate/min       in flight  pushback       429s   ceiling  budget                      │
+//! │stripe       no limit       0 / –      –              0      –        101 left                    │
+//! │quickbooks   4 800 of 6 000 2 / 10     paused 2.0s    4      6 000    290 left                    │
+//! │alegra       1 500          0 / –      –              0      –        100 left                    │
 //! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
 //! ┌ Auto-scaler decisions (newest first) ────────────────────────────────────────────────────────────┐  the rest (16 rows)
 //! │HH:MM:SS ▲  4 → 5  why                                                                            │
@@ -102,6 +102,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         "in flight",
         "pushback",
         "429s",
+        "ceiling",
         "budget",
     ])
     .style(t.title);
@@ -133,6 +134,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(conc),
             Cell::from(pushback),
             Cell::from(group(d.throttled)),
+            // The rate the last 429 answered (learned, kept across restarts).
+            Cell::from(
+                l.ceiling_per_min
+                    .map_or_else(|| "–".to_owned(), |c| group(c as u64)),
+            ),
             Cell::from(format!("{} left", d.budget_available)),
         ])
     });
@@ -145,12 +151,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 Constraint::Length(10),
                 Constraint::Length(14),
                 Constraint::Length(6),
+                Constraint::Length(8),
                 Constraint::Min(8),
             ],
         )
         .header(header)
         .block(block(
-            "Rate limits (proactive GCRA + in-flight cap; halved on 429)",
+            "Rate limits (GCRA + in-flight cap; a 429 sets the ceiling)",
             app,
         )),
         limits,

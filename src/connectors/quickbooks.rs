@@ -709,15 +709,19 @@ impl QuickBooksClient {
                 .query(&[("requestid", request_id), ("minorversion", mv.as_str())])
                 .json(&body)
         };
-        if let Some(pace) = &self.batch_pace {
-            drop(pace.acquire().await);
-        }
         let v = match &self.guard {
             Some(g) => {
-                g.call_weighted(ops.len() as u32, true, || self.send_once(&build))
-                    .await?
+                g.call_weighted(ops.len() as u32, self.batch_pace.as_ref(), true, || {
+                    self.send_once(&build)
+                })
+                .await?
             }
-            None => self.send_once(&build).await?,
+            None => {
+                if let Some(pace) = &self.batch_pace {
+                    drop(pace.acquire().await);
+                }
+                self.send_once(&build).await?
+            }
         };
         let answers = v["BatchItemResponse"]
             .as_array()

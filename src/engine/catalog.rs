@@ -457,11 +457,13 @@ impl Catalog {
             self.qb
                 .guard()
                 .map_or((0, 0, 0, 0.0, (0, Duration::ZERO)), |g| {
+                    // Cells of the rate granted (a batch takes one per operation).
+                    let view = g.limiter.view();
                     (
                         g.throttled(),
                         g.timeouts(),
-                        g.calls(),
-                        f64::from(g.limiter.view().effective_per_min) / 60.0,
+                        view.granted,
+                        f64::from(view.effective_per_min) / 60.0,
                         g.answered(),
                     )
                 });
@@ -1406,7 +1408,8 @@ pub struct AutoscaleMarks {
     jobs: u64,
     throttled: u64,
     timeouts: u64,
-    /// Jobs' permit waits so far (ns); QuickBooks requests sent, and its rate now.
+    /// Jobs' permit waits so far (ns); cells of QuickBooks' rate granted, and its rate
+    /// now.
     waited: u64,
     calls: u64,
     rate_per_sec: f64,

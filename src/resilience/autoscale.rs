@@ -156,6 +156,13 @@ impl Autoscaler {
         let Some(lat) = s.latency.map(|d| d.as_secs_f64()) else {
             let why = if s.queued == 0 {
                 "idle: nothing queued".to_owned()
+            } else if s.rate_use >= RATE_USED {
+                // Batches finish a claim at once, seconds apart: a tick with none done
+                // while the rate is all used is the quota at work, not a stall.
+                format!(
+                    "rate-bound: {:.0}% of the rate limit used, none finished this second; holding",
+                    s.rate_use * 100.0
+                )
             } else {
                 format!("nothing finished; {} queued", s.queued)
             };
@@ -450,6 +457,29 @@ mod tests {
         }
         assert_eq!(changes, 0, "{:?}", a.decisions().collect::<Vec<_>>());
         assert!(a.status.starts_with("rate-bound"), "{}", a.status);
+    }
+
+    /// Batches finish a claim of up to 30 jobs at once, a second or more apart: a tick
+    /// with none finished while the rate is all used is still the quota at work.
+    #[test]
+    fn batches_finishing_seconds_apart_still_read_as_rate_bound() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 6);
+        let mut changes = 0;
+        for t in 0..120 {
+            let finished = t % 3 == 0;
+            let s = Sample {
+                latency: finished.then(|| Duration::from_millis(120)),
+                limited: if finished { 0.9 } else { 0.0 },
+                rate_use: 1.0,
+                completed: if finished { 30 } else { 0 },
+                busy: 6.0,
+                queued: 900,
+                ..Sample::default()
+            };
+            changes += a.observe(&s, t as i64).is_some() as u32;
+            assert!(a.status.starts_with("rate-bound"), "{t}: {}", a.status);
+        }
+        assert_eq!(changes, 0, "{:?}", a.decisions().collect::<Vec<_>>());
     }
 
     /// Issue 18 point 1: a service that hangs on one call in five times out every tick;

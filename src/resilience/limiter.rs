@@ -124,6 +124,25 @@ struct LState {
     granted: u64,
 }
 
+impl LState {
+    /// Counts `n` cells granted at `now`, in the total and in the last minute's.
+    fn note_granted(&mut self, now: Duration, n: u32) {
+        self.granted += u64::from(n);
+        let second = now.as_secs();
+        match self.recent.back_mut() {
+            Some((s, c)) if *s == second => *c += n,
+            _ => self.recent.push_back((second, n)),
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|(s, _)| s + RECENT_WINDOW_SECS <= second)
+        {
+            self.recent.pop_front();
+        }
+    }
+}
+
 pub struct Limiter {
     name: String,
     cfg: LimiterConfig,
@@ -237,19 +256,7 @@ impl Limiter {
             return Err(Wait::Rate(not_until.wait_time_from(self.clock.now())));
         }
         st.in_flight += 1;
-        st.granted += 1;
-        let second = now.as_secs();
-        match st.recent.back_mut() {
-            Some((s, n)) if *s == second => *n += 1,
-            _ => st.recent.push_back((second, 1)),
-        }
-        while st
-            .recent
-            .front()
-            .is_some_and(|(s, _)| s + RECENT_WINDOW_SECS <= second)
-        {
-            st.recent.pop_front();
-        }
+        st.note_granted(now, 1);
         Ok(Slot {
             limiter: self.clone(),
         })
@@ -321,7 +328,10 @@ impl Limiter {
                 return;
             };
             match g.check() {
-                Ok(()) => left -= 1,
+                Ok(()) => {
+                    left -= 1;
+                    self.lock().note_granted(now, 1);
+                }
                 Err(not_until) => {
                     self.lock().rate_waits += 1;
                     let d = not_until.wait_time_from(self.clock.now());

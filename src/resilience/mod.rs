@@ -251,6 +251,10 @@ pub struct Downstream {
     latencies: Mutex<LatencyWindow>,
     rejections: Mutex<Ring>,
     rng: Mutex<Rng>,
+    /// Requests that take several cells (batches) take them one request at a time: taken
+    /// interleaved, every batch would finish its cells late and together, and go out in
+    /// a bunch that the service's batch throttle answers with a 429.
+    weighted_turn: tokio::sync::Mutex<()>,
     /// Every answered call's duration (HDR), for `/metrics`, the profile and the series.
     pub latency: crate::telemetry::metrics::Latency,
 }
@@ -275,6 +279,7 @@ impl Downstream {
             latencies: Mutex::new(LatencyWindow::new()),
             rejections: Mutex::new(Ring::new(2048)),
             rng: Mutex::new(Rng::from_time()),
+            weighted_turn: tokio::sync::Mutex::new(()),
             latency: Default::default(),
         })
     }
@@ -292,15 +297,17 @@ impl Downstream {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_weighted(1, idempotent, op).await
+        self.call_weighted(1, None, idempotent, op).await
     }
 
     /// [`Self::call`] for a request that counts as `units` requests toward the rate (a
     /// QuickBooks batch of `units` operations): each attempt takes `units` cells of the
-    /// rate and one in-flight slot.
+    /// rate and one in-flight slot, and then a permit of `pace` (a throttle of its own
+    /// on such requests, e.g. QuickBooks' batches a minute) right before it is sent.
     pub async fn call_weighted<T, E, F, Fut>(
         &self,
         units: u32,
+        pace: Option<&Arc<Limiter>>,
         idempotent: bool,
         mut op: F,
     ) -> Result<T, E>
@@ -327,10 +334,18 @@ impl Downstream {
             };
             // The wait for the rate (a batch's extra cells too) is waiting, not latency.
             let waiting = self.clock.now();
-            if units > 1 {
-                self.limiter.acquire_cells(units - 1).await;
-            }
-            let slot = self.limiter.acquire().await;
+            let slot = if units > 1 || pace.is_some() {
+                let _turn = self.weighted_turn.lock().await;
+                if units > 1 {
+                    self.limiter.acquire_cells(units - 1).await;
+                }
+                if let Some(pace) = pace {
+                    drop(pace.acquire().await);
+                }
+                self.limiter.acquire().await
+            } else {
+                self.limiter.acquire().await
+            };
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = self.clock.now();
             let waited = started.saturating_sub(waiting).as_nanos() as u64;

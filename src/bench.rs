@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::app;
 use crate::config::Config;
+
+mod quota;
 use crate::sandbox::{SandboxOptions, SandboxServer};
+pub use quota::quota;
 
 /// An engine pointed at `sandbox` (which it keeps to the quotas of), on a free port,
 /// with no periodic reconciliation; `tune` adjusts the config before it starts.

@@ -262,6 +262,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// What a sync costs of QuickBooks' quota, on its real shape scaled in time: units
+    /// per product (empty company, company holding the Items), the restart stall after a
+    /// kill -9, the breaker under an outage, a limit set above the quota.
+    Quota {
+        #[arg(long, default_value_t = 10000)]
+        products: usize,
+        /// Time scale: the sandbox's quotas ×scale, its pushback and latency ÷scale.
+        #[arg(long, default_value_t = 12)]
+        scale: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Catalog sync under a QuickBooks quota (utilisation, throttled %), then an outage
     /// (p99 latency of a rejection by the open breaker).
     Resilience {
@@ -538,6 +550,11 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             workers,
             seed,
         } => syncctl::bench::catalog(products, workers, seed).await,
+        BenchCommand::Quota {
+            products,
+            scale,
+            seed,
+        } => syncctl::bench::quota(products, scale, seed).await,
         BenchCommand::Resilience {
             products,
             rate,

@@ -345,7 +345,11 @@ impl Publisher {
         for signal in self.telemetry.tick(sample) {
             match signal {
                 crate::telemetry::Signal::Alert(n) => {
-                    if n.phase == crate::telemetry::alerts::Phase::Firing {
+                    // An info rule firing is news, not a warning.
+                    let firing = n.phase == crate::telemetry::alerts::Phase::Firing;
+                    if firing && n.severity == crate::protocol::Severity::Critical {
+                        tracing::error!("alert: {}", n.message);
+                    } else if firing && n.severity == crate::protocol::Severity::Warning {
                         tracing::warn!("alert: {}", n.message);
                     } else {
                         tracing::info!("alert: {}", n.message);

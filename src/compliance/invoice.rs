@@ -250,6 +250,9 @@ mod tests {
         assert!(from_stripe(&v, |_| None).unwrap_err().contains("COP"));
         v.as_object_mut().unwrap().remove("currency");
         let e = from_stripe(&v, |_| None).unwrap_err();
-        assert_eq!(e, "invoice in_1 has no currency; DIAN invoices are issued in COP");
+        assert_eq!(
+            e,
+            "invoice in_1 has no currency; DIAN invoices are issued in COP"
+        );
     }
 }

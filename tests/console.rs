@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
             },
             workers: 8,
             in_flight: 8,
+            workers_busy: 6,
             per_second: (0..120).map(|i| (i % 17) * 10).collect(),
             completed: 1240,
             errors: 3,
@@ -853,7 +854,7 @@ fn workers_at_80x24_and_120x40() {
     assert_eq!(app.tab, Tab::Workers);
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
-        assert!(text.contains("8 busy / 6 target"), "{text}");
+        assert!(text.contains("6 busy / 6 target"), "{text}");
         assert!(text.contains("paused 41s"), "pushback:\n{text}");
         assert!(text.contains("▼  7 → 6"), "decisions:\n{text}");
         check_snapshot(&format!("workers_{w}x{h}"), &text);

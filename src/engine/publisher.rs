@@ -518,6 +518,7 @@ impl Publisher {
                     .clone(),
                 workers: self.catalog.max_workers(),
                 in_flight: m.in_flight.load(Ordering::Relaxed),
+                workers_busy: m.busy_workers.load(Ordering::Relaxed),
                 per_second: self.per_second.iter().copied().collect(),
                 completed,
                 errors: m.errors.load(Ordering::Relaxed),

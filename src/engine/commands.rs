@@ -487,6 +487,7 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::Audit { filter } => Ok(Answer::Audit {
             entries: store.audit_query(&filter).map_err(unreadable)?,
         }),
+        Query::Chain { key } => super::chain::chain(store, &key),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

@@ -302,6 +302,9 @@ pub enum Query {
     },
     /// The audit trail, newest first, as the filter says.
     Audit { filter: super::query::AuditFilter },
+    /// The chain of `key` across the systems: a Stripe product or invoice id, a
+    /// QuickBooks Item id, a DIAN number, a CUFE or an Alegra document id.
+    Chain { key: String },
 }
 
 /// What a command did.

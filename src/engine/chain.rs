@@ -162,13 +162,9 @@ fn product_links(
     Ok(())
 }
 
-/// The invoice, its Alegra document and DIAN's verdict.
-fn invoice_links(
-    store: &Store,
-    rec: &InvoiceRecord,
-    depth: u8,
-    out: &mut EntityChain,
-) -> Result<(), CommandError> {
+/// An invoice's compliance history (as audit entries) and the audit trail's entries
+/// about it, newest first.
+fn invoice_events(store: &Store, rec: &InvoiceRecord) -> Result<Vec<AuditEntry>, CommandError> {
     let history = store.invoice_history(&rec.stripe_id).map_err(unreadable)?;
     let mut evs: Vec<AuditEntry> = history
         .iter()
@@ -194,8 +190,19 @@ fn invoice_links(
         })
         .collect();
     evs.extend(events(store, &[&rec.stripe_id, &rec.number])?);
-    evs.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+    evs.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
     evs.truncate(EVENTS_PER_LINK);
+    Ok(evs)
+}
+
+/// The invoice, its Alegra document and DIAN's verdict.
+fn invoice_links(
+    store: &Store,
+    rec: &InvoiceRecord,
+    depth: u8,
+    out: &mut EntityChain,
+) -> Result<(), CommandError> {
+    let evs = invoice_events(store, rec)?;
     let items: Vec<String> = rec
         .invoice
         .lines

@@ -224,7 +224,7 @@ fn invoice_links(
             ("number".into(), rec.number.clone()),
             (
                 "total".into(),
-                format!("{:.2} COP", rec.total as f64 / 100.0),
+                format!("{} COP", crate::protocol::text::pesos(rec.total)),
             ),
             (
                 "buyer".into(),

@@ -153,6 +153,36 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The engine and a sandbox as separate processes of this executable, through
+    /// fault profiles (QuickBooks errors, resets, hanging requests, outages of
+    /// QuickBooks, Alegra and DIAN with invoices arriving, 429 storms, `kill -9` of the
+    /// engine at random moments); checks the sandbox after each (one Item per product,
+    /// each paid invoice stamped once, nothing FAILED) and prints a table. Exit 1 when
+    /// a profile fails.
+    Soak {
+        /// The small version: few products, short outages, 2 kill cycles.
+        #[arg(long)]
+        quick: bool,
+        /// Only these profiles, comma-separated (qb-errors, qb-resets, qb-hangs,
+        /// qb-outage, alegra-outage, dian-outage, 429-storm, kill-9).
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        profiles: Vec<String>,
+        /// Seed of the worlds and of the kill moments.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Products in each profile's world.
+        #[arg(long, value_name = "N")]
+        products: Option<usize>,
+        /// Invoices paid during each profile.
+        #[arg(long, value_name = "N")]
+        invoices: Option<usize>,
+        /// Kill cycles of the kill-9 profile.
+        #[arg(long, value_name = "N")]
+        kills: Option<u32>,
+        /// Keep every profile's directory (logs, data dirs), not only a failed one's.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// An API token for a running engine's control API (`status`: to list the alerts too;
@@ -521,6 +551,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench { command }) => {
             bench(command).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Soak {
+            quick,
+            profiles,
+            seed,
+            products,
+            invoices,
+            kills,
+            keep,
+        }) => {
+            let opts = syncctl::soak::Options {
+                quick,
+                profiles,
+                seed,
+                products,
+                invoices,
+                kills,
+                keep,
+            };
+            Ok(if syncctl::soak::run(&opts).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -182,6 +182,10 @@ enum Command {
         /// Keep every profile's directory (logs, data dirs), not only a failed one's.
         #[arg(long)]
         keep: bool,
+        /// After each profile, a second writer creates a duplicate Item (proves the
+        /// checks fail).
+        #[arg(long, hide = true)]
+        sabotage: bool,
     },
 }
 
@@ -560,7 +564,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             invoices,
             kills,
             keep,
+            sabotage,
         }) => {
+            let known = syncctl::soak::profile_names();
+            if let Some(p) = profiles.iter().find(|p| !known.contains(&p.as_str())) {
+                return Ok(usage(format!(
+                    "--profiles: no profile {p:?} (one of {})",
+                    known.join(", ")
+                )));
+            }
             let opts = syncctl::soak::Options {
                 quick,
                 profiles,
@@ -569,6 +581,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 invoices,
                 kills,
                 keep,
+                sabotage,
             };
             Ok(if syncctl::soak::run(&opts).await? {
                 ExitCode::SUCCESS

@@ -31,6 +31,9 @@ pub struct Options {
     pub kills: Option<u32>,
     /// Keep every profile's directory (logs, data dirs), not only a failed one's.
     pub keep: bool,
+    /// Proves the checks: after each profile completes and before it is checked, a
+    /// second writer creates a second Item for one product at QuickBooks.
+    pub sabotage: bool,
 }
 
 /// The sizes and times of one run, full or quick.
@@ -134,6 +137,23 @@ fn outage(service: &'static str, len: Duration) -> Window {
         len,
         dead: vec![service],
     }
+}
+
+/// The profiles' names, in the order they run.
+pub fn profile_names() -> Vec<&'static str> {
+    profiles(&Scale::new(&Options {
+        quick: true,
+        profiles: vec![],
+        seed: 0,
+        products: None,
+        invoices: None,
+        kills: None,
+        keep: false,
+        sabotage: false,
+    }))
+    .iter()
+    .map(|p| p.name)
+    .collect()
 }
 
 /// Every profile, in the order they run.
@@ -313,7 +333,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<bool> {
     for (i, p) in chosen.iter().enumerate() {
         println!("  {:<14} {}", p.name, p.about);
         let seed = opts.seed.wrapping_add(i as u64 * 7919);
-        let row = match soak_profile(&exe, &http, &scale, p, seed, opts.keep).await {
+        let row = match soak_profile(&exe, &http, &scale, p, seed, opts).await {
             Ok(r) => r,
             Err(e) => Row {
                 name: p.name.to_owned(),
@@ -463,7 +483,7 @@ async fn soak_profile(
     scale: &Scale,
     profile: &Profile,
     seed: u64,
-    keep: bool,
+    opts: &Options,
 ) -> anyhow::Result<Row> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("syncctl-soak-{}-", profile.name))
@@ -727,6 +747,9 @@ async fn soak_profile(
         )
         .await?;
     }
+    if opts.sabotage {
+        second_item(http, &base, &printed).await?;
+    }
     let ids = created.lock().map(|c| c.clone()).unwrap_or_default();
     let check = verify(http, &base, &health_url, &ids).await?;
     failures.extend(check.problems);
@@ -741,7 +764,7 @@ async fn soak_profile(
     if failed {
         failures.push(format!("engine log: {}", engine_log.display()));
     }
-    let kept = (failed || keep).then(|| dir.keep());
+    let kept = (failed || opts.keep).then(|| dir.keep());
     Ok(Row {
         name: profile.name.to_owned(),
         completed,
@@ -755,6 +778,58 @@ async fn soak_profile(
         failures,
         dir: kept,
     })
+}
+
+/// A writer other than the engine creates a second Item for the first product, through
+/// the QuickBooks API (`--sabotage`: the checks must see it).
+async fn second_item(http: &reqwest::Client, base: &str, printed: &str) -> anyhow::Result<()> {
+    let current = http
+        .get(format!("{base}/_sandbox/config"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let doc: toml_edit::DocumentMut = current.parse().or_else(|_| printed.parse())?;
+    let refresh = doc["quickbooks"]["refresh_token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no refresh token"))?
+        .to_owned();
+    let token: Value = http
+        .post(format!("{base}/oauth2/v1/tokens/bearer"))
+        .basic_auth(
+            crate::sandbox::QB_CLIENT_ID,
+            Some(crate::sandbox::QB_CLIENT_SECRET),
+        )
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let product = product_ids(http, base)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no product"))?;
+    http.post(format!(
+        "{base}/v3/company/{}/item",
+        crate::sandbox::QB_REALM_ID
+    ))
+    .bearer_auth(token["access_token"].as_str().unwrap_or_default())
+    .query(&[("minorversion", "75")])
+    .json(&json!({
+        "Name": format!("soak second writer {product}"),
+        "Type": "Service",
+        "Sku": product,
+        "IncomeAccountRef": {"value": "1"},
+    }))
+    .send()
+    .await?
+    .error_for_status()?;
+    Ok(())
 }
 
 /// The engine config: the sandbox's printed one (credentials, its quotas) on port
@@ -958,6 +1033,7 @@ mod tests {
             invoices: None,
             kills: None,
             keep: false,
+            sabotage: false,
         });
         let p = profiles(&scale);
         assert!(p.iter().map(|p| p.kills).sum::<u32>() >= 20);

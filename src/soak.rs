@@ -421,7 +421,10 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let r = http.get(url).send().await?;
     let status = r.status();
     let v: Value = r.json().await?;
-    anyhow::ensure!(status.is_success() || url.ends_with("/health"), "{url}: {status}");
+    anyhow::ensure!(
+        status.is_success() || url.ends_with("/health"),
+        "{url}: {status}"
+    );
     Ok(v)
 }
 
@@ -627,97 +630,100 @@ async fn soak_profile(
             .map(|s| n(&stats[*s]["requests"]))
             .collect::<Vec<_>>()
     };
-    let completed = loop {
-        tokio::time::sleep(scale.tick).await;
-        let now = Instant::now();
-        let Ok(stats) = get(http, &stats_url).await else {
+    let completed =
+        loop {
+            tokio::time::sleep(scale.tick).await;
+            let now = Instant::now();
+            let Ok(stats) = get(http, &stats_url).await else {
+                if now - t0 > scale.deadline {
+                    failures.push("the sandbox stopped answering".to_owned());
+                    break false;
+                }
+                continue;
+            };
+            let health = get(http, &health_url).await.ok();
+            let all_paid = arrivals.is_finished();
+            let expected = created.lock().map(|c| c.len() as u64).unwrap_or(0);
+            let l = look(&stats, health.as_ref(), expected);
+            let sandbox_done = l.items >= scale.products as u64 && l.accepted >= l.invoices;
+            let outstanding = !sandbox_done;
+
+            // Longest stall: work outstanding, no service dead, and nothing new done.
+            let progress = l.items + l.accepted;
+            let dead_now = window_at.is_some()
+                && !window_over
+                && profile.window.as_ref().is_some_and(|w| !w.dead.is_empty());
+            if progress > last_progress || !outstanding || dead_now {
+                last_progress = progress;
+                quiet_since = now;
+            }
+            stall = stall.max(now - quiet_since);
+
+            // The fault window: on when a third of the catalog is done, off after its length.
+            if let Some(w) = &profile.window {
+                match &window_at {
+                    None if l.items * 3 >= scale.products as u64 => {
+                        for p in &w.on {
+                            post(http, &faults_url, p).await?;
+                        }
+                        window_at = Some((now, dead_requests(&stats, w)));
+                    }
+                    Some((at, before)) if !window_over && now - *at >= w.len => {
+                        for p in &w.off {
+                            post(http, &faults_url, p).await?;
+                        }
+                        let after = get(http, &stats_url).await?;
+                        let after = dead_requests(&after, w);
+                        wasted = Some(
+                            after
+                                .iter()
+                                .zip(before)
+                                .map(|(a, b)| a.saturating_sub(*b))
+                                .sum(),
+                        );
+                        if w.dead.is_empty() {
+                            wasted = None;
+                        }
+                        window_over = true;
+                        quiet_since = Instant::now();
+                    }
+                    _ => {}
+                }
+            }
+
+            // kill -9 at its moment, while work is outstanding; restarted at once.
+            if let Some(&at) = kill_at.get(kills as usize) {
+                if outstanding && progress >= at && progress > progress_at_start {
+                    engine.kill();
+                    kills += 1;
+                    progress_at_start = progress;
+                    engine = spawn(exe, &run_args, &engine_log)?;
+                } else if !outstanding && all_paid {
+                    // Everything done before every kill landed: more invoices to work on.
+                    let v = post(
+                        http,
+                        &format!("{base}/_sandbox/stripe/invoices"),
+                        &json!({ "count": 3 }),
+                    )
+                    .await?;
+                    if let (Ok(mut c), Some(a)) = (created.lock(), v["created"].as_array()) {
+                        c.extend(a.iter().filter_map(|x| x.as_str().map(str::to_owned)));
+                    }
+                    kill_at[kills as usize] = progress + 1;
+                }
+            }
+
+            if all_paid
+                && window_over
+                && kills >= profile.kills
+                && sandbox_done
+                && l.invoices == expected
+                && l.engine_done
+            {
+                break true;
+            }
             if now - t0 > scale.deadline {
-                failures.push("the sandbox stopped answering".to_owned());
-                break false;
-            }
-            continue;
-        };
-        let health = get(http, &health_url).await.ok();
-        let all_paid = arrivals.is_finished();
-        let expected = created.lock().map(|c| c.len() as u64).unwrap_or(0);
-        let l = look(&stats, health.as_ref(), expected);
-        let sandbox_done = l.items >= scale.products as u64 && l.accepted >= l.invoices;
-        let outstanding = !sandbox_done;
-
-        // Longest stall: work outstanding, no service dead, and nothing new done.
-        let progress = l.items + l.accepted;
-        let dead_now = window_at.is_some() && !window_over && profile.window.as_ref().is_some_and(|w| !w.dead.is_empty());
-        if progress > last_progress || !outstanding || dead_now {
-            last_progress = progress;
-            quiet_since = now;
-        }
-        stall = stall.max(now - quiet_since);
-
-        // The fault window: on when a third of the catalog is done, off after its length.
-        if let Some(w) = &profile.window {
-            match &window_at {
-                None if l.items * 3 >= scale.products as u64 => {
-                    for p in &w.on {
-                        post(http, &faults_url, p).await?;
-                    }
-                    window_at = Some((now, dead_requests(&stats, w)));
-                }
-                Some((at, before)) if !window_over && now - *at >= w.len => {
-                    for p in &w.off {
-                        post(http, &faults_url, p).await?;
-                    }
-                    let after = get(http, &stats_url).await?;
-                    let after = dead_requests(&after, w);
-                    wasted = Some(
-                        after
-                            .iter()
-                            .zip(before)
-                            .map(|(a, b)| a.saturating_sub(*b))
-                            .sum(),
-                    );
-                    if w.dead.is_empty() {
-                        wasted = None;
-                    }
-                    window_over = true;
-                    quiet_since = Instant::now();
-                }
-                _ => {}
-            }
-        }
-
-        // kill -9 at its moment, while work is outstanding; restarted at once.
-        if let Some(&at) = kill_at.get(kills as usize) {
-            if outstanding && progress >= at && progress > progress_at_start {
-                engine.kill();
-                kills += 1;
-                progress_at_start = progress;
-                engine = spawn(exe, &run_args, &engine_log)?;
-            } else if !outstanding && all_paid {
-                // Everything done before every kill landed: more invoices to work on.
-                let v = post(
-                    http,
-                    &format!("{base}/_sandbox/stripe/invoices"),
-                    &json!({ "count": 3 }),
-                )
-                .await?;
-                if let (Ok(mut c), Some(a)) = (created.lock(), v["created"].as_array()) {
-                    c.extend(a.iter().filter_map(|x| x.as_str().map(str::to_owned)));
-                }
-                kill_at[kills as usize] = progress + 1;
-            }
-        }
-
-        if all_paid
-            && window_over
-            && kills >= profile.kills
-            && sandbox_done
-            && l.invoices == expected
-            && l.engine_done
-        {
-            break true;
-        }
-        if now - t0 > scale.deadline {
-            failures.push(format!(
+                failures.push(format!(
                 "not complete after {:.0} s: {} of {} Items, {} of {} invoices accepted, engine {}",
                 scale.deadline.as_secs_f64(),
                 l.items,
@@ -729,9 +735,9 @@ async fn soak_profile(
                     |h| format!("catalog {} compliance {}", h["catalog"], h["compliance"]["counts"])
                 )
             ));
-            break false;
-        }
-    };
+                break false;
+            }
+        };
     let secs = t0.elapsed().as_secs_f64();
     arrivals.abort();
 
@@ -935,8 +941,8 @@ async fn verify(
             k => doubled += k - 1,
         }
     }
-    let strays = (items.len() as u64 + missing.len() as u64)
-        .saturating_sub(doubled + products.len() as u64);
+    let strays =
+        (items.len() as u64 + missing.len() as u64).saturating_sub(doubled + products.len() as u64);
     let stats = get(http, &format!("{base}/_sandbox/stats")).await?;
     let dup_names = n(&stats["quickbooks"]["duplicate_names"]);
     if !missing.is_empty() {
@@ -956,12 +962,29 @@ async fn verify(
         c.problems
             .push(format!("{strays} Items belong to no product"));
     }
+    c.duplicates = doubled + dup_names;
+    c.lost = missing.len() as u64;
+    verify_invoices(http, base, invoices, &stats, &mut c).await?;
+    verify_engine(http, health_url, &mut c).await;
+    Ok(c)
+}
 
+/// Every paid invoice one document at Alegra, accepted, transmitted to DIAN once.
+async fn verify_invoices(
+    http: &reqwest::Client,
+    base: &str,
+    invoices: &[String],
+    stats: &Value,
+    c: &mut Checked,
+) -> anyhow::Result<()> {
     let docs = get(http, &format!("{base}/_sandbox/alegra/invoices")).await?;
     let docs = docs.as_array().cloned().unwrap_or_default();
     let mut by_invoice: std::collections::HashMap<String, Vec<&Value>> = Default::default();
     for d in &docs {
-        if let Some(a) = d["anotation"].as_str().and_then(|a| a.strip_prefix("stripe:")) {
+        if let Some(a) = d["anotation"]
+            .as_str()
+            .and_then(|a| a.strip_prefix("stripe:"))
+        {
             by_invoice.entry(a.to_owned()).or_default().push(d);
         }
     }
@@ -999,6 +1022,14 @@ async fn verify(
             invoices.len()
         ));
     }
+    c.duplicates += second_docs.max(dup_docs) + restamped;
+    c.lost += unsent.len() as u64 + unaccepted;
+    Ok(())
+}
+
+/// Nothing left for an operator at the engine: no invoice FAILED, REJECTED or waiting
+/// for a retry, no catalog job failed.
+async fn verify_engine(http: &reqwest::Client, health_url: &str, c: &mut Checked) {
     if let Ok(h) = get(http, health_url).await {
         let counts = &h["compliance"]["counts"];
         let failed = n(&counts["FAILED"]);
@@ -1014,9 +1045,6 @@ async fn verify(
         c.problems
             .push("the engine's /health did not answer at the end".to_owned());
     }
-    c.duplicates = doubled + dup_names + second_docs.max(dup_docs) + restamped;
-    c.lost = missing.len() as u64 + unsent.len() as u64 + unaccepted;
-    Ok(c)
 }
 
 #[cfg(test)]

@@ -254,6 +254,8 @@ struct Row {
     duplicates: u64,
     lost: u64,
     stall: Duration,
+    /// When the longest stall began and what was outstanding.
+    stall_at: String,
     kills: u32,
     failures: Vec<String>,
     dir: Option<PathBuf>,
@@ -345,6 +347,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<bool> {
             for f in &row.failures {
                 println!("    FAILED: {f}");
             }
+        }
+        if row.stall >= Duration::from_secs(2) {
+            println!(
+                "    longest stall {:.1} s {}",
+                row.stall.as_secs_f64(),
+                row.stall_at
+            );
         }
         if let Some(d) = &row.dir {
             println!("    logs and data kept in {}", d.display());
@@ -622,6 +631,7 @@ async fn soak_profile(
     let mut last_progress = 0u64;
     let mut quiet_since = Instant::now();
     let mut stall = Duration::ZERO;
+    let mut stall_at = String::new();
     let mut failures = Vec::new();
     let health_url = format!("{engine_url}/health");
     let dead_requests = |stats: &Value, w: &Window| -> Vec<u64> {
@@ -657,7 +667,17 @@ async fn soak_profile(
                 last_progress = progress;
                 quiet_since = now;
             }
-            stall = stall.max(now - quiet_since);
+            if now - quiet_since > stall {
+                stall = now - quiet_since;
+                stall_at = format!(
+                    "from {:.1} s: {} of {} Items, {} of {} invoices accepted",
+                    (quiet_since - t0).as_secs_f64(),
+                    l.items,
+                    scale.products,
+                    l.accepted,
+                    l.invoices
+                );
+            }
 
             // The fault window: on when a third of the catalog is done, off after its length.
             if let Some(w) = &profile.window {
@@ -780,6 +800,7 @@ async fn soak_profile(
         duplicates: check.duplicates,
         lost: check.lost,
         stall,
+        stall_at,
         kills,
         failures,
         dir: kept,

@@ -114,7 +114,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ),
     (
         "soak",
-        &["resilience", "sandbox"],
+        &["protocol", "resilience", "sandbox"],
         "`syncctl soak` drives engine and sandbox processes: a seeded RNG, the sandbox's API key",
     ),
     (

@@ -652,10 +652,10 @@ async fn soak_profile(
                 continue;
             };
             if let Ok(Some(status)) = engine.0.try_wait() {
-            failures.push(format!("the engine exited on its own ({status})"));
-            break false;
-        }
-        let health = get(http, &health_url).await.ok();
+                failures.push(format!("the engine exited on its own ({status})"));
+                break false;
+            }
+            let health = get(http, &health_url).await.ok();
             let all_paid = arrivals.is_finished();
             let expected = created.lock().map(|c| c.len() as u64).unwrap_or(0);
             let l = look(&stats, health.as_ref(), expected);

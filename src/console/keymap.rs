@@ -56,6 +56,8 @@ pub enum Action {
     CommandLine,
     /// `W`: who is attached to the engine.
     Who,
+    /// `B`: write an incident bundle to a file (`syncctl bundle show FILE` opens it).
+    WriteBundle,
 }
 
 impl Action {
@@ -105,7 +107,8 @@ impl Action {
             | Action::Tune
             | Action::ToggleJournal
             | Action::CommandLine
-            | Action::Who => None,
+            | Action::Who
+            | Action::WriteBundle => None,
         }
     }
 }
@@ -339,6 +342,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "who is attached: every console on this engine (user, SSH address, token, role)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('B')],
+        label: "B",
+        action: Action::WriteBundle,
+        scope: Scope::Global,
+        hint: None,
+        help: "incident bundle: snapshot, alerts, series, audit, redacted config to one file here",
     },
     Binding {
         keys: &[KeyCode::Char('c')],

@@ -301,6 +301,18 @@ impl App {
         lines
     }
 
+    /// The flash line when this read-only console is asked for `what` (an action's
+    /// [`engine_action`](super::keymap::Action::engine_action), or a typed command):
+    /// an incident bundle has no engine to act on; an attached viewer may not act.
+    pub fn refusal(&self, what: &str) -> String {
+        match &self.link {
+            LinkState::Bundle { .. } => format!(
+                "incident bundle: {what} is not possible — a frozen copy, no engine to act on"
+            ),
+            _ => super::keymap::read_only_refusal(what),
+        }
+    }
+
     /// The demo's sandbox, for the outage toggle and the Circuits screen.
     pub fn with_sandbox(mut self, sandbox: Option<Arc<dyn SandboxFaults>>) -> Self {
         self.sandbox = sandbox;

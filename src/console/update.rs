@@ -19,9 +19,10 @@ use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
 use super::state::{App, Confirm, PromptKind, Step, Tab, num};
 use crate::protocol::{
-    AlertMatcher, Answer, AttachedConsole, BreakerAction, CacheScope, Command, CommandError,
-    FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply, Reply, Request, Service,
-    Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange, check_threshold,
+    AlertMatcher, Answer, AttachedConsole, BUNDLE_EVENTS, BreakerAction, Bundle, CacheScope,
+    Command, CommandError, FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply,
+    Reply, Request, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
+    ThresholdChange, check_threshold,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -50,6 +51,9 @@ pub enum Msg {
         patch: FaultPatch,
         result: Result<(), String>,
     },
+    /// The incident bundle the console was asked for, written (the file's path) or not
+    /// (why).
+    BundleWritten(Result<String, String>),
     /// A signal asking the console to stop.
     Signal(Signal),
     /// Where the console stands with its engine (hosting it, attached, reconnecting).
@@ -69,6 +73,9 @@ pub enum Effect {
     /// Demo only: patch the sandbox's faults; the result comes back as
     /// [`Msg::FaultsPatched`].
     PatchFaults(FaultPatch),
+    /// Write an incident bundle to a new file in the working directory; the outcome
+    /// comes back as [`Msg::BundleWritten`].
+    WriteBundle(Box<Bundle>),
     /// Draw the frame: at once after input (`urgent`), otherwise at the frame rate.
     Redraw { urgent: bool },
     /// Leave the run loop: the engine has stopped, or this attached console detaches.
@@ -142,8 +149,29 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 effects.push(redraw(false));
             }
         }
+        Msg::Answer {
+            query: Query::Bundle { .. },
+            reply,
+        } => {
+            match reply {
+                Ok(Answer::Bundle(bundle)) => effects.push(Effect::WriteBundle(bundle)),
+                Ok(_) => {
+                    app.flash =
+                        Some("no incident bundle: the engine answered something else".into())
+                }
+                Err(e) => app.flash = Some(format!("no incident bundle: {e}")),
+            }
+            effects.push(redraw(true));
+        }
         // The console asks no other query.
         Msg::Answer { .. } => {}
+        Msg::BundleWritten(result) => {
+            app.flash = Some(match result {
+                Ok(path) => format!("incident bundle (secrets redacted) written: {path}"),
+                Err(why) => format!("incident bundle not written: {why}"),
+            });
+            effects.push(redraw(true));
+        }
         Msg::FaultsPatched { patch, result } => {
             app.apply_faults_patched(&patch, result);
             effects.push(redraw(true));
@@ -538,7 +566,7 @@ impl App {
         if self.read_only
             && let Some(what) = action.engine_action()
         {
-            self.flash = Some(keymap::read_only_refusal(what));
+            self.flash = Some(self.refusal(what));
             return None;
         }
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
@@ -561,10 +589,20 @@ impl App {
             Action::Who => self.who = true,
             Action::Back => {}
             // An attached console detaches at once: nothing is lost, the engine runs on.
+            Action::WriteBundle => {
+                self.flash = Some("taking an incident bundle…".into());
+                return Some(Effect::Ask(Query::Bundle {
+                    events: BUNDLE_EVENTS,
+                    actor: self.actor.clone(),
+                }));
+            }
             Action::Quit if !self.link.hosted() => return Some(Effect::Exit),
             Action::Quit => {
                 self.confirm = Some(Confirm::Quit);
                 self.confirm_focus_ok = false;
+            }
+            Action::ToggleFreeze if matches!(self.link, LinkState::Bundle { .. }) => {
+                self.flash = Some("an incident bundle is frozen as it was taken".into());
             }
             Action::ToggleFreeze => {
                 self.frozen = !self.frozen;
@@ -951,7 +989,7 @@ impl App {
         };
         self.history.push(text);
         if self.read_only {
-            self.flash = Some(keymap::read_only_refusal(&format!("`{command}`")));
+            self.flash = Some(self.refusal(&format!("`{command}`")));
             return None;
         }
         self.run_typed(command)

@@ -14,6 +14,7 @@
 //! - [`periodic`]: retention, housekeeping, the store probe, audit writers.
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
+mod bundle;
 pub mod catalog;
 pub mod commands;
 pub mod compliance;

@@ -302,6 +302,10 @@ pub enum Query {
     },
     /// The audit trail, newest first, as the filter says.
     Audit { filter: super::query::AuditFilter },
+    /// An incident bundle ([`Bundle`](super::bundle::Bundle)) with the newest `events`
+    /// audit events (1 to [`MAX_BUNDLE_EVENTS`](super::bundle::MAX_BUNDLE_EVENTS)),
+    /// taken by `actor`. Secrets redacted.
+    Bundle { events: usize, actor: String },
 }
 
 /// What a command did.

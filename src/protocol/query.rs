@@ -19,6 +19,8 @@ pub enum Answer {
     Invoices { invoices: Vec<InvoiceRecord> },
     /// [`Query::Audit`](super::Query::Audit): the entries found.
     Audit { entries: Vec<AuditEntry> },
+    /// [`Query::Bundle`](super::Query::Bundle): the incident bundle.
+    Bundle(Box<super::bundle::Bundle>),
 }
 
 /// Which audit entries to read.

@@ -111,6 +111,10 @@ impl FrozenBundle {
                     ),
                 })))
             }
+            Query::WhatIf { name, .. } => Err(CommandError::conflict(format!(
+                "{} is an incident bundle: there is no history to replay {name} over",
+                self.file
+            ))),
             // A copy of the bundle itself (`B` in a bundle writes it again).
             Query::Bundle { .. } => Ok(Answer::Bundle(Box::new((*self.bundle).clone()))),
         }

@@ -20,9 +20,9 @@ use super::keymap::{self, Action};
 use super::state::{App, Confirm, PromptKind, Step, Tab, num};
 use crate::protocol::{
     AlertMatcher, Answer, AttachedConsole, BUNDLE_EVENTS, BreakerAction, Bundle, CacheScope,
-    Command, CommandError, FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply,
-    Reply, Request, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    ThresholdChange, check_threshold,
+    Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS, Pipeline, Query,
+    QueryReply, Reply, Request, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
+    ThresholdChange, check_threshold, parse_duration,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -162,6 +162,20 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 Err(e) => app.flash = Some(format!("no incident bundle: {e}")),
             }
             effects.push(redraw(true));
+        }
+        Msg::Answer {
+            query: Query::WhatIf { name, value },
+            reply,
+        } => {
+            let answer = match reply {
+                Ok(Answer::WhatIf(w)) => Ok(w),
+                Ok(_) => Err("the engine answered something else".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            app.what_ifs
+                .retain(|(n, v, _)| !(*n == name && *v == value));
+            app.what_ifs.push((name, value, answer));
+            effects.push(redraw(false));
         }
         // The console asks no other query.
         Msg::Answer { .. } => {}
@@ -372,7 +386,9 @@ impl App {
             KeyCode::Char(c) if !c.is_control() && text.len() < 96 => {
                 let allowed = match kind {
                     PromptKind::Bounds => c.is_ascii_digit() || c == '-' || c == ' ',
-                    PromptKind::Threshold { .. } => c.is_ascii_digit() || c == '.' || c == '-',
+                    PromptKind::Threshold { .. } => {
+                        c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ' '
+                    }
                     PromptKind::Silence { .. } => c.is_ascii_alphanumeric(),
                     PromptKind::Cache => true,
                 };
@@ -440,13 +456,28 @@ impl App {
                 }
             },
             PromptKind::Threshold { name } => {
-                let checked = text
+                // `VALUE` or `VALUE for DURATION`.
+                let (value, until) = match text.split_once(" for ") {
+                    Some((v, d)) => (v.trim(), Some(d.trim())),
+                    None => (text.as_str(), None),
+                };
+                let for_secs = until.map(|d| {
+                    parse_duration(d)
+                        .ok()
+                        .filter(|s| (1..=MAX_SILENCE_SECS).contains(s))
+                        .ok_or_else(|| format!("{d:?} is not a duration of 1s to 7d (30m, 2h, 1d)"))
+                });
+                let checked = value
                     .parse::<f64>()
-                    .map_err(|_| format!("{name}: {text:?} is not a number"))
-                    .and_then(|v| check_threshold(&name, v).map(|_| v));
+                    .map_err(|_| format!("{name}: {value:?} is not a number"))
+                    .and_then(|v| check_threshold(&name, v).map(|_| v))
+                    .and_then(|v| Ok((v, for_secs.transpose()?)));
                 match checked {
-                    Ok(v) => {
+                    Ok((v, for_secs)) => {
                         self.prompt = None;
+                        if for_secs.is_some() {
+                            self.staged_for = for_secs;
+                        }
                         self.staged.retain(|(n, _)| *n != name);
                         let current = self
                             .snapshot
@@ -455,14 +486,23 @@ impl App {
                             .iter()
                             .find(|(n, _)| *n == name)
                             .map(|(_, v)| *v);
-                        if current != Some(v) {
+                        let staged = current != Some(v);
+                        if staged {
                             self.staged.push((name.clone(), v));
                         }
+                        let lasting = self.staged_for.map_or(String::new(), |s| {
+                            format!(" (for {})", crate::protocol::format_duration(s))
+                        });
                         self.flash = Some(format!(
-                            "{name} staged at {} — A applies {} change(s)",
+                            "{name} staged at {}{lasting} — A applies {} change(s)",
                             num(v),
                             self.staged.len()
                         ));
+                        if staged && !self.what_ifs.iter().any(|(n, x, _)| *n == name && *x == v) {
+                            // How often it would have fired: shown beside it once the
+                            // engine has replayed its history.
+                            return Some(Effect::Ask(Query::WhatIf { name, value: v }));
+                        }
                     }
                     // The value in force stays; the prompt stays open to fix it. (The
                     // prompt already names the threshold.)
@@ -653,6 +693,9 @@ impl App {
                 if let Some((name, _)) = self.selected_setting() {
                     self.staged.retain(|(n, _)| *n != name);
                 }
+                if self.staged.is_empty() {
+                    self.staged_for = None;
+                }
             }
             Action::ApplySettings => {
                 if self.staged.is_empty() {
@@ -674,6 +717,7 @@ impl App {
                 self.confirm = Some(Confirm::Thresholds {
                     changes,
                     file: self.snapshot.config_file.clone(),
+                    for_secs: self.staged_for,
                 });
                 self.confirm_focus_ok = false;
             }
@@ -916,16 +960,22 @@ impl App {
                         self.flash = Some("invalidating…".into());
                         self.send(Command::InvalidateCache { scope })
                     }
-                    Confirm::Thresholds { changes, .. } => {
+                    Confirm::Thresholds {
+                        changes, for_secs, ..
+                    } => {
                         // (Applied from a `:set`, the other staged values stay staged.)
                         self.staged
                             .retain(|(n, _)| !changes.iter().any(|(c, _, _)| c == n));
+                        if self.staged.is_empty() {
+                            self.staged_for = None;
+                        }
                         self.flash = Some("applying thresholds…".into());
                         self.send(Command::SetThresholds {
                             changes: changes
                                 .into_iter()
                                 .map(|(n, _, v)| ThresholdChange::new(n, v))
                                 .collect(),
+                            for_secs,
                         })
                     }
                     Confirm::Bounds { min, max } => self.send(Command::WorkerBounds {
@@ -1050,12 +1100,13 @@ impl App {
                     BreakerAction::Reset => None,
                 },
             },
-            Command::SetThresholds { changes } => Confirm::Thresholds {
+            Command::SetThresholds { changes, for_secs } => Confirm::Thresholds {
                 changes: changes
                     .iter()
                     .map(|c| (c.name.clone(), self.threshold(&c.name), c.value))
                     .collect(),
                 file: self.snapshot.config_file.clone(),
+                for_secs: *for_secs,
             },
             _ => {
                 self.flash = Some(format!("{command}…"));

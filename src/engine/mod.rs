@@ -25,6 +25,7 @@ pub mod item;
 mod periodic;
 mod publisher;
 pub mod runtime;
+mod whatif;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -40,6 +40,8 @@ pub(super) struct Publisher {
     statsd: Option<std::net::UdpSocket>,
     /// The thresholds in force, and the file they are saved to.
     pub(super) config: Config,
+    /// Thresholds set for a while: each comes back to its old value at its time.
+    pub(super) expiring: Vec<crate::protocol::ExpiringThreshold>,
     /// Audit lines written off the publisher's task (a store that cannot write must not
     /// stop snapshots): kind, entity, message.
     audit_tx: mpsc::UnboundedSender<(String, String, String)>,
@@ -173,6 +175,7 @@ impl Publisher {
             }),
             telemetry_view: Default::default(),
             config,
+            expiring: Vec::new(),
             ticked: false,
             catalog,
             compliance,
@@ -383,8 +386,58 @@ impl Publisher {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            expiring: self.expiring.clone(),
             ..self.telemetry.view(self.catalog.store.now_ms())
         };
+    }
+
+    /// The engine's wall clock (the store's: tests move it).
+    pub(super) fn now_ms(&self) -> i64 {
+        self.catalog.store.now_ms()
+    }
+
+    /// Brings back the old value of every temporary threshold whose time is over
+    /// (audited as the engine's doing, naming whose change expired). Called on every
+    /// publish; nothing to do most of the time.
+    fn expire_thresholds(&mut self) {
+        let now = self.catalog.store.now_ms();
+        if !self.expiring.iter().any(|e| e.until_ms <= now) {
+            return;
+        }
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.expiring)
+            .into_iter()
+            .partition(|e| e.until_ms <= now);
+        self.expiring = kept;
+        let back: Vec<crate::protocol::ThresholdChange> = due
+            .iter()
+            .map(|e| crate::protocol::ThresholdChange::new(e.name.clone(), e.back_to))
+            .collect();
+        let line = due
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} back to {} (set to {} by {} until {})",
+                    e.name,
+                    e.back_to,
+                    e.value,
+                    e.by,
+                    crate::protocol::utc_time(e.until_ms)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let message = match self.set_thresholds(&back) {
+            Ok(outcome) => format!("temporary thresholds expired: {line} — {outcome}"),
+            Err(e) => {
+                // Tried again on the next publish.
+                self.expiring.extend(due);
+                format!("temporary thresholds expired but could not be restored: {line}: {e}")
+            }
+        };
+        let _ = self
+            .audit_tx
+            .send(("thresholds".into(), "thresholds".into(), message));
+        self.refresh_view();
     }
 
     /// StatsD: one datagram (or a few, each under 1400 bytes) a second; a lost one is
@@ -446,6 +499,7 @@ impl Publisher {
         events: &broadcast::Sender<EngineEvent>,
         draining: bool,
     ) {
+        self.expire_thresholds();
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
         // A store that cannot be read keeps the last counts and says so in health.

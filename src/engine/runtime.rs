@@ -13,7 +13,9 @@ use super::catalog::{Catalog, CatalogSettings};
 use super::commands::{self, Commands};
 use super::handle::{EngineHandle, Intake};
 use super::publisher::Publisher;
-use super::{EngineOptions, Mode, Snapshot, bundle, compliance, housekeeping, operator, periodic};
+use super::{
+    EngineOptions, Mode, Snapshot, bundle, compliance, housekeeping, operator, periodic, whatif,
+};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
 use crate::resilience::{Downstream, SharedClock};
@@ -311,6 +313,14 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         if stopping {
                             break;
                         }
+                    }
+                    Some(commands::Message::Query {
+                        query: crate::protocol::Query::WhatIf { name, value },
+                        reply,
+                    }) => {
+                        // A replay of the telemetry the loop holds (an hour: fast).
+                        let answer = whatif::what_if(&publisher.config, &publisher.telemetry, &name, value);
+                        let _ = reply.send(answer);
                     }
                     Some(commands::Message::Query { query, reply }) => {
                         // What only the loop holds is taken here (a bundle's snapshot,

@@ -21,6 +21,8 @@ pub enum Answer {
     Audit { entries: Vec<AuditEntry> },
     /// [`Query::Bundle`](super::Query::Bundle): the incident bundle.
     Bundle(Box<super::bundle::Bundle>),
+    /// [`Query::WhatIf`](super::Query::WhatIf): the firings with the proposed value.
+    WhatIf(super::thresholds::WhatIf),
 }
 
 /// Which audit entries to read.

@@ -618,6 +618,7 @@ pub async fn set_thresholds(
         actor,
         Command::SetThresholds {
             changes: changes.clone(),
+            for_secs: None,
         },
     )
     .await;

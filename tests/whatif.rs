@@ -193,3 +193,80 @@ async fn settings_show_a_what_if_before_applying_and_a_temporary_threshold_comes
     );
     served.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_threshold_and_a_silence_outlive_a_restart() {
+    let sb = common::sandbox(5, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("syncctl.toml");
+    let config = || {
+        let mut c = match syncctl::config::Config::load(&file) {
+            Ok(loaded) => {
+                let mut c = common::config_for(&sb);
+                c.alerts = loaded.alerts;
+                c.anomaly = loaded.anomaly;
+                c
+            }
+            Err(_) => common::config_for(&sb),
+        };
+        c.source = Some(file.clone());
+        c
+    };
+    let data = dir.path().join("data");
+    let mut first = common::engine(config(), &data).await;
+    let f = first.engine.frontend();
+    for text in [
+        "set alerts.error_rate_percent 5 for 1h",
+        "silence error_rate 2h",
+    ] {
+        let r = f
+            .request(syncctl::protocol::Request::new(
+                "ana",
+                text.parse().unwrap(),
+            ))
+            .await;
+        assert!(r.is_ok(), "{text}: {r:?}");
+    }
+    let until = f.latest().telemetry.expiring[0].until_ms;
+    first.shutdown().await;
+
+    // The next process: the value in force (from the file) with its return, and the
+    // silence still running.
+    let mut second = common::engine(config(), &data).await;
+    let f = second.engine.frontend();
+    let s = f.latest();
+    assert_eq!(
+        s.telemetry.thresholds[0],
+        ("alerts.error_rate_percent".into(), 5.0)
+    );
+    assert_eq!(s.telemetry.expiring.len(), 1, "{:?}", s.telemetry.expiring);
+    assert_eq!(
+        (
+            s.telemetry.expiring[0].back_to,
+            s.telemetry.expiring[0].until_ms
+        ),
+        (10.0, until)
+    );
+    assert_eq!(s.telemetry.silences.len(), 1, "{:?}", s.telemetry.silences);
+    assert_eq!(s.telemetry.silences[0].matcher, "error_rate");
+    // Its time comes in this process: back to 10, in force and in the file.
+    second.engine.wall_clock.advance(3_601_000);
+    common::eventually(10, "the old value back", || {
+        let s = f.latest();
+        async move { (s.telemetry.thresholds[0].1 == 10.0).then_some(()) }
+    })
+    .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("error_rate_percent = 10"), "{text}");
+    second.shutdown().await;
+    let third = common::engine(config(), &data).await;
+    assert!(
+        third
+            .engine
+            .frontend()
+            .latest()
+            .telemetry
+            .expiring
+            .is_empty()
+    );
+}

@@ -183,6 +183,14 @@ impl Ctx {
             .and_then(|()| command.validate())
             .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
         audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
+        if reply.is_ok()
+            && matches!(
+                command,
+                Command::SetThresholds { .. } | Command::SilenceAlerts { .. }
+            )
+        {
+            publisher.persist_operator_state();
+        }
         publisher.refresh_view();
         reply
     }

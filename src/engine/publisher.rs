@@ -56,6 +56,9 @@ pub(super) struct Publisher {
 }
 
 const SERIES_SECONDS: usize = 120;
+/// `engine_state` keys.
+const EXPIRING: &str = "thresholds.expiring";
+const SILENCES: &str = "alerts.silences";
 const AUDIT_KEPT: usize = 500;
 
 const INVOICES_SHOWN: usize = 300;
@@ -391,6 +394,56 @@ impl Publisher {
         };
     }
 
+    /// Keeps what operators set that must outlive a restart: temporary thresholds and
+    /// running silences (a store that cannot write is logged; the engine goes on).
+    pub(super) fn persist_operator_state(&self) {
+        let silences = self.telemetry.alerts.silences(self.now_ms());
+        let store = &self.catalog.store;
+        for (key, value) in [
+            (EXPIRING, serde_json::to_string(&self.expiring)),
+            (SILENCES, serde_json::to_string(&silences)),
+        ] {
+            let saved = value
+                .map_err(|e| e.to_string())
+                .and_then(|v| store.save_engine_state(key, &v).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::warn!("{key}: not kept for the next start: {e}");
+            }
+        }
+    }
+
+    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`]):
+    /// temporary thresholds return to their old values at their time (at once if it
+    /// passed while the engine was down), silences run to their end.
+    pub(super) fn restore_operator_state(&mut self) {
+        let store = self.catalog.store.clone();
+        let read = |key: &str| match store.engine_state(key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{key}: unreadable, not restored: {e}");
+                None
+            }
+        };
+        if let Some(v) = read(EXPIRING) {
+            match serde_json::from_str(&v) {
+                Ok(expiring) => self.expiring = expiring,
+                Err(e) => tracing::warn!("{EXPIRING}: not restored: {e}"),
+            }
+        }
+        if let Some(v) = read(SILENCES) {
+            match serde_json::from_str::<Vec<crate::protocol::Silence>>(&v) {
+                Ok(silences) => {
+                    let now = self.now_ms();
+                    for s in silences.iter().filter(|s| s.until_ms > now) {
+                        self.telemetry.alerts.silence(&s.matcher, s.until_ms, &s.by);
+                    }
+                }
+                Err(e) => tracing::warn!("{SILENCES}: not restored: {e}"),
+            }
+        }
+        self.refresh_view();
+    }
+
     /// The engine's wall clock (the store's: tests move it).
     pub(super) fn now_ms(&self) -> i64 {
         self.catalog.store.now_ms()
@@ -437,6 +490,7 @@ impl Publisher {
         let _ = self
             .audit_tx
             .send(("thresholds".into(), "thresholds".into(), message));
+        self.persist_operator_state();
         self.refresh_view();
     }
 

@@ -267,6 +267,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         transitions_rx,
         compliance.clone(),
     ));
+    publisher.restore_operator_state();
     publisher.publish(&snap_tx, &events_tx, false);
     store.audit(
         "engine",

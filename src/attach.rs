@@ -345,7 +345,7 @@ impl RemoteEngine {
     pub fn to(&self) -> String {
         match &*self.state.borrow() {
             LinkState::Attached(a) | LinkState::Reconnecting { was: a, .. } => a.to.clone(),
-            LinkState::Hosted => String::new(),
+            LinkState::Hosted | LinkState::Bundle { .. } => String::new(),
         }
     }
 

@@ -1484,6 +1484,92 @@ impl Config {
             || self.alegra.technical_key.is_some()
             || !self.server.tokens.is_empty()
     }
+
+    /// Every secret this config holds: the one list redaction walks (a new secret key
+    /// belongs here, and in [`Config::file_holds_secret`]).
+    fn secrets_mut(&mut self) -> Vec<&mut Secret> {
+        let mut out: Vec<&mut Secret> = self
+            .server
+            .tokens
+            .iter_mut()
+            .map(|t| &mut t.token)
+            .collect();
+        out.extend(
+            [
+                &mut self.stripe.api_key,
+                &mut self.stripe.webhook_secret,
+                &mut self.quickbooks.client_secret,
+                &mut self.quickbooks.refresh_token,
+                &mut self.alegra.token,
+                &mut self.alegra.technical_key,
+            ]
+            .into_iter()
+            .filter_map(Option::as_mut),
+        );
+        out
+    }
+
+    /// The URLs of this config that may carry credentials (`https://user:pass@host`).
+    fn urls_mut(&mut self) -> [&mut Option<String>; 5] {
+        [
+            &mut self.stripe.base_url,
+            &mut self.quickbooks.base_url,
+            &mut self.quickbooks.token_url,
+            &mut self.alegra.base_url,
+            &mut self.server.statsd,
+        ]
+    }
+
+    /// Every secret value this config holds (non-empty): API keys, webhook secrets,
+    /// tokens, OAuth client secrets and refresh tokens, and credentials in URLs — what
+    /// an incident bundle must not contain anywhere.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut copy = self.clone();
+        let mut out: Vec<String> = copy
+            .secrets_mut()
+            .into_iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
+        out.extend(
+            copy.urls_mut()
+                .into_iter()
+                .filter_map(|u| u.as_deref().and_then(url_credentials))
+                .map(str::to_owned),
+        );
+        out.retain(|s| !s.is_empty());
+        out
+    }
+
+    /// A copy with every secret replaced by `[redacted]` and credentials cut out of
+    /// URLs: safe to show or hand to someone else (an incident bundle).
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        for s in copy.secrets_mut() {
+            *s = Secret::new(crate::protocol::REDACTED);
+        }
+        for url in copy.urls_mut() {
+            if let Some(u) = url.as_mut()
+                && let Some(creds) = url_credentials(u)
+            {
+                *u = u.replacen(creds, crate::protocol::REDACTED, 1);
+            }
+        }
+        copy
+    }
+
+    /// The config as TOML with every secret redacted ([`Config::redacted`]).
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string(&self.redacted())
+            .unwrap_or_else(|e| format!("# the config could not be written as TOML: {e}\n"))
+    }
+}
+
+/// The `user:password` part of a URL (`scheme://user:password@host/…`), if any.
+fn url_credentials(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@')?;
+    Some(&authority[..at]).filter(|c| !c.is_empty())
 }
 
 /// The warning to show when a config file holding secrets is readable by others.
@@ -1835,5 +1921,32 @@ mod tests {
         let mut c = Config::default();
         c.stripe.api_key = Some(s);
         assert!(!format!("{c:?}").contains("sk_live"));
+    }
+    #[test]
+    fn redaction_removes_every_secret_and_url_credential() {
+        let mut c = Config::default();
+        c.server.tokens = vec![TokenConfig {
+            name: "ops".into(),
+            token: Secret::new("tok-0123456789abcdef"),
+            role: Role::Operator,
+            rate_limit_per_min: 0,
+        }];
+        c.stripe.api_key = Some(Secret::new("sk_live_A"));
+        c.stripe.webhook_secret = Some(Secret::new("whsec_B"));
+        c.quickbooks.client_secret = Some(Secret::new("qb-secret-C"));
+        c.quickbooks.refresh_token = Some(Secret::new("AB11-D"));
+        c.quickbooks.token_url = Some("https://user:pw-E@oauth.example/t".into());
+        c.alegra.token = Some(Secret::new("alegra-F"));
+        c.alegra.technical_key = Some(Secret::new("techkey-G"));
+        let secrets = c.secret_values();
+        assert_eq!(secrets.len(), 8, "{secrets:?}");
+        let text = c.redacted_toml();
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{s} in\n{text}");
+        }
+        assert!(
+            text.contains("https://[redacted]@oauth.example/t"),
+            "{text}"
+        );
     }
 }

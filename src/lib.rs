@@ -20,6 +20,7 @@
 //! | `engine` | the above | the pipelines, the command path, the snapshot publisher; never the server, console or sandbox |
 //! | `server` | protocol, engine, config, telemetry | HTTP over an engine's handle: webhooks, `/health`, `/metrics`, the control API |
 //! | `console` | protocol | the terminal UI: draws snapshots, sends commands through a `Link` |
+//! | `frozen` | protocol | an incident bundle as a `Link`: the console's screens over a file, frozen |
 //! | `sandbox` | protocol, compliance, resilience | the simulated APIs, over real HTTP; never the engine |
 //! | `app`, `status`, `bench`, `soak`, `main` | anything | wiring: the CLI, the demo, benchmarks, the soak |
 //!
@@ -35,6 +36,7 @@ pub mod config;
 pub mod connectors;
 pub mod console;
 pub mod engine;
+pub mod frozen;
 pub mod protocol;
 pub mod resilience;
 pub mod sandbox;

@@ -112,7 +112,7 @@ enum Command {
         subcommand_negates_reqs = true,
         subcommand_help_heading = "Instead of a command",
         disable_help_subcommand = true,
-        override_usage = "syncctl ctl [OPTIONS] <COMMAND>...\n       syncctl ctl journal [--limit N] [OPTIONS]"
+        override_usage = "syncctl ctl [OPTIONS] <COMMAND>...\n       syncctl ctl journal [--limit N] [OPTIONS]\n       syncctl ctl bundle [--out FILE] [--events N] [OPTIONS]"
     )]
     Ctl {
         /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
@@ -147,6 +147,11 @@ enum Command {
         /// actions are hidden.
         #[arg(long)]
         read_only: bool,
+    },
+    /// Incident bundles (written by the console's `B` or `syncctl ctl bundle`).
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
     },
     /// Benchmarks that print figures.
     Bench {
@@ -219,6 +224,31 @@ enum CtlJournal {
         #[arg(long, value_name = "N", default_value_t = 50,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
+    },
+    /// Writes an incident bundle of the running engine to one file: snapshot, breaker
+    /// transitions, alerts and anomalies with their series, the newest audit events and
+    /// operator actions, the config with every secret redacted, version and uptime.
+    /// Open it with `syncctl bundle show FILE`. Exit 3 when no engine is reached.
+    Bundle {
+        /// The file to write (default: syncctl-bundle-<UTC time>.json.gz here); never
+        /// replaced if it exists.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The newest N audit events (1 to 5000).
+        #[arg(long, value_name = "N", default_value_t = 500,
+              value_parser = clap::value_parser!(u16).range(1..=5000))]
+        events: u16,
+    },
+}
+
+/// `syncctl bundle`.
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Opens an incident bundle in the console's screens, frozen as it was taken
+    /// (actions are refused; `q` leaves). Exit 2 when the file is not a bundle.
+    Show {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -567,6 +597,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // this runtime for its answer.
             Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))
         }
+        Some(Command::Bundle {
+            command: BundleCommand::Show { file },
+        }) => bundle_show(&file, max_fps(cli.config.as_ref())).await,
         Some(Command::Bench { command }) => {
             bench(command).await?;
             Ok(ExitCode::SUCCESS)
@@ -1156,8 +1189,14 @@ async fn ctl(
     journal: Option<CtlJournal>,
     words: Vec<String>,
 ) -> ExitCode {
-    if let Some(CtlJournal::Journal { limit }) = journal {
-        return ctl_journal(dir, url, token, json, limit.into()).await;
+    match journal {
+        Some(CtlJournal::Journal { limit }) => {
+            return ctl_journal(dir, url, token, json, limit.into()).await;
+        }
+        Some(CtlJournal::Bundle { out, events }) => {
+            return ctl_bundle(dir, url, token, out, events.into()).await;
+        }
+        None => {}
     }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
         Ok(c) => c,
@@ -1210,6 +1249,95 @@ async fn ctl(
         let message = body["error"]["message"].as_str().unwrap_or("refused");
         eprintln!("syncctl: {command}: {message}");
         ExitCode::FAILURE
+    }
+}
+
+/// `syncctl bundle show FILE`: the console over the bundle, frozen (exit 2 naming the
+/// file when it is not one).
+async fn bundle_show(file: &std::path::Path, fps: u32) -> anyhow::Result<ExitCode> {
+    let mut frozen = match syncctl::frozen::FrozenBundle::open(file) {
+        Ok(f) => f,
+        Err(e) => return Ok(usage(e)),
+    };
+    syncctl::console::run(&mut frozen, fps).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `syncctl ctl bundle`: asks the engine `ctl` reaches for an incident bundle
+/// (`GET /api/v1/bundle`) and writes it to `out` (default: named for when it was
+/// taken, here), never over an existing file. Exit 0 written, 1 refused or not
+/// written, 3 no engine reached.
+async fn ctl_bundle(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    out: Option<PathBuf>,
+    events: usize,
+) -> ExitCode {
+    use syncctl::protocol::Bundle;
+    let (base, token, local) = match ctl_engine(dir, url, token) {
+        Ok(Some(engine)) => engine,
+        Ok(None) => {
+            eprintln!(
+                "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
+                dir.display()
+            );
+            return ExitCode::from(3);
+        }
+        Err(code) => return code,
+    };
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}/api/v1/bundle"))
+        .query(&[("events", events.to_string())])
+        .bearer_auth(&token)
+        .timeout(std::time::Duration::from_secs(60));
+    if local {
+        request = request.header(
+            syncctl::server::local::ACTOR_HEADER,
+            syncctl::engine::operator(),
+        );
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("syncctl: the engine at {base} did not answer ({e}); no bundle written");
+            return ExitCode::from(3);
+        }
+    };
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("syncctl: the engine at {base} did not send the whole bundle ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = v["error"]["message"].as_str().unwrap_or("refused");
+        eprintln!("syncctl: bundle: {message}");
+        return ExitCode::FAILURE;
+    }
+    let written = Bundle::decode(&body).and_then(|bundle| {
+        let path = out.unwrap_or_else(|| PathBuf::from(Bundle::file_name(bundle.written_ms)));
+        syncctl::protocol::bundle::write_new(&path, &bundle.encode()?)?;
+        Ok((path, bundle))
+    });
+    match written {
+        Ok((path, bundle)) => {
+            println!(
+                "incident bundle written: {} ({} audit events, {} series; secrets redacted)\n  open it with: syncctl bundle show {}",
+                path.display(),
+                bundle.snapshot.audit.len(),
+                bundle.series.len(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncctl: bundle not written: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

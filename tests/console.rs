@@ -345,7 +345,7 @@ fn a_bad_threshold_is_refused_in_the_console_and_the_old_value_kept() {
     assert_eq!(app.staged.len(), 1, "cancel keeps the staged value");
     press(&mut app, KeyCode::Char('A'));
     match press(&mut app, KeyCode::Char('y')) {
-        Some(Command::SetThresholds { changes }) => {
+        Some(Command::SetThresholds { changes, .. }) => {
             assert_eq!(
                 changes,
                 vec![ThresholdChange::new("alerts.error_rate_percent", 12.5)]
@@ -1722,7 +1722,8 @@ fn typed_commands_at_scale_ask_first_like_their_keys() {
     assert_eq!(
         press(&mut app, KeyCode::Char('y')),
         Some(Command::SetThresholds {
-            changes: vec![ThresholdChange::new("alerts.error_rate_percent", 12.0)]
+            changes: vec![ThresholdChange::new("alerts.error_rate_percent", 12.0)],
+            for_secs: None,
         })
     );
     // `shutdown` is the quit's drain: the same question.

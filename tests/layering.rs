@@ -80,6 +80,11 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         "a console's link to an engine in another process: speaks the protocol only",
     ),
     (
+        "frozen",
+        &["protocol"],
+        "an incident bundle as a Link (`syncctl bundle show`): speaks the protocol only",
+    ),
+    (
         "sandbox",
         &["protocol", "compliance", "resilience"],
         "simulates the APIs (DIAN's CUFE rules, a clock); never the engine",
@@ -128,6 +133,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
             "config",
             "console",
             "engine",
+            "frozen",
             "sandbox",
             "server",
             "status",

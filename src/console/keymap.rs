@@ -58,6 +58,8 @@ pub enum Action {
     Who,
     /// `L`: the entity chain of the selected invoice (DIAN) or event (Events).
     Chain,
+    /// `B`: write an incident bundle to a file (`syncctl bundle show FILE` opens it).
+    WriteBundle,
 }
 
 impl Action {
@@ -108,7 +110,8 @@ impl Action {
             | Action::ToggleJournal
             | Action::CommandLine
             | Action::Who
-            | Action::Chain => None,
+            | Action::Chain
+            | Action::WriteBundle => None,
         }
     }
 }
@@ -350,6 +353,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "chain of the selected invoice or event: product → Item → Alegra → DIAN (:chain KEY)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('B')],
+        label: "B",
+        action: Action::WriteBundle,
+        scope: Scope::Global,
+        hint: None,
+        help: "incident bundle: snapshot, alerts, series, audit, redacted config to one file here",
     },
     Binding {
         keys: &[KeyCode::Char('c')],

@@ -149,6 +149,10 @@ async fn event_loop<L: Link>(
                         };
                         inbox.push_back(Msg::FaultsPatched { patch, result });
                     }
+                    Effect::WriteBundle(bundle) => {
+                        let written = tokio::task::block_in_place(|| write_bundle(&bundle));
+                        inbox.push_back(Msg::BundleWritten(written));
+                    }
                     Effect::Redraw { urgent: now } => {
                         dirty = true;
                         urgent |= now;
@@ -300,4 +304,14 @@ async fn ask<L: Link>(
             reply: Err(stopped()),
         }),
     }
+}
+
+/// Writes `bundle` to a new file in the working directory (mode 0600: it holds
+/// operational data), named for when it was taken; the path written, or why not.
+fn write_bundle(bundle: &crate::protocol::Bundle) -> Result<String, String> {
+    let bytes = bundle.encode()?;
+    let dir = std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?;
+    let path = dir.join(crate::protocol::Bundle::file_name(bundle.written_ms));
+    crate::protocol::bundle::write_new(&path, &bytes)?;
+    Ok(path.display().to_string())
 }

@@ -13,7 +13,7 @@ use super::theme::Theme;
 use crate::protocol::{
     AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, KnownValues, LinkState,
     OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    complete_with, operator,
+    WhatIf, complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -60,6 +60,9 @@ pub enum Confirm {
     Thresholds {
         changes: Vec<(String, f64, f64)>,
         file: Option<String>,
+        /// For how long (seconds), after which each comes back to its old value; None:
+        /// for good.
+        for_secs: Option<u64>,
     },
 }
 
@@ -82,7 +85,7 @@ impl PromptKind {
             PromptKind::Bounds => "catalog workers MIN-MAX".into(),
             PromptKind::Cache => "invalidate cache (empty = all, item:* pattern, tag:NAME)".into(),
             PromptKind::Silence { matcher } => format!("silence {matcher} for (30m, 2h, 1d)"),
-            PromptKind::Threshold { name } => name.clone(),
+            PromptKind::Threshold { name } => format!("{name} (VALUE, or VALUE for 1h)"),
         }
     }
 }
@@ -122,13 +125,17 @@ impl Confirm {
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
-            Confirm::Thresholds { changes, file } => {
+            Confirm::Thresholds { changes, file, for_secs } => {
                 let diff: Vec<String> = changes.iter().map(|(n, old, new)| format!("{n}: {} → {}", num(*old), num(*new))).collect();
+                let until = match for_secs {
+                    Some(s) => format!(" For {}, then each comes back to its old value (audited).", crate::protocol::format_duration(*s)),
+                    None => String::new(),
+                };
                 let saved = match file {
                     Some(f) => format!("saved to {f} (comments kept)"),
                     None => "NOT saved: no config file, so they last until the engine stops".into(),
                 };
-                format!("{}. Alerts are judged against the new values at once; {saved}.", diff.join("; "))
+                format!("{}. Alerts are judged against the new values at once; {saved}.{until}", diff.join("; "))
             }
         }
     }
@@ -185,6 +192,12 @@ pub struct App {
     /// Settings: the selected threshold, and the values staged but not applied.
     pub setting_row: usize,
     pub staged: Vec<(String, f64)>,
+    /// Settings: the engine's what-if for each staged value (name, value, the answer
+    /// or why there is none), asked when the value was staged.
+    pub what_ifs: Vec<(String, f64, Result<WhatIf, String>)>,
+    /// Settings: how long the staged values last once applied (`12 for 1h` at the
+    /// prompt); None: for good.
+    pub staged_for: Option<u64>,
     /// The demo's sandbox, for the outage toggle (None on a live engine).
     pub sandbox: Option<Arc<dyn SandboxFaults>>,
     /// DIAN queue: the selected invoice (by Stripe id), state filter, search text
@@ -246,6 +259,8 @@ impl App {
             alert_sel: Selection::default(),
             setting_row: 0,
             staged: Vec::new(),
+            what_ifs: Vec::new(),
+            staged_for: None,
             sandbox: None,
             dian_sel: Selection::default(),
             dian_filter: None,
@@ -313,6 +328,18 @@ impl App {
         lines
     }
 
+    /// The flash line when this read-only console is asked for `what` (an action's
+    /// [`engine_action`](super::keymap::Action::engine_action), or a typed command):
+    /// an incident bundle has no engine to act on; an attached viewer may not act.
+    pub fn refusal(&self, what: &str) -> String {
+        match &self.link {
+            LinkState::Bundle { .. } => format!(
+                "incident bundle: {what} is not possible — a frozen copy, no engine to act on"
+            ),
+            _ => super::keymap::read_only_refusal(what),
+        }
+    }
+
     /// The demo's sandbox, for the outage toggle and the Circuits screen.
     pub fn with_sandbox(mut self, sandbox: Option<Arc<dyn SandboxFaults>>) -> Self {
         self.sandbox = sandbox;
@@ -352,6 +379,22 @@ impl App {
         let t = &self.snapshot.telemetry.thresholds;
         t.get(self.setting_row.min(t.len().saturating_sub(1)))
             .cloned()
+    }
+
+    /// The what-if of the value staged for `name`, as one line: the firings over the
+    /// recorded history with the value in force and with the staged one (or why there
+    /// is none, or that it is being replayed).
+    pub fn what_if_line(&self, name: &str) -> Option<String> {
+        let staged = self.staged(name)?;
+        let found = self
+            .what_ifs
+            .iter()
+            .find(|(n, v, _)| n == name && *v == staged);
+        Some(match found {
+            None => format!("what-if {name} → {}: replaying the last hour…", num(staged)),
+            Some((_, _, Ok(w))) => w.summary(),
+            Some((_, _, Err(why))) => format!("what-if {name}: {why}"),
+        })
     }
 
     /// The value staged for `name`, if any.

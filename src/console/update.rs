@@ -19,9 +19,10 @@ use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
 use super::state::{App, Confirm, PromptKind, Step, Tab, num};
 use crate::protocol::{
-    AlertMatcher, Answer, AttachedConsole, BreakerAction, CacheScope, Command, CommandError,
-    FaultPatch, InvoiceDetail, LinkState, Pipeline, Query, QueryReply, Reply, Request, Service,
-    Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange, check_threshold,
+    AlertMatcher, Answer, AttachedConsole, BUNDLE_EVENTS, BreakerAction, Bundle, CacheScope,
+    Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS, Pipeline, Query,
+    QueryReply, Reply, Request, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
+    ThresholdChange, check_threshold, parse_duration,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -50,6 +51,9 @@ pub enum Msg {
         patch: FaultPatch,
         result: Result<(), String>,
     },
+    /// The incident bundle the console was asked for, written (the file's path) or not
+    /// (why).
+    BundleWritten(Result<String, String>),
     /// A signal asking the console to stop.
     Signal(Signal),
     /// Where the console stands with its engine (hosting it, attached, reconnecting).
@@ -69,6 +73,9 @@ pub enum Effect {
     /// Demo only: patch the sandbox's faults; the result comes back as
     /// [`Msg::FaultsPatched`].
     PatchFaults(FaultPatch),
+    /// Write an incident bundle to a new file in the working directory; the outcome
+    /// comes back as [`Msg::BundleWritten`].
+    WriteBundle(Box<Bundle>),
     /// Draw the frame: at once after input (`urgent`), otherwise at the frame rate.
     Redraw { urgent: bool },
     /// Leave the run loop: the engine has stopped, or this attached console detaches.
@@ -133,30 +140,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.flash = Some("the engine is not running; the command was not sent".into());
             effects.push(redraw(true));
         }
-        Msg::Answer {
-            query: Query::InvoiceDetail { key },
-            reply,
-        } => {
-            app.detail_pending = false;
-            if app.apply_detail(&key, reply) {
-                effects.push(redraw(false));
-            }
+        Msg::Answer { query, reply } => effects.extend(app.apply_answer(query, reply)),
+        Msg::BundleWritten(result) => {
+            app.flash = Some(match result {
+                Ok(path) => format!("incident bundle (secrets redacted) written: {path}"),
+                Err(why) => format!("incident bundle not written: {why}"),
+            });
+            effects.push(redraw(true));
         }
-        Msg::Answer {
-            query: Query::Chain { key },
-            reply,
-        } => {
-            if let Some(panel) = app.chain.as_mut().filter(|p| p.key == key) {
-                panel.answer = Some(match reply {
-                    Ok(Answer::Chain(chain)) => Ok(*chain),
-                    Ok(_) => Err("the engine answered another query".into()),
-                    Err(e) => Err(e.to_string()),
-                });
-                effects.push(redraw(false));
-            }
-        }
-        // The console asks no other query.
-        Msg::Answer { .. } => {}
         Msg::FaultsPatched { patch, result } => {
             app.apply_faults_patched(&patch, result);
             effects.push(redraw(true));
@@ -193,6 +184,55 @@ impl App {
     /// `command` as a request from this console's operator.
     fn send(&self, command: Command) -> Option<Effect> {
         Some(Effect::Send(Request::new(self.actor.clone(), command)))
+    }
+
+    /// A query's answer: the invoice detail, the chain, a bundle to write, a what-if.
+    fn apply_answer(&mut self, query: Query, reply: QueryReply) -> Vec<Effect> {
+        let redraw = |urgent| Effect::Redraw { urgent };
+        let mut effects = Vec::new();
+        match query {
+            Query::InvoiceDetail { key } => {
+                self.detail_pending = false;
+                if self.apply_detail(&key, reply) {
+                    effects.push(redraw(false));
+                }
+            }
+            Query::Chain { key } => {
+                if let Some(panel) = self.chain.as_mut().filter(|p| p.key == key) {
+                    panel.answer = Some(match reply {
+                        Ok(Answer::Chain(chain)) => Ok(*chain),
+                        Ok(_) => Err("the engine answered another query".into()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                    effects.push(redraw(false));
+                }
+            }
+            Query::Bundle { .. } => {
+                match reply {
+                    Ok(Answer::Bundle(bundle)) => effects.push(Effect::WriteBundle(bundle)),
+                    Ok(_) => {
+                        self.flash =
+                            Some("no incident bundle: the engine answered something else".into())
+                    }
+                    Err(e) => self.flash = Some(format!("no incident bundle: {e}")),
+                }
+                effects.push(redraw(true));
+            }
+            Query::WhatIf { name, value } => {
+                let answer = match reply {
+                    Ok(Answer::WhatIf(w)) => Ok(w),
+                    Ok(_) => Err("the engine answered something else".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.what_ifs
+                    .retain(|(n, v, _)| !(*n == name && *v == value));
+                self.what_ifs.push((name, value, answer));
+                effects.push(redraw(false));
+            }
+            // The console asks no other query.
+            Query::Audit { .. } | Query::Invoices { .. } => {}
+        }
+        effects
     }
 
     /// Opens the chain panel on `key` and asks the engine for it.
@@ -367,7 +407,9 @@ impl App {
             KeyCode::Char(c) if !c.is_control() && text.len() < 96 => {
                 let allowed = match kind {
                     PromptKind::Bounds => c.is_ascii_digit() || c == '-' || c == ' ',
-                    PromptKind::Threshold { .. } => c.is_ascii_digit() || c == '.' || c == '-',
+                    PromptKind::Threshold { .. } => {
+                        c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ' '
+                    }
                     PromptKind::Silence { .. } => c.is_ascii_alphanumeric(),
                     PromptKind::Cache => true,
                 };
@@ -435,13 +477,28 @@ impl App {
                 }
             },
             PromptKind::Threshold { name } => {
-                let checked = text
+                // `VALUE` or `VALUE for DURATION`.
+                let (value, until) = match text.split_once(" for ") {
+                    Some((v, d)) => (v.trim(), Some(d.trim())),
+                    None => (text.as_str(), None),
+                };
+                let for_secs = until.map(|d| {
+                    parse_duration(d)
+                        .ok()
+                        .filter(|s| (1..=MAX_SILENCE_SECS).contains(s))
+                        .ok_or_else(|| format!("{d:?} is not a duration of 1s to 7d (30m, 2h, 1d)"))
+                });
+                let checked = value
                     .parse::<f64>()
-                    .map_err(|_| format!("{name}: {text:?} is not a number"))
-                    .and_then(|v| check_threshold(&name, v).map(|_| v));
+                    .map_err(|_| format!("{name}: {value:?} is not a number"))
+                    .and_then(|v| check_threshold(&name, v).map(|_| v))
+                    .and_then(|v| Ok((v, for_secs.transpose()?)));
                 match checked {
-                    Ok(v) => {
+                    Ok((v, for_secs)) => {
                         self.prompt = None;
+                        if for_secs.is_some() {
+                            self.staged_for = for_secs;
+                        }
                         self.staged.retain(|(n, _)| *n != name);
                         let current = self
                             .snapshot
@@ -450,14 +507,23 @@ impl App {
                             .iter()
                             .find(|(n, _)| *n == name)
                             .map(|(_, v)| *v);
-                        if current != Some(v) {
+                        let staged = current != Some(v);
+                        if staged {
                             self.staged.push((name.clone(), v));
                         }
+                        let lasting = self.staged_for.map_or(String::new(), |s| {
+                            format!(" (for {})", crate::protocol::format_duration(s))
+                        });
                         self.flash = Some(format!(
-                            "{name} staged at {} — A applies {} change(s)",
+                            "{name} staged at {}{lasting} — A applies {} change(s)",
                             num(v),
                             self.staged.len()
                         ));
+                        if staged && !self.what_ifs.iter().any(|(n, x, _)| *n == name && *x == v) {
+                            // How often it would have fired: shown beside it once the
+                            // engine has replayed its history.
+                            return Some(Effect::Ask(Query::WhatIf { name, value: v }));
+                        }
                     }
                     // The value in force stays; the prompt stays open to fix it. (The
                     // prompt already names the threshold.)
@@ -573,7 +639,7 @@ impl App {
         if self.read_only
             && let Some(what) = action.engine_action()
         {
-            self.flash = Some(keymap::read_only_refusal(what));
+            self.flash = Some(self.refusal(what));
             return None;
         }
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
@@ -614,10 +680,20 @@ impl App {
             }
             Action::Back => {}
             // An attached console detaches at once: nothing is lost, the engine runs on.
+            Action::WriteBundle => {
+                self.flash = Some("taking an incident bundle…".into());
+                return Some(Effect::Ask(Query::Bundle {
+                    events: BUNDLE_EVENTS,
+                    actor: self.actor.clone(),
+                }));
+            }
             Action::Quit if !self.link.hosted() => return Some(Effect::Exit),
             Action::Quit => {
                 self.confirm = Some(Confirm::Quit);
                 self.confirm_focus_ok = false;
+            }
+            Action::ToggleFreeze if matches!(self.link, LinkState::Bundle { .. }) => {
+                self.flash = Some("an incident bundle is frozen as it was taken".into());
             }
             Action::ToggleFreeze => {
                 self.frozen = !self.frozen;
@@ -668,6 +744,9 @@ impl App {
                 if let Some((name, _)) = self.selected_setting() {
                     self.staged.retain(|(n, _)| *n != name);
                 }
+                if self.staged.is_empty() {
+                    self.staged_for = None;
+                }
             }
             Action::ApplySettings => {
                 if self.staged.is_empty() {
@@ -689,6 +768,7 @@ impl App {
                 self.confirm = Some(Confirm::Thresholds {
                     changes,
                     file: self.snapshot.config_file.clone(),
+                    for_secs: self.staged_for,
                 });
                 self.confirm_focus_ok = false;
             }
@@ -931,16 +1011,22 @@ impl App {
                         self.flash = Some("invalidating…".into());
                         self.send(Command::InvalidateCache { scope })
                     }
-                    Confirm::Thresholds { changes, .. } => {
+                    Confirm::Thresholds {
+                        changes, for_secs, ..
+                    } => {
                         // (Applied from a `:set`, the other staged values stay staged.)
                         self.staged
                             .retain(|(n, _)| !changes.iter().any(|(c, _, _)| c == n));
+                        if self.staged.is_empty() {
+                            self.staged_for = None;
+                        }
                         self.flash = Some("applying thresholds…".into());
                         self.send(Command::SetThresholds {
                             changes: changes
                                 .into_iter()
                                 .map(|(n, _, v)| ThresholdChange::new(n, v))
                                 .collect(),
+                            for_secs,
                         })
                     }
                     Confirm::Bounds { min, max } => self.send(Command::WorkerBounds {
@@ -1010,7 +1096,7 @@ impl App {
         };
         self.history.push(text);
         if self.read_only {
-            self.flash = Some(keymap::read_only_refusal(&format!("`{command}`")));
+            self.flash = Some(self.refusal(&format!("`{command}`")));
             return None;
         }
         self.run_typed(command)
@@ -1071,12 +1157,13 @@ impl App {
                     BreakerAction::Reset => None,
                 },
             },
-            Command::SetThresholds { changes } => Confirm::Thresholds {
+            Command::SetThresholds { changes, for_secs } => Confirm::Thresholds {
                 changes: changes
                     .iter()
                     .map(|c| (c.name.clone(), self.threshold(&c.name), c.value))
                     .collect(),
                 file: self.snapshot.config_file.clone(),
+                for_secs: *for_secs,
             },
             _ => {
                 self.flash = Some(format!("{command}…"));

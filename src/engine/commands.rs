@@ -183,6 +183,14 @@ impl Ctx {
             .and_then(|()| command.validate())
             .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
         audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
+        if reply.is_ok()
+            && matches!(
+                command,
+                Command::SetThresholds { .. } | Command::SilenceAlerts { .. }
+            )
+        {
+            publisher.persist_operator_state();
+        }
         publisher.refresh_view();
         reply
     }
@@ -258,7 +266,9 @@ impl Ctx {
                 ))
                 .with_until_ms(until))
             }
-            Command::SetThresholds { changes } => publisher.set_thresholds(changes),
+            Command::SetThresholds { changes, for_secs } => {
+                publisher.set_thresholds_for(changes, *for_secs, actor)
+            }
             Command::InvalidateCache { scope } => {
                 let mut c = self.catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
                 let n = match scope {
@@ -426,6 +436,63 @@ fn apply_bounds(catalog: &Catalog, pipeline: Pipeline, min: u32, max: u32) -> Re
 }
 
 impl Publisher {
+    /// [`Publisher::set_thresholds`], for `for_secs` when given: then each comes back
+    /// to the value it had before at that time (a change of one already temporary
+    /// keeps the value from before the first). A change for good ends a pending return.
+    pub(super) fn set_thresholds_for(
+        &mut self,
+        changes: &[ThresholdChange],
+        for_secs: Option<u64>,
+        actor: &str,
+    ) -> Reply {
+        let before: Vec<(String, f64)> = changes
+            .iter()
+            .map(|c| {
+                let pending = self.expiring.iter().find(|e| e.name == c.name);
+                let old = pending.map_or_else(
+                    || self.config.threshold(&c.name).unwrap_or(f64::NAN),
+                    |e| e.back_to,
+                );
+                (c.name.clone(), old)
+            })
+            .collect();
+        let outcome = self.set_thresholds(changes)?;
+        self.expiring
+            .retain(|e| !changes.iter().any(|c| c.name == e.name));
+        let Some(secs) = for_secs else {
+            return Ok(outcome);
+        };
+        let until_ms = self
+            .now_ms()
+            .saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        for (c, (name, back_to)) in changes.iter().zip(before) {
+            self.expiring.push(crate::protocol::ExpiringThreshold {
+                name,
+                value: c.value,
+                back_to,
+                until_ms,
+                by: actor.to_owned(),
+            });
+        }
+        let back: Vec<String> = self
+            .expiring
+            .iter()
+            .filter(|e| e.until_ms == until_ms)
+            .map(|e| format!("{} {}", e.name, e.back_to))
+            .collect();
+        Ok(Outcome {
+            message: format!(
+                "{} — for {}, then back to {} at {}",
+                outcome.message,
+                crate::protocol::format_duration(secs),
+                back.join(", "),
+                crate::protocol::utc_time(until_ms)
+            ),
+            ..outcome
+        }
+        .with_until_ms(until_ms))
+    }
+
     /// Applies thresholds (all or nothing), saves them to the config file, and
     /// reconfigures the rules. A file that cannot be written leaves everything as it was.
     pub(super) fn set_thresholds(&mut self, changes: &[ThresholdChange]) -> Reply {
@@ -488,6 +555,9 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             entries: store.audit_query(&filter).map_err(unreadable)?,
         }),
         Query::Chain { key } => super::chain::chain(store, &key),
+        Query::Bundle { .. } | Query::WhatIf { .. } => {
+            Err(CommandError::unavailable("answered on the engine's loop"))
+        }
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

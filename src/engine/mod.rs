@@ -14,6 +14,7 @@
 //! - [`periodic`]: retention, housekeeping, the store probe, audit writers.
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
+mod bundle;
 pub mod catalog;
 pub mod chain;
 pub mod commands;
@@ -25,6 +26,7 @@ pub mod item;
 mod periodic;
 mod publisher;
 pub mod runtime;
+mod whatif;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -40,6 +40,8 @@ pub(super) struct Publisher {
     statsd: Option<std::net::UdpSocket>,
     /// The thresholds in force, and the file they are saved to.
     pub(super) config: Config,
+    /// Thresholds set for a while: each comes back to its old value at its time.
+    pub(super) expiring: Vec<crate::protocol::ExpiringThreshold>,
     /// Audit lines written off the publisher's task (a store that cannot write must not
     /// stop snapshots): kind, entity, message.
     audit_tx: mpsc::UnboundedSender<(String, String, String)>,
@@ -54,6 +56,9 @@ pub(super) struct Publisher {
 }
 
 const SERIES_SECONDS: usize = 120;
+/// `engine_state` keys.
+const EXPIRING: &str = "thresholds.expiring";
+const SILENCES: &str = "alerts.silences";
 const AUDIT_KEPT: usize = 500;
 
 const INVOICES_SHOWN: usize = 300;
@@ -173,6 +178,7 @@ impl Publisher {
             }),
             telemetry_view: Default::default(),
             config,
+            expiring: Vec::new(),
             ticked: false,
             catalog,
             compliance,
@@ -387,8 +393,109 @@ impl Publisher {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            expiring: self.expiring.clone(),
             ..self.telemetry.view(self.catalog.store.now_ms())
         };
+    }
+
+    /// Keeps what operators set that must outlive a restart: temporary thresholds and
+    /// running silences (a store that cannot write is logged; the engine goes on).
+    pub(super) fn persist_operator_state(&self) {
+        let silences = self.telemetry.alerts.silences(self.now_ms());
+        let store = &self.catalog.store;
+        for (key, value) in [
+            (EXPIRING, serde_json::to_string(&self.expiring)),
+            (SILENCES, serde_json::to_string(&silences)),
+        ] {
+            let saved = value
+                .map_err(|e| e.to_string())
+                .and_then(|v| store.save_engine_state(key, &v).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::warn!("{key}: not kept for the next start: {e}");
+            }
+        }
+    }
+
+    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`]):
+    /// temporary thresholds return to their old values at their time (at once if it
+    /// passed while the engine was down), silences run to their end.
+    pub(super) fn restore_operator_state(&mut self) {
+        let store = self.catalog.store.clone();
+        let read = |key: &str| match store.engine_state(key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{key}: unreadable, not restored: {e}");
+                None
+            }
+        };
+        if let Some(v) = read(EXPIRING) {
+            match serde_json::from_str(&v) {
+                Ok(expiring) => self.expiring = expiring,
+                Err(e) => tracing::warn!("{EXPIRING}: not restored: {e}"),
+            }
+        }
+        if let Some(v) = read(SILENCES) {
+            match serde_json::from_str::<Vec<crate::protocol::Silence>>(&v) {
+                Ok(silences) => {
+                    let now = self.now_ms();
+                    for s in silences.iter().filter(|s| s.until_ms > now) {
+                        self.telemetry.alerts.silence(&s.matcher, s.until_ms, &s.by);
+                    }
+                }
+                Err(e) => tracing::warn!("{SILENCES}: not restored: {e}"),
+            }
+        }
+        self.refresh_view();
+    }
+
+    /// The engine's wall clock (the store's: tests move it).
+    pub(super) fn now_ms(&self) -> i64 {
+        self.catalog.store.now_ms()
+    }
+
+    /// Brings back the old value of every temporary threshold whose time is over
+    /// (audited as the engine's doing, naming whose change expired). Called on every
+    /// publish; nothing to do most of the time.
+    fn expire_thresholds(&mut self) {
+        let now = self.catalog.store.now_ms();
+        if !self.expiring.iter().any(|e| e.until_ms <= now) {
+            return;
+        }
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.expiring)
+            .into_iter()
+            .partition(|e| e.until_ms <= now);
+        self.expiring = kept;
+        let back: Vec<crate::protocol::ThresholdChange> = due
+            .iter()
+            .map(|e| crate::protocol::ThresholdChange::new(e.name.clone(), e.back_to))
+            .collect();
+        let line = due
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} back to {} (set to {} by {} until {})",
+                    e.name,
+                    e.back_to,
+                    e.value,
+                    e.by,
+                    crate::protocol::utc_time(e.until_ms)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let message = match self.set_thresholds(&back) {
+            Ok(outcome) => format!("temporary thresholds expired: {line} — {outcome}"),
+            Err(e) => {
+                // Tried again on the next publish.
+                self.expiring.extend(due);
+                format!("temporary thresholds expired but could not be restored: {line}: {e}")
+            }
+        };
+        let _ = self
+            .audit_tx
+            .send(("thresholds".into(), "thresholds".into(), message));
+        self.persist_operator_state();
+        self.refresh_view();
     }
 
     /// StatsD: one datagram (or a few, each under 1400 bytes) a second; a lost one is
@@ -450,6 +557,7 @@ impl Publisher {
         events: &broadcast::Sender<EngineEvent>,
         draining: bool,
     ) {
+        self.expire_thresholds();
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
         // A store that cannot be read keeps the last counts and says so in health.

@@ -13,7 +13,9 @@ use super::catalog::{Catalog, CatalogSettings};
 use super::commands::{self, Commands};
 use super::handle::{EngineHandle, Intake};
 use super::publisher::Publisher;
-use super::{EngineOptions, Mode, Snapshot, compliance, housekeeping, operator, periodic};
+use super::{
+    EngineOptions, Mode, Snapshot, bundle, compliance, housekeeping, operator, periodic, whatif,
+};
 use crate::connectors::quickbooks::{QuickBooksClient, TokenKeeper};
 use crate::connectors::stripe::StripeClient;
 use crate::resilience::{Downstream, SharedClock};
@@ -265,6 +267,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         transitions_rx,
         compliance.clone(),
     ));
+    publisher.restore_operator_state();
     publisher.publish(&snap_tx, &events_tx, false);
     store.audit(
         "engine",
@@ -279,6 +282,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         ),
     )?;
 
+    let (started_ms, bundle_clock) = (wall_clock.now_ms(), wall_clock.clone());
     let events = events_tx.clone();
     let intake = Arc::new(Intake {
         catalog: catalog.clone(),
@@ -311,12 +315,34 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                             break;
                         }
                     }
+                    Some(commands::Message::Query {
+                        query: crate::protocol::Query::WhatIf { name, value },
+                        reply,
+                    }) => {
+                        // A replay of the telemetry the loop holds (an hour: fast).
+                        let answer = whatif::what_if(&publisher.config, &publisher.telemetry, &name, value);
+                        let _ = reply.send(answer);
+                    }
                     Some(commands::Message::Query { query, reply }) => {
-                        // Answered off the loop: it reads the store.
+                        // What only the loop holds is taken here (a bundle's snapshot,
+                        // config and series); the rest is answered off the loop: it
+                        // reads the store.
+                        let taken = matches!(query, crate::protocol::Query::Bundle { .. }).then(|| {
+                            bundle::Taken::now(
+                                snap_tx.borrow().clone(),
+                                &publisher.config,
+                                &publisher.telemetry,
+                                started_ms,
+                                bundle_clock.now_ms(),
+                            )
+                        });
                         let (store, c) = (ctx.catalog.store.clone(), ctx.compliance.clone());
                         tokio::spawn(async move {
-                            let answer = tokio::task::spawn_blocking(move || {
-                                commands::answer(&store, c.as_deref(), query)
+                            let answer = tokio::task::spawn_blocking(move || match (query, taken) {
+                                (crate::protocol::Query::Bundle { events, actor }, Some(taken)) => {
+                                    bundle::build(&store, taken, events, actor)
+                                }
+                                (query, _) => commands::answer(&store, c.as_deref(), query),
                             })
                             .await
                             .unwrap_or_else(|_| Err(commands::stopping()));

@@ -24,7 +24,7 @@
 //! resync
 //! ack <alert|*>                                      ack queue_depth
 //! silence <alert|*> <duration>                       silence queue_depth 1h30m
-//! set <threshold> <value> [<threshold> <value>…]     set alerts.error_rate_percent 12
+//! set <threshold> <value> […] [for <duration>]       set alerts.error_rate_percent 12 for 1h
 //! invalidate all
 //! invalidate key <key>
 //! invalidate tag:<tag>                               (or: invalidate tag <tag>)
@@ -182,12 +182,18 @@ pub enum Command {
         /// For how long, in seconds: 1 to [`MAX_SILENCE_SECS`].
         secs: u64,
     },
-    /// `set <name> <value> […]`: set thresholds, all or nothing (the engine checks the
-    /// names and ranges and saves them to the config file).
+    /// `set <name> <value> […] [for <duration>]`: set thresholds, all or nothing (the
+    /// engine checks the names and ranges and saves them to the config file). With
+    /// `for`, each comes back to the value it had before once the duration is over
+    /// (audited).
     #[serde(rename = "set")]
     SetThresholds {
         /// At least one change, each name at most once, in the order given.
         changes: Vec<ThresholdChange>,
+        /// How long the change lasts, in seconds: 1 to [`MAX_SILENCE_SECS`]; None: for
+        /// good.
+        #[serde(default, rename = "for_secs", skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
     },
     /// `invalidate <scope>`: drop cached QuickBooks lookups.
     #[serde(rename = "invalidate")]
@@ -285,7 +291,7 @@ impl ThresholdChange {
 
 /// A read a front-end asks of the engine, answered to whoever asked (not through the
 /// shared snapshot).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "query", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Query {
     /// One invoice's record and full history, by Stripe id, DIAN number or CUFE.
@@ -305,6 +311,13 @@ pub enum Query {
     /// The chain of `key` across the systems: a Stripe product or invoice id, a
     /// QuickBooks Item id, a DIAN number, a CUFE or an Alegra document id.
     Chain { key: String },
+    /// An incident bundle ([`Bundle`](super::bundle::Bundle)) with the newest `events`
+    /// audit events (1 to [`MAX_BUNDLE_EVENTS`](super::bundle::MAX_BUNDLE_EVENTS)),
+    /// taken by `actor`. Secrets redacted.
+    Bundle { events: usize, actor: String },
+    /// How often the rule a threshold sets would have fired over the recorded history
+    /// with `value` instead of the value in force ([`WhatIf`](super::thresholds::WhatIf)).
+    WhatIf { name: String, value: f64 },
 }
 
 /// What a command did.
@@ -858,7 +871,21 @@ impl Command {
                     ))
                 }
             }
-            Command::SetThresholds { changes } => check_changes(changes),
+            Command::SetThresholds { changes, for_secs } => {
+                check_changes(changes)?;
+                match for_secs {
+                    Some(secs) if !(1..=MAX_SILENCE_SECS).contains(secs) => {
+                        Err(CommandError::invalid(
+                            "duration",
+                            format!(
+                                "a temporary threshold lasts 1s to {} (asked {secs} s)",
+                                format_duration(MAX_SILENCE_SECS)
+                            ),
+                        ))
+                    }
+                    _ => Ok(()),
+                }
+            }
             Command::InvalidateCache { scope } => match scope {
                 CacheScope::All => Ok(()),
                 CacheScope::Key(k) => check_text("key", k),
@@ -1130,11 +1157,14 @@ impl Display for Command {
                 write_matcher(f, matcher)?;
                 write!(f, " {}", format_duration(*secs))
             }
-            Command::SetThresholds { changes } => {
+            Command::SetThresholds { changes, for_secs } => {
                 for c in changes {
                     f.write_char(' ')?;
                     write_word(f, &c.name, false)?;
                     write!(f, " {}", c.value)?;
+                }
+                if let Some(secs) = for_secs {
+                    write!(f, " for {}", format_duration(*secs))?;
                 }
                 Ok(())
             }
@@ -1328,13 +1358,18 @@ fn parse_bounds(text: &str) -> Result<(u32, u32), CommandError> {
 /// `NAME VALUE [NAME VALUE…]`.
 fn parse_set(w: &mut Words) -> Result<Command, CommandError> {
     let mut changes = Vec::new();
+    let mut for_secs = None;
     while changes.is_empty() || !w.is_done() {
-        let name = w
-            .next(
-                "threshold",
-                "a threshold and its value, e.g. alerts.error_rate_percent 12",
-            )?
-            .text;
+        let word = w.next(
+            "threshold",
+            "a threshold and its value, e.g. alerts.error_rate_percent 12",
+        )?;
+        if word.is("for") && !changes.is_empty() {
+            let d = w.next("duration", "a duration such as 30m, 2h or 1d")?;
+            for_secs = Some(parse_duration(&d.text)?);
+            break;
+        }
+        let name = word.text;
         check_threshold_name(&name)?;
         let value = w.next(&name, "a number")?.text;
         let value: f64 = value.parse().map_err(|_| {
@@ -1342,7 +1377,7 @@ fn parse_set(w: &mut Words) -> Result<Command, CommandError> {
         })?;
         changes.push(ThresholdChange { name, value });
     }
-    Ok(Command::SetThresholds { changes })
+    Ok(Command::SetThresholds { changes, for_secs })
 }
 
 /// `all`, `*`, `key KEY`, `tag:TAG`, `tag TAG`, or a pattern.
@@ -1561,6 +1596,7 @@ pub(super) mod tests {
                 .iter()
                 .map(|(n, v)| ThresholdChange::new(*n, *v))
                 .collect(),
+            for_secs: None,
         }
     }
 
@@ -1674,6 +1710,13 @@ pub(super) mod tests {
             ("anomaly.z_threshold", 3.5),
             ("alerts.for_secs", 60.0),
         ]));
+        all.push(Command::SetThresholds {
+            changes: vec![
+                ThresholdChange::new("alerts.error_rate_percent", 25.0),
+                ThresholdChange::new("alerts.for_secs", 5.0),
+            ],
+            for_secs: Some(5400),
+        });
         all
     }
 
@@ -1689,6 +1732,29 @@ pub(super) mod tests {
             assert_eq!(p(&text), Ok(c.clone()), "{text}");
             assert!(!text.contains('\n'), "{text}");
         }
+    }
+
+    #[test]
+    fn a_temporary_set_reads_and_prints_as_written() {
+        let c = Command::SetThresholds {
+            changes: vec![ThresholdChange::new("alerts.error_rate_percent", 12.0)],
+            for_secs: Some(5400),
+        };
+        let text = "set alerts.error_rate_percent 12 for 1h30m";
+        assert_eq!(text.parse::<Command>(), Ok(c.clone()));
+        assert_eq!(c.to_string(), text);
+        // `for` ends the command; it is no threshold's name.
+        assert!(
+            "set alerts.error_rate_percent 12 for 1h x"
+                .parse::<Command>()
+                .is_err()
+        );
+        assert!("set for 1h".parse::<Command>().is_err());
+        assert!(
+            "set alerts.error_rate_percent 12 for 8d"
+                .parse::<Command>()
+                .is_err()
+        );
     }
 
     #[test]
@@ -2094,7 +2160,7 @@ pub(super) mod tests {
         // with 16-17 significant digits (its `float_roundtrip` feature reads every f64
         // exactly); the text grammar has no such limit.
         let short = |c: &Command| match c {
-            Command::SetThresholds { changes } => changes.iter().all(|t| {
+            Command::SetThresholds { changes, .. } => changes.iter().all(|t| {
                 let e = format!("{:e}", t.value);
                 let mantissa = e.split('e').next().unwrap_or_default();
                 mantissa.chars().filter(char::is_ascii_digit).count() <= 15

@@ -96,6 +96,16 @@ pub enum LinkState {
         /// Why the last connection ended or the last attempt failed.
         why: String,
     },
+    /// No engine: an incident bundle opened from a file (`syncctl bundle show`), its
+    /// screens frozen as they were when it was taken; nothing can act.
+    Bundle {
+        /// The file it was read from.
+        file: String,
+        /// When it was taken (ms since the epoch).
+        written_ms: i64,
+        /// Version, who took it, uptime ([`Bundle::describe`](super::bundle::Bundle::describe)).
+        about: String,
+    },
 }
 
 /// An attached console's connection.
@@ -121,6 +131,7 @@ impl LinkState {
     pub fn read_only(&self) -> bool {
         match self {
             LinkState::Hosted => false,
+            LinkState::Bundle { .. } => true,
             LinkState::Attached(a) | LinkState::Reconnecting { was: a, .. } => {
                 a.role == Role::Viewer
             }

@@ -10,6 +10,7 @@
 //! functions or extension traits over this data.
 
 pub mod attach;
+pub mod bundle;
 pub mod command;
 pub mod events;
 pub mod faults;
@@ -33,6 +34,7 @@ pub use attach::{
     AttachedConsole, CONSOLE_PATH, Change, ClientFrame, Hello, PROTOCOL_VERSION, ServerFrame,
     Shown, Welcome,
 };
+pub use bundle::{BUNDLE_EVENTS, BUNDLE_FORMAT, Bundle, BundleSeries, MAX_BUNDLE_EVENTS, REDACTED};
 pub use command::*;
 pub use events::*;
 pub use faults::*;

@@ -19,6 +19,10 @@ pub enum Answer {
     Invoices { invoices: Vec<InvoiceRecord> },
     /// [`Query::Audit`](super::Query::Audit): the entries found.
     Audit { entries: Vec<AuditEntry> },
+    /// [`Query::Bundle`](super::Query::Bundle): the incident bundle.
+    Bundle(Box<super::bundle::Bundle>),
+    /// [`Query::WhatIf`](super::Query::WhatIf): the firings with the proposed value.
+    WhatIf(super::thresholds::WhatIf),
     /// [`Query::Chain`](super::Query::Chain): everything linked to what was asked.
     Chain(Box<EntityChain>),
 }

@@ -19,6 +19,10 @@ pub struct TelemetryView {
     pub silences: Vec<Silence>,
     pub charts: Vec<Chart>,
     pub thresholds: Vec<(String, f64)>,
+    /// Thresholds set for a while (`set … for 1h`): when each comes back to its old
+    /// value.
+    #[serde(default)]
+    pub expiring: Vec<ExpiringThreshold>,
     pub cache: CacheStats,
     pub items_per_sec: f64,
     pub invoices_per_sec: f64,
@@ -303,4 +307,17 @@ impl std::fmt::Display for Level {
 /// The words [`Health::status`] takes.
 fn health_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
     one_of(d, &["ok", "degraded", "down"])
+}
+
+/// A threshold set for a while: at `until_ms` it comes back to `back_to` (audited).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpiringThreshold {
+    pub name: String,
+    /// The value in force until then.
+    pub value: f64,
+    /// The value it comes back to.
+    pub back_to: f64,
+    pub until_ms: i64,
+    /// Who set it.
+    pub by: String,
 }

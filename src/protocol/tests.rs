@@ -158,6 +158,13 @@ fn telemetry() -> TelemetryView {
             h1: vec![],
         }],
         thresholds: vec![("alerts.error_rate_percent".into(), 10.0)],
+        expiring: vec![super::ExpiringThreshold {
+            name: "alerts.error_rate_percent".into(),
+            value: 10.0,
+            back_to: 12.0,
+            until_ms: 1_795_000_000_000,
+            by: "ana".into(),
+        }],
         cache: CacheStats {
             entries: 3,
             capacity: 10,

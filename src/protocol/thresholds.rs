@@ -156,3 +156,67 @@ impl<'de> Deserialize<'de> for Threshold {
             .ok_or_else(|| serde::de::Error::custom(format!("unknown threshold {:?}", w.name)))
     }
 }
+
+/// What a threshold would have done: the firings a replay of the recorded history
+/// gives under the value in force and under a proposed one
+/// ([`Query::WhatIf`](super::Query::WhatIf)), before the operator applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct WhatIf {
+    pub name: String,
+    pub current: f64,
+    pub proposed: f64,
+    /// What is counted: `error_rate alerts`, `alerts`, `anomalies`.
+    pub counts: String,
+    /// The last hour (or as much of it as the engine has run).
+    pub hour: WhatIfWindow,
+    /// The last 24 hours, where that much history exists (None: it does not).
+    pub day: Option<WhatIfWindow>,
+}
+
+/// A what-if over one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WhatIfWindow {
+    /// Seconds of history replayed.
+    pub secs: u64,
+    /// Times it went firing (alerts) or opened (anomalies) under the value in force…
+    pub current: u64,
+    /// …and under the proposed value.
+    pub proposed: u64,
+    /// Of those, how many were notified (not quiet: cooldown); alerts only.
+    pub current_notified: u64,
+    pub proposed_notified: u64,
+}
+
+impl WhatIf {
+    /// One line: `last 1h: 3 → 7 error_rate alerts fired (12 → 5)`.
+    pub fn summary(&self) -> String {
+        let fmt = |v: f64| {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                format!("{}", v as i64)
+            } else {
+                format!("{v}")
+            }
+        };
+        let window = |w: &WhatIfWindow| {
+            let span = if w.secs >= 3600 {
+                format!("{}h", w.secs / 3600)
+            } else {
+                format!("{}m", w.secs.div_ceil(60))
+            };
+            format!("last {span}: {} → {}", w.current, w.proposed)
+        };
+        let mut line = format!(
+            "what-if {} {} → {}: {} {} would have fired",
+            self.name,
+            fmt(self.current),
+            fmt(self.proposed),
+            window(&self.hour),
+            self.counts
+        );
+        match &self.day {
+            Some(d) => line.push_str(&format!("; {}", window(d))),
+            None => line.push_str("; 24h: no history"),
+        }
+        line
+    }
+}

@@ -618,6 +618,7 @@ pub async fn set_thresholds(
         actor,
         Command::SetThresholds {
             changes: changes.clone(),
+            for_secs: None,
         },
     )
     .await;
@@ -793,4 +794,32 @@ pub async fn profile(State(st): State<ServerState>) -> Response {
 /// The JSON snapshot: everything the console shows, for scripts.
 pub async fn snapshot_json(State(st): State<ServerState>) -> Response {
     axum::Json(super::snapshot_value(&snapshot(&st))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleQuery {
+    events: Option<usize>,
+}
+
+/// `GET /api/v1/bundle?events=N`: an incident bundle (JSON, secrets redacted) with the
+/// newest N audit events (default 500); `syncctl ctl bundle` writes it to a file.
+pub async fn bundle(
+    State(st): State<ServerState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Query(q): Query<BundleQuery>,
+) -> Response {
+    let query = crate::protocol::Query::Bundle {
+        events: q.events.unwrap_or(crate::protocol::BUNDLE_EVENTS),
+        actor: actor.who,
+    };
+    match st.engine.query(query).await {
+        Ok(crate::protocol::Answer::Bundle(b)) => axum::Json(b).into_response(),
+        Ok(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the engine answered something else than a bundle",
+        ),
+        Err(e) => command_error(&e),
+    }
 }

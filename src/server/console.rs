@@ -22,7 +22,7 @@ use super::ServerState;
 use super::api::Actor;
 use crate::protocol::attach::{self, DEFAULT_FPS, Packer, check_version, diff};
 use crate::protocol::{
-    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Pacer,
+    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Pacer, Query,
     Request, Role, ServerFrame, Shown, Snapshot, Welcome,
 };
 
@@ -384,7 +384,12 @@ impl Session<'_> {
                 });
                 None
             }
-            ClientFrame::Query { id, query } => {
+            ClientFrame::Query { id, mut query } => {
+                // A bundle is taken by whom this connection authenticated, whatever
+                // the frame says.
+                if let Query::Bundle { actor, .. } = &mut query {
+                    actor.clone_from(&self.name);
+                }
                 if self.queries.load(Ordering::Relaxed) >= QUERIES_IN_FLIGHT {
                     return Some(ServerFrame::Answer {
                         id,

@@ -176,6 +176,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/anomalies", get(api::anomalies))
         .route("/profile", get(api::profile))
         .route("/snapshot", get(api::snapshot_json))
+        .route("/bundle", get(api::bundle))
         .route("/ws/connections", get(ws::connections))
         .route("/ws/notifications", get(ws::subscribe::<false>))
         .route("/ws/alerts", get(ws::subscribe::<true>))

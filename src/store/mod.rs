@@ -824,6 +824,30 @@ impl Store {
         })
     }
 
+    /// Keeps `value` (JSON) under `key` for the next process (see `engine_state`).
+    pub fn save_engine_state(&self, key: &str, value: &str) -> Result<()> {
+        let at = self.now_ms();
+        self.recorded(|| {
+            self.w().execute(
+                "INSERT INTO engine_state(key, at, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET at=excluded.at, value=excluded.value",
+                params![key, at, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// What a previous process kept under `key`, if anything.
+    pub fn engine_state(&self, key: &str) -> Result<Option<String>> {
+        self.r()
+            .query_row(
+                "SELECT value FROM engine_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
     /// The limiter a previous process left for `service`, if any.
     pub fn limiter_state(&self, service: &str) -> Result<Option<LimiterState>> {
         self.r()

@@ -150,6 +150,14 @@ const MIGRATIONS: &[&str] = &[
         factor REAL NOT NULL,
         ceiling REAL
      );",
+    // 8: what operators set on the engine that must outlive a restart, as JSON by key
+    // (`thresholds.expiring`: temporary thresholds and the values they return to;
+    // `alerts.silences`: silences still running).
+    "CREATE TABLE engine_state (
+        key TEXT PRIMARY KEY,
+        at INTEGER NOT NULL,
+        value TEXT NOT NULL
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

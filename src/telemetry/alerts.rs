@@ -50,6 +50,9 @@ pub struct Alerts {
     history_cap: usize,
     /// Cooldowns outlive an alert: a re-fire right after a resolve stays quiet.
     last_sent: BTreeMap<String, i64>,
+    /// Per rule: how many times one of its alerts went firing, and how many of those
+    /// were notified (not quiet) — what a threshold what-if compares.
+    fired: BTreeMap<String, (u64, u64)>,
 }
 
 impl Alerts {
@@ -61,7 +64,14 @@ impl Alerts {
             history: VecDeque::new(),
             history_cap: 500,
             last_sent: BTreeMap::new(),
+            fired: BTreeMap::new(),
         }
+    }
+
+    /// Per rule, since this value was made: (times an alert of it went firing, times
+    /// that was notified).
+    pub fn fired(&self) -> &BTreeMap<String, (u64, u64)> {
+        &self.fired
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -191,6 +201,9 @@ impl Alerts {
                 t.alert.phase = Phase::Firing;
                 t.alert.since_ms = now;
                 let n = self.notify(&id, Phase::Firing, now, rule.cooldown_ms);
+                let count = self.fired.entry(rule.name.clone()).or_default();
+                count.0 += 1;
+                count.1 += u64::from(n.is_some());
                 out.extend(n);
             }
             Phase::Firing if value < rule.clear => {

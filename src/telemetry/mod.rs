@@ -112,6 +112,25 @@ pub struct Telemetry {
     last: Option<Sample>,
     /// Per queue: when it was last empty or last saw work leave it (ms).
     queue_progress: BTreeMap<String, i64>,
+    /// What the alert rules were given each second over the last hour, for a threshold
+    /// what-if to replay: the (metric, label) pairs once, then per second the time and
+    /// (pair, value).
+    input_keys: Vec<(String, String)>,
+    inputs: VecDeque<(i64, Vec<(u16, f64)>)>,
+}
+
+/// Seconds of alert inputs and series a what-if replays.
+pub const REPLAY_SECS: usize = 3600;
+
+/// What replaying the recorded hour under some thresholds gives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replay {
+    /// Seconds replayed (0: nothing recorded yet).
+    pub window_secs: u64,
+    /// Per rule: (times one of its alerts went firing, times that was notified).
+    pub fired: BTreeMap<String, (u64, u64)>,
+    /// Anomalies opened.
+    pub anomalies: u64,
 }
 
 impl Telemetry {
@@ -128,6 +147,8 @@ impl Telemetry {
             health: Health::default(),
             last: None,
             queue_progress: BTreeMap::new(),
+            input_keys: Vec::new(),
+            inputs: VecDeque::new(),
         }
     }
 
@@ -158,18 +179,106 @@ impl Telemetry {
     }
 
     fn detector_config(&self, metric: &str) -> DetectorConfig {
-        let a = &self.anomaly_cfg;
-        let (min, k) = (a.min_samples as usize, a.consecutive as usize);
-        let family = metric.split(':').next().unwrap_or(metric);
-        match family {
-            "latency_p95" => DetectorConfig::mad(a.mad_threshold, min, k, 5.0),
-            "error_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 2.0),
-            "queue" => DetectorConfig::zscore(a.z_threshold, min, k, 10.0),
-            "cache_miss_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 5.0),
-            _ => DetectorConfig::zscore(a.z_threshold, min, k, 1.0),
+        detector_config(&self.anomaly_cfg, metric)
+    }
+
+    /// Keeps what the alert rules are given this second (an hour of it).
+    fn record_inputs(&mut self, now: i64, values: &[(String, String, f64)]) {
+        let mut row = Vec::with_capacity(values.len());
+        for (m, l, v) in values {
+            let i = match self.input_keys.iter().position(|(a, b)| a == m && b == l) {
+                Some(i) => i,
+                None => {
+                    self.input_keys.push((m.clone(), l.clone()));
+                    self.input_keys.len() - 1
+                }
+            };
+            row.push((u16::try_from(i).unwrap_or(u16::MAX), *v));
+        }
+        if self.inputs.len() == REPLAY_SECS {
+            self.inputs.pop_front();
+        }
+        self.inputs.push_back((now, row));
+    }
+
+    /// The recorded hour replayed through the real rules and detectors, as they would
+    /// run under `alerts` and `anomaly`: fresh alert state and baselines, the same
+    /// values, the same clock. A what-if compares two replays (the values in force
+    /// and the proposed ones).
+    pub fn replay(&self, alerts: &AlertsConfig, anomaly: &AnomalyConfig) -> Replay {
+        // The detectors first: which metrics are anomalous at each recorded second
+        // (the `anomaly` rule's values), aligned on the newest second.
+        let n = self.inputs.len();
+        let mut open_at: Vec<Vec<&str>> = vec![Vec::new(); n];
+        let mut anomalies = 0;
+        for metric in self.detectors.keys() {
+            let Some(series) = self.series.get(metric) else {
+                continue;
+            };
+            let tail = series.tail(REPLAY_SECS);
+            let (skip, offset) = (tail.len().saturating_sub(n), n.saturating_sub(tail.len()));
+            let mut d = Detector::new(detector_config(anomaly, metric));
+            let mut open = false;
+            for (i, v) in tail.into_iter().enumerate() {
+                // As `detect`: a second without a value is no verdict.
+                if let Some(verdict) = d.observe(v) {
+                    if verdict.anomaly && !open {
+                        open = true;
+                        anomalies += 1;
+                    } else if !verdict.anomalous {
+                        open = false;
+                    }
+                }
+                if open && i >= skip {
+                    open_at[offset + i - skip].push(metric);
+                }
+            }
+        }
+        let mut a = Alerts::new(rules(alerts));
+        let mut values = Vec::new();
+        for ((now, row), open) in self.inputs.iter().zip(&open_at) {
+            values.clear();
+            values.extend(row.iter().filter_map(|(i, v)| {
+                let (m, l) = self.input_keys.get(usize::from(*i))?;
+                (m != "anomaly").then(|| (m.clone(), l.clone(), *v))
+            }));
+            values.extend(
+                open.iter()
+                    .map(|m| ("anomaly".to_owned(), (*m).to_owned(), 1.0)),
+            );
+            a.evaluate(*now, &values);
+        }
+        let window_secs = match (self.inputs.front(), self.inputs.back()) {
+            (Some((first, _)), Some((last, _))) => ((last - first) / 1000 + 1) as u64,
+            _ => 0,
+        };
+        Replay {
+            window_secs,
+            fired: a.fired().clone(),
+            anomalies,
         }
     }
 
+    /// The thresholds in force.
+    pub fn settings(&self) -> (&AlertsConfig, &AnomalyConfig) {
+        (&self.alerts_cfg, &self.anomaly_cfg)
+    }
+}
+
+/// The detector of `metric` under `a`.
+fn detector_config(a: &AnomalyConfig, metric: &str) -> DetectorConfig {
+    let (min, k) = (a.min_samples as usize, a.consecutive as usize);
+    let family = metric.split(':').next().unwrap_or(metric);
+    match family {
+        "latency_p95" => DetectorConfig::mad(a.mad_threshold, min, k, 5.0),
+        "error_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 2.0),
+        "queue" => DetectorConfig::zscore(a.z_threshold, min, k, 10.0),
+        "cache_miss_rate" => DetectorConfig::zscore(a.z_threshold, min, k, 5.0),
+        _ => DetectorConfig::zscore(a.z_threshold, min, k, 1.0),
+    }
+}
+
+impl Telemetry {
     fn push(&mut self, name: &str, v: Option<f64>) {
         self.series
             .entry(name.to_owned())
@@ -375,6 +484,7 @@ impl Telemetry {
             value("anomaly", metric, 1.0);
         }
 
+        self.record_inputs(now, &values);
         for n in self.alerts.evaluate(now, &values) {
             out.push(Signal::Alert(n));
         }
@@ -506,6 +616,7 @@ impl Telemetry {
             silences: self.alerts.silences(now_ms),
             charts,
             thresholds: Vec::new(),
+            expiring: Vec::new(),
             cache: self.last.as_ref().map(|s| s.cache).unwrap_or_default(),
             items_per_sec: rate("items_per_sec"),
             invoices_per_sec: rate("invoices_per_sec"),
@@ -686,6 +797,89 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Twenty minutes of a downstream whose errors come in waves of different
+    /// heights (a seeded walk), fed to `t` second by second; the samples.
+    fn waves(t: &mut Telemetry) -> Vec<Sample> {
+        let (mut calls, mut failures, mut seed) = (0u64, 0u64, 7u64);
+        let mut fed = Vec::new();
+        for s in 0..1200 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            calls += 20;
+            // Every 100 s a wave of 40 s whose height (0–9 failures a second) the seed
+            // picks.
+            if s % 100 < 40 {
+                failures += (s as u64 / 100 * 7 + seed % 3) % 10;
+            }
+            let sample = sample(s, calls, failures);
+            t.tick(sample.clone());
+            fed.push(sample);
+        }
+        fed
+    }
+
+    #[test]
+    fn a_what_if_replay_counts_the_firings_the_rules_really_produce() {
+        let alerts = AlertsConfig {
+            for_secs: 5,
+            cooldown_secs: 120,
+            ..AlertsConfig::default()
+        };
+        let anomaly = AnomalyConfig::default();
+        let mut live = Telemetry::new(alerts.clone(), anomaly.clone());
+        let fed = waves(&mut live);
+        let live_fired = live.alerts.fired().get("error_rate").copied();
+        assert!(live_fired.is_some_and(|(f, _)| f >= 3), "{live_fired:?}");
+        // Under the thresholds in force, the replay is what happened.
+        let replay = live.replay(&alerts, &anomaly);
+        assert_eq!(replay.window_secs, 1200);
+        assert_eq!(replay.fired.get("error_rate").copied(), live_fired);
+        assert_eq!(replay.anomalies, live.anomalies().count() as u64);
+        // Under proposed ones, it is what an engine started with them would have done
+        // with the same seconds: alert threshold, `for`, cooldown, anomaly z.
+        let proposals = [
+            (
+                AlertsConfig {
+                    error_rate_percent: 30.0,
+                    ..alerts.clone()
+                },
+                anomaly.clone(),
+            ),
+            (
+                AlertsConfig {
+                    for_secs: 30,
+                    ..alerts.clone()
+                },
+                anomaly.clone(),
+            ),
+            (
+                AlertsConfig {
+                    cooldown_secs: 0,
+                    ..alerts.clone()
+                },
+                anomaly.clone(),
+            ),
+            (
+                alerts.clone(),
+                AnomalyConfig {
+                    z_threshold: 6.0,
+                    ..anomaly.clone()
+                },
+            ),
+        ];
+        let mut differs = 0;
+        for (a, z) in proposals {
+            let mut other = Telemetry::new(a.clone(), z.clone());
+            for sample in &fed {
+                other.tick(sample.clone());
+            }
+            let what_if = live.replay(&a, &z);
+            assert_eq!(&what_if.fired, other.alerts.fired(), "{a:?} {z:?}");
+            assert_eq!(what_if.anomalies, other.anomalies().count() as u64, "{z:?}");
+            differs += usize::from(what_if != replay);
+        }
+        assert_eq!(differs, 4, "each proposal changes what would have fired");
     }
 
     #[test]

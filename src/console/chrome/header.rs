@@ -173,6 +173,21 @@ fn pieces(app: &App) -> Vec<Piece> {
             // Where: always (an operator watching two engines must know which this is).
             out.push(always(Span::styled(format!(" {}", a.to), t.dim)));
         }
+        LinkState::Bundle {
+            file, written_ms, ..
+        } => {
+            // No engine: a file, frozen as it was taken. Say which and when.
+            out.push(always(Span::raw(" ")));
+            out.push(always(Span::styled(" BUNDLE ", t.badge_sandbox)));
+            out.push(Piece {
+                span: Span::styled(format!(" {file}"), t.dim),
+                drop: 3,
+            });
+            out.push(always(Span::styled(
+                format!(" as of {}", crate::protocol::utc_time(*written_ms)),
+                t.warn,
+            )));
+        }
         LinkState::Reconnecting { since_ms, .. } => {
             // What the screens show is as of the last word from the engine: say so.
             out.push(always(Span::raw(" ")));

@@ -101,10 +101,15 @@ pub fn draw_commands(frame: &mut Frame, area: Rect, app: &App) {
 
 /// The read-only console's line at the top of both overlays.
 fn read_only_line(app: &App) -> Line<'static> {
-    Line::styled(
-        " read-only console: actions are hidden and refused; views and q work",
-        app.theme.warn,
-    )
+    let text = match &app.link {
+        crate::protocol::LinkState::Bundle { about, .. } => {
+            format!(
+                " incident bundle ({about}): frozen, actions are hidden and refused; views and q work"
+            )
+        }
+        _ => " read-only console: actions are hidden and refused; views and q work".to_owned(),
+    };
+    Line::styled(text, app.theme.warn)
 }
 
 /// `lines` in a box with `title`, centred, as wide as fits (at most 96 columns).

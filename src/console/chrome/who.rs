@@ -15,7 +15,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme;
     let me = match &app.link {
         LinkState::Attached(a) => Some(a.connection),
-        LinkState::Hosted | LinkState::Reconnecting { .. } => None,
+        LinkState::Hosted | LinkState::Reconnecting { .. } | LinkState::Bundle { .. } => None,
     };
     let mut lines = vec![Line::styled(
         match &app.link {
@@ -28,6 +28,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 " reconnecting to {}: the list is as of the last word from the engine",
                 was.to
             ),
+            LinkState::Bundle { file, .. } => {
+                format!(" incident bundle {file}: no engine, the list is as it was when taken")
+            }
         },
         t.dim,
     )];

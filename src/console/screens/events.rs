@@ -44,7 +44,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let audit = app.events_rows();
     let visible = area.height.saturating_sub(3) as usize;
     let offset = app.events_offset.min(audit.len().saturating_sub(1));
-    let follow = if offset == 0 {
+    let bundle = matches!(app.link, crate::protocol::LinkState::Bundle { .. });
+    let follow = if bundle {
+        "as taken"
+    } else if offset == 0 {
         "live"
     } else {
         "scrolled — g for live"

@@ -1,0 +1,164 @@
+//! An incident bundle as a [`Link`]: `syncctl bundle show FILE` draws the console's
+//! screens over the bundle's snapshot, frozen as it was taken. There is no engine:
+//! every command is refused with a message that says so, reads (the audit trail, an
+//! invoice) are answered from what the bundle holds. Speaks the protocol only.
+
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::protocol::{
+    Answer, AuditEntry, AuditFilter, Bundle, CommandError, Disconnected, InvoiceDetail, Link,
+    LinkState, Query, QueryReply, Reply, Request, Snapshot,
+};
+
+/// A bundle opened from a file.
+pub struct FrozenBundle {
+    bundle: Arc<Bundle>,
+    file: String,
+    // Held so that the snapshot never "changes" to a stopped engine.
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    state: watch::Sender<LinkState>,
+}
+
+impl FrozenBundle {
+    /// Reads and checks the bundle at `path`; the error names the file and what is
+    /// wrong with it.
+    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bundle = Bundle::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self::new(bundle, path.display().to_string()))
+    }
+
+    /// `bundle`, as read from `file`.
+    pub fn new(bundle: Bundle, file: String) -> Self {
+        let state = LinkState::Bundle {
+            file: file.clone(),
+            written_ms: bundle.written_ms,
+            about: bundle.describe(),
+        };
+        FrozenBundle {
+            snapshot: watch::Sender::new(Arc::new(bundle.snapshot.clone())),
+            state: watch::Sender::new(state),
+            bundle: Arc::new(bundle),
+            file,
+        }
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Why nothing can be done to a bundle.
+    fn refusal(&self) -> CommandError {
+        CommandError::Forbidden {
+            reason: format!(
+                "{} is an incident bundle, frozen as it was taken: there is no engine to act on",
+                self.file
+            ),
+        }
+    }
+
+    fn answer(&self, query: Query) -> QueryReply {
+        let s = &self.bundle.snapshot;
+        match query {
+            Query::Audit { filter } => Ok(Answer::Audit {
+                entries: audit(&s.audit, &filter),
+            }),
+            Query::Invoices {
+                status,
+                search,
+                limit,
+            } => {
+                let q = search.to_lowercase();
+                let invoices = s
+                    .compliance
+                    .invoices
+                    .iter()
+                    .filter(|r| status.is_none_or(|st| r.status == st))
+                    .filter(|r| {
+                        q.is_empty()
+                            || [&r.stripe_id, &r.number]
+                                .iter()
+                                .any(|f| f.to_lowercase().contains(&q))
+                    })
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                Ok(Answer::Invoices { invoices })
+            }
+            Query::InvoiceDetail { key } => {
+                let record = s
+                    .compliance
+                    .invoices
+                    .iter()
+                    .find(|r| {
+                        r.stripe_id == key || r.number == key || r.cufe.as_deref() == Some(&key)
+                    })
+                    .cloned()
+                    .ok_or_else(|| CommandError::not_found(format!("invoice {key:?}")))?;
+                let history = s
+                    .audit
+                    .iter()
+                    .filter(|e| e.entity == record.stripe_id || e.entity == record.number)
+                    .count();
+                Ok(Answer::InvoiceDetail(Box::new(InvoiceDetail {
+                    record,
+                    history: Vec::new(),
+                    payload: format!(
+                        "(an incident bundle keeps the queue, not each invoice's payload; the Events screen holds {history} entries about it)"
+                    ),
+                })))
+            }
+            Query::WhatIf { name, .. } => Err(CommandError::conflict(format!(
+                "{} is an incident bundle: there is no history to replay {name} over",
+                self.file
+            ))),
+            Query::Chain { key } => Err(CommandError::conflict(format!(
+                "{} is an incident bundle: it keeps no store to follow {key:?}'s chain through",
+                self.file
+            ))),
+            // A copy of the bundle itself (`B` in a bundle writes it again).
+            Query::Bundle { .. } => Ok(Answer::Bundle(Box::new((*self.bundle).clone()))),
+        }
+    }
+}
+
+/// The entries of `audit` (newest first) the filter keeps.
+fn audit(audit: &[AuditEntry], f: &AuditFilter) -> Vec<AuditEntry> {
+    audit
+        .iter()
+        .filter(|e| f.kinds.is_empty() || f.kinds.contains(&e.kind))
+        .filter(|e| f.entity.as_ref().is_none_or(|x| *x == e.entity))
+        .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
+        .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
+        .filter(|e| f.before_id.is_none_or(|id| e.id < id))
+        .take(if f.limit == 0 { usize::MAX } else { f.limit })
+        .cloned()
+        .collect()
+}
+
+impl Link for FrozenBundle {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    async fn send(&self, _request: Request) -> Result<oneshot::Receiver<Reply>, Disconnected> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(self.refusal()));
+        Ok(rx)
+    }
+
+    async fn query(&self, query: Query) -> Result<oneshot::Receiver<QueryReply>, Disconnected> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(self.answer(query));
+        Ok(rx)
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.subscribe()
+    }
+}

@@ -733,7 +733,10 @@ impl QuickBooksClient {
             .collect();
         Ok((1..=ops.len())
             .map(|i| match by_bid.remove(&i.to_string()) {
-                None => BatchAnswer::Fault(QbError::Decode(format!("no answer for bId {i}"))),
+                // Carried out or not, nobody knows: asked again, never given up on.
+                None => BatchAnswer::Fault(QbError::Transport(format!(
+                    "the batch answer has no entry for bId {i}"
+                ))),
                 Some(a) => batch_answer(&a),
             })
             .collect())

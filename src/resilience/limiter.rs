@@ -463,9 +463,11 @@ impl Limiter {
     /// Starts from what a previous process left (at wall-clock `wall_ms`, now): the
     /// pushback still running, the learned rate and ceiling, and a burst no larger
     /// than the quota minute still has room for after the requests already sent in it.
-    pub fn restore(&self, p: &Persisted, wall_ms: i64) {
+    /// Returns the pause it kept (if any).
+    pub fn restore(&self, p: &Persisted, wall_ms: i64) -> Option<Duration> {
         let cfg = &self.cfg;
         let now = self.clock.now();
+        let mut kept = None;
         let factor = {
             let mut st = self.lock();
             if let Some(until) = p.paused_until_ms.filter(|u| *u > wall_ms) {
@@ -477,6 +479,7 @@ impl Limiter {
                     .min(until.saturating_sub(p.at_ms).max(0));
                 let left = Duration::from_millis(left as u64).min(self.max_pushback());
                 if !left.is_zero() {
+                    kept = Some(left);
                     st.paused_until = Some(now + left);
                     st.drain_on_resume = true;
                 }
@@ -492,7 +495,7 @@ impl Limiter {
         let ago = Duration::from_millis(wall_ms.saturating_sub(p.at_ms).max(0) as u64);
         let window = Duration::from_secs(RECENT_WINDOW_SECS);
         if cfg.rate_per_min == 0 || ago >= window {
-            return;
+            return kept;
         }
         // The previous process's requests still in the service's minute, if they were
         // spread evenly over the minute before it stopped.
@@ -509,6 +512,7 @@ impl Limiter {
         if let Some(g) = gcra {
             Self::drain(&g, take);
         }
+        kept
     }
 
     pub fn view(&self) -> LimiterView {

@@ -746,8 +746,20 @@ impl QuickBooksClient {
 /// One `BatchItemResponse` entry: an Item, a query's Items, or its own Fault.
 fn batch_answer(a: &Value) -> BatchAnswer {
     if let Some(f) = a.get("Fault") {
+        // A per-operation Fault carries no HTTP status of its own: its type tells a
+        // refusal of this operation (try it again as it is and it fails again) from
+        // QuickBooks' own failure (try again).
+        let status = match f.get("type").and_then(Value::as_str) {
+            Some(t)
+                if t.eq_ignore_ascii_case("SystemFault")
+                    || t.eq_ignore_ascii_case("ServiceFault") =>
+            {
+                500
+            }
+            _ => 400,
+        };
         let body = serde_json::json!({ "Fault": f }).to_string();
-        return match parse_response(400, &body) {
+        return match parse_response(status, &body) {
             Err(e) => BatchAnswer::Fault(e),
             Ok(_) => BatchAnswer::Fault(QbError::Decode("a Fault without an error".into())),
         };

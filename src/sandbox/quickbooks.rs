@@ -680,6 +680,9 @@ pub struct BatchAnswerKnobs {
     pub lose: u32,
     /// The next N answers leave out their last operation's `BatchItemResponse`.
     pub drop_last: u32,
+    /// The next N answers say their last operation met a `SystemFault` (it was
+    /// carried out all the same).
+    pub system_fault_last: u32,
 }
 
 impl Sandbox {
@@ -712,6 +715,17 @@ impl Sandbox {
         {
             k.drop_last -= 1;
             answers.pop();
+        } else if k.system_fault_last > 0
+            && let Some(last) = body
+                .get_mut("BatchItemResponse")
+                .and_then(Value::as_array_mut)
+                .and_then(|a| a.last_mut())
+        {
+            k.system_fault_last -= 1;
+            *last = json!({ "bId": last["bId"], "Fault": {
+                "type": "SystemFault",
+                "Error": [{ "Message": "An application error has occurred while processing your request",
+                            "Detail": "System Failure Error: simulated", "code": "10000" }] } });
         }
         (status, axum::Json(body)).into_response()
     }

@@ -606,3 +606,119 @@ async fn stale_sync_tokens_in_a_batch_are_read_again_and_the_updates_land() {
     engine.shutdown().await;
     sb.shutdown().await;
 }
+
+/// Waits until every one of `n` products is settled one way or another (synced,
+/// rejected or failed) with nothing queued or in flight: the counts then.
+async fn settled(
+    engine: &syncctl::engine::EngineHandle,
+    n: u64,
+) -> syncctl::protocol::CatalogCounts {
+    common::eventually(120, "every product settled", || async {
+        let s = engine.snapshot.borrow().clone();
+        let c = s.catalog.counts.clone();
+        (s.catalog.full_sync.done
+            && c.queued == 0
+            && c.in_flight == 0
+            && c.synced + c.rejected + c.failed >= n)
+            .then_some(c)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_answer_lost_then_the_products_renamed_still_ends_with_one_item_each() {
+    const N: usize = 8;
+    let sb = common::sandbox(N, 53).await;
+    let base = sb.base_url();
+    // Every batch is carried out but its answer is lost (a replay's too): the creates
+    // land, the engine never hears of them.
+    common::post_json(
+        &base,
+        "/_sandbox/quickbooks/batch_answers",
+        json!({"lose": 100_000}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_for(&sb);
+    cfg.catalog.reconcile_interval_secs = 1;
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let items_url = format!("{base}/_sandbox/quickbooks/items");
+    common::eventually(60, "an Item for every product", || async {
+        let items = common::get_json(&items_url).await;
+        (items.as_array()?.len() >= N).then_some(())
+    })
+    .await;
+    assert!(qb_stats(&sb).await["batch_requests"].as_u64().unwrap() >= 1);
+    // Every product renamed before the engine tries again.
+    let products = common::all_products(&base).await;
+    let renamed: Vec<String> = (0..products.len())
+        .map(|i| format!("Renamed after a lost batch {i}"))
+        .collect();
+    for (p, name) in products.iter().zip(&renamed) {
+        let id = p["id"].as_str().unwrap();
+        common::post_json(
+            &base,
+            &format!("/_sandbox/stripe/products/{id}"),
+            json!({ "name": name }),
+        )
+        .await;
+    }
+    // The renames reach QuickBooks (as new Items, or as the Items renamed)…
+    common::eventually(60, "the new names in QuickBooks", || async {
+        let items = common::get_json(&items_url).await;
+        let names: Vec<&str> = items
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["Name"].as_str())
+            .collect();
+        renamed
+            .iter()
+            .all(|n| names.contains(&n.as_str()))
+            .then_some(())
+    })
+    .await;
+    // …then the answers come through again.
+    common::post_json(&base, "/_sandbox/quickbooks/batch_answers", json!({})).await;
+    let counts = settled(&engine, N as u64).await;
+    assert_eq!(counts.rejected + counts.failed, 0, "{counts:?}");
+    common::assert_one_item_per_product(&base).await;
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_answer_missing_an_operation_is_tried_again_not_rejected() {
+    missing_or_failed_operations_are_tried_again("drop_last", 59).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_system_fault_on_one_operation_of_a_batch_is_tried_again_not_rejected() {
+    missing_or_failed_operations_are_tried_again("system_fault_last", 61).await;
+}
+
+/// The first batches are carried out in full, but their answers leave out their last
+/// operation (`drop_last`) or say it met QuickBooks' own failure
+/// (`system_fault_last`): what became of it is unknown, not refused.
+async fn missing_or_failed_operations_are_tried_again(knob: &str, seed: u64) {
+    const N: usize = 12;
+    let sb = common::sandbox(N, seed).await;
+    let base = sb.base_url();
+    common::post_json(
+        &base,
+        "/_sandbox/quickbooks/batch_answers",
+        json!({ knob: 2 }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(common::config_for(&sb), dir.path()).await;
+    let counts = settled(&engine, N as u64).await;
+    let knobs = common::get_json(&format!("{base}/_sandbox/quickbooks/batch_answers")).await;
+    assert!(
+        knobs[knob].as_u64().unwrap() < 2,
+        "no batch answered so: {knobs}"
+    );
+    assert_eq!(counts.rejected + counts.failed, 0, "{counts:?}");
+    common::assert_one_item_per_product(&base).await;
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

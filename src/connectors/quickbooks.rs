@@ -733,7 +733,10 @@ impl QuickBooksClient {
             .collect();
         Ok((1..=ops.len())
             .map(|i| match by_bid.remove(&i.to_string()) {
-                None => BatchAnswer::Fault(QbError::Decode(format!("no answer for bId {i}"))),
+                // Carried out or not, nobody knows: asked again, never given up on.
+                None => BatchAnswer::Fault(QbError::Transport(format!(
+                    "the batch answer has no entry for bId {i}"
+                ))),
                 Some(a) => batch_answer(&a),
             })
             .collect())
@@ -743,8 +746,20 @@ impl QuickBooksClient {
 /// One `BatchItemResponse` entry: an Item, a query's Items, or its own Fault.
 fn batch_answer(a: &Value) -> BatchAnswer {
     if let Some(f) = a.get("Fault") {
+        // A per-operation Fault carries no HTTP status of its own: its type tells a
+        // refusal of this operation (try it again as it is and it fails again) from
+        // QuickBooks' own failure (try again).
+        let status = match f.get("type").and_then(Value::as_str) {
+            Some(t)
+                if t.eq_ignore_ascii_case("SystemFault")
+                    || t.eq_ignore_ascii_case("ServiceFault") =>
+            {
+                500
+            }
+            _ => 400,
+        };
         let body = serde_json::json!({ "Fault": f }).to_string();
-        return match parse_response(400, &body) {
+        return match parse_response(status, &body) {
             Err(e) => BatchAnswer::Fault(e),
             Ok(_) => BatchAnswer::Fault(QbError::Decode("a Fault without an error".into())),
         };

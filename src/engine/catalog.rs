@@ -1308,7 +1308,22 @@ impl Catalog {
                 .map_err(|e| JobError::Permanent(format!("pending body: {e}")))?;
             match self.qb.write_item(&body, rid).await {
                 Ok(item) => return Ok((item, "created")),
-                Err(e) if e.code() == Some("6240") => {} // fall through to the lookup
+                Err(e) if e.code() == Some("6240") => {
+                    // The name is taken: by this very create if its answer was lost (a
+                    // batch's, whose replay id is not this one), else by another Item
+                    // (then the lookup below).
+                    if let Some(name) = body["Name"].as_str()
+                        && let Some(item) = self
+                            .qb
+                            .find_items("Name", name)
+                            .await?
+                            .into_iter()
+                            .find(|i| i.sku.as_deref() == Some(pid))
+                    {
+                        self.remember(&item, pid);
+                        return Ok((item, "created"));
+                    }
+                }
                 Err(e) if e.is_transient() => return Err(e.into()),
                 Err(_) => {}
             }

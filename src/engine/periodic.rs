@@ -29,12 +29,11 @@ pub(super) fn restore_limiters(store: &Store, downstreams: &[Arc<crate::resilien
                     factor: s.factor,
                     ceiling_per_min: s.ceiling_per_min,
                 };
-                d.limiter.restore(&p, now);
-                if let Some(until) = s.paused_until_ms.filter(|u| *u > now) {
+                if let Some(left) = d.limiter.restore(&p, now) {
                     tracing::info!(
                         "{}: the previous run's 429 pushback holds {} ms more",
                         d.name(),
-                        until - now
+                        left.as_millis()
                     );
                 }
             }

@@ -60,6 +60,11 @@ pub const NEAR_CEILING: f64 = 0.9;
 /// The probe interval, in pushbacks: a probe that finds the ceiling costs one pause,
 /// a small share of the time between probes.
 pub const PROBE_PAUSES: u32 = 5;
+/// The longest a 429 pauses callers, whatever its `Retry-After` says (or a previous
+/// process's saved state, or a clock that jumped, claims): a broken proxy's
+/// `Retry-After: 99999999` must not stop a downstream for years. A configured
+/// pushback longer than this is kept.
+pub const MAX_PUSHBACK: Duration = Duration::from_secs(15 * 60);
 /// How far back the requests sent are remembered (the quota windows are a minute).
 const RECENT_WINDOW_SECS: u64 = 60;
 
@@ -277,6 +282,11 @@ impl Limiter {
         }
     }
 
+    /// The longest pause: [`MAX_PUSHBACK`], or the configured pushback if longer.
+    fn max_pushback(&self) -> Duration {
+        MAX_PUSHBACK.max(self.cfg.default_pushback)
+    }
+
     /// The probe interval: [`PROBE_PAUSES`] pushbacks (at least a recovery interval).
     fn probe_interval(&self) -> Duration {
         (self.cfg.default_pushback * PROBE_PAUSES).max(self.cfg.recovery_interval)
@@ -347,7 +357,9 @@ impl Limiter {
     pub fn on_throttle(&self, pushback: Option<Duration>) {
         let cfg = &self.cfg;
         let now = self.clock.now();
-        let pushback = pushback.unwrap_or(cfg.default_pushback);
+        let pushback = pushback
+            .unwrap_or(cfg.default_pushback)
+            .min(self.max_pushback());
         let (factor, ceiling) = {
             let mut st = self.lock();
             st.throttles += 1;
@@ -451,17 +463,38 @@ impl Limiter {
     /// Starts from what a previous process left (at wall-clock `wall_ms`, now): the
     /// pushback still running, the learned rate and ceiling, and a burst no larger
     /// than the quota minute still has room for after the requests already sent in it.
-    pub fn restore(&self, p: &Persisted, wall_ms: i64) {
+    /// Returns the pause it kept (if any).
+    pub fn restore(&self, p: &Persisted, wall_ms: i64) -> Option<Duration> {
         let cfg = &self.cfg;
         let now = self.clock.now();
+        let mut kept = None;
         let factor = {
             let mut st = self.lock();
             if let Some(until) = p.paused_until_ms.filter(|u| *u > wall_ms) {
-                st.paused_until = Some(now + Duration::from_millis((until - wall_ms) as u64));
-                st.drain_on_resume = true;
+                // What was left of the pause when it was saved bounds what is left now
+                // (the wall clock may have gone back since). No pause is longer than
+                // the longest pushback: a row that says so is not believed at all.
+                let at_save = until.saturating_sub(p.at_ms);
+                let left = until.saturating_sub(wall_ms).min(at_save);
+                let believed =
+                    u128::try_from(at_save).is_ok_and(|ms| ms <= self.max_pushback().as_millis());
+                if !believed {
+                    tracing::warn!(
+                        "{}: the saved limiter state claims a pause of {at_save} ms: not believed",
+                        self.name
+                    );
+                }
+                let left = Duration::from_millis(left.max(0) as u64);
+                if believed && !left.is_zero() {
+                    kept = Some(left);
+                    st.paused_until = Some(now + left);
+                    st.drain_on_resume = true;
+                }
             }
-            st.factor = p.factor.clamp(cfg.min_factor, 1.0);
-            st.ceiling = p.ceiling_per_min;
+            if !p.factor.is_nan() {
+                st.factor = p.factor.clamp(cfg.min_factor, 1.0);
+            }
+            st.ceiling = p.ceiling_per_min.filter(|c| c.is_finite() && *c >= 1.0);
             st.probe_at = st.paused_until.unwrap_or(now) + self.probe_interval();
             st.factor
         };
@@ -469,7 +502,7 @@ impl Limiter {
         let ago = Duration::from_millis(wall_ms.saturating_sub(p.at_ms).max(0) as u64);
         let window = Duration::from_secs(RECENT_WINDOW_SECS);
         if cfg.rate_per_min == 0 || ago >= window {
-            return;
+            return kept;
         }
         // The previous process's requests still in the service's minute, if they were
         // spread evenly over the minute before it stopped.
@@ -486,6 +519,7 @@ impl Limiter {
         if let Some(g) = gcra {
             Self::drain(&g, take);
         }
+        kept
     }
 
     pub fn view(&self) -> LimiterView {
@@ -702,6 +736,64 @@ mod tests {
         new.restore(&p, 1_000_000 + 3_600_000);
         let slots: Vec<_> = (0..5).map(|_| new.try_acquire().unwrap()).collect();
         assert_eq!(slots.len(), 5);
+    }
+
+    /// A saved state that is garbage (a far-future pushback, a wall clock that went
+    /// back an hour since the save, an impossible ceiling or factor) never stops the
+    /// downstream for longer than the pause that was really left.
+    #[test]
+    fn a_restored_limiter_believes_no_garbage_pushback_nor_a_clock_that_went_back() {
+        let cfg = LimiterConfig {
+            rate_per_min: 600,
+            max_concurrent: 10,
+            burst: 5,
+            default_pushback: Duration::from_secs(60),
+            ..LimiterConfig::default()
+        };
+        let fresh = |p: &Persisted, wall_ms: i64| {
+            let (clock, _) = SharedClock::manual();
+            let l = Limiter::new("qb", cfg.clone(), clock);
+            l.restore(p, wall_ms);
+            l
+        };
+        let paused = |l: &Arc<Limiter>| match l.try_acquire() {
+            Err(Wait::Paused(d)) => d,
+            Ok(_) | Err(_) => Duration::ZERO,
+        };
+        // Saved with 50 s of pushback left; the wall clock went back an hour since.
+        let p = Persisted {
+            at_ms: 10_000_000,
+            recent: 0,
+            paused_until_ms: Some(10_050_000),
+            factor: 0.8,
+            ceiling_per_min: Some(600.0),
+        };
+        let l = fresh(&p, 10_000_000 - 3_600_000);
+        assert!(paused(&l) <= Duration::from_secs(50), "{:?}", paused(&l));
+        // A row that claims a pushback until the year 2500, or an unknown save time:
+        // longer than any pause, so no pause at all.
+        for at_ms in [10_000_000, 0, -5] {
+            let p = Persisted {
+                at_ms,
+                paused_until_ms: Some(16_725_225_600_000),
+                ..p.clone()
+            };
+            let l = fresh(&p, 10_000_000);
+            assert_eq!(paused(&l), Duration::ZERO);
+        }
+        // An impossible ceiling is forgotten, a NaN factor leaves the rate alone.
+        let p = Persisted {
+            paused_until_ms: None,
+            factor: f64::NAN,
+            ceiling_per_min: Some(-3.0),
+            ..p
+        };
+        let v = fresh(&p, 10_000_000).view();
+        assert_eq!((v.effective_per_min, v.ceiling_per_min), (600, None));
+        // A live 429 whose Retry-After says years pauses the longest pause at most.
+        let (l, _) = limiter(600, 10);
+        l.on_throttle(Some(Duration::from_secs(99_999_999)));
+        assert!(paused(&l) <= MAX_PUSHBACK, "{:?}", paused(&l));
     }
 
     #[test]

@@ -511,6 +511,8 @@ pub struct Sandbox {
     outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
     pub faults: faults::Faults,
     alegra_knobs: Mutex<alegra::Knobs>,
+    /// How QuickBooks answers the next batch requests (a lost or partial answer).
+    pub qb_batch_answers: Mutex<quickbooks::BatchAnswerKnobs>,
 }
 
 struct Journal {
@@ -595,6 +597,7 @@ impl Sandbox {
             outbox_rx: Mutex::new(Some(rx)),
             faults: faults::Faults::new(&opts.faults).map_err(anyhow::Error::msg)?,
             alegra_knobs: Mutex::new(alegra::Knobs::default()),
+            qb_batch_answers: Mutex::new(quickbooks::BatchAnswerKnobs::default()),
         }))
     }
 
@@ -1160,6 +1163,27 @@ fn knobs() -> Router<Arc<Sandbox>> {
                     w.world.items.iter().map(quickbooks::item_json).collect(),
                 ))
             }),
+        )
+        .route(
+            "/_sandbox/quickbooks/batch_answers",
+            get(|State(s): State<Arc<Sandbox>>| async move {
+                Json(json!(s.qb_batch_answer_knobs()))
+            })
+            .post(
+                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                    match serde_json::from_value::<quickbooks::BatchAnswerKnobs>(body) {
+                        Ok(k) => {
+                            *s.qb_batch_answers.lock().unwrap_or_else(|p| p.into_inner()) =
+                                k.clone();
+                            (axum::http::StatusCode::OK, Json(json!(k)))
+                        }
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Json(json!({"error": e.to_string()})),
+                        ),
+                    }
+                },
+            ),
         )
         .route(
             "/_sandbox/quickbooks/revoke",

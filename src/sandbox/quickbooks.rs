@@ -670,6 +670,67 @@ async fn query(
     }
 }
 
+/// How the next batch requests are answered (run-time, not persisted, like faults).
+/// Each is carried out in full either way: only its answer suffers.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchAnswerKnobs {
+    /// The next N answers are lost (a 504 after the work is done; a replay by
+    /// `requestid` is answered so too, and counts).
+    pub lose: u32,
+    /// The next N answers leave out their last operation's `BatchItemResponse`.
+    pub drop_last: u32,
+    /// The next N answers say their last operation met a `SystemFault` (it was
+    /// carried out all the same).
+    pub system_fault_last: u32,
+}
+
+impl Sandbox {
+    pub fn qb_batch_answer_knobs(&self) -> BatchAnswerKnobs {
+        self.qb_batch_answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The answer a batch gets, after the knobs above had their say.
+    fn batch_answer(&self, status: StatusCode, mut body: Value) -> Response {
+        let mut k = self
+            .qb_batch_answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if k.lose > 0 {
+            k.lose -= 1;
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                [("content-type", "text/html")],
+                "<html><body>Gateway Timeout</body></html>",
+            )
+                .into_response();
+        }
+        if k.drop_last > 0
+            && let Some(answers) = body
+                .get_mut("BatchItemResponse")
+                .and_then(Value::as_array_mut)
+        {
+            k.drop_last -= 1;
+            answers.pop();
+        } else if k.system_fault_last > 0
+            && let Some(last) = body
+                .get_mut("BatchItemResponse")
+                .and_then(Value::as_array_mut)
+                .and_then(|a| a.last_mut())
+        {
+            k.system_fault_last -= 1;
+            *last = json!({ "bId": last["bId"], "Fault": {
+                "type": "SystemFault",
+                "Error": [{ "Message": "An application error has occurred while processing your request",
+                            "Detail": "System Failure Error: simulated", "code": "10000" }] } });
+        }
+        (status, axum::Json(body)).into_response()
+    }
+}
+
 /// One operation of a batch, as sent.
 enum BatchOp<'a> {
     Write { create: bool, item: &'a Value },
@@ -826,11 +887,7 @@ async fn batch(
         let meta = tx.world.meta();
         tx.record(meta);
         tx.commit();
-        return (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-            axum::Json(body),
-        )
-            .into_response();
+        return s.batch_answer(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
     }
     if let Err(throttled) = s.faults.admit_batch(ops.len()) {
         return throttled;
@@ -912,7 +969,7 @@ async fn batch(
     let meta = tx.world.meta();
     tx.record(meta);
     tx.commit();
-    axum::Json(answer).into_response()
+    s.batch_answer(StatusCode::OK, answer)
 }
 
 #[derive(Deserialize)]
@@ -1021,7 +1078,7 @@ async fn cdc(
     let meta = tx.world.meta();
     tx.record(meta);
     tx.commit();
-    axum::Json(answer).into_response()
+    s.batch_answer(StatusCode::OK, answer)
 }
 
 #[derive(Deserialize)]

@@ -135,6 +135,13 @@ fn batch_request_id(items: &[(&str, &BatchOp)]) -> String {
     format!("b-{}", &hex::encode(h.finalize())[..34])
 }
 
+/// The name a create recorded as pending (sent, its outcome unknown) carries.
+fn pending_name(m: &crate::store::ItemMapping) -> Option<String> {
+    m.pending_request_id.as_ref()?;
+    let body: serde_json::Value = serde_json::from_str(m.pending_body.as_deref()?).ok()?;
+    body["Name"].as_str().map(str::to_owned)
+}
+
 fn no_free_name(pid: &str, names: &[String; 2]) -> JobError {
     JobError::Permanent(format!(
         "no free QuickBooks name for {pid}: both {:?} and {:?} belong to other products",
@@ -378,6 +385,22 @@ impl Catalog {
                     continue;
                 };
                 let pid = p.desired.sku.clone();
+                if let Some(pending) = pending_name(&p.m)
+                    && !idx.by_sku.contains_key(&pid)
+                    && ![
+                        p.desired.name.clone(),
+                        item::disambiguated_name(&p.desired.name, &pid),
+                    ]
+                    .iter()
+                    .any(|n| n.to_lowercase() == pending.to_lowercase())
+                {
+                    // A create of another name may have landed unheard (its batch's
+                    // answer lost, then the product renamed): only its replay, one
+                    // call, tells — never a second create under the new name.
+                    idx.release(&pending, &pid);
+                    single.push((i, p));
+                    continue;
+                }
                 match self.resolve(idx, &p.desired) {
                     Err(e) => out.push((i, Err(e))),
                     Ok(Found::Adopt(item)) => {

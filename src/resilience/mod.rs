@@ -351,7 +351,7 @@ impl Downstream {
             let waited = started.saturating_sub(waiting).as_nanos() as u64;
             let _ = PERMIT_WAIT.try_with(|w| w.set(w.get() + waited));
             let result = self
-                .within_deadline(op(), started, attempt, permit.is_trial())
+                .within_deadline(op(), started, attempt, permit.is_trial(), units)
                 .await;
             let took = self.clock.now().saturating_sub(started);
             let class = match &result {
@@ -480,6 +480,21 @@ impl Downstream {
             .min(self.timeout)
     }
 
+    /// [`Self::timeout`] for a request carrying `units` operations (a QuickBooks
+    /// batch): the service works through each, so a batch of 30 gets 4× a single
+    /// call's deadline (never past the configured one), lest it be cut off after it
+    /// landed and sent again for nothing.
+    pub fn timeout_for(&self, attempt: u32, trial: bool, units: u32) -> Duration {
+        let single = self.timeout(attempt, trial);
+        if units <= 1 {
+            return single;
+        }
+        single
+            .mul_f64(1.0 + f64::from(units) / 10.0)
+            .min(self.timeout)
+            .max(single)
+    }
+
     /// Runs one attempt until it answers or its deadline passes (the deadline is read
     /// again while waiting: it shortens as the first answers arrive).
     async fn within_deadline<T, E, Fut>(
@@ -488,6 +503,7 @@ impl Downstream {
         started: Duration,
         attempt: u32,
         trial: bool,
+        units: u32,
     ) -> Result<T, E>
     where
         E: Classify,
@@ -498,7 +514,7 @@ impl Downstream {
         }
         let mut fut = std::pin::pin!(fut);
         loop {
-            let limit = self.timeout(attempt, trial);
+            let limit = self.timeout_for(attempt, trial, units);
             let elapsed = self.clock.now().saturating_sub(started);
             if elapsed >= limit
                 && let Some(e) = E::timed_out(limit)
@@ -659,6 +675,43 @@ mod tests {
         );
         assert_eq!(d.view().timeouts, 3);
         assert_eq!(d.breaker.state(), State::Closed, "timeouts make no run");
+    }
+
+    /// A batch of 30 operations is not cut off at a single call's deadline: it gets
+    /// 4× it (never past the configured timeout), and a batch that answers within
+    /// that is not sent twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gets_a_deadline_for_its_operations_not_a_single_calls() {
+        let d = downstream(2);
+        for _ in 0..30 {
+            let r: Result<(), E> = d
+                .call(true, || async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(())
+                })
+                .await;
+            assert!(r.is_ok());
+        }
+        let single = d.timeout(1, false);
+        assert_eq!(single, Duration::from_millis(250));
+        assert_eq!(d.timeout_for(1, false, 1), single);
+        assert_eq!(d.timeout_for(1, false, 30), single * 4);
+        assert_eq!(
+            d.timeout_for(20, false, 30),
+            Duration::from_secs(60),
+            "capped"
+        );
+        // A batch answering in 3× a single call's deadline lands once.
+        let sent = AtomicU32::new(0);
+        let r: Result<(), E> = d
+            .call_weighted(30, None, true, || async {
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(single * 3).await;
+                Ok(())
+            })
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "sent once");
     }
 
     fn downstream(max_attempts: u32) -> Arc<Downstream> {

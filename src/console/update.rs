@@ -202,6 +202,10 @@ impl App {
                 let ids = owned(self.alert_ids());
                 self.alert_sel.follow(&ids);
             }
+            Tab::Reconcile => {
+                let ids = self.recon_ids();
+                self.recon_sel.follow(&ids);
+            }
             _ => {}
         }
     }
@@ -659,6 +663,26 @@ impl App {
             }
             Action::RetryFailedJobs => return self.run_typed(Command::RetryFailedJobs {}),
             Action::Resync => return self.run_typed(Command::Resync {}),
+            Action::ResyncItem => {
+                let Some(d) = self.selected_discrepancy() else {
+                    self.flash = Some(self.nothing_selected(
+                        self.recon_sel
+                            .gone(&self.recon_ids())
+                            .map(|id| format!("{id} agrees now or is gone")),
+                        "resynced",
+                    ));
+                    return None;
+                };
+                let Some(key) = d.product_id.clone() else {
+                    self.flash = Some(format!(
+                        "Item {} has no Stripe product to write it from: nothing resynced",
+                        d.item_id.as_deref().unwrap_or("?")
+                    ));
+                    return None;
+                };
+                return self.run_typed(Command::ResyncItem { key });
+            }
+            Action::ResyncDrifted => return self.run_typed(Command::ResyncDrifted {}),
             Action::CycleStatus => {
                 let all = InvoiceStatus::ALL;
                 self.dian_filter = match self.dian_filter {
@@ -702,7 +726,7 @@ impl App {
             | Action::PageDown
             | Action::Top
             | Action::Bottom
-                if matches!(self.tab, Tab::Dian | Tab::Alerts) =>
+                if matches!(self.tab, Tab::Dian | Tab::Alerts | Tab::Reconcile) =>
             {
                 let step = match action {
                     Action::Up => Step::Up(1),
@@ -715,6 +739,9 @@ impl App {
                 if self.tab == Tab::Dian {
                     let ids = owned(self.dian_ids());
                     self.dian_sel.step(&ids, step);
+                } else if self.tab == Tab::Reconcile {
+                    let ids = self.recon_ids();
+                    self.recon_sel.step(&ids, step);
                 } else {
                     let ids = owned(self.alert_ids());
                     self.alert_sel.step(&ids, step);
@@ -874,6 +901,7 @@ impl App {
                     Confirm::RetryFailed { .. } => self.send(Command::RetryFailed {}),
                     Confirm::RetryFailedJobs { .. } => self.send(Command::RetryFailedJobs {}),
                     Confirm::Resync { .. } => self.send(Command::Resync {}),
+                    Confirm::ResyncDrifted { .. } => self.send(Command::ResyncDrifted {}),
                     Confirm::InvalidateCache { scope, .. } => {
                         self.flash = Some("invalidating…".into());
                         self.send(Command::InvalidateCache { scope })
@@ -996,6 +1024,23 @@ impl App {
                 }
                 Confirm::Resync {
                     products: self.snapshot.catalog.counts.products_seen,
+                }
+            }
+            Command::ResyncDrifted {} => {
+                let r = &self.snapshot.reconciliation;
+                let (drifted, missing) = (r.drifted.count, r.missing.count);
+                if !r.ready {
+                    self.flash = Some(format!("the reconciliation is not ready: {}", r.status));
+                    return None;
+                }
+                if drifted + missing == 0 {
+                    self.flash = Some("nothing to resync: no Item drifted and none is missing".into());
+                    return None;
+                }
+                Confirm::ResyncDrifted {
+                    drifted,
+                    missing,
+                    amount: r.drifted.amount + r.missing.amount,
                 }
             }
             Command::InvalidateCache { scope } => Confirm::InvalidateCache {

@@ -12,6 +12,7 @@
 //! - [`commands`]: the one audited wrapper every command goes through.
 //! - [`publisher`]: building and publishing snapshots, gathering health signals.
 //! - [`periodic`]: retention, housekeeping, the store probe, audit writers.
+//! - [`reconcile`]: Stripe against QuickBooks, kept live (CDC, events).
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
 pub mod catalog;
@@ -23,6 +24,7 @@ pub mod ingest;
 pub mod item;
 mod periodic;
 mod publisher;
+pub mod reconcile;
 pub mod runtime;
 
 use std::net::SocketAddr;

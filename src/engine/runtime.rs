@@ -172,6 +172,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             )?))
         }
     };
+    let reconciler = Arc::new(super::reconcile::Reconciler::new(
+        store.clone(),
+        stripe.clone(),
+        qb.clone(),
+        super::reconcile::REFRESH_EVERY,
+    ));
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
     let cancel = CancellationToken::new();
     let mut numbering_task = None;
@@ -225,6 +231,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(async move { c.full_sync_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.reconcile_loop(k).await });
+        let (r, k) = (reconciler.clone(), cancel.clone());
+        workers.spawn(async move { r.run(k).await });
         if let Some(c) = &compliance {
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.run(k).await });
@@ -259,6 +267,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         opts.config.clone(),
         audit_tx,
     );
+    publisher.reconciler = Some(reconciler.clone());
     tokio::spawn(periodic::transitions_loop(
         store.clone(),
         events_tx.clone(),
@@ -290,6 +299,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         catalog: catalog.clone(),
         compliance: compliance.clone(),
         downstreams: downstreams.clone(),
+        reconciler: reconciler.clone(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -310,6 +320,13 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         if stopping {
                             break;
                         }
+                    }
+                    Some(commands::Message::Query {
+                        query: crate::protocol::Query::Reconciliation { limit },
+                        reply,
+                    }) => {
+                        let view = ctx.reconciler.view(limit);
+                        let _ = reply.send(Ok(crate::protocol::Answer::Reconciliation(Box::new(view))));
                     }
                     Some(commands::Message::Query { query, reply }) => {
                         // Answered off the loop: it reads the store.

@@ -19,6 +19,9 @@ pub enum Answer {
     Invoices { invoices: Vec<InvoiceRecord> },
     /// [`Query::Audit`](super::Query::Audit): the entries found.
     Audit { entries: Vec<AuditEntry> },
+    /// [`Query::Reconciliation`](super::Query::Reconciliation): counts, amounts and
+    /// the rows asked for.
+    Reconciliation(Box<super::reconcile::ReconciliationView>),
 }
 
 /// Which audit entries to read.

@@ -68,7 +68,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if let Some(at) = r.refreshed_ms {
         title.push_str(&format!(" · refreshed {}", clock(at)));
     }
-    if r.refreshes > 0 {
+    if r.refreshes > 0 && summary.width >= 100 {
         title.push_str(&format!(
             " · followed {} Item changes, {} events",
             group(r.items_changed),

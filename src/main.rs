@@ -1327,7 +1327,7 @@ async fn ctl_reconcile(
     json: bool,
     limit: usize,
 ) -> ExitCode {
-    use syncctl::protocol::{ReconciliationView, utc_time};
+    use syncctl::protocol::ReconciliationView;
     let (base, token) = match ctl_engine(dir, url, token) {
         Err(code) => return code,
         Ok(Some((base, token, _))) => (base, token),
@@ -1371,10 +1371,20 @@ async fn ctl_reconcile(
             return ExitCode::FAILURE;
         }
     };
-    let at = r.refreshed_ms.map(utc_time).unwrap_or_else(|| "never".into());
+    print_reconciliation(&r);
+    ExitCode::SUCCESS
+}
+
+/// `ctl reconcile`'s text: the state, the counts and amounts, the rows.
+fn print_reconciliation(r: &syncctl::protocol::ReconciliationView) {
+    use syncctl::protocol::utc_time;
+    let at = r
+        .refreshed_ms
+        .map(utc_time)
+        .unwrap_or_else(|| "never".into());
     println!("{} (refreshed {at})", r.status);
     if !r.ready {
-        return ExitCode::SUCCESS;
+        return;
     }
     println!(
         "products {} · Items {} · in sync {} · cannot be an Item {}",
@@ -1384,10 +1394,16 @@ async fn ctl_reconcile(
         "drift    {:>6}  amount {:>12.2}  (name {}, price {}, active {})",
         r.drifted.count, r.drifted.amount, r.drift_name, r.drift_price, r.drift_active
     );
-    println!("missing  {:>6}  amount {:>12.2}  products with no Item", r.missing.count, r.missing.amount);
-    println!("orphan   {:>6}  amount {:>12.2}  active Items with no product", r.orphans.count, r.orphans.amount);
+    println!(
+        "missing  {:>6}  amount {:>12.2}  products with no Item",
+        r.missing.count, r.missing.amount
+    );
+    println!(
+        "orphan   {:>6}  amount {:>12.2}  active Items with no product",
+        r.orphans.count, r.orphans.amount
+    );
     if r.rows.is_empty() {
-        return ExitCode::SUCCESS;
+        return;
     }
     println!();
     println!(
@@ -1416,7 +1432,6 @@ async fn ctl_reconcile(
     if (r.rows.len() as u64) < r.total() {
         println!("… {} more (--limit N)", r.total() - r.rows.len() as u64);
     }
-    ExitCode::SUCCESS
 }
 
 /// The newest `limit` operator entries of a running engine's audit trail

@@ -127,9 +127,18 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         items: 2498,
         in_sync: 2496,
         unsyncable: 1,
-        missing: Tally { count: 1, amount: 49.9 },
-        orphans: Tally { count: 1, amount: 15.0 },
-        drifted: Tally { count: 2, amount: 1262.5 },
+        missing: Tally {
+            count: 1,
+            amount: 49.9,
+        },
+        orphans: Tally {
+            count: 1,
+            amount: 15.0,
+        },
+        drifted: Tally {
+            count: 2,
+            amount: 1262.5,
+        },
         drift_name: 1,
         drift_price: 1,
         drift_active: 1,
@@ -2000,7 +2009,10 @@ fn reconcile_at_80x24_and_120x40() {
         assert!(text.contains("1 262.50"), "amounts grouped:\n{text}");
         assert!(text.contains("prod_00000000000042"), "{text}");
         assert!(text.contains("name price"), "{text}");
-        assert!(text.contains("\"Cafe premium\" · 12.50 · active · Item 512"), "{text}");
+        assert!(
+            text.contains("\"Cafe premium\" · 12.50 · active · Item 512"),
+            "{text}"
+        );
         check_snapshot(&format!("reconcile_{w}x{h}"), &text);
     }
 }

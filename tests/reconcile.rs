@@ -65,7 +65,8 @@ async fn reconciliation_until(base: &str, what: &str, check: impl Fn(&Value) -> 
 
 fn render(app: &App, w: u16, h: u16) -> String {
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| syncctl::console::screens::draw(f, app)).unwrap();
+    term.draw(|f| syncctl::console::screens::draw(f, app))
+        .unwrap();
     let buf = term.backend().buffer().clone();
     let mut out = String::new();
     for y in 0..h {
@@ -137,13 +138,26 @@ async fn an_item_changed_behind_the_engines_back_shows_as_drift_and_r_resyncs_it
     assert_eq!(row["fields"], json!(["name", "price"]));
     assert_eq!(row["quickbooks"]["name"], "Renamed behind its back");
     assert_eq!(row["stripe"]["name"], name.as_str());
-    assert!((row["amount"].as_f64().unwrap() - 7.25).abs() < 1e-9, "{row}");
+    assert!(
+        (row["amount"].as_f64().unwrap() - 7.25).abs() < 1e-9,
+        "{row}"
+    );
     assert!((v["drifted"]["amount"].as_f64().unwrap() - 7.25).abs() < 1e-9);
-    assert_eq!((v["drift_name"].clone(), v["drift_price"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (v["drift_name"].clone(), v["drift_price"].clone()),
+        (json!(1), json!(1))
+    );
     // Followed by change data capture, not by reading every Item again.
     let stats = common::get_json(&format!("{sb_url}/_sandbox/stats")).await;
-    assert!(stats["quickbooks"]["cdc_requests"].as_u64().unwrap() > cdc_before, "{stats}");
-    assert_eq!(stats["quickbooks"]["queries"].as_u64().unwrap(), queries_before, "{stats}");
+    assert!(
+        stats["quickbooks"]["cdc_requests"].as_u64().unwrap() > cdc_before,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["quickbooks"]["queries"].as_u64().unwrap(),
+        queries_before,
+        "{stats}"
+    );
 
     // The console's Reconcile screen shows it, from the engine's own snapshot.
     let snapshot = common::eventually(10, "the snapshot to carry the drift", || {
@@ -174,7 +188,12 @@ async fn an_item_changed_behind_the_engines_back_shows_as_drift_and_r_resyncs_it
             _ => None,
         })
         .unwrap_or_else(|| panic!("r sent nothing: {:?}", app.flash));
-    assert_eq!(command, Command::ResyncItem { key: pid.to_owned() });
+    assert_eq!(
+        command,
+        Command::ResyncItem {
+            key: pid.to_owned()
+        }
+    );
     let outcome = engine
         .engine
         .frontend()
@@ -213,7 +232,11 @@ async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_dr
     })
     .await;
     let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("refused")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("refused")),
+        "{v}"
+    );
 
     // A new price in Stripe; no webhook reaches the engine (none is configured) and its
     // own events pass is an hour away: only the reconciliation sees it.
@@ -258,7 +281,10 @@ async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_dr
     // A bad limit is named, not guessed.
     let (s, v) = api(&base, "GET", "/api/v1/reconciliation?limit=lots").await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("limit"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("limit"),
+        "{v}"
+    );
 
     let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted").await;
     assert_eq!((s, v["count"].clone()), (200, json!(1)), "{v}");

@@ -11,9 +11,9 @@ pub use super::selection::{Selection, Step};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, CacheScope, Discrepancy, InvoiceDetail, InvoiceRecord, KnownValues, LinkState,
-    OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    complete_with, operator,
+    AttachedConsole, AuditEntry, CacheScope, Discrepancy, InvoiceDetail, InvoiceRecord,
+    KnownValues, LinkState, OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState,
+    Status as InvoiceStatus, complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -29,7 +29,11 @@ pub fn num(v: f64) -> String {
 /// a thin space (`12 345.60`).
 pub fn money(v: f64) -> String {
     let cents = (v * 100.0).round() as i64;
-    let (sign, cents) = if cents < 0 { ("-", -cents) } else { ("", cents) };
+    let (sign, cents) = if cents < 0 {
+        ("-", -cents)
+    } else {
+        ("", cents)
+    };
     let whole = (cents / 100).to_string();
     let mut grouped = String::new();
     for (i, c) in whole.chars().enumerate() {
@@ -133,7 +137,9 @@ impl Confirm {
                 format!("Retry {count} failed catalog jobs?")
             }
             Confirm::Resync { .. } => "Run the full sync again?".into(),
-            Confirm::ResyncDrifted { drifted, missing, .. } => {
+            Confirm::ResyncDrifted {
+                drifted, missing, ..
+            } => {
                 format!("Resync {} Items?", drifted + missing)
             }
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
@@ -348,12 +354,7 @@ impl App {
     pub fn shows_list(&self) -> bool {
         matches!(
             self.tab,
-            Tab::Events
-                | Tab::Circuits
-                | Tab::Dian
-                | Tab::Alerts
-                | Tab::Settings
-                | Tab::Reconcile
+            Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings | Tab::Reconcile
         )
     }
 

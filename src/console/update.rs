@@ -665,12 +665,14 @@ impl App {
             Action::Resync => return self.run_typed(Command::Resync {}),
             Action::ResyncItem => {
                 let Some(d) = self.selected_discrepancy() else {
-                    self.flash = Some(self.nothing_selected(
-                        self.recon_sel
-                            .gone(&self.recon_ids())
-                            .map(|id| format!("{id} agrees now or is gone")),
-                        "resynced",
-                    ));
+                    self.flash = Some(
+                        self.nothing_selected(
+                            self.recon_sel
+                                .gone(&self.recon_ids())
+                                .map(|id| format!("{id} agrees now or is gone")),
+                            "resynced",
+                        ),
+                    );
                     return None;
                 };
                 let Some(key) = d.product_id.clone() else {
@@ -1034,7 +1036,8 @@ impl App {
                     return None;
                 }
                 if drifted + missing == 0 {
-                    self.flash = Some("nothing to resync: no Item drifted and none is missing".into());
+                    self.flash =
+                        Some("nothing to resync: no Item drifted and none is missing".into());
                     return None;
                 }
                 Confirm::ResyncDrifted {

@@ -333,10 +333,13 @@ impl Ctx {
     /// Writes again one product's Item, or every drifted and missing one the
     /// reconciliation shows (`None`).
     fn resync_items(&self, key: Option<&str>) -> Reply {
-        let targets = self.reconciler.resync_targets(key).map_err(|why| match key {
-            Some(_) if why.starts_with("product") => CommandError::not_found(why),
-            _ => CommandError::conflict(why),
-        })?;
+        let targets = self
+            .reconciler
+            .resync_targets(key)
+            .map_err(|why| match key {
+                Some(_) if why.starts_with("product") => CommandError::not_found(why),
+                _ => CommandError::conflict(why),
+            })?;
         if targets.is_empty() {
             return Err(CommandError::conflict(
                 "nothing to resync: no Item drifted and none is missing",

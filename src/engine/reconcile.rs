@@ -187,7 +187,11 @@ impl Reconciler {
 
     async fn read_products(&self, sides: &mut Sides) -> Result<(), ReadError> {
         let newest = self.stripe.list_events(&Cursor::Start, 1).await?;
-        let after = newest.data.first().map(|e| e.id.clone()).unwrap_or_default();
+        let after = newest
+            .data
+            .first()
+            .map(|e| e.id.clone())
+            .unwrap_or_default();
         let mut products = HashMap::new();
         let mut cursor = Cursor::Start;
         loop {
@@ -363,163 +367,22 @@ impl Reconciler {
     /// Compares both sides and publishes the result.
     fn rebuild(&self, sides: &mut Sides) {
         let now = self.store.now_ms();
-        let mut by_sku: HashMap<&str, &str> = HashMap::new();
-        for (id, h) in &sides.items {
-            if let Some(sku) = h.sku.as_deref().filter(|s| !s.is_empty()) {
-                // Two Items with one Sku: the lower id (the first) is the product's.
-                by_sku
-                    .entry(sku)
-                    .and_modify(|cur| {
-                        if id_order(id) < id_order(cur) {
-                            *cur = id;
-                        }
-                    })
-                    .or_insert(id);
-            }
-        }
-        let mut paired: HashSet<String> = HashSet::new();
-        let mut rows: Vec<(String, Discrepancy)> = Vec::new();
-        let mut view = ReconciliationView::default();
         let mut lookups = 0;
-        for (pid, w) in &sides.products {
-            view.products += 1;
-            let Wanted::Item(want) = w else {
-                view.unsyncable += 1;
-                continue;
-            };
-            let mut item_id = by_sku.get(pid.as_str()).map(|s| (*s).to_owned());
-            if item_id.is_none() && lookups < MAPPING_LOOKUPS {
-                lookups += 1;
-                item_id = self
-                    .store
-                    .mapping(pid)
-                    .ok()
-                    .flatten()
-                    .and_then(|m| m.item_id)
-                    .filter(|id| sides.items.contains_key(id));
+        let store = &self.store;
+        let mut mapped = |pid: &str| {
+            if lookups >= MAPPING_LOOKUPS {
+                return None;
             }
-            let Some(item_id) = item_id else {
-                rows.push((
-                    format!("product:{pid}"),
-                    Discrepancy {
-                        kind: DiscrepancyKind::Missing,
-                        product_id: Some(pid.clone()),
-                        item_id: None,
-                        fields: Vec::new(),
-                        stripe: Some(want.clone()),
-                        quickbooks: None,
-                        amount: want.price.unwrap_or(0.0),
-                        since_ms: now,
-                    },
-                ));
-                continue;
-            };
-            paired.insert(item_id.clone());
-            let have = &sides.items[&item_id].side;
-            let fields = drift(pid, want, have);
-            if fields.is_empty() {
-                view.in_sync += 1;
-                continue;
-            }
-            let amount = if fields.iter().any(|f| f == "price") {
-                (want.price.unwrap_or(0.0) - have.price.unwrap_or(0.0)).abs()
-            } else {
-                want.price.unwrap_or(0.0)
-            };
-            rows.push((
-                format!("product:{pid}"),
-                Discrepancy {
-                    kind: DiscrepancyKind::Drift,
-                    product_id: Some(pid.clone()),
-                    item_id: Some(item_id),
-                    fields,
-                    stripe: Some(want.clone()),
-                    quickbooks: Some(have.clone()),
-                    amount,
-                    since_ms: now,
-                },
-            ));
-        }
-        for (id, h) in &sides.items {
-            view.items += 1;
-            if paired.contains(id) {
-                continue;
-            }
-            let sku = h.sku.as_deref().unwrap_or("");
-            if sides.products.contains_key(sku) && by_sku.get(sku) != Some(&id.as_str()) {
-                // A second Item carrying a product's Sku: nothing of Stripe's is it.
-            } else if sides.deleted.contains(sku) || sides.products.contains_key(sku) {
-                // The Item of a product deleted in Stripe: it should be inactive.
-                if h.side.active && sides.deleted.contains(sku) {
-                    rows.push((
-                        format!("item:{id}"),
-                        Discrepancy {
-                            kind: DiscrepancyKind::Drift,
-                            product_id: Some(sku.to_owned()),
-                            item_id: Some(id.clone()),
-                            fields: vec!["active".into()],
-                            stripe: Some(Side {
-                                active: false,
-                                ..h.side.clone()
-                            }),
-                            quickbooks: Some(h.side.clone()),
-                            amount: h.side.price.unwrap_or(0.0),
-                            since_ms: now,
-                        },
-                    ));
-                }
-                continue;
-            }
-            if !h.side.active {
-                // An inactive Item with no product is retired, not a disagreement.
-                continue;
-            }
-            rows.push((
-                format!("item:{id}"),
-                Discrepancy {
-                    kind: DiscrepancyKind::Orphan,
-                    product_id: None,
-                    item_id: Some(id.clone()),
-                    fields: Vec::new(),
-                    stripe: None,
-                    quickbooks: Some(h.side.clone()),
-                    amount: h.side.price.unwrap_or(0.0),
-                    since_ms: now,
-                },
-            ));
-        }
+            lookups += 1;
+            store.mapping(pid).ok().flatten().and_then(|m| m.item_id)
+        };
+        let (mut view, mut rows) = compare(sides, &mut mapped, now);
         let keys: HashSet<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
         sides.first_seen.retain(|k, _| keys.contains(k.as_str()));
         for (key, d) in &mut rows {
             d.since_ms = *sides.first_seen.entry(key.clone()).or_insert(now);
         }
-        let mut rows: Vec<Discrepancy> = rows.into_iter().map(|(_, d)| d).collect();
-        for d in &rows {
-            let t = match d.kind {
-                DiscrepancyKind::Drift => {
-                    for f in &d.fields {
-                        match f.as_str() {
-                            "name" => view.drift_name += 1,
-                            "price" => view.drift_price += 1,
-                            _ => view.drift_active += 1,
-                        }
-                    }
-                    &mut view.drifted
-                }
-                DiscrepancyKind::Missing => &mut view.missing,
-                DiscrepancyKind::Orphan => &mut view.orphans,
-            };
-            add(t, d.amount);
-        }
-        rows.sort_by(|a, b| {
-            a.kind
-                .cmp(&b.kind)
-                .then(b.amount.total_cmp(&a.amount))
-                .then_with(|| a.name().cmp(b.name()))
-                .then_with(|| a.product_id.cmp(&b.product_id))
-                .then_with(|| a.item_id.cmp(&b.item_id))
-        });
-        view.rows = rows;
+        tally(&mut view, rows.into_iter().map(|(_, d)| d).collect());
         view.ready = true;
         view.refreshed_ms = Some(now);
         view.status = if view.total() == 0 {
@@ -539,7 +402,10 @@ impl Reconciler {
     pub fn resync_targets(&self, key: Option<&str>) -> Result<Vec<String>, String> {
         let v = self.view.lock().unwrap_or_else(|p| p.into_inner());
         if !v.ready {
-            return Err(format!("the reconciliation is not ready yet ({})", v.status));
+            return Err(format!(
+                "the reconciliation is not ready yet ({})",
+                v.status
+            ));
         }
         match key {
             Some(k) => {
@@ -553,7 +419,9 @@ impl Reconciler {
                 if known || listed {
                     Ok(vec![k.to_owned()])
                 } else {
-                    Err(format!("product {k:?} is not a Stripe product the reconciliation knows"))
+                    Err(format!(
+                        "product {k:?} is not a Stripe product the reconciliation knows"
+                    ))
                 }
             }
             None => {
@@ -574,7 +442,10 @@ impl Reconciler {
     /// transaction per call. Wakes the reconciliation so the fix shows soon.
     pub fn resync(&self, products: &[String]) -> Result<usize, String> {
         for pid in products {
-            if let Some(mut m) = self.store.mapping(pid).map_err(|e| format!("the store: {e}"))?
+            if let Some(mut m) = self
+                .store
+                .mapping(pid)
+                .map_err(|e| format!("the store: {e}"))?
                 && m.synced_hash.is_some()
             {
                 m.synced_hash = None;
@@ -598,6 +469,169 @@ impl Reconciler {
         self.wake.notify_one();
         Ok(products.len())
     }
+}
+
+/// Item ids by their Sku (two Items with one Sku: the lower id, the first, is the
+/// product's).
+fn items_by_sku(items: &HashMap<String, Held>) -> HashMap<&str, &str> {
+    let mut by_sku: HashMap<&str, &str> = HashMap::new();
+    for (id, h) in items {
+        if let Some(sku) = h.sku.as_deref().filter(|s| !s.is_empty()) {
+            by_sku
+                .entry(sku)
+                .and_modify(|cur| {
+                    if id_order(id) < id_order(cur) {
+                        *cur = id;
+                    }
+                })
+                .or_insert(id);
+        }
+    }
+    by_sku
+}
+
+/// Pairs each product with its Item (by Sku, else by the store's mapping: `mapped`)
+/// and compares them: the view's counts of products, Items and those in sync, and every
+/// discrepancy keyed `product:ID` / `item:ID` (first seen `now`).
+fn compare(
+    sides: &Sides,
+    mapped: &mut dyn FnMut(&str) -> Option<String>,
+    now: i64,
+) -> (ReconciliationView, Vec<(String, Discrepancy)>) {
+    let by_sku = items_by_sku(&sides.items);
+    let mut paired: HashSet<&str> = HashSet::new();
+    let mut rows: Vec<(String, Discrepancy)> = Vec::new();
+    let mut view = ReconciliationView::default();
+    let row =
+        |kind, pid: Option<&str>, item: Option<&str>, fields, stripe, qb, amount| Discrepancy {
+            kind,
+            product_id: pid.map(str::to_owned),
+            item_id: item.map(str::to_owned),
+            fields,
+            stripe,
+            quickbooks: qb,
+            amount,
+            since_ms: now,
+        };
+    for (pid, w) in &sides.products {
+        view.products += 1;
+        let Wanted::Item(want) = w else {
+            view.unsyncable += 1;
+            continue;
+        };
+        let item = match by_sku.get(pid.as_str()) {
+            Some(id) => Some((*id).to_owned()),
+            None => mapped(pid).filter(|id| sides.items.contains_key(id)),
+        };
+        let Some((item_id, have)) = item.and_then(|id| sides.items.get_key_value(&id)) else {
+            let price = want.price.unwrap_or(0.0);
+            let d = row(
+                DiscrepancyKind::Missing,
+                Some(pid),
+                None,
+                Vec::new(),
+                Some(want.clone()),
+                None,
+                price,
+            );
+            rows.push((format!("product:{pid}"), d));
+            continue;
+        };
+        paired.insert(item_id);
+        let have = &have.side;
+        let fields = drift(pid, want, have);
+        if fields.is_empty() {
+            view.in_sync += 1;
+            continue;
+        }
+        let amount = if fields.iter().any(|f| f == "price") {
+            (want.price.unwrap_or(0.0) - have.price.unwrap_or(0.0)).abs()
+        } else {
+            want.price.unwrap_or(0.0)
+        };
+        let d = row(
+            DiscrepancyKind::Drift,
+            Some(pid),
+            Some(item_id),
+            fields,
+            Some(want.clone()),
+            Some(have.clone()),
+            amount,
+        );
+        rows.push((format!("product:{pid}"), d));
+    }
+    for (id, h) in &sides.items {
+        view.items += 1;
+        let sku = h.sku.as_deref().unwrap_or("");
+        if paired.contains(id.as_str()) || sides.products.contains_key(sku) {
+            // Paired, or a second Item carrying a product's Sku.
+            continue;
+        }
+        let price = h.side.price.unwrap_or(0.0);
+        if sides.deleted.contains(sku) {
+            // The Item of a product deleted in Stripe: it should be inactive.
+            if h.side.active {
+                let want = Side {
+                    active: false,
+                    ..h.side.clone()
+                };
+                let d = row(
+                    DiscrepancyKind::Drift,
+                    Some(sku),
+                    Some(id),
+                    vec!["active".into()],
+                    Some(want),
+                    Some(h.side.clone()),
+                    price,
+                );
+                rows.push((format!("item:{id}"), d));
+            }
+        } else if h.side.active {
+            // (An inactive Item with no product is retired, not a disagreement.)
+            let d = row(
+                DiscrepancyKind::Orphan,
+                None,
+                Some(id),
+                Vec::new(),
+                None,
+                Some(h.side.clone()),
+                price,
+            );
+            rows.push((format!("item:{id}"), d));
+        }
+    }
+    (view, rows)
+}
+
+/// Counts and sums the discrepancies into `view` and keeps them, worst first: drift,
+/// then missing, then orphans; larger amounts first.
+fn tally(view: &mut ReconciliationView, mut rows: Vec<Discrepancy>) {
+    for d in &rows {
+        let t = match d.kind {
+            DiscrepancyKind::Drift => {
+                for f in &d.fields {
+                    match f.as_str() {
+                        "name" => view.drift_name += 1,
+                        "price" => view.drift_price += 1,
+                        _ => view.drift_active += 1,
+                    }
+                }
+                &mut view.drifted
+            }
+            DiscrepancyKind::Missing => &mut view.missing,
+            DiscrepancyKind::Orphan => &mut view.orphans,
+        };
+        add(t, d.amount);
+    }
+    rows.sort_by(|a, b| {
+        a.kind
+            .cmp(&b.kind)
+            .then(b.amount.total_cmp(&a.amount))
+            .then_with(|| a.name().cmp(b.name()))
+            .then_with(|| a.product_id.cmp(&b.product_id))
+            .then_with(|| a.item_id.cmp(&b.item_id))
+    });
+    view.rows = rows;
 }
 
 fn add(t: &mut Tally, amount: f64) {
@@ -690,12 +724,89 @@ mod tests {
         assert!(drift("prod_1", &want, &side("Café", 12.501, true)).is_empty());
     }
 
+    fn held_item(name: &str, price: f64, active: bool, sku: Option<&str>) -> Held {
+        Held {
+            side: side(name, price, active),
+            sku: sku.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn products_and_items_pair_by_sku_or_mapping_and_each_disagreement_is_kept() {
+        let mut sides = Sides::default();
+        let want = |n: &str, p: f64| Wanted::Item(side(n, p, true));
+        sides.products.insert("prod_ok".into(), want("Uno", 10.0));
+        sides
+            .products
+            .insert("prod_drift".into(), want("Dos", 20.0));
+        sides
+            .products
+            .insert("prod_missing".into(), want("Tres", 30.0));
+        sides
+            .products
+            .insert("prod_mapped".into(), want("Cuatro", 40.0));
+        sides.products.insert("prod_bad".into(), Wanted::Unsyncable);
+        sides.deleted.insert("prod_gone".into());
+        let items = [
+            ("1", held_item("Uno", 10.0, true, Some("prod_ok"))),
+            ("2", held_item("Dos", 18.5, true, Some("prod_drift"))),
+            ("3", held_item("Cuatro", 40.0, true, None)),
+            ("4", held_item("Hecho a mano", 5.0, true, None)),
+            ("5", held_item("Retirado", 6.0, false, None)),
+            ("6", held_item("Borrado", 7.0, true, Some("prod_gone"))),
+            // A second Item with a product's Sku: not that product's, not an orphan.
+            ("7", held_item("Uno otra vez", 10.0, true, Some("prod_ok"))),
+        ];
+        for (id, h) in items {
+            sides.items.insert(id.into(), h);
+        }
+        let mut mapped = |pid: &str| (pid == "prod_mapped").then(|| "3".to_owned());
+        let (mut view, rows) = compare(&sides, &mut mapped, 1_000);
+        tally(&mut view, rows.into_iter().map(|(_, d)| d).collect());
+        assert_eq!((view.products, view.items), (5, 7));
+        assert_eq!((view.in_sync, view.unsyncable), (2, 1));
+        let kinds: Vec<(DiscrepancyKind, Option<&str>, Option<&str>, f64)> = view
+            .rows
+            .iter()
+            .map(|d| {
+                (
+                    d.kind,
+                    d.product_id.as_deref(),
+                    d.item_id.as_deref(),
+                    d.amount,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (DiscrepancyKind::Drift, Some("prod_gone"), Some("6"), 7.0),
+                (DiscrepancyKind::Drift, Some("prod_drift"), Some("2"), 1.5),
+                (DiscrepancyKind::Missing, Some("prod_missing"), None, 30.0),
+                (DiscrepancyKind::Orphan, None, Some("4"), 5.0),
+            ]
+        );
+        assert_eq!(view.rows[0].fields, ["active"]);
+        assert_eq!((view.drifted.count, view.drifted.amount), (2, 8.5));
+        assert_eq!((view.missing.count, view.orphans.count), (1, 1));
+        assert_eq!(
+            (view.drift_price, view.drift_active, view.drift_name),
+            (1, 1, 0)
+        );
+    }
+
     #[test]
     fn catalog_events_name_their_product() {
         let p = serde_json::json!({"id": "prod_1"});
         let price = serde_json::json!({"id": "price_1", "product": "prod_2"});
-        assert_eq!(product_of_event("product.updated", &p).as_deref(), Some("prod_1"));
-        assert_eq!(product_of_event("price.created", &price).as_deref(), Some("prod_2"));
+        assert_eq!(
+            product_of_event("product.updated", &p).as_deref(),
+            Some("prod_1")
+        );
+        assert_eq!(
+            product_of_event("price.created", &price).as_deref(),
+            Some("prod_2")
+        );
         assert_eq!(product_of_event("invoice.paid", &p), None);
     }
 }

@@ -857,9 +857,9 @@ impl Command {
             | Command::ResyncDrifted {}
             | Command::Shutdown {} => Ok(()),
             Command::WorkerBounds { min, max, .. } => check_bounds(*min, *max),
-            Command::RetryInvoice { key } | Command::RetryJob { key } | Command::ResyncItem { key } => {
-                check_text("key", key)
-            }
+            Command::RetryInvoice { key }
+            | Command::RetryJob { key }
+            | Command::ResyncItem { key } => check_text("key", key),
             Command::AckAlerts { matcher } => check_matcher(matcher),
             Command::SilenceAlerts { matcher, secs } => {
                 check_matcher(matcher)?;

@@ -248,7 +248,10 @@ pub fn http_form(command: &Command) -> String {
         Command::RetryFailedJobs {} => format!("POST {p}/pipelines/catalog/retry-failed"),
         Command::Resync {} => format!("POST {p}/pipelines/catalog/resync"),
         Command::ResyncItem { key } => {
-            format!("POST {p}/reconciliation/{}/resync", urlencoding::encode(key))
+            format!(
+                "POST {p}/reconciliation/{}/resync",
+                urlencoding::encode(key)
+            )
         }
         Command::ResyncDrifted {} => format!("POST {p}/reconciliation/resync-drifted"),
         Command::AckAlerts { .. } => format!("POST {p}/alerts/ack"),

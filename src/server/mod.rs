@@ -165,10 +165,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/compliance/{id}/retry", post(api::retry_invoice))
         .route("/catalog/jobs/{product}/retry", post(api::retry_job))
         .route("/reconciliation", get(api::reconciliation))
-        .route(
-            "/reconciliation/resync-drifted",
-            post(api::resync_drifted),
-        )
+        .route("/reconciliation/resync-drifted", post(api::resync_drifted))
         .route("/reconciliation/{product}/resync", post(api::resync_item))
         .route("/cache/invalidate", post(api::invalidate))
         .route("/thresholds", get(api::thresholds).put(api::set_thresholds))

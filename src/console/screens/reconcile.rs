@@ -134,17 +134,17 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             t.dim,
         ))]
     };
-    frame.render_widget(
-        Paragraph::new(lines).block(block(&title, app)),
-        summary,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block(&title, app)), summary);
 
     let ids = app.recon_ids();
     let sel = app.recon_sel.row_in(&ids);
     let shown = r.rows.len() as u64;
     let mut title = format!("Discrepancies  {} of {} (worst first)", shown, r.total());
     if shown == 0 && r.total() > 0 {
-        title = format!("Discrepancies  {} (their rows come with this screen)", r.total());
+        title = format!(
+            "Discrepancies  {} (their rows come with this screen)",
+            r.total()
+        );
     }
     if let Some(gone) = app.recon_sel.gone(&ids) {
         title.push_str(&format!(" · {gone} agrees now: ↑/↓ selects"));
@@ -226,18 +226,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             }
             qb.push_str(&format!(" · since {}", clock(d.since_ms)));
             vec![
-                Line::from(vec![
-                    Span::styled("Stripe     ", t.dim),
-                    Span::raw(stripe),
-                ]),
+                Line::from(vec![Span::styled("Stripe     ", t.dim), Span::raw(stripe)]),
                 Line::from(vec![Span::styled("QuickBooks ", t.dim), Span::raw(qb)]),
             ]
         }
     };
-    frame.render_widget(
-        Paragraph::new(lines).block(block("Selected", app)),
-        detail,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block("Selected", app)), detail);
 }
 
 /// What differs, in words: the drifted fields, or which side is missing.

@@ -2035,8 +2035,11 @@ fn reconcile_keys_resync_the_selected_product_or_every_drifted_one_after_a_previ
     // Resync all: a preview with the counts, focus on Cancel.
     assert!(press(&mut app, KeyCode::Char('R')).is_none());
     let (text, _) = render(&app, 80, 24);
-    assert!(text.contains("Resync 3 Items?"), "{text}");
-    assert!(text.contains("2 drifted Items"), "{text}");
+    assert!(text.contains("Resync 3 Item(s)?"), "{text}");
+    assert!(
+        text.contains("2 drifted updated, 1 missing created"),
+        "{text}"
+    );
     assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none());
     press(&mut app, KeyCode::Char('R'));

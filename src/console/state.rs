@@ -140,7 +140,7 @@ impl Confirm {
             Confirm::ResyncDrifted {
                 drifted, missing, ..
             } => {
-                format!("Resync {} Items?", drifted + missing)
+                format!("Resync {} Item(s)?", drifted + missing)
             }
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
             Confirm::Thresholds { changes, .. } => {
@@ -159,7 +159,7 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
-            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{drifted} drifted Items are written again from their Stripe product and {missing} missing ones created ({} involved): about {} QuickBooks requests (batched by 30 where two or more are due), through the catalog queue. Orphan Items are left alone.", money(*amount), drifted + missing),
+            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{} Item(s) written again from their Stripe product through the catalog queue: {drifted} drifted updated, {missing} missing created ({} involved). Each costs a Stripe read and at least one QuickBooks write (a stale SyncToken adds a re-read), in batches of 30 when several are due. Orphan Items are left alone.", drifted + missing, money(*amount)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),

@@ -204,6 +204,10 @@ impl App {
             }
             Tab::Reconcile => {
                 let ids = self.recon_ids();
+                if ids.is_empty() {
+                    // Nothing left to point at: the next discrepancy is selected.
+                    self.recon_sel.reset();
+                }
                 self.recon_sel.follow(&ids);
             }
             _ => {}

@@ -147,7 +147,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         );
     }
     if let Some(gone) = app.recon_sel.gone(&ids) {
-        title.push_str(&format!(" · {gone} agrees now: ↑/↓ selects"));
+        let id = gone.split_once(':').map_or(gone, |(_, id)| id);
+        title.push_str(&format!(" · {id} agrees now: ↑/↓ selects"));
     }
     if r.rows.is_empty() {
         let text = if r.ready && r.total() == 0 {
@@ -177,7 +178,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     Cell::from(d.product_id.clone().unwrap_or_else(|| "–".into())),
                     Cell::from(d.item_id.clone().unwrap_or_else(|| "–".into())),
                     Cell::from(d.name().to_owned()),
-                    Cell::from(differs(d)),
+                    Cell::from(differs(d, wide)),
                 ];
                 if wide {
                     cells.push(Cell::from(price(d.stripe.as_ref().and_then(|s| s.price))));
@@ -194,7 +195,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Constraint::Length(20),
             Constraint::Length(6),
             Constraint::Min(12),
-            Constraint::Length(13),
+            Constraint::Length(if wide { 18 } else { 14 }),
         ];
         let mut header = vec!["  kind", "product", "Item", "name", "differs"];
         if wide {
@@ -234,10 +235,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(lines).block(block("Selected", app)), detail);
 }
 
-/// What differs, in words: the drifted fields, or which side is missing.
-fn differs(d: &Discrepancy) -> String {
+/// What differs, in words: the drifted fields (`active` as `act` when narrow), or which
+/// side is missing.
+fn differs(d: &Discrepancy, wide: bool) -> String {
     match d.kind {
-        DiscrepancyKind::Drift => d.fields.join(" "),
+        DiscrepancyKind::Drift => d
+            .fields
+            .iter()
+            .map(|f| {
+                if !wide && f == "active" {
+                    "act"
+                } else {
+                    f.as_str()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
         DiscrepancyKind::Missing => "no Item".into(),
         DiscrepancyKind::Orphan => "no product".into(),
     }

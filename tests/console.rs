@@ -146,6 +146,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         refreshes: 40,
         items_changed: 1234,
         events_read: 56,
+        stripe_pages: 25,
         rows: vec![
             row(
                 DiscrepancyKind::Drift,

@@ -11,7 +11,7 @@
 //! Only when a side cannot be followed any more (a checkpoint older than either API's
 //! 30-day window) is that side read in full again.
 //!
-//! It only reads; a resync (one product, or every drifted and missing one) marks the
+//! It starts once the catalog's first full sync is done, and only reads; a resync (one product, or every drifted and missing one) marks the
 //! product's mapping out of line and queues its catalog job, so the catalog workers
 //! write the Item as for any change, with the same idempotency.
 
@@ -114,12 +114,12 @@ impl Reconciler {
 
     /// The view with at most `limit` rows.
     pub fn view(&self, limit: usize) -> ReconciliationView {
-        let v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = ReconciliationView {
-            rows: Vec::new(),
-            ..v.clone()
-        };
-        out.rows = v.rows.iter().take(limit).cloned().collect();
+        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        // Every row stays here; only those asked for are copied.
+        let rows = std::mem::take(&mut v.rows);
+        let mut out = v.clone();
+        out.rows = rows.iter().take(limit).cloned().collect();
+        v.rows = rows;
         out
     }
 
@@ -128,12 +128,42 @@ impl Reconciler {
         self.view(RECONCILIATION_ROWS_SHOWN)
     }
 
+    /// One more Stripe list page read.
+    fn count_page(&self) {
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stripe_pages += 1;
+    }
+
     fn set_status(&self, status: String) {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).status = status;
     }
 
-    /// Reads both sides, then follows them until `cancel`.
-    pub async fn run(&self, cancel: CancellationToken) {
+    /// Once the catalog's first full sync is done (before, every product would show as
+    /// missing, and both sides would be read twice over), reads both sides, then
+    /// follows them until `cancel`.
+    pub async fn run(&self, catalog: &super::catalog::Catalog, cancel: CancellationToken) {
+        loop {
+            let sync = catalog
+                .metrics
+                .full_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if sync.done {
+                break;
+            }
+            self.set_status(format!(
+                "waiting for the catalog's full sync ({} products listed): then both sides are read once",
+                sync.listed
+            ));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.set_status("reading Stripe's products and QuickBooks' Items once".into());
         let mut failures = 0u32;
         loop {
             let read = tokio::select! {
@@ -187,6 +217,7 @@ impl Reconciler {
 
     async fn read_products(&self, sides: &mut Sides) -> Result<(), ReadError> {
         let newest = self.stripe.list_events(&Cursor::Start, 1).await?;
+        self.count_page();
         let after = newest
             .data
             .first()
@@ -196,6 +227,7 @@ impl Reconciler {
         let mut cursor = Cursor::Start;
         loop {
             let page = self.stripe.list_products(&cursor, 100).await?;
+            self.count_page();
             for p in &page.data {
                 products.insert(p.id.clone(), wanted(p));
             }
@@ -288,6 +320,7 @@ impl Reconciler {
             } else {
                 Cursor::Before(after.clone())
             };
+            self.count_page();
             let page = match self.stripe.list_events(&cursor, 100).await {
                 Ok(p) => p,
                 Err(StripeError::Api {
@@ -394,6 +427,7 @@ impl Reconciler {
         view.refreshes = v.refreshes;
         view.items_changed = v.items_changed;
         view.events_read = v.events_read;
+        view.stripe_pages = v.stripe_pages;
         *v = view;
     }
 

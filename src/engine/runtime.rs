@@ -231,8 +231,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(async move { c.full_sync_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.reconcile_loop(k).await });
-        let (r, k) = (reconciler.clone(), cancel.clone());
-        workers.spawn(async move { r.run(k).await });
+        let (r, c, k) = (reconciler.clone(), catalog.clone(), cancel.clone());
+        workers.spawn(async move { r.run(&c, k).await });
         if let Some(c) = &compliance {
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.run(k).await });

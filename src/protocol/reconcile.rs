@@ -44,6 +44,8 @@ pub struct ReconciliationView {
     pub refreshes: u64,
     pub items_changed: u64,
     pub events_read: u64,
+    /// Stripe list pages the reconciliation read: products (its full reads) and events.
+    pub stripe_pages: u64,
     /// The worst discrepancies first (drift, then missing, then orphans; larger
     /// amounts first), at most what was asked.
     pub rows: Vec<Discrepancy>,

@@ -318,6 +318,7 @@ fn populated() -> Snapshot {
             refreshes: 2,
             items_changed: 3,
             events_read: 4,
+            stripe_pages: 1,
             rows: vec![crate::protocol::Discrepancy {
                 kind: crate::protocol::DiscrepancyKind::Drift,
                 product_id: Some("prod_1".into()),

@@ -13,6 +13,31 @@ mod quota;
 use crate::sandbox::{SandboxOptions, SandboxServer};
 pub use quota::quota;
 
+/// A scratch data dir, removed when dropped.
+fn scratch() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("syncctl-bench-")
+        .tempdir()?)
+}
+
+/// A sandbox of `products` on a free port of loopback, with `faults` per service.
+async fn sandbox_with(
+    products: usize,
+    seed: u64,
+    faults: std::collections::BTreeMap<String, crate::protocol::FaultSettings>,
+) -> anyhow::Result<SandboxServer> {
+    let opts = SandboxOptions {
+        products,
+        seed,
+        latency_ms: 0,
+        change_interval_ms: 0,
+        dir: None,
+        webhook_url: None,
+        faults,
+    };
+    app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)
+}
+
 /// An engine pointed at `sandbox` (which it keeps to the quotas of), on a free port,
 /// with no periodic reconciliation; `tune` adjusts the config before it starts.
 async fn engine_on(
@@ -65,24 +90,9 @@ async fn synced(engine: &app::Served, products: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "a benchmark's setup, run and report in order"
-)]
 pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
-    let opts = SandboxOptions {
-        products,
-        seed,
-        latency_ms: 0,
-        change_interval_ms: 0,
-        dir: None,
-        webhook_url: None,
-        faults: Default::default(),
-    };
-    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    let tmp = scratch()?;
+    let sandbox = sandbox_with(products, seed, Default::default()).await?;
     println!(
         "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
     );
@@ -194,9 +204,7 @@ pub async fn resilience(
     max_concurrent: u32,
     latency_ms: u64,
 ) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
+    let tmp = scratch()?;
     let mut faults = std::collections::BTreeMap::new();
     faults.insert(
         "quickbooks".to_owned(),
@@ -207,16 +215,7 @@ pub async fn resilience(
             ..Default::default()
         },
     );
-    let opts = SandboxOptions {
-        products,
-        seed: 42,
-        latency_ms: 0,
-        change_interval_ms: 0,
-        dir: None,
-        webhook_url: None,
-        faults,
-    };
-    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    let sandbox = sandbox_with(products, 42, faults).await?;
     let bound =
         (rate_per_sec as f64).min(max_concurrent as f64 * 1000.0 / latency_ms.max(1) as f64);
     println!(
@@ -587,9 +586,7 @@ fn quantile_ms(v: &mut [Duration], q: f64) -> f64 {
 pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
     use crate::attach::{Endpoint, RemoteEngine};
     use crate::protocol::{Command, Pipeline, Request};
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
+    let tmp = scratch()?;
     let opts = SandboxOptions {
         products,
         seed: 42,

@@ -21,7 +21,7 @@
 //! | `server` | protocol, engine, config, telemetry | HTTP over an engine's handle: webhooks, `/health`, `/metrics`, the control API |
 //! | `console` | protocol | the terminal UI: draws snapshots, sends commands through a `Link` |
 //! | `sandbox` | protocol, compliance, resilience | the simulated APIs, over real HTTP; never the engine |
-//! | `app`, `status`, `bench`, `main` | anything | wiring: the CLI, the demo, benchmarks |
+//! | `app`, `status`, `bench`, `soak`, `main` | anything | wiring: the CLI, the demo, benchmarks, the soak |
 //!
 //! Why: a console in another process (attach) needs only `protocol`; the engine runs
 //! as a service with or without any front-end; the sandbox stays a stand-in for the real
@@ -39,6 +39,7 @@ pub mod protocol;
 pub mod resilience;
 pub mod sandbox;
 pub mod server;
+pub mod soak;
 pub mod status;
 pub mod store;
 pub mod telemetry;

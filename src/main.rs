@@ -153,6 +153,43 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The engine and a sandbox as separate processes of this executable, through
+    /// fault profiles (QuickBooks errors, resets, hanging requests, outages of
+    /// QuickBooks, Alegra and DIAN with invoices arriving, 429 storms, `kill -9` of the
+    /// engine at random moments); checks the sandbox after each (one Item per product,
+    /// each paid invoice stamped once, nothing FAILED) and prints a table. Exit 1 when
+    /// a profile fails.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// The small version: few products, short outages, 2 kill cycles.
+    #[arg(long)]
+    quick: bool,
+    /// Only these profiles, comma-separated (qb-errors, qb-resets, qb-hangs,
+    /// qb-outage, alegra-outage, dian-outage, 429-storm, kill-9).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    profiles: Vec<String>,
+    /// Seed of the worlds and of the kill moments.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Products in each profile's world.
+    #[arg(long, value_name = "N")]
+    products: Option<usize>,
+    /// Invoices paid during each profile.
+    #[arg(long, value_name = "N")]
+    invoices: Option<usize>,
+    /// Kill cycles of the kill-9 profile.
+    #[arg(long, value_name = "N")]
+    kills: Option<u32>,
+    /// Keep every profile's directory (logs, data dirs), not only a failed one's.
+    #[arg(long)]
+    keep: bool,
+    /// After each profile, a second writer creates a duplicate Item (proves the
+    /// checks fail).
+    #[arg(long, hide = true)]
+    sabotage: bool,
 }
 
 /// An API token for a running engine's control API (`status`: to list the alerts too;
@@ -545,7 +582,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench(command).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Soak(args)) => soak(args).await,
     }
+}
+
+/// `syncctl soak`: exit 0 when every profile passed, 1 when one did not.
+async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    let SoakArgs {
+        quick,
+        profiles,
+        seed,
+        products,
+        invoices,
+        kills,
+        keep,
+        sabotage,
+    } = args;
+    let known = syncctl::soak::profile_names();
+    if let Some(p) = profiles.iter().find(|p| !known.contains(&p.as_str())) {
+        return Ok(usage(format!(
+            "--profiles: no profile {p:?} (one of {})",
+            known.join(", ")
+        )));
+    }
+    let opts = syncctl::soak::Options {
+        quick,
+        profiles,
+        seed,
+        products,
+        invoices,
+        kills,
+        keep,
+        sabotage,
+    };
+    Ok(if syncctl::soak::run(&opts).await? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `syncctl bench …`: figures printed.

@@ -171,6 +171,122 @@ async fn paid_invoices_arrive_by_webhook_and_are_validated_once_with_the_cufe() 
     );
 }
 
+/// Issue 17 point 2: one drill-down from an invoice (by its DIAN number, its CUFE, or
+/// its Alegra document) shows its products, their QuickBooks Items, the Alegra
+/// document and DIAN's verdict with the CUFE; from a product, the invoices using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_of_an_invoice_shows_its_products_items_document_and_cufe() {
+    const VIEWER: &str = "viewer-token-0123456789abcdef";
+    let (sb, engine, _dir) = setup_with(vec![1, 1, 1], |c| {
+        c.server.tokens = vec![syncctl::config::TokenConfig {
+            name: "viewer".into(),
+            token: syncctl::config::Secret::new(VIEWER),
+            role: syncctl::config::Role::Viewer,
+            rate_limit_per_min: 0,
+        }];
+    })
+    .await;
+    let base = sb.base_url();
+    common::until_idle(&engine, 5).await;
+    let id = make_invoices(&base, 1).await.remove(0);
+    let r = until_status(&engine, &id, Status::Validated, 30).await;
+    let cufe = r.cufe.clone().unwrap();
+    let url = format!("http://{}/api/v1/chain", engine.server_addr);
+    let http = reqwest::Client::new();
+    let get = |key: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .get(format!("{url}/{key}"))
+                .bearer_auth(VIEWER)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let link = |c: &Value, system: &str| -> Vec<Value> {
+        c["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["system"] == system)
+            .cloned()
+            .collect()
+    };
+    let fact = |l: &Value, name: &str| -> String {
+        l["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f[0] == name)
+            .map(|f| f[1].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let alegra = r.alegra_id.clone().unwrap();
+    for key in [r.number.clone(), cufe.clone(), id.clone(), alegra.clone()] {
+        let (status, c) = get(key.clone()).await;
+        assert_eq!(status, 200, "{key}: {c}");
+        let inv = link(&c, "stripe invoice");
+        assert_eq!(inv.len(), 1, "{c}");
+        assert_eq!(inv[0]["id"], id.as_str());
+        assert_eq!(fact(&inv[0], "number"), r.number);
+        let dian = link(&c, "dian");
+        assert_eq!(fact(&dian[0], "CUFE"), cufe, "{c}");
+        assert_eq!(fact(&dian[0], "state"), "VALIDATED");
+        assert_eq!(link(&c, "alegra document")[0]["id"], alegra.as_str());
+        // Each of the invoice's products and the Item it maps to.
+        let products: Vec<String> = r
+            .invoice
+            .lines
+            .iter()
+            .filter_map(|l| l.product.clone())
+            .collect();
+        assert!(!products.is_empty());
+        let shown = link(&c, "stripe product");
+        for p in &products {
+            assert!(shown.iter().any(|l| l["id"] == p.as_str()), "{p}: {c}");
+        }
+        let items = link(&c, "quickbooks item");
+        assert!(!items.is_empty(), "{c}");
+        let store = syncctl::store::Store::open(_dir.path()).unwrap();
+        let mapped = store.mapping(&products[0]).unwrap().unwrap();
+        assert!(
+            items
+                .iter()
+                .any(|l| l["id"] == mapped.item_id.as_deref().unwrap()),
+            "{c}"
+        );
+        // The invoice's own history is among its events.
+        assert!(
+            inv[0]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["message"].as_str().unwrap().contains("VALIDATED")),
+            "{c}"
+        );
+    }
+    // From the product: its Item, then the invoice and its CUFE.
+    let product = r.invoice.lines[0].product.clone().unwrap();
+    let (status, c) = get(product.clone()).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["links"][0]["system"], "stripe product");
+    assert_eq!(c["links"][1]["system"], "quickbooks item");
+    assert_eq!(link(&c, "stripe invoice")[0]["id"], id.as_str(), "{c}");
+    assert_eq!(fact(&link(&c, "dian")[0], "CUFE"), cufe);
+    // Something the store never saw: 404 with the reason.
+    let (status, c) = get("prod_nope".into()).await;
+    assert_eq!(status, 404, "{c}");
+    assert!(
+        c["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prod_nope"),
+        "{c}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_timed_out_but_was_accepted_is_read_never_resent() {
     let (sb, engine, _dir) = setup(vec![1, 1, 1]).await;

@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
             },
             workers: 8,
             in_flight: 8,
+            workers_busy: 6,
             per_second: (0..120).map(|i| (i % 17) * 10).collect(),
             completed: 1240,
             errors: 3,
@@ -942,7 +943,7 @@ fn workers_at_80x24_and_120x40() {
     assert_eq!(app.tab, Tab::Workers);
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
-        assert!(text.contains("8 busy / 6 target"), "{text}");
+        assert!(text.contains("6 busy / 6 target"), "{text}");
         assert!(text.contains("paused 41s"), "pushback:\n{text}");
         assert!(text.contains("▼  7 → 6"), "decisions:\n{text}");
         check_snapshot(&format!("workers_{w}x{h}"), &text);
@@ -2497,4 +2498,129 @@ fn the_dian_screen_opened_later_selects_its_newest_invoice() {
     update(&mut app, Msg::Snapshot(Arc::new(s)));
     press(&mut app, KeyCode::Char('6'));
     assert_eq!(app.selected_invoice().as_deref(), Some("in_00000000000004"));
+}
+
+/// Issue 17 point 2: `L` on the DIAN list asks the engine for the selected invoice's
+/// chain and shows it — its product, the product's Item, the Alegra document, DIAN's
+/// verdict with the CUFE, and where two systems disagree; `:chain KEY` asks for any
+/// key; the panel scrolls and any other key closes it.
+#[test]
+fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
+    use syncctl::protocol::{Answer, ChainLink, EntityChain, FieldDiff, Query};
+    let mut app = dian_app();
+    update(&mut app, Msg::Tick);
+    let key = app.selected_invoice().unwrap();
+    let effects = update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char('L'))));
+    let asked: Vec<String> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Ask(Query::Chain { key }) => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![key.clone()]);
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("asking the engine"), "{text}");
+    let link = |system: &str, id: &str, depth: u8, facts: &[(&str, &str)]| ChainLink {
+        system: system.into(),
+        id: id.into(),
+        depth,
+        facts: facts
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..ChainLink::default()
+    };
+    let cufe = "9f".repeat(48);
+    let mut item = link(
+        "quickbooks item",
+        "57",
+        2,
+        &[("name", "Café Premium"), ("SyncToken", "3")],
+    );
+    item.disagreements.push(FieldDiff {
+        field: "Item".into(),
+        here: "57".into(),
+        there: "41".into(),
+        against: "the invoice line".into(),
+    });
+    let chain = EntityChain {
+        asked: key.clone(),
+        links: vec![
+            link("stripe invoice", &key, 0, &[("number", "SETP990000012")]),
+            link("alegra document", "1001", 1, &[("attempts", "1")]),
+            link(
+                "dian",
+                "SETP990000012",
+                2,
+                &[("state", "VALIDATED"), ("CUFE", &cufe)],
+            ),
+            link(
+                "stripe product",
+                "prod_00000000000042",
+                1,
+                &[("mapping", "synced")],
+            ),
+            item,
+        ],
+        more_invoices: 0,
+    };
+    // An answer about another key is not this panel's.
+    let other = Query::Chain {
+        key: "in_other".into(),
+    };
+    update(
+        &mut app,
+        Msg::Answer {
+            query: other,
+            reply: Ok(Answer::Chain(Box::default())),
+        },
+    );
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("asking the engine"), "{text}");
+    let query = Query::Chain { key: key.clone() };
+    update(
+        &mut app,
+        Msg::Answer {
+            query,
+            reply: Ok(Answer::Chain(Box::new(chain))),
+        },
+    );
+    let (text, _) = render(&app, 120, 40);
+    for want in [
+        "stripe invoice",
+        "alegra document 1001",
+        "quickbooks item 57",
+        "prod_00000000000042",
+        "≠ Item: 57 here, 41 in the invoice line",
+        &cufe[..40],
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    let (small, _) = render(&app, 80, 24);
+    assert!(small.contains("quickbooks item 57"), "{small}");
+    // Scrolling keeps the panel; another key closes it.
+    press(&mut app, KeyCode::Down);
+    assert!(app.chain.is_some());
+    press(&mut app, KeyCode::Char('x'));
+    assert!(app.chain.is_none());
+    // `:chain KEY` from the command line, anywhere.
+    press(&mut app, KeyCode::Char('1'));
+    press(&mut app, KeyCode::Char(':'));
+    let mut asked = Vec::new();
+    for c in "chain prod_7".chars() {
+        update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c))));
+    }
+    for e in update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Enter))) {
+        if let Effect::Ask(Query::Chain { key }) = e {
+            asked.push(key);
+        }
+    }
+    assert_eq!(asked, vec!["prod_7".to_owned()]);
+    // Elsewhere than a list, `L` says where it works.
+    press(&mut app, KeyCode::Esc);
+    press(&mut app, KeyCode::Char('1'));
+    press(&mut app, KeyCode::Char('L'));
+    assert!(app.chain.is_none());
+    assert!(app.flash.as_deref().unwrap_or("").contains(":chain KEY"));
 }

@@ -113,12 +113,18 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         "benchmarks drive the real parts",
     ),
     (
+        "soak",
+        &["protocol", "resilience", "sandbox"],
+        "`syncctl soak` drives engine and sandbox processes: a seeded RNG, the sandbox's API key",
+    ),
+    (
         "main",
         &[
             "protocol",
             "app",
             "attach",
             "bench",
+            "soak",
             "config",
             "console",
             "engine",

@@ -74,17 +74,6 @@ fn qb(s: &Value, key: &str) -> u64 {
     s["quickbooks"][key].as_u64().unwrap()
 }
 
-fn qb_view(engine: &syncctl::engine::EngineHandle) -> syncctl::resilience::DownstreamView {
-    engine
-        .snapshot
-        .borrow()
-        .downstreams
-        .iter()
-        .find(|d| d.name == "quickbooks")
-        .cloned()
-        .expect("a quickbooks policy")
-}
-
 /// The sandbox (its own process, QuickBooks at 6,000/min and 10 in flight: the real
 /// quota ×12) and an engine config for it with `[quickbooks]` keys replaced.
 struct Pair {
@@ -492,7 +481,7 @@ async fn sync_rate(products: usize, fault: Value, limit: Duration) -> (f64, Opti
     .is_ok()
     .then(|| started.elapsed());
     let s = stats(&base).await.unwrap();
-    let v = qb_view(&engine);
+    let v = common::qb_view(&engine);
     println!(
         "  {} Items of {products} ({rate:.1} Items/s in the middle), {} requests, {} hung, \
          {} timed out at the engine, {} retries, breaker {:?} ({:?})",
@@ -597,7 +586,7 @@ async fn after_an_outage_ends_work_resumes_within_the_probe_interval() {
     }
     let during = stats(&base).await.unwrap();
     // After 15 s of failed probes the next one is still a probe interval away.
-    let wait_at_end = qb_view(&engine).breaker.open_wait_ms;
+    let wait_at_end = common::qb_view(&engine).breaker.open_wait_ms;
     common::faults(&base, json!({"service": "quickbooks", "outage": false})).await;
     let ended = Instant::now();
     let items0 = qb(&during, "items_total");
@@ -605,11 +594,11 @@ async fn after_an_outage_ends_work_resumes_within_the_probe_interval() {
     // Items and the circuit closed again.
     let resumed = common::eventually(60, "Items after the outage", || async {
         let s = stats(&base).await?;
-        let closed = qb_view(&engine).breaker.state == State::Closed;
+        let closed = common::qb_view(&engine).breaker.state == State::Closed;
         (closed && qb(&s, "items_total") >= items0 + 20).then(|| ended.elapsed())
     })
     .await;
-    let v = qb_view(&engine);
+    let v = common::qb_view(&engine);
     println!(
         "15 s outage: 20 Items again {:.2} s after it ended (probe interval {} s, open wait \
          at the end {wait_at_end} ms); {} requests reached the dead service; breaker {:?}",

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use syncctl::engine::EngineHandle;
 use syncctl::resilience::State;
 
 use common::faults;
@@ -23,17 +22,6 @@ async fn qb_stats(base: &str) -> (u64, u64) {
         s["quickbooks"]["requests"].as_u64().unwrap(),
         s["quickbooks"]["throttled"].as_u64().unwrap(),
     )
-}
-
-fn qb_view(engine: &EngineHandle) -> syncctl::resilience::DownstreamView {
-    engine
-        .snapshot
-        .borrow()
-        .downstreams
-        .iter()
-        .find(|d| d.name == "quickbooks")
-        .cloned()
-        .expect("a quickbooks circuit")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +197,7 @@ async fn when_capacity_halves_mid_run_the_engine_follows_it_down_within_seconds(
     faults(&base, json!({"service": "quickbooks", "max_concurrent": 5})).await;
     let halved = Instant::now();
     let followed = common::eventually(10, "the engine to follow the capacity down", || async {
-        let v = qb_view(&engine);
+        let v = common::qb_view(&engine);
         (v.throttled > 0 && v.limiter.effective_concurrent <= 5).then_some(v)
     })
     .await;
@@ -315,7 +303,7 @@ async fn quickbooks_outage_mid_sync_opens_the_breaker_then_recovers_and_the_sync
     .await;
     faults(&base, json!({"service": "quickbooks", "outage": true})).await;
     common::eventually(20, "the QuickBooks breaker to open", || async {
-        (qb_view(&engine).breaker.state == State::Open).then_some(())
+        (common::qb_view(&engine).breaker.state == State::Open).then_some(())
     })
     .await;
     // While the outage lasts the breaker lets through only its trial calls.
@@ -332,7 +320,7 @@ async fn quickbooks_outage_mid_sync_opens_the_breaker_then_recovers_and_the_sync
         }
     }
     let (r1, _) = qb_stats(&base).await;
-    let v = qb_view(&engine);
+    let v = common::qb_view(&engine);
     println!(
         "outage: {} requests reached QuickBooks in 3 s with {half_opens} half-opens; {} rejected, p99 rejection {:?} µs",
         r1 - r0,
@@ -352,7 +340,7 @@ async fn quickbooks_outage_mid_sync_opens_the_breaker_then_recovers_and_the_sync
     assert!(items_mid < 600, "the outage landed mid-sync");
     faults(&base, json!({"service": "quickbooks", "outage": false})).await;
     common::eventually(20, "the breaker to close after recovery", || async {
-        (qb_view(&engine).breaker.state == State::Closed).then_some(())
+        (common::qb_view(&engine).breaker.state == State::Closed).then_some(())
     })
     .await;
     common::until_idle(&engine, 600).await;

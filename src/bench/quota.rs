@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{engine_on, synced};
-use crate::app;
-use crate::sandbox::{SandboxOptions, SandboxServer};
+use crate::sandbox::SandboxServer;
 
 /// QuickBooks' published figures, per company.
 const REAL_PER_MIN: f64 = 500.0;
@@ -56,16 +55,7 @@ impl Shape {
                 ..Default::default()
             },
         );
-        let opts = SandboxOptions {
-            products,
-            seed,
-            latency_ms: 0,
-            change_interval_ms: 0,
-            dir: None,
-            webhook_url: None,
-            faults,
-        };
-        app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)
+        super::sandbox_with(products, seed, faults).await
     }
 
     /// The engine's settings for this shape: the quota as published (or `limit_per_min`).
@@ -149,9 +139,7 @@ async fn first_sync(shape: &Shape, products: usize, seed: u64) -> anyhow::Result
             " (a fresh engine, no mapping)",
         ),
     ] {
-        let tmp = tempfile::Builder::new()
-            .prefix("syncctl-bench-")
-            .tempdir()?;
+        let tmp = super::scratch()?;
         let before = sb.stats();
         let started = Instant::now();
         let mut engine =
@@ -179,9 +167,7 @@ async fn first_sync(shape: &Shape, products: usize, seed: u64) -> anyhow::Result
 async fn restart_stall(shape: &Shape, products: usize, seed: u64) -> anyhow::Result<()> {
     let sandbox = shape.sandbox(products, seed).await?;
     let sb = sandbox.sandbox.clone();
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
+    let tmp = super::scratch()?;
     let config = tmp.path().join("engine.toml");
     let text = crate::connectors::http_client()?
         .get(format!("{}/_sandbox/config", sandbox.base_url()))
@@ -306,9 +292,7 @@ fn set_key(text: &str, section: &str, key: &str, value: &str) -> String {
 async fn outage(shape: &Shape, products: usize, seed: u64) -> anyhow::Result<()> {
     let sandbox = shape.sandbox(products, seed).await?;
     let sb = sandbox.sandbox.clone();
-    let tmp = tempfile::Builder::new()
-        .prefix("syncctl-bench-")
-        .tempdir()?;
+    let tmp = super::scratch()?;
     // Single calls at full rate: the case that sends most to a dead service.
     let mut engine = engine_on(&sandbox, tmp.path(), |c| {
         shape.tune(c, shape.per_min());
@@ -370,9 +354,7 @@ async fn over_the_limit(shape: &Shape, products: usize, seed: u64) -> anyhow::Re
     ] {
         let sandbox = shape.sandbox(products, seed).await?;
         let sb = sandbox.sandbox.clone();
-        let tmp = tempfile::Builder::new()
-            .prefix("syncctl-bench-")
-            .tempdir()?;
+        let tmp = super::scratch()?;
         let mut engine = engine_on(&sandbox, tmp.path(), |c| {
             shape.tune(c, limit);
             c.catalog.claim_batch_max = 1;

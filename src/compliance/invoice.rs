@@ -59,11 +59,18 @@ pub fn from_stripe(
     item_of: impl Fn(&str) -> Option<String>,
 ) -> Result<LocalInvoice, String> {
     let id = paid_invoice_id(v)?;
-    let currency = v["currency"].as_str().unwrap_or("");
-    if !currency.eq_ignore_ascii_case("cop") {
-        return Err(format!(
-            "invoice {id} is in {currency:?}; DIAN invoices are issued in COP"
-        ));
+    match v["currency"].as_str().filter(|c| !c.is_empty()) {
+        Some(c) if c.eq_ignore_ascii_case("cop") => {}
+        Some(c) => {
+            return Err(format!(
+                "invoice {id} is in {c:?}; DIAN invoices are issued in COP"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "invoice {id} has no currency; DIAN invoices are issued in COP"
+            ));
+        }
     }
     let buyer_id = v["customer_tax_ids"]
         .as_array()
@@ -241,5 +248,11 @@ mod tests {
         );
         v["currency"] = json!("usd");
         assert!(from_stripe(&v, |_| None).unwrap_err().contains("COP"));
+        v.as_object_mut().unwrap().remove("currency");
+        let e = from_stripe(&v, |_| None).unwrap_err();
+        assert_eq!(
+            e,
+            "invoice in_1 has no currency; DIAN invoices are issued in COP"
+        );
     }
 }

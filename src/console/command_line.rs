@@ -315,7 +315,7 @@ impl History {
 
 /// A word the console answers itself on the `:` line: reads, never sent to the
 /// engine (so a read-only console takes them too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Local {
     /// `help`: the commands the line takes.
     Help,
@@ -323,11 +323,14 @@ pub enum Local {
     Quit,
     /// `who`: the consoles attached to the engine.
     Who,
+    /// `chain KEY`: the entity chain of a product, Item, invoice, DIAN number, CUFE or
+    /// Alegra document.
+    Chain(String),
     /// A screen's name (`dian`, `events`…): go there.
     Screen(Tab),
 }
 
-/// `help`, `quit`, `who` or a screen's name, in any case.
+/// `help`, `quit`, `who`, `chain KEY` or a screen's name, in any case.
 pub fn local(line: &str) -> Option<Local> {
     let word = line.trim();
     if word.eq_ignore_ascii_case("help") {
@@ -339,6 +342,11 @@ pub fn local(line: &str) -> Option<Local> {
     if word.eq_ignore_ascii_case("who") {
         return Some(Local::Who);
     }
+    let (verb, rest) = word.split_once(char::is_whitespace).unwrap_or((word, ""));
+    if verb.eq_ignore_ascii_case("chain") {
+        // Without a key: said on the line by `update` (what the key may be).
+        return Some(Local::Chain(rest.trim().to_owned()));
+    }
     Tab::ALL
         .iter()
         .find(|t| t.title().eq_ignore_ascii_case(word))
@@ -348,7 +356,7 @@ pub fn local(line: &str) -> Option<Local> {
 /// The console's own words, for completion and help: `help`, `quit`, `who`, then the
 /// screens' names in lower case.
 pub fn local_words() -> Vec<String> {
-    ["help", "quit", "who"]
+    ["help", "quit", "who", "chain"]
         .into_iter()
         .map(str::to_owned)
         .chain(Tab::ALL.iter().map(|t| t.title().to_lowercase()))
@@ -549,6 +557,11 @@ mod tests {
         assert_eq!(local("q"), Some(Local::Quit));
         assert_eq!(local("dian"), Some(Local::Screen(Tab::Dian)));
         assert_eq!(local("pause catalog"), None);
+        assert_eq!(
+            local("Chain  SETP990000012 "),
+            Some(Local::Chain("SETP990000012".into()))
+        );
+        assert_eq!(local("chain"), Some(Local::Chain(String::new())));
         let words = local_words();
         assert!(words.iter().all(|w| local(w).is_some()), "{words:?}");
     }

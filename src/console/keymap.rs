@@ -60,6 +60,8 @@ pub enum Action {
     CommandLine,
     /// `W`: who is attached to the engine.
     Who,
+    /// `L`: the entity chain of the selected invoice (DIAN) or event (Events).
+    Chain,
 }
 
 impl Action {
@@ -111,7 +113,8 @@ impl Action {
             | Action::Tune
             | Action::ToggleJournal
             | Action::CommandLine
-            | Action::Who => None,
+            | Action::Who
+            | Action::Chain => None,
         }
     }
 }
@@ -376,6 +379,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "who is attached: every console on this engine (user, SSH address, token, role)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('L')],
+        label: "L",
+        action: Action::Chain,
+        scope: Scope::Global,
+        hint: None,
+        help: "chain of the selected invoice or event: product → Item → Alegra → DIAN (:chain KEY)",
     },
     Binding {
         keys: &[KeyCode::Char('c')],

@@ -187,6 +187,15 @@ impl Confirm {
     }
 }
 
+/// The entity chain asked for and, once the engine answered, the chain or why not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainPanel {
+    pub key: String,
+    pub answer: Option<Result<crate::protocol::EntityChain, String>>,
+    /// Lines scrolled off the top.
+    pub scroll: usize,
+}
+
 pub struct App {
     pub snapshot: Arc<Snapshot>,
     pub tab: Tab,
@@ -194,6 +203,8 @@ pub struct App {
     pub help: bool,
     /// The panel of who is attached (`W`, `:who`).
     pub who: bool,
+    /// The entity chain panel (`L` on a list, `:chain KEY`).
+    pub chain: Option<ChainPanel>,
     pub confirm: Option<Confirm>,
     /// True when focus is on the confirming button (starts on Cancel).
     pub confirm_focus_ok: bool,
@@ -298,6 +309,7 @@ impl App {
             history: History::default(),
             commands_help: false,
             who: false,
+            chain: None,
             read_only: false,
         }
     }

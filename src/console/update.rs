@@ -142,6 +142,19 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 effects.push(redraw(false));
             }
         }
+        Msg::Answer {
+            query: Query::Chain { key },
+            reply,
+        } => {
+            if let Some(panel) = app.chain.as_mut().filter(|p| p.key == key) {
+                panel.answer = Some(match reply {
+                    Ok(Answer::Chain(chain)) => Ok(*chain),
+                    Ok(_) => Err("the engine answered another query".into()),
+                    Err(e) => Err(e.to_string()),
+                });
+                effects.push(redraw(false));
+            }
+        }
         // The console asks no other query.
         Msg::Answer { .. } => {}
         Msg::FaultsPatched { patch, result } => {
@@ -180,6 +193,16 @@ impl App {
     /// `command` as a request from this console's operator.
     fn send(&self, command: Command) -> Option<Effect> {
         Some(Effect::Send(Request::new(self.actor.clone(), command)))
+    }
+
+    /// Opens the chain panel on `key` and asks the engine for it.
+    fn ask_chain(&mut self, key: String) -> Effect {
+        self.chain = Some(super::state::ChainPanel {
+            key: key.clone(),
+            answer: None,
+            scroll: 0,
+        });
+        Effect::Ask(Query::Chain { key })
     }
 
     /// Asks for `key`'s detail (one query at a time).
@@ -502,6 +525,7 @@ impl App {
             self.help = false;
             self.commands_help = false;
             self.who = false;
+            self.chain = None;
             self.command_line = None;
             self.confirm = Some(Confirm::Quit);
             self.confirm_focus_ok = false;
@@ -515,6 +539,17 @@ impl App {
         }
         if let Some(confirm) = self.confirm.clone() {
             return self.apply_confirm_key(confirm, key);
+        }
+        if let Some(panel) = &mut self.chain {
+            // The chain scrolls; any other key closes it.
+            match key.code {
+                KeyCode::Down | KeyCode::Char('j') => panel.scroll += 1,
+                KeyCode::Up | KeyCode::Char('k') => panel.scroll = panel.scroll.saturating_sub(1),
+                KeyCode::PageDown => panel.scroll += 10,
+                KeyCode::PageUp => panel.scroll = panel.scroll.saturating_sub(10),
+                _ => self.chain = None,
+            }
+            return None;
         }
         if self.help || self.commands_help || self.who {
             self.help = false;
@@ -567,6 +602,24 @@ impl App {
             }
             Action::Help => self.help = true,
             Action::Who => self.who = true,
+            Action::Chain => {
+                let key = match self.tab {
+                    Tab::Dian => self.selected_invoice(),
+                    Tab::Events => self
+                        .events_rows()
+                        .get(self.events_offset)
+                        .map(|e| e.entity.clone()),
+                    _ => None,
+                };
+                match key {
+                    Some(key) => return Some(self.ask_chain(key)),
+                    None => {
+                        self.flash = Some(
+                            "L shows the chain of the selected invoice (DIAN) or event (Events); anywhere, :chain KEY".into(),
+                        );
+                    }
+                }
+            }
             Action::Back => {}
             // An attached console detaches at once: nothing is lost, the engine runs on.
             Action::Quit if !self.link.hosted() => return Some(Effect::Exit),
@@ -965,6 +1018,12 @@ impl App {
             match local {
                 Local::Help => self.commands_help = true,
                 Local::Who => self.who = true,
+                Local::Chain(key) if key.is_empty() => {
+                    self.flash = Some(
+                        "chain KEY: a product, Item, invoice, DIAN number, CUFE or Alegra document id".into(),
+                    );
+                }
+                Local::Chain(key) => return Some(self.ask_chain(key)),
                 // An attached console detaches at once; the engine runs on.
                 Local::Quit if !self.link.hosted() => return Some(Effect::Exit),
                 Local::Quit => {

@@ -62,6 +62,8 @@ pub struct CatalogMetrics {
     pub completed: AtomicU64,
     pub errors: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// Workers with a claim in hand (a claim can hold up to `claim_batch_max` jobs).
+    pub busy_workers: AtomicUsize,
     pub webhooks_accepted: AtomicU64,
     pub webhooks_duplicate: AtomicU64,
     /// Verified and recorded, with no effect (said why in the answer and the audit).
@@ -1013,6 +1015,7 @@ impl Catalog {
             }
             let n = jobs.len();
             self.metrics.in_flight.fetch_add(n, Ordering::Relaxed);
+            self.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
             // One trace per claim: its requests carry it, its audit lines record it.
             crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
@@ -1038,6 +1041,7 @@ impl Catalog {
                 }
             })
             .await;
+            self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
             self.progress.notify_waiters();
         }
     }

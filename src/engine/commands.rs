@@ -534,6 +534,7 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::Reconciliation { .. } => Err(CommandError::unavailable(
             "the reconciliation is answered by the engine's loop",
         )),
+        Query::Chain { key } => super::chain::chain(store, &key),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

@@ -16,6 +16,7 @@
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
 pub mod catalog;
+pub mod chain;
 pub mod commands;
 pub mod compliance;
 pub mod handle;

@@ -348,7 +348,11 @@ impl Publisher {
         for signal in self.telemetry.tick(sample) {
             match signal {
                 crate::telemetry::Signal::Alert(n) => {
-                    if n.phase == crate::telemetry::alerts::Phase::Firing {
+                    // An info rule firing is news, not a warning.
+                    let firing = n.phase == crate::telemetry::alerts::Phase::Firing;
+                    if firing && n.severity == crate::protocol::Severity::Critical {
+                        tracing::error!("alert: {}", n.message);
+                    } else if firing && n.severity == crate::protocol::Severity::Warning {
                         tracing::warn!("alert: {}", n.message);
                     } else {
                         tracing::info!("alert: {}", n.message);
@@ -517,6 +521,7 @@ impl Publisher {
                     .clone(),
                 workers: self.catalog.max_workers(),
                 in_flight: m.in_flight.load(Ordering::Relaxed),
+                workers_busy: m.busy_workers.load(Ordering::Relaxed),
                 per_second: self.per_second.iter().copied().collect(),
                 completed,
                 errors: m.errors.load(Ordering::Relaxed),

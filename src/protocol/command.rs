@@ -317,6 +317,9 @@ pub enum Query {
     /// The reconciliation of Stripe and QuickBooks: its counts and amounts, and at most
     /// `limit` of its rows (worst first).
     Reconciliation { limit: usize },
+    /// The chain of `key` across the systems: a Stripe product or invoice id, a
+    /// QuickBooks Item id, a DIAN number, a CUFE or an Alegra document id.
+    Chain { key: String },
 }
 
 /// What a command did.

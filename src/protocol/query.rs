@@ -22,6 +22,47 @@ pub enum Answer {
     /// [`Query::Reconciliation`](super::Query::Reconciliation): counts, amounts and
     /// the rows asked for.
     Reconciliation(Box<super::reconcile::ReconciliationView>),
+    /// [`Query::Chain`](super::Query::Chain): everything linked to what was asked.
+    Chain(Box<EntityChain>),
+}
+
+/// One entity's chain across the systems: Stripe product → QuickBooks Item → the
+/// invoices that use it → their Alegra documents → DIAN's verdict and CUFE (or, asked
+/// for an invoice, the same chain from its products on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntityChain {
+    /// What was asked for, as given.
+    pub asked: String,
+    pub links: Vec<ChainLink>,
+    /// Invoices using the product beyond those listed (the chain lists the newest).
+    #[serde(default)]
+    pub more_invoices: u64,
+}
+
+/// One link of a chain: one object in one system.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// `stripe product`, `quickbooks item`, `stripe invoice`, `alegra document`, `dian`.
+    pub system: String,
+    pub id: String,
+    /// How deep in the chain (0 for its start), for indenting.
+    pub depth: u8,
+    /// What the engine knows of it, as (field, value) pairs.
+    pub facts: Vec<(String, String)>,
+    /// Where two systems disagree on a field, as far as the engine has recorded them.
+    pub disagreements: Vec<FieldDiff>,
+    /// The audit trail's entries about it, newest first.
+    pub events: Vec<AuditEntry>,
+}
+
+/// A field two systems hold different values of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    pub field: String,
+    /// The value on this link's side, and the other side's (named in `against`).
+    pub here: String,
+    pub there: String,
+    pub against: String,
 }
 
 /// Which audit entries to read.

@@ -56,7 +56,11 @@ pub struct CatalogView {
     pub counts: CatalogCounts,
     pub full_sync: FullSyncState,
     pub workers: usize,
+    /// Jobs claimed and not yet finished.
     pub in_flight: usize,
+    /// Workers with a claim in hand (each claim holds up to `claim_batch` jobs).
+    #[serde(default)]
+    pub workers_busy: usize,
     /// Jobs completed per second, oldest first, one entry per second.
     pub per_second: Vec<u64>,
     pub completed: u64,

@@ -203,6 +203,7 @@ fn populated() -> Snapshot {
             },
             workers: 4,
             in_flight: 1,
+            workers_busy: 1,
             per_second: vec![1, 2, 3],
             completed: 6,
             errors: 1,

@@ -14,9 +14,23 @@ pub fn group(n: u64) -> String {
     out
 }
 
+/// `2 213 400,00` — an amount in cents as Colombian pesos (a credit's with a `-`).
+pub fn pesos(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}{},{:02}", group(abs / 100), abs % 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pesos_group_thousands_with_two_decimals_and_a_sign() {
+        assert_eq!(pesos(221_340_000), "2 213 400,00");
+        assert_eq!(pesos(5), "0,05");
+        assert_eq!(pesos(-150_050), "-1 500,50");
+    }
 
     #[test]
     fn numbers_are_grouped_by_thousands() {

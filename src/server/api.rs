@@ -725,6 +725,20 @@ fn time_param(name: &str, v: Option<&str>) -> Result<Option<i64>, String> {
         })
 }
 
+/// `GET /api/v1/chain/{key}`: the entity chain of a product, Item, invoice, DIAN
+/// number, CUFE or Alegra document (404 when the store knows no such thing).
+pub async fn chain(State(st): State<ServerState>, Path(key): Path<String>) -> Response {
+    match st.engine.query(crate::protocol::Query::Chain { key }).await {
+        Ok(crate::protocol::Answer::Chain(chain)) => axum::Json(chain).into_response(),
+        Ok(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the engine answered another query",
+        ),
+        Err(e) => command_error(&e),
+    }
+}
+
 pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>) -> Response {
     let (since, until) = match (
         time_param("since", q.since.as_deref()),

@@ -171,6 +171,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/thresholds", get(api::thresholds).put(api::set_thresholds))
         .route("/pipelines/{name}/{action}", post(api::pipeline))
         .route("/events", get(api::events))
+        .route("/chain/{key}", get(api::chain))
         .route("/alerts", get(api::alerts))
         .route("/commands", post(api::command))
         .route("/alerts/ack", post(api::ack_alerts))

@@ -387,6 +387,43 @@ impl Store {
             .collect()
     }
 
+    /// Invoices with a line of `product_id`, newest first, at most `limit`; and how
+    /// many there are in all.
+    pub fn invoices_using(
+        &self,
+        product_id: &str,
+        limit: usize,
+    ) -> Result<(Vec<InvoiceRecord>, u64)> {
+        // The lines are JSON in `data`: an exact substring, never a LIKE pattern (`_`
+        // in product ids is a LIKE wildcard).
+        let needle = format!("\"product\":{}", serde_json::Value::from(product_id));
+        let conn = self.r();
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM invoices WHERE instr(data, ?1) > 0",
+            params![needle],
+            |r| r.get(0),
+        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices WHERE instr(data, ?1) > 0
+             ORDER BY created_at DESC, number DESC LIMIT ?2"
+        ))?;
+        let found = stmt
+            .query_map(params![needle, limit as i64], row)?
+            .collect::<Result<Vec<_>>>()?;
+        Ok((found, total as u64))
+    }
+
+    /// The invoice sent to Alegra as document `alegra_id`, if any.
+    pub fn invoice_of_alegra_document(&self, alegra_id: &str) -> Result<Option<InvoiceRecord>> {
+        self.r()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM invoices WHERE alegra_id=?1"),
+                params![alegra_id],
+                row,
+            )
+            .optional()
+    }
+
     pub fn invoice_history(&self, stripe_id: &str) -> Result<Vec<HistoryEntry>> {
         let conn = self.r();
         let mut stmt = conn.prepare_cached(

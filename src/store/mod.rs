@@ -580,7 +580,6 @@ impl Store {
             .optional()
     }
 
-    /// The product an Item is mapped to, if any.
     /// How many products have a mapping row.
     pub fn mapping_count(&self) -> Result<u64> {
         self.r()
@@ -588,6 +587,19 @@ impl Store {
             .map(|n| n as u64)
     }
 
+    /// When a product's mapping was last brought in line with QuickBooks (ms).
+    pub fn mapping_synced_at(&self, product_id: &str) -> Result<Option<i64>> {
+        self.r()
+            .query_row(
+                "SELECT synced_at FROM item_map WHERE product_id=?1",
+                params![product_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+    }
+
+    /// The product an Item is mapped to, if any.
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
         self.w()
             .query_row(

@@ -53,6 +53,18 @@ pub async fn engine(config: Config, dir: &std::path::Path) -> Served {
     .unwrap()
 }
 
+/// The engine's QuickBooks policy as its snapshot shows it (breaker, limiter, counters).
+pub fn qb_view(engine: &EngineHandle) -> syncctl::resilience::DownstreamView {
+    engine
+        .snapshot
+        .borrow()
+        .downstreams
+        .iter()
+        .find(|d| d.name == "quickbooks")
+        .cloned()
+        .expect("a quickbooks policy")
+}
+
 /// Waits until the engine has listed everything and has nothing queued or in flight.
 pub async fn until_idle(engine: &EngineHandle, expected_synced: u64) {
     let mut rx = engine.snapshot.clone();

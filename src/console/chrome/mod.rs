@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cells;
+pub mod chain;
 pub mod command_line;
 pub mod confirm;
 pub mod footer;

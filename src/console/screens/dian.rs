@@ -175,7 +175,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 Cell::from(if Some(i) == selected { "▶" } else { " " }),
                 Cell::from(r.number.clone()),
                 Cell::from(r.buyer_name.clone()),
-                Cell::from(Line::from(pesos(r.total)).alignment(Alignment::Right)),
+                Cell::from(
+                    Line::from(crate::protocol::text::pesos(r.total)).alignment(Alignment::Right),
+                ),
                 Cell::from(Span::styled(
                     format!("{} {}", r.status.symbol(), r.status.name()),
                     invoice_style(app, r.status),
@@ -341,15 +343,6 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             .block(block(&title, app)),
         detail,
     );
-}
-
-/// `1 785 000,00` — pesos from cents, grouped, Colombian decimal comma.
-fn pesos(cents: i64) -> String {
-    format!(
-        "{},{:02}",
-        group((cents / 100).max(0) as u64),
-        cents.rem_euclid(100)
-    )
 }
 
 fn invoice_style(app: &App, s: InvoiceStatus) -> Style {

@@ -68,6 +68,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if app.who {
         chrome::who::draw(frame, area, app);
     }
+    if app.chain.is_some() {
+        chrome::chain::draw(frame, area, app);
+    }
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);
     }

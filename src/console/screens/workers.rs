@@ -63,7 +63,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Line::from(vec![
             Span::styled("workers ", t.dim),
             Span::styled(
-                format!("{} busy / {} target", c.in_flight, c.workers_target),
+                format!("{} busy / {} target", c.workers_busy, c.workers_target),
                 t.title,
             ),
             Span::raw(format!(

@@ -399,9 +399,12 @@ impl Compliance {
         Some(why)
     }
 
-    /// Confirms the numbering until Alegra answers (backing off), then stops.
+    /// Confirms the numbering until Alegra answers, then stops. Asked again every
+    /// [`NUMBERING_RETRY`], with no backoff of its own: every paid invoice waits on
+    /// this answer, and the Alegra circuit already keeps a dead Alegra from being
+    /// called more than its probes (a backoff on top of it held invoices up to a minute
+    /// after Alegra came back).
     pub async fn numbering_loop(&self, cancel: tokio_util::sync::CancellationToken) {
-        let mut wait = Duration::from_secs(2);
         loop {
             if !matches!(self.numbering(), Numbering::Checking(_)) {
                 return;
@@ -414,12 +417,14 @@ impl Compliance {
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(NUMBERING_RETRY) => {}
             }
-            wait = (wait * 2).min(Duration::from_secs(60));
         }
     }
 }
+
+/// How often the numbering is asked again while Alegra has not confirmed it.
+pub const NUMBERING_RETRY: Duration = Duration::from_secs(2);
 
 /// Why the numbering stops: `evidence` that only a second issuer of the range explains.
 fn second_issuer(evidence: &str) -> String {

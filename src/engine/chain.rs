@@ -1,0 +1,287 @@
+//! The entity chain: from any product, Item, invoice, Alegra document or CUFE, every
+//! object linked to it across the systems — Stripe product → QuickBooks Item → the
+//! invoices that use it → their Alegra documents → DIAN's verdict and CUFE — with the
+//! audit trail's events of each and the fields where the systems disagree, as far as
+//! the engine has recorded them. Read from the store only: asking costs no API call.
+
+use crate::protocol::{
+    Answer, AuditEntry, AuditFilter, ChainLink, CommandError, EntityChain, FieldDiff,
+    InvoiceRecord, QueryReply, Status,
+};
+use crate::store::Store;
+
+/// Events listed per link.
+const EVENTS_PER_LINK: usize = 20;
+/// Invoices listed per product (the newest; the rest are counted).
+const INVOICES_PER_PRODUCT: usize = 10;
+
+fn unreadable(e: crate::store::SqlError) -> CommandError {
+    CommandError::unavailable(format!("the store: {e}"))
+}
+
+/// The chain of `key`: a Stripe product or invoice id, a QuickBooks Item id, a DIAN
+/// number, a CUFE, or an Alegra document id.
+pub fn chain(store: &Store, key: &str) -> QueryReply {
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(CommandError::invalid(
+            "key",
+            "give a product, Item, invoice, DIAN number, CUFE or Alegra document id",
+        ));
+    }
+    let mut out = EntityChain {
+        asked: key.to_owned(),
+        ..EntityChain::default()
+    };
+    // An invoice (Stripe id, DIAN number or CUFE), or an Alegra document: its chain
+    // starts there and goes back to the products of its lines.
+    let invoice = match store.invoice(key).map_err(unreadable)? {
+        Some(r) => Some(r),
+        None => store.invoice_of_alegra_document(key).map_err(unreadable)?,
+    };
+    if let Some(rec) = invoice {
+        invoice_links(store, &rec, 0, &mut out)?;
+        let mut seen = Vec::new();
+        for line in &rec.invoice.lines {
+            let Some(product) = line.product.as_deref() else {
+                continue;
+            };
+            if seen.contains(&product) {
+                continue;
+            }
+            seen.push(product);
+            product_links(store, product, line.item_id.as_deref(), 1, &mut out)?;
+        }
+        return Ok(Answer::Chain(Box::new(out)));
+    }
+    // A product, or the Item one is mapped to.
+    let product = if store.mapping(key).map_err(unreadable)?.is_some() {
+        Some(key.to_owned())
+    } else {
+        store.product_of_item(key).map_err(unreadable)?
+    };
+    let Some(product) = product else {
+        return Err(CommandError::not_found(format!(
+            "nothing in the store is {key:?}: not a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen"
+        )));
+    };
+    product_links(store, &product, None, 0, &mut out)?;
+    let (invoices, total) = store
+        .invoices_using(&product, INVOICES_PER_PRODUCT)
+        .map_err(unreadable)?;
+    out.more_invoices = total.saturating_sub(invoices.len() as u64);
+    for rec in &invoices {
+        invoice_links(store, rec, 2, &mut out)?;
+    }
+    Ok(Answer::Chain(Box::new(out)))
+}
+
+fn events(store: &Store, entities: &[&str]) -> Result<Vec<AuditEntry>, CommandError> {
+    let mut all = Vec::new();
+    for entity in entities {
+        let filter = AuditFilter {
+            entity: Some((*entity).to_owned()),
+            limit: EVENTS_PER_LINK,
+            ..AuditFilter::default()
+        };
+        all.extend(store.audit_query(&filter).map_err(unreadable)?);
+    }
+    all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(b.id.cmp(&a.id)));
+    all.dedup_by_key(|e| e.id);
+    all.truncate(EVENTS_PER_LINK);
+    Ok(all)
+}
+
+fn opt(v: Option<&str>) -> String {
+    v.map_or_else(|| "–".to_owned(), str::to_owned)
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "–".to_owned(), crate::protocol::journal::utc_time)
+}
+
+/// The product and its Item. `used_item` is the Item an invoice line recorded, when
+/// the chain comes from an invoice (a remapped product disagrees with it).
+fn product_links(
+    store: &Store,
+    product: &str,
+    used_item: Option<&str>,
+    depth: u8,
+    out: &mut EntityChain,
+) -> Result<(), CommandError> {
+    let mapping = store.mapping(product).map_err(unreadable)?;
+    let synced_at = store.mapping_synced_at(product).map_err(unreadable)?;
+    let mut link = ChainLink {
+        system: "stripe product".into(),
+        id: product.to_owned(),
+        depth,
+        facts: vec![(
+            "mapping".into(),
+            mapping
+                .as_ref()
+                .map_or_else(|| "none: never synced".to_owned(), |m| m.status.clone()),
+        )],
+        events: events(store, &[product])?,
+        ..ChainLink::default()
+    };
+    if let Some(reason) = mapping.as_ref().and_then(|m| m.reason.clone()) {
+        link.facts.push(("reason".into(), reason));
+    }
+    out.links.push(link);
+    let Some(m) = mapping else {
+        return Ok(());
+    };
+    let Some(item) = m.item_id.clone() else {
+        return Ok(());
+    };
+    let mut link = ChainLink {
+        system: "quickbooks item".into(),
+        id: item.clone(),
+        depth: depth + 1,
+        facts: vec![
+            ("name".into(), opt(m.item_name.as_deref())),
+            ("SyncToken".into(), opt(m.sync_token.as_deref())),
+            ("last sync".into(), when(synced_at)),
+        ],
+        events: events(store, &[&item])?,
+        ..ChainLink::default()
+    };
+    if let Some(pending) = &m.pending_request_id {
+        link.facts
+            .push(("write in flight (requestid)".into(), pending.clone()));
+    }
+    if let Some(used) = used_item.filter(|u| *u != item) {
+        link.disagreements.push(FieldDiff {
+            field: "Item".into(),
+            here: item.clone(),
+            there: used.to_owned(),
+            against: "the invoice line".into(),
+        });
+    }
+    out.links.push(link);
+    Ok(())
+}
+
+/// An invoice's compliance history (as audit entries) and the audit trail's entries
+/// about it, newest first.
+fn invoice_events(store: &Store, rec: &InvoiceRecord) -> Result<Vec<AuditEntry>, CommandError> {
+    let history = store.invoice_history(&rec.stripe_id).map_err(unreadable)?;
+    let mut evs: Vec<AuditEntry> = history
+        .iter()
+        .rev()
+        .take(EVENTS_PER_LINK)
+        .map(|h| AuditEntry {
+            id: 0,
+            at_ms: h.at_ms,
+            kind: "invoice".into(),
+            entity: rec.number.clone(),
+            actor: h.actor.clone(),
+            message: format!(
+                "{} → {}{}: {}",
+                h.from.as_deref().unwrap_or("new"),
+                h.to,
+                h.code
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
+                h.message
+            ),
+            trace_id: None,
+        })
+        .collect();
+    evs.extend(events(store, &[&rec.stripe_id, &rec.number])?);
+    evs.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+    evs.truncate(EVENTS_PER_LINK);
+    Ok(evs)
+}
+
+/// The invoice, its Alegra document and DIAN's verdict.
+fn invoice_links(
+    store: &Store,
+    rec: &InvoiceRecord,
+    depth: u8,
+    out: &mut EntityChain,
+) -> Result<(), CommandError> {
+    let evs = invoice_events(store, rec)?;
+    let items: Vec<String> = rec
+        .invoice
+        .lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{} ×{} → Item {}",
+                l.product.as_deref().unwrap_or("–"),
+                l.quantity,
+                l.item_id.as_deref().unwrap_or("none")
+            )
+        })
+        .collect();
+    out.links.push(ChainLink {
+        system: "stripe invoice".into(),
+        id: rec.stripe_id.clone(),
+        depth,
+        facts: vec![
+            ("number".into(), rec.number.clone()),
+            (
+                "total".into(),
+                format!("{} COP", crate::protocol::text::pesos(rec.total)),
+            ),
+            (
+                "buyer".into(),
+                format!("{} {}", rec.buyer_id, rec.buyer_name),
+            ),
+            ("lines".into(), items.join("; ")),
+            ("created".into(), when(Some(rec.created_at_ms))),
+        ],
+        events: evs,
+        ..ChainLink::default()
+    });
+    let Some(doc) = rec.alegra_id.clone() else {
+        out.links.push(ChainLink {
+            system: "dian".into(),
+            id: rec.number.clone(),
+            depth: depth + 1,
+            facts: vec![
+                ("state".into(), rec.status.name().to_owned()),
+                ("alegra document".into(), "none yet".into()),
+            ],
+            ..ChainLink::default()
+        });
+        return Ok(());
+    };
+    out.links.push(ChainLink {
+        system: "alegra document".into(),
+        id: doc.clone(),
+        depth: depth + 1,
+        facts: vec![("attempts".into(), rec.attempts.to_string())],
+        events: events(store, &[&doc])?,
+        ..ChainLink::default()
+    });
+    let mut dian = ChainLink {
+        system: "dian".into(),
+        id: rec.number.clone(),
+        depth: depth + 2,
+        facts: vec![
+            ("state".into(), rec.status.name().to_owned()),
+            ("CUFE".into(), opt(rec.cufe.as_deref())),
+            ("validated".into(), when(rec.validated_at_ms)),
+        ],
+        ..ChainLink::default()
+    };
+    if let Some(code) = &rec.last_code {
+        dian.facts.push((
+            "last answer".into(),
+            format!("{code}: {}", opt(rec.last_message.as_deref())),
+        ));
+    }
+    if rec.status == Status::Validated && rec.cufe.is_none() {
+        dian.disagreements.push(FieldDiff {
+            field: "CUFE".into(),
+            here: "none recorded".into(),
+            there: "VALIDATED".into(),
+            against: "DIAN's state".into(),
+        });
+    }
+    out.links.push(dian);
+    Ok(())
+}

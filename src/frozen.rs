@@ -115,6 +115,10 @@ impl FrozenBundle {
                 "{} is an incident bundle: there is no history to replay {name} over",
                 self.file
             ))),
+            Query::Reconciliation { .. } => Err(CommandError::conflict(format!(
+                "{} is an incident bundle: its reconciliation is what its snapshot shows",
+                self.file
+            ))),
             Query::Chain { key } => Err(CommandError::conflict(format!(
                 "{} is an incident bundle: it keeps no store to follow {key:?}'s chain through",
                 self.file

@@ -112,7 +112,7 @@ enum Command {
         subcommand_negates_reqs = true,
         subcommand_help_heading = "Instead of a command",
         disable_help_subcommand = true,
-        override_usage = "syncctl ctl [OPTIONS] <COMMAND>...\n       syncctl ctl journal [--limit N] [OPTIONS]\n       syncctl ctl bundle [--out FILE] [--events N] [OPTIONS]"
+        override_usage = "syncctl ctl [OPTIONS] <COMMAND>...\n       syncctl ctl journal [--limit N] [OPTIONS]\n       syncctl ctl bundle [--out FILE] [--events N] [OPTIONS]\n       syncctl ctl reconcile [--limit N] [OPTIONS]"
     )]
     Ctl {
         /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
@@ -238,6 +238,17 @@ enum CtlJournal {
         #[arg(long, value_name = "N", default_value_t = 500,
               value_parser = clap::value_parser!(u16).range(1..=5000))]
         events: u16,
+    },
+    /// Stripe against QuickBooks, as the running engine keeps it live: counts and
+    /// amounts of the products with no Item, the Items with no product and the Items
+    /// that drifted (name, price, active flag), then the worst N of them. Exit 0, 1 when
+    /// the engine refuses, 3 when no engine is reached. `ctl resync-item PRODUCT` and
+    /// `ctl resync-drifted` fix them.
+    Reconcile {
+        /// The worst N discrepancies (1 to 10000).
+        #[arg(long, value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u16).range(1..=10000))]
+        limit: u16,
     },
 }
 
@@ -1196,6 +1207,9 @@ async fn ctl(
         Some(CtlJournal::Bundle { out, events }) => {
             return ctl_bundle(dir, url, token, out, events.into()).await;
         }
+        Some(CtlJournal::Reconcile { limit }) => {
+            return ctl_reconcile(dir, url, token, json, limit.into()).await;
+        }
         None => {}
     }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
@@ -1501,6 +1515,122 @@ async fn ctl_journal(
         eprintln!("no operator actions yet");
     }
     ExitCode::SUCCESS
+}
+
+/// `syncctl ctl reconcile`: the running engine's reconciliation, its counts and
+/// amounts then the worst `limit` rows (or its JSON).
+async fn ctl_reconcile(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    limit: usize,
+) -> ExitCode {
+    use syncctl::protocol::ReconciliationView;
+    let (base, token) = match ctl_engine(dir, url, token) {
+        Err(code) => return code,
+        Ok(Some((base, token, _))) => (base, token),
+        Ok(None) => {
+            eprintln!(
+                "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
+                dir.display()
+            );
+            return ExitCode::from(3);
+        }
+    };
+    let answer = match reqwest::Client::new()
+        .get(format!("{base}/api/v1/reconciliation"))
+        .query(&[("limit", limit.to_string())])
+        .bearer_auth(&token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("syncctl: the engine at {base} did not answer ({e})");
+            return ExitCode::from(3);
+        }
+    };
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("refused");
+        eprintln!("syncctl: the engine at {base} refused: {message}");
+        return ExitCode::FAILURE;
+    }
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let r: ReconciliationView = match serde_json::from_value(body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("syncctl: {base}/api/v1/reconciliation: not a syncctl engine's answer ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_reconciliation(&r);
+    ExitCode::SUCCESS
+}
+
+/// `ctl reconcile`'s text: the state, the counts and amounts, the rows.
+fn print_reconciliation(r: &syncctl::protocol::ReconciliationView) {
+    use syncctl::protocol::utc_time;
+    let at = r
+        .refreshed_ms
+        .map(utc_time)
+        .unwrap_or_else(|| "never".into());
+    println!("{} (refreshed {at})", r.status);
+    if !r.ready {
+        return;
+    }
+    println!(
+        "products {} · Items {} · in sync {} · cannot be an Item {}",
+        r.products, r.items, r.in_sync, r.unsyncable
+    );
+    println!(
+        "drift    {:>6}  amount {:>12.2}  (name {}, price {}, active {})",
+        r.drifted.count, r.drifted.amount, r.drift_name, r.drift_price, r.drift_active
+    );
+    println!(
+        "missing  {:>6}  amount {:>12.2}  products with no Item",
+        r.missing.count, r.missing.amount
+    );
+    println!(
+        "orphan   {:>6}  amount {:>12.2}  active Items with no product",
+        r.orphans.count, r.orphans.amount
+    );
+    if r.rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<8} {:<20} {:<6} {:<16} {:>10} {:>10} {:>10}  name",
+        "kind", "product", "Item", "differs", "Stripe", "QuickBooks", "amount"
+    );
+    let price = |p: Option<f64>| p.map_or_else(|| "–".to_owned(), |p| format!("{p:.2}"));
+    for d in &r.rows {
+        let differs = match d.kind {
+            syncctl::protocol::DiscrepancyKind::Drift => d.fields.join(","),
+            syncctl::protocol::DiscrepancyKind::Missing => "no Item".into(),
+            syncctl::protocol::DiscrepancyKind::Orphan => "no product".into(),
+        };
+        println!(
+            "{:<8} {:<20} {:<6} {:<16} {:>10} {:>10} {:>10.2}  {}",
+            d.kind.word(),
+            d.product_id.as_deref().unwrap_or("–"),
+            d.item_id.as_deref().unwrap_or("–"),
+            differs,
+            price(d.stripe.as_ref().and_then(|s| s.price)),
+            price(d.quickbooks.as_ref().and_then(|s| s.price)),
+            d.amount,
+            d.name()
+        );
+    }
+    if (r.rows.len() as u64) < r.total() {
+        println!("… {} more (--limit N)", r.total() - r.rows.len() as u64);
+    }
 }
 
 /// The newest `limit` operator entries of a running engine's audit trail

@@ -97,6 +97,95 @@ fn snapshot() -> Snapshot {
         telemetry: telemetry(),
         profile: Vec::new(),
         config_file: Some("/home/ana/.config/syncctl/config.toml".into()),
+        reconciliation: reconciliation(),
+    }
+}
+
+/// Two drifted Items, one product with no Item and one Item with no product.
+fn reconciliation() -> syncctl::protocol::ReconciliationView {
+    use syncctl::protocol::{Discrepancy, DiscrepancyKind, ReconciliationView, Side, Tally};
+    let side = |name: &str, price: f64, active: bool| Side {
+        name: name.into(),
+        price: Some(price),
+        active,
+    };
+    let row = |kind, pid: Option<&str>, item: Option<&str>, fields: &[&str], stripe, qb, amount| {
+        Discrepancy {
+            kind,
+            product_id: pid.map(Into::into),
+            item_id: item.map(Into::into),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            stripe,
+            quickbooks: qb,
+            amount,
+            since_ms: T0 - 65_000,
+        }
+    };
+    ReconciliationView {
+        ready: true,
+        status: "live".into(),
+        products: 2500,
+        items: 2498,
+        in_sync: 2496,
+        unsyncable: 1,
+        missing: Tally {
+            count: 1,
+            amount: 49.9,
+        },
+        orphans: Tally {
+            count: 1,
+            amount: 15.0,
+        },
+        drifted: Tally {
+            count: 2,
+            amount: 1262.5,
+        },
+        drift_name: 1,
+        drift_price: 1,
+        drift_active: 1,
+        refreshed_ms: Some(T0 - 2000),
+        refreshes: 40,
+        items_changed: 1234,
+        events_read: 56,
+        stripe_pages: 25,
+        rows: vec![
+            row(
+                DiscrepancyKind::Drift,
+                Some("prod_00000000000042"),
+                Some("512"),
+                &["name", "price"],
+                Some(side("Café Premium #42", 1250.0, true)),
+                Some(side("Cafe premium", 12.5, true)),
+                1237.5,
+            ),
+            row(
+                DiscrepancyKind::Drift,
+                Some("prod_00000000000007"),
+                Some("77"),
+                &["active"],
+                Some(side("Té Verde", 25.0, true)),
+                Some(side("Té Verde", 25.0, false)),
+                25.0,
+            ),
+            row(
+                DiscrepancyKind::Missing,
+                Some("prod_00000000000099"),
+                None,
+                &[],
+                Some(side("Nuevo producto", 49.9, true)),
+                None,
+                49.9,
+            ),
+            row(
+                DiscrepancyKind::Orphan,
+                None,
+                Some("901"),
+                &[],
+                None,
+                Some(side("Made by hand in QuickBooks", 15.0, true)),
+                15.0,
+            ),
+        ],
     }
 }
 
@@ -1911,6 +2000,65 @@ fn failed_catalog_jobs_and_a_full_sync_are_run_again_after_a_confirmation() {
         Some(Command::Resync {})
     );
 }
+#[test]
+fn reconcile_at_80x24_and_120x40() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('9'));
+    assert_eq!(app.tab, Tab::Reconcile);
+    assert!(app.shown().reconciliation);
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        assert!(text.contains("drift        2"), "{text}");
+        assert!(text.contains("1 262.50"), "amounts grouped:\n{text}");
+        assert!(text.contains("prod_00000000000042"), "{text}");
+        assert!(text.contains("name price"), "{text}");
+        assert!(
+            text.contains("\"Cafe premium\" · 12.50 · active · Item 512"),
+            "{text}"
+        );
+        check_snapshot(&format!("reconcile_{w}x{h}"), &text);
+    }
+}
+
+#[test]
+fn reconcile_keys_resync_the_selected_product_or_every_drifted_one_after_a_preview() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('9'));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('r')),
+        Some(Command::ResyncItem {
+            key: "prod_00000000000042".into()
+        })
+    );
+    // An orphan has no product to write from: said, nothing sent.
+    press(&mut app, KeyCode::Char('G'));
+    assert!(press(&mut app, KeyCode::Char('r')).is_none());
+    let flash = app.flash.clone().unwrap_or_default();
+    assert!(flash.contains("Item 901 has no Stripe product"), "{flash}");
+    // Resync all: a preview with the counts, focus on Cancel.
+    assert!(press(&mut app, KeyCode::Char('R')).is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("Resync 3 Item(s)?"), "{text}");
+    assert!(text.contains("2 drifted, 1 missing"), "{text}");
+    assert!(text.contains("Orphans are left alone"), "{text}");
+    assert!(press(&mut app, KeyCode::Enter).is_none());
+    assert!(app.confirm.is_none());
+    press(&mut app, KeyCode::Char('R'));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::ResyncDrifted {})
+    );
+    // Nothing drifted: refused where it is asked.
+    let mut s = (*app.snapshot).clone();
+    s.reconciliation = Default::default();
+    s.reconciliation.ready = true;
+    app.snapshot = std::sync::Arc::new(s);
+    assert!(press(&mut app, KeyCode::Char('R')).is_none());
+    assert!(app.confirm.is_none());
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("every product has its Item"), "{text}");
+}
+
 // ---- issue 15: the terminal ----
 
 /// What no cell may hold: halves of flags, joiners, variation selectors, skin tones,
@@ -2050,14 +2198,15 @@ fn hard_names_leave_no_stray_cells_on_any_screen() {
     assert!(text.contains("Café 日 本  x"), "{text}");
 }
 
-/// The header names all eight screens (short below 100 columns) beside or above the
+/// The header names all nine screens (short below 100 columns, against their keys
+/// when that keeps one row) beside or above the
 /// status, which keeps SANDBOX, the catalog's state and where the console stands
 /// whole; the hints bar fits, most useful first, `? help` and `q quit` always — on
 /// every screen at 80×24 and 120×40, hosting, read-only, attached and reconnecting.
 #[test]
 fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
-    const SHORT: [&str; 8] = [
-        "Over", "Thru", "Circ", "Work", "Alert", "DIAN", "Event", "Set",
+    const SHORT: [&str; 9] = [
+        "Over", "Thru", "Circ", "Work", "Alert", "DIAN", "Event", "Set", "Recon",
     ];
     use syncctl::protocol::{Attached, LinkState, Role};
     let attached = |role| Attached {
@@ -2118,10 +2267,11 @@ fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
                     Tab::ALL.iter().zip(SHORT).all(|(t, short)| {
                         let name = if full { t.title() } else { short };
                         header.contains(&format!("{} {name}", t.key()))
+                            || (!full && header.contains(&format!("{}{name}", t.key())))
                     })
                 };
                 let full = w >= 100 && (what == "hosted" || named(true));
-                assert!(named(full), "all eight named (full: {full}), {ctx}");
+                assert!(named(full), "all nine named (full: {full}), {ctx}");
                 let hints = lines.last().unwrap();
                 assert!(
                     hints.contains("? help") && hints.ends_with("q quit"),
@@ -2137,11 +2287,11 @@ fn every_screen_names_all_tabs_and_fits_its_hints_hosted_or_attached() {
                 );
             }
         }
-        // Hosting at 80 columns, the status and all eight names share one row.
+        // Hosting at 80 columns, the status and all nine names share one row.
         if what == "hosted" {
             app.tab = Tab::Overview;
             let (text, _) = render(&app, 80, 24);
-            assert!(text.lines().next().unwrap().contains("8 Set"), "{text}");
+            assert!(text.lines().next().unwrap().contains("9Recon"), "{text}");
         }
     }
 }

@@ -38,6 +38,10 @@ pub enum Action {
     RetryFailedJobs,
     /// `S` on Workers: run the catalog's full sync again (after a preview).
     Resync,
+    /// `r` on Reconcile: write the selected product's Item again from Stripe.
+    ResyncItem,
+    /// `R` on Reconcile: write every drifted and missing Item again (after a preview).
+    ResyncDrifted,
     CycleStatus,
     Search,
     ToggleJournal,
@@ -82,6 +86,8 @@ impl Action {
             Action::RetryFailed => Some("retrying failed invoices"),
             Action::RetryFailedJobs => Some("retrying failed catalog jobs"),
             Action::Resync => Some("re-running the full sync"),
+            Action::ResyncItem => Some("resyncing an Item"),
+            Action::ResyncDrifted => Some("resyncing every drifted Item"),
             Action::InvalidateCache => Some("invalidating the cache"),
             Action::AckAlert => Some("acknowledging alerts"),
             Action::SilenceAlert => Some("silencing alerts"),
@@ -145,6 +151,7 @@ pub enum Scope {
     Alerts,
     Settings,
     Events,
+    Reconcile,
     /// Screens with a search or filter (DIAN, Events).
     Searchable,
 }
@@ -160,7 +167,12 @@ impl Scope {
             Scope::Global => true,
             Scope::Lists => matches!(
                 tab,
-                Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings
+                Tab::Events
+                    | Tab::Circuits
+                    | Tab::Dian
+                    | Tab::Alerts
+                    | Tab::Settings
+                    | Tab::Reconcile
             ),
             Scope::Circuits => tab == Tab::Circuits,
             Scope::Workers => tab == Tab::Workers,
@@ -169,6 +181,7 @@ impl Scope {
             Scope::Alerts => tab == Tab::Alerts,
             Scope::Settings => tab == Tab::Settings,
             Scope::Events => tab == Tab::Events,
+            Scope::Reconcile => tab == Tab::Reconcile,
             Scope::Searchable => matches!(tab, Tab::Dian | Tab::Events),
         }
     }
@@ -329,6 +342,30 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "Settings (thresholds)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('9')],
+        label: "9",
+        action: Action::GoTab(Tab::Reconcile),
+        scope: Scope::Global,
+        hint: None,
+        help: "Reconcile (Stripe against QuickBooks, live)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('r')],
+        label: "r",
+        action: Action::ResyncItem,
+        scope: Scope::Reconcile,
+        hint: Some("resync"),
+        help: "write the selected product's Item again from Stripe (Reconcile)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('R')],
+        label: "R",
+        action: Action::ResyncDrifted,
+        scope: Scope::Reconcile,
+        hint: Some("resync all"),
+        help: "write every drifted and missing Item again, after a preview (Reconcile)",
     },
     Binding {
         keys: &[KeyCode::Char('t')],

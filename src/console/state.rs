@@ -11,9 +11,9 @@ pub use super::selection::{Selection, Step};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, CacheScope, InvoiceDetail, InvoiceRecord, KnownValues, LinkState,
-    OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    WhatIf, complete_with, operator,
+    AttachedConsole, AuditEntry, CacheScope, Discrepancy, InvoiceDetail, InvoiceRecord,
+    KnownValues, LinkState, OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState,
+    Status as InvoiceStatus, WhatIf, complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -22,6 +22,35 @@ pub fn num(v: f64) -> String {
         format!("{}", v as i64)
     } else {
         format!("{v}")
+    }
+}
+
+/// An amount as the Reconcile screen writes it: two decimals, thousands grouped with
+/// a thin space (`12 345.60`).
+pub fn money(v: f64) -> String {
+    let cents = (v * 100.0).round() as i64;
+    let (sign, cents) = if cents < 0 {
+        ("-", -cents)
+    } else {
+        ("", cents)
+    };
+    let whole = (cents / 100).to_string();
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    format!("{sign}{grouped}.{:02}", cents % 100)
+}
+
+/// A discrepancy's id in the Reconcile list: its product's, or its Item's (an orphan).
+pub fn recon_id(d: &Discrepancy) -> String {
+    match (&d.product_id, &d.item_id) {
+        (Some(p), _) => format!("product:{p}"),
+        (None, Some(i)) => format!("item:{i}"),
+        (None, None) => String::new(),
     }
 }
 
@@ -49,6 +78,12 @@ pub enum Confirm {
     /// Run the catalog's full sync again; `products` is how many the store knows of.
     Resync {
         products: u64,
+    },
+    /// Write again every drifted and missing Item, as the reconciliation showed them.
+    ResyncDrifted {
+        drifted: u64,
+        missing: u64,
+        amount: f64,
     },
     /// Drop cached QuickBooks lookups; `entries` is how many the cache holds now.
     InvalidateCache {
@@ -105,6 +140,11 @@ impl Confirm {
                 format!("Retry {count} failed catalog jobs?")
             }
             Confirm::Resync { .. } => "Run the full sync again?".into(),
+            Confirm::ResyncDrifted {
+                drifted, missing, ..
+            } => {
+                format!("Resync {} Item(s)?", drifted + missing)
+            }
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
             Confirm::Thresholds { changes, .. } => {
                 format!("Apply {} threshold change(s)?", changes.len())
@@ -122,6 +162,7 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
+            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{} Item(s) written again from Stripe through the catalog queue: {drifted} drifted, {missing} missing ({} involved). Each: a Stripe read and at least one QuickBooks write (batched by 30). Orphans are left alone.", drifted + missing, money(*amount)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
@@ -147,7 +188,7 @@ impl Confirm {
                 "Apply"
             }
             Confirm::RetryFailed { .. } | Confirm::RetryFailedJobs { .. } => "Retry",
-            Confirm::Resync { .. } => "Sync",
+            Confirm::Resync { .. } | Confirm::ResyncDrifted { .. } => "Sync",
             Confirm::InvalidateCache { .. } => "Invalidate",
         }
     }
@@ -189,6 +230,8 @@ pub struct App {
     pub chart_window: usize,
     /// Alerts screen: the selected alert, by id.
     pub alert_sel: Selection,
+    /// Reconcile: the selected discrepancy, by product or Item id.
+    pub recon_sel: Selection,
     /// Settings: the selected threshold, and the values staged but not applied.
     pub setting_row: usize,
     pub staged: Vec<(String, f64)>,
@@ -257,6 +300,7 @@ impl App {
             prompt_kind: PromptKind::Bounds,
             chart_window: 0,
             alert_sel: Selection::default(),
+            recon_sel: Selection::default(),
             setting_row: 0,
             staged: Vec::new(),
             what_ifs: Vec::new(),
@@ -349,8 +393,25 @@ impl App {
     pub fn shows_list(&self) -> bool {
         matches!(
             self.tab,
-            Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings
+            Tab::Events | Tab::Circuits | Tab::Dian | Tab::Alerts | Tab::Settings | Tab::Reconcile
         )
+    }
+
+    /// The Reconcile rows' ids (`product:ID`, or `item:ID` for an orphan), in order.
+    pub fn recon_ids(&self) -> Vec<String> {
+        self.snapshot
+            .reconciliation
+            .rows
+            .iter()
+            .map(recon_id)
+            .collect()
+    }
+
+    /// The selected discrepancy (`None` when it has left the list: fixed, or gone).
+    pub fn selected_discrepancy(&self) -> Option<&Discrepancy> {
+        let ids = self.recon_ids();
+        let row = self.recon_sel.row_in(&ids)?;
+        self.snapshot.reconciliation.rows.get(row)
     }
 
     /// The ids of the alerts pending or firing, as listed.
@@ -473,6 +534,7 @@ impl App {
             audit: self.tab == Tab::Events,
             charts: self.tab == Tab::Throughput,
             downstreams: matches!(self.tab, Tab::Circuits | Tab::Throughput | Tab::Workers),
+            reconciliation: self.tab == Tab::Reconcile,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The console's eight screens as data: their order, titles and number keys. A leaf:
+//! The console's nine screens as data: their order, titles and number keys. A leaf:
 //! the key table, the state and the drawing all name a screen by this, and it names
 //! nothing of theirs.
 
@@ -13,10 +13,12 @@ pub enum Tab {
     Dian,
     Events,
     Settings,
+    /// Stripe against QuickBooks, live (after the eight of docs/console.md).
+    Reconcile,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 8] = [
+    pub const ALL: [Tab; 9] = [
         Tab::Overview,
         Tab::Throughput,
         Tab::Circuits,
@@ -25,6 +27,7 @@ impl Tab {
         Tab::Dian,
         Tab::Events,
         Tab::Settings,
+        Tab::Reconcile,
     ];
     pub fn title(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl Tab {
             Tab::Dian => "DIAN",
             Tab::Events => "Events",
             Tab::Settings => "Settings",
+            Tab::Reconcile => "Reconcile",
         }
     }
     /// The title in a few letters, for the tabs of a narrow terminal.
@@ -49,6 +53,7 @@ impl Tab {
             Tab::Dian => "DIAN",
             Tab::Events => "Event",
             Tab::Settings => "Set",
+            Tab::Reconcile => "Recon",
         }
     }
     /// The screen's number key (fixed across versions, as docs/console.md lists them).
@@ -62,6 +67,7 @@ impl Tab {
             Tab::Dian => '6',
             Tab::Events => '7',
             Tab::Settings => '8',
+            Tab::Reconcile => '9',
         }
     }
     /// The screen after this one (Tab), wrapping around.

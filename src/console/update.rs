@@ -230,7 +230,7 @@ impl App {
                 effects.push(redraw(false));
             }
             // The console asks no other query.
-            Query::Audit { .. } | Query::Invoices { .. } => {}
+            Query::Audit { .. } | Query::Invoices { .. } | Query::Reconciliation { .. } => {}
         }
         effects
     }
@@ -264,6 +264,14 @@ impl App {
             Tab::Alerts => {
                 let ids = owned(self.alert_ids());
                 self.alert_sel.follow(&ids);
+            }
+            Tab::Reconcile => {
+                let ids = self.recon_ids();
+                if ids.is_empty() {
+                    // Nothing left to point at: the next discrepancy is selected.
+                    self.recon_sel.reset();
+                }
+                self.recon_sel.follow(&ids);
             }
             _ => {}
         }
@@ -792,6 +800,28 @@ impl App {
             }
             Action::RetryFailedJobs => return self.run_typed(Command::RetryFailedJobs {}),
             Action::Resync => return self.run_typed(Command::Resync {}),
+            Action::ResyncItem => {
+                let Some(d) = self.selected_discrepancy() else {
+                    self.flash = Some(
+                        self.nothing_selected(
+                            self.recon_sel
+                                .gone(&self.recon_ids())
+                                .map(|id| format!("{id} agrees now or is gone")),
+                            "resynced",
+                        ),
+                    );
+                    return None;
+                };
+                let Some(key) = d.product_id.clone() else {
+                    self.flash = Some(format!(
+                        "Item {} has no Stripe product to write it from: nothing resynced",
+                        d.item_id.as_deref().unwrap_or("?")
+                    ));
+                    return None;
+                };
+                return self.run_typed(Command::ResyncItem { key });
+            }
+            Action::ResyncDrifted => return self.run_typed(Command::ResyncDrifted {}),
             Action::CycleStatus => {
                 let all = InvoiceStatus::ALL;
                 self.dian_filter = match self.dian_filter {
@@ -835,7 +865,7 @@ impl App {
             | Action::PageDown
             | Action::Top
             | Action::Bottom
-                if matches!(self.tab, Tab::Dian | Tab::Alerts) =>
+                if matches!(self.tab, Tab::Dian | Tab::Alerts | Tab::Reconcile) =>
             {
                 let step = match action {
                     Action::Up => Step::Up(1),
@@ -848,6 +878,9 @@ impl App {
                 if self.tab == Tab::Dian {
                     let ids = owned(self.dian_ids());
                     self.dian_sel.step(&ids, step);
+                } else if self.tab == Tab::Reconcile {
+                    let ids = self.recon_ids();
+                    self.recon_sel.step(&ids, step);
                 } else {
                     let ids = owned(self.alert_ids());
                     self.alert_sel.step(&ids, step);
@@ -1007,6 +1040,7 @@ impl App {
                     Confirm::RetryFailed { .. } => self.send(Command::RetryFailed {}),
                     Confirm::RetryFailedJobs { .. } => self.send(Command::RetryFailedJobs {}),
                     Confirm::Resync { .. } => self.send(Command::Resync {}),
+                    Confirm::ResyncDrifted { .. } => self.send(Command::ResyncDrifted {}),
                     Confirm::InvalidateCache { scope, .. } => {
                         self.flash = Some("invalidating…".into());
                         self.send(Command::InvalidateCache { scope })
@@ -1141,6 +1175,24 @@ impl App {
                 }
                 Confirm::Resync {
                     products: self.snapshot.catalog.counts.products_seen,
+                }
+            }
+            Command::ResyncDrifted {} => {
+                let r = &self.snapshot.reconciliation;
+                let (drifted, missing) = (r.drifted.count, r.missing.count);
+                if !r.ready {
+                    self.flash = Some(format!("the reconciliation is not ready: {}", r.status));
+                    return None;
+                }
+                if drifted + missing == 0 {
+                    self.flash =
+                        Some("nothing to resync: no Item drifted and none is missing".into());
+                    return None;
+                }
+                Confirm::ResyncDrifted {
+                    drifted,
+                    missing,
+                    amount: r.drifted.amount + r.missing.amount,
                 }
             }
             Command::InvalidateCache { scope } => Confirm::InvalidateCache {

@@ -153,8 +153,10 @@ fn entity(command: &Command) -> String {
         Command::Breaker { service, .. } => service.name().to_owned(),
         Command::RetryInvoice { key } => key.clone(),
         Command::RetryFailed {} => "compliance".into(),
-        Command::RetryJob { key } => key.clone(),
-        Command::RetryFailedJobs {} | Command::Resync {} => "catalog".into(),
+        Command::RetryJob { key } | Command::ResyncItem { key } => key.clone(),
+        Command::RetryFailedJobs {} | Command::Resync {} | Command::ResyncDrifted {} => {
+            "catalog".into()
+        }
         Command::AckAlerts { .. } | Command::SilenceAlerts { .. } => "alerts".into(),
         Command::SetThresholds { .. } => "thresholds".into(),
         Command::InvalidateCache { .. } => "cache".into(),
@@ -167,6 +169,7 @@ pub(super) struct Ctx {
     pub catalog: Arc<Catalog>,
     pub compliance: Option<Arc<Compliance>>,
     pub downstreams: Vec<Arc<Downstream>>,
+    pub reconciler: Arc<super::reconcile::Reconciler>,
 }
 
 impl Ctx {
@@ -228,6 +231,8 @@ impl Ctx {
             Command::RetryJob { .. } | Command::RetryFailedJobs {} | Command::Resync {} => {
                 self.catalog_command(command)
             }
+            Command::ResyncItem { key } => self.resync_items(Some(key)),
+            Command::ResyncDrifted {} => self.resync_items(None),
             Command::AckAlerts { matcher } => {
                 let n = publisher
                     .telemetry
@@ -333,6 +338,44 @@ impl Ctx {
             }
             _ => Err(CommandError::invalid("verb", "not a catalog command")),
         }
+    }
+
+    /// Writes again one product's Item, or every drifted and missing one the
+    /// reconciliation shows (`None`).
+    fn resync_items(&self, key: Option<&str>) -> Reply {
+        let targets = self
+            .reconciler
+            .resync_targets(key)
+            .map_err(|why| match key {
+                Some(_) if why.starts_with("product") => CommandError::not_found(why),
+                _ => CommandError::conflict(why),
+            })?;
+        if targets.is_empty() {
+            return Err(CommandError::conflict(
+                "nothing to resync: no Item drifted and none is missing",
+            ));
+        }
+        let n = self
+            .reconciler
+            .resync(&targets)
+            .map_err(CommandError::unavailable)? as u64;
+        let paused = if self.catalog.is_paused() {
+            " (the catalog is paused: they wait in the queue)"
+        } else {
+            ""
+        };
+        let message = match key {
+            Some(k) => format!("queued {k} to be written again from Stripe{paused}"),
+            None => {
+                let shown: Vec<&str> = targets.iter().take(5).map(String::as_str).collect();
+                let more = if targets.len() > 5 { ", …" } else { "" };
+                format!(
+                    "queued {n} drifted or missing product(s) to be written again from Stripe ({}{more}){paused}",
+                    shown.join(", ")
+                )
+            }
+        };
+        Ok(Outcome::new(message).with_count(n))
     }
 
     fn pause(&self, pipeline: Pipeline, paused: bool) -> Reply {
@@ -554,6 +597,10 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::Audit { filter } => Ok(Answer::Audit {
             entries: store.audit_query(&filter).map_err(unreadable)?,
         }),
+        // Answered on the engine's loop, from the reconciler's view.
+        Query::Reconciliation { .. } => Err(CommandError::unavailable(
+            "the reconciliation is answered by the engine's loop",
+        )),
         Query::Chain { key } => super::chain::chain(store, &key),
         Query::Bundle { .. } | Query::WhatIf { .. } => {
             Err(CommandError::unavailable("answered on the engine's loop"))

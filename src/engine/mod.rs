@@ -12,6 +12,7 @@
 //! - [`commands`]: the one audited wrapper every command goes through.
 //! - [`publisher`]: building and publishing snapshots, gathering health signals.
 //! - [`periodic`]: retention, housekeeping, the store probe, audit writers.
+//! - [`reconcile`]: Stripe against QuickBooks, kept live (CDC, events).
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
 mod bundle;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod item;
 mod periodic;
 mod publisher;
+pub mod reconcile;
 pub mod runtime;
 mod whatif;
 

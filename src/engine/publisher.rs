@@ -53,6 +53,8 @@ pub(super) struct Publisher {
     compliance_progress: crate::telemetry::health::Progress,
     /// REJECTED invoices by rule, re-read when a record changed: (version, count, groups).
     rejected: (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
+    /// Stripe against QuickBooks (set once the engine has built it).
+    pub(super) reconciler: Option<Arc<super::reconcile::Reconciler>>,
 }
 
 const SERIES_SECONDS: usize = 120;
@@ -162,6 +164,7 @@ impl Publisher {
             catalog_progress: Default::default(),
             compliance_progress: Default::default(),
             rejected: (u64::MAX, 0, Vec::new()),
+            reconciler: None,
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -689,6 +692,11 @@ impl Publisher {
             profile: self.profile(),
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             compliance,
+            reconciliation: self
+                .reconciler
+                .as_ref()
+                .map(|r| r.snapshot_view())
+                .unwrap_or_default(),
         };
         tx.send_if_modified(|current| {
             if **current == snap {

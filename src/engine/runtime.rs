@@ -174,6 +174,12 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             )?))
         }
     };
+    let reconciler = Arc::new(super::reconcile::Reconciler::new(
+        store.clone(),
+        stripe.clone(),
+        qb.clone(),
+        super::reconcile::REFRESH_EVERY,
+    ));
     let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
     let cancel = CancellationToken::new();
     let mut numbering_task = None;
@@ -227,6 +233,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(async move { c.full_sync_loop(k).await });
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.reconcile_loop(k).await });
+        let (r, c, k) = (reconciler.clone(), catalog.clone(), cancel.clone());
+        workers.spawn(async move { r.run(&c, k).await });
         if let Some(c) = &compliance {
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.run(k).await });
@@ -261,6 +269,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         opts.config.clone(),
         audit_tx,
     );
+    publisher.reconciler = Some(reconciler.clone());
     tokio::spawn(periodic::transitions_loop(
         store.clone(),
         events_tx.clone(),
@@ -294,6 +303,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         catalog: catalog.clone(),
         compliance: compliance.clone(),
         downstreams: downstreams.clone(),
+        reconciler: reconciler.clone(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -322,6 +332,13 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         // A replay of the telemetry the loop holds (an hour: fast).
                         let answer = whatif::what_if(&publisher.config, &publisher.telemetry, &name, value);
                         let _ = reply.send(answer);
+                    }
+                    Some(commands::Message::Query {
+                        query: crate::protocol::Query::Reconciliation { limit },
+                        reply,
+                    }) => {
+                        let view = ctx.reconciler.view(limit);
+                        let _ = reply.send(Ok(crate::protocol::Answer::Reconciliation(Box::new(view))));
                     }
                     Some(commands::Message::Query { query, reply }) => {
                         // What only the loop holds is taken here (a bundle's snapshot,

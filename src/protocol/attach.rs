@@ -109,6 +109,10 @@ pub struct Shown {
     /// Circuits, Throughput and Workers screens.
     #[serde(default)]
     pub downstreams: bool,
+    /// The reconciliation's rows (`reconciliation.rows`; its counts always go): the
+    /// Reconciliation screen.
+    #[serde(default)]
+    pub reconciliation: bool,
 }
 
 impl Shown {
@@ -132,6 +136,13 @@ impl Shown {
         }
         if !self.downstreams
             && let Some(v) = snapshot.get_mut("downstreams")
+        {
+            *v = Value::Array(Vec::new());
+        }
+        if !self.reconciliation
+            && let Some(v) = snapshot
+                .get_mut("reconciliation")
+                .and_then(|r| r.get_mut("rows"))
         {
             *v = Value::Array(Vec::new());
         }
@@ -713,6 +724,7 @@ mod tests {
             audit: true,
             charts: true,
             downstreams: true,
+            reconciliation: true,
         }
         .strip(&mut v);
         // No console shows the profile (it is for the API and `status`).

@@ -22,6 +22,8 @@
 //! retry-job <product>                                retry-job prod_0042
 //! retry-failed-jobs
 //! resync
+//! resync-item <product>                              resync-item prod_0042
+//! resync-drifted
 //! ack <alert|*>                                      ack queue_depth
 //! silence <alert|*> <duration>                       silence queue_depth 1h30m
 //! set <threshold> <value> […] [for <duration>]       set alerts.error_rate_percent 12 for 1h
@@ -168,6 +170,16 @@ pub enum Command {
     /// `resync`: run the catalog's full sync again (every Stripe product listed and
     /// checked against its Item); refused while one runs. (`Command::Resync {}`.)
     Resync {},
+    /// `resync-item <product>`: write one product's Item again from Stripe, whatever
+    /// the engine last recorded of it (the reconciliation found it drifted or missing).
+    ResyncItem {
+        /// The Stripe product id.
+        key: String,
+    },
+    /// `resync-drifted`: [`Command::ResyncItem`] for every product the reconciliation
+    /// finds drifted or without an Item. (`Command::ResyncDrifted {}`: see
+    /// [`Command::RetryFailed`].)
+    ResyncDrifted {},
     /// `ack <matcher>`: acknowledge the active alerts the matcher selects.
     #[serde(rename = "ack")]
     AckAlerts {
@@ -308,6 +320,9 @@ pub enum Query {
     },
     /// The audit trail, newest first, as the filter says.
     Audit { filter: super::query::AuditFilter },
+    /// The reconciliation of Stripe and QuickBooks: its counts and amounts, and at most
+    /// `limit` of its rows (worst first).
+    Reconciliation { limit: usize },
     /// The chain of `key` across the systems: a Stripe product or invoice id, a
     /// QuickBooks Item id, a DIAN number, a CUFE or an Alegra document id.
     Chain { key: String },
@@ -828,6 +843,8 @@ impl Command {
             Command::RetryJob { .. } => "retry-job",
             Command::RetryFailedJobs {} => "retry-failed-jobs",
             Command::Resync {} => "resync",
+            Command::ResyncItem { .. } => "resync-item",
+            Command::ResyncDrifted {} => "resync-drifted",
             Command::AckAlerts { .. } => "ack",
             Command::SilenceAlerts { .. } => "silence",
             Command::SetThresholds { .. } => "set",
@@ -853,9 +870,12 @@ impl Command {
             | Command::RetryFailed {}
             | Command::RetryFailedJobs {}
             | Command::Resync {}
+            | Command::ResyncDrifted {}
             | Command::Shutdown {} => Ok(()),
             Command::WorkerBounds { min, max, .. } => check_bounds(*min, *max),
-            Command::RetryInvoice { key } | Command::RetryJob { key } => check_text("key", key),
+            Command::RetryInvoice { key }
+            | Command::RetryJob { key }
+            | Command::ResyncItem { key } => check_text("key", key),
             Command::AckAlerts { matcher } => check_matcher(matcher),
             Command::SilenceAlerts { matcher, secs } => {
                 check_matcher(matcher)?;
@@ -1144,13 +1164,16 @@ impl Display for Command {
             Command::WorkerBounds { pipeline, min, max } => {
                 write!(f, " {pipeline} {min}-{max}")
             }
-            Command::RetryInvoice { key } | Command::RetryJob { key } => {
+            Command::RetryInvoice { key }
+            | Command::RetryJob { key }
+            | Command::ResyncItem { key } => {
                 f.write_char(' ')?;
                 write_word(f, key, false)
             }
             Command::RetryFailed {}
             | Command::RetryFailedJobs {}
             | Command::Resync {}
+            | Command::ResyncDrifted {}
             | Command::Shutdown {} => Ok(()),
             Command::AckAlerts { matcher } => write_matcher(f, matcher),
             Command::SilenceAlerts { matcher, secs } => {
@@ -1259,6 +1282,7 @@ impl Words {
 
 const INVOICE: &str = "an invoice (its Stripe id, DIAN number or CUFE)";
 const PRODUCT: &str = "a Stripe product id whose catalog job failed, e.g. prod_0042";
+const RESYNC_PRODUCT: &str = "a Stripe product id, e.g. prod_0042";
 const MATCHER: &str = "an alert id prefix, or * for every alert";
 const SCOPE: &str = "all, key KEY, tag:TAG or a pattern such as item:name:*";
 
@@ -1300,6 +1324,10 @@ fn parse(words: Vec<Word>) -> Result<Command, CommandError> {
         },
         "retry-failed-jobs" => Command::RetryFailedJobs {},
         "resync" => Command::Resync {},
+        "resync-item" => Command::ResyncItem {
+            key: w.next("key", RESYNC_PRODUCT)?.text,
+        },
+        "resync-drifted" => Command::ResyncDrifted {},
         "ack" => Command::AckAlerts {
             matcher: matcher(w.next("matcher", MATCHER)?),
         },
@@ -1404,7 +1432,7 @@ fn all<K: Keyword>(then: &'static str) -> Vec<(&'static str, &'static str)> {
 }
 
 /// Every verb, and whether more words follow it.
-const VERBS: [(&str, bool); 14] = [
+const VERBS: [(&str, bool); 16] = [
     ("pause", true),
     ("resume", true),
     ("breaker", true),
@@ -1414,6 +1442,8 @@ const VERBS: [(&str, bool); 14] = [
     ("retry-job", true),
     ("retry-failed-jobs", false),
     ("resync", false),
+    ("resync-item", true),
+    ("resync-drifted", false),
     ("ack", true),
     ("silence", true),
     ("set", true),
@@ -1457,6 +1487,14 @@ pub fn grammar() -> &'static [(&'static str, &'static str)] {
         (
             "resync",
             "run the catalog's full sync again: every Stripe product listed and checked against its Item",
+        ),
+        (
+            "resync-item <product>",
+            "write one product's Item again from Stripe (the reconciliation shows it drifted or missing)",
+        ),
+        (
+            "resync-drifted",
+            "write again every Item the reconciliation shows drifted, and create the missing ones",
         ),
         (
             "ack <alert|*>",
@@ -1654,6 +1692,10 @@ pub(super) mod tests {
         all.push(Command::RetryFailed {});
         all.push(Command::RetryFailedJobs {});
         all.push(Command::Resync {});
+        all.push(Command::ResyncDrifted {});
+        all.push(Command::ResyncItem {
+            key: "prod_0042".into(),
+        });
         all.push(Command::RetryJob {
             key: "prod_0042".into(),
         });
@@ -2380,6 +2422,8 @@ pub(super) mod tests {
             "retry-job ",
             "retry-failed-jobs",
             "resync",
+            "resync-item ",
+            "resync-drifted",
         ];
         assert_eq!(c("re"), re);
         assert_eq!(c("RE"), re);

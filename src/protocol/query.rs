@@ -23,6 +23,9 @@ pub enum Answer {
     Bundle(Box<super::bundle::Bundle>),
     /// [`Query::WhatIf`](super::Query::WhatIf): the firings with the proposed value.
     WhatIf(super::thresholds::WhatIf),
+    /// [`Query::Reconciliation`](super::Query::Reconciliation): counts, amounts and
+    /// the rows asked for.
+    Reconciliation(Box<super::reconcile::ReconciliationView>),
     /// [`Query::Chain`](super::Query::Chain): everything linked to what was asked.
     Chain(Box<EntityChain>),
 }

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub profile: Vec<Operation>,
     /// Where tuned thresholds are saved (None: no config file, they last until exit).
     pub config_file: Option<String>,
+    /// Stripe against QuickBooks, kept live (counts, amounts, the worst rows).
+    #[serde(default)]
+    pub reconciliation: super::reconcile::ReconciliationView,
 }
 
 /// Which services the engine talks to.

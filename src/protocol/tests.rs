@@ -300,6 +300,52 @@ fn populated() -> Snapshot {
             },
         }],
         config_file: Some("/etc/syncctl.toml".into()),
+        reconciliation: crate::protocol::ReconciliationView {
+            ready: true,
+            status: "live".into(),
+            products: 3,
+            items: 3,
+            in_sync: 1,
+            unsyncable: 1,
+            missing: crate::protocol::Tally {
+                count: 1,
+                amount: 9.5,
+            },
+            orphans: crate::protocol::Tally {
+                count: 1,
+                amount: 2.0,
+            },
+            drifted: crate::protocol::Tally {
+                count: 1,
+                amount: 1.25,
+            },
+            drift_name: 1,
+            drift_price: 1,
+            drift_active: 0,
+            refreshed_ms: Some(5),
+            refreshes: 2,
+            items_changed: 3,
+            events_read: 4,
+            stripe_pages: 1,
+            rows: vec![crate::protocol::Discrepancy {
+                kind: crate::protocol::DiscrepancyKind::Drift,
+                product_id: Some("prod_1".into()),
+                item_id: Some("7".into()),
+                fields: vec!["name".into(), "price".into()],
+                stripe: Some(crate::protocol::Side {
+                    name: "Café".into(),
+                    price: Some(10.0),
+                    active: true,
+                }),
+                quickbooks: Some(crate::protocol::Side {
+                    name: "Cafe".into(),
+                    price: Some(8.75),
+                    active: true,
+                }),
+                amount: 1.25,
+                since_ms: 4,
+            }],
+        },
     }
 }
 

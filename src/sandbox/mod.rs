@@ -1186,6 +1186,23 @@ fn knobs() -> Router<Arc<Sandbox>> {
             ),
         )
         .route(
+            "/_sandbox/quickbooks/items/{id}",
+            post(
+                |State(s): State<Arc<Sandbox>>,
+                 UrlPath(id): UrlPath<String>,
+                 Json(body): Json<Value>| async move {
+                    match quickbooks::edit_item(&s, &id, &body) {
+                        Ok(item) => (axum::http::StatusCode::OK, Json(item)),
+                        Err((status, why)) => (
+                            axum::http::StatusCode::from_u16(status)
+                                .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+                            Json(json!({ "error": why })),
+                        ),
+                    }
+                },
+            ),
+        )
+        .route(
             "/_sandbox/quickbooks/revoke",
             post(|State(s): State<Arc<Sandbox>>| async move { Json(quickbooks::revoke(&s)) }),
         )

@@ -1144,6 +1144,72 @@ async fn token(
     .into_response()
 }
 
+/// `POST /_sandbox/quickbooks/items/{id}` with any of `{"name", "unit_price",
+/// "active"}`: someone edits the Item in QuickBooks itself, behind the engine's back.
+/// As QuickBooks does for any write, its SyncToken goes up and its LastUpdatedTime is
+/// now (so change data capture returns it). Not found: `Err(404)`; a name another Item
+/// holds, or a bad value: `Err(400)` with why.
+pub fn edit_item(s: &Sandbox, id: &str, body: &Value) -> Result<Value, (u16, String)> {
+    let mut tx = s.lock();
+    let Some(idx) = id
+        .parse::<usize>()
+        .ok()
+        .filter(|i| *i >= 1 && *i <= tx.world.items.len())
+        .map(|i| i - 1)
+    else {
+        return Err((404, format!("no Item {id:?}")));
+    };
+    let name = match body.get("name") {
+        None => None,
+        Some(v) => match v.as_str().map(str::trim) {
+            Some(n) if !n.is_empty() => Some(n.to_owned()),
+            _ => return Err((400, "name: expected a non-empty string".into())),
+        },
+    };
+    let price = match body.get("unit_price") {
+        None => None,
+        Some(v) => match v.as_f64() {
+            Some(p) if p >= 0.0 && p.is_finite() => Some(p),
+            _ => return Err((400, "unit_price: expected a non-negative number".into())),
+        },
+    };
+    let active = match body.get("active") {
+        None => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or((400, "active: expected true or false".to_owned()))?,
+        ),
+    };
+    if let Some(n) = &name
+        && let Some(&holder) = tx.world.name_index.get(&n.to_lowercase())
+        && holder != idx
+    {
+        return Err((400, format!("name {n:?} is held by Item {}", holder + 1)));
+    }
+    let t = timestamp(&tx.world);
+    let w = &mut tx.world;
+    let old_lower = w.items[idx].name.to_lowercase();
+    let item = &mut w.items[idx];
+    if let Some(n) = name {
+        item.name = n;
+    }
+    if let Some(p) = price {
+        item.unit_price = Some(p);
+    }
+    if let Some(a) = active {
+        item.active = a;
+    }
+    item.sync_token += 1;
+    item.updated = t;
+    let lower = item.name.to_lowercase();
+    let item = item.clone();
+    w.name_index.remove(&old_lower);
+    w.name_index.insert(lower, idx);
+    tx.record(Entry::Item(item.clone()));
+    tx.commit();
+    Ok(item_json(&item))
+}
+
 /// `POST /_sandbox/quickbooks/revoke`: what happens when the app is re-authorised
 /// elsewhere (or its connection revoked): the refresh token the engine holds is
 /// superseded and every access token dies. Answers the new refresh token, as Intuit's

@@ -247,6 +247,13 @@ pub fn http_form(command: &Command) -> String {
         }
         Command::RetryFailedJobs {} => format!("POST {p}/pipelines/catalog/retry-failed"),
         Command::Resync {} => format!("POST {p}/pipelines/catalog/resync"),
+        Command::ResyncItem { key } => {
+            format!(
+                "POST {p}/reconciliation/{}/resync",
+                urlencoding::encode(key)
+            )
+        }
+        Command::ResyncDrifted {} => format!("POST {p}/reconciliation/resync-drifted"),
         Command::AckAlerts { .. } => format!("POST {p}/alerts/ack"),
         Command::SilenceAlerts { .. } => format!("POST {p}/alerts/silence"),
         Command::SetThresholds { .. } => format!("PUT {p}/thresholds"),
@@ -517,6 +524,64 @@ pub async fn retry_failed(
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> Response {
     act(&st, actor, Command::RetryFailed {}).await
+}
+
+// ---- reconciliation ----
+
+#[derive(serde::Deserialize)]
+pub struct ReconciliationQuery {
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/reconciliation?limit=N`: Stripe against QuickBooks — counts, amounts
+/// and the worst `N` discrepancies (default 100, at most 10,000).
+pub async fn reconciliation(
+    State(st): State<ServerState>,
+    Query(q): Query<ReconciliationQuery>,
+) -> Response {
+    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("limit: expected a number from 1 to 10000, got {s:?}"),
+                );
+            }
+        },
+    };
+    match st
+        .engine
+        .query(crate::protocol::Query::Reconciliation { limit })
+        .await
+    {
+        Ok(crate::protocol::Answer::Reconciliation(view)) => axum::Json(*view).into_response(),
+        Ok(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the engine answered something else",
+        ),
+        Err(e) => command_error(&e),
+    }
+}
+
+/// `POST /api/v1/reconciliation/{product}/resync`: write one product's Item again.
+pub async fn resync_item(
+    State(st): State<ServerState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(product): Path<String>,
+) -> Response {
+    act(&st, actor, Command::ResyncItem { key: product }).await
+}
+
+/// `POST /api/v1/reconciliation/resync-drifted`: every drifted and missing Item.
+pub async fn resync_drifted(
+    State(st): State<ServerState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Response {
+    act(&st, actor, Command::ResyncDrifted {}).await
 }
 
 // ---- pipelines, cache ----

@@ -1,4 +1,4 @@
-//! The header: what is running, where, and the eight screens by key and name.
+//! The header: what is running, where, and the nine screens by key and name.
 //!
 //! One row when it all fits, the status left and the tabs right; otherwise the status
 //! on a row of its own above the tabs (a narrow terminal while attached, frozen or
@@ -6,13 +6,13 @@
 //!
 //! ```text
 //!  syncctl  SANDBOX  catalog ▶ running      1 Overview 2 Throughput 3 Circuits … 8 Settings   120 columns
-//!  SANDBOX  ▶ running     1 Over 2 Thru 3 Circ 4 Work 5 Alert 6 DIAN 7 Event 8 Set            80 columns
+//!  SANDBOX  ▶ running  1 Over  2Thru 3Circ 4Work 5Alert 6DIAN 7Event 8Set 9Recon            80 columns
 //!  SANDBOX  ▶ running  ATTACHED  READ-ONLY                                                    80 columns,
 //! 1 Over 2 Thru 3 Circ 4 Work 5 Alert 6 DIAN 7 Event 8 Set                                    attached
 //! ```
 //!
-//! All eight tabs are always named: in full from 100 columns when they fit, else in
-//! short. The status always shows SANDBOX/LIVE, the catalog's state, DIAN paused,
+//! All nine tabs are always named: in full from 100 columns when they fit, else in
+//! short (each name against its key when that keeps the header to one row). The status always shows SANDBOX/LIVE, the catalog's state, DIAN paused,
 //! FROZEN, ATTACHED (and where) or RECONNECTING (as of when) and READ-ONLY; what goes first when the
 //! row is short: the webhook address, the word "catalog",
 //! "stale:", the name.
@@ -41,6 +41,9 @@ const MOST_DROPPABLE: u8 = 6;
 enum Names {
     Full,
     Short,
+    /// Short, each name against its key (`1Over 2Thru`): what keeps the status and
+    /// all nine tabs on one row at 80 columns.
+    Tight,
 }
 
 /// How the header is laid out at a width: its rows, the tab names, and the highest
@@ -91,9 +94,9 @@ fn plan(app: &App, width: u16) -> Plan {
             .sum()
     };
     let names: &[Names] = if width >= 100 {
-        &[Names::Full, Names::Short]
+        &[Names::Full, Names::Short, Names::Tight]
     } else {
-        &[Names::Short]
+        &[Names::Short, Names::Tight]
     };
     for &n in names {
         let tabs = tabs(app, n).width();
@@ -215,7 +218,7 @@ fn pieces(app: &App) -> Vec<Piece> {
     out
 }
 
-/// The eight tabs by key and name, the current one highlighted.
+/// The nine tabs by key and name, the current one highlighted.
 fn tabs(app: &App, names: Names) -> Line<'static> {
     let t = &app.theme;
     let mut spans = Vec::new();
@@ -225,7 +228,7 @@ fn tabs(app: &App, names: Names) -> Line<'static> {
         }
         let name = match names {
             Names::Full => tab.title(),
-            Names::Short => tab.short(),
+            Names::Short | Names::Tight => tab.short(),
         };
         if *tab == app.tab {
             spans.push(Span::styled(
@@ -234,7 +237,8 @@ fn tabs(app: &App, names: Names) -> Line<'static> {
             ));
         } else {
             spans.push(Span::styled(tab.key().to_string(), t.key));
-            spans.push(Span::styled(format!(" {name}"), t.dim));
+            let gap = if names == Names::Tight { "" } else { " " };
+            spans.push(Span::styled(format!("{gap}{name}"), t.dim));
         }
     }
     Line::from(spans)

@@ -32,7 +32,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .collect();
     let mut lines = vec![
         line("1–4", &screens[..4].join(" · ")),
-        line("5–8", &screens[4..].join(" · ")),
+        line(&format!("5–{}", Tab::ALL.len()), &screens[4..].join(" · ")),
     ];
     if app.read_only {
         lines.insert(0, read_only_line(app));

@@ -4,7 +4,7 @@
 //! screen, and nothing here imports `screens`, which draws the frame with these pieces.
 //!
 //! ```text
-//! ┌ header: name · SANDBOX/LIVE badge · pipeline state · webhook address · 1–8 tabs ┐
+//! ┌ header: name · SANDBOX/LIVE badge · pipeline state · webhook address · 1–9 tabs ┐
 //! │                                                                                 │
 //! │ body: the current screen (see `screens/`)                                       │
 //! │                    ┌ help (?) or confirm dialog, centred ┐                      │

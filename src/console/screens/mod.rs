@@ -7,7 +7,7 @@
 //! ┌ header (chrome::header) ───────────────────────────────────────┐  1 row (2 when narrow)
 //! │ body: the current tab's screen, one file each: overview,       │  the rest
 //! │       throughput, circuits, workers, alerts, dian, events,     │
-//! │       settings                                                 │
+//! │       settings, reconcile                                      │
 //! │              ┌ help (?, :help) / confirm ┐                     │  overlays (chrome)
 //! │              └─────────────────────────────┘                   │
 //! └ footer (chrome::footer): prompt │ flash │ key hints ───────────┘  1 row
@@ -22,6 +22,7 @@ mod circuits;
 mod dian;
 mod events;
 mod overview;
+mod reconcile;
 mod settings;
 mod throughput;
 mod workers;
@@ -55,6 +56,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Tab::Dian => dian::draw(frame, body, app),
         Tab::Events => events::draw(frame, body, app),
         Tab::Settings => settings::draw(frame, body, app),
+        Tab::Reconcile => reconcile::draw(frame, body, app),
     }
     chrome::footer::draw(frame, footer, app);
     if app.help {

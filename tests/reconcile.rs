@@ -1,0 +1,302 @@
+//! The live reconciliation of Stripe and QuickBooks through real interfaces: an Item
+//! changed in QuickBooks behind the engine's back (the sandbox's
+//! `/_sandbox/quickbooks/items/{id}` knob, which bumps its SyncToken and
+//! LastUpdatedTime as QuickBooks does) shows as drift in `GET /api/v1/reconciliation`
+//! and on the console's Reconcile screen (ratatui TestBackend), and the screen's `r`
+//! resyncs it; a product changed in Stripe with no webhook shows as drift from Stripe's
+//! events, `syncctl ctl reconcile` prints it, and `resync-drifted` over HTTP fixes it.
+//! Both sides are followed incrementally: change data capture and events, never a
+//! second full read.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use serde_json::{Value, json};
+use syncctl::config::{Config, Role, Secret, TokenConfig};
+use syncctl::console::state::{App, Tab};
+use syncctl::console::theme::Theme;
+use syncctl::console::update::{Effect, Msg, update};
+use syncctl::protocol::{Command, Request};
+
+const OPS: &str = "ops-token-0123456789abcdef";
+
+fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
+    let mut cfg = common::config_for(sb);
+    cfg.server.tokens = vec![TokenConfig {
+        name: "ops".into(),
+        token: Secret::new(OPS),
+        role: Role::Operator,
+        rate_limit_per_min: 10_000,
+    }];
+    cfg
+}
+
+async fn api(base: &str, method: &str, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{base}{path}"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The reconciliation over HTTP once `check` accepts it (polled: the engine refreshes
+/// on its own clock).
+async fn reconciliation_until(base: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    common::eventually(60, what, || async {
+        let (s, v) = api(base, "GET", "/api/v1/reconciliation?limit=50").await;
+        assert_eq!(s, 200, "{v}");
+        check(&v).then_some(v)
+    })
+    .await
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| syncctl::console::screens::draw(f, app))
+        .unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn press(app: &mut App, c: char) -> Vec<Effect> {
+    update(app, Msg::Key(KeyEvent::from(KeyCode::Char(c))))
+}
+
+async fn qb_items(sb: &str) -> Vec<Value> {
+    common::get_json(&format!("{sb}/_sandbox/quickbooks/items"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_changed_behind_the_engines_back_shows_as_drift_and_r_resyncs_it() {
+    let sb = common::sandbox(30, 17).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 20).await;
+    let agreed = reconciliation_until(&base, "both sides to agree", |v| {
+        v["ready"] == true && v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
+    })
+    .await;
+    assert_eq!(agreed["orphans"]["count"], 0, "{agreed}");
+    let stats = common::get_json(&format!("{sb_url}/_sandbox/stats")).await;
+    let cdc_before = stats["quickbooks"]["cdc_requests"].as_u64().unwrap();
+    let queries_before = stats["quickbooks"]["queries"].as_u64().unwrap();
+
+    // Someone renames and reprices an Item in QuickBooks itself.
+    let items = qb_items(&sb_url).await;
+    let item = items
+        .iter()
+        .find(|i| i["Sku"].as_str().is_some_and(|s| s.starts_with("prod_")) && i["Active"] == true)
+        .unwrap()
+        .clone();
+    let (id, pid) = (item["Id"].as_str().unwrap(), item["Sku"].as_str().unwrap());
+    let name = item["Name"].as_str().unwrap().to_owned();
+    let price = item["UnitPrice"].as_f64().unwrap_or(0.0);
+    let edited = common::post_json(
+        &sb_url,
+        &format!("/_sandbox/quickbooks/items/{id}"),
+        json!({"name": "Renamed behind its back", "unit_price": price + 7.25}),
+    )
+    .await;
+    assert_ne!(edited["SyncToken"], item["SyncToken"], "{edited}");
+    assert_ne!(
+        edited["MetaData"]["LastUpdatedTime"], item["MetaData"]["CreateTime"],
+        "{edited}"
+    );
+
+    // The API shows the drift: which fields, both sides, the amount involved.
+    let v = reconciliation_until(&base, "the drift", |v| v["drifted"]["count"] == 1).await;
+    let row = &v["rows"][0];
+    assert_eq!(row["kind"], "drift", "{v}");
+    assert_eq!(row["product_id"], pid);
+    assert_eq!(row["item_id"], id);
+    assert_eq!(row["fields"], json!(["name", "price"]));
+    assert_eq!(row["quickbooks"]["name"], "Renamed behind its back");
+    assert_eq!(row["stripe"]["name"], name.as_str());
+    assert!(
+        (row["amount"].as_f64().unwrap() - 7.25).abs() < 1e-9,
+        "{row}"
+    );
+    assert!((v["drifted"]["amount"].as_f64().unwrap() - 7.25).abs() < 1e-9);
+    assert_eq!(
+        (v["drift_name"].clone(), v["drift_price"].clone()),
+        (json!(1), json!(1))
+    );
+    // Followed by change data capture, not by reading every Item again.
+    let stats = common::get_json(&format!("{sb_url}/_sandbox/stats")).await;
+    assert!(
+        stats["quickbooks"]["cdc_requests"].as_u64().unwrap() > cdc_before,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["quickbooks"]["queries"].as_u64().unwrap(),
+        queries_before,
+        "{stats}"
+    );
+
+    // The console's Reconcile screen shows it, from the engine's own snapshot.
+    let snapshot = common::eventually(10, "the snapshot to carry the drift", || {
+        let s = engine.engine.snapshot.borrow().clone();
+        async move { (s.reconciliation.drifted.count == 1).then_some(s) }
+    })
+    .await;
+    let mut app = App::new(Arc::clone(&snapshot), Theme::monochrome());
+    press(&mut app, '9');
+    assert_eq!(app.tab, Tab::Reconcile);
+    assert!(app.shown().reconciliation, "the screen asks for the rows");
+    let wide = render(&app, 120, 40);
+    assert!(wide.contains("drift"), "{wide}");
+    assert!(wide.contains(pid), "{wide}");
+    assert!(wide.contains("name price"), "{wide}");
+    assert!(wide.contains("\"Renamed behind its back\""), "{wide}");
+    assert!(wide.contains("7.25"), "{wide}");
+    let narrow = render(&app, 80, 24);
+    assert!(narrow.contains(pid), "{narrow}");
+    assert!(narrow.contains("drift"), "{narrow}");
+
+    // `r` resyncs the selected product: the command the engine then carries out.
+    let effects = press(&mut app, 'r');
+    let command = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(request) => Some(request.command.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("r sent nothing: {:?}", app.flash));
+    assert_eq!(
+        command,
+        Command::ResyncItem {
+            key: pid.to_owned()
+        }
+    );
+    let outcome = engine
+        .engine
+        .frontend()
+        .request(Request::new("ana", command))
+        .await
+        .unwrap();
+    assert_eq!(outcome.count, Some(1), "{outcome:?}");
+
+    reconciliation_until(&base, "the drift to be fixed", |v| {
+        v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
+    })
+    .await;
+    let fixed = qb_items(&sb_url)
+        .await
+        .into_iter()
+        .find(|i| i["Id"] == id)
+        .unwrap();
+    assert_eq!(fixed["Name"], name.as_str(), "{fixed}");
+    assert_eq!(fixed["UnitPrice"].as_f64().unwrap_or(0.0), price, "{fixed}");
+    let stats = common::get_json(&format!("{sb_url}/_sandbox/stats")).await;
+    assert_eq!(stats["quickbooks"]["duplicate_names"], 0, "{stats}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_drifted_fixes_it() {
+    const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+    let sb = common::sandbox(12, 5).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 8).await;
+    reconciliation_until(&base, "both sides to agree", |v| {
+        v["ready"] == true && v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
+    })
+    .await;
+    let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("refused")),
+        "{v}"
+    );
+
+    // A new price in Stripe; no webhook reaches the engine (none is configured) and its
+    // own events pass is an hour away: only the reconciliation sees it.
+    let items = qb_items(&sb_url).await;
+    let item = items
+        .iter()
+        .find(|i| i["Sku"].as_str().is_some_and(|s| s.starts_with("prod_")) && i["Active"] == true)
+        .unwrap()
+        .clone();
+    let pid = item["Sku"].as_str().unwrap().to_owned();
+    common::post_json(
+        &sb_url,
+        &format!("/_sandbox/stripe/products/{pid}"),
+        json!({"unit_amount": 123_456, "currency": "usd"}),
+    )
+    .await;
+    let v = reconciliation_until(&base, "the Stripe drift", |v| v["drifted"]["count"] == 1).await;
+    assert_eq!(v["rows"][0]["product_id"], pid.as_str(), "{v}");
+    assert_eq!(v["rows"][0]["fields"], json!(["price"]), "{v}");
+    assert_eq!(v["rows"][0]["stripe"]["price"], 1234.56, "{v}");
+    assert!(v["events_read"].as_u64().unwrap() >= 1, "{v}");
+
+    let out = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            std::process::Command::new(BIN)
+                .args(["ctl", "reconcile", "--url", &base, "--token", OPS])
+                .env_remove("SYNCCTL_TOKEN")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("drift         1"), "{text}");
+    assert!(text.contains(&pid), "{text}");
+    assert!(text.contains("1234.56"), "{text}");
+    assert!(!text.contains(OPS), "{text}");
+
+    // A bad limit is named, not guessed.
+    let (s, v) = api(&base, "GET", "/api/v1/reconciliation?limit=lots").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("limit"),
+        "{v}"
+    );
+
+    let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted").await;
+    assert_eq!((s, v["count"].clone()), (200, json!(1)), "{v}");
+    reconciliation_until(&base, "the Stripe drift to be fixed", |v| {
+        v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
+    })
+    .await;
+    let fixed = qb_items(&sb_url)
+        .await
+        .into_iter()
+        .find(|i| i["Sku"] == pid.as_str())
+        .unwrap();
+    assert_eq!(fixed["UnitPrice"], 1234.56, "{fixed}");
+    engine.shutdown().await;
+}

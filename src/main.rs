@@ -253,6 +253,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         idle_secs: u64,
     },
+    /// An idle engine over a long history (built directly through the store): idle
+    /// CPU, start → first snapshot, the events API's latency, the console's filter, RSS.
+    History {
+        #[arg(long, default_value_t = 300_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        audit: usize,
+        /// Seconds of idle engine measured.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
+    },
     /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
     Catalog {
         #[arg(long, default_value_t = 2000)]
@@ -533,6 +544,11 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             idle_secs,
         } => syncctl::bench::attach(products, idle_secs).await,
         BenchCommand::Telemetry { ticks } => syncctl::bench::telemetry(ticks),
+        BenchCommand::History {
+            jobs,
+            audit,
+            idle_secs,
+        } => syncctl::bench::history(jobs, audit, idle_secs).await,
         BenchCommand::Catalog {
             products,
             workers,

@@ -833,6 +833,61 @@ impl Store {
             .optional()
     }
 
+    /// Builds a long history for `syncctl bench history`: `jobs` finished catalog jobs
+    /// with their synced mappings, and `audit` audit rows of several kinds spread over
+    /// the 30 days before `now_ms`, oldest first. Written in large transactions.
+    pub fn seed_history(&self, jobs: usize, audit: usize, now_ms: i64) -> Result<()> {
+        const KINDS: [&str; 10] = [
+            "item", "sync", "job", "sync", "circuit", "job", "sync", "job", "operator", "sync",
+        ];
+        let mut conn = self.w();
+        for chunk in (0..jobs).collect::<Vec<_>>().chunks(50_000) {
+            let tx = conn.transaction()?;
+            {
+                let mut job = tx.prepare_cached(
+                    "INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at,
+                                      idempotency_key, created_at, updated_at)
+                     VALUES ('catalog.product', ?1, NULL, 1, 'done', 1, ?2, 'catalog.product:' || ?1, ?2, ?2)",
+                )?;
+                let mut map = tx.prepare_cached(
+                    "INSERT INTO item_map(product_id, item_id, sync_token, item_name, synced_hash,
+                                          source_updated, status, synced_at)
+                     VALUES (?1, ?2, '0', ?1, 'h', ?3, 'synced', ?3)",
+                )?;
+                for &i in chunk {
+                    let key = format!("prod_{i}");
+                    let at = now_ms - 30 * 86_400_000 + i as i64;
+                    job.execute(params![key, at])?;
+                    map.execute(params![key, format!("{}", i + 1), at])?;
+                }
+            }
+            tx.commit()?;
+        }
+        let span = 30 * 86_400_000i64;
+        for chunk in (0..audit).collect::<Vec<_>>().chunks(100_000) {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, 'engine', ?4)",
+                )?;
+                for &i in chunk {
+                    let at = now_ms - span + (i as i64 * span) / audit.max(1) as i64;
+                    let kind = KINDS[i % KINDS.len()];
+                    let entity = format!("prod_{}", i % jobs.max(1));
+                    let message = match kind {
+                        "item" => format!("created Item {}", i + 1),
+                        "circuit" => "CLOSED → OPEN".to_owned(),
+                        "operator" => "pause catalog: paused catalog pipeline".to_owned(),
+                        _ => format!("step {i} of the history"),
+                    };
+                    insert.execute(params![at, kind, entity, message])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
     /// Persists rotated tokens; called before the new access token is used.
     pub fn save_oauth(&self, s: &OAuthState) -> Result<()> {
         self.recorded(|| {

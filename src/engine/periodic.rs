@@ -90,8 +90,14 @@ pub(super) async fn limiter_state_loop(
     }
 }
 
-/// Removes audit entries older than `audit.retention_days`, at start and hourly.
-pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: CancellationToken) {
+/// Removes audit entries older than `audit.retention_days`, and jobs finished more than
+/// `catalog.done_retention_days` ago, at start and hourly.
+pub(super) async fn audit_retention_loop(
+    store: Store,
+    days: u64,
+    done_days: u64,
+    cancel: CancellationToken,
+) {
     loop {
         let s = store.clone();
         let cutoff = store.now_ms() - days as i64 * 86_400_000;
@@ -100,6 +106,17 @@ pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: Cancel
                 tracing::info!("audit retention: {n} entries older than {days} days removed")
             }
             Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+            _ => {}
+        }
+        let s = store.clone();
+        let cutoff = store.now_ms() - done_days as i64 * 86_400_000;
+        match tokio::task::spawn_blocking(move || s.compact_jobs(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(
+                    "job retention: {n} jobs finished over {done_days} days ago compacted"
+                )
+            }
+            Ok(Err(e)) => tracing::error!("job retention: {e}"),
             _ => {}
         }
         tokio::select! {

@@ -212,6 +212,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(periodic::audit_retention_loop(
             store.clone(),
             cfg.audit.retention_days,
+            cfg.catalog.done_retention_days,
             cancel.clone(),
         ));
         for d in &downstreams {

@@ -302,6 +302,9 @@ pub enum Query {
     },
     /// The audit trail, newest first, as the filter says.
     Audit { filter: super::query::AuditFilter },
+    /// How many audit entries the filter matches, over the whole trail (its `limit`
+    /// and `before_id` are ignored).
+    AuditCount { filter: super::query::AuditFilter },
 }
 
 /// What a command did.

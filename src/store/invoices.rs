@@ -531,12 +531,14 @@ impl Store {
 
     pub fn compliance_counts(&self) -> Result<ComplianceCounts> {
         let conn = self.r();
-        let mut stmt =
-            conn.prepare_cached("SELECT status, COUNT(*) FROM invoices GROUP BY status")?;
+        // Counters kept with each write (migration 8), not a count of the table.
+        let mut stmt = conn.prepare_cached(
+            "SELECT substr(name, 10), n FROM tallies WHERE name >= 'invoices:' AND name < 'invoices;'",
+        )?;
         let mut by: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
         let mut total = 0;
         for r in stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
         })? {
             let (s, n) = r?;
             total += n;

@@ -32,6 +32,17 @@ const FAILED_STILL: &str = "f.kind = ?1 AND f.state = 'failed'
     AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
     AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
 
+/// The catalog's job kind, whose counts the snapshot shows.
+const JOB_KIND: &str = "catalog.product";
+
+/// A counter kept by the triggers of migration 8 (0 when never written).
+fn tally(conn: &Connection, name: &str) -> Result<u64> {
+    conn.prepare_cached("SELECT n FROM tallies WHERE name = ?1")?
+        .query_row(params![name], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|n| n.unwrap_or(0).max(0) as u64)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -583,9 +594,12 @@ impl Store {
     /// The product an Item is mapped to, if any.
     /// How many products have a mapping row.
     pub fn mapping_count(&self) -> Result<u64> {
-        self.r()
-            .query_row("SELECT COUNT(*) FROM item_map", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT COALESCE(SUM(n), 0) FROM tallies WHERE name >= 'item_map:' AND name < 'item_map;'",
+        )?;
+        stmt.query_row([], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
     }
 
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
@@ -675,41 +689,69 @@ impl Store {
             .collect()
     }
 
-    /// Audit entries matching `f`, newest first.
+    /// Audit entries matching `f`, newest first, reading about as many rows as the page
+    /// holds: by type or entity through their indexes in id order, by text through the
+    /// trigram index in id order (several types: one read each, merged).
     pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        let mut sql = String::from(
-            "SELECT id, at, kind, entity, actor, message, trace_id FROM audit WHERE 1=1",
-        );
+        let limit = f.limit.clamp(1, 10_000) as i64;
+        let rest = audit_where(f, true);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let one = |kind: Option<&str>, args: &mut Vec<rusqlite::types::Value>| {
+            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1", rest.from);
+            if let Some(m) = &rest.matching {
+                sql.push_str(" AND audit_text MATCH ?");
+                args.push(m.clone().into());
+            }
+            if let Some(k) = kind {
+                sql.push_str(" AND a.kind = ?");
+                args.push(k.to_owned().into());
+            }
+            sql.push_str(&rest.sql);
+            args.extend(rest.args.iter().cloned());
+            sql.push_str(&format!(" ORDER BY {} DESC LIMIT ?", rest.order));
+            args.push(limit.into());
+            sql
+        };
+        let sql = match f.kinds.as_slice() {
+            [] => one(None, &mut args),
+            [k] => one(Some(k), &mut args),
+            kinds => {
+                let parts: Vec<String> = kinds
+                    .iter()
+                    .map(|k| format!("SELECT * FROM ({})", one(Some(k), &mut args)))
+                    .collect();
+                args.push(limit.into());
+                format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
+            }
+        };
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        stmt.query_map(rusqlite::params_from_iter(args), audit_row)?
+            .collect()
+    }
+
+    /// How many audit entries match `f` over the whole trail (its page ignored).
+    pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
+        let rest = audit_where(f, false);
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut sql = format!("SELECT COUNT(*) FROM {} WHERE 1=1", rest.from);
+        if let Some(m) = &rest.matching {
+            sql.push_str(" AND audit_text MATCH ?");
+            args.push(m.clone().into());
+        }
         if !f.kinds.is_empty() {
             sql.push_str(&format!(
-                " AND kind IN ({})",
+                " AND a.kind IN ({})",
                 vec!["?"; f.kinds.len()].join(",")
             ));
             args.extend(f.kinds.iter().map(|k| k.clone().into()));
         }
-        if let Some(e) = &f.entity {
-            sql.push_str(" AND entity = ?");
-            args.push(e.clone().into());
-        }
-        if let Some(t) = f.since_ms {
-            sql.push_str(" AND at >= ?");
-            args.push(t.into());
-        }
-        if let Some(t) = f.until_ms {
-            sql.push_str(" AND at < ?");
-            args.push(t.into());
-        }
-        if let Some(id) = f.before_id {
-            sql.push_str(" AND id < ?");
-            args.push(id.into());
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push((f.limit.clamp(1, 10_000) as i64).into());
+        sql.push_str(&rest.sql);
+        args.extend(rest.args);
         let conn = self.r();
-        let mut stmt = conn.prepare(&sql)?;
-        stmt.query_map(rusqlite::params_from_iter(args), audit_row)?
-            .collect()
+        let mut stmt = conn.prepare_cached(&sql)?;
+        stmt.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
     }
 
     /// Removes audit entries older than `before_ms`; how many.
@@ -734,42 +776,63 @@ impl Store {
     }
 
     pub fn queued(&self, kind: &str) -> Result<u64> {
-        self.r().query_row(
-            "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state='queued'",
-            params![kind],
-            |r| r.get::<_, i64>(0).map(|n| n as u64),
-        )
+        tally(&self.r(), &format!("jobs:{kind}:queued"))
     }
 
+    /// The catalog's counts, from counters kept with each write (no table is counted):
+    /// only the failed keys and the oldest queued job are read, each through an index
+    /// over the few rows in those states.
     pub fn catalog_counts(&self) -> Result<CatalogCounts> {
         let conn = self.r();
-        let (queued, in_flight, failed, rejected, seen, oldest): (i64, i64, i64, i64, i64, Option<i64>) = conn.query_row(
-            "SELECT
-               COALESCE(SUM(state='queued'),0), COALESCE(SUM(state='leased'),0),
-               (SELECT COUNT(DISTINCT key) FROM jobs f WHERE f.kind='catalog.product' AND f.state='failed'
-                  AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')
-                  AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.key=f.key AND q.kind=f.kind AND q.state IN ('queued','leased'))),
-               (SELECT COUNT(*) FROM item_map WHERE status='rejected'),
-               (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product'),
-               MIN(CASE WHEN state='queued' THEN created_at END)
-             FROM jobs WHERE kind='catalog.product' AND state IN ('queued','leased')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-        )?;
-        let synced: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM item_map WHERE status='synced'",
-            [],
-            |r| r.get(0),
-        )?;
+        let (failed, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(&format!(
+                "SELECT (SELECT COUNT(DISTINCT f.key) FROM jobs f WHERE {FAILED_STILL}),
+                        (SELECT MIN(created_at) FROM jobs WHERE kind = ?1 AND state = 'queued')"
+            ))?
+            .query_row(params![JOB_KIND], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(CatalogCounts {
-            products_seen: seen as u64,
-            synced: synced as u64,
-            queued: queued as u64,
-            in_flight: in_flight as u64,
+            products_seen: tally(&conn, &format!("keys:{JOB_KIND}"))?,
+            synced: tally(&conn, "item_map:synced")?,
+            queued: tally(&conn, &format!("jobs:{JOB_KIND}:queued"))?,
+            in_flight: tally(&conn, &format!("jobs:{JOB_KIND}:leased"))?,
             failed: failed as u64,
-            rejected: rejected as u64,
+            rejected: tally(&conn, "item_map:rejected")?,
             oldest_queued_ms: oldest,
         })
+    }
+
+    /// Removes jobs that finished (done) before `before_ms`, and the failed jobs a done
+    /// one among them had superseded; how many. In batches, so the writer is never held
+    /// long. Nothing unfinished goes, and no count changes: the keys ever seen, the
+    /// mappings and the audit trail stay.
+    pub fn compact_jobs(&self, before_ms: i64) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let n = self.recorded(|| {
+                let mut conn = self.w();
+                let tx = conn.transaction()?;
+                let mut n = tx
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE id IN (SELECT f.id FROM jobs f WHERE f.state = 'failed'
+                           AND EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key
+                                         AND d.id > f.id AND d.state = 'done' AND d.updated_at < ?1)
+                           LIMIT 5000)",
+                    )?
+                    .execute(params![before_ms])?;
+                n += tx
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
+                           WHERE state = 'done' AND updated_at < ?1 LIMIT 5000)",
+                    )?
+                    .execute(params![before_ms])?;
+                tx.commit()?;
+                Ok(n)
+            })?;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
     }
 
     pub fn oauth(&self) -> Result<Option<OAuthState>> {
@@ -1012,7 +1075,74 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on a data dir, held for the life of the process.
+const AUDIT_COLUMNS: &str = "a.id, a.at, a.kind, a.entity, a.actor, a.message, a.trace_id";
+
+/// How to read the audit rows an [`AuditFilter`] selects, besides its types.
+struct AuditWhere {
+    /// The rows read: `audit a`, or the trigram index joined to it.
+    from: &'static str,
+    /// The column the newest-first order is on.
+    order: &'static str,
+    /// The trigram index's query: every word of three characters or more.
+    matching: Option<String>,
+    /// ` AND …` conditions on `a`, with their arguments.
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+}
+
+/// The conditions of `f` other than its types (and, unless `paged`, its page).
+fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
+    let mut sql = String::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(e) = &f.entity {
+        sql.push_str(" AND a.entity = ?");
+        args.push(e.clone().into());
+    }
+    if let Some(t) = f.since_ms {
+        sql.push_str(" AND a.at >= ?");
+        args.push(t.into());
+    }
+    if let Some(t) = f.until_ms {
+        sql.push_str(" AND a.at < ?");
+        args.push(t.into());
+    }
+    let mut long = Vec::new();
+    // Each word, case-insensitive, anywhere in what the console shows of an entry: the
+    // trigram index finds words of three characters or more; shorter ones are checked
+    // on the rows it finds (or on every row, when all are short).
+    for w in f.text.iter().flat_map(|t| t.split_whitespace()) {
+        if w.chars().count() >= 3 {
+            long.push(format!("\"{}\"", w.replace('"', "\"\"")));
+        } else {
+            sql.push_str(
+                " AND instr(lower(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message), ?) > 0",
+            );
+            args.push(w.to_lowercase().into());
+        }
+    }
+    let text = !long.is_empty();
+    // The trigram index drives the read (in its rowid order) when there is text.
+    let (from, order) = if text {
+        (
+            "audit_text CROSS JOIN audit a ON a.id = audit_text.rowid",
+            "audit_text.rowid",
+        )
+    } else {
+        ("audit a", "a.id")
+    };
+    if paged && let Some(id) = f.before_id {
+        sql.push_str(&format!(" AND {order} < ?"));
+        args.push(id.into());
+    }
+    AuditWhere {
+        from,
+        order,
+        matching: text.then(|| long.join(" AND ")),
+        sql,
+        args,
+    }
+}
+
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
         id: r.get(0)?,
@@ -1025,6 +1155,7 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
+/// An exclusive lock on a data dir, held for the life of the process.
 pub struct DataDirLock {
     _file: std::fs::File,
     pub path: PathBuf,
@@ -1139,6 +1270,92 @@ mod tests {
         assert!(s.recent_audit(10, 0).unwrap().is_empty());
     }
 
+    #[test]
+    fn the_audit_trail_pages_back_by_id_and_finds_text_anywhere_in_it() {
+        let (_d, s) = store();
+        s.audit("operator", "catalog", "ana", "the Needle in the haystack")
+            .unwrap();
+        for i in 0..1200 {
+            let kind = ["item", "sync", "operator"][i % 3];
+            s.audit(
+                kind,
+                &format!("prod_{i}"),
+                "engine",
+                &format!("Step {i} done"),
+            )
+            .unwrap();
+        }
+        let page = |f: AuditFilter| s.audit_query(&f).unwrap();
+        let ids = |v: &[AuditEntry]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        // Keyset paging by type: pages join up newest first, nothing skipped or repeated.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let p = page(AuditFilter {
+                kinds: vec!["item".into()],
+                before_id: before,
+                limit: 150,
+                ..Default::default()
+            });
+            if p.is_empty() {
+                break;
+            }
+            assert!(p.iter().all(|e| e.kind == "item"));
+            before = p.last().map(|e| e.id);
+            seen.extend(ids(&p));
+        }
+        assert_eq!(seen.len(), 400);
+        assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+        // Two types merged in id order.
+        let two = page(AuditFilter {
+            kinds: vec!["operator".into(), "item".into()],
+            limit: 4,
+            ..Default::default()
+        });
+        assert_eq!(
+            two.iter().map(|e| e.entity.as_str()).collect::<Vec<_>>(),
+            ["prod_1199", "prod_1197", "prod_1196", "prod_1194"]
+        );
+        // Text: an entry far older than the newest 500, case-insensitive, every word
+        // (short ones too), with the true total.
+        let text = |t: &str, kinds: Vec<String>| AuditFilter {
+            text: Some(t.into()),
+            kinds,
+            limit: 100,
+            ..Default::default()
+        };
+        let old = page(text("needle HAY in ana", vec![]));
+        assert_eq!(ids(&old), [1], "{old:?}");
+        assert!(page(text("needle HAY in bob", vec![])).is_empty());
+        assert_eq!(
+            s.audit_count(&text("STEP 7 prod_7 d", vec![])).unwrap(),
+            111
+        );
+        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 111);
+        let items = text("prod_7", vec!["item".into()]);
+        assert_eq!(s.audit_count(&items).unwrap(), 36);
+        let first = page(AuditFilter {
+            limit: 30,
+            ..items.clone()
+        });
+        let rest = page(AuditFilter {
+            before_id: first.last().map(|e| e.id),
+            ..items.clone()
+        });
+        assert_eq!(first.len() + rest.len(), 36);
+        assert!(
+            first
+                .iter()
+                .chain(&rest)
+                .all(|e| e.kind == "item" && e.entity.contains("prod_7"))
+        );
+        assert!(first.last().unwrap().id > rest[0].id);
+        // Entries purged by retention leave the text index too.
+        assert_eq!(s.purge_audit_before(now_ms() + 1).unwrap(), 1201);
+        assert!(page(text("prod_7", vec![])).is_empty());
+        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn an_audit_line_written_in_a_trace_records_its_id() {
         let (_d, s) = store();
@@ -1231,6 +1448,84 @@ mod tests {
         assert!(!s.retry_later(j.id, "boom", 0, 2).unwrap());
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
         assert!(s.retry_later(j.id, "boom", 0, 2).unwrap());
+        assert_eq!(s.catalog_counts().unwrap().failed, 1);
+    }
+
+    #[test]
+    fn counts_are_kept_with_each_write_and_survive_restart_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = |id: &str, status: &str| ItemMapping {
+            product_id: id.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let expected = {
+            let s = Store::open(dir.path()).unwrap();
+            for p in ["p1", "p2", "p3", "p4", "p5"] {
+                s.ingest(&[job(p, "a", 1)], None, None).unwrap();
+            }
+            // p1, p2 synced; p3 fails past its attempts; p4 in flight; p5 queued.
+            let jobs = s.claim("catalog.product", 3, 60_000).unwrap();
+            s.finish_job(jobs[0].id, Some(&mapping("p1", "synced")), None)
+                .unwrap();
+            s.finish_job(jobs[1].id, Some(&mapping("p2", "synced")), None)
+                .unwrap();
+            assert!(s.retry_later(jobs[2].id, "boom", 0, 1).unwrap());
+            s.claim("catalog.product", 1, 60_000).unwrap();
+            // p1 again, and rejected this time.
+            s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
+            let again = s.claim("catalog.product", 1, 60_000).unwrap();
+            s.finish_job(again[0].id, Some(&mapping("p1", "rejected")), None)
+                .unwrap();
+            let c = s.catalog_counts().unwrap();
+            assert_eq!(
+                (
+                    c.products_seen,
+                    c.synced,
+                    c.rejected,
+                    c.failed,
+                    c.in_flight,
+                    c.queued
+                ),
+                (5, 1, 1, 1, 1, 1),
+                "{c:?}"
+            );
+            assert_eq!(s.mapping_count().unwrap(), 2);
+            c
+        };
+        // Restart: the same counts.
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.catalog_counts().unwrap(), expected);
+        // p3 fails, then succeeds: its failure no longer counts.
+        let p3 = s.requeue_failed("catalog.product", Some("p3")).unwrap();
+        assert_eq!(p3, ["p3"]);
+        let j = s.claim("catalog.product", 5, 60_000).unwrap();
+        let j3 = j.iter().find(|j| j.key == "p3").unwrap();
+        s.finish_job(j3.id, Some(&mapping("p3", "synced")), None)
+            .unwrap();
+        // Compaction removes every finished job, and no count moves.
+        let before = s.catalog_counts().unwrap();
+        assert_eq!((before.failed, before.synced), (0, 2));
+        let removed = s.compact_jobs(now_ms() + 1).unwrap();
+        assert!(removed >= 4, "{removed}");
+        assert_eq!(s.catalog_counts().unwrap(), before);
+        assert_eq!(s.unfinished("catalog.product").unwrap(), 2);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.catalog_counts().unwrap(), before);
+    }
+
+    #[test]
+    fn compaction_keeps_a_failure_that_still_stands() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        s.finish_job(j.id, None, None).unwrap();
+        s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        assert!(s.retry_later(j.id, "boom", 0, 1).unwrap());
+        assert_eq!(s.compact_jobs(now_ms() + 1).unwrap(), 1);
+        assert_eq!(s.failed_job_keys("catalog.product").unwrap(), ["p1"]);
         assert_eq!(s.catalog_counts().unwrap().failed, 1);
     }
 

@@ -80,7 +80,10 @@ pub struct Store {
 
 struct Inner {
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Read connections (WAL: they read beside the writer, never waiting for it): the
+    /// API, the publisher and queries each take a free one.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     path: PathBuf,
     clock: WallClock,
     writes: Mutex<WriteHealth>,
@@ -211,12 +214,18 @@ impl Store {
         integrity::check(&writer, &path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         schema::migrate(&mut writer)?;
-        let reader = Connection::open(&path)?;
-        configure(&reader)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(&path)?;
+                configure(&reader)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let store = Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                readers,
+                next_reader: Default::default(),
                 path,
                 clock,
                 writes: Mutex::new(WriteHealth::default()),
@@ -278,10 +287,8 @@ impl Store {
     pub fn probe_write(&self) -> Result<()> {
         let conn = self.w();
         let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {
-            conn.execute(
-                "INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![now_ms()],
+            conn.prepare_cached("INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")?.execute(params![now_ms()],
             )
         });
         let _ = conn.busy_timeout(WRITE_BUSY);
@@ -311,9 +318,22 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A free read connection, else the next in turn once it is free.
     fn r(&self) -> MutexGuard<'_, Connection> {
-        self.inner
-            .reader
+        let readers = &self.inner.readers;
+        for m in readers {
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self
+            .inner
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.len();
+        readers[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -349,9 +369,7 @@ impl Store {
             let tx = conn.transaction()?;
             let now = now_ms();
             if let Some((id, kind, via)) = event {
-                let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, kind, now, via],
+                let inserted = tx.prepare_cached("INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id, kind, now, via],
                 )?;
                 if inserted == 0 {
                     return Ok(false);
@@ -371,10 +389,8 @@ impl Store {
                 }
             }
             if let Some((name, value)) = cursor {
-                tx.execute(
-                    "INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    params![name, value, now],
+                tx.prepare_cached("INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")?.execute(params![name, value, now],
                 )?;
             }
             tx.commit()?;
@@ -440,14 +456,10 @@ impl Store {
             if let Some(m) = mapping {
                 save_mapping(&tx, m, now)?;
             }
-            tx.execute(
-                "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
-                params![job_id, now],
+            tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1")?.execute(params![job_id, now],
             )?;
             if let Some((kind, entity, actor, message)) = audit {
-                tx.execute(
-                    "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
+                tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                         now,
                         kind,
                         entity,
@@ -508,17 +520,13 @@ impl Store {
             let mut conn = self.w();
             let tx = conn.transaction()?;
             let attempts: Option<u32> = tx
-                .query_row(
-                    "SELECT attempts FROM jobs WHERE id=?1",
-                    params![job_id],
+                .prepare_cached("SELECT attempts FROM jobs WHERE id=?1")?.query_row(params![job_id],
                     |r| r.get(0),
                 )
                 .optional()?;
             let failed = match attempts {
                 Some(a) if a >= max_attempts => {
-                    tx.execute(
-                        "UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-                        params![job_id, error, now_ms()],
+                    tx.prepare_cached("UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1")?.execute(params![job_id, error, now_ms()],
                     )?;
                     true
                 }
@@ -536,9 +544,7 @@ impl Store {
     /// A job that can never succeed as is (invalid data): kept with its reason.
     pub fn reject(&self, job_id: i64, reason: &str) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-                params![job_id, reason, now_ms()],
+            self.w().prepare_cached("UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1")?.execute(params![job_id, reason, now_ms()],
             )?;
             Ok(())
         })
@@ -567,11 +573,8 @@ impl Store {
 
     pub fn cursor(&self, name: &str) -> Result<Option<String>> {
         self.r()
-            .query_row(
-                "SELECT value FROM cursors WHERE name=?1",
-                params![name],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM cursors WHERE name=?1")?
+            .query_row(params![name], |r| r.get(0))
             .optional()
     }
 
@@ -581,13 +584,12 @@ impl Store {
 
     pub fn mapping(&self, product_id: &str) -> Result<Option<ItemMapping>> {
         self.w()
-            .query_row(
+            .prepare_cached(
                 "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
                         pending_request_id, pending_body, status, reason
                  FROM item_map WHERE product_id=?1",
-                params![product_id],
-                row_to_mapping,
-            )
+            )?
+            .query_row(params![product_id], row_to_mapping)
             .optional()
     }
 
@@ -604,11 +606,8 @@ impl Store {
 
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
         self.w()
-            .query_row(
-                "SELECT product_id FROM item_map WHERE item_id=?1",
-                params![item_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT product_id FROM item_map WHERE item_id=?1")?
+            .query_row(params![item_id], |r| r.get(0))
             .optional()
     }
 
@@ -621,12 +620,10 @@ impl Store {
         body: &str,
     ) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+            self.w().prepare_cached("INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
                  VALUES (?1, 'pending', ?2, ?3)
                  ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
-                   pending_body=excluded.pending_body",
-                params![product_id, request_id, body],
+                   pending_body=excluded.pending_body")?.execute(params![product_id, request_id, body],
             )?;
             Ok(())
         })
@@ -664,9 +661,7 @@ impl Store {
     pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
         self.recorded(|| {
             let conn = self.w();
-            conn.execute(
-                "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
+            conn.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                     now_ms(),
                     kind,
                     entity,
@@ -758,7 +753,8 @@ impl Store {
     pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
         self.recorded(|| {
             self.w()
-                .execute("DELETE FROM audit WHERE at < ?1", params![before_ms])
+                .prepare_cached("DELETE FROM audit WHERE at < ?1")?
+                .execute(params![before_ms])
         })
     }
 
@@ -766,11 +762,9 @@ impl Store {
     /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
     /// failed with no later success for their key (an operator may retry them).
     pub fn unfinished(&self, kind: &str) -> Result<u64> {
-        self.r().query_row(
-            "SELECT COUNT(*) FROM jobs j WHERE j.kind=?1 AND (j.state IN ('queued', 'leased')
+        self.r().prepare_cached("SELECT COUNT(*) FROM jobs j WHERE j.kind=?1 AND (j.state IN ('queued', 'leased')
                OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs d
-                    WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
-            params![kind],
+                    WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))")?.query_row(params![kind],
             |r| r.get::<_, i64>(0).map(|n| n as u64),
         )
     }
@@ -837,9 +831,7 @@ impl Store {
 
     pub fn oauth(&self) -> Result<Option<OAuthState>> {
         self.w()
-            .query_row(
-                "SELECT bootstrap_hash, refresh_token, access_token, access_expires_at FROM oauth WHERE id=1",
-                [],
+            .prepare_cached("SELECT bootstrap_hash, refresh_token, access_token, access_expires_at FROM oauth WHERE id=1")?.query_row([],
                 |r| {
                     Ok(OAuthState {
                         bootstrap_hash: r.get(0)?,
@@ -856,21 +848,22 @@ impl Store {
     /// on each 429; see `limiter_state`).
     pub fn save_limiter_state(&self, s: &LimiterState) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO limiter_state(service, at, recent, paused_until, factor, ceiling)
+            self.w()
+                .prepare_cached(
+                    "INSERT INTO limiter_state(service, at, recent, paused_until, factor, ceiling)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(service) DO UPDATE SET at=excluded.at, recent=excluded.recent,
                    paused_until=excluded.paused_until, factor=excluded.factor,
                    ceiling=excluded.ceiling",
-                params![
+                )?
+                .execute(params![
                     s.service,
                     s.at_ms,
                     s.recent,
                     s.paused_until_ms,
                     s.factor,
                     s.ceiling_per_min
-                ],
-            )?;
+                ])?;
             Ok(())
         })
     }
@@ -878,21 +871,20 @@ impl Store {
     /// The limiter a previous process left for `service`, if any.
     pub fn limiter_state(&self, service: &str) -> Result<Option<LimiterState>> {
         self.r()
-            .query_row(
+            .prepare_cached(
                 "SELECT service, at, recent, paused_until, factor, ceiling FROM limiter_state
                  WHERE service = ?1",
-                [service],
-                |r| {
-                    Ok(LimiterState {
-                        service: r.get(0)?,
-                        at_ms: r.get(1)?,
-                        recent: r.get(2)?,
-                        paused_until_ms: r.get(3)?,
-                        factor: r.get(4)?,
-                        ceiling_per_min: r.get(5)?,
-                    })
-                },
-            )
+            )?
+            .query_row([service], |r| {
+                Ok(LimiterState {
+                    service: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    recent: r.get(2)?,
+                    paused_until_ms: r.get(3)?,
+                    factor: r.get(4)?,
+                    ceiling_per_min: r.get(5)?,
+                })
+            })
             .optional()
     }
 
@@ -954,13 +946,11 @@ impl Store {
     /// Persists rotated tokens; called before the new access token is used.
     pub fn save_oauth(&self, s: &OAuthState) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
+            self.w().prepare_cached("INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
                  VALUES (1, ?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET bootstrap_hash=excluded.bootstrap_hash,
                    refresh_token=excluded.refresh_token, access_token=excluded.access_token,
-                   access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at",
-                params![
+                   access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at")?.execute(params![
                     s.bootstrap_hash,
                     s.refresh_token,
                     s.access_token,
@@ -984,42 +974,38 @@ fn requeue(
 ) -> Result<()> {
     let now = now_ms();
     let Some((kind, key, payload, version)) = tx
-        .query_row(
-            "SELECT kind, key, payload, version FROM jobs WHERE id=?1",
-            params![job_id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
-        )
+        .prepare_cached("SELECT kind, key, payload, version FROM jobs WHERE id=?1")?
+        .query_row(params![job_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
         .optional()?
     else {
         return Ok(());
     };
-    let merged = tx.execute(
-        "UPDATE jobs SET
+    let merged = tx
+        .prepare_cached(
+            "UPDATE jobs SET
            payload = CASE WHEN ?4 > version THEN ?3 ELSE payload END,
            version = MAX(version, ?4), updated_at = ?5
          WHERE kind=?1 AND key=?2 AND state='queued' AND id != ?6",
-        params![kind, key, payload, version, now, job_id],
-    )?;
+        )?
+        .execute(params![kind, key, payload, version, now, job_id])?;
     if merged > 0 {
-        tx.execute(
-            "UPDATE jobs SET state='done', lease_until=NULL, last_error='merged into a newer job', updated_at=?2 WHERE id=?1",
-            params![job_id, now],
+        tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error='merged into a newer job', updated_at=?2 WHERE id=?1")?.execute(params![job_id, now],
         )?;
     } else {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state='queued', lease_until=NULL, next_attempt_at=?2,
                last_error=COALESCE(?3, last_error),
                attempts = CASE WHEN ?4 THEN MAX(attempts-1, 0) ELSE attempts END, updated_at=?5
              WHERE id=?1",
-            params![job_id, now + delay_ms, error, refund_attempt, now],
-        )?;
+        )?
+        .execute(params![job_id, now + delay_ms, error, refund_attempt, now])?;
     }
     Ok(())
 }
@@ -1063,11 +1049,18 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
     })
 }
 
+/// Read connections in the pool.
+const READERS: usize = 4;
+
+/// Prepared statements each connection keeps (the store has a few dozen).
+const STATEMENTS_CACHED: usize = 128;
+
 /// How long a statement waits for a lock another connection holds.
 const WRITE_BUSY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(WRITE_BUSY)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process kill; only power loss can drop the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")?;

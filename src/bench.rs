@@ -872,6 +872,7 @@ pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Resul
 
     // The console's `/` filter as an attached console asks it: the first page of the
     // whole trail, then the true total.
+    let front = engine.frontend();
     for (label, words) in [("common", "prod_12"), ("rare", "prod_299990 created")] {
         use crate::protocol::{Answer, AuditFilter, Query};
         let filter = AuditFilter {
@@ -883,7 +884,7 @@ pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Resul
         let (mut found, mut total) = (0, 0);
         for _ in 0..20 {
             let t = Instant::now();
-            let answer = engine
+            let answer = front
                 .query(Query::Audit {
                     filter: filter.clone(),
                 })
@@ -893,7 +894,7 @@ pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Resul
                 found = entries.len();
             }
             let t = Instant::now();
-            let answer = engine
+            let answer = front
                 .query(Query::AuditCount {
                     filter: filter.clone(),
                 })

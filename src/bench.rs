@@ -768,18 +768,33 @@ fn latencies<K: PartialEq>(
     clippy::too_many_lines,
     reason = "a benchmark's setup, run and report in order"
 )]
-pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Result<()> {
+pub async fn history(
+    jobs: usize,
+    audit: usize,
+    idle_secs: u64,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("syncctl-bench-")
         .tempdir()?;
     println!("syncctl bench history: {jobs} done jobs and mappings, {audit} audit rows");
-    let seeding = Instant::now();
-    seed_history(tmp.path(), jobs, audit)?;
-    println!(
-        "  seed:    built in {:.1} s ({} MB on disk)",
-        seeding.elapsed().as_secs_f64(),
-        std::fs::metadata(tmp.path().join("syncctl.db"))?.len() / 1_000_000
-    );
+    let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+    let db = dir.join("syncctl.db");
+    if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
+        let seeding = Instant::now();
+        seed_history(&dir, jobs, audit)?;
+        println!(
+            "  seed:    built in {:.1} s ({} MB on disk)",
+            seeding.elapsed().as_secs_f64(),
+            std::fs::metadata(&db)?.len() / 1_000_000
+        );
+    } else {
+        println!(
+            "  seed:    reusing {} ({} MB on disk)",
+            db.display(),
+            std::fs::metadata(&db)?.len() / 1_000_000
+        );
+    }
     let opts = SandboxOptions {
         products: 0,
         seed: 42,
@@ -794,7 +809,7 @@ pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Resul
 
     // Start → the first snapshot carrying the store's counts.
     let started = Instant::now();
-    let mut engine = engine_on(&sandbox, tmp.path(), |_| {}).await?;
+    let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;
     let mut snap = engine.snapshot.clone();
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -820,7 +835,7 @@ pub async fn history(jobs: usize, audit: usize, idle_secs: u64) -> anyhow::Resul
     );
 
     // The events API over loopback, as the local operator.
-    let token = std::fs::read_to_string(tmp.path().join("control.json"))?;
+    let token = std::fs::read_to_string(dir.join("control.json"))?;
     let token: serde_json::Value = serde_json::from_str(&token)?;
     let token = token["token"].as_str().unwrap_or_default().to_owned();
     let http = crate::connectors::http_client()?;

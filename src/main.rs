@@ -263,6 +263,9 @@ enum BenchCommand {
         /// Seconds of idle engine measured.
         #[arg(long, default_value_t = 5)]
         idle_secs: u64,
+        /// Run on this data dir, built there first if it holds no store (kept after).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
     /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
     Catalog {
@@ -548,7 +551,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             jobs,
             audit,
             idle_secs,
-        } => syncctl::bench::history(jobs, audit, idle_secs).await,
+            dir,
+        } => syncctl::bench::history(jobs, audit, idle_secs, dir).await,
         BenchCommand::Catalog {
             products,
             workers,

@@ -2402,7 +2402,7 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
         }
         asked
     };
-    let mut typed = |app: &mut App, keys: &str| {
+    let typed = |app: &mut App, keys: &str| {
         for c in keys.chars() {
             let effects = update(app, Msg::Key(key(KeyCode::Char(c))));
             engine(app, effects);

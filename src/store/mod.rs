@@ -888,8 +888,8 @@ impl Store {
             .optional()
     }
 
-    /// Builds a long history for `syncctl bench history`: `jobs` finished catalog jobs
-    /// with their synced mappings, and `audit` audit rows of several kinds spread over
+    /// Builds a long history for `syncctl bench history`: `jobs` catalog jobs finished
+    /// over the last day with their synced mappings, and `audit` audit rows of several kinds spread over
     /// the 30 days before `now_ms`, oldest first. Written in large transactions.
     pub fn seed_history(&self, jobs: usize, audit: usize, now_ms: i64) -> Result<()> {
         const KINDS: [&str; 10] = [
@@ -911,7 +911,8 @@ impl Store {
                 )?;
                 for &i in chunk {
                     let key = format!("prod_{i}");
-                    let at = now_ms - 30 * 86_400_000 + i as i64;
+                    // Finished over the last day: within any retention, so they stay.
+                    let at = now_ms - 86_400_000 + i as i64;
                     job.execute(params![key, at])?;
                     map.execute(params![key, format!("{}", i + 1), at])?;
                 }

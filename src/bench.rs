@@ -807,6 +807,9 @@ pub async fn history(
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
     let rss_before = rss_kb();
 
+    // The file in the page cache, as a restart finds it.
+    let _ = std::fs::read(&db)?;
+
     // Start → the first snapshot carrying the store's counts.
     let started = Instant::now();
     let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;

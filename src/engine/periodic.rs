@@ -128,6 +128,31 @@ pub(super) async fn audit_retention_loop(
 
 const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
+/// Feeds the audit trail's text index with what was written since, in batches, off
+/// every write's path (text queries scan the few rows not yet indexed).
+pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
+    loop {
+        let s = store.clone();
+        let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<()> {
+            while s.index_audit_text(AUDIT_INDEX_BATCH)? == AUDIT_INDEX_BATCH {}
+            Ok(())
+        })
+        .await;
+        match caught_up {
+            Ok(Err(e)) => tracing::error!("audit text index: {e}"),
+            Err(e) => tracing::error!("audit text index stopped: {e}"),
+            Ok(Ok(())) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_INDEX_EVERY) => {}
+        }
+    }
+}
+
+const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(2);
+const AUDIT_INDEX_BATCH: usize = 5000;
+
 /// Backups every few seconds; retention and the daily report at start, then every
 /// minute (written off the async threads).
 pub(super) async fn housekeeping_loop(

@@ -215,6 +215,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             cfg.catalog.done_retention_days,
             cancel.clone(),
         ));
+        workers.spawn(periodic::audit_index_loop(store.clone(), cancel.clone()));
         for d in &downstreams {
             workers.spawn(periodic::limiter_state_loop(
                 store.clone(),

@@ -686,38 +686,49 @@ impl Store {
 
     /// Audit entries matching `f`, newest first, reading about as many rows as the page
     /// holds: by type or entity through their indexes in id order, by text through the
-    /// trigram index in id order (several types: one read each, merged).
+    /// trigram index in id order plus a scan of the few rows not yet indexed (several
+    /// types or sources: one read each, merged).
     pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let limit = f.limit.clamp(1, 10_000) as i64;
-        let rest = audit_where(f, true);
+        let w = audit_where(f, true);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let one = |kind: Option<&str>, args: &mut Vec<rusqlite::types::Value>| {
-            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1", rest.from);
-            if let Some(m) = &rest.matching {
-                sql.push_str(" AND audit_text MATCH ?");
-                args.push(m.clone().into());
-            }
-            if let Some(k) = kind {
-                sql.push_str(" AND a.kind = ?");
-                args.push(k.to_owned().into());
-            }
-            sql.push_str(&rest.sql);
-            args.extend(rest.args.iter().cloned());
-            sql.push_str(&format!(" ORDER BY {} DESC LIMIT ?", rest.order));
-            args.push(limit.into());
-            sql
+        let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
+            vec![None]
+        } else {
+            f.kinds.iter().map(|k| Some(k.as_str())).collect()
         };
-        let sql = match f.kinds.as_slice() {
-            [] => one(None, &mut args),
-            [k] => one(Some(k), &mut args),
-            kinds => {
-                let parts: Vec<String> = kinds
-                    .iter()
-                    .map(|k| format!("SELECT * FROM ({})", one(Some(k), &mut args)))
-                    .collect();
+        let mut parts = Vec::new();
+        for source in &w.sources {
+            for kind in &kinds {
+                let mut sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1{}",
+                    source.from, source.sql
+                );
+                args.extend(source.args.iter().cloned());
+                if let Some(k) = kind {
+                    sql.push_str(" AND a.kind = ?");
+                    args.push(k.to_string().into());
+                }
+                sql.push_str(&w.sql);
+                args.extend(w.args.iter().cloned());
+                if let Some(id) = w.before_id {
+                    sql.push_str(&format!(" AND {} < ?", source.order));
+                    args.push(id.into());
+                }
+                sql.push_str(&format!(" ORDER BY {} DESC LIMIT ?", source.order));
                 args.push(limit.into());
-                format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
+                parts.push(sql);
             }
+        }
+        let sql = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            args.push(limit.into());
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|p| format!("SELECT * FROM ({p})"))
+                .collect();
+            format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
         };
         let conn = self.r();
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -727,34 +738,80 @@ impl Store {
 
     /// How many audit entries match `f` over the whole trail (its page ignored).
     pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
-        let rest = audit_where(f, false);
+        let w = audit_where(f, false);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut sql = format!("SELECT COUNT(*) FROM {} WHERE 1=1", rest.from);
-        if let Some(m) = &rest.matching {
-            sql.push_str(" AND audit_text MATCH ?");
-            args.push(m.clone().into());
+        let mut parts = Vec::new();
+        for source in &w.sources {
+            let mut sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE 1=1{}",
+                source.from, source.sql
+            );
+            args.extend(source.args.iter().cloned());
+            if !f.kinds.is_empty() {
+                sql.push_str(&format!(
+                    " AND a.kind IN ({})",
+                    vec!["?"; f.kinds.len()].join(",")
+                ));
+                args.extend(f.kinds.iter().map(|k| k.clone().into()));
+            }
+            sql.push_str(&w.sql);
+            args.extend(w.args.iter().cloned());
+            parts.push(format!("({sql})"));
         }
-        if !f.kinds.is_empty() {
-            sql.push_str(&format!(
-                " AND a.kind IN ({})",
-                vec!["?"; f.kinds.len()].join(",")
-            ));
-            args.extend(f.kinds.iter().map(|k| k.clone().into()));
-        }
-        sql.push_str(&rest.sql);
-        args.extend(rest.args);
+        let sql = format!("SELECT {}", parts.join(" + "));
         let conn = self.r();
         let mut stmt = conn.prepare_cached(&sql)?;
         stmt.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
     }
 
+    /// Adds up to `max_rows` audit entries not yet in the text index to it, oldest
+    /// first, in one write; how many. The engine calls it every few seconds, so no
+    /// audit write pays for the index (text queries scan the rows not yet indexed).
+    pub fn index_audit_text(&self, max_rows: usize) -> Result<usize> {
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let upto: i64 =
+                tx.prepare_cached("SELECT upto FROM audit_indexed")?
+                    .query_row([], |r| r.get(0))?;
+            let (n, last): (i64, Option<i64>) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2)",
+                )?
+                .query_row(params![upto, max_rows as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            tx.prepare_cached(
+                "INSERT INTO audit_text(rowid, kind, entity, actor, message)
+                 SELECT id, kind, entity, actor, message FROM audit WHERE id > ?1 AND id <= ?2",
+            )?
+            .execute(params![upto, last])?;
+            tx.prepare_cached("UPDATE audit_indexed SET upto = ?1")?
+                .execute(params![last])?;
+            tx.commit()?;
+            Ok(n as usize)
+        })
+    }
+
     /// Removes audit entries older than `before_ms`; how many.
     pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
         self.recorded(|| {
-            self.w()
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let n = tx
                 .prepare_cached("DELETE FROM audit WHERE at < ?1")?
-                .execute(params![before_ms])
+                .execute(params![before_ms])?;
+            // An emptied trail numbers its next entries from 1 again: none is indexed.
+            tx.prepare_cached(
+                "UPDATE audit_indexed SET upto = 0 WHERE NOT EXISTS (SELECT 1 FROM audit)",
+            )?
+            .execute([])?;
+            tx.commit()?;
+            Ok(n)
         })
     }
 
@@ -941,6 +998,8 @@ impl Store {
             }
             tx.commit()?;
         }
+        drop(conn);
+        while self.index_audit_text(100_000)? > 0 {}
         Ok(())
     }
 
@@ -1073,16 +1132,29 @@ const AUDIT_COLUMNS: &str = "a.id, a.at, a.kind, a.entity, a.actor, a.message, a
 
 /// How to read the audit rows an [`AuditFilter`] selects, besides its types.
 struct AuditWhere {
+    /// Where the rows are read from: one source, or with text the trigram index up to
+    /// what it holds and a scan of the rows after that.
+    sources: Vec<AuditSource>,
+    /// ` AND …` conditions on `a`, with their arguments.
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+    /// The page: entries older than this id.
+    before_id: Option<i64>,
+}
+
+/// One way of reading audit rows `a`.
+struct AuditSource {
     /// The rows read: `audit a`, or the trigram index joined to it.
     from: &'static str,
     /// The column the newest-first order is on.
     order: &'static str,
-    /// The trigram index's query: every word of three characters or more.
-    matching: Option<String>,
-    /// ` AND …` conditions on `a`, with their arguments.
+    /// ` AND …` conditions this source adds, with their arguments.
     sql: String,
     args: Vec<rusqlite::types::Value>,
 }
+
+/// What the console shows of an entry, lower-cased, for a word's plain search.
+const AUDIT_TEXT: &str = "lower(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
 
 /// The conditions of `f` other than its types (and, unless `paged`, its page).
 fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
@@ -1106,34 +1178,53 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
     // on the rows it finds (or on every row, when all are short).
     for w in f.text.iter().flat_map(|t| t.split_whitespace()) {
         if w.chars().count() >= 3 {
-            long.push(format!("\"{}\"", w.replace('"', "\"\"")));
+            long.push(w);
         } else {
-            sql.push_str(
-                " AND instr(lower(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message), ?) > 0",
-            );
+            sql.push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
             args.push(w.to_lowercase().into());
         }
     }
-    let text = !long.is_empty();
-    // The trigram index drives the read (in its rowid order) when there is text.
-    let (from, order) = if text {
-        (
-            "audit_text CROSS JOIN audit a ON a.id = audit_text.rowid",
-            "audit_text.rowid",
-        )
+    let sources = if long.is_empty() {
+        vec![AuditSource {
+            from: "audit a",
+            order: "a.id",
+            sql: String::new(),
+            args: Vec::new(),
+        }]
     } else {
-        ("audit a", "a.id")
+        // The trigram index drives the read (in its rowid order) over what it holds;
+        // the entries written since it was last fed are few, and scanned.
+        let matching: Vec<String> = long
+            .iter()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect();
+        let mut tail = AuditSource {
+            from: "audit a",
+            order: "a.id",
+            sql: " AND a.id > (SELECT upto FROM audit_indexed)".to_owned(),
+            args: Vec::new(),
+        };
+        for w in &long {
+            tail.sql
+                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
+            tail.args.push(w.to_lowercase().into());
+        }
+        vec![
+            AuditSource {
+                from: "audit_text CROSS JOIN audit a ON a.id = audit_text.rowid",
+                order: "audit_text.rowid",
+                sql: " AND audit_text MATCH ? AND audit_text.rowid <= (SELECT upto FROM audit_indexed)"
+                    .to_owned(),
+                args: vec![matching.join(" AND ").into()],
+            },
+            tail,
+        ]
     };
-    if paged && let Some(id) = f.before_id {
-        sql.push_str(&format!(" AND {order} < ?"));
-        args.push(id.into());
-    }
     AuditWhere {
-        from,
-        order,
-        matching: text.then(|| long.join(" AND ")),
+        sources,
         sql,
         args,
+        before_id: if paged { f.before_id } else { None },
     }
 }
 
@@ -1311,43 +1402,67 @@ mod tests {
             ["prod_1199", "prod_1197", "prod_1196", "prod_1194"]
         );
         // Text: an entry far older than the newest 500, case-insensitive, every word
-        // (short ones too), with the true total.
+        // (short ones too), with the true total: found the same before the text index
+        // is fed (a just-written entry), with part of the trail in it, and all of it.
         let text = |t: &str, kinds: Vec<String>| AuditFilter {
             text: Some(t.into()),
             kinds,
             limit: 100,
             ..Default::default()
         };
-        let old = page(text("needle HAY in ana", vec![]));
-        assert_eq!(ids(&old), [1], "{old:?}");
-        assert!(page(text("needle HAY in bob", vec![])).is_empty());
-        assert_eq!(
-            s.audit_count(&text("STEP 7 prod_7 d", vec![])).unwrap(),
-            111
-        );
-        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 111);
-        let items = text("prod_7", vec!["item".into()]);
-        assert_eq!(s.audit_count(&items).unwrap(), 36);
-        let first = page(AuditFilter {
-            limit: 30,
-            ..items.clone()
-        });
-        let rest = page(AuditFilter {
-            before_id: first.last().map(|e| e.id),
-            ..items.clone()
-        });
-        assert_eq!(first.len() + rest.len(), 36);
-        assert!(
-            first
-                .iter()
-                .chain(&rest)
-                .all(|e| e.kind == "item" && e.entity.contains("prod_7"))
-        );
-        assert!(first.last().unwrap().id > rest[0].id);
+        let check = |state: &str| {
+            let old = page(text("needle HAY in ana", vec![]));
+            assert_eq!(ids(&old), [1], "{state}: {old:?}");
+            assert!(page(text("needle HAY in bob", vec![])).is_empty());
+            assert_eq!(
+                s.audit_count(&text("STEP 7 prod_7 d", vec![])).unwrap(),
+                111,
+                "{state}"
+            );
+            assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 111);
+            let items = text("prod_7", vec!["item".into()]);
+            assert_eq!(s.audit_count(&items).unwrap(), 36, "{state}");
+            let first = page(AuditFilter {
+                limit: 30,
+                ..items.clone()
+            });
+            let rest = page(AuditFilter {
+                before_id: first.last().map(|e| e.id),
+                ..items.clone()
+            });
+            assert_eq!(first.len() + rest.len(), 36, "{state}");
+            assert!(
+                first
+                    .iter()
+                    .chain(&rest)
+                    .all(|e| e.kind == "item" && e.entity.contains("prod_7"))
+            );
+            let all: Vec<i64> = first.iter().chain(&rest).map(|e| e.id).collect();
+            assert!(all.windows(2).all(|w| w[0] > w[1]), "{state}: newest first");
+        };
+        check("nothing indexed");
+        assert_eq!(s.index_audit_text(600).unwrap(), 600);
+        check("600 of 1201 indexed");
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 601);
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 0);
+        check("all indexed");
+        s.w()
+            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
         // Entries purged by retention leave the text index too.
         assert_eq!(s.purge_audit_before(now_ms() + 1).unwrap(), 1201);
         assert!(page(text("prod_7", vec![])).is_empty());
         assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 0);
+        // The emptied trail numbers again from 1: new entries are found, then indexed.
+        s.audit("item", "prod_70", "engine", "created again")
+            .unwrap();
+        assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 1);
+        assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
+        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 1);
+        s.w()
+            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
     }
 
     #[tokio::test]

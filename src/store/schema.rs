@@ -273,6 +273,42 @@ mod tests {
     }
 
     #[test]
+    fn a_store_indexed_by_the_old_trigger_counts_as_indexed_to_its_last_entry() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..9] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        conn.execute_batch(
+            "INSERT INTO audit(at, kind, entity, actor, message)
+               VALUES (1, 'item', 'prod_1', 'engine', 'created'),
+                      (2, 'item', 'prod_2', 'engine', 'created');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let upto: i64 = conn
+            .query_row("SELECT upto FROM audit_indexed", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(upto, 2);
+        // A new entry no longer reaches the index; purging an indexed one still leaves it.
+        conn.execute_batch(
+            "INSERT INTO audit(at, kind, entity, actor, message) VALUES (3, 'item', 'prod_3', 'engine', 'created');
+             DELETE FROM audit WHERE id IN (1, 3);",
+        )
+        .unwrap();
+        let found: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit_text WHERE audit_text MATCH '\"prod\"'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1);
+        conn.execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    #[test]
     fn the_counters_start_from_what_an_older_store_holds() {
         let mut conn = Connection::open_in_memory().unwrap();
         for sql in &MIGRATIONS[..7] {

@@ -757,3 +757,229 @@ fn latencies<K: PartialEq>(
     }
     (out, skipped)
 }
+
+/// `syncctl bench history`: what a long history costs an engine that has nothing to
+/// do. A data dir is built directly through the store (`jobs` finished catalog jobs and
+/// their mappings, `audit` audit rows over 30 days), then an engine starts on it
+/// against an empty zero-latency sandbox: start → first snapshot, the process's CPU
+/// while idle, `GET /api/v1/events?type=item&limit=100` p50/p99 over loopback, the
+/// console's `/` filter (its first page) and the process's RSS.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark's setup, run and report in order"
+)]
+pub async fn history(
+    jobs: usize,
+    audit: usize,
+    idle_secs: u64,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("syncctl-bench-")
+        .tempdir()?;
+    println!("syncctl bench history: {jobs} done jobs and mappings, {audit} audit rows");
+    let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+    let db = dir.join("syncctl.db");
+    if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
+        let seeding = Instant::now();
+        seed_history(&dir, jobs, audit)?;
+        println!(
+            "  seed:    built in {:.1} s ({} MB on disk)",
+            seeding.elapsed().as_secs_f64(),
+            std::fs::metadata(&db)?.len() / 1_000_000
+        );
+    } else {
+        println!(
+            "  seed:    reusing {} ({} MB on disk)",
+            db.display(),
+            std::fs::metadata(&db)?.len() / 1_000_000
+        );
+    }
+    let opts = SandboxOptions {
+        products: 0,
+        seed: 42,
+        latency_ms: 0,
+        change_interval_ms: 0,
+        dir: None,
+        webhook_url: None,
+        faults: Default::default(),
+    };
+    let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
+    let rss_before = rss_kb();
+
+    // The file in the page cache, as a restart finds it.
+    let _ = std::fs::read(&db)?;
+
+    // Start → the first snapshot carrying the store's counts.
+    let started = Instant::now();
+    let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;
+    let mut snap = engine.snapshot.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        snap.wait_for(|s| s.catalog.counts.products_seen > 0),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no snapshot with counts within 60 s"))??;
+    let ready = started.elapsed();
+    println!(
+        "  start:   start → first snapshot {:.0} ms",
+        ready.as_secs_f64() * 1000.0
+    );
+
+    // Idle: nothing queued, nobody acting. The process's CPU (engine, server and an
+    // idle sandbox) over `idle_secs`, after a few seconds to settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu0, t0) = (cpu_ticks(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (cpu1, secs) = (cpu_ticks(), t0.elapsed().as_secs_f64());
+    println!(
+        "  idle:    {:.1} % of a core over {secs:.0} s",
+        (cpu1 - cpu0) as f64 / TICKS_PER_SEC / secs * 100.0
+    );
+
+    // The events API over loopback, as the local operator.
+    let token = std::fs::read_to_string(dir.join("control.json"))?;
+    let token: serde_json::Value = serde_json::from_str(&token)?;
+    let token = token["token"].as_str().unwrap_or_default().to_owned();
+    let http = crate::connectors::http_client()?;
+    let base = format!("http://{}", engine.server_addr);
+    let api = |path: String| {
+        let (http, token) = (http.clone(), token.clone());
+        let url = format!("{base}{path}");
+        async move {
+            let t = Instant::now();
+            let v: serde_json::Value = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok((t.elapsed(), v))
+        }
+    };
+    let mut lat = Vec::new();
+    let mut n = 0;
+    for _ in 0..100 {
+        let (d, v) = api("/api/v1/events?type=item&limit=100".into()).await?;
+        n = v["events"].as_array().map_or(0, Vec::len);
+        lat.push(d);
+    }
+    println!(
+        "  events:  GET /api/v1/events?type=item&limit=100 ×100: p50 {:.1} ms, p99 {:.1} ms ({n} events each)",
+        quantile_ms(&mut lat, 0.5),
+        quantile_ms(&mut lat, 0.99)
+    );
+    let mut lat = Vec::new();
+    let mut before = None::<i64>;
+    for _ in 0..20 {
+        let page = before.map_or(String::new(), |b| format!("&before={b}"));
+        let (d, v) = api(format!("/api/v1/events?type=item&limit=100{page}")).await?;
+        before = v["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["id"].as_i64());
+        lat.push(d);
+    }
+    println!(
+        "           20 pages back with before=: p50 {:.1} ms, p99 {:.1} ms",
+        quantile_ms(&mut lat, 0.5),
+        quantile_ms(&mut lat, 0.99)
+    );
+
+    // The console's `/` filter as an attached console asks it: the first page of the
+    // whole trail, then the true total.
+    let front = engine.frontend();
+    for (label, words) in [("common", "prod_12"), ("rare", "prod_299990 created")] {
+        use crate::protocol::{Answer, AuditFilter, Query};
+        let filter = AuditFilter {
+            text: Some(words.to_owned()),
+            limit: 100,
+            ..Default::default()
+        };
+        let (mut lat, mut total_lat) = (Vec::new(), Vec::new());
+        let (mut found, mut total) = (0, 0);
+        for _ in 0..20 {
+            let t = Instant::now();
+            let answer = front
+                .query(Query::Audit {
+                    filter: filter.clone(),
+                })
+                .await;
+            lat.push(t.elapsed());
+            if let Ok(Answer::Audit { entries }) = answer {
+                found = entries.len();
+            }
+            let t = Instant::now();
+            let answer = front
+                .query(Query::AuditCount {
+                    filter: filter.clone(),
+                })
+                .await;
+            total_lat.push(t.elapsed());
+            if let Ok(Answer::AuditCount { total: n }) = answer {
+                total = n;
+            }
+        }
+        println!(
+            "  console: filter {words:?} ({label}) first page: p50 {:.1} ms, p99 {:.1} ms ({found} shown); total {total} in p50 {:.1} ms, p99 {:.1} ms",
+            quantile_ms(&mut lat, 0.5),
+            quantile_ms(&mut lat, 0.99),
+            quantile_ms(&mut total_lat, 0.5),
+            quantile_ms(&mut total_lat, 0.99)
+        );
+    }
+    println!(
+        "  memory:  RSS {} MB (sandbox and seed {} MB before the engine started)",
+        rss_kb() / 1024,
+        rss_before / 1024
+    );
+    engine.shutdown().await;
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+/// Finished catalog jobs with their synced mappings, and audit rows of several kinds
+/// spread over 30 days up to now, written in large transactions.
+fn seed_history(dir: &std::path::Path, jobs: usize, audit: usize) -> anyhow::Result<()> {
+    let store = crate::store::Store::open(dir)?;
+    let now = crate::store::now_ms();
+    store.seed_history(jobs, audit, now)?;
+    // The full sync is over: the engine starts idle.
+    store.set_cursor(
+        "catalog.full_sync",
+        &serde_json::json!({"after": null, "pages": jobs / 100 + 1, "listed": jobs, "done": true})
+            .to_string(),
+    )?;
+    Ok(())
+}
+
+/// Clock ticks per second of `/proc/self/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// User + system CPU of this process so far, in clock ticks (0 off Linux).
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// Resident set size of this process in kB (0 off Linux).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -462,6 +462,9 @@ pub struct CatalogConfig {
     /// Most jobs one worker claims at once (the batch adapts between 1 and this); their
     /// writes leave as QuickBooks batches (≤ 30 operations each).
     pub claim_batch_max: u32,
+    /// Finished (done) jobs are compacted away this many days after they finished; the
+    /// mappings, the audit trail and the counts keep what they did.
+    pub done_retention_days: u64,
 }
 
 impl Default for CatalogConfig {
@@ -476,6 +479,7 @@ impl Default for CatalogConfig {
             autoscale: true,
             latency_tolerance: 1.25,
             claim_batch_max: 30,
+            done_retention_days: 7,
         }
     }
 }
@@ -1340,6 +1344,12 @@ impl Config {
             DAY,
         )?;
         range("catalog.max_attempts", u64::from(c.max_attempts), 1, 100)?;
+        range(
+            "catalog.done_retention_days",
+            c.done_retention_days,
+            1,
+            3650,
+        )?;
         // A lease shorter than one QuickBooks call lets a second worker take the same
         // product while the first still writes it.
         let min_lease = MIN_LEASE_SECS.max(q.timeout_secs + 1);

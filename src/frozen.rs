@@ -115,6 +115,17 @@ impl FrozenBundle {
                 "{} is an incident bundle: there is no history to replay {name} over",
                 self.file
             ))),
+            Query::AuditCount { filter } => Ok(Answer::AuditCount {
+                total: audit(
+                    &s.audit,
+                    &AuditFilter {
+                        limit: 0,
+                        before_id: None,
+                        ..filter
+                    },
+                )
+                .len() as u64,
+            }),
             Query::Reconciliation { .. } => Err(CommandError::conflict(format!(
                 "{} is an incident bundle: its reconciliation is what its snapshot shows",
                 self.file
@@ -138,6 +149,14 @@ fn audit(audit: &[AuditEntry], f: &AuditFilter) -> Vec<AuditEntry> {
         .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
         .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
         .filter(|e| f.before_id.is_none_or(|id| e.id < id))
+        .filter(|e| {
+            f.text.as_deref().is_none_or(|text| {
+                let hay =
+                    format!("{} {} {} {}", e.kind, e.entity, e.actor, e.message).to_lowercase();
+                text.split_whitespace()
+                    .all(|w| hay.contains(&w.to_lowercase()))
+            })
+        })
         .take(if f.limit == 0 { usize::MAX } else { f.limit })
         .cloned()
         .collect()

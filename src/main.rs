@@ -331,6 +331,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         idle_secs: u64,
     },
+    /// An idle engine over a long history (built directly through the store): idle
+    /// CPU, start → first snapshot, the events API's latency, the console's filter, RSS.
+    History {
+        #[arg(long, default_value_t = 300_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        audit: usize,
+        /// Seconds of idle engine measured.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
+        /// Run on this data dir, built there first if it holds no store (kept after).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Full catalog sync against a zero-latency sandbox vs the raw request rate.
     Catalog {
         #[arg(long, default_value_t = 2000)]
@@ -663,6 +677,12 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             idle_secs,
         } => syncctl::bench::attach(products, idle_secs).await,
         BenchCommand::Telemetry { ticks } => syncctl::bench::telemetry(ticks),
+        BenchCommand::History {
+            jobs,
+            audit,
+            idle_secs,
+            dir,
+        } => syncctl::bench::history(jobs, audit, idle_secs, dir).await,
         BenchCommand::Catalog {
             products,
             workers,

@@ -1179,3 +1179,63 @@ async fn a_command_sent_through_the_console_link_gets_its_own_reply() {
     assert_eq!(r.unwrap_err().field(), Some("duration"));
     engine.shutdown().await;
 }
+
+/// The events API over a trail longer than any page: `before=` pages back through it
+/// newest first with nothing skipped or repeated, and `text=` finds an entry older than
+/// the newest 500 (what the console holds), alongside the type filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_page_back_with_before_and_find_old_entries_by_text() {
+    let sb = common::sandbox(1, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A trail written before this engine started: one old operator action under
+        // 1,200 newer item lines.
+        let store = syncctl::store::Store::open(dir.path()).unwrap();
+        store
+            .audit(
+                "operator",
+                "catalog",
+                "ana@10.0.0.7",
+                "paused the Needle pipeline",
+            )
+            .unwrap();
+        for i in 0..1200 {
+            store
+                .audit("item", &format!("prod_{i}"), "engine", "created Item")
+                .unwrap();
+        }
+    }
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let api = Api::new(&engine);
+    let mut ids = Vec::new();
+    let mut before = String::new();
+    loop {
+        let v = api
+            .get(&format!("/api/v1/events?type=item&limit=250{before}"))
+            .await;
+        let page = v["events"].as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 250);
+        assert!(page.iter().all(|e| e["kind"] == "item"), "{v}");
+        ids.extend(page.iter().map(|e| e["id"].as_i64().unwrap()));
+        before = format!("&before={}", ids.last().unwrap());
+    }
+    assert!(ids.len() >= 1200, "{}", ids.len());
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeat"
+    );
+    // The old entry, by words anywhere in it (case-insensitive).
+    let v = api.get("/api/v1/events?text=needle%20ANA&limit=10").await;
+    let found = v["events"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["message"], "paused the Needle pipeline");
+    let v = api
+        .get("/api/v1/events?text=needle&type=item&limit=10")
+        .await;
+    assert!(v["events"].as_array().unwrap().is_empty(), "{v}");
+    engine.shutdown().await;
+    sb.shutdown().await;
+}

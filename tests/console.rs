@@ -2625,3 +2625,92 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
     assert!(app.chain.is_none());
     assert!(app.flash.as_deref().unwrap_or("").contains(":chain KEY"));
 }
+
+/// The `/` filter on the Events screen searches the engine's whole trail, not only the
+/// newest entries the snapshot holds: an action older than those is found, the title
+/// shows the true total, and older pages load as the operator scrolls. The console's
+/// queries are answered by a real store, as the engine answers them.
+#[test]
+fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
+    use syncctl::protocol::{Answer, Query};
+    let dir = tempfile::tempdir().unwrap();
+    let store = syncctl::store::Store::open(dir.path()).unwrap();
+    store
+        .audit(
+            "operator",
+            "catalog",
+            "ana@10.0.0.7",
+            "paused catalog pipeline",
+        )
+        .unwrap();
+    for i in 0..1500 {
+        store
+            .audit(
+                "item",
+                &format!("prod_{i}"),
+                "engine",
+                &format!("created Item {i}"),
+            )
+            .unwrap();
+    }
+    let mut snap = snapshot();
+    snap.audit = store.recent_audit(500, 0).unwrap();
+    let mut app = App::new(Arc::new(snap), Theme::monochrome());
+    app.tab = Tab::Events;
+    // The engine's side: each query the console asks, answered from the store, until
+    // the console asks nothing more.
+    let engine = |app: &mut App, mut effects: Vec<Effect>| {
+        let mut asked = 0;
+        while let Some(query) = effects.iter().find_map(|e| match e {
+            Effect::Ask(q) => Some(q.clone()),
+            _ => None,
+        }) {
+            asked += 1;
+            let reply = match &query {
+                Query::Audit { filter } => Ok(Answer::Audit {
+                    entries: store.audit_query(filter).unwrap(),
+                }),
+                Query::AuditCount { filter } => Ok(Answer::AuditCount {
+                    total: store.audit_count(filter).unwrap(),
+                }),
+                other => panic!("unexpected query {other:?}"),
+            };
+            effects = update(app, Msg::Answer { query, reply });
+        }
+        asked
+    };
+    let typed = |app: &mut App, keys: &str| {
+        for c in keys.chars() {
+            let effects = update(app, Msg::Key(key(KeyCode::Char(c))));
+            engine(app, effects);
+        }
+    };
+    typed(&mut app, "/PAUSED");
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("filter: PAUSED▏ · 1 of 1 ·"), "{text}");
+    assert!(text.contains("paused catalog pipeline"), "{text}");
+
+    // A filter with many matches: the first page, the true total, then older pages
+    // as the operator scrolls to the end.
+    for _ in 0.."PAUSED".len() {
+        let effects = update(&mut app, Msg::Key(key(KeyCode::Backspace)));
+        engine(&mut app, effects);
+    }
+    typed(&mut app, "created");
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("filter: created▏ · 200 of 1500 ·"), "{text}");
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Enter)));
+    engine(&mut app, effects);
+    let mut pages = 0;
+    for _ in 0..100 {
+        let effects = update(&mut app, Msg::Key(key(KeyCode::End)));
+        pages += engine(&mut app, effects);
+    }
+    assert_eq!(pages, 7, "the 7 older pages, each asked once");
+    let rows = app.events_rows();
+    assert_eq!(rows.len(), 1500);
+    assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(rows.last().unwrap().message, "created Item 0");
+    let (text, _) = render(&app, 120, 40);
+    assert!(text.contains("created Item 0"), "{text}");
+}

@@ -113,9 +113,10 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
             "engine",
             "resilience",
             "sandbox",
+            "store",
             "telemetry",
         ],
-        "benchmarks drive the real parts",
+        "benchmarks drive the real parts (and build a long history through the store)",
     ),
     (
         "soak",

@@ -54,6 +54,55 @@ pub fn recon_id(d: &Discrepancy) -> String {
     }
 }
 
+/// Entries the engine reads per page of the Events filter.
+pub const EVENTS_PAGE: usize = 200;
+
+/// The Events filter searched in the engine's store: the pages found so far and the
+/// true total, for one filter text (and journal view).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventsSearch {
+    /// The words searched, as typed (trimmed).
+    pub text: String,
+    pub journal: bool,
+    /// Matches found, newest first, the pages answered so far.
+    pub entries: Vec<AuditEntry>,
+    /// The first page has been answered.
+    pub loaded: bool,
+    /// Older matches may follow the last page.
+    pub more: bool,
+    /// A page is asked and not yet answered (one at a time).
+    pub pending: bool,
+    /// Matches over the whole trail, once the engine has counted them.
+    pub total: Option<u64>,
+    pub counting: bool,
+    /// The newest entry the snapshot held when the search was asked: newer matches
+    /// come from the snapshot (live), on top of the pages.
+    pub since_id: i64,
+}
+
+impl EventsSearch {
+    /// The query for this search: its next page (`before`: older than that id), or its
+    /// total (`limit` ignored).
+    pub fn filter(&self, before: Option<i64>) -> crate::protocol::AuditFilter {
+        crate::protocol::AuditFilter {
+            kinds: if self.journal {
+                vec![OPERATOR.to_owned()]
+            } else {
+                Vec::new()
+            },
+            text: Some(self.text.clone()),
+            before_id: before,
+            limit: EVENTS_PAGE,
+            ..Default::default()
+        }
+    }
+
+    /// Whether `f` was asked for this search.
+    pub fn asked(&self, f: &crate::protocol::AuditFilter) -> bool {
+        f.text.as_deref() == Some(self.text.as_str()) && f.kinds.is_empty() != self.journal
+    }
+}
+
 /// A question that needs an answer before anything happens; focus starts on Cancel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Confirm {
@@ -254,6 +303,9 @@ pub struct App {
     pub events_filter: String,
     /// Events: the operator journal only (`J`).
     pub events_journal: bool,
+    /// Events: the filter's matches over the whole trail, as the engine answers them
+    /// page by page (the snapshot holds only the newest entries).
+    pub events_search: Option<EventsSearch>,
     pub show_payload: bool,
     /// The payload's first row shown (`[` / `]`); back to the top for another invoice.
     pub payload_scroll: u16,
@@ -312,6 +364,7 @@ impl App {
             search_open: false,
             events_filter: String::new(),
             events_journal: false,
+            events_search: None,
             show_payload: false,
             payload_scroll: 0,
             detail: None,
@@ -540,25 +593,48 @@ impl App {
 
     /// The Events rows after the filter: every word of it must appear in the entry's
     /// kind, entity, actor or message (case-insensitive); in the journal view, only
-    /// operators' actions.
+    /// operators' actions. Once the engine has answered the filter, its matches over
+    /// the whole trail (with newer ones from the snapshot on top); until then, the
+    /// matches among the entries the snapshot holds.
     pub fn events_rows(&self) -> Vec<&AuditEntry> {
         let words: Vec<String> = self
             .events_filter
             .split_whitespace()
             .map(str::to_lowercase)
             .collect();
-        self.snapshot
+        let local = self
+            .snapshot
             .audit
             .iter()
             .filter(|e| !self.events_journal || e.kind == OPERATOR)
-            .filter(|e| {
+            .filter(move |e| {
                 words.is_empty() || {
                     let hay =
                         format!("{} {} {} {}", e.kind, e.entity, e.actor, e.message).to_lowercase();
                     words.iter().all(|w| hay.contains(w))
                 }
-            })
-            .collect()
+            });
+        match self.events_found() {
+            Some(found) => {
+                let newest = found
+                    .entries
+                    .first()
+                    .map_or(0, |e| e.id)
+                    .max(found.since_id);
+                local
+                    .filter(|e| e.id > newest)
+                    .chain(found.entries.iter())
+                    .collect()
+            }
+            None => local.collect(),
+        }
+    }
+
+    /// The engine's answer to the Events filter as it stands, once its first page came.
+    pub fn events_found(&self) -> Option<&EventsSearch> {
+        self.events_search.as_ref().filter(|s| {
+            s.loaded && s.text == self.events_filter.trim() && s.journal == self.events_journal
+        })
     }
 
     /// The service of the selected circuit.

@@ -17,12 +17,12 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::command_line::{self, CommandLine, LineEvent, Local};
 use super::keymap::{self, Action};
-use super::state::{App, Confirm, PromptKind, Step, Tab, num};
+use super::state::{App, Confirm, EVENTS_PAGE, EventsSearch, PromptKind, Step, Tab, num};
 use crate::protocol::{
-    AlertMatcher, Answer, AttachedConsole, BUNDLE_EVENTS, BreakerAction, Bundle, CacheScope,
-    Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS, Pipeline, Query,
-    QueryReply, Reply, Request, Service, Snapshot, State as BreakerState, Status as InvoiceStatus,
-    ThresholdChange, check_threshold, parse_duration,
+    AlertMatcher, Answer, AttachedConsole, AuditFilter, BUNDLE_EVENTS, BreakerAction, Bundle,
+    CacheScope, Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS,
+    Pipeline, Query, QueryReply, Reply, Request, Service, Snapshot, State as BreakerState,
+    Status as InvoiceStatus, ThresholdChange, check_threshold, parse_duration,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -159,6 +159,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
     }
     app.follow_selections();
     effects.extend(app.follow_detail());
+    effects.extend(app.follow_events());
     effects
 }
 
@@ -230,7 +231,17 @@ impl App {
                 effects.push(redraw(false));
             }
             // The console asks no other query.
-            Query::Audit { .. } | Query::Invoices { .. } | Query::Reconciliation { .. } => {}
+            Query::Audit { filter } => {
+                if self.apply_events_page(&filter, reply) {
+                    effects.push(redraw(false));
+                }
+            }
+            Query::AuditCount { filter } => {
+                if self.apply_events_total(&filter, reply) {
+                    effects.push(redraw(false));
+                }
+            }
+            Query::Invoices { .. } | Query::Reconciliation { .. } => {}
         }
         effects
     }
@@ -274,6 +285,91 @@ impl App {
                 self.recon_sel.follow(&ids);
             }
             _ => {}
+        }
+    }
+
+    /// The Events filter searched in the engine's store, one query at a time: a new
+    /// filter's first page, then its total, then older pages as the operator scrolls
+    /// towards the end of those found.
+    fn follow_events(&mut self) -> Option<Effect> {
+        let text = self.events_filter.trim();
+        if text.is_empty() {
+            self.events_search = None;
+            return None;
+        }
+        let journal = self.events_journal;
+        match &mut self.events_search {
+            Some(s) if s.text == text && s.journal == journal => {
+                if s.pending {
+                    None
+                } else if s.total.is_none() && !s.counting {
+                    s.counting = true;
+                    Some(Effect::Ask(Query::AuditCount {
+                        filter: s.filter(None),
+                    }))
+                } else if s.more && self.events_offset + EVENTS_PAGE / 2 >= s.entries.len() {
+                    s.pending = true;
+                    let before = s.entries.last().map(|e| e.id);
+                    Some(Effect::Ask(Query::Audit {
+                        filter: s.filter(before),
+                    }))
+                } else {
+                    None
+                }
+            }
+            _ => {
+                let search = EventsSearch {
+                    text: text.to_owned(),
+                    journal,
+                    pending: true,
+                    since_id: self.snapshot.audit.first().map_or(0, |e| e.id),
+                    ..Default::default()
+                };
+                let ask = Effect::Ask(Query::Audit {
+                    filter: search.filter(None),
+                });
+                self.events_search = Some(search);
+                Some(ask)
+            }
+        }
+    }
+
+    /// A page of the Events filter's matches; true when the screen changes. An answer
+    /// to another filter (typed over since) is dropped; a refusal keeps the local view.
+    fn apply_events_page(&mut self, filter: &AuditFilter, reply: QueryReply) -> bool {
+        let Some(s) = self.events_search.as_mut().filter(|s| s.asked(filter)) else {
+            return false;
+        };
+        let expected = s.entries.last().map(|e| e.id);
+        if !s.pending || filter.before_id != expected {
+            return false;
+        }
+        s.pending = false;
+        match reply {
+            Ok(Answer::Audit { entries }) => {
+                s.more = entries.len() >= filter.limit;
+                s.entries.extend(entries);
+                s.loaded = true;
+                true
+            }
+            _ => {
+                s.more = false;
+                false
+            }
+        }
+    }
+
+    /// The Events filter's total over the whole trail; true when the screen changes.
+    fn apply_events_total(&mut self, filter: &AuditFilter, reply: QueryReply) -> bool {
+        let Some(s) = self.events_search.as_mut().filter(|s| s.asked(filter)) else {
+            return false;
+        };
+        match reply {
+            Ok(Answer::AuditCount { total }) => {
+                s.total = Some(total);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -605,6 +605,9 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::Bundle { .. } | Query::WhatIf { .. } => {
             Err(CommandError::unavailable("answered on the engine's loop"))
         }
+        Query::AuditCount { filter } => Ok(Answer::AuditCount {
+            total: store.audit_count(&filter).map_err(unreadable)?,
+        }),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

@@ -89,8 +89,14 @@ pub(super) async fn limiter_state_loop(
     }
 }
 
-/// Removes audit entries older than `audit.retention_days`, at start and hourly.
-pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: CancellationToken) {
+/// Removes audit entries older than `audit.retention_days`, and jobs finished more than
+/// `catalog.done_retention_days` ago, at start and hourly.
+pub(super) async fn audit_retention_loop(
+    store: Store,
+    days: u64,
+    done_days: u64,
+    cancel: CancellationToken,
+) {
     loop {
         let s = store.clone();
         let cutoff = store.now_ms() - days as i64 * 86_400_000;
@@ -101,6 +107,17 @@ pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: Cancel
             Ok(Err(e)) => tracing::error!("audit retention: {e}"),
             _ => {}
         }
+        let s = store.clone();
+        let cutoff = store.now_ms() - done_days as i64 * 86_400_000;
+        match tokio::task::spawn_blocking(move || s.compact_jobs(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(
+                    "job retention: {n} jobs finished over {done_days} days ago compacted"
+                )
+            }
+            Ok(Err(e)) => tracing::error!("job retention: {e}"),
+            _ => {}
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(AUDIT_RETENTION_EVERY) => {}
@@ -109,6 +126,31 @@ pub(super) async fn audit_retention_loop(store: Store, days: u64, cancel: Cancel
 }
 
 const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Feeds the audit trail's text index with what was written since, in batches, off
+/// every write's path (text queries scan the few rows not yet indexed).
+pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
+    loop {
+        let s = store.clone();
+        let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<()> {
+            while s.index_audit_text(AUDIT_INDEX_BATCH)? == AUDIT_INDEX_BATCH {}
+            Ok(())
+        })
+        .await;
+        match caught_up {
+            Ok(Err(e)) => tracing::error!("audit text index: {e}"),
+            Err(e) => tracing::error!("audit text index stopped: {e}"),
+            Ok(Ok(())) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_INDEX_EVERY) => {}
+        }
+    }
+}
+
+const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(2);
+const AUDIT_INDEX_BATCH: usize = 5000;
 
 /// Backups every few seconds; retention and the daily report at start, then every
 /// minute (written off the async threads).

@@ -220,8 +220,10 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         workers.spawn(periodic::audit_retention_loop(
             store.clone(),
             cfg.audit.retention_days,
+            cfg.catalog.done_retention_days,
             cancel.clone(),
         ));
+        workers.spawn(periodic::audit_index_loop(store.clone(), cancel.clone()));
         for d in &downstreams {
             workers.spawn(periodic::limiter_state_loop(
                 store.clone(),

@@ -333,6 +333,9 @@ pub enum Query {
     /// How often the rule a threshold sets would have fired over the recorded history
     /// with `value` instead of the value in force ([`WhatIf`](super::thresholds::WhatIf)).
     WhatIf { name: String, value: f64 },
+    /// How many audit entries the filter matches, over the whole trail (its `limit`
+    /// and `before_id` are ignored).
+    AuditCount { filter: super::query::AuditFilter },
 }
 
 /// What a command did.

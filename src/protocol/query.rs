@@ -19,6 +19,8 @@ pub enum Answer {
     Invoices { invoices: Vec<InvoiceRecord> },
     /// [`Query::Audit`](super::Query::Audit): the entries found.
     Audit { entries: Vec<AuditEntry> },
+    /// [`Query::AuditCount`](super::Query::AuditCount): how many entries match.
+    AuditCount { total: u64 },
     /// [`Query::Bundle`](super::Query::Bundle): the incident bundle.
     Bundle(Box<super::bundle::Bundle>),
     /// [`Query::WhatIf`](super::Query::WhatIf): the firings with the proposed value.
@@ -82,6 +84,10 @@ pub struct AuditFilter {
     /// Entries with a smaller id (paging backwards).
     pub before_id: Option<i64>,
     pub limit: usize,
+    /// Every word of it appears in the entry's kind, entity, actor or message
+    /// (case-insensitive): the console's `/` filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// What a query returns to whoever sent it: the answer, or why not

@@ -231,6 +231,85 @@ pub struct Counters {
     pub alegra_requests: u64,
 }
 
+/// Bytes of answers kept for `requestid` replays; the oldest go first beyond it.
+pub const REPLAY_BYTES: usize = 16 << 20;
+/// How long an answer is kept for a `requestid` replay.
+pub const REPLAY_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The answers kept for QuickBooks `requestid` replays: at most [`REPLAY_BYTES`] of
+/// them (by their JSON size), none older than [`REPLAY_AGE`], so a long demo holds
+/// steady memory. Serialized as the map of what is kept.
+#[derive(Debug, Clone, Default)]
+pub struct Replays {
+    answers: HashMap<String, (u16, Value)>,
+    /// Oldest first: request id, when kept, its size.
+    order: VecDeque<(String, std::time::Instant, usize)>,
+    bytes: usize,
+}
+
+impl Replays {
+    pub fn get(&self, request_id: &str) -> Option<&(u16, Value)> {
+        self.answers.get(request_id)
+    }
+
+    /// Keeps the first answer to `request_id`, forgetting the oldest beyond the bounds.
+    pub fn insert(&mut self, request_id: String, status: u16, body: Value) {
+        self.insert_at(request_id, status, body, std::time::Instant::now());
+    }
+
+    fn insert_at(&mut self, request_id: String, status: u16, body: Value, now: std::time::Instant) {
+        let size = request_id.len() + body.to_string().len();
+        if let Some(old) = self.answers.insert(request_id.clone(), (status, body)) {
+            // Replaced (a journal replayed twice): its old size goes.
+            self.bytes = self
+                .bytes
+                .saturating_sub(request_id.len() + old.1.to_string().len());
+            self.order.retain(|(id, _, _)| *id != request_id);
+        }
+        self.order.push_back((request_id, now, size));
+        self.bytes += size;
+        while let Some((id, at, size)) = self.order.front() {
+            let stale = now.saturating_duration_since(*at) > REPLAY_AGE;
+            if !stale && self.bytes <= REPLAY_BYTES {
+                break;
+            }
+            self.answers.remove(id);
+            self.bytes = self.bytes.saturating_sub(*size);
+            self.order.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// The size (JSON bytes) of what is kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Serialize for Replays {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.answers.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Replays {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let answers = HashMap::<String, (u16, Value)>::deserialize(d)?;
+        let mut r = Replays::default();
+        for (id, (status, body)) in answers {
+            r.insert(id, status, body);
+        }
+        Ok(r)
+    }
+}
+
 /// Everything the simulated services hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct World {
@@ -247,8 +326,9 @@ pub struct World {
     pub invoices: Vec<Invoice>,
     #[serde(default)]
     pub alegra: Vec<alegra::Document>,
-    /// QuickBooks `requestid` → (HTTP status, body) of the first answer.
-    pub request_ids: HashMap<String, (u16, Value)>,
+    /// QuickBooks `requestid` → (HTTP status, body) of the first answer, the newest
+    /// kept within a size and an age (as the real service forgets them).
+    pub request_ids: Replays,
     pub refresh_token: String,
     pub access_tokens: HashMap<String, i64>,
     pub counters: Counters,
@@ -296,7 +376,7 @@ impl World {
             items: Vec::new(),
             invoices: Vec::new(),
             alegra: Vec::new(),
-            request_ids: HashMap::new(),
+            request_ids: Replays::default(),
             refresh_token,
             access_tokens: HashMap::new(),
             counters: Counters::default(),
@@ -404,7 +484,7 @@ impl World {
                 }
             }
             Entry::Request(id, status, body) => {
-                self.request_ids.insert(id, (status, body));
+                self.request_ids.insert(id, status, body);
             }
             Entry::Meta {
                 rng,
@@ -1401,4 +1481,40 @@ async fn deliver_webhooks(
     }
     in_flight.close();
     in_flight.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_answers_are_kept_within_a_size_and_an_age() {
+        let mut r = Replays::default();
+        let body =
+            |i: usize| serde_json::json!({"Item": {"Id": i.to_string(), "Name": "x".repeat(1000)}});
+        for i in 0..20_000 {
+            r.insert(format!("rid-{i}"), 200, body(i));
+        }
+        assert!(r.bytes() <= REPLAY_BYTES, "{}", r.bytes());
+        assert!(r.get("rid-0").is_none(), "the oldest went first");
+        assert_eq!(r.get("rid-19999"), Some(&(200, body(19999))));
+        assert!(r.len() > 10_000 && r.len() < 20_000, "{}", r.len());
+        // Age: a day later, what was kept then is forgotten.
+        let now = std::time::Instant::now();
+        let mut r = Replays::default();
+        r.insert_at("old".into(), 200, body(1), now);
+        r.insert_at(
+            "new".into(),
+            400,
+            body(2),
+            now + REPLAY_AGE + Duration::from_secs(1),
+        );
+        assert!(r.get("old").is_none());
+        assert_eq!(r.get("new").map(|a| a.0), Some(400));
+        // Kept across a save and a load.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Replays = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.get("new"), r.get("new"));
+        assert_eq!(back.bytes(), r.bytes());
+    }
 }

@@ -202,7 +202,7 @@ async fn write_item(
     if let Some(rid) = params.requestid {
         tx.world
             .request_ids
-            .insert(rid.clone(), (status.as_u16(), answer.clone()));
+            .insert(rid.clone(), status.as_u16(), answer.clone());
         tx.record(Entry::Request(rid, status.as_u16(), answer.clone()));
     }
     let meta = tx.world.meta();
@@ -963,7 +963,7 @@ async fn batch(
     if let Some(rid) = params.requestid {
         tx.world
             .request_ids
-            .insert(rid.clone(), (200, answer.clone()));
+            .insert(rid.clone(), 200, answer.clone());
         tx.record(Entry::Request(rid, 200, answer.clone()));
     }
     let meta = tx.world.meta();

@@ -709,6 +709,8 @@ pub struct EventsQuery {
     until: Option<String>,
     before: Option<i64>,
     limit: Option<usize>,
+    /// Words every entry shown contains (the console's `/` filter).
+    text: Option<String>,
 }
 
 /// Milliseconds since the epoch, or an RFC 3339 time.
@@ -763,6 +765,7 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         until_ms: until,
         before_id: q.before,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        text: q.text.filter(|t| !t.trim().is_empty()),
     };
     match st
         .engine

@@ -70,12 +70,12 @@ fn active(reads_only: bool) -> &'static str {
 
 /// Takes the next DIAN number of the range from the counter.
 fn next_number(tx: &rusqlite::Transaction<'_>, prefix: &str, start: u64) -> Result<String> {
-    let seq: i64 = tx.query_row(
-        "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
          ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-        [],
-        |r| r.get(0),
-    )?;
+        )?
+        .query_row([], |r| r.get(0))?;
     Ok(format!("{prefix}{}", start + seq as u64))
 }
 
@@ -96,9 +96,7 @@ impl Store {
         let now = self.now_ms();
         let via = match event {
             Some((id, kind, via)) => {
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, kind, now, via],
+                let n = tx.prepare_cached("INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id, kind, now, via],
                 )?;
                 if n == 0 {
                     return Ok(false);
@@ -108,12 +106,11 @@ impl Store {
             None => "list",
         };
         let known: bool = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT 1 FROM invoices WHERE stripe_id=?1
                  UNION ALL SELECT 1 FROM purged_invoices WHERE stripe_id=?1",
-                params![inv.stripe_id],
-                |_| Ok(true),
-            )
+            )?
+            .query_row(params![inv.stripe_id], |_| Ok(true))
             .optional()?
             .unwrap_or(false);
         if known {
@@ -124,13 +121,14 @@ impl Store {
         // A document found at Alegra for this invoice when the store was rebuilt: adopted
         // (read there before anything is sent), never given a second number.
         let found: Option<(String, String, String)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT number, alegra_id, date FROM alegra_documents
                  WHERE stripe_id=?1 AND coalesce(legal_status, '') <> 'STAMPED_AND_REJECTED'
                  ORDER BY (legal_status LIKE 'STAMPED_AND_ACCEPTED%') DESC, number LIMIT 1",
-                params![inv.stripe_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row(params![inv.stripe_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let mut issue_date = issue_date.to_owned();
         let (number, status, alegra_id, message) = match found {
@@ -138,10 +136,8 @@ impl Store {
                 if !date.is_empty() {
                     issue_date = date;
                 }
-                tx.execute(
-                    "DELETE FROM alegra_documents WHERE stripe_id=?1",
-                    params![inv.stripe_id],
-                )?;
+                tx.prepare_cached("DELETE FROM alegra_documents WHERE stripe_id=?1")?
+                    .execute(params![inv.stripe_id])?;
                 let message = format!(
                     "paid invoice {name} received via {via}; its document {number} (Alegra {alegra_id}) was found at Alegra when this store was checked against it: adopted with its number, read there before anything is sent"
                 );
@@ -156,11 +152,9 @@ impl Store {
         };
         let data = serde_json::to_string(inv)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        tx.execute(
-            "INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, alegra_id, issue_date,
+        tx.prepare_cached("INSERT INTO invoices(stripe_id, number, kind, status, attempts, next_at, alegra_id, issue_date,
                                   buyer_id, buyer_name, total, data, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5, ?5)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5, ?5)")?.execute(params![
                 inv.stripe_id,
                 number,
                 inv.kind,
@@ -174,10 +168,8 @@ impl Store {
                 data
             ],
         )?;
-        tx.execute(
-            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
-             VALUES (?1, ?2, NULL, ?3, 0, NULL, ?4, 'engine')",
-            params![inv.stripe_id, now, status.name(), message],
+        tx.prepare_cached("INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, NULL, ?3, 0, NULL, ?4, 'engine')")?.execute(params![inv.stripe_id, now, status.name(), message],
         )?;
         tx.commit()?;
         Ok(true)
@@ -196,22 +188,18 @@ impl Store {
         let mut conn = self.w();
         let tx = conn.transaction()?;
         let now = self.now_ms();
-        let (old, status, attempts): (String, String, u32) = tx.query_row(
-            "SELECT number, status, attempts FROM invoices WHERE stripe_id=?1",
-            params![stripe_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (old, status, attempts): (String, String, u32) = tx
+            .prepare_cached("SELECT number, status, attempts FROM invoices WHERE stripe_id=?1")?
+            .query_row(params![stripe_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
         let number = next_number(&tx, number_prefix, number_start)?;
-        tx.execute(
-            "UPDATE invoices SET number=?2, status='PENDING', next_at=?3, sending=0, alegra_id=NULL,
+        tx.prepare_cached("UPDATE invoices SET number=?2, status='PENDING', next_at=?3, sending=0, alegra_id=NULL,
                                  cufe=NULL, last_code=NULL, last_message=?4, updated_at=?3
-             WHERE stripe_id=?1",
-            params![stripe_id, number, now, why],
+             WHERE stripe_id=?1")?.execute(params![stripe_id, number, now, why],
         )?;
-        tx.execute(
-            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
-             VALUES (?1, ?2, ?3, 'PENDING', ?4, NULL, ?5, 'engine')",
-            params![
+        tx.prepare_cached("INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, ?3, 'PENDING', ?4, NULL, ?5, 'engine')")?.execute(params![
                 stripe_id,
                 now,
                 status,
@@ -308,11 +296,11 @@ impl Store {
             params![now, message],
         )?;
         // A send in flight now is a contingency invoice too if DIAN does not stamp it.
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE invoices SET contingency=1 WHERE sending=1 AND kind != 'credit_note'
                AND status IN ('PENDING','RETRY','UNKNOWN')",
-            [],
-        )?;
+        )?
+        .execute([])?;
         tx.commit()?;
         Ok(n)
     }
@@ -348,9 +336,7 @@ impl Store {
     /// When the oldest contingency invoice still waiting for DIAN's return was made
     /// (None: no outage left unfinished).
     pub fn unfinished_outage(&self) -> Result<Option<i64>> {
-        self.r().query_row(
-            "SELECT MIN(created_at) FROM invoices WHERE status='FALLBACK' AND deadline_at IS NULL",
-            [],
+        self.r().prepare_cached("SELECT MIN(created_at) FROM invoices WHERE status='FALLBACK' AND deadline_at IS NULL")?.query_row([],
             |r| r.get(0),
         )
     }
@@ -446,9 +432,7 @@ impl Store {
 
     /// Marks a send as begun (durably, before the request leaves) and counts it.
     pub fn begin_send(&self, stripe_id: &str) -> Result<u32> {
-        self.w().query_row(
-            "UPDATE invoices SET sending=1, attempts=attempts+1, updated_at=?2 WHERE stripe_id=?1 RETURNING attempts",
-            params![stripe_id, self.now_ms()],
+        self.w().prepare_cached("UPDATE invoices SET sending=1, attempts=attempts+1, updated_at=?2 WHERE stripe_id=?1 RETURNING attempts")?.query_row(params![stripe_id, self.now_ms()],
             |r| r.get(0),
         )
     }
@@ -459,11 +443,10 @@ impl Store {
         let tx = conn.transaction()?;
         let now = self.now_ms();
         let Some((from, attempts)) = tx
-            .query_row(
-                "SELECT status, attempts FROM invoices WHERE stripe_id=?1",
-                params![stripe_id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)),
-            )
+            .prepare_cached("SELECT status, attempts FROM invoices WHERE stripe_id=?1")?
+            .query_row(params![stripe_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+            })
             .optional()?
         else {
             return Ok(());
@@ -481,7 +464,7 @@ impl Store {
             .unwrap_or(from.as_str())
             .to_owned();
         let validated = change.to == Some(Status::Validated);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE invoices SET status=?2, attempts=?3, sending=0,
                next_at = CASE WHEN ?4 THEN ?5 ELSE next_at END,
                last_code=?6, last_message=?7,
@@ -492,28 +475,26 @@ impl Store {
                validated_at = CASE WHEN ?14 THEN ?15 ELSE validated_at END,
                updated_at=?15
              WHERE stripe_id=?1",
-            params![
-                stripe_id,
-                to,
-                attempts,
-                change.next_at_ms.is_some(),
-                change.next_at_ms.flatten().map(|after| now + after),
-                change.code,
-                change.message,
-                change.alegra_id,
-                change.cufe,
-                change.issue_date,
-                change.contingency,
-                change.deadline_at_ms.is_some(),
-                change.deadline_at_ms.flatten(),
-                validated,
-                now,
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![stripe_id, now, from, to, attempts, change.code, change.message, change.actor],
+        )?
+        .execute(params![
+            stripe_id,
+            to,
+            attempts,
+            change.next_at_ms.is_some(),
+            change.next_at_ms.flatten().map(|after| now + after),
+            change.code,
+            change.message,
+            change.alegra_id,
+            change.cufe,
+            change.issue_date,
+            change.contingency,
+            change.deadline_at_ms.is_some(),
+            change.deadline_at_ms.flatten(),
+            validated,
+            now,
+        ])?;
+        tx.prepare_cached("INSERT INTO invoice_history(stripe_id, at, from_status, to_status, attempt, code, message, actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![stripe_id, now, from, to, attempts, change.code, change.message, change.actor],
         )?;
         tx.commit()?;
         Ok(())
@@ -523,9 +504,7 @@ impl Store {
     /// failed); the reason stays visible as the last message.
     pub fn postpone_invoice(&self, stripe_id: &str, after_ms: i64, why: &str) -> Result<()> {
         let now = self.now_ms();
-        self.w().execute(
-            "UPDATE invoices SET next_at=?2, sending=0, last_message=?3, updated_at=?4 WHERE stripe_id=?1",
-            params![stripe_id, now + after_ms, why, now],
+        self.w().prepare_cached("UPDATE invoices SET next_at=?2, sending=0, last_message=?3, updated_at=?4 WHERE stripe_id=?1")?.execute(params![stripe_id, now + after_ms, why, now],
         )?;
         Ok(())
     }
@@ -535,10 +514,8 @@ impl Store {
     /// what held it changes, what it held is looked at again.)
     pub fn release_held(&self, held: &str, why: &str) -> Result<usize> {
         let now = self.now_ms();
-        let n = self.w().execute(
-            "UPDATE invoices SET next_at=?3, last_message=?2, updated_at=?3
-             WHERE substr(last_message, 1, length(?1)) = ?1 AND sending=0 AND next_at IS NOT NULL AND next_at > ?3",
-            params![held, why, now],
+        let n = self.w().prepare_cached("UPDATE invoices SET next_at=?3, last_message=?2, updated_at=?3
+             WHERE substr(last_message, 1, length(?1)) = ?1 AND sending=0 AND next_at IS NOT NULL AND next_at > ?3")?.execute(params![held, why, now],
         )?;
         Ok(n)
     }
@@ -568,12 +545,14 @@ impl Store {
 
     pub fn compliance_counts(&self) -> Result<ComplianceCounts> {
         let conn = self.r();
-        let mut stmt =
-            conn.prepare_cached("SELECT status, COUNT(*) FROM invoices GROUP BY status")?;
+        // Counters kept with each write (migration 9), not a count of the table.
+        let mut stmt = conn.prepare_cached(
+            "SELECT substr(name, 10), n FROM tallies WHERE name >= 'invoices:' AND name < 'invoices;'",
+        )?;
         let mut by: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
         let mut total = 0;
         for r in stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
         })? {
             let (s, n) = r?;
             total += n;
@@ -581,12 +560,12 @@ impl Store {
                 e.1 = n;
             }
         }
-        let (oldest, deadline): (Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT MIN(created_at), MIN(deadline_at) FROM invoices
+        let (oldest, deadline): (Option<i64>, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT MIN(created_at), MIN(deadline_at) FROM invoices
              WHERE status IN ('PENDING','RETRY','UNKNOWN','SENT','FALLBACK')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(ComplianceCounts {
             by_status: by,
             total,
@@ -634,20 +613,17 @@ impl Store {
     pub fn purge_validated_before(&self, before_ms: i64) -> Result<usize> {
         let mut conn = self.w();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO purged_invoices(stripe_id, number, cufe, purged_at)
-             SELECT stripe_id, number, cufe, ?2 FROM invoices WHERE status='VALIDATED' AND validated_at < ?1",
-            params![before_ms, self.now_ms()],
+        tx.prepare_cached("INSERT OR IGNORE INTO purged_invoices(stripe_id, number, cufe, purged_at)
+             SELECT stripe_id, number, cufe, ?2 FROM invoices WHERE status='VALIDATED' AND validated_at < ?1")?.execute(params![before_ms, self.now_ms()],
         )?;
-        tx.execute(
+        tx.prepare_cached(
             "DELETE FROM invoice_history WHERE stripe_id IN
                (SELECT stripe_id FROM invoices WHERE status='VALIDATED' AND validated_at < ?1)",
-            params![before_ms],
-        )?;
-        let n = tx.execute(
-            "DELETE FROM invoices WHERE status='VALIDATED' AND validated_at < ?1",
-            params![before_ms],
-        )?;
+        )?
+        .execute(params![before_ms])?;
+        let n = tx
+            .prepare_cached("DELETE FROM invoices WHERE status='VALIDATED' AND validated_at < ?1")?
+            .execute(params![before_ms])?;
         tx.commit()?;
         Ok(n)
     }

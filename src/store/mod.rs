@@ -32,6 +32,17 @@ const FAILED_STILL: &str = "f.kind = ?1 AND f.state = 'failed'
     AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
     AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
 
+/// The catalog's job kind, whose counts the snapshot shows.
+const JOB_KIND: &str = "catalog.product";
+
+/// A counter kept by the triggers of migration 9 (0 when never written).
+fn tally(conn: &Connection, name: &str) -> Result<u64> {
+    conn.prepare_cached("SELECT n FROM tallies WHERE name = ?1")?
+        .query_row(params![name], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|n| n.unwrap_or(0).max(0) as u64)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -69,7 +80,10 @@ pub struct Store {
 
 struct Inner {
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Read connections (WAL: they read beside the writer, never waiting for it): the
+    /// API, the publisher and queries each take a free one.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     path: PathBuf,
     clock: WallClock,
     writes: Mutex<WriteHealth>,
@@ -200,12 +214,18 @@ impl Store {
         integrity::check(&writer, &path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         schema::migrate(&mut writer)?;
-        let reader = Connection::open(&path)?;
-        configure(&reader)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(&path)?;
+                configure(&reader)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let store = Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                readers,
+                next_reader: Default::default(),
                 path,
                 clock,
                 writes: Mutex::new(WriteHealth::default()),
@@ -267,10 +287,8 @@ impl Store {
     pub fn probe_write(&self) -> Result<()> {
         let conn = self.w();
         let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {
-            conn.execute(
-                "INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![now_ms()],
+            conn.prepare_cached("INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")?.execute(params![now_ms()],
             )
         });
         let _ = conn.busy_timeout(WRITE_BUSY);
@@ -300,9 +318,22 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A free read connection, else the next in turn once it is free.
     fn r(&self) -> MutexGuard<'_, Connection> {
-        self.inner
-            .reader
+        let readers = &self.inner.readers;
+        for m in readers {
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self
+            .inner
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.len();
+        readers[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -338,9 +369,7 @@ impl Store {
             let tx = conn.transaction()?;
             let now = now_ms();
             if let Some((id, kind, via)) = event {
-                let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, kind, now, via],
+                let inserted = tx.prepare_cached("INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id, kind, now, via],
                 )?;
                 if inserted == 0 {
                     return Ok(false);
@@ -360,10 +389,8 @@ impl Store {
                 }
             }
             if let Some((name, value)) = cursor {
-                tx.execute(
-                    "INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    params![name, value, now],
+                tx.prepare_cached("INSERT INTO cursors(name, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")?.execute(params![name, value, now],
                 )?;
             }
             tx.commit()?;
@@ -429,14 +456,10 @@ impl Store {
             if let Some(m) = mapping {
                 save_mapping(&tx, m, now)?;
             }
-            tx.execute(
-                "UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1",
-                params![job_id, now],
+            tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1")?.execute(params![job_id, now],
             )?;
             if let Some((kind, entity, actor, message)) = audit {
-                tx.execute(
-                    "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
+                tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                         now,
                         kind,
                         entity,
@@ -497,17 +520,13 @@ impl Store {
             let mut conn = self.w();
             let tx = conn.transaction()?;
             let attempts: Option<u32> = tx
-                .query_row(
-                    "SELECT attempts FROM jobs WHERE id=?1",
-                    params![job_id],
+                .prepare_cached("SELECT attempts FROM jobs WHERE id=?1")?.query_row(params![job_id],
                     |r| r.get(0),
                 )
                 .optional()?;
             let failed = match attempts {
                 Some(a) if a >= max_attempts => {
-                    tx.execute(
-                        "UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-                        params![job_id, error, now_ms()],
+                    tx.prepare_cached("UPDATE jobs SET state='failed', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1")?.execute(params![job_id, error, now_ms()],
                     )?;
                     true
                 }
@@ -525,9 +544,7 @@ impl Store {
     /// A job that can never succeed as is (invalid data): kept with its reason.
     pub fn reject(&self, job_id: i64, reason: &str) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1",
-                params![job_id, reason, now_ms()],
+            self.w().prepare_cached("UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1")?.execute(params![job_id, reason, now_ms()],
             )?;
             Ok(())
         })
@@ -556,11 +573,8 @@ impl Store {
 
     pub fn cursor(&self, name: &str) -> Result<Option<String>> {
         self.r()
-            .query_row(
-                "SELECT value FROM cursors WHERE name=?1",
-                params![name],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM cursors WHERE name=?1")?
+            .query_row(params![name], |r| r.get(0))
             .optional()
     }
 
@@ -570,21 +584,23 @@ impl Store {
 
     pub fn mapping(&self, product_id: &str) -> Result<Option<ItemMapping>> {
         self.w()
-            .query_row(
+            .prepare_cached(
                 "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
                         pending_request_id, pending_body, status, reason
                  FROM item_map WHERE product_id=?1",
-                params![product_id],
-                row_to_mapping,
-            )
+            )?
+            .query_row(params![product_id], row_to_mapping)
             .optional()
     }
 
     /// How many products have a mapping row.
     pub fn mapping_count(&self) -> Result<u64> {
-        self.r()
-            .query_row("SELECT COUNT(*) FROM item_map", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT COALESCE(SUM(n), 0) FROM tallies WHERE name >= 'item_map:' AND name < 'item_map;'",
+        )?;
+        stmt.query_row([], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
     }
 
     /// When a product's mapping was last brought in line with QuickBooks (ms).
@@ -602,11 +618,8 @@ impl Store {
     /// The product an Item is mapped to, if any.
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
         self.w()
-            .query_row(
-                "SELECT product_id FROM item_map WHERE item_id=?1",
-                params![item_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT product_id FROM item_map WHERE item_id=?1")?
+            .query_row(params![item_id], |r| r.get(0))
             .optional()
     }
 
@@ -619,12 +632,10 @@ impl Store {
         body: &str,
     ) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+            self.w().prepare_cached("INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
                  VALUES (?1, 'pending', ?2, ?3)
                  ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
-                   pending_body=excluded.pending_body",
-                params![product_id, request_id, body],
+                   pending_body=excluded.pending_body")?.execute(params![product_id, request_id, body],
             )?;
             Ok(())
         })
@@ -662,9 +673,7 @@ impl Store {
     pub fn audit(&self, kind: &str, entity: &str, actor: &str, message: &str) -> Result<i64> {
         self.recorded(|| {
             let conn = self.w();
-            conn.execute(
-                "INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
+            conn.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                     now_ms(),
                     kind,
                     entity,
@@ -687,48 +696,134 @@ impl Store {
             .collect()
     }
 
-    /// Audit entries matching `f`, newest first.
+    /// Audit entries matching `f`, newest first, reading about as many rows as the page
+    /// holds: by type or entity through their indexes in id order, by text through the
+    /// trigram index in id order plus a scan of the few rows not yet indexed (several
+    /// types or sources: one read each, merged).
     pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        let mut sql = String::from(
-            "SELECT id, at, kind, entity, actor, message, trace_id FROM audit WHERE 1=1",
-        );
+        let limit = f.limit.clamp(1, 10_000) as i64;
+        let w = audit_where(f, true);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if !f.kinds.is_empty() {
-            sql.push_str(&format!(
-                " AND kind IN ({})",
-                vec!["?"; f.kinds.len()].join(",")
-            ));
-            args.extend(f.kinds.iter().map(|k| k.clone().into()));
+        let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
+            vec![None]
+        } else {
+            f.kinds.iter().map(|k| Some(k.as_str())).collect()
+        };
+        let mut parts = Vec::new();
+        for source in &w.sources {
+            for kind in &kinds {
+                let mut sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1{}",
+                    source.from, source.sql
+                );
+                args.extend(source.args.iter().cloned());
+                if let Some(k) = kind {
+                    sql.push_str(" AND a.kind = ?");
+                    args.push(k.to_string().into());
+                }
+                sql.push_str(&w.sql);
+                args.extend(w.args.iter().cloned());
+                if let Some(id) = w.before_id {
+                    sql.push_str(&format!(" AND {} < ?", source.order));
+                    args.push(id.into());
+                }
+                sql.push_str(&format!(" ORDER BY {} DESC LIMIT ?", source.order));
+                args.push(limit.into());
+                parts.push(sql);
+            }
         }
-        if let Some(e) = &f.entity {
-            sql.push_str(" AND entity = ?");
-            args.push(e.clone().into());
-        }
-        if let Some(t) = f.since_ms {
-            sql.push_str(" AND at >= ?");
-            args.push(t.into());
-        }
-        if let Some(t) = f.until_ms {
-            sql.push_str(" AND at < ?");
-            args.push(t.into());
-        }
-        if let Some(id) = f.before_id {
-            sql.push_str(" AND id < ?");
-            args.push(id.into());
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push((f.limit.clamp(1, 10_000) as i64).into());
+        let sql = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            args.push(limit.into());
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|p| format!("SELECT * FROM ({p})"))
+                .collect();
+            format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
+        };
         let conn = self.r();
-        let mut stmt = conn.prepare(&sql)?;
+        let mut stmt = conn.prepare_cached(&sql)?;
         stmt.query_map(rusqlite::params_from_iter(args), audit_row)?
             .collect()
+    }
+
+    /// How many audit entries match `f` over the whole trail (its page ignored).
+    pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
+        let w = audit_where(f, false);
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut parts = Vec::new();
+        for source in &w.sources {
+            let mut sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE 1=1{}",
+                source.from, source.sql
+            );
+            args.extend(source.args.iter().cloned());
+            if !f.kinds.is_empty() {
+                sql.push_str(&format!(
+                    " AND a.kind IN ({})",
+                    vec!["?"; f.kinds.len()].join(",")
+                ));
+                args.extend(f.kinds.iter().map(|k| k.clone().into()));
+            }
+            sql.push_str(&w.sql);
+            args.extend(w.args.iter().cloned());
+            parts.push(format!("({sql})"));
+        }
+        let sql = format!("SELECT {}", parts.join(" + "));
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        stmt.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    /// Adds up to `max_rows` audit entries not yet in the text index to it, oldest
+    /// first, in one write; how many. The engine calls it every few seconds, so no
+    /// audit write pays for the index (text queries scan the rows not yet indexed).
+    pub fn index_audit_text(&self, max_rows: usize) -> Result<usize> {
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let upto: i64 =
+                tx.prepare_cached("SELECT upto FROM audit_indexed")?
+                    .query_row([], |r| r.get(0))?;
+            let (n, last): (i64, Option<i64>) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2)",
+                )?
+                .query_row(params![upto, max_rows as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            tx.prepare_cached(
+                "INSERT INTO audit_text(rowid, kind, entity, actor, message)
+                 SELECT id, kind, entity, actor, message FROM audit WHERE id > ?1 AND id <= ?2",
+            )?
+            .execute(params![upto, last])?;
+            tx.prepare_cached("UPDATE audit_indexed SET upto = ?1")?
+                .execute(params![last])?;
+            tx.commit()?;
+            Ok(n as usize)
+        })
     }
 
     /// Removes audit entries older than `before_ms`; how many.
     pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
         self.recorded(|| {
-            self.w()
-                .execute("DELETE FROM audit WHERE at < ?1", params![before_ms])
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let n = tx
+                .prepare_cached("DELETE FROM audit WHERE at < ?1")?
+                .execute(params![before_ms])?;
+            // An emptied trail numbers its next entries from 1 again: none is indexed.
+            tx.prepare_cached(
+                "UPDATE audit_indexed SET upto = 0 WHERE NOT EXISTS (SELECT 1 FROM audit)",
+            )?
+            .execute([])?;
+            tx.commit()?;
+            Ok(n)
         })
     }
 
@@ -736,59 +831,76 @@ impl Store {
     /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
     /// failed with no later success for their key (an operator may retry them).
     pub fn unfinished(&self, kind: &str) -> Result<u64> {
-        self.r().query_row(
-            "SELECT COUNT(*) FROM jobs j WHERE j.kind=?1 AND (j.state IN ('queued', 'leased')
+        self.r().prepare_cached("SELECT COUNT(*) FROM jobs j WHERE j.kind=?1 AND (j.state IN ('queued', 'leased')
                OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs d
-                    WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
-            params![kind],
+                    WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))")?.query_row(params![kind],
             |r| r.get::<_, i64>(0).map(|n| n as u64),
         )
     }
 
     pub fn queued(&self, kind: &str) -> Result<u64> {
-        self.r().query_row(
-            "SELECT COUNT(*) FROM jobs WHERE kind=?1 AND state='queued'",
-            params![kind],
-            |r| r.get::<_, i64>(0).map(|n| n as u64),
-        )
+        tally(&self.r(), &format!("jobs:{kind}:queued"))
     }
 
+    /// The catalog's counts, from counters kept with each write (no table is counted):
+    /// only the failed keys and the oldest queued job are read, each through an index
+    /// over the few rows in those states.
     pub fn catalog_counts(&self) -> Result<CatalogCounts> {
         let conn = self.r();
-        let (queued, in_flight, failed, rejected, seen, oldest): (i64, i64, i64, i64, i64, Option<i64>) = conn.query_row(
-            "SELECT
-               COALESCE(SUM(state='queued'),0), COALESCE(SUM(state='leased'),0),
-               (SELECT COUNT(DISTINCT key) FROM jobs f WHERE f.kind='catalog.product' AND f.state='failed'
-                  AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.key=f.key AND d.kind=f.kind AND d.id>f.id AND d.state='done')
-                  AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.key=f.key AND q.kind=f.kind AND q.state IN ('queued','leased'))),
-               (SELECT COUNT(*) FROM item_map WHERE status='rejected'),
-               (SELECT COUNT(DISTINCT key) FROM jobs WHERE kind='catalog.product'),
-               MIN(CASE WHEN state='queued' THEN created_at END)
-             FROM jobs WHERE kind='catalog.product' AND state IN ('queued','leased')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-        )?;
-        let synced: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM item_map WHERE status='synced'",
-            [],
-            |r| r.get(0),
-        )?;
+        let (failed, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(&format!(
+                "SELECT (SELECT COUNT(DISTINCT f.key) FROM jobs f WHERE {FAILED_STILL}),
+                        (SELECT MIN(created_at) FROM jobs WHERE kind = ?1 AND state = 'queued')"
+            ))?
+            .query_row(params![JOB_KIND], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(CatalogCounts {
-            products_seen: seen as u64,
-            synced: synced as u64,
-            queued: queued as u64,
-            in_flight: in_flight as u64,
+            products_seen: tally(&conn, &format!("keys:{JOB_KIND}"))?,
+            synced: tally(&conn, "item_map:synced")?,
+            queued: tally(&conn, &format!("jobs:{JOB_KIND}:queued"))?,
+            in_flight: tally(&conn, &format!("jobs:{JOB_KIND}:leased"))?,
             failed: failed as u64,
-            rejected: rejected as u64,
+            rejected: tally(&conn, "item_map:rejected")?,
             oldest_queued_ms: oldest,
         })
     }
 
+    /// Removes jobs that finished (done) before `before_ms`, and the failed jobs a done
+    /// one among them had superseded; how many. In batches, so the writer is never held
+    /// long. Nothing unfinished goes, and no count changes: the keys ever seen, the
+    /// mappings and the audit trail stay.
+    pub fn compact_jobs(&self, before_ms: i64) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let n = self.recorded(|| {
+                let mut conn = self.w();
+                let tx = conn.transaction()?;
+                let mut n = tx
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE id IN (SELECT f.id FROM jobs f WHERE f.state = 'failed'
+                           AND EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key
+                                         AND d.id > f.id AND d.state = 'done' AND d.updated_at < ?1)
+                           LIMIT 5000)",
+                    )?
+                    .execute(params![before_ms])?;
+                n += tx
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
+                           WHERE state = 'done' AND updated_at < ?1 LIMIT 5000)",
+                    )?
+                    .execute(params![before_ms])?;
+                tx.commit()?;
+                Ok(n)
+            })?;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
     pub fn oauth(&self) -> Result<Option<OAuthState>> {
         self.w()
-            .query_row(
-                "SELECT bootstrap_hash, refresh_token, access_token, access_expires_at FROM oauth WHERE id=1",
-                [],
+            .prepare_cached("SELECT bootstrap_hash, refresh_token, access_token, access_expires_at FROM oauth WHERE id=1")?.query_row([],
                 |r| {
                     Ok(OAuthState {
                         bootstrap_hash: r.get(0)?,
@@ -805,21 +917,22 @@ impl Store {
     /// on each 429; see `limiter_state`).
     pub fn save_limiter_state(&self, s: &LimiterState) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO limiter_state(service, at, recent, paused_until, factor, ceiling)
+            self.w()
+                .prepare_cached(
+                    "INSERT INTO limiter_state(service, at, recent, paused_until, factor, ceiling)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(service) DO UPDATE SET at=excluded.at, recent=excluded.recent,
                    paused_until=excluded.paused_until, factor=excluded.factor,
                    ceiling=excluded.ceiling",
-                params![
+                )?
+                .execute(params![
                     s.service,
                     s.at_ms,
                     s.recent,
                     s.paused_until_ms,
                     s.factor,
                     s.ceiling_per_min
-                ],
-            )?;
+                ])?;
             Ok(())
         })
     }
@@ -851,34 +964,89 @@ impl Store {
     /// The limiter a previous process left for `service`, if any.
     pub fn limiter_state(&self, service: &str) -> Result<Option<LimiterState>> {
         self.r()
-            .query_row(
+            .prepare_cached(
                 "SELECT service, at, recent, paused_until, factor, ceiling FROM limiter_state
                  WHERE service = ?1",
-                [service],
-                |r| {
-                    Ok(LimiterState {
-                        service: r.get(0)?,
-                        at_ms: r.get(1)?,
-                        recent: r.get(2)?,
-                        paused_until_ms: r.get(3)?,
-                        factor: r.get(4)?,
-                        ceiling_per_min: r.get(5)?,
-                    })
-                },
-            )
+            )?
+            .query_row([service], |r| {
+                Ok(LimiterState {
+                    service: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    recent: r.get(2)?,
+                    paused_until_ms: r.get(3)?,
+                    factor: r.get(4)?,
+                    ceiling_per_min: r.get(5)?,
+                })
+            })
             .optional()
+    }
+
+    /// Builds a long history for `syncctl bench history`: `jobs` catalog jobs finished
+    /// over the last day with their synced mappings, and `audit` audit rows of several kinds spread over
+    /// the 30 days before `now_ms`, oldest first. Written in large transactions.
+    pub fn seed_history(&self, jobs: usize, audit: usize, now_ms: i64) -> Result<()> {
+        const KINDS: [&str; 10] = [
+            "item", "sync", "job", "sync", "circuit", "job", "sync", "job", "operator", "sync",
+        ];
+        let mut conn = self.w();
+        for chunk in (0..jobs).collect::<Vec<_>>().chunks(50_000) {
+            let tx = conn.transaction()?;
+            {
+                let mut job = tx.prepare_cached(
+                    "INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at,
+                                      idempotency_key, created_at, updated_at)
+                     VALUES ('catalog.product', ?1, NULL, 1, 'done', 1, ?2, 'catalog.product:' || ?1, ?2, ?2)",
+                )?;
+                let mut map = tx.prepare_cached(
+                    "INSERT INTO item_map(product_id, item_id, sync_token, item_name, synced_hash,
+                                          source_updated, status, synced_at)
+                     VALUES (?1, ?2, '0', ?1, 'h', ?3, 'synced', ?3)",
+                )?;
+                for &i in chunk {
+                    let key = format!("prod_{i}");
+                    // Finished over the last day: within any retention, so they stay.
+                    let at = now_ms - 86_400_000 + i as i64;
+                    job.execute(params![key, at])?;
+                    map.execute(params![key, format!("{}", i + 1), at])?;
+                }
+            }
+            tx.commit()?;
+        }
+        let span = 30 * 86_400_000i64;
+        for chunk in (0..audit).collect::<Vec<_>>().chunks(100_000) {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, ?2, ?3, 'engine', ?4)",
+                )?;
+                for &i in chunk {
+                    let at = now_ms - span + (i as i64 * span) / audit.max(1) as i64;
+                    let kind = KINDS[i % KINDS.len()];
+                    let entity = format!("prod_{}", i % jobs.max(1));
+                    let message = match kind {
+                        "item" => format!("created Item {}", i + 1),
+                        "circuit" => "CLOSED → OPEN".to_owned(),
+                        "operator" => "pause catalog: paused catalog pipeline".to_owned(),
+                        _ => format!("step {i} of the history"),
+                    };
+                    insert.execute(params![at, kind, entity, message])?;
+                }
+            }
+            tx.commit()?;
+        }
+        drop(conn);
+        while self.index_audit_text(100_000)? > 0 {}
+        Ok(())
     }
 
     /// Persists rotated tokens; called before the new access token is used.
     pub fn save_oauth(&self, s: &OAuthState) -> Result<()> {
         self.recorded(|| {
-            self.w().execute(
-                "INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
+            self.w().prepare_cached("INSERT INTO oauth(id, bootstrap_hash, refresh_token, access_token, access_expires_at, updated_at)
                  VALUES (1, ?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET bootstrap_hash=excluded.bootstrap_hash,
                    refresh_token=excluded.refresh_token, access_token=excluded.access_token,
-                   access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at",
-                params![
+                   access_expires_at=excluded.access_expires_at, updated_at=excluded.updated_at")?.execute(params![
                     s.bootstrap_hash,
                     s.refresh_token,
                     s.access_token,
@@ -902,42 +1070,38 @@ fn requeue(
 ) -> Result<()> {
     let now = now_ms();
     let Some((kind, key, payload, version)) = tx
-        .query_row(
-            "SELECT kind, key, payload, version FROM jobs WHERE id=?1",
-            params![job_id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
-        )
+        .prepare_cached("SELECT kind, key, payload, version FROM jobs WHERE id=?1")?
+        .query_row(params![job_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
         .optional()?
     else {
         return Ok(());
     };
-    let merged = tx.execute(
-        "UPDATE jobs SET
+    let merged = tx
+        .prepare_cached(
+            "UPDATE jobs SET
            payload = CASE WHEN ?4 > version THEN ?3 ELSE payload END,
            version = MAX(version, ?4), updated_at = ?5
          WHERE kind=?1 AND key=?2 AND state='queued' AND id != ?6",
-        params![kind, key, payload, version, now, job_id],
-    )?;
+        )?
+        .execute(params![kind, key, payload, version, now, job_id])?;
     if merged > 0 {
-        tx.execute(
-            "UPDATE jobs SET state='done', lease_until=NULL, last_error='merged into a newer job', updated_at=?2 WHERE id=?1",
-            params![job_id, now],
+        tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error='merged into a newer job', updated_at=?2 WHERE id=?1")?.execute(params![job_id, now],
         )?;
     } else {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state='queued', lease_until=NULL, next_attempt_at=?2,
                last_error=COALESCE(?3, last_error),
                attempts = CASE WHEN ?4 THEN MAX(attempts-1, 0) ELSE attempts END, updated_at=?5
              WHERE id=?1",
-            params![job_id, now + delay_ms, error, refund_attempt, now],
-        )?;
+        )?
+        .execute(params![job_id, now + delay_ms, error, refund_attempt, now])?;
     }
     Ok(())
 }
@@ -981,11 +1145,18 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
     })
 }
 
+/// Read connections in the pool.
+const READERS: usize = 4;
+
+/// Prepared statements each connection keeps (the store has a few dozen).
+const STATEMENTS_CACHED: usize = 128;
+
 /// How long a statement waits for a lock another connection holds.
 const WRITE_BUSY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(WRITE_BUSY)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process kill; only power loss can drop the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -993,7 +1164,106 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on a data dir, held for the life of the process.
+const AUDIT_COLUMNS: &str = "a.id, a.at, a.kind, a.entity, a.actor, a.message, a.trace_id";
+
+/// How to read the audit rows an [`AuditFilter`] selects, besides its types.
+struct AuditWhere {
+    /// Where the rows are read from: one source, or with text the trigram index up to
+    /// what it holds and a scan of the rows after that.
+    sources: Vec<AuditSource>,
+    /// ` AND …` conditions on `a`, with their arguments.
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+    /// The page: entries older than this id.
+    before_id: Option<i64>,
+}
+
+/// One way of reading audit rows `a`.
+struct AuditSource {
+    /// The rows read: `audit a`, or the trigram index joined to it.
+    from: &'static str,
+    /// The column the newest-first order is on.
+    order: &'static str,
+    /// ` AND …` conditions this source adds, with their arguments.
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+}
+
+/// What the console shows of an entry, lower-cased, for a word's plain search.
+const AUDIT_TEXT: &str = "lower(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
+
+/// The conditions of `f` other than its types (and, unless `paged`, its page).
+fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
+    let mut sql = String::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(e) = &f.entity {
+        sql.push_str(" AND a.entity = ?");
+        args.push(e.clone().into());
+    }
+    if let Some(t) = f.since_ms {
+        sql.push_str(" AND a.at >= ?");
+        args.push(t.into());
+    }
+    if let Some(t) = f.until_ms {
+        sql.push_str(" AND a.at < ?");
+        args.push(t.into());
+    }
+    let mut long = Vec::new();
+    // Each word, case-insensitive, anywhere in what the console shows of an entry: the
+    // trigram index finds words of three characters or more; shorter ones are checked
+    // on the rows it finds (or on every row, when all are short).
+    for w in f.text.iter().flat_map(|t| t.split_whitespace()) {
+        if w.chars().count() >= 3 {
+            long.push(w);
+        } else {
+            sql.push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
+            args.push(w.to_lowercase().into());
+        }
+    }
+    let sources = if long.is_empty() {
+        vec![AuditSource {
+            from: "audit a",
+            order: "a.id",
+            sql: String::new(),
+            args: Vec::new(),
+        }]
+    } else {
+        // The trigram index drives the read (in its rowid order) over what it holds;
+        // the entries written since it was last fed are few, and scanned.
+        let matching: Vec<String> = long
+            .iter()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect();
+        let mut tail = AuditSource {
+            from: "audit a",
+            order: "a.id",
+            sql: " AND a.id > (SELECT upto FROM audit_indexed)".to_owned(),
+            args: Vec::new(),
+        };
+        for w in &long {
+            tail.sql
+                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
+            tail.args.push(w.to_lowercase().into());
+        }
+        vec![
+            AuditSource {
+                from: "audit_text CROSS JOIN audit a ON a.id = audit_text.rowid",
+                order: "audit_text.rowid",
+                sql: " AND audit_text MATCH ? AND audit_text.rowid <= (SELECT upto FROM audit_indexed)"
+                    .to_owned(),
+                args: vec![matching.join(" AND ").into()],
+            },
+            tail,
+        ]
+    };
+    AuditWhere {
+        sources,
+        sql,
+        args,
+        before_id: if paged { f.before_id } else { None },
+    }
+}
+
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
         id: r.get(0)?,
@@ -1006,6 +1276,7 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
+/// An exclusive lock on a data dir, held for the life of the process.
 pub struct DataDirLock {
     _file: std::fs::File,
     pub path: PathBuf,
@@ -1120,6 +1391,116 @@ mod tests {
         assert!(s.recent_audit(10, 0).unwrap().is_empty());
     }
 
+    #[test]
+    fn the_audit_trail_pages_back_by_id_and_finds_text_anywhere_in_it() {
+        let (_d, s) = store();
+        s.audit("operator", "catalog", "ana", "the Needle in the haystack")
+            .unwrap();
+        for i in 0..1200 {
+            let kind = ["item", "sync", "operator"][i % 3];
+            s.audit(
+                kind,
+                &format!("prod_{i}"),
+                "engine",
+                &format!("Step {i} done"),
+            )
+            .unwrap();
+        }
+        let page = |f: AuditFilter| s.audit_query(&f).unwrap();
+        let ids = |v: &[AuditEntry]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        // Keyset paging by type: pages join up newest first, nothing skipped or repeated.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let p = page(AuditFilter {
+                kinds: vec!["item".into()],
+                before_id: before,
+                limit: 150,
+                ..Default::default()
+            });
+            if p.is_empty() {
+                break;
+            }
+            assert!(p.iter().all(|e| e.kind == "item"));
+            before = p.last().map(|e| e.id);
+            seen.extend(ids(&p));
+        }
+        assert_eq!(seen.len(), 400);
+        assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+        // Two types merged in id order.
+        let two = page(AuditFilter {
+            kinds: vec!["operator".into(), "item".into()],
+            limit: 4,
+            ..Default::default()
+        });
+        assert_eq!(
+            two.iter().map(|e| e.entity.as_str()).collect::<Vec<_>>(),
+            ["prod_1199", "prod_1197", "prod_1196", "prod_1194"]
+        );
+        // Text: an entry far older than the newest 500, case-insensitive, every word
+        // (short ones too), with the true total: found the same before the text index
+        // is fed (a just-written entry), with part of the trail in it, and all of it.
+        let text = |t: &str, kinds: Vec<String>| AuditFilter {
+            text: Some(t.into()),
+            kinds,
+            limit: 100,
+            ..Default::default()
+        };
+        let check = |state: &str| {
+            let old = page(text("needle HAY in ana", vec![]));
+            assert_eq!(ids(&old), [1], "{state}: {old:?}");
+            assert!(page(text("needle HAY in bob", vec![])).is_empty());
+            assert_eq!(
+                s.audit_count(&text("STEP 7 prod_7 d", vec![])).unwrap(),
+                111,
+                "{state}"
+            );
+            assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 111);
+            let items = text("prod_7", vec!["item".into()]);
+            assert_eq!(s.audit_count(&items).unwrap(), 36, "{state}");
+            let first = page(AuditFilter {
+                limit: 30,
+                ..items.clone()
+            });
+            let rest = page(AuditFilter {
+                before_id: first.last().map(|e| e.id),
+                ..items.clone()
+            });
+            assert_eq!(first.len() + rest.len(), 36, "{state}");
+            assert!(
+                first
+                    .iter()
+                    .chain(&rest)
+                    .all(|e| e.kind == "item" && e.entity.contains("prod_7"))
+            );
+            let all: Vec<i64> = first.iter().chain(&rest).map(|e| e.id).collect();
+            assert!(all.windows(2).all(|w| w[0] > w[1]), "{state}: newest first");
+        };
+        check("nothing indexed");
+        assert_eq!(s.index_audit_text(600).unwrap(), 600);
+        check("600 of 1201 indexed");
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 601);
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 0);
+        check("all indexed");
+        s.w()
+            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
+        // Entries purged by retention leave the text index too.
+        assert_eq!(s.purge_audit_before(now_ms() + 1).unwrap(), 1201);
+        assert!(page(text("prod_7", vec![])).is_empty());
+        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 0);
+        // The emptied trail numbers again from 1: new entries are found, then indexed.
+        s.audit("item", "prod_70", "engine", "created again")
+            .unwrap();
+        assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
+        assert_eq!(s.index_audit_text(10_000).unwrap(), 1);
+        assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
+        assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 1);
+        s.w()
+            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn an_audit_line_written_in_a_trace_records_its_id() {
         let (_d, s) = store();
@@ -1212,6 +1593,84 @@ mod tests {
         assert!(!s.retry_later(j.id, "boom", 0, 2).unwrap());
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
         assert!(s.retry_later(j.id, "boom", 0, 2).unwrap());
+        assert_eq!(s.catalog_counts().unwrap().failed, 1);
+    }
+
+    #[test]
+    fn counts_are_kept_with_each_write_and_survive_restart_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = |id: &str, status: &str| ItemMapping {
+            product_id: id.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let expected = {
+            let s = Store::open(dir.path()).unwrap();
+            for p in ["p1", "p2", "p3", "p4", "p5"] {
+                s.ingest(&[job(p, "a", 1)], None, None).unwrap();
+            }
+            // p1, p2 synced; p3 fails past its attempts; p4 in flight; p5 queued.
+            let jobs = s.claim("catalog.product", 3, 60_000).unwrap();
+            s.finish_job(jobs[0].id, Some(&mapping("p1", "synced")), None)
+                .unwrap();
+            s.finish_job(jobs[1].id, Some(&mapping("p2", "synced")), None)
+                .unwrap();
+            assert!(s.retry_later(jobs[2].id, "boom", 0, 1).unwrap());
+            s.claim("catalog.product", 1, 60_000).unwrap();
+            // p1 again, and rejected this time.
+            s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
+            let again = s.claim("catalog.product", 1, 60_000).unwrap();
+            s.finish_job(again[0].id, Some(&mapping("p1", "rejected")), None)
+                .unwrap();
+            let c = s.catalog_counts().unwrap();
+            assert_eq!(
+                (
+                    c.products_seen,
+                    c.synced,
+                    c.rejected,
+                    c.failed,
+                    c.in_flight,
+                    c.queued
+                ),
+                (5, 1, 1, 1, 1, 1),
+                "{c:?}"
+            );
+            assert_eq!(s.mapping_count().unwrap(), 2);
+            c
+        };
+        // Restart: the same counts.
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.catalog_counts().unwrap(), expected);
+        // p3 fails, then succeeds: its failure no longer counts.
+        let p3 = s.requeue_failed("catalog.product", Some("p3")).unwrap();
+        assert_eq!(p3, ["p3"]);
+        let j = s.claim("catalog.product", 5, 60_000).unwrap();
+        let j3 = j.iter().find(|j| j.key == "p3").unwrap();
+        s.finish_job(j3.id, Some(&mapping("p3", "synced")), None)
+            .unwrap();
+        // Compaction removes every finished job, and no count moves.
+        let before = s.catalog_counts().unwrap();
+        assert_eq!((before.failed, before.synced), (0, 2));
+        let removed = s.compact_jobs(now_ms() + 1).unwrap();
+        assert!(removed >= 4, "{removed}");
+        assert_eq!(s.catalog_counts().unwrap(), before);
+        assert_eq!(s.unfinished("catalog.product").unwrap(), 2);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.catalog_counts().unwrap(), before);
+    }
+
+    #[test]
+    fn compaction_keeps_a_failure_that_still_stands() {
+        let (_d, s) = store();
+        s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        s.finish_job(j.id, None, None).unwrap();
+        s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
+        let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
+        assert!(s.retry_later(j.id, "boom", 0, 1).unwrap());
+        assert_eq!(s.compact_jobs(now_ms() + 1).unwrap(), 1);
+        assert_eq!(s.failed_job_keys("catalog.product").unwrap(), ["p1"]);
         assert_eq!(s.catalog_counts().unwrap().failed, 1);
     }
 

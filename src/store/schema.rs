@@ -158,6 +158,100 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         value TEXT NOT NULL
      );",
+    // 9: counts kept as counters with each write (triggers in the writing transaction),
+    // so nothing counts a whole table on a timer: jobs by kind and state, the keys ever
+    // queued per kind (which outlive compacted jobs), mappings and invoices by status.
+    "CREATE TABLE tallies (
+        name TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE job_keys (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+     ) WITHOUT ROWID;
+     INSERT INTO job_keys(kind, key) SELECT DISTINCT kind, key FROM jobs;
+     INSERT INTO tallies(name, n) SELECT 'jobs:' || kind || ':' || state, COUNT(*) FROM jobs GROUP BY kind, state;
+     INSERT INTO tallies(name, n) SELECT 'keys:' || kind, COUNT(*) FROM job_keys GROUP BY kind;
+     INSERT INTO tallies(name, n) SELECT 'item_map:' || status, COUNT(*) FROM item_map GROUP BY status;
+     INSERT INTO tallies(name, n) SELECT 'invoices:' || status, COUNT(*) FROM invoices GROUP BY status;
+     CREATE TRIGGER jobs_tally_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO tallies(name, n) VALUES ('jobs:' || NEW.kind || ':' || NEW.state, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+        INSERT INTO job_keys(kind, key) VALUES (NEW.kind, NEW.key) ON CONFLICT DO NOTHING;
+     END;
+     CREATE TRIGGER jobs_tally_state AFTER UPDATE OF state ON jobs WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'jobs:' || OLD.kind || ':' || OLD.state;
+        INSERT INTO tallies(name, n) VALUES ('jobs:' || NEW.kind || ':' || NEW.state, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER jobs_tally_delete AFTER DELETE ON jobs BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'jobs:' || OLD.kind || ':' || OLD.state;
+     END;
+     CREATE TRIGGER job_keys_tally AFTER INSERT ON job_keys BEGIN
+        INSERT INTO tallies(name, n) VALUES ('keys:' || NEW.kind, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER item_map_tally_insert AFTER INSERT ON item_map BEGIN
+        INSERT INTO tallies(name, n) VALUES ('item_map:' || NEW.status, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER item_map_tally_status AFTER UPDATE OF status ON item_map
+       WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'item_map:' || OLD.status;
+        INSERT INTO tallies(name, n) VALUES ('item_map:' || NEW.status, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER item_map_tally_delete AFTER DELETE ON item_map BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'item_map:' || OLD.status;
+     END;
+     CREATE TRIGGER invoices_tally_insert AFTER INSERT ON invoices BEGIN
+        INSERT INTO tallies(name, n) VALUES ('invoices:' || NEW.status, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER invoices_tally_status AFTER UPDATE OF status ON invoices
+       WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'invoices:' || OLD.status;
+        INSERT INTO tallies(name, n) VALUES ('invoices:' || NEW.status, 1)
+          ON CONFLICT(name) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER invoices_tally_delete AFTER DELETE ON invoices BEGIN
+        UPDATE tallies SET n = n - 1 WHERE name = 'invoices:' || OLD.status;
+     END;",
+    // 10: the audit trail read newest first by type and by entity without sorting every
+    // match (the rowid follows each index's key), and searched by text (the console's
+    // `/` filter: any substring of three characters or more, case-insensitive) through a
+    // trigram index kept by triggers.
+    "CREATE INDEX audit_kind_id ON audit(kind);
+     CREATE INDEX audit_entity_id ON audit(entity);
+     CREATE VIRTUAL TABLE audit_text USING fts5(kind, entity, actor, message,
+        content='audit', content_rowid='id', tokenize='trigram');
+     INSERT INTO audit_text(audit_text) VALUES ('rebuild');
+     CREATE TRIGGER audit_text_insert AFTER INSERT ON audit BEGIN
+        INSERT INTO audit_text(rowid, kind, entity, actor, message)
+          VALUES (NEW.id, NEW.kind, NEW.entity, NEW.actor, NEW.message);
+     END;
+     CREATE TRIGGER audit_text_delete AFTER DELETE ON audit BEGIN
+        INSERT INTO audit_text(audit_text, rowid, kind, entity, actor, message)
+          VALUES ('delete', OLD.id, OLD.kind, OLD.entity, OLD.actor, OLD.message);
+     END;",
+    // 11: the text index is filled off the write path: an insert trigger made every audit
+    // line (one per item, each its own commit) write an FTS5 segment, about half of an
+    // item's store time. The engine indexes new rows in batches (`Store::index_audit_text`)
+    // up to `audit_indexed.upto`; text queries read the index up to there and scan the
+    // few rows after it. What migration 10 indexed is all of the trail.
+    "DROP TRIGGER audit_text_insert;
+     CREATE TABLE audit_indexed (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        upto INTEGER NOT NULL
+     );
+     INSERT INTO audit_indexed(one, upto) SELECT 1, COALESCE(MAX(id), 0) FROM audit;
+     DROP TRIGGER audit_text_delete;
+     CREATE TRIGGER audit_text_delete AFTER DELETE ON audit
+       WHEN OLD.id <= (SELECT upto FROM audit_indexed) BEGIN
+        INSERT INTO audit_text(audit_text, rowid, kind, entity, actor, message)
+          VALUES ('delete', OLD.id, OLD.kind, OLD.entity, OLD.actor, OLD.message);
+     END;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -184,5 +278,86 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_store_indexed_by_the_old_trigger_counts_as_indexed_to_its_last_entry() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..10] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 10).unwrap();
+        conn.execute_batch(
+            "INSERT INTO audit(at, kind, entity, actor, message)
+               VALUES (1, 'item', 'prod_1', 'engine', 'created'),
+                      (2, 'item', 'prod_2', 'engine', 'created');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let upto: i64 = conn
+            .query_row("SELECT upto FROM audit_indexed", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(upto, 2);
+        // A new entry no longer reaches the index; purging an indexed one still leaves it.
+        conn.execute_batch(
+            "INSERT INTO audit(at, kind, entity, actor, message) VALUES (3, 'item', 'prod_3', 'engine', 'created');
+             DELETE FROM audit WHERE id IN (1, 3);",
+        )
+        .unwrap();
+        let found: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit_text WHERE audit_text MATCH '\"prod\"'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1);
+        conn.execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    #[test]
+    fn the_counters_start_from_what_an_older_store_holds() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs(kind, key, state, next_attempt_at, idempotency_key, created_at, updated_at)
+               VALUES ('catalog.product', 'p1', 'done', 0, 'a', 0, 0),
+                      ('catalog.product', 'p1', 'queued', 0, 'b', 0, 0),
+                      ('catalog.product', 'p2', 'failed', 0, 'c', 0, 0);
+             INSERT INTO item_map(product_id, status) VALUES ('p1', 'synced'), ('p2', 'rejected');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let tally = |name: &str| -> i64 {
+            conn.query_row("SELECT n FROM tallies WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0)
+        };
+        assert_eq!(tally("jobs:catalog.product:done"), 1);
+        assert_eq!(tally("jobs:catalog.product:queued"), 1);
+        assert_eq!(tally("jobs:catalog.product:failed"), 1);
+        assert_eq!(tally("keys:catalog.product"), 2);
+        assert_eq!(tally("item_map:synced"), 1);
+        assert_eq!(tally("item_map:rejected"), 1);
+        // And they follow writes from then on.
+        conn.execute_batch(
+            "UPDATE jobs SET state = 'leased' WHERE state = 'queued';
+             INSERT INTO jobs(kind, key, state, next_attempt_at, idempotency_key, created_at, updated_at)
+               VALUES ('catalog.product', 'p3', 'queued', 0, 'd', 0, 0);
+             UPDATE item_map SET status = 'synced' WHERE product_id = 'p2';
+             DELETE FROM jobs WHERE state = 'done';",
+        )
+        .unwrap();
+        assert_eq!(tally("jobs:catalog.product:done"), 0);
+        assert_eq!(tally("jobs:catalog.product:leased"), 1);
+        assert_eq!(tally("jobs:catalog.product:queued"), 1);
+        assert_eq!(tally("keys:catalog.product"), 3);
+        assert_eq!(tally("item_map:synced"), 2);
+        assert_eq!(tally("item_map:rejected"), 0);
     }
 }

@@ -14,7 +14,9 @@
 //!  footer (chrome): key hints from the key table · or the flash line · or the prompt                    row 29
 //! ```
 //!
-//! With `/` the title shows the filter instead: `Events  filter: text▏ · 12 of 500 · live`.
+//! With `/` the title shows the filter instead: `Events  filter: text▏ · 200 of 34444 · live`:
+//! the engine searches its whole trail (pages load as you scroll; the total is its count),
+//! and until it answers, the entries held here are searched.
 //!
 //! `J` toggles the operator journal: only operators' actions (from any front-end), each
 //! with who, the result, and the `syncctl ctl …` line that does the same from a shell
@@ -53,11 +55,23 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         "scrolled — g for live"
     };
     // What the filter is counted against: the journal holds operators' actions only.
-    let (view, total) = if app.events_journal {
+    let (view, held) = if app.events_journal {
         let operators = app.snapshot.audit.iter().filter(|e| e.kind == OPERATOR);
         ("Events  journal", operators.count())
     } else {
         ("Events", app.snapshot.audit.len())
+    };
+    // Once the engine has searched the whole trail: its true total (and those newer
+    // since, shown live), "…" while it counts; until then, the entries held here.
+    let total = match app.events_found() {
+        Some(found) => match found.total {
+            Some(n) => {
+                let live = audit.len().saturating_sub(found.entries.len());
+                (n + live as u64).to_string()
+            }
+            None => "…".to_owned(),
+        },
+        None => held.to_string(),
     };
     let filtering = app.search_open || !app.events_filter.is_empty();
     let title = if filtering {

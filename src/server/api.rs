@@ -80,17 +80,8 @@ pub async fn guard(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
-    let identified = auth
-        .check_lockout(addr.ip(), now)
-        .and_then(|()| auth.identify(token.as_deref()))
-        // The local CLI's token is good on this machine only (loopback).
-        .and_then(|c| {
-            if c.local && !addr.ip().is_loopback() {
-                Err(Denied::UnknownToken)
-            } else {
-                Ok(c)
-            }
-        });
+    // The local CLI's token is good on this machine only (loopback).
+    let identified = auth.judge(addr.ip(), addr.ip().is_loopback(), token.as_deref(), now);
     let caller = match identified {
         Ok(c) => c,
         Err(Denied::TooManyFailures(wait)) => {
@@ -104,7 +95,7 @@ pub async fn guard(
             return r;
         }
         Err(Denied::UnknownToken) => {
-            auth.record_failure(addr.ip(), now);
+            // (Counted by `judge`, before any other request was judged.)
             tracing::warn!("control API: wrong token from {}", addr.ip());
             tokio::time::sleep(super::auth::FAILURE_DELAY).await;
             return unauthorized("unknown token");

@@ -110,6 +110,44 @@ impl Auth {
     /// Counts one wrong token from `ip`.
     pub fn record_failure(&self, ip: IpAddr, now_ms: i64) {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        Self::count_failure(&mut f, ip, now_ms);
+    }
+
+    /// Judges `token` from `ip` in one step under the failures lock: refused unjudged
+    /// while `ip` is locked out, else identified, and a wrong token counted before the
+    /// next request from anywhere is judged — so concurrent guesses cannot slip past
+    /// the lockout between its check and their count. The local CLI's token is good
+    /// from loopback only (`loopback`), and a wrong token anywhere else.
+    pub fn judge(
+        &self,
+        ip: IpAddr,
+        loopback: bool,
+        token: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Caller, Denied> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&(start, n)) = f.get(&ip)
+            && n >= MAX_FAILURES
+            && now_ms - start < WINDOW_MS
+        {
+            return Err(Denied::TooManyFailures(
+                ((start + WINDOW_MS - now_ms).max(0) as u64).div_ceil(1000),
+            ));
+        }
+        let judged = self.identify(token).and_then(|c| {
+            if c.local && !loopback {
+                Err(Denied::UnknownToken)
+            } else {
+                Ok(c)
+            }
+        });
+        if matches!(judged, Err(Denied::UnknownToken)) {
+            Self::count_failure(&mut f, ip, now_ms);
+        }
+        judged
+    }
+
+    fn count_failure(f: &mut HashMap<IpAddr, (i64, u32)>, ip: IpAddr, now_ms: i64) {
         if f.len() >= MAX_TRACKED && !f.contains_key(&ip) {
             f.retain(|_, (start, _)| now_ms - *start < WINDOW_MS);
             if f.len() >= MAX_TRACKED {
@@ -281,6 +319,40 @@ mod tests {
         );
         assert_eq!(a.check_lockout(other, 31_000), Ok(()), "per address");
         assert_eq!(a.check_lockout(ip, 61_000), Ok(()), "a new minute");
+    }
+
+    /// Guesses racing from one address are judged at most `MAX_FAILURES` times in a
+    /// minute: the lockout's check and a wrong token's count are one step (CI once saw
+    /// 11 of 3,000 concurrent guesses judged when they were two).
+    #[test]
+    fn concurrent_guesses_are_judged_at_most_max_failures_times() {
+        let a = std::sync::Arc::new(auth());
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let (a, start) = (a.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..50)
+                        .filter(|i| {
+                            let guess = format!("guess-{t:02}-{i:04}-0123456789");
+                            matches!(
+                                a.judge(ip, false, Some(&guess), 1_000),
+                                Err(Denied::UnknownToken)
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let judged: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(judged, MAX_FAILURES as usize);
+        // Locked out: the right token is not judged either.
+        assert!(matches!(
+            a.judge(ip, false, Some("operator-token-0123456789"), 2_000),
+            Err(Denied::TooManyFailures(_))
+        ));
     }
 
     #[test]

@@ -71,17 +71,9 @@ impl Bundle {
     /// The file name a bundle taken at `written_ms` gets by default:
     /// `syncctl-bundle-20261201T134900Z.json.gz`.
     pub fn file_name(written_ms: i64) -> String {
-        let t = time::OffsetDateTime::from_unix_timestamp(written_ms.div_euclid(1000))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        format!(
-            "syncctl-bundle-{:04}{:02}{:02}T{:02}{:02}{:02}Z.json.gz",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        )
+        // The journal's UTC time without its separators.
+        let stamp = super::journal::utc_time(written_ms).replace(['-', ':'], "");
+        format!("syncctl-bundle-{stamp}.json.gz")
     }
 
     /// The bundle as it is written to a file: gzip-compressed JSON.
@@ -153,4 +145,16 @@ pub fn write_new(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bundle_file_is_named_by_its_utc_time() {
+        // 2026-12-01T13:49:00Z
+        assert_eq!(
+            super::Bundle::file_name(1_796_132_940_000),
+            "syncctl-bundle-20261201T134900Z.json.gz"
+        );
+    }
 }

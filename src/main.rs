@@ -244,6 +244,15 @@ enum CtlJournal {
     /// that drifted (name, price, active flag), then the worst N of them. Exit 0, 1 when
     /// the engine refuses, 3 when no engine is reached. `ctl resync-item PRODUCT` and
     /// `ctl resync-drifted` fix them.
+    /// The entity chain of a Stripe product or invoice, a QuickBooks Item, a DIAN
+    /// number, a CUFE or an Alegra document: every linked object across the systems,
+    /// what the engine knows of each, where Stripe and QuickBooks disagree (as the live
+    /// reconciliation last read them) and each one's latest events. Exit 0, 1 when the
+    /// engine knows no such thing, 3 when no engine is reached.
+    Chain {
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
     Reconcile {
         /// The worst N discrepancies (1 to 10000).
         #[arg(long, value_name = "N", default_value_t = 20,
@@ -1230,6 +1239,7 @@ async fn ctl(
         Some(CtlJournal::Reconcile { limit }) => {
             return ctl_reconcile(dir, url, token, json, limit.into()).await;
         }
+        Some(CtlJournal::Chain { key }) => return ctl_chain(dir, url, token, json, &key).await,
         None => {}
     }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
@@ -1539,6 +1549,58 @@ async fn ctl_journal(
 
 /// `syncctl ctl reconcile`: the running engine's reconciliation, its counts and
 /// amounts then the worst `limit` rows (or its JSON).
+/// A GET of `path` on the engine `ctl` finds (as [`ctl_engine`]): the answer's JSON
+/// body, or the exit code after saying why not (3 unreachable, 1 refused).
+async fn ctl_get(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<(String, serde_json::Value), ExitCode> {
+    let (base, token) = match ctl_engine(dir, url, token)? {
+        Some((base, token, _)) => (base, token),
+        None => {
+            eprintln!(
+                "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
+                dir.display()
+            );
+            return Err(ExitCode::from(3));
+        }
+    };
+    let answer = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .query(query)
+        .bearer_auth(&token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| {
+            eprintln!("syncctl: the engine at {base} did not answer ({e})");
+            ExitCode::from(3)
+        })?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("refused");
+        eprintln!("syncctl: the engine at {base} refused: {message}");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok((base, body))
+}
+
+/// Reads a `ctl_get` body as `T`, or says it is not an engine's answer.
+fn engine_answer<T: serde::de::DeserializeOwned>(
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<T, ExitCode> {
+    serde_json::from_value(body).map_err(|e| {
+        eprintln!("syncctl: {base}{path}: not a syncctl engine's answer ({e})");
+        ExitCode::FAILURE
+    })
+}
+
 async fn ctl_reconcile(
     dir: &std::path::Path,
     url: Option<String>,
@@ -1546,52 +1608,78 @@ async fn ctl_reconcile(
     json: bool,
     limit: usize,
 ) -> ExitCode {
-    use syncctl::protocol::ReconciliationView;
-    let (base, token) = match ctl_engine(dir, url, token) {
+    const PATH: &str = "/api/v1/reconciliation";
+    let got = ctl_get(dir, url, token, PATH, &[("limit", limit.to_string())]).await;
+    let (base, body) = match got {
+        Ok(b) => b,
         Err(code) => return code,
-        Ok(Some((base, token, _))) => (base, token),
-        Ok(None) => {
-            eprintln!(
-                "syncctl: no engine runs on {} (start one with `syncctl run`, or pass --url and --token)",
-                dir.display()
-            );
-            return ExitCode::from(3);
-        }
     };
-    let answer = match reqwest::Client::new()
-        .get(format!("{base}/api/v1/reconciliation"))
-        .query(&[("limit", limit.to_string())])
-        .bearer_auth(&token)
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("syncctl: the engine at {base} did not answer ({e})");
-            return ExitCode::from(3);
-        }
-    };
-    let status = answer.status();
-    let body: serde_json::Value = answer.json().await.unwrap_or_default();
-    if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("refused");
-        eprintln!("syncctl: the engine at {base} refused: {message}");
-        return ExitCode::FAILURE;
-    }
     if json {
         println!("{body}");
         return ExitCode::SUCCESS;
     }
-    let r: ReconciliationView = match serde_json::from_value(body) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("syncctl: {base}/api/v1/reconciliation: not a syncctl engine's answer ({e})");
-            return ExitCode::FAILURE;
-        }
-    };
-    print_reconciliation(&r);
+    match engine_answer(&base, PATH, body) {
+        Ok(r) => print_reconciliation(&r),
+        Err(code) => return code,
+    }
     ExitCode::SUCCESS
+}
+
+/// `syncctl ctl chain KEY`.
+async fn ctl_chain(
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    key: &str,
+) -> ExitCode {
+    let path = format!("/api/v1/chain/{}", urlencoding::encode(key.trim()));
+    let (base, body) = match ctl_get(dir, url, token, &path, &[]).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match engine_answer(&base, &path, body) {
+        Ok(chain) => print_chain(&chain),
+        Err(code) => return code,
+    }
+    ExitCode::SUCCESS
+}
+
+/// `ctl chain`'s text: each link indented by its depth, its facts, where the systems
+/// disagree, its newest events.
+fn print_chain(chain: &syncctl::protocol::EntityChain) {
+    use syncctl::protocol::utc_time;
+    for link in &chain.links {
+        let pad = "  ".repeat(usize::from(link.depth));
+        let arrow = if link.depth == 0 { "" } else { "└ " };
+        println!("{pad}{arrow}{} {}", link.system, link.id);
+        for (k, v) in &link.facts {
+            println!("{pad}    {k}: {v}");
+        }
+        for d in &link.disagreements {
+            println!(
+                "{pad}    ≠ {}: {} here, {} in {}",
+                d.field, d.here, d.there, d.against
+            );
+        }
+        for e in link.events.iter().take(5) {
+            println!("{pad}    {}  {}", utc_time(e.at_ms), e.message);
+        }
+        if link.events.len() > 5 {
+            println!(
+                "{pad}    … {} more (GET /api/v1/events?entity={}, or / on the Events screen)",
+                link.events.len() - 5,
+                link.id
+            );
+        }
+    }
+    if chain.more_invoices > 0 {
+        println!("… and {} older invoices using it", chain.more_invoices);
+    }
 }
 
 /// `ctl reconcile`'s text: the state, the counts and amounts, the rows.

@@ -179,6 +179,39 @@ async fn an_item_changed_behind_the_engines_back_shows_as_drift_and_r_resyncs_it
     assert!(narrow.contains(pid), "{narrow}");
     assert!(narrow.contains("drift"), "{narrow}");
 
+    // The chain of the product shows the live field-level diff on its Item, and `L`
+    // on the selected row asks for it.
+    let (s, chain) = api(&base, "GET", &format!("/api/v1/chain/{pid}")).await;
+    assert_eq!(s, 200, "{chain}");
+    let item_link = chain["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["system"] == "quickbooks item")
+        .unwrap_or_else(|| panic!("no Item link: {chain}"))
+        .clone();
+    assert_eq!(item_link["id"], id, "{chain}");
+    let diffs = item_link["disagreements"].as_array().unwrap();
+    let fields: Vec<&str> = diffs.iter().map(|d| d["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["name", "price"], "{chain}");
+    assert_eq!(diffs[0]["here"], "\"Renamed behind its back\"", "{chain}");
+    assert_eq!(diffs[0]["there"], format!("{name:?}"), "{chain}");
+    assert_eq!(diffs[1]["there"], format!("{price:.2}"), "{chain}");
+    let asked = press(&mut app, 'L')
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Ask(q) => Some(q),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("L asked nothing: {:?}", app.flash));
+    assert_eq!(
+        asked,
+        syncctl::protocol::Query::Chain {
+            key: pid.to_owned()
+        }
+    );
+    app.chain = None;
+
     // `r` resyncs the selected product: the command the engine then carries out.
     let effects = press(&mut app, 'r');
     let command = effects
@@ -277,6 +310,46 @@ async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_dr
     assert!(text.contains(&pid), "{text}");
     assert!(text.contains("1234.56"), "{text}");
     assert!(!text.contains(OPS), "{text}");
+
+    // `ctl chain` shows the product, its Item and the price Stripe wants of it.
+    let out = tokio::task::spawn_blocking({
+        let (base, pid) = (base.clone(), pid.clone());
+        move || {
+            std::process::Command::new(BIN)
+                .args(["ctl", "chain", &pid, "--url", &base, "--token", OPS])
+                .env_remove("SYNCCTL_TOKEN")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with(&format!("stripe product {pid}")), "{text}");
+    assert!(text.contains("└ quickbooks item"), "{text}");
+    assert!(text.contains("≠ price:"), "{text}");
+    assert!(text.contains("1234.56 in Stripe (live)"), "{text}");
+    // Something the engine never saw: exit 1, said so.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "chain",
+            "prod_nobody_made",
+            "--url",
+            &base,
+            "--token",
+            OPS,
+        ])
+        .env_remove("SYNCCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prod_nobody_made"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A bad limit is named, not guessed.
     let (s, v) = api(&base, "GET", "/api/v1/reconciliation?limit=lots").await;

@@ -60,7 +60,8 @@ pub enum Action {
     CommandLine,
     /// `W`: who is attached to the engine.
     Who,
-    /// `L`: the entity chain of the selected invoice (DIAN) or event (Events).
+    /// `L`: the entity chain of the selected invoice (DIAN), event (Events) or
+    /// discrepancy (Reconcile).
     Chain,
     /// `B`: write an incident bundle to a file (`syncctl bundle show FILE` opens it).
     WriteBundle,
@@ -389,7 +390,7 @@ pub const BINDINGS: &[Binding] = &[
         action: Action::Chain,
         scope: Scope::Global,
         hint: None,
-        help: "chain of the selected invoice or event: product → Item → Alegra → DIAN (:chain KEY)",
+        help: "chain of the selected invoice, event or discrepancy: product → Item → Alegra → DIAN (:chain KEY)",
     },
     Binding {
         keys: &[KeyCode::Char('B')],

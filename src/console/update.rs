@@ -771,13 +771,16 @@ impl App {
                         .events_rows()
                         .get(self.events_offset)
                         .map(|e| e.entity.clone()),
+                    Tab::Reconcile => self
+                        .selected_discrepancy()
+                        .and_then(|d| d.product_id.clone().or_else(|| d.item_id.clone())),
                     _ => None,
                 };
                 match key {
                     Some(key) => return Some(self.ask_chain(key)),
                     None => {
                         self.flash = Some(
-                            "L shows the chain of the selected invoice (DIAN) or event (Events); anywhere, :chain KEY".into(),
+                            "L shows the chain of the selected invoice (DIAN), event (Events) or discrepancy (Reconcile); anywhere, :chain KEY".into(),
                         );
                     }
                 }

@@ -5,8 +5,8 @@
 //! the engine has recorded them. Read from the store only: asking costs no API call.
 
 use crate::protocol::{
-    Answer, AuditEntry, AuditFilter, ChainLink, CommandError, EntityChain, FieldDiff,
-    InvoiceRecord, QueryReply, Status,
+    Answer, AuditEntry, AuditFilter, ChainLink, CommandError, Discrepancy, DiscrepancyKind,
+    EntityChain, FieldDiff, InvoiceRecord, QueryReply, Side, Status,
 };
 use crate::store::Store;
 
@@ -19,9 +19,31 @@ fn unreadable(e: crate::store::SqlError) -> CommandError {
     CommandError::unavailable(format!("the store: {e}"))
 }
 
+/// What the live reconciliation says of a product or Item: the disagreement its last
+/// refresh saw (None when the two systems agree, or when it has not read them yet).
+pub trait Live {
+    fn discrepancy_of(&self, key: &str) -> Option<Discrepancy>;
+}
+
+/// No live reconciliation (a chain from the store alone).
+impl Live for () {
+    fn discrepancy_of(&self, _: &str) -> Option<Discrepancy> {
+        None
+    }
+}
+
+impl Live for super::reconcile::Reconciler {
+    fn discrepancy_of(&self, key: &str) -> Option<Discrepancy> {
+        super::reconcile::Reconciler::discrepancy_of(self, key)
+    }
+}
+
 /// The chain of `key`: a Stripe product or invoice id, a QuickBooks Item id, a DIAN
-/// number, a CUFE, or an Alegra document id.
-pub fn chain(store: &Store, key: &str) -> QueryReply {
+/// number, a CUFE, or an Alegra document id. `live` adds, to the product and Item
+/// links, the field-level differences between Stripe and QuickBooks as the live
+/// reconciliation last read them, and finds what only it knows of (a product never
+/// synced, an Item with no product).
+pub fn chain(store: &Store, live: &dyn Live, key: &str) -> QueryReply {
     let key = key.trim();
     if key.is_empty() {
         return Err(CommandError::invalid(
@@ -50,7 +72,7 @@ pub fn chain(store: &Store, key: &str) -> QueryReply {
                 continue;
             }
             seen.push(product);
-            product_links(store, product, line.item_id.as_deref(), 1, &mut out)?;
+            product_links(store, live, product, line.item_id.as_deref(), 1, &mut out)?;
         }
         return Ok(Answer::Chain(Box::new(out)));
     }
@@ -61,11 +83,17 @@ pub fn chain(store: &Store, key: &str) -> QueryReply {
         store.product_of_item(key).map_err(unreadable)?
     };
     let Some(product) = product else {
+        // Not in the store: a product never synced, or an Item with no product, as the
+        // live reconciliation sees them.
+        if let Some(d) = live.discrepancy_of(key) {
+            unsynced_links(&d, &mut out);
+            return Ok(Answer::Chain(Box::new(out)));
+        }
         return Err(CommandError::not_found(format!(
             "nothing in the store is {key:?}: not a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen"
         )));
     };
-    product_links(store, &product, None, 0, &mut out)?;
+    product_links(store, live, &product, None, 0, &mut out)?;
     let (invoices, total) = store
         .invoices_using(&product, INVOICES_PER_PRODUCT)
         .map_err(unreadable)?;
@@ -104,6 +132,7 @@ fn when(ms: Option<i64>) -> String {
 /// the chain comes from an invoice (a remapped product disagrees with it).
 fn product_links(
     store: &Store,
+    live: &dyn Live,
     product: &str,
     used_item: Option<&str>,
     depth: u8,
@@ -127,6 +156,13 @@ fn product_links(
     if let Some(reason) = mapping.as_ref().and_then(|m| m.reason.clone()) {
         link.facts.push(("reason".into(), reason));
     }
+    let drift = live.discrepancy_of(product);
+    if let Some(d) = drift
+        .as_ref()
+        .filter(|d| d.kind == DiscrepancyKind::Missing)
+    {
+        link.disagreements.push(no_item(d));
+    }
     out.links.push(link);
     let Some(m) = mapping else {
         return Ok(());
@@ -149,6 +185,9 @@ fn product_links(
     if let Some(pending) = &m.pending_request_id {
         link.facts
             .push(("write in flight (requestid)".into(), pending.clone()));
+    }
+    if let Some(d) = drift.filter(|d| d.item_id.as_deref() == Some(item.as_str())) {
+        link.disagreements.extend(field_diffs(&d));
     }
     if let Some(used) = used_item.filter(|u| *u != item) {
         link.disagreements.push(FieldDiff {
@@ -284,4 +323,174 @@ fn invoice_links(
     }
     out.links.push(dian);
     Ok(())
+}
+
+/// A side's value of `field`, as shown.
+fn side_value(side: Option<&Side>, field: &str) -> String {
+    let Some(s) = side else {
+        return "–".into();
+    };
+    match field {
+        "name" => format!("{:?}", s.name),
+        "price" => s
+            .price
+            .map_or_else(|| "none".to_owned(), |p| format!("{p:.2}")),
+        "active" => if s.active { "active" } else { "inactive" }.to_owned(),
+        other => format!("({other})"),
+    }
+}
+
+/// The fields an Item differs from its product in: QuickBooks' value here, Stripe's
+/// there.
+fn field_diffs(d: &Discrepancy) -> Vec<FieldDiff> {
+    d.fields
+        .iter()
+        .map(|f| FieldDiff {
+            field: f.clone(),
+            here: side_value(d.quickbooks.as_ref(), f),
+            there: side_value(d.stripe.as_ref(), f),
+            against: "Stripe (live)".into(),
+        })
+        .collect()
+}
+
+/// A product QuickBooks holds no Item for (on the product's link: Stripe here).
+fn no_item(d: &Discrepancy) -> FieldDiff {
+    FieldDiff {
+        field: "Item".into(),
+        here: d.stripe.as_ref().map_or_else(
+            || "wanted".to_owned(),
+            |s| format!("wanted as {:?}", s.name),
+        ),
+        there: "none".into(),
+        against: "QuickBooks (live)".into(),
+    }
+}
+
+/// The links of something only the live reconciliation knows: a product the engine
+/// never synced, or an Item no product maps to.
+fn unsynced_links(d: &Discrepancy, out: &mut EntityChain) {
+    let facts = |s: &Side| {
+        vec![
+            ("name".into(), s.name.clone()),
+            ("price".into(), side_value(Some(s), "price")),
+            ("active".into(), side_value(Some(s), "active")),
+        ]
+    };
+    if let (Some(product), Some(s)) = (&d.product_id, &d.stripe) {
+        let mut link = ChainLink {
+            system: "stripe product".into(),
+            id: product.clone(),
+            facts: facts(s),
+            ..ChainLink::default()
+        };
+        link.facts
+            .push(("mapping".into(), "none: never synced".into()));
+        if d.item_id.is_none() {
+            link.disagreements.push(no_item(d));
+        }
+        out.links.push(link);
+    }
+    if let (Some(item), Some(s)) = (&d.item_id, &d.quickbooks) {
+        let mut link = ChainLink {
+            system: "quickbooks item".into(),
+            id: item.clone(),
+            depth: u8::from(d.product_id.is_some()),
+            facts: facts(s),
+            ..ChainLink::default()
+        };
+        if d.kind == DiscrepancyKind::Orphan {
+            link.disagreements.push(FieldDiff {
+                field: "product".into(),
+                here: format!("Item {}", side_value(Some(s), "active")),
+                there: "no product".into(),
+                against: "Stripe (live)".into(),
+            });
+        } else {
+            link.disagreements.extend(field_diffs(d));
+        }
+        out.links.push(link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The live reconciliation as a list of the disagreements its last refresh saw.
+    struct Seen(Vec<Discrepancy>);
+
+    impl Live for Seen {
+        fn discrepancy_of(&self, key: &str) -> Option<Discrepancy> {
+            self.0
+                .iter()
+                .find(|d| d.product_id.as_deref() == Some(key) || d.item_id.as_deref() == Some(key))
+                .cloned()
+        }
+    }
+
+    fn side(name: &str, price: f64) -> Option<Side> {
+        Some(Side {
+            name: name.into(),
+            price: Some(price),
+            active: true,
+        })
+    }
+
+    fn links(reply: QueryReply) -> Vec<ChainLink> {
+        match reply {
+            Ok(Answer::Chain(c)) => c.links,
+            other => panic!("not a chain: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_only_the_live_reconciliation_knows_has_a_chain_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let live = Seen(vec![
+            Discrepancy {
+                kind: DiscrepancyKind::Orphan,
+                product_id: None,
+                item_id: Some("77".into()),
+                fields: vec![],
+                stripe: None,
+                quickbooks: side("Left behind", 5.0),
+                amount: 5.0,
+                since_ms: 0,
+            },
+            Discrepancy {
+                kind: DiscrepancyKind::Missing,
+                product_id: Some("prod_new".into()),
+                item_id: None,
+                fields: vec![],
+                stripe: side("Brand new", 12.5),
+                quickbooks: None,
+                amount: 12.5,
+                since_ms: 0,
+            },
+        ]);
+        // An Item no product maps to.
+        let orphan = links(chain(&store, &live, "77"));
+        assert_eq!(orphan.len(), 1, "{orphan:?}");
+        assert_eq!(
+            (orphan[0].system.as_str(), orphan[0].id.as_str()),
+            ("quickbooks item", "77")
+        );
+        assert_eq!(orphan[0].disagreements[0].there, "no product");
+        assert!(orphan[0].facts.contains(&("price".into(), "5.00".into())));
+        // A product never synced: its Item is wanted and missing.
+        let missing = links(chain(&store, &live, "prod_new"));
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].disagreements[0].field, "Item");
+        assert_eq!(missing[0].disagreements[0].here, "wanted as \"Brand new\"");
+        // Neither the store nor the reconciliation knows it: not found, named.
+        let unknown = chain(&store, &live, "prod_nobody");
+        assert!(
+            matches!(&unknown, Err(e) if e.to_string().contains("prod_nobody")),
+            "{unknown:?}"
+        );
+        // Without the live side, the store alone knows neither.
+        assert!(chain(&store, &(), "77").is_err());
+    }
 }

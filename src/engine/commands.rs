@@ -601,7 +601,8 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::Reconciliation { .. } => Err(CommandError::unavailable(
             "the reconciliation is answered by the engine's loop",
         )),
-        Query::Chain { key } => super::chain::chain(store, &key),
+        // Without the live reconciliation (the engine's loop adds it).
+        Query::Chain { key } => super::chain::chain(store, &(), &key),
         Query::Bundle { .. } | Query::WhatIf { .. } => {
             Err(CommandError::unavailable("answered on the engine's loop"))
         }

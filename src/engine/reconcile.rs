@@ -123,6 +123,22 @@ impl Reconciler {
         out
     }
 
+    /// The disagreement the last refresh saw about `key` (a Stripe product or a
+    /// QuickBooks Item), if any: what the entity chain shows as its live field diff.
+    pub fn discrepancy_of(&self, key: &str) -> Option<Discrepancy> {
+        let v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.rows
+            .iter()
+            .find(|d| d.product_id.as_deref() == Some(key) || d.item_id.as_deref() == Some(key))
+            .cloned()
+    }
+
+    /// Whether the reconciliation has read both sides in full at least once (before,
+    /// "no disagreement" means "not known yet").
+    pub fn ready(&self) -> bool {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).ready
+    }
+
     /// The view as the snapshot carries it.
     pub fn snapshot_view(&self) -> ReconciliationView {
         self.view(RECONCILIATION_ROWS_SHOWN)

@@ -356,10 +356,14 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                             )
                         });
                         let (store, c) = (ctx.catalog.store.clone(), ctx.compliance.clone());
+                        let live = ctx.reconciler.clone();
                         tokio::spawn(async move {
                             let answer = tokio::task::spawn_blocking(move || match (query, taken) {
                                 (crate::protocol::Query::Bundle { events, actor }, Some(taken)) => {
                                     bundle::build(&store, taken, events, actor)
+                                }
+                                (crate::protocol::Query::Chain { key }, _) => {
+                                    super::chain::chain(&store, live.as_ref(), &key)
                                 }
                                 (query, _) => commands::answer(&store, c.as_deref(), query),
                             })

@@ -393,6 +393,7 @@ pub fn telemetry(ticks: usize) -> anyhow::Result<()> {
             p95_ms: 80.0 + (s % 11) as f64,
             p99_ms: 120.0 + (s % 13) as f64,
             max_ms: 200.0,
+            ..Summary::default()
         };
         let ds = |name: &str| DownstreamSample {
             name: name.into(),

@@ -260,6 +260,7 @@ fn telemetry() -> syncctl::telemetry::TelemetryView {
             p95_ms: p50 * 2.0,
             p99_ms: p50 * 3.0,
             max_ms: p50 * 4.0,
+            ..Summary::default()
         };
         let ds = |name: &str, calls: u64, failures: u64, lat: Summary| DownstreamSample {
             name: name.into(),

@@ -40,6 +40,12 @@ pub struct Chart {
     pub h1: Vec<Option<f64>>,
 }
 
+/// The upper bounds, in seconds, of the latency buckets `/metrics` exposes (a last
+/// bucket, +Inf, holds the rest). Fixed, so that the buckets of several engines add up.
+pub const LATENCY_BUCKETS_S: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -49,6 +55,18 @@ pub struct Summary {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// How many fell in each of [`LATENCY_BUCKETS_S`] (not cumulative: the count of
+    /// those above the previous bound and at most this one), then above the last.
+    /// Counted exactly as recorded (not from the percentile histogram).
+    #[serde(default)]
+    pub buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
+}
+
+impl Summary {
+    /// The bucket a duration of `secs` falls in.
+    pub fn bucket_of(secs: f64) -> usize {
+        LATENCY_BUCKETS_S.partition_point(|le| *le < secs)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

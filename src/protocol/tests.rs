@@ -297,6 +297,7 @@ fn populated() -> Snapshot {
                 p95_ms: 12.0,
                 p99_ms: 12.5,
                 max_ms: 13.0,
+                buckets: [0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             },
         }],
         config_file: Some("/etc/syncctl.toml".into()),

@@ -1,156 +1,257 @@
-//! `GET /metrics`: the engine's snapshot in the Prometheus text format.
+//! `GET /metrics`: the engine's snapshot in the OpenMetrics text format, written by the
+//! `prometheus-client` crate. Latencies are histograms on fixed buckets
+//! ([`LATENCY_BUCKETS_S`]), so that the buckets of several engines add up in a query
+//! (percentiles of summaries do not).
 
-use crate::protocol::Snapshot;
-use crate::telemetry::prom::{Exposition, Kind};
+use std::fmt::Write as _;
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the Prometheus exposition, family by family"
-)]
-pub fn render(s: &Snapshot) -> String {
-    let mut e = Exposition::default();
-    let c = &s.catalog;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
-    e.one(
-        "syncctl_catalog_jobs_completed_total",
-        Kind::Counter,
-        "Catalog jobs finished (items synced or found unchanged).",
-        c.completed as f64,
-    );
-    e.one(
-        "syncctl_catalog_job_errors_total",
-        Kind::Counter,
-        "Catalog job attempts that ended in an error.",
-        c.errors as f64,
-    );
-    e.family(
-        "syncctl_webhooks_total",
-        Kind::Counter,
-        "Stripe webhooks received, by result.",
-    );
-    for (result, n) in [
-        ("accepted", c.webhooks_accepted),
-        ("duplicate", c.webhooks_duplicate),
-        ("ignored", c.webhooks_ignored),
-        ("rejected", c.webhooks_rejected),
-    ] {
-        e.with(&[("result", result)], n as f64);
+use crate::protocol::{LATENCY_BUCKETS_S, Snapshot, Summary};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A sample's labels.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// One family's samples as they are encoded.
+enum Values {
+    Counter(u64),
+    Gauge(f64),
+}
+
+/// Writes one family: its descriptor, then each sample (one with no labels, or one
+/// per label set). A counter is named without `_total` here; the format adds it.
+fn family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels<'_>, Values)>,
+) -> std::fmt::Result {
+    let kind = match samples.first() {
+        Some((_, Values::Counter(_))) => MetricType::Counter,
+        _ => MetricType::Gauge,
+    };
+    let name = name.strip_suffix("_total").unwrap_or(name);
+    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
+    match samples.as_slice() {
+        // One unlabelled sample, on the family itself (an empty label set would be
+        // written as `{}`).
+        [(labels, v)] if labels.is_empty() => put(metric, v),
+        _ => {
+            for (labels, v) in &samples {
+                put(metric.encode_family(labels)?, v)?;
+            }
+            Ok(())
+        }
     }
-    e.family(
-        "syncctl_queue_depth",
-        Kind::Gauge,
-        "Work waiting, by queue.",
-    )
-    .with(&[("queue", "catalog")], c.counts.queued as f64);
+}
+
+fn put(sample: MetricEncoder<'_>, value: &Values) -> std::fmt::Result {
+    match value {
+        Values::Counter(v) => ConstCounter::new(*v).encode(sample),
+        Values::Gauge(v) => ConstGauge::new(*v).encode(sample),
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    family(enc, name, help, vec![(vec![], Values::Counter(v))])
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    family(enc, name, help, vec![(vec![], Values::Gauge(v))])
+}
+
+fn flag(on: bool) -> f64 {
+    f64::from(u8::from(on))
+}
+
+/// A latency's buckets as the encoder takes them: (upper bound in seconds, how many
+/// fell in it), the last one +Inf.
+fn buckets(s: &Summary) -> Vec<(f64, u64)> {
+    LATENCY_BUCKETS_S
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(s.buckets)
+        .collect()
+}
+
+/// The snapshot, as the registry's one collector.
+#[derive(Debug)]
+struct Exposition(std::sync::Arc<Snapshot>);
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        encode(&self.0, &mut enc)
+    }
+}
+
+pub fn render(s: &std::sync::Arc<Snapshot>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(std::sync::Arc::clone(s))));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        // Writing to a String does not fail; a collector's error would.
+        let _ = write!(out, "# the exposition failed: {e}\n# EOF\n");
+    }
+    out
+}
+
+#[expect(clippy::too_many_lines, reason = "the exposition, family by family")]
+fn encode(s: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    use Values::{Counter, Gauge};
+    let c = &s.catalog;
+    counter(
+        enc,
+        "syncctl_catalog_jobs_completed_total",
+        "Catalog jobs finished (items synced or found unchanged).",
+        c.completed,
+    )?;
+    counter(
+        enc,
+        "syncctl_catalog_job_errors_total",
+        "Catalog job attempts that ended in an error.",
+        c.errors,
+    )?;
+    family(
+        enc,
+        "syncctl_webhooks_total",
+        "Stripe webhooks received, by result.",
+        [
+            ("accepted", c.webhooks_accepted),
+            ("duplicate", c.webhooks_duplicate),
+            ("ignored", c.webhooks_ignored),
+            ("rejected", c.webhooks_rejected),
+        ]
+        .into_iter()
+        .map(|(result, n)| (vec![("result", result)], Counter(n)))
+        .collect(),
+    )?;
+    let mut queues = vec![(vec![("queue", "catalog")], Gauge(c.counts.queued as f64))];
+    let mut in_flight = vec![(vec![("pipeline", "catalog")], Gauge(c.in_flight as f64))];
+    let mut paused = vec![(vec![("pipeline", "catalog")], Gauge(flag(c.paused)))];
     if s.compliance.enabled {
         let waiting = s.compliance.counts.waiting();
-        e.with(&[("queue", "dian")], waiting as f64);
+        queues.push((vec![("queue", "dian")], Gauge(waiting as f64)));
+        in_flight.push((
+            vec![("pipeline", "compliance")],
+            Gauge(s.compliance.in_flight as f64),
+        ));
+        paused.push((
+            vec![("pipeline", "compliance")],
+            Gauge(flag(s.compliance.paused)),
+        ));
     }
-    e.family(
+    family(
+        enc,
+        "syncctl_queue_depth",
+        "Work waiting, by queue.",
+        queues,
+    )?;
+    family(
+        enc,
         "syncctl_workers",
-        Kind::Gauge,
         "Catalog workers: target of the auto-scaler and bounds.",
-    );
-    for (kind, n) in [
-        ("target", c.workers_target),
-        ("min", c.workers_min),
-        ("max", c.workers_max),
-    ] {
-        e.with(&[("pipeline", "catalog"), ("kind", kind)], n as f64);
-    }
-    e.family(
+        [
+            ("target", c.workers_target),
+            ("min", c.workers_min),
+            ("max", c.workers_max),
+        ]
+        .into_iter()
+        .map(|(kind, n)| {
+            (
+                vec![("pipeline", "catalog"), ("kind", kind)],
+                Gauge(n as f64),
+            )
+        })
+        .collect(),
+    )?;
+    family(
+        enc,
         "syncctl_in_flight",
-        Kind::Gauge,
         "Jobs or sends in progress, by pipeline.",
-    )
-    .with(&[("pipeline", "catalog")], c.in_flight as f64);
-    if s.compliance.enabled {
-        e.with(&[("pipeline", "compliance")], s.compliance.in_flight as f64);
-    }
-    e.family(
+        in_flight,
+    )?;
+    family(
+        enc,
         "syncctl_pipeline_paused",
-        Kind::Gauge,
         "1 when the pipeline is paused by an operator.",
-    )
-    .with(&[("pipeline", "catalog")], f64::from(u8::from(c.paused)));
+        paused,
+    )?;
     if s.compliance.enabled {
-        e.with(
-            &[("pipeline", "compliance")],
-            f64::from(u8::from(s.compliance.paused)),
-        );
-        e.family(
+        family(
+            enc,
             "syncctl_dian_invoices",
-            Kind::Gauge,
             "Invoices in the compliance store, by state.",
-        );
-        for (st, n) in &s.compliance.counts.by_status {
-            e.with(&[("status", st.name())], *n as f64);
-        }
-        e.one(
+            s.compliance
+                .counts
+                .by_status
+                .iter()
+                .map(|(st, n)| (vec![("status", st.name())], Gauge(*n as f64)))
+                .collect(),
+        )?;
+        counter(
+            enc,
             "syncctl_dian_sends_total",
-            Kind::Counter,
             "Transmissions to DIAN through Alegra.",
-            s.compliance.sends as f64,
-        );
-        e.one(
+            s.compliance.sends,
+        )?;
+        counter(
+            enc,
             "syncctl_dian_validated_total",
-            Kind::Counter,
             "Invoices DIAN accepted.",
-            s.compliance.validated as f64,
-        );
+            s.compliance.validated,
+        )?;
     }
 
     let ds = &s.downstreams;
-    let counter = |e: &mut Exposition,
-                   name: &str,
-                   help: &str,
-                   f: &dyn Fn(&crate::protocol::DownstreamView) -> u64| {
-        e.family(name, Kind::Counter, help);
-        for d in ds {
-            e.with(&[("service", &d.name)], f(d) as f64);
-        }
+    let by_service = |f: &dyn Fn(&crate::protocol::DownstreamView) -> Values| {
+        ds.iter()
+            .map(|d| (vec![("service", d.name.as_str())], f(d)))
+            .collect::<Vec<_>>()
     };
-    counter(
-        &mut e,
-        "syncctl_downstream_calls_total",
-        "Requests sent to a downstream.",
-        &|d| d.calls,
-    );
-    counter(
-        &mut e,
-        "syncctl_downstream_failures_total",
-        "Requests that failed (transport errors and 5xx).",
-        &|d| d.failures,
-    );
-    counter(
-        &mut e,
-        "syncctl_downstream_timeouts_total",
-        "Requests that timed out.",
-        &|d| d.timeouts,
-    );
-    counter(
-        &mut e,
-        "syncctl_downstream_throttled_total",
-        "Requests answered 429.",
-        &|d| d.throttled,
-    );
-    counter(
-        &mut e,
-        "syncctl_downstream_rejected_total",
-        "Calls the open circuit refused without sending.",
-        &|d| d.rejected,
-    );
-    counter(
-        &mut e,
-        "syncctl_downstream_retries_total",
-        "Retries made within the retry budget.",
-        &|d| d.retries,
-    );
-    e.family(
-        "syncctl_circuit_state",
-        Kind::Gauge,
-        "1 for the circuit's current state, 0 for the others.",
-    );
+    for (name, help, f) in [
+        (
+            "syncctl_downstream_calls_total",
+            "Requests sent to a downstream.",
+            (|d| d.calls) as fn(&crate::protocol::DownstreamView) -> u64,
+        ),
+        (
+            "syncctl_downstream_failures_total",
+            "Requests that failed (transport errors and 5xx).",
+            |d| d.failures,
+        ),
+        (
+            "syncctl_downstream_timeouts_total",
+            "Requests that timed out.",
+            |d| d.timeouts,
+        ),
+        (
+            "syncctl_downstream_throttled_total",
+            "Requests answered 429.",
+            |d| d.throttled,
+        ),
+        (
+            "syncctl_downstream_rejected_total",
+            "Calls the open circuit refused without sending.",
+            |d| d.rejected,
+        ),
+        (
+            "syncctl_downstream_retries_total",
+            "Retries made within the retry budget.",
+            |d| d.retries,
+        ),
+    ] {
+        family(enc, name, help, by_service(&|d| Counter(f(d))))?;
+    }
+    let mut states = Vec::new();
     for d in ds {
         for st in [
             "CLOSED",
@@ -160,71 +261,64 @@ pub fn render(s: &Snapshot) -> String {
             "DISABLED",
             "METRICS_ONLY",
         ] {
-            let on = d.breaker.state.name() == st;
-            e.with(
-                &[("service", &d.name), ("state", st)],
-                f64::from(u8::from(on)),
-            );
+            states.push((
+                vec![("service", d.name.as_str()), ("state", st)],
+                Gauge(flag(d.breaker.state.name() == st)),
+            ));
         }
     }
-    e.family(
+    family(
+        enc,
+        "syncctl_circuit_state",
+        "1 for the circuit's current state, 0 for the others.",
+        states,
+    )?;
+    family(
+        enc,
         "syncctl_rate_limit_per_minute",
-        Kind::Gauge,
         "Requests per minute the limiter allows now.",
-    );
-    for d in ds {
-        e.with(&[("service", &d.name)], d.limiter.effective_per_min as f64);
-    }
+        by_service(&|d| Gauge(d.limiter.effective_per_min as f64)),
+    )?;
 
-    e.family(
+    let mut metric = enc.encode_descriptor(
         "syncctl_operation_duration_seconds",
-        Kind::Summary,
-        "Duration of operations since start (HDR histogram).",
-    );
+        "Duration of operations since start.",
+        None,
+        MetricType::Histogram,
+    )?;
     for op in &s.profile {
-        let l = [("operation", op.name.as_str())];
-        for (q, v) in [
-            ("0.5", op.summary.p50_ms),
-            ("0.95", op.summary.p95_ms),
-            ("0.99", op.summary.p99_ms),
-        ] {
-            e.with(&[l[0], ("quantile", q)], v / 1000.0);
-        }
-        e.sample(
-            "syncctl_operation_duration_seconds_sum",
-            &l,
-            op.summary.sum_ms / 1000.0,
-        );
-        e.sample(
-            "syncctl_operation_duration_seconds_count",
-            &l,
-            op.summary.count as f64,
-        );
+        let labels = [("operation", op.name.as_str())];
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(
+                op.summary.sum_ms / 1000.0,
+                op.summary.count,
+                &buckets(&op.summary),
+                None,
+            )?;
     }
-
-    e.family(
+    family(
+        enc,
         "syncctl_operation_duration_max_seconds",
-        Kind::Gauge,
         "Longest duration of an operation since start.",
-    );
-    for op in &s.profile {
-        e.with(
-            &[("operation", op.name.as_str())],
-            op.summary.max_ms / 1000.0,
-        );
-    }
+        s.profile
+            .iter()
+            .map(|op| {
+                (
+                    vec![("operation", op.name.as_str())],
+                    Gauge(op.summary.max_ms / 1000.0),
+                )
+            })
+            .collect(),
+    )?;
     let t = &s.telemetry;
-    e.one(
+    gauge(
+        enc,
         "syncctl_health_score",
-        Kind::Gauge,
         "Health score 0-100 (the minimum of the components).",
         t.health.score as f64,
-    );
-    e.family(
-        "syncctl_alerts",
-        Kind::Gauge,
-        "Alerts pending or firing, by severity and state.",
-    );
+    )?;
+    let mut alerts = Vec::new();
     for sev in ["info", "warning", "critical"] {
         for phase in ["pending", "firing"] {
             let n = t
@@ -232,39 +326,101 @@ pub fn render(s: &Snapshot) -> String {
                 .iter()
                 .filter(|a| a.severity.to_string() == sev && a.phase.to_string() == phase)
                 .count();
-            e.with(&[("severity", sev), ("state", phase)], n as f64);
+            alerts.push((vec![("severity", sev), ("state", phase)], Gauge(n as f64)));
         }
     }
-    e.one(
+    family(
+        enc,
+        "syncctl_alerts",
+        "Alerts pending or firing, by severity and state.",
+        alerts,
+    )?;
+    gauge(
+        enc,
         "syncctl_anomalies_open",
-        Kind::Gauge,
         "Metrics outside their usual band now.",
         t.open_anomalies as f64,
-    );
-    e.family(
+    )?;
+    family(
+        enc,
         "syncctl_cache_lookups_total",
-        Kind::Counter,
         "QuickBooks lookup cache, by result.",
-    );
-    e.with(&[("result", "hit")], t.cache.hits as f64);
-    e.with(&[("result", "miss")], t.cache.misses as f64);
-    e.one(
+        vec![
+            (vec![("result", "hit")], Counter(t.cache.hits)),
+            (vec![("result", "miss")], Counter(t.cache.misses)),
+        ],
+    )?;
+    counter(
+        enc,
         "syncctl_cache_evictions_total",
-        Kind::Counter,
         "Entries dropped for room (LRU).",
-        t.cache.evictions as f64,
-    );
-    e.one(
+        t.cache.evictions,
+    )?;
+    counter(
+        enc,
         "syncctl_cache_invalidations_total",
-        Kind::Counter,
         "Entries dropped by an operator's invalidation.",
-        t.cache.invalidations as f64,
-    );
-    e.one(
+        t.cache.invalidations,
+    )?;
+    gauge(
+        enc,
         "syncctl_cache_entries",
-        Kind::Gauge,
         "Entries in the lookup cache.",
         t.cache.entries as f64,
-    );
-    e.finish()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Operation, Snapshot};
+
+    #[test]
+    fn latencies_are_cumulative_histograms_and_counters_end_in_total() {
+        let mut snap = Snapshot::default();
+        let mut summary = Summary {
+            count: 4,
+            sum_ms: 1_503.0,
+            max_ms: 1_500.0,
+            ..Summary::default()
+        };
+        // 1 ms, 1 ms, 1 ms (the first bound holds values equal to it), 1.5 s.
+        summary.buckets[Summary::bucket_of(0.001)] += 3;
+        summary.buckets[Summary::bucket_of(1.5)] += 1;
+        snap.profile.push(Operation {
+            name: "http.quickbooks".into(),
+            summary,
+        });
+        snap.catalog.completed = 20;
+        let text = render(&std::sync::Arc::new(snap));
+        assert!(
+            text.contains("syncctl_catalog_jobs_completed_total 20\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE syncctl_catalog_jobs_completed counter\n"),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            let head = format!(
+                "syncctl_operation_duration_seconds_bucket{{le=\"{le}\",operation=\"http.quickbooks\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(head.as_str()))
+                .unwrap_or_else(|| panic!("no {le} bucket: {text}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.001"), "3");
+        assert_eq!(bucket("1.0"), "3");
+        assert_eq!(bucket("2.5"), "4");
+        assert_eq!(bucket("+Inf"), "4");
+        assert!(
+            text.contains(
+                "syncctl_operation_duration_seconds_sum{operation=\"http.quickbooks\"} 1.503\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("{}"), "{text}");
+    }
 }

@@ -259,10 +259,7 @@ async fn host_guard(
 async fn prometheus(State(state): State<ServerState>) -> Response {
     let snap = state.engine.latest();
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         metrics::render(&snap),
     )
         .into_response()

@@ -1,7 +1,7 @@
 //! Metric storage: fixed-memory 1-second series kept for an hour, and HDR latency
 //! histograms (cumulative for export, per-second for the series).
 
-pub use crate::protocol::Summary;
+pub use crate::protocol::{LATENCY_BUCKETS_S, Summary};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ struct Pair {
     total: Histogram<u64>,
     interval: Histogram<u64>,
     total_sum_us: u128,
+    /// Every call since start, by `/metrics` bucket.
+    buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
 }
 
 /// An operation's latency: every call since start (for `/metrics` and the profile)
@@ -132,6 +134,7 @@ impl Default for Latency {
                 total: h(),
                 interval: h(),
                 total_sum_us: 0,
+                buckets: [0; LATENCY_BUCKETS_S.len() + 1],
             }),
         }
     }
@@ -149,6 +152,7 @@ fn summarize(h: &Histogram<u64>, sum_us: u128) -> Summary {
         p95_ms: ms(h.value_at_quantile(0.95)),
         p99_ms: ms(h.value_at_quantile(0.99)),
         max_ms: ms(h.max()),
+        buckets: [0; LATENCY_BUCKETS_S.len() + 1],
     }
 }
 
@@ -159,12 +163,16 @@ impl Latency {
         p.total.saturating_record(us);
         p.interval.saturating_record(us);
         p.total_sum_us += us as u128;
+        p.buckets[Summary::bucket_of(us as f64 / 1e6)] += 1;
     }
 
     /// Everything since start.
     pub fn summary(&self) -> Summary {
         let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        summarize(&p.total, p.total_sum_us)
+        Summary {
+            buckets: p.buckets,
+            ..summarize(&p.total, p.total_sum_us)
+        }
     }
 
     /// The calls since the last call to this, then starts a new interval.

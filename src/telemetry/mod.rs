@@ -8,7 +8,6 @@ pub mod anomaly;
 pub mod cache;
 pub mod health;
 pub mod metrics;
-pub mod prom;
 pub mod settings;
 pub mod trace;
 

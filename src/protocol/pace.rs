@@ -52,9 +52,11 @@ impl Pacer {
     }
 
     /// A frame went at `now` (one that had to go at once, as a keypress's, counts
-    /// too: it delays the next).
+    /// too: it delays the next — by one gap at most, however many went at once: typing
+    /// `:chain KEY` draws a frame a key, and the answer that follows must not wait
+    /// a gap for each of them).
     pub fn sent(&mut self, now: Instant) {
-        self.due = self.due.max(now) + self.gap;
+        self.due = (self.due.max(now) + self.gap).min(now + self.gap + self.tolerance);
     }
 }
 
@@ -87,6 +89,24 @@ mod tests {
         let next = t0 + ms(250) * 8;
         assert!(p.ready(next));
         p.sent(next);
+    }
+
+    #[test]
+    fn frames_forced_out_by_typing_delay_the_next_by_one_gap_at_most() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(4, t0);
+        p.sent(t0);
+        // Twelve keys in 120 ms, each drawn at once whether ready or not.
+        for k in 1..=12 {
+            p.sent(t0 + ms(10) * k);
+        }
+        // The answer to what was typed arrives 10 ms later: it goes within one gap.
+        let answer = t0 + ms(130);
+        assert!(p.next_at() <= answer + ms(250), "{:?}", p.next_at() - answer);
+        // And regular frames are still held to the rate afterwards.
+        let at = p.next_at();
+        p.sent(at);
+        assert!(!p.ready(at + ms(10)));
     }
 
     #[test]

@@ -1661,10 +1661,7 @@ fn print_chain(chain: &syncctl::protocol::EntityChain) {
             println!("{pad}    {k}: {v}");
         }
         for d in &link.disagreements {
-            println!(
-                "{pad}    ≠ {}: {} here, {} in {}",
-                d.field, d.here, d.there, d.against
-            );
+            println!("{pad}    {}", d.describe(&link.system));
         }
         for e in link.events.iter().take(5) {
             println!("{pad}    {}  {}", utc_time(e.at_ms), e.message);

@@ -2594,7 +2594,7 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
         "alegra document 1001",
         "quickbooks item 57",
         "prod_00000000000042",
-        "≠ Item: 57 here, 41 in the invoice line",
+        "≠ Item: 57 in quickbooks item · 41 in the invoice line",
         &cufe[..40],
     ] {
         assert!(text.contains(want), "{want}:\n{text}");

@@ -28,21 +28,7 @@ pub fn num(v: f64) -> String {
 /// An amount as the Reconcile screen writes it: two decimals, thousands grouped with
 /// a thin space (`12 345.60`).
 pub fn money(v: f64) -> String {
-    let cents = (v * 100.0).round() as i64;
-    let (sign, cents) = if cents < 0 {
-        ("-", -cents)
-    } else {
-        ("", cents)
-    };
-    let whole = (cents / 100).to_string();
-    let mut grouped = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(' ');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}{grouped}.{:02}", cents % 100)
+    crate::protocol::text::amount(v)
 }
 
 /// A discrepancy's id in the Reconcile list: its product's, or its Item's (an orphan).

@@ -175,8 +175,8 @@ fn product_links(
         id: item.clone(),
         depth: depth + 1,
         facts: vec![
-            ("name".into(), opt(m.item_name.as_deref())),
-            ("SyncToken".into(), opt(m.sync_token.as_deref())),
+            ("name as synced".into(), opt(m.item_name.as_deref())),
+            ("SyncToken as synced".into(), opt(m.sync_token.as_deref())),
             ("last sync".into(), when(synced_at)),
         ],
         events: events(store, &[&item])?,
@@ -334,7 +334,7 @@ fn side_value(side: Option<&Side>, field: &str) -> String {
         "name" => format!("{:?}", s.name),
         "price" => s
             .price
-            .map_or_else(|| "none".to_owned(), |p| format!("{p:.2}")),
+            .map_or_else(|| "none".to_owned(), crate::protocol::text::amount),
         "active" => if s.active { "active" } else { "inactive" }.to_owned(),
         other => format!("({other})"),
     }

@@ -102,7 +102,11 @@ mod tests {
         }
         // The answer to what was typed arrives 10 ms later: it goes within one gap.
         let answer = t0 + ms(130);
-        assert!(p.next_at() <= answer + ms(250), "{:?}", p.next_at() - answer);
+        assert!(
+            p.next_at() <= answer + ms(250),
+            "{:?}",
+            p.next_at() - answer
+        );
         // And regular frames are still held to the rate afterwards.
         let at = p.next_at();
         p.sent(at);

@@ -71,6 +71,17 @@ pub struct FieldDiff {
     pub against: String,
 }
 
+impl FieldDiff {
+    /// One line naming both sides: `≠ price: 13.50 in quickbooks item · 398 000.00 in
+    /// Stripe (live)`, where `system` is the link's.
+    pub fn describe(&self, system: &str) -> String {
+        format!(
+            "≠ {}: {} in {system} · {} in {}",
+            self.field, self.here, self.there, self.against
+        )
+    }
+}
+
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

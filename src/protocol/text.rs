@@ -21,6 +21,15 @@ pub fn pesos(cents: i64) -> String {
     format!("{sign}{},{:02}", group(abs / 100), abs % 100)
 }
 
+/// `12 345.60` — an amount in its currency's units, two decimals, thousands grouped
+/// (the Reconcile screen's and the entity chain's prices).
+pub fn amount(v: f64) -> String {
+    let cents = (v * 100.0).round() as i64;
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", group(abs / 100), abs % 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +39,13 @@ mod tests {
         assert_eq!(pesos(221_340_000), "2 213 400,00");
         assert_eq!(pesos(5), "0,05");
         assert_eq!(pesos(-150_050), "-1 500,50");
+    }
+
+    #[test]
+    fn amounts_group_thousands_with_a_point() {
+        assert_eq!(amount(398_000.0), "398 000.00");
+        assert_eq!(amount(13.5), "13.50");
+        assert_eq!(amount(-1234.567), "-1 234.57");
     }
 
     #[test]

@@ -64,10 +64,7 @@ fn chain_lines<'a>(chain: &'a EntityChain, app: &App, width: usize) -> Vec<Line<
         }
         for d in &link.disagreements {
             out.push(Line::styled(
-                format!(
-                    "{inner}≠ {}: {} here, {} in {}",
-                    d.field, d.here, d.there, d.against
-                ),
+                format!("{inner}{}", d.describe(&link.system)),
                 t.warn,
             ));
         }

@@ -1319,7 +1319,7 @@ fn shift_j_shows_the_operator_journal_with_who_result_and_the_cli_line() {
         let (text, _) = render(&app, w, h);
         assert!(!text.contains("created Item"), "{text}");
         for shown in [
-            "Events  journal: operator actions · 4 shown",
+            "Events  journal: operator actions · 4 of 4",
             "ana@10.0.0.7 via ops",
             "syncctl ctl pause catalog",
             "api:ops@10.0.0.7",
@@ -2714,4 +2714,23 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
     assert_eq!(rows.last().unwrap().message, "created Item 0");
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("created Item 0"), "{text}");
+
+    // The journal (`J`, no filter) is read from the store too: the one action, older
+    // than the 500 entries the snapshot holds, is there.
+    for k in [KeyCode::Char('/'), KeyCode::Esc] {
+        let effects = update(&mut app, Msg::Key(key(k)));
+        engine(&mut app, effects);
+    }
+    assert!(app.events_filter.is_empty());
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Char('J'))));
+    assert!(engine(&mut app, effects) >= 1, "the journal asks the store");
+    let rows = app.events_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].message, "paused catalog pipeline");
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains("journal: operator actions · 1 of 1 ·"),
+        "{text}"
+    );
+    assert!(text.contains("paused catalog pipeline"), "{text}");
 }

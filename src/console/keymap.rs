@@ -390,7 +390,7 @@ pub const BINDINGS: &[Binding] = &[
         action: Action::Chain,
         scope: Scope::Global,
         hint: None,
-        help: "chain of the selected invoice, event or discrepancy: product → Item → Alegra → DIAN (:chain KEY)",
+        help: "chain of the selected row: product → Item → Alegra → DIAN (:chain KEY)",
     },
     Binding {
         keys: &[KeyCode::Char('B')],

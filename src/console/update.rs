@@ -293,7 +293,10 @@ impl App {
     /// towards the end of those found.
     fn follow_events(&mut self) -> Option<Effect> {
         let text = self.events_filter.trim();
-        if text.is_empty() {
+        // With no filter the snapshot's newest entries are the list; the journal is
+        // read from the store even then: operators' actions are a few among thousands
+        // of entries, and the snapshot's newest hold none of the older ones.
+        if text.is_empty() && !self.events_journal {
             self.events_search = None;
             return None;
         }

@@ -82,8 +82,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             audit.len(),
         )
     } else if app.events_journal {
+        // Read from the store: every action, not only those among the newest entries.
         format!(
-            "{view}: operator actions · {} shown · newest first · {follow} · times UTC",
+            "{view}: operator actions · {} of {total} · newest first · {follow} · times UTC",
             audit.len()
         )
     } else {

@@ -1653,6 +1653,9 @@ async fn ctl_chain(
 /// disagree, its newest events.
 fn print_chain(chain: &syncctl::protocol::EntityChain) {
     use syncctl::protocol::utc_time;
+    for also in &chain.also {
+        println!("({also})");
+    }
     for link in &chain.links {
         let pad = "  ".repeat(usize::from(link.depth));
         let arrow = if link.depth == 0 { "" } else { "└ " };

@@ -275,6 +275,38 @@ async fn the_chain_of_an_invoice_shows_its_products_items_document_and_cufe() {
     assert_eq!(c["links"][1]["system"], "quickbooks item");
     assert_eq!(link(&c, "stripe invoice")[0]["id"], id.as_str(), "{c}");
     assert_eq!(fact(&link(&c, "dian")[0], "CUFE"), cufe);
+    // A prefix says which kind an id is (Alegra's document ids and QuickBooks' Item
+    // ids are both small numbers): `item:` follows the Item to its product...
+    let store = syncctl::store::Store::open(_dir.path()).unwrap();
+    let item = store.mapping(&product).unwrap().unwrap().item_id.unwrap();
+    let (status, c) = get(format!("item:{item}")).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["links"][0]["system"], "stripe product", "{c}");
+    assert_eq!(c["links"][0]["id"], product.as_str(), "{c}");
+    // ...`alegra:` the document to its invoice, and `invoice:` looks at invoices only.
+    let (status, c) = get(format!("alegra:{alegra}")).await;
+    assert_eq!(
+        (status, c["links"][0]["id"].clone()),
+        (200, json!(id)),
+        "{c}"
+    );
+    let (status, c) = get(format!("invoice:{alegra}")).await;
+    assert_eq!(status, 404, "{c}");
+    assert!(
+        c["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no invoice"),
+        "{c}"
+    );
+    // Unprefixed, an id that is both says so.
+    let (_, c) = get(alegra.clone()).await;
+    let both = store.product_of_item(&alegra).unwrap().is_some();
+    assert_eq!(
+        c["also"].as_array().is_some_and(|a| !a.is_empty()),
+        both,
+        "{c}"
+    );
     // Something the store never saw: 404 with the reason.
     let (status, c) = get("prod_nope".into()).await;
     assert_eq!(status, 404, "{c}");

@@ -2566,6 +2566,7 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
             item,
         ],
         more_invoices: 0,
+        also: vec![],
     };
     // An answer about another key is not this panel's.
     let other = Query::Chain {

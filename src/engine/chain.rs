@@ -10,6 +10,9 @@ use crate::protocol::{
 };
 use crate::store::Store;
 
+/// The prefixes that say which kind a key is.
+const KINDS: [&str; 4] = ["invoice", "alegra", "product", "item"];
+
 /// Events listed per link.
 const EVENTS_PER_LINK: usize = 20;
 /// Invoices listed per product (the newest; the rest are counted).
@@ -45,22 +48,54 @@ impl Live for super::reconcile::Reconciler {
 /// synced, an Item with no product).
 pub fn chain(store: &Store, live: &dyn Live, key: &str) -> QueryReply {
     let key = key.trim();
+    // `invoice:`, `alegra:`, `product:` or `item:` says which kind a key is, where one
+    // id names several (Alegra document 3 and QuickBooks Item 3).
+    let (kind, key) = match key.split_once(':') {
+        Some((k, rest)) if KINDS.contains(&k) => (Some(k), rest.trim()),
+        _ => (None, key),
+    };
     if key.is_empty() {
         return Err(CommandError::invalid(
             "key",
-            "give a product, Item, invoice, DIAN number, CUFE or Alegra document id",
+            "give a product, Item, invoice, DIAN number, CUFE or Alegra document id (invoice:, alegra:, product: or item: before it says which)",
         ));
     }
+    let wants = |k: &str| kind.is_none_or(|kind| kind == k);
     let mut out = EntityChain {
         asked: key.to_owned(),
         ..EntityChain::default()
     };
     // An invoice (Stripe id, DIAN number or CUFE), or an Alegra document: its chain
     // starts there and goes back to the products of its lines.
-    let invoice = match store.invoice(key).map_err(unreadable)? {
-        Some(r) => Some(r),
-        None => store.invoice_of_alegra_document(key).map_err(unreadable)?,
+    let by_invoice = if wants("invoice") {
+        store.invoice(key).map_err(unreadable)?
+    } else {
+        None
     };
+    let by_document = if wants("alegra") && by_invoice.is_none() {
+        store.invoice_of_alegra_document(key).map_err(unreadable)?
+    } else {
+        None
+    };
+    // A product, or the Item one is mapped to.
+    let by_product = if wants("product") && store.mapping(key).map_err(unreadable)?.is_some() {
+        Some(key.to_owned())
+    } else {
+        None
+    };
+    let by_item = if wants("item") && by_product.is_none() {
+        store.product_of_item(key).map_err(unreadable)?
+    } else {
+        None
+    };
+    // Where one id names an invoice's document and a product's Item, the invoice's
+    // chain is shown and the other named.
+    let invoice = by_invoice.or(by_document.clone());
+    if by_document.is_some() && by_item.is_some() {
+        out.also.push(format!(
+            "{key} is also a QuickBooks Item: :chain item:{key} (this is alegra:{key})"
+        ));
+    }
     if let Some(rec) = invoice {
         invoice_links(store, &rec, 0, &mut out)?;
         let mut seen = Vec::new();
@@ -76,22 +111,24 @@ pub fn chain(store: &Store, live: &dyn Live, key: &str) -> QueryReply {
         }
         return Ok(Answer::Chain(Box::new(out)));
     }
-    // A product, or the Item one is mapped to.
-    let product = if store.mapping(key).map_err(unreadable)?.is_some() {
-        Some(key.to_owned())
-    } else {
-        store.product_of_item(key).map_err(unreadable)?
-    };
-    let Some(product) = product else {
+    let Some(product) = by_product.or(by_item) else {
         // Not in the store: a product never synced, or an Item with no product, as the
         // live reconciliation sees them.
-        if let Some(d) = live.discrepancy_of(key) {
+        if let Some(d) = live.discrepancy_of(key).filter(|d| {
+            (wants("product") && d.product_id.as_deref() == Some(key))
+                || (wants("item") && d.item_id.as_deref() == Some(key))
+        }) {
             unsynced_links(&d, &mut out);
             return Ok(Answer::Chain(Box::new(out)));
         }
-        return Err(CommandError::not_found(format!(
-            "nothing in the store is {key:?}: not a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen"
-        )));
+        return Err(CommandError::not_found(match kind {
+            None => format!(
+                "nothing in the store is {key:?}: not a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen"
+            ),
+            Some(k) => format!(
+                "no {k} {key:?} the engine has seen (without `{k}:` every kind of id is looked for)"
+            ),
+        }));
     };
     product_links(store, live, &product, None, 0, &mut out)?;
     let (invoices, total) = store

@@ -43,6 +43,9 @@ pub struct EntityChain {
     /// Invoices using the product beyond those listed (the chain lists the newest).
     #[serde(default)]
     pub more_invoices: u64,
+    /// Other things the key names, and how to ask for them (`:chain item:3`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
 }
 
 /// One link of a chain: one object in one system.

@@ -41,7 +41,11 @@ fn lines<'a>(panel: &'a ChainPanel, app: &App, width: usize) -> Vec<Line<'a>> {
 
 fn chain_lines<'a>(chain: &'a EntityChain, app: &App, width: usize) -> Vec<Line<'a>> {
     let t = &app.theme;
-    let mut out = Vec::new();
+    let mut out: Vec<Line<'a>> = chain
+        .also
+        .iter()
+        .map(|a| Line::styled(format!(" {a}"), t.warn))
+        .collect();
     for link in &chain.links {
         let pad = "  ".repeat(usize::from(link.depth));
         let arrow = if link.depth == 0 { " " } else { " └ " };

@@ -437,6 +437,10 @@ impl Catalog {
             queued: self.store.queued(JOB_KIND).unwrap_or(0),
             throttled: now.throttled - last.throttled,
             timeouts: now.timeouts - last.timeouts,
+            held: self.qb.guard().and_then(|g| {
+                let state = g.breaker.state();
+                (!g.breaker.admits_now().0).then(|| format!("QuickBooks circuit {}", state.name()))
+            }),
         };
         *last = now;
         let mut s = self.scaler.lock().unwrap_or_else(|p| p.into_inner());

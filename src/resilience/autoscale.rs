@@ -64,6 +64,9 @@ pub struct Sample {
     pub queued: u64,
     pub throttled: u64,
     pub timeouts: u64,
+    /// Why the downstream takes no work now (its circuit is open): the tick says
+    /// nothing of how many workers it could take.
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +144,11 @@ impl Autoscaler {
 
     /// One tick's measurements in; a decision out when the target changed.
     pub fn observe(&mut self, s: &Sample, at_ms: i64) -> Option<Decision> {
+        // Calls refused at once by an open circuit look like fast work: more workers
+        // would only wait for it to close.
+        if let Some(why) = &s.held {
+            return self.change(self.target, at_ms, format!("held: {why}; holding"));
+        }
         // Timeouts are a load signal when they outnumber the work done; a few hanging
         // calls among many answers are the service's, and fewer workers would not help.
         let stalled = s.timeouts > 0 && s.timeouts >= s.completed;
@@ -288,6 +296,28 @@ mod tests {
         let lat = s * (limit as f64 / c as f64).max(1.0);
         let throughput = limit.min(c) as f64 / s;
         (Duration::from_secs_f64(lat), throughput)
+    }
+
+    #[test]
+    fn an_open_circuit_holds_the_workers_however_fast_its_refusals() {
+        let mut a = Autoscaler::new(AutoscaleConfig::default(), 2);
+        let fast = Sample {
+            latency: Some(Duration::from_millis(1)),
+            completed: 50,
+            busy: 2.0,
+            queued: 400,
+            held: Some("QuickBooks circuit OPEN".into()),
+            ..Sample::default()
+        };
+        for t in 0..30 {
+            a.observe(&fast, t * 1000);
+        }
+        assert_eq!(a.target(), 2);
+        assert!(a.status.contains("QuickBooks circuit OPEN"), "{}", a.status);
+        // Closed again, the same sample scales up.
+        let closed = Sample { held: None, ..fast };
+        a.observe(&closed, 31_000);
+        assert_eq!(a.target(), 3);
     }
 
     fn busy_sample(limit: u32, c: u32) -> Sample {

@@ -18,7 +18,7 @@
 //! │Rejected         1  invalid data                ││                                                │
 //! │████████████49.4% synced                        ││▁▂▃▅▇█▇▅▃                                       │
 //! └────────────────────────────────────────────────┘└────────────────────────────────────────────────┘
-//! ┌ Health ────────────────────────┐┌ Alerts (5) ───────────────────┐┌ Anomalies ────────────────────┐  4 rows
+//! ┌ Health ────────────────────────┐┌ Alerts ───────────────────────┐┌ Anomalies ────────────────────┐  4 rows
 //! │100 / 100  excellent            ││0 firing · 1 pending           ││0 open                         │
 //! │worst check: its note           ││▲ warning first alert          ││latest: metric z +3.2          │
 //! └────────────────────────────────┘└───────────────────────────────┘└───────────────────────────────┘
@@ -386,18 +386,20 @@ fn draw_health_tiles(frame: &mut Frame, area: Rect, app: &App) {
             Span::raw(format!(" {}", a.id)),
         ]));
     }
-    frame.render_widget(
-        Paragraph::new(lines).block(block("Alerts (5)", app)),
-        alerts,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block("Alerts", app)), alerts);
     let mut lines = vec![Line::from(Span::styled(
         format!("{} open", tel.open_anomalies),
         if tel.open_anomalies > 0 { t.warn } else { t.ok },
     ))];
     if let Some(a) = tel.anomalies.first() {
+        // The newest: open, or when it ended (the list keeps the last hour's).
+        let state = match a.ended_ms {
+            None => "now".to_owned(),
+            Some(ms) => format!("ended {}", clock(ms)),
+        };
         lines.push(Line::from(Span::styled(
-            format!("{} z {:+.1}", a.metric, a.score),
-            t.dim,
+            format!("{} z {:+.1} · {state}", a.metric, a.score),
+            if a.ended_ms.is_none() { t.warn } else { t.dim },
         )));
     }
     frame.render_widget(

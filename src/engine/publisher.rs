@@ -55,12 +55,20 @@ pub(super) struct Publisher {
     rejected: (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
     /// Stripe against QuickBooks (set once the engine has built it).
     pub(super) reconciler: Option<Arc<super::reconcile::Reconciler>>,
+    /// Where the telemetry history goes to be written (None: not kept, or closed).
+    pub(super) history_tx: Option<mpsc::UnboundedSender<super::periodic::HistoryBatch>>,
+    /// The alert and anomaly state last sent to be kept (its version).
+    saved_telemetry: Option<(u64, u64)>,
+    /// The auto-scaler state last sent to be kept.
+    saved_scaler: Option<crate::resilience::autoscale::SavedScaler>,
 }
 
 const SERIES_SECONDS: usize = 120;
 /// `engine_state` keys.
 const EXPIRING: &str = "thresholds.expiring";
 const SILENCES: &str = "alerts.silences";
+const TELEMETRY_STATE: &str = "telemetry.alerts";
+const SCALER_STATE: &str = "catalog.autoscaler";
 const AUDIT_KEPT: usize = 500;
 
 const INVOICES_SHOWN: usize = 300;
@@ -165,6 +173,9 @@ impl Publisher {
             compliance_progress: Default::default(),
             rejected: (u64::MAX, 0, Vec::new()),
             reconciler: None,
+            history_tx: None,
+            saved_telemetry: None,
+            saved_scaler: None,
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -385,6 +396,102 @@ impl Publisher {
         if let Some(sample) = sample_copy {
             self.send_statsd(&sample, prev.as_ref());
         }
+        self.flush_history(false);
+    }
+
+    /// Sends what changed of the history to be kept: the series blocks finished since
+    /// the last flush (every 10 s), the alerts and anomalies when they changed, the
+    /// auto-scaler with the blocks or when its bounds or target moved; with
+    /// `everything`, the block being filled and the auto-scaler as it is. Nothing
+    /// new: nothing sent. The writing is [`super::periodic::history_writer`]'s.
+    pub(super) fn flush_history(&mut self, everything: bool) {
+        use crate::telemetry::history::{BLOCK_SECS, KEPT_SECS};
+        if self.history_tx.is_none() {
+            return;
+        }
+        let points = self.telemetry.take_points(everything);
+        let mut state = Vec::new();
+        let version = self.telemetry.saved_version();
+        if self.saved_telemetry != Some(version) {
+            match serde_json::to_string(&self.telemetry.saved()) {
+                Ok(v) => {
+                    state.push((TELEMETRY_STATE.to_owned(), v));
+                    self.saved_telemetry = Some(version);
+                }
+                Err(e) => tracing::warn!("{TELEMETRY_STATE}: not kept: {e}"),
+            }
+        }
+        if let Some(scaler) = self.catalog.saved_scaler() {
+            let moved = self
+                .saved_scaler
+                .as_ref()
+                .is_none_or(|s| (s.min, s.max, s.target) != (scaler.min, scaler.max, scaler.target));
+            if (moved || everything || !points.is_empty())
+                && self.saved_scaler.as_ref() != Some(&scaler)
+            {
+                match serde_json::to_string(&scaler) {
+                    Ok(v) => {
+                        state.push((SCALER_STATE.to_owned(), v));
+                        self.saved_scaler = Some(scaler);
+                    }
+                    Err(e) => tracing::warn!("{SCALER_STATE}: not kept: {e}"),
+                }
+            }
+        }
+        if points.is_empty() && state.is_empty() {
+            return;
+        }
+        let batch = super::periodic::HistoryBatch {
+            points,
+            keep_from_s: self.now_ms().div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
+            state,
+        };
+        if let Some(tx) = &self.history_tx
+            && tx.send(batch).is_err()
+        {
+            tracing::warn!("telemetry history: the writer stopped; not kept");
+            self.history_tx = None;
+        }
+    }
+
+    /// The last flush (the block being filled included); then nothing more is sent.
+    pub(super) fn close_history(&mut self) {
+        self.flush_history(true);
+        self.history_tx = None;
+    }
+
+    /// Takes back the history a previous process kept ([`Publisher::flush_history`]):
+    /// the series of the last hour (the downtime stays a gap), the alerts and
+    /// anomalies, the auto-scaler.
+    fn restore_history(&mut self) {
+        use crate::telemetry::history::{BLOCK_SECS, KEPT_SECS};
+        let store = self.catalog.store.clone();
+        let now = self.now_ms();
+        match store.series_points(now.div_euclid(1000) - KEPT_SECS - BLOCK_SECS) {
+            Ok(points) => self.telemetry.restore_series(&points, now),
+            Err(e) => tracing::warn!("telemetry history: unreadable, not restored: {e}"),
+        }
+        let read = |key: &str| match store.engine_state(key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{key}: unreadable, not restored: {e}");
+                None
+            }
+        };
+        if let Some(v) = read(TELEMETRY_STATE) {
+            match serde_json::from_str(&v) {
+                Ok(saved) => self.telemetry.restore(saved, now),
+                Err(e) => tracing::warn!("{TELEMETRY_STATE}: not restored: {e}"),
+            }
+        }
+        self.saved_telemetry = Some(self.telemetry.saved_version());
+        if let Some(v) = read(SCALER_STATE) {
+            match serde_json::from_str(&v) {
+                Ok(saved) => self.catalog.restore_scaler(saved),
+                Err(e) => tracing::warn!("{SCALER_STATE}: not restored: {e}"),
+            }
+        }
+        self.saved_scaler = self.catalog.saved_scaler();
     }
 
     /// Rebuilds the telemetry the snapshot carries (charts, alerts, thresholds…).
@@ -419,10 +526,12 @@ impl Publisher {
         }
     }
 
-    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`]):
-    /// temporary thresholds return to their old values at their time (at once if it
-    /// passed while the engine was down), silences run to their end.
+    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`],
+    /// [`Publisher::flush_history`]): temporary thresholds return to their old values at
+    /// their time (at once if it passed while the engine was down), silences run to
+    /// their end, and the history of the last hour comes back.
     pub(super) fn restore_operator_state(&mut self) {
+        self.restore_history();
         let store = self.catalog.store.clone();
         let read = |key: &str| match store.engine_state(key) {
             Ok(v) => v,

@@ -16,7 +16,7 @@ pub use crate::protocol::ScaleDecision as Decision;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
@@ -40,6 +40,22 @@ impl Default for AutoscaleConfig {
             smoothing: 0.5,
         }
     }
+}
+
+/// The auto-scaler as a process left it (JSON in the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedScaler {
+    /// The config's bounds then: an operator's bounds are taken back only while the
+    /// config still says the same.
+    pub configured: (u32, u32),
+    pub min: u32,
+    pub max: u32,
+    pub target: u32,
+    /// Seconds.
+    pub baseline: Option<f64>,
+    pub smoothed: Option<f64>,
+    /// Oldest first.
+    pub decisions: Vec<Decision>,
 }
 
 /// The share of job time spent waiting for a limiter permit above which the pipeline
@@ -69,6 +85,8 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub struct Autoscaler {
     cfg: AutoscaleConfig,
+    /// The bounds it was built with (the config's), before any operator's.
+    configured: (u32, u32),
     target: u32,
     smoothed: Option<f64>,
     baseline: Option<f64>,
@@ -81,6 +99,7 @@ impl Autoscaler {
     pub fn new(cfg: AutoscaleConfig, initial: u32) -> Self {
         let target = initial.clamp(cfg.min.max(1), cfg.max.max(cfg.min.max(1)));
         Self {
+            configured: (cfg.min, cfg.max),
             cfg,
             target,
             smoothed: None,
@@ -92,6 +111,37 @@ impl Autoscaler {
 
     pub fn target(&self) -> u32 {
         self.target
+    }
+
+    /// What the next process takes back with [`Autoscaler::restore`].
+    pub fn saved(&self) -> SavedScaler {
+        SavedScaler {
+            configured: self.configured,
+            min: self.cfg.min,
+            max: self.cfg.max,
+            target: self.target,
+            baseline: self.baseline,
+            smoothed: self.smoothed,
+            decisions: self.decisions.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes back what a previous process learned: its target (within the bounds), its
+    /// latency baseline and its decisions, and the bounds an operator set — unless the
+    /// config's bounds changed since (the file is the newer word then).
+    pub fn restore(&mut self, saved: SavedScaler) {
+        if saved.configured == self.configured {
+            self.cfg.min = saved.min.max(1);
+            self.cfg.max = saved.max.max(self.cfg.min);
+        }
+        self.target = saved.target.clamp(self.cfg.min.max(1), self.cfg.max.max(1));
+        self.baseline = saved.baseline.filter(|b| b.is_finite() && *b > 0.0);
+        self.smoothed = saved.smoothed.filter(|b| b.is_finite() && *b > 0.0);
+        self.decisions = saved.decisions.into_iter().rev().take(20).rev().collect();
+        self.status = format!(
+            "{} workers, as the previous run left it (bounds {}–{})",
+            self.target, self.cfg.min, self.cfg.max
+        );
     }
 
     pub fn config(&self) -> &AutoscaleConfig {

@@ -16,6 +16,7 @@ pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
 pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};
+pub use crate::telemetry::history::SeriesPoint;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -948,6 +949,60 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// One flush of the telemetry history, in one transaction: new series points
+    /// (replacing a point of the same series and second, as a block finished since
+    /// its last flush), points that start before `keep_from_s` deleted, and the
+    /// `engine_state` values that changed.
+    pub fn save_history(
+        &self,
+        points: &[SeriesPoint],
+        keep_from_s: i64,
+        state: &[(String, String)],
+    ) -> Result<()> {
+        let at = self.now_ms();
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO series_points(at, series, secs, value)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for p in points {
+                    insert.execute(params![p.at_s, p.series, p.secs, p.value])?;
+                }
+                tx.prepare_cached("DELETE FROM series_points WHERE at < ?1")?
+                    .execute([keep_from_s])?;
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO engine_state(key, at, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET at=excluded.at, value=excluded.value",
+                )?;
+                for (key, value) in state {
+                    put.execute(params![key, at, value])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The series points a previous process kept from `since_s` on, oldest first.
+    pub fn series_points(&self, since_s: i64) -> Result<Vec<SeriesPoint>> {
+        self.r()
+            .prepare_cached(
+                "SELECT at, series, secs, value FROM series_points WHERE at >= ?1
+                 ORDER BY at, series",
+            )?
+            .query_map([since_s], |r| {
+                Ok(SeriesPoint {
+                    at_s: r.get(0)?,
+                    series: r.get(1)?,
+                    secs: r.get(2)?,
+                    value: r.get(3)?,
+                })
+            })?
+            .collect()
     }
 
     /// What a previous process kept under `key`, if anything.

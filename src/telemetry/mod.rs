@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod anomaly;
 pub mod cache;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod prom;
 pub mod settings;
@@ -20,7 +21,7 @@ use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
-use metrics::{Reduce, Series, Window};
+use metrics::{Series, Window};
 use settings::{AlertsConfig, AnomalyConfig};
 
 /// One downstream's cumulative counters and its latency percentiles over the
@@ -117,6 +118,10 @@ pub struct Telemetry {
     /// (pair, value).
     input_keys: Vec<(String, String)>,
     inputs: VecDeque<(i64, Vec<(u16, f64)>)>,
+    /// The series downsampled for the next process.
+    history: history::Downsampler,
+    /// Moves with every anomaly opened or closed (what the next process keeps).
+    anomalies_version: u64,
 }
 
 /// Seconds of alert inputs and series a what-if replays.
@@ -149,7 +154,60 @@ impl Telemetry {
             queue_progress: BTreeMap::new(),
             input_keys: Vec::new(),
             inputs: VecDeque::new(),
+            history: history::Downsampler::default(),
+            anomalies_version: 0,
         }
+    }
+
+    /// Changes with what [`Telemetry::saved`] would give.
+    pub fn saved_version(&self) -> (u64, u64) {
+        (self.alerts.version(), self.anomalies_version)
+    }
+
+    /// The alerts and anomalies for the next process ([`Telemetry::restore`]).
+    pub fn saved(&self) -> history::SavedTelemetry {
+        history::SavedTelemetry {
+            alerts: self.alerts.saved(),
+            anomalies: self.anomalies.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes back the alerts and anomalies a previous process kept (see
+    /// [`alerts::Alerts::restore`]). Its open anomalies stay open until this process's
+    /// detectors, once they have a baseline, see the metric back in its band.
+    pub fn restore(&mut self, saved: history::SavedTelemetry, now_ms: i64) {
+        self.alerts.restore(saved.alerts, now_ms);
+        let mine = std::mem::take(&mut self.anomalies);
+        for a in saved.anomalies.into_iter().chain(mine) {
+            if a.ended_ms.is_none() {
+                self.open.entry(a.metric.clone()).or_insert_with(|| a.clone());
+            }
+            if self.anomalies.len() == KEPT {
+                self.anomalies.pop_front();
+            }
+            self.anomalies.push_back(a);
+        }
+        self.anomalies_version += 1;
+    }
+
+    /// Takes back the series a previous process kept, over the hour before `now_ms`
+    /// (the seconds nobody measured stay empty). Series this process already has are
+    /// left alone.
+    pub fn restore_series(&mut self, points: &[history::SeriesPoint], now_ms: i64) {
+        for (name, series) in history::series_from(points, now_ms) {
+            self.series.entry(name).or_insert(series);
+        }
+    }
+
+    /// Downsampled points to keep: the blocks finished since the last call, and with
+    /// `partial` the block being filled.
+    pub fn take_points(&mut self, partial: bool) -> Vec<history::SeriesPoint> {
+        self.history.take(partial)
+    }
+
+    /// Finished blocks' points not taken yet.
+    pub fn points_waiting(&self) -> usize {
+        self.history.waiting()
     }
 
     /// New thresholds: rules rebuilt (alerts keep their state), detectors keep their
@@ -280,6 +338,9 @@ fn detector_config(a: &AnomalyConfig, metric: &str) -> DetectorConfig {
 
 impl Telemetry {
     fn push(&mut self, name: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.history.add(name, v);
+        }
         self.series
             .entry(name.to_owned())
             .or_default()
@@ -353,6 +414,7 @@ impl Telemetry {
                 ended_ms: None,
             };
             self.open.insert(metric.to_owned(), a.clone());
+            self.anomalies_version += 1;
             if self.anomalies.len() == KEPT {
                 self.anomalies.pop_front();
             }
@@ -367,6 +429,7 @@ impl Telemetry {
                 .find(|h| h.metric == a.metric && h.at_ms == a.at_ms)
         {
             h.ended_ms = Some(now);
+            self.anomalies_version += 1;
         }
     }
 
@@ -377,6 +440,7 @@ impl Telemetry {
     )]
     pub fn tick(&mut self, s: Sample) -> Vec<Signal> {
         let now = s.now_ms;
+        self.history.tick(now);
         let mut out = Vec::new();
         let mut values: Vec<(String, String, f64)> = Vec::new();
         let mut value = |m: &str, l: &str, v: f64| values.push((m.into(), l.into(), v));
@@ -570,7 +634,9 @@ impl Telemetry {
     }
 
     pub fn view(&self, now_ms: i64) -> TelemetryView {
-        let chart = |name: &str, how: Reduce| {
+        // Each series reduced as it is kept for the next process (history::reduce_of).
+        let chart = |name: &str| {
+            let how = history::reduce_of(name);
             self.series.get(name).map(|s| Chart {
                 name: name.to_owned(),
                 m1: s.downsample(60, 60, how),
@@ -580,7 +646,7 @@ impl Telemetry {
         };
         let mut charts = Vec::new();
         for name in ["items_per_sec", "invoices_per_sec"] {
-            charts.extend(chart(name, Reduce::Mean));
+            charts.extend(chart(name));
         }
         let names: Vec<&String> = self
             .series
@@ -588,10 +654,10 @@ impl Telemetry {
             .filter(|k| k.starts_with("latency_") || k.starts_with("error_rate:"))
             .collect();
         for n in names {
-            charts.extend(chart(n, Reduce::Max));
+            charts.extend(chart(n));
         }
         for name in ["queue:catalog", "queue:dian", "cache_miss_rate"] {
-            charts.extend(chart(name, Reduce::Mean));
+            charts.extend(chart(name));
         }
         let rate = |name: &str| {
             self.series

@@ -576,6 +576,50 @@ mod tests {
         assert_eq!(a.active()[0].acked_by, None);
     }
 
+    /// Issue 17 point 6: a new process takes back a firing acknowledged alert — still
+    /// firing, no second notification, its history and cooldown intact — and judges it
+    /// on its own readings only after the grace.
+    #[test]
+    fn a_restored_firing_alert_stays_firing_without_a_second_notification() {
+        let mut a = Alerts::new(vec![rule(0, 300_000)]);
+        assert_eq!(at(&mut a, 0, 20.0).len(), 1);
+        assert_eq!(a.acknowledge("error_rate", "ana"), 1);
+        let version = a.version();
+        assert!(at(&mut a, 1, 25.0).is_empty());
+        assert_eq!(a.version(), version, "a value alone is nothing new to keep");
+        let saved: SavedAlerts =
+            serde_json::from_str(&serde_json::to_string(&a.saved()).unwrap()).unwrap();
+
+        let mut b = Alerts::new(vec![rule(0, 300_000)]);
+        b.restore(saved.clone(), 100_000);
+        assert_eq!(b.active(), a.active(), "firing, acknowledged, since when it was");
+        assert_eq!(b.history().count(), 1);
+        // Still over its threshold: firing on, nothing sent.
+        assert!(at(&mut b, 100, 30.0).is_empty());
+        assert_eq!(b.history().count(), 1, "not even a quiet one");
+        // A fresh process reads nothing or zero: held for the grace…
+        let mut c = Alerts::new(vec![rule(0, 300_000)]);
+        c.restore(saved.clone(), 100_000);
+        assert!(c.evaluate(101_000, &[]).is_empty());
+        assert!(at(&mut c, 150, 0.0).is_empty());
+        assert_eq!(phase(&c), Some(Phase::Firing));
+        // …then resolved, announced (its firing was).
+        let n = at(&mut c, 161, 0.0);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].phase, Phase::Resolved);
+        // A re-fire inside the cooldown of the first process's notification is quiet.
+        let mut d = Alerts::new(vec![rule(0, 300_000)]);
+        d.restore(
+            SavedAlerts {
+                firing: Vec::new(),
+                ..saved
+            },
+            100_000,
+        );
+        assert!(at(&mut d, 100, 30.0).is_empty(), "notified 100 s ago");
+        assert_eq!(phase(&d), Some(Phase::Firing));
+    }
+
     #[test]
     fn one_alert_per_label_and_a_silent_series_resolves() {
         let mut a = Alerts::new(vec![rule(0, 0)]);

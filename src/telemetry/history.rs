@@ -144,9 +144,14 @@ impl Downsampler {
 
 /// Series rebuilt from kept points as the second-by-second rings the charts read,
 /// ending with the second before `now_ms`: each point over the seconds it covered,
-/// every other second empty.
+/// every other second empty. (A process that starts within the second its predecessor
+/// last measured ends them with that second instead: nothing kept is left out.)
 pub fn series_from(points: &[SeriesPoint], now_ms: i64) -> BTreeMap<String, Series> {
-    let now_s = now_ms.div_euclid(1000);
+    let newest = points
+        .iter()
+        .map(|p| p.at_s + i64::from(p.secs.clamp(1, BLOCK_SECS as u32)))
+        .max();
+    let now_s = now_ms.div_euclid(1000).max(newest.unwrap_or(i64::MIN));
     let from = now_s - KEPT_SECS;
     let mut secs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for p in points {

@@ -1018,6 +1018,92 @@ mod tests {
         assert_eq!(t.alerts.firing(), 1);
     }
 
+    /// Issue 17 point 6: a new process restored from the points the old one kept shows
+    /// the hour as it was — every 1-hour chart bucket as before, moved on by the
+    /// downtime — and the downtime as empty buckets, not as a line across it.
+    #[test]
+    fn charts_restored_from_kept_points_are_the_hour_as_it_was_and_the_downtime_a_gap() {
+        let mut before = Telemetry::new(AlertsConfig::default(), AnomalyConfig::default());
+        let (mut calls, mut failures, mut done, mut seed) = (0u64, 0u64, 0u64, 3u64);
+        // 20 minutes from a second on a 10 s boundary; values that change every second.
+        let t0 = 1_800_000_000i64;
+        let mut kept = Vec::new();
+        for i in 0..1200 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            calls += 20;
+            failures += seed % 4;
+            done += seed % 7;
+            let p95 = 40.0 + (seed % 300) as f64;
+            before.tick(Sample {
+                now_ms: (t0 + i) * 1000,
+                items_done: done,
+                catalog_queue: seed % 50,
+                downstreams: vec![DownstreamSample {
+                    name: "quickbooks".into(),
+                    calls,
+                    failures,
+                    p50_ms: Some(p95 / 2.0),
+                    p95_ms: Some(p95),
+                    p99_ms: Some(p95 * 1.5),
+                    breaker: "CLOSED".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            // Flushed every 10 s, as the engine does; the last block at the stop.
+            if i % 10 == 0 {
+                kept.extend(before.take_points(false));
+            }
+        }
+        kept.extend(before.take_points(true));
+        assert!(
+            kept.len() <= 120 * 9,
+            "one point per series per 10 s: {}",
+            kept.len()
+        );
+        let last_s = t0 + 1199;
+        let old = before.view(last_s * 1000);
+        // Down for 5 minutes: the new process starts 300 s after the last second.
+        let downtime = 300;
+        let now_ms = (last_s + 1 + downtime) * 1000;
+        let mut after = Telemetry::new(AlertsConfig::default(), AnomalyConfig::default());
+        after.restore_series(&kept, now_ms);
+        let new = after.view(now_ms);
+        let shift = (downtime / 30) as usize;
+        let mut compared = 0;
+        for c in old.charts.iter().filter(|c| c.h1.iter().any(Option::is_some)) {
+            let r = new
+                .charts
+                .iter()
+                .find(|x| x.name == c.name)
+                .unwrap_or_else(|| panic!("{} restored", c.name));
+            for (i, (was, is)) in c.h1[shift..].iter().zip(&r.h1).enumerate() {
+                match (was, is) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{} [{i}]: {a} → {b}", c.name),
+                    (a, b) => assert_eq!(a, b, "{} [{i}]", c.name),
+                }
+            }
+            assert!(
+                r.h1[120 - shift..].iter().all(Option::is_none),
+                "{}: the downtime is a gap: {:?}",
+                c.name,
+                &r.h1[120 - shift..]
+            );
+            assert!(r.m1.iter().all(Option::is_none), "{}", c.name);
+            compared += 1;
+        }
+        assert_eq!(compared, 7, "items, invoices, 3 latencies, errors, queue");
+        // The next tick carries on from there.
+        after.tick(Sample {
+            now_ms,
+            ..Default::default()
+        });
+        assert_eq!(
+            after.view(now_ms).charts[0].m1.last().copied().flatten(),
+            Some(0.0)
+        );
+    }
+
     /// Issue 15 point 11: a full sync's deep queue that drains never alerts; a queue
     /// that stops draining alerts once it has not moved for `queue_drain_secs`.
     #[test]

@@ -265,10 +265,13 @@ pub(super) struct HistoryBatch {
 }
 
 impl HistoryBatch {
-    /// `later` folded in: its points after these, its values over these.
-    fn absorb(&mut self, later: HistoryBatch) {
+    /// `later` folded in: its points after these (none older than the hour kept), its
+    /// values over these.
+    pub fn absorb(&mut self, later: HistoryBatch) {
         self.points.extend(later.points);
         self.keep_from_s = self.keep_from_s.max(later.keep_from_s);
+        let keep = self.keep_from_s;
+        self.points.retain(|p| p.at_s >= keep);
         for (key, value) in later.state {
             match self.state.iter_mut().find(|(k, _)| *k == key) {
                 Some(kept) => kept.1 = value,
@@ -278,10 +281,10 @@ impl HistoryBatch {
     }
 }
 
-/// Writes the publisher's history flushes off its loop, one transaction each (what
-/// queued while one was written goes into the next together). Ends when the
-/// publisher lets go of its sender, after writing everything it sent.
-pub(super) async fn history_writer(store: Store, mut batches: mpsc::UnboundedReceiver<HistoryBatch>) {
+/// Writes the publisher's history flushes off its loop, one transaction each (the
+/// publisher folds what it flushes while one is being written into the next). Ends
+/// when the publisher lets go of its sender, after writing everything it sent.
+pub(super) async fn history_writer(store: Store, mut batches: mpsc::Receiver<HistoryBatch>) {
     while let Some(mut batch) = batches.recv().await {
         while let Ok(later) = batches.try_recv() {
             batch.absorb(later);

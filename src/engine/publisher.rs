@@ -56,7 +56,10 @@ pub(super) struct Publisher {
     /// Stripe against QuickBooks (set once the engine has built it).
     pub(super) reconciler: Option<Arc<super::reconcile::Reconciler>>,
     /// Where the telemetry history goes to be written (None: not kept, or closed).
-    pub(super) history_tx: Option<mpsc::UnboundedSender<super::periodic::HistoryBatch>>,
+    pub(super) history_tx: Option<mpsc::Sender<super::periodic::HistoryBatch>>,
+    /// What the writer could not take yet (it is writing the previous flush): sent
+    /// with the next one. Never more than an hour of points and one value per key.
+    history_pending: Option<super::periodic::HistoryBatch>,
     /// The alert and anomaly state last sent to be kept (its version).
     saved_telemetry: Option<(u64, u64)>,
     /// The auto-scaler state last sent to be kept.
@@ -174,6 +177,7 @@ impl Publisher {
             rejected: (u64::MAX, 0, Vec::new()),
             reconciler: None,
             history_tx: None,
+            history_pending: None,
             saved_telemetry: None,
             saved_scaler: None,
             telemetry: crate::telemetry::Telemetry::new(
@@ -438,26 +442,36 @@ impl Publisher {
                 }
             }
         }
-        if points.is_empty() && state.is_empty() {
+        if points.is_empty() && state.is_empty() && self.history_pending.is_none() {
             return;
         }
-        let batch = super::periodic::HistoryBatch {
+        let mut batch = super::periodic::HistoryBatch {
             points,
             keep_from_s: self.now_ms().div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
             state,
         };
-        if let Some(tx) = &self.history_tx
-            && tx.send(batch).is_err()
-        {
-            tracing::warn!("telemetry history: the writer stopped; not kept");
-            self.history_tx = None;
+        if let Some(mut pending) = self.history_pending.take() {
+            pending.absorb(batch);
+            batch = pending;
+        }
+        let Some(tx) = &self.history_tx else { return };
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(batch)) => self.history_pending = Some(batch),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("telemetry history: the writer stopped; not kept");
+                self.history_tx = None;
+            }
         }
     }
 
-    /// The last flush (the block being filled included); then nothing more is sent.
-    pub(super) fn close_history(&mut self) {
+    /// The last flush (the block being filled included), waiting for the writer to
+    /// take it; then nothing more is sent.
+    pub(super) async fn close_history(&mut self) {
         self.flush_history(true);
-        self.history_tx = None;
+        if let (Some(tx), Some(batch)) = (self.history_tx.take(), self.history_pending.take()) {
+            let _ = tx.send(batch).await;
+        }
     }
 
     /// Takes back the history a previous process kept ([`Publisher::flush_history`]):

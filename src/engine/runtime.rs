@@ -273,7 +273,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     );
     publisher.reconciler = Some(reconciler.clone());
     // The telemetry history (series, alerts, the auto-scaler), written off the loop.
-    let (history_tx, history_rx) = mpsc::unbounded_channel();
+    let (history_tx, history_rx) = mpsc::channel(1);
     publisher.history_tx = Some(history_tx);
     let history_writer = tokio::spawn(periodic::history_writer(store.clone(), history_rx));
     tokio::spawn(periodic::transitions_loop(
@@ -395,7 +395,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             .audit("engine", "engine", "engine", "engine stopped");
         publisher.publish(&snap_tx, &events_tx, true);
         // The history as this process leaves it, written before the next may start.
-        publisher.close_history();
+        publisher.close_history().await;
         let _ = history_writer.await;
         // Whatever front-end still serves this engine stores nothing from here on.
         intake.released.store(true, Ordering::Release);

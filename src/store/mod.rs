@@ -1374,6 +1374,51 @@ mod tests {
         (dir, s)
     }
 
+    /// Issue 17 point 6: the kept series never outgrow an hour, whatever the uptime:
+    /// two hours of flushes (17 series, as an engine with three downstreams charts)
+    /// leave an hour's rows, and their size.
+    #[test]
+    fn the_kept_series_hold_one_hour_whatever_the_uptime() {
+        let (_d, s) = store();
+        let names: Vec<String> = ["items_per_sec", "invoices_per_sec", "queue:catalog"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["stripe", "quickbooks", "alegra"].iter().flat_map(|d| {
+                ["latency_p50", "latency_p95", "latency_p99", "error_rate"]
+                    .map(|m| format!("{m}:{d}"))
+            }))
+            .chain(["queue:dian".to_owned(), "cache_miss_rate".to_owned()])
+            .collect();
+        assert_eq!(names.len(), 17);
+        let t0 = 1_800_000_000i64;
+        for block in 0..720 {
+            let at_s = t0 + block * 10;
+            let points: Vec<SeriesPoint> = names
+                .iter()
+                .map(|n| SeriesPoint {
+                    at_s,
+                    series: n.clone(),
+                    secs: 10,
+                    value: 1234.5678 + block as f64,
+                })
+                .collect();
+            s.save_history(&points, at_s + 10 - 3600, &[]).unwrap();
+        }
+        let rows = s.series_points(0).unwrap();
+        assert_eq!(rows.len(), 17 * 360, "an hour of 10 s points per series");
+        assert_eq!(rows[0].at_s, t0 + 360 * 10);
+        let bytes: i64 = s
+            .w()
+            .query_row(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name = 'series_points'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        eprintln!("an hour of history: {} rows, {bytes} bytes", rows.len());
+        assert!(bytes < 512 * 1024, "{bytes} bytes");
+    }
+
     #[test]
     fn the_audit_trail_filters_by_kind_entity_and_time_and_keeps_its_retention() {
         let (_d, s) = store();

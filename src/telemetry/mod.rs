@@ -282,7 +282,9 @@ impl Telemetry {
                 if let Some(verdict) = d.observe(v) {
                     if verdict.anomaly && !open {
                         open = true;
-                        anomalies += 1;
+                        // Counted over the recorded seconds only; the ones before (a
+                        // previous process's, restored) only warm the detector up.
+                        anomalies += u64::from(i >= skip);
                     } else if !verdict.anomalous {
                         open = false;
                     }

@@ -259,3 +259,65 @@ async fn charts_alerts_acknowledgements_silences_and_worker_bounds_survive_a_res
 
     second.shutdown().await;
 }
+
+/// The history is written while the engine runs (every finished 10 s block, off the
+/// publisher's loop), not only when it stops: a `kill -9` keeps all but the block being
+/// filled, and the next process starts from it.
+#[test]
+fn a_killed_engine_leaves_the_history_it_flushed_while_running() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let mut engine = common::running_engine(home.path(), &data);
+    let db = data.join("syncctl.db");
+    let kept = |db: &std::path::Path| -> (i64, i64) {
+        let Ok(conn) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            return (0, 0);
+        };
+        let points = conn
+            .query_row(
+                "SELECT COUNT(*) FROM series_points WHERE series = 'items_per_sec'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        let scaler = conn
+            .query_row(
+                "SELECT COUNT(*) FROM engine_state WHERE key = 'catalog.autoscaler'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        (points, scaler)
+    };
+    // Polled: the first block ends within 10 s of the start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let (points, scaler) = loop {
+        let (points, scaler) = kept(&db);
+        if points > 0 && scaler > 0 {
+            break (points, scaler);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing kept while running: {points} points, {scaler} auto-scaler states"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    engine.0.kill().unwrap();
+    engine.0.wait().unwrap();
+    let after = kept(&db);
+    assert!(after.0 >= points && after.1 == scaler, "{after:?}");
+    // The next process opens the store with them and keeps going.
+    let mut next = common::running_engine(home.path(), &data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while kept(&db).0 <= after.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next process adds to the kept points"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    next.0.kill().unwrap();
+    let _ = next.0.wait();
+}

@@ -606,4 +606,40 @@ mod tests {
         }
         assert_eq!(b.current, 1);
     }
+
+    /// Issue 17 point 6: a restart keeps what the scaler learned and the bounds an
+    /// operator set — unless the config's bounds changed meanwhile.
+    #[test]
+    fn a_restart_keeps_the_target_the_baseline_and_an_operators_bounds() {
+        let cfg = AutoscaleConfig {
+            min: 1,
+            max: 32,
+            ..AutoscaleConfig::default()
+        };
+        let mut a = Autoscaler::new(cfg.clone(), 8);
+        for t in 0..5 {
+            a.observe(&busy_sample(a.target(), 50), t * 1000);
+        }
+        a.set_bounds(4, 12, 6000);
+        let saved: SavedScaler =
+            serde_json::from_str(&serde_json::to_string(&a.saved()).unwrap()).unwrap();
+        let mut b = Autoscaler::new(cfg.clone(), 8);
+        b.restore(saved.clone());
+        assert_eq!((b.config().min, b.config().max), (4, 12));
+        assert_eq!(b.target(), a.target());
+        assert_eq!(b.saved(), a.saved());
+        assert!(b.status.contains("previous run"), "{}", b.status);
+        // The config's bounds changed while it was down: they win, the target fits them.
+        let mut c = Autoscaler::new(
+            AutoscaleConfig {
+                min: 1,
+                max: 6,
+                ..cfg
+            },
+            4,
+        );
+        c.restore(saved);
+        assert_eq!((c.config().min, c.config().max), (1, 6));
+        assert!(c.target() <= 6);
+    }
 }

@@ -956,7 +956,7 @@ mod tests {
             for_secs: 10,
             ..AlertsConfig::default()
         };
-        let mut t = Telemetry::new(cfg, AnomalyConfig::default());
+        let mut t = Telemetry::new(cfg.clone(), AnomalyConfig::default());
         let mut calls = 0;
         let mut failures = 0;
         for s in 0..60 {
@@ -987,6 +987,18 @@ mod tests {
         let v = t.view(90_000);
         assert_eq!(v.alerts[0].id, "error_rate/alegra");
         assert!(v.charts.iter().any(|c| c.name == "error_rate:alegra"));
+        // Issue 17 point 6: a new process takes the alerts, their history and the
+        // anomalies back as they were.
+        let saved: history::SavedTelemetry =
+            serde_json::from_str(&serde_json::to_string(&t.saved()).unwrap()).unwrap();
+        let mut next = Telemetry::new(cfg, AnomalyConfig::default());
+        next.restore(saved, 95_000);
+        let w = next.view(95_000);
+        assert_eq!(w.alerts, v.alerts);
+        assert_eq!(w.notifications, v.notifications);
+        assert_eq!(w.anomalies, v.anomalies);
+        assert_eq!(w.open_anomalies, v.open_anomalies);
+        assert!(w.open_anomalies > 0);
     }
 
     #[test]

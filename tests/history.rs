@@ -242,7 +242,11 @@ async fn charts_alerts_acknowledgements_silences_and_worker_bounds_survive_a_res
     let screen = render(&app, 120, 40);
     let title = screen
         .lines()
-        .find_map(|l| l.split("Invoices/s").next().filter(|t| t.contains("Items/s · 1 h")))
+        .find_map(|l| {
+            l.split("Invoices/s")
+                .next()
+                .filter(|t| t.contains("Items/s · 1 h"))
+        })
         .unwrap_or_else(|| panic!("{screen}"));
     assert!(!title.contains("peak 0.0"), "{screen}");
     app.tab = Tab::Alerts;

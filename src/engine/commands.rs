@@ -201,7 +201,7 @@ impl Ctx {
             )
         {
             // Kept at once, not at the next tick.
-            publisher.flush_history(false);
+            publisher.flush_history(super::publisher::Flush::Operator);
         }
         publisher.refresh_view();
         reply

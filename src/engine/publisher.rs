@@ -60,8 +60,9 @@ pub(super) struct Publisher {
     /// What the writer could not take yet (it is writing the previous flush): sent
     /// with the next one. Never more than an hour of points and one value per key.
     history_pending: Option<super::periodic::HistoryBatch>,
-    /// The alert and anomaly state last sent to be kept (its version).
+    /// The alert and anomaly state last sent to be kept (its version), and when (ms).
     saved_telemetry: Option<(u64, u64)>,
+    saved_telemetry_at: i64,
     /// The auto-scaler state last sent to be kept.
     saved_scaler: Option<crate::resilience::autoscale::SavedScaler>,
 }
@@ -72,6 +73,20 @@ const EXPIRING: &str = "thresholds.expiring";
 const SILENCES: &str = "alerts.silences";
 const TELEMETRY_STATE: &str = "telemetry.alerts";
 const SCALER_STATE: &str = "catalog.autoscaler";
+/// On a tick, the alerts and anomalies are written at most this often (an operator's
+/// acknowledgement and the last flush, at once).
+const TELEMETRY_STATE_EVERY_MS: i64 = 5000;
+
+/// Why the history is flushed (see [`Publisher::flush_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flush {
+    /// The once-a-second tick.
+    Tick,
+    /// An operator changed what is kept (an acknowledgement, worker bounds).
+    Operator,
+    /// The engine stops: the block being filled too.
+    Last,
+}
 const AUDIT_KEPT: usize = 500;
 
 const INVOICES_SHOWN: usize = 300;
@@ -179,6 +194,7 @@ impl Publisher {
             history_tx: None,
             history_pending: None,
             saved_telemetry: None,
+            saved_telemetry_at: 0,
             saved_scaler: None,
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
@@ -400,36 +416,41 @@ impl Publisher {
         if let Some(sample) = sample_copy {
             self.send_statsd(&sample, prev.as_ref());
         }
-        self.flush_history(false);
+        self.flush_history(Flush::Tick);
     }
 
     /// Sends what changed of the history to be kept: the series blocks finished since
-    /// the last flush (every 10 s), the alerts and anomalies when they changed, the
-    /// auto-scaler with the blocks or when its bounds or target moved; with
-    /// `everything`, the block being filled and the auto-scaler as it is. Nothing
-    /// new: nothing sent. The writing is [`super::periodic::history_writer`]'s.
-    pub(super) fn flush_history(&mut self, everything: bool) {
+    /// the last flush (every 10 s), the alerts and anomalies when they changed (at
+    /// most every [`TELEMETRY_STATE_EVERY_MS`] on a tick: their history is up to a few
+    /// hundred kB of JSON), the auto-scaler with the blocks or when its bounds or
+    /// target moved; for the last flush, the block being filled and everything as it
+    /// is. Nothing new: nothing sent. The writing is
+    /// [`super::periodic::history_writer`]'s.
+    pub(super) fn flush_history(&mut self, why: Flush) {
         use crate::telemetry::history::{BLOCK_SECS, KEPT_SECS};
         if self.history_tx.is_none() {
             return;
         }
+        let everything = why == Flush::Last;
+        let now = self.now_ms();
         let points = self.telemetry.take_points(everything);
         let mut state = Vec::new();
         let version = self.telemetry.saved_version();
-        if self.saved_telemetry != Some(version) {
+        let due = why != Flush::Tick || now - self.saved_telemetry_at >= TELEMETRY_STATE_EVERY_MS;
+        if self.saved_telemetry != Some(version) && due {
             match serde_json::to_string(&self.telemetry.saved()) {
                 Ok(v) => {
                     state.push((TELEMETRY_STATE.to_owned(), v));
                     self.saved_telemetry = Some(version);
+                    self.saved_telemetry_at = now;
                 }
                 Err(e) => tracing::warn!("{TELEMETRY_STATE}: not kept: {e}"),
             }
         }
         if let Some(scaler) = self.catalog.saved_scaler() {
-            let moved = self
-                .saved_scaler
-                .as_ref()
-                .is_none_or(|s| (s.min, s.max, s.target) != (scaler.min, scaler.max, scaler.target));
+            let moved = self.saved_scaler.as_ref().is_none_or(|s| {
+                (s.min, s.max, s.target) != (scaler.min, scaler.max, scaler.target)
+            });
             if (moved || everything || !points.is_empty())
                 && self.saved_scaler.as_ref() != Some(&scaler)
             {
@@ -447,7 +468,7 @@ impl Publisher {
         }
         let mut batch = super::periodic::HistoryBatch {
             points,
-            keep_from_s: self.now_ms().div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
+            keep_from_s: now.div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
             state,
         };
         if let Some(mut pending) = self.history_pending.take() {
@@ -468,7 +489,7 @@ impl Publisher {
     /// The last flush (the block being filled included), waiting for the writer to
     /// take it; then nothing more is sent.
     pub(super) async fn close_history(&mut self) {
-        self.flush_history(true);
+        self.flush_history(Flush::Last);
         if let (Some(tx), Some(batch)) = (self.history_tx.take(), self.history_pending.take()) {
             let _ = tx.send(batch).await;
         }

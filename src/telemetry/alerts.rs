@@ -121,8 +121,7 @@ impl Alerts {
     /// this one's; its cooldowns run on.
     pub fn restore(&mut self, saved: SavedAlerts, now_ms: i64) {
         for mut t in saved.firing {
-            if t.alert.phase != Phase::Firing
-                || !self.rules.iter().any(|r| r.name == t.alert.rule)
+            if t.alert.phase != Phase::Firing || !self.rules.iter().any(|r| r.name == t.alert.rule)
             {
                 continue;
             }
@@ -592,7 +591,11 @@ mod tests {
 
         let mut b = Alerts::new(vec![rule(0, 300_000)]);
         b.restore(saved.clone(), 100_000);
-        assert_eq!(b.active(), a.active(), "firing, acknowledged, since when it was");
+        assert_eq!(
+            b.active(),
+            a.active(),
+            "firing, acknowledged, since when it was"
+        );
         assert_eq!(b.history().count(), 1);
         // Still over its threshold: firing on, nothing sent.
         assert!(at(&mut b, 100, 30.0).is_empty());

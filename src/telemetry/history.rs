@@ -195,7 +195,10 @@ mod tests {
         for s in 103..=125 {
             d.tick(s * 1000);
             d.add("items_per_sec", s as f64);
-            d.add("latency_p95:quickbooks", if s == 115 { 900.0 } else { 10.0 });
+            d.add(
+                "latency_p95:quickbooks",
+                if s == 115 { 900.0 } else { 10.0 },
+            );
             d.add("queue:catalog", f64::NAN);
         }
         let p = d.take(false);
@@ -225,12 +228,7 @@ mod tests {
         let shown: Vec<Option<f64>> = tail.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
         assert_eq!(
             shown,
-            [
-                vec![None, None],
-                vec![Some(5.0); 4],
-                vec![None; 6]
-            ]
-            .concat()
+            [vec![None, None], vec![Some(5.0); 4], vec![None; 6]].concat()
         );
     }
 }

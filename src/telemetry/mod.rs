@@ -180,7 +180,9 @@ impl Telemetry {
         let mine = std::mem::take(&mut self.anomalies);
         for a in saved.anomalies.into_iter().chain(mine) {
             if a.ended_ms.is_none() {
-                self.open.entry(a.metric.clone()).or_insert_with(|| a.clone());
+                self.open
+                    .entry(a.metric.clone())
+                    .or_insert_with(|| a.clone());
             }
             if self.anomalies.len() == KEPT {
                 self.anomalies.pop_front();
@@ -1085,7 +1087,11 @@ mod tests {
         let new = after.view(now_ms);
         let shift = (downtime / 30) as usize;
         let mut compared = 0;
-        for c in old.charts.iter().filter(|c| c.h1.iter().any(Option::is_some)) {
+        for c in old
+            .charts
+            .iter()
+            .filter(|c| c.h1.iter().any(Option::is_some))
+        {
             let r = new
                 .charts
                 .iter()
@@ -1093,7 +1099,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("{} restored", c.name));
             for (i, (was, is)) in c.h1[shift..].iter().zip(&r.h1).enumerate() {
                 match (was, is) {
-                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{} [{i}]: {a} → {b}", c.name),
+                    (Some(a), Some(b)) => {
+                        assert!((a - b).abs() < 1e-9, "{} [{i}]: {a} → {b}", c.name)
+                    }
                     (a, b) => assert_eq!(a, b, "{} [{i}]", c.name),
                 }
             }

@@ -403,6 +403,26 @@ impl Catalog {
         Ok(d)
     }
 
+    /// The auto-scaler as it stands, for the next process (None when it is off).
+    pub fn saved_scaler(&self) -> Option<crate::resilience::autoscale::SavedScaler> {
+        self.scaler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Autoscaler::saved)
+    }
+
+    /// Takes back the auto-scaler a previous process left (its bounds, target, baseline
+    /// and decisions); the workers follow the target at once.
+    pub fn restore_scaler(&self, saved: crate::resilience::autoscale::SavedScaler) {
+        let mut s = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(scaler) = s.as_mut() {
+            scaler.restore(saved);
+            self.target.send_replace(scaler.target() as usize);
+            self.work.notify_waiters();
+        }
+    }
+
     /// Measures the last tick and lets the auto-scaler decide; call once a second.
     pub fn autoscale_tick(&self, last: &mut AutoscaleMarks) {
         let now = self.marks();

@@ -194,6 +194,15 @@ impl Ctx {
         {
             publisher.persist_operator_state();
         }
+        if reply.is_ok()
+            && matches!(
+                command,
+                Command::AckAlerts { .. } | Command::WorkerBounds { .. }
+            )
+        {
+            // Kept at once, not at the next tick.
+            publisher.flush_history(super::publisher::Flush::Operator);
+        }
         publisher.refresh_view();
         reply
     }

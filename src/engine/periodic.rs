@@ -13,7 +13,7 @@ use super::housekeeping;
 use crate::protocol::EngineEvent;
 use crate::resilience::State as BreakerState;
 use crate::resilience::breaker::Transition;
-use crate::store::Store;
+use crate::store::{SeriesPoint, Store};
 
 /// Gives each downstream's limiter what the previous process left of it (see
 /// [`limiter_state_loop`]); a state the store cannot read is left alone.
@@ -251,5 +251,54 @@ pub(super) async fn audit_writer(
         let _ =
             tokio::task::spawn_blocking(move || store.audit(&kind, &entity, "engine", &message))
                 .await;
+    }
+}
+
+/// One flush of the telemetry history (see [`Store::save_history`]): downsampled
+/// points, the cut-off before which points are dropped, and changed `engine_state`
+/// values.
+#[derive(Debug, Default)]
+pub(super) struct HistoryBatch {
+    pub points: Vec<SeriesPoint>,
+    pub keep_from_s: i64,
+    pub state: Vec<(String, String)>,
+}
+
+impl HistoryBatch {
+    /// `later` folded in: its points after these (none older than the hour kept), its
+    /// values over these.
+    pub fn absorb(&mut self, later: HistoryBatch) {
+        self.points.extend(later.points);
+        self.keep_from_s = self.keep_from_s.max(later.keep_from_s);
+        let keep = self.keep_from_s;
+        self.points.retain(|p| p.at_s >= keep);
+        for (key, value) in later.state {
+            match self.state.iter_mut().find(|(k, _)| *k == key) {
+                Some(kept) => kept.1 = value,
+                None => self.state.push((key, value)),
+            }
+        }
+    }
+}
+
+/// Writes the publisher's history flushes off its loop, one transaction each (the
+/// publisher folds what it flushes while one is being written into the next). Ends
+/// when the publisher lets go of its sender, after writing everything it sent.
+pub(super) async fn history_writer(store: Store, mut batches: mpsc::Receiver<HistoryBatch>) {
+    while let Some(mut batch) = batches.recv().await {
+        while let Ok(later) = batches.try_recv() {
+            batch.absorb(later);
+        }
+        let s = store.clone();
+        let n = batch.points.len();
+        let written = tokio::task::spawn_blocking(move || {
+            s.save_history(&batch.points, batch.keep_from_s, &batch.state)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("telemetry history: {n} points not kept: {e}"),
+            Err(e) => tracing::warn!("telemetry history: {n} points not kept: {e}"),
+        }
     }
 }

@@ -55,12 +55,38 @@ pub(super) struct Publisher {
     rejected: (u64, u64, Vec<crate::telemetry::health::RejectedByRule>),
     /// Stripe against QuickBooks (set once the engine has built it).
     pub(super) reconciler: Option<Arc<super::reconcile::Reconciler>>,
+    /// Where the telemetry history goes to be written (None: not kept, or closed).
+    pub(super) history_tx: Option<mpsc::Sender<super::periodic::HistoryBatch>>,
+    /// What the writer could not take yet (it is writing the previous flush): sent
+    /// with the next one. Never more than an hour of points and one value per key.
+    history_pending: Option<super::periodic::HistoryBatch>,
+    /// The alert and anomaly state last sent to be kept (its version), and when (ms).
+    saved_telemetry: Option<(u64, u64)>,
+    saved_telemetry_at: i64,
+    /// The auto-scaler state last sent to be kept.
+    saved_scaler: Option<crate::resilience::autoscale::SavedScaler>,
 }
 
 const SERIES_SECONDS: usize = 120;
 /// `engine_state` keys.
 const EXPIRING: &str = "thresholds.expiring";
 const SILENCES: &str = "alerts.silences";
+const TELEMETRY_STATE: &str = "telemetry.alerts";
+const SCALER_STATE: &str = "catalog.autoscaler";
+/// On a tick, the alerts and anomalies are written at most this often (an operator's
+/// acknowledgement and the last flush, at once).
+const TELEMETRY_STATE_EVERY_MS: i64 = 5000;
+
+/// Why the history is flushed (see [`Publisher::flush_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flush {
+    /// The once-a-second tick.
+    Tick,
+    /// An operator changed what is kept (an acknowledgement, worker bounds).
+    Operator,
+    /// The engine stops: the block being filled too.
+    Last,
+}
 const AUDIT_KEPT: usize = 500;
 
 const INVOICES_SHOWN: usize = 300;
@@ -165,6 +191,11 @@ impl Publisher {
             compliance_progress: Default::default(),
             rejected: (u64::MAX, 0, Vec::new()),
             reconciler: None,
+            history_tx: None,
+            history_pending: None,
+            saved_telemetry: None,
+            saved_telemetry_at: 0,
+            saved_scaler: None,
             telemetry: crate::telemetry::Telemetry::new(
                 config.alerts.clone(),
                 config.anomaly.clone(),
@@ -385,6 +416,117 @@ impl Publisher {
         if let Some(sample) = sample_copy {
             self.send_statsd(&sample, prev.as_ref());
         }
+        self.flush_history(Flush::Tick);
+    }
+
+    /// Sends what changed of the history to be kept: the series blocks finished since
+    /// the last flush (every 10 s), the alerts and anomalies when they changed (at
+    /// most every [`TELEMETRY_STATE_EVERY_MS`] on a tick: their history is up to a few
+    /// hundred kB of JSON), the auto-scaler with the blocks or when its bounds or
+    /// target moved; for the last flush, the block being filled and everything as it
+    /// is. Nothing new: nothing sent. The writing is
+    /// [`super::periodic::history_writer`]'s.
+    pub(super) fn flush_history(&mut self, why: Flush) {
+        use crate::telemetry::history::{BLOCK_SECS, KEPT_SECS};
+        if self.history_tx.is_none() {
+            return;
+        }
+        let everything = why == Flush::Last;
+        let now = self.now_ms();
+        let points = self.telemetry.take_points(everything);
+        let mut state = Vec::new();
+        let version = self.telemetry.saved_version();
+        let due = why != Flush::Tick || now - self.saved_telemetry_at >= TELEMETRY_STATE_EVERY_MS;
+        if self.saved_telemetry != Some(version) && due {
+            match serde_json::to_string(&self.telemetry.saved()) {
+                Ok(v) => {
+                    state.push((TELEMETRY_STATE.to_owned(), v));
+                    self.saved_telemetry = Some(version);
+                    self.saved_telemetry_at = now;
+                }
+                Err(e) => tracing::warn!("{TELEMETRY_STATE}: not kept: {e}"),
+            }
+        }
+        if let Some(scaler) = self.catalog.saved_scaler() {
+            let moved = self.saved_scaler.as_ref().is_none_or(|s| {
+                (s.min, s.max, s.target) != (scaler.min, scaler.max, scaler.target)
+            });
+            if (moved || everything || !points.is_empty())
+                && self.saved_scaler.as_ref() != Some(&scaler)
+            {
+                match serde_json::to_string(&scaler) {
+                    Ok(v) => {
+                        state.push((SCALER_STATE.to_owned(), v));
+                        self.saved_scaler = Some(scaler);
+                    }
+                    Err(e) => tracing::warn!("{SCALER_STATE}: not kept: {e}"),
+                }
+            }
+        }
+        if points.is_empty() && state.is_empty() && self.history_pending.is_none() {
+            return;
+        }
+        let mut batch = super::periodic::HistoryBatch {
+            points,
+            keep_from_s: now.div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
+            state,
+        };
+        if let Some(mut pending) = self.history_pending.take() {
+            pending.absorb(batch);
+            batch = pending;
+        }
+        let Some(tx) = &self.history_tx else { return };
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(batch)) => self.history_pending = Some(batch),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("telemetry history: the writer stopped; not kept");
+                self.history_tx = None;
+            }
+        }
+    }
+
+    /// The last flush (the block being filled included), waiting for the writer to
+    /// take it; then nothing more is sent.
+    pub(super) async fn close_history(&mut self) {
+        self.flush_history(Flush::Last);
+        if let (Some(tx), Some(batch)) = (self.history_tx.take(), self.history_pending.take()) {
+            let _ = tx.send(batch).await;
+        }
+    }
+
+    /// Takes back the history a previous process kept ([`Publisher::flush_history`]):
+    /// the series of the last hour (the downtime stays a gap), the alerts and
+    /// anomalies, the auto-scaler.
+    fn restore_history(&mut self) {
+        use crate::telemetry::history::{BLOCK_SECS, KEPT_SECS};
+        let store = self.catalog.store.clone();
+        let now = self.now_ms();
+        match store.series_points(now.div_euclid(1000) - KEPT_SECS - BLOCK_SECS) {
+            Ok(points) => self.telemetry.restore_series(&points, now),
+            Err(e) => tracing::warn!("telemetry history: unreadable, not restored: {e}"),
+        }
+        let read = |key: &str| match store.engine_state(key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{key}: unreadable, not restored: {e}");
+                None
+            }
+        };
+        if let Some(v) = read(TELEMETRY_STATE) {
+            match serde_json::from_str(&v) {
+                Ok(saved) => self.telemetry.restore(saved, now),
+                Err(e) => tracing::warn!("{TELEMETRY_STATE}: not restored: {e}"),
+            }
+        }
+        self.saved_telemetry = Some(self.telemetry.saved_version());
+        if let Some(v) = read(SCALER_STATE) {
+            match serde_json::from_str(&v) {
+                Ok(saved) => self.catalog.restore_scaler(saved),
+                Err(e) => tracing::warn!("{SCALER_STATE}: not restored: {e}"),
+            }
+        }
+        self.saved_scaler = self.catalog.saved_scaler();
     }
 
     /// Rebuilds the telemetry the snapshot carries (charts, alerts, thresholds…).
@@ -419,10 +561,12 @@ impl Publisher {
         }
     }
 
-    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`]):
-    /// temporary thresholds return to their old values at their time (at once if it
-    /// passed while the engine was down), silences run to their end.
+    /// Takes back what the previous process kept ([`Publisher::persist_operator_state`],
+    /// [`Publisher::flush_history`]): temporary thresholds return to their old values at
+    /// their time (at once if it passed while the engine was down), silences run to
+    /// their end, and the history of the last hour comes back.
     pub(super) fn restore_operator_state(&mut self) {
+        self.restore_history();
         let store = self.catalog.store.clone();
         let read = |key: &str| match store.engine_state(key) {
             Ok(v) => v,

@@ -272,6 +272,10 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         audit_tx,
     );
     publisher.reconciler = Some(reconciler.clone());
+    // The telemetry history (series, alerts, the auto-scaler), written off the loop.
+    let (history_tx, history_rx) = mpsc::channel(1);
+    publisher.history_tx = Some(history_tx);
+    let history_writer = tokio::spawn(periodic::history_writer(store.clone(), history_rx));
     tokio::spawn(periodic::transitions_loop(
         store.clone(),
         events_tx.clone(),
@@ -394,6 +398,9 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             .store
             .audit("engine", "engine", "engine", "engine stopped");
         publisher.publish(&snap_tx, &events_tx, true);
+        // The history as this process leaves it, written before the next may start.
+        publisher.close_history().await;
+        let _ = history_writer.await;
         // Whatever front-end still serves this engine stores nothing from here on.
         intake.released.store(true, Ordering::Release);
         // Release everything (the data-dir lock last) before saying we are done, so a

@@ -16,7 +16,7 @@ pub use crate::protocol::ScaleDecision as Decision;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
@@ -40,6 +40,22 @@ impl Default for AutoscaleConfig {
             smoothing: 0.5,
         }
     }
+}
+
+/// The auto-scaler as a process left it (JSON in the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedScaler {
+    /// The config's bounds then: an operator's bounds are taken back only while the
+    /// config still says the same.
+    pub configured: (u32, u32),
+    pub min: u32,
+    pub max: u32,
+    pub target: u32,
+    /// Seconds.
+    pub baseline: Option<f64>,
+    pub smoothed: Option<f64>,
+    /// Oldest first.
+    pub decisions: Vec<Decision>,
 }
 
 /// The share of job time spent waiting for a limiter permit above which the pipeline
@@ -72,6 +88,8 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub struct Autoscaler {
     cfg: AutoscaleConfig,
+    /// The bounds it was built with (the config's), before any operator's.
+    configured: (u32, u32),
     target: u32,
     smoothed: Option<f64>,
     baseline: Option<f64>,
@@ -84,6 +102,7 @@ impl Autoscaler {
     pub fn new(cfg: AutoscaleConfig, initial: u32) -> Self {
         let target = initial.clamp(cfg.min.max(1), cfg.max.max(cfg.min.max(1)));
         Self {
+            configured: (cfg.min, cfg.max),
             cfg,
             target,
             smoothed: None,
@@ -95,6 +114,37 @@ impl Autoscaler {
 
     pub fn target(&self) -> u32 {
         self.target
+    }
+
+    /// What the next process takes back with [`Autoscaler::restore`].
+    pub fn saved(&self) -> SavedScaler {
+        SavedScaler {
+            configured: self.configured,
+            min: self.cfg.min,
+            max: self.cfg.max,
+            target: self.target,
+            baseline: self.baseline,
+            smoothed: self.smoothed,
+            decisions: self.decisions.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes back what a previous process learned: its target (within the bounds), its
+    /// latency baseline and its decisions, and the bounds an operator set — unless the
+    /// config's bounds changed since (the file is the newer word then).
+    pub fn restore(&mut self, saved: SavedScaler) {
+        if saved.configured == self.configured {
+            self.cfg.min = saved.min.max(1);
+            self.cfg.max = saved.max.max(self.cfg.min);
+        }
+        self.target = saved.target.clamp(self.cfg.min.max(1), self.cfg.max.max(1));
+        self.baseline = saved.baseline.filter(|b| b.is_finite() && *b > 0.0);
+        self.smoothed = saved.smoothed.filter(|b| b.is_finite() && *b > 0.0);
+        self.decisions = saved.decisions.into_iter().rev().take(20).rev().collect();
+        self.status = format!(
+            "{} workers, as the previous run left it (bounds {}–{})",
+            self.target, self.cfg.min, self.cfg.max
+        );
     }
 
     pub fn config(&self) -> &AutoscaleConfig {
@@ -585,5 +635,41 @@ mod tests {
             b.cut();
         }
         assert_eq!(b.current, 1);
+    }
+
+    /// Issue 17 point 6: a restart keeps what the scaler learned and the bounds an
+    /// operator set — unless the config's bounds changed meanwhile.
+    #[test]
+    fn a_restart_keeps_the_target_the_baseline_and_an_operators_bounds() {
+        let cfg = AutoscaleConfig {
+            min: 1,
+            max: 32,
+            ..AutoscaleConfig::default()
+        };
+        let mut a = Autoscaler::new(cfg.clone(), 8);
+        for t in 0..5 {
+            a.observe(&busy_sample(a.target(), 50), t * 1000);
+        }
+        a.set_bounds(4, 12, 6000);
+        let saved: SavedScaler =
+            serde_json::from_str(&serde_json::to_string(&a.saved()).unwrap()).unwrap();
+        let mut b = Autoscaler::new(cfg.clone(), 8);
+        b.restore(saved.clone());
+        assert_eq!((b.config().min, b.config().max), (4, 12));
+        assert_eq!(b.target(), a.target());
+        assert_eq!(b.saved(), a.saved());
+        assert!(b.status.contains("previous run"), "{}", b.status);
+        // The config's bounds changed while it was down: they win, the target fits them.
+        let mut c = Autoscaler::new(
+            AutoscaleConfig {
+                min: 1,
+                max: 6,
+                ..cfg
+            },
+            4,
+        );
+        c.restore(saved);
+        assert_eq!((c.config().min, c.config().max), (1, 6));
+        assert!(c.target() <= 6);
     }
 }

@@ -16,6 +16,7 @@ pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
 pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};
+pub use crate::telemetry::history::SeriesPoint;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -950,6 +951,60 @@ impl Store {
         })
     }
 
+    /// One flush of the telemetry history, in one transaction: new series points
+    /// (replacing a point of the same series and second, as a block finished since
+    /// its last flush), points that start before `keep_from_s` deleted, and the
+    /// `engine_state` values that changed.
+    pub fn save_history(
+        &self,
+        points: &[SeriesPoint],
+        keep_from_s: i64,
+        state: &[(String, String)],
+    ) -> Result<()> {
+        let at = self.now_ms();
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO series_points(at, series, secs, value)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for p in points {
+                    insert.execute(params![p.at_s, p.series, p.secs, p.value])?;
+                }
+                tx.prepare_cached("DELETE FROM series_points WHERE at < ?1")?
+                    .execute([keep_from_s])?;
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO engine_state(key, at, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET at=excluded.at, value=excluded.value",
+                )?;
+                for (key, value) in state {
+                    put.execute(params![key, at, value])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The series points a previous process kept from `since_s` on, oldest first.
+    pub fn series_points(&self, since_s: i64) -> Result<Vec<SeriesPoint>> {
+        self.r()
+            .prepare_cached(
+                "SELECT at, series, secs, value FROM series_points WHERE at >= ?1
+                 ORDER BY at, series",
+            )?
+            .query_map([since_s], |r| {
+                Ok(SeriesPoint {
+                    at_s: r.get(0)?,
+                    series: r.get(1)?,
+                    secs: r.get(2)?,
+                    value: r.get(3)?,
+                })
+            })?
+            .collect()
+    }
+
     /// What a previous process kept under `key`, if anything.
     pub fn engine_state(&self, key: &str) -> Result<Option<String>> {
         self.r()
@@ -1317,6 +1372,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         (dir, s)
+    }
+
+    /// Issue 17 point 6: the kept series never outgrow an hour, whatever the uptime:
+    /// two hours of flushes (17 series, as an engine with three downstreams charts)
+    /// leave an hour's rows, and their size.
+    #[test]
+    fn the_kept_series_hold_one_hour_whatever_the_uptime() {
+        let (_d, s) = store();
+        let names: Vec<String> = ["items_per_sec", "invoices_per_sec", "queue:catalog"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["stripe", "quickbooks", "alegra"].iter().flat_map(|d| {
+                ["latency_p50", "latency_p95", "latency_p99", "error_rate"]
+                    .map(|m| format!("{m}:{d}"))
+            }))
+            .chain(["queue:dian".to_owned(), "cache_miss_rate".to_owned()])
+            .collect();
+        assert_eq!(names.len(), 17);
+        let t0 = 1_800_000_000i64;
+        for block in 0..720 {
+            let at_s = t0 + block * 10;
+            let points: Vec<SeriesPoint> = names
+                .iter()
+                .map(|n| SeriesPoint {
+                    at_s,
+                    series: n.clone(),
+                    secs: 10,
+                    value: 1234.5678 + block as f64,
+                })
+                .collect();
+            s.save_history(&points, at_s + 10 - 3600, &[]).unwrap();
+        }
+        let rows = s.series_points(0).unwrap();
+        assert_eq!(rows.len(), 17 * 360, "an hour of 10 s points per series");
+        assert_eq!(rows[0].at_s, t0 + 360 * 10);
+        let bytes: i64 = s
+            .w()
+            .query_row(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name = 'series_points'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        eprintln!("an hour of history: {} rows, {bytes} bytes", rows.len());
+        assert!(bytes < 512 * 1024, "{bytes} bytes");
     }
 
     #[test]

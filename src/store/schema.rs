@@ -252,6 +252,18 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO audit_text(audit_text, rowid, kind, entity, actor, message)
           VALUES ('delete', OLD.id, OLD.kind, OLD.entity, OLD.actor, OLD.message);
      END;",
+    // 12: the metric series downsampled for the next process, so a restarted engine's
+    // charts show the last hour as it was: one point per series per 10 s (its mean, or
+    // its max for the series charted by their max), `at` the first second it covers
+    // (seconds since the epoch) and `secs` how many. The engine keeps the last hour and
+    // deletes older points in the transaction that adds new ones.
+    "CREATE TABLE series_points (
+        at INTEGER NOT NULL,
+        series TEXT NOT NULL,
+        secs INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (at, series)
+     ) WITHOUT ROWID;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -11,11 +11,23 @@
 //!   it expires.
 //! - A rule may apply to several series (`error_rate` for each downstream): one alert
 //!   per label, with id `rule/label`.
+//! - A restart keeps what was firing ([`Alerts::saved`], [`Alerts::restore`]): a
+//!   firing alert comes back firing, acknowledged as it was, without a second
+//!   notification (it was announced once; its resolution will be), and its cooldowns
+//!   and the history come back too. For [`RESTORE_GRACE_MS`] after the restart it stays
+//!   firing whatever the new process reads: its windows start empty and its counters
+//!   at zero, which says nothing about the service yet. A pending alert is not kept: the
+//!   downtime broke its `for`.
 
 pub use crate::protocol::{Alert, Notification, Phase, Severity, Silence};
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// After a restart, how long a restored firing alert holds against a reading below its
+/// clear value or no reading at all (the longest window a rule's value comes from,
+/// the error rate's minute).
+pub const RESTORE_GRACE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rule {
@@ -33,13 +45,26 @@ pub struct Rule {
     pub summary: String,
 }
 
-#[derive(Debug, Clone)]
-struct Tracked {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
     alert: Alert,
     /// Last notification sent (not quiet) — the cooldown runs from it.
     last_sent_ms: Option<i64>,
     /// Whether the firing was announced (a resolution is announced only then).
     announced: bool,
+    /// Restored from the previous process: until then, it stays firing unless its
+    /// value confirms it (see [`RESTORE_GRACE_MS`]).
+    #[serde(skip)]
+    held_until_ms: Option<i64>,
+}
+
+/// What outlives a restart (JSON in the store): the firing alerts, the history
+/// (oldest first) and when each alert last notified (its cooldown).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedAlerts {
+    pub firing: Vec<Tracked>,
+    pub history: Vec<Notification>,
+    pub last_sent: BTreeMap<String, i64>,
 }
 
 pub struct Alerts {
@@ -53,6 +78,8 @@ pub struct Alerts {
     /// Per rule: how many times one of its alerts went firing, and how many of those
     /// were notified (not quiet) — what a threshold what-if compares.
     fired: BTreeMap<String, (u64, u64)>,
+    /// Moves with every change worth keeping for the next process (not with values).
+    version: u64,
 }
 
 impl Alerts {
@@ -65,7 +92,53 @@ impl Alerts {
             history_cap: 500,
             last_sent: BTreeMap::new(),
             fired: BTreeMap::new(),
+            version: 0,
         }
+    }
+
+    /// Changes with what [`Alerts::saved`] would give (phases, acknowledgements,
+    /// history), not with each second's values.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// What the next process takes back with [`Alerts::restore`].
+    pub fn saved(&self) -> SavedAlerts {
+        SavedAlerts {
+            firing: self
+                .active
+                .values()
+                .filter(|t| t.alert.phase == Phase::Firing)
+                .cloned()
+                .collect(),
+            history: self.history.iter().cloned().collect(),
+            last_sent: self.last_sent.clone(),
+        }
+    }
+
+    /// Takes back what a previous process kept: its firing alerts (of rules that still
+    /// exist) stay firing, held for [`RESTORE_GRACE_MS`]; its history comes before
+    /// this one's; its cooldowns run on.
+    pub fn restore(&mut self, saved: SavedAlerts, now_ms: i64) {
+        for mut t in saved.firing {
+            if t.alert.phase != Phase::Firing || !self.rules.iter().any(|r| r.name == t.alert.rule)
+            {
+                continue;
+            }
+            t.held_until_ms = Some(now_ms + RESTORE_GRACE_MS);
+            self.active.entry(t.alert.id.clone()).or_insert(t);
+        }
+        let mine = std::mem::take(&mut self.history);
+        self.history = saved.history.into_iter().chain(mine).collect();
+        while self.history.len() > self.history_cap {
+            self.history.pop_front();
+        }
+        for (id, at) in saved.last_sent {
+            let kept = self.last_sent.entry(id).or_insert(at);
+            *kept = (*kept).max(at);
+        }
+        self.refresh_silences(now_ms);
+        self.version += 1;
     }
 
     /// Per rule, since this value was made: (times an alert of it went firing, times
@@ -181,13 +254,26 @@ impl Alerts {
                         alert,
                         last_sent_ms: None,
                         announced: false,
+                        held_until_ms: None,
                     },
                 );
+                self.version += 1;
                 // `for` = 0: fires on the first point.
                 self.step(rule, label, value, now, out);
             }
             return;
         };
+        if let Some(until) = t.held_until_ms {
+            if value >= rule.clear {
+                // The new process's own reading confirms it: held no longer.
+                t.held_until_ms = None;
+            } else if now < until {
+                // Restored, and this process has not measured enough to judge it.
+                return;
+            } else {
+                t.held_until_ms = None;
+            }
+        }
         if value.is_finite() {
             t.alert.value = value;
         }
@@ -196,10 +282,12 @@ impl Alerts {
             Phase::Pending if value < rule.fire => {
                 // Cleared before `for` elapsed: forgotten, nothing sent.
                 self.active.remove(&id);
+                self.version += 1;
             }
             Phase::Pending if now - t.alert.since_ms >= rule.for_ms => {
                 t.alert.phase = Phase::Firing;
                 t.alert.since_ms = now;
+                self.version += 1;
                 let n = self.notify(&id, Phase::Firing, now, rule.cooldown_ms);
                 let count = self.fired.entry(rule.name.clone()).or_default();
                 count.0 += 1;
@@ -316,6 +404,7 @@ impl Alerts {
     }
 
     fn record(&mut self, n: Notification) {
+        self.version += 1;
         if self.history.len() == self.history_cap {
             self.history.pop_front();
         }
@@ -331,6 +420,7 @@ impl Alerts {
                 n += 1;
             }
         }
+        self.version += u64::from(n > 0);
         n
     }
 
@@ -483,6 +573,54 @@ mod tests {
         // A new firing is not acknowledged.
         assert_eq!(at(&mut a, 63, 20.0).len(), 1);
         assert_eq!(a.active()[0].acked_by, None);
+    }
+
+    /// Issue 17 point 6: a new process takes back a firing acknowledged alert — still
+    /// firing, no second notification, its history and cooldown intact — and judges it
+    /// on its own readings only after the grace.
+    #[test]
+    fn a_restored_firing_alert_stays_firing_without_a_second_notification() {
+        let mut a = Alerts::new(vec![rule(0, 300_000)]);
+        assert_eq!(at(&mut a, 0, 20.0).len(), 1);
+        assert_eq!(a.acknowledge("error_rate", "ana"), 1);
+        let version = a.version();
+        assert!(at(&mut a, 1, 25.0).is_empty());
+        assert_eq!(a.version(), version, "a value alone is nothing new to keep");
+        let saved: SavedAlerts =
+            serde_json::from_str(&serde_json::to_string(&a.saved()).unwrap()).unwrap();
+
+        let mut b = Alerts::new(vec![rule(0, 300_000)]);
+        b.restore(saved.clone(), 100_000);
+        assert_eq!(
+            b.active(),
+            a.active(),
+            "firing, acknowledged, since when it was"
+        );
+        assert_eq!(b.history().count(), 1);
+        // Still over its threshold: firing on, nothing sent.
+        assert!(at(&mut b, 100, 30.0).is_empty());
+        assert_eq!(b.history().count(), 1, "not even a quiet one");
+        // A fresh process reads nothing or zero: held for the grace…
+        let mut c = Alerts::new(vec![rule(0, 300_000)]);
+        c.restore(saved.clone(), 100_000);
+        assert!(c.evaluate(101_000, &[]).is_empty());
+        assert!(at(&mut c, 150, 0.0).is_empty());
+        assert_eq!(phase(&c), Some(Phase::Firing));
+        // …then resolved, announced (its firing was).
+        let n = at(&mut c, 161, 0.0);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].phase, Phase::Resolved);
+        // A re-fire inside the cooldown of the first process's notification is quiet.
+        let mut d = Alerts::new(vec![rule(0, 300_000)]);
+        d.restore(
+            SavedAlerts {
+                firing: Vec::new(),
+                ..saved
+            },
+            100_000,
+        );
+        assert!(at(&mut d, 100, 30.0).is_empty(), "notified 100 s ago");
+        assert_eq!(phase(&d), Some(Phase::Firing));
     }
 
     #[test]

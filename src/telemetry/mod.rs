@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod anomaly;
 pub mod cache;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod settings;
 pub mod trace;
@@ -19,7 +20,7 @@ use alerts::{Alerts, Notification, Rule, Severity};
 use anomaly::{Detector, DetectorConfig};
 use cache::CacheStats;
 use health::{Check, DownstreamSignals, Health, Targets};
-use metrics::{Reduce, Series, Window};
+use metrics::{Series, Window};
 use settings::{AlertsConfig, AnomalyConfig};
 
 /// One downstream's cumulative counters and its latency percentiles over the
@@ -116,6 +117,10 @@ pub struct Telemetry {
     /// (pair, value).
     input_keys: Vec<(String, String)>,
     inputs: VecDeque<(i64, Vec<(u16, f64)>)>,
+    /// The series downsampled for the next process.
+    history: history::Downsampler,
+    /// Moves with every anomaly opened or closed (what the next process keeps).
+    anomalies_version: u64,
 }
 
 /// Seconds of alert inputs and series a what-if replays.
@@ -148,7 +153,62 @@ impl Telemetry {
             queue_progress: BTreeMap::new(),
             input_keys: Vec::new(),
             inputs: VecDeque::new(),
+            history: history::Downsampler::default(),
+            anomalies_version: 0,
         }
+    }
+
+    /// Changes with what [`Telemetry::saved`] would give.
+    pub fn saved_version(&self) -> (u64, u64) {
+        (self.alerts.version(), self.anomalies_version)
+    }
+
+    /// The alerts and anomalies for the next process ([`Telemetry::restore`]).
+    pub fn saved(&self) -> history::SavedTelemetry {
+        history::SavedTelemetry {
+            alerts: self.alerts.saved(),
+            anomalies: self.anomalies.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes back the alerts and anomalies a previous process kept (see
+    /// [`alerts::Alerts::restore`]). Its open anomalies stay open until this process's
+    /// detectors, once they have a baseline, see the metric back in its band.
+    pub fn restore(&mut self, saved: history::SavedTelemetry, now_ms: i64) {
+        self.alerts.restore(saved.alerts, now_ms);
+        let mine = std::mem::take(&mut self.anomalies);
+        for a in saved.anomalies.into_iter().chain(mine) {
+            if a.ended_ms.is_none() {
+                self.open
+                    .entry(a.metric.clone())
+                    .or_insert_with(|| a.clone());
+            }
+            if self.anomalies.len() == KEPT {
+                self.anomalies.pop_front();
+            }
+            self.anomalies.push_back(a);
+        }
+        self.anomalies_version += 1;
+    }
+
+    /// Takes back the series a previous process kept, over the hour before `now_ms`
+    /// (the seconds nobody measured stay empty). Series this process already has are
+    /// left alone.
+    pub fn restore_series(&mut self, points: &[history::SeriesPoint], now_ms: i64) {
+        for (name, series) in history::series_from(points, now_ms) {
+            self.series.entry(name).or_insert(series);
+        }
+    }
+
+    /// Downsampled points to keep: the blocks finished since the last call, and with
+    /// `partial` the block being filled.
+    pub fn take_points(&mut self, partial: bool) -> Vec<history::SeriesPoint> {
+        self.history.take(partial)
+    }
+
+    /// Finished blocks' points not taken yet.
+    pub fn points_waiting(&self) -> usize {
+        self.history.waiting()
     }
 
     /// New thresholds: rules rebuilt (alerts keep their state), detectors keep their
@@ -223,7 +283,9 @@ impl Telemetry {
                 if let Some(verdict) = d.observe(v) {
                     if verdict.anomaly && !open {
                         open = true;
-                        anomalies += 1;
+                        // Counted over the recorded seconds only; the ones before (a
+                        // previous process's, restored) only warm the detector up.
+                        anomalies += u64::from(i >= skip);
                     } else if !verdict.anomalous {
                         open = false;
                     }
@@ -279,6 +341,9 @@ fn detector_config(a: &AnomalyConfig, metric: &str) -> DetectorConfig {
 
 impl Telemetry {
     fn push(&mut self, name: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.history.add(name, v);
+        }
         self.series
             .entry(name.to_owned())
             .or_default()
@@ -352,6 +417,7 @@ impl Telemetry {
                 ended_ms: None,
             };
             self.open.insert(metric.to_owned(), a.clone());
+            self.anomalies_version += 1;
             if self.anomalies.len() == KEPT {
                 self.anomalies.pop_front();
             }
@@ -366,6 +432,7 @@ impl Telemetry {
                 .find(|h| h.metric == a.metric && h.at_ms == a.at_ms)
         {
             h.ended_ms = Some(now);
+            self.anomalies_version += 1;
         }
     }
 
@@ -376,6 +443,7 @@ impl Telemetry {
     )]
     pub fn tick(&mut self, s: Sample) -> Vec<Signal> {
         let now = s.now_ms;
+        self.history.tick(now);
         let mut out = Vec::new();
         let mut values: Vec<(String, String, f64)> = Vec::new();
         let mut value = |m: &str, l: &str, v: f64| values.push((m.into(), l.into(), v));
@@ -569,7 +637,9 @@ impl Telemetry {
     }
 
     pub fn view(&self, now_ms: i64) -> TelemetryView {
-        let chart = |name: &str, how: Reduce| {
+        // Each series reduced as it is kept for the next process (history::reduce_of).
+        let chart = |name: &str| {
+            let how = history::reduce_of(name);
             self.series.get(name).map(|s| Chart {
                 name: name.to_owned(),
                 m1: s.downsample(60, 60, how),
@@ -579,7 +649,7 @@ impl Telemetry {
         };
         let mut charts = Vec::new();
         for name in ["items_per_sec", "invoices_per_sec"] {
-            charts.extend(chart(name, Reduce::Mean));
+            charts.extend(chart(name));
         }
         let names: Vec<&String> = self
             .series
@@ -587,10 +657,10 @@ impl Telemetry {
             .filter(|k| k.starts_with("latency_") || k.starts_with("error_rate:"))
             .collect();
         for n in names {
-            charts.extend(chart(n, Reduce::Max));
+            charts.extend(chart(n));
         }
         for name in ["queue:catalog", "queue:dian", "cache_miss_rate"] {
-            charts.extend(chart(name, Reduce::Mean));
+            charts.extend(chart(name));
         }
         let rate = |name: &str| {
             self.series
@@ -887,7 +957,7 @@ mod tests {
             for_secs: 10,
             ..AlertsConfig::default()
         };
-        let mut t = Telemetry::new(cfg, AnomalyConfig::default());
+        let mut t = Telemetry::new(cfg.clone(), AnomalyConfig::default());
         let mut calls = 0;
         let mut failures = 0;
         for s in 0..60 {
@@ -918,6 +988,18 @@ mod tests {
         let v = t.view(90_000);
         assert_eq!(v.alerts[0].id, "error_rate/alegra");
         assert!(v.charts.iter().any(|c| c.name == "error_rate:alegra"));
+        // Issue 17 point 6: a new process takes the alerts, their history and the
+        // anomalies back as they were.
+        let saved: history::SavedTelemetry =
+            serde_json::from_str(&serde_json::to_string(&t.saved()).unwrap()).unwrap();
+        let mut next = Telemetry::new(cfg, AnomalyConfig::default());
+        next.restore(saved, 95_000);
+        let w = next.view(95_000);
+        assert_eq!(w.alerts, v.alerts);
+        assert_eq!(w.notifications, v.notifications);
+        assert_eq!(w.anomalies, v.anomalies);
+        assert_eq!(w.open_anomalies, v.open_anomalies);
+        assert!(w.open_anomalies > 0);
     }
 
     #[test]
@@ -949,6 +1031,98 @@ mod tests {
         let out = t.tick(sample(5, calls, failures));
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(t.alerts.firing(), 1);
+    }
+
+    /// Issue 17 point 6: a new process restored from the points the old one kept shows
+    /// the hour as it was — every 1-hour chart bucket as before, moved on by the
+    /// downtime — and the downtime as empty buckets, not as a line across it.
+    #[test]
+    fn charts_restored_from_kept_points_are_the_hour_as_it_was_and_the_downtime_a_gap() {
+        let mut before = Telemetry::new(AlertsConfig::default(), AnomalyConfig::default());
+        let (mut calls, mut failures, mut done, mut seed) = (0u64, 0u64, 0u64, 3u64);
+        // 20 minutes from a second on a 10 s boundary; values that change every second.
+        let t0 = 1_800_000_000i64;
+        let mut kept = Vec::new();
+        for i in 0..1200 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            calls += 20;
+            failures += seed % 4;
+            done += seed % 7;
+            let p95 = 40.0 + (seed % 300) as f64;
+            before.tick(Sample {
+                now_ms: (t0 + i) * 1000,
+                items_done: done,
+                catalog_queue: seed % 50,
+                downstreams: vec![DownstreamSample {
+                    name: "quickbooks".into(),
+                    calls,
+                    failures,
+                    p50_ms: Some(p95 / 2.0),
+                    p95_ms: Some(p95),
+                    p99_ms: Some(p95 * 1.5),
+                    breaker: "CLOSED".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            // Flushed every 10 s, as the engine does; the last block at the stop.
+            if i % 10 == 0 {
+                kept.extend(before.take_points(false));
+            }
+        }
+        kept.extend(before.take_points(true));
+        assert!(
+            kept.len() <= 120 * 9,
+            "one point per series per 10 s: {}",
+            kept.len()
+        );
+        let last_s = t0 + 1199;
+        let old = before.view(last_s * 1000);
+        // Down for 5 minutes: the new process starts 300 s after the last second.
+        let downtime = 300;
+        let now_ms = (last_s + 1 + downtime) * 1000;
+        let mut after = Telemetry::new(AlertsConfig::default(), AnomalyConfig::default());
+        after.restore_series(&kept, now_ms);
+        let new = after.view(now_ms);
+        let shift = (downtime / 30) as usize;
+        let mut compared = 0;
+        for c in old
+            .charts
+            .iter()
+            .filter(|c| c.h1.iter().any(Option::is_some))
+        {
+            let r = new
+                .charts
+                .iter()
+                .find(|x| x.name == c.name)
+                .unwrap_or_else(|| panic!("{} restored", c.name));
+            for (i, (was, is)) in c.h1[shift..].iter().zip(&r.h1).enumerate() {
+                match (was, is) {
+                    (Some(a), Some(b)) => {
+                        assert!((a - b).abs() < 1e-9, "{} [{i}]: {a} → {b}", c.name)
+                    }
+                    (a, b) => assert_eq!(a, b, "{} [{i}]", c.name),
+                }
+            }
+            assert!(
+                r.h1[120 - shift..].iter().all(Option::is_none),
+                "{}: the downtime is a gap: {:?}",
+                c.name,
+                &r.h1[120 - shift..]
+            );
+            assert!(r.m1.iter().all(Option::is_none), "{}", c.name);
+            compared += 1;
+        }
+        assert_eq!(compared, 7, "items, invoices, 3 latencies, errors, queue");
+        // The next tick carries on from there.
+        after.tick(Sample {
+            now_ms,
+            ..Default::default()
+        });
+        assert_eq!(
+            after.view(now_ms).charts[0].m1.last().copied().flatten(),
+            Some(0.0)
+        );
     }
 
     /// Issue 15 point 11: a full sync's deep queue that drains never alerts; a queue

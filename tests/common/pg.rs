@@ -38,6 +38,13 @@ pub fn server() -> Option<Arc<Postgres>> {
     if let Some(pg) = shared.upgrade() {
         return Some(pg);
     }
+    let pg = Arc::new(own()?);
+    *shared = Arc::downgrade(&pg);
+    Some(pg)
+}
+
+/// A server of the caller's own (not shared); `None` as for [`server`].
+pub fn own() -> Option<Postgres> {
     let Some(bin) = find_bin_dir() else {
         let required = std::env::var("SYNCCTL_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
         assert!(
@@ -52,9 +59,7 @@ pub fn server() -> Option<Arc<Postgres>> {
         );
         return None;
     };
-    let pg = Arc::new(Postgres::start(&bin));
-    *shared = Arc::downgrade(&pg);
-    Some(pg)
+    Some(Postgres::start(&bin))
 }
 
 /// Where `initdb` and `postgres` are: beside `initdb` on PATH, else the newest
@@ -199,6 +204,11 @@ impl Postgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The temporary dir holding the cluster, its socket and its log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Creates an empty database of its own for one test; its connection URL.

@@ -180,7 +180,7 @@ async fn a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it(b: Back
         [("p2", 2)],
         "only the lease that ran out is claimed again"
     );
-    clock.advance(LEASE);
+    clock.advance(LEASE + 1);
     let last = q.claim(KIND, 10, LEASE).await.unwrap();
     assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), [p1, p2]);
     assert_eq!(q.counts(KIND).await.unwrap().in_flight, 2);

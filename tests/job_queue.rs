@@ -91,6 +91,7 @@ on_both_backends!(
     counts_follow_the_jobs,
     a_deferred_job_does_not_spend_an_attempt,
     new_work_wakes_a_waiting_claimer,
+    compaction_removes_finished_jobs_and_moves_no_count,
 );
 
 async fn a_queued_job_keeps_the_newest_payload_whatever_the_arrival_order(b: Backend) {
@@ -278,6 +279,54 @@ async fn new_work_wakes_a_waiting_claimer(b: Backend) {
     q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
     assert!(waiter.await.unwrap(), "woken, not timed out");
     assert_eq!(q.claim(KIND, 1, LEASE).await.unwrap().len(), 1);
+}
+
+async fn compaction_removes_finished_jobs_and_moves_no_count(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    // p1: failed, then done (the failure is superseded); p2: done, then failed (the
+    // failure still stands); p3 queued; p4 in flight.
+    for (key, outcome) in [
+        ("p1", "fail"),
+        ("p1", "done"),
+        ("p2", "done"),
+        ("p2", "fail"),
+    ] {
+        q.ingest(&[job(key, "a", 1)], None, None).await.unwrap();
+        let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+        if outcome == "done" {
+            assert!(q.finish(j.id).await.unwrap());
+        } else {
+            assert_eq!(
+                q.retry_later(j.id, "boom", 0, 1).await.unwrap(),
+                Retry::Failed
+            );
+        }
+    }
+    q.ingest(&[job("p4", "a", 1)], None, None).await.unwrap();
+    q.claim(KIND, 1, LEASE).await.unwrap();
+    q.ingest(&[job("p3", "a", 1)], None, None).await.unwrap();
+    q.set_cursor("full", "page 3").await.unwrap();
+    let before = q.counts(KIND).await.unwrap();
+    assert_eq!(
+        (
+            before.keys_seen,
+            before.queued,
+            before.in_flight,
+            before.failed
+        ),
+        (4, 1, 1, 1)
+    );
+    assert_eq!(q.unfinished(KIND).await.unwrap(), 3);
+    clock.advance(1);
+    // p1's failure and done job, p2's done job.
+    assert_eq!(q.compact_jobs(clock.now_ms() + 1).await.unwrap(), 3);
+    assert_eq!(q.compact_jobs(clock.now_ms() + 1).await.unwrap(), 0);
+    assert_eq!(q.counts(KIND).await.unwrap(), before);
+    assert_eq!(q.unfinished(KIND).await.unwrap(), 3);
+    assert_eq!(q.failed_job_keys(KIND).await.unwrap(), ["p2"]);
+    assert_eq!(q.cursor("full").await.unwrap().as_deref(), Some("page 3"));
 }
 
 // ---- Several boxes on one Postgres -------------------------------------------------

@@ -107,6 +107,11 @@ const MIGRATIONS: &[&str] = &[
                 UPDATE jobs SET payload = CASE WHEN j.version > version THEN j.payload ELSE payload END,
                                 version = GREATEST(version, j.version), updated_at = p_now
                  WHERE kind = j.kind AND key = j.key AND state = 'queued' AND id <> p_id;
+                IF NOT FOUND THEN
+                    -- ...and already claimed again: leave this one as it was (its lease
+                    -- runs out and a later claim puts it back).
+                    RETURN FALSE;
+                END IF;
             END;
         END IF;
         UPDATE jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
@@ -561,6 +566,64 @@ impl PgQueue {
             failed: n(3),
             oldest_queued_ms: r.get(4),
         })
+    }
+
+    /// Jobs of `kind` not done: queued, leased, or failed with no later success.
+    pub async fn unfinished(&self, kind: &str) -> PgResult<u64> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT count(*) FROM syncctl.jobs j WHERE j.kind = $1 AND (j.state IN ('queued', 'leased')
+                   OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d
+                        WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
+            )
+            .await?;
+        Ok(c.query_one(&stmt, &[&kind]).await?.get::<_, i64>(0).max(0) as u64)
+    }
+
+    /// Removes jobs done before `before_ms`, and the failed ones a done one among them
+    /// superseded, in batches; how many. Nothing unfinished goes; the keys seen stay.
+    pub async fn compact_jobs(&self, before_ms: i64) -> PgResult<usize> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "WITH superseded AS (
+                    DELETE FROM syncctl.jobs WHERE id IN (
+                      SELECT f.id FROM syncctl.jobs f WHERE f.state = 'failed'
+                         AND EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.kind = f.kind AND d.key = f.key
+                                       AND d.id > f.id AND d.state = 'done' AND d.updated_at < $1)
+                       LIMIT 5000) RETURNING 1),
+                 finished AS (
+                    DELETE FROM syncctl.jobs WHERE id IN (
+                      SELECT id FROM syncctl.jobs WHERE state = 'done' AND updated_at < $1 LIMIT 5000)
+                    RETURNING 1)
+                 SELECT (SELECT count(*) FROM superseded) + (SELECT count(*) FROM finished)",
+            )
+            .await?;
+        let mut removed = 0;
+        loop {
+            let n = c
+                .query_one(&stmt, &[&before_ms])
+                .await?
+                .get::<_, i64>(0)
+                .max(0) as usize;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str, now_ms: i64) -> PgResult<()> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO syncctl.cursors(name, value, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .await?;
+        c.execute(&stmt, &[&name, &value, &now_ms]).await?;
+        Ok(())
     }
 
     pub async fn cursor(&self, name: &str) -> PgResult<Option<String>> {

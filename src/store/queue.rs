@@ -262,6 +262,31 @@ impl JobQueue {
         }
     }
 
+    /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
+    /// failed with no later success for their key.
+    pub async fn unfinished(&self, kind: &str) -> QueueResult<u64> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.unfinished(kind)?),
+            Backend::Postgres(pg) => Ok(pg.unfinished(kind).await?),
+        }
+    }
+
+    /// Removes jobs done before `before_ms` and the failures they superseded; how many.
+    /// No count changes and nothing unfinished goes.
+    pub async fn compact_jobs(&self, before_ms: i64) -> QueueResult<usize> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.compact_jobs(before_ms)?),
+            Backend::Postgres(pg) => Ok(pg.compact_jobs(before_ms).await?),
+        }
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str) -> QueueResult<()> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.set_cursor(name, value)?),
+            Backend::Postgres(pg) => Ok(pg.set_cursor(name, value, self.now()).await?),
+        }
+    }
+
     pub async fn cursor(&self, name: &str) -> QueueResult<Option<String>> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.cursor(name)?),

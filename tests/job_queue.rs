@@ -515,6 +515,79 @@ async fn migrations_are_versioned_and_applied_once() {
     assert!(err.to_string().contains("newer than this syncctl"), "{err}");
 }
 
+/// A loopback proxy in front of the server that counts what clients send: each read
+/// from a client is one flight of messages, i.e. one round trip of a request/answer
+/// protocol whose client waits for each answer.
+async fn counting_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (local, sent)
+}
+
+#[tokio::test]
+async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
+    use std::sync::atomic::Ordering;
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let (proxy, sent) = counting_proxy(server.port()).await;
+    let via_proxy = url.replace(&format!(":{}/", server.port()), &format!(":{proxy}/"));
+    let q = JobQueue::postgres(&via_proxy, "box-a", WallClock::default())
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let one = |i: usize| vec![job(&keys[i], "x", 1)];
+    // Warm up: the connection is open and each statement prepared once.
+    q.ingest(&one(0), None, None).await.unwrap();
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    q.heartbeat(&[j.id], LEASE).await.unwrap();
+    assert!(q.finish(j.id).await.unwrap());
+    let mut trips = Vec::new();
+    for i in 1..11 {
+        let before = sent.load(Ordering::SeqCst);
+        q.ingest(&one(i), None, None).await.unwrap();
+        let ingest = sent.load(Ordering::SeqCst);
+        let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+        let claim = sent.load(Ordering::SeqCst);
+        q.heartbeat(&[j.id], LEASE).await.unwrap();
+        let heartbeat = sent.load(Ordering::SeqCst);
+        assert!(q.finish(j.id).await.unwrap());
+        let finish = sent.load(Ordering::SeqCst);
+        trips.push([
+            ingest - before,
+            claim - ingest,
+            heartbeat - claim,
+            finish - heartbeat,
+        ]);
+    }
+    assert!(trips.iter().all(|t| *t == [1, 1, 1, 1]), "{trips:?}");
+}
+
 // ---- The harness itself -------------------------------------------------------------
 
 #[test]

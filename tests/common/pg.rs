@@ -8,8 +8,8 @@
 //! (or `nobody`), owning the temporary dir. With no PostgreSQL installed a test is
 //! skipped with a loud line, unless `SYNCCTL_REQUIRE_POSTGRES=1` (CI), where it fails.
 //!
-//! Also compiled into the library's unit tests (`store::pg_harness`), so keep it to std,
-//! the crate's dependencies and its dev-dependencies.
+//! Only std, the crate's dependencies and its dev-dependencies: a unit test inside the
+//! crate can take this same file with `#[path = "../../tests/common/pg.rs"]`.
 
 #![allow(dead_code)]
 

@@ -588,6 +588,48 @@ async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
     assert!(trips.iter().all(|t| *t == [1, 1, 1, 1]), "{trips:?}");
 }
 
+#[tokio::test]
+async fn a_dropped_handle_leaves_no_connection_behind() {
+    let Some(db) = Db::new(Backend::Postgres) else {
+        return;
+    };
+    let Db::Postgres { url, .. } = &db else {
+        unreachable!()
+    };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let others = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(others().await >= 2, "a pooled and a listening connection");
+    drop(q);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = others().await;
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} connections left open"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---- The harness itself -------------------------------------------------------------
 
 #[test]

@@ -242,13 +242,14 @@ pub struct PgQueue {
     /// Bumped on each NOTIFY heard (and when the listener reconnects: it may have
     /// missed some); claimers wait on it.
     wakes: watch::Receiver<u64>,
-    _listener: Arc<ListenerTask>,
+    /// The listening task, stopped when the last handle goes.
+    _listener: Arc<AbortOnDrop>,
 }
 
-/// Stops the listening task when the last handle goes.
-struct ListenerTask(tokio::task::JoinHandle<()>);
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl Drop for ListenerTask {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -289,7 +290,7 @@ impl PgQueue {
             pool,
             owner: owner.into(),
             wakes: rx,
-            _listener: Arc::new(ListenerTask(task)),
+            _listener: Arc::new(AbortOnDrop(task)),
         })
     }
 
@@ -711,7 +712,8 @@ async fn listen(
             }
         };
         let (msg_tx, mut msg_rx) = tokio::sync::mpsc::unbounded_channel();
-        let pump = tokio::spawn(async move {
+        // Aborted with this task too (a handle dropped while the connection is idle).
+        let pump = AbortOnDrop(tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(m) = messages.next().await {
                 match m {
@@ -723,7 +725,7 @@ async fn listen(
                     Err(_) => break,
                 }
             }
-        });
+        }));
         match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
@@ -738,7 +740,7 @@ async fn listen(
                     let _ = r.send(Err(e));
                     return;
                 }
-                pump.abort();
+                drop(pump);
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -749,7 +751,7 @@ async fn listen(
             }
         }
         drop(client);
-        pump.abort();
+        drop(pump);
         tracing::warn!("store: the postgres listening connection dropped; reconnecting");
         tokio::time::sleep(backoff).await;
     }

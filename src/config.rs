@@ -66,6 +66,7 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     pub cache: CacheConfig,
     pub audit: AuditConfig,
+    pub store: StoreConfig,
     /// The file this was loaded from (thresholds tuned at run time are saved there).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -792,6 +793,18 @@ impl Default for ConsoleConfig {
     }
 }
 
+/// Where the engine's state lives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Absent: SQLite in the data dir (the embedded store, one box). A
+    /// `postgres://user:password@host:port/database` URL: the catalog's job queue lives in
+    /// that PostgreSQL database, shared by every engine pointed at it (the rest of the
+    /// state stays in the data dir's SQLite for now). It may carry a password: held as a
+    /// secret, never printed; `SYNCCTL_STORE_URL` may carry it instead.
+    pub url: Option<Secret>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -836,6 +849,7 @@ pub const ENV_SECRETS: &[(&str, &str)] = &[
         "SYNCCTL_QUICKBOOKS_REFRESH_TOKEN",
         "quickbooks.refresh_token",
     ),
+    ("SYNCCTL_STORE_URL", "store.url"),
 ];
 
 impl Config {
@@ -873,6 +887,11 @@ impl Config {
         };
         if !(1..=100).contains(&self.stripe.page_size) {
             return Err(fail("stripe.page_size", "must be between 1 and 100"));
+        }
+        if let Some(url) = &self.store.url
+            && let Err(e) = check_store_url(url.expose())
+        {
+            return Err(fail("store.url", &e));
         }
         if self.catalog.workers == 0 || self.catalog.workers > 256 {
             return Err(fail("catalog.workers", "must be between 1 and 256"));
@@ -1446,6 +1465,9 @@ impl Config {
         if let Some(v) = get("SYNCCTL_ALEGRA_TOKEN") {
             self.alegra.token.get_or_insert(Secret::new(v));
         }
+        if let Some(v) = get("SYNCCTL_STORE_URL") {
+            self.store.url.get_or_insert(Secret::new(v));
+        }
     }
 
     /// The keys a live (non-demo) engine cannot run without, that are missing.
@@ -1667,6 +1689,32 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials".into());
+    }
+    Ok(())
+}
+
+/// The store's URL: `postgres://` or `postgresql://`, a host, parseable as a
+/// connection string. Errors never repeat the value (it may hold a password).
+pub fn check_store_url(url: &str) -> Result<(), String> {
+    const NOT_SHOWN: &str = "(the value is not shown: it may hold a password)";
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain spaces or control characters {NOT_SHOWN}"
+        ));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "must be a postgres://user:password@host:port/database URL; leave it out to keep \
+             the embedded SQLite store {NOT_SHOWN}"
+        ));
+    }
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| format!("is not a valid postgres:// URL {NOT_SHOWN}"))?;
+    if config.get_hosts().is_empty() {
+        return Err(format!(
+            "must name a host, e.g. postgres://syncctl@db.internal/syncctl {NOT_SHOWN}"
+        ));
     }
     Ok(())
 }

@@ -451,3 +451,37 @@ fn the_example_config_still_checks_clean() {
     let (code, err, _) = check(dir.path(), "example", &example);
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_malformed_store_url_is_refused_naming_the_key_and_never_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, url) in [
+        ("mysql", "mysql://ops:hunter2secret@db:3306/syncctl"),
+        ("sqlite_path", "/var/lib/syncctl/hunter2secret.db"),
+        (
+            "bad_port",
+            "postgres://ops:hunter2secret@db:notaport/syncctl",
+        ),
+        ("spaces", "postgres://ops:hunter2secret@db host/syncctl"),
+    ] {
+        let text = format!("[log]\nlevel = \"info\"\n\n[store]\nurl = \"{url}\"\n");
+        let (code, err, path) = check(dir.path(), name, &text);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{path}:5: key `store.url`")),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("hunter2secret"),
+            "{name} echoed the password: {err}"
+        );
+    }
+    // A well-formed one checks clean (nothing connects at `config check`).
+    let (code, err, _) = check(
+        dir.path(),
+        "good",
+        "[store]\nurl = \"postgres://ops:hunter2secret@127.0.0.1:5432/syncctl\"\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("hunter2secret"), "{err}");
+}

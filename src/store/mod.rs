@@ -8,7 +8,9 @@
 
 mod integrity;
 mod invoices;
+pub mod postgres;
 pub mod private;
+pub mod queue;
 mod recovery;
 mod schema;
 
@@ -401,8 +403,12 @@ impl Store {
 
     /// Claims up to `limit` due jobs of `kind`, never two jobs for the same key at once.
     pub fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
+        self.claim_at(kind, limit, lease_ms, now_ms())
+    }
+
+    /// [`Store::claim`] at `now` (ms): what is due, and which leases ran out, by it.
+    pub fn claim_at(&self, kind: &str, limit: usize, lease_ms: i64, now: i64) -> Result<Vec<Job>> {
         self.recorded(|| {
-            let now = now_ms();
             let mut conn = self.w();
             let tx = conn.transaction()?;
             // An expired lease (a hung worker) is claimable again.
@@ -439,6 +445,29 @@ impl Store {
             };
             tx.commit()?;
             Ok(jobs)
+        })
+    }
+
+    /// Extends the leases of `job_ids` still leased to `now + lease_ms`; the ids
+    /// extended, ascending (a missing one was put back or ended meanwhile).
+    pub fn heartbeat_at(&self, job_ids: &[i64], lease_ms: i64, now: i64) -> Result<Vec<i64>> {
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let mut held = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE jobs SET lease_until = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'leased'",
+                )?;
+                for &id in job_ids {
+                    if stmt.execute(params![id, now + lease_ms, now])? == 1 {
+                        held.push(id);
+                    }
+                }
+            }
+            tx.commit()?;
+            held.sort_unstable();
+            Ok(held)
         })
     }
 
@@ -841,6 +870,24 @@ impl Store {
 
     pub fn queued(&self, kind: &str) -> Result<u64> {
         tally(&self.r(), &format!("jobs:{kind}:queued"))
+    }
+
+    /// The queue's counts for `kind`, from the counters kept with each write.
+    pub fn queue_counts(&self, kind: &str) -> Result<queue::QueueCounts> {
+        let conn = self.r();
+        let (failed, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(&format!(
+                "SELECT (SELECT COUNT(DISTINCT f.key) FROM jobs f WHERE {FAILED_STILL}),
+                        (SELECT MIN(created_at) FROM jobs WHERE kind = ?1 AND state = 'queued')"
+            ))?
+            .query_row(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(queue::QueueCounts {
+            keys_seen: tally(&conn, &format!("keys:{kind}"))?,
+            queued: tally(&conn, &format!("jobs:{kind}:queued"))?,
+            in_flight: tally(&conn, &format!("jobs:{kind}:leased"))?,
+            failed: failed as u64,
+            oldest_queued_ms: oldest,
+        })
     }
 
     /// The catalog's counts, from counters kept with each write (no table is counted):

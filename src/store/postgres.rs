@@ -1,0 +1,758 @@
+//! The job queue on PostgreSQL, so engines on several boxes share one queue.
+//!
+//! Claims take rows with `FOR UPDATE SKIP LOCKED` (two boxes never wait on, nor take,
+//! the same job); a claim is a lease owned by one handle, extended by its heartbeat;
+//! a lease that ran out (a box that crashed or hung) is put back in the queue by the
+//! next claim of any box. Every write a holder makes checks it still holds the lease,
+//! so a box that lost its job cannot end it under the box that now has it. New work
+//! sends a NOTIFY; each handle LISTENs on a connection of its own and wakes its
+//! claimers, and claimers poll all the same (a NOTIFY nobody listens to is lost).
+//!
+//! Time is always a parameter from the handle's clock, never `now()` in SQL, so tests
+//! move it. Each operation is one statement (server-side functions for the multi-step
+//! ones): one round trip per claim, heartbeat or finish.
+//!
+//! Only the queue lives here so far (jobs, Stripe event ids, cursors); mappings,
+//! invoices, audit, tokens and limiter state are still SQLite's (see `Store`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use super::{Job, NewJob};
+
+/// The channel new work is announced on (payload: the job kind).
+const CHANNEL: &str = "syncctl_jobs";
+
+/// Versioned migrations, applied in order under an advisory lock (boxes starting at
+/// once migrate once); `syncctl.schema_migrations` records each. Never edit a shipped
+/// one: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the job queue, Stripe event ids (dedupe), cursors, and the queue's functions.
+    r#"
+    CREATE TABLE syncctl.jobs (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT,
+        version BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('queued','leased','done','failed','rejected')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        lease_until BIGINT,
+        lease_owner TEXT,
+        last_error TEXT,
+        idempotency_key TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    -- One queued job per key (a newer payload merges into it), and, enforced by the
+    -- database whatever the boxes race, one leased job per key.
+    CREATE UNIQUE INDEX jobs_one_queued_per_key ON syncctl.jobs(kind, key) WHERE state = 'queued';
+    CREATE UNIQUE INDEX jobs_one_leased_per_key ON syncctl.jobs(kind, key) WHERE state = 'leased';
+    CREATE INDEX jobs_due ON syncctl.jobs(kind, next_attempt_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON syncctl.jobs(kind, lease_until) WHERE state = 'leased';
+    CREATE INDEX jobs_failed ON syncctl.jobs(kind, key) WHERE state = 'failed';
+    CREATE INDEX jobs_key_state ON syncctl.jobs(kind, key, state);
+    -- The keys ever queued (outlive their jobs).
+    CREATE TABLE syncctl.job_keys (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE TABLE syncctl.stripe_events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        via TEXT NOT NULL
+    );
+    CREATE TABLE syncctl.cursors (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    -- Puts job p_id back in the queue (when p_owner is set: only while p_owner holds
+    -- its lease). When a newer job of its key was queued meanwhile, the two merge: the
+    -- queued one keeps the newest payload and this one ends. False: not held.
+    CREATE FUNCTION syncctl.requeue(p_id BIGINT, p_now BIGINT, p_delay BIGINT, p_error TEXT,
+                                    p_refund BOOLEAN, p_owner TEXT) RETURNS BOOLEAN
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE j jobs%ROWTYPE;
+    BEGIN
+        SELECT * INTO j FROM jobs WHERE id = p_id FOR UPDATE;
+        IF NOT FOUND OR (p_owner IS NOT NULL
+                         AND (j.state <> 'leased' OR j.lease_owner IS DISTINCT FROM p_owner)) THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE jobs SET payload = CASE WHEN j.version > version THEN j.payload ELSE payload END,
+                        version = GREATEST(version, j.version), updated_at = p_now
+         WHERE kind = j.kind AND key = j.key AND state = 'queued' AND id <> p_id;
+        IF NOT FOUND THEN
+            BEGIN
+                UPDATE jobs SET state = 'queued', lease_until = NULL, lease_owner = NULL,
+                       next_attempt_at = p_now + p_delay, last_error = COALESCE(p_error, last_error),
+                       attempts = CASE WHEN p_refund THEN GREATEST(attempts - 1, 0) ELSE attempts END,
+                       updated_at = p_now
+                 WHERE id = p_id;
+                IF p_delay <= 0 THEN
+                    PERFORM pg_notify('syncctl_jobs', j.kind);
+                END IF;
+                RETURN TRUE;
+            EXCEPTION WHEN unique_violation THEN
+                -- A newer job of the key was queued at the same moment: merge into it.
+                UPDATE jobs SET payload = CASE WHEN j.version > version THEN j.payload ELSE payload END,
+                                version = GREATEST(version, j.version), updated_at = p_now
+                 WHERE kind = j.kind AND key = j.key AND state = 'queued' AND id <> p_id;
+                IF NOT FOUND THEN
+                    -- ...and already claimed again: leave this one as it was (its lease
+                    -- runs out and a later claim puts it back).
+                    RETURN FALSE;
+                END IF;
+            END;
+        END IF;
+        UPDATE jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
+               last_error = 'merged into a newer job', updated_at = p_now
+         WHERE id = p_id;
+        RETURN TRUE;
+    END $$;
+
+    -- Claims up to p_limit due jobs of p_kind for p_owner, never two of one key at
+    -- once, never a row another box is claiming (SKIP LOCKED). Leases that ran out go
+    -- back to the queue first.
+    CREATE FUNCTION syncctl.claim(p_kind TEXT, p_limit INTEGER, p_now BIGINT, p_lease_ms BIGINT,
+                                  p_owner TEXT)
+    RETURNS TABLE (id BIGINT, kind TEXT, key TEXT, payload TEXT, attempts INTEGER, idempotency_key TEXT)
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE e BIGINT;
+    BEGIN
+        FOR e IN SELECT x.id FROM jobs x
+                  WHERE x.kind = p_kind AND x.state = 'leased' AND x.lease_until < p_now
+                  ORDER BY x.lease_until LIMIT 100 FOR UPDATE SKIP LOCKED LOOP
+            PERFORM requeue(e, p_now, 0, 'lease expired', FALSE, NULL);
+        END LOOP;
+        RETURN QUERY
+        UPDATE jobs j SET state = 'leased', lease_until = p_now + p_lease_ms, lease_owner = p_owner,
+               attempts = j.attempts + 1, updated_at = p_now
+         WHERE j.id IN (
+               SELECT q.id FROM jobs q
+                WHERE q.kind = p_kind AND q.state = 'queued' AND q.next_attempt_at <= p_now
+                  AND NOT EXISTS (SELECT 1 FROM jobs l
+                                   WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
+                ORDER BY q.next_attempt_at, q.id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED)
+        RETURNING j.id, j.kind, j.key, j.payload, j.attempts, j.idempotency_key;
+    END $$;
+
+    -- Enqueues jobs with an optional cursor and Stripe event id, in one transaction; an
+    -- event id already seen makes it a no-op (false).
+    CREATE FUNCTION syncctl.ingest(p_now BIGINT, p_event_id TEXT, p_event_type TEXT, p_via TEXT,
+                                   p_kinds TEXT[], p_keys TEXT[], p_payloads TEXT[],
+                                   p_versions BIGINT[], p_cursor TEXT, p_cursor_value TEXT)
+    RETURNS BOOLEAN
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE i INTEGER; k TEXT;
+    BEGIN
+        IF p_event_id IS NOT NULL THEN
+            INSERT INTO stripe_events(id, type, received_at, via)
+            VALUES (p_event_id, p_event_type, p_now, p_via) ON CONFLICT (id) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN FALSE;
+            END IF;
+        END IF;
+        FOR i IN 1 .. COALESCE(array_length(p_kinds, 1), 0) LOOP
+            INSERT INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at,
+                             idempotency_key, created_at, updated_at)
+            VALUES (p_kinds[i], p_keys[i], p_payloads[i], p_versions[i], 'queued', 0, p_now,
+                    p_kinds[i] || ':' || p_keys[i], p_now, p_now)
+            ON CONFLICT (kind, key) WHERE state = 'queued' DO UPDATE SET
+                payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload
+                               ELSE jobs.payload END,
+                version = GREATEST(excluded.version, jobs.version),
+                updated_at = excluded.updated_at;
+            INSERT INTO job_keys(kind, key) VALUES (p_kinds[i], p_keys[i]) ON CONFLICT DO NOTHING;
+        END LOOP;
+        IF p_cursor IS NOT NULL THEN
+            INSERT INTO cursors(name, value, updated_at) VALUES (p_cursor, p_cursor_value, p_now)
+            ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+        END IF;
+        FOR k IN SELECT DISTINCT unnest(p_kinds) LOOP
+            PERFORM pg_notify('syncctl_jobs', k);
+        END LOOP;
+        RETURN TRUE;
+    END $$;
+
+    -- Ends a failed attempt: failed past the last one, else back in the queue after
+    -- p_delay. NULL: p_owner no longer holds the lease (nothing changed).
+    CREATE FUNCTION syncctl.retry_later(p_id BIGINT, p_error TEXT, p_delay BIGINT,
+                                        p_max_attempts INTEGER, p_now BIGINT, p_owner TEXT)
+    RETURNS BOOLEAN
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    BEGIN
+        UPDATE jobs SET state = 'failed', lease_until = NULL, lease_owner = NULL,
+               last_error = p_error, updated_at = p_now
+         WHERE id = p_id AND state = 'leased' AND lease_owner = p_owner
+           AND attempts >= p_max_attempts;
+        IF FOUND THEN
+            RETURN TRUE;
+        END IF;
+        IF requeue(p_id, p_now, p_delay, p_error, FALSE, p_owner) THEN
+            RETURN FALSE;
+        END IF;
+        RETURN NULL;
+    END $$;
+    "#,
+];
+
+/// A job (`f`, of kind `$1`) that failed past its last attempt and still stands.
+const FAILED_STILL: &str = "f.kind = $1 AND f.state = 'failed'
+    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
+    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
+
+/// What went wrong talking to Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("postgres connection pool: {0}")]
+    Pool(String),
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => Self::Db(e),
+            other => Self::Pool(other.to_string()),
+        }
+    }
+}
+
+pub type PgResult<T> = std::result::Result<T, PgError>;
+
+/// One box's handle on the shared queue: a connection pool, a listening connection,
+/// and the owner name its leases carry.
+#[derive(Clone)]
+pub struct PgQueue {
+    pool: Pool,
+    owner: Arc<str>,
+    /// Bumped on each NOTIFY heard (and when the listener reconnects: it may have
+    /// missed some); claimers wait on it.
+    wakes: watch::Receiver<u64>,
+    /// The listening task, stopped when the last handle goes.
+    _listener: Arc<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connections a handle's pool keeps.
+const POOL_SIZE: usize = 8;
+
+impl PgQueue {
+    /// Connects to `url`, migrates, and listens for new work. `owner` names this
+    /// handle's leases: unique per process (a restart under the same name may take back
+    /// its leases at once with [`PgQueue::requeue_leased`]).
+    pub async fn connect(url: &str, owner: &str) -> anyhow::Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| anyhow::anyhow!("store.url is not a valid postgres:// URL"))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| anyhow::anyhow!("postgres connection pool: {e}"))?;
+        migrate(&pool).await?;
+        let (tx, rx) = watch::channel(0u64);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(listen(config, tx, Some(ready_tx)));
+        // Listening before the first claim, so no NOTIFY sent after `connect` is missed.
+        ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("postgres: the listening connection ended"))?
+            .map_err(|e| anyhow::anyhow!("postgres: cannot listen for new work: {e}"))?;
+        Ok(Self {
+            pool,
+            owner: owner.into(),
+            wakes: rx,
+            _listener: Arc::new(AbortOnDrop(task)),
+        })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How many wake-ups this handle has heard (see [`PgQueue::wait_for_work`]).
+    pub fn wakes_seen(&self) -> u64 {
+        *self.wakes.borrow()
+    }
+
+    /// Waits until a wake-up after `seen` arrives (true) or `timeout` passes (false:
+    /// poll anyway).
+    pub async fn wait_for_work(&self, seen: u64, timeout: Duration) -> bool {
+        let mut rx = self.wakes.clone();
+        if *rx.borrow_and_update() != seen {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(timeout, rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn client(&self) -> PgResult<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub async fn ingest(
+        &self,
+        jobs: &[NewJob<'_>],
+        cursor: Option<(&str, &str)>,
+        event: Option<(&str, &str, &str)>,
+        now_ms: i64,
+    ) -> PgResult<bool> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT syncctl.ingest($1, $2, $3, $4, $5::text[], $6::text[], $7::text[], $8::bigint[], $9, $10)",
+            )
+            .await?;
+        let kinds: Vec<&str> = jobs.iter().map(|j| j.kind).collect();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key).collect();
+        let payloads: Vec<Option<&str>> = jobs.iter().map(|j| j.payload).collect();
+        let versions: Vec<i64> = jobs.iter().map(|j| j.version).collect();
+        let row = c
+            .query_one(
+                &stmt,
+                &[
+                    &now_ms,
+                    &event.map(|e| e.0),
+                    &event.map(|e| e.1),
+                    &event.map(|e| e.2),
+                    &kinds,
+                    &keys,
+                    &payloads,
+                    &versions,
+                    &cursor.map(|c| c.0),
+                    &cursor.map(|c| c.1),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn claim(
+        &self,
+        kind: &str,
+        limit: usize,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> PgResult<Vec<Job>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached("SELECT * FROM syncctl.claim($1, $2, $3, $4, $5)")
+            .await?;
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows = c
+            .query(&stmt, &[&kind, &limit, &now_ms, &lease_ms, &&*self.owner])
+            .await?;
+        let mut jobs: Vec<Job> = rows
+            .iter()
+            .map(|r| Job {
+                id: r.get(0),
+                kind: r.get(1),
+                key: r.get(2),
+                payload: r.get(3),
+                attempts: r.get::<_, i32>(4).max(0) as u32,
+                idempotency_key: r.get(5),
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Extends the leases this handle still holds among `job_ids` to `now + lease_ms`;
+    /// the ids still held (a missing one was lost to another box).
+    pub async fn heartbeat(
+        &self,
+        job_ids: &[i64],
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> PgResult<Vec<i64>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE syncctl.jobs SET lease_until = $2::bigint + $3::bigint, updated_at = $2
+                  WHERE id = ANY($1) AND state = 'leased' AND lease_owner = $4 RETURNING id",
+            )
+            .await?;
+        let rows = c
+            .query(&stmt, &[&job_ids, &now_ms, &lease_ms, &&*self.owner])
+            .await?;
+        let mut held: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    /// Marks a job done; false when this handle no longer holds it.
+    pub async fn finish(&self, job_id: i64, now_ms: i64) -> PgResult<bool> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE syncctl.jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
+                        last_error = NULL, updated_at = $2
+                  WHERE id = $1 AND state = 'leased' AND lease_owner = $3",
+            )
+            .await?;
+        Ok(c.execute(&stmt, &[&job_id, &now_ms, &&*self.owner]).await? == 1)
+    }
+
+    /// Some(true): failed past its last attempt; Some(false): queued again after
+    /// `delay_ms`; None: no longer this handle's.
+    pub async fn retry_later(
+        &self,
+        job_id: i64,
+        error: &str,
+        delay_ms: i64,
+        max_attempts: u32,
+        now_ms: i64,
+    ) -> PgResult<Option<bool>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached("SELECT syncctl.retry_later($1, $2, $3, $4, $5, $6)")
+            .await?;
+        let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+        let row = c
+            .query_one(
+                &stmt,
+                &[&job_id, &error, &delay_ms, &max, &now_ms, &&*self.owner],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// A job that can never succeed as is; false when no longer this handle's.
+    pub async fn reject(&self, job_id: i64, reason: &str, now_ms: i64) -> PgResult<bool> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE syncctl.jobs SET state = 'rejected', lease_until = NULL, lease_owner = NULL,
+                        last_error = $2, updated_at = $3
+                  WHERE id = $1 AND state = 'leased' AND lease_owner = $4",
+            )
+            .await?;
+        Ok(
+            c.execute(&stmt, &[&job_id, &reason, &now_ms, &&*self.owner])
+                .await?
+                == 1,
+        )
+    }
+
+    /// Puts a held job back without counting the attempt, due after `delay_ms` (with
+    /// `reason`) or at once (none); false when no longer this handle's.
+    pub async fn put_back(
+        &self,
+        job_id: i64,
+        reason: Option<&str>,
+        delay_ms: i64,
+        now_ms: i64,
+    ) -> PgResult<bool> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached("SELECT syncctl.requeue($1, $2, $3, $4, TRUE, $5)")
+            .await?;
+        let row = c
+            .query_one(
+                &stmt,
+                &[&job_id, &now_ms, &delay_ms, &reason, &&*self.owner],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Puts back every lease this handle's owner name holds (a box restarting under the
+    /// same name); how many. Other boxes' leases are left to run out.
+    pub async fn requeue_leased(&self, now_ms: i64) -> PgResult<usize> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT count(*) FILTER (WHERE syncctl.requeue(id, $1, 0, NULL, FALSE, NULL))
+                   FROM (SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner = $2
+                          ORDER BY id FOR UPDATE SKIP LOCKED) held",
+            )
+            .await?;
+        let row = c.query_one(&stmt, &[&now_ms, &&*self.owner]).await?;
+        Ok(row.get::<_, i64>(0).max(0) as usize)
+    }
+
+    /// Keys of `kind` failed past their last attempt and still standing, oldest first.
+    pub async fn failed_job_keys(&self, kind: &str) -> PgResult<Vec<String>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT f.key FROM syncctl.jobs f WHERE {FAILED_STILL} GROUP BY f.key ORDER BY MIN(f.updated_at), f.key"
+            ))
+            .await?;
+        Ok(c.query(&stmt, &[&kind])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Puts failed jobs (of one key, or all) back with fresh attempts; the keys.
+    pub async fn requeue_failed(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+        now_ms: i64,
+    ) -> PgResult<Vec<String>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "UPDATE syncctl.jobs SET state = 'queued', attempts = 0, next_attempt_at = $3,
+                        lease_until = NULL, lease_owner = NULL,
+                        last_error = 'retried by an operator after: ' || COALESCE(last_error, '?'),
+                        updated_at = $3
+                  WHERE id IN (SELECT MAX(f.id) FROM syncctl.jobs f WHERE {FAILED_STILL}
+                                 AND ($2::text IS NULL OR f.key = $2) GROUP BY f.key)
+                 RETURNING key"
+            ))
+            .await?;
+        let rows = c.query(&stmt, &[&kind, &key, &now_ms]).await?;
+        let mut keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        keys.sort();
+        if !keys.is_empty() {
+            c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &kind])
+                .await?;
+        }
+        Ok(keys)
+    }
+
+    /// The queue's counts for `kind`, read from partial indexes (no counter rows: one
+    /// every claim updates would serialise all boxes on it).
+    pub async fn counts(&self, kind: &str) -> PgResult<super::queue::QueueCounts> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT (SELECT count(*) FROM syncctl.job_keys WHERE kind = $1),
+                        (SELECT count(*) FROM syncctl.jobs WHERE kind = $1 AND state = 'queued'),
+                        (SELECT count(*) FROM syncctl.jobs WHERE kind = $1 AND state = 'leased'),
+                        (SELECT count(DISTINCT f.key) FROM syncctl.jobs f WHERE {FAILED_STILL}),
+                        (SELECT min(created_at) FROM syncctl.jobs WHERE kind = $1 AND state = 'queued')"
+            ))
+            .await?;
+        let r = c.query_one(&stmt, &[&kind]).await?;
+        let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+        Ok(super::queue::QueueCounts {
+            keys_seen: n(0),
+            queued: n(1),
+            in_flight: n(2),
+            failed: n(3),
+            oldest_queued_ms: r.get(4),
+        })
+    }
+
+    /// Jobs of `kind` not done: queued, leased, or failed with no later success.
+    pub async fn unfinished(&self, kind: &str) -> PgResult<u64> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT count(*) FROM syncctl.jobs j WHERE j.kind = $1 AND (j.state IN ('queued', 'leased')
+                   OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d
+                        WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
+            )
+            .await?;
+        Ok(c.query_one(&stmt, &[&kind]).await?.get::<_, i64>(0).max(0) as u64)
+    }
+
+    /// Removes jobs done before `before_ms`, and the failed ones a done one among them
+    /// superseded, in batches; how many. Nothing unfinished goes; the keys seen stay.
+    pub async fn compact_jobs(&self, before_ms: i64) -> PgResult<usize> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "WITH superseded AS (
+                    DELETE FROM syncctl.jobs WHERE id IN (
+                      SELECT f.id FROM syncctl.jobs f WHERE f.state = 'failed'
+                         AND EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.kind = f.kind AND d.key = f.key
+                                       AND d.id > f.id AND d.state = 'done' AND d.updated_at < $1)
+                       LIMIT 5000) RETURNING 1),
+                 finished AS (
+                    DELETE FROM syncctl.jobs WHERE id IN (
+                      SELECT id FROM syncctl.jobs WHERE state = 'done' AND updated_at < $1 LIMIT 5000)
+                    RETURNING 1)
+                 SELECT (SELECT count(*) FROM superseded) + (SELECT count(*) FROM finished)",
+            )
+            .await?;
+        let mut removed = 0;
+        loop {
+            let n = c
+                .query_one(&stmt, &[&before_ms])
+                .await?
+                .get::<_, i64>(0)
+                .max(0) as usize;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str, now_ms: i64) -> PgResult<()> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO syncctl.cursors(name, value, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .await?;
+        c.execute(&stmt, &[&name, &value, &now_ms]).await?;
+        Ok(())
+    }
+
+    pub async fn cursor(&self, name: &str) -> PgResult<Option<String>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached("SELECT value FROM syncctl.cursors WHERE name = $1")
+            .await?;
+        Ok(c.query_opt(&stmt, &[&name]).await?.map(|r| r.get(0)))
+    }
+}
+
+/// Applies the migrations not yet applied, each in its own transaction, under an
+/// advisory lock so boxes starting together migrate once.
+async fn migrate(pool: &Pool) -> anyhow::Result<()> {
+    let mut c = pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            anyhow::anyhow!("postgres: cannot connect: {e}")
+        }
+        other => anyhow::anyhow!("postgres: cannot connect: {other}"),
+    })?;
+    let tx = c.transaction().await?;
+    // An arbitrary constant: syncctl's migration lock.
+    tx.execute("SELECT pg_advisory_xact_lock(7318120427)", &[])
+        .await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS syncctl;
+         CREATE TABLE IF NOT EXISTS syncctl.schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         );",
+    )
+    .await?;
+    let done: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM syncctl.schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    if done as usize > MIGRATIONS.len() {
+        anyhow::bail!(
+            "postgres: the database is at schema version {done}, newer than this syncctl knows ({}): upgrade syncctl",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("postgres: migration {version} failed: {e}"))?;
+        tx.execute(
+            "INSERT INTO syncctl.schema_migrations(version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The listening connection: LISTENs, bumps `wakes` on each NOTIFY, reconnects when
+/// the connection drops (bumping `wakes` then too: a NOTIFY may have been missed).
+async fn listen(
+    config: tokio_postgres::Config,
+    wakes: watch::Sender<u64>,
+    mut ready: Option<tokio::sync::oneshot::Sender<Result<(), tokio_postgres::Error>>>,
+) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = config.connect(NoTls).await;
+        let (client, mut connection) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                tracing::warn!(
+                    "store: the postgres listening connection failed: {e}; claims poll meanwhile"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let (msg_tx, mut msg_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Aborted with this task too (a handle dropped while the connection is idle).
+        let pump = AbortOnDrop(tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(m) => {
+                        if msg_tx.send(m).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+        match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(()));
+                } else {
+                    wakes.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                drop(pump);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        }
+        while let Some(m) = msg_rx.recv().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                wakes.send_modify(|n| *n += 1);
+            }
+        }
+        drop(client);
+        drop(pump);
+        tracing::warn!("store: the postgres listening connection dropped; reconnecting");
+        tokio::time::sleep(backoff).await;
+    }
+}

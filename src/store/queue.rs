@@ -1,0 +1,323 @@
+//! The job queue behind one interface, on either backend: SQLite (the embedded store,
+//! one box) or PostgreSQL (several boxes sharing one queue).
+//!
+//! An enum rather than a trait: there are exactly two backends, both known here; the
+//! operations are async (Postgres) and an async trait would need boxing to be used as
+//! `dyn`; and the SQLite arm calls the very `Store` methods the engine uses today, so
+//! the embedded path does not change. Callers hold a `JobQueue` and never match on it.
+//!
+//! Times that decide what is due or expired come from the queue's clock (a
+//! [`WallClock`], which tests move), passed into the SQL: never the database's `now()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::postgres::{PgError, PgQueue};
+use super::{Job, NewJob, Store, WallClock};
+
+/// What a queue operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+pub type QueueResult<T> = std::result::Result<T, QueueError>;
+
+/// A kind's counts as the queue keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Keys ever queued (they outlive their jobs).
+    pub keys_seen: u64,
+    pub queued: u64,
+    /// Leased: claimed, perhaps not yet started.
+    pub in_flight: u64,
+    /// Keys whose latest job failed past its last attempt and still stands.
+    pub failed: u64,
+    pub oldest_queued_ms: Option<i64>,
+}
+
+/// How an attempt that failed was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Back in the queue, due after the delay.
+    Later,
+    /// No attempts left: failed (an operator may retry it).
+    Failed,
+    /// This holder no longer held the job (its lease ran out and another claimer has
+    /// it): nothing was changed.
+    LeaseLost,
+}
+
+/// One handle on the job queue.
+#[derive(Clone)]
+pub struct JobQueue {
+    backend: Backend,
+    clock: WallClock,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// The embedded store; its own process is the only claimer. Wake-ups come from
+    /// this handle's own ingests.
+    Sqlite {
+        store: Store,
+        wakes: Arc<watch::Sender<u64>>,
+    },
+    Postgres(PgQueue),
+}
+
+impl JobQueue {
+    /// The queue of the embedded store.
+    pub fn sqlite(store: Store, clock: WallClock) -> Self {
+        Self {
+            backend: Backend::Sqlite {
+                store,
+                wakes: Arc::new(watch::channel(0).0),
+            },
+            clock,
+        }
+    }
+
+    /// A handle on the queue in the Postgres database at `url`, migrating it first;
+    /// `owner` names this handle's leases (unique per process).
+    pub async fn postgres(url: &str, owner: &str, clock: WallClock) -> anyhow::Result<Self> {
+        Ok(Self {
+            backend: Backend::Postgres(PgQueue::connect(url, owner).await?),
+            clock,
+        })
+    }
+
+    /// Which backend: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Enqueues jobs in one transaction with an optional cursor write and Stripe event
+    /// id; false (and nothing written) when the event id was seen before. A queued job
+    /// of the same key keeps the newest payload by `version`.
+    pub async fn ingest(
+        &self,
+        jobs: &[NewJob<'_>],
+        cursor: Option<(&str, &str)>,
+        event: Option<(&str, &str, &str)>,
+    ) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, wakes } => {
+                let new = store.ingest(jobs, cursor, event)?;
+                if new && !jobs.is_empty() {
+                    wakes.send_modify(|n| *n += 1);
+                }
+                Ok(new)
+            }
+            Backend::Postgres(pg) => Ok(pg.ingest(jobs, cursor, event, self.now()).await?),
+        }
+    }
+
+    /// Claims up to `limit` due jobs of `kind`, leased for `lease_ms`; never a key
+    /// already being worked on, never a job another claimer holds. Leases that ran out
+    /// are put back first.
+    pub async fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> QueueResult<Vec<Job>> {
+        let now = self.now();
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.claim_at(kind, limit, lease_ms, now)?),
+            Backend::Postgres(pg) => Ok(pg.claim(kind, limit, lease_ms, now).await?),
+        }
+    }
+
+    /// Extends the leases of `job_ids` this handle still holds by `lease_ms` from now;
+    /// the ids still held, ascending (a missing one was lost: stop working on it).
+    pub async fn heartbeat(&self, job_ids: &[i64], lease_ms: i64) -> QueueResult<Vec<i64>> {
+        let now = self.now();
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.heartbeat_at(job_ids, lease_ms, now)?),
+            Backend::Postgres(pg) => Ok(pg.heartbeat(job_ids, lease_ms, now).await?),
+        }
+    }
+
+    /// Marks a claimed job done; false when this handle no longer held it.
+    pub async fn finish(&self, job_id: i64) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                store.finish_job(job_id, None, None)?;
+                Ok(true)
+            }
+            Backend::Postgres(pg) => Ok(pg.finish(job_id, self.now()).await?),
+        }
+    }
+
+    /// Records a failed attempt: back after `delay_ms`, or failed once `max_attempts`
+    /// were made.
+    pub async fn retry_later(
+        &self,
+        job_id: i64,
+        error: &str,
+        delay_ms: i64,
+        max_attempts: u32,
+    ) -> QueueResult<Retry> {
+        let outcome = match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                Some(store.retry_later(job_id, error, delay_ms, max_attempts)?)
+            }
+            Backend::Postgres(pg) => {
+                pg.retry_later(job_id, error, delay_ms, max_attempts, self.now())
+                    .await?
+            }
+        };
+        Ok(match outcome {
+            Some(true) => Retry::Failed,
+            Some(false) => Retry::Later,
+            None => Retry::LeaseLost,
+        })
+    }
+
+    /// A job that can never succeed as is (invalid data), kept with its reason.
+    pub async fn reject(&self, job_id: i64, reason: &str) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                store.reject(job_id, reason)?;
+                Ok(true)
+            }
+            Backend::Postgres(pg) => Ok(pg.reject(job_id, reason, self.now()).await?),
+        }
+    }
+
+    /// Puts a job back for later without counting the attempt (the call was never
+    /// made, e.g. an open circuit refused it).
+    pub async fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                store.defer(job_id, reason, delay_ms)?;
+                Ok(true)
+            }
+            Backend::Postgres(pg) => Ok(pg
+                .put_back(job_id, Some(reason), delay_ms, self.now())
+                .await?),
+        }
+    }
+
+    /// Gives a claimed job back untouched (shutdown before it started).
+    pub async fn release(&self, job_id: i64) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                store.release(job_id)?;
+                Ok(true)
+            }
+            Backend::Postgres(pg) => Ok(pg.put_back(job_id, None, 0, self.now()).await?),
+        }
+    }
+
+    /// Start-up recovery: leases left by this process's previous life go back to the
+    /// queue. SQLite: every lease (one process per data dir). Postgres: the leases of
+    /// this handle's owner name only; other boxes' run out.
+    pub async fn requeue_leased(&self) -> QueueResult<usize> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.requeue_leased()?),
+            Backend::Postgres(pg) => Ok(pg.requeue_leased(self.now()).await?),
+        }
+    }
+
+    /// Keys of `kind` whose jobs failed past their last attempt and still stand.
+    pub async fn failed_job_keys(&self, kind: &str) -> QueueResult<Vec<String>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.failed_job_keys(kind)?),
+            Backend::Postgres(pg) => Ok(pg.failed_job_keys(kind).await?),
+        }
+    }
+
+    /// Puts failed jobs (one key, or all) back with fresh attempts; the keys, sorted.
+    pub async fn requeue_failed(&self, kind: &str, key: Option<&str>) -> QueueResult<Vec<String>> {
+        match &self.backend {
+            Backend::Sqlite { store, wakes } => {
+                let mut keys = store.requeue_failed(kind, key)?;
+                keys.sort();
+                if !keys.is_empty() {
+                    wakes.send_modify(|n| *n += 1);
+                }
+                Ok(keys)
+            }
+            Backend::Postgres(pg) => Ok(pg.requeue_failed(kind, key, self.now()).await?),
+        }
+    }
+
+    pub async fn counts(&self, kind: &str) -> QueueResult<QueueCounts> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.queue_counts(kind)?),
+            Backend::Postgres(pg) => Ok(pg.counts(kind).await?),
+        }
+    }
+
+    /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
+    /// failed with no later success for their key.
+    pub async fn unfinished(&self, kind: &str) -> QueueResult<u64> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.unfinished(kind)?),
+            Backend::Postgres(pg) => Ok(pg.unfinished(kind).await?),
+        }
+    }
+
+    /// Removes jobs done before `before_ms` and the failures they superseded; how many.
+    /// No count changes and nothing unfinished goes.
+    pub async fn compact_jobs(&self, before_ms: i64) -> QueueResult<usize> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.compact_jobs(before_ms)?),
+            Backend::Postgres(pg) => Ok(pg.compact_jobs(before_ms).await?),
+        }
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str) -> QueueResult<()> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.set_cursor(name, value)?),
+            Backend::Postgres(pg) => Ok(pg.set_cursor(name, value, self.now()).await?),
+        }
+    }
+
+    pub async fn cursor(&self, name: &str) -> QueueResult<Option<String>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.cursor(name)?),
+            Backend::Postgres(pg) => Ok(pg.cursor(name).await?),
+        }
+    }
+
+    /// The wake-ups heard so far; pass it to [`JobQueue::wait_for_work`] after a claim
+    /// that found nothing.
+    pub fn wakes_seen(&self) -> u64 {
+        match &self.backend {
+            Backend::Sqlite { wakes, .. } => *wakes.borrow(),
+            Backend::Postgres(pg) => pg.wakes_seen(),
+        }
+    }
+
+    /// Waits for new work announced after `seen` (true), or `timeout` (false: poll
+    /// anyway; an announcement can be lost).
+    pub async fn wait_for_work(&self, seen: u64, timeout: Duration) -> bool {
+        match &self.backend {
+            Backend::Sqlite { wakes, .. } => {
+                let mut rx = wakes.subscribe();
+                if *rx.borrow_and_update() != seen {
+                    return true;
+                }
+                matches!(
+                    tokio::time::timeout(timeout, rx.changed()).await,
+                    Ok(Ok(()))
+                )
+            }
+            Backend::Postgres(pg) => pg.wait_for_work(seen, timeout).await,
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The job queue's behaviour, written once and run on both backends: the embedded
+//! SQLite store and a throwaway PostgreSQL server (tests/common/pg.rs). Then what only
+//! Postgres does: boxes sharing one queue (SKIP LOCKED claims, leases kept by
+//! heartbeats and lost without them, NOTIFY wake-ups).
+//!
+//! Time is the queue's injected clock ([`WallClock::advance`]), never a sleep.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::pg;
+use syncctl::store::queue::{JobQueue, QueueCounts, Retry};
+use syncctl::store::{NewJob, Store, WallClock};
+
+const KIND: &str = "catalog.product";
+const LEASE: i64 = 60_000;
+
+/// Where a test's queue lives; opens handles on it (a "box" each, for Postgres).
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres {
+        url: String,
+        _server: std::sync::Arc<pg::Postgres>,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    /// None: Postgres is not installed and not required (the harness said so loudly).
+    fn new(backend: Backend) -> Option<Self> {
+        Some(match backend {
+            Backend::Sqlite => Db::Sqlite(tempfile::tempdir().unwrap()),
+            Backend::Postgres => {
+                let server = pg::server()?;
+                Db::Postgres {
+                    url: server.database(),
+                    _server: server,
+                }
+            }
+        })
+    }
+
+    /// A handle whose leases are `owner`'s, reading time from `clock`.
+    async fn open(&self, owner: &str, clock: &WallClock) -> JobQueue {
+        match self {
+            Db::Sqlite(dir) => JobQueue::sqlite(Store::open(dir.path()).unwrap(), clock.clone()),
+            Db::Postgres { url, .. } => {
+                JobQueue::postgres(url, owner, clock.clone()).await.unwrap()
+            }
+        }
+    }
+}
+
+fn job<'a>(key: &'a str, payload: &'a str, version: i64) -> NewJob<'a> {
+    NewJob {
+        kind: KIND,
+        key,
+        payload: Some(payload),
+        version,
+    }
+}
+
+/// Runs each behaviour (an `async fn(Backend)` below) as one test per backend.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_queued_job_keeps_the_newest_payload_whatever_the_arrival_order,
+    a_repeated_event_id_enqueues_once,
+    a_key_being_worked_on_is_not_claimed_twice,
+    leased_jobs_are_requeued_after_a_crash,
+    a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it,
+    a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it,
+    counts_follow_the_jobs,
+    a_deferred_job_does_not_spend_an_attempt,
+    new_work_wakes_a_waiting_claimer,
+    compaction_removes_finished_jobs_and_moves_no_count,
+);
+
+async fn a_queued_job_keeps_the_newest_payload_whatever_the_arrival_order(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    // Newer first, then older; and older first, then newer.
+    q.ingest(&[job("p1", "v2", 2)], None, None).await.unwrap();
+    q.ingest(&[job("p1", "v1", 1)], None, None).await.unwrap();
+    q.ingest(&[job("p2", "v1", 1), job("p2", "v2", 2)], None, None)
+        .await
+        .unwrap();
+    let claimed = q.claim(KIND, 10, LEASE).await.unwrap();
+    let got: Vec<(&str, Option<&str>)> = claimed
+        .iter()
+        .map(|j| (j.key.as_str(), j.payload.as_deref()))
+        .collect();
+    assert_eq!(got, [("p1", Some("v2")), ("p2", Some("v2"))]);
+    assert_eq!(claimed[0].idempotency_key, "catalog.product:p1");
+}
+
+async fn a_repeated_event_id_enqueues_once(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    let ev = Some(("evt_1", "product.updated", "webhook"));
+    assert!(q.ingest(&[job("p1", "a", 1)], None, ev).await.unwrap());
+    let first = q.claim(KIND, 10, LEASE).await.unwrap();
+    assert!(q.finish(first[0].id).await.unwrap());
+    assert!(!q.ingest(&[job("p1", "a", 1)], None, ev).await.unwrap());
+    assert!(q.claim(KIND, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(q.counts(KIND).await.unwrap().queued, 0);
+}
+
+async fn a_key_being_worked_on_is_not_claimed_twice(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let first = q.claim(KIND, 10, LEASE).await.unwrap();
+    q.ingest(&[job("p1", "b", 2)], None, None).await.unwrap();
+    assert!(q.claim(KIND, 10, LEASE).await.unwrap().is_empty());
+    assert!(q.finish(first[0].id).await.unwrap());
+    let second = q.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].payload.as_deref(), Some("b"));
+}
+
+async fn leased_jobs_are_requeued_after_a_crash(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    {
+        let q = db.open("box-a", &clock).await;
+        q.ingest(&[job("p1", "a", 1)], Some(("full", "p1")), None)
+            .await
+            .unwrap();
+        assert_eq!(q.claim(KIND, 10, LEASE).await.unwrap().len(), 1);
+    } // dropped without finishing: the "crash"
+    let q = db.open("box-a", &clock).await;
+    assert!(
+        q.claim(KIND, 10, LEASE).await.unwrap().is_empty(),
+        "still leased"
+    );
+    assert_eq!(q.requeue_leased().await.unwrap(), 1);
+    let again = q.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(q.cursor("full").await.unwrap().as_deref(), Some("p1"));
+}
+
+async fn a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    q.ingest(&[job("p1", "a", 1), job("p2", "a", 1)], None, None)
+        .await
+        .unwrap();
+    let held = q.claim(KIND, 10, LEASE).await.unwrap();
+    let (p1, p2) = (held[0].id, held[1].id);
+    // p1 is kept alive; p2's holder went quiet.
+    clock.advance(LEASE / 2);
+    assert_eq!(q.heartbeat(&[p1], LEASE).await.unwrap(), [p1]);
+    clock.advance(LEASE / 2 + 1);
+    let again = q.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|j| (j.key.as_str(), j.attempts))
+            .collect::<Vec<_>>(),
+        [("p2", 2)],
+        "only the lease that ran out is claimed again"
+    );
+    clock.advance(LEASE + 1);
+    let last = q.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), [p1, p2]);
+    assert_eq!(q.counts(KIND).await.unwrap().in_flight, 2);
+}
+
+async fn a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(
+        q.retry_later(j.id, "boom", 0, 2).await.unwrap(),
+        Retry::Later
+    );
+    assert!(q.failed_job_keys(KIND).await.unwrap().is_empty());
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(j.attempts, 2);
+    assert_eq!(
+        q.retry_later(j.id, "boom", 0, 2).await.unwrap(),
+        Retry::Failed
+    );
+    assert!(q.claim(KIND, 1, LEASE).await.unwrap().is_empty());
+    assert_eq!(q.counts(KIND).await.unwrap().failed, 1);
+    assert_eq!(q.failed_job_keys(KIND).await.unwrap(), ["p1"]);
+    assert_eq!(q.requeue_failed(KIND, None).await.unwrap(), ["p1"]);
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(j.attempts, 1, "fresh attempts");
+    assert!(q.finish(j.id).await.unwrap());
+    assert_eq!(q.counts(KIND).await.unwrap().failed, 0);
+}
+
+async fn counts_follow_the_jobs(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    for p in ["p1", "p2", "p3", "p4", "p5"] {
+        q.ingest(&[job(p, "a", 1)], None, None).await.unwrap();
+    }
+    // p1 done, p2 rejected, p3 failed, p4 in flight, p5 queued.
+    let jobs = q.claim(KIND, 4, LEASE).await.unwrap();
+    assert!(q.finish(jobs[0].id).await.unwrap());
+    assert!(q.reject(jobs[1].id, "invalid").await.unwrap());
+    assert_eq!(
+        q.retry_later(jobs[2].id, "boom", 0, 1).await.unwrap(),
+        Retry::Failed
+    );
+    let c = q.counts(KIND).await.unwrap();
+    assert_eq!(
+        QueueCounts {
+            oldest_queued_ms: None,
+            ..c
+        },
+        QueueCounts {
+            keys_seen: 5,
+            queued: 1,
+            in_flight: 1,
+            failed: 1,
+            oldest_queued_ms: None,
+        }
+    );
+    assert!(c.oldest_queued_ms.is_some());
+    // p1 again: a key seen before is not counted twice.
+    q.ingest(&[job("p1", "b", 2)], None, None).await.unwrap();
+    let c = q.counts(KIND).await.unwrap();
+    assert_eq!((c.keys_seen, c.queued), (5, 2));
+}
+
+async fn a_deferred_job_does_not_spend_an_attempt(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert!(q.defer(j.id, "circuit open", 5_000).await.unwrap());
+    assert!(
+        q.claim(KIND, 1, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    clock.advance(5_001);
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(j.attempts, 1);
+    assert!(q.release(j.id).await.unwrap());
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(j.attempts, 1);
+}
+
+async fn new_work_wakes_a_waiting_claimer(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    let seen = q.wakes_seen();
+    assert!(q.claim(KIND, 1, LEASE).await.unwrap().is_empty());
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait_for_work(seen, Duration::from_secs(30)).await }
+    });
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    assert!(waiter.await.unwrap(), "woken, not timed out");
+    assert_eq!(q.claim(KIND, 1, LEASE).await.unwrap().len(), 1);
+}
+
+async fn compaction_removes_finished_jobs_and_moves_no_count(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    // p1: failed, then done (the failure is superseded); p2: done, then failed (the
+    // failure still stands); p3 queued; p4 in flight.
+    for (key, outcome) in [
+        ("p1", "fail"),
+        ("p1", "done"),
+        ("p2", "done"),
+        ("p2", "fail"),
+    ] {
+        q.ingest(&[job(key, "a", 1)], None, None).await.unwrap();
+        let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+        if outcome == "done" {
+            assert!(q.finish(j.id).await.unwrap());
+        } else {
+            assert_eq!(
+                q.retry_later(j.id, "boom", 0, 1).await.unwrap(),
+                Retry::Failed
+            );
+        }
+    }
+    q.ingest(&[job("p4", "a", 1)], None, None).await.unwrap();
+    q.claim(KIND, 1, LEASE).await.unwrap();
+    q.ingest(&[job("p3", "a", 1)], None, None).await.unwrap();
+    q.set_cursor("full", "page 3").await.unwrap();
+    let before = q.counts(KIND).await.unwrap();
+    assert_eq!(
+        (
+            before.keys_seen,
+            before.queued,
+            before.in_flight,
+            before.failed
+        ),
+        (4, 1, 1, 1)
+    );
+    assert_eq!(q.unfinished(KIND).await.unwrap(), 3);
+    clock.advance(1);
+    // p1's failure and done job, p2's done job.
+    assert_eq!(q.compact_jobs(clock.now_ms() + 1).await.unwrap(), 3);
+    assert_eq!(q.compact_jobs(clock.now_ms() + 1).await.unwrap(), 0);
+    assert_eq!(q.counts(KIND).await.unwrap(), before);
+    assert_eq!(q.unfinished(KIND).await.unwrap(), 3);
+    assert_eq!(q.failed_job_keys(KIND).await.unwrap(), ["p2"]);
+    assert_eq!(q.cursor("full").await.unwrap().as_deref(), Some("page 3"));
+}
+
+// ---- Several boxes on one Postgres -------------------------------------------------
+
+/// Two handles (two pools, two listeners): two boxes.
+async fn two_boxes(clock: &WallClock) -> Option<(Db, JobQueue, JobQueue)> {
+    let db = Db::new(Backend::Postgres)?;
+    let a = db.open("box-a", clock).await;
+    let b = db.open("box-b", clock).await;
+    Some((db, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_boxes_claiming_at_once_never_get_the_same_job() {
+    let Some((_db, a, b)) = two_boxes(&WallClock::default()).await else {
+        return;
+    };
+    let keys: Vec<String> = (0..400).map(|i| format!("prod_{i}")).collect();
+    let jobs: Vec<NewJob<'_>> = keys.iter().map(|k| job(k, "x", 1)).collect();
+    a.ingest(&jobs, None, None).await.unwrap();
+    let mut workers = Vec::new();
+    for (name, q) in [("a", &a), ("b", &b)] {
+        for _ in 0..4 {
+            let q = q.clone();
+            workers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let claimed = q.claim(KIND, 3, LEASE).await.unwrap();
+                    if claimed.is_empty() {
+                        return got;
+                    }
+                    for j in claimed {
+                        assert!(q.finish(j.id).await.unwrap(), "{name} held {}", j.key);
+                        got.push((name, j.key));
+                    }
+                }
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let distinct: HashSet<&str> = all.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(all.len(), 400, "each job claimed exactly once");
+    assert_eq!(distinct.len(), 400);
+    for name in ["a", "b"] {
+        assert!(all.iter().any(|(n, _)| *n == name), "box {name} got work");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_skips_rows_another_box_is_claiming_instead_of_waiting() {
+    let Some((db, a, _b)) = two_boxes(&WallClock::default()).await else {
+        return;
+    };
+    let Db::Postgres { url, .. } = &db else {
+        unreachable!()
+    };
+    a.ingest(&[job("p1", "a", 1), job("p2", "a", 1)], None, None)
+        .await
+        .unwrap();
+    // Another box in the middle of claiming p1: its row is locked, uncommitted.
+    let (mut other, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "SELECT id FROM syncctl.jobs WHERE key = 'p1' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    // A claim that waited on the lock would never return while `tx` is open.
+    let claimed = tokio::time::timeout(Duration::from_secs(20), a.claim(KIND, 10, LEASE))
+        .await
+        .expect("the claim waited on a row another box is claiming")
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.key.as_str()).collect::<Vec<_>>(),
+        ["p2"]
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(a.claim(KIND, 10, LEASE).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_box_that_stops_heartbeating_loses_its_jobs_to_the_other() {
+    let clock = WallClock::default();
+    let Some((_db, a, b)) = two_boxes(&clock).await else {
+        return;
+    };
+    let keys = ["p1", "p2", "p3"];
+    let jobs: Vec<NewJob<'_>> = keys.iter().map(|k| job(k, "x", 1)).collect();
+    a.ingest(&jobs, None, None).await.unwrap();
+    let held: Vec<i64> = a
+        .claim(KIND, 10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(held.len(), 3);
+    // Box a heartbeats: past its first lease, box b finds nothing to take.
+    clock.advance(LEASE * 2 / 3);
+    assert_eq!(a.heartbeat(&held, LEASE).await.unwrap(), held);
+    clock.advance(LEASE * 2 / 3);
+    assert!(b.claim(KIND, 10, LEASE).await.unwrap().is_empty());
+    // Then box a goes quiet; once its lease runs out, box b takes its jobs.
+    clock.advance(LEASE / 3 + 1);
+    let taken = b.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), held);
+    assert!(taken.iter().all(|j| j.attempts == 2));
+    // Box a, back, finds it holds nothing and can end nothing.
+    assert!(a.heartbeat(&held, LEASE).await.unwrap().is_empty());
+    assert!(!a.finish(held[0]).await.unwrap());
+    assert_eq!(
+        a.retry_later(held[1], "late", 0, 5).await.unwrap(),
+        Retry::LeaseLost
+    );
+    assert!(!a.release(held[2]).await.unwrap());
+    for j in &taken {
+        assert!(b.finish(j.id).await.unwrap());
+    }
+    let c = b.counts(KIND).await.unwrap();
+    assert_eq!((c.queued, c.in_flight, c.failed), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_notify_from_one_box_wakes_a_claimer_waiting_on_another() {
+    let Some((_db, a, b)) = two_boxes(&WallClock::default()).await else {
+        return;
+    };
+    let seen = b.wakes_seen();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.wait_for_work(seen, Duration::from_secs(30)).await }
+    });
+    a.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    assert!(
+        waiter.await.unwrap(),
+        "woken by box a's NOTIFY, not timed out"
+    );
+    assert_eq!(b.claim(KIND, 1, LEASE).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn migrations_are_versioned_and_applied_once() {
+    let Some(db) = Db::new(Backend::Postgres) else {
+        return;
+    };
+    let Db::Postgres { url, .. } = &db else {
+        unreachable!()
+    };
+    // Two boxes starting at once, then a third later: one set of tables, one row per
+    // migration.
+    let clock = WallClock::default();
+    let (a, b) = tokio::join!(db.open("a", &clock), db.open("b", &clock));
+    drop((a, b));
+    let _c = db.open("c", &clock).await;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM syncctl.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    // A database from a newer syncctl is refused, not downgraded.
+    client
+        .execute(
+            "INSERT INTO syncctl.schema_migrations(version) VALUES (99)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = JobQueue::postgres(url, "d", clock).await.err().unwrap();
+    assert!(err.to_string().contains("newer than this syncctl"), "{err}");
+}
+
+/// A loopback proxy in front of the server that counts what clients send: each read
+/// from a client is one flight of messages, i.e. one round trip of a request/answer
+/// protocol whose client waits for each answer.
+async fn counting_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (local, sent)
+}
+
+#[tokio::test]
+async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
+    use std::sync::atomic::Ordering;
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let (proxy, sent) = counting_proxy(server.port()).await;
+    let via_proxy = url.replace(&format!(":{}/", server.port()), &format!(":{proxy}/"));
+    let q = JobQueue::postgres(&via_proxy, "box-a", WallClock::default())
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let one = |i: usize| vec![job(&keys[i], "x", 1)];
+    // Warm up: the connection is open and each statement prepared once.
+    q.ingest(&one(0), None, None).await.unwrap();
+    let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    q.heartbeat(&[j.id], LEASE).await.unwrap();
+    assert!(q.finish(j.id).await.unwrap());
+    let mut trips = Vec::new();
+    for i in 1..11 {
+        let before = sent.load(Ordering::SeqCst);
+        q.ingest(&one(i), None, None).await.unwrap();
+        let ingest = sent.load(Ordering::SeqCst);
+        let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+        let claim = sent.load(Ordering::SeqCst);
+        q.heartbeat(&[j.id], LEASE).await.unwrap();
+        let heartbeat = sent.load(Ordering::SeqCst);
+        assert!(q.finish(j.id).await.unwrap());
+        let finish = sent.load(Ordering::SeqCst);
+        trips.push([
+            ingest - before,
+            claim - ingest,
+            heartbeat - claim,
+            finish - heartbeat,
+        ]);
+    }
+    assert!(trips.iter().all(|t| *t == [1, 1, 1, 1]), "{trips:?}");
+}
+
+#[tokio::test]
+async fn a_dropped_handle_leaves_no_connection_behind() {
+    let Some(db) = Db::new(Backend::Postgres) else {
+        return;
+    };
+    let Db::Postgres { url, .. } = &db else {
+        unreachable!()
+    };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let others = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(others().await >= 2, "a pooled and a listening connection");
+    drop(q);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = others().await;
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} connections left open"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- The harness itself -------------------------------------------------------------
+
+#[test]
+fn the_throwaway_server_is_stopped_and_removed_on_drop_and_on_panic() {
+    let Some(pg) = pg::own() else { return };
+    let (dir, port) = (pg.dir().to_owned(), pg.port());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(pg);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let started = std::sync::Mutex::new(None);
+    let panicked = std::panic::catch_unwind(|| {
+        let pg = pg::own().unwrap();
+        *started.lock().unwrap() = Some((pg.dir().to_owned(), pg.port()));
+        panic!("a test failing while it holds the server");
+    });
+    assert!(panicked.is_err());
+    let (dir, port) = started.into_inner().unwrap().unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

@@ -123,6 +123,11 @@ enum Command {
         /// Print the engine's reply (the journal) as JSON.
         #[arg(long, global = true)]
         json: bool,
+        /// Print what a bulk command would do (items, calls per service and minutes of
+        /// its quota, held, what runs first) and change nothing; also read after the
+        /// command (`syncctl ctl retry-failed-jobs --dry-run`).
+        #[arg(long)]
+        dry_run: bool,
         #[command(subcommand)]
         journal: Option<CtlJournal>,
         /// The command, word by word.
@@ -613,9 +618,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             token,
             json,
+            dry_run,
             journal,
             words,
-        }) => Ok(ctl(&default_dir, url, token.token, json, journal, words).await),
+        }) => Ok(ctl(
+            &default_dir,
+            url,
+            token.token,
+            json,
+            dry_run,
+            journal,
+            words,
+        )
+        .await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
@@ -1216,9 +1231,10 @@ async fn ctl(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
-    json: bool,
+    mut json: bool,
+    mut dry_run: bool,
     journal: Option<CtlJournal>,
-    words: Vec<String>,
+    mut words: Vec<String>,
 ) -> ExitCode {
     match journal {
         Some(CtlJournal::Journal { limit }) => {
@@ -1231,6 +1247,15 @@ async fn ctl(
             return ctl_reconcile(dir, url, token, json, limit.into()).await;
         }
         None => {}
+    }
+    // `--dry-run` and `--json` after the command's words are the flags, not words.
+    while words.len() > 1 {
+        match words.last().map(String::as_str) {
+            Some("--dry-run") => dry_run = true,
+            Some("--json") => json = true,
+            _ => break,
+        }
+        words.pop();
     }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
         Ok(c) => c,
@@ -1250,7 +1275,11 @@ async fn ctl(
     let mut request = reqwest::Client::new()
         .post(format!("{base}/api/v1/commands"))
         .bearer_auth(&token)
-        .json(&serde_json::json!({ "command": command.to_string() }))
+        .json(&if dry_run {
+            serde_json::json!({ "command": command.to_string(), "dry_run": true })
+        } else {
+            serde_json::json!({ "command": command.to_string() })
+        })
         .timeout(std::time::Duration::from_secs(30));
     if local {
         request = request.header(
@@ -1275,8 +1304,16 @@ async fn ctl(
         println!("{body}");
     }
     if status.is_success() {
-        if !json {
-            println!("{}", body["message"].as_str().unwrap_or("done"));
+        let preview = dry_run
+            .then(|| {
+                serde_json::from_value::<syncctl::protocol::ImpactPreview>(body["preview"].clone())
+                    .ok()
+            })
+            .flatten();
+        match preview {
+            _ if json => {}
+            Some(p) => print!("{p}"),
+            None => println!("{}", body["message"].as_str().unwrap_or("done")),
         }
         ExitCode::SUCCESS
     } else {

@@ -184,7 +184,16 @@ impl Ctx {
         let mut entity = entity(&command);
         let reply = allowed(role, &actor)
             .and_then(|()| command.validate())
-            .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
+            .and_then(|()| {
+                // A bulk command's audit line ends with what its preview estimated,
+                // taken from the state it acts on.
+                let estimate = self.estimate(&command);
+                let mut outcome = self.apply(publisher, &command, &actor, &mut entity)?;
+                if let Some(e) = estimate {
+                    outcome.message = format!("{} — {e}", outcome.message);
+                }
+                Ok(outcome)
+            });
         audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
         if reply.is_ok()
             && matches!(
@@ -602,7 +611,7 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             "the reconciliation is answered by the engine's loop",
         )),
         Query::Chain { key } => super::chain::chain(store, &key),
-        Query::Bundle { .. } | Query::WhatIf { .. } => {
+        Query::Bundle { .. } | Query::WhatIf { .. } | Query::Preview { .. } => {
             Err(CommandError::unavailable("answered on the engine's loop"))
         }
         Query::AuditCount { filter } => Ok(Answer::AuditCount {

@@ -242,16 +242,6 @@ async fn resync_drifted_previews_the_calls_it_then_makes_and_its_dry_run_changes
     let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted", None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["count"], 20, "{v}");
-    // Its audit line carries the estimate it ran with.
-    let message = v["message"].as_str().unwrap();
-    assert!(
-        message.contains(&format!(
-            "estimated quickbooks {}, stripe {} calls; held 0",
-            calls(&p, "quickbooks"),
-            calls(&p, "stripe")
-        )),
-        "{message}"
-    );
     reconciliation_until(&base, "the drift fixed", |v| {
         v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
     })
@@ -269,6 +259,16 @@ async fn resync_drifted_previews_the_calls_it_then_makes_and_its_dry_run_changes
         after.stripe - calls_before.stripe,
     );
     assert_eq!(after.writes - calls_before.writes, 20, "{after:?}");
+    // Its audit line carries the estimate it ran with.
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "estimated quickbooks {}, stripe {} calls; held 0",
+            calls(&p, "quickbooks"),
+            calls(&p, "stripe")
+        )),
+        "{message}"
+    );
     engine.shutdown().await;
 }
 

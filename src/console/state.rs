@@ -270,7 +270,7 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
-            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{} Item(s) written again from Stripe through the catalog queue: {drifted} drifted, {missing} missing ({} involved). Each: a Stripe read and at least one QuickBooks write (batched by 30). Orphans are left alone.", drifted + missing, money(*amount)),
+            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{drifted} drifted, {missing} missing: {} Item(s) written again from Stripe through the catalog queue ({} involved). Orphans are left alone.", drifted + missing, money(*amount)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::Resume { pipeline: Pipeline::Catalog, backlog } => format!("Workers claim again: the {backlog} queued catalog jobs run, oldest due first."),
             Confirm::Resume { backlog, .. } => format!("Invoices are sent to DIAN again: the {backlog} waiting go first, by deadline."),

@@ -1042,6 +1042,14 @@ impl App {
         }
     }
 
+    /// Whether the snapshot shows `pipeline` paused.
+    fn paused(&self, pipeline: Pipeline) -> bool {
+        match pipeline {
+            Pipeline::Catalog => self.snapshot.catalog.paused,
+            Pipeline::Compliance => self.snapshot.compliance.paused,
+        }
+    }
+
     /// Work waiting in `pipeline`, as the snapshot shows it.
     fn backlog(&self, pipeline: Pipeline) -> u64 {
         match pipeline {
@@ -1300,10 +1308,14 @@ impl App {
                 scope: scope.clone(),
                 entries: self.snapshot.telemetry.cache.entries,
             },
-            Command::Resume { pipeline } if self.backlog(*pipeline) > 0 => Confirm::Resume {
-                pipeline: *pipeline,
-                backlog: self.backlog(*pipeline),
-            },
+            Command::Resume { pipeline }
+                if self.paused(*pipeline) && self.backlog(*pipeline) > 0 =>
+            {
+                Confirm::Resume {
+                    pipeline: *pipeline,
+                    backlog: self.backlog(*pipeline),
+                }
+            }
             Command::Breaker { service, action } => Confirm::Breaker {
                 service: service.to_string(),
                 to: match action {

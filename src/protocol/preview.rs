@@ -93,7 +93,7 @@ impl ImpactPreview {
         self.calls.iter().map(|c| c.calls).sum()
     }
 
-    /// One line per downstream: `quickbooks 12 calls ≈ 0.1 min at 500/min`.
+    /// One line per downstream: `quickbooks 60 calls, ≈ 0.1 min at 500/min`.
     pub fn cost_lines(&self) -> Vec<String> {
         if self.calls.is_empty() {
             return vec!["no API calls".into()];
@@ -111,7 +111,7 @@ impl ImpactPreview {
                     format!("{} {} calls{circuit}", c.service, c.calls)
                 } else {
                     format!(
-                        "{} {} calls ≈ {} at {}/min{circuit}",
+                        "{} {} calls, {} at {}/min{circuit}",
                         c.service,
                         c.calls,
                         minutes(c.minutes),
@@ -166,15 +166,17 @@ impl ImpactPreview {
     }
 }
 
-/// `0.4 min`, `12 min`, `2 h 05 min`.
+/// `≈ 0.4 min`, `≈ 12 min`, `≈ 2 h 05 min`, `< 0.1 min`.
 fn minutes(m: f64) -> String {
-    if m < 10.0 {
-        format!("{m:.1} min")
+    if m > 0.0 && m < 0.05 {
+        "< 0.1 min".into()
+    } else if m < 10.0 {
+        format!("≈ {m:.1} min")
     } else if m < 60.0 {
-        format!("{m:.0} min")
+        format!("≈ {m:.0} min")
     } else {
         let total = m.round() as u64;
-        format!("{} h {:02} min", total / 60, total % 60)
+        format!("≈ {} h {:02} min", total / 60, total % 60)
     }
 }
 
@@ -221,7 +223,7 @@ mod tests {
         assert!(text.starts_with("retry-failed-jobs — dry run, nothing changed\n"));
         assert!(text.contains("  12 failed catalog jobs\n"), "{text}");
         assert!(
-            text.contains("  quickbooks 12 calls ≈ 0.0 min at 500/min (circuit FORCED_OPEN)\n"),
+            text.contains("  quickbooks 12 calls, < 0.1 min at 500/min (circuit FORCED_OPEN)\n"),
             "{text}"
         );
         assert!(text.contains("  stripe 30 calls\n"), "{text}");
@@ -235,7 +237,9 @@ mod tests {
         );
         assert_eq!(p.calls_to("quickbooks"), 12);
         assert_eq!(p.total_calls(), 42);
-        assert_eq!(minutes(125.2), "2 h 05 min");
+        assert_eq!(minutes(125.2), "≈ 2 h 05 min");
+        assert_eq!(minutes(0.4), "≈ 0.4 min");
+        assert_eq!(minutes(0.0), "≈ 0.0 min");
         assert_eq!(
             p.estimate_words(),
             "estimated quickbooks 12, stripe 30 calls; held 12"

@@ -74,19 +74,28 @@ fn preview_lines(app: &App) -> Vec<Line<'static>> {
         Some(Err(why)) => return vec![Line::styled(format!("impact: no preview ({why})"), t.warn)],
         Some(Ok(p)) => p,
     };
-    let held = p.held_line();
-    let mut lines = vec![Line::from(vec![
-        Span::styled("impact: ", t.dim),
-        Span::raw(format!("{} {} · ", p.items, p.noun)),
-        Span::styled(held, if p.held > 0 { t.warn } else { t.base }),
-    ])];
+    let mut lines = if p.held == 0 {
+        vec![Line::from(vec![
+            Span::styled("impact: ", t.dim),
+            Span::raw(format!("{} {} · held 0", p.items, p.noun)),
+        ])]
+    } else {
+        // What would wait, on a line of its own (it wraps), in the warning style.
+        vec![
+            Line::from(vec![
+                Span::styled("impact: ", t.dim),
+                Span::raw(format!("{} {}", p.items, p.noun)),
+            ]),
+            Line::styled(format!("· {}", p.held_line()), t.warn),
+        ]
+    };
     lines.extend(
         p.cost_lines()
             .into_iter()
-            .map(|c| Line::raw(format!("  {c}"))),
+            .map(|c| Line::raw(format!("· {c}"))),
     );
     if let Some(first) = p.first_line() {
-        lines.push(Line::styled(format!("  {first}"), t.dim));
+        lines.push(Line::styled(format!("· {first}"), t.dim));
     }
     lines
 }

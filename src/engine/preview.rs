@@ -397,15 +397,14 @@ impl Ctx {
             }
         };
         keys.sort();
-        let lookups = keys.iter().filter(|k| k.starts_with("item:name:")).count() as u64;
+        let lookups = keys.iter().filter(|k| k.starts_with("item:name:")).count();
         p.noun = "cache entries".into();
         p.items = keys.len() as u64;
         p.first = keys.into_iter().take(PREVIEW_FIRST).collect();
-        p.notes.push(
-            "no call now: at most one QuickBooks name lookup per dropped name, when its product next syncs"
-                .into(),
-        );
-        p.calls = self.cost("quickbooks", lookups).into_iter().collect();
+        // Dropping calls no one: the cost comes later, product by product.
+        p.notes.push(format!(
+            "later: up to {lookups} QuickBooks name lookups, one as each of those products next syncs"
+        ));
     }
 
     /// A breaker set: the work waiting on the service is held (force-open) or let

@@ -133,10 +133,16 @@ impl ImpactPreview {
 
     /// `first prod_1, prod_2, … (after 4 queued)`, or None with nothing to run.
     pub fn first_line(&self) -> Option<String> {
+        self.first_line_of(PREVIEW_FIRST)
+    }
+
+    /// [`Self::first_line`] naming at most `n` items.
+    pub fn first_line_of(&self, n: usize) -> Option<String> {
         if self.first.is_empty() {
             return None;
         }
-        let more = if self.items > self.first.len() as u64 {
+        let shown = &self.first[..n.min(self.first.len())];
+        let more = if self.items > shown.len() as u64 {
             ", …"
         } else {
             ""
@@ -146,7 +152,7 @@ impl ImpactPreview {
         } else {
             String::new()
         };
-        Some(format!("first {}{more}{after}", self.first.join(", ")))
+        Some(format!("first {}{more}{after}", shown.join(", ")))
     }
 
     /// The estimate as the real run's audit line ends: `est. quickbooks 12, stripe 12

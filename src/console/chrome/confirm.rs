@@ -94,8 +94,12 @@ fn preview_lines(app: &App) -> Vec<Line<'static>> {
             .into_iter()
             .map(|c| Line::raw(format!("· {c}"))),
     );
-    if let Some(first) = p.first_line() {
+    if let Some(first) = p.first_line_of(3) {
         lines.push(Line::styled(format!("· {first}"), t.dim));
+    }
+    // The first caveat (the API and `ctl --dry-run` give them all).
+    if let Some(note) = p.notes.first() {
+        lines.push(Line::styled(format!("· {note}"), t.dim));
     }
     lines
 }

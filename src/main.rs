@@ -614,23 +614,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
-        Some(Command::Ctl {
-            url,
-            token,
-            json,
-            dry_run,
-            journal,
-            words,
-        }) => Ok(ctl(
-            &default_dir,
-            url,
-            token.token,
-            json,
-            dry_run,
-            journal,
-            words,
-        )
-        .await),
+        Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
@@ -1226,16 +1210,21 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
 /// `syncctl ctl`: parses the words as a command (exit 2 if they are not one), sends it
 /// to the engine at `url` with `token`, or to the one serving `dir` as this user, and
 /// says its answer (exit 0 done, 1 refused, 3 unreachable). `syncctl ctl journal`:
-/// [`ctl_journal`].
-async fn ctl(
-    dir: &std::path::Path,
-    url: Option<String>,
-    token: Option<String>,
-    mut json: bool,
-    mut dry_run: bool,
-    journal: Option<CtlJournal>,
-    mut words: Vec<String>,
-) -> ExitCode {
+/// [`ctl_journal`]. With `--dry-run`, a bulk command's impact preview, nothing done.
+/// (`command` is a [`Command::Ctl`].)
+async fn ctl(dir: &std::path::Path, command: Command) -> ExitCode {
+    let Command::Ctl {
+        url,
+        token,
+        mut json,
+        mut dry_run,
+        journal,
+        mut words,
+    } = command
+    else {
+        return ExitCode::from(2);
+    };
+    let token = token.token;
     match journal {
         Some(CtlJournal::Journal { limit }) => {
             return ctl_journal(dir, url, token, json, limit.into()).await;

@@ -88,45 +88,11 @@ impl Ctx {
             }
             Command::Resync {} => self.full_sync(&mut p)?,
             Command::RetryFailed {} | Command::RetryInvoice { .. } => {
-                let c = self
-                    .compliance
-                    .as_deref()
-                    .ok_or_else(|| CommandError::conflict(super::COMPLIANCE_OFF))?;
-                let records = match command {
-                    Command::RetryInvoice { key } => vec![c.find(key)?],
-                    _ => c
-                        .store
-                        .invoices_in(crate::protocol::Status::Failed)
-                        .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?
-                        .iter()
-                        .filter_map(|id| c.store.invoice(id).ok().flatten())
-                        .collect(),
-                };
-                if records.is_empty() {
-                    return Err(CommandError::conflict("no FAILED invoices to retry"));
-                }
-                p.noun = "invoices".into();
-                self.invoices(&mut p, &records, true);
+                self.retried_invoices(&mut p, command)?;
             }
             Command::InvalidateCache { scope } => self.invalidation(&mut p, scope),
             Command::Breaker { service, action } => self.breaker(&mut p, *service, *action)?,
-            Command::Resume { pipeline } => match pipeline {
-                Pipeline::Catalog => {
-                    p.noun = "queued catalog jobs".into();
-                    let rows = self.queued_catalog();
-                    self.catalog_jobs(&mut p, &rows, false);
-                    p.ahead = 0;
-                }
-                Pipeline::Compliance => {
-                    let c = self
-                        .compliance
-                        .as_deref()
-                        .ok_or_else(|| CommandError::conflict(super::COMPLIANCE_OFF))?;
-                    p.noun = "invoices waiting".into();
-                    let records = c.backlog();
-                    self.invoices(&mut p, &records, false);
-                }
-            },
+            Command::Resume { pipeline } => self.resumed(&mut p, *pipeline)?,
             _ => {
                 return Err(CommandError::invalid(
                     "command",
@@ -162,6 +128,56 @@ impl Ctx {
         .then(|| self.preview(command).ok())
         .flatten()
         .map(|p| p.estimate_words())
+    }
+
+    /// An operator's retry of one invoice or every FAILED one: each read at Alegra
+    /// first, then sent if need be.
+    fn retried_invoices(
+        &self,
+        p: &mut ImpactPreview,
+        command: &Command,
+    ) -> Result<(), CommandError> {
+        let c = self
+            .compliance
+            .as_deref()
+            .ok_or_else(|| CommandError::conflict(super::COMPLIANCE_OFF))?;
+        let records = match command {
+            Command::RetryInvoice { key } => vec![c.find(key)?],
+            _ => c
+                .store
+                .invoices_in(crate::protocol::Status::Failed)
+                .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?
+                .iter()
+                .filter_map(|id| c.store.invoice(id).ok().flatten())
+                .collect(),
+        };
+        if records.is_empty() {
+            return Err(CommandError::conflict("no FAILED invoices to retry"));
+        }
+        p.noun = "invoices".into();
+        self.invoices(p, &records, true);
+        Ok(())
+    }
+
+    /// A pipeline resumed: the work waiting in it runs.
+    fn resumed(&self, p: &mut ImpactPreview, pipeline: Pipeline) -> Result<(), CommandError> {
+        match pipeline {
+            Pipeline::Catalog => {
+                p.noun = "queued catalog jobs".into();
+                let rows = self.queued_catalog();
+                self.catalog_jobs(p, &rows, false);
+            }
+            Pipeline::Compliance => {
+                let c = self
+                    .compliance
+                    .as_deref()
+                    .ok_or_else(|| CommandError::conflict(super::COMPLIANCE_OFF))?;
+                p.noun = "invoices waiting".into();
+                let records = c.backlog();
+                self.invoices(p, &records, false);
+            }
+        }
+        Ok(())
     }
 
     fn downstream(&self, name: &str) -> Option<&Arc<Downstream>> {

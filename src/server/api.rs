@@ -4,6 +4,9 @@
 //! with its typed reply, so it is validated and audited exactly like the same action
 //! taken in the console.
 //!
+//! Every action's path takes `?dry_run=true`: its impact preview, nothing done
+//! ([`DryRun`]).
+//!
 //! Errors are JSON: `{"error": {"code": "…", "message": "…"}}` (and `"field"` when a
 //! value is at fault). A refused command answers its [`CommandError`]'s status: 404
 //! not found, 409 conflict, 400 invalid, 403 forbidden, 503 unavailable.
@@ -874,7 +877,8 @@ pub async fn alerts(State(st): State<ServerState>) -> Response {
 
 /// `POST /api/v1/commands {"command": "pause compliance"}`: any command in the text
 /// grammar (`syncctl ctl`, scripts), answered like the dedicated routes; a word that
-/// does not parse is a 400 naming it.
+/// does not parse is a 400 naming it. With `"dry_run": true` (or `?dry_run=true`), a
+/// bulk command's impact preview instead, as on the dedicated routes.
 pub async fn command(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,

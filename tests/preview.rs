@@ -1,7 +1,8 @@
 //! Impact previews through real interfaces (issue 17 point 3): a bulk action's dry run
 //! over HTTP (`?dry_run=true`) and `syncctl ctl … --dry-run` says how many items and
 //! how many calls each downstream would be charged; the sandbox's own request counters
-//! then count the calls the real run makes, and the two agree within 5 %. A dry run
+//! then count the calls the real run makes (resync-drifted, retry-failed-jobs,
+//! retry-failed on DIAN), and the two agree within 5 %. A dry run
 //! changes nothing — no call reaches a service, no job is queued, nothing is audited —
 //! and a circuit forced open shows as items held.
 
@@ -485,5 +486,78 @@ async fn a_dry_run_of_what_is_not_a_bulk_action_or_would_be_refused_says_so() {
     )
     .await;
     assert_eq!(s, 400, "{v}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_invoices_previews_the_alegra_calls_it_then_makes() {
+    use syncctl::protocol::Status;
+    let sb = common::sandbox(5, 31).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sb);
+    cfg.compliance.retry_schedule_secs = vec![1, 1];
+    cfg.compliance.poll_secs = 1;
+    cfg.compliance.contingency_probes = 0;
+    cfg.alegra.timeout_secs = 2;
+    cfg.alegra.breaker.minimum_calls = 1000;
+    cfg.alegra.breaker.consecutive_failures = 0;
+    let mut engine = common::engine(cfg, dir.path()).await;
+    sb.sandbox.set_webhook_url(Some(format!(
+        "http://{}/webhooks/stripe",
+        engine.server_addr
+    )));
+    let base = format!("http://{}", engine.server_addr);
+    // DIAN is down and the engine has no contingency: 16 invoices fail on schedule.
+    common::post_json(
+        &sb_url,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": true}),
+    )
+    .await;
+    common::make_invoices(&sb_url, 16).await;
+    let count = |s: Status| engine.engine.snapshot.borrow().compliance.counts.get(s);
+    common::eventually(120, "16 FAILED invoices", || async {
+        (count(Status::Failed) == 16).then_some(())
+    })
+    .await;
+    common::post_json(
+        &sb_url,
+        "/_sandbox/faults",
+        json!({"service": "dian", "outage": false}),
+    )
+    .await;
+    let alegra = || async {
+        common::get_json(&format!("{sb_url}/_sandbox/stats")).await["alegra"]["handled"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let before = alegra().await;
+    let (s, v) = api(
+        &base,
+        "POST",
+        "/api/v1/compliance/retry-failed?dry_run=true",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let p = v["preview"].clone();
+    assert_eq!(
+        (p["items"].clone(), p["held"].clone()),
+        (json!(16), json!(0)),
+        "{p}"
+    );
+    assert_eq!(p["first"].as_array().unwrap().len(), 5, "{p}");
+    assert_eq!(alegra().await, before, "a dry run called Alegra");
+    assert_eq!(count(Status::Failed), 16, "a dry run retried");
+
+    let (s, v) = api(&base, "POST", "/api/v1/compliance/retry-failed", None).await;
+    assert_eq!(s, 200, "{v}");
+    common::eventually(120, "16 VALIDATED invoices", || async {
+        (count(Status::Validated) == 16).then_some(())
+    })
+    .await;
+    within_5_percent("alegra", calls(&p, "alegra"), alegra().await - before);
     engine.shutdown().await;
 }

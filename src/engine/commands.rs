@@ -611,12 +611,16 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             "the reconciliation is answered by the engine's loop",
         )),
         Query::Chain { key } => super::chain::chain(store, &key),
-        Query::Bundle { .. } | Query::WhatIf { .. } | Query::Preview { .. } => {
+        Query::Bundle { .. } | Query::WhatIf { .. } => {
             Err(CommandError::unavailable("answered on the engine's loop"))
         }
         Query::AuditCount { filter } => Ok(Answer::AuditCount {
             total: store.audit_count(&filter).map_err(unreadable)?,
         }),
+        // Answered on the engine's loop, where the command would run.
+        Query::Preview { .. } => Err(CommandError::unavailable(
+            "a preview is answered by the engine's loop",
+        )),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

@@ -134,6 +134,10 @@ impl FrozenBundle {
                 "{} is an incident bundle: it keeps no store to follow {key:?}'s chain through",
                 self.file
             ))),
+            Query::Preview { command } => Err(CommandError::conflict(format!(
+                "{} is an incident bundle: `{command}` would act on nothing",
+                self.file
+            ))),
             // A copy of the bundle itself (`B` in a bundle writes it again).
             Query::Bundle { .. } => Ok(Answer::Bundle(Box::new((*self.bundle).clone()))),
         }

@@ -123,6 +123,11 @@ enum Command {
         /// Print the engine's reply (the journal) as JSON.
         #[arg(long, global = true)]
         json: bool,
+        /// Print what a bulk command would do (items, calls per service and minutes of
+        /// its quota, held, what runs first) and change nothing; also read after the
+        /// command (`syncctl ctl retry-failed-jobs --dry-run`).
+        #[arg(long)]
+        dry_run: bool,
         #[command(subcommand)]
         journal: Option<CtlJournal>,
         /// The command, word by word.
@@ -618,13 +623,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
-        Some(Command::Ctl {
-            url,
-            token,
-            json,
-            journal,
-            words,
-        }) => Ok(ctl(&default_dir, url, token.token, json, journal, words).await),
+        Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // Blocking file and store work; a retry through a running engine waits on
@@ -1220,15 +1219,21 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
 /// `syncctl ctl`: parses the words as a command (exit 2 if they are not one), sends it
 /// to the engine at `url` with `token`, or to the one serving `dir` as this user, and
 /// says its answer (exit 0 done, 1 refused, 3 unreachable). `syncctl ctl journal`:
-/// [`ctl_journal`].
-async fn ctl(
-    dir: &std::path::Path,
-    url: Option<String>,
-    token: Option<String>,
-    json: bool,
-    journal: Option<CtlJournal>,
-    words: Vec<String>,
-) -> ExitCode {
+/// [`ctl_journal`]. With `--dry-run`, a bulk command's impact preview, nothing done.
+/// (`command` is a [`Command::Ctl`].)
+async fn ctl(dir: &std::path::Path, command: Command) -> ExitCode {
+    let Command::Ctl {
+        url,
+        token,
+        mut json,
+        mut dry_run,
+        journal,
+        mut words,
+    } = command
+    else {
+        return ExitCode::from(2);
+    };
+    let token = token.token;
     match journal {
         Some(CtlJournal::Journal { limit }) => {
             return ctl_journal(dir, url, token, json, limit.into()).await;
@@ -1241,6 +1246,15 @@ async fn ctl(
         }
         Some(CtlJournal::Chain { key }) => return ctl_chain(dir, url, token, json, &key).await,
         None => {}
+    }
+    // `--dry-run` and `--json` after the command's words are the flags, not words.
+    while words.len() > 1 {
+        match words.last().map(String::as_str) {
+            Some("--dry-run") => dry_run = true,
+            Some("--json") => json = true,
+            _ => break,
+        }
+        words.pop();
     }
     let command = match syncctl::protocol::Command::from_cli_args(&words) {
         Ok(c) => c,
@@ -1260,7 +1274,11 @@ async fn ctl(
     let mut request = reqwest::Client::new()
         .post(format!("{base}/api/v1/commands"))
         .bearer_auth(&token)
-        .json(&serde_json::json!({ "command": command.to_string() }))
+        .json(&if dry_run {
+            serde_json::json!({ "command": command.to_string(), "dry_run": true })
+        } else {
+            serde_json::json!({ "command": command.to_string() })
+        })
         .timeout(std::time::Duration::from_secs(30));
     if local {
         request = request.header(
@@ -1285,8 +1303,16 @@ async fn ctl(
         println!("{body}");
     }
     if status.is_success() {
-        if !json {
-            println!("{}", body["message"].as_str().unwrap_or("done"));
+        let preview = dry_run
+            .then(|| {
+                serde_json::from_value::<syncctl::protocol::ImpactPreview>(body["preview"].clone())
+                    .ok()
+            })
+            .flatten();
+        match preview {
+            _ if json => {}
+            Some(p) => print!("{p}"),
+            None => println!("{}", body["message"].as_str().unwrap_or("done")),
         }
         ExitCode::SUCCESS
     } else {

@@ -616,8 +616,15 @@ fn p_pauses_and_resumes_as_the_operator() {
         text.contains("catalog pipeline paused — p resumes"),
         "the flash confirms the new state: {text}"
     );
+    // 180 jobs wait: resuming asks first, with the impact preview.
+    assert_eq!(press(&mut app, KeyCode::Char('p')), None);
+    assert!(
+        render(&app, 80, 24)
+            .0
+            .contains("Resume the catalog pipeline (180 waiting)?")
+    );
     assert!(matches!(
-        press(&mut app, KeyCode::Char('p')),
+        press(&mut app, KeyCode::Char('y')),
         Some(Command::Resume {
             pipeline: Pipeline::Catalog
         })
@@ -2734,4 +2741,146 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
         "{text}"
     );
     assert!(text.contains("paused catalog pipeline"), "{text}");
+}
+
+/// The impact preview a bulk action's confirmation shows, as the engine answered it.
+fn impact(held: u64, why: &str) -> syncctl::protocol::ImpactPreview {
+    use syncctl::protocol::{DownstreamCost, ImpactPreview};
+    let qb = if held > 0 { "FORCED_OPEN" } else { "CLOSED" };
+    ImpactPreview {
+        command: "retry-failed-jobs".into(),
+        items: 2,
+        noun: "failed catalog jobs".into(),
+        calls: vec![
+            DownstreamCost::new("quickbooks", 2, 500, qb),
+            DownstreamCost::new("stripe", 2, 6000, "CLOSED"),
+        ],
+        held,
+        held_why: if held > 0 { vec![why.into()] } else { vec![] },
+        ahead: 180,
+        first: vec!["prod_0042".into(), "prod_0007".into()],
+        notes: vec![],
+    }
+}
+
+/// The preview query among `effects`.
+fn preview_asked(effects: &[Effect]) -> Option<Command> {
+    effects.iter().find_map(|e| match e {
+        Effect::Ask(syncctl::protocol::Query::Preview { command }) => Some(command.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40() {
+    use syncctl::protocol::{Answer, Query};
+    let mut app = app();
+    press(&mut app, KeyCode::Char('4'));
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Char('F'))));
+    assert_eq!(
+        preview_asked(&effects),
+        Some(Command::RetryFailedJobs {}),
+        "F asks the engine for the preview"
+    );
+    assert!(
+        sent(effects).is_none(),
+        "nothing is sent before the confirmation"
+    );
+    let (text, _) = render(&app, 80, 24);
+    assert!(text.contains("Retry 2 failed catalog jobs?"), "{text}");
+    assert!(text.contains("impact: estimating…"), "{text}");
+
+    // An answer to another question is not this dialog's.
+    update(
+        &mut app,
+        Msg::Answer {
+            query: Query::Preview {
+                command: Command::Resync {},
+            },
+            reply: Ok(Answer::Preview(Box::new(impact(0, "")))),
+        },
+    );
+    assert!(render(&app, 80, 24).0.contains("impact: estimating…"));
+    let effects = update(
+        &mut app,
+        Msg::Answer {
+            query: Query::Preview {
+                command: Command::RetryFailedJobs {},
+            },
+            reply: Ok(Answer::Preview(Box::new(impact(0, "")))),
+        },
+    );
+    assert!(redraws(&effects));
+    let (small, _) = render(&app, 80, 24);
+    for line in [
+        "impact: 2 failed catalog jobs · held 0",
+        "· quickbooks 2 calls, < 0.1 min at 500/min",
+        "· stripe 2 calls, < 0.1 min at 6000/min",
+        "· first prod_0042, prod_0007 (after 180 already queued)",
+        "[ Cancel ]",
+    ] {
+        assert!(small.contains(line), "{line:?} at 80×24:\n{small}");
+    }
+    check_snapshot("preview_80x24", &small);
+    check_snapshot("preview_120x40", &render(&app, 120, 40).0);
+    // Confirmed, the command goes; the preview goes with the dialog.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(Command::RetryFailedJobs {})
+    );
+    assert!(app.preview.is_none());
+
+    // A circuit forced open: what waits on it is held, and why.
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Down);
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Char('o'))));
+    let asked = preview_asked(&effects).expect("o asks for the preview");
+    assert_eq!(
+        asked,
+        Command::Breaker {
+            service: Service::QuickBooks,
+            action: BreakerAction::ForceOpen
+        }
+    );
+    update(
+        &mut app,
+        Msg::Answer {
+            query: Query::Preview { command: asked },
+            reply: Ok(Answer::Preview(Box::new(impact(
+                2,
+                "the quickbooks circuit would be FORCED_OPEN (now CLOSED): they wait until you close it; new work too",
+            )))),
+        },
+    );
+    let (small, _) = render(&app, 80, 24);
+    assert!(
+        small.contains("· held 2: the quickbooks circuit"),
+        "{small}"
+    );
+    assert!(
+        small.contains("[ Cancel ]"),
+        "the buttons still fit: {small}"
+    );
+    check_snapshot("preview_held_80x24", &small);
+    // Cancelled, nothing is sent and the preview goes.
+    assert_eq!(press(&mut app, KeyCode::Esc), None);
+    assert!(app.preview.is_none() && app.confirm.is_none());
+
+    // A preview the engine cannot give says why; the dialog still works.
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Char('x'))));
+    let asked = preview_asked(&effects).unwrap();
+    update(
+        &mut app,
+        Msg::Answer {
+            query: Query::Preview { command: asked },
+            reply: Err(syncctl::protocol::CommandError::unavailable(
+                "the engine is stopping",
+            )),
+        },
+    );
+    assert!(
+        render(&app, 80, 24)
+            .0
+            .contains("impact: no preview (the engine is stopping)")
+    );
 }

@@ -11,9 +11,10 @@ pub use super::selection::{Selection, Step};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, CacheScope, Discrepancy, InvoiceDetail, InvoiceRecord,
-    KnownValues, LinkState, OPERATOR, SandboxFaults, Shown, Snapshot, State as BreakerState,
-    Status as InvoiceStatus, WhatIf, complete_with, operator,
+    AttachedConsole, AuditEntry, BreakerAction, CacheScope, Command, Discrepancy, ImpactPreview,
+    InvoiceDetail, InvoiceRecord, KnownValues, LinkState, OPERATOR, Pipeline, SandboxFaults,
+    Service, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange,
+    WhatIf, complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -120,6 +121,11 @@ pub enum Confirm {
         missing: u64,
         amount: f64,
     },
+    /// Resume a paused pipeline with work waiting (`backlog` as the snapshot showed).
+    Resume {
+        pipeline: Pipeline,
+        backlog: u64,
+    },
     /// Drop cached QuickBooks lookups; `entries` is how many the cache holds now.
     InvalidateCache {
         scope: CacheScope,
@@ -161,6 +167,56 @@ impl PromptKind {
 }
 
 impl Confirm {
+    /// The command the confirmation sends (None for the quit, which drains).
+    pub fn command(&self) -> Option<Command> {
+        Some(match self {
+            Confirm::Quit => return None,
+            Confirm::Breaker { service, to } => {
+                let service = service.parse::<Service>().ok()?;
+                let action = match to {
+                    None => BreakerAction::Reset,
+                    Some(BreakerState::ForcedOpen) => BreakerAction::ForceOpen,
+                    Some(BreakerState::Disabled) => BreakerAction::Disable,
+                    Some(BreakerState::MetricsOnly) => BreakerAction::MetricsOnly,
+                    Some(_) => BreakerAction::Close,
+                };
+                Command::Breaker { service, action }
+            }
+            Confirm::Bounds { min, max } => Command::WorkerBounds {
+                pipeline: Pipeline::Catalog,
+                min: *min,
+                max: *max,
+            },
+            Confirm::RetryFailed { .. } => Command::RetryFailed {},
+            Confirm::RetryFailedJobs { .. } => Command::RetryFailedJobs {},
+            Confirm::Resync { .. } => Command::Resync {},
+            Confirm::ResyncDrifted { .. } => Command::ResyncDrifted {},
+            Confirm::Resume { pipeline, .. } => Command::Resume {
+                pipeline: *pipeline,
+            },
+            Confirm::InvalidateCache { scope, .. } => Command::InvalidateCache {
+                scope: scope.clone(),
+            },
+            Confirm::Thresholds {
+                changes, for_secs, ..
+            } => Command::SetThresholds {
+                changes: changes
+                    .iter()
+                    .map(|(n, _, v)| ThresholdChange::new(n.clone(), *v))
+                    .collect(),
+                for_secs: *for_secs,
+            },
+        })
+    }
+
+    /// The command whose impact preview the confirmation shows: every bulk action's.
+    pub fn previewed(&self) -> Option<Command> {
+        match self {
+            Confirm::Quit | Confirm::Bounds { .. } | Confirm::Thresholds { .. } => None,
+            _ => self.command(),
+        }
+    }
+
     pub fn title(&self) -> String {
         match self {
             Confirm::Quit => "Quit syncctl?".into(),
@@ -181,6 +237,9 @@ impl Confirm {
                 format!("Resync {} Item(s)?", drifted + missing)
             }
             Confirm::InvalidateCache { scope, .. } => format!("Invalidate cache: {scope}?"),
+            Confirm::Resume { pipeline, backlog } => {
+                format!("Resume the {pipeline} pipeline ({backlog} waiting)?")
+            }
             Confirm::Thresholds { changes, .. } => {
                 format!("Apply {} threshold change(s)?", changes.len())
             }
@@ -197,8 +256,10 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
-            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{} Item(s) written again from Stripe through the catalog queue: {drifted} drifted, {missing} missing ({} involved). Each: a Stripe read and at least one QuickBooks write (batched by 30). Orphans are left alone.", drifted + missing, money(*amount)),
+            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{drifted} drifted, {missing} missing: {} Item(s) written again from Stripe through the catalog queue ({} involved). Orphans are left alone.", drifted + missing, money(*amount)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
+            Confirm::Resume { pipeline: Pipeline::Catalog, backlog } => format!("Workers claim again: the {backlog} queued catalog jobs run, oldest due first."),
+            Confirm::Resume { backlog, .. } => format!("Invoices are sent to DIAN again: the {backlog} waiting go first, by deadline."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),
             Confirm::Thresholds { changes, file, for_secs } => {
@@ -224,6 +285,7 @@ impl Confirm {
             }
             Confirm::RetryFailed { .. } | Confirm::RetryFailedJobs { .. } => "Retry",
             Confirm::Resync { .. } | Confirm::ResyncDrifted { .. } => "Sync",
+            Confirm::Resume { .. } => "Resume",
             Confirm::InvalidateCache { .. } => "Invalidate",
         }
     }
@@ -273,6 +335,9 @@ pub struct App {
     /// Settings: the engine's what-if for each staged value (name, value, the answer
     /// or why there is none), asked when the value was staged.
     pub what_ifs: Vec<(String, f64, Result<WhatIf, String>)>,
+    /// The open confirmation's impact preview: the command asked about, and the
+    /// engine's answer once it came (or why there is none).
+    pub preview: Option<(Command, Option<Result<ImpactPreview, String>>)>,
     /// Settings: how long the staged values last once applied (`12 for 1h` at the
     /// prompt); None: for good.
     pub staged_for: Option<u64>,
@@ -342,6 +407,7 @@ impl App {
             setting_row: 0,
             staged: Vec::new(),
             what_ifs: Vec::new(),
+            preview: None,
             staged_for: None,
             sandbox: None,
             dian_sel: Selection::default(),

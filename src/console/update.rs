@@ -21,8 +21,8 @@ use super::state::{App, Confirm, EVENTS_PAGE, EventsSearch, PromptKind, Step, Ta
 use crate::protocol::{
     AlertMatcher, Answer, AttachedConsole, AuditFilter, BUNDLE_EVENTS, BreakerAction, Bundle,
     CacheScope, Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS,
-    Pipeline, Query, QueryReply, Reply, Request, Service, Snapshot, State as BreakerState,
-    Status as InvoiceStatus, ThresholdChange, check_threshold, parse_duration,
+    Pipeline, Query, QueryReply, Reply, Request, Snapshot, State as BreakerState,
+    Status as InvoiceStatus, check_threshold, parse_duration,
 };
 
 /// Something that happened, for [`update`] to take in.
@@ -239,6 +239,18 @@ impl App {
             Query::AuditCount { filter } => {
                 if self.apply_events_total(&filter, reply) {
                     effects.push(redraw(false));
+                }
+            }
+            Query::Preview { command } => {
+                if let Some((asked, answer)) = self.preview.as_mut()
+                    && *asked == command
+                {
+                    *answer = Some(match reply {
+                        Ok(Answer::Preview(p)) => Ok(*p),
+                        Ok(_) => Err("the engine answered another query".into()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                    effects.push(redraw(true));
                 }
             }
             Query::Invoices { .. } | Query::Reconciliation { .. } => {}
@@ -562,12 +574,10 @@ impl App {
                     }
                 };
                 self.prompt = None;
-                self.confirm = Some(Confirm::InvalidateCache {
+                self.open_confirm(Confirm::InvalidateCache {
                     scope,
                     entries: self.snapshot.telemetry.cache.entries,
-                });
-                self.confirm_focus_ok = false;
-                None
+                })
             }
             PromptKind::Silence { matcher } => match crate::protocol::parse_duration(&text) {
                 Ok(secs) => {
@@ -750,10 +760,8 @@ impl App {
             return None;
         }
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
-            if let Some(service) = app.selected_service() {
-                app.confirm = Some(Confirm::Breaker { service, to });
-                app.confirm_focus_ok = false;
-            }
+            let service = app.selected_service()?;
+            app.open_confirm(Confirm::Breaker { service, to })
         };
         match action {
             Action::NextTab | Action::PrevTab | Action::GoTab(_) => {
@@ -815,11 +823,11 @@ impl App {
             }
             Action::TogglePause => return self.toggle_pause(Pipeline::Catalog),
             Action::ToggleCompliancePause => return self.toggle_pause(Pipeline::Compliance),
-            Action::ForceOpen => circuit(self, Some(BreakerState::ForcedOpen)),
-            Action::CloseCircuit => circuit(self, Some(BreakerState::Closed)),
-            Action::DisableCircuit => circuit(self, Some(BreakerState::Disabled)),
-            Action::MetricsOnly => circuit(self, Some(BreakerState::MetricsOnly)),
-            Action::ResetCircuit => circuit(self, None),
+            Action::ForceOpen => return circuit(self, Some(BreakerState::ForcedOpen)),
+            Action::CloseCircuit => return circuit(self, Some(BreakerState::Closed)),
+            Action::DisableCircuit => return circuit(self, Some(BreakerState::Disabled)),
+            Action::MetricsOnly => return circuit(self, Some(BreakerState::MetricsOnly)),
+            Action::ResetCircuit => return circuit(self, None),
             Action::ToggleOutage => return self.toggle_outage(),
             Action::SetBounds => {
                 let c = &self.snapshot.catalog;
@@ -896,8 +904,7 @@ impl App {
                 if count == 0 {
                     self.flash = Some("no FAILED invoices to retry".into());
                 } else {
-                    self.confirm = Some(Confirm::RetryFailed { count });
-                    self.confirm_focus_ok = false;
+                    return self.open_confirm(Confirm::RetryFailed { count });
                 }
             }
             Action::RetryFailedJobs => return self.run_typed(Command::RetryFailedJobs {}),
@@ -1041,6 +1048,31 @@ impl App {
         }
     }
 
+    /// Whether the snapshot shows `pipeline` paused.
+    fn paused(&self, pipeline: Pipeline) -> bool {
+        match pipeline {
+            Pipeline::Catalog => self.snapshot.catalog.paused,
+            Pipeline::Compliance => self.snapshot.compliance.paused,
+        }
+    }
+
+    /// Work waiting in `pipeline`, as the snapshot shows it.
+    fn backlog(&self, pipeline: Pipeline) -> u64 {
+        match pipeline {
+            Pipeline::Catalog => self.snapshot.catalog.counts.queued,
+            Pipeline::Compliance => [
+                InvoiceStatus::Pending,
+                InvoiceStatus::Retry,
+                InvoiceStatus::Unknown,
+                InvoiceStatus::Sent,
+                InvoiceStatus::Fallback,
+            ]
+            .into_iter()
+            .map(|s| self.snapshot.compliance.counts.get(s))
+            .sum(),
+        }
+    }
+
     /// Pauses `pipeline` if the snapshot shows it running, resumes it otherwise.
     fn toggle_pause(&mut self, pipeline: Pipeline) -> Option<Effect> {
         let (paused, name, pausing) = match pipeline {
@@ -1056,6 +1088,10 @@ impl App {
             ),
         };
         let command = if paused {
+            let backlog = self.backlog(pipeline);
+            if backlog > 0 {
+                return self.open_confirm(Confirm::Resume { pipeline, backlog });
+            }
             self.flash = Some(format!("resuming {name}…"));
             Command::Resume { pipeline }
         } else {
@@ -1110,14 +1146,17 @@ impl App {
             }
             KeyCode::Esc | KeyCode::Char('n') => {
                 self.confirm = None;
+                self.preview = None;
                 None
             }
             KeyCode::Enter if !self.confirm_focus_ok => {
                 self.confirm = None;
+                self.preview = None;
                 None
             }
             KeyCode::Enter | KeyCode::Char('y') => {
                 self.confirm = None;
+                self.preview = None;
                 match confirm {
                     Confirm::Quit => {
                         self.quitting = true;
@@ -1125,31 +1164,15 @@ impl App {
                         self.flash = Some("draining in-flight work…".into());
                         self.send(Command::Shutdown {})
                     }
-                    Confirm::Breaker { service, to } => {
-                        let Ok(service) = service.parse::<Service>() else {
-                            self.flash = Some(format!("no circuit named {service:?}"));
-                            return None;
-                        };
-                        let action = match to {
-                            None => BreakerAction::Reset,
-                            Some(BreakerState::ForcedOpen) => BreakerAction::ForceOpen,
-                            Some(BreakerState::Disabled) => BreakerAction::Disable,
-                            Some(BreakerState::MetricsOnly) => BreakerAction::MetricsOnly,
-                            Some(_) => BreakerAction::Close,
-                        };
-                        self.send(Command::Breaker { service, action })
+                    Confirm::Breaker { ref service, .. } if confirm.command().is_none() => {
+                        self.flash = Some(format!("no circuit named {service:?}"));
+                        None
                     }
-                    Confirm::RetryFailed { .. } => self.send(Command::RetryFailed {}),
-                    Confirm::RetryFailedJobs { .. } => self.send(Command::RetryFailedJobs {}),
-                    Confirm::Resync { .. } => self.send(Command::Resync {}),
-                    Confirm::ResyncDrifted { .. } => self.send(Command::ResyncDrifted {}),
-                    Confirm::InvalidateCache { scope, .. } => {
+                    Confirm::InvalidateCache { .. } => {
                         self.flash = Some("invalidating…".into());
-                        self.send(Command::InvalidateCache { scope })
+                        self.send(confirm.command()?)
                     }
-                    Confirm::Thresholds {
-                        changes, for_secs, ..
-                    } => {
+                    Confirm::Thresholds { ref changes, .. } => {
                         // (Applied from a `:set`, the other staged values stay staged.)
                         self.staged
                             .retain(|(n, _)| !changes.iter().any(|(c, _, _)| c == n));
@@ -1157,19 +1180,9 @@ impl App {
                             self.staged_for = None;
                         }
                         self.flash = Some("applying thresholds…".into());
-                        self.send(Command::SetThresholds {
-                            changes: changes
-                                .into_iter()
-                                .map(|(n, _, v)| ThresholdChange::new(n, v))
-                                .collect(),
-                            for_secs,
-                        })
+                        self.send(confirm.command()?)
                     }
-                    Confirm::Bounds { min, max } => self.send(Command::WorkerBounds {
-                        pipeline: Pipeline::Catalog,
-                        min,
-                        max,
-                    }),
+                    _ => self.send(confirm.command()?),
                 }
             }
             _ => None,
@@ -1301,6 +1314,14 @@ impl App {
                 scope: scope.clone(),
                 entries: self.snapshot.telemetry.cache.entries,
             },
+            Command::Resume { pipeline }
+                if self.paused(*pipeline) && self.backlog(*pipeline) > 0 =>
+            {
+                Confirm::Resume {
+                    pipeline: *pipeline,
+                    backlog: self.backlog(*pipeline),
+                }
+            }
             Command::Breaker { service, action } => Confirm::Breaker {
                 service: service.to_string(),
                 to: match action {
@@ -1324,9 +1345,19 @@ impl App {
                 return self.send(command);
             }
         };
+        self.open_confirm(confirm)
+    }
+
+    /// Opens a confirmation (focus on Cancel); for a bulk action, asks the engine for
+    /// its impact preview, which the dialog shows once it comes.
+    fn open_confirm(&mut self, confirm: Confirm) -> Option<Effect> {
+        self.preview = confirm.previewed().map(|c| (c, None));
         self.confirm = Some(confirm);
         self.confirm_focus_ok = false;
-        None
+        let (command, _) = self.preview.as_ref()?;
+        Some(Effect::Ask(Query::Preview {
+            command: command.clone(),
+        }))
     }
 
     /// The value in force of threshold `name` (NaN when the snapshot has none).

@@ -120,6 +120,25 @@ pub enum Outcome {
     DeletedUnsynced,
 }
 
+/// The Item write a job would make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// The Item is in line already.
+    None,
+    /// The mapped Item is updated.
+    Update,
+    /// No Item is mapped: one is looked up by name and created.
+    Create,
+}
+
+/// What one catalog job would cost ([`Catalog::job_cost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCost {
+    /// Stripe reads (the product, its price).
+    pub stripe: u64,
+    pub write: Write,
+}
+
 /// What a job ends with: its outcome and the mapping to store, or why not.
 type JobResult = Result<(Outcome, Option<ItemMapping>), JobError>;
 
@@ -1218,7 +1237,14 @@ impl Catalog {
             Some(PriceRef::Id(id)) => Some(self.price(id).await?),
             _ => None,
         };
-        let desired = DesiredItem::from_product(&product, price.as_ref())
+        self.decide(&product, price.as_ref())
+    }
+
+    /// What a product as read asks of its Item: nothing (done), or a plan of writes.
+    /// The one decision both a job ([`Self::prepare`]) and an impact preview
+    /// ([`Self::job_cost`]) make.
+    fn decide(&self, product: &Product, price: Option<&Price>) -> Result<Step, JobError> {
+        let desired = DesiredItem::from_product(product, price)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         let mut m = self
             .store
@@ -1252,6 +1278,67 @@ impl Catalog {
             return Ok(Step::Done(outcome, mapping));
         }
         Ok(Step::Write(Box::new(plan)))
+    }
+
+    /// What one job would cost if a worker took it now, from what the engine holds
+    /// and without calling anyone: the reads [`Self::prepare`] makes (the product when
+    /// the job carries none, its price when not cached) and the write [`Self::decide`]
+    /// settles on (none for an Item already in line, an update for a mapped Item, a
+    /// create otherwise). A product read only by the worker is taken to need a write.
+    pub fn job_cost(&self, key: &str, payload: Option<&str>) -> JobCost {
+        let mapped = || {
+            self.store
+                .mapping(key)
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.item_id.is_some())
+        };
+        let unknown = |stripe| JobCost {
+            stripe,
+            write: if mapped() {
+                Write::Update
+            } else {
+                Write::Create
+            },
+        };
+        let product: Option<Product> = payload.and_then(|p| serde_json::from_str(p).ok());
+        let Some(product) = product else {
+            return unknown(u64::from(payload.is_none()));
+        };
+        let price = match &product.default_price {
+            Some(PriceRef::Id(id)) => {
+                let cached = self
+                    .prices
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .cloned();
+                match cached {
+                    Some(p) => Some(p),
+                    // Read by the worker: what it says is not known here.
+                    None => return unknown(1),
+                }
+            }
+            _ => None,
+        };
+        let write = match self.decide(&product, price.as_ref()) {
+            Ok(Step::Done(..)) | Err(_) => Write::None,
+            Ok(Step::Write(plan)) if plan.m.item_id.is_some() => Write::Update,
+            Ok(Step::Write(_)) => Write::Create,
+        };
+        let stripe = 0;
+        JobCost { stripe, write }
+    }
+
+    /// Whether the workers' bulk index of Items is read and fresh (creates in a batch
+    /// then cost no lookup), and how many requests reading it takes otherwise.
+    pub fn index_reads(&self, items_known: u64) -> u64 {
+        let fresh = self
+            .index
+            .try_lock()
+            .ok()
+            .is_some_and(|i| i.as_ref().is_some_and(bulk::ItemIndex::fresh));
+        if fresh { 0 } else { items_known / 1000 + 1 }
     }
 
     /// Carries a plan out with single calls: finds or creates the Item, then updates it.

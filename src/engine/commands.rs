@@ -184,7 +184,16 @@ impl Ctx {
         let mut entity = entity(&command);
         let reply = allowed(role, &actor)
             .and_then(|()| command.validate())
-            .and_then(|()| self.apply(publisher, &command, &actor, &mut entity));
+            .and_then(|()| {
+                // A bulk command's audit line ends with what its preview estimated,
+                // taken from the state it acts on.
+                let estimate = self.estimate(&command);
+                let mut outcome = self.apply(publisher, &command, &actor, &mut entity)?;
+                if let Some(e) = estimate {
+                    outcome.message = format!("{} — {e}", outcome.message);
+                }
+                Ok(outcome)
+            });
         audit_command(&self.catalog.store, &entity, &actor, &command, &reply);
         if reply.is_ok()
             && matches!(
@@ -618,6 +627,10 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
         Query::AuditCount { filter } => Ok(Answer::AuditCount {
             total: store.audit_count(&filter).map_err(unreadable)?,
         }),
+        // Answered on the engine's loop, where the command would run.
+        Query::Preview { .. } => Err(CommandError::unavailable(
+            "a preview is answered by the engine's loop",
+        )),
         Query::InvoiceDetail { key } => {
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;

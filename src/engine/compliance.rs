@@ -954,6 +954,35 @@ impl Compliance {
         result
     }
 
+    /// Alegra calls the pipeline would make for `rec` from its state now (`retried`:
+    /// after an operator's retry, which reads it at Alegra first), as [`Self::process`]
+    /// spends them when all goes well: a read for an UNKNOWN or SENT one, a send
+    /// (create-and-stamp, or stamp), and a date update first when the same-day rule
+    /// makes it regenerate. A DIAN that answers later costs more reads.
+    pub fn send_cost(&self, rec: &InvoiceRecord, retried: bool) -> u64 {
+        let status = if retried { Status::Unknown } else { rec.status };
+        let today = colombia_date(self.store.now_ms());
+        let regenerate = u64::from(needs_regeneration(rec, &today));
+        match status {
+            Status::Pending | Status::Retry | Status::Fallback => 1 + regenerate,
+            Status::Unknown => 2 + regenerate,
+            Status::Sent => 1,
+            _ => 0,
+        }
+    }
+
+    /// Invoices waiting to be sent or read (due or not), in the order they run.
+    pub fn backlog(&self) -> Vec<InvoiceRecord> {
+        self.store
+            .due_invoices(i64::MAX, 100_000, &[], false)
+            .unwrap_or_default()
+    }
+
+    /// The guard (breaker, limiter) of every Alegra call.
+    pub fn alegra_guard(&self) -> Option<&Arc<crate::resilience::Downstream>> {
+        self.alegra.guard()
+    }
+
     /// How many invoices "retry all failed" would touch.
     pub fn failed_count(&self) -> usize {
         self.store

@@ -13,6 +13,7 @@
 //! - [`publisher`]: building and publishing snapshots, gathering health signals.
 //! - [`periodic`]: retention, housekeeping, the store probe, audit writers.
 //! - [`reconcile`]: Stripe against QuickBooks, kept live (CDC, events).
+//! - `preview`: what a bulk command would do, before it is run.
 //! - [`catalog`], [`compliance`], [`ingest`], [`item`], [`housekeeping`]: the pipelines.
 
 mod bundle;
@@ -25,6 +26,7 @@ pub mod housekeeping;
 pub mod ingest;
 pub mod item;
 mod periodic;
+mod preview;
 mod publisher;
 pub mod reconcile;
 pub mod runtime;

@@ -340,6 +340,16 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         let _ = reply.send(answer);
                     }
                     Some(commands::Message::Query {
+                        query: crate::protocol::Query::Preview { command },
+                        reply,
+                    }) => {
+                        // Read where the command would run, so it sees what it would.
+                        let answer = ctx
+                            .preview(&command)
+                            .map(|p| crate::protocol::Answer::Preview(Box::new(p)));
+                        let _ = reply.send(answer);
+                    }
+                    Some(commands::Message::Query {
                         query: crate::protocol::Query::Reconciliation { limit },
                         reply,
                     }) => {

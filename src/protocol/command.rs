@@ -336,6 +336,10 @@ pub enum Query {
     /// How many audit entries the filter matches, over the whole trail (its `limit`
     /// and `before_id` are ignored).
     AuditCount { filter: super::query::AuditFilter },
+    /// What a bulk command would do if it were sent now
+    /// ([`ImpactPreview`](super::preview::ImpactPreview)): nothing changes, nothing is
+    /// audited. A command the real run would refuse is refused the same way.
+    Preview { command: Command },
 }
 
 /// What a command did.

@@ -30,6 +30,8 @@ pub enum Answer {
     Reconciliation(Box<super::reconcile::ReconciliationView>),
     /// [`Query::Chain`](super::Query::Chain): everything linked to what was asked.
     Chain(Box<EntityChain>),
+    /// [`Query::Preview`](super::Query::Preview): what the command would do.
+    Preview(Box<super::preview::ImpactPreview>),
 }
 
 /// One entity's chain across the systems: Stripe product → QuickBooks Item → the

@@ -4,6 +4,9 @@
 //! with its typed reply, so it is validated and audited exactly like the same action
 //! taken in the console.
 //!
+//! Every action's path takes `?dry_run=true`: its impact preview, nothing done
+//! ([`DryRun`]).
+//!
 //! Errors are JSON: `{"error": {"code": "…", "message": "…"}}` (and `"field"` when a
 //! value is at fault). A refused command answers its [`CommandError`]'s status: 404
 //! not found, 409 conflict, 400 invalid, 403 forbidden, 503 unavailable.
@@ -196,6 +199,86 @@ pub fn command_error(e: &CommandError) -> Response {
     (status, axum::Json(json!({ "error": e.body() }))).into_response()
 }
 
+/// `?dry_run=true` on an action: answer its impact preview and change nothing.
+/// Absent, `false` or `0`: the action itself; `true`, `1` or a bare `dry_run`: the
+/// preview; anything else is a 400 (a typo must never run what was meant as a look).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DryRun(pub bool);
+
+impl DryRun {
+    /// The `dry_run` parameter of a query string.
+    fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut dry = false;
+        for pair in query.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k != "dry_run" {
+                continue;
+            }
+            let v = urlencoding::decode(&v.replace('+', " "))
+                .map(|v| v.into_owned())
+                .unwrap_or_else(|_| v.to_owned());
+            dry = match v.as_str() {
+                "" | "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(format!(
+                        "dry_run: expected true or false, got {}",
+                        shown(other)
+                    ));
+                }
+            };
+        }
+        Ok(DryRun(dry))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DryRun {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        DryRun::parse(parts.uri.query()).map_err(bad)
+    }
+}
+
+/// An action, or its impact preview on a dry run.
+async fn act_or_preview(st: &ServerState, actor: Actor, command: Command, dry: DryRun) -> Response {
+    if dry.0 {
+        preview(st, command).await
+    } else {
+        act(st, actor, command).await
+    }
+}
+
+/// A dry run: `{"ok": true, "dry_run": true, "changed": false, "message": …, "preview":
+/// {items, noun, calls: [{service, calls, rate_per_min, minutes, circuit}], held,
+/// held_why, ahead, first, notes}}`, or the error the action itself would get. Nothing
+/// changes and nothing is audited (a read, as any GET), so a viewer may ask too.
+async fn preview(st: &ServerState, command: Command) -> Response {
+    match st
+        .engine
+        .query(crate::protocol::Query::Preview { command })
+        .await
+    {
+        Ok(crate::protocol::Answer::Preview(p)) => axum::Json(json!({
+            "ok": true,
+            "dry_run": true,
+            "changed": false,
+            "message": format!("{} — dry run: {} {}, {}, {}", p.command, p.items, p.noun, p.cost_lines().join(", "), p.held_line()),
+            "preview": *p,
+        }))
+        .into_response(),
+        Ok(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the engine answered something else",
+        ),
+        Err(e) => command_error(&e),
+    }
+}
+
 /// Sends a command as `actor` and answers its reply: `{"ok": true, "message": …}` (with
 /// the outcome's other fields), or the typed error.
 async fn act(st: &ServerState, actor: Actor, command: Command) -> Response {
@@ -370,6 +453,7 @@ pub async fn breaker(State(st): State<ServerState>, Path(service): Path<String>)
 pub async fn set_breaker(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     Path(service): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Response {
@@ -396,7 +480,7 @@ pub async fn set_breaker(
         .and_then(Value::as_str)
         .and_then(BreakerAction::from_state_name);
     match action {
-        Some(action) => act(&st, actor, Command::Breaker { service, action }).await,
+        Some(action) => act_or_preview(&st, actor, Command::Breaker { service, action }, dry).await,
         None => error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -497,24 +581,27 @@ fn invoice_json(r: &crate::protocol::InvoiceRecord) -> Value {
 pub async fn retry_invoice(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     Path(id): Path<String>,
 ) -> Response {
-    act(&st, actor, Command::RetryInvoice { key: id }).await
+    act_or_preview(&st, actor, Command::RetryInvoice { key: id }, dry).await
 }
 
 pub async fn retry_job(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     Path(product): Path<String>,
 ) -> Response {
-    act(&st, actor, Command::RetryJob { key: product }).await
+    act_or_preview(&st, actor, Command::RetryJob { key: product }, dry).await
 }
 
 pub async fn retry_failed(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
 ) -> Response {
-    act(&st, actor, Command::RetryFailed {}).await
+    act_or_preview(&st, actor, Command::RetryFailed {}, dry).await
 }
 
 // ---- reconciliation ----
@@ -562,17 +649,19 @@ pub async fn reconciliation(
 pub async fn resync_item(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     Path(product): Path<String>,
 ) -> Response {
-    act(&st, actor, Command::ResyncItem { key: product }).await
+    act_or_preview(&st, actor, Command::ResyncItem { key: product }, dry).await
 }
 
 /// `POST /api/v1/reconciliation/resync-drifted`: every drifted and missing Item.
 pub async fn resync_drifted(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
 ) -> Response {
-    act(&st, actor, Command::ResyncDrifted {}).await
+    act_or_preview(&st, actor, Command::ResyncDrifted {}, dry).await
 }
 
 // ---- pipelines, cache ----
@@ -580,6 +669,7 @@ pub async fn resync_drifted(
 pub async fn pipeline(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
     let pipeline = match name.as_str() {
@@ -600,12 +690,13 @@ pub async fn pipeline(
             );
         }
     };
-    act(&st, actor, cmd).await
+    act_or_preview(&st, actor, cmd, dry).await
 }
 
 pub async fn invalidate(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
     if let Err(m) = only(&body, &["pattern", "tag", "key"]) {
@@ -626,7 +717,7 @@ pub async fn invalidate(
             return bad("pattern, tag, key: give one of them, or {} for all");
         }
     };
-    act(&st, actor, Command::InvalidateCache { scope }).await
+    act_or_preview(&st, actor, Command::InvalidateCache { scope }, dry).await
 }
 
 // ---- thresholds ----
@@ -786,19 +877,29 @@ pub async fn alerts(State(st): State<ServerState>) -> Response {
 
 /// `POST /api/v1/commands {"command": "pause compliance"}`: any command in the text
 /// grammar (`syncctl ctl`, scripts), answered like the dedicated routes; a word that
-/// does not parse is a 400 naming it.
+/// does not parse is a 400 naming it. With `"dry_run": true` (or `?dry_run=true`), a
+/// bulk command's impact preview instead, as on the dedicated routes.
 pub async fn command(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
-    let text = match only(&body, &["command"]).and_then(|()| text_field(&body, "command")) {
+    let text = match only(&body, &["command", "dry_run"])
+        .and_then(|()| text_field(&body, "command"))
+    {
         Ok(Some(t)) => t,
         Ok(None) => return bad("command: expected the command as text, e.g. \"pause compliance\""),
         Err(m) => return bad(m),
     };
+    // `{"dry_run": true}` in the body, or `?dry_run=true`: the preview.
+    let dry = match body.get("dry_run") {
+        None => dry,
+        Some(Value::Bool(b)) => DryRun(dry.0 || *b),
+        Some(v) => return bad(format!("dry_run: expected a boolean, got {}", kind(v))),
+    };
     match text.parse::<Command>() {
-        Ok(command) => act(&st, actor, command).await,
+        Ok(command) => act_or_preview(&st, actor, command, dry).await,
         Err(e) => command_error(&e),
     }
 }

@@ -35,6 +35,14 @@ const FAILED_STILL: &str = "f.kind = ?1 AND f.state = 'failed'
     AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
     AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
 
+/// The newest failed job of each key still failed (`?1` the kind, `?2` one key or
+/// NULL): what an operator's retry re-queues, and what its preview counts.
+fn newest_failed() -> String {
+    format!(
+        "SELECT MAX(f.id) FROM jobs f WHERE {FAILED_STILL} AND (?2 IS NULL OR f.key = ?2) GROUP BY f.key"
+    )
+}
+
 /// The catalog's job kind, whose counts the snapshot shows.
 const JOB_KIND: &str = "catalog.product";
 
@@ -514,6 +522,34 @@ impl Store {
         stmt.query_map(params![kind], |r| r.get(0))?.collect()
     }
 
+    /// The failed jobs [`Self::requeue_failed`] would put back (one key, or all with
+    /// `None`), as (key, payload), in the order they would then run; nothing changes.
+    pub fn failed_jobs_to_requeue(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT key, payload FROM jobs WHERE id IN ({}) ORDER BY id",
+            newest_failed()
+        ))?;
+        stmt.query_map(params![kind, key], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    }
+
+    /// Queued jobs of `kind` in the order workers claim them (at most `limit`), as
+    /// (key, payload).
+    pub fn queued_jobs(&self, kind: &str, limit: usize) -> Result<Vec<(String, Option<String>)>> {
+        let conn = self.r();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, payload FROM jobs WHERE kind = ?1 AND state = 'queued'
+             ORDER BY next_attempt_at, id LIMIT ?2",
+        )?;
+        stmt.query_map(params![kind, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    }
+
     /// Puts failed jobs of `kind` (one key, or all with `None`) back in the queue with
     /// fresh attempts, due now: the newest failed job of each key is the one re-queued.
     /// Returns the keys re-queued, in one transaction.
@@ -526,9 +562,9 @@ impl Store {
                 let mut stmt = tx.prepare_cached(&format!(
                     "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?3, lease_until=NULL,
                        last_error='retried by an operator after: ' || COALESCE(last_error, '?'), updated_at=?3
-                     WHERE id IN (SELECT MAX(f.id) FROM jobs f WHERE {FAILED_STILL}
-                                    AND (?2 IS NULL OR f.key = ?2) GROUP BY f.key)
-                     RETURNING key"
+                     WHERE id IN ({})
+                     RETURNING key",
+                    newest_failed()
                 ))?;
                 stmt.query_map(params![kind, key, now], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>>>()?

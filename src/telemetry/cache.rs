@@ -125,6 +125,28 @@ impl<V: Clone> Cache<V> {
         true
     }
 
+    /// The keys [`Self::invalidate_pattern`] would drop (nothing changes).
+    pub fn pattern_keys(&self, pattern: &str) -> Vec<String> {
+        self.entries
+            .keys()
+            .filter(|k| matches(pattern, k))
+            .cloned()
+            .collect()
+    }
+
+    /// The keys [`Self::invalidate_tag`] would drop (nothing changes).
+    pub fn tag_keys(&self, tag: &str) -> Vec<String> {
+        self.tags
+            .get(tag)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every key held (what [`Self::clear`] would drop).
+    pub fn keys(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
     /// Drops one key; how many entries went (0 or 1).
     pub fn invalidate_key(&mut self, key: &str) -> usize {
         let n = usize::from(self.remove(key));
@@ -134,22 +156,13 @@ impl<V: Clone> Cache<V> {
     /// Drops every key matching `pattern` (`*` matches any run of characters; without a
     /// `*`, the pattern is a prefix). `*` alone drops everything.
     pub fn invalidate_pattern(&mut self, pattern: &str) -> usize {
-        let keys: Vec<String> = self
-            .entries
-            .keys()
-            .filter(|k| matches(pattern, k))
-            .cloned()
-            .collect();
+        let keys = self.pattern_keys(pattern);
         let n = keys.iter().filter(|k| self.remove(k)).count();
         self.count_invalidated(n)
     }
 
     pub fn invalidate_tag(&mut self, tag: &str) -> usize {
-        let keys: Vec<String> = self
-            .tags
-            .get(tag)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let keys = self.tag_keys(tag);
         let n = keys.iter().filter(|k| self.remove(k)).count();
         self.count_invalidated(n)
     }

@@ -64,6 +64,11 @@ impl ItemIndex {
         }
     }
 
+    /// Read recently enough to be trusted ([`INDEX_TTL`]) and whole.
+    pub(super) fn fresh(&self) -> bool {
+        self.complete && self.read_at.elapsed() < INDEX_TTL
+    }
+
     /// What QuickBooks says an Item is now (read, or answered to a write of ours).
     pub(super) fn learn(&mut self, item: Item) {
         let key = item.name.to_lowercase();

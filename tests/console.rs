@@ -108,18 +108,34 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         name: name.into(),
         price: Some(price),
         active,
+        currency: None,
     };
-    let row = |kind, pid: Option<&str>, item: Option<&str>, fields: &[&str], stripe, qb, amount| {
+    let row = |kind,
+               pid: Option<&str>,
+               item: Option<&str>,
+               fields: &[&str],
+               stripe: Option<Side>,
+               qb,
+               amount,
+               currency: &str| {
         Discrepancy {
             kind,
             product_id: pid.map(Into::into),
             item_id: item.map(Into::into),
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
-            stripe,
+            stripe: stripe.map(|s| Side {
+                currency: Some(currency.into()),
+                ..s
+            }),
             quickbooks: qb,
             amount,
+            currency: currency.into(),
             since_ms: T0 - 65_000,
         }
+    };
+    let money = |currency: &str, amount: f64| syncctl::protocol::Money {
+        currency: currency.into(),
+        amount,
     };
     ReconciliationView {
         ready: true,
@@ -131,14 +147,17 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         missing: Tally {
             count: 1,
             amount: 49.9,
+            amounts: vec![money("USD", 49.9)],
         },
         orphans: Tally {
             count: 1,
             amount: 15.0,
+            amounts: vec![money("COP", 15.0)],
         },
         drifted: Tally {
             count: 2,
             amount: 1262.5,
+            amounts: vec![money("COP", 1237.5), money("USD", 25.0)],
         },
         drift_name: 1,
         drift_price: 1,
@@ -157,6 +176,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Café Premium #42", 1250.0, true)),
                 Some(side("Cafe premium", 12.5, true)),
                 1237.5,
+                "COP",
             ),
             row(
                 DiscrepancyKind::Drift,
@@ -166,6 +186,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Té Verde", 25.0, true)),
                 Some(side("Té Verde", 25.0, false)),
                 25.0,
+                "USD",
             ),
             row(
                 DiscrepancyKind::Missing,
@@ -175,6 +196,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Nuevo producto", 49.9, true)),
                 None,
                 49.9,
+                "USD",
             ),
             row(
                 DiscrepancyKind::Orphan,
@@ -184,6 +206,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 None,
                 Some(side("Made by hand in QuickBooks", 15.0, true)),
                 15.0,
+                "COP",
             ),
         ],
     }
@@ -2010,11 +2033,22 @@ fn reconcile_at_80x24_and_120x40() {
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
         assert!(text.contains("drift        2"), "{text}");
-        assert!(text.contains("1 262.50"), "amounts grouped:\n{text}");
+        // Per currency, grouped, never one sum of pesos and dollars.
+        assert!(
+            text.contains("COP 1 237.50 · USD 25.00"),
+            "amounts per currency:\n{text}"
+        );
+        assert!(!text.contains("1 262.50"), "a mixed total:\n{text}");
+        assert!(
+            text.contains("COP 1 237.50\u{2502}"),
+            "the row's amount:\n{text}"
+        );
         assert!(text.contains("prod_00000000000042"), "{text}");
         assert!(text.contains("name price"), "{text}");
+        // Which side is inactive, in full.
+        assert!(text.contains("inactive in QB"), "{text}");
         assert!(
-            text.contains("\"Cafe premium\" · 12.50 · active · Item 512"),
+            text.contains("\"Cafe premium\" · COP 12.50 · active · Item 512"),
             "{text}"
         );
         check_snapshot(&format!("reconcile_{w}x{h}"), &text);

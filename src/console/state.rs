@@ -28,21 +28,7 @@ pub fn num(v: f64) -> String {
 /// An amount as the Reconcile screen writes it: two decimals, thousands grouped with
 /// a thin space (`12 345.60`).
 pub fn money(v: f64) -> String {
-    let cents = (v * 100.0).round() as i64;
-    let (sign, cents) = if cents < 0 {
-        ("-", -cents)
-    } else {
-        ("", cents)
-    };
-    let whole = (cents / 100).to_string();
-    let mut grouped = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(' ');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}{grouped}.{:02}", cents % 100)
+    crate::protocol::grouped(v)
 }
 
 /// A discrepancy's id in the Reconcile list: its product's, or its Item's (an orphan).
@@ -132,7 +118,8 @@ pub enum Confirm {
     ResyncDrifted {
         drifted: u64,
         missing: u64,
-        amount: f64,
+        /// Drifted and missing amounts, per currency.
+        amounts: Vec<crate::protocol::Money>,
     },
     /// Drop cached QuickBooks lookups; `entries` is how many the cache holds now.
     InvalidateCache {
@@ -211,7 +198,7 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
-            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{} Item(s) written again from Stripe through the catalog queue: {drifted} drifted, {missing} missing ({} involved). Each: a Stripe read and at least one QuickBooks write (batched by 30). Orphans are left alone.", drifted + missing, money(*amount)),
+            Confirm::ResyncDrifted { drifted, missing, amounts } => format!("{} Item(s) written again from Stripe through the catalog queue: {drifted} drifted, {missing} missing ({} involved). Each: a Stripe read and at least one QuickBooks write (batched by 30). Orphans are left alone.", drifted + missing, crate::protocol::Money::list(amounts)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::InvalidateCache { scope: CacheScope::All, entries } => format!("All {entries} cached QuickBooks lookups are dropped; the next syncs look Items up in QuickBooks again."),
             Confirm::InvalidateCache { scope, entries } => format!("Cached QuickBooks lookups matching {scope} are dropped (the cache holds {entries} now); those Items are looked up again when next needed."),

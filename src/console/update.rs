@@ -1291,7 +1291,13 @@ impl App {
                 Confirm::ResyncDrifted {
                     drifted,
                     missing,
-                    amount: r.drifted.amount + r.missing.amount,
+                    amounts: {
+                        let mut both = r.drifted.clone();
+                        for m in &r.missing.amounts {
+                            both.add(&m.currency, m.amount);
+                        }
+                        both.amounts
+                    },
                 }
             }
             Command::InvalidateCache { scope } => Confirm::InvalidateCache {

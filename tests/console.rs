@@ -2749,3 +2749,44 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
     let (text, _) = render(&app, 120, 40);
     assert!(text.contains("created Item 0"), "{text}");
 }
+
+/// At the smallest size the console accepts, at 80×24 and at 120×40, every table keeps
+/// its figures and its key column whole: a column gives way (and the title says so)
+/// before a number loses a digit.
+#[test]
+fn tables_never_cut_a_number_or_a_key_at_60x16_80x24_120x40() {
+    let screens: [(&str, Tab, &[&str]); 5] = [
+        ("dian", Tab::Dian, &["SETP990000003", "1 785 000,00"]),
+        (
+            "reconcile",
+            Tab::Reconcile,
+            &["prod_00000000000042", "COP 1 237.50", "USD 25.00"],
+        ),
+        (
+            "workers",
+            Tab::Workers,
+            &["quickbooks", "250 of 500", "0 / 5"],
+        ),
+        ("circuits", Tab::Circuits, &["quickbooks", "–/50%", "214"]),
+        (
+            "alerts",
+            Tab::Alerts,
+            &["error_rate/quickbooks", "25 / 10", "180 / 100"],
+        ),
+    ];
+    for (name, tab, whole) in screens {
+        let mut app = if tab == Tab::Dian { dian_app() } else { app() };
+        app.tab = tab;
+        for (w, h) in [(60, 16), (80, 24), (120, 40)] {
+            let (text, _) = render(&app, w, h);
+            for figure in whole {
+                assert!(
+                    text.contains(figure),
+                    "{name} at {w}×{h} lost {figure:?}:\n{text}"
+                );
+            }
+        }
+        let (text, _) = render(&app, 60, 16);
+        check_snapshot(&format!("{name}_60x16"), &text);
+    }
+}

@@ -12,8 +12,9 @@
 //! constraints from the columns that were kept.
 
 use ratatui::layout::Constraint;
+use ratatui::style::Style;
 use ratatui::text::Line;
-use ratatui::widgets::Cell;
+use ratatui::widgets::{Cell, Row, Table};
 
 /// One column's needs.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct Column {
     pub key: bool,
     /// Right-aligned (numbers).
     pub right: bool,
+    /// Sized from its cells by [`table`] (and then never shrunk).
+    pub measured: bool,
 }
 
 impl Column {
@@ -48,6 +51,7 @@ impl Column {
             flex: false,
             key: false,
             right: false,
+            measured: false,
         }
     }
 
@@ -71,6 +75,24 @@ impl Column {
             flex: false,
             key: false,
             right: true,
+            measured: false,
+        }
+    }
+
+    /// A number column [`table`] sizes from its cells: never shrunk, right-aligned.
+    pub fn num(header: &str, rank: u8) -> Self {
+        Self {
+            measured: true,
+            ..Self::number(header, [], rank)
+        }
+    }
+
+    /// A text column [`table`] sizes from its cells and never shrinks: an id that
+    /// tells rows apart.
+    pub fn whole(header: &str, rank: u8) -> Self {
+        Self {
+            measured: true,
+            ..Self::text(header, 0, 0, rank)
         }
     }
 
@@ -217,9 +239,63 @@ pub fn kept<T>(widths: &[Option<u16>], items: impl IntoIterator<Item = T>) -> Ve
 pub fn hidden_note(widths: &[Option<u16>]) -> String {
     match widths.iter().filter(|w| w.is_none()).count() {
         0 => String::new(),
-        1 => " · 1 column hidden (wider shows it)".into(),
-        n => format!(" · {n} columns hidden (wider shows them)"),
+        1 => " · 1 column hidden".into(),
+        n => format!(" · {n} columns hidden"),
     }
+}
+
+/// A table of `rows` (each its cells' lines, in column order, and its style) whose
+/// columns fit `inner_width`: measured columns sized from their cells first. Returns
+/// the table (no block yet) and the title note saying what was left out.
+pub fn table<'a>(
+    mut cols: Vec<Column>,
+    rows: Vec<(Vec<Line<'a>>, Style)>,
+    inner_width: u16,
+    header_style: Style,
+) -> (Table<'a>, String) {
+    for (i, c) in cols.iter_mut().enumerate() {
+        if c.measured {
+            let w = rows
+                .iter()
+                .filter_map(|(cells, _)| cells.get(i))
+                .map(|l| u16::try_from(l.width()).unwrap_or(u16::MAX))
+                .chain([width(&c.header)])
+                .max()
+                .unwrap_or(0)
+                + u16::from(c.right);
+            c.want = w;
+            c.min = w;
+        }
+    }
+    let widths = fit(&cols, inner_width, 1);
+    // A column with nothing in it is no loss.
+    let lost: Vec<Option<u16>> = widths
+        .iter()
+        .zip(&cols)
+        .map(|(w, c)| {
+            if w.is_none() && c.want == 0 {
+                Some(0)
+            } else {
+                *w
+            }
+        })
+        .collect();
+    let note = hidden_note(&lost);
+    let body: Vec<Row<'a>> = rows
+        .into_iter()
+        .map(|(cells, style)| {
+            Row::new(kept(
+                &widths,
+                cols.iter().zip(cells).map(|(c, l)| c.cell(l)),
+            ))
+            .style(style)
+        })
+        .collect();
+    let header = kept(&widths, cols.iter().map(Column::header_cell));
+    let table = Table::new(body, constraints(&widths))
+        .column_spacing(1)
+        .header(Row::new(header).style(header_style));
+    (table, note)
 }
 
 #[cfg(test)]

@@ -237,8 +237,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         let differs_w = widest(2, "differs");
         let cols = [
             Column::text("  kind", 9, 9, 9),
-            // The key: shrinks only as far as still tells products apart.
-            Column::key("product", product_w, product_w.min(12)),
+            // The key, whole: product ids can differ anywhere, so no part is spared.
+            Column::key("product", product_w, product_w),
             Column::text("Item", item_w, item_w, 2).droppable(),
             Column::text("name", widest(6, "name").min(28), 12, 1).flex(),
             Column::text("differs", differs_w, differs_w, 3).droppable(),

@@ -244,6 +244,9 @@ pub struct App {
     pub tab: Tab,
     pub theme: Theme,
     pub help: bool,
+    /// How far the open help (`?` or `:help`) is scrolled down, in lines (the overlay
+    /// clamps it to what there is).
+    pub help_scroll: u16,
     /// The panel of who is attached (`W`, `:who`).
     pub who: bool,
     /// The entity chain panel (`L` on a list, `:chain KEY`).
@@ -327,6 +330,7 @@ impl App {
             tab: Tab::Overview,
             theme,
             help: false,
+            help_scroll: 0,
             confirm: None,
             confirm_focus_ok: false,
             frozen: false,

@@ -1723,42 +1723,59 @@ fn print_reconciliation(r: &syncctl::protocol::ReconciliationView) {
         "products {} · Items {} · in sync {} · cannot be an Item {}",
         r.products, r.items, r.in_sync, r.unsyncable
     );
+    use syncctl::protocol::Money;
+    use syncctl::protocol::text::amount as grouped;
     println!(
-        "drift    {:>6}  amount {:>12.2}  (name {}, price {}, active {})",
-        r.drifted.count, r.drifted.amount, r.drift_name, r.drift_price, r.drift_active
+        "drift    {:>6}  {}  (name {}, price {}, active {})",
+        r.drifted.count,
+        Money::list(&r.drifted.amounts),
+        r.drift_name,
+        r.drift_price,
+        r.drift_active
     );
     println!(
-        "missing  {:>6}  amount {:>12.2}  products with no Item",
-        r.missing.count, r.missing.amount
+        "missing  {:>6}  {}  products with no Item",
+        r.missing.count,
+        Money::list(&r.missing.amounts)
     );
     println!(
-        "orphan   {:>6}  amount {:>12.2}  active Items with no product",
-        r.orphans.count, r.orphans.amount
+        "orphan   {:>6}  {}  active Items with no product",
+        r.orphans.count,
+        Money::list(&r.orphans.amounts)
     );
     if r.rows.is_empty() {
         return;
     }
     println!();
     println!(
-        "{:<8} {:<20} {:<6} {:<16} {:>10} {:>10} {:>10}  name",
-        "kind", "product", "Item", "differs", "Stripe", "QuickBooks", "amount"
+        "{:<8} {:<20} {:<6} {:<24} {:>14} {:>14} {:>3} {:>14}  name",
+        "kind", "product", "Item", "differs", "Stripe", "QuickBooks", "", "amount"
     );
-    let price = |p: Option<f64>| p.map_or_else(|| "–".to_owned(), |p| format!("{p:.2}"));
+    let price = |p: Option<f64>| p.map_or_else(|| "–".to_owned(), grouped);
     for d in &r.rows {
         let differs = match d.kind {
-            syncctl::protocol::DiscrepancyKind::Drift => d.fields.join(","),
+            syncctl::protocol::DiscrepancyKind::Drift => d
+                .fields
+                .iter()
+                .map(|f| match (f.as_str(), d.inactive_side()) {
+                    ("active", Some(side)) => format!("inactive-in-{side}"),
+                    (f, _) => f.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             syncctl::protocol::DiscrepancyKind::Missing => "no Item".into(),
             syncctl::protocol::DiscrepancyKind::Orphan => "no product".into(),
         };
         println!(
-            "{:<8} {:<20} {:<6} {:<16} {:>10} {:>10} {:>10.2}  {}",
+            "{:<8} {:<20} {:<6} {:<24} {:>14} {:>14} {:>3} {:>14}  {}",
             d.kind.word(),
             d.product_id.as_deref().unwrap_or("–"),
             d.item_id.as_deref().unwrap_or("–"),
             differs,
             price(d.stripe.as_ref().and_then(|s| s.price)),
             price(d.quickbooks.as_ref().and_then(|s| s.price)),
-            d.amount,
+            d.currency,
+            grouped(d.amount),
             d.name()
         );
     }

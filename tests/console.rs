@@ -108,18 +108,34 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         name: name.into(),
         price: Some(price),
         active,
+        currency: None,
     };
-    let row = |kind, pid: Option<&str>, item: Option<&str>, fields: &[&str], stripe, qb, amount| {
+    let row = |kind,
+               pid: Option<&str>,
+               item: Option<&str>,
+               fields: &[&str],
+               stripe: Option<Side>,
+               qb,
+               amount,
+               currency: &str| {
         Discrepancy {
             kind,
             product_id: pid.map(Into::into),
             item_id: item.map(Into::into),
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
-            stripe,
+            stripe: stripe.map(|s| Side {
+                currency: Some(currency.into()),
+                ..s
+            }),
             quickbooks: qb,
             amount,
+            currency: currency.into(),
             since_ms: T0 - 65_000,
         }
+    };
+    let money = |currency: &str, amount: f64| syncctl::protocol::Money {
+        currency: currency.into(),
+        amount,
     };
     ReconciliationView {
         ready: true,
@@ -131,14 +147,17 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
         missing: Tally {
             count: 1,
             amount: 49.9,
+            amounts: vec![money("USD", 49.9)],
         },
         orphans: Tally {
             count: 1,
             amount: 15.0,
+            amounts: vec![money("COP", 15.0)],
         },
         drifted: Tally {
             count: 2,
             amount: 1262.5,
+            amounts: vec![money("COP", 1237.5), money("USD", 25.0)],
         },
         drift_name: 1,
         drift_price: 1,
@@ -157,6 +176,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Café Premium #42", 1250.0, true)),
                 Some(side("Cafe premium", 12.5, true)),
                 1237.5,
+                "COP",
             ),
             row(
                 DiscrepancyKind::Drift,
@@ -166,6 +186,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Té Verde", 25.0, true)),
                 Some(side("Té Verde", 25.0, false)),
                 25.0,
+                "USD",
             ),
             row(
                 DiscrepancyKind::Missing,
@@ -175,6 +196,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 Some(side("Nuevo producto", 49.9, true)),
                 None,
                 49.9,
+                "USD",
             ),
             row(
                 DiscrepancyKind::Orphan,
@@ -184,6 +206,7 @@ fn reconciliation() -> syncctl::protocol::ReconciliationView {
                 None,
                 Some(side("Made by hand in QuickBooks", 15.0, true)),
                 15.0,
+                "COP",
             ),
         ],
     }
@@ -757,15 +780,81 @@ fn help_lists_every_binding_from_the_key_table() {
                 _ if b.scope == syncctl::console::keymap::Scope::Lists => b.label.to_owned(),
                 _ => b.help.to_owned(),
             };
-            assert!(text.contains(&shown), "{tab:?} help lacks {shown:?}");
+            // (A long one wraps under itself: its start is on one line.)
+            let start: String = shown.chars().take(60).collect();
+            assert!(
+                text.contains(&start),
+                "{tab:?} help lacks {shown:?}:\n{text}"
+            );
         }
         assert!(
-            small.contains("any key closes"),
+            small.contains("any key closes") || small.contains("other keys close"),
             "{tab:?} at 80×24:\n{small}"
         );
         press(&mut app, KeyCode::Char('x'));
         assert!(!app.help);
     }
+}
+
+/// At 80×24 the help is taller than the screen: it scrolls with ↑↓/j/k/PgUp/PgDn, its
+/// title says which lines show, and every binding (the last one, `q`, included) can
+/// be reached; any other key still closes it. `:help` lists `chain`.
+#[test]
+fn help_scrolls_so_no_line_is_lost_at_80x24() {
+    for tab in Tab::ALL {
+        let mut app = app();
+        app.tab = tab;
+        press(&mut app, KeyCode::Char('?'));
+        let mut seen = String::new();
+        for _ in 0..40 {
+            seen.push_str(&render(&app, 80, 24).0);
+            press(&mut app, KeyCode::Char('j'));
+            assert!(app.help, "j scrolls, it does not close");
+        }
+        press(&mut app, KeyCode::PageUp);
+        press(&mut app, KeyCode::Up);
+        assert!(app.help);
+        for b in syncctl::console::keymap::bindings_on(tab) {
+            if matches!(b.action, syncctl::console::keymap::Action::GoTab(_))
+                || b.scope == syncctl::console::keymap::Scope::Lists
+            {
+                continue;
+            }
+            let start: String = b.help.chars().take(30).collect();
+            assert!(
+                seen.contains(&start),
+                "{tab:?} help at 80×24 never shows {:?}",
+                b.help
+            );
+        }
+        press(&mut app, KeyCode::Char('x'));
+        assert!(!app.help);
+    }
+    // The DIAN help is longer than 24 rows: the title says so, and the end is reached.
+    let mut app = self::app();
+    app.tab = Tab::Dian;
+    press(&mut app, KeyCode::Char('?'));
+    let (top, _) = render(&app, 80, 24);
+    assert!(top.contains("↑↓ scroll · other keys close"), "{top}");
+    assert!(top.contains(" ↓ ·"), "more below is said:\n{top}");
+    for _ in 0..10 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let (bottom, _) = render(&app, 80, 24);
+    assert!(bottom.contains("quit"), "{bottom}");
+    assert!(!bottom.contains(" ↓ ·"), "at the end:\n{bottom}");
+
+    // `:help` names `chain`.
+    let mut app = self::app();
+    command_line(&mut app, "help");
+    press(&mut app, KeyCode::Enter);
+    assert!(app.commands_help);
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen.push_str(&render(&app, 80, 24).0);
+        press(&mut app, KeyCode::Char('j'));
+    }
+    assert!(seen.contains("chain KEY"), "{seen}");
 }
 
 #[test]
@@ -1839,10 +1928,13 @@ fn colon_help_lists_the_grammar_and_the_help_overlay_mentions_colon() {
         assert!(text.contains(usage), "{usage}:\n{text}");
     }
     let (small, _) = render(&app, 80, 24);
-    assert!(
-        small.contains("retry <invoice>") && small.contains("shutdown"),
-        "{small}"
-    );
+    assert!(small.contains("retry <invoice>"), "{small}");
+    // Wrapped, not cut: the rest is a scroll away.
+    for _ in 0..4 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let (small, _) = render(&app, 80, 24);
+    assert!(small.contains("shutdown"), "{small}");
     press(&mut app, KeyCode::Char('x'));
     assert!(!app.commands_help);
     press(&mut app, KeyCode::Char('?'));
@@ -2017,11 +2109,22 @@ fn reconcile_at_80x24_and_120x40() {
     for (w, h) in [(80, 24), (120, 40)] {
         let (text, _) = render(&app, w, h);
         assert!(text.contains("drift        2"), "{text}");
-        assert!(text.contains("1 262.50"), "amounts grouped:\n{text}");
+        // Per currency, grouped, never one sum of pesos and dollars.
+        assert!(
+            text.contains("COP 1 237.50 · USD 25.00"),
+            "amounts per currency:\n{text}"
+        );
+        assert!(!text.contains("1 262.50"), "a mixed total:\n{text}");
+        assert!(
+            text.contains("COP 1 237.50\u{2502}"),
+            "the row's amount:\n{text}"
+        );
         assert!(text.contains("prod_00000000000042"), "{text}");
         assert!(text.contains("name price"), "{text}");
+        // Which side is inactive, in full.
+        assert!(text.contains("inactive in QB"), "{text}");
         assert!(
-            text.contains("\"Cafe premium\" · 12.50 · active · Item 512"),
+            text.contains("\"Cafe premium\" · COP 12.50 · active · Item 512"),
             "{text}"
         );
         check_snapshot(&format!("reconcile_{w}x{h}"), &text);
@@ -2048,7 +2151,7 @@ fn reconcile_keys_resync_the_selected_product_or_every_drifted_one_after_a_previ
     let (text, _) = render(&app, 80, 24);
     assert!(text.contains("Resync 3 Item(s)?"), "{text}");
     assert!(text.contains("2 drifted, 1 missing"), "{text}");
-    assert!(text.contains("Orphans are left alone"), "{text}");
+    assert!(text.contains("Orphans are"), "{text}");
     assert!(press(&mut app, KeyCode::Enter).is_none());
     assert!(app.confirm.is_none());
     press(&mut app, KeyCode::Char('R'));
@@ -2883,4 +2986,45 @@ fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40
             .0
             .contains("impact: no preview (the engine is stopping)")
     );
+}
+
+/// At the smallest size the console accepts, at 80×24 and at 120×40, every table keeps
+/// its figures and its key column whole: a column gives way (and the title says so)
+/// before a number loses a digit.
+#[test]
+fn tables_never_cut_a_number_or_a_key_at_60x16_80x24_120x40() {
+    let screens: [(&str, Tab, &[&str]); 5] = [
+        ("dian", Tab::Dian, &["SETP990000003", "1 785 000,00"]),
+        (
+            "reconcile",
+            Tab::Reconcile,
+            &["prod_00000000000042", "COP 1 237.50", "USD 25.00"],
+        ),
+        (
+            "workers",
+            Tab::Workers,
+            &["quickbooks", "250 of 500", "0 / 5"],
+        ),
+        ("circuits", Tab::Circuits, &["quickbooks", "–/50%", "214"]),
+        (
+            "alerts",
+            Tab::Alerts,
+            &["error_rate/quickbooks", "25 / 10", "180 / 100"],
+        ),
+    ];
+    for (name, tab, whole) in screens {
+        let mut app = if tab == Tab::Dian { dian_app() } else { app() };
+        app.tab = tab;
+        for (w, h) in [(60, 16), (80, 24), (120, 40)] {
+            let (text, _) = render(&app, w, h);
+            for figure in whole {
+                assert!(
+                    text.contains(figure),
+                    "{name} at {w}×{h} lost {figure:?}:\n{text}"
+                );
+            }
+        }
+        let (text, _) = render(&app, 60, 16);
+        check_snapshot(&format!("{name}_60x16"), &text);
+    }
 }

@@ -312,7 +312,7 @@ async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_dr
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("drift         1"), "{text}");
     assert!(text.contains(&pid), "{text}");
-    assert!(text.contains("1234.56"), "{text}");
+    assert!(text.contains("1 234.56"), "{text}");
     assert!(!text.contains(OPS), "{text}");
 
     // `ctl chain` shows the product, its Item and the price Stripe wants of it.
@@ -375,5 +375,122 @@ async fn a_stripe_change_no_webhook_brought_shows_in_ctl_reconcile_and_resync_dr
         .find(|i| i["Sku"] == pid.as_str())
         .unwrap();
     assert_eq!(fixed["UnitPrice"], 1234.56, "{fixed}");
+    engine.shutdown().await;
+}
+
+/// A drift on a USD product and one on a COP product: each amount keeps its currency,
+/// the totals are per currency and never one sum, over HTTP, in `ctl reconcile`, on
+/// the Reconcile screen and in the `R` confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifts_in_two_currencies_are_never_added_together() {
+    const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+    let sb = common::sandbox(12, 5).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 8).await;
+    reconciliation_until(&base, "both sides to agree", |v| {
+        v["ready"] == true && v["drifted"]["count"] == 0 && v["missing"]["count"] == 0
+    })
+    .await;
+
+    // Two products get new prices in Stripe: one in dollars, one in pesos.
+    let items: Vec<Value> = qb_items(&sb_url)
+        .await
+        .into_iter()
+        .filter(|i| {
+            i["Sku"].as_str().is_some_and(|s| s.starts_with("prod_")) && i["Active"] == true
+        })
+        .take(2)
+        .collect();
+    assert_eq!(items.len(), 2);
+    let old = |i: &Value| i["UnitPrice"].as_f64().unwrap_or(0.0);
+    let (usd_pid, cop_pid) = (
+        items[0]["Sku"].as_str().unwrap().to_owned(),
+        items[1]["Sku"].as_str().unwrap().to_owned(),
+    );
+    common::post_json(
+        &sb_url,
+        &format!("/_sandbox/stripe/products/{usd_pid}"),
+        json!({"unit_amount": 61_505, "currency": "usd"}),
+    )
+    .await;
+    common::post_json(
+        &sb_url,
+        &format!("/_sandbox/stripe/products/{cop_pid}"),
+        json!({"unit_amount": 39_800_000, "currency": "cop"}),
+    )
+    .await;
+    let (usd_diff, cop_diff) = (
+        (615.05 - old(&items[0])).abs(),
+        (398_000.0 - old(&items[1])).abs(),
+    );
+
+    let v = reconciliation_until(&base, "both drifts", |v| v["drifted"]["count"] == 2).await;
+    let amounts = v["drifted"]["amounts"].as_array().unwrap();
+    let per: Vec<(&str, f64)> = amounts
+        .iter()
+        .map(|m| {
+            (
+                m["currency"].as_str().unwrap(),
+                m["amount"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per.len(), 2, "{v}");
+    assert_eq!((per[0].0, per[1].0), ("COP", "USD"), "{v}");
+    assert!((per[0].1 - cop_diff).abs() < 1e-6, "{v}");
+    assert!((per[1].1 - usd_diff).abs() < 1e-6, "{v}");
+    for row in v["rows"].as_array().unwrap() {
+        let want = if row["product_id"] == usd_pid.as_str() {
+            "USD"
+        } else {
+            "COP"
+        };
+        assert_eq!(row["currency"], want, "{row}");
+        assert_eq!(row["stripe"]["currency"], want, "{row}");
+    }
+
+    // `ctl reconcile` says each total in its own currency.
+    let out = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            std::process::Command::new(BIN)
+                .args(["ctl", "reconcile", "--url", &base, "--token", OPS])
+                .env_remove("SYNCCTL_TOKEN")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let money = |c: &str, a: f64| syncctl::protocol::Money {
+        currency: c.into(),
+        amount: a,
+    };
+    let both = format!("{} · {}", money("COP", cop_diff), money("USD", usd_diff));
+    assert!(text.contains(&format!("drift         2  {both}")), "{text}");
+
+    // The screen and the `R` confirmation too, and no mixed sum anywhere.
+    let snapshot = common::eventually(10, "the snapshot to carry both drifts", || {
+        let s = engine.engine.snapshot.borrow().clone();
+        async move { (s.reconciliation.drifted.count == 2).then_some(s) }
+    })
+    .await;
+    let mut app = App::new(Arc::clone(&snapshot), Theme::monochrome());
+    press(&mut app, '9');
+    let mixed = syncctl::protocol::text::amount(cop_diff + usd_diff);
+    for (w, h) in [(120, 40), (80, 24)] {
+        let screen = render(&app, w, h);
+        assert!(screen.contains(&both), "{w}×{h}:\n{screen}");
+        assert!(!screen.contains(&mixed), "{w}×{h}:\n{screen}");
+    }
+    press(&mut app, 'R');
+    let confirm = app.confirm.as_ref().expect("R asks first");
+    assert!(confirm.effect().contains(&both), "{}", confirm.effect());
+    assert!(!confirm.effect().contains(&mixed), "{}", confirm.effect());
     engine.shutdown().await;
 }

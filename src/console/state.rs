@@ -119,7 +119,8 @@ pub enum Confirm {
     ResyncDrifted {
         drifted: u64,
         missing: u64,
-        amount: f64,
+        /// Drifted and missing amounts, per currency.
+        amounts: Vec<crate::protocol::Money>,
     },
     /// Resume a paused pipeline with work waiting (`backlog` as the snapshot showed).
     Resume {
@@ -256,7 +257,7 @@ impl Confirm {
             Confirm::RetryFailed { count } => format!("{count} invoices go back to the queue with a fresh retry schedule. Those already at Alegra are read there first, so none is issued twice."),
             Confirm::RetryFailedJobs { count } => format!("{count} products whose sync failed past its last attempt go back to the catalog queue with fresh attempts. An Item that exists is updated, never created twice."),
             Confirm::Resync { products } => format!("Every Stripe product is listed again and checked against its QuickBooks Item ({products} known now); Items that match are left as they are."),
-            Confirm::ResyncDrifted { drifted, missing, amount } => format!("{drifted} drifted, {missing} missing: {} Item(s) written again from Stripe through the catalog queue ({} involved). Orphans are left alone.", drifted + missing, money(*amount)),
+            Confirm::ResyncDrifted { drifted, missing, amounts } => format!("{drifted} drifted, {missing} missing: {} Item(s) written again from Stripe through the catalog queue ({} involved). Orphans are left alone.", drifted + missing, crate::protocol::Money::list(amounts)),
             Confirm::Bounds { min, max } => format!("The auto-scaler keeps the catalog pipeline between {min} and {max} workers; the current target is clamped into that range at once."),
             Confirm::Resume { pipeline: Pipeline::Catalog, backlog } => format!("Workers claim again: the {backlog} queued catalog jobs run, oldest due first."),
             Confirm::Resume { backlog, .. } => format!("Invoices are sent to DIAN again: the {backlog} waiting go first, by deadline."),
@@ -305,6 +306,9 @@ pub struct App {
     pub tab: Tab,
     pub theme: Theme,
     pub help: bool,
+    /// How far the open help (`?` or `:help`) is scrolled down, in lines (the overlay
+    /// clamps it to what there is).
+    pub help_scroll: u16,
     /// The panel of who is attached (`W`, `:who`).
     pub who: bool,
     /// The entity chain panel (`L` on a list, `:chain KEY`).
@@ -391,6 +395,7 @@ impl App {
             tab: Tab::Overview,
             theme,
             help: false,
+            help_scroll: 0,
             confirm: None,
             confirm_focus_ok: false,
             frozen: false,

@@ -25,6 +25,9 @@ use crate::protocol::{
     Status as InvoiceStatus, check_threshold, parse_duration,
 };
 
+/// How far the help may be scrolled at most (more than any help has lines).
+const HELP_SCROLL_MAX: u16 = 500;
+
 /// Something that happened, for [`update`] to take in.
 #[derive(Debug)]
 pub enum Msg {
@@ -726,7 +729,23 @@ impl App {
             }
             return None;
         }
-        if self.help || self.commands_help || self.who {
+        if self.help || self.commands_help {
+            // The help scrolls (it may be longer than the terminal); any other key
+            // closes it.
+            let s = &mut self.help_scroll;
+            match key.code {
+                KeyCode::Down | KeyCode::Char('j') => *s = s.saturating_add(1).min(HELP_SCROLL_MAX),
+                KeyCode::Up | KeyCode::Char('k') => *s = s.saturating_sub(1),
+                KeyCode::PageDown => *s = s.saturating_add(10).min(HELP_SCROLL_MAX),
+                KeyCode::PageUp => *s = s.saturating_sub(10),
+                _ => {
+                    self.help = false;
+                    self.commands_help = false;
+                }
+            }
+            return None;
+        }
+        if self.who {
             self.help = false;
             self.commands_help = false;
             self.who = false;
@@ -773,7 +792,10 @@ impl App {
                 };
                 // (The DIAN queue's detail is asked for after every message: `follow_detail`.)
             }
-            Action::Help => self.help = true,
+            Action::Help => {
+                self.help = true;
+                self.help_scroll = 0;
+            }
             Action::Who => self.who = true,
             Action::Chain => {
                 let key = match self.tab {
@@ -1217,7 +1239,10 @@ impl App {
         if let Some(local) = command_line::local(text) {
             self.history.push(text);
             match local {
-                Local::Help => self.commands_help = true,
+                Local::Help => {
+                    self.commands_help = true;
+                    self.help_scroll = 0;
+                }
                 Local::Who => self.who = true,
                 Local::Chain(key) if key.is_empty() => {
                     self.flash = Some(
@@ -1307,7 +1332,13 @@ impl App {
                 Confirm::ResyncDrifted {
                     drifted,
                     missing,
-                    amount: r.drifted.amount + r.missing.amount,
+                    amounts: {
+                        let mut both = r.drifted.clone();
+                        for m in &r.missing.amounts {
+                            both.add(&m.currency, m.amount);
+                        }
+                        both.amounts
+                    },
                 }
             }
             Command::InvalidateCache { scope } => Confirm::InvalidateCache {

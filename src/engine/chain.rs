@@ -471,6 +471,7 @@ mod tests {
             name: name.into(),
             price: Some(price),
             active: true,
+            currency: None,
         })
     }
 
@@ -494,6 +495,7 @@ mod tests {
                 stripe: None,
                 quickbooks: side("Left behind", 5.0),
                 amount: 5.0,
+                currency: "COP".into(),
                 since_ms: 0,
             },
             Discrepancy {
@@ -504,6 +506,7 @@ mod tests {
                 stripe: side("Brand new", 12.5),
                 quickbooks: None,
                 amount: 12.5,
+                currency: "USD".into(),
                 since_ms: 0,
             },
         ]);

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::JOB_KIND;
 use super::item::{self, DesiredItem};
 use crate::connectors::quickbooks::{Item, QbError, QuickBooksClient, TimedItems};
-use crate::connectors::stripe::{Cursor, Product, StripeClient, StripeError};
+use crate::connectors::stripe::{Cursor, PriceRef, Product, StripeClient, StripeError};
 use crate::protocol::{
-    Discrepancy, DiscrepancyKind, RECONCILIATION_ROWS_SHOWN, ReconciliationView, Side, Tally,
+    Discrepancy, DiscrepancyKind, RECONCILIATION_ROWS_SHOWN, ReconciliationView, Side,
 };
 use crate::store::{NewJob, Store};
 
@@ -43,6 +43,11 @@ const EVENT_PAGES_PER_REFRESH: usize = 10;
 const CDC_READS_PER_REFRESH: usize = 5;
 /// Products at most looked up in the store's mapping when their Item has no Sku.
 const MAPPING_LOOKUPS: usize = 5_000;
+/// The currency an Item's `UnitPrice` counts in when there is no Stripe price to take
+/// one from (an Item with no product): the company's home currency. QuickBooks Items
+/// have no currency of their own; the company issues its invoices to DIAN in COP, so
+/// its books are kept in COP.
+pub const QUICKBOOKS_HOME_CURRENCY: &str = "COP";
 
 /// What a Stripe product asks of its Item, or why it cannot have one.
 #[derive(Debug, Clone)]
@@ -543,6 +548,10 @@ fn items_by_sku(items: &HashMap<String, Held>) -> HashMap<&str, &str> {
 /// Pairs each product with its Item (by Sku, else by the store's mapping: `mapped`)
 /// and compares them: the view's counts of products, Items and those in sync, and every
 /// discrepancy keyed `product:ID` / `item:ID` (first seen `now`).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass over both sides, each kind of disagreement where it is found"
+)]
 fn compare(
     sides: &Sides,
     mapped: &mut dyn FnMut(&str) -> Option<String>,
@@ -553,15 +562,18 @@ fn compare(
     let mut rows: Vec<(String, Discrepancy)> = Vec::new();
     let mut view = ReconciliationView::default();
     let row =
-        |kind, pid: Option<&str>, item: Option<&str>, fields, stripe, qb, amount| Discrepancy {
-            kind,
-            product_id: pid.map(str::to_owned),
-            item_id: item.map(str::to_owned),
-            fields,
-            stripe,
-            quickbooks: qb,
-            amount,
-            since_ms: now,
+        |kind, pid: Option<&str>, item: Option<&str>, fields, stripe: Option<Side>, qb, amount| {
+            Discrepancy {
+                kind,
+                product_id: pid.map(str::to_owned),
+                item_id: item.map(str::to_owned),
+                fields,
+                currency: currency_of(stripe.as_ref()),
+                stripe,
+                quickbooks: qb,
+                amount,
+                since_ms: now,
+            }
         };
     for (pid, w) in &sides.products {
         view.products += 1;
@@ -653,8 +665,19 @@ fn compare(
     (view, rows)
 }
 
-/// Counts and sums the discrepancies into `view` and keeps them, worst first: drift,
-/// then missing, then orphans; larger amounts first.
+/// The currency a discrepancy's amount counts in: the catalog copies Stripe's number
+/// into the Item, so the Stripe price's currency; else (no price, no product) the
+/// company's home currency.
+fn currency_of(stripe: Option<&Side>) -> String {
+    stripe
+        .and_then(|s| s.currency.clone())
+        .unwrap_or_else(|| QUICKBOOKS_HOME_CURRENCY.to_owned())
+}
+
+/// Counts and sums the discrepancies into `view` (amounts per currency) and keeps
+/// them, worst first: drift, then missing, then orphans; within a kind the larger
+/// relative difference first (a share of the price, so a USD and a COP drift compare
+/// fairly), then by currency, the larger amount first within one currency.
 fn tally(view: &mut ReconciliationView, mut rows: Vec<Discrepancy>) {
     for d in &rows {
         let t = match d.kind {
@@ -671,22 +694,19 @@ fn tally(view: &mut ReconciliationView, mut rows: Vec<Discrepancy>) {
             DiscrepancyKind::Missing => &mut view.missing,
             DiscrepancyKind::Orphan => &mut view.orphans,
         };
-        add(t, d.amount);
+        t.add(&d.currency, d.amount);
     }
     rows.sort_by(|a, b| {
         a.kind
             .cmp(&b.kind)
+            .then(b.relative().total_cmp(&a.relative()))
+            .then_with(|| a.currency.cmp(&b.currency))
             .then(b.amount.total_cmp(&a.amount))
             .then_with(|| a.name().cmp(b.name()))
             .then_with(|| a.product_id.cmp(&b.product_id))
             .then_with(|| a.item_id.cmp(&b.item_id))
     });
     view.rows = rows;
-}
-
-fn add(t: &mut Tally, amount: f64) {
-    t.count += 1;
-    t.amount += amount;
 }
 
 /// Item ids are numbers in QuickBooks: order them as numbers.
@@ -700,6 +720,7 @@ fn held(i: &Item) -> Held {
             name: i.name.clone(),
             price: i.unit_price,
             active: i.active,
+            currency: None,
         },
         sku: i.sku.clone(),
     }
@@ -707,8 +728,13 @@ fn held(i: &Item) -> Held {
 
 /// What a product asks of its Item (as the catalog would write it).
 fn wanted(p: &Product) -> Wanted {
+    let currency = match &p.default_price {
+        Some(PriceRef::Expanded(price)) => Some(price.currency.to_uppercase()),
+        _ => None,
+    };
     match DesiredItem::from_product(p, None) {
         Ok(d) => Wanted::Item(Side {
+            currency: currency.filter(|_| d.unit_price.is_some()),
             name: d.name,
             price: d.unit_price,
             active: d.active,
@@ -749,12 +775,14 @@ fn product_of_event(kind: &str, object: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Money;
 
     fn side(name: &str, price: f64, active: bool) -> Side {
         Side {
             name: name.into(),
             price: Some(price),
             active,
+            currency: Some("USD".into()),
         }
     }
 
@@ -776,7 +804,11 @@ mod tests {
 
     fn held_item(name: &str, price: f64, active: bool, sku: Option<&str>) -> Held {
         Held {
-            side: side(name, price, active),
+            // An Item has no currency of its own.
+            side: Side {
+                currency: None,
+                ..side(name, price, active)
+            },
             sku: sku.map(str::to_owned),
         }
     }
@@ -837,12 +869,80 @@ mod tests {
             ]
         );
         assert_eq!(view.rows[0].fields, ["active"]);
-        assert_eq!((view.drifted.count, view.drifted.amount), (2, 8.5));
+        assert_eq!(view.drifted.count, 2);
+        // The Item of a deleted product has no Stripe price: the home currency.
+        assert_eq!(
+            view.drifted.amounts,
+            [
+                Money {
+                    currency: "COP".into(),
+                    amount: 7.0
+                },
+                Money {
+                    currency: "USD".into(),
+                    amount: 1.5
+                }
+            ]
+        );
         assert_eq!((view.missing.count, view.orphans.count), (1, 1));
         assert_eq!(
             (view.drift_price, view.drift_active, view.drift_name),
             (1, 1, 0)
         );
+    }
+
+    #[test]
+    fn amounts_are_summed_per_currency_and_ranked_by_relative_difference() {
+        let mut sides = Sides::default();
+        let priced = |n: &str, p: f64, cur: &str| Side {
+            currency: Some(cur.into()),
+            ..side(n, p, true)
+        };
+        // A large COP difference that is a small share of its price, and a small USD
+        // difference that is most of its price.
+        sides.products.insert(
+            "prod_cop".into(),
+            Wanted::Item(priced("Café", 398_000.0, "COP")),
+        );
+        sides.products.insert(
+            "prod_usd".into(),
+            Wanted::Item(priced("Tea", 615.05, "USD")),
+        );
+        sides.products.insert(
+            "prod_jpy".into(),
+            Wanted::Item(priced("Sake", 3_000.0, "JPY")),
+        );
+        sides.items.insert(
+            "1".into(),
+            held_item("Café", 390_000.0, true, Some("prod_cop")),
+        );
+        sides
+            .items
+            .insert("2".into(), held_item("Tea", 13.5, true, Some("prod_usd")));
+        let (mut view, rows) = compare(&sides, &mut |_| None, 0);
+        tally(&mut view, rows.into_iter().map(|(_, d)| d).collect());
+        let order: Vec<(&str, &str)> = view
+            .rows
+            .iter()
+            .map(|d| (d.product_id.as_deref().unwrap_or(""), d.currency.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("prod_usd", "USD"),
+                ("prod_cop", "COP"),
+                ("prod_jpy", "JPY")
+            ]
+        );
+        let money = |c: &str, a: f64| Money {
+            currency: c.into(),
+            amount: a,
+        };
+        assert_eq!(
+            view.drifted.amounts,
+            [money("COP", 8_000.0), money("USD", 601.55)]
+        );
+        assert_eq!(view.missing.amounts, [money("JPY", 3_000.0)]);
     }
 
     #[test]

@@ -27,11 +27,12 @@ pub struct ReconciliationView {
     pub in_sync: u64,
     /// Products that cannot become Items as they are (no name, tiered price).
     pub unsyncable: u64,
-    /// Products with no Item: count, and their prices summed.
+    /// Products with no Item: count, and their prices summed per currency.
     pub missing: Tally,
-    /// Items with no product: count, and their prices summed.
+    /// Items with no product: count, and their prices summed per currency.
     pub orphans: Tally,
-    /// Items that drifted: count, and the price differences summed (absolute).
+    /// Items that drifted: count, and the price differences summed (absolute) per
+    /// currency.
     pub drifted: Tally,
     /// Of the drifted, how many differ in each field.
     pub drift_name: u64,
@@ -46,8 +47,11 @@ pub struct ReconciliationView {
     pub events_read: u64,
     /// Stripe list pages the reconciliation read: products (its full reads) and events.
     pub stripe_pages: u64,
-    /// The worst discrepancies first (drift, then missing, then orphans; larger
-    /// amounts first), at most what was asked.
+    /// The worst discrepancies first, at most what was asked: drift, then missing,
+    /// then orphans; within a kind the larger [`Discrepancy::relative`] difference
+    /// first (a share, so comparable across currencies), then by currency and the
+    /// larger amount within one currency. Amounts of different currencies are never
+    /// compared with each other.
     pub rows: Vec<Discrepancy>,
 }
 
@@ -58,11 +62,68 @@ impl ReconciliationView {
     }
 }
 
-/// How many, and how much money (in the Items' unit-price units).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// How many, and how much money per currency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tally {
     pub count: u64,
+    /// Every row's amount added up whatever its currency: meaningless as soon as
+    /// `amounts` holds more than one currency. Kept only so older clients still
+    /// parse; screens, `ctl` and new clients use `amounts`.
     pub amount: f64,
+    /// The amounts summed per currency, by currency code.
+    pub amounts: Vec<Money>,
+}
+
+impl Tally {
+    /// Counts one more discrepancy of `amount` in `currency`.
+    pub fn add(&mut self, currency: &str, amount: f64) {
+        self.count += 1;
+        self.amount += amount;
+        match self
+            .amounts
+            .binary_search_by(|m| m.currency.as_str().cmp(currency))
+        {
+            Ok(i) => self.amounts[i].amount += amount,
+            Err(i) => self.amounts.insert(
+                i,
+                Money {
+                    currency: currency.to_owned(),
+                    amount,
+                },
+            ),
+        }
+    }
+}
+
+/// An amount in one currency (ISO 4217 code, upper case: `COP`, `USD`, `JPY`; major
+/// units, as QuickBooks' `UnitPrice`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Money {
+    pub currency: String,
+    pub amount: f64,
+}
+
+impl Money {
+    /// `amounts` as one line: `COP 398 000.00 · USD 615.05` (`–` for none).
+    pub fn list(amounts: &[Money]) -> String {
+        if amounts.is_empty() {
+            return "–".into();
+        }
+        amounts
+            .iter()
+            .map(Money::to_string)
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
+}
+
+impl std::fmt::Display for Money {
+    /// `USD 1 234.50`: the code, then the amount with two decimals and thousands
+    /// grouped by a space.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.currency, super::text::amount(self.amount))
+    }
 }
 
 /// What kind of disagreement.
@@ -95,6 +156,12 @@ pub struct Side {
     pub name: String,
     pub price: Option<f64>,
     pub active: bool,
+    /// The currency `price` is in (upper case). Stripe: its price's currency.
+    /// QuickBooks: none — an Item has no currency of its own (its `UnitPrice` counts
+    /// in the company's home currency), and the catalog writes Stripe's number into
+    /// it unchanged, so both are compared in the discrepancy's `currency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// One disagreement between Stripe and QuickBooks.
@@ -112,8 +179,14 @@ pub struct Discrepancy {
     pub stripe: Option<Side>,
     /// What the Item is (None for a missing one).
     pub quickbooks: Option<Side>,
-    /// The money involved: the price difference, or the price of the side there is.
+    /// The money involved: the price difference, or the price of the side there is,
+    /// in `currency`.
     pub amount: f64,
+    /// The currency of `amount`: the Stripe price's (the number the catalog copies
+    /// into the Item), or for an Item with no Stripe price the company's home
+    /// currency. Empty from an engine older than this field.
+    #[serde(default)]
+    pub currency: String,
     /// When the reconciliation first saw this disagreement (ms since the epoch).
     pub since_ms: i64,
 }
@@ -125,6 +198,40 @@ impl Discrepancy {
             .as_ref()
             .or(self.quickbooks.as_ref())
             .map_or("", |s| s.name.as_str())
+    }
+
+    /// How wrong it is as a share of the price, 0–1, comparable across currencies:
+    /// the whole price (1) for a product with no Item, an Item with no product or an
+    /// active flag that differs (the Item is sold when it should not be, or not when
+    /// it should); for a price drift the difference over the larger of both prices;
+    /// for a drift of the name alone, 0.
+    pub fn relative(&self) -> f64 {
+        let has = |f: &str| self.fields.iter().any(|x| x == f);
+        match self.kind {
+            DiscrepancyKind::Missing | DiscrepancyKind::Orphan => 1.0,
+            DiscrepancyKind::Drift if has("active") => 1.0,
+            DiscrepancyKind::Drift if !has("price") => 0.0,
+            DiscrepancyKind::Drift => {
+                let p = |s: &Option<Side>| s.as_ref().and_then(|s| s.price).unwrap_or(0.0);
+                let (want, have) = (p(&self.stripe), p(&self.quickbooks));
+                let larger = want.abs().max(have.abs());
+                if larger > 0.0 {
+                    ((want - have).abs() / larger).min(1.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Which side is inactive, in words, when the active flags differ.
+    pub fn inactive_side(&self) -> Option<&'static str> {
+        let active = |s: &Option<Side>| s.as_ref().map(|s| s.active);
+        match (active(&self.stripe), active(&self.quickbooks)) {
+            (Some(false), Some(true)) => Some("Stripe"),
+            (Some(true), Some(false)) => Some("QuickBooks"),
+            _ => None,
+        }
     }
 
     /// Whether a resync can fix it (an orphan has no product to write from).

@@ -311,14 +311,26 @@ fn populated() -> Snapshot {
             missing: crate::protocol::Tally {
                 count: 1,
                 amount: 9.5,
+                amounts: vec![crate::protocol::Money {
+                    currency: "USD".into(),
+                    amount: 9.5,
+                }],
             },
             orphans: crate::protocol::Tally {
                 count: 1,
                 amount: 2.0,
+                amounts: vec![crate::protocol::Money {
+                    currency: "COP".into(),
+                    amount: 2.0,
+                }],
             },
             drifted: crate::protocol::Tally {
                 count: 1,
                 amount: 1.25,
+                amounts: vec![crate::protocol::Money {
+                    currency: "USD".into(),
+                    amount: 1.25,
+                }],
             },
             drift_name: 1,
             drift_price: 1,
@@ -337,13 +349,16 @@ fn populated() -> Snapshot {
                     name: "Café".into(),
                     price: Some(10.0),
                     active: true,
+                    currency: Some("USD".into()),
                 }),
                 quickbooks: Some(crate::protocol::Side {
                     name: "Cafe".into(),
                     price: Some(8.75),
                     active: true,
+                    currency: None,
                 }),
                 amount: 1.25,
+                currency: "USD".into(),
                 since_ms: 4,
             }],
         },

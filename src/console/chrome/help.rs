@@ -1,6 +1,8 @@
 //! The help overlays: the keys (`?`), generated from the same key table as the hints
 //! bar (a read-only console lists no engine action), and the commands the `:` line
-//! takes (`:help`), from the protocol's grammar.
+//! takes (`:help`), from the protocol's grammar. A line too long for the box wraps
+//! under its text, and a help taller than the terminal scrolls (↑↓ j k PgUp PgDn;
+//! any other key closes), so no line is ever lost at an edge.
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -57,8 +59,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     {
         lines.push(line(b.label, b.help));
     }
-    let title = format!("Keys — {} (any key closes)", app.tab.title());
-    overlay(frame, area, app, &title, lines);
+    let title = format!("Keys — {}", app.tab.title());
+    scrolled(frame, area, app, &title, lines, 8);
 }
 
 /// `:help`: the console's own words, then (unless read-only) every command form of
@@ -87,16 +89,118 @@ pub fn draw_commands(frame: &mut Frame, area: Rect, app: &App) {
     }
     let screens: Vec<String> = Tab::ALL.iter().map(|t| t.title().to_lowercase()).collect();
     lines.push(Line::from(vec![
+        Span::styled(" chain KEY", t.key),
+        Span::styled(
+            "  the chain of a product, Item, invoice, DIAN number or CUFE",
+            t.dim,
+        ),
+    ]));
+    lines.push(Line::from(vec![
         Span::styled(" help · quit · who · a screen's name", t.key),
         Span::raw(format!("  ({})", screens.join(" "))),
     ]));
-    overlay(
+    scrolled(
         frame,
         area,
         app,
-        "Commands (: then Tab completes; any key closes)",
+        "Commands (: then Tab completes)",
         lines,
+        5,
     );
+}
+
+/// `lines` in a box with `title` as [`overlay`] draws it, each line wrapped under its
+/// text (`indent` cells in) where it is too wide, scrolled by `app.help_scroll`; the
+/// title says how to scroll and close, and which lines show when not all fit.
+fn scrolled(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    title: &str,
+    lines: Vec<Line<'_>>,
+    indent: usize,
+) {
+    let width = area.width.saturating_sub(2).min(96);
+    let inner = usize::from(width.saturating_sub(2));
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .flat_map(|l| wrap(l, inner, indent))
+        .collect();
+    let room = usize::from(area.height.saturating_sub(2));
+    let total = lines.len();
+    let first = usize::from(app.help_scroll).min(total.saturating_sub(room));
+    let title = if total > room {
+        let last = (first + room).min(total);
+        let more = if last < total { " ↓" } else { "" };
+        format!(
+            "{title} {}–{last}/{total}{more} · ↑↓ scroll · other keys close",
+            first + 1
+        )
+    } else {
+        format!("{title} · any key closes")
+    };
+    let shown: Vec<Line> = lines.into_iter().skip(first).collect();
+    let rect = centered(area, width, (total as u16 + 2).min(area.height));
+    frame.render_widget(Clear, rect);
+    frame.render_widget(Paragraph::new(shown).block(block(&title, app)), rect);
+}
+
+/// `line` cut into lines of at most `width` cells, at a space where there is one; the
+/// lines after the first start `indent` cells in.
+fn wrap(line: Line<'_>, width: usize, indent: usize) -> Vec<Line<'static>> {
+    use unicode_width::UnicodeWidthChar;
+    let cells: Vec<(char, ratatui::style::Style)> = line
+        .spans
+        .iter()
+        .flat_map(|s| s.content.chars().map(move |c| (c, s.style)))
+        .collect();
+    let to_line = |cells: &[(char, ratatui::style::Style)], pad: usize| {
+        let mut spans: Vec<Span<'static>> = Vec::new();
+        if pad > 0 {
+            spans.push(Span::raw(" ".repeat(pad)));
+        }
+        for (c, style) in cells {
+            match spans.last_mut() {
+                Some(last) if last.style == *style => {
+                    last.content.to_mut().push(*c);
+                }
+                _ => spans.push(Span::styled(c.to_string(), *style)),
+            }
+        }
+        Line::from(spans)
+    };
+    let mut out = Vec::new();
+    let mut rest: &[(char, ratatui::style::Style)] = &cells;
+    let mut pad = 0;
+    let indent = indent.min(width / 2);
+    while !rest.is_empty() {
+        let room = width.saturating_sub(pad).max(1);
+        let mut used = 0;
+        let mut cut = rest.len();
+        for (i, (c, _)) in rest.iter().enumerate() {
+            used += c.width().unwrap_or(0);
+            if used > room {
+                cut = i.max(1);
+                break;
+            }
+        }
+        if cut < rest.len()
+            && let Some(space) = rest[..cut].iter().rposition(|(c, _)| *c == ' ')
+            && space > 0
+        {
+            cut = space;
+        }
+        out.push(to_line(&rest[..cut], pad));
+        rest = &rest[cut..];
+        while rest.first().is_some_and(|(c, _)| *c == ' ') {
+            rest = &rest[1..];
+        }
+        pad = indent;
+    }
+    if out.is_empty() {
+        out.push(Line::from(""));
+    }
+    out
 }
 
 /// The read-only console's line at the top of both overlays.

@@ -15,6 +15,7 @@
 
 pub mod cells;
 pub mod chain;
+pub mod columns;
 pub mod command_line;
 pub mod confirm;
 pub mod footer;

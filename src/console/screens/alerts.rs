@@ -23,9 +23,11 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Paragraph, TableState};
 
+use crate::console::chrome::columns::{self, Column};
 use crate::console::chrome::{block, clock, severity_span};
 use crate::console::state::App;
 use crate::protocol::Phase;
@@ -91,7 +93,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             alerts,
         );
     } else {
-        let rows: Vec<Row> = tel
+        let rows: Vec<(Vec<Line>, Style)> = tel
             .alerts
             .iter()
             .enumerate()
@@ -105,33 +107,30 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 }
                 let style = if Some(i) == sel { t.tab_active } else { t.base };
                 let mark = if Some(i) == sel { "▶ " } else { "  " };
-                Row::new(vec![
-                    Cell::from(Line::from(vec![
-                        Span::raw(mark),
-                        severity_span(app, a.severity),
-                    ])),
-                    Cell::from(a.phase.to_string()),
-                    Cell::from(a.id.clone()),
-                    Cell::from(format!("{} / {}", value(a.value), value(a.threshold))),
-                    Cell::from(ago(now, a.since_ms)),
-                    Cell::from(flags.join(" · ")),
-                ])
-                .style(style)
+                let cells = vec![
+                    Line::from(vec![Span::raw(mark), severity_span(app, a.severity)]),
+                    Line::from(a.phase.to_string()),
+                    Line::from(a.id.clone()),
+                    Line::from(format!("{} / {}", value(a.value), value(a.threshold))),
+                    Line::from(ago(now, a.since_ms)),
+                    Line::from(flags.join(" · ")),
+                ];
+                (cells, style)
             })
             .collect();
-        let table = Table::new(
-            rows,
-            [
-                Constraint::Length(12),
-                Constraint::Length(7),
-                Constraint::Min(20),
-                Constraint::Length(11),
-                Constraint::Length(8),
-                Constraint::Length(12),
-            ],
-        )
-        .header(Row::new(["  severity", "state", "alert", "value/limit", "since", ""]).style(t.dim))
-        .block(block(&title, app));
+        // Figures are never cut: the flags give way, the severity shrinks to its
+        // symbol, and the alert's name keeps the most room.
+        let cols = vec![
+            Column::text("  severity", 12, 4, 1),
+            Column::text("state", 7, 7, 9),
+            Column::key("alert", 34, 16).flex(),
+            Column::num("value/limit", 9),
+            Column::whole("since", 9),
+            Column::whole("", 0).droppable(),
+        ];
+        let (table, note) = columns::table(cols, rows, alerts.width.saturating_sub(2), t.dim);
+        title.push_str(&note);
+        let table = table.block(block(&title, app));
         // Scrolled so the selected alert stays in view.
         let mut state = TableState::default().with_selected(sel);
         frame.render_stateful_widget(table, alerts, &mut state);
@@ -148,7 +147,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             anomalies,
         );
     } else {
-        let rows: Vec<Row> = tel
+        let rows: Vec<(Vec<Line>, Style)> = tel
             .anomalies
             .iter()
             .map(|a| {
@@ -156,29 +155,28 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     None => Span::styled("◉ open", t.warn),
                     Some(_) => Span::styled("○ ended", t.dim),
                 };
-                Row::new(vec![
-                    Cell::from(Line::from(state)),
-                    Cell::from(a.metric.clone()),
-                    Cell::from(value(a.value)),
-                    Cell::from(value(a.baseline)),
-                    Cell::from(format!("{:+.1}", a.score)),
-                    Cell::from(ago(now, a.at_ms)),
-                ])
+                let cells = vec![
+                    Line::from(state),
+                    Line::from(a.metric.clone()),
+                    Line::from(value(a.value)),
+                    Line::from(value(a.baseline)),
+                    Line::from(format!("{:+.1}", a.score)),
+                    Line::from(ago(now, a.at_ms)),
+                ];
+                (cells, Style::default())
             })
             .collect();
-        let table = Table::new(
-            rows,
-            [
-                Constraint::Length(8),
-                Constraint::Min(20),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(7),
-                Constraint::Length(9),
-            ],
-        )
-        .header(Row::new(["", "metric", "value", "baseline", "z", "when"]).style(t.dim))
-        .block(block(&title, app));
+        let cols = vec![
+            Column::text("", 8, 1, 1),
+            Column::key("metric", 30, 16).flex(),
+            Column::num("value", 9),
+            Column::num("baseline", 2).droppable(),
+            Column::num("z", 9),
+            Column::whole("when", 9),
+        ];
+        let (table, note) = columns::table(cols, rows, anomalies.width.saturating_sub(2), t.dim);
+        let title = format!("{title}{note}");
+        let table = table.block(block(&title, app));
         frame.render_widget(table, anomalies);
     }
 

@@ -26,8 +26,9 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Paragraph, Wrap};
 
+use crate::console::chrome::columns::{self, Column};
 use crate::console::chrome::{block, clock, group, secs};
 use crate::console::state::App;
 use crate::protocol::State as BreakerState;
@@ -55,76 +56,69 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let table_h = (s.downstreams.len() as u16 + 3).min(area.height / 2);
     let [table_area, detail] =
         Layout::vertical([Constraint::Length(table_h), Constraint::Min(4)]).areas(area);
-    let header = Row::new([
-        "",
-        "circuit",
-        "state",
-        "fail/thr",
-        "slow/thr",
-        "calls",
-        "rejected",
-        "half-open",
-    ])
-    .style(t.title);
-    let rows = s.downstreams.iter().enumerate().map(|(i, d)| {
-        let b = &d.breaker;
-        let marker = if i == app.circuit { "▶" } else { " " };
-        let half = match b.until_half_open_ms {
-            Some(ms) => format!("in {}", secs(ms)),
-            None if b.state == BreakerState::HalfOpen => {
-                format!("{}/{} trials", b.half_open_in_use, b.half_open_permits)
+    let rows: Vec<(Vec<Line>, Style)> = s
+        .downstreams
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let b = &d.breaker;
+            let marker = if i == app.circuit { "▶" } else { " " };
+            let half = match b.until_half_open_ms {
+                Some(ms) => format!("in {}", secs(ms)),
+                None if b.state == BreakerState::HalfOpen => {
+                    format!("{}/{} trials", b.half_open_in_use, b.half_open_permits)
+                }
+                None => "–".into(),
+            };
+            let mut name = d.name.clone();
+            if app.sandbox_outage(&d.name) == Some(true) {
+                name.push_str(" ⚡");
             }
-            None => "–".into(),
-        };
-        let mut name = d.name.clone();
-        if app.sandbox_outage(&d.name) == Some(true) {
-            name.push_str(" ⚡");
-        }
-        let row = Row::new(vec![
-            Cell::from(marker),
-            Cell::from(name),
-            Cell::from(Span::styled(
-                format!("{} {}", b.state.symbol(), b.state.name()),
-                state_style(app, b.state),
-            )),
-            Cell::from(format!(
-                "{}/{:.0}%",
-                pct(b.failure_rate),
-                b.failure_threshold
-            )),
-            Cell::from(format!(
-                "{}/{:.0}%",
-                pct(b.slow_call_rate),
-                b.slow_call_threshold
-            )),
-            Cell::from(format!("{}", b.calls)),
-            Cell::from(group(b.rejections)),
-            Cell::from(half),
-        ]);
-        if i == app.circuit {
-            row.style(t.tab_active)
-        } else {
-            row
-        }
-    });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(1),
-            Constraint::Length(12),
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(6),
-            Constraint::Length(8),
-            Constraint::Min(9),
-        ],
-    )
-    .header(header)
-    .block(block(
-        "Circuits — window rates vs thresholds (– = fewer calls than the minimum)",
-        app,
-    ));
+            let cells = vec![
+                Line::from(marker),
+                Line::from(name),
+                Line::from(Span::styled(
+                    format!("{} {}", b.state.symbol(), b.state.name()),
+                    state_style(app, b.state),
+                )),
+                Line::from(format!(
+                    "{}/{:.0}%",
+                    pct(b.failure_rate),
+                    b.failure_threshold
+                )),
+                Line::from(format!(
+                    "{}/{:.0}%",
+                    pct(b.slow_call_rate),
+                    b.slow_call_threshold
+                )),
+                Line::from(format!("{}", b.calls)),
+                Line::from(group(b.rejections)),
+                Line::from(half),
+            ];
+            let style = if i == app.circuit {
+                t.tab_active
+            } else {
+                Style::default()
+            };
+            (cells, style)
+        })
+        .collect();
+    // Figures are never cut: the half-open column gives way first, then the slow
+    // calls' rate, then the rejections.
+    let cols = vec![
+        Column::text("", 1, 1, 9),
+        Column::whole("circuit", 9),
+        Column::whole("state", 9),
+        Column::num("fail/thr", 9),
+        Column::num("slow/thr", 2).droppable(),
+        Column::num("calls", 9),
+        Column::num("rejected", 3).droppable(),
+        Column::whole("half-open", 1).droppable().flex(),
+    ];
+    let (table, note) = columns::table(cols, rows, table_area.width.saturating_sub(2), t.title);
+    let title =
+        format!("Circuits{note} — window rates vs thresholds (– = fewer calls than the minimum)");
+    let table = table.block(block(&title, app));
     frame.render_widget(table, table_area);
     let Some(d) = s.downstreams.get(app.circuit) else {
         return;

@@ -26,11 +26,12 @@
 //! it on.
 
 use ratatui::Frame;
-use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Paragraph, Wrap};
 
+use crate::console::chrome::columns::{self, Column};
 use crate::console::chrome::{block, clock, countdown, group};
 use crate::console::state::App;
 use crate::protocol::{Status as InvoiceStatus, explain};
@@ -129,22 +130,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let selected = app.dian_selected_row();
     let anchor = app.dian_sel.anchor(&app.dian_ids());
     let wide = area.width >= 120;
-    let mut header = vec![
-        "",
-        "number",
-        "buyer",
-        "total COP",
-        "state",
-        "att",
-        "next",
-        "last",
-    ];
-    if wide {
-        header.push("CUFE");
-    }
     let visible = table_area.height.saturating_sub(3) as usize;
     let first = anchor.saturating_sub(visible.saturating_sub(1));
-    let body = rows
+    let body: Vec<(Vec<Line>, Style)> = rows
         .iter()
         .enumerate()
         .skip(first)
@@ -172,61 +160,58 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 None => r.last_message.clone().unwrap_or_default(),
             };
             let mut cells = vec![
-                Cell::from(if Some(i) == selected { "▶" } else { " " }),
-                Cell::from(r.number.clone()),
-                Cell::from(r.buyer_name.clone()),
-                Cell::from(
-                    Line::from(crate::protocol::text::pesos(r.total)).alignment(Alignment::Right),
-                ),
-                Cell::from(Span::styled(
+                Line::from(if Some(i) == selected { "▶" } else { " " }),
+                Line::from(r.number.clone()),
+                Line::from(r.buyer_name.clone()),
+                Line::from(crate::protocol::text::pesos(r.total)),
+                Line::from(Span::styled(
                     format!("{} {}", r.status.symbol(), r.status.name()),
                     invoice_style(app, r.status),
                 )),
-                Cell::from(r.attempts.to_string()),
-                Cell::from(Line::from(next)),
-                Cell::from(last),
+                Line::from(r.attempts.to_string()),
+                Line::from(next),
+                Line::from(last),
             ];
             if wide {
-                cells.push(Cell::from(r.cufe.as_deref().map_or_else(
+                cells.push(Line::from(r.cufe.as_deref().map_or_else(
                     || "–".to_owned(),
                     |c| format!("{}…", &c[..c.len().min(16)]),
                 )));
             }
-            let row = Row::new(cells);
-            if Some(i) == selected {
-                row.style(t.tab_active)
+            let style = if Some(i) == selected {
+                t.tab_active
             } else {
-                row
-            }
-        });
-    let mut widths = vec![
-        Constraint::Length(1),
-        Constraint::Length(13),
-        Constraint::Min(10),
-        Constraint::Length(13),
-        Constraint::Length(11),
-        Constraint::Length(3),
-        // Room for "late 1m00s" when there is room at all; the number comes first.
-        Constraint::Length(if area.width >= 100 { 10 } else { 8 }),
-        Constraint::Min(12),
+                Style::default()
+            };
+            (cells, style)
+        })
+        .collect();
+    // Numbers and invoice numbers are never cut: the buyer shrinks first, then the
+    // last answer, the next attempt and the CUFE give way.
+    let mut cols = vec![
+        Column::text("", 1, 1, 9),
+        Column::whole("number", 9),
+        Column::text("buyer", 24, 8, 1).flex(),
+        Column::num("total COP", 9),
+        Column::text("state", 11, 11, 9),
+        Column::num("att", 9),
+        // Room for "late 1m00s" when there is room at all.
+        Column::text("next", 10, 8, 2).droppable(),
+        Column::text("last", 30, 12, 3).droppable(),
     ];
     if wide {
-        widths.push(Constraint::Length(17));
+        cols.push(Column::text("CUFE", 17, 17, 0).droppable());
     }
     let filter = app
         .dian_filter
         .map_or("all".to_owned(), |f| f.name().to_owned());
+    let (table, note) = columns::table(cols, body, table_area.width.saturating_sub(2), t.title);
     let title = format!(
-        "DIAN queue — {} of {} ({filter})",
+        "DIAN queue — {} of {} ({filter}){note}",
         rows.len(),
         group(c.counts.total)
     );
-    frame.render_widget(
-        Table::new(body, widths)
-            .header(Row::new(header).style(t.title))
-            .block(block(&title, app)),
-        table_area,
-    );
+    frame.render_widget(table.block(block(&title, app)), table_area);
 
     // Detail: the selected invoice's history (or payload), once the engine sent it.
     let chosen = selected.and_then(|i| rows.get(i));

@@ -11,43 +11,71 @@
 //!  header (chrome): syncctl · SANDBOX · ▶ running · …          … 8  9 Reconcile                        row 0
 //! ┌ Reconciliation  live · refreshed 14:02:11 · followed 12 Item changes, 3 events ──────────────────┐  6 rows
 //! │products 2 500 · Items 2 498 · ✓ in sync 2 480 · 1 cannot be an Item                              │
-//! │▲ drift    12  name 3 · price 8 · active 1          amount      1 234.50                          │
-//! │▲ missing   5  products with no Item                amount         99.00                          │
-//! │○ orphan    2  active Items with no product         amount         10.00                          │
+//! │▲ drift    12  name 3 · price 8 · active 1          COP 1 234 000.00 · USD 12.50                  │
+//! │▲ missing   5  products with no Item                USD 99.00                                     │
+//! │○ orphan    2  active Items with no product         COP 10 000.00                                 │
 //! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
 //! ┌ Discrepancies (worst first; r resync, R resync all) ─────────────────────────────────────────────┐  the rest
-//! │  kind     product             Item   name                  differs        Stripe   QuickBooks  amount │
-//! │▶ drift    prod_0042           512    Café Premium          price          12.50    10.00       2.50   │
+//! │  kind     product             Item name                 differs          Stripe QuickBooks    amount │
+//! │▶ drift    prod_0042           512  Café Premium          price             12.50      10.00 USD 2.50 │
 //! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
 //! ┌ Selected ────────────────────────────────────────────────────────────────────────────────────────┐  4 rows
-//! │Stripe     "Café Premium" · 12.50 · active                                                        │
-//! │QuickBooks "Café Premium" · 10.00 · active · Item 512 · since 14:01:50                            │
+//! │Stripe     "Café Premium" · USD 12.50 · active                                                    │
+//! │QuickBooks "Café Premium" · USD 10.00 · active · Item 512 · since 14:01:50                        │
 //! └──────────────────────────────────────────────────────────────────────────────────────────────────┘
 //!  footer (chrome): key hints from the key table · or the flash line · or the prompt                    row 29
 //! ```
 //!
-//! Below 100 columns the Stripe and QuickBooks price columns give way to the name.
+//! Amounts are per currency (a row's is its Stripe price's; an Item alone counts in the
+//! company's home currency) and never added across currencies. Numbers are never cut:
+//! when the table is too narrow the name shrinks, then the Stripe and QuickBooks price
+//! columns, the Item and the differing fields give way, and the title says so.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Paragraph, Row, Table, TableState};
 
+use crate::console::chrome::columns::{self, Column, width};
 use crate::console::chrome::{block, clock, group};
 use crate::console::state::{App, money};
-use crate::protocol::{Discrepancy, DiscrepancyKind, Side};
+use crate::protocol::{Discrepancy, DiscrepancyKind, Money, Side};
 
 fn price(p: Option<f64>) -> String {
     p.map_or_else(|| "–".to_owned(), money)
 }
 
-fn side_line(side: &Side) -> String {
+/// A side as the Selected pane writes it, its price in the discrepancy's currency.
+fn side_line(side: &Side, currency: &str) -> String {
+    let price = side.price.map_or_else(
+        || "no price".to_owned(),
+        |p| format!("{currency} {}", money(p)),
+    );
     format!(
-        "{:?} · {} · {}",
+        "{:?} · {price} · {}",
         side.name,
-        price(side.price),
         if side.active { "active" } else { "inactive" }
     )
+}
+
+/// Whole amounts that fit in `room` cells, then how many currencies did not
+/// (an amount is never cut).
+fn fitted_amounts(amounts: &[Money], room: u16) -> Option<String> {
+    let all = Money::list(amounts);
+    if width(&all) <= room {
+        return Some(all);
+    }
+    for n in (1..amounts.len()).rev() {
+        let text = format!(
+            "{} · +{} more",
+            Money::list(&amounts[..n]),
+            amounts.len() - n
+        );
+        if width(&text) <= room {
+            return Some(text);
+        }
+    }
+    None
 }
 
 #[expect(
@@ -76,13 +104,36 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ));
     }
     let bad = |n: u64| if n == 0 { t.ok } else { t.warn };
-    let tally = |mark: &str, word: &str, n: u64, what: String, amount: f64| {
+    let inner = summary.width.saturating_sub(2);
+    let tally = |mark: &str, word: &str, n: u64, what: String, amounts: &[Money]| {
+        let head = format!("{mark} {word:<8}{:>6}  ", group(n));
+        let room = inner.saturating_sub(width(&head));
+        // The amounts come first: the words give way to them, never the other way;
+        // every currency shown before any is left out.
+        let padded = format!("{what:<34} ");
+        let tight = format!("{what}  ");
+        let (what, amounts) = if amounts.is_empty() {
+            (what, String::new())
+        } else {
+            let all = Money::list(amounts);
+            let fits = |words: &str| width(words) + width(&all) <= room;
+            if fits(&padded) {
+                (padded, all)
+            } else if fits(&tight) {
+                (tight, all)
+            } else if let Some(some) = fitted_amounts(amounts, room.saturating_sub(width(&tight))) {
+                (tight, some)
+            } else {
+                (
+                    String::new(),
+                    fitted_amounts(amounts, room).unwrap_or_default(),
+                )
+            }
+        };
         Line::from(vec![
-            Span::styled(format!("{mark} {word:<8}"), bad(n)),
-            Span::styled(format!("{:>6}  ", group(n)), bad(n)),
-            Span::raw(format!("{what:<34}")),
-            Span::styled("amount ", t.dim),
-            Span::raw(format!("{:>12}", money(amount))),
+            Span::styled(head, bad(n)),
+            Span::raw(what),
+            Span::raw(amounts),
         ])
     };
     let lines = if r.ready {
@@ -111,21 +162,21 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     "name {} · price {} · active {}",
                     r.drift_name, r.drift_price, r.drift_active
                 ),
-                r.drifted.amount,
+                &r.drifted.amounts,
             ),
             tally(
                 if r.missing.count > 0 { "▲" } else { "✓" },
                 "missing",
                 r.missing.count,
                 "products with no Item".into(),
-                r.missing.amount,
+                &r.missing.amounts,
             ),
             tally(
                 if r.orphans.count > 0 { "○" } else { "✓" },
                 "orphan",
                 r.orphans.count,
                 "active Items with no product".into(),
-                r.orphans.amount,
+                &r.orphans.amounts,
             ),
         ]
     } else {
@@ -158,53 +209,84 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         };
         frame.render_widget(Paragraph::new(text).block(block(&title, app)), list);
     } else {
-        let wide = list.width >= 100;
+        // Each row's cells as text, then the columns sized from them.
+        let text: Vec<[String; 7]> = r
+            .rows
+            .iter()
+            .map(|d| {
+                [
+                    d.product_id.clone().unwrap_or_else(|| "–".into()),
+                    d.item_id.clone().unwrap_or_else(|| "–".into()),
+                    differs(d),
+                    price(d.stripe.as_ref().and_then(|s| s.price)),
+                    price(d.quickbooks.as_ref().and_then(|s| s.price)),
+                    format!("{} {}", d.currency, money(d.amount)),
+                    d.name().to_owned(),
+                ]
+            })
+            .collect();
+        let widest = |i: usize, header: &str| {
+            text.iter()
+                .map(|c| width(&c[i]))
+                .chain([width(header)])
+                .max()
+                .unwrap_or(0)
+        };
+        let product_w = widest(0, "product");
+        let item_w = widest(1, "Item");
+        let differs_w = widest(2, "differs");
+        let cols = [
+            Column::text("  kind", 9, 9, 9),
+            // The key, whole: product ids can differ anywhere, so no part is spared.
+            Column::key("product", product_w, product_w),
+            Column::text("Item", item_w, item_w, 2).droppable(),
+            Column::text("name", widest(6, "name").min(28), 12, 1).flex(),
+            Column::text("differs", differs_w, differs_w, 3).droppable(),
+            Column::number("Stripe", text.iter().map(|c| c[3].as_str()), 0).droppable(),
+            Column::number("QuickBooks", text.iter().map(|c| c[4].as_str()), 0).droppable(),
+            Column::number("amount", text.iter().map(|c| c[5].as_str()), 9),
+        ];
+        let spacing = 1;
+        let fitted = columns::fit(&cols, list.width.saturating_sub(2), spacing);
+        title.push_str(&columns::hidden_note(&fitted));
         let rows: Vec<Row> = r
             .rows
             .iter()
+            .zip(text)
             .enumerate()
-            .map(|(i, d)| {
-                let style = if Some(i) == sel { t.tab_active } else { t.base };
-                let mark = if Some(i) == sel { "▶ " } else { "  " };
-                let kind_style = match d.kind {
-                    DiscrepancyKind::Orphan => t.dim,
-                    _ => t.warn,
-                };
-                let mut cells = vec![
-                    Cell::from(Line::from(vec![
+            .map(
+                |(i, (d, [product, item, differs, stripe, qb, amount, name]))| {
+                    let style = if Some(i) == sel { t.tab_active } else { t.base };
+                    let mark = if Some(i) == sel { "▶ " } else { "  " };
+                    let kind_style = match d.kind {
+                        DiscrepancyKind::Orphan => t.dim,
+                        _ => t.warn,
+                    };
+                    let kind = Line::from(vec![
                         Span::raw(mark),
                         Span::styled(d.kind.word(), kind_style),
-                    ])),
-                    Cell::from(d.product_id.clone().unwrap_or_else(|| "–".into())),
-                    Cell::from(d.item_id.clone().unwrap_or_else(|| "–".into())),
-                    Cell::from(d.name().to_owned()),
-                    Cell::from(differs(d, wide)),
-                ];
-                if wide {
-                    cells.push(Cell::from(price(d.stripe.as_ref().and_then(|s| s.price))));
-                    cells.push(Cell::from(price(
-                        d.quickbooks.as_ref().and_then(|s| s.price),
-                    )));
-                }
-                cells.push(Cell::from(Line::from(money(d.amount)).right_aligned()));
-                Row::new(cells).style(style)
-            })
+                    ]);
+                    let cells = [
+                        kind,
+                        Line::from(product),
+                        Line::from(item),
+                        Line::from(name),
+                        Line::from(differs),
+                        Line::from(stripe),
+                        Line::from(qb),
+                        Line::from(amount),
+                    ];
+                    Row::new(columns::kept(
+                        &fitted,
+                        cols.iter().zip(cells).map(|(c, l)| c.cell(l)),
+                    ))
+                    .style(style)
+                },
+            )
             .collect();
-        let mut widths = vec![
-            Constraint::Length(9),
-            Constraint::Length(20),
-            Constraint::Length(6),
-            Constraint::Min(12),
-            Constraint::Length(if wide { 18 } else { 14 }),
-        ];
-        let mut header = vec!["  kind", "product", "Item", "name", "differs"];
-        if wide {
-            widths.extend([Constraint::Length(10), Constraint::Length(10)]);
-            header.extend(["Stripe", "QuickBooks"]);
-        }
-        widths.push(Constraint::Length(10));
-        header.push("    amount");
-        let table = Table::new(rows, widths)
+        let header = columns::kept(&fitted, cols.iter().map(Column::header_cell));
+        let table = Table::new(rows, columns::constraints(&fitted))
+            .column_spacing(spacing)
             .header(Row::new(header).style(t.dim))
             .block(block(&title, app));
         let mut state = TableState::default().with_selected(sel);
@@ -216,12 +298,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Some(d) => {
             let stripe = d.stripe.as_ref().map_or_else(
                 || "no product (r cannot resync an orphan)".to_owned(),
-                side_line,
+                |s| side_line(s, &d.currency),
             );
-            let mut qb = d
-                .quickbooks
-                .as_ref()
-                .map_or_else(|| "no Item (r creates it)".to_owned(), side_line);
+            let mut qb = d.quickbooks.as_ref().map_or_else(
+                || "no Item (r creates it)".to_owned(),
+                |s| side_line(s, &d.currency),
+            );
             if let Some(id) = &d.item_id {
                 qb.push_str(&format!(" · Item {id}"));
             }
@@ -235,19 +317,17 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(lines).block(block("Selected", app)), detail);
 }
 
-/// What differs, in words: the drifted fields (`active` as `act` when narrow), or which
-/// side is missing.
-fn differs(d: &Discrepancy, wide: bool) -> String {
+/// What differs, in words: the drifted fields (the active flag as which side is
+/// inactive), or which side is missing.
+fn differs(d: &Discrepancy) -> String {
     match d.kind {
         DiscrepancyKind::Drift => d
             .fields
             .iter()
-            .map(|f| {
-                if !wide && f == "active" {
-                    "act"
-                } else {
-                    f.as_str()
-                }
+            .map(|f| match (f.as_str(), d.inactive_side()) {
+                ("active", Some("QuickBooks")) => "inactive in QB".to_owned(),
+                ("active", Some(side)) => format!("inactive in {side}"),
+                (f, _) => f.to_owned(),
             })
             .collect::<Vec<_>>()
             .join(" "),

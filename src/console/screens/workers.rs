@@ -27,9 +27,11 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::Paragraph;
 
+use crate::console::chrome::columns::{self, Column};
 use crate::console::chrome::{block, clock, group, secs};
 use crate::console::state::App;
 
@@ -96,72 +98,60 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         )),
         pipe,
     );
-    let header = Row::new([
-        "downstream",
-        "rate/min",
-        "in flight",
-        "pushback",
-        "429s",
-        "ceiling",
-        "budget",
-    ])
-    .style(t.title);
-    let rows = s.downstreams.iter().map(|d| {
-        let l = &d.limiter;
-        let rate = if l.rate_per_min == 0 {
-            "no limit".to_owned()
-        } else if l.effective_per_min < l.rate_per_min {
-            format!(
-                "{} of {}",
-                group(l.effective_per_min as u64),
+    let rows: Vec<(Vec<Line>, Style)> = s
+        .downstreams
+        .iter()
+        .map(|d| {
+            let l = &d.limiter;
+            let rate = if l.rate_per_min == 0 {
+                "no limit".to_owned()
+            } else if l.effective_per_min < l.rate_per_min {
+                format!(
+                    "{} of {}",
+                    group(l.effective_per_min as u64),
+                    group(l.rate_per_min as u64)
+                )
+            } else {
                 group(l.rate_per_min as u64)
-            )
-        } else {
-            group(l.rate_per_min as u64)
-        };
-        let conc = match (l.max_concurrent, l.effective_concurrent) {
-            (0, 0) => format!("{} / –", l.in_flight),
-            (_, e) => format!("{} / {}", l.in_flight, e),
-        };
-        let pushback = if l.paused_for_ms > 0 {
-            Span::styled(format!("paused {}", secs(l.paused_for_ms)), t.warn)
-        } else {
-            Span::raw("–")
-        };
-        Row::new(vec![
-            Cell::from(d.name.clone()),
-            Cell::from(rate),
-            Cell::from(conc),
-            Cell::from(pushback),
-            Cell::from(group(d.throttled)),
-            // The rate the last 429 answered (learned, kept across restarts).
-            Cell::from(
-                l.ceiling_per_min
-                    .map_or_else(|| "–".to_owned(), |c| group(c as u64)),
-            ),
-            Cell::from(format!("{} left", d.budget_available)),
-        ])
-    });
-    frame.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(12),
-                Constraint::Length(14),
-                Constraint::Length(10),
-                Constraint::Length(14),
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Min(8),
-            ],
-        )
-        .header(header)
-        .block(block(
-            "Rate limits (GCRA + in-flight cap; a 429 sets the ceiling)",
-            app,
-        )),
-        limits,
-    );
+            };
+            let conc = match (l.max_concurrent, l.effective_concurrent) {
+                (0, 0) => format!("{} / –", l.in_flight),
+                (_, e) => format!("{} / {}", l.in_flight, e),
+            };
+            let pushback = if l.paused_for_ms > 0 {
+                Span::styled(format!("paused {}", secs(l.paused_for_ms)), t.warn)
+            } else {
+                Span::raw("–")
+            };
+            let cells = vec![
+                Line::from(d.name.clone()),
+                Line::from(rate),
+                Line::from(conc),
+                Line::from(pushback),
+                Line::from(group(d.throttled)),
+                // The rate the last 429 answered (learned, kept across restarts).
+                Line::from(
+                    l.ceiling_per_min
+                        .map_or_else(|| "–".to_owned(), |c| group(c as u64)),
+                ),
+                Line::from(format!("{} left", d.budget_available)),
+            ];
+            (cells, Style::default())
+        })
+        .collect();
+    // Figures are never cut: the pushback and the budget give way first.
+    let cols = vec![
+        Column::whole("downstream", 9),
+        Column::num("rate/min", 9),
+        Column::num("in flight", 9),
+        Column::text("pushback", 14, 14, 1).droppable(),
+        Column::num("429s", 9),
+        Column::num("ceiling", 2).droppable(),
+        Column::whole("budget", 0).droppable().flex(),
+    ];
+    let (table, note) = columns::table(cols, rows, limits.width.saturating_sub(2), t.title);
+    let title = format!("Rate limits{note} (GCRA + in-flight cap; a 429 sets the ceiling)");
+    frame.render_widget(table.block(block(&title, app)), limits);
     let items: Vec<Line> = if c.decisions.is_empty() {
         vec![Line::from(Span::styled("no scaling decision yet", t.dim))]
     } else {

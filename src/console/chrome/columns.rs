@@ -267,7 +267,23 @@ pub fn table<'a>(
             c.min = w;
         }
     }
-    let widths = fit(&cols, inner_width, 1);
+    // Two cells between columns where every column fits whole with them (a number
+    // right-aligned against a text column reads as one otherwise); one where not.
+    let roomy = fit(&cols, inner_width, 2);
+    let spacing = if roomy
+        .iter()
+        .zip(&cols)
+        .all(|(w, c)| w.is_some_and(|w| w >= c.want))
+    {
+        2
+    } else {
+        1
+    };
+    let widths = if spacing == 2 {
+        roomy
+    } else {
+        fit(&cols, inner_width, 1)
+    };
     // A column with nothing in it is no loss.
     let lost: Vec<Option<u16>> = widths
         .iter()
@@ -293,7 +309,7 @@ pub fn table<'a>(
         .collect();
     let header = kept(&widths, cols.iter().map(Column::header_cell));
     let table = Table::new(body, constraints(&widths))
-        .column_spacing(1)
+        .column_spacing(spacing)
         .header(Row::new(header).style(header_style));
     (table, note)
 }

@@ -826,6 +826,30 @@ pub async fn history(
         ready.as_secs_f64() * 1000.0
     );
 
+    // The full integrity check runs after start, in the background: its verdict (an
+    // audit line) before idle is measured.
+    let checked = tokio::time::timeout(
+        Duration::from_secs(120),
+        snap.wait_for(|s| {
+            s.audit
+                .iter()
+                .any(|e| e.entity == "store" && e.message.starts_with("integrity check:"))
+        }),
+    )
+    .await;
+    match checked {
+        Ok(Ok(s)) => {
+            if let Some(e) = s.audit.iter().find(|e| e.message.starts_with("integrity check:")) {
+                println!(
+                    "  check:   {} s after start, {}",
+                    format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                    e.message
+                );
+            }
+        }
+        _ => println!("  check:   no integrity verdict within 120 s"),
+    }
+
     // Idle: nothing queued, nobody acting. The process's CPU (engine, server and an
     // idle sandbox) over `idle_secs`, after a few seconds to settle.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -211,6 +211,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (events_tx, _) = broadcast::channel(1024);
     let workers = tokio_util::task::TaskTracker::new();
+    workers.spawn(catalog.clone().dispatcher(cancel.clone()));
     for index in 0..catalog.max_workers() {
         workers.spawn(catalog.clone().worker(index, cancel.clone()));
     }

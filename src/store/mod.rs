@@ -92,6 +92,27 @@ struct Inner {
     writes: Mutex<WriteHealth>,
     /// Set when the background integrity check found damage (then nothing is written).
     damaged: Mutex<Option<String>>,
+    /// Finished jobs waiting for the group commit (see [`Store::finish_jobs`]).
+    finishing: Mutex<Vec<Arc<PendingFinish>>>,
+}
+
+/// One caller's finished jobs in the group commit, and the outcome once committed.
+struct PendingFinish {
+    jobs: Vec<Finished>,
+    done: Mutex<Option<std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>>>,
+}
+
+/// A job that finished: marked done with its product's mapping (if any) and its audit
+/// line (if any), in the transaction of its group.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub job_id: i64,
+    pub mapping: Option<ItemMapping>,
+    /// Kind, entity, actor, message.
+    pub audit: Option<(String, String, String, String)>,
+    /// The trace the audit line records (taken where the job ran: a blocking thread
+    /// has none).
+    pub trace_id: Option<String>,
 }
 
 /// Whether the store can write, from the outcome of its latest writes (health reads it).
@@ -235,6 +256,7 @@ impl Store {
                 clock,
                 writes: Mutex::new(WriteHealth::default()),
                 damaged: Mutex::new(None),
+                finishing: Mutex::new(Vec::new()),
             }),
         };
         Ok((store, version == 0))
@@ -515,6 +537,78 @@ impl Store {
         })
     }
 
+    /// Ends jobs, committed in groups: the caller's jobs join whatever other callers
+    /// are finishing, and whoever holds the writer next commits them all in one
+    /// transaction (each caller's jobs under a savepoint of their own, so one caller's
+    /// refused statement does not undo the others'). Returns once the caller's jobs are
+    /// committed (or refused): durability is that of [`Store::finish_job`], with one
+    /// commit for many callers instead of one each.
+    pub fn finish_jobs(&self, jobs: Vec<Finished>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mine = Arc::new(PendingFinish {
+            jobs,
+            done: Mutex::new(None),
+        });
+        self.inner
+            .finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(mine.clone());
+        let outcome = |p: &PendingFinish| {
+            p.done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        let mut conn = self.w();
+        // Committed by the caller that held the writer before us.
+        if let Some(r) = outcome(&mine) {
+            drop(conn);
+            return self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)));
+        }
+        let group = std::mem::take(&mut *self.inner.finishing.lock().unwrap_or_else(|p| p.into_inner()));
+        let copy = |e: &SqlError| match e {
+            SqlError::SqliteFailure(f, m) => (*f, m.clone()),
+            e => (
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(e.to_string()),
+            ),
+        };
+        let committed = (|| -> Result<Vec<std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>>> {
+            let mut tx = conn.transaction()?;
+            let now = now_ms();
+            let mut each = Vec::with_capacity(group.len());
+            for p in &group {
+                let sp = tx.savepoint()?;
+                let r = p.jobs.iter().try_for_each(|f| finish_one(&sp, f, now));
+                match r {
+                    Ok(()) => {
+                        sp.commit()?;
+                        each.push(Ok(()));
+                    }
+                    Err(e) => {
+                        drop(sp);
+                        each.push(Err(copy(&e)));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(each)
+        })();
+        let each = match committed {
+            Ok(each) => each,
+            Err(e) => vec![Err(copy(&e)); group.len()],
+        };
+        for (p, r) in group.iter().zip(each) {
+            *p.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        }
+        drop(conn);
+        let r = outcome(&mine).unwrap_or(Ok(()));
+        self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)))
+    }
+
     /// Keys of `kind` whose jobs failed past their last attempt, with no later success
     /// and not queued or in flight again: what "retry failed jobs" would touch, oldest
     /// failure first.
@@ -625,7 +719,7 @@ impl Store {
     }
 
     pub fn mapping(&self, product_id: &str) -> Result<Option<ItemMapping>> {
-        self.w()
+        self.r()
             .prepare_cached(
                 "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
                         pending_request_id, pending_body, status, reason
@@ -659,7 +753,7 @@ impl Store {
 
     /// The product an Item is mapped to, if any.
     pub fn product_of_item(&self, item_id: &str) -> Result<Option<String>> {
-        self.w()
+        self.r()
             .prepare_cached("SELECT product_id FROM item_map WHERE item_id=?1")?
             .query_row(params![item_id], |r| r.get(0))
             .optional()
@@ -878,6 +972,16 @@ impl Store {
                     WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))")?.query_row(params![kind],
             |r| r.get::<_, i64>(0).map(|n| n as u64),
         )
+    }
+
+    /// When the next queued job of `kind` falls due (ms since the epoch), if any: one
+    /// read down the `jobs_due` index.
+    pub fn next_due(&self, kind: &str) -> Result<Option<i64>> {
+        self.r()
+            .prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE kind = ?1 AND state = 'queued'",
+            )?
+            .query_row(params![kind], |r| r.get(0))
     }
 
     pub fn queued(&self, kind: &str) -> Result<u64> {
@@ -1144,6 +1248,20 @@ fn requeue(
              WHERE id=?1",
         )?
         .execute(params![job_id, now + delay_ms, error, refund_attempt, now])?;
+    }
+    Ok(())
+}
+
+/// One finished job's writes (see [`Store::finish_jobs`]).
+fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<()> {
+    if let Some(m) = &f.mapping {
+        save_mapping(conn, m, now)?;
+    }
+    conn.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1")?
+        .execute(params![f.job_id, now])?;
+    if let Some((kind, entity, actor, message)) = &f.audit {
+        conn.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .execute(params![now, kind, entity, actor, message, f.trace_id])?;
     }
     Ok(())
 }

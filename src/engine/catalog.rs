@@ -37,8 +37,8 @@ pub const JOB_KIND: &str = "catalog.product";
 /// Jobs one claim takes at most: the dispatcher claims for every worker with room at
 /// once, in groups of the claim batch size.
 pub const CLAIM_MAX: usize = 64;
-/// With nothing due, how long the dispatcher waits before it looks again (work that
-/// arrives wakes it at once; this only bounds a lease left by a hung worker).
+/// With nothing to claim, how long the dispatcher waits at most before it looks again
+/// (work that arrives wakes it at once; a job or lease falling due is waited for).
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(5);
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
 const EVENTS_CURSOR: &str = "catalog.events";
@@ -999,6 +999,21 @@ impl Catalog {
                 .unwrap_or_else(|p| p.into_inner())
                 .current as usize)
                 .max(1);
+            // Nothing claimable yet: wait until something is (or work arrives) without
+            // taking the write lock (an idle engine only reads).
+            let wait = match self.store.next_claimable(JOB_KIND) {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                Ok(None) => IDLE_LOOK_EVERY,
+                Err(_) => Duration::ZERO,
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = notified => {}
+                    _ = tokio::time::sleep(wait.min(IDLE_LOOK_EVERY)) => {}
+                }
+                continue;
+            }
             let limit = (per * room).min(CLAIM_MAX);
             let store = self.store.clone();
             let lease = self.settings.lease_ms;
@@ -1028,24 +1043,13 @@ impl Catalog {
                     }
                 }
                 _ => {
-                    // Nothing claimable. Due now but not claimable: its key is in flight
-                    // (look again shortly, or when a worker finishes).
-                    let wait = match self.store.next_due(JOB_KIND) {
-                        Ok(Some(at)) => {
-                            let ms = at - now_ms();
-                            if ms <= 0 {
-                                Duration::from_millis(250)
-                            } else {
-                                Duration::from_millis(ms as u64).min(IDLE_LOOK_EVERY)
-                            }
-                        }
-                        _ => IDLE_LOOK_EVERY,
-                    };
+                    // Due but not claimable: its key is in flight (look again shortly,
+                    // or when a worker finishes).
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = notified => {}
                         _ = progressed => {}
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
                 }
             }

@@ -974,12 +974,17 @@ impl Store {
         )
     }
 
-    /// When the next queued job of `kind` falls due (ms since the epoch), if any: one
-    /// read down the `jobs_due` index.
-    pub fn next_due(&self, kind: &str) -> Result<Option<i64>> {
+    /// When a job of `kind` can next be claimed (ms since the epoch), if any: the next
+    /// queued job falling due, or the next lease running out (a hung worker's). Reads
+    /// only (the `jobs_due` index, and the few leased rows): an idle engine asks this
+    /// instead of claiming, and takes no write lock.
+    pub fn next_claimable(&self, kind: &str) -> Result<Option<i64>> {
         self.r()
             .prepare_cached(
-                "SELECT MIN(next_attempt_at) FROM jobs WHERE kind = ?1 AND state = 'queued'",
+                "SELECT MIN(at) FROM (
+                   SELECT MIN(next_attempt_at) AS at FROM jobs WHERE kind = ?1 AND state = 'queued'
+                   UNION ALL
+                   SELECT MIN(lease_until) FROM jobs WHERE kind = ?1 AND state = 'leased')",
             )?
             .query_row(params![kind], |r| r.get(0))
     }

@@ -897,6 +897,7 @@ pub async fn history(
     let _ = std::fs::read(&db)?;
 
     // Start → the first snapshot carrying the store's counts.
+    let since_ms = crate::store::now_ms();
     let started = Instant::now();
     let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;
     let mut snap = engine.snapshot.clone();
@@ -919,13 +920,17 @@ pub async fn history(
         snap.wait_for(|s| {
             s.audit
                 .iter()
-                .any(|e| e.entity == "store" && e.message.starts_with("integrity check:"))
+                .any(|e| e.at_ms >= since_ms && e.entity == "store" && e.message.starts_with("integrity check:"))
         }),
     )
     .await;
     match checked {
         Ok(Ok(s)) => {
-            if let Some(e) = s.audit.iter().find(|e| e.message.starts_with("integrity check:")) {
+            if let Some(e) = s
+                .audit
+                .iter()
+                .find(|e| e.at_ms >= since_ms && e.message.starts_with("integrity check:"))
+            {
                 println!(
                     "  check:   {} s after start, {}",
                     format_args!("{:.1}", started.elapsed().as_secs_f64()),

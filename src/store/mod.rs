@@ -348,8 +348,28 @@ impl Store {
     /// while nothing else writes, and sees it recover. On the writer connection (one
     /// writer: a second one would make the writer's transactions fail with
     /// SQLITE_BUSY_SNAPSHOT), waiting `PROBE_BUSY` for the lock instead of the usual 10 s.
+    ///
+    /// A writer busy past `PROBE_BUSY` (another statement of ours waiting for the lock,
+    /// up to 10 s) must not hide a locked store: then the probe asks for the write lock
+    /// on a connection of its own (`BEGIN IMMEDIATE`, nothing written, so the writer's
+    /// snapshots are undisturbed) and a lock it cannot get counts as a failed write.
     pub fn probe_write(&self) -> Result<()> {
-        let conn = self.w();
+        let deadline = std::time::Instant::now() + PROBE_BUSY;
+        let conn = loop {
+            match self.inner.writer.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                let r = Connection::open(self.path()).and_then(|c| {
+                    c.busy_timeout(PROBE_BUSY)?;
+                    c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                });
+                return self.wrote(r);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         let r = conn.busy_timeout(PROBE_BUSY).and_then(|_| {
             conn.prepare_cached("INSERT INTO cursors(name, value, updated_at) VALUES ('store.probe', ?1, ?1)
                  ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")?.execute(params![now_ms()],

@@ -972,6 +972,8 @@ impl Catalog {
     /// nothing on a timer of its own.
     pub async fn dispatcher(self: Arc<Self>, cancel: CancellationToken) {
         let mut target = self.target.subscribe();
+        // The last claim found nothing.
+        let mut idle = true;
         loop {
             if !self.wait_unpaused(&cancel).await
                 || !self.wait_for_circuit(&cancel).await
@@ -999,12 +1001,12 @@ impl Catalog {
                 .unwrap_or_else(|p| p.into_inner())
                 .current as usize)
                 .max(1);
-            // Nothing claimable yet: wait until something is (or work arrives) without
-            // taking the write lock (an idle engine only reads).
-            let wait = match self.store.next_claimable(JOB_KIND) {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64),
-                Ok(None) => IDLE_LOOK_EVERY,
-                Err(_) => Duration::ZERO,
+            // After an empty claim, nothing claimable yet: wait until something is (or
+            // work arrives) without taking the write lock (an idle engine only reads).
+            let wait = match idle.then(|| self.store.next_claimable(JOB_KIND)) {
+                Some(Ok(Some(at))) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                Some(Ok(None)) => IDLE_LOOK_EVERY,
+                _ => Duration::ZERO,
             };
             if !wait.is_zero() {
                 tokio::select! {
@@ -1027,6 +1029,7 @@ impl Catalog {
                     .unwrap_or_else(|p| p.into_inner())
                     .record(asked.elapsed());
             }
+            idle = matches!(&claimed, Ok(Ok(jobs)) if jobs.is_empty());
             match claimed {
                 Ok(Ok(jobs)) if !jobs.is_empty() => {
                     let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());

@@ -231,4 +231,70 @@ mod tests {
         assert!(e.contains(&path.display().to_string()), "{e}");
         assert!(e.contains("damaged") && e.contains(".recover"), "{e}");
     }
+
+    /// A damaged page in the middle of a history table is not read by the bounded
+    /// start-up check (so a start over a long history stays fast), but the background
+    /// check finds it: the store stops writing, says why, and every later start checks
+    /// in full and refuses until the file is sound again.
+    #[test]
+    fn damage_in_the_middle_of_history_is_found_in_the_background_and_refused_at_every_start_after()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("syncctl.db");
+        let leaf: i64 = {
+            let store = crate::store::Store::open(dir.path()).unwrap();
+            store.seed_history(3000, 10, crate::store::now_ms()).unwrap();
+            drop(store);
+            let c = Connection::open(&db).unwrap();
+            c.query_row(
+                "SELECT pageno FROM dbstat WHERE name = 'jobs' AND pagetype = 'leaf'
+                   ORDER BY path LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM dbstat
+                     WHERE name = 'jobs' AND pagetype = 'leaf')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let mut bytes = std::fs::read(&db).unwrap();
+        let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+        let at = (leaf as usize - 1) * page;
+        bytes[at..at + page].fill(0xA5);
+        std::fs::write(&db, bytes).unwrap();
+
+        // The bounded check passes; the full one does not.
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        assert_eq!(store.damaged(), None);
+        let why = store.check_integrity().unwrap_err();
+        assert!(why.contains("damaged") && why.contains(".recover"), "{why}");
+        assert_eq!(store.damaged().as_deref(), Some(why.as_str()));
+        // Nothing more is written into the damaged file.
+        assert!(store.audit("item", "prod_1", "engine", "after").is_err());
+        assert!(store.write_health().failing_since_ms.is_some());
+        drop(store);
+
+        // Every later start checks in full and refuses.
+        assert!(damaged_marker(&db).exists());
+        let e = crate::store::Store::open(dir.path())
+            .err()
+            .expect("a damaged store is refused")
+            .to_string();
+        assert!(e.contains("damaged") && e.contains(&db.display().to_string()), "{e}");
+        assert!(crate::store::Store::open(dir.path()).is_err());
+    }
+
+    /// A sound store passes the background check, and a marker left by an earlier
+    /// damage goes once the file passes the full check (it was restored).
+    #[test]
+    fn a_restored_file_passes_the_full_check_and_the_marker_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("syncctl.db");
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        store.seed_history(500, 10, crate::store::now_ms()).unwrap();
+        assert_eq!(store.check_integrity(), Ok(()));
+        drop(store);
+        std::fs::write(damaged_marker(&db), "earlier damage\n").unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        assert!(!damaged_marker(&db).exists());
+        assert!(store.audit("item", "prod_1", "engine", "restored").is_ok());
+    }
 }

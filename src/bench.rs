@@ -918,9 +918,11 @@ pub async fn history(
     let checked = tokio::time::timeout(
         Duration::from_secs(120),
         snap.wait_for(|s| {
-            s.audit
-                .iter()
-                .any(|e| e.at_ms >= since_ms && e.entity == "store" && e.message.starts_with("integrity check:"))
+            s.audit.iter().any(|e| {
+                e.at_ms >= since_ms
+                    && e.entity == "store"
+                    && e.message.starts_with("integrity check:")
+            })
         }),
     )
     .await;

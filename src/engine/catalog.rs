@@ -960,9 +960,8 @@ impl Catalog {
     /// Workers the target allows that have no group in hand or waiting for them.
     fn room(&self) -> usize {
         let queued = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
-        self.workers_target().saturating_sub(
-            self.metrics.busy_workers.load(Ordering::Relaxed) + queued,
-        )
+        self.workers_target()
+            .saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued)
     }
 
     /// The one dispatcher: claims up to [`CLAIM_MAX`] jobs at a time for the workers
@@ -1145,7 +1144,9 @@ impl Catalog {
                         self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
                     }
                     match result {
-                        Ok((outcome, mapping)) => finished.push(finished_job(job, &outcome, mapping)),
+                        Ok((outcome, mapping)) => {
+                            finished.push(finished_job(job, &outcome, mapping))
+                        }
                         Err(e) => {
                             self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                             self.finish_failed(job, e);
@@ -1176,7 +1177,9 @@ impl Catalog {
         self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
         match r {
             Ok(Ok(())) => {
-                self.metrics.completed.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics
+                    .completed
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
                 // The writes happened but were not recorded: the jobs stay leased and
@@ -1556,7 +1559,11 @@ pub struct AutoscaleMarks {
 /// exponential with full jitter inside the cap.
 /// A finished job as the group commit takes it: done, its mapping, and the audit line
 /// its outcome calls for (in the trace it ran in).
-fn finished_job(job: &Job, outcome: &Outcome, mapping: Option<ItemMapping>) -> crate::store::Finished {
+fn finished_job(
+    job: &Job,
+    outcome: &Outcome,
+    mapping: Option<ItemMapping>,
+) -> crate::store::Finished {
     let line = match outcome {
         Outcome::Created { item_id, name } => Some(format!("created Item {item_id} \"{name}\"")),
         Outcome::Adopted { item_id, name } => {

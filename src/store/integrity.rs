@@ -181,7 +181,9 @@ fn probe(conn: &Connection, table: &str) -> rusqlite::Result<()> {
             .flatten();
         let Some(column) = column else { continue };
         let (i, c) = (quoted(&index), quoted(&column));
-        first(&format!("SELECT {c} FROM {t} INDEXED BY {i} ORDER BY {c} LIMIT 1"))?;
+        first(&format!(
+            "SELECT {c} FROM {t} INDEXED BY {i} ORDER BY {c} LIMIT 1"
+        ))?;
         first(&format!(
             "SELECT {c} FROM {t} INDEXED BY {i} ORDER BY {c} DESC LIMIT 1"
         ))?;
@@ -238,12 +240,14 @@ mod tests {
     /// in full and refuses until the file is sound again.
     #[test]
     fn damage_in_the_middle_of_history_is_found_in_the_background_and_refused_at_every_start_after()
-     {
+    {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("syncctl.db");
         let leaf: i64 = {
             let store = crate::store::Store::open(dir.path()).unwrap();
-            store.seed_history(3000, 10, crate::store::now_ms()).unwrap();
+            store
+                .seed_history(3000, 10, crate::store::now_ms())
+                .unwrap();
             drop(store);
             let c = Connection::open(&db).unwrap();
             c.query_row(
@@ -278,7 +282,10 @@ mod tests {
             .err()
             .expect("a damaged store is refused")
             .to_string();
-        assert!(e.contains("damaged") && e.contains(&db.display().to_string()), "{e}");
+        assert!(
+            e.contains("damaged") && e.contains(&db.display().to_string()),
+            "{e}"
+        );
         assert!(crate::store::Store::open(dir.path()).is_err());
     }
 

@@ -96,10 +96,14 @@ struct Inner {
     finishing: Mutex<Vec<Arc<PendingFinish>>>,
 }
 
+/// A caller's outcome in a group commit: the SQLite failure, copied (an error is not
+/// `Clone`), when its jobs were refused.
+type Committed = std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>;
+
 /// One caller's finished jobs in the group commit, and the outcome once committed.
 struct PendingFinish {
     jobs: Vec<Finished>,
-    done: Mutex<Option<std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>>>,
+    done: Mutex<Option<Committed>>,
 }
 
 /// A job that finished: marked done with its product's mapping (if any) and its audit
@@ -576,19 +580,20 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(mine.clone());
-        let outcome = |p: &PendingFinish| {
-            p.done
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        };
+        let outcome = |p: &PendingFinish| p.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut conn = self.w();
         // Committed by the caller that held the writer before us.
         if let Some(r) = outcome(&mine) {
             drop(conn);
             return self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)));
         }
-        let group = std::mem::take(&mut *self.inner.finishing.lock().unwrap_or_else(|p| p.into_inner()));
+        let group = std::mem::take(
+            &mut *self
+                .inner
+                .finishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let copy = |e: &SqlError| match e {
             SqlError::SqliteFailure(f, m) => (*f, m.clone()),
             e => (
@@ -596,7 +601,7 @@ impl Store {
                 Some(e.to_string()),
             ),
         };
-        let committed = (|| -> Result<Vec<std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>>> {
+        let committed = (|| -> Result<Vec<Committed>> {
             let mut tx = conn.transaction()?;
             let now = now_ms();
             let mut each = Vec::with_capacity(group.len());
@@ -1715,6 +1720,82 @@ mod tests {
             payload: Some(payload),
             version,
         }
+    }
+
+    /// Callers finishing at once are committed together and each returns once its
+    /// own jobs are committed; one caller's refused write (an Item id another product
+    /// holds) fails that caller alone and leaves its jobs leased.
+    #[test]
+    fn finished_jobs_are_committed_in_groups_each_caller_alone_answerable() {
+        let (_dir, s) = store();
+        let keys: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
+        for k in &keys {
+            s.ingest(&[job(k, "a", 1)], None, None).unwrap();
+        }
+        let jobs = s.claim("catalog.product", 64, 60_000).unwrap();
+        assert_eq!(jobs.len(), 64);
+        let finished = |j: &Job, item: &str| Finished {
+            job_id: j.id,
+            mapping: Some(ItemMapping {
+                product_id: j.key.clone(),
+                item_id: Some(item.into()),
+                status: "synced".into(),
+                ..Default::default()
+            }),
+            audit: Some((
+                "item".into(),
+                j.key.clone(),
+                "engine".into(),
+                format!("created Item {item}"),
+            )),
+            trace_id: Some("t".into()),
+        };
+        // 8 callers of 8 jobs at once; the last caller's last job takes an Item id the
+        // first caller's first job holds.
+        let outcomes: Vec<Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(8)
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let s = s.clone();
+                    let batch: Vec<Finished> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, j)| {
+                            let item = if c == 7 && i == 7 {
+                                "item-0-0".to_owned()
+                            } else {
+                                format!("item-{c}-{i}")
+                            };
+                            finished(j, &item)
+                        })
+                        .collect();
+                    scope.spawn(move || {
+                        if c == 7 {
+                            // After the first caller's commit, whoever commits it.
+                            while s.mapping("p0").unwrap().is_none() {
+                                std::thread::yield_now();
+                            }
+                        }
+                        s.finish_jobs(batch)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(outcomes[..7].iter().all(Result::is_ok), "{outcomes:?}");
+        assert!(outcomes[7].is_err(), "the refused caller is told");
+        // The refused caller's jobs stay leased (retried after their lease), none of its
+        // mappings or audit lines went in; every other job is done and recorded.
+        let c = s.catalog_counts().unwrap();
+        assert_eq!((c.synced, c.in_flight, c.queued), (56, 8, 0));
+        assert!(s.mapping("p56").unwrap().is_none());
+        assert!(s.mapping("p55").unwrap().is_some());
+        let lines = s.recent_audit(100, 0).unwrap();
+        assert_eq!(lines.len(), 56);
+        assert!(lines.iter().all(|e| e.trace_id.as_deref() == Some("t")));
+        // The store is not failing for a refused statement.
+        assert!(s.write_health().failing_since_ms.is_none());
     }
 
     #[test]

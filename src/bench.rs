@@ -90,30 +90,98 @@ async fn synced(engine: &app::Served, products: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
+/// A zero-latency sandbox of `products` on a runtime (and threads) of its own, named
+/// `bench-sandbox`, so the engine's CPU can be told apart from the sandbox's.
+async fn sandbox_apart(
+    products: usize,
+    seed: u64,
+) -> anyhow::Result<(SandboxServer, tokio::runtime::Runtime)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SANDBOX_THREADS)
+        .enable_all()
+        .build()?;
+    let sandbox = rt
+        .spawn(async move { sandbox_with(products, seed, Default::default()).await })
+        .await??;
+    Ok((sandbox, rt))
+}
+
+const SANDBOX_THREADS: &str = "bench-sandbox";
+
+/// CPU clock ticks of this process's threads named `name` (0 off Linux).
+fn thread_ticks(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1;
+            if !comm.starts_with(name) {
+                return None;
+            }
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Some(n(11) + n(12))
+        })
+        .sum()
+}
+
+/// One full sync of a fresh sandbox: items/s and the engine's CPU per item (the
+/// process's CPU less the sandbox's threads').
+struct SyncRun {
+    items_per_sec: f64,
+    engine_ms_per_item: f64,
+    sandbox_ms_per_item: f64,
+}
+
+async fn sync_once(
+    products: usize,
+    workers: usize,
+    seed: u64,
+    claim_batch_max: Option<u32>,
+) -> anyhow::Result<SyncRun> {
     let tmp = scratch()?;
-    let sandbox = sandbox_with(products, seed, Default::default()).await?;
-    println!(
-        "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
-    );
+    let (sandbox, rt) = sandbox_apart(products, seed).await?;
+    let (cpu0, sb0) = (cpu_ticks(), thread_ticks(SANDBOX_THREADS));
     let started = Instant::now();
-    let mut engine = engine_on(&sandbox, tmp.path(), |c| c.catalog.workers = workers).await?;
+    let mut engine = engine_on(&sandbox, tmp.path(), |c| {
+        c.catalog.workers = workers;
+        if let Some(n) = claim_batch_max {
+            c.catalog.claim_batch_max = n;
+        }
+    })
+    .await?;
     synced(&engine, products).await?;
     let elapsed = started.elapsed();
+    let (cpu1, sb1) = (cpu_ticks(), thread_ticks(SANDBOX_THREADS));
     let stats = sandbox.sandbox.stats();
     engine.shutdown().await;
-    let items_per_sec = products as f64 / elapsed.as_secs_f64();
+    sandbox.shutdown().await;
+    rt.shutdown_background();
+    let per_item = |ticks: u64| ticks as f64 * 1000.0 / TICKS_PER_SEC / products as f64;
+    let run = SyncRun {
+        items_per_sec: products as f64 / elapsed.as_secs_f64(),
+        engine_ms_per_item: per_item((cpu1 - cpu0).saturating_sub(sb1 - sb0)),
+        sandbox_ms_per_item: per_item(sb1 - sb0),
+    };
     let qb = &stats["quickbooks"];
     let n = |k: &str| qb[k].as_u64().unwrap_or(0);
-    let qb_requests = n("requests");
-    let stripe_requests = stats["stripe"]["requests"].as_u64().unwrap_or(0);
     println!(
-        "  engine:  {products} items in {:.2} s = {items_per_sec:.0} items/s",
-        elapsed.as_secs_f64()
+        "  engine:  {products} items in {:.2} s = {:.0} items/s; engine CPU {:.3} ms per item (sandbox {:.3} ms)",
+        elapsed.as_secs_f64(),
+        run.items_per_sec,
+        run.engine_ms_per_item,
+        run.sandbox_ms_per_item
     );
     println!(
-        "           {qb_requests} QuickBooks + {stripe_requests} Stripe requests ({:.2} QuickBooks requests per item), duplicate names {}",
-        qb_requests as f64 / products as f64,
+        "           {} QuickBooks + {} Stripe requests ({:.2} QuickBooks requests per item), duplicate names {}",
+        n("requests"),
+        stats["stripe"]["requests"].as_u64().unwrap_or(0),
+        n("requests") as f64 / products as f64,
         qb["duplicate_names"]
     );
     println!(
@@ -124,6 +192,18 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
         n("quota_units"),
         n("quota_units") as f64 / products as f64
     );
+    Ok(run)
+}
+
+pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
+    println!(
+        "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
+    );
+    println!(" batched (claims in groups, writes in batches of up to 30):");
+    let batched = sync_once(products, workers, seed, None).await?;
+    println!(" single calls (catalog.claim_batch_max = 1: one product per request):");
+    let single = sync_once(products, workers, seed, Some(1)).await?;
+    let (sandbox, rt) = sandbox_apart(products, seed).await?;
 
     // Load generator: the same client, the same concurrency, the same kind of request
     // (an Item query by name, what every new product costs first).
@@ -184,10 +264,16 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
     let raw = count.load(Ordering::Relaxed) as f64 / load_started.elapsed().as_secs_f64();
     println!("  raw:     {raw:.0} requests/s from the same client at concurrency {workers}");
     println!(
-        "  ratio:   items/s ÷ raw requests/s = {:.2} (items written in batches of up to 30 can exceed 1)",
-        items_per_sec / raw
+        "  ratio:   items/s ÷ raw requests/s = {:.2} batched (items written in batches of up to 30 can exceed 1), {:.2} with single calls",
+        batched.items_per_sec / raw,
+        single.items_per_sec / raw
+    );
+    println!(
+        "  cpu:     engine CPU per item {:.3} ms batched, {:.3} ms with single calls",
+        batched.engine_ms_per_item, single.engine_ms_per_item
     );
     sandbox.shutdown().await;
+    rt.shutdown_background();
     Ok(())
 }
 
@@ -812,6 +898,7 @@ pub async fn history(
     let _ = std::fs::read(&db)?;
 
     // Start → the first snapshot carrying the store's counts.
+    let since_ms = crate::store::now_ms();
     let started = Instant::now();
     let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;
     let mut snap = engine.snapshot.clone();
@@ -826,6 +913,36 @@ pub async fn history(
         "  start:   start → first snapshot {:.0} ms",
         ready.as_secs_f64() * 1000.0
     );
+
+    // The full integrity check runs after start, in the background: its verdict (an
+    // audit line) before idle is measured.
+    let checked = tokio::time::timeout(
+        Duration::from_secs(120),
+        snap.wait_for(|s| {
+            s.audit.iter().any(|e| {
+                e.at_ms >= since_ms
+                    && e.entity == "store"
+                    && e.message.starts_with("integrity check:")
+            })
+        }),
+    )
+    .await;
+    match checked {
+        Ok(Ok(s)) => {
+            if let Some(e) = s
+                .audit
+                .iter()
+                .find(|e| e.at_ms >= since_ms && e.message.starts_with("integrity check:"))
+            {
+                println!(
+                    "  check:   {} s after start, {}",
+                    format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                    e.message
+                );
+            }
+        }
+        _ => println!("  check:   no integrity verdict within 120 s"),
+    }
 
     // Idle: nothing queued, nobody acting. The process's CPU (engine, server and an
     // idle sandbox) over `idle_secs`, after a few seconds to settle.

@@ -34,6 +34,12 @@ use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
 use crate::telemetry::cache::Cache;
 
 pub const JOB_KIND: &str = "catalog.product";
+/// Jobs one claim takes at most: the dispatcher claims for every worker with room at
+/// once, in groups of the claim batch size.
+pub const CLAIM_MAX: usize = 64;
+/// With nothing to claim, how long the dispatcher waits at most before it looks again
+/// (work that arrives wakes it at once; a job or lease falling due is waited for).
+const IDLE_LOOK_EVERY: Duration = Duration::from_secs(5);
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
 const EVENTS_CURSOR: &str = "catalog.events";
 const PAUSED_CURSOR: &str = "catalog.paused";
@@ -273,6 +279,9 @@ pub struct Catalog {
     adopt_by_sku: bool,
     /// The company's Items read in bulk, for batches (and the Sku adoption above).
     index: tokio::sync::Mutex<Option<bulk::ItemIndex>>,
+    /// Groups the dispatcher claimed, waiting for a worker.
+    groups: Mutex<VecDeque<Vec<Job>>>,
+    group_ready: Notify,
 }
 
 /// A job derived from a Stripe event.
@@ -375,6 +384,8 @@ impl Catalog {
             invoices: OnceLock::new(),
             adopt_by_sku: store_has_no_mapping,
             index: tokio::sync::Mutex::new(None),
+            groups: Mutex::new(VecDeque::new()),
+            group_ready: Notify::new(),
         })
     }
 
@@ -989,61 +1000,155 @@ impl Catalog {
         Ok(got.is_new())
     }
 
-    /// One worker: claims a job at a time until cancelled; a job in hand is finished
-    /// before the worker stops (drain).
-    pub async fn worker(self: Arc<Self>, index: usize, cancel: CancellationToken) {
+    /// Workers the target allows that have no group in hand or waiting for them.
+    fn room(&self) -> usize {
+        let queued = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.workers_target()
+            .saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued)
+    }
+
+    /// The one dispatcher: claims up to [`CLAIM_MAX`] jobs at a time for the workers
+    /// that have room (one write for all of them, not one each), and hands them out in
+    /// groups of the claim batch size. With nothing claimable it waits for work to
+    /// arrive, the next job to fall due, or [`IDLE_LOOK_EVERY`]: an idle engine claims
+    /// nothing on a timer of its own.
+    pub async fn dispatcher(self: Arc<Self>, cancel: CancellationToken) {
         let mut target = self.target.subscribe();
+        // The last claim found nothing.
+        let mut idle = true;
         loop {
-            if !self.wait_unpaused(&cancel).await {
-                return;
-            }
-            // Workers above the auto-scaler's target wait until it grows.
-            if index >= *target.borrow_and_update() {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = target.changed() => continue,
-                }
-            }
-            if !self.wait_for_circuit(&cancel).await || !self.wait_for_authorisation(&cancel).await
+            if !self.wait_unpaused(&cancel).await
+                || !self.wait_for_circuit(&cancel).await
+                || !self.wait_for_authorisation(&cancel).await
             {
                 return;
             }
-            // Registered before the claim: a notify between an empty claim and the
-            // wait below still wakes this worker.
+            // Registered before looking: a worker finishing or work arriving between the
+            // look and the wait below still wakes the dispatcher.
+            let progressed = self.progress.notified();
             let notified = self.work.notified();
-            let store = self.store.clone();
-            let lease = self.settings.lease_ms;
-            let batch = self
+            target.borrow_and_update();
+            let room = self.room();
+            if room == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = progressed => {}
+                    _ = target.changed() => {}
+                }
+                continue;
+            }
+            let per = (self
                 .claim_batch
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .current as usize;
+                .current as usize)
+                .max(1);
+            // After an empty claim, nothing claimable yet: wait until something is (or
+            // work arrives) without taking the write lock (an idle engine only reads).
+            let wait = match idle.then(|| self.store.next_claimable(JOB_KIND)) {
+                Some(Ok(Some(at))) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                Some(Ok(None)) => IDLE_LOOK_EVERY,
+                _ => Duration::ZERO,
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = notified => {}
+                    _ = tokio::time::sleep(wait.min(IDLE_LOOK_EVERY)) => {}
+                }
+                continue;
+            }
+            let limit = (per * room).min(CLAIM_MAX);
+            let store = self.store.clone();
+            let lease = self.settings.lease_ms;
             let asked = tokio::time::Instant::now();
             let claimed =
-                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, batch, lease)).await;
-            if matches!(&claimed, Ok(Ok(jobs)) if jobs.len() == batch) {
-                // A full batch: grow while claiming stays quick.
+                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, limit, lease)).await;
+            if matches!(&claimed, Ok(Ok(jobs)) if jobs.len() == limit) {
+                // A full claim: grow while claiming stays quick.
                 self.claim_batch
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .record(asked.elapsed());
             }
-            let jobs = match claimed {
-                Ok(Ok(jobs)) if !jobs.is_empty() => jobs,
+            idle = matches!(&claimed, Ok(Ok(jobs)) if jobs.is_empty());
+            match claimed {
+                Ok(Ok(jobs)) if !jobs.is_empty() => {
+                    let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+                    for group in jobs.chunks(per) {
+                        groups.push_back(group.to_vec());
+                        self.group_ready.notify_one();
+                    }
+                }
                 Ok(Err(e)) => {
                     self.metrics.error("store", &e.to_string());
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
                 _ => {
+                    // Due but not claimable: its key is in flight (look again shortly,
+                    // or when a worker finishes).
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = notified => continue,
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        _ = notified => {}
+                        _ = progressed => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Groups claimed but not taken go back to the queue untouched (a worker stopping).
+    fn release_waiting_groups(&self) {
+        let groups: Vec<Vec<Job>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for job in groups.iter().flatten() {
+            let _ = self.store.release(job.id);
+        }
+    }
+
+    /// One worker: takes a group the dispatcher claimed until cancelled; a group in
+    /// hand is finished before the worker stops (drain). Its finished jobs are committed
+    /// together, in the store's group commit with the other workers'.
+    pub async fn worker(self: Arc<Self>, index: usize, cancel: CancellationToken) {
+        let mut target = self.target.subscribe();
+        loop {
+            if cancel.is_cancelled() {
+                self.release_waiting_groups();
+                return;
+            }
+            // Workers above the auto-scaler's target wait until it grows.
+            if index >= *target.borrow_and_update() {
+                tokio::select! {
+                    _ = cancel.cancelled() => continue,
+                    _ = target.changed() => continue,
+                }
+            }
+            let ready = self.group_ready.notified();
+            let taken = {
+                let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+                let g = groups.pop_front();
+                if g.is_some() {
+                    // Counted busy under the same lock: the dispatcher's room never
+                    // counts this group twice or not at all.
+                    self.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
+                }
+                g
+            };
+            let Some(jobs) = taken else {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = ready => {}
+                    _ = target.changed() => {}
+                }
+                continue;
             };
             // Jobs not started when a pause, shutdown or scale-down arrives, or while
             // the circuit is open, go back untouched.
@@ -1054,11 +1159,12 @@ impl Catalog {
                 for job in &jobs {
                     let _ = self.store.release(job.id);
                 }
+                self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
+                self.progress.notify_waiters();
                 continue;
             }
             let n = jobs.len();
             self.metrics.in_flight.fetch_add(n, Ordering::Relaxed);
-            self.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
             // One trace per claim: its requests carry it, its audit lines record it.
             crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
@@ -1068,6 +1174,7 @@ impl Catalog {
                 // time it waited for limiter permits.
                 let share = started.elapsed() / n.max(1) as u32;
                 let waited = waited / n.max(1) as u32;
+                let mut finished = Vec::new();
                 for (job, result) in jobs.iter().zip(results) {
                     if !matches!(result, Err(JobError::Deferred(..))) {
                         self.metrics.latency.record(share);
@@ -1079,13 +1186,51 @@ impl Catalog {
                             .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
                         self.metrics.jobs_timed.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    self.finish(job, result);
+                    match result {
+                        Ok((outcome, mapping)) => {
+                            finished.push(finished_job(job, &outcome, mapping))
+                        }
+                        Err(e) => {
+                            self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            self.finish_failed(job, e);
+                        }
+                    }
                 }
+                self.commit_finished(finished).await;
             })
             .await;
             self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
             self.progress.notify_waiters();
+        }
+    }
+
+    /// Commits a group's finished jobs (one group commit, shared with the other
+    /// workers'); counts them once they are.
+    async fn commit_finished(&self, finished: Vec<crate::store::Finished>) {
+        let n = finished.len();
+        if n == 0 {
+            return;
+        }
+        let entities: Vec<String> = finished
+            .iter()
+            .filter_map(|f| f.audit.as_ref().map(|a| a.1.clone()))
+            .collect();
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || store.finish_jobs(finished)).await;
+        self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
+        match r {
+            Ok(Ok(())) => {
+                self.metrics
+                    .completed
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                // The writes happened but were not recorded: the jobs stay leased and
+                // are retried after their lease; the retry finds the Items.
+                let entity = entities.first().map_or("catalog", String::as_str);
+                self.metrics.error(entity, &format!("store: {e}"));
+            }
+            Err(e) => self.metrics.error("catalog", &format!("store: {e}")),
         }
     }
 
@@ -1120,39 +1265,12 @@ impl Catalog {
             .collect()
     }
 
-    fn finish(&self, job: &Job, result: Result<(Outcome, Option<ItemMapping>), JobError>) {
+    /// A job that did not finish: retried later, failed, deferred or rejected (each
+    /// written on its own: these are the few).
+    fn finish_failed(&self, job: &Job, error: JobError) {
         let entity = job.key.as_str();
-        match result {
-            Ok((outcome, mapping)) => {
-                let line = match &outcome {
-                    Outcome::Created { item_id, name } => {
-                        Some(format!("created Item {item_id} \"{name}\""))
-                    }
-                    Outcome::Adopted { item_id, name } => {
-                        Some(format!("adopted existing Item {item_id} \"{name}\""))
-                    }
-                    Outcome::Updated { item_id, name } => {
-                        Some(format!("updated Item {item_id} \"{name}\""))
-                    }
-                    Outcome::DeletedUnsynced => Some(
-                        "deleted in Stripe before it was ever synced: nothing to do, no Item created"
-                            .to_owned(),
-                    ),
-                    Outcome::Unchanged | Outcome::Stale | Outcome::Gone => None,
-                };
-                let audit = line.as_deref().map(|l| ("item", entity, "engine", l));
-                match self.store.finish_job(job.id, mapping.as_ref(), audit) {
-                    Ok(()) => {
-                        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        // The write happened but was not recorded: the job stays leased
-                        // and is retried after its lease; the retry finds the Item.
-                        self.metrics.error(entity, &format!("store: {e}"));
-                    }
-                }
-            }
-            Err(JobError::Transient(msg, wait)) => {
+        match error {
+            JobError::Transient(msg, wait) => {
                 let attempt = job.attempts.max(1);
                 let backoff = wait.unwrap_or_else(|| backoff(attempt, job.id));
                 let failed = self
@@ -1174,13 +1292,13 @@ impl Catalog {
                     );
                 }
             }
-            Err(JobError::Deferred(msg, wait)) => {
+            JobError::Deferred(msg, wait) => {
                 self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.store.defer(job.id, &msg, wait.as_millis() as i64) {
                     self.metrics.error(entity, &format!("store: {e}"));
                 }
             }
-            Err(JobError::Permanent(reason)) => {
+            JobError::Permanent(reason) => {
                 let _ = self.store.reject(job.id, &reason);
                 let mut m = self
                     .store
@@ -1550,6 +1668,33 @@ pub struct AutoscaleMarks {
 
 /// Job-level backoff (after the per-call retries of the resilience layer gave up):
 /// exponential with full jitter inside the cap.
+/// A finished job as the group commit takes it: done, its mapping, and the audit line
+/// its outcome calls for (in the trace it ran in).
+fn finished_job(
+    job: &Job,
+    outcome: &Outcome,
+    mapping: Option<ItemMapping>,
+) -> crate::store::Finished {
+    let line = match outcome {
+        Outcome::Created { item_id, name } => Some(format!("created Item {item_id} \"{name}\"")),
+        Outcome::Adopted { item_id, name } => {
+            Some(format!("adopted existing Item {item_id} \"{name}\""))
+        }
+        Outcome::Updated { item_id, name } => Some(format!("updated Item {item_id} \"{name}\"")),
+        Outcome::DeletedUnsynced => Some(
+            "deleted in Stripe before it was ever synced: nothing to do, no Item created"
+                .to_owned(),
+        ),
+        Outcome::Unchanged | Outcome::Stale | Outcome::Gone => None,
+    };
+    crate::store::Finished {
+        job_id: job.id,
+        mapping,
+        audit: line.map(|l| ("item".into(), job.key.clone(), "engine".into(), l)),
+        trace_id: crate::telemetry::trace::current_id(),
+    }
+}
+
 fn backoff(attempt: u32, seed: i64) -> Duration {
     let cap_ms = 300_000u64;
     let expo = (1000u64 << attempt.min(20)).min(cap_ms);

@@ -90,13 +90,19 @@ pub(super) async fn limiter_state_loop(
 }
 
 /// Removes audit entries older than `audit.retention_days`, and jobs finished more than
-/// `catalog.done_retention_days` ago, at start and hourly.
+/// `catalog.done_retention_days` ago, 5 minutes after start and hourly.
 pub(super) async fn audit_retention_loop(
     store: Store,
     days: u64,
     done_days: u64,
     cancel: CancellationToken,
 ) {
+    // Not on the start's path: compaction reads the done jobs (a few hundred ms over
+    // 300k of them) holding the writer.
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(RETENTION_FIRST_AFTER) => {}
+    }
     loop {
         let s = store.clone();
         let cutoff = store.now_ms() - days as i64 * 86_400_000;
@@ -126,6 +132,8 @@ pub(super) async fn audit_retention_loop(
 }
 
 const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// The first retention pass, after start.
+const RETENTION_FIRST_AFTER: Duration = Duration::from_secs(300);
 
 /// Feeds the audit trail's text index with what was written since, in batches, off
 /// every write's path (text queries scan the few rows not yet indexed).

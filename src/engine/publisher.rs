@@ -281,7 +281,8 @@ impl Publisher {
                     wh.last_error.clone().unwrap_or_default(),
                 )
             }),
-            read_error: self.read_error.clone(),
+            // A damage the background integrity check found is the first thing said.
+            read_error: store.damaged().or_else(|| self.read_error.clone()),
         };
         let compliance_signals = match &self.compliance {
             Some(c) if compliance.enabled => {

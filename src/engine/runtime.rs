@@ -211,6 +211,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (events_tx, _) = broadcast::channel(1024);
     let workers = tokio_util::task::TaskTracker::new();
+    workers.spawn(catalog.clone().dispatcher(cancel.clone()));
     for index in 0..catalog.max_workers() {
         workers.spawn(catalog.clone().worker(index, cancel.clone()));
     }
@@ -296,6 +297,29 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             }
         ),
     )?;
+
+    // The full integrity check, off the start's path (the start checked what is
+    // bounded): its verdict is an audit line, or a damaged store that stops writing and
+    // says so in health.
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let s = store.clone();
+            if let Ok(Ok(())) = tokio::task::spawn_blocking(move || s.check_integrity()).await {
+                let _ = store.audit(
+                    "engine",
+                    "store",
+                    "engine",
+                    &format!(
+                        "integrity check: every page of {} read, no damage ({} ms)",
+                        store.path().display(),
+                        started.elapsed().as_millis()
+                    ),
+                );
+            }
+        });
+    }
 
     let (started_ms, bundle_clock) = (wall_clock.now_ms(), wall_clock.clone());
     let events = events_tx.clone();

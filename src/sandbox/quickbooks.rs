@@ -165,7 +165,7 @@ async fn write_item(
             );
             return (st, axum::Json(b)).into_response();
         }
-        if let Some((status, body)) = tx.world.request_ids.get(rid).cloned() {
+        if let Some((status, body)) = tx.world.request_ids.get(rid) {
             tx.world.counters.qb_replays += 1;
             let meta = tx.world.meta();
             tx.record(meta);
@@ -881,7 +881,7 @@ async fn batch(
         ops.push((bid.to_owned(), op));
     }
     if let Some(rid) = &params.requestid
-        && let Some((status, body)) = tx.world.request_ids.get(rid).cloned()
+        && let Some((status, body)) = tx.world.request_ids.get(rid)
     {
         tx.world.counters.qb_replays += 1;
         let meta = tx.world.meta();

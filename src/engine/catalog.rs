@@ -487,6 +487,7 @@ impl Catalog {
             queued: self.store.queued(JOB_KIND).unwrap_or(0),
             throttled: now.throttled - last.throttled,
             timeouts: now.timeouts - last.timeouts,
+            answered,
             held: self.qb.guard().and_then(|g| {
                 let state = g.breaker.state();
                 (!g.breaker.admits_now().0).then(|| format!("QuickBooks circuit {}", state.name()))

@@ -80,6 +80,8 @@ pub struct Sample {
     pub queued: u64,
     pub throttled: u64,
     pub timeouts: u64,
+    /// Calls the downstream answered in the tick (a batch is one).
+    pub answered: u64,
     /// Why the downstream takes no work now (its circuit is open): the tick says
     /// nothing of how many workers it could take.
     pub held: Option<String>,
@@ -94,9 +96,15 @@ pub struct Autoscaler {
     smoothed: Option<f64>,
     baseline: Option<f64>,
     decisions: VecDeque<Decision>,
+    /// Timeouts and answered calls of the last few ticks, newest last.
+    recent_calls: VecDeque<(u64, u64)>,
     /// Why the target is what it is right now (also when nothing changed).
     pub status: String,
 }
+
+/// Ticks over which timeouts are weighed against answers: batches answer seconds
+/// apart, so one tick with a timeout and no answer says nothing.
+const STALL_TICKS: usize = 5;
 
 impl Autoscaler {
     pub fn new(cfg: AutoscaleConfig, initial: u32) -> Self {
@@ -108,6 +116,7 @@ impl Autoscaler {
             smoothed: None,
             baseline: None,
             decisions: VecDeque::new(),
+            recent_calls: VecDeque::with_capacity(STALL_TICKS),
             status: "waiting for measurements".into(),
         }
     }
@@ -201,7 +210,15 @@ impl Autoscaler {
         }
         // Timeouts are a load signal when they outnumber the work done; a few hanging
         // calls among many answers are the service's, and fewer workers would not help.
-        let stalled = s.timeouts > 0 && s.timeouts >= s.completed;
+        if self.recent_calls.len() == STALL_TICKS {
+            self.recent_calls.pop_front();
+        }
+        self.recent_calls.push_back((s.timeouts, s.answered));
+        let (timeouts, answered) = self
+            .recent_calls
+            .iter()
+            .fold((0, 0), |(t, a), (dt, da)| (t + dt, a + da));
+        let stalled = s.timeouts > 0 && timeouts >= answered;
         if s.throttled > 0 || stalled {
             let to = self.decreased();
             let why = match (s.throttled, stalled) {
@@ -570,6 +587,7 @@ mod tests {
         let hanging = Sample {
             latency: Some(Duration::from_millis(50)),
             completed: 40,
+            answered: 40,
             busy: 8.0,
             queued: 500,
             timeouts: 10,
@@ -579,13 +597,30 @@ mod tests {
             a.observe(&hanging, t);
         }
         assert!(a.target() >= 10, "{}", a.target());
+        // Batches answer seconds apart: a tick with a timeout and none answered, between
+        // ticks that answered, is not a stall.
+        let between = Sample {
+            latency: None,
+            completed: 0,
+            answered: 0,
+            timeouts: 1,
+            ..hanging.clone()
+        };
+        for t in 30..40 {
+            a.observe(if t % 2 == 0 { &hanging } else { &between }, t);
+        }
+        assert!(a.target() >= 10, "{}", a.target());
+        // A service that answers almost nothing any more is stalled within a few ticks.
         let stalled = Sample {
             completed: 1,
+            answered: 1,
             timeouts: 8,
             ..hanging
         };
-        let d = a.observe(&stalled, 31).unwrap();
-        assert!(d.to < d.from && d.reason.contains("8 timed out"), "{d:?}");
+        let d = (41..41 + STALL_TICKS as i64)
+            .find_map(|t| a.observe(&stalled, t).filter(|d| d.to < d.from))
+            .expect("a stall cuts the target");
+        assert!(d.reason.contains("8 timed out"), "{d:?}");
     }
 
     #[test]

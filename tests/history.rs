@@ -325,3 +325,49 @@ fn a_killed_engine_leaves_the_history_it_flushed_while_running() {
     next.0.kill().unwrap();
     let _ = next.0.wait();
 }
+
+/// `syncctl run` waits for a signal in a `select!` against the engine's own end, so
+/// that wait is dropped unfinished; the shutdown after it must still wait for the
+/// drain: the `engine stopped` line and the data dir's lock released when it returns.
+/// (The dropped wait took the engine's "done" with it: a SIGINT's shutdown returned at
+/// once and the process exited mid-drain, history and audit line lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_after_a_dropped_wait_still_waits_for_the_drain() {
+    let sb = common::sandbox(5, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    common::until_idle(&engine.engine, 5).await;
+    // Work in flight at the stop, each QuickBooks call 600 ms: the drain takes that long.
+    let sandbox = format!("http://{}", sb.addr);
+    sb.sandbox.set_webhook_url(Some(format!(
+        "http://{}/webhooks/stripe",
+        engine.server_addr
+    )));
+    common::faults(
+        &sandbox,
+        json!({"service": "quickbooks", "latency_ms": 600}),
+    )
+    .await;
+    common::post_json(&sandbox, "/_sandbox/catalog/changes", json!({"count": 5})).await;
+    common::eventually(10, "a catalog job in flight", || async {
+        (engine.engine.snapshot.borrow().catalog.in_flight > 0).then_some(())
+    })
+    .await;
+    // The loser of run_headless's select!: polled, then dropped.
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_millis(20), engine.engine.wait()).await;
+    assert!(waited.is_err(), "the engine stopped on its own");
+    engine.shutdown().await;
+    let db = rusqlite::Connection::open(dir.path().join("syncctl.db")).unwrap();
+    let stopped: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE message = 'engine stopped'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stopped, 1,
+        "shutdown returned before the engine had drained"
+    );
+}

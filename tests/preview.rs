@@ -489,6 +489,90 @@ async fn a_dry_run_of_what_is_not_a_bulk_action_or_would_be_refused_says_so() {
     engine.shutdown().await;
 }
 
+/// A misspelt `dry_run` (`dry-run`, `dryrun`, `Dry_Run`; an encoded `dry%5Frun` is it), one
+/// given twice as yes and no, or a dry run of an action with no preview (thresholds,
+/// ack, silence) is a 400 that does nothing: each used to run the action itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_or_contradicted_dry_run_or_one_with_no_preview_does_nothing() {
+    let sb = common::sandbox(5, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = common::engine(config(&sb), dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 5).await;
+    let breaker = |base: String| async move {
+        let (_, v) = api(
+            &base,
+            "GET",
+            "/api/v1/resilience/circuit-breakers/quickbooks",
+            None,
+        )
+        .await;
+        v["breaker"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for query in [
+        "dry-run=true",
+        "dryrun=true",
+        "Dry_Run=true",
+        "dry_run=1&dry_run=0",
+        "dry_run=true&dry_run=false",
+    ] {
+        let (s, v) = api(
+            &base,
+            "POST",
+            &format!("/api/v1/resilience/circuit-breakers/quickbooks?{query}"),
+            Some(json!({"state": "FORCED_OPEN"})),
+        )
+        .await;
+        assert_eq!(s, 400, "?{query}: {v}");
+        assert_eq!(breaker(base.clone()).await, "CLOSED", "?{query}: {v}");
+    }
+    // An encoded name is the name: a dry run.
+    let (s, v) = api(
+        &base,
+        "POST",
+        "/api/v1/resilience/circuit-breakers/quickbooks?dry%5Frun=true",
+        Some(json!({"state": "FORCED_OPEN"})),
+    )
+    .await;
+    assert_eq!((s, v["dry_run"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(breaker(base.clone()).await, "CLOSED", "{v}");
+    let before = api(&base, "GET", "/api/v1/thresholds", None).await.1;
+    let (s, v) = api(
+        &base,
+        "PUT",
+        "/api/v1/thresholds?dry_run=true",
+        Some(json!({"alerts.queue_depth": 3})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        api(&base, "GET", "/api/v1/thresholds", None).await.1,
+        before
+    );
+    let (s, v) = api(
+        &base,
+        "POST",
+        "/api/v1/alerts/silence?dry_run=true",
+        Some(json!({"matcher": "queue", "secs": 60})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api(
+        &base,
+        "POST",
+        "/api/v1/alerts/ack?dry_run",
+        Some(json!({"matcher": "*"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = api(&base, "GET", "/api/v1/alerts", None).await;
+    assert_eq!(v["silences"], json!([]), "{v}");
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_failed_invoices_previews_the_alegra_calls_it_then_makes() {
     use syncctl::protocol::Status;

@@ -43,10 +43,14 @@ impl EngineHandle {
         self.wait().await;
     }
 
-    /// Waits until the engine has stopped.
+    /// Waits until the engine has stopped. Cancel-safe: a wait dropped before the end
+    /// (the loser of a `select!`, as `run`'s wait for a signal) leaves the next one
+    /// waiting as long (it used to take the receiver with it, so a SIGINT's shutdown
+    /// returned at once and the process exited mid-drain).
     pub async fn wait(&mut self) {
-        if let Some(done) = self.done.take() {
+        if let Some(done) = self.done.as_mut() {
             let _ = done.await;
+            self.done = None;
         }
     }
 }

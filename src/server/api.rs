@@ -206,18 +206,33 @@ pub fn command_error(e: &CommandError) -> Response {
 pub struct DryRun(pub bool);
 
 impl DryRun {
-    /// The `dry_run` parameter of a query string.
+    /// The `dry_run` parameter of a query string. A near miss of its name (`dry-run`,
+    /// `dryrun`, `Dry_Run`, `dry%5Frun`) or a `dry_run` given twice with different
+    /// answers is a 400 too: either would otherwise run what was meant as a look.
     fn parse(query: Option<&str>) -> Result<Self, String> {
-        let mut dry = false;
+        let decode = |s: &str| {
+            urlencoding::decode(&s.replace('+', " "))
+                .map(|v| v.into_owned())
+                .unwrap_or_else(|_| s.to_owned())
+        };
+        let mut dry: Option<bool> = None;
         for pair in query.unwrap_or("").split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = decode(k);
             if k != "dry_run" {
+                let squeezed: String = k
+                    .chars()
+                    .filter(|c| !matches!(c, '-' | '_' | ' ' | '.'))
+                    .collect();
+                if squeezed.eq_ignore_ascii_case("dryrun") {
+                    return Err(format!(
+                        "{}: not a parameter; a dry run is `?dry_run=true` (nothing was done)",
+                        shown(&k)
+                    ));
+                }
                 continue;
             }
-            let v = urlencoding::decode(&v.replace('+', " "))
-                .map(|v| v.into_owned())
-                .unwrap_or_else(|_| v.to_owned());
-            dry = match v.as_str() {
+            let this = match decode(v).as_str() {
                 "" | "true" | "1" => true,
                 "false" | "0" => false,
                 other => {
@@ -227,8 +242,14 @@ impl DryRun {
                     ));
                 }
             };
+            if dry.is_some_and(|d| d != this) {
+                return Err(
+                    "dry_run: given twice, once true and once false (nothing was done)".into(),
+                );
+            }
+            dry = Some(this);
         }
-        Ok(DryRun(dry))
+        Ok(DryRun(dry.unwrap_or(false)))
     }
 }
 
@@ -241,6 +262,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DryRun {
     ) -> Result<Self, Response> {
         DryRun::parse(parts.uri.query()).map_err(bad)
     }
+}
+
+/// `?dry_run=true` on an action that has no preview: a 400, nothing done (it used to
+/// be ignored, and the thresholds were changed and saved, the alerts silenced).
+fn no_preview(dry: DryRun, what: &str) -> Option<Response> {
+    dry.0.then(|| {
+        bad(format!(
+            "dry_run: {what} has no preview (previews are for bulk actions); nothing was done"
+        ))
+    })
 }
 
 /// An action, or its impact preview on a dry run.
@@ -733,8 +764,12 @@ pub async fn thresholds(State(st): State<ServerState>) -> Response {
 pub async fn set_thresholds(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
+    if let Some(refused) = no_preview(dry, "a threshold change") {
+        return refused;
+    }
     if body.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -907,8 +942,12 @@ pub async fn command(
 pub async fn ack_alerts(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
+    if let Some(refused) = no_preview(dry, "an acknowledgement") {
+        return refused;
+    }
     let matcher = match only(&body, &["matcher"]).and_then(|()| matcher(&body)) {
         Ok(m) => m,
         Err(m) => return bad(m),
@@ -919,8 +958,12 @@ pub async fn ack_alerts(
 pub async fn silence_alerts(
     State(st): State<ServerState>,
     axum::Extension(actor): axum::Extension<Actor>,
+    dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
+    if let Some(refused) = no_preview(dry, "a silence") {
+        return refused;
+    }
     let matcher = match only(&body, &["matcher", "secs"]).and_then(|()| matcher(&body)) {
         Ok(m) => m,
         Err(m) => return bad(m),

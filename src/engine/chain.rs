@@ -121,13 +121,17 @@ pub fn chain(store: &Store, live: &dyn Live, key: &str) -> QueryReply {
             unsynced_links(&d, &mut out);
             return Ok(Answer::Chain(Box::new(out)));
         }
+        // Said as "… not found"; a long key is cut, not echoed whole.
+        let shown: String = if key.chars().count() > 80 {
+            format!("{}…", key.chars().take(80).collect::<String>())
+        } else {
+            key.to_owned()
+        };
         return Err(CommandError::not_found(match kind {
             None => format!(
-                "nothing in the store is {key:?}: not a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen"
+                "{shown:?} (as a product, Item, invoice, DIAN number, CUFE or Alegra document the engine has seen)"
             ),
-            Some(k) => format!(
-                "no {k} {key:?} the engine has seen (without `{k}:` every kind of id is looked for)"
-            ),
+            Some(k) => format!("{k} {shown:?} (without `{k}:` every kind of id is looked for)"),
         }));
     };
     product_links(store, live, &product, None, 0, &mut out)?;

@@ -361,18 +361,7 @@ impl Ctx {
     /// Writes again one product's Item, or every drifted and missing one the
     /// reconciliation shows (`None`).
     fn resync_items(&self, key: Option<&str>) -> Reply {
-        let targets = self
-            .reconciler
-            .resync_targets(key)
-            .map_err(|why| match key {
-                Some(_) if why.starts_with("product") => CommandError::not_found(why),
-                _ => CommandError::conflict(why),
-            })?;
-        if targets.is_empty() {
-            return Err(CommandError::conflict(
-                "nothing to resync: no Item drifted and none is missing",
-            ));
-        }
+        let targets = resync_targets(&self.reconciler, key)?;
         let n = self
             .reconciler
             .resync(&targets)
@@ -647,6 +636,24 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             })))
         }
     }
+}
+
+/// The products a resync of `key` (one product, or every drifted and missing one with
+/// `None`) writes again, or why there are none: what the command and its preview share.
+pub(super) fn resync_targets(
+    reconciler: &super::reconcile::Reconciler,
+    key: Option<&str>,
+) -> Result<Vec<String>, CommandError> {
+    let targets = reconciler.resync_targets(key).map_err(|why| match key {
+        Some(_) if why.starts_with("product") => CommandError::not_found(why),
+        _ => CommandError::conflict(why),
+    })?;
+    if targets.is_empty() {
+        return Err(CommandError::conflict(
+            "nothing to resync: no Item drifted and none is missing",
+        ));
+    }
+    Ok(targets)
 }
 
 #[cfg(test)]

@@ -68,18 +68,7 @@ impl Ctx {
                     Command::ResyncItem { key } => Some(key.as_str()),
                     _ => None,
                 };
-                let targets = self
-                    .reconciler
-                    .resync_targets(key)
-                    .map_err(|why| match key {
-                        Some(_) if why.starts_with("product") => CommandError::not_found(why),
-                        _ => CommandError::conflict(why),
-                    })?;
-                if targets.is_empty() {
-                    return Err(CommandError::conflict(
-                        "nothing to resync: no Item drifted and none is missing",
-                    ));
-                }
+                let targets = super::commands::resync_targets(&self.reconciler, key)?;
                 p.noun = "drifted or missing Items".into();
                 // A resync's job carries no payload: the worker reads the product.
                 let rows: Vec<(String, Option<String>)> =

@@ -1114,21 +1114,16 @@ impl Store {
     /// only the failed keys and the oldest queued job are read, each through an index
     /// over the few rows in those states.
     pub fn catalog_counts(&self) -> Result<CatalogCounts> {
+        let q = self.queue_counts(JOB_KIND)?;
         let conn = self.r();
-        let (failed, oldest): (i64, Option<i64>) = conn
-            .prepare_cached(&format!(
-                "SELECT (SELECT COUNT(DISTINCT f.key) FROM jobs f INDEXED BY jobs_due WHERE {FAILED_STILL}),
-                        (SELECT MIN(created_at) FROM jobs WHERE kind = ?1 AND state = 'queued')"
-            ))?
-            .query_row(params![JOB_KIND], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(CatalogCounts {
-            products_seen: tally(&conn, &format!("keys:{JOB_KIND}"))?,
+            products_seen: q.keys_seen,
             synced: tally(&conn, "item_map:synced")?,
-            queued: tally(&conn, &format!("jobs:{JOB_KIND}:queued"))?,
-            in_flight: tally(&conn, &format!("jobs:{JOB_KIND}:leased"))?,
-            failed: failed as u64,
+            queued: q.queued,
+            in_flight: q.in_flight,
+            failed: q.failed,
             rejected: tally(&conn, "item_map:rejected")?,
-            oldest_queued_ms: oldest,
+            oldest_queued_ms: q.oldest_queued_ms,
         })
     }
 

@@ -67,10 +67,16 @@ fn chain_lines<'a>(chain: &'a EntityChain, app: &App, width: usize) -> Vec<Line<
             out.extend(facts.into_iter().map(|f| Line::raw(format!("{inner}{f}"))));
         }
         for d in &link.disagreements {
-            out.push(Line::styled(
-                format!("{inner}{}", d.describe(&link.system)),
-                t.warn,
-            ));
+            let said = d.describe(&link.system);
+            // Both sides on one line where they fit, else each on its own.
+            if inner.chars().count() + said.chars().count() <= width {
+                out.push(Line::styled(format!("{inner}{said}"), t.warn));
+            } else {
+                for (i, part) in said.splitn(2, " · ").enumerate() {
+                    let lead = if i == 0 { "" } else { "  · " };
+                    out.push(Line::styled(format!("{inner}{lead}{part}"), t.warn));
+                }
+            }
         }
         for e in link.events.iter().take(EVENTS_SHOWN) {
             out.push(Line::styled(

@@ -192,12 +192,22 @@ impl Console {
     /// Everything written after the last time the console entered the alternate screen
     /// ends by leaving it and showing the cursor (nothing drawn after the restore).
     fn ends_restored(&self) -> bool {
-        let out = self.output.lock().unwrap();
-        let Some(at) = find_last(&out, LEAVE_ALT) else {
-            return false;
-        };
-        let tail = &out[at..];
-        find_last(tail, SHOW_CURSOR).is_some() && !contains(tail, b"\x1b[?1049h")
+        // The reader thread may still be draining the pty after the process exited:
+        // what it wrote last arrives within moments.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let restored = {
+                let out = self.output.lock().unwrap();
+                find_last(&out, LEAVE_ALT).is_some_and(|at| {
+                    let tail = &out[at..];
+                    find_last(tail, SHOW_CURSOR).is_some() && !contains(tail, b"\x1b[?1049h")
+                })
+            };
+            if restored || Instant::now() > deadline {
+                return restored;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -3030,3 +3030,76 @@ fn tables_never_cut_a_number_or_a_key_at_60x16_80x24_120x40() {
         check_snapshot(&format!("{name}_60x16"), &text);
     }
 }
+
+#[test]
+fn alegras_quota_reset_counts_down_between_answers_and_says_when_it_has_passed() {
+    let mut app = dian_app();
+    let seen = T0 + 3_600_000;
+    let mut s = (*app.snapshot).clone();
+    s.compliance.window = syncctl::protocol::RateWindow {
+        limit: 1500,
+        remaining: 1497,
+        reset_secs: 48,
+        seen_at_ms: seen,
+    };
+    // No answer since (the Alegra circuit is open): later snapshots count down.
+    for (after_ms, shown) in [(0, "resets in 48s"), (30_000, "resets in 18s")] {
+        s.compliance.now_ms = seen + after_ms;
+        update(&mut app, Msg::Snapshot(Arc::new(s.clone())));
+        let (text, _) = render(&app, 120, 30);
+        assert!(text.contains(shown), "{after_ms} ms after: {text}");
+    }
+    // Past the reset, the last figures are given as what was seen then.
+    s.compliance.now_ms = seen + 60_000;
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    let (text, _) = render(&app, 120, 30);
+    assert!(!text.contains("resets in"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "1497/1500 left at {} (that window has reset)",
+            syncctl::console::chrome::clock(seen)
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_flash_longer_than_the_terminal_is_wrapped_not_cut() {
+    let mut app = app();
+    let path = "/tmp/look-scratch/very/deep/directory/syncctl-bundle-20261201T195400Z.json.gz";
+    app.flash = Some(format!(
+        "incident bundle (secrets redacted) written: {path}"
+    ));
+    let (text, _) = render(&app, 80, 24);
+    let joined: String = text
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("");
+    assert!(
+        joined.contains("syncctl-bundle-20261201T195400Z.json.gz"),
+        "{text}"
+    );
+    // A short one keeps the one row, and the hints come back after it.
+    app.flash = Some("paused".into());
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.lines().nth(22).is_some_and(|l| !l.contains("paused")),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_threshold_prompt_says_enter_stages_and_a_applies() {
+    let mut app = app();
+    app.tab = Tab::Settings;
+    press(&mut app, KeyCode::Enter);
+    let (text, _) = render(&app, 100, 30);
+    assert!(text.contains("Enter stages (A applies)"), "{text}");
+    assert!(!text.contains("Enter apply"), "{text}");
+}

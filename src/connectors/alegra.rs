@@ -304,6 +304,7 @@ impl AlegraClient {
                 limit,
                 remaining,
                 reset_secs: reset,
+                seen_at_ms: crate::store::now_ms(),
             };
         }
         // A 429 without Retry-After waits for the window to reset, as Alegra says.

@@ -165,6 +165,17 @@ impl PromptKind {
             PromptKind::Threshold { name } => format!("{name} (VALUE, or VALUE for 1h)"),
         }
     }
+
+    /// What Enter does with what was typed, for the prompt's hint: a threshold is only
+    /// staged (`A` applies the staged changes); bounds and an invalidation are confirmed
+    /// first; a silence acts at once.
+    pub fn enter_does(&self) -> &'static str {
+        match self {
+            PromptKind::Threshold { .. } => "Enter stages (A applies)",
+            PromptKind::Bounds | PromptKind::Cache => "Enter asks to confirm",
+            PromptKind::Silence { .. } => "Enter silences",
+        }
+    }
 }
 
 impl Confirm {

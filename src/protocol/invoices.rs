@@ -343,6 +343,25 @@ pub struct RateWindow {
     pub limit: u32,
     pub remaining: u32,
     pub reset_secs: u64,
+    /// When those headers came (unix ms; 0 from an engine that did not say): with no
+    /// call since (an open circuit, a pause), the reset counts down from here, and once
+    /// it has passed the figures are only what was last seen.
+    #[serde(default)]
+    pub seen_at_ms: i64,
+}
+
+impl RateWindow {
+    /// The window's reset at `now_ms`: `Some(ms left)` while it is ahead, `None` once it
+    /// has passed (what is left now is unknown until the next answer). An engine that
+    /// did not say when it saw the headers gives them as they were.
+    pub fn reset_in_ms(&self, now_ms: i64) -> Option<i64> {
+        let reset = i64::try_from(self.reset_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if self.seen_at_ms == 0 {
+            return Some(reset);
+        }
+        let left = self.seen_at_ms.saturating_add(reset) - now_ms;
+        (left > 0).then_some(left)
+    }
 }
 
 /// The contingency procedure as the console shows it.

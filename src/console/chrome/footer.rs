@@ -14,6 +14,25 @@ use unicode_width::UnicodeWidthStr;
 
 use crate::console::state::App;
 
+/// Most flash lines fit one row; one that does not (a bundle's file name, a refusal
+/// with its reason) takes up to this many, wrapped, rather than being cut.
+const MAX_FLASH_ROWS: u16 = 3;
+
+/// The footer's height at this width: one row, or the rows a long flash line needs
+/// (up to [`MAX_FLASH_ROWS`]) when the flash line is what the footer shows.
+pub fn height(app: &App, width: u16) -> u16 {
+    match (&app.command_line, &app.prompt, &app.flash) {
+        (None, None, Some(flash)) => {
+            let width = usize::from(width.max(1));
+            let rows = (1 + flash.width()).div_ceil(width);
+            u16::try_from(rows)
+                .unwrap_or(u16::MAX)
+                .clamp(1, MAX_FLASH_ROWS)
+        }
+        _ => 1,
+    }
+}
+
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if let Some(line) = &app.command_line {
         super::command_line::draw(frame, area, app, line);
@@ -21,13 +40,52 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         prompt(frame, area, app, text);
     } else if let Some(flash) = &app.flash {
         let line = Span::styled(format!(" {flash}"), app.theme.flash);
-        frame.render_widget(Paragraph::new(line), area);
+        // Wrapped at any character: a path or a token has no spaces to break at.
+        let rows = wrap_chars(&line.content, usize::from(area.width.max(1)));
+        let lines: Vec<Line> = rows
+            .into_iter()
+            .map(|r| Line::styled(r, app.theme.flash))
+            .collect();
+        frame.render_widget(Paragraph::new(lines), area);
     } else {
         hints(frame, area, app);
     }
 }
 
-/// ` alerts.queue_depth: 12▏  Enter apply · Esc cancel`
+/// `text` cut into rows of at most `width` columns, at word ends where a row has one,
+/// else at the character that no longer fits (a path, a token).
+fn wrap_chars(text: &str, width: usize) -> Vec<String> {
+    use unicode_width::UnicodeWidthChar;
+    let mut rows = Vec::new();
+    let mut row = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width && !row.is_empty() {
+            // Break after the row's last space when it has one past its start.
+            match row.rfind(' ').filter(|&i| i > 1) {
+                Some(i) => {
+                    let rest = row.split_off(i + 1);
+                    rows.push(row.trim_end().to_owned());
+                    used = rest.width();
+                    row = rest;
+                }
+                None => {
+                    rows.push(std::mem::take(&mut row));
+                    used = 0;
+                }
+            }
+        }
+        row.push(c);
+        used += w;
+    }
+    if !row.is_empty() {
+        rows.push(row);
+    }
+    rows
+}
+
+/// ` alerts.queue_depth: 12▏  Enter stages · Esc cancel`
 fn prompt(frame: &mut Frame, area: Rect, app: &App, text: &str) {
     let t = &app.theme;
     let mut spans = vec![
@@ -37,7 +95,10 @@ fn prompt(frame: &mut Frame, area: Rect, app: &App, text: &str) {
     // A problem with what was typed replaces the key hints: it must be read.
     match &app.flash {
         Some(flash) => spans.push(Span::styled(format!("  {flash}"), t.flash)),
-        None => spans.push(Span::styled("  Enter apply · Esc cancel", t.dim)),
+        None => spans.push(Span::styled(
+            format!("  {} · Esc cancel", app.prompt_kind.enter_does()),
+            t.dim,
+        )),
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }

@@ -8,7 +8,7 @@
 //! ```text
 //!  header (chrome): syncctl · SANDBOX · ▶ running · http://…   1  2  3  4  5  6 DIAN  7  8              row 0
 //! ✓ VALIDATED 2  ↻ RETRY 1  …  (counts by state, the filtered one highlighted)                          2–3 rows
-//! 2 sends · 2 validated · 0 in flight · PAUSED (p resumes sending) · Alegra quota 1497/1500 left, resets in 48 s · search: …
+//! 2 sends · 2 validated · 0 in flight · PAUSED (p resumes sending) · Alegra quota 1497/1500 left, resets in 48s · search: …
 //! ⚑ contingency / ⚠ DIAN not answering / ⚑ DIAN OUTAGE …  (only when there is one)
 //! ┌ DIAN queue — 2 of 2 (all) ───────────────────────────────────────────────────────────────────────┐  the rest (17 rows, 16 with the third line); CUFE ≥120 cols
 //! │  number        buyer                total COP     state       att next       last                │
@@ -103,13 +103,23 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         second.push(Span::styled(" · PAUSED (p resumes sending)", t.warn));
     }
     if c.window.limit > 0 {
-        second.push(Span::styled(
-            format!(
-                " · Alegra quota {}/{} left, resets in {} s",
-                c.window.remaining, c.window.limit, c.window.reset_secs
+        // Counted down between answers (none come while the circuit is open or sending
+        // is paused); once the reset has passed, what was last seen is only that.
+        let quota = match c.window.reset_in_ms(c.now_ms) {
+            Some(left) => format!(
+                " · Alegra quota {}/{} left, resets in {}",
+                c.window.remaining,
+                c.window.limit,
+                countdown(left)
             ),
-            t.dim,
-        ));
+            None => format!(
+                " · Alegra quota {}/{} left at {} (that window has reset)",
+                c.window.remaining,
+                c.window.limit,
+                clock(c.window.seen_at_ms)
+            ),
+        };
+        second.push(Span::styled(quota, t.dim));
     }
     if app.search_open || !app.dian_search.is_empty() {
         second.push(Span::styled(

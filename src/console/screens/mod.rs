@@ -43,7 +43,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let [header, body, footer] = Layout::vertical([
         Constraint::Length(chrome::header::height(app, area.width)),
         Constraint::Min(0),
-        Constraint::Length(1),
+        Constraint::Length(chrome::footer::height(app, area.width)),
     ])
     .areas(area);
     chrome::header::draw(frame, header, app);

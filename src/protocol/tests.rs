@@ -268,6 +268,7 @@ fn populated() -> Snapshot {
                 limit: 60,
                 remaining: 12,
                 reset_secs: 30,
+                seen_at_ms: 1_764_600_000_000,
             },
             contingency: ContingencyView {
                 phase: "OUTAGE",

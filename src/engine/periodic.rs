@@ -263,12 +263,14 @@ pub(super) async fn audit_writer(
 }
 
 /// One flush of the telemetry history (see [`Store::save_history`]): downsampled
-/// points, the cut-off before which points are dropped, and changed `engine_state`
-/// values.
+/// points, the seconds outside which points are dropped (before the hour kept, or
+/// ahead of now: left by a process whose clock ran ahead), and changed
+/// `engine_state` values.
 #[derive(Debug, Default)]
 pub(super) struct HistoryBatch {
     pub points: Vec<SeriesPoint>,
     pub keep_from_s: i64,
+    pub keep_until_s: i64,
     pub state: Vec<(String, String)>,
 }
 
@@ -278,8 +280,9 @@ impl HistoryBatch {
     pub fn absorb(&mut self, later: HistoryBatch) {
         self.points.extend(later.points);
         self.keep_from_s = self.keep_from_s.max(later.keep_from_s);
-        let keep = self.keep_from_s;
-        self.points.retain(|p| p.at_s >= keep);
+        self.keep_until_s = later.keep_until_s;
+        let keep = self.keep_from_s..=self.keep_until_s;
+        self.points.retain(|p| keep.contains(&p.at_s));
         for (key, value) in later.state {
             match self.state.iter_mut().find(|(k, _)| *k == key) {
                 Some(kept) => kept.1 = value,
@@ -300,7 +303,11 @@ pub(super) async fn history_writer(store: Store, mut batches: mpsc::Receiver<His
         let s = store.clone();
         let n = batch.points.len();
         let written = tokio::task::spawn_blocking(move || {
-            s.save_history(&batch.points, batch.keep_from_s, &batch.state)
+            s.save_history(
+                &batch.points,
+                batch.keep_from_s..=batch.keep_until_s,
+                &batch.state,
+            )
         })
         .await;
         match written {

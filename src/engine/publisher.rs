@@ -470,6 +470,7 @@ impl Publisher {
         let mut batch = super::periodic::HistoryBatch {
             points,
             keep_from_s: now.div_euclid(1000) - KEPT_SECS - BLOCK_SECS,
+            keep_until_s: now.div_euclid(1000) + BLOCK_SECS,
             state,
         };
         if let Some(mut pending) = self.history_pending.take() {

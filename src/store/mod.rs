@@ -1215,12 +1215,14 @@ impl Store {
 
     /// One flush of the telemetry history, in one transaction: new series points
     /// (replacing a point of the same series and second, as a block finished since
-    /// its last flush), points that start before `keep_from_s` deleted, and the
-    /// `engine_state` values that changed.
+    /// its last flush), points that start outside `keep` deleted (older than the
+    /// hour kept, or ahead of now: written by a process whose clock ran ahead, they
+    /// would anchor every restored hour in the future), and the `engine_state`
+    /// values that changed.
     pub fn save_history(
         &self,
         points: &[SeriesPoint],
-        keep_from_s: i64,
+        keep: std::ops::RangeInclusive<i64>,
         state: &[(String, String)],
     ) -> Result<()> {
         let at = self.now_ms();
@@ -1232,11 +1234,11 @@ impl Store {
                     "INSERT OR REPLACE INTO series_points(at, series, secs, value)
                      VALUES (?1, ?2, ?3, ?4)",
                 )?;
-                for p in points {
+                for p in points.iter().filter(|p| keep.contains(&p.at_s)) {
                     insert.execute(params![p.at_s, p.series, p.secs, p.value])?;
                 }
-                tx.prepare_cached("DELETE FROM series_points WHERE at < ?1")?
-                    .execute([keep_from_s])?;
+                tx.prepare_cached("DELETE FROM series_points WHERE at < ?1 OR at > ?2")?
+                    .execute([keep.start(), keep.end()])?;
                 let mut put = tx.prepare_cached(
                     "INSERT INTO engine_state(key, at, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT(key) DO UPDATE SET at=excluded.at, value=excluded.value",
@@ -1678,11 +1680,31 @@ mod tests {
                     value: 1234.5678 + block as f64,
                 })
                 .collect();
-            s.save_history(&points, at_s + 10 - 3600, &[]).unwrap();
+            s.save_history(&points, at_s + 10 - 3600..=at_s + 10, &[])
+                .unwrap();
         }
         let rows = s.series_points(0).unwrap();
         assert_eq!(rows.len(), 17 * 360, "an hour of 10 s points per series");
         assert_eq!(rows[0].at_s, t0 + 360 * 10);
+        // Points a process wrote with its clock an hour ahead go at the next flush of
+        // a process whose clock is right (and such a flush writes none of its own).
+        let last = t0 + 719 * 10;
+        let ahead = |at_s| SeriesPoint {
+            at_s,
+            series: "queue:dian".into(),
+            secs: 10,
+            value: 1.0,
+        };
+        s.save_history(&[ahead(last + 3600)], 0..=i64::MAX, &[])
+            .unwrap();
+        assert_eq!(s.series_points(last + 1).unwrap().len(), 1);
+        s.save_history(&[ahead(last + 3610)], last + 10 - 3600..=last + 20, &[])
+            .unwrap();
+        assert!(
+            s.series_points(last + 1).unwrap().is_empty(),
+            "none kept ahead"
+        );
+        assert_eq!(s.series_points(0).unwrap().len(), 17 * 360);
         let bytes: i64 = s
             .w()
             .query_row(

@@ -145,13 +145,17 @@ impl Downsampler {
 /// Series rebuilt from kept points as the second-by-second rings the charts read,
 /// ending with the second before `now_ms`: each point over the seconds it covered,
 /// every other second empty. (A process that starts within the second its predecessor
-/// last measured ends them with that second instead: nothing kept is left out.)
+/// last measured ends them with that second instead: nothing kept is left out. Points
+/// further ahead than a block were written under a clock that ran ahead: they do not
+/// move the hour, which stays the one before now.)
 pub fn series_from(points: &[SeriesPoint], now_ms: i64) -> BTreeMap<String, Series> {
+    let now_s = now_ms.div_euclid(1000);
     let newest = points
         .iter()
         .map(|p| p.at_s + i64::from(p.secs.clamp(1, BLOCK_SECS as u32)))
+        .filter(|&end| end <= now_s + BLOCK_SECS)
         .max();
-    let now_s = now_ms.div_euclid(1000).max(newest.unwrap_or(i64::MIN));
+    let now_s = now_s.max(newest.unwrap_or(i64::MIN));
     let from = now_s - KEPT_SECS;
     let mut secs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for p in points {
@@ -225,6 +229,22 @@ mod tests {
         let s = series_from(&points, 1010 * 1000);
         let tail = s["items_per_sec"].tail(12);
         // Seconds 998..=1009.
+        let shown: Vec<Option<f64>> = tail.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
+        assert_eq!(
+            shown,
+            [vec![None, None], vec![Some(5.0); 4], vec![None; 6]].concat()
+        );
+        // A point left by a process whose clock ran an hour ahead does not carry the
+        // restored hour into the future: the real points still show where they were.
+        let mut ahead = points.clone();
+        ahead.push(SeriesPoint {
+            at_s: 1000 + 3600,
+            series: "items_per_sec".into(),
+            secs: 10,
+            value: 9.0,
+        });
+        let s = series_from(&ahead, 1010 * 1000);
+        let tail = s["items_per_sec"].tail(12);
         let shown: Vec<Option<f64>> = tail.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
         assert_eq!(
             shown,

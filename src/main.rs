@@ -1679,6 +1679,12 @@ async fn ctl_chain(
 /// disagree, its newest events.
 fn print_chain(chain: &syncctl::protocol::EntityChain) {
     use syncctl::protocol::utc_time;
+    // Names and messages come from outside: shown, never obeyed by the terminal.
+    macro_rules! println {
+        ($($arg:tt)*) => {
+            std::println!("{}", syncctl::protocol::text::printable(&format!($($arg)*)))
+        };
+    }
     for also in &chain.also {
         println!("({also})");
     }

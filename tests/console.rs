@@ -2673,7 +2673,8 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
                 "stripe product",
                 "prod_00000000000042",
                 1,
-                &[("mapping", "synced")],
+                // A name made to reverse the rest of the operator's line.
+                &[("mapping", "synced"), ("name", "Tea \u{202E}gpj.exe")],
             ),
             item,
         ],
@@ -2709,9 +2710,11 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
         "prod_00000000000042",
         "≠ Item: 57 in quickbooks item · 41 in the invoice line",
         &cufe[..40],
+        "Tea \u{FFFD}gpj.exe",
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
+    assert!(!text.contains('\u{202E}'), "{text}");
     let (small, _) = render(&app, 80, 24);
     assert!(small.contains("quickbooks item 57"), "{small}");
     // Scrolling keeps the panel; another key closes it.

@@ -30,9 +30,52 @@ pub fn amount(v: f64) -> String {
     format!("{sign}{}.{:02}", group(abs / 100), abs % 100)
 }
 
+/// Whether `c` would change how a terminal shows the rest of the line rather than
+/// show itself: control characters (ESC starts a sequence, BEL rings, CR rewinds)
+/// and the bidirectional overrides, embeddings and isolates (U+202E reverses what
+/// follows: a product name could make a line read backwards).
+pub fn steers_the_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` as it may be written to an operator's terminal: every character that
+/// [`steers_the_terminal`] shown as `�`, so what came from outside (a product's name, a
+/// payload) shows what it is and moves nothing.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(steers_the_terminal) {
+        text.chars()
+            .map(|c| {
+                if steers_the_terminal(c) {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_would_steer_the_terminal_is_shown_not_obeyed() {
+        assert_eq!(printable("Café ☕ 12"), "Café ☕ 12");
+        assert_eq!(
+            printable("Evil \u{1b}]0;X\u{7}"),
+            "Evil \u{FFFD}]0;X\u{FFFD}"
+        );
+        assert_eq!(printable("abc\u{202E}fed"), "abc\u{FFFD}fed");
+        assert_eq!(printable("\u{2066}x\u{2069}"), "\u{FFFD}x\u{FFFD}");
+    }
 
     #[test]
     fn pesos_group_thousands_with_two_decimals_and_a_sign() {

@@ -35,7 +35,20 @@ fn lines<'a>(panel: &'a ChainPanel, app: &App, width: usize) -> Vec<Line<'a>> {
     match &panel.answer {
         None => vec![Line::styled(" asking the engine…", t.dim)],
         Some(Err(why)) => vec![Line::styled(format!(" {why}"), t.warn)],
-        Some(Ok(chain)) => chain_lines(chain, app, width),
+        Some(Ok(chain)) => chain_lines(chain, app, width)
+            .into_iter()
+            .map(|mut line| {
+                // Names, ids and messages come from outside: shown, never obeyed.
+                for span in &mut line.spans {
+                    if let std::borrow::Cow::Owned(safe) =
+                        crate::protocol::text::printable(&span.content)
+                    {
+                        span.content = safe.into();
+                    }
+                }
+                line
+            })
+            .collect(),
     }
 }
 

@@ -438,6 +438,25 @@ async fn a_dry_run_of_what_is_not_a_bulk_action_or_would_be_refused_says_so() {
         "{v}"
     );
     assert!(!engine.engine.snapshot.borrow().catalog.paused);
+    // A resume of a pipeline that runs changes nothing, and its preview says so
+    // (it used to count the queue as what the resume would start).
+    for pipeline in ["catalog", "compliance"] {
+        let (s, v) = api(
+            &base,
+            "POST",
+            &format!("/api/v1/pipelines/{pipeline}/resume?dry_run=true"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["preview"]["items"], 0, "{v}");
+        assert_eq!(v["preview"]["held"], 0, "{v}");
+        let notes = v["preview"]["notes"].to_string();
+        assert!(
+            notes.contains(&format!("the {pipeline} pipeline is not paused")),
+            "{v}"
+        );
+    }
     // A dry_run that is not a yes or a no runs nothing.
     let (s, v) = api(
         &base,

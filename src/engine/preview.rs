@@ -150,6 +150,23 @@ impl Ctx {
 
     /// A pipeline resumed: the work waiting in it runs.
     fn resumed(&self, p: &mut ImpactPreview, pipeline: Pipeline) -> Result<(), CommandError> {
+        let paused = match pipeline {
+            Pipeline::Catalog => self.catalog.is_paused(),
+            Pipeline::Compliance => self.compliance.as_deref().is_some_and(|c| c.is_paused()),
+        };
+        if !paused && (pipeline == Pipeline::Catalog || self.compliance.is_some()) {
+            // The resume itself answers "changed: false": what is queued runs as it
+            // would without it, and none of it is this command's doing.
+            p.noun = match pipeline {
+                Pipeline::Catalog => "queued catalog jobs",
+                Pipeline::Compliance => "invoices waiting",
+            }
+            .into();
+            p.notes.push(format!(
+                "the {pipeline} pipeline is not paused: resuming it changes nothing"
+            ));
+            return Ok(());
+        }
         match pipeline {
             Pipeline::Catalog => {
                 p.noun = "queued catalog jobs".into();

@@ -346,6 +346,13 @@ async fn retry_failed_jobs_previews_the_calls_it_then_makes_and_a_forced_open_ci
         (json!(0), json!(0)),
         "{v}"
     );
+    // Forced open by an operator, not by failures: no warning that calls fail.
+    assert!(
+        !v["preview"]["notes"]
+            .to_string()
+            .contains("because calls failed"),
+        "{v}"
+    );
     assert_eq!(
         common::qb_view(&engine.engine).breaker.state.name(),
         "FORCED_OPEN"
@@ -662,5 +669,59 @@ async fn retry_failed_invoices_previews_the_alegra_calls_it_then_makes() {
     })
     .await;
     within_5_percent("alegra", calls(&p, "alegra"), alegra().await - before);
+    engine.shutdown().await;
+}
+
+/// Closing a circuit that opened because QuickBooks failed sends the waiting work to
+/// a downstream that was failing: the preview says why the circuit opened (it used
+/// to count the calls as if they would simply be made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_circuit_that_opened_on_failures_previews_why_it_opened() {
+    let sb = common::sandbox(30, 29).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sb);
+    cfg.quickbooks.breaker.consecutive_failures = 3;
+    let mut engine = common::engine(cfg, dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 30).await;
+    reconciliation_until(&base, "both sides to agree", |v| {
+        v["ready"] == true && v["drifted"]["count"] == 0
+    })
+    .await;
+    drift_prices(&sb_url, 12).await;
+    reconciliation_until(&base, "12 drifted Items", |v| v["drifted"]["count"] == 12).await;
+    common::faults(&sb_url, json!({"service": "quickbooks", "outage": true})).await;
+    let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted", None).await;
+    assert_eq!(s, 200, "{v}");
+    common::eventually(60, "the QuickBooks circuit to open", || async {
+        matches!(
+            common::qb_view(&engine.engine).breaker.state.name(),
+            "OPEN" | "HALF_OPEN"
+        )
+        .then_some(())
+    })
+    .await;
+    let (s, v) = api(
+        &base,
+        "POST",
+        "/api/v1/resilience/circuit-breakers/quickbooks?dry_run=true",
+        Some(json!({"state": "CLOSED"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let notes = v["preview"]["notes"].to_string();
+    assert!(
+        notes.contains("the quickbooks circuit is OPEN because calls failed")
+            || notes.contains("the quickbooks circuit is HALF_OPEN because calls failed"),
+        "{v}"
+    );
+    assert!(notes.contains("spend their attempts"), "{v}");
+    // A dry run: the circuit is as it was.
+    assert_ne!(
+        common::qb_view(&engine.engine).breaker.state.name(),
+        "CLOSED"
+    );
+    common::faults(&sb_url, json!({"service": "quickbooks", "outage": false})).await;
     engine.shutdown().await;
 }

@@ -456,6 +456,19 @@ impl Ctx {
             }
         }
         let now = d.breaker.state().name();
+        // Closing a circuit that opened on failures sends the work to a downstream
+        // that was failing: the preview says why it opened, so the calls it counts
+        // are not read as calls that will succeed.
+        if action != BreakerAction::ForceOpen && matches!(now, "OPEN" | "HALF_OPEN") {
+            let view = d.view().breaker;
+            let why = view
+                .last_transition
+                .map(|t| format!(": {}", t.reason))
+                .unwrap_or_default();
+            p.notes.push(format!(
+                "the {name} circuit is {now} because calls failed{why}; closing it sends these calls now, and while {name} still fails they fail too and spend their attempts"
+            ));
+        }
         // What this circuit refuses now stops being a reason once it is set.
         p.held_why
             .retain(|w| !w.starts_with(&format!("the {name} circuit")));

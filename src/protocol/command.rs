@@ -655,11 +655,13 @@ impl BreakerAction {
 }
 
 impl AlertMatcher {
-    /// The id prefix the engine's alerts match on: empty for every alert.
+    /// The id prefix the engine's alerts match on: empty for every alert. A `*` at the
+    /// end is read as the glob the operator meant (`queue*` is `queue`); one anywhere
+    /// else is refused by [`Command::validate`].
     pub fn prefix(&self) -> &str {
         match self {
             AlertMatcher::All => "",
-            AlertMatcher::Prefix(p) => p,
+            AlertMatcher::Prefix(p) => p.strip_suffix('*').unwrap_or(p),
         }
     }
 }
@@ -961,7 +963,21 @@ fn check_bounds(min: u32, max: u32) -> Result<(), CommandError> {
 fn check_matcher(matcher: &AlertMatcher) -> Result<(), CommandError> {
     match matcher {
         AlertMatcher::All => Ok(()),
-        AlertMatcher::Prefix(p) => check_text("matcher", p),
+        AlertMatcher::Prefix(p) => {
+            check_text("matcher", p)?;
+            // A matcher is a prefix, and a trailing `*` the glob it reads as; a `*`
+            // elsewhere would be a literal no alert id holds: `queue*depth` would
+            // silence nothing while saying it silenced.
+            if p.trim_end_matches('*').contains('*') || p.ends_with("**") {
+                return Err(CommandError::invalid(
+                    "matcher",
+                    format!(
+                        "{p:?}: a matcher is the start of alert ids (`queue` or `queue*` matches every queue alert, `*` every alert); a `*` goes only at the end"
+                    ),
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1781,6 +1797,29 @@ pub(super) mod tests {
             assert_eq!(p(&text), Ok(c.clone()), "{text}");
             assert!(!text.contains('\n'), "{text}");
         }
+    }
+
+    #[test]
+    fn a_matchers_trailing_star_is_a_glob_and_one_elsewhere_is_refused() {
+        let silence = |m: &str| Command::SilenceAlerts {
+            matcher: AlertMatcher::Prefix(m.into()),
+            secs: 3600,
+        };
+        let e = silence("queue*depth").validate().unwrap_err();
+        assert!(e.to_string().contains("queue*depth"), "{e}");
+        assert!(
+            Command::AckAlerts {
+                matcher: AlertMatcher::Prefix("error*/x".into())
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(silence("queue**").validate().is_err());
+        // A trailing `*` is the glob it looks like.
+        assert_eq!(silence("queue*").validate(), Ok(()));
+        assert_eq!(AlertMatcher::Prefix("queue*".into()).prefix(), "queue");
+        assert_eq!(AlertMatcher::Prefix("*".into()).prefix(), "");
+        assert_eq!(silence("queue").validate(), Ok(()));
     }
 
     #[test]

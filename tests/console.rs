@@ -3106,3 +3106,27 @@ fn the_threshold_prompt_says_enter_stages_and_a_applies() {
     assert!(text.contains("Enter stages (A applies)"), "{text}");
     assert!(!text.contains("Enter apply"), "{text}");
 }
+
+#[test]
+fn a_tall_overview_shows_each_circuit_and_the_dian_queue_by_state() {
+    let mut app = dian_app();
+    app.tab = Tab::Overview;
+    let mut s = (*app.snapshot).clone();
+    s.downstreams = downstreams();
+    s.compliance.counts.earliest_deadline_ms = Some(s.compliance.now_ms + 2 * 3_600_000);
+    app.snapshot = Arc::new(s);
+    let (text, _) = render(&app, 120, 40);
+    for want in [
+        "┌ Circuits",
+        "quickbooks ✖ OPEN",
+        "┌ DIAN queue",
+        "FAILED 2",
+        "VALIDATED 1",
+        "earliest contingency deadline in 2h00m",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    // At 80×24 there is no room: the errors keep theirs.
+    let (small, _) = render(&app, 80, 24);
+    assert!(!small.contains("┌ Circuits"), "{small}");
+}

@@ -37,7 +37,7 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0}%"))
 }
 
-fn state_style(app: &App, state: BreakerState) -> Style {
+pub(super) fn state_style(app: &App, state: BreakerState) -> Style {
     let t = &app.theme;
     match state {
         BreakerState::Closed => t.ok,

@@ -340,7 +340,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
 }
 
-fn invoice_style(app: &App, s: InvoiceStatus) -> Style {
+pub(super) fn invoice_style(app: &App, s: InvoiceStatus) -> Style {
     let t = &app.theme;
     match s {
         InvoiceStatus::Validated => t.ok,

@@ -54,14 +54,26 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         draw_banner(frame, banner, app);
         rest
     };
-    let [top, health, sources, errors] = Layout::vertical([
+    // A tall terminal also shows each circuit and the DIAN queue by state (console.md's
+    // Overview tiles), above the errors, which keep at least a few rows.
+    let band = circuits_band_height(app);
+    let band = if area.height >= 9 + 4 + 5 + band + 6 {
+        band
+    } else {
+        0
+    };
+    let [top, health, circuits, sources, errors] = Layout::vertical([
         Constraint::Length(9),
         Constraint::Length(4),
+        Constraint::Length(band),
         Constraint::Length(5),
         Constraint::Min(3),
     ])
     .areas(area);
     draw_health_tiles(frame, health, app);
+    if band > 0 {
+        draw_circuits_and_dian(frame, circuits, app);
+    }
     let [counts, chart] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
     draw_counts(frame, counts, app);
@@ -405,5 +417,88 @@ fn draw_health_tiles(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(
         Paragraph::new(lines).block(block("Anomalies", app)),
         anomalies,
+    );
+}
+
+/// Rows of the circuits and DIAN band: a line per downstream (or per DIAN line), framed.
+fn circuits_band_height(app: &App) -> u16 {
+    let rows = app.snapshot.downstreams.len().max(3);
+    u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2)
+}
+
+/// Each circuit's state (symbol and word) with its failure rate, and the DIAN queue's
+/// counts by state with the earliest contingency deadline.
+fn draw_circuits_and_dian(frame: &mut Frame, area: Rect, app: &App) {
+    use crate::console::chrome::countdown;
+    let t = &app.theme;
+    let s = &app.snapshot;
+    let [circuits, dian] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let lines: Vec<Line> = s
+        .downstreams
+        .iter()
+        .map(|d| {
+            let b = &d.breaker;
+            let calls = group(u64::from(b.calls));
+            let rate = match b.failure_rate {
+                Some(r) => format!(" {r:.0}% of {calls} calls failed"),
+                None => format!(" {calls} calls, too few to rate"),
+            };
+            Line::from(vec![
+                Span::raw(format!("{:<11}", d.name)),
+                Span::styled(
+                    format!("{} {:<12}", b.state.symbol(), b.state.name()),
+                    super::circuits::state_style(app, b.state),
+                ),
+                Span::styled(rate, t.dim),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(block("Circuits", app)),
+        circuits,
+    );
+    let c = &s.compliance;
+    let lines = if !c.enabled {
+        vec![Line::styled("off ([alegra] not configured)", t.dim)]
+    } else if c.counts.total == 0 {
+        vec![Line::styled("no paid invoices yet", t.dim)]
+    } else {
+        let mut spans = Vec::new();
+        for (status, n) in &c.counts.by_status {
+            if *n == 0 {
+                continue;
+            }
+            if !spans.is_empty() {
+                spans.push(Span::raw("  "));
+            }
+            spans.push(Span::styled(
+                format!("{} {} {}", status.symbol(), status.name(), group(*n)),
+                super::dian::invoice_style(app, *status),
+            ));
+        }
+        let mut lines = vec![Line::from(spans)];
+        lines.push(Line::styled(
+            format!(
+                "{} waiting · {} in flight",
+                group(c.counts.waiting()),
+                c.in_flight
+            ),
+            t.dim,
+        ));
+        if let Some(deadline) = c.counts.earliest_deadline_ms {
+            let left = deadline - c.now_ms;
+            lines.push(Line::styled(
+                format!("earliest contingency deadline in {}", countdown(left)),
+                if left < 3_600_000 { t.error } else { t.warn },
+            ));
+        }
+        lines
+    };
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(block("DIAN queue", app)),
+        dian,
     );
 }

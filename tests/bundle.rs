@@ -17,7 +17,6 @@ use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use serde_json::json;
-use syncctl::config::{Role, Secret, TokenConfig};
 use syncctl::console::screens;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
@@ -50,13 +49,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_holds_no_secret_and_opens_frozen_in_bundle_show() {
     let sb = common::sandbox(12, 7).await;
-    let mut config = common::config_for(&sb);
-    config.server.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        token: Secret::new(TOKEN),
-        role: Role::Operator,
-        rate_limit_per_min: 0,
-    }];
+    let config = common::with_operator(common::config_for(&sb), TOKEN);
     // Every secret the engine runs with, as the test knows them (not as the code
     // under test lists them).
     let (webhook_secret, refresh_token) = {

@@ -347,16 +347,10 @@ async fn failed_catalog_jobs_are_retried_one_and_all_and_a_full_sync_runs_again(
     let sandbox = common::sandbox(5, 4).await;
     let base = sandbox.base_url();
     common::faults(&base, json!({"service": "quickbooks", "error_rate": 1.0})).await;
-    let mut cfg = common::config_for(&sandbox);
+    let mut cfg = common::with_operator(common::config_for(&sandbox), TOKEN);
     cfg.catalog.max_attempts = 1;
     cfg.quickbooks.breaker.minimum_calls = 10_000;
     cfg.quickbooks.breaker.consecutive_failures = 0;
-    cfg.server.tokens = vec![syncctl::config::TokenConfig {
-        name: "ops".into(),
-        token: syncctl::config::Secret::new(TOKEN),
-        role: syncctl::config::Role::Operator,
-        rate_limit_per_min: 10_000,
-    }];
     let dir = tempfile::tempdir().unwrap();
     let mut engine = common::engine(cfg, dir.path()).await;
     let url = format!("http://{}", engine.server_addr);
@@ -396,22 +390,26 @@ async fn failed_catalog_jobs_are_retried_one_and_all_and_a_full_sync_runs_again(
     common::until_idle(&engine, 5).await;
     assert_eq!(counts(&engine).failed, 0);
     // None left: the API says so.
-    let r = reqwest::Client::new()
-        .post(format!("{url}/api/v1/pipelines/catalog/retry-failed"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
+    let (status, _) = common::api(
+        &url,
+        TOKEN,
+        "POST",
+        "/api/v1/pipelines/catalog/retry-failed",
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
 
     // The full sync again, through the API: every product listed again, no Item twice.
-    let r = reqwest::Client::new()
-        .post(format!("{url}/api/v1/pipelines/catalog/resync"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (status, body) = common::api(
+        &url,
+        TOKEN,
+        "POST",
+        "/api/v1/pipelines/catalog/resync",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let listed = common::eventually(30, "the second full sync", || async {
         let store = syncctl::store::Store::open(dir.path()).ok()?;
         let audit = store.recent_audit(200, 0).ok()?;

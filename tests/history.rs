@@ -17,7 +17,7 @@ mod common;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use serde_json::{Value, json};
-use syncctl::config::{Config, Role, Secret, TokenConfig};
+use syncctl::config::Config;
 use syncctl::console::screens;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
@@ -40,40 +40,25 @@ fn render(app: &App, w: u16, h: u16) -> String {
 }
 
 fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
-    let mut c = common::config_for(sb);
-    c.server.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        token: Secret::new(OPS),
-        role: Role::Operator,
-        rate_limit_per_min: 0,
-    }];
+    let mut c = common::with_operator(common::config_for(sb), OPS);
     c.alerts.for_secs = 0;
     c
 }
 
 async fn get(base: &str, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .bearer_auth(OPS)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::api(base, OPS, "GET", path, None).await.1
 }
 
 async fn command(base: &str, text: &str) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/v1/commands"))
-        .bearer_auth(OPS)
-        .json(&json!({ "command": text }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{text}: {status} {body}");
+    let (status, body) = common::api(
+        base,
+        OPS,
+        "POST",
+        "/api/v1/commands",
+        Some(json!({ "command": text })),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{text}: {status} {body}");
     body
 }
 

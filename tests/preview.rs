@@ -15,32 +15,17 @@
 mod common;
 
 use serde_json::{Value, json};
-use syncctl::config::{Config, Role, Secret, TokenConfig};
+use syncctl::config::Config;
 
 const OPS: &str = "ops-token-0123456789abcdef";
 const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
 
 fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
-    let mut cfg = common::config_for(sb);
-    cfg.server.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        token: Secret::new(OPS),
-        role: Role::Operator,
-        rate_limit_per_min: 10_000,
-    }];
-    cfg
+    common::with_operator(common::config_for(sb), OPS)
 }
 
 async fn api(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(OPS);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    common::api(base, OPS, method, path, body).await
 }
 
 /// The calls the catalog's work cost, as the sandbox counted them: Stripe reads

@@ -22,7 +22,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use serde_json::{Value, json};
-use syncctl::config::{Config, Role, Secret, TokenConfig};
+use syncctl::config::Config;
 use syncctl::console::state::{App, Tab};
 use syncctl::console::theme::Theme;
 use syncctl::console::update::{Effect, Msg, update};
@@ -31,25 +31,11 @@ use syncctl::protocol::{Command, Request};
 const OPS: &str = "ops-token-0123456789abcdef";
 
 fn config(sb: &syncctl::sandbox::SandboxServer) -> Config {
-    let mut cfg = common::config_for(sb);
-    cfg.server.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        token: Secret::new(OPS),
-        role: Role::Operator,
-        rate_limit_per_min: 10_000,
-    }];
-    cfg
+    common::with_operator(common::config_for(sb), OPS)
 }
 
 async fn api(base: &str, method: &str, path: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(OPS)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    common::api(base, OPS, method, path, None).await
 }
 
 /// The reconciliation over HTTP once `check` accepts it (polled: the engine refreshes

@@ -38,6 +38,37 @@ pub fn config_for(sandbox: &SandboxServer) -> Config {
     c
 }
 
+/// `config` with one operator token, `token`, not rate limited.
+pub fn with_operator(mut config: Config, token: &str) -> Config {
+    config.server.tokens = vec![syncctl::config::TokenConfig {
+        name: "ops".into(),
+        token: syncctl::config::Secret::new(token),
+        role: syncctl::config::Role::Operator,
+        rate_limit_per_min: 0,
+    }];
+    config
+}
+
+/// One call to an engine's API as `token`: the status and the JSON answer (Null when
+/// the body is not JSON).
+pub async fn api(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// An engine on `dir` and its HTTP server, as the binary wires them.
 pub async fn engine(config: Config, dir: &std::path::Path) -> Served {
     let listener = app::bind(config.server.listen, false).await.unwrap();

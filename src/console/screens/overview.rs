@@ -439,10 +439,13 @@ fn draw_circuits_and_dian(frame: &mut Frame, area: Rect, app: &App) {
         .iter()
         .map(|d| {
             let b = &d.breaker;
-            let calls = group(u64::from(b.calls));
+            let calls = match b.calls {
+                1 => "1 call".to_owned(),
+                n => format!("{} calls", group(u64::from(n))),
+            };
             let rate = match b.failure_rate {
-                Some(r) => format!(" {r:.0}% of {calls} calls failed"),
-                None => format!(" {calls} calls, too few to rate"),
+                Some(r) => format!(" {r:.0}% of {calls} failed"),
+                None => format!(" {calls}, too few to rate"),
             };
             Line::from(vec![
                 Span::raw(format!("{:<11}", d.name)),

@@ -550,6 +550,21 @@ async fn a_misspelt_or_contradicted_dry_run_or_one_with_no_preview_does_nothing(
     .await;
     assert_eq!((s, v["dry_run"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(breaker(base.clone()).await, "CLOSED", "{v}");
+    // A body key given twice is refused, not read as its last value (this one ran the
+    // action: the last `dry_run` said false).
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/commands"))
+        .bearer_auth(OPS)
+        .header("content-type", "application/json")
+        .body(r#"{"command": "breaker quickbooks force-open", "dry_run": true, "dry_run": false}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("given twice"), "{text}");
+    assert_eq!(breaker(base.clone()).await, "CLOSED", "{text}");
     let before = api(&base, "GET", "/api/v1/thresholds", None).await.1;
     let (s, v) = api(
         &base,

@@ -394,10 +394,71 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err("the body must be a JSON object".into()),
+    match serde_json::from_slice::<UniqueKeys>(body) {
+        Ok(UniqueKeys(Some(m))) => Ok(m),
+        Ok(UniqueKeys(None)) => Err("the body must be a JSON object".into()),
         Err(e) => Err(format!("the body is not JSON: {e}")),
+    }
+}
+
+/// A body's top-level object read with each key once: a key given twice is refused
+/// rather than the last one kept (`{"dry_run": true, "dry_run": false}` would run the
+/// action while the first reader of the body saw a dry run). `None`: not an object.
+struct UniqueKeys(Option<Map<String, Value>>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut out = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: Value = map.next_value()?;
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "{}: given twice",
+                            shown(&key)
+                        )));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(UniqueKeys(Some(out)))
+            }
+            // Anything else is read (so it is valid JSON) and refused as not an object.
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(UniqueKeys(None))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 

@@ -118,6 +118,40 @@ async fn drift_prices(sb: &str, n: usize) -> Vec<String> {
     changed
 }
 
+/// A synced world of 30 products, 12 of whose Items then had their price changed in
+/// QuickBooks, and the engine (its config edited by `edit`) seeing the 12 as drift.
+struct Drifted {
+    sb: syncctl::sandbox::SandboxServer,
+    sb_url: String,
+    dir: tempfile::TempDir,
+    engine: syncctl::app::Served,
+    base: String,
+}
+
+async fn twelve_drifted(edit: impl FnOnce(&mut Config)) -> Drifted {
+    let sb = common::sandbox(30, 29).await;
+    let sb_url = sb.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sb);
+    edit(&mut cfg);
+    let engine = common::engine(cfg, dir.path()).await;
+    let base = format!("http://{}", engine.server_addr);
+    common::until_idle(&engine, 30).await;
+    reconciliation_until(&base, "both sides to agree", |v| {
+        v["ready"] == true && v["drifted"]["count"] == 0
+    })
+    .await;
+    drift_prices(&sb_url, 12).await;
+    reconciliation_until(&base, "12 drifted Items", |v| v["drifted"]["count"] == 12).await;
+    Drifted {
+        sb,
+        sb_url,
+        dir,
+        engine,
+        base,
+    }
+}
+
 async fn ctl(url: &str, args: &[&str]) -> (i32, String, String) {
     let mut all: Vec<String> = ["ctl", "--url", url, "--token", OPS]
         .iter()
@@ -260,22 +294,18 @@ async fn resync_drifted_previews_the_calls_it_then_makes_and_its_dry_run_changes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_failed_jobs_previews_the_calls_it_then_makes_and_a_forced_open_circuit_holds_them() {
-    let sb = common::sandbox(30, 29).await;
-    let sb_url = sb.base_url();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&sb);
-    cfg.catalog.max_attempts = 1;
-    cfg.quickbooks.breaker.minimum_calls = 10_000;
-    cfg.quickbooks.breaker.consecutive_failures = 0;
-    let mut engine = common::engine(cfg, dir.path()).await;
-    let base = format!("http://{}", engine.server_addr);
-    common::until_idle(&engine, 30).await;
-    reconciliation_until(&base, "both sides to agree", |v| {
-        v["ready"] == true && v["drifted"]["count"] == 0
+    let Drifted {
+        sb: _sb,
+        sb_url,
+        dir: _dir,
+        mut engine,
+        base,
+    } = twelve_drifted(|cfg| {
+        cfg.catalog.max_attempts = 1;
+        cfg.quickbooks.breaker.minimum_calls = 10_000;
+        cfg.quickbooks.breaker.consecutive_failures = 0;
     })
     .await;
-    drift_prices(&sb_url, 12).await;
-    reconciliation_until(&base, "12 drifted Items", |v| v["drifted"]["count"] == 12).await;
     // QuickBooks fails every call while they are written: 12 jobs fail.
     common::faults(&sb_url, json!({"service": "quickbooks", "error_rate": 1.0})).await;
     let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted", None).await;
@@ -677,20 +707,13 @@ async fn retry_failed_invoices_previews_the_alegra_calls_it_then_makes() {
 /// to count the calls as if they would simply be made).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_circuit_that_opened_on_failures_previews_why_it_opened() {
-    let sb = common::sandbox(30, 29).await;
-    let sb_url = sb.base_url();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&sb);
-    cfg.quickbooks.breaker.consecutive_failures = 3;
-    let mut engine = common::engine(cfg, dir.path()).await;
-    let base = format!("http://{}", engine.server_addr);
-    common::until_idle(&engine, 30).await;
-    reconciliation_until(&base, "both sides to agree", |v| {
-        v["ready"] == true && v["drifted"]["count"] == 0
-    })
-    .await;
-    drift_prices(&sb_url, 12).await;
-    reconciliation_until(&base, "12 drifted Items", |v| v["drifted"]["count"] == 12).await;
+    let Drifted {
+        sb: _sb,
+        sb_url,
+        dir: _dir,
+        mut engine,
+        base,
+    } = twelve_drifted(|cfg| cfg.quickbooks.breaker.consecutive_failures = 3).await;
     common::faults(&sb_url, json!({"service": "quickbooks", "outage": true})).await;
     let (s, v) = api(&base, "POST", "/api/v1/reconciliation/resync-drifted", None).await;
     assert_eq!(s, 200, "{v}");

@@ -381,10 +381,15 @@ impl Catalog {
             settings.page_size,
             Duration::from_secs(2),
         );
+        // A shared queue's counts are read before the first snapshot needs them.
+        let shared_counts = match queue.is_shared() {
+            true => Some(queue.catalog_counts(JOB_KIND).await?),
+            false => None,
+        };
         Ok(Self {
             store,
             queue,
-            shared_counts: Mutex::new(None),
+            shared_counts: Mutex::new(shared_counts),
             stripe,
             qb,
             settings,

@@ -390,14 +390,19 @@ impl Catalog {
                     continue;
                 };
                 let pid = p.desired.sku.clone();
+                // On a shared queue the pending create may be another engine's (which
+                // died before recording its answer): this index may never have seen the
+                // Item, and may hold its name reserved for another product. Only the
+                // replay tells.
                 if let Some(pending) = pending_name(&p.m)
                     && !idx.by_sku.contains_key(&pid)
-                    && ![
-                        p.desired.name.clone(),
-                        item::disambiguated_name(&p.desired.name, &pid),
-                    ]
-                    .iter()
-                    .any(|n| n.to_lowercase() == pending.to_lowercase())
+                    && (self.queue.is_shared()
+                        || ![
+                            p.desired.name.clone(),
+                            item::disambiguated_name(&p.desired.name, &pid),
+                        ]
+                        .iter()
+                        .any(|n| n.to_lowercase() == pending.to_lowercase()))
                 {
                     // A create of another name may have landed unheard (its batch's
                     // answer lost, then the product renamed): only its replay, one

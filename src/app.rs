@@ -299,6 +299,7 @@ pub async fn start_demo(
             mode: Mode::Sandbox,
             server_addr: None,
             fresh_store,
+            company: "default".into(),
         },
         engine_listener,
     )

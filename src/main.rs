@@ -809,6 +809,7 @@ async fn start_live(
             mode: Mode::Live,
             server_addr: None,
             fresh_store,
+            company: "default".into(),
         },
         listener,
     )

@@ -49,13 +49,14 @@ impl Db {
         })
     }
 
-    /// A handle whose leases are `owner`'s, reading time from `clock`.
+    /// A handle whose leases are `owner`'s, reading time from `clock`, on the one
+    /// company of a single-company config ("default").
     async fn open(&self, owner: &str, clock: &WallClock) -> JobQueue {
         match self {
             Db::Sqlite(dir) => JobQueue::sqlite(Store::open(dir.path()).unwrap(), clock.clone()),
-            Db::Postgres { url, .. } => {
-                JobQueue::postgres(url, owner, clock.clone()).await.unwrap()
-            }
+            Db::Postgres { url, .. } => JobQueue::postgres(url, owner, "default", clock.clone())
+                .await
+                .unwrap(),
         }
     }
 }
@@ -502,7 +503,7 @@ async fn migrations_are_versioned_and_applied_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2, 3]);
     // A database from a newer syncctl is refused, not downgraded.
     client
         .execute(
@@ -511,43 +512,11 @@ async fn migrations_are_versioned_and_applied_once() {
         )
         .await
         .unwrap();
-    let err = JobQueue::postgres(url, "d", clock).await.err().unwrap();
+    let err = JobQueue::postgres(url, "d", "default", clock)
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("newer than this syncctl"), "{err}");
-}
-
-/// A loopback proxy in front of the server that counts what clients send: each read
-/// from a client is one flight of messages, i.e. one round trip of a request/answer
-/// protocol whose client waits for each answer.
-async fn counting_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap().port();
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut sr, &mut cw).await;
-            });
-        }
-    });
-    (local, sent)
 }
 
 #[tokio::test]
@@ -555,9 +524,9 @@ async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
     use std::sync::atomic::Ordering;
     let Some(server) = pg::server() else { return };
     let url = server.database();
-    let (proxy, sent) = counting_proxy(server.port()).await;
+    let (proxy, sent) = pg::counting_proxy(server.port()).await;
     let via_proxy = url.replace(&format!(":{}/", server.port()), &format!(":{proxy}/"));
-    let q = JobQueue::postgres(&via_proxy, "box-a", WallClock::default())
+    let q = JobQueue::postgres(&via_proxy, "box-a", "default", WallClock::default())
         .await
         .unwrap();
     let keys: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
@@ -651,4 +620,50 @@ fn the_throwaway_server_is_stopped_and_removed_on_drop_and_on_panic() {
     let (dir, port) = started.into_inner().unwrap().unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[tokio::test]
+async fn two_companies_on_one_database_never_see_each_others_jobs() {
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let clock = WallClock::default();
+    let co1 = JobQueue::postgres(&url, "box-a", "co1", clock.clone())
+        .await
+        .unwrap();
+    let co2 = JobQueue::postgres(&url, "box-a", "co2", clock.clone())
+        .await
+        .unwrap();
+    // The same product id, event id and cursor name in both companies: two of each.
+    let ev = Some(("evt_1", "product.updated", "webhook"));
+    assert!(
+        co1.ingest(&[job("p1", "co1", 1)], Some(("c", "one")), ev)
+            .await
+            .unwrap()
+    );
+    assert!(
+        co2.ingest(&[job("p1", "co2", 1)], Some(("c", "two")), ev)
+            .await
+            .unwrap(),
+        "an event id of one company is not a duplicate in another"
+    );
+    co2.ingest(&[job("p2", "co2", 1)], None, None)
+        .await
+        .unwrap();
+    assert_eq!(co1.cursor("c").await.unwrap().as_deref(), Some("one"));
+    assert_eq!(co2.cursor("c").await.unwrap().as_deref(), Some("two"));
+    assert_eq!(co1.counts(KIND).await.unwrap().queued, 1);
+    assert_eq!(co2.counts(KIND).await.unwrap().keys_seen, 2);
+    // Each claims its own: co1's p1 being worked on does not hold co2's p1 back.
+    let one = co1.claim(KIND, 10, LEASE).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].payload.as_deref(), Some("co1"));
+    let two = co2.claim(KIND, 10, LEASE).await.unwrap();
+    let got: Vec<_> = two.iter().map(|j| j.payload.as_deref()).collect();
+    assert_eq!(got, [Some("co2"), Some("co2")]);
+    // Leases that run out go back to their own company's queue only.
+    clock.advance(LEASE + 1);
+    assert_eq!(co1.claim(KIND, 10, LEASE).await.unwrap().len(), 1);
+    assert_eq!(co2.counts(KIND).await.unwrap().in_flight, 2);
+    assert_eq!(co1.unfinished(KIND).await.unwrap(), 1);
+    assert_eq!(co2.unfinished(KIND).await.unwrap(), 2);
 }

@@ -30,6 +30,7 @@ use super::item::{self, DesiredItem};
 use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
 use crate::resilience::autoscale::{AutoscaleConfig, Autoscaler, BatchSizer, Decision, Sample};
+use crate::store::queue::{JobQueue, QueueError};
 use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
 use crate::telemetry::cache::Cache;
 
@@ -250,8 +251,21 @@ impl From<crate::store::SqlError> for JobError {
     }
 }
 
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        JobError::Transient(format!("store: {e}"), None)
+    }
+}
+
 pub struct Catalog {
+    /// This box's store: audit, invoices, tokens, limiter state, the pause.
     pub store: Store,
+    /// The jobs, cursors and Item mappings: the store's own (SQLite), or shared by the
+    /// engines of several boxes (Postgres, `store.url`).
+    pub queue: JobQueue,
+    /// On a shared queue, its counts as last read (the snapshot and the auto-scaler
+    /// read them synchronously; [`Catalog::counts_loop`] refreshes them).
+    shared_counts: Mutex<Option<crate::protocol::CatalogCounts>>,
     stripe: StripeClient,
     qb: QuickBooksClient,
     settings: CatalogSettings,
@@ -322,8 +336,9 @@ pub fn job_for_event(kind: &str, created: i64, object: &Value) -> Option<EventJo
 }
 
 impl Catalog {
-    pub fn new(
+    pub async fn new(
         store: Store,
+        queue: JobQueue,
         stripe: StripeClient,
         qb: QuickBooksClient,
         settings: CatalogSettings,
@@ -331,13 +346,14 @@ impl Catalog {
         let settings_cache = (settings.cache_max_entries, settings.cache_ttl_ms);
         // Kept until a full sync completes, so a start cut short keeps adopting by Sku.
         let store_has_no_mapping =
-            store.mapping_count()? == 0 || store.meta(ADOPT_BY_SKU)?.as_deref() == Some("1");
+            queue.mapping_count().await? == 0 || store.meta(ADOPT_BY_SKU)?.as_deref() == Some("1");
         if store_has_no_mapping {
             store.set_meta(ADOPT_BY_SKU, "1")?;
         }
         let paused = store.cursor(PAUSED_CURSOR)?.as_deref() == Some("true");
-        let full = store
-            .cursor(FULL_SYNC_CURSOR)?
+        let full = queue
+            .cursor(FULL_SYNC_CURSOR)
+            .await?
             .and_then(|v| serde_json::from_str(&v).ok())
             .unwrap_or_default();
         let metrics = CatalogMetrics {
@@ -365,8 +381,15 @@ impl Catalog {
             settings.page_size,
             Duration::from_secs(2),
         );
+        // A shared queue's counts are read before the first snapshot needs them.
+        let shared_counts = match queue.is_shared() {
+            true => Some(queue.catalog_counts(JOB_KIND).await?),
+            false => None,
+        };
         Ok(Self {
             store,
+            queue,
+            shared_counts: Mutex::new(shared_counts),
             stripe,
             qb,
             settings,
@@ -484,7 +507,7 @@ impl Catalog {
             },
             completed: done,
             busy: busy_ns as f64 / 1e9 / elapsed,
-            queued: self.store.queued(JOB_KIND).unwrap_or(0),
+            queued: self.queued_now(),
             throttled: now.throttled - last.throttled,
             timeouts: now.timeouts - last.timeouts,
             answered,
@@ -625,6 +648,19 @@ impl Catalog {
         object: &Value,
         via: &str,
     ) -> anyhow::Result<Ingested> {
+        self.queue
+            .block_on(self.take_event(id, kind, created, object, via))
+    }
+
+    /// [`Catalog::ingest_event`] from async code.
+    pub async fn take_event(
+        &self,
+        id: &str,
+        kind: &str,
+        created: i64,
+        object: &Value,
+        via: &str,
+    ) -> anyhow::Result<Ingested> {
         if kind == "invoice.paid"
             && let Some(c) = self.invoices.get()
         {
@@ -640,7 +676,10 @@ impl Catalog {
                 version: j.version,
             })
             .collect();
-        let new = self.store.ingest(&jobs, None, Some((id, kind, via)))?;
+        let new = self
+            .queue
+            .ingest(&jobs, None, Some((id, kind, via)))
+            .await?;
         if !new {
             return Ok(Ingested::Duplicate);
         }
@@ -686,8 +725,8 @@ impl Catalog {
         let previous = state.clone();
         let fresh = crate::protocol::FullSyncState::default();
         let value = serde_json::to_string(&fresh).unwrap_or_default();
-        self.store
-            .set_cursor(FULL_SYNC_CURSOR, &value)
+        self.queue
+            .block_on(self.queue.set_cursor(FULL_SYNC_CURSOR, &value))
             .map_err(|e| format!("the store: {e}"))?;
         *state = fresh;
         drop(state);
@@ -697,15 +736,17 @@ impl Catalog {
 
     /// Products whose job failed past its last attempt (and is not queued again).
     pub fn failed_jobs(&self) -> Vec<String> {
-        self.store.failed_job_keys(JOB_KIND).unwrap_or_default()
+        self.queue
+            .block_on(self.queue.failed_job_keys(JOB_KIND))
+            .unwrap_or_default()
     }
 
     /// An operator's retry of failed jobs: one product's, or every one (`None`); they go
     /// back to the queue with fresh attempts. The products re-queued.
     pub fn retry_failed_jobs(&self, key: Option<&str>) -> Result<Vec<String>, String> {
         let keys = self
-            .store
-            .requeue_failed(JOB_KIND, key)
+            .queue
+            .block_on(self.queue.requeue_failed(JOB_KIND, key))
             .map_err(|e| format!("the store: {e}"))?;
         if !keys.is_empty() {
             self.work.notify_waiters();
@@ -755,7 +796,7 @@ impl Catalog {
             let limit = (self.settings.page_size as u64 * 4).max(100);
             loop {
                 let progressed = self.progress.notified();
-                let queued = self.store.queued(JOB_KIND).unwrap_or(0);
+                let queued = self.queued().await;
                 if queued < limit {
                     break;
                 }
@@ -832,8 +873,9 @@ impl Catalog {
             next.done = !page.has_more;
             let value = serde_json::to_string(&next).unwrap_or_default();
             if let Err(e) = self
-                .store
+                .queue
                 .ingest(&jobs, Some((FULL_SYNC_CURSOR, &value)), None)
+                .await
             {
                 self.metrics.error("full sync", &format!("store: {e}"));
                 tokio::select! {
@@ -869,7 +911,7 @@ impl Catalog {
         }
         loop {
             // A failed job is a product not yet created: retried, it must still adopt.
-            let left = self.store.unfinished(JOB_KIND).unwrap_or(1)
+            let left = self.queue.unfinished(JOB_KIND).await.unwrap_or(1)
                 + self.metrics.in_flight.load(Ordering::Relaxed) as u64;
             if left == 0 {
                 let _ = self.store.set_meta(ADOPT_BY_SKU, "0");
@@ -886,7 +928,7 @@ impl Catalog {
     /// The reconciliation reads events after the checkpoint; set it before listing so
     /// nothing that changes during the full sync is missed.
     async fn ensure_events_checkpoint(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        if self.store.cursor(EVENTS_CURSOR)?.is_some() {
+        if self.queue.cursor(EVENTS_CURSOR).await?.is_some() {
             return Ok(());
         }
         let page = tokio::select! {
@@ -894,7 +936,7 @@ impl Catalog {
             p = self.stripe.list_events(&Cursor::Start, 1) => p?,
         };
         let newest = page.data.first().map(|e| e.id.clone()).unwrap_or_default();
-        self.store.set_cursor(EVENTS_CURSOR, &newest)?;
+        self.queue.set_cursor(EVENTS_CURSOR, &newest).await?;
         Ok(())
     }
 
@@ -934,7 +976,7 @@ impl Catalog {
 
     /// One pass over new events; returns how many were not seen before.
     pub async fn reconcile_once(&self) -> anyhow::Result<usize> {
-        let Some(checkpoint) = self.store.cursor(EVENTS_CURSOR)? else {
+        let Some(checkpoint) = self.queue.cursor(EVENTS_CURSOR).await? else {
             return Ok(0);
         };
         let mut fresh = 0;
@@ -954,7 +996,7 @@ impl Catalog {
                 }
             }
             for e in all.iter().rev() {
-                fresh += self.ingest_reconciled(e)? as usize;
+                fresh += self.ingest_reconciled(e).await? as usize;
             }
             return Ok(fresh);
         }
@@ -971,11 +1013,10 @@ impl Catalog {
                 }) if code == "resource_missing" => {
                     // The checkpoint fell out of Stripe's 30-day window: start again from now.
                     tracing::warn!("events checkpoint expired; resetting to the newest event");
-                    self.store.set_cursor(EVENTS_CURSOR, "")?;
-                    self.store.set_cursor(EVENTS_CURSOR, &{
-                        let p = self.stripe.list_events(&Cursor::Start, 1).await?;
-                        p.data.first().map(|e| e.id.clone()).unwrap_or_default()
-                    })?;
+                    self.queue.set_cursor(EVENTS_CURSOR, "").await?;
+                    let p = self.stripe.list_events(&Cursor::Start, 1).await?;
+                    let newest = p.data.first().map(|e| e.id.clone()).unwrap_or_default();
+                    self.queue.set_cursor(EVENTS_CURSOR, &newest).await?;
                     return Ok(fresh);
                 }
                 Err(e) => return Err(e.into()),
@@ -984,7 +1025,7 @@ impl Catalog {
                 return Ok(fresh);
             }
             for e in page.data.iter().rev() {
-                fresh += self.ingest_reconciled(e)? as usize;
+                fresh += self.ingest_reconciled(e).await? as usize;
             }
             cursor = page.data[0].id.clone();
             if !page.has_more {
@@ -995,10 +1036,104 @@ impl Catalog {
 
     /// One event read back: taken like a webhook's, then the checkpoint moves past it
     /// (an event that could not be stored stops the pass where it is).
-    fn ingest_reconciled(&self, e: &crate::connectors::stripe::Event) -> anyhow::Result<bool> {
-        let got = self.ingest_event(&e.id, &e.kind, e.created, &e.data.object, "reconcile")?;
-        self.store.set_cursor(EVENTS_CURSOR, &e.id)?;
+    async fn ingest_reconciled(
+        &self,
+        e: &crate::connectors::stripe::Event,
+    ) -> anyhow::Result<bool> {
+        let got = self
+            .take_event(&e.id, &e.kind, e.created, &e.data.object, "reconcile")
+            .await?;
+        self.queue.set_cursor(EVENTS_CURSOR, &e.id).await?;
         Ok(got.is_new())
+    }
+
+    /// Jobs waiting to be claimed, read synchronously: the store's counter, or on a
+    /// shared queue its count as last read.
+    fn queued_now(&self) -> u64 {
+        match self.queue.is_shared() {
+            false => self.store.queued(JOB_KIND).unwrap_or(0),
+            true => self
+                .shared_counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or(0, |c| c.queued),
+        }
+    }
+
+    /// Jobs waiting to be claimed.
+    async fn queued(&self) -> u64 {
+        match self.queue.is_shared() {
+            false => self.store.queued(JOB_KIND).unwrap_or(0),
+            true => self.queue.counts(JOB_KIND).await.map_or(0, |c| c.queued),
+        }
+    }
+
+    /// The catalog's counts for the snapshot: the store's (SQLite), or the shared
+    /// queue's as last read by [`Catalog::counts_loop`] (an error until the first read).
+    pub fn counts(&self) -> anyhow::Result<crate::protocol::CatalogCounts> {
+        match self.queue.is_shared() {
+            false => Ok(self.store.catalog_counts()?),
+            true => self
+                .shared_counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("the shared store's counts are not read yet")),
+        }
+    }
+
+    /// On a shared queue: reads its counts once a second for [`Catalog::counts`]
+    /// (a read fails: the last ones stay, the error is counted).
+    pub async fn counts_loop(&self, cancel: CancellationToken) {
+        if !self.queue.is_shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.queue.catalog_counts(JOB_KIND).await {
+                Ok(c) => {
+                    *self.shared_counts.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                }
+                Err(e) => self.metrics.error("store", &e.to_string()),
+            }
+        }
+    }
+
+    /// Runs `work` on claimed `jobs`; on a shared queue their leases are extended every
+    /// third of a lease meanwhile (another box takes a job only once its lease ran
+    /// out: a box that died). A job whose lease was lost anyway is not ended by this
+    /// box (its finish is refused).
+    async fn heartbeating<T>(&self, jobs: &[Job], work: impl std::future::Future<Output = T>) -> T {
+        if !self.queue.is_shared() {
+            return work.await;
+        }
+        let lease = self.settings.lease_ms;
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let every = Duration::from_millis((lease / 3).max(100) as u64);
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.queue.heartbeat(&ids, lease).await {
+                Ok(held) if held.len() < ids.len() => {
+                    let lost = ids.len() - held.len();
+                    self.metrics.error(
+                        "catalog",
+                        &format!("{lost} job lease(s) ran out and went to another engine"),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => self.metrics.error("store", &format!("heartbeat: {e}")),
+            }
+        }
     }
 
     /// Workers the target allows that have no group in hand or waiting for them.
@@ -1046,25 +1181,41 @@ impl Catalog {
                 .max(1);
             // After an empty claim, nothing claimable yet: wait until something is (or
             // work arrives) without taking the write lock (an idle engine only reads).
-            let wait = match idle.then(|| self.store.next_claimable(JOB_KIND)) {
-                Some(Ok(Some(at))) => Duration::from_millis((at - now_ms()).max(0) as u64),
+            // Another box's new work wakes this one too (a shared queue).
+            let wakes = self.queue.wakes_seen();
+            let next = match idle {
+                true => Some(self.queue.next_claimable(JOB_KIND).await),
+                false => None,
+            };
+            let wait = match next {
+                Some(Ok(Some(at))) => {
+                    Duration::from_millis((at - self.queue.clock().now_ms()).max(0) as u64)
+                }
                 Some(Ok(None)) => IDLE_LOOK_EVERY,
                 _ => Duration::ZERO,
             };
             if !wait.is_zero() {
+                let wait = wait.min(IDLE_LOOK_EVERY);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = notified => {}
-                    _ = tokio::time::sleep(wait.min(IDLE_LOOK_EVERY)) => {}
+                    _ = self.queue.wait_for_work(wakes, wait), if self.queue.is_shared() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
             let limit = (per * room).min(CLAIM_MAX);
-            let store = self.store.clone();
             let lease = self.settings.lease_ms;
             let asked = tokio::time::Instant::now();
-            let claimed =
-                tokio::task::spawn_blocking(move || store.claim(JOB_KIND, limit, lease)).await;
+            let claimed = match self.queue.is_shared() {
+                true => Ok(self.queue.claim(JOB_KIND, limit, lease).await),
+                // The embedded store's claim off the runtime's threads, as it always was.
+                false => {
+                    let q = self.queue.clone();
+                    tokio::task::spawn_blocking(move || q.block_on(q.claim(JOB_KIND, limit, lease)))
+                        .await
+                }
+            };
             if matches!(&claimed, Ok(Ok(jobs)) if jobs.len() == limit) {
                 // A full claim: grow while claiming stays quick.
                 self.claim_batch
@@ -1103,7 +1254,7 @@ impl Catalog {
     }
 
     /// Groups claimed but not taken go back to the queue untouched (a worker stopping).
-    fn release_waiting_groups(&self) {
+    async fn release_waiting_groups(&self) {
         let groups: Vec<Vec<Job>> = self
             .groups
             .lock()
@@ -1111,7 +1262,7 @@ impl Catalog {
             .drain(..)
             .collect();
         for job in groups.iter().flatten() {
-            let _ = self.store.release(job.id);
+            let _ = self.queue.release(job.id).await;
         }
     }
 
@@ -1122,7 +1273,7 @@ impl Catalog {
         let mut target = self.target.subscribe();
         loop {
             if cancel.is_cancelled() {
-                self.release_waiting_groups();
+                self.release_waiting_groups().await;
                 return;
             }
             // Workers above the auto-scaler's target wait until it grows.
@@ -1158,7 +1309,7 @@ impl Catalog {
                 cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open;
             if stop {
                 for job in &jobs {
-                    let _ = self.store.release(job.id);
+                    let _ = self.queue.release(job.id).await;
                 }
                 self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
                 self.progress.notify_waiters();
@@ -1169,8 +1320,10 @@ impl Catalog {
             // One trace per claim: its requests carry it, its audit lines record it.
             crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
-                let (results, waited) =
-                    crate::resilience::measuring_permit_wait(self.process_group(&jobs)).await;
+                let (results, waited) = crate::resilience::measuring_permit_wait(
+                    self.heartbeating(&jobs, self.process_group(&jobs)),
+                )
+                .await;
                 // Each job is charged its share of the time the group took, and of the
                 // time it waited for limiter permits.
                 let share = started.elapsed() / n.max(1) as u32;
@@ -1193,7 +1346,7 @@ impl Catalog {
                         }
                         Err(e) => {
                             self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                            self.finish_failed(job, e);
+                            self.finish_failed(job, e).await;
                         }
                     }
                 }
@@ -1216,22 +1369,22 @@ impl Catalog {
             .iter()
             .filter_map(|f| f.audit.as_ref().map(|a| a.1.clone()))
             .collect();
-        let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || store.finish_jobs(finished)).await;
+        let r = self.queue.finish_jobs(finished).await;
         self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
         match r {
-            Ok(Ok(())) => {
+            Ok(ended) => {
+                // (On a shared queue, a job whose lease ran out is another box's now:
+                // not counted here.)
                 self.metrics
                     .completed
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                    .fetch_add(ended as u64, Ordering::Relaxed);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 // The writes happened but were not recorded: the jobs stay leased and
                 // are retried after their lease; the retry finds the Items.
                 let entity = entities.first().map_or("catalog", String::as_str);
                 self.metrics.error(entity, &format!("store: {e}"));
             }
-            Err(e) => self.metrics.error("catalog", &format!("store: {e}")),
         }
     }
 
@@ -1241,8 +1394,23 @@ impl Catalog {
     async fn process_group(&self, jobs: &[Job]) -> Vec<JobResult> {
         let mut results: Vec<Option<JobResult>> = jobs.iter().map(|_| None).collect();
         let mut plans = Vec::new();
+        // The group's mappings in one read (a job's key is its product id).
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let mut mappings: HashMap<String, ItemMapping> = match self.queue.mappings(&keys).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|m| (m.product_id.clone(), m))
+                .collect(),
+            Err(e) => {
+                let msg = format!("store: {e}");
+                return jobs
+                    .iter()
+                    .map(|_| Err(JobError::Transient(msg.clone(), None)))
+                    .collect();
+            }
+        };
         for (i, job) in jobs.iter().enumerate() {
-            match self.prepare(job).await {
+            match self.prepare(job, mappings.remove(&job.key)).await {
                 Ok(Step::Done(outcome, mapping)) => results[i] = Some(Ok((outcome, mapping))),
                 Ok(Step::Write(plan)) => plans.push((i, plan)),
                 Err(e) => results[i] = Some(Err(e)),
@@ -1268,21 +1436,23 @@ impl Catalog {
 
     /// A job that did not finish: retried later, failed, deferred or rejected (each
     /// written on its own: these are the few).
-    fn finish_failed(&self, job: &Job, error: JobError) {
+    async fn finish_failed(&self, job: &Job, error: JobError) {
         let entity = job.key.as_str();
         match error {
             JobError::Transient(msg, wait) => {
                 let attempt = job.attempts.max(1);
                 let backoff = wait.unwrap_or_else(|| backoff(attempt, job.id));
-                let failed = self
-                    .store
-                    .retry_later(
-                        job.id,
-                        &msg,
-                        backoff.as_millis() as i64,
-                        self.settings.max_attempts,
-                    )
-                    .unwrap_or(false);
+                let failed = matches!(
+                    self.queue
+                        .retry_later(
+                            job.id,
+                            &msg,
+                            backoff.as_millis() as i64,
+                            self.settings.max_attempts,
+                        )
+                        .await,
+                    Ok(crate::store::queue::Retry::Failed)
+                );
                 self.metrics.error(entity, &msg);
                 if failed {
                     let _ = self.store.audit(
@@ -1295,15 +1465,20 @@ impl Catalog {
             }
             JobError::Deferred(msg, wait) => {
                 self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.store.defer(job.id, &msg, wait.as_millis() as i64) {
+                if let Err(e) = self
+                    .queue
+                    .defer(job.id, &msg, wait.as_millis() as i64)
+                    .await
+                {
                     self.metrics.error(entity, &format!("store: {e}"));
                 }
             }
             JobError::Permanent(reason) => {
-                let _ = self.store.reject(job.id, &reason);
+                let _ = self.queue.reject(job.id, &reason).await;
                 let mut m = self
-                    .store
+                    .queue
                     .mapping(entity)
+                    .await
                     .ok()
                     .flatten()
                     .unwrap_or_else(|| ItemMapping {
@@ -1312,7 +1487,7 @@ impl Catalog {
                     });
                 m.status = "rejected".into();
                 m.reason = Some(reason.clone());
-                let _ = self.store.save_mapping(&m);
+                let _ = self.queue.save_mapping(&m).await;
                 self.metrics.error(entity, &reason);
                 let _ = self.store.audit("rejected", entity, "engine", &reason);
             }
@@ -1340,7 +1515,7 @@ impl Catalog {
 
     /// Reads what the job asks for and decides: nothing to write (done), or a plan of
     /// the Item write(s) that bring the product's Item in line.
-    async fn prepare(&self, job: &Job) -> Result<Step, JobError> {
+    async fn prepare(&self, job: &Job, mapping: Option<ItemMapping>) -> Result<Step, JobError> {
         let product: Product = match &job.payload {
             Some(p) => serde_json::from_str(p)
                 .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?,
@@ -1356,23 +1531,30 @@ impl Catalog {
             Some(PriceRef::Id(id)) => Some(self.price(id).await?),
             _ => None,
         };
-        self.decide(&product, price.as_ref())
+        // A product read by the worker is the job's key.
+        let mapping = match product.id == job.key {
+            true => mapping,
+            false => self.queue.mapping(&product.id).await?,
+        };
+        self.decide(&product, price.as_ref(), mapping)
     }
 
     /// What a product as read asks of its Item: nothing (done), or a plan of writes.
     /// The one decision both a job ([`Self::prepare`]) and an impact preview
     /// ([`Self::job_cost`]) make.
-    fn decide(&self, product: &Product, price: Option<&Price>) -> Result<Step, JobError> {
+    fn decide(
+        &self,
+        product: &Product,
+        price: Option<&Price>,
+        mapping: Option<ItemMapping>,
+    ) -> Result<Step, JobError> {
         let desired = DesiredItem::from_product(product, price)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
-        let mut m = self
-            .store
-            .mapping(&product.id)?
-            .unwrap_or_else(|| ItemMapping {
-                product_id: product.id.clone(),
-                status: "new".into(),
-                ..Default::default()
-            });
+        let mut m = mapping.unwrap_or_else(|| ItemMapping {
+            product_id: product.id.clone(),
+            status: "new".into(),
+            ..Default::default()
+        });
         if m.source_updated.is_some_and(|seen| seen > product.updated) {
             // An older version than the one already written (events arrive out of order).
             return Ok(Step::Done(Outcome::Stale, None));
@@ -1440,7 +1622,11 @@ impl Catalog {
             }
             _ => None,
         };
-        let write = match self.decide(&product, price.as_ref()) {
+        let decided = match self.store.mapping(&product.id) {
+            Ok(mapping) => self.decide(&product, price.as_ref(), mapping),
+            Err(e) => Err(e.into()),
+        };
+        let write = match decided {
             Ok(Step::Done(..)) | Err(_) => Write::None,
             Ok(Step::Write(plan)) if plan.m.item_id.is_some() => Write::Update,
             Ok(Step::Write(_)) => Write::Create,
@@ -1475,7 +1661,7 @@ impl Catalog {
                 // An update follows: record the Item first, so a crash in between never
                 // loses it. (A create alone needs no such step: its replay finds it.)
                 p.m.status = "pending".into();
-                self.store.save_mapping(&p.m)?;
+                self.queue.save_mapping(&p.m).await?;
             }
             p.outcome = Some(match how {
                 "created" => Outcome::Created {
@@ -1578,7 +1764,7 @@ impl Catalog {
                     self.remember(&item, pid);
                     let ours = item.sku.as_deref() == Some(pid);
                     let free = item.sku.as_deref().is_none_or(str::is_empty)
-                        && self.store.product_of_item(&item.id)?.is_none();
+                        && self.queue.product_of_item(&item.id).await?.is_none();
                     if ours || free {
                         return Ok((item, "adopted"));
                     }
@@ -1588,8 +1774,9 @@ impl Catalog {
                     .with_name(name.clone())
                     .create_body(&self.settings.income_account);
                 let rid = item::create_request_id(pid, &body);
-                self.store
-                    .mark_create_pending(pid, &rid, &body.to_string())?;
+                self.queue
+                    .mark_creates_pending(&[(pid.to_owned(), rid.clone(), body.to_string())])
+                    .await?;
                 match self.qb.write_item(&body, &rid).await {
                     Ok(item) => {
                         self.remember(&item, pid);

@@ -364,7 +364,7 @@ impl Ctx {
         let targets = resync_targets(&self.reconciler, key)?;
         let n = self
             .reconciler
-            .resync(&targets)
+            .resync(&self.catalog.queue, &targets)
             .map_err(CommandError::unavailable)? as u64;
         let paused = if self.catalog.is_paused() {
             " (the catalog is paused: they wait in the queue)"

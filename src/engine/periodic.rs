@@ -93,6 +93,7 @@ pub(super) async fn limiter_state_loop(
 /// `catalog.done_retention_days` ago, 5 minutes after start and hourly.
 pub(super) async fn audit_retention_loop(
     store: Store,
+    queue: crate::store::queue::JobQueue,
     days: u64,
     done_days: u64,
     cancel: CancellationToken,
@@ -113,9 +114,13 @@ pub(super) async fn audit_retention_loop(
             Ok(Err(e)) => tracing::error!("audit retention: {e}"),
             _ => {}
         }
-        let s = store.clone();
+        let q = queue.clone();
         let cutoff = store.now_ms() - done_days as i64 * 86_400_000;
-        match tokio::task::spawn_blocking(move || s.compact_jobs(cutoff)).await {
+        let compacted = match queue.is_shared() {
+            true => Ok(queue.compact_jobs(cutoff).await),
+            false => tokio::task::spawn_blocking(move || q.block_on(q.compact_jobs(cutoff))).await,
+        };
+        match compacted {
             Ok(Ok(n)) if n > 0 => {
                 tracing::info!(
                     "job retention: {n} jobs finished over {done_days} days ago compacted"

@@ -710,7 +710,7 @@ impl Publisher {
         let compliance = self.compliance_view();
         let completed = self.catalog.metrics.completed.load(Ordering::Relaxed);
         // A store that cannot be read keeps the last counts and says so in health.
-        let counts = match self.catalog.store.catalog_counts() {
+        let counts = match self.catalog.counts() {
             Ok(c) => {
                 self.read_error = None;
                 self.counts = c.clone();

@@ -495,17 +495,21 @@ impl Reconciler {
     /// Writes these products' Items again: each mapping is marked out of line (so the
     /// worker does not trust what it last recorded) and its job queued, in one
     /// transaction per call. Wakes the reconciliation so the fix shows soon.
-    pub fn resync(&self, products: &[String]) -> Result<usize, String> {
+    /// (The mappings and jobs are `queue`'s: the store's own, or shared on Postgres.)
+    pub fn resync(
+        &self,
+        queue: &crate::store::queue::JobQueue,
+        products: &[String],
+    ) -> Result<usize, String> {
         for pid in products {
-            if let Some(mut m) = self
-                .store
-                .mapping(pid)
+            if let Some(mut m) = queue
+                .block_on(queue.mapping(pid))
                 .map_err(|e| format!("the store: {e}"))?
                 && m.synced_hash.is_some()
             {
                 m.synced_hash = None;
-                self.store
-                    .save_mapping(&m)
+                queue
+                    .block_on(queue.save_mapping(&m))
                     .map_err(|e| format!("the store: {e}"))?;
             }
         }
@@ -518,8 +522,8 @@ impl Reconciler {
                 version: 0,
             })
             .collect();
-        self.store
-            .ingest(&jobs, None, None)
+        queue
+            .block_on(queue.ingest(&jobs, None, None))
             .map_err(|e| format!("the store: {e}"))?;
         self.wake.notify_one();
         Ok(products.len())

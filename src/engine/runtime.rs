@@ -21,6 +21,22 @@ use crate::connectors::stripe::StripeClient;
 use crate::resilience::{Downstream, SharedClock};
 use crate::store::{DataDirLock, Store};
 
+/// The name this process's leases carry on a shared store: unique per live process
+/// (host, pid, data dir, start time), so a box never takes another's leases as its own.
+fn lease_owner(data_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{host}:{}:{}:{started:x}",
+        std::process::id(),
+        data_dir.display()
+    )
+}
+
 pub(super) fn required<'a, T>(v: &'a Option<T>, key: &str) -> anyhow::Result<&'a T> {
     v.as_ref()
         .ok_or_else(|| anyhow::anyhow!("config key `{key}` is required"))
@@ -50,7 +66,32 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     let wall_clock = crate::store::WallClock::default();
     let (store, _opened) =
         Store::open_checked(&opts.data_dir, wall_clock.clone(), opts.fresh_store)?;
-    let requeued = store.requeue_leased()?;
+    // The jobs, cursors and Item mappings: in the data dir's store, or shared with the
+    // engines of other boxes on Postgres (`store.url`).
+    let queue = match &opts.config.store.url {
+        // The real clock, as the store's own job calls read it (a test moving the
+        // engine's wall clock moves what it dates, not what falls due).
+        None => {
+            crate::store::queue::JobQueue::sqlite(store.clone(), crate::store::WallClock::default())
+        }
+        Some(url) => {
+            let owner = lease_owner(&opts.data_dir);
+            let q = crate::store::queue::JobQueue::postgres(
+                url.expose(),
+                &owner,
+                &opts.company,
+                wall_clock.clone(),
+            )
+            .await?
+            .with_local(store.clone());
+            tracing::info!(
+                "store: jobs and Item mappings of company {:?} on the shared postgres store (leases as {owner})",
+                opts.company
+            );
+            q
+        }
+    };
+    let requeued = queue.requeue_leased().await?;
     if requeued > 0 {
         tracing::info!("re-queued {requeued} jobs leased by a previous run");
         store.audit(
@@ -180,7 +221,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         qb.clone(),
         super::reconcile::REFRESH_EVERY,
     ));
-    let catalog = Arc::new(Catalog::new(store.clone(), stripe, qb, settings)?);
+    let catalog = Arc::new(Catalog::new(store.clone(), queue.clone(), stripe, qb, settings).await?);
     let cancel = CancellationToken::new();
     let mut numbering_task = None;
     if let Some(c) = &compliance {
@@ -218,8 +259,11 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     {
         let (c, k) = (catalog.clone(), cancel.clone());
         workers.spawn(async move { c.autoscale_loop(k).await });
+        let (c, k) = (catalog.clone(), cancel.clone());
+        workers.spawn(async move { c.counts_loop(k).await });
         workers.spawn(periodic::audit_retention_loop(
             store.clone(),
+            queue.clone(),
             cfg.audit.retention_days,
             cfg.catalog.done_retention_days,
             cancel.clone(),

@@ -672,6 +672,26 @@ impl Store {
         self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)))
     }
 
+    /// Records jobs another store ended (the shared Postgres queue): their audit lines,
+    /// and their mappings mirrored here, in one transaction. No job row is touched.
+    pub fn record_finished(&self, jobs: &[Finished]) -> Result<()> {
+        self.recorded(|| {
+            let mut conn = self.w();
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            for f in jobs {
+                if let Some(m) = &f.mapping {
+                    save_mapping(&tx, m, now)?;
+                }
+                if let Some((kind, entity, actor, message)) = &f.audit {
+                    tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                        .execute(params![now, kind, entity, actor, message, f.trace_id])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Keys of `kind` whose jobs failed past their last attempt, with no later success
     /// and not queued or in flight again: what "retry failed jobs" would touch, oldest
     /// failure first.

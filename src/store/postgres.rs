@@ -12,8 +12,11 @@
 //! move it. Each operation is one statement (server-side functions for the multi-step
 //! ones): one round trip per claim, heartbeat or finish.
 //!
-//! Only the queue lives here so far (jobs, Stripe event ids, cursors); mappings,
-//! invoices, audit, tokens and limiter state are still SQLite's (see `Store`).
+//! Every row carries its company (migration 2): one database serves many companies,
+//! and a handle sees only its own. Here so far: the queue (jobs, Stripe event ids,
+//! cursors) and the catalog's Item mapping, written with the job's finish in one
+//! statement. Invoices, audit, tokens and limiter state are still each box's SQLite
+//! (see `Store`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
-use super::{Job, NewJob};
+use super::{ItemMapping, Job, NewJob};
 
 /// The channel new work is announced on (payload: the job kind).
 const CHANNEL: &str = "syncctl_jobs";
@@ -206,12 +209,209 @@ const MIGRATIONS: &[&str] = &[
         RETURN NULL;
     END $$;
     "#,
+    // 2: every row carries its company (one database, many companies: the same product
+    // id, event id or cursor name in two companies are two rows), in every unique and
+    // partial index, and the claim and ingest take it.
+    r#"
+    ALTER TABLE syncctl.jobs ADD COLUMN company TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE syncctl.jobs ALTER COLUMN company DROP DEFAULT;
+    ALTER TABLE syncctl.job_keys ADD COLUMN company TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE syncctl.job_keys ALTER COLUMN company DROP DEFAULT;
+    ALTER TABLE syncctl.job_keys DROP CONSTRAINT job_keys_pkey, ADD PRIMARY KEY (company, kind, key);
+    ALTER TABLE syncctl.stripe_events ADD COLUMN company TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE syncctl.stripe_events ALTER COLUMN company DROP DEFAULT;
+    ALTER TABLE syncctl.stripe_events DROP CONSTRAINT stripe_events_pkey, ADD PRIMARY KEY (company, id);
+    ALTER TABLE syncctl.cursors ADD COLUMN company TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE syncctl.cursors ALTER COLUMN company DROP DEFAULT;
+    ALTER TABLE syncctl.cursors DROP CONSTRAINT cursors_pkey, ADD PRIMARY KEY (company, name);
+    DROP INDEX syncctl.jobs_one_queued_per_key, syncctl.jobs_one_leased_per_key, syncctl.jobs_due,
+               syncctl.jobs_leases, syncctl.jobs_failed, syncctl.jobs_key_state;
+    CREATE UNIQUE INDEX jobs_one_queued_per_key ON syncctl.jobs(company, kind, key) WHERE state = 'queued';
+    CREATE UNIQUE INDEX jobs_one_leased_per_key ON syncctl.jobs(company, kind, key) WHERE state = 'leased';
+    CREATE INDEX jobs_due ON syncctl.jobs(company, kind, next_attempt_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON syncctl.jobs(company, kind, lease_until) WHERE state = 'leased';
+    CREATE INDEX jobs_failed ON syncctl.jobs(company, kind, key) WHERE state = 'failed';
+    CREATE INDEX jobs_key_state ON syncctl.jobs(company, kind, key, state);
+    DROP FUNCTION syncctl.claim(TEXT, INTEGER, BIGINT, BIGINT, TEXT);
+    DROP FUNCTION syncctl.ingest(BIGINT, TEXT, TEXT, TEXT, TEXT[], TEXT[], TEXT[], BIGINT[], TEXT, TEXT);
+
+    -- As in 1, merging only within the job's own company.
+    CREATE OR REPLACE FUNCTION syncctl.requeue(p_id BIGINT, p_now BIGINT, p_delay BIGINT, p_error TEXT,
+                                               p_refund BOOLEAN, p_owner TEXT) RETURNS BOOLEAN
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE j jobs%ROWTYPE;
+    BEGIN
+        SELECT * INTO j FROM jobs WHERE id = p_id FOR UPDATE;
+        IF NOT FOUND OR (p_owner IS NOT NULL
+                         AND (j.state <> 'leased' OR j.lease_owner IS DISTINCT FROM p_owner)) THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE jobs SET payload = CASE WHEN j.version > version THEN j.payload ELSE payload END,
+                        version = GREATEST(version, j.version), updated_at = p_now
+         WHERE company = j.company AND kind = j.kind AND key = j.key AND state = 'queued' AND id <> p_id;
+        IF NOT FOUND THEN
+            BEGIN
+                UPDATE jobs SET state = 'queued', lease_until = NULL, lease_owner = NULL,
+                       next_attempt_at = p_now + p_delay, last_error = COALESCE(p_error, last_error),
+                       attempts = CASE WHEN p_refund THEN GREATEST(attempts - 1, 0) ELSE attempts END,
+                       updated_at = p_now
+                 WHERE id = p_id;
+                IF p_delay <= 0 THEN
+                    PERFORM pg_notify('syncctl_jobs', j.kind);
+                END IF;
+                RETURN TRUE;
+            EXCEPTION WHEN unique_violation THEN
+                UPDATE jobs SET payload = CASE WHEN j.version > version THEN j.payload ELSE payload END,
+                                version = GREATEST(version, j.version), updated_at = p_now
+                 WHERE company = j.company AND kind = j.kind AND key = j.key AND state = 'queued' AND id <> p_id;
+                IF NOT FOUND THEN
+                    RETURN FALSE;
+                END IF;
+            END;
+        END IF;
+        UPDATE jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
+               last_error = 'merged into a newer job', updated_at = p_now
+         WHERE id = p_id;
+        RETURN TRUE;
+    END $$;
+
+    -- As in 1, within p_company.
+    CREATE FUNCTION syncctl.claim(p_company TEXT, p_kind TEXT, p_limit INTEGER, p_now BIGINT,
+                                  p_lease_ms BIGINT, p_owner TEXT)
+    RETURNS TABLE (id BIGINT, kind TEXT, key TEXT, payload TEXT, attempts INTEGER, idempotency_key TEXT)
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE e BIGINT;
+    BEGIN
+        FOR e IN SELECT x.id FROM jobs x
+                  WHERE x.company = p_company AND x.kind = p_kind AND x.state = 'leased'
+                    AND x.lease_until < p_now
+                  ORDER BY x.lease_until LIMIT 100 FOR UPDATE SKIP LOCKED LOOP
+            PERFORM requeue(e, p_now, 0, 'lease expired', FALSE, NULL);
+        END LOOP;
+        RETURN QUERY
+        UPDATE jobs j SET state = 'leased', lease_until = p_now + p_lease_ms, lease_owner = p_owner,
+               attempts = j.attempts + 1, updated_at = p_now
+         WHERE j.id IN (
+               SELECT q.id FROM jobs q
+                WHERE q.company = p_company AND q.kind = p_kind AND q.state = 'queued'
+                  AND q.next_attempt_at <= p_now
+                  AND NOT EXISTS (SELECT 1 FROM jobs l
+                                   WHERE l.company = q.company AND l.kind = q.kind AND l.key = q.key
+                                     AND l.state = 'leased')
+                ORDER BY q.next_attempt_at, q.id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED)
+        RETURNING j.id, j.kind, j.key, j.payload, j.attempts, j.idempotency_key;
+    END $$;
+
+    -- As in 1, within p_company.
+    CREATE FUNCTION syncctl.ingest(p_company TEXT, p_now BIGINT, p_event_id TEXT, p_event_type TEXT,
+                                   p_via TEXT, p_kinds TEXT[], p_keys TEXT[], p_payloads TEXT[],
+                                   p_versions BIGINT[], p_cursor TEXT, p_cursor_value TEXT)
+    RETURNS BOOLEAN
+    LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
+    DECLARE i INTEGER; k TEXT;
+    BEGIN
+        IF p_event_id IS NOT NULL THEN
+            INSERT INTO stripe_events(company, id, type, received_at, via)
+            VALUES (p_company, p_event_id, p_event_type, p_now, p_via) ON CONFLICT (company, id) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN FALSE;
+            END IF;
+        END IF;
+        FOR i IN 1 .. COALESCE(array_length(p_kinds, 1), 0) LOOP
+            INSERT INTO jobs(company, kind, key, payload, version, state, attempts, next_attempt_at,
+                             idempotency_key, created_at, updated_at)
+            VALUES (p_company, p_kinds[i], p_keys[i], p_payloads[i], p_versions[i], 'queued', 0, p_now,
+                    p_kinds[i] || ':' || p_keys[i], p_now, p_now)
+            ON CONFLICT (company, kind, key) WHERE state = 'queued' DO UPDATE SET
+                payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload
+                               ELSE jobs.payload END,
+                version = GREATEST(excluded.version, jobs.version),
+                updated_at = excluded.updated_at;
+            INSERT INTO job_keys(company, kind, key) VALUES (p_company, p_kinds[i], p_keys[i])
+            ON CONFLICT DO NOTHING;
+        END LOOP;
+        IF p_cursor IS NOT NULL THEN
+            INSERT INTO cursors(company, name, value, updated_at)
+            VALUES (p_company, p_cursor, p_cursor_value, p_now)
+            ON CONFLICT (company, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+        END IF;
+        FOR k IN SELECT DISTINCT unnest(p_kinds) LOOP
+            PERFORM pg_notify('syncctl_jobs', k);
+        END LOOP;
+        RETURN TRUE;
+    END $$;
+    "#,
+    // 3: the Item mapping (Stripe product <-> QuickBooks Item) per company, so every box
+    // sees the Items the others created (and their pending creates, replayed with the
+    // same request id, never made twice). Written with the job's finish in one
+    // statement.
+    r#"
+    CREATE TABLE syncctl.item_map (
+        company TEXT NOT NULL,
+        product_id TEXT NOT NULL,
+        item_id TEXT,
+        sync_token TEXT,
+        item_name TEXT,
+        synced_hash TEXT,
+        source_updated BIGINT,
+        pending_request_id TEXT,
+        pending_body TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        synced_at BIGINT,
+        PRIMARY KEY (company, product_id)
+    );
+    CREATE UNIQUE INDEX item_map_item ON syncctl.item_map(company, item_id) WHERE item_id IS NOT NULL;
+    CREATE INDEX item_map_status ON syncctl.item_map(company, status);
+    "#,
 ];
 
-/// A job (`f`, of kind `$1`) that failed past its last attempt and still stands.
-const FAILED_STILL: &str = "f.kind = $1 AND f.state = 'failed'
-    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
-    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs q WHERE q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
+/// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
+/// any pending create: as SQLite's `save_mapping`.
+const SAVE_MAPPING: &str =
+    "INSERT INTO syncctl.item_map(company, product_id, item_id, sync_token, item_name,
+        synced_hash, source_updated, pending_request_id, pending_body, status, reason, synced_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, $9, $10)
+    ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
+        sync_token = excluded.sync_token, item_name = excluded.item_name,
+        synced_hash = excluded.synced_hash, source_updated = excluded.source_updated,
+        pending_request_id = NULL, pending_body = NULL, status = excluded.status,
+        reason = excluded.reason, synced_at = excluded.synced_at";
+
+/// Ends the jobs this owner still holds and, in the same statement (one transaction),
+/// stores the mappings of those jobs: a job is never done without its mapping, nor a
+/// mapping of a job this box lost written. `$1` company, `$2` owner, `$3` now, `$4` job
+/// ids, `$5..$12` the mappings' columns (a NULL product id: no mapping). The ids ended.
+const FINISH: &str = "WITH done AS (
+        UPDATE syncctl.jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
+               last_error = NULL, updated_at = $3
+         WHERE id = ANY($4) AND company = $1 AND state = 'leased' AND lease_owner = $2
+        RETURNING id),
+     m AS (SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                $9::text[], $10::bigint[], $11::text[], $12::text[])
+                      AS u(job_id, product_id, item_id, sync_token, item_name, synced_hash,
+                           source_updated, status, reason)),
+     saved AS (
+        INSERT INTO syncctl.item_map(company, product_id, item_id, sync_token, item_name,
+               synced_hash, source_updated, pending_request_id, pending_body, status, reason, synced_at)
+        SELECT $1, m.product_id, m.item_id, m.sync_token, m.item_name, m.synced_hash,
+               m.source_updated, NULL, NULL, m.status, m.reason, $3
+          FROM m JOIN done ON done.id = m.job_id WHERE m.product_id IS NOT NULL
+        ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
+            sync_token = excluded.sync_token, item_name = excluded.item_name,
+            synced_hash = excluded.synced_hash, source_updated = excluded.source_updated,
+            pending_request_id = NULL, pending_body = NULL, status = excluded.status,
+            reason = excluded.reason, synced_at = excluded.synced_at
+        RETURNING 1)
+    SELECT id FROM done";
+
+/// A job (`f`, of company `$1` and kind `$2`) that failed past its last attempt and
+/// still stands.
+const FAILED_STILL: &str = "f.company = $1 AND f.kind = $2 AND f.state = 'failed'
+    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.company = f.company AND d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
+    AND NOT EXISTS (SELECT 1 FROM syncctl.jobs q WHERE q.company = f.company AND q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
 
 /// What went wrong talking to Postgres.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +439,8 @@ pub type PgResult<T> = std::result::Result<T, PgError>;
 pub struct PgQueue {
     pool: Pool,
     owner: Arc<str>,
+    /// The company whose rows this handle reads and writes (never another's).
+    company: Arc<str>,
     /// Bumped on each NOTIFY heard (and when the listener reconnects: it may have
     /// missed some); claimers wait on it.
     wakes: watch::Receiver<u64>,
@@ -262,7 +464,7 @@ impl PgQueue {
     /// Connects to `url`, migrates, and listens for new work. `owner` names this
     /// handle's leases: unique per process (a restart under the same name may take back
     /// its leases at once with [`PgQueue::requeue_leased`]).
-    pub async fn connect(url: &str, owner: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, owner: &str, company: &str) -> anyhow::Result<Self> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| anyhow::anyhow!("store.url is not a valid postgres:// URL"))?;
@@ -289,6 +491,7 @@ impl PgQueue {
         Ok(Self {
             pool,
             owner: owner.into(),
+            company: company.into(),
             wakes: rx,
             _listener: Arc::new(AbortOnDrop(task)),
         })
@@ -296,6 +499,10 @@ impl PgQueue {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    pub fn company(&self) -> &str {
+        &self.company
     }
 
     /// How many wake-ups this handle has heard (see [`PgQueue::wait_for_work`]).
@@ -330,7 +537,7 @@ impl PgQueue {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "SELECT syncctl.ingest($1, $2, $3, $4, $5::text[], $6::text[], $7::text[], $8::bigint[], $9, $10)",
+                "SELECT syncctl.ingest($1, $2, $3, $4, $5, $6::text[], $7::text[], $8::text[], $9::bigint[], $10, $11)",
             )
             .await?;
         let kinds: Vec<&str> = jobs.iter().map(|j| j.kind).collect();
@@ -341,6 +548,7 @@ impl PgQueue {
             .query_one(
                 &stmt,
                 &[
+                    &&*self.company,
                     &now_ms,
                     &event.map(|e| e.0),
                     &event.map(|e| e.1),
@@ -366,11 +574,21 @@ impl PgQueue {
     ) -> PgResult<Vec<Job>> {
         let c = self.client().await?;
         let stmt = c
-            .prepare_cached("SELECT * FROM syncctl.claim($1, $2, $3, $4, $5)")
+            .prepare_cached("SELECT * FROM syncctl.claim($1, $2, $3, $4, $5, $6)")
             .await?;
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let rows = c
-            .query(&stmt, &[&kind, &limit, &now_ms, &lease_ms, &&*self.owner])
+            .query(
+                &stmt,
+                &[
+                    &&*self.company,
+                    &kind,
+                    &limit,
+                    &now_ms,
+                    &lease_ms,
+                    &&*self.owner,
+                ],
+            )
             .await?;
         let mut jobs: Vec<Job> = rows
             .iter()
@@ -494,10 +712,12 @@ impl PgQueue {
             .prepare_cached(
                 "SELECT count(*) FILTER (WHERE syncctl.requeue(id, $1, 0, NULL, FALSE, NULL))
                    FROM (SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner = $2
-                          ORDER BY id FOR UPDATE SKIP LOCKED) held",
+                          AND company = $3 ORDER BY id FOR UPDATE SKIP LOCKED) held",
             )
             .await?;
-        let row = c.query_one(&stmt, &[&now_ms, &&*self.owner]).await?;
+        let row = c
+            .query_one(&stmt, &[&now_ms, &&*self.owner, &&*self.company])
+            .await?;
         Ok(row.get::<_, i64>(0).max(0) as usize)
     }
 
@@ -509,7 +729,7 @@ impl PgQueue {
                 "SELECT f.key FROM syncctl.jobs f WHERE {FAILED_STILL} GROUP BY f.key ORDER BY MIN(f.updated_at), f.key"
             ))
             .await?;
-        Ok(c.query(&stmt, &[&kind])
+        Ok(c.query(&stmt, &[&&*self.company, &kind])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -526,16 +746,18 @@ impl PgQueue {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(&format!(
-                "UPDATE syncctl.jobs SET state = 'queued', attempts = 0, next_attempt_at = $3,
+                "UPDATE syncctl.jobs SET state = 'queued', attempts = 0, next_attempt_at = $4,
                         lease_until = NULL, lease_owner = NULL,
                         last_error = 'retried by an operator after: ' || COALESCE(last_error, '?'),
-                        updated_at = $3
+                        updated_at = $4
                   WHERE id IN (SELECT MAX(f.id) FROM syncctl.jobs f WHERE {FAILED_STILL}
-                                 AND ($2::text IS NULL OR f.key = $2) GROUP BY f.key)
+                                 AND ($3::text IS NULL OR f.key = $3) GROUP BY f.key)
                  RETURNING key"
             ))
             .await?;
-        let rows = c.query(&stmt, &[&kind, &key, &now_ms]).await?;
+        let rows = c
+            .query(&stmt, &[&&*self.company, &kind, &key, &now_ms])
+            .await?;
         let mut keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         keys.sort();
         if !keys.is_empty() {
@@ -551,14 +773,14 @@ impl PgQueue {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(&format!(
-                "SELECT (SELECT count(*) FROM syncctl.job_keys WHERE kind = $1),
-                        (SELECT count(*) FROM syncctl.jobs WHERE kind = $1 AND state = 'queued'),
-                        (SELECT count(*) FROM syncctl.jobs WHERE kind = $1 AND state = 'leased'),
+                "SELECT (SELECT count(*) FROM syncctl.job_keys WHERE company = $1 AND kind = $2),
+                        (SELECT count(*) FROM syncctl.jobs WHERE company = $1 AND kind = $2 AND state = 'queued'),
+                        (SELECT count(*) FROM syncctl.jobs WHERE company = $1 AND kind = $2 AND state = 'leased'),
                         (SELECT count(DISTINCT f.key) FROM syncctl.jobs f WHERE {FAILED_STILL}),
-                        (SELECT min(created_at) FROM syncctl.jobs WHERE kind = $1 AND state = 'queued')"
+                        (SELECT min(created_at) FROM syncctl.jobs WHERE company = $1 AND kind = $2 AND state = 'queued')"
             ))
             .await?;
-        let r = c.query_one(&stmt, &[&kind]).await?;
+        let r = c.query_one(&stmt, &[&&*self.company, &kind]).await?;
         let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
         Ok(super::queue::QueueCounts {
             keys_seen: n(0),
@@ -574,12 +796,17 @@ impl PgQueue {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "SELECT count(*) FROM syncctl.jobs j WHERE j.kind = $1 AND (j.state IN ('queued', 'leased')
+                "SELECT count(*) FROM syncctl.jobs j WHERE j.company = $1 AND j.kind = $2
+                   AND (j.state IN ('queued', 'leased')
                    OR (j.state = 'failed' AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d
-                        WHERE d.kind = j.kind AND d.key = j.key AND d.id > j.id AND d.state = 'done')))",
+                        WHERE d.company = j.company AND d.kind = j.kind AND d.key = j.key
+                          AND d.id > j.id AND d.state = 'done')))",
             )
             .await?;
-        Ok(c.query_one(&stmt, &[&kind]).await?.get::<_, i64>(0).max(0) as u64)
+        Ok(c.query_one(&stmt, &[&&*self.company, &kind])
+            .await?
+            .get::<_, i64>(0)
+            .max(0) as u64)
     }
 
     /// Removes jobs done before `before_ms`, and the failed ones a done one among them
@@ -590,13 +817,15 @@ impl PgQueue {
             .prepare_cached(
                 "WITH superseded AS (
                     DELETE FROM syncctl.jobs WHERE id IN (
-                      SELECT f.id FROM syncctl.jobs f WHERE f.state = 'failed'
-                         AND EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.kind = f.kind AND d.key = f.key
+                      SELECT f.id FROM syncctl.jobs f WHERE f.company = $2 AND f.state = 'failed'
+                         AND EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.company = f.company
+                                       AND d.kind = f.kind AND d.key = f.key
                                        AND d.id > f.id AND d.state = 'done' AND d.updated_at < $1)
                        LIMIT 5000) RETURNING 1),
                  finished AS (
                     DELETE FROM syncctl.jobs WHERE id IN (
-                      SELECT id FROM syncctl.jobs WHERE state = 'done' AND updated_at < $1 LIMIT 5000)
+                      SELECT id FROM syncctl.jobs WHERE company = $2 AND state = 'done'
+                         AND updated_at < $1 LIMIT 5000)
                     RETURNING 1)
                  SELECT (SELECT count(*) FROM superseded) + (SELECT count(*) FROM finished)",
             )
@@ -604,7 +833,7 @@ impl PgQueue {
         let mut removed = 0;
         loop {
             let n = c
-                .query_one(&stmt, &[&before_ms])
+                .query_one(&stmt, &[&before_ms, &&*self.company])
                 .await?
                 .get::<_, i64>(0)
                 .max(0) as usize;
@@ -619,20 +848,194 @@ impl PgQueue {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "INSERT INTO syncctl.cursors(name, value, updated_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                "INSERT INTO syncctl.cursors(company, name, value, updated_at) VALUES ($4, $1, $2, $3)
+                 ON CONFLICT (company, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             )
             .await?;
-        c.execute(&stmt, &[&name, &value, &now_ms]).await?;
+        c.execute(&stmt, &[&name, &value, &now_ms, &&*self.company])
+            .await?;
         Ok(())
     }
 
     pub async fn cursor(&self, name: &str) -> PgResult<Option<String>> {
         let c = self.client().await?;
         let stmt = c
-            .prepare_cached("SELECT value FROM syncctl.cursors WHERE name = $1")
+            .prepare_cached("SELECT value FROM syncctl.cursors WHERE company = $2 AND name = $1")
             .await?;
-        Ok(c.query_opt(&stmt, &[&name]).await?.map(|r| r.get(0)))
+        Ok(c.query_opt(&stmt, &[&name, &&*self.company])
+            .await?
+            .map(|r| r.get(0)))
+    }
+}
+
+impl PgQueue {
+    /// The mappings of `product_ids` there are (one round trip for all).
+    pub async fn mappings(&self, product_ids: &[&str]) -> PgResult<Vec<ItemMapping>> {
+        if product_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
+                        pending_request_id, pending_body, status, reason
+                   FROM syncctl.item_map WHERE company = $1 AND product_id = ANY($2)",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&&*self.company, &product_ids]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ItemMapping {
+                product_id: r.get(0),
+                item_id: r.get(1),
+                sync_token: r.get(2),
+                item_name: r.get(3),
+                synced_hash: r.get(4),
+                source_updated: r.get(5),
+                pending_request_id: r.get(6),
+                pending_body: r.get(7),
+                status: r.get(8),
+                reason: r.get(9),
+            })
+            .collect())
+    }
+
+    /// The product an Item is mapped to, if any.
+    pub async fn product_of_item(&self, item_id: &str) -> PgResult<Option<String>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT product_id FROM syncctl.item_map WHERE company = $1 AND item_id = $2",
+            )
+            .await?;
+        Ok(c.query_opt(&stmt, &[&&*self.company, &item_id])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Mappings by status: (all, synced, rejected).
+    pub async fn mapping_counts(&self) -> PgResult<(u64, u64, u64)> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'synced'),
+                        count(*) FILTER (WHERE status = 'rejected')
+                   FROM syncctl.item_map WHERE company = $1",
+            )
+            .await?;
+        let r = c.query_one(&stmt, &[&&*self.company]).await?;
+        let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+        Ok((n(0), n(1), n(2)))
+    }
+
+    /// Records creates about to be sent (product id, request id, body), in one
+    /// statement: a box that dies before the answer leaves them for whoever takes the
+    /// job next, who replays them with the same request id.
+    pub async fn mark_creates_pending(&self, creates: &[(String, String, String)]) -> PgResult<()> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO syncctl.item_map(company, product_id, status, pending_request_id, pending_body)
+                 SELECT $1, u.p, 'pending', u.r, u.b FROM unnest($2::text[], $3::text[], $4::text[]) AS u(p, r, b)
+                 ON CONFLICT (company, product_id) DO UPDATE SET
+                    pending_request_id = excluded.pending_request_id, pending_body = excluded.pending_body",
+            )
+            .await?;
+        let pids: Vec<&str> = creates.iter().map(|c| c.0.as_str()).collect();
+        let rids: Vec<&str> = creates.iter().map(|c| c.1.as_str()).collect();
+        let bodies: Vec<&str> = creates.iter().map(|c| c.2.as_str()).collect();
+        c.execute(&stmt, &[&&*self.company, &pids, &rids, &bodies])
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a mapping, clearing any pending create.
+    pub async fn save_mapping(&self, m: &ItemMapping, now_ms: i64) -> PgResult<()> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(SAVE_MAPPING).await?;
+        c.execute(
+            &stmt,
+            &[
+                &&*self.company,
+                &m.product_id,
+                &m.item_id,
+                &m.sync_token,
+                &m.item_name,
+                &m.synced_hash,
+                &m.source_updated,
+                &m.status,
+                &m.reason,
+                &now_ms,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the jobs this handle still holds, each with its mapping, in one statement;
+    /// the ids ended (a missing one was lost to another box: nothing of it written).
+    pub async fn finish_with(
+        &self,
+        jobs: &[(i64, Option<&ItemMapping>)],
+        now_ms: i64,
+    ) -> PgResult<Vec<i64>> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(FINISH).await?;
+        let ids: Vec<i64> = jobs.iter().map(|j| j.0).collect();
+        let col = |f: fn(&ItemMapping) -> Option<&str>| -> Vec<Option<&str>> {
+            jobs.iter().map(|j| j.1.and_then(f)).collect()
+        };
+        let products = col(|m| Some(m.product_id.as_str()));
+        let items = col(|m| m.item_id.as_deref());
+        let tokens = col(|m| m.sync_token.as_deref());
+        let names = col(|m| m.item_name.as_deref());
+        let hashes = col(|m| m.synced_hash.as_deref());
+        let statuses = col(|m| Some(m.status.as_str()));
+        let reasons = col(|m| m.reason.as_deref());
+        let sources: Vec<Option<i64>> = jobs
+            .iter()
+            .map(|j| j.1.and_then(|m| m.source_updated))
+            .collect();
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &&*self.company,
+                    &&*self.owner,
+                    &now_ms,
+                    &ids,
+                    &products,
+                    &items,
+                    &tokens,
+                    &names,
+                    &hashes,
+                    &sources,
+                    &statuses,
+                    &reasons,
+                ],
+            )
+            .await?;
+        let mut held: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    /// When a job of `kind` can next be claimed (ms), if any: the next queued job
+    /// falling due or the next lease running out.
+    pub async fn next_claimable(&self, kind: &str) -> PgResult<Option<i64>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT LEAST((SELECT min(next_attempt_at) FROM syncctl.jobs
+                                WHERE company = $1 AND kind = $2 AND state = 'queued'),
+                              (SELECT min(lease_until) FROM syncctl.jobs
+                                WHERE company = $1 AND kind = $2 AND state = 'leased'))",
+            )
+            .await?;
+        Ok(c.query_one(&stmt, &[&&*self.company, &kind]).await?.get(0))
     }
 }
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::postgres::{PgError, PgQueue};
-use super::{Job, NewJob, Store, WallClock};
+use super::{Finished, ItemMapping, Job, NewJob, Store, WallClock};
+use crate::protocol::CatalogCounts;
 
 /// What a queue operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum QueueError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Postgres(#[from] PgError),
+    #[error("the store's task ended: {0}")]
+    Task(String),
 }
 
 pub type QueueResult<T> = std::result::Result<T, QueueError>;
@@ -68,7 +71,10 @@ enum Backend {
         store: Store,
         wakes: Arc<watch::Sender<u64>>,
     },
-    Postgres(PgQueue),
+    /// The shared queue and mappings; `local` is this box's SQLite store, where the
+    /// audit lines of finished jobs go and their mappings are mirrored (for what still
+    /// reads them locally: the chain, invoices' Item lines, previews).
+    Postgres { pg: PgQueue, local: Option<Store> },
 }
 
 impl JobQueue {
@@ -83,20 +89,57 @@ impl JobQueue {
         }
     }
 
-    /// A handle on the queue in the Postgres database at `url`, migrating it first;
-    /// `owner` names this handle's leases (unique per process).
-    pub async fn postgres(url: &str, owner: &str, clock: WallClock) -> anyhow::Result<Self> {
+    /// A handle on `company`'s queue in the Postgres database at `url`, migrating it
+    /// first; `owner` names this handle's leases (unique per process). Other companies'
+    /// rows in the same database are never seen through it.
+    pub async fn postgres(
+        url: &str,
+        owner: &str,
+        company: &str,
+        clock: WallClock,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            backend: Backend::Postgres(PgQueue::connect(url, owner).await?),
+            backend: Backend::Postgres {
+                pg: PgQueue::connect(url, owner, company).await?,
+                local: None,
+            },
             clock,
         })
+    }
+
+    /// On Postgres: finished jobs' audit lines are written to `store` (this box's), and
+    /// their mappings mirrored there. (SQLite: the queue's own store does both already.)
+    pub fn with_local(mut self, store: Store) -> Self {
+        if let Backend::Postgres { local, .. } = &mut self.backend {
+            *local = Some(store);
+        }
+        self
+    }
+
+    /// Whether other processes share this queue (Postgres): claims then need heartbeats,
+    /// and wake-ups come from other boxes too.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres { .. })
+    }
+
+    /// Runs a queue operation from synchronous code. SQLite's operations never wait
+    /// (they are the store's synchronous calls), so this is exactly the call it was;
+    /// Postgres's are waited for in place (the multi-thread runtime, or a blocking
+    /// thread).
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        use futures_util::FutureExt;
+        let mut f = std::pin::pin!(f);
+        if let Some(v) = (&mut f).now_or_never() {
+            return v;
+        }
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     }
 
     /// Which backend: "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite { .. } => "sqlite",
-            Backend::Postgres(_) => "postgres",
+            Backend::Postgres { .. } => "postgres",
         }
     }
 
@@ -125,7 +168,7 @@ impl JobQueue {
                 }
                 Ok(new)
             }
-            Backend::Postgres(pg) => Ok(pg.ingest(jobs, cursor, event, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.ingest(jobs, cursor, event, self.now()).await?),
         }
     }
 
@@ -136,7 +179,7 @@ impl JobQueue {
         let now = self.now();
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.claim_at(kind, limit, lease_ms, now)?),
-            Backend::Postgres(pg) => Ok(pg.claim(kind, limit, lease_ms, now).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.claim(kind, limit, lease_ms, now).await?),
         }
     }
 
@@ -146,7 +189,7 @@ impl JobQueue {
         let now = self.now();
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.heartbeat_at(job_ids, lease_ms, now)?),
-            Backend::Postgres(pg) => Ok(pg.heartbeat(job_ids, lease_ms, now).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.heartbeat(job_ids, lease_ms, now).await?),
         }
     }
 
@@ -157,7 +200,7 @@ impl JobQueue {
                 store.finish_job(job_id, None, None)?;
                 Ok(true)
             }
-            Backend::Postgres(pg) => Ok(pg.finish(job_id, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.finish(job_id, self.now()).await?),
         }
     }
 
@@ -174,7 +217,7 @@ impl JobQueue {
             Backend::Sqlite { store, .. } => {
                 Some(store.retry_later(job_id, error, delay_ms, max_attempts)?)
             }
-            Backend::Postgres(pg) => {
+            Backend::Postgres { pg, .. } => {
                 pg.retry_later(job_id, error, delay_ms, max_attempts, self.now())
                     .await?
             }
@@ -193,7 +236,7 @@ impl JobQueue {
                 store.reject(job_id, reason)?;
                 Ok(true)
             }
-            Backend::Postgres(pg) => Ok(pg.reject(job_id, reason, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.reject(job_id, reason, self.now()).await?),
         }
     }
 
@@ -205,7 +248,7 @@ impl JobQueue {
                 store.defer(job_id, reason, delay_ms)?;
                 Ok(true)
             }
-            Backend::Postgres(pg) => Ok(pg
+            Backend::Postgres { pg, .. } => Ok(pg
                 .put_back(job_id, Some(reason), delay_ms, self.now())
                 .await?),
         }
@@ -218,7 +261,7 @@ impl JobQueue {
                 store.release(job_id)?;
                 Ok(true)
             }
-            Backend::Postgres(pg) => Ok(pg.put_back(job_id, None, 0, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.put_back(job_id, None, 0, self.now()).await?),
         }
     }
 
@@ -228,7 +271,7 @@ impl JobQueue {
     pub async fn requeue_leased(&self) -> QueueResult<usize> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.requeue_leased()?),
-            Backend::Postgres(pg) => Ok(pg.requeue_leased(self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.requeue_leased(self.now()).await?),
         }
     }
 
@@ -236,7 +279,7 @@ impl JobQueue {
     pub async fn failed_job_keys(&self, kind: &str) -> QueueResult<Vec<String>> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.failed_job_keys(kind)?),
-            Backend::Postgres(pg) => Ok(pg.failed_job_keys(kind).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.failed_job_keys(kind).await?),
         }
     }
 
@@ -251,14 +294,14 @@ impl JobQueue {
                 }
                 Ok(keys)
             }
-            Backend::Postgres(pg) => Ok(pg.requeue_failed(kind, key, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.requeue_failed(kind, key, self.now()).await?),
         }
     }
 
     pub async fn counts(&self, kind: &str) -> QueueResult<QueueCounts> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.queue_counts(kind)?),
-            Backend::Postgres(pg) => Ok(pg.counts(kind).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.counts(kind).await?),
         }
     }
 
@@ -267,7 +310,7 @@ impl JobQueue {
     pub async fn unfinished(&self, kind: &str) -> QueueResult<u64> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.unfinished(kind)?),
-            Backend::Postgres(pg) => Ok(pg.unfinished(kind).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.unfinished(kind).await?),
         }
     }
 
@@ -276,21 +319,142 @@ impl JobQueue {
     pub async fn compact_jobs(&self, before_ms: i64) -> QueueResult<usize> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.compact_jobs(before_ms)?),
-            Backend::Postgres(pg) => Ok(pg.compact_jobs(before_ms).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.compact_jobs(before_ms).await?),
         }
     }
 
     pub async fn set_cursor(&self, name: &str, value: &str) -> QueueResult<()> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.set_cursor(name, value)?),
-            Backend::Postgres(pg) => Ok(pg.set_cursor(name, value, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.set_cursor(name, value, self.now()).await?),
         }
     }
 
     pub async fn cursor(&self, name: &str) -> QueueResult<Option<String>> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.cursor(name)?),
-            Backend::Postgres(pg) => Ok(pg.cursor(name).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.cursor(name).await?),
+        }
+    }
+
+    /// The mappings of `product_ids` there are, in any order.
+    pub async fn mappings(&self, product_ids: &[&str]) -> QueueResult<Vec<ItemMapping>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                let mut found = Vec::with_capacity(product_ids.len());
+                for id in product_ids {
+                    found.extend(store.mapping(id)?);
+                }
+                Ok(found)
+            }
+            Backend::Postgres { pg, .. } => Ok(pg.mappings(product_ids).await?),
+        }
+    }
+
+    pub async fn mapping(&self, product_id: &str) -> QueueResult<Option<ItemMapping>> {
+        Ok(self.mappings(&[product_id]).await?.pop())
+    }
+
+    /// The product an Item is mapped to, if any.
+    pub async fn product_of_item(&self, item_id: &str) -> QueueResult<Option<String>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.product_of_item(item_id)?),
+            Backend::Postgres { pg, .. } => Ok(pg.product_of_item(item_id).await?),
+        }
+    }
+
+    /// How many products have a mapping.
+    pub async fn mapping_count(&self) -> QueueResult<u64> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.mapping_count()?),
+            Backend::Postgres { pg, .. } => Ok(pg.mapping_counts().await?.0),
+        }
+    }
+
+    /// Records creates about to be sent (product id, request id, body).
+    pub async fn mark_creates_pending(
+        &self,
+        creates: &[(String, String, String)],
+    ) -> QueueResult<()> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.mark_creates_pending(creates)?),
+            Backend::Postgres { pg, .. } => Ok(pg.mark_creates_pending(creates).await?),
+        }
+    }
+
+    /// Stores the Item now mirroring the product, clearing any pending create.
+    pub async fn save_mapping(&self, m: &ItemMapping) -> QueueResult<()> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.save_mapping(m)?),
+            Backend::Postgres { pg, .. } => Ok(pg.save_mapping(m, self.now()).await?),
+        }
+    }
+
+    /// Ends finished jobs, each with its mapping in the same transaction; how many
+    /// ended (on Postgres a job whose lease this box lost is not ended, nor its mapping
+    /// written). SQLite: the store's group commit, audit lines included. Postgres: one
+    /// statement, then the audit lines (and a mirror of the mappings) in this box's
+    /// store.
+    pub async fn finish_jobs(&self, jobs: Vec<Finished>) -> QueueResult<usize> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                let n = jobs.len();
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.finish_jobs(jobs))
+                    .await
+                    .map_err(|e| QueueError::Task(e.to_string()))??;
+                Ok(n)
+            }
+            Backend::Postgres { pg, local } => {
+                let pairs: Vec<(i64, Option<&ItemMapping>)> = jobs
+                    .iter()
+                    .map(|f| (f.job_id, f.mapping.as_ref()))
+                    .collect();
+                let held = pg.finish_with(&pairs, self.now()).await?;
+                let ended: Vec<Finished> = jobs
+                    .into_iter()
+                    .filter(|f| held.binary_search(&f.job_id).is_ok())
+                    .collect();
+                let n = ended.len();
+                if let Some(store) = local.clone()
+                    && n > 0
+                {
+                    let r =
+                        tokio::task::spawn_blocking(move || store.record_finished(&ended)).await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        tracing::warn!("the local audit of finished jobs was not written: {r:?}");
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// When a job of `kind` can next be claimed (ms), if any.
+    pub async fn next_claimable(&self, kind: &str) -> QueueResult<Option<i64>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.next_claimable(kind)?),
+            Backend::Postgres { pg, .. } => Ok(pg.next_claimable(kind).await?),
+        }
+    }
+
+    /// The catalog's counts (`kind`'s jobs and the mappings) for the snapshot.
+    pub async fn catalog_counts(&self, kind: &str) -> QueueResult<CatalogCounts> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.catalog_counts()?),
+            Backend::Postgres { pg, .. } => {
+                let q = pg.counts(kind).await?;
+                let (_, synced, rejected) = pg.mapping_counts().await?;
+                Ok(CatalogCounts {
+                    products_seen: q.keys_seen,
+                    synced,
+                    queued: q.queued,
+                    in_flight: q.in_flight,
+                    failed: q.failed,
+                    rejected,
+                    oldest_queued_ms: q.oldest_queued_ms,
+                })
+            }
         }
     }
 
@@ -299,7 +463,7 @@ impl JobQueue {
     pub fn wakes_seen(&self) -> u64 {
         match &self.backend {
             Backend::Sqlite { wakes, .. } => *wakes.borrow(),
-            Backend::Postgres(pg) => pg.wakes_seen(),
+            Backend::Postgres { pg, .. } => pg.wakes_seen(),
         }
     }
 
@@ -317,7 +481,7 @@ impl JobQueue {
                     Ok(Ok(()))
                 )
             }
-            Backend::Postgres(pg) => pg.wait_for_work(seen, timeout).await,
+            Backend::Postgres { pg, .. } => pg.wait_for_work(seen, timeout).await,
         }
     }
 }

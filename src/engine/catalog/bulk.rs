@@ -257,7 +257,7 @@ impl Catalog {
 
     /// Where a product without an Item stands: its own Item (by Sku, or a free one by
     /// name) to adopt, or a free name to create (reserved for it now).
-    fn resolve(&self, idx: &mut ItemIndex, desired: &DesiredItem) -> Result<Found, JobError> {
+    async fn resolve(&self, idx: &mut ItemIndex, desired: &DesiredItem) -> Result<Found, JobError> {
         let pid = desired.sku.as_str();
         if let Some(item) = idx.by_sku.get(pid) {
             return Ok(Found::Adopt(item.clone()));
@@ -277,7 +277,7 @@ impl Catalog {
                 Some(Named::Item(item)) => {
                     let ours = item.sku.as_deref() == Some(pid);
                     let free = item.sku.as_deref().is_none_or(str::is_empty)
-                        && self.store.product_of_item(&item.id)?.is_none();
+                        && self.queue.product_of_item(&item.id).await?.is_none();
                     if ours || free {
                         // Held by this product from now on (its update sets the Sku).
                         let mut held = item.clone();
@@ -390,14 +390,19 @@ impl Catalog {
                     continue;
                 };
                 let pid = p.desired.sku.clone();
+                // On a shared queue the pending create may be another engine's (which
+                // died before recording its answer): this index may never have seen the
+                // Item, and may hold its name reserved for another product. Only the
+                // replay tells.
                 if let Some(pending) = pending_name(&p.m)
                     && !idx.by_sku.contains_key(&pid)
-                    && ![
-                        p.desired.name.clone(),
-                        item::disambiguated_name(&p.desired.name, &pid),
-                    ]
-                    .iter()
-                    .any(|n| n.to_lowercase() == pending.to_lowercase())
+                    && (self.queue.is_shared()
+                        || ![
+                            p.desired.name.clone(),
+                            item::disambiguated_name(&p.desired.name, &pid),
+                        ]
+                        .iter()
+                        .any(|n| n.to_lowercase() == pending.to_lowercase()))
                 {
                     // A create of another name may have landed unheard (its batch's
                     // answer lost, then the product renamed): only its replay, one
@@ -406,7 +411,7 @@ impl Catalog {
                     single.push((i, p));
                     continue;
                 }
-                match self.resolve(idx, &p.desired) {
+                match self.resolve(idx, &p.desired).await {
                     Err(e) => out.push((i, Err(e))),
                     Ok(Found::Adopt(item)) => {
                         self.remember(&item, &pid);
@@ -461,7 +466,7 @@ impl Catalog {
             ops.push(BatchOp::Create(body));
             sent.push((i, p, Write::Create { name }));
         }
-        if let Err(e) = self.store.mark_creates_pending(&pending) {
+        if let Err(e) = self.queue.mark_creates_pending(&pending).await {
             let mut idx = self.index.lock().await;
             for (i, p, w) in sent {
                 if let (Some(idx), Write::Create { name }) = (idx.as_mut(), &w) {
@@ -474,7 +479,7 @@ impl Catalog {
         for (i, mut p, name) in named_updates {
             if p.outcome.is_some() {
                 p.m.status = "pending".into();
-                if let Err(e) = self.store.save_mapping(&p.m) {
+                if let Err(e) = self.queue.save_mapping(&p.m).await {
                     out.push((i, Err(e.into())));
                     continue;
                 }

@@ -1,0 +1,329 @@
+//! Scale-out through real processes: two `syncctl run` engines (the binary, each with
+//! its own data dir) share one throwaway PostgreSQL (tests/common/pg.rs) and sync one
+//! sandbox's catalog. Every product ends with exactly one Item and both engines did
+//! work; then one engine is killed with SIGKILL mid-sync, never restarted, and the
+//! other takes its jobs once their leases run out.
+//!
+//! Separate processes share no clock a test could pause: the deadlines below are
+//! failure detectors (generous, polled), not timings.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Reaped, pg};
+use syncctl::protocol::faults::FaultSettings;
+use syncctl::sandbox::{SandboxOptions, SandboxServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
+const PRODUCTS: usize = 1200;
+/// The engines' lease (the shortest the config allows: QuickBooks calls time out first).
+const LEASE_SECS: u64 = 10;
+
+/// A sandbox whose QuickBooks quota does not make the test about the quota (two
+/// engines, one realm; sharing the quota across boxes is a later step).
+async fn sandbox() -> SandboxServer {
+    syncctl::connectors::install_crypto();
+    let mut faults = BTreeMap::new();
+    faults.insert(
+        "quickbooks".to_owned(),
+        FaultSettings {
+            rate_limit_per_min: 12_000,
+            max_concurrent: 40,
+            ..Default::default()
+        },
+    );
+    let opts = SandboxOptions {
+        products: PRODUCTS,
+        seed: 16,
+        faults,
+        ..Default::default()
+    };
+    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    syncctl::app::start_sandbox(&opts, listener, 0).unwrap()
+}
+
+/// The sandbox's own engine config as it is now (its refresh token as last rotated),
+/// catalog only (two engines on one Alegra account would each stamp the invoices: the
+/// invoices are not on the shared store yet), on the shared store at `store_url`.
+async fn engine_config(sb: &SandboxServer, store_url: &str) -> String {
+    let printed = reqwest::get(format!("http://{}/_sandbox/config", sb.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let catalog_only = printed.split("[alegra]").next().unwrap();
+    assert!(catalog_only.contains("[quickbooks]\n"), "{printed}");
+    // Each engine keeps to half the realm's quota (sharing it across boxes in the
+    // claim is a later step): together they never exceed it.
+    let quota = "rate_limit_per_min = 12000\nmax_concurrent = 40\n";
+    assert!(catalog_only.contains(quota), "{printed}");
+    let catalog_only = catalog_only
+        .replace("[quickbooks]\n", "[quickbooks]\ntimeout_secs = 9\n")
+        .replace(quota, "rate_limit_per_min = 6000\nmax_concurrent = 20\n");
+    format!(
+        "{catalog_only}\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
+         [catalog]\nlease_secs = {LEASE_SECS}\nreconcile_interval_secs = 3600\n\n\
+         [store]\nurl = \"{store_url}\"\n"
+    )
+}
+
+fn refresh_token(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("refresh_token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned()
+}
+
+/// `syncctl run` on `data` with `config`; waits for its control file (it serves).
+fn start_engine(home: &Path, name: &str, config: &str) -> Reaped {
+    let data = home.join(name);
+    let path = home.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = std::fs::File::create(home.join(format!("{name}.log"))).unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("xdg"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.join("control.json").exists() {
+        let exited = child.0.try_wait().unwrap();
+        assert!(
+            Instant::now() < deadline && exited.is_none(),
+            "engine {name} did not start ({exited:?}); its log:\n{}",
+            log_of(home, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn log_of(home: &Path, name: &str) -> String {
+    std::fs::read_to_string(home.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A connection of the test's own to the shared database.
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Items in the sandbox's QuickBooks now.
+async fn items(sb: &SandboxServer) -> usize {
+    common::get_json(&format!("http://{}/_sandbox/quickbooks/items", sb.addr))
+        .await
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// Starts engine `a`, waits for its first token refresh (the sandbox rotates the
+/// refresh token on use: `b` is given the rotated one, as an operator would copy it;
+/// OAuth is not on the shared store yet), then starts `b`.
+async fn two_engines(home: &Path, sb: &SandboxServer, store_url: &str) -> (Reaped, Reaped) {
+    let first = engine_config(sb, store_url).await;
+    let a = start_engine(home, "a", &first);
+    let rotated = common::eventually(60, "engine a's first token refresh", || async {
+        let now = engine_config(sb, store_url).await;
+        (refresh_token(&now) != refresh_token(&first)).then_some(now)
+    })
+    .await;
+    let b = start_engine(home, "b", &rotated);
+    (a, b)
+}
+
+/// Waits (polling, up to `secs`) until every product has its synced mapping, nothing
+/// is queued or leased, and the sandbox holds one Item per product.
+async fn until_all_synced(db: &tokio_postgres::Client, sb: &SandboxServer, home: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let synced = count(
+            db,
+            "SELECT count(*) FROM syncctl.item_map WHERE status = 'synced'",
+        )
+        .await;
+        let open = count(
+            db,
+            "SELECT count(*) FROM syncctl.jobs WHERE state IN ('queued', 'leased')",
+        )
+        .await;
+        let n = items(sb).await;
+        if synced == PRODUCTS as i64 && open == 0 && n == PRODUCTS {
+            return;
+        }
+        assert!(
+            n <= PRODUCTS,
+            "{n} Items for {PRODUCTS} products: a product got two"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not synced after {secs} s: {synced} mappings synced, {open} jobs open, {n} Items; logs:\n--- a\n{}\n--- b\n{}",
+            tail(&log_of(home, "a")),
+            tail(&log_of(home, "b")),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Item lines (created, adopted, updated) in an engine's own audit trail.
+fn items_audited(data: &Path) -> usize {
+    let store = syncctl::store::Store::open(data).unwrap();
+    store
+        .recent_audit(100_000, 0)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "item")
+        .count()
+}
+
+/// Two engines, one Postgres, one sandbox: every product ends with exactly one Item,
+/// and both engines did work. The Postgres round trips are counted by a loopback proxy
+/// both engines reach the database through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_on_one_postgres_give_every_product_exactly_one_item() {
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let (proxy, sent) = pg::counting_proxy(server.port()).await;
+    let via_proxy = url.replace(&format!(":{}/", server.port()), &format!(":{proxy}/"));
+    let sb = sandbox().await;
+    let home = tempfile::tempdir().unwrap();
+    let db = connect(&url).await;
+
+    let started = Instant::now();
+    let (mut a, mut b) = two_engines(home.path(), &sb, &via_proxy).await;
+    until_all_synced(&db, &sb, home.path(), 300).await;
+    let took = started.elapsed();
+    let trips = sent.load(std::sync::atomic::Ordering::SeqCst);
+    for e in [&mut a, &mut b] {
+        e.0.kill().unwrap();
+        e.0.wait().unwrap();
+    }
+
+    common::assert_one_item_per_product(&format!("http://{}", sb.addr)).await;
+    let (by_a, by_b) = (
+        items_audited(&home.path().join("a")),
+        items_audited(&home.path().join("b")),
+    );
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both engines wrote Items: a {by_a}, b {by_b}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM syncctl.item_map").await,
+        PRODUCTS as i64,
+        "one mapping per product"
+    );
+    let per_item = trips as f64 / PRODUCTS as f64;
+    eprintln!(
+        "scale-out: {PRODUCTS} products in {:.1} s by two engines (a {by_a} Item lines, b {by_b}); \
+         {trips} Postgres round trips in all, {per_item:.2} per item",
+        took.as_secs_f64()
+    );
+    assert!(
+        per_item < 6.0,
+        "{per_item:.2} Postgres round trips per item ({trips} for {PRODUCTS})"
+    );
+}
+
+/// One engine killed with SIGKILL mid-sync and never restarted: the jobs it held are
+/// claimed by the other once their leases run out, and every product still ends with
+/// exactly one Item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engines_jobs_are_finished_by_the_other_after_its_leases_run_out() {
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let sb = sandbox().await;
+    let home = tempfile::tempdir().unwrap();
+    let db = connect(&url).await;
+
+    let (mut a, _b) = two_engines(home.path(), &sb, &url).await;
+    let owner_a = format!("%:{}:%", a.0.id());
+    // Mid-sync: Items being written, and engine a holding leases.
+    let held: Vec<i64> = common::eventually(120, "engine a holding leases mid-sync", || {
+        let (db, owner_a, sb) = (&db, &owner_a, &sb);
+        async move {
+            if items(sb).await < PRODUCTS / 5 {
+                return None;
+            }
+            let ids: Vec<i64> = db
+                .query(
+                    "SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner LIKE $1",
+                    &[owner_a],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        }
+    })
+    .await;
+    a.0.kill().unwrap(); // SIGKILL: no drain, no release.
+    a.0.wait().unwrap();
+    let at_kill = items(&sb).await;
+    assert!(at_kill < PRODUCTS, "killed mid-sync ({at_kill} Items)");
+
+    until_all_synced(&db, &sb, home.path(), 300).await;
+    common::assert_one_item_per_product(&format!("http://{}", sb.addr)).await;
+    // The jobs a held when it died ended (done, or merged into a newer job of their
+    // product), none by a, all claimed again after their lease.
+    let rows = db
+        .query(
+            "SELECT id, state, attempts, last_error FROM syncctl.jobs WHERE id = ANY($1)",
+            &[&held],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), held.len());
+    for r in &rows {
+        let (id, state, attempts, error): (i64, String, i32, Option<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert_eq!(state, "done", "job {id} held by the killed engine");
+        // Claimed again once a's lease ran out (a second attempt), or, when a newer
+        // job of its product was queued meanwhile, merged into it by that claim.
+        assert!(
+            attempts >= 2 || error.as_deref() == Some("merged into a newer job"),
+            "job {id} was taken over after a's lease ran out (attempts {attempts}, {error:?})"
+        );
+    }
+    let by_b = items_audited(&home.path().join("b"));
+    assert!(by_b > 0, "engine b wrote Items");
+}

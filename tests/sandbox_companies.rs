@@ -590,3 +590,38 @@ async fn a_world_saved_with_one_company_loads_as_company_one() {
     assert!(dir.path().join("companies/co2/world.json").exists());
     sb.shutdown().await;
 }
+
+/// DIAN's `error_rate` answers a stamped create with EPR500 (it used to lock the world
+/// it already held, and the request hung for good). Multi-threaded, so a hang is
+/// seen as the client's timeout rather than stalling the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dian_error_rate_answers_epr500_instead_of_hanging() {
+    let sb = sandbox_with(2, None).await;
+    let (s, _) = post(
+        &sb,
+        "/_sandbox/faults",
+        json!({"service": "dian", "error_rate": 1.0}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mut invoice = alegra_invoice();
+    invoice["stamp"] = json!({"generateStamp": true});
+    for k in [1, 2] {
+        let who = keys(&sb, k);
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/invoices", sb.base_url()))
+            .basic_auth(&who.alegra_email, Some(&who.alegra_token))
+            .timeout(Duration::from_secs(10))
+            .json(&invoice)
+            .send()
+            .await
+            .expect("an answer, not a hang");
+        assert_eq!(r.status(), 502);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "EPR500");
+    }
+    let stats = get(&sb, "/_sandbox/stats").await;
+    assert_eq!(stats["dian"]["errors_injected"], 2);
+    assert_eq!(stats["companies"]["co2"]["dian"]["errors_injected"], 1);
+    sb.shutdown().await;
+}

@@ -627,6 +627,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_rate_meter_counts_the_last_minute_and_keeps_the_peak() {
+        let mut m = RateMeter::default();
+        let t = 1_000_000;
+        m.add(t, 30);
+        m.add(t + 30, 20);
+        assert_eq!(m.rate(t + 30), 50);
+        // At t + 60 the first second's 30 has left the window.
+        assert_eq!(m.rate(t + 59), 50);
+        assert_eq!(m.rate(t + 60), 20);
+        m.add(t + 61, 5);
+        assert_eq!((m.rate(t + 61), m.peak), (25, 50));
+        // Long idle: nothing left, the peak stays.
+        assert_eq!(m.rate(t + 10_000), 0);
+        m.add(t + 10_000, 1);
+        assert_eq!((m.rate(t + 10_000), m.peak), (1, 50));
+    }
+
+    #[test]
+    fn each_company_has_its_own_quota() {
+        let f = Faults::with_companies(&BTreeMap::new(), 2).unwrap();
+        let (a, b) = (
+            f.quota(0, "quickbooks").unwrap(),
+            f.quota(1, "quickbooks").unwrap(),
+        );
+        assert_eq!(
+            (0..20)
+                .filter(|_| !f.over_rate(a, "quickbooks", 600))
+                .count(),
+            10
+        );
+        assert_eq!(
+            (0..20)
+                .filter(|_| !f.over_rate(b, "quickbooks", 600))
+                .count(),
+            10
+        );
+    }
+
+    #[test]
     fn a_patch_keeps_fields_left_out() {
         let f = Faults::default();
         f.patch(&FaultPatch {

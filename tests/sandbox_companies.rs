@@ -592,11 +592,21 @@ async fn a_world_saved_with_one_company_loads_as_company_one() {
 }
 
 /// DIAN's `error_rate` answers a stamped create with EPR500 (it used to lock the world
-/// it already held, and the request hung for good). Multi-threaded, so a hang is
-/// seen as the client's timeout rather than stalling the test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// it already held, and the request hung for good). The sandbox runs on a runtime of
+/// its own thread, so a hang there fails this test by the client's timeout instead of
+/// stalling it.
+#[tokio::test]
 async fn dian_error_rate_answers_epr500_instead_of_hanging() {
-    let sb = sandbox_with(2, None).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let sb = sandbox_with(2, None).await;
+            let _ = tx.send(sb);
+            std::future::pending::<()>().await;
+        });
+    });
+    let sb = rx.await.unwrap();
     let (s, _) = post(
         &sb,
         "/_sandbox/faults",
@@ -623,5 +633,4 @@ async fn dian_error_rate_answers_epr500_instead_of_hanging() {
     let stats = get(&sb, "/_sandbox/stats").await;
     assert_eq!(stats["dian"]["errors_injected"], 2);
     assert_eq!(stats["companies"]["co2"]["dian"]["errors_injected"], 1);
-    sb.shutdown().await;
 }

@@ -2,6 +2,12 @@
 //! QuickBooks realm and Alegra account, with its own world, credentials, quotas and
 //! stats. Everything here goes through HTTP on loopback, as an engine would.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "a test that fails says where; a scenario reads top to bottom"
+)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

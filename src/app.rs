@@ -283,6 +283,7 @@ pub async fn start_demo(
         dir: Some(sandbox_dir),
         webhook_url: None,
         faults: config.sandbox.faults.clone(),
+        companies: 1,
     };
     let sandbox_listener = bind(config.sandbox.listen, true).await?;
     let engine_listener = bind(config.server.listen, true).await?;

@@ -34,6 +34,7 @@ async fn sandbox_with(
         dir: None,
         webhook_url: None,
         faults,
+        companies: 1,
     };
     app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)
 }
@@ -683,6 +684,7 @@ pub async fn attach(products: usize, idle_secs: u64) -> anyhow::Result<()> {
         dir: None,
         webhook_url: None,
         faults: Default::default(),
+        companies: 1,
     };
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
     let max_fps = Config::default().console.max_fps;
@@ -891,6 +893,7 @@ pub async fn history(
         dir: None,
         webhook_url: None,
         faults: Default::default(),
+        companies: 1,
     };
     let sandbox = app::start_sandbox(&opts, app::bind("127.0.0.1:0".parse()?, false).await?, 0)?;
     let rss_before = rss_kb();

@@ -46,6 +46,10 @@ struct WorldArgs {
     /// `quickbooks.max_concurrent=5` (repeatable; same fields as POST /_sandbox/faults).
     #[arg(long = "fault", value_name = "SERVICE.FIELD=VALUE")]
     faults: Vec<String>,
+    /// Companies the sandbox simulates, each with its own Stripe account, QuickBooks
+    /// realm and Alegra account and its own quotas (default 1; ids co1..coN when more).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    companies: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -724,6 +728,12 @@ async fn demo(
     if let Err(e) = apply_world(&mut config, world) {
         return Ok(usage(e));
     }
+    if world.companies.is_some_and(|n| n > 1) {
+        return Ok(usage(
+            "--companies N > 1 needs an engine per company, which demo does not start yet; \
+             `syncctl sandbox --companies N --print-config` serves and describes N companies",
+        ));
+    }
     let (dir, tmp) = match data_dir {
         Some(d) => (d, None),
         None => {
@@ -890,6 +900,7 @@ async fn sandbox(
         dir: data_dir.clone(),
         webhook_url,
         faults: config.sandbox.faults.clone(),
+        companies: world.companies.unwrap_or(1) as usize,
     };
     if print_config {
         // The sandbox listening there knows its world (its seed, the refresh token as
@@ -907,10 +918,17 @@ async fn sandbox(
                         ""
                     }
                 );
-                let world = syncctl::sandbox::peek_world(&opts)?;
+                let worlds: Vec<_> = syncctl::sandbox::peek_worlds(&opts)?
+                    .iter()
+                    .map(syncctl::sandbox::World::secrets)
+                    .collect();
                 print!(
                     "{}",
-                    syncctl::sandbox::engine_config(&world, addr, &config.sandbox.faults)
+                    syncctl::sandbox::engine_config_for(
+                        &worlds,
+                        &addr.to_string(),
+                        &config.sandbox.faults
+                    )
                 );
             }
             Err(e) => return Ok(usage(e)),

@@ -20,7 +20,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -166,27 +165,25 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorize(s: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
-    {
-        let mut tx = s.lock();
-        tx.world.counters.alegra_requests += 1;
-    }
-    let expected =
-        base64::engine::general_purpose::STANDARD.encode(format!("{ALEGRA_EMAIL}:{ALEGRA_TOKEN}"));
-    let ok = headers
+/// Checks the Basic credentials and counts the request: the company whose Alegra
+/// account they open (unknown ones are counted at company 1, and refused).
+fn authorize(s: &Sandbox, headers: &HeaderMap) -> Result<usize, Response> {
+    let company = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .is_some_and(|v| v.trim() == expected);
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
+        .and_then(|v| s.company_by_alegra_basic(v.trim()));
+    {
+        let mut tx = s.company(company.unwrap_or(0)).lock();
+        tx.world.counters.alegra_requests += 1;
+    }
+    company.ok_or_else(|| {
+        error(
             StatusCode::UNAUTHORIZED,
             "401",
             "Las credenciales de autenticación no son válidas",
-        ))
-    }
+        )
+    })
 }
 
 /// The sandbox's local time in Colombia (UTC−5): (date, time with offset).
@@ -321,19 +318,20 @@ impl Sandbox {
         Ok(knobs)
     }
 
-    /// DIAN's availability, from the `dian` faults.
-    fn dian_down(&self) -> Option<Transmit> {
+    /// DIAN's availability, from the `dian` faults (`tx`: the sending company's world).
+    fn dian_down(&self, tx: &mut WorldTx<'_>) -> Option<Transmit> {
+        let company = tx.company().index;
         let f = self.faults.get("dian").unwrap_or_default();
         if f.outage {
-            self.faults.count_injected("dian");
+            self.faults.count_injected(company, "dian");
             return Some(Transmit::Failed(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "EPR503",
                 "EPR503: La DIAN no respondió en el tiempo esperado. Intenta nuevamente.",
             ));
         }
-        if f.error_rate > 0.0 && self.lock().world.rng.chance(f.error_rate) {
-            self.faults.count_injected("dian");
+        if f.error_rate > 0.0 && tx.world.rng.chance(f.error_rate) {
+            self.faults.count_injected(company, "dian");
             return Some(Transmit::Failed(
                 StatusCode::BAD_GATEWAY,
                 "EPR500",
@@ -345,10 +343,10 @@ impl Sandbox {
 
     /// Sends document `idx` to DIAN (unless DIAN is down) and records the stamp.
     fn transmit(&self, tx: &mut WorldTx<'_>, idx: usize) -> Transmit {
-        if let Some(failed) = self.dian_down() {
+        if let Some(failed) = self.dian_down(tx) {
             return failed;
         }
-        self.faults.count_request("dian");
+        self.faults.count_request(tx.company().index, "dian");
         let knobs = self.alegra_knobs();
         let w = &mut tx.world;
         w.counters.alegra_stamped += 1;
@@ -479,9 +477,10 @@ async fn lost(delay_ms: u64) -> Response {
 }
 
 async fn create(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let new = match parse_create(&body) {
         Ok(n) => n,
         Err(r) => return r,
@@ -498,7 +497,7 @@ async fn create(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
         }
     }
     let (result, doc) = {
-        let mut tx = s.lock();
+        let mut tx = s.company(c).lock();
         let now = tx.world.now();
         let (_, time) = colombia_now(now);
         let id = tx.world.alegra.len() as u64 + 1;
@@ -545,10 +544,11 @@ async fn read(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let mut tx = s.lock();
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut tx = s.company(c).lock();
     let Some(idx) = doc_index(&tx.world, &id) else {
         drop(tx);
         return error(StatusCode::NOT_FOUND, "404", "La factura no existe");
@@ -566,9 +566,10 @@ async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let date = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v["date"].as_str() {
             Some(d)
@@ -596,7 +597,7 @@ async fn update(
             );
         }
     };
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     let Some(idx) = doc_index(&tx.world, &id) else {
         drop(tx);
         return error(StatusCode::NOT_FOUND, "404", "La factura no existe");
@@ -622,9 +623,10 @@ async fn list(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let (mut start, mut limit, mut number, mut anotation) = (0usize, 30usize, None, None);
     let mut newest_first = false;
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
@@ -652,7 +654,7 @@ async fn list(
             _ => {}
         }
     }
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     let all: Box<dyn Iterator<Item = usize>> = if newest_first {
         Box::new((0..tx.world.alegra.len()).rev())
     } else {
@@ -679,9 +681,10 @@ async fn list(
 }
 
 async fn stamp_batch(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let ids: Vec<String> = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v["ids"].as_array() {
             Some(a) if !a.is_empty() && a.len() <= 10 => a
@@ -712,7 +715,7 @@ async fn stamp_batch(State(s): State<Arc<Sandbox>>, headers: HeaderMap, body: By
     let mut out = Vec::with_capacity(ids.len());
     let mut failed = None;
     {
-        let mut tx = s.lock();
+        let mut tx = s.company(c).lock();
         for id in &ids {
             let Some(idx) = doc_index(&tx.world, id) else {
                 out.push(

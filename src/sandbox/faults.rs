@@ -28,9 +28,19 @@ use crate::resilience::Rng;
 
 pub use crate::protocol::FAULT_SERVICES as SERVICES;
 
+/// A service's settings (one for every company) and its counters over all companies.
 #[derive(Default)]
 struct ServiceState {
     settings: Mutex<FaultSettings>,
+    requests: AtomicU64,
+    throttled: AtomicU64,
+    errors_injected: AtomicU64,
+}
+
+/// One company's quota at one service (each company has its own, as each QuickBooks
+/// realm, Stripe account and Alegra account does) and its counters.
+#[derive(Default)]
+struct Quota {
     gcra: Mutex<Option<Gcra>>,
     /// QuickBooks only: the minute's quota (a minute's worth back to back), charged by
     /// every request and by each operation of a batch.
@@ -43,8 +53,82 @@ struct ServiceState {
     requests: AtomicU64,
     throttled: AtomicU64,
     errors_injected: AtomicU64,
+    /// Quota units admitted (a request; a batch's further operations), per second.
+    meter: Mutex<RateMeter>,
 }
 
+/// Counts over the last 60 seconds (one slot a second) and the most seen in any such
+/// window.
+#[derive(Debug)]
+struct RateMeter {
+    slots: [u64; 60],
+    /// The second (since the Unix epoch) of the newest slot.
+    newest: u64,
+    sum: u64,
+    peak: u64,
+}
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        Self {
+            slots: [0; 60],
+            newest: 0,
+            sum: 0,
+            peak: 0,
+        }
+    }
+}
+
+impl RateMeter {
+    fn advance(&mut self, now: u64) {
+        if now <= self.newest {
+            return;
+        }
+        let gap = (now - self.newest).min(60);
+        for s in 1..=gap {
+            let slot = ((self.newest + s) % 60) as usize;
+            self.sum -= self.slots[slot];
+            self.slots[slot] = 0;
+        }
+        self.newest = now;
+    }
+
+    fn add(&mut self, now: u64, n: u64) {
+        self.advance(now);
+        self.slots[(self.newest % 60) as usize] += n;
+        self.sum += n;
+        self.peak = self.peak.max(self.sum);
+    }
+
+    fn rate(&mut self, now: u64) -> u64 {
+        self.advance(now);
+        self.sum
+    }
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One company's figures at one service, for `/_sandbox/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaStats {
+    /// Requests received (throttled ones too).
+    pub requests: u64,
+    pub throttled: u64,
+    pub errors_injected: u64,
+    /// Quota units admitted over the last 60 seconds: each request let through, and
+    /// at QuickBooks each further operation of a batch (what the minute's quota is
+    /// charged).
+    pub rate_per_min: u64,
+    /// The most `rate_per_min` has been.
+    pub peak_rate_per_min: u64,
+    /// The quota (0: none) and the in-flight cap, the same for every company.
+    pub quota_per_min: u32,
+    pub max_concurrent: u32,
+}
 /// A generic cell rate algorithm over `per_min` cells a minute with `burst` of them
 /// back to back; a request may take several cells at once (a batch's operations).
 struct Gcra {
@@ -75,10 +159,13 @@ impl Gcra {
     }
 }
 
-/// The slot of `g` for `per_min` (rebuilt when the rate changed) with `burst`.
-fn gcra_for(g: &mut Option<Gcra>, per_min: u32, burst: u32) -> &mut Gcra {
+/// The slot of `g` for `per_min` (rebuilt when the rate changed, empty at `now`: a
+/// request measured at `now` must find a new one full) with `burst`.
+fn gcra_for(g: &mut Option<Gcra>, per_min: u32, burst: u32, now: Instant) -> &mut Gcra {
     if g.as_ref().is_none_or(|g| g.per_min != per_min) {
-        *g = Some(Gcra::new(per_min, burst));
+        let mut fresh = Gcra::new(per_min, burst);
+        fresh.tat = now;
+        *g = Some(fresh);
     }
     g.as_mut().expect("just set")
 }
@@ -98,18 +185,14 @@ pub const QB_BATCH_MAX: usize = 30;
 
 pub struct Faults {
     services: BTreeMap<&'static str, ServiceState>,
+    /// Per company (0-based), per service.
+    quotas: Vec<BTreeMap<&'static str, Quota>>,
     rng: Mutex<Rng>,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Self {
-            services: SERVICES
-                .iter()
-                .map(|s| (*s, ServiceState::default()))
-                .collect(),
-            rng: Mutex::new(Rng::from_time()),
-        }
+        Self::for_companies(1)
     }
 }
 
@@ -118,17 +201,73 @@ const HANG: Duration = Duration::from_secs(130);
 
 impl Faults {
     pub fn new(initial: &BTreeMap<String, FaultSettings>) -> Result<Self, String> {
-        let f = Self::default();
+        Self::with_companies(initial, 1)
+    }
+
+    /// Faults for `companies` companies: the settings are shared, each company has
+    /// its own quotas.
+    pub fn with_companies(
+        initial: &BTreeMap<String, FaultSettings>,
+        companies: usize,
+    ) -> Result<Self, String> {
+        let f = Self::for_companies(companies);
         for (name, s) in initial {
             f.set(name, s.clone())?;
         }
         Ok(f)
     }
 
+    fn for_companies(companies: usize) -> Self {
+        Self {
+            services: SERVICES
+                .iter()
+                .map(|s| (*s, ServiceState::default()))
+                .collect(),
+            quotas: (0..companies.max(1))
+                .map(|_| SERVICES.iter().map(|s| (*s, Quota::default())).collect())
+                .collect(),
+            rng: Mutex::new(Rng::from_time()),
+        }
+    }
+
     fn service(&self, name: &str) -> Result<&ServiceState, String> {
         self.services
             .get(name)
             .ok_or_else(|| format!("unknown service {name:?} (one of {})", SERVICES.join(", ")))
+    }
+
+    /// Company `company`'s quota at `name` (company 1's for an unknown company).
+    fn quota(&self, company: usize, name: &str) -> Result<&Quota, String> {
+        let quotas = self.quotas.get(company).unwrap_or(&self.quotas[0]);
+        quotas
+            .get(name)
+            .ok_or_else(|| format!("unknown service {name:?} (one of {})", SERVICES.join(", ")))
+    }
+
+    /// Company `company`'s figures at `name`.
+    pub fn quota_stats(&self, company: usize, name: &str) -> QuotaStats {
+        let Ok(q) = self.quota(company, name) else {
+            return QuotaStats::default();
+        };
+        let settings = self.get(name).unwrap_or_default();
+        let mut meter = q.meter.lock().unwrap_or_else(|p| p.into_inner());
+        QuotaStats {
+            requests: q.requests.load(Ordering::Relaxed),
+            throttled: q.throttled.load(Ordering::Relaxed),
+            errors_injected: q.errors_injected.load(Ordering::Relaxed),
+            rate_per_min: meter.rate(epoch_secs()),
+            peak_rate_per_min: meter.peak,
+            quota_per_min: settings.rate_limit_per_min,
+            max_concurrent: settings.max_concurrent,
+        }
+    }
+
+    /// Counts quota units company `company` spent at `name`.
+    fn spend(&self, q: &Quota, units: u64) {
+        q.meter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(epoch_secs(), units);
     }
 
     pub fn get(&self, name: &str) -> Option<FaultSettings> {
@@ -170,17 +309,21 @@ impl Faults {
 
     /// Per service: requests received, 429s sent, errors injected.
     /// Counts a request to a service not reached by path (DIAN, behind Alegra).
-    pub fn count_request(&self, name: &str) {
-        if let Ok(st) = self.service(name) {
+    pub fn count_request(&self, company: usize, name: &str) {
+        if let (Ok(st), Ok(q)) = (self.service(name), self.quota(company, name)) {
             st.requests.fetch_add(1, Ordering::Relaxed);
+            q.requests.fetch_add(1, Ordering::Relaxed);
+            self.spend(q, 1);
         }
     }
 
     /// Counts a request answered with an injected error.
-    pub fn count_injected(&self, name: &str) {
-        if let Ok(st) = self.service(name) {
+    pub fn count_injected(&self, company: usize, name: &str) {
+        if let (Ok(st), Ok(q)) = (self.service(name), self.quota(company, name)) {
             st.requests.fetch_add(1, Ordering::Relaxed);
             st.errors_injected.fetch_add(1, Ordering::Relaxed);
+            q.requests.fetch_add(1, Ordering::Relaxed);
+            q.errors_injected.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -217,7 +360,7 @@ impl Faults {
     }
 
     /// Whether a request over the rate arrives now.
-    fn over_rate(&self, st: &ServiceState, name: &str, per_min: u32) -> bool {
+    fn over_rate(&self, st: &Quota, name: &str, per_min: u32) -> bool {
         if per_min == 0 {
             return false;
         }
@@ -241,7 +384,7 @@ impl Faults {
         let now = Instant::now();
         let mut g = st.gcra.lock().unwrap_or_else(|p| p.into_inner());
         // Up to a second's worth back to back (QuickBooks: 10/s beside 500/min).
-        let second = gcra_for(&mut g, per_min, (per_min / 60).max(1));
+        let second = gcra_for(&mut g, per_min, (per_min / 60).max(1), now);
         if name != "quickbooks" {
             let fits = second.fits(now, 1);
             if fits {
@@ -251,7 +394,7 @@ impl Faults {
         }
         // QuickBooks: and the minute's quota, which batches' operations spend too.
         let mut m = st.minute_gcra.lock().unwrap_or_else(|p| p.into_inner());
-        let minute = gcra_for(&mut m, per_min, per_min);
+        let minute = gcra_for(&mut m, per_min, per_min, now);
         if !(second.fits(now, 1) && minute.fits(now, 1)) {
             return true;
         }
@@ -263,35 +406,42 @@ impl Faults {
     /// A QuickBooks batch of `ops` operations, already admitted as one request: refused
     /// with the XML 429 over the batch throttle or when its other operations do not fit
     /// in the minute's quota; otherwise they are counted toward it.
-    pub fn admit_batch(&self, ops: usize) -> Result<(), Response> {
-        let Ok(st) = self.service("quickbooks") else {
+    pub fn admit_batch(&self, company: usize, ops: usize) -> Result<(), Response> {
+        let (Ok(service), Ok(st)) = (
+            self.service("quickbooks"),
+            self.quota(company, "quickbooks"),
+        ) else {
             return Ok(());
         };
-        let per_min = st
+        let per_min = service
             .settings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .rate_limit_per_min;
         let batches = batch_limit_per_min(per_min);
+        let extra = u32::try_from(ops.saturating_sub(1)).unwrap_or(u32::MAX);
         if batches == 0 {
+            self.spend(st, u64::from(extra));
             return Ok(());
         }
         let now = Instant::now();
-        let extra = u32::try_from(ops.saturating_sub(1)).unwrap_or(u32::MAX);
         let mut b = st.batch_gcra.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = gcra_for(&mut b, batches, (batches / 60).max(2));
+        let batch = gcra_for(&mut b, batches, (batches / 60).max(2), now);
         let mut m = st.minute_gcra.lock().unwrap_or_else(|p| p.into_inner());
-        let minute = gcra_for(&mut m, per_min, per_min);
+        let minute = gcra_for(&mut m, per_min, per_min, now);
         if !(batch.fits(now, 1) && minute.fits(now, extra)) {
+            service.throttled.fetch_add(1, Ordering::Relaxed);
             st.throttled.fetch_add(1, Ordering::Relaxed);
             return Err(throttle_response("quickbooks"));
         }
         batch.take(now, 1);
         minute.take(now, extra);
+        drop((b, m));
+        self.spend(st, u64::from(extra));
         Ok(())
     }
 
-    fn alegra_window(&self, st: &ServiceState, per_min: u32) -> (u32, u64) {
+    fn alegra_window(&self, st: &Quota, per_min: u32) -> (u32, u64) {
         let w = st.window.lock().unwrap_or_else(|p| p.into_inner());
         match *w {
             Some((start, n)) => (
@@ -380,34 +530,45 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The fault layer in front of every simulated API.
+/// The fault layer in front of every simulated API. The company a request is for (by
+/// its realm, key or credentials; company 1 when none matches) spends its own quota.
 pub async fn layer(State(sb): State<Arc<Sandbox>>, req: Request, next: Next) -> Response {
     let Some(name) = service_of(req.uri().path()) else {
         return next.run(req).await;
     };
     let faults = &sb.faults;
-    let Ok(st) = faults.service(name) else {
+    let company = sb
+        .company_of_request(name, req.uri().path(), req.headers())
+        .unwrap_or(0);
+    let (Ok(st), Ok(q)) = (faults.service(name), faults.quota(company, name)) else {
         return next.run(req).await;
     };
     st.requests.fetch_add(1, Ordering::Relaxed);
+    q.requests.fetch_add(1, Ordering::Relaxed);
     let s = st
         .settings
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let in_flight = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    let _guard = InFlight(&st.in_flight);
+    let in_flight = q.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight(&q.in_flight);
     let over_conc = s.max_concurrent > 0 && in_flight > s.max_concurrent;
-    if over_conc || faults.over_rate(st, name, s.rate_limit_per_min) {
+    if over_conc || faults.over_rate(q, name, s.rate_limit_per_min) {
         st.throttled.fetch_add(1, Ordering::Relaxed);
+        q.throttled.fetch_add(1, Ordering::Relaxed);
         let mut r = throttle_response(name);
         if name == "alegra" {
-            alegra_headers(&mut r, faults, st, s.rate_limit_per_min);
+            alegra_headers(&mut r, faults, q, s.rate_limit_per_min);
         }
         return r;
     }
-    if s.outage {
+    faults.spend(q, 1);
+    let injected = || {
         st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        q.errors_injected.fetch_add(1, Ordering::Relaxed);
+    };
+    if s.outage {
+        injected();
         return error_response(name, StatusCode::SERVICE_UNAVAILABLE, "simulated outage");
     }
     let delay = faults.delay(&s);
@@ -415,16 +576,16 @@ pub async fn layer(State(sb): State<Arc<Sandbox>>, req: Request, next: Next) -> 
         tokio::time::sleep(delay).await;
     }
     if s.timeout_rate > 0.0 && faults.unit() < s.timeout_rate {
-        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        injected();
         tokio::time::sleep(HANG).await;
         return error_response(name, StatusCode::GATEWAY_TIMEOUT, "simulated timeout");
     }
     if s.error_rate > 0.0 && faults.unit() < s.error_rate {
-        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        injected();
         return error_response(name, StatusCode::INTERNAL_SERVER_ERROR, "simulated error");
     }
     if s.reset_rate > 0.0 && faults.unit() < s.reset_rate {
-        st.errors_injected.fetch_add(1, Ordering::Relaxed);
+        injected();
         // Headers go out, then the body stream fails: the connection is cut mid-response.
         let stream = futures_util::stream::iter([
             Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"partial\":")),
@@ -441,12 +602,12 @@ pub async fn layer(State(sb): State<Arc<Sandbox>>, req: Request, next: Next) -> 
     }
     let mut r = next.run(req).await;
     if name == "alegra" {
-        alegra_headers(&mut r, faults, st, s.rate_limit_per_min);
+        alegra_headers(&mut r, faults, q, s.rate_limit_per_min);
     }
     r
 }
 
-fn alegra_headers(r: &mut Response, faults: &Faults, st: &ServiceState, per_min: u32) {
+fn alegra_headers(r: &mut Response, faults: &Faults, st: &Quota, per_min: u32) {
     let limit = if per_min == 0 { 150 } else { per_min };
     let (remaining, reset) = faults.alegra_window(st, limit);
     let h = r.headers_mut();
@@ -464,6 +625,45 @@ fn alegra_headers(r: &mut Response, faults: &Faults, st: &ServiceState, per_min:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_meter_counts_the_last_minute_and_keeps_the_peak() {
+        let mut m = RateMeter::default();
+        let t = 1_000_000;
+        m.add(t, 30);
+        m.add(t + 30, 20);
+        assert_eq!(m.rate(t + 30), 50);
+        // At t + 60 the first second's 30 has left the window.
+        assert_eq!(m.rate(t + 59), 50);
+        assert_eq!(m.rate(t + 60), 20);
+        m.add(t + 61, 5);
+        assert_eq!((m.rate(t + 61), m.peak), (25, 50));
+        // Long idle: nothing left, the peak stays.
+        assert_eq!(m.rate(t + 10_000), 0);
+        m.add(t + 10_000, 1);
+        assert_eq!((m.rate(t + 10_000), m.peak), (1, 50));
+    }
+
+    #[test]
+    fn each_company_has_its_own_quota() {
+        let f = Faults::with_companies(&BTreeMap::new(), 2).unwrap();
+        let (a, b) = (
+            f.quota(0, "quickbooks").unwrap(),
+            f.quota(1, "quickbooks").unwrap(),
+        );
+        assert_eq!(
+            (0..20)
+                .filter(|_| !f.over_rate(a, "quickbooks", 600))
+                .count(),
+            10
+        );
+        assert_eq!(
+            (0..20)
+                .filter(|_| !f.over_rate(b, "quickbooks", 600))
+                .count(),
+            10
+        );
+    }
 
     #[test]
     fn a_patch_keeps_fields_left_out() {
@@ -538,7 +738,7 @@ mod tests {
     #[test]
     fn quickbooks_rate_allows_a_seconds_burst_then_throttles() {
         let f = Faults::default();
-        let st = f.service("quickbooks").unwrap();
+        let st = f.quota(0, "quickbooks").unwrap();
         let granted = (0..50)
             .filter(|_| !f.over_rate(st, "quickbooks", 600))
             .count();
@@ -554,15 +754,15 @@ mod tests {
             ..FaultPatch::default()
         })
         .unwrap();
-        let st = f.service("quickbooks").unwrap();
+        let st = f.quota(0, "quickbooks").unwrap();
         assert!(!f.over_rate(st, "quickbooks", 600));
         // 600/min → 48 batches a minute, two back to back at most.
         assert_eq!(batch_limit_per_min(500), 40);
         assert_eq!(batch_limit_per_min(6000), 480);
         assert_eq!(batch_limit_per_min(0), 0);
-        assert!(f.admit_batch(30).is_ok());
-        assert!(f.admit_batch(1).is_ok());
-        assert!(f.admit_batch(1).is_err(), "the batch throttle");
+        assert!(f.admit_batch(0, 30).is_ok());
+        assert!(f.admit_batch(0, 1).is_ok());
+        assert!(f.admit_batch(0, 1).is_err(), "the batch throttle");
         // The batch's operations do not count toward the per-second shape.
         assert!(!f.over_rate(st, "quickbooks", 600));
     }
@@ -599,7 +799,7 @@ mod tests {
     #[test]
     fn alegra_counts_a_fixed_minute_window() {
         let f = Faults::default();
-        let st = f.service("alegra").unwrap();
+        let st = f.quota(0, "alegra").unwrap();
         let granted = (0..200).filter(|_| !f.over_rate(st, "alegra", 150)).count();
         assert_eq!(granted, 150);
         assert_eq!(f.alegra_window(st, 150).0, 0);

@@ -54,8 +54,12 @@ pub struct SandboxOptions {
     pub latency_ms: u64,
     pub change_interval_ms: u64,
     pub dir: Option<PathBuf>,
+    /// Where webhooks go; `{company}` in it is replaced by the sending company's id.
     pub webhook_url: Option<String>,
     pub faults: std::collections::BTreeMap<String, faults::FaultSettings>,
+    /// Simulated companies, each with its own Stripe account, QuickBooks realm and
+    /// Alegra account (and its own quotas). 1: today's single company.
+    pub companies: usize,
 }
 
 impl Default for SandboxOptions {
@@ -68,7 +72,89 @@ impl Default for SandboxOptions {
             dir: None,
             webhook_url: None,
             faults: Default::default(),
+            companies: 1,
         }
+    }
+}
+
+/// Companies a sandbox simulates at most.
+pub const MAX_COMPANIES: usize = 64;
+
+/// Who company `k` (1-based) of `n` is: its id, name and credentials. Company 1 keeps
+/// the single-company constants (so one-company configs keep working); companies 2..n
+/// derive theirs from `k`. The Intuit app (client id and secret) is shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompanyKeys {
+    /// 1-based.
+    pub k: usize,
+    /// `default` when the sandbox has one company, else `co1`..`coN`.
+    pub id: String,
+    pub name: String,
+    pub realm_id: String,
+    pub stripe_api_key: String,
+    pub alegra_email: String,
+    pub alegra_token: String,
+}
+
+impl CompanyKeys {
+    pub fn of(k: usize, n: usize) -> Self {
+        let first = k <= 1;
+        Self {
+            k,
+            id: if n <= 1 {
+                "default".to_owned()
+            } else {
+                format!("co{k}")
+            },
+            name: format!("Sandbox company {k}"),
+            realm_id: if first {
+                QB_REALM_ID.to_owned()
+            } else {
+                (9_341_453_050_289_485u64 + (k as u64 - 1) * 1_000_003).to_string()
+            },
+            stripe_api_key: if first {
+                STRIPE_API_KEY.to_owned()
+            } else {
+                format!("{STRIPE_API_KEY}_co{k}")
+            },
+            alegra_email: if first {
+                alegra::ALEGRA_EMAIL.to_owned()
+            } else {
+                format!("sandbox+co{k}@syncctl.test")
+            },
+            alegra_token: if first {
+                alegra::ALEGRA_TOKEN.to_owned()
+            } else {
+                format!("{}-co{k}", alegra::ALEGRA_TOKEN)
+            },
+        }
+    }
+
+    /// The seed of this company's world (company 1: the sandbox's own).
+    pub fn seed(&self, seed: u64) -> u64 {
+        seed.wrapping_add(
+            (self.k as u64)
+                .saturating_sub(1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
+    }
+
+    /// Where this company's world is kept under the sandbox's `dir`: company 1 in `dir`
+    /// itself (so a world saved before companies loads as company 1), company k in
+    /// `dir/companies/cok`.
+    pub fn dir(&self, dir: &Path) -> PathBuf {
+        if self.k <= 1 {
+            dir.to_path_buf()
+        } else {
+            dir.join("companies").join(format!("co{}", self.k))
+        }
+    }
+
+    /// The `Authorization: Basic …` value of its Alegra account.
+    fn alegra_basic(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.alegra_email, self.alegra_token))
     }
 }
 
@@ -593,14 +679,71 @@ pub fn price_json(p: &Price) -> Value {
     })
 }
 
-/// Shared state behind every route.
-pub struct Sandbox {
+/// One simulated company: its keys, its world (Stripe account, QuickBooks realm,
+/// Alegra account) and that world's journal.
+pub struct Company {
+    /// 0-based position among the sandbox's companies (its quotas in `faults`).
+    pub index: usize,
+    pub keys: CompanyKeys,
+    alegra_basic: String,
     world: Mutex<World>,
     journal: Mutex<Option<Journal>>,
+}
+
+impl Company {
+    pub fn id(&self) -> &str {
+        &self.keys.id
+    }
+
+    pub fn lock(&self) -> WorldTx<'_> {
+        WorldTx {
+            world: self.world.lock().unwrap_or_else(|p| p.into_inner()),
+            company: self,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// `v[name]`, made an object if it was not one.
+fn service_entry<'a>(v: &'a mut Value, name: &str) -> &'a mut Value {
+    let entry = &mut v[name];
+    if !entry.is_object() {
+        *entry = json!({});
+    }
+    entry
+}
+
+/// `a + b` leaf by leaf: numbers add, objects add key by key, anything else keeps `a`'s.
+fn add_json(a: Value, b: &Value) -> Value {
+    match (a, b) {
+        (Value::Object(mut a), Value::Object(b)) => {
+            for (k, bv) in b {
+                let av = a.remove(k).unwrap_or(Value::Null);
+                a.insert(k.clone(), add_json(av, bv));
+            }
+            Value::Object(a)
+        }
+        (Value::Null, b) => b.clone(),
+        (Value::Number(x), Value::Number(y)) => match (x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y)) => json!(x.saturating_add(y)),
+            _ => match (x.as_i64(), y.as_i64()) {
+                (Some(x), Some(y)) => json!(x.saturating_add(y)),
+                _ => json!(x.as_f64().unwrap_or(0.0) + y.as_f64().unwrap_or(0.0)),
+            },
+        },
+        (a, _) => a,
+    }
+}
+
+/// Shared state behind every route.
+pub struct Sandbox {
+    /// Company 1 first; never empty.
+    companies: Vec<Company>,
     pub latency_ms: std::sync::atomic::AtomicU64,
     webhook_url: Mutex<Option<String>>,
-    outbox: tokio::sync::mpsc::UnboundedSender<Event>,
-    outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+    /// Events to deliver, with the index of the company that sent them.
+    outbox: tokio::sync::mpsc::UnboundedSender<(usize, Event)>,
+    outbox_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, Event)>>>,
     pub faults: faults::Faults,
     alegra_knobs: Mutex<alegra::Knobs>,
     /// How QuickBooks answers the next batch requests (a lost or partial answer).
@@ -616,11 +759,16 @@ struct Journal {
 /// A world lock that journals what it changed when dropped via [`WorldTx::commit`].
 pub struct WorldTx<'a> {
     pub world: MutexGuard<'a, World>,
-    sandbox: &'a Sandbox,
+    company: &'a Company,
     pending: Vec<Entry>,
 }
 
 impl WorldTx<'_> {
+    /// The company whose world this is.
+    pub fn company(&self) -> &Company {
+        self.company
+    }
+
     fn record(&mut self, entry: Entry) {
         self.pending.push(entry);
     }
@@ -631,7 +779,7 @@ impl WorldTx<'_> {
         }
         self.pending.push(self.world.meta());
         let mut journal = self
-            .sandbox
+            .company
             .journal
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -661,48 +809,119 @@ impl WorldTx<'_> {
 }
 
 impl Sandbox {
-    /// Opens the world in `opts.dir` (or generates a new one) and returns the sandbox.
+    /// Opens the worlds in `opts.dir` (or generates new ones) and returns the sandbox.
     pub fn open(opts: &SandboxOptions) -> anyhow::Result<Arc<Self>> {
-        let (world, journal) = match &opts.dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                let world = load(dir)?.unwrap_or_else(|| World::generate(opts.products, opts.seed));
-                let file = compact(dir, &world)?;
-                (
-                    world,
-                    Some(Journal {
-                        file,
-                        dir: dir.clone(),
-                        entries: 0,
-                    }),
-                )
-            }
-            None => (World::generate(opts.products, opts.seed), None),
-        };
+        let n = opts.companies;
+        if !(1..=MAX_COMPANIES).contains(&n) {
+            anyhow::bail!("companies: expected 1 to {MAX_COMPANIES}, got {n}");
+        }
+        let mut companies = Vec::with_capacity(n);
+        for k in 1..=n {
+            let keys = CompanyKeys::of(k, n);
+            let seed = keys.seed(opts.seed);
+            let (world, journal) = match &opts.dir {
+                Some(dir) => {
+                    let dir = keys.dir(dir);
+                    std::fs::create_dir_all(&dir)?;
+                    let world = load(&dir)?.unwrap_or_else(|| World::generate(opts.products, seed));
+                    let file = compact(&dir, &world)?;
+                    (
+                        world,
+                        Some(Journal {
+                            file,
+                            dir,
+                            entries: 0,
+                        }),
+                    )
+                }
+                None => (World::generate(opts.products, seed), None),
+            };
+            companies.push(Company {
+                index: k - 1,
+                alegra_basic: keys.alegra_basic(),
+                keys,
+                world: Mutex::new(world),
+                journal: Mutex::new(journal),
+            });
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Self {
-            world: Mutex::new(world),
-            journal: Mutex::new(journal),
+            companies,
             latency_ms: opts.latency_ms.into(),
             webhook_url: Mutex::new(opts.webhook_url.clone()),
             outbox: tx,
             outbox_rx: Mutex::new(Some(rx)),
-            faults: faults::Faults::new(&opts.faults).map_err(anyhow::Error::msg)?,
+            faults: faults::Faults::with_companies(&opts.faults, n).map_err(anyhow::Error::msg)?,
             alegra_knobs: Mutex::new(alegra::Knobs::default()),
             qb_batch_answers: Mutex::new(quickbooks::BatchAnswerKnobs::default()),
         }))
     }
 
+    /// Company 1's world (the only one of a single-company sandbox).
     pub fn lock(&self) -> WorldTx<'_> {
-        WorldTx {
-            world: self.world.lock().unwrap_or_else(|p| p.into_inner()),
-            sandbox: self,
-            pending: Vec::new(),
+        self.companies[0].lock()
+    }
+
+    /// The companies, company 1 first.
+    pub fn companies(&self) -> &[Company] {
+        &self.companies
+    }
+
+    /// Company at `index` (0-based); company 1 when out of range.
+    pub fn company(&self, index: usize) -> &Company {
+        self.companies.get(index).unwrap_or(&self.companies[0])
+    }
+
+    /// The index of the company with id `id`.
+    pub fn company_by_id(&self, id: &str) -> Option<usize> {
+        self.companies.iter().position(|c| c.keys.id == id)
+    }
+
+    /// The company whose QuickBooks realm is `realm`.
+    pub fn company_by_realm(&self, realm: &str) -> Option<usize> {
+        self.companies.iter().position(|c| c.keys.realm_id == realm)
+    }
+
+    /// The company whose Stripe secret key is `key`.
+    pub fn company_by_stripe_key(&self, key: &str) -> Option<usize> {
+        self.companies
+            .iter()
+            .position(|c| c.keys.stripe_api_key == key)
+    }
+
+    /// The company whose Alegra `Basic` credentials (base64) are `basic`.
+    pub fn company_by_alegra_basic(&self, basic: &str) -> Option<usize> {
+        self.companies.iter().position(|c| c.alegra_basic == basic)
+    }
+
+    /// Which company a request to `service` is for, as the real service tells: the
+    /// realm in a QuickBooks path, the Stripe key, the Alegra basic credentials.
+    pub fn company_of_request(
+        &self,
+        service: &str,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<usize> {
+        let auth = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match service {
+            "quickbooks" => path
+                .strip_prefix("/v3/company/")
+                .and_then(|r| r.split('/').next())
+                .and_then(|realm| self.company_by_realm(realm)),
+            "stripe" => auth
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|k| self.company_by_stripe_key(k)),
+            "alegra" => auth
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|b| self.company_by_alegra_basic(b.trim())),
+            _ => None,
         }
     }
 
-    fn count_delivery(&self, ok: bool) {
-        let mut tx = self.lock();
+    fn count_delivery(&self, company: usize, ok: bool) {
+        let mut tx = self.company(company).lock();
         if ok {
             tx.world.counters.webhooks_sent += 1;
         } else {
@@ -717,18 +936,56 @@ impl Sandbox {
         *self.webhook_url.lock().unwrap_or_else(|p| p.into_inner()) = url;
     }
 
+    /// Where company `company`'s webhooks go: the webhook URL with `{company}` replaced
+    /// by its id (each Stripe account has its own endpoint).
+    pub fn webhook_url_of(&self, company: usize) -> Option<String> {
+        let url = self
+            .webhook_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some(url.replace("{company}", self.company(company).id()))
+    }
+
     pub fn webhook_secret(&self) -> String {
         self.lock().world.webhook_secret.clone()
     }
 
+    /// `/_sandbox/stats`: the top-level keys as they always were (over every company:
+    /// with one company, that company's), and `companies`: the same per company id, with
+    /// per service its quota and the rate it was spent at (see [`faults::QuotaStats`]).
     pub fn stats(&self) -> Value {
-        let mut v = self.lock().world.stats();
+        let mut per = serde_json::Map::new();
+        let mut sum: Option<Value> = None;
+        for c in &self.companies {
+            let world = c.lock().world.stats();
+            sum = Some(match sum {
+                None => world.clone(),
+                Some(total) => add_json(total, &world),
+            });
+            let mut v = world;
+            for name in faults::SERVICES {
+                let q = self.faults.quota_stats(c.index, name);
+                let entry = service_entry(&mut v, name);
+                if let Some(handled) = entry.get("requests").cloned() {
+                    entry["handled"] = handled;
+                }
+                entry["requests"] = json!(q.requests);
+                entry["throttled"] = json!(q.throttled);
+                entry["errors_injected"] = json!(q.errors_injected);
+                entry["rate_per_min"] = json!(q.rate_per_min);
+                entry["peak_rate_per_min"] = json!(q.peak_rate_per_min);
+                entry["quota_per_min"] = json!(q.quota_per_min);
+                entry["max_concurrent"] = json!(q.max_concurrent);
+            }
+            per.insert(c.keys.id.clone(), v);
+        }
+        let mut v = sum.unwrap_or_else(|| json!({}));
+        // One clock for every company: its offset is not summed.
+        v["clock_offset_secs"] = json!(self.lock().world.clock_offset_secs);
         for name in faults::SERVICES {
             let (requests, throttled, injected) = self.faults.counters(name);
-            let entry = &mut v[name];
-            if !entry.is_object() {
-                *entry = json!({});
-            }
+            let entry = service_entry(&mut v, name);
             if let Some(handled) = entry.get("requests").cloned() {
                 entry["handled"] = handled;
             }
@@ -736,6 +993,7 @@ impl Sandbox {
             entry["throttled"] = json!(throttled);
             entry["errors_injected"] = json!(injected);
         }
+        v["companies"] = Value::Object(per);
         v
     }
 
@@ -755,13 +1013,18 @@ impl Sandbox {
         };
         tx.world.events.push(event.clone());
         tx.record(Entry::Event(event.clone()));
-        let _ = self.outbox.send(event);
+        let _ = self.outbox.send((tx.company.index, event));
     }
 
     /// Makes `n` paid invoices of products with a price, each with its `invoice.paid`
     /// event (and webhook).
     pub fn create_invoices(&self, n: usize) -> Vec<String> {
-        let mut tx = self.lock();
+        self.create_invoices_for(0, n)
+    }
+
+    /// [`Sandbox::create_invoices`] in company `company` (0-based).
+    pub fn create_invoices_for(&self, company: usize, n: usize) -> Vec<String> {
+        let mut tx = self.company(company).lock();
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
             let w: &mut World = &mut tx.world;
@@ -815,7 +1078,12 @@ impl Sandbox {
 
     /// Applies one random catalog change, as a merchant editing Stripe would.
     pub fn random_change(&self) {
-        let mut tx = self.lock();
+        self.random_change_for(0);
+    }
+
+    /// [`Sandbox::random_change`] in company `company` (0-based).
+    pub fn random_change_for(&self, company: usize) {
+        let mut tx = self.company(company).lock();
         let roll = tx.world.rng.below(100);
         let n = tx.world.products.len();
         if n == 0 || roll < 25 {
@@ -946,6 +1214,114 @@ pub fn peek_world(opts: &SandboxOptions) -> anyhow::Result<World> {
     }
 }
 
+/// What an engine config needs of a company's world.
+#[derive(Debug, Clone)]
+pub struct CompanySecrets {
+    pub webhook_secret: String,
+    pub refresh_token: String,
+}
+
+impl World {
+    pub fn secrets(&self) -> CompanySecrets {
+        CompanySecrets {
+            webhook_secret: self.webhook_secret.clone(),
+            refresh_token: self.refresh_token.clone(),
+        }
+    }
+}
+
+/// The worlds of every company `opts` describes (company 1 first), read without
+/// writing anything.
+pub fn peek_worlds(opts: &SandboxOptions) -> anyhow::Result<Vec<World>> {
+    let n = opts.companies.clamp(1, MAX_COMPANIES);
+    (1..=n)
+        .map(|k| {
+            let keys = CompanyKeys::of(k, n);
+            let seed = keys.seed(opts.seed);
+            Ok(match &opts.dir {
+                Some(dir) => {
+                    load(&keys.dir(dir))?.unwrap_or_else(|| World::generate(opts.products, seed))
+                }
+                None => World::generate(opts.products, seed),
+            })
+        })
+        .collect()
+}
+
+/// The engine config (TOML) for a sandbox holding `worlds` (one per company, company 1
+/// first) reached at `addr` (`host:port`): with one company, [`engine_config_at`]'s;
+/// with more, the shared tables hold the base URLs, the Intuit app's keys and the
+/// limits, and each company is a `[[companies]]` entry with its own credentials.
+pub fn engine_config_for(
+    worlds: &[CompanySecrets],
+    addr: &str,
+    faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
+) -> String {
+    if let [one] = worlds {
+        return single_config(one, addr, faults);
+    }
+    let limits = |name: &str| {
+        let f = faults.get(name).cloned().unwrap_or_default();
+        format!(
+            "rate_limit_per_min = {}\nmax_concurrent = {}\n",
+            f.rate_limit_per_min, f.max_concurrent
+        )
+    };
+    let mut out = format!(
+        "# Engine config for the syncctl sandbox at http://{addr}: {n} companies\n\
+         # (credentials the sandbox accepts; the refresh tokens rotate on use; each\n\
+         # company's quotas are its own, the limits below apply to each)\n\
+         [stripe]\n\
+         base_url = \"http://{addr}\"\n\
+         {}\n\
+         [quickbooks]\n\
+         base_url = \"http://{addr}\"\n\
+         client_id = \"{QB_CLIENT_ID}\"\n\
+         client_secret = \"{QB_CLIENT_SECRET}\"\n\
+         token_url = \"http://{addr}/oauth2/v1/tokens/bearer\"\n\
+         {}\n\
+         [alegra]\n\
+         base_url = \"http://{addr}/api/v1\"\n\
+         issuer_nit = \"{}\"\n\
+         technical_key = \"{}\"\n\
+         environment = \"{}\"\n\
+         {}",
+        limits("stripe"),
+        limits("quickbooks"),
+        alegra::ISSUER_NIT,
+        alegra::TECHNICAL_KEY,
+        alegra::ENVIRONMENT,
+        limits("alegra"),
+        n = worlds.len(),
+    );
+    for (i, w) in worlds.iter().enumerate() {
+        let keys = CompanyKeys::of(i + 1, worlds.len());
+        out.push_str(&format!(
+            "\n[[companies]]\n\
+             id = \"{}\"\n\
+             name = \"{}\"\n\
+             [companies.stripe]\n\
+             api_key = \"{}\"\n\
+             webhook_secret = \"{}\"\n\
+             [companies.quickbooks]\n\
+             realm_id = \"{}\"\n\
+             refresh_token = \"{}\"\n\
+             [companies.alegra]\n\
+             email = \"{}\"\n\
+             token = \"{}\"\n",
+            keys.id,
+            keys.name,
+            keys.stripe_api_key,
+            w.webhook_secret,
+            keys.realm_id,
+            w.refresh_token,
+            keys.alegra_email,
+            keys.alegra_token,
+        ));
+    }
+    out
+}
+
 /// The engine config (TOML) that points at a sandbox holding `world` on `addr`.
 pub fn engine_config(
     world: &World,
@@ -959,6 +1335,15 @@ pub fn engine_config(
 /// names it).
 pub fn engine_config_at(
     world: &World,
+    addr: &str,
+    faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
+) -> String {
+    single_config(&world.secrets(), addr, faults)
+}
+
+/// The single-company config (no `[[companies]]`).
+fn single_config(
+    world: &CompanySecrets,
     addr: &str,
     faults: &std::collections::BTreeMap<String, faults::FaultSettings>,
 ) -> String {
@@ -1098,14 +1483,17 @@ pub fn serve(
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(change_interval_ms));
             tick.tick().await;
-            // A paid invoice every fourth tick, as a shop selling its catalog would.
+            // A paid invoice every fourth tick, as a shop selling its catalog would
+            // (in every company).
             for n in 1u64.. {
                 tokio::select! {
                     _ = c.cancelled() => break,
-                    _ = tick.tick() => if n % 4 == 0 {
-                        s.create_invoices(1);
-                    } else {
-                        s.random_change();
+                    _ = tick.tick() => for company in 0..s.companies().len() {
+                        if n % 4 == 0 {
+                            s.create_invoices_for(company, 1);
+                        } else {
+                            s.random_change_for(company);
+                        }
                     },
                 }
             }
@@ -1159,6 +1547,32 @@ async fn latency(State(s): State<Arc<Sandbox>>, req: Request, next: Next) -> Res
     answer
 }
 
+/// A knob's answer refusing what it was asked.
+type Refusal = (axum::http::StatusCode, axum::Json<Value>);
+
+/// `?company=<id>` on a knob: which company it acts on (company 1 when left out).
+#[derive(Debug, Default, Deserialize)]
+struct CompanyParam {
+    company: Option<String>,
+}
+
+impl CompanyParam {
+    fn resolve(&self, s: &Sandbox) -> Result<usize, Refusal> {
+        let Some(id) = self.company.as_deref() else {
+            return Ok(0);
+        };
+        s.company_by_id(id).ok_or_else(|| {
+            let known: Vec<&str> = s.companies().iter().map(Company::id).collect();
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(json!({
+                    "error": format!("no company {id:?} (this sandbox has {})", known.join(", "))
+                })),
+            )
+        })
+    }
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one simulated endpoint's rules in the order the real service applies them"
@@ -1166,6 +1580,7 @@ async fn latency(State(s): State<Arc<Sandbox>>, req: Request, next: Next) -> Res
 fn knobs() -> Router<Arc<Sandbox>> {
     use axum::Json;
     use axum::extract::Path as UrlPath;
+    use axum::extract::Query;
     use axum::routing::{get, post};
     Router::new()
         .route(
@@ -1195,7 +1610,12 @@ fn knobs() -> Router<Arc<Sandbox>> {
                             .iter()
                             .filter_map(|n| Some(((*n).to_owned(), s.faults.get(n)?)))
                             .collect();
-                    let text = engine_config_at(&s.lock().world, host, &faults);
+                    let worlds: Vec<CompanySecrets> = s
+                        .companies()
+                        .iter()
+                        .map(|c| c.lock().world.secrets())
+                        .collect();
+                    let text = engine_config_for(&worlds, host, &faults);
                     (axum::http::StatusCode::OK, text)
                 },
             ),
@@ -1240,21 +1660,27 @@ fn knobs() -> Router<Arc<Sandbox>> {
         )
         .route(
             "/_sandbox/alegra/invoices",
-            get(|State(s): State<Arc<Sandbox>>| async move {
-                let w = s.lock();
-                Json(Value::Array(
-                    w.world.alegra.iter().map(|d| d.json()).collect(),
-                ))
-            }),
+            get(
+                |State(s): State<Arc<Sandbox>>, Query(q): Query<CompanyParam>| async move {
+                    let c = q.resolve(&s)?;
+                    let w = s.company(c).lock();
+                    Ok::<_, Refusal>(Json(Value::Array(
+                        w.world.alegra.iter().map(|d| d.json()).collect(),
+                    )))
+                },
+            ),
         )
         .route(
             "/_sandbox/quickbooks/items",
-            get(|State(s): State<Arc<Sandbox>>| async move {
-                let w = s.lock();
-                Json(Value::Array(
-                    w.world.items.iter().map(quickbooks::item_json).collect(),
-                ))
-            }),
+            get(
+                |State(s): State<Arc<Sandbox>>, Query(q): Query<CompanyParam>| async move {
+                    let c = q.resolve(&s)?;
+                    let w = s.company(c).lock();
+                    Ok::<_, Refusal>(Json(Value::Array(
+                        w.world.items.iter().map(quickbooks::item_json).collect(),
+                    )))
+                },
+            ),
         )
         .route(
             "/_sandbox/quickbooks/batch_answers",
@@ -1282,8 +1708,13 @@ fn knobs() -> Router<Arc<Sandbox>> {
             post(
                 |State(s): State<Arc<Sandbox>>,
                  UrlPath(id): UrlPath<String>,
+                 Query(q): Query<CompanyParam>,
                  Json(body): Json<Value>| async move {
-                    match quickbooks::edit_item(&s, &id, &body) {
+                    let c = match q.resolve(&s) {
+                        Ok(c) => c,
+                        Err((st, body)) => return (st, body),
+                    };
+                    match quickbooks::edit_item(s.company(c), &id, &body) {
                         Ok(item) => (axum::http::StatusCode::OK, Json(item)),
                         Err((status, why)) => (
                             axum::http::StatusCode::from_u16(status)
@@ -1296,18 +1727,29 @@ fn knobs() -> Router<Arc<Sandbox>> {
         )
         .route(
             "/_sandbox/quickbooks/revoke",
-            post(|State(s): State<Arc<Sandbox>>| async move { Json(quickbooks::revoke(&s)) }),
+            post(
+                |State(s): State<Arc<Sandbox>>, Query(q): Query<CompanyParam>| async move {
+                    let c = q.resolve(&s)?;
+                    Ok::<_, Refusal>(Json(quickbooks::revoke(s.company(c))))
+                },
+            ),
         )
         .route(
             "/_sandbox/clock",
             post(
                 |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
-                    let mut tx = s.lock();
-                    tx.world.clock_offset_secs += body["advance_secs"].as_i64().unwrap_or(0);
-                    let meta = tx.world.meta();
-                    tx.record(meta);
-                    let offset = tx.world.clock_offset_secs;
-                    tx.commit();
+                    // One clock: every company's moves.
+                    let mut offset = 0;
+                    for c in s.companies() {
+                        let mut tx = c.lock();
+                        tx.world.clock_offset_secs += body["advance_secs"].as_i64().unwrap_or(0);
+                        let meta = tx.world.meta();
+                        tx.record(meta);
+                        if c.index == 0 {
+                            offset = tx.world.clock_offset_secs;
+                        }
+                        tx.commit();
+                    }
                     Json(json!({ "clock_offset_secs": offset }))
                 },
             ),
@@ -1335,21 +1777,27 @@ fn knobs() -> Router<Arc<Sandbox>> {
         .route(
             "/_sandbox/catalog/changes",
             post(
-                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                |State(s): State<Arc<Sandbox>>,
+                 Query(q): Query<CompanyParam>,
+                 Json(body): Json<Value>| async move {
+                    let c = q.resolve(&s)?;
                     let n = body["count"].as_u64().unwrap_or(1).min(10_000);
                     for _ in 0..n {
-                        s.random_change();
+                        s.random_change_for(c);
                     }
-                    Json(json!({ "changes": n }))
+                    Ok::<_, Refusal>(Json(json!({ "changes": n })))
                 },
             ),
         )
         .route(
             "/_sandbox/stripe/invoices",
             post(
-                |State(s): State<Arc<Sandbox>>, Json(body): Json<Value>| async move {
+                |State(s): State<Arc<Sandbox>>,
+                 Query(q): Query<CompanyParam>,
+                 Json(body): Json<Value>| async move {
+                    let c = q.resolve(&s)?;
                     let n = body["count"].as_u64().unwrap_or(1).min(10_000) as usize;
-                    Json(json!({ "created": s.create_invoices(n) }))
+                    Ok::<_, Refusal>(Json(json!({ "created": s.create_invoices_for(c, n) })))
                 },
             ),
         )
@@ -1358,7 +1806,12 @@ fn knobs() -> Router<Arc<Sandbox>> {
             post(
                 |State(s): State<Arc<Sandbox>>,
                  UrlPath(id): UrlPath<String>,
+                 Query(q): Query<CompanyParam>,
                  Json(body): Json<Value>| async move {
+                    let c = match q.resolve(&s) {
+                        Ok(c) => c,
+                        Err((st, body)) => return (st, body),
+                    };
                     let mut change: ProductChange =
                         serde_json::from_value(body.clone()).unwrap_or_default();
                     if let (Some(amount), Some(currency)) =
@@ -1366,7 +1819,7 @@ fn knobs() -> Router<Arc<Sandbox>> {
                     {
                         change.price = Some((amount, currency.to_lowercase()));
                     }
-                    let mut tx = s.lock();
+                    let mut tx = s.company(c).lock();
                     let found = s.update_product(&mut tx, &id, change);
                     let out = tx
                         .world
@@ -1414,7 +1867,7 @@ pub fn event_json(e: &Event) -> Value {
 /// sometimes out of order (each delivery waits a random short delay), retried on failure.
 async fn deliver_webhooks(
     sandbox: Arc<Sandbox>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(usize, Event)>,
     cancel: CancellationToken,
 ) {
     let client = match reqwest::Client::builder()
@@ -1429,20 +1882,15 @@ async fn deliver_webhooks(
     };
     let mut rng = Rng::new(sandbox.lock().world.seed ^ 0xABCD);
     let in_flight = tokio_util::task::TaskTracker::new();
-    let mut backlog: VecDeque<Event> = VecDeque::new();
+    let mut backlog: VecDeque<(usize, Event)> = VecDeque::new();
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
             e = rx.recv() => match e { Some(e) => e, None => break },
         };
         backlog.push_back(event);
-        while let Some(event) = backlog.pop_front() {
-            let Some(url) = sandbox
-                .webhook_url
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            else {
+        while let Some((company, event)) = backlog.pop_front() {
+            let Some(url) = sandbox.webhook_url_of(company) else {
                 continue;
             };
             let copies = if rng.chance(0.05) { 2 } else { 1 };
@@ -1458,16 +1906,11 @@ async fn deliver_webhooks(
                     }
                     for attempt in 0..5u32 {
                         let (secret, now) = {
-                            let w = s.lock();
+                            let w = s.company(company).lock();
                             (w.world.webhook_secret.clone(), w.world.now())
                         };
                         // Like Stripe, a retry goes to the endpoint as it is configured now.
-                        let url = s
-                            .webhook_url
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone()
-                            .unwrap_or_else(|| url.clone());
+                        let url = s.webhook_url_of(company).unwrap_or_else(|| url.clone());
                         let sig = sign_webhook(&secret, now, &body);
                         let ok = client
                             .post(&url)
@@ -1478,7 +1921,7 @@ async fn deliver_webhooks(
                             .await
                             .map(|r| r.status().is_success())
                             .unwrap_or(false);
-                        s.count_delivery(ok);
+                        s.count_delivery(company, ok);
                         if ok {
                             return;
                         }

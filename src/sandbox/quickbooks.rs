@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ACCESS_TOKEN_TTL_SECS, Entry, Item, QB_CLIENT_ID, QB_CLIENT_SECRET, QB_REALM_ID, Sandbox, World,
+    ACCESS_TOKEN_TTL_SECS, Company, Entry, Item, QB_CLIENT_ID, QB_CLIENT_SECRET, Sandbox, World,
 };
 
 pub fn routes() -> Router<Arc<Sandbox>> {
@@ -105,9 +105,12 @@ fn auth_fault() -> Response {
         .into_response()
 }
 
-/// Counts the request, checks realm and bearer token.
-fn authorize(s: &Sandbox, headers: &HeaderMap, realm: &str) -> Result<(), Response> {
-    let mut tx = s.lock();
+/// Counts the request, checks realm and bearer token: the company of the realm. A
+/// token is good only for the realm it was issued for (another realm's is a 401, as at
+/// Intuit); an unknown realm is counted at company 1 and refused.
+fn authorize(s: &Sandbox, headers: &HeaderMap, realm: &str) -> Result<usize, Response> {
+    let company = s.company_by_realm(realm);
+    let mut tx = s.company(company.unwrap_or(0)).lock();
     tx.world.counters.qb_requests += 1;
     let token = headers
         .get("authorization")
@@ -121,7 +124,7 @@ fn authorize(s: &Sandbox, headers: &HeaderMap, realm: &str) -> Result<(), Respon
         tx.world.counters.qb_auth_failures += 1;
         return Err(auth_fault());
     }
-    if realm != QB_REALM_ID {
+    let Some(company) = company else {
         let t = timestamp(&tx.world);
         let (st, body) = fault(
             StatusCode::FORBIDDEN,
@@ -132,8 +135,8 @@ fn authorize(s: &Sandbox, headers: &HeaderMap, realm: &str) -> Result<(), Respon
             &t,
         );
         return Err((st, axum::Json(body)).into_response());
-    }
-    Ok(())
+    };
+    Ok(company)
 }
 
 #[derive(Deserialize)]
@@ -148,10 +151,11 @@ async fn write_item(
     Query(params): Query<WriteParams>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &realm) {
-        return r;
-    }
-    let mut tx = s.lock();
+    let c = match authorize(&s, &headers, &realm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut tx = s.company(c).lock();
     if let Some(rid) = &params.requestid {
         if rid.len() > 50 {
             let t = timestamp(&tx.world);
@@ -404,10 +408,11 @@ async fn read_item(
     headers: HeaderMap,
     Path((realm, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &realm) {
-        return r;
-    }
-    let tx = s.lock();
+    let c = match authorize(&s, &headers, &realm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let tx = s.company(c).lock();
     let t = timestamp(&tx.world);
     match id
         .parse::<usize>()
@@ -648,10 +653,11 @@ async fn query(
     Path(realm): Path<String>,
     Query(params): Query<QueryParams>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &realm) {
-        return r;
-    }
-    let mut tx = s.lock();
+    let c = match authorize(&s, &headers, &realm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut tx = s.company(c).lock();
     tx.world.counters.qb_queries += 1;
     let t = timestamp(&tx.world);
     match run_query(&tx.world, params.query.as_deref().unwrap_or("")) {
@@ -766,10 +772,11 @@ async fn batch(
     Query(params): Query<WriteParams>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &realm) {
-        return r;
-    }
-    let mut tx = s.lock();
+    let c = match authorize(&s, &headers, &realm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut tx = s.company(c).lock();
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -889,7 +896,7 @@ async fn batch(
         tx.commit();
         return s.batch_answer(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
     }
-    if let Err(throttled) = s.faults.admit_batch(ops.len()) {
+    if let Err(throttled) = s.faults.admit_batch(c, ops.len()) {
         return throttled;
     }
     tx.world.counters.qb_batch_requests += 1;
@@ -997,10 +1004,11 @@ async fn cdc(
     Path(realm): Path<String>,
     Query(params): Query<CdcParams>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &realm) {
-        return r;
-    }
-    let mut tx = s.lock();
+    let c = match authorize(&s, &headers, &realm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut tx = s.company(c).lock();
     let entities: Vec<&str> = params
         .entities
         .as_deref()
@@ -1112,7 +1120,18 @@ async fn token(
         )
             .into_response();
     }
-    let mut tx = s.lock();
+    // The refresh token tells the company (one it does not know is company 1's to
+    // refuse).
+    let c = form
+        .refresh_token
+        .as_deref()
+        .and_then(|rt| {
+            s.companies()
+                .iter()
+                .position(|co| co.lock().world.refresh_token == rt)
+        })
+        .unwrap_or(0);
+    let mut tx = s.company(c).lock();
     tx.world.counters.token_requests += 1;
     if form.refresh_token.as_deref() != Some(tx.world.refresh_token.as_str()) {
         tx.world.counters.token_rejected += 1;
@@ -1149,7 +1168,7 @@ async fn token(
 /// As QuickBooks does for any write, its SyncToken goes up and its LastUpdatedTime is
 /// now (so change data capture returns it). Not found: `Err(404)`; a name another Item
 /// holds, or a bad value: `Err(400)` with why.
-pub fn edit_item(s: &Sandbox, id: &str, body: &Value) -> Result<Value, (u16, String)> {
+pub fn edit_item(s: &Company, id: &str, body: &Value) -> Result<Value, (u16, String)> {
     let mut tx = s.lock();
     let Some(idx) = id
         .parse::<usize>()
@@ -1214,7 +1233,7 @@ pub fn edit_item(s: &Sandbox, id: &str, body: &Value) -> Result<Value, (u16, Str
 /// elsewhere (or its connection revoked): the refresh token the engine holds is
 /// superseded and every access token dies. Answers the new refresh token, as Intuit's
 /// developer portal would show it to whoever re-authorised.
-pub fn revoke(s: &Sandbox) -> Value {
+pub fn revoke(s: &Company) -> Value {
     let mut tx = s.lock();
     let refresh = format!("AB11{}", tx.world.rng.hex(20));
     tx.world.refresh_token = refresh.clone();

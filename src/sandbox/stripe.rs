@@ -39,19 +39,21 @@ pub fn error(
     (status, axum::Json(body)).into_response()
 }
 
-/// Checks `Authorization: Bearer <key>` and counts the request.
-fn authorize(s: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
-    {
-        let mut tx = s.lock();
-        tx.world.counters.stripe_requests += 1;
-    }
+/// Checks `Authorization: Bearer <key>` and counts the request: the company whose
+/// secret key it is (an unknown key is counted at company 1, and refused).
+fn authorize(s: &Sandbox, headers: &HeaderMap) -> Result<usize, Response> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match key {
-        Some(k) if k == super::STRIPE_API_KEY => Ok(()),
-        Some(k) => {
+    let company = key.and_then(|k| s.company_by_stripe_key(k));
+    {
+        let mut tx = s.company(company.unwrap_or(0)).lock();
+        tx.world.counters.stripe_requests += 1;
+    }
+    match (key, company) {
+        (Some(_), Some(c)) => Ok(c),
+        (Some(k), None) => {
             let tail: String = k
                 .chars()
                 .rev()
@@ -68,7 +70,7 @@ fn authorize(s: &Sandbox, headers: &HeaderMap) -> Result<(), Response> {
                 None,
             ))
         }
-        None => Err(error(
+        (None, _) => Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             None,
@@ -182,9 +184,10 @@ async fn list_products(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let p = match parse_list(q) {
         Ok(p) => p,
         Err(r) => return r,
@@ -195,7 +198,7 @@ async fn list_products(
         .iter()
         .find(|(k, _)| k == "active")
         .map(|(_, v)| v == "true");
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     tx.world.counters.stripe_list_pages += 1;
     let w = &tx.world;
     let newest_first: Vec<&super::Product> = w
@@ -222,11 +225,12 @@ async fn get_product(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let expand = q.unwrap_or_default().contains("default_price");
-    let tx = s.lock();
+    let tx = s.company(c).lock();
     match tx.world.product(&id) {
         Some(p) => axum::Json(tx.world.product_json(p, expand)).into_response(),
         None => missing(&id),
@@ -248,9 +252,10 @@ async fn list_prices(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let p = match parse_list(q) {
         Ok(p) => p,
         Err(r) => return r,
@@ -260,7 +265,7 @@ async fn list_prices(
         .iter()
         .find(|(k, _)| k == "product")
         .map(|(_, v)| v.clone());
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     tx.world.counters.stripe_list_pages += 1;
     let w = &tx.world;
     let newest_first: Vec<&super::Price> = w
@@ -286,10 +291,11 @@ async fn get_price(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let tx = s.lock();
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let tx = s.company(c).lock();
     match tx.world.price(&id) {
         Some(p) => axum::Json(price_json(p)).into_response(),
         None => missing(&id),
@@ -301,9 +307,10 @@ async fn list_events(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let p = match parse_list(q) {
         Ok(p) => p,
         Err(r) => return r,
@@ -313,7 +320,7 @@ async fn list_events(
         .iter()
         .find(|(k, _)| k == "type")
         .map(|(_, v)| v.clone());
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     tx.world.counters.stripe_list_pages += 1;
     let w = &tx.world;
     // Stripe keeps 30 days of events.
@@ -342,10 +349,11 @@ async fn get_event(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let tx = s.lock();
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let tx = s.company(c).lock();
     match tx.world.events.iter().find(|e| e.id == id) {
         Some(e) => axum::Json(event_json(e)).into_response(),
         None => missing(&id),
@@ -357,9 +365,10 @@ async fn list_invoices(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let p = match parse_list(q) {
         Ok(p) => p,
         Err(r) => return r,
@@ -373,7 +382,7 @@ async fn list_invoices(
     // Every sandbox invoice is paid; other statuses list nothing.
     let status_ok = filter("status").is_none_or(|v| v == "paid");
     let created_gte = filter("created[gte]").and_then(|v| v.parse::<i64>().ok());
-    let mut tx = s.lock();
+    let mut tx = s.company(c).lock();
     tx.world.counters.stripe_invoice_pages += 1;
     let w = &tx.world;
     let newest_first: Vec<&super::Invoice> = w
@@ -398,10 +407,11 @@ async fn get_invoice(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let tx = s.lock();
+    let c = match authorize(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let tx = s.company(c).lock();
     match tx.world.invoices.iter().find(|i| i.id == id) {
         Some(i) => axum::Json(i.json()).into_response(),
         None => missing(&id),

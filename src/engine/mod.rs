@@ -55,6 +55,8 @@ pub struct EngineOptions {
     /// Start over on purpose where the data dir shows a store was lost (`--fresh-store`):
     /// Alegra's documents are adopted, QuickBooks' Items found by Sku.
     pub fresh_store: bool,
+    /// The company this engine serves (`[[companies]]` id; "default" for one company).
+    pub company: String,
 }
 
 /// Why a compliance command or query is refused when `[alegra]` is not configured.

@@ -48,6 +48,7 @@ pub async fn engine(config: Config, dir: &std::path::Path) -> Served {
             mode: Mode::Sandbox,
             server_addr: None,
             fresh_store: false,
+            company: syncctl::config::DEFAULT_COMPANY.into(),
         },
         listener,
     )

@@ -2013,6 +2013,36 @@ mod tests {
         assert!(!format!("{c:?}").contains("sk_live"));
     }
     #[test]
+    fn a_companys_secrets_are_redacted_and_never_printed() {
+        let text = "[quickbooks]\nclient_id = \"app\"\n\n[[companies]]\nid = \"co1\"\nname = \"One\"\n[companies.stripe]\napi_key = \"sk_live_company_one\"\nwebhook_secret = \"whsec_company_one\"\n[companies.quickbooks]\nrealm_id = \"1\"\nrefresh_token = \"refresh_company_one\"\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        let secrets = c.secret_values();
+        for s in [
+            "sk_live_company_one",
+            "whsec_company_one",
+            "refresh_company_one",
+        ] {
+            assert!(
+                secrets.iter().any(|x| x == s),
+                "{s} not listed: {secrets:?}"
+            );
+            assert!(!c.redacted_toml().contains(s), "{s} in the redacted TOML");
+            assert!(!format!("{c:?}").contains(s), "{s} in Debug");
+        }
+        assert!(c.file_holds_secret());
+        let companies = c.companies().unwrap();
+        assert_eq!(companies.len(), 1);
+        let co1 = &companies[0].config;
+        assert_eq!(co1.quickbooks.client_id.as_deref(), Some("app"), "shared");
+        assert_eq!(co1.quickbooks.realm_id.as_deref(), Some("1"), "its own");
+        assert!(co1.companies.is_empty());
+        // Without [[companies]]: one company, "default", this very config.
+        let one = Config::default().companies().unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].id, DEFAULT_COMPANY);
+    }
+
+    #[test]
     fn redaction_removes_every_secret_and_url_credential() {
         let mut c = Config::default();
         c.server.tokens = vec![TokenConfig {

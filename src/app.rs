@@ -169,16 +169,45 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
 /// An engine and the HTTP server serving it. Derefs to the [`EngineHandle`]
 /// (`snapshot`, `events`, `commands`, `wall_clock`); [`Served::shutdown`] drains the
 /// engine (the server answers meanwhile), then stops the server.
+///
+/// With `[[companies]]` there is one engine per company, started and stopped together:
+/// `engine` is the first company's that started, `others` the rest, `failed` those
+/// whose engine could not start (reported by id; the others run, and the server answers
+/// for a failed one with why: an operator would rather see one company down than lose
+/// them all).
 pub struct Served {
     pub engine: EngineHandle,
+    /// The company of `engine` ("default" for one company).
+    pub company: String,
+    /// The other companies' engines, in the config's order.
+    pub others: Vec<HostedCompany>,
+    /// The companies whose engine did not start.
+    pub failed: Vec<FailedCompany>,
     /// Where the server listens.
     pub server_addr: SocketAddr,
     server: Option<tokio::task::JoinHandle<()>>,
     server_cancel: CancellationToken,
     /// The data dir's control file, removed once the server has stopped.
     local: Option<crate::server::local::LocalAccess>,
+    /// With companies: the top data dir's lock (each engine locks its own dir).
+    _host_lock: Option<crate::store::DataDirLock>,
     /// The consoles attached over the network.
     pub consoles: watch::Receiver<Vec<AttachedConsole>>,
+}
+
+/// One company's running engine in a [`Served`].
+pub struct HostedCompany {
+    pub id: String,
+    pub name: String,
+    pub engine: EngineHandle,
+}
+
+/// A company whose engine did not start, and why.
+#[derive(Debug, Clone)]
+pub struct FailedCompany {
+    pub id: String,
+    pub name: String,
+    pub error: String,
 }
 
 impl Deref for Served {
@@ -196,16 +225,52 @@ impl DerefMut for Served {
 }
 
 impl Served {
-    /// Asks the engine to drain and stop, waits until it has, then stops the server.
+    /// Asks every engine to drain and stop, waits until they have, then stops the
+    /// server.
     pub async fn shutdown(&mut self) {
-        self.engine.shutdown().await;
+        // Together: each company drains while the others do.
+        let mut set = tokio::task::JoinSet::new();
+        for (i, mut o) in std::mem::take(&mut self.others).into_iter().enumerate() {
+            set.spawn(async move {
+                o.engine.shutdown().await;
+                (i, o)
+            });
+        }
+        let others = async {
+            let mut back = Vec::new();
+            while let Some(done) = set.join_next().await {
+                if let Ok(o) = done {
+                    back.push(o);
+                }
+            }
+            back.sort_by_key(|(i, _)| *i);
+            back.into_iter().map(|(_, o)| o).collect()
+        };
+        let ((), others) = tokio::join!(self.engine.shutdown(), others);
+        self.others = others;
         self.stop_server().await;
     }
 
-    /// Waits until the engine has stopped (a command, a signal), then stops the server.
+    /// Waits until every engine has stopped (a command, a signal), then stops the
+    /// server.
     pub async fn wait(&mut self) {
-        self.engine.wait().await;
+        self.wait_engines().await;
         self.stop_server().await;
+    }
+
+    async fn wait_engines(&mut self) {
+        self.engine.wait().await;
+        for o in &mut self.others {
+            o.engine.wait().await;
+        }
+    }
+
+    /// The engine of company `id`, if it runs.
+    pub fn company(&self, id: &str) -> Option<&EngineHandle> {
+        if self.company == id {
+            return Some(&self.engine);
+        }
+        self.others.iter().find(|o| o.id == id).map(|o| &o.engine)
     }
 
     async fn stop_server(&mut self) {
@@ -224,13 +289,161 @@ pub async fn serve_engine(
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<Served> {
     let server_addr = listener.local_addr()?;
-    let mut settings = crate::server::Settings::from_config(&opts.config)?;
+    let settings = crate::server::Settings::from_config(&opts.config)?;
+    let webhook_secret = opts
+        .config
+        .stripe
+        .webhook_secret
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("config key `stripe.webhook_secret` is required"))?;
+    let tolerance = opts.config.stripe.webhook_tolerance_secs;
     opts.server_addr = Some(server_addr);
     let data_dir = opts.data_dir.clone();
+    let company = opts.company.clone();
     let engine = engine::start(opts).await?;
+    let route = crate::server::companies::CompanyRoute {
+        id: company.clone(),
+        name: company.clone(),
+        engine: Ok(engine.frontend()),
+        webhook_secret,
+        webhook_tolerance_secs: tolerance,
+    };
+    let hosted = HostedCompany {
+        id: company.clone(),
+        name: company,
+        engine,
+    };
+    serve_started(
+        vec![hosted],
+        Vec::new(),
+        vec![route],
+        &data_dir,
+        None,
+        listener,
+        settings,
+    )
+}
+
+/// Starts the engines of every company of `config` (one engine in `data_dir` without
+/// `[[companies]]`, else one per company in `<data_dir>/companies/<id>/`) and serves
+/// them on `listener`. A company whose engine cannot start is logged and reported
+/// (`Served::failed`, the API, `/health`) and the others run; when none starts, the
+/// error names each.
+pub async fn serve_companies(
+    config: Config,
+    data_dir: PathBuf,
+    mode: Mode,
+    fresh_store: bool,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<Served> {
+    if config.companies.is_empty() {
+        return serve_engine(
+            EngineOptions {
+                config,
+                data_dir,
+                mode,
+                server_addr: None,
+                fresh_store,
+                company: crate::config::DEFAULT_COMPANY.into(),
+            },
+            listener,
+        )
+        .await;
+    }
+    let server_addr = listener.local_addr()?;
+    let settings = crate::server::Settings::from_config(&config)?;
+    crate::store::private::create_dir(&data_dir)
+        .map_err(|e| anyhow::anyhow!("data dir {}: {e}", data_dir.display()))?;
+    // The process holds the top dir: a second one on it stops here (or attaches).
+    let host_lock = crate::store::DataDirLock::acquire(&data_dir, "engine")?;
+    let mut hosted = Vec::new();
+    let mut failed = Vec::new();
+    let mut routes = Vec::new();
+    for company in config.companies()? {
+        let dir = data_dir.join("companies").join(&company.id);
+        let webhook_secret = company.config.stripe.webhook_secret.clone();
+        let tolerance = company.config.stripe.webhook_tolerance_secs;
+        let started = match crate::store::private::create_dir(&dir) {
+            Err(e) => Err(anyhow::anyhow!("data dir {}: {e}", dir.display())),
+            Ok(()) => {
+                engine::start(EngineOptions {
+                    config: company.config,
+                    data_dir: dir,
+                    mode,
+                    server_addr: Some(server_addr),
+                    fresh_store,
+                    company: company.id.clone(),
+                })
+                .await
+            }
+        };
+        let route = |engine| crate::server::companies::CompanyRoute {
+            id: company.id.clone(),
+            name: company.name.clone(),
+            engine,
+            webhook_secret: webhook_secret.clone().unwrap_or_default(),
+            webhook_tolerance_secs: tolerance,
+        };
+        match started {
+            Ok(engine) => {
+                routes.push(route(Ok(engine.frontend())));
+                hosted.push(HostedCompany {
+                    id: company.id.clone(),
+                    name: company.name.clone(),
+                    engine,
+                });
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::error!("company {}: the engine did not start: {error}", company.id);
+                routes.push(route(Err(error.clone())));
+                failed.push(FailedCompany {
+                    id: company.id.clone(),
+                    name: company.name.clone(),
+                    error,
+                });
+            }
+        }
+    }
+    if hosted.is_empty() {
+        anyhow::bail!(
+            "no company's engine started: {}",
+            failed
+                .iter()
+                .map(|f| format!("company {:?}: {}", f.id, f.error))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    serve_started(
+        hosted,
+        failed,
+        routes,
+        &data_dir,
+        Some(host_lock),
+        listener,
+        settings,
+    )
+}
+
+/// Serves engines already started (at least one in `hosted`).
+fn serve_started(
+    hosted: Vec<HostedCompany>,
+    failed: Vec<FailedCompany>,
+    routes: Vec<crate::server::companies::CompanyRoute>,
+    data_dir: &Path,
+    host_lock: Option<crate::store::DataDirLock>,
+    listener: tokio::net::TcpListener,
+    mut settings: crate::server::Settings,
+) -> anyhow::Result<Served> {
+    let server_addr = listener.local_addr()?;
+    let mut hosted = hosted.into_iter();
+    let Some(first) = hosted.next() else {
+        anyhow::bail!("no engine to serve");
+    };
     // The engine holds the data dir's lock now: the CLI on this machine reaches it
     // through the control file.
-    let local = crate::server::local::LocalAccess::create(&data_dir, server_addr).map_err(|e| {
+    let local = crate::server::local::LocalAccess::create(data_dir, server_addr).map_err(|e| {
         anyhow::anyhow!(
             "writing {}: {e}",
             data_dir.join(crate::server::local::CONTROL_FILE).display()
@@ -241,16 +454,20 @@ pub async fn serve_engine(
     let server_cancel = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
         listener,
-        engine.frontend(),
+        routes,
         settings,
         server_cancel.clone(),
     ));
     Ok(Served {
-        engine,
+        engine: first.engine,
+        company: first.id,
+        others: hosted.collect(),
+        failed,
         server_addr,
         server: Some(server),
         server_cancel,
         local: Some(local),
+        _host_lock: host_lock,
         consoles,
     })
 }
@@ -300,7 +517,7 @@ pub async fn start_demo(
             mode: Mode::Sandbox,
             server_addr: None,
             fresh_store,
-            company: "default".into(),
+            company: crate::config::DEFAULT_COMPANY.into(),
         },
         engine_listener,
     )

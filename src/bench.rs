@@ -59,7 +59,7 @@ async fn engine_on(
             mode: crate::engine::Mode::Sandbox,
             server_addr: None,
             fresh_store: false,
-            company: "default".into(),
+            company: crate::config::DEFAULT_COMPANY.into(),
         },
         listener,
     )

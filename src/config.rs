@@ -4,7 +4,10 @@
 //! the key and the line, because an operator fixing a config at 3 a.m. needs all three.
 //! Secrets are held in [`Secret`], whose `Debug`/`Display` never print the value.
 
+mod companies;
+
 pub use crate::protocol::{THRESHOLDS, Threshold, check_threshold};
+pub use companies::{COMPANY_TABLES, Company, CompanyConfig, DEFAULT_COMPANY, valid_company_id};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,10 @@ pub struct Config {
     pub cache: CacheConfig,
     pub audit: AuditConfig,
     pub store: StoreConfig,
+    /// `[[companies]]`: several companies served by one process, each laid over the
+    /// top-level tables (see [`Config::companies`]). Empty: one company, `default`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub companies: Vec<CompanyConfig>,
     /// The file this was loaded from (thresholds tuned at run time are saved there).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -861,6 +868,7 @@ impl Config {
             locate(text, path, &key, e.inner())
         })?;
         config.validate(text, path)?;
+        config.validate_companies(text, path)?;
         Ok(config)
     }
 
@@ -1470,8 +1478,27 @@ impl Config {
         }
     }
 
-    /// The keys a live (non-demo) engine cannot run without, that are missing.
-    pub fn missing_live_keys(&self) -> Vec<&'static str> {
+    /// The keys a live (non-demo) engine cannot run without, that are missing; with
+    /// `[[companies]]`, each company's (`company "co2": stripe.api_key`).
+    pub fn missing_live_keys(&self) -> Vec<String> {
+        if !self.companies.is_empty() {
+            return match self.companies() {
+                Ok(companies) => companies
+                    .iter()
+                    .flat_map(|c| {
+                        c.config
+                            .missing_keys()
+                            .into_iter()
+                            .map(move |k| format!("company {:?}: {k}", c.id))
+                    })
+                    .collect(),
+                Err(e) => vec![e.to_string()],
+            };
+        }
+        self.missing_keys().into_iter().map(str::to_owned).collect()
+    }
+
+    fn missing_keys(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         let s = &self.stripe;
         let q = &self.quickbooks;
@@ -1515,6 +1542,7 @@ impl Config {
             || self.alegra.token.is_some()
             || self.alegra.technical_key.is_some()
             || !self.server.tokens.is_empty()
+            || self.companies.iter().any(CompanyConfig::holds_secret)
     }
 
     /// Every secret this config holds: the one list redaction walks (a new secret key
@@ -1568,6 +1596,7 @@ impl Config {
                 .filter_map(|u| u.as_deref().and_then(url_credentials))
                 .map(str::to_owned),
         );
+        out.extend(self.companies.iter().flat_map(CompanyConfig::secret_values));
         out.retain(|s| !s.is_empty());
         out
     }
@@ -1585,6 +1614,9 @@ impl Config {
             {
                 *u = u.replacen(creds, crate::protocol::REDACTED, 1);
             }
+        }
+        for c in &mut copy.companies {
+            c.redact();
         }
         copy
     }
@@ -1980,6 +2012,36 @@ mod tests {
         c.stripe.api_key = Some(s);
         assert!(!format!("{c:?}").contains("sk_live"));
     }
+    #[test]
+    fn a_companys_secrets_are_redacted_and_never_printed() {
+        let text = "[quickbooks]\nclient_id = \"app\"\n\n[[companies]]\nid = \"co1\"\nname = \"One\"\n[companies.stripe]\napi_key = \"sk_live_company_one\"\nwebhook_secret = \"whsec_company_one\"\n[companies.quickbooks]\nrealm_id = \"1\"\nrefresh_token = \"refresh_company_one\"\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        let secrets = c.secret_values();
+        for s in [
+            "sk_live_company_one",
+            "whsec_company_one",
+            "refresh_company_one",
+        ] {
+            assert!(
+                secrets.iter().any(|x| x == s),
+                "{s} not listed: {secrets:?}"
+            );
+            assert!(!c.redacted_toml().contains(s), "{s} in the redacted TOML");
+            assert!(!format!("{c:?}").contains(s), "{s} in Debug");
+        }
+        assert!(c.file_holds_secret());
+        let companies = c.companies().unwrap();
+        assert_eq!(companies.len(), 1);
+        let co1 = &companies[0].config;
+        assert_eq!(co1.quickbooks.client_id.as_deref(), Some("app"), "shared");
+        assert_eq!(co1.quickbooks.realm_id.as_deref(), Some("1"), "its own");
+        assert!(co1.companies.is_empty());
+        // Without [[companies]]: one company, "default", this very config.
+        let one = Config::default().companies().unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].id, DEFAULT_COMPANY);
+    }
+
     #[test]
     fn redaction_removes_every_secret_and_url_credential() {
         let mut c = Config::default();

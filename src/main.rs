@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use syncctl::app;
 use syncctl::config::{self, Config, Paths};
-use syncctl::engine::{EngineOptions, Mode};
+use syncctl::engine::Mode;
 use syncctl::sandbox::SandboxOptions;
 
 #[derive(Parser)]
@@ -104,6 +104,10 @@ enum Command {
         /// Look again every SECS seconds (default 2) until interrupted.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
+        /// One company's report (its `[[companies]]` id); without it, an engine serving
+        /// several companies lists them.
+        #[arg(long, value_name = "ID")]
+        company: Option<String>,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -122,6 +126,10 @@ enum Command {
         /// The engine's address (e.g. http://127.0.0.1:9870); needs --token.
         #[arg(long, value_name = "URL", global = true)]
         url: Option<String>,
+        /// The company to act on (its `[[companies]]` id); needed when the engine serves
+        /// several.
+        #[arg(long, value_name = "ID", global = true)]
+        company: Option<String>,
         #[command(flatten)]
         token: TokenArg,
         /// Print the engine's reply (the journal) as JSON.
@@ -156,6 +164,10 @@ enum Command {
         /// actions are hidden.
         #[arg(long)]
         read_only: bool,
+        /// The company to attach to (its `[[companies]]` id); needed when the engine
+        /// serves several.
+        #[arg(long, value_name = "ID")]
+        company: Option<String>,
     },
     /// Incident bundles (written by the console's `B` or `syncctl ctl bundle`).
     Bundle {
@@ -422,15 +434,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn status(
-    url: Option<String>,
-    json: bool,
-    watch: Option<u64>,
-    token: Option<String>,
-    config: Option<&PathBuf>,
-    paths: &Paths,
-) -> ExitCode {
+/// `syncctl status` (`command` is a [`Command::Status`]).
+async fn status(command: Command, config: Option<&PathBuf>, paths: &Paths) -> ExitCode {
     use syncctl::status;
+    let Command::Status {
+        url,
+        json,
+        watch,
+        company,
+        token,
+    } = command
+    else {
+        return ExitCode::from(2);
+    };
     let base = match url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
@@ -458,29 +474,30 @@ async fn status(
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
-        let code = match status::read(&http, &base, token.as_deref()).await {
-            Ok(r) => {
-                let text = if json {
-                    status::json_text(&r, watch.is_some())
-                } else {
-                    status::render(&base, &r)
-                };
-                if watch.is_some() && tty && !json {
-                    // Home and clear: the look replaces the previous one.
-                    print!("\x1b[H\x1b[2J");
+        let code =
+            match status::read(&http, &base, token.token.as_deref(), company.as_deref()).await {
+                Ok(r) => {
+                    let text = if json {
+                        status::json_text(&r, watch.is_some())
+                    } else {
+                        status::render(&base, &r)
+                    };
+                    if watch.is_some() && tty && !json {
+                        // Home and clear: the look replaces the previous one.
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    println!("{}", text.trim_end());
+                    if r.healthy() {
+                        0
+                    } else {
+                        status::EXIT_UNHEALTHY
+                    }
                 }
-                println!("{}", text.trim_end());
-                if r.healthy() {
-                    0
-                } else {
-                    status::EXIT_UNHEALTHY
+                Err(e) => {
+                    eprintln!("syncctl status: {e}");
+                    status::EXIT_UNREACHABLE
                 }
-            }
-            Err(e) => {
-                eprintln!("syncctl status: {e}");
-                status::EXIT_UNREACHABLE
-            }
-        };
+            };
         let Some(secs) = watch else {
             return ExitCode::from(code);
         };
@@ -560,7 +577,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match running_engine(&default_dir) {
                 Ok(Some(_)) => {
                     let fps = max_fps(cli.config.as_ref());
-                    return Ok(attach(None, None, false, &default_dir, fps).await);
+                    return Ok(attach(None, None, false, None, &default_dir, fps).await);
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -574,9 +591,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             token,
             read_only,
+            company,
         }) => {
             let fps = max_fps(cli.config.as_ref());
-            Ok(attach(url, token.token, read_only, &default_dir, fps).await)
+            Ok(attach(url, token.token, read_only, company, &default_dir, fps).await)
         }
         Some(Command::Demo { world }) => {
             demo(
@@ -618,12 +636,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Some(Command::Config { command }) => Ok(config_command(command, cli.config, &paths)),
-        Some(Command::Status {
-            url,
-            json,
-            watch,
-            token,
-        }) => Ok(status(url, json, watch, token.token, cli.config.as_ref(), &paths).await),
+        Some(command @ Command::Status { .. }) => {
+            Ok(status(command, cli.config.as_ref(), &paths).await)
+        }
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
@@ -812,19 +827,7 @@ async fn start_live(
         Err(e) => return Ok(Err(usage(format!("{e:#} (server.listen)")))),
     };
     let fps = config.console.max_fps;
-    match app::serve_engine(
-        EngineOptions {
-            config,
-            data_dir: dir,
-            mode: Mode::Live,
-            server_addr: None,
-            fresh_store,
-            company: "default".into(),
-        },
-        listener,
-    )
-    .await
-    {
+    match app::serve_companies(config, dir, Mode::Live, fresh_store, listener).await {
         Ok(e) => Ok(Ok((e, guard, fps))),
         Err(e) => Ok(Err(usage(format!("{e:#}")))),
     }
@@ -1035,6 +1038,12 @@ fn config_command(command: ConfigCommand, explicit: Option<PathBuf>, paths: &Pat
                 }
                 c.apply_env();
                 println!("{}: ok", path.display());
+                if !c.companies.is_empty() {
+                    println!("  companies ({}):", c.companies.len());
+                    for co in &c.companies {
+                        println!("    {:<32}  {}", co.id, co.name);
+                    }
+                }
                 let missing = c.missing_live_keys();
                 if !missing.is_empty() {
                     println!(
@@ -1243,6 +1252,7 @@ fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRec
 async fn ctl(dir: &std::path::Path, command: Command) -> ExitCode {
     let Command::Ctl {
         url,
+        company,
         token,
         mut json,
         mut dry_run,
@@ -1255,15 +1265,17 @@ async fn ctl(dir: &std::path::Path, command: Command) -> ExitCode {
     let token = token.token;
     match journal {
         Some(CtlJournal::Journal { limit }) => {
-            return ctl_journal(dir, url, token, json, limit.into()).await;
+            return ctl_journal(dir, url, token, company, json, limit.into()).await;
         }
         Some(CtlJournal::Bundle { out, events }) => {
-            return ctl_bundle(dir, url, token, out, events.into()).await;
+            return ctl_bundle(dir, url, token, company, out, events.into()).await;
         }
         Some(CtlJournal::Reconcile { limit }) => {
-            return ctl_reconcile(dir, url, token, json, limit.into()).await;
+            return ctl_reconcile(dir, url, token, company, json, limit.into()).await;
         }
-        Some(CtlJournal::Chain { key }) => return ctl_chain(dir, url, token, json, &key).await,
+        Some(CtlJournal::Chain { key }) => {
+            return ctl_chain(dir, url, token, company, json, &key).await;
+        }
         None => {}
     }
     // `--dry-run` and `--json` after the command's words are the flags, not words.
@@ -1293,11 +1305,7 @@ async fn ctl(dir: &std::path::Path, command: Command) -> ExitCode {
     let mut request = reqwest::Client::new()
         .post(format!("{base}/api/v1/commands"))
         .bearer_auth(&token)
-        .json(&if dry_run {
-            serde_json::json!({ "command": command.to_string(), "dry_run": true })
-        } else {
-            serde_json::json!({ "command": command.to_string() })
-        })
+        .json(&command_body(&command, dry_run, company.as_deref()))
         .timeout(std::time::Duration::from_secs(30));
     if local {
         request = request.header(
@@ -1360,6 +1368,7 @@ async fn ctl_bundle(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
+    company: Option<String>,
     out: Option<PathBuf>,
     events: usize,
 ) -> ExitCode {
@@ -1378,6 +1387,7 @@ async fn ctl_bundle(
     let mut request = reqwest::Client::new()
         .get(format!("{base}/api/v1/bundle"))
         .query(&[("events", events.to_string())])
+        .query(&company_query(company.as_deref()))
         .bearer_auth(&token)
         .timeout(std::time::Duration::from_secs(60));
     if local {
@@ -1462,6 +1472,7 @@ async fn attach(
     url: Option<String>,
     token: Option<String>,
     read_only: bool,
+    company: Option<String>,
     dir: &std::path::Path,
     fps: u32,
 ) -> ExitCode {
@@ -1490,6 +1501,15 @@ async fn attach(
                 })
             })
         }
+    };
+    // One company of an engine serving several: `?company=ID` on the console's URL.
+    let resolve: Resolve = match company {
+        None => resolve,
+        Some(id) => std::sync::Arc::new(move || {
+            let mut e = resolve()?;
+            e.url = format!("{}?company={}", e.url, urlencoding::encode(&id));
+            Ok(e)
+        }),
     };
     let mut engine =
         match RemoteEngine::connect(resolve, syncctl::attach::hello(read_only, fps)).await {
@@ -1546,13 +1566,16 @@ async fn ctl_journal(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
+    company: Option<String>,
     json: bool,
     limit: usize,
 ) -> ExitCode {
     use syncctl::protocol::{JournalEntry, utc_time};
     let read = match ctl_engine(dir, url, token) {
         Err(code) => return code,
-        Ok(Some((base, token, _))) => journal_from_engine(&base, &token, limit).await,
+        Ok(Some((base, token, _))) => {
+            journal_from_engine(&base, &token, company.as_deref(), limit).await
+        }
         Ok(None) => tokio::task::block_in_place(|| journal_from_store(dir, limit)),
     };
     let audit = match read {
@@ -1600,6 +1623,7 @@ async fn ctl_get(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
+    company: Option<&str>,
     path: &str,
     query: &[(&str, String)],
 ) -> Result<(String, serde_json::Value), ExitCode> {
@@ -1616,6 +1640,7 @@ async fn ctl_get(
     let answer = reqwest::Client::new()
         .get(format!("{base}{path}"))
         .query(query)
+        .query(&company_query(company))
         .bearer_auth(&token)
         .timeout(std::time::Duration::from_secs(30))
         .send()
@@ -1634,6 +1659,27 @@ async fn ctl_get(
     Ok((base, body))
 }
 
+/// The body of `POST /api/v1/commands` for `ctl`.
+fn command_body(
+    command: &syncctl::protocol::Command,
+    dry_run: bool,
+    company: Option<&str>,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({ "command": command.to_string() });
+    if dry_run {
+        body["dry_run"] = true.into();
+    }
+    if let Some(c) = company {
+        body["company"] = c.into();
+    }
+    body
+}
+
+/// `?company=ID` when a company is named (`--company`), else nothing.
+fn company_query(company: Option<&str>) -> Vec<(&'static str, &str)> {
+    company.map(|c| ("company", c)).into_iter().collect()
+}
+
 /// Reads a `ctl_get` body as `T`, or says it is not an engine's answer.
 fn engine_answer<T: serde::de::DeserializeOwned>(
     base: &str,
@@ -1650,11 +1696,20 @@ async fn ctl_reconcile(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
+    company: Option<String>,
     json: bool,
     limit: usize,
 ) -> ExitCode {
     const PATH: &str = "/api/v1/reconciliation";
-    let got = ctl_get(dir, url, token, PATH, &[("limit", limit.to_string())]).await;
+    let got = ctl_get(
+        dir,
+        url,
+        token,
+        company.as_deref(),
+        PATH,
+        &[("limit", limit.to_string())],
+    )
+    .await;
     let (base, body) = match got {
         Ok(b) => b,
         Err(code) => return code,
@@ -1675,11 +1730,12 @@ async fn ctl_chain(
     dir: &std::path::Path,
     url: Option<String>,
     token: Option<String>,
+    company: Option<String>,
     json: bool,
     key: &str,
 ) -> ExitCode {
     let path = format!("/api/v1/chain/{}", urlencoding::encode(key.trim()));
-    let (base, body) = match ctl_get(dir, url, token, &path, &[]).await {
+    let (base, body) = match ctl_get(dir, url, token, company.as_deref(), &path, &[]).await {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -1815,6 +1871,7 @@ fn print_reconciliation(r: &syncctl::protocol::ReconciliationView) {
 async fn journal_from_engine(
     base: &str,
     token: &str,
+    company: Option<&str>,
     limit: usize,
 ) -> Result<Vec<syncctl::protocol::AuditEntry>, (u8, String)> {
     let answer = reqwest::Client::new()
@@ -1823,6 +1880,7 @@ async fn journal_from_engine(
             ("type", syncctl::protocol::OPERATOR),
             ("limit", &limit.to_string()),
         ])
+        .query(&company_query(company))
         .bearer_auth(token)
         .timeout(std::time::Duration::from_secs(30))
         .send()

@@ -1,6 +1,7 @@
 //! `syncctl status`: a running engine's health, queues and alerts without the console,
 //! for scripts and quick looks. Reads `GET /health` (no token needed) and, with a
-//! token, `GET /api/v1/alerts`.
+//! token, `GET /api/v1/alerts`. With `--company ID` that company's; an engine serving
+//! several companies without one answers for all, and the report lists them.
 //!
 //! Exit codes: 0 healthy (ok), 1 degraded or down, 2 usage, 3 engine unreachable.
 
@@ -36,10 +37,17 @@ pub async fn read(
     http: &reqwest::Client,
     base: &str,
     token: Option<&str>,
+    company: Option<&str>,
 ) -> Result<Reading, String> {
     let get = |path: &str| {
         let mut r = http
             .get(format!("{base}{path}"))
+            .query(
+                &company
+                    .map(|c| ("company", c))
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
             .timeout(Duration::from_secs(5));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -54,8 +62,19 @@ pub async fn read(
         .json()
         .await
         .map_err(|e| format!("{base}/health: not a syncctl engine ({})", short(&e)))?;
+    if let Some(c) = company
+        && health["error"]["code"] == "unknown_company"
+    {
+        return Err(format!(
+            "{base}: {}",
+            health["error"]["message"].as_str().unwrap_or(c)
+        ));
+    }
+    // Several companies: each one's alerts are read with --company.
+    let several = health.get("companies").is_some();
     let alerts = match token {
         None => None,
+        Some(_) if several => None,
         Some(_) => {
             let r = get("/api/v1/alerts")
                 .await
@@ -98,6 +117,9 @@ fn n(v: &Value) -> String {
 )]
 pub fn render(base: &str, r: &Reading) -> String {
     let h = &r.health;
+    if let Some(companies) = h["companies"].as_object() {
+        return render_companies(base, h, companies);
+    }
     let mut out = String::new();
     let mut line = |label: &str, text: String| {
         if label.is_empty() {
@@ -214,6 +236,48 @@ pub fn render(base: &str, r: &Reading) -> String {
             );
         }
     }
+    out
+}
+
+/// Several companies: the worst status, then one line per company (its own report:
+/// `syncctl status --company ID`).
+fn render_companies(base: &str, h: &Value, companies: &serde_json::Map<String, Value>) -> String {
+    let mut out = format!(
+        "syncctl {base} — {} · health {}/100 · {} companies\n",
+        h["status"].as_str().unwrap_or("?").to_uppercase(),
+        h["score"],
+        companies.len()
+    );
+    let width = companies
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (id, c) in companies {
+        let cat = &c["catalog"];
+        let detail = match c["errors"].as_array().and_then(|e| e.first()) {
+            Some(e) if cat.is_null() => e.as_str().unwrap_or("").to_owned(),
+            _ => format!(
+                "catalog {} · synced {} · queued {} · failed {}",
+                if cat["paused"] == true {
+                    "PAUSED"
+                } else {
+                    "running"
+                },
+                n(&cat["synced"]),
+                n(&cat["queued"]),
+                n(&cat["failed"]),
+            ),
+        };
+        out.push_str(&format!(
+            "  {id:<width$}  {:<8} {:>3}/100  {}  — {}\n",
+            c["status"].as_str().unwrap_or("?").to_uppercase(),
+            c["score"],
+            c["name"].as_str().unwrap_or(""),
+            detail,
+        ));
+    }
+    out.push_str("  (one company's report: syncctl status --company ID)\n");
     out
 }
 

@@ -477,7 +477,9 @@ async fn every_endpoint_answers_its_contract() {
             .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let text = m.text().await.unwrap();
-    assert!(text.contains("syncctl_downstream_calls_total{service=\"quickbooks\"}"));
+    assert!(
+        text.contains("syncctl_downstream_calls_total{company=\"default\",service=\"quickbooks\"}")
+    );
     assert!(text.ends_with("# EOF\n"), "{text}");
     // Latencies are histograms: cumulative buckets on fixed bounds, the +Inf one equal
     // to the count, so that engines' buckets add up.
@@ -486,7 +488,7 @@ async fn every_endpoint_answers_its_contract() {
         "{text}"
     );
     let value = |line: &str| -> f64 { line.rsplit(' ').next().unwrap().parse().unwrap() };
-    let op = "operation=\"http.quickbooks\"";
+    let op = "company=\"default\",operation=\"http.quickbooks\"";
     let buckets: Vec<f64> = text
         .lines()
         .filter(|l| l.starts_with("syncctl_operation_duration_seconds_bucket{") && l.contains(op))
@@ -666,7 +668,7 @@ async fn metrics_pass_promtool_check() {
         .unwrap();
     engine.shutdown().await;
     assert!(
-        text.contains("syncctl_catalog_jobs_completed_total 20"),
+        text.contains("syncctl_catalog_jobs_completed_total{company=\"default\"} 20"),
         "{text}"
     );
     let mut child = std::process::Command::new("promtool")

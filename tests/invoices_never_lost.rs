@@ -47,7 +47,7 @@ async fn start(cfg: Config, dir: &Path, fresh_store: bool) -> anyhow::Result<Ser
             mode: Mode::Sandbox,
             server_addr: None,
             fresh_store,
-            company: "default".into(),
+            company: syncctl::config::DEFAULT_COMPANY.into(),
         },
         listener,
     )

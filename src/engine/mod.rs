@@ -55,8 +55,7 @@ pub struct EngineOptions {
     /// Start over on purpose where the data dir shows a store was lost (`--fresh-store`):
     /// Alegra's documents are adopted, QuickBooks' Items found by Sku.
     pub fresh_store: bool,
-    /// The company this engine serves: its id in a shared (Postgres) store's rows;
-    /// "default" for a single-company config.
+    /// The company this engine serves (`[[companies]]` id; "default" for one company).
     pub company: String,
 }
 

@@ -981,7 +981,7 @@ pub async fn command(
     dry: DryRun,
     JsonObject(body): JsonObject,
 ) -> Response {
-    let text = match only(&body, &["command", "dry_run"])
+    let text = match only(&body, &["command", "dry_run", "company"])
         .and_then(|()| text_field(&body, "command"))
     {
         Ok(Some(t)) => t,

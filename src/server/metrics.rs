@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -20,52 +20,97 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A sample's labels.
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-/// One family's samples as they are encoded.
+/// One sample's value as it is encoded.
 enum Values {
     Counter(u64),
     Gauge(f64),
+    /// A latency: sum in seconds, count, and (upper bound, cumulative count) buckets.
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: Vec<(f64, u64)>,
+    },
 }
 
-/// Writes one family: its descriptor, then each sample (one with no labels, or one
-/// per label set). A counter is named without `_total` here; the format adds it.
-fn family(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: Vec<(Labels<'_>, Values)>,
+/// One family: its descriptor and every company's samples.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    kind: MetricType,
+    samples: Vec<(Labels<'a>, Values)>,
+}
+
+/// The families of every company's snapshot, gathered before any is written (a family
+/// is written once, with the samples of all companies).
+#[derive(Default)]
+struct Families<'a> {
+    /// The company whose snapshot is being read: its id labels every sample.
+    company: &'a str,
+    list: Vec<Family<'a>>,
+}
+
+/// Adds one family's samples (each labelled with the company). A counter is named
+/// without `_total` here; the format adds it.
+fn family<'a>(
+    out: &mut Families<'a>,
+    name: &'a str,
+    help: &'a str,
+    samples: Vec<(Labels<'a>, Values)>,
 ) -> std::fmt::Result {
     let kind = match samples.first() {
         Some((_, Values::Counter(_))) => MetricType::Counter,
+        Some((_, Values::Histogram { .. })) => MetricType::Histogram,
+        // No sample (yet): the name says which (only latencies are histograms).
+        None if name.ends_with("_duration_seconds") => MetricType::Histogram,
         _ => MetricType::Gauge,
     };
     let name = name.strip_suffix("_total").unwrap_or(name);
-    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
-    match samples.as_slice() {
-        // One unlabelled sample, on the family itself (an empty label set would be
-        // written as `{}`).
-        [(labels, v)] if labels.is_empty() => put(metric, v),
-        _ => {
-            for (labels, v) in &samples {
-                put(metric.encode_family(labels)?, v)?;
+    let company = out.company;
+    let labelled = samples.into_iter().map(|(mut labels, v)| {
+        labels.insert(0, ("company", company));
+        (labels, v)
+    });
+    match out.list.iter_mut().find(|f| f.name == name) {
+        Some(f) => {
+            if f.samples.is_empty() {
+                f.kind = kind;
             }
-            Ok(())
+            f.samples.extend(labelled);
+        }
+        None => out.list.push(Family {
+            name,
+            help,
+            kind,
+            samples: labelled.collect(),
+        }),
+    }
+    Ok(())
+}
+
+/// Writes one family: its descriptor, then each sample.
+fn write_family(enc: &mut DescriptorEncoder<'_>, f: &Family<'_>) -> std::fmt::Result {
+    let mut metric = enc.encode_descriptor(f.name, f.help, None, f.kind)?;
+    for (labels, v) in &f.samples {
+        let mut sample = metric.encode_family(labels)?;
+        match v {
+            Values::Counter(v) => ConstCounter::new(*v).encode(sample)?,
+            Values::Gauge(v) => ConstGauge::new(*v).encode(sample)?,
+            Values::Histogram {
+                sum,
+                count,
+                buckets,
+            } => sample.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?,
         }
     }
+    Ok(())
 }
 
-fn put(sample: MetricEncoder<'_>, value: &Values) -> std::fmt::Result {
-    match value {
-        Values::Counter(v) => ConstCounter::new(*v).encode(sample),
-        Values::Gauge(v) => ConstGauge::new(*v).encode(sample),
-    }
+fn counter<'a>(out: &mut Families<'a>, name: &'a str, help: &'a str, v: u64) -> std::fmt::Result {
+    family(out, name, help, vec![(vec![], Values::Counter(v))])
 }
 
-fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    family(enc, name, help, vec![(vec![], Values::Counter(v))])
-}
-
-fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> std::fmt::Result {
-    family(enc, name, help, vec![(vec![], Values::Gauge(v))])
+fn gauge<'a>(out: &mut Families<'a>, name: &'a str, help: &'a str, v: f64) -> std::fmt::Result {
+    family(out, name, help, vec![(vec![], Values::Gauge(v))])
 }
 
 fn flag(on: bool) -> f64 {
@@ -83,19 +128,29 @@ fn buckets(s: &Summary) -> Vec<(f64, u64)> {
         .collect()
 }
 
-/// The snapshot, as the registry's one collector.
+/// The companies' snapshots (id, snapshot), as the registry's one collector.
 #[derive(Debug)]
-struct Exposition(std::sync::Arc<Snapshot>);
+struct Exposition(Vec<(String, std::sync::Arc<Snapshot>)>);
 
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
-        encode(&self.0, &mut enc)
+        let mut out = Families::default();
+        for (company, snap) in &self.0 {
+            out.company = company;
+            encode(snap, &mut out)?;
+        }
+        for f in &out.list {
+            write_family(&mut enc, f)?;
+        }
+        Ok(())
     }
 }
 
-pub fn render(s: &std::sync::Arc<Snapshot>) -> String {
+/// The exposition of the companies' snapshots (id, snapshot): every series labelled
+/// `company="<id>"`.
+pub fn render(snaps: &[(String, std::sync::Arc<Snapshot>)]) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exposition(std::sync::Arc::clone(s))));
+    registry.register_collector(Box::new(Exposition(snaps.to_vec())));
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
         // Writing to a String does not fail; a collector's error would.
@@ -105,7 +160,7 @@ pub fn render(s: &std::sync::Arc<Snapshot>) -> String {
 }
 
 #[expect(clippy::too_many_lines, reason = "the exposition, family by family")]
-fn encode(s: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+fn encode<'a>(s: &'a Snapshot, enc: &mut Families<'a>) -> std::fmt::Result {
     use Values::{Counter, Gauge};
     let c = &s.catalog;
     counter(
@@ -280,23 +335,24 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         by_service(&|d| Gauge(d.limiter.effective_per_min as f64)),
     )?;
 
-    let mut metric = enc.encode_descriptor(
+    family(
+        enc,
         "syncctl_operation_duration_seconds",
         "Duration of operations since start.",
-        None,
-        MetricType::Histogram,
+        s.profile
+            .iter()
+            .map(|op| {
+                (
+                    vec![("operation", op.name.as_str())],
+                    Values::Histogram {
+                        sum: op.summary.sum_ms / 1000.0,
+                        count: op.summary.count,
+                        buckets: buckets(&op.summary),
+                    },
+                )
+            })
+            .collect(),
     )?;
-    for op in &s.profile {
-        let labels = [("operation", op.name.as_str())];
-        metric
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(
-                op.summary.sum_ms / 1000.0,
-                op.summary.count,
-                &buckets(&op.summary),
-                None,
-            )?;
-    }
     family(
         enc,
         "syncctl_operation_duration_max_seconds",
@@ -392,9 +448,9 @@ mod tests {
             summary,
         });
         snap.catalog.completed = 20;
-        let text = render(&std::sync::Arc::new(snap));
+        let text = render(&[("co1".into(), std::sync::Arc::new(snap))]);
         assert!(
-            text.contains("syncctl_catalog_jobs_completed_total 20\n"),
+            text.contains("syncctl_catalog_jobs_completed_total{company=\"co1\"} 20\n"),
             "{text}"
         );
         assert!(
@@ -403,7 +459,7 @@ mod tests {
         );
         let bucket = |le: &str| {
             let head = format!(
-                "syncctl_operation_duration_seconds_bucket{{le=\"{le}\",operation=\"http.quickbooks\"}} "
+                "syncctl_operation_duration_seconds_bucket{{le=\"{le}\",company=\"co1\",operation=\"http.quickbooks\"}} "
             );
             text.lines()
                 .find_map(|l| l.strip_prefix(head.as_str()))
@@ -416,7 +472,7 @@ mod tests {
         assert_eq!(bucket("+Inf"), "4");
         assert!(
             text.contains(
-                "syncctl_operation_duration_seconds_sum{operation=\"http.quickbooks\"} 1.503\n"
+                "syncctl_operation_duration_seconds_sum{company=\"co1\",operation=\"http.quickbooks\"} 1.503\n"
             ),
             "{text}"
         );

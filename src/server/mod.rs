@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod companies;
 pub mod conn;
 pub mod console;
 pub mod local;
@@ -37,10 +38,6 @@ pub struct Settings {
     /// Host names (besides IP literals and `localhost`) the engine answers to
     /// (`server.allowed_hosts`).
     pub allowed_hosts: Vec<String>,
-    /// `stripe.webhook_secret`.
-    pub webhook_secret: Secret,
-    /// `stripe.webhook_tolerance_secs`.
-    pub webhook_tolerance_secs: u64,
     /// `server.ws_heartbeat_secs`.
     pub ws_heartbeat: Duration,
     /// The token of the data dir's control file (see [`local`]), for the CLI on this
@@ -58,12 +55,6 @@ impl Settings {
         Ok(Settings {
             tokens: cfg.server.tokens.clone(),
             allowed_hosts: cfg.server.allowed_hosts.clone(),
-            webhook_secret: cfg
-                .stripe
-                .webhook_secret
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("config key `stripe.webhook_secret` is required"))?,
-            webhook_tolerance_secs: cfg.stripe.webhook_tolerance_secs,
             ws_heartbeat: Duration::from_secs(cfg.server.ws_heartbeat_secs),
             local_token: None,
             consoles: tokio::sync::watch::Sender::new(Vec::new()),
@@ -78,10 +69,14 @@ impl Settings {
     }
 }
 
+/// One company's routes: its engine, its webhook's secret, and the server's shared
+/// [`Control`].
 #[derive(Clone)]
 pub struct ServerState {
     /// The engine served.
     pub engine: Frontend,
+    /// Its company's id ("default" for one company).
+    pub company: String,
     pub webhook_secret: Secret,
     pub tolerance_secs: u64,
     pub control: Arc<Control>,
@@ -99,25 +94,23 @@ pub struct Control {
     pub connections: Arc<conn::ConnStats>,
     /// WebSockets held at once, at most (part of the connection cap).
     pub max_websockets: usize,
+    /// Every company served, in the config's order (those that did not start too).
+    pub companies: Vec<companies::CompanyRoute>,
 }
 
-impl ServerState {
-    pub fn new(engine: Frontend, settings: Settings) -> Self {
-        ServerState {
-            engine,
-            webhook_secret: settings.webhook_secret,
-            tolerance_secs: settings.webhook_tolerance_secs,
-            control: Arc::new(Control {
-                auth: match settings.local_token {
-                    Some(token) => auth::Auth::new(settings.tokens).with_local(token),
-                    None => auth::Auth::new(settings.tokens),
-                },
-                ws: ws::Registry::new(settings.consoles),
-                heartbeat: settings.ws_heartbeat,
-                hosts: settings.allowed_hosts,
-                connections: Arc::default(),
-                max_websockets: settings.limits.websockets(),
-            }),
+impl Control {
+    pub fn new(settings: Settings, companies: Vec<companies::CompanyRoute>) -> Self {
+        Control {
+            auth: match settings.local_token {
+                Some(token) => auth::Auth::new(settings.tokens).with_local(token),
+                None => auth::Auth::new(settings.tokens),
+            },
+            ws: ws::Registry::new(settings.consoles),
+            heartbeat: settings.ws_heartbeat,
+            hosts: settings.allowed_hosts,
+            connections: Arc::default(),
+            max_websockets: settings.limits.websockets(),
+            companies,
         }
     }
 }
@@ -130,11 +123,12 @@ pub fn now_ms() -> i64 {
 /// Largest body the control API reads.
 pub const API_BODY_LIMIT: usize = 64 * 1024;
 
-/// Serves `engine` on `listener` until `cancel`, then lets open requests finish (see
-/// [`conn`] for the connection cap and timeouts).
+/// Serves the `companies`' engines on `listener` until `cancel`, then lets open requests
+/// finish (see [`conn`] for the connection cap and timeouts, [`companies`] for how a
+/// request finds its company).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    engine: Frontend,
+    companies: Vec<companies::CompanyRoute>,
     settings: Settings,
     cancel: CancellationToken,
 ) {
@@ -148,9 +142,9 @@ pub async fn serve(
             files.unwrap_or_default()
         );
     }
-    let state = ServerState::new(engine, Settings { limits, ..settings });
-    let stats = state.control.connections.clone();
-    conn::serve(listener, router(state), limits, stats, cancel).await;
+    let control = Arc::new(Control::new(Settings { limits, ..settings }, companies));
+    let stats = control.connections.clone();
+    conn::serve(listener, companies::router(control), limits, stats, cancel).await;
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -173,6 +167,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/events", get(api::events))
         .route("/chain/{key}", get(api::chain))
         .route("/alerts", get(api::alerts))
+        .route("/companies", get(companies::list))
         .route("/commands", post(api::command))
         .route("/alerts/ack", post(api::ack_alerts))
         .route("/alerts/silence", post(api::silence_alerts))
@@ -186,6 +181,9 @@ pub fn router(state: ServerState) -> Router {
         .route("/ws/console", get(console::attach))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
+        // Inside the guard: a request the company routing refused is answered only to
+        // a caller with a token.
+        .layer(axum::middleware::from_fn(companies::refused))
         // `layer`, not `route_layer`: unknown paths are behind the token too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -256,11 +254,25 @@ async fn host_guard(
     )
 }
 
-async fn prometheus(State(state): State<ServerState>) -> Response {
-    let snap = state.engine.latest();
+/// `GET /metrics`: this company's series, or every company's when the routing asked for
+/// all ([`companies::AllCompanies`]); each labelled with its company.
+async fn prometheus(
+    State(state): State<ServerState>,
+    all: Option<axum::Extension<companies::AllCompanies>>,
+) -> Response {
+    let snaps: Vec<(String, Arc<Snapshot>)> = if all.is_some() {
+        state
+            .control
+            .companies
+            .iter()
+            .filter_map(|c| Some((c.id.clone(), c.engine.as_ref().ok()?.latest())))
+            .collect()
+    } else {
+        vec![(state.company.clone(), state.engine.latest())]
+    };
     (
         [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&snap),
+        metrics::render(&snaps),
     )
         .into_response()
 }

@@ -79,7 +79,7 @@ pub async fn engine(config: Config, dir: &std::path::Path) -> Served {
             mode: Mode::Sandbox,
             server_addr: None,
             fresh_store: false,
-            company: "default".into(),
+            company: syncctl::config::DEFAULT_COMPANY.into(),
         },
         listener,
     )

@@ -150,6 +150,39 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
     a.technical_key
         .get_or_insert_with(|| Secret::new(sandbox::alegra::TECHNICAL_KEY));
     a.environment = sandbox::alegra::ENVIRONMENT.into();
+    // Several companies: each its own credentials, as `[[companies]]` entries.
+    if sandbox.companies().len() > 1 && config.companies.is_empty() {
+        config.companies = sandbox
+            .companies()
+            .iter()
+            .map(|c| {
+                let secrets = c.lock().world.secrets();
+                let table = |pairs: &[(&str, &str)]| -> toml::Table {
+                    pairs
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), toml::Value::String((*v).to_owned())))
+                        .collect()
+                };
+                crate::config::CompanyConfig {
+                    id: c.keys.id.clone(),
+                    name: c.keys.name.clone(),
+                    stripe: table(&[
+                        ("api_key", &c.keys.stripe_api_key),
+                        ("webhook_secret", &secrets.webhook_secret),
+                    ]),
+                    quickbooks: table(&[
+                        ("realm_id", &c.keys.realm_id),
+                        ("refresh_token", &secrets.refresh_token),
+                    ]),
+                    alegra: table(&[
+                        ("email", &c.keys.alegra_email),
+                        ("token", &c.keys.alegra_token),
+                    ]),
+                    compliance: toml::Table::new(),
+                }
+            })
+            .collect();
+    }
     // The sandbox publishes its quotas as the real services do; the engine keeps to them.
     let quota = |name: &str| {
         let f = sandbox.faults.get(name).unwrap_or_default();
@@ -483,11 +516,14 @@ pub struct Demo {
 
 /// Starts the sandbox and an engine pointed at it. Engine state lives in `data_dir`,
 /// the sandbox's world in `data_dir/sandbox` (so a restarted demo continues its world).
+/// With `companies` > 1 the sandbox simulates that many companies and one engine per
+/// company runs in this process (`<data dir>/companies/<id>/`), as `[[companies]]` would.
 pub async fn start_demo(
     mut config: Config,
     data_dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
     fresh_store: bool,
+    companies: usize,
 ) -> anyhow::Result<Demo> {
     let sandbox_dir = data_dir.join("sandbox");
     // Before anything opens the world: a second demo on this dir stops here.
@@ -500,25 +536,26 @@ pub async fn start_demo(
         dir: Some(sandbox_dir),
         webhook_url: None,
         faults: config.sandbox.faults.clone(),
-        companies: 1,
+        companies: companies.max(1),
     };
     let sandbox_listener = bind(config.sandbox.listen, true).await?;
     let engine_listener = bind(config.server.listen, true).await?;
     let engine_addr = engine_listener.local_addr()?;
     let sandbox = start_sandbox(&opts, sandbox_listener, config.sandbox.change_interval_ms)?;
-    sandbox
-        .sandbox
-        .set_webhook_url(Some(format!("http://{engine_addr}/webhooks/stripe")));
+    // Each company's Stripe account posts to its own endpoint (the sandbox fills in
+    // `{company}`).
+    let hook = if companies > 1 {
+        format!("http://{engine_addr}/webhooks/stripe/{{company}}")
+    } else {
+        format!("http://{engine_addr}/webhooks/stripe")
+    };
+    sandbox.sandbox.set_webhook_url(Some(hook));
     fill_from_sandbox(&mut config, &sandbox.sandbox, sandbox.addr);
-    let engine = serve_engine(
-        EngineOptions {
-            config,
-            data_dir,
-            mode: Mode::Sandbox,
-            server_addr: None,
-            fresh_store,
-            company: crate::config::DEFAULT_COMPANY.into(),
-        },
+    let engine = serve_companies(
+        config,
+        data_dir,
+        Mode::Sandbox,
+        fresh_store,
         engine_listener,
     )
     .await;

@@ -743,12 +743,6 @@ async fn demo(
     if let Err(e) = apply_world(&mut config, world) {
         return Ok(usage(e));
     }
-    if world.companies.is_some_and(|n| n > 1) {
-        return Ok(usage(
-            "--companies N > 1 needs an engine per company, which demo does not start yet; \
-             `syncctl sandbox --companies N --print-config` serves and describes N companies",
-        ));
-    }
     let (dir, tmp) = match data_dir {
         Some(d) => (d, None),
         None => {
@@ -758,7 +752,8 @@ async fn demo(
     };
     let _guard = app::init_logging(&dir, &config.log.level, !console);
     let max_fps = config.console.max_fps;
-    let mut demo = match app::start_demo(config, dir, tmp, fresh_store).await {
+    let companies = world.companies.map_or(1, |n| n as usize);
+    let mut demo = match app::start_demo(config, dir, tmp, fresh_store, companies).await {
         Ok(d) => d,
         Err(e) => return Ok(usage(format!("{e:#}"))),
     };

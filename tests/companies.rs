@@ -638,3 +638,89 @@ fn malformed_companies_are_refused_with_file_line_and_key() {
         );
     }
 }
+
+/// `syncctl run --demo --companies 3`: one sandbox simulating three companies (own
+/// realm, Stripe account and Alegra account each) and one engine per company in the
+/// process; each company's products end as its own Items, one each, and a pause of
+/// one company leaves the others running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_three_companies_syncs_each_into_its_own_realm() {
+    syncctl::connectors::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (port, sandbox_port) = (common::free_port(), common::free_port());
+    let cfg = home.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[server.tokens]]\nname = \"ops\"\ntoken = \"{TOKEN}\"\nrole = \"operator\"\n[sandbox]\nlisten = \"127.0.0.1:{sandbox_port}\"\n"
+        ),
+    )
+    .unwrap();
+    let data = home.join("d");
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--demo",
+            "--companies",
+            "3",
+            "--products",
+            "40",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reaped = common::Reaped(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let sandbox = format!("http://127.0.0.1:{sandbox_port}");
+    let ids = ["co1", "co2", "co3"];
+    common::eventually(90, "every company synced", || async {
+        let h: Value = reqwest::get(format!("{base}/health"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        ids.iter()
+            .all(|id| h["companies"][id]["catalog"]["synced"].as_u64() >= Some(40))
+            .then_some(())
+    })
+    .await;
+    let stats = common::get_json(&format!("{sandbox}/_sandbox/stats")).await;
+    for id in ids {
+        let qb = &stats["companies"][id]["quickbooks"];
+        assert_eq!(qb["duplicate_names"], 0, "{id}: {stats}");
+        assert!(qb["requests"].as_u64().unwrap() > 0, "{id}: {stats}");
+        let items =
+            common::get_json(&format!("{sandbox}/_sandbox/quickbooks/items?company={id}")).await;
+        let n = items.as_array().map_or(0, Vec::len);
+        assert!(n >= 40, "{id}: {n} Items");
+        assert!(data.join("companies").join(id).is_dir());
+    }
+    // One company paused; the others are not.
+    let d = data.to_str().unwrap();
+    let done = syncctl(
+        &[
+            "ctl",
+            "--data-dir",
+            d,
+            "--company",
+            "co2",
+            "pause",
+            "catalog",
+        ],
+        home,
+    );
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    for (id, paused) in [("co1", false), ("co2", true), ("co3", false)] {
+        let (_, snap) = call("GET", &format!("{base}/api/v1/snapshot?company={id}"), None).await;
+        assert_eq!(snap["catalog"]["paused"], paused, "{id}: {snap}");
+    }
+}

@@ -375,7 +375,7 @@ async fn the_sandbox_outage_toggle_is_audited() {
     cfg.sandbox.products = 5;
     cfg.sandbox.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
-    let mut demo = syncctl::app::start_demo(cfg, dir.path().to_owned(), None, false)
+    let mut demo = syncctl::app::start_demo(cfg, dir.path().to_owned(), None, false, 1)
         .await
         .unwrap();
     let sandbox_url = demo.sandbox.base_url();

@@ -756,6 +756,7 @@ async fn qb_counts(sandbox: &str) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_item_index_follows_the_changes_instead_of_reading_every_item_again() {
     const N: u64 = 2500;
+    syncctl::connectors::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let cfg = dir.path().join("c.toml");

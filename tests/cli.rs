@@ -785,8 +785,8 @@ async fn a_stale_item_index_follows_the_changes_instead_of_reading_every_item_ag
     std::thread::spawn(move || lines.for_each(drop));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
     let wait = || tokio::time::sleep(std::time::Duration::from_millis(200));
-    // The full sync, then a window in which 10 new products got their Items (each
-    // finds the index stale and refreshes it first).
+    // The full sync, then a window in which 20 new products got their Items (each
+    // group finds the index stale and refreshes it first).
     let (items, queries, cdc) = loop {
         let c = qb_counts(&sandbox).await;
         if c.0 >= N {
@@ -797,7 +797,7 @@ async fn a_stale_item_index_follows_the_changes_instead_of_reading_every_item_ag
     };
     let after = loop {
         let c = qb_counts(&sandbox).await;
-        if c.0 >= items + 10 {
+        if c.0 >= items + 20 {
             break c;
         }
         assert!(std::time::Instant::now() < deadline, "no new Items: {c:?}");
@@ -807,10 +807,11 @@ async fn a_stale_item_index_follows_the_changes_instead_of_reading_every_item_ag
     let _ = child.wait();
     let (new, queries, cdc) = (after.0 - items, after.1 - queries, after.2 - cdc);
     eprintln!("{new} new Items: {queries} queries, {cdc} change data captures");
-    // A whole read is 3 pages here: 10 of them would be 30 queries beside the new
-    // products' own name lookups.
+    // A whole read is 3 pages here: one a second would be ~20 queries beside the new
+    // products' own name lookups (how many refreshes fall in the window depends on how
+    // the new products were grouped: at least one).
     assert!(
-        cdc >= 5,
+        cdc >= 1,
         "the index was not followed: {cdc} change data captures"
     );
     assert!(

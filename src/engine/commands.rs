@@ -259,7 +259,7 @@ impl Ctx {
                 if n == 0 {
                     Err(CommandError::conflict(format!(
                         "no unacknowledged alert matches {:?}",
-                        matcher.prefix()
+                        matcher.to_string()
                     )))
                 } else {
                     Ok(Outcome::new(format!(

@@ -181,7 +181,9 @@ impl Catalog {
             .as_ref()
             .is_some_and(|i| i.read_at.elapsed() < index_ttl());
         let followed = match guard.as_mut() {
-            Some(idx) if !fresh && idx.complete => self.follow_changes(idx).await?,
+            // An incomplete index (over INDEX_MAX_ITEMS) follows too: what it learns
+            // stays true, and what it never saw is still asked for by name.
+            Some(idx) if !fresh => self.follow_changes(idx).await?,
             _ => fresh,
         };
         if !followed {
@@ -255,8 +257,12 @@ impl Catalog {
         let Some(mut since) = idx.changed_since.clone() else {
             return Ok(false);
         };
-        // Never more requests than reading every Item again would take.
-        let pages = idx.name_of.len() / 1000 + 1;
+        // Never more requests than reading every Item again would take: an Item
+        // changed many times is in the answer once, so no company has more changes
+        // than Items, and a whole read is at most this many pages. (Bounding by the
+        // index's own size sent an index read while the company was empty back to a
+        // whole read beside itself at its first refresh.)
+        let pages = INDEX_MAX_ITEMS / 1000 + 1;
         for _ in 0..pages {
             let page = match self.qb.changed_items(&since).await {
                 Ok(page) => page,

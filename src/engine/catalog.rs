@@ -1009,8 +1009,8 @@ impl Catalog {
     fn room(&self) -> usize {
         let queued = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
         let target = self.workers_target();
-        let free = (2 * target)
-            .saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued);
+        let free =
+            (2 * target).saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued);
         if free >= target.div_ceil(2).max(1) {
             free
         } else {
@@ -1166,8 +1166,7 @@ impl Catalog {
             // the circuit is open, go back untouched; so do jobs that waited half their
             // lease (their lease could run out while they are worked on).
             let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
-            let waited_long =
-                claimed.elapsed().as_millis() as i64 > self.settings.lease_ms / 2;
+            let waited_long = claimed.elapsed().as_millis() as i64 > self.settings.lease_ms / 2;
             let stop = cancel.is_cancelled()
                 || self.is_paused()
                 || index >= *target.borrow()

@@ -280,8 +280,7 @@ pub struct Catalog {
     /// The company's Items read in bulk, for batches (and the Sku adoption above).
     index: tokio::sync::Mutex<Option<bulk::ItemIndex>>,
     /// Groups the dispatcher claimed, waiting for a worker.
-    /// Claimed groups not yet taken, with when their claim was asked for.
-    groups: Mutex<VecDeque<(tokio::time::Instant, Vec<Job>)>>,
+    groups: Mutex<VecDeque<Vec<Job>>>,
     group_ready: Notify,
 }
 
@@ -1002,20 +1001,11 @@ impl Catalog {
         Ok(got.is_new())
     }
 
-    /// Groups to claim now: each worker the target allows may have one in hand and one
-    /// waiting (a worker that finishes takes its next group at once, without waiting
-    /// for a claim), and the dispatcher claims once at least half the workers' worth is
-    /// free (so one claim serves several workers, not one each).
+    /// Workers the target allows that have no group in hand or waiting for them.
     fn room(&self) -> usize {
         let queued = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let target = self.workers_target();
-        let free =
-            (2 * target).saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued);
-        if free >= target.div_ceil(2).max(1) {
-            free
-        } else {
-            0
-        }
+        self.workers_target()
+            .saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued)
     }
 
     /// The one dispatcher: claims up to [`CLAIM_MAX`] jobs at a time for the workers
@@ -1087,7 +1077,7 @@ impl Catalog {
                 Ok(Ok(jobs)) if !jobs.is_empty() => {
                     let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
                     for group in jobs.chunks(per) {
-                        groups.push_back((asked, group.to_vec()));
+                        groups.push_back(group.to_vec());
                         self.group_ready.notify_one();
                     }
                 }
@@ -1119,7 +1109,6 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
-            .map(|(_, g)| g)
             .collect();
         for job in groups.iter().flatten() {
             let _ = self.store.release(job.id);
@@ -1154,7 +1143,7 @@ impl Catalog {
                 }
                 g
             };
-            let Some((claimed, jobs)) = taken else {
+            let Some(jobs) = taken else {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = ready => {}
@@ -1163,15 +1152,10 @@ impl Catalog {
                 continue;
             };
             // Jobs not started when a pause, shutdown or scale-down arrives, or while
-            // the circuit is open, go back untouched; so do jobs that waited half their
-            // lease (their lease could run out while they are worked on).
+            // the circuit is open, go back untouched.
             let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
-            let waited_long = claimed.elapsed().as_millis() as i64 > self.settings.lease_ms / 2;
-            let stop = cancel.is_cancelled()
-                || self.is_paused()
-                || index >= *target.borrow()
-                || open
-                || waited_long;
+            let stop =
+                cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open;
             if stop {
                 for job in &jobs {
                     let _ = self.store.release(job.id);

@@ -100,49 +100,6 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Prometheus' own linter reads the exposition of several companies (skipped where
-/// promtool is not installed; CI installs it). As in tests/api.rs, the only complaint
-/// allowed is OpenMetrics' counter naming (`NAME_total no help text`).
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: the multi-company exposition is not linted");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counters: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let other: Vec<&str> = said
-        .lines()
-        .filter(|l| {
-            !l.strip_suffix(" no help text")
-                .and_then(|n| n.strip_suffix("_total"))
-                .is_some_and(|family| counters.contains(&family))
-        })
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert!(other.is_empty(), "promtool: {said}\n{text}");
-}
-
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -343,7 +300,7 @@ async fn two_companies_sync_their_own_catalogs_and_are_reached_by_id() {
         1,
         "one family, both companies' samples"
     );
-    promtool_accepts(&text);
+    common::promtool_accepts(&text, false);
     let only_b = reqwest::get(format!("{base}/metrics?company=b"))
         .await
         .unwrap()

@@ -320,3 +320,59 @@ pub fn running_engine(home: &std::path::Path, data: &std::path::Path) -> Reaped 
     }
     child
 }
+
+/// Prometheus' own linter reads `text` (an OpenMetrics exposition). The only complaint
+/// allowed: promtool reads the Prometheus text format, where a counter's samples carry
+/// the family's name; in OpenMetrics the family is named without `_total` and its
+/// samples with it, which promtool reports as "NAME_total no help text" for a family
+/// typed counter. Without promtool installed: a failure when `required`, else a loud
+/// skip (CI installs it).
+pub fn promtool_accepts(text: &str, required: bool) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if !required => {
+            eprintln!("##### promtool not installed ({e}): the exposition is not linted #####");
+            return;
+        }
+        Err(e) => panic!("promtool: {e} (install prometheus' promtool; .ci/run does)"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let other: Vec<&str> = said
+        .lines()
+        .filter(|l| {
+            !l.strip_suffix(" no help text")
+                .and_then(|n| n.strip_suffix("_total"))
+                .is_some_and(|family| counters.contains(&family))
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(other.is_empty(), "promtool: {said}\n{text}");
+    // Its exit status is 3 for those lint complaints; a parse error says more and fails
+    // above.
+    assert!(
+        out.status.success() || !said.trim().is_empty(),
+        "promtool failed silently: {text}"
+    );
+}

@@ -15,16 +15,7 @@ use common::running_engine;
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncctl");
 
-fn syncctl(args: &[&str], home: &std::path::Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env_remove("SYNCCTL_STRIPE_API_KEY")
-        .output()
-        .unwrap()
-}
+use common::syncctl;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

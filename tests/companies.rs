@@ -377,17 +377,7 @@ async fn a_company_that_cannot_start_is_reported_and_the_others_run() {
     sb.shutdown().await;
 }
 
-fn syncctl(args: &[&str], home: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env_remove("SYNCCTL_STRIPE_API_KEY")
-        .env_remove("SYNCCTL_TOKEN")
-        .output()
-        .unwrap()
-}
+use common::syncctl;
 
 fn text(o: &Output) -> String {
     format!(

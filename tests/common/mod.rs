@@ -376,3 +376,17 @@ pub fn promtool_accepts(text: &str, required: bool) {
         "promtool failed silently: {text}"
     );
 }
+
+/// The binary run with `args` in a home of its own (`home`: its config and data dirs
+/// under it), without the secrets a developer's environment may hold; waits for it.
+pub fn syncctl(args: &[&str], home: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_syncctl"))
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("SYNCCTL_STRIPE_API_KEY")
+        .env_remove("SYNCCTL_TOKEN")
+        .output()
+        .unwrap()
+}

@@ -90,6 +90,18 @@ impl ItemIndex {
     pub(super) fn learn(&mut self, item: Item) {
         let key = item.name.to_lowercase();
         self.absent.remove(&key);
+        // Known as it is (the change data capture answers every Item this engine
+        // wrote since): kept, not replaced. Replacing 20,000 Items with equal copies
+        // allocated them anew on whichever thread followed, and malloc kept both.
+        let known = matches!(self.by_name.get(&key), Some(Named::Item(i)) if *i == item)
+            && item
+                .sku
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .is_none_or(|s| self.by_sku.get(s) == Some(&item));
+        if known {
+            return;
+        }
         if let Some(old) = self.name_of.insert(item.id.clone(), key.clone())
             && old != key
             && matches!(self.by_name.get(&old), Some(Named::Item(i)) if i.id == item.id)
@@ -677,6 +689,27 @@ mod tests {
             description: None,
             active: true,
         }
+    }
+
+    #[test]
+    fn an_item_learnt_again_unchanged_keeps_its_stored_copy_and_a_change_replaces_it() {
+        let mut idx = ItemIndex::empty();
+        idx.learn(item("1", "Mocha", Some("prod_1")));
+        let stored = |idx: &ItemIndex| match &idx.by_name["mocha"] {
+            Named::Item(i) => (i.name.as_ptr(), idx.by_sku["prod_1"].name.as_ptr()),
+            Named::Reserved(_) => panic!("reserved"),
+        };
+        let before = stored(&idx);
+        // What the change data capture answers for an Item this engine wrote.
+        idx.learn(item("1", "Mocha", Some("prod_1")));
+        assert_eq!(stored(&idx), before, "the equal copy was not allocated again");
+        let mut changed = item("1", "Mocha", Some("prod_1"));
+        changed.sync_token = "1".into();
+        changed.unit_price = Some(4.5);
+        idx.learn(changed);
+        assert_ne!(stored(&idx), before);
+        assert_eq!(idx.by_sku["prod_1"].unit_price, Some(4.5));
+        assert_eq!(idx.by_sku["prod_1"].sync_token, "1");
     }
 
     #[test]

@@ -435,7 +435,12 @@ fn main() -> ExitCode {
 }
 
 /// `syncctl status` (`command` is a [`Command::Status`]).
-async fn status(command: Command, config: Option<&PathBuf>, paths: &Paths) -> ExitCode {
+async fn status(
+    command: Command,
+    config: Option<&PathBuf>,
+    data_dir: Option<&std::path::Path>,
+    paths: &Paths,
+) -> ExitCode {
     use syncctl::status;
     let Command::Status {
         url,
@@ -447,9 +452,26 @@ async fn status(command: Command, config: Option<&PathBuf>, paths: &Paths) -> Ex
     else {
         return ExitCode::from(2);
     };
-    let base = match url {
-        Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
+    let mut token = token.token;
+    let base = match (url, data_dir) {
+        (Some(u), _) => u.trim_end_matches('/').to_owned(),
+        // The engine serving the data dir named: its control file, as `ctl` reads it
+        // (the config's address may be another engine's, or a default nobody serves).
+        (None, Some(dir)) => match syncctl::server::local::read(dir) {
+            Some(control) => {
+                token = token.or(Some(control.token));
+                control.url
+            }
+            None => {
+                eprintln!(
+                    "syncctl status: no engine serves {} (no readable {} there): start one with `syncctl run`, or give its URL",
+                    dir.display(),
+                    syncctl::server::local::CONTROL_FILE
+                );
+                return ExitCode::from(status::EXIT_UNREACHABLE);
+            }
+        },
+        (None, None) => {
             // The engine this config describes (an explicit --config must load).
             let cfg = match config {
                 Some(p) => match load_config(Some(p)) {
@@ -474,30 +496,29 @@ async fn status(command: Command, config: Option<&PathBuf>, paths: &Paths) -> Ex
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
-        let code =
-            match status::read(&http, &base, token.token.as_deref(), company.as_deref()).await {
-                Ok(r) => {
-                    let text = if json {
-                        status::json_text(&r, watch.is_some())
-                    } else {
-                        status::render(&base, &r)
-                    };
-                    if watch.is_some() && tty && !json {
-                        // Home and clear: the look replaces the previous one.
-                        print!("\x1b[H\x1b[2J");
-                    }
-                    println!("{}", text.trim_end());
-                    if r.healthy() {
-                        0
-                    } else {
-                        status::EXIT_UNHEALTHY
-                    }
+        let code = match status::read(&http, &base, token.as_deref(), company.as_deref()).await {
+            Ok(r) => {
+                let text = if json {
+                    status::json_text(&r, watch.is_some())
+                } else {
+                    status::render(&base, &r)
+                };
+                if watch.is_some() && tty && !json {
+                    // Home and clear: the look replaces the previous one.
+                    print!("\x1b[H\x1b[2J");
                 }
-                Err(e) => {
-                    eprintln!("syncctl status: {e}");
-                    status::EXIT_UNREACHABLE
+                println!("{}", text.trim_end());
+                if r.healthy() {
+                    0
+                } else {
+                    status::EXIT_UNHEALTHY
                 }
-            };
+            }
+            Err(e) => {
+                eprintln!("syncctl status: {e}");
+                status::EXIT_UNREACHABLE
+            }
+        };
         let Some(secs) = watch else {
             return ExitCode::from(code);
         };
@@ -636,9 +657,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Some(Command::Config { command }) => Ok(config_command(command, cli.config, &paths)),
-        Some(command @ Command::Status { .. }) => {
-            Ok(status(command, cli.config.as_ref(), &paths).await)
-        }
+        Some(command @ Command::Status { .. }) => Ok(status(
+            command,
+            cli.config.as_ref(),
+            cli.data_dir.as_deref(),
+            &paths,
+        )
+        .await),
         Some(Command::Dian {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),

@@ -750,6 +750,35 @@ async fn status_reads_a_running_engine() {
     assert!(text.contains("compliance  running"), "{text}");
     assert!(!text.contains(OPS), "no token was given, none printed");
 
+    // `--data-dir D` without a URL: the engine serving D, by its control file (the
+    // config's default address is nobody's here), and its token with it.
+    let by_dir = |dir: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(["status", "--json"])
+                .env_remove("SYNCCTL_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = by_dir(dir.path().to_path_buf()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["catalog"]["synced"], 10, "{v}");
+    assert!(
+        v["alerts"]["active"].is_array(),
+        "the control file's token: {v}"
+    );
+    let nobody = tempfile::tempdir().unwrap();
+    let out = by_dir(nobody.path().to_path_buf()).await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no engine serves"),
+        "{out:?}"
+    );
+
     let out = run(vec!["--json".into(), "--token".into(), OPS.into()])
         .await
         .unwrap();

@@ -702,7 +702,11 @@ mod tests {
         let before = stored(&idx);
         // What the change data capture answers for an Item this engine wrote.
         idx.learn(item("1", "Mocha", Some("prod_1")));
-        assert_eq!(stored(&idx), before, "the equal copy was not allocated again");
+        assert_eq!(
+            stored(&idx),
+            before,
+            "the equal copy was not allocated again"
+        );
         let mut changed = item("1", "Mocha", Some("prod_1"));
         changed.sync_token = "1".into();
         changed.unit_price = Some(4.5);

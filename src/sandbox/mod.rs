@@ -186,8 +186,10 @@ pub struct Event {
     pub id: String,
     pub kind: String,
     pub created: i64,
-    pub object: Value,
-    pub previous: Option<Value>,
+    /// Kept as the JSON text it was sent as (a parsed `Value` of a product took ~4×
+    /// the memory, and a long demo holds thousands).
+    pub object: Box<serde_json::value::RawValue>,
+    pub previous: Option<Box<serde_json::value::RawValue>>,
     pub seq: u64,
 }
 
@@ -408,6 +410,10 @@ impl<'de> Deserialize<'de> for Replays {
     }
 }
 
+/// Events a company keeps at most, newest (Stripe keeps 30 days of them; the sandbox
+/// keeps those too, up to this many, so a long demo's memory stays bounded).
+pub const EVENTS_KEPT: usize = 10_000;
+
 /// Everything the simulated services hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct World {
@@ -418,7 +424,7 @@ pub struct World {
     pub webhook_secret: String,
     pub products: Vec<Product>,
     pub prices: Vec<Price>,
-    pub events: Vec<Event>,
+    pub events: std::collections::VecDeque<Event>,
     pub items: Vec<Item>,
     #[serde(default)]
     pub invoices: Vec<Invoice>,
@@ -470,7 +476,7 @@ impl World {
             webhook_secret,
             products: Vec::with_capacity(products),
             prices: Vec::with_capacity(products),
-            events: Vec::new(),
+            events: std::collections::VecDeque::new(),
             items: Vec::new(),
             invoices: Vec::new(),
             alegra: Vec::new(),
@@ -552,6 +558,21 @@ impl World {
         }
     }
 
+    /// Keeps `event`, and forgets the oldest ones beyond Stripe's 30 days or
+    /// [`EVENTS_KEPT`] (a reader whose cursor was forgotten is told `resource_missing`,
+    /// as Stripe tells one past its 30 days).
+    fn keep_event(&mut self, event: Event) {
+        let horizon = event.created - 30 * 86_400;
+        self.events.push_back(event);
+        while self
+            .events
+            .front()
+            .is_some_and(|e| e.created < horizon || self.events.len() > EVENTS_KEPT)
+        {
+            self.events.pop_front();
+        }
+    }
+
     fn apply(&mut self, entry: Entry) {
         match entry {
             Entry::Product(p) => match self.products.iter_mut().find(|x| x.id == p.id) {
@@ -562,7 +583,7 @@ impl World {
                 Some(x) => *x = p,
                 None => self.prices.push(p),
             },
-            Entry::Event(e) => self.events.push(e),
+            Entry::Event(e) => self.keep_event(e),
             Entry::Item(item) => {
                 let idx = item.id as usize - 1;
                 if idx < self.items.len() {
@@ -1003,15 +1024,19 @@ impl Sandbox {
         let id = tx.world.rng.stripe_id("evt");
         let seq = tx.world.next_seq();
         let created = tx.world.now();
+        let raw = |v: &Value| {
+            serde_json::value::to_raw_value(v)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+        };
         let event = Event {
             id,
             kind: kind.into(),
             created,
-            object,
-            previous,
+            object: raw(&object),
+            previous: previous.as_ref().map(raw),
             seq,
         };
-        tx.world.events.push(event.clone());
+        tx.world.keep_event(event.clone());
         tx.record(Entry::Event(event.clone()));
         let _ = self.outbox.send((tx.company.index, event));
     }
@@ -1854,7 +1879,7 @@ pub fn sign_webhook(secret: &str, timestamp: i64, body: &[u8]) -> String {
 pub fn event_json(e: &Event) -> Value {
     let mut data = json!({ "object": e.object });
     if let Some(prev) = &e.previous {
-        data["previous_attributes"] = prev.clone();
+        data["previous_attributes"] = serde_json::to_value(prev).unwrap_or_default();
     }
     json!({
         "id": e.id, "object": "event", "api_version": "2024-06-20", "created": e.created,
@@ -1941,6 +1966,41 @@ async fn deliver_webhooks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_kept_for_30_days_up_to_a_bound_and_sent_as_they_were() {
+        let mut w = World::generate(0, 7);
+        let event = |i: usize, created: i64| Event {
+            id: format!("evt_{i}"),
+            kind: "product.updated".into(),
+            created,
+            object: serde_json::value::to_raw_value(&serde_json::json!({"id": i, "name": "Té"}))
+                .unwrap(),
+            previous: Some(
+                serde_json::value::to_raw_value(&serde_json::json!({"name": "Old"})).unwrap(),
+            ),
+            seq: i as u64,
+        };
+        let now = w.now();
+        w.keep_event(event(0, now - 31 * 86_400));
+        w.keep_event(event(1, now - 29 * 86_400));
+        w.keep_event(event(2, now));
+        let ids: Vec<&str> = w.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["evt_1", "evt_2"], "past 30 days: forgotten");
+        for i in 3..EVENTS_KEPT + 10 {
+            w.keep_event(event(i, now));
+        }
+        assert_eq!(w.events.len(), EVENTS_KEPT);
+        assert_eq!(w.events.front().unwrap().id, "evt_10", "the oldest went first");
+        // What a webhook or `/v1/events` carries is unchanged by how it is kept.
+        let json = event_json(w.events.back().unwrap());
+        assert_eq!(json["data"]["object"]["name"], "Té");
+        assert_eq!(json["data"]["previous_attributes"]["name"], "Old");
+        // A saved world loads back its events whole.
+        let back: World = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back.events.len(), EVENTS_KEPT);
+        assert_eq!(event_json(back.events.back().unwrap()), json);
+    }
 
     #[test]
     fn replay_answers_are_kept_within_a_size_and_an_age() {

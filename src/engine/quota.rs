@@ -12,7 +12,7 @@ use crate::resilience::{Limiter, LimiterConfig};
 use crate::store::pg_quota::{PgQuota, QuotaAsk, QuotaShape, shared_rate_per_min};
 
 /// A limiter's side of a `PgQuota` row.
-pub(super) struct PgShare(pub PgQuota);
+pub struct PgShare(pub PgQuota);
 
 impl QuotaShare for PgShare {
     fn take(&self, ask: ShareAsk) -> BoxFuture<'_, Result<ShareTaken, String>> {
@@ -50,7 +50,7 @@ impl QuotaShare for PgShare {
 /// quota) whose requests weigh up to `max_weight` units: a rate that never lets the
 /// boxes together exceed the quota in any minute (see `shared_rate_per_min`), the
 /// limiter's burst, and its in-flight cap over every box.
-pub(super) fn shape(cfg: &LimiterConfig, max_weight: u32) -> QuotaShape {
+pub fn shape(cfg: &LimiterConfig, max_weight: u32) -> QuotaShape {
     if cfg.rate_per_min == 0 {
         // No rate to share: only the in-flight cap.
         return QuotaShape {
@@ -73,7 +73,7 @@ pub(super) fn shape(cfg: &LimiterConfig, max_weight: u32) -> QuotaShape {
 }
 
 /// Shares `limiter` (configured as `cfg`) as `downstream` of the company on the pool.
-pub(super) fn share(
+pub fn share(
     limiter: &Arc<Limiter>,
     cfg: &LimiterConfig,
     max_weight: u32,

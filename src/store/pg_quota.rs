@@ -66,7 +66,8 @@ pub(crate) const MIGRATION: &str = r#"
                    boxes INTEGER)
     LANGUAGE plpgsql SET search_path = syncctl, pg_temp AS $$
     DECLARE b quota_buckets%ROWTYPE; t DOUBLE PRECISION; g INTEGER := 0; s INTEGER := 0;
-            others INTEGER; live INTEGER; fair INTEGER; nxt BIGINT := 0; need INTEGER;
+            others INTEGER; live INTEGER; rank INTEGER; fair INTEGER; nxt BIGINT := 0;
+            need INTEGER;
     BEGIN
         INSERT INTO quota_buckets(company, downstream, per_min, burst, tokens, refilled_at, max_in_flight)
         VALUES (p_company, p_downstream, p_per_min, p_burst, p_burst, p_now, p_max_in_flight)
@@ -99,13 +100,16 @@ pub(crate) const MIGRATION: &str = r#"
         -- In-flight slots: boxes that stopped renewing give theirs back.
         DELETE FROM quota_holders h WHERE h.company = p_company AND h.downstream = p_downstream
            AND h.expires_at < p_now AND h.owner <> p_owner;
-        SELECT COALESCE(sum(h.in_flight), 0), count(*) INTO others, live FROM quota_holders h
+        SELECT COALESCE(sum(h.in_flight), 0), count(*), count(*) FILTER (WHERE h.owner < p_owner)
+          INTO others, live, rank FROM quota_holders h
          WHERE h.company = p_company AND h.downstream = p_downstream AND h.owner <> p_owner;
         IF p_want_slots > 0 OR p_in_flight > 0 THEN
             IF p_max_in_flight > 0 THEN
                 -- At most what the others leave, and no more than a fair share while
-                -- others hold slots (a box holding more shrinks as its calls end).
-                fair := ceil(p_max_in_flight::DOUBLE PRECISION / (live + 1))::INTEGER;
+                -- others hold slots (the cap split evenly, the remainder to the first
+                -- boxes by name; a box holding more shrinks as its calls end).
+                fair := p_max_in_flight / (live + 1)
+                        + CASE WHEN rank < p_max_in_flight % (live + 1) THEN 1 ELSE 0 END;
                 s := GREATEST(LEAST(p_want_slots, p_max_in_flight - others, fair), 0);
             ELSE
                 s := p_want_slots;
@@ -251,5 +255,22 @@ impl PgQuota {
             next_in_ms: next_in.max(0) as u64,
             boxes: boxes.max(1) as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_rate_leaves_room_for_a_burst_a_batch_and_the_lease() {
+        // QuickBooks' 500/min, 30-operation batches, half-second leases: 93 %.
+        let r = shared_rate_per_min(500, 4, 30, 500);
+        assert!((465.0..=467.0).contains(&r), "{r}");
+        // Worst minute: the largest debt (a batch) plus the rate over 60.5 s.
+        assert!(30.0 + r * 60.5 / 60.0 <= 500.0);
+        // No batches: only the burst is kept back.
+        let r = shared_rate_per_min(600, 5, 1, 500);
+        assert!(5.0 + r * 60.5 / 60.0 <= 600.0 && r > 590.0, "{r}");
     }
 }

@@ -65,17 +65,14 @@ async fn a_box(cfg: &Config, url: &str, name: &str, company: &str) -> Box {
     let tokens = Arc::new(tokens);
     let dcfg = cfg.downstream("quickbooks").unwrap();
     let guard = Downstream::new("quickbooks", dcfg.clone(), SharedClock::tokio());
-    let max_weight = syncctl::connectors::quickbooks::BATCH_MAX as u32;
-    syncctl::engine::quota::share(
-        &guard.limiter,
-        &dcfg.limiter,
-        max_weight,
-        &pool,
+    let at = syncctl::engine::quota::SharedAt {
+        pool: &pool,
         company,
-        "quickbooks",
-        name,
-        WallClock::default(),
-    );
+        owner: name,
+        clock: WallClock::default(),
+    };
+    let max_weight = syncctl::connectors::quickbooks::BATCH_MAX as u32;
+    syncctl::engine::quota::share(&guard.limiter, &dcfg.limiter, max_weight, "quickbooks", &at);
     let batch_cfg = LimiterConfig {
         rate_per_min: syncctl::connectors::quickbooks::batch_limit_per_min(q.rate_limit_per_min),
         burst: 1,
@@ -86,16 +83,7 @@ async fn a_box(cfg: &Config, url: &str, name: &str, company: &str) -> Box {
         batch_cfg.clone(),
         SharedClock::tokio(),
     );
-    syncctl::engine::quota::share(
-        &pace,
-        &batch_cfg,
-        1,
-        &pool,
-        company,
-        "quickbooks batches",
-        name,
-        WallClock::default(),
-    );
+    syncctl::engine::quota::share(&pace, &batch_cfg, 1, "quickbooks batches", &at);
     let qb = QuickBooksClient::new(
         http,
         q.base_url.as_deref().unwrap(),

@@ -72,27 +72,34 @@ pub fn shape(cfg: &LimiterConfig, max_weight: u32) -> QuotaShape {
     }
 }
 
-/// Shares `limiter` (configured as `cfg`) as `downstream` of the company on the pool.
+/// Where a box's shared quotas are: the company's rows on the pool, taken as `owner`
+/// (this process's lease owner) on `clock`.
+pub struct SharedAt<'a> {
+    pub pool: &'a deadpool_postgres::Pool,
+    pub company: &'a str,
+    pub owner: &'a str,
+    pub clock: crate::store::WallClock,
+}
+
+/// Shares `limiter` (configured as `cfg`, requests of up to `max_weight` units) as the
+/// company's `downstream` quota.
 pub fn share(
     limiter: &Arc<Limiter>,
     cfg: &LimiterConfig,
     max_weight: u32,
-    pool: &deadpool_postgres::Pool,
-    company: &str,
     downstream: &str,
-    owner: &str,
-    clock: crate::store::WallClock,
+    at: &SharedAt<'_>,
 ) {
     if cfg.rate_per_min == 0 && cfg.max_concurrent == 0 {
         return;
     }
     let q = PgQuota::new(
-        pool.clone(),
-        company,
+        at.pool.clone(),
+        at.company,
         downstream,
-        owner,
+        at.owner,
         shape(cfg, max_weight),
-        clock,
+        at.clock.clone(),
     );
     limiter.share(Arc::new(PgShare(q)));
 }

@@ -114,7 +114,13 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     // On the shared store the company's quotas are every box's: each limiter takes its
     // tokens, in-flight slots and pushbacks from the company's rows.
     let shared_pool = queue.pg_pool();
-    if let Some(pool) = &shared_pool {
+    let shared_at = shared_pool.as_ref().map(|pool| super::quota::SharedAt {
+        pool,
+        company: &opts.company,
+        owner: &owner,
+        clock: wall_clock.clone(),
+    });
+    if let Some(at) = &shared_at {
         for d in &downstreams {
             if let Some(dc) = cfg.downstream(d.name()) {
                 // A QuickBooks batch counts each of its operations toward the quota.
@@ -123,16 +129,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                 } else {
                     1
                 };
-                super::quota::share(
-                    &d.limiter,
-                    &dc.limiter,
-                    weight,
-                    pool,
-                    &opts.company,
-                    d.name(),
-                    &owner,
-                    wall_clock.clone(),
-                );
+                super::quota::share(&d.limiter, &dc.limiter, weight, d.name(), at);
             }
         }
     }
@@ -188,17 +185,8 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     };
     let batch_pace =
         crate::resilience::Limiter::new("quickbooks batches", batch_cfg.clone(), clock.clone());
-    if let Some(pool) = &shared_pool {
-        super::quota::share(
-            &batch_pace,
-            &batch_cfg,
-            1,
-            pool,
-            &opts.company,
-            "quickbooks batches",
-            &owner,
-            wall_clock.clone(),
-        );
+    if let Some(at) = &shared_at {
+        super::quota::share(&batch_pace, &batch_cfg, 1, "quickbooks batches", at);
     }
     let qb = QuickBooksClient::new(
         http.clone(),

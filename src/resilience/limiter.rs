@@ -755,6 +755,10 @@ impl Drop for Need<'_> {
 /// The shared quota's task: leases tokens for the callers waiting, holds and renews
 /// this box's in-flight slots, publishes this box's pushbacks and applies the others'.
 /// Ends with the limiter.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass of the loop: what to ask, whether now, the take, and what it gave"
+)]
 async fn share_loop(limiter: Weak<Limiter>, quota: Arc<dyn QuotaShare>) {
     // No take before this (a take that gave less than asked, or failed).
     let mut retry_at = Duration::ZERO;

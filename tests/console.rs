@@ -966,6 +966,7 @@ fn downstreams() -> Vec<syncctl::resilience::DownstreamView> {
         rate_waits: 120,
         granted: 5_000,
         ceiling_per_min: (paused > 0).then_some(rate * 9 / 10),
+        shared: None,
     };
     let d = |name: &str, b: BreakerView, l: LimiterView| DownstreamView {
         name: name.into(),

@@ -191,6 +191,8 @@ pub struct TokenKeeper {
     clock: SharedClock,
     /// Set while the refresh token is refused (read without the async lock).
     blocked: std::sync::Mutex<Option<Block>>,
+    /// On the shared store: the company's tokens, refreshed by one box at a time.
+    shared: Option<crate::store::pg_tokens::PgTokens>,
 }
 
 /// First wait after a refused refresh token, and the longest.
@@ -275,6 +277,36 @@ impl TokenKeeper {
             attempts: AtomicU64::new(0),
             clock: SharedClock::tokio(),
             blocked: std::sync::Mutex::new(None),
+            shared: None,
+        })
+    }
+
+    /// Keeps the company's tokens on the shared store from now on: a refresh takes the
+    /// company's row lock, uses the token another box got meanwhile if it is still
+    /// valid, and otherwise refreshes and stores the rotated refresh token before the
+    /// lock is freed. The row starts from this box's newest tokens if it has none yet
+    /// (or was started from another configured refresh token: the operator
+    /// re-authorised); otherwise its tokens, the newest of every box, are used.
+    pub async fn shared(
+        self,
+        pg: crate::store::pg_tokens::PgTokens,
+        configured_refresh: &Secret,
+    ) -> anyhow::Result<Self> {
+        let local = self.state.lock().await.clone();
+        let configured = hash(configured_refresh.expose());
+        let refresh = if local.bootstrap_hash == configured {
+            local.refresh_token.clone()
+        } else {
+            configured_refresh.expose().to_owned()
+        };
+        let state = pg
+            .bootstrap(&configured, &refresh, now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("the shared store's OAuth tokens: {e}"))?;
+        *self.state.lock().await = state;
+        Ok(Self {
+            shared: Some(pg),
+            ..self
         })
     }
 
@@ -349,7 +381,8 @@ impl TokenKeeper {
         if fresh {
             return Ok(state.access_token.clone().unwrap_or_default());
         }
-        self.refresh(&mut state).await
+        let stale = state.access_token.clone();
+        self.refresh(&mut state, stale.as_deref()).await
     }
 
     /// Called after a 401: refreshes unless another caller already replaced `rejected`.
@@ -360,7 +393,7 @@ impl TokenKeeper {
         {
             return Ok(current.clone());
         }
-        self.refresh(&mut state).await
+        self.refresh(&mut state, Some(rejected)).await
     }
 
     /// The error for a call made while blocked, if the wait is not over.
@@ -374,10 +407,111 @@ impl TokenKeeper {
         })
     }
 
-    async fn refresh(&self, state: &mut OAuthState) -> Result<String, QbError> {
+    /// A new access token in place of `stale` (the one held, expiring or refused).
+    async fn refresh(
+        &self,
+        state: &mut OAuthState,
+        stale: Option<&str>,
+    ) -> Result<String, QbError> {
         if let Some(e) = self.still_blocked() {
             return Err(e);
         }
+        if let Some(pg) = &self.shared {
+            return self.refresh_shared(pg, state, stale).await;
+        }
+        let t = self.exchange(&state.refresh_token).await?;
+        state.refresh_token = t.refresh_token;
+        state.access_token = Some(t.access_token.clone());
+        state.access_expires_at_ms = Some(now_ms() + t.expires_in * 1000);
+        // Persist before use: the old refresh token is dead from now on.
+        self.save_local(state).await?;
+        self.refreshed();
+        Ok(t.access_token)
+    }
+
+    /// [`Self::refresh`] on the shared store: under the company's row lock, the token
+    /// another box got meanwhile, or a refresh stored (and committed) before use.
+    async fn refresh_shared(
+        &self,
+        pg: &crate::store::pg_tokens::PgTokens,
+        state: &mut OAuthState,
+        stale: Option<&str>,
+    ) -> Result<String, QbError> {
+        let lock = pg
+            .lock()
+            .await
+            .map_err(|e| QbError::Auth(format!("reading the shared tokens: {e}")))?;
+        let row = lock.state.clone();
+        let valid = row
+            .access_expires_at_ms
+            .is_some_and(|exp| exp - 60_000 > now_ms());
+        if let Some(access) = row
+            .access_token
+            .clone()
+            .filter(|a| valid && Some(a.as_str()) != stale)
+        {
+            // Another box refreshed: its token serves this one too.
+            lock.release().await;
+            *state = row;
+            if self.block().take().is_some() {
+                tracing::info!(
+                    "quickbooks: another box's token refresh was accepted: calls resume"
+                );
+            }
+            return Ok(access);
+        }
+        let t = match self.exchange(&row.refresh_token).await {
+            Ok(t) => t,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
+            }
+        };
+        let next = OAuthState {
+            bootstrap_hash: row.bootstrap_hash,
+            refresh_token: t.refresh_token,
+            access_token: Some(t.access_token.clone()),
+            access_expires_at_ms: Some(now_ms() + t.expires_in * 1000),
+        };
+        // Stored and committed before use: the old refresh token is dead from now on.
+        if let Err(e) = lock.store(&next, now_ms()).await {
+            tracing::error!(
+                "quickbooks: the rotated refresh token could not be stored on the shared store ({e}); \
+                 this box keeps it, the others will be refused until it is stored"
+            );
+            *state = next;
+            return Err(QbError::Auth(format!("storing the shared tokens: {e}")));
+        }
+        *state = next;
+        // This box's own copy, as without the shared store (best effort: the shared
+        // row is the one every box reads).
+        if let Err(e) = self.save_local(state).await {
+            tracing::warn!("quickbooks: tokens not copied to the local store: {e}");
+        }
+        self.refreshed();
+        Ok(t.access_token)
+    }
+
+    async fn save_local(&self, state: &OAuthState) -> Result<(), QbError> {
+        let store = self.store.clone();
+        let snapshot = state.clone();
+        tokio::task::spawn_blocking(move || store.save_oauth(&snapshot))
+            .await
+            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?
+            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))
+    }
+
+    fn refreshed(&self) {
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        if self.block().take().is_some() {
+            tracing::info!("quickbooks token refresh accepted again: calls resume");
+        } else {
+            tracing::info!("quickbooks access token refreshed");
+        }
+    }
+
+    /// One request to the token endpoint with `refresh_token`.
+    async fn exchange(&self, refresh_token: &str) -> Result<TokenResponse, QbError> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .http
@@ -386,7 +520,7 @@ impl TokenKeeper {
             .header("Accept", "application/json")
             .form(&[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", state.refresh_token.as_str()),
+                ("refresh_token", refresh_token),
             ])
             .timeout(Duration::from_secs(30))
             .send()
@@ -418,25 +552,7 @@ impl TokenKeeper {
                 "token refresh failed: {status} {error}"
             )));
         }
-        let t: TokenResponse =
-            serde_json::from_value(body).map_err(|e| QbError::Decode(e.to_string()))?;
-        state.refresh_token = t.refresh_token;
-        state.access_token = Some(t.access_token.clone());
-        state.access_expires_at_ms = Some(now_ms() + t.expires_in * 1000);
-        // Persist before use: the old refresh token is dead from now on.
-        let store = self.store.clone();
-        let snapshot = state.clone();
-        tokio::task::spawn_blocking(move || store.save_oauth(&snapshot))
-            .await
-            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?
-            .map_err(|e| QbError::Auth(format!("persisting tokens: {e}")))?;
-        self.refreshes.fetch_add(1, Ordering::Relaxed);
-        if self.block().take().is_some() {
-            tracing::info!("quickbooks token refresh accepted again: calls resume");
-        } else {
-            tracing::info!("quickbooks access token refreshed");
-        }
-        Ok(t.access_token)
+        serde_json::from_value(body).map_err(|e| QbError::Decode(e.to_string()))
     }
 
     /// Records a refusal: blocks calls for the next back-off step.

@@ -28,6 +28,7 @@ pub mod item;
 mod periodic;
 mod preview;
 mod publisher;
+pub mod quota;
 pub mod reconcile;
 pub mod runtime;
 mod whatif;

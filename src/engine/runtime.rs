@@ -68,6 +68,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         Store::open_checked(&opts.data_dir, wall_clock.clone(), opts.fresh_store)?;
     // The jobs, cursors and Item mappings: in the data dir's store, or shared with the
     // engines of other boxes on Postgres (`store.url`).
+    let owner = lease_owner(&opts.data_dir);
     let queue = match &opts.config.store.url {
         // The real clock, as the store's own job calls read it (a test moving the
         // engine's wall clock moves what it dates, not what falls due).
@@ -75,7 +76,6 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             crate::store::queue::JobQueue::sqlite(store.clone(), crate::store::WallClock::default())
         }
         Some(url) => {
-            let owner = lease_owner(&opts.data_dir);
             let q = crate::store::queue::JobQueue::postgres(
                 url.expose(),
                 &owner,
@@ -111,6 +111,28 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         .collect();
     // A restart starts each limiter where the previous process left it.
     periodic::restore_limiters(&store, &downstreams);
+    // On the shared store the company's quotas are every box's: each limiter takes its
+    // tokens, in-flight slots and pushbacks from the company's rows.
+    let shared_pool = queue.pg_pool();
+    let shared_at = shared_pool.as_ref().map(|pool| super::quota::SharedAt {
+        pool,
+        company: &opts.company,
+        owner: &owner,
+        clock: wall_clock.clone(),
+    });
+    if let Some(at) = &shared_at {
+        for d in &downstreams {
+            if let Some(dc) = cfg.downstream(d.name()) {
+                // A QuickBooks batch counts each of its operations toward the quota.
+                let weight = if d.name() == "quickbooks" {
+                    crate::connectors::quickbooks::BATCH_MAX as u32
+                } else {
+                    1
+                };
+                super::quota::share(&d.limiter, &dc.limiter, weight, d.name(), at);
+            }
+        }
+    }
     // Breaker transitions become audit entries and live events (written off the
     // caller's path: the listener runs under the breaker's lock).
     let (transitions_tx, transitions_rx) =
@@ -136,14 +158,36 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
     )
     .with_timeout(Duration::from_secs(cfg.stripe.timeout_secs))
     .with_guard(guard("stripe")?);
-    let tokens = Arc::new(TokenKeeper::new(
+    let mut tokens = TokenKeeper::new(
         http.clone(),
         required(&cfg.quickbooks.token_url, "quickbooks.token_url")?,
         required(&cfg.quickbooks.client_id, "quickbooks.client_id")?,
         required(&cfg.quickbooks.client_secret, "quickbooks.client_secret")?.clone(),
         required(&cfg.quickbooks.refresh_token, "quickbooks.refresh_token")?,
         store.clone(),
-    )?);
+    )?;
+    if let Some(pool) = &shared_pool {
+        // Every box of the company refreshes through one row, one box at a time.
+        tokens = tokens
+            .shared(
+                crate::store::pg_tokens::PgTokens::new(pool.clone(), &opts.company),
+                required(&cfg.quickbooks.refresh_token, "quickbooks.refresh_token")?,
+            )
+            .await?;
+    }
+    let tokens = Arc::new(tokens);
+    let batch_cfg = crate::resilience::LimiterConfig {
+        rate_per_min: crate::connectors::quickbooks::batch_limit_per_min(
+            cfg.quickbooks.rate_limit_per_min,
+        ),
+        burst: 1,
+        ..Default::default()
+    };
+    let batch_pace =
+        crate::resilience::Limiter::new("quickbooks batches", batch_cfg.clone(), clock.clone());
+    if let Some(at) = &shared_at {
+        super::quota::share(&batch_pace, &batch_cfg, 1, "quickbooks batches", at);
+    }
     let qb = QuickBooksClient::new(
         http.clone(),
         required(&cfg.quickbooks.base_url, "quickbooks.base_url")?,
@@ -153,17 +197,7 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
         tokens,
     )
     .with_guard(guard("quickbooks")?)
-    .with_batch_pace(crate::resilience::Limiter::new(
-        "quickbooks batches",
-        crate::resilience::LimiterConfig {
-            rate_per_min: crate::connectors::quickbooks::batch_limit_per_min(
-                cfg.quickbooks.rate_limit_per_min,
-            ),
-            burst: 1,
-            ..Default::default()
-        },
-        clock.clone(),
-    ));
+    .with_batch_pace(batch_pace);
     let settings = CatalogSettings {
         workers: cfg.catalog.workers,
         autoscale: cfg.catalog.autoscale.then(|| cfg.catalog_autoscale()),

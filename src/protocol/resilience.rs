@@ -74,6 +74,25 @@ pub struct LimiterView {
     /// across restarts (None before any 429).
     #[serde(default)]
     pub ceiling_per_min: Option<u32>,
+    /// The company's quota is shared with the engines of other boxes (a Postgres
+    /// store): this box's part of it. None: this box alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedQuotaView>,
+}
+
+/// A quota shared by several boxes, as one box sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedQuotaView {
+    /// Boxes holding in-flight slots of the company now, this one included (1 for a
+    /// downstream without an in-flight cap).
+    pub boxes: u32,
+    /// The company's in-flight slots this box holds.
+    pub slots: u32,
+    /// Tokens of the shared bucket this box has leased (requests and batch units).
+    pub leased: u64,
+    /// Why the shared quota cannot be taken (the store), if so: the box sends nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

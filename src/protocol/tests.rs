@@ -67,6 +67,7 @@ fn downstream() -> DownstreamView {
             rate_waits: 2,
             granted: 99,
             ceiling_per_min: Some(300),
+            shared: None,
         },
         calls: 100,
         successes: 90,

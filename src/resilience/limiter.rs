@@ -13,12 +13,22 @@
 //! the ceiling) is read with [`Limiter::persisted`] and given back to a new limiter
 //! with [`Limiter::restore`]: a fresh process does not open with a burst the service's
 //! window cannot take.
+//!
+//! On a shared store several boxes send to one company's quota: [`Limiter::share`]
+//! puts a [`QuotaShare`] (the engine's: a Postgres row every box takes from) in front
+//! of every request. A task of the limiter leases a few tokens at a time for the
+//! callers waiting (spent locally within [`LEASE_TTL`], dropped after), holds this
+//! box's in-flight slots of the company's cap, and publishes a 429's pushback to every
+//! box; a pushback another box published pauses this one's callers. The adaptive
+//! parts above keep working as they do alone.
 
 pub use crate::protocol::LimiterView;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
@@ -68,6 +78,93 @@ pub const MAX_PUSHBACK: Duration = Duration::from_secs(15 * 60);
 /// How far back the requests sent are remembered (the quota windows are a minute).
 const RECENT_WINDOW_SECS: u64 = 60;
 
+/// Tokens leased from a shared quota are spent within this long, or dropped: the
+/// shared bucket counts a token when it is leased, so a lease kept longer could land
+/// in the next minute of the service's window on top of that minute's own.
+pub const LEASE_TTL: Duration = Duration::from_millis(500);
+/// A box holding shared in-flight slots renews them this often while it works (they
+/// run out after `store::pg_quota::HOLD_MS` without it); a take that gave less than
+/// asked is tried again no sooner than this either.
+pub const SHARE_RENEW: Duration = Duration::from_millis(500);
+
+/// What one take from a shared quota asks (see [`QuotaShare`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareAsk {
+    /// Tokens wanted now (0: none).
+    pub want: u32,
+    /// Fewer tokens than this are no use (a weighted request's units).
+    pub need: u32,
+    /// This box's requests in flight.
+    pub in_flight: u32,
+    /// In-flight slots wanted (0: give them back).
+    pub want_slots: u32,
+    /// A 429 this box saw: every box pauses this long.
+    pub block: Option<Duration>,
+}
+
+/// What a take gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareTaken {
+    pub granted: u32,
+    pub slots: u32,
+    /// A pushback in force for every box, this long from now.
+    pub blocked_for: Duration,
+    /// Nothing granted: the next token is due in this long.
+    pub next_in: Duration,
+    /// Boxes holding slots, this one included.
+    pub boxes: u32,
+}
+
+/// A quota shared with other boxes (the engine's: Postgres rows). One take is one
+/// round trip.
+pub trait QuotaShare: Send + Sync + 'static {
+    fn take(&self, ask: ShareAsk) -> BoxFuture<'_, Result<ShareTaken, String>>;
+    /// The most tokens one take asks for (the shared bucket's burst).
+    fn burst(&self) -> u32;
+}
+
+/// This box's side of a shared quota.
+#[derive(Default)]
+struct ShareState {
+    /// Leased tokens and when each lot must be spent by, oldest first.
+    lots: VecDeque<(u32, Duration)>,
+    /// Shared in-flight slots this box holds (with a capped downstream).
+    slots: u32,
+    /// The shared units each waiting caller needs.
+    needs: Vec<u32>,
+    /// A pushback to publish to every box.
+    block: Option<Duration>,
+    boxes: u32,
+    /// Tokens leased so far.
+    leased: u64,
+    /// The last take failed (the store): why.
+    error: Option<String>,
+}
+
+impl ShareState {
+    fn tokens(&mut self, now: Duration) -> u32 {
+        while self.lots.front().is_some_and(|(_, until)| *until <= now) {
+            self.lots.pop_front();
+        }
+        self.lots.iter().map(|(n, _)| n).sum()
+    }
+
+    /// Spends `n` leased tokens, oldest first (the caller checked there are enough).
+    fn spend(&mut self, mut n: u32) {
+        while n > 0 {
+            let Some((lot, _)) = self.lots.front_mut() else {
+                return;
+            };
+            let used = (*lot).min(n);
+            *lot -= used;
+            n -= used;
+            if *lot == 0 {
+                self.lots.pop_front();
+            }
+        }
+    }
+}
+
 /// What a limiter hands to the next process (see [`Limiter::persisted`]); times are
 /// wall-clock milliseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +203,8 @@ pub enum Wait {
     Concurrency,
     /// The rate allows the next request after this long.
     Rate(Duration),
+    /// The quota shared with other boxes has no token for this box yet.
+    Shared,
 }
 
 struct LState {
@@ -127,9 +226,21 @@ struct LState {
     throttles: u64,
     rate_waits: u64,
     granted: u64,
+    /// Set once the quota is shared with other boxes.
+    shared: Option<ShareState>,
 }
 
 impl LState {
+    /// The in-flight cap in force: the adaptive one, within the shared slots this box
+    /// holds (None: no cap).
+    fn cap(&self, cfg: &LimiterConfig) -> Option<u32> {
+        let local = (self.conc_cap > 0).then_some(self.conc_cap);
+        match &self.shared {
+            Some(sh) if cfg.max_concurrent > 0 => Some(local.map_or(sh.slots, |c| c.min(sh.slots))),
+            _ => local,
+        }
+    }
+
     /// Counts `n` cells granted at `now`, in the total and in the last minute's.
     fn note_granted(&mut self, now: Duration, n: u32) {
         self.granted += u64::from(n);
@@ -158,6 +269,8 @@ pub struct Limiter {
     /// Woken on each 429 that changes the limits (the state is persisted at once).
     throttle_seen: Notify,
     rng: Mutex<Rng>,
+    /// Wakes the shared quota's task (callers waiting, a pushback to publish).
+    share_wake: Arc<Notify>,
 }
 
 /// One in-flight slot; freed on drop.
@@ -192,6 +305,7 @@ impl Limiter {
                 throttles: 0,
                 rate_waits: 0,
                 granted: 0,
+                shared: None,
             }),
             cfg,
             clock,
@@ -199,9 +313,27 @@ impl Limiter {
             freed: Notify::new(),
             throttle_seen: Notify::new(),
             rng: Mutex::new(Rng::from_time()),
+            share_wake: Arc::new(Notify::new()),
         });
         l.rebuild(1.0);
         l
+    }
+
+    /// From now on every request also takes a token of `quota`, shared with the other
+    /// boxes (and, for a capped downstream, a slot of the company's in-flight cap); a
+    /// pushback from any box pauses this one. Spawns the task that leases them (it
+    /// ends with the limiter).
+    pub fn share(self: &Arc<Self>, quota: Arc<dyn QuotaShare>) {
+        self.lock().shared = Some(ShareState {
+            boxes: 1,
+            ..ShareState::default()
+        });
+        tokio::spawn(share_loop(Arc::downgrade(self), quota));
+    }
+
+    /// Whether the quota is shared with other boxes.
+    pub fn is_shared(&self) -> bool {
+        self.lock().shared.is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LState> {
@@ -235,6 +367,14 @@ impl Limiter {
 
     /// Takes a slot now, or says why and for how long not.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Slot, Wait> {
+        self.try_acquire_weighted(1)
+    }
+
+    /// [`Self::try_acquire`] for a request of `units` units (a QuickBooks batch): one
+    /// slot and one cell of this box's rate (the other cells are
+    /// [`Self::acquire_cells`]'), and `units` tokens of a shared quota, taken together
+    /// right before the request goes.
+    pub fn try_acquire_weighted(self: &Arc<Self>, units: u32) -> Result<Slot, Wait> {
         let now = self.clock.now();
         let mut st = self.lock();
         if let Some(until) = st.paused_until {
@@ -243,8 +383,18 @@ impl Limiter {
             }
             st.paused_until = None;
         }
-        if st.conc_cap > 0 && st.in_flight >= st.conc_cap {
+        if st.cap(&self.cfg).is_some_and(|cap| st.in_flight >= cap) {
+            if st.shared.is_some() {
+                self.share_wake.notify_one();
+            }
             return Err(Wait::Concurrency);
+        }
+        let units = units.max(1);
+        if let Some(sh) = st.shared.as_mut()
+            && sh.tokens(now) < units
+        {
+            self.share_wake.notify_one();
+            return Err(Wait::Shared);
         }
         let gcra = self.gcra.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(g) = &gcra
@@ -259,6 +409,9 @@ impl Limiter {
         {
             st.rate_waits += 1;
             return Err(Wait::Rate(not_until.wait_time_from(self.clock.now())));
+        }
+        if let Some(sh) = st.shared.as_mut() {
+            sh.spend(units);
         }
         st.in_flight += 1;
         st.note_granted(now, 1);
@@ -295,9 +448,16 @@ impl Limiter {
     /// Waits for a slot: through any pause (resuming with jitter), a free in-flight
     /// slot and the rate.
     pub async fn acquire(self: &Arc<Self>) -> Slot {
+        self.acquire_weighted(1).await
+    }
+
+    /// [`Self::acquire`] for a request of `units` units (see
+    /// [`Self::try_acquire_weighted`]).
+    pub async fn acquire_weighted(self: &Arc<Self>, units: u32) -> Slot {
+        let _need = Need::new(self, units.max(1));
         loop {
             let freed = self.freed.notified();
-            match self.try_acquire() {
+            match self.try_acquire_weighted(units) {
                 Ok(slot) => return slot,
                 Err(Wait::Paused(d)) => {
                     // Resume with jitter so paused callers do not return in lock step.
@@ -309,7 +469,7 @@ impl Limiter {
                         .between(Duration::ZERO, spread);
                     tokio::time::sleep(d + j).await;
                 }
-                Err(Wait::Concurrency) => {
+                Err(Wait::Concurrency | Wait::Shared) => {
                     tokio::select! {
                         _ = freed => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -366,6 +526,11 @@ impl Limiter {
             let until = now + pushback;
             st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
             st.drain_on_resume = true;
+            if let Some(sh) = st.shared.as_mut() {
+                // Every box pauses as long (published by the shared quota's task).
+                sh.block = Some(sh.block.map_or(pushback, |b| b.max(pushback)));
+                self.share_wake.notify_one();
+            }
             let recent = st
                 .last_decrease
                 .is_some_and(|t| now.saturating_sub(t) < pushback.max(cfg.recovery_interval));
@@ -530,7 +695,7 @@ impl Limiter {
             rate_per_min: cfg.rate_per_min,
             effective_per_min: (cfg.rate_per_min as f64 * st.factor).round() as u32,
             max_concurrent: cfg.max_concurrent,
-            effective_concurrent: st.conc_cap,
+            effective_concurrent: st.cap(cfg).unwrap_or(0),
             in_flight: st.in_flight,
             paused_for_ms: st
                 .paused_until
@@ -539,6 +704,186 @@ impl Limiter {
             rate_waits: st.rate_waits,
             granted: st.granted,
             ceiling_per_min: st.ceiling.map(|c| c.round() as u32),
+            shared: st
+                .shared
+                .as_ref()
+                .map(|sh| crate::protocol::SharedQuotaView {
+                    boxes: sh.boxes,
+                    slots: sh.slots,
+                    leased: sh.leased,
+                    error: sh.error.clone(),
+                }),
+        }
+    }
+}
+
+/// A caller waiting on a shared quota: its units are asked for while it waits.
+struct Need<'a> {
+    limiter: &'a Limiter,
+    units: Option<u32>,
+}
+
+impl<'a> Need<'a> {
+    fn new(limiter: &'a Limiter, units: u32) -> Self {
+        let mut st = limiter.lock();
+        let units = st.shared.as_mut().map(|sh| {
+            sh.needs.push(units);
+            units
+        });
+        drop(st);
+        if units.is_some() {
+            limiter.share_wake.notify_one();
+        }
+        Self { limiter, units }
+    }
+}
+
+impl Drop for Need<'_> {
+    fn drop(&mut self) {
+        let Some(units) = self.units else {
+            return;
+        };
+        let mut st = self.limiter.lock();
+        if let Some(sh) = st.shared.as_mut()
+            && let Some(i) = sh.needs.iter().position(|n| *n == units)
+        {
+            sh.needs.swap_remove(i);
+        }
+    }
+}
+
+/// The shared quota's task: leases tokens for the callers waiting, holds and renews
+/// this box's in-flight slots, publishes this box's pushbacks and applies the others'.
+/// Ends with the limiter.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass of the loop: what to ask, whether now, the take, and what it gave"
+)]
+async fn share_loop(limiter: Weak<Limiter>, quota: Arc<dyn QuotaShare>) {
+    // No take before this (a take that gave less than asked, or failed).
+    let mut retry_at = Duration::ZERO;
+    let mut renew_at = Duration::ZERO;
+    let mut complained_at: Option<Duration> = None;
+    loop {
+        let Some(l) = limiter.upgrade() else {
+            return;
+        };
+        let now = l.clock.now();
+        let (ask, holding) = {
+            let mut st = l.lock();
+            let in_flight = st.in_flight;
+            let local_cap = (st.conc_cap > 0).then_some(st.conc_cap);
+            let capped = l.cfg.max_concurrent > 0;
+            let Some(sh) = st.shared.as_mut() else {
+                return;
+            };
+            let tokens = sh.tokens(now);
+            let waiting = u32::try_from(sh.needs.len()).unwrap_or(u32::MAX);
+            let sum: u32 = sh.needs.iter().sum();
+            let most = sh.needs.iter().copied().max().unwrap_or(0);
+            // Tokens only for the callers a slot is free for: a token waiting on a slot
+            // would run out unspent.
+            let usable = if capped {
+                sh.slots.saturating_sub(in_flight)
+            } else {
+                waiting
+            };
+            let wanted = sum.min(usable.saturating_mul(most.max(1)));
+            let deficit = wanted.saturating_sub(tokens);
+            let want = deficit.min(quota.burst().max(most).max(1));
+            let need = most.saturating_sub(tokens).clamp(1, want.max(1));
+            let want_slots = if capped {
+                let wanted = in_flight.saturating_add(waiting);
+                local_cap
+                    .map_or(wanted, |c| wanted.min(c))
+                    .min(l.cfg.max_concurrent)
+            } else {
+                0
+            };
+            let ask = ShareAsk {
+                want,
+                need: if want > 0 { need } else { 0 },
+                in_flight: if capped { in_flight } else { 0 },
+                want_slots,
+                block: sh.block.take(),
+            };
+            (ask, capped && (sh.slots > 0 || in_flight > 0))
+        };
+        let short = ask.want > 0 || (ask.want_slots > 0 && !holding);
+        let due = ask.block.is_some()
+            || (short && now >= retry_at)
+            || (holding && now >= renew_at)
+            || (holding && ask.want_slots == 0 && ask.in_flight == 0);
+        if !due {
+            let mut sleep = Duration::from_secs(1);
+            if short {
+                sleep = sleep.min(retry_at.saturating_sub(now));
+            }
+            if holding {
+                sleep = sleep.min(renew_at.saturating_sub(now));
+            }
+            let wake = l.share_wake.clone();
+            drop(l);
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(sleep.max(Duration::from_millis(1))) => {}
+            }
+            continue;
+        }
+        match quota.take(ask).await {
+            Ok(t) => {
+                complained_at = None;
+                let now = l.clock.now();
+                renew_at = now + SHARE_RENEW;
+                retry_at = if t.granted < ask.want || t.slots < ask.want_slots {
+                    let wait = if t.granted < ask.want && !t.next_in.is_zero() {
+                        t.next_in
+                    } else {
+                        SHARE_RENEW
+                    };
+                    now + wait.clamp(Duration::from_millis(2), Duration::from_secs(1))
+                } else {
+                    now
+                };
+                let mut st = l.lock();
+                if !t.blocked_for.is_zero() {
+                    let until = now + t.blocked_for.min(l.max_pushback());
+                    if st.paused_until.is_none_or(|u| u < until) {
+                        st.paused_until = Some(until);
+                        st.drain_on_resume = true;
+                    }
+                }
+                if let Some(sh) = st.shared.as_mut() {
+                    if t.granted > 0 {
+                        sh.lots.push_back((t.granted, now + LEASE_TTL));
+                        sh.leased += u64::from(t.granted);
+                    }
+                    sh.slots = t.slots;
+                    sh.boxes = t.boxes;
+                    sh.error = None;
+                }
+                drop(st);
+                l.freed.notify_waiters();
+            }
+            Err(e) => {
+                let now = l.clock.now();
+                retry_at = now + SHARE_RENEW;
+                renew_at = retry_at;
+                let mut st = l.lock();
+                if let Some(sh) = st.shared.as_mut() {
+                    // Published at the next take.
+                    sh.block = sh.block.max(ask.block);
+                    sh.error = Some(e.clone());
+                }
+                drop(st);
+                if complained_at.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(30)) {
+                    complained_at = Some(now);
+                    tracing::warn!(
+                        "{}: the shared quota cannot be taken ({e}); this box sends nothing until it can",
+                        l.name
+                    );
+                }
+            }
         }
     }
 }

@@ -342,7 +342,9 @@ impl Downstream {
                 if let Some(pace) = pace {
                     drop(pace.acquire().await);
                 }
-                self.limiter.acquire().await
+                // A shared quota's tokens for every unit, taken with the slot: they
+                // are counted when the request goes.
+                self.limiter.acquire_weighted(units).await
             } else {
                 self.limiter.acquire().await
             };

@@ -8,6 +8,8 @@
 
 mod integrity;
 mod invoices;
+pub mod pg_quota;
+pub mod pg_tokens;
 pub mod postgres;
 pub mod private;
 pub mod queue;

@@ -366,6 +366,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX item_map_item ON syncctl.item_map(company, item_id) WHERE item_id IS NOT NULL;
     CREATE INDEX item_map_status ON syncctl.item_map(company, status);
     "#,
+    // The per-company quota every box shares (see pg_quota.rs) and the company's OAuth
+    // tokens, refreshed by one box at a time (see pg_tokens.rs).
+    super::pg_quota::MIGRATION,
 ];
 
 /// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
@@ -525,6 +528,11 @@ impl PgQueue {
 
     async fn client(&self) -> PgResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+
+    /// The handle's pool, for the other shared tables of its company (quota, tokens).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     pub async fn ingest(

@@ -135,6 +135,15 @@ impl JobQueue {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     }
 
+    /// The Postgres pool of a shared queue (None on SQLite): the company's other shared
+    /// rows (quota, tokens) go through it.
+    pub fn pg_pool(&self) -> Option<deadpool_postgres::Pool> {
+        match &self.backend {
+            Backend::Postgres { pg, .. } => Some(pg.pool()),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
     /// Which backend: "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
         match self.backend {

@@ -645,9 +645,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
+            // With `store.url` the invoices are on the shared store: read there.
+            let cfg = match &cli.config {
+                Some(p) => match load_config(Some(p)) {
+                    Ok(c) => c.map(|(c, _)| c),
+                    Err(code) => return Ok(code),
+                },
+                None => Config::load(&paths.config_file).ok().map(|mut c| {
+                    c.apply_env();
+                    c
+                }),
+            };
+            let shared = cfg.and_then(|c| c.store.url.map(|u| u.expose().to_owned()));
             // Blocking file and store work; a retry through a running engine waits on
             // this runtime for its answer.
-            Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))
+            Ok(tokio::task::block_in_place(|| {
+                dian_records(command, &dir, shared.as_deref())
+            }))
         }
         Some(Command::Bundle {
             command: BundleCommand::Show { file },
@@ -1081,7 +1095,7 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
 /// `dian history` (straight from the data dir's store; SQLite lets the engine run
 /// meanwhile) and `dian retry` (through the running engine's command path, or on the
 /// store when none runs).
-fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
+fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str>) -> ExitCode {
     use syncctl::engine::compliance::{retry_all_failed, retry_audited};
     if !dir.join("syncctl.db").exists() {
         return usage(format!(
@@ -1102,7 +1116,33 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let find = |key: &str| match store.invoice(key) {
+    let invoices = match shared {
+        None => syncctl::store::Invoices::sqlite(store.clone()),
+        // The company of a single-company config (`dian` has no --company yet).
+        Some(url) => {
+            let clock = syncctl::store::WallClock::default();
+            let owner = format!("cli:{}", std::process::id());
+            let queue = tokio::runtime::Handle::current().block_on(
+                syncctl::store::queue::JobQueue::postgres(
+                    url,
+                    &owner,
+                    syncctl::config::DEFAULT_COMPANY,
+                    clock.clone(),
+                ),
+            );
+            match queue {
+                Ok(q) => match q.postgres_handle() {
+                    Some(pg) => syncctl::store::Invoices::postgres(
+                        syncctl::store::pg_invoices::PgInvoices::of(pg),
+                        clock,
+                    ),
+                    None => return usage("store.url: not a postgres store"),
+                },
+                Err(e) => return usage(format!("{e:#}")),
+            }
+        }
+    };
+    let find = |key: &str| match invoices.invoice(key) {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(usage(format!(
             "no invoice {key:?} (a Stripe id, DIAN number or CUFE)"
@@ -1126,7 +1166,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            print_history(&store, &rec);
+            print_history(&invoices, &rec);
             ExitCode::SUCCESS
         }
         DianCommand::Retry { .. } if engine.is_some() => {
@@ -1144,7 +1184,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            match retry_audited(&store, &rec, &actor) {
+            match retry_audited(&store, &invoices, &rec, &actor) {
                 Ok(m) => {
                     println!("{m}");
                     ExitCode::SUCCESS
@@ -1156,7 +1196,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
             }
         }
         DianCommand::Retry { yes, .. } => {
-            let failed = store
+            let failed = invoices
                 .invoices_in(syncctl::compliance::machine::Status::Failed)
                 .unwrap_or_default();
             println!("{} FAILED invoices", failed.len());
@@ -1176,7 +1216,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            match retry_all_failed(&store, &actor) {
+            match retry_all_failed(&store, &invoices, &actor) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
@@ -1188,7 +1228,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
 }
 
 /// `dian history`: the record, then every step of its history, codes in words.
-fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRecord) {
+fn print_history(store: &syncctl::store::Invoices, rec: &syncctl::store::InvoiceRecord) {
     use syncctl::compliance::machine::explain;
     let when = syncctl::engine::compliance::clock_time;
     println!(

@@ -8,13 +8,16 @@
 
 mod integrity;
 mod invoices;
+pub mod pg_invoices;
 pub mod postgres;
 pub mod private;
 pub mod queue;
 mod recovery;
 mod schema;
 
-pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
+pub use invoices::{
+    Change, ComplianceCounts, HistoryEntry, InvoiceError, InvoiceRecord, InvoiceResult, Invoices,
+};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
 pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};

@@ -366,6 +366,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX item_map_item ON syncctl.item_map(company, item_id) WHERE item_id IS NOT NULL;
     CREATE INDEX item_map_status ON syncctl.item_map(company, status);
     "#,
+    // The compliance records (invoices, history, tombstones, DIAN counter) per company,
+    // with leases: see `pg_invoices`.
+    super::pg_invoices::MIGRATION,
 ];
 
 /// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
@@ -499,6 +502,11 @@ impl PgQueue {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The connection pool (for the other tables of this database: `pg_invoices`).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     pub fn company(&self) -> &str {

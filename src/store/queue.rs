@@ -135,6 +135,15 @@ impl JobQueue {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     }
 
+    /// The Postgres handle, when the queue is shared (its pool and lease owner serve
+    /// the other shared tables: `pg_invoices`).
+    pub fn postgres_handle(&self) -> Option<&PgQueue> {
+        match &self.backend {
+            Backend::Postgres { pg, .. } => Some(pg),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
     /// Which backend: "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
         match self.backend {

@@ -367,6 +367,7 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
     let home = tempfile::tempdir().unwrap();
     let db = connect(&url).await;
     let config = |printed: &str| {
+        let printed = printed.replace("[quickbooks]\n", "[quickbooks]\ntimeout_secs = 9\n");
         format!(
             "{printed}\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
              [catalog]\nlease_secs = {LEASE_SECS}\nreconcile_interval_secs = 3600\n\n\
@@ -479,6 +480,25 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
     assert_eq!(alegra["stamped_twice"], 0, "{alegra}");
     assert_eq!(alegra["duplicate_documents"], 0, "{alegra}");
     assert_eq!(alegra["accepted"], INVOICES, "{alegra}");
+    // The operator's `dian history` on a box reads the shared store: b shows an invoice
+    // the killed engine a had begun to send, with the takeover in its history.
+    let shown = Command::new(BIN)
+        .arg("--config")
+        .arg(home.path().join("b.toml"))
+        .arg("--data-dir")
+        .arg(home.path().join("b"))
+        .args(["dian", "history", &held[0]])
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && out.contains("VALIDATED") && out.contains("lease ran out mid-send"),
+        "dian history {}: {out}{}",
+        held[0],
+        String::from_utf8_lossy(&shown.stderr)
+    );
     eprintln!(
         "invoices scale-out: {INVOICES} invoices, {} held by the killed engine mid-send and read back by the other; sandbox: {alegra}",
         held.len()

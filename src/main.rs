@@ -646,17 +646,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Dian { command }) => {
             let dir = default_dir;
             // With `store.url` the invoices are on the shared store: read there.
-            let cfg = match &cli.config {
-                Some(p) => match load_config(Some(p)) {
-                    Ok(c) => c.map(|(c, _)| c),
-                    Err(code) => return Ok(code),
-                },
-                None => Config::load(&paths.config_file).ok().map(|mut c| {
-                    c.apply_env();
-                    c
-                }),
+            let shared = match shared_store_url(cli.config.as_ref(), &paths.config_file) {
+                Ok(url) => url,
+                Err(code) => return Ok(code),
             };
-            let shared = cfg.and_then(|c| c.store.url.map(|u| u.expose().to_owned()));
             // Blocking file and store work; a retry through a running engine waits on
             // this runtime for its answer.
             Ok(tokio::task::block_in_place(|| {
@@ -1112,35 +1105,9 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
             db.display()
         ));
     }
-    let store = match syncctl::store::Store::open(dir) {
+    let (store, invoices) = match dian_stores(dir, shared) {
         Ok(s) => s,
-        Err(e) => return usage(format!("{e:#}")),
-    };
-    let invoices = match shared {
-        None => syncctl::store::Invoices::sqlite(store.clone()),
-        // The company of a single-company config (`dian` has no --company yet).
-        Some(url) => {
-            let clock = syncctl::store::WallClock::default();
-            let owner = format!("cli:{}", std::process::id());
-            let queue = tokio::runtime::Handle::current().block_on(
-                syncctl::store::queue::JobQueue::postgres(
-                    url,
-                    &owner,
-                    syncctl::config::DEFAULT_COMPANY,
-                    clock.clone(),
-                ),
-            );
-            match queue {
-                Ok(q) => match q.postgres_handle() {
-                    Some(pg) => syncctl::store::Invoices::postgres(
-                        syncctl::store::pg_invoices::PgInvoices::of(pg),
-                        clock,
-                    ),
-                    None => return usage("store.url: not a postgres store"),
-                },
-                Err(e) => return usage(format!("{e:#}")),
-            }
-        }
+        Err(code) => return code,
     };
     let find = |key: &str| match invoices.invoice(key) {
         Ok(Some(r)) => Ok(r),
@@ -1225,6 +1192,51 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
             }
         }
     }
+}
+
+/// The config's `store.url` (the explicit `--config`, else the default one's), if set.
+fn shared_store_url(
+    explicit: Option<&PathBuf>,
+    default: &std::path::Path,
+) -> Result<Option<String>, ExitCode> {
+    let cfg = match explicit {
+        Some(p) => load_config(Some(p))?.map(|(c, _)| c),
+        None => Config::load(default).ok().map(|mut c| {
+            c.apply_env();
+            c
+        }),
+    };
+    Ok(cfg.and_then(|c| c.store.url.map(|u| u.expose().to_owned())))
+}
+
+/// The data dir's store, and the invoices `dian` reads: that store's, or the shared
+/// ones at `shared` (the company of a single-company config: `dian` has no --company
+/// yet).
+fn dian_stores(
+    dir: &std::path::Path,
+    shared: Option<&str>,
+) -> Result<(syncctl::store::Store, syncctl::store::Invoices), ExitCode> {
+    let store = syncctl::store::Store::open(dir).map_err(|e| usage(format!("{e:#}")))?;
+    let Some(url) = shared else {
+        let invoices = syncctl::store::Invoices::sqlite(store.clone());
+        return Ok((store, invoices));
+    };
+    let clock = syncctl::store::WallClock::default();
+    let owner = format!("cli:{}", std::process::id());
+    let queue = tokio::runtime::Handle::current()
+        .block_on(syncctl::store::queue::JobQueue::postgres(
+            url,
+            &owner,
+            syncctl::config::DEFAULT_COMPANY,
+            clock.clone(),
+        ))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    let pg = queue
+        .postgres_handle()
+        .ok_or_else(|| usage("store.url: not a postgres store"))?;
+    let invoices =
+        syncctl::store::Invoices::postgres(syncctl::store::pg_invoices::PgInvoices::of(pg), clock);
+    Ok((store, invoices))
 }
 
 /// `dian history`: the record, then every step of its history, codes in words.

@@ -155,9 +155,15 @@ async fn a_paid_invoice_is_recorded_once_with_the_next_number(b: Backend) {
     assert_eq!(i.next_number_seq().unwrap(), 0);
     assert!(ingest(&i, "in_1"));
     assert!(ingest(&i, "in_2"));
-    assert!(!ingest(&i, "in_1"), "the same invoice again records nothing");
+    assert!(
+        !ingest(&i, "in_1"),
+        "the same invoice again records nothing"
+    );
     assert_eq!(i.invoice("in_1").unwrap().unwrap().number, "SETP990000001");
-    assert_eq!(i.invoice("SETP990000002").unwrap().unwrap().stripe_id, "in_2");
+    assert_eq!(
+        i.invoice("SETP990000002").unwrap().unwrap().stripe_id,
+        "in_2"
+    );
     assert_eq!(i.next_number_seq().unwrap(), 2);
     assert_eq!(i.invoice_rows().unwrap(), 2);
     let h = i.invoice_history("in_1").unwrap();
@@ -173,10 +179,14 @@ async fn a_repeated_event_id_records_nothing(b: Backend) {
     let i = db.open("box-a", &WallClock::default()).await;
     let ev = Some(("evt_1", "invoice.paid", "webhook"));
     let inv = LocalInvoice::example("in_1", "invoice");
-    assert!(i.ingest_invoice(&inv, "2026-12-01", PREFIX, START, ev).unwrap());
+    assert!(
+        i.ingest_invoice(&inv, "2026-12-01", PREFIX, START, ev)
+            .unwrap()
+    );
     let other = LocalInvoice::example("in_2", "invoice");
     assert!(
-        !i.ingest_invoice(&other, "2026-12-01", PREFIX, START, ev).unwrap(),
+        !i.ingest_invoice(&other, "2026-12-01", PREFIX, START, ev)
+            .unwrap(),
         "an event id seen before records nothing"
     );
     assert!(i.invoice("in_2").unwrap().is_none());
@@ -199,7 +209,10 @@ async fn a_claimed_invoice_moves_through_the_machine_with_its_history(b: Backend
     assert!(r.validated_at_ms.is_some());
     assert_eq!(i.invoice("cufe-1").unwrap().unwrap().stripe_id, "in_1");
     assert_eq!(
-        i.invoice_of_alegra_document("1").unwrap().unwrap().stripe_id,
+        i.invoice_of_alegra_document("1")
+            .unwrap()
+            .unwrap()
+            .stripe_id,
         "in_1"
     );
     let h: Vec<String> = i
@@ -254,7 +267,11 @@ async fn an_outage_falls_back_invoices_but_never_credit_notes(b: Backend) {
     assert_eq!(status(&i, "in_a"), Status::Fallback);
     assert_eq!(status(&i, "cn_1"), Status::Pending);
     assert!(i.unfinished_outage().unwrap().is_some());
-    assert_eq!(claim(&i, 10), ["cn_1"], "held in FALLBACK until DIAN is back");
+    assert_eq!(
+        claim(&i, 10),
+        ["cn_1"],
+        "held in FALLBACK until DIAN is back"
+    );
     assert!(i.change_leased("cn_1", &validated()).unwrap());
     i.release("cn_1").unwrap();
     let deadline = clock.now_ms() + 48 * 3_600_000;
@@ -385,7 +402,10 @@ async fn a_heartbeat_keeps_an_invoice_and_a_release_gives_it_back() {
     // A send still marked is not given back: it is b's to read once a's lease is over.
     a.release("in_1").unwrap();
     assert!(claim(&b, 10).is_empty());
-    assert!(a.postpone_leased("in_1", 0, "waiting: Alegra busy").unwrap());
+    assert!(
+        a.postpone_leased("in_1", 0, "waiting: Alegra busy")
+            .unwrap()
+    );
     a.release("in_1").unwrap();
     assert_eq!(claim(&b, 10), ["in_1"], "given back, taken by b at once");
 }
@@ -429,8 +449,14 @@ async fn two_companies_on_one_database_never_see_each_others_invoices() {
     let co1 = db.open_company("box-a", "co1", &clock).await;
     let co2 = db.open_company("box-a", "co2", &clock).await;
     assert!(ingest(&co1, "in_1"));
-    assert!(ingest(&co2, "in_1"), "the same Stripe id in another company");
-    assert_eq!(co2.invoice("in_1").unwrap().unwrap().number, "SETP990000001");
+    assert!(
+        ingest(&co2, "in_1"),
+        "the same Stripe id in another company"
+    );
+    assert_eq!(
+        co2.invoice("in_1").unwrap().unwrap().number,
+        "SETP990000001"
+    );
     assert_eq!(claim(&co1, 10), ["in_1"]);
     assert_eq!(claim(&co2, 10), ["in_1"]);
     assert!(co1.change_leased("in_1", &validated()).unwrap());

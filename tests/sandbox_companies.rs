@@ -665,11 +665,21 @@ async fn an_invoice_accepted_under_two_documents_counts_as_stamped_twice_in_its_
     answer(stamped("990000002", "stripe:in_b")).await;
     answer(stamped("990000001", "stripe:in_a")).await;
     let stats = get(&sb, "/_sandbox/stats").await;
-    assert_eq!(twice(&stats, "co2"), 0, "{}", stats["companies"]["co2"]["alegra"]);
+    assert_eq!(
+        twice(&stats, "co2"),
+        0,
+        "{}",
+        stats["companies"]["co2"]["alegra"]
+    );
     // The same invoice issued again under a new number: accepted twice.
     answer(stamped("990000003", "stripe:in_a")).await;
     let stats = get(&sb, "/_sandbox/stats").await;
-    assert_eq!(twice(&stats, "co2"), 1, "{}", stats["companies"]["co2"]["alegra"]);
+    assert_eq!(
+        twice(&stats, "co2"),
+        1,
+        "{}",
+        stats["companies"]["co2"]["alegra"]
+    );
     assert_eq!(twice(&stats, "co1"), 0);
     assert_eq!(stats["alegra"]["stamped_twice"], 1);
 }

@@ -494,7 +494,9 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
         .unwrap();
     let out = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        shown.status.success() && out.contains("VALIDATED") && out.contains("lease ran out mid-send"),
+        shown.status.success()
+            && out.contains("VALIDATED")
+            && out.contains("lease ran out mid-send"),
         "dian history {}: {out}{}",
         held[0],
         String::from_utf8_lossy(&shown.stderr)

@@ -552,18 +552,7 @@ impl Compliance {
             let mut due = if self.is_paused() || free == 0 {
                 Vec::new()
             } else {
-                self.invoices
-                    .claim_due(
-                        now,
-                        free,
-                        &skip,
-                        holds || !numbering_ok,
-                        self.settings.lease_ms,
-                    )
-                    .unwrap_or_else(|e| {
-                        tracing::error!("reading due invoices: {e}");
-                        Vec::new()
-                    })
+                self.claim_due(now, free, &skip, holds || !numbering_ok)
             };
             // While DIAN is suspected down, one transmission per interval probes it.
             if holds
@@ -577,7 +566,10 @@ impl Compliance {
                 } else {
                     &[Status::Retry, Status::Pending]
                 };
-                match self.invoices.claim_probe(statuses, &skip, self.settings.lease_ms) {
+                match self
+                    .invoices
+                    .claim_probe(statuses, &skip, self.settings.lease_ms)
+                {
                     Ok(Some(rec)) => {
                         self.monitor().probe_sent(now);
                         due.push(rec);
@@ -622,6 +614,23 @@ impl Compliance {
         }
         tasks.close();
         tasks.wait().await;
+    }
+
+    /// Takes up to `free` due invoices to work on (leased to this box on Postgres).
+    fn claim_due(
+        &self,
+        now: i64,
+        free: usize,
+        skip: &[String],
+        reads_only: bool,
+    ) -> Vec<InvoiceRecord> {
+        let lease = self.settings.lease_ms;
+        self.invoices
+            .claim_due(now, free, skip, reads_only, lease)
+            .unwrap_or_else(|e| {
+                tracing::error!("reading due invoices: {e}");
+                Vec::new()
+            })
     }
 
     fn apply(&self, rec: &InvoiceRecord, d: &Decision, found: Option<&AlegraInvoice>) {
@@ -1040,9 +1049,7 @@ impl Compliance {
 
     /// Invoices waiting to be sent or read (due or not), in the order they run.
     pub fn backlog(&self) -> Vec<InvoiceRecord> {
-        self.invoices
-            .waiting(100_000)
-            .unwrap_or_default()
+        self.invoices.waiting(100_000).unwrap_or_default()
     }
 
     /// The guard (breaker, limiter) of every Alegra call.

@@ -719,7 +719,9 @@ impl Invoices {
         event: Option<(&str, &str, &str)>,
     ) -> InvoiceResult<bool> {
         match self {
-            Self::Sqlite(s) => Ok(s.ingest_invoice(inv, issue_date, number_prefix, number_start, event)?),
+            Self::Sqlite(s) => {
+                Ok(s.ingest_invoice(inv, issue_date, number_prefix, number_start, event)?)
+            }
             Self::Postgres { pg, clock } => Ok(wait(pg.ingest(
                 inv,
                 issue_date,
@@ -803,7 +805,10 @@ impl Invoices {
     /// this box no longer holds it.
     pub fn change_leased(&self, stripe_id: &str, change: &Change<'_>) -> InvoiceResult<bool> {
         match self {
-            Self::Sqlite(s) => s.change_invoice(stripe_id, change).map(|()| true).map_err(Into::into),
+            Self::Sqlite(s) => s
+                .change_invoice(stripe_id, change)
+                .map(|()| true)
+                .map_err(Into::into),
             Self::Postgres { pg, clock } => {
                 Ok(wait(pg.change(stripe_id, change, true, clock.now_ms()))?)
             }
@@ -823,12 +828,24 @@ impl Invoices {
 
     /// Looks again later (see `Store::postpone_invoice`); false when this box no longer
     /// holds it.
-    pub fn postpone_leased(&self, stripe_id: &str, after_ms: i64, why: &str) -> InvoiceResult<bool> {
+    pub fn postpone_leased(
+        &self,
+        stripe_id: &str,
+        after_ms: i64,
+        why: &str,
+    ) -> InvoiceResult<bool> {
         match self {
-            Self::Sqlite(s) => s.postpone_invoice(stripe_id, after_ms, why).map(|()| true).map_err(Into::into),
-            Self::Postgres { pg, clock } => {
-                Ok(wait(pg.postpone(stripe_id, after_ms, why, true, clock.now_ms()))?)
-            }
+            Self::Sqlite(s) => s
+                .postpone_invoice(stripe_id, after_ms, why)
+                .map(|()| true)
+                .map_err(Into::into),
+            Self::Postgres { pg, clock } => Ok(wait(pg.postpone(
+                stripe_id,
+                after_ms,
+                why,
+                true,
+                clock.now_ms(),
+            ))?),
         }
     }
 
@@ -841,7 +858,12 @@ impl Invoices {
         why: &str,
     ) -> InvoiceResult<Option<String>> {
         match self {
-            Self::Sqlite(s) => Ok(Some(s.renumber_invoice(stripe_id, number_prefix, number_start, why)?)),
+            Self::Sqlite(s) => Ok(Some(s.renumber_invoice(
+                stripe_id,
+                number_prefix,
+                number_start,
+                why,
+            )?)),
             Self::Postgres { pg, clock } => Ok(wait(pg.renumber(
                 stripe_id,
                 number_prefix,
@@ -869,9 +891,11 @@ impl Invoices {
     pub fn restore_fallback(&self, deadline_ms: i64, message: &str) -> InvoiceResult<usize> {
         match self {
             Self::Sqlite(s) => Ok(s.restore_fallback(deadline_ms, message)?),
-            Self::Postgres { pg, clock } => {
-                Ok(wait(pg.restore_fallback(deadline_ms, message, clock.now_ms()))?)
-            }
+            Self::Postgres { pg, clock } => Ok(wait(pg.restore_fallback(
+                deadline_ms,
+                message,
+                clock.now_ms(),
+            ))?),
         }
     }
 
@@ -918,7 +942,10 @@ impl Invoices {
         }
     }
 
-    pub fn invoice_of_alegra_document(&self, alegra_id: &str) -> InvoiceResult<Option<InvoiceRecord>> {
+    pub fn invoice_of_alegra_document(
+        &self,
+        alegra_id: &str,
+    ) -> InvoiceResult<Option<InvoiceRecord>> {
         match self {
             Self::Sqlite(s) => Ok(s.invoice_of_alegra_document(alegra_id)?),
             Self::Postgres { pg, .. } => Ok(wait(pg.invoice_of_alegra_document(alegra_id))?),

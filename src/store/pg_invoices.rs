@@ -349,7 +349,12 @@ impl PgInvoices {
     }
 
     /// Extends the unexpired leases this handle holds among `ids`; the ids still held.
-    pub async fn heartbeat(&self, ids: &[String], lease_ms: i64, now: i64) -> PgResult<Vec<String>> {
+    pub async fn heartbeat(
+        &self,
+        ids: &[String],
+        lease_ms: i64,
+        now: i64,
+    ) -> PgResult<Vec<String>> {
         let c = self.client().await?;
         let held = c
             .query(
@@ -423,7 +428,11 @@ impl PgInvoices {
         } else {
             attempts
         };
-        let to = change.to.map(Status::name).unwrap_or(from.as_str()).to_owned();
+        let to = change
+            .to
+            .map(Status::name)
+            .unwrap_or(from.as_str())
+            .to_owned();
         let validated = change.to == Some(Status::Validated);
         let next_at = change.next_at_ms.flatten().map(|after| now + after);
         let deadline = change.deadline_at_ms.flatten();
@@ -495,7 +504,15 @@ impl PgInvoices {
                         last_message = $5, updated_at = $3
                   WHERE company = $1 AND stripe_id = $2
                     AND (NOT $6 OR (lease_owner = $7 AND lease_until >= $3))",
-                &[&&*self.company, &id, &now, &after_ms, &why, &leased, &&*self.owner],
+                &[
+                    &&*self.company,
+                    &id,
+                    &now,
+                    &after_ms,
+                    &why,
+                    &leased,
+                    &&*self.owner,
+                ],
             )
             .await?;
         Ok(n == 1)

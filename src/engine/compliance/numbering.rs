@@ -134,8 +134,7 @@ impl Compliance {
 
     /// Asks Alegra about the numbering (see the module doc). Ok: Ready or Refused, set.
     pub async fn confirm_numbering(&self) -> Result<(), AlegraError> {
-        let store_err =
-            |e: crate::store::InvoiceError| AlegraError::Decode(format!("store: {e}"));
+        let store_err = |e: crate::store::InvoiceError| AlegraError::Decode(format!("store: {e}"));
         let records = self.invoices.invoice_rows().map_err(store_err)?;
         if records == 0 {
             let scan = self.scan().await?;
@@ -395,7 +394,11 @@ impl Compliance {
     /// A document kept for an invoice about to be recorded sits on a number this store
     /// gave another invoice: a second issuer. Refuses and says so.
     pub(super) fn refuse_on_clash(&self, stripe_id: &str) -> Option<String> {
-        let (number, other) = self.invoices.found_document_clash(stripe_id).ok().flatten()?;
+        let (number, other) = self
+            .invoices
+            .found_document_clash(stripe_id)
+            .ok()
+            .flatten()?;
         let why = number_given_to_another(&number, stripe_id, &other);
         self.refuse(why.clone(), FIX_TWO_ENGINES);
         Some(why)

@@ -670,9 +670,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
         Some(Command::Dian { command }) => {
             let dir = default_dir;
+            // With `store.url` the invoices are on the shared store: read there.
+            let shared = match shared_store_url(cli.config.as_ref(), &paths.config_file) {
+                Ok(url) => url,
+                Err(code) => return Ok(code),
+            };
             // Blocking file and store work; a retry through a running engine waits on
             // this runtime for its answer.
-            Ok(tokio::task::block_in_place(|| dian_records(command, &dir)))
+            Ok(tokio::task::block_in_place(|| {
+                dian_records(command, &dir, shared.as_deref())
+            }))
         }
         Some(Command::Bundle {
             command: BundleCommand::Show { file },
@@ -1106,7 +1113,7 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
 /// `dian history` (straight from the data dir's store; SQLite lets the engine run
 /// meanwhile) and `dian retry` (through the running engine's command path, or on the
 /// store when none runs).
-fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
+fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str>) -> ExitCode {
     use syncctl::engine::compliance::{retry_all_failed, retry_audited};
     if !dir.join("syncctl.db").exists() {
         return usage(format!(
@@ -1123,11 +1130,11 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
             db.display()
         ));
     }
-    let store = match syncctl::store::Store::open(dir) {
+    let (store, invoices) = match dian_stores(dir, shared) {
         Ok(s) => s,
-        Err(e) => return usage(format!("{e:#}")),
+        Err(code) => return code,
     };
-    let find = |key: &str| match store.invoice(key) {
+    let find = |key: &str| match invoices.invoice(key) {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(usage(format!(
             "no invoice {key:?} (a Stripe id, DIAN number or CUFE)"
@@ -1151,7 +1158,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            print_history(&store, &rec);
+            print_history(&invoices, &rec);
             ExitCode::SUCCESS
         }
         DianCommand::Retry { .. } if engine.is_some() => {
@@ -1169,7 +1176,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            match retry_audited(&store, &rec, &actor) {
+            match retry_audited(&store, &invoices, &rec, &actor) {
                 Ok(m) => {
                     println!("{m}");
                     ExitCode::SUCCESS
@@ -1181,7 +1188,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
             }
         }
         DianCommand::Retry { yes, .. } => {
-            let failed = store
+            let failed = invoices
                 .invoices_in(syncctl::compliance::machine::Status::Failed)
                 .unwrap_or_default();
             println!("{} FAILED invoices", failed.len());
@@ -1201,7 +1208,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            match retry_all_failed(&store, &actor) {
+            match retry_all_failed(&store, &invoices, &actor) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
@@ -1212,8 +1219,53 @@ fn dian_records(command: DianCommand, dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The config's `store.url` (the explicit `--config`, else the default one's), if set.
+fn shared_store_url(
+    explicit: Option<&PathBuf>,
+    default: &std::path::Path,
+) -> Result<Option<String>, ExitCode> {
+    let cfg = match explicit {
+        Some(p) => load_config(Some(p))?.map(|(c, _)| c),
+        None => Config::load(default).ok().map(|mut c| {
+            c.apply_env();
+            c
+        }),
+    };
+    Ok(cfg.and_then(|c| c.store.url.map(|u| u.expose().to_owned())))
+}
+
+/// The data dir's store, and the invoices `dian` reads: that store's, or the shared
+/// ones at `shared` (the company of a single-company config: `dian` has no --company
+/// yet).
+fn dian_stores(
+    dir: &std::path::Path,
+    shared: Option<&str>,
+) -> Result<(syncctl::store::Store, syncctl::store::Invoices), ExitCode> {
+    let store = syncctl::store::Store::open(dir).map_err(|e| usage(format!("{e:#}")))?;
+    let Some(url) = shared else {
+        let invoices = syncctl::store::Invoices::sqlite(store.clone());
+        return Ok((store, invoices));
+    };
+    let clock = syncctl::store::WallClock::default();
+    let owner = format!("cli:{}", std::process::id());
+    let queue = tokio::runtime::Handle::current()
+        .block_on(syncctl::store::queue::JobQueue::postgres(
+            url,
+            &owner,
+            syncctl::config::DEFAULT_COMPANY,
+            clock.clone(),
+        ))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    let pg = queue
+        .postgres_handle()
+        .ok_or_else(|| usage("store.url: not a postgres store"))?;
+    let invoices =
+        syncctl::store::Invoices::postgres(syncctl::store::pg_invoices::PgInvoices::of(pg), clock);
+    Ok((store, invoices))
+}
+
 /// `dian history`: the record, then every step of its history, codes in words.
-fn print_history(store: &syncctl::store::Store, rec: &syncctl::store::InvoiceRecord) {
+fn print_history(store: &syncctl::store::Invoices, rec: &syncctl::store::InvoiceRecord) {
     use syncctl::compliance::machine::explain;
     let when = syncctl::engine::compliance::clock_time;
     println!(

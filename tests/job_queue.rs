@@ -503,7 +503,10 @@ async fn migrations_are_versioned_and_applied_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    // Every migration once, in order (helpers append migrations: no count here).
+    let once: Vec<i32> = (1..=i32::try_from(versions.len()).unwrap()).collect();
+    assert!(versions.len() >= 3, "{versions:?}");
+    assert_eq!(versions, once);
     // A database from a newer syncctl is refused, not downgraded.
     client
         .execute(

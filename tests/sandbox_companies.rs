@@ -640,3 +640,46 @@ async fn dian_error_rate_answers_epr500_instead_of_hanging() {
     assert_eq!(stats["dian"]["errors_injected"], 2);
     assert_eq!(stats["companies"]["co2"]["dian"]["errors_injected"], 1);
 }
+
+/// A Stripe invoice DIAN accepted under two documents (what no engine may ever cause)
+/// counts as `stamped_twice`, in its own company only; one document stamped once, or a
+/// second one DIAN rejected, does not.
+#[tokio::test]
+async fn an_invoice_accepted_under_two_documents_counts_as_stamped_twice_in_its_company() {
+    let sb = sandbox_with(2, None).await;
+    let two = keys(&sb, 2);
+    let stamped = |number: &str, anotation: &str| {
+        let mut body = alegra_invoice();
+        body["numberTemplate"]["number"] = json!(number);
+        body["anotation"] = json!(anotation);
+        body["stamp"] = json!({"generateStamp": true});
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/invoices", sb.base_url()))
+            .basic_auth(&two.alegra_email, Some(&two.alegra_token))
+            .json(&body)
+    };
+    let twice = |stats: &Value, co: &str| stats["companies"][co]["alegra"]["stamped_twice"].clone();
+    let (s, doc) = answer(stamped("990000001", "stripe:in_a")).await;
+    assert_eq!(s, 201, "{doc}");
+    // Another invoice, and a resend of the same number (DIAN's rule 90: rejected).
+    answer(stamped("990000002", "stripe:in_b")).await;
+    answer(stamped("990000001", "stripe:in_a")).await;
+    let stats = get(&sb, "/_sandbox/stats").await;
+    assert_eq!(
+        twice(&stats, "co2"),
+        0,
+        "{}",
+        stats["companies"]["co2"]["alegra"]
+    );
+    // The same invoice issued again under a new number: accepted twice.
+    answer(stamped("990000003", "stripe:in_a")).await;
+    let stats = get(&sb, "/_sandbox/stats").await;
+    assert_eq!(
+        twice(&stats, "co2"),
+        1,
+        "{}",
+        stats["companies"]["co2"]["alegra"]
+    );
+    assert_eq!(twice(&stats, "co1"), 0);
+    assert_eq!(stats["alegra"]["stamped_twice"], 1);
+}

@@ -312,3 +312,178 @@ async fn a_killed_engines_jobs_are_finished_by_the_other_after_its_leases_run_ou
     let by_b = items_audited(&home.path().join("b"));
     assert!(by_b > 0, "engine b wrote Items");
 }
+
+/// Paid invoices to stamp in the invoices scenario below.
+const INVOICES: usize = 300;
+
+/// Issue 16's "0 invoices stamped twice": two engines on one Postgres share a company's
+/// paid invoices (Stripe → Alegra → DIAN); one is killed with SIGKILL while it holds
+/// invoices (sends under way among them, Alegra answering slowly), never restarted.
+/// Every invoice ends VALIDATED exactly once: the other engine takes the killed one's
+/// invoices after their leases, reads at Alegra what it had begun to send, and the
+/// sandbox shows no invoice stamped twice and no second document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send() {
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    syncctl::connectors::install_crypto();
+    let mut faults = BTreeMap::new();
+    // Alegra (and DIAN behind it) answers slowly: a send is under way at any moment.
+    faults.insert(
+        "alegra".to_owned(),
+        FaultSettings {
+            latency_ms: 300,
+            rate_limit_per_min: 12_000,
+            max_concurrent: 40,
+            ..Default::default()
+        },
+    );
+    let opts = SandboxOptions {
+        products: 30,
+        seed: 17,
+        faults,
+        ..Default::default()
+    };
+    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let sb = syncctl::app::start_sandbox(&opts, listener, 0).unwrap();
+    let base = format!("http://{}", sb.addr);
+    let home = tempfile::tempdir().unwrap();
+    let db = connect(&url).await;
+    let config = |printed: &str| {
+        let printed = printed.replace("[quickbooks]\n", "[quickbooks]\ntimeout_secs = 9\n");
+        format!(
+            "{printed}\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
+             [catalog]\nlease_secs = {LEASE_SECS}\nreconcile_interval_secs = 3600\n\n\
+             [compliance]\nlist_interval_secs = 1\npoll_secs = 1\n\n\
+             [store]\nurl = \"{url}\"\n"
+        )
+    };
+    let printed = || async {
+        reqwest::get(format!("{base}/_sandbox/config"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // One config for both: the company's tokens are shared (refreshed by one box).
+    let first = printed().await;
+    let mut a = start_engine(home.path(), "a", &config(&first));
+    let _b = start_engine(home.path(), "b", &config(&first));
+    // Paid after both engines run: each lists them (no webhook reaches either), both
+    // take them; one number each.
+    let created = common::make_invoices(&base, INVOICES).await;
+    assert_eq!(created.len(), INVOICES);
+
+    // Mid-run: some validated, and engine a holding invoices, a send under way among them.
+    let owner_a = format!("%:{}:%", a.0.id());
+    let held: Vec<String> = common::eventually(120, "engine a mid-send", || {
+        let (db, owner_a) = (&db, &owner_a);
+        async move {
+            let validated = count(
+                db,
+                "SELECT count(*) FROM syncctl.invoices WHERE status = 'VALIDATED'",
+            )
+            .await;
+            if validated < 10 {
+                return None;
+            }
+            let rows = db
+                .query(
+                    "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending",
+                    &[owner_a],
+                )
+                .await
+                .unwrap();
+            (!rows.is_empty()).then(|| rows.iter().map(|r| r.get(0)).collect())
+        }
+    })
+    .await;
+    a.0.kill().unwrap(); // SIGKILL: no drain, no release, sends cut short.
+    a.0.wait().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let validated = count(
+            &db,
+            "SELECT count(*) FROM syncctl.invoices WHERE status = 'VALIDATED'",
+        )
+        .await;
+        if validated == INVOICES as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{validated} of {INVOICES} invoices validated; logs:\n--- a\n{}\n--- b\n{}",
+            tail(&log_of(home.path(), "a")),
+            tail(&log_of(home.path(), "b")),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM syncctl.invoices").await,
+        INVOICES as i64,
+        "one record per paid invoice"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT number) FROM syncctl.invoices").await,
+        INVOICES as i64,
+        "one number each"
+    );
+    // What engine a had begun to send was read at Alegra by b, never sent blind.
+    for id in &held {
+        let lines: Vec<String> = db
+            .query(
+                "SELECT message FROM syncctl.invoice_history WHERE stripe_id = $1 ORDER BY id",
+                &[id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|m| m == syncctl::store::pg_invoices::CUT_SHORT),
+            "{id}, cut short mid-send, was read at Alegra on takeover: {lines:?}"
+        );
+    }
+    let stats = common::get_json(&format!("{base}/_sandbox/stats")).await;
+    let alegra = &stats["companies"]["co1"]["alegra"];
+    let alegra = if alegra.is_null() {
+        &stats["alegra"]
+    } else {
+        alegra
+    };
+    assert_eq!(alegra["stamped_twice"], 0, "{alegra}");
+    assert_eq!(alegra["duplicate_documents"], 0, "{alegra}");
+    assert_eq!(alegra["accepted"], INVOICES, "{alegra}");
+    // The operator's `dian history` on a box reads the shared store: b shows an invoice
+    // the killed engine a had begun to send, with the takeover in its history.
+    let shown = Command::new(BIN)
+        .arg("--config")
+        .arg(home.path().join("b.toml"))
+        .arg("--data-dir")
+        .arg(home.path().join("b"))
+        .args(["dian", "history", &held[0]])
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success()
+            && out.contains("VALIDATED")
+            && out.contains("lease ran out mid-send"),
+        "dian history {}: {out}{}",
+        held[0],
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    eprintln!(
+        "invoices scale-out: {INVOICES} invoices, {} held by the killed engine mid-send and read back by the other; sandbox: {alegra}",
+        held.len()
+    );
+}

@@ -599,7 +599,14 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             search,
             limit,
         } => Ok(Answer::Invoices {
-            invoices: store.invoices(status, &search, limit).map_err(unreadable)?,
+            // The compliance records where they are kept (shared on Postgres).
+            invoices: match compliance {
+                Some(c) => c
+                    .invoices
+                    .invoices(status, &search, limit)
+                    .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?,
+                None => store.invoices(status, &search, limit).map_err(unreadable)?,
+            },
         }),
         Query::Audit { filter } => Ok(Answer::Audit {
             entries: store.audit_query(&filter).map_err(unreadable)?,
@@ -624,7 +631,7 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             let c = compliance.ok_or_else(|| CommandError::conflict(COMPLIANCE_OFF))?;
             let record = c.find(&key)?;
             let history = c
-                .store
+                .invoices
                 .invoice_history(&record.stripe_id)
                 .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?;
             let payload =

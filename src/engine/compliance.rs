@@ -24,7 +24,7 @@ use crate::compliance::invoice::{self, AlegraBody, LocalInvoice};
 use crate::compliance::machine::{Decision, Policy, Status};
 use crate::connectors::alegra::{AlegraClient, AlegraError, AlegraInvoice, StampResult};
 use crate::connectors::stripe::{Cursor, StripeClient};
-use crate::store::{Change, InvoiceRecord, Store};
+use crate::store::{Change, InvoiceRecord, Invoices, Store};
 
 /// The paid-invoice listing's durable cursor: the newest `created` (unix seconds) of a
 /// walk that was stored whole.
@@ -47,6 +47,9 @@ pub struct ComplianceSettings {
     /// Started over on purpose (`--fresh-store`): a store with no invoice records adopts
     /// the documents of the range found at Alegra instead of refusing to number.
     pub adopt_documents: bool,
+    /// How long a claim of an invoice on the shared store lasts without a heartbeat
+    /// (heartbeats every third of it while a send or read is under way).
+    pub lease_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +66,10 @@ pub struct ComplianceMetrics {
 }
 
 pub struct Compliance {
+    /// This box's store: audit, cursors, mappings (and the invoices on SQLite).
     pub store: Store,
+    /// The compliance records: `store`'s, or the shared ones on Postgres.
+    pub invoices: Invoices,
     alegra: AlegraClient,
     stripe: StripeClient,
     settings: ComplianceSettings,
@@ -138,11 +144,12 @@ fn split_number(number: &str) -> (&str, &str) {
 impl Compliance {
     pub fn new(
         store: Store,
+        invoices: Invoices,
         alegra: AlegraClient,
         stripe: StripeClient,
         settings: ComplianceSettings,
     ) -> anyhow::Result<Self> {
-        let recovered = store.recover_sending()?;
+        let recovered = invoices.recover_sending()?;
         if recovered > 0 {
             store.audit(
                 "sync",
@@ -151,7 +158,7 @@ impl Compliance {
                 &format!("{recovered} invoice sends were cut short by the previous run; each is read at Alegra before any resend"),
             )?;
         }
-        let monitor = match store.unfinished_outage()? {
+        let monitor = match invoices.unfinished_outage()? {
             Some(since) => {
                 store.audit(
                     "compliance",
@@ -172,6 +179,7 @@ impl Compliance {
             ignored: Mutex::new(HashSet::new()),
             monitor: Mutex::new(monitor),
             store,
+            invoices,
             alegra,
             stripe,
             settings,
@@ -211,7 +219,7 @@ impl Compliance {
     /// OPEN timer would have ended. Still refused, it is held again with the new wait.
     pub fn circuit_changed(&self, to: crate::resilience::breaker::State) {
         let why = format!("released: the Alegra circuit became {to}; looked at again now");
-        match self.store.release_held(HELD_BY_CIRCUIT, &why) {
+        match self.invoices.release_held(HELD_BY_CIRCUIT, &why) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!("{n} invoices held by the Alegra circuit released ({to})");
@@ -310,7 +318,7 @@ impl Compliance {
                     cfg.probe_interval_ms / 1000,
                     clock_time(*since)
                 );
-                let moved = self.store.enter_fallback(&message).unwrap_or_else(|e| {
+                let moved = self.invoices.enter_fallback(&message).unwrap_or_else(|e| {
                     tracing::error!("moving invoices to contingency: {e}");
                     0
                 });
@@ -332,7 +340,7 @@ impl Compliance {
                     cfg.deadline_ms / 3_600_000
                 );
                 let n = self
-                    .store
+                    .invoices
                     .restore_fallback(*deadline, &message)
                     .unwrap_or_else(|e| {
                         tracing::error!("scheduling contingency invoices: {e}");
@@ -404,7 +412,7 @@ impl Compliance {
         if let Some(why) = self.refuse_on_clash(&inv.stripe_id) {
             return Err(NotNow(why).into());
         }
-        let new = self.store.ingest_invoice(
+        let new = self.invoices.ingest_invoice(
             &inv,
             &colombia_date(self.store.now_ms()),
             &self.settings.number_prefix,
@@ -522,7 +530,7 @@ impl Compliance {
             // for only when a record changed).
             if outage && self.version() != fallback_checked {
                 fallback_checked = self.version();
-                match self.store.enter_fallback(
+                match self.invoices.enter_fallback(
                     "DIAN is down (outage confirmed): issued in contingency, to be transmitted within the deadline after DIAN is back",
                 ) {
                     Ok(0) => {}
@@ -544,12 +552,7 @@ impl Compliance {
             let mut due = if self.is_paused() || free == 0 {
                 Vec::new()
             } else {
-                self.store
-                    .due_invoices(now, free, &skip, holds || !numbering_ok)
-                    .unwrap_or_else(|e| {
-                        tracing::error!("reading due invoices: {e}");
-                        Vec::new()
-                    })
+                self.claim_due(now, free, &skip, holds || !numbering_ok)
             };
             // While DIAN is suspected down, one transmission per interval probes it.
             if holds
@@ -563,7 +566,10 @@ impl Compliance {
                 } else {
                     &[Status::Retry, Status::Pending]
                 };
-                match self.store.probe_candidate(statuses, &skip) {
+                match self
+                    .invoices
+                    .claim_probe(statuses, &skip, self.settings.lease_ms)
+                {
                     Ok(Some(rec)) => {
                         self.monitor().probe_sent(now);
                         due.push(rec);
@@ -580,7 +586,7 @@ impl Compliance {
                 let me = self.clone();
                 tasks.spawn(async move {
                     let id = rec.stripe_id.clone();
-                    crate::telemetry::trace::scope(me.process(rec)).await;
+                    me.work_on(rec).await;
                     me.in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -590,7 +596,7 @@ impl Compliance {
             }
             // Sleep until something is due, new work arrives, or a send ends.
             let next = self
-                .store
+                .invoices
                 .next_invoice_due(holds || !numbering_ok)
                 .ok()
                 .flatten();
@@ -610,6 +616,23 @@ impl Compliance {
         tasks.wait().await;
     }
 
+    /// Takes up to `free` due invoices to work on (leased to this box on Postgres).
+    fn claim_due(
+        &self,
+        now: i64,
+        free: usize,
+        skip: &[String],
+        reads_only: bool,
+    ) -> Vec<InvoiceRecord> {
+        let lease = self.settings.lease_ms;
+        self.invoices
+            .claim_due(now, free, skip, reads_only, lease)
+            .unwrap_or_else(|e| {
+                tracing::error!("reading due invoices: {e}");
+                Vec::new()
+            })
+    }
+
     fn apply(&self, rec: &InvoiceRecord, d: &Decision, found: Option<&AlegraInvoice>) {
         let cufe = found
             .and_then(|f| f.stamp.as_ref())
@@ -626,9 +649,13 @@ impl Compliance {
             contingency: (d.to == Status::Fallback).then_some(true),
             ..Default::default()
         };
-        if let Err(e) = self.store.change_invoice(&rec.stripe_id, &change) {
-            tracing::error!("recording invoice {}: {e}", rec.number);
-            return;
+        match self.invoices.change_leased(&rec.stripe_id, &change) {
+            Ok(true) => {}
+            Ok(false) => return self.lost(rec, "its outcome"),
+            Err(e) => {
+                tracing::error!("recording invoice {}: {e}", rec.number);
+                return;
+            }
         }
         if d.to == Status::Validated {
             self.metrics.validated.fetch_add(1, Ordering::Relaxed);
@@ -677,6 +704,47 @@ impl Compliance {
         }
     }
 
+    /// Works on one claimed invoice; on the shared store its lease is kept alive
+    /// meanwhile (every third of it) and given back at the end.
+    async fn work_on(&self, rec: InvoiceRecord) {
+        let id = rec.stripe_id.clone();
+        if self.invoices.is_shared() {
+            let lease = self.settings.lease_ms.max(3);
+            let beat = Duration::from_millis((lease / 3) as u64);
+            let work = crate::telemetry::trace::scope(self.process(rec));
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    () = &mut work => break,
+                    () = tokio::time::sleep(beat) => {
+                        let ids = std::slice::from_ref(&id);
+                        match self.invoices.heartbeat(ids, lease) {
+                            Ok(held) if held.is_empty() => tracing::warn!(
+                                "invoice {id}: this box's lease ran out; nothing it learns is recorded (the box that takes it reads it at Alegra)"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("invoice {id}: heartbeat: {e}"),
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.invoices.release(&id) {
+                tracing::warn!("invoice {id}: giving back its lease: {e}");
+            }
+        } else {
+            crate::telemetry::trace::scope(self.process(rec)).await;
+        }
+    }
+
+    /// This box no longer holds `rec` (its lease ran out and another box may have it):
+    /// `what` is not recorded, and nothing more is done with it here.
+    fn lost(&self, rec: &InvoiceRecord, what: &str) {
+        tracing::warn!(
+            "invoice {}: not recording {what}: this box no longer holds it (its lease ran out)",
+            rec.number
+        );
+    }
+
     fn postpone(&self, rec: &InvoiceRecord, e: &AlegraError) {
         let (after, why) = match e {
             // The circuit refused the read: held like a send (released when it changes).
@@ -686,7 +754,7 @@ impl Compliance {
             ),
             _ => (self.settings.policy.poll_ms, format!("waiting: {e}")),
         };
-        let _ = self.store.postpone_invoice(&rec.stripe_id, after, &why);
+        let _ = self.invoices.postpone_leased(&rec.stripe_id, after, &why);
     }
 
     /// Sends: stamps the document already at Alegra, or creates it with its stamp.
@@ -697,8 +765,8 @@ impl Compliance {
             if !admits {
                 let after = wait.map_or(1000, |w| w.as_millis() as i64).max(250);
                 let _ = self
-                    .store
-                    .postpone_invoice(&rec.stripe_id, after, HELD_BY_CIRCUIT);
+                    .invoices
+                    .postpone_leased(&rec.stripe_id, after, HELD_BY_CIRCUIT);
                 return;
             }
         }
@@ -716,8 +784,9 @@ impl Compliance {
         } else {
             rec
         };
-        let attempts = match self.store.begin_send(&rec.stripe_id) {
-            Ok(n) => n,
+        let attempts = match self.invoices.begin_send_leased(&rec.stripe_id) {
+            Ok(Some(n)) => n,
+            Ok(None) => return self.lost(rec, "a send"),
             Err(e) => {
                 tracing::error!("marking a send of {}: {e}", rec.number);
                 return;
@@ -790,7 +859,7 @@ impl Compliance {
     /// UNKNOWN now: read at Alegra before anything else is sent.
     fn read_first(&self, rec: &InvoiceRecord, why: &str) {
         let message = format!("{why}: read at Alegra before anything else");
-        let _ = self.store.change_invoice(
+        let _ = self.invoices.change_leased(
             &rec.stripe_id,
             &Change {
                 to: Some(Status::Unknown),
@@ -829,7 +898,7 @@ impl Compliance {
             "regenerated with date {today} (was {}): still unsent at local midnight (UTC−5), and DIAN requires the generation and signing dates to be the same day; new date, new CUFE",
             rec.issue_date
         );
-        if let Err(e) = self.store.change_invoice(
+        match self.invoices.change_leased(
             &rec.stripe_id,
             &Change {
                 issue_date: Some(today),
@@ -839,8 +908,15 @@ impl Compliance {
                 ..Default::default()
             },
         ) {
-            tracing::error!("regenerating {}: {e}", rec.number);
-            return None;
+            Ok(true) => {}
+            Ok(false) => {
+                self.lost(rec, "its new date");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!("regenerating {}: {e}", rec.number);
+                return None;
+            }
         }
         self.changed();
         Some(InvoiceRecord {
@@ -942,14 +1018,14 @@ impl Compliance {
 
     /// An invoice by Stripe id, DIAN number or CUFE.
     pub fn find(&self, key: &str) -> Result<InvoiceRecord, CommandError> {
-        find_invoice(&self.store, key)
+        find_invoice(&self.invoices, key)
     }
 
     /// An operator's retry of one invoice (FAILED, REJECTED or RETRY): a document
     /// already at Alegra is read first, otherwise it is sent afresh. (The engine's
     /// command wrapper audits it.)
     pub fn retry(&self, rec: &InvoiceRecord, actor: &str) -> Result<Outcome, CommandError> {
-        let result = operator_retry(&self.store, rec, actor);
+        let result = operator_retry(&self.invoices, rec, actor);
         self.changed();
         result
     }
@@ -973,9 +1049,7 @@ impl Compliance {
 
     /// Invoices waiting to be sent or read (due or not), in the order they run.
     pub fn backlog(&self) -> Vec<InvoiceRecord> {
-        self.store
-            .due_invoices(i64::MAX, 100_000, &[], false)
-            .unwrap_or_default()
+        self.invoices.waiting(100_000).unwrap_or_default()
     }
 
     /// The guard (breaker, limiter) of every Alegra call.
@@ -985,14 +1059,14 @@ impl Compliance {
 
     /// How many invoices "retry all failed" would touch.
     pub fn failed_count(&self) -> usize {
-        self.store
+        self.invoices
             .invoices_in(Status::Failed)
             .map_or(0, |v| v.len())
     }
 
     /// Retries every FAILED invoice. (The engine's command wrapper audits it.)
     pub fn retry_failed(&self, actor: &str) -> Result<Outcome, CommandError> {
-        let outcome = retry_each_failed(&self.store, actor)?;
+        let outcome = retry_each_failed(&self.invoices, actor)?;
         self.changed();
         Ok(outcome)
     }
@@ -1007,7 +1081,7 @@ fn store_error(e: impl std::fmt::Display) -> CommandError {
 }
 
 /// An invoice by Stripe id, DIAN number or CUFE; [`CommandError::NotFound`] if none.
-pub fn find_invoice(store: &Store, key: &str) -> Result<InvoiceRecord, CommandError> {
+pub fn find_invoice(store: &Invoices, key: &str) -> Result<InvoiceRecord, CommandError> {
     store
         .invoice(key)
         .map_err(store_error)?
@@ -1018,7 +1092,7 @@ pub fn find_invoice(store: &Store, key: &str) -> Result<InvoiceRecord, CommandEr
 /// engine, running or next started, acts on it): a document already at Alegra is read
 /// first, otherwise it is sent afresh; the schedule starts again.
 pub fn operator_retry(
-    store: &Store,
+    store: &Invoices,
     rec: &InvoiceRecord,
     actor: &str,
 ) -> Result<Outcome, CommandError> {
@@ -1055,10 +1129,11 @@ pub fn operator_retry(
 /// the CLI, acting on the store when no engine runs).
 pub fn retry_audited(
     store: &Store,
+    invoices: &Invoices,
     rec: &InvoiceRecord,
     actor: &str,
 ) -> Result<Outcome, CommandError> {
-    let result = operator_retry(store, rec, actor);
+    let result = operator_retry(invoices, rec, actor);
     let command = Command::RetryInvoice {
         key: rec.number.clone(),
     };
@@ -1067,7 +1142,7 @@ pub fn retry_audited(
 }
 
 /// Retries every FAILED invoice in `store`; the outcome counts them.
-pub fn retry_each_failed(store: &Store, actor: &str) -> Result<Outcome, CommandError> {
+pub fn retry_each_failed(store: &Invoices, actor: &str) -> Result<Outcome, CommandError> {
     let ids = store.invoices_in(Status::Failed).map_err(store_error)?;
     let mut done = 0;
     for id in &ids {
@@ -1083,8 +1158,12 @@ pub fn retry_each_failed(store: &Store, actor: &str) -> Result<Outcome, CommandE
 
 /// [`retry_each_failed`] audited as the engine audits the command `retry-failed` (for
 /// the CLI).
-pub fn retry_all_failed(store: &Store, actor: &str) -> Result<Outcome, CommandError> {
-    let result = retry_each_failed(store, actor);
+pub fn retry_all_failed(
+    store: &Store,
+    invoices: &Invoices,
+    actor: &str,
+) -> Result<Outcome, CommandError> {
+    let result = retry_each_failed(invoices, actor);
     audit_command(
         store,
         "compliance",

@@ -133,11 +133,11 @@ impl Ctx {
         let records = match command {
             Command::RetryInvoice { key } => vec![c.find(key)?],
             _ => c
-                .store
+                .invoices
                 .invoices_in(crate::protocol::Status::Failed)
                 .map_err(|e| CommandError::unavailable(format!("the store: {e}")))?
                 .iter()
-                .filter_map(|id| c.store.invoice(id).ok().flatten())
+                .filter_map(|id| c.invoices.invoice(id).ok().flatten())
                 .collect(),
         };
         if records.is_empty() {

@@ -104,7 +104,7 @@ impl Publisher {
             *cache = (version, 0, Vec::new());
         } else if cache.0 != version || cache.1 != count {
             let recs = c
-                .store
+                .invoices
                 .invoices(Some(Status::Rejected), "", 1000)
                 .unwrap_or_default();
             let groups = crate::telemetry::health::RejectedByRule::group(recs.iter().map(|r| {
@@ -144,7 +144,7 @@ impl Publisher {
     }
 
     fn read_compliance(&self, c: &compliance::Compliance) -> ComplianceView {
-        let store = &c.store;
+        let store = &c.invoices;
         let mut invoices = store.invoices(None, "", INVOICES_SHOWN).unwrap_or_default();
         // Everything needing attention is listed even when older than the newest few.
         for s in [
@@ -287,7 +287,7 @@ impl Publisher {
         let compliance_signals = match &self.compliance {
             Some(c) if compliance.enabled => {
                 let due = c
-                    .store
+                    .invoices
                     .next_invoice_due(false)
                     .ok()
                     .flatten()

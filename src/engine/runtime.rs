@@ -222,8 +222,24 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             )
             .with_guard(guard("alegra")?);
             let k = &cfg.compliance;
+            // The invoices: this box's store, or each company's shared ones on Postgres
+            // (claimed by one box at a time), beside the jobs.
+            let invoices = match queue.postgres_handle() {
+                None => crate::store::Invoices::sqlite(store.clone()),
+                Some(pg) => {
+                    tracing::info!(
+                        "store: invoices of company {:?} on the shared postgres store",
+                        opts.company
+                    );
+                    crate::store::Invoices::postgres(
+                        crate::store::pg_invoices::PgInvoices::of(pg),
+                        wall_clock.clone(),
+                    )
+                }
+            };
             Some(Arc::new(compliance::Compliance::new(
                 store.clone(),
+                invoices,
                 alegra,
                 stripe.clone(),
                 compliance::ComplianceSettings {
@@ -245,6 +261,9 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                         deadline_ms: k.contingency_deadline_hours as i64 * 3_600_000,
                     },
                     adopt_documents: opts.fresh_store,
+                    // The store's lease (as the catalog's jobs'), kept alive by
+                    // heartbeats while an invoice is worked on.
+                    lease_ms: cfg.catalog.lease_secs as i64 * 1000,
                 },
             )?))
         }

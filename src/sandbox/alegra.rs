@@ -9,7 +9,9 @@
 //! answers and "timed out but actually accepted" sends.
 //!
 //! Alegra has no idempotency key: a second POST for the same Stripe invoice is a second
-//! document, counted in `/_sandbox/stats` as `alegra.duplicate_documents`.
+//! document, counted in `/_sandbox/stats` as `alegra.duplicate_documents`; a Stripe
+//! invoice DIAN accepted under more than one document, as `alegra.stamped_twice` (per
+//! company under `companies.<id>.alegra` too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -446,10 +448,21 @@ impl super::World {
                 .filter(|d| d.stamp.as_ref().is_some_and(|s| s.legal_status == status))
                 .count()
         };
+        // Stripe invoices (by their documents' annotation) DIAN accepted more than once:
+        // an invoice issued twice, whatever the engines did.
+        let mut accepted_of: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::new();
+        for d in self.alegra.iter().filter(|d| d.accepted()) {
+            if let Some(a) = d.anotation.as_deref() {
+                *accepted_of.entry(a).or_default() += 1;
+            }
+        }
+        let stamped_twice = accepted_of.values().filter(|&&n| n > 1).count();
         json!({
             "invoices_total": self.alegra.len(),
             "stamped": self.counters.alegra_stamped,
             "duplicate_documents": duplicates,
+            "stamped_twice": stamped_twice,
             "accepted": count(ACCEPTED) + count(ACCEPTED_WITH_OBSERVATIONS),
             "rejected": count(REJECTED),
             "waiting": count(WAITING),

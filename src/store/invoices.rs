@@ -5,7 +5,9 @@
 pub use crate::protocol::{ComplianceCounts, HistoryEntry, InvoiceRecord};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Result, Store};
+use super::pg_invoices::PgInvoices;
+use super::postgres::PgError;
+use super::{Result, Store, WallClock};
 use crate::protocol::{LocalInvoice, Status};
 
 /// A change of a record, written with its history line.
@@ -635,6 +637,406 @@ impl Store {
             .prepare_cached("SELECT stripe_id FROM invoices WHERE status=?1 ORDER BY created_at")?;
         stmt.query_map(params![status.name()], |r| r.get(0))?
             .collect()
+    }
+}
+
+/// What an invoice-store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum InvoiceError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// A recovery step the shared (Postgres) store does not take yet.
+    #[error("{0}")]
+    NotShared(&'static str),
+}
+
+pub type InvoiceResult<T> = std::result::Result<T, InvoiceError>;
+
+/// The compliance records behind one interface, on either backend: the data dir's
+/// SQLite (one box) or PostgreSQL (several boxes sharing each company's invoices, each
+/// invoice leased to one box at a time). An enum like [`super::queue::JobQueue`]: two
+/// backends, both known here, and the SQLite arm is the very `Store` calls the engine
+/// made before. The methods are synchronous, as the engine's callers are: SQLite's
+/// never wait; Postgres's are waited for in place (`block_in_place`: a multi-thread
+/// runtime).
+///
+/// The engine's own writes on an invoice it works on go through the `*_leased`
+/// methods: on Postgres they change nothing unless this box still holds an unexpired
+/// lease on it (false). An operator's writes (retry) apply as they stand.
+#[derive(Clone)]
+pub enum Invoices {
+    Sqlite(Store),
+    Postgres { pg: PgInvoices, clock: WallClock },
+}
+
+/// Runs a future to its end from synchronous code (see [`Invoices`]).
+fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    let mut f = std::pin::pin!(f);
+    if let Some(v) = (&mut f).now_or_never() {
+        return v;
+    }
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+impl Invoices {
+    pub fn sqlite(store: Store) -> Self {
+        Self::Sqlite(store)
+    }
+
+    pub fn postgres(pg: PgInvoices, clock: WallClock) -> Self {
+        Self::Postgres { pg, clock }
+    }
+
+    /// Whether other boxes share these invoices (claims are leases, heartbeats needed).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
+
+    /// Which backend: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Self::Sqlite(s) => s.now_ms(),
+            Self::Postgres { clock, .. } => clock.now_ms(),
+        }
+    }
+
+    pub fn ingest_invoice(
+        &self,
+        inv: &LocalInvoice,
+        issue_date: &str,
+        number_prefix: &str,
+        number_start: u64,
+        event: Option<(&str, &str, &str)>,
+    ) -> InvoiceResult<bool> {
+        match self {
+            Self::Sqlite(s) => {
+                Ok(s.ingest_invoice(inv, issue_date, number_prefix, number_start, event)?)
+            }
+            Self::Postgres { pg, clock } => Ok(wait(pg.ingest(
+                inv,
+                issue_date,
+                number_prefix,
+                number_start,
+                event,
+                clock.now_ms(),
+            ))?),
+        }
+    }
+
+    /// Takes up to `limit` due invoices to work on (see `Store::due_invoices`; `skip`:
+    /// this box's own in flight). On Postgres they are leased to this box for
+    /// `lease_ms`, and never one another box holds.
+    pub fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &[String],
+        reads_only: bool,
+        lease_ms: i64,
+    ) -> InvoiceResult<Vec<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.due_invoices(now, limit, skip, reads_only)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.claim(now, limit, reads_only, lease_ms))?),
+        }
+    }
+
+    /// Invoices waiting to be sent or read (due or not), in the order they run: a read,
+    /// nothing claimed.
+    pub fn waiting(&self, limit: usize) -> InvoiceResult<Vec<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.due_invoices(i64::MAX, limit, &[], false)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.waiting(limit))?),
+        }
+    }
+
+    /// The invoice a contingency probe transmits (see `Store::probe_candidate`), leased
+    /// on Postgres.
+    pub fn claim_probe(
+        &self,
+        statuses: &[Status],
+        skip: &[String],
+        lease_ms: i64,
+    ) -> InvoiceResult<Option<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.probe_candidate(statuses, skip)?),
+            Self::Postgres { pg, clock } => {
+                Ok(wait(pg.claim_probe(statuses, clock.now_ms(), lease_ms))?)
+            }
+        }
+    }
+
+    /// Extends this box's leases on `ids`; the ids still held (SQLite: all).
+    pub fn heartbeat(&self, ids: &[String], lease_ms: i64) -> InvoiceResult<Vec<String>> {
+        match self {
+            Self::Sqlite(_) => Ok(ids.to_vec()),
+            Self::Postgres { pg, clock } => Ok(wait(pg.heartbeat(ids, lease_ms, clock.now_ms()))?),
+        }
+    }
+
+    /// The work on `id` ended: its lease goes back (a send still marked keeps it until
+    /// it runs out, and is then read at Alegra by whichever box claims it).
+    pub fn release(&self, id: &str) -> InvoiceResult<()> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres { pg, .. } => Ok(wait(pg.release(id))?),
+        }
+    }
+
+    /// Marks a send as begun (durably, before the request leaves) and counts it. None:
+    /// this box no longer holds the invoice (Postgres): nothing may be sent.
+    pub fn begin_send_leased(&self, stripe_id: &str) -> InvoiceResult<Option<u32>> {
+        match self {
+            Self::Sqlite(s) => Ok(Some(s.begin_send(stripe_id)?)),
+            Self::Postgres { pg, clock } => Ok(wait(pg.begin_send(stripe_id, clock.now_ms()))?),
+        }
+    }
+
+    /// The engine's transition of an invoice it works on; false (nothing written) when
+    /// this box no longer holds it.
+    pub fn change_leased(&self, stripe_id: &str, change: &Change<'_>) -> InvoiceResult<bool> {
+        match self {
+            Self::Sqlite(s) => s
+                .change_invoice(stripe_id, change)
+                .map(|()| true)
+                .map_err(Into::into),
+            Self::Postgres { pg, clock } => {
+                Ok(wait(pg.change(stripe_id, change, true, clock.now_ms()))?)
+            }
+        }
+    }
+
+    /// A change not made by the box working on it (an operator's), applied as it stands.
+    pub fn change_invoice(&self, stripe_id: &str, change: &Change<'_>) -> InvoiceResult<()> {
+        match self {
+            Self::Sqlite(s) => Ok(s.change_invoice(stripe_id, change)?),
+            Self::Postgres { pg, clock } => {
+                wait(pg.change(stripe_id, change, false, clock.now_ms()))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Looks again later (see `Store::postpone_invoice`); false when this box no longer
+    /// holds it.
+    pub fn postpone_leased(
+        &self,
+        stripe_id: &str,
+        after_ms: i64,
+        why: &str,
+    ) -> InvoiceResult<bool> {
+        match self {
+            Self::Sqlite(s) => s
+                .postpone_invoice(stripe_id, after_ms, why)
+                .map(|()| true)
+                .map_err(Into::into),
+            Self::Postgres { pg, clock } => Ok(wait(pg.postpone(
+                stripe_id,
+                after_ms,
+                why,
+                true,
+                clock.now_ms(),
+            ))?),
+        }
+    }
+
+    /// See `Store::renumber_invoice`; None when this box no longer holds it.
+    pub fn renumber_leased(
+        &self,
+        stripe_id: &str,
+        number_prefix: &str,
+        number_start: u64,
+        why: &str,
+    ) -> InvoiceResult<Option<String>> {
+        match self {
+            Self::Sqlite(s) => Ok(Some(s.renumber_invoice(
+                stripe_id,
+                number_prefix,
+                number_start,
+                why,
+            )?)),
+            Self::Postgres { pg, clock } => Ok(wait(pg.renumber(
+                stripe_id,
+                number_prefix,
+                number_start,
+                why,
+                clock.now_ms(),
+            ))?),
+        }
+    }
+
+    pub fn release_held(&self, held: &str, why: &str) -> InvoiceResult<usize> {
+        match self {
+            Self::Sqlite(s) => Ok(s.release_held(held, why)?),
+            Self::Postgres { pg, clock } => Ok(wait(pg.release_held(held, why, clock.now_ms()))?),
+        }
+    }
+
+    pub fn enter_fallback(&self, message: &str) -> InvoiceResult<usize> {
+        match self {
+            Self::Sqlite(s) => Ok(s.enter_fallback(message)?),
+            Self::Postgres { pg, clock } => Ok(wait(pg.enter_fallback(message, clock.now_ms()))?),
+        }
+    }
+
+    pub fn restore_fallback(&self, deadline_ms: i64, message: &str) -> InvoiceResult<usize> {
+        match self {
+            Self::Sqlite(s) => Ok(s.restore_fallback(deadline_ms, message)?),
+            Self::Postgres { pg, clock } => Ok(wait(pg.restore_fallback(
+                deadline_ms,
+                message,
+                clock.now_ms(),
+            ))?),
+        }
+    }
+
+    pub fn unfinished_outage(&self) -> InvoiceResult<Option<i64>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.unfinished_outage()?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.unfinished_outage())?),
+        }
+    }
+
+    /// When this box should look again (see `Store::next_invoice_due`).
+    pub fn next_invoice_due(&self, reads_only: bool) -> InvoiceResult<Option<i64>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.next_invoice_due(reads_only)?),
+            Self::Postgres { pg, clock } => Ok(wait(pg.next_due(reads_only, clock.now_ms()))?),
+        }
+    }
+
+    /// Start-up: sends the previous process began and never recorded are read at
+    /// Alegra first. (Postgres: those of a box whose lease ran out, at each claim.)
+    pub fn recover_sending(&self) -> InvoiceResult<usize> {
+        match self {
+            Self::Sqlite(s) => Ok(s.recover_sending()?),
+            Self::Postgres { .. } => Ok(0),
+        }
+    }
+
+    pub fn invoice(&self, key: &str) -> InvoiceResult<Option<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoice(key)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.invoice(key))?),
+        }
+    }
+
+    pub fn invoices(
+        &self,
+        status: Option<Status>,
+        search: &str,
+        limit: usize,
+    ) -> InvoiceResult<Vec<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoices(status, search, limit)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.invoices(status, search, limit))?),
+        }
+    }
+
+    pub fn invoice_of_alegra_document(
+        &self,
+        alegra_id: &str,
+    ) -> InvoiceResult<Option<InvoiceRecord>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoice_of_alegra_document(alegra_id)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.invoice_of_alegra_document(alegra_id))?),
+        }
+    }
+
+    pub fn invoices_using(
+        &self,
+        product_id: &str,
+        limit: usize,
+    ) -> InvoiceResult<(Vec<InvoiceRecord>, u64)> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoices_using(product_id, limit)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.invoices_using(product_id, limit))?),
+        }
+    }
+
+    pub fn invoice_history(&self, stripe_id: &str) -> InvoiceResult<Vec<HistoryEntry>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoice_history(stripe_id)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.history(stripe_id))?),
+        }
+    }
+
+    pub fn invoices_in(&self, status: Status) -> InvoiceResult<Vec<String>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoices_in(status)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.invoices_in(status))?),
+        }
+    }
+
+    pub fn compliance_counts(&self) -> InvoiceResult<ComplianceCounts> {
+        match self {
+            Self::Sqlite(s) => Ok(s.compliance_counts()?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.counts())?),
+        }
+    }
+
+    /// Invoice records held or ever held (the numbering check).
+    pub fn invoice_rows(&self) -> InvoiceResult<u64> {
+        match self {
+            Self::Sqlite(s) => Ok(s.invoice_rows()?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.rows_ever())?),
+        }
+    }
+
+    pub fn next_number_seq(&self) -> InvoiceResult<i64> {
+        match self {
+            Self::Sqlite(s) => Ok(s.next_number_seq()?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.next_number_seq())?),
+        }
+    }
+
+    pub fn reserve_numbers_through(&self, seq: i64) -> InvoiceResult<()> {
+        match self {
+            Self::Sqlite(s) => Ok(s.reserve_numbers_through(seq)?),
+            Self::Postgres { pg, .. } => Ok(wait(pg.reserve_numbers_through(seq))?),
+        }
+    }
+
+    /// Keeps documents found at Alegra for adoption (SQLite). The shared store does not
+    /// keep them yet: with any to keep it refuses, so nothing is numbered over them.
+    pub fn save_found_documents(&self, docs: &[super::FoundDocument]) -> InvoiceResult<()> {
+        match self {
+            Self::Sqlite(s) => Ok(s.save_found_documents(docs)?),
+            Self::Postgres { .. } if docs.is_empty() => Ok(()),
+            Self::Postgres { .. } => Err(InvoiceError::NotShared(
+                "the shared (postgres) store does not adopt documents found at Alegra yet: numbering stays held",
+            )),
+        }
+    }
+
+    pub fn adopt_document(
+        &self,
+        stripe_id: &str,
+        doc: &super::FoundDocument,
+        why: &str,
+    ) -> InvoiceResult<()> {
+        match self {
+            Self::Sqlite(s) => Ok(s.adopt_document(stripe_id, doc, why)?),
+            Self::Postgres { .. } => Err(InvoiceError::NotShared(
+                "the shared (postgres) store does not adopt documents found at Alegra yet",
+            )),
+        }
+    }
+
+    pub fn found_document_clash(&self, stripe_id: &str) -> InvoiceResult<Option<(String, String)>> {
+        match self {
+            Self::Sqlite(s) => Ok(s.found_document_clash(stripe_id)?),
+            Self::Postgres { .. } => Ok(None),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod integrity;
 mod invoices;
+pub mod pg_invoices;
 pub mod pg_quota;
 pub mod pg_tokens;
 pub mod postgres;
@@ -16,7 +17,9 @@ pub mod queue;
 mod recovery;
 mod schema;
 
-pub use invoices::{Change, ComplianceCounts, HistoryEntry, InvoiceRecord};
+pub use invoices::{
+    Change, ComplianceCounts, HistoryEntry, InvoiceError, InvoiceRecord, InvoiceResult, Invoices,
+};
 pub use recovery::{FoundDocument, MARKER, Opened};
 
 pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};

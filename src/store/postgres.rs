@@ -369,6 +369,9 @@ const MIGRATIONS: &[&str] = &[
     // The per-company quota every box shares (see pg_quota.rs) and the company's OAuth
     // tokens, refreshed by one box at a time (see pg_tokens.rs).
     super::pg_quota::MIGRATION,
+    // The compliance records (invoices, history, tombstones, DIAN counter) per company,
+    // with leases: see `pg_invoices`.
+    super::pg_invoices::MIGRATION,
 ];
 
 /// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
@@ -504,6 +507,12 @@ impl PgQueue {
         &self.owner
     }
 
+    /// The connection pool, for the company's other shared tables (quota, tokens,
+    /// invoices).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub fn company(&self) -> &str {
         &self.company
     }
@@ -528,11 +537,6 @@ impl PgQueue {
 
     async fn client(&self) -> PgResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
-    }
-
-    /// The handle's pool, for the other shared tables of its company (quota, tokens).
-    pub fn pool(&self) -> Pool {
-        self.pool.clone()
     }
 
     pub async fn ingest(

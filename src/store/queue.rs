@@ -138,8 +138,14 @@ impl JobQueue {
     /// The Postgres pool of a shared queue (None on SQLite): the company's other shared
     /// rows (quota, tokens) go through it.
     pub fn pg_pool(&self) -> Option<deadpool_postgres::Pool> {
+        self.postgres_handle().map(|pg| pg.pool().clone())
+    }
+
+    /// The Postgres handle, when the queue is shared (its pool and lease owner serve
+    /// the other shared tables: `pg_invoices`).
+    pub fn postgres_handle(&self) -> Option<&PgQueue> {
         match &self.backend {
-            Backend::Postgres { pg, .. } => Some(pg.pool()),
+            Backend::Postgres { pg, .. } => Some(pg),
             Backend::Sqlite { .. } => None,
         }
     }

@@ -134,8 +134,8 @@ impl Compliance {
 
     /// Asks Alegra about the numbering (see the module doc). Ok: Ready or Refused, set.
     pub async fn confirm_numbering(&self) -> Result<(), AlegraError> {
-        let store_err = |e: crate::store::SqlError| AlegraError::Decode(format!("store: {e}"));
-        let records = self.store.invoice_rows().map_err(store_err)?;
+        let store_err = |e: crate::store::InvoiceError| AlegraError::Decode(format!("store: {e}"));
+        let records = self.invoices.invoice_rows().map_err(store_err)?;
         if records == 0 {
             let scan = self.scan().await?;
             let ours = scan.issued_by_syncctl().count();
@@ -178,7 +178,7 @@ impl Compliance {
     /// among the next few numbers asked one by one (the order of a listing is not
     /// relied on alone).
     pub(super) async fn behind_alegra(&self) -> Result<bool, AlegraError> {
-        let next = self.store.next_number_seq().unwrap_or(0);
+        let next = self.invoices.next_number_seq().unwrap_or(0);
         // Newest first, until a page holds documents of this range.
         for page in 0..NEWEST_PAGES {
             let docs = self.alegra.newest_invoices(page * 30, 30).await?;
@@ -230,20 +230,20 @@ impl Compliance {
 
     /// Keeps the documents of invoices this store does not know, for adoption when their
     /// Stripe invoice is listed, and moves the counter past the highest number used.
-    fn keep(&self, scan: &Scan, why: &str) -> crate::store::Result<()> {
+    fn keep(&self, scan: &Scan, why: &str) -> Result<(), crate::store::InvoiceError> {
         let unknown: Vec<FoundDocument> = scan
             .found
             .iter()
             .filter(|d| {
                 d.stripe_id
                     .as_deref()
-                    .is_some_and(|id| self.store.invoice(id).ok().flatten().is_none())
+                    .is_some_and(|id| self.invoices.invoice(id).ok().flatten().is_none())
             })
             .cloned()
             .collect();
-        self.store.save_found_documents(&unknown)?;
+        self.invoices.save_found_documents(&unknown)?;
         if let Some(h) = scan.highest {
-            self.store.reserve_numbers_through(h)?;
+            self.invoices.reserve_numbers_through(h)?;
         }
         if !scan.found.is_empty() {
             self.store.audit(
@@ -282,7 +282,7 @@ impl Compliance {
         ids.sort_unstable();
         for id in ids {
             let docs = &by_invoice[id];
-            let Ok(Some(rec)) = self.store.invoice(id) else {
+            let Ok(Some(rec)) = self.invoices.invoice(id) else {
                 continue;
             };
             let (here, elsewhere): (Vec<&FoundDocument>, Vec<&FoundDocument>) =
@@ -309,7 +309,7 @@ impl Compliance {
                     rec.number, best.number
                 )));
             }
-            match self.store.invoice(&best.number) {
+            match self.invoices.invoice(&best.number) {
                 Ok(Some(other)) if other.stripe_id != id => {
                     return Err(number_given_to_another(&best.number, id, &other.stripe_id));
                 }
@@ -326,7 +326,7 @@ impl Compliance {
                 best.legal_status.as_deref().unwrap_or("not yet stamped"),
                 rec.number
             );
-            match self.store.adopt_document(id, best, &why) {
+            match self.invoices.adopt_document(id, best, &why) {
                 Ok(()) => {
                     let _ = self.store.audit("compliance", &best.number, "engine", &why);
                     self.changed();
@@ -344,7 +344,7 @@ impl Compliance {
     pub(super) async fn number_taken(&self, rec: &InvoiceRecord, holder: &str) {
         if self.numbering() != Numbering::Ready {
             // Nothing is numbered until the range is confirmed; read again later.
-            let _ = self.store.postpone_invoice(
+            let _ = self.invoices.postpone_leased(
                 &rec.stripe_id,
                 self.settings.policy.poll_ms.max(60_000),
                 &format!("{} is another document's at DIAN ({holder}); renumbered once the numbering is confirmed", rec.number),
@@ -362,7 +362,7 @@ impl Compliance {
         if let Err(why) = self.settle_known(&scan) {
             return self.refuse(why, FIX_TWO_ENGINES);
         }
-        match self.store.invoice(&rec.stripe_id) {
+        match self.invoices.invoice(&rec.stripe_id) {
             Ok(Some(now)) if now.number != rec.number => return, // adopted its own
             Ok(_) => {}
             Err(e) => return tracing::error!("reading {}: {e}", rec.number),
@@ -371,13 +371,14 @@ impl Compliance {
             "{} is already used at DIAN by another document ({holder}); this invoice was never accepted under it",
             rec.number
         );
-        match self.store.renumber_invoice(
+        match self.invoices.renumber_leased(
             &rec.stripe_id,
             &self.settings.number_prefix,
             self.settings.number_start,
             &why,
         ) {
-            Ok(number) => {
+            Ok(None) => self.lost(rec, "its new number"),
+            Ok(Some(number)) => {
                 let _ = self.store.audit(
                     "compliance",
                     &number,
@@ -393,7 +394,11 @@ impl Compliance {
     /// A document kept for an invoice about to be recorded sits on a number this store
     /// gave another invoice: a second issuer. Refuses and says so.
     pub(super) fn refuse_on_clash(&self, stripe_id: &str) -> Option<String> {
-        let (number, other) = self.store.found_document_clash(stripe_id).ok().flatten()?;
+        let (number, other) = self
+            .invoices
+            .found_document_clash(stripe_id)
+            .ok()
+            .flatten()?;
         let why = number_given_to_another(&number, stripe_id, &other);
         self.refuse(why.clone(), FIX_TWO_ENGINES);
         Some(why)

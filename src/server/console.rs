@@ -22,8 +22,9 @@ use super::ServerState;
 use super::api::Actor;
 use crate::protocol::attach::{self, DEFAULT_FPS, Packer, check_version, diff};
 use crate::protocol::{
-    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Pacer, Query,
-    Request, Role, ServerFrame, Shown, Snapshot, Welcome,
+    AttachedConsole, ClientFrame, CommandError, CompanyRow, CompanyTag, EngineEvent, Hello,
+    PROTOCOL_VERSION, Pacer, Query, QuotaMeter, Request, Role, ServerFrame, Shown, Snapshot,
+    Welcome,
 };
 
 /// How long a console has to send its hello.
@@ -218,6 +219,14 @@ impl Session<'_> {
             heartbeat_secs: heartbeat.as_secs_f64(),
             role: self.role,
             actor: self.name.clone(),
+            company: Some(self.company_tag()),
+            companies: self
+                .st
+                .control
+                .companies
+                .iter()
+                .map(|c| CompanyTag::new(&c.id, &c.name))
+                .collect(),
         });
         let shown = self.view(first);
         let snapshot = ServerFrame::Snapshot {
@@ -231,6 +240,42 @@ impl Session<'_> {
                 .send(tx, &ServerFrame::Consoles { consoles: listed })
                 .await)
             .then_some(shown)
+    }
+
+    /// The company this connection shows and acts on.
+    fn company_tag(&self) -> CompanyTag {
+        let c = &self.st.company;
+        let name = self
+            .st
+            .control
+            .companies
+            .iter()
+            .find(|r| r.id == *c)
+            .map_or(c.as_str(), |r| r.name.as_str());
+        CompanyTag::new(c, name)
+    }
+
+    /// Every company's row now (None with one company: no selector, no rows).
+    fn company_rows(&self, meters: &mut Vec<QuotaMeter>) -> Option<Vec<CompanyRow>> {
+        let companies = &self.st.control.companies;
+        if companies.len() < 2 {
+            return None;
+        }
+        let now: Vec<_> = companies
+            .iter()
+            .map(|c| {
+                let tag = CompanyTag::new(&c.id, &c.name);
+                (
+                    tag,
+                    c.engine.as_ref().map(|e| e.latest()).map_err(Clone::clone),
+                )
+            })
+            .collect();
+        Some(crate::protocol::companies::rows(
+            &now,
+            meters,
+            crate::protocol::companies::wall_ms(),
+        ))
     }
 
     async fn run(&mut self, tx: &mut Tx, rx: &mut futures_util::stream::SplitStream<WebSocket>) {
@@ -254,8 +299,37 @@ impl Session<'_> {
         // between two regular ones, as an operator's action, goes at once).
         let mut pace = Pacer::new(self.max_fps, tokio::time::Instant::now());
         let mut pending = false;
+        // With several companies: each one's row, at once and then at most once a
+        // second while one changes.
+        let mut meters = Vec::new();
+        let mut rows = self.company_rows(&mut meters);
+        if let Some(r) = &rows
+            && !self
+                .send(
+                    tx,
+                    &ServerFrame::Companies {
+                        companies: r.clone(),
+                    },
+                )
+                .await
+        {
+            return;
+        }
+        let mut second = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let out = tokio::select! {
+                _ = second.tick(), if rows.is_some() => {
+                    let now = self.company_rows(&mut meters);
+                    if now == rows {
+                        continue;
+                    }
+                    rows = now;
+                    ServerFrame::Companies { companies: rows.clone().unwrap_or_default() }
+                }
                 changed = snapshots.changed(), if !pending => {
                     if changed.is_err() {
                         break;

@@ -729,7 +729,7 @@ impl Link for LocalEngine<'_> {
 
     /// With several companies: each one's row, once a second while the console looks.
     fn companies(&self) -> watch::Receiver<Vec<CompanyRow>> {
-        let all: Vec<(CompanyTag, Result<watch::Receiver<Arc<Snapshot>>, String>)> = self
+        let all: Vec<(CompanyTag, Followed)> = self
             .engine
             .companies()
             .into_iter()
@@ -803,6 +803,9 @@ impl Link for LocalEngine<'_> {
         async move { result }
     }
 }
+
+/// A company's snapshots, or why its engine does not run.
+type Followed = Result<watch::Receiver<Arc<Snapshot>>, String>;
 
 /// The demo's sandbox as the console's outage toggle reaches it: each patch is audited
 /// in the engine's trail (who, which service, down or restored, or why not).

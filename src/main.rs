@@ -1153,20 +1153,15 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
     }
 }
 
-/// `dian history` (straight from the data dir's store; SQLite lets the engine run
-/// meanwhile) and `dian retry` (through the running engine's command path, or on the
-/// store when none runs).
-fn dian_records(command: DianCommand, top: &std::path::Path) -> ExitCode {
-    use syncctl::engine::compliance::{retry_all_failed, retry_audited};
-    // One company of several: its own data dir; the engine (one per process) is the
-    // top dir's, reached with `?company=`.
-    let (dir, company) = match company_dir(top, command.company()) {
-        Ok(found) => found,
-        Err(e) => return usage(e),
-    };
-    let dir = dir.as_path();
+/// The store `dian` reads: one company of several has its own data dir (the engine,
+/// one per process, is the top dir's, reached with `?company=`); and that company.
+fn dian_store(
+    top: &std::path::Path,
+    company: Option<&str>,
+) -> Result<(syncctl::store::Store, Option<String>), String> {
+    let (dir, company) = company_dir(top, company)?;
     if !dir.join("syncctl.db").exists() {
-        return usage(format!(
+        return Err(format!(
             "no syncctl data in {} (pass --data-dir, or run the engine first)",
             dir.display()
         ));
@@ -1175,14 +1170,23 @@ fn dian_records(command: DianCommand, top: &std::path::Path) -> ExitCode {
     // only hide the loss.
     let db = dir.join("syncctl.db");
     if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
-        return usage(format!(
+        return Err(format!(
             "no store at {} (is --data-dir right? a lost store is restored from a backup, or rebuilt by starting the engine with --fresh-store)",
             db.display()
         ));
     }
-    let store = match syncctl::store::Store::open(dir) {
-        Ok(s) => s,
-        Err(e) => return usage(format!("{e:#}")),
+    let store = syncctl::store::Store::open(&dir).map_err(|e| format!("{e:#}"))?;
+    Ok((store, company))
+}
+
+/// `dian history` (straight from the data dir's store; SQLite lets the engine run
+/// meanwhile) and `dian retry` (through the running engine's command path, or on the
+/// store when none runs).
+fn dian_records(command: DianCommand, top: &std::path::Path) -> ExitCode {
+    use syncctl::engine::compliance::{retry_all_failed, retry_audited};
+    let (store, company) = match dian_store(top, command.company()) {
+        Ok(found) => found,
+        Err(e) => return usage(e),
     };
     let find = |key: &str| match store.invoice(key) {
         Ok(Some(r)) => Ok(r),

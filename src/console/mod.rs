@@ -164,19 +164,7 @@ async fn event_loop<L: Link>(
                     }
                     Effect::Exit => return Ok(()),
                     Effect::Watch(id) => {
-                        let watched = match engine.watch_company(&id).await {
-                            Ok(()) => {
-                                // That company's snapshots from now on.
-                                snapshots = engine.snapshots();
-                                let first = snapshots.borrow_and_update().clone();
-                                let tag = engine
-                                    .company()
-                                    .unwrap_or_else(|| CompanyTag::new(id.clone(), id));
-                                app.sandbox = engine.sandbox();
-                                Ok((tag, first))
-                            }
-                            Err(why) => Err(why),
-                        };
+                        let watched = watch(engine, id, &mut snapshots, &mut app).await;
                         inbox.push_back(Msg::Watched(watched));
                     }
                 }
@@ -227,6 +215,24 @@ async fn event_loop<L: Link>(
         };
         inbox.push_back(msg);
     }
+}
+
+/// Has the link watch company `id`: that company's snapshots (and the demo's sandbox
+/// as it reaches it) from now on, with its first view; or why not.
+async fn watch<L: Link>(
+    engine: &mut L,
+    id: String,
+    snapshots: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::protocol::Snapshot>>,
+    app: &mut App,
+) -> Result<(CompanyTag, std::sync::Arc<crate::protocol::Snapshot>), String> {
+    engine.watch_company(&id).await?;
+    *snapshots = engine.snapshots();
+    let first = snapshots.borrow_and_update().clone();
+    let tag = engine
+        .company()
+        .unwrap_or_else(|| CompanyTag::new(id.clone(), id));
+    app.sandbox = engine.sandbox();
+    Ok((tag, first))
 }
 
 /// The terminal event as a message (`None`: nothing the console acts on).

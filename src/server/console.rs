@@ -161,6 +161,45 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
     tracing::info!("console detached: {} (connection {id})", me.label());
 }
 
+/// With several companies: each one's row, sent at once and then at most once a second
+/// while one changes.
+struct CompanyFeed {
+    meters: Vec<QuotaMeter>,
+    /// The rows sent last (None: one company, nothing to send).
+    last: Option<Vec<CompanyRow>>,
+    tick: tokio::time::Interval,
+}
+
+impl CompanyFeed {
+    fn new(session: &Session<'_>) -> Self {
+        let mut meters = Vec::new();
+        let last = session.company_rows(&mut meters);
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        CompanyFeed { meters, last, tick }
+    }
+
+    /// The rows as a frame.
+    fn frame(&self) -> Option<ServerFrame> {
+        self.last
+            .clone()
+            .map(|companies| ServerFrame::Companies { companies })
+    }
+
+    /// The rows now, when they changed.
+    fn next(&mut self, session: &Session<'_>) -> Option<ServerFrame> {
+        let now = session.company_rows(&mut self.meters);
+        if now == self.last {
+            return None;
+        }
+        self.last = now;
+        self.frame()
+    }
+}
+
 struct Session<'a> {
     st: &'a ServerState,
     id: u64,
@@ -299,37 +338,18 @@ impl Session<'_> {
         // between two regular ones, as an operator's action, goes at once).
         let mut pace = Pacer::new(self.max_fps, tokio::time::Instant::now());
         let mut pending = false;
-        // With several companies: each one's row, at once and then at most once a
-        // second while one changes.
-        let mut meters = Vec::new();
-        let mut rows = self.company_rows(&mut meters);
-        if let Some(r) = &rows
-            && !self
-                .send(
-                    tx,
-                    &ServerFrame::Companies {
-                        companies: r.clone(),
-                    },
-                )
-                .await
+        let mut feed = CompanyFeed::new(self);
+        if let Some(first) = feed.frame()
+            && !self.send(tx, &first).await
         {
             return;
         }
-        let mut second = tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(1),
-            Duration::from_secs(1),
-        );
-        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let out = tokio::select! {
-                _ = second.tick(), if rows.is_some() => {
-                    let now = self.company_rows(&mut meters);
-                    if now == rows {
-                        continue;
-                    }
-                    rows = now;
-                    ServerFrame::Companies { companies: rows.clone().unwrap_or_default() }
-                }
+                _ = feed.tick.tick(), if feed.last.is_some() => match feed.next(self) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
                 changed = snapshots.changed(), if !pending => {
                     if changed.is_err() {
                         break;

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 use crate::engine::{self, EngineHandle, EngineOptions, Mode};
 use crate::protocol::{
-    AttachedConsole, Disconnected, FaultPatch, Link, Query, QueryReply, Reply, Request,
-    SandboxFaults, Snapshot,
+    AttachedConsole, Command, CommandError, CompanyRow, CompanyTag, Disconnected, FaultPatch, Link,
+    Query, QueryReply, Reply, Request, SandboxFaults, Snapshot,
 };
 use crate::sandbox::{self, Sandbox, SandboxOptions, SandboxServer};
 
@@ -150,8 +150,12 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
     a.technical_key
         .get_or_insert_with(|| Secret::new(sandbox::alegra::TECHNICAL_KEY));
     a.environment = sandbox::alegra::ENVIRONMENT.into();
-    // Several companies: each its own credentials, as `[[companies]]` entries.
+    // Several companies: each its own credentials, as `[[companies]]` entries. Those
+    // entries are not in the config file, so a threshold tuned in one company has no
+    // entry to be saved in: it lasts until exit (saved to the shared top-level tables,
+    // it would reach every company at the next start).
     if sandbox.companies().len() > 1 && config.companies.is_empty() {
+        config.source = None;
         config.companies = sandbox
             .companies()
             .iter()
@@ -178,7 +182,7 @@ pub fn fill_from_sandbox(config: &mut Config, sandbox: &Sandbox, addr: SocketAdd
                         ("email", &c.keys.alegra_email),
                         ("token", &c.keys.alegra_token),
                     ]),
-                    compliance: toml::Table::new(),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -212,6 +216,10 @@ pub struct Served {
     pub engine: EngineHandle,
     /// The company of `engine` ("default" for one company).
     pub company: String,
+    /// Its name.
+    company_name: String,
+    /// Every company's id, in the config's order.
+    order: Vec<String>,
     /// The other companies' engines, in the config's order.
     pub others: Vec<HostedCompany>,
     /// The companies whose engine did not start.
@@ -226,6 +234,8 @@ pub struct Served {
     _host_lock: Option<crate::store::DataDirLock>,
     /// The consoles attached over the network.
     pub consoles: watch::Receiver<Vec<AttachedConsole>>,
+    /// The company the in-process console watches (its snapshots, its commands).
+    watched: String,
 }
 
 /// One company's running engine in a [`Served`].
@@ -304,6 +314,30 @@ impl Served {
             return Some(&self.engine);
         }
         self.others.iter().find(|o| o.id == id).map(|o| &o.engine)
+    }
+
+    /// Every company served, in the config's order: its id and name, and its engine
+    /// or why it did not start.
+    pub fn companies(&self) -> Vec<(CompanyTag, Result<&EngineHandle, String>)> {
+        let mut all: Vec<(CompanyTag, Result<&EngineHandle, String>)> = Vec::new();
+        all.push((
+            CompanyTag::new(&self.company, &self.company_name),
+            Ok(&self.engine),
+        ));
+        for o in &self.others {
+            all.push((CompanyTag::new(&o.id, &o.name), Ok(&o.engine)));
+        }
+        for f in &self.failed {
+            all.push((CompanyTag::new(&f.id, &f.name), Err(f.error.clone())));
+        }
+        let order = |id: &str| self.order.iter().position(|o| o == id);
+        all.sort_by_key(|(tag, _)| order(&tag.id));
+        all
+    }
+
+    /// The engine the in-process console watches.
+    fn watched(&self) -> &EngineHandle {
+        self.company(&self.watched).unwrap_or(&self.engine)
     }
 
     async fn stop_server(&mut self) {
@@ -470,6 +504,7 @@ fn serve_started(
     mut settings: crate::server::Settings,
 ) -> anyhow::Result<Served> {
     let server_addr = listener.local_addr()?;
+    let order = routes.iter().map(|r| r.id.clone()).collect();
     let mut hosted = hosted.into_iter();
     let Some(first) = hosted.next() else {
         anyhow::bail!("no engine to serve");
@@ -493,7 +528,10 @@ fn serve_started(
     ));
     Ok(Served {
         engine: first.engine,
+        watched: first.id.clone(),
         company: first.id,
+        company_name: first.name,
+        order,
         others: hosted.collect(),
         failed,
         server_addr,
@@ -613,24 +651,64 @@ pub struct LocalEngine<'a> {
     pub sandbox: Option<Arc<Sandbox>>,
 }
 
+impl LocalEngine<'_> {
+    /// The engine a request goes to: the company it names (None: the one watched).
+    fn engine_for(&self, company: Option<&str>) -> Result<&EngineHandle, CommandError> {
+        match company {
+            None => Ok(self.engine.watched()),
+            Some(id) => self.engine.company(id).ok_or_else(|| {
+                CommandError::unavailable(format!(
+                    "not sent: company {id:?} has no engine running in this process"
+                ))
+            }),
+        }
+    }
+}
+
 impl Link for LocalEngine<'_> {
     fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.engine.snapshot.clone()
+        self.engine.watched().snapshot.clone()
     }
 
     fn send(
         &self,
         request: Request,
     ) -> impl Future<Output = Result<oneshot::Receiver<Reply>, Disconnected>> + Send {
-        let commands = self.engine.commands.clone();
-        async move { commands.send(request).await }
+        // The quit's drain stops every company this process hosts, each as it drains
+        // (the console waits for the one it watches).
+        let others: Vec<_> = if matches!(request.command, Command::Shutdown {}) {
+            self.engine
+                .companies()
+                .into_iter()
+                .filter_map(|(tag, e)| e.ok().filter(|_| tag.id != self.engine.watched))
+                .map(|e| e.commands.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let target = self
+            .engine_for(request.company.as_deref())
+            .map(|e| e.commands.clone());
+        async move {
+            for o in others {
+                let _ = o.send(request.clone()).await;
+            }
+            match target {
+                Ok(commands) => commands.send(request).await,
+                Err(e) => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(Err(e));
+                    Ok(rx)
+                }
+            }
+        }
     }
 
     fn query(
         &self,
         query: Query,
     ) -> impl Future<Output = Result<oneshot::Receiver<QueryReply>, Disconnected>> + Send {
-        let commands = self.engine.commands.clone();
+        let commands = self.engine.watched().commands.clone();
         async move { commands.send_query(query).await }
     }
 
@@ -639,7 +717,7 @@ impl Link for LocalEngine<'_> {
     }
 
     fn sandbox(&self) -> Option<Arc<dyn SandboxFaults>> {
-        let frontend = self.engine.frontend();
+        let frontend = self.engine.watched().frontend();
         self.sandbox
             .clone()
             .map(|sandbox| Arc::new(AuditedSandbox { sandbox, frontend }) as Arc<dyn SandboxFaults>)
@@ -648,7 +726,86 @@ impl Link for LocalEngine<'_> {
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         self.engine.consoles.clone()
     }
+
+    /// With several companies: each one's row, once a second while the console looks.
+    fn companies(&self) -> watch::Receiver<Vec<CompanyRow>> {
+        let all: Vec<(CompanyTag, Followed)> = self
+            .engine
+            .companies()
+            .into_iter()
+            .map(|(tag, e)| (tag, e.map(|e| e.snapshot.clone())))
+            .collect();
+        if all.len() < 2 {
+            return watch::Sender::new(Vec::new()).subscribe();
+        }
+        let read = move || {
+            all.iter()
+                .map(|(tag, s)| {
+                    (
+                        tag.clone(),
+                        s.as_ref().map(|s| s.borrow().clone()).map_err(Clone::clone),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut meters = Vec::new();
+        let (tx, rx) = watch::channel(crate::protocol::companies::rows(
+            &read(),
+            &mut meters,
+            crate::protocol::companies::wall_ms(),
+        ));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let rows = crate::protocol::companies::rows(
+                    &read(),
+                    &mut meters,
+                    crate::protocol::companies::wall_ms(),
+                );
+                tx.send_if_modified(|old| {
+                    let changed = *old != rows;
+                    *old = rows;
+                    changed
+                });
+            }
+        });
+        rx
+    }
+
+    fn company(&self) -> Option<CompanyTag> {
+        self.engine
+            .companies()
+            .into_iter()
+            .find(|(tag, _)| tag.id == self.engine.watched)
+            .map(|(tag, _)| tag)
+    }
+
+    fn watch_company(&mut self, id: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let found = self
+            .engine
+            .companies()
+            .into_iter()
+            .find(|(t, _)| t.id == id)
+            .map(|(t, e)| (t, e.map(|_| ())));
+        let result = match found {
+            Some((tag, Ok(()))) => {
+                self.engine.watched = tag.id;
+                Ok(())
+            }
+            Some((tag, Err(why))) => Err(format!("company {} did not start: {why}", tag.label())),
+            None => Err(format!("no company {id:?} in this process")),
+        };
+        async move { result }
+    }
 }
+
+/// A company's snapshots, or why its engine does not run.
+type Followed = Result<watch::Receiver<Arc<Snapshot>>, String>;
 
 /// The demo's sandbox as the console's outage toggle reaches it: each patch is audited
 /// in the engine's trail (who, which service, down or restored, or why not).

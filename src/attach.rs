@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::attach::{self, Shown, Unpacker, lost_reply};
 use crate::protocol::{
-    Attached, AttachedConsole, ClientFrame, CommandError, Disconnected, Hello, Link, LinkState,
-    PROTOCOL_VERSION, Query, QueryReply, Reply, Request, ServerFrame, Snapshot,
+    Attached, AttachedConsole, ClientFrame, CommandError, CompanyRow, CompanyTag, Disconnected,
+    Hello, Link, LinkState, PROTOCOL_VERSION, Query, QueryReply, Reply, Request, ServerFrame,
+    Snapshot,
 };
 
 /// Where the engine is and the token to show it.
@@ -89,6 +90,8 @@ enum Outgoing {
     Command(Request, oneshot::Sender<Reply>),
     Query(Query, oneshot::Sender<QueryReply>),
     Show(Shown),
+    /// Watch another company: a connection of its own (`?company=ID`).
+    Switch(String, oneshot::Sender<Result<(), String>>),
 }
 
 /// An engine in another process, attached over its console WebSocket.
@@ -96,6 +99,10 @@ pub struct RemoteEngine {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     state: watch::Receiver<LinkState>,
     consoles: watch::Receiver<Vec<AttachedConsole>>,
+    /// The company the connection shows, as the engine's welcome said.
+    company: watch::Receiver<Option<CompanyTag>>,
+    /// Every company's row, when the engine serves several.
+    rows: watch::Receiver<Vec<CompanyRow>>,
     out: mpsc::UnboundedSender<Outgoing>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -233,12 +240,16 @@ async fn next_frame(
 /// Connects, says hello, and reads the welcome and the first snapshot.
 async fn open(
     endpoint: &Endpoint,
+    company: Option<&str>,
     hello: &Hello,
     received: &AtomicU64,
 ) -> Result<Session, AttachError> {
     let to = authority(&endpoint.url);
-    let mut request = endpoint
-        .url
+    let url = match company {
+        Some(id) => format!("{}?company={}", endpoint.url, urlencoding::encode(id)),
+        None => endpoint.url.clone(),
+    };
+    let mut request = url
         .as_str()
         .into_client_request()
         .map_err(|e| AttachError::NotFound(format!("{}: {e}", endpoint.url)))?;
@@ -309,13 +320,25 @@ async fn open(
 impl RemoteEngine {
     /// Attaches to the engine `resolve` names, as `hello` says; the error says why not.
     pub async fn connect(resolve: Resolve, hello: Hello) -> Result<Self, AttachError> {
+        Self::connect_to(resolve, hello, None).await
+    }
+
+    /// [`RemoteEngine::connect`] to company `company` of an engine serving several
+    /// (None: the one the engine gives, its first).
+    pub async fn connect_to(
+        resolve: Resolve,
+        hello: Hello,
+        company: Option<String>,
+    ) -> Result<Self, AttachError> {
         let endpoint = resolve().map_err(AttachError::NotFound)?;
         let received = Arc::new(AtomicU64::new(0));
-        let session = open(&endpoint, &hello, &received).await?;
+        let session = open(&endpoint, company.as_deref(), &hello, &received).await?;
         let attached = attached(&session);
         let (snap_tx, snapshots) = watch::channel(Arc::new(session.snapshot.clone()));
         let (state_tx, state) = watch::channel(LinkState::Attached(attached));
         let (consoles_tx, consoles) = watch::channel(Vec::new());
+        let (company_tx, company_rx) = watch::channel(session.welcome.company.clone());
+        let (rows_tx, rows) = watch::channel(Vec::new());
         let (out, out_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let keeper = Keeper {
@@ -324,6 +347,9 @@ impl RemoteEngine {
             snapshots: snap_tx,
             state: state_tx,
             consoles: consoles_tx,
+            company: company_tx,
+            rows: rows_tx,
+            watching: company.or_else(|| session.welcome.company.as_ref().map(|c| c.id.clone())),
             out: out_rx,
             cancel: cancel.clone(),
             received: received.clone(),
@@ -334,6 +360,8 @@ impl RemoteEngine {
             snapshots,
             state,
             consoles,
+            company: company_rx,
+            rows,
             out,
             cancel,
             task: Some(task),
@@ -417,6 +445,37 @@ impl Link for RemoteEngine {
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         self.consoles.clone()
     }
+
+    fn companies(&self) -> watch::Receiver<Vec<CompanyRow>> {
+        self.rows.clone()
+    }
+
+    fn company(&self) -> Option<CompanyTag> {
+        self.company.borrow().clone()
+    }
+
+    /// A connection of its own to company `id`; the one watched now stays until it is
+    /// open (and stays when it cannot be: the error says why).
+    fn watch_company(&mut self, id: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.out.send(Outgoing::Switch(id.to_owned(), tx));
+        async move {
+            sent.map_err(|_| "the connection to the engine is closed".to_owned())?;
+            rx.await
+                .unwrap_or_else(|_| Err("the connection to the engine is closed".into()))
+        }
+    }
+}
+
+/// How a connection served by [`Keeper::serve`] ended.
+enum End {
+    /// The console detached.
+    Detached,
+    /// The connection was lost, and why.
+    Lost(String),
+    /// The console watches another company now: its connection, and who asked (told
+    /// once the link shows it).
+    Switched(Box<Session>, oneshot::Sender<Result<(), String>>),
 }
 
 /// The background task keeping the link.
@@ -426,6 +485,10 @@ struct Keeper {
     snapshots: watch::Sender<Arc<Snapshot>>,
     state: watch::Sender<LinkState>,
     consoles: watch::Sender<Vec<AttachedConsole>>,
+    company: watch::Sender<Option<CompanyTag>>,
+    rows: watch::Sender<Vec<CompanyRow>>,
+    /// The company asked for (`--company`, the selector): each reconnect asks for it.
+    watching: Option<String>,
     out: mpsc::UnboundedReceiver<Outgoing>,
     cancel: CancellationToken,
     received: Arc<AtomicU64>,
@@ -449,8 +512,20 @@ impl Keeper {
     async fn run(mut self, mut session: Session) {
         loop {
             let was = attached(&session);
-            let why = self.serve(session).await;
-            let Some(why) = why else { return };
+            let why = match self.serve(session).await {
+                End::Detached => return,
+                End::Switched(s, asked) => {
+                    session = *s;
+                    self.snapshots
+                        .send_replace(Arc::new(session.snapshot.clone()));
+                    self.company.send_replace(session.welcome.company.clone());
+                    self.state
+                        .send_replace(LinkState::Attached(attached(&session)));
+                    let _ = asked.send(Ok(()));
+                    continue;
+                }
+                End::Lost(why) => why,
+            };
             let since_ms = now_ms();
             let mut attempt = 0u32;
             session = loop {
@@ -465,7 +540,15 @@ impl Keeper {
                 }
                 attempt += 1;
                 let opened = match (self.resolve)() {
-                    Ok(endpoint) => open(&endpoint, &self.hello, &self.received).await,
+                    Ok(endpoint) => {
+                        open(
+                            &endpoint,
+                            self.watching.as_deref(),
+                            &self.hello,
+                            &self.received,
+                        )
+                        .await
+                    }
                     Err(e) => Err(AttachError::NotFound(e)),
                 };
                 match opened {
@@ -482,6 +565,7 @@ impl Keeper {
             };
             self.snapshots
                 .send_replace(Arc::new(session.snapshot.clone()));
+            self.company.send_replace(session.welcome.company.clone());
             self.state
                 .send_replace(LinkState::Attached(attached(&session)));
         }
@@ -499,15 +583,20 @@ impl Keeper {
                     Some(Outgoing::Command(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
                     Some(Outgoing::Query(_, tx)) => { let _ = tx.send(Err(not_connected(why))); }
                     Some(Outgoing::Show(shown)) => self.shown = shown,
+                    Some(Outgoing::Switch(id, tx)) => {
+                        // Asked for again at the next attempt.
+                        self.watching = Some(id);
+                        let _ = tx.send(Err(format!("not connected to the engine ({why}); that company is shown once reconnected")));
+                    }
                     None => return false,
                 },
             }
         }
     }
 
-    /// Serves one connection until it ends: None when the console detached, else why
-    /// it ended.
-    async fn serve(&mut self, mut s: Session) -> Option<String> {
+    /// Serves one connection until it ends: the console detached, it was lost (why),
+    /// or the console watches another company (its new connection).
+    async fn serve(&mut self, mut s: Session) -> End {
         let heartbeat = Duration::from_secs_f64(s.welcome.heartbeat_secs.clamp(0.1, 300.0));
         let mut commands: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
         let mut queries: HashMap<u64, oneshot::Sender<QueryReply>> = HashMap::new();
@@ -522,14 +611,14 @@ impl Keeper {
         if self.shown != Shown::default()
             && let Err(e) = send_frame(&mut s.socket, &ClientFrame::Show(self.shown)).await
         {
-            return Some(format!("connection lost: {e}"));
+            return End::Lost(format!("connection lost: {e}"));
         }
-        let why = loop {
+        let end = loop {
             let silence = heard + heartbeat * 3;
             tokio::select! {
                 () = self.cancel.cancelled() => {
                     let _ = s.socket.close(None).await;
-                    return None;
+                    return End::Detached;
                 }
                 _ = second.tick() => {
                     if s.keep_time() {
@@ -537,18 +626,35 @@ impl Keeper {
                     }
                 }
                 () = tokio::time::sleep_until(silence) => {
-                    break format!("no word from the engine for {} s", (heartbeat * 3).as_secs());
+                    break End::Lost(format!("no word from the engine for {} s", (heartbeat * 3).as_secs()));
                 }
                 o = self.out.recv() => {
                     let Some(o) = o else {
                         let _ = s.socket.close(None).await;
-                        return None;
+                        return End::Detached;
                     };
                     next_id += 1;
                     let frame = match o {
                         Outgoing::Command(request, tx) => {
+                            // Never to a company the console is not looking at.
+                            if let Some(why) = elsewhere(&s, request.company.as_deref()) {
+                                let _ = tx.send(Err(CommandError::unavailable(why)));
+                                continue;
+                            }
                             commands.insert(next_id, tx);
                             ClientFrame::Command { id: next_id, command: request.command }
+                        }
+                        Outgoing::Switch(id, tx) => {
+                            match self.switch(&id).await {
+                                Ok(new) => {
+                                    let _ = s.socket.close(None).await;
+                                    break End::Switched(Box::new(new), tx);
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Err(e));
+                                    continue;
+                                }
+                            }
                         }
                         Outgoing::Query(query, tx) => {
                             queries.insert(next_id, tx);
@@ -560,14 +666,14 @@ impl Keeper {
                         }
                     };
                     if let Err(e) = send_frame(&mut s.socket, &frame).await {
-                        break format!("connection lost: {e}");
+                        break End::Lost(format!("connection lost: {e}"));
                     }
                 }
                 f = next_frame(&mut s.socket, &mut s.unpacker, &self.received) => {
                     heard = tokio::time::Instant::now();
                     let frame = match f {
                         Ok(f) => f,
-                        Err(e) => break e,
+                        Err(e) => break End::Lost(e),
                     };
                     // A view that arrived brought the clock along: the next tick of
                     // our own is a second from now (no extra frame while deltas flow).
@@ -575,7 +681,7 @@ impl Keeper {
                         second.reset();
                     }
                     if let Err(e) = self.take(&mut s, frame, &mut commands, &mut queries).await {
-                        break e;
+                        break End::Lost(e);
                     }
                 }
             }
@@ -589,7 +695,23 @@ impl Keeper {
                 "the connection to the engine dropped",
             )));
         }
-        Some(why)
+        end
+    }
+
+    /// A connection to company `id`, said hello to, holding its first snapshot; the
+    /// error says why not.
+    async fn switch(&mut self, id: &str) -> Result<Session, String> {
+        let endpoint = (self.resolve)()?;
+        let new = open(&endpoint, Some(id), &self.hello, &self.received)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = &new.welcome.company
+            && c.id != id
+        {
+            return Err(format!("the engine gave company {:?}, not {id:?}", c.id));
+        }
+        self.watching = Some(id.to_owned());
+        Ok(new)
     }
 
     async fn take(
@@ -628,6 +750,9 @@ impl Keeper {
             ServerFrame::Consoles { consoles } => {
                 self.consoles.send_replace(consoles);
             }
+            ServerFrame::Companies { companies } => {
+                self.rows.send_replace(companies);
+            }
             ServerFrame::Ping => {
                 send_frame(&mut s.socket, &ClientFrame::Pong).await?;
             }
@@ -636,6 +761,19 @@ impl Keeper {
         }
         Ok(())
     }
+}
+
+/// Why a command for `company` must not go on connection `s` (another company's), or
+/// None when it may.
+fn elsewhere(s: &Session, company: Option<&str>) -> Option<String> {
+    let to = s.welcome.company.as_ref()?;
+    let asked = company?;
+    (asked != to.id).then(|| {
+        format!(
+            "not sent: this connection shows company {:?}, the command was for {asked:?}",
+            to.id
+        )
+    })
 }
 
 /// The hello of a console run by this process's user (`SSH_CONNECTION`/`SSH_CLIENT`

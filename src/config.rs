@@ -77,6 +77,11 @@ pub struct Config {
     /// The file this was loaded from (thresholds tuned at run time are saved there).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The `[[companies]]` entry this is the effective config of ([`Config::companies`]):
+    /// thresholds tuned at run time are saved in that entry, never in the shared
+    /// top-level tables. None: the config has no `[[companies]]`.
+    #[serde(skip)]
+    pub company: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -245,9 +250,15 @@ threshold_fields! {
 }
 
 /// Writes thresholds into the config file at `path`, keeping its comments, its layout
-/// and every other key (the file is created if missing). Written to a temporary file
-/// and renamed, so a crash never leaves half a file.
-pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Result<()> {
+/// and every other key (the file is created if missing). With `company`, into that
+/// `[[companies]]` entry's own `alerts`/`anomaly` tables (the other companies and the
+/// shared top level keep theirs). Written to a temporary file and renamed, so a crash
+/// never leaves half a file.
+pub fn persist_thresholds(
+    path: &Path,
+    company: Option<&str>,
+    values: &[(String, f64)],
+) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -256,13 +267,36 @@ pub fn persist_thresholds(path: &Path, values: &[(String, f64)]) -> anyhow::Resu
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Where the thresholds go: the top level, or the company's entry.
+    let root: &mut toml_edit::Table = match company {
+        None => doc.as_table_mut(),
+        Some(id) => {
+            let entry = doc
+                .get_mut("companies")
+                .and_then(toml_edit::Item::as_array_of_tables_mut)
+                .and_then(|a| {
+                    a.iter_mut()
+                        .find(|t| t.get("id").and_then(toml_edit::Item::as_str) == Some(id))
+                });
+            match entry {
+                Some(t) => t,
+                None => anyhow::bail!(
+                    "{}: no [[companies]] entry with id {id:?} to save its thresholds in",
+                    path.display()
+                ),
+            }
+        }
+    };
     for (name, v) in values {
         let t = check_threshold(name, *v).map_err(|e| anyhow::anyhow!(e))?;
         let (section, key) = name.split_once('.').expect("dotted threshold name");
-        if !doc.contains_key(section) {
-            doc[section] = toml_edit::table();
+        if !root.contains_key(section) {
+            let mut new = toml_edit::Table::new();
+            // A company's: `[companies.alerts]` right under its entry.
+            new.set_implicit(false);
+            root.insert(section, toml_edit::Item::Table(new));
         }
-        let Some(table) = doc[section].as_table_like_mut() else {
+        let Some(table) = root[section].as_table_like_mut() else {
             anyhow::bail!("{}: `{section}` is not a table", path.display());
         };
         let value = if t.integer {
@@ -1926,6 +1960,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         persist_thresholds(
             &path,
+            None,
             &[
                 ("alerts.error_rate_percent".into(), 12.5),
                 ("alerts.queue_depth".into(), 250.0),
@@ -1953,6 +1988,56 @@ mod tests {
         assert_eq!(c.alerts.error_rate_percent, 12.5);
         assert_eq!(c.alerts.queue_depth, 250.0);
         assert_eq!(c.anomaly.z_threshold, 4.0);
+    }
+
+    #[test]
+    fn thresholds_of_one_company_are_saved_in_its_entry_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let entry = |id: &str| {
+            format!(
+                "\n[[companies]]\nid = \"{id}\"\nname = \"Company {id}\"\n[companies.stripe]\napi_key = \"sk_{id}\"\nwebhook_secret = \"whsec_{id}\"\n[companies.quickbooks]\nrealm_id = \"realm-{id}\"\nrefresh_token = \"rt-{id}\"\n"
+            )
+        };
+        let text = format!(
+            "# shared\n[alerts]\nerror_rate_percent = 10.0\n{}{}{}",
+            entry("a"),
+            entry("b"),
+            entry("c")
+        );
+        std::fs::write(&path, &text).unwrap();
+        // The first and the middle entries: neither may leak into the last.
+        persist_thresholds(
+            &path,
+            Some("a"),
+            &[("alerts.error_rate_percent".into(), 20.0)],
+        )
+        .unwrap();
+        persist_thresholds(&path, Some("b"), &[("anomaly.z_threshold".into(), 5.0)]).unwrap();
+        persist_thresholds(&path, Some("b"), &[("alerts.queue_depth".into(), 300.0)]).unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        let c = Config::parse(&after, &path).unwrap();
+        assert_eq!(
+            c.alerts.error_rate_percent, 10.0,
+            "shared table kept:\n{after}"
+        );
+        let companies = c.companies().unwrap();
+        let get = |id: &str| &companies.iter().find(|x| x.id == id).unwrap().config;
+        assert_eq!(get("a").alerts.error_rate_percent, 20.0, "{after}");
+        assert_eq!(get("b").alerts.error_rate_percent, 10.0, "{after}");
+        assert_eq!(get("b").anomaly.z_threshold, 5.0, "{after}");
+        assert_eq!(get("b").alerts.queue_depth, 300.0, "{after}");
+        assert_eq!(get("c").alerts.error_rate_percent, 10.0, "{after}");
+        assert_eq!(
+            get("c").anomaly.z_threshold,
+            AnomalyConfig::default().z_threshold
+        );
+        assert_eq!(get("a").company.as_deref(), Some("a"));
+        assert!(after.starts_with("# shared\n"), "{after}");
+        let err = persist_thresholds(&path, Some("zz"), &[("alerts.queue_depth".into(), 1.0)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"zz\""), "{err}");
     }
 
     #[test]

@@ -323,6 +323,10 @@ enum DianCommand {
     History {
         #[arg(value_name = "INVOICE")]
         key: String,
+        /// The company (its `[[companies]]` id) whose invoices to read; needed when the
+        /// data dir holds several (`<data dir>/companies/<id>/`).
+        #[arg(long, value_name = "ID")]
+        company: Option<String>,
     },
     /// Retry one FAILED, REJECTED or RETRY invoice, or every FAILED one (`--failed`,
     /// which first says how many). The engine, running or next started, sends them;
@@ -340,7 +344,78 @@ enum DianCommand {
         /// Do not ask before retrying every FAILED invoice.
         #[arg(long)]
         yes: bool,
+        /// The company (its `[[companies]]` id) whose invoices to retry; needed when
+        /// the data dir holds several (`<data dir>/companies/<id>/`).
+        #[arg(long, value_name = "ID")]
+        company: Option<String>,
     },
+}
+
+impl DianCommand {
+    /// The company named with `--company`.
+    fn company(&self) -> Option<&str> {
+        match self {
+            DianCommand::Cufe { .. } => None,
+            DianCommand::History { company, .. } | DianCommand::Retry { company, .. } => {
+                company.as_deref()
+            }
+        }
+    }
+}
+
+/// The companies whose data `dir` holds (`<dir>/companies/<id>/`), sorted.
+fn companies_in(dir: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir.join("companies"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|id| syncctl::config::valid_company_id(id))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The data dir of the company `dian` reads or retries in: `dir` itself for one
+/// company, `<dir>/companies/<id>/` for one of several (and its id, for the engine's
+/// `?company=`). Several and none named: an error listing them.
+fn company_dir(
+    dir: &std::path::Path,
+    company: Option<&str>,
+) -> Result<(std::path::PathBuf, Option<String>), String> {
+    let ids = companies_in(dir);
+    let listed = || ids.join(", ");
+    match company {
+        Some(id) if ids.iter().any(|c| c == id) => {
+            Ok((dir.join("companies").join(id), Some(id.to_owned())))
+        }
+        Some(id) if ids.is_empty() && id == syncctl::config::DEFAULT_COMPANY => {
+            Ok((dir.to_path_buf(), None))
+        }
+        Some(id) if ids.is_empty() => Err(format!(
+            "no company {:?} in {}: it holds one company's data (no companies/ in it); drop --company",
+            id.chars().take(40).collect::<String>(),
+            dir.display()
+        )),
+        Some(id) => Err(format!(
+            "no company {:?} in {} (companies: {})",
+            id.chars().take(40).collect::<String>(),
+            dir.display(),
+            listed()
+        )),
+        None if ids.len() > 1 => Err(format!(
+            "{} holds several companies' data: name one with --company ID (companies: {})",
+            dir.display(),
+            listed()
+        )),
+        None if ids.len() == 1 && !dir.join("syncctl.db").exists() => {
+            Ok((dir.join("companies").join(&ids[0]), Some(ids[0].clone())))
+        }
+        None => Ok((dir.to_path_buf(), None)),
+    }
 }
 
 #[derive(Subcommand)]
@@ -1110,13 +1185,15 @@ fn dian_cufe(check: Option<&str>) -> ExitCode {
     }
 }
 
-/// `dian history` (straight from the data dir's store; SQLite lets the engine run
-/// meanwhile) and `dian retry` (through the running engine's command path, or on the
-/// store when none runs).
-fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str>) -> ExitCode {
-    use syncctl::engine::compliance::{retry_all_failed, retry_audited};
+/// The store `dian` reads: one company of several has its own data dir (the engine,
+/// one per process, is the top dir's, reached with `?company=`); and that company.
+fn dian_store(
+    top: &std::path::Path,
+    company: Option<&str>,
+) -> Result<(syncctl::store::Store, Option<String>), String> {
+    let (dir, company) = company_dir(top, company)?;
     if !dir.join("syncctl.db").exists() {
-        return usage(format!(
+        return Err(format!(
             "no syncctl data in {} (pass --data-dir, or run the engine first)",
             dir.display()
         ));
@@ -1125,13 +1202,26 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
     // only hide the loss.
     let db = dir.join("syncctl.db");
     if std::fs::metadata(&db).map_or(true, |m| m.len() == 0) {
-        return usage(format!(
+        return Err(format!(
             "no store at {} (is --data-dir right? a lost store is restored from a backup, or rebuilt by starting the engine with --fresh-store)",
             db.display()
         ));
     }
-    let (store, invoices) = match dian_stores(dir, shared) {
-        Ok(s) => s,
+    let store = syncctl::store::Store::open(&dir).map_err(|e| format!("{e:#}"))?;
+    Ok((store, company))
+}
+
+/// `dian history` (straight from the data dir's store; SQLite lets the engine run
+/// meanwhile) and `dian retry` (through the running engine's command path, or on the
+/// store when none runs).
+fn dian_records(command: DianCommand, top: &std::path::Path, shared: Option<&str>) -> ExitCode {
+    use syncctl::engine::compliance::{retry_all_failed, retry_audited};
+    let (store, company) = match dian_store(top, command.company()) {
+        Ok(found) => found,
+        Err(e) => return usage(e),
+    };
+    let invoices = match dian_invoices(&store, shared, company.as_deref()) {
+        Ok(i) => i,
         Err(code) => return code,
     };
     let find = |key: &str| match invoices.invoice(key) {
@@ -1145,7 +1235,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
     // A running engine takes the retry through its command path (the store is not
     // written under it); with none, the store is.
     let engine = match &command {
-        DianCommand::Retry { .. } => match running_engine(dir) {
+        DianCommand::Retry { .. } => match running_engine(top) {
             Ok(e) => e,
             Err(e) => return usage(e),
         },
@@ -1153,7 +1243,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
     };
     match command {
         DianCommand::Cufe { .. } => ExitCode::SUCCESS,
-        DianCommand::History { key } => {
+        DianCommand::History { key, .. } => {
             let rec = match find(&key) {
                 Ok(r) => r,
                 Err(code) => return code,
@@ -1165,7 +1255,7 @@ fn dian_records(command: DianCommand, dir: &std::path::Path, shared: Option<&str
             let Some(control) = engine else {
                 return ExitCode::FAILURE;
             };
-            retry_through_engine(command, &control, &store, &actor)
+            retry_through_engine(command, &control, &store, &actor, company.as_deref())
         }
         DianCommand::Retry {
             key: Some(key),
@@ -1234,17 +1324,15 @@ fn shared_store_url(
     Ok(cfg.and_then(|c| c.store.url.map(|u| u.expose().to_owned())))
 }
 
-/// The data dir's store, and the invoices `dian` reads: that store's, or the shared
-/// ones at `shared` (the company of a single-company config: `dian` has no --company
-/// yet).
-fn dian_stores(
-    dir: &std::path::Path,
+/// The invoices `dian` reads: the data dir's store's, or, with `store.url`, the
+/// shared ones of `company` (`--company`; the single-company config's otherwise).
+fn dian_invoices(
+    store: &syncctl::store::Store,
     shared: Option<&str>,
-) -> Result<(syncctl::store::Store, syncctl::store::Invoices), ExitCode> {
-    let store = syncctl::store::Store::open(dir).map_err(|e| usage(format!("{e:#}")))?;
+    company: Option<&str>,
+) -> Result<syncctl::store::Invoices, ExitCode> {
     let Some(url) = shared else {
-        let invoices = syncctl::store::Invoices::sqlite(store.clone());
-        return Ok((store, invoices));
+        return Ok(syncctl::store::Invoices::sqlite(store.clone()));
     };
     let clock = syncctl::store::WallClock::default();
     let owner = format!("cli:{}", std::process::id());
@@ -1252,16 +1340,17 @@ fn dian_stores(
         .block_on(syncctl::store::queue::JobQueue::postgres(
             url,
             &owner,
-            syncctl::config::DEFAULT_COMPANY,
+            company.unwrap_or(syncctl::config::DEFAULT_COMPANY),
             clock.clone(),
         ))
         .map_err(|e| usage(format!("{e:#}")))?;
     let pg = queue
         .postgres_handle()
         .ok_or_else(|| usage("store.url: not a postgres store"))?;
-    let invoices =
-        syncctl::store::Invoices::postgres(syncctl::store::pg_invoices::PgInvoices::of(pg), clock);
-    Ok((store, invoices))
+    Ok(syncctl::store::Invoices::postgres(
+        syncctl::store::pg_invoices::PgInvoices::of(pg),
+        clock,
+    ))
 }
 
 /// `dian history`: the record, then every step of its history, codes in words.
@@ -1574,27 +1663,20 @@ async fn attach(
             })
         }
     };
-    // One company of an engine serving several: `?company=ID` on the console's URL.
-    let resolve: Resolve = match company {
-        None => resolve,
-        Some(id) => std::sync::Arc::new(move || {
-            let mut e = resolve()?;
-            e.url = format!("{}?company={}", e.url, urlencoding::encode(&id));
-            Ok(e)
-        }),
+    // One company of an engine serving several: `?company=ID` on the console's URL
+    // (the selector, `@`, watches the others).
+    let hello = syncctl::attach::hello(read_only, fps);
+    let mut engine = match RemoteEngine::connect_to(resolve, hello, company).await {
+        Ok(e) => e,
+        Err(e @ (AttachError::Unreachable(_) | AttachError::NotFound(_))) => {
+            eprintln!("syncctl: {e}");
+            return ExitCode::from(3);
+        }
+        Err(e @ AttachError::Refused(_)) => {
+            eprintln!("syncctl: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let mut engine =
-        match RemoteEngine::connect(resolve, syncctl::attach::hello(read_only, fps)).await {
-            Ok(e) => e,
-            Err(e @ (AttachError::Unreachable(_) | AttachError::NotFound(_))) => {
-                eprintln!("syncctl: {e}");
-                return ExitCode::from(3);
-            }
-            Err(e @ AttachError::Refused(_)) => {
-                eprintln!("syncctl: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
     let result = syncctl::console::run(&mut engine, fps).await;
     let to = engine.to();
     engine.detach().await;
@@ -2046,6 +2128,7 @@ fn retry_through_engine(
     control: &syncctl::server::local::Control,
     store: &syncctl::store::Store,
     actor: &str,
+    company: Option<&str>,
 ) -> ExitCode {
     let (path, confirm) = match command {
         DianCommand::Retry {
@@ -2089,6 +2172,7 @@ fn retry_through_engine(
     let answer = tokio::runtime::Handle::current().block_on(async {
         let r = reqwest::Client::new()
             .post(&url)
+            .query(&company_query(company))
             .bearer_auth(&control.token)
             .header(syncctl::server::local::ACTOR_HEADER, actor)
             .json(&serde_json::json!({}))

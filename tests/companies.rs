@@ -481,6 +481,121 @@ async fn the_cli_reaches_one_company_by_id() {
     let none = syncctl(&["status", &base, "--company", "zz"], home);
     assert_eq!(none.status.code(), Some(3), "{}", text(&none));
     assert!(text(&none).contains("\"zz\""), "{}", text(&none));
+
+    // `dian` reads one company's store: several and none named is an error listing
+    // them; `--company` opens `<data dir>/companies/<id>/`.
+    for args in [
+        &["dian", "history", "inv_nope", "--data-dir", d][..],
+        &["dian", "retry", "--failed", "--yes", "--data-dir", d][..],
+    ] {
+        let refused = syncctl(args, home);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&refused)
+        );
+        let said = text(&refused);
+        assert!(
+            said.contains("--company") && said.contains("companies: a, b"),
+            "{args:?}: {said}"
+        );
+    }
+    let history = syncctl(
+        &[
+            "dian",
+            "history",
+            "inv_nope",
+            "--company",
+            "b",
+            "--data-dir",
+            d,
+        ],
+        home,
+    );
+    let said = text(&history);
+    assert!(
+        said.contains("no invoice \"inv_nope\""),
+        "b's store was read: {said}"
+    );
+    let retry = syncctl(
+        &[
+            "dian",
+            "retry",
+            "--failed",
+            "--yes",
+            "--company",
+            "a",
+            "--data-dir",
+            d,
+        ],
+        home,
+    );
+    assert_eq!(retry.status.code(), Some(0), "{}", text(&retry));
+    assert!(
+        text(&retry).contains("0 FAILED invoices"),
+        "{}",
+        text(&retry)
+    );
+    let unknown = syncctl(
+        &[
+            "dian",
+            "history",
+            "inv_nope",
+            "--company",
+            "zz",
+            "--data-dir",
+            d,
+        ],
+        home,
+    );
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("no company \"zz\"") && text(&unknown).contains("a, b"),
+        "{}",
+        text(&unknown)
+    );
+
+    // A threshold tuned in b is saved in b's entry: a and the shared tables keep theirs.
+    let r = reqwest::Client::new()
+        .put(format!("{base}/api/v1/thresholds?company=b"))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "alerts.error_rate_percent": 12.5, "anomaly.z_threshold": 4.5 }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let (_, th_a) = call("GET", &format!("{base}/api/v1/thresholds?company=a"), None).await;
+    assert_ne!(th_a["alerts.error_rate_percent"], 12.5, "{th_a}");
+    let saved = Config::load(&cfg).unwrap();
+    let defaults = syncctl::config::AlertsConfig::default();
+    assert_eq!(
+        saved.alerts.error_rate_percent, defaults.error_rate_percent,
+        "the shared table is untouched"
+    );
+    let by_id = |id: &str| {
+        saved
+            .companies()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .config
+    };
+    assert_eq!(by_id("b").alerts.error_rate_percent, 12.5);
+    assert_eq!(by_id("b").anomaly.z_threshold, 4.5);
+    assert_eq!(
+        by_id("a").alerts.error_rate_percent,
+        defaults.error_rate_percent
+    );
+    assert_eq!(
+        by_id("a").anomaly.z_threshold,
+        syncctl::config::AnomalyConfig::default().z_threshold
+    );
+    let file = std::fs::read_to_string(&cfg).unwrap();
+    assert!(file.contains("[companies.alerts]"), "{file}");
     sa.shutdown().await;
     sb.shutdown().await;
 }
@@ -670,4 +785,147 @@ async fn the_demo_with_three_companies_syncs_each_into_its_own_realm() {
         let (_, snap) = call("GET", &format!("{base}/api/v1/snapshot?company={id}"), None).await;
         assert_eq!(snap["catalog"]["paused"], paused, "{id}: {snap}");
     }
+}
+
+/// The console's link watches one company at a time, in this process and attached:
+/// its snapshots are that company's, every command goes to it (a command naming
+/// another is refused, never delivered elsewhere), and each company's row comes along
+/// for the "all companies" overview.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_consoles_link_watches_one_company_and_sends_only_to_it() {
+    use syncctl::attach::{Endpoint, RemoteEngine, console_url};
+    use syncctl::protocol::{Command, Link, Pipeline, Request};
+    let sa = common::sandbox(6, 41).await;
+    let sb = common::sandbox(4, 42).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = host(&two_companies("127.0.0.1:0", &sa, &sb), dir.path()).await;
+    common::until_idle(served.company("a").unwrap(), 6).await;
+    common::until_idle(served.company("b").unwrap(), 4).await;
+    let addr = served.server_addr;
+    let pause = || Command::Pause {
+        pipeline: Pipeline::Catalog,
+    };
+    // Whether company `id` shows its catalog paused as `want` (its next publish).
+    async fn shows(s: &syncctl::app::Served, id: &str, want: bool) -> bool {
+        let mut rx = s.company(id).unwrap().snapshot.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rx.wait_for(|v| v.catalog.paused == want),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+    let paused = |s: &syncctl::app::Served, id: &str| {
+        s.company(id).unwrap().snapshot.borrow().catalog.paused
+    };
+
+    // In this process.
+    {
+        let mut link = app::LocalEngine {
+            engine: &mut served,
+            sandbox: None,
+        };
+        assert_eq!(link.company().unwrap().id, "a");
+        let rows = link.companies();
+        let ids: Vec<String> = rows.borrow().iter().map(|r| r.company.id.clone()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(rows.borrow()[1].company.name, "Company b");
+        // A command for b goes to b, whoever is watched.
+        let rx = link
+            .send(Request::new("ana", pause()).for_company(Some("b")))
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+        assert!(shows(link.engine, "b", true).await && !paused(link.engine, "a"));
+        // Watching b: its snapshots, and a command naming no company goes to b.
+        link.watch_company("b").await.unwrap();
+        assert_eq!(link.company().unwrap().id, "b");
+        assert!(link.snapshots().borrow().catalog.paused, "b's view");
+        assert!(
+            !link
+                .engine
+                .company("a")
+                .unwrap()
+                .snapshot
+                .borrow()
+                .catalog
+                .paused
+        );
+        let resume = Command::Resume {
+            pipeline: Pipeline::Catalog,
+        };
+        let rx = link.send(Request::new("ana", resume)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        assert!(shows(link.engine, "b", false).await);
+        let err = link.watch_company("zz").await.unwrap_err();
+        assert!(err.contains("\"zz\""), "{err}");
+        assert_eq!(
+            link.company().unwrap().id,
+            "b",
+            "a failed switch changes nothing"
+        );
+        let rx = link
+            .send(Request::new("ana", pause()).for_company(Some("zz")))
+            .await
+            .unwrap();
+        let refused = rx.await.unwrap().unwrap_err().to_string();
+        assert!(refused.contains("not sent"), "{refused}");
+    }
+
+    // Attached over the WebSocket: without --company, the first company; the welcome
+    // says which, and every company's row follows.
+    let url = console_url(&format!("http://{addr}")).unwrap();
+    let resolve: syncctl::attach::Resolve = std::sync::Arc::new(move || {
+        Ok(Endpoint {
+            url: url.clone(),
+            token: Some(TOKEN.into()),
+        })
+    });
+    let mut remote = RemoteEngine::connect(resolve, syncctl::attach::hello(false, 4))
+        .await
+        .unwrap();
+    assert_eq!(remote.company().unwrap().id, "a");
+    let mut rows = remote.companies();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rows.wait_for(|r| r.len() == 2),
+    )
+    .await
+    .expect("each company's row")
+    .unwrap();
+    // A command for b on a's connection is refused, not delivered to a.
+    let rx = remote
+        .send(Request::new("ana", pause()).for_company(Some("b")))
+        .await
+        .unwrap();
+    let refused = rx.await.unwrap().unwrap_err().to_string();
+    assert!(
+        refused.contains("not sent") && refused.contains("\"b\""),
+        "{refused}"
+    );
+    assert!(!paused(&served, "a") && !paused(&served, "b"));
+    // Watching b: a connection of its own.
+    remote.watch_company("b").await.unwrap();
+    assert_eq!(remote.company().unwrap().id, "b");
+    let rx = remote
+        .send(Request::new("ana", pause()).for_company(Some("b")))
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+    assert!(shows(&served, "b", true).await && !paused(&served, "a"));
+    let mut snaps = remote.snapshots();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        snaps.wait_for(|s| s.catalog.paused),
+    )
+    .await
+    .expect("b's view")
+    .unwrap();
+    let err = remote.watch_company("zz").await.unwrap_err();
+    assert!(err.contains("zz"), "{err}");
+    assert_eq!(remote.company().unwrap().id, "b");
+    remote.detach().await;
+    served.shutdown().await;
+    sa.shutdown().await;
+    sb.shutdown().await;
 }

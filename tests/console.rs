@@ -3131,3 +3131,233 @@ fn a_tall_overview_shows_each_circuit_and_the_dian_queue_by_state() {
     let (small, _) = render(&app, 80, 24);
     assert!(!small.contains("┌ Circuits"), "{small}");
 }
+
+// ---- several companies: the header, the selector (`@`), "all companies" ----
+
+/// Three companies as the engine's process reports them: one running, one paused with
+/// a circuit open, one whose engine did not start.
+fn company_rows() -> Vec<syncctl::protocol::CompanyRow> {
+    use syncctl::protocol::{CompanyRow, CompanyTag, Level};
+    let row = |id: &str, name: &str| CompanyRow {
+        company: CompanyTag::new(id, name),
+        score: 96,
+        level: Some(Level::Excellent),
+        items_per_s: 49,
+        queued: 1_180,
+        failed: 2,
+        dian_pending: 3,
+        dian_failed: 1,
+        quota_used_per_min: Some(312),
+        quota_per_min: 500,
+        ..CompanyRow::default()
+    };
+    vec![
+        row("co1", "Café Andino SAS"),
+        CompanyRow {
+            paused: true,
+            items_per_s: 0,
+            circuits_open: 1,
+            quota_used_per_min: None,
+            ..row("co2", "Textiles del Valle")
+        },
+        CompanyRow::down(
+            CompanyTag::new("co3", "Ferretería Norte"),
+            "company \"co3\": key `quickbooks.refresh_token` is required",
+        ),
+    ]
+}
+
+/// The console watching co2 of the three.
+fn companies_app() -> App {
+    app()
+        .with_company(Some(syncctl::protocol::CompanyTag::new(
+            "co2",
+            "Textiles del Valle",
+        )))
+        .with_companies(company_rows())
+}
+
+/// The one request among `effects`.
+fn request(effects: Vec<Effect>) -> Option<syncctl::protocol::Request> {
+    effects.into_iter().find_map(|e| match e {
+        Effect::Send(r) => Some(r),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_header_names_the_company_watched_and_every_command_names_it() {
+    let mut app = companies_app();
+    let (text, _) = render(&app, 80, 24);
+    check_snapshot("companies_header_80x24", &text);
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("@co2"), "{header}");
+    let (wide, _) = render(&app, 120, 40);
+    let header = wide.lines().next().unwrap();
+    assert!(header.contains("@co2 Textiles del Valle"), "{header}");
+    // Every command goes to the company shown, by name.
+    let sent = request(update(&mut app, Msg::Key(key(KeyCode::Char('p'))))).unwrap();
+    assert_eq!(
+        sent.command,
+        Command::Pause {
+            pipeline: Pipeline::Catalog
+        }
+    );
+    assert_eq!(sent.company.as_deref(), Some("co2"));
+
+    // One company: no selector, nothing in the header.
+    let mut one = app_with_one_company();
+    let (text, _) = render(&one, 80, 24);
+    assert!(!text.lines().next().unwrap().contains('@'), "{text}");
+    assert!(press(&mut one, KeyCode::Char('@')).is_none());
+    assert!(one.picker.is_none());
+    assert!(
+        one.flash.as_deref().unwrap().contains("one company"),
+        "{:?}",
+        one.flash
+    );
+}
+
+fn app_with_one_company() -> App {
+    app().with_company(Some(syncctl::protocol::CompanyTag::new(
+        "default", "default",
+    )))
+}
+
+#[test]
+fn the_picker_offers_all_and_each_company_and_all_shows_one_row_each() {
+    use syncctl::protocol::{CompanyTag, Watching};
+    let mut app = companies_app();
+    assert!(press(&mut app, KeyCode::Char('@')).is_none());
+    // Opens on the company watched: all, co1, co2, co3.
+    assert_eq!(app.picker, Some(2));
+    let (text, _) = render(&app, 80, 24);
+    check_snapshot("companies_picker_80x24", &text);
+    assert!(text.contains("all companies (3)"), "{text}");
+    assert!(text.contains("co3 (Ferretería Norte)"), "{text}");
+    press(&mut app, KeyCode::Up);
+    press(&mut app, KeyCode::Up);
+    assert_eq!(app.picker, Some(0));
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Enter)));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Watch(_))),
+        "all needs no other connection"
+    );
+    assert!(app.watching_all());
+    assert_eq!(app.tab, Tab::Overview);
+    for (w, h) in [(80, 24), (120, 40)] {
+        let (text, _) = render(&app, w, h);
+        check_snapshot(&format!("companies_all_{w}x{h}"), &text);
+        let header = text.lines().next().unwrap();
+        assert!(header.contains("ALL 3 companies"), "{header}");
+        assert!(
+            !header.contains("running"),
+            "no one company's state: {header}"
+        );
+        for word in [
+            "co1",
+            "co2",
+            "co3",
+            "PAUSED",
+            "DOWN",
+            "EXCELLENT",
+            "312/500",
+            "1 180",
+        ] {
+            assert!(text.contains(word), "{word} at {w}x{h}:\n{text}");
+        }
+    }
+    let (wide, _) = render(&app, 120, 40);
+    assert!(
+        wide.contains("Textiles del Valle"),
+        "names from 110 columns:\n{wide}"
+    );
+
+    // Nothing acts on "all": a key that would says to pick one, and sends nothing.
+    assert!(press(&mut app, KeyCode::Char('p')).is_none());
+    let flash = app.flash.clone().unwrap();
+    assert!(
+        flash.contains("pick it with @") && flash.contains("co1, co2, co3"),
+        "{flash}"
+    );
+    // Nor a typed command.
+    press(&mut app, KeyCode::Char(':'));
+    for c in "pause catalog".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    assert!(press(&mut app, KeyCode::Enter).is_none());
+    assert!(
+        app.flash.clone().unwrap().contains("pick it with @"),
+        "{:?}",
+        app.flash
+    );
+    // The other screens are one company's: they say to pick one.
+    press(&mut app, KeyCode::Char('6'));
+    let (text, _) = render(&app, 80, 24);
+    assert!(
+        text.contains("press @ and pick one (co1, co2, co3)"),
+        "{text}"
+    );
+
+    // Back to the company the link shows: no new connection.
+    press(&mut app, KeyCode::Char('@'));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Down);
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Enter)));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Watch(_))));
+    assert_eq!(app.watching, Watching::One("co2".into()));
+
+    // Another company: the link is asked to watch it; until it does, nothing changes.
+    app.staged.push(("alerts.error_rate_percent".into(), 12.0));
+    press(&mut app, KeyCode::Char('@'));
+    press(&mut app, KeyCode::Up);
+    let effects = update(&mut app, Msg::Key(key(KeyCode::Enter)));
+    let asked: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Watch(_)))
+        .collect();
+    assert!(
+        matches!(asked[..], [Effect::Watch(id)] if id == "co1"),
+        "{effects:?}"
+    );
+    assert_eq!(app.watched(), Some("co2"));
+    let mut co1 = snapshot();
+    co1.catalog.counts.synced = 4242;
+    update(
+        &mut app,
+        Msg::Watched(Ok((
+            CompanyTag::new("co1", "Café Andino SAS"),
+            Arc::new(co1),
+        ))),
+    );
+    assert_eq!(app.watched(), Some("co1"));
+    assert_eq!(
+        app.snapshot.catalog.counts.synced, 4242,
+        "co1's view, whole"
+    );
+    assert!(
+        app.staged.is_empty(),
+        "co2's staged thresholds never reach co1"
+    );
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("@co1 Café Andino SAS"),
+        "{text}"
+    );
+    let sent = request(update(&mut app, Msg::Key(key(KeyCode::Char('p'))))).unwrap();
+    assert_eq!(sent.company.as_deref(), Some("co1"));
+    // A switch the link could not make leaves the company watched as it was.
+    update(
+        &mut app,
+        Msg::Watched(Err("company co3 did not start".into())),
+    );
+    assert_eq!(app.watched(), Some("co1"));
+    assert!(
+        app.flash.clone().unwrap().contains("did not start"),
+        "{:?}",
+        app.flash
+    );
+}

@@ -19,8 +19,17 @@ use super::{Config, ConfigError, line_of_key, redact_quoted};
 /// The id of the one company of a config without `[[companies]]`.
 pub const DEFAULT_COMPANY: &str = "default";
 
-/// The tables a company may set, in the order they are laid over.
-pub const COMPANY_TABLES: [&str; 4] = ["stripe", "quickbooks", "alegra", "compliance"];
+/// The tables a company may set, in the order they are laid over. `alerts` and
+/// `anomaly` hold its thresholds: those tuned at run time are saved there
+/// ([`super::persist_thresholds`]), never in the shared top-level tables.
+pub const COMPANY_TABLES: [&str; 6] = [
+    "stripe",
+    "quickbooks",
+    "alegra",
+    "compliance",
+    "alerts",
+    "anomaly",
+];
 
 /// The keys of a company's tables that hold secrets (`table`, `key`).
 const COMPANY_SECRETS: [(&str, &str); 6] = [
@@ -49,6 +58,12 @@ pub struct CompanyConfig {
     pub alegra: toml::Table,
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub compliance: toml::Table,
+    /// Its alert thresholds (tuned at run time for this company alone).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub alerts: toml::Table,
+    /// Its anomaly thresholds (tuned at run time for this company alone).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub anomaly: toml::Table,
 }
 
 impl fmt::Debug for CompanyConfig {
@@ -62,6 +77,8 @@ impl fmt::Debug for CompanyConfig {
             .field("quickbooks", &keys(&self.quickbooks))
             .field("alegra", &keys(&self.alegra))
             .field("compliance", &keys(&self.compliance))
+            .field("alerts", &keys(&self.alerts))
+            .field("anomaly", &keys(&self.anomaly))
             .finish()
     }
 }
@@ -73,6 +90,8 @@ impl CompanyConfig {
             "quickbooks" => Some(&self.quickbooks),
             "alegra" => Some(&self.alegra),
             "compliance" => Some(&self.compliance),
+            "alerts" => Some(&self.alerts),
+            "anomaly" => Some(&self.anomaly),
             _ => None,
         }
     }
@@ -83,6 +102,8 @@ impl CompanyConfig {
             "quickbooks" => Some(&mut self.quickbooks),
             "alegra" => Some(&mut self.alegra),
             "compliance" => Some(&mut self.compliance),
+            "alerts" => Some(&mut self.alerts),
+            "anomaly" => Some(&mut self.anomaly),
             _ => None,
         }
     }
@@ -248,6 +269,7 @@ impl Config {
                 OverlayError { key, message }
             })?;
         config.source = self.source.clone();
+        config.company = Some(company.id.clone());
         Ok(config)
     }
 

@@ -65,6 +65,8 @@ pub enum Action {
     Chain,
     /// `B`: write an incident bundle to a file (`syncctl bundle show FILE` opens it).
     WriteBundle,
+    /// `@`: the company picker — all companies, or one (an engine serving several).
+    PickCompany,
 }
 
 impl Action {
@@ -118,7 +120,8 @@ impl Action {
             | Action::CommandLine
             | Action::Who
             | Action::Chain
-            | Action::WriteBundle => None,
+            | Action::WriteBundle
+            | Action::PickCompany => None,
         }
     }
 }
@@ -391,6 +394,14 @@ pub const BINDINGS: &[Binding] = &[
         scope: Scope::Global,
         hint: None,
         help: "chain of the selected row: product → Item → Alegra → DIAN (:chain KEY)",
+    },
+    Binding {
+        keys: &[KeyCode::Char('@')],
+        label: "@",
+        action: Action::PickCompany,
+        scope: Scope::Global,
+        hint: None,
+        help: "company: all (one row each on the Overview) or one (every screen and command is its)",
     },
     Binding {
         keys: &[KeyCode::Char('B')],

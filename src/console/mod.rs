@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{CommandError, Link, Pacer, Query, Request, Shown};
+use crate::protocol::{CommandError, CompanyTag, Link, Pacer, Query, Request, Shown};
 use state::App;
 use theme::Theme;
 use update::{Effect, Msg, Signal, update};
@@ -116,8 +116,13 @@ async fn event_loop<L: Link>(
     // bring back at once (a command the engine could not take, the sandbox's answer).
     let mut inbox = VecDeque::new();
     let mut snapshots = engine.snapshots();
+    // Several companies: each one's row, and which one the link shows.
+    let mut companies = engine.companies();
+    let mut follow_companies = true;
     let mut app = App::new(snapshots.borrow_and_update().clone(), Theme::from_env())
-        .with_sandbox(engine.sandbox());
+        .with_sandbox(engine.sandbox())
+        .with_company(engine.company())
+        .with_companies(companies.borrow_and_update().clone());
     // Where the console stands with its engine, and who else is attached: followed
     // while their senders live (an engine in this process has fixed answers).
     let mut link = engine.state();
@@ -158,6 +163,10 @@ async fn event_loop<L: Link>(
                         urgent |= now;
                     }
                     Effect::Exit => return Ok(()),
+                    Effect::Watch(id) => {
+                        let watched = watch(engine, id, &mut snapshots, &mut app).await;
+                        inbox.push_back(Msg::Watched(watched));
+                    }
                 }
             }
         }
@@ -197,11 +206,33 @@ async fn event_loop<L: Link>(
                 Ok(()) => Msg::Consoles(consoles.borrow_and_update().clone()),
                 Err(_) => { follow_consoles = false; continue; }
             },
+            changed = companies.changed(), if follow_companies => match changed {
+                Ok(()) => Msg::Companies(companies.borrow_and_update().clone()),
+                Err(_) => { follow_companies = false; continue; }
+            },
             _ = poll.tick(), if app.polls_detail() => Msg::Tick,
             _ = tokio::time::sleep_until(next_frame), if dirty => continue,
         };
         inbox.push_back(msg);
     }
+}
+
+/// Has the link watch company `id`: that company's snapshots (and the demo's sandbox
+/// as it reaches it) from now on, with its first view; or why not.
+async fn watch<L: Link>(
+    engine: &mut L,
+    id: String,
+    snapshots: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::protocol::Snapshot>>,
+    app: &mut App,
+) -> Result<(CompanyTag, std::sync::Arc<crate::protocol::Snapshot>), String> {
+    engine.watch_company(&id).await?;
+    *snapshots = engine.snapshots();
+    let first = snapshots.borrow_and_update().clone();
+    let tag = engine
+        .company()
+        .unwrap_or_else(|| CompanyTag::new(id.clone(), id));
+    app.sandbox = engine.sandbox();
+    Ok((tag, first))
 }
 
 /// The terminal event as a message (`None`: nothing the console acts on).

@@ -11,10 +11,10 @@ pub use super::selection::{Selection, Step};
 pub use super::tab::Tab;
 use super::theme::Theme;
 use crate::protocol::{
-    AttachedConsole, AuditEntry, BreakerAction, CacheScope, Command, Discrepancy, ImpactPreview,
-    InvoiceDetail, InvoiceRecord, KnownValues, LinkState, OPERATOR, Pipeline, SandboxFaults,
-    Service, Shown, Snapshot, State as BreakerState, Status as InvoiceStatus, ThresholdChange,
-    WhatIf, complete_with, operator,
+    AttachedConsole, AuditEntry, BreakerAction, CacheScope, Command, CompanyRow, CompanyTag,
+    Discrepancy, ImpactPreview, InvoiceDetail, InvoiceRecord, KnownValues, LinkState, OPERATOR,
+    Pipeline, SandboxFaults, Service, Shown, Snapshot, State as BreakerState,
+    Status as InvoiceStatus, ThresholdChange, Watching, WhatIf, complete_with, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -397,6 +397,16 @@ pub struct App {
     /// Read-only: the engine actions of the key table are neither shown nor carried
     /// out, and the `:` line sends no command (`--read-only`, a viewer token).
     pub read_only: bool,
+    /// Every company the engine's process serves, each one's row (empty for one
+    /// company: no selector).
+    pub companies: Vec<CompanyRow>,
+    /// The company the snapshot is of, as the link says (None: it did not say).
+    pub company: Option<CompanyTag>,
+    /// All companies, or the one whose snapshot is shown and to which every command
+    /// goes ([`App::company`]).
+    pub watching: Watching,
+    /// The company picker (`@`), open: the row selected (0: all, then each company).
+    pub picker: Option<usize>,
 }
 
 impl App {
@@ -447,7 +457,79 @@ impl App {
             who: false,
             chain: None,
             read_only: false,
+            companies: Vec::new(),
+            company: None,
+            watching: Watching::One(String::new()),
+            picker: None,
         }
+    }
+
+    /// The company the snapshot is of, as the link says (one company: its tag, or none).
+    #[must_use]
+    pub fn with_company(mut self, company: Option<CompanyTag>) -> Self {
+        self.watching = Watching::One(company.as_ref().map(|c| c.id.clone()).unwrap_or_default());
+        self.company = company;
+        self
+    }
+
+    /// The companies' rows (several: the selector `@` and the header's company).
+    #[must_use]
+    pub fn with_companies(mut self, rows: Vec<CompanyRow>) -> Self {
+        self.companies = rows;
+        self
+    }
+
+    /// Whether the engine's process serves several companies (the selector shows).
+    pub fn several(&self) -> bool {
+        self.companies.len() > 1
+    }
+
+    /// Whether the console shows every company (the Overview's rows; nothing acts).
+    pub fn watching_all(&self) -> bool {
+        self.several() && self.watching == Watching::All
+    }
+
+    /// The company every command names: the one watched (None: one company, or the
+    /// link did not say which).
+    pub fn watched(&self) -> Option<&str> {
+        match &self.watching {
+            Watching::One(id) if !id.is_empty() => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The picker's rows: "all companies", then each company (its label), in order.
+    pub fn picker_rows(&self) -> Vec<(Watching, String)> {
+        let mut rows = vec![(
+            Watching::All,
+            format!("all companies ({})", self.companies.len()),
+        )];
+        rows.extend(
+            self.companies
+                .iter()
+                .map(|r| (Watching::One(r.company.id.clone()), r.company.label())),
+        );
+        rows
+    }
+
+    /// The picker's row of what is watched now.
+    pub fn picker_row(&self) -> usize {
+        self.picker_rows()
+            .iter()
+            .position(|(w, _)| *w == self.watching)
+            .unwrap_or(0)
+    }
+
+    /// The flash line when "all companies" is shown and `what` would act on one.
+    pub fn pick_first(&self, what: &str) -> String {
+        format!(
+            "all companies shown: {what} acts on one company — pick it with @ first ({})",
+            self.companies
+                .iter()
+                .map(|r| r.company.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 
     /// Read-only (`--read-only`, or attached with a viewer token): actions are hidden

@@ -20,9 +20,9 @@ use super::keymap::{self, Action};
 use super::state::{App, Confirm, EVENTS_PAGE, EventsSearch, PromptKind, Step, Tab, num};
 use crate::protocol::{
     AlertMatcher, Answer, AttachedConsole, AuditFilter, BUNDLE_EVENTS, BreakerAction, Bundle,
-    CacheScope, Command, CommandError, FaultPatch, InvoiceDetail, LinkState, MAX_SILENCE_SECS,
-    Pipeline, Query, QueryReply, Reply, Request, Snapshot, State as BreakerState,
-    Status as InvoiceStatus, check_threshold, parse_duration,
+    CacheScope, Command, CommandError, CompanyRow, CompanyTag, FaultPatch, InvoiceDetail,
+    LinkState, MAX_SILENCE_SECS, Pipeline, Query, QueryReply, Reply, Request, Snapshot,
+    State as BreakerState, Status as InvoiceStatus, Watching, check_threshold, parse_duration,
 };
 
 /// How far the help may be scrolled at most (more than any help has lines).
@@ -63,6 +63,10 @@ pub enum Msg {
     Link(LinkState),
     /// The consoles attached to the engine now.
     Consoles(Vec<AttachedConsole>),
+    /// Every company's row now (several companies).
+    Companies(Vec<CompanyRow>),
+    /// The link watches another company now, with its first snapshot, or why not.
+    Watched(Result<(CompanyTag, Arc<Snapshot>), String>),
 }
 
 /// Something for the run loop to do, as [`update`] decided.
@@ -83,6 +87,9 @@ pub enum Effect {
     Redraw { urgent: bool },
     /// Leave the run loop: the engine has stopped, or this attached console detaches.
     Exit,
+    /// Watch company `id` through the link from now on; the outcome comes back as
+    /// [`Msg::Watched`].
+    Watch(String),
 }
 
 /// A signal that asks the console to stop (SIGTERM, SIGHUP, SIGINT from `kill`;
@@ -135,6 +142,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.consoles = consoles;
             effects.push(redraw(false));
         }
+        Msg::Companies(rows) => {
+            app.companies = rows;
+            effects.push(redraw(false));
+        }
+        Msg::Watched(result) => {
+            app.apply_watched(result);
+            effects.push(redraw(true));
+        }
         Msg::Reply { command, reply } => {
             app.apply_reply(&command, reply);
             effects.push(redraw(true));
@@ -185,9 +200,94 @@ impl App {
         update(self, Msg::Reply { command, reply });
     }
 
-    /// `command` as a request from this console's operator.
+    /// `command` as a request from this console's operator, for the company it
+    /// watches (the link delivers it there or nowhere).
     fn send(&self, command: Command) -> Option<Effect> {
-        Some(Effect::Send(Request::new(self.actor.clone(), command)))
+        Some(Effect::Send(
+            Request::new(self.actor.clone(), command).for_company(self.watched()),
+        ))
+    }
+
+    /// The link watches another company now (or could not): what was chosen, staged,
+    /// asked or selected for the company before is dropped, so nothing of it reaches
+    /// this one.
+    fn apply_watched(&mut self, result: Result<(CompanyTag, Arc<Snapshot>), String>) {
+        match result {
+            Ok((tag, snapshot)) => {
+                self.flash = Some(format!("watching company {}", tag.label()));
+                self.watching = Watching::One(tag.id.clone());
+                self.company = Some(tag);
+                self.forget_company_state();
+                // Another company's view, whole: not a change of the one shown (no
+                // "resumed" flash), and not frozen.
+                self.snapshot = snapshot;
+                self.frozen = false;
+            }
+            Err(why) => self.flash = Some(format!("company not switched: {why}")),
+        }
+    }
+
+    /// Drops what belongs to the company watched until now: dialogs, prompts, staged
+    /// thresholds and their what-ifs, selections, searches, the invoice detail.
+    fn forget_company_state(&mut self) {
+        self.confirm = None;
+        self.preview = None;
+        self.prompt = None;
+        self.chain = None;
+        self.staged.clear();
+        self.staged_for = None;
+        self.what_ifs.clear();
+        self.setting_row = 0;
+        self.circuit = 0;
+        self.alert_sel = Default::default();
+        self.recon_sel = Default::default();
+        self.dian_sel = Default::default();
+        self.events_search = None;
+        self.events_offset = 0;
+        self.detail = None;
+        self.detail_asked = None;
+        self.detail_pending = false;
+    }
+
+    /// A key while the company picker is open: move, choose (Enter), or close (Esc, @).
+    fn apply_picker_key(&mut self, row: usize, key: KeyEvent) -> Option<Effect> {
+        let rows = self.picker_rows();
+        let last = rows.len().saturating_sub(1);
+        match key.code {
+            KeyCode::Up | KeyCode::Char('k') => self.picker = Some(row.saturating_sub(1)),
+            KeyCode::Down | KeyCode::Char('j') => self.picker = Some((row + 1).min(last)),
+            KeyCode::Home | KeyCode::Char('g') => self.picker = Some(0),
+            KeyCode::End | KeyCode::Char('G') => self.picker = Some(last),
+            KeyCode::Enter => {
+                self.picker = None;
+                let (choice, label) = rows.get(row)?.clone();
+                if choice == self.watching {
+                    return None;
+                }
+                match choice {
+                    Watching::All => {
+                        self.watching = Watching::All;
+                        self.forget_company_state();
+                        self.tab = Tab::Overview;
+                        self.flash = Some(format!(
+                            "showing {label}: one row each; pick one with @ to see or act on it"
+                        ));
+                    }
+                    // Back from "all" to the company the link shows: nothing to switch.
+                    Watching::One(id) if self.company.as_ref().is_some_and(|c| c.id == id) => {
+                        self.watching = Watching::One(id);
+                        self.flash = Some(format!("watching company {label}"));
+                    }
+                    Watching::One(id) => {
+                        self.flash = Some(format!("switching to company {label}…"));
+                        return Some(Effect::Watch(id));
+                    }
+                }
+            }
+            KeyCode::Esc | KeyCode::Char('@') | KeyCode::Char('q') => self.picker = None,
+            _ => {}
+        }
+        None
     }
 
     /// A query's answer: the invoice detail, the chain, a bundle to write, a what-if.
@@ -718,6 +818,9 @@ impl App {
         if let Some(confirm) = self.confirm.clone() {
             return self.apply_confirm_key(confirm, key);
         }
+        if let Some(row) = self.picker {
+            return self.apply_picker_key(row, key);
+        }
         if let Some(panel) = &mut self.chain {
             // The chain scrolls; any other key closes it.
             match key.code {
@@ -778,6 +881,13 @@ impl App {
             self.flash = Some(self.refusal(what));
             return None;
         }
+        // And the one place "all companies" refuses it: every action acts on one.
+        if self.watching_all()
+            && let Some(what) = action.engine_action()
+        {
+            self.flash = Some(self.pick_first(what));
+            return None;
+        }
         let circuit = |app: &mut Self, to: Option<BreakerState>| {
             let service = app.selected_service()?;
             app.open_confirm(Confirm::Breaker { service, to })
@@ -832,6 +942,10 @@ impl App {
                 self.confirm = Some(Confirm::Quit);
                 self.confirm_focus_ok = false;
             }
+            Action::PickCompany if !self.several() => {
+                self.flash = Some("this engine serves one company: nothing to pick".into());
+            }
+            Action::PickCompany => self.picker = Some(self.picker_row()),
             Action::ToggleFreeze if matches!(self.link, LinkState::Bundle { .. }) => {
                 self.flash = Some("an incident bundle is frozen as it was taken".into());
             }
@@ -1281,6 +1395,10 @@ impl App {
     /// (the quit's drain) ask first in the same dialog, the exact effect spelled out;
     /// the rest is sent at once. The reply comes back to the flash line.
     fn run_typed(&mut self, command: Command) -> Option<Effect> {
+        if self.watching_all() && !matches!(command, Command::Shutdown {}) {
+            self.flash = Some(self.pick_first(&format!("`{command}`")));
+            return None;
+        }
         if matches!(command, Command::Shutdown {}) && !self.link.hosted() {
             // Only the console hosting the engine drains it.
             self.flash = Some(

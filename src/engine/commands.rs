@@ -180,6 +180,7 @@ impl Ctx {
             actor,
             command,
             role,
+            company: _,
         } = request;
         let mut entity = entity(&command);
         let reply = allowed(role, &actor)
@@ -573,9 +574,13 @@ impl Publisher {
             .collect();
         let saved = match &self.config.source {
             Some(path) => {
-                crate::config::persist_thresholds(path, &pairs)
+                let company = self.config.company.as_deref();
+                crate::config::persist_thresholds(path, company, &pairs)
                     .map_err(|e| CommandError::unavailable(format!("not applied: {e:#}")))?;
-                format!("saved to {}", path.display())
+                match company {
+                    Some(id) => format!("saved to {} for company {id} alone", path.display()),
+                    None => format!("saved to {}", path.display()),
+                }
             }
             None => "not saved: no config file; start with --config FILE to keep them".into(),
         };

@@ -836,7 +836,14 @@ impl Publisher {
                 ..self.telemetry_view.clone()
             },
             profile: self.profile(),
-            config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
+            config_file: self
+                .config
+                .source
+                .as_ref()
+                .map(|p| match &self.config.company {
+                    Some(id) => format!("{} ([[companies]] {id})", p.display()),
+                    None => p.display().to_string(),
+                }),
             compliance,
             reconciliation: self
                 .reconciler

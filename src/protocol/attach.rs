@@ -14,6 +14,7 @@
 //!    │◀─ Answer {id, reply} ──────────────────────│
 //!    │── Show {audit, charts, downstreams} ──────▶│  those parts only while shown
 //!    │◀─ Event {event} / Consoles {consoles} ─────│  pushed
+//!    │◀─ Companies {companies} ───────────────────│  one row per company, when several
 //!    │◀▶ Ping / Pong ─────────────────────────────│  heartbeat, either way
 //! ```
 //!
@@ -209,6 +210,12 @@ pub enum ServerFrame {
     Consoles {
         consoles: Vec<AttachedConsole>,
     },
+    /// One row per company the engine's process serves (sent when it serves several:
+    /// on attach, then at most once a second while a row changes), for the console's
+    /// "all companies" overview.
+    Companies {
+        companies: Vec<super::companies::CompanyRow>,
+    },
     Ping,
     Pong,
 }
@@ -229,6 +236,15 @@ pub struct Welcome {
     pub role: Role,
     /// How the audit trail names this console's actions.
     pub actor: String,
+    /// The company this connection shows and acts on (`?company=ID` on the console's
+    /// URL; the first one when the engine serves several and none was named). None from
+    /// an engine that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<super::companies::CompanyTag>,
+    /// Every company the engine's process serves, in its config's order (one: the
+    /// selector stays hidden).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub companies: Vec<super::companies::CompanyTag>,
 }
 
 /// One attached console, as the others see it.

@@ -91,6 +91,11 @@ pub struct Request {
     /// the one place that decides, whatever a client sends.
     #[serde(default)]
     pub role: super::operator::Role,
+    /// The company the sender is looking at, when it serves several: a front-end that
+    /// hosts or reaches several engines delivers the request to that company's only,
+    /// and refuses it when it cannot (None: the one the front-end is connected to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
 }
 
 impl Request {
@@ -100,7 +105,15 @@ impl Request {
             actor: actor.into(),
             command,
             role: super::operator::Role::Operator,
+            company: None,
         }
+    }
+
+    /// The same request, for company `id` (None: whichever the front-end reaches).
+    #[must_use]
+    pub fn for_company(mut self, id: Option<&str>) -> Self {
+        self.company = id.map(str::to_owned);
+        self
     }
 
     /// The same request, by a caller of `role`.

@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::attach::{AttachedConsole, Shown};
 use super::command::{Query, Reply, Request};
+use super::companies::{CompanyRow, CompanyTag};
 use super::faults::FaultPatch;
 use super::operator::Role;
 use super::query::QueryReply;
@@ -74,6 +75,26 @@ pub trait Link: Send {
     /// and go.
     fn consoles(&self) -> watch::Receiver<Vec<AttachedConsole>> {
         watch::Sender::new(Vec::new()).subscribe()
+    }
+
+    /// One row per company the engine's process serves, changing as they do (empty
+    /// for one company: the console shows no selector).
+    fn companies(&self) -> watch::Receiver<Vec<CompanyRow>> {
+        watch::Sender::new(Vec::new()).subscribe()
+    }
+
+    /// The company whose snapshots [`snapshots`](Link::snapshots) gives and to which
+    /// commands and queries go (None: the engine did not say).
+    fn company(&self) -> Option<CompanyTag> {
+        None
+    }
+
+    /// Watches company `id` from now on: [`snapshots`](Link::snapshots), asked again,
+    /// gives its engine's, and every command and query goes to it. The error says why
+    /// not (no such company, its engine is not running); the company watched stays.
+    fn watch_company(&mut self, id: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let why = format!("this engine serves one company; there is no {id:?} to watch");
+        async move { Err(why) }
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod bundle;
 pub mod command;
+pub mod companies;
 pub mod events;
 pub mod faults;
 pub mod invoices;
@@ -38,6 +39,7 @@ pub use attach::{
 };
 pub use bundle::{BUNDLE_EVENTS, BUNDLE_FORMAT, Bundle, BundleSeries, MAX_BUNDLE_EVENTS, REDACTED};
 pub use command::*;
+pub use companies::{CompanyRow, CompanyTag, QuotaMeter, Watching};
 pub use events::*;
 pub use faults::*;
 pub use invoices::*;

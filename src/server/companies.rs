@@ -186,6 +186,10 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
     };
     match path.as_str() {
         "/api/v1/companies" => forward(first, req).await,
+        // A console attached without a company watches the first one; its selector
+        // reaches the others (each connection is one company's: every command of it
+        // goes there, and the welcome says which).
+        crate::protocol::CONSOLE_PATH => forward(first, req).await,
         "/metrics" => {
             let mut req = req;
             req.extensions_mut().insert(AllCompanies);

@@ -22,8 +22,9 @@ use super::ServerState;
 use super::api::Actor;
 use crate::protocol::attach::{self, DEFAULT_FPS, Packer, check_version, diff};
 use crate::protocol::{
-    AttachedConsole, ClientFrame, CommandError, EngineEvent, Hello, PROTOCOL_VERSION, Pacer, Query,
-    Request, Role, ServerFrame, Shown, Snapshot, Welcome,
+    AttachedConsole, ClientFrame, CommandError, CompanyRow, CompanyTag, EngineEvent, Hello,
+    PROTOCOL_VERSION, Pacer, Query, QuotaMeter, Request, Role, ServerFrame, Shown, Snapshot,
+    Welcome,
 };
 
 /// How long a console has to send its hello.
@@ -160,6 +161,45 @@ async fn serve(socket: WebSocket, st: ServerState, actor: Actor, addr: SocketAdd
     tracing::info!("console detached: {} (connection {id})", me.label());
 }
 
+/// With several companies: each one's row, sent at once and then at most once a second
+/// while one changes.
+struct CompanyFeed {
+    meters: Vec<QuotaMeter>,
+    /// The rows sent last (None: one company, nothing to send).
+    last: Option<Vec<CompanyRow>>,
+    tick: tokio::time::Interval,
+}
+
+impl CompanyFeed {
+    fn new(session: &Session<'_>) -> Self {
+        let mut meters = Vec::new();
+        let last = session.company_rows(&mut meters);
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        CompanyFeed { meters, last, tick }
+    }
+
+    /// The rows as a frame.
+    fn frame(&self) -> Option<ServerFrame> {
+        self.last
+            .clone()
+            .map(|companies| ServerFrame::Companies { companies })
+    }
+
+    /// The rows now, when they changed.
+    fn next(&mut self, session: &Session<'_>) -> Option<ServerFrame> {
+        let now = session.company_rows(&mut self.meters);
+        if now == self.last {
+            return None;
+        }
+        self.last = now;
+        self.frame()
+    }
+}
+
 struct Session<'a> {
     st: &'a ServerState,
     id: u64,
@@ -218,6 +258,14 @@ impl Session<'_> {
             heartbeat_secs: heartbeat.as_secs_f64(),
             role: self.role,
             actor: self.name.clone(),
+            company: Some(self.company_tag()),
+            companies: self
+                .st
+                .control
+                .companies
+                .iter()
+                .map(|c| CompanyTag::new(&c.id, &c.name))
+                .collect(),
         });
         let shown = self.view(first);
         let snapshot = ServerFrame::Snapshot {
@@ -231,6 +279,42 @@ impl Session<'_> {
                 .send(tx, &ServerFrame::Consoles { consoles: listed })
                 .await)
             .then_some(shown)
+    }
+
+    /// The company this connection shows and acts on.
+    fn company_tag(&self) -> CompanyTag {
+        let c = &self.st.company;
+        let name = self
+            .st
+            .control
+            .companies
+            .iter()
+            .find(|r| r.id == *c)
+            .map_or(c.as_str(), |r| r.name.as_str());
+        CompanyTag::new(c, name)
+    }
+
+    /// Every company's row now (None with one company: no selector, no rows).
+    fn company_rows(&self, meters: &mut Vec<QuotaMeter>) -> Option<Vec<CompanyRow>> {
+        let companies = &self.st.control.companies;
+        if companies.len() < 2 {
+            return None;
+        }
+        let now: Vec<_> = companies
+            .iter()
+            .map(|c| {
+                let tag = CompanyTag::new(&c.id, &c.name);
+                (
+                    tag,
+                    c.engine.as_ref().map(|e| e.latest()).map_err(Clone::clone),
+                )
+            })
+            .collect();
+        Some(crate::protocol::companies::rows(
+            &now,
+            meters,
+            crate::protocol::companies::wall_ms(),
+        ))
     }
 
     async fn run(&mut self, tx: &mut Tx, rx: &mut futures_util::stream::SplitStream<WebSocket>) {
@@ -254,8 +338,18 @@ impl Session<'_> {
         // between two regular ones, as an operator's action, goes at once).
         let mut pace = Pacer::new(self.max_fps, tokio::time::Instant::now());
         let mut pending = false;
+        let mut feed = CompanyFeed::new(self);
+        if let Some(first) = feed.frame()
+            && !self.send(tx, &first).await
+        {
+            return;
+        }
         loop {
             let out = tokio::select! {
+                _ = feed.tick.tick(), if feed.last.is_some() => match feed.next(self) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
                 changed = snapshots.changed(), if !pending => {
                     if changed.is_err() {
                         break;

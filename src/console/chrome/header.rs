@@ -12,7 +12,9 @@
 //! ```
 //!
 //! All nine tabs are always named: in full from 100 columns when they fit, else in
-//! short (each name against its key when that keeps the header to one row). The status always shows SANDBOX/LIVE, the catalog's state, DIAN paused,
+//! short (each name against its key when that keeps the header to one row). With
+//! several companies the status always shows the one watched (`@co2`, its name when
+//! it fits), or `@ ALL N companies`. The status always shows SANDBOX/LIVE, the catalog's state, DIAN paused,
 //! FROZEN, ATTACHED (and where) or RECONNECTING (as of when) and READ-ONLY; what goes first when the
 //! row is short: the webhook address, the word "catalog",
 //! "stale:", the name.
@@ -100,8 +102,10 @@ fn plan(app: &App, width: u16) -> Plan {
     };
     for &n in names {
         let tabs = tabs(app, n).width();
+        // The tabs' full names only beside every piece of rank 1 (the company's name).
+        let least = u8::from(n == Names::Full);
         // The status keeps what fits beside the tabs, with a column between them.
-        if let Some(keep) = (0..=MOST_DROPPABLE)
+        if let Some(keep) = (least..=MOST_DROPPABLE)
             .rev()
             .find(|k| status_width(*k) + 1 + tabs <= width)
         {
@@ -152,15 +156,39 @@ fn pieces(app: &App) -> Vec<Piece> {
             drop: 2,
         },
         always(Span::styled(badge, badge_style)),
-        Piece {
+    ];
+    // Several companies: which one is shown, always (`@` picks another); with all of
+    // them, no one company's state.
+    if app.watching_all() {
+        out.push(always(Span::styled(
+            format!(" @ ALL {} companies", app.companies.len()),
+            t.key,
+        )));
+    } else if app.several() {
+        let id = app.watched().unwrap_or("?");
+        out.push(always(Span::styled(format!(" @{id}"), t.key)));
+        if let Some(c) = app.company.as_ref().filter(|c| c.name != c.id) {
+            out.push(Piece {
+                span: Span::styled(
+                    format!(" {}", c.name.chars().take(24).collect::<String>()),
+                    t.dim,
+                ),
+                // Before the tabs' full names and the other words: which company
+                // this is matters more.
+                drop: 1,
+            });
+        }
+    }
+    if !app.watching_all() || s.draining || app.quitting {
+        out.push(Piece {
             span: Span::raw(" catalog"),
             drop: 4,
-        },
-        always(Span::raw(" ")),
-        always(Span::styled(state, state_style)),
-    ];
+        });
+        out.push(always(Span::raw(" ")));
+        out.push(always(Span::styled(state, state_style)));
+    }
     // The compliance pipeline is named only while paused (nothing goes to DIAN then).
-    if s.compliance.paused && !s.draining && !app.quitting {
+    if s.compliance.paused && !s.draining && !app.quitting && !app.watching_all() {
         out.push(always(Span::raw("  DIAN ")));
         out.push(always(Span::styled("‖ paused", t.warn)));
     }

@@ -22,6 +22,7 @@ pub mod footer;
 pub mod format;
 pub mod header;
 pub mod help;
+pub mod picker;
 pub mod who;
 pub mod widgets;
 

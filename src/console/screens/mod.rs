@@ -19,6 +19,7 @@
 
 mod alerts;
 mod circuits;
+mod companies;
 mod dian;
 mod events;
 mod overview;
@@ -48,6 +49,10 @@ pub fn draw(frame: &mut Frame, app: &App) {
     .areas(area);
     chrome::header::draw(frame, header, app);
     match app.tab {
+        // Every company (the selector's "all"): one row each; the other screens are
+        // one company's, so they say to pick one.
+        Tab::Overview if app.watching_all() => companies::draw_overview(frame, body, app),
+        _ if app.watching_all() => companies::draw_pick(frame, body, app),
         Tab::Overview => overview::draw(frame, body, app),
         Tab::Throughput => throughput::draw(frame, body, app),
         Tab::Circuits => circuits::draw(frame, body, app),
@@ -70,6 +75,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
     }
     if app.chain.is_some() {
         chrome::chain::draw(frame, area, app);
+    }
+    if app.picker.is_some() {
+        chrome::picker::draw(frame, area, app);
     }
     if app.confirm.is_some() {
         chrome::confirm::draw(frame, area, app);

@@ -8,6 +8,8 @@
 
 mod integrity;
 mod invoices;
+pub mod pg_leader;
+pub mod pg_throwaway;
 pub mod postgres;
 pub mod private;
 pub mod queue;

@@ -333,9 +333,10 @@ async fn a_killed_engines_jobs_are_finished_by_the_other_after_its_leases_run_ou
 
 const COMPANIES: usize = 4;
 const PER_COMPANY: usize = 2000;
-/// Each company's QuickBooks quota (units a minute): 2,000 Items take well over a
-/// minute at it, so the sandbox's 60-second rate window fills while work remains.
-const QUOTA: u32 = 1500;
+/// Each company's QuickBooks quota (units a minute): 2,000 Items (2 to 3 units each
+/// today: a query by Sku, then the create) take over a minute at it, so the sandbox's
+/// 60-second rate window fills while work remains.
+const QUOTA: u32 = 3000;
 /// Invoices paid per company once the three engines run.
 const INVOICES: usize = 4;
 
@@ -379,7 +380,11 @@ async fn companies_config(sb: &SandboxServer, store_url: &str) -> String {
         .text()
         .await
         .unwrap();
-    assert_eq!(printed.matches("[[companies]]").count(), COMPANIES, "{printed}");
+    assert_eq!(
+        printed.matches("[[companies]]").count(),
+        COMPANIES,
+        "{printed}"
+    );
     let quota = format!("rate_limit_per_min = {QUOTA}\n");
     assert!(printed.contains(&quota), "{printed}");
     let (shared, companies) = printed.split_at(printed.find("[[companies]]").unwrap());
@@ -475,7 +480,7 @@ async fn three_engines_share_four_companies_of_2000_products() {
             if qb(s, "items_total") < PER_COMPANY as u64 {
                 highest[i] = highest[i].max(rate);
             }
-            if rate > u64::from(QUOTA) {
+            if rate > u64::from(QUOTA + QUOTA / 30) {
                 over.push(format!("{}: {rate}/min", company(i + 1)));
             }
         }
@@ -519,6 +524,7 @@ async fn three_engines_share_four_companies_of_2000_products() {
         .collect();
 
     // Until every company has one Item per product, nothing open, and its invoices.
+    let mut items_done_at = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     let stats = loop {
         let stats = company_stats(&sb).await;
@@ -542,16 +548,24 @@ async fn three_engines_share_four_companies_of_2000_products() {
                 - a["duplicate_documents"].as_u64().unwrap_or(0)
                 >= INVOICES as u64
         });
-        if items_done && invoices_done && open == 0 && synced == (COMPANIES * PER_COMPANY) as i64
-        {
+        if items_done && items_done_at.is_none() {
+            items_done_at = Some(started.elapsed());
+        }
+        if items_done && invoices_done && open == 0 && synced == (COMPANIES * PER_COMPANY) as i64 {
             break stats;
         }
         assert!(
             Instant::now() < deadline,
             "not done 300 s after the kill: {open} jobs open, {synced} mappings synced, \
              Items {:?}, Alegra {:?}; logs:\n--- b\n{}\n--- c\n{}",
-            stats.iter().map(|s| qb(s, "items_total")).collect::<Vec<_>>(),
-            stats.iter().map(|s| s["alegra"].clone()).collect::<Vec<_>>(),
+            stats
+                .iter()
+                .map(|s| qb(s, "items_total"))
+                .collect::<Vec<_>>(),
+            stats
+                .iter()
+                .map(|s| s["alegra"].clone())
+                .collect::<Vec<_>>(),
             tail(&log_of(home.path(), "b")),
             tail(&log_of(home.path(), "c")),
         );
@@ -564,25 +578,30 @@ async fn three_engines_share_four_companies_of_2000_products() {
         .enumerate()
         .map(|(i, s)| {
             format!(
-                "{}: rate while work remained <= {}/min (peak {}), quota {quota}, {} throttled; \
+                "{}: rate while work remained <= {}/min (peak {}), quota {quota}, {} throttled, \
+                 {:.2} quota units an Item ({} creates, {} queries, {} batches); \
                  Alegra: {} documents, {} twice",
                 company(i + 1),
                 highest[i],
                 qb(s, "peak_rate_per_min"),
                 qb(s, "throttled"),
+                qb(s, "quota_units") as f64 / PER_COMPANY as f64,
+                qb(s, "creates"),
+                qb(s, "queries"),
+                qb(s, "batch_requests"),
                 s["alegra"]["invoices_total"],
                 s["alegra"]["duplicate_documents"],
             )
         })
         .collect();
     eprintln!(
-        "3 engines x {COMPANIES} companies x {PER_COMPANY} products: done in {:.1} s \
-         (engine a killed at {:.1} s, Items then {listed_at_kill:?})\n  {}",
+        "3 engines x {COMPANIES} companies x {PER_COMPANY} products: every Item at {:.1} s, \
+         done in {:.1} s (engine a killed at {:.1} s, Items then {listed_at_kill:?})\n  {}",
+        items_done_at.unwrap_or(took).as_secs_f64(),
         took.as_secs_f64(),
         killed_at.as_secs_f64(),
         figures.join("\n  ")
     );
-
 
     // Every product of every company: exactly one Item (by Sku), no two with one name.
     for k in 1..=COMPANIES {
@@ -610,7 +629,12 @@ async fn three_engines_share_four_companies_of_2000_products() {
             .await
             .unwrap()
             .get::<_, i64>(0);
-        assert_eq!(mapped, PER_COMPANY as i64, "{}: one mapping per product", company(k));
+        assert_eq!(
+            mapped,
+            PER_COMPANY as i64,
+            "{}: one mapping per product",
+            company(k)
+        );
     }
     // The jobs a held when it died ended, claimed again after its lease (or merged
     // into a newer job of their product by that claim).
@@ -648,12 +672,14 @@ async fn three_engines_share_four_companies_of_2000_products() {
             figures.join("\n  ")
         );
     }
-    // The quota: the boxes together never over it (no 429, no minute over it), and
-    // using >= 90 % of it while work remained.
+    // The quota: the boxes together never over it (no 429; no minute over it, to the
+    // meter's resolution: its window is 60 one-second slots, and the sandbox admits a
+    // second's worth as a burst), and using >= 90 % of it while work remained.
+    let ceiling = quota + quota / 30;
     for (i, s) in stats.iter().enumerate() {
         let peak = qb(s, "peak_rate_per_min");
         assert!(
-            over.is_empty() && peak <= quota && qb(s, "throttled") == 0,
+            over.is_empty() && peak <= ceiling && qb(s, "throttled") == 0,
             "{}: the engines together went over the quota of {quota}/min (summed rate \
              samples over it: {over:?}; peak {peak}; {} requests throttled). Until the quota \
              is shared across boxes each engine keeps to the whole quota.\n  {}",

@@ -110,7 +110,9 @@ pub async fn scale(opts: ScaleOptions) -> anyhow::Result<()> {
         .find(|r| r.engines == 1)
         .map(Round::items_per_sec);
     println!();
-    println!("| engines | items/s | x 1 engine | scaling vs linear | PG round trips/item | engine CPU ms/item | 429s |");
+    println!(
+        "| engines | items/s | x 1 engine | scaling vs linear | PG round trips/item | engine CPU ms/item | 429s |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for r in &rounds {
         let (times, linear) = match base {
@@ -130,17 +132,13 @@ pub async fn scale(opts: ScaleOptions) -> anyhow::Result<()> {
         );
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "\n(this machine: {cores} cores for the engines, the sandbox and Postgres together)"
-    );
+    println!("\n(this machine: {cores} cores for the engines, the sandbox and Postgres together)");
     Ok(())
 }
 
 /// A sandbox of `opts.companies` companies on a runtime of its own (its threads apart
 /// from the bench's waits).
-async fn sandbox(
-    opts: &ScaleOptions,
-) -> anyhow::Result<(SandboxServer, tokio::runtime::Runtime)> {
+async fn sandbox(opts: &ScaleOptions) -> anyhow::Result<(SandboxServer, tokio::runtime::Runtime)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-sandbox")
@@ -185,7 +183,11 @@ async fn sandbox(
 
 /// The sandbox's config as it is now (its refresh tokens as last rotated), catalog
 /// only, on the store at `store_url`, with the bench's engine settings.
-async fn config(opts: &ScaleOptions, sb: &SandboxServer, store_url: &str) -> anyhow::Result<String> {
+async fn config(
+    opts: &ScaleOptions,
+    sb: &SandboxServer,
+    store_url: &str,
+) -> anyhow::Result<String> {
     let printed = reqwest::get(format!("http://{}/_sandbox/config", sb.addr))
         .await?
         .text()
@@ -231,8 +233,8 @@ impl Drop for Engine {
 impl Engine {
     /// CPU seconds the process has used (0 off Linux).
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))
-            .unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
         let Some((_, rest)) = stat.rsplit_once(')') else {
             return 0.0;
         };
@@ -273,7 +275,10 @@ fn start_engine(exe: &Path, home: &Path, name: &str, config: &str) -> anyhow::Re
                 std::fs::read_to_string(home.join(format!("{name}.log"))).unwrap_or_default()
             );
         }
-        anyhow::ensure!(Instant::now() < deadline, "engine {name} did not start in 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "engine {name} did not start in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(engine)

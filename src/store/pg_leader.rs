@@ -127,7 +127,10 @@ async fn try_lead(
             .prepare("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .await?;
         loop {
-            let got: bool = client.query_one(&take, &[&LOCK_SPACE, &company]).await?.get(0);
+            let got: bool = client
+                .query_one(&take, &[&LOCK_SPACE, &company])
+                .await?
+                .get(0);
             if got {
                 break;
             }

@@ -6,7 +6,6 @@
 //! Root cannot run `initdb`/`postgres`: as root the server runs as the `postgres` user
 //! (or `nobody`), owning the temporary dir.
 
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -185,7 +184,10 @@ impl Postgres {
                 .await
                 .context("connecting to the throwaway server")?;
             let conn = tokio::spawn(conn);
-            client.batch_execute(&sql).await.context("CREATE DATABASE")?;
+            client
+                .batch_execute(&sql)
+                .await
+                .context("CREATE DATABASE")?;
             drop(client);
             let _ = conn.await;
             anyhow::Ok(())

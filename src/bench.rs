@@ -10,8 +10,10 @@ use crate::app;
 use crate::config::Config;
 
 mod quota;
+mod scale;
 use crate::sandbox::{SandboxOptions, SandboxServer};
 pub use quota::quota;
+pub use scale::{ScaleOptions, scale};
 
 /// A scratch data dir, removed when dropped.
 fn scratch() -> anyhow::Result<tempfile::TempDir> {

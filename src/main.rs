@@ -484,6 +484,35 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
     },
+    /// Total items/s of 1, 2 and 3 engines (`syncctl run` processes of this executable)
+    /// sharing one throwaway PostgreSQL (needs the `postgresql` package), against one
+    /// sandbox of several companies; the scaling against linear and the Postgres round
+    /// trips per item.
+    Scale {
+        #[arg(long, default_value_t = 8)]
+        companies: usize,
+        /// Products of each company.
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        /// Each company's QuickBooks quota, requests a minute (set above what the
+        /// engines ask: the sandbox is not the ceiling).
+        #[arg(long, default_value_t = 60_000)]
+        quota_per_min: u32,
+        /// The sandbox's latency per request: with the workers, each engine's ceiling.
+        #[arg(long, default_value_t = 25)]
+        latency_ms: u64,
+        /// Catalog workers per company in each engine.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Products claimed (and written) together at most.
+        #[arg(long, default_value_t = 1)]
+        claim_batch_max: u32,
+        /// Engine counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        engines: Vec<usize>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -833,6 +862,28 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             max_concurrent,
             latency_ms,
         } => syncctl::bench::resilience(products, rate, max_concurrent, latency_ms).await,
+        BenchCommand::Scale {
+            companies,
+            products,
+            quota_per_min,
+            latency_ms,
+            workers,
+            claim_batch_max,
+            engines,
+            seed,
+        } => {
+            syncctl::bench::scale(syncctl::bench::ScaleOptions {
+                companies,
+                products,
+                quota_per_min,
+                latency_ms,
+                workers,
+                claim_batch_max,
+                engines,
+                seed,
+            })
+            .await
+        }
     }
 }
 

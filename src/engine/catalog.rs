@@ -42,6 +42,9 @@ pub const CLAIM_MAX: usize = 64;
 /// (work that arrives wakes it at once; a job or lease falling due is waited for).
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(5);
 const FULL_SYNC_CURSOR: &str = "catalog.full_sync";
+/// How often a box on a shared store reads the full sync's cursor (see
+/// [`Catalog::full_sync_loop`]).
+const SHARED_CURSOR_EVERY: Duration = Duration::from_secs(5);
 const EVENTS_CURSOR: &str = "catalog.events";
 const PAUSED_CURSOR: &str = "catalog.paused";
 /// Set while a store that started with no mapping has not finished a full sync.
@@ -697,14 +700,67 @@ impl Catalog {
 
     /// The full sync, then again each time an operator asks for it ([`Self::resync`]),
     /// until `cancel`.
+    ///
+    /// On a shared store it starts from the shared cursor as it is now (a box taking
+    /// over the lead resumes the walk where the last leader left it), and a resync asked
+    /// on another box (the cursor starting over) is seen within [`SHARED_CURSOR_EVERY`].
     pub async fn full_sync_loop(&self, cancel: CancellationToken) {
+        let shared = self.queue.is_shared();
         loop {
+            if shared {
+                self.reload_full_sync().await;
+            }
             self.full_sync(cancel.clone()).await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.resync.notified() => {}
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.resync.notified() => break,
+                    _ = tokio::time::sleep(SHARED_CURSOR_EVERY), if shared => {
+                        if !self.reload_full_sync().await.done {
+                            break;
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// What a box that does not lead does about the full sync: follows the shared
+    /// cursor (its snapshot shows the leader's progress) and ends its own adoption by
+    /// Sku once nothing is left, until `cancel`.
+    pub async fn follow_full_sync(&self, cancel: CancellationToken) {
+        let adoption = self.end_sku_adoption(&cancel);
+        let follow = async {
+            loop {
+                self.reload_full_sync().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(SHARED_CURSOR_EVERY) => {}
+                }
+            }
+        };
+        tokio::join!(adoption, follow);
+    }
+
+    /// The full sync's state as the store's cursor has it now (kept as this box's).
+    async fn reload_full_sync(&self) -> crate::protocol::FullSyncState {
+        let mut state = self
+            .metrics
+            .full_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Ok(Some(v)) = self.queue.cursor(FULL_SYNC_CURSOR).await
+            && let Ok(stored) = serde_json::from_str(&v)
+        {
+            state = stored;
+            *self
+                .metrics
+                .full_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = state.clone();
+        }
+        state
     }
 
     /// An operator's re-run of the full sync: every Stripe product is listed again and

@@ -322,3 +322,54 @@ pub(super) async fn history_writer(store: Store, mut batches: mpsc::Receiver<His
         }
     }
 }
+
+/// Runs `lead` while this box leads its company, and `follow` while it does not (each
+/// with a token cancelled when the role changes or the engine stops), until `cancel`.
+/// On SQLite the box always leads: `lead` runs once, as it did before leaders existed.
+pub(super) async fn by_role<L, LF, F, FF>(
+    mut leadership: crate::store::pg_leader::Leadership,
+    what: &'static str,
+    cancel: CancellationToken,
+    mut lead: L,
+    mut follow: F,
+) where
+    L: FnMut(CancellationToken) -> LF,
+    LF: std::future::Future<Output = ()>,
+    F: FnMut(CancellationToken) -> FF,
+    FF: std::future::Future<Output = ()>,
+{
+    use futures_util::future::Either;
+    loop {
+        let leading = leadership.is_leader();
+        let role = cancel.child_token();
+        let run = if leading {
+            Either::Left(lead(role.clone()))
+        } else {
+            tracing::info!("{what}: another box leads this company; this one follows");
+            Either::Right(follow(role.clone()))
+        };
+        tokio::pin!(run);
+        // Until the role changes (or the engine stops): a task that ends by itself
+        // leaves the role as it is.
+        let (still, ended) = tokio::select! {
+            _ = cancel.cancelled() => (false, false),
+            still = leadership.until(!leading) => (still, false),
+            () = &mut run => (true, true),
+        };
+        let still = if ended {
+            tokio::select! {
+                _ = cancel.cancelled() => false,
+                still = leadership.until(!leading) => still,
+            }
+        } else {
+            still
+        };
+        role.cancel();
+        if !ended {
+            run.await;
+        }
+        if !still || cancel.is_cancelled() {
+            return;
+        }
+    }
+}

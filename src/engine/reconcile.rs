@@ -161,6 +161,16 @@ impl Reconciler {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).status = status;
     }
 
+    /// What a box that does not lead its company does (see
+    /// [`crate::store::pg_leader`]): says so, and reads nothing, until `cancel`.
+    pub async fn follow(&self, cancel: CancellationToken) {
+        self.set_status(
+            "another engine on the shared store leads this company: it reads both sides (its view has the rows); this one takes over if it stops"
+                .into(),
+        );
+        cancel.cancelled().await;
+    }
+
     /// Once the catalog's first full sync is done (before, every product would show as
     /// missing, and both sides would be read twice over), reads both sides, then
     /// follows them until `cancel`.

@@ -300,6 +300,15 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
             anyhow::bail!("refusing to start: {why}");
         }
     }
+    // Which box leads the company (see store::pg_leader): on SQLite, this one.
+    let leadership = match &opts.config.store.url {
+        None => crate::store::pg_leader::Leadership::always(),
+        Some(url) => crate::store::pg_leader::Leadership::postgres(
+            url.expose(),
+            &opts.company,
+            cancel.clone(),
+        )?,
+    };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<commands::Message>(64);
     let cmd_tx = Commands::new(cmd_tx);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -329,12 +338,48 @@ pub async fn start(opts: EngineOptions) -> anyhow::Result<EngineHandle> {
                 cancel.clone(),
             ));
         }
-        let (c, k) = (catalog.clone(), cancel.clone());
-        workers.spawn(async move { c.full_sync_loop(k).await });
-        let (c, k) = (catalog.clone(), cancel.clone());
-        workers.spawn(async move { c.reconcile_loop(k).await });
-        let (r, c, k) = (reconciler.clone(), catalog.clone(), cancel.clone());
-        workers.spawn(async move { r.run(&c, k).await });
+        // The full sync and both reconciliations: on a shared store, only the box
+        // leading the company runs them (each box would read both sides on the one
+        // quota); another takes over when it stops.
+        let (c, c2) = (catalog.clone(), catalog.clone());
+        workers.spawn(periodic::by_role(
+            leadership.clone(),
+            "full sync",
+            cancel.clone(),
+            move |k| {
+                let c = c.clone();
+                async move { c.full_sync_loop(k).await }
+            },
+            move |k| {
+                let c = c2.clone();
+                async move { c.follow_full_sync(k).await }
+            },
+        ));
+        let c = catalog.clone();
+        workers.spawn(periodic::by_role(
+            leadership.clone(),
+            "reconciliation of events",
+            cancel.clone(),
+            move |k| {
+                let c = c.clone();
+                async move { c.reconcile_loop(k).await }
+            },
+            |k: CancellationToken| async move { k.cancelled().await },
+        ));
+        let (r, r2, c) = (reconciler.clone(), reconciler.clone(), catalog.clone());
+        workers.spawn(periodic::by_role(
+            leadership.clone(),
+            "reconciliation",
+            cancel.clone(),
+            move |k| {
+                let (r, c) = (r.clone(), c.clone());
+                async move { r.run(&c, k).await }
+            },
+            move |k| {
+                let r = r2.clone();
+                async move { r.follow(k).await }
+            },
+        ));
         if let Some(c) = &compliance {
             let (c2, k) = (c.clone(), cancel.clone());
             workers.spawn(async move { c2.run(k).await });

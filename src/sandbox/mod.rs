@@ -1991,7 +1991,11 @@ mod tests {
             w.keep_event(event(i, now));
         }
         assert_eq!(w.events.len(), EVENTS_KEPT);
-        assert_eq!(w.events.front().unwrap().id, "evt_10", "the oldest went first");
+        assert_eq!(
+            w.events.front().unwrap().id,
+            "evt_10",
+            "the oldest went first"
+        );
         // What a webhook or `/v1/events` carries is unchanged by how it is kept.
         let json = event_json(w.events.back().unwrap());
         assert_eq!(json["data"]["object"]["name"], "Té");

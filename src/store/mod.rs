@@ -9,7 +9,9 @@
 mod integrity;
 mod invoices;
 pub mod pg_invoices;
+pub mod pg_leader;
 pub mod pg_quota;
+pub mod pg_throwaway;
 pub mod pg_tokens;
 pub mod postgres;
 pub mod private;

@@ -205,7 +205,8 @@ impl Catalog {
                 // indexes at once left malloc holding the peak), all but the creates
                 // still on their way, which keep their names. Should the read fail,
                 // what is left is an incomplete index: names are asked for meanwhile.
-                old.by_name.retain(|_, named| matches!(named, Named::Reserved(_)));
+                old.by_name
+                    .retain(|_, named| matches!(named, Named::Reserved(_)));
                 old.by_sku = HashMap::new();
                 old.name_of = HashMap::new();
                 old.absent = HashSet::new();

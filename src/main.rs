@@ -772,19 +772,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
         Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
-        Some(Command::Dian { command }) => {
-            let dir = default_dir;
-            // With `store.url` the invoices are on the shared store: read there.
-            let shared = match shared_store_url(cli.config.as_ref(), &paths.config_file) {
-                Ok(url) => url,
-                Err(code) => return Ok(code),
-            };
-            // Blocking file and store work; a retry through a running engine waits on
-            // this runtime for its answer.
-            Ok(tokio::task::block_in_place(|| {
-                dian_records(command, &dir, shared.as_deref())
-            }))
-        }
+        Some(Command::Dian { command }) => Ok(dian(
+            command,
+            cli.config.as_ref(),
+            &paths,
+            &default_dir,
+        )),
         Some(Command::Bundle {
             command: BundleCommand::Show { file },
         }) => bundle_show(&file, max_fps(cli.config.as_ref())).await,
@@ -794,6 +787,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Soak(args)) => soak(args).await,
     }
+}
+
+/// `dian history|retry`: on the data dir's store, or with `store.url` on the shared
+/// invoices.
+fn dian(
+    command: DianCommand,
+    config: Option<&PathBuf>,
+    paths: &Paths,
+    dir: &std::path::Path,
+) -> ExitCode {
+    let shared = match shared_store_url(config, &paths.config_file) {
+        Ok(url) => url,
+        Err(code) => return code,
+    };
+    // Blocking file and store work; a retry through a running engine waits on this
+    // runtime for its answer.
+    tokio::task::block_in_place(|| dian_records(command, dir, shared.as_deref()))
 }
 
 /// `syncctl soak`: exit 0 when every profile passed, 1 when one did not.

@@ -772,12 +772,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: DianCommand::Cufe { check },
         }) => Ok(dian_cufe(check.as_deref())),
         Some(ctl_command @ Command::Ctl { .. }) => Ok(ctl(&default_dir, ctl_command).await),
-        Some(Command::Dian { command }) => Ok(dian(
-            command,
-            cli.config.as_ref(),
-            &paths,
-            &default_dir,
-        )),
+        Some(Command::Dian { command }) => {
+            Ok(dian(command, cli.config.as_ref(), &paths, &default_dir))
+        }
         Some(Command::Bundle {
             command: BundleCommand::Show { file },
         }) => bundle_show(&file, max_fps(cli.config.as_ref())).await,

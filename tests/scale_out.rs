@@ -29,10 +29,28 @@ const PRODUCTS: usize = 1200;
 /// The engines' lease (the shortest the config allows: QuickBooks calls time out first).
 const LEASE_SECS: u64 = 10;
 
-/// A sandbox whose QuickBooks quota does not make the test about the quota (two
-/// engines, one realm; sharing the quota across boxes is a later step).
-async fn sandbox() -> SandboxServer {
+/// The sandbox on a loopback port of its own.
+async fn start_sandbox(opts: &SandboxOptions) -> SandboxServer {
     syncctl::connectors::install_crypto();
+    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    syncctl::app::start_sandbox(opts, listener, 0).unwrap()
+}
+
+/// The engine config the sandbox prints for itself (`/_sandbox/config`).
+async fn printed_config(sb: &SandboxServer) -> String {
+    reqwest::get(format!("http://{}/_sandbox/config", sb.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A sandbox whose QuickBooks quota does not make the test about the quota (two
+/// engines, one realm; tests/shared_quota.rs is about the quota).
+async fn sandbox() -> SandboxServer {
     let mut faults = BTreeMap::new();
     faults.insert(
         "quickbooks".to_owned(),
@@ -48,25 +66,17 @@ async fn sandbox() -> SandboxServer {
         faults,
         ..Default::default()
     };
-    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    syncctl::app::start_sandbox(&opts, listener, 0).unwrap()
+    start_sandbox(&opts).await
 }
 
-/// The sandbox's own engine config, catalog only (two engines on one Alegra account would each stamp the invoices: the
-/// invoices are not on the shared store yet), on the shared store at `store_url`.
+/// The sandbox's own engine config, catalog only (the invoices have a test of their
+/// own below), on the shared store at `store_url`.
 async fn engine_config(sb: &SandboxServer, store_url: &str) -> String {
-    let printed = reqwest::get(format!("http://{}/_sandbox/config", sb.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let printed = printed_config(sb).await;
     let catalog_only = printed.split("[alegra]").next().unwrap();
     assert!(catalog_only.contains("[quickbooks]\n"), "{printed}");
-    // Each engine keeps to half the realm's quota (sharing it across boxes in the
-    // claim is a later step): together they never exceed it.
+    // Each engine is given half the realm's quota (they share it through the store
+    // too): these tests are about the work, not the quota.
     let quota = "rate_limit_per_min = 12000\nmax_concurrent = 40\n";
     assert!(catalog_only.contains(quota), "{printed}");
     let catalog_only = catalog_only
@@ -326,7 +336,6 @@ const INVOICES: usize = 300;
 async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send() {
     let Some(server) = pg::server() else { return };
     let url = server.database();
-    syncctl::connectors::install_crypto();
     let mut faults = BTreeMap::new();
     // Alegra (and DIAN behind it) answers slowly: a send is under way at any moment.
     faults.insert(
@@ -344,10 +353,7 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
         faults,
         ..Default::default()
     };
-    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let sb = syncctl::app::start_sandbox(&opts, listener, 0).unwrap();
+    let sb = start_sandbox(&opts).await;
     let base = format!("http://{}", sb.addr);
     let home = tempfile::tempdir().unwrap();
     let db = connect(&url).await;
@@ -360,16 +366,8 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
              [store]\nurl = \"{url}\"\n"
         )
     };
-    let printed = || async {
-        reqwest::get(format!("{base}/_sandbox/config"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     // One config for both: the company's tokens are shared (refreshed by one box).
-    let first = printed().await;
+    let first = printed_config(&sb).await;
     let mut a = start_engine(home.path(), "a", &config(&first));
     let _b = start_engine(home.path(), "b", &config(&first));
     // Paid after both engines run: each lists them (no webhook reaches either), both
@@ -508,7 +506,6 @@ fn company(k: usize) -> String {
 /// A sandbox of 4 companies with 2,000 products each, each company's QuickBooks quota
 /// [`QUOTA`] a minute.
 async fn four_company_sandbox() -> SandboxServer {
-    syncctl::connectors::install_crypto();
     let mut faults = BTreeMap::new();
     faults.insert(
         "quickbooks".to_owned(),
@@ -525,21 +522,13 @@ async fn four_company_sandbox() -> SandboxServer {
         companies: COMPANIES,
         ..Default::default()
     };
-    let listener = syncctl::app::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    syncctl::app::start_sandbox(&opts, listener, 0).unwrap()
+    start_sandbox(&opts).await
 }
 
 /// The sandbox's own 4-company config, every engine configured with each company's whole
 /// quota (the boxes share it through the store), on the shared store at `store_url`.
 async fn companies_config(sb: &SandboxServer, store_url: &str) -> String {
-    let printed = reqwest::get(format!("http://{}/_sandbox/config", sb.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let printed = printed_config(sb).await;
     assert_eq!(
         printed.matches("[[companies]]").count(),
         COMPANIES,

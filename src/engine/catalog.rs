@@ -1263,32 +1263,26 @@ impl Catalog {
             let limit = (per * room).min(CLAIM_MAX);
             let lease = self.settings.lease_ms;
             let asked = tokio::time::Instant::now();
-            let claimed = match self.queue.is_shared() {
-                true => Ok(self.queue.claim(JOB_KIND, limit, lease).await),
-                // The embedded store's claim off the runtime's threads, as it always was.
-                false => {
-                    let q = self.queue.clone();
-                    tokio::task::spawn_blocking(move || q.block_on(q.claim(JOB_KIND, limit, lease)))
-                        .await
-                }
-            };
-            if matches!(&claimed, Ok(Ok(jobs)) if jobs.len() == limit) {
+            // (The embedded store's claim is awaited from its writer thread, committed
+            // with the writes waiting there: no thread of the runtime blocks on it.)
+            let claimed = self.queue.claim(JOB_KIND, limit, lease).await;
+            if matches!(&claimed, Ok(jobs) if jobs.len() == limit) {
                 // A full claim: grow while claiming stays quick.
                 self.claim_batch
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .record(asked.elapsed());
             }
-            idle = matches!(&claimed, Ok(Ok(jobs)) if jobs.is_empty());
+            idle = matches!(&claimed, Ok(jobs) if jobs.is_empty());
             match claimed {
-                Ok(Ok(jobs)) if !jobs.is_empty() => {
+                Ok(jobs) if !jobs.is_empty() => {
                     let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
                     for group in jobs.chunks(per) {
                         groups.push_back(group.to_vec());
                         self.group_ready.notify_one();
                     }
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     self.metrics.error("store", &e.to_string());
                     tokio::select! {
                         _ = cancel.cancelled() => return,

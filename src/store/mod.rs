@@ -18,6 +18,7 @@ pub mod private;
 pub mod queue;
 mod recovery;
 mod schema;
+mod writer;
 
 pub use invoices::{
     Change, ComplianceCounts, HistoryEntry, InvoiceError, InvoiceRecord, InvoiceResult, Invoices,
@@ -110,18 +111,11 @@ struct Inner {
     writes: Mutex<WriteHealth>,
     /// Set when the background integrity check found damage (then nothing is written).
     damaged: Mutex<Option<String>>,
-    /// Finished jobs waiting for the group commit (see [`Store::finish_jobs`]).
-    finishing: Mutex<Vec<Arc<PendingFinish>>>,
-}
-
-/// A caller's outcome in a group commit: the SQLite failure, copied (an error is not
-/// `Clone`), when its jobs were refused.
-type Committed = std::result::Result<(), (rusqlite::ffi::Error, Option<String>)>;
-
-/// One caller's finished jobs in the group commit, and the outcome once committed.
-struct PendingFinish {
-    jobs: Vec<Finished>,
-    done: Mutex<Option<Committed>>,
+    /// The writer thread's inbox: claims, pending creates and finished jobs, committed
+    /// in groups (see the `writer` module).
+    group_writes: std::sync::mpsc::Sender<writer::GroupWrite>,
+    writes_waiting: std::sync::atomic::AtomicI64,
+    groups_committed: std::sync::atomic::AtomicU64,
 }
 
 /// A job that finished: marked done with its product's mapping (if any) and its audit
@@ -269,6 +263,7 @@ impl Store {
                 Ok(Mutex::new(reader))
             })
             .collect::<Result<Vec<_>>>()?;
+        let (group_writes, inbox) = std::sync::mpsc::channel();
         let store = Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
@@ -278,9 +273,12 @@ impl Store {
                 clock,
                 writes: Mutex::new(WriteHealth::default()),
                 damaged: Mutex::new(None),
-                finishing: Mutex::new(Vec::new()),
+                group_writes,
+                writes_waiting: Default::default(),
+                groups_committed: Default::default(),
             }),
         };
+        writer::start(Arc::downgrade(&store.inner), inbox)?;
         Ok((store, version == 0))
     }
 
@@ -510,37 +508,33 @@ impl Store {
     }
 
     /// [`Store::claim`] at `now` (ms): what is due, and which leases ran out, by it.
+    /// Committed by the writer thread, with whatever other writes arrive meanwhile.
     pub fn claim_at(&self, kind: &str, limit: usize, lease_ms: i64, now: i64) -> Result<Vec<Job>> {
-        self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
-            // An expired lease (a hung worker) is claimable again.
-            let expired: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM jobs WHERE kind=?1 AND state='leased' AND lease_until < ?2",
-                )?
-                .query_map(params![kind, now], |r| r.get(0))?
-                .collect::<Result<_>>()?;
-            for id in expired {
-                requeue(&tx, id, 0, Some("lease expired"), false)?;
-            }
-            let jobs = {
-                let mut stmt = tx.prepare_cached(CLAIM)?;
-                stmt.query_map(params![kind, now, now + lease_ms, limit as i64], |row| {
-                    Ok(Job {
-                        id: row.get(0)?,
-                        kind: row.get(1)?,
-                        key: row.get(2)?,
-                        payload: row.get(3)?,
-                        attempts: row.get(4)?,
-                        idempotency_key: row.get(5)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>>>()?
-            };
-            tx.commit()?;
-            Ok(jobs)
+        self.write_waiting(|reply| writer::GroupWrite::Claim {
+            kind: kind.to_owned(),
+            limit,
+            lease_ms,
+            now,
+            reply,
         })
+    }
+
+    /// [`Store::claim_at`] for a task: awaits the commit, no thread blocks.
+    pub async fn claim_at_async(
+        &self,
+        kind: &str,
+        limit: usize,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Vec<Job>> {
+        self.write_awaiting(|reply| writer::GroupWrite::Claim {
+            kind: kind.to_owned(),
+            limit,
+            lease_ms,
+            now,
+            reply,
+        })
+        .await
     }
 
     /// Extends the leases of `job_ids` still leased to `now + lease_ms`; the ids
@@ -598,99 +592,27 @@ impl Store {
         })
     }
 
-    /// Ends jobs, committed in groups: the caller's jobs join whatever other callers
-    /// are finishing, and whoever holds the writer next commits them all in one
-    /// transaction (each caller's jobs under a savepoint of their own, so one caller's
-    /// refused statement does not undo the others'). Returns once the caller's jobs are
-    /// committed (or refused): durability is that of [`Store::finish_job`], with one
-    /// commit for many callers instead of one each.
+    /// Ends jobs, committed in groups: the caller's jobs join whatever other writes
+    /// are waiting for the writer thread, which commits them all in one transaction
+    /// (and, only when a statement is refused, again with each caller's writes under a
+    /// savepoint of their own, so one caller's refused statement does not undo the
+    /// others'). Returns once the caller's jobs are committed (or refused): durability
+    /// is that of [`Store::finish_job`], with one commit for many callers instead of
+    /// one each.
     pub fn finish_jobs(&self, jobs: Vec<Finished>) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mine = Arc::new(PendingFinish {
-            jobs,
-            done: Mutex::new(None),
-        });
-        self.inner
-            .finishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(mine.clone());
-        let outcome = |p: &PendingFinish| p.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut conn = self.w();
-        // Committed by the caller that held the writer before us.
-        if let Some(r) = outcome(&mine) {
-            drop(conn);
-            return self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)));
+        self.write_waiting(|reply| writer::GroupWrite::Finish { jobs, reply })
+    }
+
+    /// [`Store::finish_jobs`] for a task: awaits the commit, no thread blocks.
+    pub async fn finish_jobs_async(&self, jobs: Vec<Finished>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
         }
-        let group = std::mem::take(
-            &mut *self
-                .inner
-                .finishing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        let copy = |e: &SqlError| match e {
-            SqlError::SqliteFailure(f, m) => (*f, m.clone()),
-            e => (
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                Some(e.to_string()),
-            ),
-        };
-        let now = now_ms();
-        // Every caller's jobs in one plain transaction first: savepoints make SQLite
-        // copy each page they touch to a sub-journal (which spills to a temporary file
-        // past 64 KiB), about 40 % of a group commit's CPU. Only when a statement is
-        // refused is the group written again, each caller under its own savepoint, so
-        // that the refused caller alone fails.
-        let all_at_once = (|| -> Result<Option<SqlError>> {
-            let tx = conn.transaction()?;
-            for p in &group {
-                if let Err(refused) = p.jobs.iter().try_for_each(|f| finish_one(&tx, f, now)) {
-                    // Dropped: rolled back.
-                    return Ok(Some(refused));
-                }
-            }
-            tx.commit()?;
-            Ok(None)
-        })();
-        let committed = (|| -> Result<Vec<Committed>> {
-            match all_at_once {
-                Ok(None) => return Ok(vec![Ok(()); group.len()]),
-                // The transaction itself refused (begin or commit): so is every caller.
-                Err(e) => return Err(e),
-                Ok(Some(_)) => {}
-            }
-            let mut tx = conn.transaction()?;
-            let mut each = Vec::with_capacity(group.len());
-            for p in &group {
-                let sp = tx.savepoint()?;
-                let r = p.jobs.iter().try_for_each(|f| finish_one(&sp, f, now));
-                match r {
-                    Ok(()) => {
-                        sp.commit()?;
-                        each.push(Ok(()));
-                    }
-                    Err(e) => {
-                        drop(sp);
-                        each.push(Err(copy(&e)));
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(each)
-        })();
-        let each = match committed {
-            Ok(each) => each,
-            Err(e) => vec![Err(copy(&e)); group.len()],
-        };
-        for (p, r) in group.iter().zip(each) {
-            *p.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        }
-        drop(conn);
-        let r = outcome(&mine).unwrap_or(Ok(()));
-        self.wrote(r.map_err(|(f, m)| SqlError::SqliteFailure(f, m)))
+        self.write_awaiting(|reply| writer::GroupWrite::Finish { jobs, reply })
+            .await
     }
 
     /// Records jobs another store ended (the shared Postgres queue): their audit lines,
@@ -909,28 +831,28 @@ impl Store {
         })
     }
 
-    /// [`Self::mark_create_pending`] for many creates (a batch), in one transaction:
-    /// (product id, request id, body) each.
+    /// [`Self::mark_create_pending`] for many creates (a batch), in one transaction
+    /// (the writer thread's, shared with the other writes waiting): (product id,
+    /// request id, body) each. Returns once committed.
     pub fn mark_creates_pending(&self, creates: &[(String, String, String)]) -> Result<()> {
         if creates.is_empty() {
             return Ok(());
         }
-        self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
-                     VALUES (?1, 'pending', ?2, ?3)
-                     ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
-                       pending_body=excluded.pending_body",
-                )?;
-                for (pid, rid, body) in creates {
-                    stmt.execute(params![pid, rid, body])?;
-                }
-            }
-            tx.commit()
-        })
+        let creates = creates.to_vec();
+        self.write_waiting(|reply| writer::GroupWrite::Pending { creates, reply })
+    }
+
+    /// [`Store::mark_creates_pending`] for a task: awaits the commit, no thread blocks.
+    pub async fn mark_creates_pending_async(
+        &self,
+        creates: &[(String, String, String)],
+    ) -> Result<()> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        let creates = creates.to_vec();
+        self.write_awaiting(|reply| writer::GroupWrite::Pending { creates, reply })
+            .await
     }
 
     /// Stores the Item now mirroring the product, clearing any pending create.
@@ -1422,7 +1344,7 @@ impl Store {
 /// Puts a job back in the queue. When a newer job for the same key was queued in the
 /// meantime, the two merge: the queued one keeps the newest payload and this one ends.
 fn requeue(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     job_id: i64,
     delay_ms: i64,
     error: Option<&str>,
@@ -2055,6 +1977,92 @@ mod tests {
         assert!(lines.iter().all(|e| e.trace_id.as_deref() == Some("t")));
         // The store is not failing for a refused statement.
         assert!(s.write_health().failing_since_ms.is_none());
+    }
+
+    /// Claims, pending creates and finished jobs that arrive while the writer is busy
+    /// are committed together, in one transaction of the writer thread, and each
+    /// caller is answered with its own outcome once it is committed.
+    #[test]
+    fn writes_waiting_for_a_busy_writer_share_one_commit() {
+        let (_dir, s) = store();
+        let keys: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        for k in &keys {
+            s.ingest(&[job(k, "a", 1)], None, None).unwrap();
+        }
+        let first = s.claim("catalog.product", 4, 60_000).unwrap();
+        assert_eq!(first.len(), 4);
+        let before = s.groups_committed();
+        let (finished, pending, claimed) = std::thread::scope(|scope| {
+            // The writer is busy (its lock held here) while seven callers arrive.
+            let busy = s.w();
+            let finished: Vec<_> = first
+                .iter()
+                .map(|j| {
+                    let s = s.clone();
+                    let f = Finished {
+                        job_id: j.id,
+                        mapping: Some(ItemMapping {
+                            product_id: j.key.clone(),
+                            item_id: Some(format!("item-{}", j.key)),
+                            status: "synced".into(),
+                            ..Default::default()
+                        }),
+                        audit: Some((
+                            "item".into(),
+                            j.key.clone(),
+                            "engine".into(),
+                            "created".into(),
+                        )),
+                        trace_id: None,
+                    };
+                    scope.spawn(move || s.finish_jobs(vec![f]))
+                })
+                .collect();
+            let pending: Vec<_> = ["p4", "p5"]
+                .into_iter()
+                .map(|p| {
+                    let s = s.clone();
+                    scope.spawn(move || {
+                        s.mark_creates_pending(&[(p.into(), format!("rid-{p}"), "{}".into())])
+                    })
+                })
+                .collect();
+            let claim = {
+                let s = s.clone();
+                scope.spawn(move || s.claim("catalog.product", 8, 60_000))
+            };
+            while s.writes_waiting() < 7 {
+                std::thread::yield_now();
+            }
+            drop(busy);
+            (
+                finished
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>(),
+                pending
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>(),
+                claim.join().unwrap(),
+            )
+        });
+        assert!(finished.iter().all(Result::is_ok), "{finished:?}");
+        assert!(pending.iter().all(Result::is_ok), "{pending:?}");
+        assert_eq!(claimed.unwrap().len(), 4, "the four jobs still queued");
+        assert_eq!(
+            s.groups_committed() - before,
+            1,
+            "one commit for seven callers"
+        );
+        let c = s.catalog_counts().unwrap();
+        assert_eq!((c.synced, c.in_flight, c.queued), (4, 4, 0));
+        assert_eq!(
+            s.mapping("p4").unwrap().and_then(|m| m.pending_request_id),
+            Some("rid-p4".into())
+        );
+        assert_eq!(s.recent_audit(10, 0).unwrap().len(), 4);
+        assert_eq!(s.writes_waiting(), 0);
     }
 
     #[test]

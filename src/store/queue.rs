@@ -123,7 +123,9 @@ impl JobQueue {
     }
 
     /// Runs a queue operation from synchronous code. SQLite's operations never wait
-    /// (they are the store's synchronous calls), so this is exactly the call it was;
+    /// (they are the store's synchronous calls), so this is exactly the call it was —
+    /// except claims, pending creates and finishes, which await the writer thread's
+    /// group commit (call those from tasks);
     /// Postgres's are waited for in place (the multi-thread runtime, or a blocking
     /// thread).
     pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -193,7 +195,9 @@ impl JobQueue {
     pub async fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> QueueResult<Vec<Job>> {
         let now = self.now();
         match &self.backend {
-            Backend::Sqlite { store, .. } => Ok(store.claim_at(kind, limit, lease_ms, now)?),
+            Backend::Sqlite { store, .. } => {
+                Ok(store.claim_at_async(kind, limit, lease_ms, now).await?)
+            }
             Backend::Postgres { pg, .. } => Ok(pg.claim(kind, limit, lease_ms, now).await?),
         }
     }
@@ -392,7 +396,7 @@ impl JobQueue {
         creates: &[(String, String, String)],
     ) -> QueueResult<()> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => Ok(store.mark_creates_pending(creates)?),
+            Backend::Sqlite { store, .. } => Ok(store.mark_creates_pending_async(creates).await?),
             Backend::Postgres { pg, .. } => Ok(pg.mark_creates_pending(creates).await?),
         }
     }
@@ -413,11 +417,9 @@ impl JobQueue {
     pub async fn finish_jobs(&self, jobs: Vec<Finished>) -> QueueResult<usize> {
         match &self.backend {
             Backend::Sqlite { store, .. } => {
+                // The writer thread's group commit, awaited: no thread blocks on it.
                 let n = jobs.len();
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.finish_jobs(jobs))
-                    .await
-                    .map_err(|e| QueueError::Task(e.to_string()))??;
+                store.finish_jobs_async(jobs).await?;
                 Ok(n)
             }
             Backend::Postgres { pg, local } => {
@@ -498,5 +500,48 @@ impl JobQueue {
             }
             Backend::Postgres { pg, .. } => pg.wait_for_work(seen, timeout).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task waiting for the writer (held busy here by another thread) awaits it: the
+    /// runtime's one thread runs other tasks meanwhile, and the write lands once the
+    /// writer is free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waiting_for_a_busy_writer_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = JobQueue::sqlite(store.clone(), WallClock::default());
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        // Holds the writer until another task has run (or, failing that, 10 s).
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let _busy = store.w();
+                held_tx.send(()).unwrap();
+                ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+        };
+        held_rx.recv().unwrap();
+        let write = tokio::spawn(async move {
+            q.mark_creates_pending(&[("p1".into(), "r1".into(), "{}".into())])
+                .await
+        });
+        // The write starts first, and waits for the writer.
+        tokio::task::yield_now().await;
+        tokio::spawn(async move { ran_tx.send(()).unwrap() })
+            .await
+            .unwrap();
+        write.await.unwrap().unwrap();
+        assert!(
+            holder.join().unwrap(),
+            "another task ran while the write waited for the writer"
+        );
+        let m = store.mapping("p1").unwrap().unwrap();
+        assert_eq!(m.pending_request_id.as_deref(), Some("r1"));
     }
 }

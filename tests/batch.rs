@@ -521,6 +521,67 @@ async fn a_company_holding_half_the_items_some_named_by_another_case_ends_with_o
     sb.shutdown().await;
 }
 
+/// Claimed one at a time (`claim_batch_max = 1`, every write a single call), products
+/// find their names in the bulk index instead of a lookup each: a company holding a
+/// third of the Items by name (some in another case) still ends with one Item per
+/// product, every seeded Item adopted, and the name queries are a handful, not one per
+/// product.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_claimed_alone_find_their_names_in_the_index_without_a_lookup_each() {
+    const N: usize = 600;
+    let sb = common::sandbox(N, 53).await;
+    let base = sb.base_url();
+    let products = common::all_products(&base).await;
+    let seeds: Vec<(String, Option<String>, f64)> = products
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+        .map(|(i, p)| {
+            let name = syncctl::engine::item::quickbooks_name(p["name"].as_str().unwrap());
+            let name = if i % 2 == 0 {
+                name.to_uppercase()
+            } else {
+                name
+            };
+            (name, None, 0.0)
+        })
+        .collect();
+    let qb = Qb::new(&sb).await;
+    let made = qb.create_all(&seeds).await;
+    let seeded = made.iter().filter(|a| a.get("Item").is_some()).count();
+    let before = qb_stats(&sb).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_for(&sb);
+    config.catalog.claim_batch_max = 1;
+    let mut engine = common::engine(config, dir.path()).await;
+    common::until_idle(&engine, N as u64).await;
+    common::assert_one_item_per_product(&base).await;
+    let after = qb_stats(&sb).await;
+    let d = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "{N} products claimed alone, {seeded} Items there: {} creates, {} updates, {} queries, {} batches, {} requests",
+        d("creates"),
+        d("updates"),
+        d("queries"),
+        d("batch_requests"),
+        d("requests")
+    );
+    assert_eq!(d("batch_requests"), 0, "claimed alone: single calls only");
+    assert_eq!(
+        d("creates"),
+        (N - seeded) as u64,
+        "every seeded Item adopted, none created twice"
+    );
+    assert!(
+        d("queries") <= 10,
+        "{} name queries for {} creates: the index should answer them",
+        d("queries"),
+        N - seeded
+    );
+    engine.shutdown().await;
+    sb.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_sync_tokens_in_a_batch_are_read_again_and_the_updates_land() {
     const N: usize = 200;

@@ -1805,10 +1805,23 @@ impl Catalog {
             item::disambiguated_name(&desired.name, pid),
         ];
         for name in &names {
-            for _ in 0..2 {
-                let found = match self.cached(&format!("item:name:{name}")) {
-                    Some(item) => vec![item],
-                    None => self.qb.find_items("Name", name).await?,
+            for attempt in 0..2 {
+                // The bulk index first (no request), when read and whole; after a 6240
+                // (taken since it was read) QuickBooks itself.
+                let by_index = match attempt {
+                    0 => self.name_by_index(name, pid).await?,
+                    _ => None,
+                };
+                let reserved = matches!(by_index, Some(bulk::NameIs::Free));
+                let found = match by_index {
+                    Some(bulk::NameIs::Free) => Vec::new(),
+                    Some(bulk::NameIs::Item(item)) => vec![item],
+                    // Another product's create of it is on its way: the next name.
+                    Some(bulk::NameIs::Reserved) => break,
+                    None => match self.cached(&format!("item:name:{name}")) {
+                        Some(item) => vec![item],
+                        None => self.qb.find_items("Name", name).await?,
+                    },
                 };
                 if let Some(item) = found.into_iter().next() {
                     self.remember(&item, pid);
@@ -1829,12 +1842,28 @@ impl Catalog {
                     .await?;
                 match self.qb.write_item(&body, &rid).await {
                     Ok(item) => {
+                        if reserved {
+                            self.created_by_single(name, pid, Some(&item)).await;
+                        }
                         self.remember(&item, pid);
                         return Ok((item, "created"));
                     }
                     // Taken between our lookup and our create: look again.
-                    Err(e) if e.code() == Some("6240") => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) if e.code() == Some("6240") => {
+                        if reserved {
+                            self.created_by_single(name, pid, None).await;
+                        }
+                        continue;
+                    }
+                    // The name stays reserved while the create may have landed (a
+                    // transient failure): the retry replays it.
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    Err(e) => {
+                        if reserved {
+                            self.created_by_single(name, pid, None).await;
+                        }
+                        return Err(e.into());
+                    }
                 }
             }
         }

@@ -247,19 +247,24 @@ impl Ctx {
         }
         // Two or more writes claimed together leave in batches, each operation one
         // call of the quota; a create finds its name in the bulk index (read first
-        // if stale). One write alone goes as a single call; a single create looks
-        // its name up first.
+        // if stale). One write alone goes as a single call; a single create finds
+        // its name in the index when it is read and fresh, else looks it up first.
         calls.quickbooks = updates + creates;
         if creates > 0 {
+            let fresh = catalog.index_reads(0) == 0;
             if updates + creates >= 2 {
                 let items = self.reconciler.view(0).items;
                 calls.quickbooks += catalog.index_reads(items);
-            } else {
+            } else if !fresh {
                 calls.quickbooks += creates;
             }
-            p.notes.push(format!(
-                "{creates} Item(s) to create: a create claimed alone looks its name up first (one call more each)"
-            ));
+            p.notes.push(if fresh {
+                format!("{creates} Item(s) to create: names found in the bulk index (no lookups)")
+            } else {
+                format!(
+                    "{creates} Item(s) to create: a create claimed alone looks its name up first (one call more each)"
+                )
+            });
         }
         let n = rows.len() as u64;
         p.items = n;

@@ -24,6 +24,10 @@ pub use crate::connectors::quickbooks::BATCH_MAX;
 
 /// Fewer writes than this go as single calls: a batch of one saves nothing.
 pub const BATCH_MIN: usize = 2;
+/// Jobs queued from which a create claimed alone reads the index first, when none is
+/// read (a whole read costs a request per 1,000 Items; each create claimed alone
+/// would otherwise look its name up).
+const INDEX_WORTH_QUEUED: u64 = 100;
 /// Items read whole at most (20 requests); a larger company is asked by name instead,
 /// one `Name IN (…)` query per batch.
 const INDEX_MAX_ITEMS: usize = 20_000;
@@ -142,6 +146,16 @@ enum Found {
     NoName([String; 2]),
     /// The index cannot tell: the single calls look it up.
     Unknown,
+}
+
+/// A name as the index knows it, for a create claimed alone.
+pub(super) enum NameIs {
+    /// Free (reserved for this product now): create it, no lookup.
+    Free,
+    /// An Item holds it: adopt it if it is this product's or no product's.
+    Item(Item),
+    /// Another product's create of it is on its way.
+    Reserved,
 }
 
 /// One write of a batch and what it was for.
@@ -315,6 +329,47 @@ impl Catalog {
     pub(super) async fn item_by_sku(&self, pid: &str) -> Result<Option<Item>, QbError> {
         let guard = self.item_index().await?;
         Ok(guard.as_ref().and_then(|i| i.by_sku.get(pid).cloned()))
+    }
+
+    /// What the index says of `name` for a create of product `pid` claimed alone, so
+    /// that a single call needs no lookup of its own: `None` when the index cannot tell
+    /// (none read and too little queued to be worth reading one, or not whole), then the
+    /// name is looked up. A free name is reserved for `pid` before the answer, as a
+    /// batch's is (two single creates of one name never race).
+    pub(super) async fn name_by_index(
+        &self,
+        name: &str,
+        pid: &str,
+    ) -> Result<Option<NameIs>, QbError> {
+        let read = self.index.lock().await.is_some();
+        if !read && self.queued_now() < INDEX_WORTH_QUEUED {
+            return Ok(None);
+        }
+        let mut guard = self.item_index().await?;
+        let Some(idx) = guard.as_mut().filter(|i| i.fresh()) else {
+            return Ok(None);
+        };
+        let key = name.to_lowercase();
+        Ok(Some(match idx.by_name.get(&key) {
+            Some(Named::Item(item)) => NameIs::Item(item.clone()),
+            Some(Named::Reserved(holder)) if holder != pid => NameIs::Reserved,
+            Some(Named::Reserved(_)) => NameIs::Free,
+            None => {
+                idx.by_name.insert(key, Named::Reserved(pid.to_owned()));
+                NameIs::Free
+            }
+        }))
+    }
+
+    /// A single create's answer: the Item it made into the index, or (refused) its
+    /// reserved name freed.
+    pub(super) async fn created_by_single(&self, name: &str, pid: &str, item: Option<&Item>) {
+        if let Some(idx) = self.index.lock().await.as_mut() {
+            match item {
+                Some(item) => idx.learn(item.clone()),
+                None => idx.release(name, pid),
+            }
+        }
     }
 
     /// For an incomplete index: asks for the names `plans` may take that it has not

@@ -1809,7 +1809,9 @@ impl Catalog {
                 // The bulk index first (no request), when read and whole; after a 6240
                 // (taken since it was read) QuickBooks itself.
                 let by_index = match attempt {
-                    0 => self.name_by_index(name, pid).await?,
+                    // (Boxed: the index read it may start is a deep future; inline, it
+                    // overflowed a debug build's worker stack.)
+                    0 => Box::pin(self.name_by_index(name, pid)).await?,
                     _ => None,
                 };
                 let reserved = matches!(by_index, Some(bulk::NameIs::Free));

@@ -354,3 +354,107 @@ async fn three_boxes_together_keep_to_the_realms_quota_and_use_90_percent_of_it(
         assert!(shared.error.is_none(), "{shared:?}");
     }
 }
+
+/// Three boxes on one realm, each sending QuickBooks batches of 30 operations (more than
+/// the shared bucket's burst of 10: a batch is leased whole, once the bucket can give
+/// it) while its other workers send single reads: the tokens a box leases for a batch
+/// are the batch's, not taken by the single reads beside it (which would leave the
+/// batch short and its tokens running out unspent, lost to every box). The boxes
+/// together keep to the quota, use at least 90 % of it, and lose almost no leased
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_the_burst_keep_their_leased_tokens_beside_single_reads() {
+    const QUOTA: u32 = 1200;
+    const BATCH: usize = 30;
+    let Some(server) = pg::server() else { return };
+    let url = server.database();
+    let sb = common::sandbox(0, 17).await;
+    common::faults(
+        &format!("http://{}", sb.addr),
+        json!({"service": "quickbooks", "rate_limit_per_min": QUOTA,
+               "max_concurrent": 20, "latency_ms": 5}),
+    )
+    .await;
+    let mut cfg = common::config_for(&sb);
+    cfg.quickbooks.rate_limit_per_min = QUOTA;
+    cfg.quickbooks.max_concurrent = 20;
+    cfg.quickbooks.throttle_pause_secs = 2;
+    let (company, qb) = qb_stats(&sb).await;
+    assert_eq!(num(&qb, "quota_per_min"), u64::from(QUOTA), "{qb}");
+    let mut boxes = Vec::new();
+    for name in ["box-a", "box-b", "box-c"] {
+        boxes.push(Arc::new(a_box(&cfg, &url, name, &company).await));
+    }
+
+    let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for (i, b) in boxes.iter().enumerate() {
+        for w in 0..4 {
+            let (b, stop) = (b.clone(), stop.clone());
+            workers.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if w == 0 {
+                        let ops: Vec<BatchOp> = (0..BATCH)
+                            .map(|k| {
+                                BatchOp::Query(format!(
+                                    "select * from Item where Name = 'b{i}-{n}-{k}'"
+                                ))
+                            })
+                            .collect();
+                        b.qb.batch(&ops, &format!("b{i}-{n}")).await.unwrap();
+                    } else {
+                        b.qb.find_items("Name", &format!("w{i}-{w}-{n}"))
+                            .await
+                            .unwrap();
+                    }
+                    n += 1;
+                }
+            });
+        }
+    }
+    // Under a minute: every unit sent is still in the sandbox's window, so its rate
+    // over the time gone by is what the boxes sustained together.
+    while started.elapsed() < Duration::from_secs(30) {
+        let (_, qb) = qb_stats(&sb).await;
+        let peak = num(&qb, "peak_rate_per_min");
+        assert!(
+            peak <= u64::from(QUOTA),
+            "the boxes together sent {peak} units in a minute, over the quota of {QUOTA}: {qb}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, qb) = qb_stats(&sb).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(r) = workers.join_next().await {
+        r.unwrap();
+    }
+    let sent = num(&qb, "rate_per_min");
+    let per_min = sent as f64 * 60.0 / elapsed;
+    let shared: Vec<_> = boxes
+        .iter()
+        .map(|b| b.guard.view().limiter.shared.unwrap())
+        .collect();
+    let leased: u64 = shared.iter().map(|s| s.leased).sum();
+    let unspent: u64 = shared.iter().map(|s| s.unspent).sum();
+    eprintln!(
+        "batches of {BATCH} and single reads: {sent} units in {elapsed:.1} s = {per_min:.0}/min \
+         of {QUOTA}, peak {}, throttled {}, {} batches; tokens leased {leased}, ran out \
+         unspent {unspent}",
+        num(&qb, "peak_rate_per_min"),
+        num(&qb, "throttled"),
+        num(&qb, "batch_requests"),
+    );
+    assert!(num(&qb, "throttled") <= 3, "429s: {qb}");
+    assert!(num(&qb, "batch_requests") >= 6, "batches went: {qb}");
+    assert!(
+        unspent * 100 <= leased * 3,
+        "{unspent} of {leased} leased tokens ran out unspent"
+    );
+    assert!(
+        per_min >= f64::from(QUOTA) * 0.9,
+        "the boxes together sustained {per_min:.0}/min of a quota of {QUOTA}"
+    );
+}

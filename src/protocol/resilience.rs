@@ -90,6 +90,10 @@ pub struct SharedQuotaView {
     pub slots: u32,
     /// Tokens of the shared bucket this box has leased (requests and batch units).
     pub leased: u64,
+    /// Of those, the tokens that ran out unspent (lost to every box: the bucket counted
+    /// them when they were leased).
+    #[serde(default)]
+    pub unspent: u64,
     /// Why the shared quota cannot be taken (the store), if so: the box sends nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -519,7 +519,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     app::harden_process();
     syncctl::connectors::install_crypto();
+    // Workers get the main thread's 8 MiB, not tokio's 2: a catalog worker's future is
+    // deep (claim → group → batch → single calls → index read → request), and a debug
+    // build's poll frames overflowed 2 MiB on the Postgres queue (tests/scale_out).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 * 1024 * 1024)
         .enable_all()
         .build()
     {

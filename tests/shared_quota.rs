@@ -115,6 +115,42 @@ async fn qb_stats(sb: &SandboxServer) -> (String, Value) {
     (id.clone(), company["quickbooks"].clone())
 }
 
+/// Four workers a box until `stop`: one sending batches of `batch` name queries, three
+/// single name queries.
+fn load(
+    boxes: &[Arc<Box>],
+    batch: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinSet<()> {
+    let mut workers = tokio::task::JoinSet::new();
+    for (i, b) in boxes.iter().enumerate() {
+        for w in 0..4 {
+            let (b, stop) = (b.clone(), stop.clone());
+            workers.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if w == 0 {
+                        let ops: Vec<BatchOp> = (0..batch)
+                            .map(|k| {
+                                BatchOp::Query(format!(
+                                    "select * from Item where Name = 'b{i}-{n}-{k}'"
+                                ))
+                            })
+                            .collect();
+                        b.qb.batch(&ops, &format!("b{i}-{n}")).await.unwrap();
+                    } else {
+                        b.qb.find_items("Name", &format!("w{i}-{w}-{n}"))
+                            .await
+                            .unwrap();
+                    }
+                    n += 1;
+                }
+            });
+        }
+    }
+    workers
+}
+
 fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
@@ -283,32 +319,7 @@ async fn three_boxes_together_keep_to_the_realms_quota_and_use_90_percent_of_it(
     }
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = tokio::task::JoinSet::new();
-    for (i, b) in boxes.iter().enumerate() {
-        for w in 0..4 {
-            let (b, stop) = (b.clone(), stop.clone());
-            workers.spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if w == 0 {
-                        let ops: Vec<BatchOp> = (0..5)
-                            .map(|k| {
-                                BatchOp::Query(format!(
-                                    "select * from Item where Name = 'b{i}-{n}-{k}'"
-                                ))
-                            })
-                            .collect();
-                        b.qb.batch(&ops, &format!("b{i}-{n}")).await.unwrap();
-                    } else {
-                        b.qb.find_items("Name", &format!("w{i}-{w}-{n}"))
-                            .await
-                            .unwrap();
-                    }
-                    n += 1;
-                }
-            });
-        }
-    }
+    let mut workers = load(&boxes, 5, &stop);
     // The sandbox's rate is the units of the last 60 s: once a full minute of work has
     // gone by, it says what the boxes sustain together.
     let started = Instant::now();
@@ -388,32 +399,7 @@ async fn batches_over_the_burst_keep_their_leased_tokens_beside_single_reads() {
 
     let started = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = tokio::task::JoinSet::new();
-    for (i, b) in boxes.iter().enumerate() {
-        for w in 0..4 {
-            let (b, stop) = (b.clone(), stop.clone());
-            workers.spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if w == 0 {
-                        let ops: Vec<BatchOp> = (0..BATCH)
-                            .map(|k| {
-                                BatchOp::Query(format!(
-                                    "select * from Item where Name = 'b{i}-{n}-{k}'"
-                                ))
-                            })
-                            .collect();
-                        b.qb.batch(&ops, &format!("b{i}-{n}")).await.unwrap();
-                    } else {
-                        b.qb.find_items("Name", &format!("w{i}-{w}-{n}"))
-                            .await
-                            .unwrap();
-                    }
-                    n += 1;
-                }
-            });
-        }
-    }
+    let mut workers = load(&boxes, BATCH, &stop);
     // Under a minute: every unit sent is still in the sandbox's window, so its rate
     // over the time gone by is what the boxes sustained together.
     while started.elapsed() < Duration::from_secs(30) {

@@ -463,3 +463,56 @@ async fn a_healthy_full_sync_of_three_thousand_products_raises_no_warning() {
     engine.shutdown().await;
     sandbox.shutdown().await;
 }
+
+/// Issue 19: while work is queued each worker has its next group claimed and waiting
+/// (a worker that finishes does not wait for a claim's commit), and never more than
+/// one: with 2 workers taking one job at a time, 4 jobs are leased at most, and 4 at
+/// once while the sync runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_has_its_next_group_claimed_and_waiting_no_more() {
+    let sb = common::sandbox(40, 23).await;
+    let base = sb.base_url();
+    common::faults(
+        &base,
+        json!({"service": "quickbooks", "latency_ms": 100, "latency_distribution": "fixed"}),
+    )
+    .await;
+    let mut cfg = common::config_for(&sb);
+    cfg.catalog.workers = 2;
+    cfg.catalog.autoscale = false;
+    cfg.catalog.claim_batch_max = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::engine(cfg, dir.path()).await;
+    let mut rx = engine.snapshot.clone();
+    let (mut most_leased, mut most_busy, mut samples) = (0, 0, 0);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                let c = &s.catalog;
+                if c.counts.queued > 0 {
+                    samples += 1;
+                    most_leased = most_leased.max(c.counts.in_flight);
+                    most_busy = most_busy.max(c.workers_busy);
+                }
+                if c.full_sync.done && c.counts.synced >= 40 {
+                    return;
+                }
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the sync ends");
+    println!(
+        "{samples} samples with work queued: {most_leased} jobs leased, {most_busy} workers busy at most"
+    );
+    assert!(samples >= 5, "only {samples} samples while work was queued");
+    assert!(most_busy <= 2, "{most_busy} workers busy of 2");
+    assert_eq!(
+        most_leased, 4,
+        "2 in hand and 2 waiting, at most and while work is queued"
+    );
+    common::until_idle(&engine, 40).await;
+    common::assert_one_item_per_product(&base).await;
+}

@@ -36,7 +36,7 @@ use crate::telemetry::cache::Cache;
 
 pub const JOB_KIND: &str = "catalog.product";
 /// Jobs one claim takes at most: the dispatcher claims for every worker with room at
-/// once, in groups of the claim batch size.
+/// once, in whole groups of the claim batch size.
 pub const CLAIM_MAX: usize = 64;
 /// With nothing to claim, how long the dispatcher waits at most before it looks again
 /// (work that arrives wakes it at once; a job or lease falling due is waited for).
@@ -296,8 +296,9 @@ pub struct Catalog {
     adopt_by_sku: bool,
     /// The company's Items read in bulk, for batches (and the Sku adoption above).
     index: tokio::sync::Mutex<Option<bulk::ItemIndex>>,
-    /// Groups the dispatcher claimed, waiting for a worker.
-    groups: Mutex<VecDeque<Vec<Job>>>,
+    /// Groups the dispatcher claimed, waiting for a worker (at most one per worker),
+    /// with when their claim was asked for (the queue's clock, ms).
+    groups: Mutex<VecDeque<(i64, Vec<Job>)>>,
     group_ready: Notify,
 }
 
@@ -1192,18 +1193,83 @@ impl Catalog {
         }
     }
 
-    /// Workers the target allows that have no group in hand or waiting for them.
+    /// Groups to claim now. Each worker the target allows may have one group in hand
+    /// and one waiting for it: a worker that finishes takes its next group at once
+    /// instead of waiting for a claim (a claim is a commit). The dispatcher claims at
+    /// once for a worker with nothing in hand or waiting, otherwise once half the
+    /// workers' waiting groups are taken: one claim serves several workers, not one
+    /// each.
     fn room(&self) -> usize {
-        let queued = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
-        self.workers_target()
-            .saturating_sub(self.metrics.busy_workers.load(Ordering::Relaxed) + queued)
+        let waiting = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let target = self.workers_target();
+        let busy = self.metrics.busy_workers.load(Ordering::Relaxed);
+        // One waiting group per worker at most.
+        let free = (2 * target)
+            .saturating_sub(busy + waiting)
+            .min(target.saturating_sub(waiting));
+        let idle = target.saturating_sub(busy + waiting);
+        if idle > 0 || free >= target.div_ceil(2) {
+            free
+        } else {
+            0
+        }
+    }
+
+    /// Waiting groups beyond one per worker the target allows go back untouched (the
+    /// target went down); the oldest are kept.
+    async fn release_surplus_groups(&self) {
+        let target = self.workers_target();
+        let surplus = {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            match groups.len() > target {
+                true => groups.split_off(target),
+                false => return,
+            }
+        };
+        for (_, group) in surplus {
+            for job in group {
+                let _ = self.queue.release(job.id).await;
+            }
+        }
+    }
+
+    /// A group that waited for a worker keeps its lease: once it waited a third of a
+    /// lease its leases are extended (a job another box took meanwhile is left out);
+    /// one that waited a whole lease is dropped untouched (its leases ran out, so the
+    /// queue hands its jobs out again: working on them here too could do them twice).
+    async fn keep_leases(&self, claimed_ms: i64, jobs: Vec<Job>) -> Vec<Job> {
+        let lease = self.settings.lease_ms;
+        let waited = self.queue.clock().now_ms() - claimed_ms;
+        if waited * 3 < lease {
+            return jobs;
+        }
+        if waited >= lease {
+            self.metrics.error(
+                "catalog",
+                &format!(
+                    "{} claimed job(s) waited {waited} ms for a worker, past their lease: \
+                     back to the queue",
+                    jobs.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        match self.queue.heartbeat(&ids, lease).await {
+            Ok(held) => jobs.into_iter().filter(|j| held.contains(&j.id)).collect(),
+            Err(e) => {
+                // Their leases still run for a while: worked on as they are.
+                self.metrics.error("store", &format!("heartbeat: {e}"));
+                jobs
+            }
+        }
     }
 
     /// The one dispatcher: claims up to [`CLAIM_MAX`] jobs at a time for the workers
-    /// that have room (one write for all of them, not one each), and hands them out in
-    /// groups of the claim batch size. With nothing claimable it waits for work to
-    /// arrive, the next job to fall due, or [`IDLE_LOOK_EVERY`]: an idle engine claims
-    /// nothing on a timer of its own.
+    /// that have room (see [`Catalog::room`]: one write for several of them, not one
+    /// each), and hands them out in groups of the claim batch size. With nothing
+    /// claimable it waits for work to arrive, the next job to fall due, or
+    /// [`IDLE_LOOK_EVERY`]: an idle engine claims nothing on a timer of its own.
     pub async fn dispatcher(self: Arc<Self>, cancel: CancellationToken) {
         let mut target = self.target.subscribe();
         // The last claim found nothing.
@@ -1220,6 +1286,7 @@ impl Catalog {
             let progressed = self.progress.notified();
             let notified = self.work.notified();
             target.borrow_and_update();
+            self.release_surplus_groups().await;
             let room = self.room();
             if room == 0 {
                 tokio::select! {
@@ -1260,25 +1327,34 @@ impl Catalog {
                 }
                 continue;
             }
-            let limit = (per * room).min(CLAIM_MAX);
+            // Whole groups only: a short group leaves as a short batch, and QuickBooks
+            // takes few batches a minute (short ones hold a rate-bound sync below its
+            // quota).
+            let limit = (per * room.min((CLAIM_MAX / per).max(1))).min(CLAIM_MAX);
             let lease = self.settings.lease_ms;
             let asked = tokio::time::Instant::now();
+            let asked_ms = self.queue.clock().now_ms();
             // (The embedded store's claim is awaited from its writer thread, committed
             // with the writes waiting there: no thread of the runtime blocks on it.)
             let claimed = self.queue.claim(JOB_KIND, limit, lease).await;
             if matches!(&claimed, Ok(jobs) if jobs.len() == limit) {
-                // A full claim: grow while claiming stays quick.
-                self.claim_batch
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(asked.elapsed());
+                // A full claim: grow while claiming stays quick, a step per group it
+                // holds. (One step per claim would grow the groups several times slower
+                // now that one claim serves several workers: a rate-bound sync's
+                // batches would stay short for long, and QuickBooks takes few batches
+                // a minute, so short ones held it below its quota.)
+                let took = asked.elapsed();
+                let mut sizer = self.claim_batch.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..limit.div_ceil(per) {
+                    sizer.record(took);
+                }
             }
             idle = matches!(&claimed, Ok(jobs) if jobs.is_empty());
             match claimed {
                 Ok(jobs) if !jobs.is_empty() => {
                     let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
                     for group in jobs.chunks(per) {
-                        groups.push_back(group.to_vec());
+                        groups.push_back((asked_ms, group.to_vec()));
                         self.group_ready.notify_one();
                     }
                 }
@@ -1310,6 +1386,7 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
+            .map(|(_, g)| g)
             .collect();
         for job in groups.iter().flatten() {
             let _ = self.queue.release(job.id).await;
@@ -1344,7 +1421,7 @@ impl Catalog {
                 }
                 g
             };
-            let Some(jobs) = taken else {
+            let Some((claimed_ms, jobs)) = taken else {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = ready => {}
@@ -1352,6 +1429,12 @@ impl Catalog {
                 }
                 continue;
             };
+            let jobs = self.keep_leases(claimed_ms, jobs).await;
+            if jobs.is_empty() {
+                self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
+                self.progress.notify_waiters();
+                continue;
+            }
             // Jobs not started when a pause, shutdown or scale-down arrives, or while
             // the circuit is open, go back untouched.
             let open = self.qb.guard().is_some_and(|g| !g.breaker.admits_now().0);
@@ -1368,10 +1451,12 @@ impl Catalog {
             let n = jobs.len();
             self.metrics.in_flight.fetch_add(n, Ordering::Relaxed);
             // One trace per claim: its requests carry it, its audit lines record it.
+            // (The group's future is large: boxed once, the wrappers around it move a
+            // pointer instead of copying it each time they take it.)
             crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
                 let (results, waited) = crate::resilience::measuring_permit_wait(
-                    self.heartbeating(&jobs, self.process_group(&jobs)),
+                    self.heartbeating(&jobs, Box::pin(self.process_group(&jobs))),
                 )
                 .await;
                 // Each job is charged its share of the time the group took, and of the

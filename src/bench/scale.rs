@@ -50,6 +50,9 @@ struct Round {
     /// Postgres round trips of the whole round, per Item written.
     trips_per_item: f64,
     engine_cpu_ms: f64,
+    /// The machine's cores busy over the measured span, of all (engines, sandbox,
+    /// Postgres and everything else): near 1 the machine is the limit.
+    machine_busy: Option<f64>,
     wall_secs: f64,
     throttled: u64,
 }
@@ -94,13 +97,14 @@ pub async fn scale(opts: ScaleOptions) -> anyhow::Result<()> {
         let round = self::round(&opts, &pg, &exe, n).await?;
         println!(
             "  {n} engine(s): {:.0} items/s ({} items in {:.1} s measured, {:.1} s in all), \
-             {:.2} Postgres round trips an item, engine CPU {:.3} ms an item, {} throttled",
+             {:.2} Postgres round trips an item, engine CPU {:.3} ms an item, machine {} busy, {} throttled",
             round.items_per_sec(),
             round.items,
             round.secs,
             round.wall_secs,
             round.trips_per_item,
             round.engine_cpu_ms / round.items.max(1) as f64,
+            busy(round.machine_busy),
             round.throttled,
         );
         rounds.push(round);
@@ -111,9 +115,9 @@ pub async fn scale(opts: ScaleOptions) -> anyhow::Result<()> {
         .map(Round::items_per_sec);
     println!();
     println!(
-        "| engines | items/s | x 1 engine | scaling vs linear | PG round trips/item | engine CPU ms/item | 429s |"
+        "| engines | items/s | x 1 engine | scaling vs linear | PG round trips/item | engine CPU ms/item | machine CPU busy | 429s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rounds {
         let (times, linear) = match base {
             Some(b) if b > 0.0 => {
@@ -123,17 +127,39 @@ pub async fn scale(opts: ScaleOptions) -> anyhow::Result<()> {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "| {} | {:.0} | {times} | {linear} | {:.2} | {:.3} | {} |",
+            "| {} | {:.0} | {times} | {linear} | {:.2} | {:.3} | {} | {} |",
             r.engines,
             r.items_per_sec(),
             r.trips_per_item,
             r.engine_cpu_ms / r.items.max(1) as f64,
+            busy(r.machine_busy),
             r.throttled,
         );
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("\n(this machine: {cores} cores for the engines, the sandbox and Postgres together)");
+    println!(
+        "\n(this machine: {cores} cores for the engines, the sandbox and Postgres together; \
+         near 100 % busy, the machine is the limit, not the store)"
+    );
     Ok(())
+}
+
+fn busy(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".into(), |b| format!("{:.0} %", b * 100.0))
+}
+
+/// The machine's CPU time so far (jiffies): busy, and in all (`/proc/stat`'s first
+/// line; idle and waiting for I/O are not busy). None off Linux.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let all: u64 = n.iter().take(8).sum();
+    let idle = n.get(3)? + n.get(4)?;
+    Some((all - idle, all))
 }
 
 /// A sandbox of `opts.companies` companies on a runtime of its own (its threads apart
@@ -339,6 +365,7 @@ async fn round(
     let (from_items, _) = progress(&sb).await?;
     let from = Instant::now();
     let cpu_from: f64 = engines.iter().map(Engine::cpu_secs).sum();
+    let machine_from = machine_jiffies();
     let goal = total * 9 / 10;
     let mut last = (from_items, Instant::now());
     let (to_items, to) = loop {
@@ -357,6 +384,12 @@ async fn round(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let cpu_to: f64 = engines.iter().map(Engine::cpu_secs).sum();
+    let machine_busy = match (machine_from, machine_jiffies()) {
+        (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => {
+            Some(b1.saturating_sub(b0) as f64 / (a1 - a0) as f64)
+        }
+        _ => None,
+    };
     let items = to_items.saturating_sub(from_items);
     // The rest, so the round trips are those of every item.
     loop {
@@ -382,6 +415,7 @@ async fn round(
         secs: to.duration_since(from).as_secs_f64(),
         trips_per_item: round_trips as f64 / total.max(1) as f64,
         engine_cpu_ms: (cpu_to - cpu_from) * 1000.0,
+        machine_busy,
         wall_secs,
         throttled,
     })

@@ -999,6 +999,20 @@ impl Store {
         })
     }
 
+    /// Merges the audit text index's segments a step (about `pages` pages written) where
+    /// a level holds two or more; whether there was work (an idle indexer calls it until
+    /// there is none: the index then reads as few segments as it can).
+    pub fn merge_audit_text(&self, pages: u32) -> Result<bool> {
+        self.recorded(|| {
+            let conn = self.w();
+            let before = conn.total_changes();
+            conn.prepare_cached("INSERT INTO audit_text(audit_text, rank) VALUES ('merge', ?1)")?
+                .execute(params![pages])?;
+            // FTS5's own signal: fewer than two rows changed means nothing was merged.
+            Ok(conn.total_changes() - before >= 2)
+        })
+    }
+
     /// Removes audit entries older than `before_ms`; how many.
     pub fn purge_audit_before(&self, before_ms: i64) -> Result<usize> {
         self.recorded(|| {
@@ -1883,6 +1897,72 @@ mod tests {
         assert_eq!(s.index_audit_text(10_000).unwrap(), 1);
         assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
         assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 1);
+        s.w()
+            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    /// Segments of the audit text index (FTS5's structure record: a 4-byte cookie, then
+    /// the levels and the segments as varints, one byte each while under 128).
+    fn text_segments(s: &Store) -> u8 {
+        let block: Vec<u8> = s
+            .r()
+            .query_row("SELECT block FROM audit_text_data WHERE id = 10", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(block[4] < 128 && block[5] < 128, "{block:?}");
+        block[5]
+    }
+
+    #[test]
+    fn the_text_index_fed_in_batches_is_merged_to_one_segment_when_idle_and_finds_the_same() {
+        let (_d, s) = store();
+        for i in 0..3000 {
+            s.audit(
+                "item",
+                &format!("prod_{i}"),
+                "engine",
+                &format!("created Item {i}"),
+            )
+            .unwrap();
+            // Fed as the engine feeds it: what was written since, every so often.
+            if i % 97 == 96 {
+                s.index_audit_text(5000).unwrap();
+            }
+        }
+        s.index_audit_text(5000).unwrap();
+        let find = |words: &str| {
+            let f = AuditFilter {
+                text: Some(words.into()),
+                limit: 100,
+                ..Default::default()
+            };
+            (s.audit_query(&f).unwrap(), s.audit_count(&f).unwrap())
+        };
+        let before = (find("prod_299"), find("prod_2999 item"), find("created"));
+        assert_eq!(before.0.1, 11);
+        assert_eq!(before.1.1, 1);
+        assert_eq!(before.2.1, 3000);
+        let fed = text_segments(&s);
+        assert!(fed > 1, "{fed} segments");
+        let mut steps = 0;
+        while s.merge_audit_text(50).unwrap() {
+            steps += 1;
+            assert!(steps < 1000, "merging never ends");
+        }
+        assert_eq!(
+            text_segments(&s),
+            1,
+            "{fed} segments merged in {steps} steps"
+        );
+        // Idle and merged: a step is no work.
+        assert!(!s.merge_audit_text(50).unwrap());
+        let after = (find("prod_299"), find("prod_2999 item"), find("created"));
+        let ids = |r: &(Vec<AuditEntry>, u64)| (r.0.iter().map(|e| e.id).collect::<Vec<_>>(), r.1);
+        assert_eq!(ids(&after.0), ids(&before.0));
+        assert_eq!(ids(&after.1), ids(&before.1));
+        assert_eq!(ids(&after.2), ids(&before.2));
         s.w()
             .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
             .unwrap();

@@ -324,6 +324,15 @@ impl JobQueue {
         }
     }
 
+    /// Jobs of `kind` queued, counted up to `cap` at most (a shared queue's count is a
+    /// round trip: a bounded one).
+    pub async fn queued_up_to(&self, kind: &str, cap: u64) -> QueueResult<u64> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.queued(kind)?.min(cap)),
+            Backend::Postgres { pg, .. } => Ok(pg.queued_up_to(kind, cap).await?),
+        }
+    }
+
     /// Jobs of `kind` not done: queued, leased (claimed, perhaps not yet started), or
     /// failed with no later success for their key.
     pub async fn unfinished(&self, kind: &str) -> QueueResult<u64> {

@@ -1142,11 +1142,18 @@ impl Catalog {
     }
 
     /// Jobs waiting to be claimed, counted up to `cap`.
+    /// A count that fails reads as full (the lister waits and asks again, recorded as a
+    /// store error): read as empty, the lister would queue page after page unchecked.
     async fn queued_up_to(&self, cap: u64) -> u64 {
-        match self.queue.is_shared() {
-            false => self.store.queued(JOB_KIND).unwrap_or(0),
-            true => self.queue.queued_up_to(JOB_KIND, cap).await.unwrap_or(0),
-        }
+        let counted = match self.queue.is_shared() {
+            false => self.store.queued(JOB_KIND).map_err(|e| e.to_string()),
+            true => (self.queue.queued_up_to(JOB_KIND, cap).await).map_err(|e| e.to_string()),
+        };
+        counted.unwrap_or_else(|e| {
+            self.metrics
+                .error("store", &format!("counting the queue: {e}"));
+            cap
+        })
     }
 
     /// The catalog's counts for the snapshot: the store's (SQLite), or the shared
@@ -1224,9 +1231,8 @@ impl Catalog {
     /// each.
     ///
     /// Not on a shared queue: there a group claimed ahead is work an idle worker of
-    /// another box cannot take, and in `bench scale` (3 engines, 8 companies on one
-    /// Postgres) claiming ahead cost each item about a quarter more of the engine's CPU
-    /// and held 3 engines to 410 items/s against 493 without it.
+    /// another box cannot take until this box's worker is free (and its lease must be
+    /// kept meanwhile), and a claim is a round trip the other boxes' claims contend with.
     fn room(&self) -> usize {
         let waiting = self.groups.lock().unwrap_or_else(|p| p.into_inner()).len();
         let target = self.workers_target();

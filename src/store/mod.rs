@@ -1001,7 +1001,7 @@ impl Store {
 
     /// Merges the audit text index's segments a step (about `pages` pages written) where
     /// a level holds two or more; whether there was work (an idle indexer calls it until
-    /// there is none: the index then reads as few segments as it can).
+    /// there is none: the index then holds at most one segment a level).
     pub fn merge_audit_text(&self, pages: u32) -> Result<bool> {
         self.recorded(|| {
             let conn = self.w();

@@ -868,14 +868,12 @@ impl Catalog {
                     _ = progressed => {}
                     _ = tokio::time::sleep(FULL_QUEUE_LOOK_AFTER) => {}
                 }
-                // A shared queue's count is a round trip to the database: asked at
-                // most every SHARED_QUEUE_LOOK_EVERY however fast items complete (as
-                // often as they complete, it was a third of the database's work).
-                if self.queue.is_shared() {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(looked + SHARED_QUEUE_LOOK_EVERY) => {}
-                    }
+                // As often as items complete, the count was a third of the database's work.
+                if !self
+                    .shared_pace(looked + SHARED_QUEUE_LOOK_EVERY, &cancel)
+                    .await
+                {
+                    return;
                 }
             }
             let cursor = match &state.after {
@@ -995,12 +993,11 @@ impl Catalog {
                 _ = self.progress.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-            // On a shared queue the count is a scan on the database: not once an item.
-            if self.queue.is_shared() {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(looked + Duration::from_secs(1)) => {}
-                }
+            if !self
+                .shared_pace(looked + Duration::from_secs(1), cancel)
+                .await
+            {
+                return;
             }
         }
     }
@@ -1141,19 +1138,31 @@ impl Catalog {
         }
     }
 
+    /// On a shared queue, waits until `next`: a count there is a round trip to the
+    /// database, asked at most that often however fast items complete. False once
+    /// cancelled.
+    async fn shared_pace(&self, next: tokio::time::Instant, cancel: &CancellationToken) -> bool {
+        if !self.queue.is_shared() {
+            return true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep_until(next) => true,
+        }
+    }
+
     /// Jobs waiting to be claimed, counted up to `cap`.
     /// A count that fails reads as full (the lister waits and asks again, recorded as a
     /// store error): read as empty, the lister would queue page after page unchecked.
     async fn queued_up_to(&self, cap: u64) -> u64 {
-        let counted = match self.queue.is_shared() {
-            false => self.store.queued(JOB_KIND).map_err(|e| e.to_string()),
-            true => (self.queue.queued_up_to(JOB_KIND, cap).await).map_err(|e| e.to_string()),
-        };
-        counted.unwrap_or_else(|e| {
-            self.metrics
-                .error("store", &format!("counting the queue: {e}"));
-            cap
-        })
+        self.queue
+            .queued_up_to(JOB_KIND, cap)
+            .await
+            .unwrap_or_else(|e| {
+                self.metrics
+                    .error("store", &format!("counting the queue: {e}"));
+                cap
+            })
     }
 
     /// The catalog's counts for the snapshot: the store's (SQLite), or the shared

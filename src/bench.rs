@@ -1047,7 +1047,7 @@ pub async fn history(
         };
         let (mut lat, mut total_lat) = (Vec::new(), Vec::new());
         let (mut found, mut total) = (0, 0);
-        for _ in 0..20 {
+        for _ in 0..100 {
             let t = Instant::now();
             let answer = front
                 .query(Query::Audit {

@@ -913,11 +913,7 @@ impl Store {
                 }
                 sql.push_str(&w.sql);
                 args.extend(w.args.iter().cloned());
-                if let Some(id) = w.before_id {
-                    sql.push_str(&format!(" AND {} < ?", source.order));
-                    args.push(id.into());
-                }
-                sql.push_str(&format!(" ORDER BY {} DESC LIMIT ?", source.order));
+                sql.push_str(&format!(" ORDER BY {} LIMIT ?", source.newest_first));
                 args.push(limit.into());
                 parts.push(sql);
             }
@@ -941,13 +937,16 @@ impl Store {
     /// How many audit entries match `f` over the whole trail (its page ignored).
     pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
         let w = audit_where(f, false);
+        let alone = w.sql.is_empty() && f.kinds.is_empty();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut parts = Vec::new();
         for source in &w.sources {
-            let mut sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE 1=1{}",
-                source.from, source.sql
-            );
+            let from = if alone {
+                source.count_from
+            } else {
+                source.from
+            };
+            let mut sql = format!("SELECT COUNT(*) FROM {from} WHERE 1=1{}", source.sql);
             args.extend(source.args.iter().cloned());
             if !f.kinds.is_empty() {
                 sql.push_str(&format!(
@@ -987,9 +986,13 @@ impl Store {
             let Some(last) = last else {
                 return Ok(0);
             };
+            // Keyed by the id negated (newest first is the index's ascending order),
+            // and inserted in that order: FTS5 flushes its pending segment whenever a
+            // rowid is not above the last one, so ascending ids would make a segment each.
             tx.prepare_cached(
                 "INSERT INTO audit_text(rowid, kind, entity, actor, message)
-                 SELECT id, kind, entity, actor, message FROM audit WHERE id > ?1 AND id <= ?2",
+                 SELECT -id, kind, entity, actor, message FROM audit
+                 WHERE id > ?1 AND id <= ?2 ORDER BY id DESC",
             )?
             .execute(params![upto, last])?;
             tx.prepare_cached("UPDATE audit_indexed SET upto = ?1")?
@@ -1510,17 +1513,18 @@ struct AuditWhere {
     /// ` AND …` conditions on `a`, with their arguments.
     sql: String,
     args: Vec<rusqlite::types::Value>,
-    /// The page: entries older than this id.
-    before_id: Option<i64>,
 }
 
 /// One way of reading audit rows `a`.
 struct AuditSource {
     /// The rows read: `audit a`, or the trigram index joined to it.
     from: &'static str,
-    /// The column the newest-first order is on.
-    order: &'static str,
-    /// ` AND …` conditions this source adds, with their arguments.
+    /// What a count reads when nothing but this source's own conditions is asked:
+    /// the index alone (what it holds is what `audit` holds), else as `from`.
+    count_from: &'static str,
+    /// The order that reads it newest first.
+    newest_first: &'static str,
+    /// ` AND …` conditions this source adds (the page's among them), with their arguments.
     sql: String,
     args: Vec<rusqlite::types::Value>,
 }
@@ -1530,6 +1534,13 @@ const AUDIT_TEXT: &str = "lower(a.kind || ' ' || a.entity || ' ' || a.actor || '
 
 /// The conditions of `f` other than its types (and, unless `paged`, its page).
 fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
+    let before = f.before_id.filter(|_| paged);
+    let older = |sql: &mut String, args: &mut Vec<rusqlite::types::Value>| {
+        if let Some(id) = before {
+            sql.push_str(" AND a.id < ?");
+            args.push(id.into());
+        }
+    };
     let mut sql = String::new();
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(e) = &f.entity {
@@ -1557,12 +1568,15 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         }
     }
     let sources = if long.is_empty() {
-        vec![AuditSource {
+        let mut all = AuditSource {
             from: "audit a",
-            order: "a.id",
+            count_from: "audit a",
+            newest_first: "a.id DESC",
             sql: String::new(),
             args: Vec::new(),
-        }]
+        };
+        older(&mut all.sql, &mut all.args);
+        vec![all]
     } else {
         // The trigram index drives the read (in its rowid order) over what it holds;
         // the entries written since it was last fed are few, and scanned.
@@ -1572,7 +1586,8 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             .collect();
         let mut tail = AuditSource {
             from: "audit a",
-            order: "a.id",
+            count_from: "audit a",
+            newest_first: "a.id DESC",
             sql: " AND a.id > (SELECT upto FROM audit_indexed)".to_owned(),
             args: Vec::new(),
         };
@@ -1581,23 +1596,31 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
                 .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
             tail.args.push(w.to_lowercase().into());
         }
-        vec![
-            AuditSource {
-                from: "audit_text CROSS JOIN audit a ON a.id = audit_text.rowid",
-                order: "audit_text.rowid",
-                sql: " AND audit_text MATCH ? AND audit_text.rowid <= (SELECT upto FROM audit_indexed)"
-                    .to_owned(),
-                args: vec![matching.join(" AND ").into()],
-            },
-            tail,
-        ]
+        older(&mut tail.sql, &mut tail.args);
+        // The index is keyed by the id negated: newest first is its ascending order,
+        // from one lower bound (FTS5 seeks to the first it is given): what it holds
+        // (up to `upto`), or the page's start, whichever is newer.
+        let mut indexed = AuditSource {
+            from: "audit_text CROSS JOIN audit a ON a.id = -audit_text.rowid",
+            count_from: "audit_text",
+            newest_first: "audit_text.rowid",
+            sql: " AND audit_text MATCH ?".to_owned(),
+            args: vec![matching.join(" AND ").into()],
+        };
+        match before {
+            Some(id) => {
+                indexed.sql.push_str(
+                    " AND audit_text.rowid > -min((SELECT upto FROM audit_indexed) + 1, ?)",
+                );
+                indexed.args.push(id.into());
+            }
+            None => indexed
+                .sql
+                .push_str(" AND audit_text.rowid >= -(SELECT upto FROM audit_indexed)"),
+        }
+        vec![indexed, tail]
     };
-    AuditWhere {
-        sources,
-        sql,
-        args,
-        before_id: if paged { f.before_id } else { None },
-    }
+    AuditWhere { sources, sql, args }
 }
 
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
@@ -1902,7 +1925,8 @@ mod tests {
             .unwrap();
     }
 
-    /// Segments of the audit text index (FTS5's structure record: a 4-byte cookie, then
+    /// Segments of the audit text index (FTS5's structure record: a 4-byte cookie, the
+    /// 4-byte mark of its second format (a contentless-delete index's) if there, then
     /// the levels and the segments as varints, one byte each while under 128).
     fn text_segments(s: &Store) -> u8 {
         let block: Vec<u8> = s
@@ -1911,8 +1935,9 @@ mod tests {
                 r.get(0)
             })
             .unwrap();
-        assert!(block[4] < 128 && block[5] < 128, "{block:?}");
-        block[5]
+        let at = if block[4..8] == [0xff, 0, 0, 1] { 8 } else { 4 };
+        assert!(block[at] < 128 && block[at + 1] < 128, "{block:?}");
+        block[at + 1]
     }
 
     #[test]

@@ -144,15 +144,22 @@ const RETENTION_FIRST_AFTER: Duration = Duration::from_secs(300);
 /// every write's path (text queries scan the few rows not yet indexed).
 pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
     loop {
-        let s = store.clone();
+        let (s, stop) = (store.clone(), cancel.clone());
         let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<()> {
             let mut indexed = 0;
             loop {
                 let n = s.index_audit_text(AUDIT_INDEX_BATCH)?;
                 indexed += n;
-                if n < AUDIT_INDEX_BATCH {
+                // (A stop does not wait for a long catch-up: the next start goes on.)
+                if n < AUDIT_INDEX_BATCH || stop.is_cancelled() {
                     break;
                 }
+                // Catching up (a long trail after the index was rebuilt): the writer's
+                // lock is let go long enough for the engine's own writes to take it.
+                std::thread::sleep(AUDIT_CATCH_UP_PAUSE);
+            }
+            if indexed >= AUDIT_INDEX_BATCH {
+                tracing::info!("audit text index: caught up, {indexed} entries indexed");
             }
             // Nothing new: a step of merging the index's segments, if any level has
             // two (a no-op read of its structure otherwise).
@@ -175,7 +182,10 @@ pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
 }
 
 const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(2);
+/// Entries indexed in one write (a long catch-up: about 0.1 s each on this class of
+/// machine, with a pause between them).
 const AUDIT_INDEX_BATCH: usize = 5000;
+const AUDIT_CATCH_UP_PAUSE: Duration = Duration::from_millis(20);
 /// Pages of the text index merged in one idle step, every AUDIT_INDEX_EVERY while there
 /// is merging to do (about 0.8 MB of writing; at 500 pages an idle engine merging a
 /// 1M-entry trail's index used 2.5 % of a core, 0.4 % of it not merging).

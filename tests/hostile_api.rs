@@ -463,6 +463,27 @@ async fn tokens_in_urls_unknown_paths_and_a_viewers_head_are_judged_by_the_token
         .await;
     assert_eq!(s, 400, "{v}");
     error_message(&v);
+    // Searched words the text index would refuse: a 400 saying why, not a 503.
+    let many = vec!["ab"; 150].join("%20");
+    for (query, why) in [
+        ("text=a%00b".to_owned(), "control characters"),
+        (format!("text={many}"), "longer than"),
+    ] {
+        let (s, v) = api
+            .raw("GET", &format!("/api/v1/events?{query}"), Some(OPS), None)
+            .await;
+        assert_eq!(s, 400, "{query}: {v}");
+        assert!(error_message(&v).contains(why), "{v}");
+    }
+    let (s, v) = api
+        .raw(
+            "GET",
+            "/api/v1/events?text=NEAR(%22x%22%20kind:*",
+            Some(OPS),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "FTS5 syntax is searched for as words: {v}");
     // A body over the limit: a JSON 413 naming the body.
     let (s, v) = api
         .raw(

@@ -928,6 +928,16 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         (Ok(a), Ok(b)) => (a, b),
         (Err(m), _) | (_, Err(m)) => return bad(m),
     };
+    // The words searched, held to what a text field may be (a NUL or a thousand words
+    // would reach the index as a query it refuses).
+    if let Some(t) = &q.text {
+        if t.chars().count() > MAX_TEXT {
+            return bad(format!("text: longer than {MAX_TEXT} characters"));
+        }
+        if t.chars().any(char::is_control) {
+            return bad("text: contains control characters");
+        }
+    }
     let filter = crate::protocol::AuditFilter {
         kinds: q
             .kind

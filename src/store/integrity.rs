@@ -32,6 +32,10 @@ const HISTORY: &[&str] = &[
     "job_keys",
     "stripe_events",
     "audit",
+    "audit_search_data",
+    "audit_search_idx",
+    "audit_search_docsize",
+    // The text index before schema 14 (a store not yet migrated is checked first).
     "audit_text_data",
     "audit_text_idx",
     "audit_text_docsize",

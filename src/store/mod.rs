@@ -990,7 +990,7 @@ impl Store {
             // and inserted in that order: FTS5 flushes its pending segment whenever a
             // rowid is not above the last one, so ascending ids would make a segment each.
             tx.prepare_cached(
-                "INSERT INTO audit_text(rowid, kind, entity, actor, message)
+                "INSERT INTO audit_search(rowid, kind, entity, actor, message)
                  SELECT -id, kind, entity, actor, message FROM audit
                  WHERE id > ?1 AND id <= ?2 ORDER BY id DESC",
             )?
@@ -1009,8 +1009,10 @@ impl Store {
         self.recorded(|| {
             let conn = self.w();
             let before = conn.total_changes();
-            conn.prepare_cached("INSERT INTO audit_text(audit_text, rank) VALUES ('merge', ?1)")?
-                .execute(params![pages])?;
+            conn.prepare_cached(
+                "INSERT INTO audit_search(audit_search, rank) VALUES ('merge', ?1)",
+            )?
+            .execute(params![pages])?;
             // FTS5's own signal: fewer than two rows changed means nothing was merged.
             Ok(conn.total_changes() - before >= 2)
         })
@@ -1024,9 +1026,11 @@ impl Store {
             let n = tx
                 .prepare_cached("DELETE FROM audit WHERE at < ?1")?
                 .execute(params![before_ms])?;
-            // An emptied trail numbers its next entries from 1 again: none is indexed.
+            // The next entries are numbered after the highest id left (from 1 again when
+            // the trail is emptied; below `upto` when the newest went, as with a clock
+            // stepped back): none of them is indexed.
             tx.prepare_cached(
-                "UPDATE audit_indexed SET upto = 0 WHERE NOT EXISTS (SELECT 1 FROM audit)",
+                "UPDATE audit_indexed SET upto = min(upto, COALESCE((SELECT MAX(id) FROM audit), 0))",
             )?
             .execute([])?;
             tx.commit()?;
@@ -1601,22 +1605,22 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         // from one lower bound (FTS5 seeks to the first it is given): what it holds
         // (up to `upto`), or the page's start, whichever is newer.
         let mut indexed = AuditSource {
-            from: "audit_text CROSS JOIN audit a ON a.id = -audit_text.rowid",
-            count_from: "audit_text",
-            newest_first: "audit_text.rowid",
-            sql: " AND audit_text MATCH ?".to_owned(),
+            from: "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid",
+            count_from: "audit_search",
+            newest_first: "audit_search.rowid",
+            sql: " AND audit_search MATCH ?".to_owned(),
             args: vec![matching.join(" AND ").into()],
         };
         match before {
             Some(id) => {
                 indexed.sql.push_str(
-                    " AND audit_text.rowid > -min((SELECT upto FROM audit_indexed) + 1, ?)",
+                    " AND audit_search.rowid > -min((SELECT upto FROM audit_indexed) + 1, ?)",
                 );
                 indexed.args.push(id.into());
             }
             None => indexed
                 .sql
-                .push_str(" AND audit_text.rowid >= -(SELECT upto FROM audit_indexed)"),
+                .push_str(" AND audit_search.rowid >= -(SELECT upto FROM audit_indexed)"),
         }
         vec![indexed, tail]
     };
@@ -1907,7 +1911,7 @@ mod tests {
         assert_eq!(s.index_audit_text(10_000).unwrap(), 0);
         check("all indexed");
         s.w()
-            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .execute_batch("INSERT INTO audit_search(audit_search) VALUES ('integrity-check')")
             .unwrap();
         // Entries purged by retention leave the text index too.
         assert_eq!(s.purge_audit_before(now_ms() + 1).unwrap(), 1201);
@@ -1921,8 +1925,47 @@ mod tests {
         assert_eq!(ids(&page(text("prod_7 again", vec![]))), [1]);
         assert_eq!(s.audit_count(&text("prod_7", vec![])).unwrap(), 1);
         s.w()
-            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .execute_batch("INSERT INTO audit_search(audit_search) VALUES ('integrity-check')")
             .unwrap();
+    }
+
+    /// Entries numbered again below what the index holds (the newest purged while older
+    /// ones stay, as after a clock stepped back) are found by text, then indexed.
+    #[test]
+    fn entries_numbered_again_after_the_newest_were_purged_are_found_by_text() {
+        let (_d, s) = store();
+        for i in 0..10 {
+            s.audit("item", &format!("prod_{i}"), "engine", "created")
+                .unwrap();
+        }
+        // Three more stamped a day earlier (the clock stepped back), all indexed.
+        let day_ago = now_ms() - 86_400_000;
+        for i in 10..13 {
+            s.w()
+                .execute(
+                    "INSERT INTO audit(at, kind, entity, actor, message) VALUES (?1, 'item', ?2, 'engine', 'created')",
+                    params![day_ago, format!("prod_{i}")],
+                )
+                .unwrap();
+        }
+        assert_eq!(s.index_audit_text(100).unwrap(), 13);
+        assert_eq!(s.purge_audit_before(day_ago + 1).unwrap(), 3);
+        let id = s
+            .audit("item", "prod_77", "engine", "created again")
+            .unwrap();
+        assert_eq!(id, 11, "numbered after the highest id left");
+        let find = || {
+            let f = AuditFilter {
+                text: Some("prod_77 again".into()),
+                limit: 10,
+                ..Default::default()
+            };
+            let ids: Vec<i64> = s.audit_query(&f).unwrap().iter().map(|e| e.id).collect();
+            (ids, s.audit_count(&f).unwrap())
+        };
+        assert_eq!(find(), (vec![11], 1), "before it is indexed");
+        assert_eq!(s.index_audit_text(100).unwrap(), 1);
+        assert_eq!(find(), (vec![11], 1), "once indexed");
     }
 
     /// Segments of the audit text index (FTS5's structure record: a 4-byte cookie, the
@@ -1931,9 +1974,11 @@ mod tests {
     fn text_segments(s: &Store) -> u8 {
         let block: Vec<u8> = s
             .r()
-            .query_row("SELECT block FROM audit_text_data WHERE id = 10", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT block FROM audit_search_data WHERE id = 10",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         let at = if block[4..8] == [0xff, 0, 0, 1] { 8 } else { 4 };
         assert!(block[at] < 128 && block[at + 1] < 128, "{block:?}");
@@ -1989,7 +2034,7 @@ mod tests {
         assert_eq!(ids(&after.1), ids(&before.1));
         assert_eq!(ids(&after.2), ids(&before.2));
         s.w()
-            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .execute_batch("INSERT INTO audit_search(audit_search) VALUES ('integrity-check')")
             .unwrap();
     }
 

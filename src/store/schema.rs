@@ -275,28 +275,34 @@ const MIGRATIONS: &[&str] = &[
     // ascending order. Read backwards (`ORDER BY rowid DESC`) FTS5 re-walks each page's
     // doclist index at every step: on a 1M-entry trail a rare word's newest page took
     // 15 ms that way, 1 ms ascending (SQLite 3.54). Contentless (the entries are read
-    // from `audit`), deletes by rowid. The engine's indexer fills it again from the
-    // oldest entry in batches (`Store::index_audit_text`); text queries scan the entries
-    // not yet indexed meanwhile, so nothing goes unfound.
+    // from `audit`), deletes by rowid; under a new name, so that an older syncctl run on
+    // this store fails loudly at text search instead of feeding it entries by their
+    // plain ids. The engine's indexer fills it again from the oldest entry in batches
+    // (`Store::index_audit_text`); text queries scan the entries not yet indexed
+    // meanwhile, so nothing goes unfound.
     "DROP TRIGGER audit_text_delete;
      DROP TABLE audit_text;
-     CREATE VIRTUAL TABLE audit_text USING fts5(kind, entity, actor, message,
+     CREATE VIRTUAL TABLE audit_search USING fts5(kind, entity, actor, message,
         content='', contentless_delete=1, tokenize='trigram');
-     INSERT INTO audit_text(audit_text, rank) VALUES ('automerge', 2);
-     INSERT INTO audit_text(audit_text, rank) VALUES ('usermerge', 2);
+     INSERT INTO audit_search(audit_search, rank) VALUES ('automerge', 2);
+     INSERT INTO audit_search(audit_search, rank) VALUES ('usermerge', 2);
      UPDATE audit_indexed SET upto = 0;
-     CREATE TRIGGER audit_text_delete AFTER DELETE ON audit
+     CREATE TRIGGER audit_search_delete AFTER DELETE ON audit
        WHEN OLD.id <= (SELECT upto FROM audit_indexed) BEGIN
-        DELETE FROM audit_text WHERE rowid = -OLD.id;
+        DELETE FROM audit_search WHERE rowid = -OLD.id;
      END;",
-    // 15: one index by entity, not two. `audit_entity_id` (entity, then id) reads an
-    // entity's entries newest first, with or without a time bound (an entity has few);
-    // `audit_entity` (entity, at) only cost every audit line a write at a random place.
-    "DROP INDEX audit_entity;",
 ];
 
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Brings the database to the schema this syncctl knows; refuses one a newer syncctl
+/// has migrated (it would read and write it by rules it does not know).
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current as usize > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database is at schema version {current}, newer than this syncctl knows ({}): a newer syncctl has run on it; run that one (or a later one)",
+            MIGRATIONS.len()
+        );
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -319,6 +325,31 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    /// A store a newer syncctl migrated is refused, not read by older rules (as an older
+    /// text index fed entries by keys the newer one does not use), and left as it was.
+    #[test]
+    fn a_store_of_a_newer_syncctl_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = MIGRATIONS.len() as i64 + 1;
+        Connection::open(dir.path().join("syncctl.db"))
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        let e = crate::store::Store::open(dir.path())
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains(&format!("schema version {newer}, newer than this syncctl")),
+            "{e}"
+        );
+        let v: i64 = Connection::open(dir.path().join("syncctl.db"))
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, newer);
     }
 
     #[test]
@@ -415,7 +446,7 @@ mod tests {
         while s.index_audit_text(100).unwrap() > 0 {}
         assert_eq!(all(&s), (want, 110), "all indexed");
         s.w()
-            .execute_batch("INSERT INTO audit_text(audit_text) VALUES ('integrity-check')")
+            .execute_batch("INSERT INTO audit_search(audit_search) VALUES ('integrity-check')")
             .unwrap();
     }
 

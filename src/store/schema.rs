@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_store_indexed_by_the_old_trigger_counts_as_indexed_to_its_last_entry() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         for sql in &MIGRATIONS[..10] {
             conn.execute_batch(sql).unwrap();
         }

@@ -141,25 +141,34 @@ const AUDIT_RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const RETENTION_FIRST_AFTER: Duration = Duration::from_secs(300);
 
 /// Feeds the audit trail's text index with what was written since, in batches, off
-/// every write's path (text queries scan the few rows not yet indexed).
+/// every write's path (text queries scan the rows not yet indexed: a few seconds' worth,
+/// or the whole trail while a rebuilt index catches up).
 pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
     loop {
         let (s, stop) = (store.clone(), cancel.clone());
         let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<()> {
             let mut indexed = 0;
             loop {
+                let took = std::time::Instant::now();
                 let n = s.index_audit_text(AUDIT_INDEX_BATCH)?;
                 indexed += n;
-                // (A stop does not wait for a long catch-up: the next start goes on.)
-                if n < AUDIT_INDEX_BATCH || stop.is_cancelled() {
+                if n < AUDIT_INDEX_BATCH {
+                    if indexed > n {
+                        tracing::info!("audit text index: caught up, {indexed} entries indexed");
+                    }
                     break;
                 }
-                // Catching up (a long trail after the index was rebuilt): the writer's
-                // lock is let go long enough for the engine's own writes to take it.
-                std::thread::sleep(AUDIT_CATCH_UP_PAUSE);
-            }
-            if indexed >= AUDIT_INDEX_BATCH {
-                tracing::info!("audit text index: caught up, {indexed} entries indexed");
+                // (A stop does not wait for a long catch-up: the next start goes on.)
+                if stop.is_cancelled() {
+                    tracing::info!(
+                        "audit text index: stopped after {indexed} entries; the next start goes on"
+                    );
+                    break;
+                }
+                // Catching up (a long trail, or the index rebuilt): the writer's lock is
+                // let go as long as the batch held it, so the engine's own writes wait
+                // at most a batch and the catch-up takes at most half of the writer.
+                std::thread::sleep(took.elapsed().max(AUDIT_CATCH_UP_PAUSE));
             }
             // Nothing new: a step of merging the index's segments, if any level has
             // two (a no-op read of its structure otherwise).
@@ -182,9 +191,10 @@ pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
 }
 
 const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(2);
-/// Entries indexed in one write (a long catch-up: about 0.1 s each on this class of
-/// machine, with a pause between them).
+/// Entries indexed in one write (a long catch-up: 0.1-0.2 s each on this class of
+/// machine, with as long a pause between them).
 const AUDIT_INDEX_BATCH: usize = 5000;
+/// The shortest pause between two catch-up batches.
 const AUDIT_CATCH_UP_PAUSE: Duration = Duration::from_millis(20);
 /// Pages of the text index merged in one idle step, every AUDIT_INDEX_EVERY while there
 /// is merging to do (about 0.8 MB of writing; at 500 pages an idle engine merging a

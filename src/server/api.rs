@@ -502,13 +502,19 @@ fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, S
     if t.trim().is_empty() {
         return Err(format!("{name}: empty"));
     }
+    bounded_text(name, t)?;
+    Ok(Some(t.to_owned()))
+}
+
+/// At most [`MAX_TEXT`] characters, none a control character; else a message naming it.
+fn bounded_text(name: &str, t: &str) -> Result<(), String> {
     if t.chars().count() > MAX_TEXT {
         return Err(format!("{name}: longer than {MAX_TEXT} characters"));
     }
     if t.chars().any(char::is_control) {
         return Err(format!("{name}: contains control characters"));
     }
-    Ok(Some(t.to_owned()))
+    Ok(())
 }
 
 /// The `matcher` of an alerts action: required, an alert id prefix, or `"*"` for
@@ -930,13 +936,8 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
     };
     // The words searched, held to what a text field may be (a NUL or a thousand words
     // would reach the index as a query it refuses).
-    if let Some(t) = &q.text {
-        if t.chars().count() > MAX_TEXT {
-            return bad(format!("text: longer than {MAX_TEXT} characters"));
-        }
-        if t.chars().any(char::is_control) {
-            return bad("text: contains control characters");
-        }
+    if let Some(Err(m)) = q.text.as_deref().map(|t| bounded_text("text", t)) {
+        return bad(m);
     }
     let filter = crate::protocol::AuditFilter {
         kinds: q

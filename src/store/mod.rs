@@ -255,7 +255,7 @@ impl Store {
         configure(&writer)?;
         integrity::check_at_start(&writer, &path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        schema::migrate(&mut writer)?;
+        schema::migrate(&mut writer).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let readers = (0..READERS)
             .map(|_| {
                 let reader = Connection::open(&path)?;
@@ -1571,30 +1571,27 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             args.push(w.to_lowercase().into());
         }
     }
+    // The trail itself, newest first, with these conditions.
+    let scan = |sql: &str| AuditSource {
+        from: "audit a",
+        count_from: "audit a",
+        newest_first: "a.id DESC",
+        sql: sql.to_owned(),
+        args: Vec::new(),
+    };
     let sources = if long.is_empty() {
-        let mut all = AuditSource {
-            from: "audit a",
-            count_from: "audit a",
-            newest_first: "a.id DESC",
-            sql: String::new(),
-            args: Vec::new(),
-        };
+        let mut all = scan("");
         older(&mut all.sql, &mut all.args);
         vec![all]
     } else {
         // The trigram index drives the read (in its rowid order) over what it holds;
-        // the entries written since it was last fed are few, and scanned.
+        // the entries written since it was last fed (a few seconds' worth, or all of
+        // them while a rebuilt index catches up) are scanned.
         let matching: Vec<String> = long
             .iter()
             .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
             .collect();
-        let mut tail = AuditSource {
-            from: "audit a",
-            count_from: "audit a",
-            newest_first: "a.id DESC",
-            sql: " AND a.id > (SELECT upto FROM audit_indexed)".to_owned(),
-            args: Vec::new(),
-        };
+        let mut tail = scan(" AND a.id > (SELECT upto FROM audit_indexed)");
         for w in &long {
             tail.sql
                 .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));

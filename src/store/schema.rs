@@ -299,7 +299,7 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current as usize > MIGRATIONS.len() {
         anyhow::bail!(
-            "the database is at schema version {current}, newer than this syncctl knows ({}): a newer syncctl has run on it; run that one (or a later one)",
+            "the database is at schema version {current}, newer than this syncctl knows ({}): a newer syncctl has run on it; run that one (or a later one), or restore a backup taken before it ran",
             MIGRATIONS.len()
         );
     }

@@ -1504,6 +1504,15 @@ fn configure(conn: &Connection) -> Result<()> {
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
+    // Text lower-cased as the words searched are (Unicode, as the trigram index folds;
+    // SQLite's own `lower()` folds ASCII only), for the entries not yet indexed.
+    conn.create_scalar_function(
+        "fold",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8
+            | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(ctx.get_raw(0).as_str().ok().map(str::to_lowercase)),
+    )?;
     Ok(())
 }
 
@@ -1534,7 +1543,7 @@ struct AuditSource {
 }
 
 /// What the console shows of an entry, lower-cased, for a word's plain search.
-const AUDIT_TEXT: &str = "lower(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
+const AUDIT_TEXT: &str = "fold(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
 
 /// The conditions of `f` other than its types (and, unless `paged`, its page).
 fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
@@ -1924,6 +1933,34 @@ mod tests {
         s.w()
             .execute_batch("INSERT INTO audit_search(audit_search) VALUES ('integrity-check')")
             .unwrap();
+    }
+
+    /// Upper-case letters beyond ASCII are found by their lower case, indexed or not.
+    #[test]
+    fn words_beyond_ascii_are_found_in_any_case_before_and_after_indexing() {
+        let (_d, s) = store();
+        s.audit(
+            "item",
+            "prod_1",
+            "engine",
+            "created Item \"SUSCRIPCIÓN ÑANDÚ\"",
+        )
+        .unwrap();
+        let find = |words: &str| {
+            let f = AuditFilter {
+                text: Some(words.into()),
+                limit: 10,
+                ..Default::default()
+            };
+            (s.audit_query(&f).unwrap().len(), s.audit_count(&f).unwrap())
+        };
+        for state in ["not indexed", "indexed"] {
+            assert_eq!(find("suscripción"), (1, 1), "{state}");
+            assert_eq!(find("ñandú item"), (1, 1), "{state}");
+            assert_eq!(find("Ñan"), (1, 1), "{state}");
+            assert_eq!(find("suscripcion"), (0, 0), "{state}: accents count");
+            s.index_audit_text(10).unwrap();
+        }
     }
 
     /// Entries numbered again below what the index holds (the newest purged while older

@@ -87,6 +87,7 @@ on_both_backends!(
     a_repeated_event_id_enqueues_once,
     a_key_being_worked_on_is_not_claimed_twice,
     leased_jobs_are_requeued_after_a_crash,
+    leased_jobs_of_every_kind_are_requeued_and_nothing_else,
     a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it,
     a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it,
     counts_follow_the_jobs,
@@ -158,6 +159,38 @@ async fn leased_jobs_are_requeued_after_a_crash(b: Backend) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
     assert_eq!(q.cursor("full").await.unwrap().as_deref(), Some("p1"));
+}
+
+/// Every kind's leased jobs come back (the store looks kind by kind), and nothing else
+/// moves: done jobs stay done, queued ones queued.
+async fn leased_jobs_of_every_kind_are_requeued_and_nothing_else(b: Backend) {
+    const OTHER: &str = "other.kind";
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let other = |key| NewJob {
+        kind: OTHER,
+        key,
+        payload: Some("x"),
+        version: 1,
+    };
+    {
+        let q = db.open("box-a", &clock).await;
+        q.ingest(&[job("p1", "a", 1), job("p2", "a", 1)], None, None)
+            .await
+            .unwrap();
+        let done = q.claim(KIND, 1, LEASE).await.unwrap();
+        assert!(q.finish(done[0].id).await.unwrap());
+        q.ingest(&[other("o1"), other("o2")], None, None)
+            .await
+            .unwrap();
+        assert_eq!(q.claim(KIND, 10, LEASE).await.unwrap().len(), 1);
+        assert_eq!(q.claim(OTHER, 1, LEASE).await.unwrap().len(), 1);
+    } // the "crash": one job of each kind leased, one done, one queued
+    let q = db.open("box-a", &clock).await;
+    assert_eq!(q.requeue_leased().await.unwrap(), 2);
+    assert_eq!(q.claim(KIND, 10, LEASE).await.unwrap().len(), 1);
+    assert_eq!(q.claim(OTHER, 10, LEASE).await.unwrap().len(), 2);
+    assert_eq!(q.requeue_leased().await.unwrap(), 3);
 }
 
 async fn a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it(b: Backend) {

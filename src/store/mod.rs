@@ -447,10 +447,29 @@ impl Store {
         self.recorded(|| {
             let mut conn = self.w();
             let tx = conn.transaction()?;
-            let ids: Vec<i64> = tx
-                .prepare("SELECT id FROM jobs WHERE state='leased'")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_>>()?;
+            // Kind by kind, through the (kind, state, …) index: a scan of every job for
+            // its state was most of a start on a long history (13 ms of 28 on 300k
+            // jobs). The kinds are the tallies' (a row per kind and state ever written,
+            // kept by the jobs' triggers, never deleted).
+            let mut kinds: Vec<String> = tx
+                .prepare("SELECT name FROM tallies WHERE name LIKE 'jobs:%'")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .filter_map(|name| {
+                    let name = name.ok()?;
+                    Some(name.strip_prefix("jobs:")?.rsplit_once(':')?.0.to_owned())
+                })
+                .collect();
+            kinds.sort();
+            kinds.dedup();
+            let mut ids: Vec<i64> = Vec::new();
+            let mut leased =
+                tx.prepare("SELECT id FROM jobs WHERE kind = ?1 AND state = 'leased'")?;
+            for kind in &kinds {
+                for id in leased.query_map([kind], |r| r.get(0))? {
+                    ids.push(id?);
+                }
+            }
+            drop(leased);
             for id in &ids {
                 requeue(&tx, *id, 0, None, false)?;
             }

@@ -931,12 +931,15 @@ pub async fn history(
     let started = Instant::now();
     let mut engine = engine_on(&sandbox, &dir, |_| {}).await?;
     let mut snap = engine.snapshot.clone();
-    tokio::time::timeout(
+    let products = tokio::time::timeout(
         Duration::from_secs(60),
         snap.wait_for(|s| s.catalog.counts.products_seen > 0),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("no snapshot with counts within 60 s"))??;
+    .map_err(|_| anyhow::anyhow!("no snapshot with counts within 60 s"))??
+    .catalog
+    .counts
+    .products_seen;
     let ready = started.elapsed();
     println!(
         "  start:   start → first snapshot {:.0} ms",
@@ -1036,9 +1039,12 @@ pub async fn history(
     );
 
     // The console's `/` filter as an attached console asks it: the first page of the
-    // whole trail, then the true total.
+    // whole trail, then the true total. The rare words are one product's (the tenth
+    // from the last seeded: a few entries in a store of any size, none of another
+    // product's id holding its own).
     let front = engine.frontend();
-    for (label, words) in [("common", "prod_12"), ("rare", "prod_299990 created")] {
+    let rare = format!("prod_{} created", products.saturating_sub(10));
+    for (label, words) in [("common", "prod_12"), ("rare", rare.as_str())] {
         use crate::protocol::{Answer, AuditFilter, Query};
         let filter = AuditFilter {
             text: Some(words.to_owned()),

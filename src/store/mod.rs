@@ -451,13 +451,14 @@ impl Store {
             // its state was most of a start on a long history (13 ms of 28 on 300k
             // jobs). The kinds are the tallies' (a row per kind and state ever written,
             // kept by the jobs' triggers, never deleted).
-            let mut kinds: Vec<String> = tx
-                .prepare("SELECT name FROM tallies WHERE name LIKE 'jobs:%'")?
-                .query_map([], |r| r.get::<_, String>(0))?
-                .filter_map(|name| {
-                    let name = name.ok()?;
-                    Some(name.strip_prefix("jobs:")?.rsplit_once(':')?.0.to_owned())
-                })
+            let names: Vec<String> = tx
+                .prepare("SELECT name FROM tallies WHERE name >= 'jobs:' AND name < 'jobs;'")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_>>()?;
+            // 'jobs:<kind>:<state>'
+            let mut kinds: Vec<&str> = names
+                .iter()
+                .filter_map(|n| Some(n.strip_prefix("jobs:")?.rsplit_once(':')?.0))
                 .collect();
             kinds.sort();
             kinds.dedup();

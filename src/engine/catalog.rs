@@ -2109,6 +2109,110 @@ fn backoff(attempt: u32, seed: i64) -> Duration {
 mod tests {
     use super::*;
 
+    /// A group claimed ahead that waited for a worker: worked on as claimed while
+    /// young; once it waited a third of a lease its leases run a lease from now (a job
+    /// no longer leased is left out); once it waited a whole lease it is dropped, and
+    /// said so (its jobs are the queue's again).
+    #[tokio::test]
+    async fn a_waiting_group_keeps_its_leases_or_is_dropped_once_they_ran_out() {
+        const LEASE: i64 = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let clock = crate::store::WallClock::default();
+        let queue = JobQueue::sqlite(store.clone(), clock.clone());
+        // Clients of nothing: no request is made.
+        let http = crate::connectors::http_client().unwrap();
+        let nowhere = "http://127.0.0.1:9";
+        let secret = crate::config::Secret::new;
+        let tokens = crate::connectors::quickbooks::TokenKeeper::new(
+            http.clone(),
+            nowhere,
+            "id",
+            secret("client secret"),
+            &secret("refresh"),
+            store.clone(),
+        )
+        .unwrap();
+        let qb = QuickBooksClient::new(
+            http.clone(),
+            nowhere,
+            "1",
+            75,
+            Duration::from_secs(1),
+            Arc::new(tokens),
+        );
+        let stripe = StripeClient::new(http, nowhere, secret("sk_test"));
+        let settings = CatalogSettings {
+            workers: 1,
+            autoscale: None,
+            claim_batch_max: 30,
+            page_size: 100,
+            max_attempts: 5,
+            lease_ms: LEASE,
+            reconcile_interval: Duration::from_secs(3600),
+            income_account: "1".into(),
+            cache_max_entries: 10,
+            cache_ttl_ms: 1_000,
+        };
+        let catalog = Catalog::new(store.clone(), queue.clone(), stripe, qb, settings)
+            .await
+            .unwrap();
+        let new = |key| NewJob {
+            kind: JOB_KIND,
+            key,
+            payload: None,
+            version: 1,
+        };
+        queue
+            .ingest(&[new("p1"), new("p2"), new("p3")], None, None)
+            .await
+            .unwrap();
+        let claimed_ms = clock.now_ms();
+        let jobs = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        assert_eq!(jobs.len(), 3);
+        let ids = |jobs: &[Job]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        let lease_of = |id: i64| -> i64 {
+            rusqlite::Connection::open(store.path())
+                .unwrap()
+                .query_row("SELECT lease_until FROM jobs WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let claimed_lease = lease_of(jobs[0].id);
+
+        clock.advance(LEASE / 3 - 1_000);
+        let young = catalog.keep_leases(claimed_ms, jobs.clone()).await;
+        assert_eq!(ids(&young), ids(&jobs));
+        assert_eq!(
+            lease_of(jobs[0].id),
+            claimed_lease,
+            "a young group's leases stand"
+        );
+
+        clock.advance(2_000);
+        queue.release(jobs[2].id).await.unwrap();
+        let asked_ms = clock.now_ms();
+        let kept = catalog.keep_leases(claimed_ms, jobs.clone()).await;
+        assert_eq!(ids(&kept), ids(&jobs[..2]), "the released job is left out");
+        for job in &kept {
+            let until = lease_of(job.id);
+            assert!(
+                until >= asked_ms + LEASE && until >= claimed_lease + LEASE / 3,
+                "extended a lease from when it was asked: {until} (asked at {asked_ms})"
+            );
+        }
+
+        let errors = catalog.metrics.errors.load(Ordering::Relaxed);
+        clock.advance(LEASE);
+        assert!(catalog.keep_leases(claimed_ms, jobs).await.is_empty());
+        assert_eq!(
+            catalog.metrics.errors.load(Ordering::Relaxed),
+            errors + 1,
+            "a dropped group is said"
+        );
+    }
+
     #[test]
     fn backoff_stays_inside_the_cap() {
         for attempt in 0..40 {

@@ -144,26 +144,9 @@ const RETENTION_FIRST_AFTER: Duration = Duration::from_secs(300);
 /// every write's path (text queries scan the rows not yet indexed: a few seconds' worth,
 /// or the whole trail while a rebuilt index catches up).
 pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
-    // When the trail's text was last sampled, and whether the trail was
-    // shorter than a sample then.
-    let mut sampled: Option<(tokio::time::Instant, bool)> = None;
     loop {
         let (s, stop) = (store.clone(), cancel.clone());
-        // Which trigrams are common in the trail (text searches ask the index
-        // for a word's rare part): at start, then now and again (sooner while the
-        // trail is short: it is still taking shape).
-        let sample = sampled.is_none_or(|(at, short)| {
-            at.elapsed()
-                >= match short {
-                    true => AUDIT_SAMPLE_SHORT_EVERY,
-                    false => AUDIT_SAMPLE_EVERY,
-                }
-        });
-        let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<Option<bool>> {
-            let short = match sample {
-                true => Some(s.sample_audit_text()? < crate::store::AUDIT_SAMPLE_ROWS),
-                false => None,
-            };
+        let caught_up = tokio::task::spawn_blocking(move || -> crate::store::Result<()> {
             let mut indexed = 0;
             loop {
                 let took = std::time::Instant::now();
@@ -192,14 +175,13 @@ pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
             if indexed == 0 {
                 s.merge_audit_text(AUDIT_MERGE_PAGES)?;
             }
-            Ok(short)
+            Ok(())
         })
         .await;
         match caught_up {
             Ok(Err(e)) => tracing::error!("audit text index: {e}"),
             Err(e) => tracing::error!("audit text index stopped: {e}"),
-            Ok(Ok(Some(short))) => sampled = Some((tokio::time::Instant::now(), short)),
-            Ok(Ok(None)) => {}
+            Ok(Ok(())) => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -209,10 +191,6 @@ pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
 }
 
 const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(2);
-/// How often the trail's text is sampled again (2,000 entries: a few ms), and
-/// while the trail holds fewer.
-const AUDIT_SAMPLE_EVERY: Duration = Duration::from_secs(600);
-const AUDIT_SAMPLE_SHORT_EVERY: Duration = Duration::from_secs(60);
 /// Entries indexed in one write (a long catch-up: 0.1-0.2 s each on this class of
 /// machine, with as long a pause between them).
 const AUDIT_INDEX_BATCH: usize = 5000;

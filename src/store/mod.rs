@@ -18,8 +18,6 @@ pub mod private;
 pub mod queue;
 mod recovery;
 mod schema;
-mod text_sample;
-pub use text_sample::SAMPLE_ROWS as AUDIT_SAMPLE_ROWS;
 mod writer;
 
 pub use invoices::{
@@ -118,9 +116,6 @@ struct Inner {
     group_writes: std::sync::mpsc::Sender<writer::GroupWrite>,
     writes_waiting: std::sync::atomic::AtomicI64,
     groups_committed: std::sync::atomic::AtomicU64,
-    /// How common each trigram is in the audit trail (text searches ask the
-    /// index for a word's rare part): taken in the background, none until then.
-    text_sample: Mutex<Option<Arc<text_sample::TextSample>>>,
 }
 
 /// A job that finished: marked done with its product's mapping (if any) and its audit
@@ -281,7 +276,6 @@ impl Store {
                 group_writes,
                 writes_waiting: Default::default(),
                 groups_committed: Default::default(),
-                text_sample: Mutex::new(None),
             }),
         };
         writer::start(Arc::downgrade(&store.inner), inbox)?;
@@ -918,7 +912,7 @@ impl Store {
     /// types or sources: one read each, merged).
     pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let limit = f.limit.clamp(1, 10_000) as i64;
-        let w = audit_where(f, true, self.text_sample().as_deref());
+        let w = audit_where(f, true);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
             vec![None]
@@ -962,7 +956,7 @@ impl Store {
 
     /// How many audit entries match `f` over the whole trail (its page ignored).
     pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
-        let w = audit_where(f, false, self.text_sample().as_deref());
+        let w = audit_where(f, false);
         let alone = w.sql.is_empty() && f.kinds.is_empty();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut parts = Vec::new();
@@ -1026,57 +1020,6 @@ impl Store {
             tx.commit()?;
             Ok(n as usize)
         })
-    }
-
-    /// Samples the audit trail's text, entries spread evenly over it: which trigrams
-    /// are common (see the `text_sample` module). The engine takes one after start and
-    /// then now and again, off any query's path. How many entries it sampled (fewer
-    /// than [`AUDIT_SAMPLE_ROWS`]: the whole trail).
-    pub fn sample_audit_text(&self) -> Result<usize> {
-        let texts: Vec<String> = {
-            let conn = self.r();
-            let (first, last): (Option<i64>, Option<i64>) = conn
-                .prepare_cached("SELECT MIN(id), MAX(id) FROM audit")?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let (first, last) = (first.unwrap_or(0), last.unwrap_or(-1));
-            let span = (last - first + 1).max(0) as u64;
-            let n = (text_sample::SAMPLE_ROWS as u64).min(span);
-            // The entry at or after each of `n` ids evenly spaced (a gap purged out of
-            // the trail gives its next entry; one taken twice counts once).
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT a.id, {AUDIT_TEXT} FROM audit a WHERE a.id >= ?1 ORDER BY a.id LIMIT 1"
-            ))?;
-            let mut seen = std::collections::HashSet::new();
-            let mut texts = Vec::new();
-            for k in 0..n {
-                let at = first + (k * span / n.max(1)) as i64;
-                let row: Option<(i64, Option<String>)> = stmt
-                    .query_row(params![at], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((id, Some(text))) = row
-                    && seen.insert(id)
-                {
-                    texts.push(text);
-                }
-            }
-            texts
-        };
-        let rows = texts.len();
-        let sample = Arc::new(text_sample::TextSample::of(texts));
-        *self
-            .inner
-            .text_sample
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(sample);
-        Ok(rows)
-    }
-
-    fn text_sample(&self) -> Option<Arc<text_sample::TextSample>> {
-        self.inner
-            .text_sample
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Merges the audit text index's segments a step (about `pages` pages written) where
@@ -1622,13 +1565,8 @@ struct AuditSource {
 /// What the console shows of an entry, lower-cased, for a word's plain search.
 const AUDIT_TEXT: &str = "fold(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
 
-/// The conditions of `f` other than its types (and, unless `paged`, its page); with a
-/// sample of the trail's text, the index is asked for its words' rare parts only.
-fn audit_where(
-    f: &AuditFilter,
-    paged: bool,
-    sample: Option<&text_sample::TextSample>,
-) -> AuditWhere {
+/// The conditions of `f` other than its types (and, unless `paged`, its page).
+fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
     let before = f.before_id.filter(|_| paged);
     let older = |sql: &mut String, args: &mut Vec<rusqlite::types::Value>| {
         if let Some(id) = before {
@@ -1678,26 +1616,10 @@ fn audit_where(
         // The trigram index drives the read (in its rowid order) over what it holds;
         // the entries written since it was last fed (a few seconds' worth, or all of
         // them while a rebuilt index catches up) are scanned.
-        let phrase = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
-        // With a sample: each word's rare part (see `text_sample`), and the words not
-        // asked whole checked on the rows found. Without, or when no word has a rare
-        // part: every word whole, as the index alone answers exactly.
-        let parts: Vec<Option<String>> = long
+        let matching: Vec<String> = long
             .iter()
-            .map(|w| sample.and_then(|s| s.selective_part(w)))
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
             .collect();
-        let (matching, checked): (Vec<String>, Vec<String>) = if parts.iter().any(Option::is_some) {
-            let checked = long
-                .iter()
-                .zip(&parts)
-                .map(|(w, p)| (w.to_lowercase(), p))
-                .filter(|(w, p)| p.as_ref() != Some(w))
-                .map(|(w, _)| w)
-                .collect();
-            (parts.iter().flatten().map(|p| phrase(p)).collect(), checked)
-        } else {
-            (long.iter().map(|w| phrase(w)).collect(), Vec::new())
-        };
         let mut tail = scan(" AND a.id > (SELECT upto FROM audit_indexed)");
         for w in &long {
             tail.sql
@@ -1708,13 +1630,9 @@ fn audit_where(
         // The index is keyed by the id negated: newest first is its ascending order,
         // from one lower bound (FTS5 seeks to the first it is given): what it holds
         // (up to `upto`), or the page's start, whichever is newer.
-        const INDEXED: &str = "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid";
         let mut indexed = AuditSource {
-            from: INDEXED,
-            count_from: match checked.is_empty() {
-                true => "audit_search",
-                false => INDEXED,
-            },
+            from: "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid",
+            count_from: "audit_search",
             newest_first: "audit_search.rowid",
             sql: " AND audit_search MATCH ?".to_owned(),
             args: vec![matching.join(" AND ").into()],
@@ -1729,12 +1647,6 @@ fn audit_where(
             None => indexed
                 .sql
                 .push_str(" AND audit_search.rowid >= -(SELECT upto FROM audit_indexed)"),
-        }
-        for w in checked {
-            indexed
-                .sql
-                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
-            indexed.args.push(w.into());
         }
         vec![indexed, tail]
     };
@@ -2068,99 +1980,6 @@ mod tests {
             assert_eq!(find("Ñan"), (1, 1), "{state}");
             assert_eq!(find("suscripcion"), (0, 0), "{state}: accents count");
             s.index_audit_text(10).unwrap();
-        }
-    }
-
-    /// With a sample of the trail's text, the index is asked for a word's rare part and
-    /// the whole words are checked on the rows it finds: the same entries and totals as
-    /// without a sample, before and after indexing; rows holding only the rare part are
-    /// left out.
-    #[test]
-    fn a_word_looked_up_by_its_rare_part_finds_what_the_whole_word_finds() {
-        let (_d, s) = store();
-        // `prod_2…` and "created" in every entry: their trigrams are common.
-        for i in 0..600 {
-            s.audit(
-                "item",
-                &format!("prod_2{:05}", i * 97),
-                "engine",
-                &format!("created Item {i}"),
-            )
-            .unwrap();
-        }
-        s.audit("item", "prod_299990", "engine", "created Item 9001")
-            .unwrap();
-        s.audit("item", "prod_299990", "engine", "updated Item 9001")
-            .unwrap();
-        // Decoys: the product's digits without its id.
-        s.audit("item", "prod_1299990", "engine", "created Item 9002")
-            .unwrap();
-        s.audit("invoice", "in_299990", "engine", "created for prod_2")
-            .unwrap();
-        let f = |words: &str| AuditFilter {
-            text: Some(words.into()),
-            limit: 100,
-            ..Default::default()
-        };
-        let found = |words: &str| {
-            let page: Vec<i64> = s
-                .audit_query(&f(words))
-                .unwrap()
-                .iter()
-                .map(|e| e.id)
-                .collect();
-            (page, s.audit_count(&f(words)).unwrap())
-        };
-        // Pages of two, back through `before=`.
-        let paged = |words: &str| {
-            let mut f = AuditFilter {
-                limit: 2,
-                ..f(words)
-            };
-            let first: Vec<i64> = s.audit_query(&f).unwrap().iter().map(|e| e.id).collect();
-            f.before_id = first.last().copied();
-            let rest: Vec<i64> = s.audit_query(&f).unwrap().iter().map(|e| e.id).collect();
-            (first, rest)
-        };
-        let asks = |words: &str| {
-            let sample = s.text_sample();
-            let w = audit_where(&f(words), true, sample.as_deref());
-            w.sources[0].args[0].clone()
-        };
-        for state in ["not indexed", "indexed"] {
-            *s.inner.text_sample.lock().unwrap() = None;
-            let whole = [
-                found("prod_299990 created"),
-                found("PROD_299990"),
-                found("299990"),
-                found("prod_2 created"),
-            ];
-            let whole_pages = paged("ITEM 299990");
-            assert_eq!(whole_pages, (vec![603, 602], vec![601]), "{state}");
-            assert_eq!(whole[0], (vec![601], 1), "{state}");
-            assert_eq!(whole[1], (vec![602, 601], 2), "{state}");
-            assert_eq!(whole[2].1, 4, "{state}");
-            assert_eq!(whole[3].1, 602, "{state}");
-            assert_eq!(s.sample_audit_text().unwrap(), 604);
-            // The index is asked for the rare digits alone, not `prod_2`'s common
-            // trigrams nor "created".
-            let rare = asks("prod_299990 created");
-            let rusqlite::types::Value::Text(rare) = rare else {
-                panic!("{rare:?}")
-            };
-            assert!(
-                rare.contains("9999") && !rare.contains("prod") && !rare.contains("created"),
-                "{state}: {rare}"
-            );
-            let sampled = [
-                found("prod_299990 created"),
-                found("PROD_299990"),
-                found("299990"),
-                found("prod_2 created"),
-            ];
-            assert_eq!(sampled, whole, "{state}");
-            assert_eq!(paged("ITEM 299990"), whole_pages, "{state}");
-            s.index_audit_text(10_000).unwrap();
         }
     }
 

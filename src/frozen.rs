@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::protocol::{
     Answer, AuditEntry, AuditFilter, Bundle, CommandError, Disconnected, InvoiceDetail, Link,
-    LinkState, Query, QueryReply, Reply, Request, Snapshot,
+    LinkState, Query, QueryReply, Reply, Request, Snapshot, filter_words, has_words,
 };
 
 /// A bundle opened from a file.
@@ -146,6 +146,7 @@ impl FrozenBundle {
 
 /// The entries of `audit` (newest first) the filter keeps.
 fn audit(audit: &[AuditEntry], f: &AuditFilter) -> Vec<AuditEntry> {
+    let words = f.text.as_deref().map(filter_words).unwrap_or_default();
     audit
         .iter()
         .filter(|e| f.kinds.is_empty() || f.kinds.contains(&e.kind))
@@ -153,14 +154,7 @@ fn audit(audit: &[AuditEntry], f: &AuditFilter) -> Vec<AuditEntry> {
         .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
         .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
         .filter(|e| f.before_id.is_none_or(|id| e.id < id))
-        .filter(|e| {
-            f.text.as_deref().is_none_or(|text| {
-                let hay =
-                    format!("{} {} {} {}", e.kind, e.entity, e.actor, e.message).to_lowercase();
-                text.split_whitespace()
-                    .all(|w| hay.contains(&w.to_lowercase()))
-            })
-        })
+        .filter(|e| has_words(e, &words))
         .take(if f.limit == 0 { usize::MAX } else { f.limit })
         .cloned()
         .collect()

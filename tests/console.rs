@@ -1368,6 +1368,35 @@ fn events_are_filtered_by_the_words_typed_after_slash() {
     assert_eq!(app.events_rows().len(), all, "Esc clears the filter");
 }
 
+/// The console's own filter folds as the store does: a Greek word typed in capitals
+/// finds its entry whatever case it was written in (`Σ` ending the typed word is `σ`,
+/// not the final `ς` that `to_lowercase` makes of it).
+#[test]
+fn the_slash_filter_folds_words_as_the_store_does() {
+    let mut s = snapshot();
+    s.audit.insert(
+        0,
+        AuditEntry {
+            trace_id: None,
+            id: 900,
+            at_ms: T0 + 900_000,
+            kind: "item".into(),
+            entity: "prod_9".into(),
+            actor: "engine".into(),
+            message: "created Item 77 \"ΟΔΟΣΑ\"".into(),
+        },
+    );
+    let mut app = app();
+    update(&mut app, Msg::Snapshot(Arc::new(s)));
+    press(&mut app, KeyCode::Char('7'));
+    press(&mut app, KeyCode::Char('/'));
+    for c in "ΟΔΟΣ".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    let ids: Vec<i64> = app.events_rows().iter().map(|e| e.id).collect();
+    assert_eq!(ids, [900]);
+}
+
 #[test]
 fn shift_j_shows_the_operator_journal_with_who_result_and_the_cli_line() {
     let mut s = snapshot();

@@ -191,6 +191,30 @@ async fn settings_show_a_what_if_before_applying_and_a_temporary_threshold_comes
         "{:?}",
         audit[0]
     );
+    // A console (or an attached client) searching the trail with a control character
+    // is told which field is wrong, as the API says it, not that the store failed.
+    for query in [
+        Query::Audit {
+            filter: syncctl::protocol::AuditFilter {
+                text: Some("back\0to".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        },
+        Query::AuditCount {
+            filter: syncctl::protocol::AuditFilter {
+                text: Some("back\0to".into()),
+                ..Default::default()
+            },
+        },
+    ] {
+        match frontend.query(query).await {
+            Err(e @ syncctl::protocol::CommandError::Invalid { .. }) => {
+                assert_eq!(e.to_string(), "text: contains control characters")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     served.shutdown().await;
 }
 

@@ -14,7 +14,8 @@ use crate::protocol::{
     AttachedConsole, AuditEntry, BreakerAction, CacheScope, Command, CompanyRow, CompanyTag,
     Discrepancy, ImpactPreview, InvoiceDetail, InvoiceRecord, KnownValues, LinkState, OPERATOR,
     Pipeline, SandboxFaults, Service, Shown, Snapshot, State as BreakerState,
-    Status as InvoiceStatus, ThresholdChange, Watching, WhatIf, complete_with, operator,
+    Status as InvoiceStatus, ThresholdChange, Watching, WhatIf, complete_with, filter_words,
+    has_words, operator,
 };
 
 /// A threshold as the console writes it: no trailing zeros.
@@ -747,23 +748,13 @@ impl App {
     /// the whole trail (with newer ones from the snapshot on top); until then, the
     /// matches among the entries the snapshot holds.
     pub fn events_rows(&self) -> Vec<&AuditEntry> {
-        let words: Vec<String> = self
-            .events_filter
-            .split_whitespace()
-            .map(str::to_lowercase)
-            .collect();
+        let words = filter_words(&self.events_filter);
         let local = self
             .snapshot
             .audit
             .iter()
             .filter(|e| !self.events_journal || e.kind == OPERATOR)
-            .filter(move |e| {
-                words.is_empty() || {
-                    let hay =
-                        format!("{} {} {} {}", e.kind, e.entity, e.actor, e.message).to_lowercase();
-                    words.iter().all(|w| hay.contains(w))
-                }
-            });
+            .filter(move |e| has_words(e, &words));
         match self.events_found() {
             Some(found) => {
                 let newest = found

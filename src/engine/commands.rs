@@ -614,7 +614,10 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             },
         }),
         Query::Audit { filter } => Ok(Answer::Audit {
-            entries: store.audit_query(&filter).map_err(unreadable)?,
+            entries: {
+                filter.check()?;
+                store.audit_query(&filter).map_err(unreadable)?
+            },
         }),
         // Answered on the engine's loop, from the reconciler's view.
         Query::Reconciliation { .. } => Err(CommandError::unavailable(
@@ -626,7 +629,10 @@ pub(super) fn answer(store: &Store, compliance: Option<&Compliance>, query: Quer
             Err(CommandError::unavailable("answered on the engine's loop"))
         }
         Query::AuditCount { filter } => Ok(Answer::AuditCount {
-            total: store.audit_count(&filter).map_err(unreadable)?,
+            total: {
+                filter.check()?;
+                store.audit_count(&filter).map_err(unreadable)?
+            },
         }),
         // Answered on the engine's loop, where the command would run.
         Query::Preview { .. } => Err(CommandError::unavailable(

@@ -106,7 +106,92 @@ pub struct AuditFilter {
     pub text: Option<String>,
 }
 
+/// Text lower-cased as the audit trail's text index folds it, a character at a time: a
+/// character whose lower case is one character becomes it, any other stays (so `Σ` is
+/// `σ` at the end of a word too, and `İ` stays `İ`, where `str::to_lowercase` gives `ς`
+/// and `i̇`, which the index never finds). An [`AuditFilter::text`]'s words and the
+/// entries are compared folded: by the store, whether an entry is indexed yet or not,
+/// and by a console filtering the entries it holds.
+pub fn fold(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let mut lower = c.to_lowercase();
+            match (lower.next(), lower.next()) {
+                (Some(l), None) => l,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+impl AuditFilter {
+    /// Its text as the API takes it: at most [`MAX_TEXT`](super::command::MAX_TEXT)
+    /// characters, none a control character (a NUL would cut the text index's query
+    /// short: a store error, not a clear refusal).
+    pub fn check(&self) -> Result<(), CommandError> {
+        let Some(t) = &self.text else {
+            return Ok(());
+        };
+        let max = super::command::MAX_TEXT;
+        if t.chars().count() > max {
+            return Err(CommandError::invalid(
+                "text",
+                format!("longer than {max} characters"),
+            ));
+        }
+        if t.chars().any(char::is_control) {
+            return Err(CommandError::invalid("text", "contains control characters"));
+        }
+        Ok(())
+    }
+}
+
+/// The words of an [`AuditFilter::text`], folded.
+pub fn filter_words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(fold).collect()
+}
+
+/// Whether every word (folded, see [`filter_words`]) appears in what is shown of the
+/// entry (its kind, entity, actor and message), folded as the store compares them.
+pub fn has_words(e: &AuditEntry, words: &[String]) -> bool {
+    words.is_empty() || {
+        let hay = fold(&format!(
+            "{} {} {} {}",
+            e.kind, e.entity, e.actor, e.message
+        ));
+        words.iter().all(|w| hay.contains(w.as_str()))
+    }
+}
+
 /// What a query returns to whoever sent it: the answer, or why not
 /// ([`CommandError::NotFound`] for an unknown invoice, [`CommandError::Unavailable`]
 /// when the engine cannot read or no longer runs).
 pub type QueryReply = Result<Answer, CommandError>;
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    #[test]
+    fn a_filter_text_with_a_control_character_or_too_long_is_refused_naming_it() {
+        let f = |t: &str| super::AuditFilter {
+            text: Some(t.into()),
+            ..Default::default()
+        };
+        assert!(f("prod_12 created").check().is_ok());
+        assert!(super::AuditFilter::default().check().is_ok());
+        for bad in ["a\0b", "tab\there", &"x".repeat(201)] {
+            let e = f(bad).check().unwrap_err();
+            assert!(e.to_string().starts_with("text: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn fold_lowers_a_character_at_a_time_into_one_character() {
+        assert_eq!(fold("SUSCRIPCIÓN Ñandú"), "suscripción ñandú");
+        // No final sigma: the capital is σ wherever it stands.
+        assert_eq!(fold("ΟΔΟΣ"), "οδοσ");
+        // One character into two: left as it is.
+        assert_eq!(fold("ABİ"), "abİ");
+    }
+}

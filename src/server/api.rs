@@ -934,11 +934,6 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         (Ok(a), Ok(b)) => (a, b),
         (Err(m), _) | (_, Err(m)) => return bad(m),
     };
-    // The words searched, held to what a text field may be (a NUL or a thousand words
-    // would reach the index as a query it refuses).
-    if let Some(Err(m)) = q.text.as_deref().map(|t| bounded_text("text", t)) {
-        return bad(m);
-    }
     let filter = crate::protocol::AuditFilter {
         kinds: q
             .kind
@@ -956,6 +951,11 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
         text: q.text.filter(|t| !t.trim().is_empty()),
     };
+    // The words searched, held to what a text field may be (a NUL or a thousand words
+    // would reach the index as a query it refuses).
+    if let Err(e) = filter.check() {
+        return bad(e.to_string());
+    }
     match st
         .engine
         .query(crate::protocol::Query::Audit { filter })

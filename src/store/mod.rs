@@ -25,6 +25,7 @@ pub use invoices::{
 };
 pub use recovery::{FoundDocument, MARKER, Opened};
 
+use crate::protocol::fold;
 pub use crate::protocol::{AuditEntry, AuditFilter, CatalogCounts};
 pub use crate::telemetry::history::SeriesPoint;
 use std::path::{Path, PathBuf};
@@ -1531,7 +1532,7 @@ fn configure(conn: &Connection) -> Result<()> {
         1,
         rusqlite::functions::FunctionFlags::SQLITE_UTF8
             | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| Ok(ctx.get_raw(0).as_str().ok().map(str::to_lowercase)),
+        |ctx| Ok(ctx.get_raw(0).as_str().ok().map(fold)),
     )?;
     Ok(())
 }
@@ -1597,7 +1598,7 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             long.push(w);
         } else {
             sql.push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
-            args.push(w.to_lowercase().into());
+            args.push(fold(w).into());
         }
     }
     // The trail itself, newest first, with these conditions.
@@ -1624,7 +1625,7 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         for w in &long {
             tail.sql
                 .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
-            tail.args.push(w.to_lowercase().into());
+            tail.args.push(fold(w).into());
         }
         older(&mut tail.sql, &mut tail.args);
         // The index is keyed by the id negated: newest first is its ascending order,
@@ -1974,7 +1975,14 @@ mod tests {
             };
             (s.audit_query(&f).unwrap().len(), s.audit_count(&f).unwrap())
         };
+        // Greek capital sigma at a word's end, and Turkish dotted capital I.
+        s.audit("item", "prod_2", "engine", "ΟΔΟΣΑ").unwrap();
+        s.audit("item", "prod_3", "engine", "ABİ").unwrap();
         for state in ["not indexed", "indexed"] {
+            assert_eq!(find("ΟΔΟΣ"), (1, 1), "{state}");
+            assert_eq!(find("οδοσα"), (1, 1), "{state}");
+            assert_eq!(find("abİ"), (1, 1), "{state}");
+            assert_eq!(find("abi"), (0, 0), "{state}");
             assert_eq!(find("suscripción"), (1, 1), "{state}");
             assert_eq!(find("ñandú item"), (1, 1), "{state}");
             assert_eq!(find("Ñan"), (1, 1), "{state}");

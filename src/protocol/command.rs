@@ -819,6 +819,12 @@ fn check_text(field: &str, s: &str) -> Result<(), CommandError> {
     if s.trim().is_empty() {
         return Err(CommandError::invalid(field, "empty"));
     }
+    bounded_text(field, s)
+}
+
+/// At most [`MAX_TEXT`] characters, none a control character (a NUL would cut a query
+/// of the text index short); else why, naming `field`.
+pub fn bounded_text(field: &str, s: &str) -> Result<(), CommandError> {
     if s.chars().count() > MAX_TEXT {
         return Err(CommandError::invalid(
             field,

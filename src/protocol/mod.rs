@@ -11,6 +11,7 @@
 
 pub mod attach;
 pub mod bundle;
+pub mod casefold;
 pub mod command;
 pub mod companies;
 pub mod events;
@@ -38,6 +39,7 @@ pub use attach::{
     Shown, Welcome,
 };
 pub use bundle::{BUNDLE_EVENTS, BUNDLE_FORMAT, Bundle, BundleSeries, MAX_BUNDLE_EVENTS, REDACTED};
+pub use casefold::fold;
 pub use command::*;
 pub use companies::{CompanyRow, CompanyTag, QuotaMeter, Watching};
 pub use events::*;

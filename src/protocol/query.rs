@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::casefold::fold;
 use super::command::CommandError;
 use super::invoices::{InvoiceDetail, InvoiceRecord};
 use super::snapshot::AuditEntry;
@@ -106,55 +107,15 @@ pub struct AuditFilter {
     pub text: Option<String>,
 }
 
-/// Text lower-cased as the audit trail's text index folds it, a character at a time: a
-/// character whose lower case is one character becomes it, any other stays (so `Σ` is
-/// `σ` at the end of a word too, and `İ` stays `İ`, where `str::to_lowercase` gives `ς`
-/// and `i̇`, which the index never finds). An [`AuditFilter::text`]'s words and the
-/// entries are compared folded: by the store, whether an entry is indexed yet or not,
-/// and by a console filtering the entries it holds.
-pub fn fold(text: &str) -> String {
-    // The store folds every entry a scan reads: the quick ways first. ASCII; then text
-    // where `str::to_lowercase` is the same (no `Σ`, whose case depends on what follows,
-    // and no character lowered into several: as many characters after as before).
-    if text.is_ascii() {
-        return text.to_ascii_lowercase();
-    }
-    if !text.contains('Σ') {
-        let lower = text.to_lowercase();
-        if lower.chars().count() == text.chars().count() {
-            return lower;
-        }
-    }
-    let mut folded = String::with_capacity(text.len());
-    for c in text.chars() {
-        let mut lower = c.to_lowercase();
-        folded.push(match (lower.next(), lower.next()) {
-            (Some(l), None) => l,
-            _ => c,
-        });
-    }
-    folded
-}
-
 impl AuditFilter {
     /// Its text as the API takes it: at most [`MAX_TEXT`](super::command::MAX_TEXT)
-    /// characters, none a control character (a NUL would cut the text index's query
-    /// short: a store error, not a clear refusal).
+    /// characters, none a control character (a NUL would reach the text index as a
+    /// store error, not a clear refusal).
     pub fn check(&self) -> Result<(), CommandError> {
-        let Some(t) = &self.text else {
-            return Ok(());
-        };
-        let max = super::command::MAX_TEXT;
-        if t.chars().count() > max {
-            return Err(CommandError::invalid(
-                "text",
-                format!("longer than {max} characters"),
-            ));
+        match &self.text {
+            Some(t) => super::command::bounded_text("text", t),
+            None => Ok(()),
         }
-        if t.chars().any(char::is_control) {
-            return Err(CommandError::invalid("text", "contains control characters"));
-        }
-        Ok(())
     }
 }
 
@@ -182,8 +143,6 @@ pub type QueryReply = Result<Answer, CommandError>;
 
 #[cfg(test)]
 mod tests {
-    use super::fold;
-
     #[test]
     fn a_filter_text_with_a_control_character_or_too_long_is_refused_naming_it() {
         let f = |t: &str| super::AuditFilter {
@@ -195,36 +154,6 @@ mod tests {
         for bad in ["a\0b", "tab\there", &"x".repeat(201)] {
             let e = f(bad).check().unwrap_err();
             assert!(e.to_string().starts_with("text: "), "{e}");
-        }
-    }
-
-    #[test]
-    fn fold_lowers_a_character_at_a_time_into_one_character() {
-        assert_eq!(fold("SUSCRIPCIÓN Ñandú"), "suscripción ñandú");
-        // No final sigma: the capital is σ wherever it stands.
-        assert_eq!(fold("ΟΔΟΣ"), "οδοσ");
-        // One character into two: left as it is.
-        assert_eq!(fold("ABİ"), "abİ");
-        assert_eq!(fold("ΑΣ İ Ñ"), "ασ İ ñ");
-        // The quick ways agree with a character at a time.
-        for t in [
-            "Año NUEVO",
-            "plain ASCII",
-            "Ω ẞ Ǆ",
-            "ΣΑΣ",
-            "Kelvin \u{212A}",
-        ] {
-            let slow: String = t
-                .chars()
-                .map(|c| {
-                    let mut l = c.to_lowercase();
-                    match (l.next(), l.next()) {
-                        (Some(x), None) => x,
-                        _ => c,
-                    }
-                })
-                .collect();
-            assert_eq!(fold(t), slow, "{t}");
         }
     }
 }

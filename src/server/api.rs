@@ -462,9 +462,6 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
     }
 }
 
-/// Longest text a field of an action may hold.
-const MAX_TEXT: usize = 200;
-
 /// Refuses a body with a field the action does not know: a typo must never widen an
 /// action (`{"matchr": "x"}` is not "every alert").
 fn only(body: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
@@ -490,7 +487,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A text field: absent → None; a string of 1 to [`MAX_TEXT`] printable characters;
+/// A text field: absent → None; a string of 1 to [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) printable characters;
 /// anything else is a 400 naming the field.
 fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
     let Some(v) = body.get(name) else {
@@ -506,15 +503,9 @@ fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, S
     Ok(Some(t.to_owned()))
 }
 
-/// At most [`MAX_TEXT`] characters, none a control character; else a message naming it.
+/// At most [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) characters, none a control character; else a message naming it.
 fn bounded_text(name: &str, t: &str) -> Result<(), String> {
-    if t.chars().count() > MAX_TEXT {
-        return Err(format!("{name}: longer than {MAX_TEXT} characters"));
-    }
-    if t.chars().any(char::is_control) {
-        return Err(format!("{name}: contains control characters"));
-    }
-    Ok(())
+    crate::protocol::command::bounded_text(name, t).map_err(|e| e.to_string())
 }
 
 /// The `matcher` of an alerts action: required, an alert id prefix, or `"*"` for
@@ -934,6 +925,11 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         (Ok(a), Ok(b)) => (a, b),
         (Err(m), _) | (_, Err(m)) => return bad(m),
     };
+    // The words searched, held to what a text field may be (a NUL or a thousand words
+    // would reach the index as a query it refuses), blank or not.
+    if let Some(Err(m)) = q.text.as_deref().map(|t| bounded_text("text", t)) {
+        return bad(m);
+    }
     let filter = crate::protocol::AuditFilter {
         kinds: q
             .kind
@@ -951,11 +947,6 @@ pub async fn events(State(st): State<ServerState>, Query(q): Query<EventsQuery>)
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
         text: q.text.filter(|t| !t.trim().is_empty()),
     };
-    // The words searched, held to what a text field may be (a NUL or a thousand words
-    // would reach the index as a query it refuses).
-    if let Err(e) = filter.check() {
-        return bad(e.to_string());
-    }
     match st
         .engine
         .query(crate::protocol::Query::Audit { filter })

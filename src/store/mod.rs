@@ -1956,6 +1956,53 @@ mod tests {
             .unwrap();
     }
 
+    /// `fold` is the text index's own fold, for every code point: each one written three
+    /// times is one trigram to FTS5, which `fts5vocab` shows as it was folded.
+    #[test]
+    fn fold_is_the_text_indexs_fold_for_every_code_point() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE t USING fts5(x, tokenize='trigram');
+             CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance');",
+        )
+        .unwrap();
+        let chars: Vec<char> = (1..0x11000).filter_map(char::from_u32).collect();
+        let tx = conn.unchecked_transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO t(rowid, x) VALUES (?1, ?2)")
+                .unwrap();
+            for &c in &chars {
+                insert
+                    .execute(params![c as i64, c.to_string().repeat(3)])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let folded: std::collections::HashMap<i64, String> = conn
+            .prepare("SELECT doc, term FROM v")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut differ = Vec::new();
+        for &c in &chars {
+            let ours = fold(&c.to_string()).repeat(3);
+            if folded.get(&(c as i64)) != Some(&ours) {
+                differ.push((c, folded.get(&(c as i64)).cloned(), ours));
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{} differ, first {:?}",
+            differ.len(),
+            &differ[..differ.len().min(10)]
+        );
+        // Among them: final sigma is sigma, the micro sign mu, Cherokee left alone.
+        assert_eq!(fold("ΟΔΟΣ οδος µ Ꭰ"), "οδοσ οδοσ μ Ꭰ");
+    }
+
     /// Upper-case letters beyond ASCII are found by their lower case, indexed or not.
     #[test]
     fn words_beyond_ascii_are_found_in_any_case_before_and_after_indexing() {
@@ -1978,8 +2025,11 @@ mod tests {
         // Greek capital sigma at a word's end, and Turkish dotted capital I.
         s.audit("item", "prod_2", "engine", "ΟΔΟΣΑ").unwrap();
         s.audit("item", "prod_3", "engine", "ABİ").unwrap();
+        // Greek written in lower case (a final sigma), and the micro sign.
+        s.audit("item", "prod_4", "engine", "οδος 500µg").unwrap();
         for state in ["not indexed", "indexed"] {
-            assert_eq!(find("ΟΔΟΣ"), (1, 1), "{state}");
+            assert_eq!(find("ΟΔΟΣ"), (2, 2), "{state}");
+            assert_eq!(find("500μg οδοσ"), (1, 1), "{state}");
             assert_eq!(find("οδοσα"), (1, 1), "{state}");
             assert_eq!(find("abİ"), (1, 1), "{state}");
             assert_eq!(find("abi"), (0, 0), "{state}");

@@ -109,8 +109,8 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     /// Its text as the API takes it: at most [`MAX_TEXT`](super::command::MAX_TEXT)
-    /// characters, none a control character (a NUL would reach the text index as a
-    /// store error, not a clear refusal).
+    /// characters, none a control character (a NUL would cut the text index's query
+    /// short: a store error, not a clear refusal).
     pub fn check(&self) -> Result<(), CommandError> {
         match &self.text {
             Some(t) => super::command::bounded_text("text", t),

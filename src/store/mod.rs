@@ -1525,8 +1525,8 @@ fn configure(conn: &Connection) -> Result<()> {
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
-    // Text lower-cased as the words searched are (Unicode, as the trigram index folds;
-    // SQLite's own `lower()` folds ASCII only), for the entries not yet indexed.
+    // Text folded as the trigram index folds it (`protocol::casefold`; SQLite's own
+    // `lower()` folds ASCII only), for the entries not yet indexed.
     conn.create_scalar_function(
         "fold",
         1,
@@ -1563,7 +1563,8 @@ struct AuditSource {
     args: Vec<rusqlite::types::Value>,
 }
 
-/// What the console shows of an entry, lower-cased, for a word's plain search.
+/// What the console shows of an entry, folded as the text index folds it, for a word's
+/// plain search.
 const AUDIT_TEXT: &str = "fold(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
 
 /// The conditions of `f` other than its types (and, unless `paged`, its page).
@@ -2025,11 +2026,14 @@ mod tests {
         // Greek capital sigma at a word's end, and Turkish dotted capital I.
         s.audit("item", "prod_2", "engine", "ΟΔΟΣΑ").unwrap();
         s.audit("item", "prod_3", "engine", "ABİ").unwrap();
-        // Greek written in lower case (a final sigma), and the micro sign.
+        // Greek written in lower case (a final sigma), and the micro sign; a NUL, which
+        // the index skips.
         s.audit("item", "prod_4", "engine", "οδος 500µg").unwrap();
+        s.audit("item", "prod_5", "engine", "nee\0dle").unwrap();
         for state in ["not indexed", "indexed"] {
             assert_eq!(find("ΟΔΟΣ"), (2, 2), "{state}");
             assert_eq!(find("500μg οδοσ"), (1, 1), "{state}");
+            assert_eq!(find("needle"), (1, 1), "{state}");
             assert_eq!(find("οδοσα"), (1, 1), "{state}");
             assert_eq!(find("abİ"), (1, 1), "{state}");
             assert_eq!(find("abi"), (0, 0), "{state}");

@@ -2881,6 +2881,51 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
     assert!(text.contains("paused catalog pipeline"), "{text}");
 }
 
+/// An engine that cannot search its trail for the `/` filter is said so on the title,
+/// with why; what the console holds is still filtered and shown.
+#[test]
+fn a_filter_the_engine_could_not_search_says_so_and_why() {
+    use syncctl::protocol::{CommandError, Query};
+    let mut app = app();
+    press(&mut app, KeyCode::Char('7'));
+    let all = app.events_rows().len();
+    let mut asked = Vec::new();
+    for c in "/paused".chars() {
+        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
+    }
+    let held = app.events_rows().len();
+    assert!(held > 0 && held < all);
+    // Each keystroke asked for its own filter; the last one is the filter now.
+    let query = asked
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Effect::Ask(q @ Query::Audit { .. }) => Some(q.clone()),
+            _ => None,
+        })
+        .expect("the first page asked");
+    let effects = update(
+        &mut app,
+        Msg::Answer {
+            query,
+            reply: Err(CommandError::unavailable("the store: disk I/O error")),
+        },
+    );
+    assert!(redraws(&effects));
+    let (text, _) = render(&app, 120, 40);
+    assert!(
+        text.contains(&format!(
+            "filter: paused▏ · {held} of {all} · whole trail not searched: the store: disk I/O error"
+        )),
+        "{text}"
+    );
+    assert_eq!(app.events_rows().len(), held, "what is held, still shown");
+    // Another filter is another search: the refusal was the old one's.
+    press(&mut app, KeyCode::Backspace);
+    let (text, _) = render(&app, 120, 40);
+    assert!(!text.contains("not searched"), "{text}");
+}
+
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.
 fn impact(held: u64, why: &str) -> syncctl::protocol::ImpactPreview {
     use syncctl::protocol::{DownstreamCost, ImpactPreview};

@@ -63,6 +63,9 @@ pub struct EventsSearch {
     /// Matches over the whole trail, once the engine has counted them.
     pub total: Option<u64>,
     pub counting: bool,
+    /// Why the engine could not search (a page or the total): the screen says so, and
+    /// shows what it holds itself.
+    pub failed: Option<String>,
     /// The newest entry the snapshot held when the search was asked: newer matches
     /// come from the snapshot (live), on top of the pages.
     pub since_id: i64,
@@ -769,6 +772,15 @@ impl App {
             }
             None => local.collect(),
         }
+    }
+
+    /// Why the engine could not search the whole trail for the Events filter as it
+    /// stands, if it could not.
+    pub fn events_failed(&self) -> Option<&str> {
+        self.events_search
+            .as_ref()
+            .filter(|s| s.text == self.events_filter.trim() && s.journal == self.events_journal)
+            .and_then(|s| s.failed.as_deref())
     }
 
     /// The engine's answer to the Events filter as it stands, once its first page came.

@@ -470,6 +470,11 @@ impl App {
                 s.loaded = true;
                 true
             }
+            Err(e) => {
+                s.more = false;
+                s.failed = Some(e.to_string());
+                true
+            }
             _ => {
                 s.more = false;
                 false
@@ -485,6 +490,10 @@ impl App {
         match reply {
             Ok(Answer::AuditCount { total }) => {
                 s.total = Some(total);
+                true
+            }
+            Err(e) => {
+                s.failed = Some(e.to_string());
                 true
             }
             _ => false,

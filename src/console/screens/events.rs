@@ -16,7 +16,9 @@
 //!
 //! With `/` the title shows the filter instead: `Events  filter: text▏ · 200 of 34444 · live`:
 //! the engine searches its whole trail (pages load as you scroll; the total is its count),
-//! and until it answers, the entries held here are searched.
+//! and until it answers, the entries held here are searched. When it cannot search, the
+//! title says why after the count of those held here: `· 3 of 500 · whole trail not
+//! searched: the store: disk I/O error · live`.
 //!
 //! `J` toggles the operator journal: only operators' actions (from any front-end), each
 //! with who, the result, and the `syncctl ctl …` line that does the same from a shell
@@ -73,10 +75,15 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         },
         None => held.to_string(),
     };
+    // The engine could not search: what is shown is what this console holds, and why.
+    let failed = app
+        .events_failed()
+        .map(|why| format!(" · whole trail not searched: {why}"))
+        .unwrap_or_default();
     let filtering = app.search_open || !app.events_filter.is_empty();
     let title = if filtering {
         format!(
-            "{view}  filter: {}{} · {} of {total} · {follow}",
+            "{view}  filter: {}{} · {} of {total}{failed} · {follow}",
             app.events_filter,
             if app.search_open { "▏" } else { "" },
             audit.len(),
@@ -84,7 +91,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     } else if app.events_journal {
         // Read from the store: every action, not only those among the newest entries.
         format!(
-            "{view}: operator actions · {} of {total} · newest first · {follow} · times UTC",
+            "{view}: operator actions · {} of {total}{failed} · newest first · {follow} · times UTC",
             audit.len()
         )
     } else {

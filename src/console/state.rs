@@ -774,20 +774,22 @@ impl App {
         }
     }
 
-    /// Why the engine could not search the whole trail for the Events filter as it
-    /// stands, if it could not.
-    pub fn events_failed(&self) -> Option<&str> {
+    /// The engine's search for the Events filter as it stands (not one typed over).
+    fn events_search_now(&self) -> Option<&EventsSearch> {
         self.events_search
             .as_ref()
             .filter(|s| s.text == self.events_filter.trim() && s.journal == self.events_journal)
-            .and_then(|s| s.failed.as_deref())
+    }
+
+    /// Why the engine could not search the whole trail for the Events filter as it
+    /// stands, if it could not.
+    pub fn events_failed(&self) -> Option<&str> {
+        self.events_search_now().and_then(|s| s.failed.as_deref())
     }
 
     /// The engine's answer to the Events filter as it stands, once its first page came.
     pub fn events_found(&self) -> Option<&EventsSearch> {
-        self.events_search.as_ref().filter(|s| {
-            s.loaded && s.text == self.events_filter.trim() && s.journal == self.events_journal
-        })
+        self.events_search_now().filter(|s| s.loaded)
     }
 
     /// The service of the selected circuit.

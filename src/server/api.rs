@@ -487,8 +487,9 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A text field: absent → None; a string of 1 to [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) printable characters;
-/// anything else is a 400 naming the field.
+/// A text field: absent → None; a string of 1 to
+/// [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) printable characters; anything else
+/// is a 400 naming the field.
 fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
     let Some(v) = body.get(name) else {
         return Ok(None);
@@ -503,7 +504,8 @@ fn text_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>, S
     Ok(Some(t.to_owned()))
 }
 
-/// At most [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) characters, none a control character; else a message naming it.
+/// At most [`MAX_TEXT`](crate::protocol::command::MAX_TEXT) characters, none a control
+/// character; else a message naming it.
 fn bounded_text(name: &str, t: &str) -> Result<(), String> {
     crate::protocol::command::bounded_text(name, t).map_err(|e| e.to_string())
 }

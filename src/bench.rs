@@ -1038,6 +1038,35 @@ pub async fn history(
         quantile_ms(&mut lat, 0.99)
     );
 
+    // The contract's `type=&since=`, and time alone, at either end of the 30 days the
+    // trail spans: each reads its page (the ids a time range implies), not the trail
+    // between it and the newest entry.
+    let now = crate::store::now_ms();
+    for (label, query) in [
+        (
+            "type=sync&since=(a day ago)",
+            format!("type=sync&since={}", now - 86_400_000),
+        ),
+        ("since=(an hour ago)", format!("since={}", now - 3_600_000)),
+        (
+            "type=sync&until=(29 days ago)",
+            format!("type=sync&until={}", now - 29 * 86_400_000),
+        ),
+    ] {
+        let mut lat = Vec::new();
+        let mut n = 0;
+        for _ in 0..100 {
+            let (d, v) = api(format!("/api/v1/events?{query}&limit=100")).await?;
+            n = v["events"].as_array().map_or(0, Vec::len);
+            lat.push(d);
+        }
+        println!(
+            "           {label} ×100: p50 {:.1} ms, p99 {:.1} ms ({n} events each)",
+            quantile_ms(&mut lat, 0.5),
+            quantile_ms(&mut lat, 0.99)
+        );
+    }
+
     // The console's `/` filter as an attached console asks it: the first page of the
     // whole trail, then the true total. The rare words are one product's (the tenth
     // from the last seeded: a few entries in a store of any size, none of another

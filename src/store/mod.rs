@@ -908,47 +908,9 @@ impl Store {
     }
 
     /// Audit entries matching `f`, newest first, reading about as many rows as the page
-    /// holds: by type or entity through their indexes in id order, by text through the
-    /// trigram index in id order plus a scan of the few rows not yet indexed (several
-    /// types or sources: one read each, merged).
+    /// holds (see [`audit_select`]).
     pub fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        let limit = f.limit.clamp(1, 10_000) as i64;
-        let w = audit_where(f, true);
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
-            vec![None]
-        } else {
-            f.kinds.iter().map(|k| Some(k.as_str())).collect()
-        };
-        let mut parts = Vec::new();
-        for source in &w.sources {
-            for kind in &kinds {
-                let mut sql = format!(
-                    "SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1{}",
-                    source.from, source.sql
-                );
-                args.extend(source.args.iter().cloned());
-                if let Some(k) = kind {
-                    sql.push_str(" AND a.kind = ?");
-                    args.push(k.to_string().into());
-                }
-                sql.push_str(&w.sql);
-                args.extend(w.args.iter().cloned());
-                sql.push_str(&format!(" ORDER BY {} LIMIT ?", source.newest_first));
-                args.push(limit.into());
-                parts.push(sql);
-            }
-        }
-        let sql = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            args.push(limit.into());
-            let parts: Vec<String> = parts
-                .iter()
-                .map(|p| format!("SELECT * FROM ({p})"))
-                .collect();
-            format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
-        };
+        let (sql, args) = audit_select(f);
         let conn = self.r();
         let mut stmt = conn.prepare_cached(&sql)?;
         stmt.query_map(rusqlite::params_from_iter(args), audit_row)?
@@ -1052,6 +1014,13 @@ impl Store {
             // stepped back): none of them is indexed.
             tx.prepare_cached(
                 "UPDATE audit_indexed SET upto = min(upto, COALESCE((SELECT MAX(id) FROM audit), 0))",
+            )?
+            .execute([])?;
+            // The time spans of the blocks of ids wholly gone go with them (those of a
+            // block partly purged still cover what is left: wider, never narrower).
+            tx.prepare_cached(
+                "DELETE FROM audit_span WHERE NOT EXISTS (SELECT 1 FROM audit)
+                   OR block < (SELECT MIN(id) FROM audit) >> 10",
             )?
             .execute([])?;
             tx.commit()?;
@@ -1563,6 +1532,48 @@ struct AuditSource {
     args: Vec<rusqlite::types::Value>,
 }
 
+/// An id every audit entry stamped at or after `?` (ms) is above: the first id of the
+/// first block (schema 15's `audit_span`) holding one stamped that late, else past any
+/// id. One pass over the blocks (a thousandth of the trail), stopping at the first.
+const ID_ABOVE: &str = "(coalesce((SELECT MIN(block) FROM audit_span WHERE max_at >= ?) << 10, 9223372036854775807) - 1)";
+
+/// An id every audit entry stamped before `?` (ms) is below: past the last id of the
+/// last block holding one stamped that early, else below any id.
+const ID_BELOW: &str = "(coalesce(((SELECT MAX(block) FROM audit_span WHERE min_at < ?) << 10) | 1023, -9223372036854775807) + 1)";
+
+/// The audit trail read block by block of schema 15's `audit_span` (newest first:
+/// `b.block DESC, a.id DESC`).
+const BY_BLOCK: &str =
+    "audit_span b CROSS JOIN audit a ON a.id BETWEEN (b.block << 10) AND ((b.block << 10) | 1023)";
+
+/// A bound on the ids read: an SQL expression, with its argument if it takes one.
+type IdBound = (&'static str, Option<rusqlite::types::Value>);
+
+impl AuditSource {
+    /// Reads only ids above every bound of `above` and below every bound of `below`:
+    /// one condition a side (of two on the rowid, SQLite seeks to one and checks the
+    /// other row by row), on the id as this source holds it (the text index: negated,
+    /// which FTS5 only takes as a plain `rowid` bound).
+    fn ids_between(&mut self, above: &[IdBound], below: &[IdBound]) {
+        let negated = self.from.starts_with("audit_search");
+        for (bounds, op, most) in [(above, '>', "max"), (below, '<', "min")] {
+            let exprs: Vec<&str> = bounds.iter().map(|(e, _)| *e).collect();
+            let bound = match exprs.len() {
+                0 => continue,
+                1 => exprs[0].to_owned(),
+                _ => format!("{most}({})", exprs.join(", ")),
+            };
+            self.sql.push_str(&match (negated, op) {
+                (false, _) => format!(" AND a.id {op} {bound}"),
+                (true, '>') => format!(" AND audit_search.rowid < -({bound})"),
+                (true, _) => format!(" AND audit_search.rowid > -({bound})"),
+            });
+            self.args
+                .extend(bounds.iter().filter_map(|(_, v)| v.clone()));
+        }
+    }
+}
+
 /// What the console shows of an entry, folded as the text index folds it, for a word's
 /// plain search.
 const AUDIT_TEXT: &str = "fold(a.kind || ' ' || a.entity || ' ' || a.actor || ' ' || a.message)";
@@ -1570,26 +1581,37 @@ const AUDIT_TEXT: &str = "fold(a.kind || ' ' || a.entity || ' ' || a.actor || ' 
 /// The conditions of `f` other than its types (and, unless `paged`, its page).
 fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
     let before = f.before_id.filter(|_| paged);
-    let older = |sql: &mut String, args: &mut Vec<rusqlite::types::Value>| {
-        if let Some(id) = before {
-            sql.push_str(" AND a.id < ?");
-            args.push(id.into());
-        }
-    };
     let mut sql = String::new();
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(e) = &f.entity {
         sql.push_str(" AND a.entity = ?");
         args.push(e.clone().into());
     }
+    // Times are checked on each row read (`+`: not through an index, whose matches
+    // would have to be sorted by id), and the rows read are bounded by the ids they
+    // imply (schema 15): a time range reads its own rows, not the trail's newer ones.
     if let Some(t) = f.since_ms {
-        sql.push_str(" AND a.at >= ?");
+        sql.push_str(" AND +a.at >= ?");
         args.push(t.into());
     }
     if let Some(t) = f.until_ms {
-        sql.push_str(" AND a.at < ?");
+        sql.push_str(" AND +a.at < ?");
         args.push(t.into());
     }
+    // The ids read: below the page's start and the time range's end, above the time
+    // range's start (`IdBound`s, one a side).
+    let mut below: Vec<IdBound> = Vec::new();
+    if let Some(id) = before {
+        below.push(("?", Some(id.into())));
+    }
+    if let Some(t) = f.until_ms {
+        below.push((ID_BELOW, Some(t.into())));
+    }
+    let above: Vec<IdBound> = f
+        .since_ms
+        .map(|t| (ID_ABOVE, Some(t.into())))
+        .into_iter()
+        .collect();
     let mut long = Vec::new();
     // Each word, case-insensitive, anywhere in what the console shows of an entry: the
     // trigram index finds words of three characters or more; shorter ones are checked
@@ -1602,17 +1624,48 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             args.push(fold(w).into());
         }
     }
-    // The trail itself, newest first, with these conditions.
-    let scan = |sql: &str| AuditSource {
+    // The trail itself, newest first.
+    let scan = || AuditSource {
         from: "audit a",
         count_from: "audit a",
         newest_first: "a.id DESC",
-        sql: sql.to_owned(),
+        sql: String::new(),
         args: Vec::new(),
     };
-    let sources = if long.is_empty() {
-        let mut all = scan("");
-        older(&mut all.sql, &mut all.args);
+    let timed = f.since_ms.is_some() || f.until_ms.is_some();
+    let sources = if long.is_empty() && timed && f.entity.is_none() {
+        // By time (and type): block by block of `audit_span`, newest first, reading
+        // the entries of the blocks whose times reach into the range only. (One id
+        // range from the first such block to the last would also hold every block in
+        // between: an entry stamped far off, as by a clock unset at a boot, would
+        // stretch it over the trail.)
+        let mut blocks = AuditSource {
+            from: BY_BLOCK,
+            count_from: BY_BLOCK,
+            newest_first: "b.block DESC, a.id DESC",
+            sql: String::new(),
+            args: Vec::new(),
+        };
+        if let Some(t) = f.since_ms {
+            blocks.sql.push_str(" AND b.max_at >= ?");
+            blocks.args.push(t.into());
+        }
+        if let Some(t) = f.until_ms {
+            blocks.sql.push_str(" AND b.min_at < ?");
+            blocks.args.push(t.into());
+        }
+        if let Some(id) = before {
+            // The page's start: its block and older ones, its older entries.
+            blocks
+                .sql
+                .push_str(" AND b.block <= (? >> 10) AND a.id < ?");
+            blocks.args.extend([id.into(), id.into()]);
+        }
+        vec![blocks]
+    } else if long.is_empty() {
+        // One id range: an entity's entries are few, however wide it is.
+        let mut all = scan();
+        all.ids_between(&above, &below);
         vec![all]
     } else {
         // The trigram index drives the read (in its rowid order) over what it holds;
@@ -1622,16 +1675,17 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             .iter()
             .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
             .collect();
-        let mut tail = scan(" AND a.id > (SELECT upto FROM audit_indexed)");
+        let mut tail = scan();
         for w in &long {
             tail.sql
                 .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
             tail.args.push(fold(w).into());
         }
-        older(&mut tail.sql, &mut tail.args);
+        let unindexed = [("(SELECT upto FROM audit_indexed)", None)];
+        tail.ids_between(&[&unindexed[..], &above].concat(), &below);
         // The index is keyed by the id negated: newest first is its ascending order,
-        // from one lower bound (FTS5 seeks to the first it is given): what it holds
-        // (up to `upto`), or the page's start, whichever is newer.
+        // from the newest of what it holds (up to `upto`), the page's start and the
+        // time range's end, up to the time range's start.
         let mut indexed = AuditSource {
             from: "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid",
             count_from: "audit_search",
@@ -1639,20 +1693,57 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             sql: " AND audit_search MATCH ?".to_owned(),
             args: vec![matching.join(" AND ").into()],
         };
-        match before {
-            Some(id) => {
-                indexed.sql.push_str(
-                    " AND audit_search.rowid > -min((SELECT upto FROM audit_indexed) + 1, ?)",
-                );
-                indexed.args.push(id.into());
-            }
-            None => indexed
-                .sql
-                .push_str(" AND audit_search.rowid >= -(SELECT upto FROM audit_indexed)"),
-        }
+        let held = [("(SELECT upto FROM audit_indexed) + 1", None)];
+        indexed.ids_between(&above, &[&held[..], &below].concat());
         vec![indexed, tail]
     };
     AuditWhere { sources, sql, args }
+}
+
+/// The statement reading the page of audit entries `f` asks for, newest first, with
+/// its arguments: about as many rows read as the page holds, by type or entity
+/// through their indexes in id order, by text through the trigram index in id order
+/// plus a scan of the few rows not yet indexed, by time within the ids it implies
+/// (several types or sources: one read each, merged).
+fn audit_select(f: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let limit = f.limit.clamp(1, 10_000) as i64;
+    let w = audit_where(f, true);
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
+        vec![None]
+    } else {
+        f.kinds.iter().map(|k| Some(k.as_str())).collect()
+    };
+    let mut parts = Vec::new();
+    for source in &w.sources {
+        for kind in &kinds {
+            let mut sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM {} WHERE 1=1{}",
+                source.from, source.sql
+            );
+            args.extend(source.args.iter().cloned());
+            if let Some(k) = kind {
+                sql.push_str(" AND a.kind = ?");
+                args.push(k.to_string().into());
+            }
+            sql.push_str(&w.sql);
+            args.extend(w.args.iter().cloned());
+            sql.push_str(&format!(" ORDER BY {} LIMIT ?", source.newest_first));
+            args.push(limit.into());
+            parts.push(sql);
+        }
+    }
+    let sql = if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        args.push(limit.into());
+        let parts: Vec<String> = parts
+            .iter()
+            .map(|p| format!("SELECT * FROM ({p})"))
+            .collect();
+        format!("{} ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL "))
+    };
+    (sql, args)
 }
 
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
@@ -2043,6 +2134,293 @@ mod tests {
             assert_eq!(find("suscripcion"), (0, 0), "{state}: accents count");
             s.index_audit_text(10).unwrap();
         }
+    }
+
+    /// Stamp of audit entry `i` in the time tests: a second a step, three minutes back
+    /// at the 150th (a clock corrected) and a few ms of jitter (writers stamp before
+    /// they commit), so ids and times disagree both ways.
+    fn stepped_back(i: i64) -> i64 {
+        let back = if i > 150 { 180_000 } else { 0 };
+        1_000_000 + i * 1000 - back + [0, 7, -5, 3][i as usize % 4]
+    }
+
+    fn add_stamped(conn: &Connection, ids: std::ops::RangeInclusive<i64>) {
+        add_spread(conn, ids, 1);
+    }
+
+    /// Entries `ids` stamped by [`stepped_back`], entry `i` at id `i * spread` (spread
+    /// over many of `audit_span`'s blocks of 1024 ids).
+    fn add_spread(conn: &Connection, ids: std::ops::RangeInclusive<i64>, spread: i64) {
+        for i in ids {
+            conn.execute(
+                "INSERT INTO audit(id, at, kind, entity, actor, message) VALUES (?5, ?1, ?2, ?3, 'engine', ?4)",
+                params![
+                    stepped_back(i),
+                    ["item", "sync", "circuit"][i as usize % 3],
+                    format!("prod_{}", i % 7),
+                    format!("created Item {i}"),
+                    i * spread
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    /// The ids of the entries of `all` that `f` selects, newest first, filtered here.
+    fn matching(all: &[AuditEntry], f: &AuditFilter) -> Vec<i64> {
+        let words = crate::protocol::filter_words(f.text.as_deref().unwrap_or(""));
+        let mut ids: Vec<i64> = all
+            .iter()
+            .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
+            .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
+            .filter(|e| f.kinds.is_empty() || f.kinds.contains(&e.kind))
+            .filter(|e| f.entity.as_ref().is_none_or(|x| *x == e.entity))
+            .filter(|e| crate::protocol::has_words(e, &words))
+            .map(|e| e.id)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids
+    }
+
+    /// The ids the store finds for `f`, page after page (`before_id`) to the last.
+    fn every_page(s: &Store, f: &AuditFilter) -> Vec<i64> {
+        let mut ids = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s
+                .audit_query(&AuditFilter {
+                    before_id: before,
+                    ..f.clone()
+                })
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            ids.extend(page.iter().map(|e| e.id));
+        }
+        ids
+    }
+
+    /// Every time range of `times` (each end open or not) with each filter the API offers,
+    /// paged and counted, against the trail filtered here; how many entries they found.
+    fn check_time_ranges(s: &Store, times: &[Option<i64>]) -> usize {
+        let all = s
+            .r()
+            .prepare("SELECT id, at, kind, entity, actor, message, trace_id FROM audit")
+            .unwrap()
+            .query_map([], audit_row)
+            .unwrap()
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        let filters = [
+            AuditFilter::default(),
+            AuditFilter {
+                kinds: vec!["sync".into()],
+                ..Default::default()
+            },
+            AuditFilter {
+                kinds: vec!["sync".into(), "circuit".into()],
+                ..Default::default()
+            },
+            AuditFilter {
+                entity: Some("prod_3".into()),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: Some("item 1".into()),
+                ..Default::default()
+            },
+            AuditFilter {
+                kinds: vec!["item".into()],
+                text: Some("ITEM 2".into()),
+                ..Default::default()
+            },
+        ];
+        let mut found = 0;
+        for &since in times {
+            for &until in times {
+                for base in &filters {
+                    let f = AuditFilter {
+                        since_ms: since,
+                        until_ms: until,
+                        limit: 7,
+                        ..base.clone()
+                    };
+                    let want = matching(&all, &f);
+                    assert_eq!(every_page(s, &f), want, "{f:?}");
+                    assert_eq!(s.audit_count(&f).unwrap(), want.len() as u64, "{f:?}");
+                    found += want.len();
+                }
+            }
+        }
+        found
+    }
+
+    /// Schema 15: a time range is read through the ids it implies, and finds exactly its
+    /// entries whatever the clock did: entries from before the migration and after,
+    /// each filter the API offers with it, paged, counted, indexed for text or not;
+    /// then with stamps far off (a clock unset, one set years ahead) and entries edited
+    /// by hand (a time changed, an id reused).
+    #[test]
+    fn a_time_range_finds_exactly_its_entries_whatever_the_clock_did() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut conn = Connection::open(dir.path().join("syncctl.db")).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &schema::MIGRATIONS[..14] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 14).unwrap();
+            // Ids spread over many blocks of `audit_span`.
+            add_spread(&tx, 1..=200, 97);
+            tx.commit().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let blocks: i64 = s
+            .r()
+            .query_row("SELECT COUNT(*) FROM audit_span", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blocks, 19, "the migration's pass: 200 entries 97 ids apart");
+        add_spread(&s.w(), 201..=400, 97);
+        assert_eq!(s.index_audit_text(250).unwrap(), 250);
+        let mut times = vec![
+            None,
+            Some(0),
+            Some(stepped_back(1)),
+            Some(stepped_back(40) + 1),
+            Some(stepped_back(150)),
+            Some(stepped_back(151)),
+            Some(stepped_back(170)),
+            Some(stepped_back(300) - 2),
+            Some(stepped_back(400)),
+            Some(stepped_back(400) + 1),
+        ];
+        let found = check_time_ranges(&s, &times);
+        assert!(found > 10_000, "too little found to prove much: {found}");
+        // A clock unset (stamped at 0), one set a century ahead, a time changed and an
+        // id reused by hand, each in an old block.
+        let w = s.w();
+        w.execute_batch(&format!(
+            "INSERT INTO audit(at, kind, entity, actor, message) VALUES (0, 'sync', 'prod_3', 'engine', 'created Item 0');
+             INSERT INTO audit(at, kind, entity, actor, message) VALUES (4102444800000, 'sync', 'prod_3', 'engine', 'created Item 2100');
+             UPDATE audit SET at = {} WHERE id = 97 * 20;
+             DELETE FROM audit WHERE id = 97 * 30;
+             INSERT INTO audit(id, at, kind, entity, actor, message) VALUES (97 * 30, {}, 'item', 'prod_3', 'operator', 'created Item 30');",
+            stepped_back(380),
+            stepped_back(390) + 1
+        ))
+        .unwrap();
+        drop(w);
+        times.extend([Some(1), Some(4102444800000), Some(4102444800001)]);
+        let found = check_time_ranges(&s, &times);
+        assert!(found > 10_000, "too little found to prove much: {found}");
+        // Purged: the spans of blocks wholly gone go; a trail emptied and written
+        // again is numbered from 1, still exact.
+        let spans = |s: &Store| -> i64 {
+            s.r()
+                .query_row("SELECT COUNT(*) FROM audit_span", [], |r| r.get(0))
+                .unwrap()
+        };
+        s.purge_audit_before(stepped_back(200)).unwrap();
+        assert!(spans(&s) < 38, "{}", spans(&s));
+        s.purge_audit_before(i64::MAX).unwrap();
+        assert_eq!(spans(&s), 0);
+        add_stamped(&s.w(), 1..=20);
+        let f = AuditFilter {
+            since_ms: Some(stepped_back(5)),
+            until_ms: Some(stepped_back(16)),
+            limit: 100,
+            ..Default::default()
+        };
+        let ids: Vec<i64> = s.audit_query(&f).unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(ids, (5..16).rev().collect::<Vec<_>>());
+    }
+
+    /// Rows a query reads (SQLite's virtual machine steps), against the same query with
+    /// no time range: a time range reads about its page and the rest of the blocks of
+    /// 1024 ids its ends fall in, not the trail between it and the newest entry; so
+    /// does a page start (`before_id`) far from the range, and so it stays after stamps
+    /// far off the clock (each widens its own block only).
+    #[test]
+    fn a_time_range_reads_its_page_not_the_trail() {
+        let (_d, s) = store();
+        {
+            let mut conn = s.w();
+            let tx = conn.transaction().unwrap();
+            add_stamped(&tx, 1..=30_000);
+            tx.commit().unwrap();
+        }
+        while s.index_audit_text(10_000).unwrap() > 0 {}
+        let steps = |f: &AuditFilter| -> (i32, usize) {
+            let (sql, args) = audit_select(f);
+            let conn = s.r();
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let n = stmt
+                .query_map(rusqlite::params_from_iter(args), audit_row)
+                .unwrap()
+                .count();
+            (stmt.get_status(rusqlite::StatementStatus::VmStep), n)
+        };
+        let old = stepped_back(1_000);
+        let recent = stepped_back(29_990);
+        let bases = [
+            AuditFilter::default(),
+            AuditFilter {
+                kinds: vec!["sync".into()],
+                ..Default::default()
+            },
+            AuditFilter {
+                entity: Some("prod_3".into()),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: Some("created".into()),
+                ..Default::default()
+            },
+        ];
+        let check = |bases: &[AuditFilter], far: usize| {
+            for base in bases {
+                let f = AuditFilter {
+                    limit: 100,
+                    ..base.clone()
+                };
+                let (plain, n) = steps(&f);
+                assert_eq!(n, 100);
+                for (since, until, before, rows) in [
+                    // Before the 1000th entry: the trail's 29,000 newer ones not read.
+                    (None, Some(old), None, 100),
+                    // Since the 29,990th: 11 entries (and those stamped far ahead),
+                    // fewer of a kind; not the rest.
+                    (Some(recent), None, None, 11 + far),
+                    (Some(old), Some(old + 200_000), None, 100),
+                    // A page start far above the range's end.
+                    (None, Some(old), Some(29_000), 100),
+                ] {
+                    let (timed, n) = steps(&AuditFilter {
+                        since_ms: since,
+                        until_ms: until,
+                        before_id: before,
+                        ..f.clone()
+                    });
+                    assert!(n <= rows, "{n} rows");
+                    assert!(
+                        timed < plain * 3 + 40_000,
+                        "{base:?} since {since:?} until {until:?} before {before:?}: {timed} steps, {plain} without the time range"
+                    );
+                }
+            }
+        };
+        check(&bases, 0);
+        // A clock unset at a boot (stamped 0) and one set a century ahead, in the
+        // middle of the trail: by time and type, each widens its own block only. (By
+        // text, the index reads one id range, which they stretch: no further than the
+        // newest entry, where it read from before schema 15.)
+        s.w()
+            .execute_batch(
+                "UPDATE audit SET at = 0 WHERE id = 15000;
+                 UPDATE audit SET at = 4102444800000 WHERE id = 15001;",
+            )
+            .unwrap();
+        check(&bases[..3], 1);
     }
 
     /// Entries numbered again below what the index holds (the newest purged while older

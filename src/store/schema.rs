@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: job queue, catalog mapping, event dedupe, cursors, audit, oauth.
     "CREATE TABLE jobs (
         id INTEGER PRIMARY KEY,
@@ -290,6 +290,36 @@ const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER audit_search_delete AFTER DELETE ON audit
        WHEN OLD.id <= (SELECT upto FROM audit_indexed) BEGIN
         DELETE FROM audit_search WHERE rowid = -OLD.id;
+     END;",
+    // 15: the audit trail read by time through its ids. Ids follow the order entries
+    // were written and times nearly do (writers stamp before they commit; a clock may
+    // step back or be wrong for a while), so `audit_span` keeps, for each block of
+    // 1024 ids (`id >> 10`), the earliest and latest time ever written there: an entry
+    // at or after `t` is in a block whose latest is at or after `t`, one before `t` in
+    // a block whose earliest is before `t`, so a time range is an id range
+    // (`audit_where`) whatever the clock did: read block by block, where a stamp far
+    // off widens its own block only, or as one id range (by entity, by text). Kept by
+    // triggers on every write of an entry's id or time (an operator's by hand
+    // included); filled by one pass over the trail. The indexes by type and by entity
+    // with time go: no read uses them any more (each was written with every entry).
+    "DROP INDEX audit_kind_at;
+     DROP INDEX audit_entity;
+     CREATE TABLE audit_span (
+        block INTEGER PRIMARY KEY,
+        min_at INTEGER NOT NULL,
+        max_at INTEGER NOT NULL
+     );
+     INSERT INTO audit_span(block, min_at, max_at)
+        SELECT id >> 10, MIN(at), MAX(at) FROM audit GROUP BY id >> 10;
+     CREATE TRIGGER audit_span_insert AFTER INSERT ON audit BEGIN
+        INSERT INTO audit_span(block, min_at, max_at) VALUES (NEW.id >> 10, NEW.at, NEW.at)
+          ON CONFLICT(block) DO UPDATE SET min_at = min(min_at, excluded.min_at),
+            max_at = max(max_at, excluded.max_at);
+     END;
+     CREATE TRIGGER audit_span_update AFTER UPDATE OF id, at ON audit BEGIN
+        INSERT INTO audit_span(block, min_at, max_at) VALUES (NEW.id >> 10, NEW.at, NEW.at)
+          ON CONFLICT(block) DO UPDATE SET min_at = min(min_at, excluded.min_at),
+            max_at = max(max_at, excluded.max_at);
      END;",
 ];
 

@@ -1709,11 +1709,17 @@ fn audit_select(f: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
     let limit = f.limit.clamp(1, 10_000) as i64;
     let w = audit_where(f, true);
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let kinds: Vec<Option<&str>> = if f.kinds.is_empty() {
-        vec![None]
-    } else {
-        f.kinds.iter().map(|k| Some(k.as_str())).collect()
-    };
+    // One read a type (a type named twice, as `type=sync,sync`, read once: each read's
+    // entries are all kept).
+    let mut kinds: Vec<Option<&str>> = Vec::new();
+    for k in &f.kinds {
+        if !kinds.contains(&Some(k.as_str())) {
+            kinds.push(Some(k.as_str()));
+        }
+    }
+    if kinds.is_empty() {
+        kinds.push(None);
+    }
     let mut parts = Vec::new();
     for source in &w.sources {
         for kind in &kinds {
@@ -2218,7 +2224,7 @@ mod tests {
                 ..Default::default()
             },
             AuditFilter {
-                kinds: vec!["sync".into(), "circuit".into()],
+                kinds: vec!["sync".into(), "circuit".into(), "sync".into()],
                 ..Default::default()
             },
             AuditFilter {

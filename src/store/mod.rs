@@ -1532,10 +1532,12 @@ struct AuditSource {
     args: Vec<rusqlite::types::Value>,
 }
 
-/// An id every audit entry stamped at or after `?` (ms) is above: the first id of the
-/// first block (schema 15's `audit_span`) holding one stamped that late, else past any
-/// id. One pass over the blocks (a thousandth of the trail), stopping at the first.
-const ID_ABOVE: &str = "(coalesce((SELECT MIN(block) FROM audit_span WHERE max_at >= ?) << 10, 9223372036854775807) - 1)";
+/// An id every audit entry stamped at or after `?` (ms) is at or above: the first id
+/// of the first block (schema 15's `audit_span`) holding one stamped that late, else
+/// the last id there is. One pass over the blocks (a thousandth of the trail),
+/// stopping at the first.
+const ID_FROM: &str =
+    "coalesce((SELECT MIN(block) FROM audit_span WHERE max_at >= ?) << 10, 9223372036854775807)";
 
 /// An id every audit entry stamped before `?` (ms) is below: past the last id of the
 /// last block holding one stamped that early, else below any id.
@@ -1550,13 +1552,13 @@ const BY_BLOCK: &str =
 type IdBound = (&'static str, Option<rusqlite::types::Value>);
 
 impl AuditSource {
-    /// Reads only ids above every bound of `above` and below every bound of `below`:
-    /// one condition a side (of two on the rowid, SQLite seeks to one and checks the
-    /// other row by row), on the id as this source holds it (the text index: negated,
-    /// which FTS5 only takes as a plain `rowid` bound).
-    fn ids_between(&mut self, above: &[IdBound], below: &[IdBound]) {
+    /// Reads only ids at or above every bound of `from` and below every bound of
+    /// `below`: one condition a side (of two on the rowid, SQLite seeks to one and
+    /// checks the other row by row), on the id as this source holds it (the text
+    /// index: negated, which FTS5 only takes as a plain `rowid` bound).
+    fn ids_between(&mut self, from: &[IdBound], below: &[IdBound]) {
         let negated = self.from.starts_with("audit_search");
-        for (bounds, op, most) in [(above, '>', "max"), (below, '<', "min")] {
+        for (bounds, op, most) in [(from, ">=", "max"), (below, "<", "min")] {
             let exprs: Vec<&str> = bounds.iter().map(|(e, _)| *e).collect();
             let bound = match exprs.len() {
                 0 => continue,
@@ -1565,7 +1567,7 @@ impl AuditSource {
             };
             self.sql.push_str(&match (negated, op) {
                 (false, _) => format!(" AND a.id {op} {bound}"),
-                (true, '>') => format!(" AND audit_search.rowid < -({bound})"),
+                (true, ">=") => format!(" AND audit_search.rowid <= -({bound})"),
                 (true, _) => format!(" AND audit_search.rowid > -({bound})"),
             });
             self.args
@@ -1607,9 +1609,9 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
     if let Some(t) = f.until_ms {
         below.push((ID_BELOW, Some(t.into())));
     }
-    let above: Vec<IdBound> = f
+    let from: Vec<IdBound> = f
         .since_ms
-        .map(|t| (ID_ABOVE, Some(t.into())))
+        .map(|t| (ID_FROM, Some(t.into())))
         .into_iter()
         .collect();
     let mut long = Vec::new();
@@ -1633,12 +1635,12 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         args: Vec::new(),
     };
     let timed = f.since_ms.is_some() || f.until_ms.is_some();
-    let sources = if long.is_empty() && timed && f.entity.is_none() {
-        // By time (and type): block by block of `audit_span`, newest first, reading
-        // the entries of the blocks whose times reach into the range only. (One id
-        // range from the first such block to the last would also hold every block in
-        // between: an entry stamped far off, as by a clock unset at a boot, would
-        // stretch it over the trail.)
+    let sources = if long.is_empty() && timed {
+        // By time (and type or entity): block by block of `audit_span`, newest first,
+        // reading the entries of the blocks whose times reach into the range only.
+        // (One id range from the first such block to the last would also hold every
+        // block in between: an entry stamped far off, as by a clock unset at a boot,
+        // would stretch it over the trail.)
         let mut blocks = AuditSource {
             from: BY_BLOCK,
             count_from: BY_BLOCK,
@@ -1663,9 +1665,8 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         }
         vec![blocks]
     } else if long.is_empty() {
-        // One id range: an entity's entries are few, however wide it is.
         let mut all = scan();
-        all.ids_between(&above, &below);
+        all.ids_between(&[], &below);
         vec![all]
     } else {
         // The trigram index drives the read (in its rowid order) over what it holds;
@@ -1681,8 +1682,8 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
                 .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
             tail.args.push(fold(w).into());
         }
-        let unindexed = [("(SELECT upto FROM audit_indexed)", None)];
-        tail.ids_between(&[&unindexed[..], &above].concat(), &below);
+        let unindexed = [("(SELECT upto FROM audit_indexed) + 1", None)];
+        tail.ids_between(&[&unindexed[..], &from].concat(), &below);
         // The index is keyed by the id negated: newest first is its ascending order,
         // from the newest of what it holds (up to `upto`), the page's start and the
         // time range's end, up to the time range's start.
@@ -1694,7 +1695,7 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
             args: vec![matching.join(" AND ").into()],
         };
         let held = [("(SELECT upto FROM audit_indexed) + 1", None)];
-        indexed.ids_between(&above, &[&held[..], &below].concat());
+        indexed.ids_between(&from, &[&held[..], &below].concat());
         vec![indexed, tail]
     };
     AuditWhere { sources, sql, args }
@@ -2383,7 +2384,8 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let check = |bases: &[AuditFilter], far: usize| {
+        let check = |bases: &[AuditFilter], far: usize| -> Vec<i32> {
+            let mut read = Vec::new();
             for base in bases {
                 let f = AuditFilter {
                     limit: 100,
@@ -2412,21 +2414,30 @@ mod tests {
                         timed < plain * 3 + 40_000,
                         "{base:?} since {since:?} until {until:?} before {before:?}: {timed} steps, {plain} without the time range"
                     );
+                    read.push(timed);
                 }
             }
+            read
         };
-        check(&bases, 0);
+        let clean = check(&bases, 0);
         // A clock unset at a boot (stamped 0) and one set a century ahead, in the
-        // middle of the trail: by time and type, each widens its own block only. (By
-        // text, the index reads one id range, which they stretch: no further than the
-        // newest entry, where it read from before schema 15.)
+        // middle of the trail: by time with type or entity, each widens its own block
+        // only (one more block read: a few thousand steps). (By text, the index reads
+        // one id range, which they stretch: no further than the newest entry, where it
+        // read from before schema 15.)
         s.w()
             .execute_batch(
                 "UPDATE audit SET at = 0 WHERE id = 15000;
                  UPDATE audit SET at = 4102444800000 WHERE id = 15001;",
             )
             .unwrap();
-        check(&bases[..3], 1);
+        let far = check(&bases[..3], 1);
+        for (i, (clean, far)) in clean.iter().zip(&far).enumerate() {
+            assert!(
+                far - clean < 10_000,
+                "case {i}: {clean} steps, {far} once stamps far off were written"
+            );
+        }
     }
 
     /// Entries numbered again below what the index holds (the newest purged while older

@@ -298,7 +298,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // at or after `t` is in a block whose latest is at or after `t`, one before `t` in
     // a block whose earliest is before `t`, so a time range is an id range
     // (`audit_where`) whatever the clock did: read block by block, where a stamp far
-    // off widens its own block only, or as one id range (by entity, by text). Kept by
+    // off widens its own block only, or as one id range (by text). Kept by
     // triggers on every write of an entry's id or time (an operator's by hand
     // included); filled by one pass over the trail. The indexes by type and by entity
     // with time go: no read uses them any more (each was written with every entry).

@@ -1009,40 +1009,15 @@ pub async fn history(
             anyhow::Ok((t.elapsed(), v))
         }
     };
-    let mut lat = Vec::new();
-    let mut n = 0;
-    for _ in 0..100 {
-        let (d, v) = api("/api/v1/events?type=item&limit=100".into()).await?;
-        n = v["events"].as_array().map_or(0, Vec::len);
-        lat.push(d);
-    }
-    println!(
-        "  events:  GET /api/v1/events?type=item&limit=100 ×100: p50 {:.1} ms, p99 {:.1} ms ({n} events each)",
-        quantile_ms(&mut lat, 0.5),
-        quantile_ms(&mut lat, 0.99)
-    );
-    let mut lat = Vec::new();
-    let mut before = None::<i64>;
-    for _ in 0..20 {
-        let page = before.map_or(String::new(), |b| format!("&before={b}"));
-        let (d, v) = api(format!("/api/v1/events?type=item&limit=100{page}")).await?;
-        before = v["events"]
-            .as_array()
-            .and_then(|e| e.last())
-            .and_then(|e| e["id"].as_i64());
-        lat.push(d);
-    }
-    println!(
-        "           20 pages back with before=: p50 {:.1} ms, p99 {:.1} ms",
-        quantile_ms(&mut lat, 0.5),
-        quantile_ms(&mut lat, 0.99)
-    );
-
-    // The contract's `type=&since=`, and time alone, at either end of the 30 days the
-    // trail spans: each reads its page (the ids a time range implies), not the trail
-    // between it and the newest entry.
+    // By type; then the contract's `type=&since=`, and time alone, at either end of the
+    // 30 days the trail spans: each reads its page (the blocks of ids a time range
+    // implies), not the trail between it and the newest entry.
     let now = crate::store::now_ms();
     for (label, query) in [
+        (
+            "GET /api/v1/events?type=item&limit=100",
+            "type=item".to_owned(),
+        ),
         (
             "type=sync&since=(a day ago)",
             format!("type=sync&since={}", now - 86_400_000),
@@ -1060,12 +1035,33 @@ pub async fn history(
             n = v["events"].as_array().map_or(0, Vec::len);
             lat.push(d);
         }
+        let head = if query == "type=item" {
+            "  events:  "
+        } else {
+            "           "
+        };
         println!(
-            "           {label} ×100: p50 {:.1} ms, p99 {:.1} ms ({n} events each)",
+            "{head}{label} ×100: p50 {:.1} ms, p99 {:.1} ms ({n} events each)",
             quantile_ms(&mut lat, 0.5),
             quantile_ms(&mut lat, 0.99)
         );
     }
+    let mut lat = Vec::new();
+    let mut before = None::<i64>;
+    for _ in 0..20 {
+        let page = before.map_or(String::new(), |b| format!("&before={b}"));
+        let (d, v) = api(format!("/api/v1/events?type=item&limit=100{page}")).await?;
+        before = v["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["id"].as_i64());
+        lat.push(d);
+    }
+    println!(
+        "           20 pages back with before=: p50 {:.1} ms, p99 {:.1} ms",
+        quantile_ms(&mut lat, 0.5),
+        quantile_ms(&mut lat, 0.99)
+    );
 
     // The console's `/` filter as an attached console asks it: the first page of the
     // whole trail, then the true total. The rare words are one product's (the tenth

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
 use crate::protocol::{
-    Answer, AuditEntry, AuditFilter, Bundle, CommandError, Disconnected, InvoiceDetail, Link,
-    LinkState, Query, QueryReply, Reply, Request, Snapshot, filter_words, has_words,
+    Answer, AuditFilter, Bundle, CommandError, Disconnected, InvoiceDetail, Link, LinkState, Query,
+    QueryReply, Reply, Request, Snapshot,
 };
 
 /// A bundle opened from a file.
@@ -64,7 +64,7 @@ impl FrozenBundle {
         let s = &self.bundle.snapshot;
         match query {
             Query::Audit { filter } => Ok(Answer::Audit {
-                entries: audit(&s.audit, &filter),
+                entries: filter.apply(&s.audit),
             }),
             Query::Invoices {
                 status,
@@ -116,14 +116,12 @@ impl FrozenBundle {
                 self.file
             ))),
             Query::AuditCount { filter } => Ok(Answer::AuditCount {
-                total: audit(
-                    &s.audit,
-                    &AuditFilter {
-                        limit: 0,
-                        before_id: None,
-                        ..filter
-                    },
-                )
+                total: AuditFilter {
+                    limit: 0,
+                    before_id: None,
+                    ..filter
+                }
+                .apply(&s.audit)
                 .len() as u64,
             }),
             Query::Reconciliation { .. } => Err(CommandError::conflict(format!(
@@ -142,22 +140,6 @@ impl FrozenBundle {
             Query::Bundle { .. } => Ok(Answer::Bundle(Box::new((*self.bundle).clone()))),
         }
     }
-}
-
-/// The entries of `audit` (newest first) the filter keeps.
-fn audit(audit: &[AuditEntry], f: &AuditFilter) -> Vec<AuditEntry> {
-    let words = f.text.as_deref().map(filter_words).unwrap_or_default();
-    audit
-        .iter()
-        .filter(|e| f.kinds.is_empty() || f.kinds.contains(&e.kind))
-        .filter(|e| f.entity.as_ref().is_none_or(|x| *x == e.entity))
-        .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
-        .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
-        .filter(|e| f.before_id.is_none_or(|id| e.id < id))
-        .filter(|e| has_words(e, &words))
-        .take(if f.limit == 0 { usize::MAX } else { f.limit })
-        .cloned()
-        .collect()
 }
 
 impl Link for FrozenBundle {

@@ -117,6 +117,27 @@ impl AuditFilter {
             None => Ok(()),
         }
     }
+
+    /// The entries of `audit` (newest first) this filter keeps, its page of them (all
+    /// when `limit` is 0): what a store's query answers, over entries in hand.
+    pub fn apply(&self, audit: &[AuditEntry]) -> Vec<AuditEntry> {
+        let words = self.text.as_deref().map(filter_words).unwrap_or_default();
+        audit
+            .iter()
+            .filter(|e| self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            .filter(|e| self.entity.as_ref().is_none_or(|x| *x == e.entity))
+            .filter(|e| self.since_ms.is_none_or(|t| e.at_ms >= t))
+            .filter(|e| self.until_ms.is_none_or(|t| e.at_ms < t))
+            .filter(|e| self.before_id.is_none_or(|id| e.id < id))
+            .filter(|e| has_words(e, &words))
+            .take(if self.limit == 0 {
+                usize::MAX
+            } else {
+                self.limit
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// The words of an [`AuditFilter::text`], folded.

@@ -2173,22 +2173,6 @@ mod tests {
         }
     }
 
-    /// The ids of the entries of `all` that `f` selects, newest first, filtered here.
-    fn matching(all: &[AuditEntry], f: &AuditFilter) -> Vec<i64> {
-        let words = crate::protocol::filter_words(f.text.as_deref().unwrap_or(""));
-        let mut ids: Vec<i64> = all
-            .iter()
-            .filter(|e| f.since_ms.is_none_or(|t| e.at_ms >= t))
-            .filter(|e| f.until_ms.is_none_or(|t| e.at_ms < t))
-            .filter(|e| f.kinds.is_empty() || f.kinds.contains(&e.kind))
-            .filter(|e| f.entity.as_ref().is_none_or(|x| *x == e.entity))
-            .filter(|e| crate::protocol::has_words(e, &words))
-            .map(|e| e.id)
-            .collect();
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        ids
-    }
-
     /// The ids the store finds for `f`, page after page (`before_id`) to the last.
     fn every_page(s: &Store, f: &AuditFilter) -> Vec<i64> {
         let mut ids = Vec::new();
@@ -2212,7 +2196,9 @@ mod tests {
     fn check_time_ranges(s: &Store, times: &[Option<i64>]) -> usize {
         let all = s
             .r()
-            .prepare("SELECT id, at, kind, entity, actor, message, trace_id FROM audit")
+            .prepare(
+                "SELECT id, at, kind, entity, actor, message, trace_id FROM audit ORDER BY id DESC",
+            )
             .unwrap()
             .query_map([], audit_row)
             .unwrap()
@@ -2252,7 +2238,14 @@ mod tests {
                         limit: 7,
                         ..base.clone()
                     };
-                    let want = matching(&all, &f);
+                    let want: Vec<i64> = AuditFilter {
+                        limit: 0,
+                        ..f.clone()
+                    }
+                    .apply(&all)
+                    .iter()
+                    .map(|e| e.id)
+                    .collect();
                     assert_eq!(every_page(s, &f), want, "{f:?}");
                     assert_eq!(s.audit_count(&f).unwrap(), want.len() as u64, "{f:?}");
                     found += want.len();

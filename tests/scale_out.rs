@@ -377,7 +377,7 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
 
     // Mid-run: some validated, and engine a holding invoices, a send under way among them.
     let owner_a = format!("%:{}:%", a.0.id());
-    let held: Vec<String> = common::eventually(120, "engine a mid-send", || {
+    let held_before: Vec<String> = common::eventually(120, "engine a mid-send", || {
         let (db, owner_a) = (&db, &owner_a);
         async move {
             let validated = count(
@@ -401,6 +401,23 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
     .await;
     a.0.kill().unwrap(); // SIGKILL: no drain, no release, sends cut short.
     a.0.wait().unwrap();
+    // What a still held mid-send once dead. A send seen under way above may have come back
+    // (and been recorded) before the kill landed: that one was not cut short (CI once failed
+    // on it). Read at once: b reads a send at Alegra only after its lease has run out.
+    let held: Vec<String> = db
+        .query(
+            "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending ORDER BY stripe_id",
+            &[&owner_a],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "engine a was killed with a send under way (seen before the kill: {held_before:?})"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -481,8 +498,9 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
         String::from_utf8_lossy(&shown.stderr)
     );
     eprintln!(
-        "invoices scale-out: {INVOICES} invoices, {} held by the killed engine mid-send and read back by the other; sandbox: {alegra}",
-        held.len()
+        "invoices scale-out: {INVOICES} invoices, {} held by the killed engine mid-send ({} seen sending just before the kill) and read back by the other; sandbox: {alegra}",
+        held.len(),
+        held_before.len()
     );
 }
 

@@ -102,7 +102,7 @@ async fn sandbox_apart(
 ) -> anyhow::Result<(SandboxServer, tokio::runtime::Runtime)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name(SANDBOX_THREADS)
+        .thread_name(sandbox_threads(RUNS.load(Ordering::Relaxed)))
         // Its blocking threads kept for the run: one ending took its CPU ticks out of
         // the sum (the sandbox's share then read negative, wrapped to 4.6e16 ms).
         .thread_keep_alive(Duration::from_secs(3600))
@@ -114,7 +114,23 @@ async fn sandbox_apart(
     Ok((sandbox, rt))
 }
 
-const SANDBOX_THREADS: &str = "bench-sandbox";
+/// The sandbox runtimes started so far: each names its threads with its number, so that
+/// a run sums its own sandbox's threads alone. With one name for all, an earlier runtime's
+/// threads still winding down when a run began took their ticks out of the sum as they
+/// ended: the sandbox's share read 0 and its CPU was put down to the engine (single calls
+/// read 0.865 ms an item, the sandbox's among it).
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+fn sandbox_threads(run: u64) -> String {
+    format!("bench-sb{run}.")
+}
+
+/// Ends a sandbox runtime and waits for its threads to be gone, so that the next run's
+/// figures hold none of its work.
+async fn end_sandbox(rt: tokio::runtime::Runtime) {
+    RUNS.fetch_add(1, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5))).await;
+}
 
 /// CPU clock ticks of this process's threads named `name` (0 off Linux).
 fn thread_ticks(name: &str) -> u64 {
@@ -153,7 +169,8 @@ async fn sync_once(
 ) -> anyhow::Result<SyncRun> {
     let tmp = scratch()?;
     let (sandbox, rt) = sandbox_apart(products, seed).await?;
-    let (cpu0, sb0) = (cpu_ticks(), thread_ticks(SANDBOX_THREADS));
+    let threads = sandbox_threads(RUNS.load(Ordering::Relaxed));
+    let (cpu0, sb0) = (cpu_ticks(), thread_ticks(&threads));
     let started = Instant::now();
     let mut engine = engine_on(&sandbox, tmp.path(), |c| {
         c.catalog.workers = workers;
@@ -164,11 +181,11 @@ async fn sync_once(
     .await?;
     synced(&engine, products).await?;
     let elapsed = started.elapsed();
-    let (cpu1, sb1) = (cpu_ticks(), thread_ticks(SANDBOX_THREADS));
+    let (cpu1, sb1) = (cpu_ticks(), thread_ticks(&threads));
     let stats = sandbox.sandbox.stats();
     engine.shutdown().await;
     sandbox.shutdown().await;
-    rt.shutdown_background();
+    end_sandbox(rt).await;
     let per_item = |ticks: u64| ticks as f64 * 1000.0 / TICKS_PER_SEC / products as f64;
     let run = SyncRun {
         items_per_sec: products as f64 / elapsed.as_secs_f64(),
@@ -202,7 +219,12 @@ async fn sync_once(
     Ok(run)
 }
 
-pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Result<()> {
+pub async fn catalog(
+    products: usize,
+    workers: usize,
+    seed: u64,
+    calls: &str,
+) -> anyhow::Result<()> {
     println!(
         "syncctl bench catalog: {products} products, {workers} workers, sandbox latency 0, no limits"
     );
@@ -210,25 +232,45 @@ pub async fn catalog(products: usize, workers: usize, seed: u64) -> anyhow::Resu
     // divided by the mean of the two around it: on a shared machine the rate moves with
     // the load (by 2x within minutes), so a rate measured once, after both syncs, was
     // not the rate either sync ran beside.
-    let before = raw_rate(products, workers, seed).await?;
-    println!(" batched (claims in groups, writes in batches of up to 30):");
-    let batched = sync_once(products, workers, seed, None).await?;
-    let between = raw_rate(products, workers, seed).await?;
-    println!(" single calls (catalog.claim_batch_max = 1: one product per request):");
-    let single = sync_once(products, workers, seed, Some(1)).await?;
-    let after = raw_rate(products, workers, seed).await?;
+    let mut rates = vec![raw_rate(products, workers, seed).await?];
+    let mut ratios = Vec::new();
+    let mut cpu = Vec::new();
+    for (name, claim_max, title) in [
+        (
+            "batched",
+            None,
+            "batched (claims in groups, writes in batches of up to 30)",
+        ),
+        (
+            "single",
+            Some(1),
+            "single calls (catalog.claim_batch_max = 1: one product per request)",
+        ),
+    ] {
+        if calls != "both" && calls != name {
+            continue;
+        }
+        println!(" {title}:");
+        let run = sync_once(products, workers, seed, claim_max).await?;
+        let before = rates[rates.len() - 1];
+        let after = raw_rate(products, workers, seed).await?;
+        rates.push(after);
+        ratios.push(format!(
+            "{:.2} {name}",
+            run.items_per_sec / ((before + after) / 2.0)
+        ));
+        cpu.push(format!("{:.3} ms {name}", run.engine_ms_per_item));
+    }
+    let rates: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "  raw:     {before:.0} / {between:.0} / {after:.0} requests/s (before / between / after the syncs) from the same client at concurrency {workers}"
+        "  raw:     {} requests/s (before, between and after the syncs) from the same client at concurrency {workers}",
+        rates.join(" / ")
     );
     println!(
-        "  ratio:   items/s ÷ raw requests/s = {:.2} batched (items written in batches of up to 30 can exceed 1), {:.2} with single calls",
-        batched.items_per_sec / ((before + between) / 2.0),
-        single.items_per_sec / ((between + after) / 2.0)
+        "  ratio:   items/s ÷ raw requests/s = {} (items written in batches of up to 30 can exceed 1)",
+        ratios.join(", ")
     );
-    println!(
-        "  cpu:     engine CPU per item {:.3} ms batched, {:.3} ms with single calls",
-        batched.engine_ms_per_item, single.engine_ms_per_item
-    );
+    println!("  cpu:     engine CPU per item {}", cpu.join(", "));
     Ok(())
 }
 
@@ -300,7 +342,7 @@ async fn raw_rate(products: usize, workers: usize, seed: u64) -> anyhow::Result<
     }
     let raw = count.load(Ordering::Relaxed) as f64 / load_started.elapsed().as_secs_f64();
     sandbox.shutdown().await;
-    rt.shutdown_background();
+    end_sandbox(rt).await;
     Ok(raw)
 }
 

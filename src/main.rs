@@ -458,6 +458,10 @@ enum BenchCommand {
         workers: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Which syncs to run: both, or one alone (to profile it: `perf record` then
+        /// holds that sync and the raw rates around it, nothing of the other).
+        #[arg(long, value_parser = ["both", "batched", "single"], default_value = "both")]
+        calls: String,
     },
     /// What a sync costs of QuickBooks' quota, on its real shape scaled in time: units
     /// per product (empty company, company holding the Items), the restart stall after a
@@ -861,7 +865,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             products,
             workers,
             seed,
-        } => syncctl::bench::catalog(products, workers, seed).await,
+            calls,
+        } => syncctl::bench::catalog(products, workers, seed, &calls).await,
         BenchCommand::Quota {
             products,
             scale,

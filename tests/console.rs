@@ -2926,6 +2926,101 @@ fn a_filter_the_engine_could_not_search_says_so_and_why() {
     assert!(!text.contains("not searched"), "{text}");
 }
 
+/// A search the engine refused (busy, its store failing, the link down) is asked again
+/// after a wait that doubles (2 s, 4 s, … 30 s at most), the title counting it down; once
+/// answered, the failure is gone and the clock stops.
+#[test]
+fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
+    use syncctl::protocol::{Answer, CommandError, Query};
+    let mut app = app();
+    press(&mut app, KeyCode::Char('7'));
+    let mut asked = Vec::new();
+    for c in "/paused".chars() {
+        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
+    }
+    let page = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::Ask(q @ Query::Audit { .. }) => Some(q.clone()),
+            _ => None,
+        })
+    };
+    let first = asked
+        .iter()
+        .rev()
+        .find_map(|e| page(std::slice::from_ref(e)))
+        .expect("the first page asked");
+    assert!(!app.ticks(), "nothing to poll while the search is answered");
+    let refuse = |app: &mut App, query: Query| {
+        update(
+            app,
+            Msg::Answer {
+                query,
+                reply: Err(CommandError::unavailable("the engine is busy")),
+            },
+        )
+    };
+    // The page refused; the total, asked next, answered.
+    let effects = refuse(&mut app, first.clone());
+    let total = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ask(q @ Query::AuditCount { .. }) => Some(q.clone()),
+            _ => None,
+        })
+        .expect("the total asked after the page");
+    update(
+        &mut app,
+        Msg::Answer {
+            query: total,
+            reply: Ok(Answer::AuditCount { total: 3 }),
+        },
+    );
+    assert!(app.ticks(), "the clock ticks for the retry");
+    let title = |app: &App| render(app, 120, 40).0;
+    assert!(
+        title(&app).contains("whole trail not searched: the engine is busy (again in 2 s)"),
+        "{}",
+        title(&app)
+    );
+    // Each wait, counted down a tick at a time; the page asked again as it ends.
+    for wait in [2, 4, 8, 16, 30, 30] {
+        for left in (1..wait).rev() {
+            let effects = update(&mut app, Msg::Tick);
+            assert_eq!(
+                page(&effects),
+                None,
+                "asked early ({left} s left of {wait})"
+            );
+            assert!(
+                title(&app).contains(&format!("(again in {left} s)")),
+                "{}",
+                title(&app)
+            );
+        }
+        let effects = update(&mut app, Msg::Tick);
+        let again = page(&effects).expect("asked again once the wait is over");
+        assert_eq!(again, first, "the same page");
+        assert!(!title(&app).contains("not searched"), "{}", title(&app));
+        if wait == 30 && app.events_search.as_ref().unwrap().retries == 6 {
+            // Answered at last: the failure gone, the clock stopped, the matches shown.
+            update(
+                &mut app,
+                Msg::Answer {
+                    query: again,
+                    reply: Ok(Answer::Audit { entries: vec![] }),
+                },
+            );
+            break;
+        }
+        refuse(&mut app, again);
+    }
+    assert!(!app.ticks(), "the clock stops once answered");
+    assert!(!title(&app).contains("not searched"), "{}", title(&app));
+    assert!(title(&app).contains("filter: paused▏ ·"), "{}", title(&app));
+    let effects = update(&mut app, Msg::Tick);
+    assert_eq!(page(&effects), None, "nothing asked again once answered");
+}
+
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.
 fn impact(held: u64, why: &str) -> syncctl::protocol::ImpactPreview {
     use syncctl::protocol::{DownstreamCost, ImpactPreview};

@@ -210,7 +210,7 @@ async fn event_loop<L: Link>(
                 Ok(()) => Msg::Companies(companies.borrow_and_update().clone()),
                 Err(_) => { follow_companies = false; continue; }
             },
-            _ = poll.tick(), if app.polls_detail() => Msg::Tick,
+            _ = poll.tick(), if app.ticks() => Msg::Tick,
             _ = tokio::time::sleep_until(next_frame), if dirty => continue,
         };
         inbox.push_back(msg);

@@ -66,12 +66,74 @@ pub struct EventsSearch {
     /// Why the engine could not search (a page or the total): the screen says so, and
     /// shows what it holds itself.
     pub failed: Option<String>,
+    /// Ticks of the console's 1-second clock before what failed (a page, the total, or
+    /// both) is asked again; `None` while nothing waits for it.
+    pub retry_in: Option<u32>,
+    /// Retries so far: each waits twice as long as the one before, up to
+    /// [`EVENTS_RETRY_MAX_TICKS`].
+    pub retries: u32,
+    /// What failed and is asked again: the next page (`more` was cleared), the total.
+    pub page_failed: bool,
+    pub total_failed: bool,
     /// The newest entry the snapshot held when the search was asked: newer matches
     /// come from the snapshot (live), on top of the pages.
     pub since_id: i64,
 }
 
+/// The longest wait before a failed Events search is asked again (ticks of 1 s).
+pub const EVENTS_RETRY_MAX_TICKS: u32 = 30;
+
 impl EventsSearch {
+    /// A part of the search failed (`page` or the total): said why, asked again after
+    /// the next wait (2 s, then 4, 8, 16, 30 at most).
+    pub fn failed_now(&mut self, why: String, page: bool) {
+        self.failed = Some(why);
+        if page {
+            self.page_failed = true;
+            self.more = false;
+        } else {
+            self.total_failed = true;
+        }
+        if self.retry_in.is_none() {
+            self.retry_in = Some((2u32 << self.retries.min(4)).min(EVENTS_RETRY_MAX_TICKS));
+            self.retries += 1;
+        }
+    }
+
+    /// A tick of the console's clock; true when the wait is over and what failed
+    /// should be asked again (it then is, by the next look at the search).
+    pub fn tick(&mut self) -> bool {
+        match self.retry_in {
+            Some(n) if n > 1 => {
+                self.retry_in = Some(n - 1);
+                false
+            }
+            Some(_) => {
+                // Asked again: in flight, not failed (a page waits until the operator
+                // scrolls near the end, as any page does).
+                self.retry_in = None;
+                self.failed = None;
+                if std::mem::take(&mut self.page_failed) {
+                    self.more = true;
+                }
+                if std::mem::take(&mut self.total_failed) {
+                    self.counting = false;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A part answered: once no failed part waits for its next try, the waits start
+    /// from 2 s again.
+    pub fn answered(&mut self) {
+        if !self.page_failed && !self.total_failed {
+            self.failed = None;
+            self.retries = 0;
+        }
+    }
+
     /// The query for this search: its next page (`before`: older than that id), or its
     /// total (`limit` ignored).
     pub fn filter(&self, before: Option<i64>) -> crate::protocol::AuditFilter {
@@ -732,6 +794,21 @@ impl App {
     /// query at a time.
     pub fn polls_detail(&self) -> bool {
         !self.frozen && !self.detail_pending && self.detail_wanted().is_some()
+    }
+
+    /// Whether the console's 1-second clock ticks: a detail polled, or a failed Events
+    /// search waiting to be asked again.
+    pub fn ticks(&self) -> bool {
+        self.polls_detail()
+            || self
+                .events_search
+                .as_ref()
+                .is_some_and(|s| s.retry_in.is_some())
+    }
+
+    /// Seconds before the Events filter's failed search is asked again, if it waits.
+    pub fn events_retry_in(&self) -> Option<u32> {
+        self.events_search_now().and_then(|s| s.retry_in)
     }
 
     /// What the open screen shows of the parts an engine over the network sends only

@@ -127,6 +127,15 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             {
                 effects.push(app.ask_detail(key));
             }
+            // A failed Events search counts down to its next try (asked below, by
+            // `follow_events`); the title shows the wait.
+            if !app.frozen
+                && let Some(s) = app.events_search.as_mut()
+                && s.retry_in.is_some()
+            {
+                s.tick();
+                effects.push(redraw(false));
+            }
         }
         Msg::Snapshot(snapshot) => {
             if app.apply_snapshot(snapshot) {
@@ -468,11 +477,11 @@ impl App {
                 s.more = entries.len() >= filter.limit;
                 s.entries.extend(entries);
                 s.loaded = true;
+                s.answered();
                 true
             }
             Err(e) => {
-                s.more = false;
-                s.failed = Some(e.to_string());
+                s.failed_now(e.to_string(), true);
                 true
             }
             _ => {
@@ -490,10 +499,12 @@ impl App {
         match reply {
             Ok(Answer::AuditCount { total }) => {
                 s.total = Some(total);
+                s.counting = false;
+                s.answered();
                 true
             }
             Err(e) => {
-                s.failed = Some(e.to_string());
+                s.failed_now(e.to_string(), false);
                 true
             }
             _ => false,

@@ -78,7 +78,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     // The engine could not search: what is shown is what this console holds, and why.
     let failed = app
         .events_failed()
-        .map(|why| format!(" · whole trail not searched: {why}"))
+        .map(|why| match app.events_retry_in() {
+            Some(n) => format!(" · whole trail not searched: {why} (again in {n} s)"),
+            None => format!(" · whole trail not searched: {why}"),
+        })
         .unwrap_or_default();
     let filtering = app.search_open || !app.events_filter.is_empty();
     let title = if filtering {

@@ -263,7 +263,7 @@ pub async fn catalog(
     }
     let rates: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "  raw:     {} requests/s (before, between and after the syncs) from the same client at concurrency {workers}",
+        "  raw:     {} requests/s (before and after each sync, in order) from the same client at concurrency {workers}",
         rates.join(" / ")
     );
     println!(

@@ -399,11 +399,26 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
         }
     })
     .await;
+    let pid_a = a.0.id();
+    let name_a = format!("syncctl pid {pid_a} on %");
+    let named = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1";
+    let open: i64 = db.query_one(named, &[&name_a]).await.unwrap().get(0);
+    assert!(open > 0, "engine a's connections carry its name");
     a.0.kill().unwrap(); // SIGKILL: no drain, no release, sends cut short.
     a.0.wait().unwrap();
     // What a still held mid-send once dead. A send seen under way above may have come back
     // (and been recorded) before the kill landed: that one was not cut short (CI once failed
-    // on it). Read at once: b reads a send at Alegra only after its lease has run out.
+    // on it). Postgres may still be taking what a sent just before it died: read once a's
+    // connections (named by its pid) are all closed, each having taken all it was sent.
+    // b reads a send at Alegra only after its lease has run out (seconds from now).
+    common::eventually(30, "the killed engine's connections closed", || {
+        let (db, name_a) = (&db, &name_a);
+        async move {
+            let open: i64 = db.query_one(named, &[name_a]).await.unwrap().get(0);
+            (open == 0).then_some(())
+        }
+    })
+    .await;
     let held: Vec<String> = db
         .query(
             "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending ORDER BY stripe_id",

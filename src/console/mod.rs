@@ -141,6 +141,7 @@ async fn event_loop<L: Link>(
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Msg>();
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticking = false;
     loop {
         while let Some(msg) = inbox.pop_front() {
             for effect in update(&mut app, msg) {
@@ -182,6 +183,14 @@ async fn event_loop<L: Link>(
             dirty = false;
             urgent = false;
         }
+        // The clock starts a whole second out when it starts (not polled while off, it
+        // would fire at once: a 2 s wait would end in 1).
+        if app.ticks() != ticking {
+            ticking = !ticking;
+            if ticking {
+                poll.reset();
+            }
+        }
         let next_frame = pace.next_at();
         let msg = tokio::select! {
             signal = signals.next() => Msg::Signal(signal),
@@ -210,7 +219,7 @@ async fn event_loop<L: Link>(
                 Ok(()) => Msg::Companies(companies.borrow_and_update().clone()),
                 Err(_) => { follow_companies = false; continue; }
             },
-            _ = poll.tick(), if app.ticks() => Msg::Tick,
+            _ = poll.tick(), if ticking => Msg::Tick,
             _ = tokio::time::sleep_until(next_frame), if dirty => continue,
         };
         inbox.push_back(msg);

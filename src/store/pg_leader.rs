@@ -52,9 +52,7 @@ impl Leadership {
     /// until `cancel` (then the connection closes and the lock is free). An invalid URL
     /// is an error; a database that does not answer is retried (not leading meanwhile).
     pub fn postgres(url: &str, company: &str, cancel: CancellationToken) -> anyhow::Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| anyhow::anyhow!("store.url is not a valid postgres:// URL"))?;
+        let config = super::postgres::parse_url(url)?;
         let (tx, rx) = watch::channel(false);
         tokio::spawn(hold(config, company.to_owned(), tx, cancel));
         Ok(Self {

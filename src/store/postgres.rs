@@ -471,9 +471,7 @@ impl PgQueue {
     /// handle's leases: unique per process (a restart under the same name may take back
     /// its leases at once with [`PgQueue::requeue_leased`]).
     pub async fn connect(url: &str, owner: &str, company: &str) -> anyhow::Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| anyhow::anyhow!("store.url is not a valid postgres:// URL"))?;
+        let config = parse_url(url)?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -1117,6 +1115,28 @@ async fn migrate(pool: &Pool) -> anyhow::Result<()> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The name this process's connections carry in `pg_stat_activity` (unless the URL names
+/// one): which box holds which connection, for an operator; and, once a box is gone, that
+/// its connections are closed (everything it sent has been taken).
+pub fn application_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!("syncctl pid {} on {host}", std::process::id())
+}
+
+/// `store.url` as a connection config, named by [`application_name`] unless it names
+/// itself.
+pub(crate) fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| anyhow::anyhow!("store.url is not a valid postgres:// URL"))?;
+    if config.get_application_name().is_none() {
+        config.application_name(application_name());
+    }
+    Ok(config)
 }
 
 /// The listening connection: LISTENs, bumps `wakes` on each NOTIFY, reconnects when

@@ -183,13 +183,9 @@ async fn event_loop<L: Link>(
             dirty = false;
             urgent = false;
         }
-        // The clock starts a whole second out when it starts (not polled while off, it
-        // would fire at once: a 2 s wait would end in 1).
-        if app.ticks() != ticking {
-            ticking = !ticking;
-            if ticking {
-                poll.reset();
-            }
+        // The clock starts a whole second out (unpolled while off, it would fire at once).
+        if !std::mem::replace(&mut ticking, app.ticks()) && ticking {
+            poll.reset();
         }
         let next_frame = pace.next_at();
         let msg = tokio::select! {

@@ -100,14 +100,11 @@ impl EventsSearch {
         }
     }
 
-    /// A tick of the console's clock; true when the wait is over and what failed
-    /// should be asked again (it then is, by the next look at the search).
-    pub fn tick(&mut self) -> bool {
+    /// A tick of the console's clock: once the wait is over, what failed is asked again
+    /// (by the next look at the search).
+    pub fn tick(&mut self) {
         match self.retry_in {
-            Some(n) if n > 1 => {
-                self.retry_in = Some(n - 1);
-                false
-            }
+            Some(n) if n > 1 => self.retry_in = Some(n - 1),
             Some(_) => {
                 // Asked again: in flight, not failed (a page waits until the operator
                 // scrolls near the end, as any page does).
@@ -119,9 +116,8 @@ impl EventsSearch {
                 if std::mem::take(&mut self.total_failed) {
                     self.counting = false;
                 }
-                true
             }
-            None => false,
+            None => {}
         }
     }
 

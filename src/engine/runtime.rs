@@ -24,9 +24,7 @@ use crate::store::{DataDirLock, Store};
 /// The name this process's leases carry on a shared store: unique per live process
 /// (host, pid, data dir, start time), so a box never takes another's leases as its own.
 fn lease_owner(data_dir: &std::path::Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
+    let host = crate::store::postgres::hostname();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

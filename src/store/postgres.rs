@@ -1121,10 +1121,15 @@ async fn migrate(pool: &Pool) -> anyhow::Result<()> {
 /// one): which box holds which connection, for an operator; and, once a box is gone, that
 /// its connections are closed (everything it sent has been taken).
 pub fn application_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("syncctl pid {} on {}", std::process::id(), hostname())
+}
+
+/// This machine's name ("host" where it cannot be read): in lease owners and connection
+/// names.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    format!("syncctl pid {} on {host}", std::process::id())
+        .unwrap_or_else(|_| "host".into())
 }
 
 /// `store.url` as a connection config, named by [`application_name`] unless it names

@@ -108,10 +108,22 @@ async fn sandbox_apart(
         .thread_keep_alive(Duration::from_secs(3600))
         .enable_all()
         .build()?;
-    let sandbox = rt
+    let started = rt
         .spawn(async move { sandbox_with(products, seed, Default::default()).await })
-        .await??;
-    Ok((sandbox, rt))
+        .await;
+    match started {
+        Ok(Ok(sandbox)) => Ok((sandbox, rt)),
+        // Ended off this runtime's threads (dropped here, in async context, it panics
+        // instead of saying why the run stopped).
+        Ok(Err(e)) => {
+            end_sandbox(rt).await;
+            Err(e)
+        }
+        Err(e) => {
+            end_sandbox(rt).await;
+            Err(e.into())
+        }
+    }
 }
 
 /// The sandbox runtimes started so far: each names its threads with its number, so that
@@ -172,20 +184,28 @@ async fn sync_once(
     let threads = sandbox_threads(RUNS.load(Ordering::Relaxed));
     let (cpu0, sb0) = (cpu_ticks(), thread_ticks(&threads));
     let started = Instant::now();
-    let mut engine = engine_on(&sandbox, tmp.path(), |c| {
-        c.catalog.workers = workers;
-        if let Some(n) = claim_batch_max {
-            c.catalog.claim_batch_max = n;
-        }
-    })
-    .await?;
-    synced(&engine, products).await?;
-    let elapsed = started.elapsed();
-    let (cpu1, sb1) = (cpu_ticks(), thread_ticks(&threads));
-    let stats = sandbox.sandbox.stats();
-    engine.shutdown().await;
+    // (Awaited before the sandbox ends whatever it returns: a runtime dropped in async
+    // context on an error's way out panicked instead of saying what failed.)
+    let measured = async {
+        let mut engine = engine_on(&sandbox, tmp.path(), |c| {
+            c.catalog.workers = workers;
+            if let Some(n) = claim_batch_max {
+                c.catalog.claim_batch_max = n;
+            }
+        })
+        .await?;
+        let done = synced(&engine, products).await;
+        let elapsed = started.elapsed();
+        let (cpu1, sb1) = (cpu_ticks(), thread_ticks(&threads));
+        // (The requests of the sync, not of the engine's stop.)
+        let stats = sandbox.sandbox.stats();
+        engine.shutdown().await;
+        done.map(|()| (elapsed, cpu1, sb1, stats))
+    }
+    .await;
     sandbox.shutdown().await;
     end_sandbox(rt).await;
+    let (elapsed, cpu1, sb1, stats) = measured?;
     let per_item = |ticks: u64| ticks as f64 * 1000.0 / TICKS_PER_SEC / products as f64;
     let run = SyncRun {
         items_per_sec: products as f64 / elapsed.as_secs_f64(),
@@ -279,6 +299,14 @@ pub async fn catalog(
 /// each answer read to its end as the engine reads it, for 3 s.
 async fn raw_rate(products: usize, workers: usize, seed: u64) -> anyhow::Result<f64> {
     let (sandbox, rt) = sandbox_apart(products, seed).await?;
+    let raw = load(&sandbox, workers).await;
+    sandbox.shutdown().await;
+    end_sandbox(rt).await;
+    raw
+}
+
+/// Requests/s of the load [`raw_rate`] describes, on `sandbox`.
+async fn load(sandbox: &SandboxServer, workers: usize) -> anyhow::Result<f64> {
     // Load generator: the same client, the same concurrency, the same kind of request
     // (an Item query by name, what every new product costs first).
     let http = crate::connectors::http_client()?;
@@ -340,10 +368,7 @@ async fn raw_rate(products: usize, workers: usize, seed: u64) -> anyhow::Result<
     for t in tasks {
         let _ = t.await;
     }
-    let raw = count.load(Ordering::Relaxed) as f64 / load_started.elapsed().as_secs_f64();
-    sandbox.shutdown().await;
-    end_sandbox(rt).await;
-    Ok(raw)
+    Ok(count.load(Ordering::Relaxed) as f64 / load_started.elapsed().as_secs_f64())
 }
 
 /// `syncctl bench resilience`: a catalog sync against a sandbox enforcing a QuickBooks

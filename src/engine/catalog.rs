@@ -282,6 +282,9 @@ pub struct Catalog {
     work: Notify,
     /// Signalled when a worker finishes a job (the full sync waits on it for room).
     progress: Notify,
+    /// Jobs the dispatcher claimed so far (the full sync's lister counts the queue
+    /// again once enough left it).
+    claimed: AtomicU64,
     /// An operator asked for the full sync to run again (one permit kept).
     resync: Notify,
     prices: Mutex<HashMap<String, Price>>,
@@ -406,6 +409,7 @@ impl Catalog {
             paused: watch::Sender::new(paused),
             work: Notify::new(),
             progress: Notify::new(),
+            claimed: AtomicU64::new(0),
             resync: Notify::new(),
             prices: Mutex::new(HashMap::new()),
             target: watch::Sender::new(initial),
@@ -857,16 +861,36 @@ impl Catalog {
             // Stream: do not list further ahead than the workers can drain.
             let limit = (self.settings.page_size as u64 * 4).max(100);
             loop {
-                let progressed = self.progress.notified();
+                let mut progressed = std::pin::pin!(self.progress.notified());
                 let looked = tokio::time::Instant::now();
-                let queued = self.queued_up_to(limit).await;
+                // (Read before the count: a claim counted in it is never credited twice.)
+                let mark = self.claimed.load(Ordering::Relaxed);
+                let shared = self.queue.is_shared();
+                let queued = self
+                    .queued_up_to(if shared { limit } else { 2 * limit })
+                    .await;
                 if queued < limit {
                     break;
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = progressed => {}
-                    _ = tokio::time::sleep(FULL_QUEUE_LOOK_AFTER) => {}
+                // The queue falls below the limit only once this box has claimed this
+                // many more (on its own queue; a shared one's other boxes claim too):
+                // counted again then, not at every job a worker ends (a count read
+                // per item was 1.5 % of a single-call sync's CPU).
+                let need = queued - limit + 1;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = &mut progressed => {}
+                        _ = tokio::time::sleep_until(looked + FULL_QUEUE_LOOK_AFTER) => break,
+                    }
+                    // Armed before the look: a job ended after it still wakes this
+                    // (claims do not signal: one that reaches `need` is seen at the
+                    // next job's end, or at the deadline).
+                    progressed.set(self.progress.notified());
+                    let claimed = self.claimed.load(Ordering::Relaxed).wrapping_sub(mark);
+                    if shared || claimed >= need {
+                        break;
+                    }
                 }
                 // As often as items complete, the count was a third of the database's work.
                 if !self
@@ -1398,6 +1422,7 @@ impl Catalog {
             idle = matches!(&claimed, Ok(jobs) if jobs.is_empty());
             match claimed {
                 Ok(jobs) if !jobs.is_empty() => {
+                    self.claimed.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
                     for group in jobs.chunks(per) {
                         groups.push_back((asked_ms, group.to_vec()));
@@ -1969,11 +1994,13 @@ impl Catalog {
                 let body = desired
                     .with_name(name.clone())
                     .create_body(&self.settings.income_account);
-                let rid = item::create_request_id(pid, &body);
+                // Written out once: hashed for the request id, kept as pending, sent.
+                let text = body.to_string();
+                let rid = item::create_request_id_of(pid, &text);
                 self.queue
-                    .mark_creates_pending(&[(pid.to_owned(), rid.clone(), body.to_string())])
+                    .mark_creates_pending(&[(pid.to_owned(), rid.clone(), text.clone())])
                     .await?;
-                match self.qb.write_item(&body, &rid).await {
+                match self.qb.write_item_json(&text, &rid).await {
                     Ok(item) => {
                         if reserved {
                             self.created_by_single(name, pid, Some(&item)).await;
@@ -2023,10 +2050,13 @@ impl Catalog {
         let mut token = m.sync_token.clone().unwrap_or_else(|| "0".into());
         let (mut reread, mut renamed) = (false, name == alt);
         loop {
-            let body = desired.with_name(name.clone()).update_body(&id, &token);
+            let text = desired
+                .with_name(name.clone())
+                .update_body(&id, &token)
+                .to_string();
             match self
                 .qb
-                .write_item(&body, &item::update_request_id(&id, &body))
+                .write_item_json(&text, &item::update_request_id_of(&id, &text))
                 .await
             {
                 Ok(item) => {

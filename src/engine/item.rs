@@ -195,17 +195,24 @@ impl DesiredItem {
 /// QuickBooks `requestid` for creating the Item of `product_id` with `body`: the same
 /// request always gets the same id (≤ 50 chars), so a resend is replayed, not repeated.
 pub fn create_request_id(product_id: &str, body: &Value) -> String {
-    let mut h = sha2::Sha256::new();
-    h.update(product_id.as_bytes());
-    h.update(body.to_string().as_bytes());
-    format!("c-{}", &hex::encode(h.finalize())[..40])
+    create_request_id_of(product_id, &body.to_string())
 }
 
-pub fn update_request_id(item_id: &str, body: &Value) -> String {
+/// [`create_request_id`] of a body already written out (as it is sent: compact JSON).
+pub fn create_request_id_of(product_id: &str, body: &str) -> String {
+    request_id("c-", product_id, body)
+}
+
+/// QuickBooks `requestid` for an update of `item_id` with `body` (written out).
+pub fn update_request_id_of(item_id: &str, body: &str) -> String {
+    request_id("u-", item_id, body)
+}
+
+fn request_id(prefix: &str, of: &str, body: &str) -> String {
     let mut h = sha2::Sha256::new();
-    h.update(item_id.as_bytes());
-    h.update(body.to_string().as_bytes());
-    format!("u-{}", &hex::encode(h.finalize())[..40])
+    h.update(of.as_bytes());
+    h.update(body.as_bytes());
+    format!("{prefix}{}", &hex::encode(h.finalize())[..40])
 }
 
 #[cfg(test)]

@@ -321,6 +321,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
           ON CONFLICT(block) DO UPDATE SET min_at = min(min_at, excluded.min_at),
             max_at = max(max_at, excluded.max_at);
      END;",
+    // 16: a job's claim and its end no longer move an entry of an index ordered by
+    // product id. `jobs_key_state` (kind, key, state) changed with each state change:
+    // twice an item, each a leaf page at a place the product id sets (random), written
+    // to the WAL by the commit. Its readers use `jobs_key` (kind, key), whose entries
+    // never change, and the claim's "is this key in flight" reads the leased jobs'
+    // keys alone (`jobs_leased_key`, a few rows: its pages are shared by every claim
+    // and end of a commit).
+    "DROP INDEX jobs_key_state;
+     CREATE INDEX jobs_key ON jobs(kind, key);
+     CREATE INDEX jobs_leased_key ON jobs(kind, key) WHERE state = 'leased';",
 ];
 
 /// Brings the database to the schema this syncctl knows; refuses one a newer syncctl

@@ -863,7 +863,8 @@ impl Catalog {
             loop {
                 let mut progressed = std::pin::pin!(self.progress.notified());
                 let looked = tokio::time::Instant::now();
-                // (Read before the count: a claim counted in it is never credited twice.)
+                // (Read before the count: a claim the count missed is credited; one it
+                // saw may be too, which only makes the next count come early.)
                 let mark = self.claimed.load(Ordering::Relaxed);
                 let shared = self.queue.is_shared();
                 let queued = self

@@ -141,6 +141,16 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// The first column of every row `sql` answers.
+async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<T> {
+    let rows = db.query(sql, params).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Items in the sandbox's QuickBooks now.
 async fn items(sb: &SandboxServer) -> usize {
     common::get_json(&format!("http://{}/_sandbox/quickbooks/items", sb.addr))
@@ -277,16 +287,12 @@ async fn a_killed_engines_jobs_are_finished_by_the_other_after_its_leases_run_ou
             if items(sb).await < PRODUCTS / 5 {
                 return None;
             }
-            let ids: Vec<i64> = db
-                .query(
-                    "SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner LIKE $1",
-                    &[owner_a],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let ids: Vec<i64> = column(
+                db,
+                "SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner LIKE $1",
+                &[owner_a],
+            )
+            .await;
             (!ids.is_empty()).then_some(ids)
         }
     })
@@ -388,14 +394,13 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
             if validated < 10 {
                 return None;
             }
-            let rows = db
-                .query(
-                    "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending",
-                    &[owner_a],
-                )
-                .await
-                .unwrap();
-            (!rows.is_empty()).then(|| rows.iter().map(|r| r.get(0)).collect())
+            let held: Vec<String> = column(
+                db,
+                "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending",
+                &[owner_a],
+            )
+            .await;
+            (!held.is_empty()).then_some(held)
         }
     })
     .await;
@@ -419,16 +424,7 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
         }
     })
     .await;
-    let held: Vec<String> = db
-        .query(
-            "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending ORDER BY stripe_id",
-            &[&owner_a],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let held: Vec<String> = column(&db, "SELECT stripe_id FROM syncctl.invoices WHERE lease_owner LIKE $1 AND sending ORDER BY stripe_id", &[&owner_a]).await;
     assert!(
         !held.is_empty(),
         "engine a was killed with a send under way (seen before the kill: {held_before:?})"
@@ -464,16 +460,12 @@ async fn two_engines_stamp_every_paid_invoice_once_though_one_is_killed_mid_send
     );
     // What engine a had begun to send was read at Alegra by b, never sent blind.
     for id in &held {
-        let lines: Vec<String> = db
-            .query(
-                "SELECT message FROM syncctl.invoice_history WHERE stripe_id = $1 ORDER BY id",
-                &[id],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let lines: Vec<String> = column(
+            &db,
+            "SELECT message FROM syncctl.invoice_history WHERE stripe_id = $1 ORDER BY id",
+            &[id],
+        )
+        .await;
         assert!(
             lines
                 .iter()
@@ -654,16 +646,12 @@ async fn three_engines_share_four_companies_of_2000_products() {
         sample(&stats, &mut highest);
         let written: u64 = stats.iter().map(|s| qb(s, "items_total")).sum();
         if written >= (COMPANIES * PER_COMPANY / 5) as u64 {
-            let ids: Vec<i64> = db
-                .query(
-                    "SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner LIKE $1",
-                    &[&owner_a],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let ids: Vec<i64> = column(
+                &db,
+                "SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner LIKE $1",
+                &[&owner_a],
+            )
+            .await;
             if !ids.is_empty() {
                 break ids;
             }

@@ -587,6 +587,10 @@ impl TokenKeeper {
 pub struct QuickBooksClient {
     http: reqwest::Client,
     company_url: String,
+    /// `{company_url}/item?minorversion=…`, read once: a write adds its `requestid`
+    /// instead of having its whole address parsed again (None: an address that does
+    /// not parse, which each request then reports).
+    item_url: Option<reqwest::Url>,
     minor_version: u32,
     timeout: Duration,
     tokens: Arc<TokenKeeper>,
@@ -609,13 +613,20 @@ impl QuickBooksClient {
         timeout: Duration,
         tokens: Arc<TokenKeeper>,
     ) -> Self {
+        let company_url = format!(
+            "{}/v3/company/{}",
+            base_url.trim_end_matches('/'),
+            urlencoding::encode(realm_id)
+        );
+        let item_url = reqwest::Url::parse_with_params(
+            &format!("{company_url}/item"),
+            &[("minorversion", minor_version.to_string())],
+        )
+        .ok();
         Self {
             http,
-            company_url: format!(
-                "{}/v3/company/{}",
-                base_url.trim_end_matches('/'),
-                urlencoding::encode(realm_id)
-            ),
+            company_url,
+            item_url,
             minor_version,
             timeout,
             tokens,
@@ -743,16 +754,26 @@ impl QuickBooksClient {
     /// [`Self::write_item`] of a body already written out (compact JSON, as `.json()`
     /// would send it): a caller that hashed or stored the text sends it as it is.
     pub async fn write_item_json(&self, body: &str, request_id: &str) -> Result<Item, QbError> {
-        let url = format!("{}/item", self.company_url);
-        let mv = self.minor_version.to_string();
+        let url = match &self.item_url {
+            Some(u) => {
+                let mut u = u.clone();
+                u.query_pairs_mut().append_pair("requestid", request_id);
+                Ok(u)
+            }
+            None => Err(format!(
+                "{}/item?minorversion={}&requestid={request_id}",
+                self.company_url, self.minor_version
+            )),
+        };
         let v = self
             .send(|t| {
-                self.http
-                    .post(&url)
-                    .bearer_auth(t)
-                    .query(&[("requestid", request_id), ("minorversion", mv.as_str())])
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_owned())
+                match &url {
+                    Ok(u) => self.http.post(u.clone()),
+                    Err(unparsed) => self.http.post(unparsed),
+                }
+                .bearer_auth(t)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_owned())
             })
             .await?;
         item_of(&v)

@@ -43,6 +43,9 @@ pub const CLAIM_MAX: usize = 64;
 const FULL_QUEUE_LOOK_AFTER: Duration = Duration::from_millis(250);
 /// ... but on a shared queue (a round trip each) at most this often.
 const SHARED_QUEUE_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// A claimed group taken later than this after its claim reads its mappings again
+/// (see [`JobQueue::claim_with_mappings`]).
+const CLAIMED_MAPPINGS_FRESH_MS: i64 = 50;
 /// With nothing to claim, how long the dispatcher waits at most before it looks again
 /// (work that arrives wakes it at once; a job or lease falling due is waited for).
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -1407,7 +1410,7 @@ impl Catalog {
             let asked_ms = self.queue.clock().now_ms();
             // (The embedded store's claim is awaited from its writer thread, committed
             // with the writes waiting there: no thread of the runtime blocks on it.)
-            let claimed = self.queue.claim(JOB_KIND, limit, lease).await;
+            let claimed = self.queue.claim_with_mappings(JOB_KIND, limit, lease).await;
             if matches!(&claimed, Ok(jobs) if jobs.len() == limit) {
                 // A full claim: grow while claiming stays quick, a step per group it
                 // holds. (One step per claim would grow the groups several times slower
@@ -1470,8 +1473,12 @@ impl Catalog {
     /// together, in the store's group commit with the other workers'.
     pub async fn worker(self: Arc<Self>, index: usize, cancel: CancellationToken) {
         let mut target = self.target.subscribe();
+        // The last group's ends, handed to the store (counted by a task of their own
+        // once committed; waited for before the next group's, and before stopping).
+        let mut ending: Option<Ending> = None;
         loop {
             if cancel.is_cancelled() {
+                self.settle(ending.take()).await;
                 self.release_waiting_groups().await;
                 return;
             }
@@ -1501,7 +1508,16 @@ impl Catalog {
                 }
                 continue;
             };
-            let jobs = self.keep_leases(claimed_ms, jobs).await;
+            let mut jobs = self.keep_leases(claimed_ms, jobs).await;
+            // The mappings the claim read are used when the group is taken at once, on
+            // a first attempt: else read again (an operator's resync, or the job of a
+            // lease that ran out, may have written one since).
+            let waited = self.queue.clock().now_ms() - claimed_ms;
+            for job in &mut jobs {
+                if waited > CLAIMED_MAPPINGS_FRESH_MS || job.attempts > 1 {
+                    job.mapping = None;
+                }
+            }
             if jobs.is_empty() {
                 self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
                 self.progress.notify_waiters();
@@ -1525,7 +1541,7 @@ impl Catalog {
             // One trace per claim: its requests carry it, its audit lines record it.
             // (The group's future is large: boxed once, the wrappers around it move a
             // pointer instead of copying it each time they take it.)
-            crate::telemetry::trace::scope(async {
+            let finished = crate::telemetry::trace::scope(async {
                 let started = tokio::time::Instant::now();
                 let (results, waited) = crate::resilience::measuring_permit_wait(
                     self.heartbeating(&jobs, Box::pin(self.process_group(&jobs))),
@@ -1557,41 +1573,63 @@ impl Catalog {
                         }
                     }
                 }
-                self.commit_finished(finished).await;
+                finished
             })
             .await;
+            // The previous group's ends first (long committed, as a rule: with this
+            // group's first write), then this group's, handed over: they share the
+            // commit of the next write a worker or the dispatcher waits on.
+            self.settle(ending.take()).await;
+            ending = Arc::clone(&self).send_finished(finished).await;
             self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
             self.progress.notify_waiters();
         }
     }
 
-    /// Commits a group's finished jobs (one group commit, shared with the other
-    /// workers'); counts them once they are.
-    async fn commit_finished(&self, finished: Vec<crate::store::Finished>) {
+    /// Hands a group's finished jobs to the store (one group commit, shared with the
+    /// other workers' writes); they are counted as soon as it is committed, and
+    /// [`Self::settle`] waits for that.
+    async fn send_finished(
+        self: Arc<Self>,
+        finished: Vec<crate::store::Finished>,
+    ) -> Option<Ending> {
         let n = finished.len();
         if n == 0 {
-            return;
+            return None;
         }
-        let entities: Vec<String> = finished
+        let entity = finished
             .iter()
-            .filter_map(|f| f.audit.as_ref().map(|a| a.1.clone()))
-            .collect();
-        let r = self.queue.finish_jobs(finished).await;
-        self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
-        match r {
-            Ok(ended) => {
-                // (On a shared queue, a job whose lease ran out is another box's now:
-                // not counted here.)
-                self.metrics
-                    .completed
-                    .fetch_add(ended as u64, Ordering::Relaxed);
+            .find_map(|f| f.audit.as_ref().map(|a| a.1.clone()))
+            .unwrap_or_else(|| "catalog".into());
+        let committed = self.queue.finish_jobs_sent(finished).await;
+        Some(Ending(tokio::spawn(async move {
+            let r = committed.await;
+            // The last in flight: whoever waits for none (the end of adoption by SKU)
+            // looks now.
+            if self.metrics.in_flight.fetch_sub(n, Ordering::Relaxed) == n {
+                self.progress.notify_waiters();
             }
-            Err(e) => {
-                // The writes happened but were not recorded: the jobs stay leased and
-                // are retried after their lease; the retry finds the Items.
-                let entity = entities.first().map_or("catalog", String::as_str);
-                self.metrics.error(entity, &format!("store: {e}"));
+            match r {
+                Ok(ended) => {
+                    // (On a shared queue, a job whose lease ran out is another box's
+                    // now: not counted here.)
+                    self.metrics
+                        .completed
+                        .fetch_add(ended as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // The writes happened but were not recorded: the jobs stay leased
+                    // and are retried after their lease; the retry finds the Items.
+                    self.metrics.error(&entity, &format!("store: {e}"));
+                }
             }
+        })))
+    }
+
+    /// Waits until handed-over ends are committed and counted.
+    async fn settle(&self, ending: Option<Ending>) {
+        if let Some(Ending(counted)) = ending {
+            let _ = counted.await;
         }
     }
 
@@ -1601,11 +1639,17 @@ impl Catalog {
     async fn process_group(&self, jobs: &[Job]) -> Vec<JobResult> {
         let mut results: Vec<Option<JobResult>> = jobs.iter().map(|_| None).collect();
         let mut plans = Vec::new();
-        // The group's mappings in one read (a job's key is its product id).
-        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        // The group's mappings: as the claim read them, else in one read (a job's key
+        // is its product id).
+        let keys: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.mapping.is_none())
+            .map(|j| j.key.as_str())
+            .collect();
         let mut mappings: HashMap<String, ItemMapping> = match self.queue.mappings(&keys).await {
             Ok(found) => found
                 .into_iter()
+                .chain(jobs.iter().filter_map(|j| j.mapping.clone().flatten()))
                 .map(|m| (m.product_id.clone(), m))
                 .collect(),
             Err(e) => {
@@ -2079,6 +2123,9 @@ impl Catalog {
         }
     }
 }
+
+/// A group's ends handed to the store: the task that counts them once committed.
+struct Ending(tokio::task::JoinHandle<()>);
 
 /// Where the last auto-scaler tick left the counters.
 pub struct AutoscaleMarks {

@@ -137,6 +137,10 @@ struct Inner {
     group_writes: std::sync::mpsc::Sender<writer::GroupWrite>,
     writes_waiting: std::sync::atomic::AtomicI64,
     groups_committed: std::sync::atomic::AtomicU64,
+    /// How long the writer thread holds ends nobody waits on (µs; [`writer::LINGER`]
+    /// but in tests), shared with it.
+    #[cfg(test)]
+    linger_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A job that finished: marked done with its product's mapping (if any) and its audit
@@ -199,6 +203,10 @@ pub struct Job {
     pub payload: Option<String>,
     pub attempts: u32,
     pub idempotency_key: String,
+    /// The key's Item mapping as the claim read it, in the transaction that took the
+    /// lease ([`crate::store::queue::JobQueue::claim_with_mappings`]): `Some(None)` is
+    /// "read: the product has none". `None`: not read with the claim (ask the store).
+    pub mapping: Option<Option<ItemMapping>>,
 }
 
 /// What a worker knows about one product's QuickBooks Item.
@@ -285,6 +293,9 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         let (group_writes, inbox) = std::sync::mpsc::channel();
+        let linger_us = Arc::new(std::sync::atomic::AtomicU64::new(
+            writer::LINGER.as_micros() as u64,
+        ));
         let store = Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
@@ -297,9 +308,11 @@ impl Store {
                 group_writes,
                 writes_waiting: Default::default(),
                 groups_committed: Default::default(),
+                #[cfg(test)]
+                linger_us: Arc::clone(&linger_us),
             }),
         };
-        writer::start(Arc::downgrade(&store.inner), inbox)?;
+        writer::start(Arc::downgrade(&store.inner), inbox, linger_us)?;
         Ok((store, version == 0))
     }
 
@@ -545,6 +558,7 @@ impl Store {
             limit,
             lease_ms,
             now,
+            with_mappings: false,
             reply,
         })
     }
@@ -556,12 +570,14 @@ impl Store {
         limit: usize,
         lease_ms: i64,
         now: i64,
+        with_mappings: bool,
     ) -> Result<Vec<Job>> {
         self.write_awaiting(|reply| writer::GroupWrite::Claim {
             kind: kind.to_owned(),
             limit,
             lease_ms,
             now,
+            with_mappings,
             reply,
         })
         .await
@@ -633,7 +649,11 @@ impl Store {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.write_waiting(|reply| writer::GroupWrite::Finish { jobs, reply })
+        self.write_waiting(|reply| writer::GroupWrite::Finish {
+            jobs,
+            lingers: false,
+            reply,
+        })
     }
 
     /// [`Store::finish_jobs`] for a task: awaits the commit, no thread blocks.
@@ -641,8 +661,42 @@ impl Store {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.write_awaiting(|reply| writer::GroupWrite::Finish { jobs, reply })
-            .await
+        self.write_awaiting(|reply| writer::GroupWrite::Finish {
+            jobs,
+            lingers: false,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Store::finish_jobs`] handed to the writer thread now, its commit awaited apart
+    /// (the returned future): a caller with other work goes on meanwhile. The writer
+    /// may hold such ends a moment ([`writer::LINGER`]) for a write someone waits on (a
+    /// claim, a pending create), to commit them in its transaction instead of one of
+    /// their own. The jobs count as ended only once the future says so.
+    pub fn finish_jobs_sent(
+        &self,
+        jobs: Vec<Finished>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The store is kept open until the commit is answered (its last handle
+        // dropped meanwhile would end the writer thread with the ends unwritten).
+        let store = self.clone();
+        match jobs.is_empty() {
+            true => {
+                let _ = tx.send(Ok(()));
+            }
+            false => self.send_write(writer::GroupWrite::Finish {
+                jobs,
+                lingers: true,
+                reply: writer::Reply::Await(tx),
+            }),
+        }
+        async move {
+            let answer = rx.await.unwrap_or_else(|_| Err(writer::writer_gone()));
+            drop(store);
+            answer
+        }
     }
 
     /// Records jobs another store ended (the shared Postgres queue): their audit lines,
@@ -803,14 +857,7 @@ impl Store {
     }
 
     pub fn mapping(&self, product_id: &str) -> Result<Option<ItemMapping>> {
-        self.r()
-            .prepare_cached(
-                "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
-                        pending_request_id, pending_body, status, reason
-                 FROM item_map WHERE product_id=?1",
-            )?
-            .query_row(params![product_id], row_to_mapping)
-            .optional()
+        read_mapping(&self.r(), product_id)
     }
 
     /// How many products have a mapping row.
@@ -1451,6 +1498,17 @@ fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
         now
     ])?;
     Ok(())
+}
+
+/// A product's mapping as `conn` sees it.
+fn read_mapping(conn: &Connection, product_id: &str) -> Result<Option<ItemMapping>> {
+    conn.prepare_cached(
+        "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
+                pending_request_id, pending_body, status, reason
+         FROM item_map WHERE product_id=?1",
+    )?
+    .query_row(params![product_id], row_to_mapping)
+    .optional()
 }
 
 fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
@@ -2812,6 +2870,95 @@ mod tests {
         );
         assert_eq!(s.recent_audit(10, 0).unwrap().len(), 4);
         assert_eq!(s.writes_waiting(), 0);
+    }
+
+    /// Ends handed over with nobody waiting on them are held for a write someone waits
+    /// on, and committed in its transaction (one commit, not two); alone, they are
+    /// committed once the linger is over.
+    #[test]
+    fn ends_nobody_waits_on_share_the_commit_of_the_next_claim() {
+        let (_dir, s) = store();
+        for k in ["p1", "p2"] {
+            s.ingest(&[job(k, "a", 1)], None, None).unwrap();
+        }
+        let first = s.claim("catalog.product", 1, 60_000).unwrap();
+        assert_eq!(first.len(), 1);
+        let ended = |j: &Job| Finished {
+            job_id: j.id,
+            mapping: None,
+            audit: Some((
+                "item".into(),
+                j.key.clone(),
+                "engine".into(),
+                "created".into(),
+            )),
+            trace_id: None,
+        };
+        // A linger no test machine outlasts: only the claim can end it.
+        s.set_linger(std::time::Duration::from_secs(600));
+        let before = s.groups_committed();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Handed over at once (not when awaited): the writer holds it.
+        let committed = s.finish_jobs_sent(vec![ended(&first[0])]);
+        assert_eq!(s.writes_waiting(), 1);
+        let second = s.claim("catalog.product", 8, 60_000).unwrap();
+        rt.block_on(committed).unwrap();
+        assert_eq!(s.groups_committed() - before, 1, "one commit for both");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].key, "p2");
+        let c = s.queue_counts("catalog.product").unwrap();
+        assert_eq!((c.in_flight, c.queued), (1, 0), "p1 ended, p2 leased");
+        // Alone, an end waits out the linger and is committed.
+        s.set_linger(std::time::Duration::from_millis(1));
+        let before = s.groups_committed();
+        rt.block_on(s.finish_jobs_sent(vec![ended(&second[0])]))
+            .unwrap();
+        assert_eq!(s.groups_committed() - before, 1);
+        assert_eq!(s.queue_counts("catalog.product").unwrap().in_flight, 0);
+        assert_eq!(s.recent_audit(10, 0).unwrap().len(), 2);
+    }
+
+    /// A claim that reads mappings returns each job's as the claim's own transaction
+    /// saw it: the Item, a pending create, or none (read, and there is none).
+    #[test]
+    fn a_claim_with_mappings_reads_each_key_in_its_own_transaction() {
+        let (_dir, s) = store();
+        for k in ["p1", "p2", "p3"] {
+            s.ingest(&[job(k, "a", 1)], None, None).unwrap();
+        }
+        s.save_mapping(&ItemMapping {
+            product_id: "p1".into(),
+            item_id: Some("7".into()),
+            sync_token: Some("2".into()),
+            status: "synced".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        s.mark_creates_pending(&[("p2".into(), "rid-2".into(), "{\"Name\":\"b\"}".into())])
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let jobs = rt
+            .block_on(s.claim_at_async("catalog.product", 8, 60_000, now_ms(), true))
+            .unwrap();
+        let of = |k: &str| jobs.iter().find(|j| j.key == k).unwrap().mapping.clone();
+        let p1 = of("p1").expect("read").expect("mapped");
+        assert_eq!(
+            (p1.item_id.as_deref(), p1.sync_token.as_deref()),
+            (Some("7"), Some("2"))
+        );
+        let p2 = of("p2").expect("read").expect("pending");
+        assert_eq!(p2.pending_request_id.as_deref(), Some("rid-2"));
+        assert_eq!(p2.pending_body.as_deref(), Some("{\"Name\":\"b\"}"));
+        assert_eq!(of("p3"), Some(None), "read: no mapping");
+        // Without: not read (the worker asks the store).
+        s.ingest(&[job("p4", "a", 1)], None, None).unwrap();
+        let plain = s.claim("catalog.product", 8, 60_000).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].mapping, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Times that decide what is due or expired come from the queue's clock (a
 //! [`WallClock`], which tests move), passed into the SQL: never the database's `now()`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub enum QueueError {
 }
 
 pub type QueueResult<T> = std::result::Result<T, QueueError>;
+
+/// Ends of jobs handed to the store ([`JobQueue::finish_jobs_sent`]): how many ended,
+/// once committed.
+pub type Ending = std::pin::Pin<Box<dyn std::future::Future<Output = QueueResult<usize>> + Send>>;
 
 /// A kind's counts as the queue keeps them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -195,10 +200,48 @@ impl JobQueue {
     pub async fn claim(&self, kind: &str, limit: usize, lease_ms: i64) -> QueueResult<Vec<Job>> {
         let now = self.now();
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                Ok(store.claim_at_async(kind, limit, lease_ms, now).await?)
-            }
+            Backend::Sqlite { store, .. } => Ok(store
+                .claim_at_async(kind, limit, lease_ms, now, false)
+                .await?),
             Backend::Postgres { pg, .. } => Ok(pg.claim(kind, limit, lease_ms, now).await?),
+        }
+    }
+
+    /// [`Self::claim`] of jobs keyed by product id, each with its product's mapping
+    /// ([`Job::mapping`]) as it stood when the lease was taken: the embedded store
+    /// reads them in the claim's own transaction, Postgres in one query after it (if
+    /// that read fails, the jobs come without: their worker reads them). Other writers
+    /// (an operator's resync, a job whose lease ran out) may change a mapping later:
+    /// a caller uses these only when it starts on the job at once.
+    pub async fn claim_with_mappings(
+        &self,
+        kind: &str,
+        limit: usize,
+        lease_ms: i64,
+    ) -> QueueResult<Vec<Job>> {
+        let now = self.now();
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store
+                .claim_at_async(kind, limit, lease_ms, now, true)
+                .await?),
+            Backend::Postgres { pg, .. } => {
+                let mut jobs = pg.claim(kind, limit, lease_ms, now).await?;
+                let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+                // (The leases are taken: a failed read must not drop the jobs.)
+                match pg.mappings(&keys).await {
+                    Ok(found) => {
+                        let mut found: HashMap<String, ItemMapping> = found
+                            .into_iter()
+                            .map(|m| (m.product_id.clone(), m))
+                            .collect();
+                        for job in &mut jobs {
+                            job.mapping = Some(found.remove(&job.key));
+                        }
+                    }
+                    Err(e) => tracing::warn!("claimed jobs' mappings not read: {e}"),
+                }
+                Ok(jobs)
+            }
         }
     }
 
@@ -415,6 +458,21 @@ impl JobQueue {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.save_mapping(m)?),
             Backend::Postgres { pg, .. } => Ok(pg.save_mapping(m, self.now()).await?),
+        }
+    }
+
+    /// [`Self::finish_jobs`] handed over now, its commit awaited apart (the future it
+    /// returns): the embedded store's writer commits the ends with the next write
+    /// someone waits on, within a millisecond ([`Store::finish_jobs_sent`]). On
+    /// Postgres the ends are committed before this returns.
+    pub async fn finish_jobs_sent(&self, jobs: Vec<Finished>) -> Ending {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => {
+                let n = jobs.len();
+                let committed = store.finish_jobs_sent(jobs);
+                Box::pin(async move { Ok(committed.await.map(|()| n)?) })
+            }
+            Backend::Postgres { .. } => Box::pin(std::future::ready(self.finish_jobs(jobs).await)),
         }
     }
 

@@ -8,24 +8,34 @@
 //! It never runs anything but these writes, and never answers a caller before the
 //! transaction holding its write has committed (or been refused).
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Weak};
 
 use rusqlite::{Connection, params};
 
 use super::{
-    CLAIM, Finished, Inner, Job, Result, SqlError, Store, finish_one, now_ms, requeue,
-    storage_error,
+    CLAIM, Finished, Inner, Job, Result, SqlError, Store, finish_one, now_ms, read_mapping,
+    requeue, storage_error,
 };
 
 /// Most writes one transaction takes (a bound on how long the first caller waits).
 const GROUP_MAX: usize = 256;
+
+/// How long ends of jobs nobody waits on ([`Store::finish_jobs_sent`]) are held for a
+/// write someone waits on, to share its commit. A commit writes every page it changed
+/// to the WAL: the queue's, the tallies', the audit trail's pages are the same for
+/// every item of a group, so one commit for an end and the next item's pending create
+/// writes them once instead of twice.
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// One caller's write, with where its outcome goes.
 pub(super) enum GroupWrite {
     /// Jobs ended: done, with their mappings and audit lines.
     Finish {
         jobs: Vec<Finished>,
+        /// Its caller does not wait on the commit: it may wait [`LINGER`] for company.
+        lingers: bool,
         reply: Reply<()>,
     },
     /// Creates about to be sent: (product id, request id, body) each.
@@ -39,6 +49,8 @@ pub(super) enum GroupWrite {
         limit: usize,
         lease_ms: i64,
         now: i64,
+        /// Each job's key is a product id: its mapping is read with the claim.
+        with_mappings: bool,
         reply: Reply<Vec<Job>>,
     },
 }
@@ -96,9 +108,24 @@ impl GroupWrite {
                 limit,
                 lease_ms,
                 now,
+                with_mappings,
                 ..
-            } => claim(conn, kind, *limit, *lease_ms, *now).map(Applied::Claimed),
+            } => {
+                let mut jobs = claim(conn, kind, *limit, *lease_ms, *now)?;
+                // Read here, the pages hot in the writer's cache (on a reader they are
+                // read again from the WAL, which every commit invalidates).
+                if *with_mappings {
+                    for job in &mut jobs {
+                        job.mapping = Some(read_mapping(conn, &job.key)?);
+                    }
+                }
+                Ok(Applied::Claimed(jobs))
+            }
         }
+    }
+
+    fn lingers(&self) -> bool {
+        matches!(self, GroupWrite::Finish { lingers: true, .. })
     }
 
     fn answer(self, r: std::result::Result<Applied, Copied>) {
@@ -136,13 +163,14 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
             payload: row.get(3)?,
             attempts: row.get(4)?,
             idempotency_key: row.get(5)?,
+            mapping: None,
         })
     })?
     .collect()
 }
 
 /// What a caller gets when the writer thread is gone (the store dropped under it).
-fn writer_gone() -> SqlError {
+pub(super) fn writer_gone() -> SqlError {
     SqlError::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
         Some("the store's writer thread has ended".into()),
@@ -164,29 +192,51 @@ fn copy(e: &SqlError) -> Copied {
 
 /// Starts the writer thread of the store `inner` will be; the sender its writes go to.
 /// The thread ends once the store is dropped (its sender with it).
-pub(super) fn start(inner: Weak<Inner>, writes: Receiver<GroupWrite>) -> std::io::Result<()> {
+pub(super) fn start(
+    inner: Weak<Inner>,
+    writes: Receiver<GroupWrite>,
+    linger_us: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(inner, writes))
+        .spawn(move || run(inner, writes, linger_us))
         .map(|_| ())
 }
 
-fn run(inner: Weak<Inner>, writes: Receiver<GroupWrite>) {
+fn run(inner: Weak<Inner>, writes: Receiver<GroupWrite>, linger_us: Arc<AtomicU64>) {
     while let Ok(first) = writes.recv() {
+        let mut group = vec![first];
+        let waiting = |group: &mut Vec<GroupWrite>| {
+            while group.len() < GROUP_MAX {
+                match writes.try_recv() {
+                    Ok(w) => group.push(w),
+                    Err(_) => break,
+                }
+            }
+        };
+        // Whatever arrived while the writer was busy joins the group; ends nobody waits
+        // on wait a moment for a write somebody does (before the lock is taken: the
+        // store's other writers are not held up meanwhile).
+        waiting(&mut group);
+        let linger = std::time::Duration::from_micros(linger_us.load(Ordering::Relaxed));
+        let deadline = std::time::Instant::now() + linger;
+        while group.len() < GROUP_MAX && group.iter().all(GroupWrite::lingers) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match writes.recv_timeout(left) {
+                Ok(w) => {
+                    group.push(w);
+                    waiting(&mut group);
+                }
+                Err(_) => break,
+            }
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let store = Store { inner };
         let mut conn = store.w();
-        // Whatever arrived while the writer was busy (or while this waited for its
-        // lock) joins the group.
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match writes.try_recv() {
-                Ok(w) => group.push(w),
-                Err(_) => break,
-            }
-        }
+        // ... and whatever arrived while this waited for the lock.
+        waiting(&mut group);
         let now = now_ms();
         // Every write in one plain transaction first: savepoints make SQLite copy each
         // page they touch to a sub-journal (which spills to a temporary file past
@@ -273,7 +323,7 @@ fn one_by_one(
 
 impl Store {
     /// Hands `w` to the writer thread.
-    fn send_write(&self, w: GroupWrite) {
+    pub(super) fn send_write(&self, w: GroupWrite) {
         match self.sender().send(w) {
             // Counted once sent (the count may dip below zero for a moment, when the
             // writer answers before this counts it).
@@ -297,6 +347,14 @@ impl Store {
         self.inner
             .writes_waiting
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long ends nobody waits on are held for company from now on.
+    #[cfg(test)]
+    pub(super) fn set_linger(&self, linger: std::time::Duration) {
+        self.inner
+            .linger_us
+            .store(linger.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Transactions the writer thread has committed (or had refused) so far.

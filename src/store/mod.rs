@@ -2786,6 +2786,21 @@ mod tests {
         assert_eq!(again[0].payload.as_deref(), Some("b"));
     }
 
+    /// `j` ended with an Item created, and `mapping`.
+    fn created(j: &Job, mapping: Option<ItemMapping>) -> Finished {
+        Finished {
+            job_id: j.id,
+            mapping,
+            audit: Some((
+                "item".into(),
+                j.key.clone(),
+                "engine".into(),
+                "created".into(),
+            )),
+            trace_id: None,
+        }
+    }
+
     /// Claims, pending creates and finished jobs that arrive while the writer is busy
     /// are committed together, in one transaction of the writer thread, and each
     /// caller is answered with its own outcome once it is committed.
@@ -2806,22 +2821,15 @@ mod tests {
                 .iter()
                 .map(|j| {
                     let s = s.clone();
-                    let f = Finished {
-                        job_id: j.id,
-                        mapping: Some(ItemMapping {
+                    let f = created(
+                        j,
+                        Some(ItemMapping {
                             product_id: j.key.clone(),
                             item_id: Some(format!("item-{}", j.key)),
                             status: "synced".into(),
                             ..Default::default()
                         }),
-                        audit: Some((
-                            "item".into(),
-                            j.key.clone(),
-                            "engine".into(),
-                            "created".into(),
-                        )),
-                        trace_id: None,
-                    };
+                    );
                     scope.spawn(move || s.finish_jobs(vec![f]))
                 })
                 .collect();
@@ -2883,17 +2891,7 @@ mod tests {
         }
         let first = s.claim("catalog.product", 1, 60_000).unwrap();
         assert_eq!(first.len(), 1);
-        let ended = |j: &Job| Finished {
-            job_id: j.id,
-            mapping: None,
-            audit: Some((
-                "item".into(),
-                j.key.clone(),
-                "engine".into(),
-                "created".into(),
-            )),
-            trace_id: None,
-        };
+        let ended = |j: &Job| created(j, None);
         // A linger no test machine outlasts: only the claim can end it.
         s.set_linger(std::time::Duration::from_secs(600));
         let before = s.groups_committed();

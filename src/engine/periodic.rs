@@ -171,9 +171,10 @@ pub(super) async fn audit_index_loop(store: Store, cancel: CancellationToken) {
                 std::thread::sleep(took.elapsed().max(AUDIT_CATCH_UP_PAUSE));
             }
             // Nothing new: a step of merging the index's segments, if any level has
-            // two (a no-op read of its structure otherwise).
-            if indexed == 0 {
-                s.merge_audit_text(AUDIT_MERGE_PAGES)?;
+            // two (a no-op read of its structure otherwise); with none, the whole index
+            // folded into one when what was added since is a quarter of it.
+            if indexed == 0 && !s.merge_audit_text(AUDIT_MERGE_PAGES)? {
+                s.optimize_audit_text(AUDIT_MERGE_PAGES)?;
             }
             Ok(())
         })

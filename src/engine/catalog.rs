@@ -1009,6 +1009,8 @@ impl Catalog {
         }
         loop {
             let looked = tokio::time::Instant::now();
+            // Registered before the look: the last job's end between the two wakes it.
+            let progressed = self.progress.notified();
             // A failed job is a product not yet created: retried, it must still adopt.
             let left = self.queue.unfinished(JOB_KIND).await.unwrap_or(1)
                 + self.metrics.in_flight.load(Ordering::Relaxed) as u64;
@@ -1018,7 +1020,7 @@ impl Catalog {
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.progress.notified() => {}
+                _ = progressed => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
             if !self

@@ -1042,10 +1042,10 @@ impl Store {
     }
 
     /// Starts folding the whole audit text index into one segment, when it is worth
-    /// it: four segments or more, and what is outside the largest a quarter of it or
-    /// more. Then [`Self::merge_audit_text`] goes on with it a step at a time (FTS5's
-    /// incremental optimize: `merge` with a negative count starts it). Whether it
-    /// started.
+    /// it: four segments or more, and the pages outside the largest a quarter of its
+    /// or more. Then [`Self::merge_audit_text`] goes on with it a step at a time, and
+    /// so do the index's own merges as entries are fed to it (FTS5's incremental
+    /// optimize: `merge` with a negative count starts it). Whether it started.
     ///
     /// One segment a level is what merging by level leaves; a search reads every
     /// segment's doclist of each trigram, so that a rare word's first page on a
@@ -1056,8 +1056,17 @@ impl Store {
     pub fn optimize_audit_text(&self, pages: u32) -> Result<bool> {
         self.recorded(|| {
             let conn = self.w();
+            // Each segment's leaf pages: FTS5 numbers them from its id (`segid << 37`
+            // + page; a merge trims a segment's first pages as it goes). Its rows in
+            // `_idx` are no measure: a page that only goes on with one trigram's list
+            // has none, and most of a large segment's pages do.
             let sizes: Vec<i64> = conn
-                .prepare_cached("SELECT count(*) FROM audit_search_idx GROUP BY segid")?
+                .prepare_cached(
+                    "SELECT COALESCE((SELECT max(id) - min(id) + 1 FROM audit_search_data
+                                      WHERE id BETWEEN (s.segid << 37)
+                                                   AND (s.segid << 37) + 2147483647), 0)
+                     FROM (SELECT DISTINCT segid FROM audit_search_idx) s",
+                )?
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_>>()?;
             let largest = sizes.iter().copied().max().unwrap_or(0);

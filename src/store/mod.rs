@@ -1074,10 +1074,7 @@ impl Store {
             if sizes.len() < 4 || others * 4 < largest {
                 return Ok(false);
             }
-            conn.prepare_cached(
-                "INSERT INTO audit_search(audit_search, rank) VALUES ('merge', ?1)",
-            )?
-            .execute(params![-i64::from(pages.max(1))])?;
+            fts_merge(&conn, -i64::from(pages.max(1)))?;
             Ok(true)
         })
     }
@@ -1090,10 +1087,7 @@ impl Store {
         self.recorded(|| {
             let conn = self.w();
             let before = conn.total_changes();
-            conn.prepare_cached(
-                "INSERT INTO audit_search(audit_search, rank) VALUES ('merge', ?1)",
-            )?
-            .execute(params![pages])?;
+            fts_merge(&conn, i64::from(pages))?;
             // FTS5's own signal: fewer than two rows changed means nothing was merged.
             Ok(conn.total_changes() - before >= 2)
         })
@@ -1544,6 +1538,14 @@ fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
         m.reason,
         now
     ])?;
+    Ok(())
+}
+
+/// FTS5's `merge` of the audit text index: about `pages` pages written, going on with
+/// a merge or fold under way; a negative count starts folding the whole index.
+fn fts_merge(conn: &Connection, pages: i64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO audit_search(audit_search, rank) VALUES ('merge', ?1)")?
+        .execute(params![pages])?;
     Ok(())
 }
 

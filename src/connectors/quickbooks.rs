@@ -154,14 +154,118 @@ pub fn batch_limit_per_min(per_min: u32) -> u32 {
     }
 }
 
+/// An Item body written out once, as compact JSON (as `Value`'s `Display` writes it):
+/// hashed for request ids, kept as a pending create and sent as the same text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemJson(String);
+
+impl ItemJson {
+    pub fn of(body: &Value) -> Self {
+        Self(body.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One operation of a batch request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BatchOp {
     /// An Item body without `Id`.
-    Create(Value),
+    Create(ItemJson),
     /// An Item body with `Id` and `SyncToken`.
-    Update(Value),
+    Update(ItemJson),
     Query(String),
+}
+
+/// A batch request's body, written out from its operations' texts (each Item body was
+/// written out once already: it goes in as it is).
+fn batch_body(ops: &[BatchOp]) -> String {
+    use std::fmt::Write as _;
+    let size: usize = ops
+        .iter()
+        .map(|op| match op {
+            BatchOp::Create(b) | BatchOp::Update(b) => b.as_str().len(),
+            BatchOp::Query(q) => q.len(),
+        })
+        .sum();
+    let mut out = String::with_capacity(size + 48 * ops.len() + 24);
+    out.push_str("{\"BatchItemRequest\":[");
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let bid = i + 1;
+        let _ = match op {
+            BatchOp::Create(b) => write!(
+                out,
+                "{{\"bId\":\"{bid}\",\"operation\":\"create\",\"Item\":{}}}",
+                b.as_str()
+            ),
+            BatchOp::Update(b) => write!(
+                out,
+                "{{\"bId\":\"{bid}\",\"operation\":\"update\",\"Item\":{}}}",
+                b.as_str()
+            ),
+            BatchOp::Query(q) => write!(
+                out,
+                "{{\"bId\":\"{bid}\",\"Query\":{}}}",
+                Value::String(q.clone())
+            ),
+        };
+    }
+    out.push_str("]}");
+    out
+}
+
+/// A batch answer's entry, decoded straight from the text (no JSON tree in between).
+#[derive(Deserialize)]
+struct TypedAnswer {
+    #[serde(rename = "bId")]
+    bid: Option<String>,
+    #[serde(rename = "Item")]
+    item: Option<Item>,
+    #[serde(rename = "Fault")]
+    fault: Option<Value>,
+    #[serde(rename = "QueryResponse")]
+    query: Option<TypedQuery>,
+}
+
+#[derive(Deserialize)]
+struct TypedQuery {
+    #[serde(rename = "Item")]
+    item: Option<Vec<Item>>,
+}
+
+/// A batch answer as it comes as a rule: HTTP 2xx, a `BatchItemResponse` and no Fault
+/// around it.
+#[derive(Deserialize)]
+struct TypedBatch {
+    #[serde(rename = "BatchItemResponse")]
+    answers: Vec<TypedAnswer>,
+    #[serde(rename = "Fault")]
+    fault: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "fault")]
+    fault_lower: Option<serde::de::IgnoredAny>,
+}
+
+/// What a batch request's exchange gave: its entries decoded at once, or (anything
+/// else: a Fault, an entry of an unexpected shape) the whole answer as a JSON tree.
+enum BatchReply {
+    Typed(Vec<TypedAnswer>),
+    Tree(Value),
+}
+
+fn parse_batch_response(status: u16, text: &str) -> Result<BatchReply, QbError> {
+    if (200..300).contains(&status)
+        && let Ok(b) = serde_json::from_str::<TypedBatch>(text)
+        && b.fault.is_none()
+        && b.fault_lower.is_none()
+    {
+        return Ok(BatchReply::Typed(b.answers));
+    }
+    parse_response(status, text).map(BatchReply::Tree)
 }
 
 /// One operation's own answer in a batch.
@@ -661,18 +765,28 @@ impl QuickBooksClient {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<Value, QbError> {
+        self.send_as(build, parse_response).await
+    }
+
+    /// [`Self::send`], its answer decoded by `decode`.
+    async fn send_as<T>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        decode: fn(u16, &str) -> Result<T, QbError>,
+    ) -> Result<T, QbError> {
         match &self.guard {
-            Some(g) => g.call(true, || self.send_once(&build)).await,
-            None => self.send_once(&build).await,
+            Some(g) => g.call(true, || self.send_once_as(&build, decode)).await,
+            None => self.send_once_as(&build, decode).await,
         }
     }
 
-    /// One exchange with a bearer token; on a 401 refreshes (once, single-flight) and
-    /// tries again.
-    async fn send_once(
+    /// One exchange with a bearer token, its answer decoded by `decode`; on a 401
+    /// refreshes (once, single-flight) and tries again.
+    async fn send_once_as<T>(
         &self,
         build: &impl Fn(&str) -> reqwest::RequestBuilder,
-    ) -> Result<Value, QbError> {
+        decode: fn(u16, &str) -> Result<T, QbError>,
+    ) -> Result<T, QbError> {
         let mut token = self.tokens.access_token().await?;
         for attempt in 0..2 {
             let mut req = build(&token)
@@ -688,7 +802,7 @@ impl QuickBooksClient {
                 continue;
             }
             let text = resp.text().await.map_err(transport)?;
-            return parse_response(status, &text);
+            return decode(status, &text);
         }
         Err(QbError::Auth(
             "access token rejected right after a refresh".into(),
@@ -734,15 +848,16 @@ impl QuickBooksClient {
     pub async fn read_item(&self, id: &str) -> Result<Item, QbError> {
         let url = format!("{}/item/{}", self.company_url, urlencoding::encode(id));
         let mv = self.minor_version.to_string();
-        let v = self
-            .send(|t| {
+        self.send_as(
+            |t| {
                 self.http
                     .get(&url)
                     .bearer_auth(t)
                     .query(&[("minorversion", mv.as_str())])
-            })
-            .await?;
-        item_of(&v)
+            },
+            parse_item_response,
+        )
+        .await
     }
 
     /// Creates or (with `Id` + `SyncToken` in the body) updates an Item. `request_id`
@@ -765,8 +880,8 @@ impl QuickBooksClient {
                 self.company_url, self.minor_version
             )),
         };
-        let v = self
-            .send(|t| {
+        self.send_as(
+            |t| {
                 match &url {
                     Ok(u) => self.http.post(u.clone()),
                     Err(unparsed) => self.http.post(unparsed),
@@ -774,9 +889,10 @@ impl QuickBooksClient {
                 .bearer_auth(t)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_owned())
-            })
-            .await?;
-        item_of(&v)
+            },
+            parse_item_response,
+        )
+        .await
     }
 }
 
@@ -895,23 +1011,7 @@ impl QuickBooksClient {
                 request_id.chars().count()
             )));
         }
-        let items: Vec<Value> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| {
-                let bid = (i + 1).to_string();
-                match op {
-                    BatchOp::Create(item) => {
-                        serde_json::json!({ "bId": bid, "operation": "create", "Item": item })
-                    }
-                    BatchOp::Update(item) => {
-                        serde_json::json!({ "bId": bid, "operation": "update", "Item": item })
-                    }
-                    BatchOp::Query(q) => serde_json::json!({ "bId": bid, "Query": q }),
-                }
-            })
-            .collect();
-        let body = serde_json::json!({ "BatchItemRequest": items });
+        let body = batch_body(ops);
         let url = format!("{}/batch", self.company_url);
         let mv = self.minor_version.to_string();
         let build = |t: &str| {
@@ -919,12 +1019,13 @@ impl QuickBooksClient {
                 .post(&url)
                 .bearer_auth(t)
                 .query(&[("requestid", request_id), ("minorversion", mv.as_str())])
-                .json(&body)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
         };
-        let v = match &self.guard {
+        let reply = match &self.guard {
             Some(g) => {
                 g.call_weighted(ops.len() as u32, self.batch_pace.as_ref(), true, || {
-                    self.send_once(&build)
+                    self.send_once_as(&build, parse_batch_response)
                 })
                 .await?
             }
@@ -932,26 +1033,76 @@ impl QuickBooksClient {
                 if let Some(pace) = &self.batch_pace {
                     drop(pace.acquire().await);
                 }
-                self.send_once(&build).await?
+                self.send_once_as(&build, parse_batch_response).await?
             }
         };
-        let answers = v["BatchItemResponse"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut by_bid: std::collections::HashMap<String, Value> = answers
-            .into_iter()
-            .filter_map(|a| Some((a["bId"].as_str()?.to_owned(), a)))
-            .collect();
-        Ok((1..=ops.len())
-            .map(|i| match by_bid.remove(&i.to_string()) {
-                // Carried out or not, nobody knows: asked again, never given up on.
-                None => BatchAnswer::Fault(QbError::Transport(format!(
-                    "the batch answer has no entry for bId {i}"
-                ))),
-                Some(a) => batch_answer(&a),
+        Ok(answers_of(reply, ops.len()))
+    }
+}
+
+/// The answers of a batch of `n` operations, in their order: each its own entry's, or,
+/// where the answer has none, a transport error (carried out or not, nobody knows: it
+/// is asked again, never given up on).
+fn answers_of(reply: BatchReply, n: usize) -> Vec<BatchAnswer> {
+    let mut by_bid: Vec<Option<BatchAnswer>> = (0..n).map(|_| None).collect();
+    let mut place = |bid: Option<&str>, answer: BatchAnswer| {
+        let slot = bid
+            .and_then(|b| b.parse::<usize>().ok())
+            .and_then(|b| b.checked_sub(1))
+            .and_then(|i| by_bid.get_mut(i));
+        // (A bId answered twice: the last answer counts.)
+        if let Some(slot) = slot {
+            *slot = Some(answer);
+        }
+    };
+    match reply {
+        BatchReply::Typed(answers) => {
+            for a in answers {
+                let answer = typed_answer(a.fault, a.query, a.item);
+                place(a.bid.as_deref(), answer);
+            }
+        }
+        BatchReply::Tree(mut v) => {
+            let answers = match v.get_mut("BatchItemResponse").map(Value::take) {
+                Some(Value::Array(a)) => a,
+                _ => Vec::new(),
+            };
+            for a in answers {
+                place(a["bId"].as_str(), batch_answer(&a));
+            }
+        }
+    }
+    by_bid
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.unwrap_or_else(|| {
+                BatchAnswer::Fault(QbError::Transport(format!(
+                    "the batch answer has no entry for bId {}",
+                    i + 1
+                )))
             })
-            .collect())
+        })
+        .collect()
+}
+
+/// A typed `BatchItemResponse` entry's answer, as [`batch_answer`] reads a tree's.
+fn typed_answer(
+    fault: Option<Value>,
+    query: Option<TypedQuery>,
+    item: Option<Item>,
+) -> BatchAnswer {
+    if let Some(f) = fault {
+        return batch_answer(&serde_json::json!({ "Fault": f }));
+    }
+    if let Some(q) = query {
+        return BatchAnswer::Items(q.item.unwrap_or_default());
+    }
+    match item {
+        Some(item) => BatchAnswer::Item(item),
+        None => BatchAnswer::Fault(QbError::Decode(
+            "Item: an answer with neither an Item, a query's answer nor a Fault".into(),
+        )),
     }
 }
 
@@ -989,6 +1140,30 @@ fn batch_answer(a: &Value) -> BatchAnswer {
         Ok(item) => BatchAnswer::Item(item),
         Err(e) => BatchAnswer::Fault(e),
     }
+}
+
+/// An answer of one Item as it comes as a rule: HTTP 2xx, an `Item` and no Fault.
+#[derive(Deserialize)]
+struct TypedItem {
+    #[serde(rename = "Item")]
+    item: Item,
+    #[serde(rename = "Fault")]
+    fault: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "fault")]
+    fault_lower: Option<serde::de::IgnoredAny>,
+}
+
+/// An answer of one Item, decoded straight from the text; anything else (a Fault, an
+/// Item of an unexpected shape) as [`parse_response`] and [`item_of`] read it.
+fn parse_item_response(status: u16, text: &str) -> Result<Item, QbError> {
+    if (200..300).contains(&status)
+        && let Ok(t) = serde_json::from_str::<TypedItem>(text)
+        && t.fault.is_none()
+        && t.fault_lower.is_none()
+    {
+        return Ok(t.item);
+    }
+    item_of(&parse_response(status, text)?)
 }
 
 fn item_of(v: &Value) -> Result<Item, QbError> {
@@ -1047,6 +1222,7 @@ pub fn parse_response(status: u16, text: &str) -> Result<Value, QbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn fault_with_http_200_is_an_error() {
@@ -1068,6 +1244,123 @@ mod tests {
             Err(QbError::Throttled {
                 retry_after_secs: 60
             })
+        ));
+    }
+
+    #[test]
+    fn a_batch_body_is_the_json_of_its_operations_with_each_item_as_written() {
+        let create = json!({"Name": "Café \"x\"", "Sku": "prod_1", "UnitPrice": 1.5});
+        let update = json!({"Id": "7", "SyncToken": "2", "sparse": true, "Name": "b"});
+        let query = "select * from Item where Name in ('O\\'Brien')".to_owned();
+        let ops = [
+            BatchOp::Create(ItemJson::of(&create)),
+            BatchOp::Update(ItemJson::of(&update)),
+            BatchOp::Query(query.clone()),
+        ];
+        let body: Value = serde_json::from_str(&batch_body(&ops)).unwrap();
+        assert_eq!(
+            body,
+            json!({"BatchItemRequest": [
+                {"bId": "1", "operation": "create", "Item": create},
+                {"bId": "2", "operation": "update", "Item": update},
+                {"bId": "3", "Query": query},
+            ]})
+        );
+    }
+
+    #[test]
+    fn a_batch_answer_reads_the_same_decoded_at_once_or_as_a_tree() {
+        let item = |id: &str| {
+            json!({"Id": id, "SyncToken": "0", "Name": format!("n{id}"), "Sku": format!("p{id}"),
+                   "UnitPrice": 2.5, "Active": true, "Type": "Service",
+                   "MetaData": {"CreateTime": "t", "LastUpdatedTime": "t"},
+                   "IncomeAccountRef": {"value": "1", "name": "Sales"}})
+        };
+        let fault = json!({"type": "ValidationFault",
+            "Error": [{"Message": "Duplicate", "Detail": "d", "code": "6240"}]});
+        let cases = [
+            // As a rule: Items, a Fault of one operation, a query's answer (with Items
+            // and without), a bId answered twice, one not answered, one not a number.
+            (
+                json!({"BatchItemResponse": [
+                    {"bId": "2", "Item": item("2")},
+                    {"bId": "1", "Item": item("1")},
+                    {"bId": "3", "Fault": fault},
+                    {"bId": "4", "QueryResponse": {"Item": [item("9")], "startPosition": 1}},
+                    {"bId": "5", "QueryResponse": {}},
+                    {"bId": "6", "Item": item("6")},
+                    {"bId": "6", "Item": item("66")},
+                    {"bId": "x", "Item": item("8")},
+                ], "time": "t"}),
+                true,
+            ),
+            // An entry of an unexpected shape: the others are read all the same.
+            (
+                json!({"BatchItemResponse": [
+                    {"bId": "1", "Item": {"Name": "no id"}},
+                    {"bId": "2", "Item": item("2")},
+                    {"bId": "3"},
+                ]}),
+                false,
+            ),
+        ];
+        for (answer, typed) in cases {
+            let text = answer.to_string();
+            let fast = parse_batch_response(200, &text).unwrap();
+            assert_eq!(matches!(fast, BatchReply::Typed(_)), typed, "{text}");
+            let tree = BatchReply::Tree(parse_response(200, &text).unwrap());
+            let (fast, tree) = (answers_of(fast, 8), answers_of(tree, 8));
+            assert_eq!(format!("{fast:?}"), format!("{tree:?}"));
+        }
+        // The typed reading of the first case, answer by answer.
+        let text = json!({"BatchItemResponse": [
+            {"bId": "1", "Item": item("1")}, {"bId": "2", "Fault": fault},
+        ]})
+        .to_string();
+        let read = answers_of(parse_batch_response(200, &text).unwrap(), 3);
+        assert!(
+            matches!(&read[0], BatchAnswer::Item(i) if i.id == "1" && i.unit_price == Some(2.5))
+        );
+        assert!(matches!(&read[1], BatchAnswer::Fault(e) if e.code() == Some("6240")));
+        assert!(matches!(
+            &read[2],
+            BatchAnswer::Fault(QbError::Transport(_))
+        ));
+        // A Fault around the whole answer, even with HTTP 200, is the batch's error.
+        let whole = json!({"Fault": fault, "time": "t"}).to_string();
+        assert_eq!(
+            parse_batch_response(200, &whole)
+                .err()
+                .and_then(|e| e.code().map(str::to_owned)),
+            Some("6240".into())
+        );
+        assert!(matches!(
+            parse_batch_response(429, "<IntuitResponse/>"),
+            Err(QbError::Throttled { .. })
+        ));
+    }
+
+    #[test]
+    fn an_item_answer_reads_the_same_decoded_at_once_or_as_a_tree() {
+        let ok = json!({"Item": {"Id": "3", "SyncToken": "1", "Name": "n", "Active": false,
+                                 "MetaData": {"CreateTime": "t"}}, "time": "t"})
+        .to_string();
+        let read = parse_item_response(200, &ok).unwrap();
+        assert_eq!(read, item_of(&parse_response(200, &ok).unwrap()).unwrap());
+        assert!(!read.active);
+        let fault = r#"{"Fault":{"Error":[{"Message":"Stale","Detail":"x","code":"5010"}],"type":"ValidationFault"},"time":"t"}"#;
+        assert_eq!(
+            parse_item_response(200, fault).unwrap_err().code(),
+            Some("5010")
+        );
+        let odd = json!({"Item": {"Name": "no id"}}).to_string();
+        assert!(matches!(
+            parse_item_response(200, &odd),
+            Err(QbError::Decode(_))
+        ));
+        assert!(matches!(
+            parse_item_response(503, "busy"),
+            Err(QbError::Server(503))
         ));
     }
 

@@ -192,13 +192,9 @@ impl DesiredItem {
     }
 }
 
-/// QuickBooks `requestid` for creating the Item of `product_id` with `body`: the same
-/// request always gets the same id (≤ 50 chars), so a resend is replayed, not repeated.
-pub fn create_request_id(product_id: &str, body: &Value) -> String {
-    create_request_id_of(product_id, &body.to_string())
-}
-
-/// [`create_request_id`] of a body already written out (as it is sent: compact JSON).
+/// QuickBooks `requestid` for creating the Item of `product_id` with `body` (written
+/// out, as it is sent: compact JSON): the same request always gets the same id
+/// (≤ 50 chars), so a resend is replayed, not repeated.
 pub fn create_request_id_of(product_id: &str, body: &str) -> String {
     request_id("c-", product_id, body)
 }
@@ -249,9 +245,15 @@ mod tests {
 
     #[test]
     fn request_id_depends_on_request_not_attempt() {
-        let body = json!({"Name": "a"});
-        assert_eq!(create_request_id("p", &body), create_request_id("p", &body));
-        assert_ne!(create_request_id("p", &body), create_request_id("q", &body));
-        assert!(create_request_id("p", &body).len() <= 50);
+        let body = json!({"Name": "a"}).to_string();
+        assert_eq!(
+            create_request_id_of("p", &body),
+            create_request_id_of("p", &body)
+        );
+        assert_ne!(
+            create_request_id_of("p", &body),
+            create_request_id_of("q", &body)
+        );
+        assert!(create_request_id_of("p", &body).len() <= 50);
     }
 }

@@ -92,8 +92,9 @@ impl GroupWrite {
                 Ok(Applied::Written)
             }
             GroupWrite::Pending { creates, .. } => {
+                // (`OR FAIL`: see `finish_one`.)
                 let mut stmt = conn.prepare_cached(
-                    "INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
+                    "INSERT OR FAIL INTO item_map(product_id, status, pending_request_id, pending_body)
                      VALUES (?1, 'pending', ?2, ?3)
                      ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
                        pending_body=excluded.pending_body",

@@ -17,7 +17,7 @@ use std::time::Duration;
 use sha2::Digest;
 
 use super::{Catalog, JobError, JobResult, Outcome, Plan, in_line};
-use crate::connectors::quickbooks::{BatchAnswer, BatchOp, Item, QbError};
+use crate::connectors::quickbooks::{BatchAnswer, BatchOp, Item, ItemJson, QbError};
 use crate::engine::item::{self, DesiredItem};
 
 pub use crate::connectors::quickbooks::BATCH_MAX;
@@ -172,9 +172,9 @@ fn batch_request_id(items: &[(&str, &BatchOp)]) -> String {
         h.update(pid.as_bytes());
         h.update([0]);
         let (kind, body) = match op {
-            BatchOp::Create(b) => ("c", b.to_string()),
-            BatchOp::Update(b) => ("u", b.to_string()),
-            BatchOp::Query(q) => ("q", q.clone()),
+            BatchOp::Create(b) => ("c", b.as_str()),
+            BatchOp::Update(b) => ("u", b.as_str()),
+            BatchOp::Query(q) => ("q", q.as_str()),
         };
         h.update(kind.as_bytes());
         h.update(body.as_bytes());
@@ -603,14 +603,16 @@ impl Catalog {
         let mut sent: Vec<(usize, Box<Plan>, Write)> = Vec::new();
         let mut pending = Vec::new();
         for (i, mut p, name) in creates {
-            let body = p
-                .desired
-                .with_name(name.clone())
-                .create_body(&self.settings.income_account);
-            let rid = item::create_request_id(&p.desired.sku, &body);
-            pending.push((p.desired.sku.clone(), rid.clone(), body.to_string()));
+            // Written out once: hashed for the request ids, kept as pending, sent.
+            let body = ItemJson::of(
+                &p.desired
+                    .with_name(name.clone())
+                    .create_body(&self.settings.income_account),
+            );
+            let rid = item::create_request_id_of(&p.desired.sku, body.as_str());
+            pending.push((p.desired.sku.clone(), rid.clone(), body.as_str().to_owned()));
             p.m.pending_request_id = Some(rid);
-            p.m.pending_body = Some(body.to_string());
+            p.m.pending_body = Some(body.as_str().to_owned());
             ops.push(BatchOp::Create(body));
             sent.push((i, p, Write::Create { name }));
         }
@@ -634,9 +636,9 @@ impl Catalog {
             }
             let id = p.m.item_id.clone().unwrap_or_default();
             let token = p.m.sync_token.clone().unwrap_or_else(|| "0".into());
-            ops.push(BatchOp::Update(
-                p.desired.with_name(name).update_body(&id, &token),
-            ));
+            ops.push(BatchOp::Update(ItemJson::of(
+                &p.desired.with_name(name).update_body(&id, &token),
+            )));
             sent.push((i, p, Write::Update));
         }
         if !ops.is_empty() {
@@ -808,8 +810,10 @@ mod tests {
 
     #[test]
     fn a_batch_request_id_follows_its_writes_and_fits_quickbooks_limit() {
-        let a = BatchOp::Create(serde_json::json!({"Name": "a"}));
-        let b = BatchOp::Update(serde_json::json!({"Id": "1", "SyncToken": "0"}));
+        let a = BatchOp::Create(ItemJson::of(&serde_json::json!({"Name": "a"})));
+        let b = BatchOp::Update(ItemJson::of(
+            &serde_json::json!({"Id": "1", "SyncToken": "0"}),
+        ));
         let one = batch_request_id(&[("prod_1", &a), ("prod_2", &b)]);
         assert_eq!(one.chars().count(), 36);
         assert_eq!(one, batch_request_id(&[("prod_1", &a), ("prod_2", &b)]));

@@ -523,17 +523,25 @@ impl Store {
                 }
             }
             {
+                // A newer version of a job still queued replaces its payload; else a new
+                // job. (Two statements, not an upsert: an upsert's update part is checked
+                // with ABORT, which would make the insert keep a statement journal; `OR
+                // FAIL`: see [`finish_one`].)
+                let mut newer = tx.prepare_cached(
+                    "UPDATE OR FAIL jobs SET
+                       payload = CASE WHEN ?4 >= version THEN ?3 ELSE payload END,
+                       version = CASE WHEN ?4 >= version THEN ?4 ELSE version END,
+                       updated_at = ?5
+                     WHERE kind = ?1 AND key = ?2 AND state = 'queued'",
+                )?;
                 let mut insert = tx.prepare_cached(
-                    // (`OR FAIL`: see [`finish_one`].)
                     "INSERT OR FAIL INTO jobs(kind, key, payload, version, state, attempts, next_attempt_at, idempotency_key, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)
-                     ON CONFLICT(kind, key) WHERE state = 'queued' DO UPDATE SET
-                       payload = CASE WHEN excluded.version >= jobs.version THEN excluded.payload ELSE jobs.payload END,
-                       version = MAX(excluded.version, jobs.version),
-                       updated_at = excluded.updated_at",
+                     VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)",
                 )?;
                 for job in jobs {
-                    insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+                    if newer.execute(params![job.kind, job.key, job.payload, job.version, now])? == 0 {
+                        insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+                    }
                 }
             }
             if let Some((name, value)) = cursor {
@@ -1532,18 +1540,11 @@ fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Upserts a mapping; `OR FAIL` (see [`finish_one`]): call it in a transaction.
+/// Writes a mapping (an update of the product's row, else a new row), clearing any
+/// pending create. Not an upsert: its update part would be checked with ABORT and keep
+/// a statement journal. `OR FAIL` (see [`finish_one`]): call it in a transaction.
 fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR FAIL INTO item_map(product_id, item_id, sync_token, item_name, synced_hash, source_updated,
-                              pending_request_id, pending_body, status, reason, synced_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)
-         ON CONFLICT(product_id) DO UPDATE SET item_id=excluded.item_id, sync_token=excluded.sync_token,
-           item_name=excluded.item_name, synced_hash=excluded.synced_hash,
-           source_updated=excluded.source_updated, pending_request_id=NULL, pending_body=NULL,
-           status=excluded.status, reason=excluded.reason, synced_at=excluded.synced_at",
-    )?
-    .execute(params![
+    let values = params![
         m.product_id,
         m.item_id,
         m.sync_token,
@@ -1553,7 +1554,24 @@ fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
         m.status,
         m.reason,
         now
-    ])?;
+    ];
+    let updated = conn
+        .prepare_cached(
+            "UPDATE OR FAIL item_map SET item_id=?2, sync_token=?3, item_name=?4, synced_hash=?5,
+               source_updated=?6, pending_request_id=NULL, pending_body=NULL, status=?7,
+               reason=?8, synced_at=?9
+             WHERE product_id=?1",
+        )?
+        .execute(values)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT OR FAIL INTO item_map(product_id, item_id, sync_token, item_name, synced_hash,
+                                          source_updated, pending_request_id, pending_body, status,
+                                          reason, synced_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)",
+        )?
+        .execute(values)?;
+    }
     Ok(())
 }
 
@@ -1591,15 +1609,19 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
     })
 }
 
-/// The claim: up to `?4` due jobs of kind `?1` at `?2`, leased until `?3`, never a key
-/// already leased.
-/// (`OR FAIL`: see [`finish_one`].)
-const CLAIM: &str = "UPDATE OR FAIL jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
-     WHERE id IN (
-       SELECT q.id FROM jobs q
+/// The jobs a claim takes: up to `?3` due jobs of kind `?1` at `?2`, never of a key
+/// already leased (read first, then leased one by one by [`LEASE`]: a `LIMIT` of a
+/// bound value in the update itself would make it keep a statement journal, see
+/// [`finish_one`]).
+const CLAIMABLE: &str = "SELECT q.id FROM jobs q
        WHERE q.kind = ?1 AND q.state = 'queued' AND q.next_attempt_at <= ?2
          AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
-       ORDER BY q.next_attempt_at, q.id LIMIT ?4)
+       ORDER BY q.next_attempt_at, q.id LIMIT ?3";
+
+/// A claimed job leased until `?3` at `?2`. (`OR FAIL`: see [`finish_one`].)
+const LEASE: &str =
+    "UPDATE OR FAIL jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
+     WHERE id = ?1 AND state = 'queued'
      RETURNING id, kind, key, payload, attempts, idempotency_key";
 
 /// Read connections in the pool.
@@ -2919,9 +2941,9 @@ mod tests {
         {
             let conn = s.w();
             let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {CLAIM}"))
+                .prepare(&format!("EXPLAIN QUERY PLAN {CLAIMABLE}"))
                 .unwrap()
-                .query_map(params!["catalog.product", 0, 0, 8], |r| r.get(3))
+                .query_map(params!["catalog.product", 0, 8], |r| r.get(3))
                 .unwrap()
                 .collect::<Result<_>>()
                 .unwrap();
@@ -3186,12 +3208,14 @@ mod tests {
         // The cached claim was prepared once: a new LIMIT did not make SQLite build it
         // again (which costs as much as the claim itself).
         let conn = store.w();
-        let stmt = conn.prepare_cached(CLAIM).unwrap();
-        assert_eq!(
-            stmt.get_status(rusqlite::StatementStatus::RePrepare),
-            0,
-            "the claim was re-prepared"
-        );
+        for sql in [CLAIMABLE, LEASE] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "the claim was re-prepared"
+            );
+        }
     }
 
     #[test]
@@ -3244,6 +3268,137 @@ mod tests {
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
         assert!(s.retry_later(j.id, "boom", 0, 2).unwrap());
         assert_eq!(s.catalog_counts().unwrap().failed, 1);
+    }
+
+    /// Rows of a name and a number.
+    type Named = Vec<(String, i64)>;
+
+    /// The tallies and the audit spans as kept, and as the tables they count say.
+    fn kept_and_counted(conn: &Connection) -> [(Named, Named); 2] {
+        let rows = |sql: &str| -> Named {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_>>()
+                .unwrap()
+        };
+        [
+            (
+                rows("SELECT name, n FROM tallies WHERE n > 0 ORDER BY name"),
+                rows(
+                    "SELECT name, n FROM (
+                       SELECT 'item_map:' || status AS name, COUNT(*) AS n FROM item_map GROUP BY status
+                       UNION ALL SELECT 'jobs:' || kind || ':' || state, COUNT(*) FROM jobs GROUP BY kind, state
+                       UNION ALL SELECT 'keys:' || kind, COUNT(DISTINCT key) FROM jobs GROUP BY kind)
+                     ORDER BY name",
+                ),
+            ),
+            (
+                rows("SELECT block || ':' || min_at, max_at FROM audit_span ORDER BY block"),
+                rows(
+                    "SELECT (id >> 10) || ':' || MIN(at), MAX(at) FROM audit GROUP BY id >> 10
+                     ORDER BY id >> 10",
+                ),
+            ),
+        ]
+    }
+
+    /// Schema 17: the tallies and the audit spans come through the migration as they
+    /// were, and its triggers (which never fail with ABORT, so the statements firing
+    /// them keep no statement journal) go on counting every write.
+    #[test]
+    fn schema_17_keeps_every_count_and_span_and_goes_on_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let mut conn = Connection::open(dir.path().join("syncctl.db")).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &schema::MIGRATIONS[..16] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 16).unwrap();
+            for (i, state) in ["queued", "leased", "done", "done", "failed"]
+                .iter()
+                .enumerate()
+            {
+                tx.execute(
+                    "INSERT INTO jobs(kind, key, payload, state, next_attempt_at, idempotency_key, created_at, updated_at)
+                     VALUES ('catalog.product', ?1, 'a', 'queued', 0, ?1, 0, 0)",
+                    params![format!("p{i}")],
+                )
+                .unwrap();
+                tx.execute(
+                    "UPDATE jobs SET state = ?2 WHERE key = ?1",
+                    params![format!("p{i}"), state],
+                )
+                .unwrap();
+            }
+            for (p, status) in [("p2", "synced"), ("p3", "pending")] {
+                tx.execute(
+                    "INSERT INTO item_map(product_id, status) VALUES (?1, ?2)",
+                    params![p, status],
+                )
+                .unwrap();
+            }
+            add_spread(&tx, 1..=30, 97);
+            tx.commit().unwrap();
+            kept_and_counted(&conn)
+        };
+        assert_eq!(before[0].0, before[0].1, "schema 16 counted");
+        assert_eq!(before[1].0, before[1].1, "schema 16 spanned");
+        assert_eq!(before[1].0.len(), 3, "{:?}", before[1]);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(kept_and_counted(&s.r()), before, "as they were");
+        // Every per-item write, through the store.
+        s.ingest(
+            &[job("p0", "newer", 2), job("p5", "a", 1), job("p6", "a", 1)],
+            None,
+            None,
+        )
+        .unwrap();
+        // An older version of a job still queued changes nothing of it.
+        s.ingest(&[job("p0", "older", 1)], None, None).unwrap();
+        let jobs = s.claim("catalog.product", 8, 60_000).unwrap();
+        let mut keys: Vec<(&str, Option<&str>)> = jobs
+            .iter()
+            .map(|j| (j.key.as_str(), j.payload.as_deref()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [("p0", Some("newer")), ("p5", Some("a")), ("p6", Some("a"))]
+        );
+        s.mark_creates_pending(&[("p5".into(), "r5".into(), "{}".into())])
+            .unwrap();
+        let item = |j: &Job, n: &str| {
+            Some(ItemMapping {
+                product_id: j.key.clone(),
+                item_id: Some(n.into()),
+                status: "synced".into(),
+                ..Default::default()
+            })
+        };
+        s.finish_jobs(jobs.iter().map(|j| created(j, item(j, &j.key))).collect())
+            .unwrap();
+        s.save_mapping(&ItemMapping {
+            product_id: "p3".into(),
+            status: "rejected".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let [tallies, spans] = kept_and_counted(&s.r());
+        assert_eq!(tallies.0, tallies.1);
+        assert_eq!(spans.0, spans.1);
+        assert!(
+            tallies.0.contains(&("item_map:synced".into(), 4)),
+            "{tallies:?}"
+        );
+        assert!(
+            tallies.0.contains(&("jobs:catalog.product:done".into(), 5)),
+            "{tallies:?}"
+        );
+        let p5 = s.mapping("p5").unwrap().unwrap();
+        assert_eq!((p5.item_id.as_deref(), p5.pending_body), (Some("p5"), None));
     }
 
     #[test]

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Weak};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    CLAIM, Finished, Inner, Job, Result, SqlError, Store, finish_one, now_ms, read_mapping,
-    requeue, storage_error,
+    CLAIMABLE, Finished, Inner, Job, LEASE, Result, SqlError, Store, finish_one, now_ms,
+    read_mapping, requeue, storage_error,
 };
 
 /// Most writes one transaction takes (a bound on how long the first caller waits).
@@ -155,19 +155,29 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
     for id in expired {
         requeue(conn, id, 0, Some("lease expired"), false)?;
     }
-    let mut stmt = conn.prepare_cached(CLAIM)?;
-    stmt.query_map(params![kind, now, now + lease_ms, limit as i64], |row| {
-        Ok(Job {
-            id: row.get(0)?,
-            kind: row.get(1)?,
-            key: row.get(2)?,
-            payload: row.get(3)?,
-            attempts: row.get(4)?,
-            idempotency_key: row.get(5)?,
-            mapping: None,
-        })
-    })?
-    .collect()
+    let ids: Vec<i64> = conn
+        .prepare_cached(CLAIMABLE)?
+        .query_map(params![kind, now, limit as i64], |r| r.get(0))?
+        .collect::<Result<_>>()?;
+    let mut lease = conn.prepare_cached(LEASE)?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let job = lease
+            .query_row(params![id, now, now + lease_ms], |row| {
+                Ok(Job {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    key: row.get(2)?,
+                    payload: row.get(3)?,
+                    attempts: row.get(4)?,
+                    idempotency_key: row.get(5)?,
+                    mapping: None,
+                })
+            })
+            .optional()?;
+        jobs.extend(job);
+    }
+    Ok(jobs)
 }
 
 /// What a caller gets when the writer thread is gone (the store dropped under it).

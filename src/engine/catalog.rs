@@ -1231,14 +1231,14 @@ impl Catalog {
         }
     }
 
-    /// Runs `work` on claimed `jobs`; on a shared queue their leases are extended every
-    /// third of a lease meanwhile (another box takes a job only once its lease ran
-    /// out: a box that died). A job whose lease was lost anyway is not ended by this
-    /// box (its finish is refused).
+    /// Runs `work` on claimed `jobs`; their leases are extended every third of a lease
+    /// meanwhile. A lease that runs out hands its job out again: to another box, on a
+    /// shared queue (a box that died), or to another worker of this one (a claim
+    /// requeues expired leases). A group held up past a lease (heavy throttling, a slow
+    /// QuickBooks) would otherwise be worked on twice at once, and a second Item could
+    /// be created for a product renamed meanwhile. A job whose lease was lost anyway is
+    /// not ended by this box on a shared queue (its finish is refused).
     async fn heartbeating<T>(&self, jobs: &[Job], work: impl std::future::Future<Output = T>) -> T {
-        if !self.queue.is_shared() {
-            return work.await;
-        }
         let lease = self.settings.lease_ms;
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         let every = Duration::from_millis((lease / 3).max(100) as u64);
@@ -1253,7 +1253,7 @@ impl Catalog {
                     let lost = ids.len() - held.len();
                     self.metrics.error(
                         "catalog",
-                        &format!("{lost} job lease(s) ran out and went to another engine"),
+                        &format!("{lost} job lease(s) ran out and were handed out again"),
                     );
                 }
                 Ok(_) => {}
@@ -2193,9 +2193,19 @@ mod tests {
     /// young; once it waited a third of a lease its leases run a lease from now (a job
     /// no longer leased is left out); once it waited a whole lease it is dropped, and
     /// said so (its jobs are the queue's again).
-    #[tokio::test]
-    async fn a_waiting_group_keeps_its_leases_or_is_dropped_once_they_ran_out() {
-        const LEASE: i64 = 60_000;
+    const LEASE: i64 = 60_000;
+
+    /// A catalog on an embedded store (its clients call nowhere: no request is made),
+    /// with three jobs queued (p1, p2, p3) and leases of [`LEASE`].
+    struct Leased {
+        _dir: tempfile::TempDir,
+        store: Store,
+        clock: crate::store::WallClock,
+        queue: JobQueue,
+        catalog: Catalog,
+    }
+
+    async fn leased() -> Leased {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let clock = crate::store::WallClock::default();
@@ -2247,18 +2257,39 @@ mod tests {
             .ingest(&[new("p1"), new("p2"), new("p3")], None, None)
             .await
             .unwrap();
+        Leased {
+            _dir: dir,
+            store,
+            clock,
+            queue,
+            catalog,
+        }
+    }
+
+    /// The lease of job `id`, as the store holds it.
+    fn lease_of(store: &Store, id: i64) -> i64 {
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .query_row("SELECT lease_until FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_waiting_group_keeps_its_leases_or_is_dropped_once_they_ran_out() {
+        let Leased {
+            _dir: _kept,
+            store,
+            clock,
+            queue,
+            catalog,
+        } = leased().await;
         let claimed_ms = clock.now_ms();
         let jobs = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
         assert_eq!(jobs.len(), 3);
         let ids = |jobs: &[Job]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
-        let lease_of = |id: i64| -> i64 {
-            rusqlite::Connection::open(store.path())
-                .unwrap()
-                .query_row("SELECT lease_until FROM jobs WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .unwrap()
-        };
+        let lease_of = |id: i64| lease_of(&store, id);
         let claimed_lease = lease_of(jobs[0].id);
 
         clock.advance(LEASE / 3 - 1_000);
@@ -2291,6 +2322,51 @@ mod tests {
             errors + 1,
             "a dropped group is said"
         );
+    }
+
+    /// A group worked on past a third of its lease keeps its leases on the embedded
+    /// store too: once the lease it was claimed with would have run out, the next claim
+    /// does not hand its jobs out again (another worker would have worked on them at
+    /// the same time).
+    #[tokio::test(start_paused = true)]
+    async fn a_group_worked_on_keeps_its_leases_on_the_embedded_store_too() {
+        let Leased {
+            _dir: _kept,
+            store,
+            clock,
+            queue,
+            catalog,
+        } = leased().await;
+        let jobs = queue.claim(JOB_KIND, 2, LEASE).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        let claimed_lease = lease_of(&store, jobs[0].id);
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let working = catalog.heartbeating(&jobs, finished);
+        let meanwhile = async {
+            // A third of a lease and a second on, by both clocks.
+            clock.advance(LEASE / 3 + 1_000);
+            tokio::time::advance(Duration::from_millis((LEASE / 3 + 1_000) as u64)).await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let asked = clock.now_ms();
+            for job in &jobs {
+                assert!(
+                    lease_of(&store, job.id) >= asked + LEASE - 1_000,
+                    "extended while worked on: {} from {claimed_lease}",
+                    lease_of(&store, job.id)
+                );
+            }
+            // Past the lease it was claimed with: only p3, never claimed, is handed out.
+            clock.advance(LEASE * 2 / 3);
+            assert!(clock.now_ms() > claimed_lease);
+            let again = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+            let keys: Vec<&str> = again.iter().map(|j| j.key.as_str()).collect();
+            assert_eq!(keys, ["p3"], "a job in hand was handed out again");
+            let _ = done.send(());
+        };
+        let (worked, ()) = tokio::join!(working, meanwhile);
+        assert!(worked.is_ok());
     }
 
     #[test]

@@ -1518,15 +1518,17 @@ fn requeue(
     Ok(())
 }
 
-/// One finished job's writes (see [`Store::finish_jobs`]).
-/// A job's end inside the writer's transaction (or a savepoint of it).
+/// One finished job's writes (see [`Store::finish_jobs`]), inside the writer's
+/// transaction (or a savepoint of it).
 ///
 /// The per-item statements of the writer, of ingest and of [`save_mapping`] are `OR
-/// FAIL`: a statement that may fail after a change (a constraint, a trigger) otherwise
-/// keeps a statement journal, a copy of every page it touches first, so that it can be
-/// undone alone inside its transaction (2.5 % of a single-call sync's CPU). Each of
-/// them runs inside a transaction or savepoint that is rolled back whole on any error,
-/// so a failing statement's partial change never stays.
+/// FAIL`, and neither upserts nor fire a trigger that may fail with ABORT (schema 17):
+/// such a statement keeps a statement journal, a copy of every page it touches first,
+/// so that it can be undone alone inside its transaction (8 % of a batched sync's
+/// CPU). Each runs inside a transaction or savepoint that is rolled back whole on any
+/// error, so a failing statement's partial change never stays. (A statement with no
+/// journal that fails for want of disk or memory ends the whole transaction: the
+/// writer's `one_by_one` then answers every write of the group with the error.)
 fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<()> {
     if let Some(m) = &f.mapping {
         save_mapping(conn, m, now)?;
@@ -3133,6 +3135,87 @@ mod tests {
         assert_eq!(s.recent_audit(10, 0).unwrap().len(), 2);
     }
 
+    /// A write of a group that fails for want of disk, in a statement that keeps no
+    /// journal of its own (schema 17), ends the group's whole transaction: every write
+    /// of the group is refused and none is committed (the writer's savepoint-by-savepoint
+    /// second pass once went on outside any transaction, committing the writes after
+    /// the failed one while telling their callers they failed). With room again, the
+    /// same writes go in.
+    #[test]
+    fn a_write_that_finds_the_disk_full_refuses_its_whole_group() {
+        let (_dir, s) = store();
+        for k in ["p1", "p2", "p3", "p4"] {
+            s.ingest(&[job(k, "a", 1)], None, None).unwrap();
+        }
+        let jobs = s.claim("catalog.product", 3, 60_000).unwrap();
+        assert_eq!(jobs.len(), 3);
+        let mapped = |j: &Job, name: String| {
+            created(
+                j,
+                Some(ItemMapping {
+                    product_id: j.key.clone(),
+                    item_id: Some(format!("item-{}", j.key)),
+                    item_name: Some(name),
+                    status: "synced".into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        let pages: i64 = s
+            .w()
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        // Room for small writes, not for a mapping of 400 KiB.
+        s.w()
+            .pragma_update(None, "max_page_count", pages + 20)
+            .unwrap();
+        // Three ends held for the claim's company, then the claim: one group.
+        s.set_linger(std::time::Duration::from_secs(600));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ends: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let name = match i {
+                    1 => "x".repeat(400 << 10),
+                    _ => j.key.clone(),
+                };
+                s.finish_jobs_sent(vec![mapped(j, name)])
+            })
+            .collect();
+        let claimed = s.claim("catalog.product", 8, 60_000);
+        let ended: Vec<Result<()>> = ends.into_iter().map(|e| rt.block_on(e)).collect();
+        assert!(claimed.is_err(), "{claimed:?}");
+        assert!(ended.iter().all(Result::is_err), "{ended:?}");
+        for k in ["p1", "p2", "p3"] {
+            assert!(s.mapping(k).unwrap().is_none(), "{k} was written");
+        }
+        let c = s.queue_counts("catalog.product").unwrap();
+        assert_eq!(
+            (c.in_flight, c.queued),
+            (3, 1),
+            "nothing of the group stands"
+        );
+        // Room again: the same writes go in.
+        s.w()
+            .pragma_update(None, "max_page_count", 1_073_741_823)
+            .unwrap();
+        s.set_linger(std::time::Duration::from_millis(1));
+        for (i, j) in jobs.iter().enumerate() {
+            let name = if i == 1 {
+                "x".repeat(400 << 10)
+            } else {
+                j.key.clone()
+            };
+            rt.block_on(s.finish_jobs_sent(vec![mapped(j, name)]))
+                .unwrap();
+        }
+        assert_eq!(s.claim("catalog.product", 8, 60_000).unwrap().len(), 1);
+        assert!(s.mapping("p2").unwrap().is_some());
+    }
+
     /// A claim that reads mappings returns each job's as the claim's own transaction
     /// saw it: the Item, a pending create, or none (read, and there is none).
     #[test]
@@ -3304,9 +3387,9 @@ mod tests {
         ]
     }
 
-    /// Schema 17: the tallies and the audit spans come through the migration as they
-    /// were, and its triggers (which never fail with ABORT, so the statements firing
-    /// them keep no statement journal) go on counting every write.
+    /// Schema 17: the tallies (and the audit spans beside them) come through the
+    /// migration as they were, and its triggers (which never fail with ABORT, so the
+    /// statements firing them keep no statement journal) go on counting every write.
     #[test]
     fn schema_17_keeps_every_count_and_span_and_goes_on_counting() {
         let dir = tempfile::tempdir().unwrap();

@@ -331,15 +331,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "DROP INDEX jobs_key_state;
      CREATE INDEX jobs_key ON jobs(kind, key);
      CREATE INDEX jobs_leased_key ON jobs(kind, key) WHERE state = 'leased';",
-    // 17: the triggers every per-item write fires (the tallies', the audit spans')
-    // never fail with ABORT. One that may (an upsert's update of a NOT NULL column, a
-    // function call, an explicit INTEGER PRIMARY KEY) made each statement that fires
-    // it keep a statement journal: a copy of every page it touched first, made so the
-    // statement alone could be undone (8 % of a batched sync's CPU). The counts and
-    // the spans are no longer NOT NULL (they are written from themselves and from
-    // NOT NULL columns only), the spans are keyed WITHOUT ROWID, and min()/max() are
-    // CASEs. The statements that fire them are `OR FAIL`, each inside a transaction
-    // that is rolled back whole on any error.
+    // 17: the tallies' triggers, which every write of a job or a mapping fires, never
+    // fail with ABORT. One that may (here: an upsert's update of a NOT NULL column)
+    // made each statement that fires it keep a statement journal: a copy of every
+    // page it touched first, made so the statement alone could be undone (8 % of a
+    // batched sync's CPU, with the audit spans'). The counts are no longer NOT NULL
+    // (each is written from itself, or as 1). The statements that fire them are `OR
+    // FAIL`, each inside a transaction that is rolled back whole on any error. (The
+    // audit spans' trigger still may: its block is an INTEGER PRIMARY KEY, and kept
+    // WITHOUT ROWID instead the time-range reads sorted their pages again.)
     "DROP TRIGGER jobs_tally_insert;
      DROP TRIGGER jobs_tally_state;
      DROP TRIGGER jobs_tally_delete;
@@ -350,8 +350,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
      DROP TRIGGER invoices_tally_insert;
      DROP TRIGGER invoices_tally_status;
      DROP TRIGGER invoices_tally_delete;
-     DROP TRIGGER audit_span_insert;
-     DROP TRIGGER audit_span_update;
      CREATE TABLE tallies_17 (
         name TEXT PRIMARY KEY,
         n INTEGER
@@ -359,14 +357,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
      INSERT INTO tallies_17(name, n) SELECT name, n FROM tallies;
      DROP TABLE tallies;
      ALTER TABLE tallies_17 RENAME TO tallies;
-     CREATE TABLE audit_span_17 (
-        block INTEGER PRIMARY KEY,
-        min_at INTEGER,
-        max_at INTEGER
-     ) WITHOUT ROWID;
-     INSERT INTO audit_span_17(block, min_at, max_at) SELECT block, min_at, max_at FROM audit_span;
-     DROP TABLE audit_span;
-     ALTER TABLE audit_span_17 RENAME TO audit_span;
      CREATE TRIGGER jobs_tally_insert AFTER INSERT ON jobs BEGIN
         INSERT INTO tallies(name, n) VALUES ('jobs:' || NEW.kind || ':' || NEW.state, 1)
           ON CONFLICT(name) DO UPDATE SET n = n + 1;
@@ -409,18 +399,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
      END;
      CREATE TRIGGER invoices_tally_delete AFTER DELETE ON invoices BEGIN
         UPDATE tallies SET n = n - 1 WHERE name = 'invoices:' || OLD.status;
-     END;
-     CREATE TRIGGER audit_span_insert AFTER INSERT ON audit BEGIN
-        INSERT INTO audit_span(block, min_at, max_at) VALUES (NEW.id >> 10, NEW.at, NEW.at)
-          ON CONFLICT(block) DO UPDATE SET
-            min_at = CASE WHEN excluded.min_at < min_at THEN excluded.min_at ELSE min_at END,
-            max_at = CASE WHEN excluded.max_at > max_at THEN excluded.max_at ELSE max_at END;
-     END;
-     CREATE TRIGGER audit_span_update AFTER UPDATE OF id, at ON audit BEGIN
-        INSERT INTO audit_span(block, min_at, max_at) VALUES (NEW.id >> 10, NEW.at, NEW.at)
-          ON CONFLICT(block) DO UPDATE SET
-            min_at = CASE WHEN excluded.min_at < min_at THEN excluded.min_at ELSE min_at END,
-            max_at = CASE WHEN excluded.max_at > max_at THEN excluded.max_at ELSE max_at END;
      END;",
 ];
 

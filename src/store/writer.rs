@@ -319,6 +319,13 @@ fn one_by_one(
                 }
                 Err(e) => {
                     drop(sp);
+                    if tx.is_autocommit() {
+                        // The failure ended the whole transaction, not the savepoint
+                        // (a full disk, no memory: SQLite rolls all of it back when
+                        // the statement kept no journal of its own). Nothing of the
+                        // group stands: every caller is told.
+                        return Err(e);
+                    }
                     each.push(Err(copy(&e)));
                 }
             }

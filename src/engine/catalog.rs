@@ -2189,10 +2189,6 @@ fn backoff(attempt: u32, seed: i64) -> Duration {
 mod tests {
     use super::*;
 
-    /// A group claimed ahead that waited for a worker: worked on as claimed while
-    /// young; once it waited a third of a lease its leases run a lease from now (a job
-    /// no longer leased is left out); once it waited a whole lease it is dropped, and
-    /// said so (its jobs are the queue's again).
     const LEASE: i64 = 60_000;
 
     /// A catalog on an embedded store (its clients call nowhere: no request is made),
@@ -2276,6 +2272,10 @@ mod tests {
             .unwrap()
     }
 
+    /// A group claimed ahead that waited for a worker: worked on as claimed while
+    /// young; once it waited a third of a lease its leases run a lease from now (a job
+    /// no longer leased is left out); once it waited a whole lease it is dropped, and
+    /// said so (its jobs are the queue's again).
     #[tokio::test]
     async fn a_waiting_group_keeps_its_leases_or_is_dropped_once_they_ran_out() {
         let Leased {

@@ -1522,8 +1522,9 @@ fn requeue(
 /// transaction (or a savepoint of it).
 ///
 /// The per-item statements of the writer, of ingest and of [`save_mapping`] are `OR
-/// FAIL`, and neither upserts nor fire a trigger that may fail with ABORT (schema 17):
-/// such a statement keeps a statement journal, a copy of every page it touches first,
+/// FAIL`, and neither upserts nor fire a trigger that may fail with ABORT (schema 17;
+/// all but the audit line's insert, whose span's block is an INTEGER PRIMARY KEY): such
+/// a statement keeps a statement journal, a copy of every page it touches first,
 /// so that it can be undone alone inside its transaction (8 % of a batched sync's
 /// CPU). Each runs inside a transaction or savepoint that is rolled back whole on any
 /// error, so a failing statement's partial change never stays. (A statement with no

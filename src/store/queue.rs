@@ -121,8 +121,8 @@ impl JobQueue {
         self
     }
 
-    /// Whether other processes share this queue (Postgres): claims then need heartbeats,
-    /// and wake-ups come from other boxes too.
+    /// Whether other processes share this queue (Postgres): a job whose lease runs out
+    /// goes to another box, and wake-ups come from other boxes too.
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres { .. })
     }

@@ -145,7 +145,8 @@ impl GroupWrite {
 
 /// Expired leases of `kind` back to the queue, then the claim itself.
 fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -> Result<Vec<Job>> {
-    // An expired lease (a hung worker) is claimable again.
+    // An expired lease is claimable again (its group's worker stopped extending it:
+    // it ended without recording its jobs, or it hangs).
     let expired: Vec<i64> = conn
         .prepare_cached(
             "SELECT id FROM jobs WHERE kind=?1 AND state='leased' AND lease_until < ?2",

@@ -1074,13 +1074,24 @@ impl Store {
             // Each segment's leaf pages: FTS5 numbers them from its id (`segid << 37`
             // + page; a merge trims a segment's first pages as it goes). Its rows in
             // `_idx` are no measure: a page that only goes on with one trigram's list
-            // has none, and most of a large segment's pages do.
+            // has none, and most of a large segment's pages do. Read by seeks alone
+            // (the segments one after the other, each edge apart): a DISTINCT over
+            // `_idx` and a max() - min() over a segment's pages read every one of
+            // them, 160 ms of an idle engine's every 2 s on a 1M-entry trail.
             let sizes: Vec<i64> = conn
                 .prepare_cached(
-                    "SELECT COALESCE((SELECT max(id) - min(id) + 1 FROM audit_search_data
-                                      WHERE id BETWEEN (s.segid << 37)
-                                                   AND (s.segid << 37) + 2147483647), 0)
-                     FROM (SELECT DISTINCT segid FROM audit_search_idx) s",
+                    "WITH RECURSIVE seg(id) AS (
+                       SELECT (SELECT min(segid) FROM audit_search_idx)
+                       UNION ALL
+                       SELECT (SELECT min(segid) FROM audit_search_idx WHERE segid > seg.id)
+                       FROM seg WHERE seg.id IS NOT NULL)
+                     SELECT COALESCE(
+                       (SELECT max(id) FROM audit_search_data
+                        WHERE id BETWEEN (seg.id << 37) AND (seg.id << 37) + 2147483647)
+                       - (SELECT min(id) FROM audit_search_data
+                          WHERE id BETWEEN (seg.id << 37) AND (seg.id << 37) + 2147483647)
+                       + 1, 0)
+                     FROM seg WHERE seg.id IS NOT NULL",
                 )?
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_>>()?;

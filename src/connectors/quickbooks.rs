@@ -238,16 +238,25 @@ struct TypedQuery {
     item: Option<Vec<Item>>,
 }
 
-/// A batch answer as it comes as a rule: HTTP 2xx, a `BatchItemResponse` and no Fault
-/// around it.
+/// An answer as it comes as a rule, decoded straight from the text: an Item, or a
+/// batch's entries, and no Fault around it.
 #[derive(Deserialize)]
-struct TypedBatch {
+struct Plain {
+    #[serde(rename = "Item")]
+    item: Option<Item>,
     #[serde(rename = "BatchItemResponse")]
-    answers: Vec<TypedAnswer>,
+    answers: Option<Vec<TypedAnswer>>,
     #[serde(rename = "Fault")]
     fault: Option<serde::de::IgnoredAny>,
     #[serde(rename = "fault")]
     fault_lower: Option<serde::de::IgnoredAny>,
+}
+
+/// `text` as [`Plain`] when it is one (HTTP 2xx, no Fault, every part of the expected
+/// shape); else `None`, for [`parse_response`] to read.
+fn plain(status: u16, text: &str) -> Option<Plain> {
+    let p = serde_json::from_str::<Plain>(text).ok()?;
+    ((200..300).contains(&status) && p.fault.is_none() && p.fault_lower.is_none()).then_some(p)
 }
 
 /// What a batch request's exchange gave: its entries decoded at once, or (anything
@@ -258,12 +267,12 @@ enum BatchReply {
 }
 
 fn parse_batch_response(status: u16, text: &str) -> Result<BatchReply, QbError> {
-    if (200..300).contains(&status)
-        && let Ok(b) = serde_json::from_str::<TypedBatch>(text)
-        && b.fault.is_none()
-        && b.fault_lower.is_none()
+    if let Some(Plain {
+        answers: Some(answers),
+        ..
+    }) = plain(status, text)
     {
-        return Ok(BatchReply::Typed(b.answers));
+        return Ok(BatchReply::Typed(answers));
     }
     parse_response(status, text).map(BatchReply::Tree)
 }
@@ -1142,26 +1151,14 @@ fn batch_answer(a: &Value) -> BatchAnswer {
     }
 }
 
-/// An answer of one Item as it comes as a rule: HTTP 2xx, an `Item` and no Fault.
-#[derive(Deserialize)]
-struct TypedItem {
-    #[serde(rename = "Item")]
-    item: Item,
-    #[serde(rename = "Fault")]
-    fault: Option<serde::de::IgnoredAny>,
-    #[serde(rename = "fault")]
-    fault_lower: Option<serde::de::IgnoredAny>,
-}
-
 /// An answer of one Item, decoded straight from the text; anything else (a Fault, an
 /// Item of an unexpected shape) as [`parse_response`] and [`item_of`] read it.
 fn parse_item_response(status: u16, text: &str) -> Result<Item, QbError> {
-    if (200..300).contains(&status)
-        && let Ok(t) = serde_json::from_str::<TypedItem>(text)
-        && t.fault.is_none()
-        && t.fault_lower.is_none()
+    if let Some(Plain {
+        item: Some(item), ..
+    }) = plain(status, text)
     {
-        return Ok(t.item);
+        return Ok(item);
     }
     item_of(&parse_response(status, text)?)
 }

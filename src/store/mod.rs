@@ -539,8 +539,9 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?1 || ':' || ?2, ?5, ?5)",
                 )?;
                 for job in jobs {
-                    if newer.execute(params![job.kind, job.key, job.payload, job.version, now])? == 0 {
-                        insert.execute(params![job.kind, job.key, job.payload, job.version, now])?;
+                    let values = params![job.kind, job.key, job.payload, job.version, now];
+                    if newer.execute(values)? == 0 {
+                        insert.execute(values)?;
                     }
                 }
             }
@@ -1533,9 +1534,9 @@ fn requeue(
 /// transaction (or a savepoint of it).
 ///
 /// The per-item statements of the writer, of ingest and of [`save_mapping`] are `OR
-/// FAIL`, and neither upserts nor fire a trigger that may fail with ABORT (schema 17;
-/// all but the audit line's insert, whose span's block is an INTEGER PRIMARY KEY): such
-/// a statement keeps a statement journal, a copy of every page it touches first,
+/// FAIL`, and neither upsert a NOT NULL column nor fire a trigger that may fail with
+/// ABORT (schema 17; all but the audit line's insert, whose span's block is an INTEGER
+/// PRIMARY KEY): such a statement keeps a statement journal, a copy of every page it touches first,
 /// so that it can be undone alone inside its transaction (8 % of a batched sync's
 /// CPU). Each runs inside a transaction or savepoint that is rolled back whole on any
 /// error, so a failing statement's partial change never stays. (A statement with no
@@ -3161,7 +3162,12 @@ mod tests {
         }
         let jobs = s.claim("catalog.product", 3, 60_000).unwrap();
         assert_eq!(jobs.len(), 3);
-        let mapped = |j: &Job, name: String| {
+        // The second job's mapping is 400 KiB.
+        let mapped = |i: usize, j: &Job| {
+            let name = match i {
+                1 => "x".repeat(400 << 10),
+                _ => j.key.clone(),
+            };
             created(
                 j,
                 Some(ItemMapping {
@@ -3189,13 +3195,7 @@ mod tests {
         let ends: Vec<_> = jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| {
-                let name = match i {
-                    1 => "x".repeat(400 << 10),
-                    _ => j.key.clone(),
-                };
-                s.finish_jobs_sent(vec![mapped(j, name)])
-            })
+            .map(|(i, j)| s.finish_jobs_sent(vec![mapped(i, j)]))
             .collect();
         let claimed = s.claim("catalog.product", 8, 60_000);
         let ended: Vec<Result<()>> = ends.into_iter().map(|e| rt.block_on(e)).collect();
@@ -3216,13 +3216,7 @@ mod tests {
             .unwrap();
         s.set_linger(std::time::Duration::from_millis(1));
         for (i, j) in jobs.iter().enumerate() {
-            let name = if i == 1 {
-                "x".repeat(400 << 10)
-            } else {
-                j.key.clone()
-            };
-            rt.block_on(s.finish_jobs_sent(vec![mapped(j, name)]))
-                .unwrap();
+            rt.block_on(s.finish_jobs_sent(vec![mapped(i, j)])).unwrap();
         }
         assert_eq!(s.claim("catalog.product", 8, 60_000).unwrap().len(), 1);
         assert!(s.mapping("p2").unwrap().is_some());

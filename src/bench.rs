@@ -184,6 +184,7 @@ async fn sync_once(
     let threads = sandbox_threads(RUNS.load(Ordering::Relaxed));
     let (cpu0, sb0) = (cpu_ticks(), thread_ticks(&threads));
     let started = Instant::now();
+    let started_ms = crate::store::now_ms();
     // (Awaited before the sandbox ends whatever it returns: a runtime dropped in async
     // context on an error's way out panicked instead of saying what failed.)
     let measured = async {
@@ -205,7 +206,14 @@ async fn sync_once(
     .await;
     sandbox.shutdown().await;
     end_sandbox(rt).await;
-    let (elapsed, cpu1, sb1, stats) = measured?;
+    let (seen, cpu1, sb1, stats) = measured?;
+    // The snapshot that shows the sync done comes at the publisher's next tick (every
+    // 250 ms), a quarter of a short run: the sync is timed to its last job's end, as
+    // the store holds it.
+    let elapsed = last_job_ended_ms(tmp.path())
+        .map(|at| Duration::from_millis((at - started_ms).max(1) as u64))
+        .unwrap_or(seen)
+        .min(seen);
     let per_item = |ticks: u64| ticks as f64 * 1000.0 / TICKS_PER_SEC / products as f64;
     let run = SyncRun {
         items_per_sec: products as f64 / elapsed.as_secs_f64(),
@@ -215,8 +223,9 @@ async fn sync_once(
     let qb = &stats["quickbooks"];
     let n = |k: &str| qb[k].as_u64().unwrap_or(0);
     println!(
-        "  engine:  {products} items in {:.2} s = {:.0} items/s; engine CPU {:.3} ms per item (sandbox {:.3} ms)",
+        "  engine:  {products} items in {:.2} s to the last job's end (seen done at {:.2} s) = {:.0} items/s; engine CPU {:.3} ms per item (sandbox {:.3} ms)",
         elapsed.as_secs_f64(),
+        seen.as_secs_f64(),
         run.items_per_sec,
         run.engine_ms_per_item,
         run.sandbox_ms_per_item
@@ -237,6 +246,17 @@ async fn sync_once(
         n("quota_units") as f64 / products as f64
     );
     Ok(run)
+}
+
+/// When the last catalog job of the store in `dir` ended (its `updated_at`, ms).
+fn last_job_ended_ms(dir: &std::path::Path) -> Option<i64> {
+    let db = rusqlite::Connection::open(dir.join("syncctl.db")).ok()?;
+    db.query_row(
+        "SELECT max(updated_at) FROM jobs WHERE kind = ?1 AND state = 'done'",
+        [crate::engine::catalog::JOB_KIND],
+        |r| r.get(0),
+    )
+    .ok()?
 }
 
 pub async fn catalog(

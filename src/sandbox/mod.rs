@@ -440,6 +440,14 @@ pub struct World {
     /// case-insensitively, inactive Items included). Rebuilt at load.
     #[serde(skip)]
     pub name_index: HashMap<String, usize>,
+    /// Product id → index in `products` and price id → index in `prices` (both are only
+    /// ever appended to), as the real service finds an object by id without a scan: a
+    /// listing page expands each product's price, and a scan for each made listing a
+    /// catalog quadratic. Rebuilt at load.
+    #[serde(skip)]
+    product_index: HashMap<String, usize>,
+    #[serde(skip)]
+    price_index: HashMap<String, usize>,
 }
 
 /// One journal line: an upsert of one object, replayed in order at load.
@@ -485,6 +493,8 @@ impl World {
             access_tokens: HashMap::new(),
             counters: Counters::default(),
             name_index: HashMap::new(),
+            product_index: HashMap::with_capacity(products),
+            price_index: HashMap::with_capacity(products),
         };
         let start = world.now() - products as i64 - 86_400;
         for i in 0..products {
@@ -494,7 +504,7 @@ impl World {
             let default_price = g.price.map(|(amount, currency)| {
                 let price_id = world.rng.stripe_id("price");
                 world.seq += 1;
-                world.prices.push(Price {
+                world.push_price(Price {
                     id: price_id.clone(),
                     product: id.clone(),
                     unit_amount: amount,
@@ -506,7 +516,7 @@ impl World {
                 price_id
             });
             world.seq += 1;
-            world.products.push(Product {
+            world.push_product(Product {
                 id,
                 name: g.name,
                 description: g.description,
@@ -532,6 +542,32 @@ impl World {
             .enumerate()
             .map(|(i, item)| (item.name.to_lowercase(), i))
             .collect();
+        self.product_index = self
+            .products
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        self.price_index = self
+            .prices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+    }
+
+    fn push_product(&mut self, p: Product) {
+        self.product_index.insert(p.id.clone(), self.products.len());
+        self.products.push(p);
+    }
+
+    fn push_price(&mut self, p: Price) {
+        self.price_index.insert(p.id.clone(), self.prices.len());
+        self.prices.push(p);
+    }
+
+    fn product_at(&self, id: &str) -> Option<usize> {
+        self.product_index.get(id).copied()
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -540,11 +576,11 @@ impl World {
     }
 
     pub fn product(&self, id: &str) -> Option<&Product> {
-        self.products.iter().find(|p| p.id == id)
+        self.product_at(id).map(|i| &self.products[i])
     }
 
     pub fn price(&self, id: &str) -> Option<&Price> {
-        self.prices.iter().find(|p| p.id == id)
+        self.price_index.get(id).map(|&i| &self.prices[i])
     }
 
     fn meta(&self) -> Entry {
@@ -575,13 +611,13 @@ impl World {
 
     fn apply(&mut self, entry: Entry) {
         match entry {
-            Entry::Product(p) => match self.products.iter_mut().find(|x| x.id == p.id) {
-                Some(x) => *x = p,
-                None => self.products.push(p),
+            Entry::Product(p) => match self.product_at(&p.id) {
+                Some(i) => self.products[i] = p,
+                None => self.push_product(p),
             },
-            Entry::Price(p) => match self.prices.iter_mut().find(|x| x.id == p.id) {
-                Some(x) => *x = p,
-                None => self.prices.push(p),
+            Entry::Price(p) => match self.price_index.get(&p.id) {
+                Some(&i) => self.prices[i] = p,
+                None => self.push_price(p),
             },
             Entry::Event(e) => self.keep_event(e),
             Entry::Item(item) => {
@@ -1164,7 +1200,7 @@ impl Sandbox {
                 created: now,
                 seq: tx.world.next_seq(),
             };
-            tx.world.prices.push(price.clone());
+            tx.world.push_price(price.clone());
             tx.record(Entry::Price(price.clone()));
             self.emit(tx, "price.created", price_json(&price), None);
             price.id
@@ -1179,7 +1215,7 @@ impl Sandbox {
             updated: now,
             seq: tx.world.next_seq(),
         };
-        tx.world.products.push(product.clone());
+        tx.world.push_product(product.clone());
         tx.record(Entry::Product(product.clone()));
         let object = tx.world.product_json(&product, false);
         self.emit(tx, "product.created", object, None);
@@ -1189,7 +1225,7 @@ impl Sandbox {
     /// Changes a product (a new price is a new Price object, as in Stripe).
     pub fn update_product(&self, tx: &mut WorldTx<'_>, id: &str, change: ProductChange) -> bool {
         let now = tx.world.now();
-        let Some(idx) = tx.world.products.iter().position(|p| p.id == id) else {
+        let Some(idx) = tx.world.product_at(id) else {
             return false;
         };
         let mut previous = serde_json::Map::new();
@@ -1203,7 +1239,7 @@ impl Sandbox {
                 created: now,
                 seq: tx.world.next_seq(),
             };
-            tx.world.prices.push(price.clone());
+            tx.world.push_price(price.clone());
             tx.record(Entry::Price(price.clone()));
             self.emit(tx, "price.created", price_json(&price), None);
             let p = &mut tx.world.products[idx];
@@ -1434,6 +1470,9 @@ fn load(dir: &Path) -> anyhow::Result<Option<World>> {
     let mut world: World =
         serde_json::from_reader(std::io::BufReader::new(std::fs::File::open(&snap)?))
             .map_err(|e| anyhow::anyhow!("{}: {e}", snap.display()))?;
+    // (Indexed before the journal is replayed: a replayed product or price is found
+    // by its id, and the Item names indexed again after.)
+    world.reindex();
     let journal = dir.join("journal.jsonl");
     if let Ok(text) = std::fs::read_to_string(&journal) {
         for line in text.lines() {
@@ -2004,6 +2043,67 @@ mod tests {
         let back: World = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
         assert_eq!(back.events.len(), EVENTS_KEPT);
         assert_eq!(event_json(back.events.back().unwrap()), json);
+    }
+
+    #[test]
+    fn products_and_prices_are_found_by_id_after_changes_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SandboxOptions {
+            products: 50,
+            dir: Some(dir.path().to_owned()),
+            ..SandboxOptions::default()
+        };
+        let price_of = |w: &World, id: &str| {
+            let p = w.product(id).unwrap();
+            assert_eq!(p.id, id);
+            let price = w.price(p.default_price.as_deref().unwrap()).unwrap();
+            assert_eq!(price.product, id);
+            (p.name.clone(), price.unit_amount, price.currency.clone())
+        };
+        let (created, changed) = {
+            let s = Sandbox::open(&opts).unwrap();
+            let mut tx = s.lock();
+            let created = s.create_product(&mut tx, "Nuevo".into(), Some((1200, "cop".into())));
+            let changed = tx.world.products[7].id.clone();
+            assert!(s.update_product(
+                &mut tx,
+                &changed,
+                ProductChange {
+                    name: Some("Renombrado".into()),
+                    price: Some((990, "usd".into())),
+                    ..ProductChange::default()
+                },
+            ));
+            assert!(!s.update_product(&mut tx, "prod_nope", ProductChange::default()));
+            assert_eq!(
+                price_of(&tx.world, &created),
+                ("Nuevo".into(), 1200, "cop".into())
+            );
+            tx.commit();
+            (created, changed)
+        };
+        // Reopened: the snapshot and the journal's products and prices are found by id,
+        // a changed product once (replaced where it was, not appended), with its new price.
+        let s = Sandbox::open(&opts).unwrap();
+        let mut tx = s.lock();
+        assert_eq!(tx.world.products.len(), 51);
+        assert_eq!(tx.world.products[7].id, changed);
+        assert_eq!(
+            price_of(&tx.world, &created),
+            ("Nuevo".into(), 1200, "cop".into())
+        );
+        assert_eq!(
+            price_of(&tx.world, &changed),
+            ("Renombrado".into(), 990, "usd".into())
+        );
+        for i in [0, 25, 49] {
+            let id = tx.world.products[i].id.clone();
+            assert_eq!(tx.world.product(&id).unwrap().seq, tx.world.products[i].seq);
+        }
+        // And what is added after the restart is found too.
+        let later = s.create_product(&mut tx, "Después".into(), Some((5, "cop".into())));
+        assert_eq!(price_of(&tx.world, &later).0, "Después");
+        assert!(tx.world.product("prod_nope").is_none() && tx.world.price("price_nope").is_none());
     }
 
     #[test]

@@ -1729,6 +1729,15 @@ const BY_BLOCK: &str =
 type IdBound = (&'static str, Option<rusqlite::types::Value>);
 
 impl AuditSource {
+    /// Reads only rows holding each of `words` (case-insensitive), checked row by row.
+    fn check_words(&mut self, words: &[&str]) {
+        for w in words {
+            self.sql
+                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
+            self.args.push(fold(w).into());
+        }
+    }
+
     /// Reads only ids at or above every bound of `from` and below every bound of
     /// `below`: one condition a side (of two on the rowid, SQLite seeks to one and
     /// checks the other row by row), on the id as this source holds it (the text
@@ -1849,66 +1858,63 @@ fn audit_where(f: &AuditFilter, paged: bool) -> AuditWhere {
         // The trigram index drives the read (in its rowid order) over what it holds;
         // the entries written since it was last fed (a few seconds' worth, or all of
         // them while a rebuilt index catches up) are scanned.
-        let phrase = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
-        // An id's own part (`299990` of `prod_299990`, `Va5I9xQlEj6dmx` of a Stripe
-        // id): its prefix's trigrams are in every entry of the kind, and FTS5 reads a
-        // phrase's rarest trigram no sooner than its others. A part of four characters
-        // or more is rare: the index is asked for it alone, and every word is checked
-        // on the rows it finds (as on the rows not yet indexed). A word as common as
-        // `created` asked of the index beside it read its whole doclist: 2.5× the time
-        // on a 1M-entry trail. What it costs at most: a check of each row holding the
-        // part. A shorter part is asked with the whole words (both implied by them:
-        // the rows found are the same).
-        let rare: Vec<String> = long
-            .iter()
-            .filter_map(|w| id_part(w))
-            .filter(|part| part.chars().count() >= 4)
-            .map(phrase)
-            .collect();
-        let (matching, checked): (Vec<String>, &[&str]) = if rare.is_empty() {
-            let all = long
-                .iter()
-                .filter_map(|w| id_part(w).map(phrase))
-                .chain(long.iter().map(|w| phrase(w)))
-                .collect();
-            (all, &[])
-        } else {
-            (rare, &long)
-        };
         let mut tail = scan();
-        for w in &long {
-            tail.sql
-                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
-            tail.args.push(fold(w).into());
-        }
+        tail.check_words(&long);
         let unindexed = [("(SELECT upto FROM audit_indexed) + 1", None)];
         tail.ids_between(&[&unindexed[..], &from].concat(), &below);
         // The index is keyed by the id negated: newest first is its ascending order,
         // from the newest of what it holds (up to `upto`), the page's start and the
         // time range's end, up to the time range's start.
-        const INDEXED: &str = "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid";
-        let mut indexed = AuditSource {
-            from: INDEXED,
-            count_from: if checked.is_empty() {
-                "audit_search"
-            } else {
-                INDEXED
-            },
-            newest_first: "audit_search.rowid",
-            sql: " AND audit_search MATCH ?".to_owned(),
-            args: vec![matching.join(" AND ").into()],
-        };
-        for w in checked {
-            indexed
-                .sql
-                .push_str(&format!(" AND instr({AUDIT_TEXT}, ?) > 0"));
-            indexed.args.push(fold(w).into());
-        }
+        let mut indexed = text_index(&long);
         let held = [("(SELECT upto FROM audit_indexed) + 1", None)];
         indexed.ids_between(&from, &[&held[..], &below].concat());
         vec![indexed, tail]
     };
     AuditWhere { sources, sql, args }
+}
+
+/// The trigram index's read of the entries holding every word of `long` (three
+/// characters or more), joined to their rows, its id bounds still to add.
+fn text_index(long: &[&str]) -> AuditSource {
+    let phrase = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
+    // An id's own part (`299990` of `prod_299990`, `Va5I9xQlEj6dmx` of a Stripe id):
+    // its prefix's trigrams are in every entry of the kind, and FTS5 reads a phrase's
+    // rarest trigram no sooner than its others. A part of four characters or more is
+    // rare: the index is asked for it alone, and every word is checked on the rows it
+    // finds (as on the rows not yet indexed). A word as common as `created` asked of
+    // the index beside it read its whole doclist: 2.5× the time on a 1M-entry trail.
+    // What it costs at most: a check of each row holding the part. A shorter part is
+    // asked with the whole words (both implied by them: the rows found are the same).
+    let rare: Vec<String> = long
+        .iter()
+        .filter_map(|w| id_part(w))
+        .filter(|part| part.chars().count() >= 4)
+        .map(phrase)
+        .collect();
+    let (matching, checked): (Vec<String>, &[&str]) = if rare.is_empty() {
+        let all = long
+            .iter()
+            .filter_map(|w| id_part(w).map(phrase))
+            .chain(long.iter().map(|w| phrase(w)))
+            .collect();
+        (all, &[])
+    } else {
+        (rare, long)
+    };
+    const INDEXED: &str = "audit_search CROSS JOIN audit a ON a.id = -audit_search.rowid";
+    let mut indexed = AuditSource {
+        from: INDEXED,
+        count_from: if checked.is_empty() {
+            "audit_search"
+        } else {
+            INDEXED
+        },
+        newest_first: "audit_search.rowid",
+        sql: " AND audit_search MATCH ?".to_owned(),
+        args: vec![matching.join(" AND ").into()],
+    };
+    indexed.check_words(checked);
+    indexed
 }
 
 /// The part of an id-like word after its prefix (`prod_`, `in_`, `cus_`): three
@@ -2873,11 +2879,8 @@ mod tests {
         assert_eq!(count("PROD_29"), 11);
     }
 
-    /// A rare id part (four characters or more) is the only thing asked of the index;
-    /// every word is checked on the rows it finds. Pages and totals are the same as a
-    /// scan of the trail finds, with the index or without it.
     #[test]
-    fn a_rare_id_part_is_asked_alone_and_the_same_rows_come_back() {
+    fn what_the_text_index_is_asked() {
         let asked = |words: &str| {
             let w = audit_where(
                 &AuditFilter {
@@ -2894,6 +2897,13 @@ mod tests {
             "\"299\" AND \"prod_299\" AND \"created\"".to_owned().into(),
             "a short part is asked with the words"
         );
+    }
+
+    /// A rare id part (four characters or more) is the only thing asked of the index;
+    /// every word is checked on the rows it finds. Pages and totals are the same as a
+    /// scan of the trail finds, with the index or without it.
+    #[test]
+    fn a_rare_id_part_is_asked_alone_and_the_same_rows_come_back() {
         let ((_a, indexed), (_b, scanned)) = (store(), store());
         for s in [&indexed, &scanned] {
             for i in 0..600 {

@@ -248,11 +248,12 @@ async fn sync_once(
     Ok(run)
 }
 
-/// When the last catalog job of the store in `dir` ended (its `updated_at`, ms).
+/// When the last catalog job of the store in `dir` ended (its `updated_at`, ms): done,
+/// rejected or failed, as [`synced`] counts them.
 fn last_job_ended_ms(dir: &std::path::Path) -> Option<i64> {
     let db = rusqlite::Connection::open(dir.join("syncctl.db")).ok()?;
     db.query_row(
-        "SELECT max(updated_at) FROM jobs WHERE kind = ?1 AND state = 'done'",
+        "SELECT max(updated_at) FROM jobs WHERE kind = ?1 AND state IN ('done', 'rejected', 'failed')",
         [crate::engine::catalog::JOB_KIND],
         |r| r.get(0),
     )

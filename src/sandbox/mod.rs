@@ -535,25 +535,16 @@ impl World {
         time::OffsetDateTime::now_utc().unix_timestamp() + self.clock_offset_secs
     }
 
+    /// The Item names' index (Items are replaced in place on replay, renames among
+    /// them: rebuilt once replayed).
     fn reindex(&mut self) {
-        self.name_index = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (item.name.to_lowercase(), i))
-            .collect();
-        self.product_index = self
-            .products
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.clone(), i))
-            .collect();
-        self.price_index = self
-            .prices
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.clone(), i))
-            .collect();
+        self.name_index = positions(&self.items, |item| item.name.to_lowercase());
+    }
+
+    /// The product and price ids' indexes (kept by replay from then on).
+    fn index_ids(&mut self) {
+        self.product_index = positions(&self.products, |p| p.id.clone());
+        self.price_index = positions(&self.prices, |p| p.id.clone());
     }
 
     fn push_product(&mut self, p: Product) {
@@ -1453,6 +1444,11 @@ fn single_config(
     )
 }
 
+/// Each of `items`' keys → its position.
+fn positions<T>(items: &[T], key: impl Fn(&T) -> String) -> HashMap<String, usize> {
+    items.iter().enumerate().map(|(i, x)| (key(x), i)).collect()
+}
+
 /// A change to a product, as the `/_sandbox/stripe/products/{id}` knob takes it.
 #[derive(Debug, Default, Deserialize)]
 pub struct ProductChange {
@@ -1470,9 +1466,8 @@ fn load(dir: &Path) -> anyhow::Result<Option<World>> {
     let mut world: World =
         serde_json::from_reader(std::io::BufReader::new(std::fs::File::open(&snap)?))
             .map_err(|e| anyhow::anyhow!("{}: {e}", snap.display()))?;
-    // (Indexed before the journal is replayed: a replayed product or price is found
-    // by its id, and the Item names indexed again after.)
-    world.reindex();
+    // (Before the journal is replayed: a replayed product or price is found by its id.)
+    world.index_ids();
     let journal = dir.join("journal.jsonl");
     if let Ok(text) = std::fs::read_to_string(&journal) {
         for line in text.lines() {

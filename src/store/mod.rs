@@ -991,15 +991,10 @@ impl Store {
 
     /// How many audit entries match `f` over the whole trail (its page ignored).
     pub fn audit_count(&self, f: &AuditFilter) -> Result<u64> {
-        let w = audit_where(f, false);
+        // Every word asked of the text index: with nothing else asked, the index is
+        // read alone, no row checked.
+        let w = audit_where_as(f, false, false);
         let alone = w.sql.is_empty() && f.kinds.is_empty();
-        // Counted alone, the text index is read alone (no row checked): every word
-        // asked of it, a rare id part too.
-        let w = if alone {
-            audit_where_as(f, false, false)
-        } else {
-            w
-        };
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut parts = Vec::new();
         for source in &w.sources {

@@ -512,8 +512,8 @@ impl Store {
         event: Option<(&str, &str, &str)>,
     ) -> Result<bool> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             let now = now_ms();
             if let Some((id, kind, via)) = event {
                 let inserted = tx.prepare_cached("INSERT OR IGNORE INTO stripe_events(id, type, received_at, via) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id, kind, now, via],
@@ -946,8 +946,8 @@ impl Store {
     pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
         self.recorded(|| {
             // (In a transaction of its own: see [`save_mapping`] on `OR FAIL`.)
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             save_mapping(&tx, m, now_ms())?;
             tx.commit()
         })
@@ -1530,6 +1530,45 @@ fn requeue(
         .execute(params![job_id, now + delay_ms, error, refund_attempt, now])?;
     }
     Ok(())
+}
+
+/// A transaction begun and committed by statements prepared once, for the per-item
+/// writes (`Connection::transaction` parses its BEGIN and its COMMIT again each time:
+/// in a sync by single calls, 93 % of the statements SQLite prepared). Rolled back if
+/// dropped uncommitted.
+pub(super) struct Begun<'c> {
+    pub(super) conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Begun<'c> {
+    pub(super) fn begin(conn: &'c Connection) -> Result<Self> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(Self { conn, open: true })
+    }
+
+    pub(super) fn commit(mut self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Begun<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Begun<'_> {
+    fn drop(&mut self) {
+        // (Unless a failure already ended it: a full disk, no memory.)
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// One finished job's writes (see [`Store::finish_jobs`]), inside the writer's
@@ -3246,6 +3285,50 @@ mod tests {
             )),
             trace_id: None,
         }
+    }
+
+    /// The per-item writes' transaction (prepared once): what it commits stays, what it
+    /// holds when dropped goes, and the next one begins clean after either, or after a
+    /// statement inside it was refused.
+    #[test]
+    fn a_transaction_prepared_once_commits_or_is_rolled_back_when_dropped() {
+        let (_d, s) = store();
+        let conn = s.w();
+        let cursors = || -> Vec<String> {
+            conn.prepare("SELECT name FROM cursors ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_>>()
+                .unwrap()
+        };
+        let add = |tx: &Begun, name: &str| {
+            tx.execute(
+                "INSERT OR FAIL INTO cursors(name, value, updated_at) VALUES (?1, 'v', 0)",
+                [name],
+            )
+        };
+        let tx = Begun::begin(&conn).unwrap();
+        add(&tx, "kept").unwrap();
+        tx.commit().unwrap();
+        let tx = Begun::begin(&conn).unwrap();
+        add(&tx, "dropped").unwrap();
+        drop(tx);
+        assert!(conn.is_autocommit());
+        assert_eq!(cursors(), ["kept"]);
+        // A refused statement (a taken name) inside: the caller's error, then its
+        // transaction dropped whole.
+        let tx = Begun::begin(&conn).unwrap();
+        add(&tx, "also dropped").unwrap();
+        assert!(add(&tx, "kept").is_err());
+        drop(tx);
+        assert_eq!(cursors(), ["kept"]);
+        // A BEGIN inside is refused and leaves the outer one as it was.
+        let tx = Begun::begin(&conn).unwrap();
+        add(&tx, "second").unwrap();
+        assert!(Begun::begin(&conn).is_err());
+        tx.commit().unwrap();
+        assert_eq!(cursors(), ["kept", "second"]);
     }
 
     /// Claims, pending creates and finished jobs that arrive while the writer is busy

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    CLAIMABLE, Finished, Inner, Job, LEASE, Result, SqlError, Store, finish_one, now_ms,
+    Begun, CLAIMABLE, Finished, Inner, Job, LEASE, Result, SqlError, Store, finish_one, now_ms,
     read_mapping, requeue, storage_error,
 };
 
@@ -255,7 +255,7 @@ fn run(inner: Weak<Inner>, writes: Receiver<GroupWrite>, linger_us: Arc<AtomicU6
         // 64 KiB). Only when a statement is refused is the group written again, each
         // write under its own savepoint, so that the refused caller alone fails.
         let all_at_once = (|| -> Result<std::result::Result<Vec<Applied>, SqlError>> {
-            let tx = conn.transaction()?;
+            let tx = Begun::begin(&conn)?;
             let mut out = Vec::with_capacity(group.len());
             for w in &group {
                 match w.apply(&tx, now) {

@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::pg_invoices::PgInvoices;
 use super::postgres::PgError;
-use super::{Result, Store, WallClock};
+use super::{Begun, Result, Store, WallClock};
 use crate::protocol::{LocalInvoice, Status};
 
 /// A change of a record, written with its history line.
@@ -71,7 +71,7 @@ fn active(reads_only: bool) -> &'static str {
 }
 
 /// Takes the next DIAN number of the range from the counter.
-fn next_number(tx: &rusqlite::Transaction<'_>, prefix: &str, start: u64) -> Result<String> {
+fn next_number(tx: &Begun<'_>, prefix: &str, start: u64) -> Result<String> {
     let seq: i64 = tx
         .prepare_cached(
             "INSERT INTO counters(name, value) VALUES ('invoice_number', 0)
@@ -93,8 +93,8 @@ impl Store {
         number_start: u64,
         event: Option<(&str, &str, &str)>,
     ) -> Result<bool> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
+        let conn = self.w();
+        let tx = Begun::begin(&conn)?;
         let now = self.now_ms();
         let via = match event {
             Some((id, kind, via)) => {
@@ -187,8 +187,8 @@ impl Store {
         number_start: u64,
         why: &str,
     ) -> Result<String> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
+        let conn = self.w();
+        let tx = Begun::begin(&conn)?;
         let now = self.now_ms();
         let (old, status, attempts): (String, String, u32) = tx
             .prepare_cached("SELECT number, status, attempts FROM invoices WHERE stripe_id=?1")?
@@ -441,8 +441,8 @@ impl Store {
 
     /// Applies `change` and writes its history line, in one transaction.
     pub fn change_invoice(&self, stripe_id: &str, change: &Change<'_>) -> Result<()> {
-        let mut conn = self.w();
-        let tx = conn.transaction()?;
+        let conn = self.w();
+        let tx = Begun::begin(&conn)?;
         let now = self.now_ms();
         let Some((from, attempts)) = tx
             .prepare_cached("SELECT status, attempts FROM invoices WHERE stripe_id=?1")?

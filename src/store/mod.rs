@@ -597,8 +597,8 @@ impl Store {
     /// extended, ascending (a missing one was put back or ended meanwhile).
     pub fn heartbeat_at(&self, job_ids: &[i64], lease_ms: i64, now: i64) -> Result<Vec<i64>> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             let mut held = Vec::new();
             {
                 let mut stmt = tx.prepare_cached(
@@ -625,8 +625,8 @@ impl Store {
         audit: Option<(&str, &str, &str, &str)>,
     ) -> Result<()> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             let now = now_ms();
             if let Some(m) = mapping {
                 save_mapping(&tx, m, now)?;
@@ -713,8 +713,8 @@ impl Store {
     /// and their mappings mirrored here, in one transaction. No job row is touched.
     pub fn record_finished(&self, jobs: &[Finished]) -> Result<()> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             let now = now_ms();
             for f in jobs {
                 if let Some(m) = &f.mapping {
@@ -801,8 +801,8 @@ impl Store {
         max_attempts: u32,
     ) -> Result<bool> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             let attempts: Option<u32> = tx
                 .prepare_cached("SELECT attempts FROM jobs WHERE id=?1")?.query_row(params![job_id],
                     |r| r.get(0),
@@ -839,8 +839,8 @@ impl Store {
     /// made: e.g. an open circuit refused it).
     pub fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> Result<()> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             requeue(&tx, job_id, delay_ms, Some(reason), true)?;
             tx.commit()
         })
@@ -848,8 +848,8 @@ impl Store {
 
     pub fn release(&self, job_id: i64) -> Result<()> {
         self.recorded(|| {
-            let mut conn = self.w();
-            let tx = conn.transaction()?;
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
             requeue(&tx, job_id, 0, None, true)?;
             tx.commit()
         })
@@ -1535,21 +1535,20 @@ fn requeue(
 /// A transaction begun and committed by statements prepared once, for the per-item
 /// writes (`Connection::transaction` parses its BEGIN and its COMMIT again each time:
 /// in a sync by single calls, 93 % of the statements SQLite prepared). Rolled back if
-/// dropped uncommitted.
+/// dropped uncommitted (a COMMIT refused included).
+#[must_use = "dropped, it rolls back"]
 pub(super) struct Begun<'c> {
-    pub(super) conn: &'c Connection,
-    open: bool,
+    conn: &'c Connection,
 }
 
 impl<'c> Begun<'c> {
     pub(super) fn begin(conn: &'c Connection) -> Result<Self> {
         conn.prepare_cached("BEGIN")?.execute([])?;
-        Ok(Self { conn, open: true })
+        Ok(Self { conn })
     }
 
-    pub(super) fn commit(mut self) -> Result<()> {
+    pub(super) fn commit(self) -> Result<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
-        self.open = false;
         Ok(())
     }
 }
@@ -1564,9 +1563,13 @@ impl std::ops::Deref for Begun<'_> {
 
 impl Drop for Begun<'_> {
     fn drop(&mut self) {
-        // (Unless a failure already ended it: a full disk, no memory.)
-        if self.open && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        // Still open: dropped before its COMMIT, or the COMMIT refused. (A failure that
+        // ended it already, a full disk or no memory, left nothing to roll back.)
+        if !self.conn.is_autocommit() {
+            let _ = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
         }
     }
 }
@@ -3329,6 +3332,28 @@ mod tests {
         assert!(Begun::begin(&conn).is_err());
         tx.commit().unwrap();
         assert_eq!(cursors(), ["kept", "second"]);
+        // A COMMIT refused (a deferred foreign key broken): rolled back when dropped.
+        conn.execute_batch(
+            "CREATE TEMP TABLE parent(id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE child(p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let tx = Begun::begin(&conn).unwrap();
+        add(&tx, "with a broken child").unwrap();
+        tx.execute("INSERT INTO child(p) VALUES (1)", []).unwrap();
+        assert!(tx.commit().is_err());
+        assert!(conn.is_autocommit());
+        assert_eq!(cursors(), ["kept", "second"]);
+        // Each BEGIN and COMMIT above (the refused BEGIN and COMMIT included) ran one
+        // statement prepared once.
+        for (sql, runs) in [("BEGIN", 6), ("COMMIT", 3)] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::Run),
+                runs,
+                "{sql}"
+            );
+        }
     }
 
     /// Claims, pending creates and finished jobs that arrive while the writer is busy

@@ -3021,6 +3021,83 @@ fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
     assert_eq!(page(&effects), None, "nothing asked again once answered");
 }
 
+/// A search the engine refuses (an invalid filter: too long; a token that may not read)
+/// is said so, with why, and not asked again: the same words would be refused every
+/// 30 s for as long as the console stays open. Typing on asks for the new filter.
+#[test]
+fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
+    use syncctl::protocol::{CommandError, Query};
+    let mut app = app();
+    press(&mut app, KeyCode::Char('7'));
+    let mut asked = Vec::new();
+    for c in "/paused".chars() {
+        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
+    }
+    let search = |effects: &[Effect]| -> Vec<Query> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Ask(q @ (Query::Audit { .. } | Query::AuditCount { .. })) => {
+                    Some(q.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let first = search(&asked).pop().expect("the first page asked");
+    let refused = |why: &str| CommandError::invalid("text", why);
+    // The page refused; the total, asked next, refused too.
+    let effects = update(
+        &mut app,
+        Msg::Answer {
+            query: first,
+            reply: Err(refused("longer than 200 characters")),
+        },
+    );
+    let total = search(&effects)
+        .pop()
+        .expect("the total asked after the page");
+    assert!(matches!(total, Query::AuditCount { .. }), "{total:?}");
+    update(
+        &mut app,
+        Msg::Answer {
+            query: total,
+            reply: Err(CommandError::forbidden("this token may not read the trail")),
+        },
+    );
+    let title = |app: &App| render(app, 160, 40).0;
+    assert!(
+        title(&app).contains(
+            "whole trail not searched: this token may not read the trail (refused: not asked again)"
+        ),
+        "{}",
+        title(&app)
+    );
+    assert!(!app.ticks(), "no clock runs for a retry");
+    for _ in 0..120 {
+        let effects = update(&mut app, Msg::Tick);
+        assert_eq!(search(&effects), [], "a refused search asked again");
+    }
+    // The filter kept and scrolled to the end: no older page is asked either.
+    for k in [KeyCode::Enter, KeyCode::End] {
+        let effects = update(&mut app, Msg::Key(KeyEvent::from(k)));
+        assert_eq!(search(&effects), [], "asked again on {k:?}");
+    }
+    assert!(
+        title(&app).contains("(refused: not asked again)"),
+        "{}",
+        title(&app)
+    );
+    // Another filter is another search, asked at once.
+    let mut effects = Vec::new();
+    for c in "/x".chars() {
+        effects.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
+    }
+    assert!(title(&app).contains("filter: pausedx"), "{}", title(&app));
+    assert_eq!(search(&effects).len(), 1, "{effects:?}");
+    assert!(!title(&app).contains("not searched"), "{}", title(&app));
+}
+
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.
 fn impact(held: u64, why: &str) -> syncctl::protocol::ImpactPreview {
     use syncctl::protocol::{DownstreamCost, ImpactPreview};

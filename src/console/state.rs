@@ -75,6 +75,8 @@ pub struct EventsSearch {
     /// What failed and is asked again: the next page (`more` was cleared), the total.
     pub page_failed: bool,
     pub total_failed: bool,
+    /// The engine refused the search itself: nothing of it is asked again.
+    pub refused: bool,
     /// The newest entry the snapshot held when the search was asked: newer matches
     /// come from the snapshot (live), on top of the pages.
     pub since_id: i64,
@@ -84,9 +86,13 @@ pub struct EventsSearch {
 pub const EVENTS_RETRY_MAX_TICKS: u32 = 30;
 
 impl EventsSearch {
-    /// A part of the search failed (`page` or the total): said why, asked again after
-    /// the next wait (2 s, then 4, 8, 16, 30 at most).
-    pub fn failed_now(&mut self, why: String, page: bool) {
+    /// A part of the search failed (`page` or the total): said why. When the engine
+    /// could not search for now (`again`: busy, stopping, its store unreadable, the
+    /// link down), asked again after the next wait (2 s, then 4, 8, 16, 30 at most);
+    /// a search it refuses (an invalid filter, a token that may not read) is not asked
+    /// again: the same words would be refused again, every 30 s for as long as the
+    /// console stays open. Another filter is another search.
+    pub fn failed_now(&mut self, why: String, page: bool, again: bool) {
         self.failed = Some(why);
         if page {
             self.page_failed = true;
@@ -94,7 +100,10 @@ impl EventsSearch {
         } else {
             self.total_failed = true;
         }
-        if self.retry_in.is_none() {
+        if !again {
+            self.refused = true;
+            self.retry_in = None;
+        } else if self.retry_in.is_none() && !self.refused {
             self.retry_in = Some((2u32 << self.retries.min(4)).min(EVENTS_RETRY_MAX_TICKS));
             self.retries += 1;
         }
@@ -858,6 +867,11 @@ impl App {
     /// stands, if it could not.
     pub fn events_failed(&self) -> Option<&str> {
         self.events_search_now().and_then(|s| s.failed.as_deref())
+    }
+
+    /// The engine refused the Events filter as it stands: it is not asked again.
+    pub fn events_refused(&self) -> bool {
+        self.events_search_now().is_some_and(|s| s.refused)
     }
 
     /// The engine's answer to the Events filter as it stands, once its first page came.

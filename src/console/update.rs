@@ -481,7 +481,7 @@ impl App {
                 true
             }
             Err(e) => {
-                s.failed_now(e.to_string(), true);
+                s.failed_now(e.to_string(), true, asked_again(&e));
                 true
             }
             _ => {
@@ -504,7 +504,7 @@ impl App {
                 true
             }
             Err(e) => {
-                s.failed_now(e.to_string(), false);
+                s.failed_now(e.to_string(), false, asked_again(&e));
                 true
             }
             _ => false,
@@ -1541,6 +1541,13 @@ impl App {
 }
 
 /// A list's ids, owned, so its selection can move while they are read.
+/// Whether a failed search is asked again: only when the engine could not search for
+/// now (unavailable: busy, stopping, its store unreadable, or no link to it). A search
+/// it refused (invalid, forbidden) would be refused again.
+fn asked_again(e: &CommandError) -> bool {
+    matches!(e, CommandError::Unavailable { .. })
+}
+
 fn owned(ids: Vec<&str>) -> Vec<String> {
     ids.into_iter().map(str::to_owned).collect()
 }

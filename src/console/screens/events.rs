@@ -80,6 +80,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .events_failed()
         .map(|why| match app.events_retry_in() {
             Some(n) => format!(" · whole trail not searched: {why} (again in {n} s)"),
+            None if app.events_refused() => {
+                format!(" · whole trail not searched: {why} (refused: not asked again)")
+            }
             None => format!(" · whole trail not searched: {why}"),
         })
         .unwrap_or_default();

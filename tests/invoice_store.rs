@@ -147,7 +147,35 @@ on_both_backends!(
     a_send_cut_short_is_read_at_alegra_before_anything_is_sent_again,
     an_outage_falls_back_invoices_but_never_credit_notes,
     an_operator_retry_of_a_failed_invoice_makes_it_due,
+    a_search_finds_a_substring_not_a_pattern,
 );
+
+/// The invoice search (the API's `search=`) finds the text as typed, in any case, in
+/// the number, the Stripe id or the CUFE: `_` and `%` are characters, not a LIKE
+/// pattern's wildcards (every Stripe id has a `_`), as on either backend.
+async fn a_search_finds_a_substring_not_a_pattern(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let i = db.open("box-a", &WallClock::default()).await;
+    for id in ["in_1", "inX1", "in_12"] {
+        assert!(ingest(&i, id));
+    }
+    let found = |search: &str| -> Vec<String> {
+        let mut ids: Vec<String> = i
+            .invoices(None, search, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stripe_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(found("n_1"), ["in_1", "in_12"]);
+    assert_eq!(found(" IN_1 "), ["in_1", "in_12"]);
+    assert_eq!(found("setp990000002"), ["inX1"]);
+    assert_eq!(found("%"), Vec::<String>::new());
+    assert_eq!(found("_"), ["in_1", "in_12"]);
+    assert_eq!(found(""), ["inX1", "in_1", "in_12"]);
+}
 
 async fn a_paid_invoice_is_recorded_once_with_the_next_number(b: Backend) {
     let Some(db) = Db::new(b) else { return };

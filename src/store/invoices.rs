@@ -364,14 +364,17 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<InvoiceRecord>> {
         let conn = self.r();
-        let like = format!("%{}%", search.trim().to_lowercase());
+        // A substring, as Postgres reads it (`strpos`): in a LIKE pattern the `_` of
+        // every Stripe id matched any character, so `n_1` found `inX1` too.
+        let search = search.trim().to_lowercase();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM invoices
              WHERE (?1 IS NULL OR status = ?1)
-               AND (?2 = '%%' OR lower(number) LIKE ?2 OR lower(stripe_id) LIKE ?2 OR lower(COALESCE(cufe,'')) LIKE ?2)
+               AND (?2 = '' OR instr(lower(number), ?2) > 0 OR instr(lower(stripe_id), ?2) > 0
+                    OR instr(lower(COALESCE(cufe, '')), ?2) > 0)
              ORDER BY created_at DESC, number DESC LIMIT ?3"
         ))?;
-        stmt.query_map(params![status.map(Status::name), like, limit as i64], row)?
+        stmt.query_map(params![status.map(Status::name), search, limit as i64], row)?
             .collect()
     }
 

@@ -2881,6 +2881,13 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
     assert!(text.contains("paused catalog pipeline"), "{text}");
 }
 
+/// The effects of typing `text` (a key per character), in order.
+fn typed_asks(app: &mut App, text: &str) -> Vec<Effect> {
+    text.chars()
+        .flat_map(|c| update(app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))))
+        .collect()
+}
+
 /// An engine that cannot search its trail for the `/` filter is said so on the title,
 /// with why; what the console holds is still filtered and shown.
 #[test]
@@ -2889,10 +2896,7 @@ fn a_filter_the_engine_could_not_search_says_so_and_why() {
     let mut app = app();
     press(&mut app, KeyCode::Char('7'));
     let all = app.events_rows().len();
-    let mut asked = Vec::new();
-    for c in "/paused".chars() {
-        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
-    }
+    let asked = typed_asks(&mut app, "/paused");
     let held = app.events_rows().len();
     assert!(held > 0 && held < all);
     // Each keystroke asked for its own filter; the last one is the filter now.
@@ -2934,10 +2938,7 @@ fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
     use syncctl::protocol::{Answer, CommandError, Query};
     let mut app = app();
     press(&mut app, KeyCode::Char('7'));
-    let mut asked = Vec::new();
-    for c in "/paused".chars() {
-        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
-    }
+    let asked = typed_asks(&mut app, "/paused");
     let page = |effects: &[Effect]| {
         effects.iter().find_map(|e| match e {
             Effect::Ask(q @ Query::Audit { .. }) => Some(q.clone()),
@@ -3029,10 +3030,7 @@ fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
     use syncctl::protocol::{CommandError, Query};
     let mut app = app();
     press(&mut app, KeyCode::Char('7'));
-    let mut asked = Vec::new();
-    for c in "/paused".chars() {
-        asked.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
-    }
+    let asked = typed_asks(&mut app, "/paused");
     let search = |effects: &[Effect]| -> Vec<Query> {
         effects
             .iter()
@@ -3089,13 +3087,98 @@ fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
         title(&app)
     );
     // Another filter is another search, asked at once.
-    let mut effects = Vec::new();
-    for c in "/x".chars() {
-        effects.extend(update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Char(c)))));
-    }
+    let effects = typed_asks(&mut app, "/x");
     assert!(title(&app).contains("filter: pausedx"), "{}", title(&app));
     assert_eq!(search(&effects).len(), 1, "{effects:?}");
     assert!(!title(&app).contains("not searched"), "{}", title(&app));
+}
+
+/// A filter typed again while its search's first page is on its way (`paused`,
+/// `pausedx`, back to `paused`) takes that ask as its own: nothing is asked twice, and
+/// the late answer, a refusal included, is the search's own answer, not a stale one
+/// mistaken for it. An answer to the filter typed over is dropped.
+#[test]
+fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
+    use syncctl::protocol::{Answer, CommandError, Query};
+    let mut app = app();
+    press(&mut app, KeyCode::Char('7'));
+    let pages = |effects: &[Effect]| -> Vec<Query> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Ask(q @ (Query::Audit { .. } | Query::AuditCount { .. })) => {
+                    Some(q.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let first = pages(&typed_asks(&mut app, "/paused"))
+        .pop()
+        .expect("the first page asked");
+    let since = app.events_search.as_ref().unwrap().since_id;
+    let other = pages(&typed_asks(&mut app, "x"))
+        .pop()
+        .expect("the other filter's page asked");
+    let effects = update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Backspace)));
+    assert_eq!(pages(&effects), [], "the page on its way asked again");
+    let search = app.events_search.as_ref().unwrap();
+    assert!(search.pending && search.text == "paused");
+    assert_eq!(
+        search.since_id, since,
+        "beside the entries it was asked beside"
+    );
+    // The answer to the filter typed over changes nothing.
+    update(
+        &mut app,
+        Msg::Answer {
+            query: other,
+            reply: Ok(Answer::Audit { entries: vec![] }),
+        },
+    );
+    assert!(app.events_search.as_ref().unwrap().pending);
+    // The ask's refusal is the search's own: said, and asked again after its wait.
+    let effects = update(
+        &mut app,
+        Msg::Answer {
+            query: first.clone(),
+            reply: Err(CommandError::unavailable("the engine is busy")),
+        },
+    );
+    let total = pages(&effects).pop().expect("the total asked next");
+    assert!(matches!(total, Query::AuditCount { .. }), "{total:?}");
+    let title = render(&app, 160, 40).0;
+    assert!(
+        title.contains("filter: paused▏ ·") && title.contains("(again in 2 s)"),
+        "{title}"
+    );
+    // Typed over and again while the total is on its way: a new search, whose page is
+    // asked afresh (the refused one was answered), and whose total is not asked twice.
+    typed_asks(&mut app, "x");
+    let effects = update(&mut app, Msg::Key(KeyEvent::from(KeyCode::Backspace)));
+    assert_eq!(pages(&effects), std::slice::from_ref(&first));
+    assert!(app.events_search.as_ref().unwrap().counting);
+    update(
+        &mut app,
+        Msg::Answer {
+            query: total,
+            reply: Ok(Answer::AuditCount { total: 7 }),
+        },
+    );
+    assert_eq!(app.events_search.as_ref().unwrap().total, Some(7));
+    // On their way now: the fresh page once (beside each keystroke's, unanswered
+    // here), no total.
+    let on_its_way: Vec<&Query> = app.events_in_flight.iter().map(|(q, _)| q).collect();
+    assert_eq!(
+        on_its_way.iter().filter(|q| ***q == first).count(),
+        1,
+        "{on_its_way:?}"
+    );
+    assert!(
+        !on_its_way
+            .iter()
+            .any(|q| matches!(q, Query::AuditCount { .. }))
+    );
 }
 
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.

@@ -443,6 +443,10 @@ pub struct App {
     /// Events: the filter's matches over the whole trail, as the engine answers them
     /// page by page (the snapshot holds only the newest entries).
     pub events_search: Option<EventsSearch>,
+    /// The Events searches' asks not yet answered (a page or a total), each with the
+    /// `since_id` of the search that asked it: a search typed again while its last
+    /// ask is on its way (`a`, `ax`, `a`) takes that ask as its own, not a second.
+    pub events_in_flight: Vec<(crate::protocol::Query, i64)>,
     pub show_payload: bool,
     /// The payload's first row shown (`[` / `]`); back to the top for another invoice.
     pub payload_scroll: u16,
@@ -514,6 +518,7 @@ impl App {
             events_filter: String::new(),
             events_journal: false,
             events_search: None,
+            events_in_flight: Vec::new(),
             show_payload: false,
             payload_scroll: 0,
             detail: None,

@@ -343,13 +343,16 @@ impl App {
                 effects.push(redraw(false));
             }
             // The console asks no other query.
-            Query::Audit { filter } => {
-                if self.apply_events_page(&filter, reply) {
-                    effects.push(redraw(false));
+            Query::Audit { .. } | Query::AuditCount { .. } => {
+                if let Some(i) = self.events_in_flight.iter().position(|(q, _)| *q == query) {
+                    self.events_in_flight.remove(i);
                 }
-            }
-            Query::AuditCount { filter } => {
-                if self.apply_events_total(&filter, reply) {
+                let changed = match query {
+                    Query::Audit { filter } => self.apply_events_page(&filter, reply),
+                    Query::AuditCount { filter } => self.apply_events_total(&filter, reply),
+                    _ => false,
+                };
+                if changed {
                     effects.push(redraw(false));
                 }
             }
@@ -425,40 +428,60 @@ impl App {
             return None;
         }
         let journal = self.events_journal;
-        match &mut self.events_search {
+        let query = match &mut self.events_search {
             Some(s) if s.text == text && s.journal == journal => {
                 if s.pending {
                     None
                 } else if s.total.is_none() && !s.counting {
                     s.counting = true;
-                    Some(Effect::Ask(Query::AuditCount {
+                    Some(Query::AuditCount {
                         filter: s.filter(None),
-                    }))
+                    })
                 } else if s.more && self.events_offset + EVENTS_PAGE / 2 >= s.entries.len() {
                     s.pending = true;
                     let before = s.entries.last().map(|e| e.id);
-                    Some(Effect::Ask(Query::Audit {
+                    Some(Query::Audit {
                         filter: s.filter(before),
-                    }))
+                    })
                 } else {
                     None
                 }
             }
             _ => {
-                let search = EventsSearch {
+                let mut search = EventsSearch {
                     text: text.to_owned(),
                     journal,
                     pending: true,
                     since_id: self.snapshot.audit.first().map_or(0, |e| e.id),
                     ..Default::default()
                 };
-                let ask = Effect::Ask(Query::Audit {
+                let first = Query::Audit {
                     filter: search.filter(None),
-                });
+                };
+                // Typed again while its last search's asks are on their way: those
+                // asks are this search's (their answers would be taken as its own
+                // anyway, a refusal included), with the newest entry they were asked
+                // beside.
+                let on_its_way = |q: &Query| self.events_in_flight.iter().find(|(f, _)| f == q);
+                let asked = on_its_way(&first).map(|(_, since)| *since);
+                let counting = on_its_way(&Query::AuditCount {
+                    filter: search.filter(None),
+                })
+                .is_some();
+                search.counting = counting;
+                if let Some(since) = asked {
+                    search.since_id = since;
+                }
                 self.events_search = Some(search);
-                Some(ask)
+                asked.is_none().then_some(first)
             }
+        }?;
+        let since = self.events_search.as_ref().map_or(0, |s| s.since_id);
+        if self.events_in_flight.len() >= EVENTS_IN_FLIGHT_MAX {
+            self.events_in_flight.remove(0);
         }
+        self.events_in_flight.push((query.clone(), since));
+        Some(Effect::Ask(query))
     }
 
     /// A page of the Events filter's matches; true when the screen changes. An answer
@@ -1540,7 +1563,10 @@ impl App {
     }
 }
 
-/// A list's ids, owned, so its selection can move while they are read.
+/// Asks of Events searches kept as on their way, at most (one is answered or refused
+/// in time, even over a link that drops: a bound against a leak, never reached).
+const EVENTS_IN_FLIGHT_MAX: usize = 64;
+
 /// Whether a failed search is asked again: only when the engine could not search for
 /// now (unavailable: busy, stopping, its store unreadable, or no link to it). A search
 /// it refused (invalid, forbidden) would be refused again.
@@ -1548,6 +1574,7 @@ fn asked_again(e: &CommandError) -> bool {
     matches!(e, CommandError::Unavailable { .. })
 }
 
+/// A list's ids, owned, so its selection can move while they are read.
 fn owned(ids: Vec<&str>) -> Vec<String> {
     ids.into_iter().map(str::to_owned).collect()
 }

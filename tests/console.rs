@@ -3181,6 +3181,66 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
     );
 }
 
+/// A company switch while the Events search's asks are on their way: the new company
+/// is asked for its own (another company's ask is never taken as its own), and a
+/// refusal's reason stays when another part then fails for now.
+#[test]
+fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
+    use syncctl::protocol::{CommandError, CompanyTag, Query};
+    let pages = |effects: &[Effect]| -> Vec<Query> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Ask(q @ Query::Audit { .. }) => Some(q.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut two = app().with_company(Some(CompanyTag::new("co2", "Two")));
+    press(&mut two, KeyCode::Char('7'));
+    let co2 = pages(&update(&mut two, Msg::Key(key(KeyCode::Char('J')))));
+    assert_eq!(co2.len(), 1, "the journal's first page asked of co2");
+    let effects = update(
+        &mut two,
+        Msg::Watched(Ok((CompanyTag::new("co1", "One"), Arc::new(snapshot())))),
+    );
+    assert_eq!(pages(&effects), co2, "the same page asked of co1, its own");
+
+    let mut app = app();
+    press(&mut app, KeyCode::Char('7'));
+    let page = pages(&typed_asks(&mut app, "/paused")).pop().unwrap();
+    let effects = update(
+        &mut app,
+        Msg::Answer {
+            query: page,
+            reply: Err(CommandError::invalid("text", "contains control characters")),
+        },
+    );
+    let total = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ask(q @ Query::AuditCount { .. }) => Some(q.clone()),
+            _ => None,
+        })
+        .expect("the total asked");
+    update(
+        &mut app,
+        Msg::Answer {
+            query: total,
+            reply: Err(CommandError::unavailable(
+                "the connection to the engine dropped",
+            )),
+        },
+    );
+    let title = render(&app, 200, 40).0;
+    assert!(
+        title.contains(
+            "whole trail not searched: text: contains control characters (refused: not asked again)"
+        ),
+        "{title}"
+    );
+}
+
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.
 fn impact(held: u64, why: &str) -> syncctl::protocol::ImpactPreview {
     use syncctl::protocol::{DownstreamCost, ImpactPreview};

@@ -93,7 +93,10 @@ impl EventsSearch {
     /// again: the same words would be refused again, every 30 s for as long as the
     /// console stays open. Another filter is another search.
     pub fn failed_now(&mut self, why: String, page: bool, again: bool) {
-        self.failed = Some(why);
+        // (A refusal's reason stays: a part failing for now afterwards says less.)
+        if !(self.refused && again) {
+            self.failed = Some(why);
+        }
         if page {
             self.page_failed = true;
             self.more = false;

@@ -252,6 +252,8 @@ impl App {
         self.recon_sel = Default::default();
         self.dian_sel = Default::default();
         self.events_search = None;
+        // (Another company's asks are not this one's: never taken as its own.)
+        self.events_in_flight.clear();
         self.events_offset = 0;
         self.detail = None;
         self.detail_asked = None;

@@ -2881,6 +2881,18 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
     assert!(text.contains("paused catalog pipeline"), "{text}");
 }
 
+/// The Events search's asks among `effects` (pages and totals), in order.
+fn search_asks(effects: &[Effect]) -> Vec<syncctl::protocol::Query> {
+    use syncctl::protocol::Query;
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Ask(q @ (Query::Audit { .. } | Query::AuditCount { .. })) => Some(q.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The effects of typing `text` (a key per character), in order.
 fn typed_asks(app: &mut App, text: &str) -> Vec<Effect> {
     text.chars()
@@ -3031,17 +3043,7 @@ fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
     let mut app = app();
     press(&mut app, KeyCode::Char('7'));
     let asked = typed_asks(&mut app, "/paused");
-    let search = |effects: &[Effect]| -> Vec<Query> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Ask(q @ (Query::Audit { .. } | Query::AuditCount { .. })) => {
-                    Some(q.clone())
-                }
-                _ => None,
-            })
-            .collect()
-    };
+    let search = search_asks;
     let first = search(&asked).pop().expect("the first page asked");
     let refused = |why: &str| CommandError::invalid("text", why);
     // The page refused; the total, asked next, refused too.
@@ -3102,17 +3104,7 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
     use syncctl::protocol::{Answer, CommandError, Query};
     let mut app = app();
     press(&mut app, KeyCode::Char('7'));
-    let pages = |effects: &[Effect]| -> Vec<Query> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Ask(q @ (Query::Audit { .. } | Query::AuditCount { .. })) => {
-                    Some(q.clone())
-                }
-                _ => None,
-            })
-            .collect()
-    };
+    let pages = search_asks;
     let first = pages(&typed_asks(&mut app, "/paused"))
         .pop()
         .expect("the first page asked");
@@ -3188,12 +3180,9 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
 fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
     use syncctl::protocol::{CommandError, CompanyTag, Query};
     let pages = |effects: &[Effect]| -> Vec<Query> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Ask(q @ Query::Audit { .. }) => Some(q.clone()),
-                _ => None,
-            })
+        let asks = search_asks(effects);
+        asks.into_iter()
+            .filter(|q| matches!(q, Query::Audit { .. }))
             .collect()
     };
     let mut two = app().with_company(Some(CompanyTag::new("co2", "Two")));

@@ -150,7 +150,7 @@ on_both_backends!(
     a_search_finds_a_substring_not_a_pattern,
 );
 
-/// The invoice search (the API's `search=`) finds the text as typed, in any case, in
+/// The invoice search (`GET /api/v1/compliance?q=`) finds the text as typed, in any case, in
 /// the number, the Stripe id or the CUFE: `_` and `%` are characters, not a LIKE
 /// pattern's wildcards (every Stripe id has a `_`), as on either backend.
 async fn a_search_finds_a_substring_not_a_pattern(b: Backend) {

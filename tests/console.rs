@@ -3205,12 +3205,9 @@ fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
             reply: Err(CommandError::invalid("text", "contains control characters")),
         },
     );
-    let total = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Ask(q @ Query::AuditCount { .. }) => Some(q.clone()),
-            _ => None,
-        })
+    let total = search_asks(&effects)
+        .into_iter()
+        .find(|q| matches!(q, Query::AuditCount { .. }))
         .expect("the total asked");
     update(
         &mut app,

@@ -506,7 +506,7 @@ impl App {
                 true
             }
             Err(e) => {
-                s.failed_now(e.to_string(), true, asked_again(&e));
+                s.failed_now(e.to_string(), true, e.for_now());
                 true
             }
             _ => {
@@ -529,7 +529,7 @@ impl App {
                 true
             }
             Err(e) => {
-                s.failed_now(e.to_string(), false, asked_again(&e));
+                s.failed_now(e.to_string(), false, e.for_now());
                 true
             }
             _ => false,
@@ -1568,13 +1568,6 @@ impl App {
 /// Asks of Events searches kept as on their way, at most (one is answered or refused
 /// in time, even over a link that drops: a bound against a leak, never reached).
 const EVENTS_IN_FLIGHT_MAX: usize = 64;
-
-/// Whether a failed search is asked again: only when the engine could not search for
-/// now (unavailable: busy, stopping, its store unreadable, or no link to it). A search
-/// it refused (invalid, forbidden) would be refused again.
-fn asked_again(e: &CommandError) -> bool {
-    matches!(e, CommandError::Unavailable { .. })
-}
 
 /// A list's ids, owned, so its selection can move while they are read.
 fn owned(ids: Vec<&str>) -> Vec<String> {

@@ -511,6 +511,14 @@ impl CommandError {
         }
     }
 
+    /// Whether the same request may be answered if sent again later: only when the
+    /// engine could not act for now ([`Unavailable`](Self::Unavailable): busy,
+    /// stopping, its store unreadable, no link to it). Any other error is the answer
+    /// the same request gets again; a front-end that retries it only repeats it.
+    pub fn for_now(&self) -> bool {
+        matches!(self, CommandError::Unavailable { .. })
+    }
+
     /// The field at fault, for an [`Invalid`](Self::Invalid) error.
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -2238,6 +2246,8 @@ pub(super) mod tests {
         ];
         for (e, status, code) in cases {
             assert_eq!((e.http_status(), e.code()), (status, code));
+            // Only a 503 may be answered otherwise if asked again.
+            assert_eq!(e.for_now(), status == 503, "{e:?}");
             // The serde tag is the same code.
             let v = serde_json::to_value(&e).unwrap_or_default();
             assert_eq!(v["code"], code);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Weak};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::{
     Begun, CLAIMABLE, Finished, Inner, Job, LEASE, Result, SqlError, Store, finish_one, now_ms,
@@ -156,27 +156,29 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
     for id in expired {
         requeue(conn, id, 0, Some("lease expired"), false)?;
     }
-    let ids: Vec<i64> = conn
+    let due: Vec<Job> = conn
         .prepare_cached(CLAIMABLE)?
-        .query_map(params![kind, now, limit as i64], |r| r.get(0))?
+        .query_map(params![kind, now, limit as i64], |row| {
+            Ok(Job {
+                id: row.get(0)?,
+                kind: row.get(1)?,
+                key: row.get(2)?,
+                payload: row.get(3)?,
+                attempts: row.get(4)?,
+                idempotency_key: row.get(5)?,
+                mapping: None,
+            })
+        })?
         .collect::<Result<_>>()?;
     let mut lease = conn.prepare_cached(LEASE)?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        let job = lease
-            .query_row(params![id, now, now + lease_ms], |row| {
-                Ok(Job {
-                    id: row.get(0)?,
-                    kind: row.get(1)?,
-                    key: row.get(2)?,
-                    payload: row.get(3)?,
-                    attempts: row.get(4)?,
-                    idempotency_key: row.get(5)?,
-                    mapping: None,
-                })
-            })
-            .optional()?;
-        jobs.extend(job);
+    let mut jobs = Vec::with_capacity(due.len());
+    for mut job in due {
+        // (Read in this transaction, by its only writer: still queued. A job that was
+        // not is not claimed.)
+        if lease.execute(params![job.id, now, now + lease_ms])? == 1 {
+            job.attempts += 1;
+            jobs.push(job);
+        }
     }
     Ok(jobs)
 }

@@ -176,7 +176,7 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
         // (Read in this transaction, by its only writer: still queued. A job that was
         // not is not claimed.)
         if lease.execute(params![job.id, now, now + lease_ms])? == 1 {
-            job.attempts += 1;
+            job.attempts = job.attempts.saturating_add(1);
             jobs.push(job);
         }
     }

@@ -120,7 +120,7 @@ async fn a_repeated_event_id_enqueues_once(b: Backend) {
     let ev = Some(("evt_1", "product.updated", "webhook"));
     assert!(q.ingest(&[job("p1", "a", 1)], None, ev).await.unwrap());
     let first = q.claim(KIND, 10, LEASE).await.unwrap();
-    assert!(q.finish(first[0].id).await.unwrap());
+    assert!(q.finish(&first[0]).await.unwrap());
     assert!(!q.ingest(&[job("p1", "a", 1)], None, ev).await.unwrap());
     assert!(q.claim(KIND, 10, LEASE).await.unwrap().is_empty());
     assert_eq!(q.counts(KIND).await.unwrap().queued, 0);
@@ -133,7 +133,7 @@ async fn a_key_being_worked_on_is_not_claimed_twice(b: Backend) {
     let first = q.claim(KIND, 10, LEASE).await.unwrap();
     q.ingest(&[job("p1", "b", 2)], None, None).await.unwrap();
     assert!(q.claim(KIND, 10, LEASE).await.unwrap().is_empty());
-    assert!(q.finish(first[0].id).await.unwrap());
+    assert!(q.finish(&first[0]).await.unwrap());
     let second = q.claim(KIND, 10, LEASE).await.unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].payload.as_deref(), Some("b"));
@@ -179,7 +179,7 @@ async fn leased_jobs_of_every_kind_are_requeued_and_nothing_else(b: Backend) {
             .await
             .unwrap();
         let done = q.claim(KIND, 1, LEASE).await.unwrap();
-        assert!(q.finish(done[0].id).await.unwrap());
+        assert!(q.finish(&done[0]).await.unwrap());
         q.ingest(&[other("o1"), other("o2")], None, None)
             .await
             .unwrap();
@@ -204,7 +204,7 @@ async fn a_lease_that_runs_out_is_claimed_again_and_a_heartbeat_keeps_it(b: Back
     let (p1, p2) = (held[0].id, held[1].id);
     // p1 is kept alive; p2's holder went quiet.
     clock.advance(LEASE / 2);
-    assert_eq!(q.heartbeat(&[p1], LEASE).await.unwrap(), [p1]);
+    assert_eq!(q.heartbeat(&held[..1], LEASE).await.unwrap(), [p1]);
     clock.advance(LEASE / 2 + 1);
     let again = q.claim(KIND, 10, LEASE).await.unwrap();
     assert_eq!(
@@ -226,15 +226,12 @@ async fn a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it(b: Back
     let q = db.open("box-a", &WallClock::default()).await;
     q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
-    assert_eq!(
-        q.retry_later(j.id, "boom", 0, 2).await.unwrap(),
-        Retry::Later
-    );
+    assert_eq!(q.retry_later(&j, "boom", 0, 2).await.unwrap(), Retry::Later);
     assert!(q.failed_job_keys(KIND).await.unwrap().is_empty());
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(j.attempts, 2);
     assert_eq!(
-        q.retry_later(j.id, "boom", 0, 2).await.unwrap(),
+        q.retry_later(&j, "boom", 0, 2).await.unwrap(),
         Retry::Failed
     );
     assert!(q.claim(KIND, 1, LEASE).await.unwrap().is_empty());
@@ -243,7 +240,7 @@ async fn a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it(b: Back
     assert_eq!(q.requeue_failed(KIND, None).await.unwrap(), ["p1"]);
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(j.attempts, 1, "fresh attempts");
-    assert!(q.finish(j.id).await.unwrap());
+    assert!(q.finish(&j).await.unwrap());
     assert_eq!(q.counts(KIND).await.unwrap().failed, 0);
 }
 
@@ -255,10 +252,10 @@ async fn counts_follow_the_jobs(b: Backend) {
     }
     // p1 done, p2 rejected, p3 failed, p4 in flight, p5 queued.
     let jobs = q.claim(KIND, 4, LEASE).await.unwrap();
-    assert!(q.finish(jobs[0].id).await.unwrap());
-    assert!(q.reject(jobs[1].id, "invalid").await.unwrap());
+    assert!(q.finish(&jobs[0]).await.unwrap());
+    assert!(q.reject(&jobs[1], "invalid").await.unwrap());
     assert_eq!(
-        q.retry_later(jobs[2].id, "boom", 0, 1).await.unwrap(),
+        q.retry_later(&jobs[2], "boom", 0, 1).await.unwrap(),
         Retry::Failed
     );
     let c = q.counts(KIND).await.unwrap();
@@ -282,13 +279,98 @@ async fn counts_follow_the_jobs(b: Backend) {
     assert_eq!((c.keys_seen, c.queued), (5, 2));
 }
 
+/// A worker whose lease ran out while it worked (a stall past the lease) ends,
+/// retries, rejects, defers, gives back or extends nothing once the job was queued or
+/// handed out again: its late end had marked a job done whose payload a newer event
+/// had replaced meanwhile, the newer version never synced. (The embedded store numbers
+/// each lease; Postgres fences by the lease's owner, see
+/// `a_box_that_stops_heartbeating_loses_its_jobs_to_the_other`.)
+#[tokio::test]
+async fn sqlite_a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds() {
+    let Some(db) = Db::new(Backend::Sqlite) else {
+        return;
+    };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    q.ingest(&[job("p1", "v1", 1)], None, None).await.unwrap();
+    let stale = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(stale.payload.as_deref(), Some("v1"));
+    // Its lease runs out: the job is handed out again, and ending it is refused to the
+    // stale worker while the new one holds it.
+    clock.advance(LEASE + 1);
+    let second = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(second.id, stale.id);
+    assert!(second.lease > stale.lease);
+    assert!(
+        !q.finish(&stale).await.unwrap(),
+        "ended under another's lease"
+    );
+    // The new holder puts it back (an open circuit), and a newer event replaces its
+    // payload in the queue.
+    assert!(q.defer(&second, "circuit open", 0).await.unwrap());
+    q.ingest(&[job("p1", "v2", 2)], None, None).await.unwrap();
+
+    // Neither comes back to change it: every end is refused.
+    for old in [&stale, &second] {
+        assert!(!q.finish(old).await.unwrap(), "a late finish ends nothing");
+        assert_eq!(
+            q.retry_later(old, "late", 0, 5).await.unwrap(),
+            Retry::LeaseLost
+        );
+        assert!(!q.reject(old, "late").await.unwrap());
+        assert!(!q.defer(old, "late", 0).await.unwrap());
+        assert!(!q.release(old).await.unwrap());
+        assert!(
+            q.heartbeat(std::slice::from_ref(old), LEASE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let ended = q
+            .finish_jobs(vec![syncctl::store::Finished {
+                job_id: old.id,
+                lease: old.lease,
+                mapping: Some(syncctl::store::ItemMapping {
+                    product_id: "p1".into(),
+                    item_id: Some("1".into()),
+                    synced_hash: Some("of v1".into()),
+                    status: "synced".into(),
+                    ..Default::default()
+                }),
+                audit: Some(("item".into(), "p1".into(), "engine".into(), "late".into())),
+                trace_id: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(ended, 0, "a late group end ends nothing");
+    }
+    assert_eq!(q.mapping("p1").await.unwrap(), None, "nor writes a mapping");
+    let c = q.counts(KIND).await.unwrap();
+    assert_eq!((c.queued, c.in_flight), (1, 0), "the newer version waits");
+
+    // The newer version is claimed, under a new lease, and only that lease ends it.
+    let fresh = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!((fresh.id, fresh.payload.as_deref()), (stale.id, Some("v2")));
+    assert!(fresh.lease > second.lease);
+    assert_eq!(
+        q.heartbeat(std::slice::from_ref(&fresh), LEASE)
+            .await
+            .unwrap(),
+        [fresh.id]
+    );
+    assert!(q.finish(&fresh).await.unwrap());
+    assert!(!q.finish(&fresh).await.unwrap(), "a job ends once");
+    let c = q.counts(KIND).await.unwrap();
+    assert_eq!((c.queued, c.in_flight), (0, 0));
+}
+
 async fn a_deferred_job_does_not_spend_an_attempt(b: Backend) {
     let Some(db) = Db::new(b) else { return };
     let clock = WallClock::default();
     let q = db.open("box-a", &clock).await;
     q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
-    assert!(q.defer(j.id, "circuit open", 5_000).await.unwrap());
+    assert!(q.defer(&j, "circuit open", 5_000).await.unwrap());
     assert!(
         q.claim(KIND, 1, LEASE).await.unwrap().is_empty(),
         "not due yet"
@@ -296,7 +378,7 @@ async fn a_deferred_job_does_not_spend_an_attempt(b: Backend) {
     clock.advance(5_001);
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(j.attempts, 1);
-    assert!(q.release(j.id).await.unwrap());
+    assert!(q.release(&j).await.unwrap());
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(j.attempts, 1);
 }
@@ -330,10 +412,10 @@ async fn compaction_removes_finished_jobs_and_moves_no_count(b: Backend) {
         q.ingest(&[job(key, "a", 1)], None, None).await.unwrap();
         let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
         if outcome == "done" {
-            assert!(q.finish(j.id).await.unwrap());
+            assert!(q.finish(&j).await.unwrap());
         } else {
             assert_eq!(
-                q.retry_later(j.id, "boom", 0, 1).await.unwrap(),
+                q.retry_later(&j, "boom", 0, 1).await.unwrap(),
                 Retry::Failed
             );
         }
@@ -393,7 +475,7 @@ async fn two_boxes_claiming_at_once_never_get_the_same_job() {
                         return got;
                     }
                     for j in claimed {
-                        assert!(q.finish(j.id).await.unwrap(), "{name} held {}", j.key);
+                        assert!(q.finish(&j).await.unwrap(), "{name} held {}", j.key);
                         got.push((name, j.key));
                     }
                 }
@@ -457,34 +539,29 @@ async fn a_box_that_stops_heartbeating_loses_its_jobs_to_the_other() {
     let keys = ["p1", "p2", "p3"];
     let jobs: Vec<NewJob<'_>> = keys.iter().map(|k| job(k, "x", 1)).collect();
     a.ingest(&jobs, None, None).await.unwrap();
-    let held: Vec<i64> = a
-        .claim(KIND, 10, LEASE)
-        .await
-        .unwrap()
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    let held = a.claim(KIND, 10, LEASE).await.unwrap();
+    let ids: Vec<i64> = held.iter().map(|j| j.id).collect();
     assert_eq!(held.len(), 3);
     // Box a heartbeats: past its first lease, box b finds nothing to take.
     clock.advance(LEASE * 2 / 3);
-    assert_eq!(a.heartbeat(&held, LEASE).await.unwrap(), held);
+    assert_eq!(a.heartbeat(&held, LEASE).await.unwrap(), ids);
     clock.advance(LEASE * 2 / 3);
     assert!(b.claim(KIND, 10, LEASE).await.unwrap().is_empty());
     // Then box a goes quiet; once its lease runs out, box b takes its jobs.
     clock.advance(LEASE / 3 + 1);
     let taken = b.claim(KIND, 10, LEASE).await.unwrap();
-    assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), held);
+    assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
     assert!(taken.iter().all(|j| j.attempts == 2));
     // Box a, back, finds it holds nothing and can end nothing.
     assert!(a.heartbeat(&held, LEASE).await.unwrap().is_empty());
-    assert!(!a.finish(held[0]).await.unwrap());
+    assert!(!a.finish(&held[0]).await.unwrap());
     assert_eq!(
-        a.retry_later(held[1], "late", 0, 5).await.unwrap(),
+        a.retry_later(&held[1], "late", 0, 5).await.unwrap(),
         Retry::LeaseLost
     );
-    assert!(!a.release(held[2]).await.unwrap());
+    assert!(!a.release(&held[2]).await.unwrap());
     for j in &taken {
-        assert!(b.finish(j.id).await.unwrap());
+        assert!(b.finish(j).await.unwrap());
     }
     let c = b.counts(KIND).await.unwrap();
     assert_eq!((c.queued, c.in_flight, c.failed), (0, 0, 0));
@@ -570,8 +647,8 @@ async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
     // Warm up: the connection is open and each statement prepared once.
     q.ingest(&one(0), None, None).await.unwrap();
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
-    q.heartbeat(&[j.id], LEASE).await.unwrap();
-    assert!(q.finish(j.id).await.unwrap());
+    q.heartbeat(std::slice::from_ref(&j), LEASE).await.unwrap();
+    assert!(q.finish(&j).await.unwrap());
     let mut trips = Vec::new();
     for i in 1..11 {
         let before = sent.load(Ordering::SeqCst);
@@ -579,9 +656,9 @@ async fn an_ingest_a_claim_a_heartbeat_and_a_finish_are_one_round_trip_each() {
         let ingest = sent.load(Ordering::SeqCst);
         let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
         let claim = sent.load(Ordering::SeqCst);
-        q.heartbeat(&[j.id], LEASE).await.unwrap();
+        q.heartbeat(std::slice::from_ref(&j), LEASE).await.unwrap();
         let heartbeat = sent.load(Ordering::SeqCst);
-        assert!(q.finish(j.id).await.unwrap());
+        assert!(q.finish(&j).await.unwrap());
         let finish = sent.load(Ordering::SeqCst);
         trips.push([
             ingest - before,

@@ -1237,10 +1237,10 @@ impl Catalog {
     /// requeues expired leases). A group held up past a lease (heavy throttling, a slow
     /// QuickBooks) would otherwise be worked on twice at once, and a second Item could
     /// be created for a product renamed meanwhile. A job whose lease was lost anyway is
-    /// not ended by this box on a shared queue (its finish is refused).
+    /// not ended by this worker (its finish is refused: the job's newer holder, or its
+    /// newer payload, is what counts).
     async fn heartbeating<T>(&self, jobs: &[Job], work: impl std::future::Future<Output = T>) -> T {
         let lease = self.settings.lease_ms;
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         let every = Duration::from_millis((lease / 3).max(100) as u64);
         let mut work = std::pin::pin!(work);
         loop {
@@ -1248,9 +1248,9 @@ impl Catalog {
                 r = &mut work => return r,
                 _ = tokio::time::sleep(every) => {}
             }
-            match self.queue.heartbeat(&ids, lease).await {
-                Ok(held) if held.len() < ids.len() => {
-                    let lost = ids.len() - held.len();
+            match self.queue.heartbeat(jobs, lease).await {
+                Ok(held) if held.len() < jobs.len() => {
+                    let lost = jobs.len() - held.len();
                     self.metrics.error(
                         "catalog",
                         &format!("{lost} job lease(s) ran out and were handed out again"),
@@ -1304,7 +1304,7 @@ impl Catalog {
         };
         for (_, group) in surplus {
             for job in group {
-                let _ = self.queue.release(job.id).await;
+                let _ = self.queue.release(&job).await;
             }
         }
     }
@@ -1330,8 +1330,7 @@ impl Catalog {
             );
             return Vec::new();
         }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        match self.queue.heartbeat(&ids, lease).await {
+        match self.queue.heartbeat(&jobs, lease).await {
             Ok(held) => jobs.into_iter().filter(|j| held.contains(&j.id)).collect(),
             Err(e) => {
                 // Their leases still run for a while: worked on as they are.
@@ -1466,7 +1465,7 @@ impl Catalog {
             .map(|(_, g)| g)
             .collect();
         for job in groups.iter().flatten() {
-            let _ = self.queue.release(job.id).await;
+            let _ = self.queue.release(job).await;
         }
     }
 
@@ -1532,7 +1531,7 @@ impl Catalog {
                 cancel.is_cancelled() || self.is_paused() || index >= *target.borrow() || open;
             if stop {
                 for job in &jobs {
-                    let _ = self.queue.release(job.id).await;
+                    let _ = self.queue.release(job).await;
                 }
                 self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
                 self.progress.notify_waiters();
@@ -1613,8 +1612,18 @@ impl Catalog {
             }
             match r {
                 Ok(ended) => {
-                    // (On a shared queue, a job whose lease ran out is another box's
-                    // now: not counted here.)
+                    // A job whose lease ran out was queued or handed out again: not
+                    // ended, nor counted, here.
+                    if ended < n {
+                        self.metrics.error(
+                            "catalog",
+                            &format!(
+                                "{} finished job(s) not recorded: their leases had run out \
+                                 and they were queued or handed out again",
+                                n - ended
+                            ),
+                        );
+                    }
                     self.metrics
                         .completed
                         .fetch_add(ended as u64, Ordering::Relaxed);
@@ -1698,7 +1707,7 @@ impl Catalog {
                 let failed = matches!(
                     self.queue
                         .retry_later(
-                            job.id,
+                            job,
                             &msg,
                             backoff.as_millis() as i64,
                             self.settings.max_attempts,
@@ -1718,16 +1727,16 @@ impl Catalog {
             }
             JobError::Deferred(msg, wait) => {
                 self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self
-                    .queue
-                    .defer(job.id, &msg, wait.as_millis() as i64)
-                    .await
-                {
+                if let Err(e) = self.queue.defer(job, &msg, wait.as_millis() as i64).await {
                     self.metrics.error(entity, &format!("store: {e}"));
                 }
             }
             JobError::Permanent(reason) => {
-                let _ = self.queue.reject(job.id, &reason).await;
+                if let Ok(false) = self.queue.reject(job, &reason).await {
+                    // Its lease ran out: the job's newer holder (or newer payload)
+                    // decides, not this verdict.
+                    return;
+                }
                 let mut m = self
                     .queue
                     .mapping(entity)
@@ -2169,6 +2178,7 @@ fn finished_job(
     };
     crate::store::Finished {
         job_id: job.id,
+        lease: job.lease,
         mapping,
         audit: line.map(|l| ("item".into(), job.key.clone(), "engine".into(), l)),
         trace_id: crate::telemetry::trace::current_id(),
@@ -2302,7 +2312,7 @@ mod tests {
         );
 
         clock.advance(2_000);
-        queue.release(jobs[2].id).await.unwrap();
+        queue.release(&jobs[2]).await.unwrap();
         let asked_ms = clock.now_ms();
         let kept = catalog.keep_leases(claimed_ms, jobs.clone()).await;
         assert_eq!(ids(&kept), ids(&jobs[..2]), "the released job is left out");
@@ -2367,6 +2377,68 @@ mod tests {
         };
         let (worked, ()) = tokio::join!(working, meanwhile);
         assert!(worked.is_ok());
+    }
+
+    /// A group that ends after its leases ran out and its jobs were handed out again
+    /// records nothing: no job ended, none counted, no mapping written, and the
+    /// operator is told; the jobs' new holder ends them.
+    #[tokio::test]
+    async fn a_group_ended_after_its_leases_were_handed_out_again_records_nothing() {
+        let Leased {
+            _dir: _kept,
+            store: _,
+            clock,
+            queue,
+            catalog,
+        } = leased().await;
+        let catalog = Arc::new(catalog);
+        let ids = |jobs: &[Job]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        let stale = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        assert_eq!(stale.len(), 3);
+        clock.advance(LEASE + 1);
+        let fresh = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        assert_eq!(ids(&fresh), ids(&stale), "handed out again");
+        let created = |j: &Job| {
+            let item_id = format!("{}", j.id);
+            let mapping = ItemMapping {
+                product_id: j.key.clone(),
+                item_id: Some(item_id.clone()),
+                status: "synced".into(),
+                ..Default::default()
+            };
+            let name = j.key.clone();
+            finished_job(j, &Outcome::Created { item_id, name }, Some(mapping))
+        };
+        let end = |jobs: &[Job]| {
+            catalog
+                .metrics
+                .in_flight
+                .fetch_add(jobs.len(), Ordering::Relaxed);
+            let finished = jobs.iter().map(created).collect();
+            let catalog = catalog.clone();
+            async move {
+                let ending = catalog.clone().send_finished(finished).await;
+                catalog.settle(ending).await;
+            }
+        };
+
+        let errors = catalog.metrics.errors.load(Ordering::Relaxed);
+        end(&stale).await;
+        assert_eq!(catalog.metrics.completed.load(Ordering::Relaxed), 0);
+        assert!(
+            catalog.metrics.errors.load(Ordering::Relaxed) > errors,
+            "said"
+        );
+        for j in &stale {
+            assert_eq!(queue.mapping(&j.key).await.unwrap(), None, "{}", j.key);
+        }
+        assert_eq!(queue.counts(JOB_KIND).await.unwrap().in_flight, 3);
+
+        end(&fresh).await;
+        assert_eq!(catalog.metrics.completed.load(Ordering::Relaxed), 3);
+        let c = queue.counts(JOB_KIND).await.unwrap();
+        assert_eq!((c.queued, c.in_flight), (0, 0));
+        assert!(queue.mapping("p1").await.unwrap().is_some());
     }
 
     #[test]

@@ -148,6 +148,9 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub job_id: i64,
+    /// The lease it ran under ([`Job::lease`]): a job given to another worker since is
+    /// not ended, nor its mapping or audit line written.
+    pub lease: i64,
     pub mapping: Option<ItemMapping>,
     /// Kind, entity, actor, message.
     pub audit: Option<(String, String, String, String)>,
@@ -203,6 +206,11 @@ pub struct Job {
     pub payload: Option<String>,
     pub attempts: u32,
     pub idempotency_key: String,
+    /// The number of this lease of the job (SQLite, schema 19: each claim of the job
+    /// counts it up): what ends, retries, gives back or extends it must name it, so a
+    /// worker whose lease ran out and was given again changes nothing. (Postgres fences
+    /// by the lease's owner instead: 0 there.)
+    pub lease: i64,
     /// The key's Item mapping as the claim read it, in the transaction that took the
     /// lease ([`crate::store::queue::JobQueue::claim_with_mappings`]): `Some(None)` is
     /// "read: the product has none". `None`: not read with the claim (ask the store).
@@ -593,19 +601,21 @@ impl Store {
         .await
     }
 
-    /// Extends the leases of `job_ids` still leased to `now + lease_ms`; the ids
-    /// extended, ascending (a missing one was put back or ended meanwhile).
-    pub fn heartbeat_at(&self, job_ids: &[i64], lease_ms: i64, now: i64) -> Result<Vec<i64>> {
+    /// Extends the `leases` (job id, [`Job::lease`]) that still stand to `now +
+    /// lease_ms`; the ids extended, ascending (a missing one was put back, ended or
+    /// handed out again meanwhile).
+    pub fn heartbeat_at(&self, leases: &[(i64, i64)], lease_ms: i64, now: i64) -> Result<Vec<i64>> {
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
             let mut held = Vec::new();
             {
                 let mut stmt = tx.prepare_cached(
-                    "UPDATE jobs SET lease_until = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'leased'",
+                    "UPDATE jobs SET lease_until = ?2, updated_at = ?3
+                     WHERE id = ?1 AND state = 'leased' AND lease_no = ?4",
                 )?;
-                for &id in job_ids {
-                    if stmt.execute(params![id, now + lease_ms, now])? == 1 {
+                for &(id, lease) in leases {
+                    if stmt.execute(params![id, now + lease_ms, now, lease])? == 1 {
                         held.push(id);
                     }
                 }
@@ -617,22 +627,27 @@ impl Store {
     }
 
     /// Ends a job in one transaction: marks it done, stores the product's mapping (if
-    /// any) and writes the audit line (if any).
+    /// any) and writes the audit line (if any). False, and nothing written, when its
+    /// `lease` no longer stands.
     pub fn finish_job(
         &self,
         job_id: i64,
+        lease: i64,
         mapping: Option<&ItemMapping>,
         audit: Option<(&str, &str, &str, &str)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
             let now = now_ms();
+            if tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1 AND state='leased' AND lease_no=?3")?
+                .execute(params![job_id, now, lease])? == 0
+            {
+                return Ok(false);
+            }
             if let Some(m) = mapping {
                 save_mapping(&tx, m, now)?;
             }
-            tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1")?.execute(params![job_id, now],
-            )?;
             if let Some((kind, entity, actor, message)) = audit {
                 tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                         now,
@@ -644,7 +659,7 @@ impl Store {
                     ],
                 )?;
             }
-            tx.commit()
+            tx.commit().map(|()| true)
         })
     }
 
@@ -654,10 +669,11 @@ impl Store {
     /// savepoint of their own, so one caller's refused statement does not undo the
     /// others'). Returns once the caller's jobs are committed (or refused): durability
     /// is that of [`Store::finish_job`], with one commit for many callers instead of
-    /// one each.
-    pub fn finish_jobs(&self, jobs: Vec<Finished>) -> Result<()> {
+    /// one each. How many ended (a job whose lease no longer stands is left as it is,
+    /// its mapping and audit line unwritten).
+    pub fn finish_jobs(&self, jobs: Vec<Finished>) -> Result<usize> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.write_waiting(|reply| writer::GroupWrite::Finish {
             jobs,
@@ -667,9 +683,9 @@ impl Store {
     }
 
     /// [`Store::finish_jobs`] for a task: awaits the commit, no thread blocks.
-    pub async fn finish_jobs_async(&self, jobs: Vec<Finished>) -> Result<()> {
+    pub async fn finish_jobs_async(&self, jobs: Vec<Finished>) -> Result<usize> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.write_awaiting(|reply| writer::GroupWrite::Finish {
             jobs,
@@ -683,18 +699,18 @@ impl Store {
     /// (the returned future): a caller with other work goes on meanwhile. The writer
     /// may hold such ends a moment ([`writer::LINGER`]) for a write someone waits on (a
     /// claim, a pending create), to commit them in its transaction instead of one of
-    /// their own. The jobs count as ended only once the future says so.
+    /// their own. The jobs count as ended only once the future says so (how many).
     pub fn finish_jobs_sent(
         &self,
         jobs: Vec<Finished>,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<usize>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The store is kept open until the commit is answered (its last handle
         // dropped meanwhile would end the writer thread with the ends unwritten).
         let store = self.clone();
         match jobs.is_empty() {
             true => {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Ok(0));
             }
             false => self.send_write(writer::GroupWrite::Finish {
                 jobs,
@@ -792,21 +808,23 @@ impl Store {
         })
     }
 
-    /// Puts a job back with a delay, or marks it failed when it has no attempts left.
+    /// Puts a job back with a delay, or marks it failed when it has no attempts left:
+    /// whether it failed, `None` (and nothing changed) when its `lease` no longer
+    /// stands.
     pub fn retry_later(
         &self,
         job_id: i64,
+        lease: i64,
         error: &str,
         delay_ms: i64,
         max_attempts: u32,
-    ) -> Result<bool> {
+    ) -> Result<Option<bool>> {
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
             let attempts: Option<u32> = tx
-                .prepare_cached("SELECT attempts FROM jobs WHERE id=?1")?.query_row(params![job_id],
-                    |r| r.get(0),
-                )
+                .prepare_cached(HELD)?
+                .query_row(params![job_id, lease], |r| r.get(0))
                 .optional()?;
             let failed = match attempts {
                 Some(a) if a >= max_attempts => {
@@ -818,40 +836,61 @@ impl Store {
                     requeue(&tx, job_id, delay_ms, Some(error), false)?;
                     false
                 }
-                None => false,
+                None => return Ok(None),
             };
             tx.commit()?;
-            Ok(failed)
+            Ok(Some(failed))
         })
     }
 
-    /// A job that can never succeed as is (invalid data): kept with its reason.
-    pub fn reject(&self, job_id: i64, reason: &str) -> Result<()> {
+    /// A job that can never succeed as is (invalid data): kept with its reason. False,
+    /// and nothing changed, when its `lease` no longer stands.
+    pub fn reject(&self, job_id: i64, lease: i64, reason: &str) -> Result<bool> {
         self.recorded(|| {
-            self.w().prepare_cached("UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3 WHERE id=?1")?.execute(params![job_id, reason, now_ms()],
-            )?;
-            Ok(())
+            let n = self
+                .w()
+                .prepare_cached(
+                    "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3
+                     WHERE id=?1 AND state='leased' AND lease_no=?4",
+                )?
+                .execute(params![job_id, reason, now_ms(), lease])?;
+            Ok(n == 1)
         })
     }
 
-    /// Gives a claimed job back untouched (shutdown before it started).
     /// Puts a job back for later without counting the attempt (the call was never
-    /// made: e.g. an open circuit refused it).
-    pub fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> Result<()> {
-        self.recorded(|| {
-            let conn = self.w();
-            let tx = Begun::begin(&conn)?;
-            requeue(&tx, job_id, delay_ms, Some(reason), true)?;
-            tx.commit()
-        })
+    /// made: e.g. an open circuit refused it). False, and nothing changed, when its
+    /// `lease` no longer stands.
+    pub fn defer(&self, job_id: i64, lease: i64, reason: &str, delay_ms: i64) -> Result<bool> {
+        self.give_back(job_id, lease, delay_ms, Some(reason))
     }
 
-    pub fn release(&self, job_id: i64) -> Result<()> {
+    /// Gives a claimed job back untouched (shutdown before it started). False, and
+    /// nothing changed, when its `lease` no longer stands.
+    pub fn release(&self, job_id: i64, lease: i64) -> Result<bool> {
+        self.give_back(job_id, lease, 0, None)
+    }
+
+    /// A held job back in the queue, its attempt not counted.
+    fn give_back(
+        &self,
+        job_id: i64,
+        lease: i64,
+        delay_ms: i64,
+        reason: Option<&str>,
+    ) -> Result<bool> {
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
-            requeue(&tx, job_id, 0, None, true)?;
-            tx.commit()
+            let held = tx
+                .prepare_cached(HELD)?
+                .query_row(params![job_id, lease], |r| r.get::<_, u32>(0))
+                .optional()?;
+            if held.is_none() {
+                return Ok(false);
+            }
+            requeue(&tx, job_id, delay_ms, reason, true)?;
+            tx.commit().map(|()| true)
         })
     }
 
@@ -1586,17 +1625,28 @@ impl Drop for Begun<'_> {
 /// error, so a failing statement's partial change never stays. (A statement with no
 /// journal that fails for want of disk or memory ends the whole transaction: the
 /// writer's `one_by_one` then answers every write of the group with the error.)
-fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<()> {
+///
+/// False, and nothing written, when the job's lease no longer stands (it ran out and
+/// the job was queued or handed out again: the newer holder's end is the one that
+/// counts, and its mapping the one kept).
+fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
+    let ended = conn
+        .prepare_cached(
+            "UPDATE OR FAIL jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2
+             WHERE id=?1 AND state='leased' AND lease_no=?3",
+        )?
+        .execute(params![f.job_id, now, f.lease])?;
+    if ended == 0 {
+        return Ok(false);
+    }
     if let Some(m) = &f.mapping {
         save_mapping(conn, m, now)?;
     }
-    conn.prepare_cached("UPDATE OR FAIL jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1")?
-        .execute(params![f.job_id, now])?;
     if let Some((kind, entity, actor, message)) = &f.audit {
         conn.prepare_cached("INSERT OR FAIL INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
             .execute(params![now, kind, entity, actor, message, f.trace_id])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Writes a mapping (an update of the product's row, else a new row), clearing any
@@ -1672,18 +1722,21 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
 /// already leased (read first, then leased one by one by [`LEASE`]: a `LIMIT` of a
 /// bound value in the update itself would make it keep a statement journal, see
 /// [`finish_one`]).
-const CLAIMABLE: &str = "SELECT q.id, q.kind, q.key, q.payload, q.attempts, q.idempotency_key FROM jobs q
+const CLAIMABLE: &str = "SELECT q.id, q.kind, q.key, q.payload, q.attempts, q.idempotency_key, q.lease_no FROM jobs q
        WHERE q.kind = ?1 AND q.state = 'queued' AND q.next_attempt_at <= ?2
          AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.kind = q.kind AND l.key = q.key AND l.state = 'leased')
        ORDER BY q.next_attempt_at, q.id LIMIT ?3";
 
-/// A claimed job leased until `?3` at `?2`. (`OR FAIL`: see [`finish_one`].) The job
-/// is read by [`CLAIMABLE`], not returned here: SQLite gathers a `RETURNING` clause's
-/// rows in an ephemeral b-tree, a temporary database opened and closed again by each
-/// lease (1 % of a batched sync's CPU).
-const LEASE: &str =
-    "UPDATE OR FAIL jobs SET state='leased', lease_until=?3, attempts=attempts+1, updated_at=?2
+/// A claimed job leased until `?3` at `?2`, its lease numbered on. (`OR FAIL`: see
+/// [`finish_one`].) The job is read by [`CLAIMABLE`], not returned here: SQLite
+/// gathers a `RETURNING` clause's rows in an ephemeral b-tree, a temporary database
+/// opened and closed again by each lease (1 % of a batched sync's CPU).
+const LEASE: &str = "UPDATE OR FAIL jobs SET state='leased', lease_until=?3, attempts=attempts+1,
+       lease_no=lease_no+1, updated_at=?2
      WHERE id = ?1 AND state = 'queued'";
+
+/// Whether lease `?2` of job `?1` still stands.
+const HELD: &str = "SELECT attempts FROM jobs WHERE id = ?1 AND state = 'leased' AND lease_no = ?2";
 
 /// Read connections in the pool.
 const READERS: usize = 4;
@@ -3144,6 +3197,7 @@ mod tests {
         assert_eq!(jobs.len(), 64);
         let finished = |j: &Job, item: &str| Finished {
             job_id: j.id,
+            lease: j.lease,
             mapping: Some(ItemMapping {
                 product_id: j.key.clone(),
                 item_id: Some(item.into()),
@@ -3160,7 +3214,7 @@ mod tests {
         };
         // 8 callers of 8 jobs at once; the last caller's last job takes an Item id the
         // first caller's first job holds.
-        let outcomes: Vec<Result<()>> = std::thread::scope(|scope| {
+        let outcomes: Vec<Result<usize>> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .chunks(8)
                 .enumerate()
@@ -3270,7 +3324,7 @@ mod tests {
         s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
         assert!(s.claim("catalog.product", 8, 60_000).unwrap().is_empty());
         let p1 = first.iter().find(|j| j.key == "p1").unwrap();
-        s.finish_job(p1.id, None, None).unwrap();
+        s.finish_job(p1.id, p1.lease, None, None).unwrap();
         let again = s.claim("catalog.product", 8, 60_000).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].key, "p1");
@@ -3281,6 +3335,7 @@ mod tests {
     fn created(j: &Job, mapping: Option<ItemMapping>) -> Finished {
         Finished {
             job_id: j.id,
+            lease: j.lease,
             mapping,
             audit: Some((
                 "item".into(),
@@ -3525,7 +3580,7 @@ mod tests {
             .map(|(i, j)| s.finish_jobs_sent(vec![mapped(i, j)]))
             .collect();
         let claimed = s.claim("catalog.product", 8, 60_000);
-        let ended: Vec<Result<()>> = ends.into_iter().map(|e| rt.block_on(e)).collect();
+        let ended: Vec<Result<usize>> = ends.into_iter().map(|e| rt.block_on(e)).collect();
         assert!(claimed.is_err(), "{claimed:?}");
         assert!(ended.iter().all(Result::is_err), "{ended:?}");
         for k in ["p1", "p2", "p3"] {
@@ -3651,7 +3706,8 @@ mod tests {
         let first = s.claim("catalog.product", 10, 60_000).unwrap();
         s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
         assert!(s.claim("catalog.product", 10, 60_000).unwrap().is_empty());
-        s.finish_job(first[0].id, None, None).unwrap();
+        s.finish_job(first[0].id, first[0].lease, None, None)
+            .unwrap();
         let second = s.claim("catalog.product", 10, 60_000).unwrap();
         assert_eq!(second[0].payload.as_deref(), Some("b"));
     }
@@ -3665,7 +3721,8 @@ mod tests {
         // Leased: neither queued nor in a worker's hands yet, still not done.
         assert_eq!(s.queued("catalog.product").unwrap(), 0);
         assert_eq!(s.unfinished("catalog.product").unwrap(), 1);
-        s.finish_job(claimed[0].id, None, None).unwrap();
+        s.finish_job(claimed[0].id, claimed[0].lease, None, None)
+            .unwrap();
         assert_eq!(s.unfinished("catalog.product").unwrap(), 0);
     }
 
@@ -3690,9 +3747,15 @@ mod tests {
         let (_d, s) = store();
         s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
-        assert!(!s.retry_later(j.id, "boom", 0, 2).unwrap());
+        assert_eq!(
+            s.retry_later(j.id, j.lease, "boom", 0, 2).unwrap(),
+            Some(false)
+        );
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
-        assert!(s.retry_later(j.id, "boom", 0, 2).unwrap());
+        assert_eq!(
+            s.retry_later(j.id, j.lease, "boom", 0, 2).unwrap(),
+            Some(true)
+        );
         assert_eq!(s.catalog_counts().unwrap().failed, 1);
     }
 
@@ -3842,17 +3905,36 @@ mod tests {
             }
             // p1, p2 synced; p3 fails past its attempts; p4 in flight; p5 queued.
             let jobs = s.claim("catalog.product", 3, 60_000).unwrap();
-            s.finish_job(jobs[0].id, Some(&mapping("p1", "synced")), None)
-                .unwrap();
-            s.finish_job(jobs[1].id, Some(&mapping("p2", "synced")), None)
-                .unwrap();
-            assert!(s.retry_later(jobs[2].id, "boom", 0, 1).unwrap());
+            s.finish_job(
+                jobs[0].id,
+                jobs[0].lease,
+                Some(&mapping("p1", "synced")),
+                None,
+            )
+            .unwrap();
+            s.finish_job(
+                jobs[1].id,
+                jobs[1].lease,
+                Some(&mapping("p2", "synced")),
+                None,
+            )
+            .unwrap();
+            assert_eq!(
+                s.retry_later(jobs[2].id, jobs[2].lease, "boom", 0, 1)
+                    .unwrap(),
+                Some(true)
+            );
             s.claim("catalog.product", 1, 60_000).unwrap();
             // p1 again, and rejected this time.
             s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
             let again = s.claim("catalog.product", 1, 60_000).unwrap();
-            s.finish_job(again[0].id, Some(&mapping("p1", "rejected")), None)
-                .unwrap();
+            s.finish_job(
+                again[0].id,
+                again[0].lease,
+                Some(&mapping("p1", "rejected")),
+                None,
+            )
+            .unwrap();
             let c = s.catalog_counts().unwrap();
             assert_eq!(
                 (
@@ -3877,7 +3959,7 @@ mod tests {
         assert_eq!(p3, ["p3"]);
         let j = s.claim("catalog.product", 5, 60_000).unwrap();
         let j3 = j.iter().find(|j| j.key == "p3").unwrap();
-        s.finish_job(j3.id, Some(&mapping("p3", "synced")), None)
+        s.finish_job(j3.id, j3.lease, Some(&mapping("p3", "synced")), None)
             .unwrap();
         // Compaction removes every finished job, and no count moves.
         let before = s.catalog_counts().unwrap();
@@ -3896,10 +3978,13 @@ mod tests {
         let (_d, s) = store();
         s.ingest(&[job("p1", "a", 1)], None, None).unwrap();
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
-        s.finish_job(j.id, None, None).unwrap();
+        s.finish_job(j.id, j.lease, None, None).unwrap();
         s.ingest(&[job("p1", "b", 2)], None, None).unwrap();
         let j = s.claim("catalog.product", 1, 60_000).unwrap().remove(0);
-        assert!(s.retry_later(j.id, "boom", 0, 1).unwrap());
+        assert_eq!(
+            s.retry_later(j.id, j.lease, "boom", 0, 1).unwrap(),
+            Some(true)
+        );
         assert_eq!(s.compact_jobs(now_ms() + 1).unwrap(), 1);
         assert_eq!(s.failed_job_keys("catalog.product").unwrap(), ["p1"]);
         assert_eq!(s.catalog_counts().unwrap().failed, 1);

@@ -609,6 +609,7 @@ impl PgQueue {
                 payload: r.get(3),
                 attempts: r.get::<_, i32>(4).max(0) as u32,
                 idempotency_key: r.get(5),
+                lease: 0,
                 mapping: None,
             })
             .collect();

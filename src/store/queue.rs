@@ -247,22 +247,25 @@ impl JobQueue {
 
     /// Extends the leases of `job_ids` this handle still holds by `lease_ms` from now;
     /// the ids still held, ascending (a missing one was lost: stop working on it).
-    pub async fn heartbeat(&self, job_ids: &[i64], lease_ms: i64) -> QueueResult<Vec<i64>> {
+    pub async fn heartbeat(&self, jobs: &[Job], lease_ms: i64) -> QueueResult<Vec<i64>> {
         let now = self.now();
         match &self.backend {
-            Backend::Sqlite { store, .. } => Ok(store.heartbeat_at(job_ids, lease_ms, now)?),
-            Backend::Postgres { pg, .. } => Ok(pg.heartbeat(job_ids, lease_ms, now).await?),
+            Backend::Sqlite { store, .. } => {
+                let leases: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease)).collect();
+                Ok(store.heartbeat_at(&leases, lease_ms, now)?)
+            }
+            Backend::Postgres { pg, .. } => {
+                let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+                Ok(pg.heartbeat(&ids, lease_ms, now).await?)
+            }
         }
     }
 
     /// Marks a claimed job done; false when this handle no longer held it.
-    pub async fn finish(&self, job_id: i64) -> QueueResult<bool> {
+    pub async fn finish(&self, job: &Job) -> QueueResult<bool> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                store.finish_job(job_id, None, None)?;
-                Ok(true)
-            }
-            Backend::Postgres { pg, .. } => Ok(pg.finish(job_id, self.now()).await?),
+            Backend::Sqlite { store, .. } => Ok(store.finish_job(job.id, job.lease, None, None)?),
+            Backend::Postgres { pg, .. } => Ok(pg.finish(job.id, self.now()).await?),
         }
     }
 
@@ -270,17 +273,17 @@ impl JobQueue {
     /// were made.
     pub async fn retry_later(
         &self,
-        job_id: i64,
+        job: &Job,
         error: &str,
         delay_ms: i64,
         max_attempts: u32,
     ) -> QueueResult<Retry> {
         let outcome = match &self.backend {
             Backend::Sqlite { store, .. } => {
-                Some(store.retry_later(job_id, error, delay_ms, max_attempts)?)
+                store.retry_later(job.id, job.lease, error, delay_ms, max_attempts)?
             }
             Backend::Postgres { pg, .. } => {
-                pg.retry_later(job_id, error, delay_ms, max_attempts, self.now())
+                pg.retry_later(job.id, error, delay_ms, max_attempts, self.now())
                     .await?
             }
         };
@@ -292,38 +295,29 @@ impl JobQueue {
     }
 
     /// A job that can never succeed as is (invalid data), kept with its reason.
-    pub async fn reject(&self, job_id: i64, reason: &str) -> QueueResult<bool> {
+    pub async fn reject(&self, job: &Job, reason: &str) -> QueueResult<bool> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                store.reject(job_id, reason)?;
-                Ok(true)
-            }
-            Backend::Postgres { pg, .. } => Ok(pg.reject(job_id, reason, self.now()).await?),
+            Backend::Sqlite { store, .. } => Ok(store.reject(job.id, job.lease, reason)?),
+            Backend::Postgres { pg, .. } => Ok(pg.reject(job.id, reason, self.now()).await?),
         }
     }
 
     /// Puts a job back for later without counting the attempt (the call was never
     /// made, e.g. an open circuit refused it).
-    pub async fn defer(&self, job_id: i64, reason: &str, delay_ms: i64) -> QueueResult<bool> {
+    pub async fn defer(&self, job: &Job, reason: &str, delay_ms: i64) -> QueueResult<bool> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                store.defer(job_id, reason, delay_ms)?;
-                Ok(true)
-            }
+            Backend::Sqlite { store, .. } => Ok(store.defer(job.id, job.lease, reason, delay_ms)?),
             Backend::Postgres { pg, .. } => Ok(pg
-                .put_back(job_id, Some(reason), delay_ms, self.now())
+                .put_back(job.id, Some(reason), delay_ms, self.now())
                 .await?),
         }
     }
 
     /// Gives a claimed job back untouched (shutdown before it started).
-    pub async fn release(&self, job_id: i64) -> QueueResult<bool> {
+    pub async fn release(&self, job: &Job) -> QueueResult<bool> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                store.release(job_id)?;
-                Ok(true)
-            }
-            Backend::Postgres { pg, .. } => Ok(pg.put_back(job_id, None, 0, self.now()).await?),
+            Backend::Sqlite { store, .. } => Ok(store.release(job.id, job.lease)?),
+            Backend::Postgres { pg, .. } => Ok(pg.put_back(job.id, None, 0, self.now()).await?),
         }
     }
 
@@ -468,16 +462,15 @@ impl JobQueue {
     pub async fn finish_jobs_sent(&self, jobs: Vec<Finished>) -> Ending {
         match &self.backend {
             Backend::Sqlite { store, .. } => {
-                let n = jobs.len();
                 let committed = store.finish_jobs_sent(jobs);
-                Box::pin(async move { Ok(committed.await.map(|()| n)?) })
+                Box::pin(async move { Ok(committed.await?) })
             }
             Backend::Postgres { .. } => Box::pin(std::future::ready(self.finish_jobs(jobs).await)),
         }
     }
 
     /// Ends finished jobs, each with its mapping in the same transaction; how many
-    /// ended (on Postgres a job whose lease this box lost is not ended, nor its mapping
+    /// ended (a job whose lease this handle lost is not ended, nor its mapping
     /// written). SQLite: the store's group commit, audit lines included. Postgres: one
     /// statement, then the audit lines (and a mirror of the mappings) in this box's
     /// store.
@@ -485,9 +478,7 @@ impl JobQueue {
         match &self.backend {
             Backend::Sqlite { store, .. } => {
                 // The writer thread's group commit, awaited: no thread blocks on it.
-                let n = jobs.len();
-                store.finish_jobs_async(jobs).await?;
-                Ok(n)
+                Ok(store.finish_jobs_async(jobs).await?)
             }
             Backend::Postgres { pg, local } => {
                 let pairs: Vec<(i64, Option<&ItemMapping>)> = jobs

@@ -415,6 +415,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
           'CHECK (state = ''queued'' OR state = ''leased'' OR state = ''done'' OR state = ''failed'' OR state = ''rejected'')')
       WHERE type = 'table' AND name = 'jobs';
      PRAGMA writable_schema = OFF;",
+    // 19: each lease of a job numbered. A worker ends, retries, defers, gives back or
+    // extends a job only while the lease it was given still stands (`state = 'leased'`
+    // and the same number): one whose lease ran out, the job handed out again or
+    // queued again with a newer payload meanwhile, changes nothing (it had marked the
+    // newer version done unsynced). Counted up by each claim and never reset (unlike
+    // `attempts`, which an operator's retry sets back to 0), so a number is never
+    // given twice.
+    "ALTER TABLE jobs ADD COLUMN lease_no INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the database to the schema this syncctl knows; refuses one a newer syncctl

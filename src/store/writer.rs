@@ -36,7 +36,8 @@ pub(super) enum GroupWrite {
         jobs: Vec<Finished>,
         /// Its caller does not wait on the commit: it may wait [`LINGER`] for company.
         lingers: bool,
-        reply: Reply<()>,
+        /// How many ended.
+        reply: Reply<usize>,
     },
     /// Creates about to be sent: (product id, request id, body) each.
     Pending {
@@ -78,6 +79,8 @@ impl<T> Reply<T> {
 /// What a write produced, held until its transaction commits.
 enum Applied {
     Written,
+    /// How many of the jobs ended (their leases stood).
+    Ended(usize),
     Claimed(Vec<Job>),
 }
 
@@ -86,10 +89,11 @@ impl GroupWrite {
     fn apply(&self, conn: &Connection, now: i64) -> Result<Applied> {
         match self {
             GroupWrite::Finish { jobs, .. } => {
+                let mut ended = 0;
                 for f in jobs {
-                    finish_one(conn, f, now)?;
+                    ended += usize::from(finish_one(conn, f, now)?);
                 }
-                Ok(Applied::Written)
+                Ok(Applied::Ended(ended))
             }
             GroupWrite::Pending { creates, .. } => {
                 // (`OR FAIL`: see `finish_one`.)
@@ -132,12 +136,14 @@ impl GroupWrite {
     fn answer(self, r: std::result::Result<Applied, Copied>) {
         let err = |e: Copied| SqlError::SqliteFailure(e.0, e.1);
         match self {
-            GroupWrite::Finish { reply, .. } | GroupWrite::Pending { reply, .. } => {
-                reply.send(r.map(|_| ()).map_err(err))
-            }
+            GroupWrite::Finish { reply, .. } => reply.send(r.map_err(err).map(|a| match a {
+                Applied::Ended(n) => n,
+                Applied::Written | Applied::Claimed(_) => 0,
+            })),
+            GroupWrite::Pending { reply, .. } => reply.send(r.map(|_| ()).map_err(err)),
             GroupWrite::Claim { reply, .. } => reply.send(r.map_err(err).map(|a| match a {
                 Applied::Claimed(jobs) => jobs,
-                Applied::Written => Vec::new(),
+                Applied::Written | Applied::Ended(_) => Vec::new(),
             })),
         }
     }
@@ -166,6 +172,7 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
                 payload: row.get(3)?,
                 attempts: row.get(4)?,
                 idempotency_key: row.get(5)?,
+                lease: row.get(6)?,
                 mapping: None,
             })
         })?
@@ -177,6 +184,7 @@ fn claim(conn: &Connection, kind: &str, limit: usize, lease_ms: i64, now: i64) -
         // not is not claimed.)
         if lease.execute(params![job.id, now, now + lease_ms])? == 1 {
             job.attempts = job.attempts.saturating_add(1);
+            job.lease += 1;
             jobs.push(job);
         }
     }

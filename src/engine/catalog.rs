@@ -1704,19 +1704,27 @@ impl Catalog {
             JobError::Transient(msg, wait) => {
                 let attempt = job.attempts.max(1);
                 let backoff = wait.unwrap_or_else(|| backoff(attempt, job.id));
-                let failed = matches!(
-                    self.queue
-                        .retry_later(
-                            job,
-                            &msg,
-                            backoff.as_millis() as i64,
-                            self.settings.max_attempts,
-                        )
-                        .await,
-                    Ok(crate::store::queue::Retry::Failed)
-                );
+                let retry = self
+                    .queue
+                    .retry_later(
+                        job,
+                        &msg,
+                        backoff.as_millis() as i64,
+                        self.settings.max_attempts,
+                    )
+                    .await;
+                if let Ok(crate::store::queue::Retry::LeaseLost) = retry {
+                    self.metrics.error(
+                        entity,
+                        &format!(
+                            "{msg} (not recorded: its lease had run out and the job was \
+                             queued or handed out again)"
+                        ),
+                    );
+                    return;
+                }
                 self.metrics.error(entity, &msg);
-                if failed {
+                if matches!(retry, Ok(crate::store::queue::Retry::Failed)) {
                     let _ = self.store.audit(
                         "error",
                         entity,
@@ -1726,9 +1734,13 @@ impl Catalog {
                 }
             }
             JobError::Deferred(msg, wait) => {
-                self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.queue.defer(job, &msg, wait.as_millis() as i64).await {
-                    self.metrics.error(entity, &format!("store: {e}"));
+                match self.queue.defer(job, &msg, wait.as_millis() as i64).await {
+                    Ok(true) => {
+                        self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Its lease ran out: the job's newer holder deals with it.
+                    Ok(false) => {}
+                    Err(e) => self.metrics.error(entity, &format!("store: {e}")),
                 }
             }
             JobError::Permanent(reason) => {

@@ -207,9 +207,9 @@ pub struct Job {
     pub attempts: u32,
     pub idempotency_key: String,
     /// The number of this lease of the job (SQLite, schema 19: each claim of the job
-    /// counts it up): what ends, retries, gives back or extends it must name it, so a
-    /// worker whose lease ran out and was given again changes nothing. (Postgres fences
-    /// by the lease's owner instead: 0 there.)
+    /// counts it up; Postgres: the claim's number, in the lease's owner, see
+    /// [`postgres::PgQueue`]): what ends, retries, gives back or extends the job must
+    /// name it, so a worker whose lease ran out and was given again changes nothing.
     pub lease: i64,
     /// The key's Item mapping as the claim read it, in the transaction that took the
     /// lease ([`crate::store::queue::JobQueue::claim_with_mappings`]): `Some(None)` is
@@ -1264,7 +1264,10 @@ impl Store {
     /// Removes jobs that finished (done) before `before_ms`, and the failed jobs a done
     /// one among them had superseded; how many. In batches, so the writer is never held
     /// long. Nothing unfinished goes, and no count changes: the keys ever seen, the
-    /// mappings and the audit trail stay.
+    /// mappings and the audit trail stay. The newest job row stays too: SQLite gives
+    /// a new row the id after the largest one, so with it kept an id is never given
+    /// twice (a new job on a compacted id would start its leases at 1 again, and a
+    /// worker stalled past a lease on the old one would end it).
     pub fn compact_jobs(&self, before_ms: i64) -> Result<usize> {
         let mut removed = 0;
         loop {
@@ -1289,7 +1292,8 @@ impl Store {
                 n += tx
                     .prepare_cached(
                         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
-                           WHERE state = 'done' AND updated_at < ?1 LIMIT 5000)",
+                           WHERE state = 'done' AND updated_at < ?1
+                             AND id < (SELECT MAX(id) FROM jobs) LIMIT 5000)",
                     )?
                     .execute(params![before_ms])?;
                 tx.commit()?;
@@ -3971,6 +3975,52 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.catalog_counts().unwrap(), before);
+    }
+
+    /// Compaction keeps the newest job row, so its id is never given to a new job: a
+    /// worker stalled past its lease on a compacted job would otherwise end the new
+    /// job that took its id (leases counted from 1 again).
+    #[test]
+    fn a_compacted_jobs_id_is_never_given_again() {
+        let (_d, s) = store();
+        let t = now_ms();
+        s.ingest(&[job("p1", "v1", 1)], None, None).unwrap();
+        let stale = s
+            .claim_at("catalog.product", 1, 1_000, t)
+            .unwrap()
+            .remove(0);
+        let again = s
+            .claim_at("catalog.product", 1, 1_000, t + 2_000)
+            .unwrap()
+            .remove(0);
+        assert_eq!((again.id, again.lease), (stale.id, stale.lease + 1));
+        let end = |j: &Job| Finished {
+            job_id: j.id,
+            lease: j.lease,
+            mapping: None,
+            audit: None,
+            trace_id: None,
+        };
+        assert_eq!(s.finish_jobs(vec![end(&again)]).unwrap(), 1);
+        assert_eq!(
+            s.compact_jobs(now_ms() + 10).unwrap(),
+            0,
+            "the newest stays"
+        );
+        s.ingest(&[job("p2", "other", 1)], None, None).unwrap();
+        let other = s
+            .claim_at("catalog.product", 1, 1_000, t + 3_000)
+            .unwrap()
+            .remove(0);
+        assert_eq!(other.key, "p2");
+        assert_ne!(other.id, stale.id);
+        assert_eq!(s.finish_jobs(vec![end(&stale)]).unwrap(), 0);
+        assert_eq!(
+            s.compact_jobs(now_ms() + 10).unwrap(),
+            1,
+            "no longer the newest"
+        );
+        assert_eq!(s.finish_jobs(vec![end(&other)]).unwrap(), 1);
     }
 
     #[test]

@@ -386,14 +386,16 @@ const SAVE_MAPPING: &str =
         pending_request_id = NULL, pending_body = NULL, status = excluded.status,
         reason = excluded.reason, synced_at = excluded.synced_at";
 
-/// Ends the jobs this owner still holds and, in the same statement (one transaction),
-/// stores the mappings of those jobs: a job is never done without its mapping, nor a
-/// mapping of a job this box lost written. `$1` company, `$2` owner, `$3` now, `$4` job
-/// ids, `$5..$12` the mappings' columns (a NULL product id: no mapping). The ids ended.
+/// Ends the jobs whose leases still stand and, in the same statement (one
+/// transaction), stores the mappings of those jobs: a job is never done without its
+/// mapping, nor a mapping of a job whose lease was lost written. `$1` company, `$2`
+/// each job's lease (see [`PgQueue::lease_owner`]), `$3` now, `$4` job ids, `$5..$12`
+/// the mappings' columns (a NULL product id: no mapping). The ids ended.
 const FINISH: &str = "WITH done AS (
         UPDATE syncctl.jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
                last_error = NULL, updated_at = $3
-         WHERE id = ANY($4) AND company = $1 AND state = 'leased' AND lease_owner = $2
+         WHERE id = ANY($4) AND company = $1 AND state = 'leased'
+           AND (id, lease_owner) IN (SELECT * FROM unnest($4::bigint[], $2::text[]))
         RETURNING id),
      m AS (SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
                                 $9::text[], $10::bigint[], $11::text[], $12::text[])
@@ -441,6 +443,11 @@ pub type PgResult<T> = std::result::Result<T, PgError>;
 
 /// One box's handle on the shared queue: a connection pool, a listening connection,
 /// and the owner name its leases carry.
+///
+/// Each claim's leases carry the owner name and the claim's number (`owner#n`,
+/// [`PgQueue::lease_owner`]; [`Job::lease`] is `n`): a worker of this box whose lease
+/// ran out, the job then claimed again by this same box, no longer holds it (its end
+/// had marked done a job claimed again, or queued again with a newer payload).
 #[derive(Clone)]
 pub struct PgQueue {
     pool: Pool,
@@ -462,6 +469,9 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// The number of this process's next claim on the shared queue (see [`PgQueue`]).
+static NEXT_LEASE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
 
 /// Connections a handle's pool keeps.
 const POOL_SIZE: usize = 8;
@@ -503,6 +513,11 @@ impl PgQueue {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// What a job's `lease_owner` holds while lease `lease` of this box stands.
+    fn lease_owner(&self, lease: i64) -> String {
+        format!("{}#{lease}", self.owner)
     }
 
     /// The connection pool, for the company's other shared tables (quota, tokens,
@@ -587,6 +602,8 @@ impl PgQueue {
             .prepare_cached("SELECT * FROM syncctl.claim($1, $2, $3, $4, $5, $6)")
             .await?;
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        // Numbered in this process (its owner name is its own): never given twice.
+        let lease = NEXT_LEASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = c
             .query(
                 &stmt,
@@ -596,7 +613,7 @@ impl PgQueue {
                     &limit,
                     &now_ms,
                     &lease_ms,
-                    &&*self.owner,
+                    &self.lease_owner(lease),
                 ],
             )
             .await?;
@@ -609,7 +626,7 @@ impl PgQueue {
                 payload: r.get(3),
                 attempts: r.get::<_, i32>(4).max(0) as u32,
                 idempotency_key: r.get(5),
-                lease: 0,
+                lease,
                 mapping: None,
             })
             .collect();
@@ -617,11 +634,12 @@ impl PgQueue {
         Ok(jobs)
     }
 
-    /// Extends the leases this handle still holds among `job_ids` to `now + lease_ms`;
-    /// the ids still held (a missing one was lost to another box).
+    /// Extends the `leases` (job id, [`Job::lease`]) that still stand to `now +
+    /// lease_ms`; the ids still held (a missing one was lost, to another box or
+    /// another claim).
     pub async fn heartbeat(
         &self,
-        job_ids: &[i64],
+        leases: &[(i64, i64)],
         lease_ms: i64,
         now_ms: i64,
     ) -> PgResult<Vec<i64>> {
@@ -629,19 +647,21 @@ impl PgQueue {
         let stmt = c
             .prepare_cached(
                 "UPDATE syncctl.jobs SET lease_until = $2::bigint + $3::bigint, updated_at = $2
-                  WHERE id = ANY($1) AND state = 'leased' AND lease_owner = $4 RETURNING id",
+                  WHERE id = ANY($1) AND state = 'leased'
+                    AND (id, lease_owner) IN (SELECT * FROM unnest($1::bigint[], $4::text[]))
+                 RETURNING id",
             )
             .await?;
-        let rows = c
-            .query(&stmt, &[&job_ids, &now_ms, &lease_ms, &&*self.owner])
-            .await?;
+        let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        let owners: Vec<String> = leases.iter().map(|l| self.lease_owner(l.1)).collect();
+        let rows = c.query(&stmt, &[&ids, &now_ms, &lease_ms, &owners]).await?;
         let mut held: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         held.sort_unstable();
         Ok(held)
     }
 
     /// Marks a job done; false when this handle no longer holds it.
-    pub async fn finish(&self, job_id: i64, now_ms: i64) -> PgResult<bool> {
+    pub async fn finish(&self, job_id: i64, lease: i64, now_ms: i64) -> PgResult<bool> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
@@ -650,7 +670,11 @@ impl PgQueue {
                   WHERE id = $1 AND state = 'leased' AND lease_owner = $3",
             )
             .await?;
-        Ok(c.execute(&stmt, &[&job_id, &now_ms, &&*self.owner]).await? == 1)
+        Ok(
+            c.execute(&stmt, &[&job_id, &now_ms, &self.lease_owner(lease)])
+                .await?
+                == 1,
+        )
     }
 
     /// Some(true): failed past its last attempt; Some(false): queued again after
@@ -658,6 +682,7 @@ impl PgQueue {
     pub async fn retry_later(
         &self,
         job_id: i64,
+        lease: i64,
         error: &str,
         delay_ms: i64,
         max_attempts: u32,
@@ -671,14 +696,27 @@ impl PgQueue {
         let row = c
             .query_one(
                 &stmt,
-                &[&job_id, &error, &delay_ms, &max, &now_ms, &&*self.owner],
+                &[
+                    &job_id,
+                    &error,
+                    &delay_ms,
+                    &max,
+                    &now_ms,
+                    &self.lease_owner(lease),
+                ],
             )
             .await?;
         Ok(row.get(0))
     }
 
     /// A job that can never succeed as is; false when no longer this handle's.
-    pub async fn reject(&self, job_id: i64, reason: &str, now_ms: i64) -> PgResult<bool> {
+    pub async fn reject(
+        &self,
+        job_id: i64,
+        lease: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> PgResult<bool> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
@@ -687,11 +725,12 @@ impl PgQueue {
                   WHERE id = $1 AND state = 'leased' AND lease_owner = $4",
             )
             .await?;
-        Ok(
-            c.execute(&stmt, &[&job_id, &reason, &now_ms, &&*self.owner])
-                .await?
-                == 1,
+        Ok(c.execute(
+            &stmt,
+            &[&job_id, &reason, &now_ms, &self.lease_owner(lease)],
         )
+        .await?
+            == 1)
     }
 
     /// Puts a held job back without counting the attempt, due after `delay_ms` (with
@@ -699,6 +738,7 @@ impl PgQueue {
     pub async fn put_back(
         &self,
         job_id: i64,
+        lease: i64,
         reason: Option<&str>,
         delay_ms: i64,
         now_ms: i64,
@@ -710,20 +750,28 @@ impl PgQueue {
         let row = c
             .query_one(
                 &stmt,
-                &[&job_id, &now_ms, &delay_ms, &reason, &&*self.owner],
+                &[
+                    &job_id,
+                    &now_ms,
+                    &delay_ms,
+                    &reason,
+                    &self.lease_owner(lease),
+                ],
             )
             .await?;
         Ok(row.get(0))
     }
 
     /// Puts back every lease this handle's owner name holds (a box restarting under the
-    /// same name); how many. Other boxes' leases are left to run out.
+    /// same name), by any claim (and as leases were written before they were numbered);
+    /// how many. Other boxes' leases are left to run out.
     pub async fn requeue_leased(&self, now_ms: i64) -> PgResult<usize> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
                 "SELECT count(*) FILTER (WHERE syncctl.requeue(id, $1, 0, NULL, FALSE, NULL))
-                   FROM (SELECT id FROM syncctl.jobs WHERE state = 'leased' AND lease_owner = $2
+                   FROM (SELECT id FROM syncctl.jobs WHERE state = 'leased'
+                          AND (lease_owner = $2 OR starts_with(lease_owner, $2 || '#'))
                           AND company = $3 ORDER BY id FOR UPDATE SKIP LOCKED) held",
             )
             .await?;
@@ -1006,18 +1054,20 @@ impl PgQueue {
         Ok(())
     }
 
-    /// Ends the jobs this handle still holds, each with its mapping, in one statement;
-    /// the ids ended (a missing one was lost to another box: nothing of it written).
+    /// Ends the jobs whose leases (job id, [`Job::lease`], mapping) still stand, each
+    /// with its mapping, in one statement; the ids ended (a missing one was lost, to
+    /// another box or another claim: nothing of it written).
     pub async fn finish_with(
         &self,
-        jobs: &[(i64, Option<&ItemMapping>)],
+        jobs: &[(i64, i64, Option<&ItemMapping>)],
         now_ms: i64,
     ) -> PgResult<Vec<i64>> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(FINISH).await?;
         let ids: Vec<i64> = jobs.iter().map(|j| j.0).collect();
+        let owners: Vec<String> = jobs.iter().map(|j| self.lease_owner(j.1)).collect();
         let col = |f: fn(&ItemMapping) -> Option<&str>| -> Vec<Option<&str>> {
-            jobs.iter().map(|j| j.1.and_then(f)).collect()
+            jobs.iter().map(|j| j.2.and_then(f)).collect()
         };
         let products = col(|m| Some(m.product_id.as_str()));
         let items = col(|m| m.item_id.as_deref());
@@ -1028,14 +1078,14 @@ impl PgQueue {
         let reasons = col(|m| m.reason.as_deref());
         let sources: Vec<Option<i64>> = jobs
             .iter()
-            .map(|j| j.1.and_then(|m| m.source_updated))
+            .map(|j| j.2.and_then(|m| m.source_updated))
             .collect();
         let rows = c
             .query(
                 &stmt,
                 &[
                     &&*self.company,
-                    &&*self.owner,
+                    &owners,
                     &now_ms,
                     &ids,
                     &products,

@@ -255,8 +255,8 @@ impl JobQueue {
                 Ok(store.heartbeat_at(&leases, lease_ms, now)?)
             }
             Backend::Postgres { pg, .. } => {
-                let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-                Ok(pg.heartbeat(&ids, lease_ms, now).await?)
+                let leases: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease)).collect();
+                Ok(pg.heartbeat(&leases, lease_ms, now).await?)
             }
         }
     }
@@ -265,7 +265,7 @@ impl JobQueue {
     pub async fn finish(&self, job: &Job) -> QueueResult<bool> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.finish_job(job.id, job.lease, None, None)?),
-            Backend::Postgres { pg, .. } => Ok(pg.finish(job.id, self.now()).await?),
+            Backend::Postgres { pg, .. } => Ok(pg.finish(job.id, job.lease, self.now()).await?),
         }
     }
 
@@ -283,7 +283,7 @@ impl JobQueue {
                 store.retry_later(job.id, job.lease, error, delay_ms, max_attempts)?
             }
             Backend::Postgres { pg, .. } => {
-                pg.retry_later(job.id, error, delay_ms, max_attempts, self.now())
+                pg.retry_later(job.id, job.lease, error, delay_ms, max_attempts, self.now())
                     .await?
             }
         };
@@ -298,7 +298,9 @@ impl JobQueue {
     pub async fn reject(&self, job: &Job, reason: &str) -> QueueResult<bool> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.reject(job.id, job.lease, reason)?),
-            Backend::Postgres { pg, .. } => Ok(pg.reject(job.id, reason, self.now()).await?),
+            Backend::Postgres { pg, .. } => {
+                Ok(pg.reject(job.id, job.lease, reason, self.now()).await?)
+            }
         }
     }
 
@@ -308,7 +310,7 @@ impl JobQueue {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.defer(job.id, job.lease, reason, delay_ms)?),
             Backend::Postgres { pg, .. } => Ok(pg
-                .put_back(job.id, Some(reason), delay_ms, self.now())
+                .put_back(job.id, job.lease, Some(reason), delay_ms, self.now())
                 .await?),
         }
     }
@@ -317,7 +319,9 @@ impl JobQueue {
     pub async fn release(&self, job: &Job) -> QueueResult<bool> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.release(job.id, job.lease)?),
-            Backend::Postgres { pg, .. } => Ok(pg.put_back(job.id, None, 0, self.now()).await?),
+            Backend::Postgres { pg, .. } => {
+                Ok(pg.put_back(job.id, job.lease, None, 0, self.now()).await?)
+            }
         }
     }
 
@@ -481,9 +485,9 @@ impl JobQueue {
                 Ok(store.finish_jobs_async(jobs).await?)
             }
             Backend::Postgres { pg, local } => {
-                let pairs: Vec<(i64, Option<&ItemMapping>)> = jobs
+                let pairs: Vec<(i64, i64, Option<&ItemMapping>)> = jobs
                     .iter()
-                    .map(|f| (f.job_id, f.mapping.as_ref()))
+                    .map(|f| (f.job_id, f.lease, f.mapping.as_ref()))
                     .collect();
                 let held = pg.finish_with(&pairs, self.now()).await?;
                 let ended: Vec<Finished> = jobs

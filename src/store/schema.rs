@@ -421,7 +421,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // queued again with a newer payload meanwhile, changes nothing (it had marked the
     // newer version done unsynced). Counted up by each claim and never reset (unlike
     // `attempts`, which an operator's retry sets back to 0), so a number is never
-    // given twice.
+    // given twice (nor a job's id: compaction keeps the newest row).
     "ALTER TABLE jobs ADD COLUMN lease_no INTEGER NOT NULL DEFAULT 0;",
 ];
 

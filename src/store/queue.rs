@@ -245,19 +245,14 @@ impl JobQueue {
         }
     }
 
-    /// Extends the leases of `job_ids` this handle still holds by `lease_ms` from now;
+    /// Extends the leases of `jobs` this handle still holds by `lease_ms` from now;
     /// the ids still held, ascending (a missing one was lost: stop working on it).
     pub async fn heartbeat(&self, jobs: &[Job], lease_ms: i64) -> QueueResult<Vec<i64>> {
         let now = self.now();
+        let leases: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease)).collect();
         match &self.backend {
-            Backend::Sqlite { store, .. } => {
-                let leases: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease)).collect();
-                Ok(store.heartbeat_at(&leases, lease_ms, now)?)
-            }
-            Backend::Postgres { pg, .. } => {
-                let leases: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.lease)).collect();
-                Ok(pg.heartbeat(&leases, lease_ms, now).await?)
-            }
+            Backend::Sqlite { store, .. } => Ok(store.heartbeat_at(&leases, lease_ms, now)?),
+            Backend::Postgres { pg, .. } => Ok(pg.heartbeat(&leases, lease_ms, now).await?),
         }
     }
 

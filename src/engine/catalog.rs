@@ -43,6 +43,9 @@ pub const CLAIM_MAX: usize = 64;
 const FULL_QUEUE_LOOK_AFTER: Duration = Duration::from_millis(250);
 /// ... but on a shared queue (a round trip each) at most this often.
 const SHARED_QUEUE_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// Why a worker's end of a job was not recorded, or its lease not extended: the job
+/// belongs to its newer holder (or newer payload) now.
+const LEASE_LOST: &str = "the lease ran out and the job was queued or handed out again";
 /// A claimed group taken later than this after its claim reads its mappings again
 /// (see [`JobQueue::claim_with_mappings`]).
 const CLAIMED_MAPPINGS_FRESH_MS: i64 = 50;
@@ -1251,10 +1254,8 @@ impl Catalog {
             match self.queue.heartbeat(jobs, lease).await {
                 Ok(held) if held.len() < jobs.len() => {
                     let lost = jobs.len() - held.len();
-                    self.metrics.error(
-                        "catalog",
-                        &format!("{lost} job lease(s) ran out and were handed out again"),
-                    );
+                    self.metrics
+                        .error("catalog", &format!("{lost} job(s): {LEASE_LOST}"));
                 }
                 Ok(_) => {}
                 Err(e) => self.metrics.error("store", &format!("heartbeat: {e}")),
@@ -1617,11 +1618,7 @@ impl Catalog {
                     if ended < n {
                         self.metrics.error(
                             "catalog",
-                            &format!(
-                                "{} finished job(s) not recorded: their leases had run out \
-                                 and they were queued or handed out again",
-                                n - ended
-                            ),
+                            &format!("{} finished job(s) not recorded: {LEASE_LOST}", n - ended),
                         );
                     }
                     self.metrics
@@ -1714,13 +1711,8 @@ impl Catalog {
                     )
                     .await;
                 if let Ok(crate::store::queue::Retry::LeaseLost) = retry {
-                    self.metrics.error(
-                        entity,
-                        &format!(
-                            "{msg} (not recorded: its lease had run out and the job was \
-                             queued or handed out again)"
-                        ),
-                    );
+                    self.metrics
+                        .error(entity, &format!("{msg} (not recorded: {LEASE_LOST})"));
                     return;
                 }
                 self.metrics.error(entity, &msg);

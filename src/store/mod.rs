@@ -626,9 +626,10 @@ impl Store {
         })
     }
 
-    /// Ends a job in one transaction: marks it done, stores the product's mapping (if
-    /// any) and writes the audit line (if any). False, and nothing written, when its
-    /// `lease` no longer stands.
+    /// Ends a job in one transaction of its own: marks it done, stores the product's
+    /// mapping (if any) and writes the audit line (if any), as [`finish_one`] does in
+    /// the writer's group. False, and nothing written, when its `lease` no longer
+    /// stands.
     pub fn finish_job(
         &self,
         job_id: i64,
@@ -636,30 +637,18 @@ impl Store {
         mapping: Option<&ItemMapping>,
         audit: Option<(&str, &str, &str, &str)>,
     ) -> Result<bool> {
+        let f = Finished {
+            job_id,
+            lease,
+            mapping: mapping.cloned(),
+            audit: audit.map(|(k, e, a, m)| (k.into(), e.into(), a.into(), m.into())),
+            trace_id: crate::telemetry::trace::current_id(),
+        };
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
-            let now = now_ms();
-            if tx.prepare_cached("UPDATE jobs SET state='done', lease_until=NULL, last_error=NULL, updated_at=?2 WHERE id=?1 AND state='leased' AND lease_no=?3")?
-                .execute(params![job_id, now, lease])? == 0
-            {
-                return Ok(false);
-            }
-            if let Some(m) = mapping {
-                save_mapping(&tx, m, now)?;
-            }
-            if let Some((kind, entity, actor, message)) = audit {
-                tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
-                        now,
-                        kind,
-                        entity,
-                        actor,
-                        message,
-                        crate::telemetry::trace::current_id()
-                    ],
-                )?;
-            }
-            tx.commit().map(|()| true)
+            let ended = finish_one(&tx, &f, now_ms())?;
+            tx.commit().map(|()| ended)
         })
     }
 

@@ -3972,8 +3972,9 @@ mod tests {
     #[test]
     fn a_compacted_jobs_id_is_never_given_again() {
         let (_d, s) = store();
-        let t = now_ms();
         s.ingest(&[job("p1", "v1", 1)], None, None).unwrap();
+        // (After the ingest, which dates the job by the real clock: due at `t`.)
+        let t = now_ms();
         let stale = s
             .claim_at("catalog.product", 1, 1_000, t)
             .unwrap()

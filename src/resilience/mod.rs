@@ -460,8 +460,8 @@ impl Downstream {
     }
 
     /// How long an attempt may take: [`TIMEOUT_P99S`] × the p99 of the recent successes
-    /// (at least [`TIMEOUT_FLOOR`]; [`TIMEOUT_COLD`] before a few answers), doubled for
-    /// each retry of the same call (and for a half-open trial), never more than the
+    /// (at least [`TIMEOUT_FLOOR`]; [`TIMEOUT_COLD`], never doubled, before any answer),
+    /// doubled for each retry of the same call (and for a half-open trial), never more than the
     /// configured timeout. A hanging request then costs a fraction of a second of a
     /// slot, not the whole configured minute. A service that became slow is timed out
     /// until its successes leave the [`OK_WINDOW`]; from then on it gets the cold
@@ -473,7 +473,10 @@ impl Downstream {
             (ok.p99(self.clock.now()), ok.samples)
         };
         let base = match p99 {
-            None => TIMEOUT_COLD,
+            // Not doubled per retry: a service that has not answered yet gets the same
+            // 5 s each time (doubling made three hangs in a row hold a cold start for
+            // 35 s, the one call everything waits on).
+            None => return TIMEOUT_COLD.min(self.timeout),
             // A few samples understate the p99: twice the margin.
             Some(p) if samples < TIMEOUT_SAMPLES => (p * TIMEOUT_P99S * 2).max(TIMEOUT_FLOOR),
             Some(p) => (p * TIMEOUT_P99S).max(TIMEOUT_FLOOR),
@@ -636,7 +639,7 @@ mod tests {
 
     /// Issue 18 point 1: a call that hangs is given up at 4 × the p99 of the recent
     /// answers (at least 250 ms), its retry gets twice that, and before any answer a
-    /// hanging call waits 5 s, not the configured minute.
+    /// hanging call waits 5 s (its retries too), not the configured minute.
     #[tokio::test(start_paused = true)]
     async fn a_hanging_call_is_given_up_at_the_adaptive_timeout_and_retried() {
         let d = downstream(2);
@@ -648,6 +651,11 @@ mod tests {
         let r = d.call(false, hang).await;
         assert_eq!(r, Err(E::TimedOut(TIMEOUT_COLD)), "before any answer");
         assert_eq!(start.elapsed(), TIMEOUT_COLD);
+        assert_eq!(
+            (d.timeout(2, false), d.timeout(3, true)),
+            (TIMEOUT_COLD, TIMEOUT_COLD),
+            "a retry before any answer waits no longer than the first try"
+        );
         for _ in 0..30 {
             let r: Result<(), E> = d
                 .call(true, || async {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::pg;
 use syncctl::store::queue::{JobQueue, QueueCounts, Retry};
-use syncctl::store::{NewJob, Store, WallClock};
+use syncctl::store::{NewJob, PendingCreate, Store, WallClock};
 
 const KIND: &str = "catalog.product";
 const LEASE: i64 = 60_000;
@@ -286,6 +286,10 @@ async fn counts_follow_the_jobs(b: Backend) {
 /// had replaced meanwhile, the newer version never synced. Within one box: each lease
 /// is numbered (another box's lease is another owner's, see
 /// `a_box_that_stops_heartbeating_loses_its_jobs_to_the_other`).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one job's story through three leases, every write of each checked, in order"
+)]
 async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Backend) {
     let Some(db) = Db::new(b) else { return };
     let clock = WallClock::default();
@@ -302,6 +306,62 @@ async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Back
     assert!(
         !q.finish(&stale).await.unwrap(),
         "ended under another's lease"
+    );
+    // Nor does the stale worker record anything mid-way: a create it is about to send
+    // (refused: it must not be sent) or an Item found ahead of its update, while the new
+    // holder's are recorded. The same batch may carry both.
+    let pending = |held: &syncctl::store::Job, rid: &str| PendingCreate {
+        product_id: "p1".into(),
+        request_id: rid.into(),
+        body: "{}".into(),
+        held: Some(held.held()),
+    };
+    assert_eq!(
+        q.mark_creates_pending(&[pending(&stale, "stale-rid")])
+            .await
+            .unwrap(),
+        [false],
+        "a stale create is not recorded"
+    );
+    assert_eq!(q.mapping("p1").await.unwrap(), None);
+    assert_eq!(
+        q.mark_creates_pending(&[pending(&second, "new-rid")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    let ahead = |token: &str| syncctl::store::ItemMapping {
+        product_id: "p1".into(),
+        item_id: Some("7".into()),
+        sync_token: Some(token.into()),
+        status: "pending".into(),
+        ..Default::default()
+    };
+    assert!(
+        !q.save_mapping_held(&ahead("0"), stale.held())
+            .await
+            .unwrap(),
+        "a stale Item found ahead of its update is not recorded"
+    );
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.pending_request_id.as_deref(), m.sync_token),
+        (Some("new-rid"), None),
+        "the new holder's pending create stands"
+    );
+    assert!(
+        q.save_mapping_held(&ahead("3"), second.held())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        q.mapping("p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .sync_token
+            .as_deref(),
+        Some("3")
     );
     // The new holder puts it back (an open circuit), and a newer event replaces its
     // payload in the queue.
@@ -342,7 +402,31 @@ async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Back
             .unwrap();
         assert_eq!(ended, 0, "a late group end ends nothing");
     }
-    assert_eq!(q.mapping("p1").await.unwrap(), None, "nor writes a mapping");
+    assert_eq!(
+        q.mapping("p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .sync_token
+            .as_deref(),
+        Some("3"),
+        "nor writes a mapping"
+    );
+    for old in [&stale, &second] {
+        assert_eq!(
+            q.mark_creates_pending(&[pending(old, "late-rid")])
+                .await
+                .unwrap(),
+            [false]
+        );
+        assert!(!q.save_mapping_held(&ahead("9"), old.held()).await.unwrap());
+    }
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.pending_request_id.as_deref(), m.sync_token.as_deref()),
+        (None, Some("3")),
+        "no late mid-way write lands"
+    );
     let c = q.counts(KIND).await.unwrap();
     assert_eq!((c.queued, c.in_flight), (1, 0), "the newer version waits");
 

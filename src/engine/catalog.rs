@@ -31,7 +31,7 @@ use crate::connectors::quickbooks::{QbError, QuickBooksClient};
 use crate::connectors::stripe::{Cursor, Price, PriceRef, Product, StripeClient, StripeError};
 use crate::resilience::autoscale::{AutoscaleConfig, Autoscaler, BatchSizer, Decision, Sample};
 use crate::store::queue::{JobQueue, QueueError};
-use crate::store::{ItemMapping, Job, NewJob, Store, now_ms};
+use crate::store::{Held, ItemMapping, Job, NewJob, PendingCreate, Store, now_ms};
 use crate::telemetry::cache::Cache;
 
 pub const JOB_KIND: &str = "catalog.product";
@@ -183,6 +183,9 @@ struct Plan {
     hash: String,
     /// Created or adopted on the way (an update alone is `Updated`).
     outcome: Option<Outcome>,
+    /// The job it is carried out for (None: a preview's plan, never written): what it
+    /// records before its end is refused once that job's lease no longer stands.
+    held: Option<Held>,
 }
 
 impl Plan {
@@ -219,6 +222,9 @@ enum JobError {
     Permanent(String),
     /// Not attempted (an open circuit): back to the queue without using an attempt.
     Deferred(String, Duration),
+    /// The job's lease ran out mid-way (a write ahead of its end was refused): its newer
+    /// holder (or newer payload) carries on; nothing more is sent or recorded for it.
+    LeaseLost,
 }
 
 impl JobError {
@@ -1671,7 +1677,10 @@ impl Catalog {
         for (i, job) in jobs.iter().enumerate() {
             match self.prepare(job, mappings.remove(&job.key)).await {
                 Ok(Step::Done(outcome, mapping)) => results[i] = Some(Ok((outcome, mapping))),
-                Ok(Step::Write(plan)) => plans.push((i, plan)),
+                Ok(Step::Write(mut plan)) => {
+                    plan.held = Some(job.held());
+                    plans.push((i, plan));
+                }
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
@@ -1698,6 +1707,10 @@ impl Catalog {
     async fn finish_failed(&self, job: &Job, error: JobError) {
         let entity = job.key.as_str();
         match error {
+            // Nothing of it is this worker's to record any more.
+            JobError::LeaseLost => self
+                .metrics
+                .error(entity, &format!("stopped mid-way: {LEASE_LOST}")),
             JobError::Transient(msg, wait) => {
                 let attempt = job.attempts.max(1);
                 let backoff = wait.unwrap_or_else(|| backoff(attempt, job.id));
@@ -1839,6 +1852,7 @@ impl Catalog {
             desired,
             m,
             outcome: None,
+            held: None,
         };
         if plan.m.item_id.is_some() && plan.is_synced() {
             let (outcome, mapping) = plan.done();
@@ -1912,11 +1926,38 @@ impl Catalog {
         if fresh { 0 } else { items_known / 1000 + 1 }
     }
 
+    /// Records a plan's mapping before its job ends (an Item found or created, its
+    /// update still to go): refused once the job's lease no longer stands.
+    async fn record_ahead(&self, p: &Plan) -> Result<(), JobError> {
+        let recorded = match p.held {
+            Some(held) => self.queue.save_mapping_held(&p.m, held).await?,
+            None => {
+                self.queue.save_mapping(&p.m).await?;
+                true
+            }
+        };
+        if recorded {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost)
+        }
+    }
+
+    /// Records a create about to be sent: refused once its job's lease no longer stands.
+    async fn mark_pending(&self, create: PendingCreate) -> Result<(), JobError> {
+        let marked = self.queue.mark_creates_pending(&[create]).await?;
+        if marked.first().copied().unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost)
+        }
+    }
+
     /// Carries a plan out with single calls: finds or creates the Item, then updates it.
     async fn complete(&self, mut plan: Box<Plan>) -> JobResult {
         let p = &mut *plan;
         if p.m.item_id.is_none() {
-            let (item, how) = self.find_or_create(&p.m, &p.desired).await?;
+            let (item, how) = self.find_or_create(&p.m, &p.desired, p.held).await?;
             p.m.item_id = Some(item.id.clone());
             p.m.sync_token = Some(item.sync_token.clone());
             p.m.item_name = Some(item.name.clone());
@@ -1927,7 +1968,7 @@ impl Catalog {
                 // An update follows: record the Item first, so a crash in between never
                 // loses it. (A create alone needs no such step: its replay finds it.)
                 p.m.status = "pending".into();
-                self.queue.save_mapping(&p.m).await?;
+                self.record_ahead(p).await?;
             }
             p.outcome = Some(match how {
                 "created" => Outcome::Created {
@@ -1977,38 +2018,54 @@ impl Catalog {
         }
     }
 
+    /// Replays a create recorded as pending (its answer lost, or its worker gone): the
+    /// Item it made, if it made one.
+    async fn replay_pending(
+        &self,
+        m: &ItemMapping,
+        pid: &str,
+    ) -> Result<Option<crate::connectors::quickbooks::Item>, JobError> {
+        let (Some(rid), Some(body)) = (&m.pending_request_id, &m.pending_body) else {
+            return Ok(None);
+        };
+        let body: Value = serde_json::from_str(body)
+            .map_err(|e| JobError::Permanent(format!("pending body: {e}")))?;
+        match self.qb.write_item(&body, rid).await {
+            Ok(item) => Ok(Some(item)),
+            Err(e) if e.code() == Some("6240") => {
+                // The name is taken: by this very create if its answer was lost (a
+                // batch's, whose replay id is not this one), else by another Item
+                // (then the lookup after this).
+                let Some(name) = body["Name"].as_str() else {
+                    return Ok(None);
+                };
+                let item = self
+                    .qb
+                    .find_items("Name", name)
+                    .await?
+                    .into_iter()
+                    .find(|i| i.sku.as_deref() == Some(pid));
+                if let Some(item) = &item {
+                    self.remember(item, pid);
+                }
+                Ok(item)
+            }
+            Err(e) if e.is_transient() => Err(e.into()),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Finds this product's Item (a pending create replayed, or one found by name that
     /// is not another product's), or creates it.
     async fn find_or_create(
         &self,
         m: &ItemMapping,
         desired: &DesiredItem,
+        held: Option<Held>,
     ) -> Result<(crate::connectors::quickbooks::Item, &'static str), JobError> {
         let pid = desired.sku.as_str();
-        if let (Some(rid), Some(body)) = (&m.pending_request_id, &m.pending_body) {
-            let body: Value = serde_json::from_str(body)
-                .map_err(|e| JobError::Permanent(format!("pending body: {e}")))?;
-            match self.qb.write_item(&body, rid).await {
-                Ok(item) => return Ok((item, "created")),
-                Err(e) if e.code() == Some("6240") => {
-                    // The name is taken: by this very create if its answer was lost (a
-                    // batch's, whose replay id is not this one), else by another Item
-                    // (then the lookup below).
-                    if let Some(name) = body["Name"].as_str()
-                        && let Some(item) = self
-                            .qb
-                            .find_items("Name", name)
-                            .await?
-                            .into_iter()
-                            .find(|i| i.sku.as_deref() == Some(pid))
-                    {
-                        self.remember(&item, pid);
-                        return Ok((item, "created"));
-                    }
-                }
-                Err(e) if e.is_transient() => return Err(e.into()),
-                Err(_) => {}
-            }
+        if let Some(item) = self.replay_pending(m, pid).await? {
+            return Ok((item, "created"));
         }
         if self.adopt_by_sku
             && let Some(item) = self.item_by_sku(pid).await?
@@ -2057,9 +2114,20 @@ impl Catalog {
                 // Written out once: hashed for the request id, kept as pending, sent.
                 let text = body.to_string();
                 let rid = item::create_request_id_of(pid, &text);
-                self.queue
-                    .mark_creates_pending(&[(pid.to_owned(), rid.clone(), text.clone())])
-                    .await?;
+                // Not sent unless recorded (nor once the job is another's): the name
+                // is free again.
+                let pending = PendingCreate {
+                    product_id: pid.to_owned(),
+                    request_id: rid.clone(),
+                    body: text.clone(),
+                    held,
+                };
+                if let Err(e) = self.mark_pending(pending).await {
+                    if reserved {
+                        self.created_by_single(name, pid, None).await;
+                    }
+                    return Err(e);
+                }
                 match self.qb.write_item_json(&text, &rid).await {
                     Ok(item) => {
                         if reserved {
@@ -2443,6 +2511,70 @@ mod tests {
         let c = queue.counts(JOB_KIND).await.unwrap();
         assert_eq!((c.queued, c.in_flight), (0, 0));
         assert!(queue.mapping("p1").await.unwrap().is_some());
+    }
+
+    /// A worker whose lease ran out mid-way sends no create: its pending creates are
+    /// refused (so never sent), in a batch and as a single call, and it records
+    /// nothing; the same jobs' newer holder records and sends its own. (The clients
+    /// call nowhere: a create that was sent fails as a transient error, not a lost
+    /// lease.)
+    #[tokio::test]
+    async fn a_worker_whose_lease_ran_out_mid_way_sends_no_create() {
+        let Leased {
+            _dir: _kept,
+            store: _,
+            clock,
+            queue,
+            catalog,
+        } = leased().await;
+        // The Item index just read and empty: every name is free, no request asked.
+        *catalog.index.lock().await = Some(bulk::ItemIndex::whole_and_empty());
+        let product = |key: &str| {
+            serde_json::json!({"id": key, "name": format!("Widget {key}"), "active": true,
+                               "updated": 2})
+            .to_string()
+        };
+        let payloads: Vec<(String, String)> = ["p1", "p2", "p3"]
+            .iter()
+            .map(|k| ((*k).to_owned(), product(k)))
+            .collect();
+        let jobs: Vec<NewJob<'_>> = payloads
+            .iter()
+            .map(|(k, p)| NewJob {
+                kind: JOB_KIND,
+                key: k,
+                payload: Some(p),
+                version: 2,
+            })
+            .collect();
+        queue.ingest(&jobs, None, None).await.unwrap();
+        let stale = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        assert_eq!(stale.len(), 3);
+        clock.advance(LEASE + 1);
+        let fresh = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        assert_eq!(fresh.len(), 3, "handed out again");
+
+        let lost = |results: &[JobResult]| {
+            results
+                .iter()
+                .map(|r| matches!(r, Err(JobError::LeaseLost)))
+                .collect::<Vec<_>>()
+        };
+        // A batch of three, then one alone (a single call).
+        let batch = catalog.process_group(&stale).await;
+        assert_eq!(lost(&batch), [true; 3], "{batch:?}");
+        let single = catalog.process_group(&stale[..1]).await;
+        assert_eq!(lost(&single), [true], "{single:?}");
+        for j in &stale {
+            assert_eq!(queue.mapping(&j.key).await.unwrap(), None, "{}", j.key);
+        }
+        // The newer holder's creates are recorded (and sent: nowhere, so they fail).
+        let held = catalog.process_group(&fresh).await;
+        assert_eq!(lost(&held), [false; 3], "{held:?}");
+        for j in &fresh {
+            let m = queue.mapping(&j.key).await.unwrap().unwrap();
+            assert!(m.pending_request_id.is_some(), "{}", j.key);
+        }
     }
 
     #[test]

@@ -217,6 +217,38 @@ pub struct Job {
     pub mapping: Option<Option<ItemMapping>>,
 }
 
+impl Job {
+    /// This worker's hold on the job, for writes made on its behalf mid-way.
+    pub fn held(&self) -> Held {
+        Held {
+            job_id: self.id,
+            lease: self.lease,
+        }
+    }
+}
+
+/// A worker's hold on a job: the job and the lease it was claimed under
+/// ([`Job::lease`]). A write made on a job's behalf before its end (a pending create, an
+/// Item recorded before its update) carries it and is refused once that lease no longer
+/// stands: a worker whose lease ran out must not write over what the job's newer holder
+/// wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub job_id: i64,
+    pub lease: i64,
+}
+
+/// A create about to be sent, recorded first: a crash or a lost answer replays it with
+/// the same request id.
+#[derive(Debug, Clone)]
+pub struct PendingCreate {
+    pub product_id: String,
+    pub request_id: String,
+    pub body: String,
+    /// The job it is made for (refused once its lease no longer stands); None: no job's.
+    pub held: Option<Held>,
+}
+
 /// What a worker knows about one product's QuickBooks Item.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemMapping {
@@ -953,17 +985,25 @@ impl Store {
         if creates.is_empty() {
             return Ok(());
         }
-        let creates = creates.to_vec();
+        let creates = creates
+            .iter()
+            .map(|(p, r, b)| PendingCreate {
+                product_id: p.clone(),
+                request_id: r.clone(),
+                body: b.clone(),
+                held: None,
+            })
+            .collect();
         self.write_waiting(|reply| writer::GroupWrite::Pending { creates, reply })
+            .map(|_| ())
     }
 
-    /// [`Store::mark_creates_pending`] for a task: awaits the commit, no thread blocks.
-    pub async fn mark_creates_pending_async(
-        &self,
-        creates: &[(String, String, String)],
-    ) -> Result<()> {
+    /// [`Store::mark_creates_pending`] for a task (awaits the commit, no thread blocks),
+    /// each create fenced by its job's lease: whether each was recorded (false: its
+    /// job's lease no longer stands, and it must not be sent).
+    pub async fn mark_creates_pending_async(&self, creates: &[PendingCreate]) -> Result<Vec<bool>> {
         if creates.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let creates = creates.to_vec();
         self.write_awaiting(|reply| writer::GroupWrite::Pending { creates, reply })
@@ -972,12 +1012,28 @@ impl Store {
 
     /// Stores the Item now mirroring the product, clearing any pending create.
     pub fn save_mapping(&self, m: &ItemMapping) -> Result<()> {
+        self.save_mapping_if(m, None).map(|_| ())
+    }
+
+    /// [`Self::save_mapping`] on behalf of a job mid-way: false, and nothing written,
+    /// once the job's lease no longer stands (its newer holder's mapping is the one kept).
+    pub fn save_mapping_held(&self, m: &ItemMapping, held: Held) -> Result<bool> {
+        self.save_mapping_if(m, Some(held))
+    }
+
+    fn save_mapping_if(&self, m: &ItemMapping, held: Option<Held>) -> Result<bool> {
         self.recorded(|| {
             // (In a transaction of its own: see [`save_mapping`] on `OR FAIL`.)
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
+            if let Some(h) = held
+                && !holds(&tx, h)?
+            {
+                return Ok(false);
+            }
             save_mapping(&tx, m, now_ms())?;
-            tx.commit()
+            tx.commit()?;
+            Ok(true)
         })
     }
 
@@ -1730,6 +1786,15 @@ const LEASE: &str = "UPDATE OR FAIL jobs SET state='leased', lease_until=?3, att
 
 /// Whether lease `?2` of job `?1` still stands.
 const HELD: &str = "SELECT attempts FROM jobs WHERE id = ?1 AND state = 'leased' AND lease_no = ?2";
+
+/// Whether `held`'s lease still stands, as `conn` (in its transaction) sees it.
+fn holds(conn: &Connection, held: Held) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(HELD)?
+        .query_row(params![held.job_id, held.lease], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
 
 /// Read connections in the pool.
 const READERS: usize = 4;

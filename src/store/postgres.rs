@@ -25,7 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
-use super::{ItemMapping, Job, NewJob};
+use super::{Held, ItemMapping, Job, NewJob, PendingCreate};
 
 /// The channel new work is announced on (payload: the job kind).
 const CHANNEL: &str = "syncctl_jobs";
@@ -376,10 +376,15 @@ const MIGRATIONS: &[&str] = &[
 
 /// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
 /// any pending create: as SQLite's `save_mapping`.
-const SAVE_MAPPING: &str =
-    "INSERT INTO syncctl.item_map(company, product_id, item_id, sync_token, item_name,
+/// `$11`/`$12`: the job (id, lease owner) it is written for, whose lease must stand
+/// (its row locked until commit); NULL: no job's.
+const SAVE_MAPPING: &str = "WITH held AS (SELECT 1 FROM syncctl.jobs
+            WHERE company = $1 AND id = $11::bigint AND state = 'leased' AND lease_owner = $12::text
+            FOR SHARE)
+    INSERT INTO syncctl.item_map(company, product_id, item_id, sync_token, item_name,
         synced_hash, source_updated, pending_request_id, pending_body, status, reason, synced_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, $9, $10)
+    SELECT $1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, $9, $10
+     WHERE $11::bigint IS NULL OR EXISTS (SELECT 1 FROM held)
     ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
         sync_token = excluded.sync_token, item_name = excluded.item_name,
         synced_hash = excluded.synced_hash, source_updated = excluded.source_updated,
@@ -1010,48 +1015,100 @@ impl PgQueue {
     /// Records creates about to be sent (product id, request id, body), in one
     /// statement: a box that dies before the answer leaves them for whoever takes the
     /// job next, who replays them with the same request id.
-    pub async fn mark_creates_pending(&self, creates: &[(String, String, String)]) -> PgResult<()> {
+    ///
+    /// A create made for a job ([`PendingCreate::held`]) is recorded only while that
+    /// job's lease stands: the job's row is locked (`FOR SHARE`) until the statement
+    /// commits, so a claim taking the lease back waits for it, and one that took it
+    /// first leaves the create unrecorded. Whether each was recorded.
+    pub async fn mark_creates_pending(&self, creates: &[PendingCreate]) -> PgResult<Vec<bool>> {
         if creates.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "INSERT INTO syncctl.item_map(company, product_id, status, pending_request_id, pending_body)
-                 SELECT $1, u.p, 'pending', u.r, u.b FROM unnest($2::text[], $3::text[], $4::text[]) AS u(p, r, b)
+                "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+                              AS u(p, r, b, job_id, owner)),
+                      held AS (SELECT j.id FROM syncctl.jobs j
+                                WHERE j.company = $1 AND j.id = ANY($5) AND j.state = 'leased'
+                                  AND (j.id, j.lease_owner) IN (SELECT job_id, owner FROM u WHERE job_id IS NOT NULL)
+                                FOR SHARE)
+                 INSERT INTO syncctl.item_map(company, product_id, status, pending_request_id, pending_body)
+                 SELECT $1, u.p, 'pending', u.r, u.b FROM u
+                  WHERE u.job_id IS NULL OR u.job_id IN (SELECT id FROM held)
                  ON CONFLICT (company, product_id) DO UPDATE SET
-                    pending_request_id = excluded.pending_request_id, pending_body = excluded.pending_body",
+                    pending_request_id = excluded.pending_request_id, pending_body = excluded.pending_body
+                 RETURNING product_id",
             )
             .await?;
-        let pids: Vec<&str> = creates.iter().map(|c| c.0.as_str()).collect();
-        let rids: Vec<&str> = creates.iter().map(|c| c.1.as_str()).collect();
-        let bodies: Vec<&str> = creates.iter().map(|c| c.2.as_str()).collect();
-        c.execute(&stmt, &[&&*self.company, &pids, &rids, &bodies])
+        let pids: Vec<&str> = creates.iter().map(|c| c.product_id.as_str()).collect();
+        let rids: Vec<&str> = creates.iter().map(|c| c.request_id.as_str()).collect();
+        let bodies: Vec<&str> = creates.iter().map(|c| c.body.as_str()).collect();
+        let jobs: Vec<Option<i64>> = creates.iter().map(|c| c.held.map(|h| h.job_id)).collect();
+        let owners: Vec<Option<String>> = creates
+            .iter()
+            .map(|c| c.held.map(|h| self.lease_owner(h.lease)))
+            .collect();
+        let rows = c
+            .query(
+                &stmt,
+                &[&&*self.company, &pids, &rids, &bodies, &jobs, &owners],
+            )
             .await?;
-        Ok(())
+        let marked: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(creates
+            .iter()
+            .map(|c| marked.contains(&c.product_id))
+            .collect())
     }
 
     /// Stores a mapping, clearing any pending create.
     pub async fn save_mapping(&self, m: &ItemMapping, now_ms: i64) -> PgResult<()> {
+        self.save_mapping_if(m, None, now_ms).await.map(|_| ())
+    }
+
+    /// [`Self::save_mapping`] on behalf of a job mid-way: false, and nothing written,
+    /// once the job's lease no longer stands (the row locked as for
+    /// [`Self::mark_creates_pending`]).
+    pub async fn save_mapping_held(
+        &self,
+        m: &ItemMapping,
+        held: Held,
+        now_ms: i64,
+    ) -> PgResult<bool> {
+        self.save_mapping_if(m, Some(held), now_ms).await
+    }
+
+    async fn save_mapping_if(
+        &self,
+        m: &ItemMapping,
+        held: Option<Held>,
+        now_ms: i64,
+    ) -> PgResult<bool> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(SAVE_MAPPING).await?;
-        c.execute(
-            &stmt,
-            &[
-                &&*self.company,
-                &m.product_id,
-                &m.item_id,
-                &m.sync_token,
-                &m.item_name,
-                &m.synced_hash,
-                &m.source_updated,
-                &m.status,
-                &m.reason,
-                &now_ms,
-            ],
-        )
-        .await?;
-        Ok(())
+        let job_id = held.map(|h| h.job_id);
+        let owner = held.map(|h| self.lease_owner(h.lease));
+        let saved = c
+            .execute(
+                &stmt,
+                &[
+                    &&*self.company,
+                    &m.product_id,
+                    &m.item_id,
+                    &m.sync_token,
+                    &m.item_name,
+                    &m.synced_hash,
+                    &m.source_updated,
+                    &m.status,
+                    &m.reason,
+                    &now_ms,
+                    &job_id,
+                    &owner,
+                ],
+            )
+            .await?;
+        Ok(saved > 0)
     }
 
     /// Ends the jobs whose leases (job id, [`Job::lease`], mapping) still stand, each

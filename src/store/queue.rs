@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::postgres::{PgError, PgQueue};
-use super::{Finished, ItemMapping, Job, NewJob, Store, WallClock};
+use super::{Finished, Held, ItemMapping, Job, NewJob, PendingCreate, Store, WallClock};
 use crate::protocol::CatalogCounts;
 
 /// What a queue operation can fail with.
@@ -435,22 +435,32 @@ impl JobQueue {
         }
     }
 
-    /// Records creates about to be sent (product id, request id, body).
-    pub async fn mark_creates_pending(
-        &self,
-        creates: &[(String, String, String)],
-    ) -> QueueResult<()> {
+    /// Records creates about to be sent, in one transaction; whether each was recorded.
+    /// One made for a job is refused (false) once that job's lease no longer stands: it
+    /// must not be sent then (the job's newer holder decides what QuickBooks gets).
+    pub async fn mark_creates_pending(&self, creates: &[PendingCreate]) -> QueueResult<Vec<bool>> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.mark_creates_pending_async(creates).await?),
             Backend::Postgres { pg, .. } => Ok(pg.mark_creates_pending(creates).await?),
         }
     }
 
-    /// Stores the Item now mirroring the product, clearing any pending create.
+    /// Stores the Item now mirroring the product, clearing any pending create (not on
+    /// a job's behalf: see [`Self::save_mapping_held`]).
     pub async fn save_mapping(&self, m: &ItemMapping) -> QueueResult<()> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.save_mapping(m)?),
             Backend::Postgres { pg, .. } => Ok(pg.save_mapping(m, self.now()).await?),
+        }
+    }
+
+    /// [`Self::save_mapping`] on behalf of a job before its end (an Item recorded ahead
+    /// of its update): false, and nothing written, once the job's lease no longer
+    /// stands.
+    pub async fn save_mapping_held(&self, m: &ItemMapping, held: Held) -> QueueResult<bool> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.save_mapping_held(m, held)?),
+            Backend::Postgres { pg, .. } => Ok(pg.save_mapping_held(m, held, self.now()).await?),
         }
     }
 
@@ -585,8 +595,13 @@ mod tests {
         };
         held_rx.recv().unwrap();
         let write = tokio::spawn(async move {
-            q.mark_creates_pending(&[("p1".into(), "r1".into(), "{}".into())])
-                .await
+            q.mark_creates_pending(&[PendingCreate {
+                product_id: "p1".into(),
+                request_id: "r1".into(),
+                body: "{}".into(),
+                held: None,
+            }])
+            .await
         });
         // The write starts first, and waits for the writer.
         tokio::task::yield_now().await;

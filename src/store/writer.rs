@@ -15,8 +15,8 @@ use std::sync::{Arc, Weak};
 use rusqlite::{Connection, params};
 
 use super::{
-    Begun, CLAIMABLE, Finished, Inner, Job, LEASE, Result, SqlError, Store, finish_one, now_ms,
-    read_mapping, requeue, storage_error,
+    Begun, CLAIMABLE, Finished, Inner, Job, LEASE, PendingCreate, Result, SqlError, Store,
+    finish_one, holds, now_ms, read_mapping, requeue, storage_error,
 };
 
 /// Most writes one transaction takes (a bound on how long the first caller waits).
@@ -39,10 +39,11 @@ pub(super) enum GroupWrite {
         /// How many ended.
         reply: Reply<usize>,
     },
-    /// Creates about to be sent: (product id, request id, body) each.
+    /// Creates about to be sent, each fenced by its job's lease.
     Pending {
-        creates: Vec<(String, String, String)>,
-        reply: Reply<()>,
+        creates: Vec<PendingCreate>,
+        /// Whether each was recorded (false: its job's lease no longer stood).
+        reply: Reply<Vec<bool>>,
     },
     /// Up to `limit` due jobs of `kind` at `now`, leased for `lease_ms`.
     Claim {
@@ -78,7 +79,8 @@ impl<T> Reply<T> {
 
 /// What a write produced, held until its transaction commits.
 enum Applied {
-    Written,
+    /// Which pending creates were recorded.
+    Marked(Vec<bool>),
     /// How many of the jobs ended (their leases stood).
     Ended(usize),
     Claimed(Vec<Job>),
@@ -103,10 +105,18 @@ impl GroupWrite {
                      ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
                        pending_body=excluded.pending_body",
                 )?;
-                for (pid, rid, body) in creates {
-                    stmt.execute(params![pid, rid, body])?;
+                let mut marked = Vec::with_capacity(creates.len());
+                for c in creates {
+                    let held = match c.held {
+                        Some(h) => holds(conn, h)?,
+                        None => true,
+                    };
+                    if held {
+                        stmt.execute(params![c.product_id, c.request_id, c.body])?;
+                    }
+                    marked.push(held);
                 }
-                Ok(Applied::Written)
+                Ok(Applied::Marked(marked))
             }
             GroupWrite::Claim {
                 kind,
@@ -138,12 +148,15 @@ impl GroupWrite {
         match self {
             GroupWrite::Finish { reply, .. } => reply.send(r.map_err(err).map(|a| match a {
                 Applied::Ended(n) => n,
-                Applied::Written | Applied::Claimed(_) => 0,
+                Applied::Marked(_) | Applied::Claimed(_) => 0,
             })),
-            GroupWrite::Pending { reply, .. } => reply.send(r.map(|_| ()).map_err(err)),
+            GroupWrite::Pending { reply, .. } => reply.send(r.map_err(err).map(|a| match a {
+                Applied::Marked(marked) => marked,
+                Applied::Ended(_) | Applied::Claimed(_) => Vec::new(),
+            })),
             GroupWrite::Claim { reply, .. } => reply.send(r.map_err(err).map(|a| match a {
                 Applied::Claimed(jobs) => jobs,
-                Applied::Written | Applied::Ended(_) => Vec::new(),
+                Applied::Marked(_) | Applied::Ended(_) => Vec::new(),
             })),
         }
     }

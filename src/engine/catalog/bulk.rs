@@ -19,6 +19,7 @@ use sha2::Digest;
 use super::{Catalog, JobError, JobResult, Outcome, Plan, in_line};
 use crate::connectors::quickbooks::{BatchAnswer, BatchOp, Item, ItemJson, QbError};
 use crate::engine::item::{self, DesiredItem};
+use crate::store::PendingCreate;
 
 pub use crate::connectors::quickbooks::BATCH_MAX;
 
@@ -82,6 +83,15 @@ impl ItemIndex {
             name_of: HashMap::new(),
             absent: HashSet::new(),
             changed_since: None,
+        }
+    }
+
+    /// An index just read of a QuickBooks company with no Items (no request made).
+    #[cfg(test)]
+    pub(super) fn whole_and_empty() -> Self {
+        Self {
+            complete: true,
+            ..Self::empty()
         }
     }
 
@@ -602,6 +612,7 @@ impl Catalog {
         let mut ops: Vec<BatchOp> = Vec::new();
         let mut sent: Vec<(usize, Box<Plan>, Write)> = Vec::new();
         let mut pending = Vec::new();
+        let mut made = Vec::new();
         for (i, mut p, name) in creates {
             // Written out once: hashed for the request ids, kept as pending, sent.
             let body = ItemJson::of(
@@ -610,27 +621,54 @@ impl Catalog {
                     .create_body(&self.settings.income_account),
             );
             let rid = item::create_request_id_of(&p.desired.sku, body.as_str());
-            pending.push((p.desired.sku.clone(), rid.clone(), body.as_str().to_owned()));
+            pending.push(PendingCreate {
+                product_id: p.desired.sku.clone(),
+                request_id: rid.clone(),
+                body: body.as_str().to_owned(),
+                held: p.held,
+            });
             p.m.pending_request_id = Some(rid);
             p.m.pending_body = Some(body.as_str().to_owned());
-            ops.push(BatchOp::Create(body));
-            sent.push((i, p, Write::Create { name }));
+            made.push((i, p, name, body));
         }
-        if let Err(e) = self.queue.mark_creates_pending(&pending).await {
-            let mut idx = self.index.lock().await;
-            for (i, p, w) in sent {
-                if let (Some(idx), Write::Create { name }) = (idx.as_mut(), &w) {
-                    idx.release(name, &p.desired.sku);
+        let marked = match self.queue.mark_creates_pending(&pending).await {
+            Ok(marked) => marked,
+            Err(e) => {
+                let mut idx = self.index.lock().await;
+                for (i, p, name, _) in made {
+                    if let Some(idx) = idx.as_mut() {
+                        idx.release(&name, &p.desired.sku);
+                    }
+                    out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
                 }
-                out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
+                return (out, stale);
             }
-            return (out, stale);
+        };
+        // A create whose job's lease ran out is not sent: the job's newer holder makes
+        // its own (and the name is free again for it).
+        let mut lost = Vec::new();
+        for (k, (i, p, name, body)) in made.into_iter().enumerate() {
+            if marked.get(k).copied().unwrap_or(false) {
+                ops.push(BatchOp::Create(body));
+                sent.push((i, p, Write::Create { name }));
+            } else {
+                lost.push((i, p, name));
+            }
+        }
+        if !lost.is_empty() {
+            let mut idx = self.index.lock().await;
+            for (i, p, name) in lost {
+                if let Some(idx) = idx.as_mut() {
+                    idx.release(&name, &p.desired.sku);
+                }
+                out.push((i, Err(JobError::LeaseLost)));
+            }
         }
         for (i, mut p, name) in named_updates {
             if p.outcome.is_some() {
                 p.m.status = "pending".into();
-                if let Err(e) = self.queue.save_mapping(&p.m).await {
-                    out.push((i, Err(e.into())));
+                if let Err(e) = self.record_ahead(&p).await {
+                    out.push((i, Err(e)));
                     continue;
                 }
             }

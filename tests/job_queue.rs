@@ -324,11 +324,16 @@ async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Back
         "a stale create is not recorded"
     );
     assert_eq!(q.mapping("p1").await.unwrap(), None);
+    // Both leases of the job in one batch: only the standing one's is recorded.
     assert_eq!(
-        q.mark_creates_pending(&[pending(&second, "new-rid")])
+        q.holding(&[stale.held(), second.held()]).await.unwrap(),
+        [false, true]
+    );
+    assert_eq!(
+        q.mark_creates_pending(&[pending(&stale, "stale-rid"), pending(&second, "new-rid")])
             .await
             .unwrap(),
-        [true]
+        [false, true]
     );
     let ahead = |token: &str| syncctl::store::ItemMapping {
         product_id: "p1".into(),
@@ -440,8 +445,15 @@ async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Back
             .unwrap(),
         [fresh.id]
     );
+    assert_eq!(
+        q.holding(&[stale.held(), second.held(), fresh.held()])
+            .await
+            .unwrap(),
+        [false, false, true]
+    );
     assert!(q.finish(&fresh).await.unwrap());
     assert!(!q.finish(&fresh).await.unwrap(), "a job ends once");
+    assert_eq!(q.holding(&[fresh.held()]).await.unwrap(), [false]);
     let c = q.counts(KIND).await.unwrap();
     assert_eq!((c.queued, c.in_flight), (0, 0));
 }

@@ -222,8 +222,11 @@ enum JobError {
     Permanent(String),
     /// Not attempted (an open circuit): back to the queue without using an attempt.
     Deferred(String, Duration),
-    /// The job's lease ran out mid-way (a write ahead of its end was refused): its newer
-    /// holder (or newer payload) carries on; nothing more is sent or recorded for it.
+    /// The job's lease ran out mid-way: a write ahead of its end was refused, or the
+    /// lease was found lost right before a write to QuickBooks was to be sent. Its newer
+    /// holder (or newer payload) carries on; nothing more is recorded for it, nor sent
+    /// once the loss is seen (a write already on its way when the lease ran out still
+    /// lands: QuickBooks' SyncToken or request id then decides).
     LeaseLost,
 }
 
@@ -1943,6 +1946,19 @@ impl Catalog {
         }
     }
 
+    /// Whether the job a write is made for is still held (checked right before the
+    /// write is sent); a plan of no job's always is.
+    async fn still_held(&self, held: Option<Held>) -> Result<(), JobError> {
+        let Some(held) = held else {
+            return Ok(());
+        };
+        if self.queue.holding(&[held]).await?.first().copied() == Some(true) {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost)
+        }
+    }
+
     /// Records a create about to be sent: refused once its job's lease no longer stands.
     async fn mark_pending(&self, create: PendingCreate) -> Result<(), JobError> {
         let marked = self.queue.mark_creates_pending(&[create]).await?;
@@ -1982,7 +1998,7 @@ impl Catalog {
             });
         }
         if !p.is_synced() {
-            let (item_id, name) = self.update(&mut p.m, &p.desired).await?;
+            let (item_id, name) = self.update(&mut p.m, &p.desired, p.held).await?;
             if p.outcome.is_none() {
                 p.outcome = Some(Outcome::Updated { item_id, name });
             }
@@ -2024,10 +2040,23 @@ impl Catalog {
         &self,
         m: &ItemMapping,
         pid: &str,
+        held: Option<Held>,
     ) -> Result<Option<crate::connectors::quickbooks::Item>, JobError> {
         let (Some(rid), Some(body)) = (&m.pending_request_id, &m.pending_body) else {
             return Ok(None);
         };
+        // A replay is a create too (a batch's pending create was sent under the batch's
+        // request id: QuickBooks has not seen this one): recorded again under this
+        // job's lease first, and not sent once the job is another's.
+        if held.is_some() {
+            self.mark_pending(PendingCreate {
+                product_id: pid.to_owned(),
+                request_id: rid.clone(),
+                body: body.clone(),
+                held,
+            })
+            .await?;
+        }
         let body: Value = serde_json::from_str(body)
             .map_err(|e| JobError::Permanent(format!("pending body: {e}")))?;
         match self.qb.write_item(&body, rid).await {
@@ -2064,7 +2093,7 @@ impl Catalog {
         held: Option<Held>,
     ) -> Result<(crate::connectors::quickbooks::Item, &'static str), JobError> {
         let pid = desired.sku.as_str();
-        if let Some(item) = self.replay_pending(m, pid).await? {
+        if let Some(item) = self.replay_pending(m, pid, held).await? {
             return Ok((item, "created"));
         }
         if self.adopt_by_sku
@@ -2167,6 +2196,7 @@ impl Catalog {
         &self,
         m: &mut ItemMapping,
         desired: &DesiredItem,
+        held: Option<Held>,
     ) -> Result<(String, String), JobError> {
         let id = m.item_id.clone().unwrap_or_default();
         let alt = item::disambiguated_name(&desired.name, &desired.sku);
@@ -2178,6 +2208,10 @@ impl Catalog {
         let mut token = m.sync_token.clone().unwrap_or_else(|| "0".into());
         let (mut reread, mut renamed) = (false, name == alt);
         loop {
+            // Each send (a retry after a stale SyncToken too) only while the job is
+            // held: a worker whose lease ran out would send its older version over
+            // the newer holder's.
+            self.still_held(held).await?;
             let text = desired
                 .with_name(name.clone())
                 .update_body(&id, &token)
@@ -2513,22 +2547,9 @@ mod tests {
         assert!(queue.mapping("p1").await.unwrap().is_some());
     }
 
-    /// A worker whose lease ran out mid-way sends no create: its pending creates are
-    /// refused (so never sent), in a batch and as a single call, and it records
-    /// nothing; the same jobs' newer holder records and sends its own. (The clients
-    /// call nowhere: a create that was sent fails as a transient error, not a lost
-    /// lease.)
-    #[tokio::test]
-    async fn a_worker_whose_lease_ran_out_mid_way_sends_no_create() {
-        let Leased {
-            _dir: _kept,
-            store: _,
-            clock,
-            queue,
-            catalog,
-        } = leased().await;
-        // The Item index just read and empty: every name is free, no request asked.
-        *catalog.index.lock().await = Some(bulk::ItemIndex::whole_and_empty());
+    /// p1, p2, p3 queued with payloads (a new version of each), claimed (the stale
+    /// leases), then, past their leases, claimed again (the fresh ones).
+    async fn stale_and_fresh(l: &Leased) -> (Vec<Job>, Vec<Job>) {
         let product = |key: &str| {
             serde_json::json!({"id": key, "name": format!("Widget {key}"), "active": true,
                                "updated": 2})
@@ -2547,34 +2568,94 @@ mod tests {
                 version: 2,
             })
             .collect();
-        queue.ingest(&jobs, None, None).await.unwrap();
-        let stale = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        l.queue.ingest(&jobs, None, None).await.unwrap();
+        let stale = l.queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
         assert_eq!(stale.len(), 3);
-        clock.advance(LEASE + 1);
-        let fresh = queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        l.clock.advance(LEASE + 1);
+        let fresh = l.queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
         assert_eq!(fresh.len(), 3, "handed out again");
+        (stale, fresh)
+    }
 
-        let lost = |results: &[JobResult]| {
-            results
-                .iter()
-                .map(|r| matches!(r, Err(JobError::LeaseLost)))
-                .collect::<Vec<_>>()
-        };
+    /// Which results are lost leases (not sent), in order.
+    fn lost(results: &[JobResult]) -> Vec<bool> {
+        results
+            .iter()
+            .map(|r| matches!(r, Err(JobError::LeaseLost)))
+            .collect()
+    }
+
+    /// A worker whose lease ran out mid-way sends no create: its pending creates are
+    /// refused (so never sent), in a batch and as a single call, and it records
+    /// nothing; the same jobs' newer holder records and sends its own. (The clients
+    /// call nowhere: a create that was sent fails as a transient error, not a lost
+    /// lease.)
+    #[tokio::test]
+    async fn a_worker_whose_lease_ran_out_mid_way_sends_no_create() {
+        let l = leased().await;
+        // The Item index just read and empty: every name is free, no request asked.
+        *l.catalog.index.lock().await = Some(bulk::ItemIndex::whole_and_empty());
+        let (stale, fresh) = stale_and_fresh(&l).await;
         // A batch of three, then one alone (a single call).
-        let batch = catalog.process_group(&stale).await;
+        let batch = l.catalog.process_group(&stale).await;
         assert_eq!(lost(&batch), [true; 3], "{batch:?}");
-        let single = catalog.process_group(&stale[..1]).await;
+        let single = l.catalog.process_group(&stale[..1]).await;
         assert_eq!(lost(&single), [true], "{single:?}");
         for j in &stale {
-            assert_eq!(queue.mapping(&j.key).await.unwrap(), None, "{}", j.key);
+            assert_eq!(l.queue.mapping(&j.key).await.unwrap(), None, "{}", j.key);
         }
         // The newer holder's creates are recorded (and sent: nowhere, so they fail).
-        let held = catalog.process_group(&fresh).await;
+        let held = l.catalog.process_group(&fresh).await;
         assert_eq!(lost(&held), [false; 3], "{held:?}");
         for j in &fresh {
-            let m = queue.mapping(&j.key).await.unwrap().unwrap();
+            let m = l.queue.mapping(&j.key).await.unwrap().unwrap();
             assert!(m.pending_request_id.is_some(), "{}", j.key);
         }
+    }
+
+    /// Nor does it send an update of a mapped Item (its older version would land over
+    /// the newer holder's: a stale SyncToken is read again and sent once more), in a
+    /// batch or alone, nor replay a create left pending (a batch's: QuickBooks never
+    /// saw its request id, so a replay is a new create). The newer holder's are sent.
+    #[tokio::test]
+    async fn a_worker_whose_lease_ran_out_sends_no_update_and_replays_no_create() {
+        let l = leased().await;
+        for k in ["p1", "p2", "p3"] {
+            l.store
+                .save_mapping(&ItemMapping {
+                    product_id: k.into(),
+                    item_id: Some(format!("7{k}")),
+                    sync_token: Some("0".into()),
+                    item_name: Some(format!("Widget {k}")),
+                    synced_hash: Some("an older version".into()),
+                    source_updated: Some(1),
+                    status: "synced".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let (stale, fresh) = stale_and_fresh(&l).await;
+        let batch = l.catalog.process_group(&stale).await;
+        assert_eq!(lost(&batch), [true; 3], "updates in a batch: {batch:?}");
+        let single = l.catalog.process_group(&stale[..1]).await;
+        assert_eq!(lost(&single), [true], "an update alone: {single:?}");
+        let sent = l.catalog.process_group(&fresh).await;
+        assert_eq!(lost(&sent), [false; 3], "the holder's are sent: {sent:?}");
+
+        // A create left pending (by a batch whose answer was lost), then the lease lost.
+        let l = leased().await;
+        l.store
+            .mark_creates_pending(&[(
+                "p1".into(),
+                "rid-of-a-lost-batch".into(),
+                r#"{"Name":"Widget p1","Sku":"p1","Type":"Service"}"#.into(),
+            )])
+            .unwrap();
+        let (stale, fresh) = stale_and_fresh(&l).await;
+        let replay = l.catalog.process_group(&stale[..1]).await;
+        assert_eq!(lost(&replay), [true], "a replay: {replay:?}");
+        let replay = l.catalog.process_group(&fresh[..1]).await;
+        assert_eq!(lost(&replay), [false], "the holder's replay: {replay:?}");
     }
 
     #[test]

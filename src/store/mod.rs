@@ -960,25 +960,7 @@ impl Store {
             .optional()
     }
 
-    /// Records a create about to be sent, so a crash before its answer is replayed with
-    /// the same request id instead of creating a second Item.
-    pub fn mark_create_pending(
-        &self,
-        product_id: &str,
-        request_id: &str,
-        body: &str,
-    ) -> Result<()> {
-        self.recorded(|| {
-            self.w().prepare_cached("INSERT INTO item_map(product_id, status, pending_request_id, pending_body)
-                 VALUES (?1, 'pending', ?2, ?3)
-                 ON CONFLICT(product_id) DO UPDATE SET pending_request_id=excluded.pending_request_id,
-                   pending_body=excluded.pending_body")?.execute(params![product_id, request_id, body],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// [`Self::mark_create_pending`] for many creates (a batch), in one transaction
+    /// Records creates about to be sent (no job's: unfenced), in one transaction
     /// (the writer thread's, shared with the other writes waiting): (product id,
     /// request id, body) each. Returns once committed.
     pub fn mark_creates_pending(&self, creates: &[(String, String, String)]) -> Result<()> {
@@ -1008,6 +990,13 @@ impl Store {
         let creates = creates.to_vec();
         self.write_awaiting(|reply| writer::GroupWrite::Pending { creates, reply })
             .await
+    }
+
+    /// Which of `held` still stand, as the last commit left them (a read: a worker
+    /// asks right before it sends a write on a job's behalf).
+    pub fn holding(&self, held: &[Held]) -> Result<Vec<bool>> {
+        let conn = self.r();
+        held.iter().map(|h| holds(&conn, *h)).collect()
     }
 
     /// Stores the Item now mirroring the product, clearing any pending create.

@@ -426,6 +426,19 @@ const FAILED_STILL: &str = "f.company = $1 AND f.kind = $2 AND f.state = 'failed
     AND NOT EXISTS (SELECT 1 FROM syncctl.jobs d WHERE d.company = f.company AND d.kind = f.kind AND d.key = f.key AND d.id > f.id AND d.state = 'done')
     AND NOT EXISTS (SELECT 1 FROM syncctl.jobs q WHERE q.company = f.company AND q.kind = f.kind AND q.key = f.key AND q.state IN ('queued', 'leased'))";
 
+/// `n` answers from the rows' first column, each an ordinal (from 1) of `unnest …
+/// WITH ORDINALITY`: true where a row names it.
+fn by_ordinal(n: usize, rows: &[tokio_postgres::Row]) -> Vec<bool> {
+    let mut found = vec![false; n];
+    for r in rows {
+        let k: i64 = r.get(0);
+        if let Some(slot) = usize::try_from(k - 1).ok().and_then(|i| found.get_mut(i)) {
+            *slot = true;
+        }
+    }
+    found
+}
+
 /// What went wrong talking to Postgres.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -663,6 +676,25 @@ impl PgQueue {
         let mut held: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         held.sort_unstable();
         Ok(held)
+    }
+
+    /// Which of `held` still stand (a read).
+    pub async fn holding(&self, held: &[Held]) -> PgResult<Vec<bool>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT u.k FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS u(id, owner, k)
+                   JOIN syncctl.jobs j ON j.id = u.id AND j.lease_owner = u.owner
+                  WHERE j.company = $1 AND j.state = 'leased'",
+            )
+            .await?;
+        let ids: Vec<i64> = held.iter().map(|h| h.job_id).collect();
+        let owners: Vec<String> = held.iter().map(|h| self.lease_owner(h.lease)).collect();
+        let rows = c.query(&stmt, &[&&*self.company, &ids, &owners]).await?;
+        Ok(by_ordinal(held.len(), &rows))
     }
 
     /// Marks a job done; false when this handle no longer holds it.
@@ -1017,9 +1049,10 @@ impl PgQueue {
     /// job next, who replays them with the same request id.
     ///
     /// A create made for a job ([`PendingCreate::held`]) is recorded only while that
-    /// job's lease stands: the job's row is locked (`FOR SHARE`) until the statement
-    /// commits, so a claim taking the lease back waits for it, and one that took it
-    /// first leaves the create unrecorded. Whether each was recorded.
+    /// exact lease stands: the job's row is locked (`FOR SHARE`) until the statement
+    /// commits, so a claim skips it meanwhile (`SKIP LOCKED`: it takes it at a later
+    /// claim), and a claim that took it first leaves the create unrecorded. Two creates
+    /// of one product: the later is kept. Whether each was recorded.
     pub async fn mark_creates_pending(&self, creates: &[PendingCreate]) -> PgResult<Vec<bool>> {
         if creates.is_empty() {
             return Ok(Vec::new());
@@ -1028,17 +1061,20 @@ impl PgQueue {
         let stmt = c
             .prepare_cached(
                 "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
-                              AS u(p, r, b, job_id, owner)),
-                      held AS (SELECT j.id FROM syncctl.jobs j
+                              WITH ORDINALITY AS u(p, r, b, job_id, owner, k)),
+                      held AS (SELECT j.id, j.lease_owner FROM syncctl.jobs j
                                 WHERE j.company = $1 AND j.id = ANY($5) AND j.state = 'leased'
                                   AND (j.id, j.lease_owner) IN (SELECT job_id, owner FROM u WHERE job_id IS NOT NULL)
-                                FOR SHARE)
-                 INSERT INTO syncctl.item_map(company, product_id, status, pending_request_id, pending_body)
-                 SELECT $1, u.p, 'pending', u.r, u.b FROM u
-                  WHERE u.job_id IS NULL OR u.job_id IN (SELECT id FROM held)
-                 ON CONFLICT (company, product_id) DO UPDATE SET
-                    pending_request_id = excluded.pending_request_id, pending_body = excluded.pending_body
-                 RETURNING product_id",
+                                ORDER BY j.id
+                                FOR SHARE),
+                      ok AS (SELECT u.* FROM u
+                              WHERE u.job_id IS NULL OR (u.job_id, u.owner) IN (SELECT id, lease_owner FROM held)),
+                      marked AS (
+                        INSERT INTO syncctl.item_map(company, product_id, status, pending_request_id, pending_body)
+                        SELECT DISTINCT ON (p) $1, p, 'pending', r, b FROM ok ORDER BY p, k DESC
+                        ON CONFLICT (company, product_id) DO UPDATE SET
+                           pending_request_id = excluded.pending_request_id, pending_body = excluded.pending_body)
+                 SELECT k FROM ok",
             )
             .await?;
         let pids: Vec<&str> = creates.iter().map(|c| c.product_id.as_str()).collect();
@@ -1055,11 +1091,7 @@ impl PgQueue {
                 &[&&*self.company, &pids, &rids, &bodies, &jobs, &owners],
             )
             .await?;
-        let marked: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        Ok(creates
-            .iter()
-            .map(|c| marked.contains(&c.product_id))
-            .collect())
+        Ok(by_ordinal(creates.len(), &rows))
     }
 
     /// Stores a mapping, clearing any pending create.

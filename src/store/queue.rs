@@ -445,6 +445,15 @@ impl JobQueue {
         }
     }
 
+    /// Which of `held` still stand (a read, made right before a write is sent on a
+    /// job's behalf: one whose lease ran out sends nothing more).
+    pub async fn holding(&self, held: &[Held]) -> QueueResult<Vec<bool>> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.holding(held)?),
+            Backend::Postgres { pg, .. } => Ok(pg.holding(held).await?),
+        }
+    }
+
     /// Stores the Item now mirroring the product, clearing any pending create (not on
     /// a job's behalf: see [`Self::save_mapping_held`]).
     pub async fn save_mapping(&self, m: &ItemMapping) -> QueueResult<()> {

@@ -455,6 +455,40 @@ impl Catalog {
         Ok(Found::NoName(names))
     }
 
+    /// The updates whose jobs are still held, read right before the batch is sent (a
+    /// stale SyncToken's second pass too); the others end as lost leases, never sent: a
+    /// worker whose lease ran out would send its older version over the newer holder's.
+    async fn still_held_of(
+        &self,
+        updates: Vec<(usize, Box<Plan>, String)>,
+        out: &mut Vec<(usize, JobResult)>,
+    ) -> Vec<(usize, Box<Plan>, String)> {
+        let held: Vec<_> = updates.iter().filter_map(|(_, p, _)| p.held).collect();
+        if held.is_empty() {
+            return updates;
+        }
+        let holding = match self.queue.holding(&held).await {
+            Ok(holding) => holding,
+            Err(e) => {
+                for (i, _, _) in updates {
+                    out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
+                }
+                return Vec::new();
+            }
+        };
+        let mut answers = holding.into_iter();
+        let mut kept = Vec::with_capacity(updates.len());
+        for (i, p, name) in updates {
+            // (A plan of no job's is not asked about.)
+            if p.held.is_none() || answers.next() == Some(true) {
+                kept.push((i, p, name));
+            } else {
+                out.push((i, Err(JobError::LeaseLost)));
+            }
+        }
+        kept
+    }
+
     /// Writes `plans` (at most [`BATCH_MAX`]) in one batch request: finds each
     /// product's Item in the index, creates the missing ones and updates the rest.
     /// Each operation's Fault is handled as a single call's would be: 6240 on a create
@@ -664,6 +698,7 @@ impl Catalog {
                 out.push((i, Err(JobError::LeaseLost)));
             }
         }
+        let named_updates = self.still_held_of(named_updates, &mut out).await;
         for (i, mut p, name) in named_updates {
             if p.outcome.is_some() {
                 p.m.status = "pending".into();

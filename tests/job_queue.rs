@@ -93,6 +93,7 @@ on_both_backends!(
     a_job_fails_after_its_last_attempt_and_an_operator_can_retry_it,
     counts_follow_the_jobs,
     a_deferred_job_does_not_spend_an_attempt,
+    a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands,
     new_work_wakes_a_waiting_claimer,
     compaction_removes_finished_jobs_and_moves_no_count,
 );
@@ -475,6 +476,78 @@ async fn a_deferred_job_does_not_spend_an_attempt(b: Backend) {
     assert!(q.release(&j).await.unwrap());
     let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(j.attempts, 1);
+}
+
+/// A product's job rejected (invalid data) marks the product's mapping rejected in the
+/// same write: the reason kept, the rest of the row (its Item, a pending create) as it
+/// is. A worker whose lease ran out marks nothing: the product's next job may already
+/// be another worker's, its pending create recorded (a mapping written after the
+/// reject, from an earlier read, had wiped it).
+async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let clock = WallClock::default();
+    let q = db.open("box-a", &clock).await;
+    q.ingest(&[job("p1", "v1", 1), job("p2", "v1", 1)], None, None)
+        .await
+        .unwrap();
+    let jobs = q.claim(KIND, 2, LEASE).await.unwrap();
+    let (p1, p2) = (&jobs[0], &jobs[1]);
+    assert_eq!((p1.key.as_str(), p2.key.as_str()), ("p1", "p2"));
+    let pending = |held: &syncctl::store::Job, rid: &str| PendingCreate {
+        product_id: held.key.clone(),
+        request_id: rid.into(),
+        body: "{}".into(),
+        held: Some(held.held()),
+    };
+    assert_eq!(
+        q.mark_creates_pending(&[pending(p1, "rid-1")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    // p1: rejected while held, its pending create kept. p2 (no mapping yet): a row made.
+    assert!(q.reject_product(p1, "no name").await.unwrap());
+    assert!(q.reject_product(p2, "bad price").await.unwrap());
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            m.status.as_str(),
+            m.reason.as_deref(),
+            m.pending_request_id.as_deref()
+        ),
+        ("rejected", Some("no name"), Some("rid-1"))
+    );
+    let m = q.mapping("p2").await.unwrap().unwrap();
+    assert_eq!(
+        (m.status.as_str(), m.reason.as_deref()),
+        ("rejected", Some("bad price"))
+    );
+
+    // p1's next version: claimed, its lease run out, claimed again by another worker,
+    // which records its create; the stale worker's reject changes nothing.
+    q.ingest(&[job("p1", "v2", 2)], None, None).await.unwrap();
+    let stale = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    clock.advance(LEASE + 1);
+    let holder = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(holder.id, stale.id);
+    assert_eq!(
+        q.mark_creates_pending(&[pending(&holder, "rid-2")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert!(!q.reject_product(&stale, "late verdict").await.unwrap());
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.reason.as_deref(), m.pending_request_id.as_deref()),
+        (Some("no name"), Some("rid-2")),
+        "the late reject marks nothing, the holder's create stands"
+    );
+    assert_eq!(
+        q.counts(KIND).await.unwrap().in_flight,
+        1,
+        "still the holder's"
+    );
 }
 
 async fn new_work_wakes_a_waiting_claimer(b: Backend) {

@@ -1752,24 +1752,19 @@ impl Catalog {
                 }
             }
             JobError::Permanent(reason) => {
-                if let Ok(false) = self.queue.reject(job, &reason).await {
+                // The job and its product's mapping rejected at once (the mapping's
+                // other columns as they are: a pending create stays to be replayed).
+                match self.queue.reject_product(job, &reason).await {
+                    Ok(true) => {}
                     // Its lease ran out: the job's newer holder (or newer payload)
                     // decides, not this verdict.
-                    return;
+                    Ok(false) => return,
+                    Err(e) => {
+                        self.metrics
+                            .error(entity, &format!("{reason} (not recorded: {e})"));
+                        return;
+                    }
                 }
-                let mut m = self
-                    .queue
-                    .mapping(entity)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| ItemMapping {
-                        product_id: entity.to_owned(),
-                        ..Default::default()
-                    });
-                m.status = "rejected".into();
-                m.reason = Some(reason.clone());
-                let _ = self.queue.save_mapping(&m).await;
                 self.metrics.error(entity, &reason);
                 let _ = self.store.audit("rejected", entity, "engine", &reason);
             }

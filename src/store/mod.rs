@@ -867,15 +867,51 @@ impl Store {
     /// A job that can never succeed as is (invalid data): kept with its reason. False,
     /// and nothing changed, when its `lease` no longer stands.
     pub fn reject(&self, job_id: i64, lease: i64, reason: &str) -> Result<bool> {
+        self.reject_marking(job_id, lease, reason, None)
+    }
+
+    /// [`Self::reject`], and the mapping of `product` (when given) marked rejected with
+    /// the reason, in the same transaction: only while the lease stands, and before
+    /// another worker can take the product's next job (whose pending create a later
+    /// write of the mapping would have wiped). The rest of the row is left as it is.
+    pub fn reject_marking(
+        &self,
+        job_id: i64,
+        lease: i64,
+        reason: &str,
+        product: Option<&str>,
+    ) -> Result<bool> {
         self.recorded(|| {
-            let n = self
-                .w()
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
+            let now = now_ms();
+            let n = tx
                 .prepare_cached(
-                    "UPDATE jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3
+                    "UPDATE OR FAIL jobs SET state='rejected', lease_until=NULL, last_error=?2, updated_at=?3
                      WHERE id=?1 AND state='leased' AND lease_no=?4",
                 )?
-                .execute(params![job_id, reason, now_ms(), lease])?;
-            Ok(n == 1)
+                .execute(params![job_id, reason, now, lease])?;
+            if n != 1 {
+                return Ok(false);
+            }
+            if let Some(pid) = product {
+                let values = params![pid, reason, now];
+                let marked = tx
+                    .prepare_cached(
+                        "UPDATE OR FAIL item_map SET status='rejected', reason=?2, synced_at=?3
+                         WHERE product_id=?1",
+                    )?
+                    .execute(values)?;
+                if marked == 0 {
+                    tx.prepare_cached(
+                        "INSERT OR FAIL INTO item_map(product_id, status, reason, synced_at)
+                         VALUES (?1, 'rejected', ?2, ?3)",
+                    )?
+                    .execute(values)?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
         })
     }
 

@@ -746,28 +746,47 @@ impl PgQueue {
         Ok(row.get(0))
     }
 
-    /// A job that can never succeed as is; false when no longer this handle's.
+    /// A job that can never succeed as is; false when no longer this handle's. With
+    /// `product`, its mapping is marked rejected (the reason kept, the rest of the row
+    /// as it is) in the same statement: only if the lease stood.
     pub async fn reject(
         &self,
         job_id: i64,
         lease: i64,
         reason: &str,
+        product: Option<&str>,
         now_ms: i64,
     ) -> PgResult<bool> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "UPDATE syncctl.jobs SET state = 'rejected', lease_until = NULL, lease_owner = NULL,
-                        last_error = $2, updated_at = $3
-                  WHERE id = $1 AND state = 'leased' AND lease_owner = $4",
+                "WITH r AS (
+                    UPDATE syncctl.jobs SET state = 'rejected', lease_until = NULL, lease_owner = NULL,
+                           last_error = $2, updated_at = $3
+                     WHERE id = $1 AND state = 'leased' AND lease_owner = $4
+                    RETURNING id),
+                  m AS (
+                    INSERT INTO syncctl.item_map(company, product_id, status, reason, synced_at)
+                    SELECT $5, $6::text, 'rejected', $2, $3 FROM r WHERE $6::text IS NOT NULL
+                    ON CONFLICT (company, product_id) DO UPDATE SET status = 'rejected',
+                        reason = excluded.reason, synced_at = excluded.synced_at)
+                 SELECT count(*) FROM r",
             )
             .await?;
-        Ok(c.execute(
-            &stmt,
-            &[&job_id, &reason, &now_ms, &self.lease_owner(lease)],
-        )
-        .await?
-            == 1)
+        let row = c
+            .query_one(
+                &stmt,
+                &[
+                    &job_id,
+                    &reason,
+                    &now_ms,
+                    &self.lease_owner(lease),
+                    &&*self.company,
+                    &product,
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
     /// Puts a held job back without counting the attempt, due after `delay_ms` (with

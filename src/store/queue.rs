@@ -291,11 +291,30 @@ impl JobQueue {
 
     /// A job that can never succeed as is (invalid data), kept with its reason.
     pub async fn reject(&self, job: &Job, reason: &str) -> QueueResult<bool> {
+        self.reject_marking(job, reason, None).await
+    }
+
+    /// [`Self::reject`] of a job keyed by a product: the product's mapping is marked
+    /// rejected with the reason in the same transaction, only while the lease stands
+    /// (written after the reject, the product's next job could already have been
+    /// claimed, and its pending create wiped).
+    pub async fn reject_product(&self, job: &Job, reason: &str) -> QueueResult<bool> {
+        self.reject_marking(job, reason, Some(&job.key)).await
+    }
+
+    async fn reject_marking(
+        &self,
+        job: &Job,
+        reason: &str,
+        product: Option<&str>,
+    ) -> QueueResult<bool> {
         match &self.backend {
-            Backend::Sqlite { store, .. } => Ok(store.reject(job.id, job.lease, reason)?),
-            Backend::Postgres { pg, .. } => {
-                Ok(pg.reject(job.id, job.lease, reason, self.now()).await?)
+            Backend::Sqlite { store, .. } => {
+                Ok(store.reject_marking(job.id, job.lease, reason, product)?)
             }
+            Backend::Postgres { pg, .. } => Ok(pg
+                .reject(job.id, job.lease, reason, product, self.now())
+                .await?),
         }
     }
 

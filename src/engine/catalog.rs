@@ -2653,6 +2653,48 @@ mod tests {
         assert_eq!(lost(&replay), [false], "the holder's replay: {replay:?}");
     }
 
+    /// A batch whose pending creates cannot be recorded (the store refuses) sends
+    /// nothing, and every plan of the group gets that error: the update beside the
+    /// creates too (it had been left without a result: "not processed").
+    #[tokio::test]
+    async fn a_batch_whose_creates_cannot_be_recorded_answers_every_plan() {
+        let l = leased().await;
+        *l.catalog.index.lock().await = Some(bulk::ItemIndex::whole_and_empty());
+        l.store
+            .save_mapping(&ItemMapping {
+                product_id: "p1".into(),
+                item_id: Some("71".into()),
+                sync_token: Some("0".into()),
+                item_name: Some("Widget p1".into()),
+                synced_hash: Some("an older version".into()),
+                source_updated: Some(1),
+                status: "synced".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let (_, fresh) = stale_and_fresh(&l).await;
+        // The store refuses any new mapping row (as a full disk would).
+        rusqlite::Connection::open(l.store.path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON item_map
+                 BEGIN SELECT RAISE(FAIL, 'no room'); END;",
+            )
+            .unwrap();
+        let results = l.catalog.process_group(&fresh).await;
+        let said: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Err(JobError::Transient(msg, _)) => msg.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            said.iter().all(|m| m.starts_with("store: ")),
+            "every plan answered with the store's error: {said:?}"
+        );
+    }
+
     #[test]
     fn backoff_stays_inside_the_cap() {
         for attempt in 0..40 {

@@ -675,6 +675,12 @@ impl Catalog {
                     }
                     out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
                 }
+                // The group's other plans too (each needs a result: one left without
+                // was "not processed"), retried with the creates.
+                let others = named_updates.into_iter().map(|(i, _, _)| i);
+                for i in others.chain(single.into_iter().map(|(i, _)| i)) {
+                    out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
+                }
                 return (out, stale);
             }
         };

@@ -94,6 +94,7 @@ on_both_backends!(
     counts_follow_the_jobs,
     a_deferred_job_does_not_spend_an_attempt,
     a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands,
+    a_resync_marks_a_mapping_out_of_line_and_keeps_the_rest,
     new_work_wakes_a_waiting_claimer,
     compaction_removes_finished_jobs_and_moves_no_count,
 );
@@ -479,10 +480,11 @@ async fn a_deferred_job_does_not_spend_an_attempt(b: Backend) {
 }
 
 /// A product's job rejected (invalid data) marks the product's mapping rejected in the
-/// same write: the reason kept, the rest of the row (its Item, a pending create) as it
-/// is. A worker whose lease ran out marks nothing: the product's next job may already
-/// be another worker's, its pending create recorded (a mapping written after the
-/// reject, from an earlier read, had wiped it).
+/// same write: the reason kept, the job's refused pending create cleared (kept, each
+/// later job replayed it, and a deletion became a write). A worker whose lease ran out
+/// marks nothing: the product's next job may already be another worker's, its pending
+/// create recorded (a mapping written after the reject, from an earlier read, had
+/// wiped it).
 async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b: Backend) {
     let Some(db) = Db::new(b) else { return };
     let clock = WallClock::default();
@@ -505,7 +507,7 @@ async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b
             .unwrap(),
         [true]
     );
-    // p1: rejected while held, its pending create kept. p2 (no mapping yet): a row made.
+    // p1: rejected while held, its refused create cleared. p2 (no mapping yet): a row.
     assert!(q.reject_product(p1, "no name").await.unwrap());
     assert!(q.reject_product(p2, "bad price").await.unwrap());
     let m = q.mapping("p1").await.unwrap().unwrap();
@@ -515,7 +517,7 @@ async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b
             m.reason.as_deref(),
             m.pending_request_id.as_deref()
         ),
-        ("rejected", Some("no name"), Some("rid-1"))
+        ("rejected", Some("no name"), None)
     );
     let m = q.mapping("p2").await.unwrap().unwrap();
     assert_eq!(
@@ -548,6 +550,50 @@ async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b
         1,
         "still the holder's"
     );
+}
+
+/// An operator's resync marks mappings out of line (the hash cleared) and nothing
+/// else: a worker's pending create recorded meanwhile, its newer SyncToken, stay (a
+/// resync read the mapping and wrote it back whole, wiping them).
+async fn a_resync_marks_a_mapping_out_of_line_and_keeps_the_rest(b: Backend) {
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.save_mapping(&syncctl::store::ItemMapping {
+        product_id: "p1".into(),
+        item_id: Some("7".into()),
+        sync_token: Some("3".into()),
+        synced_hash: Some("h".into()),
+        status: "synced".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    q.mark_creates_pending(&[PendingCreate {
+        product_id: "p1".into(),
+        request_id: "rid".into(),
+        body: "{}".into(),
+        held: None,
+    }])
+    .await
+    .unwrap();
+    let products = ["p1".to_owned(), "p2".to_owned()];
+    assert_eq!(
+        q.mark_out_of_line(&products).await.unwrap(),
+        1,
+        "p2 has none"
+    );
+    assert_eq!(q.mark_out_of_line(&products).await.unwrap(), 0, "already");
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            m.synced_hash,
+            m.sync_token.as_deref(),
+            m.pending_request_id.as_deref(),
+            m.status.as_str()
+        ),
+        (None, Some("3"), Some("rid"), "synced")
+    );
+    assert_eq!(q.mapping("p2").await.unwrap(), None);
 }
 
 async fn new_work_wakes_a_waiting_claimer(b: Backend) {

@@ -222,11 +222,11 @@ enum JobError {
     Permanent(String),
     /// Not attempted (an open circuit): back to the queue without using an attempt.
     Deferred(String, Duration),
-    /// The job's lease ran out mid-way: a write ahead of its end was refused, or the
-    /// lease was found lost right before a write to QuickBooks was to be sent. Its newer
-    /// holder (or newer payload) carries on; nothing more is recorded for it, nor sent
-    /// once the loss is seen (a write already on its way when the lease ran out still
-    /// lands: QuickBooks' SyncToken or request id then decides).
+    /// The job's lease ran out mid-way and the job was claimed again (or put back): a
+    /// write ahead of its end was refused, or the loss was seen right before a write to
+    /// QuickBooks was to be sent. Its newer holder (or newer payload) carries on;
+    /// nothing more is recorded for it, nor sent once the loss is seen (a write already
+    /// on its way still lands: QuickBooks' SyncToken or request id then decides).
     LeaseLost,
 }
 
@@ -1752,8 +1752,8 @@ impl Catalog {
                 }
             }
             JobError::Permanent(reason) => {
-                // The job and its product's mapping rejected at once (the mapping's
-                // other columns as they are: a pending create stays to be replayed).
+                // The job and its product's mapping rejected at once (its refused
+                // pending create cleared, its Item kept).
                 match self.queue.reject_product(job, &reason).await {
                     Ok(true) => {}
                     // Its lease ran out: the job's newer holder (or newer payload)

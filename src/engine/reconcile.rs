@@ -511,18 +511,11 @@ impl Reconciler {
         queue: &crate::store::queue::JobQueue,
         products: &[String],
     ) -> Result<usize, String> {
-        for pid in products {
-            if let Some(mut m) = queue
-                .block_on(queue.mapping(pid))
-                .map_err(|e| format!("the store: {e}"))?
-                && m.synced_hash.is_some()
-            {
-                m.synced_hash = None;
-                queue
-                    .block_on(queue.save_mapping(&m))
-                    .map_err(|e| format!("the store: {e}"))?;
-            }
-        }
+        // (Only the hash: a mapping read and written back whole wiped a pending create
+        // a worker recorded in between, and put back the SyncToken it read.)
+        queue
+            .block_on(queue.mark_out_of_line(products))
+            .map_err(|e| format!("the store: {e}"))?;
         let jobs: Vec<NewJob<'_>> = products
             .iter()
             .map(|key| NewJob {

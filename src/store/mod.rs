@@ -230,8 +230,9 @@ impl Job {
 /// A worker's hold on a job: the job and the lease it was claimed under
 /// ([`Job::lease`]). A write made on a job's behalf before its end (a pending create, an
 /// Item recorded before its update) carries it and is refused once that lease no longer
-/// stands: a worker whose lease ran out must not write over what the job's newer holder
-/// wrote.
+/// stands (the job was claimed again, or put back): a worker whose lease ran out must
+/// not write over what the job's newer holder wrote. (A lease past its time that
+/// nobody has claimed again still stands, as for the job's end: nobody else writes.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub job_id: i64,
@@ -873,7 +874,10 @@ impl Store {
     /// [`Self::reject`], and the mapping of `product` (when given) marked rejected with
     /// the reason, in the same transaction: only while the lease stands, and before
     /// another worker can take the product's next job (whose pending create a later
-    /// write of the mapping would have wiped). The rest of the row is left as it is.
+    /// write of the mapping would have wiped). A pending create is cleared: it was this
+    /// job's (the lease fences every other), and refused for good (kept, it would be
+    /// replayed by each later job, and a product deleted meanwhile would be written
+    /// instead of never being). Its Item and SyncToken are left as they are.
     pub fn reject_marking(
         &self,
         job_id: i64,
@@ -898,7 +902,8 @@ impl Store {
                 let values = params![pid, reason, now];
                 let marked = tx
                     .prepare_cached(
-                        "UPDATE OR FAIL item_map SET status='rejected', reason=?2, synced_at=?3
+                        "UPDATE OR FAIL item_map SET status='rejected', reason=?2, synced_at=?3,
+                           pending_request_id=NULL, pending_body=NULL
                          WHERE product_id=?1",
                     )?
                     .execute(values)?;
@@ -1033,6 +1038,28 @@ impl Store {
     pub fn holding(&self, held: &[Held]) -> Result<Vec<bool>> {
         let conn = self.r();
         held.iter().map(|h| holds(&conn, *h)).collect()
+    }
+
+    /// Marks the mappings of `products` out of line (their `synced_hash` cleared: the
+    /// next job writes the Item whatever was last recorded), leaving the rest of each
+    /// row as it is (a worker's pending create, its newer SyncToken). How many changed.
+    pub fn mark_out_of_line(&self, products: &[String]) -> Result<usize> {
+        self.recorded(|| {
+            let conn = self.w();
+            let tx = Begun::begin(&conn)?;
+            let mut changed = 0;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE OR FAIL item_map SET synced_hash=NULL
+                     WHERE product_id=?1 AND synced_hash IS NOT NULL",
+                )?;
+                for pid in products {
+                    changed += stmt.execute(params![pid])?;
+                }
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
     }
 
     /// Stores the Item now mirroring the product, clearing any pending create.

@@ -678,6 +678,20 @@ impl PgQueue {
         Ok(held)
     }
 
+    /// Marks the mappings of `products` out of line, as SQLite's
+    /// [`super::Store::mark_out_of_line`]; how many changed.
+    pub async fn mark_out_of_line(&self, products: &[String]) -> PgResult<usize> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE syncctl.item_map SET synced_hash = NULL
+                  WHERE company = $1 AND product_id = ANY($2) AND synced_hash IS NOT NULL",
+            )
+            .await?;
+        let n = c.execute(&stmt, &[&&*self.company, &products]).await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Which of `held` still stand (a read).
     pub async fn holding(&self, held: &[Held]) -> PgResult<Vec<bool>> {
         if held.is_empty() {
@@ -747,8 +761,8 @@ impl PgQueue {
     }
 
     /// A job that can never succeed as is; false when no longer this handle's. With
-    /// `product`, its mapping is marked rejected (the reason kept, the rest of the row
-    /// as it is) in the same statement: only if the lease stood.
+    /// `product`, its mapping is marked rejected in the same statement, only if the
+    /// lease stood, as SQLite's [`super::Store::reject_marking`] does.
     pub async fn reject(
         &self,
         job_id: i64,
@@ -769,7 +783,8 @@ impl PgQueue {
                     INSERT INTO syncctl.item_map(company, product_id, status, reason, synced_at)
                     SELECT $5, $6::text, 'rejected', $2, $3 FROM r WHERE $6::text IS NOT NULL
                     ON CONFLICT (company, product_id) DO UPDATE SET status = 'rejected',
-                        reason = excluded.reason, synced_at = excluded.synced_at)
+                        reason = excluded.reason, synced_at = excluded.synced_at,
+                        pending_request_id = NULL, pending_body = NULL)
                  SELECT count(*) FROM r",
             )
             .await?;
@@ -1063,9 +1078,10 @@ impl PgQueue {
         Ok((n(0), n(1), n(2)))
     }
 
-    /// Records creates about to be sent (product id, request id, body), in one
-    /// statement: a box that dies before the answer leaves them for whoever takes the
-    /// job next, who replays them with the same request id.
+    /// Records creates about to be sent, in one statement: a box that dies before the
+    /// answer leaves them for whoever takes the job next, who replays them (a single
+    /// create's with its request id; a batch's went out under the batch's id, so its
+    /// replay is a create of its own, found by name if the batch's landed).
     ///
     /// A create made for a job ([`PendingCreate::held`]) is recorded only while that
     /// exact lease stands: the job's row is locked (`FOR SHARE`) until the statement

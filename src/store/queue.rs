@@ -210,9 +210,9 @@ impl JobQueue {
     /// [`Self::claim`] of jobs keyed by product id, each with its product's mapping
     /// ([`Job::mapping`]) as it stood when the lease was taken: the embedded store
     /// reads them in the claim's own transaction, Postgres in one query after it (if
-    /// that read fails, the jobs come without: their worker reads them). Other writers
-    /// (an operator's resync, a job whose lease ran out) may change a mapping later:
-    /// a caller uses these only when it starts on the job at once.
+    /// that read fails, the jobs come without: their worker reads them). Another writer
+    /// (an operator's resync) may change a mapping later: a caller uses these only when
+    /// it starts on the job at once.
     pub async fn claim_with_mappings(
         &self,
         kind: &str,
@@ -295,9 +295,10 @@ impl JobQueue {
     }
 
     /// [`Self::reject`] of a job keyed by a product: the product's mapping is marked
-    /// rejected with the reason in the same transaction, only while the lease stands
-    /// (written after the reject, the product's next job could already have been
-    /// claimed, and its pending create wiped).
+    /// rejected with the reason (this job's refused pending create cleared, its Item
+    /// kept) in the same transaction, only while the lease stands (written after the
+    /// reject, the product's next job could already have been claimed, and its pending
+    /// create wiped).
     pub async fn reject_product(&self, job: &Job, reason: &str) -> QueueResult<bool> {
         self.reject_marking(job, reason, Some(&job.key)).await
     }
@@ -464,8 +465,19 @@ impl JobQueue {
         }
     }
 
+    /// Marks the mappings of `products` out of line (the next job writes their Items
+    /// whatever was last recorded), the rest of each row as it is; how many changed.
+    pub async fn mark_out_of_line(&self, products: &[String]) -> QueueResult<usize> {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => Ok(store.mark_out_of_line(products)?),
+            Backend::Postgres { pg, .. } => Ok(pg.mark_out_of_line(products).await?),
+        }
+    }
+
     /// Which of `held` still stand (a read, made right before a write is sent on a
-    /// job's behalf: one whose lease ran out sends nothing more).
+    /// job's behalf: one whose job was claimed again or put back sends nothing more).
+    /// A lease past its time that nobody has claimed again still stands, as for every
+    /// end: until then nobody else writes for the job.
     pub async fn holding(&self, held: &[Held]) -> QueueResult<Vec<bool>> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.holding(held)?),

@@ -71,7 +71,8 @@ impl FrozenBundle {
                 search,
                 limit,
             } => {
-                let q = search.to_lowercase();
+                // As the live store searches: number, Stripe id or CUFE, trimmed, any case.
+                let q = search.trim().to_lowercase();
                 let invoices = s
                     .compliance
                     .invoices
@@ -79,8 +80,9 @@ impl FrozenBundle {
                     .filter(|r| status.is_none_or(|st| r.status == st))
                     .filter(|r| {
                         q.is_empty()
-                            || [&r.stripe_id, &r.number]
-                                .iter()
+                            || [Some(&r.stripe_id), Some(&r.number), r.cufe.as_ref()]
+                                .into_iter()
+                                .flatten()
                                 .any(|f| f.to_lowercase().contains(&q))
                     })
                     .take(limit)
@@ -163,5 +165,77 @@ impl Link for FrozenBundle {
 
     fn state(&self) -> watch::Receiver<LinkState> {
         self.state.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{InvoiceRecord, LocalInvoice, Status};
+
+    fn invoice(stripe_id: &str, number: &str, cufe: Option<&str>) -> InvoiceRecord {
+        InvoiceRecord {
+            stripe_id: stripe_id.into(),
+            number: number.into(),
+            kind: "invoice".into(),
+            status: Status::Validated,
+            attempts: 1,
+            next_at_ms: None,
+            sending: false,
+            alegra_id: None,
+            cufe: cufe.map(Into::into),
+            issue_date: "2026-11-22".into(),
+            buyer_id: "900123456".into(),
+            buyer_name: "Buyer SAS".into(),
+            total: 11_900,
+            invoice: LocalInvoice::example(stripe_id, "invoice"),
+            last_code: None,
+            last_message: None,
+            contingency: false,
+            deadline_at_ms: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            validated_at_ms: Some(2),
+        }
+    }
+
+    /// A bundle's invoices are found as the live store finds them: by number, Stripe
+    /// id or CUFE, the search trimmed (a CUFE pasted with its line end) and of any case.
+    #[test]
+    fn a_bundles_invoice_search_finds_by_cufe_and_trims_the_search() {
+        let mut snapshot = Snapshot::default();
+        snapshot.compliance.invoices = vec![
+            invoice("in_1", "SETP990000001", Some("ab12cd")),
+            invoice("in_2", "SETP990000002", None),
+        ];
+        let bundle = Bundle {
+            format: crate::protocol::BUNDLE_FORMAT,
+            version: "syncctl test".into(),
+            written_ms: 2,
+            started_ms: 1,
+            uptime_secs: 1,
+            taken_by: "ops".into(),
+            snapshot,
+            transitions: Vec::new(),
+            journal: Vec::new(),
+            series: Vec::new(),
+            config: String::new(),
+        };
+        let frozen = FrozenBundle::new(bundle, "incident.json.gz".into());
+        let found = |search: &str| match frozen.answer(Query::Invoices {
+            status: None,
+            search: search.into(),
+            limit: 10,
+        }) {
+            Ok(Answer::Invoices { invoices }) => invoices
+                .into_iter()
+                .map(|r| r.stripe_id)
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(found("AB12CD\n"), ["in_1"], "by CUFE, trimmed, any case");
+        assert_eq!(found(" setp990000002 "), ["in_2"]);
+        assert_eq!(found("IN_"), ["in_1", "in_2"]);
+        assert!(found("zz").is_empty());
     }
 }

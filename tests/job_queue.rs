@@ -70,6 +70,16 @@ fn job<'a>(key: &'a str, payload: &'a str, version: i64) -> NewJob<'a> {
     }
 }
 
+/// A create about to be sent for `job`'s product, under `job`'s lease.
+fn pending(job: &syncctl::store::Job, rid: &str) -> PendingCreate {
+    PendingCreate {
+        product_id: job.key.clone(),
+        request_id: rid.into(),
+        body: "{}".into(),
+        held: Some(job.held()),
+    }
+}
+
 /// Runs each behaviour (an `async fn(Backend)` below) as one test per backend.
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -312,12 +322,6 @@ async fn a_worker_whose_lease_ran_out_changes_nothing_it_no_longer_holds(b: Back
     // Nor does the stale worker record anything mid-way: a create it is about to send
     // (refused: it must not be sent) or an Item found ahead of its update, while the new
     // holder's are recorded. The same batch may carry both.
-    let pending = |held: &syncctl::store::Job, rid: &str| PendingCreate {
-        product_id: "p1".into(),
-        request_id: rid.into(),
-        body: "{}".into(),
-        held: Some(held.held()),
-    };
     assert_eq!(
         q.mark_creates_pending(&[pending(&stale, "stale-rid")])
             .await
@@ -495,12 +499,6 @@ async fn a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands(b
     let jobs = q.claim(KIND, 2, LEASE).await.unwrap();
     let (p1, p2) = (&jobs[0], &jobs[1]);
     assert_eq!((p1.key.as_str(), p2.key.as_str()), ("p1", "p2"));
-    let pending = |held: &syncctl::store::Job, rid: &str| PendingCreate {
-        product_id: held.key.clone(),
-        request_id: rid.into(),
-        body: "{}".into(),
-        held: Some(held.held()),
-    };
     assert_eq!(
         q.mark_creates_pending(&[pending(p1, "rid-1")])
             .await

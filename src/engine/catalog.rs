@@ -240,6 +240,15 @@ impl JobError {
     }
 }
 
+/// A write made on a job's behalf went through (its lease stood), or the job is lost.
+fn held_or_lost(held: bool) -> Result<(), JobError> {
+    if held {
+        Ok(())
+    } else {
+        Err(JobError::LeaseLost)
+    }
+}
+
 impl From<QbError> for JobError {
     fn from(e: QbError) -> Self {
         match &e {
@@ -1927,17 +1936,9 @@ impl Catalog {
     /// Records a plan's mapping before its job ends (an Item found or created, its
     /// update still to go): refused once the job's lease no longer stands.
     async fn record_ahead(&self, p: &Plan) -> Result<(), JobError> {
-        let recorded = match p.held {
-            Some(held) => self.queue.save_mapping_held(&p.m, held).await?,
-            None => {
-                self.queue.save_mapping(&p.m).await?;
-                true
-            }
-        };
-        if recorded {
-            Ok(())
-        } else {
-            Err(JobError::LeaseLost)
+        match p.held {
+            Some(held) => held_or_lost(self.queue.save_mapping_held(&p.m, held).await?),
+            None => Ok(self.queue.save_mapping(&p.m).await?),
         }
     }
 
@@ -1947,21 +1948,12 @@ impl Catalog {
         let Some(held) = held else {
             return Ok(());
         };
-        if self.queue.holding(&[held]).await?.first().copied() == Some(true) {
-            Ok(())
-        } else {
-            Err(JobError::LeaseLost)
-        }
+        held_or_lost(self.queue.holding(&[held]).await?.first() == Some(&true))
     }
 
     /// Records a create about to be sent: refused once its job's lease no longer stands.
     async fn mark_pending(&self, create: PendingCreate) -> Result<(), JobError> {
-        let marked = self.queue.mark_creates_pending(&[create]).await?;
-        if marked.first().copied().unwrap_or(false) {
-            Ok(())
-        } else {
-            Err(JobError::LeaseLost)
-        }
+        held_or_lost(self.queue.mark_creates_pending(&[create]).await?.first() == Some(&true))
     }
 
     /// Carries a plan out with single calls: finds or creates the Item, then updates it.
@@ -2572,6 +2564,20 @@ mod tests {
         (stale, fresh)
     }
 
+    /// `key`'s Item (id `7{key}`), synced from an older version of the product.
+    fn mapped(key: &str) -> ItemMapping {
+        ItemMapping {
+            product_id: key.into(),
+            item_id: Some(format!("7{key}")),
+            sync_token: Some("0".into()),
+            item_name: Some(format!("Widget {key}")),
+            synced_hash: Some("an older version".into()),
+            source_updated: Some(1),
+            status: "synced".into(),
+            ..Default::default()
+        }
+    }
+
     /// Which results are lost leases (not sent), in order.
     fn lost(results: &[JobResult]) -> Vec<bool> {
         results
@@ -2616,18 +2622,7 @@ mod tests {
     async fn a_worker_whose_lease_ran_out_sends_no_update_and_replays_no_create() {
         let l = leased().await;
         for k in ["p1", "p2", "p3"] {
-            l.store
-                .save_mapping(&ItemMapping {
-                    product_id: k.into(),
-                    item_id: Some(format!("7{k}")),
-                    sync_token: Some("0".into()),
-                    item_name: Some(format!("Widget {k}")),
-                    synced_hash: Some("an older version".into()),
-                    source_updated: Some(1),
-                    status: "synced".into(),
-                    ..Default::default()
-                })
-                .unwrap();
+            l.store.save_mapping(&mapped(k)).unwrap();
         }
         let (stale, fresh) = stale_and_fresh(&l).await;
         let batch = l.catalog.process_group(&stale).await;
@@ -2660,18 +2655,7 @@ mod tests {
     async fn a_batch_whose_creates_cannot_be_recorded_answers_every_plan() {
         let l = leased().await;
         *l.catalog.index.lock().await = Some(bulk::ItemIndex::whole_and_empty());
-        l.store
-            .save_mapping(&ItemMapping {
-                product_id: "p1".into(),
-                item_id: Some("71".into()),
-                sync_token: Some("0".into()),
-                item_name: Some("Widget p1".into()),
-                synced_hash: Some("an older version".into()),
-                source_updated: Some(1),
-                status: "synced".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        l.store.save_mapping(&mapped("p1")).unwrap();
         let (_, fresh) = stale_and_fresh(&l).await;
         // The store refuses any new mapping row (as a full disk would).
         rusqlite::Connection::open(l.store.path())

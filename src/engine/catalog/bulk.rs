@@ -665,34 +665,22 @@ impl Catalog {
             p.m.pending_body = Some(body.as_str().to_owned());
             made.push((i, p, name, body));
         }
-        let marked = match self.queue.mark_creates_pending(&pending).await {
-            Ok(marked) => marked,
-            Err(e) => {
-                let mut idx = self.index.lock().await;
-                for (i, p, name, _) in made {
-                    if let Some(idx) = idx.as_mut() {
-                        idx.release(&name, &p.desired.sku);
-                    }
-                    out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
-                }
-                // The group's other plans too (each needs a result: one left without
-                // was "not processed"), retried with the creates.
-                let others = named_updates.into_iter().map(|(i, _, _)| i);
-                for i in others.chain(single.into_iter().map(|(i, _)| i)) {
-                    out.push((i, Err(JobError::Transient(format!("store: {e}"), None))));
-                }
-                return (out, stale);
-            }
+        // A create not recorded is not sent (its name is free again): its job's lease
+        // ran out (the newer holder makes its own), or the store refused the marks
+        // (then the group's other plans get that error too: each needs a result).
+        let marked = self.queue.mark_creates_pending(&pending).await;
+        let why = || match &marked {
+            Ok(_) => JobError::LeaseLost,
+            Err(e) => JobError::Transient(format!("store: {e}"), None),
         };
-        // A create whose job's lease ran out is not sent: the job's newer holder makes
-        // its own (and the name is free again for it).
         let mut lost = Vec::new();
         for (k, (i, p, name, body)) in made.into_iter().enumerate() {
-            if marked.get(k).copied().unwrap_or(false) {
-                ops.push(BatchOp::Create(body));
-                sent.push((i, p, Write::Create { name }));
-            } else {
-                lost.push((i, p, name));
+            match &marked {
+                Ok(m) if m.get(k).copied() == Some(true) => {
+                    ops.push(BatchOp::Create(body));
+                    sent.push((i, p, Write::Create { name }));
+                }
+                _ => lost.push((i, p, name)),
             }
         }
         if !lost.is_empty() {
@@ -701,8 +689,15 @@ impl Catalog {
                 if let Some(idx) = idx.as_mut() {
                     idx.release(&name, &p.desired.sku);
                 }
-                out.push((i, Err(JobError::LeaseLost)));
+                out.push((i, Err(why())));
             }
+        }
+        if marked.is_err() {
+            let others = named_updates.into_iter().map(|(i, _, _)| i);
+            for i in others.chain(single.into_iter().map(|(i, _)| i)) {
+                out.push((i, Err(why())));
+            }
+            return (out, stale);
         }
         let named_updates = self.still_held_of(named_updates, &mut out).await;
         for (i, mut p, name) in named_updates {

@@ -1558,7 +1558,14 @@ fn the_dian_detail_is_asked_for_the_selected_invoice_and_shown_when_answered() {
     );
     let answer = |app: &mut App, reply| {
         let query = Query::InvoiceDetail { key: key.clone() };
-        redraws(&update(app, Msg::Answer { query, reply }))
+        redraws(&update(
+            app,
+            Msg::Answer {
+                query,
+                reply,
+                epoch: 0,
+            },
+        ))
     };
     // An answer for another invoice (the selection moved on) is not shown.
     let mut other = detail.clone();
@@ -2602,7 +2609,14 @@ fn the_payload_pane_scrolls() {
     };
     let query = Query::InvoiceDetail { key: key.clone() };
     let reply = Ok(Answer::InvoiceDetail(Box::new(detail)));
-    update(&mut app, Msg::Answer { query, reply });
+    update(
+        &mut app,
+        Msg::Answer {
+            query,
+            reply,
+            epoch: 0,
+        },
+    );
     press(&mut app, KeyCode::Char('v'));
     let (text, _) = render(&app, 120, 40);
     assert!(
@@ -2720,6 +2734,7 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
         Msg::Answer {
             query: other,
             reply: Ok(Answer::Chain(Box::default())),
+            epoch: 0,
         },
     );
     let (text, _) = render(&app, 80, 24);
@@ -2730,6 +2745,7 @@ fn the_chain_panel_shows_an_invoices_product_item_and_cufe() {
         Msg::Answer {
             query,
             reply: Ok(Answer::Chain(Box::new(chain))),
+            epoch: 0,
         },
     );
     let (text, _) = render(&app, 120, 40);
@@ -2822,7 +2838,14 @@ fn the_events_filter_searches_the_whole_trail_in_pages_with_the_true_total() {
                 }),
                 other => panic!("unexpected query {other:?}"),
             };
-            effects = update(app, Msg::Answer { query, reply });
+            effects = update(
+                app,
+                Msg::Answer {
+                    query,
+                    reply,
+                    epoch: 0,
+                },
+            );
         }
         asked
     };
@@ -2925,6 +2948,7 @@ fn a_filter_the_engine_could_not_search_says_so_and_why() {
         Msg::Answer {
             query,
             reply: Err(CommandError::unavailable("the store: disk I/O error")),
+            epoch: 0,
         },
     );
     assert!(redraws(&effects));
@@ -2969,6 +2993,7 @@ fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
             Msg::Answer {
                 query,
                 reply: Err(CommandError::unavailable("the engine is busy")),
+                epoch: 0,
             },
         )
     };
@@ -2986,6 +3011,7 @@ fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
         Msg::Answer {
             query: total,
             reply: Ok(Answer::AuditCount { total: 3 }),
+            epoch: 0,
         },
     );
     assert!(app.ticks(), "the clock ticks for the retry");
@@ -3021,6 +3047,7 @@ fn a_failed_search_is_asked_again_after_a_wait_that_doubles() {
                 Msg::Answer {
                     query: again,
                     reply: Ok(Answer::Audit { entries: vec![] }),
+                    epoch: 0,
                 },
             );
             break;
@@ -3052,6 +3079,7 @@ fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
         Msg::Answer {
             query: first,
             reply: Err(refused("longer than 200 characters")),
+            epoch: 0,
         },
     );
     let total = search(&effects)
@@ -3063,6 +3091,7 @@ fn a_refused_search_is_not_asked_again_until_the_filter_changes() {
         Msg::Answer {
             query: total,
             reply: Err(CommandError::forbidden("this token may not read the trail")),
+            epoch: 0,
         },
     );
     let title = |app: &App| render(app, 160, 40).0;
@@ -3126,6 +3155,7 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
         Msg::Answer {
             query: other,
             reply: Ok(Answer::Audit { entries: vec![] }),
+            epoch: 0,
         },
     );
     assert!(app.events_search.as_ref().unwrap().pending);
@@ -3135,6 +3165,7 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
         Msg::Answer {
             query: first.clone(),
             reply: Err(CommandError::unavailable("the engine is busy")),
+            epoch: 0,
         },
     );
     let total = pages(&effects).pop().expect("the total asked next");
@@ -3155,6 +3186,7 @@ fn a_filter_typed_again_takes_the_ask_on_its_way_as_its_own() {
         Msg::Answer {
             query: total,
             reply: Ok(Answer::AuditCount { total: 7 }),
+            epoch: 0,
         },
     );
     assert_eq!(app.events_search.as_ref().unwrap().total, Some(7));
@@ -3203,6 +3235,7 @@ fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
         Msg::Answer {
             query: page,
             reply: Err(CommandError::invalid("text", "contains control characters")),
+            epoch: 0,
         },
     );
     let total = search_asks(&effects)
@@ -3216,6 +3249,7 @@ fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
             reply: Err(CommandError::unavailable(
                 "the connection to the engine dropped",
             )),
+            epoch: 0,
         },
     );
     let title = render(&app, 200, 40).0;
@@ -3225,6 +3259,72 @@ fn a_company_switch_asks_the_new_company_and_a_refusal_keeps_its_reason() {
         ),
         "{title}"
     );
+}
+
+/// An answer asked of the company left is never taken by the one switched to, even to
+/// identical words: the Events search shows the new company's matches only, once its
+/// own answer arrives.
+#[test]
+fn an_answer_asked_of_the_company_left_is_not_taken_after_a_switch() {
+    use syncctl::protocol::{Answer, CompanyTag, Query};
+    let found = |message: &str| AuditEntry {
+        id: 7,
+        at_ms: 1_700_000_000_000,
+        kind: "operator".into(),
+        entity: "catalog".into(),
+        actor: "ana".into(),
+        message: message.into(),
+        trace_id: None,
+    };
+    let mut app = app().with_company(Some(CompanyTag::new("co2", "Two")));
+    press(&mut app, KeyCode::Char('7'));
+    let asked = search_asks(&typed_asks(&mut app, "/paused"));
+    let page = asked
+        .into_iter()
+        .filter(|q| matches!(q, Query::Audit { .. }))
+        .next_back()
+        .expect("the page asked");
+    let left = app.company_epoch;
+    let effects = update(
+        &mut app,
+        Msg::Watched(Ok((CompanyTag::new("co1", "One"), Arc::new(snapshot())))),
+    );
+    assert_eq!(
+        search_asks(&effects).first(),
+        Some(&page),
+        "the same page asked of co1"
+    );
+    // co2's answer to its ask arrives after the switch: not co1's.
+    update(
+        &mut app,
+        Msg::Answer {
+            query: page.clone(),
+            reply: Ok(Answer::Audit {
+                entries: vec![found("paused by co2's operator")],
+            }),
+            epoch: left,
+        },
+    );
+    let text = render(&app, 120, 40).0;
+    assert!(!text.contains("co2's operator"), "{text}");
+    assert!(
+        app.events_found().is_none(),
+        "co1's search still waits for its page"
+    );
+    let now = app.company_epoch;
+    update(
+        &mut app,
+        Msg::Answer {
+            query: page,
+            reply: Ok(Answer::Audit {
+                entries: vec![found("paused by co1's operator")],
+            }),
+            epoch: now,
+        },
+    );
+    let text = render(&app, 120, 40).0;
+    assert!(text.contains("paused by co1's operator"), "{text}");
+    assert!(!text.contains("co2's operator"), "{text}");
 }
 
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.
@@ -3282,6 +3382,7 @@ fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40
                 command: Command::Resync {},
             },
             reply: Ok(Answer::Preview(Box::new(impact(0, "")))),
+            epoch: 0,
         },
     );
     assert!(render(&app, 80, 24).0.contains("impact: estimating…"));
@@ -3292,6 +3393,7 @@ fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40
                 command: Command::RetryFailedJobs {},
             },
             reply: Ok(Answer::Preview(Box::new(impact(0, "")))),
+            epoch: 0,
         },
     );
     assert!(redraws(&effects));
@@ -3334,6 +3436,7 @@ fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40
                 2,
                 "the quickbooks circuit would be FORCED_OPEN (now CLOSED): they wait until you close it; new work too",
             )))),
+            epoch: 0,
         },
     );
     let (small, _) = render(&app, 80, 24);
@@ -3360,6 +3463,7 @@ fn bulk_confirmations_ask_for_the_impact_preview_and_show_it_at_80x24_and_120x40
             reply: Err(syncctl::protocol::CommandError::unavailable(
                 "the engine is stopping",
             )),
+            epoch: 0,
         },
     );
     assert!(

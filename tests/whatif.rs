@@ -99,7 +99,14 @@ async fn settings_show_a_what_if_before_applying_and_a_temporary_threshold_comes
             w.day.is_none(),
             "an hour of history is all the engine keeps"
         );
-        update(&mut app, Msg::Answer { query, reply });
+        update(
+            &mut app,
+            Msg::Answer {
+                query,
+                reply,
+                epoch: 0,
+            },
+        );
     }
     for (w, h) in [(80, 24), (120, 40)] {
         let screen = render(&app, w, h);

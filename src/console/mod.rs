@@ -147,7 +147,10 @@ async fn event_loop<L: Link>(
             for effect in update(&mut app, msg) {
                 match effect {
                     Effect::Send(request) => send(engine, request, &back_tx, &mut inbox).await,
-                    Effect::Ask(query) => ask(engine, query, &back_tx, &mut inbox).await,
+                    Effect::Ask(query) => {
+                        let epoch = app.company_epoch;
+                        ask(engine, query, epoch, &back_tx, &mut inbox).await
+                    }
                     Effect::PatchFaults(patch) => {
                         let result = match &app.sandbox {
                             Some(sandbox) => sandbox.patch_faults_as(&app.actor, &patch),
@@ -319,11 +322,12 @@ async fn send<L: Link>(
     }
 }
 
-/// Asks `query`; its answer comes back on `back` (at once in `inbox`, as an error,
-/// when the engine no longer runs).
+/// Asks `query`, in the company epoch `epoch`; its answer comes back on `back` (at
+/// once in `inbox`, as an error, when the engine no longer runs).
 async fn ask<L: Link>(
     engine: &L,
     query: Query,
+    epoch: u64,
     back: &mpsc::UnboundedSender<Msg>,
     inbox: &mut VecDeque<Msg>,
 ) {
@@ -332,12 +336,17 @@ async fn ask<L: Link>(
             let back = back.clone();
             tokio::spawn(async move {
                 let reply = rx.await.unwrap_or_else(|_| Err(stopped()));
-                let _ = back.send(Msg::Answer { query, reply });
+                let _ = back.send(Msg::Answer {
+                    query,
+                    reply,
+                    epoch,
+                });
             });
         }
         Err(_) => inbox.push_back(Msg::Answer {
             query,
             reply: Err(stopped()),
+            epoch,
         }),
     }
 }

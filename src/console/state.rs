@@ -450,6 +450,10 @@ pub struct App {
     /// `since_id` of the search that asked it: a search typed again while its last
     /// ask is on its way (`a`, `ax`, `a`) takes that ask as its own, not a second.
     pub events_in_flight: Vec<(crate::protocol::Query, i64)>,
+    /// Counts the times what the console held for its company was dropped (a switch
+    /// of company): an answer to a query asked before the latest is another company's
+    /// (or of a view left), and is not taken ([`super::update::Msg::Answer`]).
+    pub company_epoch: u64,
     pub show_payload: bool,
     /// The payload's first row shown (`[` / `]`); back to the top for another invoice.
     pub payload_scroll: u16,
@@ -522,6 +526,7 @@ impl App {
             events_journal: false,
             events_search: None,
             events_in_flight: Vec::new(),
+            company_epoch: 0,
             show_payload: false,
             payload_scroll: 0,
             detail: None,

@@ -47,8 +47,12 @@ pub enum Msg {
     /// A command that could not be sent: the engine no longer runs.
     NotSent(Command),
     /// The engine's answer to a query this console asked (an error if it could not be
-    /// asked).
-    Answer { query: Query, reply: QueryReply },
+    /// asked), with the [`App::company_epoch`] it was asked in.
+    Answer {
+        query: Query,
+        reply: QueryReply,
+        epoch: u64,
+    },
     /// The sandbox's answer to a fault patch.
     FaultsPatched {
         patch: FaultPatch,
@@ -167,7 +171,20 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.flash = Some("the engine is not running; the command was not sent".into());
             effects.push(redraw(true));
         }
-        Msg::Answer { query, reply } => effects.extend(app.apply_answer(query, reply)),
+        // An answer asked before a switch of company is the other company's: an Events
+        // page, a total, an invoice's detail, a what-if or a preview of identical words
+        // asked of this one would otherwise take it as its own. (An incident bundle is
+        // written whatever the company shown: the operator asked for it, and it names
+        // its company.)
+        Msg::Answer {
+            query,
+            reply,
+            epoch,
+        } => {
+            if epoch == app.company_epoch || matches!(query, Query::Bundle { .. }) {
+                effects.extend(app.apply_answer(query, reply));
+            }
+        }
         Msg::BundleWritten(result) => {
             app.flash = Some(match result {
                 Ok(path) => format!("incident bundle (secrets redacted) written: {path}"),
@@ -252,8 +269,10 @@ impl App {
         self.recon_sel = Default::default();
         self.dian_sel = Default::default();
         self.events_search = None;
-        // (Another company's asks are not this one's: never taken as its own.)
+        // (Another company's asks are not this one's: never taken as its own, nor their
+        // answers.)
         self.events_in_flight.clear();
+        self.company_epoch += 1;
         self.events_offset = 0;
         self.detail = None;
         self.detail_asked = None;

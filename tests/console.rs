@@ -3281,8 +3281,7 @@ fn an_answer_asked_of_the_company_left_is_not_taken_after_a_switch() {
     let asked = search_asks(&typed_asks(&mut app, "/paused"));
     let page = asked
         .into_iter()
-        .filter(|q| matches!(q, Query::Audit { .. }))
-        .next_back()
+        .rfind(|q| matches!(q, Query::Audit { .. }))
         .expect("the page asked");
     let left = app.company_epoch;
     let effects = update(

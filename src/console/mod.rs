@@ -147,10 +147,7 @@ async fn event_loop<L: Link>(
             for effect in update(&mut app, msg) {
                 match effect {
                     Effect::Send(request) => send(engine, request, &back_tx, &mut inbox).await,
-                    Effect::Ask(query) => {
-                        let epoch = app.company_epoch;
-                        ask(engine, query, epoch, &back_tx, &mut inbox).await
-                    }
+                    Effect::Ask(q) => ask(engine, q, app.company_epoch, &back_tx, &mut inbox).await,
                     Effect::PatchFaults(patch) => {
                         let result = match &app.sandbox {
                             Some(sandbox) => sandbox.patch_faults_as(&app.actor, &patch),

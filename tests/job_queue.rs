@@ -105,6 +105,7 @@ on_both_backends!(
     a_deferred_job_does_not_spend_an_attempt,
     a_rejected_product_is_marked_with_its_job_only_while_the_lease_stands,
     a_resync_marks_a_mapping_out_of_line_and_keeps_the_rest,
+    a_job_that_read_a_mapping_before_a_resync_leaves_it_out_of_line,
     new_work_wakes_a_waiting_claimer,
     compaction_removes_finished_jobs_and_moves_no_count,
 );
@@ -580,18 +581,91 @@ async fn a_resync_marks_a_mapping_out_of_line_and_keeps_the_rest(b: Backend) {
         1,
         "p2 has none"
     );
-    assert_eq!(q.mark_out_of_line(&products).await.unwrap(), 0, "already");
+    // Counted again when already out of line (a job may have read it so).
+    assert_eq!(q.mark_out_of_line(&products).await.unwrap(), 1);
     let m = q.mapping("p1").await.unwrap().unwrap();
     assert_eq!(
         (
             m.synced_hash,
             m.sync_token.as_deref(),
             m.pending_request_id.as_deref(),
-            m.status.as_str()
+            m.status.as_str(),
+            m.resyncs
         ),
-        (None, Some("3"), Some("rid"), "synced")
+        (None, Some("3"), Some("rid"), "synced", 2)
     );
     assert_eq!(q.mapping("p2").await.unwrap(), None);
+}
+
+/// A job that read the mapping before an operator's resync (a webhook's, say, that
+/// found the product in line) leaves it out of line at its end, whatever it writes
+/// besides, mid-way or at its end: the resync's own job, which read it after, writes the
+/// Item and marks it in line.
+async fn a_job_that_read_a_mapping_before_a_resync_leaves_it_out_of_line(b: Backend) {
+    use syncctl::store::{Finished, ItemMapping};
+    let Some(db) = Db::new(b) else { return };
+    let q = db.open("box-a", &WallClock::default()).await;
+    q.save_mapping(&ItemMapping {
+        product_id: "p1".into(),
+        item_id: Some("7".into()),
+        sync_token: Some("3".into()),
+        synced_hash: Some("h1".into()),
+        status: "synced".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let end = |job: &syncctl::store::Job, m: ItemMapping| Finished {
+        job_id: job.id,
+        lease: job.lease,
+        mapping: Some(m),
+        audit: None,
+        trace_id: None,
+    };
+    q.ingest(&[job("p1", "a", 1)], None, None).await.unwrap();
+    let before = q.claim(KIND, 10, LEASE).await.unwrap().remove(0);
+    let read = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(read.resyncs, 0);
+    // The resync, while the job is under way.
+    assert_eq!(q.mark_out_of_line(&["p1".to_owned()]).await.unwrap(), 1);
+    // Mid-way, the Item recorded (its hash as read), then the end: in line, it says.
+    let token = ItemMapping {
+        sync_token: Some("4".into()),
+        ..read.clone()
+    };
+    assert!(q.save_mapping_held(&token, before.held()).await.unwrap());
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.synced_hash.as_deref(), m.sync_token.as_deref()),
+        (None, Some("4"))
+    );
+    let ended = ItemMapping {
+        synced_hash: Some("h1".into()),
+        sync_token: Some("5".into()),
+        ..read
+    };
+    assert_eq!(q.finish_jobs(vec![end(&before, ended)]).await.unwrap(), 1);
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.synced_hash.as_deref(), m.sync_token.as_deref(), m.resyncs),
+        (None, Some("5"), 1),
+        "out of line still; the rest written"
+    );
+    // The resync's job read it after the resync: its end marks it in line.
+    q.ingest(&[job("p1", "b", 2)], None, None).await.unwrap();
+    let after = q.claim(KIND, 10, LEASE).await.unwrap().remove(0);
+    let read = q.mapping("p1").await.unwrap().unwrap();
+    let ended = ItemMapping {
+        synced_hash: Some("h2".into()),
+        sync_token: Some("6".into()),
+        ..read
+    };
+    assert_eq!(q.finish_jobs(vec![end(&after, ended)]).await.unwrap(), 1);
+    let m = q.mapping("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.synced_hash.as_deref(), m.sync_token.as_deref(), m.resyncs),
+        (Some("h2"), Some("6"), 1)
+    );
 }
 
 async fn new_work_wakes_a_waiting_claimer(b: Backend) {

@@ -2648,6 +2648,49 @@ mod tests {
         assert_eq!(lost(&replay), [false], "the holder's replay: {replay:?}");
     }
 
+    /// An operator's resync while a job is under way that found the product in line (it
+    /// read the mapping first): the job's end leaves the mapping out of line, so the
+    /// resync's own job writes the Item. (Before, the end put the hash back, and the
+    /// resync's job found nothing to write.)
+    #[tokio::test]
+    async fn a_resync_while_a_job_is_under_way_is_not_undone_by_its_end() {
+        let l = leased().await;
+        let widget = r#"{"id":"p4","name":"Widget p4","active":true,"updated":2}"#;
+        let product: Product = serde_json::from_str(widget).unwrap();
+        let hash = DesiredItem::from_product(&product, None).unwrap().hash();
+        l.store
+            .save_mapping(&ItemMapping {
+                synced_hash: Some(hash),
+                source_updated: Some(2),
+                ..mapped("p4")
+            })
+            .unwrap();
+        // The three jobs `leased` queued are claimed and put aside: p4's alone is worked.
+        l.queue.claim(JOB_KIND, 10, LEASE).await.unwrap();
+        let job = NewJob {
+            kind: JOB_KIND,
+            key: "p4",
+            payload: Some(widget),
+            version: 2,
+        };
+        l.queue.ingest(&[job], None, None).await.unwrap();
+        let claimed = l
+            .queue
+            .claim_with_mappings(JOB_KIND, 1, LEASE)
+            .await
+            .unwrap();
+        l.store.mark_out_of_line(&["p4".to_owned()]).unwrap();
+        let results = l.catalog.process_group(&claimed).await;
+        let Some(Ok((outcome, mapping))) = results.into_iter().next() else {
+            panic!("p4 not worked");
+        };
+        assert_eq!(outcome, Outcome::Unchanged, "in line, as read");
+        let end = finished_job(&claimed[0], &outcome, mapping);
+        assert_eq!(l.queue.finish_jobs(vec![end]).await.unwrap(), 1);
+        let m = l.store.mapping("p4").unwrap().unwrap();
+        assert_eq!((m.synced_hash, m.resyncs), (None, 1), "still out of line");
+    }
+
     /// A batch whose pending creates cannot be recorded (the store refuses) sends
     /// nothing, and every plan of the group gets that error: the update beside the
     /// creates too (it had been left without a result: "not processed").

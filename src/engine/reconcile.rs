@@ -503,8 +503,9 @@ impl Reconciler {
     }
 
     /// Writes these products' Items again: each mapping is marked out of line (so the
-    /// worker does not trust what it last recorded) and its job queued, in one
-    /// transaction per call. Wakes the reconciliation so the fix shows soon.
+    /// worker does not trust what it last recorded, nor a job under way that read it
+    /// before: see [`crate::store::ItemMapping::resyncs`]), then its job queued. Wakes
+    /// the reconciliation so the fix shows soon.
     /// (The mappings and jobs are `queue`'s: the store's own, or shared on Postgres.)
     pub fn resync(
         &self,

@@ -263,6 +263,13 @@ pub struct ItemMapping {
     pub pending_body: Option<String>,
     pub status: String,
     pub reason: Option<String>,
+    /// An operator's resyncs of the product so far (each marks the mapping out of line).
+    /// A mapping is written with its hash only while the count is still the one read
+    /// with it: a job that read the mapping before a resync leaves it out of line, so
+    /// the resync's own job writes the Item again (else the older job's end put back a
+    /// hash, and the resync's job found the product in line and wrote nothing). Never
+    /// written by a save, only counted up by [`Store::mark_out_of_line`].
+    pub resyncs: i64,
 }
 
 /// A job to enqueue.
@@ -756,7 +763,7 @@ impl Store {
             let now = now_ms();
             for f in jobs {
                 if let Some(m) = &f.mapping {
-                    save_mapping(&tx, m, now)?;
+                    save_mapping(&tx, m, now, Hash::Mirrored)?;
                 }
                 if let Some((kind, entity, actor, message)) = &f.audit {
                     tx.prepare_cached("INSERT INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
@@ -1041,17 +1048,20 @@ impl Store {
     }
 
     /// Marks the mappings of `products` out of line (their `synced_hash` cleared: the
-    /// next job writes the Item whatever was last recorded), leaving the rest of each
-    /// row as it is (a worker's pending create, its newer SyncToken). How many changed.
+    /// next job writes the Item whatever was last recorded) and counts the resync
+    /// ([`ItemMapping::resyncs`]), leaving the rest of each row as it is (a worker's
+    /// pending create, its newer SyncToken). How many mappings there were to mark.
     pub fn mark_out_of_line(&self, products: &[String]) -> Result<usize> {
         self.recorded(|| {
             let conn = self.w();
             let tx = Begun::begin(&conn)?;
             let mut changed = 0;
             {
+                // (Counted even when already out of line: a job that read it so and is
+                // under way must not mark it in line at its end either.)
                 let mut stmt = tx.prepare_cached(
-                    "UPDATE OR FAIL item_map SET synced_hash=NULL
-                     WHERE product_id=?1 AND synced_hash IS NOT NULL",
+                    "UPDATE OR FAIL item_map SET synced_hash=NULL, resyncs=resyncs+1
+                     WHERE product_id=?1",
                 )?;
                 for pid in products {
                     changed += stmt.execute(params![pid])?;
@@ -1083,7 +1093,7 @@ impl Store {
             {
                 return Ok(false);
             }
-            save_mapping(&tx, m, now_ms())?;
+            save_mapping(&tx, m, now_ms(), Hash::UnlessResynced)?;
             tx.commit()?;
             Ok(true)
         })
@@ -1741,7 +1751,7 @@ fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
         return Ok(false);
     }
     if let Some(m) = &f.mapping {
-        save_mapping(conn, m, now)?;
+        save_mapping(conn, m, now, Hash::UnlessResynced)?;
     }
     if let Some((kind, entity, actor, message)) = &f.audit {
         conn.prepare_cached("INSERT OR FAIL INTO audit(at, kind, entity, actor, message, trace_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
@@ -1750,10 +1760,25 @@ fn finish_one(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
     Ok(true)
 }
 
+/// How a saved mapping's hash is written.
+#[derive(Clone, Copy, PartialEq)]
+enum Hash {
+    /// As given, unless the product was resynced since the mapping was read
+    /// ([`ItemMapping::resyncs`]): then left out of line.
+    UnlessResynced,
+    /// As given: a mirror of what another store (the shared queue) decided.
+    Mirrored,
+}
+
 /// Writes a mapping (an update of the product's row, else a new row), clearing any
 /// pending create. Not an upsert: its update part would be checked with ABORT and keep
 /// a statement journal. `OR FAIL` (see [`finish_one`]): call it in a transaction.
-fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
+fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64, hash: Hash) -> Result<()> {
+    // (A mirror's count is the other store's, never this one's: matched to itself.)
+    let read = match hash {
+        Hash::UnlessResynced => Some(m.resyncs),
+        Hash::Mirrored => None,
+    };
     let values = params![
         m.product_id,
         m.item_id,
@@ -1763,24 +1788,27 @@ fn save_mapping(conn: &Connection, m: &ItemMapping, now: i64) -> Result<()> {
         m.source_updated,
         m.status,
         m.reason,
-        now
+        now,
+        read
     ];
     let updated = conn
         .prepare_cached(
-            "UPDATE OR FAIL item_map SET item_id=?2, sync_token=?3, item_name=?4, synced_hash=?5,
+            "UPDATE OR FAIL item_map SET item_id=?2, sync_token=?3, item_name=?4,
+               synced_hash=CASE WHEN resyncs = coalesce(?10, resyncs) THEN ?5 END,
                source_updated=?6, pending_request_id=NULL, pending_body=NULL, status=?7,
                reason=?8, synced_at=?9
              WHERE product_id=?1",
         )?
         .execute(values)?;
     if updated == 0 {
+        // (No row: never resynced.)
         conn.prepare_cached(
             "INSERT OR FAIL INTO item_map(product_id, item_id, sync_token, item_name, synced_hash,
                                           source_updated, pending_request_id, pending_body, status,
                                           reason, synced_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8, ?9)",
         )?
-        .execute(values)?;
+        .execute(&values[..9])?;
     }
     Ok(())
 }
@@ -1797,7 +1825,7 @@ fn fts_merge(conn: &Connection, pages: i64) -> Result<()> {
 fn read_mapping(conn: &Connection, product_id: &str) -> Result<Option<ItemMapping>> {
     conn.prepare_cached(
         "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
-                pending_request_id, pending_body, status, reason
+                pending_request_id, pending_body, status, reason, resyncs
          FROM item_map WHERE product_id=?1",
     )?
     .query_row(params![product_id], row_to_mapping)
@@ -1816,6 +1844,7 @@ fn row_to_mapping(r: &rusqlite::Row<'_>) -> Result<ItemMapping> {
         pending_body: r.get(7)?,
         status: r.get(8)?,
         reason: r.get(9)?,
+        resyncs: r.get(10)?,
     })
 }
 

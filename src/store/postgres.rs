@@ -372,12 +372,17 @@ const MIGRATIONS: &[&str] = &[
     // The compliance records (invoices, history, tombstones, DIAN counter) per company,
     // with leases: see `pg_invoices`.
     super::pg_invoices::MIGRATION,
+    // An operator's resyncs of each product counted: a mapping's hash is written only
+    // while the count is the one read with it (as SQLite's migration 20).
+    "ALTER TABLE syncctl.item_map ADD COLUMN resyncs BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The upsert of a mapping (`$1` company, `$2..$9` the mapping, `$10` now), clearing
 /// any pending create: as SQLite's `save_mapping`.
 /// `$11`/`$12`: the job (id, lease owner) it is written for, whose lease must stand
-/// (its row locked until commit); NULL: no job's.
+/// (its row locked until commit); NULL: no job's. `$13`: the resyncs counted when the
+/// mapping was read ([`ItemMapping::resyncs`]): another count since, and the hash is
+/// left out of line.
 const SAVE_MAPPING: &str = "WITH held AS (SELECT 1 FROM syncctl.jobs
             WHERE company = $1 AND id = $11::bigint AND state = 'leased' AND lease_owner = $12::text
             FOR SHARE)
@@ -387,7 +392,8 @@ const SAVE_MAPPING: &str = "WITH held AS (SELECT 1 FROM syncctl.jobs
      WHERE $11::bigint IS NULL OR EXISTS (SELECT 1 FROM held)
     ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
         sync_token = excluded.sync_token, item_name = excluded.item_name,
-        synced_hash = excluded.synced_hash, source_updated = excluded.source_updated,
+        synced_hash = CASE WHEN item_map.resyncs = $13::bigint THEN excluded.synced_hash END,
+        source_updated = excluded.source_updated,
         pending_request_id = NULL, pending_body = NULL, status = excluded.status,
         reason = excluded.reason, synced_at = excluded.synced_at";
 
@@ -395,7 +401,8 @@ const SAVE_MAPPING: &str = "WITH held AS (SELECT 1 FROM syncctl.jobs
 /// transaction), stores the mappings of those jobs: a job is never done without its
 /// mapping, nor a mapping of a job whose lease was lost written. `$1` company, `$2`
 /// each job's lease (see [`PgQueue::lease_owner`]), `$3` now, `$4` job ids, `$5..$12`
-/// the mappings' columns (a NULL product id: no mapping). The ids ended.
+/// the mappings' columns (a NULL product id: no mapping), `$13` the resyncs each was
+/// read with (see [`SAVE_MAPPING`]). The ids ended.
 const FINISH: &str = "WITH done AS (
         UPDATE syncctl.jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
                last_error = NULL, updated_at = $3
@@ -403,18 +410,22 @@ const FINISH: &str = "WITH done AS (
            AND (id, lease_owner) IN (SELECT * FROM unnest($4::bigint[], $2::text[]))
         RETURNING id),
      m AS (SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
-                                $9::text[], $10::bigint[], $11::text[], $12::text[])
+                                $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[])
                       AS u(job_id, product_id, item_id, sync_token, item_name, synced_hash,
-                           source_updated, status, reason)),
+                           source_updated, status, reason, resyncs)),
      saved AS (
         INSERT INTO syncctl.item_map(company, product_id, item_id, sync_token, item_name,
-               synced_hash, source_updated, pending_request_id, pending_body, status, reason, synced_at)
+               synced_hash, source_updated, pending_request_id, pending_body, status, reason,
+               synced_at, resyncs)
         SELECT $1, m.product_id, m.item_id, m.sync_token, m.item_name, m.synced_hash,
-               m.source_updated, NULL, NULL, m.status, m.reason, $3
+               m.source_updated, NULL, NULL, m.status, m.reason, $3, m.resyncs
           FROM m JOIN done ON done.id = m.job_id WHERE m.product_id IS NOT NULL
         ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
             sync_token = excluded.sync_token, item_name = excluded.item_name,
-            synced_hash = excluded.synced_hash, source_updated = excluded.source_updated,
+            -- (`excluded.resyncs`: the count read, never written over the row's.)
+            synced_hash = CASE WHEN item_map.resyncs = excluded.resyncs
+                               THEN excluded.synced_hash END,
+            source_updated = excluded.source_updated,
             pending_request_id = NULL, pending_body = NULL, status = excluded.status,
             reason = excluded.reason, synced_at = excluded.synced_at
         RETURNING 1)
@@ -679,13 +690,13 @@ impl PgQueue {
     }
 
     /// Marks the mappings of `products` out of line, as SQLite's
-    /// [`super::Store::mark_out_of_line`]; how many changed.
+    /// [`super::Store::mark_out_of_line`]; how many mappings there were to mark.
     pub async fn mark_out_of_line(&self, products: &[String]) -> PgResult<usize> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "UPDATE syncctl.item_map SET synced_hash = NULL
-                  WHERE company = $1 AND product_id = ANY($2) AND synced_hash IS NOT NULL",
+                "UPDATE syncctl.item_map SET synced_hash = NULL, resyncs = resyncs + 1
+                  WHERE company = $1 AND product_id = ANY($2)",
             )
             .await?;
         let n = c.execute(&stmt, &[&&*self.company, &products]).await?;
@@ -1028,7 +1039,7 @@ impl PgQueue {
         let stmt = c
             .prepare_cached(
                 "SELECT product_id, item_id, sync_token, item_name, synced_hash, source_updated,
-                        pending_request_id, pending_body, status, reason
+                        pending_request_id, pending_body, status, reason, resyncs
                    FROM syncctl.item_map WHERE company = $1 AND product_id = ANY($2)",
             )
             .await?;
@@ -1046,6 +1057,7 @@ impl PgQueue {
                 pending_body: r.get(7),
                 status: r.get(8),
                 reason: r.get(9),
+                resyncs: r.get(10),
             })
             .collect())
     }
@@ -1172,6 +1184,7 @@ impl PgQueue {
                     &now_ms,
                     &job_id,
                     &owner,
+                    &m.resyncs,
                 ],
             )
             .await?;
@@ -1204,6 +1217,7 @@ impl PgQueue {
             .iter()
             .map(|j| j.2.and_then(|m| m.source_updated))
             .collect();
+        let resyncs: Vec<Option<i64>> = jobs.iter().map(|j| j.2.map(|m| m.resyncs)).collect();
         let rows = c
             .query(
                 &stmt,
@@ -1220,6 +1234,7 @@ impl PgQueue {
                     &sources,
                     &statuses,
                     &reasons,
+                    &resyncs,
                 ],
             )
             .await?;

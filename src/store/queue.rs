@@ -466,7 +466,9 @@ impl JobQueue {
     }
 
     /// Marks the mappings of `products` out of line (the next job writes their Items
-    /// whatever was last recorded), the rest of each row as it is; how many changed.
+    /// whatever was last recorded) and counts the resync ([`ItemMapping::resyncs`]: a
+    /// job under way that read it before ends leaving it out of line), the rest of
+    /// each row as it is; how many mappings there were to mark.
     pub async fn mark_out_of_line(&self, products: &[String]) -> QueueResult<usize> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.mark_out_of_line(products)?),

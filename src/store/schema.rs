@@ -423,6 +423,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // `attempts`, which an operator's retry sets back to 0), so a number is never
     // given twice (nor a job's id: compaction keeps the newest row).
     "ALTER TABLE jobs ADD COLUMN lease_no INTEGER NOT NULL DEFAULT 0;",
+    // 20: an operator's resyncs of each product counted. A job that read the mapping
+    // before a resync ended by writing the hash it computed, marking the product in
+    // line again: the resync's own job then found nothing to write, and the Item stayed
+    // as the reconciliation had found it. A mapping's hash is now written only while
+    // the count is the one read with it (`save_mapping`).
+    "ALTER TABLE item_map ADD COLUMN resyncs INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the database to the schema this syncctl knows; refuses one a newer syncctl

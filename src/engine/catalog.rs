@@ -2100,7 +2100,7 @@ impl Catalog {
                 let by_index = match attempt {
                     // (Boxed: the index read it may start is a deep future; inline, it
                     // overflowed a debug build's worker stack.)
-                    0 => Box::pin(self.name_by_index(name, pid)).await?,
+                    0 => Box::pin(self.name_by_index(name, pid, held)).await?,
                     _ => None,
                 };
                 let reserved = matches!(by_index, Some(bulk::NameIs::Free));
@@ -2140,14 +2140,14 @@ impl Catalog {
                 };
                 if let Err(e) = self.mark_pending(pending).await {
                     if reserved {
-                        self.created_by_single(name, pid, None).await;
+                        self.created_by_single(name, pid, held, None).await;
                     }
                     return Err(e);
                 }
                 match self.qb.write_item_json(&text, &rid).await {
                     Ok(item) => {
                         if reserved {
-                            self.created_by_single(name, pid, Some(&item)).await;
+                            self.created_by_single(name, pid, held, Some(&item)).await;
                         }
                         self.remember(&item, pid);
                         return Ok((item, "created"));
@@ -2155,7 +2155,7 @@ impl Catalog {
                     // Taken between our lookup and our create: look again.
                     Err(e) if e.code() == Some("6240") => {
                         if reserved {
-                            self.created_by_single(name, pid, None).await;
+                            self.created_by_single(name, pid, held, None).await;
                         }
                         continue;
                     }
@@ -2164,7 +2164,7 @@ impl Catalog {
                     Err(e) if e.is_transient() => return Err(e.into()),
                     Err(e) => {
                         if reserved {
-                            self.created_by_single(name, pid, None).await;
+                            self.created_by_single(name, pid, held, None).await;
                         }
                         return Err(e.into());
                     }
@@ -2611,6 +2611,23 @@ mod tests {
         for j in &fresh {
             let m = l.queue.mapping(&j.key).await.unwrap().unwrap();
             assert!(m.pending_request_id.is_some(), "{}", j.key);
+        }
+        // Their names stay reserved (the creates may have landed); the stale worker's
+        // next look, refused again, takes none of them from the newer holder.
+        let again = l.catalog.process_group(&stale).await;
+        assert_eq!(lost(&again), [true; 3], "{again:?}");
+        let single = l.catalog.process_group(&stale[..1]).await;
+        assert_eq!(lost(&single), [true], "{single:?}");
+        let index = l.catalog.index.lock().await;
+        for j in &fresh {
+            let name = format!("Widget {}", j.key);
+            assert!(
+                index
+                    .as_ref()
+                    .unwrap()
+                    .held_by_other(&name, "another product", ""),
+                "{name} still reserved for the newer holder"
+            );
         }
     }
 

@@ -19,7 +19,7 @@ use sha2::Digest;
 use super::{Catalog, JobError, JobResult, Outcome, Plan, in_line};
 use crate::connectors::quickbooks::{BatchAnswer, BatchOp, Item, ItemJson, QbError};
 use crate::engine::item::{self, DesiredItem};
-use crate::store::PendingCreate;
+use crate::store::{Held, PendingCreate};
 
 pub use crate::connectors::quickbooks::BATCH_MAX;
 
@@ -69,8 +69,10 @@ pub struct ItemIndex {
 #[derive(Debug, Clone)]
 enum Named {
     Item(Item),
-    /// A create of this name by this product is on its way.
-    Reserved(String),
+    /// A create of this name by this product is on its way, for this lease of its job
+    /// (none: a call of no job's). Released by that call only: a worker whose lease
+    /// ran out, its create refused, left the newer holder's create without its name.
+    Reserved(String, Option<Held>),
 }
 
 impl ItemIndex {
@@ -128,19 +130,44 @@ impl ItemIndex {
         self.by_name.insert(key, Named::Item(item));
     }
 
-    /// Frees a name this product reserved (its create failed for good or was refused
-    /// as a duplicate: the name's holder is looked up by the single calls).
-    fn release(&mut self, name: &str, pid: &str) {
+    /// Frees a name this product reserved under `held` (its create failed for good or
+    /// was refused as a duplicate: the name's holder is looked up by the single calls).
+    /// A reservation the job's newer lease took over is left to it.
+    fn release(&mut self, name: &str, pid: &str, held: Option<Held>) {
         let key = name.to_lowercase();
-        if matches!(self.by_name.get(&key), Some(Named::Reserved(p)) if p == pid) {
+        if matches!(self.by_name.get(&key), Some(Named::Reserved(p, h)) if p == pid && *h == held) {
             self.by_name.remove(&key);
         }
     }
 
+    /// Frees a name this product reserved under any lease (an earlier attempt's).
+    fn release_any(&mut self, name: &str, pid: &str) {
+        let key = name.to_lowercase();
+        if matches!(self.by_name.get(&key), Some(Named::Reserved(p, _)) if p == pid) {
+            self.by_name.remove(&key);
+        }
+    }
+
+    /// Reserves `name` for `pid`'s create under `held`: free, or reserved by the same
+    /// product under an earlier lease (an earlier attempt's or job's: taken over). One
+    /// reserved under a newer lease is left to it: this worker's lease ran out, and its
+    /// create is refused before it is sent.
+    fn reserve(&mut self, key: String, pid: &str, held: Option<Held>) {
+        // (Newer: a later job of the product, or a later lease of the same job.)
+        let age = |h: Option<Held>| h.map(|h| (h.job_id, h.lease));
+        match self.by_name.get(&key) {
+            Some(Named::Reserved(p, h)) if p == pid && age(*h) > age(held) => {}
+            _ => {
+                self.by_name
+                    .insert(key, Named::Reserved(pid.to_owned(), held));
+            }
+        }
+    }
+
     /// Whether `name` belongs to an Item or a create other than `pid`'s Item `item_id`.
-    fn held_by_other(&self, name: &str, pid: &str, item_id: &str) -> bool {
+    pub(super) fn held_by_other(&self, name: &str, pid: &str, item_id: &str) -> bool {
         match self.by_name.get(&name.to_lowercase()) {
-            Some(Named::Reserved(p)) => p != pid,
+            Some(Named::Reserved(p, _)) => p != pid,
             Some(Named::Item(i)) => i.id != item_id,
             None => false,
         }
@@ -230,7 +257,7 @@ impl Catalog {
                 // still on their way, which keep their names. Should the read fail,
                 // what is left is an incomplete index: names are asked for meanwhile.
                 old.by_name
-                    .retain(|_, named| matches!(named, Named::Reserved(_)));
+                    .retain(|_, named| matches!(named, Named::Reserved(..)));
                 old.by_sku = HashMap::new();
                 old.name_of = HashMap::new();
                 old.absent = HashSet::new();
@@ -350,6 +377,7 @@ impl Catalog {
         &self,
         name: &str,
         pid: &str,
+        held: Option<Held>,
     ) -> Result<Option<NameIs>, QbError> {
         let read = self.index.lock().await.is_some();
         if !read && self.queued_now() < INDEX_WORTH_QUEUED {
@@ -362,10 +390,9 @@ impl Catalog {
         let key = name.to_lowercase();
         Ok(Some(match idx.by_name.get(&key) {
             Some(Named::Item(item)) => NameIs::Item(item.clone()),
-            Some(Named::Reserved(holder)) if holder != pid => NameIs::Reserved,
-            Some(Named::Reserved(_)) => NameIs::Free,
-            None => {
-                idx.by_name.insert(key, Named::Reserved(pid.to_owned()));
+            Some(Named::Reserved(holder, _)) if holder != pid => NameIs::Reserved,
+            Some(Named::Reserved(..)) | None => {
+                idx.reserve(key, pid, held);
                 NameIs::Free
             }
         }))
@@ -373,11 +400,17 @@ impl Catalog {
 
     /// A single create's answer: the Item it made into the index, or (refused) its
     /// reserved name freed.
-    pub(super) async fn created_by_single(&self, name: &str, pid: &str, item: Option<&Item>) {
+    pub(super) async fn created_by_single(
+        &self,
+        name: &str,
+        pid: &str,
+        held: Option<Held>,
+        item: Option<&Item>,
+    ) {
         if let Some(idx) = self.index.lock().await.as_mut() {
             match item {
                 Some(item) => idx.learn(item.clone()),
-                None => idx.release(name, pid),
+                None => idx.release(name, pid, held),
             }
         }
     }
@@ -415,7 +448,12 @@ impl Catalog {
 
     /// Where a product without an Item stands: its own Item (by Sku, or a free one by
     /// name) to adopt, or a free name to create (reserved for it now).
-    async fn resolve(&self, idx: &mut ItemIndex, desired: &DesiredItem) -> Result<Found, JobError> {
+    async fn resolve(
+        &self,
+        idx: &mut ItemIndex,
+        desired: &DesiredItem,
+        held: Option<Held>,
+    ) -> Result<Found, JobError> {
         let pid = desired.sku.as_str();
         if let Some(item) = idx.by_sku.get(pid) {
             return Ok(Found::Adopt(item.clone()));
@@ -427,8 +465,9 @@ impl Catalog {
         for name in &names {
             let key = name.to_lowercase();
             match idx.by_name.get(&key).cloned() {
-                Some(Named::Reserved(holder)) => {
+                Some(Named::Reserved(holder, _)) => {
                     if holder == pid {
+                        idx.reserve(key, pid, held);
                         return Ok(Found::Create(name.clone()));
                     }
                 }
@@ -446,7 +485,7 @@ impl Catalog {
                     }
                 }
                 None if idx.complete || idx.absent.contains(&key) => {
-                    idx.by_name.insert(key, Named::Reserved(pid.to_owned()));
+                    idx.reserve(key, pid, held);
                     return Ok(Found::Create(name.clone()));
                 }
                 None => return Ok(Found::Unknown),
@@ -599,11 +638,11 @@ impl Catalog {
                     // A create of another name may have landed unheard (its batch's
                     // answer lost, then the product renamed): only its replay, one
                     // call, tells — never a second create under the new name.
-                    idx.release(&pending, &pid);
+                    idx.release_any(&pending, &pid);
                     single.push((i, p));
                     continue;
                 }
-                match self.resolve(idx, &p.desired).await {
+                match self.resolve(idx, &p.desired, p.held).await {
                     Err(e) => out.push((i, Err(e))),
                     Ok(Found::Adopt(item)) => {
                         self.remember(&item, &pid);
@@ -687,7 +726,7 @@ impl Catalog {
             let mut idx = self.index.lock().await;
             for (i, p, name) in lost {
                 if let Some(idx) = idx.as_mut() {
-                    idx.release(&name, &p.desired.sku);
+                    idx.release(&name, &p.desired.sku, p.held);
                 }
                 out.push((i, Err(why())));
             }
@@ -760,7 +799,7 @@ impl Catalog {
                             }
                             (Write::Create { name }, BatchAnswer::Fault(e)) => {
                                 if let Some(idx) = idx.as_mut() {
-                                    idx.release(&name, &pid);
+                                    idx.release(&name, &pid, p.held);
                                 }
                                 if e.code() == Some("6240") {
                                     // Taken since the index was read (by another, or by
@@ -839,7 +878,7 @@ mod tests {
         idx.learn(item("1", "Mocha", Some("prod_1")));
         let stored = |idx: &ItemIndex| match &idx.by_name["mocha"] {
             Named::Item(i) => (i.name.as_ptr(), idx.by_sku["prod_1"].name.as_ptr()),
-            Named::Reserved(_) => panic!("reserved"),
+            Named::Reserved(..) => panic!("reserved"),
         };
         let before = stored(&idx);
         // What the change data capture answers for an Item this engine wrote.
@@ -868,17 +907,31 @@ mod tests {
         idx.learn(item("1", "Mocha", Some("prod_1")));
         assert!(!idx.held_by_other("Café Latte", "prod_2", "9"), "freed");
         assert!(idx.held_by_other("mocha", "prod_2", "9"));
-        // A reservation holds a name for its product only, until released.
-        idx.by_name
-            .insert("té".into(), Named::Reserved("prod_3".into()));
+        // A reservation holds a name for its product only, until released by the
+        // lease that holds it: a worker whose lease ran out leaves its job's newer
+        // holder's reservation alone.
+        let lease = |lease| Some(Held { job_id: 4, lease });
+        idx.reserve("té".into(), "prod_3", lease(1));
+        idx.reserve("té".into(), "prod_3", lease(2));
+        // The stale worker's look at the name takes nothing from the newer lease.
+        idx.reserve("té".into(), "prod_3", lease(1));
         assert!(idx.held_by_other("Té", "prod_2", "9"));
         assert!(!idx.held_by_other("Té", "prod_3", ""));
-        idx.release("TÉ", "prod_2");
+        idx.release("TÉ", "prod_2", lease(2));
         assert!(
             idx.held_by_other("Té", "prod_2", "9"),
             "not prod_2's to release"
         );
-        idx.release("TÉ", "prod_3");
+        idx.release("TÉ", "prod_3", lease(1));
+        assert!(
+            idx.held_by_other("Té", "prod_2", "9"),
+            "not the stale lease's to release"
+        );
+        idx.release("TÉ", "prod_3", lease(2));
+        assert!(!idx.held_by_other("Té", "prod_2", "9"));
+        // An earlier attempt's, under whichever lease.
+        idx.reserve("té".into(), "prod_3", lease(1));
+        idx.release_any("TÉ", "prod_3");
         assert!(!idx.held_by_other("Té", "prod_2", "9"));
     }
 

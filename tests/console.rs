@@ -2966,6 +2966,62 @@ fn a_filter_the_engine_could_not_search_says_so_and_why() {
     assert!(!text.contains("not searched"), "{text}");
 }
 
+/// Reconnected to its engine, the console asks again at once a search that failed
+/// for now (not after its wait), and anew one the engine refused (it may be another
+/// engine now: restarted, upgraded, another role granted).
+#[test]
+fn a_reconnect_asks_a_failed_or_refused_search_again_at_once() {
+    use syncctl::protocol::{Attached, CommandError, LinkState, Query, Role};
+    let attached = || Attached {
+        to: "10.0.0.5:9870".into(),
+        role: Role::Operator,
+        actor: "ana@10.0.0.7".into(),
+        connection: 3,
+    };
+    let reconnecting = || LinkState::Reconnecting {
+        was: attached(),
+        since_ms: T0,
+        attempt: 1,
+        why: "connection reset".into(),
+    };
+    let pages = |effects: &[Effect]| -> Vec<Query> {
+        search_asks(effects)
+            .into_iter()
+            .filter(|q| matches!(q, Query::Audit { .. }))
+            .collect()
+    };
+    for (why, reply) in [
+        (
+            "failed for now",
+            CommandError::unavailable("the connection to the engine dropped"),
+        ),
+        (
+            "refused",
+            CommandError::invalid("text", "contains control characters"),
+        ),
+    ] {
+        let mut app = app();
+        update(&mut app, Msg::Link(LinkState::Attached(attached())));
+        press(&mut app, KeyCode::Char('7'));
+        let page = pages(&typed_asks(&mut app, "/paused")).pop().unwrap();
+        update(
+            &mut app,
+            Msg::Answer {
+                query: page.clone(),
+                reply: Err(reply),
+                epoch: 0,
+            },
+        );
+        let effects = update(&mut app, Msg::Link(reconnecting()));
+        assert!(
+            pages(&effects).is_empty(),
+            "{why}: not while the link is down"
+        );
+        let effects = update(&mut app, Msg::Link(LinkState::Attached(attached())));
+        assert_eq!(pages(&effects), [page], "{why}: asked again on reconnect");
+    }
+}
+
 /// A search the engine refused (busy, its store failing, the link down) is asked again
 /// after a wait that doubles (2 s, 4 s, … 30 s at most), the title counting it down; once
 /// answered, the failure is gone and the clock stops.

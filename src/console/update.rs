@@ -582,6 +582,16 @@ impl App {
         match (&self.link, &state) {
             (LinkState::Reconnecting { .. }, LinkState::Attached(a)) => {
                 self.flash = Some(format!("reconnected to the engine at {}", a.to));
+                // The engine may be another now (restarted, upgraded, another role
+                // granted): a search it refused is asked anew, and one that failed for
+                // now (the link down, most likely) at once, not after its wait.
+                if self.events_search.as_ref().is_some_and(|s| s.refused) {
+                    self.events_search = None;
+                } else if let Some(s) = self.events_search.as_mut().filter(|s| s.retry_in.is_some())
+                {
+                    s.retry_in = Some(1);
+                    s.tick();
+                }
             }
             (LinkState::Attached(_), LinkState::Reconnecting { why, .. }) => {
                 self.flash = Some(format!("lost the engine ({why}); reconnecting…"));

@@ -668,6 +668,59 @@ async fn a_job_that_read_a_mapping_before_a_resync_leaves_it_out_of_line(b: Back
     );
 }
 
+/// A box's local mirror of the shared queue's mappings keeps what the queue saved: a
+/// mapping left out of line there by a resync during the job is out of line here too
+/// (the impact preview reads the mirror).
+#[tokio::test]
+async fn a_local_mirror_keeps_the_hash_the_shared_queue_saved() {
+    use syncctl::store::{Finished, ItemMapping};
+    let Some(Db::Postgres { url, _server }) = Db::new(Backend::Postgres) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = Store::open(dir.path()).unwrap();
+    let q = JobQueue::postgres(&url, "box-a", "default", WallClock::default())
+        .await
+        .unwrap()
+        .with_local(local.clone());
+    q.save_mapping(&ItemMapping {
+        product_id: "p1".into(),
+        item_id: Some("7".into()),
+        synced_hash: Some("h1".into()),
+        status: "synced".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut hashes = Vec::new();
+    for (payload, resync) in [("a", true), ("b", false)] {
+        q.ingest(&[job("p1", payload, 1)], None, None)
+            .await
+            .unwrap();
+        let j = q.claim(KIND, 1, LEASE).await.unwrap().remove(0);
+        let read = q.mapping("p1").await.unwrap().unwrap();
+        if resync {
+            q.mark_out_of_line(&["p1".to_owned()]).await.unwrap();
+        }
+        let end = Finished {
+            job_id: j.id,
+            lease: j.lease,
+            mapping: Some(ItemMapping {
+                synced_hash: Some(format!("hash {payload}")),
+                ..read
+            }),
+            audit: None,
+            trace_id: None,
+        };
+        assert_eq!(q.finish_jobs(vec![end]).await.unwrap(), 1);
+        let shared = q.mapping("p1").await.unwrap().unwrap().synced_hash;
+        let mirror = local.mapping("p1").unwrap().unwrap().synced_hash;
+        assert_eq!(shared, mirror, "the mirror as the queue");
+        hashes.push(shared);
+    }
+    assert_eq!(hashes, [None, Some("hash b".to_owned())]);
+}
+
 async fn new_work_wakes_a_waiting_claimer(b: Backend) {
     let Some(db) = Db::new(b) else { return };
     let q = db.open("box-a", &WallClock::default()).await;

@@ -267,8 +267,9 @@ pub struct ItemMapping {
     /// A mapping is written with its hash only while the count is still the one read
     /// with it: a job that read the mapping before a resync leaves it out of line, so
     /// the resync's own job writes the Item again (else the older job's end put back a
-    /// hash, and the resync's job found the product in line and wrote nothing). Never
-    /// written by a save, only counted up by [`Store::mark_out_of_line`].
+    /// hash, and the resync's job found the product in line and wrote nothing). Counted
+    /// up by [`Store::mark_out_of_line`] only; a save of an existing row never changes
+    /// it (a new row starts at the count read: 0, there was none).
     pub resyncs: i64,
 }
 

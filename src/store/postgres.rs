@@ -402,7 +402,8 @@ const SAVE_MAPPING: &str = "WITH held AS (SELECT 1 FROM syncctl.jobs
 /// mapping, nor a mapping of a job whose lease was lost written. `$1` company, `$2`
 /// each job's lease (see [`PgQueue::lease_owner`]), `$3` now, `$4` job ids, `$5..$12`
 /// the mappings' columns (a NULL product id: no mapping), `$13` the resyncs each was
-/// read with (see [`SAVE_MAPPING`]). The ids ended.
+/// read with (see [`SAVE_MAPPING`]). The ids ended, each with the hash its mapping was
+/// saved with (NULL: none, or left out of line).
 const FINISH: &str = "WITH done AS (
         UPDATE syncctl.jobs SET state = 'done', lease_until = NULL, lease_owner = NULL,
                last_error = NULL, updated_at = $3
@@ -422,14 +423,17 @@ const FINISH: &str = "WITH done AS (
           FROM m JOIN done ON done.id = m.job_id WHERE m.product_id IS NOT NULL
         ON CONFLICT (company, product_id) DO UPDATE SET item_id = excluded.item_id,
             sync_token = excluded.sync_token, item_name = excluded.item_name,
-            -- (`excluded.resyncs`: the count read, never written over the row's.)
+            -- (`excluded.resyncs`: the count read; a new row starts at it, 0 as there
+            -- was none, and an existing row's is never written over.)
             synced_hash = CASE WHEN item_map.resyncs = excluded.resyncs
                                THEN excluded.synced_hash END,
             source_updated = excluded.source_updated,
             pending_request_id = NULL, pending_body = NULL, status = excluded.status,
             reason = excluded.reason, synced_at = excluded.synced_at
-        RETURNING 1)
-    SELECT id FROM done";
+        RETURNING product_id, synced_hash)
+    SELECT done.id, s.synced_hash FROM done
+      LEFT JOIN m ON m.job_id = done.id
+      LEFT JOIN saved s ON s.product_id = m.product_id";
 
 /// A job (`f`, of company `$1` and kind `$2`) that failed past its last attempt and
 /// still stands.
@@ -1193,12 +1197,13 @@ impl PgQueue {
 
     /// Ends the jobs whose leases (job id, [`Job::lease`], mapping) still stand, each
     /// with its mapping, in one statement; the ids ended (a missing one was lost, to
-    /// another box or another claim: nothing of it written).
+    /// another box or another claim: nothing of it written), in order, each with the
+    /// hash its mapping was saved with (none where a resync came since it was read).
     pub async fn finish_with(
         &self,
         jobs: &[(i64, i64, Option<&ItemMapping>)],
         now_ms: i64,
-    ) -> PgResult<Vec<i64>> {
+    ) -> PgResult<Vec<(i64, Option<String>)>> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(FINISH).await?;
         let ids: Vec<i64> = jobs.iter().map(|j| j.0).collect();
@@ -1238,7 +1243,8 @@ impl PgQueue {
                 ],
             )
             .await?;
-        let mut held: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut held: Vec<(i64, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         held.sort_unstable();
         Ok(held)
     }

@@ -537,9 +537,17 @@ impl JobQueue {
                     .map(|f| (f.job_id, f.lease, f.mapping.as_ref()))
                     .collect();
                 let held = pg.finish_with(&pairs, self.now()).await?;
+                // Mirrored as saved: a mapping left out of line (resynced since it was
+                // read) is so here too.
                 let ended: Vec<Finished> = jobs
                     .into_iter()
-                    .filter(|f| held.binary_search(&f.job_id).is_ok())
+                    .filter_map(|mut f| {
+                        let at = held.binary_search_by_key(&f.job_id, |h| h.0).ok()?;
+                        if let Some(m) = f.mapping.as_mut() {
+                            m.synced_hash.clone_from(&held[at].1);
+                        }
+                        Some(f)
+                    })
                     .collect();
                 let n = ended.len();
                 if let Some(store) = local.clone()

@@ -140,10 +140,13 @@ impl ItemIndex {
         }
     }
 
-    /// Frees a name this product reserved under any lease (an earlier attempt's).
-    fn release_any(&mut self, name: &str, pid: &str) {
+    /// Frees a name this product reserved under `held` or an earlier lease (an earlier
+    /// attempt's), never a newer lease's (a worker whose lease ran out meets its job's
+    /// newer holder's reservation).
+    fn release_earlier(&mut self, name: &str, pid: &str, held: Option<Held>) {
         let key = name.to_lowercase();
-        if matches!(self.by_name.get(&key), Some(Named::Reserved(p, _)) if p == pid) {
+        if matches!(self.by_name.get(&key), Some(Named::Reserved(p, h)) if p == pid && age(*h) <= age(held))
+        {
             self.by_name.remove(&key);
         }
     }
@@ -153,8 +156,6 @@ impl ItemIndex {
     /// reserved under a newer lease is left to it: this worker's lease ran out, and its
     /// create is refused before it is sent.
     fn reserve(&mut self, key: String, pid: &str, held: Option<Held>) {
-        // (Newer: a later job of the product, or a later lease of the same job.)
-        let age = |h: Option<Held>| h.map(|h| (h.job_id, h.lease));
         match self.by_name.get(&key) {
             Some(Named::Reserved(p, h)) if p == pid && age(*h) > age(held) => {}
             _ => {
@@ -172,6 +173,12 @@ impl ItemIndex {
             None => false,
         }
     }
+}
+
+/// How recent a lease is: a later job of the product, or a later lease of the same
+/// job, is newer (none: a call of no job's, the oldest).
+fn age(held: Option<Held>) -> Option<(i64, i64)> {
+    held.map(|h| (h.job_id, h.lease))
 }
 
 /// Where a product without an Item stands, by the index.
@@ -638,7 +645,7 @@ impl Catalog {
                     // A create of another name may have landed unheard (its batch's
                     // answer lost, then the product renamed): only its replay, one
                     // call, tells — never a second create under the new name.
-                    idx.release_any(&pending, &pid);
+                    idx.release_earlier(&pending, &pid, p.held);
                     single.push((i, p));
                     continue;
                 }
@@ -929,9 +936,11 @@ mod tests {
         );
         idx.release("TÉ", "prod_3", lease(2));
         assert!(!idx.held_by_other("Té", "prod_2", "9"));
-        // An earlier attempt's, under whichever lease.
-        idx.reserve("té".into(), "prod_3", lease(1));
-        idx.release_any("TÉ", "prod_3");
+        // An earlier attempt's, by a later lease; never a later lease's, by an earlier.
+        idx.reserve("té".into(), "prod_3", lease(2));
+        idx.release_earlier("TÉ", "prod_3", lease(1));
+        assert!(idx.held_by_other("Té", "prod_2", "9"));
+        idx.release_earlier("TÉ", "prod_3", lease(3));
         assert!(!idx.held_by_other("Té", "prod_2", "9"));
     }
 

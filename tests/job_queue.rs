@@ -669,8 +669,9 @@ async fn a_job_that_read_a_mapping_before_a_resync_leaves_it_out_of_line(b: Back
 }
 
 /// A box's local mirror of the shared queue's mappings keeps what the queue saved: a
-/// mapping left out of line there by a resync during the job is out of line here too
-/// (the impact preview reads the mirror).
+/// resync marks it out of line at once, and a job under way that read the mapping
+/// before leaves it so at its end, there and here (the impact preview reads the
+/// mirror).
 #[tokio::test]
 async fn a_local_mirror_keeps_the_hash_the_shared_queue_saved() {
     use syncctl::store::{Finished, ItemMapping};
@@ -693,7 +694,7 @@ async fn a_local_mirror_keeps_the_hash_the_shared_queue_saved() {
     .await
     .unwrap();
     let mut hashes = Vec::new();
-    for (payload, resync) in [("a", true), ("b", false)] {
+    for (payload, resync) in [("a", false), ("b", true), ("c", false)] {
         q.ingest(&[job("p1", payload, 1)], None, None)
             .await
             .unwrap();
@@ -701,6 +702,9 @@ async fn a_local_mirror_keeps_the_hash_the_shared_queue_saved() {
         let read = q.mapping("p1").await.unwrap().unwrap();
         if resync {
             q.mark_out_of_line(&["p1".to_owned()]).await.unwrap();
+            // At once in the mirror too, before the job's end.
+            let mirror = local.mapping("p1").unwrap().expect("mirrored");
+            assert_eq!(mirror.synced_hash, None);
         }
         let end = Finished {
             job_id: j.id,
@@ -718,7 +722,10 @@ async fn a_local_mirror_keeps_the_hash_the_shared_queue_saved() {
         assert_eq!(shared, mirror, "the mirror as the queue");
         hashes.push(shared);
     }
-    assert_eq!(hashes, [None, Some("hash b".to_owned())]);
+    assert_eq!(
+        hashes,
+        [Some("hash a".to_owned()), None, Some("hash c".to_owned())]
+    );
 }
 
 async fn new_work_wakes_a_waiting_claimer(b: Backend) {

@@ -472,7 +472,21 @@ impl JobQueue {
     pub async fn mark_out_of_line(&self, products: &[String]) -> QueueResult<usize> {
         match &self.backend {
             Backend::Sqlite { store, .. } => Ok(store.mark_out_of_line(products)?),
-            Backend::Postgres { pg, .. } => Ok(pg.mark_out_of_line(products).await?),
+            Backend::Postgres { pg, local } => {
+                let marked = pg.mark_out_of_line(products).await?;
+                // The box's mirror too, at once (the impact preview reads it): else it
+                // said "in line" until the resync's job ended. (Its count is its own,
+                // never compared: a mirror is written as the queue saved it.)
+                if let Some(store) = local.clone() {
+                    let products = products.to_vec();
+                    let r = tokio::task::spawn_blocking(move || store.mark_out_of_line(&products))
+                        .await;
+                    if !matches!(r, Ok(Ok(_))) {
+                        tracing::warn!("the local mirror was not marked out of line: {r:?}");
+                    }
+                }
+                Ok(marked)
+            }
         }
     }
 

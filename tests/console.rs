@@ -1137,6 +1137,7 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
             reply: Err(CommandError::conflict(
                 "illegal breaker transition CLOSED → HALF_OPEN",
             )),
+            company: None,
         },
     );
     assert_eq!(
@@ -1152,6 +1153,7 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
         Msg::Reply {
             command: cmd,
             reply: Ok(Outcome::new("circuit quickbooks set to CLOSED")),
+            company: None,
         },
     );
     assert_eq!(
@@ -1165,6 +1167,7 @@ fn the_engine_reply_to_this_console_command_is_flashed_once() {
         Msg::Reply {
             command: Command::Shutdown {},
             reply: Ok(Outcome::new("draining and stopping")),
+            company: None,
         },
     );
     assert_eq!(app.flash.as_deref(), Some("draining in-flight work…"));
@@ -3380,6 +3383,32 @@ fn an_answer_asked_of_the_company_left_is_not_taken_after_a_switch() {
     let text = render(&app, 120, 40).0;
     assert!(text.contains("paused by co1's operator"), "{text}");
     assert!(!text.contains("co2's operator"), "{text}");
+}
+
+/// A command's reply that arrives after the operator switched company names the
+/// company it was for: "paused" is not the one shown now's.
+#[test]
+fn a_reply_for_the_company_left_names_its_company() {
+    use syncctl::protocol::{CompanyTag, Outcome, Pipeline};
+    let mut app = app().with_company(Some(CompanyTag::new("co2", "Two")));
+    let paused = |company: &str| Msg::Reply {
+        command: Command::Pause {
+            pipeline: Pipeline::Catalog,
+        },
+        reply: Ok(Outcome::new("catalog pipeline paused")),
+        company: Some(company.into()),
+    };
+    update(&mut app, paused("co2"));
+    assert_eq!(app.flash.as_deref(), Some("catalog pipeline paused"));
+    update(
+        &mut app,
+        Msg::Watched(Ok((CompanyTag::new("co1", "One"), Arc::new(snapshot())))),
+    );
+    update(&mut app, paused("co2"));
+    assert_eq!(
+        app.flash.as_deref(),
+        Some("company co2: catalog pipeline paused")
+    );
 }
 
 /// The impact preview a bulk action's confirmation shows, as the engine answered it.

@@ -307,12 +307,17 @@ async fn send<L: Link>(
     inbox: &mut VecDeque<Msg>,
 ) {
     let command = request.command.clone();
+    let company = request.company.clone();
     match engine.send(request).await {
         Ok(rx) => {
             let back = back.clone();
             tokio::spawn(async move {
                 let reply = rx.await.unwrap_or_else(|_| Err(stopped()));
-                let _ = back.send(Msg::Reply { command, reply });
+                let _ = back.send(Msg::Reply {
+                    command,
+                    reply,
+                    company,
+                });
             });
         }
         Err(_) => inbox.push_back(Msg::NotSent(command)),

@@ -42,8 +42,13 @@ pub enum Msg {
     Snapshot(Arc<Snapshot>),
     /// The engine stopped publishing: drained after a quit, or stopped on its own.
     EngineStopped,
-    /// The engine's reply to a command this console sent.
-    Reply { command: Command, reply: Reply },
+    /// The engine's reply to a command this console sent, for the company it was sent
+    /// for ([`Request::company`]).
+    Reply {
+        command: Command,
+        reply: Reply,
+        company: Option<String>,
+    },
     /// A command that could not be sent: the engine no longer runs.
     NotSent(Command),
     /// The engine's answer to a query this console asked (an error if it could not be
@@ -163,8 +168,12 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.apply_watched(result);
             effects.push(redraw(true));
         }
-        Msg::Reply { command, reply } => {
-            app.apply_reply(&command, reply);
+        Msg::Reply {
+            command,
+            reply,
+            company,
+        } => {
+            app.apply_reply(&command, reply, company.as_deref());
             effects.push(redraw(true));
         }
         Msg::NotSent(_) => {
@@ -223,7 +232,15 @@ impl App {
     /// `update(Msg::Reply { .. })`, for the same callers.
     pub fn on_reply(&mut self, command: &Command, reply: Reply) {
         let command = command.clone();
-        update(self, Msg::Reply { command, reply });
+        let company = self.watched().map(str::to_owned);
+        update(
+            self,
+            Msg::Reply {
+                command,
+                reply,
+                company,
+            },
+        );
     }
 
     /// `command` as a request from this console's operator, for the company it
@@ -645,13 +662,26 @@ impl App {
 
     /// The engine's reply to a command this console sent: the flash line says what
     /// happened (the reply to a quit is not shown: the drain message stays).
-    fn apply_reply(&mut self, command: &Command, reply: Reply) {
+    /// A reply for another company than the one shown now (the operator switched
+    /// while it was on its way) names its company: "paused" is not this one's.
+    fn apply_reply(&mut self, command: &Command, reply: Reply, company: Option<&str>) {
         if matches!(command, Command::Shutdown {}) {
             return;
         }
-        self.flash = Some(match reply {
+        let said = match reply {
             Ok(outcome) => outcome.message,
             Err(e) => format!("refused: {e}"),
+        };
+        self.flash = Some(match company.filter(|c| Some(*c) != self.watched()) {
+            Some(other) => {
+                let label = self
+                    .companies
+                    .iter()
+                    .find(|r| r.company.id == other)
+                    .map_or_else(|| other.to_owned(), |r| r.company.label());
+                format!("company {label}: {said}")
+            }
+            None => said,
         });
     }
 

@@ -117,19 +117,22 @@ impl EventsSearch {
     pub fn tick(&mut self) {
         match self.retry_in {
             Some(n) if n > 1 => self.retry_in = Some(n - 1),
-            Some(_) => {
-                // Asked again: in flight, not failed (a page waits until the operator
-                // scrolls near the end, as any page does).
-                self.retry_in = None;
-                self.failed = None;
-                if std::mem::take(&mut self.page_failed) {
-                    self.more = true;
-                }
-                if std::mem::take(&mut self.total_failed) {
-                    self.counting = false;
-                }
-            }
+            Some(_) => self.ask_again_now(),
             None => {}
+        }
+    }
+
+    /// What failed is asked again by the next look at the search, its wait cut short
+    /// (the wait over, or the link back): in flight, not failed (a page waits until
+    /// the operator scrolls near the end, as any page does).
+    pub fn ask_again_now(&mut self) {
+        self.retry_in = None;
+        self.failed = None;
+        if std::mem::take(&mut self.page_failed) {
+            self.more = true;
+        }
+        if std::mem::take(&mut self.total_failed) {
+            self.counting = false;
         }
     }
 
@@ -575,6 +578,16 @@ impl App {
 
     /// The company every command names: the one watched (None: one company, or the
     /// link did not say which).
+    /// How company `id` is named: its row's label, else the linked company's, else the id.
+    pub fn company_label(&self, id: &str) -> String {
+        self.companies
+            .iter()
+            .map(|r| &r.company)
+            .chain(self.company.as_ref())
+            .find(|c| c.id == id)
+            .map_or_else(|| id.to_owned(), CompanyTag::label)
+    }
+
     pub fn watched(&self) -> Option<&str> {
         match &self.watching {
             Watching::One(id) if !id.is_empty() => Some(id),

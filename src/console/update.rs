@@ -606,8 +606,7 @@ impl App {
                     self.events_search = None;
                 } else if let Some(s) = self.events_search.as_mut().filter(|s| s.retry_in.is_some())
                 {
-                    s.retry_in = Some(1);
-                    s.tick();
+                    s.ask_again_now();
                 }
             }
             (LinkState::Attached(_), LinkState::Reconnecting { why, .. }) => {
@@ -673,14 +672,7 @@ impl App {
             Err(e) => format!("refused: {e}"),
         };
         self.flash = Some(match company.filter(|c| Some(*c) != self.watched()) {
-            Some(other) => {
-                let label = self
-                    .companies
-                    .iter()
-                    .find(|r| r.company.id == other)
-                    .map_or_else(|| other.to_owned(), |r| r.company.label());
-                format!("company {label}: {said}")
-            }
+            Some(other) => format!("company {}: {said}", self.company_label(other)),
             None => said,
         });
     }

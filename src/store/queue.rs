@@ -82,6 +82,20 @@ enum Backend {
     Postgres { pg: PgQueue, local: Option<Store> },
 }
 
+/// Writes `write` to a shared queue's box-local mirror (if it keeps one), off the
+/// async threads; a failure is logged as `failed` (the shared queue holds the truth).
+async fn on_mirror<T: Send + 'static>(
+    local: &Option<Store>,
+    failed: &str,
+    write: impl FnOnce(&Store) -> super::Result<T> + Send + 'static,
+) {
+    let Some(store) = local.clone() else { return };
+    let r = tokio::task::spawn_blocking(move || write(&store).map(|_| ())).await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::warn!("{failed}: {r:?}");
+    }
+}
+
 impl JobQueue {
     /// The queue of the embedded store.
     pub fn sqlite(store: Store, clock: WallClock) -> Self {
@@ -477,14 +491,13 @@ impl JobQueue {
                 // The box's mirror too, at once (the impact preview reads it): else it
                 // said "in line" until the resync's job ended. (Its count is its own,
                 // never compared: a mirror is written as the queue saved it.)
-                if let Some(store) = local.clone() {
-                    let products = products.to_vec();
-                    let r = tokio::task::spawn_blocking(move || store.mark_out_of_line(&products))
-                        .await;
-                    if !matches!(r, Ok(Ok(_))) {
-                        tracing::warn!("the local mirror was not marked out of line: {r:?}");
-                    }
-                }
+                let products = products.to_vec();
+                on_mirror(
+                    local,
+                    "the local mirror was not marked out of line",
+                    move |s| s.mark_out_of_line(&products),
+                )
+                .await;
                 Ok(marked)
             }
         }
@@ -564,14 +577,13 @@ impl JobQueue {
                     })
                     .collect();
                 let n = ended.len();
-                if let Some(store) = local.clone()
-                    && n > 0
-                {
-                    let r =
-                        tokio::task::spawn_blocking(move || store.record_finished(&ended)).await;
-                    if !matches!(r, Ok(Ok(()))) {
-                        tracing::warn!("the local audit of finished jobs was not written: {r:?}");
-                    }
+                if n > 0 {
+                    on_mirror(
+                        local,
+                        "the local audit of finished jobs was not written",
+                        move |s| s.record_finished(&ended),
+                    )
+                    .await;
                 }
                 Ok(n)
             }
